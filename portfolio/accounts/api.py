@@ -1,0 +1,245 @@
+"""REST endpoints for departments, teams, members, users and personal tokens."""
+
+from datetime import datetime
+
+from django.contrib.auth import get_user_model
+from ninja import Router, Schema, Status
+from ninja.pagination import PageNumberPagination, paginate
+from pydantic import Field
+
+from portfolio.accounts import gate, services
+from portfolio.accounts.choices import OrgRole, TeamRole
+from portfolio.accounts.models import Department, Membership, PersonalToken, Team
+from portfolio.errors import Invalid, NotFound
+
+router = Router(tags=["organisation"])
+User = get_user_model()
+
+
+class DepartmentOut(Schema):
+    id: int
+    name: str
+    cost_center: str
+    created_at: datetime
+
+
+class DepartmentIn(Schema):
+    name: str = Field(min_length=1, max_length=100)
+    cost_center: str = Field(min_length=2, max_length=32)
+
+
+class TeamOut(Schema):
+    id: int
+    name: str
+    slug: str
+    description: str
+    department_id: int
+    created_at: datetime
+
+
+class TeamIn(Schema):
+    department_id: int
+    name: str = Field(min_length=1, max_length=100)
+    slug: str = Field(default="", max_length=60)
+    description: str = Field(default="", max_length=2000)
+
+
+class TeamPatch(Schema):
+    name: str = Field(min_length=1, max_length=100)
+    description: str = Field(default="", max_length=2000)
+
+
+class MemberOut(Schema):
+    id: int
+    team_id: int
+    username: str = Field(alias="user.username")
+    role: TeamRole
+    created_at: datetime
+
+
+class MemberIn(Schema):
+    username: str
+    role: TeamRole
+
+
+class RoleIn(Schema):
+    role: TeamRole
+
+
+class UserOut(Schema):
+    id: int
+    username: str
+    email: str
+    is_active: bool
+
+
+class UserIn(Schema):
+    username: str = Field(min_length=1, max_length=150)
+    email: str = Field(default="", max_length=254)
+    org_role: OrgRole | None = None
+
+
+class UserCreated(UserOut):
+    initial_password: str
+
+
+class MeOut(Schema):
+    username: str
+    org_roles: list[str]
+    teams: dict[int, str]
+
+
+class TokenOut(Schema):
+    id: int
+    name: str
+    prefix: str = Field(alias="display_prefix")
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class TokenIn(Schema):
+    name: str = Field(min_length=1, max_length=100)
+    expires_in_days: int = 90
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="Shown once; store it now.")
+
+
+@router.get("/me", response=MeOut)
+def me(request):
+    actor = request.auth
+    return {"username": actor.label, "org_roles": sorted(actor.org_roles), "teams": actor.team_roles}
+
+
+# --- Departments -----------------------------------------------------------------------------------
+@router.get("/departments", response=list[DepartmentOut])
+@paginate(PageNumberPagination, page_size=50)
+def list_departments(request):
+    return gate.visible(request.auth, Department).order_by("name", "id")
+
+
+@router.post("/departments", response={201: DepartmentOut})
+def create_department(request, payload: DepartmentIn):
+    return Status(201, services.create_department(actor=request.auth, **payload.dict()))
+
+
+@router.get("/departments/{department_id}", response=DepartmentOut)
+def get_department(request, department_id: int):
+    return gate.get_visible(request.auth, Department, pk=department_id)
+
+
+@router.put("/departments/{department_id}", response=DepartmentOut)
+def update_department(request, department_id: int, payload: DepartmentIn):
+    department = gate.get_visible(request.auth, Department, pk=department_id)
+    return services.update_department(actor=request.auth, department=department, **payload.dict())
+
+
+# --- Teams -----------------------------------------------------------------------------------------
+@router.get("/teams", response=list[TeamOut])
+@paginate(PageNumberPagination, page_size=50)
+def list_teams(request, department_id: int | None = None):
+    teams = gate.visible(request.auth, Team)
+    if department_id is not None:
+        teams = teams.filter(department_id=department_id)
+    return teams.order_by("name", "id")
+
+
+@router.post("/teams", response={201: TeamOut})
+def create_team(request, payload: TeamIn):
+    actor = request.auth
+    gate.require(actor, "team.create")
+    department = Department.objects.filter(pk=payload.department_id).first()
+    if department is None:
+        raise Invalid("department_id: No such department.", fields={"department_id": ["No such department."]})
+    data = payload.dict(exclude={"department_id"})
+    return Status(201, services.create_team(actor=actor, department=department, **data))
+
+
+@router.get("/teams/{team_id}", response=TeamOut)
+def get_team(request, team_id: int):
+    return gate.get_visible(request.auth, Team, pk=team_id)
+
+
+@router.patch("/teams/{team_id}", response=TeamOut)
+def update_team(request, team_id: int, payload: TeamPatch):
+    team = gate.get_visible(request.auth, Team, pk=team_id)
+    return services.update_team(actor=request.auth, team=team, **payload.dict())
+
+
+# --- Members ---------------------------------------------------------------------------------------
+@router.get("/teams/{team_id}/members", response=list[MemberOut])
+@paginate(PageNumberPagination, page_size=100)
+def list_members(request, team_id: int):
+    team = gate.get_visible(request.auth, Team, pk=team_id)
+    return team.memberships.select_related("user").order_by("user__username", "id")
+
+
+@router.post("/teams/{team_id}/members", response={201: MemberOut})
+def add_member(request, team_id: int, payload: MemberIn):
+    team = gate.get_visible(request.auth, Team, pk=team_id)
+    gate.require(request.auth, "member.manage", team)
+    user = User.objects.filter(username=payload.username, is_active=True).first()
+    if user is None:
+        raise Invalid("username: No active user with that name.", fields={"username": ["Unknown user."]})
+    return Status(201, services.add_member(actor=request.auth, team=team, user=user, role=payload.role))
+
+
+def _membership(request, membership_id: int) -> Membership:
+    return gate.get_visible(request.auth, Membership, pk=membership_id)
+
+
+@router.patch("/memberships/{membership_id}", response=MemberOut)
+def change_member_role(request, membership_id: int, payload: RoleIn):
+    membership = _membership(request, membership_id)
+    return services.change_member_role(actor=request.auth, membership=membership, role=payload.role)
+
+
+@router.delete("/memberships/{membership_id}", response={204: None})
+def remove_member(request, membership_id: int):
+    membership = _membership(request, membership_id)
+    services.remove_member(actor=request.auth, membership=membership)
+    return Status(204, None)
+
+
+# --- Users -----------------------------------------------------------------------------------------
+@router.get("/users", response=list[UserOut])
+@paginate(PageNumberPagination, page_size=100)
+def list_users(request):
+    gate.require(request.auth, "user.view")
+    return User.objects.order_by("username", "id")
+
+
+@router.post("/users", response={201: UserCreated})
+def create_user(request, payload: UserIn):
+    user, password = services.create_user(
+        actor=request.auth, username=payload.username, email=payload.email, org_role=payload.org_role or ""
+    )
+    created = {"id": user.pk, "username": user.username, "email": user.email, "is_active": user.is_active}
+    return Status(201, {**created, "initial_password": password})
+
+
+# --- Personal access tokens ------------------------------------------------------------------------
+@router.get("/tokens", response=list[TokenOut], tags=["tokens"])
+@paginate(PageNumberPagination, page_size=50)
+def list_tokens(request):
+    return gate.visible(request.auth, PersonalToken).order_by("-created_at", "-id")
+
+
+@router.post("/tokens", response={201: TokenCreated}, tags=["tokens"])
+def create_token(request, payload: TokenIn):
+    token, plaintext = services.create_personal_token(
+        actor=request.auth, name=payload.name, expires_in_days=payload.expires_in_days
+    )
+    token.token = plaintext
+    return Status(201, token)
+
+
+@router.delete("/tokens/{token_id}", response=TokenOut, tags=["tokens"])
+def revoke_token(request, token_id: int):
+    token = PersonalToken.objects.visible_to(request.auth).filter(pk=token_id).first()
+    if token is None:
+        raise NotFound("Token not found.")
+    return services.revoke_personal_token(actor=request.auth, token=token)

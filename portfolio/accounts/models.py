@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.utils import timezone
+
+from portfolio.accounts.choices import OrgRole, TeamRole
+
+cost_center_validator = RegexValidator(r"^[A-Z0-9][A-Z0-9\-]{1,31}$", "Use 2-32 capital letters, digits or dashes.")
+
+
+class DepartmentQuerySet(models.QuerySet):
+    def visible_to(self, actor) -> DepartmentQuerySet:
+        if actor.is_org_wide:
+            return self
+        return self.filter(teams__id__in=actor.team_ids).distinct()
+
+
+class Department(models.Model):
+    """A cost center: the unit that usage is billed to."""
+
+    name = models.CharField(max_length=100, unique=True)
+    cost_center = models.CharField(max_length=32, unique=True, validators=[cost_center_validator])
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = DepartmentQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.cost_center})"
+
+    def snapshot(self) -> dict:
+        return {"name": self.name, "cost_center": self.cost_center}
+
+
+class TeamQuerySet(models.QuerySet):
+    def visible_to(self, actor) -> TeamQuerySet:
+        if actor.is_org_wide:
+            return self
+        return self.filter(id__in=actor.team_ids)
+
+
+class Team(models.Model):
+    """A group of people that owns models, deployments and API keys."""
+
+    department = models.ForeignKey(Department, on_delete=models.PROTECT, related_name="teams")
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=60, unique=True)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = TeamQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["department", "name"], name="team_name_unique_in_department")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def snapshot(self) -> dict:
+        return {
+            "name": self.name,
+            "slug": self.slug,
+            "department": self.department.cost_center,
+            "description": self.description,
+        }
+
+
+class MembershipQuerySet(models.QuerySet):
+    def visible_to(self, actor) -> MembershipQuerySet:
+        if actor.is_org_wide:
+            return self
+        return self.filter(team_id__in=actor.team_ids)
+
+
+class Membership(models.Model):
+    """A user's role in one team."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=TeamRole.choices)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = MembershipQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["team__name", "user__username"]
+        constraints = [models.UniqueConstraint(fields=["user", "team"], name="one_membership_per_team")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.team} as {self.role}"
+
+    def snapshot(self) -> dict:
+        return {"user": self.user.username, "team": self.team.slug, "role": self.role}
+
+
+class OrgRoleGrant(models.Model):
+    """An organisation-wide role (platform admin, auditor) held by a user."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="org_roles")
+    role = models.CharField(max_length=16, choices=OrgRole.choices)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["user__username", "role"]
+        constraints = [models.UniqueConstraint(fields=["user", "role"], name="one_grant_per_org_role")]
+
+    def __str__(self) -> str:
+        return f"{self.user} as {self.role}"
+
+    def snapshot(self) -> dict:
+        return {"user": self.user.username, "role": self.role}
+
+
+class PersonalTokenQuerySet(models.QuerySet):
+    def visible_to(self, actor) -> PersonalTokenQuerySet:
+        # Tokens are personal: even an admin sees only their own here (admins revoke through user pages).
+        if actor.user is None:
+            return self.none()
+        return self.filter(user=actor.user)
+
+    def active(self) -> PersonalTokenQuerySet:
+        now = timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now))
+
+
+class PersonalToken(models.Model):
+    """A user's personal access token for scripts calling the REST API; only a keyed hash is kept."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="personal_tokens")
+    name = models.CharField(max_length=100)
+    # The public part of the token, used to look the row up before the constant-time hash comparison.
+    key_id = models.CharField(max_length=16, unique=True)
+    secret_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = PersonalTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (pat_{self.key_id}_…)"
+
+    @property
+    def display_prefix(self) -> str:
+        return f"pat_{self.key_id}_…"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > timezone.now())
+
+    def snapshot(self) -> dict:
+        return {
+            "name": self.name,
+            "key_id": self.key_id,
+            "user": self.user.username,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "revoked": self.revoked_at is not None,
+        }

@@ -1,0 +1,243 @@
+"""Every change to the organisation goes through here, with its audit row in the same transaction."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from portfolio.accounts import gate, secrets_hashing
+from portfolio.accounts.actor import Actor
+from portfolio.accounts.choices import OrgRole, TeamRole
+from portfolio.accounts.models import Department, Membership, OrgRoleGrant, PersonalToken, Team
+from portfolio.audit import services as audit
+from portfolio.errors import Conflict, Invalid
+
+User = get_user_model()
+TOKEN_PREFIX = "pat"
+
+
+def _validated(obj, *, exclude: list[str] | None = None):
+    try:
+        # Uniqueness is left to the database, whose IntegrityError becomes a Conflict (race-free).
+        obj.full_clean(exclude=exclude, validate_unique=False, validate_constraints=False)
+    except ValidationError as exc:
+        fields = exc.message_dict if hasattr(exc, "error_dict") else {"__all__": exc.messages}
+        first = next(iter(fields.items()))
+        raise Invalid(f"{first[0]}: {first[1][0]}", fields=fields) from None
+    return obj
+
+
+def _save_new(obj, conflict: str):
+    try:
+        with transaction.atomic():
+            obj.save(force_insert=True)
+    except IntegrityError:
+        raise Conflict(conflict) from None
+    return obj
+
+
+# --- Departments and teams -------------------------------------------------------------------------
+@transaction.atomic
+def create_department(*, actor: Actor, name: str, cost_center: str) -> Department:
+    gate.require(actor, "department.create")
+    department = _validated(Department(name=name.strip(), cost_center=cost_center.strip().upper()))
+    _save_new(department, f"A department named {department.name!r} or with cost center {department.cost_center} already exists.")
+    audit.record(actor, "department.create", department, after=department.snapshot())
+    return department
+
+
+@transaction.atomic
+def update_department(*, actor: Actor, department: Department, name: str, cost_center: str) -> Department:
+    gate.require(actor, "department.change", department)
+    before = department.snapshot()
+    department.name, department.cost_center = name.strip(), cost_center.strip().upper()
+    _validated(department, exclude=["name", "cost_center"] if before == department.snapshot() else None)
+    try:
+        with transaction.atomic():
+            department.save(update_fields=["name", "cost_center"])
+    except IntegrityError:
+        raise Conflict("Another department has that name or cost center.") from None
+    audit.record(actor, "department.update", department, before=before, after=department.snapshot())
+    return department
+
+
+@transaction.atomic
+def create_team(
+    *, actor: Actor, department: Department, name: str, slug: str = "", description: str = ""
+) -> Team:
+    gate.require(actor, "team.create")
+    slug = slugify(slug or name)[:60]
+    if not slug:
+        raise Invalid("name: A team needs a name with at least one letter or digit.", fields={"name": ["Required."]})
+    team = _validated(Team(department=department, name=name.strip(), slug=slug, description=description.strip()))
+    _save_new(team, f"A team named {team.name!r} or with the address {slug!r} already exists.")
+    audit.record(actor, "team.create", team, after=team.snapshot())
+    return team
+
+
+@transaction.atomic
+def update_team(*, actor: Actor, team: Team, name: str, description: str) -> Team:
+    gate.require(actor, "team.change", team)
+    before = team.snapshot()
+    team.name, team.description = name.strip(), description.strip()
+    _validated(team, exclude=["slug", "department"])
+    try:
+        with transaction.atomic():
+            team.save(update_fields=["name", "description"])
+    except IntegrityError:
+        raise Conflict("Another team in this department has that name.") from None
+    audit.record(actor, "team.update", team, before=before, after=team.snapshot())
+    return team
+
+
+# --- Memberships -----------------------------------------------------------------------------------
+def _check_role(role: str) -> str:
+    if role not in TeamRole.values:
+        raise Invalid(f"role: {role!r} is not a team role ({', '.join(TeamRole.values)}).")
+    return role
+
+
+@transaction.atomic
+def add_member(*, actor: Actor, team: Team, user, role: str) -> Membership:
+    gate.require(actor, "member.manage", team)
+    membership = Membership(team=team, user=user, role=_check_role(role))
+    _save_new(membership, f"{user.get_username()} is already a member of {team.name}; change the role instead.")
+    audit.record(actor, "membership.create", membership, after=membership.snapshot())
+    return membership
+
+
+def _would_leave_no_owner(membership: Membership) -> bool:
+    if membership.role != TeamRole.OWNER:
+        return False
+    others = Membership.objects.filter(team_id=membership.team_id, role=TeamRole.OWNER).exclude(pk=membership.pk)
+    return not others.exists()
+
+
+@transaction.atomic
+def change_member_role(*, actor: Actor, membership: Membership, role: str) -> Membership:
+    gate.require(actor, "member.manage", membership.team)
+    membership = Membership.objects.select_for_update().select_related("team", "user").get(pk=membership.pk)
+    before = membership.snapshot()
+    if role != TeamRole.OWNER and _would_leave_no_owner(membership):
+        raise Conflict("A team keeps at least one owner: make someone else owner first.")
+    membership.role = _check_role(role)
+    membership.save(update_fields=["role"])
+    audit.record(actor, "membership.update", membership, before=before, after=membership.snapshot())
+    return membership
+
+
+@transaction.atomic
+def remove_member(*, actor: Actor, membership: Membership) -> None:
+    gate.require(actor, "member.manage", membership.team)
+    membership = Membership.objects.select_for_update().select_related("team", "user").get(pk=membership.pk)
+    if _would_leave_no_owner(membership):
+        raise Conflict("A team keeps at least one owner: make someone else owner first.")
+    before = membership.snapshot()
+    audit.record(actor, "membership.delete", membership, before=before)
+    membership.delete()
+
+
+# --- Users -----------------------------------------------------------------------------------------
+@transaction.atomic
+def create_user(*, actor: Actor, username: str, email: str = "", org_role: str = ""):
+    """A local account with a random initial password, returned once for the admin to hand over."""
+    gate.require(actor, "user.manage")
+    user = User(username=username.strip(), email=email.strip())
+    _validated(user, exclude=["password"])
+    password = secrets.token_urlsafe(15)
+    user.set_password(password)
+    _save_new(user, f"A user named {user.username!r} already exists.")
+    after = {"username": user.username, "email": user.email}
+    if org_role:
+        if org_role not in OrgRole.values:
+            raise Invalid(f"org_role: {org_role!r} is not an organisation role.")
+        OrgRoleGrant.objects.create(user=user, role=org_role)
+        after["org_role"] = org_role
+    audit.record(actor, "user.create", user, after=after, object_repr=user.username)
+    return user, password
+
+
+@transaction.atomic
+def set_org_role(*, actor: Actor, user, role: str, granted: bool) -> None:
+    gate.require(actor, "user.manage")
+    if role not in OrgRole.values:
+        raise Invalid(f"role: {role!r} is not an organisation role.")
+    if granted:
+        _, created = OrgRoleGrant.objects.get_or_create(user=user, role=role)
+        action = "org_role.grant"
+    else:
+        created = OrgRoleGrant.objects.filter(user=user, role=role).delete()[0] > 0
+        action = "org_role.revoke"
+    if created:
+        audit.record(actor, action, user, after={"user": user.username, "role": role}, object_repr=user.username)
+
+
+@transaction.atomic
+def change_password(*, actor: Actor, user, new_password: str) -> None:
+    try:
+        validate_password(new_password, user)
+    except ValidationError as exc:
+        raise Invalid(" ".join(exc.messages), fields={"new_password": exc.messages}) from None
+    user.set_password(new_password)
+    user.save(update_fields=["password"])
+    audit.record(actor, "user.password_change", user, object_repr=user.username)
+
+
+# --- Personal access tokens ------------------------------------------------------------------------
+@transaction.atomic
+def create_personal_token(*, actor: Actor, name: str, expires_in_days: int | None = 90) -> tuple[PersonalToken, str]:
+    """Return the token row and its plaintext, which is never stored and never shown again."""
+    if actor.user is None or actor.token_id is not None:
+        # A token cannot mint more tokens: a leaked one must not be able to outlive its revocation.
+        raise Invalid("Personal tokens are created by a signed-in user, not with another token.")
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise Invalid("name: Give the token a name of 1-100 characters.", fields={"name": ["Required."]})
+    limit = settings.PERSONAL_TOKEN_MAX_DAYS
+    if expires_in_days is None or not 1 <= expires_in_days <= limit:
+        raise Invalid(f"expires_in_days: Choose between 1 and {limit} days.", fields={"expires_in_days": ["Out of range."]})
+    issued = secrets_hashing.issue(TOKEN_PREFIX)
+    token = PersonalToken.objects.create(
+        user=actor.user,
+        name=name,
+        key_id=issued.key_id,
+        secret_hash=issued.hash,
+        expires_at=timezone.now() + timedelta(days=expires_in_days),
+    )
+    audit.record(actor, "token.create", token, after=token.snapshot())
+    return token, issued.plaintext
+
+
+@transaction.atomic
+def revoke_personal_token(*, actor: Actor, token: PersonalToken) -> PersonalToken:
+    token = gate.get_visible(actor, PersonalToken, pk=token.pk)
+    updated = PersonalToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    if updated:
+        token.refresh_from_db(fields=["revoked_at"])
+        audit.record(actor, "token.revoke", token, after=token.snapshot())
+    return token
+
+
+def authenticate_token(presented: str) -> PersonalToken | None:
+    """The token row for a presented secret if it is valid now; None for anything else."""
+    key_id = secrets_hashing.parse(TOKEN_PREFIX, presented)
+    if key_id is None:
+        return None
+    token = PersonalToken.objects.select_related("user").filter(key_id=key_id).first()
+    if token is None or not secrets_hashing.matches(presented, token.secret_hash):
+        return None
+    if not token.is_active or not token.user.is_active:
+        return None
+    now = timezone.now()
+    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+        # Coarse last-use tracking: one write a minute per token, not one per request.
+        PersonalToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token

@@ -1,0 +1,64 @@
+"""REST endpoints for reading and exporting the audit trail."""
+
+from datetime import datetime
+from typing import Any
+
+from django.http import FileResponse
+from ninja import Query, Router, Schema
+from ninja.pagination import PageNumberPagination, paginate
+
+from portfolio.accounts import gate
+from portfolio.audit.exports import build_export
+from portfolio.audit.filters import AuditFilter
+from portfolio.audit.models import AuditEvent
+
+router = Router(tags=["audit"])
+
+
+class AuditEventOut(Schema):
+    sequence: int
+    occurred_at: datetime
+    actor_kind: str
+    actor_label: str
+    action: str
+    object_type: str
+    object_id: str
+    object_repr: str
+    department_id: int | None
+    team_id: int | None
+    request_id: str
+    ip: str
+    before: Any
+    after: Any
+    prev_hash: str
+    hash: str
+
+
+class AuditQuery(Schema):
+    since: datetime | None = None
+    until: datetime | None = None
+    actor: str = ""
+    action: str = ""
+    department_id: int | None = None
+    team_id: int | None = None
+    object_type: str = ""
+    object_id: str = ""
+
+    def selection(self) -> AuditFilter:
+        return AuditFilter(**self.dict())
+
+
+@router.get("/events", response=list[AuditEventOut])
+@paginate(PageNumberPagination, page_size=100)
+def list_events(request, filters: Query[AuditQuery]):
+    gate.require(request.auth, "audit.view")
+    return filters.selection().apply(gate.visible(request.auth, AuditEvent)).order_by("-sequence")
+
+
+@router.get("/export", response={200: None})
+def export_events(request, filters: Query[AuditQuery], format: str = "jsonl"):
+    """A zip with the events (JSONL or CSV) and a signed manifest; verify with `audit_verify_export`."""
+    export = build_export(actor=request.auth, selection=filters.selection(), fmt=format)
+    response = FileResponse(open(export.path, "rb"), as_attachment=True, filename=export.filename)  # noqa: SIM115
+    export.path.unlink()  # the open handle keeps the data readable until the response is sent
+    return response

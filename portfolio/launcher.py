@@ -1,0 +1,99 @@
+"""`portfolio run` (`make run`): the whole platform on one machine.
+
+Starts the embedded PostgreSQL and Redis when no URLs are configured, migrates, creates the admin
+account (password printed once, kept in a file only this user can read), seeds the demo portfolio, then
+runs the web server, a Celery worker (control queue and this machine's node queue) and Celery beat.
+Ctrl-C (or SIGTERM) stops everything it started, the embedded servers last. Data is kept for next time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from portfolio import cli, embedded
+
+STOP_GRACE_SECONDS = 20
+
+
+def _say(message: str) -> None:
+    print(f"[portfolio] {message}", flush=True)
+
+
+def _data_dir() -> Path:
+    default = Path(__file__).resolve().parent.parent / ".portfolio"
+    return Path(os.environ.get("PORTFOLIO_DATA_DIR") or default).expanduser().resolve()
+
+
+def _manage(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "portfolio.cli", "manage", *args], check=True)
+
+
+def run_all(*, host: str, port: int, demo: bool = True) -> int:
+    data_dir = _data_dir()
+    os.environ["PORTFOLIO_DATA_DIR"] = str(data_dir)
+    started_embedded = []
+    if not os.environ.get("DATABASE_URL"):
+        _say(f"starting embedded PostgreSQL in {data_dir / 'pgdata'}")
+        os.environ["DATABASE_URL"] = embedded.ensure_postgres(data_dir)
+        started_embedded.append("postgres")
+    if not os.environ.get("REDIS_URL"):
+        _say(f"starting embedded Redis in {data_dir / 'redis'}")
+        os.environ["REDIS_URL"] = embedded.ensure_redis(data_dir)
+        started_embedded.append("redis")
+
+    children: list[subprocess.Popen] = []
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        _manage("migrate", "--noinput")
+        _manage("bootstrap_admin")
+        if demo:
+            _manage("seed_demo")
+        node = cli.node_name()
+        commands = {
+            "web": cli.web_command(host, port, 1),
+            "worker": cli.worker_command(["control", f"node.{node}"], 2, f"local@{node}"),
+            "beat": cli.beat_command(str(data_dir / "celerybeat-schedule")),
+        }
+        for name, command in commands.items():
+            _say(f"starting {name}")
+            children.append(subprocess.Popen(command))
+        _say(f"ready: http://{host}:{port}/  (Ctrl-C stops everything)")
+        while not stopping:
+            for child in children:
+                if child.poll() is not None:
+                    _say(f"a process exited with status {child.returncode}; stopping everything")
+                    stopping = True
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    except subprocess.CalledProcessError as exc:
+        _say(f"start-up step failed: {' '.join(exc.cmd[4:])} (exit {exc.returncode})")
+        return 1
+    finally:
+        _say("stopping")
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for child in children:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if "redis" in started_embedded:
+            embedded.stop_redis(data_dir)
+        if "postgres" in started_embedded:
+            embedded.stop_postgres(data_dir)
+        _say("stopped")
+    return 0

@@ -1,0 +1,273 @@
+"""Django settings: every value comes from the environment (see README "Configuration").
+
+With no ``DATABASE_URL`` / ``REDIS_URL`` the embedded default starts PostgreSQL and Redis from pip
+wheels under ``PORTFOLIO_DATA_DIR``; production sets both and ``PORTFOLIO_ENV=production``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import socket
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from portfolio import embedded
+from portfolio.envparse import Env
+
+env = Env()
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+PORTFOLIO_ENV = env.choice("PORTFOLIO_ENV", "development", {"development", "production"})
+PRODUCTION = PORTFOLIO_ENV == "production"
+DEBUG = env.flag("DJANGO_DEBUG", False)
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("DJANGO_DEBUG must be off when PORTFOLIO_ENV=production.")
+
+DATA_DIR = env.path("PORTFOLIO_DATA_DIR", BASE_DIR / ".portfolio")
+
+
+def _development_secret(path: Path) -> str:
+    """A per-installation secret kept in the data folder, readable by its owner only."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(50)
+    path.touch(mode=0o600)
+    path.write_text(value)
+    return value
+
+
+if PRODUCTION:
+    SECRET_KEY = env.required("DJANGO_SECRET_KEY")
+else:
+    SECRET_KEY = env.text("DJANGO_SECRET_KEY") or _development_secret(DATA_DIR / "secret_key")
+if len(SECRET_KEY) < 32:
+    raise ImproperlyConfigured("DJANGO_SECRET_KEY must be at least 32 characters.")
+
+
+def _derived_key(label: str) -> bytes:
+    return hmac.new(SECRET_KEY.encode(), label.encode(), hashlib.sha256).digest()
+
+
+# Keys for keyed hashes of tokens and for signing audit exports; separate secrets in production are best.
+TOKEN_HASH_KEY: bytes = (env.text("PORTFOLIO_TOKEN_HASH_KEY") or "").encode() or _derived_key("token-hash")
+AUDIT_SIGNING_KEY: bytes = (env.text("PORTFOLIO_AUDIT_SIGNING_KEY") or "").encode() or _derived_key("audit-export")
+
+ALLOWED_HOSTS = env.csv_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.csv_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+# --- Services -------------------------------------------------------------------------------------
+_database_url = env.text("DATABASE_URL")
+_redis_url = env.text("REDIS_URL")
+EMBEDDED_SERVICES = []
+if _database_url is None:
+    if PRODUCTION:
+        raise ImproperlyConfigured("DATABASE_URL must be set when PORTFOLIO_ENV=production.")
+    _database_url = embedded.ensure_postgres(DATA_DIR)
+    EMBEDDED_SERVICES.append("postgres")
+if _redis_url is None:
+    if PRODUCTION:
+        raise ImproperlyConfigured("REDIS_URL must be set when PORTFOLIO_ENV=production.")
+    _redis_url = embedded.ensure_redis(DATA_DIR)
+    EMBEDDED_SERVICES.append("redis")
+REDIS_URL = _redis_url
+
+
+def _database(url: str) -> dict:
+    from psycopg.conninfo import conninfo_to_dict
+
+    if not url.startswith(("postgres://", "postgresql://")):
+        raise ImproperlyConfigured("DATABASE_URL must be a postgresql:// URL.")
+    try:
+        info = conninfo_to_dict(url)
+    except Exception as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL is not a valid PostgreSQL URL: {exc}") from exc
+    password = info.pop("password", "")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": info.pop("dbname", "portfolio"),
+        "USER": info.pop("user", ""),
+        # A password from DATABASE_PASSWORD(_FILE) keeps the secret out of the URL.
+        "PASSWORD": env.text("DATABASE_PASSWORD") or password,
+        "HOST": info.pop("host", ""),
+        "PORT": info.pop("port", ""),
+        "OPTIONS": info,
+        "CONN_MAX_AGE": env.integer("DATABASE_CONN_MAX_AGE", 60, minimum=0),
+        "CONN_HEALTH_CHECKS": True,
+    }
+
+
+DATABASES = {"default": _database(_database_url)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+
+
+def _celery_broker(url: str) -> str:
+    # kombu spells a Redis unix socket "redis+socket://PATH".
+    if url.startswith("unix://"):
+        return "redis+socket://" + url.removeprefix("unix://")
+    return url
+
+
+CELERY_BROKER_URL = env.text("CELERY_BROKER_URL") or _celery_broker(REDIS_URL)
+CELERY_TASK_DEFAULT_QUEUE = "control"
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ALWAYS_EAGER = env.flag("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+# The machine this process runs on: its node agent consumes the queue "node.<NODE_NAME>".
+NODE_NAME = env.text("PORTFOLIO_NODE_NAME") or socket.gethostname()
+
+# --- Django ---------------------------------------------------------------------------------------
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "django_htmx",
+    "ninja",
+    "portfolio.accounts",
+    "portfolio.audit",
+    "portfolio.registry",
+    "portfolio.billing",
+    "serving",
+    "training",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "portfolio.requestcontext.RequestIdMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "portfolio.accounts.middleware.LoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "portfolio.urls"
+ASGI_APPLICATION = "portfolio.asgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "portfolio.accounts.context.navigation",
+            ],
+        },
+    }
+]
+
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "login"
+# Lock an account (per user name and per client address) after repeated failed logins.
+LOGIN_FAILURE_LIMIT = env.integer("PORTFOLIO_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+LOGIN_LOCKOUT_SECONDS = env.integer("PORTFOLIO_LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
+PERSONAL_TOKEN_MAX_DAYS = env.integer("PORTFOLIO_PERSONAL_TOKEN_MAX_DAYS", 365, minimum=1)
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "portfolio" / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+# Development serves static files straight from the source folders, so no collectstatic is needed.
+WHITENOISE_USE_FINDERS = not PRODUCTION
+if not PRODUCTION:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+
+# --- Security -------------------------------------------------------------------------------------
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_AGE = env.integer("PORTFOLIO_SESSION_SECONDS", 8 * 3600, minimum=300)
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
+CSRF_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+if PRODUCTION:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env.flag("DJANGO_SECURE_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = env.integer("DJANGO_HSTS_SECONDS", 31536000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    if env.flag("DJANGO_BEHIND_TLS_PROXY", False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+        "base-uri": ["'self'"],
+        "object-src": ["'none'"],
+    }
+}
+
+# --- Logging --------------------------------------------------------------------------------------
+LOG_LEVEL = env.choice("PORTFOLIO_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {
+        "request_id": {"()": "portfolio.requestcontext.RequestIdLogFilter"},
+        "redact": {"()": "portfolio.redaction.RedactSecretsFilter"},
+    },
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["request_id", "redact"],
+        },
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

@@ -1,0 +1,97 @@
+"""Service functions: every change has its audit row in the same transaction, and only then."""
+
+import pytest
+from django.db import transaction
+
+from portfolio.accounts import services
+from portfolio.accounts.choices import TeamRole
+from portfolio.accounts.models import Department, Membership, Team
+from portfolio.audit.models import AuditEvent
+from portfolio.errors import Conflict, Forbidden, Invalid
+from tests.conftest import actor_for
+
+pytestmark = pytest.mark.django_db
+
+
+def test_creating_a_team_writes_its_audit_row(org, department):
+    team = services.create_team(actor=actor_for(org["admin"]), department=department, name="Fraud Models")
+    event = AuditEvent.objects.get(action="team.create")
+    assert (event.object_id, event.team_id, event.department_id) == (str(team.pk), team.pk, department.pk)
+    assert event.after["slug"] == "fraud-models"
+    assert event.actor_label == "admin" and event.ip == "127.0.0.1"
+
+
+def test_a_refused_change_leaves_no_audit_row(org, department):
+    with pytest.raises(Forbidden):
+        services.create_team(actor=actor_for(org["owner"]), department=department, name="Rogue")
+    assert not AuditEvent.objects.exists()
+    assert not Team.objects.filter(name="Rogue").exists()
+
+
+def test_a_failing_audit_write_rolls_the_change_back(org, department, monkeypatch):
+    from portfolio.audit import services as audit
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("audit store unavailable")
+
+    monkeypatch.setattr(audit, "record", broken)
+    with pytest.raises(RuntimeError):
+        services.create_department(actor=actor_for(org["admin"]), name="Finance", cost_center="CC-900")
+    assert not Department.objects.filter(cost_center="CC-900").exists()
+
+
+def test_a_duplicate_team_name_is_a_conflict_with_a_clear_message(org, team):
+    with pytest.raises(Conflict, match="already exists"):
+        services.create_team(actor=actor_for(org["admin"]), department=team.department, name=team.name)
+
+
+def test_a_malformed_cost_center_is_refused_with_the_field_named(org):
+    with pytest.raises(Invalid) as excinfo:
+        services.create_department(actor=actor_for(org["admin"]), name="Ops", cost_center="lower case!")
+    assert "cost_center" in excinfo.value.fields
+
+
+def test_audit_rows_are_only_written_inside_the_change_transaction(org):
+    from portfolio.audit import services as audit
+
+    with pytest.raises(RuntimeError, match="inside the transaction"):
+        # pytest-django wraps the test in a transaction; leave it to show the guard.
+        with transaction.atomic():
+            pass
+        transaction.get_connection().in_atomic_block = False
+        try:
+            audit.record(actor_for(org["admin"]), "noop")
+        finally:
+            transaction.get_connection().in_atomic_block = True
+
+
+def test_an_owner_adds_changes_and_removes_a_member_each_audited(org, team, make_user):
+    owner = actor_for(org["owner"])
+    newcomer = make_user("newcomer")
+    membership = services.add_member(actor=owner, team=team, user=newcomer, role=TeamRole.VIEWER)
+    services.change_member_role(actor=owner, membership=membership, role=TeamRole.ENGINEER)
+    services.remove_member(actor=owner, membership=membership)
+    actions = list(AuditEvent.objects.order_by("sequence").values_list("action", flat=True))
+    assert actions == ["membership.create", "membership.update", "membership.delete"]
+    update = AuditEvent.objects.get(action="membership.update")
+    assert (update.before["role"], update.after["role"]) == ("viewer", "engineer")
+
+
+def test_the_last_owner_cannot_be_removed_or_demoted(org, team):
+    membership = Membership.objects.get(team=team, role=TeamRole.OWNER)
+    with pytest.raises(Conflict, match="at least one owner"):
+        services.remove_member(actor=actor_for(org["admin"]), membership=membership)
+    with pytest.raises(Conflict, match="at least one owner"):
+        services.change_member_role(actor=actor_for(org["admin"]), membership=membership, role=TeamRole.VIEWER)
+
+
+def test_adding_someone_twice_is_a_conflict(org, team):
+    with pytest.raises(Conflict, match="already a member"):
+        services.add_member(actor=actor_for(org["owner"]), team=team, user=org["viewer"], role=TeamRole.VIEWER)
+
+
+def test_a_new_user_gets_a_strong_one_time_password_that_is_not_audited(org):
+    user, password = services.create_user(actor=actor_for(org["admin"]), username="dana", email="dana@example.com")
+    assert user.check_password(password) and len(password) >= 16
+    event = AuditEvent.objects.get(action="user.create")
+    assert password not in str(event.after)

@@ -1,0 +1,100 @@
+"""Shared fixtures: an organisation with one user per role, on real PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection
+
+from portfolio.accounts.actor import Actor
+from portfolio.accounts.choices import OrgRole, TeamRole
+from portfolio.accounts.models import Department, Membership, OrgRoleGrant, Team
+
+PASSWORD = "correct-horse-battery-staple"
+
+
+@pytest.fixture(autouse=True)
+def _audit_table_append_only(request):
+    """Keep the append-only trigger on for every test; let transactional tests' flush empty the table.
+
+    Django empties tables between transactional tests with TRUNCATE, which the trigger refuses by design;
+    as the test database's superuser we switch the TRUNCATE trigger off for that flush only.
+    """
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None and "live_server" not in request.fixturenames:
+        yield
+        return
+    transactional = "live_server" in request.fixturenames or bool(
+        marker and (marker.kwargs.get("transaction") or (marker.args and marker.args[0]))
+    )
+    request.getfixturevalue("transactional_db" if transactional else "db")
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER audit_event_no_truncate")
+        cursor.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER audit_event_no_update_delete")
+    yield
+    if transactional:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER audit_event_no_truncate")
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # Argon2 is deliberately slow; tests create many users and only need hashing to be correct.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def make_user(db):
+    def make(username: str, *, superuser: bool = False, org_role: str | None = None):
+        User = get_user_model()
+        user = User.objects.create_user(username=username, password=PASSWORD, is_superuser=superuser)
+        if org_role:
+            OrgRoleGrant.objects.create(user=user, role=org_role)
+        return user
+
+    return make
+
+
+@pytest.fixture
+def department(db):
+    return Department.objects.create(name="Customer Operations", cost_center="CC-100")
+
+
+@pytest.fixture
+def other_department(db):
+    return Department.objects.create(name="Legal", cost_center="CC-200")
+
+
+@pytest.fixture
+def team(department):
+    return Team.objects.create(department=department, name="Support AI", slug="support-ai")
+
+
+@pytest.fixture
+def other_team(other_department):
+    return Team.objects.create(department=other_department, name="Contracts", slug="contracts")
+
+
+@pytest.fixture
+def org(make_user, team, other_team):
+    """One user per role: owner/engineer/developer/viewer of ``team``, an outsider (owner of
+    ``other_team``), an auditor and a platform admin."""
+    users = {
+        "admin": make_user("admin", superuser=True),
+        "auditor": make_user("auditor", org_role=OrgRole.AUDITOR),
+        "outsider": make_user("outsider"),
+    }
+    for role in TeamRole.values:
+        users[role] = make_user(role)
+        Membership.objects.create(user=users[role], team=team, role=role)
+    Membership.objects.create(user=users["outsider"], team=other_team, role=TeamRole.OWNER)
+    return users
+
+
+def actor_for(user) -> Actor:
+    return Actor(user=user, ip="127.0.0.1", user_agent="pytest", request_id="test")
+
+
+@pytest.fixture
+def system_actor() -> Actor:
+    return Actor.for_system("tests")

@@ -1,0 +1,83 @@
+"""`portfolio run` (what `make run` starts) on an empty data folder: embedded PostgreSQL and Redis, an
+admin whose password is printed once, web + worker + beat; Ctrl-C stops it all; a second run reuses data."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")}
+    env.update(PORTFOLIO_DATA_DIR=str(data_dir), PORTFOLIO_NODE_NAME="e2e-node", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "portfolio.cli", "run", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def _wait_ready(process: subprocess.Popen, port: int, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"portfolio run exited early ({process.returncode}):\n{log.read_text()[-5000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"portfolio run not ready after {START_TIMEOUT}s:\n{log.read_text()[-5000:]}")
+
+
+def _interrupt(process: subprocess.Popen, log: Path) -> None:
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+    try:
+        assert process.wait(timeout=90) == 0, log.read_text()[-5000:]
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail(f"portfolio run did not stop on Ctrl-C:\n{log.read_text()[-5000:]}")
+
+
+def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
+    data_dir, port = tmp_path / "data", _free_port()
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    process = _start(data_dir, port, first_log)
+    try:
+        _wait_ready(process, port, first_log)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/login/", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        _interrupt(process, first_log)
+    output = first_log.read_text()
+    password_file = data_dir / "admin-password"
+    password = password_file.read_text().strip()
+    assert oct(password_file.stat().st_mode & 0o777) == "0o600"
+    assert output.count(password) == 1, "the admin password is printed exactly once"
+    assert "starting worker" in output and "starting beat" in output
+    assert not (data_dir / "pgdata" / "postmaster.pid").exists(), "embedded PostgreSQL still running"
+    assert not (data_dir / "redis" / "redis.sock").exists(), "embedded Redis still running"
+
+    process = _start(data_dir, port, second_log)
+    try:
+        _wait_ready(process, port, second_log)
+    finally:
+        _interrupt(process, second_log)
+    again = second_log.read_text()
+    assert "Admin account exists" in again and password not in again
