@@ -125,6 +125,29 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 # The machine this process runs on: its node agent consumes the queue "node.<NODE_NAME>".
 NODE_NAME = env.text("PORTFOLIO_NODE_NAME") or socket.gethostname()
 
+# --- Artifacts and imports ------------------------------------------------------------------------
+ARTIFACT_STORE = env.choice("PORTFOLIO_STORAGE", "local", {"local", "s3"})
+ARTIFACT_ROOT = env.path("PORTFOLIO_ARTIFACT_ROOT", DATA_DIR / "artifacts")
+# Where engines and trainers keep verified working copies of artifacts on each node.
+ARTIFACT_CACHE = env.path("PORTFOLIO_ARTIFACT_CACHE", DATA_DIR / "cache" / "artifacts")
+MINIO_ENDPOINT = env.text("MINIO_ENDPOINT") or ""
+MINIO_ACCESS_KEY = env.text("MINIO_ACCESS_KEY") or ""
+MINIO_SECRET_KEY = env.text("MINIO_SECRET_KEY") or ""
+MINIO_BUCKET = env.text("MINIO_BUCKET") or "portfolio-artifacts"
+MINIO_SECURE = env.flag("MINIO_SECURE", True)
+MINIO_REGION = env.text("MINIO_REGION")
+if ARTIFACT_STORE == "s3" and not (MINIO_ENDPOINT and MINIO_ACCESS_KEY and MINIO_SECRET_KEY):
+    raise ImproperlyConfigured("PORTFOLIO_STORAGE=s3 needs MINIO_ENDPOINT, MINIO_ACCESS_KEY and MINIO_SECRET_KEY.")
+# Server folders an admin allows importing from; nothing outside them is ever read.
+IMPORT_ROOTS = [Path(p).resolve() for p in env.csv_list("PORTFOLIO_IMPORT_ROOTS", [str(DATA_DIR / "imports")])]
+MAX_IMPORT_BYTES = env.integer("PORTFOLIO_MAX_IMPORT_BYTES", 40 * 1024**3, minimum=1)
+MAX_UPLOAD_BYTES = env.integer("PORTFOLIO_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
+GGUF_CONVERT_TIMEOUT = env.integer("PORTFOLIO_GGUF_CONVERT_TIMEOUT", 1800, minimum=10)
+# Hugging Face Hub: HF_ENDPOINT (an internal mirror) and HF_HUB_OFFLINE are read by huggingface_hub itself.
+HF_CACHE_DIR = env.text("HF_HUB_CACHE")
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+
 # --- Django ---------------------------------------------------------------------------------------
 INSTALLED_APPS = [
     "django.contrib.auth",
@@ -134,6 +157,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
+    "django.contrib.postgres",
     "django_htmx",
     "ninja",
     "portfolio.accounts",

@@ -1,0 +1,48 @@
+from django.db import models
+
+
+class Task(models.TextChoices):
+    CHAT = "chat", "Chat / instruction following"
+    CLASSIFICATION = "classification", "Classification / routing"
+    EXTRACTION = "extraction", "Extraction"
+    SUMMARIZATION = "summarization", "Summarization"
+    CODE = "code", "Code"
+    EMBEDDING = "embedding", "Embeddings"
+    OTHER = "other", "Other"
+
+
+class Visibility(models.TextChoices):
+    TEAM = "team", "Owner team"
+    DEPARTMENT = "department", "Owner team's department"
+    ORGANISATION = "organisation", "Whole organisation"
+
+
+class VersionKind(models.TextChoices):
+    BASE = "base", "Base model"
+    ADAPTER = "adapter", "LoRA adapter"
+
+
+class Source(models.TextChoices):
+    HUB = "hub", "Hugging Face Hub"
+    LOCAL = "local", "Server folder"
+    GGUF = "gguf", "GGUF file"
+    UPLOAD = "upload", "Upload"
+    FINE_TUNE = "fine_tune", "Fine-tune"
+    DISTILLATION = "distillation", "Distillation"
+
+
+class VersionStatus(models.TextChoices):
+    IMPORTING = "importing", "Importing"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+    ARCHIVED = "archived", "Archived"
+
+    @classmethod
+    def terminal(cls) -> frozenset[str]:
+        return frozenset({cls.FAILED, cls.ARCHIVED})
+
+
+class Health(models.TextChoices):
+    UNKNOWN = "unknown", "Not verified yet"
+    OK = "ok", "Verified"
+    CORRUPT = "corrupt", "Corrupted"

@@ -1,0 +1,43 @@
+"""Convert a GGUF file to a safetensors model folder that vLLM and transformers load.
+
+Run as its own process (``python -m portfolio.registry.gguf_convert GGUF OUT``) so that torch and the
+dequantised weights never stay in a long-lived worker's memory. transformers dequantises GGUF tensors on
+load; the quantiser bookkeeping is dropped so the model saves as a plain (bfloat16) checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def convert(gguf_path: Path, out_dir: Path, dtype: str = "bfloat16") -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=getattr(torch, dtype))
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return {"architecture": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("gguf", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    args = parser.parse_args()
+    result = convert(args.gguf, args.out, args.dtype)
+    json.dump(result, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

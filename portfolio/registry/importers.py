@@ -1,0 +1,146 @@
+"""Fetching a version's files into a local folder, one function per source.
+
+Each importer returns a folder holding exactly the files to store. Sources are untrusted: paths must
+lie under the import roots, archives are extracted safely, and what is fetched from a hub is limited
+to data files (weights as safetensors, configs, tokenizers) unless an admin allowed more.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from django.conf import settings
+
+from portfolio.registry import safety
+from portfolio.registry.choices import Source
+from portfolio.registry.models import ModelVersion
+
+Report = Callable[[int, str], None]  # (percent, what is happening)
+
+SAFE_PATTERNS = ["*.safetensors", "*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "*.md", "LICENSE*"]
+PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth"]
+CODE_PATTERNS = ["*.py"]
+
+
+class ImportFailed(Exception):
+    """An import that cannot succeed, with a reason a person can act on."""
+
+
+def fetch(version: ModelVersion, workdir: Path, report: Report) -> Path:
+    source = version.source
+    if source == Source.HUB:
+        return fetch_hub(version, workdir, report)
+    if source == Source.LOCAL:
+        return fetch_local(version, workdir, report)
+    if source == Source.GGUF:
+        return convert_gguf(safety.resolve_import_path(version.source_ref), workdir, report)
+    if source == Source.UPLOAD:
+        return fetch_upload(version, workdir, report)
+    raise ImportFailed(f"{source} versions are not imported; they are registered by their job.")
+
+
+def parse_hub_ref(ref: str) -> tuple[str, str | None]:
+    """``org/name@revision`` -> (repo id, revision)."""
+    repo, _, revision = ref.partition("@")
+    parts = repo.split("/")
+    if len(parts) != 2 or not all(parts) or any(p in (".", "..") for p in parts):
+        raise ImportFailed(f"{ref!r} is not a Hub repository reference like 'org/name@revision'.")
+    return repo, revision or None
+
+
+def fetch_hub(version: ModelVersion, workdir: Path, report: Report) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    repo, revision = parse_hub_ref(version.source_ref)
+    patterns = list(SAFE_PATTERNS)
+    if version.import_options.get("allow_pickle"):
+        patterns += PICKLE_PATTERNS
+    if version.import_options.get("trust_remote_code"):
+        patterns += CODE_PATTERNS
+    report(5, f"fetching {repo} from the Hub mirror")
+    try:
+        snapshot = Path(snapshot_download(repo, revision=revision, allow_patterns=patterns,
+                                          cache_dir=settings.HF_CACHE_DIR))
+    except RepositoryNotFoundError as exc:
+        raise ImportFailed(f"Repository {repo} was not found on the Hub mirror (or needs a token).") from exc
+    except LocalEntryNotFoundError as exc:
+        raise ImportFailed(
+            f"{repo}@{revision or 'main'} is not in the local Hub cache and the Hub cannot be reached "
+            "(offline mode or no network): pre-load the cache or set HF_ENDPOINT to an internal mirror."
+        ) from exc
+    except HfHubHTTPError as exc:
+        raise ImportFailed(f"The Hub mirror refused the download: {exc}") from exc
+    # The cache's snapshot folder holds links into its blob store; copy the real files out (hard links
+    # where possible) and refuse any link that points outside this repository's cache folder.
+    repo_cache = snapshot.parent.parent.resolve()
+    out = workdir / "snapshot"
+    for path in sorted(snapshot.rglob("*")):
+        if path.is_dir():
+            continue
+        real = path.resolve()
+        if repo_cache not in real.parents:
+            raise ImportFailed(f"{path.relative_to(snapshot)} points outside the Hub cache; refused.")
+        target = out / path.relative_to(snapshot)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(real, target)
+        except OSError:
+            shutil.copyfile(real, target)
+    if not out.exists():
+        raise ImportFailed(f"{repo}@{revision or 'main'} has no files this import may take.")
+    return out
+
+
+def fetch_local(version: ModelVersion, workdir: Path, report: Report) -> Path:
+    path = safety.resolve_import_path(version.source_ref)
+    if path.is_file() and path.suffix == ".gguf":
+        return convert_gguf(path, workdir, report)
+    if not path.is_dir():
+        raise ImportFailed(f"{path} is neither a model folder nor a .gguf file.")
+    safety.refuse_links_inside(path)
+    report(5, f"reading {path}")
+    return path
+
+
+def convert_gguf(gguf: Path, workdir: Path, report: Report) -> Path:
+    if not gguf.is_file() or gguf.suffix != ".gguf":
+        raise ImportFailed(f"{gguf.name} is not a .gguf file.")
+    out = workdir / "converted"
+    report(10, f"converting {gguf.name} to safetensors")
+    result = subprocess.run(
+        [sys.executable, "-m", "portfolio.registry.gguf_convert", str(gguf), str(out)],
+        capture_output=True, text=True, timeout=settings.GGUF_CONVERT_TIMEOUT,
+    )
+    if result.returncode != 0:
+        tail = "\n".join(result.stderr.strip().splitlines()[-5:])
+        raise ImportFailed(f"Could not convert {gguf.name}: {tail or 'converter exited ' + str(result.returncode)}")
+    original = out / "original"
+    original.mkdir()
+    try:
+        os.link(gguf, original / gguf.name)
+    except OSError:
+        shutil.copyfile(gguf, original / gguf.name)
+    report(50, "converted; storing")
+    return out
+
+
+def fetch_upload(version: ModelVersion, workdir: Path, report: Report) -> Path:
+    upload = Path(version.import_options.get("upload_path", ""))
+    uploads_dir = (Path(settings.DATA_DIR) / "uploads").resolve()
+    if uploads_dir not in upload.resolve().parents or not upload.is_file():
+        raise ImportFailed("The uploaded archive is gone; upload it again.")
+    out = workdir / "extracted"
+    out.mkdir()
+    report(10, "extracting the archive")
+    safety.safe_extract(upload, out)
+    # Archives often wrap the files in one top folder; take its content as the artifact.
+    children = [p for p in out.iterdir()]
+    if len(children) == 1 and children[0].is_dir():
+        return children[0]
+    return out

@@ -1,0 +1,119 @@
+"""Reading what a model is from its files alone: config, tokenizer config, safetensors headers.
+
+Nothing here loads weights or runs code from the model: safetensors headers are plain JSON, and
+``config.json`` is read as data (``auto_map`` there means the model wants custom code).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+CODE_SUFFIXES = (".py",)
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
+                      "I8": "int8", "U8": "uint8", "F8_E4M3": "float8_e4m3", "F8_E5M2": "float8_e5m2"}
+
+
+class InspectionError(Exception):
+    """The files are not a model we can register, with the reason."""
+
+
+@dataclass
+class ModelFacts:
+    format: str = ""
+    architecture: str = ""
+    parameter_count: int | None = None
+    context_length: int | None = None
+    dtype: str = ""
+    quantization: str = ""
+    has_chat_template: bool = False
+    is_adapter: bool = False
+    adapter: dict = field(default_factory=dict)
+    model_card: str = ""
+    needs_remote_code: bool = False
+    pickle_files: list[str] = field(default_factory=list)
+
+
+def safetensors_header(path: Path) -> dict:
+    with path.open("rb") as handle:
+        raw = handle.read(8)
+        if len(raw) != 8:
+            raise InspectionError(f"{path.name}: not a safetensors file (too short)")
+        (length,) = struct.unpack("<Q", raw)
+        if length > MAX_HEADER_BYTES:
+            raise InspectionError(f"{path.name}: safetensors header of {length} bytes is implausible")
+        try:
+            return json.loads(handle.read(length))
+        except ValueError as exc:
+            raise InspectionError(f"{path.name}: safetensors header is not valid JSON") from exc
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except ValueError as exc:
+        raise InspectionError(f"{path.name} is not valid JSON: {exc}") from exc
+    return value if isinstance(value, dict) else {}
+
+
+def inspect_directory(directory: Path) -> ModelFacts:
+    facts = ModelFacts()
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    names = {p.relative_to(directory).as_posix() for p in files}
+    facts.pickle_files = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    facts.needs_remote_code = any(n.endswith(CODE_SUFFIXES) for n in names)
+
+    weights = sorted(p for p in files if p.suffix == ".safetensors")
+    counts: Counter[str] = Counter()
+    parameters = 0
+    for path in weights:
+        for name, tensor in safetensors_header(path).items():
+            if name == "__metadata__":
+                continue
+            n = math.prod(tensor.get("shape") or [1])
+            parameters += n
+            counts[tensor.get("dtype", "")] += n
+    if weights:
+        facts.parameter_count = parameters
+        facts.dtype = SAFETENSORS_DTYPES.get(counts.most_common(1)[0][0], counts.most_common(1)[0][0].lower())
+
+    adapter_config = _read_json(directory / "adapter_config.json")
+    if adapter_config:
+        facts.is_adapter = True
+        facts.format = "peft-lora"
+        facts.adapter = {
+            key: adapter_config.get(key)
+            for key in ("peft_type", "r", "lora_alpha", "target_modules", "base_model_name_or_path", "task_type")
+            if key in adapter_config
+        }
+        if isinstance(facts.adapter.get("target_modules"), set):
+            facts.adapter["target_modules"] = sorted(facts.adapter["target_modules"])
+    else:
+        config = _read_json(directory / "config.json")
+        if config.get("auto_map"):
+            facts.needs_remote_code = True
+        architectures = config.get("architectures") or []
+        facts.architecture = architectures[0] if architectures else config.get("model_type", "")
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            if isinstance(config.get(key), int):
+                facts.context_length = config[key]
+                break
+        facts.dtype = facts.dtype or str(config.get("torch_dtype") or config.get("dtype") or "")
+        quantization = config.get("quantization_config") or {}
+        facts.quantization = str(quantization.get("quant_method", "")) if isinstance(quantization, dict) else ""
+        facts.format = "safetensors" if weights else ("pickle" if facts.pickle_files else "")
+    tokenizer_config = _read_json(directory / "tokenizer_config.json")
+    facts.has_chat_template = bool(tokenizer_config.get("chat_template")) or (directory / "chat_template.jinja").exists()
+    readme = directory / "README.md"
+    if readme.exists() and readme.stat().st_size < 512 * 1024:
+        facts.model_card = readme.read_text(errors="replace")
+    return facts

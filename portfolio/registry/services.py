@@ -1,0 +1,313 @@
+"""Every change to the registry goes through here, with its audit row in the same transaction."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from portfolio.accounts import gate
+from portfolio.accounts.actor import Actor
+from portfolio.accounts.models import Team
+from portfolio.audit import services as audit
+from portfolio.errors import Conflict, Forbidden, Invalid
+from portfolio.registry import importers, safety
+from portfolio.registry.choices import Health, Source, Task, VersionKind, VersionStatus, Visibility
+from portfolio.registry.hashing import Manifest
+from portfolio.registry.inspection import ModelFacts
+from portfolio.registry.models import (
+    Alias,
+    Artifact,
+    Model,
+    ModelVersion,
+    alias_validator,
+    model_name_validator,
+)
+
+# Other apps register "is this version in use?" checks (serving: deployments), each returning a reason.
+VERSION_IN_USE_CHECKS: list[Callable[[ModelVersion], str | None]] = []
+IMPORTABLE_SOURCES = (Source.HUB, Source.LOCAL, Source.GGUF, Source.UPLOAD)
+
+
+def _check(validator, value: str, field: str) -> str:
+    from django.core.exceptions import ValidationError
+
+    try:
+        validator(value)
+    except ValidationError as exc:
+        raise Invalid(f"{field}: {exc.messages[0]}", fields={field: exc.messages}) from None
+    return value
+
+
+# --- Models ----------------------------------------------------------------------------------------
+@transaction.atomic
+def create_model(
+    *, actor: Actor, name: str, owner_team: Team, task: str = Task.CHAT, description: str = "",
+    visibility: str = Visibility.TEAM, tags: list[str] | None = None, license: str = "",
+) -> Model:
+    gate.require(actor, "model.register", owner_team)
+    name = _check(model_name_validator, name.strip().lower(), "name")
+    if task not in Task.values:
+        raise Invalid(f"task: choose one of {', '.join(Task.values)}.")
+    if visibility not in Visibility.values:
+        raise Invalid(f"visibility: choose one of {', '.join(Visibility.values)}.")
+    model = Model(
+        name=name, owner_team=owner_team, task=task, description=description.strip(), visibility=visibility,
+        tags=sorted({t.strip().lower() for t in tags or [] if t.strip()}), license=license.strip(),
+        created_by=actor.user,
+    )
+    try:
+        with transaction.atomic():
+            model.save(force_insert=True)
+    except IntegrityError:
+        raise Conflict(f"A model named {name!r} already exists.") from None
+    audit.record(actor, "model.create", model, after=model.snapshot())
+    return model
+
+
+@transaction.atomic
+def update_model(*, actor: Actor, model: Model, description: str, visibility: str, tags: list[str],
+                 license: str, task: str) -> Model:
+    gate.require(actor, "model.register", model)
+    before = model.snapshot()
+    if visibility not in Visibility.values or task not in Task.values:
+        raise Invalid("visibility/task: not a known value.")
+    model.description, model.visibility, model.license, model.task = description.strip(), visibility, license, task
+    model.tags = sorted({t.strip().lower() for t in tags if t.strip()})
+    model.save(update_fields=["description", "visibility", "tags", "license", "task"])
+    audit.record(actor, "model.update", model, before=before, after=model.snapshot())
+    return model
+
+
+# --- Imports ---------------------------------------------------------------------------------------
+def save_upload(chunks, filename: str) -> Path:
+    """Stream an uploaded archive to the uploads folder, refusing it past the size limit."""
+    folder = Path(settings.DATA_DIR) / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{uuid.uuid4().hex}.zip"
+    written = 0
+    try:
+        with target.open("wb") as out:
+            for chunk in chunks:
+                written += len(chunk)
+                if written > settings.MAX_UPLOAD_BYTES:
+                    raise Invalid(f"file: The upload exceeds the limit of {settings.MAX_UPLOAD_BYTES} bytes.")
+                out.write(chunk)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    if not filename.lower().endswith(".zip"):
+        target.unlink(missing_ok=True)
+        raise Invalid("file: Upload an adapter as a .zip with adapter_config.json and safetensors weights.")
+    return target
+
+
+def _next_number(model: Model) -> int:
+    Model.objects.select_for_update().filter(pk=model.pk).first()  # serialise numbering per model
+    last = model.versions.order_by("-number").values_list("number", flat=True).first()
+    return (last or 0) + 1
+
+
+@transaction.atomic
+def start_import(
+    *, actor: Actor, model: Model, source: str, ref: str, base_version: ModelVersion | None = None,
+    allow_pickle: bool = False, trust_remote_code: bool = False, upload_path: Path | None = None,
+    model_card: str = "", enqueue: bool = True,
+) -> ModelVersion:
+    """Register a version in ``importing`` state and queue its import on the control queue
+    (``enqueue=False`` when the caller runs the import itself)."""
+    gate.require(actor, "model.register", model)
+    if source not in IMPORTABLE_SOURCES:
+        raise Invalid(f"source: imports come from {', '.join(IMPORTABLE_SOURCES)}.")
+    if (allow_pickle or trust_remote_code) and not actor.is_admin:
+        raise Forbidden("Only a platform admin may allow pickle weights or custom model code for an import.")
+    ref = ref.strip()
+    if source == Source.HUB:
+        try:
+            importers.parse_hub_ref(ref)
+        except importers.ImportFailed as exc:
+            raise Invalid(f"ref: {exc}") from None
+    elif source in (Source.LOCAL, Source.GGUF):
+        ref = str(safety.resolve_import_path(ref))
+        if source == Source.GGUF and not ref.endswith(".gguf"):
+            raise Invalid("ref: A GGUF import needs a .gguf file.")
+    elif upload_path is None:
+        raise Invalid("file: Attach the adapter archive.")
+    kind = VersionKind.BASE
+    if base_version is not None:
+        base_version = gate.get_visible(actor, ModelVersion, pk=base_version.pk)
+        if base_version.kind != VersionKind.BASE or base_version.status != VersionStatus.READY:
+            raise Invalid("base_version: An adapter's base must be a ready base version.")
+        kind = VersionKind.ADAPTER
+    elif source == Source.UPLOAD:
+        raise Invalid("base_version: Say which base version the adapter was trained on.")
+    options = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
+    if upload_path is not None:
+        options["upload_path"] = str(upload_path)
+    version = ModelVersion.objects.create(
+        model=model, number=_next_number(model), kind=kind, base_version=base_version, source=source,
+        source_ref=ref[:500], import_options=options, status=VersionStatus.IMPORTING, model_card=model_card,
+        created_by=actor.user, heartbeat_at=timezone.now(), progress_detail="queued",
+    )
+    audit.record(actor, "model_version.import", version, after={**version.snapshot(), "options": options})
+    from portfolio.registry.tasks import import_version
+
+    if enqueue:
+        transaction.on_commit(lambda: import_version.delay(version.pk))
+    return version
+
+
+def report_progress(version_id: int, percent: int, detail: str) -> None:
+    ModelVersion.objects.filter(pk=version_id, status=VersionStatus.IMPORTING).update(
+        progress=max(0, min(100, percent)), progress_detail=detail[:200], heartbeat_at=timezone.now()
+    )
+
+
+def _facts_problems(version: ModelVersion, facts: ModelFacts) -> str | None:
+    options = version.import_options
+    if facts.pickle_files and not options.get("allow_pickle"):
+        return (f"Pickle weights refused ({', '.join(facts.pickle_files[:3])}): they can run code when loaded. "
+                "Use safetensors, or an admin may allow pickle for this import.")
+    if facts.needs_remote_code and not options.get("trust_remote_code"):
+        return ("This model needs custom code (trust_remote_code): refused unless a platform admin approves it "
+                "for this import.")
+    if version.kind == VersionKind.ADAPTER and not facts.is_adapter:
+        return "An adapter needs adapter_config.json and adapter weights as safetensors."
+    if version.kind == VersionKind.BASE and facts.is_adapter:
+        return "These files are an adapter: import them as an adapter of a base version."
+    if not facts.parameter_count:
+        return "No safetensors weights found."
+    return None
+
+
+@transaction.atomic
+def complete_import(version_id: int, manifest: Manifest, facts: ModelFacts, store_uri: str) -> ModelVersion | None:
+    version = ModelVersion.objects.select_for_update().select_related("model__owner_team").get(pk=version_id)
+    if version.status != VersionStatus.IMPORTING:
+        return None  # cancelled or finished by another run meanwhile
+    problem = _facts_problems(version, facts)
+    if problem:
+        _fail(version, problem)
+        return None
+    artifact, _ = Artifact.objects.get_or_create(
+        id=manifest.artifact_id,
+        defaults={
+            "store_uri": store_uri, "size_bytes": manifest.total_size, "file_count": len(manifest.files),
+            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
+            "health": Health.OK, "verified_at": timezone.now(),
+        },
+    )
+    version.artifact = artifact
+    version.format = facts.format
+    version.architecture = facts.architecture
+    version.parameter_count = facts.parameter_count
+    version.context_length = facts.context_length
+    version.dtype = facts.dtype
+    version.quantization = facts.quantization
+    version.has_chat_template = facts.has_chat_template
+    if facts.adapter:
+        version.metrics = {**version.metrics, "adapter": facts.adapter}
+    if not version.model_card and facts.model_card:
+        version.model_card = facts.model_card
+    version.status, version.progress, version.progress_detail = VersionStatus.READY, 100, "ready"
+    version.ready_at = timezone.now()
+    version.save(update_fields=[
+        "artifact", "format", "architecture", "parameter_count", "context_length", "dtype", "quantization",
+        "has_chat_template", "metrics", "model_card", "status", "progress", "progress_detail", "ready_at",
+    ])
+    audit.record(Actor.for_system("registry.import"), "model_version.ready", version, after=version.snapshot())
+    return version
+
+
+def _fail(version: ModelVersion, reason: str) -> None:
+    version.status, version.status_detail, version.progress_detail = VersionStatus.FAILED, reason, "failed"
+    version.save(update_fields=["status", "status_detail", "progress_detail"])
+    audit.record(Actor.for_system("registry.import"), "model_version.failed", version,
+                 after={"status": "failed", "reason": reason})
+
+
+@transaction.atomic
+def fail_import(version_id: int, reason: str) -> None:
+    version = ModelVersion.objects.select_for_update().select_related("model__owner_team").get(pk=version_id)
+    if version.status == VersionStatus.IMPORTING:
+        _fail(version, reason)
+
+
+def reap_stale_imports(max_silence: timedelta) -> int:
+    """Imports whose worker went silent are failed with the reason, never left 'importing'."""
+    cutoff = timezone.now() - max_silence
+    stale = ModelVersion.objects.filter(status=VersionStatus.IMPORTING, heartbeat_at__lt=cutoff)
+    count = 0
+    for version_id in stale.values_list("pk", flat=True):
+        fail_import(version_id, f"The import stopped reporting progress for {int(max_silence.total_seconds())}s "
+                                "(its worker died?). Start it again.")
+        count += 1
+    return count
+
+
+# --- Lifecycle -------------------------------------------------------------------------------------
+@transaction.atomic
+def promote(*, actor: Actor, version: ModelVersion, alias: str) -> Alias:
+    """Point ``alias`` (e.g. production) at ``version``; the audit row names the previous holder."""
+    gate.require(actor, "model.promote", version.model)
+    alias = _check(alias_validator, alias.strip().lower(), "alias")
+    if version.status != VersionStatus.READY:
+        raise Conflict(f"{version.label} is {version.status}; only a ready version can be promoted.")
+    existing = Alias.objects.select_for_update().filter(model=version.model, name=alias).first()
+    previous = existing.version if existing else None
+    if existing:
+        existing.version, existing.updated_at, existing.updated_by = version, timezone.now(), actor.user
+        existing.save(update_fields=["version", "updated_at", "updated_by"])
+        holder = existing
+    else:
+        holder = Alias.objects.create(model=version.model, name=alias, version=version, updated_by=actor.user)
+    audit.record(
+        actor, "model.promote", version.model,
+        before={"alias": alias, "version": previous.label if previous else None},
+        after={"alias": alias, "version": version.label},
+    )
+    return holder
+
+
+def in_use_reasons(version: ModelVersion) -> list[str]:
+    reasons = [reason for check in VERSION_IN_USE_CHECKS if (reason := check(version))]
+    aliases = list(version.aliases.values_list("name", flat=True))
+    if aliases:
+        reasons.append(f"it holds the alias {', '.join(aliases)}: move the alias first")
+    if version.adapters.exclude(status=VersionStatus.ARCHIVED).exists():
+        reasons.append("adapters built on it are not archived")
+    return reasons
+
+
+@transaction.atomic
+def archive_version(*, actor: Actor, version: ModelVersion) -> ModelVersion:
+    gate.require(actor, "model.register", version.model)
+    version = ModelVersion.objects.select_for_update().select_related("model__owner_team").get(pk=version.pk)
+    reasons = in_use_reasons(version)
+    if reasons:
+        raise Conflict(f"{version.label} cannot be archived: {'; '.join(reasons)}.")
+    if version.status == VersionStatus.IMPORTING:
+        raise Conflict(f"{version.label} is still importing.")
+    before = version.snapshot()
+    version.status = VersionStatus.ARCHIVED
+    version.save(update_fields=["status"])
+    audit.record(actor, "model_version.archive", version, before=before, after=version.snapshot())
+    return version
+
+
+@transaction.atomic
+def mark_artifact_health(artifact_id: str, problems: list[str]) -> None:
+    artifact = Artifact.objects.select_for_update().get(pk=artifact_id)
+    health = Health.CORRUPT if problems else Health.OK
+    changed = artifact.health != health
+    artifact.health, artifact.health_detail, artifact.verified_at = health, "\n".join(problems), timezone.now()
+    artifact.save(update_fields=["health", "health_detail", "verified_at"])
+    if changed and problems:
+        for version in artifact.versions.select_related("model__owner_team"):
+            audit.record(Actor.for_system("registry.verify"), "model_version.corrupt", version,
+                         after={"artifact": artifact.id, "problems": problems[:20]})

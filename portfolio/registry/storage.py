@@ -1,0 +1,310 @@
+"""The artifact store: content-addressed blobs plus manifests, on a local folder or S3/MinIO.
+
+An artifact is a set of files; each file is stored once as a blob named by its sha256, however many
+artifacts (or imports of the same files) refer to it, and the artifact is named by the sha256 of its
+manifest. Files are streamed in and out (never a whole model in memory), and every read is checked
+against the manifest: a corrupted file is reported with its path, never served silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from portfolio.registry.hashing import CHUNK, FileEntry, Manifest, sha256_file, sha256_stream
+
+Progress = Callable[[int], None]
+
+
+class CorruptArtifact(Exception):
+    """A stored file does not match its manifest entry (or is missing)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class ArtifactStore(ABC):
+    """Where blobs and manifests live. Backends implement the five primitives below."""
+
+    scheme: str
+
+    @abstractmethod
+    def has_blob(self, sha256: str) -> bool: ...
+
+    @abstractmethod
+    def put_blob(self, sha256: str, source: Path, size: int) -> None: ...
+
+    @abstractmethod
+    def open_blob(self, sha256: str) -> BinaryIO: ...
+
+    @abstractmethod
+    def put_manifest(self, manifest: Manifest) -> None: ...
+
+    @abstractmethod
+    def read_manifest(self, artifact_id: str) -> Manifest: ...
+
+    def download_url(self, sha256: str, filename: str, expires: timedelta) -> str | None:
+        """A time-limited URL clients can fetch the blob from directly, where the backend has one."""
+        return None
+
+    def uri(self, artifact_id: str) -> str:
+        return f"{self.scheme}://{self.location}/manifests/{artifact_id}.json"
+
+    @property
+    @abstractmethod
+    def location(self) -> str: ...
+
+
+def _blob_key(sha256: str) -> str:
+    return f"blobs/{sha256[:2]}/{sha256}"
+
+
+def check_relative_path(path: str) -> str:
+    """An artifact's file path: relative, POSIX, no '..', no empty or hidden traversal parts."""
+    pure = PurePosixPath(path)
+    if pure.is_absolute() or not pure.parts or any(part in ("..", ".", "") for part in pure.parts):
+        raise ValueError(f"unsafe path in artifact: {path!r}")
+    if "\\" in path or "\x00" in path:
+        raise ValueError(f"unsafe path in artifact: {path!r}")
+    return str(pure)
+
+
+# --- Local folder backend --------------------------------------------------------------------------
+class LocalStore(ArtifactStore):
+    """Blobs under ``root/blobs/ab/<sha256>`` (read-only files), manifests under ``root/manifests``."""
+
+    scheme = "file"
+
+    def __init__(self, root: Path):
+        self.root = root
+        (root / "blobs").mkdir(parents=True, exist_ok=True)
+        (root / "manifests").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    def blob_path(self, sha256: str) -> Path:
+        return self.root / _blob_key(sha256)
+
+    def has_blob(self, sha256: str) -> bool:
+        return self.blob_path(sha256).exists()
+
+    def put_blob(self, sha256: str, source: Path, size: int) -> None:
+        target = self.blob_path(sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+        try:
+            with os.fdopen(handle, "wb") as out, source.open("rb") as src:
+                digest, copied = sha256_stream(src, out)
+                out.flush()
+                os.fsync(out.fileno())
+            if digest != sha256 or copied != size:
+                raise CorruptArtifact(str(source), "changed while it was being stored")
+            os.chmod(temp, 0o444)
+            os.replace(temp, target)  # atomic: a reader never sees half a blob
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+
+    def open_blob(self, sha256: str) -> BinaryIO:
+        return self.blob_path(sha256).open("rb")
+
+    def put_manifest(self, manifest: Manifest) -> None:
+        target = self.root / "manifests" / f"{manifest.artifact_id}.json"
+        if not target.exists():
+            temp = target.with_suffix(".tmp")
+            temp.write_text(manifest.to_json())
+            os.replace(temp, target)
+
+    def read_manifest(self, artifact_id: str) -> Manifest:
+        return Manifest.from_json((self.root / "manifests" / f"{artifact_id}.json").read_text())
+
+
+# --- S3 / MinIO backend ----------------------------------------------------------------------------
+class S3Store(ArtifactStore):
+    """Blobs and manifests as objects in one bucket, through the ``minio`` SDK.
+
+    Uploads are signed with the payload's sha256 (plain HTTP) or carry Content-MD5 (HTTPS), so the server
+    itself rejects a body corrupted in transit; each blob also records its sha256 as object metadata, and
+    reads are checked against the manifest like every backend's.
+    """
+
+    scheme = "s3"
+
+    def __init__(self, client, bucket: str):
+        self.client = client
+        self.bucket = bucket
+        if not client.bucket_exists(bucket):
+            client.make_bucket(bucket)
+
+    @classmethod
+    def from_settings(cls, *, endpoint: str, access_key: str, secret_key: str, bucket: str, secure: bool,
+                      region: str | None = None) -> S3Store:
+        from minio import Minio
+
+        client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region)
+        return cls(client, bucket)
+
+    @property
+    def location(self) -> str:
+        return self.bucket
+
+    def has_blob(self, sha256: str) -> bool:
+        from minio.error import S3Error
+
+        try:
+            self.client.stat_object(self.bucket, _blob_key(sha256))
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                return False
+            raise
+        return True
+
+    def put_blob(self, sha256: str, source: Path, size: int) -> None:
+        self.client.fput_object(
+            self.bucket, _blob_key(sha256), str(source), metadata={"sha256": sha256}, part_size=64 * 1024 * 1024
+        )
+
+    def open_blob(self, sha256: str) -> BinaryIO:
+        response = self.client.get_object(self.bucket, _blob_key(sha256))
+        return _S3Stream(response)
+
+    def put_manifest(self, manifest: Manifest) -> None:
+        import io
+
+        data = manifest.to_json().encode()
+        self.client.put_object(
+            self.bucket, f"manifests/{manifest.artifact_id}.json", io.BytesIO(data), len(data),
+            content_type="application/json",
+        )
+
+    def read_manifest(self, artifact_id: str) -> Manifest:
+        response = self.client.get_object(self.bucket, f"manifests/{artifact_id}.json")
+        try:
+            return Manifest.from_json(response.read().decode())
+        finally:
+            response.close()
+            response.release_conn()
+
+    def download_url(self, sha256: str, filename: str, expires: timedelta) -> str | None:
+        return self.client.presigned_get_object(
+            self.bucket, _blob_key(sha256), expires=expires,
+            response_headers={"response-content-disposition": f'attachment; filename="{filename}"'},
+        )
+
+
+class _S3Stream:
+    """A file-like view of a streaming GET that returns its connection to the pool on close."""
+
+    def __init__(self, response):
+        self._response = response
+
+    def read(self, size: int = -1) -> bytes:
+        return self._response.read(size if size and size > 0 else None)
+
+    def close(self) -> None:
+        self._response.close()
+        self._response.release_conn()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# --- Backend-independent operations ----------------------------------------------------------------
+def iter_files(directory: Path) -> Iterator[tuple[str, Path]]:
+    """Every regular file under ``directory`` as (relative POSIX path, path); symlinks are refused."""
+    for path in sorted(directory.rglob("*")):
+        if path.is_symlink():
+            raise ValueError(f"symbolic link refused: {path.relative_to(directory)}")
+        if path.is_file():
+            yield check_relative_path(path.relative_to(directory).as_posix()), path
+
+
+def store_directory(store: ArtifactStore, directory: Path, progress: Progress | None = None) -> Manifest:
+    """Hash and store every file under ``directory``; blobs already present are not uploaded again."""
+    entries = []
+    for relative, path in iter_files(directory):
+        size = path.stat().st_size
+        digest = sha256_file(path, progress)
+        if not store.has_blob(digest):
+            store.put_blob(digest, path, size)
+        entries.append(FileEntry(relative, size, digest))
+    manifest = Manifest.of(entries)
+    store.put_manifest(manifest)
+    return manifest
+
+
+def copy_verified(store: ArtifactStore, entry: FileEntry, out: BinaryIO) -> None:
+    """Stream one file out of the store, failing (naming the path) if it is not what the manifest says."""
+    try:
+        source = store.open_blob(entry.sha256)
+    except (FileNotFoundError, OSError) as exc:
+        raise CorruptArtifact(entry.path, f"missing from the store ({exc.__class__.__name__})") from exc
+    with source:
+        digest, size = sha256_stream(source, out)
+    if size != entry.size or digest != entry.sha256:
+        raise CorruptArtifact(entry.path, f"sha256 mismatch (stored {digest[:12]}…, manifest {entry.sha256[:12]}…)")
+
+
+def verify(store: ArtifactStore, manifest: Manifest) -> list[CorruptArtifact]:
+    """Re-hash every file of an artifact; return the problems (empty when healthy)."""
+    problems = []
+    for entry in manifest.files:
+        try:
+            copy_verified(store, entry, _NullSink())
+        except CorruptArtifact as exc:
+            problems.append(exc)
+    return problems
+
+
+def materialize(store: ArtifactStore, manifest: Manifest, destination: Path) -> Path:
+    """Write the artifact's files under ``destination`` (for engines and trainers), verified.
+
+    Written to a sibling temporary folder and renamed into place, so a half-written copy is never used;
+    a destination that already exists is taken as complete.
+    """
+    if destination.exists():
+        return destination
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}-"))
+    try:
+        for entry in manifest.files:
+            target = staging / check_relative_path(entry.path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("wb") as out:
+                copy_verified(store, entry, out)
+        os.replace(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return destination
+
+
+class _NullSink:
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+def read_text(store: ArtifactStore, manifest: Manifest, path: str, limit: int = 4 * CHUNK) -> str | None:
+    """A small text file of an artifact (a config, a model card), verified; None if absent."""
+    import io
+
+    entry = manifest.get(path)
+    if entry is None or entry.size > limit:
+        return None
+    buffer = io.BytesIO()
+    copy_verified(store, entry, buffer)
+    return buffer.getvalue().decode("utf-8", errors="replace")

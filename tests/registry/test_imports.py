@@ -1,0 +1,222 @@
+"""Importing versions: from a server folder, a Hub cache, a GGUF file, an uploaded adapter archive.
+Unsafe input is refused with a clear reason and nothing is written."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from portfolio.audit.models import AuditEvent
+from portfolio.errors import Forbidden, Invalid
+from portfolio.registry import services
+from portfolio.registry.choices import Source, VersionKind, VersionStatus, Visibility
+from portfolio.registry.models import Artifact, ModelVersion
+from portfolio.registry.stores import default_store
+from portfolio.registry.tasks import import_version, reap_stale_imports
+from tests.conftest import actor_for
+from tests.registry.conftest import make_adapter_folder, make_model_folder
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def isolated_store(settings, tmp_path):
+    settings.IMPORT_ROOTS = [(tmp_path / "imports").resolve()]
+    settings.ARTIFACT_ROOT = tmp_path / "artifacts"
+    settings.ARTIFACT_CACHE = tmp_path / "cache"
+    settings.DATA_DIR = tmp_path / "data"
+    settings.IMPORT_ROOTS[0].mkdir()
+    default_store.cache_clear()
+    yield
+    default_store.cache_clear()
+
+
+@pytest.fixture
+def model(org, team):
+    return services.create_model(actor=actor_for(org["engineer"]), name="ticket-router", owner_team=team)
+
+
+def _import(org, model, source, ref, **kwargs) -> ModelVersion:
+    version = services.start_import(actor=actor_for(org["engineer"]), model=model, source=source, ref=ref,
+                                    enqueue=False, **kwargs)
+    import_version(version.pk)
+    version.refresh_from_db()
+    return version
+
+
+def test_a_server_folder_imports_as_a_ready_version_with_its_facts(org, model, settings):
+    folder = make_model_folder(settings.IMPORT_ROOTS[0] / "tiny")
+    version = _import(org, model, Source.LOCAL, str(folder))
+    assert version.status == VersionStatus.READY, version.status_detail
+    assert (version.number, version.kind, version.architecture) == (1, VersionKind.BASE, "LlamaForCausalLM")
+    assert (version.parameter_count, version.context_length, version.dtype) == (32 * 8 + 64, 2048, "bfloat16")
+    assert version.has_chat_template and version.model_card.startswith("# Tiny")
+    assert version.artifact.file_count == 4
+    events = AuditEvent.objects.filter(object_type="registry.modelversion", object_id=str(version.pk))
+    assert list(events.values_list("action", flat=True)) == [
+        "model_version.ready", "model_version.import"]
+
+
+def test_the_same_files_imported_twice_share_one_artifact(org, model, settings):
+    folder = make_model_folder(settings.IMPORT_ROOTS[0] / "tiny")
+    first = _import(org, model, Source.LOCAL, str(folder))
+    second = _import(org, model, Source.LOCAL, str(folder))
+    assert (first.number, second.number) == (1, 2)
+    assert first.artifact_id == second.artifact_id and Artifact.objects.count() == 1
+
+
+@pytest.mark.parametrize("bad", ["{root}/../etc", "/etc", "relative/path", "{root}/missing"])
+def test_paths_outside_the_import_roots_are_refused_before_anything_is_written(org, model, settings, bad):
+    with pytest.raises(Invalid):
+        services.start_import(actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL,
+                              ref=bad.format(root=settings.IMPORT_ROOTS[0]), enqueue=False)
+    assert not ModelVersion.objects.exists()
+
+
+def test_a_symlinked_path_is_refused(org, model, settings, tmp_path):
+    outside = make_model_folder(tmp_path / "outside")
+    (settings.IMPORT_ROOTS[0] / "link").symlink_to(outside)
+    with pytest.raises(Invalid, match="symbolic link"):
+        services.start_import(actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL,
+                              ref=str(settings.IMPORT_ROOTS[0] / "link"), enqueue=False)
+
+
+def test_a_symlink_inside_the_folder_fails_the_import_and_stores_nothing(org, model, settings):
+    folder = make_model_folder(settings.IMPORT_ROOTS[0] / "tiny")
+    (folder / "secrets").symlink_to("/etc/shadow")
+    version = _import(org, model, Source.LOCAL, str(folder))
+    assert version.status == VersionStatus.FAILED and "symbolic link" in version.status_detail
+    assert version.artifact is None and not Artifact.objects.exists()
+    assert not list((settings.ARTIFACT_ROOT / "blobs").rglob("*")) if settings.ARTIFACT_ROOT.exists() else True
+
+
+def test_pickle_weights_are_refused_unless_an_admin_allows_them(org, model, settings):
+    folder = make_model_folder(settings.IMPORT_ROOTS[0] / "pickled")
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    version = _import(org, model, Source.LOCAL, str(folder))
+    assert version.status == VersionStatus.FAILED and "Pickle weights refused" in version.status_detail
+    with pytest.raises(Forbidden, match="platform admin"):
+        services.start_import(actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL,
+                              ref=str(folder), allow_pickle=True)
+
+
+def test_custom_model_code_is_refused_without_approval(org, model, settings):
+    folder = make_model_folder(settings.IMPORT_ROOTS[0] / "custom")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "modeling.Model"}}))
+    version = _import(org, model, Source.LOCAL, str(folder))
+    assert version.status == VersionStatus.FAILED and "trust_remote_code" in version.status_detail
+
+
+def _zip(path: Path, members: dict[str, bytes], *, symlink: str | None = None) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = 0o120777 << 16
+            archive.writestr(info, "/etc/passwd")
+    return path
+
+
+def _adapter_members(tmp_path) -> dict[str, bytes]:
+    folder = make_adapter_folder(tmp_path / "adapter-src")
+    return {f"my-adapter/{p.name}": p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.fixture
+def base(org, model, settings):
+    return _import(org, model, Source.LOCAL, str(make_model_folder(settings.IMPORT_ROOTS[0] / "base")))
+
+
+def _upload(org, model, base, archive: Path) -> ModelVersion:
+    with archive.open("rb") as handle:
+        saved = services.save_upload(iter(lambda: handle.read(65536), b""), archive.name)
+    return _import(org, model, Source.UPLOAD, archive.name, base_version=base, upload_path=saved)
+
+
+def test_an_uploaded_adapter_becomes_an_adapter_version_of_its_base(org, model, base, tmp_path):
+    version = _upload(org, model, base, _zip(tmp_path / "a.zip", _adapter_members(tmp_path)))
+    assert version.status == VersionStatus.READY, version.status_detail
+    assert (version.kind, version.base_version, version.format) == (VersionKind.ADAPTER, base, "peft-lora")
+    assert version.metrics["adapter"]["r"] == 8
+    assert not list((Path(version.import_options["upload_path"]).parent).glob("*.zip")), "upload cleaned up"
+
+
+@pytest.mark.parametrize(
+    ("members", "symlink", "reason"),
+    [
+        ({"../../evil.txt": b"x"}, None, "Unsafe path"),
+        ({"/abs/evil.txt": b"x"}, None, "Unsafe path"),
+        ({}, "my-adapter/link", "link or special file"),
+        ({"bomb.bin": b"\0" * (50 * 1024 * 1024)}, None, "zip bomb"),
+    ],
+)
+def test_hostile_archives_are_refused_and_nothing_is_written(org, model, base, tmp_path, members, symlink, reason):
+    archive = _zip(tmp_path / "bad.zip", {**_adapter_members(tmp_path), **members}, symlink=symlink)
+    version = _upload(org, model, base, archive)
+    assert version.status == VersionStatus.FAILED and reason in version.status_detail
+    assert not (tmp_path / "evil.txt").exists() and not Path("/abs/evil.txt").exists()
+    assert version.artifact is None
+
+
+def test_an_upload_over_the_size_limit_is_refused_while_streaming(settings, tmp_path):
+    settings.MAX_UPLOAD_BYTES = 1000
+    with pytest.raises(Invalid, match="exceeds the limit"):
+        services.save_upload(iter([b"x" * 600, b"x" * 600]), "a.zip")
+    assert not list((Path(settings.DATA_DIR) / "uploads").glob("*"))
+
+
+def test_a_hub_repository_imports_offline_from_the_local_cache(org, model, settings, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    cache = tmp_path / "hf-cache"
+    commit = "a" * 40
+    repo = cache / "models--acme--tiny"
+    make_model_folder(repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    settings.HF_CACHE_DIR = str(cache)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    version = _import(org, model, Source.HUB, "acme/tiny@main")
+    assert version.status == VersionStatus.READY, version.status_detail
+    missing = _import(org, model, Source.HUB, "acme/absent@main")
+    assert missing.status == VersionStatus.FAILED and "not in the local Hub cache" in missing.status_detail
+
+
+def test_a_silent_import_is_failed_by_the_reaper_never_left_importing(org, model, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    folder = make_model_folder(settings.IMPORT_ROOTS[0] / "tiny")
+    version = services.start_import(actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL,
+                                    ref=str(folder), enqueue=False)
+    ModelVersion.objects.filter(pk=version.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    assert reap_stale_imports() == 1
+    version.refresh_from_db()
+    assert version.status == VersionStatus.FAILED and "stopped reporting progress" in version.status_detail
+
+
+def test_visibility_decides_who_sees_a_model(org, model, other_team):
+    from portfolio.accounts import gate
+    from portfolio.errors import NotFound
+    from portfolio.registry.models import Model
+
+    outsider = actor_for(org["outsider"])
+    assert not gate.visible(outsider, Model).filter(pk=model.pk).exists()
+    with pytest.raises(NotFound):
+        services.start_import(actor=outsider, model=model, source=Source.HUB, ref="a/b")
+    services.update_model(actor=actor_for(org["owner"]), model=model, description="", tags=[], license="",
+                          task=model.task, visibility=Visibility.ORGANISATION)
+    assert gate.visible(outsider, Model).filter(pk=model.pk).exists()
+    with pytest.raises(Forbidden):
+        services.start_import(actor=outsider, model=model, source=Source.HUB, ref="a/b")
+
+
+def test_a_viewer_cannot_register_versions(org, model):
+    with pytest.raises(Forbidden):
+        services.start_import(actor=actor_for(org["viewer"]), model=model, source=Source.HUB, ref="a/b")

@@ -1,0 +1,67 @@
+"""Promotion moves an alias (audited, naming the previous holder); versions in use cannot be archived."""
+
+from __future__ import annotations
+
+import pytest
+
+from portfolio.audit.models import AuditEvent
+from portfolio.errors import Conflict, Forbidden
+from portfolio.registry import services
+from portfolio.registry.choices import Source, VersionStatus
+from portfolio.registry.models import Alias, Artifact, ModelVersion
+from tests.conftest import actor_for
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def versions(org, team):
+    model = services.create_model(actor=actor_for(org["engineer"]), name="clause-extractor", owner_team=team)
+    artifact = Artifact.objects.create(id="f" * 64, store_uri="file:///x", size_bytes=1, file_count=1, files=[])
+    made = []
+    for number in (1, 2):
+        made.append(ModelVersion.objects.create(model=model, number=number, source=Source.LOCAL, artifact=artifact,
+                                                status=VersionStatus.READY))
+    return made
+
+
+def test_promotion_moves_the_alias_and_the_audit_row_names_the_previous_holder(org, versions):
+    v1, v2 = versions
+    engineer = actor_for(org["engineer"])
+    services.promote(actor=engineer, version=v1, alias="production")
+    services.promote(actor=engineer, version=v2, alias="production")
+    assert Alias.objects.get(name="production").version == v2
+    event = AuditEvent.objects.filter(action="model.promote").order_by("-sequence").first()
+    assert event.before == {"alias": "production", "version": "clause-extractor:v1"}
+    assert event.after == {"alias": "production", "version": "clause-extractor:v2"}
+
+
+def test_only_ready_versions_can_be_promoted(org, versions):
+    versions[0].status = VersionStatus.FAILED
+    versions[0].save(update_fields=["status"])
+    with pytest.raises(Conflict, match="only a ready version"):
+        services.promote(actor=actor_for(org["owner"]), version=versions[0], alias="staging")
+
+
+def test_a_viewer_cannot_promote(org, versions):
+    with pytest.raises(Forbidden):
+        services.promote(actor=actor_for(org["viewer"]), version=versions[0], alias="production")
+
+
+def test_a_version_holding_an_alias_cannot_be_archived(org, versions):
+    services.promote(actor=actor_for(org["owner"]), version=versions[0], alias="production")
+    with pytest.raises(Conflict, match="holds the alias production"):
+        services.archive_version(actor=actor_for(org["owner"]), version=versions[0])
+
+
+def test_a_version_in_use_by_a_deployment_cannot_be_archived(org, versions, monkeypatch):
+    monkeypatch.setattr(services, "VERSION_IN_USE_CHECKS", [lambda v: "deployed as support-bot"])
+    with pytest.raises(Conflict, match="deployed as support-bot"):
+        services.archive_version(actor=actor_for(org["owner"]), version=versions[1])
+
+
+def test_archiving_is_audited(org, versions):
+    services.archive_version(actor=actor_for(org["engineer"]), version=versions[1])
+    versions[1].refresh_from_db()
+    assert versions[1].status == VersionStatus.ARCHIVED
+    assert AuditEvent.objects.filter(action="model_version.archive", object_id=str(versions[1].pk)).exists()
