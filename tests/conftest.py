@@ -38,6 +38,16 @@ def _audit_table_append_only(request):
 
 
 @pytest.fixture(autouse=True)
+def _empty_cache():
+    """Login-failure counters and other cached state live in Redis, outside the test transaction."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     # Argon2 is deliberately slow; tests create many users and only need hashing to be correct.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -22,6 +22,8 @@ from portfolio.errors import Conflict, Invalid
 
 User = get_user_model()
 TOKEN_PREFIX = "pat"
+# Team addresses that would collide with UI routes under /teams/.
+RESERVED_TEAM_SLUGS = frozenset({"new"})
 
 
 def _validated(obj, *, exclude: list[str] | None = None):
@@ -77,6 +79,8 @@ def create_team(
     slug = slugify(slug or name)[:60]
     if not slug:
         raise Invalid("name: A team needs a name with at least one letter or digit.", fields={"name": ["Required."]})
+    if slug in RESERVED_TEAM_SLUGS:
+        raise Invalid(f"slug: {slug!r} is reserved by the web UI; choose another address.", fields={"slug": ["Reserved."]})
     team = _validated(Team(department=department, name=name.strip(), slug=slug, description=description.strip()))
     _save_new(team, f"A team named {team.name!r} or with the address {slug!r} already exists.")
     audit.record(actor, "team.create", team, after=team.snapshot())

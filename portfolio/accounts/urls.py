@@ -1,3 +1,28 @@
 from django.urls import path
 
-urlpatterns: list = []
+from portfolio.accounts import views
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("login/", views.login_view, name="login"),
+    path("logout/", views.logout_view, name="logout"),
+    path("password/", views.password_change, name="password-change"),
+    path("roles/", views.roles, name="roles"),
+    path("departments/", views.department_list, name="department-list"),
+    path("departments/new/", views.department_create, name="department-create"),
+    path("departments/<int:pk>/", views.department_detail, name="department-detail"),
+    path("departments/<int:pk>/edit/", views.department_edit, name="department-edit"),
+    path("teams/", views.team_list, name="team-list"),
+    # TeamCreateForm reserves the address "new" so that no team page hides behind this route.
+    path("teams/new/", views.team_create, name="team-create"),
+    path("teams/<slug:slug>/", views.team_detail, name="team-detail"),
+    path("teams/<slug:slug>/edit/", views.team_edit, name="team-edit"),
+    path("teams/<slug:slug>/members/", views.member_add, name="member-add"),
+    path("teams/<slug:slug>/members/<int:pk>/role/", views.member_role, name="member-role"),
+    path("teams/<slug:slug>/members/<int:pk>/remove/", views.member_remove, name="member-remove"),
+    path("users/", views.user_list, name="user-list"),
+    path("users/new/", views.user_create, name="user-create"),
+    path("tokens/", views.token_list, name="token-list"),
+    path("tokens/new/", views.token_create, name="token-create"),
+    path("tokens/<int:pk>/revoke/", views.token_revoke, name="token-revoke"),
+]

@@ -95,3 +95,8 @@ def test_a_new_user_gets_a_strong_one_time_password_that_is_not_audited(org):
     assert user.check_password(password) and len(password) >= 16
     event = AuditEvent.objects.get(action="user.create")
     assert password not in str(event.after)
+
+
+def test_a_team_address_that_collides_with_a_page_is_refused(org, department):
+    with pytest.raises(Invalid, match="reserved"):
+        services.create_team(actor=actor_for(org["admin"]), department=department, name="New")

@@ -1,0 +1,117 @@
+// Portfolio web UI behaviour. Loaded from our own origin: the CSP allows no inline scripts.
+(function () {
+  "use strict";
+
+  var STATUS_TEXT = {
+    400: "The request was not accepted.",
+    403: "Your role does not allow this.",
+    404: "Not found, or not visible to you.",
+    409: "That conflicts with the current state; reload the page.",
+    429: "Too many requests; try again later.",
+  };
+
+  function toast(message, kind) {
+    var box = document.getElementById("toasts");
+    if (!box) return;
+    var item = document.createElement("p");
+    item.className = "toast" + (kind ? " toast--" + kind : "");
+    item.textContent = message;
+    box.appendChild(item);
+    window.setTimeout(function () {
+      item.remove();
+    }, 6000);
+  }
+
+  // htmx does not swap error responses; say what happened instead of silently doing nothing.
+  document.addEventListener("htmx:responseError", function (event) {
+    var xhr = event.detail.xhr;
+    var message = STATUS_TEXT[xhr.status];
+    if (!message) {
+      var requestId = xhr.getResponseHeader("X-Request-ID");
+      message = "Something went wrong (" + xhr.status + ")" + (requestId ? ", request id " + requestId : "") + ".";
+    }
+    toast(message, "error");
+  });
+
+  document.addEventListener("htmx:sendError", function () {
+    toast("The server could not be reached. Check your connection and try again.", "error");
+  });
+
+  // Filter forms leave empty fields out of the query, so the pushed URL stays short and shareable.
+  document.addEventListener("htmx:configRequest", function (event) {
+    if (!event.detail.elt.hasAttribute("data-drop-empty")) return;
+    var formData = event.detail.formData;
+    var empty = [];
+    formData.forEach(function (value, name) {
+      if (value === "") empty.push(name);
+    });
+    empty.forEach(function (name) {
+      formData.delete(name);
+    });
+  });
+
+  // Audit log rows: the row, or its button, opens the details row below it.
+  function toggleRow(button) {
+    var detail = document.getElementById(button.getAttribute("aria-controls"));
+    if (!detail) return;
+    var open = button.getAttribute("aria-expanded") !== "true";
+    button.setAttribute("aria-expanded", open ? "true" : "false");
+    detail.hidden = !open;
+    var group = button.closest("tbody");
+    if (group) group.classList.toggle("is-open", open);
+  }
+
+  document.addEventListener("click", function (event) {
+    var target = event.target;
+
+    var toggle = target.closest(".row-toggle");
+    if (toggle) {
+      toggleRow(toggle);
+      return;
+    }
+    var row = target.closest("tr.event-row");
+    if (row && !target.closest("a, button, input, select, textarea, label")) {
+      var rowButton = row.querySelector(".row-toggle");
+      if (rowButton && !window.getSelection().toString()) toggleRow(rowButton);
+      return;
+    }
+
+    // Copy buttons next to secrets shown once.
+    var copy = target.closest("[data-copy]");
+    if (copy) {
+      var field = document.querySelector(copy.getAttribute("data-copy"));
+      if (!field) return;
+      field.select();
+      var done = function () {
+        copy.textContent = "Copied";
+        window.setTimeout(function () {
+          copy.textContent = "Copy";
+        }, 2000);
+      };
+      if (navigator.clipboard && window.isSecureContext) {
+        navigator.clipboard.writeText(field.value).then(done, function () {
+          toast("Copy failed: select the text and copy it by hand.", "error");
+        });
+      } else if (document.execCommand && document.execCommand("copy")) {
+        done();
+      } else {
+        toast("Select the text and copy it by hand.");
+      }
+      return;
+    }
+
+    // Close an open menu when clicking elsewhere.
+    document.querySelectorAll("details.user-menu[open]").forEach(function (menu) {
+      if (!menu.contains(target)) menu.removeAttribute("open");
+    });
+  });
+
+  document.addEventListener("keydown", function (event) {
+    if (event.key !== "Escape") return;
+    document.querySelectorAll("details.user-menu[open]").forEach(function (menu) {
+      menu.removeAttribute("open");
+      var summary = menu.querySelector("summary");
+      if (summary) summary.focus();
+    });
+  });
+})();

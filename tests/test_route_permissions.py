@@ -1,0 +1,284 @@
+"""The permission matrix over every route of the UI and the REST API.
+
+Every route must be declared below with the decision it makes; a new route without a declaration fails
+``test_every_route_has_a_permission_decision``. Each declared route is then called by anonymous, an
+outsider (owner of another team), each team role and the org-wide roles, and the answer is checked
+against what the capability matrix says: allowed, 403 (visible, not allowed) or 404 (not visible).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from django.db import transaction
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from portfolio.accounts import services as account_services
+from portfolio.accounts.capabilities import role_allows
+from portfolio.accounts.models import Membership
+from portfolio.api import api
+from portfolio.registry import services as registry_services
+from portfolio.registry.choices import Source
+from portfolio.registry.stores import default_store
+from portfolio.registry.tasks import import_version
+from tests.conftest import actor_for
+from tests.registry.conftest import make_model_folder
+
+ROLES = ["anonymous", "outsider", "owner", "engineer", "developer", "viewer", "auditor", "admin"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """scope: public | signed_in (any user) | own (the caller's own object) | org (org-wide action)
+    | team (an object of the team the role users belong to; outsiders get 404)."""
+
+    scope: str
+    action: str = ""
+    method: str = "GET"
+    data: dict = field(default_factory=dict)
+    json: bool = False
+
+
+def ui(scope: str, action: str = "", method: str = "GET", **data) -> Rule:
+    return Rule(scope, action, method, data)
+
+
+def rest(scope: str, action: str = "", method: str = "GET", **data) -> Rule:
+    return Rule(scope, action, method, data, json=True)
+
+
+UI_ROUTES: dict[str, Rule] = {
+    "healthz": ui("public"),
+    "api-docs": ui("public"),
+    "login": ui("public"),
+    "logout": ui("signed_in", method="POST"),
+    "password-change": ui("signed_in"),
+    "dashboard": ui("signed_in"),
+    "roles": ui("signed_in"),
+    "department-list": ui("signed_in"),
+    "department-create": ui("org", "department.create", "POST", name="Finance", cost_center="CC-900"),
+    "department-detail": ui("team", "department.view"),
+    "department-edit": ui("team", "department.change", "POST", name="Ops", cost_center="CC-100"),
+    "team-list": ui("signed_in"),
+    "team-create": ui("org", "team.create"),
+    "team-detail": ui("team", "team.view"),
+    "team-edit": ui("team", "team.change", "POST", name="Support AI", description="x"),
+    "member-add": ui("team", "member.manage", "POST", username="newbie", role="viewer"),
+    "member-role": ui("team", "member.manage", "POST", role="engineer"),
+    "member-remove": ui("team", "member.manage", "POST"),
+    "user-list": ui("org", "user.view"),
+    "user-create": ui("org", "user.manage"),
+    "token-list": ui("signed_in"),
+    "token-create": ui("signed_in", method="POST", name="ci", expires_in_days="30"),
+    "token-revoke": ui("own", method="POST"),
+    "audit-log": ui("org", "audit.view"),
+    "audit-export": ui("org", "audit.export"),
+}
+
+API_ROUTES: dict[str, Rule] = {
+    "GET /me": rest("signed_in"),
+    "GET /departments": rest("signed_in"),
+    "POST /departments": rest("org", "department.create", "POST", name="Finance", cost_center="CC-900"),
+    "GET /departments/{department_id}": rest("team", "department.view"),
+    "PUT /departments/{department_id}": rest("team", "department.change", "PUT", name="Ops", cost_center="CC-100"),
+    "GET /teams": rest("signed_in"),
+    "POST /teams": rest("org", "team.create", "POST", department_id="{department_id}", name="New team"),
+    "GET /teams/{team_id}": rest("team", "team.view"),
+    "PATCH /teams/{team_id}": rest("team", "team.change", "PATCH", name="Renamed"),
+    "GET /teams/{team_id}/members": rest("team", "member.view"),
+    "POST /teams/{team_id}/members": rest("team", "member.manage", "POST", username="newbie", role="viewer"),
+    "PATCH /memberships/{membership_id}": rest("team", "member.manage", "PATCH", role="engineer"),
+    "DELETE /memberships/{membership_id}": rest("team", "member.manage", "DELETE"),
+    "GET /users": rest("org", "user.view"),
+    "POST /users": rest("org", "user.manage", "POST", username="newcomer"),
+    "GET /tokens": rest("signed_in"),
+    "POST /tokens": rest("signed_in", method="POST", name="ci"),
+    "DELETE /tokens/{token_id}": rest("own", method="DELETE"),
+    "GET /audit/events": rest("org", "audit.view"),
+    "GET /audit/export": rest("org", "audit.export"),
+    "GET /models": rest("signed_in"),
+    "POST /models": rest("team", "model.register", "POST", name="new-model", owner_team_id="{team_id}"),
+    "GET /models/{name}": rest("team", "model.view"),
+    "PUT /models/{name}": rest("team", "model.register", "PUT", task="chat", visibility="team"),
+    "GET /models/{name}/versions": rest("team", "model.view"),
+    "GET /models/{name}/versions/{number}": rest("team", "model.view"),
+    "POST /models/{name}/imports": rest("team", "model.register", "POST", source="hub", ref="acme/tiny@main"),
+    "POST /models/{name}/uploads": ui("team", "model.register", "POST", base_version_id="{version_id}",
+                                      file="<adapter.zip>"),
+    "POST /models/{name}/versions/{number}/promote": rest("team", "model.promote", "POST", alias="staging"),
+    "POST /models/{name}/versions/{number}/archive": rest("team", "model.register", "POST"),
+    "GET /models/{name}/versions/{number}/files/{path:path}": rest("team", "model.view"),
+    "POST /models/{name}/versions/{number}/verify": rest("team", "model.register", "POST"),
+    "GET /models/{name}/lineage": rest("team", "model.view"),
+    "GET /models/{name}/compare": rest("team", "model.view", a="1", b="1"),
+}
+
+
+def _ui_route_names() -> set[str]:
+    names: set[str] = set()
+
+    def walk(patterns, namespace=""):
+        for pattern in patterns:
+            if isinstance(pattern, URLResolver):
+                if pattern.namespace == "api":
+                    continue  # the REST API is enumerated operation by operation below
+                walk(pattern.url_patterns, pattern.namespace or namespace)
+            elif isinstance(pattern, URLPattern):
+                names.add(pattern.name or f"<unnamed {pattern.pattern}>")
+
+    walk(get_resolver().url_patterns)
+    return names
+
+
+def _api_operations() -> set[str]:
+    found = set()
+    for prefix, router in api._routers:
+        for path, path_view in router.path_operations.items():
+            for operation in path_view.operations:
+                for method in operation.methods:
+                    found.add(f"{method} {prefix.rstrip('/')}{path}")
+    return found
+
+
+def test_every_route_has_a_permission_decision():
+    assert _ui_route_names() - set(UI_ROUTES) == set(), "UI routes without a declared permission decision"
+    assert _api_operations() - set(API_ROUTES) == set(), "API operations without a declared permission decision"
+
+
+def test_no_declaration_is_stale():
+    assert set(UI_ROUTES) - _ui_route_names() == set()
+    assert set(API_ROUTES) - _api_operations() == set()
+
+
+def expected(rule: Rule, role: str) -> str:
+    if rule.scope == "public":
+        return "ok"
+    if role == "anonymous":
+        return "login"
+    if rule.scope in ("signed_in", "own"):
+        return "ok"
+    roles = {"admin"} if role == "admin" else {"auditor"} if role == "auditor" else set()
+    if rule.scope == "org":
+        return "ok" if role_allows(roles, rule.action) else "forbidden"
+    # team scope: the object belongs to the team that owner..viewer are members of
+    if role == "outsider":
+        return "hidden"
+    if role in ("owner", "engineer", "developer", "viewer"):
+        roles = {role}
+    return "ok" if role_allows(roles, rule.action) else "forbidden"
+
+
+def outcome(response, *, api_call: bool) -> str:
+    status = response.status_code
+    assert status < 500, f"server error {status}: {response.content[:500]!r}"
+    # The UI sends anonymous callers to the login page with ?next=; logout's own redirect has none.
+    if status == 401 or (not api_call and status == 302 and "/login/?next=" in response.get("Location", "")):
+        return "login"
+    return {403: "forbidden", 404: "hidden"}.get(status, "ok")
+
+
+@pytest.fixture
+def world(org, team, department, make_user, settings, tmp_path):
+    """Objects for every route: a model with a stored version, memberships, a user to add."""
+    settings.IMPORT_ROOTS = [(tmp_path / "imports").resolve()]
+    settings.ARTIFACT_ROOT = tmp_path / "artifacts"
+    settings.DATA_DIR = tmp_path / "data"
+    default_store.cache_clear()
+    make_user("newbie")
+    model = registry_services.create_model(actor=actor_for(org["engineer"]), name="router", owner_team=team)
+    folder = make_model_folder(Path(settings.IMPORT_ROOTS[0]) / "tiny")
+    version = registry_services.start_import(actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL,
+                                             ref=str(folder), enqueue=False)
+    import_version(version.pk)
+    yield {
+        "department_id": department.pk, "pk_department": department.pk, "team_id": team.pk, "slug": team.slug,
+        "membership_id": Membership.objects.get(team=team, user=org["viewer"]).pk, "name": "router",
+        "number": 1, "path": "config.json", "version_id": version.pk,
+    }
+    default_store.cache_clear()
+
+
+def _fill(template: str, values: dict) -> str:
+    for key, value in values.items():
+        template = template.replace("{" + key + "}", str(value)).replace("{" + key + ":path}", str(value))
+    return template
+
+
+def _ui_url(name: str, values: dict, own_token_pk: int | None) -> str:
+    from django.urls import reverse
+
+    kwargs_by_name = {
+        "department-detail": {"pk": values["pk_department"]}, "department-edit": {"pk": values["pk_department"]},
+        "team-detail": {"slug": values["slug"]}, "team-edit": {"slug": values["slug"]},
+        "member-add": {"slug": values["slug"]},
+        "member-role": {"slug": values["slug"], "pk": values["membership_id"]},
+        "member-remove": {"slug": values["slug"], "pk": values["membership_id"]},
+        "token-revoke": {"pk": own_token_pk},
+    }
+    return reverse(name, kwargs=kwargs_by_name.get(name, {}))
+
+
+def _call(client, role, org, rule: Rule, url: str, values: dict):
+    if role != "anonymous":
+        client.force_login(org[role])
+    data = {k: _fill(v, values) if isinstance(v, str) else v for k, v in rule.data.items()}
+    if data.get("file") == "<adapter.zip>":
+        import io
+
+        data["file"] = io.BytesIO(b"PK\x05\x06" + b"\0" * 18)  # an empty zip
+        data["file"].name = "adapter.zip"
+    method = getattr(client, rule.method.lower())
+    if rule.json and rule.method != "GET":
+        return method(url, data, content_type="application/json")
+    return method(url, data) if rule.method in ("GET", "POST") else method(url)
+
+
+def _own_token(org, role) -> int | None:
+    if role == "anonymous":
+        return 999999
+    token, _ = account_services.create_personal_token(actor=actor_for(org[role]), name="mine", expires_in_days=5)
+    return token.pk
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", sorted(UI_ROUTES))
+def test_ui_route_answers_each_role_as_the_matrix_says(client, org, world, name):
+    rule = UI_ROUTES[name]
+    mismatches = []
+    for role in ROLES:
+        with transaction.atomic():
+            url = _ui_url(name, world, _own_token(org, role) if rule.scope == "own" else None)
+            client.logout()
+            got = outcome(_call(client, role, org, rule, url, world), api_call=False)
+            if got != expected(rule, role):
+                mismatches.append(f"{role}: expected {expected(rule, role)}, got {got}")
+            transaction.set_rollback(True)
+    assert not mismatches, f"{name} ({rule.method}): " + "; ".join(mismatches)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("operation", sorted(API_ROUTES))
+def test_api_operation_answers_each_role_as_the_matrix_says(client, org, world, operation):
+    rule = API_ROUTES[operation]
+    mismatches = []
+    for role in ROLES:
+        with transaction.atomic():
+            values = {**world, "token_id": _own_token(org, role) if rule.scope == "own" else 0}
+            url = "/api/v1" + _fill(operation.split(" ", 1)[1], values)
+            client.logout()
+            got = outcome(_call(client, role, org, rule, url, values), api_call=True)
+            if got != expected(rule, role):
+                mismatches.append(f"{role}: expected {expected(rule, role)}, got {got}")
+            transaction.set_rollback(True)
+    assert not mismatches, f"{operation}: " + "; ".join(mismatches)
+
+
+@pytest.mark.django_db
+def test_a_member_of_team_a_never_receives_team_b_data(client, org, other_team):
+    client.force_login(org["owner"])
+    for url in (f"/teams/{other_team.slug}/", f"/api/v1/teams/{other_team.pk}", f"/api/v1/teams/{other_team.pk}/members"):
+        response = client.get(url)
+        assert response.status_code == 404
+        assert other_team.name.encode() not in response.content
