@@ -39,6 +39,11 @@ class ModelFacts:
     model_card: str = ""
     needs_remote_code: bool = False
     pickle_files: list[str] = field(default_factory=list)
+    # The shape facts the scheduler's memory estimate needs (KV cache size per token).
+    shape: dict = field(default_factory=dict)
+
+SHAPE_KEYS = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hidden_size", "head_dim",
+              "vocab_size", "tie_word_embeddings", "model_type")
 
 
 def safetensors_header(path: Path) -> dict:
@@ -111,6 +116,7 @@ def inspect_directory(directory: Path) -> ModelFacts:
         quantization = config.get("quantization_config") or {}
         facts.quantization = str(quantization.get("quant_method", "")) if isinstance(quantization, dict) else ""
         facts.format = "safetensors" if weights else ("pickle" if facts.pickle_files else "")
+        facts.shape = {key: config[key] for key in SHAPE_KEYS if key in config}
     tokenizer_config = _read_json(directory / "tokenizer_config.json")
     facts.has_chat_template = bool(tokenizer_config.get("chat_template")) or (directory / "chat_template.jinja").exists()
     readme = directory / "README.md"

@@ -119,6 +119,7 @@ class ModelVersion(models.Model):
     dtype = models.CharField(max_length=30, blank=True)
     quantization = models.CharField(max_length=40, blank=True)
     has_chat_template = models.BooleanField(default=False)
+    shape = models.JSONField(default=dict, blank=True, help_text="Layers, heads, hidden size: for memory estimates")
     metrics = models.JSONField(default=dict, blank=True)
     model_card = models.TextField(blank=True)
     status = models.CharField(max_length=10, choices=VersionStatus.choices, default=VersionStatus.IMPORTING)

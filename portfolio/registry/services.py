@@ -16,7 +16,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Forbidden, Invalid
-from portfolio.registry import importers, safety
+from portfolio.registry import cards, importers, safety
 from portfolio.registry.choices import Health, Source, Task, VersionKind, VersionStatus, Visibility
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.inspection import ModelFacts
@@ -210,15 +210,16 @@ def complete_import(version_id: int, manifest: Manifest, facts: ModelFacts, stor
     version.dtype = facts.dtype
     version.quantization = facts.quantization
     version.has_chat_template = facts.has_chat_template
+    version.shape = facts.shape
     if facts.adapter:
         version.metrics = {**version.metrics, "adapter": facts.adapter}
-    if not version.model_card and facts.model_card:
-        version.model_card = facts.model_card
+    if not version.model_card:
+        version.model_card = facts.model_card or cards.generated_card(version)
     version.status, version.progress, version.progress_detail = VersionStatus.READY, 100, "ready"
     version.ready_at = timezone.now()
     version.save(update_fields=[
         "artifact", "format", "architecture", "parameter_count", "context_length", "dtype", "quantization",
-        "has_chat_template", "metrics", "model_card", "status", "progress", "progress_detail", "ready_at",
+        "has_chat_template", "shape", "metrics", "model_card", "status", "progress", "progress_detail", "ready_at",
     ])
     audit.record(Actor.for_system("registry.import"), "model_version.ready", version, after=version.snapshot())
     return version

@@ -1,0 +1,71 @@
+"""Lineage of a model's versions: base -> adapters -> derived versions (and, later, datasets and jobs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from portfolio.registry.models import Model, ModelVersion
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    label: str
+    kind: str
+    status: str
+    model: str
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: str
+    target: str
+    relation: str  # "adapter of", "derived from"
+
+
+def _node(version: ModelVersion) -> Node:
+    return Node(f"v{version.pk}", version.label, version.kind, version.status, version.model.name)
+
+
+def graph_for(model: Model, visible_versions) -> tuple[list[Node], list[Edge]]:
+    """The model's versions plus the versions they hang from (other models' bases), as a graph."""
+    versions = list(model.versions.select_related("model", "base_version__model", "parent_version__model"))
+    nodes = {f"v{v.pk}": _node(v) for v in versions}
+    edges: list[Edge] = []
+    allowed = set(visible_versions.values_list("pk", flat=True))
+    for version in versions:
+        for other, relation in ((version.base_version, "adapter of"), (version.parent_version, "derived from")):
+            if other is None:
+                continue
+            if other.pk not in allowed:
+                continue  # lineage never reveals what the viewer may not see
+            nodes.setdefault(f"v{other.pk}", _node(other))
+            edges.append(Edge(f"v{version.pk}", f"v{other.pk}", relation))
+    for adapter in ModelVersion.objects.filter(base_version__in=versions).exclude(model=model).select_related("model"):
+        if adapter.pk in allowed:
+            nodes.setdefault(f"v{adapter.pk}", _node(adapter))
+            edges.append(Edge(f"v{adapter.pk}", f"v{adapter.base_version_id}", "adapter of"))
+    return sorted(nodes.values(), key=lambda n: n.id), edges
+
+
+def layout(nodes: list[Node], edges: list[Edge]) -> dict[str, tuple[int, int]]:
+    """Layered positions for an SVG: roots (no outgoing edge) on the left, dependents to the right."""
+    parents = {e.source: e.target for e in edges}
+    depth: dict[str, int] = {}
+
+    def depth_of(node_id: str, seen: frozenset = frozenset()) -> int:
+        if node_id in depth:
+            return depth[node_id]
+        parent = parents.get(node_id)
+        value = 0 if parent is None or parent in seen else depth_of(parent, seen | {node_id}) + 1
+        depth[node_id] = value
+        return value
+
+    rows: dict[int, int] = {}
+    positions = {}
+    for node in nodes:
+        column = depth_of(node.id)
+        row = rows.get(column, 0)
+        rows[column] = row + 1
+        positions[node.id] = (column, row)
+    return positions

@@ -1,0 +1,121 @@
+"""Registry REST endpoints: same gate, imports queued, files downloadable and verified."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+
+from portfolio.registry import services
+from portfolio.registry.choices import Source, VersionStatus
+from portfolio.registry.models import ModelVersion
+from portfolio.registry.stores import default_store
+from portfolio.registry.tasks import import_version
+from tests.conftest import actor_for
+from tests.registry.conftest import make_adapter_folder, make_model_folder
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def isolated_store(settings, tmp_path):
+    settings.IMPORT_ROOTS = [(tmp_path / "imports").resolve()]
+    settings.IMPORT_ROOTS[0].mkdir()
+    settings.ARTIFACT_ROOT = tmp_path / "artifacts"
+    settings.DATA_DIR = tmp_path / "data"
+    default_store.cache_clear()
+    yield
+    default_store.cache_clear()
+
+
+@pytest.fixture
+def ready(org, team, settings):
+    model = services.create_model(actor=actor_for(org["engineer"]), name="router", owner_team=team)
+    folder = make_model_folder(settings.IMPORT_ROOTS[0] / "tiny")
+    version = services.start_import(actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL,
+                                    ref=str(folder), enqueue=False)
+    import_version(version.pk)
+    version.refresh_from_db()
+    return version
+
+
+def test_an_engineer_registers_a_model_and_queues_an_import(client, org, team, settings, django_capture_on_commit_callbacks):
+    client.force_login(org["engineer"])
+    response = client.post("/api/v1/models", {"name": "summarizer", "owner_team_id": team.pk, "task": "summarization"},
+                           content_type="application/json")
+    assert response.status_code == 201, response.content
+    folder = make_model_folder(settings.IMPORT_ROOTS[0] / "s")
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = client.post("/api/v1/models/summarizer/imports", {"source": "local", "ref": str(folder)},
+                               content_type="application/json")
+    assert response.status_code == 202 and response.json()["status"] == "importing"
+    assert len(callbacks) == 1, "the import task is enqueued once, on commit"
+
+
+def test_an_import_outside_the_roots_answers_400_with_the_reason(client, org, ready):
+    client.force_login(org["engineer"])
+    response = client.post("/api/v1/models/router/imports", {"source": "local", "ref": "/etc"},
+                           content_type="application/json")
+    assert response.status_code == 400
+    assert "outside the import folders" in response.json()["error"]["message"]
+
+
+def test_files_download_verified_and_a_corrupted_one_is_refused(client, org, ready):
+    client.force_login(org["viewer"])
+    response = client.get("/api/v1/models/router/versions/1/files/config.json")
+    assert response.status_code == 200
+    assert b"LlamaForCausalLM" in b"".join(response.streaming_content)
+    assert client.get("/api/v1/models/router/versions/1/files/../secret").status_code == 404
+
+
+def test_verify_marks_a_corrupted_version_unhealthy_naming_the_file(client, org, ready):
+    store = default_store()
+    entry = ready.artifact.manifest().get("config.json")
+    blob = store.blob_path(entry.sha256)
+    blob.chmod(0o644)
+    blob.write_bytes(b"{}")
+    client.force_login(org["engineer"])
+    response = client.post("/api/v1/models/router/versions/1/verify")
+    assert response.status_code == 200 and response.json()["health"] == "corrupt"
+    ready.artifact.refresh_from_db()
+    assert "config.json" in ready.artifact.health_detail
+
+
+def test_an_adapter_zip_uploads_through_the_api(client, org, ready, tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in make_adapter_folder(tmp_path / "ad").iterdir():
+            archive.write(path, path.name)
+    client.force_login(org["engineer"])
+    upload = io.BytesIO(buffer.getvalue())
+    upload.name = "adapter.zip"
+    response = client.post("/api/v1/models/router/uploads", {"base_version_id": ready.pk, "file": upload})
+    assert response.status_code == 202, response.content
+    version = ModelVersion.objects.get(pk=response.json()["id"])
+    import_version(version.pk)
+    version.refresh_from_db()
+    assert version.status == VersionStatus.READY and version.base_version == ready
+
+
+def test_promotion_and_lineage_and_compare(client, org, ready):
+    client.force_login(org["owner"])
+    assert client.post("/api/v1/models/router/versions/1/promote", {"alias": "production"},
+                       content_type="application/json").json()["aliases"] == {"production": 1}
+    lineage = client.get("/api/v1/models/router/lineage").json()
+    assert lineage["nodes"][0]["label"] == "router:v1"
+    compare = client.get("/api/v1/models/router/compare?a=1&b=1").json()
+    assert compare["fields"]["architecture"] == ["LlamaForCausalLM", "LlamaForCausalLM"]
+
+
+def test_another_teams_model_is_404_for_an_outsider(client, org, ready):
+    client.force_login(org["outsider"])
+    assert client.get("/api/v1/models/router").status_code == 404
+    assert client.get("/api/v1/models").json()["count"] == 0
+
+
+def test_a_viewer_cannot_import(client, org, ready):
+    client.force_login(org["viewer"])
+    response = client.post("/api/v1/models/router/imports", {"source": "hub", "ref": "a/b"},
+                           content_type="application/json")
+    assert response.status_code == 403
