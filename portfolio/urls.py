@@ -18,4 +18,5 @@ urlpatterns = [
     path("api/docs", login_not_required(RedirectView.as_view(url="/api/v1/docs", permanent=False)), name="api-docs"),
     path("", include("portfolio.accounts.urls")),
     path("audit/", include("portfolio.audit.urls")),
+    path("models/", include("portfolio.registry.urls")),
 ]

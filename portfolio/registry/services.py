@@ -146,7 +146,7 @@ def start_import(
         kind = VersionKind.ADAPTER
     elif source == Source.UPLOAD:
         raise Invalid("base_version: Say which base version the adapter was trained on.")
-    options = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
+    options: dict[str, object] = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
     if upload_path is not None:
         options["upload_path"] = str(upload_path)
     version = ModelVersion.objects.create(

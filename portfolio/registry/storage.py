@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from portfolio.registry.hashing import CHUNK, FileEntry, Manifest, sha256_file, sha256_stream
 
@@ -177,7 +177,7 @@ class S3Store(ArtifactStore):
 
     def open_blob(self, sha256: str) -> BinaryIO:
         response = self.client.get_object(self.bucket, _blob_key(sha256))
-        return _S3Stream(response)
+        return cast(BinaryIO, _S3Stream(response))
 
     def put_manifest(self, manifest: Manifest) -> None:
         import io
@@ -264,7 +264,7 @@ def verify(store: ArtifactStore, manifest: Manifest) -> list[CorruptArtifact]:
     problems = []
     for entry in manifest.files:
         try:
-            copy_verified(store, entry, _NullSink())
+            copy_verified(store, entry, cast(BinaryIO, _NullSink()))
         except CorruptArtifact as exc:
             problems.append(exc)
     return problems
