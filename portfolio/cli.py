@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "node-agent":
         name = args.name or node_name()
         os.environ["PORTFOLIO_NODE_NAME"] = name
+        os.environ["PORTFOLIO_NODE_AGENT"] = "1"
         _exec(worker_command([f"node.{name}"], args.concurrency, f"agent@{name}"))
     if args.command == "beat":
         _exec(beat_command())

@@ -60,6 +60,8 @@ def run_all(*, host: str, port: int, demo: bool = True) -> int:
         if demo:
             _manage("seed_demo")
         node = cli.node_name()
+        os.environ["PORTFOLIO_NODE_NAME"] = node
+        os.environ["PORTFOLIO_NODE_AGENT"] = "1"  # the local worker is also this machine's node agent
         commands = {
             "web": cli.web_command(host, port, 1),
             "worker": cli.worker_command(["control", f"node.{node}"], 2, f"local@{node}"),

@@ -148,6 +148,26 @@ HF_CACHE_DIR = env.text("HF_HUB_CACHE")
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
+# --- Serving --------------------------------------------------------------------------------------
+NODE_POOL = env.text("PORTFOLIO_NODE_POOL") or "local-cpu"
+# Where this node's engines listen: loopback on one machine, a private interface the gateway reaches else.
+NODE_ADDRESS = env.text("PORTFOLIO_NODE_ADDRESS") or "127.0.0.1"
+NODE_HEARTBEAT_SECONDS = env.integer("PORTFOLIO_NODE_HEARTBEAT_SECONDS", 5, minimum=1)
+NODE_LOST_AFTER_SECONDS = 3 * NODE_HEARTBEAT_SECONDS
+ENGINE_PYTHON = {
+    "cpu": env.text("PORTFOLIO_ENGINE_PYTHON_CPU") or str(BASE_DIR / ".venv-engine" / "bin" / "python"),
+    "gpu": env.text("PORTFOLIO_ENGINE_PYTHON_GPU") or str(BASE_DIR / ".venv-engine-gpu" / "bin" / "python"),
+}
+ENGINE_START_TIMEOUT = env.integer("PORTFOLIO_ENGINE_START_TIMEOUT", 900, minimum=30)
+ENGINE_UNHEALTHY_GRACE = env.integer("PORTFOLIO_ENGINE_UNHEALTHY_GRACE", 30, minimum=5)
+ENGINE_MAX_RESTARTS = env.integer("PORTFOLIO_ENGINE_MAX_RESTARTS", 5, minimum=0)
+ENGINE_RESTART_BACKOFF = env.integer("PORTFOLIO_ENGINE_RESTART_BACKOFF", 5, minimum=1)
+ENGINE_KEY_SECRET: bytes = (env.text("PORTFOLIO_ENGINE_KEY_SECRET") or "").encode() or _derived_key("engine-keys")
+CELERY_BEAT_SCHEDULE = {
+    "serving-reconcile": {"task": "serving.reconcile_all", "schedule": float(NODE_HEARTBEAT_SECONDS * 2)},
+    "registry-reap-imports": {"task": "registry.reap_stale_imports", "schedule": 60.0},
+}
+
 # --- Django ---------------------------------------------------------------------------------------
 INSTALLED_APPS = [
     "django.contrib.auth",

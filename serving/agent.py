@@ -1,0 +1,286 @@
+"""The node agent: what runs on every machine of a pool, inside its Celery worker.
+
+``reconcile_node`` makes this machine's engines match the database: start what is scheduled here,
+adopt engines that survived an agent restart, restart crashed ones with back-off (giving up after
+repeated failures), stop what is no longer wanted, hot-load and unload adapters, and kill orphans. It runs
+every few seconds from the agent's heartbeat loop and on demand from the node's queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+
+import psutil
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from portfolio.accounts.actor import Actor
+from portfolio.audit import services as audit
+from portfolio.registry.storage import CorruptArtifact
+from portfolio.registry.tasks import materialize_version
+from serving import engine_args, processes
+from serving.choices import DesiredState, NodeState, ReplicaState
+from serving.models import ComputePool, DeploymentEvent, Node, Replica
+
+logger = logging.getLogger(__name__)
+AGENT_VERSION = "1"
+
+
+def engine_key(replica_id: int) -> str:
+    """The bearer key of one engine: derived, never stored; the gateway derives the same."""
+    return hmac.new(settings.ENGINE_KEY_SECRET, f"replica:{replica_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def event(replica: Replica, kind: str, message: str) -> None:
+    DeploymentEvent.objects.create(deployment_id=replica.deployment_id, replica=replica, kind=kind, message=message)
+
+
+# --- Capacity and heartbeat ------------------------------------------------------------------------
+def detect_gpus() -> list[dict]:
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        output = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout
+    except (subprocess.SubprocessError, OSError):
+        logger.warning("nvidia-smi failed; reporting no GPUs")
+        return []
+    gpus = []
+    for line in output.strip().splitlines():
+        index, name, mib = (part.strip() for part in line.split(","))
+        gpus.append({"index": int(index), "name": name, "memory_bytes": int(float(mib)) * 1024 * 1024})
+    return gpus
+
+
+def detect_capacity() -> dict:
+    return {
+        "cpu_cores": psutil.cpu_count(logical=True) or 1,
+        "memory_bytes": psutil.virtual_memory().total,
+        "gpus": detect_gpus(),
+    }
+
+
+def register(name: str, pool_name: str, address: str, capacity: dict | None = None) -> Node | None:
+    """Create or refresh this machine's node row; a node that was lost comes back as ready."""
+    pool = ComputePool.objects.filter(name=pool_name).first()
+    if pool is None:
+        logger.error("node %s: pool %r does not exist; an admin must create it first", name, pool_name)
+        return None
+    capacity = capacity or detect_capacity()
+    with transaction.atomic():
+        node, created = Node.objects.select_for_update().get_or_create(
+            name=name, defaults={"pool": pool, "address": address, **capacity, "heartbeat_at": timezone.now(),
+                                 "agent_version": AGENT_VERSION},
+        )
+        if created:
+            audit.record(Actor.for_system(f"agent:{name}"), "node.register", node, after=node.snapshot())
+            return node
+        recovered = node.state == NodeState.LOST
+        for key, value in capacity.items():
+            setattr(node, key, value)
+        node.address, node.heartbeat_at, node.agent_version = address, timezone.now(), AGENT_VERSION
+        if recovered:
+            node.state = NodeState.READY
+        node.save(update_fields=["address", "heartbeat_at", "agent_version", "state", *capacity])
+        if recovered:
+            audit.record(Actor.for_system(f"agent:{name}"), "node.recover", node, after=node.snapshot())
+    return node
+
+
+# --- Reconcile -------------------------------------------------------------------------------------
+def _log_path(replica: Replica) -> Path:
+    return Path(settings.DATA_DIR) / "engines" / replica.deployment.name / f"replica-{replica.pk}.log"
+
+
+def _set(replica: Replica, **fields) -> None:
+    for key, value in fields.items():
+        setattr(replica, key, value)
+    replica.save(update_fields=list(fields))
+
+
+def _start(replica: Replica, node: Node) -> None:
+    deployment = replica.deployment
+    try:
+        model_dir = materialize_version(deployment.version)
+        adapters = {a.name: materialize_version(a.version) for a in deployment.adapters.select_related("version")}
+    except CorruptArtifact as exc:
+        _set(replica, state=ReplicaState.FAILED, state_detail=f"artifact corrupted: {exc}")
+        event(replica, "failed", f"Cannot start: stored files are corrupted ({exc}).")
+        return
+    port = processes.free_port(node.address)
+    args = engine_args.validate(deployment.engine_args, deployment.pool.kind)
+    launch = engine_args.build(
+        python=settings.ENGINE_PYTHON[deployment.pool.kind], pool_kind=deployment.pool.kind, args=args,
+        model_dir=model_dir, served_name=deployment.name, host=node.address, port=port, adapters=adapters,
+        gpu_indices=replica.gpu_indices, api_key=engine_key(replica.pk),
+    )
+    pid = processes.start(launch.argv, launch.env, replica.pk, _log_path(replica))
+    _set(replica, pid=pid, port=port, host=node.address, state=ReplicaState.STARTING, started_at=timezone.now(),
+         state_detail="", loaded_adapters=sorted(adapters), next_start_at=None)
+    event(replica, "started", f"Engine started on {node.name} (pid {pid}, port {port}).")
+
+
+def _crashed(replica: Replica, why: str) -> None:
+    if replica.pid:
+        # The engine led its own process group: take down what is left of it (workers of a killed server).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(replica.pid, signal.SIGKILL)
+    tail = processes.log_tail(_log_path(replica))
+    restarts = replica.restarts + 1
+    if restarts > settings.ENGINE_MAX_RESTARTS:
+        _set(replica, state=ReplicaState.FAILED, restarts=restarts, pid=None, log_tail=tail,
+             state_detail=f"{why}; gave up after {restarts - 1} restarts")
+        event(replica, "failed", f"{why}. Gave up after {restarts - 1} restarts: restart the deployment to retry.")
+        return
+    delay = min(300, settings.ENGINE_RESTART_BACKOFF * 2 ** (restarts - 1))
+    _set(replica, state=ReplicaState.BACKOFF, restarts=restarts, pid=None, log_tail=tail, state_detail=why,
+         next_start_at=timezone.now() + timedelta(seconds=delay))
+    event(replica, "crashed", f"{why}. Restart {restarts} in {delay}s.")
+
+
+def _engine_request(replica: Replica, method: str, path: str, body: dict | None = None, timeout: float = 30):
+    request = urllib.request.Request(  # noqa: S310 - the engine's own loopback/private address
+        f"{replica.base_url}{path}", method=method, data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {engine_key(replica.pk)}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        data = response.read()
+    return json.loads(data) if data[:1] in (b"{", b"[") else data.decode()
+
+
+def _sync_adapters(replica: Replica) -> None:
+    """Hot-load adapters added to the deployment and unload removed ones, without a restart."""
+    wanted = {a.name: a for a in replica.deployment.adapters.select_related("version")}
+    loaded = set(replica.loaded_adapters)
+    if set(wanted) == loaded:
+        return
+    changed = False
+    for name in sorted(set(wanted) - loaded):
+        try:
+            path = materialize_version(wanted[name].version)
+            _engine_request(replica, "POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
+        except Exception as exc:  # noqa: BLE001 - reported on the timeline; retried next round
+            event(replica, "adapter_failed", f"Could not load adapter {name}: {exc}")
+            continue
+        loaded.add(name)
+        changed = True
+        event(replica, "adapter_loaded", f"Adapter {name} loaded without a restart.")
+    for name in sorted(loaded - set(wanted)):
+        with contextlib.suppress(Exception):
+            _engine_request(replica, "POST", "/v1/unload_lora_adapter", {"lora_name": name})
+        loaded.discard(name)
+        changed = True
+        event(replica, "adapter_unloaded", f"Adapter {name} unloaded.")
+    if changed:
+        _set(replica, loaded_adapters=sorted(loaded))
+
+
+def _ensure_running(replica: Replica, node: Node) -> None:
+    now = timezone.now()
+    process = processes.find(replica.pid, replica.pk)
+    if process is None:
+        if replica.state == ReplicaState.PENDING or (
+            replica.state == ReplicaState.BACKOFF and replica.next_start_at and replica.next_start_at <= now
+        ):
+            _start(replica, node)
+        elif replica.state in (ReplicaState.STARTING, ReplicaState.READY, ReplicaState.UNHEALTHY):
+            _crashed(replica, "Engine process exited")
+        return
+    if processes.healthy(replica.base_url):
+        if replica.state != ReplicaState.READY:
+            _set(replica, state=ReplicaState.READY, ready_at=now, last_health_at=now, state_detail="")
+            event(replica, "ready", f"Replica ready at {replica.base_url}.")
+        else:
+            _set(replica, last_health_at=now)
+        _sync_adapters(replica)
+        return
+    if replica.state == ReplicaState.STARTING:
+        if replica.started_at and now - replica.started_at > timedelta(seconds=settings.ENGINE_START_TIMEOUT):
+            processes.stop(process)
+            _crashed(replica, f"Engine did not become healthy within {settings.ENGINE_START_TIMEOUT}s")
+        return
+    if replica.state == ReplicaState.READY:
+        _set(replica, state=ReplicaState.UNHEALTHY, state_detail="health check failing")
+        event(replica, "unhealthy", "Health check failing.")
+        return
+    if replica.last_health_at is None or now - replica.last_health_at > timedelta(seconds=settings.ENGINE_UNHEALTHY_GRACE):
+        processes.stop(process)
+        _crashed(replica, "Engine stayed unhealthy")
+
+
+def _stop(replica: Replica) -> None:
+    process = processes.find(replica.pid, replica.pk)
+    if process is not None:
+        if replica.state != ReplicaState.STOPPING:
+            _set(replica, state=ReplicaState.STOPPING)
+        processes.stop(process)
+        event(replica, "stopped", "Engine stopped.")
+    _set(replica, state=ReplicaState.STOPPED, pid=None)
+
+
+def reconcile_node(name: str) -> None:
+    node = Node.objects.select_related("pool").filter(name=name).first()
+    if node is None:
+        return
+    mine = list(node.replicas.select_related("deployment__version", "deployment__pool")
+                .exclude(state=ReplicaState.STOPPED))
+    wanted_ids = set()
+    for replica in mine:
+        try:
+            if replica.desired == DesiredState.STOPPED:
+                _stop(replica)
+            elif replica.state != ReplicaState.FAILED:
+                wanted_ids.add(replica.pk)
+                _ensure_running(replica, node)
+            else:
+                wanted_ids.add(replica.pk)
+        except Exception:
+            logger.exception("reconciling replica %s on %s failed", replica.pk, name)
+    for replica_id, process in processes.engines_on_this_machine().items():
+        if replica_id not in wanted_ids and not Replica.objects.filter(
+            pk=replica_id, node=node, desired=DesiredState.RUNNING
+        ).exclude(state=ReplicaState.STOPPED).exists():
+            logger.warning("stopping orphan engine of replica %s (pid %s)", replica_id, process.pid)
+            processes.stop(process)
+
+
+def heartbeat(name: str) -> None:
+    register(name, settings.NODE_POOL, settings.NODE_ADDRESS)
+    lock = _node_lock(name)
+    if lock.acquire(blocking=False):
+        try:
+            reconcile_node(name)
+        finally:
+            with contextlib.suppress(Exception):
+                lock.release()
+
+
+def _node_lock(name: str):
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    return client.lock(f"portfolio:node-reconcile:{name}", timeout=600)
+
+
+def hostname() -> str:
+    return settings.NODE_NAME or socket.gethostname()
+
+
+def engine_python_ok(kind: str) -> bool:
+    python = settings.ENGINE_PYTHON.get(kind, "")
+    return bool(python) and os.path.exists(python)

@@ -1,0 +1,41 @@
+from django.db import models
+
+
+class PoolKind(models.TextChoices):
+    GPU = "gpu", "GPU"
+    CPU = "cpu", "CPU"
+
+
+class NodeState(models.TextChoices):
+    READY = "ready", "Ready"
+    DRAINING = "draining", "Draining"
+    CORDONED = "cordoned", "Cordoned"
+    LOST = "lost", "Lost"
+
+
+class DeploymentStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    DEGRADED = "degraded", "Degraded"
+    STOPPED = "stopped", "Stopped"
+
+
+class ReplicaState(models.TextChoices):
+    PENDING = "pending", "Scheduled"
+    STARTING = "starting", "Starting"
+    READY = "ready", "Ready"
+    UNHEALTHY = "unhealthy", "Unhealthy"
+    BACKOFF = "backoff", "Restarting (back-off)"
+    FAILED = "failed", "Failed"
+    STOPPING = "stopping", "Stopping"
+    STOPPED = "stopped", "Stopped"
+
+    @classmethod
+    def active(cls) -> frozenset[str]:
+        """States of a replica that holds (or will hold) resources on its node."""
+        return frozenset({cls.PENDING, cls.STARTING, cls.READY, cls.UNHEALTHY, cls.BACKOFF, cls.STOPPING})
+
+
+class DesiredState(models.TextChoices):
+    RUNNING = "running", "Running"
+    STOPPED = "stopped", "Stopped"

@@ -1,0 +1,124 @@
+"""Engine arguments: an allow-list with validation, and the vLLM command line built from it.
+
+Only the arguments below can be set on a deployment; anything else is refused by name, so a deployment
+can never smuggle a flag (a different host, a chat template from disk, remote code) into the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from portfolio.errors import Invalid
+from serving.choices import PoolKind
+
+
+@dataclass(frozen=True)
+class Spec:
+    kind: type
+    default: object
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple = ()
+    pools: tuple[str, ...] = (PoolKind.GPU, PoolKind.CPU)
+    help: str = ""
+
+
+SPECS: dict[str, Spec] = {
+    "max_model_len": Spec(int, 2048, 64, 1_048_576, help="Longest prompt + completion, in tokens"),
+    "dtype": Spec(str, "bfloat16", choices=("auto", "bfloat16", "float16", "float32")),
+    "max_num_seqs": Spec(int, 16, 1, 1024, help="Sequences processed together"),
+    "enable_lora": Spec(bool, False, help="Serve LoRA adapters (hot-loadable); costs throughput on CPU"),
+    "max_loras": Spec(int, 4, 1, 64, help="Adapters resident at once"),
+    "max_lora_rank": Spec(int, 16, choices=(8, 16, 32, 64, 128, 256)),
+    "enable_prefix_caching": Spec(bool, False),
+    "enforce_eager": Spec(bool, False, help="Skip graph capture: faster start, slower serving"),
+    "gpu_memory_utilization": Spec(float, 0.9, 0.1, 0.98, pools=(PoolKind.GPU,),
+                                   help="Fraction of each GPU's memory the engine claims"),
+    "tensor_parallel_size": Spec(int, 1, 1, 8, pools=(PoolKind.GPU,), help="GPUs per replica"),
+    "quantization": Spec(str, "", choices=("", "awq", "gptq", "fp8", "bitsandbytes"), pools=(PoolKind.GPU,)),
+    "kv_cache_space_gib": Spec(int, 1, 1, 1024, pools=(PoolKind.CPU,), help="KV cache size on CPU (GiB)"),
+    "cpu_cores": Spec(int, 1, 1, 512, pools=(PoolKind.CPU,), help="Cores reserved for the replica"),
+}
+
+
+def _coerce(name: str, spec: Spec, value):
+    if spec.kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise Invalid(f"engine_args.{name}: expected true or false.")
+    if spec.kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(f"engine_args.{name}: expected a whole number.")
+    elif spec.kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Invalid(f"engine_args.{name}: expected a number.")
+        value = float(value)
+    elif not isinstance(value, str):
+        raise Invalid(f"engine_args.{name}: expected text.")
+    if spec.choices and value not in spec.choices:
+        raise Invalid(f"engine_args.{name}: {value!r} is not one of {', '.join(map(str, spec.choices))}.")
+    if spec.minimum is not None and value < spec.minimum or spec.maximum is not None and value > spec.maximum:
+        raise Invalid(f"engine_args.{name}: {value} is outside {spec.minimum}..{spec.maximum}.")
+    return value
+
+
+def validate(args: dict, pool_kind: str) -> dict:
+    """Return the full argument set (defaults filled in) or raise ``Invalid`` naming the argument."""
+    if not isinstance(args, dict):
+        raise Invalid("engine_args: expected an object of argument names to values.")
+    unknown = sorted(set(args) - set(SPECS))
+    if unknown:
+        raise Invalid(f"engine_args.{unknown[0]} is not an allowed engine argument "
+                      f"(allowed: {', '.join(sorted(SPECS))}).")
+    resolved = {}
+    for name, spec in SPECS.items():
+        if pool_kind not in spec.pools:
+            if name in args:
+                raise Invalid(f"engine_args.{name} applies to {'/'.join(spec.pools)} pools only.")
+            continue
+        resolved[name] = _coerce(name, spec, args[name]) if name in args else spec.default
+    if pool_kind == PoolKind.CPU and resolved["dtype"] == "float16":
+        raise Invalid("engine_args.dtype: float16 is not supported by vLLM on CPU; use bfloat16 or float32.")
+    return resolved
+
+
+@dataclass(frozen=True)
+class EngineLaunch:
+    argv: list[str]
+    env: dict[str, str]
+
+
+def build(
+    *, python: str, pool_kind: str, args: dict, model_dir: Path, served_name: str, host: str, port: int,
+    adapters: dict[str, Path], gpu_indices: list[int], api_key: str,
+) -> EngineLaunch:
+    """The command and environment of one vLLM OpenAI-compatible server process."""
+    argv = [
+        python, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_dir), "--served-model-name", served_name,
+        "--host", host, "--port", str(port),
+        "--max-model-len", str(args["max_model_len"]), "--dtype", args["dtype"],
+        "--max-num-seqs", str(args["max_num_seqs"]),
+        "--disable-uvicorn-access-log",
+    ]
+    # The engine's key is passed in the environment, not on the command line (visible in `ps`).
+    env = {"VLLM_API_KEY": api_key, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+    if args["enable_prefix_caching"]:
+        argv.append("--enable-prefix-caching")
+    if args["enforce_eager"]:
+        argv.append("--enforce-eager")
+    if args["enable_lora"] or adapters:
+        argv += ["--enable-lora", "--max-loras", str(args["max_loras"]), "--max-lora-rank", str(args["max_lora_rank"])]
+        if adapters:
+            argv += ["--lora-modules", *(f"{name}={path}" for name, path in sorted(adapters.items()))]
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+    if pool_kind == PoolKind.GPU:
+        argv += ["--gpu-memory-utilization", str(args["gpu_memory_utilization"]),
+                 "--tensor-parallel-size", str(args["tensor_parallel_size"])]
+        if args["quantization"]:
+            argv += ["--quantization", args["quantization"]]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_indices)
+    else:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(args["kv_cache_space_gib"])
+    return EngineLaunch(argv=argv, env=env)

@@ -1,0 +1,267 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from portfolio.accounts.models import Team
+from portfolio.registry.models import ModelVersion
+from serving.choices import DeploymentStatus, DesiredState, NodeState, PoolKind, ReplicaState
+
+name_validator = RegexValidator(r"^[a-z0-9][a-z0-9-]{1,62}$", "Use 2-63 lower-case letters, digits and dashes.")
+
+
+class ComputePoolQuerySet(models.QuerySet):
+    def visible_to(self, actor) -> ComputePoolQuerySet:
+        if actor.is_org_wide:
+            return self
+        return self.filter(Q(allowed_teams__isnull=True) | Q(allowed_teams__in=actor.team_ids)).distinct()
+
+
+class ComputePool(models.Model):
+    """A set of machines of one kind (GPU or CPU) that teams may deploy and train on."""
+
+    name = models.CharField(max_length=63, unique=True, validators=[name_validator])
+    kind = models.CharField(max_length=3, choices=PoolKind.choices)
+    description = models.TextField(blank=True)
+    allowed_teams = models.ManyToManyField(Team, blank=True, related_name="pools",
+                                           help_text="Teams that may use the pool; none means every team")
+    gpu_hour_rate = models.DecimalField(max_digits=10, decimal_places=4, default=Decimal("0"))
+    cpu_core_hour_rate = models.DecimalField(max_digits=10, decimal_places=4, default=Decimal("0"))
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = ComputePoolQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def snapshot(self) -> dict:
+        return {
+            "name": self.name, "kind": self.kind, "gpu_hour_rate": str(self.gpu_hour_rate),
+            "cpu_core_hour_rate": str(self.cpu_core_hour_rate),
+            "allowed_teams": sorted(self.allowed_teams.values_list("slug", flat=True)) if self.pk else [],
+        }
+
+
+class NodeQuerySet(models.QuerySet):
+    def visible_to(self, actor) -> NodeQuerySet:
+        return self.filter(pool__in=ComputePool.objects.visible_to(actor))
+
+
+class Node(models.Model):
+    """A machine in a pool; its agent consumes the Celery queue ``node.<name>`` and heartbeats."""
+
+    name = models.CharField(max_length=63, unique=True)
+    pool = models.ForeignKey(ComputePool, on_delete=models.PROTECT, related_name="nodes")
+    state = models.CharField(max_length=10, choices=NodeState.choices, default=NodeState.READY)
+    address = models.CharField(max_length=255, help_text="Where engines on this node listen (gateway side)")
+    cpu_cores = models.PositiveIntegerField(default=0)
+    memory_bytes = models.BigIntegerField(default=0)
+    gpus = models.JSONField(default=list, blank=True, help_text="[{index, name, memory_bytes}]")
+    agent_version = models.CharField(max_length=40, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    registered_at = models.DateTimeField(default=timezone.now)
+
+    objects = NodeQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["pool__name", "name"]
+        indexes = [
+            # The lost-node sweep: ready/draining nodes by last heartbeat.
+            models.Index(fields=["state", "heartbeat_at"], name="serving_node_heartbeat"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def queue(self) -> str:
+        return f"node.{self.name}"
+
+    def snapshot(self) -> dict:
+        return {"name": self.name, "pool": self.pool.name, "state": self.state, "address": self.address}
+
+
+class DeploymentQuerySet(models.QuerySet):
+    def visible_to(self, actor) -> DeploymentQuerySet:
+        if actor.is_org_wide:
+            return self
+        return self.filter(owner_team_id__in=actor.team_ids)
+
+
+class Deployment(models.Model):
+    """A base model version served on a pool by vLLM replicas, with the adapters they hot-load."""
+
+    name = models.CharField(max_length=63, unique=True, validators=[name_validator])
+    owner_team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="deployments")
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="deployments")
+    pool = models.ForeignKey(ComputePool, on_delete=models.PROTECT, related_name="deployments")
+    replicas = models.PositiveIntegerField(default=1, help_text="Desired number of replicas")
+    engine_args = models.JSONField(default=dict, blank=True)
+    # Bumped by a restart or a version change: replicas of older generations are replaced, one by one.
+    generation = models.PositiveIntegerField(default=1)
+    status = models.CharField(max_length=10, choices=DeploymentStatus.choices, default=DeploymentStatus.PENDING)
+    status_detail = models.TextField(blank=True)
+    store_prompts = models.BooleanField(default=False, help_text="Opt-in: keep prompt and completion text")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+
+    objects = DeploymentQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def team(self) -> Team:
+        return self.owner_team
+
+    def snapshot(self) -> dict:
+        return {
+            "name": self.name, "version": self.version.label, "pool": self.pool.name, "replicas": self.replicas,
+            "engine_args": self.engine_args, "generation": self.generation,
+            "adapters": sorted(self.adapters.values_list("name", flat=True)) if self.pk else [],
+        }
+
+
+class DeploymentAdapter(models.Model):
+    """An adapter version served by a deployment's replicas under its own model name."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="adapters")
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="deployed_as_adapter")
+    name = models.CharField(max_length=63, validators=[name_validator])
+    added_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["deployment__name", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "name"], name="adapter_name_unique_per_deployment"),
+            models.UniqueConstraint(fields=["deployment", "version"], name="adapter_once_per_deployment"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name}/{self.name}"
+
+
+class Replica(models.Model):
+    """One engine process of a deployment on a node."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="replica_set")
+    node = models.ForeignKey(Node, null=True, on_delete=models.SET_NULL, related_name="replicas")
+    generation = models.PositiveIntegerField()
+    desired = models.CharField(max_length=10, choices=DesiredState.choices, default=DesiredState.RUNNING)
+    state = models.CharField(max_length=10, choices=ReplicaState.choices, default=ReplicaState.PENDING)
+    state_detail = models.TextField(blank=True)
+    host = models.CharField(max_length=255, blank=True)
+    port = models.PositiveIntegerField(null=True, blank=True)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    gpu_indices = models.JSONField(default=list, blank=True)
+    # What the scheduler reserved on the node for this replica (bytes of RAM or per GPU, cores).
+    reserved_memory_bytes = models.BigIntegerField(default=0)
+    reserved_cores = models.PositiveIntegerField(default=0)
+    restarts = models.PositiveIntegerField(default=0)
+    next_start_at = models.DateTimeField(null=True, blank=True)
+    last_health_at = models.DateTimeField(null=True, blank=True)
+    log_tail = models.TextField(blank=True)
+    loaded_adapters = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["deployment__name", "id"]
+        indexes = [
+            # The gateway's routing table: ready replicas of a deployment.
+            models.Index(fields=["deployment", "state"], name="serving_replica_routing"),
+            # A node agent's work list.
+            models.Index(fields=["node", "desired"], name="serving_replica_node"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name}#{self.pk}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class DeploymentEvent(models.Model):
+    """One entry of a deployment's timeline: scheduled, started, ready, crashed, restarted, scaled."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
+    replica = models.ForeignKey(Replica, null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+    at = models.DateTimeField(default=timezone.now)
+    kind = models.CharField(max_length=32)
+    message = models.TextField()
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["deployment", "-at"], name="serving_event_timeline")]
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name} {self.kind}"
+
+
+class EndpointQuerySet(models.QuerySet):
+    def visible_to(self, actor) -> EndpointQuerySet:
+        if actor.is_org_wide:
+            return self
+        return self.filter(owner_team_id__in=actor.team_ids)
+
+
+class Endpoint(models.Model):
+    """The stable name clients pass as ``model``; routes by weight to deployments or their adapters."""
+
+    name = models.CharField(max_length=63, unique=True, validators=[name_validator])
+    owner_team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="endpoints")
+    description = models.TextField(blank=True)
+    fallback = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = EndpointQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def team(self) -> Team:
+        return self.owner_team
+
+    def snapshot(self) -> dict:
+        return {
+            "name": self.name, "fallback": self.fallback.name if self.fallback else None,
+            "routes": [
+                {"deployment": r.deployment.name, "adapter": r.adapter.name if r.adapter else None, "weight": r.weight}
+                for r in self.routes.select_related("deployment", "adapter")
+            ] if self.pk else [],
+        }
+
+
+class EndpointRoute(models.Model):
+    """One weighted target of an endpoint: a deployment's base model or one of its adapters."""
+
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="routes")
+    deployment = models.ForeignKey(Deployment, on_delete=models.PROTECT, related_name="routes")
+    adapter = models.ForeignKey(DeploymentAdapter, null=True, blank=True, on_delete=models.PROTECT,
+                                related_name="routes")
+    weight = models.PositiveIntegerField(default=100, validators=[MinValueValidator(0)])
+
+    class Meta:
+        ordering = ["endpoint__name", "-weight", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint.name} -> {self.deployment.name}{'/' + self.adapter.name if self.adapter else ''}"

@@ -1,0 +1,64 @@
+"""What a deployment's replicas should become: a pure function, unit-tested without a database.
+
+Rolling changes surge by one: replicas of an older generation (a restart or a version change) or on a
+draining node keep serving until enough current replicas are ready, then stop one by one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from serving.choices import DeploymentStatus, DesiredState, NodeState, ReplicaState
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    id: int
+    generation: int
+    state: str
+    desired: str = DesiredState.RUNNING
+    node_state: str | None = NodeState.READY
+
+
+@dataclass
+class Plan:
+    start: int = 0
+    stop: list[int] = field(default_factory=list)
+    forget: list[int] = field(default_factory=list)
+    status: str = DeploymentStatus.PENDING
+
+
+def plan(desired: int, generation: int, replicas: list[ReplicaView]) -> Plan:
+    result = Plan()
+    live: list[ReplicaView] = []
+    for replica in replicas:
+        gone = replica.node_state in (None, NodeState.LOST)
+        finished = replica.state == ReplicaState.STOPPED
+        if finished or (gone and replica.state != ReplicaState.STOPPING):
+            result.forget.append(replica.id)
+        elif replica.desired == DesiredState.RUNNING:
+            live.append(replica)
+    current = [r for r in live if r.generation == generation and r.node_state != NodeState.DRAINING]
+    leaving = [r for r in live if r not in current]
+
+    def stop_order(r: ReplicaView) -> tuple:
+        # Stop what serves nobody first: not-ready before ready, newest before oldest.
+        return (r.state == ReplicaState.READY, -r.id)
+
+    if len(current) > desired:
+        excess = sorted(current, key=stop_order)[: len(current) - desired]
+        result.stop += [r.id for r in excess]
+        current = [r for r in current if r not in excess]
+    result.start = desired - len(current)
+    ready_current = sum(r.state == ReplicaState.READY for r in current)
+    keep_leaving = max(0, desired - ready_current)
+    if len(leaving) > keep_leaving:
+        result.stop += [r.id for r in sorted(leaving, key=stop_order)[: len(leaving) - keep_leaving]]
+
+    if desired == 0:
+        result.status = DeploymentStatus.STOPPED if not live else DeploymentStatus.PENDING
+    elif any(r.state == ReplicaState.FAILED for r in current):
+        result.status = DeploymentStatus.DEGRADED
+    elif ready_current >= desired:
+        result.status = DeploymentStatus.RUNNING
+    return result

@@ -1,0 +1,124 @@
+"""Engine processes on this machine: start (own session, log file), find again, health, stop.
+
+An engine carries ``PORTFOLIO_REPLICA_ID`` in its environment, so an agent that restarts finds (and
+adopts) the engines it started before, and recognises orphans whose replica no longer exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+MARKER = "PORTFOLIO_REPLICA_ID"
+# What an engine inherits from the agent; everything else (database URLs, secrets) stays behind.
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "HF_HOME", "TRANSFORMERS_CACHE", "XDG_CACHE_HOME",
+                 "CUDA_HOME", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND")
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def start(argv: list[str], env: dict[str, str], replica_id: int, log_path: Path) -> int:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    clean_env = {k: v for k, v in os.environ.items() if k in INHERITED_ENV}
+    clean_env.update(env)
+    clean_env[MARKER] = str(replica_id)
+    with log_path.open("ab") as log:
+        log.write(f"\n===== starting replica {replica_id} at {time.strftime('%Y-%m-%dT%H:%M:%S')} =====\n".encode())
+        process = subprocess.Popen(
+            argv, env=clean_env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: survives the agent, and is killed as a whole
+            cwd=log_path.parent,
+        )
+    return process.pid
+
+
+def replica_of(process: psutil.Process) -> int | None:
+    try:
+        value = process.environ().get(MARKER)
+    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    return int(value) if value and value.isdigit() else None
+
+
+def find(pid: int | None, replica_id: int) -> psutil.Process | None:
+    """The live engine process of a replica, only if ``pid`` really is that replica's engine."""
+    if not pid:
+        return None
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            return None
+    except psutil.NoSuchProcess:
+        return None
+    return process if replica_of(process) == replica_id else None
+
+
+def engines_on_this_machine() -> dict[int, psutil.Process]:
+    """Every engine process group leader started by an agent, by replica id."""
+    found = {}
+    for process in psutil.process_iter(["pid"]):
+        replica = replica_of(process)
+        if replica is None:
+            continue
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if os.getpgid(process.pid) == process.pid:
+                found[replica] = process
+    return found
+
+
+def stop(process: psutil.Process, grace: float = 20.0) -> None:
+    """SIGTERM the engine's whole process group, then SIGKILL what is left after ``grace`` seconds."""
+    try:
+        group = os.getpgid(process.pid)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            break
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(-group, os.WNOHANG)
+        time.sleep(0.2)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(process.pid, os.WNOHANG)
+
+
+def healthy(base_url: str, timeout: float = 3.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url}/health", timeout=timeout) as response:  # noqa: S310 - http only
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def log_tail(log_path: Path, lines: int = 40) -> str:
+    if not log_path.exists():
+        return ""
+    with log_path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(0, size - 16384))
+        text = handle.read().decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])

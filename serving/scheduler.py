@@ -1,0 +1,144 @@
+"""Placing replicas: an explicit memory estimate (weights + KV cache), matched against free capacity.
+
+GPU nodes are matched per GPU (a replica needs ``tensor_parallel_size`` GPUs on one node, each with its
+share free); CPU nodes by RAM and cores. Refusals say what was needed and the best that was available,
+so a person can act on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from serving.choices import NodeState, PoolKind
+
+GIB = 1024**3
+BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "auto": 2.0, "int8": 1.0, "fp8": 1.0,
+                   "awq": 0.5, "gptq": 0.5, "bitsandbytes": 0.5}
+# Measured: a vLLM CPU server process tree holds ~3.6 GiB with SmolLM2-135M and a 1 GiB KV cache.
+CPU_RUNTIME_OVERHEAD = int(2.2 * GIB)
+# CUDA context, activations and graph buffers per GPU.
+GPU_RUNTIME_OVERHEAD = int(1.5 * GIB)
+
+
+class Unschedulable(Exception):
+    """No placement; the message says what was needed and what was free."""
+
+
+def fmt_gib(n: int) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    weights_bytes: int
+    kv_bytes: int
+    overhead_bytes: int
+    per_gpu_bytes: int  # what each GPU must hold (GPU pools)
+    gpus: int
+    ram_bytes: int  # what the node's RAM must hold (CPU pools)
+    cores: int
+
+    def describe(self) -> str:
+        return (f"weights {fmt_gib(self.weights_bytes)} + KV cache {fmt_gib(self.kv_bytes)} + "
+                f"runtime {fmt_gib(self.overhead_bytes)}")
+
+
+def kv_bytes_per_token(shape: dict, dtype_bytes: float = 2.0) -> int:
+    layers = int(shape.get("num_hidden_layers") or 0)
+    heads = int(shape.get("num_attention_heads") or 0)
+    kv_heads = int(shape.get("num_key_value_heads") or heads)
+    hidden = int(shape.get("hidden_size") or 0)
+    head_dim = int(shape.get("head_dim") or (hidden // heads if heads else 0))
+    return int(2 * layers * kv_heads * head_dim * dtype_bytes)
+
+
+def estimate(*, pool_kind: str, parameter_count: int, shape: dict, args: dict,
+             adapter_parameters: int = 0) -> Estimate:
+    dtype = args.get("quantization") or args.get("dtype", "bfloat16")
+    weights = int((parameter_count + adapter_parameters) * BYTES_PER_PARAM.get(dtype, 2.0))
+    if pool_kind == PoolKind.CPU:
+        kv = int(args["kv_cache_space_gib"] * GIB)
+        return Estimate(weights, kv, CPU_RUNTIME_OVERHEAD, 0, 0, weights + kv + CPU_RUNTIME_OVERHEAD,
+                        args["cpu_cores"])
+    tp = args["tensor_parallel_size"]
+    # At least one full-length sequence must fit in the KV cache for vLLM to start.
+    kv = kv_bytes_per_token(shape) * args["max_model_len"]
+    per_gpu = (weights + kv) // tp + GPU_RUNTIME_OVERHEAD
+    return Estimate(weights, kv, GPU_RUNTIME_OVERHEAD, per_gpu, tp, 0, 0)
+
+
+@dataclass
+class GpuFree:
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+
+
+@dataclass
+class NodeFree:
+    name: str
+    state: str
+    ram_free: int
+    cores_free: int
+    gpus: list[GpuFree] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Placement:
+    node: str
+    gpu_indices: list[int]
+    reserved_memory_bytes: int
+    reserved_cores: int
+
+
+def place(estimate_: Estimate, nodes: list[NodeFree], *, pool_kind: str, args: dict,
+          avoid: set[str] | None = None) -> Placement:
+    """Pick a node (and GPUs) for one replica; nodes in ``avoid`` are used only if nothing else fits."""
+    usable = [n for n in nodes if n.state == NodeState.READY]
+    if not usable:
+        raise Unschedulable("No ready node in this pool (nodes are lost, cordoned or draining, or none joined).")
+    avoid = avoid or set()
+    ordered = sorted(usable, key=lambda n: (n.name in avoid, n.name))
+    if pool_kind == PoolKind.CPU:
+        return _place_cpu(estimate_, ordered, avoid)
+    return _place_gpu(estimate_, ordered, args)
+
+
+def _place_cpu(est: Estimate, nodes: list[NodeFree], avoid: set[str]) -> Placement:
+    fits = [n for n in nodes if n.ram_free >= est.ram_bytes and n.cores_free >= est.cores]
+    if fits:
+        # Not-avoided first, then most free RAM: spreads replicas of a deployment and keeps room for big ones.
+        best = max(fits, key=lambda n: (n.name not in avoid, n.ram_free, -nodes.index(n)))
+        return Placement(best.name, [], est.ram_bytes, est.cores)
+    roomiest = max(nodes, key=lambda n: n.ram_free)
+    raise Unschedulable(
+        f"needs {fmt_gib(est.ram_bytes)} of RAM ({est.describe()}) and {est.cores} core(s) on one node; "
+        f"the most free is {fmt_gib(roomiest.ram_free)} and {roomiest.cores_free} core(s) on {roomiest.name}."
+    )
+
+
+def _place_gpu(est: Estimate, nodes: list[NodeFree], args: dict) -> Placement:
+    candidates = []
+    for node in nodes:
+        claim = {g.index: int(g.total_bytes * args["gpu_memory_utilization"]) for g in node.gpus}
+        good = [g for g in node.gpus if claim[g.index] >= est.per_gpu_bytes and g.free_bytes >= claim[g.index]]
+        if len(good) >= est.gpus:
+            chosen = sorted(good, key=lambda g: (-g.free_bytes, g.index))[: est.gpus]
+            candidates.append((node, chosen, claim))
+    if candidates:
+        node, chosen, claim = candidates[0]
+        return Placement(node.name, sorted(g.index for g in chosen), max(claim[g.index] for g in chosen), 0)
+    all_gpus = [(n, g) for n in nodes for g in n.gpus]
+    if not all_gpus:
+        raise Unschedulable("No GPUs are reported by the ready nodes of this pool.")
+    node, gpu = max(all_gpus, key=lambda pair: pair[1].free_bytes)
+    where = "one GPU" if est.gpus == 1 else f"each of {est.gpus} GPUs on one node"
+    biggest_claim = int(gpu.total_bytes * args["gpu_memory_utilization"])
+    hint = ""
+    if biggest_claim < est.per_gpu_bytes:
+        hint = " Raise gpu_memory_utilization, use tensor_parallel_size, or a quantised version."
+    raise Unschedulable(
+        f"needs {fmt_gib(est.per_gpu_bytes)} on {where} ({est.describe()}); "
+        f"the largest free is {fmt_gib(gpu.free_bytes)} on {node.name}:{gpu.index}.{hint}"
+    )

@@ -1,0 +1,173 @@
+"""Serving end to end with real processes: a Celery node agent starts vLLM (CPU) serving the imported
+SmolLM2 from the artifact store; an adapter is hot-loaded into the running replica and answers under its
+own name; `kill -9` of the engine is followed by an automatic restart. One engine start per run (~1 min on
+two cores), plus the restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.db import connection
+
+from portfolio.accounts.models import Team
+from portfolio.registry import services as registry_services
+from portfolio.registry.choices import Source, VersionStatus
+from portfolio.registry.demo_model import MODEL_NAME
+from portfolio.registry.models import ModelVersion
+from portfolio.registry.tasks import import_version, materialize_version
+from serving import agent, processes, reconcile, services
+from serving.choices import DeploymentStatus, PoolKind, ReplicaState
+from serving.models import Deployment, Node, Replica
+from tests.conftest import actor_for
+from tests.e2e.lora import make_adapter
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+ROOT = Path(__file__).resolve().parents[2]
+NODE = "e2e-node"
+ENGINE_READY_TIMEOUT = 900
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    host = db["HOST"]
+    if host.startswith("/"):
+        return f"postgresql://{db['USER']}@/{db['NAME']}?host={host}"
+    return f"postgresql://{db['USER']}:{db['PASSWORD']}@{host}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@pytest.fixture
+def node_agent(tmp_path):
+    """`portfolio node-agent` as its own process, against the test database and this Redis."""
+    log = tmp_path / "agent.log"
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "REDIS_URL": settings.REDIS_URL,
+        "DJANGO_SECRET_KEY": settings.SECRET_KEY,
+        "PORTFOLIO_DATA_DIR": str(tmp_path / "node-data"),
+        "PORTFOLIO_ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
+        "PORTFOLIO_ARTIFACT_CACHE": str(tmp_path / "node-cache"),
+        "PORTFOLIO_NODE_POOL": "local-cpu",
+        "PORTFOLIO_NODE_HEARTBEAT_SECONDS": "2",
+        "PORTFOLIO_ENGINE_RESTART_BACKOFF": "2",
+        "PYTHONUNBUFFERED": "1",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "portfolio.cli", "node-agent", "--name", NODE, "--concurrency", "1"],
+        cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    yield process, log
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    for engine in processes.engines_on_this_machine().values():
+        processes.stop(engine, grace=10)
+
+
+def _wait(what: str, check, timeout: float, logs: list[Path], interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(interval)
+    dump = "\n".join(f"--- {p.name} ---\n{processes.log_tail(p, 80)}" for p in logs if p.exists())
+    pytest.fail(f"timed out after {timeout}s waiting for {what}\n{dump}")
+
+
+def _chat(replica: Replica, model: str, prompt: str) -> dict:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 16, "temperature": 0}
+    request = urllib.request.Request(
+        f"{replica.base_url}/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"Bearer {agent.engine_key(replica.pk)}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+def _models(replica: Replica) -> set[str]:
+    request = urllib.request.Request(f"{replica.base_url}/v1/models",
+                                     headers={"Authorization": f"Bearer {agent.engine_key(replica.pk)}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return {m["id"] for m in json.loads(response.read())["data"]}
+
+
+def _ready_replica(deployment: Deployment) -> Replica | None:
+    reconcile.reconcile_deployment(deployment.pk)
+    return Replica.objects.filter(deployment=deployment, state=ReplicaState.READY).first()
+
+
+def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(org, node_agent, settings, tmp_path):
+    process, agent_log = node_agent
+    admin, engineer = actor_for(org["admin"]), actor_for(org["engineer"])
+    team = Team.objects.get(slug="support-ai")
+    settings.IMPORT_ROOTS = [(tmp_path / "imports").resolve()]
+    settings.IMPORT_ROOTS[0].mkdir()
+
+    # The demo base model, imported for real from its GGUF.
+    call_command("seed_demo")
+    call_command("import_demo_model")
+    base = ModelVersion.objects.get(model__name=MODEL_NAME, status=VersionStatus.READY)
+    services.create_pool(actor=admin, name="local-cpu", kind=PoolKind.CPU)
+    node = _wait("the node agent to register", lambda: Node.objects.filter(name=NODE).first(), 120, [agent_log])
+    assert node.cpu_cores >= 1 and node.memory_bytes > 0
+
+    deployment = services.create_deployment(
+        actor=admin, name="smol", team=team, version=base, pool=node.pool, replicas=1,
+        args={"max_model_len": 1024, "enable_lora": True, "max_loras": 2, "max_lora_rank": 8},
+    )
+    engine_logs = [agent_log, *(Path(settings.DATA_DIR).glob("engines/*/*.log"))]
+    replica = _wait("the replica to become ready", lambda: _ready_replica(deployment), ENGINE_READY_TIMEOUT,
+                    [agent_log, *(tmp_path / "node-data" / "engines" / "smol").glob("*.log")], interval=3)
+    answer = _chat(replica, "smol", "What is the capital of France?")
+    assert answer["choices"][0]["message"]["content"]
+    assert answer["usage"]["completion_tokens"] > 0
+    deployment.refresh_from_db()
+    assert deployment.status == DeploymentStatus.RUNNING
+
+    # An adapter of the base, registered through the importer, hot-loaded without a restart.
+    adapter_dir = make_adapter(materialize_version(base), settings.IMPORT_ROOTS[0] / "support-adapter")
+    model = registry_services.create_model(actor=engineer, name="support-router", owner_team=team)
+    adapter = registry_services.start_import(actor=engineer, model=model, source=Source.LOCAL, ref=str(adapter_dir),
+                                             base_version=base, enqueue=False)
+    import_version(adapter.pk)
+    adapter.refresh_from_db()
+    assert adapter.status == VersionStatus.READY, adapter.status_detail
+    services.add_adapter(actor=admin, deployment=deployment, adapter=adapter, name="smol-support")
+    _wait("the adapter to be hot-loaded", lambda: "smol-support" in _models(replica), 120, [agent_log])
+    assert _chat(replica, "smol-support", "I was charged twice")["model"] == "smol-support"
+    replica.refresh_from_db()
+    assert replica.restarts == 0 and replica.state == ReplicaState.READY, "hot-load must not restart the engine"
+    pid = replica.pid
+
+    # kill -9 of the engine: the agent notices, restarts it (with its adapter), and it serves again.
+    os.kill(pid, signal.SIGKILL)
+
+    def restarted():
+        current = Replica.objects.get(pk=replica.pk)
+        return current if current.restarts == 1 and current.state == ReplicaState.READY and current.pid != pid else None
+
+    engine_logs = [agent_log, *(tmp_path / "node-data" / "engines" / "smol").glob("*.log")]
+    again = _wait("the killed engine to be restarted", restarted, ENGINE_READY_TIMEOUT, engine_logs, interval=3)
+    assert "smol-support" in _models(again)
+    assert _chat(again, "smol", "Say hello")["choices"][0]["message"]["content"]
+    kinds = list(deployment.events.values_list("kind", flat=True))
+    assert {"scheduled", "started", "ready", "adapter_loaded", "crashed"} <= set(kinds)
+
+    # Stop: the agent stops the engine; nothing is left running.
+    services.scale(actor=admin, deployment=deployment, replicas=0)
+    reconcile.reconcile_deployment(deployment.pk)
+    _wait("the replica to stop", lambda: not processes.find(again.pid, again.pk), 120, [agent_log])
+    assert process.poll() is None, "the agent is still running"
