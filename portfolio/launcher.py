@@ -46,7 +46,8 @@ def run_all(*, host: str, port: int, demo: bool = True) -> int:
         os.environ["REDIS_URL"] = embedded.ensure_redis(data_dir)
         started_embedded.append("redis")
 
-    children: list[subprocess.Popen] = []
+    children: list[subprocess.Popen] = []  # web, worker, beat: any of them exiting stops everything
+    oneshots: list[subprocess.Popen] = []  # the demo deployment: its failure is reported, not fatal
     stopping = False
 
     def stop(*_):
@@ -59,6 +60,7 @@ def run_all(*, host: str, port: int, demo: bool = True) -> int:
         _manage("bootstrap_admin")
         if demo:
             _manage("seed_demo")
+            _manage("import_demo_model")
         node = cli.node_name()
         os.environ["PORTFOLIO_NODE_NAME"] = node
         os.environ["PORTFOLIO_NODE_AGENT"] = "1"  # the local worker is also this machine's node agent
@@ -71,11 +73,20 @@ def run_all(*, host: str, port: int, demo: bool = True) -> int:
             _say(f"starting {name}")
             children.append(subprocess.Popen(command))
         _say(f"ready: http://{host}:{port}/  (Ctrl-C stops everything)")
+        if demo:
+            # Waits for the local node agent, deploys the demo model, then reports its first answer.
+            oneshots.append(subprocess.Popen(
+                [sys.executable, "-m", "portfolio.cli", "manage", "deploy_demo", "--wait-ready", "900"]
+            ))
         while not stopping:
             for child in children:
                 if child.poll() is not None:
                     _say(f"a process exited with status {child.returncode}; stopping everything")
                     stopping = True
+            for oneshot in [o for o in oneshots if o.poll() is not None]:
+                if oneshot.returncode != 0:
+                    _say("the demo deployment did not come up (see above); the platform keeps running")
+                oneshots.remove(oneshot)
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
@@ -84,15 +95,20 @@ def run_all(*, host: str, port: int, demo: bool = True) -> int:
         return 1
     finally:
         _say("stopping")
-        for child in children:
+        for child in [*oneshots, *children]:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for child in children:
+        for child in [*oneshots, *children]:
             try:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 child.kill()
+        # `portfolio run` owns this machine's engines: they stop with it (the agent restarts them next time).
+        from serving import processes
+
+        for engine in processes.engines_on_this_machine(under=data_dir).values():
+            processes.stop(engine, grace=15)
         if "redis" in started_embedded:
             embedded.stop_redis(data_dir)
         if "postgres" in started_embedded:

@@ -190,9 +190,20 @@ def _sync_adapters(replica: Replica) -> None:
         _set(replica, loaded_adapters=sorted(loaded))
 
 
+# Nodes this agent process has reconciled at least once: before that, a missing engine is not a crash
+# this agent saw (the machine rebooted, or `make run` stopped it) and is started again without counting.
+_seen_nodes: set[str] = set()
+
+
 def _ensure_running(replica: Replica, node: Node) -> None:
     now = timezone.now()
     process = processes.find(replica.pid, replica.pk)
+    if process is None and node.name not in _seen_nodes and replica.state in (
+        ReplicaState.STARTING, ReplicaState.READY, ReplicaState.UNHEALTHY, ReplicaState.BACKOFF
+    ):
+        event(replica, "adopt", "Engine was not running when the agent started; starting it.")
+        _start(replica, node)
+        return
     if process is None:
         if replica.state == ReplicaState.PENDING or (
             replica.state == ReplicaState.BACKOFF and replica.next_start_at and replica.next_start_at <= now
@@ -201,6 +212,9 @@ def _ensure_running(replica: Replica, node: Node) -> None:
         elif replica.state in (ReplicaState.STARTING, ReplicaState.READY, ReplicaState.UNHEALTHY):
             _crashed(replica, "Engine process exited")
         return
+    tail = processes.log_tail(_log_path(replica))
+    if tail != replica.log_tail:
+        _set(replica, log_tail=tail)  # for the deployment page's log view
     if processes.healthy(replica.base_url):
         if replica.state != ReplicaState.READY:
             _set(replica, state=ReplicaState.READY, ready_at=now, last_health_at=now, state_detail="")
@@ -251,7 +265,8 @@ def reconcile_node(name: str) -> None:
                 wanted_ids.add(replica.pk)
         except Exception:
             logger.exception("reconciling replica %s on %s failed", replica.pk, name)
-    for replica_id, process in processes.engines_on_this_machine().items():
+    _seen_nodes.add(name)
+    for replica_id, process in processes.engines_on_this_machine(under=Path(settings.DATA_DIR)).items():
         if replica_id not in wanted_ids and not Replica.objects.filter(
             pk=replica_id, node=node, desired=DesiredState.RUNNING
         ).exclude(state=ReplicaState.STOPPED).exists():

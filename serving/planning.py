@@ -49,11 +49,13 @@ def plan(desired: int, generation: int, replicas: list[ReplicaView]) -> Plan:
         excess = sorted(current, key=stop_order)[: len(current) - desired]
         result.stop += [r.id for r in excess]
         current = [r for r in current if r not in excess]
-    result.start = desired - len(current)
     ready_current = sum(r.state == ReplicaState.READY for r in current)
     keep_leaving = max(0, desired - ready_current)
     if len(leaving) > keep_leaving:
         result.stop += [r.id for r in sorted(leaving, key=stop_order)[: len(leaving) - keep_leaving]]
+    staying = min(len(leaving), keep_leaving)
+    # Surge by one while replicas are being replaced: never more than desired + 1 at a time.
+    result.start = max(0, min(desired - len(current), desired + 1 - len(current) - staying))
 
     if desired == 0:
         result.status = DeploymentStatus.STOPPED if not live else DeploymentStatus.PENDING

@@ -68,16 +68,20 @@ def find(pid: int | None, replica_id: int) -> psutil.Process | None:
     return process if replica_of(process) == replica_id else None
 
 
-def engines_on_this_machine() -> dict[int, psutil.Process]:
-    """Every engine process group leader started by an agent, by replica id."""
+def engines_on_this_machine(under: Path | None = None) -> dict[int, psutil.Process]:
+    """Every engine process group leader started by an agent, by replica id; with ``under``, only those
+    whose working folder (the engine log folder of a data directory) lies there."""
     found = {}
     for process in psutil.process_iter(["pid"]):
         replica = replica_of(process)
         if replica is None:
             continue
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if os.getpgid(process.pid) == process.pid:
-                found[replica] = process
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+            if os.getpgid(process.pid) != process.pid:
+                continue
+            if under is not None and not Path(process.cwd()).is_relative_to(under):
+                continue
+            found[replica] = process
     return found
 
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
@@ -24,11 +25,10 @@ logger = logging.getLogger(__name__)
 def mark_lost_nodes() -> list[str]:
     cutoff = timezone.now() - timedelta(seconds=settings.NODE_LOST_AFTER_SECONDS)
     lost = []
-    for node in Node.objects.exclude(state=NodeState.LOST).filter(heartbeat_at__lt=cutoff):
+    silent = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True)
+    for node in Node.objects.exclude(state=NodeState.LOST).filter(silent):
         with transaction.atomic():
-            updated = Node.objects.filter(pk=node.pk, heartbeat_at__lt=cutoff).exclude(state=NodeState.LOST).update(
-                state=NodeState.LOST
-            )
+            updated = Node.objects.filter(silent, pk=node.pk).exclude(state=NodeState.LOST).update(state=NodeState.LOST)
             if updated:
                 node.refresh_from_db()
                 audit.record(Actor.for_system("reconcile"), "node.lost", node, after=node.snapshot())

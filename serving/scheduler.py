@@ -62,7 +62,8 @@ def estimate(*, pool_kind: str, parameter_count: int, shape: dict, args: dict,
                         args["cpu_cores"])
     tp = args["tensor_parallel_size"]
     # At least one full-length sequence must fit in the KV cache for vLLM to start.
-    kv = kv_bytes_per_token(shape) * args["max_model_len"]
+    kv_dtype_bytes = 4.0 if args.get("dtype") == "float32" else 2.0
+    kv = kv_bytes_per_token(shape, kv_dtype_bytes) * args["max_model_len"]
     per_gpu = (weights + kv) // tp + GPU_RUNTIME_OVERHEAD
     return Estimate(weights, kv, GPU_RUNTIME_OVERHEAD, per_gpu, tp, 0, 0)
 

@@ -3,6 +3,7 @@ that acts on it is enqueued on commit."""
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
@@ -204,7 +205,9 @@ def add_adapter(*, actor: Actor, deployment: Deployment, adapter: ModelVersion, 
     rank = (adapter.metrics.get("adapter") or {}).get("r")
     if rank and rank > args["max_lora_rank"]:
         raise Invalid(f"{adapter.label} has rank {rank}; the deployment allows up to max_lora_rank={args['max_lora_rank']}.")
-    name = _check_name(name or f"{deployment.name}-{adapter.model.name}-v{adapter.number}"[:63].rstrip("-"))
+    # Model names may hold dots and underscores, which deployment-scoped names do not.
+    default = re.sub(r"[^a-z0-9-]+", "-", f"{deployment.name}-{adapter.model.name}-v{adapter.number}")
+    name = _check_name(name or default[:63].rstrip("-"))
     before = deployment.snapshot()
     try:
         with transaction.atomic():
@@ -274,7 +277,7 @@ def _routes(actor: Actor, team: Team, routes: list[dict]) -> list[tuple[Deployme
             if adapter is None:
                 raise Invalid(f"routes[{index}].adapter: {deployment.name} serves no adapter {route['adapter']!r}.")
         weight = route.get("weight", 100)
-        if not isinstance(weight, int) or not 0 <= weight <= 10_000:
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 10_000:
             raise Invalid(f"routes[{index}].weight: a whole number 0..10000.")
         resolved.append((deployment, adapter, weight))
     if not any(weight for _, _, weight in resolved):
@@ -287,6 +290,8 @@ def create_endpoint(*, actor: Actor, name: str, team: Team, routes: list[dict], 
                     fallback: Endpoint | None = None) -> Endpoint:
     gate.require(actor, "deployment.manage", team)
     resolved = _routes(actor, team, routes)
+    if fallback is not None:
+        fallback = gate.get_visible(actor, Endpoint, pk=fallback.pk)
     endpoint = Endpoint(name=_check_name(name), owner_team=team, description=description, fallback=fallback)
     try:
         with transaction.atomic():

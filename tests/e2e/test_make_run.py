@@ -1,5 +1,6 @@
 """`portfolio run` (what `make run` starts) on an empty data folder: embedded PostgreSQL and Redis, an
-admin whose password is printed once, web + worker + beat; Ctrl-C stops it all; a second run reuses data."""
+admin whose password is printed once, web + worker + beat, and the demo model imported, deployed on this
+machine's CPU pool and answering; Ctrl-C stops it all, engines included; a second run reuses the data."""
 
 import os
 import signal
@@ -14,7 +15,8 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 180
+START_TIMEOUT = 300
+DEMO_TIMEOUT = 900
 
 
 def _free_port() -> int:
@@ -55,7 +57,21 @@ def _interrupt(process: subprocess.Popen, log: Path) -> None:
         pytest.fail(f"portfolio run did not stop on Ctrl-C:\n{log.read_text()[-5000:]}")
 
 
-def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
+def _wait_for_line(process: subprocess.Popen, log: Path, text: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if text in line:
+                return line
+        if process.poll() is not None:
+            break
+        time.sleep(2)
+    pytest.fail(f"no {text!r} within {timeout}s:\n{log.read_text()[-8000:]}")
+
+
+def test_run_starts_everything_serves_the_demo_and_ctrl_c_stops_everything(tmp_path):
+    from serving import processes
+
     data_dir, port = tmp_path / "data", _free_port()
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     process = _start(data_dir, port, first_log)
@@ -63,8 +79,12 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
         _wait_ready(process, port, first_log)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/login/", timeout=10) as response:
             assert response.status == 200
+        answer = _wait_for_line(process, first_log, "Demo ready:", DEMO_TIMEOUT)
+        assert "smollm2-demo answered" in answer
+        assert processes.engines_on_this_machine(under=data_dir)
     finally:
         _interrupt(process, first_log)
+    assert not processes.engines_on_this_machine(under=data_dir), "an engine outlived `portfolio run`"
     output = first_log.read_text()
     password_file = data_dir / "admin-password"
     password = password_file.read_text().strip()

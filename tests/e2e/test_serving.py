@@ -72,7 +72,7 @@ def node_agent(tmp_path):
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-    for engine in processes.engines_on_this_machine().values():
+    for engine in processes.engines_on_this_machine(under=tmp_path).values():
         processes.stop(engine, grace=10)
 
 
@@ -128,7 +128,6 @@ def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(org
         actor=admin, name="smol", team=team, version=base, pool=node.pool, replicas=1,
         args={"max_model_len": 1024, "enable_lora": True, "max_loras": 2, "max_lora_rank": 8},
     )
-    engine_logs = [agent_log, *(Path(settings.DATA_DIR).glob("engines/*/*.log"))]
     replica = _wait("the replica to become ready", lambda: _ready_replica(deployment), ENGINE_READY_TIMEOUT,
                     [agent_log, *(tmp_path / "node-data" / "engines" / "smol").glob("*.log")], interval=3)
     answer = _chat(replica, "smol", "What is the capital of France?")

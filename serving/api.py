@@ -1,0 +1,329 @@
+"""REST endpoints for pools, nodes, deployments, replicas and endpoints."""
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from ninja import Router, Schema, Status
+from ninja.pagination import PageNumberPagination, paginate
+from pydantic import Field
+
+from portfolio.accounts import gate
+from portfolio.accounts.models import Team
+from portfolio.errors import Invalid
+from portfolio.registry.models import ModelVersion
+from serving import services
+from serving.capacity import node_usage
+from serving.choices import PoolKind
+from serving.models import ComputePool, Deployment, DeploymentAdapter, Endpoint, Node
+
+router = Router(tags=["serving"])
+
+
+class PoolOut(Schema):
+    id: int
+    name: str
+    kind: str
+    description: str
+    gpu_hour_rate: Decimal
+    cpu_core_hour_rate: Decimal
+    allowed_teams: list[str]
+
+    @staticmethod
+    def resolve_allowed_teams(obj) -> list[str]:
+        return sorted(t.slug for t in obj.allowed_teams.all())
+
+
+class PoolIn(Schema):
+    name: str
+    kind: PoolKind
+    description: str = ""
+    allowed_team_ids: list[int] = []
+    gpu_hour_rate: Decimal = Decimal("0")
+    cpu_core_hour_rate: Decimal = Decimal("0")
+
+
+class NodeOut(Schema):
+    id: int
+    name: str
+    pool: str = Field(alias="pool.name")
+    state: str
+    address: str
+    cpu_cores: int
+    memory_bytes: int
+    gpus: list[dict[str, Any]]
+    heartbeat_at: datetime | None
+    usage: dict[str, Any] = {}
+
+    @staticmethod
+    def resolve_usage(obj) -> dict[str, Any]:
+        return node_usage(obj)
+
+
+class NodeStateIn(Schema):
+    state: str = Field(description="ready, cordoned or draining")
+
+
+class ReplicaOut(Schema):
+    id: int
+    node: str | None = Field(None, alias="node.name")
+    generation: int
+    desired: str
+    state: str
+    state_detail: str
+    host: str
+    port: int | None
+    pid: int | None
+    gpu_indices: list[int]
+    restarts: int
+    last_health_at: datetime | None
+    loaded_adapters: list[str]
+
+
+class AdapterOut(Schema):
+    id: int
+    name: str
+    version_id: int
+    version: str = Field(alias="version.label")
+
+
+class DeploymentOut(Schema):
+    id: int
+    name: str
+    owner_team_id: int
+    version_id: int
+    version: str = Field(alias="version.label")
+    pool: str = Field(alias="pool.name")
+    replicas: int
+    engine_args: dict[str, Any]
+    generation: int
+    status: str
+    status_detail: str
+    created_at: datetime
+
+
+class DeploymentDetail(DeploymentOut):
+    replica_set: list[ReplicaOut]
+    adapters: list[AdapterOut]
+
+    @staticmethod
+    def resolve_replica_set(obj):
+        return list(obj.replica_set.select_related("node"))
+
+    @staticmethod
+    def resolve_adapters(obj):
+        return list(obj.adapters.select_related("version__model"))
+
+
+class DeploymentIn(Schema):
+    name: str
+    team_id: int
+    version_id: int
+    pool: str
+    replicas: int = 1
+    engine_args: dict[str, Any] = {}
+
+
+class ScaleIn(Schema):
+    replicas: int
+
+
+class RestartIn(Schema):
+    version_id: int | None = None
+    engine_args: dict[str, Any] | None = None
+
+
+class AdapterIn(Schema):
+    version_id: int
+    name: str = ""
+
+
+class EventOut(Schema):
+    at: datetime
+    kind: str
+    message: str
+    replica_id: int | None
+
+
+class RouteIn(Schema):
+    deployment: str
+    adapter: str | None = None
+    weight: int = 100
+
+
+class EndpointOut(Schema):
+    id: int
+    name: str
+    owner_team_id: int
+    description: str
+    fallback: str | None = Field(None, alias="fallback.name")
+    routes: list[dict[str, Any]]
+
+    @staticmethod
+    def resolve_routes(obj) -> list[dict[str, Any]]:
+        return obj.snapshot()["routes"]
+
+
+class EndpointIn(Schema):
+    name: str
+    team_id: int
+    description: str = ""
+    routes: list[RouteIn]
+    fallback: str | None = None
+
+
+class RoutesIn(Schema):
+    routes: list[RouteIn]
+    fallback: str | None = None
+
+
+# --- Pools and nodes -------------------------------------------------------------------------------
+@router.get("/pools", response=list[PoolOut])
+@paginate(PageNumberPagination, page_size=50)
+def list_pools(request):
+    return gate.visible(request.auth, ComputePool).prefetch_related("allowed_teams").order_by("name", "id")
+
+
+@router.post("/pools", response={201: PoolOut})
+def create_pool(request, payload: PoolIn):
+    teams = list(Team.objects.filter(pk__in=payload.allowed_team_ids))
+    data = payload.dict(exclude={"allowed_team_ids"})
+    return Status(201, services.create_pool(actor=request.auth, teams=teams, **data))
+
+
+@router.get("/nodes", response=list[NodeOut])
+@paginate(PageNumberPagination, page_size=100)
+def list_nodes(request, pool: str = ""):
+    nodes = gate.visible(request.auth, Node).select_related("pool")
+    if pool:
+        nodes = nodes.filter(pool__name=pool)
+    return nodes.order_by("pool__name", "name", "id")
+
+
+@router.post("/nodes/{name}/state", response=NodeOut)
+def set_node_state(request, name: str, payload: NodeStateIn):
+    node = gate.get_visible(request.auth, Node, name=name)
+    return services.set_node_state(actor=request.auth, node=node, state=payload.state)
+
+
+# --- Deployments -----------------------------------------------------------------------------------
+def _deployment(request, name: str) -> Deployment:
+    return gate.get_visible(request.auth, Deployment, name=name)
+
+
+@router.get("/deployments", response=list[DeploymentOut])
+@paginate(PageNumberPagination, page_size=50)
+def list_deployments(request, team_id: int | None = None, status: str = ""):
+    deployments = gate.visible(request.auth, Deployment).select_related("version__model", "pool")
+    if team_id is not None:
+        deployments = deployments.filter(owner_team_id=team_id)
+    if status:
+        deployments = deployments.filter(status=status)
+    return deployments.order_by("name", "id")
+
+
+@router.post("/deployments", response={201: DeploymentDetail})
+def create_deployment(request, payload: DeploymentIn):
+    actor = request.auth
+    team = gate.get_visible(actor, Team, pk=payload.team_id)
+    version = gate.get_visible(actor, ModelVersion, pk=payload.version_id)
+    pool = gate.get_visible(actor, ComputePool, name=payload.pool)
+    deployment = services.create_deployment(actor=actor, name=payload.name, team=team, version=version, pool=pool,
+                                            replicas=payload.replicas, args=payload.engine_args)
+    return Status(201, deployment)
+
+
+@router.get("/deployments/{name}", response=DeploymentDetail)
+def get_deployment(request, name: str):
+    return _deployment(request, name)
+
+
+@router.post("/deployments/{name}/scale", response=DeploymentDetail)
+def scale(request, name: str, payload: ScaleIn):
+    return services.scale(actor=request.auth, deployment=_deployment(request, name), replicas=payload.replicas)
+
+
+@router.post("/deployments/{name}/restart", response=DeploymentDetail)
+def restart(request, name: str, payload: RestartIn):
+    """A rolling restart; with `version_id` a rolling update to another version."""
+    version = gate.get_visible(request.auth, ModelVersion, pk=payload.version_id) if payload.version_id else None
+    return services.restart(actor=request.auth, deployment=_deployment(request, name), version=version,
+                            args=payload.engine_args)
+
+
+@router.delete("/deployments/{name}", response={204: None})
+def delete_deployment(request, name: str):
+    services.delete_deployment(actor=request.auth, deployment=_deployment(request, name))
+    return Status(204, None)
+
+
+@router.post("/deployments/{name}/adapters", response={201: AdapterOut})
+def add_adapter(request, name: str, payload: AdapterIn):
+    deployment = _deployment(request, name)
+    adapter = gate.get_visible(request.auth, ModelVersion, pk=payload.version_id)
+    return Status(201, services.add_adapter(actor=request.auth, deployment=deployment, adapter=adapter,
+                                            name=payload.name))
+
+
+@router.delete("/deployments/{name}/adapters/{adapter}", response={204: None})
+def remove_adapter(request, name: str, adapter: str):
+    deployment = _deployment(request, name)
+    attached = DeploymentAdapter.objects.filter(deployment=deployment, name=adapter).first()
+    if attached is None:
+        raise Invalid(f"{deployment.name} serves no adapter {adapter!r}.")
+    services.remove_adapter(actor=request.auth, attached=attached)
+    return Status(204, None)
+
+
+@router.get("/deployments/{name}/events", response=list[EventOut])
+@paginate(PageNumberPagination, page_size=100)
+def list_events(request, name: str):
+    return _deployment(request, name).events.order_by("-at", "-id")
+
+
+@router.get("/deployments/{name}/logs", response=dict[str, Any])
+def replica_logs(request, name: str):
+    """The last lines of each replica's engine log (as last reported by its node agent)."""
+    deployment = _deployment(request, name)
+    gate.require(request.auth, "deployment.manage", deployment)
+    return {str(r.pk): r.log_tail for r in deployment.replica_set.all()}
+
+
+# --- Endpoints -------------------------------------------------------------------------------------
+def _fallback(request, name: str | None) -> Endpoint | None:
+    return gate.get_visible(request.auth, Endpoint, name=name) if name else None
+
+
+@router.get("/endpoints", response=list[EndpointOut])
+@paginate(PageNumberPagination, page_size=50)
+def list_endpoints(request):
+    return gate.visible(request.auth, Endpoint).select_related("fallback").order_by("name", "id")
+
+
+@router.post("/endpoints", response={201: EndpointOut})
+def create_endpoint(request, payload: EndpointIn):
+    team = gate.get_visible(request.auth, Team, pk=payload.team_id)
+    endpoint = services.create_endpoint(
+        actor=request.auth, name=payload.name, team=team, description=payload.description,
+        routes=[r.dict() for r in payload.routes], fallback=_fallback(request, payload.fallback),
+    )
+    return Status(201, endpoint)
+
+
+@router.get("/endpoints/{name}", response=EndpointOut)
+def get_endpoint(request, name: str):
+    return gate.get_visible(request.auth, Endpoint, name=name)
+
+
+@router.put("/endpoints/{name}/routes", response=EndpointOut)
+def set_routes(request, name: str, payload: RoutesIn):
+    """Change weights (canary, A/B) and the fallback; audited with before and after."""
+    endpoint = gate.get_visible(request.auth, Endpoint, name=name)
+    return services.set_routes(actor=request.auth, endpoint=endpoint, routes=[r.dict() for r in payload.routes],
+                               fallback=_fallback(request, payload.fallback))
+
+
+@router.delete("/endpoints/{name}", response={204: None})
+def delete_endpoint(request, name: str):
+    services.delete_endpoint(actor=request.auth, endpoint=gate.get_visible(request.auth, Endpoint, name=name))
+    return Status(204, None)

@@ -1,0 +1,200 @@
+"""Engine arguments: only allow-listed ones, checked by type, range and pool kind; the vLLM command built from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from portfolio.errors import Invalid
+from serving import engine_args
+from serving.choices import PoolKind
+
+SECRET = "sk-engine-secret-123"
+
+
+def launch(pool_kind: str, args: dict | None = None, *, adapters: dict | None = None, gpu_indices=()):
+    return engine_args.build(
+        python="/opt/engine/bin/python",
+        pool_kind=pool_kind,
+        args=engine_args.validate(args or {}, pool_kind),
+        model_dir=Path("/models/smollm2"),
+        served_name="support-bot",
+        host="0.0.0.0",
+        port=8101,
+        adapters=adapters or {},
+        gpu_indices=list(gpu_indices),
+        api_key=SECRET,
+    )
+
+
+def value_after(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+# --- Validation ------------------------------------------------------------------------------------
+def test_an_unknown_argument_is_refused_by_name():
+    with pytest.raises(Invalid, match=r"engine_args\.trust_remote_code is not an allowed engine argument"):
+        engine_args.validate({"trust_remote_code": True}, PoolKind.GPU)
+
+
+def test_the_refusal_of_an_unknown_argument_lists_the_allowed_ones():
+    with pytest.raises(Invalid) as refused:
+        engine_args.validate({"chat_template": "/etc/passwd"}, PoolKind.CPU)
+    assert "max_model_len" in refused.value.message
+
+
+def test_arguments_must_be_an_object():
+    with pytest.raises(Invalid, match="expected an object"):
+        engine_args.validate(["--max-model-len", "4096"], PoolKind.CPU)  # type: ignore[arg-type]
+
+
+def test_nothing_given_means_every_default_for_the_pool_kind():
+    resolved = engine_args.validate({}, PoolKind.CPU)
+    assert resolved["max_model_len"] == 2048 and resolved["dtype"] == "bfloat16"
+    assert resolved["kv_cache_space_gib"] == 1 and resolved["cpu_cores"] == 1
+    assert "gpu_memory_utilization" not in resolved and "tensor_parallel_size" not in resolved
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"max_model_len": "4096"}, r"engine_args\.max_model_len: expected a whole number"),
+        ({"max_model_len": 4096.0}, r"engine_args\.max_model_len: expected a whole number"),
+        ({"max_num_seqs": True}, r"engine_args\.max_num_seqs: expected a whole number"),
+        ({"enable_lora": "yes"}, r"engine_args\.enable_lora: expected true or false"),
+        ({"enable_prefix_caching": 1}, r"engine_args\.enable_prefix_caching: expected true or false"),
+        ({"dtype": 16}, r"engine_args\.dtype: expected text"),
+        ({"gpu_memory_utilization": "0.9"}, r"engine_args\.gpu_memory_utilization: expected a number"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_naming_the_argument(args, message):
+    with pytest.raises(Invalid, match=message):
+        engine_args.validate(args, PoolKind.GPU)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"max_model_len": 32}, r"engine_args\.max_model_len: 32 is outside 64\.\.1048576"),
+        ({"max_num_seqs": 0}, r"engine_args\.max_num_seqs: 0 is outside"),
+        (
+            {"gpu_memory_utilization": 0.99},
+            r"engine_args\.gpu_memory_utilization: 0\.99 is outside 0\.1\.\.0\.98",
+        ),
+        ({"gpu_memory_utilization": 1}, r"engine_args\.gpu_memory_utilization: 1\.0 is outside"),
+        ({"tensor_parallel_size": 16}, r"engine_args\.tensor_parallel_size: 16 is outside 1\.\.8"),
+    ],
+)
+def test_a_value_out_of_range_is_refused_naming_the_argument(args, message):
+    with pytest.raises(Invalid, match=message):
+        engine_args.validate(args, PoolKind.GPU)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"dtype": "int4"}, r"engine_args\.dtype: 'int4' is not one of auto, bfloat16, float16, float32"),
+        ({"max_lora_rank": 12}, r"engine_args\.max_lora_rank: 12 is not one of 8, 16"),
+        ({"quantization": "gguf"}, r"engine_args\.quantization: 'gguf' is not one of"),
+    ],
+)
+def test_a_value_outside_the_choices_is_refused_naming_the_argument(args, message):
+    with pytest.raises(Invalid, match=message):
+        engine_args.validate(args, PoolKind.GPU)
+
+
+def test_a_whole_number_is_accepted_where_a_fraction_is_expected():
+    assert (
+        engine_args.validate({"gpu_memory_utilization": 0.5}, PoolKind.GPU)["gpu_memory_utilization"] == 0.5
+    )
+    assert isinstance(engine_args.validate({"max_model_len": 4096}, PoolKind.GPU)["max_model_len"], int)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [{"gpu_memory_utilization": 0.8}, {"tensor_parallel_size": 2}, {"quantization": "awq"}],
+)
+def test_gpu_only_arguments_are_refused_on_a_cpu_pool(args):
+    (name,) = args
+    with pytest.raises(Invalid, match=rf"engine_args\.{name} applies to gpu pools only"):
+        engine_args.validate(args, PoolKind.CPU)
+
+
+@pytest.mark.parametrize("args", [{"kv_cache_space_gib": 4}, {"cpu_cores": 2}])
+def test_cpu_only_arguments_are_refused_on_a_gpu_pool(args):
+    (name,) = args
+    with pytest.raises(Invalid, match=rf"engine_args\.{name} applies to cpu pools only"):
+        engine_args.validate(args, PoolKind.GPU)
+
+
+def test_float16_is_refused_on_cpu_but_allowed_on_gpu():
+    with pytest.raises(Invalid, match=r"engine_args\.dtype: float16 is not supported by vLLM on CPU"):
+        engine_args.validate({"dtype": "float16"}, PoolKind.CPU)
+    assert engine_args.validate({"dtype": "float16"}, PoolKind.GPU)["dtype"] == "float16"
+
+
+# --- The command line ------------------------------------------------------------------------------
+def test_a_cpu_engine_runs_the_openai_server_with_the_model_and_its_served_name():
+    argv = launch(PoolKind.CPU, {"max_model_len": 4096, "dtype": "float32"}).argv
+    assert argv[:3] == ["/opt/engine/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert value_after(argv, "--model") == "/models/smollm2"
+    assert value_after(argv, "--served-model-name") == "support-bot"
+    assert value_after(argv, "--host") == "0.0.0.0"
+    assert value_after(argv, "--port") == "8101"
+    assert value_after(argv, "--max-model-len") == "4096"
+    assert value_after(argv, "--dtype") == "float32"
+
+
+def test_a_cpu_engine_gets_its_kv_cache_size_from_the_environment_and_no_gpu_flags():
+    started = launch(PoolKind.CPU, {"kv_cache_space_gib": 3})
+    assert started.env["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    assert "--gpu-memory-utilization" not in started.argv
+    assert "--tensor-parallel-size" not in started.argv
+    assert "CUDA_VISIBLE_DEVICES" not in started.env
+
+
+def test_the_engine_key_is_in_the_environment_and_never_on_the_command_line():
+    started = launch(PoolKind.CPU)
+    assert started.env["VLLM_API_KEY"] == SECRET
+    assert not any(SECRET in part for part in started.argv)
+
+
+def test_lora_flags_are_absent_unless_lora_is_enabled_or_adapters_are_served():
+    started = launch(PoolKind.CPU)
+    assert "--enable-lora" not in started.argv and "--lora-modules" not in started.argv
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in started.env
+
+
+def test_enabling_lora_without_adapters_turns_on_runtime_loading():
+    started = launch(PoolKind.CPU, {"enable_lora": True, "max_loras": 2, "max_lora_rank": 32})
+    assert "--enable-lora" in started.argv
+    assert value_after(started.argv, "--max-loras") == "2"
+    assert value_after(started.argv, "--max-lora-rank") == "32"
+    assert "--lora-modules" not in started.argv
+    assert started.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+
+
+def test_served_adapters_turn_on_lora_and_are_listed_as_name_path_pairs_sorted_by_name():
+    adapters = {"tone-formal": Path("/adapters/b"), "billing": Path("/adapters/a")}
+    started = launch(PoolKind.CPU, adapters=adapters)
+    assert "--enable-lora" in started.argv
+    at = started.argv.index("--lora-modules")
+    assert started.argv[at + 1 : at + 3] == ["billing=/adapters/a", "tone-formal=/adapters/b"]
+    assert started.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+
+
+def test_a_gpu_engine_claims_its_memory_fraction_on_the_gpus_it_was_given():
+    started = launch(
+        PoolKind.GPU, {"gpu_memory_utilization": 0.85, "tensor_parallel_size": 2}, gpu_indices=[2, 3]
+    )
+    assert value_after(started.argv, "--gpu-memory-utilization") == "0.85"
+    assert value_after(started.argv, "--tensor-parallel-size") == "2"
+    assert started.env["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert "VLLM_CPU_KVCACHE_SPACE" not in started.env
+
+
+def test_quantization_is_passed_only_when_set():
+    assert "--quantization" not in launch(PoolKind.GPU, gpu_indices=[0]).argv
+    quantised = launch(PoolKind.GPU, {"quantization": "awq"}, gpu_indices=[0]).argv
+    assert value_after(quantised, "--quantization") == "awq"
