@@ -200,10 +200,10 @@ def list_nodes(request, pool: str = ""):
     return nodes.order_by("pool__name", "name", "id")
 
 
-@router.post("/nodes/{name}/state", response=NodeOut)
-def set_node_state(request, name: str, payload: NodeStateIn):
-    node = gate.get_visible(request.auth, Node, name=name)
-    return services.set_node_state(actor=request.auth, node=node, state=payload.state)
+@router.post("/nodes/{node}/state", response=NodeOut)
+def set_node_state(request, node: str, payload: NodeStateIn):
+    node_row = gate.get_visible(request.auth, Node, name=node)
+    return services.set_node_state(actor=request.auth, node=node_row, state=payload.state)
 
 
 # --- Deployments -----------------------------------------------------------------------------------
@@ -233,60 +233,61 @@ def create_deployment(request, payload: DeploymentIn):
     return Status(201, deployment)
 
 
-@router.get("/deployments/{name}", response=DeploymentDetail)
-def get_deployment(request, name: str):
-    return _deployment(request, name)
+@router.get("/deployments/{deployment}", response=DeploymentDetail)
+def get_deployment(request, deployment: str):
+    return _deployment(request, deployment)
 
 
-@router.post("/deployments/{name}/scale", response=DeploymentDetail)
-def scale(request, name: str, payload: ScaleIn):
-    return services.scale(actor=request.auth, deployment=_deployment(request, name), replicas=payload.replicas)
+@router.post("/deployments/{deployment}/scale", response=DeploymentDetail)
+def scale(request, deployment: str, payload: ScaleIn):
+    return services.scale(actor=request.auth, deployment=_deployment(request, deployment), replicas=payload.replicas)
 
 
-@router.post("/deployments/{name}/restart", response=DeploymentDetail)
-def restart(request, name: str, payload: RestartIn):
+@router.post("/deployments/{deployment}/restart", response=DeploymentDetail)
+def restart(request, deployment: str, payload: RestartIn):
     """A rolling restart; with `version_id` a rolling update to another version."""
     version = gate.get_visible(request.auth, ModelVersion, pk=payload.version_id) if payload.version_id else None
-    return services.restart(actor=request.auth, deployment=_deployment(request, name), version=version,
+    return services.restart(actor=request.auth, deployment=_deployment(request, deployment), version=version,
                             args=payload.engine_args)
 
 
-@router.delete("/deployments/{name}", response={204: None})
-def delete_deployment(request, name: str):
-    services.delete_deployment(actor=request.auth, deployment=_deployment(request, name))
+@router.delete("/deployments/{deployment}", response={204: None})
+def delete_deployment(request, deployment: str):
+    services.delete_deployment(actor=request.auth, deployment=_deployment(request, deployment))
     return Status(204, None)
 
 
-@router.post("/deployments/{name}/adapters", response={201: AdapterOut})
-def add_adapter(request, name: str, payload: AdapterIn):
-    deployment = _deployment(request, name)
+@router.post("/deployments/{deployment}/adapters", response={201: AdapterOut})
+def add_adapter(request, deployment: str, payload: AdapterIn):
+    target = _deployment(request, deployment)
     adapter = gate.get_visible(request.auth, ModelVersion, pk=payload.version_id)
-    return Status(201, services.add_adapter(actor=request.auth, deployment=deployment, adapter=adapter,
+    return Status(201, services.add_adapter(actor=request.auth, deployment=target, adapter=adapter,
                                             name=payload.name))
 
 
-@router.delete("/deployments/{name}/adapters/{adapter}", response={204: None})
-def remove_adapter(request, name: str, adapter: str):
-    deployment = _deployment(request, name)
-    attached = DeploymentAdapter.objects.filter(deployment=deployment, name=adapter).first()
+@router.delete("/deployments/{deployment}/adapters/{adapter}", response={204: None})
+def remove_adapter(request, deployment: str, adapter: str):
+    target = _deployment(request, deployment)
+    gate.require(request.auth, "deployment.manage", target)
+    attached = DeploymentAdapter.objects.filter(deployment=target, name=adapter).first()
     if attached is None:
-        raise Invalid(f"{deployment.name} serves no adapter {adapter!r}.")
+        raise Invalid(f"{target.name} serves no adapter {adapter!r}.")
     services.remove_adapter(actor=request.auth, attached=attached)
     return Status(204, None)
 
 
-@router.get("/deployments/{name}/events", response=list[EventOut])
+@router.get("/deployments/{deployment}/events", response=list[EventOut])
 @paginate(PageNumberPagination, page_size=100)
-def list_events(request, name: str):
-    return _deployment(request, name).events.order_by("-at", "-id")
+def list_events(request, deployment: str):
+    return _deployment(request, deployment).events.order_by("-at", "-id")
 
 
-@router.get("/deployments/{name}/logs", response=dict[str, Any])
-def replica_logs(request, name: str):
+@router.get("/deployments/{deployment}/logs", response=dict[str, Any])
+def replica_logs(request, deployment: str):
     """The last lines of each replica's engine log (as last reported by its node agent)."""
-    deployment = _deployment(request, name)
-    gate.require(request.auth, "deployment.manage", deployment)
-    return {str(r.pk): r.log_tail for r in deployment.replica_set.all()}
+    target = _deployment(request, deployment)
+    gate.require(request.auth, "deployment.manage", target)
+    return {str(r.pk): r.log_tail for r in target.replica_set.all()}
 
 
 # --- Endpoints -------------------------------------------------------------------------------------
@@ -310,20 +311,20 @@ def create_endpoint(request, payload: EndpointIn):
     return Status(201, endpoint)
 
 
-@router.get("/endpoints/{name}", response=EndpointOut)
-def get_endpoint(request, name: str):
-    return gate.get_visible(request.auth, Endpoint, name=name)
+@router.get("/endpoints/{endpoint}", response=EndpointOut)
+def get_endpoint(request, endpoint: str):
+    return gate.get_visible(request.auth, Endpoint, name=endpoint)
 
 
-@router.put("/endpoints/{name}/routes", response=EndpointOut)
-def set_routes(request, name: str, payload: RoutesIn):
+@router.put("/endpoints/{endpoint}/routes", response=EndpointOut)
+def set_routes(request, endpoint: str, payload: RoutesIn):
     """Change weights (canary, A/B) and the fallback; audited with before and after."""
-    endpoint = gate.get_visible(request.auth, Endpoint, name=name)
-    return services.set_routes(actor=request.auth, endpoint=endpoint, routes=[r.dict() for r in payload.routes],
+    target = gate.get_visible(request.auth, Endpoint, name=endpoint)
+    return services.set_routes(actor=request.auth, endpoint=target, routes=[r.dict() for r in payload.routes],
                                fallback=_fallback(request, payload.fallback))
 
 
-@router.delete("/endpoints/{name}", response={204: None})
-def delete_endpoint(request, name: str):
-    services.delete_endpoint(actor=request.auth, endpoint=gate.get_visible(request.auth, Endpoint, name=name))
+@router.delete("/endpoints/{endpoint}", response={204: None})
+def delete_endpoint(request, endpoint: str):
+    services.delete_endpoint(actor=request.auth, endpoint=gate.get_visible(request.auth, Endpoint, name=endpoint))
     return Status(204, None)

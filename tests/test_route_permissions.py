@@ -8,11 +8,12 @@ against what the capability matrix says: allowed, 403 (visible, not allowed) or 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import importlib
 from pathlib import Path
 
 import pytest
 from django.db import transaction
+from django.utils import timezone
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from portfolio.accounts import services as account_services
@@ -23,30 +24,13 @@ from portfolio.registry import services as registry_services
 from portfolio.registry.choices import Source
 from portfolio.registry.stores import default_store
 from portfolio.registry.tasks import import_version
+from serving import services as serving_services
+from serving.models import Node
 from tests.conftest import actor_for
+from tests.permissions import Rule, rest, ui
 from tests.registry.conftest import make_model_folder
 
 ROLES = ["anonymous", "outsider", "owner", "engineer", "developer", "viewer", "auditor", "admin"]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """scope: public | signed_in (any user) | own (the caller's own object) | org (org-wide action)
-    | team (an object of the team the role users belong to; outsiders get 404)."""
-
-    scope: str
-    action: str = ""
-    method: str = "GET"
-    data: dict = field(default_factory=dict)
-    json: bool = False
-
-
-def ui(scope: str, action: str = "", method: str = "GET", **data) -> Rule:
-    return Rule(scope, action, method, data)
-
-
-def rest(scope: str, action: str = "", method: str = "GET", **data) -> Rule:
-    return Rule(scope, action, method, data, json=True)
 
 
 UI_ROUTES: dict[str, Rule] = {
@@ -75,6 +59,26 @@ UI_ROUTES: dict[str, Rule] = {
     "token-revoke": ui("own", method="POST"),
     "audit-log": ui("org", "audit.view"),
     "audit-export": ui("org", "audit.export"),
+    "model-list": ui("signed_in"),
+    "model-create": ui(
+        "team",
+        "model.register",
+        "POST",
+        name="new-model",
+        owner_team="{team_id}",
+        task="chat",
+        visibility="team",
+    ),
+    "model-detail": ui("team", "model.view"),
+    "model-edit": ui("team", "model.register", "POST", task="chat", visibility="team", tags="a, b"),
+    "model-import": ui("team", "model.register", "POST", source="hub", ref="acme/tiny@main"),
+    "adapter-upload": ui("team", "model.register", "POST", base_version="{version_id}", file="<adapter.zip>"),
+    "model-compare": ui("team", "model.view", a="1", b="1"),
+    "version-detail": ui("team", "model.view"),
+    "version-progress": ui("team", "model.view"),
+    "version-promote": ui("team", "model.promote", "POST", alias="staging"),
+    "version-archive": ui("team", "model.register", "POST"),
+    "version-verify": ui("team", "model.register", "POST"),
 }
 
 API_ROUTES: dict[str, Rule] = {
@@ -113,7 +117,36 @@ API_ROUTES: dict[str, Rule] = {
     "POST /models/{name}/versions/{number}/verify": rest("team", "model.register", "POST"),
     "GET /models/{name}/lineage": rest("team", "model.view"),
     "GET /models/{name}/compare": rest("team", "model.view", a="1", b="1"),
+    # Serving
+    "GET /pools": rest("signed_in"),
+    "POST /pools": rest("org", "pool.manage", "POST", name="gpu-pool", kind="gpu"),
+    "GET /nodes": rest("signed_in"),
+    "POST /nodes/{node}/state": rest("org", "pool.manage", "POST", state="cordoned"),
+    "GET /deployments": rest("signed_in"),
+    "POST /deployments": rest("team", "deployment.manage", "POST", name="new-dep", team_id="{team_id}",
+                              version_id="{version_id}", pool="local-cpu", replicas=0),
+    "GET /deployments/{deployment}": rest("team", "team.view"),
+    "POST /deployments/{deployment}/scale": rest("team", "deployment.manage", "POST", replicas=0),
+    "POST /deployments/{deployment}/restart": rest("team", "deployment.manage", "POST"),
+    "DELETE /deployments/{deployment}": rest("team", "deployment.manage", "DELETE"),
+    "POST /deployments/{deployment}/adapters": rest("team", "deployment.manage", "POST", version_id="{version_id}"),
+    "DELETE /deployments/{deployment}/adapters/{adapter}": rest("team", "deployment.manage", "DELETE"),
+    "GET /deployments/{deployment}/events": rest("team", "team.view"),
+    "GET /deployments/{deployment}/logs": rest("team", "deployment.manage"),
+    "GET /endpoints": rest("signed_in"),
+    "POST /endpoints": rest("team", "deployment.manage", "POST", name="new-ep", team_id="{team_id}",
+                            routes=[{"deployment": "smol"}]),
+    "GET /endpoints/{endpoint}": rest("team", "team.view"),
+    "PUT /endpoints/{endpoint}/routes": rest("team", "deployment.manage", "PUT", routes=[{"deployment": "smol"}]),
+    "DELETE /endpoints/{endpoint}": rest("team", "deployment.manage", "DELETE"),
 }
+
+# Each app with UI pages declares them in tests/<app>/route_rules.py (UI_ROUTES).
+for _app in ("serving",):
+    try:
+        UI_ROUTES.update(importlib.import_module(f"tests.{_app}.route_rules").UI_ROUTES)
+    except ModuleNotFoundError:
+        pass
 
 
 def _ui_route_names() -> set[str]:
@@ -192,10 +225,18 @@ def world(org, team, department, make_user, settings, tmp_path):
     version = registry_services.start_import(actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL,
                                              ref=str(folder), enqueue=False)
     import_version(version.pk)
+    admin = actor_for(org["admin"])
+    pool = serving_services.create_pool(actor=admin, name="local-cpu", kind="cpu")
+    Node.objects.create(name="node-1", pool=pool, address="127.0.0.1", cpu_cores=2, memory_bytes=24 * 2**30,
+                        heartbeat_at=timezone.now())
+    deployment = serving_services.create_deployment(actor=admin, name="smol", team=team, version=version, pool=pool,
+                                                    replicas=0)
+    serving_services.create_endpoint(actor=admin, name="smol-ep", team=team, routes=[{"deployment": "smol"}])
     yield {
         "department_id": department.pk, "pk_department": department.pk, "team_id": team.pk, "slug": team.slug,
         "membership_id": Membership.objects.get(team=team, user=org["viewer"]).pk, "name": "router",
         "number": 1, "path": "config.json", "version_id": version.pk,
+        "node": "node-1", "deployment": deployment.name, "endpoint": "smol-ep", "adapter": "none",
     }
     default_store.cache_clear()
 
@@ -216,6 +257,20 @@ def _ui_url(name: str, values: dict, own_token_pk: int | None) -> str:
         "member-role": {"slug": values["slug"], "pk": values["membership_id"]},
         "member-remove": {"slug": values["slug"], "pk": values["membership_id"]},
         "token-revoke": {"pk": own_token_pk},
+        **{
+            route: {"name": values["name"]}
+            for route in ("model-detail", "model-edit", "model-import", "adapter-upload", "model-compare")
+        },
+        **{
+            route: {"name": values["name"], "number": values["number"]}
+            for route in (
+                "version-detail",
+                "version-progress",
+                "version-promote",
+                "version-archive",
+                "version-verify",
+            )
+        },
     }
     return reverse(name, kwargs=kwargs_by_name.get(name, {}))
 
@@ -224,6 +279,7 @@ def _call(client, role, org, rule: Rule, url: str, values: dict):
     if role != "anonymous":
         client.force_login(org[role])
     data = {k: _fill(v, values) if isinstance(v, str) else v for k, v in rule.data.items()}
+    data = {k: int(v) if isinstance(v, str) and v.isdigit() and rule.json else v for k, v in data.items()}
     if data.get("file") == "<adapter.zip>":
         import io
 

@@ -39,5 +39,5 @@ def generated_card(version) -> str:
         ("Context length", str(version.context_length or "—")),
         ("License", version.model.license or "—"),
     ]
-    lines += ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in facts]]
+    lines += [f"- **{k}:** {v}" for k, v in facts]
     return "\n".join(lines)

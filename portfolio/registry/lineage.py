@@ -14,6 +14,7 @@ class Node:
     kind: str
     status: str
     model: str
+    number: int
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class Edge:
 
 
 def _node(version: ModelVersion) -> Node:
-    return Node(f"v{version.pk}", version.label, version.kind, version.status, version.model.name)
+    return Node(f"v{version.pk}", version.label, version.kind, version.status, version.model.name, version.number)
 
 
 def graph_for(model: Model, visible_versions) -> tuple[list[Node], list[Edge]]:
@@ -32,7 +33,13 @@ def graph_for(model: Model, visible_versions) -> tuple[list[Node], list[Edge]]:
     versions = list(model.versions.select_related("model", "base_version__model", "parent_version__model"))
     nodes = {f"v{v.pk}": _node(v) for v in versions}
     edges: list[Edge] = []
-    allowed = set(visible_versions.values_list("pk", flat=True))
+    foreign_adapters = list(
+        ModelVersion.objects.filter(base_version__in=versions).exclude(model=model).select_related("model")
+    )
+    candidates = {v.base_version_id for v in versions} | {v.parent_version_id for v in versions}
+    candidates |= {a.pk for a in foreign_adapters}
+    # Only the ids lineage could show are checked against what the viewer may see.
+    allowed = set(visible_versions.filter(pk__in=candidates - {None}).values_list("pk", flat=True))
     for version in versions:
         for other, relation in ((version.base_version, "adapter of"), (version.parent_version, "derived from")):
             if other is None:
@@ -41,11 +48,11 @@ def graph_for(model: Model, visible_versions) -> tuple[list[Node], list[Edge]]:
                 continue  # lineage never reveals what the viewer may not see
             nodes.setdefault(f"v{other.pk}", _node(other))
             edges.append(Edge(f"v{version.pk}", f"v{other.pk}", relation))
-    for adapter in ModelVersion.objects.filter(base_version__in=versions).exclude(model=model).select_related("model"):
+    for adapter in foreign_adapters:
         if adapter.pk in allowed:
             nodes.setdefault(f"v{adapter.pk}", _node(adapter))
             edges.append(Edge(f"v{adapter.pk}", f"v{adapter.base_version_id}", "adapter of"))
-    return sorted(nodes.values(), key=lambda n: n.id), edges
+    return sorted(nodes.values(), key=lambda n: (n.model, n.number)), edges
 
 
 def layout(nodes: list[Node], edges: list[Edge]) -> dict[str, tuple[int, int]]:

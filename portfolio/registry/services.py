@@ -32,6 +32,16 @@ from portfolio.registry.models import (
 # Other apps register "is this version in use?" checks (serving: deployments), each returning a reason.
 VERSION_IN_USE_CHECKS: list[Callable[[ModelVersion], str | None]] = []
 IMPORTABLE_SOURCES = (Source.HUB, Source.LOCAL, Source.GGUF, Source.UPLOAD)
+# Model names that would collide with UI routes under /models/.
+RESERVED_MODEL_NAMES = frozenset({"new"})
+MAX_TAGS, MAX_TAG_LENGTH = 20, 40
+
+
+def _clean_tags(tags: list[str]) -> list[str]:
+    cleaned = sorted({t.strip().lower() for t in tags if t.strip()})
+    if len(cleaned) > MAX_TAGS or any(len(t) > MAX_TAG_LENGTH for t in cleaned):
+        raise Invalid(f"tags: at most {MAX_TAGS} tags of up to {MAX_TAG_LENGTH} characters.")
+    return cleaned
 
 
 def _check(validator, value: str, field: str) -> str:
@@ -52,13 +62,16 @@ def create_model(
 ) -> Model:
     gate.require(actor, "model.register", owner_team)
     name = _check(model_name_validator, name.strip().lower(), "name")
+    if name in RESERVED_MODEL_NAMES:
+        raise Invalid(f"name: {name!r} is reserved by the web UI; choose another name.")
+    tags = _clean_tags(tags or [])
     if task not in Task.values:
         raise Invalid(f"task: choose one of {', '.join(Task.values)}.")
     if visibility not in Visibility.values:
         raise Invalid(f"visibility: choose one of {', '.join(Visibility.values)}.")
     model = Model(
         name=name, owner_team=owner_team, task=task, description=description.strip(), visibility=visibility,
-        tags=sorted({t.strip().lower() for t in tags or [] if t.strip()}), license=license.strip(),
+        tags=tags, license=license.strip(),
         created_by=actor.user,
     )
     try:
@@ -78,7 +91,7 @@ def update_model(*, actor: Actor, model: Model, description: str, visibility: st
     if visibility not in Visibility.values or task not in Task.values:
         raise Invalid("visibility/task: not a known value.")
     model.description, model.visibility, model.license, model.task = description.strip(), visibility, license, task
-    model.tags = sorted({t.strip().lower() for t in tags if t.strip()})
+    model.tags = _clean_tags(tags)
     model.save(update_fields=["description", "visibility", "tags", "license", "task"])
     audit.record(actor, "model.update", model, before=before, after=model.snapshot())
     return model
@@ -87,6 +100,8 @@ def update_model(*, actor: Actor, model: Model, description: str, visibility: st
 # --- Imports ---------------------------------------------------------------------------------------
 def save_upload(chunks, filename: str) -> Path:
     """Stream an uploaded archive to the uploads folder, refusing it past the size limit."""
+    if not filename.lower().endswith(".zip"):
+        raise Invalid("file: Upload an adapter as a .zip with adapter_config.json and safetensors weights.")
     folder = Path(settings.DATA_DIR) / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{uuid.uuid4().hex}.zip"
@@ -101,9 +116,6 @@ def save_upload(chunks, filename: str) -> Path:
     except BaseException:
         target.unlink(missing_ok=True)
         raise
-    if not filename.lower().endswith(".zip"):
-        target.unlink(missing_ok=True)
-        raise Invalid("file: Upload an adapter as a .zip with adapter_config.json and safetensors weights.")
     return target
 
 

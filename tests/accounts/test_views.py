@@ -161,7 +161,7 @@ def test_dashboard_shows_my_teams_with_my_role_and_planned_capabilities(signed_i
     assert "Support AI" in text and "badge--developer" in text
     assert "Recent audit events" not in text
     # Capabilities to come are greyed, not links that would 404.
-    assert "nav-item--soon" in text and 'href="/models/' not in text
+    assert "nav-item--soon" in text and 'href="/training/' not in text
 
 
 def test_dashboard_shows_recent_audit_events_to_an_auditor(signed_in, org, department):

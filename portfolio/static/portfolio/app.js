@@ -106,6 +106,13 @@
     });
   });
 
+  // Forms that change something hard to undo ask first: <form data-confirm="Archive …?">.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    var question = form.getAttribute && form.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) event.preventDefault();
+  });
+
   document.addEventListener("keydown", function (event) {
     if (event.key !== "Escape") return;
     document.querySelectorAll("details.user-menu[open]").forEach(function (menu) {
