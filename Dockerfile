@@ -11,6 +11,16 @@ COPY templates ./templates
 COPY manage.py ./
 ARG EXTRAS=storage,sso
 RUN pip install ".[${EXTRAS}]"
+# Node images also carry a vLLM engine in its own environment (its `ninja` shadows django-ninja's).
+COPY serving/engines ./serving/engines
+ARG ENGINE=""
+RUN if [ "$ENGINE" = "cpu" ]; then \
+        python -m venv /opt/engine-cpu && /opt/engine-cpu/bin/pip install -r serving/engines/requirements-cpu.txt \
+        && /opt/engine-cpu/bin/pip uninstall -y torchvision torchaudio torchcodec || true; \
+    elif [ "$ENGINE" = "gpu" ]; then \
+        python -m venv /opt/engine-gpu && /opt/engine-gpu/bin/pip install -r serving/engines/requirements-gpu.txt; \
+    fi
+ENV PORTFOLIO_ENGINE_PYTHON_CPU=/opt/engine-cpu/bin/python PORTFOLIO_ENGINE_PYTHON_GPU=/opt/engine-gpu/bin/python
 ENV PORTFOLIO_ENV=production PORTFOLIO_DATA_DIR=/var/lib/portfolio
 RUN mkdir -p /var/lib/portfolio && chown portfolio /var/lib/portfolio \
     && DJANGO_SECRET_KEY=build-only-not-a-secret-build-only-not-a-secret DATABASE_URL=postgresql://x@localhost/x \

@@ -51,3 +51,11 @@ def test_the_dockerfile_installs_the_project_and_defaults_to_the_web_server():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'pip install ".[${EXTRAS}]"' in dockerfile
     assert 'CMD ["portfolio", "web"]' in dockerfile
+
+
+@pytest.mark.parametrize(("service", "engine"), [("node-cpu", "cpu"), ("node-gpu", "gpu")])
+def test_node_agents_carry_their_engine_and_join_a_pool(compose, service, engine):
+    spec = compose["services"][service]
+    assert spec["build"]["args"]["ENGINE"] == engine
+    assert spec["environment"]["PORTFOLIO_NODE_POOL"] and spec["environment"]["PORTFOLIO_NODE_ADDRESS"] == service
+    assert (ROOT / "serving" / "engines" / f"requirements-{engine}.txt").exists()

@@ -45,11 +45,8 @@ def _database_url() -> str:
     return f"postgresql://{db['USER']}:{db['PASSWORD']}@{host}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
-@pytest.fixture
-def node_agent(tmp_path):
-    """`portfolio node-agent` as its own process, against the test database and this Redis."""
-    log = tmp_path / "agent.log"
-    env = {
+def _agent_env(tmp_path) -> dict:
+    return {
         **os.environ,
         "DATABASE_URL": _database_url(),
         "REDIS_URL": settings.REDIS_URL,
@@ -62,16 +59,32 @@ def node_agent(tmp_path):
         "PORTFOLIO_ENGINE_RESTART_BACKOFF": "2",
         "PYTHONUNBUFFERED": "1",
     }
-    process = subprocess.Popen(
+
+
+def _start_agent(tmp_path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
         [sys.executable, "-m", "portfolio.cli", "node-agent", "--name", NODE, "--concurrency", "1"],
-        cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT, env=_agent_env(tmp_path), stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
     )
-    yield process, log
+
+
+def _stop_agent(process: subprocess.Popen) -> None:
     os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def node_agent(tmp_path):
+    """`portfolio node-agent` as its own process, against the test database and this Redis."""
+    log = tmp_path / "agent.log"
+    agents = [_start_agent(tmp_path, log)]
+    yield agents, log
+    for process in agents:
+        if process.poll() is None:
+            _stop_agent(process)
     for engine in processes.engines_on_this_machine(under=tmp_path).values():
         processes.stop(engine, grace=10)
 
@@ -110,7 +123,7 @@ def _ready_replica(deployment: Deployment) -> Replica | None:
 
 
 def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(org, node_agent, settings, tmp_path):
-    process, agent_log = node_agent
+    agents, agent_log = node_agent
     admin, engineer = actor_for(org["admin"]), actor_for(org["engineer"])
     team = Team.objects.get(slug="support-ai")
     settings.IMPORT_ROOTS = [(tmp_path / "imports").resolve()]
@@ -151,6 +164,17 @@ def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(org
     assert replica.restarts == 0 and replica.state == ReplicaState.READY, "hot-load must not restart the engine"
     pid = replica.pid
 
+    # The agent restarts (an upgrade, a crash of the worker): the engine keeps running and is adopted.
+    _stop_agent(agents[0])
+    assert processes.find(pid, replica.pk), "the engine outlives its agent"
+    agents.append(_start_agent(tmp_path, agent_log))
+    beat = Node.objects.get(name=NODE).heartbeat_at
+    _wait("the new agent to heartbeat", lambda: Node.objects.get(name=NODE).heartbeat_at > beat, 120, [agent_log])
+    time.sleep(5)
+    replica.refresh_from_db()
+    assert (replica.pid, replica.restarts, replica.state) == (pid, 0, ReplicaState.READY), "adopted, not restarted"
+    assert _chat(replica, "smol-support", "Hello")["model"] == "smol-support"
+
     # kill -9 of the engine: the agent notices, restarts it (with its adapter), and it serves again.
     os.kill(pid, signal.SIGKILL)
 
@@ -169,4 +193,4 @@ def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(org
     services.scale(actor=admin, deployment=deployment, replicas=0)
     reconcile.reconcile_deployment(deployment.pk)
     _wait("the replica to stop", lambda: not processes.find(again.pid, again.pk), 120, [agent_log])
-    assert process.poll() is None, "the agent is still running"
+    assert agents[-1].poll() is None, "the agent is still running"
