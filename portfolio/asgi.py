@@ -1,4 +1,5 @@
-"""ASGI entry point (uvicorn). Later the gateway's lean /v1 app is mounted ahead of Django here."""
+"""ASGI entry point (uvicorn): the gateway's lean app serves ``/v1/*`` and ``/metrics`` ahead of Django,
+so the hot path never goes through Django's request machinery."""
 
 import os
 
@@ -6,4 +7,16 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portfolio.settings")
 
-application = get_asgi_application()
+django_application = get_asgi_application()
+
+from serving.gateway.app import Gateway  # noqa: E402 - needs Django set up first
+
+gateway = Gateway()
+
+
+async def application(scope, receive, send):
+    if scope["type"] == "http" and (scope["path"].startswith("/v1/") or scope["path"] == "/metrics"):
+        return await gateway(scope, receive, send)
+    if scope["type"] == "lifespan":
+        return await gateway.lifespan(scope, receive, send)
+    return await django_application(scope, receive, send)

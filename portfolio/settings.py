@@ -163,7 +163,16 @@ ENGINE_UNHEALTHY_GRACE = env.integer("PORTFOLIO_ENGINE_UNHEALTHY_GRACE", 30, min
 ENGINE_MAX_RESTARTS = env.integer("PORTFOLIO_ENGINE_MAX_RESTARTS", 5, minimum=0)
 ENGINE_RESTART_BACKOFF = env.integer("PORTFOLIO_ENGINE_RESTART_BACKOFF", 5, minimum=1)
 ENGINE_KEY_SECRET: bytes = (env.text("PORTFOLIO_ENGINE_KEY_SECRET") or "").encode() or _derived_key("engine-keys")
+# --- Gateway ---------------------------------------------------------------------------------------
+GATEWAY_CONNECT_TIMEOUT = env.integer("PORTFOLIO_GATEWAY_CONNECT_TIMEOUT", 3, minimum=1)
+GATEWAY_UPSTREAM_TIMEOUT = env.integer("PORTFOLIO_GATEWAY_UPSTREAM_TIMEOUT", 300, minimum=1)
+GATEWAY_REFRESH_SECONDS = float(env.integer("PORTFOLIO_GATEWAY_REFRESH_MS", 1000, minimum=100)) / 1000
+GATEWAY_MAX_BODY_BYTES = env.integer("PORTFOLIO_GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
+USAGE_FLUSH_BATCH = env.integer("PORTFOLIO_USAGE_FLUSH_BATCH", 2000, minimum=1)
+
 CELERY_BEAT_SCHEDULE = {
+    "gateway-flush-usage": {"task": "gateway.flush_usage", "schedule": 2.0},
+    "gateway-rollup-usage": {"task": "gateway.rollup_usage", "schedule": 60.0},
     "serving-reconcile": {"task": "serving.reconcile_all", "schedule": float(NODE_HEARTBEAT_SECONDS * 2)},
     "registry-reap-imports": {"task": "registry.reap_stale_imports", "schedule": 60.0},
 }
@@ -185,6 +194,7 @@ INSTALLED_APPS = [
     "portfolio.registry",
     "portfolio.billing",
     "serving",
+    "serving.gateway",
     "training",
 ]
 

@@ -1,0 +1,96 @@
+"""Rate limits and budgets, atomic in Redis: reserve at admission (an upper bound of the request's
+tokens and cost), settle to the actual usage afterwards, release on every error path. Many concurrent
+requests therefore can never together exceed a limit or a budget."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+# KEYS: revoked set, rpm counter, tpm counter, monthly token counter, monthly money counter (micro-units)
+# ARGV: key id, rpm limit, tpm limit, tokens to reserve, token budget, money budget, money to reserve,
+#       seconds to the end of the minute, seconds to the end of the month (a limit of -1 means none)
+ADMIT = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return {'revoked', 0} end
+local rpm, tpm, reserve = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local token_budget, money_budget, reserve_money = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local minute_left, month_left = tonumber(ARGV[8]), tonumber(ARGV[9])
+local function used(key) return tonumber(redis.call('GET', key) or '0') end
+if rpm >= 0 and used(KEYS[2]) + 1 > rpm then return {'rpm', minute_left} end
+if tpm >= 0 and used(KEYS[3]) + reserve > tpm then return {'tpm', minute_left} end
+if token_budget >= 0 and used(KEYS[4]) + reserve > token_budget then return {'budget', month_left} end
+if money_budget >= 0 and used(KEYS[5]) + reserve_money > money_budget then return {'budget', month_left} end
+if rpm >= 0 then redis.call('INCR', KEYS[2]); redis.call('EXPIRE', KEYS[2], minute_left + 1) end
+if tpm >= 0 then redis.call('INCRBY', KEYS[3], reserve); redis.call('EXPIRE', KEYS[3], minute_left + 1) end
+if token_budget >= 0 then redis.call('INCRBY', KEYS[4], reserve); redis.call('EXPIRE', KEYS[4], month_left + 86400) end
+if money_budget >= 0 then redis.call('INCRBY', KEYS[5], reserve_money); redis.call('EXPIRE', KEYS[5], month_left + 86400) end
+return {'ok', 0}
+"""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What admission took; settling gives back the difference to the actual usage."""
+
+    tpm_key: str | None
+    token_budget_key: str | None
+    money_key: str | None
+    tokens: int
+    money_micros: int
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reason: str = ""
+    retry_after: int = 0
+    reservation: Reservation | None = None
+
+
+def _month_left(now: datetime) -> tuple[str, int]:
+    month = now.strftime("%Y%m")
+    following = datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=UTC)
+    return month, int((following - now).total_seconds())
+
+
+class Limiter:
+    def __init__(self, redis_client):
+        self.redis = redis_client
+        self.admit_script = redis_client.register_script(ADMIT)
+
+    async def admit(self, key, *, tokens: int, money_micros: int, revoked_set: str) -> Verdict:
+        now_ts = time.time()
+        minute = int(now_ts // 60)
+        minute_left = 60 - int(now_ts % 60)
+        month, month_left = _month_left(datetime.fromtimestamp(now_ts, UTC))
+        kid = key.key_id
+        tpm_key = f"gw:tpm:{kid}:{minute}" if key.tpm_limit is not None else None
+        token_key = f"gw:bt:{kid}:{month}" if key.monthly_token_budget is not None else None
+        money_key = f"gw:bm:{kid}:{month}" if key.monthly_budget_micros is not None else None
+        reason, retry = await self.admit_script(
+            keys=[revoked_set, f"gw:rpm:{kid}:{minute}", tpm_key or "gw:-", token_key or "gw:-", money_key or "gw:-"],
+            args=[kid, _limit(key.rpm_limit), _limit(key.tpm_limit), tokens, _limit(key.monthly_token_budget),
+                  _limit(key.monthly_budget_micros), money_micros, minute_left, month_left],
+        )
+        reason = reason.decode() if isinstance(reason, bytes) else reason
+        if reason != "ok":
+            return Verdict(False, reason, int(retry))
+        return Verdict(True, reservation=Reservation(tpm_key, token_key, money_key, tokens, money_micros))
+
+    def settle(self, pipe, reservation: Reservation | None, *, tokens: int, money_micros: int) -> None:
+        """Queue, on a pipeline, the correction from reserved to actual (zero actual releases it all)."""
+        if reservation is None:
+            return
+        delta = tokens - reservation.tokens
+        if delta and reservation.tpm_key:
+            pipe.incrby(reservation.tpm_key, delta)
+        if delta and reservation.token_budget_key:
+            pipe.incrby(reservation.token_budget_key, delta)
+        money_delta = money_micros - reservation.money_micros
+        if money_delta and reservation.money_key:
+            pipe.incrby(reservation.money_key, money_delta)
+
+
+def _limit(value) -> int:
+    return -1 if value is None else int(value)

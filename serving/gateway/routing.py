@@ -1,0 +1,129 @@
+"""The gateway's routing table: endpoints, their weighted routes, and the ready replicas behind them.
+
+Rebuilt from PostgreSQL every second in the background (never per request). Replica choice is least
+outstanding requests among healthy replicas, random among ties.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from serving.agent import engine_key
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    id: int
+    base_url: str
+    auth: str
+
+
+@dataclass(frozen=True)
+class Route:
+    weight: int
+    deployment: str
+    upstream_model: str  # the deployment's own name, or the adapter's
+    adapter: str
+    version_id: int
+
+
+@dataclass(frozen=True)
+class EndpointInfo:
+    name: str
+    team_id: int
+    routes: tuple[Route, ...]
+    fallback: str | None
+    input_micros_per_token: float
+    output_micros_per_token: float
+    max_model_len: int
+
+
+@dataclass
+class Snapshot:
+    endpoints: dict[str, EndpointInfo] = field(default_factory=dict)
+    replicas: dict[str, list[ReplicaInfo]] = field(default_factory=dict)  # by deployment name
+
+
+def build_snapshot() -> Snapshot:
+    """Synchronous: read the routing state (runs in a worker thread)."""
+    from django.db import close_old_connections
+
+    from serving.choices import ReplicaState
+    from serving.models import Endpoint, Replica
+
+    close_old_connections()
+    try:
+        snapshot = Snapshot()
+        endpoints = Endpoint.objects.select_related("fallback").prefetch_related(
+            "routes__deployment", "routes__adapter"
+        )
+        prices = {}
+        from portfolio.billing.models import EndpointPrice
+
+        for price in EndpointPrice.objects.all():
+            prices[price.endpoint_id] = price
+        for endpoint in endpoints:
+            routes = []
+            max_len = 0
+            for route in endpoint.routes.all():
+                deployment = route.deployment
+                max_len = max(max_len, int(deployment.engine_args.get("max_model_len", 2048)))
+                routes.append(Route(
+                    weight=route.weight, deployment=deployment.name,
+                    upstream_model=route.adapter.name if route.adapter else deployment.name,
+                    adapter=route.adapter.name if route.adapter else "", version_id=route.adapter.version_id
+                    if route.adapter else deployment.version_id,
+                ))
+            price = prices.get(endpoint.pk)
+            snapshot.endpoints[endpoint.name] = EndpointInfo(
+                name=endpoint.name, team_id=endpoint.owner_team_id, routes=tuple(routes),
+                fallback=endpoint.fallback.name if endpoint.fallback else None,
+                input_micros_per_token=float(price.input_per_million) if price else 0.0,
+                output_micros_per_token=float(price.output_per_million) if price else 0.0,
+                max_model_len=max_len or 2048,
+            )
+        for replica in Replica.objects.filter(state=ReplicaState.READY).select_related("deployment"):
+            snapshot.replicas.setdefault(replica.deployment.name, []).append(
+                ReplicaInfo(replica.pk, replica.base_url, f"Bearer {engine_key(replica.pk)}")
+            )
+        return snapshot
+    finally:
+        close_old_connections()
+
+
+class Balancer:
+    """Least outstanding requests per replica, in this process."""
+
+    def __init__(self):
+        self.outstanding: dict[int, int] = {}
+
+    def pick(self, replicas: list[ReplicaInfo], exclude: set[int]) -> ReplicaInfo | None:
+        candidates = [r for r in replicas if r.id not in exclude]
+        if not candidates:
+            return None
+        least = min(self.outstanding.get(r.id, 0) for r in candidates)
+        return random.choice([r for r in candidates if self.outstanding.get(r.id, 0) == least])  # noqa: S311
+
+    def acquire(self, replica: ReplicaInfo) -> None:
+        self.outstanding[replica.id] = self.outstanding.get(replica.id, 0) + 1
+
+    def release(self, replica: ReplicaInfo) -> None:
+        self.outstanding[replica.id] = max(0, self.outstanding.get(replica.id, 1) - 1)
+
+
+def choose_route(endpoint: EndpointInfo, snapshot: Snapshot) -> Route | None:
+    """A route by weight among those whose deployment has a ready replica."""
+    live = [r for r in endpoint.routes if r.weight > 0 and snapshot.replicas.get(r.deployment)]
+    if not live:
+        return None
+    return random.choices(live, weights=[r.weight for r in live])[0]  # noqa: S311
+
+
+def price_micros(endpoint: EndpointInfo, input_tokens: int, output_tokens: int) -> int:
+    """Cost in micro-units of money (prices are per million tokens, so micro-units per token)."""
+    return int(round(endpoint.input_micros_per_token * input_tokens + endpoint.output_micros_per_token * output_tokens))
+
+
+DECIMAL_MICRO = Decimal("0.000001")

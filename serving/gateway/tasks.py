@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from celery import shared_task
+from django.conf import settings
+
+from serving.gateway import usage
+
+
+@shared_task(name="gateway.flush_usage")
+def flush_usage() -> int:
+    total = 0
+    while (moved := usage.flush(settings.USAGE_FLUSH_BATCH)) > 0:
+        total += moved
+        if moved < settings.USAGE_FLUSH_BATCH:
+            break
+    return total
+
+
+@shared_task(name="gateway.rollup_usage")
+def rollup_usage() -> None:
+    usage.rollup()

@@ -1,0 +1,122 @@
+"""A real gateway process (uvicorn serving portfolio.asgi) against the test database and Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from portfolio.registry.models import Artifact, Model, ModelVersion
+from serving import agent
+from serving.choices import PoolKind, ReplicaState
+from serving.gateway import services as key_services
+from serving.models import ComputePool, Deployment, Endpoint, EndpointRoute, Node, Replica
+from tests.conftest import actor_for
+from tests.gateway.fake_engine import FakeEngine
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    return f"postgresql://{db['USER']}@/{db['NAME']}?host={db['HOST']}"
+
+
+@pytest.fixture(scope="module")
+def gateway_url(django_db_setup, django_db_blocker, tmp_path_factory):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    with django_db_blocker.unblock():
+        url = _database_url()
+    env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": settings.REDIS_URL,
+           "DJANGO_SECRET_KEY": settings.SECRET_KEY, "PORTFOLIO_GATEWAY_REFRESH_MS": "200",
+           "PORTFOLIO_GATEWAY_UPSTREAM_TIMEOUT": "2", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "portfolio.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+         "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
+        cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{base}/healthz", timeout=1)  # noqa: S310
+            break
+        except OSError:
+            if process.poll() is not None:
+                pytest.fail(f"gateway exited:\n{log.read_text()}")
+            time.sleep(0.2)
+    else:
+        pytest.fail(f"gateway did not start:\n{log.read_text()}")
+    yield base
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=20)
+    if os.environ.get("GATEWAY_TEST_LOG"):
+        print(log.read_text())
+
+
+@pytest.fixture
+def stack(org, team, other_team, transactional_db):
+    """A deployment with one 'ready' replica served by a fake engine, an endpoint for it, and helpers."""
+    engines: list[FakeEngine] = []
+    admin = actor_for(org["admin"])
+    pool = ComputePool.objects.create(name="cpu", kind=PoolKind.CPU)
+    node = Node.objects.create(name="n1", pool=pool, address="127.0.0.1", cpu_cores=2, memory_bytes=2**34,
+                               heartbeat_at=timezone.now())
+    artifact = Artifact.objects.create(id="a" * 64, store_uri="file:///x", size_bytes=1, file_count=0, files=[])
+
+    def deployment(name: str, owner=team, **engine_kwargs) -> tuple[Deployment, list[FakeEngine]]:
+        model = Model.objects.create(name=f"{name}-model", owner_team=owner)
+        version = ModelVersion.objects.create(model=model, number=1, source="local", artifact=artifact,
+                                              status="ready", parameter_count=1000)
+        dep = Deployment.objects.create(name=name, owner_team=owner, version=version, pool=pool,
+                                        engine_args={"max_model_len": 512})
+        replica = Replica.objects.create(deployment=dep, node=node, generation=1, state=ReplicaState.READY,
+                                         host="127.0.0.1")
+        engine = FakeEngine(agent.engine_key(replica.pk), **engine_kwargs).start()
+        engines.append(engine)
+        replica.port = engine.port
+        replica.save(update_fields=["port"])
+        return dep, [engine]
+
+    def endpoint(name: str, dep: Deployment, owner=team) -> Endpoint:
+        ep = Endpoint.objects.create(name=name, owner_team=owner)
+        EndpointRoute.objects.create(endpoint=ep, deployment=dep, weight=100)
+        return ep
+
+    def key(owner=team, **limits) -> str:
+        actor = admin
+        _, secret = key_services.create_key(actor=actor, team=owner, name="test key", **limits)
+        return secret
+
+    yield {"deployment": deployment, "endpoint": endpoint, "key": key, "node": node}
+    for engine in engines:
+        engine.stop()
+
+
+def wait_for_model(base: str, secret: str, name: str, timeout: float = 10) -> None:
+    import json
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(f"{base}/v1/models", headers={"Authorization": f"Bearer {secret}"})
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
+                if name in {m["id"] for m in json.loads(response.read())["data"]}:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{name} never appeared in /v1/models")

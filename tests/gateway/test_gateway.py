@@ -1,0 +1,247 @@
+"""The gateway with the official openai SDK, in front of a stand-in engine: auth, routing, errors in
+OpenAI's shape, streaming, usage metering, limits and budgets under concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+
+from portfolio.accounts.actor import Actor
+from serving.gateway import services as key_services
+from serving.gateway import usage
+from serving.gateway.models import ApiKey, UsageEvent
+from tests.gateway.conftest import wait_for_model
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def client(base: str, secret: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base}/v1", api_key=secret, max_retries=0, timeout=20)
+
+
+def test_chat_through_the_sdk_is_routed_metered_and_renamed(gateway_url, stack):
+    dep, engines = stack["deployment"]("router-dep")
+    stack["endpoint"]("ticket-router", dep)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "ticket-router")
+    answer = client(gateway_url, secret).chat.completions.create(
+        model="ticket-router", messages=[{"role": "user", "content": "I was charged twice"}], max_tokens=7
+    )
+    assert answer.model == "ticket-router", "clients see the endpoint name, not the deployment"
+    assert answer.usage.completion_tokens == 7
+    assert engines[0].requests[-1]["model"] == "router-dep"
+    assert usage.flush() == 1
+    event = UsageEvent.objects.get()
+    assert (event.endpoint, event.deployment, event.input_tokens, event.output_tokens, event.status) == (
+        "ticket-router", "router-dep", 10, 7, 200)
+    assert event.team_id == ApiKey.objects.get().team_id and event.latency_ms >= 0
+
+
+def test_streaming_passes_chunks_through_and_bills_the_engine_counts(gateway_url, stack):
+    dep, engines = stack["deployment"]("stream-dep")
+    stack["endpoint"]("streamer", dep)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "streamer")
+    chunks = list(client(gateway_url, secret).chat.completions.create(
+        model="streamer", messages=[{"role": "user", "content": "hi"}], max_tokens=12, stream=True
+    ))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "word " * 12
+    assert engines[0].requests[-1]["stream_options"]["include_usage"] is True
+    usage.flush()
+    event = UsageEvent.objects.get()
+    assert (event.stream, event.output_tokens, event.input_tokens) == (True, 12, 10)
+    assert event.ttft_ms is not None
+
+
+def test_models_lists_only_what_the_key_may_call(gateway_url, stack, other_team):
+    dep, _ = stack["deployment"]("a-dep")
+    stack["endpoint"]("alpha", dep)
+    stack["endpoint"]("beta", dep)
+    other_dep, _ = stack["deployment"]("c-dep", owner=other_team)
+    stack["endpoint"]("gamma", other_dep, owner=other_team)
+    scoped = stack["key"](scopes=["alpha"])
+    wait_for_model(gateway_url, scoped, "alpha")
+    assert [m.id for m in client(gateway_url, scoped).models.list()] == ["alpha"]
+
+
+def test_a_key_of_team_a_gets_404_for_team_b_endpoint(gateway_url, stack, other_team):
+    other_dep, _ = stack["deployment"]("b-dep", owner=other_team)
+    stack["endpoint"]("contracts", other_dep, owner=other_team)
+    secret_b = stack["key"](owner=other_team)
+    wait_for_model(gateway_url, secret_b, "contracts")
+    secret_a = stack["key"]()
+    with pytest.raises(openai.NotFoundError) as excinfo:
+        client(gateway_url, secret_a).chat.completions.create(model="contracts", messages=[{"role": "user", "content": "x"}])
+    assert excinfo.value.body["code"] == "model_not_found"
+
+
+def test_a_revoked_key_is_refused_at_once(gateway_url, stack, org):
+    dep, _ = stack["deployment"]("r-dep")
+    stack["endpoint"]("revocable", dep)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "revocable")
+    sdk = client(gateway_url, secret)
+    sdk.chat.completions.create(model="revocable", messages=[{"role": "user", "content": "x"}], max_tokens=1)
+    key = ApiKey.objects.get()
+    key_services.revoke_key(actor=Actor(user=org["owner"]), key=key)
+    with pytest.raises(openai.AuthenticationError):
+        sdk.chat.completions.create(model="revocable", messages=[{"role": "user", "content": "x"}], max_tokens=1)
+
+
+def test_an_expired_key_is_refused(gateway_url, stack):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    dep, _ = stack["deployment"]("e-dep")
+    stack["endpoint"]("expiring", dep)
+    secret = stack["key"](expires_at=timezone.now() + timedelta(seconds=2))
+    wait_for_model(gateway_url, secret, "expiring")
+    time.sleep(2.1)
+    with pytest.raises(openai.AuthenticationError):
+        client(gateway_url, secret).models.list()
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Bearer ' OR 1=1; DROP TABLE gateway_apikey; --", "Bearer " + "A" * 8000, "Basic abc", "Bearer slm_x_y", "",
+     "Bearer slm_aaaaaaaaaaaa_" + "b" * 43],
+)
+def test_garbage_in_the_authorization_header_gets_401_fast(gateway_url, stack, header):
+    started = time.perf_counter()
+    response = httpx.post(f"{gateway_url}/v1/chat/completions", headers={"Authorization": header} if header else {},
+                          json={"model": "x", "messages": []})
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 401
+    assert response.json()["error"]["type"] == "authentication_error"
+    assert response.headers["x-request-id"]
+    assert elapsed < 1.0
+
+
+def test_requests_per_minute_over_the_limit_get_429_with_retry_after(gateway_url, stack):
+    dep, _ = stack["deployment"]("l-dep")
+    stack["endpoint"]("limited", dep)
+    secret = stack["key"](rpm_limit=3)
+    wait_for_model(gateway_url, secret, "limited")
+    body = {"model": "limited", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+    statuses = [httpx.post(f"{gateway_url}/v1/chat/completions", json=body,
+                           headers={"Authorization": f"Bearer {secret}"}) for _ in range(4)]
+    assert [r.status_code for r in statuses] == [200, 200, 200, 429]
+    assert 1 <= int(statuses[-1].headers["retry-after"]) <= 60
+    assert statuses[-1].json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_concurrent_requests_never_overspend_a_token_budget(gateway_url, stack):
+    dep, _ = stack["deployment"]("budget-dep", delay=0.05)
+    stack["endpoint"]("budgeted", dep)
+    budget = 2000
+    secret = stack["key"](monthly_token_budget=budget)
+    wait_for_model(gateway_url, secret, "budgeted")
+    body = {"model": "budgeted", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 40}
+
+    async def fire() -> list[int]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=100)) as http:
+            responses = await asyncio.gather(*[
+                http.post(f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"})
+                for _ in range(60)
+            ])
+        return [r.status_code for r in responses]
+
+    statuses = asyncio.run(fire())
+    assert statuses.count(200) >= 1 and statuses.count(429) >= 1
+    usage.flush()
+    billed = sum(e.input_tokens + e.output_tokens for e in UsageEvent.objects.filter(status=200))
+    assert billed <= budget, f"{billed} tokens billed against a budget of {budget}"
+    assert UsageEvent.objects.filter(status=200).count() == statuses.count(200)
+
+
+def test_a_client_cut_off_mid_stream_still_leaves_a_usage_row(gateway_url, stack):
+    dep, _ = stack["deployment"]("slow-dep", chunk_delay=0.05)
+    stack["endpoint"]("slow", dep)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "slow")
+    body = {"model": "slow", "messages": [{"role": "user", "content": "x"}], "max_tokens": 200, "stream": True}
+    with httpx.stream("POST", f"{gateway_url}/v1/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {secret}"}, timeout=30) as response:
+        received = 0
+        for _ in response.iter_bytes():
+            received += 1
+            if received >= 5:
+                break
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not usage.flush():
+        time.sleep(0.2)
+    event = UsageEvent.objects.get()
+    assert event.status == 499 and event.error == "client_disconnected"
+    assert 0 < event.output_tokens < 200, "billed for what was produced, not the whole request"
+
+
+def test_killing_the_flusher_loses_and_duplicates_nothing(gateway_url, stack, monkeypatch):
+    from serving.gateway import keystate
+    from serving.gateway.app import USAGE_STREAM
+
+    dep, _ = stack["deployment"]("f-dep")
+    stack["endpoint"]("flushed", dep)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "flushed")
+    for _ in range(5):
+        httpx.post(f"{gateway_url}/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
+                   json={"model": "flushed", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
+    redis = keystate.client()
+    usage._ensure_group(redis)
+    # A flusher that read the events and died before committing (or before acknowledging):
+    taken = redis.xreadgroup(usage.GROUP, "dead-flusher", {USAGE_STREAM: ">"}, count=3)
+    assert len(taken[0][1]) == 3
+    UsageEvent.objects.bulk_create([usage._event(fields) for _, fields in taken[0][1][:1]])  # one got committed
+    monkeypatch.setattr(usage, "CLAIM_IDLE_MS", 0)
+    assert usage.flush() == 5
+    assert UsageEvent.objects.count() == 5
+    assert usage.flush() == 0
+
+
+def test_a_dead_replica_is_skipped_and_no_replica_is_503(gateway_url, stack):
+    from serving.models import Replica
+
+    dep, engines = stack["deployment"]("h-dep")
+    stack["endpoint"]("healthy", dep)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "healthy")
+    live = Replica.objects.get(deployment=dep)
+    # A second 'ready' replica whose engine is gone: connection refused, so the gateway tries the other one.
+    Replica.objects.create(deployment=dep, node=live.node, generation=1, state="ready", host="127.0.0.1", port=1)
+    time.sleep(0.5)
+    body = {"model": "healthy", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+    for _ in range(6):
+        response = httpx.post(f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"})
+        assert response.status_code == 200
+    Replica.objects.filter(deployment=dep).update(state="starting")
+    time.sleep(0.5)
+    response = httpx.post(f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"})
+    assert response.status_code == 503 and response.json()["error"]["code"] == "no_replica_available"
+
+
+def test_an_upstream_that_does_not_answer_in_time_gives_504(gateway_url, stack):
+    dep, _ = stack["deployment"]("t-dep", delay=3.5)
+    stack["endpoint"]("sleepy", dep)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "sleepy")
+    response = httpx.post(f"{gateway_url}/v1/chat/completions", timeout=20, headers={"Authorization": f"Bearer {secret}"},
+                          json={"model": "sleepy", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1})
+    assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout"
+
+
+def test_metrics_are_labelled_by_endpoint_and_team_never_by_key(gateway_url, stack):
+    dep, _ = stack["deployment"]("m-dep")
+    stack["endpoint"]("measured", dep)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "measured")
+    httpx.post(f"{gateway_url}/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
+               json={"model": "measured", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3})
+    text = httpx.get(f"{gateway_url}/metrics").text
+    assert 'portfolio_gateway_requests_total{endpoint="measured",status="200",team="support-ai"}' in text
+    assert secret.split("_")[1] not in text and secret not in text
