@@ -19,4 +19,5 @@ urlpatterns = [
     path("", include("portfolio.accounts.urls")),
     path("audit/", include("portfolio.audit.urls")),
     path("models/", include("portfolio.registry.urls")),
+    path("", include("serving.urls")),
 ]

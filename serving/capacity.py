@@ -45,6 +45,16 @@ def pool_capacity(pool: ComputePool, *, exclude_replica_ids: set[int] | None = N
 def node_usage(node: Node) -> dict:
     """Reserved vs total for the capacity bars of the pools page."""
     free = next(n for n in pool_capacity(node.pool) if n.name == node.name)
+    return _usage(node, free)
+
+
+def pool_usage(pool: ComputePool) -> dict[str, dict]:
+    """``node_usage`` for every node of a pool from one capacity read: node name -> usage."""
+    nodes = {node.name: node for node in pool.nodes.all()}
+    return {free.name: _usage(nodes[free.name], free) for free in pool_capacity(pool)}
+
+
+def _usage(node: Node, free: NodeFree) -> dict:
     return {
         "ram_used": node.memory_bytes - free.ram_free, "ram_total": node.memory_bytes,
         "cores_used": node.cpu_cores - free.cores_free, "cores_total": node.cpu_cores,

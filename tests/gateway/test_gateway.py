@@ -168,9 +168,7 @@ def test_a_client_cut_off_mid_stream_still_leaves_a_usage_row(gateway_url, stack
     body = {"model": "slow", "messages": [{"role": "user", "content": "x"}], "max_tokens": 200, "stream": True}
     with httpx.stream("POST", f"{gateway_url}/v1/chat/completions", json=body,
                       headers={"Authorization": f"Bearer {secret}"}, timeout=30) as response:
-        received = 0
-        for _ in response.iter_bytes():
-            received += 1
+        for received, _ in enumerate(response.iter_bytes(), start=1):
             if received >= 5:
                 break
     deadline = time.monotonic() + 10

@@ -122,3 +122,94 @@
     });
   });
 })();
+
+// Serving pages: the engine arguments that apply to the chosen pool, and the endpoint route editor.
+(function () {
+  "use strict";
+
+  // New deployment: show only the engine arguments of the chosen pool's kind (options carry data-kind).
+  // Hidden ones are disabled too, so they are not sent; the server ignores them either way.
+  function syncEngineArgs(form) {
+    var pool = form.querySelector("select[name='pool']");
+    if (!pool) return;
+    var option = pool.options[pool.selectedIndex];
+    var kind = option ? option.getAttribute("data-kind") : "";
+    form.querySelectorAll(".arg[data-pools]").forEach(function (arg) {
+      var applies = !kind || arg.getAttribute("data-pools").split(" ").indexOf(kind) !== -1;
+      arg.hidden = !applies;
+      arg.querySelectorAll("input, select, textarea").forEach(function (input) {
+        input.disabled = !applies;
+      });
+    });
+  }
+
+  // Route editor: a row's adapter choices are the adapters of the deployment chosen in that row.
+  function syncAdapters(row) {
+    var deployment = row.querySelector("select[name$='-deployment']");
+    var adapter = row.querySelector("select[name$='-adapter']");
+    if (!deployment || !adapter) return;
+    adapter.querySelectorAll("optgroup").forEach(function (group) {
+      var mine = group.label === deployment.value;
+      group.hidden = !mine;
+      group.disabled = !mine;
+    });
+    var chosen = adapter.options[adapter.selectedIndex];
+    if (chosen && chosen.parentElement.tagName === "OPTGROUP" && chosen.parentElement.disabled) adapter.value = "";
+  }
+
+  function markRemoved(checkbox) {
+    var row = checkbox.closest(".route-row");
+    if (row) row.classList.toggle("is-removed", checkbox.checked);
+  }
+
+  function addRoute(button) {
+    var form = button.closest("form");
+    var template = document.getElementById("route-row-template");
+    var total = form && form.querySelector("input[name$='-TOTAL_FORMS']");
+    var rows = form && form.querySelector("[data-route-rows]");
+    if (!template || !total || !rows) return;
+    var max = form.querySelector("input[name$='-MAX_NUM_FORMS']");
+    var index = parseInt(total.value, 10);
+    if (max && index >= parseInt(max.value, 10)) {
+      button.disabled = true;
+      return;
+    }
+    var holder = document.createElement("tbody");
+    holder.innerHTML = template.innerHTML.replace(/__prefix__/g, String(index));
+    var row = holder.querySelector("tr");
+    rows.appendChild(row);
+    total.value = String(index + 1);
+    syncAdapters(row);
+    var first = row.querySelector("select");
+    if (first) first.focus();
+  }
+
+  function init(root) {
+    root.querySelectorAll("form[data-deployment-form]").forEach(syncEngineArgs);
+    root.querySelectorAll("form[data-route-form] .route-row").forEach(syncAdapters);
+    root.querySelectorAll("form[data-route-form] input[name$='-DELETE']").forEach(markRemoved);
+  }
+
+  document.addEventListener("change", function (event) {
+    var target = event.target;
+    var deploymentForm = target.closest("form[data-deployment-form]");
+    if (deploymentForm && target.name === "pool") syncEngineArgs(deploymentForm);
+    if (target.closest("form[data-route-form]")) {
+      if (/-deployment$/.test(target.name)) syncAdapters(target.closest(".route-row"));
+      if (/-DELETE$/.test(target.name)) markRemoved(target);
+    }
+  });
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-add-route]");
+    if (button) addRoute(button);
+  });
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", function () {
+      init(document);
+    });
+  } else {
+    init(document);
+  }
+})();
