@@ -107,11 +107,13 @@ def _register_routers() -> None:
     from portfolio.audit.api import router as audit_router
     from portfolio.registry.api import router as registry_router
     from serving.api import router as serving_router
+    from serving.gateway.api import router as gateway_router
 
     api.add_router("/", accounts_router)
     api.add_router("/audit", audit_router)
     api.add_router("/", registry_router)
     api.add_router("/", serving_router)
+    api.add_router("/", gateway_router)
 
 
 _register_routers()

@@ -25,6 +25,7 @@ from portfolio.registry.choices import Source
 from portfolio.registry.stores import default_store
 from portfolio.registry.tasks import import_version
 from serving import services as serving_services
+from serving.gateway import services as key_services
 from serving.models import Node
 from tests.conftest import actor_for
 from tests.permissions import Rule, rest, ui
@@ -139,6 +140,12 @@ API_ROUTES: dict[str, Rule] = {
     "GET /endpoints/{endpoint}": rest("team", "team.view"),
     "PUT /endpoints/{endpoint}/routes": rest("team", "deployment.manage", "PUT", routes=[{"deployment": "smol"}]),
     "DELETE /endpoints/{endpoint}": rest("team", "deployment.manage", "DELETE"),
+    # Gateway keys and usage
+    "GET /teams/{team_id}/keys": rest("team", "apikey.manage"),
+    "POST /teams/{team_id}/keys": rest("team", "apikey.manage", "POST", name="ci key"),
+    "PUT /keys/{key_id}": rest("team", "apikey.manage", "PUT", rpm_limit=10),
+    "DELETE /keys/{key_id}": rest("team", "apikey.manage", "DELETE"),
+    "GET /usage": rest("signed_in"),
 }
 
 # Each app with UI pages declares them in tests/<app>/route_rules.py (UI_ROUTES).
@@ -232,11 +239,13 @@ def world(org, team, department, make_user, settings, tmp_path):
     deployment = serving_services.create_deployment(actor=admin, name="smol", team=team, version=version, pool=pool,
                                                     replicas=0)
     serving_services.create_endpoint(actor=admin, name="smol-ep", team=team, routes=[{"deployment": "smol"}])
+    api_key, _ = key_services.create_key(actor=admin, team=team, name="team key")
     yield {
         "department_id": department.pk, "pk_department": department.pk, "team_id": team.pk, "slug": team.slug,
         "membership_id": Membership.objects.get(team=team, user=org["viewer"]).pk, "name": "router",
         "number": 1, "path": "config.json", "version_id": version.pk,
         "node": "node-1", "deployment": deployment.name, "endpoint": "smol-ep", "adapter": "none",
+        "key_id": api_key.pk,
     }
     default_store.cache_clear()
 
@@ -250,6 +259,10 @@ def _fill(template: str, values: dict) -> str:
 def _ui_url(name: str, values: dict, own_token_pk: int | None) -> str:
     from django.urls import reverse
 
+    from tests.serving.route_rules import UI_KWARGS, ui_kwargs
+
+    if name in UI_KWARGS:
+        return reverse(name, kwargs=ui_kwargs(name, values))
     kwargs_by_name = {
         "department-detail": {"pk": values["pk_department"]}, "department-edit": {"pk": values["pk_department"]},
         "team-detail": {"slug": values["slug"]}, "team-edit": {"slug": values["slug"]},

@@ -36,6 +36,7 @@ MATRIX: dict[str, frozenset[str]] = {
     "deployment.manage": frozenset({OWNER, ENGINEER}),
     "endpoint.call": frozenset({OWNER, ENGINEER, DEVELOPER}),
     "apikey.manage": frozenset({OWNER, DEVELOPER}),
+    "usage.view": TEAM_MEMBERS | {AUDITOR},
     "billing.view": frozenset({OWNER, AUDITOR}),
     "pool.manage": frozenset({ADMIN}),
 }

@@ -49,6 +49,7 @@ NAVIGATION: tuple[tuple[str, tuple[NavItem, ...]], ...] = (
             NavItem("Training", "training-list", "model.view", planned=True),
             NavItem("Deployments", "deployment-list", "model.view", planned=True),
             NavItem("Endpoints", "endpoint-list", "model.view", planned=True),
+            NavItem("Pools", "pool-list", planned=True),
         ),
     ),
     (
@@ -56,7 +57,7 @@ NAVIGATION: tuple[tuple[str, tuple[NavItem, ...]], ...] = (
         (
             NavItem("API keys", "apikey-list", "apikey.manage", planned=True),
             NavItem("Personal tokens", "token-list"),
-            NavItem("Usage", "usage", "billing.view", planned=True),
+            NavItem("Usage", "usage", "usage.view", planned=True),
             NavItem("Billing", "billing", "billing.view", planned=True),
         ),
     ),

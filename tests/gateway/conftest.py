@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from portfolio.registry.models import Artifact, Model, ModelVersion
@@ -23,48 +15,16 @@ from serving.gateway import services as key_services
 from serving.models import ComputePool, Deployment, Endpoint, EndpointRoute, Node, Replica
 from tests.conftest import actor_for
 from tests.gateway.fake_engine import FakeEngine
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    return f"postgresql://{db['USER']}@/{db['NAME']}?host={db['HOST']}"
+from tests.gateway.process import start_gateway, stop_gateway
 
 
 @pytest.fixture(scope="module")
 def gateway_url(django_db_setup, django_db_blocker, tmp_path_factory):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
     with django_db_blocker.unblock():
-        url = _database_url()
-    env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": settings.REDIS_URL,
-           "DJANGO_SECRET_KEY": settings.SECRET_KEY, "PORTFOLIO_GATEWAY_REFRESH_MS": "200",
-           "PORTFOLIO_GATEWAY_UPSTREAM_TIMEOUT": "2", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "portfolio.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-         "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
-        cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{base}/healthz", timeout=1)  # noqa: S310
-            break
-        except OSError:
-            if process.poll() is not None:
-                pytest.fail(f"gateway exited:\n{log.read_text()}")
-            time.sleep(0.2)
-    else:
-        pytest.fail(f"gateway did not start:\n{log.read_text()}")
+        process, base = start_gateway(log, PORTFOLIO_GATEWAY_UPSTREAM_TIMEOUT="2")
     yield base
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=20)
-    if os.environ.get("GATEWAY_TEST_LOG"):
-        print(log.read_text())
+    stop_gateway(process)
 
 
 @pytest.fixture

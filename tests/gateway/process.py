@@ -1,0 +1,60 @@
+"""Starting a real gateway process (uvicorn serving portfolio.asgi) against the test database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def database_url() -> str:
+    db = connection.settings_dict
+    host = db["HOST"]
+    if host.startswith("/"):
+        return f"postgresql://{db['USER']}@/{db['NAME']}?host={host}"
+    return f"postgresql://{db['USER']}:{db['PASSWORD']}@{host}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def start_gateway(log: Path, **env_overrides: str) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "DATABASE_URL": database_url(), "REDIS_URL": settings.REDIS_URL,
+           "DJANGO_SECRET_KEY": settings.SECRET_KEY, "PORTFOLIO_GATEWAY_REFRESH_MS": "200", "PYTHONUNBUFFERED": "1",
+           **env_overrides}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "portfolio.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+         "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
+        cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{base}/healthz", timeout=1)  # noqa: S310
+            return process, base
+        except OSError:
+            if process.poll() is not None:
+                break
+            time.sleep(0.2)
+    stop_gateway(process)
+    raise RuntimeError(f"gateway did not start:\n{log.read_text()}")
+
+
+def stop_gateway(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
