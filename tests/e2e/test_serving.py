@@ -117,6 +117,55 @@ def _models(replica: Replica) -> set[str]:
         return {m["id"] for m in json.loads(response.read())["data"]}
 
 
+def _gateway_round_trip(admin, team, tmp_path) -> None:
+    import httpx
+    import openai
+
+    from serving.gateway import services as key_services
+    from serving.gateway import usage
+    from serving.gateway.models import UsageEvent
+    from tests.gateway.process import start_gateway, stop_gateway
+
+    services.create_endpoint(actor=admin, name="support", team=team, routes=[{"deployment": "smol"}])
+    services.create_endpoint(actor=admin, name="support-ft", team=team,
+                             routes=[{"deployment": "smol", "adapter": "smol-support"}])
+    _, secret = key_services.create_key(actor=admin, team=team, name="e2e", rpm_limit=600,
+                                        monthly_token_budget=1_000_000)
+    log = tmp_path / "gateway.log"
+    gateway, base = start_gateway(log)
+    try:
+        sdk = openai.OpenAI(base_url=f"{base}/v1", api_key=secret, max_retries=0, timeout=120)
+        _wait("the gateway to route to the endpoints",
+              lambda: {"support", "support-ft"} <= {m.id for m in sdk.models.list()}, 30, [log])
+        answer = sdk.chat.completions.create(
+            model="support", messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=16, temperature=0,
+        )
+        assert answer.model == "support" and answer.choices[0].message.content
+        chunks = list(sdk.chat.completions.create(
+            model="support-ft", messages=[{"role": "user", "content": "I was charged twice"}], max_tokens=12,
+            temperature=0, stream=True, stream_options={"include_usage": True},
+        ))
+        final = [c for c in chunks if c.usage][-1].usage
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        with httpx.stream("POST", f"{base}/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
+                          json={"model": "support", "stream": True, "max_tokens": 200,
+                                "messages": [{"role": "user", "content": "Write a long story."}]}, timeout=60) as cut:
+            for number, _ in enumerate(cut.iter_bytes(), start=1):
+                if number >= 3:
+                    break
+        time.sleep(2)
+        _wait("the usage events to be flushed", lambda: usage.flush() == 0 and UsageEvent.objects.count() >= 3, 30, [log])
+        events = list(UsageEvent.objects.order_by("at"))
+        assert (events[0].endpoint, events[0].input_tokens, events[0].output_tokens) == (
+            "support", answer.usage.prompt_tokens, answer.usage.completion_tokens)
+        assert (events[1].endpoint, events[1].adapter, events[1].input_tokens, events[1].output_tokens) == (
+            "support-ft", "smol-support", final.prompt_tokens, final.completion_tokens)
+        assert events[2].status == 499 and 0 < events[2].output_tokens < 200
+    finally:
+        stop_gateway(gateway)
+
+
 def _ready_replica(deployment: Deployment) -> Replica | None:
     reconcile.reconcile_deployment(deployment.pk)
     return Replica.objects.filter(deployment=deployment, state=ReplicaState.READY).first()
@@ -174,6 +223,10 @@ def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(org
     replica.refresh_from_db()
     assert (replica.pid, replica.restarts, replica.state) == (pid, 0, ReplicaState.READY), "adopted, not restarted"
     assert _chat(replica, "smol-support", "Hello")["model"] == "smol-support"
+
+    # The gateway in front of it, called with the official openai SDK and a team key; usage is metered
+    # with the engine's own token counts, also for a client that hangs up mid-stream.
+    _gateway_round_trip(admin, team, tmp_path)
 
     # kill -9 of the engine: the agent notices, restarts it (with its adapter), and it serves again.
     os.kill(pid, signal.SIGKILL)
