@@ -45,6 +45,18 @@ def beat_command(schedule_file: str | None = None) -> list[str]:
     return command
 
 
+def _prepare_shared_metrics() -> None:
+    """Several web workers: Prometheus metrics are aggregated across them through a shared folder."""
+    import shutil
+    from pathlib import Path
+
+    default = Path(__file__).resolve().parent.parent / ".portfolio"
+    folder = Path(os.environ.get("PORTFOLIO_DATA_DIR") or default) / "metrics"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
 def node_name() -> str:
     import socket
 
@@ -85,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(run_all(host=args.host, port=args.port, demo=not args.no_demo))
     if args.command == "web":
+        if args.workers > 1:
+            _prepare_shared_metrics()
         _exec(web_command(args.host, args.port, args.workers))
     if args.command == "worker":
         _exec(worker_command(["control"], args.concurrency, f"control@{node_name()}"))

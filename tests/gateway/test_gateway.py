@@ -243,3 +243,16 @@ def test_metrics_are_labelled_by_endpoint_and_team_never_by_key(gateway_url, sta
     text = httpx.get(f"{gateway_url}/metrics").text
     assert 'portfolio_gateway_requests_total{endpoint="measured",status="200",team="support-ai"}' in text
     assert secret.split("_")[1] not in text and secret not in text
+
+
+def test_no_key_secret_ever_reaches_the_gateway_log(gateway_url, stack, tmp_path_factory):
+    dep, _ = stack["deployment"]("log-dep")
+    stack["endpoint"]("logged", dep)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "logged")
+    body = {"model": "logged", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+    httpx.post(f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"})
+    httpx.post(f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}x"})
+    httpx.post(f"{gateway_url}/v1/chat/completions", json={"model": "nope"}, headers={"Authorization": f"Bearer {secret}"})
+    logs = "".join(p.read_text() for p in tmp_path_factory.getbasetemp().rglob("gateway.log"))
+    assert secret.split("_", 2)[2][:16] not in logs
