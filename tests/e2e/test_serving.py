@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.core.management import call_command
-from django.db import connection
 
 from portfolio.accounts.models import Team
 from portfolio.registry import services as registry_services
@@ -30,6 +29,7 @@ from serving.choices import DeploymentStatus, PoolKind, ReplicaState
 from serving.models import Deployment, Node, Replica
 from tests.conftest import actor_for
 from tests.e2e.lora import make_adapter
+from tests.gateway.process import database_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,18 +37,10 @@ NODE = "e2e-node"
 ENGINE_READY_TIMEOUT = 900
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    host = db["HOST"]
-    if host.startswith("/"):
-        return f"postgresql://{db['USER']}@/{db['NAME']}?host={host}"
-    return f"postgresql://{db['USER']}:{db['PASSWORD']}@{host}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
 def _agent_env(tmp_path) -> dict:
     return {
         **os.environ,
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": database_url(),
         "REDIS_URL": settings.REDIS_URL,
         "DJANGO_SECRET_KEY": settings.SECRET_KEY,
         "PORTFOLIO_DATA_DIR": str(tmp_path / "node-data"),
