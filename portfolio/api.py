@@ -108,12 +108,14 @@ def _register_routers() -> None:
     from portfolio.registry.api import router as registry_router
     from serving.api import router as serving_router
     from serving.gateway.api import router as gateway_router
+    from training.api import router as training_router
 
     api.add_router("/", accounts_router)
     api.add_router("/audit", audit_router)
     api.add_router("/", registry_router)
     api.add_router("/", serving_router)
     api.add_router("/", gateway_router)
+    api.add_router("/", training_router)
 
 
 _register_routers()

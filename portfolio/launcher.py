@@ -61,6 +61,7 @@ def run_all(*, host: str, port: int, demo: bool = True) -> int:
         if demo:
             _manage("seed_demo")
             _manage("import_demo_model")
+            _manage("seed_demo_dataset")
         node = cli.node_name()
         os.environ["PORTFOLIO_NODE_NAME"] = node
         os.environ["PORTFOLIO_NODE_AGENT"] = "1"  # the local worker is also this machine's node agent

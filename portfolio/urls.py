@@ -19,5 +19,7 @@ urlpatterns = [
     path("", include("portfolio.accounts.urls")),
     path("audit/", include("portfolio.audit.urls")),
     path("models/", include("portfolio.registry.urls")),
+    path("training/", include("training.urls")),
     path("", include("serving.urls")),
+    path("", include("serving.gateway.urls")),
 ]

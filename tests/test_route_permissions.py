@@ -8,13 +8,14 @@ against what the capability matrix says: allowed, 403 (visible, not allowed) or 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from pathlib import Path
 
 import pytest
 from django.db import transaction
-from django.utils import timezone
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
 
 from portfolio.accounts import services as account_services
 from portfolio.accounts.capabilities import role_allows
@@ -30,6 +31,7 @@ from serving.models import Node
 from tests.conftest import actor_for
 from tests.permissions import Rule, rest, ui
 from tests.registry.conftest import make_model_folder
+from tests.training import route_rules as training_rules
 
 ROLES = ["anonymous", "outsider", "owner", "engineer", "developer", "viewer", "auditor", "admin"]
 
@@ -146,14 +148,21 @@ API_ROUTES: dict[str, Rule] = {
     "PUT /keys/{key_id}": rest("team", "apikey.manage", "PUT", rpm_limit=10),
     "DELETE /keys/{key_id}": rest("team", "apikey.manage", "DELETE"),
     "GET /usage": rest("signed_in"),
+    # Training data
+    "GET /datasets": rest("signed_in"),
+    "POST /datasets": rest("team", "training.run", "POST", name="new-set", owner_team_id="{team_id}", kind="chat"),
+    "GET /datasets/{dataset_id}": rest("team", "model.view"),
+    "GET /datasets/{dataset_id}/versions": rest("team", "model.view"),
+    "POST /datasets/{dataset_id}/versions": ui("team", "training.run", "POST", file="<dataset.jsonl>"),
+    "GET /datasets/{dataset_id}/versions/{number}": rest("team", "model.view"),
+    "GET /datasets/{dataset_id}/versions/{number}/rows": rest("team", "model.view", split="eval"),
+    "GET /datasets/{dataset_id}/versions/{number}/files/{filename}": rest("team", "model.view"),
 }
 
 # Each app with UI pages declares them in tests/<app>/route_rules.py (UI_ROUTES).
-for _app in ("serving",):
-    try:
+for _app in ("serving", "gateway", "training"):
+    with contextlib.suppress(ModuleNotFoundError):
         UI_ROUTES.update(importlib.import_module(f"tests.{_app}.route_rules").UI_ROUTES)
-    except ModuleNotFoundError:
-        pass
 
 
 def _ui_route_names() -> set[str]:
@@ -240,12 +249,13 @@ def world(org, team, department, make_user, settings, tmp_path):
                                                     replicas=0)
     serving_services.create_endpoint(actor=admin, name="smol-ep", team=team, routes=[{"deployment": "smol"}])
     api_key, _ = key_services.create_key(actor=admin, team=team, name="team key")
+    training_world = training_rules.build_world(actor=actor_for(org["engineer"]), team=team)
     yield {
         "department_id": department.pk, "pk_department": department.pk, "team_id": team.pk, "slug": team.slug,
         "membership_id": Membership.objects.get(team=team, user=org["viewer"]).pk, "name": "router",
         "number": 1, "path": "config.json", "version_id": version.pk,
         "node": "node-1", "deployment": deployment.name, "endpoint": "smol-ep", "adapter": "none",
-        "key_id": api_key.pk,
+        "key_id": api_key.pk, **training_world,
     }
     default_store.cache_clear()
 
@@ -259,10 +269,12 @@ def _fill(template: str, values: dict) -> str:
 def _ui_url(name: str, values: dict, own_token_pk: int | None) -> str:
     from django.urls import reverse
 
-    from tests.serving.route_rules import UI_KWARGS, ui_kwargs
+    from tests.gateway import route_rules as gateway_rules
+    from tests.serving import route_rules as serving_rules
 
-    if name in UI_KWARGS:
-        return reverse(name, kwargs=ui_kwargs(name, values))
+    for rules in (serving_rules, gateway_rules, training_rules):
+        if name in rules.UI_KWARGS:
+            return reverse(name, kwargs=rules.ui_kwargs(name, values))
     kwargs_by_name = {
         "department-detail": {"pk": values["pk_department"]}, "department-edit": {"pk": values["pk_department"]},
         "team-detail": {"slug": values["slug"]}, "team-edit": {"slug": values["slug"]},
@@ -298,6 +310,10 @@ def _call(client, role, org, rule: Rule, url: str, values: dict):
 
         data["file"] = io.BytesIO(b"PK\x05\x06" + b"\0" * 18)  # an empty zip
         data["file"].name = "adapter.zip"
+    if data.get("file") == "<dataset.jsonl>":
+        from tests.training.route_rules import dataset_upload
+
+        data["file"] = dataset_upload()
     method = getattr(client, rule.method.lower())
     if rule.json and rule.method != "GET":
         return method(url, data, content_type="application/json")

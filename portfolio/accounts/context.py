@@ -55,7 +55,7 @@ NAVIGATION: tuple[tuple[str, tuple[NavItem, ...]], ...] = (
     (
         "Access and cost",
         (
-            NavItem("API keys", "apikey-list", "apikey.manage", planned=True),
+            NavItem("API keys", "apikey-list", "usage.view", planned=True),
             NavItem("Personal tokens", "token-list"),
             NavItem("Usage", "usage", "usage.view", planned=True),
             NavItem("Billing", "billing", "billing.view", planned=True),

@@ -17,7 +17,7 @@ from django.contrib.auth.decorators import login_not_required
 from django.core.paginator import Paginator
 from django.db.models import Count, Prefetch
 from django.shortcuts import redirect, render
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils.cache import patch_vary_headers
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
@@ -157,6 +157,52 @@ def password_change(request):
 
 
 # --- Dashboard and roles ---------------------------------------------------------------------------
+# What the platform does, with the pages of each part: a page not built yet is shown as "coming soon".
+CAPABILITIES = [
+    (
+        "Model registry",
+        "Register base models and keep every version with lineage and checksums.",
+        [("Models", "model-list")],
+    ),
+    (
+        "Fine-tuning and distillation",
+        "LoRA, full and distillation runs on GPU or CPU pools.",
+        [("Training", "training-list")],
+    ),
+    (
+        "Deployments and endpoints",
+        "vLLM replicas on on-prem pools behind an OpenAI-compatible gateway.",
+        [("Deployments", "deployment-list"), ("Endpoints", "endpoint-list")],
+    ),
+    (
+        "API keys, usage and billing",
+        "Per-team keys with limits and budgets; chargeback per department.",
+        [("API keys", "apikey-list"), ("Usage", "usage"), ("Billing", "billing")],
+    ),
+]
+
+
+def _capabilities() -> list[dict]:
+    def url(name: str) -> str | None:
+        try:
+            return reverse(name)
+        except NoReverseMatch:
+            return None
+
+    rows = []
+    for name, description, pages in CAPABILITIES:
+        links = [{"label": label, "url": url(url_name)} for label, url_name in pages]
+        rows.append(
+            {
+                "name": name,
+                "description": description,
+                "links": links,
+                "available": any(link["url"] for link in links),
+            }
+        )
+    return rows
+
+
 @require_GET
 def dashboard(request):
     """Permission: any signed-in user; every figure counts only what ``gate.visible`` lets them see."""
@@ -185,6 +231,7 @@ def dashboard(request):
             "counts": counts,
             "recent_events": recent_events,
             "org_roles": [OrgRole(role).label for role in sorted(actor.org_roles)],
+            "capabilities": _capabilities(),
         },
     )
 

@@ -213,3 +213,41 @@
     init(document);
   }
 })();
+
+// API keys: the new-key form offers as scopes only the endpoints of the chosen team.
+(function () {
+  "use strict";
+
+  function syncScopes(form) {
+    var team = form.querySelector("select[name='team']");
+    if (!team) return;
+    var groups = form.querySelectorAll(".scope-group[data-team]");
+    var shown = 0;
+    groups.forEach(function (group) {
+      var mine = !team.value || group.getAttribute("data-team") === team.value;
+      group.hidden = !mine;
+      group.querySelectorAll("input").forEach(function (input) {
+        input.disabled = !mine;
+        if (!mine) input.checked = false;
+      });
+      if (mine) shown += 1;
+    });
+    var none = form.querySelector("[data-no-endpoints]");
+    if (none) none.hidden = shown > 0;
+  }
+
+  function init() {
+    document.querySelectorAll("form[data-key-form]").forEach(syncScopes);
+  }
+
+  document.addEventListener("change", function (event) {
+    var form = event.target.closest("form[data-key-form]");
+    if (form && event.target.name === "team") syncScopes(form);
+  });
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", init);
+  } else {
+    init();
+  }
+})();

@@ -1,0 +1,205 @@
+"""Forms of the API-key pages and the usage filters. They only parse input: changes go through
+serving.gateway.services."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
+
+from django import forms
+from django.utils import timezone
+
+from portfolio.accounts import gate
+from portfolio.accounts.actor import Actor
+from portfolio.accounts.models import Team
+from serving.forms import managed_teams
+from serving.gateway.models import ApiKey
+from serving.models import Endpoint
+
+PERIODS = [(7, "Last 7 days"), (30, "Last 30 days"), (90, "Last 90 days")]
+DEFAULT_PERIOD = 30
+
+
+class DateInput(forms.DateInput):
+    input_type = "date"
+
+    def __init__(self, attrs=None):
+        super().__init__(attrs, format="%Y-%m-%d")
+
+
+def _ip_list(value: str) -> list[str]:
+    """ "10.0.0.0/8, 192.168.1.7" -> ["10.0.0.0/8", "192.168.1.7"]; the service checks each one."""
+    return [part for part in re.split(r"[\s,]+", value.strip()) if part]
+
+
+class KeyLimitsForm(forms.Form):
+    """What a key may call and how much: scopes, addresses, rate limits and monthly budgets."""
+
+    scopes = forms.MultipleChoiceField(
+        label="Endpoints",
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Leave all unticked to allow every endpoint of the team, including ones added later.",
+    )
+    allowed_ips = forms.CharField(
+        label="Allowed IP ranges",
+        required=False,
+        max_length=2000,
+        help_text="Comma-separated addresses or CIDR ranges, e.g. 10.0.0.0/8, 192.168.1.7. Empty allows any address.",
+        widget=forms.TextInput(
+            attrs={"autocomplete": "off", "spellcheck": "false", "placeholder": "any address"}
+        ),
+    )
+    rpm_limit = forms.IntegerField(
+        label="Requests per minute", required=False, min_value=1, help_text="Empty: no limit."
+    )
+    tpm_limit = forms.IntegerField(
+        label="Tokens per minute",
+        required=False,
+        min_value=1,
+        help_text="Input and output tokens together. Empty: no limit.",
+    )
+    monthly_token_budget = forms.IntegerField(
+        label="Token budget per month",
+        required=False,
+        min_value=1,
+        help_text="Calls are refused once the calendar month's tokens reach it.",
+    )
+    monthly_budget = forms.DecimalField(
+        label="Money budget per month",
+        required=False,
+        min_value=Decimal("0.01"),
+        max_digits=12,
+        decimal_places=2,
+        help_text="In the price book's currency; calls are refused once the month's cost reaches it.",
+    )
+
+    def set_endpoints(self, endpoints: list[Endpoint]) -> None:
+        """The endpoints offered as scopes (each carries its team, so the page can show the chosen team's)."""
+        self.endpoints = endpoints
+        self.fields["scopes"].choices = [(e.name, e.name) for e in endpoints]
+
+    def scope_groups(self) -> list[dict]:
+        """The scope checkboxes grouped by team, for the template."""
+        chosen = set(self["scopes"].value() or [])
+        groups: dict[int, dict] = {}
+        for endpoint in self.endpoints:
+            group = groups.setdefault(
+                endpoint.owner_team_id,
+                {"team_id": endpoint.owner_team_id, "team": endpoint.owner_team.name, "options": []},
+            )
+            group["options"].append(
+                {
+                    "value": endpoint.name,
+                    "id": f"id_scopes_{endpoint.pk}",
+                    "checked": endpoint.name in chosen,
+                    "description": endpoint.description,
+                }
+            )
+        return list(groups.values())
+
+    def clean_allowed_ips(self) -> list[str]:
+        return _ip_list(self.cleaned_data["allowed_ips"])
+
+    def limits(self) -> dict:
+        """The cleaned values, named as ``services.create_key`` and ``update_key`` take them."""
+        data = self.cleaned_data
+        return {
+            "scopes": list(data["scopes"]),
+            "allowed_ips": data["allowed_ips"],
+            "rpm_limit": data["rpm_limit"],
+            "tpm_limit": data["tpm_limit"],
+            "monthly_token_budget": data["monthly_token_budget"],
+            "monthly_budget": data["monthly_budget"],
+        }
+
+
+class KeyCreateForm(KeyLimitsForm):
+    name = forms.CharField(
+        max_length=100,
+        help_text="What the key is for, e.g. “ticket router in production”.",
+        widget=forms.TextInput(attrs={"autocomplete": "off"}),
+    )
+    team = forms.ModelChoiceField(queryset=Team.objects.none(), empty_label="Choose a team")
+    expires_on = forms.DateField(
+        label="Expires on",
+        required=False,
+        widget=DateInput(),
+        help_text="The key stops working at the end of this day (UTC). Empty: it does not expire.",
+    )
+
+    field_order = ["name", "team", "expires_on", "scopes", "allowed_ips"]
+
+    def __init__(self, *args, actor: Actor, **kwargs):
+        super().__init__(*args, **kwargs)
+        teams = managed_teams(actor, "apikey.manage")
+        self.fields["team"].queryset = teams
+        if len(teams) == 1:
+            self.fields["team"].initial = teams[0].pk
+        self.set_endpoints(
+            list(Endpoint.objects.filter(owner_team__in=teams).select_related("owner_team").order_by("name"))
+        )
+
+    def clean_expires_on(self):
+        day = self.cleaned_data["expires_on"]
+        if day is not None and day < timezone.now().date():
+            raise forms.ValidationError("Choose today or a later day.")
+        return day
+
+    def clean(self):
+        cleaned = super().clean()
+        team, scopes = cleaned.get("team"), cleaned.get("scopes") or []
+        if team is not None:
+            own = {e.name for e in self.endpoints if e.owner_team_id == team.pk}
+            foreign = [name for name in scopes if name not in own]
+            if foreign:
+                self.add_error("scopes", f"{foreign[0]} is not an endpoint of {team.name}.")
+        return cleaned
+
+    def expires_at(self) -> datetime | None:
+        day = self.cleaned_data["expires_on"]
+        return datetime.combine(day + timedelta(days=1), time.min, tzinfo=UTC) if day else None
+
+
+class KeyEditForm(KeyLimitsForm):
+    def __init__(self, *args, key: ApiKey, **kwargs):
+        if not args and "initial" not in kwargs:
+            kwargs["initial"] = {
+                "scopes": list(key.scopes),
+                "allowed_ips": ", ".join(key.allowed_ips),
+                "rpm_limit": key.rpm_limit,
+                "tpm_limit": key.tpm_limit,
+                "monthly_token_budget": key.monthly_token_budget,
+                "monthly_budget": key.monthly_budget,
+            }
+        super().__init__(*args, **kwargs)
+        self.set_endpoints(list(key.team.endpoints.select_related("owner_team").order_by("name")))
+
+
+# --- Usage -----------------------------------------------------------------------------------------
+class KeyChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: ApiKey) -> str:
+        return f"{obj.name} ({obj.display_prefix}) · {obj.team.name}"
+
+
+class UsageFilterForm(forms.Form):
+    """The usage dashboard's filters; every choice is limited to what the actor may see."""
+
+    days = forms.TypedChoiceField(label="Period", choices=PERIODS, coerce=int, required=False)
+    team = forms.ModelChoiceField(queryset=Team.objects.none(), required=False, empty_label="All teams")
+    endpoint = forms.ChoiceField(required=False)
+    key = KeyChoiceField(
+        label="API key", queryset=ApiKey.objects.none(), required=False, empty_label="All keys"
+    )
+
+    def __init__(self, *args, actor: Actor, endpoints: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["team"].queryset = gate.visible(actor, Team).order_by("name")
+        self.fields["endpoint"].choices = [("", "All endpoints"), *((name, name) for name in endpoints)]
+        self.fields["key"].queryset = (
+            gate.visible(actor, ApiKey).select_related("team").order_by("team__name", "name", "id")
+        )
+
+    def clean_days(self) -> int:
+        return self.cleaned_data["days"] or DEFAULT_PERIOD

@@ -1,0 +1,379 @@
+"""Web pages of the gateway: team API keys (the secret shown once, limits and budgets, revocation) and the
+usage dashboard (charts per day and tables by team, endpoint and key, from the hourly rollups).
+
+Every view decides access with the gate: lists start from ``gate.visible``, a key the actor may not see
+answers 404 (``gate.get_visible``), a change needs ``apikey.manage`` on the key or its team
+(``gate.require``), else 403; the docstrings say which. Changes go through ``serving.gateway.services``;
+a ``DomainError`` becomes a form error, while ``NotFound`` and ``Forbidden`` propagate to Django's 404
+and 403 pages. A key's secret is rendered straight into the one response that creates it: never the
+session, messages or logs.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.db.models import BigIntegerField, ExpressionWrapper, F, Sum
+from django.db.models.functions import TruncDay
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_variables
+from django.views.decorators.http import require_GET, require_http_methods
+
+from portfolio.accounts import gate
+from portfolio.accounts.actor import Actor
+from portfolio.accounts.context import actor_of, wants_fragment
+from portfolio.accounts.models import Team
+from portfolio.errors import Conflict, DomainError, Invalid
+from serving.forms import apply_serving_error
+from serving.gateway import charts, services
+from serving.gateway.forms import DEFAULT_PERIOD, KeyCreateForm, KeyEditForm, UsageFilterForm
+from serving.gateway.models import ApiKey, UsageHourly
+from serving.models import Endpoint
+
+PAGE_SIZE = 50
+TABLE_ROWS = 50
+ENDPOINT_CHOICE_DAYS = 90
+GET_POST = require_http_methods(["GET", "POST"])
+
+
+def month_start(now: datetime | None = None) -> datetime:
+    """The start of the calendar month (UTC) that budgets and "this month" count from."""
+    now = now or timezone.now()
+    return now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def _aggregates() -> dict:
+    """The sums every usage figure is made of; latency percentiles weighted by each hour's requests."""
+    return {
+        "requests_sum": Sum("requests"),
+        "errors_sum": Sum("errors"),
+        "input_sum": Sum("input_tokens"),
+        "output_sum": Sum("output_tokens"),
+        "latency_sum": Sum("latency_ms_sum"),
+        "cost_sum": Sum("cost"),
+        **{
+            name: Sum(ExpressionWrapper(F(field) * F("requests"), output_field=BigIntegerField()))
+            for name, field in (("p50_weighted", "latency_p50_ms"), ("p95_weighted", "latency_p95_ms"))
+        },
+    }
+
+
+def _figures(row: dict) -> dict:
+    """Sums as people read them: tokens together, an error rate, latencies averaged over requests."""
+    requests = row.get("requests_sum") or 0
+    errors = row.get("errors_sum") or 0
+    input_tokens, output_tokens = row.get("input_sum") or 0, row.get("output_sum") or 0
+
+    def per_request(total) -> int:
+        return round((total or 0) / requests) if requests else 0
+
+    return {
+        "requests": requests,
+        "errors": errors,
+        "error_rate": f"{100 * errors / requests:.1f}" if requests else "0.0",
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "tokens": input_tokens + output_tokens,
+        "latency_avg": per_request(row.get("latency_sum")),
+        "p50": per_request(row.get("p50_weighted")),
+        "p95": per_request(row.get("p95_weighted")),
+        "cost": row.get("cost_sum") or 0,
+    }
+
+
+# --- API keys --------------------------------------------------------------------------------------
+def _key_status(key: ApiKey) -> str:
+    if key.revoked_at:
+        return "revoked"
+    return "active" if key.is_active else "expired"
+
+
+def _budget_bar(used, budget) -> dict | None:
+    if not budget:
+        return None
+    percent = max(0, min(100, round(100 * float(used) / float(budget))))
+    return {"percent": percent, "level": "high" if percent >= 90 else "mid" if percent >= 70 else "low"}
+
+
+def _with_month_usage(keys: list[ApiKey]) -> None:
+    """Each key's use this calendar month (requests, tokens, cost), in one query over the rollups."""
+    rows = (
+        UsageHourly.objects.filter(api_key_id__in=[k.pk for k in keys], hour__gte=month_start())
+        .values("api_key_id")
+        .annotate(
+            requests=Sum("requests"), tokens=Sum(F("input_tokens") + F("output_tokens")), cost=Sum("cost")
+        )
+    )
+    usage = {row["api_key_id"]: row for row in rows}
+    for key in keys:
+        row = usage.get(key.pk, {})
+        key.month_requests = row.get("requests") or 0
+        key.month_tokens = row.get("tokens") or 0
+        key.month_cost = row.get("cost") or 0
+        key.status = _key_status(key)
+        key.month_requests_short = charts.short_number(key.month_requests)
+        key.month_tokens_short = charts.short_number(key.month_tokens)
+        key.token_budget_short = charts.short_number(key.monthly_token_budget or 0)
+        key.token_bar = _budget_bar(key.month_tokens, key.monthly_token_budget)
+        key.money_bar = _budget_bar(key.month_cost, key.monthly_budget)
+
+
+def _key_teams(actor: Actor) -> list[Team]:
+    """The teams whose keys the page lists: those the actor manages keys of; every team for org-wide roles
+    (read-only where the actor may not manage them, as for auditors)."""
+    teams = gate.visible(actor, Team).select_related("department").order_by("name", "id")
+    if actor.is_org_wide:
+        return list(teams)
+    return [team for team in teams if gate.can(actor, "apikey.manage", team)]
+
+
+@require_GET
+def key_list(request):
+    """Permission: any signed-in user; the page lists the keys of the teams where the actor has
+    ``apikey.manage`` (owner or developer), and every team's keys read-only to auditors."""
+    actor = actor_of(request)
+    teams = _key_teams(actor)
+    keys = (
+        ApiKey.objects.filter(team__in=teams)
+        .select_related("team", "created_by")
+        .order_by("team__name", "team_id", "-created_at", "-id")
+    )
+    page = Paginator(keys, PAGE_SIZE).get_page(request.GET.get("page"))
+    page.object_list = list(page.object_list)
+    _with_month_usage(page.object_list)
+    by_team: dict[int, list[ApiKey]] = {}
+    for key in page.object_list:
+        by_team.setdefault(key.team_id, []).append(key)
+    with_keys = set(ApiKey.objects.filter(team__in=teams).values_list("team_id", flat=True).distinct())
+    sections = []
+    for team in teams:
+        # A team without keys is listed (on the first page) for its members, who may create the first one;
+        # org-wide roles see the teams that have keys.
+        empty_here = page.number == 1 and team.pk not in with_keys and team.pk in actor.team_roles
+        if team.pk in by_team or empty_here:
+            can_manage = gate.can(actor, "apikey.manage", team)
+            sections.append({"team": team, "keys": by_team.get(team.pk, []), "can_manage": can_manage})
+    return render(
+        request,
+        "gateway/key_list.html",
+        {
+            "page": page,
+            "sections": sections,
+            "can_create": any(section["can_manage"] for section in sections),
+            "month": month_start(),
+            "gateway_url": request.build_absolute_uri("/v1"),
+        },
+    )
+
+
+def _example_model(key: ApiKey) -> str:
+    if key.scopes:
+        return key.scopes[0]
+    first = (
+        Endpoint.objects.filter(owner_team=key.team).order_by("name").values_list("name", flat=True).first()
+    )
+    return first or ""
+
+
+@sensitive_variables("secret")
+@never_cache
+@GET_POST
+def key_create(request):
+    """Permission: ``apikey.manage`` in some team (owner or developer), and in the team chosen: a team the
+    actor may not see answers 404, one they may see but not manage keys of 403. The secret is shown once,
+    in this response, which no cache keeps (Cache-Control: no-store)."""
+    actor = actor_of(request)
+    gate.require(actor, "apikey.manage")
+    if request.method == "POST":
+        if request.POST.get("team"):
+            team = gate.get_visible(actor, Team, pk=request.POST["team"])
+            gate.require(actor, "apikey.manage", team)
+        form = KeyCreateForm(request.POST, actor=actor)
+    else:
+        initial = {"team": request.GET["team"]} if request.GET.get("team") else None
+        form = KeyCreateForm(initial=initial, actor=actor)
+    if form.is_valid():
+        try:
+            key, secret = services.create_key(
+                actor=actor,
+                team=form.cleaned_data["team"],
+                name=form.cleaned_data["name"],
+                expires_at=form.expires_at(),
+                **form.limits(),
+            )
+        except DomainError as exc:
+            apply_serving_error(form, exc, {"expires_at": "expires_on"})
+        else:
+            # Rendered straight into this response: never the session, messages or logs.
+            return render(
+                request,
+                "gateway/key_created.html",
+                {
+                    "key": key,
+                    "secret": secret,
+                    "base_url": request.build_absolute_uri("/v1"),
+                    "model": _example_model(key),
+                },
+            )
+    return render(request, "gateway/key_form.html", {"form": form})
+
+
+def _managed_key(request, pk: int) -> tuple[Actor, ApiKey]:
+    actor = actor_of(request)
+    key = gate.get_visible(actor, ApiKey, pk=pk)
+    gate.require(actor, "apikey.manage", key)
+    return actor, key
+
+
+@GET_POST
+def key_edit(request, pk: int):
+    """Permission: the key is visible (its team's members, org-wide roles), else 404, and ``apikey.manage``
+    on it (owner or developer of its team), else 403. Changes scopes, addresses, limits and budgets; a
+    revoked key can no longer be changed."""
+    actor, key = _managed_key(request, pk)
+    if request.method == "POST" and key.revoked_at is None:
+        form = KeyEditForm(request.POST, key=key)
+        if form.is_valid():
+            try:
+                services.update_key(actor=actor, key=key, **form.limits())
+            except DomainError as exc:
+                apply_serving_error(form, exc)
+            else:
+                messages.success(request, f"Key “{key.name}” saved; the gateway applies it within seconds.")
+                return redirect("apikey-list")
+    else:
+        if request.method == "POST":
+            messages.error(request, f"Key “{key.name}” is revoked; its limits can no longer be changed.")
+        form = KeyEditForm(key=key)
+    _with_month_usage([key])
+    return render(request, "gateway/key_edit.html", {"form": form, "key": key, "month": month_start()})
+
+
+@GET_POST
+def key_revoke(request, pk: int):
+    """Permission: visible (else 404) and ``apikey.manage`` (owner or developer, else 403). GET asks to
+    confirm; the revocation is refused at once by every gateway process."""
+    actor, key = _managed_key(request, pk)
+    if request.method == "POST":
+        try:
+            services.revoke_key(actor=actor, key=key)
+        except (Invalid, Conflict) as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, f"Key “{key.name}” revoked; calls with it are refused from now on.")
+        return redirect("apikey-list")
+    key.status = _key_status(key)
+    return render(request, "gateway/key_revoke.html", {"key": key})
+
+
+# --- Usage -----------------------------------------------------------------------------------------
+def _days(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def _daily(rows, days: list[date]) -> list[dict]:
+    """One figure set per day of the period, zeros where nothing was called."""
+    by_day = {
+        row["day"].date(): _figures(row)
+        for row in rows.annotate(day=TruncDay("hour", tzinfo=UTC))
+        .values("day")
+        .annotate(**_aggregates())
+        .order_by("day")
+    }
+    empty = _figures({})
+    return [{"day": day, **by_day.get(day, empty)} for day in days]
+
+
+def _charts(daily: list[dict]) -> dict:
+    days = [row["day"] for row in daily]
+
+    def series(label: str, field: str, tone: str) -> charts.Series:
+        return charts.Series(label, [row[field] for row in daily], tone)
+
+    idle = [row["requests"] == 0 for row in daily]
+    return {
+        "tokens": charts.bar_chart(
+            days, [series("Input", "input_tokens", "input"), series("Output", "output_tokens", "output")]
+        ),
+        "requests": charts.bar_chart(days, [series("Requests", "requests", "requests")]),
+        "errors": charts.bar_chart(days, [series("Errors", "errors", "errors")]),
+        "latency": charts.line_chart(
+            days, [series("p50", "p50", "p50"), series("p95", "p95", "p95")], unit="ms", gaps=idle
+        ),
+    }
+
+
+def _by(rows, field: str) -> list[dict]:
+    grouped = rows.values(field).annotate(**_aggregates()).order_by("-requests_sum", field)[:TABLE_ROWS]
+    return [{"group": row[field], **_figures(row)} for row in grouped]
+
+
+def _usage_context(actor: Actor, form: UsageFilterForm) -> dict:
+    data = form.cleaned_data
+    period = data["days"]
+    today = timezone.now().astimezone(UTC).date()
+    first = today - timedelta(days=period - 1)
+    visible = UsageHourly.objects.filter(team_id__in=gate.visible(actor, Team).values("pk"))
+    rows = visible.filter(hour__gte=datetime.combine(first, datetime.min.time(), tzinfo=UTC))
+    if data["team"]:
+        rows = rows.filter(team_id=data["team"].pk)
+    if data["endpoint"]:
+        rows = rows.filter(endpoint=data["endpoint"])
+    if data["key"]:
+        rows = rows.filter(api_key_id=data["key"].pk)
+    totals = _figures(rows.aggregate(**_aggregates()))
+    context = {"period": period, "first": first, "last": today, "totals": totals, "filtered": _filtered(data)}
+    if not totals["requests"]:
+        context["ever_used"] = visible.exists()
+        return context
+    teams = _by(rows, "team_id")
+    names = Team.objects.in_bulk([row["group"] for row in teams if row["group"] is not None])
+    for row in teams:
+        row["team"] = names.get(row["group"])
+    keys = _by(rows, "api_key_id")
+    key_objects = ApiKey.objects.select_related("team").in_bulk([r["group"] for r in keys if r["group"]])
+    for row in keys:
+        row["key"] = key_objects.get(row["group"])
+    daily = _daily(rows, _days(first, today))
+    context |= {
+        "charts": _charts(daily),
+        "daily": daily,
+        "by_team": teams,
+        "by_endpoint": _by(rows, "endpoint"),
+        "by_key": keys,
+        "table_rows": TABLE_ROWS,
+    }
+    return context
+
+
+def _filtered(data: dict) -> bool:
+    return bool(data.get("team") or data.get("endpoint") or data.get("key"))
+
+
+@require_GET
+def usage(request):
+    """Permission: any signed-in user; every figure comes from the hourly rollups of the teams
+    ``gate.visible`` shows them (their own teams; every team to org-wide roles). htmx gets the results."""
+    actor = actor_of(request)
+    since = timezone.now() - timedelta(days=ENDPOINT_CHOICE_DAYS)
+    endpoints = list(
+        UsageHourly.objects.filter(team_id__in=gate.visible(actor, Team).values("pk"), hour__gte=since)
+        .order_by("endpoint")
+        .values_list("endpoint", flat=True)
+        .distinct()
+    )
+    data = request.GET.copy()
+    data.setdefault("days", str(DEFAULT_PERIOD))
+    form = UsageFilterForm(data, actor=actor, endpoints=endpoints)
+    context = {"form": form}
+    if form.is_valid():
+        context |= _usage_context(actor, form)
+    template = "gateway/partials/usage_results.html" if wants_fragment(request) else "gateway/usage.html"
+    response = render(request, template, context)
+    patch_vary_headers(response, ["HX-Request"])
+    return response

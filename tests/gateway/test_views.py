@@ -1,0 +1,397 @@
+"""The API-key pages (secret shown once, limits, revocation) and the usage dashboard, behind the gate."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from portfolio.accounts import secrets_hashing
+from portfolio.audit.models import AuditEvent
+from serving.gateway import services
+from serving.gateway.models import ApiKey, UsageHourly
+from serving.gateway.views import month_start
+from serving.models import Endpoint
+from tests.conftest import actor_for
+
+pytestmark = pytest.mark.django_db
+
+HTMX = {"HTTP_HX_REQUEST": "true"}
+SECRET = re.compile(r"slm_[a-z0-9]{12}_[A-Za-z0-9_\-]{16,}")
+
+
+@pytest.fixture(autouse=True)
+def _no_gateway_processes(monkeypatch):
+    """No gateway runs in these tests: revocations are not announced to one."""
+    from serving.gateway import keystate
+
+    monkeypatch.setattr(keystate, "mark_revoked", lambda key_id: None)
+    monkeypatch.setattr(keystate, "invalidate", lambda key_id: None)
+
+
+@pytest.fixture
+def signed_in(client):
+    def sign_in(user):
+        client.force_login(user)
+        return client
+
+    return sign_in
+
+
+@pytest.fixture
+def endpoints(team, other_team):
+    return {
+        "support": Endpoint.objects.create(name="support-bot", owner_team=team),
+        "triage": Endpoint.objects.create(name="ticket-triage", owner_team=team),
+        "contracts": Endpoint.objects.create(name="clause-finder", owner_team=other_team),
+    }
+
+
+@pytest.fixture
+def key(org, team):
+    key, _ = services.create_key(
+        actor=actor_for(org["developer"]), team=team, name="router prod", rpm_limit=60
+    )
+    return key
+
+
+@pytest.fixture
+def other_key(org, other_team):
+    key, _ = services.create_key(actor=actor_for(org["outsider"]), team=other_team, name="contracts batch")
+    return key
+
+
+def rollup(key: ApiKey | None, hour: datetime, *, endpoint: str = "support-bot", team_id=None, **figures):
+    values = {
+        "requests": 10,
+        "errors": 1,
+        "input_tokens": 1000,
+        "output_tokens": 500,
+        "latency_ms_sum": 2000,
+        "latency_p50_ms": 150,
+        "latency_p95_ms": 400,
+        "cost": Decimal("0.25"),
+    } | figures
+    return UsageHourly.objects.create(
+        hour=hour,
+        api_key=key,
+        team_id=team_id if team_id is not None else key.team_id,
+        department_id=key.team.department_id if key else None,
+        endpoint=endpoint,
+        **values,
+    )
+
+
+def this_hour(hours_ago: int = 0) -> datetime:
+    return timezone.now().astimezone(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(
+        hours=hours_ago
+    )
+
+
+# --- Creating a key --------------------------------------------------------------------------------
+def test_a_developer_creates_a_key_and_sees_the_secret_once(signed_in, org, team, endpoints):
+    client = signed_in(org["developer"])
+    response = client.post(
+        reverse("apikey-create"),
+        {
+            "name": "ticket router",
+            "team": team.pk,
+            "scopes": ["support-bot"],
+            "allowed_ips": "10.0.0.0/8, 192.168.1.7",
+            "rpm_limit": "120",
+            "tpm_limit": "50000",
+            "monthly_token_budget": "2000000",
+            "monthly_budget": "150.00",
+            "expires_on": (timezone.now() + timedelta(days=30)).date().isoformat(),
+        },
+    )
+    assert response.status_code == 200
+    assert "no-store" in response["Cache-Control"]
+    secret = SECRET.search(response.content.decode()).group(0)
+    key = ApiKey.objects.get(name="ticket router")
+    assert secret.startswith(f"slm_{key.key_id}_")
+    assert key.scopes == ["support-bot"]
+    assert key.allowed_ips == ["10.0.0.0/8", "192.168.1.7/32"]
+    assert (key.rpm_limit, key.tpm_limit, key.monthly_token_budget) == (120, 50000, 2_000_000)
+    assert key.monthly_budget == Decimal("150.00")
+    assert key.expires_at.astimezone(UTC).time() == datetime.min.time()
+    # The example snippets call the gateway on this host with an endpoint the key may call.
+    assert "http://testserver/v1" in response.content.decode()
+    assert '"model": "support-bot"' in response.content.decode()
+
+    # Only the keyed hash is stored; the secret is in no row, no audit event, no session, no message.
+    assert key.secret_hash == secrets_hashing.keyed_hash(secret)
+    assert secret not in json.dumps(list(ApiKey.objects.values()), default=str)
+    event = AuditEvent.objects.get(action="apikey.create")
+    assert event.object_id == str(key.pk)
+    assert secret not in json.dumps([event.before, event.after, event.object_repr])
+    assert secret not in json.dumps(dict(client.session.items()), default=str)
+    listing = client.get(reverse("apikey-list"))
+    assert key.display_prefix in listing.content.decode()
+    assert secret not in listing.content.decode()
+    assert not SECRET.search(listing.content.decode())
+
+
+def test_a_viewer_gets_403_creating_a_key(signed_in, org, team):
+    client = signed_in(org["viewer"])
+    assert client.get(reverse("apikey-create")).status_code == 403
+    response = client.post(reverse("apikey-create"), {"name": "mine", "team": team.pk})
+    assert response.status_code == 403
+    assert not ApiKey.objects.exists()
+
+
+def test_a_key_for_a_team_the_actor_cannot_see_is_404(signed_in, org, other_team):
+    response = signed_in(org["developer"]).post(
+        reverse("apikey-create"), {"name": "x", "team": other_team.pk}
+    )
+    assert response.status_code == 404
+    assert not ApiKey.objects.exists()
+
+
+def test_scopes_must_be_endpoints_of_the_chosen_team(signed_in, org, team, endpoints):
+    response = signed_in(org["admin"]).post(
+        reverse("apikey-create"), {"name": "x", "team": team.pk, "scopes": ["clause-finder"]}
+    )
+    assert response.status_code == 200
+    assert response.context["form"].errors["scopes"] == ["clause-finder is not an endpoint of Support AI."]
+    assert not ApiKey.objects.exists()
+
+
+def test_a_bad_ip_range_is_shown_next_to_its_field(signed_in, org, team):
+    response = signed_in(org["owner"]).post(
+        reverse("apikey-create"), {"name": "x", "team": team.pk, "allowed_ips": "10.0.0.0/8, not-an-ip"}
+    )
+    assert response.status_code == 200
+    assert response.context["form"].errors["allowed_ips"] == [
+        "'not-an-ip' is not an IP address or CIDR range."
+    ]
+    assert not ApiKey.objects.exists()
+
+
+def test_the_form_offers_only_endpoints_of_teams_the_actor_manages(signed_in, org, endpoints):
+    page = signed_in(org["developer"]).get(reverse("apikey-create")).content.decode()
+    assert "support-bot" in page and "ticket-triage" in page
+    assert "clause-finder" not in page
+
+
+# --- The list --------------------------------------------------------------------------------------
+def test_the_list_shows_limits_status_and_this_months_usage_per_key(signed_in, org, team, key):
+    rollup(key, this_hour(), requests=7, input_tokens=300, output_tokens=200)
+    rollup(key, month_start() - timedelta(hours=1), requests=1000)  # last month: not counted
+    revoked, _ = services.create_key(actor=actor_for(org["owner"]), team=team, name="old script")
+    services.revoke_key(actor=actor_for(org["owner"]), key=revoked)
+    response = signed_in(org["developer"]).get(reverse("apikey-list"))
+    page = response.content.decode()
+    assert "router prod" in page and key.display_prefix in page
+    assert "60 requests/min" in page
+    sections = response.context["sections"]
+    assert [s["team"] for s in sections] == [team]
+    listed = {k.name: k for k in sections[0]["keys"]}
+    assert (listed["router prod"].month_requests, listed["router prod"].month_tokens) == (7, 500)
+    assert listed["router prod"].status == "active"
+    assert listed["old script"].status == "revoked"
+    assert reverse("apikey-revoke", args=[revoked.pk]) not in page
+    assert "{#" not in page and "{%" not in page
+
+
+def test_a_team_without_keys_offers_its_members_to_create_the_first_one(signed_in, org, team, other_key):
+    response = signed_in(org["developer"]).get(reverse("apikey-list"))
+    assert [(s["team"], s["keys"]) for s in response.context["sections"]] == [(team, [])]
+    assert f"{reverse('apikey-create')}?team={team.pk}" in response.content.decode()
+    # Org-wide roles see the teams that have keys, not every team of the organisation.
+    auditor = signed_in(org["auditor"]).get(reverse("apikey-list"))
+    assert [s["team"].pk for s in auditor.context["sections"]] == [other_key.team_id]
+
+
+def test_the_list_shows_no_team_the_actor_does_not_manage_keys_of(signed_in, org, key, other_key):
+    engineer = signed_in(org["engineer"]).get(reverse("apikey-list"))
+    assert engineer.context["sections"] == []
+    assert key.name not in engineer.content.decode()
+    outsider = signed_in(org["outsider"]).get(reverse("apikey-list")).content.decode()
+    assert "contracts batch" in outsider and key.name not in outsider
+
+
+def test_an_auditor_sees_every_teams_keys_read_only(signed_in, org, key, other_key):
+    response = signed_in(org["auditor"]).get(reverse("apikey-list"))
+    page = response.content.decode()
+    assert key.name in page and other_key.name in page
+    assert all(not section["can_manage"] for section in response.context["sections"])
+    assert reverse("apikey-edit", args=[key.pk]) not in page
+    assert reverse("apikey-create") not in page
+
+
+def test_the_list_costs_the_same_queries_for_more_keys(signed_in, org, team, key):
+    client = signed_in(org["developer"])
+    rollup(key, this_hour())
+    with CaptureQueriesContext(connection) as few:
+        client.get(reverse("apikey-list"))
+    for n in range(5):
+        more, _ = services.create_key(actor=actor_for(org["owner"]), team=team, name=f"key {n}", rpm_limit=5)
+        rollup(more, this_hour())
+    with CaptureQueriesContext(connection) as many:
+        assert client.get(reverse("apikey-list")).status_code == 200
+    assert len(many) == len(few)
+
+
+# --- Editing and revoking --------------------------------------------------------------------------
+def test_an_outsider_gets_404_on_the_teams_key_edit_page(signed_in, org, key):
+    client = signed_in(org["outsider"])
+    assert client.get(reverse("apikey-edit", args=[key.pk])).status_code == 404
+    assert client.post(reverse("apikey-edit", args=[key.pk]), {"rpm_limit": "1"}).status_code == 404
+    assert client.post(reverse("apikey-revoke", args=[key.pk])).status_code == 404
+    key.refresh_from_db()
+    assert key.rpm_limit == 60 and key.revoked_at is None
+
+
+def test_a_viewer_gets_403_on_the_key_edit_page(signed_in, org, key):
+    assert signed_in(org["viewer"]).get(reverse("apikey-edit", args=[key.pk])).status_code == 403
+
+
+def test_a_developer_changes_the_limits_and_it_is_audited(signed_in, org, key, endpoints):
+    client = signed_in(org["developer"])
+    page = client.get(reverse("apikey-edit", args=[key.pk]))
+    assert page.status_code == 200
+    assert page.context["form"]["rpm_limit"].value() == 60
+    response = client.post(
+        reverse("apikey-edit", args=[key.pk]),
+        {"scopes": ["ticket-triage"], "allowed_ips": "", "rpm_limit": "30", "monthly_token_budget": "1000"},
+    )
+    assert response.status_code == 302
+    key.refresh_from_db()
+    assert (key.scopes, key.rpm_limit, key.tpm_limit, key.monthly_token_budget) == (
+        ["ticket-triage"],
+        30,
+        None,
+        1000,
+    )
+    event = AuditEvent.objects.get(action="apikey.update")
+    assert (event.before["rpm_limit"], event.after["rpm_limit"]) == (60, 30)
+
+
+def test_revoking_with_the_form_sets_revoked_at_and_is_audited(signed_in, org, key):
+    client = signed_in(org["owner"])
+    confirm = client.get(reverse("apikey-revoke", args=[key.pk]))
+    assert confirm.status_code == 200
+    assert "This cannot be undone" in confirm.content.decode()
+    response = client.post(reverse("apikey-revoke", args=[key.pk]), follow=True)
+    assert response.redirect_chain[-1][0] == reverse("apikey-list")
+    key.refresh_from_db()
+    assert key.revoked_at is not None
+    event = AuditEvent.objects.get(action="apikey.revoke")
+    assert event.object_id == str(key.pk) and event.after["revoked"] is True
+    assert "revoked" in response.content.decode()
+    # A revoked key's limits can no longer be changed from the page.
+    client.post(reverse("apikey-edit", args=[key.pk]), {"rpm_limit": "1"})
+    key.refresh_from_db()
+    assert key.rpm_limit == 60
+
+
+# --- Usage -----------------------------------------------------------------------------------------
+def test_the_usage_page_shows_rolled_up_numbers(signed_in, org, key):
+    rollup(key, this_hour(), requests=1200, errors=12, input_tokens=40_000, output_tokens=9_000)
+    rollup(
+        key,
+        this_hour(48),
+        endpoint="ticket-triage",
+        requests=300,
+        errors=0,
+        input_tokens=6_000,
+        output_tokens=1_000,
+    )
+    response = signed_in(org["viewer"]).get(reverse("usage"))
+    assert response.status_code == 200
+    totals = response.context["totals"]
+    assert (totals["requests"], totals["errors"]) == (1500, 12)
+    assert (totals["input_tokens"], totals["output_tokens"], totals["tokens"]) == (46_000, 10_000, 56_000)
+    assert totals["error_rate"] == "0.8"
+    page = response.content.decode()
+    assert "1,500" in page and "56,000" in page
+    assert {row["group"]: row["requests"] for row in response.context["by_endpoint"]} == {
+        "support-bot": 1200,
+        "ticket-triage": 300,
+    }
+    assert [(row["key"], row["requests"]) for row in response.context["by_key"]] == [(key, 1500)]
+    assert [row["team"].pk for row in response.context["by_team"]] == [key.team_id]
+    assert len(response.context["daily"]) == 30
+    assert sum(day["requests"] for day in response.context["daily"]) == 1500
+
+
+def test_daily_latency_percentiles_are_weighted_by_requests(signed_in, org, key):
+    rollup(key, this_hour(), requests=30, latency_p50_ms=100, latency_p95_ms=300)
+    rollup(key, this_hour(), endpoint="ticket-triage", requests=10, latency_p50_ms=500, latency_p95_ms=900)
+    today = signed_in(org["owner"]).get(reverse("usage")).context["daily"][-1]
+    assert (today["p50"], today["p95"]) == (200, 450)
+
+
+def test_an_outsider_does_not_see_team_a_numbers(signed_in, org, key, other_key):
+    rollup(key, this_hour(), requests=4242, endpoint="support-bot")
+    rollup(other_key, this_hour(), requests=17, endpoint="clause-finder")
+    client = signed_in(org["outsider"])
+    response = client.get(reverse("usage"))
+    assert response.context["totals"]["requests"] == 17
+    page = response.content.decode()
+    assert "4,242" not in page and "support-bot" not in page and key.name not in page
+    # Nor by naming team A or its key in the filters.
+    refused = client.get(reverse("usage"), {"team": key.team_id, "key": key.pk})
+    assert "totals" not in refused.context
+    assert "4,242" not in refused.content.decode()
+
+
+def test_the_charts_render_svg(signed_in, org, key):
+    for day in range(10):
+        rollup(key, this_hour(24 * day), requests=10 + day, input_tokens=100 * day, output_tokens=50)
+    response = signed_in(org["developer"]).get(reverse("usage"), {"days": "7"})
+    page = response.content.decode()
+    assert page.count('<svg class="chart') == 4
+    assert 'class="chart-bar chart-bar--input"' in page
+    assert 'class="chart-line chart-line--p95"' in page
+    assert len(response.context["daily"]) == 7
+    # No inline style or script in the charts (CSP).
+    charts = page[page.index('<div class="grid-2 usage-charts">') :]
+    assert "style=" not in charts and "<script" not in charts
+    assert "{#" not in page and "{%" not in page
+
+
+def test_filters_narrow_the_figures_and_htmx_gets_only_the_results(signed_in, org, team, key):
+    second, _ = services.create_key(actor=actor_for(org["owner"]), team=team, name="batch")
+    rollup(key, this_hour(), requests=5)
+    rollup(second, this_hour(), requests=8)
+    response = signed_in(org["owner"]).get(reverse("usage"), {"key": second.pk, "days": "90"}, **HTMX)
+    assert response.context["totals"]["requests"] == 8
+    assert response.context["period"] == 90
+    page = response.content.decode()
+    assert page.lstrip().startswith('<div id="usage-results"')
+    assert "<html" not in page
+
+
+def test_with_no_usage_the_page_says_when_it_will_appear(signed_in, org, key):
+    page = signed_in(org["developer"]).get(reverse("usage")).content.decode()
+    assert "No usage yet" in page
+    assert "about a minute after the first calls" in page
+    assert '<svg class="chart' not in page
+
+
+def test_the_usage_page_reads_the_rollups_not_the_events(signed_in, org, key):
+    rollup(key, this_hour())
+    with CaptureQueriesContext(connection) as queries:
+        signed_in(org["owner"]).get(reverse("usage"))
+    assert not [q["sql"] for q in queries if "gateway_usageevent" in q["sql"]]
+
+
+def test_the_dashboard_links_the_pages_that_exist(signed_in, org):
+    response = signed_in(org["developer"]).get(reverse("dashboard"))
+    page = response.content.decode()
+    assert f'href="{reverse("apikey-list")}"' in page
+    assert f'href="{reverse("usage")}"' in page
+    assert f'href="{reverse("deployment-list")}"' in page
+    # "coming soon" only for the parts of the platform with no page yet.
+    unbuilt = [c for c in response.context["capabilities"] if not c["available"]]
+    assert page.count("coming soon") == len(unbuilt)
+    assert "API keys, usage and billing" not in {c["name"] for c in unbuilt}

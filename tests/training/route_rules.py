@@ -1,0 +1,60 @@
+"""The permission decision of each training page, for tests/test_route_permissions.py, with the objects those
+pages act on (``build_world``) and where their URL arguments come from (``UI_KWARGS``).
+
+The world values the rules use: ``slug`` (the team), ``dataset`` (its name), ``dataset_id``, ``number`` (1,
+the dataset's first version) and ``filename`` (a file of that version)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from tests.permissions import Rule, ui
+from training import services
+from training.choices import DatasetKind
+
+ROWS = [
+    {
+        "messages": [
+            {"role": "user", "content": f"Ticket {i}: I was charged twice"},
+            {"role": "assistant", "content": "billing"},
+        ]
+    }
+    for i in range(12)
+]
+CONTENT = "".join(json.dumps(row) + "\n" for row in ROWS).encode()
+
+UI_ROUTES: dict[str, Rule] = {
+    "training-list": ui("signed_in"),
+    "dataset-create": ui("team", "training.run", "POST", name="new-set", owner_team="{team_id}", kind="chat"),
+    "dataset-detail": ui("team", "model.view"),
+    "dataset-upload": ui(
+        "team", "training.run", "POST", file="<dataset.jsonl>", eval_fraction="0.1", seed="42"
+    ),
+    "dataset-version": ui("team", "model.view"),
+}
+
+# URL keyword argument -> the world value it takes, per route (routes not named here take none).
+UI_KWARGS: dict[str, dict[str, str]] = {
+    "dataset-detail": {"team": "slug", "name": "dataset"},
+    "dataset-upload": {"team": "slug", "name": "dataset"},
+    "dataset-version": {"team": "slug", "name": "dataset", "number": "number"},
+}
+
+
+def ui_kwargs(route: str, values: dict) -> dict:
+    return {kwarg: values[key] for kwarg, key in UI_KWARGS.get(route, {}).items()}
+
+
+def dataset_upload() -> io.BytesIO:
+    """A fresh file object for each call (a client reads it to the end)."""
+    upload = io.BytesIO(CONTENT.replace(b"twice", b"three times"))
+    upload.name = "tickets.jsonl"
+    return upload
+
+
+def build_world(*, actor, team) -> dict:
+    """A chat dataset of ``team`` with one version of 12 rows."""
+    dataset = services.create_dataset(actor=actor, owner_team=team, name="tickets", kind=DatasetKind.CHAT)
+    services.upload_version(actor=actor, dataset=dataset, chunks=[CONTENT], filename="tickets.jsonl")
+    return {"dataset": dataset.name, "dataset_id": dataset.pk, "filename": "train.jsonl"}

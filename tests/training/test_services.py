@@ -1,0 +1,177 @@
+"""Dataset versions: validated whole or not at all, split, measured, stored by content, audited."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+from portfolio.audit.models import AuditEvent
+from portfolio.errors import Conflict, Forbidden, Invalid, NotFound
+from portfolio.registry.models import Artifact
+from tests.conftest import actor_for
+from tests.training.conftest import chat, jsonl, tickets, upload
+from training import services
+from training.choices import DatasetKind
+from training.models import Dataset, DatasetVersion
+
+pytestmark = pytest.mark.django_db
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_valid_chat_file_becomes_a_version_with_a_split_and_statistics(engineer, chat_set, settings):
+    rows = tickets(40)
+    version, created = upload(engineer, chat_set, jsonl(*rows, "", rows[0]))
+    assert created and version.number == 1
+    assert (version.row_count, version.train_count, version.eval_count) == (40, 36, 4)
+    assert version.shape == DatasetKind.CHAT and version.status == "ready"
+    assert version.stats["duplicates"] == 1 and version.stats["empty_lines"] == 1
+    assert version.stats["duplicate_lines"] == [[42, 1]] and version.stats["empty_line_numbers"] == [41]
+    lengths = version.stats["lengths"]
+    assert lengths["unit"] == "characters" and lengths["tokenizer"] is None
+    assert lengths["min"] <= lengths["p50"] <= lengths["p95"] <= lengths["max"]
+    assert sum(lengths["histogram"]["counts"]) == 40
+    assert {f["path"] for f in version.artifact.files} == {"train.jsonl", "eval.jsonl", "original.jsonl"}
+
+    files = services.dataset_files(version)
+    train, evaluation = read_rows(files.train), read_rows(files.eval)
+    assert len(train) == 36 and len(evaluation) == 4
+
+    def canonical(row):
+        return json.dumps(row, sort_keys=True)
+
+    assert sorted(map(canonical, train + evaluation)) == sorted(map(canonical, rows))
+    assert files.original.read_bytes() == jsonl(*rows, "", rows[0])
+    assert list((Path(settings.DATA_DIR) / "work").iterdir()) == []  # no work files left behind
+    event = AuditEvent.objects.get(action="dataset_version.create")
+    assert (
+        event.after["rows"] == {"total": 40, "train": 36, "eval": 4}
+        and event.team_id == chat_set.owner_team_id
+    )
+
+
+def test_identical_rows_uploaded_again_return_the_existing_version(engineer, chat_set):
+    rows = tickets(12)
+    first, _ = upload(engineer, chat_set, jsonl(*rows))
+    # Same rows, other spacing and a different split request: still the same content.
+    again, created = upload(
+        engineer, chat_set, "\n".join(json.dumps(r, indent=None) for r in rows).encode(), seed=7
+    )
+    assert not created and again.pk == first.pk
+    assert DatasetVersion.objects.count() == 1
+    second, created = upload(engineer, chat_set, jsonl(*rows[:11]))
+    assert created and second.number == 2
+
+
+def test_a_malformed_file_yields_line_numbered_errors_and_no_version_or_artifact(
+    engineer, chat_set, settings
+):
+    content = jsonl(
+        chat("a", "billing"),
+        chat("b", "technical"),
+        '{"messages": [',
+        chat("c", "account"),
+        "",
+        chat("d", "shipping"),
+        {"messages": [{"role": "user", "content": "no answer"}]},
+        chat("e", "billing"),
+        {"messages": [{"role": "customer", "content": "x"}, {"role": "assistant", "content": "y"}]},
+    )
+    with pytest.raises(Invalid) as caught:
+        upload(engineer, chat_set, content)
+    error = caught.value
+    assert error.code == "invalid_dataset"
+    assert [line.split(":")[0] for line in error.fields["file"]] == ["line 3", "line 7", "line 9"]
+    assert "3 problems in 9 lines" in error.message and "No version was created" in error.message
+    assert error.report.empty_line_numbers == [5]
+    assert not DatasetVersion.objects.exists() and not Artifact.objects.exists()
+    assert not AuditEvent.objects.filter(action="dataset_version.create").exists()
+    assert list((Path(settings.DATA_DIR) / "work").iterdir()) == []
+
+
+def test_an_empty_file_or_an_oversized_upload_is_refused(engineer, chat_set, settings):
+    with pytest.raises(Invalid, match="no rows"):
+        upload(engineer, chat_set, b"\n\n")
+    settings.MAX_UPLOAD_BYTES = 100
+    with pytest.raises(Invalid, match="exceeds the limit"):
+        upload(engineer, chat_set, jsonl(*tickets(5)))
+    assert not DatasetVersion.objects.exists()
+
+
+def test_classification_split_is_stratified_and_labels_are_counted(engineer, labels_set):
+    rows = [
+        {"text": f"message {i} about {label}", "label": label}
+        for label, n in (("billing", 40), ("technical", 30), ("account", 20), ("other", 10))
+        for i in range(n)
+    ]
+    version, _ = upload(engineer, labels_set, jsonl(*rows), eval_fraction=0.2)
+    assert version.labels == [
+        {"label": "billing", "count": 40, "train": 32, "eval": 8},
+        {"label": "technical", "count": 30, "train": 24, "eval": 6},
+        {"label": "account", "count": 20, "train": 16, "eval": 4},
+        {"label": "other", "count": 10, "train": 8, "eval": 2},
+    ]
+    evaluation = read_rows(services.dataset_files(version).eval)
+    assert len(evaluation) == version.eval_count == 20
+
+
+def test_token_statistics_use_the_base_versions_tokenizer_and_flag_rows_over_its_context(
+    engineer, chat_set, smollm2
+):
+    from transformers import AutoTokenizer
+
+    from training import tokens
+
+    short = chat("I was charged twice", "billing", system=None)
+    long = chat("My order " + "never arrived and " * 12 + "I want a refund.", "shipping", system=None)
+    version, _ = upload(engineer, chat_set, jsonl(short, long, short), base_version=smollm2)
+    lengths = version.stats["lengths"]
+    assert lengths["unit"] == "tokens" and lengths["tokenizer"] == "smollm2-135m-instruct:v1"
+    assert lengths["chat_template"] is True
+    tokenizer = AutoTokenizer.from_pretrained(tokens.tokenizer_folder(smollm2))
+    expected = [
+        len(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"])
+        for row in (short, long)
+    ]
+    assert (lengths["min"], lengths["max"]) == (min(expected), max(expected))
+    assert expected[0] <= 48 < expected[1]
+    assert lengths["over_context"] == 1 and lengths["over_context_lines"] == [2]
+    assert version.tokenizer_version == smollm2 and version.context_length == 48
+
+
+def test_only_owners_and_engineers_create_datasets_and_upload(org, team, chat_set):
+    viewer, outsider = actor_for(org["viewer"]), actor_for(org["outsider"])
+    with pytest.raises(Forbidden):
+        services.create_dataset(actor=viewer, owner_team=team, name="mine")
+    with pytest.raises(Forbidden):
+        upload(viewer, chat_set, jsonl(*tickets(3)))
+    with pytest.raises(NotFound):
+        upload(outsider, chat_set, jsonl(*tickets(3)))
+    assert not DatasetVersion.objects.exists()
+
+
+def test_dataset_names_are_unique_per_team_only(engineer, org, team, other_team, chat_set):
+    with pytest.raises(Conflict):
+        services.create_dataset(actor=engineer, owner_team=team, name="Tickets")
+    other = services.create_dataset(actor=actor_for(org["outsider"]), owner_team=other_team, name="tickets")
+    assert other.name == "tickets"
+    with pytest.raises(Invalid, match="name"):
+        services.create_dataset(actor=engineer, owner_team=team, name="no spaces please")
+    assert AuditEvent.objects.filter(action="dataset.create").count() == 2
+
+
+def test_the_demo_command_registers_the_ticket_routing_set_once(org, team, settings):
+    team.slug = "demo"
+    team.save(update_fields=["slug"])
+    call_command("seed_demo_dataset")
+    call_command("seed_demo_dataset")
+    dataset = Dataset.objects.get(owner_team=team, name="ticket-routing")
+    version = dataset.versions.get()
+    assert version.row_count == 80 and (version.train_count, version.eval_count) == (72, 8)
+    answers = [row["messages"][-1]["content"] for row in read_rows(services.dataset_files(version).train)]
+    assert set(answers) == {"billing", "technical", "account", "shipping"}

@@ -1,0 +1,70 @@
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from portfolio.accounts.actor import Actor
+from portfolio.accounts.models import Team
+from portfolio.registry.choices import VersionKind, VersionStatus
+from portfolio.registry.demo_model import MODEL_NAME
+from portfolio.registry.models import ModelVersion
+from training import services
+from training.choices import DatasetKind
+from training.models import Dataset
+
+DEMO_FILE = Path(__file__).resolve().parents[2] / "demo_data" / "ticket_routing.jsonl"
+DATASET_NAME = "ticket-routing"
+DESCRIPTION = (
+    "Customer-support tickets routed to one of four queues (billing, technical, account, shipping): "
+    "the demo fine-tuning set for smollm2-135m-instruct."
+)
+
+
+class Command(BaseCommand):
+    help = (
+        "Register the demo ticket-routing dataset (80 support tickets in chat shape, four queues) for the demo "
+        "team, measured with the demo model's tokenizer when it is ready. Idempotent."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--team", default="demo", help="slug of the owner team (default: demo)")
+
+    def handle(self, *args, team: str, **options):
+        owner = Team.objects.filter(slug=team).first()
+        if owner is None:
+            raise CommandError(f"No team with slug {team!r}; run `manage.py seed_demo` or pass --team.")
+        actor = Actor.for_system("demo")
+        dataset = Dataset.objects.filter(owner_team=owner, name=DATASET_NAME).first()
+        if dataset is None:
+            dataset = services.create_dataset(
+                actor=actor,
+                owner_team=owner,
+                name=DATASET_NAME,
+                kind=DatasetKind.CHAT,
+                description=DESCRIPTION,
+            )
+        latest = dataset.versions.order_by("-number").first()
+        if latest is not None:
+            self.stdout.write(f"Demo dataset ready: {dataset} v{latest.number}.")
+            return
+        base = (
+            ModelVersion.objects.filter(
+                model__name=MODEL_NAME, kind=VersionKind.BASE, status=VersionStatus.READY
+            )
+            .order_by("-number")
+            .first()
+        )
+        with DEMO_FILE.open("rb") as handle:
+            version, _ = services.upload_version(
+                actor=actor,
+                dataset=dataset,
+                chunks=iter(lambda: handle.read(64 * 1024), b""),
+                filename=DEMO_FILE.name,
+                base_version=base,
+            )
+        measured = f"tokens of {base.label}" if base else "characters (the demo model is not imported yet)"
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Demo dataset ready: {dataset} v{version.number}, {version.row_count} rows "
+                f"({version.train_count} train, {version.eval_count} eval), lengths in {measured}."
+            )
+        )

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.utils import timezone
+
+from portfolio.accounts.models import Team
+from portfolio.registry.models import Artifact, ModelVersion
+from training.choices import DatasetKind, DatasetVersionStatus
+
+dataset_name_validator = RegexValidator(
+    r"^[a-z0-9][a-z0-9._-]{1,79}$", "Use 2-80 lower-case letters, digits, dots, dashes or underscores."
+)
+
+
+class DatasetQuerySet(models.QuerySet):
+    def visible_to(self, actor) -> DatasetQuerySet:
+        if actor.is_org_wide:
+            return self
+        return self.filter(owner_team_id__in=actor.team_ids)
+
+
+class Dataset(models.Model):
+    """A named training dataset of one team, in one row shape, with its immutable versions."""
+
+    name = models.CharField(max_length=80, validators=[dataset_name_validator])
+    owner_team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="datasets")
+    kind = models.CharField(max_length=16, choices=DatasetKind.choices, default=DatasetKind.CHAT)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    objects = DatasetQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["owner_team__slug", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner_team", "name"], name="dataset_name_unique_per_team"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.owner_team.slug}/{self.name}"
+
+    @property
+    def team(self) -> Team:
+        return self.owner_team
+
+    def snapshot(self) -> dict:
+        return {
+            "name": self.name,
+            "owner_team": self.owner_team.slug,
+            "kind": self.kind,
+            "description": self.description,
+        }
+
+
+class DatasetVersionQuerySet(models.QuerySet):
+    def visible_to(self, actor) -> DatasetVersionQuerySet:
+        return self.filter(dataset__in=Dataset.objects.visible_to(actor))
+
+
+class DatasetVersion(models.Model):
+    """One validated, immutable upload of a dataset: normalized train/eval JSONL in the artifact store."""
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="versions")
+    number = models.PositiveIntegerField()
+    status = models.CharField(
+        max_length=10, choices=DatasetVersionStatus.choices, default=DatasetVersionStatus.READY
+    )
+    shape = models.CharField(max_length=16, choices=DatasetKind.choices)
+    artifact = models.ForeignKey(
+        Artifact,
+        on_delete=models.PROTECT,
+        related_name="dataset_versions",
+        help_text="train.jsonl, eval.jsonl (normalized rows) and original.jsonl (the upload as sent)",
+    )
+    content_sha256 = models.CharField(
+        max_length=64, help_text="sha256 of the normalized rows in upload order, one JSON object per line"
+    )
+    row_count = models.PositiveIntegerField(help_text="Rows kept: valid, non-empty, duplicates dropped")
+    train_count = models.PositiveIntegerField()
+    eval_count = models.PositiveIntegerField()
+    eval_fraction = models.FloatField()
+    split_seed = models.BigIntegerField()
+    stats = models.JSONField(default=dict, blank=True, help_text="Token lengths, duplicates, empty lines")
+    labels = models.JSONField(
+        default=list, blank=True, help_text="Classification: [{label, count, train, eval}] by count"
+    )
+    tokenizer_version = models.ForeignKey(
+        ModelVersion,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The base version whose tokenizer measured the rows; none: lengths in characters",
+    )
+    context_length = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The context length rows were checked against"
+    )
+    source_filename = models.CharField(max_length=255, blank=True)
+    size_bytes = models.BigIntegerField(help_text="Size of the upload as sent")
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    objects = DatasetVersionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["dataset_id", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["dataset", "number"], name="dataset_version_number_unique"),
+            # Uploading the same rows again returns the existing version instead of a copy.
+            models.UniqueConstraint(
+                fields=["dataset", "content_sha256"], name="dataset_version_content_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.dataset} v{self.number}"
+
+    @property
+    def team(self) -> Team:
+        return self.dataset.owner_team
+
+    @property
+    def owner_team_id(self) -> int:
+        # Lets the gate decide team-scoped actions on a version by its dataset's team.
+        return self.dataset.owner_team_id
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset.name}:v{self.number}"
+
+    def snapshot(self) -> dict:
+        return {
+            "dataset": str(self.dataset),
+            "number": self.number,
+            "shape": self.shape,
+            "artifact": self.artifact_id,
+            "content_sha256": self.content_sha256,
+            "rows": {"total": self.row_count, "train": self.train_count, "eval": self.eval_count},
+            "split": {"seed": self.split_seed, "eval_fraction": self.eval_fraction},
+            "tokenizer_version": self.tokenizer_version.label if self.tokenizer_version else None,
+            "source_filename": self.source_filename,
+        }

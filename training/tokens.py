@@ -1,0 +1,189 @@
+"""Row lengths in tokens of a base model's tokenizer (or in characters without one), and their statistics.
+
+Only the tokenizer's files are copied out of the base version's artifact (verified, cached per artifact),
+never its weights: counting tokens for a 17B model must not copy 30 GB. Chat rows are measured as the
+trainer will see them: rendered with the model's chat template when it has one.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from django.conf import settings
+
+from portfolio.registry.hashing import Manifest
+from portfolio.registry.models import ModelVersion
+from portfolio.registry.storage import materialize
+from portfolio.registry.stores import default_store
+from training.choices import DatasetKind
+
+TOKENIZER_FILES = frozenset(
+    {
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "tokenizer.model",
+        "vocab.json",
+        "vocab.txt",
+        "merges.txt",
+        "chat_template.json",
+        "chat_template.jinja",
+    }
+)
+BATCH = 256
+HISTOGRAM_BINS = 20
+MAX_FLAGGED = 50
+
+
+class TokenizerUnavailable(Exception):
+    """The version's artifact has no usable tokenizer."""
+
+
+@dataclass(frozen=True)
+class Measure:
+    """How rows are measured: ``tokenizer`` None means characters."""
+
+    tokenizer: object | None
+    version_label: str | None = None
+    context_length: int | None = None
+
+    @property
+    def unit(self) -> str:
+        return "tokens" if self.tokenizer is not None else "characters"
+
+    @property
+    def uses_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+
+def tokenizer_folder(version: ModelVersion) -> Path:
+    """A verified local copy of the tokenizer files of ``version``'s artifact."""
+    artifact = version.artifact
+    if artifact is None:
+        raise TokenizerUnavailable(f"{version.label} has no stored files.")
+    manifest = artifact.manifest()
+    entries = [entry for entry in manifest.files if entry.path in TOKENIZER_FILES]
+    if not any(
+        entry.path in ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt") for entry in entries
+    ):
+        raise TokenizerUnavailable(f"{version.label} has no tokenizer files.")
+    destination = Path(settings.ARTIFACT_CACHE) / "tokenizers" / artifact.id
+    return materialize(default_store(), Manifest.of(entries), destination)
+
+
+@lru_cache(maxsize=4)
+def _load(folder: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def measure_for(version: ModelVersion | None) -> Measure:
+    if version is None:
+        return Measure(tokenizer=None)
+    folder = tokenizer_folder(version)
+    try:
+        tokenizer = _load(str(folder))
+    except Exception as exc:  # transformers raises many kinds; all mean "not loadable"
+        raise TokenizerUnavailable(
+            f"The tokenizer of {version.label} could not be loaded ({exc.__class__.__name__})."
+        ) from exc
+    return Measure(tokenizer=tokenizer, version_label=version.label, context_length=version.context_length)
+
+
+def _plain_chat(messages: list[dict]) -> str:
+    return "\n".join(f"{message['role']}: {message['content']}" for message in messages)
+
+
+def _text_of(row: dict, shape: str, measure: Measure) -> str:
+    if shape == DatasetKind.CHAT:
+        if measure.uses_chat_template:
+            return measure.tokenizer.apply_chat_template(row["messages"], tokenize=False)  # type: ignore[union-attr]
+        return _plain_chat(row["messages"])
+    if shape == DatasetKind.COMPLETION:
+        return row["prompt"] + row["completion"]
+    return row["text"]
+
+
+def lengths(rows: Iterable[dict], shape: str, measure: Measure) -> Iterator[int]:
+    """The length of each row, in order, tokenized in batches."""
+    if measure.tokenizer is None:
+        for row in rows:
+            yield len(_text_of(row, shape, measure))
+        return
+    # A rendered chat template already holds the special tokens; other text gets the tokenizer's own.
+    special = not (shape == DatasetKind.CHAT and measure.uses_chat_template)
+    batch: list[str] = []
+    for row in rows:
+        batch.append(_text_of(row, shape, measure))
+        if len(batch) >= BATCH:
+            yield from _encode(measure.tokenizer, batch, special)
+            batch = []
+    if batch:
+        yield from _encode(measure.tokenizer, batch, special)
+
+
+def _encode(tokenizer, texts: list[str], special: bool) -> list[int]:
+    encoded = tokenizer(texts, add_special_tokens=special)["input_ids"]
+    return [len(ids) for ids in encoded]
+
+
+def _percentile(ordered: list[int], p: float) -> int:
+    """Nearest-rank percentile of an ordered list."""
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _nice_width(span: int, bins: int) -> int:
+    raw = max(1, math.ceil(span / bins))
+    power = 10 ** max(0, len(str(raw)) - 1)
+    for step in (1, 2, 5, 10):
+        if raw <= step * power:
+            return step * power
+    return 10 * power  # pragma: no cover
+
+
+def histogram(values: array, bins: int = HISTOGRAM_BINS) -> dict:
+    """Counts in equal, round-width bins from just below the shortest row to the longest:
+    {"width", "edges", "counts"} (``edges`` has one more entry than ``counts``)."""
+    if not values:
+        return {"width": 0, "edges": [], "counts": []}
+    low, top = min(values), max(values)
+    width = _nice_width(top - low + 1, bins)
+    start = low // width * width
+    counts = [0] * ((top - start) // width + 1)
+    for value in values:
+        counts[(value - start) // width] += 1
+    return {"width": width, "edges": [start + i * width for i in range(len(counts) + 1)], "counts": counts}
+
+
+def summarize(
+    values: array, measure: Measure, shape: str, over_context_lines: list[int], over_context: int
+) -> dict:
+    ordered = sorted(values)
+    stats: dict = {
+        "unit": measure.unit,
+        "tokenizer": measure.version_label,
+        "chat_template": shape == DatasetKind.CHAT and measure.uses_chat_template,
+        "context_length": measure.context_length,
+        "over_context": over_context,
+        "over_context_lines": over_context_lines,
+        "total": sum(ordered),
+        "histogram": histogram(values),
+    }
+    if ordered:
+        stats.update(
+            min=ordered[0],
+            mean=round(sum(ordered) / len(ordered), 1),
+            p50=_percentile(ordered, 50),
+            p95=_percentile(ordered, 95),
+            max=ordered[-1],
+        )
+    return stats

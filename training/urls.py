@@ -1,0 +1,11 @@
+from django.urls import path
+
+from training import views
+
+urlpatterns = [
+    path("", views.training_list, name="training-list"),
+    path("datasets/new/", views.dataset_create, name="dataset-create"),
+    path("datasets/<slug:team>/<str:name>/", views.dataset_detail, name="dataset-detail"),
+    path("datasets/<slug:team>/<str:name>/upload/", views.dataset_upload, name="dataset-upload"),
+    path("datasets/<slug:team>/<str:name>/v<int:number>/", views.dataset_version, name="dataset-version"),
+]
