@@ -109,6 +109,7 @@ def _register_routers() -> None:
     from serving.api import router as serving_router
     from serving.gateway.api import router as gateway_router
     from training.api import router as training_router
+    from training.jobs_api import router as jobs_router
 
     api.add_router("/", accounts_router)
     api.add_router("/audit", audit_router)
@@ -116,6 +117,7 @@ def _register_routers() -> None:
     api.add_router("/", serving_router)
     api.add_router("/", gateway_router)
     api.add_router("/", training_router)
+    api.add_router("/training", jobs_router)
 
 
 _register_routers()

@@ -142,6 +142,7 @@ if ARTIFACT_STORE == "s3" and not (MINIO_ENDPOINT and MINIO_ACCESS_KEY and MINIO
 IMPORT_ROOTS = [Path(p).resolve() for p in env.csv_list("PORTFOLIO_IMPORT_ROOTS", [str(DATA_DIR / "imports")])]
 MAX_IMPORT_BYTES = env.integer("PORTFOLIO_MAX_IMPORT_BYTES", 40 * 1024**3, minimum=1)
 MAX_UPLOAD_BYTES = env.integer("PORTFOLIO_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
+GGUF_CONVERSION_CACHE = env.path("PORTFOLIO_GGUF_CONVERSION_CACHE", DATA_DIR / "cache" / "gguf")
 GGUF_CONVERT_TIMEOUT = env.integer("PORTFOLIO_GGUF_CONVERT_TIMEOUT", 1800, minimum=10)
 # Hugging Face Hub: HF_ENDPOINT (an internal mirror) and HF_HUB_OFFLINE are read by huggingface_hub itself.
 HF_CACHE_DIR = env.text("HF_HUB_CACHE")
@@ -170,7 +171,13 @@ GATEWAY_REFRESH_SECONDS = float(env.integer("PORTFOLIO_GATEWAY_REFRESH_MS", 1000
 GATEWAY_MAX_BODY_BYTES = env.integer("PORTFOLIO_GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
 USAGE_FLUSH_BATCH = env.integer("PORTFOLIO_USAGE_FLUSH_BATCH", 2000, minimum=1)
 
+# --- Training ---------------------------------------------------------------------------------------
+TRAINING_MAX_ATTEMPTS = env.integer("PORTFOLIO_TRAINING_MAX_ATTEMPTS", 3, minimum=1)
+TRAINING_HEARTBEAT_SECONDS = env.integer("PORTFOLIO_TRAINING_HEARTBEAT_SECONDS", 5, minimum=1)
+TRAINING_STALE_AFTER_SECONDS = env.integer("PORTFOLIO_TRAINING_STALE_AFTER_SECONDS", 120, minimum=5)
+
 CELERY_BEAT_SCHEDULE = {
+    "training-reap-jobs": {"task": "training.reap_stale_jobs", "schedule": 30.0},
     "gateway-flush-usage": {"task": "gateway.flush_usage", "schedule": 2.0},
     "gateway-rollup-usage": {"task": "gateway.rollup_usage", "schedule": 60.0},
     "serving-reconcile": {"task": "serving.reconcile_all", "schedule": float(NODE_HEARTBEAT_SECONDS * 2)},

@@ -32,6 +32,7 @@ from tests.conftest import actor_for
 from tests.permissions import Rule, rest, ui
 from tests.registry.conftest import make_model_folder
 from tests.training import route_rules as training_rules
+from training.models import DatasetVersion, FineTuneJob
 
 ROLES = ["anonymous", "outsider", "owner", "engineer", "developer", "viewer", "auditor", "admin"]
 
@@ -148,6 +149,14 @@ API_ROUTES: dict[str, Rule] = {
     "PUT /keys/{key_id}": rest("team", "apikey.manage", "PUT", rpm_limit=10),
     "DELETE /keys/{key_id}": rest("team", "apikey.manage", "DELETE"),
     "GET /usage": rest("signed_in"),
+    # Fine-tuning jobs and evaluations
+    "GET /training/jobs": rest("signed_in"),
+    "POST /training/jobs": Rule("team", "training.run", "POST", {
+        "base_version_id": "{version_id}", "dataset_version_id": "{dataset_version_id}", "pool": "local-cpu",
+        "method": "qlora"}, json=True),
+    "GET /training/jobs/{job_id}": rest("team", "team.view"),
+    "POST /training/jobs/{job_id}/cancel": rest("team", "training.run", "POST"),
+    "GET /training/evals": rest("signed_in"),
     # Training data
     "GET /datasets": rest("signed_in"),
     "POST /datasets": rest("team", "training.run", "POST", name="new-set", owner_team_id="{team_id}", kind="chat"),
@@ -250,12 +259,15 @@ def world(org, team, department, make_user, settings, tmp_path):
     serving_services.create_endpoint(actor=admin, name="smol-ep", team=team, routes=[{"deployment": "smol"}])
     api_key, _ = key_services.create_key(actor=admin, team=team, name="team key")
     training_world = training_rules.build_world(actor=actor_for(org["engineer"]), team=team)
+    dataset_version = DatasetVersion.objects.get(dataset_id=training_world["dataset_id"])
+    job = FineTuneJob.objects.create(owner_team=team, base_version=version, dataset_version=dataset_version,
+                                     target_model=model, pool=pool)
     yield {
         "department_id": department.pk, "pk_department": department.pk, "team_id": team.pk, "slug": team.slug,
         "membership_id": Membership.objects.get(team=team, user=org["viewer"]).pk, "name": "router",
         "number": 1, "path": "config.json", "version_id": version.pk,
         "node": "node-1", "deployment": deployment.name, "endpoint": "smol-ep", "adapter": "none",
-        "key_id": api_key.pk, **training_world,
+        "key_id": api_key.pk, "dataset_version_id": dataset_version.pk, "job_id": job.pk, **training_world,
     }
     default_store.cache_clear()
 

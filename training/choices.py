@@ -18,3 +18,28 @@ class DatasetVersionStatus(models.TextChoices):
 class Split(models.TextChoices):
     TRAIN = "train", "Training rows"
     EVAL = "eval", "Evaluation rows"
+
+
+class Method(models.TextChoices):
+    LORA = "lora", "LoRA"
+    FULL = "full", "Full fine-tuning"
+    QLORA = "qlora", "QLoRA (GPU pools only)"
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    ERRORED = "errored", "Errored"
+    CANCELLED = "cancelled", "Cancelled"
+
+    @classmethod
+    def finished(cls) -> frozenset[str]:
+        return frozenset({cls.SUCCEEDED, cls.FAILED, cls.ERRORED, cls.CANCELLED})
+
+
+class EvalStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"

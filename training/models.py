@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from portfolio.accounts.models import Team
 from portfolio.registry.models import Artifact, ModelVersion
-from training.choices import DatasetKind, DatasetVersionStatus
+from training.choices import DatasetKind, DatasetVersionStatus, EvalStatus, JobStatus, Method
 
 dataset_name_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9._-]{1,79}$", "Use 2-80 lower-case letters, digits, dots, dashes or underscores."
@@ -147,3 +147,116 @@ class DatasetVersion(models.Model):
             "tokenizer_version": self.tokenizer_version.label if self.tokenizer_version else None,
             "source_filename": self.source_filename,
         }
+
+
+class FineTuneJobQuerySet(models.QuerySet):
+    def visible_to(self, actor) -> FineTuneJobQuerySet:
+        if actor.is_org_wide:
+            return self
+        return self.filter(owner_team_id__in=actor.team_ids)
+
+
+class FineTuneJob(models.Model):
+    """Fine-tuning of a base version on a dataset version, run on a node of a pool in a child process."""
+
+    owner_team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="finetune_jobs")
+    base_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="finetune_jobs")
+    dataset_version = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, related_name="finetune_jobs")
+    target_model = models.ForeignKey("registry.Model", on_delete=models.PROTECT, related_name="finetune_jobs",
+                                     help_text="The model the result is registered under")
+    method = models.CharField(max_length=8, choices=Method.choices, default=Method.LORA)
+    hyperparameters = models.JSONField(default=dict, help_text="As resolved for the run")
+    pool = models.ForeignKey("serving.ComputePool", on_delete=models.PROTECT, related_name="finetune_jobs")
+    node = models.ForeignKey("serving.Node", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    status_detail = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    attempt = models.PositiveIntegerField(default=0)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    tokens_per_second = models.FloatField(default=0)
+    loss_curve = models.JSONField(default=list, blank=True, help_text="[[step, train loss], ...]")
+    eval_curve = models.JSONField(default=list, blank=True, help_text="[[step, eval loss], ...]")
+    log_tail = models.TextField(blank=True)
+    checkpoint = models.ForeignKey(Artifact, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    checkpoint_step = models.PositiveIntegerField(default=0)
+    output_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT,
+                                       related_name="produced_by")
+    metrics = models.JSONField(default=dict, blank=True)
+    compute_seconds = models.FloatField(default=0, help_text="Wall time on the node, all attempts")
+    cpu_core_seconds = models.FloatField(default=0)
+    gpu_seconds = models.FloatField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+
+    objects = FineTuneJobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            # The reaper: running jobs by last heartbeat.
+            models.Index(fields=["status", "heartbeat_at"], name="training_job_heartbeat"),
+        ]
+
+    def __str__(self) -> str:
+        return f"fine-tune #{self.pk} of {self.base_version.label}"
+
+    @property
+    def team(self) -> Team:
+        return self.owner_team
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if self.status != JobStatus.RUNNING or not self.step or not self.started_at:
+            return None
+        elapsed = (timezone.now() - self.started_at).total_seconds()
+        return elapsed / self.step * max(self.total_steps - self.step, 0)
+
+    def snapshot(self) -> dict:
+        return {
+            "base_version": self.base_version.label, "dataset_version": str(self.dataset_version_id),
+            "method": self.method, "pool": self.pool.name, "status": self.status,
+            "hyperparameters": self.hyperparameters,
+            "output_version": self.output_version.label if self.output_version else None,
+        }
+
+
+class EvalRunQuerySet(models.QuerySet):
+    def visible_to(self, actor) -> EvalRunQuerySet:
+        from portfolio.registry.models import ModelVersion as Version
+
+        return self.filter(version__in=Version.objects.visible_to(actor))
+
+
+class EvalRun(models.Model):
+    """A version scored on a dataset version's held-out rows."""
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="eval_runs")
+    dataset_version = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, related_name="eval_runs")
+    job = models.ForeignKey(FineTuneJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="eval_runs")
+    status = models.CharField(max_length=10, choices=EvalStatus.choices, default=EvalStatus.RUNNING)
+    metrics = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = EvalRunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"eval of {self.version.label} on dataset version {self.dataset_version_id}"
+
+    @property
+    def team(self) -> Team:
+        return self.version.model.owner_team
+
+    @property
+    def headline(self) -> float | None:
+        """The score promotion compares: accuracy for label tasks, else exact match."""
+        return self.metrics.get("accuracy", self.metrics.get("exact_match"))

@@ -108,18 +108,41 @@ def fetch_local(version: ModelVersion, workdir: Path, report: Report) -> Path:
     return path
 
 
+def _link_tree(source: Path, target: Path) -> None:
+    for path in source.rglob("*"):
+        if path.is_file():
+            destination = target / path.relative_to(source)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, destination)
+            except OSError:
+                shutil.copyfile(path, destination)
+
+
 def convert_gguf(gguf: Path, workdir: Path, report: Report) -> Path:
+    from portfolio.registry.hashing import sha256_file
+
     if not gguf.is_file() or gguf.suffix != ".gguf":
         raise ImportFailed(f"{gguf.name} is not a .gguf file.")
     out = workdir / "converted"
-    report(10, f"converting {gguf.name} to safetensors")
-    result = subprocess.run(
-        [sys.executable, "-m", "portfolio.registry.gguf_convert", str(gguf), str(out)],
-        capture_output=True, text=True, timeout=settings.GGUF_CONVERT_TIMEOUT,
-    )
-    if result.returncode != 0:
-        tail = "\n".join(result.stderr.strip().splitlines()[-5:])
-        raise ImportFailed(f"Could not convert {gguf.name}: {tail or 'converter exited ' + str(result.returncode)}")
+    # The same GGUF converts to the same files: keep one conversion per content hash on this machine.
+    cached = Path(settings.GGUF_CONVERSION_CACHE) / sha256_file(gguf)
+    if (cached / ".complete").exists():
+        report(40, f"reusing the conversion of {gguf.name}")
+        _link_tree(cached, out)
+        (out / ".complete").unlink(missing_ok=True)
+    else:
+        report(10, f"converting {gguf.name} to safetensors")
+        result = subprocess.run(
+            [sys.executable, "-m", "portfolio.registry.gguf_convert", str(gguf), str(out)],
+            capture_output=True, text=True, timeout=settings.GGUF_CONVERT_TIMEOUT,
+        )
+        if result.returncode != 0:
+            tail = "\n".join(result.stderr.strip().splitlines()[-5:])
+            raise ImportFailed(f"Could not convert {gguf.name}: {tail or 'converter exited ' + str(result.returncode)}")
+        shutil.rmtree(cached, ignore_errors=True)
+        _link_tree(out, cached)
+        (cached / ".complete").touch()
     original = out / "original"
     original.mkdir()
     try:

@@ -324,3 +324,32 @@ def mark_artifact_health(artifact_id: str, problems: list[str]) -> None:
         for version in artifact.versions.select_related("model__owner_team"):
             audit.record(Actor.for_system("registry.verify"), "model_version.corrupt", version,
                          after={"artifact": artifact.id, "problems": problems[:20]})
+
+
+@transaction.atomic
+def register_trained_version(
+    *, actor: Actor, model: Model, base_version: ModelVersion, manifest: Manifest, facts: ModelFacts,
+    store_uri: str, source: str, source_ref: str, metrics: dict, model_card: str,
+) -> ModelVersion:
+    """A version produced by a fine-tune or distillation job: lineage to its base, audited."""
+    artifact, _ = Artifact.objects.get_or_create(
+        id=manifest.artifact_id,
+        defaults={
+            "store_uri": store_uri, "size_bytes": manifest.total_size, "file_count": len(manifest.files),
+            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
+            "health": Health.OK, "verified_at": timezone.now(),
+        },
+    )
+    adapter = facts.is_adapter
+    version = ModelVersion.objects.create(
+        model=model, number=_next_number(model), kind=VersionKind.ADAPTER if adapter else VersionKind.BASE,
+        base_version=base_version if adapter else None, parent_version=base_version, source=source,
+        source_ref=source_ref[:500], artifact=artifact, format=facts.format,
+        architecture=facts.architecture or base_version.architecture, parameter_count=facts.parameter_count,
+        context_length=facts.context_length or base_version.context_length, dtype=facts.dtype,
+        has_chat_template=base_version.has_chat_template, shape=facts.shape or base_version.shape,
+        metrics={**metrics, **({"adapter": facts.adapter} if facts.adapter else {})}, model_card=model_card,
+        status=VersionStatus.READY, progress=100, progress_detail="ready", ready_at=timezone.now(),
+    )
+    audit.record(actor, "model_version.register", version, after=version.snapshot())
+    return version

@@ -1,0 +1,88 @@
+"""Scoring a model on held-out rows: exact match and containment of the generated answer (chat and
+completion rows), accuracy and per-label F1 when answers are labels, and perplexity on the answers."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower()).strip(" .!\"'")
+
+
+def expected_answer(row: dict) -> str:
+    if "messages" in row:
+        return row["messages"][-1]["content"]
+    if "completion" in row:
+        return row["completion"]
+    return str(row["label"])
+
+
+def _prompt(tokenizer, row: dict) -> str:
+    if "messages" in row:
+        return tokenizer.apply_chat_template(row["messages"][:-1], add_generation_prompt=True, tokenize=False)
+    return row.get("prompt") or row["text"]
+
+
+def f1_by_label(pairs: list[tuple[str, str]]) -> dict[str, float]:
+    labels = sorted({expected for expected, _ in pairs})
+    scores = {}
+    for label in labels:
+        tp = sum(1 for e, p in pairs if e == label and p == label)
+        fp = sum(1 for e, p in pairs if e != label and p == label)
+        fn = sum(1 for e, p in pairs if e == label and p != label)
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        scores[label] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return scores
+
+
+def score(*, base_dir: Path, adapter_dir: Path | None, rows: list[dict], max_new_tokens: int = 16) -> dict:
+    """Greedy generation on every row; the metrics of the issue's eval run."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    model.eval()
+    expected = [_normalise(expected_answer(r)) for r in rows]
+    labels = set(expected)
+    label_like = len(labels) <= max(20, len(rows) // 3)  # few distinct answers: a classification task
+    exact = contains = 0
+    pairs: list[tuple[str, str]] = []
+    nll, answer_tokens = 0.0, 0
+    with torch.no_grad():
+        for row, truth in zip(rows, expected, strict=True):
+            prompt_ids = tokenizer(_prompt(tokenizer, row), return_tensors="pt", add_special_tokens=False)
+            output = model.generate(**prompt_ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=tokenizer.eos_token_id)
+            answer = _normalise(tokenizer.decode(output[0][prompt_ids["input_ids"].shape[1]:], skip_special_tokens=True))
+            exact += answer == truth
+            contains += bool(truth) and truth in answer
+            predicted = answer if answer in labels else next((label for label in labels if label in answer), answer)
+            pairs.append((truth, predicted))
+            # Perplexity of the expected answer given the prompt.
+            answer_ids = tokenizer(expected_answer(row), return_tensors="pt", add_special_tokens=False)["input_ids"]
+            full = torch.cat([prompt_ids["input_ids"], answer_ids], dim=1)
+            targets = full.clone()
+            targets[:, : prompt_ids["input_ids"].shape[1]] = -100
+            loss = model(input_ids=full, labels=targets).loss
+            nll += float(loss) * answer_ids.shape[1]
+            answer_tokens += answer_ids.shape[1]
+    n = max(len(rows), 1)
+    metrics = {
+        "rows": len(rows), "exact_match": exact / n, "contains": contains / n,
+        "perplexity": math.exp(nll / answer_tokens) if answer_tokens else None,
+    }
+    if label_like:
+        metrics["accuracy"] = sum(e == p for e, p in pairs) / n
+        metrics["f1_by_label"] = f1_by_label(pairs)
+        metrics["label_counts"] = dict(Counter(expected))
+    return metrics

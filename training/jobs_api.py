@@ -1,0 +1,112 @@
+"""REST endpoints for fine-tuning jobs and evaluation runs."""
+
+from datetime import datetime
+from typing import Any
+
+from ninja import Router, Schema, Status
+from ninja.pagination import PageNumberPagination, paginate
+from pydantic import Field
+
+from portfolio.accounts import gate
+from portfolio.registry.models import Model, ModelVersion
+from serving.models import ComputePool
+from training import finetune
+from training.choices import Method
+from training.models import DatasetVersion, EvalRun, FineTuneJob
+
+router = Router(tags=["training"])
+
+
+class JobOut(Schema):
+    id: int
+    owner_team_id: int
+    base_version: str = Field(alias="base_version.label")
+    dataset_version_id: int
+    target_model: str = Field(alias="target_model.name")
+    method: str
+    hyperparameters: dict[str, Any]
+    pool: str = Field(alias="pool.name")
+    node: str | None = Field(None, alias="node.name")
+    status: str
+    status_detail: str
+    attempt: int
+    step: int
+    total_steps: int
+    tokens_per_second: float
+    eta_seconds: float | None
+    loss_curve: list[list[float]]
+    eval_curve: list[list[float]]
+    output_version_id: int | None
+    metrics: dict[str, Any]
+    compute_seconds: float
+    cpu_core_seconds: float
+    gpu_seconds: float
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobIn(Schema):
+    base_version_id: int
+    dataset_version_id: int
+    pool: str
+    method: Method = Method.LORA
+    hyperparameters: dict[str, float] = {}
+    target_model: str | None = Field(None, description="Register the result under this model (default: the base's)")
+
+
+class EvalOut(Schema):
+    id: int
+    version_id: int
+    version: str = Field(alias="version.label")
+    dataset_version_id: int
+    job_id: int | None
+    status: str
+    metrics: dict[str, Any]
+    created_at: datetime
+
+
+def _job(request, job_id: int) -> FineTuneJob:
+    return gate.get_visible(request.auth, FineTuneJob, pk=job_id)
+
+
+@router.get("/jobs", response=list[JobOut])
+@paginate(PageNumberPagination, page_size=50)
+def list_jobs(request, status: str = ""):
+    jobs = gate.visible(request.auth, FineTuneJob).select_related("base_version__model", "pool", "node", "target_model")
+    if status:
+        jobs = jobs.filter(status=status)
+    return jobs.order_by("-created_at", "-id")
+
+
+@router.post("/jobs", response={201: JobOut})
+def start_job(request, payload: JobIn):
+    actor = request.auth
+    base = gate.get_visible(actor, ModelVersion, pk=payload.base_version_id)
+    dataset_version = gate.get_visible(actor, DatasetVersion, pk=payload.dataset_version_id)
+    pool = gate.get_visible(actor, ComputePool, name=payload.pool)
+    target = gate.get_visible(actor, Model, name=payload.target_model) if payload.target_model else None
+    job = finetune.start_job(actor=actor, base_version=base, dataset_version=dataset_version, pool=pool,
+                             method=payload.method, hyperparameters=payload.hyperparameters, target_model=target)
+    return Status(201, job)
+
+
+@router.get("/jobs/{job_id}", response=JobOut)
+def get_job(request, job_id: int):
+    return _job(request, job_id)
+
+
+@router.post("/jobs/{job_id}/cancel", response=JobOut)
+def cancel_job(request, job_id: int):
+    return finetune.cancel_job(actor=request.auth, job=_job(request, job_id))
+
+
+@router.get("/evals", response=list[EvalOut])
+@paginate(PageNumberPagination, page_size=50)
+def list_evals(request, version_id: int | None = None, dataset_version_id: int | None = None):
+    runs = gate.visible(request.auth, EvalRun).select_related("version__model")
+    if version_id is not None:
+        runs = runs.filter(version_id=version_id)
+    if dataset_version_id is not None:
+        runs = runs.filter(dataset_version_id=dataset_version_id)
+    return runs.order_by("-created_at", "-id")
