@@ -32,6 +32,7 @@ MATRIX: dict[str, frozenset[str]] = {
     "model.view": TEAM_MEMBERS | {AUDITOR},
     "model.register": frozenset({OWNER, ENGINEER}),
     "model.promote": frozenset({OWNER, ENGINEER}),
+    "model.promote_force": frozenset({OWNER}),
     "training.run": frozenset({OWNER, ENGINEER}),
     "deployment.manage": frozenset({OWNER, ENGINEER}),
     "endpoint.call": frozenset({OWNER, ENGINEER, DEVELOPER}),

@@ -108,6 +108,7 @@ class ImportIn(Schema):
 
 class PromoteIn(Schema):
     alias: str = Field(min_length=1, max_length=32)
+    force_reason: str = Field("", max_length=500, description="Owners only: promote despite a lower eval score")
 
 
 class LineageOut(Schema):
@@ -210,7 +211,7 @@ def upload_adapter(request, name: str, base_version_id: Form[int], file: File[Up
 @router.post("/models/{name}/versions/{number}/promote", response=ModelOut)
 def promote(request, name: str, number: int, payload: PromoteIn):
     version = _version(request, name, number)
-    services.promote(actor=request.auth, version=version, alias=payload.alias)
+    services.promote(actor=request.auth, version=version, alias=payload.alias, force_reason=payload.force_reason)
     return version.model
 
 

@@ -264,25 +264,65 @@ def reap_stale_imports(max_silence: timedelta) -> int:
 
 
 # --- Lifecycle -------------------------------------------------------------------------------------
+GUARDED_ALIASES = frozenset({"production"})
+
+
+def score_regressions(candidate: ModelVersion, holder: ModelVersion) -> list[str]:
+    """Eval sets both versions were scored on where the candidate scores lower (latest run of each)."""
+    from training.models import EvalRun
+
+    def latest(version: ModelVersion) -> dict:
+        runs = {}
+        for run in EvalRun.objects.filter(version=version, status="succeeded").order_by("created_at"):
+            runs[run.dataset_version_id] = run
+        return runs
+
+    mine, theirs = latest(candidate), latest(holder)
+    problems = []
+    for dataset_version_id in sorted(set(mine) & set(theirs)):
+        a, b = mine[dataset_version_id].headline, theirs[dataset_version_id].headline
+        if a is not None and b is not None and a < b:
+            dv = mine[dataset_version_id].dataset_version
+            problems.append(f"{a:.3f} vs {b:.3f} on {dv.dataset.name} v{dv.number}")
+    return problems
+
+
 @transaction.atomic
-def promote(*, actor: Actor, version: ModelVersion, alias: str) -> Alias:
-    """Point ``alias`` (e.g. production) at ``version``; the audit row names the previous holder."""
+def promote(*, actor: Actor, version: ModelVersion, alias: str, force_reason: str = "") -> Alias:
+    """Point ``alias`` (e.g. production) at ``version``; the audit row names the previous holder.
+
+    ``production`` refuses a candidate that scores below the current holder on a common eval set, unless
+    an owner forces it with a reason (kept in the audit row)."""
     gate.require(actor, "model.promote", version.model)
     alias = _check(alias_validator, alias.strip().lower(), "alias")
     if version.status != VersionStatus.READY:
         raise Conflict(f"{version.label} is {version.status}; only a ready version can be promoted.")
     existing = Alias.objects.select_for_update().filter(model=version.model, name=alias).first()
     previous = existing.version if existing else None
+    force_reason = force_reason.strip()
+    if alias in GUARDED_ALIASES and previous is not None and previous.pk != version.pk:
+        regressions = score_regressions(version, previous)
+        if regressions and not force_reason:
+            raise Conflict(
+                f"{version.label} scores below the current {alias} {previous.label} ({'; '.join(regressions)}). "
+                "An owner may promote it anyway with a reason.", code="score_regression",
+            )
+        if regressions:
+            gate.require(actor, "model.promote_force", version.model)
+    elif force_reason:
+        force_reason = ""  # nothing to override
     if existing:
         existing.version, existing.updated_at, existing.updated_by = version, timezone.now(), actor.user
         existing.save(update_fields=["version", "updated_at", "updated_by"])
         holder = existing
     else:
         holder = Alias.objects.create(model=version.model, name=alias, version=version, updated_by=actor.user)
+    after = {"alias": alias, "version": version.label}
+    if force_reason:
+        after["forced"] = force_reason
     audit.record(
         actor, "model.promote", version.model,
-        before={"alias": alias, "version": previous.label if previous else None},
-        after={"alias": alias, "version": version.label},
+        before={"alias": alias, "version": previous.label if previous else None}, after=after,
     )
     return holder
 

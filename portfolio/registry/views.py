@@ -547,7 +547,8 @@ def version_promote(request, name: str, number: int):
         if holder is not None and not form.cleaned_data["confirm"]:
             return _version_page(request, actor, version, promote_form=form, moving=holder)
         try:
-            services.promote(actor=actor, version=version, alias=alias)
+            services.promote(actor=actor, version=version, alias=alias,
+                             force_reason=form.cleaned_data.get("force_reason", ""))
         except DomainError as exc:
             apply_registry_error(form, exc)
         else:

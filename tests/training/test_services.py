@@ -175,3 +175,58 @@ def test_the_demo_command_registers_the_ticket_routing_set_once(org, team, setti
     assert version.row_count == 80 and (version.train_count, version.eval_count) == (72, 8)
     answers = [row["messages"][-1]["content"] for row in read_rows(services.dataset_files(version).train)]
     assert set(answers) == {"billing", "technical", "account", "shipping"}
+
+
+# --- Promotion guarded by evaluation ---------------------------------------------------------------
+def _scored_versions(org, team, score_old: float, score_new: float):
+    from django.utils import timezone as tz
+
+    from portfolio.registry import services as registry_services
+    from portfolio.registry.models import Artifact, ModelVersion
+    from training.models import EvalRun
+
+    engineer = actor_for(org["engineer"])
+    model = registry_services.create_model(actor=engineer, name="guarded", owner_team=team)
+    artifact = Artifact.objects.create(id="e" * 64, store_uri="file:///x", size_bytes=1, file_count=0, files=[])
+    old, new = (ModelVersion.objects.create(model=model, number=n, source="local", artifact=artifact, status="ready")
+                for n in (1, 2))
+    dataset = services.create_dataset(actor=engineer, owner_team=team, name="eval-set", kind="chat")
+    version, _ = upload(engineer, dataset, jsonl(*tickets(20)))
+    for v, score in ((old, score_old), (new, score_new)):
+        EvalRun.objects.create(version=v, dataset_version=version, status="succeeded", metrics={"accuracy": score},
+                               finished_at=tz.now())
+    registry_services.promote(actor=engineer, version=old, alias="production")
+    return old, new
+
+
+def test_promotion_to_production_is_refused_when_the_candidate_scores_lower(org, team):
+    from portfolio.errors import Conflict
+    from portfolio.registry import services as registry_services
+
+    _, new = _scored_versions(org, team, 0.9, 0.6)
+    with pytest.raises(Conflict, match=r"scores below the current production guarded:v1 \(0.600 vs 0.900"):
+        registry_services.promote(actor=actor_for(org["engineer"]), version=new, alias="production")
+
+
+def test_an_owner_may_force_a_lower_scoring_promotion_with_a_reason_kept_in_the_audit(org, team):
+    from portfolio.audit.models import AuditEvent
+    from portfolio.errors import Forbidden
+    from portfolio.registry import services as registry_services
+
+    _, new = _scored_versions(org, team, 0.9, 0.6)
+    with pytest.raises(Forbidden):
+        registry_services.promote(actor=actor_for(org["engineer"]), version=new, alias="production",
+                                  force_reason="hotfix")
+    registry_services.promote(actor=actor_for(org["owner"]), version=new, alias="production",
+                              force_reason="latency regression in v1")
+    event = AuditEvent.objects.filter(action="model.promote").order_by("-sequence").first()
+    assert event.after["forced"] == "latency regression in v1"
+
+
+def test_a_better_scoring_candidate_is_promoted_without_ceremony(org, team):
+    from portfolio.registry import services as registry_services
+    from portfolio.registry.models import Alias
+
+    _, new = _scored_versions(org, team, 0.6, 0.9)
+    registry_services.promote(actor=actor_for(org["engineer"]), version=new, alias="production")
+    assert Alias.objects.get(name="production").version == new
