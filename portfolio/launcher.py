@@ -76,8 +76,9 @@ def run_all(*, host: str, port: int, demo: bool = True) -> int:
         _say(f"ready: http://{host}:{port}/  (Ctrl-C stops everything)")
         if demo:
             # Waits for the local node agent, deploys the demo model, then reports its first answer.
-            oneshots.append(subprocess.Popen(
-                [sys.executable, "-m", "portfolio.cli", "manage", "deploy_demo", "--wait-ready", "900"]
+            manage = f"{sys.executable} -m portfolio.cli manage"
+            oneshots.append(subprocess.Popen(  # noqa: S602 - fixed command line of this program
+                f"{manage} deploy_demo --wait-ready 900 && {manage} finetune_demo", shell=True
             ))
         while not stopping:
             for child in children:
@@ -110,6 +111,8 @@ def run_all(*, host: str, port: int, demo: bool = True) -> int:
 
         for engine in processes.engines_on_this_machine(under=data_dir).values():
             processes.stop(engine, grace=15)
+        for trainer in processes.trainers_under(data_dir):
+            processes.stop(trainer, grace=10)  # its job resumes from its checkpoint next time
         if "redis" in started_embedded:
             embedded.stop_redis(data_dir)
         if "postgres" in started_embedded:

@@ -85,6 +85,16 @@ def engines_on_this_machine(under: Path | None = None) -> dict[int, psutil.Proce
     return found
 
 
+def trainers_under(folder: Path) -> list[psutil.Process]:
+    """Fine-tune trainer processes (training.runner) working in a data folder."""
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            if "training.runner" in " ".join(process.info["cmdline"] or []) and Path(process.cwd()).is_relative_to(folder):
+                found.append(process)
+    return found
+
+
 def stop(process: psutil.Process, grace: float = 20.0) -> None:
     """SIGTERM the engine's whole process group, then SIGKILL what is left after ``grace`` seconds."""
     try:

@@ -82,7 +82,7 @@ def run_job(job_id: int) -> None:
         with log.open("ab") as handle:
             process = subprocess.Popen(
                 [sys.executable, "-m", "training.runner", str(job_id)], stdout=handle, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, env=_trainer_env(),
+                stdin=subprocess.DEVNULL, start_new_session=True, env=_trainer_env(), cwd=log.parent,
             )
         FineTuneJob.objects.filter(pk=job_id).update(pid=process.pid)
         pid = process.pid

@@ -85,6 +85,7 @@ def test_run_starts_everything_serves_the_demo_and_ctrl_c_stops_everything(tmp_p
     finally:
         _interrupt(process, first_log)
     assert not processes.engines_on_this_machine(under=data_dir), "an engine outlived `portfolio run`"
+    assert not processes.trainers_under(data_dir), "a trainer outlived `portfolio run`"
     output = first_log.read_text()
     password_file = data_dir / "admin-password"
     password = password_file.read_text().strip()

@@ -1,0 +1,66 @@
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from portfolio.accounts.actor import Actor
+from portfolio.registry.choices import VersionStatus
+from portfolio.registry.demo_model import MODEL_NAME
+from portfolio.registry.models import ModelVersion
+from serving import services as serving_services
+from serving.models import ComputePool, Deployment, Endpoint
+from training import finetune
+from training.choices import JobStatus
+from training.models import Dataset, FineTuneJob
+
+DEMO_ENDPOINT = "ticket-router"
+
+
+class Command(BaseCommand):
+    help = (
+        "Fine-tune the demo SmolLM2 on the demo ticket-routing dataset (LoRA, on this machine's pool), then serve "
+        "the adapter on the demo deployment behind the endpoint 'ticket-router'. Idempotent; waits for the job."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--deployment", default="smollm2-demo")
+        parser.add_argument("--timeout", type=int, default=1800)
+
+    def handle(self, *args, deployment: str, timeout: int, **options):
+        actor = Actor.for_system("demo")
+        base = ModelVersion.objects.filter(model__name=MODEL_NAME, status=VersionStatus.READY).order_by("number").first()
+        dataset = Dataset.objects.filter(name="ticket-routing", owner_team__slug="demo").first()
+        pool = ComputePool.objects.filter(name=settings.NODE_POOL).first()
+        if base is None or dataset is None or pool is None:
+            raise CommandError("Run seed_demo, import_demo_model, seed_demo_dataset and deploy_demo first.")
+        version = dataset.versions.order_by("-number").first()
+        job = (FineTuneJob.objects.filter(dataset_version=version, base_version=base)
+               .exclude(status__in=[JobStatus.FAILED, JobStatus.ERRORED, JobStatus.CANCELLED]).order_by("-pk").first())
+        if job is None:
+            job = finetune.start_job(actor=actor, base_version=base, dataset_version=version, pool=pool,
+                                     hyperparameters={"epochs": 3})
+            self.stdout.write(f"Fine-tuning {base.label} on ticket-routing v{version.number} (job #{job.pk})…")
+        deadline = time.monotonic() + timeout
+        while job.status not in JobStatus.finished():
+            if time.monotonic() > deadline:
+                raise CommandError(f"The demo fine-tune (job #{job.pk}) did not finish within {timeout}s.")
+            time.sleep(3)
+            job.refresh_from_db()
+        if job.status != JobStatus.SUCCEEDED:
+            raise CommandError(f"The demo fine-tune {job.status}: {job.status_detail}")
+        adapter = job.output_version
+        target = Deployment.objects.filter(name=deployment).first()
+        if target is None:
+            raise CommandError(f"No deployment {deployment!r}.")
+        attached = target.adapters.filter(version=adapter).first() or serving_services.add_adapter(
+            actor=actor, deployment=target, adapter=adapter, name="ticket-router-lora"
+        )
+        if not Endpoint.objects.filter(name=DEMO_ENDPOINT).exists():
+            serving_services.create_endpoint(
+                actor=actor, name=DEMO_ENDPOINT, team=target.owner_team,
+                routes=[{"deployment": target.name, "adapter": attached.name, "weight": 100}],
+                description="The demo fine-tuned ticket router (a LoRA adapter of SmolLM2).",
+            )
+        accuracy = (job.metrics.get("eval") or {}).get("accuracy")
+        self.stdout.write(self.style.SUCCESS(
+            f"Demo adapter {adapter.label} serves as model 'ticket-router' (held-out accuracy {accuracy})."))
