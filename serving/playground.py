@@ -32,7 +32,8 @@ class TryResult:
     model: str
 
 
-def try_prompt(*, actor: Actor, deployment: Deployment, prompt: str, model: str = "", max_tokens: int = 128) -> TryResult:
+def try_prompt(*, actor: Actor, deployment: Deployment, prompt: str, model: str = "", max_tokens: int = 128,
+               temperature: float | None = None) -> TryResult:
     gate.require(actor, "endpoint.call", deployment)
     prompt = prompt.strip()
     if not prompt or len(prompt) > MAX_PROMPT_CHARS:
@@ -45,6 +46,8 @@ def try_prompt(*, actor: Actor, deployment: Deployment, prompt: str, model: str 
     if replica is None:
         raise Conflict("No replica is ready yet; watch the timeline below.")
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max(1, min(max_tokens, 512))}
+    if temperature is not None:
+        body["temperature"] = temperature
     request = urllib.request.Request(  # noqa: S310 - the replica's private address
         f"{replica.base_url}/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
         headers={"Authorization": f"Bearer {engine_key(replica.pk)}", "Content-Type": "application/json"},

@@ -57,7 +57,7 @@ class Command(BaseCommand):
         while time.monotonic() < deadline:
             if deployment.replica_set.filter(state=ReplicaState.READY).exists():
                 result = try_prompt(actor=actor, deployment=deployment, prompt="What is the capital of France?",
-                                    max_tokens=24)
+                                    max_tokens=24, temperature=0)
                 self.stdout.write(self.style.SUCCESS(
                     f"Demo ready: {deployment.name} answered in {result.latency_ms} ms: {result.text.strip()!r}"))
                 return
