@@ -74,6 +74,8 @@ def run_all(*, host: str, port: int, demo: bool = True) -> int:
             _say(f"starting {name}")
             children.append(subprocess.Popen(command))
         _say(f"ready: http://{host}:{port}/  (Ctrl-C stops everything)")
+        # Ctrl-C ends the loop below even where the shell started us with SIGINT ignored (in the background).
+        signal.signal(signal.SIGINT, stop)
         if demo:
             # Waits for the local node agent, deploys the demo model, then reports its first answer.
             manage = f"{sys.executable} -m portfolio.cli manage"
