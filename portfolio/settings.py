@@ -172,6 +172,8 @@ GATEWAY_MAX_BODY_BYTES = env.integer("PORTFOLIO_GATEWAY_MAX_BODY_BYTES", 4 * 102
 USAGE_FLUSH_BATCH = env.integer("PORTFOLIO_USAGE_FLUSH_BATCH", 2000, minimum=1)
 
 # --- Training ---------------------------------------------------------------------------------------
+# Where jobs reach the gateway (distillation asks a teacher endpoint through it, metered and billed).
+GATEWAY_INTERNAL_URL = env.text("PORTFOLIO_GATEWAY_URL") or "http://127.0.0.1:8000"
 TRAINING_MAX_ATTEMPTS = env.integer("PORTFOLIO_TRAINING_MAX_ATTEMPTS", 3, minimum=1)
 TRAINING_HEARTBEAT_SECONDS = env.integer("PORTFOLIO_TRAINING_HEARTBEAT_SECONDS", 5, minimum=1)
 TRAINING_STALE_AFTER_SECONDS = env.integer("PORTFOLIO_TRAINING_STALE_AFTER_SECONDS", 120, minimum=5)

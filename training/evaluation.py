@@ -61,15 +61,25 @@ def score(*, base_dir: Path, adapter_dir: Path | None, rows: list[dict], max_new
     with torch.no_grad():
         for row, truth in zip(rows, expected, strict=True):
             prompt_ids = tokenizer(_prompt(tokenizer, row), return_tensors="pt", add_special_tokens=False)
-            output = model.generate(**prompt_ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.eos_token_id)
-            answer = _normalise(tokenizer.decode(output[0][prompt_ids["input_ids"].shape[1]:], skip_special_tokens=True))
+            output = model.generate(
+                **prompt_ids,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.eos_token_id,
+            )
+            answer = _normalise(
+                tokenizer.decode(output[0][prompt_ids["input_ids"].shape[1] :], skip_special_tokens=True)
+            )
             exact += answer == truth
             contains += bool(truth) and truth in answer
-            predicted = answer if answer in labels else next((label for label in labels if label in answer), answer)
+            predicted = (
+                answer if answer in labels else next((label for label in labels if label in answer), answer)
+            )
             pairs.append((truth, predicted))
             # Perplexity of the expected answer given the prompt.
-            answer_ids = tokenizer(expected_answer(row), return_tensors="pt", add_special_tokens=False)["input_ids"]
+            answer_ids = tokenizer(expected_answer(row), return_tensors="pt", add_special_tokens=False)[
+                "input_ids"
+            ]
             full = torch.cat([prompt_ids["input_ids"], answer_ids], dim=1)
             targets = full.clone()
             targets[:, : prompt_ids["input_ids"].shape[1]] = -100
@@ -78,7 +88,9 @@ def score(*, base_dir: Path, adapter_dir: Path | None, rows: list[dict], max_new
             answer_tokens += answer_ids.shape[1]
     n = max(len(rows), 1)
     metrics = {
-        "rows": len(rows), "exact_match": exact / n, "contains": contains / n,
+        "rows": len(rows),
+        "exact_match": exact / n,
+        "contains": contains / n,
         "perplexity": math.exp(nll / answer_tokens) if answer_tokens else None,
     }
     if label_like:

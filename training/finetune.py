@@ -18,23 +18,42 @@ from portfolio.registry import services as registry_services
 from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.models import Model, ModelVersion
 from serving.choices import NodeState, PoolKind
-from serving.models import ComputePool, Node
+from serving.models import ComputePool, Endpoint, Node
 from training.choices import JobStatus, Method
 from training.lora import Hyperparameters
 from training.models import DatasetVersion, FineTuneJob
 
-ALLOWED_HYPERPARAMETERS = {"epochs", "learning_rate", "batch_size", "lora_r", "lora_alpha", "lora_dropout",
-                           "max_length", "seed", "checkpoint_every"}
+ALLOWED_HYPERPARAMETERS = {
+    "epochs",
+    "learning_rate",
+    "batch_size",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "max_length",
+    "seed",
+    "checkpoint_every",
+}
 
 
 def _hyperparameters(values: dict, method: str) -> dict:
     unknown = sorted(set(values) - ALLOWED_HYPERPARAMETERS)
     if unknown:
-        raise Invalid(f"hyperparameters.{unknown[0]} is not a tunable hyperparameter "
-                      f"(allowed: {', '.join(sorted(ALLOWED_HYPERPARAMETERS))}).")
-    limits = {"epochs": (0, 50), "learning_rate": (0, 1), "batch_size": (1, 256), "lora_r": (1, 256),
-              "lora_alpha": (1, 1024), "lora_dropout": (0, 0.9), "max_length": (16, 131072), "seed": (0, 2**31),
-              "checkpoint_every": (0, 100000)}
+        raise Invalid(
+            f"hyperparameters.{unknown[0]} is not a tunable hyperparameter "
+            f"(allowed: {', '.join(sorted(ALLOWED_HYPERPARAMETERS))})."
+        )
+    limits = {
+        "epochs": (0, 50),
+        "learning_rate": (0, 1),
+        "batch_size": (1, 256),
+        "lora_r": (1, 256),
+        "lora_alpha": (1, 1024),
+        "lora_dropout": (0, 0.9),
+        "max_length": (16, 131072),
+        "seed": (0, 2**31),
+        "checkpoint_every": (0, 100000),
+    }
     for name, value in values.items():
         low, high = limits[name]
         if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
@@ -46,17 +65,27 @@ def _hyperparameters(values: dict, method: str) -> dict:
 def _node_for(pool: ComputePool) -> Node:
     cutoff = timezone.now() - timedelta(seconds=settings.NODE_LOST_AFTER_SECONDS)
     nodes = list(pool.nodes.filter(state=NodeState.READY, heartbeat_at__gte=cutoff).order_by("name"))
-    busy = Counter(FineTuneJob.objects.filter(status=JobStatus.RUNNING, node__in=nodes).values_list("node_id", flat=True))
+    busy = Counter(
+        FineTuneJob.objects.filter(status=JobStatus.RUNNING, node__in=nodes).values_list("node_id", flat=True)
+    )
     candidates = sorted(nodes, key=lambda n: (busy[n.pk], n.name))
     if not candidates:
-        raise Conflict(f"No ready node in pool {pool.name} to run the job (nodes lost, cordoned or none joined).")
+        raise Conflict(
+            f"No ready node in pool {pool.name} to run the job (nodes lost, cordoned or none joined)."
+        )
     return candidates[0]
 
 
 @transaction.atomic
 def start_job(
-    *, actor: Actor, base_version: ModelVersion, dataset_version: DatasetVersion, pool: ComputePool,
-    method: str = Method.LORA, hyperparameters: dict | None = None, target_model: Model | None = None,
+    *,
+    actor: Actor,
+    base_version: ModelVersion,
+    dataset_version: DatasetVersion,
+    pool: ComputePool,
+    method: str = Method.LORA,
+    hyperparameters: dict | None = None,
+    target_model: Model | None = None,
 ) -> FineTuneJob:
     base_version = gate.get_visible(actor, ModelVersion, pk=base_version.pk)
     dataset_version = gate.get_visible(actor, DatasetVersion, pk=dataset_version.pk)
@@ -66,19 +95,47 @@ def start_job(
     if method not in Method.values:
         raise Invalid(f"method: one of {', '.join(Method.values)}.")
     if method == Method.QLORA and pool.kind != PoolKind.GPU:
-        raise Invalid("method: QLoRA needs a GPU pool (its 4-bit kernels are CUDA-only); use LoRA on CPU pools.")
+        raise Invalid(
+            "method: QLoRA needs a GPU pool (its 4-bit kernels are CUDA-only); use LoRA on CPU pools."
+        )
     if base_version.kind != VersionKind.BASE or base_version.status != VersionStatus.READY:
         raise Invalid("base_version: fine-tune a ready base version.")
     target = target_model or base_version.model
     gate.require(actor, "model.register", target)
     node = _node_for(pool)
     job = FineTuneJob.objects.create(
-        owner_team=team, base_version=base_version, dataset_version=dataset_version, target_model=target,
-        method=method, hyperparameters=_hyperparameters(hyperparameters or {}, method), pool=pool, node=node,
+        owner_team=team,
+        base_version=base_version,
+        dataset_version=dataset_version,
+        target_model=target,
+        method=method,
+        hyperparameters=_hyperparameters(hyperparameters or {}, method),
+        pool=pool,
+        node=node,
         created_by=actor.user,
     )
     audit.record(actor, "training.job_start", job, after=job.snapshot())
     transaction.on_commit(lambda: enqueue(job))
+    return job
+
+
+@transaction.atomic
+def start_distillation(
+    *, actor: Actor, teacher: Endpoint, prompts: DatasetVersion, student: ModelVersion, pool: ComputePool,
+    hyperparameters: dict | None = None, target_model: Model | None = None,
+) -> FineTuneJob:
+    """Stage one asks ``teacher`` (a deployed endpoint of the team) to answer ``prompts`` through the gateway;
+    stage two fine-tunes ``student`` on the answers."""
+    teacher = gate.get_visible(actor, Endpoint, pk=teacher.pk)
+    gate.require(actor, "endpoint.call", teacher)
+    prompts = gate.get_visible(actor, DatasetVersion, pk=prompts.pk)
+    if teacher.owner_team_id != prompts.dataset.owner_team_id:
+        raise Invalid("teacher: the teacher endpoint must belong to the dataset's team (it is billed to it).")
+    job = start_job(actor=actor, base_version=student, dataset_version=prompts, pool=pool,
+                    hyperparameters=hyperparameters, target_model=target_model)
+    job.teacher_endpoint = teacher
+    job.save(update_fields=["teacher_endpoint"])
+    audit.record(actor, "training.distillation_start", job, after={**job.snapshot(), "teacher": teacher.name})
     return job
 
 
@@ -96,7 +153,11 @@ def cancel_job(*, actor: Actor, job: FineTuneJob) -> FineTuneJob:
     if job.status in JobStatus.finished():
         raise Conflict(f"The job already {job.status}.")
     if job.status == JobStatus.QUEUED:
-        job.status, job.finished_at, job.status_detail = JobStatus.CANCELLED, timezone.now(), f"Cancelled by {actor.label}."
+        job.status, job.finished_at, job.status_detail = (
+            JobStatus.CANCELLED,
+            timezone.now(),
+            f"Cancelled by {actor.label}.",
+        )
         job.save(update_fields=["status", "finished_at", "status_detail"])
     else:
         job.cancel_requested = True
@@ -122,19 +183,29 @@ def reap_stale_jobs(silence: timedelta) -> int:
     reason after ``TRAINING_MAX_ATTEMPTS``: never left running."""
     cutoff = timezone.now() - silence
     count = 0
-    for job in FineTuneJob.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff).select_related("pool"):
+    for job in FineTuneJob.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff).select_related(
+        "pool"
+    ):
         count += 1
         if job.attempt >= settings.TRAINING_MAX_ATTEMPTS:
-            finish(job.pk, JobStatus.FAILED, f"The node stopped reporting for {int(silence.total_seconds())}s "
-                                             f"{job.attempt} times; giving up.")
+            finish(
+                job.pk,
+                JobStatus.FAILED,
+                f"The node stopped reporting for {int(silence.total_seconds())}s "
+                f"{job.attempt} times; giving up.",
+            )
             continue
         try:
             node = _node_for(job.pool)
         except Conflict as exc:
             finish(job.pk, JobStatus.FAILED, f"The node went silent and {exc}")
             continue
-        requeued = FineTuneJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING, heartbeat_at__lt=cutoff).update(
-            status=JobStatus.QUEUED, node=node, pid=None,
+        requeued = FineTuneJob.objects.filter(
+            pk=job.pk, status=JobStatus.RUNNING, heartbeat_at__lt=cutoff
+        ).update(
+            status=JobStatus.QUEUED,
+            node=node,
+            pid=None,
             status_detail=f"Node went silent; resuming from step {job.checkpoint_step} on {node.name}.",
         )
         if requeued:
@@ -146,19 +217,35 @@ def reap_stale_jobs(silence: timedelta) -> int:
 def register_output(job: FineTuneJob, manifest, facts, store_uri: str, metrics: dict) -> ModelVersion:
     from portfolio.registry.choices import Source
 
+    teacher = f"- **Teacher:** endpoint `{job.teacher_endpoint.name}`\n" if job.is_distillation else ""
     card = (
-        f"# {job.target_model.name} (fine-tune #{job.pk})\n\n"
+        f"# {job.target_model.name} ({'distillation' if job.is_distillation else 'fine-tune'} #{job.pk})\n\n"
+        f"{teacher}"
         f"- **Base:** {job.base_version.label}\n- **Method:** {job.get_method_display()}\n"
-        f"- **Dataset:** {job.dataset_version.dataset.name} v{job.dataset_version.number} "
-        f"({job.dataset_version.train_count} training rows, {job.dataset_version.eval_count} held out)\n"
+        f"- **Dataset:** {job.training_data.dataset.name} v{job.training_data.number} "
+        f"({job.training_data.train_count} training rows, {job.training_data.eval_count} held out)\n"
         f"- **Hyperparameters:** {', '.join(f'{k}={v}' for k, v in sorted(job.hyperparameters.items()))}\n"
         f"- **Final training loss:** {metrics.get('train_loss_last')}\n- **Eval loss:** {metrics.get('eval_loss')}\n"
     )
     return registry_services.register_trained_version(
-        actor=Actor.for_system("training"), model=job.target_model, base_version=job.base_version,
-        manifest=manifest, facts=facts, store_uri=store_uri, source=Source.FINE_TUNE,
-        source_ref=f"job:{job.pk}; dataset:{job.dataset_version.dataset.name}@v{job.dataset_version.number}",
-        metrics={"training": metrics, "dataset_version": job.dataset_version_id, "job": job.pk,
-                 "hyperparameters": job.hyperparameters},
+        actor=Actor.for_system("training"),
+        model=job.target_model,
+        base_version=job.base_version,
+        manifest=manifest,
+        facts=facts,
+        store_uri=store_uri,
+        source=Source.DISTILLATION if job.is_distillation else Source.FINE_TUNE,
+        source_ref=f"job:{job.pk}; dataset:{job.training_data.dataset.name}@v{job.training_data.number}",
+        metrics={
+            "training": metrics,
+            "dataset_version": job.training_data.pk,
+            "job": job.pk,
+            "hyperparameters": job.hyperparameters,
+            **(
+                {"teacher_endpoint": job.teacher_endpoint.name, "prompt_dataset_version": job.dataset_version_id}
+                if job.is_distillation
+                else {}
+            ),
+        },
         model_card=card,
     )

@@ -1,4 +1,5 @@
-"""Forms of the training pages. They only parse input: every change goes through training.services."""
+"""Forms of the training pages. They only parse input: every change goes through training.services
+(datasets) and training.finetune (jobs)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.registry.choices import VersionStatus
 from portfolio.registry.forms import VersionChoiceField
-from portfolio.registry.models import ModelVersion
+from portfolio.registry.models import Model, ModelVersion
+from serving.forms import PoolSelect, ready_bases
+from serving.forms import VersionChoiceField as ServingVersionChoiceField
+from serving.models import ComputePool
 from training import splitting
-from training.choices import DatasetKind
-from training.models import Dataset
+from training.choices import DatasetKind, DatasetVersionStatus, JobStatus, Method
+from training.lora import Hyperparameters
+from training.models import Dataset, DatasetVersion
 
 
 def teams_for_training(actor: Actor):
@@ -139,3 +144,215 @@ class DatasetUploadForm(forms.Form):
         self.fields["base_version"].queryset = tokenizer_versions(actor)
         if dataset.kind == DatasetKind.CLASSIFICATION:
             self.fields["eval_fraction"].help_text += " Stratified: each label keeps its share."
+
+
+# --- Fine-tuning jobs ------------------------------------------------------------------------------
+class JobFilterForm(forms.Form):
+    status = forms.ChoiceField(
+        label="Status", required=False, choices=[("", "Any status"), *JobStatus.choices]
+    )
+
+    def apply(self, jobs):
+        if self.cleaned_data["status"]:
+            jobs = jobs.filter(status=self.cleaned_data["status"])
+        return jobs
+
+
+def trainable_dataset_versions(actor: Actor):
+    """Ready dataset versions in the teams where the actor may train (owner or engineer)."""
+    teams = teams_for_training(actor)
+    return (
+        gate.visible(actor, DatasetVersion)
+        .filter(status=DatasetVersionStatus.READY, dataset__owner_team__in=teams)
+        .select_related("dataset__owner_team")
+        .order_by("dataset__owner_team__slug", "dataset__name", "-number")
+    )
+
+
+def registrable_models(actor: Actor):
+    """Models the actor may register new versions under: where a fine-tune's result can go."""
+    ids = [model.pk for model in gate.visible(actor, Model) if gate.can(actor, "model.register", model)]
+    return Model.objects.filter(pk__in=ids).order_by("name")
+
+
+class DatasetVersionChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: DatasetVersion) -> str:
+        return (
+            f"{obj.dataset.owner_team.slug}/{obj.dataset.name} v{obj.number} · "
+            f"{obj.train_count:,} train / {obj.eval_count:,} eval rows"
+        )
+
+
+class PoolChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: ComputePool) -> str:
+        return f"{obj.name} · {obj.kind.upper()}"
+
+
+METHOD_HELP = {
+    Method.LORA: "Trains small low-rank matrices on top of the frozen base: fast, runs on CPU pools, and the "
+    "result is an adapter served on its base's replicas.",
+    Method.FULL: "Updates every weight: a new base version, and much more memory and time.",
+    Method.QLORA: "LoRA on a 4-bit quantised base: its kernels are CUDA-only, so GPU pools only.",
+}
+DEFAULTS = Hyperparameters()
+# Hyperparameter fields, in the order the form shows them; their limits are those the service enforces.
+HYPERPARAMETER_FIELDS = (
+    "epochs",
+    "learning_rate",
+    "batch_size",
+    "max_length",
+    "lora_r",
+    "lora_alpha",
+    "seed",
+    "checkpoint_every",
+)
+LORA_ONLY = frozenset({"lora_r", "lora_alpha"})
+
+
+def _number(placeholder, **attrs) -> forms.NumberInput:
+    return forms.NumberInput(attrs={"placeholder": placeholder, "inputmode": "decimal", **attrs})
+
+
+class JobStartForm(forms.Form):
+    base_version = ServingVersionChoiceField(
+        label="Base version",
+        queryset=ModelVersion.objects.none(),
+        empty_label="Choose a ready base version",
+        help_text="The model to fine-tune; its tokenizer and chat template shape the rows.",
+    )
+    dataset_version = DatasetVersionChoiceField(
+        label="Dataset version",
+        queryset=DatasetVersion.objects.none(),
+        empty_label="Choose a dataset version",
+        help_text="Trained on its train rows; its eval rows score the base and the result side by side.",
+    )
+    pool = PoolChoiceField(
+        queryset=ComputePool.objects.none(),
+        to_field_name="name",
+        empty_label="Choose a pool",
+        widget=PoolSelect,
+        help_text="The job runs on one ready node of the pool, the least busy one.",
+    )
+    method = forms.ChoiceField(
+        choices=Method.choices,
+        initial=Method.LORA,
+        widget=forms.RadioSelect(attrs={"class": "radio"}),
+    )
+    target_model = forms.ModelChoiceField(
+        label="Register the result under",
+        queryset=Model.objects.none(),
+        required=False,
+        empty_label="The base version's model",
+        help_text="A model you may register versions of; the new version records its base and dataset.",
+    )
+    epochs = forms.IntegerField(
+        min_value=0,
+        max_value=50,
+        required=False,
+        widget=_number("auto"),
+        help_text="Blank: chosen from the dataset size, about 240 passes over rows in all (2 to 8 epochs).",
+    )
+    learning_rate = forms.FloatField(
+        label="Learning rate",
+        min_value=0,
+        max_value=1,
+        required=False,
+        widget=_number("auto", step="any"),
+        help_text="Blank: 0.001 for LoRA, 0.00002 for full fine-tuning.",
+    )
+    batch_size = forms.IntegerField(
+        label="Batch size",
+        min_value=1,
+        max_value=256,
+        required=False,
+        widget=_number(DEFAULTS.batch_size),
+        help_text=f"Rows per step. Blank: {DEFAULTS.batch_size}.",
+    )
+    max_length = forms.IntegerField(
+        label="Max length",
+        min_value=16,
+        max_value=131072,
+        required=False,
+        widget=_number(DEFAULTS.max_length),
+        help_text=f"Tokens per row; longer rows are cut. Blank: {DEFAULTS.max_length}.",
+    )
+    lora_r = forms.IntegerField(
+        label="LoRA rank (r)",
+        min_value=1,
+        max_value=256,
+        required=False,
+        widget=_number(DEFAULTS.lora_r),
+        help_text=f"Blank: {DEFAULTS.lora_r}.",
+    )
+    lora_alpha = forms.IntegerField(
+        label="LoRA alpha",
+        min_value=1,
+        max_value=1024,
+        required=False,
+        widget=_number(DEFAULTS.lora_alpha),
+        help_text=f"Scales the update (alpha / r). Blank: {DEFAULTS.lora_alpha}.",
+    )
+    seed = forms.IntegerField(
+        min_value=0,
+        max_value=2**31,
+        required=False,
+        widget=_number(DEFAULTS.seed),
+        help_text=f"Row order and initial weights; the same seed repeats a run. Blank: {DEFAULTS.seed}.",
+    )
+    checkpoint_every = forms.IntegerField(
+        label="Checkpoint every",
+        min_value=0,
+        max_value=100000,
+        required=False,
+        widget=_number(DEFAULTS.checkpoint_every),
+        help_text=f"Steps between checkpoints a resumed job restarts from; 0: none. "
+        f"Blank: {DEFAULTS.checkpoint_every}.",
+    )
+
+    def __init__(self, *args, actor: Actor, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.actor = actor
+        self.fields["base_version"].queryset = ready_bases(actor)
+        self.fields["dataset_version"].queryset = trainable_dataset_versions(actor)
+        pools = gate.visible(actor, ComputePool).order_by("name")
+        self.fields["pool"].queryset = pools
+        self.fields["pool"].widget.kinds = {pool.name: pool.kind for pool in pools}
+        self.fields["target_model"].queryset = registrable_models(actor)
+        for name in ("base_version", "pool"):
+            choices = list(self.fields[name].queryset[:2])
+            if len(choices) == 1 and not self.initial.get(name):
+                self.initial[name] = choices[0].pk if name == "base_version" else choices[0].name
+
+    def method_choices(self) -> list[dict]:
+        """The method radios with their explanations, for the choice cards."""
+        return [{"radio": radio, "help": METHOD_HELP[radio.data["value"]]} for radio in self["method"]]
+
+    def hyperparameter_fields(self) -> list[dict]:
+        return [
+            {"field": self[name], "methods": "lora qlora" if name in LORA_ONLY else ""}
+            for name in HYPERPARAMETER_FIELDS
+        ]
+
+    def clean(self):
+        data = super().clean()
+        base, target = data.get("base_version"), data.get("target_model")
+        if base is not None and target is None and not gate.can(self.actor, "model.register", base.model):
+            self.add_error(
+                "target_model",
+                f"You may not register versions of {base.model.name}: choose a model of your team.",
+            )
+        return data
+
+    def hyperparameters(self) -> dict:
+        """The values given; blank ones are left to the automatic defaults."""
+        return {
+            name: self.cleaned_data[name]
+            for name in HYPERPARAMETER_FIELDS
+            if self.cleaned_data.get(name) is not None
+        }
+
+    def hyperparameters_open(self) -> bool:
+        """Whether the hyperparameters section starts open: when one was given or refused."""
+        return any(
+            self[name].errors or (self.is_bound and self.data.get(name)) for name in HYPERPARAMETER_FIELDS
+        )

@@ -52,7 +52,9 @@ class JobIn(Schema):
     pool: str
     method: Method = Method.LORA
     hyperparameters: dict[str, float] = {}
-    target_model: str | None = Field(None, description="Register the result under this model (default: the base's)")
+    target_model: str | None = Field(
+        None, description="Register the result under this model (default: the base's)"
+    )
 
 
 class EvalOut(Schema):
@@ -73,7 +75,9 @@ def _job(request, job_id: int) -> FineTuneJob:
 @router.get("/jobs", response=list[JobOut])
 @paginate(PageNumberPagination, page_size=50)
 def list_jobs(request, status: str = ""):
-    jobs = gate.visible(request.auth, FineTuneJob).select_related("base_version__model", "pool", "node", "target_model")
+    jobs = gate.visible(request.auth, FineTuneJob).select_related(
+        "base_version__model", "pool", "node", "target_model"
+    )
     if status:
         jobs = jobs.filter(status=status)
     return jobs.order_by("-created_at", "-id")
@@ -86,8 +90,15 @@ def start_job(request, payload: JobIn):
     dataset_version = gate.get_visible(actor, DatasetVersion, pk=payload.dataset_version_id)
     pool = gate.get_visible(actor, ComputePool, name=payload.pool)
     target = gate.get_visible(actor, Model, name=payload.target_model) if payload.target_model else None
-    job = finetune.start_job(actor=actor, base_version=base, dataset_version=dataset_version, pool=pool,
-                             method=payload.method, hyperparameters=payload.hyperparameters, target_model=target)
+    job = finetune.start_job(
+        actor=actor,
+        base_version=base,
+        dataset_version=dataset_version,
+        pool=pool,
+        method=payload.method,
+        hyperparameters=payload.hyperparameters,
+        target_model=target,
+    )
     return Status(201, job)
 
 

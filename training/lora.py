@@ -93,10 +93,17 @@ class Cancelled(Exception):
 
 
 def train(
-    *, base_dir: Path, output_dir: Path, train_rows: list[dict], eval_rows: list[dict], hp: Hyperparameters,
+    *,
+    base_dir: Path,
+    output_dir: Path,
+    train_rows: list[dict],
+    eval_rows: list[dict],
+    hp: Hyperparameters,
     on_progress: Callable[[Progress], None] = lambda p: None,
     on_checkpoint: Callable[[Path, int], None] = lambda path, step: None,
-    resume_dir: Path | None = None, resume_step: int = 0, should_stop: Callable[[], bool] = lambda: False,
+    resume_dir: Path | None = None,
+    resume_step: int = 0,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> dict:
     """Fine-tune and save the adapter (or full model) to ``output_dir``; return final metrics."""
     import torch
@@ -113,10 +120,16 @@ def train(
         if resume_dir is not None:
             model = PeftModel.from_pretrained(model, resume_dir, is_trainable=True)
         else:
-            model = get_peft_model(model, LoraConfig(
-                r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
-                target_modules=hp.target_modules, task_type="CAUSAL_LM",
-            ))
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=hp.lora_r,
+                    lora_alpha=hp.lora_alpha,
+                    lora_dropout=hp.lora_dropout,
+                    target_modules=hp.target_modules,
+                    task_type="CAUSAL_LM",
+                ),
+            )
     elif resume_dir is not None:
         model = AutoModelForCausalLM.from_pretrained(resume_dir, dtype=torch.float32)
     model.train()
@@ -158,9 +171,13 @@ def train(
     if hp.method == "full":
         tokenizer.save_pretrained(output_dir)
     return {
-        "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None,
-        "eval_loss": evaluate_loss(model, eval_examples, pad_id, hp.batch_size), "steps": total,
-        "epochs": hp.epochs, "learning_rate": hp.learning_rate, "train_rows": len(train_rows),
+        "train_loss_first": losses[0] if losses else None,
+        "train_loss_last": losses[-1] if losses else None,
+        "eval_loss": evaluate_loss(model, eval_examples, pad_id, hp.batch_size),
+        "steps": total,
+        "epochs": hp.epochs,
+        "learning_rate": hp.learning_rate,
+        "train_rows": len(train_rows),
     }
 
 

@@ -161,13 +161,26 @@ class FineTuneJob(models.Model):
 
     owner_team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="finetune_jobs")
     base_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="finetune_jobs")
-    dataset_version = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, related_name="finetune_jobs")
-    target_model = models.ForeignKey("registry.Model", on_delete=models.PROTECT, related_name="finetune_jobs",
-                                     help_text="The model the result is registered under")
+    dataset_version = models.ForeignKey(
+        DatasetVersion, on_delete=models.PROTECT, related_name="finetune_jobs"
+    )
+    target_model = models.ForeignKey(
+        "registry.Model",
+        on_delete=models.PROTECT,
+        related_name="finetune_jobs",
+        help_text="The model the result is registered under",
+    )
     method = models.CharField(max_length=8, choices=Method.choices, default=Method.LORA)
+    # Distillation: stage one asks this endpoint (through the gateway) to answer the dataset's prompts.
+    teacher_endpoint = models.ForeignKey("serving.Endpoint", null=True, blank=True, on_delete=models.PROTECT,
+                                         related_name="+")
+    distilled_dataset_version = models.ForeignKey(DatasetVersion, null=True, blank=True, on_delete=models.PROTECT,
+                                                  related_name="+", help_text="The teacher's answers (stage one)")
     hyperparameters = models.JSONField(default=dict, help_text="As resolved for the run")
     pool = models.ForeignKey("serving.ComputePool", on_delete=models.PROTECT, related_name="finetune_jobs")
-    node = models.ForeignKey("serving.Node", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    node = models.ForeignKey(
+        "serving.Node", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED)
     status_detail = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
@@ -180,10 +193,13 @@ class FineTuneJob(models.Model):
     loss_curve = models.JSONField(default=list, blank=True, help_text="[[step, train loss], ...]")
     eval_curve = models.JSONField(default=list, blank=True, help_text="[[step, eval loss], ...]")
     log_tail = models.TextField(blank=True)
-    checkpoint = models.ForeignKey(Artifact, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    checkpoint = models.ForeignKey(
+        Artifact, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     checkpoint_step = models.PositiveIntegerField(default=0)
-    output_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT,
-                                       related_name="produced_by")
+    output_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="produced_by"
+    )
     metrics = models.JSONField(default=dict, blank=True)
     compute_seconds = models.FloatField(default=0, help_text="Wall time on the node, all attempts")
     cpu_core_seconds = models.FloatField(default=0)
@@ -191,8 +207,9 @@ class FineTuneJob(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     objects = FineTuneJobQuerySet.as_manager()
 
@@ -211,6 +228,14 @@ class FineTuneJob(models.Model):
         return self.owner_team
 
     @property
+    def is_distillation(self) -> bool:
+        return self.teacher_endpoint_id is not None
+
+    @property
+    def training_data(self) -> DatasetVersion:
+        return self.distilled_dataset_version or self.dataset_version
+
+    @property
     def eta_seconds(self) -> float | None:
         if self.status != JobStatus.RUNNING or not self.step or not self.started_at:
             return None
@@ -219,8 +244,11 @@ class FineTuneJob(models.Model):
 
     def snapshot(self) -> dict:
         return {
-            "base_version": self.base_version.label, "dataset_version": str(self.dataset_version_id),
-            "method": self.method, "pool": self.pool.name, "status": self.status,
+            "base_version": self.base_version.label,
+            "dataset_version": str(self.dataset_version_id),
+            "method": self.method,
+            "pool": self.pool.name,
+            "status": self.status,
             "hyperparameters": self.hyperparameters,
             "output_version": self.output_version.label if self.output_version else None,
         }
@@ -238,7 +266,9 @@ class EvalRun(models.Model):
 
     version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="eval_runs")
     dataset_version = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, related_name="eval_runs")
-    job = models.ForeignKey(FineTuneJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="eval_runs")
+    job = models.ForeignKey(
+        FineTuneJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="eval_runs"
+    )
     status = models.CharField(max_length=10, choices=EvalStatus.choices, default=EvalStatus.RUNNING)
     metrics = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)

@@ -44,18 +44,34 @@ def run(job_id: int) -> int:
     from training.models import EvalRun, FineTuneJob
     from training.services import dataset_files
 
-    job = FineTuneJob.objects.select_related("base_version", "dataset_version__dataset", "target_model").get(pk=job_id)
+    job = FineTuneJob.objects.select_related(
+        "base_version", "dataset_version__dataset", "target_model", "teacher_endpoint"
+    ).get(pk=job_id)
     jobs = FineTuneJob.objects.filter(pk=job_id, status=JobStatus.RUNNING)
     store = default_store()
     try:
-        files = dataset_files(job.dataset_version)
+        if job.is_distillation and job.distilled_dataset_version is None:
+            from training import distillation
+
+            prompts = dataset_files(job.dataset_version)
+
+            def asked(done: int, total: int) -> None:
+                detail = f"Stage 1: {job.teacher_endpoint.name} answered {done}/{total} prompts."
+                jobs.update(heartbeat_at=timezone.now(), status_detail=detail)
+
+            answered = distillation.ask_teacher(job, _rows(prompts.train) + _rows(prompts.eval), on_progress=asked)
+            job.distilled_dataset_version = distillation.record_answers(job, answered)
+            jobs.update(distilled_dataset_version=job.distilled_dataset_version, status_detail="Stage 2: training.")
+        files = dataset_files(job.training_data)
         train_rows, eval_rows = _rows(files.train), _rows(files.eval)
         base_dir = materialize_version(job.base_version)
         hp = Hyperparameters(**job.hyperparameters).resolved(len(train_rows))
         jobs.update(hyperparameters=dict(hp.__dict__), heartbeat_at=timezone.now())
         resume_dir, resume_step = None, 0
         if job.checkpoint_id:
-            resume_dir = materialize(store, job.checkpoint.manifest(), Path(settings.ARTIFACT_CACHE) / job.checkpoint_id)
+            resume_dir = materialize(
+                store, job.checkpoint.manifest(), Path(settings.ARTIFACT_CACHE) / job.checkpoint_id
+            )
             resume_step = job.checkpoint_step
         losses, evals = list(job.loss_curve), list(job.eval_curve)
         last_write = [0.0]
@@ -68,45 +84,86 @@ def run(job_id: int) -> int:
             now = time.monotonic()
             if now - last_write[0] >= 1.0 or p.eval_loss is not None or p.step == p.total_steps:
                 last_write[0] = now
-                jobs.update(step=p.step, total_steps=p.total_steps, tokens_per_second=round(p.tokens_per_second, 1),
-                            loss_curve=_downsample(losses), eval_curve=evals, heartbeat_at=timezone.now())
+                jobs.update(
+                    step=p.step,
+                    total_steps=p.total_steps,
+                    tokens_per_second=round(p.tokens_per_second, 1),
+                    loss_curve=_downsample(losses),
+                    eval_curve=evals,
+                    heartbeat_at=timezone.now(),
+                )
                 cancel[0] = FineTuneJob.objects.filter(pk=job_id, cancel_requested=True).exists()
 
         def on_checkpoint(path: Path, step: int) -> None:
             manifest = store_directory(store, path)
-            artifact, _ = Artifact.objects.get_or_create(id=manifest.artifact_id, defaults={
-                "store_uri": store.uri(manifest.artifact_id), "size_bytes": manifest.total_size,
-                "file_count": len(manifest.files),
-                "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
-            })
+            artifact, _ = Artifact.objects.get_or_create(
+                id=manifest.artifact_id,
+                defaults={
+                    "store_uri": store.uri(manifest.artifact_id),
+                    "size_bytes": manifest.total_size,
+                    "file_count": len(manifest.files),
+                    "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
+                },
+            )
             jobs.update(checkpoint=artifact, checkpoint_step=step)
 
         (Path(settings.DATA_DIR) / "work").mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=Path(settings.DATA_DIR) / "work", prefix=f"train-{job_id}-") as work:
+        with tempfile.TemporaryDirectory(
+            dir=Path(settings.DATA_DIR) / "work", prefix=f"train-{job_id}-"
+        ) as work:
             output = Path(work) / "output"
-            metrics = train(base_dir=base_dir, output_dir=output, train_rows=train_rows, eval_rows=eval_rows, hp=hp,
-                            on_progress=on_progress, on_checkpoint=on_checkpoint, resume_dir=resume_dir,
-                            resume_step=resume_step, should_stop=lambda: cancel[0])
+            metrics = train(
+                base_dir=base_dir,
+                output_dir=output,
+                train_rows=train_rows,
+                eval_rows=eval_rows,
+                hp=hp,
+                on_progress=on_progress,
+                on_checkpoint=on_checkpoint,
+                resume_dir=resume_dir,
+                resume_step=resume_step,
+                should_stop=lambda: cancel[0],
+            )
             facts = inspect_directory(output)
             manifest = store_directory(store, output)
             version = finetune.register_output(job, manifest, facts, store.uri(manifest.artifact_id), metrics)
             jobs.update(output_version=version, heartbeat_at=timezone.now())
             # The held-out split, scored for the new version and (once per dataset version) for its base.
             if eval_rows:
-                base_run = EvalRun.objects.filter(version=job.base_version, dataset_version=job.dataset_version,
-                                                  status="succeeded").first()
+                base_run = EvalRun.objects.filter(
+                    version=job.base_version, dataset_version=job.training_data, status="succeeded"
+                ).first()
                 if base_run is None:
                     base_metrics = score(base_dir=base_dir, adapter_dir=None, rows=eval_rows)
-                    EvalRun.objects.create(version=job.base_version, dataset_version=job.dataset_version, job=job,
-                                           status="succeeded", metrics=base_metrics, finished_at=timezone.now())
+                    EvalRun.objects.create(
+                        version=job.base_version,
+                        dataset_version=job.training_data,
+                        job=job,
+                        status="succeeded",
+                        metrics=base_metrics,
+                        finished_at=timezone.now(),
+                    )
                 jobs.update(heartbeat_at=timezone.now())
                 adapter_dir = output if facts.is_adapter else None
-                tuned = score(base_dir=base_dir if adapter_dir else output, adapter_dir=adapter_dir, rows=eval_rows)
-                EvalRun.objects.create(version=version, dataset_version=job.dataset_version, job=job,
-                                       status="succeeded", metrics=tuned, finished_at=timezone.now())
+                tuned = score(
+                    base_dir=base_dir if adapter_dir else output, adapter_dir=adapter_dir, rows=eval_rows
+                )
+                EvalRun.objects.create(
+                    version=version,
+                    dataset_version=job.training_data,
+                    job=job,
+                    status="succeeded",
+                    metrics=tuned,
+                    finished_at=timezone.now(),
+                )
                 metrics["eval"] = tuned
-        finetune.finish(job_id, JobStatus.SUCCEEDED, f"Registered {version.label}.", metrics=metrics,
-                        step=F("total_steps"))
+        finetune.finish(
+            job_id,
+            JobStatus.SUCCEEDED,
+            f"Registered {version.label}.",
+            metrics=metrics,
+            step=F("total_steps"),
+        )
         return 0
     except Cancelled:
         finetune.finish(job_id, JobStatus.CANCELLED, "Cancelled while training.")

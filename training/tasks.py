@@ -48,12 +48,21 @@ def _trainer_env() -> dict[str, str]:
     db = connection.settings_dict
     host = db["HOST"]
     auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    url = (f"postgresql://{auth}@/{db['NAME']}?host={host}" if host.startswith("/")
-           else f"postgresql://{auth}@{host}:{db['PORT'] or 5432}/{db['NAME']}")
+    url = (
+        f"postgresql://{auth}@/{db['NAME']}?host={host}"
+        if host.startswith("/")
+        else f"postgresql://{auth}@{host}:{db['PORT'] or 5432}/{db['NAME']}"
+    )
     return {
-        **os.environ, "DATABASE_URL": url, "REDIS_URL": settings.REDIS_URL, "DJANGO_SECRET_KEY": settings.SECRET_KEY,
-        "PORTFOLIO_DATA_DIR": str(settings.DATA_DIR), "PORTFOLIO_ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
-        "PORTFOLIO_ARTIFACT_CACHE": str(settings.ARTIFACT_CACHE), "PYTHONUNBUFFERED": "1",
+        **os.environ,
+        "DATABASE_URL": url,
+        "REDIS_URL": settings.REDIS_URL,
+        "DJANGO_SECRET_KEY": settings.SECRET_KEY,
+        "PORTFOLIO_DATA_DIR": str(settings.DATA_DIR),
+        "PORTFOLIO_ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
+        "PORTFOLIO_ARTIFACT_CACHE": str(settings.ARTIFACT_CACHE),
+        "PORTFOLIO_GATEWAY_URL": settings.GATEWAY_INTERNAL_URL,
+        "PYTHONUNBUFFERED": "1",
     }
 
 
@@ -71,7 +80,9 @@ def _alive(pid: int | None) -> bool:
 def run_job(job_id: int) -> None:
     """Claim a queued job, start its trainer process (own process group), and watch it to the end."""
     claimed = FineTuneJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
-        status=JobStatus.RUNNING, attempt=F("attempt") + 1, heartbeat_at=timezone.now(),
+        status=JobStatus.RUNNING,
+        attempt=F("attempt") + 1,
+        heartbeat_at=timezone.now(),
     )
     job = FineTuneJob.objects.get(pk=job_id)
     if claimed:
@@ -81,8 +92,13 @@ def run_job(job_id: int) -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as handle:
             process = subprocess.Popen(
-                [sys.executable, "-m", "training.runner", str(job_id)], stdout=handle, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, env=_trainer_env(), cwd=log.parent,
+                [sys.executable, "-m", "training.runner", str(job_id)],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=_trainer_env(),
+                cwd=log.parent,
             )
         FineTuneJob.objects.filter(pk=job_id).update(pid=process.pid)
         pid = process.pid
@@ -106,14 +122,19 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None) -> None:
             FineTuneJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
                 heartbeat_at=timezone.now(), log_tail=log_tail(_log_path(job_id), 30)
             )
-            if FineTuneJob.objects.filter(pk=job_id, status=JobStatus.RUNNING, cancel_requested=True).exists():
+            if FineTuneJob.objects.filter(
+                pk=job_id, status=JobStatus.RUNNING, cancel_requested=True
+            ).exists():
                 _kill(pid)
-                finetune.finish(job_id, JobStatus.CANCELLED, "Cancelled: the trainer's process group was stopped.")
+                finetune.finish(
+                    job_id, JobStatus.CANCELLED, "Cancelled: the trainer's process group was stopped."
+                )
         time.sleep(0.5)
     elapsed = time.monotonic() - started
     cores = psutil.cpu_count() or 1
     FineTuneJob.objects.filter(pk=job_id).update(
-        compute_seconds=F("compute_seconds") + elapsed, cpu_core_seconds=F("cpu_core_seconds") + elapsed * cores,
+        compute_seconds=F("compute_seconds") + elapsed,
+        cpu_core_seconds=F("cpu_core_seconds") + elapsed * cores,
         log_tail=log_tail(_log_path(job_id), 30),
     )
     job = FineTuneJob.objects.get(pk=job_id)
@@ -123,12 +144,16 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None) -> None:
     why = f"the trainer exited ({'signal ' + str(-code) if code and code < 0 else 'code ' + str(code)})"
     if job.attempt < settings.TRAINING_MAX_ATTEMPTS:
         requeued = FineTuneJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
-            status=JobStatus.QUEUED, pid=None, status_detail=f"{why}; resuming from step {job.checkpoint_step}."
+            status=JobStatus.QUEUED,
+            pid=None,
+            status_detail=f"{why}; resuming from step {job.checkpoint_step}.",
         )
         if requeued:
             finetune.enqueue(job)
     else:
-        finetune.finish(job_id, JobStatus.FAILED, f"{why} on attempt {job.attempt}; giving up.\n{job.log_tail}")
+        finetune.finish(
+            job_id, JobStatus.FAILED, f"{why} on attempt {job.attempt}; giving up.\n{job.log_tail}"
+        )
 
 
 @shared_task(name="training.reap_stale_jobs")

@@ -109,7 +109,7 @@ def _models(replica: Replica) -> set[str]:
         return {m["id"] for m in json.loads(response.read())["data"]}
 
 
-def _gateway_round_trip(admin, team, tmp_path) -> None:
+def _gateway_round_trip(admin, team, tmp_path, then=None) -> None:
     import httpx
     import openai
 
@@ -154,8 +154,48 @@ def _gateway_round_trip(admin, team, tmp_path) -> None:
         assert (events[1].endpoint, events[1].adapter, events[1].input_tokens, events[1].output_tokens) == (
             "support-ft", "smol-support", final.prompt_tokens, final.completion_tokens)
         assert events[2].status == 499 and 0 < events[2].output_tokens < 200
+        if then is not None:
+            then(base)
     finally:
         stop_gateway(gateway)
+
+
+def _distillation_with_the_endpoint_as_teacher(engineer, team, student, pool) -> None:
+    from serving.gateway.models import ApiKey, UsageEvent
+    from serving.models import Endpoint
+    from training import finetune
+    from training import services as datasets
+    from training.choices import JobStatus
+    from training.tasks import run_job
+
+    prompts = datasets.create_dataset(actor=engineer, owner_team=team, name="support-prompts", kind="chat")
+    rows = [{"messages": [{"role": "user", "content": f"Customer message {i}: where is my parcel?"},
+                          {"role": "assistant", "content": "unused"}]} for i in range(12)]
+    content = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    version, _ = datasets.upload_version(actor=engineer, dataset=prompts, chunks=[content], filename="prompts.jsonl")
+    metered_before = UsageEvent.objects.count()
+    from portfolio.registry import services as registry_services
+
+    target = registry_services.create_model(actor=engineer, name="support-distilled", owner_team=team)
+    # The test runs the node task itself (below), so the job is not also queued for the running agent.
+    from unittest import mock
+
+    with mock.patch.object(finetune, "enqueue"):
+        job = finetune.start_distillation(actor=engineer, teacher=Endpoint.objects.get(name="support"), prompts=version,
+                                          student=student, pool=pool, hyperparameters={"epochs": 1},
+                                          target_model=target)
+    run_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED, f"{job.status_detail}\n{job.log_tail}"
+    assert job.distilled_dataset_version.dataset.name == "support-prompts-distilled"
+    assert job.output_version.source == "distillation" and job.output_version.metrics["teacher_endpoint"] == "support"
+    service_key = ApiKey.objects.get(name=f"distillation job #{job.pk}")
+    assert service_key.service and service_key.revoked_at is not None, "the job's key is revoked when it is done"
+    from serving.gateway import usage
+
+    usage.flush()
+    assert UsageEvent.objects.filter(api_key=service_key).count() == 12, "every teacher call is metered"
+    assert UsageEvent.objects.count() == metered_before + 12
 
 
 def _ready_replica(deployment: Deployment) -> Replica | None:
@@ -218,7 +258,11 @@ def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(org
 
     # The gateway in front of it, called with the official openai SDK and a team key; usage is metered
     # with the engine's own token counts, also for a client that hangs up mid-stream.
-    _gateway_round_trip(admin, team, tmp_path)
+    def distill(gateway_url: str) -> None:
+        settings.GATEWAY_INTERNAL_URL = gateway_url
+        _distillation_with_the_endpoint_as_teacher(engineer, team, base, node.pool)
+
+    _gateway_round_trip(admin, team, tmp_path, then=distill)
 
     # kill -9 of the engine: the agent notices, restarts it (with its adapter), and it serves again.
     os.kill(pid, signal.SIGKILL)

@@ -2,7 +2,9 @@
 pages act on (``build_world``) and where their URL arguments come from (``UI_KWARGS``).
 
 The world values the rules use: ``slug`` (the team), ``dataset`` (its name), ``dataset_id``, ``number`` (1,
-the dataset's first version) and ``filename`` (a file of that version)."""
+the dataset's first version) and ``filename`` (a file of that version); for the fine-tuning pages, from
+tests/test_route_permissions.py's ``world``: ``job_id`` (a queued job of the team), ``version_id`` (a ready
+base version), ``dataset_version_id`` and the pool ``local-cpu``."""
 
 from __future__ import annotations
 
@@ -32,6 +34,22 @@ UI_ROUTES: dict[str, Rule] = {
         "team", "training.run", "POST", file="<dataset.jsonl>", eval_fraction="0.1", seed="42"
     ),
     "dataset-version": ui("team", "model.view"),
+    "job-list": ui("signed_in"),
+    # Rule, not ui(): the form's "method" field would clash with ui()'s own argument.
+    "job-create": Rule(
+        "team",
+        "training.run",
+        "POST",
+        {
+            "base_version": "{version_id}",
+            "dataset_version": "{dataset_version_id}",
+            "pool": "local-cpu",
+            "method": "lora",
+        },
+    ),
+    "job-detail": ui("team", "model.view"),
+    # The world's job is queued: cancelling it ends it at once.
+    "job-cancel": ui("team", "training.run", "POST"),
 }
 
 # URL keyword argument -> the world value it takes, per route (routes not named here take none).
@@ -39,6 +57,8 @@ UI_KWARGS: dict[str, dict[str, str]] = {
     "dataset-detail": {"team": "slug", "name": "dataset"},
     "dataset-upload": {"team": "slug", "name": "dataset"},
     "dataset-version": {"team": "slug", "name": "dataset", "number": "number"},
+    "job-detail": {"job_id": "job_id"},
+    "job-cancel": {"job_id": "job_id"},
 }
 
 

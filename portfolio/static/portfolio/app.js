@@ -251,3 +251,40 @@
     init();
   }
 })();
+
+// Start a fine-tune: the LoRA settings only for LoRA methods, and a note when QLoRA meets a CPU pool (the
+// server refuses it there either way).
+(function () {
+  "use strict";
+
+  function syncJobForm(form) {
+    var method = form.querySelector("input[name='method']:checked");
+    var value = method ? method.value : "";
+    form.querySelectorAll(".hp[data-methods]").forEach(function (item) {
+      var applies = !value || item.getAttribute("data-methods").split(" ").indexOf(value) !== -1;
+      item.hidden = !applies;
+      item.querySelectorAll("input").forEach(function (input) {
+        input.disabled = !applies;
+      });
+    });
+    var pool = form.querySelector("select[name='pool']");
+    var option = pool && pool.options[pool.selectedIndex];
+    var note = form.querySelector("[data-qlora-note]");
+    if (note) note.hidden = !(value === "qlora" && option && option.getAttribute("data-kind") === "cpu");
+  }
+
+  function init() {
+    document.querySelectorAll("form[data-job-form]").forEach(syncJobForm);
+  }
+
+  document.addEventListener("change", function (event) {
+    var form = event.target.closest("form[data-job-form]");
+    if (form && (event.target.name === "method" || event.target.name === "pool")) syncJobForm(form);
+  });
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", init);
+  } else {
+    init();
+  }
+})();

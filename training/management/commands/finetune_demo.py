@@ -28,18 +28,33 @@ class Command(BaseCommand):
 
     def handle(self, *args, deployment: str, timeout: int, **options):
         actor = Actor.for_system("demo")
-        base = ModelVersion.objects.filter(model__name=MODEL_NAME, status=VersionStatus.READY).order_by("number").first()
+        base = (
+            ModelVersion.objects.filter(model__name=MODEL_NAME, status=VersionStatus.READY)
+            .order_by("number")
+            .first()
+        )
         dataset = Dataset.objects.filter(name="ticket-routing", owner_team__slug="demo").first()
         pool = ComputePool.objects.filter(name=settings.NODE_POOL).first()
         if base is None or dataset is None or pool is None:
             raise CommandError("Run seed_demo, import_demo_model, seed_demo_dataset and deploy_demo first.")
         version = dataset.versions.order_by("-number").first()
-        job = (FineTuneJob.objects.filter(dataset_version=version, base_version=base)
-               .exclude(status__in=[JobStatus.FAILED, JobStatus.ERRORED, JobStatus.CANCELLED]).order_by("-pk").first())
+        job = (
+            FineTuneJob.objects.filter(dataset_version=version, base_version=base)
+            .exclude(status__in=[JobStatus.FAILED, JobStatus.ERRORED, JobStatus.CANCELLED])
+            .order_by("-pk")
+            .first()
+        )
         if job is None:
-            job = finetune.start_job(actor=actor, base_version=base, dataset_version=version, pool=pool,
-                                     hyperparameters={"epochs": 3})
-            self.stdout.write(f"Fine-tuning {base.label} on ticket-routing v{version.number} (job #{job.pk})…")
+            job = finetune.start_job(
+                actor=actor,
+                base_version=base,
+                dataset_version=version,
+                pool=pool,
+                hyperparameters={"epochs": 3},
+            )
+            self.stdout.write(
+                f"Fine-tuning {base.label} on ticket-routing v{version.number} (job #{job.pk})…"
+            )
         deadline = time.monotonic() + timeout
         while job.status not in JobStatus.finished():
             if time.monotonic() > deadline:
@@ -57,10 +72,15 @@ class Command(BaseCommand):
         )
         if not Endpoint.objects.filter(name=DEMO_ENDPOINT).exists():
             serving_services.create_endpoint(
-                actor=actor, name=DEMO_ENDPOINT, team=target.owner_team,
+                actor=actor,
+                name=DEMO_ENDPOINT,
+                team=target.owner_team,
                 routes=[{"deployment": target.name, "adapter": attached.name, "weight": 100}],
                 description="The demo fine-tuned ticket router (a LoRA adapter of SmolLM2).",
             )
         accuracy = (job.metrics.get("eval") or {}).get("accuracy")
-        self.stdout.write(self.style.SUCCESS(
-            f"Demo adapter {adapter.label} serves as model 'ticket-router' (held-out accuracy {accuracy})."))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Demo adapter {adapter.label} serves as model 'ticket-router' (held-out accuracy {accuracy})."
+            )
+        )

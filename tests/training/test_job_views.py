@@ -1,0 +1,393 @@
+"""The fine-tuning pages: the jobs list, the start form with the service's refusals, a job's live page
+(polling only while it runs), cancelling, and the eval results beside the base's.
+
+Jobs are rows made here with the state under test; nothing trains (``finetune.enqueue`` is replaced)."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from portfolio.audit.models import AuditEvent
+from portfolio.registry import services as registry
+from portfolio.registry.choices import Source, VersionKind, VersionStatus
+from portfolio.registry.models import Artifact, ModelVersion
+from serving.choices import PoolKind
+from serving.models import ComputePool, Node
+from tests.training.conftest import jsonl, tickets, upload
+from training import finetune
+from training.choices import JobStatus, Method
+from training.models import EvalRun, FineTuneJob
+
+pytestmark = pytest.mark.django_db
+
+HTMX = {"HTTP_HX_REQUEST": "true"}
+LOSS = [[step, round(2.5 / step, 4)] for step in range(1, 41)]
+
+
+@pytest.fixture
+def base(engineer, team) -> ModelVersion:
+    """A ready base version (its artifact is a stand-in: nothing is loaded in these tests)."""
+    artifact = Artifact.objects.create(
+        id="a" * 64,
+        store_uri="file:///nowhere",
+        size_bytes=10,
+        file_count=1,
+        files=[{"path": "config.json", "size": 10, "sha256": "0" * 64}],
+    )
+    model = registry.create_model(actor=engineer, name="smol-base", owner_team=team)
+    return ModelVersion.objects.create(
+        model=model,
+        number=1,
+        kind=VersionKind.BASE,
+        source=Source.HUB,
+        artifact=artifact,
+        status=VersionStatus.READY,
+    )
+
+
+@pytest.fixture
+def dataset_version(engineer, chat_set):
+    version, _ = upload(engineer, chat_set, jsonl(*tickets(20)))
+    return version
+
+
+@pytest.fixture
+def cpu_pool(db) -> ComputePool:
+    pool = ComputePool.objects.create(name="cpu", kind=PoolKind.CPU)
+    Node.objects.create(
+        name="node-a",
+        pool=pool,
+        address="127.0.0.1",
+        cpu_cores=4,
+        memory_bytes=2**34,
+        heartbeat_at=timezone.now(),
+    )
+    return pool
+
+
+@pytest.fixture
+def enqueued(monkeypatch) -> list[FineTuneJob]:
+    jobs: list[FineTuneJob] = []
+    monkeypatch.setattr(finetune, "enqueue", jobs.append)
+    return jobs
+
+
+@pytest.fixture
+def make_job(team, base, dataset_version, cpu_pool):
+    def make(**fields) -> FineTuneJob:
+        values = {
+            "owner_team": team,
+            "base_version": base,
+            "dataset_version": dataset_version,
+            "target_model": base.model,
+            "pool": cpu_pool,
+            "node": cpu_pool.nodes.first(),
+        }
+        return FineTuneJob.objects.create(**(values | fields))
+
+    return make
+
+
+@pytest.fixture
+def running_job(make_job) -> FineTuneJob:
+    return make_job(
+        status=JobStatus.RUNNING,
+        started_at=timezone.now() - timedelta(minutes=2),
+        heartbeat_at=timezone.now(),
+        step=40,
+        total_steps=160,
+        tokens_per_second=812.4,
+        loss_curve=LOSS,
+        eval_curve=[[20, 0.9], [40, 0.6]],
+        hyperparameters={"method": "lora", "epochs": 8, "learning_rate": 0.001, "batch_size": 4, "lora_r": 8},
+        log_tail="step 40/160 loss 0.0625",
+    )
+
+
+def job_url(job: FineTuneJob, name: str = "job-detail") -> str:
+    return reverse(name, kwargs={"job_id": job.pk})
+
+
+def start_data(base, dataset_version, pool, **extra) -> dict:
+    return {
+        "base_version": base.pk,
+        "dataset_version": dataset_version.pk,
+        "pool": pool.name,
+        "method": Method.LORA,
+        **extra,
+    }
+
+
+# --- Starting a job --------------------------------------------------------------------------------
+def test_an_engineer_starts_a_job_from_the_form_and_it_is_queued_audited_and_enqueued(
+    client, org, base, dataset_version, cpu_pool, enqueued, django_capture_on_commit_callbacks
+):
+    client.force_login(org["engineer"])
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            reverse("job-create"), start_data(base, dataset_version, cpu_pool, epochs="3", lora_r="")
+        )
+    job = FineTuneJob.objects.get()
+    assert response.status_code == 302 and response["Location"] == job_url(job)
+    assert (job.status, job.method, job.node.name, job.target_model) == (
+        JobStatus.QUEUED,
+        Method.LORA,
+        "node-a",
+        base.model,
+    )
+    assert job.hyperparameters["epochs"] == 3 and job.hyperparameters["lora_r"] == 8  # blank: the default
+    assert AuditEvent.objects.filter(action="training.job_start", object_id=str(job.pk)).exists()
+    assert [queued.pk for queued in enqueued] == [job.pk]
+
+
+def test_qlora_on_a_cpu_pool_shows_the_services_refusal_and_starts_nothing(
+    client, org, base, dataset_version, cpu_pool, enqueued
+):
+    client.force_login(org["engineer"])
+    response = client.post(reverse("job-create"), start_data(base, dataset_version, cpu_pool, method="qlora"))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "QLoRA needs a GPU pool" in html and "use LoRA on CPU pools" in html
+    assert not FineTuneJob.objects.exists() and not enqueued
+
+
+def test_a_pool_without_a_ready_node_is_refused_with_the_reason(
+    client, org, base, dataset_version, cpu_pool, enqueued
+):
+    cpu_pool.nodes.update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    client.force_login(org["engineer"])
+    response = client.post(reverse("job-create"), start_data(base, dataset_version, cpu_pool))
+    assert response.status_code == 200 and "No ready node in pool cpu" in response.content.decode()
+    assert not FineTuneJob.objects.exists()
+
+
+def test_a_viewer_may_not_start_a_job_and_an_outsider_does_not_find_the_dataset_version(
+    client, org, base, dataset_version, cpu_pool, enqueued
+):
+    client.force_login(org["viewer"])
+    assert client.post(reverse("job-create"), start_data(base, dataset_version, cpu_pool)).status_code == 403
+    assert client.get(reverse("job-create")).status_code == 403
+    client.force_login(org["outsider"])
+    assert client.post(reverse("job-create"), start_data(base, dataset_version, cpu_pool)).status_code == 404
+    assert not FineTuneJob.objects.exists()
+
+
+def test_fine_tune_on_this_version_opens_the_form_prefilled(client, org, base, dataset_version, cpu_pool):
+    client.force_login(org["engineer"])
+    page = client.get(
+        reverse(
+            "dataset-version",
+            kwargs={"team": dataset_version.dataset.owner_team.slug, "name": "tickets", "number": 1},
+        )
+    ).content.decode()
+    link = re.search(r'href="([^"]+)">Fine-tune on this version', page)
+    assert link and f"dataset_version={dataset_version.pk}" in link.group(1)
+    html = client.get(
+        reverse("job-create") + f"?base_version={base.pk}&dataset_version={dataset_version.pk}"
+    ).content.decode()
+    assert f'<option value="{base.pk}" selected>' in html
+    assert f'<option value="{dataset_version.pk}" selected>' in html
+    assert 'value="lora"' in html and "QLoRA (GPU pools only)" in html
+    assert "adapt to the dataset size" in html
+
+    client.force_login(org["viewer"])
+    page = client.get(
+        reverse("dataset-version", kwargs={"team": "support-ai", "name": "tickets", "number": 1})
+    ).content.decode()
+    assert "Fine-tune on this version" not in page
+
+
+# --- A job's page ----------------------------------------------------------------------------------
+def test_a_running_job_page_polls_and_shows_its_progress_and_loss_chart(client, org, running_job):
+    client.force_login(org["viewer"])
+    html = client.get(job_url(running_job)).content.decode()
+    assert f'hx-get="{job_url(running_job)}" hx-trigger="every 2s"' in html
+    assert '<progress class="progress" max="100" value="25"' in html and "40 / 160" in html
+    assert "<svg" in html and 'class="chart-line chart-line--train"' in html
+    assert "chart-dot--eval" in html  # eval loss points
+    assert "812" in html  # tokens per second
+    assert "step 40/160 loss 0.0625" in html  # the log tail
+    assert "Cancel job" not in html  # a viewer may not cancel
+
+    client.force_login(org["engineer"])
+    assert "Cancel job" in client.get(job_url(running_job)).content.decode()
+
+
+def test_the_poll_answers_the_live_parts_and_a_finished_job_stops_polling(client, org, running_job):
+    client.force_login(org["viewer"])
+    fragment = client.get(job_url(running_job), **HTMX)
+    text = fragment.content.decode()
+    assert text.lstrip().startswith('<section id="job-progress"') and 'hx-trigger="every 2s"' in text
+    assert 'id="job-curves" class="card" aria-labelledby="curves-heading" hx-swap-oob="true"' in text
+    assert "HX-Refresh" not in fragment
+
+    FineTuneJob.objects.filter(pk=running_job.pk).update(
+        status=JobStatus.SUCCEEDED, step=160, finished_at=timezone.now()
+    )
+    finished = client.get(job_url(running_job), **HTMX)
+    assert finished["HX-Refresh"] == "true" and "hx-trigger" not in finished.content.decode()
+    html = client.get(job_url(running_job)).content.decode()
+    assert "hx-trigger" not in html and "Updating every" not in html
+    assert 'value="100"' in html and "<svg" in html
+
+
+def test_a_failed_job_shows_its_reason_and_log_in_a_red_callout(client, org, make_job):
+    job = make_job(
+        status=JobStatus.FAILED,
+        status_detail="the trainer exited (signal 9) on attempt 3; giving up.",
+        log_tail="Killed\n",
+        finished_at=timezone.now(),
+    )
+    client.force_login(org["viewer"])
+    html = client.get(job_url(job)).content.decode()
+    callout = html[html.index('class="alert alert--error callout"') :]
+    assert callout.index("signal 9") < callout.index("Killed") < callout.index("</div>")
+    assert "hx-trigger" not in html
+
+
+def test_an_outsider_does_not_find_a_job(client, org, running_job):
+    client.force_login(org["outsider"])
+    assert client.get(job_url(running_job)).status_code == 404
+    assert client.post(job_url(running_job, "job-cancel")).status_code == 404
+    assert f"#{running_job.pk}" not in client.get(reverse("job-list")).content.decode()
+
+
+def test_the_produced_version_links_to_the_registry(client, org, engineer, make_job, base):
+    tuned = ModelVersion.objects.create(
+        model=base.model,
+        number=2,
+        kind=VersionKind.ADAPTER,
+        base_version=base,
+        source=Source.FINE_TUNE,
+        status=VersionStatus.READY,
+    )
+    job = make_job(status=JobStatus.SUCCEEDED, output_version=tuned, finished_at=timezone.now())
+    client.force_login(org["viewer"])
+    html = client.get(job_url(job)).content.decode()
+    assert f'href="{reverse("version-detail", kwargs={"name": "smol-base", "number": 2})}"' in html
+
+
+# --- Cancelling ------------------------------------------------------------------------------------
+def test_cancelling_a_running_job_asks_its_node_to_stop_and_is_audited(client, org, running_job):
+    client.force_login(org["engineer"])
+    response = client.post(job_url(running_job, "job-cancel"), follow=True)
+    running_job.refresh_from_db()
+    assert running_job.cancel_requested and running_job.status == JobStatus.RUNNING
+    assert AuditEvent.objects.filter(action="training.job_cancel", object_id=str(running_job.pk)).exists()
+    html = response.content.decode()
+    assert "Stopping fine-tune" in html and "Cancelling: the node is stopping the trainer" in html
+    assert "Cancel job" not in html
+
+
+def test_cancelling_a_queued_job_ends_it_at_once_and_a_viewer_may_not(client, org, make_job):
+    job = make_job()
+    client.force_login(org["viewer"])
+    assert client.post(job_url(job, "job-cancel")).status_code == 403
+    client.force_login(org["engineer"])
+    client.post(job_url(job, "job-cancel"))
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELLED and job.finished_at is not None
+    assert AuditEvent.objects.filter(action="training.job_cancel").count() == 1
+    again = client.post(job_url(job, "job-cancel"), follow=True)
+    assert "The job already cancelled." in again.content.decode()
+
+
+# --- Eval results ----------------------------------------------------------------------------------
+def test_eval_results_show_base_and_tuned_accuracy_side_by_side_with_the_change(
+    client, org, make_job, base, dataset_version
+):
+    tuned = ModelVersion.objects.create(
+        model=base.model,
+        number=2,
+        kind=VersionKind.ADAPTER,
+        base_version=base,
+        source=Source.FINE_TUNE,
+        status=VersionStatus.READY,
+    )
+    job = make_job(status=JobStatus.SUCCEEDED, output_version=tuned, finished_at=timezone.now())
+    # The base was scored by an earlier job on the same dataset version: its run is reused.
+    earlier = make_job(status=JobStatus.SUCCEEDED, finished_at=timezone.now())
+    EvalRun.objects.create(
+        version=base,
+        dataset_version=dataset_version,
+        job=earlier,
+        status="succeeded",
+        metrics={
+            "rows": 40,
+            "accuracy": 0.25,
+            "exact_match": 0.2,
+            "contains": 0.3,
+            "perplexity": 40.5,
+            "f1_by_label": {"billing": 0.4, "shipping": 0.1},
+            "label_counts": {"billing": 25, "shipping": 15},
+        },
+    )
+    EvalRun.objects.create(
+        version=tuned,
+        dataset_version=dataset_version,
+        job=job,
+        status="succeeded",
+        metrics={
+            "rows": 40,
+            "accuracy": 0.925,
+            "exact_match": 0.9,
+            "contains": 0.95,
+            "perplexity": 1.8,
+            "f1_by_label": {"billing": 0.95, "shipping": 0.05},
+            "label_counts": {"billing": 25, "shipping": 15},
+        },
+    )
+    client.force_login(org["viewer"])
+    html = client.get(job_url(job)).content.decode()
+    evals = html[html.index('id="job-evals"') :]
+    accuracy = re.search(r"Accuracy</th>(.*?)</tr>", evals, re.S).group(1)
+    assert re.findall(r'<td class="num">([^<]+)</td>', accuracy) == ["25.0%", "92.5%"]
+    assert '<span class="delta delta--better">+67.5 pts</span>' in accuracy
+    assert '<span class="delta delta--better">−38.70</span>' in evals  # perplexity fell: better
+    assert '<span class="delta delta--worse">−0.05</span>' in evals  # shipping F1 got worse
+    assert "smol-base:v1" in evals and "smol-base:v2" in evals
+
+
+# --- The list --------------------------------------------------------------------------------------
+def test_the_list_shows_the_teams_jobs_filters_by_status_and_polls_while_one_runs(
+    client, org, make_job, running_job, django_assert_max_num_queries
+):
+    done = make_job(status=JobStatus.SUCCEEDED, step=160, total_steps=160, finished_at=timezone.now())
+    for _ in range(5):
+        make_job(status=JobStatus.FAILED, step=3, total_steps=160)
+    client.force_login(org["viewer"])
+    with django_assert_max_num_queries(8):
+        html = client.get(reverse("job-list")).content.decode()
+    assert "7 jobs" in html and html.count('class="job-progress"') == 7
+    assert "40 / 160 · 25%" in html and "tickets v1" in html and "smol-base:v1" in html
+    assert 'hx-trigger="every 5s"' in html
+    assert "Start a fine-tune" not in html  # a viewer may not
+
+    filtered = client.get(reverse("job-list") + "?status=succeeded", **HTMX).content.decode()
+    assert filtered.lstrip().startswith('<section id="job-results"')
+    assert f'href="{job_url(done)}"' in filtered and f'href="{job_url(running_job)}"' not in filtered
+    assert "hx-trigger" not in filtered  # nothing on this page runs: no polling
+
+
+def test_the_training_home_links_to_the_jobs(client, org):
+    client.force_login(org["viewer"])
+    html = client.get(reverse("training-list")).content.decode()
+    assert f'href="{reverse("job-list")}"' in html
+
+
+def test_a_queued_job_waits_for_its_node_in_the_list_and_on_its_page(
+    client, org, engineer, base, dataset_version, cpu_pool, enqueued
+):
+    job = finetune.start_job(
+        actor=engineer, base_version=base, dataset_version=dataset_version, pool=cpu_pool
+    )
+    client.force_login(org["engineer"])
+    html = client.get(reverse("job-list")).content.decode()
+    assert f'href="{job_url(job)}"' in html and "waiting for node-a" in html
+    page = client.get(job_url(job)).content.decode()
+    assert 'hx-trigger="every 2s"' in page and "Automatic values are chosen from the" in page
