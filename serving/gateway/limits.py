@@ -1,12 +1,21 @@
 """Rate limits and budgets, atomic in Redis: reserve at admission (an upper bound of the request's
 tokens and cost), settle to the actual usage afterwards, release on every error path. Many concurrent
-requests therefore can never together exceed a limit or a budget."""
+requests therefore can never together exceed a limit or a budget.
+
+Commands go through the gateway's pipelined connection (redis_pipe.py): admission is one round trip,
+and the settlement is returned as commands for the caller to send with the usage event in another.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from redis.exceptions import NoScriptError, ResponseError
+
+from serving.gateway.redis_pipe import ClientPipe, RedisPipe
 
 # KEYS: revoked set, rpm counter, tpm counter, monthly token counter, monthly money counter (micro-units)
 # ARGV: key id, rpm limit, tpm limit, tokens to reserve, token budget, money budget, money to reserve,
@@ -48,48 +57,69 @@ class Verdict:
     reservation: Reservation | None = None
 
 
-def _month_left(now: datetime) -> tuple[str, int]:
-    month = now.strftime("%Y%m")
-    following = datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=UTC)
-    return month, int((following - now).total_seconds())
+class _Month:
+    """The current month's name and the seconds to its end, worked out once a month, not per request."""
+
+    __slots__ = ("end", "name", "start")
+
+    def __init__(self):
+        self.name, self.start, self.end = "", 0.0, 0.0
+
+    def at(self, now_ts: float) -> tuple[str, int]:
+        if not self.start <= now_ts < self.end:
+            now = datetime.fromtimestamp(now_ts, UTC)
+            self.name = now.strftime("%Y%m")
+            self.start = datetime(now.year, now.month, 1, tzinfo=UTC).timestamp()
+            self.end = datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=UTC).timestamp()
+        return self.name, int(self.end - now_ts)
+
+
+ADMIT_SHA = hashlib.sha1(ADMIT.encode()).hexdigest()  # noqa: S324 - the name Redis gives the script
 
 
 class Limiter:
-    def __init__(self, redis_client):
-        self.redis = redis_client
-        self.admit_script = redis_client.register_script(ADMIT)
+    def __init__(self, pipe: RedisPipe | ClientPipe):
+        self.pipe = pipe
+        self._month = _Month()
 
     async def admit(self, key, *, tokens: int, money_micros: int, revoked_set: str) -> Verdict:
         now_ts = time.time()
         minute = int(now_ts // 60)
         minute_left = 60 - int(now_ts % 60)
-        month, month_left = _month_left(datetime.fromtimestamp(now_ts, UTC))
+        month, month_left = self._month.at(now_ts)
         kid = key.key_id
         tpm_key = f"gw:tpm:{kid}:{minute}" if key.tpm_limit is not None else None
         token_key = f"gw:bt:{kid}:{month}" if key.monthly_token_budget is not None else None
         money_key = f"gw:bm:{kid}:{month}" if key.monthly_budget_micros is not None else None
-        reason, retry = await self.admit_script(
-            keys=[revoked_set, f"gw:rpm:{kid}:{minute}", tpm_key or "gw:-", token_key or "gw:-", money_key or "gw:-"],
-            args=[kid, _limit(key.rpm_limit), _limit(key.tpm_limit), tokens, _limit(key.monthly_token_budget),
-                  _limit(key.monthly_budget_micros), money_micros, minute_left, month_left],
-        )
+        keys_and_args = (5, revoked_set, f"gw:rpm:{kid}:{minute}", tpm_key or "gw:-", token_key or "gw:-",
+                         money_key or "gw:-", kid, _limit(key.rpm_limit), _limit(key.tpm_limit), tokens,
+                         _limit(key.monthly_token_budget), _limit(key.monthly_budget_micros), money_micros,
+                         minute_left, month_left)
+        (reply,) = await self.pipe.execute(("EVALSHA", ADMIT_SHA, *keys_and_args))
+        if isinstance(reply, NoScriptError) or (isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")):
+            (reply,) = await self.pipe.execute(("EVAL", ADMIT, *keys_and_args))  # loads it for next time
+        if isinstance(reply, Exception):
+            raise reply
+        reason, retry = reply
         reason = reason.decode() if isinstance(reason, bytes) else reason
         if reason != "ok":
             return Verdict(False, reason, int(retry))
         return Verdict(True, reservation=Reservation(tpm_key, token_key, money_key, tokens, money_micros))
 
-    def settle(self, pipe, reservation: Reservation | None, *, tokens: int, money_micros: int) -> None:
-        """Queue, on a pipeline, the correction from reserved to actual (zero actual releases it all)."""
+    def settle(self, reservation: Reservation | None, *, tokens: int, money_micros: int) -> list[tuple]:
+        """The commands that correct from reserved to actual (zero actual releases it all), to pipeline."""
         if reservation is None:
-            return
+            return []
+        commands = []
         delta = tokens - reservation.tokens
         if delta and reservation.tpm_key:
-            pipe.incrby(reservation.tpm_key, delta)
+            commands.append(("INCRBY", reservation.tpm_key, delta))
         if delta and reservation.token_budget_key:
-            pipe.incrby(reservation.token_budget_key, delta)
+            commands.append(("INCRBY", reservation.token_budget_key, delta))
         money_delta = money_micros - reservation.money_micros
         if money_delta and reservation.money_key:
-            pipe.incrby(reservation.money_key, money_delta)
+            commands.append(("INCRBY", reservation.money_key, money_delta))
+        return commands
 
 
 def _limit(value) -> int:

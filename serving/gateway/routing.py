@@ -101,8 +101,8 @@ class Balancer:
 
     def pick(self, replicas: list[ReplicaInfo], exclude: set[int]) -> ReplicaInfo | None:
         candidates = [r for r in replicas if r.id not in exclude]
-        if not candidates:
-            return None
+        if len(candidates) < 2:
+            return candidates[0] if candidates else None
         least = min(self.outstanding.get(r.id, 0) for r in candidates)
         return random.choice([r for r in candidates if self.outstanding.get(r.id, 0) == least])  # noqa: S311
 
@@ -116,8 +116,8 @@ class Balancer:
 def choose_route(endpoint: EndpointInfo, snapshot: Snapshot) -> Route | None:
     """A route by weight among those whose deployment has a ready replica."""
     live = [r for r in endpoint.routes if r.weight > 0 and snapshot.replicas.get(r.deployment)]
-    if not live:
-        return None
+    if len(live) < 2:
+        return live[0] if live else None
     return random.choices(live, weights=[r.weight for r in live])[0]  # noqa: S311
 
 

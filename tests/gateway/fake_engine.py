@@ -12,10 +12,16 @@ from aiohttp import web
 
 
 class FakeEngine:
-    def __init__(self, expected_key: str | None = None, *, chunk_delay: float = 0.0, delay: float = 0.0):
+    def __init__(self, expected_key: str | None = None, *, chunk_delay: float = 0.0, delay: float = 0.0,
+                 close_reused_connections: bool = False):
         self.expected_key = expected_key
         self.chunk_delay = chunk_delay
         self.delay = delay
+        # Hang up, without an answer, on every request that comes over an already used keep-alive connection:
+        # what a client sees when the engine closes an idle connection just as the client reuses it.
+        self.close_reused_connections = close_reused_connections
+        self._used_connections: set[int] = set()
+        self.hung_up = 0
         self.requests: list[dict] = []
         self.port = 0
         self._loop = None
@@ -24,6 +30,13 @@ class FakeEngine:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         if self.expected_key and request.headers.get("Authorization") != f"Bearer {self.expected_key}":
             return web.json_response({"error": {"message": "Unauthorized"}}, status=401)
+        if self.close_reused_connections:
+            connection = id(request.transport)
+            if connection in self._used_connections:
+                self.hung_up += 1
+                request.transport.close()
+                raise asyncio.CancelledError
+            self._used_connections.add(connection)
         body = await request.json()
         self.requests.append(body)
         if self.delay:

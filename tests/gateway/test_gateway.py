@@ -256,3 +256,15 @@ def test_no_key_secret_ever_reaches_the_gateway_log(gateway_url, stack, tmp_path
     httpx.post(f"{gateway_url}/v1/chat/completions", json={"model": "nope"}, headers={"Authorization": f"Bearer {secret}"})
     logs = "".join(p.read_text() for p in tmp_path_factory.getbasetemp().rglob("gateway.log"))
     assert secret.split("_", 2)[2][:16] not in logs
+
+
+def test_a_keep_alive_connection_closed_by_the_engine_is_retried_not_answered_503(gateway_url, stack):
+    dep, engines = stack["deployment"]("idle-dep", close_reused_connections=True)
+    stack["endpoint"]("idle", dep)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "idle")
+    body = {"model": "idle", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+    statuses = [httpx.post(f"{gateway_url}/v1/chat/completions", json=body,
+                           headers={"Authorization": f"Bearer {secret}"}).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 200]
+    assert engines[0].hung_up >= 3, "the gateway reused its pooled connections, and the engine hung up on them"
