@@ -5,15 +5,13 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django import forms
-from django.core.exceptions import PermissionDenied
 from django.db.models import Case, Value, When
-from django.http import Http404
 
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
-from portfolio.accounts.forms import apply_domain_error
 from portfolio.accounts.models import Team
 from portfolio.errors import DomainError
+from portfolio.formerrors import show_refusal
 from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.models import ModelVersion
 from serving.choices import NodeState, PoolKind
@@ -26,21 +24,13 @@ NAME_ATTRS = {"autocomplete": "off", "autocapitalize": "none", "spellcheck": "fa
 # Names that collide with the pages under /pools/, /deployments/ and /endpoints/.
 RESERVED_NAMES = frozenset({"new"})
 ARG_PREFIX = "arg_"
+# A refused engine argument ("engine_args.dtype: ...") goes next to its own field on the form.
+ENGINE_ARG_FIELDS = {f"engine_args.{name}": ARG_PREFIX + name for name in SPECS}
 
 
 def apply_serving_error(form: forms.Form, exc: DomainError, field_map: dict[str, str] | None = None) -> None:
-    """Show a service's refusal next to the field it names (``"replicas: between 0 and 64."``, or
-    ``"engine_args.dtype: …"``), else above the form. Refusals of access propagate (404/403)."""
-    if isinstance(exc, Http404 | PermissionDenied):
-        raise exc
-    field_map = {f"engine_args.{name}": ARG_PREFIX + name for name in SPECS} | (field_map or {})
-    if not exc.fields:
-        name, sep, rest = exc.message.partition(": ")
-        target = field_map.get(name, name) if sep else None
-        if target in form.fields:
-            form.add_error(target, rest)
-            return
-    apply_domain_error(form, exc, field_map)
+    """``formerrors.show_refusal``, knowing where the engine argument fields are."""
+    show_refusal(form, exc, ENGINE_ARG_FIELDS | (field_map or {}))
 
 
 def _clean_name(value: str) -> str:

@@ -7,9 +7,8 @@ from django.db.models import Q
 
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
-from portfolio.accounts.forms import apply_domain_error
 from portfolio.accounts.models import Team
-from portfolio.errors import DomainError
+from portfolio.formerrors import show_refusal
 from portfolio.registry.choices import Source, Task, VersionKind, VersionStatus, Visibility
 from portfolio.registry.models import Alias, Model, ModelVersion
 
@@ -22,17 +21,8 @@ IMPORT_SOURCES = [
 ]
 
 
-def apply_registry_error(form: forms.Form, exc: DomainError, field_map: dict[str, str] | None = None) -> None:
-    """Like ``accounts.forms.apply_domain_error``, also for refusals that name their field only in the
-    message (``"path: … is outside the import folders"``): the message goes next to that field."""
-    field_map = field_map or {}
-    if not exc.fields:
-        name, sep, rest = exc.message.partition(": ")
-        target = field_map.get(name, name) if sep else None
-        if target in form.fields:
-            form.add_error(target, rest)
-            return
-    apply_domain_error(form, exc, field_map)
+# training.views shows its refusals by this name.
+apply_registry_error = show_refusal
 
 
 def parse_tags(raw: str) -> list[str]:
