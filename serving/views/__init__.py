@@ -1,0 +1,53 @@
+"""Web pages of serving: compute pools and their nodes' capacity (``pools``), deployments with their
+replicas, timeline, engine logs and prompt box (``deployments``) and the buttons that change them
+(``deployment_actions``), and endpoints with their weighted routes (``endpoints``).
+
+Every view decides access with the gate: lists start from ``gate.visible``, an object the actor may not
+see answers 404 (``gate.get_visible``), a change needs its capability (``gate.require``), else 403; the
+docstrings say which. Changes go through ``serving.services``; a ``DomainError`` becomes a form error or
+a message, while ``NotFound`` and ``Forbidden`` propagate to Django's 404 and 403 pages.
+
+The views are named here for ``serving.urls``.
+"""
+
+from serving.views.deployment_actions import (
+    adapter_add,
+    adapter_remove,
+    deployment_delete,
+    deployment_restart,
+    deployment_scale,
+    deployment_stop,
+    deployment_try,
+    deployment_update,
+)
+from serving.views.deployments import deployment_create, deployment_detail, deployment_list
+from serving.views.endpoints import (
+    endpoint_create,
+    endpoint_delete,
+    endpoint_detail,
+    endpoint_list,
+    endpoint_routes,
+)
+from serving.views.pools import node_state, pool_create, pool_list
+
+__all__ = [
+    "adapter_add",
+    "adapter_remove",
+    "deployment_create",
+    "deployment_delete",
+    "deployment_detail",
+    "deployment_list",
+    "deployment_restart",
+    "deployment_scale",
+    "deployment_stop",
+    "deployment_try",
+    "deployment_update",
+    "endpoint_create",
+    "endpoint_delete",
+    "endpoint_detail",
+    "endpoint_list",
+    "endpoint_routes",
+    "node_state",
+    "pool_create",
+    "pool_list",
+]

@@ -1,0 +1,61 @@
+"""How figures and links read on the serving pages: percentages, sizes, ages, rates, engine arguments."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.urls import NoReverseMatch, reverse
+
+GIB = 1024**3
+
+
+def percent(used: int, total: int) -> int:
+    if total <= 0:
+        return 0
+    return max(0, min(100, round(100 * used / total)))
+
+
+def gib(n: int) -> str:
+    return f"{n / GIB:.1f}"
+
+
+def age_label(seconds: float | None) -> str:
+    """How long ago, as people read it at a glance: "4 s", "3 min", "2 h", "5 d"."""
+    if seconds is None:
+        return "never"
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+def bar(label: str, used_text: str, used: int, total: int) -> dict:
+    """A capacity bar: how full, coloured from 70 % and 90 %."""
+    filled = percent(used, total)
+    level = "high" if filled >= 90 else "mid" if filled >= 70 else "low"
+    return {"label": label, "text": used_text, "percent": filled, "level": level}
+
+
+def url_or_blank(url_name: str, **kwargs) -> str:
+    """A page's address, or "" where that page is not installed (the registry's, say)."""
+    try:
+        return reverse(url_name, kwargs=kwargs or None)
+    except NoReverseMatch:
+        return ""
+
+
+def version_url(version) -> str:
+    return url_or_blank("version-detail", name=version.model.name, number=version.number)
+
+
+def rate(value: Decimal) -> str:
+    """A price as written: 1.2500 -> "1.25", 0.0000 -> "0"."""
+    return f"{value.normalize():f}"
+
+
+def arg_value(value) -> str:
+    """An engine argument's value as the deployment page lists it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value in ("", None) else str(value)

@@ -1,0 +1,210 @@
+"""Endpoints: the stable names clients call, each with its weighted routes to deployments or adapters
+(canary, A/B) and a fallback endpoint; the list, the new-endpoint form, and an endpoint's route editor."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.db.models import Count, Prefetch, Q
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from portfolio import buttons
+from portfolio.accounts import gate
+from portfolio.accounts.actor import Actor
+from portfolio.accounts.context import actor_of
+from portfolio.accounts.models import Team
+from portfolio.errors import DomainError
+from serving import services
+from serving.choices import DesiredState, ReplicaState
+from serving.forms import EndpointForm, FallbackForm, apply_serving_error, managed_teams, route_formset
+from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute
+from serving.views.display import percent
+
+PAGE_SIZE = 50
+
+
+def _with_shares(routes: list[EndpointRoute]) -> list[EndpointRoute]:
+    total = sum(route.weight for route in routes)
+    for route in routes:
+        route.share = percent(route.weight, total)
+        route.share_exact = f"{100 * route.weight / total:.1f}" if total else "0"
+    return routes
+
+
+def _route_deployments(actor: Actor, teams) -> list[Deployment]:
+    """Deployments an endpoint of one of ``teams`` may route to, with their adapters."""
+    return list(
+        gate.visible(actor, Deployment)
+        .filter(owner_team__in=teams)
+        .select_related("owner_team")
+        .prefetch_related(Prefetch("adapters", queryset=DeploymentAdapter.objects.order_by("name")))
+        .order_by("name", "id")
+    )
+
+
+def _managed(request, name: str) -> tuple[Actor, Endpoint]:
+    actor = actor_of(request)
+    endpoint = gate.get_visible(actor, Endpoint, name=name)
+    gate.require(actor, "deployment.manage", endpoint)
+    return actor, endpoint
+
+
+@require_GET
+def endpoint_list(request):
+    """Permission: any signed-in user; ``gate.visible`` shows their teams' endpoints (all to org-wide roles)."""
+    actor = actor_of(request)
+    endpoints = (
+        gate.visible(actor, Endpoint)
+        .select_related("owner_team", "fallback")
+        .prefetch_related(
+            Prefetch(
+                "routes",
+                queryset=EndpointRoute.objects.select_related("deployment", "adapter").order_by(
+                    "-weight", "id"
+                ),
+            )
+        )
+        .order_by("name", "id")
+    )
+    page = Paginator(endpoints, PAGE_SIZE).get_page(request.GET.get("page"))
+    page.object_list = list(page.object_list)
+    for endpoint in page.object_list:
+        endpoint.route_rows = _with_shares(list(endpoint.routes.all()))
+    return render(
+        request,
+        "serving/endpoint_list.html",
+        {"page": page, "can_create": gate.can(actor, "deployment.manage")},
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def endpoint_create(request):
+    """Permission: ``deployment.manage`` in some team, and in the team chosen (not visible: 404, visible
+    but not allowed: 403). Routes go to that team's deployments only."""
+    actor = actor_of(request)
+    gate.require(actor, "deployment.manage")
+    if request.method == "POST" and request.POST.get("team"):
+        team = gate.get_visible(actor, Team, pk=request.POST["team"])
+        gate.require(actor, "deployment.manage", team)
+    data = request.POST if request.method == "POST" else None
+    form = EndpointForm(data, actor=actor)
+    deployments = _route_deployments(actor, managed_teams(actor))
+    initial = (
+        [{"deployment": request.GET["deployment"], "weight": 100}] if request.GET.get("deployment") else None
+    )
+    routes = route_formset(data, deployments=deployments, initial=initial)
+    if data is not None and form.is_valid() and routes.is_valid():
+        try:
+            endpoint = services.create_endpoint(
+                actor=actor,
+                name=form.cleaned_data["name"],
+                team=form.cleaned_data["team"],
+                description=form.cleaned_data["description"],
+                routes=routes.routes(),
+                fallback=form.cleaned_data["fallback"],
+            )
+        except DomainError as exc:
+            apply_serving_error(form, exc)
+        else:
+            messages.success(
+                request,
+                f"Endpoint {endpoint.name} created: clients call it with \u201cmodel\u201d: \u201c{endpoint.name}\u201d.",
+            )
+            return redirect("endpoint-detail", name=endpoint.name)
+    return render(request, "serving/endpoint_form.html", {"form": form, "routes": routes})
+
+
+def _endpoint_page(request, actor: Actor, endpoint: Endpoint, *, routes_form=None, fallback_form=None):
+    current = _with_shares(
+        list(
+            endpoint.routes.select_related("deployment", "adapter")
+            .annotate(
+                ready_count=Count(
+                    "deployment__replica_set",
+                    filter=Q(
+                        deployment__replica_set__state=ReplicaState.READY,
+                        deployment__replica_set__desired=DesiredState.RUNNING,
+                    ),
+                )
+            )
+            .order_by("-weight", "id")
+        )
+    )
+    can_manage = gate.can(actor, "deployment.manage", endpoint)
+    if can_manage and routes_form is None:
+        initial = [
+            {
+                "deployment": r.deployment.name,
+                "adapter": r.adapter.name if r.adapter else "",
+                "weight": r.weight,
+            }
+            for r in current
+        ]
+        routes_form = route_formset(
+            deployments=_route_deployments(actor, [endpoint.owner_team]), initial=initial
+        )
+        fallback_form = FallbackForm(actor=actor, endpoint=endpoint)
+    fallback_visible = (
+        bool(endpoint.fallback_id) and gate.visible(actor, Endpoint).filter(pk=endpoint.fallback_id).exists()
+    )
+    return render(
+        request,
+        "serving/endpoint_detail.html",
+        {
+            "endpoint": endpoint,
+            "current_routes": current,
+            "can_manage": can_manage,
+            "routes": routes_form,
+            "fallback_form": fallback_form,
+            "fallback_visible": fallback_visible,
+            "gateway_url": request.build_absolute_uri("/v1/chat/completions"),
+        },
+    )
+
+
+@require_GET
+def endpoint_detail(request, name: str):
+    """Permission: the endpoint is visible (``gate.get_visible``), else 404; the route editor is shown to
+    ``deployment.manage`` only."""
+    actor = actor_of(request)
+    return _endpoint_page(request, actor, gate.get_visible(actor, Endpoint, name=name))
+
+
+@require_POST
+def endpoint_routes(request, name: str):
+    """Permission: visible (else 404) and ``deployment.manage`` (owner or engineer, else 403). Replaces the
+    routes and the fallback at once; audited with before and after."""
+    actor, endpoint = _managed(request, name)
+    routes = route_formset(request.POST, deployments=_route_deployments(actor, [endpoint.owner_team]))
+    fallback_form = FallbackForm(request.POST, actor=actor, endpoint=endpoint)
+    if routes.is_valid() and fallback_form.is_valid():
+        try:
+            services.set_routes(
+                actor=actor,
+                endpoint=endpoint,
+                routes=routes.routes(),
+                fallback=fallback_form.cleaned_data["fallback"],
+            )
+        except DomainError as exc:
+            apply_serving_error(fallback_form, exc)
+        else:
+            messages.success(request, f"Routes of {endpoint.name} saved.")
+            return redirect("endpoint-detail", name=endpoint.name)
+    endpoint.refresh_from_db()
+    return _endpoint_page(request, actor, endpoint, routes_form=routes, fallback_form=fallback_form)
+
+
+@require_POST
+def endpoint_delete(request, name: str):
+    """Permission: visible (else 404) and ``deployment.manage`` (else 403). Clients calling it are refused
+    from then on; endpoints using it as their fallback lose it."""
+    actor, endpoint = _managed(request, name)
+    return buttons.press(
+        request,
+        lambda: services.delete_endpoint(actor=actor, endpoint=endpoint),
+        success=f"Endpoint {endpoint.name} deleted.",
+        back=reverse("endpoint-detail", kwargs={"name": endpoint.name}),
+        then="endpoint-list",
+    )
