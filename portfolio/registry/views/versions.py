@@ -1,0 +1,207 @@
+"""A version's page (files, lineage, metrics, card, aliases), its import progress, and its buttons:
+promote to an alias, archive, verify the stored files."""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib import messages
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.safestring import mark_safe
+from django.views.decorators.http import require_GET, require_POST
+
+from portfolio import buttons, htmx
+from portfolio.accounts import gate
+from portfolio.accounts.actor import Actor
+from portfolio.accounts.context import actor_of, wants_fragment
+from portfolio.errors import DomainError, NotFound
+from portfolio.formerrors import show_refusal
+from portfolio.registry import cards, services
+from portfolio.registry.choices import VersionStatus
+from portfolio.registry.forms import SUGGESTED_ALIASES, PromoteForm
+from portfolio.registry.models import Model, ModelVersion
+from portfolio.registry.views.display import decorate
+from portfolio.registry.views.lineage_svg import lineage_svg
+
+
+def visible_version(actor: Actor, name: str, number: int) -> ModelVersion:
+    """A version of a visible model, else 404 (the model's visibility decides the version's)."""
+    model = gate.get_visible(actor, Model, name=name)
+    version = (
+        model.versions.select_related(
+            "artifact", "created_by", "base_version__model", "parent_version__model"
+        )
+        .filter(number=number)
+        .first()
+    )
+    if version is None:
+        raise NotFound("Version not found.")
+    version.model = model
+    return version
+
+
+def _visible_or_none(actor: Actor, version: ModelVersion | None) -> ModelVersion | None:
+    """A related version (a base in another team's model, say) only if the actor may see it."""
+    if version is None or not gate.visible(actor, ModelVersion).filter(pk=version.pk).exists():
+        return None
+    return version
+
+
+def _metric_rows(metrics: dict) -> list[tuple[str, str, bool]]:
+    """(name, value, is_structured) for the metrics table; nested values shown as JSON."""
+    rows = []
+    for key in sorted(metrics):
+        value = metrics[key]
+        if isinstance(value, dict | list):
+            rows.append((key, json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False), True))
+        else:
+            rows.append((key, "—" if value is None else str(value), False))
+    return rows
+
+
+def _version_page(
+    request, actor: Actor, version: ModelVersion, *, promote_form=None, moving=None, status=200
+):
+    model = version.model
+    visible_versions = gate.visible(actor, ModelVersion).select_related("model")
+    aliases = list(model.aliases.select_related("version", "updated_by").order_by("name"))
+    artifact = version.artifact
+    files = []
+    if artifact is not None:
+        downloadable = version.status in (VersionStatus.READY, VersionStatus.ARCHIVED)
+        for entry in sorted(artifact.files, key=lambda f: f["path"]):
+            href = (
+                reverse(
+                    "api:download_file",
+                    kwargs={"name": model.name, "number": version.number, "path": entry["path"]},
+                )
+                if downloadable
+                else ""
+            )
+            files.append({**entry, "href": href})
+    decorate([version])
+    version.alias_names = [alias.name for alias in aliases if alias.version_id == version.pk]
+    held = {alias.name: alias for alias in aliases}
+    suggestions = [(name, held.get(name)) for name in SUGGESTED_ALIASES]
+    suggestions += [(alias.name, alias) for alias in aliases if alias.name not in SUGGESTED_ALIASES]
+    return render(
+        request,
+        "registry/version_detail.html",
+        {
+            "model": model,
+            "version": version,
+            "artifact": artifact,
+            "files": files,
+            "base": _visible_or_none(actor, version.base_version),
+            "parent": _visible_or_none(actor, version.parent_version),
+            "adapters": list(visible_versions.filter(base_version=version).order_by("model__name", "number")),
+            "derived": list(
+                visible_versions.filter(parent_version=version).order_by("model__name", "number")
+            ),
+            "lineage": lineage_svg(model, actor, current=version),
+            "metrics": _metric_rows(version.metrics or {}),
+            # Sanitised by cards.render (raw HTML is never rendered; nh3 cleans the result again).
+            "card_html": mark_safe(cards.render(version.model_card)) if version.model_card else "",  # noqa: S308
+            "aliases": aliases,
+            "alias_suggestions": suggestions,
+            "promote_form": promote_form or PromoteForm(),
+            "moving": moving,
+            "can_register": gate.can(actor, "model.register", model),
+            "can_promote": gate.can(actor, "model.promote", model),
+            "is_importing": version.status == VersionStatus.IMPORTING,
+        },
+        status=status,
+    )
+
+
+@require_GET
+def version_detail(request, name: str, number: int):
+    """Permission: the model is visible (``gate.get_visible``), else 404."""
+    actor = actor_of(request)
+    return _version_page(request, actor, visible_version(actor, name, number))
+
+
+@require_GET
+def version_progress(request, name: str, number: int):
+    """Permission: the model is visible, else 404. The progress bar polls itself while the import runs;
+    once it has ended the fragment comes back without its trigger and htmx reloads the page."""
+    actor = actor_of(request)
+    version = visible_version(actor, name, number)
+    response = htmx.render(
+        request, "registry/partials/progress.html", {"model": version.model, "version": version}
+    )
+    if version.status != VersionStatus.IMPORTING and wants_fragment(request):
+        response["HX-Refresh"] = "true"  # the final state (files, metrics, card) is on the whole page
+    return response
+
+
+@require_POST
+def version_promote(request, name: str, number: int):
+    """Permission: visible (else 404) and ``model.promote`` (owner or engineer, else 403). Moving an alias
+    away from another version asks for a confirmation first."""
+    actor = actor_of(request)
+    version = visible_version(actor, name, number)
+    gate.require(actor, "model.promote", version.model)
+    form = PromoteForm(request.POST)
+    if form.is_valid():
+        alias = form.cleaned_data["alias"]
+        holder = version.model.aliases.select_related("version").filter(name=alias).first()
+        if holder is not None and holder.version_id == version.pk:
+            messages.info(request, f"{alias} already points to {version.label}.")
+            return redirect("version-detail", name=version.model.name, number=version.number)
+        if holder is not None and not form.cleaned_data["confirm"]:
+            return _version_page(request, actor, version, promote_form=form, moving=holder)
+        try:
+            services.promote(
+                actor=actor,
+                version=version,
+                alias=alias,
+                force_reason=form.cleaned_data.get("force_reason", ""),
+            )
+        except DomainError as exc:
+            show_refusal(form, exc)
+        else:
+            was = f" (it pointed to v{holder.version.number})" if holder else ""
+            messages.success(request, f"{alias} now points to {version.label}{was}.")
+            return redirect("version-detail", name=version.model.name, number=version.number)
+    return _version_page(request, actor, version, promote_form=form)
+
+
+@require_POST
+def version_archive(request, name: str, number: int):
+    """Permission: visible (else 404) and ``model.register`` (else 403). A version still in use is
+    refused with the reasons (``Conflict``), shown as a message."""
+    actor = actor_of(request)
+    version = visible_version(actor, name, number)
+    gate.require(actor, "model.register", version.model)
+    return buttons.press(
+        request,
+        lambda: services.archive_version(actor=actor, version=version),
+        success=f"{version.label} archived: it can no longer be promoted or deployed.",
+        back=reverse("version-detail", kwargs={"name": version.model.name, "number": version.number}),
+    )
+
+
+@require_POST
+def version_verify(request, name: str, number: int):
+    """Permission: visible (else 404) and ``model.register`` (else 403). Re-hashes every stored file now,
+    in this request, and records the artifact's health."""
+    from portfolio.registry.tasks import verify_artifact
+
+    actor = actor_of(request)
+    version = visible_version(actor, name, number)
+    gate.require(actor, "model.register", version.model)
+    if version.artifact_id is None:
+        messages.error(request, f"{version.label} has no stored files yet.")
+    else:
+        problems = verify_artifact(version.artifact_id)
+        if problems:
+            shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+            messages.error(request, f"{len(problems)} file(s) do not match their checksums: {shown}.")
+        else:
+            count = version.artifact.file_count
+            messages.success(
+                request, f"All {count} file{'s' if count != 1 else ''} match their sha256 checksums."
+            )
+    return redirect("version-detail", name=version.model.name, number=version.number)
