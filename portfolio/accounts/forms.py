@@ -5,38 +5,12 @@ from __future__ import annotations
 from django import forms
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.exceptions import PermissionDenied
-from django.http import Http404
 from django.utils.text import slugify
 
 from portfolio.accounts.choices import OrgRole, TeamRole
 from portfolio.accounts.models import Department
-from portfolio.errors import DomainError
 
 User = get_user_model()
-
-
-def apply_domain_error(form: forms.Form, exc: DomainError, field_map: dict[str, str] | None = None) -> None:
-    """Show a service's refusal next to the fields it names, or above the form.
-
-    A refusal of access (404/403) is not a form problem: it propagates to Django's error pages.
-    """
-    if isinstance(exc, Http404 | PermissionDenied):
-        raise exc
-    field_map = field_map or {}
-    placed = False
-    for name, messages in exc.fields.items():
-        target = field_map.get(name, name)
-        if target not in form.fields:
-            continue
-        # Services phrase the first problem as "field: what to do", more helpful than the bare messages.
-        prefix = f"{name}: "
-        form.add_error(
-            target, exc.message.removeprefix(prefix) if exc.message.startswith(prefix) else messages
-        )
-        placed = True
-    if not placed:
-        form.add_error(None, exc.message)
 
 
 # --- Sign-in ---------------------------------------------------------------------------------------

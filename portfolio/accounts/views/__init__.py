@@ -1,0 +1,51 @@
+"""Web pages of the organisation: signing in (``auth``), the dashboard and roles matrix (``dashboard``),
+departments, teams and users (``organisation``), a team's members (``members``), and personal access
+tokens (``tokens``).
+
+Every view decides access explicitly with the gate (``gate.require`` / ``gate.get_visible`` /
+``gate.visible`` / ``gate.can``); the docstrings say which capability each page needs. Changes go
+through ``accounts.services``; a ``DomainError`` becomes a form error, while ``NotFound`` and
+``Forbidden`` propagate to Django's 404 and 403 pages.
+
+The views are named here for ``accounts.urls``.
+"""
+
+from portfolio.accounts.views.auth import login_view, logout_view, password_change
+from portfolio.accounts.views.dashboard import dashboard, roles
+from portfolio.accounts.views.members import member_add, member_remove, member_role, team_detail
+from portfolio.accounts.views.organisation import (
+    department_create,
+    department_detail,
+    department_edit,
+    department_list,
+    team_create,
+    team_edit,
+    team_list,
+    user_create,
+    user_list,
+)
+from portfolio.accounts.views.tokens import token_create, token_list, token_revoke
+
+__all__ = [
+    "dashboard",
+    "department_create",
+    "department_detail",
+    "department_edit",
+    "department_list",
+    "login_view",
+    "logout_view",
+    "member_add",
+    "member_remove",
+    "member_role",
+    "password_change",
+    "roles",
+    "team_create",
+    "team_detail",
+    "team_edit",
+    "team_list",
+    "token_create",
+    "token_list",
+    "token_revoke",
+    "user_create",
+    "user_list",
+]

@@ -1,0 +1,114 @@
+"""Signing in and out (throttled, every attempt audited) and changing one's own password."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import authenticate, update_session_auth_hash
+from django.contrib.auth import login as auth_login
+from django.contrib.auth import logout as auth_logout
+from django.contrib.auth.decorators import login_not_required
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_protect
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_http_methods, require_POST
+
+from portfolio.accounts import lockout, services
+from portfolio.accounts.actor import Actor
+from portfolio.accounts.context import actor_of
+from portfolio.accounts.forms import LoginForm, PasswordChangeForm
+from portfolio.audit import services as audit
+from portfolio.errors import DomainError
+from portfolio.formerrors import show_refusal
+from portfolio.requestcontext import client_ip
+
+
+def _safe_next(request) -> str:
+    candidate = request.POST.get("next") or request.GET.get("next") or ""
+    if candidate and url_has_allowed_host_and_scheme(
+        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return candidate
+    return reverse(settings.LOGIN_REDIRECT_URL)
+
+
+def _audit_attempt(request, action: str, username: str) -> None:
+    """A failed or refused sign-in, audited under the name typed (never the password)."""
+    anonymous = Actor(
+        ip=client_ip(request),
+        user_agent=request.headers.get("User-Agent", "")[:300],
+        request_id=getattr(request, "request_id", None),
+    )
+    audit.record_standalone(
+        anonymous, action, object_type="auth.user", object_id=username[:64], object_repr=username[:200]
+    )
+
+
+@login_not_required
+@sensitive_post_parameters("password")
+@csrf_protect
+@never_cache
+@require_http_methods(["GET", "POST"])
+def login_view(request):
+    """Permission: none, this is the sign-in page. Throttled by ``accounts.lockout``."""
+    next_url = _safe_next(request)
+    if request.user.is_authenticated:
+        return redirect(next_url)
+    form = LoginForm(request.POST if request.method == "POST" else None)
+    status = 200
+    if form.is_valid():
+        username, password = form.cleaned_data["username"], form.cleaned_data["password"]
+        ip = client_ip(request)
+        if lockout.is_locked(username, ip):
+            # Refused before the password is looked at, so a locked account cannot be probed.
+            _audit_attempt(request, "user.login_locked", username)
+            form.add_error(None, "Too many failed attempts, try again later.")
+            status = 429
+        else:
+            user = authenticate(request, username=username, password=password)
+            if user is None:
+                lockout.register_failure(username, ip)
+                _audit_attempt(request, "user.login_failed", username)
+                form.add_error(None, "Wrong user name or password.")
+            else:
+                lockout.clear(username)
+                auth_login(request, user)
+                audit.record_standalone(
+                    actor_of(request), "user.login", user, object_repr=user.get_username()
+                )
+                return redirect(next_url)
+    return render(request, "registration/login.html", {"form": form, "next": next_url}, status=status)
+
+
+@require_POST
+def logout_view(request):
+    """Permission: any signed-in user, for their own session."""
+    actor = actor_of(request)
+    audit.record_standalone(actor, "user.logout", request.user, object_repr=request.user.get_username())
+    auth_logout(request)
+    messages.info(request, "You are signed out.")
+    return redirect(settings.LOGOUT_REDIRECT_URL)
+
+
+@sensitive_post_parameters()
+@never_cache
+@require_http_methods(["GET", "POST"])
+def password_change(request):
+    """Permission: any signed-in user, for their own account."""
+    actor = actor_of(request)
+    form = PasswordChangeForm(request.user, request.POST if request.method == "POST" else None)
+    if form.is_valid():
+        try:
+            services.change_password(
+                actor=actor, user=request.user, new_password=form.cleaned_data["new_password1"]
+            )
+        except DomainError as exc:
+            show_refusal(form, exc, {"new_password": "new_password1"})
+        else:
+            update_session_auth_hash(request, request.user)
+            messages.success(request, "Your password was changed.")
+            return redirect("dashboard")
+    return render(request, "registration/password_change.html", {"form": form})

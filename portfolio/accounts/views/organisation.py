@@ -1,0 +1,207 @@
+"""The organisation: departments (cost centres), their teams, and the users of the platform."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.core.paginator import Paginator
+from django.db.models import Count, Prefetch
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_variables
+from django.views.decorators.http import require_GET, require_http_methods
+
+from portfolio.accounts import gate, services
+from portfolio.accounts.context import actor_of
+from portfolio.accounts.forms import DepartmentForm, TeamCreateForm, TeamEditForm, UserCreateForm
+from portfolio.accounts.models import Department, OrgRoleGrant, Team
+from portfolio.errors import DomainError
+from portfolio.formerrors import show_refusal
+
+User = get_user_model()
+PAGE_SIZE = 50
+
+
+def _page(request, queryset):
+    return Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
+
+
+# --- Departments -----------------------------------------------------------------------------------
+@require_GET
+def department_list(request):
+    """Permission: ``gate.visible`` (org-wide roles see all; members the departments of their teams)."""
+    actor = actor_of(request)
+    departments = gate.visible(actor, Department).order_by("name", "id")
+    team_counts = dict(
+        gate.visible(actor, Team)
+        .values("department_id")
+        .annotate(n=Count("id"))
+        .values_list("department_id", "n")
+    )
+    page = _page(request, departments)
+    for department in page:
+        department.team_count = team_counts.get(department.pk, 0)
+    return render(
+        request,
+        "accounts/department_list.html",
+        {"page": page, "can_create": gate.can(actor, "department.create")},
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def department_create(request):
+    """Permission: ``department.create`` (platform admin)."""
+    actor = actor_of(request)
+    gate.require(actor, "department.create")
+    form = DepartmentForm(request.POST if request.method == "POST" else None)
+    if form.is_valid():
+        try:
+            department = services.create_department(actor=actor, **form.cleaned_data)
+        except DomainError as exc:
+            show_refusal(form, exc)
+        else:
+            messages.success(request, f"Department {department.name} created.")
+            return redirect("department-detail", pk=department.pk)
+    return render(request, "accounts/department_form.html", {"form": form, "department": None})
+
+
+@require_GET
+def department_detail(request, pk: int):
+    """Permission: the department is visible (``gate.get_visible``), else 404."""
+    actor = actor_of(request)
+    department = gate.get_visible(actor, Department, pk=pk)
+    teams = (
+        gate.visible(actor, Team)
+        .filter(department=department)
+        .annotate(member_count=Count("memberships"))
+        .order_by("name", "id")
+    )
+    return render(
+        request,
+        "accounts/department_detail.html",
+        {
+            "department": department,
+            "teams": teams,
+            "can_change": gate.can(actor, "department.change", department),
+            "can_create_team": gate.can(actor, "team.create"),
+        },
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def department_edit(request, pk: int):
+    """Permission: visible (else 404) and ``department.change`` (platform admin, else 403)."""
+    actor = actor_of(request)
+    department = gate.get_visible(actor, Department, pk=pk)
+    gate.require(actor, "department.change", department)
+    initial = {"name": department.name, "cost_center": department.cost_center}
+    form = DepartmentForm(request.POST if request.method == "POST" else None, initial=initial)
+    if form.is_valid():
+        try:
+            services.update_department(actor=actor, department=department, **form.cleaned_data)
+        except DomainError as exc:
+            show_refusal(form, exc)
+            department.refresh_from_db()
+        else:
+            messages.success(request, f"Department {department.name} saved.")
+            return redirect("department-detail", pk=department.pk)
+    return render(request, "accounts/department_form.html", {"form": form, "department": department})
+
+
+# --- Teams (a team's own page, with its members, is in ``members``) --------------------------------
+@require_GET
+def team_list(request):
+    """Permission: ``gate.visible`` (org-wide roles see every team; members their own)."""
+    actor = actor_of(request)
+    teams = (
+        gate.visible(actor, Team)
+        .select_related("department")
+        .annotate(member_count=Count("memberships"))
+        .order_by("name", "id")
+    )
+    page = _page(request, teams)
+    for team in page:
+        team.my_role = actor.team_roles.get(team.pk)
+    return render(
+        request, "accounts/team_list.html", {"page": page, "can_create": gate.can(actor, "team.create")}
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def team_create(request):
+    """Permission: ``team.create`` (platform admin)."""
+    actor = actor_of(request)
+    gate.require(actor, "team.create")
+    if request.method == "POST":
+        form = TeamCreateForm(request.POST)
+    else:
+        form = TeamCreateForm(initial={"department": request.GET.get("department")})
+    if form.is_valid():
+        try:
+            team = services.create_team(actor=actor, **form.cleaned_data)
+        except DomainError as exc:
+            show_refusal(form, exc)
+        else:
+            messages.success(request, f"Team {team.name} created. Add its first owner below.")
+            return redirect("team-detail", slug=team.slug)
+    return render(request, "accounts/team_create.html", {"form": form})
+
+
+@require_http_methods(["GET", "POST"])
+def team_edit(request, slug: str):
+    """Permission: visible (else 404) and ``team.change`` (team owner or platform admin, else 403)."""
+    actor = actor_of(request)
+    team = gate.get_visible(actor, Team, slug=slug)
+    gate.require(actor, "team.change", team)
+    initial = {"name": team.name, "description": team.description}
+    form = TeamEditForm(request.POST if request.method == "POST" else None, initial=initial)
+    if form.is_valid():
+        try:
+            services.update_team(actor=actor, team=team, **form.cleaned_data)
+        except DomainError as exc:
+            show_refusal(form, exc)
+            team.refresh_from_db()
+        else:
+            messages.success(request, f"Team {team.name} saved.")
+            return redirect("team-detail", slug=team.slug)
+    return render(request, "accounts/team_edit.html", {"form": form, "team": team})
+
+
+# --- Users -----------------------------------------------------------------------------------------
+@require_GET
+def user_list(request):
+    """Permission: ``user.view`` (auditor or platform admin)."""
+    actor = actor_of(request)
+    gate.require(actor, "user.view")
+    users = (
+        User.objects.order_by("username", "id")
+        .annotate(team_count=Count("memberships"))
+        .prefetch_related(Prefetch("org_roles", queryset=OrgRoleGrant.objects.order_by("role")))
+    )
+    query = request.GET.get("q", "").strip()
+    if query:
+        users = users.filter(username__icontains=query)
+    return render(
+        request,
+        "accounts/user_list.html",
+        {"page": _page(request, users), "query": query, "can_create": gate.can(actor, "user.manage")},
+    )
+
+
+@sensitive_variables("password")
+@never_cache
+@require_http_methods(["GET", "POST"])
+def user_create(request):
+    """Permission: ``user.manage`` (platform admin). The initial password is shown once, in this response."""
+    actor = actor_of(request)
+    gate.require(actor, "user.manage")
+    form = UserCreateForm(request.POST if request.method == "POST" else None)
+    if form.is_valid():
+        try:
+            user, password = services.create_user(actor=actor, **form.cleaned_data)
+        except DomainError as exc:
+            show_refusal(form, exc)
+        else:
+            # Rendered straight into this response: never the session, messages or logs.
+            return render(request, "accounts/user_created.html", {"created_user": user, "password": password})
+    return render(request, "accounts/user_create.html", {"form": form})

@@ -1,0 +1,75 @@
+"""Personal access tokens: a user's own tokens for scripts, each shown once when created, revocable."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.paginator import Paginator
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_variables
+from django.views.decorators.http import require_GET, require_http_methods
+
+from portfolio import buttons
+from portfolio.accounts import gate, services
+from portfolio.accounts.actor import Actor
+from portfolio.accounts.context import actor_of
+from portfolio.accounts.forms import TokenCreateForm
+from portfolio.accounts.models import PersonalToken
+from portfolio.errors import DomainError
+from portfolio.formerrors import show_refusal
+
+PAGE_SIZE = 50
+
+
+def _token_list_response(request, actor: Actor, form: TokenCreateForm):
+    tokens = gate.visible(actor, PersonalToken).order_by("-created_at", "-id")
+    return render(
+        request,
+        "accounts/token_list.html",
+        {
+            "page": Paginator(tokens, PAGE_SIZE).get_page(request.GET.get("page")),
+            "form": form,
+            "max_days": settings.PERSONAL_TOKEN_MAX_DAYS,
+        },
+    )
+
+
+@require_GET
+def token_list(request):
+    """Permission: any signed-in user; ``gate.visible`` shows only their own tokens."""
+    return _token_list_response(request, actor_of(request), TokenCreateForm())
+
+
+@sensitive_variables("plaintext")
+@never_cache
+@require_http_methods(["GET", "POST"])
+def token_create(request):
+    """Permission: any signed-in user, for themselves. The token is shown once, in this response."""
+    actor = actor_of(request)
+    if request.method == "GET":
+        return _token_list_response(request, actor, TokenCreateForm())
+    form = TokenCreateForm(request.POST)
+    if form.is_valid():
+        try:
+            token, plaintext = services.create_personal_token(actor=actor, **form.cleaned_data)
+        except DomainError as exc:
+            show_refusal(form, exc)
+        else:
+            # Rendered straight into this response: never the session, messages or logs.
+            return render(request, "accounts/token_created.html", {"token": token, "plaintext": plaintext})
+    return _token_list_response(request, actor, form)
+
+
+@require_http_methods(["GET", "POST"])
+def token_revoke(request, pk: int):
+    """Permission: the token is the actor's own (``gate.get_visible``), else 404. GET asks to confirm."""
+    actor = actor_of(request)
+    token = gate.get_visible(actor, PersonalToken, pk=pk)
+    if request.method == "POST":
+        return buttons.press(
+            request,
+            lambda: services.revoke_personal_token(actor=actor, token=token),
+            success=f"Token “{token.name}” revoked; scripts using it are refused from now on.",
+            back="token-list",
+        )
+    return render(request, "accounts/token_revoke.html", {"token": token})
