@@ -1,0 +1,158 @@
+"""Fixtures of the serving pages' tests: a CPU pool with one node, a ready base version and an adapter of
+it, a deployment of the base, an endpoint routing to it; no Celery worker (reconciles are recorded)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from portfolio.audit.models import AuditEvent
+from portfolio.registry import services as registry
+from portfolio.registry.choices import Source, VersionKind, VersionStatus
+from portfolio.registry.models import Artifact, ModelVersion
+from serving import services
+from serving.choices import NodeState, PoolKind, ReplicaState
+from serving.models import Node, Replica
+from tests.conftest import actor_for
+
+GIB = 1024**3
+HTMX = {"HTTP_HX_REQUEST": "true"}
+SMOLLM2_SHAPE = {
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "hidden_size": 576,
+    "head_dim": 64,
+}
+
+
+@pytest.fixture(autouse=True)
+def enqueued(monkeypatch):
+    """No Celery worker in these tests: reconciles asked for on commit are recorded instead."""
+    from serving import tasks
+
+    calls: list[int] = []
+    monkeypatch.setattr(
+        tasks.reconcile_deployment_task, "delay", lambda deployment_id: calls.append(deployment_id)
+    )
+    monkeypatch.setattr(tasks, "poke_node", lambda name: None)
+    return calls
+
+
+@pytest.fixture
+def signed_in(client):
+    def sign_in(user):
+        client.force_login(user)
+        return client
+
+    return sign_in
+
+
+@pytest.fixture
+def admin(org):
+    return actor_for(org["admin"])
+
+
+@pytest.fixture
+def owner(org):
+    return actor_for(org["owner"])
+
+
+@pytest.fixture
+def pool(admin):
+    return services.create_pool(
+        actor=admin, name="cpu-pool", kind=PoolKind.CPU, cpu_core_hour_rate=Decimal("0.0400")
+    )
+
+
+def add_node(pool, name: str = "cpu-01", *, memory_bytes: int = 24 * GIB, cores: int = 2, **fields) -> Node:
+    return Node.objects.create(
+        name=name,
+        pool=pool,
+        cpu_cores=cores,
+        memory_bytes=memory_bytes,
+        state=NodeState.READY,
+        heartbeat_at=timezone.now(),
+        address="127.0.0.1",
+        **fields,
+    )
+
+
+@pytest.fixture
+def node(pool):
+    return add_node(pool)
+
+
+@pytest.fixture
+def artifact():
+    return Artifact.objects.create(
+        id="a" * 64, store_uri="file:///store/a", size_bytes=269_060_232, file_count=1, files=[]
+    )
+
+
+def make_version(model, artifact, number: int = 1, **fields) -> ModelVersion:
+    values = {
+        "kind": VersionKind.BASE,
+        "source": Source.LOCAL,
+        "artifact": artifact,
+        "status": VersionStatus.READY,
+        "parameter_count": 134_515_008,
+        "shape": SMOLLM2_SHAPE,
+        "dtype": "bfloat16",
+    } | fields
+    return ModelVersion.objects.create(model=model, number=number, **values)
+
+
+@pytest.fixture
+def base_version(org, team, artifact):
+    model = registry.create_model(actor=actor_for(org["engineer"]), name="smollm2-135m", owner_team=team)
+    return make_version(model, artifact)
+
+
+@pytest.fixture
+def adapter_version(org, team, artifact, base_version):
+    model = registry.create_model(actor=actor_for(org["engineer"]), name="support-tone", owner_team=team)
+    return make_version(
+        model,
+        artifact,
+        kind=VersionKind.ADAPTER,
+        base_version=base_version,
+        source=Source.FINE_TUNE,
+        parameter_count=1_000_000,
+        shape={},
+        metrics={"adapter": {"r": 8}},
+    )
+
+
+@pytest.fixture
+def deployment(owner, team, base_version, pool, node):
+    return services.create_deployment(
+        actor=owner, name="support-bot", team=team, version=base_version, pool=pool, replicas=1
+    )
+
+
+def add_replica(deployment, node, *, state=ReplicaState.READY, **fields) -> Replica:
+    values = {
+        "generation": deployment.generation,
+        "state": state,
+        "host": "127.0.0.1",
+        "port": 8101,
+        "pid": 4242,
+        "reserved_memory_bytes": int(3.6 * GIB),
+        "reserved_cores": 1,
+        "last_health_at": timezone.now(),
+    } | fields
+    return Replica.objects.create(deployment=deployment, node=node, **values)
+
+
+@pytest.fixture
+def endpoint(owner, team, deployment):
+    return services.create_endpoint(
+        actor=owner, name="support", team=team, routes=[{"deployment": "support-bot"}]
+    )
+
+
+def audited(action: str, obj) -> AuditEvent | None:
+    return AuditEvent.objects.filter(action=action, object_id=str(obj.pk)).order_by("-sequence").first()
