@@ -1,15 +1,15 @@
 from django.urls import path
 
-from training import views
+from training.views import datasets, jobs
 
 urlpatterns = [
-    path("", views.training_list, name="training-list"),
-    path("datasets/new/", views.dataset_create, name="dataset-create"),
-    path("datasets/<slug:team>/<str:name>/", views.dataset_detail, name="dataset-detail"),
-    path("datasets/<slug:team>/<str:name>/upload/", views.dataset_upload, name="dataset-upload"),
-    path("datasets/<slug:team>/<str:name>/v<int:number>/", views.dataset_version, name="dataset-version"),
-    path("jobs/", views.job_list, name="job-list"),
-    path("jobs/new/", views.job_create, name="job-create"),
-    path("jobs/<int:job_id>/", views.job_detail, name="job-detail"),
-    path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job-cancel"),
+    path("", datasets.training_list, name="training-list"),
+    path("datasets/new/", datasets.dataset_create, name="dataset-create"),
+    path("datasets/<slug:team>/<str:name>/", datasets.dataset_detail, name="dataset-detail"),
+    path("datasets/<slug:team>/<str:name>/upload/", datasets.dataset_upload, name="dataset-upload"),
+    path("datasets/<slug:team>/<str:name>/v<int:number>/", datasets.dataset_version, name="dataset-version"),
+    path("jobs/", jobs.job_list, name="job-list"),
+    path("jobs/new/", jobs.job_create, name="job-create"),
+    path("jobs/<int:job_id>/", jobs.job_detail, name="job-detail"),
+    path("jobs/<int:job_id>/cancel/", jobs.job_cancel, name="job-cancel"),
 ]

@@ -1,0 +1,289 @@
+"""The datasets pages: the list, a dataset with its versions, JSONL uploads with line-numbered errors, and a
+version's statistics with a preview of its rows."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.db.models import Count, Max, OuterRef, Subquery
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.cache import patch_vary_headers
+from django.utils.http import urlencode
+from django.views.decorators.http import require_GET, require_http_methods
+
+from portfolio.accounts import gate
+from portfolio.accounts.actor import Actor
+from portfolio.accounts.context import actor_of, wants_fragment
+from portfolio.accounts.models import Team
+from portfolio.errors import DomainError, NotFound
+from portfolio.registry.choices import VersionKind
+from portfolio.registry.forms import apply_registry_error
+from portfolio.registry.storage import CorruptArtifact
+from training import charts, services
+from training.choices import DatasetKind, Split
+from training.forms import DatasetCreateForm, DatasetFilterForm, DatasetUploadForm
+from training.models import Dataset, DatasetVersion
+from training.views.listing import PAGE_SIZE, is_filtered, query_without
+
+ROWS_PER_PAGE = 20
+GET_POST = require_http_methods(["GET", "POST"])
+
+
+def _dataset(actor: Actor, team: str, name: str) -> Dataset:
+    """A dataset the actor may see, by its team's slug and its name, else 404."""
+    return gate.get_visible(actor, Dataset, owner_team__slug=team, name=name)
+
+
+def _version(actor: Actor, team: str, name: str, number: int) -> DatasetVersion:
+    dataset = _dataset(actor, team, name)
+    version = (
+        dataset.versions.select_related("artifact", "created_by", "tokenizer_version__model")
+        .filter(number=number)
+        .first()
+    )
+    if version is None:
+        raise NotFound("Dataset version not found.")
+    version.dataset = dataset
+    return version
+
+
+# --- The list --------------------------------------------------------------------------------------
+@require_GET
+def training_list(request):
+    """Permission: any signed-in user; ``gate.visible`` lists only the datasets of their teams (every
+    dataset for org-wide roles). htmx gets the results fragment (live filtering)."""
+    actor = actor_of(request)
+    visible = gate.visible(actor, Dataset)
+    form = DatasetFilterForm(request.GET, visible_datasets=visible)
+    page = None
+    if form.is_valid():
+        latest = DatasetVersion.objects.filter(dataset=OuterRef("pk")).order_by("-number")
+        datasets = (
+            form.apply(visible)
+            .select_related("owner_team")
+            .annotate(
+                version_count=Count("versions"),
+                latest_number=Max("versions__number"),
+                latest_rows=Subquery(latest.values("row_count")[:1]),
+                latest_train=Subquery(latest.values("train_count")[:1]),
+                latest_eval=Subquery(latest.values("eval_count")[:1]),
+                latest_at=Subquery(latest.values("created_at")[:1]),
+            )
+            .order_by("owner_team__slug", "name", "id")
+        )
+        page = Paginator(datasets, PAGE_SIZE).get_page(request.GET.get("page"))
+    context = {
+        "form": form,
+        "page": page,
+        "query": query_without(request, "page"),
+        "filtered": is_filtered(request),
+        "can_create": gate.can(actor, "training.run"),
+    }
+    template = (
+        "training/partials/dataset_results.html" if wants_fragment(request) else "training/dataset_list.html"
+    )
+    response = render(request, template, context)
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+@GET_POST
+def dataset_create(request):
+    """Permission: ``training.run`` in some team (owner or engineer), and in the team chosen: a team the
+    actor may not see answers 404, one they may see but not train in 403."""
+    actor = actor_of(request)
+    gate.require(actor, "training.run")
+    if request.method == "POST" and request.POST.get("owner_team"):
+        team = gate.get_visible(actor, Team, pk=request.POST["owner_team"])
+        gate.require(actor, "training.run", team)
+    form = DatasetCreateForm(request.POST if request.method == "POST" else None, actor=actor)
+    if form.is_valid():
+        try:
+            dataset = services.create_dataset(actor=actor, **form.cleaned_data)
+        except DomainError as exc:
+            apply_registry_error(form, exc)
+        else:
+            messages.success(request, f"Dataset {dataset.name} created. Upload its first version.")
+            return redirect("dataset-upload", team=dataset.owner_team.slug, name=dataset.name)
+    return render(request, "training/dataset_form.html", {"form": form})
+
+
+# --- A dataset -------------------------------------------------------------------------------------
+@require_GET
+def dataset_detail(request, team: str, name: str):
+    """Permission: the dataset is visible (``gate.get_visible``), else 404."""
+    actor = actor_of(request)
+    dataset = _dataset(actor, team, name)
+    versions = dataset.versions.select_related("tokenizer_version__model", "created_by").order_by("-number")
+    page = Paginator(versions, PAGE_SIZE).get_page(request.GET.get("page"))
+    page.object_list = list(page.object_list)
+    for version in page.object_list:
+        stats = version.stats or {}
+        version.lengths = stats.get("lengths", {})
+        version.dropped = stats.get("duplicates", 0) + stats.get("empty_lines", 0)
+    return render(
+        request,
+        "training/dataset_detail.html",
+        {
+            "dataset": dataset,
+            "page": page,
+            "latest": dataset.versions.order_by("-number").first(),
+            "can_upload": gate.can(actor, "training.run", dataset),
+            "example": EXAMPLES[dataset.kind],
+        },
+    )
+
+
+EXAMPLES = {
+    DatasetKind.CHAT: '{"messages": [{"role": "system", "content": "Route the ticket…"}, '
+    '{"role": "user", "content": "I was charged twice"}, {"role": "assistant", "content": "billing"}]}',
+    DatasetKind.COMPLETION: '{"prompt": "Summarize: The meeting moved to…", "completion": "Meeting moved to Friday."}',
+    DatasetKind.CLASSIFICATION: '{"text": "I was charged twice this month", "label": "billing"}',
+}
+
+
+@GET_POST
+def dataset_upload(request, team: str, name: str):
+    """Permission: visible (else 404) and ``training.run`` (owner or engineer, else 403), checked before
+    the upload is read. The file is validated in this request; its problems are listed by line number
+    and nothing is kept, else the new (or identical existing) version opens."""
+    actor = actor_of(request)
+    dataset = _dataset(actor, team, name)
+    gate.require(actor, "training.run", dataset)
+    report = None
+    if request.method == "POST":
+        form = DatasetUploadForm(request.POST, request.FILES, actor=actor, dataset=dataset)
+    else:
+        form = DatasetUploadForm(actor=actor, dataset=dataset)
+    if form.is_valid():
+        upload = form.cleaned_data["file"]
+        try:
+            version, created = services.upload_version(
+                actor=actor,
+                dataset=dataset,
+                chunks=upload.chunks(),
+                filename=upload.name,
+                base_version=form.cleaned_data["base_version"],
+                eval_fraction=form.cleaned_data["eval_fraction"],
+                seed=form.cleaned_data["seed"],
+            )
+        except services.DatasetInvalid as exc:
+            report = exc.report
+            form.add_error(
+                "file",
+                f"{report.summary()}. No version was created: fix the lines listed above and upload again.",
+            )
+        except DomainError as exc:
+            apply_registry_error(form, exc)
+        else:
+            if created:
+                messages.success(
+                    request,
+                    f"Version {version.number} created: {version.row_count:,} rows "
+                    f"({version.train_count:,} train, {version.eval_count:,} eval).",
+                )
+            else:
+                messages.info(
+                    request,
+                    f"These rows are identical to version {version.number}'s; no new version was created.",
+                )
+            return redirect(
+                "dataset-version", team=dataset.owner_team.slug, name=dataset.name, number=version.number
+            )
+    return render(
+        request,
+        "training/upload_form.html",
+        {
+            "dataset": dataset,
+            "form": form,
+            "report": report,
+            "example": EXAMPLES[dataset.kind],
+        },
+    )
+
+
+# --- A version -------------------------------------------------------------------------------------
+def _rows_context(request, version: DatasetVersion) -> dict:
+    split = request.GET.get("split", Split.TRAIN)
+    if split not in (Split.TRAIN, Split.EVAL):
+        split = Split.TRAIN
+    try:
+        rows = services.split_rows(version, split)
+        error = ""
+    except CorruptArtifact as exc:
+        rows, error = [], f"The stored rows could not be read: {exc}"
+    page = Paginator(rows, ROWS_PER_PAGE).get_page(request.GET.get("page"))
+    base = reverse(
+        "dataset-version",
+        kwargs={
+            "team": version.dataset.owner_team.slug,
+            "name": version.dataset.name,
+            "number": version.number,
+        },
+    )
+    return {
+        "split": split,
+        "rows_page": page,
+        "rows_error": error,
+        "rows_query": f"split={split}",
+        "rows_url": base,
+    }
+
+
+@require_GET
+def dataset_version(request, team: str, name: str, number: int):
+    """Permission: the dataset is visible (``gate.get_visible``), else 404. htmx gets the rows fragment
+    (switching between train and eval, paging)."""
+    actor = actor_of(request)
+    version = _version(actor, team, name, number)
+    rows = _rows_context(request, version)
+    if wants_fragment(request):
+        response = render(request, "training/partials/rows.html", {"version": version, **rows})
+        patch_vary_headers(response, ["HX-Request"])
+        return response
+    stats = version.stats or {}
+    lengths = stats.get("lengths", {})
+    files = {entry["path"]: entry for entry in version.artifact.files}
+    downloads = [
+        {
+            "name": path,
+            "size": files[path]["size"],
+            "href": reverse(
+                "api:download_dataset_file",
+                kwargs={"dataset_id": version.dataset_id, "number": version.number, "filename": path},
+            ),
+        }
+        for path in (services.TRAIN_FILE, services.EVAL_FILE, services.ORIGINAL_FILE)
+        if path in files
+    ]
+    tokenizer = version.tokenizer_version
+    visible_tokenizer = (
+        tokenizer
+        if tokenizer is not None and gate.visible(actor, type(tokenizer)).filter(pk=tokenizer.pk).exists()
+        else None
+    )
+    # "Fine-tune on this version" starts from the base whose tokenizer measured the rows, when it is one.
+    finetune_query = {"dataset_version": version.pk}
+    if visible_tokenizer and visible_tokenizer.kind == VersionKind.BASE:
+        finetune_query["base_version"] = visible_tokenizer.pk
+    response = render(
+        request,
+        "training/version_detail.html",
+        {
+            "dataset": version.dataset,
+            "version": version,
+            "stats": stats,
+            "lengths": lengths,
+            "histogram": charts.length_histogram(lengths),
+            "label_bars": charts.label_bars(version.labels or []),
+            "downloads": downloads,
+            "tokenizer": visible_tokenizer,
+            "newer": version.dataset.versions.filter(number__gt=version.number).order_by("-number").first(),
+            "can_train": gate.can(actor, "training.run", version.dataset),
+            "finetune_query": urlencode(finetune_query),
+            **rows,
+        },
+    )
+    patch_vary_headers(response, ["HX-Request"])
+    return response
