@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 from django.conf import settings
 
-from serving.gateway import errors, keystate, metrics, redis_pipe
+from serving.gateway import errors, inflight, keystate, metrics, redis_pipe
 from serving.gateway.keycache import KeyCache, KeyRecord
 from serving.gateway.limits import Limiter
 from serving.gateway.routing import (
@@ -58,6 +58,8 @@ class Gateway:
         self._tasks: list[asyncio.Task] = []
         self._started = False
         self._start_lock: asyncio.Lock | None = None
+        self.process_id = uuid.uuid4().hex  # names this process's in-flight ledger in Redis
+        self.ledger = inflight.ledger_key(self.process_id)
         self._series: dict[tuple, object] = {}  # metric children by (metric, labels)
         self._renamers: dict[tuple[str, str], _renamer] = {}
 
@@ -75,7 +77,9 @@ class Gateway:
             auto_decompress=False,
         )
         await self.refresh()
-        self._tasks = [asyncio.create_task(self._refresh_loop()), asyncio.create_task(self._listen_for_keys())]
+        await self._register()
+        self._tasks = [asyncio.create_task(self._refresh_loop()), asyncio.create_task(self._listen_for_keys()),
+                       asyncio.create_task(self._stay_alive())]
         self._started = True
         # What is loaded by now (Django, the ASGI apps, the routing table) lives as long as the process: keep
         # it out of the collector's full passes, which otherwise walk all of it (some 70 ms with the process
@@ -88,6 +92,9 @@ class Gateway:
         if self.session:
             await self.session.close()
         if self.pipe:
+            # Requests have drained by now; the flusher reaps whatever is left in the ledger at once.
+            with contextlib.suppress(Exception):
+                await self.pipe.execute(("DEL", inflight.alive_key(self.process_id)))
             await self.pipe.close()
         if self.redis:
             await self.redis.aclose()
@@ -112,6 +119,19 @@ class Gateway:
                 await self.refresh()
             except Exception:
                 logger.exception("gateway: routing refresh failed; keeping the previous table")
+
+    async def _register(self) -> None:
+        for reply in await self.pipe.execute(*inflight.register_commands(self.process_id)):
+            if isinstance(reply, Exception):
+                raise reply
+
+    async def _stay_alive(self) -> None:
+        while True:
+            await asyncio.sleep(inflight.ALIVE_SECONDS / 6)
+            try:
+                await self._register()
+            except Exception:
+                logger.exception("gateway: could not renew this process's liveness in Redis")
 
     async def _listen_for_keys(self) -> None:
         while True:
@@ -214,9 +234,11 @@ class Gateway:
         # token per byte (plus the chat template), and the output at most max_tokens (or the context).
         bound_in = len(body) + 64
         bound_out = 0 if kind == "embedding" else (max_tokens or endpoint.max_model_len)
+        outcome = _Outcome(endpoint=endpoint.name, kind=kind, stream=stream)
         verdict = await self.limiter.admit(key, tokens=bound_in + bound_out,
                                            money_micros=price_micros(endpoint, bound_in, bound_out),
-                                           revoked_set=keystate.REVOKED_SET)
+                                           revoked_set=keystate.REVOKED_SET, ledger=self.ledger,
+                                           lost_event=self._event(key, outcome, 0.0, 0, lost=True))
         if not verdict.ok:
             if verdict.reason == "revoked":
                 self.keys.evict(key.key_id)
@@ -227,7 +249,6 @@ class Gateway:
             limit = "requests" if verdict.reason == "rpm" else "tokens"
             raise GatewayError(429, f"Rate limit reached for {limit} per minute on this key.", "rate_limit_exceeded",
                                retry_after=max(1, verdict.retry_after))
-        outcome = _Outcome(endpoint=endpoint.name, kind=kind, stream=stream)
         try:
             await self._dispatch(receive, send, request_id, endpoint, payload, outcome, started)
         except GatewayError as exc:
@@ -308,15 +329,7 @@ class Gateway:
     async def _settle(self, key: KeyRecord, endpoint: EndpointInfo, reservation, outcome, started) -> None:
         latency = time.perf_counter() - started
         cost = price_micros(endpoint, outcome.input_tokens, outcome.output_tokens)
-        event = {
-            "id": uuid.uuid4().hex, "at": f"{time.time():.6f}", "key": key.pk, "team": key.team_id,
-            "department": key.department_id, "endpoint": outcome.endpoint, "deployment": outcome.deployment,
-            "adapter": outcome.adapter, "version": outcome.version_id or "", "replica": outcome.replica_id or "",
-            "kind": outcome.kind, "stream": int(outcome.stream), "in": outcome.input_tokens,
-            "out": outcome.output_tokens, "latency_ms": int(latency * 1000),
-            "ttft_ms": "" if outcome.ttft is None else int(outcome.ttft * 1000), "status": outcome.status,
-            "error": outcome.error, "cost_micros": cost,
-        }
+        event = self._event(key, outcome, latency, cost)
         commands = self.limiter.settle(reservation, tokens=outcome.input_tokens + outcome.output_tokens,
                                        money_micros=cost)
         commands.append(("XADD", USAGE_STREAM, "*", *[item for pair in event.items() for item in pair]))
@@ -339,6 +352,21 @@ class Gateway:
             self._metric(metrics.TOKENS, *labels, "output").inc(outcome.output_tokens)
         if outcome.ttft is not None:
             self._metric(metrics.TTFT, *labels).observe(outcome.ttft)
+
+    @staticmethod
+    def _event(key: KeyRecord, outcome: _Outcome, latency: float, cost: int, *, lost: bool = False) -> dict:
+        """The usage event of a request: as it ended, or (``lost``) as the in-flight ledger keeps it in case
+        this process dies first: the same id, so that only one of the two is ever stored."""
+        return {
+            "id": outcome.event_id, "at": f"{time.time():.6f}", "key": key.pk, "team": key.team_id,
+            "department": key.department_id, "endpoint": outcome.endpoint, "deployment": outcome.deployment,
+            "adapter": outcome.adapter, "version": outcome.version_id or "", "replica": outcome.replica_id or "",
+            "kind": outcome.kind, "stream": int(outcome.stream), "in": outcome.input_tokens,
+            "out": outcome.output_tokens, "latency_ms": int(latency * 1000),
+            "ttft_ms": "" if outcome.ttft is None else int(outcome.ttft * 1000),
+            "status": inflight.LOST_STATUS if lost else outcome.status, "error": inflight.LOST_ERROR if lost
+            else outcome.error, "cost_micros": cost,
+        }
 
     def _metric(self, metric, *labels: str):
         """``metric.labels(*labels)``, remembered: prometheus_client's lookup costs more than the update."""
@@ -367,10 +395,11 @@ _PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "embe
 
 class _Outcome:
     __slots__ = ("endpoint", "kind", "stream", "deployment", "adapter", "version_id", "replica_id", "status", "error",
-                 "input_tokens", "output_tokens", "ttft", "sent")
+                 "input_tokens", "output_tokens", "ttft", "sent", "event_id")
 
     def __init__(self, *, endpoint: str, kind: str, stream: bool):
         self.endpoint, self.kind, self.stream = endpoint, kind, stream
+        self.event_id = uuid.uuid4().hex
         self.deployment = self.adapter = ""
         self.version_id = self.replica_id = None
         self.status, self.error = 0, ""

@@ -15,11 +15,14 @@ from datetime import UTC, datetime
 
 from redis.exceptions import NoScriptError, ResponseError
 
+from serving.gateway import inflight
 from serving.gateway.redis_pipe import ClientPipe, RedisPipe
 
-# KEYS: revoked set, rpm counter, tpm counter, monthly token counter, monthly money counter (micro-units)
+# KEYS: revoked set, rpm counter, tpm counter, monthly token counter, monthly money counter (micro-units),
+#       the gateway process's in-flight ledger (see inflight.py)
 # ARGV: key id, rpm limit, tpm limit, tokens to reserve, token budget, money budget, money to reserve,
-#       seconds to the end of the minute, seconds to the end of the month (a limit of -1 means none)
+#       seconds to the end of the minute, seconds to the end of the month (a limit of -1 means none),
+#       the request's ledger field and entry
 ADMIT = """
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return {'revoked', 0} end
 local rpm, tpm, reserve = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -34,6 +37,7 @@ if rpm >= 0 then redis.call('INCR', KEYS[2]); redis.call('EXPIRE', KEYS[2], minu
 if tpm >= 0 then redis.call('INCRBY', KEYS[3], reserve); redis.call('EXPIRE', KEYS[3], minute_left + 1) end
 if token_budget >= 0 then redis.call('INCRBY', KEYS[4], reserve); redis.call('EXPIRE', KEYS[4], month_left + 86400) end
 if money_budget >= 0 then redis.call('INCRBY', KEYS[5], reserve_money); redis.call('EXPIRE', KEYS[5], month_left + 86400) end
+if KEYS[6] ~= 'gw:-' then redis.call('HSET', KEYS[6], ARGV[10], ARGV[11]) end
 return {'ok', 0}
 """
 
@@ -47,6 +51,7 @@ class Reservation:
     money_key: str | None
     tokens: int
     money_micros: int
+    ledger: tuple[str, str] | None = None  # (ledger key, field) of the in-flight entry
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,10 @@ class Limiter:
         self.pipe = pipe
         self._month = _Month()
 
-    async def admit(self, key, *, tokens: int, money_micros: int, revoked_set: str) -> Verdict:
+    async def admit(self, key, *, tokens: int, money_micros: int, revoked_set: str,
+                    ledger: str | None = None, lost_event: dict | None = None) -> Verdict:
+        """Reserve ``tokens`` and ``money_micros`` if every limit and budget allows it. With a ``ledger``,
+        the request is also entered into it with ``lost_event``: what to bill if this process dies."""
         now_ts = time.time()
         minute = int(now_ts // 60)
         minute_left = 60 - int(now_ts % 60)
@@ -91,10 +99,15 @@ class Limiter:
         tpm_key = f"gw:tpm:{kid}:{minute}" if key.tpm_limit is not None else None
         token_key = f"gw:bt:{kid}:{month}" if key.monthly_token_budget is not None else None
         money_key = f"gw:bm:{kid}:{month}" if key.monthly_budget_micros is not None else None
-        keys_and_args = (5, revoked_set, f"gw:rpm:{kid}:{minute}", tpm_key or "gw:-", token_key or "gw:-",
-                         money_key or "gw:-", kid, _limit(key.rpm_limit), _limit(key.tpm_limit), tokens,
-                         _limit(key.monthly_token_budget), _limit(key.monthly_budget_micros), money_micros,
-                         minute_left, month_left)
+        field, lost = "", b""
+        if ledger is not None and lost_event is not None:
+            field = lost_event["id"]
+            lost = inflight.entry(lost_event, [(k, n) for k, n in ((tpm_key, tokens), (token_key, tokens),
+                                                                   (money_key, money_micros)) if k and n])
+        keys_and_args = (6, revoked_set, f"gw:rpm:{kid}:{minute}", tpm_key or "gw:-", token_key or "gw:-",
+                         money_key or "gw:-", ledger or "gw:-", kid, _limit(key.rpm_limit), _limit(key.tpm_limit),
+                         tokens, _limit(key.monthly_token_budget), _limit(key.monthly_budget_micros), money_micros,
+                         minute_left, month_left, field, lost)
         (reply,) = await self.pipe.execute(("EVALSHA", ADMIT_SHA, *keys_and_args))
         if isinstance(reply, NoScriptError) or (isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")):
             (reply,) = await self.pipe.execute(("EVAL", ADMIT, *keys_and_args))  # loads it for next time
@@ -104,13 +117,14 @@ class Limiter:
         reason = reason.decode() if isinstance(reason, bytes) else reason
         if reason != "ok":
             return Verdict(False, reason, int(retry))
-        return Verdict(True, reservation=Reservation(tpm_key, token_key, money_key, tokens, money_micros))
+        return Verdict(True, reservation=Reservation(tpm_key, token_key, money_key, tokens, money_micros,
+                                                     (ledger, field) if ledger else None))
 
     def settle(self, reservation: Reservation | None, *, tokens: int, money_micros: int) -> list[tuple]:
         """The commands that correct from reserved to actual (zero actual releases it all), to pipeline."""
         if reservation is None:
             return []
-        commands = []
+        commands: list[tuple] = [("HDEL", *reservation.ledger)] if reservation.ledger else []
         delta = tokens - reservation.tokens
         if delta and reservation.tpm_key:
             commands.append(("INCRBY", reservation.tpm_key, delta))

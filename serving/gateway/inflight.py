@@ -1,0 +1,67 @@
+"""Requests in flight, per gateway process, in Redis: so that a gateway process killed mid-request loses
+no usage event and keeps no reservation.
+
+Admission adds an entry to its process's ledger (in the same Lua script that reserves the tokens and the
+money) and settlement removes it (in the same pipeline that writes the usage event). Each process keeps
+an ``alive`` key with a time to live while it runs. The usage flusher reaps the ledgers of processes
+whose key has expired: each entry becomes a usage event with status 502 and error ``gateway_lost``
+(what the engine produced is not known, so no tokens are billed) and its reservation is released.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+PROCESSES = "portfolio:gw:processes"
+ALIVE_SECONDS = 60  # far above any pause of a live gateway; a reaped live process would bill twice
+LOST_STATUS, LOST_ERROR = 502, "gateway_lost"
+
+
+def alive_key(process_id: str) -> str:
+    return f"portfolio:gw:alive:{process_id}"
+
+
+def ledger_key(process_id: str) -> str:
+    return f"portfolio:gw:inflight:{process_id}"
+
+
+def register_commands(process_id: str) -> list[tuple]:
+    """What a gateway process sends at start and then every few seconds while it runs."""
+    return [("SADD", PROCESSES, process_id), ("SET", alive_key(process_id), "1", "EX", ALIVE_SECONDS)]
+
+
+def entry(event: dict, releases: list[tuple[str, int]]) -> bytes:
+    """A ledger entry: the usage event as it would be written if the process died now, and the
+    reservation to give back (counter key, amount)."""
+    return orjson.dumps({"event": [item for pair in event.items() for item in pair], "release": releases})
+
+
+# KEYS: the dead process's ledger, the usage stream, the set of processes; ARGV: the process id.
+# Atomic, so that two flushers reaping at once cannot both write an entry's event.
+REAP = """
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 2, #entries, 2 do
+  local lost = cjson.decode(entries[i])
+  for _, release in ipairs(lost.release) do
+    if redis.call('EXISTS', release[1]) == 1 then redis.call('DECRBY', release[1], release[2]) end
+  end
+  local fields = {}
+  for _, value in ipairs(lost.event) do fields[#fields + 1] = tostring(value) end
+  redis.call('XADD', KEYS[2], '*', unpack(fields))
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+return #entries / 2
+"""
+
+
+def reap(client, stream: str) -> int:
+    """Turn the ledgers of gateway processes that stopped without settling into usage events on
+    ``stream``; the number of requests found."""
+    found = 0
+    for member in client.smembers(PROCESSES):
+        process_id = member.decode() if isinstance(member, bytes) else member
+        if client.exists(alive_key(process_id)):
+            continue
+        found += int(client.eval(REAP, 3, ledger_key(process_id), stream, PROCESSES, process_id))
+    return found
