@@ -127,7 +127,7 @@ def _start(replica: Replica, node: Node) -> None:
     launch = engine_args.build(
         python=settings.ENGINE_PYTHON[deployment.pool.kind], pool_kind=deployment.pool.kind, args=args,
         model_dir=model_dir, served_name=deployment.name, host=node.address, port=port, adapters=adapters,
-        gpu_indices=replica.gpu_indices, api_key=engine_key(replica.pk),
+        gpu_indices=replica.gpu_indices, api_key=engine_key(replica.pk), task=deployment.version.model.task,
     )
     pid = processes.start(launch.argv, launch.env, replica.pk, _log_path(replica))
     _set(replica, pid=pid, port=port, host=node.address, state=ReplicaState.STARTING, started_at=timezone.now(),

@@ -91,7 +91,7 @@ class EngineLaunch:
 
 def build(
     *, python: str, pool_kind: str, args: dict, model_dir: Path, served_name: str, host: str, port: int,
-    adapters: dict[str, Path], gpu_indices: list[int], api_key: str,
+    adapters: dict[str, Path], gpu_indices: list[int], api_key: str, task: str = "chat",
 ) -> EngineLaunch:
     """The command and environment of one vLLM OpenAI-compatible server process."""
     argv = [
@@ -104,6 +104,10 @@ def build(
     ]
     # The engine's key is passed in the environment, not on the command line (visible in `ps`).
     env = {"VLLM_API_KEY": api_key, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+    if task == "embedding":
+        # Serves /v1/embeddings: a pooling model (BERT-like ones are detected anyway; decoder-based embedding
+        # models are not).
+        argv += ["--runner", "pooling"]
     if args["enable_prefix_caching"]:
         argv.append("--enable-prefix-caching")
     if args["enforce_eager"]:

@@ -14,7 +14,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid
-from portfolio.registry.choices import VersionKind, VersionStatus
+from portfolio.registry.choices import Task, VersionKind, VersionStatus
 from portfolio.registry.models import ModelVersion
 from serving import engine_args, scheduler
 from serving.capacity import pool_capacity
@@ -109,6 +109,16 @@ def _preflight(version: ModelVersion, pool: ComputePool, args: dict, adapter_par
         raise Conflict(f"Unschedulable on {pool.name}: {exc}", code="unschedulable") from None
 
 
+def _fits_model(version: ModelVersion, args: dict) -> None:
+    """Refuse engine arguments the model itself cannot honour (vLLM would only fail at start-up)."""
+    if version.context_length and args["max_model_len"] > version.context_length:
+        raise Invalid(f"engine_args.max_model_len: {args['max_model_len']} exceeds the context length of "
+                      f"{version.label} ({version.context_length} tokens).")
+    if version.model.task == Task.EMBEDDING and args["enable_lora"]:
+        raise Invalid("engine_args.enable_lora: adapters are served on chat and completion models, not on an "
+                      "embedding model.")
+
+
 def _deployable(actor: Actor, version: ModelVersion) -> ModelVersion:
     version = gate.get_visible(actor, ModelVersion, pk=version.pk)
     if version.kind != VersionKind.BASE:
@@ -127,6 +137,7 @@ def create_deployment(*, actor: Actor, name: str, team: Team, version: ModelVers
     if not 0 <= replicas <= 64:
         raise Invalid("replicas: between 0 and 64.")
     resolved = engine_args.validate(args or {}, pool.kind)
+    _fits_model(version, resolved)
     if replicas:
         _preflight(version, pool, resolved)
     deployment = Deployment(name=_check_name(name), owner_team=team, version=version, pool=pool,
@@ -178,8 +189,8 @@ def restart(*, actor: Actor, deployment: Deployment, version: ModelVersion | Non
             raise Conflict("Its adapters were trained on the current base; remove them before changing version.")
         deployment.version = version
     if args is not None:
-        engine_args.validate(args, deployment.pool.kind)
         deployment.engine_args = args
+    _fits_model(deployment.version, engine_args.validate(deployment.engine_args, deployment.pool.kind))
     deployment.generation += 1
     deployment.updated_at = timezone.now()
     deployment.save(update_fields=["version", "engine_args", "generation", "updated_at"])
@@ -201,6 +212,8 @@ def add_adapter(*, actor: Actor, deployment: Deployment, adapter: ModelVersion, 
         raise Invalid(f"{adapter.label} is not an adapter of {deployment.version.label}.")
     if adapter.status != VersionStatus.READY:
         raise Conflict(f"{adapter.label} is {adapter.status}.")
+    if deployment.version.model.task == Task.EMBEDDING:
+        raise Invalid("Adapters are served on chat and completion models, not on an embedding model.")
     args = engine_args.validate(deployment.engine_args, deployment.pool.kind)
     rank = (adapter.metrics.get("adapter") or {}).get("r")
     if rank and rank > args["max_lora_rank"]:

@@ -13,7 +13,7 @@ from serving.choices import PoolKind
 SECRET = "sk-engine-secret-123"
 
 
-def launch(pool_kind: str, args: dict | None = None, *, adapters: dict | None = None, gpu_indices=()):
+def launch(pool_kind: str, args: dict | None = None, *, adapters: dict | None = None, gpu_indices=(), task="chat"):
     return engine_args.build(
         python="/opt/engine/bin/python",
         pool_kind=pool_kind,
@@ -25,6 +25,7 @@ def launch(pool_kind: str, args: dict | None = None, *, adapters: dict | None = 
         adapters=adapters or {},
         gpu_indices=list(gpu_indices),
         api_key=SECRET,
+        task=task,
     )
 
 
@@ -198,3 +199,8 @@ def test_quantization_is_passed_only_when_set():
     assert "--quantization" not in launch(PoolKind.GPU, gpu_indices=[0]).argv
     quantised = launch(PoolKind.GPU, {"quantization": "awq"}, gpu_indices=[0]).argv
     assert value_after(quantised, "--quantization") == "awq"
+
+
+def test_an_embedding_model_runs_as_a_pooling_engine_and_a_chat_model_does_not():
+    assert value_after(launch(PoolKind.CPU, task="embedding").argv, "--runner") == "pooling"
+    assert "--runner" not in launch(PoolKind.CPU).argv

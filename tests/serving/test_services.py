@@ -187,6 +187,33 @@ def test_engine_arguments_are_validated_for_the_pool_kind(owner, team, base_vers
         deploy(owner, team, base_version, pool, args={"gpu_memory_utilization": 0.5})
 
 
+def test_a_context_longer_than_the_model_has_is_refused_before_any_engine_starts(owner, team, base_version, pool, node):
+    base_version.context_length = 512
+    base_version.save(update_fields=["context_length"])
+    with pytest.raises(Invalid, match=r"max_model_len: 2048 exceeds the context length .* \(512 tokens\)"):
+        deploy(owner, team, base_version, pool)
+    assert deploy(owner, team, base_version, pool, args={"max_model_len": 512}).engine_args == {"max_model_len": 512}
+
+
+def test_a_restart_onto_engine_arguments_the_model_cannot_honour_is_refused(owner, base_version, deployment):
+    base_version.context_length = 1024
+    base_version.save(update_fields=["context_length"])
+    with pytest.raises(Invalid, match="exceeds the context length"):
+        services.restart(actor=owner, deployment=deployment, args={"max_model_len": 4096})
+
+
+def test_an_embedding_model_takes_no_adapters(org, owner, team, base_version, pool, node, artifact):
+    from portfolio.registry.choices import Task
+
+    base_version.model.task = Task.EMBEDDING
+    base_version.model.save(update_fields=["task"])
+    with pytest.raises(Invalid, match="not on an embedding model"):
+        deploy(owner, team, base_version, pool, args={"enable_lora": True})
+    deployment = deploy(owner, team, base_version, pool)
+    with pytest.raises(Invalid, match="not on an embedding model"):
+        services.add_adapter(actor=owner, deployment=deployment, adapter=make_adapter(org, team, artifact, base_version))
+
+
 def test_an_adapter_cannot_be_deployed_on_its_own(org, owner, team, base_version, pool, node, artifact):
     adapter = make_adapter(org, team, artifact, base_version)
     with pytest.raises(Invalid, match="deploy a base version"):
