@@ -13,40 +13,63 @@ from django.db import transaction
 
 from portfolio.accounts.actor import Actor
 from serving.gateway import services as key_services
+from serving.models import Endpoint
 from training import services
+from training.evaluation import prompt_messages
 from training.models import Dataset, DatasetVersion, FineTuneJob
 
 SYSTEM = Actor.for_system("training.distillation")
 
 
-def prompt_messages(row: dict) -> list[dict]:
-    """The conversation to send to the teacher: everything but the dataset's own answer."""
-    if "messages" in row:
-        return row["messages"][:-1]
-    text = row.get("prompt") or row.get("text") or ""
-    return [{"role": "user", "content": text}]
+def teacher_of(job: FineTuneJob) -> Endpoint:
+    if job.teacher_endpoint is None:
+        raise ValueError(f"Fine-tune #{job.pk} is not a distillation: it has no teacher endpoint.")
+    return job.teacher_endpoint
 
 
-def ask_teacher(job: FineTuneJob, rows: list[dict], *, max_tokens: int = 256,
-                on_progress: Callable[[int, int], None] = lambda done, total: None) -> list[dict]:
-    endpoint = job.teacher_endpoint
+def ask_teacher(
+    job: FineTuneJob,
+    rows: list[dict],
+    *,
+    max_tokens: int = 256,
+    on_progress: Callable[[int, int], None] = lambda done, total: None,
+) -> list[dict]:
+    endpoint = teacher_of(job)
     with transaction.atomic():
-        key, secret = key_services.create_key(actor=SYSTEM, team=job.owner_team, name=f"distillation job #{job.pk}",
-                                              scopes=[endpoint.name], service=True)
+        key, secret = key_services.create_key(
+            actor=SYSTEM,
+            team=job.owner_team,
+            name=f"distillation job #{job.pk}",
+            scopes=[endpoint.name],
+            service=True,
+        )
     answered = []
     try:
-        with httpx.Client(base_url=settings.GATEWAY_INTERNAL_URL, timeout=settings.GATEWAY_UPSTREAM_TIMEOUT,
-                          headers={"Authorization": f"Bearer {secret}"}) as client:
+        with httpx.Client(
+            base_url=settings.GATEWAY_INTERNAL_URL,
+            timeout=settings.GATEWAY_UPSTREAM_TIMEOUT,
+            headers={"Authorization": f"Bearer {secret}"},
+        ) as client:
             for index, row in enumerate(rows, start=1):
                 messages = prompt_messages(row)
-                response = client.post("/v1/chat/completions", json={
-                    "model": endpoint.name, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
-                })
+                response = client.post(
+                    "/v1/chat/completions",
+                    json={
+                        "model": endpoint.name,
+                        "messages": messages,
+                        "max_tokens": max_tokens,
+                        "temperature": 0,
+                    },
+                )
                 if response.status_code != 200:
-                    raise ValueError(f"The teacher {endpoint.name} answered {response.status_code}: {response.text[:300]}")
+                    raise ValueError(
+                        f"The teacher {endpoint.name} answered {response.status_code}: {response.text[:300]}"
+                    )
                 answer = response.json()["choices"][0]["message"]["content"] or ""
                 if answer.strip():
-                    answered.append({"messages": [*messages, {"role": "assistant", "content": answer.strip()}]})
+                    answered.append(
+                        {"messages": [*messages, {"role": "assistant", "content": answer.strip()}]}
+                    )
                 on_progress(index, len(rows))
     finally:
         with transaction.atomic():
@@ -56,15 +79,22 @@ def ask_teacher(job: FineTuneJob, rows: list[dict], *, max_tokens: int = 256,
 
 def record_answers(job: FineTuneJob, rows: list[dict]) -> DatasetVersion:
     """The teacher's answers as a version of the dataset ``<source>-distilled`` (lineage in its description)."""
-    source = job.dataset_version
+    source, teacher = job.dataset_version, teacher_of(job)
     name = f"{source.dataset.name}-distilled"[:80]
     dataset = Dataset.objects.filter(owner_team=job.owner_team, name=name).first() or services.create_dataset(
-        actor=SYSTEM, owner_team=job.owner_team, name=name, kind="chat",
-        description=f"Answers of the teacher endpoint {job.teacher_endpoint.name} to the prompts of "
-                    f"{source.dataset.name} v{source.number} (distillation job #{job.pk}).",
+        actor=SYSTEM,
+        owner_team=job.owner_team,
+        name=name,
+        kind="chat",
+        description=f"Answers of the teacher endpoint {teacher.name} to the prompts of "
+        f"{source.dataset.name} v{source.number} (distillation job #{job.pk}).",
     )
     content = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
-    version, _ = services.upload_version(actor=SYSTEM, dataset=dataset, chunks=[content],
-                                         filename=f"teacher-{job.teacher_endpoint.name}.jsonl",
-                                         base_version=job.base_version)
+    version, _ = services.upload_version(
+        actor=SYSTEM,
+        dataset=dataset,
+        chunks=[content],
+        filename=f"teacher-{teacher.name}.jsonl",
+        base_version=job.base_version,
+    )
     return version

@@ -7,6 +7,7 @@ import math
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Any, cast
 
 
 def _normalise(text: str) -> str:
@@ -19,6 +20,14 @@ def expected_answer(row: dict) -> str:
     if "completion" in row:
         return row["completion"]
     return str(row["label"])
+
+
+def prompt_messages(row: dict) -> list[dict]:
+    """The conversation a row asks a chat model to answer: everything but the row's own answer."""
+    if "messages" in row:
+        return row["messages"][:-1]
+    text = row.get("prompt") or row.get("text") or ""
+    return [{"role": "user", "content": text}]
 
 
 def _prompt(tokenizer, row: dict) -> str:
@@ -46,7 +55,8 @@ def score(*, base_dir: Path, adapter_dir: Path | None, rows: list[dict], max_new
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    # A transformers model or a peft wrapper of it: both generate and score alike, which no stub says.
+    model: Any = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -67,9 +77,9 @@ def score(*, base_dir: Path, adapter_dir: Path | None, rows: list[dict], max_new
                 do_sample=False,
                 pad_token_id=tokenizer.eos_token_id,
             )
-            answer = _normalise(
-                tokenizer.decode(output[0][prompt_ids["input_ids"].shape[1] :], skip_special_tokens=True)
-            )
+            # One sequence decodes to one string.
+            generated = output[0][prompt_ids["input_ids"].shape[1] :]
+            answer = _normalise(cast(str, tokenizer.decode(generated, skip_special_tokens=True)))
             exact += answer == truth
             contains += bool(truth) and truth in answer
             predicted = (
@@ -87,7 +97,7 @@ def score(*, base_dir: Path, adapter_dir: Path | None, rows: list[dict], max_new
             nll += float(loss) * answer_ids.shape[1]
             answer_tokens += answer_ids.shape[1]
     n = max(len(rows), 1)
-    metrics = {
+    metrics: dict[str, Any] = {
         "rows": len(rows),
         "exact_match": exact / n,
         "contains": contains / n,

@@ -19,9 +19,9 @@ from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.models import Model, ModelVersion
 from serving.choices import NodeState, PoolKind
 from serving.models import ComputePool, Endpoint, Node
-from training.choices import JobStatus, Method
+from training.choices import EvalStatus, JobStatus, Method
 from training.lora import Hyperparameters
-from training.models import DatasetVersion, FineTuneJob
+from training.models import DatasetVersion, EvalRun, FineTuneJob
 
 ALLOWED_HYPERPARAMETERS = {
     "epochs",
@@ -121,8 +121,15 @@ def start_job(
 
 @transaction.atomic
 def start_distillation(
-    *, actor: Actor, teacher: Endpoint, prompts: DatasetVersion, student: ModelVersion, pool: ComputePool,
-    hyperparameters: dict | None = None, target_model: Model | None = None,
+    *,
+    actor: Actor,
+    teacher: Endpoint,
+    prompts: DatasetVersion,
+    student: ModelVersion,
+    pool: ComputePool,
+    method: str = Method.LORA,
+    hyperparameters: dict | None = None,
+    target_model: Model | None = None,
 ) -> FineTuneJob:
     """Stage one asks ``teacher`` (a deployed endpoint of the team) to answer ``prompts`` through the gateway;
     stage two fine-tunes ``student`` on the answers."""
@@ -131,8 +138,15 @@ def start_distillation(
     prompts = gate.get_visible(actor, DatasetVersion, pk=prompts.pk)
     if teacher.owner_team_id != prompts.dataset.owner_team_id:
         raise Invalid("teacher: the teacher endpoint must belong to the dataset's team (it is billed to it).")
-    job = start_job(actor=actor, base_version=student, dataset_version=prompts, pool=pool,
-                    hyperparameters=hyperparameters, target_model=target_model)
+    job = start_job(
+        actor=actor,
+        base_version=student,
+        dataset_version=prompts,
+        pool=pool,
+        method=method,
+        hyperparameters=hyperparameters,
+        target_model=target_model,
+    )
     job.teacher_endpoint = teacher
     job.save(update_fields=["teacher_endpoint"])
     audit.record(actor, "training.distillation_start", job, after={**job.snapshot(), "teacher": teacher.name})
@@ -142,6 +156,8 @@ def start_distillation(
 def enqueue(job: FineTuneJob) -> None:
     from training.tasks import run_job
 
+    if job.node is None:
+        raise Conflict(f"Fine-tune #{job.pk} has no node to run on.")
     run_job.apply_async(args=[job.pk], queue=f"node.{job.node.name}")
 
 
@@ -176,6 +192,33 @@ def finish(job_id: int, status: str, detail: str = "", **fields) -> bool:
             job = FineTuneJob.objects.get(pk=job_id)
             audit.record(Actor.for_system("training"), f"training.job_{status}", job, after=job.snapshot())
     return bool(updated)
+
+
+@transaction.atomic
+def record_eval_run(job: FineTuneJob, version: ModelVersion, metrics: dict) -> EvalRun:
+    """A finished eval run of ``version`` on the job's held-out rows, audited (promotion compares them)."""
+    run = EvalRun.objects.create(
+        version=version,
+        dataset_version=job.training_data,
+        job=job,
+        status=EvalStatus.SUCCEEDED,
+        metrics=metrics,
+        finished_at=timezone.now(),
+    )
+    serving = metrics.get("serving") or {}
+    audit.record(
+        Actor.for_system("training"),
+        "training.eval_run",
+        run,
+        after={
+            "version": version.label,
+            "dataset_version": job.training_data.pk,
+            "headline": run.headline,
+            "latency_p50_ms": serving.get("latency_p50_ms"),
+            "tokens_per_second": serving.get("tokens_per_second"),
+        },
+    )
+    return run
 
 
 def reap_stale_jobs(silence: timedelta) -> int:
@@ -217,9 +260,10 @@ def reap_stale_jobs(silence: timedelta) -> int:
 def register_output(job: FineTuneJob, manifest, facts, store_uri: str, metrics: dict) -> ModelVersion:
     from portfolio.registry.choices import Source
 
-    teacher = f"- **Teacher:** endpoint `{job.teacher_endpoint.name}`\n" if job.is_distillation else ""
+    endpoint = job.teacher_endpoint
+    teacher = f"- **Teacher:** endpoint `{endpoint.name}`\n" if endpoint is not None else ""
     card = (
-        f"# {job.target_model.name} ({'distillation' if job.is_distillation else 'fine-tune'} #{job.pk})\n\n"
+        f"# {job.target_model.name} ({'distillation' if endpoint is not None else 'fine-tune'} #{job.pk})\n\n"
         f"{teacher}"
         f"- **Base:** {job.base_version.label}\n- **Method:** {job.get_method_display()}\n"
         f"- **Dataset:** {job.training_data.dataset.name} v{job.training_data.number} "
@@ -234,7 +278,7 @@ def register_output(job: FineTuneJob, manifest, facts, store_uri: str, metrics: 
         manifest=manifest,
         facts=facts,
         store_uri=store_uri,
-        source=Source.DISTILLATION if job.is_distillation else Source.FINE_TUNE,
+        source=Source.DISTILLATION if endpoint is not None else Source.FINE_TUNE,
         source_ref=f"job:{job.pk}; dataset:{job.training_data.dataset.name}@v{job.training_data.number}",
         metrics={
             "training": metrics,
@@ -242,8 +286,8 @@ def register_output(job: FineTuneJob, manifest, facts, store_uri: str, metrics: 
             "job": job.pk,
             "hyperparameters": job.hyperparameters,
             **(
-                {"teacher_endpoint": job.teacher_endpoint.name, "prompt_dataset_version": job.dataset_version_id}
-                if job.is_distillation
+                {"teacher_endpoint": endpoint.name, "prompt_dataset_version": job.dataset_version_id}
+                if endpoint is not None
                 else {}
             ),
         },

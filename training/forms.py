@@ -13,7 +13,7 @@ from portfolio.registry.forms import VersionChoiceField
 from portfolio.registry.models import Model, ModelVersion
 from serving.forms import PoolSelect, ready_bases
 from serving.forms import VersionChoiceField as ServingVersionChoiceField
-from serving.models import ComputePool
+from serving.models import ComputePool, Endpoint
 from training import splitting
 from training.choices import DatasetKind, DatasetVersionStatus, JobStatus, Method
 from training.lora import Hyperparameters
@@ -213,38 +213,10 @@ def _number(placeholder, **attrs) -> forms.NumberInput:
     return forms.NumberInput(attrs={"placeholder": placeholder, "inputmode": "decimal", **attrs})
 
 
-class JobStartForm(forms.Form):
-    base_version = ServingVersionChoiceField(
-        label="Base version",
-        queryset=ModelVersion.objects.none(),
-        empty_label="Choose a ready base version",
-        help_text="The model to fine-tune; its tokenizer and chat template shape the rows.",
-    )
-    dataset_version = DatasetVersionChoiceField(
-        label="Dataset version",
-        queryset=DatasetVersion.objects.none(),
-        empty_label="Choose a dataset version",
-        help_text="Trained on its train rows; its eval rows score the base and the result side by side.",
-    )
-    pool = PoolChoiceField(
-        queryset=ComputePool.objects.none(),
-        to_field_name="name",
-        empty_label="Choose a pool",
-        widget=PoolSelect,
-        help_text="The job runs on one ready node of the pool, the least busy one.",
-    )
-    method = forms.ChoiceField(
-        choices=Method.choices,
-        initial=Method.LORA,
-        widget=forms.RadioSelect(attrs={"class": "radio"}),
-    )
-    target_model = forms.ModelChoiceField(
-        label="Register the result under",
-        queryset=Model.objects.none(),
-        required=False,
-        empty_label="The base version's model",
-        help_text="A model you may register versions of; the new version records its base and dataset.",
-    )
+class HyperparametersForm(forms.Form):
+    """The hyperparameters a start form offers, with the limits the service enforces; blank ones are
+    left to the automatic defaults (training.lora.Hyperparameters.resolved)."""
+
     epochs = forms.IntegerField(
         min_value=0,
         max_value=50,
@@ -309,6 +281,69 @@ class JobStartForm(forms.Form):
         f"Blank: {DEFAULTS.checkpoint_every}.",
     )
 
+    def hyperparameter_fields(self) -> list[dict]:
+        return [
+            {"field": self[name], "methods": "lora qlora" if name in LORA_ONLY else ""}
+            for name in HYPERPARAMETER_FIELDS
+        ]
+
+    def hyperparameters(self) -> dict:
+        """The values given; blank ones are left to the automatic defaults."""
+        return {
+            name: self.cleaned_data[name]
+            for name in HYPERPARAMETER_FIELDS
+            if self.cleaned_data.get(name) is not None
+        }
+
+    def hyperparameters_open(self) -> bool:
+        """Whether the hyperparameters section starts open: when one was given or refused."""
+        return any(
+            self[name].errors or (self.is_bound and self.data.get(name)) for name in HYPERPARAMETER_FIELDS
+        )
+
+
+def _check_target(form: forms.Form, base: ModelVersion | None, target: Model | None) -> None:
+    """Without a target model, the result goes under the base's model: the actor must be allowed to."""
+    if base is not None and target is None and not gate.can(form.actor, "model.register", base.model):
+        form.add_error(
+            "target_model" if "target_model" in form.fields else None,
+            f"You may not register versions of {base.model.name}: choose a model of your team.",
+        )
+
+
+class JobStartForm(HyperparametersForm):
+    base_version = ServingVersionChoiceField(
+        label="Base version",
+        queryset=ModelVersion.objects.none(),
+        empty_label="Choose a ready base version",
+        help_text="The model to fine-tune; its tokenizer and chat template shape the rows.",
+    )
+    dataset_version = DatasetVersionChoiceField(
+        label="Dataset version",
+        queryset=DatasetVersion.objects.none(),
+        empty_label="Choose a dataset version",
+        help_text="Trained on its train rows; its eval rows score the base and the result side by side.",
+    )
+    pool = PoolChoiceField(
+        queryset=ComputePool.objects.none(),
+        to_field_name="name",
+        empty_label="Choose a pool",
+        widget=PoolSelect,
+        help_text="The job runs on one ready node of the pool, the least busy one.",
+    )
+    method = forms.ChoiceField(
+        choices=Method.choices,
+        initial=Method.LORA,
+        widget=forms.RadioSelect(attrs={"class": "radio"}),
+    )
+    target_model = forms.ModelChoiceField(
+        label="Register the result under",
+        queryset=Model.objects.none(),
+        required=False,
+        empty_label="The base version's model",
+        help_text="A model you may register versions of; the new version records its base and dataset.",
+    )
+
     def __init__(self, *args, actor: Actor, **kwargs):
         super().__init__(*args, **kwargs)
         self.actor = actor
@@ -327,32 +362,95 @@ class JobStartForm(forms.Form):
         """The method radios with their explanations, for the choice cards."""
         return [{"radio": radio, "help": METHOD_HELP[radio.data["value"]]} for radio in self["method"]]
 
-    def hyperparameter_fields(self) -> list[dict]:
-        return [
-            {"field": self[name], "methods": "lora qlora" if name in LORA_ONLY else ""}
-            for name in HYPERPARAMETER_FIELDS
-        ]
+    def clean(self):
+        data = super().clean()
+        _check_target(self, data.get("base_version"), data.get("target_model"))
+        return data
+
+
+# --- Distillation ----------------------------------------------------------------------------------
+def teacher_endpoints(actor: Actor):
+    """Endpoints the actor may call, of the teams they may train in: the teacher is called with a
+    service key of the job's team (the dataset's), so its calls are billed to that team."""
+    teams = teams_for_training(actor)
+    candidates = gate.visible(actor, Endpoint).filter(owner_team__in=teams).select_related("owner_team")
+    ids = [endpoint.pk for endpoint in candidates if gate.can(actor, "endpoint.call", endpoint)]
+    return Endpoint.objects.filter(pk__in=ids).select_related("owner_team").order_by("name")
+
+
+class EndpointChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Endpoint) -> str:
+        return f"{obj.name} · {obj.owner_team.name}"
+
+
+class DistillationStartForm(HyperparametersForm):
+    """Stage one asks the teacher endpoint to answer the prompt dataset through the gateway; stage two
+    fine-tunes the student (LoRA) on the answers. Field names are the service's arguments."""
+
+    teacher = EndpointChoiceField(
+        label="Teacher endpoint",
+        queryset=Endpoint.objects.none(),
+        to_field_name="name",
+        empty_label="Choose an endpoint",
+        help_text="A bigger model already deployed, behind an endpoint of your team that you may call. It is "
+        "called through the gateway with a service key of the team: metered and billed like any call.",
+    )
+    prompts = DatasetVersionChoiceField(
+        label="Prompt dataset version",
+        queryset=DatasetVersion.objects.none(),
+        empty_label="Choose a dataset version",
+        help_text="The teacher answers every row's prompt (its own answers are ignored); the answers become a "
+        "new dataset version, trained on and scored on its held-out rows.",
+    )
+    student = ServingVersionChoiceField(
+        label="Student base version",
+        queryset=ModelVersion.objects.none(),
+        empty_label="Choose a ready base version",
+        help_text="The smaller model trained to answer like the teacher.",
+    )
+    pool = PoolChoiceField(
+        queryset=ComputePool.objects.none(),
+        to_field_name="name",
+        empty_label="Choose a pool",
+        widget=PoolSelect,
+        help_text="The job runs on one ready node of the pool, the least busy one.",
+    )
+    target_model = forms.ModelChoiceField(
+        label="Register the result under",
+        queryset=Model.objects.none(),
+        required=False,
+        empty_label="The student's model",
+        help_text="A model you may register versions of; the new version records its teacher and prompts.",
+    )
+
+    def __init__(self, *args, actor: Actor, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.actor = actor
+        self.fields["teacher"].queryset = teacher_endpoints(actor)
+        self.fields["prompts"].queryset = trainable_dataset_versions(actor)
+        self.fields["student"].queryset = ready_bases(actor)
+        pools = gate.visible(actor, ComputePool).order_by("name")
+        self.fields["pool"].queryset = pools
+        self.fields["pool"].widget.kinds = {pool.name: pool.kind for pool in pools}
+        self.fields["target_model"].queryset = registrable_models(actor)
+        for name in ("teacher", "pool"):
+            choices = list(self.fields[name].queryset[:2])
+            if len(choices) == 1 and not self.initial.get(name):
+                self.initial[name] = choices[0].name
 
     def clean(self):
         data = super().clean()
-        base, target = data.get("base_version"), data.get("target_model")
-        if base is not None and target is None and not gate.can(self.actor, "model.register", base.model):
+        teacher, prompts = data.get("teacher"), data.get("prompts")
+        if (
+            teacher is not None
+            and prompts is not None
+            and teacher.owner_team_id != prompts.dataset.owner_team_id
+        ):
             self.add_error(
-                "target_model",
-                f"You may not register versions of {base.model.name}: choose a model of your team.",
+                "teacher",
+                f"{teacher.name} belongs to {teacher.owner_team.name}, the prompts to "
+                f"{prompts.dataset.owner_team.name}: the teacher must be an endpoint of the dataset's team "
+                "(its calls are billed to it).",
             )
+        _check_target(self, data.get("student"), data.get("target_model"))
         return data
-
-    def hyperparameters(self) -> dict:
-        """The values given; blank ones are left to the automatic defaults."""
-        return {
-            name: self.cleaned_data[name]
-            for name in HYPERPARAMETER_FIELDS
-            if self.cleaned_data.get(name) is not None
-        }
-
-    def hyperparameters_open(self) -> bool:
-        """Whether the hyperparameters section starts open: when one was given or refused."""
-        return any(
-            self[name].errors or (self.is_bound and self.data.get(name)) for name in HYPERPARAMETER_FIELDS
-        )

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from portfolio.accounts import gate
 from portfolio.registry.models import Model, ModelVersion
-from serving.models import ComputePool
+from serving.models import ComputePool, Endpoint
 from training import finetune
 from training.choices import Method
 from training.models import DatasetVersion, EvalRun, FineTuneJob
@@ -24,6 +24,8 @@ class JobOut(Schema):
     dataset_version_id: int
     target_model: str = Field(alias="target_model.name")
     method: str
+    teacher_endpoint: str | None = Field(None, alias="teacher_endpoint.name")
+    distilled_dataset_version_id: int | None
     hyperparameters: dict[str, Any]
     pool: str = Field(alias="pool.name")
     node: str | None = Field(None, alias="node.name")
@@ -55,6 +57,11 @@ class JobIn(Schema):
     target_model: str | None = Field(
         None, description="Register the result under this model (default: the base's)"
     )
+    teacher_endpoint: str | None = Field(
+        None,
+        description="Distillation: this endpoint (of the dataset's team) first answers the dataset's prompts "
+        "through the gateway; the base version is then trained on its answers",
+    )
 
 
 class EvalOut(Schema):
@@ -76,7 +83,7 @@ def _job(request, job_id: int) -> FineTuneJob:
 @paginate(PageNumberPagination, page_size=50)
 def list_jobs(request, status: str = ""):
     jobs = gate.visible(request.auth, FineTuneJob).select_related(
-        "base_version__model", "pool", "node", "target_model"
+        "base_version__model", "pool", "node", "target_model", "teacher_endpoint"
     )
     if status:
         jobs = jobs.filter(status=status)
@@ -90,6 +97,18 @@ def start_job(request, payload: JobIn):
     dataset_version = gate.get_visible(actor, DatasetVersion, pk=payload.dataset_version_id)
     pool = gate.get_visible(actor, ComputePool, name=payload.pool)
     target = gate.get_visible(actor, Model, name=payload.target_model) if payload.target_model else None
+    if payload.teacher_endpoint:
+        job = finetune.start_distillation(
+            actor=actor,
+            teacher=gate.get_visible(actor, Endpoint, name=payload.teacher_endpoint),
+            prompts=dataset_version,
+            student=base,
+            pool=pool,
+            method=payload.method,
+            hyperparameters=payload.hyperparameters,
+            target_model=target,
+        )
+        return Status(201, job)
     job = finetune.start_job(
         actor=actor,
         base_version=base,

@@ -12,8 +12,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 IGNORE = -100
+# Saved beside the weights in each checkpoint: what a resumed run needs to continue as if never stopped.
+TRAINER_STATE = "trainer_state.pt"
 
 
 @dataclass
@@ -113,7 +116,8 @@ def train(
     rng = random.Random(hp.seed)  # noqa: S311 - batch order, not security
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    # A transformers model, then perhaps its peft wrapper: both train alike, which no stub says.
+    model: Any = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     if hp.method == "lora":
         from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -139,13 +143,15 @@ def train(
     total = steps_per_epoch * hp.epochs
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.05, 1 - s / max(total, 1)))
+    restored = resume_dir is not None and _restore_state(resume_dir, optimizer, scheduler)
     step, losses = 0, []
     started, tokens = time.monotonic(), 0
     for epoch in range(hp.epochs):
         for batch in _batches(examples, hp.batch_size, rng):
             step += 1
             if step <= resume_step:
-                scheduler.step()
+                if not restored:
+                    scheduler.step()  # a checkpoint without its optimizer state: at least the same rate
                 continue  # already done before the resume (same seed, same order)
             if should_stop():
                 raise Cancelled()
@@ -166,6 +172,7 @@ def train(
             if hp.checkpoint_every and step % hp.checkpoint_every == 0 and step < total:
                 checkpoint = output_dir.parent / f"checkpoint-{step}"
                 model.save_pretrained(checkpoint, safe_serialization=True)
+                _save_state(checkpoint / TRAINER_STATE, optimizer, scheduler, step)
                 on_checkpoint(checkpoint, step)
     model.save_pretrained(output_dir, safe_serialization=True)
     if hp.method == "full":
@@ -178,7 +185,38 @@ def train(
         "epochs": hp.epochs,
         "learning_rate": hp.learning_rate,
         "train_rows": len(train_rows),
+        "resumed_from_step": resume_step,
+        "resumed_with_optimizer_state": bool(restored),
+        "steps_trained": max(total - resume_step, 0),  # by this attempt
     }
+
+
+def _save_state(path: Path, optimizer, scheduler, step: int) -> None:
+    """The optimizer's moments, the schedule and the random state (dropout) at ``step``."""
+    import torch
+
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": torch.get_rng_state(),
+    }
+    torch.save(state, path)
+
+
+def _restore_state(resume_dir: Path, optimizer, scheduler) -> bool:
+    """Load a checkpoint's trainer state; False for a checkpoint that has none (weights only)."""
+    import torch
+
+    path = resume_dir / TRAINER_STATE
+    if not path.exists():
+        return False
+    # weights_only: tensors and plain values only, never arbitrary pickled objects.
+    state = torch.load(path, weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return True
 
 
 def evaluate_loss(model, examples: list, pad_id: int, batch_size: int) -> float | None:

@@ -172,10 +172,17 @@ class FineTuneJob(models.Model):
     )
     method = models.CharField(max_length=8, choices=Method.choices, default=Method.LORA)
     # Distillation: stage one asks this endpoint (through the gateway) to answer the dataset's prompts.
-    teacher_endpoint = models.ForeignKey("serving.Endpoint", null=True, blank=True, on_delete=models.PROTECT,
-                                         related_name="+")
-    distilled_dataset_version = models.ForeignKey(DatasetVersion, null=True, blank=True, on_delete=models.PROTECT,
-                                                  related_name="+", help_text="The teacher's answers (stage one)")
+    teacher_endpoint = models.ForeignKey(
+        "serving.Endpoint", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    distilled_dataset_version = models.ForeignKey(
+        DatasetVersion,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The teacher's answers (stage one)",
+    )
     hyperparameters = models.JSONField(default=dict, help_text="As resolved for the run")
     pool = models.ForeignKey("serving.ComputePool", on_delete=models.PROTECT, related_name="finetune_jobs")
     node = models.ForeignKey(

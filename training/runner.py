@@ -43,6 +43,7 @@ def run(job_id: int) -> int:
     from training.lora import Cancelled, Hyperparameters, Progress, train
     from training.models import EvalRun, FineTuneJob
     from training.services import dataset_files
+    from training.serving_speed import serving_speed
 
     job = FineTuneJob.objects.select_related(
         "base_version", "dataset_version__dataset", "target_model", "teacher_endpoint"
@@ -59,9 +60,13 @@ def run(job_id: int) -> int:
                 detail = f"Stage 1: {job.teacher_endpoint.name} answered {done}/{total} prompts."
                 jobs.update(heartbeat_at=timezone.now(), status_detail=detail)
 
-            answered = distillation.ask_teacher(job, _rows(prompts.train) + _rows(prompts.eval), on_progress=asked)
+            answered = distillation.ask_teacher(
+                job, _rows(prompts.train) + _rows(prompts.eval), on_progress=asked
+            )
             job.distilled_dataset_version = distillation.record_answers(job, answered)
-            jobs.update(distilled_dataset_version=job.distilled_dataset_version, status_detail="Stage 2: training.")
+            jobs.update(
+                distilled_dataset_version=job.distilled_dataset_version, status_detail="Stage 2: training."
+            )
         files = dataset_files(job.training_data)
         train_rows, eval_rows = _rows(files.train), _rows(files.eval)
         base_dir = materialize_version(job.base_version)
@@ -73,11 +78,20 @@ def run(job_id: int) -> int:
                 store, job.checkpoint.manifest(), Path(settings.ARTIFACT_CACHE) / job.checkpoint_id
             )
             resume_step = job.checkpoint_step
-        losses, evals = list(job.loss_curve), list(job.eval_curve)
+            print(f"attempt {job.attempt}: resuming from the checkpoint of step {resume_step}", flush=True)
+        # Steps after the checkpoint are trained again: their points of the lost attempt are dropped.
+        losses = [point for point in job.loss_curve if point[0] <= resume_step]
+        evals = [point for point in job.eval_curve if point[0] <= resume_step]
         last_write = [0.0]
         cancel = [False]
 
         def on_progress(p: Progress) -> None:
+            print(
+                f"step {p.step}/{p.total_steps} loss {p.loss:.4f}"
+                + (f" eval loss {p.eval_loss:.4f}" if p.eval_loss is not None else "")
+                + f" ({p.tokens_per_second:.0f} tokens/s)",
+                flush=True,
+            )
             losses.append([p.step, round(p.loss, 5)])
             if p.eval_loss is not None:
                 evals.append([p.step, round(p.eval_loss, 5)])
@@ -106,6 +120,7 @@ def run(job_id: int) -> int:
                 },
             )
             jobs.update(checkpoint=artifact, checkpoint_step=step)
+            print(f"checkpoint of step {step} stored ({manifest.artifact_id[:12]})", flush=True)
 
         (Path(settings.DATA_DIR) / "work").mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(
@@ -128,34 +143,23 @@ def run(job_id: int) -> int:
             manifest = store_directory(store, output)
             version = finetune.register_output(job, manifest, facts, store.uri(manifest.artifact_id), metrics)
             jobs.update(output_version=version, heartbeat_at=timezone.now())
-            # The held-out split, scored for the new version and (once per dataset version) for its base.
+            # The held-out split, scored for the new version and (once per dataset version) for its base;
+            # each also timed on a serving replica when the version is deployed (else the run says so).
             if eval_rows:
                 base_run = EvalRun.objects.filter(
                     version=job.base_version, dataset_version=job.training_data, status="succeeded"
                 ).first()
                 if base_run is None:
                     base_metrics = score(base_dir=base_dir, adapter_dir=None, rows=eval_rows)
-                    EvalRun.objects.create(
-                        version=job.base_version,
-                        dataset_version=job.training_data,
-                        job=job,
-                        status="succeeded",
-                        metrics=base_metrics,
-                        finished_at=timezone.now(),
-                    )
+                    base_metrics["serving"] = serving_speed(job.base_version, eval_rows)
+                    finetune.record_eval_run(job, job.base_version, base_metrics)
                 jobs.update(heartbeat_at=timezone.now())
                 adapter_dir = output if facts.is_adapter else None
                 tuned = score(
                     base_dir=base_dir if adapter_dir else output, adapter_dir=adapter_dir, rows=eval_rows
                 )
-                EvalRun.objects.create(
-                    version=version,
-                    dataset_version=job.training_data,
-                    job=job,
-                    status="succeeded",
-                    metrics=tuned,
-                    finished_at=timezone.now(),
-                )
+                tuned["serving"] = serving_speed(version, eval_rows)
+                finetune.record_eval_run(job, version, tuned)
                 metrics["eval"] = tuned
         finetune.finish(
             job_id,

@@ -102,7 +102,7 @@ def run_job(job_id: int) -> None:
             )
         FineTuneJob.objects.filter(pk=job_id).update(pid=process.pid)
         pid = process.pid
-    elif job.status == JobStatus.RUNNING and _alive(job.pid):
+    elif job.status == JobStatus.RUNNING and job.pid and _alive(job.pid):
         pid, process = job.pid, None  # redelivered after this worker died: adopt the running trainer
     else:
         return

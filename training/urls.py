@@ -1,6 +1,6 @@
 from django.urls import path
 
-from training.views import datasets, jobs
+from training.views import datasets, distillation, evals, jobs
 
 urlpatterns = [
     path("", datasets.training_list, name="training-list"),
@@ -12,4 +12,6 @@ urlpatterns = [
     path("jobs/new/", jobs.job_create, name="job-create"),
     path("jobs/<int:job_id>/", jobs.job_detail, name="job-detail"),
     path("jobs/<int:job_id>/cancel/", jobs.job_cancel, name="job-cancel"),
+    path("distillations/new/", distillation.distillation_create, name="distillation-create"),
+    path("evals/", evals.eval_list, name="eval-list"),
 ]

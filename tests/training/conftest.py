@@ -1,4 +1,5 @@
-"""Training fixtures: an isolated artifact store, JSONL builders, and the real SmolLM2 tokenizer.
+"""Training fixtures: an isolated artifact store, JSONL builders, the real SmolLM2 tokenizer, and jobs
+that never train (a stand-in base version, a pool with a ready node, ``finetune.enqueue`` recorded).
 
 The tokenizer comes from the demo GGUF (fetched once per data folder) without the 25 s weight
 conversion: transformers reads the tokenizer out of the GGUF, and a minimal base version stores only the
@@ -18,9 +19,12 @@ from portfolio.registry.choices import Health, Source, VersionKind, VersionStatu
 from portfolio.registry.models import Artifact, ModelVersion
 from portfolio.registry.storage import store_directory
 from portfolio.registry.stores import default_store
+from serving.choices import PoolKind
+from serving.models import ComputePool, Node
 from tests.conftest import actor_for
-from training import services
+from training import finetune, services
 from training.choices import DatasetKind
+from training.models import FineTuneJob
 
 SYSTEM = (
     "Route the ticket to one queue: billing, technical, account, shipping. Answer with the queue name only."
@@ -120,3 +124,68 @@ def smollm2(smollm2_tokenizer_dir, engineer, team) -> ModelVersion:
         context_length=48,
         has_chat_template=True,
     )
+
+
+# --- Fine-tuning jobs without training (the job pages, the start forms) -----------------------------
+@pytest.fixture
+def base(engineer, team) -> ModelVersion:
+    """A ready base version (its artifact is a stand-in: nothing is loaded in these tests)."""
+    artifact = Artifact.objects.create(
+        id="a" * 64,
+        store_uri="file:///nowhere",
+        size_bytes=10,
+        file_count=1,
+        files=[{"path": "config.json", "size": 10, "sha256": "0" * 64}],
+    )
+    model = registry.create_model(actor=engineer, name="smol-base", owner_team=team)
+    return ModelVersion.objects.create(
+        model=model,
+        number=1,
+        kind=VersionKind.BASE,
+        source=Source.HUB,
+        artifact=artifact,
+        status=VersionStatus.READY,
+    )
+
+
+@pytest.fixture
+def dataset_version(engineer, chat_set):
+    version, _ = upload(engineer, chat_set, jsonl(*tickets(20)))
+    return version
+
+
+@pytest.fixture
+def cpu_pool(db) -> ComputePool:
+    pool = ComputePool.objects.create(name="cpu", kind=PoolKind.CPU)
+    Node.objects.create(
+        name="node-a",
+        pool=pool,
+        address="127.0.0.1",
+        cpu_cores=4,
+        memory_bytes=2**34,
+        heartbeat_at=timezone.now(),
+    )
+    return pool
+
+
+@pytest.fixture
+def enqueued(monkeypatch) -> list[FineTuneJob]:
+    jobs: list[FineTuneJob] = []
+    monkeypatch.setattr(finetune, "enqueue", jobs.append)
+    return jobs
+
+
+@pytest.fixture
+def make_job(team, base, dataset_version, cpu_pool):
+    def make(**fields) -> FineTuneJob:
+        values = {
+            "owner_team": team,
+            "base_version": base,
+            "dataset_version": dataset_version,
+            "target_model": base.model,
+            "pool": cpu_pool,
+            "node": cpu_pool.nodes.first(),
+        }
+        return FineTuneJob.objects.create(**(values | fields))
+
+    return make

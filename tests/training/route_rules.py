@@ -4,7 +4,8 @@ pages act on (``build_world``) and where their URL arguments come from (``UI_KWA
 The world values the rules use: ``slug`` (the team), ``dataset`` (its name), ``dataset_id``, ``number`` (1,
 the dataset's first version) and ``filename`` (a file of that version); for the fine-tuning pages, from
 tests/test_route_permissions.py's ``world``: ``job_id`` (a queued job of the team), ``version_id`` (a ready
-base version), ``dataset_version_id`` and the pool ``local-cpu``."""
+base version), ``dataset_version_id``, the pool ``local-cpu`` and the team's endpoint ``smol-ep`` (the
+distillation's teacher)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,17 @@ UI_ROUTES: dict[str, Rule] = {
     "job-detail": ui("team", "model.view"),
     # The world's job is queued: cancelling it ends it at once.
     "job-cancel": ui("team", "training.run", "POST"),
+    # The teacher is the world's endpoint of the team; a developer may call it but not train: 403.
+    "distillation-create": ui(
+        "team",
+        "training.run",
+        "POST",
+        teacher="smol-ep",
+        prompts="{dataset_version_id}",
+        student="{version_id}",
+        pool="local-cpu",
+    ),
+    "eval-list": ui("signed_in"),
 }
 
 # URL keyword argument -> the world value it takes, per route (routes not named here take none).

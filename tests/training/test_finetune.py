@@ -41,8 +41,14 @@ def setup(org, team):
     dataset = services.create_dataset(actor=engineer, owner_team=team, name="ticket-routing", kind="chat")
     version, _ = upload(engineer, dataset, DEMO_DATA.read_bytes(), base_version=base, eval_fraction=0.1)
     pool = ComputePool.objects.create(name="cpu", kind=PoolKind.CPU)
-    Node.objects.create(name="trainer-node", pool=pool, address="127.0.0.1", cpu_cores=2, memory_bytes=2**34,
-                        heartbeat_at=timezone.now())
+    Node.objects.create(
+        name="trainer-node",
+        pool=pool,
+        address="127.0.0.1",
+        cpu_cores=2,
+        memory_bytes=2**34,
+        heartbeat_at=timezone.now(),
+    )
     # The platform model the team registers results under (owned by the team).
     from portfolio.registry import services as registry
 
@@ -60,9 +66,14 @@ def _run_in_thread(job_id: int) -> None:
 
 
 def _start(setup, **hyperparameters) -> FineTuneJob:
-    return finetune.start_job(actor=setup["engineer"], base_version=setup["base"],
-                              dataset_version=setup["dataset_version"], pool=setup["pool"],
-                              target_model=setup["target"], hyperparameters=hyperparameters)
+    return finetune.start_job(
+        actor=setup["engineer"],
+        base_version=setup["base"],
+        dataset_version=setup["dataset_version"],
+        pool=setup["pool"],
+        target_model=setup["target"],
+        hyperparameters=hyperparameters,
+    )
 
 
 def test_lora_training_lowers_the_loss_registers_the_adapter_and_beats_the_base(setup):
@@ -75,8 +86,14 @@ def test_lora_training_lowers_the_loss_registers_the_adapter_and_beats_the_base(
     assert job.eval_curve and job.compute_seconds > 0 and job.cpu_core_seconds >= job.compute_seconds
     adapter = job.output_version
     assert (adapter.kind, adapter.base_version, adapter.parent_version, adapter.source) == (
-        VersionKind.ADAPTER, setup["base"], setup["base"], Source.FINE_TUNE)
-    assert adapter.model == setup["target"] and adapter.metrics["dataset_version"] == setup["dataset_version"].pk
+        VersionKind.ADAPTER,
+        setup["base"],
+        setup["base"],
+        Source.FINE_TUNE,
+    )
+    assert (
+        adapter.model == setup["target"] and adapter.metrics["dataset_version"] == setup["dataset_version"].pk
+    )
     assert "ticket-routing" in adapter.model_card and adapter.artifact.health == "ok"
     tuned = EvalRun.objects.get(version=adapter)
     baseline = EvalRun.objects.get(version=setup["base"], dataset_version=setup["dataset_version"])
@@ -119,21 +136,29 @@ def test_a_killed_trainer_fails_cleanly_with_the_reason_after_its_last_attempt(s
 
 def test_qlora_is_refused_on_a_cpu_pool(setup):
     with pytest.raises(Invalid, match="QLoRA needs a GPU pool"):
-        finetune.start_job(actor=setup["engineer"], base_version=setup["base"], pool=setup["pool"],
-                           dataset_version=setup["dataset_version"], method=Method.QLORA)
+        finetune.start_job(
+            actor=setup["engineer"],
+            base_version=setup["base"],
+            pool=setup["pool"],
+            dataset_version=setup["dataset_version"],
+            method=Method.QLORA,
+        )
 
 
 def test_a_job_on_a_silent_node_is_resumed_elsewhere_or_failed_never_left_running(setup, settings):
     from datetime import timedelta
 
     job = _start(setup, epochs=1)
-    FineTuneJob.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, attempt=1,
-                                                 heartbeat_at=timezone.now() - timedelta(hours=1))
+    FineTuneJob.objects.filter(pk=job.pk).update(
+        status=JobStatus.RUNNING, attempt=1, heartbeat_at=timezone.now() - timedelta(hours=1)
+    )
     finetune.reap_stale_jobs(timedelta(minutes=2))
     job.refresh_from_db()
     assert job.status == JobStatus.QUEUED and "resuming from step" in job.status_detail
     settings.TRAINING_MAX_ATTEMPTS = 1
-    FineTuneJob.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, heartbeat_at=timezone.now() - timedelta(hours=1))
+    FineTuneJob.objects.filter(pk=job.pk).update(
+        status=JobStatus.RUNNING, heartbeat_at=timezone.now() - timedelta(hours=1)
+    )
     finetune.reap_stale_jobs(timedelta(minutes=2))
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED and "giving up" in job.status_detail

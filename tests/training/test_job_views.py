@@ -13,12 +13,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from portfolio.audit.models import AuditEvent
-from portfolio.registry import services as registry
 from portfolio.registry.choices import Source, VersionKind, VersionStatus
-from portfolio.registry.models import Artifact, ModelVersion
-from serving.choices import PoolKind
-from serving.models import ComputePool, Node
-from tests.training.conftest import jsonl, tickets, upload
+from portfolio.registry.models import ModelVersion
 from training import finetune
 from training.choices import JobStatus, Method
 from training.models import EvalRun, FineTuneJob
@@ -27,70 +23,6 @@ pytestmark = pytest.mark.django_db
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
 LOSS = [[step, round(2.5 / step, 4)] for step in range(1, 41)]
-
-
-@pytest.fixture
-def base(engineer, team) -> ModelVersion:
-    """A ready base version (its artifact is a stand-in: nothing is loaded in these tests)."""
-    artifact = Artifact.objects.create(
-        id="a" * 64,
-        store_uri="file:///nowhere",
-        size_bytes=10,
-        file_count=1,
-        files=[{"path": "config.json", "size": 10, "sha256": "0" * 64}],
-    )
-    model = registry.create_model(actor=engineer, name="smol-base", owner_team=team)
-    return ModelVersion.objects.create(
-        model=model,
-        number=1,
-        kind=VersionKind.BASE,
-        source=Source.HUB,
-        artifact=artifact,
-        status=VersionStatus.READY,
-    )
-
-
-@pytest.fixture
-def dataset_version(engineer, chat_set):
-    version, _ = upload(engineer, chat_set, jsonl(*tickets(20)))
-    return version
-
-
-@pytest.fixture
-def cpu_pool(db) -> ComputePool:
-    pool = ComputePool.objects.create(name="cpu", kind=PoolKind.CPU)
-    Node.objects.create(
-        name="node-a",
-        pool=pool,
-        address="127.0.0.1",
-        cpu_cores=4,
-        memory_bytes=2**34,
-        heartbeat_at=timezone.now(),
-    )
-    return pool
-
-
-@pytest.fixture
-def enqueued(monkeypatch) -> list[FineTuneJob]:
-    jobs: list[FineTuneJob] = []
-    monkeypatch.setattr(finetune, "enqueue", jobs.append)
-    return jobs
-
-
-@pytest.fixture
-def make_job(team, base, dataset_version, cpu_pool):
-    def make(**fields) -> FineTuneJob:
-        values = {
-            "owner_team": team,
-            "base_version": base,
-            "dataset_version": dataset_version,
-            "target_model": base.model,
-            "pool": cpu_pool,
-            "node": cpu_pool.nodes.first(),
-        }
-        return FineTuneJob.objects.create(**(values | fields))
-
-    return make
 
 
 @pytest.fixture

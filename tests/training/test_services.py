@@ -187,14 +187,23 @@ def _scored_versions(org, team, score_old: float, score_new: float):
 
     engineer = actor_for(org["engineer"])
     model = registry_services.create_model(actor=engineer, name="guarded", owner_team=team)
-    artifact = Artifact.objects.create(id="e" * 64, store_uri="file:///x", size_bytes=1, file_count=0, files=[])
-    old, new = (ModelVersion.objects.create(model=model, number=n, source="local", artifact=artifact, status="ready")
-                for n in (1, 2))
+    artifact = Artifact.objects.create(
+        id="e" * 64, store_uri="file:///x", size_bytes=1, file_count=0, files=[]
+    )
+    old, new = (
+        ModelVersion.objects.create(model=model, number=n, source="local", artifact=artifact, status="ready")
+        for n in (1, 2)
+    )
     dataset = services.create_dataset(actor=engineer, owner_team=team, name="eval-set", kind="chat")
     version, _ = upload(engineer, dataset, jsonl(*tickets(20)))
     for v, score in ((old, score_old), (new, score_new)):
-        EvalRun.objects.create(version=v, dataset_version=version, status="succeeded", metrics={"accuracy": score},
-                               finished_at=tz.now())
+        EvalRun.objects.create(
+            version=v,
+            dataset_version=version,
+            status="succeeded",
+            metrics={"accuracy": score},
+            finished_at=tz.now(),
+        )
     registry_services.promote(actor=engineer, version=old, alias="production")
     return old, new
 
@@ -215,10 +224,15 @@ def test_an_owner_may_force_a_lower_scoring_promotion_with_a_reason_kept_in_the_
 
     _, new = _scored_versions(org, team, 0.9, 0.6)
     with pytest.raises(Forbidden):
-        registry_services.promote(actor=actor_for(org["engineer"]), version=new, alias="production",
-                                  force_reason="hotfix")
-    registry_services.promote(actor=actor_for(org["owner"]), version=new, alias="production",
-                              force_reason="latency regression in v1")
+        registry_services.promote(
+            actor=actor_for(org["engineer"]), version=new, alias="production", force_reason="hotfix"
+        )
+    registry_services.promote(
+        actor=actor_for(org["owner"]),
+        version=new,
+        alias="production",
+        force_reason="latency regression in v1",
+    )
     event = AuditEvent.objects.filter(action="model.promote").order_by("-sequence").first()
     assert event.after["forced"] == "latency regression in v1"
 

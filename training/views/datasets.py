@@ -17,8 +17,8 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.accounts.models import Team
 from portfolio.errors import DomainError, NotFound
+from portfolio.formerrors import show_refusal
 from portfolio.registry.choices import VersionKind
-from portfolio.registry.forms import apply_registry_error
 from portfolio.registry.storage import CorruptArtifact
 from training import charts, services
 from training.choices import DatasetKind, Split
@@ -102,7 +102,7 @@ def dataset_create(request):
         try:
             dataset = services.create_dataset(actor=actor, **form.cleaned_data)
         except DomainError as exc:
-            apply_registry_error(form, exc)
+            show_refusal(form, exc)
         else:
             messages.success(request, f"Dataset {dataset.name} created. Upload its first version.")
             return redirect("dataset-upload", team=dataset.owner_team.slug, name=dataset.name)
@@ -175,7 +175,7 @@ def dataset_upload(request, team: str, name: str):
                 f"{report.summary()}. No version was created: fix the lines listed above and upload again.",
             )
         except DomainError as exc:
-            apply_registry_error(form, exc)
+            show_refusal(form, exc)
         else:
             if created:
                 messages.success(

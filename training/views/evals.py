@@ -1,12 +1,19 @@
-"""Eval runs on the pages: a job's runs side by side with its base's, and the change between them."""
+"""Eval runs on the pages: the list of runs, and a job's runs side by side with its base's with the change
+between them. Both show, beside the scores, the latency and tokens per second measured on a serving replica
+when the version was deployed (``training.serving_speed``), and say so when it was not."""
 
 from __future__ import annotations
 
+from django.core.paginator import Paginator
 from django.db.models import Q
+from django.views.decorators.http import require_GET
 
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
+from portfolio.accounts.context import actor_of
+from portfolio.htmx import page_or_fragment
 from training.models import EvalRun, FineTuneJob
+from training.views.listing import PAGE_SIZE, query_without
 
 
 def eval_comparison(actor: Actor, job: FineTuneJob) -> dict | None:
@@ -26,15 +33,21 @@ def eval_comparison(actor: Actor, job: FineTuneJob) -> dict | None:
     first, last = columns[0], columns[-1]
     compare = len(columns) > 1
     rows = []
+    measured = any("serving" in run.metrics for run in columns)
     for key, label, unit, higher_better in EVAL_METRICS:
-        values = [run.metrics.get(key) for run in columns]
-        if all(value is None for value in values):
+        values = [read_metric(run.metrics, key) for run in columns]
+        serving = key.startswith("serving.")
+        # The serving rows stay when nothing was measured: "not deployed" is the answer to read there.
+        if all(value is None for value in values) and not (serving and measured):
             continue
         rows.append(
             {
                 "label": label,
-                "values": [_metric(value, unit) for value in values],
-                **_change(first.metrics.get(key), last.metrics.get(key), unit, higher_better, compare),
+                "values": [
+                    serving_cell(run.metrics, value, unit) if serving else _metric(value, unit)
+                    for run, value in zip(columns, values, strict=True)
+                ],
+                **_change(values[0], values[-1], unit, higher_better, compare),
             }
         )
     labels = sorted(
@@ -58,7 +71,8 @@ def eval_comparison(actor: Actor, job: FineTuneJob) -> dict | None:
     ]
     for run in columns:
         run.role = "Base" if run is base else "Fine-tuned"
-    return {"columns": columns, "rows": rows, "f1_rows": f1_rows, "compare": compare}
+        run.serving_note = serving_note(run.metrics)
+    return {"columns": columns, "rows": rows, "f1_rows": f1_rows, "compare": compare, "measured": measured}
 
 
 # (metrics key, label, unit, whether higher is better), in the order the comparison lists them.
@@ -68,7 +82,47 @@ EVAL_METRICS = (
     ("contains", "Contains the answer", "share", True),
     ("perplexity", "Perplexity of the answers", "plain", False),
     ("rows", "Rows scored", "count", None),
+    ("serving.latency_p50_ms", "Latency p50 on a serving replica", "ms", False),
+    ("serving.tokens_per_second", "Tokens/s on a serving replica", "rate", True),
 )
+
+
+def read_metric(metrics: dict, key: str):
+    """A value of an eval run's metrics by its dotted key (``serving.latency_p50_ms``), or None."""
+    value = metrics
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def serving_cell(metrics: dict, value, unit: str) -> str:
+    """A serving figure, or why there is none: not deployed, the replica did not answer, not measured."""
+    serving = metrics.get("serving")
+    if value is not None:
+        return _metric(value, unit)
+    if not serving:
+        return "—"  # evaluated before serving speed was measured
+    if not serving.get("deployed"):
+        return "not deployed"
+    return "no answer"
+
+
+def serving_note(metrics: dict) -> str:
+    """Where and how a run's serving figures were measured, or why there are none, in one sentence."""
+    serving = metrics.get("serving")
+    if not serving:
+        return ""
+    if not serving.get("deployed"):
+        return serving.get("note") or "Not deployed when evaluated."
+    where = f"replica #{serving.get('replica')} of {serving.get('deployment')}"
+    if serving.get("node"):
+        where += f" on {serving['node']}"
+    if serving.get("error"):
+        return f"Measured on {where}: {serving['error']}"
+    return (
+        f"Measured on {where}: {serving.get('requests')} requests one at a time, "
+        f"up to {serving.get('max_tokens')} tokens each."
+    )
 
 
 def _metric(value, unit: str) -> str:
@@ -80,6 +134,10 @@ def _metric(value, unit: str) -> str:
         return f"{value:.2f}"
     if unit == "count":
         return f"{value:,}"
+    if unit == "ms":
+        return f"{value:,.0f} ms"
+    if unit == "rate":
+        return f"{value:,.1f}"
     return f"{value:,.2f}"
 
 
@@ -92,8 +150,38 @@ def _change(before, after, unit: str, higher_better: bool | None, compare: bool)
         text, small = f"{100 * delta:+.1f} pts", abs(delta) < 0.0005
     elif unit == "f1":
         text, small = f"{delta:+.2f}", abs(delta) < 0.005
+    elif unit == "ms":
+        text, small = f"{delta:+,.0f} ms", abs(delta) < 0.5
+    elif unit == "rate":
+        text, small = f"{delta:+,.1f}", abs(delta) < 0.05
     else:
         text, small = f"{delta:+,.2f}", abs(delta) < 0.005
     if small:
         return {"change": "±0", "tone": "same"}
     return {"change": text.replace("-", "−"), "tone": "better" if (delta > 0) == higher_better else "worse"}
+
+
+@require_GET
+def eval_list(request):
+    """Permission: any signed-in user; ``gate.visible`` lists only the runs of versions they may see. Each
+    run with its headline score and its serving figures (or "not deployed"). htmx gets the table (paging)."""
+    actor = actor_of(request)
+    runs = (
+        gate.visible(actor, EvalRun)
+        .select_related("version__model", "dataset_version__dataset__owner_team", "job")
+        .order_by("-created_at", "-id")
+    )
+    page = Paginator(runs, PAGE_SIZE).get_page(request.GET.get("page"))
+    page.object_list = list(page.object_list)
+    for run in page.object_list:
+        run.cells = {
+            "headline": _metric(run.headline, "share"),
+            "perplexity": _metric(run.metrics.get("perplexity"), "plain"),
+            "latency": serving_cell(run.metrics, read_metric(run.metrics, "serving.latency_p50_ms"), "ms"),
+            "rate": serving_cell(run.metrics, read_metric(run.metrics, "serving.tokens_per_second"), "rate"),
+        }
+        run.serving_note = serving_note(run.metrics)
+    context = {"page": page, "query": query_without(request, "page")}
+    return page_or_fragment(
+        request, "training/eval_list.html", "training/partials/eval_results.html", context
+    )

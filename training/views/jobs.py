@@ -14,7 +14,7 @@ from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.errors import Conflict, DomainError, Invalid, NotFound
-from portfolio.registry.forms import apply_registry_error
+from portfolio.formerrors import show_refusal
 from training import charts, finetune
 from training.choices import JobStatus, Method
 from training.forms import HYPERPARAMETER_FIELDS, JobFilterForm, JobStartForm
@@ -54,6 +54,8 @@ def _job(actor: Actor, job_id: int) -> FineTuneJob:
         "node",
         "output_version__model",
         "created_by",
+        "teacher_endpoint",
+        "distilled_dataset_version__dataset__owner_team",
     )
     try:
         return jobs.get(pk=job_id)
@@ -72,7 +74,13 @@ def job_list(request):
     if form.is_valid():
         jobs = (
             form.apply(gate.visible(actor, FineTuneJob))
-            .select_related("base_version__model", "dataset_version__dataset__owner_team", "pool", "node")
+            .select_related(
+                "base_version__model",
+                "dataset_version__dataset__owner_team",
+                "pool",
+                "node",
+                "teacher_endpoint",
+            )
             .order_by("-created_at", "-id")
         )
         page = Paginator(jobs, PAGE_SIZE).get_page(request.GET.get("page"))
@@ -125,9 +133,7 @@ def job_create(request):
                 target_model=data["target_model"],
             )
         except DomainError as exc:
-            apply_registry_error(
-                form, exc, {f"hyperparameters.{name}": name for name in HYPERPARAMETER_FIELDS}
-            )
+            show_refusal(form, exc, {f"hyperparameters.{name}": name for name in HYPERPARAMETER_FIELDS})
         else:
             messages.success(
                 request, f"Fine-tune #{job.pk} queued on {job.node.name}; it starts in a moment."

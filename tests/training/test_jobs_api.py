@@ -1,0 +1,58 @@
+"""The jobs REST API starts a distillation when given a teacher endpoint, through the same service and
+gate as the form. Nothing trains here (``finetune.enqueue`` is recorded)."""
+
+from __future__ import annotations
+
+import pytest
+
+from portfolio.audit.models import AuditEvent
+from serving.models import Endpoint
+from training.models import FineTuneJob
+
+pytestmark = pytest.mark.django_db
+
+
+def distillation(base, dataset_version, teacher: str) -> dict:
+    return {
+        "base_version_id": base.pk,
+        "dataset_version_id": dataset_version.pk,
+        "pool": "cpu",
+        "teacher_endpoint": teacher,
+        "hyperparameters": {"epochs": 1},
+    }
+
+
+def test_a_job_with_a_teacher_endpoint_is_a_distillation(
+    client, org, team, base, dataset_version, cpu_pool, enqueued
+):
+    Endpoint.objects.create(name="big-teacher", owner_team=team)
+    client.force_login(org["engineer"])
+    response = client.post(
+        "/api/v1/training/jobs",
+        distillation(base, dataset_version, "big-teacher"),
+        content_type="application/json",
+    )
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert (body["teacher_endpoint"], body["distilled_dataset_version_id"], body["status"]) == (
+        "big-teacher",
+        None,
+        "queued",
+    )
+    job = FineTuneJob.objects.get(pk=body["id"])
+    assert job.is_distillation and job.hyperparameters["epochs"] == 1
+    assert AuditEvent.objects.filter(action="training.distillation_start", object_id=str(job.pk)).exists()
+    assert client.get(f"/api/v1/training/jobs/{job.pk}").json()["teacher_endpoint"] == "big-teacher"
+
+
+def test_a_teacher_the_caller_may_not_see_is_not_found(
+    client, org, other_team, base, dataset_version, cpu_pool, enqueued
+):
+    Endpoint.objects.create(name="their-teacher", owner_team=other_team)
+    client.force_login(org["engineer"])
+    response = client.post(
+        "/api/v1/training/jobs",
+        distillation(base, dataset_version, "their-teacher"),
+        content_type="application/json",
+    )
+    assert response.status_code == 404 and not FineTuneJob.objects.exists()

@@ -1,0 +1,135 @@
+"""Serving speed in eval runs: latency (p50) and tokens per second measured on the replica that serves the
+version, against a real HTTP server standing in for a vLLM replica (tests/gateway/fake_engine.py, which
+checks the engine key and answers with OpenAI usage). Real vLLM is timed in tests/e2e/test_serving.py."""
+
+from __future__ import annotations
+
+import pytest
+from django.utils import timezone
+
+from portfolio.registry.choices import VersionKind
+from portfolio.registry.models import Artifact, Model, ModelVersion
+from serving.agent import engine_key
+from serving.choices import PoolKind, ReplicaState
+from serving.models import ComputePool, Deployment, DeploymentAdapter, Node, Replica
+from tests.gateway.fake_engine import FakeEngine
+from tests.training.conftest import tickets
+from training.serving_speed import serving_speed
+
+pytestmark = pytest.mark.django_db
+
+
+class UnevenEngine(FakeEngine):
+    """Answers its requests after the given delays in turn: a slow outlier must not move the median."""
+
+    def __init__(self, key: str, delays: list[float]):
+        super().__init__(key)
+        self.delays = iter(delays)
+
+    async def chat(self, request):
+        self.delay = next(self.delays)
+        return await super().chat(request)
+
+
+@pytest.fixture
+def serving(team):
+    """A base version and an adapter of it, deployed on a pool with one replica; engines started by tests."""
+    artifact = Artifact.objects.create(
+        id="f" * 64, store_uri="file:///x", size_bytes=1, file_count=0, files=[]
+    )
+    model = Model.objects.create(name="smol", owner_team=team)
+    base = ModelVersion.objects.create(
+        model=model, number=1, source="local", artifact=artifact, status="ready"
+    )
+    adapter = ModelVersion.objects.create(
+        model=model,
+        number=2,
+        kind=VersionKind.ADAPTER,
+        base_version=base,
+        source="fine_tune",
+        artifact=artifact,
+        status="ready",
+    )
+    pool = ComputePool.objects.create(name="cpu", kind=PoolKind.CPU)
+    node = Node.objects.create(
+        name="n1",
+        pool=pool,
+        address="127.0.0.1",
+        cpu_cores=2,
+        memory_bytes=2**34,
+        heartbeat_at=timezone.now(),
+    )
+    deployment = Deployment.objects.create(name="smol-dep", owner_team=team, version=base, pool=pool)
+    replica = Replica.objects.create(
+        deployment=deployment, node=node, generation=1, state=ReplicaState.READY, host="127.0.0.1"
+    )
+    engines: list[FakeEngine] = []
+
+    def engine(engine: FakeEngine) -> FakeEngine:
+        engines.append(engine.start())
+        Replica.objects.filter(pk=replica.pk).update(port=engine.port)
+        return engine
+
+    yield {"base": base, "adapter": adapter, "deployment": deployment, "replica": replica, "engine": engine}
+    for started in engines:
+        started.stop()
+
+
+def test_a_deployed_version_is_timed_on_its_replica_one_request_at_a_time(serving):
+    replica = serving["replica"]
+    # One warm-up request, then five measured ones: the median is 50 ms whatever the 1 s outlier (the mean
+    # would be 240 ms).
+    engine = serving["engine"](UnevenEngine(engine_key(replica.pk), [0.0, 0.05, 1.0, 0.05, 0.05, 0.05]))
+    rows = tickets(5)
+    measured = serving_speed(serving["base"], rows)
+
+    assert measured["deployed"] is True
+    assert (measured["replica"], measured["deployment"], measured["node"], measured["model"]) == (
+        replica.pk,
+        "smol-dep",
+        "n1",
+        "smol-dep",
+    )
+    assert measured["requests"] == 5 and len(engine.requests) == 6
+    assert 50 <= measured["latency_p50_ms"] < 200, measured
+    assert measured["latency_max_ms"] >= 1000, measured
+    # The stand-in generates max_tokens tokens per answer: 16 x 5 over at least 1.2 s of waiting.
+    assert measured["completion_tokens"] == 80
+    assert 0 < measured["tokens_per_second"] <= 80 / 1.2, measured
+    sent = engine.requests[-1]
+    assert (sent["model"], sent["max_tokens"], sent["temperature"]) == ("smol-dep", 16, 0)
+    assert sent["messages"] == rows[-1]["messages"][:-1], "the prompt only, never the expected answer"
+
+
+def test_an_adapter_is_timed_under_its_own_name_once_its_replica_has_loaded_it(serving):
+    replica = serving["replica"]
+    engine = serving["engine"](FakeEngine(engine_key(replica.pk)))
+    DeploymentAdapter.objects.create(
+        deployment=serving["deployment"], version=serving["adapter"], name="smol-ft"
+    )
+    not_loaded = serving_speed(serving["adapter"], tickets(3))
+    assert not_loaded["deployed"] is False and "latency_p50_ms" not in not_loaded
+    assert not engine.requests
+
+    Replica.objects.filter(pk=replica.pk).update(loaded_adapters=["smol-ft"])
+    measured = serving_speed(serving["adapter"], tickets(3))
+    assert measured["deployed"] is True and measured["model"] == "smol-ft" and measured["requests"] == 3
+    assert {request["model"] for request in engine.requests} == {"smol-ft"}
+
+
+def test_a_version_without_a_ready_replica_says_so_and_gets_no_figures(serving):
+    engine = serving["engine"](FakeEngine(engine_key(serving["replica"].pk)))
+    Replica.objects.filter(pk=serving["replica"].pk).update(state=ReplicaState.STARTING)
+    measured = serving_speed(serving["base"], tickets(3))
+    assert measured == {
+        "deployed": False,
+        "note": "smol:v1 was not deployed (no ready replica) when evaluated.",
+    }
+    assert not engine.requests
+
+
+def test_a_replica_that_refuses_the_call_gives_the_reason_and_no_figures(serving):
+    serving["engine"](FakeEngine("the key of another replica"))
+    measured = serving_speed(serving["base"], tickets(3))
+    assert measured["deployed"] is True and "401" in measured["error"]
+    assert not {"latency_p50_ms", "tokens_per_second"} & set(measured)
