@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import re
 import time
@@ -26,6 +27,7 @@ from serving.gateway.limits import Limiter
 from serving.gateway.routing import (
     Balancer,
     EndpointInfo,
+    ReplicaInfo,
     Snapshot,
     build_snapshot,
     choose_route,
@@ -59,6 +61,7 @@ class Gateway:
         self._started = False
         self._start_lock: asyncio.Lock | None = None
         self.process_id = uuid.uuid4().hex  # names this process's in-flight ledger in Redis
+        self._id_prefix, self._ids = self.process_id[:20], itertools.count(1)
         self.ledger = inflight.ledger_key(self.process_id)
         self._series: dict[tuple, object] = {}  # metric children by (metric, labels)
         self._renamers: dict[tuple[str, str], _renamer] = {}
@@ -167,7 +170,9 @@ class Gateway:
     async def __call__(self, scope, receive, send) -> None:
         headers = dict(scope["headers"]) if len(scope["headers"]) < 64 else {}
         supplied = headers.get(b"x-request-id", b"")
-        request_id = supplied.decode() if supplied and _VALID_REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        # Ids: this process's random prefix and a counter, unique without a uuid4 per request.
+        own_id = f"{self._id_prefix}{next(self._ids):012x}"
+        request_id = supplied.decode() if supplied and _VALID_REQUEST_ID.match(supplied) else own_id
         path, method = scope["path"], scope["method"]
         try:
             await self._ensure_started()
@@ -178,7 +183,7 @@ class Gateway:
                 key = await self._authenticate(headers, scope)
                 await _respond(send, 200, self._models(key), request_id)
             elif path in KINDS and method == "POST":
-                await self._proxy(scope, receive, send, headers, request_id, KINDS[path])
+                await self._proxy(scope, receive, send, headers, request_id, KINDS[path], own_id)
             else:
                 raise GatewayError(404, f"Unknown path {method} {path}.", "not_found")
         except GatewayError as exc:
@@ -215,7 +220,7 @@ class Gateway:
                                "model_not_found", param="model")
         return endpoint
 
-    async def _proxy(self, scope, receive, send, headers, request_id: str, kind: str) -> None:
+    async def _proxy(self, scope, receive, send, headers, request_id: str, kind: str, event_id: str) -> None:
         started = time.perf_counter()
         key = await self._authenticate(headers, scope)
         body = await _read_body(receive, settings.GATEWAY_MAX_BODY_BYTES)
@@ -234,7 +239,7 @@ class Gateway:
         # token per byte (plus the chat template), and the output at most max_tokens (or the context).
         bound_in = len(body) + 64
         bound_out = 0 if kind == "embedding" else (max_tokens or endpoint.max_model_len)
-        outcome = _Outcome(endpoint=endpoint.name, kind=kind, stream=stream)
+        outcome = _Outcome(endpoint=endpoint.name, kind=kind, stream=stream, event_id=event_id)
         verdict = await self.limiter.admit(key, tokens=bound_in + bound_out,
                                            money_micros=price_micros(endpoint, bound_in, bound_out),
                                            revoked_set=keystate.REVOKED_SET, ledger=self.ledger,
@@ -287,20 +292,23 @@ class Gateway:
                     except (aiohttp.SocketTimeoutError, TimeoutError) as exc:
                         self.balancer.release(replica)
                         if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                            _passed_over(request_id, replica, exc)
                             excluded.add(replica.id)  # could not even connect: another replica may answer
                             continue
                         raise GatewayError(504, "The model did not answer in time.", "upstream_timeout") from None
-                    except (aiohttp.ClientConnectorError, ConnectionRefusedError):
+                    except (aiohttp.ClientConnectorError, ConnectionRefusedError) as exc:
                         # Could not connect; nothing reached the client yet: another replica may answer.
                         self.balancer.release(replica)
+                        _passed_over(request_id, replica, exc)
                         excluded.add(replica.id)
                         continue
-                    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError):
+                    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
                         # Most often a pooled keep-alive connection that the engine had closed (restarted on
                         # the same port, or idle too long): one more try on a fresh connection before the
                         # replica is passed over. Inference has no side effects, so a retry is safe.
                         self.balancer.release(replica)
                         if replica.id in retried:
+                            _passed_over(request_id, replica, exc)
                             excluded.add(replica.id)
                         retried.add(replica.id)
                         continue
@@ -323,6 +331,8 @@ class Gateway:
                         self.balancer.release(replica)
                     return
             current = self.snapshot.endpoints.get(current.fallback) if current.fallback else None
+        logger.warning("gateway: request %s: no replica of endpoint %s answered (tried %s)", request_id,
+                       endpoint.name, ", ".join(sorted(tried)))
         raise GatewayError(503, f"No replica of `{endpoint.name}` is ready to serve (or all failed to connect).",
                            "no_replica_available")
 
@@ -332,7 +342,7 @@ class Gateway:
         event = self._event(key, outcome, latency, cost)
         commands = self.limiter.settle(reservation, tokens=outcome.input_tokens + outcome.output_tokens,
                                        money_micros=cost)
-        commands.append(("XADD", USAGE_STREAM, "*", *[item for pair in event.items() for item in pair]))
+        commands.append(("XADD", USAGE_STREAM, "*", "e", orjson.dumps(event)))
         try:
             # One round trip for the settlement and the event, as a pipeline; the first error is raised.
             for reply in await self.pipe.execute(*commands):
@@ -358,12 +368,12 @@ class Gateway:
         """The usage event of a request: as it ended, or (``lost``) as the in-flight ledger keeps it in case
         this process dies first: the same id, so that only one of the two is ever stored."""
         return {
-            "id": outcome.event_id, "at": f"{time.time():.6f}", "key": key.pk, "team": key.team_id,
+            "id": outcome.event_id, "at": time.time(), "key": key.pk, "team": key.team_id,
             "department": key.department_id, "endpoint": outcome.endpoint, "deployment": outcome.deployment,
-            "adapter": outcome.adapter, "version": outcome.version_id or "", "replica": outcome.replica_id or "",
+            "adapter": outcome.adapter, "version": outcome.version_id, "replica": outcome.replica_id,
             "kind": outcome.kind, "stream": int(outcome.stream), "in": outcome.input_tokens,
             "out": outcome.output_tokens, "latency_ms": int(latency * 1000),
-            "ttft_ms": "" if outcome.ttft is None else int(outcome.ttft * 1000),
+            "ttft_ms": None if outcome.ttft is None else int(outcome.ttft * 1000),
             "status": inflight.LOST_STATUS if lost else outcome.status, "error": inflight.LOST_ERROR if lost
             else outcome.error, "cost_micros": cost,
         }
@@ -374,6 +384,12 @@ class Gateway:
         if child is None:
             child = self._series[(metric, labels)] = metric.labels(*labels)
         return child
+
+
+def _passed_over(request_id: str, replica: ReplicaInfo, exc: Exception) -> None:
+    # For operators (the client only learns that no replica answered): which replica failed, and how.
+    logger.warning("gateway: request %s: replica %s at %s failed before answering (%s: %s); passing it over",
+                   request_id, replica.id, replica.base_url, type(exc).__name__, exc)
 
 
 class _renamer:
@@ -397,9 +413,8 @@ class _Outcome:
     __slots__ = ("endpoint", "kind", "stream", "deployment", "adapter", "version_id", "replica_id", "status", "error",
                  "input_tokens", "output_tokens", "ttft", "sent", "event_id")
 
-    def __init__(self, *, endpoint: str, kind: str, stream: bool):
-        self.endpoint, self.kind, self.stream = endpoint, kind, stream
-        self.event_id = uuid.uuid4().hex
+    def __init__(self, *, endpoint: str, kind: str, stream: bool, event_id: str):
+        self.endpoint, self.kind, self.stream, self.event_id = endpoint, kind, stream, event_id
         self.deployment = self.adapter = ""
         self.version_id = self.replica_id = None
         self.status, self.error = 0, ""

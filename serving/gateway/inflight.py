@@ -33,7 +33,7 @@ def register_commands(process_id: str) -> list[tuple]:
 def entry(event: dict, releases: list[tuple[str, int]]) -> bytes:
     """A ledger entry: the usage event as it would be written if the process died now, and the
     reservation to give back (counter key, amount)."""
-    return orjson.dumps({"event": [item for pair in event.items() for item in pair], "release": releases})
+    return orjson.dumps({"event": event, "release": releases})
 
 
 # KEYS: the dead process's ledger, the usage stream, the set of processes; ARGV: the process id.
@@ -45,9 +45,7 @@ for i = 2, #entries, 2 do
   for _, release in ipairs(lost.release) do
     if redis.call('EXISTS', release[1]) == 1 then redis.call('DECRBY', release[1], release[2]) end
   end
-  local fields = {}
-  for _, value in ipairs(lost.event) do fields[#fields + 1] = tostring(value) end
-  redis.call('XADD', KEYS[2], '*', unpack(fields))
+  redis.call('XADD', KEYS[2], '*', 'e', cjson.encode(lost.event))
 end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[3], ARGV[1])

@@ -12,6 +12,7 @@ import socket
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import orjson
 from django.db import connection, transaction
 from django.db.models import Max
 
@@ -34,20 +35,16 @@ def _ensure_group(client) -> None:
             raise
 
 
-def _int(value: bytes, default=None):
-    return int(value) if value not in (b"", None) else default
-
-
 def _event(fields: dict) -> UsageEvent:
-    f = {k.decode(): v for k, v in fields.items()}
+    """A stream entry (one field ``e``: the event as JSON, see Gateway._event) as a row to insert."""
+    e = orjson.loads(fields[b"e"])
     return UsageEvent(
-        event_id=f["id"].decode(), at=datetime.fromtimestamp(float(f["at"]), UTC), api_key_id=_int(f["key"]),
-        team_id=_int(f["team"]), department_id=_int(f["department"]), endpoint=f["endpoint"].decode(),
-        deployment=f["deployment"].decode(), adapter=f["adapter"].decode(), model_version_id=_int(f["version"]),
-        replica_id=_int(f["replica"]), kind=f["kind"].decode(), stream=f["stream"] == b"1",
-        input_tokens=_int(f["in"], 0), output_tokens=_int(f["out"], 0), latency_ms=_int(f["latency_ms"], 0),
-        ttft_ms=_int(f["ttft_ms"]), status=_int(f["status"], 0), error=f["error"].decode(),
-        cost=Decimal(_int(f["cost_micros"], 0)) / Decimal(1_000_000),
+        event_id=e["id"], at=datetime.fromtimestamp(float(e["at"]), UTC), api_key_id=e["key"] or None,
+        team_id=e["team"] or None, department_id=e["department"] or None, endpoint=e["endpoint"],
+        deployment=e["deployment"], adapter=e["adapter"], model_version_id=e["version"] or None,
+        replica_id=e["replica"] or None, kind=e["kind"], stream=bool(e["stream"]), input_tokens=e["in"],
+        output_tokens=e["out"], latency_ms=e["latency_ms"], ttft_ms=e["ttft_ms"], status=e["status"],
+        error=e["error"], cost=Decimal(e["cost_micros"]) / Decimal(1_000_000),
     )
 
 

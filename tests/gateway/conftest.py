@@ -19,12 +19,18 @@ from tests.gateway.process import start_gateway, stop_gateway
 
 
 @pytest.fixture(scope="module")
-def gateway_url(django_db_setup, django_db_blocker, tmp_path_factory):
+def gateway_process(django_db_setup, django_db_blocker, tmp_path_factory):
+    """The gateway's base URL and its log (to show when a test fails)."""
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
     with django_db_blocker.unblock():
         process, base = start_gateway(log, PORTFOLIO_GATEWAY_UPSTREAM_TIMEOUT="2")
-    yield base
+    yield base, log
     stop_gateway(process)
+
+
+@pytest.fixture(scope="module")
+def gateway_url(gateway_process):
+    return gateway_process[0]
 
 
 @pytest.fixture

@@ -223,14 +223,16 @@ def test_a_dead_replica_is_skipped_and_no_replica_is_503(gateway_url, stack):
     assert response.status_code == 503 and response.json()["error"]["code"] == "no_replica_available"
 
 
-def test_an_upstream_that_does_not_answer_in_time_gives_504(gateway_url, stack):
+def test_an_upstream_that_does_not_answer_in_time_gives_504(gateway_process, stack):
+    gateway_url, log = gateway_process
     dep, _ = stack["deployment"]("t-dep", delay=3.5)
     stack["endpoint"]("sleepy", dep)
     secret = stack["key"]()
     wait_for_model(gateway_url, secret, "sleepy")
     response = httpx.post(f"{gateway_url}/v1/chat/completions", timeout=20, headers={"Authorization": f"Bearer {secret}"},
                           json={"model": "sleepy", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1})
-    assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout"
+    assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout", (
+        f"{response.status_code} {response.text}\n--- gateway log ---\n{log.read_text()[-3000:]}")
 
 
 def test_metrics_are_labelled_by_endpoint_and_team_never_by_key(gateway_url, stack):
