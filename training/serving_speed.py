@@ -97,12 +97,13 @@ def measure(
     requests: int = SAMPLE_REQUESTS,
     max_tokens: int = MAX_TOKENS,
 ) -> dict:
-    """Send up to ``requests`` of the rows' prompts to the replica, one at a time, after one unmeasured
-    request (it may load an adapter); the p50 latency and the tokens per second of those answers."""
-    prompts = [prompt_messages(row) for row in rows][:requests]
+    """Send ``requests`` of the rows' prompts to the replica (again from the first when there are fewer
+    rows: a median needs a few samples), one at a time, after one unmeasured request (it may load an
+    adapter); the p50 latency and the tokens per second of those answers."""
     facts = target.describe()
-    if not prompts:
+    if not rows:
         return {"deployed": True, **facts, "error": "No eval rows to send."}
+    prompts = [prompt_messages(rows[index % len(rows)]) for index in range(requests)]
     try:
         _complete(target, prompts[0], max_tokens)
         timings = [_complete(target, messages, max_tokens) for messages in prompts]

@@ -77,9 +77,10 @@ def serving(team):
 
 def test_a_deployed_version_is_timed_on_its_replica_one_request_at_a_time(serving):
     replica = serving["replica"]
-    # One warm-up request, then five measured ones: the median is 50 ms whatever the 1 s outlier (the mean
-    # would be 240 ms).
-    engine = serving["engine"](UnevenEngine(engine_key(replica.pk), [0.0, 0.05, 1.0, 0.05, 0.05, 0.05]))
+    # One warm-up request, then eight measured ones: the median is 50 ms whatever the two 1 s outliers
+    # (the mean would be 290 ms).
+    delays = [0.0, 0.05, 1.0, 0.05, 0.05, 0.05, 1.0, 0.05, 0.05]
+    engine = serving["engine"](UnevenEngine(engine_key(replica.pk), delays))
     rows = tickets(5)
     measured = serving_speed(serving["base"], rows)
 
@@ -90,15 +91,17 @@ def test_a_deployed_version_is_timed_on_its_replica_one_request_at_a_time(servin
         "n1",
         "smol-dep",
     )
-    assert measured["requests"] == 5 and len(engine.requests) == 6
+    # Eight requests from five rows: the prompts again from the first.
+    assert measured["requests"] == 8 and len(engine.requests) == 9
     assert 50 <= measured["latency_p50_ms"] < 200, measured
     assert measured["latency_max_ms"] >= 1000, measured
-    # The stand-in generates max_tokens tokens per answer: 16 x 5 over at least 1.2 s of waiting.
-    assert measured["completion_tokens"] == 80
-    assert 0 < measured["tokens_per_second"] <= 80 / 1.2, measured
-    sent = engine.requests[-1]
+    # The stand-in generates max_tokens tokens per answer: 16 x 8 over at least 2.3 s of waiting.
+    assert measured["completion_tokens"] == 128
+    assert 0 < measured["tokens_per_second"] <= 128 / 2.3, measured
+    sent = engine.requests[5]  # the fifth measured request, after the warm-up
     assert (sent["model"], sent["max_tokens"], sent["temperature"]) == ("smol-dep", 16, 0)
-    assert sent["messages"] == rows[-1]["messages"][:-1], "the prompt only, never the expected answer"
+    assert sent["messages"] == rows[4]["messages"][:-1], "the prompt only, never the expected answer"
+    assert engine.requests[6]["messages"] == rows[0]["messages"][:-1]
 
 
 def test_an_adapter_is_timed_under_its_own_name_once_its_replica_has_loaded_it(serving):
@@ -113,7 +116,7 @@ def test_an_adapter_is_timed_under_its_own_name_once_its_replica_has_loaded_it(s
 
     Replica.objects.filter(pk=replica.pk).update(loaded_adapters=["smol-ft"])
     measured = serving_speed(serving["adapter"], tickets(3))
-    assert measured["deployed"] is True and measured["model"] == "smol-ft" and measured["requests"] == 3
+    assert measured["deployed"] is True and measured["model"] == "smol-ft" and measured["requests"] == 8
     assert {request["model"] for request in engine.requests} == {"smol-ft"}
 
 
