@@ -13,6 +13,8 @@ from django.utils import timezone
 
 from portfolio.audit.models import AuditEvent
 from serving.models import Endpoint
+from tests.training.conftest import jsonl, tickets, upload
+from training import services
 from training.choices import JobStatus
 from training.models import FineTuneJob
 
@@ -124,3 +126,17 @@ def test_the_jobs_list_offers_the_distillation_form_to_those_who_may_train(clien
     assert f'href="{URL}"' in html and "distilled from big-teacher" in html
     client.force_login(org["viewer"])
     assert f'href="{URL}"' not in client.get(reverse("job-list")).content.decode()
+
+
+def test_a_distillation_page_links_the_teachers_answers_once_stage_one_is_done(
+    client, org, engineer, team, make_job, teacher
+):
+    answers_set = services.create_dataset(
+        actor=engineer, owner_team=team, name="tickets-distilled", kind="chat"
+    )
+    answers, _ = upload(engineer, answers_set, jsonl(*tickets(12)))
+    job = make_job(teacher_endpoint=teacher, distilled_dataset_version=answers, status=JobStatus.RUNNING)
+    client.force_login(org["viewer"])
+    html = client.get(reverse("job-detail", kwargs={"job_id": job.pk})).content.decode()
+    link = reverse("dataset-version", kwargs={"team": team.slug, "name": "tickets-distilled", "number": 1})
+    assert f'<a href="{link}">tickets-distilled v1</a>' in html and "endpoint big-teacher" in html
