@@ -197,6 +197,19 @@ def _distillation_with_the_endpoint_as_teacher(engineer, team, student, pool) ->
     assert UsageEvent.objects.filter(api_key=service_key).count() == 12, "every teacher call is metered"
     assert UsageEvent.objects.count() == metered_before + 12
 
+    # The eval runs: the student's base is served by the running replica and is timed there (vLLM's own
+    # token counts); the new adapter is not deployed yet, and its run says so.
+    from training.models import EvalRun
+    from training.serving_speed import SAMPLE_REQUESTS
+
+    served = EvalRun.objects.get(job=job, version=student).metrics["serving"]
+    assert (served["deployed"], served["deployment"], served["model"]) == (True, "smol", "smol"), served
+    assert served["requests"] == SAMPLE_REQUESTS and served["completion_tokens"] > 0
+    assert 0 < served["latency_p50_ms"] < 60_000 and served["tokens_per_second"] > 0
+    print(f"serving speed of {student.label} on replica #{served['replica']}: p50 {served['latency_p50_ms']} ms, "
+          f"{served['tokens_per_second']} tokens/s over {served['requests']} requests")
+    assert EvalRun.objects.get(job=job, version=job.output_version).metrics["serving"]["deployed"] is False
+
 
 def _ready_replica(deployment: Deployment) -> Replica | None:
     reconcile.reconcile_deployment(deployment.pk)
