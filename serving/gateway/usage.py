@@ -22,6 +22,7 @@ from serving.gateway.models import ApiKey, UsageEvent
 
 logger = logging.getLogger(__name__)
 GROUP = "flusher"
+DEAD_LETTERS = f"{USAGE_STREAM}:unreadable"
 CLAIM_IDLE_MS = 30_000
 
 
@@ -64,7 +65,14 @@ def flush(batch: int = 2000, consumer: str | None = None) -> int:
     entries = [(entry_id, fields) for entry_id, fields in entries if fields]
     if not entries:
         return 0
-    events = [_event(fields) for _, fields in entries]
+    events = []
+    for entry_id, fields in entries:
+        try:
+            events.append(_event(fields))
+        except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+            # One unreadable entry must not hold up every later one: set it aside, whole, for a person to see.
+            logger.error("usage: stream entry %s is not a usage event (%r); moved to %s", entry_id, exc, DEAD_LETTERS)
+            client.xadd(DEAD_LETTERS, {**fields, b"unreadable": repr(exc).encode()})
     with transaction.atomic():
         UsageEvent.objects.bulk_create(events, ignore_conflicts=True, batch_size=1000)
         last_used = {}
