@@ -57,3 +57,30 @@ format: venv
 clean-data:
 	$(BIN)/python -c "from pathlib import Path; from portfolio import embedded; embedded.stop_all(Path('.portfolio').resolve())" || true
 	rm -rf .portfolio
+
+# The gateway benchmark: nginx as a fixed-response engine, direct calls, our gateway and LiteLLM's proxy
+# side by side on the same cores; writes benchmarks/results/gateway.json (see benchmarks/README.md).
+LITELLM_VENV := .venv-litellm
+LITELLM_STAMP := $(LITELLM_VENV)/.installed-litellm-1.106.2
+
+.PHONY: bench-gateway bench-tools litellm
+
+bench-gateway: venv bench-tools litellm
+	$(BIN)/python -m benchmarks.gateway.run
+
+# Debian's nginx, wrk and hey (the upstream and the load generators).
+bench-tools:
+	@{ command -v nginx || test -x /usr/sbin/nginx; } >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 && \
+	  command -v hey >/dev/null 2>&1 || { \
+	  echo "Installing Debian's nginx, wrk and hey for the benchmark"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx wrk hey >/dev/null; }
+
+# The peer, in its own environment: its dependencies are not ours. httptools as ours has it (uvicorn picks
+# it up); prisma is LiteLLM's database client, whose engines the benchmark tries to fetch (see the results).
+litellm: $(LITELLM_STAMP)
+
+$(LITELLM_STAMP):
+	@test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install --quiet 'litellm[proxy]==1.106.2' httptools prisma
+	@rm -f $(LITELLM_VENV)/.installed-* && touch $@

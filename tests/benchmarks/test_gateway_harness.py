@@ -1,0 +1,98 @@
+"""The gateway benchmark's harness, without running it: hey's report is read right, and the search for
+the highest rate with p99 under 20 ms doubles, then bisects, and reports what was served, not offered.
+(The benchmark itself is run by `make bench-gateway`, never as a timed test.)"""
+
+from __future__ import annotations
+
+import subprocess
+
+from benchmarks.gateway import load
+
+HEY_REPORT = """
+Summary:
+  Total:	0.4803 secs
+  Slowest:	0.0145 secs
+  Fastest:	0.0015 secs
+  Average:	0.0048 secs
+  Requests/sec:	416.4155
+
+  Total data:	2634400 bytes
+  Size/request:	13172 bytes
+
+Response time histogram:
+  0.002 [1]	|■
+  0.003 [35]	|■■■■■■■■■■■■■■■■■■■■■■■■■■■■■
+  0.004 [49]	|■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■
+  0.005 [48]	|■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■
+  0.007 [37]	|■■■■■■■■■■■■■■■■■■■■■■■■■■■■■■
+  0.008 [18]	|■■■■■■■■■■■■■■■
+  0.009 [5]	|■■■■
+  0.011 [1]	|■
+  0.012 [5]	|■■■■
+  0.013 [0]	|
+  0.015 [1]	|■
+
+
+Latency distribution:
+  10% in 0.0022 secs
+  25% in 0.0032 secs
+  50% in 0.0045 secs
+  75% in 0.0058 secs
+  90% in 0.0072 secs
+  95% in 0.0090 secs
+  99% in 0.0119 secs
+
+Details (average, fastest, slowest):
+  DNS+dialup:	0.0002 secs, 0.0015 secs, 0.0145 secs
+  DNS-lookup:	0.0000 secs, 0.0000 secs, 0.0000 secs
+  req write:	0.0000 secs, 0.0000 secs, 0.0006 secs
+  resp wait:	0.0043 secs, 0.0013 secs, 0.0136 secs
+  resp read:	0.0002 secs, 0.0000 secs, 0.0030 secs
+
+Status code distribution:
+  [200]	200 responses
+
+
+
+"""
+
+
+def target() -> load.Target:
+    return load.Target("portfolio", "http://127.0.0.1:1/v1/chat/completions", "slm_x", "bench-chat",
+                       "http://127.0.0.1:1/v1/chat/completions", "bench-stream")
+
+
+def test_hey_report_is_read_into_rate_percentiles_and_statuses(monkeypatch):
+    monkeypatch.setattr(subprocess, "run", lambda argv, **_: subprocess.CompletedProcess(argv, 0, HEY_REPORT, ""))
+    step = load.run_hey(target(), rate=400, seconds=0.5, core=0)
+    assert step["achieved_rps"] == 416.4 and step["statuses"] == {200: 200}
+    assert (step["p50_ms"], step["p99_ms"]) == (4.5, 11.9)
+    assert step["workers"] == 4 and not step["errors"]
+    assert load.step_ok(step), "all 200, p99 under 20 ms, more than 95% of the offered rate"
+
+
+def test_a_step_fails_on_a_slow_p99_a_short_rate_or_any_error():
+    good = {"statuses": {200: 1000}, "errors": "", "p99_ms": 12.0, "achieved_rps": 990.0, "offered_rps": 1000.0}
+    assert load.step_ok(good)
+    assert not load.step_ok({**good, "p99_ms": 20.5})
+    assert not load.step_ok({**good, "achieved_rps": 900.0})
+    assert not load.step_ok({**good, "statuses": {200: 990, 429: 10}})
+    assert not load.step_ok({**good, "errors": "dial tcp: connection refused"})
+
+
+def test_the_search_doubles_until_a_step_fails_then_bisects_and_reports_the_rate_served(monkeypatch):
+    """A gateway that keeps p99 under 20 ms up to 3,000 req/s offered and serves 98% of what it is offered."""
+    offered = []
+
+    def fake_hey(_target, rate, _seconds, _core):
+        offered.append(rate)
+        return {"offered_rps": rate, "workers": 2, "achieved_rps": round(rate * 0.98, 1), "p50_ms": 2.0,
+                "p99_ms": 10.0 if rate <= 3000 else 30.0, "statuses": {200: int(rate)}, "errors": "",
+                "gateway_cpu_s": rate * 0.00025}
+
+    monkeypatch.setattr(load, "run_hey", fake_hey)
+    result = load.sustained(target(), 500, 6, 0, log=lambda _message: None)
+    assert offered[:4] == [500, 1000, 2000, 4000], "doubling until the first failure"
+    assert offered[4:] == [3000, 3500, 3250], "then up to three bisections between the last pass and a failure"
+    assert result["sustained_offered_rps"] == 3000 and result["sustained_rps"] == 2940.0
+    assert result["cpu_ms_per_request"] == 0.25
