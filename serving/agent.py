@@ -276,8 +276,8 @@ def reconcile_node(name: str) -> None:
 
 def heartbeat(name: str) -> None:
     register(name, settings.NODE_POOL, settings.NODE_ADDRESS)
-    lock = _node_lock(name)
-    if lock.acquire(blocking=False):
+    lock = acquire_node_lock(name)
+    if lock is not None:
         try:
             reconcile_node(name)
         finally:
@@ -285,11 +285,37 @@ def heartbeat(name: str) -> None:
                 lock.release()
 
 
-def _node_lock(name: str):
+# Compare-and-delete: the lock is removed only if the dead holder's token is still the one in it.
+_DROP_IF_HELD_BY = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+def acquire_node_lock(name: str):
+    """The node's reconcile lock (one reconcile at a time per node), or None while a live process holds it.
+
+    Its token names the holder (host and pid), so that an agent killed mid-reconcile does not keep the
+    next one on this machine from reconciling until the lock times out."""
     import redis
 
     client = redis.Redis.from_url(settings.REDIS_URL)
-    return client.lock(f"portfolio:node-reconcile:{name}", timeout=600)
+    key = f"portfolio:node-reconcile:{name}"
+    lock = client.lock(key, timeout=600)
+    token = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(8).hex()}"
+    if lock.acquire(blocking=False, token=token):
+        return lock
+    held = client.get(key)
+    if held and _holder_is_gone(held.decode(errors="replace")) and client.eval(_DROP_IF_HELD_BY, 1, key, held):
+        logger.warning("node %s: took over the reconcile lock of a process that no longer runs (%s)", name, held)
+        if lock.acquire(blocking=False, token=token):
+            return lock
+    return None
+
+
+def _holder_is_gone(token: str) -> bool:
+    host, _, rest = token.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's process (or a token of an older agent): its lock times out by itself
+    return not psutil.pid_exists(int(pid))
 
 
 def hostname() -> str:
