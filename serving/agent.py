@@ -303,8 +303,9 @@ def acquire_node_lock(name: str):
     if lock.acquire(blocking=False, token=token):
         return lock
     held = client.get(key)
-    if held and _holder_is_gone(held.decode(errors="replace")) and client.eval(_DROP_IF_HELD_BY, 1, key, held):
-        logger.warning("node %s: took over the reconcile lock of a process that no longer runs (%s)", name, held)
+    holder = held.decode(errors="replace") if isinstance(held, bytes) else str(held or "")
+    if holder and _holder_is_gone(holder) and client.eval(_DROP_IF_HELD_BY, 1, key, held):
+        logger.warning("node %s: took over the reconcile lock of a process that no longer runs (%s)", name, holder)
         if lock.acquire(blocking=False, token=token):
             return lock
     return None
