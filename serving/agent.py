@@ -304,7 +304,7 @@ def acquire_node_lock(name: str):
         return lock
     held = client.get(key)
     holder = held.decode(errors="replace") if isinstance(held, bytes) else str(held or "")
-    if holder and _holder_is_gone(holder) and client.eval(_DROP_IF_HELD_BY, 1, key, held):
+    if held and _holder_is_gone(holder) and client.eval(_DROP_IF_HELD_BY, 1, key, held):
         logger.warning("node %s: took over the reconcile lock of a process that no longer runs (%s)", name, holder)
         if lock.acquire(blocking=False, token=token):
             return lock
