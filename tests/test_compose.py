@@ -47,6 +47,15 @@ def test_the_gpu_agent_reserves_nvidia_devices(compose):
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
 
 
+def test_only_the_gpu_agent_installs_the_gpu_extra_for_qlora(compose):
+    extras = {
+        name: compose["services"][name]["build"]["args"]["EXTRAS"].split(",")
+        for name in ("node-cpu", "node-gpu")
+    }
+    assert "gpu" in extras["node-gpu"] and "train" in extras["node-gpu"]
+    assert "gpu" not in extras["node-cpu"]
+
+
 def test_the_dockerfile_installs_the_project_and_defaults_to_the_web_server():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'pip install ".[${EXTRAS}]"' in dockerfile

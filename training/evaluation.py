@@ -9,6 +9,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, cast
 
+from training.lora import Loading
+
 
 def _normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip().lower()).strip(" .!\"'")
@@ -49,14 +51,23 @@ def f1_by_label(pairs: list[tuple[str, str]]) -> dict[str, float]:
     return scores
 
 
-def score(*, base_dir: Path, adapter_dir: Path | None, rows: list[dict], max_new_tokens: int = 16) -> dict:
-    """Greedy generation on every row; the metrics of the issue's eval run."""
+def score(
+    *,
+    base_dir: Path,
+    adapter_dir: Path | None,
+    rows: list[dict],
+    max_new_tokens: int = 16,
+    loading: Loading | None = None,
+) -> dict:
+    """Greedy generation on every row; the metrics of the issue's eval run. On the CPU in float32 unless
+    ``loading`` says otherwise (the job's GPU, see ``training.lora.inference_loading``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    loading = loading or Loading("eval", "cpu", "float32")
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     # A transformers model or a peft wrapper of it: both generate and score alike, which no stub says.
-    model: Any = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(base_dir, **loading.from_pretrained_kwargs())
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -70,7 +81,9 @@ def score(*, base_dir: Path, adapter_dir: Path | None, rows: list[dict], max_new
     nll, answer_tokens = 0.0, 0
     with torch.no_grad():
         for row, truth in zip(rows, expected, strict=True):
-            prompt_ids = tokenizer(_prompt(tokenizer, row), return_tensors="pt", add_special_tokens=False)
+            prompt_ids = tokenizer(_prompt(tokenizer, row), return_tensors="pt", add_special_tokens=False).to(
+                model.device
+            )
             output = model.generate(
                 **prompt_ids,
                 max_new_tokens=max_new_tokens,
@@ -89,7 +102,7 @@ def score(*, base_dir: Path, adapter_dir: Path | None, rows: list[dict], max_new
             # Perplexity of the expected answer given the prompt.
             answer_ids = tokenizer(expected_answer(row), return_tensors="pt", add_special_tokens=False)[
                 "input_ids"
-            ]
+            ].to(model.device)
             full = torch.cat([prompt_ids["input_ids"], answer_ids], dim=1)
             targets = full.clone()
             targets[:, : prompt_ids["input_ids"].shape[1]] = -100

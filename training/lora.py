@@ -1,12 +1,20 @@
-"""The training loop itself: supervised fine-tuning of a causal LM with LoRA (or all weights), the loss on
-the answer tokens only, with callbacks for progress, checkpoints and cancellation.
+"""The training loop itself: supervised fine-tuning of a causal LM with LoRA, QLoRA (LoRA on a 4-bit
+base) or all weights, the loss on the answer tokens only, with callbacks for progress, checkpoints and
+cancellation.
+
+It trains on the GPU its node task gave it (``CUDA_VISIBLE_DEVICES``), in bf16 where the GPU supports it,
+else on the CPU in float32. How the base is loaded is decided by ``loading_for``, a pure function of the
+method and of what the process can use (``Accelerator``), so that every choice is tested without a GPU.
 
 Pure of Django: it takes folders and rows, so it runs (and is tested) in the job's child process alone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -19,9 +27,12 @@ IGNORE = -100
 TRAINER_STATE = "trainer_state.pt"
 
 
+LORA_METHODS = frozenset({"lora", "qlora"})
+
+
 @dataclass
 class Hyperparameters:
-    method: str = "lora"  # lora | full
+    method: str = "lora"  # lora | qlora | full
     epochs: int = 0  # 0: chosen from the dataset size
     learning_rate: float = 0.0  # 0: chosen from the method
     batch_size: int = 4
@@ -37,8 +48,133 @@ class Hyperparameters:
         """Defaults that work for 0.1B-8B models: small datasets need more passes, LoRA a higher rate."""
         # Measured on ticket routing (SmolLM2, answer-only loss): eval loss flattens after ~200 row passes.
         epochs = self.epochs or max(2, min(8, math.ceil(240 / max(train_rows, 1))))
-        rate = self.learning_rate or (1e-3 if self.method == "lora" else 2e-5)
+        rate = self.learning_rate or (1e-3 if self.method in LORA_METHODS else 2e-5)
         return Hyperparameters(**{**self.__dict__, "epochs": epochs, "learning_rate": rate})
+
+
+class Unsupported(ValueError):
+    """The job asks for what its process cannot do (QLoRA without a GPU or bitsandbytes, a GPU torch cannot
+    use): the job fails with this message rather than train otherwise than asked."""
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """What the trainer's process was given and can use."""
+
+    visible_devices: str | None  # CUDA_VISIBLE_DEVICES as the node task set it ("": none, None: not set)
+    cuda: bool  # torch sees a CUDA device
+    bf16: bool  # that device computes in bfloat16 natively (Ampere and later)
+    bitsandbytes: str | None  # its version, when installed (the `gpu` extra)
+    device_name: str = ""
+
+    @classmethod
+    def detect(cls) -> Accelerator:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        try:
+            bnb: str | None = importlib.metadata.version("bitsandbytes")
+        except importlib.metadata.PackageNotFoundError:
+            bnb = None
+        return cls(
+            visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+            cuda=cuda,
+            # Without emulation: an older GPU "supports" bf16 only by running it slowly in float32.
+            bf16=cuda and torch.cuda.is_bf16_supported(including_emulation=False),
+            bitsandbytes=bnb,
+            device_name=torch.cuda.get_device_name(0) if cuda else "",
+        )
+
+
+# QLoRA's base: 4-bit NormalFloat with its quantisation constants quantised too (double quant), as in the
+# QLoRA paper; the matrix products run in the compute dtype.
+NF4 = {
+    "load_in_4bit": True,
+    "bnb_4bit_quant_type": "nf4",
+    "bnb_4bit_use_double_quant": True,
+}
+
+
+@dataclass(frozen=True)
+class Loading:
+    """How the trainer loads the base and computes: device, dtype of the loaded weights, mixed precision,
+    and for QLoRA the 4-bit quantisation (``BitsAndBytesConfig`` keywords)."""
+
+    method: str
+    device: str  # cuda | cpu
+    dtype: str  # of the weights as loaded (and of a quantised base's other layers)
+    autocast: str | None = None  # the dtype matrix products run in on the GPU, over float32 weights
+    quantization: dict | None = None
+
+    def from_pretrained_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``AutoModelForCausalLM.from_pretrained``."""
+        import torch
+
+        kwargs: dict[str, Any] = {"dtype": getattr(torch, self.dtype)}
+        if self.device == "cuda":
+            # The whole model on the one GPU the process sees (its node task's claim).
+            kwargs["device_map"] = {"": 0}
+        if self.quantization is not None:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                **{
+                    **self.quantization,
+                    "bnb_4bit_compute_dtype": getattr(torch, self.quantization["bnb_4bit_compute_dtype"]),
+                }
+            )
+        return kwargs
+
+    def describe(self) -> str:
+        """For the log and the job's metrics: "GPU, 4-bit NF4 base (double quant), bfloat16 compute"."""
+        where = "GPU" if self.device == "cuda" else "CPU"
+        if self.quantization is not None:
+            return f"{where}, 4-bit NF4 base (double quant), {self.quantization['bnb_4bit_compute_dtype']} compute"
+        return f"{where}, {self.dtype} weights" + (f", {self.autocast} compute" if self.autocast else "")
+
+
+def loading_for(method: str, accelerator: Accelerator) -> Loading:
+    """How to load the base for ``method`` with what this process can use; ``Unsupported`` when it cannot.
+
+    A process given a GPU trains on it, never on the CPU instead; QLoRA never falls back to plain LoRA."""
+    missing = []
+    if accelerator.visible_devices and not accelerator.cuda:
+        missing.append(
+            f"a CUDA build of torch that can use GPU {accelerator.visible_devices} (given to this job by its "
+            "node as CUDA_VISIBLE_DEVICES: check the node's torch and NVIDIA driver)"
+        )
+    elif method == "qlora" and not accelerator.cuda:
+        missing.append("a CUDA GPU (run it on a GPU pool)")
+    if method == "qlora" and accelerator.bitsandbytes is None:
+        missing.append("the bitsandbytes package (install portfolio[gpu] on the node)")
+    if missing:
+        if method == "qlora":
+            raise Unsupported(f"QLoRA needs {' and '.join(missing)}; it does not fall back to LoRA.")
+        raise Unsupported(f"Training needs {missing[0]}; it does not fall back to the CPU.")
+    if method == "qlora":
+        compute = "bfloat16" if accelerator.bf16 else "float32"
+        return Loading(
+            method,
+            "cuda",
+            dtype=compute,
+            autocast="bfloat16" if accelerator.bf16 else None,
+            quantization={**NF4, "bnb_4bit_compute_dtype": compute},
+        )
+    if not accelerator.cuda:
+        return Loading(method, "cpu", "float32")
+    autocast = "bfloat16" if accelerator.bf16 else None
+    if method == "full":
+        # Every weight is updated: kept in float32 (bf16 would round small updates away), bf16 products.
+        return Loading(method, "cuda", "float32", autocast)
+    # LoRA: the frozen base in bf16 (half the memory), the adapter's own weights in float32 (peft).
+    return Loading(method, "cuda", "bfloat16" if accelerator.bf16 else "float32", autocast)
+
+
+def inference_loading(accelerator: Accelerator) -> Loading:
+    """Scoring a version: on the job's GPU in bf16 where it has one (unquantised, as it is served)."""
+    if accelerator.cuda:
+        return Loading("eval", "cuda", "bfloat16" if accelerator.bf16 else "float32")
+    return Loading("eval", "cpu", "float32")
 
 
 def encode(tokenizer, row: dict, max_length: int) -> tuple[list[int], list[int]] | None:
@@ -107,36 +243,20 @@ def train(
     resume_dir: Path | None = None,
     resume_step: int = 0,
     should_stop: Callable[[], bool] = lambda: False,
+    loading: Loading | None = None,
 ) -> dict:
     """Fine-tune and save the adapter (or full model) to ``output_dir``; return final metrics."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    loading = loading or loading_for(hp.method, Accelerator.detect())
     torch.manual_seed(hp.seed)
     rng = random.Random(hp.seed)  # noqa: S311 - batch order, not security
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    # A transformers model, then perhaps its peft wrapper: both train alike, which no stub says.
-    model: Any = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    if hp.method == "lora":
-        from peft import LoraConfig, PeftModel, get_peft_model
-
-        if resume_dir is not None:
-            model = PeftModel.from_pretrained(model, resume_dir, is_trainable=True)
-        else:
-            model = get_peft_model(
-                model,
-                LoraConfig(
-                    r=hp.lora_r,
-                    lora_alpha=hp.lora_alpha,
-                    lora_dropout=hp.lora_dropout,
-                    target_modules=hp.target_modules,
-                    task_type="CAUSAL_LM",
-                ),
-            )
-    elif resume_dir is not None:
-        model = AutoModelForCausalLM.from_pretrained(resume_dir, dtype=torch.float32)
+    model = load_model(base_dir, hp, loading, resume_dir)
     model.train()
+    device = torch.device(loading.device)
     examples = [e for e in (encode(tokenizer, r, hp.max_length) for r in train_rows) if e]
     eval_examples = [e for e in (encode(tokenizer, r, hp.max_length) for r in eval_rows) if e]
     steps_per_epoch = math.ceil(len(examples) / hp.batch_size)
@@ -155,20 +275,21 @@ def train(
                 continue  # already done before the resume (same seed, same order)
             if should_stop():
                 raise Cancelled()
-            input_ids, labels, attention = _collate(batch, pad_id)
-            loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+            input_ids, labels, attention = (t.to(device) for t in _collate(batch, pad_id))
+            with _autocast(loading):
+                loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
             tokens += int(attention.sum())
-            losses.append(loss.item())
+            losses.append(loss.item())  # one device sync per step
             rate = tokens / max(time.monotonic() - started, 1e-6)
             eval_loss = None
             if step % steps_per_epoch == 0 or step == total:
-                eval_loss = evaluate_loss(model, eval_examples, pad_id, hp.batch_size)
-            on_progress(Progress(step, total, epoch + 1, float(loss), rate, eval_loss))
+                eval_loss = evaluate_loss(model, eval_examples, pad_id, hp.batch_size, loading)
+            on_progress(Progress(step, total, epoch + 1, losses[-1], rate, eval_loss))
             if hp.checkpoint_every and step % hp.checkpoint_every == 0 and step < total:
                 checkpoint = output_dir.parent / f"checkpoint-{step}"
                 model.save_pretrained(checkpoint, safe_serialization=True)
@@ -180,7 +301,7 @@ def train(
     return {
         "train_loss_first": losses[0] if losses else None,
         "train_loss_last": losses[-1] if losses else None,
-        "eval_loss": evaluate_loss(model, eval_examples, pad_id, hp.batch_size),
+        "eval_loss": evaluate_loss(model, eval_examples, pad_id, hp.batch_size, loading),
         "steps": total,
         "epochs": hp.epochs,
         "learning_rate": hp.learning_rate,
@@ -188,7 +309,52 @@ def train(
         "resumed_from_step": resume_step,
         "resumed_with_optimizer_state": bool(restored),
         "steps_trained": max(total - resume_step, 0),  # by this attempt
+        "device": loading.device,
+        "precision": loading.describe(),
     }
+
+
+def load_model(base_dir: Path, hp: Hyperparameters, loading: Loading, resume_dir: Path | None) -> Any:
+    """The model to train: the base (4-bit for QLoRA) with a new or resumed adapter, or all weights
+    (from the checkpoint when resuming a full fine-tune)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = loading.from_pretrained_kwargs()
+    source = resume_dir if hp.method == "full" and resume_dir is not None else base_dir
+    # A transformers model, then perhaps its peft wrapper: both train alike, which no stub says.
+    model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if hp.method not in LORA_METHODS:
+        return model
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if loading.quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        # Norms and the head in float32, inputs that carry gradients, and activation checkpointing: what
+        # training adapters over frozen 4-bit weights needs to be stable and to fit.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+        model.config.use_cache = False  # no KV cache under gradient checkpointing
+    if resume_dir is not None:
+        return PeftModel.from_pretrained(model, resume_dir, is_trainable=True)
+    return get_peft_model(
+        model,
+        LoraConfig(
+            r=hp.lora_r,
+            lora_alpha=hp.lora_alpha,
+            lora_dropout=hp.lora_dropout,
+            target_modules=hp.target_modules,
+            task_type="CAUSAL_LM",
+        ),
+    )
+
+
+def _autocast(loading: Loading):
+    """bf16 matrix products over the model's own weights on the GPU; nothing on the CPU."""
+    if loading.autocast is None:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(device_type=loading.device, dtype=getattr(torch, loading.autocast))
 
 
 def _save_state(path: Path, optimizer, scheduler, step: int) -> None:
@@ -201,6 +367,8 @@ def _save_state(path: Path, optimizer, scheduler, step: int) -> None:
         "scheduler": scheduler.state_dict(),
         "rng": torch.get_rng_state(),
     }
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state()  # dropout on the GPU draws from its own generator
     torch.save(state, path)
 
 
@@ -211,25 +379,34 @@ def _restore_state(resume_dir: Path, optimizer, scheduler) -> bool:
     path = resume_dir / TRAINER_STATE
     if not path.exists():
         return False
-    # weights_only: tensors and plain values only, never arbitrary pickled objects.
-    state = torch.load(path, weights_only=True)
+    # weights_only: tensors and plain values only, never arbitrary pickled objects. Loaded on the CPU: the
+    # optimizer moves its moments to its parameters' device.
+    state = torch.load(path, weights_only=True, map_location="cpu")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng"])
     return True
 
 
-def evaluate_loss(model, examples: list, pad_id: int, batch_size: int) -> float | None:
+def evaluate_loss(
+    model, examples: list, pad_id: int, batch_size: int, loading: Loading | None = None
+) -> float | None:
     import torch
 
     if not examples:
         return None
+    loading = loading or Loading("eval", "cpu", "float32")
+    device = torch.device(loading.device)
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
-            input_ids, labels, attention = _collate(examples[start : start + batch_size], pad_id)
-            loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+            batch = _collate(examples[start : start + batch_size], pad_id)
+            input_ids, labels, attention = (t.to(device) for t in batch)
+            with _autocast(loading):
+                loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
             total += float(loss) * len(examples[start : start + batch_size])
             count += len(examples[start : start + batch_size])
     model.train()

@@ -40,7 +40,15 @@ def run(job_id: int) -> int:
     from training import finetune
     from training.choices import JobStatus
     from training.evaluation import score
-    from training.lora import Cancelled, Hyperparameters, Progress, train
+    from training.lora import (
+        Accelerator,
+        Cancelled,
+        Hyperparameters,
+        Progress,
+        inference_loading,
+        loading_for,
+        train,
+    )
     from training.models import EvalRun, FineTuneJob
     from training.services import dataset_files
     from training.serving_speed import serving_speed
@@ -51,6 +59,11 @@ def run(job_id: int) -> int:
     jobs = FineTuneJob.objects.filter(pk=job_id, status=JobStatus.RUNNING)
     store = default_store()
     try:
+        # Before anything is asked or loaded: a job this process cannot run as asked fails at once.
+        accelerator = Accelerator.detect()
+        loading = loading_for(job.method, accelerator)
+        where = f" ({accelerator.device_name})" if accelerator.device_name else ""
+        print(f"attempt {job.attempt}: {job.method} on {loading.describe()}{where}", flush=True)
         if job.is_distillation and job.distilled_dataset_version is None:
             from training import distillation
 
@@ -70,7 +83,8 @@ def run(job_id: int) -> int:
         files = dataset_files(job.training_data)
         train_rows, eval_rows = _rows(files.train), _rows(files.eval)
         base_dir = materialize_version(job.base_version)
-        hp = Hyperparameters(**job.hyperparameters).resolved(len(train_rows))
+        # The job's method, also over hyperparameters stored before QLoRA was told apart from LoRA.
+        hp = Hyperparameters(**{**job.hyperparameters, "method": job.method}).resolved(len(train_rows))
         jobs.update(hyperparameters=dict(hp.__dict__), heartbeat_at=timezone.now())
         resume_dir, resume_step = None, 0
         if job.checkpoint_id:
@@ -138,6 +152,7 @@ def run(job_id: int) -> int:
                 resume_dir=resume_dir,
                 resume_step=resume_step,
                 should_stop=lambda: cancel[0],
+                loading=loading,
             )
             facts = inspect_directory(output)
             manifest = store_directory(store, output)
@@ -146,17 +161,21 @@ def run(job_id: int) -> int:
             # The held-out split, scored for the new version and (once per dataset version) for its base;
             # each also timed on a serving replica when the version is deployed (else the run says so).
             if eval_rows:
+                scoring = inference_loading(accelerator)
                 base_run = EvalRun.objects.filter(
                     version=job.base_version, dataset_version=job.training_data, status="succeeded"
                 ).first()
                 if base_run is None:
-                    base_metrics = score(base_dir=base_dir, adapter_dir=None, rows=eval_rows)
+                    base_metrics = score(base_dir=base_dir, adapter_dir=None, rows=eval_rows, loading=scoring)
                     base_metrics["serving"] = serving_speed(job.base_version, eval_rows)
                     finetune.record_eval_run(job, job.base_version, base_metrics)
                 jobs.update(heartbeat_at=timezone.now())
                 adapter_dir = output if facts.is_adapter else None
                 tuned = score(
-                    base_dir=base_dir if adapter_dir else output, adapter_dir=adapter_dir, rows=eval_rows
+                    base_dir=base_dir if adapter_dir else output,
+                    adapter_dir=adapter_dir,
+                    rows=eval_rows,
+                    loading=scoring,
                 )
                 tuned["serving"] = serving_speed(version, eval_rows)
                 finetune.record_eval_run(job, version, tuned)
