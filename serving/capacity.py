@@ -9,7 +9,11 @@ from serving.models import ComputePool, Node, Replica
 from serving.scheduler import GpuFree, NodeFree
 
 
-def pool_capacity(pool: ComputePool, *, exclude_replica_ids: set[int] | None = None) -> list[NodeFree]:
+def pool_capacity(pool: ComputePool, *, exclude_replica_ids: set[int] | None = None,
+                  exclude_job_ids: set[int] | None = None) -> list[NodeFree]:
+    # Imported here: training builds on serving, not the other way round.
+    from training.models import FineTuneJob
+
     nodes = list(pool.nodes.all())
     reserved_ram: dict[int, int] = defaultdict(int)
     reserved_cores: dict[int, int] = defaultdict(int)
@@ -26,6 +30,13 @@ def pool_capacity(pool: ComputePool, *, exclude_replica_ids: set[int] | None = N
         else:
             reserved_ram[replica["node_id"]] += replica["reserved_memory_bytes"]
         reserved_cores[replica["node_id"]] += replica["reserved_cores"]
+    # A fine-tune job holds its GPUs whole while queued or running: none of them is free for a replica.
+    held = {
+        (job["node_id"], index)
+        for job in FineTuneJob.objects.holding_gpus().filter(node__in=nodes)
+        .exclude(pk__in=exclude_job_ids or ()).values("node_id", "gpu_indices")
+        for index in job["gpu_indices"]
+    } if any(node.gpus for node in nodes) else set()
     return [
         NodeFree(
             name=node.name,
@@ -34,7 +45,7 @@ def pool_capacity(pool: ComputePool, *, exclude_replica_ids: set[int] | None = N
             cores_free=node.cpu_cores - reserved_cores[node.pk],
             gpus=[
                 GpuFree(g["index"], g.get("name", ""), g["memory_bytes"],
-                        g["memory_bytes"] - reserved_gpu[(node.pk, g["index"])])
+                        0 if (node.pk, g["index"]) in held else g["memory_bytes"] - reserved_gpu[(node.pk, g["index"])])
                 for g in node.gpus
             ],
         )

@@ -16,8 +16,8 @@ from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from serving import engine_args, planning, scheduler
 from serving.capacity import pool_capacity
-from serving.choices import DeploymentStatus, DesiredState, NodeState, ReplicaState
-from serving.models import Deployment, DeploymentEvent, Node, Replica
+from serving.choices import DeploymentStatus, DesiredState, NodeState, PoolKind, ReplicaState
+from serving.models import ComputePool, Deployment, DeploymentEvent, Node, Replica
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,9 @@ def reconcile_deployment(deployment_id: int) -> set[str]:
                 pool_kind=deployment.pool.kind, parameter_count=deployment.version.parameter_count or 0,
                 shape=deployment.version.shape, args=args, adapter_parameters=_adapter_parameters(deployment),
             )
+            if deployment.pool.kind == PoolKind.GPU:
+                # Fine-tune jobs claim GPUs under the same lock (training.finetune): never both on one GPU.
+                ComputePool.objects.select_for_update().filter(pk=deployment.pool_id).first()
             for _ in range(plan.start):
                 used_nodes = {r.node.name for r in replicas if r.node and r.desired == DesiredState.RUNNING}
                 try:

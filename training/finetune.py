@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import transaction
@@ -17,6 +18,8 @@ from portfolio.errors import Conflict, Invalid
 from portfolio.registry import services as registry_services
 from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.models import Model, ModelVersion
+from serving import scheduler
+from serving.capacity import pool_capacity
 from serving.choices import NodeState, PoolKind
 from serving.models import ComputePool, Endpoint, Node
 from training.choices import EvalStatus, JobStatus, Method
@@ -58,22 +61,55 @@ def _hyperparameters(values: dict, method: str) -> dict:
         low, high = limits[name]
         if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
             raise Invalid(f"hyperparameters.{name}: a number in {low}..{high}.")
-    hp = Hyperparameters(method="full" if method == Method.FULL else "lora", **values)
+    hp = Hyperparameters(method=method, **values)
     return dict(hp.__dict__)
 
 
-def _node_for(pool: ComputePool) -> Node:
+# A trainer holds a whole GPU: placed as the scheduler places a one-GPU replica that claims all of it
+# (utilisation 1.0), so only a GPU no replica and no other job holds any of is free for it.
+WHOLE_GPU = scheduler.Estimate(
+    weights_bytes=0, kv_bytes=0, overhead_bytes=0, per_gpu_bytes=1, gpus=1, ram_bytes=0, cores=0
+)
+WHOLE_GPU_ARGS = {"gpu_memory_utilization": 1.0}
+
+
+def _placement(pool: ComputePool, *, job: FineTuneJob | None = None) -> tuple[Node, list[int]]:
+    """The node a job runs on (the least busy ready one) and, on a GPU pool, the free GPU it claims there;
+    ``job``'s own claim (a job being moved) does not count against it."""
     cutoff = timezone.now() - timedelta(seconds=settings.NODE_LOST_AFTER_SECONDS)
     nodes = list(pool.nodes.filter(state=NodeState.READY, heartbeat_at__gte=cutoff).order_by("name"))
-    busy = Counter(
-        FineTuneJob.objects.filter(status=JobStatus.RUNNING, node__in=nodes).values_list("node_id", flat=True)
-    )
-    candidates = sorted(nodes, key=lambda n: (busy[n.pk], n.name))
-    if not candidates:
+    if not nodes:
         raise Conflict(
             f"No ready node in pool {pool.name} to run the job (nodes lost, cordoned or none joined)."
         )
-    return candidates[0]
+    running = FineTuneJob.objects.filter(status=JobStatus.RUNNING, node__in=nodes)
+    if job is not None:
+        running = running.exclude(pk=job.pk)
+    busy = Counter(running.values_list("node_id", flat=True))
+    if pool.kind != PoolKind.GPU:
+        return min(nodes, key=lambda n: (busy[n.pk], n.name)), []
+    # One claim at a time per pool (replica placement takes the same lock): no GPU is taken twice.
+    ComputePool.objects.select_for_update().filter(pk=pool.pk).first()
+    by_name = {node.name: node for node in nodes}
+    exclude = {job.pk} if job is not None else set()
+    capacity = [free for free in pool_capacity(pool, exclude_job_ids=exclude) if free.name in by_name]
+    try:
+        placement = scheduler.place(
+            WHOLE_GPU,
+            capacity,
+            pool_kind=PoolKind.GPU,
+            args=WHOLE_GPU_ARGS,
+            avoid={node.name for node in nodes if busy[node.pk]},
+        )
+    except scheduler.Unschedulable:
+        gpus = sum(len(free.gpus) for free in capacity)
+        why = (
+            "its ready nodes report no GPUs"
+            if not gpus
+            else f"all {gpus} GPU(s) of its ready nodes are in use by replicas or other training jobs"
+        )
+        raise Conflict(f"No free GPU on {pool.name}: {why}.", code="no_free_gpu") from None
+    return by_name[placement.node], placement.gpu_indices
 
 
 @transaction.atomic
@@ -102,7 +138,7 @@ def start_job(
         raise Invalid("base_version: fine-tune a ready base version.")
     target = target_model or base_version.model
     gate.require(actor, "model.register", target)
-    node = _node_for(pool)
+    node, gpu_indices = _placement(pool)
     job = FineTuneJob.objects.create(
         owner_team=team,
         base_version=base_version,
@@ -112,6 +148,7 @@ def start_job(
         hyperparameters=_hyperparameters(hyperparameters or {}, method),
         pool=pool,
         node=node,
+        gpu_indices=gpu_indices,
         created_by=actor.user,
     )
     audit.record(actor, "training.job_start", job, after=job.snapshot())
@@ -238,22 +275,26 @@ def reap_stale_jobs(silence: timedelta) -> int:
                 f"{job.attempt} times; giving up.",
             )
             continue
-        try:
-            node = _node_for(job.pool)
-        except Conflict as exc:
-            finish(job.pk, JobStatus.FAILED, f"The node went silent and {exc}")
-            continue
-        requeued = FineTuneJob.objects.filter(
-            pk=job.pk, status=JobStatus.RUNNING, heartbeat_at__lt=cutoff
-        ).update(
-            status=JobStatus.QUEUED,
-            node=node,
-            pid=None,
-            status_detail=f"Node went silent; resuming from step {job.checkpoint_step} on {node.name}.",
-        )
-        if requeued:
-            job.refresh_from_db()
-            enqueue(job)
+        with transaction.atomic():
+            try:
+                # Its claim on the silent node does not count: it may move to the very GPU it held.
+                node, gpu_indices = _placement(job.pool, job=job)
+            except Conflict as exc:
+                finish(job.pk, JobStatus.FAILED, f"The node went silent and the job cannot move: {exc}")
+                continue
+            job.node, job.gpu_indices = node, gpu_indices
+            requeued = FineTuneJob.objects.filter(
+                pk=job.pk, status=JobStatus.RUNNING, heartbeat_at__lt=cutoff
+            ).update(
+                status=JobStatus.QUEUED,
+                node=node,
+                gpu_indices=gpu_indices,
+                pid=None,
+                status_detail=f"Node went silent; resuming from step {job.checkpoint_step} on {job.placed_on}.",
+            )
+            if requeued:
+                job.refresh_from_db()
+                transaction.on_commit(partial(enqueue, job))
     return count
 
 

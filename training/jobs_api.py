@@ -29,6 +29,7 @@ class JobOut(Schema):
     hyperparameters: dict[str, Any]
     pool: str = Field(alias="pool.name")
     node: str | None = Field(None, alias="node.name")
+    gpu_indices: list[int] = Field(description="GPUs of its node the job holds (GPU pools)")
     status: str
     status_detail: str
     attempt: int

@@ -155,6 +155,10 @@ class FineTuneJobQuerySet(models.QuerySet):
             return self
         return self.filter(owner_team_id__in=actor.team_ids)
 
+    def holding_gpus(self) -> FineTuneJobQuerySet:
+        """Jobs whose GPU claims stand: queued or running ones (a finished job has given its GPUs back)."""
+        return self.filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).exclude(gpu_indices=[])
+
 
 class FineTuneJob(models.Model):
     """Fine-tuning of a base version on a dataset version, run on a node of a pool in a child process."""
@@ -187,6 +191,10 @@ class FineTuneJob(models.Model):
     pool = models.ForeignKey("serving.ComputePool", on_delete=models.PROTECT, related_name="finetune_jobs")
     node = models.ForeignKey(
         "serving.Node", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Like a replica's: the trainer sees only these (CUDA_VISIBLE_DEVICES); kept after the job ends, as a record.
+    gpu_indices = models.JSONField(
+        default=list, blank=True, help_text="GPUs of its node it holds while queued or running (GPU pools)"
     )
     status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED)
     status_detail = models.TextField(blank=True)
@@ -243,6 +251,12 @@ class FineTuneJob(models.Model):
         return self.distilled_dataset_version or self.dataset_version
 
     @property
+    def placed_on(self) -> str:
+        """Its node and the GPUs it holds there: "gpu-01 (GPU 1)"."""
+        name = self.node.name if self.node else "no node"
+        return name + (f" (GPU {', '.join(map(str, self.gpu_indices))})" if self.gpu_indices else "")
+
+    @property
     def eta_seconds(self) -> float | None:
         if self.status != JobStatus.RUNNING or not self.step or not self.started_at:
             return None
@@ -255,6 +269,7 @@ class FineTuneJob(models.Model):
             "dataset_version": str(self.dataset_version_id),
             "method": self.method,
             "pool": self.pool.name,
+            "gpus": self.gpu_indices,
             "status": self.status,
             "hyperparameters": self.hyperparameters,
             "output_version": self.output_version.label if self.output_version else None,

@@ -41,8 +41,9 @@ def _kill(pid: int, grace: float = 10.0) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _trainer_env() -> dict[str, str]:
-    """The trainer sees exactly this process's database, store and data folder (whatever set them)."""
+def _trainer_env(job: FineTuneJob | None = None) -> dict[str, str]:
+    """The trainer sees exactly this process's database, store and data folder (whatever set them), and
+    of the machine's GPUs only those its job holds (none on a CPU pool)."""
     from django.db import connection
 
     db = connection.settings_dict
@@ -53,7 +54,7 @@ def _trainer_env() -> dict[str, str]:
         if host.startswith("/")
         else f"postgresql://{auth}@{host}:{db['PORT'] or 5432}/{db['NAME']}"
     )
-    return {
+    env = {
         **os.environ,
         "DATABASE_URL": url,
         "REDIS_URL": settings.REDIS_URL,
@@ -64,6 +65,11 @@ def _trainer_env() -> dict[str, str]:
         "PORTFOLIO_GATEWAY_URL": settings.GATEWAY_INTERNAL_URL,
         "PYTHONUNBUFFERED": "1",
     }
+    if job is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(index) for index in job.gpu_indices)
+        # Numbered as nvidia-smi numbers them (what the agent reports), not fastest first.
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    return env
 
 
 def _alive(pid: int | None) -> bool:
@@ -97,7 +103,7 @@ def run_job(job_id: int) -> None:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                env=_trainer_env(),
+                env=_trainer_env(job),
                 cwd=log.parent,
             )
         FineTuneJob.objects.filter(pk=job_id).update(pid=process.pid)
@@ -132,9 +138,11 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None) -> None:
         time.sleep(0.5)
     elapsed = time.monotonic() - started
     cores = psutil.cpu_count() or 1
+    gpus = len(FineTuneJob.objects.values_list("gpu_indices", flat=True).get(pk=job_id))
     FineTuneJob.objects.filter(pk=job_id).update(
         compute_seconds=F("compute_seconds") + elapsed,
         cpu_core_seconds=F("cpu_core_seconds") + elapsed * cores,
+        gpu_seconds=F("gpu_seconds") + elapsed * gpus,
         log_tail=log_tail(_log_path(job_id), 30),
     )
     job = FineTuneJob.objects.get(pk=job_id)

@@ -62,7 +62,7 @@ def distillation_create(request):
         else:
             messages.success(
                 request,
-                f"Distillation #{job.pk} queued on {job.node.name}: {job.teacher_endpoint.name} answers the "
+                f"Distillation #{job.pk} queued on {job.placed_on}: {job.teacher_endpoint.name} answers the "
                 "prompts first, then the student trains.",
             )
             return redirect("job-detail", job_id=job.pk)

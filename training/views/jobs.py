@@ -136,7 +136,7 @@ def job_create(request):
             show_refusal(form, exc, {f"hyperparameters.{name}": name for name in HYPERPARAMETER_FIELDS})
         else:
             messages.success(
-                request, f"Fine-tune #{job.pk} queued on {job.node.name}; it starts in a moment."
+                request, f"Fine-tune #{job.pk} queued on {job.placed_on}; it starts in a moment."
             )
             return redirect("job-detail", job_id=job.pk)
     return render(request, "training/job_form.html", {"form": form})
