@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from django import forms
+from django.db.models import QuerySet
 
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
@@ -192,7 +193,8 @@ METHOD_HELP = {
     Method.LORA: "Trains small low-rank matrices on top of the frozen base: fast, runs on CPU pools, and the "
     "result is an adapter served on its base's replicas.",
     Method.FULL: "Updates every weight: a new base version, and much more memory and time.",
-    Method.QLORA: "LoRA on a 4-bit quantised base: its kernels are CUDA-only, so GPU pools only.",
+    Method.QLORA: "LoRA over the base loaded in 4 bits (NF4): about a quarter of its memory, so bigger bases fit "
+    "one GPU. Its kernels are CUDA-only: GPU pools only, whose nodes have the gpu extra installed.",
 }
 DEFAULTS = Hyperparameters()
 # Hyperparameter fields, in the order the form shows them; their limits are those the service enforces.
@@ -230,7 +232,7 @@ class HyperparametersForm(forms.Form):
         max_value=1,
         required=False,
         widget=_number("auto", step="any"),
-        help_text="Blank: 0.001 for LoRA, 0.00002 for full fine-tuning.",
+        help_text="Blank: 0.001 for LoRA and QLoRA, 0.00002 for full fine-tuning.",
     )
     batch_size = forms.IntegerField(
         label="Batch size",
@@ -311,7 +313,51 @@ def _check_target(form: forms.Form, base: ModelVersion | None, target: Model | N
         )
 
 
-class JobStartForm(HyperparametersForm):
+class TrainingStartForm(HyperparametersForm):
+    """What the fine-tune and distillation start forms share: the pool the job runs on, the model its result
+    is registered under, and the fields preselected when they offer a single choice."""
+
+    pool = PoolChoiceField(
+        queryset=ComputePool.objects.none(),
+        to_field_name="name",
+        empty_label="Choose a pool",
+        widget=PoolSelect,
+        help_text="The job runs on one ready node of the pool, the least busy one; on a GPU pool it holds one "
+        "free GPU of that node (none used by a replica or another job) until it ends.",
+    )
+    target_model = forms.ModelChoiceField(
+        label="Register the result under",
+        queryset=Model.objects.none(),
+        required=False,
+    )
+    # Set by each form: the fields preselected when they offer one choice, and what the target means.
+    preselected: tuple[str, ...] = ("pool",)
+    target_empty_label = ""
+    target_help = ""
+
+    def __init__(self, *args, actor: Actor, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.actor = actor
+        pools = gate.visible(actor, ComputePool).order_by("name")
+        self.fields["pool"].queryset = pools
+        self.fields["pool"].widget.kinds = {pool.name: pool.kind for pool in pools}
+        target = self.fields["target_model"]
+        target.queryset = registrable_models(actor)
+        target.empty_label, target.help_text = self.target_empty_label, self.target_help
+        for name, queryset in self.querysets(actor).items():
+            self.fields[name].queryset = queryset
+        for name in self.preselected:
+            field = self.fields[name]
+            options = list(field.queryset[:2])
+            if len(options) == 1 and not self.initial.get(name):
+                self.initial[name] = field.prepare_value(options[0])  # its pk, or its to_field_name
+
+    def querysets(self, actor: Actor) -> dict[str, QuerySet]:
+        """The querysets of the form's own choice fields."""
+        return {}
+
+
+class JobStartForm(TrainingStartForm):
     base_version = ServingVersionChoiceField(
         label="Base version",
         queryset=ModelVersion.objects.none(),
@@ -324,39 +370,17 @@ class JobStartForm(HyperparametersForm):
         empty_label="Choose a dataset version",
         help_text="Trained on its train rows; its eval rows score the base and the result side by side.",
     )
-    pool = PoolChoiceField(
-        queryset=ComputePool.objects.none(),
-        to_field_name="name",
-        empty_label="Choose a pool",
-        widget=PoolSelect,
-        help_text="The job runs on one ready node of the pool, the least busy one.",
-    )
     method = forms.ChoiceField(
         choices=Method.choices,
         initial=Method.LORA,
         widget=forms.RadioSelect(attrs={"class": "radio"}),
     )
-    target_model = forms.ModelChoiceField(
-        label="Register the result under",
-        queryset=Model.objects.none(),
-        required=False,
-        empty_label="The base version's model",
-        help_text="A model you may register versions of; the new version records its base and dataset.",
-    )
+    preselected = ("base_version", "pool")
+    target_empty_label = "The base version's model"
+    target_help = "A model you may register versions of; the new version records its base and dataset."
 
-    def __init__(self, *args, actor: Actor, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.actor = actor
-        self.fields["base_version"].queryset = ready_bases(actor)
-        self.fields["dataset_version"].queryset = trainable_dataset_versions(actor)
-        pools = gate.visible(actor, ComputePool).order_by("name")
-        self.fields["pool"].queryset = pools
-        self.fields["pool"].widget.kinds = {pool.name: pool.kind for pool in pools}
-        self.fields["target_model"].queryset = registrable_models(actor)
-        for name in ("base_version", "pool"):
-            choices = list(self.fields[name].queryset[:2])
-            if len(choices) == 1 and not self.initial.get(name):
-                self.initial[name] = choices[0].pk if name == "base_version" else choices[0].name
+    def querysets(self, actor: Actor) -> dict[str, QuerySet]:
+        return {"base_version": ready_bases(actor), "dataset_version": trainable_dataset_versions(actor)}
 
     def method_choices(self) -> list[dict]:
         """The method radios with their explanations, for the choice cards."""
@@ -383,7 +407,7 @@ class EndpointChoiceField(forms.ModelChoiceField):
         return f"{obj.name} · {obj.owner_team.name}"
 
 
-class DistillationStartForm(HyperparametersForm):
+class DistillationStartForm(TrainingStartForm):
     """Stage one asks the teacher endpoint to answer the prompt dataset through the gateway; stage two
     fine-tunes the student (LoRA) on the answers. Field names are the service's arguments."""
 
@@ -408,35 +432,16 @@ class DistillationStartForm(HyperparametersForm):
         empty_label="Choose a ready base version",
         help_text="The smaller model trained to answer like the teacher.",
     )
-    pool = PoolChoiceField(
-        queryset=ComputePool.objects.none(),
-        to_field_name="name",
-        empty_label="Choose a pool",
-        widget=PoolSelect,
-        help_text="The job runs on one ready node of the pool, the least busy one.",
-    )
-    target_model = forms.ModelChoiceField(
-        label="Register the result under",
-        queryset=Model.objects.none(),
-        required=False,
-        empty_label="The student's model",
-        help_text="A model you may register versions of; the new version records its teacher and prompts.",
-    )
+    preselected = ("teacher", "pool")
+    target_empty_label = "The student's model"
+    target_help = "A model you may register versions of; the new version records its teacher and prompts."
 
-    def __init__(self, *args, actor: Actor, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.actor = actor
-        self.fields["teacher"].queryset = teacher_endpoints(actor)
-        self.fields["prompts"].queryset = trainable_dataset_versions(actor)
-        self.fields["student"].queryset = ready_bases(actor)
-        pools = gate.visible(actor, ComputePool).order_by("name")
-        self.fields["pool"].queryset = pools
-        self.fields["pool"].widget.kinds = {pool.name: pool.kind for pool in pools}
-        self.fields["target_model"].queryset = registrable_models(actor)
-        for name in ("teacher", "pool"):
-            choices = list(self.fields[name].queryset[:2])
-            if len(choices) == 1 and not self.initial.get(name):
-                self.initial[name] = choices[0].name
+    def querysets(self, actor: Actor) -> dict[str, QuerySet]:
+        return {
+            "teacher": teacher_endpoints(actor),
+            "prompts": trainable_dataset_versions(actor),
+            "student": ready_bases(actor),
+        }
 
     def clean(self):
         data = super().clean()
