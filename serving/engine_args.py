@@ -122,6 +122,9 @@ def build(
                  "--tensor-parallel-size", str(args["tensor_parallel_size"])]
         if args["quantization"]:
             argv += ["--quantization", args["quantization"]]
+        # The indices the node agent reported come from nvidia-smi, which numbers GPUs by PCI bus id; CUDA's
+        # own default order (fastest first) can differ on a machine with mixed GPUs.
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_indices)
     else:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(args["kv_cache_space_gib"])

@@ -192,6 +192,7 @@ def test_a_gpu_engine_claims_its_memory_fraction_on_the_gpus_it_was_given():
     assert value_after(started.argv, "--gpu-memory-utilization") == "0.85"
     assert value_after(started.argv, "--tensor-parallel-size") == "2"
     assert started.env["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert started.env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID", "numbered as nvidia-smi numbers them"
     assert "VLLM_CPU_KVCACHE_SPACE" not in started.env
 
 
