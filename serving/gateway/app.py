@@ -331,8 +331,11 @@ class Gateway:
                         self.balancer.release(replica)
                     return
             current = self.snapshot.endpoints.get(current.fallback) if current.fallback else None
-        logger.warning("gateway: request %s: no replica of endpoint %s answered (tried %s)", request_id,
-                       endpoint.name, ", ".join(sorted(tried)))
+        snapshot = self.snapshot
+        logger.warning("gateway: request %s: no replica of endpoint %s answered (tried %s; routes to %s; ready "
+                       "replicas in the routing table of %.3f: %s)", request_id, endpoint.name,
+                       ", ".join(sorted(tried)), ", ".join(r.deployment for r in endpoint.routes),
+                       snapshot.built_at, {name: len(rs) for name, rs in snapshot.replicas.items()})
         raise GatewayError(503, f"No replica of `{endpoint.name}` is ready to serve (or all failed to connect).",
                            "no_replica_available")
 

@@ -7,6 +7,7 @@ outstanding requests among healthy replicas, random among ties.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -44,53 +45,55 @@ class EndpointInfo:
 class Snapshot:
     endpoints: dict[str, EndpointInfo] = field(default_factory=dict)
     replicas: dict[str, list[ReplicaInfo]] = field(default_factory=dict)  # by deployment name
+    built_at: float = 0.0  # time.time() when it was read
 
 
 def build_snapshot() -> Snapshot:
-    """Synchronous: read the routing state (runs in a worker thread)."""
+    """Synchronous: read the routing state (runs in a worker thread). Each query commits on its own (a
+    transaction held across them would hold its table locks, in the way of migrations): the services write
+    an endpoint with its routes in one transaction, and replicas are read last, so nothing is seen half-made."""
     from django.db import close_old_connections
-
-    from serving.choices import ReplicaState
-    from serving.models import Endpoint, Replica
 
     close_old_connections()
     try:
-        snapshot = Snapshot()
-        endpoints = Endpoint.objects.select_related("fallback").prefetch_related(
-            "routes__deployment", "routes__adapter"
-        )
-        prices = {}
-        from portfolio.billing.models import EndpointPrice
-
-        for price in EndpointPrice.objects.all():
-            prices[price.endpoint_id] = price
-        for endpoint in endpoints:
-            routes = []
-            max_len = 0
-            for route in endpoint.routes.all():
-                deployment = route.deployment
-                max_len = max(max_len, int(deployment.engine_args.get("max_model_len", 2048)))
-                routes.append(Route(
-                    weight=route.weight, deployment=deployment.name,
-                    upstream_model=route.adapter.name if route.adapter else deployment.name,
-                    adapter=route.adapter.name if route.adapter else "", version_id=route.adapter.version_id
-                    if route.adapter else deployment.version_id,
-                ))
-            price = prices.get(endpoint.pk)
-            snapshot.endpoints[endpoint.name] = EndpointInfo(
-                name=endpoint.name, team_id=endpoint.owner_team_id, routes=tuple(routes),
-                fallback=endpoint.fallback.name if endpoint.fallback else None,
-                input_micros_per_token=float(price.input_per_million) if price else 0.0,
-                output_micros_per_token=float(price.output_per_million) if price else 0.0,
-                max_model_len=max_len or 2048,
-            )
-        for replica in Replica.objects.filter(state=ReplicaState.READY).select_related("deployment"):
-            snapshot.replicas.setdefault(replica.deployment.name, []).append(
-                ReplicaInfo(replica.pk, replica.base_url, f"Bearer {engine_key(replica.pk)}")
-            )
-        return snapshot
+        return _read_snapshot()
     finally:
         close_old_connections()
+
+
+def _read_snapshot() -> Snapshot:
+    from portfolio.billing.models import EndpointPrice
+    from serving.choices import ReplicaState
+    from serving.models import Endpoint, Replica
+
+    snapshot = Snapshot(built_at=time.time())
+    prices = {price.endpoint_id: price for price in EndpointPrice.objects.all()}
+    endpoints = Endpoint.objects.select_related("fallback").prefetch_related("routes__deployment", "routes__adapter")
+    for endpoint in endpoints:
+        routes = []
+        max_len = 0
+        for route in endpoint.routes.all():
+            deployment = route.deployment
+            max_len = max(max_len, int(deployment.engine_args.get("max_model_len", 2048)))
+            routes.append(Route(
+                weight=route.weight, deployment=deployment.name,
+                upstream_model=route.adapter.name if route.adapter else deployment.name,
+                adapter=route.adapter.name if route.adapter else "",
+                version_id=route.adapter.version_id if route.adapter else deployment.version_id,
+            ))
+        price = prices.get(endpoint.pk)
+        snapshot.endpoints[endpoint.name] = EndpointInfo(
+            name=endpoint.name, team_id=endpoint.owner_team_id, routes=tuple(routes),
+            fallback=endpoint.fallback.name if endpoint.fallback else None,
+            input_micros_per_token=float(price.input_per_million) if price else 0.0,
+            output_micros_per_token=float(price.output_per_million) if price else 0.0,
+            max_model_len=max_len or 2048,
+        )
+    for replica in Replica.objects.filter(state=ReplicaState.READY).select_related("deployment"):
+        snapshot.replicas.setdefault(replica.deployment.name, []).append(
+            ReplicaInfo(replica.pk, replica.base_url, f"Bearer {engine_key(replica.pk)}")
+        )
+    return snapshot
 
 
 class Balancer:

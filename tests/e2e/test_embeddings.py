@@ -19,7 +19,7 @@ from serving.choices import PoolKind
 from serving.models import Node
 from tests.conftest import actor_for
 from tests.e2e import embedding_model
-from tests.e2e.test_serving import ENGINE_READY_TIMEOUT, NODE, _ready_replica, _wait, node_agent  # noqa: F401
+from tests.e2e.agent import ENGINE_READY_TIMEOUT, NODE, ready_replica, wait
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -28,7 +28,7 @@ def cosine(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
 
 
-def test_an_embedding_model_is_served_through_the_gateway(org, node_agent, settings, tmp_path):  # noqa: F811
+def test_an_embedding_model_is_served_through_the_gateway(org, node_agent, settings, tmp_path):
     import openai
 
     from serving.gateway import services as key_services
@@ -52,11 +52,11 @@ def test_an_embedding_model_is_served_through_the_gateway(org, node_agent, setti
     assert version.context_length == 512 and 20_000_000 < version.parameter_count < 25_000_000
 
     services.create_pool(actor=admin, name="local-cpu", kind=PoolKind.CPU)
-    node = _wait("the node agent to register", lambda: Node.objects.filter(name=NODE).first(), 120, [agent_log])
+    node = wait("the node agent to register", lambda: Node.objects.filter(name=NODE).first(), 120, [agent_log])
     deployment = services.create_deployment(actor=engineer, name="embedder", team=team, version=version,
                                             pool=node.pool, args={"max_model_len": 256})
     engine_logs = [agent_log, *(tmp_path / "node-data" / "engines" / "embedder").glob("*.log")]
-    _wait("the embedding replica to become ready", lambda: _ready_replica(deployment), ENGINE_READY_TIMEOUT,
+    wait("the embedding replica to become ready", lambda: ready_replica(deployment), ENGINE_READY_TIMEOUT,
           engine_logs, interval=3)
     services.create_endpoint(actor=admin, name="ticket-embeddings", team=team, routes=[{"deployment": "embedder"}])
     _, secret = key_services.create_key(actor=admin, team=team, name="e2e embeddings", monthly_token_budget=100_000)
@@ -65,7 +65,7 @@ def test_an_embedding_model_is_served_through_the_gateway(org, node_agent, setti
     gateway, base = start_gateway(log)
     try:
         sdk = openai.OpenAI(base_url=f"{base}/v1", api_key=secret, max_retries=0, timeout=120)
-        _wait("the gateway to route to the endpoint", lambda: "ticket-embeddings" in {m.id for m in sdk.models.list()},
+        wait("the gateway to route to the endpoint", lambda: "ticket-embeddings" in {m.id for m in sdk.models.list()},
               30, [log])
         texts = ["I was charged twice for my order", "There is a double charge on my card", "The app crashes on start"]
         answer = sdk.embeddings.create(model="ticket-embeddings", input=texts)
@@ -74,7 +74,7 @@ def test_an_embedding_model_is_served_through_the_gateway(org, node_agent, setti
         assert [len(v) for v in vectors] == [384, 384, 384]
         assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.2, "a real model, not noise"
         time.sleep(1)
-        _wait("the usage event", lambda: usage.flush() == 0 and UsageEvent.objects.exists(), 30, [log])
+        wait("the usage event", lambda: usage.flush() == 0 and UsageEvent.objects.exists(), 30, [log])
         event = UsageEvent.objects.get()
         assert (event.kind, event.endpoint, event.status) == ("embedding", "ticket-embeddings", 200)
         assert (event.input_tokens, event.output_tokens) == (answer.usage.prompt_tokens, 0)

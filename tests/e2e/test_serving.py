@@ -8,14 +8,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.core.management import call_command
 
 from portfolio.accounts.models import Team
@@ -26,70 +22,12 @@ from portfolio.registry.models import ModelVersion
 from portfolio.registry.tasks import import_version, materialize_version
 from serving import agent, processes, reconcile, services
 from serving.choices import DeploymentStatus, PoolKind, ReplicaState
-from serving.models import Deployment, Node, Replica
+from serving.models import Node, Replica
 from tests.conftest import actor_for
+from tests.e2e.agent import ENGINE_READY_TIMEOUT, NODE, ready_replica, start_agent, stop_agent, wait
 from tests.e2e.lora import make_adapter
-from tests.gateway.process import database_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-ROOT = Path(__file__).resolve().parents[2]
-NODE = "e2e-node"
-ENGINE_READY_TIMEOUT = 900
-
-
-def _agent_env(tmp_path) -> dict:
-    return {
-        **os.environ,
-        "DATABASE_URL": database_url(),
-        "REDIS_URL": settings.REDIS_URL,
-        "DJANGO_SECRET_KEY": settings.SECRET_KEY,
-        "PORTFOLIO_DATA_DIR": str(tmp_path / "node-data"),
-        "PORTFOLIO_ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
-        "PORTFOLIO_ARTIFACT_CACHE": str(tmp_path / "node-cache"),
-        "PORTFOLIO_NODE_POOL": "local-cpu",
-        "PORTFOLIO_NODE_HEARTBEAT_SECONDS": "2",
-        "PORTFOLIO_ENGINE_RESTART_BACKOFF": "2",
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
-def _start_agent(tmp_path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "portfolio.cli", "node-agent", "--name", NODE, "--concurrency", "1"],
-        cwd=ROOT, env=_agent_env(tmp_path), stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-
-
-def _stop_agent(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-@pytest.fixture
-def node_agent(tmp_path):
-    """`portfolio node-agent` as its own process, against the test database and this Redis."""
-    log = tmp_path / "agent.log"
-    agents = [_start_agent(tmp_path, log)]
-    yield agents, log
-    for process in agents:
-        if process.poll() is None:
-            _stop_agent(process)
-    for engine in processes.engines_on_this_machine(under=tmp_path).values():
-        processes.stop(engine, grace=10)
-
-
-def _wait(what: str, check, timeout: float, logs: list[Path], interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(interval)
-    dump = "\n".join(f"--- {p.name} ---\n{processes.log_tail(p, 80)}" for p in logs if p.exists())
-    pytest.fail(f"timed out after {timeout}s waiting for {what}\n{dump}")
 
 
 def _chat(replica: Replica, model: str, prompt: str) -> dict:
@@ -127,7 +65,7 @@ def _gateway_round_trip(admin, team, tmp_path, then=None) -> None:
     gateway, base = start_gateway(log)
     try:
         sdk = openai.OpenAI(base_url=f"{base}/v1", api_key=secret, max_retries=0, timeout=120)
-        _wait("the gateway to route to the endpoints",
+        wait("the gateway to route to the endpoints",
               lambda: {"support", "support-ft"} <= {m.id for m in sdk.models.list()}, 30, [log])
         answer = sdk.chat.completions.create(
             model="support", messages=[{"role": "user", "content": "What is the capital of France?"}],
@@ -147,7 +85,7 @@ def _gateway_round_trip(admin, team, tmp_path, then=None) -> None:
                 if number >= 3:
                     break
         time.sleep(2)
-        _wait("the usage events to be flushed", lambda: usage.flush() == 0 and UsageEvent.objects.count() >= 3, 30, [log])
+        wait("the usage events to be flushed", lambda: usage.flush() == 0 and UsageEvent.objects.count() >= 3, 30, [log])
         events = list(UsageEvent.objects.order_by("at"))
         assert (events[0].endpoint, events[0].input_tokens, events[0].output_tokens) == (
             "support", answer.usage.prompt_tokens, answer.usage.completion_tokens)
@@ -211,11 +149,6 @@ def _distillation_with_the_endpoint_as_teacher(engineer, team, student, pool) ->
     assert EvalRun.objects.get(job=job, version=job.output_version).metrics["serving"]["deployed"] is False
 
 
-def _ready_replica(deployment: Deployment) -> Replica | None:
-    reconcile.reconcile_deployment(deployment.pk)
-    return Replica.objects.filter(deployment=deployment, state=ReplicaState.READY).first()
-
-
 def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(org, node_agent, settings, tmp_path):
     agents, agent_log = node_agent
     admin, engineer = actor_for(org["admin"]), actor_for(org["engineer"])
@@ -228,14 +161,14 @@ def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(org
     call_command("import_demo_model")
     base = ModelVersion.objects.get(model__name=MODEL_NAME, status=VersionStatus.READY)
     services.create_pool(actor=admin, name="local-cpu", kind=PoolKind.CPU)
-    node = _wait("the node agent to register", lambda: Node.objects.filter(name=NODE).first(), 120, [agent_log])
+    node = wait("the node agent to register", lambda: Node.objects.filter(name=NODE).first(), 120, [agent_log])
     assert node.cpu_cores >= 1 and node.memory_bytes > 0
 
     deployment = services.create_deployment(
         actor=admin, name="smol", team=team, version=base, pool=node.pool, replicas=1,
         args={"max_model_len": 1024, "enable_lora": True, "max_loras": 2, "max_lora_rank": 8},
     )
-    replica = _wait("the replica to become ready", lambda: _ready_replica(deployment), ENGINE_READY_TIMEOUT,
+    replica = wait("the replica to become ready", lambda: ready_replica(deployment), ENGINE_READY_TIMEOUT,
                     [agent_log, *(tmp_path / "node-data" / "engines" / "smol").glob("*.log")], interval=3)
     answer = _chat(replica, "smol", "What is the capital of France?")
     assert answer["choices"][0]["message"]["content"]
@@ -252,18 +185,18 @@ def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(org
     adapter.refresh_from_db()
     assert adapter.status == VersionStatus.READY, adapter.status_detail
     services.add_adapter(actor=admin, deployment=deployment, adapter=adapter, name="smol-support")
-    _wait("the adapter to be hot-loaded", lambda: "smol-support" in _models(replica), 120, [agent_log])
+    wait("the adapter to be hot-loaded", lambda: "smol-support" in _models(replica), 120, [agent_log])
     assert _chat(replica, "smol-support", "I was charged twice")["model"] == "smol-support"
     replica.refresh_from_db()
     assert replica.restarts == 0 and replica.state == ReplicaState.READY, "hot-load must not restart the engine"
     pid = replica.pid
 
     # The agent restarts (an upgrade, a crash of the worker): the engine keeps running and is adopted.
-    _stop_agent(agents[0])
+    stop_agent(agents[0])
     assert processes.find(pid, replica.pk), "the engine outlives its agent"
-    agents.append(_start_agent(tmp_path, agent_log))
+    agents.append(start_agent(tmp_path, agent_log))
     beat = Node.objects.get(name=NODE).heartbeat_at
-    _wait("the new agent to heartbeat", lambda: Node.objects.get(name=NODE).heartbeat_at > beat, 120, [agent_log])
+    wait("the new agent to heartbeat", lambda: Node.objects.get(name=NODE).heartbeat_at > beat, 120, [agent_log])
     time.sleep(5)
     replica.refresh_from_db()
     assert (replica.pid, replica.restarts, replica.state) == (pid, 0, ReplicaState.READY), "adopted, not restarted"
@@ -285,7 +218,7 @@ def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(org
         return current if current.restarts == 1 and current.state == ReplicaState.READY and current.pid != pid else None
 
     engine_logs = [agent_log, *(tmp_path / "node-data" / "engines" / "smol").glob("*.log")]
-    again = _wait("the killed engine to be restarted", restarted, ENGINE_READY_TIMEOUT, engine_logs, interval=3)
+    again = wait("the killed engine to be restarted", restarted, ENGINE_READY_TIMEOUT, engine_logs, interval=3)
     assert "smol-support" in _models(again)
     assert _chat(again, "smol", "Say hello")["choices"][0]["message"]["content"]
     kinds = list(deployment.events.values_list("kind", flat=True))
@@ -294,5 +227,5 @@ def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(org
     # Stop: the agent stops the engine; nothing is left running.
     services.scale(actor=admin, deployment=deployment, replicas=0)
     reconcile.reconcile_deployment(deployment.pk)
-    _wait("the replica to stop", lambda: not processes.find(again.pid, again.pk), 120, [agent_log])
+    wait("the replica to stop", lambda: not processes.find(again.pid, again.pk), 120, [agent_log])
     assert agents[-1].poll() is None, "the agent is still running"

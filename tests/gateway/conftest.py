@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
 from portfolio.registry.models import Artifact, Model, ModelVersion
@@ -17,14 +19,28 @@ from tests.conftest import actor_for
 from tests.gateway.fake_engine import FakeEngine
 from tests.gateway.process import start_gateway, stop_gateway
 
+_GATEWAY_LOGS: list[Path] = []  # of the gateways running now, shown under any test that fails
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for log in _GATEWAY_LOGS:
+            if log.exists():
+                report.sections.append((f"gateway log {log.parent.name}", log.read_text()[-6000:]))
+
 
 @pytest.fixture(scope="module")
 def gateway_process(django_db_setup, django_db_blocker, tmp_path_factory):
-    """The gateway's base URL and its log (to show when a test fails)."""
+    """The gateway's base URL and its log."""
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
     with django_db_blocker.unblock():
         process, base = start_gateway(log, PORTFOLIO_GATEWAY_UPSTREAM_TIMEOUT="2")
+    _GATEWAY_LOGS.append(log)
     yield base, log
+    _GATEWAY_LOGS.remove(log)
     stop_gateway(process)
 
 
@@ -58,8 +74,9 @@ def stack(org, team, other_team, transactional_db):
         return dep, [engine]
 
     def endpoint(name: str, dep: Deployment, owner=team) -> Endpoint:
-        ep = Endpoint.objects.create(name=name, owner_team=owner)
-        EndpointRoute.objects.create(endpoint=ep, deployment=dep, weight=100)
+        with transaction.atomic():  # as the service creates them: never an endpoint without its route
+            ep = Endpoint.objects.create(name=name, owner_team=owner)
+            EndpointRoute.objects.create(endpoint=ep, deployment=dep, weight=100)
         return ep
 
     def key(owner=team, **limits) -> str:

@@ -1,0 +1,21 @@
+"""Fixtures of the end-to-end tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving import processes
+from tests.e2e.agent import start_agent, stop_agent
+
+
+@pytest.fixture
+def node_agent(tmp_path):
+    """`portfolio node-agent` as its own process, against the test database and this Redis."""
+    log = tmp_path / "agent.log"
+    agents = [start_agent(tmp_path, log)]
+    yield agents, log
+    for process in agents:
+        if process.poll() is None:
+            stop_agent(process)
+    for engine in processes.engines_on_this_machine(under=tmp_path).values():
+        processes.stop(engine, grace=10)
