@@ -6,7 +6,7 @@ import json
 
 from django import forms
 from django.core.paginator import Paginator
-from django.http import FileResponse
+from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import render
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET
@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET
 from portfolio.accounts import gate
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.accounts.models import Department, Team
-from portfolio.audit.exports import FORMATS, build_export
+from portfolio.audit.exports import FORMATS, build_export, signing_keys
 from portfolio.audit.filters import AuditFilter
 from portfolio.audit.models import AuditEvent
 from portfolio.errors import Invalid
@@ -143,6 +143,7 @@ def audit_log(request):
         "export_query": _query_without(request, "page", "format"),
         "can_export": gate.can(actor, "audit.export"),
         "formats": FORMATS,
+        "signing_keys": signing_keys(),
         "filtered": any(value for key, value in request.GET.items() if key != "page"),
     }
     template = "audit/partials/results.html" if wants_fragment(request) else "audit/log.html"
@@ -171,3 +172,15 @@ def audit_export(request):
             export.path.unlink()  # the open handle keeps the data readable until the response is sent
             return response
     return render(request, "audit/export_error.html", {"error": error, "form": form}, status=400)
+
+
+@require_GET
+def audit_public_key(request, key_id: str):
+    """Permission: ``audit.view``. One published signing key as a PEM file, for ``--public-key-file``."""
+    gate.require(actor_of(request), "audit.view")
+    for key in signing_keys():
+        if key.key_id == key_id:
+            response = HttpResponse(key.pem, content_type="application/x-pem-file")
+            response["Content-Disposition"] = f'attachment; filename="audit-signing-key-{key.key_id}.pub.pem"'
+            return response
+    raise Http404("No published signing key has this id.")
