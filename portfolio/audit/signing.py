@@ -129,6 +129,11 @@ class PublishedKey:
         return public_pem(self.public_key)
 
     @property
+    def pem_base64(self) -> str:
+        """The PEM as base64, for a download link that needs no request of its own (a data: URL)."""
+        return base64.b64encode(self.pem.encode()).decode()
+
+    @property
     def raw_base64(self) -> str:
         return base64.b64encode(_raw_public(self.public_key)).decode()
 
@@ -158,13 +163,19 @@ def development_key(path: Path) -> Ed25519PrivateKey:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    try:
-        # Created 0600 in one step, so the key is never readable by others, even for a moment.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process of this installation wrote it first
-        return load_private_key(path.read_text())
+    # Written 0600 under a temporary name, then linked into place: the key is never readable by others,
+    # and a process starting alongside (web, worker, beat) sees either no file or the whole key.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.unlink(missing_ok=True)  # left by a process of the same pid that died mid-write
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
+    try:
+        os.link(temporary, path)
+    except FileExistsError:  # another process of this installation was first: use its key
+        return load_private_key(path.read_text())
+    finally:
+        temporary.unlink()
     return key
 
 

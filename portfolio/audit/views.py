@@ -6,7 +6,7 @@ import json
 
 from django import forms
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, HttpResponse
+from django.http import FileResponse
 from django.shortcuts import render
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET
@@ -17,7 +17,7 @@ from portfolio.accounts.models import Department, Team
 from portfolio.audit.exports import FORMATS, build_export, signing_keys
 from portfolio.audit.filters import AuditFilter
 from portfolio.audit.models import AuditEvent
-from portfolio.errors import Invalid
+from portfolio.errors import DomainError
 
 PAGE_SIZE = 50
 DATETIME_LOCAL = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"]
@@ -165,7 +165,7 @@ def audit_export(request):
     else:
         try:
             export = build_export(actor=actor, selection=form.selection(), fmt=fmt)
-        except Invalid as exc:
+        except DomainError as exc:
             error = exc.message
         else:
             response = FileResponse(open(export.path, "rb"), as_attachment=True, filename=export.filename)  # noqa: SIM115
@@ -173,14 +173,3 @@ def audit_export(request):
             return response
     return render(request, "audit/export_error.html", {"error": error, "form": form}, status=400)
 
-
-@require_GET
-def audit_public_key(request, key_id: str):
-    """Permission: ``audit.view``. One published signing key as a PEM file, for ``--public-key-file``."""
-    gate.require(actor_of(request), "audit.view")
-    for key in signing_keys():
-        if key.key_id == key_id:
-            response = HttpResponse(key.pem, content_type="application/x-pem-file")
-            response["Content-Disposition"] = f'attachment; filename="audit-signing-key-{key.key_id}.pub.pem"'
-            return response
-    raise Http404("No published signing key has this id.")

@@ -7,6 +7,7 @@ import hmac
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -259,19 +260,16 @@ def test_the_api_publishes_the_public_key_that_verifies_exports(client, history,
 def test_signing_keys_are_for_auditors_not_team_members(client, org):
     client.force_login(org["owner"])
     assert client.get("/api/v1/audit/signing-keys").status_code == 403
-    key_id = signing.key_id(settings.AUDIT_SIGNING_KEY.public_key())
-    assert client.get(reverse("audit-public-key", args=[key_id])).status_code == 403
 
 
-def test_the_audit_page_shows_and_serves_the_public_key(client, history, tmp_path):
+def test_the_audit_page_shows_the_public_key_for_download(client, history):
     client.force_login(history["auditor"])
     key_id = signing.key_id(settings.AUDIT_SIGNING_KEY.public_key())
     page = client.get(reverse("audit-log")).content.decode()
     assert key_id in page and "BEGIN PUBLIC KEY" in page and "PRIVATE" not in page
-    download = client.get(reverse("audit-public-key", args=[key_id]))
-    assert download.status_code == 200 and download["Content-Disposition"].startswith("attachment;")
-    assert signing.key_id(signing.load_public_key(download.content.decode())) == key_id
-    assert client.get(reverse("audit-public-key", args=["0" * 16])).status_code == 404
+    [link] = re.findall(r'href="data:application/x-pem-file;base64,([^"]+)" download="([^"]+)"', page)
+    assert link[1] == f"audit-signing-key-{key_id}.pub.pem"
+    assert signing.key_id(signing.load_public_key(base64.b64decode(link[0]).decode())) == key_id
 
 
 # --- CSV cells typed before sign-in -------------------------------------------------------------------

@@ -92,6 +92,20 @@ def test_development_generates_a_private_key_readable_by_its_owner_only_and_keep
     assert signing.key_id(_setting(None, data_dir=tmp_path).public_key()) == signing.key_id(first.public_key())
 
 
+def _key_id_of_development_key(path: str) -> str:
+    return signing.key_id(signing.development_key(Path(path)).public_key())
+
+
+def test_processes_starting_together_all_get_the_one_development_key(tmp_path):
+    from concurrent.futures import ProcessPoolExecutor
+
+    path = str(tmp_path / "audit_signing_key.pem")
+    with ProcessPoolExecutor(max_workers=6) as pool:
+        key_ids = set(pool.map(_key_id_of_development_key, [path] * 24))
+    assert key_ids == {signing.key_id(signing.development_key(Path(path)).public_key())}
+    assert [p.name for p in tmp_path.iterdir()] == ["audit_signing_key.pem"]
+
+
 def test_previous_public_keys_are_read_in_every_published_form():
     keys = [Ed25519PrivateKey.generate().public_key() for _ in range(3)]
     pem = "".join(signing.public_pem(key) for key in keys)
