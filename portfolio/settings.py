@@ -54,7 +54,19 @@ def _derived_key(label: str) -> bytes:
 
 # Keys for keyed hashes of tokens and for signing audit exports; separate secrets in production are best.
 TOKEN_HASH_KEY: bytes = (env.text("PORTFOLIO_TOKEN_HASH_KEY") or "").encode() or _derived_key("token-hash")
-AUDIT_SIGNING_KEY: bytes = (env.text("PORTFOLIO_AUDIT_SIGNING_KEY") or "").encode() or _derived_key("audit-export")
+# Audit exports are signed with an Ed25519 private key (PEM or base64 of the raw 32 bytes; generated into the
+# data folder in development); verifiers hold only public keys, published on the audit page and the API.
+# Keys that signed earlier exports stay published after a rotation (PORTFOLIO_AUDIT_PREVIOUS_PUBLIC_KEYS).
+# Processes that never sign exports (worker, beat, node agents) set PORTFOLIO_AUDIT_SIGNER=false, no key.
+from portfolio.audit import signing as audit_signing  # noqa: E402 - kept with the lines it serves
+
+AUDIT_SIGNER = env.flag("PORTFOLIO_AUDIT_SIGNER", True)
+AUDIT_SIGNING_KEY = audit_signing.signing_key_setting(
+    env.text("PORTFOLIO_AUDIT_SIGNING_KEY"), signer=AUDIT_SIGNER, production=PRODUCTION, data_dir=DATA_DIR
+)
+AUDIT_PREVIOUS_PUBLIC_KEYS = audit_signing.public_keys_setting(
+    "PORTFOLIO_AUDIT_PREVIOUS_PUBLIC_KEYS", env.text("PORTFOLIO_AUDIT_PREVIOUS_PUBLIC_KEYS")
+)
 
 ALLOWED_HOSTS = env.csv_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.csv_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
@@ -184,6 +196,8 @@ CELERY_BEAT_SCHEDULE = {
     "gateway-rollup-usage": {"task": "gateway.rollup_usage", "schedule": 60.0},
     "serving-reconcile": {"task": "serving.reconcile_all", "schedule": float(NODE_HEARTBEAT_SECONDS * 2)},
     "registry-reap-imports": {"task": "registry.reap_stale_imports", "schedule": 60.0},
+    # The chain head into the logs, which leave this machine: a later rewrite of history is detectable.
+    "audit-anchor-head": {"task": "audit.anchor_head", "schedule": 300.0},
 }
 
 # --- Django ---------------------------------------------------------------------------------------

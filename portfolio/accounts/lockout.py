@@ -1,12 +1,28 @@
 """Login throttling: after repeated failures an account name, and separately a client address, is locked
-for a while. Counters live in the cache (Redis), so every web process sees the same count."""
+for a while. Counters live in the cache (Redis), so every web process sees the same count.
+
+It also decides which attempts reach the audit trail. Every row there is permanent and every audit write
+takes the chain lock, so an anonymous loop must not be able to flood the one or queue every audited change
+behind the other. Within a lockout window the trail gets: the failures of each account name and address
+up to their lock, one ``locked`` row when a lock starts (attempts refused while it holds add nothing), and
+overall at most ``AUDIT_BUDGET`` such rows, then one row saying the rest of the window is only counted.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.cache import cache
+
+# Sign-in rows (failures and locks) audited per lockout window, across all names and addresses. Ordinary
+# typos stay far below it; past it a distributed loop costs one Redis increment per attempt and no row.
+AUDIT_BUDGET = 50
+# An address may try a few accounts (typos of a user name), but not spray many.
+ADDRESS_FACTOR = 4
+
+RECORD, BUDGET_SPENT, SKIP = "record", "budget_spent", "skip"
 
 
 def _key(kind: str, value: str) -> str:
@@ -14,31 +30,65 @@ def _key(kind: str, value: str) -> str:
     return f"login-failures:{kind}:{digest}"
 
 
-def _keys(username: str, ip: str | None) -> list[str]:
-    keys = [_key("user", username)]
+def limits() -> dict[str, int]:
+    return {"user": settings.LOGIN_FAILURE_LIMIT, "ip": settings.LOGIN_FAILURE_LIMIT * ADDRESS_FACTOR}
+
+
+def _keys(username: str, ip: str | None) -> dict[str, str]:
+    keys = {"user": _key("user", username)}
     if ip:
-        keys.append(_key("ip", ip))
+        keys["ip"] = _key("ip", ip)
     return keys
 
 
 def is_locked(username: str, ip: str | None) -> bool:
-    counts = cache.get_many(_keys(username, ip))
-    user_failures = counts.get(_key("user", username), 0)
-    # An address may try a few accounts (typos of a user name), but not spray many.
-    ip_failures = counts.get(_key("ip", ip), 0) if ip else 0
-    return user_failures >= settings.LOGIN_FAILURE_LIMIT or ip_failures >= settings.LOGIN_FAILURE_LIMIT * 4
+    keys = _keys(username, ip)
+    counts = cache.get_many(list(keys.values()))
+    limit = limits()
+    return any(counts.get(key, 0) >= limit[kind] for kind, key in keys.items())
 
 
-def register_failure(username: str, ip: str | None) -> int:
-    """Count a failure and return the account's failure count within the lockout window."""
-    count = 0
-    for key in _keys(username, ip):
-        cache.add(key, 0, timeout=settings.LOGIN_LOCKOUT_SECONDS)
+def _increment(key: str, *, slide: bool) -> int:
+    """Add one to a counter that lives for a lockout window (from its last increment when ``slide``)."""
+    window = settings.LOGIN_LOCKOUT_SECONDS
+    cache.add(key, 0, timeout=window)
+    try:
         value = cache.incr(key)
-        cache.touch(key, settings.LOGIN_LOCKOUT_SECONDS)
-        if key.startswith("login-failures:user:"):
-            count = value
-    return count
+    except ValueError:  # expired between add and incr
+        cache.set(key, 1, timeout=window)
+        value = 1
+    if slide:
+        cache.touch(key, window)
+    return value
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed attempt, counted: the account's failures in the window, and what the audit trail gets."""
+
+    count: int
+    audit_failure: bool
+    locks: tuple[str, ...]  # "user" and/or "ip": the locks this very failure started
+
+
+def register_failure(username: str, ip: str | None) -> Failure:
+    """Count a failure; say whether it is among the first of its name and address, and which locks it starts."""
+    limit, counts = limits(), {}
+    for kind, key in _keys(username, ip).items():
+        counts[kind] = _increment(key, slide=True)
+    first = all(counts[kind] <= limit[kind] for kind in counts)
+    # The increment is atomic, so exactly one failure per window sees a count equal to the limit.
+    locks = tuple(kind for kind in counts if counts[kind] == limit[kind])
+    return Failure(count=counts["user"], audit_failure=first, locks=locks)
+
+
+def audit_slot() -> str:
+    """Whether the next sign-in row may be written: ``RECORD`` within the window's budget, ``BUDGET_SPENT``
+    once when it runs out (write a row saying so instead), ``SKIP`` after that."""
+    used = _increment("login-audit:budget", slide=False)
+    if used <= AUDIT_BUDGET:
+        return RECORD
+    return BUDGET_SPENT if used == AUDIT_BUDGET + 1 else SKIP
 
 
 def clear(username: str) -> None:

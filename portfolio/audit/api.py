@@ -8,7 +8,8 @@ from ninja import Query, Router, Schema
 from ninja.pagination import PageNumberPagination, paginate
 
 from portfolio.accounts import gate
-from portfolio.audit.exports import build_export
+from portfolio.audit import signing
+from portfolio.audit.exports import build_export, signing_keys
 from portfolio.audit.filters import AuditFilter
 from portfolio.audit.models import AuditEvent
 
@@ -32,6 +33,15 @@ class AuditEventOut(Schema):
     after: Any
     prev_hash: str
     hash: str
+
+
+class SigningKeyOut(Schema):
+    key_id: str
+    algorithm: str
+    status: str
+    public_key_pem: str
+    public_key_base64: str
+    fingerprint_sha256: str
 
 
 class AuditQuery(Schema):
@@ -62,3 +72,21 @@ def export_events(request, filters: Query[AuditQuery], format: str = "jsonl"):
     response = FileResponse(open(export.path, "rb"), as_attachment=True, filename=export.filename)  # noqa: SIM115
     export.path.unlink()  # the open handle keeps the data readable until the response is sent
     return response
+
+
+@router.get("/signing-keys", response=list[SigningKeyOut])
+def list_signing_keys(request):
+    """The public keys that verify export manifests: the current signer's first, then earlier ones
+    (a manifest names its ``key_id``). Pin them; ``audit_verify_export --public-key-file`` takes the PEM."""
+    gate.require(request.auth, "audit.view")
+    return [
+        {
+            "key_id": key.key_id,
+            "algorithm": signing.ALGORITHM,
+            "status": key.status,
+            "public_key_pem": key.pem,
+            "public_key_base64": key.raw_base64,
+            "fingerprint_sha256": key.fingerprint,
+        }
+        for key in signing_keys()
+    ]

@@ -14,10 +14,10 @@ from django.views.decorators.http import require_GET
 from portfolio.accounts import gate
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.accounts.models import Department, Team
-from portfolio.audit.exports import FORMATS, build_export
+from portfolio.audit.exports import FORMATS, build_export, signing_keys
 from portfolio.audit.filters import AuditFilter
 from portfolio.audit.models import AuditEvent
-from portfolio.errors import Invalid
+from portfolio.errors import DomainError
 
 PAGE_SIZE = 50
 DATETIME_LOCAL = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"]
@@ -143,6 +143,7 @@ def audit_log(request):
         "export_query": _query_without(request, "page", "format"),
         "can_export": gate.can(actor, "audit.export"),
         "formats": FORMATS,
+        "signing_keys": signing_keys(),
         "filtered": any(value for key, value in request.GET.items() if key != "page"),
     }
     template = "audit/partials/results.html" if wants_fragment(request) else "audit/log.html"
@@ -164,10 +165,11 @@ def audit_export(request):
     else:
         try:
             export = build_export(actor=actor, selection=form.selection(), fmt=fmt)
-        except Invalid as exc:
+        except DomainError as exc:
             error = exc.message
         else:
             response = FileResponse(open(export.path, "rb"), as_attachment=True, filename=export.filename)  # noqa: SIM115
             export.path.unlink()  # the open handle keeps the data readable until the response is sent
             return response
     return render(request, "audit/export_error.html", {"error": error, "form": form}, status=400)
+

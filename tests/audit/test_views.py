@@ -9,8 +9,8 @@ from django.urls import reverse
 
 from portfolio.accounts import services
 from portfolio.accounts.models import Team
-from portfolio.audit.exports import verify_export
 from portfolio.audit.models import AuditEvent
+from portfolio.audit.offline import verify_export
 from tests.conftest import actor_for
 
 pytestmark = pytest.mark.django_db
@@ -142,7 +142,7 @@ def test_an_export_downloaded_from_the_page_verifies_offline(signed_in, history,
     assert response["Content-Disposition"].startswith("attachment; filename=")
     path = Path(tmp_path / "export.zip")
     path.write_bytes(b"".join(response.streaming_content))
-    verdict = verify_export(path, settings.AUDIT_SIGNING_KEY)
+    verdict = verify_export(path, [settings.AUDIT_SIGNING_KEY.public_key()])
     assert verdict.ok, verdict.problems
     assert verdict.count == 3
     assert AuditEvent.objects.filter(action="audit.export", actor_label="auditor").exists()

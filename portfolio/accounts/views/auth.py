@@ -1,6 +1,8 @@
-"""Signing in and out (throttled, every attempt audited) and changing one's own password."""
+"""Signing in and out (throttled; failures and locks audited within a budget) and changing one's own password."""
 
 from __future__ import annotations
+
+import logging
 
 from django.conf import settings
 from django.contrib import messages
@@ -25,6 +27,8 @@ from portfolio.errors import DomainError
 from portfolio.formerrors import show_refusal
 from portfolio.requestcontext import client_ip
 
+logger = logging.getLogger(__name__)
+
 
 def _safe_next(request) -> str:
     candidate = request.POST.get("next") or request.GET.get("next") or ""
@@ -35,16 +39,47 @@ def _safe_next(request) -> str:
     return reverse(settings.LOGIN_REDIRECT_URL)
 
 
-def _audit_attempt(request, action: str, username: str) -> None:
-    """A failed or refused sign-in, audited under the name typed (never the password)."""
+def _audit_attempt(request, action: str, *, object_type: str, object_id: str, object_repr: str,
+                   after: dict | None = None) -> None:
+    """A failed sign-in or a lock, audited under the name typed (never the password), within the budget
+    ``lockout`` keeps so an anonymous loop cannot flood the trail."""
+    slot = lockout.audit_slot()
+    if slot == lockout.SKIP:
+        return
+    if slot == lockout.BUDGET_SPENT:
+        window = settings.LOGIN_LOCKOUT_SECONDS
+        logger.warning(
+            "Sign-in audit budget spent (%d rows in %d s): further failed sign-ins in this window are "
+            "counted for lockout but not audited.", lockout.AUDIT_BUDGET, window,
+        )
+        action, object_type, object_id, object_repr = "user.login_audit_paused", "auth.login", "", "sign-in audit"
+        after = {"audited_rows": lockout.AUDIT_BUDGET, "window_seconds": window}
     anonymous = Actor(
         ip=client_ip(request),
         user_agent=request.headers.get("User-Agent", "")[:300],
         request_id=getattr(request, "request_id", None),
     )
     audit.record_standalone(
-        anonymous, action, object_type="auth.user", object_id=username[:64], object_repr=username[:200]
+        anonymous, action, object_type=object_type, object_id=object_id[:64], object_repr=object_repr[:200],
+        after=after,
     )
+
+
+def _audit_failure(request, username: str, ip: str | None, failure: lockout.Failure) -> None:
+    if failure.audit_failure:
+        _audit_attempt(request, "user.login_failed", object_type="auth.user", object_id=username,
+                       object_repr=username)
+    # A lock starts on the failure that reaches its limit, so that many failures led to it.
+    limits = lockout.limits()
+    window = settings.LOGIN_LOCKOUT_SECONDS
+    if "user" in failure.locks:
+        _audit_attempt(request, "user.login_locked", object_type="auth.user", object_id=username,
+                       object_repr=username,
+                       after={"lock": "account", "failures": limits["user"], "lockout_seconds": window})
+    if "ip" in failure.locks and ip:
+        _audit_attempt(request, "user.login_locked", object_type="auth.client_address", object_id=ip,
+                       object_repr=f"address {ip}",
+                       after={"lock": "address", "failures": limits["ip"], "lockout_seconds": window})
 
 
 @login_not_required
@@ -63,15 +98,14 @@ def login_view(request):
         username, password = form.cleaned_data["username"], form.cleaned_data["password"]
         ip = client_ip(request)
         if lockout.is_locked(username, ip):
-            # Refused before the password is looked at, so a locked account cannot be probed.
-            _audit_attempt(request, "user.login_locked", username)
+            # Refused before the password is looked at, so a locked account cannot be probed. Not audited:
+            # the lock was, once, when it started.
             form.add_error(None, "Too many failed attempts, try again later.")
             status = 429
         else:
             user = authenticate(request, username=username, password=password)
             if user is None:
-                lockout.register_failure(username, ip)
-                _audit_attempt(request, "user.login_failed", username)
+                _audit_failure(request, username, ip, lockout.register_failure(username, ip))
                 form.add_error(None, "Wrong user name or password.")
             else:
                 lockout.clear(username)

@@ -1,29 +1,46 @@
 from pathlib import Path
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from portfolio.audit.exports import verify_export
+from portfolio.audit import offline, signing
+from portfolio.audit.exports import signing_keys
 
 
 class Command(BaseCommand):
     help = (
-        "Verify an audit export offline: the manifest's HMAC signature, the events file's sha256 and every "
-        "event's hash (and the links between them for a time-range export). Needs no database."
+        "Verify an audit export offline: the manifest's Ed25519 signature, the events file's sha256 and every "
+        "event's hash (and the links between them for a time-range export). Needs no database and no "
+        "private key; without --public-key-file it uses the public keys this server publishes."
     )
     requires_system_checks: list = []
 
     def add_arguments(self, parser):
         parser.add_argument("file", type=Path, help="The export .zip")
         parser.add_argument(
-            "--key-file",
+            "--public-key-file",
             type=Path,
-            help="File holding the audit signing key (PORTFOLIO_AUDIT_SIGNING_KEY); defaults to this server's key",
+            action="append",
+            help="The signer's public key (PEM, ssh-ed25519 or base64 raw), as the audit page and "
+            "GET /api/v1/audit/signing-keys publish it; repeat for several",
         )
+        # The HMAC scheme's shared secret: refused by name, so old scripts fail with a reason, not a usage error.
+        parser.add_argument("--key-file", type=Path, help="Retired: exports are signed with Ed25519 now")
 
     def handle(self, *args, **options):
-        key = options["key_file"].read_bytes().strip() if options["key_file"] else settings.AUDIT_SIGNING_KEY
-        verdict = verify_export(options["file"], key)
+        if options["key_file"]:
+            raise CommandError(
+                "--key-file was the shared HMAC secret of the retired signing scheme, which let anyone who "
+                "could verify also forge. Exports are now signed with Ed25519: pass the signer's public key "
+                "with --public-key-file (published on the audit page and at GET /api/v1/audit/signing-keys)."
+            )
+        if options["public_key_file"]:
+            try:
+                keys = offline.read_public_keys(options["public_key_file"])
+            except (OSError, signing.UnreadableKey) as exc:
+                raise CommandError(f"Cannot read the public key: {exc}") from exc
+        else:
+            keys = [published.public_key for published in signing_keys()]
+        verdict = offline.verify_export(options["file"], keys)
         if not verdict.ok:
-            raise CommandError("Export does NOT verify:\n  - " + "\n  - ".join(verdict.problems))
-        self.stdout.write(self.style.SUCCESS(f"Export verified: {verdict.count} events, signature valid."))
+            raise CommandError(offline.report(verdict))
+        self.stdout.write(self.style.SUCCESS(offline.report(verdict)))

@@ -1,0 +1,215 @@
+"""Verifying an audit export offline, with nothing but the archive and the signer's public key.
+
+No Django settings, no database, no private key: an auditor runs
+
+    python -m portfolio.audit.offline audit-export-....zip --public-key-file audit-signing-key.pub
+
+on any machine with this code base (``manage.py audit_verify_export`` calls the same function). It checks
+the manifest's Ed25519 signature under the key the manifest names, the events file's sha256, every event's
+hash, the links between consecutive events for an export filtered only by time, and the counts and range
+the manifest states. The events file is streamed, so an export of any size verifies in constant memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import sys
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from portfolio.audit import chain, exportformat, signing
+
+MAX_MANIFEST_BYTES = 1024 * 1024  # a manifest is a few hundred bytes; refuse to inflate a hostile one
+
+
+@dataclass
+class ExportVerdict:
+    ok: bool
+    problems: list[str]
+    count: int = 0
+    key_id: str = ""
+    head_sequence: int | None = None
+    head_hash: str = ""
+
+
+class _HashingReader(io.RawIOBase):
+    """Passes a binary stream through while hashing every byte read."""
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw, self.digest = raw, hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.raw.read(len(buffer))
+        self.digest.update(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def drain(self) -> str:
+        while self.raw.read(1 << 20):
+            pass
+        return self.digest.hexdigest()
+
+
+class _Tally:
+    """Counts the rows passing through and remembers the first and last, for the manifest's claims."""
+
+    def __init__(self, rows: Iterable[dict]):
+        self.rows, self.count = rows, 0
+        self.first: dict | None = None
+        self.last: dict | None = None
+
+    def __iter__(self) -> Iterator[dict]:
+        for row in self.rows:
+            self.count += 1
+            self.first = row if self.first is None else self.first
+            self.last = row
+            yield row
+
+
+def _rows(text: IO[str], fmt: str, version: int) -> Iterator[dict]:
+    if fmt == "csv":
+        reader = csv.reader(text)
+        header = next(reader, None)
+        if header is None or tuple(header) != exportformat.COLUMNS:
+            raise ValueError("the CSV header is not the export's column list")
+        for cells in reader:
+            yield exportformat.row_from_csv(cells, escaped=version >= 2)
+    else:
+        for line in text:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _signature_problems(manifest: dict, keys: dict[str, Ed25519PublicKey]) -> list[str]:
+    if manifest.get("algorithm") != signing.ALGORITHM:
+        return [
+            f"the manifest is signed with {manifest.get('algorithm')!r}, not Ed25519: the retired HMAC scheme "
+            "lets anyone who can verify also forge, so it proves nothing; export again from the server"
+        ]
+    claimed = str(manifest.get("key_id", ""))
+    if claimed not in keys:
+        known = ", ".join(sorted(keys)) or "none"
+        return [f"the manifest names signing key {claimed!r}, which is not among the public keys given ({known})"]
+    if not signing.signature_holds(
+        exportformat.signed_payload(manifest), str(manifest.get("signature", "")), keys[claimed]
+    ):
+        return ["manifest signature does not match: the manifest was altered or signed with another key"]
+    return []
+
+
+def verify_export(path: Path, public_keys: Iterable[Ed25519PublicKey]) -> ExportVerdict:
+    keys = {signing.key_id(key): key for key in public_keys}
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        return ExportVerdict(False, [f"not a readable export archive: {exc}"])
+    with archive:
+        try:
+            if archive.getinfo(exportformat.MANIFEST_NAME).file_size > MAX_MANIFEST_BYTES:
+                raise ValueError("the manifest is implausibly large")
+            manifest = json.loads(archive.read(exportformat.MANIFEST_NAME))
+            if not isinstance(manifest, dict):
+                raise ValueError("the manifest is not a JSON object")
+        except (KeyError, ValueError) as exc:
+            return ExportVerdict(False, [f"manifest missing or unreadable: {exc}"])
+        verdict = ExportVerdict(
+            True, _signature_problems(manifest, keys), key_id=str(manifest.get("key_id", "")),
+            head_sequence=manifest.get("head_sequence"), head_hash=str(manifest.get("head_hash", "")),
+        )
+        fmt = str(manifest.get("format"))
+        events_name = exportformat.EVENT_FILES.get(fmt)
+        if events_name is None or manifest.get("events_file") != events_name:
+            verdict.problems.append("manifest names no events file")
+        else:
+            try:
+                _check_events(archive, events_name, fmt, manifest, verdict)
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                verdict.problems.append(f"{events_name} cannot be read from the archive: {exc}")
+    verdict.ok = not verdict.problems
+    return verdict
+
+
+def _check_events(archive: zipfile.ZipFile, name: str, fmt: str, manifest: dict, verdict: ExportVerdict) -> None:
+    try:
+        member = archive.open(name)
+    except KeyError:
+        verdict.problems.append(f"{name} is missing from the archive")
+        return
+    version = manifest["version"] if isinstance(manifest.get("version"), int) else 1
+    with member:
+        hashed = _HashingReader(member)
+        text = io.TextIOWrapper(io.BufferedReader(hashed), encoding="utf-8", newline="" if fmt == "csv" else None)
+        tally = _Tally(_rows(text, fmt, version))
+        try:
+            result = chain.verify(tally, contiguous=bool(manifest.get("contiguous")))
+        except (ValueError, KeyError, TypeError) as exc:
+            result = None
+            verdict.problems.append(f"{name} cannot be parsed near event {tally.count + 1}: {exc}")
+        if result is not None and not result.ok:
+            verdict.problems.append(f"event sequence {result.broken_sequence}: {result.reason}")
+        # The sha256 covers the whole file even when a row broke the walk early.
+        sha256 = hashed.drain()
+    if sha256 != manifest.get("events_sha256"):
+        verdict.problems.append(f"{name} does not match the sha256 in the manifest: rows were altered")
+    if result is None or not result.ok:
+        return  # the walk stopped early: counts and range say nothing more
+    verdict.count = tally.count
+    if tally.count != manifest.get("count"):
+        verdict.problems.append(f"the manifest counts {manifest.get('count')} events, the file holds {tally.count}")
+    first = tally.first["sequence"] if tally.first else None
+    last = tally.last["sequence"] if tally.last else None
+    if (first, last) != (manifest.get("first_sequence"), manifest.get("last_sequence")):
+        verdict.problems.append("first/last sequence differ from the manifest")
+    if tally.last and last == manifest.get("head_sequence") and tally.last["hash"] != manifest.get("head_hash"):
+        verdict.problems.append("the last event's hash differs from the chain head the manifest states")
+
+
+# --- Command line -------------------------------------------------------------------------------------
+def read_public_keys(paths: Iterable[Path]) -> list[Ed25519PublicKey]:
+    keys: list[Ed25519PublicKey] = []
+    for path in paths:
+        keys += signing.load_public_keys(path.read_text())
+    return keys
+
+
+def report(verdict: ExportVerdict) -> str:
+    if not verdict.ok:
+        return "Export does NOT verify:\n  - " + "\n  - ".join(verdict.problems)
+    return (
+        f"Export verified: {verdict.count} events, signature valid (Ed25519 key {verdict.key_id}). "
+        f"Chain head at export: sequence {verdict.head_sequence}, hash {verdict.head_hash}."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m portfolio.audit.offline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("file", type=Path, help="the export .zip")
+    parser.add_argument(
+        "--public-key-file", type=Path, action="append", required=True,
+        help="the signer's public key (PEM, ssh-ed25519 or base64); repeat, or put several in one file",
+    )
+    args = parser.parse_args(argv)
+    try:
+        keys = read_public_keys(args.public_key_file)
+    except (OSError, signing.UnreadableKey) as exc:
+        print(f"Cannot read the public key: {exc}", file=sys.stderr)
+        return 2
+    verdict = verify_export(args.file, keys)
+    print(report(verdict), file=sys.stdout if verdict.ok else sys.stderr)
+    return 0 if verdict.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
