@@ -132,7 +132,8 @@ def _start(replica: Replica, node: Node) -> None:
     pid = processes.start(launch.argv, launch.env, replica.pk, _log_path(replica))
     _set(replica, pid=pid, port=port, host=node.address, state=ReplicaState.STARTING, started_at=timezone.now(),
          state_detail="", loaded_adapters=sorted(adapters), next_start_at=None)
-    event(replica, "started", f"Engine started on {node.name} (pid {pid}, port {port}).")
+    # Where it listens (host, port, pid) is for pool managers: the timeline is read by every team member.
+    event(replica, "started", f"Engine started on {node.name}.")
 
 
 def _crashed(replica: Replica, why: str) -> None:
@@ -215,10 +216,14 @@ def _ensure_running(replica: Replica, node: Node) -> None:
     tail = processes.log_tail(_log_path(replica))
     if tail != replica.log_tail:
         _set(replica, log_tail=tail)  # for the deployment page's log view
-    if processes.healthy(replica.base_url):
+    health = processes.probe(replica.base_url, engine_key(replica.pk))
+    if health == processes.WRONG_KEY:
+        _rekey(replica, node, process)
+        return
+    if health == processes.HEALTHY:
         if replica.state != ReplicaState.READY:
             _set(replica, state=ReplicaState.READY, ready_at=now, last_health_at=now, state_detail="")
-            event(replica, "ready", f"Replica ready at {replica.base_url}.")
+            event(replica, "ready", "Replica ready.")
         else:
             _set(replica, last_health_at=now)
         _sync_adapters(replica)
@@ -235,6 +240,26 @@ def _ensure_running(replica: Replica, node: Node) -> None:
     if replica.last_health_at is None or now - replica.last_health_at > timedelta(seconds=settings.ENGINE_UNHEALTHY_GRACE):
         processes.stop(process)
         _crashed(replica, "Engine stayed unhealthy")
+
+
+# The detail of a replica restarted because it refused the current key, until it is ready again.
+REKEYED = "restarted with the current engine key"
+
+
+def _rekey(replica: Replica, node: Node, process) -> None:
+    """The engine refuses the key derived now: PORTFOLIO_ENGINE_KEY_SECRET was rotated after it started, so
+    neither this agent nor the gateway (which derives the same key) can use it. Restart it with the current
+    key; this is how a rotation reaches running engines, so it is not counted as a crash, unless the engine
+    refuses even the key it was just restarted with."""
+    processes.stop(process)
+    if replica.state == ReplicaState.STARTING and replica.state_detail == REKEYED:
+        _crashed(replica, "Engine refuses the key it was started with")
+        return
+    event(replica, "rekeyed", "The engine refused the current engine key (the engine key secret was rotated); "
+                              "restarting it with the current key.")
+    _start(replica, node)
+    if replica.state == ReplicaState.STARTING:
+        _set(replica, state_detail=REKEYED)
 
 
 def _stop(replica: Replica) -> None:

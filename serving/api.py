@@ -43,12 +43,18 @@ class PoolIn(Schema):
     cpu_core_hour_rate: Decimal = Decimal("0")
 
 
+def _pool_manager(context) -> bool:
+    """Whether the caller manages pools (platform admins): only they see where engines listen."""
+    actor = getattr((context or {}).get("request"), "auth", None)
+    return actor is not None and gate.can(actor, "pool.manage")
+
+
 class NodeOut(Schema):
     id: int
     name: str
     pool: str = Field(alias="pool.name")
     state: str
-    address: str
+    address: str | None = Field(None, description="Where its engines listen: shown to pool managers only")
     cpu_cores: int
     memory_bytes: int
     gpus: list[dict[str, Any]]
@@ -58,6 +64,10 @@ class NodeOut(Schema):
     @staticmethod
     def resolve_usage(obj) -> dict[str, Any]:
         return node_usage(obj)
+
+    @staticmethod
+    def resolve_address(obj, context) -> str | None:
+        return obj.address if _pool_manager(context) else None
 
 
 class NodeStateIn(Schema):
@@ -71,13 +81,26 @@ class ReplicaOut(Schema):
     desired: str
     state: str
     state_detail: str
-    host: str
-    port: int | None
-    pid: int | None
+    # Where the engine listens and runs: for pool managers only (null for everyone else).
+    host: str | None = Field(None, description="Shown to pool managers only")
+    port: int | None = Field(None, description="Shown to pool managers only")
+    pid: int | None = Field(None, description="Shown to pool managers only")
     gpu_indices: list[int]
     restarts: int
     last_health_at: datetime | None
     loaded_adapters: list[str]
+
+    @staticmethod
+    def resolve_host(obj, context) -> str | None:
+        return obj.host if _pool_manager(context) else None
+
+    @staticmethod
+    def resolve_port(obj, context) -> int | None:
+        return obj.port if _pool_manager(context) else None
+
+    @staticmethod
+    def resolve_pid(obj, context) -> int | None:
+        return obj.pid if _pool_manager(context) else None
 
 
 class AdapterOut(Schema):

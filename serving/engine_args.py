@@ -83,6 +83,12 @@ def validate(args: dict, pool_kind: str) -> dict:
     return resolved
 
 
+# The middleware that keeps every engine path behind the replica's key (vLLM's own check covers /v1 and a
+# few other prefixes only): a standard-library module in this folder, put on the engine's PYTHONPATH.
+GUARD_DIR = Path(__file__).resolve().parent / "engines"
+GUARD_MIDDLEWARE = "portfolio_engine_guard.RequireEngineKey"
+
+
 @dataclass(frozen=True)
 class EngineLaunch:
     argv: list[str]
@@ -101,9 +107,11 @@ def build(
         "--max-model-len", str(args["max_model_len"]), "--dtype", args["dtype"],
         "--max-num-seqs", str(args["max_num_seqs"]),
         "--disable-uvicorn-access-log",
+        "--middleware", GUARD_MIDDLEWARE,
     ]
     # The engine's key is passed in the environment, not on the command line (visible in `ps`).
-    env = {"VLLM_API_KEY": api_key, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+    env = {"VLLM_API_KEY": api_key, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(GUARD_DIR)}
     if task == "embedding":
         # Serves /v1/embeddings: a pooling model (BERT-like ones are detected anyway; decoder-based embedding
         # models are not).

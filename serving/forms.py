@@ -406,8 +406,10 @@ def route_formset(data=None, *, deployments: list[Deployment], initial: list[dic
 
 
 class FallbackField(forms.ModelChoiceField):
+    with_team = False
+
     def label_from_instance(self, obj: Endpoint) -> str:
-        return obj.name
+        return f"{obj.name} ({obj.owner_team.name})" if self.with_team else obj.name
 
 
 class EndpointForm(forms.Form):
@@ -431,7 +433,12 @@ class EndpointForm(forms.Form):
         self.fields["team"].queryset = teams
         if len(teams) == 1:
             self.fields["team"].initial = teams[0].pk
-        self.fields["fallback"].queryset = gate.visible(actor, Endpoint).order_by("name")
+        # A fallback is an endpoint of the same team (services refuse another team's): only the endpoints of
+        # the teams offered above, named with their team when there are several.
+        self.fields["fallback"].queryset = (
+            gate.visible(actor, Endpoint).filter(owner_team__in=teams).select_related("owner_team").order_by("name")
+        )
+        self.fields["fallback"].with_team = len(teams) > 1
 
     def clean_name(self):
         return _clean_name(self.cleaned_data["name"])
@@ -448,6 +455,9 @@ class FallbackForm(forms.Form):
     def __init__(self, *args, actor: Actor, endpoint: Endpoint, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["fallback"].queryset = (
-            gate.visible(actor, Endpoint).exclude(pk=endpoint.pk).order_by("name")
+            gate.visible(actor, Endpoint)
+            .filter(owner_team_id=endpoint.owner_team_id)
+            .exclude(pk=endpoint.pk)
+            .order_by("name")
         )
         self.fields["fallback"].initial = endpoint.fallback_id

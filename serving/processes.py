@@ -119,12 +119,25 @@ def stop(process: psutil.Process, grace: float = 20.0) -> None:
         os.waitpid(process.pid, os.WNOHANG)
 
 
-def healthy(base_url: str, timeout: float = 3.0) -> bool:
+# What a health check found (``probe``).
+HEALTHY, WRONG_KEY, DOWN = "healthy", "wrong_key", "down"
+
+
+def probe(base_url: str, key: str, timeout: float = 3.0) -> str:
+    """The engine's health, asked with the replica's key (the engine guard refuses every path without it):
+    ``HEALTHY``; ``WRONG_KEY`` when it refuses the key (401/403: it was started with another one, before
+    PORTFOLIO_ENGINE_KEY_SECRET was rotated); ``DOWN`` otherwise (not listening, starting, failing)."""
+    request = urllib.request.Request(  # noqa: S310 - the engine's own http address
+        f"{base_url}/health", headers={"Authorization": f"Bearer {key}"}
+    )
     try:
-        with urllib.request.urlopen(f"{base_url}/health", timeout=timeout) as response:  # noqa: S310 - http only
-            return response.status == 200
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http only
+            return HEALTHY if response.status == 200 else DOWN
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return WRONG_KEY if exc.code in (401, 403) else DOWN
     except (urllib.error.URLError, OSError, ValueError):
-        return False
+        return DOWN
 
 
 def log_tail(log_path: Path, lines: int = 40) -> str:

@@ -7,6 +7,7 @@ import re
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from portfolio.accounts import gate
@@ -14,7 +15,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid
-from portfolio.registry.choices import Task, VersionKind, VersionStatus
+from portfolio.registry.choices import Task, VersionKind, VersionStatus, Visibility
 from portfolio.registry.models import ModelVersion
 from serving import engine_args, scheduler
 from serving.capacity import pool_capacity
@@ -119,6 +120,40 @@ def _fits_model(version: ModelVersion, args: dict) -> None:
                       "embedding model.")
 
 
+# --- What a team may use --------------------------------------------------------------------------
+# Who acts is checked by the gate; what a deployment (or a training job) uses is checked against the team
+# that owns it. Otherwise a member of two teams could put one team's deployment on a pool only the other
+# may use, or serve the other team's private model as the first team's, since they see both.
+def require_pool_open_to(team: Team, pool: ComputePool) -> None:
+    """A pool open to some teams only (``allowed_teams``) takes work of those teams, whoever asks."""
+    if pool.allowed_teams.exists() and not pool.allowed_teams.filter(pk=team.pk).exists():
+        raise Invalid(
+            f"pool: {pool.name} is not open to {team.name}; choose a pool open to the team, or ask a platform "
+            "admin to open this one to it.",
+            fields={"pool": [f"Not open to {team.name}."]},
+        )
+
+
+def versions_usable_by(team: Team):
+    """The registry's visibility rules (``ModelQuerySet.visible_to``) applied to a team rather than a person:
+    its own models, its department's shared ones and the organisation's."""
+    return ModelVersion.objects.filter(
+        Q(model__owner_team_id=team.pk)
+        | Q(model__visibility=Visibility.DEPARTMENT, model__owner_team__department_id=team.department_id)
+        | Q(model__visibility=Visibility.ORGANISATION)
+    )
+
+
+def require_usable_by(team: Team, version: ModelVersion, field: str = "version") -> None:
+    """``version`` is one ``team`` may serve or train: shared with it, not merely seen by the actor."""
+    if not versions_usable_by(team).filter(pk=version.pk).exists():
+        raise Invalid(
+            f"{field}: {version.label} is not shared with {team.name}; it may use its own models and those "
+            "shared with its department or the organisation.",
+            fields={field: [f"Not shared with {team.name}."]},
+        )
+
+
 def _deployable(actor: Actor, version: ModelVersion) -> ModelVersion:
     version = gate.get_visible(actor, ModelVersion, pk=version.pk)
     if version.kind != VersionKind.BASE:
@@ -134,6 +169,8 @@ def create_deployment(*, actor: Actor, name: str, team: Team, version: ModelVers
     gate.require(actor, "deployment.manage", team)
     pool = gate.get_visible(actor, ComputePool, pk=pool.pk)
     version = _deployable(actor, version)
+    require_pool_open_to(team, pool)
+    require_usable_by(team, version)
     if not 0 <= replicas <= 64:
         raise Invalid("replicas: between 0 and 64.")
     resolved = engine_args.validate(args or {}, pool.kind)
@@ -165,6 +202,8 @@ def scale(*, actor: Actor, deployment: Deployment, replicas: int) -> Deployment:
     deployment = _locked(deployment)
     if not 0 <= replicas <= 64:
         raise Invalid("replicas: between 0 and 64.")
+    if replicas > deployment.replicas:
+        require_pool_open_to(deployment.owner_team, deployment.pool)  # closed to the team since: no new ones
     before = deployment.snapshot()
     deployment.replicas, deployment.updated_at = replicas, timezone.now()
     deployment.save(update_fields=["replicas", "updated_at"])
@@ -185,6 +224,7 @@ def restart(*, actor: Actor, deployment: Deployment, version: ModelVersion | Non
     before = deployment.snapshot()
     if version is not None and version.pk != deployment.version_id:
         version = _deployable(actor, version)
+        require_usable_by(deployment.owner_team, version)
         if deployment.adapters.exclude(version__base_version=version).exists():
             raise Conflict("Its adapters were trained on the current base; remove them before changing version.")
         deployment.version = version
@@ -208,6 +248,7 @@ def add_adapter(*, actor: Actor, deployment: Deployment, adapter: ModelVersion, 
     gate.require(actor, "deployment.manage", deployment)
     deployment = _locked(deployment)
     adapter = gate.get_visible(actor, ModelVersion, pk=adapter.pk)
+    require_usable_by(deployment.owner_team, adapter, "adapter")
     if adapter.kind != VersionKind.ADAPTER or adapter.base_version_id != deployment.version_id:
         raise Invalid(f"{adapter.label} is not an adapter of {deployment.version.label}.")
     if adapter.status != VersionStatus.READY:
@@ -298,13 +339,28 @@ def _routes(actor: Actor, team: Team, routes: list[dict]) -> list[tuple[Deployme
     return resolved
 
 
+def _fallback(actor: Actor, team: Team, fallback: Endpoint | None) -> Endpoint | None:
+    """The fallback of one of ``team``'s endpoints: an endpoint of the same team. The gateway follows a
+    fallback with the caller's key and bills it to the caller's team, so another team's endpoint (one the
+    actor merely sees, as a viewer there) would hand that team's models to this team's keys."""
+    if fallback is None:
+        return None
+    fallback = gate.get_visible(actor, Endpoint, pk=fallback.pk)
+    if fallback.owner_team_id != team.pk:
+        raise Invalid(
+            f"fallback: {fallback.name} belongs to another team; an endpoint falls back to an endpoint of its "
+            f"own team ({team.name}) only.",
+            fields={"fallback": [f"Choose an endpoint of {team.name}."]},
+        )
+    return fallback
+
+
 @transaction.atomic
 def create_endpoint(*, actor: Actor, name: str, team: Team, routes: list[dict], description: str = "",
                     fallback: Endpoint | None = None) -> Endpoint:
     gate.require(actor, "deployment.manage", team)
     resolved = _routes(actor, team, routes)
-    if fallback is not None:
-        fallback = gate.get_visible(actor, Endpoint, pk=fallback.pk)
+    fallback = _fallback(actor, team, fallback)
     endpoint = Endpoint(name=_check_name(name), owner_team=team, description=description, fallback=fallback)
     try:
         with transaction.atomic():
@@ -323,8 +379,8 @@ def set_routes(*, actor: Actor, endpoint: Endpoint, routes: list[dict], fallback
     gate.require(actor, "deployment.manage", endpoint)
     endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
     resolved = _routes(actor, endpoint.owner_team, routes)
+    fallback = _fallback(actor, endpoint.owner_team, fallback)
     if fallback is not None:
-        fallback = gate.get_visible(actor, Endpoint, pk=fallback.pk)
         chain, current = {endpoint.pk}, fallback
         while current is not None:
             if current.pk in chain:

@@ -22,6 +22,7 @@ from serving import scheduler
 from serving.capacity import pool_capacity
 from serving.choices import NodeState, PoolKind
 from serving.models import ComputePool, Endpoint, Node
+from training import services
 from training.choices import EvalStatus, JobStatus, Method
 from training.lora import Hyperparameters
 from training.models import DatasetVersion, EvalRun, FineTuneJob
@@ -138,6 +139,7 @@ def start_job(
         raise Invalid("base_version: fine-tune a ready base version.")
     target = target_model or base_version.model
     gate.require(actor, "model.register", target)
+    services.require_job_inputs(team=team, base_version=base_version, pool=pool, target_model=target)
     node, gpu_indices = _placement(pool)
     job = FineTuneJob.objects.create(
         owner_team=team,

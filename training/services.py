@@ -29,9 +29,11 @@ from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid
 from portfolio.registry.choices import Health, VersionKind, VersionStatus
 from portfolio.registry.hashing import Manifest
-from portfolio.registry.models import Artifact, ModelVersion
+from portfolio.registry.models import Artifact, Model, ModelVersion
 from portfolio.registry.storage import check_relative_path, materialize, store_directory
 from portfolio.registry.stores import default_store
+from serving import services as serving_services
+from serving.models import ComputePool
 from training import splitting, tokens, validation
 from training.choices import DatasetKind, Split
 from training.models import Dataset, DatasetVersion, dataset_name_validator
@@ -83,6 +85,22 @@ def create_dataset(
     return dataset
 
 
+# --- What a training job of a team may use --------------------------------------------------------
+def require_job_inputs(*, team: Team, base_version: ModelVersion, pool: ComputePool, target_model: Model) -> None:
+    """A fine-tune (or distillation) job belongs to its dataset's team, and what it uses is checked against
+    that team, not only against who starts it (who may belong to several teams): the pool must be open to
+    the team, the base version shared with it, and the result registered under one of the team's models
+    (a model of another team would hand that team a version trained on this team's data)."""
+    serving_services.require_pool_open_to(team, pool)
+    serving_services.require_usable_by(team, base_version, "base_version")
+    if target_model.owner_team_id != team.pk:
+        raise Invalid(
+            f"target_model: {target_model.name} belongs to another team; register the result under a model of "
+            f"{team.name} (the dataset's team).",
+            fields={"target_model": [f"Choose a model of {team.name}."]},
+        )
+
+
 # --- Versions --------------------------------------------------------------------------------------
 def _save_upload(chunks: Iterable[bytes], target: Path) -> int:
     written = 0
@@ -95,11 +113,13 @@ def _save_upload(chunks: Iterable[bytes], target: Path) -> int:
     return written
 
 
-def _tokenizer_version(actor: Actor, base_version: ModelVersion | None) -> ModelVersion | None:
-    """The ready version whose tokenizer measures the rows (an adapter's base), visible to the actor."""
+def _tokenizer_version(actor: Actor, team: Team, base_version: ModelVersion | None) -> ModelVersion | None:
+    """The ready version whose tokenizer measures the rows (an adapter's base): visible to the actor and
+    shared with the dataset's team (the version records it, for that team's viewers to read)."""
     if base_version is None:
         return None
     version = gate.get_visible(actor, ModelVersion, pk=base_version.pk)
+    serving_services.require_usable_by(team, version, "base_version")
     if version.status != VersionStatus.READY:
         raise Invalid(f"base_version: {version.label} is {version.status}; choose a ready version.")
     if version.kind == VersionKind.ADAPTER and version.base_version is not None:
@@ -196,7 +216,7 @@ def upload_version(
     gate.require(actor, "training.run", dataset)
     if not 0 <= eval_fraction <= splitting.MAX_EVAL_FRACTION:
         raise Invalid(f"eval_fraction: Use a fraction from 0 to {splitting.MAX_EVAL_FRACTION}.")
-    tokenizer_version = _tokenizer_version(actor, base_version)
+    tokenizer_version = _tokenizer_version(actor, dataset.owner_team, base_version)
     work_root = Path(settings.DATA_DIR) / "work"
     work_root.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(dir=work_root, prefix="dataset-upload-"))

@@ -169,6 +169,8 @@ def _live_context(actor: Actor, deployment: Deployment) -> dict:
         "poll_seconds": DEPLOYMENT_POLL_SECONDS,
         # Engine logs can carry prompts and paths: only for those who run the deployment.
         "can_see_logs": gate.can(actor, "deployment.manage", deployment),
+        # Where engines listen (host, port) and their pids: for pool managers only.
+        "can_see_addresses": gate.can(actor, "pool.manage"),
     }
 
 

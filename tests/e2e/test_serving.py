@@ -1,7 +1,7 @@
 """Serving end to end with real processes: a Celery node agent starts vLLM (CPU) serving the imported
 SmolLM2 from the artifact store; an adapter is hot-loaded into the running replica and answers under its
-own name; `kill -9` of the engine is followed by an automatic restart. One engine start per run (~1 min on
-two cores), plus the restart."""
+own name; every engine path refuses a caller without the replica's key; `kill -9` of the engine is followed
+by an automatic restart. One engine start per run (~1 min on two cores), plus the restart."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -45,6 +46,41 @@ def _models(replica: Replica) -> set[str]:
                                      headers={"Authorization": f"Bearer {agent.engine_key(replica.pk)}"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return {m["id"] for m in json.loads(response.read())["data"]}
+
+
+def _engine_status(replica: Replica, method: str, path: str, body: dict | None = None,
+                   key: str | None = None) -> tuple[int, bytes]:
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+    request = urllib.request.Request(f"{replica.base_url}{path}", method=method, headers=headers,
+                                     data=json.dumps(body).encode() if body is not None else None)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _every_engine_path_needs_the_key(replica: Replica) -> None:
+    """The paths vLLM's own key check leaves open are refused without the replica's key, and answer with it."""
+    key = agent.engine_key(replica.pk)
+    invocation = {"model": "smol", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    calls = [
+        ("POST", "/invocations", invocation),
+        ("POST", "/tokenize", {"model": "smol", "prompt": "The capital of France"}),
+        ("POST", "/detokenize", {"model": "smol", "tokens": [504, 3575]}),
+        ("GET", "/metrics", None),
+        ("GET", "/health", None),
+        ("GET", "/v1/models", None),
+    ]
+    for method, path, body in calls:
+        for wrong in (None, "not-the-key", agent.engine_key(replica.pk + 1)):
+            status, answer = _engine_status(replica, method, path, body, wrong)
+            assert status == 401, f"{method} {path} answered {status} with key {wrong!r}: {answer[:200]!r}"
+        status, answer = _engine_status(replica, method, path, body, key)
+        assert status == 200, f"{method} {path} answered {status} with the key: {answer[:300]!r}"
+    assert b"vllm:" in _engine_status(replica, "GET", "/metrics", key=key)[1]
+    assert json.loads(_engine_status(replica, "POST", "/tokenize", calls[1][2], key)[1])["tokens"]
+    assert json.loads(_engine_status(replica, "POST", "/invocations", invocation, key)[1])["choices"]
 
 
 def _gateway_round_trip(admin, team, tmp_path, then=None) -> None:
@@ -175,6 +211,8 @@ def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(org
     assert answer["usage"]["completion_tokens"] > 0
     deployment.refresh_from_db()
     assert deployment.status == DeploymentStatus.RUNNING
+    # Only the key holders (the gateway, this agent) reach the engine, on any path.
+    _every_engine_path_needs_the_key(replica)
 
     # An adapter of the base, registered through the importer, hot-loaded without a restart.
     adapter_dir = make_adapter(materialize_version(base), settings.IMPORT_ROOTS[0] / "support-adapter")

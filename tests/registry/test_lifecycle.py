@@ -54,10 +54,19 @@ def test_a_version_holding_an_alias_cannot_be_archived(org, versions):
         services.archive_version(actor=actor_for(org["owner"]), version=versions[0])
 
 
-def test_a_version_in_use_by_a_deployment_cannot_be_archived(org, versions, monkeypatch):
-    monkeypatch.setattr(services, "VERSION_IN_USE_CHECKS", [lambda v: "deployed as support-bot"])
-    with pytest.raises(Conflict, match="deployed as support-bot"):
+def test_a_version_in_use_by_a_deployment_cannot_be_archived(org, team, versions):
+    # A real deployment row, asked about through the check serving registers (serving/apps.py): no stub.
+    from serving.models import ComputePool, Deployment
+
+    pool = ComputePool.objects.create(name="cpu-pool", kind="cpu")
+    deployment = Deployment.objects.create(name="support-bot", owner_team=team, version=versions[1], pool=pool,
+                                           replicas=0)
+    with pytest.raises(Conflict, match="it is deployed by support-bot"):
         services.archive_version(actor=actor_for(org["owner"]), version=versions[1])
+    versions[1].refresh_from_db()
+    assert versions[1].status == VersionStatus.READY
+    deployment.delete()
+    assert services.archive_version(actor=actor_for(org["owner"]), version=versions[1]).status == VersionStatus.ARCHIVED
 
 
 def test_archiving_is_audited(org, versions):

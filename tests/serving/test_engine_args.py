@@ -161,6 +161,14 @@ def test_the_engine_key_is_in_the_environment_and_never_on_the_command_line():
     assert not any(SECRET in part for part in started.argv)
 
 
+def test_every_engine_loads_the_key_guard_from_the_folder_on_its_python_path():
+    # vLLM's own key check leaves /invocations, /tokenize, /metrics... open: the guard closes every path.
+    for started in (launch(PoolKind.CPU), launch(PoolKind.GPU, gpu_indices=[0]), launch(PoolKind.CPU, task="embedding")):
+        assert value_after(started.argv, "--middleware") == "portfolio_engine_guard.RequireEngineKey"
+        assert started.env["PYTHONPATH"] == str(engine_args.GUARD_DIR)
+    assert (engine_args.GUARD_DIR / "portfolio_engine_guard.py").is_file()
+
+
 def test_lora_flags_are_absent_unless_lora_is_enabled_or_adapters_are_served():
     started = launch(PoolKind.CPU)
     assert "--enable-lora" not in started.argv and "--lora-modules" not in started.argv

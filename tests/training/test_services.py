@@ -244,3 +244,88 @@ def test_a_better_scoring_candidate_is_promoted_without_ceremony(org, team):
     _, new = _scored_versions(org, team, 0.6, 0.9)
     registry_services.promote(actor=actor_for(org["engineer"]), version=new, alias="production")
     assert Alias.objects.get(name="production").version == new
+
+
+# --- Isolation: what a team's job uses is checked against the team, not only the person ------------
+@pytest.fixture
+def member_of_both(make_user, team, other_team):
+    """An engineer of both teams: sees the other team's private models and pools, which this team may not use."""
+    from portfolio.accounts.models import Membership
+
+    user = make_user("both")
+    Membership.objects.create(user=user, team=team, role="engineer")
+    Membership.objects.create(user=user, team=other_team, role="engineer")
+    return actor_for(user)
+
+
+@pytest.fixture
+def their_base(org, other_team, base):
+    """A ready base version of the other team's own (team-visible) model."""
+    from portfolio.registry import services as registry
+    from portfolio.registry.models import ModelVersion
+
+    model = registry.create_model(actor=actor_for(org["outsider"]), name="contracts-base", owner_team=other_team)
+    return ModelVersion.objects.create(model=model, number=1, kind=base.kind, source=base.source,
+                                       artifact=base.artifact, status=base.status)
+
+
+def start(actor, base_version, dataset_version, pool, **options):
+    from training import finetune
+
+    return finetune.start_job(actor=actor, base_version=base_version, dataset_version=dataset_version, pool=pool,
+                              **options)
+
+
+def test_a_member_of_two_teams_cannot_fine_tune_the_other_teams_private_model_for_this_team(
+    member_of_both, their_base, dataset_version, cpu_pool, enqueued
+):
+    from portfolio.registry import services as registry
+    from portfolio.registry.choices import Visibility
+    from training.models import FineTuneJob
+
+    ours = registry.create_model(actor=member_of_both, name="support-router", owner_team=dataset_version.dataset.owner_team)
+    with pytest.raises(Invalid, match=r"base_version: contracts-base:v1 is not shared with Support AI") as refused:
+        start(member_of_both, their_base, dataset_version, cpu_pool, target_model=ours)
+    assert refused.value.fields == {"base_version": ["Not shared with Support AI."]}
+    assert not FineTuneJob.objects.exists() and not enqueued
+    their_base.model.visibility = Visibility.ORGANISATION
+    their_base.model.save(update_fields=["visibility"])
+    job = start(member_of_both, their_base, dataset_version, cpu_pool, target_model=ours)
+    assert (job.owner_team, job.base_version) == (dataset_version.dataset.owner_team, their_base)
+
+
+def test_a_job_runs_only_on_a_pool_open_to_its_team_whoever_starts_it(
+    org, member_of_both, other_team, base, dataset_version, enqueued
+):
+    from django.utils import timezone
+
+    from serving.models import ComputePool, Node
+    from training.models import FineTuneJob
+
+    theirs_only = ComputePool.objects.create(name="contracts-cpu", kind="cpu")
+    theirs_only.allowed_teams.set([other_team])
+    Node.objects.create(name="contracts-node", pool=theirs_only, address="127.0.0.1", cpu_cores=4,
+                        memory_bytes=2**34, heartbeat_at=timezone.now())
+    for actor in (member_of_both, actor_for(org["admin"])):
+        with pytest.raises(Invalid, match=r"pool: contracts-cpu is not open to Support AI"):
+            start(actor, base, dataset_version, theirs_only)
+    assert not FineTuneJob.objects.exists() and not enqueued
+
+
+def test_the_result_of_a_job_is_registered_under_a_model_of_its_team_only(
+    org, member_of_both, other_team, base, dataset_version, cpu_pool, enqueued
+):
+    from portfolio.registry import services as registry
+
+    theirs = registry.create_model(actor=actor_for(org["outsider"]), name="contracts-router", owner_team=other_team)
+    with pytest.raises(Invalid, match=r"target_model: contracts-router belongs to another team") as refused:
+        start(member_of_both, base, dataset_version, cpu_pool, target_model=theirs)
+    assert refused.value.fields == {"target_model": ["Choose a model of Support AI."]}
+    assert not enqueued
+    assert start(member_of_both, base, dataset_version, cpu_pool).target_model == base.model
+
+
+def test_a_dataset_is_measured_only_with_a_tokenizer_shared_with_its_team(member_of_both, chat_set, their_base):
+    with pytest.raises(Invalid, match=r"base_version: contracts-base:v1 is not shared with Support AI"):
+        upload(member_of_both, chat_set, jsonl(*tickets(10)), base_version=their_base)
+    assert not DatasetVersion.objects.exists()

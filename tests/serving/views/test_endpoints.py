@@ -92,3 +92,58 @@ def test_an_outsider_sees_no_endpoint_of_another_team(signed_in, org, endpoint):
     client = signed_in(org["outsider"])
     assert b"support-bot" not in client.get(reverse("endpoint-list")).content
     assert client.get(reverse("endpoint-detail", args=[endpoint.name])).status_code == 404
+
+
+@pytest.fixture
+def their_endpoint(org, other_team, artifact, pool, node):
+    """An endpoint of the other team, on a deployment of its own private model."""
+    from portfolio.registry import services as registry
+    from tests.conftest import actor_for
+    from tests.serving.views.conftest import make_version
+
+    outsider = actor_for(org["outsider"])
+    model = registry.create_model(actor=outsider, name="contracts-base", owner_team=other_team)
+    services.create_deployment(actor=outsider, name="contracts-bot", team=other_team,
+                               version=make_version(model, artifact), pool=pool, replicas=0)
+    return services.create_endpoint(actor=outsider, name="contracts", team=other_team,
+                                    routes=[{"deployment": "contracts-bot"}])
+
+
+@pytest.fixture
+def engineer_viewing_theirs(org, other_team):
+    """The issue's user: an engineer of the endpoint's team, and a viewer of the other team."""
+    from portfolio.accounts.models import Membership
+
+    Membership.objects.create(user=org["engineer"], team=other_team, role="viewer")
+    return org["engineer"]
+
+
+def test_the_route_editor_offers_only_the_teams_own_endpoints_as_fallback(
+    signed_in, engineer_viewing_theirs, owner, team, endpoint, their_endpoint
+):
+    services.create_endpoint(actor=owner, name="support-backup", team=team, routes=[{"deployment": "support-bot"}])
+    client = signed_in(engineer_viewing_theirs)
+    page = client.get(reverse("endpoint-detail", args=[endpoint.name])).content.decode()
+    assert f'<option value="{Endpoint.objects.get(name="support-backup").pk}">support-backup</option>' in page
+    assert f'value="{their_endpoint.pk}"' not in page
+
+    response = client.post(
+        reverse("endpoint-routes", args=[endpoint.name]),
+        routes_data(("support-bot", "", 100), fallback=their_endpoint.pk),
+    )
+    assert response.status_code == 200
+    assert "Select a valid choice" in response.content.decode()
+    endpoint.refresh_from_db()
+    assert endpoint.fallback is None
+
+
+def test_the_new_endpoint_form_refuses_another_teams_fallback(
+    signed_in, engineer_viewing_theirs, team, deployment, their_endpoint
+):
+    response = signed_in(engineer_viewing_theirs).post(
+        reverse("endpoint-create"),
+        {"name": "support", "team": team.pk, "fallback": their_endpoint.pk} | routes_data(("support-bot", "", 100)),
+    )
+    assert response.status_code == 200
+    assert "Select a valid choice" in response.content.decode()
+    assert not Endpoint.objects.filter(name="support").exists()

@@ -34,6 +34,15 @@ def test_the_pools_page_shows_each_nodes_reserved_capacity(signed_in, org, deplo
     assert 'hx-trigger="every 5s"' in page
 
 
+def test_a_nodes_address_is_shown_to_pool_managers_only(signed_in, org, node):
+    Node.objects.filter(pk=node.pk).update(address="10.9.8.7")
+    for role in ("owner", "engineer", "viewer", "auditor"):
+        for fragment in ({}, HTMX):
+            page = signed_in(org[role]).get(reverse("pool-list"), **fragment).content.decode()
+            assert "cpu-01" in page and "10.9.8.7" not in page, role
+    assert "10.9.8.7" in signed_in(org["admin"]).get(reverse("pool-list")).content.decode()
+
+
 def test_the_pools_page_refresh_answers_only_the_pools_section(signed_in, org, node):
     response = signed_in(org["viewer"]).get(reverse("pool-list"), **HTMX)
     assert response.status_code == 200

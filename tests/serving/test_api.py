@@ -1,0 +1,96 @@
+"""The serving REST API on isolation: where engines listen is shown to pool managers only; a fallback of
+another team and what a team may not use are refused in the API's error shape."""
+
+from __future__ import annotations
+
+import pytest
+
+from portfolio.accounts.models import Membership
+from portfolio.registry import services as registry
+from serving import services
+from serving.choices import PoolKind
+from serving.models import Endpoint
+from tests.conftest import actor_for
+from tests.serving.views.conftest import add_node, add_replica, make_version
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def world(org, team, other_team):
+    """A deployment of the team with one replica on a node; the other team's endpoint on its own model."""
+    from portfolio.registry.models import Artifact
+
+    admin, outsider = actor_for(org["admin"]), actor_for(org["outsider"])
+    pool = services.create_pool(actor=admin, name="cpu-pool", kind=PoolKind.CPU)
+    node = add_node(pool)
+    node.address = "10.1.2.3"
+    node.save(update_fields=["address"])
+    artifact = Artifact.objects.create(id="a" * 64, store_uri="file:///a", size_bytes=1, file_count=1, files=[])
+    ours = registry.create_model(actor=actor_for(org["engineer"]), name="smollm2", owner_team=team)
+    deployment = services.create_deployment(actor=admin, name="support-bot", team=team,
+                                            version=make_version(ours, artifact), pool=pool, replicas=1)
+    add_replica(deployment, node, host="10.1.2.3", port=8101, pid=4242)
+    services.create_endpoint(actor=admin, name="support", team=team, routes=[{"deployment": "support-bot"}])
+    theirs = registry.create_model(actor=outsider, name="contracts-base", owner_team=other_team)
+    services.create_deployment(actor=outsider, name="contracts-bot", team=other_team,
+                               version=make_version(theirs, artifact), pool=pool, replicas=0)
+    services.create_endpoint(actor=outsider, name="contracts", team=other_team,
+                             routes=[{"deployment": "contracts-bot"}])
+    return {"pool": pool, "theirs": theirs.versions.get()}
+
+
+@pytest.mark.parametrize("role", ["owner", "engineer", "developer", "viewer", "auditor"])
+def test_team_members_do_not_see_where_a_replica_listens(client, org, world, role):
+    client.force_login(org[role])
+    (replica,) = client.get("/api/v1/deployments/support-bot").json()["replica_set"]
+    assert (replica["host"], replica["port"], replica["pid"]) == (None, None, None)
+    assert replica["state"] == "ready" and replica["node"] == "cpu-01"
+    (node,) = client.get("/api/v1/nodes").json()["items"]
+    assert node["address"] is None and node["name"] == "cpu-01"
+
+
+def test_a_pool_manager_sees_where_a_replica_listens(client, org, world):
+    client.force_login(org["admin"])
+    (replica,) = client.get("/api/v1/deployments/support-bot").json()["replica_set"]
+    assert (replica["host"], replica["port"], replica["pid"]) == ("10.1.2.3", 8101, 4242)
+    assert client.get("/api/v1/nodes").json()["items"][0]["address"] == "10.1.2.3"
+
+
+def test_another_teams_endpoint_as_fallback_is_refused_in_the_apis_error_shape(client, org, team, other_team, world):
+    # The issue's repro: an engineer of the team who only views the other team.
+    Membership.objects.create(user=org["engineer"], team=other_team, role="viewer")
+    client.force_login(org["engineer"])
+    response = client.put("/api/v1/endpoints/support/routes", {"routes": [{"deployment": "support-bot"}],
+                                                                 "fallback": "contracts"},
+                          content_type="application/json")
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["code"] == "invalid" and error["fields"] == {"fallback": ["Choose an endpoint of Support AI."]}
+    assert "contracts belongs to another team" in error["message"] and error["request_id"]
+    assert Endpoint.objects.get(name="support").fallback is None
+    response = client.post("/api/v1/endpoints", {"name": "support-2", "team_id": team.pk, "fallback": "contracts",
+                                                 "routes": [{"deployment": "support-bot"}]},
+                           content_type="application/json")
+    assert response.status_code == 400 and "fallback" in response.json()["error"]["fields"]
+    assert not Endpoint.objects.filter(name="support-2").exists()
+
+
+def test_a_deployment_refused_for_its_team_answers_400_naming_the_field(client, org, team, other_team, world):
+    Membership.objects.create(user=org["engineer"], team=other_team, role="engineer")
+    client.force_login(org["engineer"])
+    theirs_only = services.create_pool(actor=actor_for(org["admin"]), name="contracts-pool", kind=PoolKind.CPU,
+                                       teams=[other_team])
+    add_node(theirs_only, "contracts-01")
+    mine = Endpoint.objects.get(name="support").routes.get().deployment.version_id
+    response = client.post("/api/v1/deployments", {"name": "new-bot", "team_id": team.pk, "version_id": mine,
+                                                   "pool": theirs_only.name, "replicas": 0},
+                           content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["fields"] == {"pool": ["Not open to Support AI."]}
+    response = client.post("/api/v1/deployments", {"name": "new-bot", "team_id": team.pk,
+                                                   "version_id": world["theirs"].pk, "pool": "cpu-pool",
+                                                   "replicas": 0},
+                           content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["fields"] == {"version": ["Not shared with Support AI."]}
