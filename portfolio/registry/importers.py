@@ -16,7 +16,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from portfolio.registry import safety
+from portfolio.registry import chat_templates, safety
 from portfolio.registry.choices import Source
 from portfolio.registry.models import ModelVersion
 
@@ -32,6 +32,19 @@ class ImportFailed(Exception):
 
 
 def fetch(version: ModelVersion, workdir: Path, report: Report) -> Path:
+    folder = _fetch_source(version, workdir, report)
+    template = version.import_options.get("chat_template")
+    if template:
+        # Written into this import's own copy: a server folder is the engineer's, not ours to change.
+        if workdir.resolve() not in folder.resolve().parents:
+            copy = workdir / "with-chat-template"
+            _link_tree(folder, copy)
+            folder = copy
+        chat_templates.write_into(folder, template)
+    return folder
+
+
+def _fetch_source(version: ModelVersion, workdir: Path, report: Report) -> Path:
     source = version.source
     if source == Source.HUB:
         return fetch_hub(version, workdir, report)
