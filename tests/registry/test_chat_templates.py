@@ -108,6 +108,8 @@ def test_a_gguf_without_a_chat_template_imports_saying_so_on_the_page_the_api_an
     assert "This version has no chat template." in page and "/v1/chat/completions" in page
     assert reverse("version-chat-template", args=["gemma-like", 1]) not in page, "a viewer gets no form"
 
+    assert "no chat template" in client.get(reverse("model-detail", args=["gemma-like"])).content.decode()
+
     client.force_login(org["engineer"])
     page = client.get(reverse("version-detail", args=["gemma-like", 1])).content.decode()
     assert reverse("version-chat-template", args=["gemma-like", 1]) in page
