@@ -16,6 +16,10 @@ from pathlib import Path
 
 from portfolio.registry import gguf_tokenizer
 
+# Part of the conversion cache's key: bump it when the converter's output changes, so that no import
+# reuses a folder an older converter wrote (2: the tokenizer keeps the file's flags, BOS included).
+CONVERTER_VERSION = 2
+
 
 def convert_tokenizer(gguf_path: Path, out_dir: Path) -> gguf_tokenizer.TokenizerFlags:
     """Save the GGUF's tokenizer, with its flags, as a transformers tokenizer folder."""

@@ -138,8 +138,11 @@ def convert_gguf(gguf: Path, workdir: Path, report: Report) -> Path:
     if not gguf.is_file() or gguf.suffix != ".gguf":
         raise ImportFailed(f"{gguf.name} is not a .gguf file.")
     out = workdir / "converted"
-    # The same GGUF converts to the same files: keep one conversion per content hash on this machine.
-    cached = Path(settings.GGUF_CONVERSION_CACHE) / sha256_file(gguf)
+    from portfolio.registry.gguf_convert import CONVERTER_VERSION
+
+    # The same GGUF converts to the same files: keep one conversion per content hash (and converter
+    # version: an older converter's output must not be reused) on this machine.
+    cached = Path(settings.GGUF_CONVERSION_CACHE) / f"{sha256_file(gguf)}-v{CONVERTER_VERSION}"
     if (cached / ".complete").exists():
         report(40, f"reusing the conversion of {gguf.name}")
         _link_tree(cached, out)
