@@ -59,7 +59,11 @@ def validate(template: str) -> str:
 
     if not isinstance(template, str) or not template.strip():
         raise Invalid("chat_template: Give the template's text.", fields={"chat_template": ["Required."]})
-    size = len(template.encode("utf-8", errors="replace"))
+    try:
+        size = len(template.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON): no file or database takes it
+        message = "The template is not valid Unicode text."
+        raise Invalid(f"chat_template: {message}", fields={"chat_template": [message]}) from None
     if size > MAX_CHAT_TEMPLATE_BYTES:
         message = f"At most {MAX_CHAT_TEMPLATE_BYTES} bytes (this one has {size})."
         raise Invalid(f"chat_template: {message}", fields={"chat_template": [message]})

@@ -230,9 +230,11 @@ def test_only_owners_and_engineers_give_a_template_others_are_refused(org, model
         ("é" * 40_000, 400, f"At most {chat_templates.MAX_CHAT_TEMPLATE_BYTES} bytes"),
         ("x" * (chat_templates.MAX_CHAT_TEMPLATE_BYTES + 1), 422, "chat_template"),
         ("{{ messages }}\x00", 400, "NUL"),
+        ("{{ messages }}\ud800", 422, "chat_template"),
         ("   ", 400, "Give the template"),
     ],
-    ids=["unclosed-block", "unknown-filter", "syntax", "too-many-bytes", "too-long", "nul", "blank"],
+    ids=["unclosed-block", "unknown-filter", "syntax", "too-many-bytes", "too-long", "nul", "lone-surrogate",
+         "blank"],
 )
 def test_a_template_engines_cannot_compile_is_refused_and_nothing_is_made(
     org, model, settings, client, template, status, says,
@@ -265,6 +267,11 @@ def test_a_template_engines_cannot_compile_is_refused_and_nothing_is_made(
 )
 def test_templates_using_what_transformers_adds_to_jinja_are_accepted(template):
     assert chat_templates.validate(template) == template
+
+
+def test_text_no_file_or_database_can_hold_is_refused_before_the_api_schema_too():
+    with pytest.raises(Invalid, match="not valid Unicode"):
+        chat_templates.validate("{{ messages }}\ud800")
 
 
 def test_an_adapter_has_a_chat_template_exactly_when_its_base_has_one(org, model, settings):
