@@ -83,6 +83,7 @@ UI_ROUTES: dict[str, Rule] = {
     "version-promote": ui("team", "model.promote", "POST", alias="staging"),
     "version-archive": ui("team", "model.register", "POST"),
     "version-verify": ui("team", "model.register", "POST"),
+    "version-chat-template": ui("team", "model.register", "POST", chat_template="{% for m in messages %}{% endfor %}"),
 }
 
 API_ROUTES: dict[str, Rule] = {
@@ -119,6 +120,8 @@ API_ROUTES: dict[str, Rule] = {
     "POST /models/{name}/versions/{number}/archive": rest("team", "model.register", "POST"),
     "GET /models/{name}/versions/{number}/files/{path:path}": rest("team", "model.view"),
     "POST /models/{name}/versions/{number}/verify": rest("team", "model.register", "POST"),
+    "POST /models/{name}/versions/{number}/chat-template": rest("team", "model.register", "POST",
+                                                                chat_template="{% for m in messages %}{% endfor %}"),
     "GET /models/{name}/lineage": rest("team", "model.view"),
     "GET /models/{name}/compare": rest("team", "model.view", a="1", b="1"),
     # Serving
@@ -306,6 +309,7 @@ def _ui_url(name: str, values: dict, own_token_pk: int | None) -> str:
                 "version-promote",
                 "version-archive",
                 "version-verify",
+                "version-chat-template",
             )
         },
     }

@@ -13,7 +13,7 @@ from pydantic import Field
 from portfolio.accounts import gate
 from portfolio.accounts.models import Team
 from portfolio.errors import Invalid, NotFound
-from portfolio.registry import lineage, services
+from portfolio.registry import chat_templates, lineage, services
 from portfolio.registry.choices import Source, Task, VersionStatus, Visibility
 from portfolio.registry.models import Model, ModelVersion
 from portfolio.registry.storage import CorruptArtifact, check_relative_path
@@ -104,6 +104,15 @@ class ImportIn(Schema):
     allow_pickle: bool = False
     trust_remote_code: bool = False
     model_card: str = ""
+    chat_template: str = Field(
+        "", max_length=chat_templates.MAX_CHAT_TEMPLATE_BYTES,
+        description="A Jinja chat template written into the imported tokenizer (for files without one)",
+    )
+
+
+class ChatTemplateIn(Schema):
+    chat_template: str = Field(min_length=1, max_length=chat_templates.MAX_CHAT_TEMPLATE_BYTES,
+                               description="A Jinja chat template, as transformers reads it")
 
 
 class PromoteIn(Schema):
@@ -186,6 +195,7 @@ def start_import(request, name: str, payload: ImportIn):
     version = services.start_import(
         actor=request.auth, model=model, source=payload.source, ref=payload.ref, base_version=base,
         allow_pickle=payload.allow_pickle, trust_remote_code=payload.trust_remote_code, model_card=payload.model_card,
+        chat_template=payload.chat_template,
     )
     return Status(202, version)
 
@@ -213,6 +223,15 @@ def promote(request, name: str, number: int, payload: PromoteIn):
     version = _version(request, name, number)
     services.promote(actor=request.auth, version=version, alias=payload.alias, force_reason=payload.force_reason)
     return version.model
+
+
+@router.post("/models/{name}/versions/{number}/chat-template", response={201: VersionOut})
+def set_chat_template(request, name: str, number: int, payload: ChatTemplateIn):
+    """Give a version a chat template: a new version with the same weights and this template in its
+    tokenizer, derived from this one. Chat calls are refused for versions without a template."""
+    version = _version(request, name, number)
+    return Status(201, services.set_chat_template(actor=request.auth, version=version,
+                                                  chat_template=payload.chat_template))
 
 
 @router.post("/models/{name}/versions/{number}/archive", response=VersionOut)

@@ -29,6 +29,7 @@ class Source(models.TextChoices):
     UPLOAD = "upload", "Upload"
     FINE_TUNE = "fine_tune", "Fine-tune"
     DISTILLATION = "distillation", "Distillation"
+    DERIVED = "derived", "Derived from another version"
 
 
 class VersionStatus(models.TextChoices):

@@ -9,6 +9,7 @@ from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.formerrors import show_refusal
+from portfolio.registry.chat_templates import MAX_CHAT_TEMPLATE_BYTES
 from portfolio.registry.choices import Source, Task, VersionKind, VersionStatus, Visibility
 from portfolio.registry.models import Alias, Model, ModelVersion
 
@@ -186,6 +187,17 @@ class ImportForm(forms.Form):
         required=False,
         help_text="Lets the model's own Python code run in the engines. Only for sources you trust.",
     )
+    chat_template = forms.CharField(
+        label="Chat template (optional)",
+        required=False,
+        strip=False,
+        max_length=MAX_CHAT_TEMPLATE_BYTES,
+        help_text=(
+            "A Jinja chat template for files that have none (many GGUF files and base models): chat calls to a "
+            "version without one are refused. Written into the imported tokenizer; base versions only."
+        ),
+        widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false"}),
+    )
 
     def __init__(self, *args, actor: Actor, **kwargs):
         super().__init__(*args, **kwargs)
@@ -240,6 +252,19 @@ class PromoteForm(forms.Form):
 
     def clean_alias(self):
         return self.cleaned_data["alias"].strip().lower()
+
+
+class ChatTemplateForm(forms.Form):
+    chat_template = forms.CharField(
+        label="Chat template",
+        strip=False,
+        max_length=MAX_CHAT_TEMPLATE_BYTES,
+        help_text=(
+            "Jinja, as transformers reads it (e.g. the template of the model's instruction-tuned sibling). "
+            "Creates a new version with the same weights and this template; this version stays as it is."
+        ),
+        widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false"}),
+    )
 
 
 class CompareForm(forms.Form):

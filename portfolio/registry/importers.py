@@ -16,7 +16,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from portfolio.registry import safety
+from portfolio.registry import chat_templates, safety
 from portfolio.registry.choices import Source
 from portfolio.registry.models import ModelVersion
 
@@ -32,6 +32,19 @@ class ImportFailed(Exception):
 
 
 def fetch(version: ModelVersion, workdir: Path, report: Report) -> Path:
+    folder = _fetch_source(version, workdir, report)
+    template = version.import_options.get("chat_template")
+    if template:
+        # Written into this import's own copy: a server folder is the engineer's, not ours to change.
+        if workdir.resolve() not in folder.resolve().parents:
+            copy = workdir / "with-chat-template"
+            _link_tree(folder, copy)
+            folder = copy
+        chat_templates.write_into(folder, template)
+    return folder
+
+
+def _fetch_source(version: ModelVersion, workdir: Path, report: Report) -> Path:
     source = version.source
     if source == Source.HUB:
         return fetch_hub(version, workdir, report)
@@ -125,8 +138,11 @@ def convert_gguf(gguf: Path, workdir: Path, report: Report) -> Path:
     if not gguf.is_file() or gguf.suffix != ".gguf":
         raise ImportFailed(f"{gguf.name} is not a .gguf file.")
     out = workdir / "converted"
-    # The same GGUF converts to the same files: keep one conversion per content hash on this machine.
-    cached = Path(settings.GGUF_CONVERSION_CACHE) / sha256_file(gguf)
+    from portfolio.registry.gguf_convert import CONVERTER_VERSION
+
+    # The same GGUF converts to the same files: keep one conversion per content hash (and converter
+    # version: an older converter's output must not be reused) on this machine.
+    cached = Path(settings.GGUF_CONVERSION_CACHE) / f"{sha256_file(gguf)}-v{CONVERTER_VERSION}"
     if (cached / ".complete").exists():
         report(40, f"reusing the conversion of {gguf.name}")
         _link_tree(cached, out)

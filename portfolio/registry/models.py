@@ -118,7 +118,10 @@ class ModelVersion(models.Model):
     context_length = models.PositiveIntegerField(null=True, blank=True)
     dtype = models.CharField(max_length=30, blank=True)
     quantization = models.CharField(max_length=40, blank=True)
-    has_chat_template = models.BooleanField(default=False)
+    # Set from the files at every import (adapters: from their base, whose tokenizer serves them). Without
+    # a template engines refuse chat calls, so the gateway refuses them first. The default only applies to
+    # rows no import inspected (created directly, as test fixtures do).
+    has_chat_template = models.BooleanField(default=True)
     shape = models.JSONField(default=dict, blank=True, help_text="Layers, heads, hidden size: for memory estimates")
     metrics = models.JSONField(default=dict, blank=True)
     model_card = models.TextField(blank=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -16,7 +17,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Forbidden, Invalid
-from portfolio.registry import cards, importers, safety
+from portfolio.registry import cards, chat_templates, importers, safety
 from portfolio.registry.choices import Health, Source, Task, VersionKind, VersionStatus, Visibility
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.inspection import ModelFacts
@@ -29,12 +30,17 @@ from portfolio.registry.models import (
     model_name_validator,
 )
 
+logger = logging.getLogger(__name__)
+
 # Other apps register "is this version in use?" checks (serving: deployments), each returning a reason.
 VERSION_IN_USE_CHECKS: list[Callable[[ModelVersion], str | None]] = []
 IMPORTABLE_SOURCES = (Source.HUB, Source.LOCAL, Source.GGUF, Source.UPLOAD)
 # Model names that would collide with UI routes under /models/.
 RESERVED_MODEL_NAMES = frozenset({"new"})
 MAX_TAGS, MAX_TAG_LENGTH = 20, 40
+# The import's last progress line when the files have no chat template: what it means, where it shows.
+NO_CHAT_TEMPLATE = ("ready, without a chat template: chat calls are refused (completions work) until a version "
+                    "with one is made")
 
 
 def _clean_tags(tags: list[str]) -> list[str]:
@@ -129,10 +135,11 @@ def _next_number(model: Model) -> int:
 def start_import(
     *, actor: Actor, model: Model, source: str, ref: str, base_version: ModelVersion | None = None,
     allow_pickle: bool = False, trust_remote_code: bool = False, upload_path: Path | None = None,
-    model_card: str = "", enqueue: bool = True,
+    model_card: str = "", chat_template: str = "", enqueue: bool = True,
 ) -> ModelVersion:
     """Register a version in ``importing`` state and queue its import on the control queue
-    (``enqueue=False`` when the caller runs the import itself)."""
+    (``enqueue=False`` when the caller runs the import itself). A ``chat_template`` given here is written
+    into the imported tokenizer (for files that have none, or the wrong one)."""
     gate.require(actor, "model.register", model)
     if source not in IMPORTABLE_SOURCES:
         raise Invalid(f"source: imports come from {', '.join(IMPORTABLE_SOURCES)}.")
@@ -158,15 +165,25 @@ def start_import(
         kind = VersionKind.ADAPTER
     elif source == Source.UPLOAD:
         raise Invalid("base_version: Say which base version the adapter was trained on.")
+    if chat_template.strip():
+        chat_template = chat_templates.validate(chat_template)
+        if kind == VersionKind.ADAPTER:
+            raise Invalid("chat_template: An adapter is served with its base version's tokenizer and template; "
+                          "set the template on the base version.")
     options: dict[str, object] = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
     if upload_path is not None:
         options["upload_path"] = str(upload_path)
+    if chat_template.strip():
+        options["chat_template"] = chat_template
     version = ModelVersion.objects.create(
         model=model, number=_next_number(model), kind=kind, base_version=base_version, source=source,
         source_ref=ref[:500], import_options=options, status=VersionStatus.IMPORTING, model_card=model_card,
         created_by=actor.user, heartbeat_at=timezone.now(), progress_detail="queued",
     )
-    audit.record(actor, "model_version.import", version, after={**version.snapshot(), "options": options})
+    audited = dict(options)
+    if "chat_template" in audited:
+        audited["chat_template"] = chat_templates.fingerprint(chat_template)  # the text is in the files
+    audit.record(actor, "model_version.import", version, after={**version.snapshot(), "options": audited})
     from portfolio.registry.tasks import import_version
 
     if enqueue:
@@ -221,20 +238,84 @@ def complete_import(version_id: int, manifest: Manifest, facts: ModelFacts, stor
     version.context_length = facts.context_length
     version.dtype = facts.dtype
     version.quantization = facts.quantization
-    version.has_chat_template = facts.has_chat_template
+    # vLLM renders an adapter's chats with its base's tokenizer: the base's template is the adapter's.
+    base = version.base_version
+    version.has_chat_template = base.has_chat_template if base is not None else facts.has_chat_template
     version.shape = facts.shape
     if facts.adapter:
         version.metrics = {**version.metrics, "adapter": facts.adapter}
     if not version.model_card:
         version.model_card = facts.model_card or cards.generated_card(version)
     version.status, version.progress, version.progress_detail = VersionStatus.READY, 100, "ready"
+    if not version.has_chat_template:
+        version.progress_detail = NO_CHAT_TEMPLATE
+        logger.warning("%s imported without a chat template: chat calls to it will be refused", version.label)
     version.ready_at = timezone.now()
     version.save(update_fields=[
         "artifact", "format", "architecture", "parameter_count", "context_length", "dtype", "quantization",
         "has_chat_template", "shape", "metrics", "model_card", "status", "progress", "progress_detail", "ready_at",
     ])
-    audit.record(Actor.for_system("registry.import"), "model_version.ready", version, after=version.snapshot())
+    audit.record(Actor.for_system("registry.import"), "model_version.ready", version,
+                 after={**version.snapshot(), "has_chat_template": version.has_chat_template})
     return version
+
+
+def set_chat_template(*, actor: Actor, version: ModelVersion, chat_template: str) -> ModelVersion:
+    """A new version of ``version``'s model with the same files but ``chat_template`` in the tokenizer,
+    derived from it (lineage), ready at once. Versions are immutable, so the template never changes
+    ``version`` itself; its deployments and aliases move to the new one only when someone moves them.
+
+    Only the rewritten tokenizer_config.json is stored anew (the weights are shared blobs), so this runs
+    in the request. The audit row keeps the template's digest; the text is in the new version's files."""
+    from portfolio.registry.storage import CorruptArtifact
+    from portfolio.registry.stores import default_store
+
+    gate.require(actor, "model.register", version.model)
+    chat_template = chat_templates.validate(chat_template)
+    if version.kind != VersionKind.BASE:
+        raise Invalid("chat_template: An adapter is served with its base version's tokenizer and template; "
+                      "set the template on the base version and import the adapter on the new one.")
+    if version.status != VersionStatus.READY or version.artifact is None:
+        raise Conflict(f"{version.label} is {version.status}; a chat template is set on a ready version only.")
+    store = default_store()
+    try:
+        manifest = chat_templates.derive_manifest(store, version.artifact.manifest(), chat_template)
+    except CorruptArtifact as exc:
+        raise Conflict(f"{version.label}'s stored files are damaged ({exc}); verify it and import it again.") from None
+    return _register_derived(actor, version, manifest, store.uri(manifest.artifact_id), chat_template)
+
+
+@transaction.atomic
+def _register_derived(actor: Actor, version: ModelVersion, manifest: Manifest, store_uri: str,
+                      chat_template: str) -> ModelVersion:
+    parent = ModelVersion.objects.select_for_update().select_related("model__owner_team").get(pk=version.pk)
+    if parent.status != VersionStatus.READY:
+        raise Conflict(f"{parent.label} is {parent.status}; a chat template is set on a ready version only.")
+    artifact, _ = Artifact.objects.get_or_create(
+        id=manifest.artifact_id,
+        defaults={
+            "store_uri": store_uri, "size_bytes": manifest.total_size, "file_count": len(manifest.files),
+            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
+            "health": Health.OK, "verified_at": timezone.now(),
+        },
+    )
+    derived = ModelVersion.objects.create(
+        model=parent.model, number=_next_number(parent.model), kind=VersionKind.BASE, parent_version=parent,
+        source=Source.DERIVED, source_ref=f"{parent.label} with a chat template", artifact=artifact,
+        format=parent.format, architecture=parent.architecture, parameter_count=parent.parameter_count,
+        context_length=parent.context_length, dtype=parent.dtype, quantization=parent.quantization,
+        has_chat_template=True, shape=parent.shape, model_card=parent.model_card,
+        # Eval scores are not carried over: a new template changes every chat prompt the model sees.
+        status=VersionStatus.READY, progress=100, progress_detail="ready", ready_at=timezone.now(),
+        created_by=actor.user,
+    )
+    audit.record(
+        actor, "model_version.chat_template", derived,
+        before={"version": parent.label, "has_chat_template": parent.has_chat_template},
+        after={**derived.snapshot(), "derived_from": parent.label,
+               "chat_template": chat_templates.fingerprint(chat_template)},
+    )
+    return derived
 
 
 def _fail(version: ModelVersion, reason: str) -> None:

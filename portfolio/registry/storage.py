@@ -247,6 +247,23 @@ def store_directory(store: ArtifactStore, directory: Path, progress: Progress | 
     return manifest
 
 
+def store_bytes(store: ArtifactStore, path: str, data: bytes) -> FileEntry:
+    """One small file made in memory (a rewritten config) stored as a blob; its manifest entry."""
+    import hashlib
+
+    digest = hashlib.sha256(data).hexdigest()
+    if not store.has_blob(digest):
+        handle, temp = tempfile.mkstemp(prefix=".bytes-")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+            store.put_blob(digest, Path(temp), len(data))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+    return FileEntry(check_relative_path(path), len(data), digest)
+
+
 def copy_verified(store: ArtifactStore, entry: FileEntry, out: BinaryIO) -> None:
     """Stream one file out of the store, failing (naming the path) if it is not what the manifest says."""
     try:

@@ -1,5 +1,5 @@
 """Web pages of the model registry: the catalogue and a model's page (``catalogue``), imports and adapter
-uploads (``imports``), a version's page with its promotion, verification and archiving (``versions``),
+uploads (``imports``), a version's page with its promotion, verification, archiving and chat template (``versions``),
 and two versions side by side (``compare``).
 
 Every view decides access with the gate: a model the actor may not see answers 404 (``gate.get_visible``),
@@ -15,6 +15,7 @@ from portfolio.registry.views.compare import model_compare
 from portfolio.registry.views.imports import adapter_upload, model_import
 from portfolio.registry.views.versions import (
     version_archive,
+    version_chat_template,
     version_detail,
     version_progress,
     version_promote,
@@ -30,6 +31,7 @@ __all__ = [
     "model_import",
     "model_list",
     "version_archive",
+    "version_chat_template",
     "version_detail",
     "version_progress",
     "version_promote",

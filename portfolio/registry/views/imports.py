@@ -40,6 +40,7 @@ def model_import(request, name: str):
                 base_version=data["base_version"],
                 allow_pickle=data.get("allow_pickle", False),
                 trust_remote_code=data.get("trust_remote_code", False),
+                chat_template=data.get("chat_template", ""),
             )
         except DomainError as exc:
             show_refusal(form, exc, {"path": "ref"})

@@ -1,5 +1,5 @@
 """A version's page (files, lineage, metrics, card, aliases), its import progress, and its buttons:
-promote to an alias, archive, verify the stored files."""
+promote to an alias, archive, verify the stored files, give it a chat template (as a new version)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from portfolio.errors import DomainError, NotFound
 from portfolio.formerrors import show_refusal
 from portfolio.registry import cards, services
 from portfolio.registry.choices import VersionStatus
-from portfolio.registry.forms import SUGGESTED_ALIASES, PromoteForm
+from portfolio.registry.forms import SUGGESTED_ALIASES, ChatTemplateForm, PromoteForm
 from portfolio.registry.models import Model, ModelVersion
 from portfolio.registry.views.display import decorate
 from portfolio.registry.views.lineage_svg import lineage_svg
@@ -61,7 +61,8 @@ def _metric_rows(metrics: dict) -> list[tuple[str, str, bool]]:
 
 
 def _version_page(
-    request, actor: Actor, version: ModelVersion, *, promote_form=None, moving=None, status=200
+    request, actor: Actor, version: ModelVersion, *, promote_form=None, moving=None, template_form=None,
+    status=200,
 ):
     model = version.model
     visible_versions = gate.visible(actor, ModelVersion).select_related("model")
@@ -106,9 +107,12 @@ def _version_page(
             "aliases": aliases,
             "alias_suggestions": suggestions,
             "promote_form": promote_form or PromoteForm(),
+            "template_form": template_form or ChatTemplateForm(),
             "moving": moving,
             "can_register": gate.can(actor, "model.register", model),
             "can_promote": gate.can(actor, "model.promote", model),
+            # The number a derived version (a new chat template) would get, for the button's label.
+            "next_number": (model.versions.order_by("-number").values_list("number", flat=True).first() or 0) + 1,
             "is_importing": version.status == VersionStatus.IMPORTING,
         },
         status=status,
@@ -166,6 +170,31 @@ def version_promote(request, name: str, number: int):
             messages.success(request, f"{alias} now points to {version.label}{was}.")
             return redirect("version-detail", name=version.model.name, number=version.number)
     return _version_page(request, actor, version, promote_form=form)
+
+
+@require_POST
+def version_chat_template(request, name: str, number: int):
+    """Permission: visible (else 404) and ``model.register`` (owner or engineer, else 403). A template that
+    does not compile is shown on the form; a good one makes a new version, whose page comes next."""
+    actor = actor_of(request)
+    version = visible_version(actor, name, number)
+    gate.require(actor, "model.register", version.model)
+    form = ChatTemplateForm(request.POST)
+    if form.is_valid():
+        try:
+            derived = services.set_chat_template(
+                actor=actor, version=version, chat_template=form.cleaned_data["chat_template"]
+            )
+        except DomainError as exc:
+            show_refusal(form, exc)
+        else:
+            messages.success(
+                request,
+                f"{derived.label} has the same weights as {version.label} and your chat template. "
+                "Deploy or promote it to use it.",
+            )
+            return redirect("version-detail", name=derived.model.name, number=derived.number)
+    return _version_page(request, actor, version, template_form=form, status=400)
 
 
 @require_POST
