@@ -67,8 +67,9 @@ class KeyRecord:
 
 
 def load(key_id: str) -> KeyRecord | None:
-    """Synchronous: read one key from the database (runs in a worker thread)."""
-    from django.db import close_old_connections
+    """Synchronous: read one key from the database (runs in a key loader thread). The thread's connection
+    is closed after each load: loads are rare (once a minute per key), and an idle gateway holds none."""
+    from django.db import close_old_connections, connection
 
     from serving.gateway.models import ApiKey
 
@@ -87,7 +88,7 @@ def load(key_id: str) -> KeyRecord | None:
             expires_at=key.expires_at.timestamp() if key.expires_at else None, revoked=key.revoked_at is not None,
         )
     finally:
-        close_old_connections()
+        connection.close()
 
 
 class _Lru:
