@@ -7,7 +7,14 @@ import itertools
 
 import pytest
 
-from serving.gateway.payloads import CHAT_TEMPLATE_TOKENS, SPECIAL_TOKENS, PayloadError, Shape, check, worst_case
+from serving.gateway.payloads import (
+    CHAT_TEMPLATE_TOKENS,
+    SPECIAL_TOKENS,
+    PayloadError,
+    Shape,
+    check,
+    worst_case,
+)
 
 
 def shape_of(kind: str, body: dict, size: int = 100, max_n: int = 8, max_inputs: int = 2048) -> Shape:
