@@ -249,7 +249,7 @@ class Endpoint(models.Model):
 
     def snapshot(self) -> dict:
         return {
-            "name": self.name, "fallback": self.fallback.name if self.fallback else None,
+            "name": self.name, "fallback": self.fallback.name if self.fallback else None, "max_n": self.max_n,
             "routes": [
                 {"deployment": r.deployment.name, "adapter": r.adapter.name if r.adapter else None, "weight": r.weight}
                 for r in self.routes.select_related("deployment", "adapter")
