@@ -201,7 +201,12 @@ class Gateway:
                 await _respond(send, 200, self._models(key), request_id)
             elif path.startswith("/v1/models/") and method == "GET":
                 key = await self._authenticate_listing(headers, scope)
-                await _respond(send, 200, self._model(key, path[len("/v1/models/"):]), request_id)
+                try:
+                    model = self._model(key, path[len("/v1/models/"):])
+                except GatewayError as exc:
+                    exc.team = key.team
+                    raise
+                await _respond(send, 200, model, request_id)
             elif path in KINDS and method == "POST":
                 await self._proxy(scope, receive, send, headers, request_id, KINDS[path], own_id)
             else:
@@ -214,6 +219,12 @@ class Gateway:
                 extra.append((b"www-authenticate", b"Bearer"))
             await _respond(send, exc.status, errors.body(exc.status, exc.message, exc.code, exc.param), request_id,
                            extra=extra)
+        except Exception:
+            # Redis unreachable, a bug: still an answer in OpenAI's shape, under the request id to look for.
+            logger.exception("gateway: request %s failed", request_id)
+            self._metric(metrics.REFUSED, "internal", "500", "-").inc()
+            await _respond(send, 500, errors.body(500, f"Internal gateway error (request {request_id}).", "internal"),
+                           request_id)
 
     async def _authenticate(self, headers: dict, scope, *, tickets_allowed: bool = False
                             ) -> tuple[KeyRecord, tickets.Ticket | None]:
@@ -322,9 +333,9 @@ class Gateway:
                                    param="model")
             first = self._ticket_endpoint(ticket, name) if ticket else self._endpoint(key, name)
             if first.embedding != (kind == "embedding"):
+                use = "/v1/embeddings" if first.embedding else "/v1/chat/completions or /v1/completions"
                 raise GatewayError(400, f"The model `{name}` is {'an' if first.embedding else 'not an'} embedding "
-                                   f"model: call {'/v1/embeddings' if first.embedding else '/v1/chat/completions or /v1/completions'} "
-                                   "with it.", "unsupported_endpoint", param="model")
+                                   f"model: call {use} with it.", "unsupported_endpoint", param="model")
             try:
                 shape = payloads.check(kind, payload, len(body), max_n=min(first.max_n, settings.GATEWAY_MAX_N),
                                        max_inputs=settings.GATEWAY_MAX_INPUTS)
@@ -383,12 +394,11 @@ class Gateway:
             raise GatewayError(429, f"The monthly {what} of {subject} is used up (or held by requests in flight).",
                                "insufficient_quota", retry_after=verdict.retry_after)
         if verdict.reason == "budget":
-            cost, left = f"{tokens} tokens", f"{verdict.remaining} tokens"
+            cost = f"could use up to {tokens} tokens, more than the {verdict.remaining} tokens left"
         else:
-            cost, left = f"{_money(money)} of money", _money(verdict.remaining)
-        raise GatewayError(429, f"This request could use up to {cost}, more than the {left} left of the monthly "
-                           f"budget of {subject}: lower max_tokens (or n, or the prompt).", "insufficient_quota",
-                           param="max_tokens")
+            cost = f"could cost up to {_money(money)}, more than the {_money(verdict.remaining)} left"
+        raise GatewayError(429, f"This request {cost} of the monthly budget of {subject}: lower max_tokens (or n, "
+                           "or the prompt).", "insufficient_quota", param="max_tokens")
 
     async def _dispatch(self, receive, send, request_id, chain: list[EndpointInfo], public: str, payload: dict,
                         outcome: _Outcome, started) -> None:
