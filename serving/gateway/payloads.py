@@ -185,7 +185,7 @@ _SAMPLING: dict[str, Check] = {
     "include_stop_str_in_output": _boolean, "ignore_eos": _boolean, "min_tokens": _integer(0, INT32),
     "skip_special_tokens": _boolean, "spaces_between_special_tokens": _boolean, "use_beam_search": _boolean,
     "truncate_prompt_tokens": _integer(-1, INT32), "bad_words": _list(256, str),
-    "allowed_token_ids": _list(1_000_000, int), "structured_outputs": _object,
+    "allowed_token_ids": _list(10_000, int), "structured_outputs": _object,
     "prompt_logprobs": _integer(0, MAX_LOGPROBS), "return_token_ids": _boolean,
     "return_tokens_as_token_ids": _boolean, "cache_salt": _text(1024, 1), "add_special_tokens": _boolean,
 }

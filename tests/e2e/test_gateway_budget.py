@@ -18,7 +18,8 @@ from serving.models import Node
 from tests.conftest import actor_for
 from tests.e2e.agent import ENGINE_READY_TIMEOUT, NODE, ready_replica, wait
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+# An engine start takes minutes on two shared cores: more than the suite's default timeout of 600 s.
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.timeout(1800)]
 CONTEXT = 512
 
 
