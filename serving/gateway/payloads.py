@@ -69,16 +69,17 @@ def worst_case(shape: Shape, max_model_len: int, input_micros: float = 0.0, outp
     length = max_model_len
     per_choice = length if shape.per_choice is None else min(shape.per_choice, length)
     n = shape.choices
+    floor = max(0, length - per_choice)  # the longest prompt whose completions still get per_choice tokens
+    priced = input_micros or output_micros
     tokens, money = 0, 0.0
-    for bound in shape.prompts:
-        top = min(bound, length)
-        best_tokens, best_money = 0, 0.0
-        for p in (min(top, max(0, length - per_choice)), top):
-            out = n * min(per_choice, length - p)
-            best_tokens = max(best_tokens, p + out)
-            best_money = max(best_money, input_micros * p + output_micros * out)
-        tokens += best_tokens
-        money += best_money
+    for bound in shape.prompts:  # written out, not with min()/max(): up to thousands of prompts per call
+        top = bound if bound < length else length
+        low = top if top < floor else floor
+        rest = length - top
+        out_low, out_top = n * per_choice, n * (per_choice if per_choice < rest else rest)
+        tokens += max(low + out_low, top + out_top)
+        if priced:
+            money += max(input_micros * low + output_micros * out_low, input_micros * top + output_micros * out_top)
     return tokens, math.ceil(money)  # up: a reservation never falls short of the (rounded) bill
 
 
@@ -90,8 +91,9 @@ def _kind(name: str, expected: str) -> PayloadError:
     return PayloadError(f"`{name}` must be {expected}.", name, "invalid_type")
 
 
+# Exact type tests (``type(v) is int``): JSON gives exactly these types, and a bool is then no integer.
 def _boolean(name: str, value: object) -> None:
-    if value is not None and not isinstance(value, bool):
+    if value is not None and type(value) is not bool:
         raise _kind(name, "true or false")
 
 
@@ -99,7 +101,7 @@ def _integer(low: int, high: int) -> Check:
     def check(name: str, value: object) -> None:
         if value is None:
             return
-        if not isinstance(value, int) or isinstance(value, bool):
+        if type(value) is not int:
             raise _kind(name, "an integer")
         if not low <= value <= high:
             raise PayloadError(f"`{name}` must be from {low} to {high}; got {value}.", name)
@@ -111,7 +113,7 @@ def _number(low: float, high: float) -> Check:
     def check(name: str, value: object) -> None:
         if value is None:
             return
-        if not isinstance(value, int | float) or isinstance(value, bool):
+        if type(value) is not float and type(value) is not int:
             raise _kind(name, "a number")
         if not low <= value <= high:
             raise PayloadError(f"`{name}` must be from {low:g} to {high:g}; got {value:g}.", name)
@@ -123,7 +125,7 @@ def _text(longest: int, shortest: int = 0) -> Check:
     def check(name: str, value: object) -> None:
         if value is None:
             return
-        if not isinstance(value, str):
+        if type(value) is not str:
             raise _kind(name, "a string")
         if not shortest <= len(value) <= longest:
             raise PayloadError(f"`{name}` must have {shortest}-{longest} characters.", name)
