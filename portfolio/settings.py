@@ -182,6 +182,16 @@ GATEWAY_UPSTREAM_TIMEOUT = env.integer("PORTFOLIO_GATEWAY_UPSTREAM_TIMEOUT", 300
 GATEWAY_REFRESH_SECONDS = float(env.integer("PORTFOLIO_GATEWAY_REFRESH_MS", 1000, minimum=100)) / 1000
 GATEWAY_MAX_BODY_BYTES = env.integer("PORTFOLIO_GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
 USAGE_FLUSH_BATCH = env.integer("PORTFOLIO_USAGE_FLUSH_BATCH", 2000, minimum=1)
+# Completions per prompt (n, best_of) no endpoint may exceed, whatever its own cap (Endpoint.max_n).
+GATEWAY_MAX_N = env.integer("PORTFOLIO_GATEWAY_MAX_N", 16, minimum=1, maximum=128)
+# Prompts in one /v1/completions call, or inputs in one /v1/embeddings call.
+GATEWAY_MAX_INPUTS = env.integer("PORTFOLIO_GATEWAY_MAX_INPUTS", 2048, minimum=1, maximum=100_000)
+GATEWAY_KEY_CACHE_SIZE = env.integer("PORTFOLIO_GATEWAY_KEY_CACHE_SIZE", 10_000, minimum=16)
+# Bearer token Prometheus presents on /metrics; with none, /metrics answers 404.
+METRICS_TOKEN = env.text("PORTFOLIO_METRICS_TOKEN")
+# The deployment page's prompt box, through the gateway: per user, across deployments.
+PLAYGROUND_RPM = env.integer("PORTFOLIO_PLAYGROUND_RPM", 20, minimum=1)
+PLAYGROUND_TPM = env.integer("PORTFOLIO_PLAYGROUND_TPM", 50_000, minimum=1)
 
 # --- Training ---------------------------------------------------------------------------------------
 # Where jobs reach the gateway (distillation asks a teacher endpoint through it, metered and billed).

@@ -181,6 +181,7 @@ class EndpointOut(Schema):
     description: str
     fallback: str | None = Field(None, alias="fallback.name")
     routes: list[dict[str, Any]]
+    max_n: int = Field(description="Most completions per prompt (n, best_of) one request may ask for")
 
     @staticmethod
     def resolve_routes(obj) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.conf import settings
-from django.core.validators import MinValueValidator, RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -227,6 +227,12 @@ class Endpoint(models.Model):
     owner_team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="endpoints")
     description = models.TextField(blank=True)
     fallback = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Each completion is billed, and admission reserves for all of them: a cap keeps one call's reservation
+    # (and its load on the replicas) in proportion. The gateway also applies PORTFOLIO_GATEWAY_MAX_N.
+    max_n = models.PositiveSmallIntegerField(
+        default=8, validators=[MinValueValidator(1), MaxValueValidator(128)],
+        help_text="Most completions per prompt one request may ask for (n, best_of)",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = EndpointQuerySet.as_manager()
@@ -243,7 +249,7 @@ class Endpoint(models.Model):
 
     def snapshot(self) -> dict:
         return {
-            "name": self.name, "fallback": self.fallback.name if self.fallback else None,
+            "name": self.name, "fallback": self.fallback.name if self.fallback else None, "max_n": self.max_n,
             "routes": [
                 {"deployment": r.deployment.name, "adapter": r.adapter.name if r.adapter else None, "weight": r.weight}
                 for r in self.routes.select_related("deployment", "adapter")

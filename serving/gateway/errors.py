@@ -1,4 +1,9 @@
-"""Errors in OpenAI's JSON shape, so the official SDKs raise the right exception classes."""
+"""Errors in OpenAI's JSON shape, so the official SDKs raise the right exception classes.
+
+The gateway's own errors are made here, and so are the engine's as the gateway passes them on: vLLM
+answers most errors in a shape close to OpenAI's (with a number as ``code``), but some in FastAPI's
+(``{"detail": "Not Found"}``); clients see one shape either way, under the gateway's request id.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,36 @@ import orjson
 
 TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-    413: "invalid_request_error", 429: "rate_limit_error", 500: "api_error", 502: "api_error", 503: "api_error",
-    504: "api_error",
+    413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error", 500: "api_error",
+    502: "api_error", 503: "api_error", 504: "api_error",
 }
+MAX_MESSAGE = 2000
 
 
-def body(status: int, message: str, code: str, param: str | None = None) -> bytes:
+def body(status: int, message: str, code: str | None, param: str | None = None) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": TYPES.get(status, "api_error"), "param": param,
                                    "code": code}})
+
+
+def from_upstream(status: int, data: bytes, path: str) -> bytes:
+    """An engine's error answer, in OpenAI's shape whatever shape it came in."""
+    message, param = "", None
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict):
+        error, detail = parsed.get("error"), parsed.get("detail")
+        if isinstance(error, dict):
+            message = error.get("message") if isinstance(error.get("message"), str) else ""
+            param = error.get("param") if isinstance(error.get("param"), str) else None
+        elif isinstance(error, str):
+            message = error
+        elif isinstance(detail, str):
+            message = detail
+    if status == 404 and message in ("", "Not Found"):
+        # FastAPI's answer for a path the engine does not serve: the model cannot do this kind of call.
+        return body(404, f"This model does not serve {path}.", "unsupported_endpoint", "model")
+    if not message:
+        message = f"The model's engine answered {status}."
+    return body(status, message[:MAX_MESSAGE], "upstream_error", param)

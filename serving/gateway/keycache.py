@@ -1,15 +1,24 @@
 """API keys in gateway memory: looked up by key id, verified by keyed hash, no database per request.
 
-A key is loaded from PostgreSQL on first use and kept for ``TTL`` seconds; updates and revocations are
-published on Redis and evict it at once in every process (and revocations are also checked atomically at
-admission, so a missed message cannot let a revoked key through).
+Contract, since every unauthenticated request reaches this code:
+- a presented key is checked against the token syntax (ASCII only) before anything is looked up;
+- a key is loaded from PostgreSQL on first use and kept for ``TTL`` seconds, an unknown id for
+  ``NEGATIVE_TTL`` seconds, each in a bounded LRU of its own (unknown ids cannot push known keys out);
+- loads run on a small executor of their own, never the default one the routing refresh uses, and at most
+  ``MAX_PENDING`` distinct ids wait for one: past that a lookup is refused (``LookupBusy``) instead of
+  queueing without end;
+- updates and revocations are published on Redis and evict a key at once in every process (and
+  revocations are also checked atomically at admission, so a missed message cannot let a revoked key through).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -17,6 +26,15 @@ from portfolio.accounts import secrets_hashing
 
 TTL = 60.0
 NEGATIVE_TTL = 10.0
+NEGATIVE_SIZE = 4096
+MAX_PENDING = 64
+LOADERS = 2
+# slm_<key id>_<secret>: as secrets_hashing.issue makes them (12 of [a-z0-9], then token_urlsafe).
+SYNTAX = re.compile(r"slm_([a-z0-9]{12})_[A-Za-z0-9_-]{16,183}")
+
+
+class LookupBusy(Exception):
+    """Too many unknown keys are being looked up at once: retry shortly."""
 
 
 @dataclass(frozen=True)
@@ -49,8 +67,9 @@ class KeyRecord:
 
 
 def load(key_id: str) -> KeyRecord | None:
-    """Synchronous: read one key from the database (runs in a worker thread)."""
-    from django.db import close_old_connections
+    """Synchronous: read one key from the database (runs in a key loader thread). The thread's connection
+    is closed after each load: loads are rare (once a minute per key), and an idle gateway holds none."""
+    from django.db import close_old_connections, connection
 
     from serving.gateway.models import ApiKey
 
@@ -69,23 +88,62 @@ def load(key_id: str) -> KeyRecord | None:
             expires_at=key.expires_at.timestamp() if key.expires_at else None, revoked=key.revoked_at is not None,
         )
     finally:
-        close_old_connections()
+        connection.close()
+
+
+class _Lru:
+    """A dict of at most ``size`` entries that drops the least recently used one."""
+
+    __slots__ = ("entries", "size")
+
+    def __init__(self, size: int):
+        self.entries: OrderedDict[str, tuple[KeyRecord | None, float]] = OrderedDict()
+        self.size = size
+
+    def get(self, key_id: str, now: float) -> tuple[KeyRecord | None, float] | None:
+        entry = self.entries.get(key_id)
+        if entry is None:
+            return None
+        if entry[1] <= now:
+            del self.entries[key_id]
+            return None
+        self.entries.move_to_end(key_id)
+        return entry
+
+    def put(self, key_id: str, entry: tuple[KeyRecord | None, float]) -> None:
+        self.entries[key_id] = entry
+        self.entries.move_to_end(key_id)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+    def pop(self, key_id: str) -> None:
+        self.entries.pop(key_id, None)
 
 
 class KeyCache:
-    def __init__(self):
-        self._entries: dict[str, tuple[KeyRecord | None, float]] = {}
+    def __init__(self, size: int = 10_000, *, negative_size: int = NEGATIVE_SIZE, loaders: int = LOADERS):
+        self._known = _Lru(size)
+        self._unknown = _Lru(negative_size)
         self._loading: dict[str, asyncio.Future] = {}
+        self._executor = ThreadPoolExecutor(max_workers=loaders, thread_name_prefix="gateway-keys")
+
+    def __len__(self) -> int:
+        return len(self._known.entries) + len(self._unknown.entries)
 
     def evict(self, key_id: str) -> None:
-        self._entries.pop(key_id, None)
+        self._known.pop(key_id)
+        self._unknown.pop(key_id)
+
+    def clear(self) -> None:
+        self._known.entries.clear()
+        self._unknown.entries.clear()
 
     async def authenticate(self, presented: str) -> KeyRecord | None:
         """The key for a presented secret if it is well-formed, known, matching, unexpired and unrevoked."""
-        key_id = secrets_hashing.parse("slm", presented)
-        if key_id is None:
+        match = SYNTAX.fullmatch(presented)
+        if match is None:
             return None
-        record = await self._get(key_id)
+        record = await self._get(match.group(1))
         if record is None or record.revoked:
             return None
         if record.expires_at is not None and record.expires_at <= time.time():
@@ -95,19 +153,23 @@ class KeyCache:
         return record
 
     async def _get(self, key_id: str) -> KeyRecord | None:
-        entry = self._entries.get(key_id)
         now = time.monotonic()
-        if entry is not None and entry[1] > now:
+        entry = self._known.get(key_id, now) or self._unknown.get(key_id, now)
+        if entry is not None:
             return entry[0]
         pending = self._loading.get(key_id)
-        if pending is None:
-            # One load per key however many requests wait for it.
-            pending = asyncio.ensure_future(asyncio.to_thread(load, key_id))
-            self._loading[key_id] = pending
-            try:
-                record = await pending
-            finally:
-                self._loading.pop(key_id, None)
-            self._entries[key_id] = (record, now + (TTL if record else NEGATIVE_TTL))
-            return record
-        return await pending
+        if pending is not None:
+            return await pending  # one load per key however many requests wait for it
+        if len(self._loading) >= MAX_PENDING:
+            raise LookupBusy
+        pending = asyncio.get_running_loop().run_in_executor(self._executor, load, key_id)
+        self._loading[key_id] = pending
+        try:
+            record = await pending
+        finally:
+            self._loading.pop(key_id, None)
+        if record is None:
+            self._unknown.put(key_id, (None, time.monotonic() + NEGATIVE_TTL))
+        else:
+            self._known.put(key_id, (record, time.monotonic() + TTL))
+        return record

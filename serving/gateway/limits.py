@@ -4,6 +4,10 @@ requests therefore can never together exceed a limit or a budget.
 
 Commands go through the gateway's pipelined connection (redis_pipe.py): admission is one round trip,
 and the settlement is returned as commands for the caller to send with the usage event in another.
+
+Every counter has a time to live (a minute's, or the month's and a day), and settling never creates one:
+a request that outlives its minute finds its per-minute counter gone and leaves it gone (an INCRBY there
+would make a key that never expires).
 """
 
 from __future__ import annotations
@@ -24,21 +28,39 @@ from serving.gateway.redis_pipe import ClientPipe, RedisPipe
 #       seconds to the end of the minute, seconds to the end of the month (a limit of -1 means none),
 #       the request's ledger field and entry
 ADMIT = """
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return {'revoked', 0} end
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return {'revoked', 0, 0} end
 local rpm, tpm, reserve = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local token_budget, money_budget, reserve_money = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local minute_left, month_left = tonumber(ARGV[8]), tonumber(ARGV[9])
 local function used(key) return tonumber(redis.call('GET', key) or '0') end
-if rpm >= 0 and used(KEYS[2]) + 1 > rpm then return {'rpm', minute_left} end
-if tpm >= 0 and used(KEYS[3]) + reserve > tpm then return {'tpm', minute_left} end
-if token_budget >= 0 and used(KEYS[4]) + reserve > token_budget then return {'budget', month_left} end
-if money_budget >= 0 and used(KEYS[5]) + reserve_money > money_budget then return {'budget', month_left} end
+if rpm >= 0 and used(KEYS[2]) + 1 > rpm then return {'rpm', minute_left, rpm - used(KEYS[2])} end
+if tpm >= 0 and used(KEYS[3]) + reserve > tpm then return {'tpm', minute_left, tpm - used(KEYS[3])} end
+if token_budget >= 0 and used(KEYS[4]) + reserve > token_budget then
+  return {'budget', month_left, token_budget - used(KEYS[4])}
+end
+if money_budget >= 0 and used(KEYS[5]) + reserve_money > money_budget then
+  return {'money', month_left, money_budget - used(KEYS[5])}
+end
 if rpm >= 0 then redis.call('INCR', KEYS[2]); redis.call('EXPIRE', KEYS[2], minute_left + 1) end
 if tpm >= 0 then redis.call('INCRBY', KEYS[3], reserve); redis.call('EXPIRE', KEYS[3], minute_left + 1) end
 if token_budget >= 0 then redis.call('INCRBY', KEYS[4], reserve); redis.call('EXPIRE', KEYS[4], month_left + 86400) end
 if money_budget >= 0 then redis.call('INCRBY', KEYS[5], reserve_money); redis.call('EXPIRE', KEYS[5], month_left + 86400) end
 if KEYS[6] ~= 'gw:-' then redis.call('HSET', KEYS[6], ARGV[10], ARGV[11]) end
-return {'ok', 0}
+return {'ok', 0, 0}
+"""
+
+# KEYS: the in-flight ledger, tpm counter, monthly token counter, monthly money counter ('gw:-': none)
+# ARGV: the request's ledger field, tokens to add (negative: to give back), money to add
+SETTLE = """
+if KEYS[1] ~= 'gw:-' then redis.call('HDEL', KEYS[1], ARGV[1]) end
+local tokens, money = tonumber(ARGV[2]), tonumber(ARGV[3])
+local function add(key, amount)
+  if key ~= 'gw:-' and amount ~= 0 and redis.call('EXISTS', key) == 1 then redis.call('INCRBY', key, amount) end
+end
+add(KEYS[2], tokens)
+add(KEYS[3], tokens)
+add(KEYS[4], money)
+return 1
 """
 
 
@@ -57,9 +79,10 @@ class Reservation:
 @dataclass(frozen=True)
 class Verdict:
     ok: bool
-    reason: str = ""
+    reason: str = ""  # rpm, tpm, budget (tokens) or money
     retry_after: int = 0
     reservation: Reservation | None = None
+    remaining: int = 0  # of the limit refused: what was left of it (it may be negative)
 
 
 class _Month:
@@ -80,6 +103,18 @@ class _Month:
 
 
 ADMIT_SHA = hashlib.sha1(ADMIT.encode()).hexdigest()  # noqa: S324 - the name Redis gives the script
+SETTLE_SHA = hashlib.sha1(SETTLE.encode()).hexdigest()  # noqa: S324
+
+
+def unknown_script(reply) -> bool:
+    """Whether a reply says Redis does not have the script (restarted, or SCRIPT FLUSH): send it whole."""
+    return isinstance(reply, NoScriptError) or (isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"))
+
+
+def as_eval(command: tuple) -> tuple:
+    """An EVALSHA command of ours as the EVAL that also loads the script."""
+    script = {ADMIT_SHA: ADMIT, SETTLE_SHA: SETTLE}[command[1]]
+    return ("EVAL", script, *command[2:])
 
 
 class Limiter:
@@ -109,31 +144,26 @@ class Limiter:
                          tokens, _limit(key.monthly_token_budget), _limit(key.monthly_budget_micros), money_micros,
                          minute_left, month_left, field, lost)
         (reply,) = await self.pipe.execute(("EVALSHA", ADMIT_SHA, *keys_and_args))
-        if isinstance(reply, NoScriptError) or (isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")):
+        if unknown_script(reply):
             (reply,) = await self.pipe.execute(("EVAL", ADMIT, *keys_and_args))  # loads it for next time
         if isinstance(reply, Exception):
             raise reply
-        reason, retry = reply
+        reason, retry, remaining = reply
         reason = reason.decode() if isinstance(reason, bytes) else reason
         if reason != "ok":
-            return Verdict(False, reason, int(retry))
+            return Verdict(False, reason, int(retry), remaining=int(remaining))
         return Verdict(True, reservation=Reservation(tpm_key, token_key, money_key, tokens, money_micros,
                                                      (ledger, field) if ledger else None))
 
     def settle(self, reservation: Reservation | None, *, tokens: int, money_micros: int) -> list[tuple]:
-        """The commands that correct from reserved to actual (zero actual releases it all), to pipeline."""
+        """The command that corrects from reserved to actual (zero actual releases it all), to pipeline;
+        its reply may ask for ``as_eval`` (``unknown_script``)."""
         if reservation is None:
             return []
-        commands: list[tuple] = [("HDEL", *reservation.ledger)] if reservation.ledger else []
-        delta = tokens - reservation.tokens
-        if delta and reservation.tpm_key:
-            commands.append(("INCRBY", reservation.tpm_key, delta))
-        if delta and reservation.token_budget_key:
-            commands.append(("INCRBY", reservation.token_budget_key, delta))
-        money_delta = money_micros - reservation.money_micros
-        if money_delta and reservation.money_key:
-            commands.append(("INCRBY", reservation.money_key, money_delta))
-        return commands
+        ledger, field = reservation.ledger or ("gw:-", "")
+        return [("EVALSHA", SETTLE_SHA, 4, ledger, reservation.tpm_key or "gw:-",
+                 reservation.token_budget_key or "gw:-", reservation.money_key or "gw:-", field,
+                 tokens - reservation.tokens, money_micros - reservation.money_micros)]
 
 
 def _limit(value) -> int:

@@ -1,4 +1,5 @@
-"""The gateway's routing table: endpoints, their weighted routes, and the ready replicas behind them.
+"""The gateway's routing table: endpoints, their weighted routes, and the ready replicas behind them; and
+the deployments themselves, which only playground tickets reach (see tickets.py).
 
 Rebuilt from PostgreSQL every second in the background (never per request). Replica choice is least
 outstanding requests among healthy replicas, random among ties.
@@ -39,12 +40,24 @@ class EndpointInfo:
     input_micros_per_token: float
     output_micros_per_token: float
     max_model_len: int
+    max_n: int = 8  # completions per prompt a request may ask for (Endpoint.max_n)
+    embedding: bool = False  # served by pooling engines: /v1/embeddings only
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    team_id: int
+    version_id: int
+    adapters: dict[str, int]  # adapter name -> its version
+    max_model_len: int
+    embedding: bool
 
 
 @dataclass
 class Snapshot:
     endpoints: dict[str, EndpointInfo] = field(default_factory=dict)
     replicas: dict[str, list[ReplicaInfo]] = field(default_factory=dict)  # by deployment name
+    deployments: dict[str, DeploymentInfo] = field(default_factory=dict)  # by name
     built_at: float = 0.0  # time.time() when it was read
 
 
@@ -63,18 +76,29 @@ def build_snapshot() -> Snapshot:
 
 def _read_snapshot() -> Snapshot:
     from portfolio.billing.models import EndpointPrice
+    from portfolio.registry.choices import Task
     from serving.choices import ReplicaState
-    from serving.models import Endpoint, Replica
+    from serving.models import Deployment, Endpoint, Replica
 
     snapshot = Snapshot(built_at=time.time())
     prices = {price.endpoint_id: price for price in EndpointPrice.objects.all()}
+    for deployment in Deployment.objects.select_related("version__model").prefetch_related("adapters"):
+        snapshot.deployments[deployment.name] = DeploymentInfo(
+            team_id=deployment.owner_team_id, version_id=deployment.version_id,
+            adapters={adapter.name: adapter.version_id for adapter in deployment.adapters.all()},
+            max_model_len=int(deployment.engine_args.get("max_model_len", 2048)),
+            embedding=deployment.version.model.task == Task.EMBEDDING,
+        )
     endpoints = Endpoint.objects.select_related("fallback").prefetch_related("routes__deployment", "routes__adapter")
     for endpoint in endpoints:
         routes = []
         max_len = 0
+        embedding = False
         for route in endpoint.routes.all():
             deployment = route.deployment
             max_len = max(max_len, int(deployment.engine_args.get("max_model_len", 2048)))
+            known = snapshot.deployments.get(deployment.name)
+            embedding = embedding or bool(known and known.embedding)
             routes.append(Route(
                 weight=route.weight, deployment=deployment.name,
                 upstream_model=route.adapter.name if route.adapter else deployment.name,
@@ -87,7 +111,7 @@ def _read_snapshot() -> Snapshot:
             fallback=endpoint.fallback.name if endpoint.fallback else None,
             input_micros_per_token=float(price.input_per_million) if price else 0.0,
             output_micros_per_token=float(price.output_per_million) if price else 0.0,
-            max_model_len=max_len or 2048,
+            max_model_len=max_len or 2048, max_n=endpoint.max_n, embedding=embedding,
         )
     for replica in Replica.objects.filter(state=ReplicaState.READY).select_related("deployment"):
         snapshot.replicas.setdefault(replica.deployment.name, []).append(

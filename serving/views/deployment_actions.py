@@ -153,7 +153,8 @@ def adapter_remove(request, name: str, adapter: str):
 @require_POST
 def deployment_try(request, name: str):
     """Permission: visible (else 404) and ``endpoint.call`` (owner, engineer or developer, else 403). One
-    chat completion against a ready replica; the prompt and answer are shown, never stored."""
+    chat completion through the gateway (metered, rate-limited per user); the prompt and answer are shown,
+    never stored."""
     actor = actor_of(request)
     deployment = visible_deployment(actor, name)
     gate.require(actor, "endpoint.call", deployment)

@@ -1,5 +1,20 @@
 """A stand-in for a vLLM replica (OpenAI-compatible, with usage), for testing the gateway's own logic:
-auth to the engine, accounting, streaming, timeouts and failover. Real vLLM is covered in tests/e2e."""
+auth to the engine, accounting, streaming, timeouts and failover. Real vLLM is covered in tests/e2e.
+
+What it bills follows vLLM 0.32 exactly (vllm/entrypoints/openai/*/serving.py), at the worst case: every
+completion runs to its limit (as with ``ignore_eos``), so a test sees the most a request can cost.
+- ``n`` completions per prompt (``use_beam_search``: ``n`` beams); ``/v1/completions`` takes a string, a
+  token-id list, or a list of either, each element its own prompt;
+- a completion's limit: chat prefers ``max_completion_tokens`` to ``max_tokens``, completions default to
+  16, and with no limit a chat completion runs to the end of the context; a limit above the context is
+  refused, and a completion never runs past the context (``max_model_len`` less its prompt); ``echo`` with
+  ``max_tokens: 0`` generates one token;
+- usage: each prompt once, plus every completion's tokens; streams carry usage per choice on each chunk
+  (``continuous_usage_stats``) and a final usage chunk with no choices (``include_usage``), only as asked;
+- errors in vLLM's shape (``{"error": {..., "code": 400}}``), and FastAPI's ``{"detail": "Not Found"}``
+  for a path it does not serve (it serves no embeddings).
+Its tokenizer: a chat conversation is always 10 tokens; a text prompt is one token per word plus one.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +25,54 @@ import threading
 
 from aiohttp import web
 
+CHAT_PROMPT_TOKENS = 10
+
 
 class FakeEngine:
     def __init__(self, expected_key: str | None = None, *, chunk_delay: float = 0.0, delay: float = 0.0,
-                 close_reused_connections: bool = False):
+                 close_reused_connections: bool = False, max_model_len: int = 512):
         self.expected_key = expected_key
         self.chunk_delay = chunk_delay
         self.delay = delay
+        self.max_model_len = max_model_len
         # Hang up, without an answer, on every request that comes over an already used keep-alive connection:
         # what a client sees when the engine closes an idle connection just as the client reuses it.
         self.close_reused_connections = close_reused_connections
         self._used_connections: set[int] = set()
         self.hung_up = 0
         self.requests: list[dict] = []
+        self.produced = 0  # completion tokens written, over all requests
         self.port = 0
         self._loop = None
         self._runner = None
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
+    # --- vLLM's request semantics ---------------------------------------------------------------
+    @staticmethod
+    def _error(message: str, param: str | None = None, status: int = 400) -> web.Response:
+        return web.json_response({"error": {"message": message, "type": "BadRequestError", "param": param,
+                                            "code": status}}, status=status)
+
+    def _prompts(self, kind: str, body: dict) -> list[int]:
+        if kind == "chat":
+            return [CHAT_PROMPT_TOKENS]
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            return [len(prompt.split()) + 1]
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+            return [len(prompt)]
+        if isinstance(prompt, list) and prompt:
+            return [len(p.split()) + 1 if isinstance(p, str) else len(p) for p in prompt]
+        raise ValueError("Either prompt or prompt_embeds must be provided and non-empty.")
+
+    def _limit(self, kind: str, body: dict) -> int | None:
+        if kind == "chat":
+            limit = body.get("max_completion_tokens")
+            return body.get("max_tokens") if limit is None else limit
+        limit = body.get("max_tokens")
+        return 16 if limit is None else limit
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        kind = "chat" if request.path.endswith("/chat/completions") else "completion"
         if self.expected_key and request.headers.get("Authorization") != f"Bearer {self.expected_key}":
             return web.json_response({"error": {"message": "Unauthorized"}}, status=401)
         if self.close_reused_connections:
@@ -41,36 +86,82 @@ class FakeEngine:
         self.requests.append(body)
         if self.delay:
             await asyncio.sleep(self.delay)
-        completion = int(body.get("max_tokens") or 5)
-        prompt = 10
-        if not body.get("stream"):
-            return web.json_response({
-                "id": "cmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": "word " * completion}}],
-                "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                          "total_tokens": prompt + completion},
-            })
+        if body.get("stream_options") and not body.get("stream"):
+            return self._error("Stream options can only be defined when `stream=True`.", "stream_options")
+        try:
+            prompts = self._prompts(kind, body)
+        except ValueError as exc:
+            return self._error(str(exc), "prompt")
+        limit = self._limit(kind, body)
+        if limit is not None and limit > self.max_model_len:
+            name = "max_completion_tokens" if kind == "chat" and body.get("max_completion_tokens") else "max_tokens"
+            return self._error(f"{name}={limit} cannot be greater than max_model_len={self.max_model_len}. "
+                               "Please request fewer output tokens.", name)
+        if any(p > self.max_model_len for p in prompts):
+            return self._error(f"This model's maximum context length is {self.max_model_len} tokens.", "input_tokens")
+        n = body.get("n") or 1
+        echo_only = kind == "completion" and body.get("echo") and limit == 0
+        lengths = [1 if echo_only else min(self.max_model_len if limit is None else limit, self.max_model_len - p)
+                   for p in prompts]
+        if body.get("stream"):
+            return await self._stream(request, kind, body, prompts, lengths, n)
+        self.produced += sum(lengths) * n
+        choices = []
+        for prompt_index, length in enumerate(lengths):
+            for j in range(n):
+                text = "word " * length
+                choice = {"index": prompt_index * n + j, "finish_reason": "length"}
+                choice.update({"message": {"role": "assistant", "content": text}} if kind == "chat" else {"text": text})
+                choices.append(choice)
+        completion = sum(lengths) * n
+        return web.json_response({
+            "id": "cmpl-1", "object": "chat.completion" if kind == "chat" else "text_completion", "created": 0,
+            "model": body["model"], "choices": choices,
+            "usage": {"prompt_tokens": sum(prompts), "completion_tokens": completion,
+                      "total_tokens": sum(prompts) + completion},
+        })
+
+    async def _stream(self, request, kind, body, prompts, lengths, n) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        continuous = (body.get("stream_options") or {}).get("continuous_usage_stats")
-        for i in range(completion):
-            chunk = {"id": "cmpl-1", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
-                     "choices": [{"index": 0, "delta": {"content": "word "}, "finish_reason": None}]}
-            if continuous:
-                chunk["usage"] = {"prompt_tokens": prompt, "completion_tokens": i + 1, "total_tokens": prompt + i + 1}
-            try:
-                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-            except (ConnectionResetError, RuntimeError):
-                return response
+        options = body.get("stream_options") or {}
+        include_usage = bool(options.get("include_usage"))
+        continuous = include_usage and bool(options.get("continuous_usage_stats"))
+        kind_name = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        produced = [0] * (len(prompts) * n)
+        # As vLLM steps: one token of every unfinished choice per step, each in a chunk of its own.
+        for step in range(max(lengths)):
+            for prompt_index, length in enumerate(lengths):
+                if step >= length:
+                    continue
+                for j in range(n):
+                    index = prompt_index * n + j
+                    produced[index] += 1
+                    self.produced += 1
+                    delta = {"delta": {"content": "word "}} if kind == "chat" else {"text": "word "}
+                    chunk = {"id": "cmpl-1", "object": kind_name, "created": 0, "model": body["model"],
+                             "choices": [{"index": index, **delta, "finish_reason": None}]}
+                    if continuous:
+                        chunk["usage"] = {"prompt_tokens": prompts[prompt_index], "completion_tokens": produced[index],
+                                          "total_tokens": prompts[prompt_index] + produced[index]}
+                    try:
+                        await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    except (ConnectionResetError, RuntimeError):
+                        return response
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
-        final = {"id": "cmpl-1", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
-                 "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                                          "total_tokens": prompt + completion}}
-        await response.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
+        if include_usage:
+            total = sum(produced)
+            final = {"id": "cmpl-1", "object": kind_name, "created": 0, "model": body["model"], "choices": [],
+                     "usage": {"prompt_tokens": sum(prompts), "completion_tokens": total,
+                               "total_tokens": sum(prompts) + total}}
+            await response.write(f"data: {json.dumps(final)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        return web.json_response({"detail": "Not Found"}, status=404)
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="")
@@ -84,8 +175,10 @@ class FakeEngine:
         def run():
             self._loop = asyncio.new_event_loop()
             app = web.Application()
-            app.router.add_post("/v1/chat/completions", self.chat)
+            app.router.add_post("/v1/chat/completions", self.generate)
+            app.router.add_post("/v1/completions", self.generate)
             app.router.add_get("/health", self.health)
+            app.router.add_route("*", "/{tail:.*}", self.not_found)
             self._runner = web.AppRunner(app)
             self._loop.run_until_complete(self._runner.setup())
             self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())

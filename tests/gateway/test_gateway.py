@@ -14,7 +14,7 @@ from portfolio.accounts.actor import Actor
 from serving.gateway import services as key_services
 from serving.gateway import usage
 from serving.gateway.models import ApiKey, UsageEvent
-from tests.gateway.conftest import wait_for_model
+from tests.gateway.conftest import METRICS_TOKEN, wait_for_model
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -242,7 +242,7 @@ def test_metrics_are_labelled_by_endpoint_and_team_never_by_key(gateway_url, sta
     wait_for_model(gateway_url, secret, "measured")
     httpx.post(f"{gateway_url}/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
                json={"model": "measured", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3})
-    text = httpx.get(f"{gateway_url}/metrics").text
+    text = httpx.get(f"{gateway_url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
     assert 'portfolio_gateway_requests_total{endpoint="measured",status="200",team="support-ai"}' in text
     assert secret.split("_")[1] not in text and secret not in text
 

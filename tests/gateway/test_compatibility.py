@@ -1,0 +1,161 @@
+"""OpenAI compatibility and honest counters, with the official openai SDK where a client would use it:
+errors in OpenAI's shape (the engine's too), the final usage chunk only when asked for, models.retrieve,
+/metrics behind a scrape token, and refusals counted by reason."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import openai
+import pytest
+
+from serving.gateway import usage
+from serving.gateway.models import UsageEvent
+from tests.gateway.conftest import METRICS_TOKEN, wait_for_model
+from tests.gateway.process import start_gateway, stop_gateway
+
+pytestmark = pytest.mark.django_db(transaction=True)
+MESSAGES = [{"role": "user", "content": "Hello"}]
+
+
+def client(base: str, secret: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base}/v1", api_key=secret, max_retries=0, timeout=20)
+
+
+def scrape(base: str) -> str:
+    return httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
+
+
+def refused(text: str, reason: str, status: int) -> float:
+    pattern = rf'portfolio_gateway_refused_total\{{reason="{reason}",status="{status}",team="([^"]*)"\}} (\S+)'
+    return sum(float(value) for _, value in re.findall(pattern, text))
+
+
+# --- Errors -----------------------------------------------------------------------------------------
+def test_embeddings_on_a_chat_endpoint_is_an_openai_error_not_the_engines_bare_answer(gateway_url, stack):
+    dep, engines = stack["deployment"]("chat-only-dep")
+    stack["endpoint"]("chatty", dep)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "chatty")
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        client(gateway_url, secret).embeddings.create(model="chatty", input="x")
+    assert excinfo.value.body["code"] == "unsupported_endpoint" and excinfo.value.body["param"] == "model"
+    assert excinfo.value.request_id, "under the gateway's request id"
+    assert engines[0].requests == []
+
+
+def test_an_engine_error_in_any_shape_reaches_the_client_in_openais(gateway_url, stack):
+    # An endpoint registered as an embedding model, on an engine that serves no embeddings: the engine
+    # answers FastAPI's {"detail": "Not Found"}.
+    dep, _ = stack["deployment"]("odd-dep", task="embedding")
+    stack["endpoint"]("odd", dep)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "odd")
+    response = httpx.post(f"{gateway_url}/v1/embeddings", json={"model": "odd", "input": "x"},
+                          headers={"Authorization": f"Bearer {secret}", "X-Request-ID": "trace-me-1"})
+    assert response.status_code == 404 and response.headers["x-request-id"] == "trace-me-1"
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == "unsupported_endpoint"
+    assert "detail" not in response.json()
+    # vLLM's own error shape (an integer code, its own type names) is made OpenAI's too.
+    chat_dep, _ = stack["deployment"]("short-dep")
+    stack["endpoint"]("short", chat_dep)
+    wait_for_model(gateway_url, secret, "short")
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        client(gateway_url, secret).chat.completions.create(model="short", messages=MESSAGES, max_tokens=100_000)
+    body = excinfo.value.body
+    assert body["type"] == "invalid_request_error" and body["code"] == "upstream_error"
+    assert body["param"] == "max_tokens" and "max_model_len=512" in body["message"]
+
+
+# --- Streams ----------------------------------------------------------------------------------------
+def test_a_stream_ends_with_a_usage_chunk_only_when_the_client_asks(gateway_url, stack):
+    dep, _ = stack["deployment"]("usage-dep")
+    stack["endpoint"]("usage-stream", dep)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "usage-stream")
+    sdk = client(gateway_url, secret)
+    plain = list(sdk.chat.completions.create(model="usage-stream", messages=MESSAGES, max_tokens=6, stream=True))
+    assert plain and all(chunk.choices for chunk in plain), "every chunk has a choice to read"
+    assert all(chunk.usage is None for chunk in plain)
+    assert "".join(c.choices[0].delta.content or "" for c in plain) == "word " * 6
+    asked = list(sdk.chat.completions.create(model="usage-stream", messages=MESSAGES, max_tokens=6, stream=True,
+                                             stream_options={"include_usage": True}))
+    assert asked[-1].choices == [] and asked[-1].usage.completion_tokens == 6
+    assert all(chunk.usage is None for chunk in asked[:-1]) and all(chunk.model == "usage-stream" for chunk in asked)
+    usage.flush()
+    assert sorted(e.output_tokens for e in UsageEvent.objects.all()) == [6, 6], "metered either way"
+
+
+def test_a_completions_stream_of_several_prompts_is_metered_whole(gateway_url, stack):
+    dep, _ = stack["deployment"]("cstream-dep")
+    stack["endpoint"]("cstream", dep)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "cstream")
+    chunks = list(client(gateway_url, secret).completions.create(
+        model="cstream", prompt=["one two", "three"], n=2, max_tokens=5, stream=True))
+    assert len([c for c in chunks if c.choices]) == 2 * 2 * 5
+    usage.flush()
+    event = UsageEvent.objects.get()
+    assert (event.input_tokens, event.output_tokens) == (3 + 2, 2 * 2 * 5)
+
+
+# --- Models -----------------------------------------------------------------------------------------
+def test_every_listed_model_can_be_retrieved_and_no_other(gateway_url, stack, other_team):
+    dep, _ = stack["deployment"]("listed-dep")
+    stack["endpoint"]("first", dep)
+    stack["endpoint"]("second", dep)
+    theirs, _ = stack["deployment"]("theirs-dep", owner=other_team)
+    stack["endpoint"]("theirs", theirs, owner=other_team)
+    secret = stack["key"]()
+    scoped = stack["key"](scopes=["first"])
+    wait_for_model(gateway_url, secret, "second")
+    sdk = client(gateway_url, secret)
+    for model in sdk.models.list():
+        assert sdk.models.retrieve(model.id).id == model.id
+    assert {m.id for m in sdk.models.list()} == {"first", "second"}
+    for name, key in (("theirs", secret), ("nope", secret), ("second", scoped)):
+        with pytest.raises(openai.NotFoundError) as excinfo:
+            client(gateway_url, key).models.retrieve(name)
+        assert excinfo.value.body["code"] == "model_not_found"
+
+
+# --- /metrics ---------------------------------------------------------------------------------------
+def test_metrics_need_the_scrape_token(gateway_url, stack):
+    assert httpx.get(f"{gateway_url}/metrics").status_code == 401
+    assert httpx.get(f"{gateway_url}/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    response = httpx.get(f"{gateway_url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert response.status_code == 200 and "portfolio_gateway_" in response.text
+
+
+def test_without_a_scrape_token_configured_there_are_no_metrics(db, tmp_path):
+    process, base = start_gateway(tmp_path / "gateway.log", PORTFOLIO_METRICS_TOKEN="")
+    try:
+        for headers in ({}, {"Authorization": "Bearer x"}, {"Authorization": f"Bearer {METRICS_TOKEN}"}):
+            response = httpx.get(f"{base}/metrics", headers=headers)
+            assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    finally:
+        stop_gateway(process)
+
+
+def test_requests_the_gateway_refuses_are_counted_by_reason_without_key_material(gateway_url, stack):
+    dep, _ = stack["deployment"]("refuse-dep")
+    stack["endpoint"]("refusing", dep)
+    secret = stack["key"](rpm_limit=1)
+    wait_for_model(gateway_url, secret, "refusing")
+    before = scrape(gateway_url)
+    post = lambda key, body: httpx.post(f"{gateway_url}/v1/chat/completions", json=body,  # noqa: E731
+                                        headers={"Authorization": f"Bearer {key}"})
+    junk = "slm_abcdefghijkl_" + "z" * 43
+    assert post(junk, {"model": "refusing"}).status_code == 401
+    assert post(secret, {"model": "no-such-model", "messages": MESSAGES}).status_code == 404
+    assert post(secret, {"model": "refusing", "messages": MESSAGES, "bogus": 1}).status_code == 400
+    assert post(secret, {"model": "refusing", "messages": MESSAGES, "max_tokens": 1}).status_code == 200
+    assert post(secret, {"model": "refusing", "messages": MESSAGES, "max_tokens": 1}).status_code == 429
+    after = scrape(gateway_url)
+    for reason, status in (("invalid_api_key", 401), ("model_not_found", 404), ("unknown_parameter", 400),
+                           ("rate_limit_exceeded", 429)):
+        assert refused(after, reason, status) == refused(before, reason, status) + 1, reason
+    assert 'reason="model_not_found",status="404",team="support-ai"' in after
+    assert "abcdefghijkl" not in after and secret.split("_")[1] not in after and "no-such-model" not in after

@@ -1,0 +1,137 @@
+"""The gateway's key cache against a pre-auth flood: malformed ids never reach the database, unknown ids
+are looked up once and remembered briefly, memory is bounded, and key loads run on their own threads so a
+busy default executor (the routing refresh's) cannot hold them up."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from serving.gateway import keycache
+from serving.gateway import services as key_services
+from serving.gateway.keycache import KeyCache
+from tests.conftest import actor_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def lookups(monkeypatch) -> list[str]:
+    """The key ids the cache read from the database, in order (the real load runs)."""
+    seen: list[str] = []
+    real = keycache.load
+
+    def load(key_id: str):
+        seen.append(key_id)
+        return real(key_id)
+
+    monkeypatch.setattr(keycache, "load", load)
+    return seen
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def unknown(i: int) -> str:
+    return f"slm_{i:012d}_{'s' * 43}"
+
+
+@pytest.mark.parametrize("presented", [
+    "slm_ａｂｃｄｅｆｇｈｉｊｋｌ_" + "s" * 43,  # full-width letters: alphanumeric to str.isalnum()
+    "slm_abcdéfghijkl_" + "s" * 43,
+    "slm_ABCDEFGHIJKL_" + "s" * 43,
+    "slm_abcdefghijk'_" + "s" * 43,
+    "slm_abcdefghijkl_short",
+    "slm_abcdefghijkl_" + "s" * 43 + "\u00ff",
+    "slm_abcdefghijkl_" + "s" * 300,
+])
+def test_a_malformed_or_non_ascii_key_is_refused_before_any_lookup(lookups, presented):
+    assert run(KeyCache().authenticate(presented)) is None
+    assert lookups == []
+
+
+def test_an_unknown_key_id_is_looked_up_once_and_remembered_briefly(lookups, monkeypatch):
+    monkeypatch.setattr(keycache, "NEGATIVE_TTL", 0.2)
+
+    async def main(cache: KeyCache):
+        first = await asyncio.gather(*[cache.authenticate(unknown(1)) for _ in range(20)])
+        again = await cache.authenticate(unknown(1))
+        await asyncio.sleep(0.3)
+        later = await cache.authenticate(unknown(1))
+        return first, again, later
+
+    first, again, later = run(main(KeyCache()))
+    assert first == [None] * 20 and again is None and later is None
+    assert lookups == ["000000000001", "000000000001"], "one load for 21 calls, another once it expired"
+
+
+def test_unknown_ids_cannot_push_known_keys_out_and_memory_stays_bounded(lookups, org, team):
+    _, secret = key_services.create_key(actor=actor_for(org["owner"]), team=team, name="k")
+
+    async def main(cache: KeyCache):
+        assert await cache.authenticate(secret) is not None
+        for i in range(200):
+            await cache.authenticate(unknown(i))
+        return await cache.authenticate(secret), len(cache)
+
+    record, size = run(main(KeyCache(16, negative_size=32)))
+    assert record is not None and record.team_id == team.pk
+    assert size <= 16 + 32
+    assert lookups.count(secret.split("_")[1]) == 1, "the known key stayed cached through the flood"
+
+
+def test_known_keys_beyond_the_size_are_dropped_least_recently_used_first(lookups, org, team):
+    secrets = [key_services.create_key(actor=actor_for(org["owner"]), team=team, name=f"k{i}")[1] for i in range(4)]
+
+    async def main(cache: KeyCache):
+        for secret in secrets[:3]:
+            await cache.authenticate(secret)
+        await cache.authenticate(secrets[0])  # used again: now the most recent
+        await cache.authenticate(secrets[3])  # pushes out the least recently used: secrets[1]
+        lookups.clear()
+        for secret in (secrets[0], secrets[2], secrets[3], secrets[1]):
+            await cache.authenticate(secret)
+
+    run(main(KeyCache(3)))
+    assert lookups == [secrets[1].split("_")[1]]
+
+
+def test_key_loads_do_not_wait_for_a_busy_default_executor(org, team):
+    _, secret = key_services.create_key(actor=actor_for(org["owner"]), team=team, name="k")
+    release = threading.Event()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        stuck = loop.run_in_executor(None, release.wait, 10)  # what a slow routing refresh does to it
+        started = time.monotonic()
+        try:
+            record = await asyncio.wait_for(KeyCache().authenticate(secret), 5)
+        finally:
+            release.set()
+            await stuck
+        return record, time.monotonic() - started
+
+    record, elapsed = run(main())
+    assert record is not None and elapsed < 5
+
+
+def test_a_flood_of_distinct_unknown_ids_is_refused_past_the_pending_limit(monkeypatch):
+    monkeypatch.setattr(keycache, "MAX_PENDING", 4)
+    gate = threading.Event()
+    monkeypatch.setattr(keycache, "load", lambda key_id: gate.wait(5) and None)
+
+    async def main(cache: KeyCache):
+        waiting = [asyncio.ensure_future(cache.authenticate(unknown(i))) for i in range(4)]
+        await asyncio.sleep(0.1)
+        with pytest.raises(keycache.LookupBusy):
+            await cache.authenticate(unknown(99))
+        gate.set()
+        return await asyncio.gather(*waiting)
+
+    assert run(main(KeyCache())) == [None] * 4
