@@ -284,7 +284,7 @@ class Gateway:
             raise _no_such_model(name)
         return endpoint
 
-    def _chain(self, key: KeyRecord, first: EndpointInfo, choices: int) -> list[EndpointInfo]:
+    def _chain(self, key: KeyRecord, first: EndpointInfo, choices: int, *, chat: bool) -> list[EndpointInfo]:
         """The endpoint and the fallbacks this request may go on to: each hop is checked as the first was
         (team, scopes), and must serve the same kind of model and allow as many completions; the chain
         stops at the first that does not (a fallback set in another team is never followed)."""
@@ -292,6 +292,8 @@ class Gateway:
         while current.fallback:
             hop = self.snapshot.endpoints.get(current.fallback)
             if hop is None or any(hop.name == seen.name for seen in chain):
+                break
+            if chat and hop.no_chat:
                 break
             if not self._may_call(key, hop) or hop.embedding != first.embedding or hop.max_n < choices:
                 if (current.name, hop.name) not in self._cut_fallbacks and hop.team_id != current.team_id:
@@ -310,11 +312,13 @@ class Gateway:
                 or (name != ticket.deployment and name not in deployment.adapters)):
             raise _no_such_model(name)
         adapter = "" if name == ticket.deployment else name
+        no_chat = deployment.without_chat.get(name, "")
         route = Route(weight=1, deployment=ticket.deployment, upstream_model=name, adapter=adapter,
-                      version_id=deployment.adapters[adapter] if adapter else deployment.version_id)
+                      version_id=deployment.adapters[adapter] if adapter else deployment.version_id, chat=not no_chat)
         return EndpointInfo(name=tickets.PLAYGROUND_ENDPOINT, team_id=ticket.team_id, routes=(route,),
                             fallback=None, input_micros_per_token=0.0, output_micros_per_token=0.0,
-                            max_model_len=deployment.max_model_len, max_n=1, embedding=deployment.embedding)
+                            max_model_len=deployment.max_model_len, max_n=1, embedding=deployment.embedding,
+                            no_chat=no_chat)
 
     async def _proxy(self, scope, receive, send, headers, request_id: str, kind: str, event_id: str) -> None:
         started = time.perf_counter()
@@ -336,12 +340,17 @@ class Gateway:
                 use = "/v1/embeddings" if first.embedding else "/v1/chat/completions or /v1/completions"
                 raise GatewayError(400, f"The model `{name}` is {'an' if first.embedding else 'not an'} embedding "
                                    f"model: call {use} with it.", "unsupported_endpoint", param="model")
+            if kind == "chat" and first.no_chat:
+                raise GatewayError(400, f"The model `{name}` has no chat template ({first.no_chat}): call "
+                                   "/v1/completions with it, or give that version a chat template (on its registry page, "
+                                   "or POST /api/v1/models/{model}/versions/{number}/chat-template).",
+                                   "unsupported_endpoint", param="model")
             try:
                 shape = payloads.check(kind, payload, len(body), max_n=min(first.max_n, settings.GATEWAY_MAX_N),
                                        max_inputs=settings.GATEWAY_MAX_INPUTS)
             except payloads.PayloadError as exc:
                 raise GatewayError(400, exc.message, exc.code, param=exc.param) from None
-            chain = [first] if ticket else self._chain(key, first, shape.choices)
+            chain = [first] if ticket else self._chain(key, first, shape.choices, chat=kind == "chat")
             # Reserve for the costliest hop the request may take (contexts and prices differ).
             bound_tokens = bound_money = 0
             for hop in chain:
@@ -403,7 +412,7 @@ class Gateway:
     async def _dispatch(self, receive, send, request_id, chain: list[EndpointInfo], public: str, payload: dict,
                         outcome: _Outcome, started) -> None:
         for current in chain:
-            route = choose_route(current, self.snapshot)
+            route = choose_route(current, self.snapshot, chat=outcome.kind == "chat")
             if route is None:
                 continue
             replicas = self.snapshot.replicas.get(route.deployment, [])

@@ -29,6 +29,7 @@ class Route:
     upstream_model: str  # the deployment's own name, or the adapter's
     adapter: str
     version_id: int
+    chat: bool = True  # the version has a chat template (the engine refuses chat calls to one without)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class EndpointInfo:
     max_model_len: int
     max_n: int = 8  # completions per prompt a request may ask for (Endpoint.max_n)
     embedding: bool = False  # served by pooling engines: /v1/embeddings only
+    no_chat: str = ""  # "model vN" of a version without a chat template, when no route can take chat calls
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class DeploymentInfo:
     adapters: dict[str, int]  # adapter name -> its version
     max_model_len: int
     embedding: bool
+    without_chat: dict[str, str] = field(default_factory=dict)  # served name -> "model vN" lacking a template
 
 
 @dataclass
@@ -82,12 +85,18 @@ def _read_snapshot() -> Snapshot:
 
     snapshot = Snapshot(built_at=time.time())
     prices = {price.endpoint_id: price for price in EndpointPrice.objects.all()}
-    for deployment in Deployment.objects.select_related("version__model").prefetch_related("adapters"):
+    without_chat: dict[int, str] = {}  # version id -> "model vN", for versions without a chat template
+    for deployment in Deployment.objects.select_related("version__model").prefetch_related("adapters__version__model"):
+        served = [(deployment.name, deployment.version), *((a.name, a.version) for a in deployment.adapters.all())]
+        for _, version in served:
+            if not version.has_chat_template:
+                without_chat[version.pk] = f"{version.model.name} v{version.number}"
         snapshot.deployments[deployment.name] = DeploymentInfo(
             team_id=deployment.owner_team_id, version_id=deployment.version_id,
             adapters={adapter.name: adapter.version_id for adapter in deployment.adapters.all()},
             max_model_len=int(deployment.engine_args.get("max_model_len", 2048)),
             embedding=deployment.version.model.task == Task.EMBEDDING,
+            without_chat={name: without_chat[v.pk] for name, v in served if v.pk in without_chat},
         )
     endpoints = Endpoint.objects.select_related("fallback").prefetch_related("routes__deployment", "routes__adapter")
     for endpoint in endpoints:
@@ -99,11 +108,12 @@ def _read_snapshot() -> Snapshot:
             max_len = max(max_len, int(deployment.engine_args.get("max_model_len", 2048)))
             known = snapshot.deployments.get(deployment.name)
             embedding = embedding or bool(known and known.embedding)
+            version_id = route.adapter.version_id if route.adapter else deployment.version_id
             routes.append(Route(
                 weight=route.weight, deployment=deployment.name,
                 upstream_model=route.adapter.name if route.adapter else deployment.name,
                 adapter=route.adapter.name if route.adapter else "",
-                version_id=route.adapter.version_id if route.adapter else deployment.version_id,
+                version_id=version_id, chat=version_id not in without_chat,
             ))
         price = prices.get(endpoint.pk)
         snapshot.endpoints[endpoint.name] = EndpointInfo(
@@ -112,6 +122,7 @@ def _read_snapshot() -> Snapshot:
             input_micros_per_token=float(price.input_per_million) if price else 0.0,
             output_micros_per_token=float(price.output_per_million) if price else 0.0,
             max_model_len=max_len or 2048, max_n=endpoint.max_n, embedding=embedding,
+            no_chat="" if any(r.chat for r in routes) or not routes else without_chat[routes[0].version_id],
         )
     for replica in Replica.objects.filter(state=ReplicaState.READY).select_related("deployment"):
         snapshot.replicas.setdefault(replica.deployment.name, []).append(
@@ -140,9 +151,11 @@ class Balancer:
         self.outstanding[replica.id] = max(0, self.outstanding.get(replica.id, 1) - 1)
 
 
-def choose_route(endpoint: EndpointInfo, snapshot: Snapshot) -> Route | None:
-    """A route by weight among those whose deployment has a ready replica."""
-    live = [r for r in endpoint.routes if r.weight > 0 and snapshot.replicas.get(r.deployment)]
+def choose_route(endpoint: EndpointInfo, snapshot: Snapshot, *, chat: bool = False) -> Route | None:
+    """A route by weight among those whose deployment has a ready replica (and, for a chat call, whose
+    version has a chat template)."""
+    live = [r for r in endpoint.routes
+            if r.weight > 0 and snapshot.replicas.get(r.deployment) and (r.chat or not chat)]
     if len(live) < 2:
         return live[0] if live else None
     return random.choices(live, weights=[r.weight for r in live])[0]  # noqa: S311
