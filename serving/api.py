@@ -194,11 +194,13 @@ class EndpointIn(Schema):
     description: str = ""
     routes: list[RouteIn]
     fallback: str | None = None
+    max_n: int = Field(8, ge=1, le=128, description="Most completions per prompt (n, best_of) one request may ask for")
 
 
 class RoutesIn(Schema):
     routes: list[RouteIn]
     fallback: str | None = None
+    max_n: int | None = Field(None, ge=1, le=128, description="Completions cap per prompt; omitted: unchanged")
 
 
 # --- Pools and nodes -------------------------------------------------------------------------------
@@ -331,6 +333,7 @@ def create_endpoint(request, payload: EndpointIn):
     endpoint = services.create_endpoint(
         actor=request.auth, name=payload.name, team=team, description=payload.description,
         routes=[r.dict() for r in payload.routes], fallback=_fallback(request, payload.fallback),
+        max_n=payload.max_n,
     )
     return Status(201, endpoint)
 
@@ -345,7 +348,7 @@ def set_routes(request, endpoint: str, payload: RoutesIn):
     """Change weights (canary, A/B) and the fallback; audited with before and after."""
     target = gate.get_visible(request.auth, Endpoint, name=endpoint)
     return services.set_routes(actor=request.auth, endpoint=target, routes=[r.dict() for r in payload.routes],
-                               fallback=_fallback(request, payload.fallback))
+                               fallback=_fallback(request, payload.fallback), max_n=payload.max_n)
 
 
 @router.delete("/endpoints/{endpoint}", response={204: None})

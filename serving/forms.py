@@ -412,6 +412,13 @@ class FallbackField(forms.ModelChoiceField):
         return f"{obj.name} ({obj.owner_team.name})" if self.with_team else obj.name
 
 
+class MaxNField(forms.IntegerField):
+    def __init__(self, **kwargs):
+        super().__init__(min_value=1, max_value=128, initial=8, required=False, label="Completions per prompt, at most",
+                         help_text="The most completions (n) one request may ask for: each is reserved against "
+                         "the caller's budget and billed.", **kwargs)
+
+
 class EndpointForm(forms.Form):
     name = forms.CharField(
         max_length=63,
@@ -426,6 +433,7 @@ class EndpointForm(forms.Form):
         empty_label="No fallback",
         help_text="Called instead when no replica behind this endpoint is ready.",
     )
+    max_n = MaxNField()
 
     def __init__(self, *args, actor: Actor, **kwargs):
         super().__init__(*args, **kwargs)
@@ -451,6 +459,7 @@ class FallbackForm(forms.Form):
         empty_label="No fallback",
         help_text="Called instead when no replica behind this endpoint is ready.",
     )
+    max_n = MaxNField()
 
     def __init__(self, *args, actor: Actor, endpoint: Endpoint, **kwargs):
         super().__init__(*args, **kwargs)
@@ -461,3 +470,4 @@ class FallbackForm(forms.Form):
             .order_by("name")
         )
         self.fields["fallback"].initial = endpoint.fallback_id
+        self.fields["max_n"].initial = endpoint.max_n

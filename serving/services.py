@@ -355,13 +355,25 @@ def _fallback(actor: Actor, team: Team, fallback: Endpoint | None) -> Endpoint |
     return fallback
 
 
+MAX_N_DEFAULT, MAX_N_CEILING = 8, 128  # as Endpoint.max_n's default and validators
+
+
+def _check_max_n(value: int) -> int:
+    # Each completion is reserved for and billed: the cap bounds what one call can hold of a budget.
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_N_CEILING:
+        raise Invalid(f"max_n: between 1 and {MAX_N_CEILING} completions per prompt.", fields={
+            "max_n": [f"Between 1 and {MAX_N_CEILING}."]})
+    return value
+
+
 @transaction.atomic
 def create_endpoint(*, actor: Actor, name: str, team: Team, routes: list[dict], description: str = "",
-                    fallback: Endpoint | None = None) -> Endpoint:
+                    fallback: Endpoint | None = None, max_n: int = MAX_N_DEFAULT) -> Endpoint:
     gate.require(actor, "deployment.manage", team)
     resolved = _routes(actor, team, routes)
     fallback = _fallback(actor, team, fallback)
-    endpoint = Endpoint(name=_check_name(name), owner_team=team, description=description, fallback=fallback)
+    endpoint = Endpoint(name=_check_name(name), owner_team=team, description=description, fallback=fallback,
+                        max_n=_check_max_n(max_n))
     try:
         with transaction.atomic():
             endpoint.save(force_insert=True)
@@ -374,8 +386,10 @@ def create_endpoint(*, actor: Actor, name: str, team: Team, routes: list[dict], 
 
 
 @transaction.atomic
-def set_routes(*, actor: Actor, endpoint: Endpoint, routes: list[dict], fallback: Endpoint | None = None) -> Endpoint:
-    """Change an endpoint's weights (canary, A/B) and fallback; audited with before and after."""
+def set_routes(*, actor: Actor, endpoint: Endpoint, routes: list[dict], fallback: Endpoint | None = None,
+               max_n: int | None = None) -> Endpoint:
+    """Change an endpoint's weights (canary, A/B), fallback and completions cap (``None``: unchanged);
+    audited with before and after."""
     gate.require(actor, "deployment.manage", endpoint)
     endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
     resolved = _routes(actor, endpoint.owner_team, routes)
@@ -392,7 +406,9 @@ def set_routes(*, actor: Actor, endpoint: Endpoint, routes: list[dict], fallback
     for deployment, adapter, weight in resolved:
         EndpointRoute.objects.create(endpoint=endpoint, deployment=deployment, adapter=adapter, weight=weight)
     endpoint.fallback = fallback
-    endpoint.save(update_fields=["fallback"])
+    if max_n is not None:
+        endpoint.max_n = _check_max_n(max_n)
+    endpoint.save(update_fields=["fallback", "max_n"])
     audit.record(actor, "endpoint.routes", endpoint, before=before, after=endpoint.snapshot())
     return endpoint
 

@@ -104,6 +104,7 @@ def endpoint_create(request):
                 description=form.cleaned_data["description"],
                 routes=routes.routes(),
                 fallback=form.cleaned_data["fallback"],
+                max_n=form.cleaned_data["max_n"] or services.MAX_N_DEFAULT,
             )
         except DomainError as exc:
             apply_serving_error(form, exc)
@@ -186,6 +187,7 @@ def endpoint_routes(request, name: str):
                 endpoint=endpoint,
                 routes=routes.routes(),
                 fallback=fallback_form.cleaned_data["fallback"],
+                max_n=fallback_form.cleaned_data["max_n"],
             )
         except DomainError as exc:
             apply_serving_error(fallback_form, exc)

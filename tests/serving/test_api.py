@@ -94,3 +94,36 @@ def test_a_deployment_refused_for_its_team_answers_400_naming_the_field(client, 
                            content_type="application/json")
     assert response.status_code == 400, response.content
     assert response.json()["error"]["fields"] == {"version": ["Not shared with Support AI."]}
+
+
+def test_an_endpoints_completions_cap_is_set_on_creation_and_changed_alone_audited(client, org, team, world):
+    from portfolio.audit.models import AuditEvent
+
+    client.force_login(org["engineer"])
+    response = client.post("/api/v1/endpoints", {"name": "support-n", "team_id": team.pk, "max_n": 2,
+                                                 "routes": [{"deployment": "support-bot"}]},
+                           content_type="application/json")
+    assert response.status_code == 201, response.content
+    assert response.json()["max_n"] == 2
+    routes = {"routes": [{"deployment": "support-bot"}]}
+    assert client.put("/api/v1/endpoints/support-n/routes", routes,
+                      content_type="application/json").json()["max_n"] == 2, "omitted: unchanged"
+    assert client.put("/api/v1/endpoints/support-n/routes", {**routes, "max_n": 4},
+                      content_type="application/json").json()["max_n"] == 4
+    change = AuditEvent.objects.filter(action="endpoint.routes").latest("sequence")
+    assert (change.before["max_n"], change.after["max_n"]) == (2, 4)
+    for bad in (0, 129, "many"):
+        response = client.put("/api/v1/endpoints/support-n/routes", {**routes, "max_n": bad},
+                              content_type="application/json")
+        assert response.status_code == 422 and "max_n" in response.json()["error"]["fields"]
+    assert Endpoint.objects.get(name="support-n").max_n == 4
+
+
+def test_the_completions_cap_is_bounded_in_the_service_too(org, team, world):
+    from portfolio.errors import Invalid
+
+    engineer = actor_for(org["engineer"])
+    for bad in (0, 129, True):
+        with pytest.raises(Invalid, match="max_n"):
+            services.create_endpoint(actor=engineer, name="support-x", team=team, max_n=bad,
+                                     routes=[{"deployment": "support-bot"}])

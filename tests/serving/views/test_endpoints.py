@@ -147,3 +147,17 @@ def test_the_new_endpoint_form_refuses_another_teams_fallback(
     assert response.status_code == 200
     assert "Select a valid choice" in response.content.decode()
     assert not Endpoint.objects.filter(name="support").exists()
+
+
+def test_the_route_editor_changes_the_completions_cap_and_refuses_one_out_of_range(signed_in, org, endpoint):
+    client = signed_in(org["engineer"])
+    page = client.get(reverse("endpoint-detail", args=[endpoint.name])).content.decode()
+    assert 'name="max_n"' in page and 'value="8"' in page
+    url = reverse("endpoint-routes", args=[endpoint.name])
+    assert client.post(url, routes_data(("support-bot", "", 100), max_n="3")).status_code == 302
+    endpoint.refresh_from_db()
+    assert endpoint.max_n == 3
+    response = client.post(url, routes_data(("support-bot", "", 100), max_n="500"))
+    assert response.status_code == 200 and "less than or equal to 128" in response.content.decode()
+    endpoint.refresh_from_db()
+    assert endpoint.max_n == 3
