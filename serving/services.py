@@ -7,7 +7,6 @@ import re
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from portfolio.accounts import gate
@@ -15,7 +14,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid
-from portfolio.registry.choices import Task, VersionKind, VersionStatus, Visibility
+from portfolio.registry.choices import Task, VersionKind, VersionStatus
 from portfolio.registry.models import ModelVersion
 from serving import engine_args, scheduler
 from serving.capacity import pool_capacity
@@ -134,19 +133,9 @@ def require_pool_open_to(team: Team, pool: ComputePool) -> None:
         )
 
 
-def versions_usable_by(team: Team):
-    """The registry's visibility rules (``ModelQuerySet.visible_to``) applied to a team rather than a person:
-    its own models, its department's shared ones and the organisation's."""
-    return ModelVersion.objects.filter(
-        Q(model__owner_team_id=team.pk)
-        | Q(model__visibility=Visibility.DEPARTMENT, model__owner_team__department_id=team.department_id)
-        | Q(model__visibility=Visibility.ORGANISATION)
-    )
-
-
 def require_usable_by(team: Team, version: ModelVersion, field: str = "version") -> None:
     """``version`` is one ``team`` may serve or train: shared with it, not merely seen by the actor."""
-    if not versions_usable_by(team).filter(pk=version.pk).exists():
+    if not ModelVersion.objects.shared_with_team(team).filter(pk=version.pk).exists():
         raise Invalid(
             f"{field}: {version.label} is not shared with {team.name}; it may use its own models and those "
             "shared with its department or the organisation.",

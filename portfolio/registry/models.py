@@ -16,18 +16,28 @@ model_name_validator = RegexValidator(
 alias_validator = RegexValidator(r"^[a-z][a-z0-9-]{0,31}$", "Use lower-case letters, digits and dashes.")
 
 
+def _shared_with(team_ids, department_ids) -> Q:
+    """The visibility rule: a team's own models, those shared with its department, the organisation's."""
+    return (
+        Q(owner_team_id__in=team_ids)
+        | Q(visibility=Visibility.DEPARTMENT, owner_team__department_id__in=department_ids)
+        | Q(visibility=Visibility.ORGANISATION)
+    )
+
+
 class ModelQuerySet(models.QuerySet):
     def visible_to(self, actor) -> ModelQuerySet:
+        """What a person may see: the models shared with any of their teams (everything, org-wide)."""
         if actor.is_org_wide:
             return self
         if actor.user is None:
             return self.none()
         departments = Team.objects.filter(id__in=actor.team_ids).values("department_id")
-        return self.filter(
-            Q(owner_team_id__in=actor.team_ids)
-            | Q(visibility=Visibility.DEPARTMENT, owner_team__department_id__in=departments)
-            | Q(visibility=Visibility.ORGANISATION)
-        )
+        return self.filter(_shared_with(actor.team_ids, departments))
+
+    def shared_with_team(self, team: Team) -> ModelQuerySet:
+        """What a team may serve or train, whoever acts for it (seeing a model is not enough to use it)."""
+        return self.filter(_shared_with([team.pk], [team.department_id]))
 
 
 class Model(models.Model):
@@ -96,6 +106,9 @@ class Artifact(models.Model):
 class ModelVersionQuerySet(models.QuerySet):
     def visible_to(self, actor) -> ModelVersionQuerySet:
         return self.filter(model__in=Model.objects.visible_to(actor))
+
+    def shared_with_team(self, team: Team) -> ModelVersionQuerySet:
+        return self.filter(model__in=Model.objects.shared_with_team(team))
 
 
 class ModelVersion(models.Model):
