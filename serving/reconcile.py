@@ -106,7 +106,7 @@ def reconcile_deployment(deployment_id: int) -> set[str]:
 
 
 def _describe(deployment: Deployment, status: str) -> str:
-    counts = {}
+    counts: dict[str, int] = {}
     for state in deployment.replica_set.filter(generation=deployment.generation).values_list("state", flat=True):
         counts[state] = counts.get(state, 0) + 1
     ready = counts.get(ReplicaState.READY, 0)

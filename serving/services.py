@@ -91,7 +91,8 @@ def set_node_state(*, actor: Actor, node: Node, state: str) -> Node:
     before = node.snapshot()
     node.state = state
     node.save(update_fields=["state"])
-    action = {NodeState.READY: "node.uncordon", NodeState.CORDONED: "node.cordon", NodeState.DRAINING: "node.drain"}
+    action: dict[str, str] = {NodeState.READY: "node.uncordon", NodeState.CORDONED: "node.cordon",
+                              NodeState.DRAINING: "node.drain"}
     audit.record(actor, action[state], node, before=before, after=node.snapshot())
     for deployment_id in node.replicas.values_list("deployment_id", flat=True).distinct():
         _after_commit_reconcile(deployment_id)
@@ -288,7 +289,11 @@ def _poke_nodes(deployment: Deployment) -> None:
     from serving.tasks import poke_node
 
     names = set(deployment.replica_set.exclude(node=None).values_list("node__name", flat=True))
-    transaction.on_commit(lambda: [poke_node(name) for name in names])
+    def poke() -> None:
+        for name in names:
+            poke_node(name)
+
+    transaction.on_commit(poke)
 
 
 @transaction.atomic
@@ -384,7 +389,8 @@ def set_routes(*, actor: Actor, endpoint: Endpoint, routes: list[dict], fallback
     resolved = _routes(actor, endpoint.owner_team, routes)
     fallback = _fallback(actor, endpoint.owner_team, fallback)
     if fallback is not None:
-        chain, current = {endpoint.pk}, fallback
+        chain: set[int] = {endpoint.pk}
+        current: Endpoint | None = fallback
         while current is not None:
             if current.pk in chain:
                 raise Invalid("fallback: that would make a fallback loop.")

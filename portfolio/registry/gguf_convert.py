@@ -39,8 +39,9 @@ def convert(gguf_path: Path, out_dir: Path, dtype: str = "bfloat16") -> dict:
 
     model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
                                                  dtype=getattr(torch, dtype))
-    model.hf_quantizer = None
-    model.is_quantized = False
+    # The weights are dequantized on load; saved as they are, they must not claim a quantizer.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    model.is_quantized = False  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out_dir, safe_serialization=True)
