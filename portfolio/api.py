@@ -18,14 +18,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.db import DataError
 from django.http import Http404
-from django.middleware.csrf import CsrfViewMiddleware
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import HttpBearer, SessionAuth
+from ninja.utils import check_csrf
 
 from portfolio.accounts.actor import Actor
 from portfolio.errors import DomainError, Forbidden
@@ -88,17 +88,10 @@ class BrowserSessionAuth(SessionAuth):
     def __call__(self, request):
         if "authorization" in request.headers or not request.user.is_authenticated:
             return None
-        if self.csrf and not getattr(request, "_ninja_csrf_exempt", False) and _csrf_fails(request):
+        # ninja's own check (Django's CsrfViewMiddleware; the API's views are exempt from the middleware).
+        if self.csrf and not getattr(request, "_ninja_csrf_exempt", False) and check_csrf(request) is not None:
             raise Forbidden("CSRF check failed: send the csrftoken cookie's value in X-CSRFToken.", code="csrf_failed")
         return Actor.for_request(request)
-
-
-def _csrf_fails(request) -> bool:
-    """Django's own CSRF check (the API's views are exempt from the middleware: authentication decides)."""
-    middleware = CsrfViewMiddleware(lambda r: None)
-    request.csrf_processing_done = False
-    middleware.process_request(request)
-    return middleware.process_view(request, lambda r: None, (), {}) is not None
 
 
 class PortfolioAPI(NinjaAPI):
@@ -167,6 +160,17 @@ def _invalid(request, exc: NinjaValidationError):
         fields.setdefault(location or "__all__", []).append(item.get("msg", "invalid"))
     first = next(iter(fields.items()))
     return error_body(request, 422, "invalid", f"{first[0]}: {first[1][0]}", fields)
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_large(request, exc):
+    return error_body(request, 413, "too_large", "The request body is too large.")
+
+
+@api.exception_handler(SuspiciousOperation)
+def _suspicious(request, exc):
+    # Django's refusals of malformed input (too many fields, a bad multipart body): the caller's to fix.
+    return error_body(request, 400, "invalid", "The request is malformed.")
 
 
 @api.exception_handler(DataError)

@@ -63,3 +63,11 @@ def test_every_operation_declares_the_errors_it_can_answer_in_the_error_shape():
 def test_the_served_document_is_the_one_with_the_errors(client):
     document = client.get("/api/v1/openapi.json").json()
     assert "401" in document["paths"]["/api/v1/me"]["get"]["responses"]
+
+
+def test_a_body_past_the_upload_limit_is_a_413_in_the_error_shape(client, bearer, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    body = '{"name": "' + "x" * 2000 + '", "cost_center": "CC-900"}'
+    response = client.post("/api/v1/departments", body, content_type="application/json", **bearer)
+    assert response.status_code == 413, response.content
+    assert response.json()["error"]["code"] == "too_large"

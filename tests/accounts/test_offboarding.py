@@ -62,8 +62,10 @@ def test_a_deactivated_user_is_out_at_once_and_keeps_their_memberships(client, o
     login = Client().post(reverse("login"), {"username": user.username, "password": PASSWORD})
     assert login.status_code == 200 and "_auth_user_id" not in login.client.session
 
-    # Kept for the record.
+    # Kept for the record, and marked on the team's page.
     assert Membership.objects.filter(user=user, team=team, role="developer").exists()
+    team_page = _signed_in(org["owner"]).get(reverse("team-detail", args=[team.slug])).content.decode()
+    assert 'title="Kept for the record; has no access">deactivated</span>' in team_page
     event = AuditEvent.objects.get(action="user.deactivate")
     assert event.before["is_active"] is True and event.after["is_active"] is False
     assert event.after["sessions_ended"] == 2 and len(event.after["tokens_revoked"]) == 1
