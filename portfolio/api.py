@@ -1,20 +1,68 @@
-"""The REST API at /api/v1/: one NinjaAPI, app routers, auth, and the one mapping of errors to HTTP."""
+"""The REST API at /api/v1/: one NinjaAPI, app routers, auth, and the one mapping of errors to HTTP.
+
+Authentication, decided in this order:
+- a request with an ``Authorization`` header is judged by that header alone: a valid personal token
+  authenticates it; anything else (missing scheme, junk, expired, revoked, a deactivated owner) is 401,
+  never a fall-back to the browser session. Such a request is not subject to CSRF: a browser cannot be
+  made to send an ``Authorization`` header to another site without a CORS preflight this API never allows;
+- otherwise the signed-in browser session, with Django's CSRF check on unsafe methods (403 when it fails);
+- otherwise 401.
+
+Every operation's OpenAPI entry declares the error statuses the handlers below can answer, with the one
+error shape ``{"error": {"code", "message", "fields"?, "request_id"}}``, so clients (and the schemathesis
+suite in tests/security/) can rely on the document.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.db import DataError
 from django.http import Http404
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import HttpBearer, SessionAuth
+from ninja.utils import check_csrf
 
 from portfolio.accounts.actor import Actor
-from portfolio.errors import DomainError
+from portfolio.errors import DomainError, Forbidden
 
 logger = logging.getLogger(__name__)
+
+# Error statuses any operation may answer (the handlers below); declared on every operation.
+ERROR_STATUSES = {
+    400: "The request was refused: a value is invalid or out of range.",
+    401: "No valid personal token or browser session.",
+    403: "The caller's role does not allow this, or the browser session failed the CSRF check.",
+    404: "Not found, or not visible to the caller.",
+    409: "The change conflicts with the current state.",
+    413: "The request body is too large.",
+    422: "The input does not match the operation's parameters.",
+}
+ERROR_SCHEMA = {
+    "title": "ErrorResponse",
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "request_id"],
+            "properties": {
+                "code": {"type": "string", "description": "Stable, for scripts: invalid, not_found, ..."},
+                "message": {"type": "string", "description": "For people."},
+                "request_id": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                "fields": {
+                    "type": "object",
+                    "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                    "description": "The fields at fault, each with its messages.",
+                },
+            },
+        }
+    },
+}
 
 
 class PersonalTokenAuth(HttpBearer):
@@ -31,14 +79,37 @@ class PersonalTokenAuth(HttpBearer):
 
 
 class BrowserSessionAuth(SessionAuth):
-    """The signed-in browser session, with Django's CSRF check on unsafe methods."""
+    """The signed-in browser session, with Django's CSRF check on unsafe methods.
 
-    def authenticate(self, request, key):
-        user = super().authenticate(request, key)
-        return Actor.for_request(request) if user else None
+    Consulted only for requests without an ``Authorization`` header (see the module docstring), and the
+    CSRF check runs only once a session user is known: an anonymous call is a 401, not a CSRF failure.
+    """
+
+    def __call__(self, request):
+        if "authorization" in request.headers or not request.user.is_authenticated:
+            return None
+        # ninja's own check (Django's CsrfViewMiddleware; the API's views are exempt from the middleware).
+        if self.csrf and not getattr(request, "_ninja_csrf_exempt", False) and check_csrf(request) is not None:
+            raise Forbidden("CSRF check failed: send the csrftoken cookie's value in X-CSRFToken.", code="csrf_failed")
+        return Actor.for_request(request)
 
 
-api = NinjaAPI(
+class PortfolioAPI(NinjaAPI):
+    """NinjaAPI whose OpenAPI document declares, on every operation, the errors the handlers answer."""
+
+    def get_openapi_schema(self, *, path_prefix: str | None = None, path_params: dict | None = None) -> Any:
+        schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
+        schema.setdefault("components", {}).setdefault("schemas", {})["ErrorResponse"] = ERROR_SCHEMA
+        reference = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+        for path_item in schema["paths"].values():
+            for operation in path_item.values():
+                responses = operation.setdefault("responses", {})
+                for status, description in ERROR_STATUSES.items():
+                    responses.setdefault(status, {"description": description, "content": reference})
+        return schema
+
+
+api = PortfolioAPI(
     title="Portfolio API",
     version="1",
     description="Control plane for the model portfolio. Authenticate with `Authorization: Bearer pat_…`.",
@@ -89,6 +160,27 @@ def _invalid(request, exc: NinjaValidationError):
         fields.setdefault(location or "__all__", []).append(item.get("msg", "invalid"))
     first = next(iter(fields.items()))
     return error_body(request, 422, "invalid", f"{first[0]}: {first[1][0]}", fields)
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_large(request, exc):
+    return error_body(request, 413, "too_large", "The request body is too large.")
+
+
+@api.exception_handler(SuspiciousOperation)
+def _suspicious(request, exc):
+    # Django's refusals of malformed input (too many fields, a bad multipart body): the caller's to fix.
+    return error_body(request, 400, "invalid", "The request is malformed.")
+
+
+@api.exception_handler(DataError)
+def _out_of_range(request, exc: DataError):
+    # What the database refuses to store or compare (a page past 2**63, a NUL character in a filter) is
+    # the caller's input, not our failure.
+    logger.info("API input refused by the database: %s", str(exc).splitlines()[0][:200])
+    return error_body(
+        request, 400, "invalid", "A value is out of range or contains characters that cannot be stored."
+    )
 
 
 @api.exception_handler(HttpError)

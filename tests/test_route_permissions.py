@@ -13,6 +13,7 @@ import importlib
 from pathlib import Path
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
@@ -34,6 +35,7 @@ from tests.registry.conftest import make_model_folder
 from tests.training import route_rules as training_rules
 from training.models import DatasetVersion, FineTuneJob
 
+User = get_user_model()
 ROLES = ["anonymous", "outsider", "owner", "engineer", "developer", "viewer", "auditor", "admin"]
 
 
@@ -58,6 +60,12 @@ UI_ROUTES: dict[str, Rule] = {
     "member-remove": ui("team", "member.manage", "POST"),
     "user-list": ui("org", "user.view"),
     "user-create": ui("org", "user.manage"),
+    "user-detail": ui("org", "user.view"),
+    "user-roles": ui("org", "user.manage", "POST", roles="auditor"),
+    "user-deactivate": ui("org", "user.manage", "POST"),
+    "user-reactivate": ui("org", "user.manage", "POST"),
+    # A team's key policy: its members read it; owners (and admins) change it.
+    "apikey-policy": ui("team", "apikey.limits", "POST", rpm_limit="100"),
     "token-list": ui("signed_in"),
     "token-create": ui("signed_in", method="POST", name="ci", expires_in_days="30"),
     "token-revoke": ui("own", method="POST"),
@@ -102,6 +110,10 @@ API_ROUTES: dict[str, Rule] = {
     "DELETE /memberships/{membership_id}": rest("team", "member.manage", "DELETE"),
     "GET /users": rest("org", "user.view"),
     "POST /users": rest("org", "user.manage", "POST", username="newcomer"),
+    "GET /users/{user_id}": rest("org", "user.view"),
+    "POST /users/{user_id}/deactivate": rest("org", "user.manage", "POST"),
+    "POST /users/{user_id}/reactivate": rest("org", "user.manage", "POST"),
+    "PUT /users/{user_id}/org-roles": rest("org", "user.manage", "PUT", roles=["auditor"]),
     "GET /tokens": rest("signed_in"),
     "POST /tokens": rest("signed_in", method="POST", name="ci"),
     "DELETE /tokens/{token_id}": rest("own", method="DELETE"),
@@ -149,7 +161,12 @@ API_ROUTES: dict[str, Rule] = {
     # Gateway keys and usage
     "GET /teams/{team_id}/keys": rest("team", "apikey.manage"),
     "POST /teams/{team_id}/keys": rest("team", "apikey.manage", "POST", name="ci key"),
-    "PUT /keys/{key_id}": rest("team", "apikey.manage", "PUT", rpm_limit=10),
+    # Scopes and addresses: owners and developers; limits and budgets (and the policy): owners only.
+    "PATCH /keys/{key_id}": rest("team", "apikey.manage", "PATCH", allowed_ips=["10.0.0.0/8"]),
+    "PUT /keys/{key_id}": rest("team", "apikey.limits", "PUT", scopes=[], allowed_ips=[], rpm_limit=10,
+                               tpm_limit=None, monthly_token_budget=None, monthly_budget=None),
+    "GET /teams/{team_id}/key-policy": rest("team", "team.view"),
+    "PATCH /teams/{team_id}/key-policy": rest("team", "apikey.limits", "PATCH", rpm_limit=100),
     "DELETE /keys/{key_id}": rest("team", "apikey.manage", "DELETE"),
     "GET /usage": rest("signed_in"),
     # Fine-tuning jobs and evaluations
@@ -271,6 +288,7 @@ def world(org, team, department, make_user, settings, tmp_path):
         "number": 1, "path": "config.json", "version_id": version.pk,
         "node": "node-1", "deployment": deployment.name, "endpoint": "smol-ep", "adapter": "none",
         "key_id": api_key.pk, "dataset_version_id": dataset_version.pk, "job_id": job.pk, **training_world,
+        "user_id": User.objects.get(username="newbie").pk,
     }
     default_store.cache_clear()
 
@@ -297,6 +315,9 @@ def _ui_url(name: str, values: dict, own_token_pk: int | None) -> str:
         "member-role": {"slug": values["slug"], "pk": values["membership_id"]},
         "member-remove": {"slug": values["slug"], "pk": values["membership_id"]},
         "token-revoke": {"pk": own_token_pk},
+        **{route: {"pk": values["user_id"]} for route in ("user-detail", "user-roles", "user-deactivate",
+                                                          "user-reactivate")},
+        "apikey-policy": {"slug": values["slug"]},
         **{
             route: {"name": values["name"]}
             for route in ("model-detail", "model-edit", "model-import", "adapter-upload", "model-compare")

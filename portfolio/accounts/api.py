@@ -71,6 +71,33 @@ class UserOut(Schema):
     username: str
     email: str
     is_active: bool
+    is_superuser: bool = Field(description="A bootstrap superuser is a platform admin whatever its org roles.")
+    org_roles: list[OrgRole]
+    last_login: datetime | None
+
+    @staticmethod
+    def resolve_org_roles(user) -> list[str]:
+        return sorted(grant.role for grant in user.org_roles.all())
+
+
+class UserMembershipOut(Schema):
+    team_id: int
+    team: str = Field(alias="team.slug")
+    role: TeamRole
+
+
+class UserDetailOut(UserOut):
+    """A user with their team memberships (kept, for the record, when the account is deactivated)."""
+
+    memberships: list[UserMembershipOut]
+
+    @staticmethod
+    def resolve_memberships(user) -> list:
+        return list(user.memberships.select_related("team").order_by("team__name", "id"))
+
+
+class OrgRolesIn(Schema):
+    roles: list[OrgRole] = Field(max_length=len(OrgRole.values), description="The user's organisation roles, all of them.")
 
 
 class UserIn(Schema):
@@ -80,7 +107,7 @@ class UserIn(Schema):
 
 
 class UserCreated(UserOut):
-    initial_password: str
+    initial_password: str = Field(description="Shown once; hand it over and have it changed.")
 
 
 class MeOut(Schema):
@@ -209,7 +236,7 @@ def remove_member(request, membership_id: int):
 @paginate(PageNumberPagination, page_size=100)
 def list_users(request):
     gate.require(request.auth, "user.view")
-    return User.objects.order_by("username", "id")
+    return User.objects.prefetch_related("org_roles").order_by("username", "id")
 
 
 @router.post("/users", response={201: UserCreated})
@@ -217,8 +244,42 @@ def create_user(request, payload: UserIn):
     user, password = services.create_user(
         actor=request.auth, username=payload.username, email=payload.email, org_role=payload.org_role or ""
     )
-    created = {"id": user.pk, "username": user.username, "email": user.email, "is_active": user.is_active}
-    return Status(201, {**created, "initial_password": password})
+    user.initial_password = password
+    return Status(201, user)
+
+
+def _user(request, user_id: int, action: str):
+    gate.require(request.auth, action)
+    user = User.objects.filter(pk=user_id).prefetch_related("org_roles").first()
+    if user is None:
+        raise NotFound("User not found.")
+    return user
+
+
+@router.get("/users/{user_id}", response=UserDetailOut)
+def get_user(request, user_id: int):
+    return _user(request, user_id, "user.view")
+
+
+@router.post("/users/{user_id}/deactivate", response=UserDetailOut)
+def deactivate_user(request, user_id: int):
+    """Offboarding: sign-in refused, sessions ended and personal tokens revoked at once; memberships kept."""
+    user = services.deactivate_user(actor=request.auth, user=_user(request, user_id, "user.manage"))
+    return _user(request, user.pk, "user.manage")
+
+
+@router.post("/users/{user_id}/reactivate", response=UserDetailOut)
+def reactivate_user(request, user_id: int):
+    """The account may sign in again; personal tokens revoked at deactivation stay revoked."""
+    user = services.reactivate_user(actor=request.auth, user=_user(request, user_id, "user.manage"))
+    return _user(request, user.pk, "user.manage")
+
+
+@router.put("/users/{user_id}/org-roles", response=UserDetailOut)
+def set_org_roles(request, user_id: int, payload: OrgRolesIn):
+    """Replace the user's organisation roles (admin, auditor); each grant and revocation is audited."""
+    user = services.set_org_roles(actor=request.auth, user=_user(request, user_id, "user.manage"), roles=payload.roles)
+    return _user(request, user.pk, "user.manage")
 
 
 # --- Personal access tokens ------------------------------------------------------------------------

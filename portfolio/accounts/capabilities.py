@@ -36,7 +36,10 @@ MATRIX: dict[str, frozenset[str]] = {
     "training.run": frozenset({OWNER, ENGINEER}),
     "deployment.manage": frozenset({OWNER, ENGINEER}),
     "endpoint.call": frozenset({OWNER, ENGINEER, DEVELOPER}),
+    # Developers create and revoke keys within the ceilings of the team's key policy; only owners (and
+    # admins) set a key's limits and budgets and the policy itself: whoever answers for spend controls it.
     "apikey.manage": frozenset({OWNER, DEVELOPER}),
+    "apikey.limits": frozenset({OWNER}),
     "usage.view": TEAM_MEMBERS | {AUDITOR},
     "billing.view": frozenset({OWNER, AUDITOR}),
     "pool.manage": frozenset({ADMIN}),

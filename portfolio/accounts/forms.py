@@ -143,6 +143,16 @@ class UserCreateForm(forms.Form):
     )
 
 
+class OrgRolesForm(forms.Form):
+    roles = forms.MultipleChoiceField(
+        label="Organisation roles",
+        choices=OrgRole.choices,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Platform admins may do everything; auditors read the audit log, users and billing.",
+    )
+
+
 class TokenCreateForm(forms.Form):
     name = forms.CharField(
         max_length=100,

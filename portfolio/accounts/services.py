@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from datetime import timedelta
+from importlib import import_module
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
+from django.contrib.sessions.models import Session
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -169,19 +173,118 @@ def create_user(*, actor: Actor, username: str, email: str = "", org_role: str =
     return user, password
 
 
+def _org_roles(user) -> list[str]:
+    return sorted(OrgRoleGrant.objects.filter(user=user).values_list("role", flat=True))
+
+
+def user_snapshot(user) -> dict:
+    return {
+        "username": user.username,
+        "email": user.email,
+        "is_active": user.is_active,
+        "org_roles": _org_roles(user),
+    }
+
+
+def _is_last_active_admin(user) -> bool:
+    """Whether ``user`` is the only active platform admin left (superusers count as admins)."""
+    admins = User.objects.filter(is_active=True).filter(Q(is_superuser=True) | Q(org_roles__role=OrgRole.ADMIN))
+    # Locked, so that two admins removing each other at once cannot both succeed.
+    ids = set(User.objects.select_for_update().filter(pk__in=admins.values("pk")).values_list("pk", flat=True))
+    return ids == {user.pk}
+
+
 @transaction.atomic
 def set_org_role(*, actor: Actor, user, role: str, granted: bool) -> None:
+    """Grant or revoke one organisation role, audited with the user's roles before and after."""
     gate.require(actor, "user.manage")
     if role not in OrgRole.values:
         raise Invalid(f"role: {role!r} is not an organisation role.")
+    user = User.objects.select_for_update().get(pk=user.pk)
+    before = {"user": user.username, "org_roles": _org_roles(user)}
     if granted:
-        _, created = OrgRoleGrant.objects.get_or_create(user=user, role=role)
+        _, changed = OrgRoleGrant.objects.get_or_create(user=user, role=role)
         action = "org_role.grant"
     else:
-        created = OrgRoleGrant.objects.filter(user=user, role=role).delete()[0] > 0
+        grants = OrgRoleGrant.objects.filter(user=user, role=role)
+        if role == OrgRole.ADMIN and not user.is_superuser and grants.exists() and _is_last_active_admin(user):
+            raise Conflict("The organisation keeps at least one active platform admin: make someone else admin first.")
+        changed = grants.delete()[0] > 0
         action = "org_role.revoke"
-    if created:
-        audit.record(actor, action, user, after={"user": user.username, "role": role}, object_repr=user.username)
+    if changed:
+        after = {"user": user.username, "role": role, "org_roles": _org_roles(user)}
+        audit.record(actor, action, user, before=before, after=after, object_repr=user.username)
+
+
+@transaction.atomic
+def set_org_roles(*, actor: Actor, user, roles: Iterable[str]):
+    """Make the user's organisation roles exactly ``roles``: one audited grant or revoke per change.
+    (A Django superuser stays an admin whatever their grants: that flag is for the bootstrap account.)"""
+    gate.require(actor, "user.manage")
+    wanted = set(roles)
+    unknown = sorted(wanted - set(OrgRole.values))
+    if unknown:
+        raise Invalid(f"roles: {unknown[0]!r} is not an organisation role.", fields={"roles": ["Unknown role."]})
+    # Grants first, so that swapping roles never passes through "no admin left".
+    for role in sorted(wanted):
+        set_org_role(actor=actor, user=user, role=role, granted=True)
+    for role in sorted(set(OrgRole.values) - wanted):
+        set_org_role(actor=actor, user=user, role=role, granted=False)
+    user.refresh_from_db()
+    return user
+
+
+def _end_sessions(user) -> int:
+    """Delete every stored browser session of ``user`` (Zulip's way: sessions are not indexed by user, so
+    the live ones are read; an admin action, not a hot path). Even a session this misses signs no one in:
+    Django's authentication refuses an inactive user on every request."""
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    ended = 0
+    for session in Session.objects.filter(expire_date__gt=timezone.now()).iterator():
+        if session.get_decoded().get("_auth_user_id") == str(user.pk):
+            store(session_key=session.session_key).delete()
+            ended += 1
+    return ended
+
+
+@transaction.atomic
+def deactivate_user(*, actor: Actor, user):
+    """Offboarding: the account can no longer sign in, its sessions end and its personal tokens are revoked,
+    at once. Its memberships and org roles are kept for the record (and come back with a reactivation);
+    the team API keys it created belong to the teams and are left to their owners."""
+    gate.require(actor, "user.manage")
+    user = User.objects.select_for_update().get(pk=user.pk)
+    if actor.user is not None and actor.user.pk == user.pk:
+        raise Conflict("You cannot deactivate your own account; ask another platform admin.")
+    if not user.is_active:
+        return user
+    if _is_last_active_admin(user):
+        raise Conflict("The organisation keeps at least one active platform admin: make someone else admin first.")
+    before = user_snapshot(user)
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    now = timezone.now()
+    revoked = list(PersonalToken.objects.active().filter(user=user).values_list("key_id", flat=True))
+    PersonalToken.objects.filter(user=user, key_id__in=revoked).update(revoked_at=now)
+    ended = _end_sessions(user)
+    after = {**user_snapshot(user), "tokens_revoked": [f"pat_{key_id}_…" for key_id in revoked],
+             "sessions_ended": ended}
+    audit.record(actor, "user.deactivate", user, before=before, after=after, object_repr=user.username)
+    return user
+
+
+@transaction.atomic
+def reactivate_user(*, actor: Actor, user):
+    """The account may sign in again, with its memberships and org roles; its revoked tokens stay revoked."""
+    gate.require(actor, "user.manage")
+    user = User.objects.select_for_update().get(pk=user.pk)
+    if user.is_active:
+        return user
+    before = user_snapshot(user)
+    user.is_active = True
+    user.save(update_fields=["is_active"])
+    audit.record(actor, "user.reactivate", user, before=before, after=user_snapshot(user), object_repr=user.username)
+    return user
 
 
 @transaction.atomic

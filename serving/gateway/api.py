@@ -1,8 +1,13 @@
-"""REST endpoints for team API keys and usage."""
+"""REST endpoints for team API keys, the team's key policy, and usage.
+
+Keys: ``PATCH /keys/{id}`` changes only the fields given (omitted = unchanged, ``null`` = no limit);
+``PUT /keys/{id}`` replaces every changeable field and so requires all of them (a partial PUT is a 422,
+never a silent reset). Who may change what is decided in ``serving.gateway.services``.
+"""
 
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
 from django.db.models import Sum
 from django.db.models.functions import TruncDay
@@ -14,9 +19,31 @@ from pydantic import Field
 from portfolio.accounts import gate
 from portfolio.accounts.models import Team
 from serving.gateway import services
-from serving.gateway.models import ApiKey, UsageHourly
+from serving.gateway.models import ApiKey, KeyPolicy, UsageHourly
+from serving.gateway.services import LIMIT_BOUNDS, MAX_ALLOWED_IPS, MAX_SCOPES
 
 router = Router(tags=["gateway"])
+
+
+def _bounded(field: str, description: str):
+    low, high = LIMIT_BOUNDS[field]
+    if field == "monthly_budget":
+        return Annotated[Decimal, Field(ge=low, le=high, max_digits=12, decimal_places=2, description=description)]
+    return Annotated[int, Field(ge=low, le=high, description=description)]
+
+
+Rpm = _bounded("rpm_limit", "Requests per minute; null: no limit.")
+Tpm = _bounded("tpm_limit", "Input and output tokens per minute; null: no limit.")
+MonthlyTokens = _bounded("monthly_token_budget", "Tokens per calendar month (UTC); null: no limit.")
+MonthlyMoney = _bounded("monthly_budget", "Money per calendar month, in the price book's currency; null: no limit.")
+Scopes = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=63)]],
+    Field(max_length=MAX_SCOPES, description="Endpoint names of the key's team; empty: every endpoint."),
+]
+AllowedIps = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=49)]],
+    Field(max_length=MAX_ALLOWED_IPS, description="IP addresses or CIDR ranges; empty: any address."),
+]
 
 
 class KeyOut(Schema):
@@ -37,14 +64,17 @@ class KeyOut(Schema):
 
 
 class KeyIn(Schema):
-    name: str
-    scopes: list[str] = []
-    allowed_ips: list[str] = []
-    rpm_limit: int | None = None
-    tpm_limit: int | None = None
-    monthly_token_budget: int | None = None
-    monthly_budget: Decimal | None = None
-    expires_at: datetime | None = None
+    """A new key. A limit left out takes the team's key policy ceiling for a developer (no limit for an
+    owner or admin); ``null`` asks for no limit, which a developer gets only where the policy sets none."""
+
+    name: str = Field(min_length=1, max_length=100)
+    scopes: Scopes = []
+    allowed_ips: AllowedIps = []
+    rpm_limit: Rpm | None = None
+    tpm_limit: Tpm | None = None
+    monthly_token_budget: MonthlyTokens | None = None
+    monthly_budget: MonthlyMoney | None = None
+    expires_at: datetime | None = Field(None, description="A time in the future; without a zone, UTC.")
 
 
 class KeyCreated(KeyOut):
@@ -52,16 +82,61 @@ class KeyCreated(KeyOut):
 
 
 class KeyPatch(Schema):
-    scopes: list[str] = []
-    allowed_ips: list[str] = []
-    rpm_limit: int | None = None
-    tpm_limit: int | None = None
-    monthly_token_budget: int | None = None
-    monthly_budget: Decimal | None = None
+    """Only the fields given change; ``null`` removes a limit. Limits and budgets: owners and admins only."""
+
+    scopes: Scopes | None = None
+    allowed_ips: AllowedIps | None = None
+    rpm_limit: Rpm | None = None
+    tpm_limit: Tpm | None = None
+    monthly_token_budget: MonthlyTokens | None = None
+    monthly_budget: MonthlyMoney | None = None
+
+
+class KeyReplace(Schema):
+    """Every changeable field of a key, all required (``null``: no limit). Limits and budgets that differ
+    from the key's need an owner or admin."""
+
+    scopes: Scopes
+    allowed_ips: AllowedIps
+    rpm_limit: Rpm | None
+    tpm_limit: Tpm | None
+    monthly_token_budget: MonthlyTokens | None
+    monthly_budget: MonthlyMoney | None
+
+
+class KeyPolicyOut(Schema):
+    """The most each key a developer of the team creates may have; null: no ceiling."""
+
+    team_id: int
+    rpm_limit: int | None
+    tpm_limit: int | None
+    monthly_token_budget: int | None
+    monthly_budget: Decimal | None
+    updated_at: datetime | None
+
+    @staticmethod
+    def resolve_updated_at(policy: KeyPolicy) -> datetime | None:
+        return policy.updated_at if policy.pk else None
+
+
+class KeyPolicyPatch(Schema):
+    """Only the ceilings given change; ``null`` removes one."""
+
+    rpm_limit: Rpm | None = None
+    tpm_limit: Tpm | None = None
+    monthly_token_budget: MonthlyTokens | None = None
+    monthly_budget: MonthlyMoney | None = None
 
 
 def _key(request, key_id: int) -> ApiKey:
     return gate.get_visible(request.auth, ApiKey, pk=key_id)
+
+
+def _given(payload: Schema) -> dict:
+    # Omitted fields stay unchanged; an explicit null is passed on as "no limit". A list given as null
+    # would mean nothing: it is the same as leaving it out.
+    return {name: value for name, value in payload.dict(exclude_unset=True).items()
+            if value is not None or name not in ("scopes", "allowed_ips")}
 
 
 @router.get("/teams/{team_id}/keys", response=list[KeyOut])
@@ -75,13 +150,20 @@ def list_keys(request, team_id: int):
 @router.post("/teams/{team_id}/keys", response={201: KeyCreated})
 def create_key(request, team_id: int, payload: KeyIn):
     team = gate.get_visible(request.auth, Team, pk=team_id)
-    key, secret = services.create_key(actor=request.auth, team=team, **payload.dict())
+    key, secret = services.create_key(actor=request.auth, team=team, **_given(payload))
     key.key = secret
     return Status(201, key)
 
 
-@router.put("/keys/{key_id}", response=KeyOut)
+@router.patch("/keys/{key_id}", response=KeyOut)
 def update_key(request, key_id: int, payload: KeyPatch):
+    """Change only the fields given."""
+    return services.update_key(actor=request.auth, key=_key(request, key_id), **_given(payload))
+
+
+@router.put("/keys/{key_id}", response=KeyOut)
+def replace_key(request, key_id: int, payload: KeyReplace):
+    """Replace every changeable field; all are required."""
     return services.update_key(actor=request.auth, key=_key(request, key_id), **payload.dict())
 
 
@@ -89,6 +171,19 @@ def update_key(request, key_id: int, payload: KeyPatch):
 def revoke_key(request, key_id: int):
     """Revoked at once in every gateway process."""
     return services.revoke_key(actor=request.auth, key=_key(request, key_id))
+
+
+@router.get("/teams/{team_id}/key-policy", response=KeyPolicyOut)
+def get_key_policy(request, team_id: int):
+    """The ceilings of the team's developers' keys; any member of the team may read them."""
+    return services.policy_for(gate.get_visible(request.auth, Team, pk=team_id))
+
+
+@router.patch("/teams/{team_id}/key-policy", response=KeyPolicyOut)
+def update_key_policy(request, team_id: int, payload: KeyPolicyPatch):
+    """Owners and admins set the ceilings; what is left out stays."""
+    team = gate.get_visible(request.auth, Team, pk=team_id)
+    return services.update_key_policy(actor=request.auth, team=team, **payload.dict(exclude_unset=True))
 
 
 class UsageDay(Schema):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, time, timedelta
-from decimal import Decimal
 
 from django import forms
 from django.utils import timezone
@@ -14,7 +13,8 @@ from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from serving.forms import managed_teams
-from serving.gateway.models import ApiKey
+from serving.gateway.models import ApiKey, KeyPolicy
+from serving.gateway.services import LIMIT_BOUNDS, LIMIT_FIELDS
 from serving.models import Endpoint
 
 PERIODS = [(7, "Last 7 days"), (30, "Last 30 days"), (90, "Last 90 days")]
@@ -36,6 +36,8 @@ def _ip_list(value: str) -> list[str]:
 class KeyLimitsForm(forms.Form):
     """What a key may call and how much: scopes, addresses, rate limits and monthly budgets."""
 
+    limits_locked = False
+
     scopes = forms.MultipleChoiceField(
         label="Endpoints",
         required=False,
@@ -52,24 +54,31 @@ class KeyLimitsForm(forms.Form):
         ),
     )
     rpm_limit = forms.IntegerField(
-        label="Requests per minute", required=False, min_value=1, help_text="Empty: no limit."
+        label="Requests per minute",
+        required=False,
+        min_value=LIMIT_BOUNDS["rpm_limit"][0],
+        max_value=LIMIT_BOUNDS["rpm_limit"][1],
+        help_text="Empty: no limit.",
     )
     tpm_limit = forms.IntegerField(
         label="Tokens per minute",
         required=False,
-        min_value=1,
+        min_value=LIMIT_BOUNDS["tpm_limit"][0],
+        max_value=LIMIT_BOUNDS["tpm_limit"][1],
         help_text="Input and output tokens together. Empty: no limit.",
     )
     monthly_token_budget = forms.IntegerField(
         label="Token budget per month",
         required=False,
-        min_value=1,
+        min_value=LIMIT_BOUNDS["monthly_token_budget"][0],
+        max_value=LIMIT_BOUNDS["monthly_token_budget"][1],
         help_text="Calls are refused once the calendar month's tokens reach it.",
     )
     monthly_budget = forms.DecimalField(
         label="Money budget per month",
         required=False,
-        min_value=Decimal("0.01"),
+        min_value=LIMIT_BOUNDS["monthly_budget"][0],
+        max_value=LIMIT_BOUNDS["monthly_budget"][1],
         max_digits=12,
         decimal_places=2,
         help_text="In the price book's currency; calls are refused once the month's cost reaches it.",
@@ -102,17 +111,23 @@ class KeyLimitsForm(forms.Form):
     def clean_allowed_ips(self) -> list[str]:
         return _ip_list(self.cleaned_data["allowed_ips"])
 
-    def limits(self) -> dict:
-        """The cleaned values, named as ``services.create_key`` and ``update_key`` take them."""
+    def lock_limits(self) -> None:
+        """For an actor who may not change limits (a developer editing a key): shown, not editable, and
+        never passed on, whatever a hand-made POST carries."""
+        for name in LIMIT_FIELDS:
+            self.fields[name].disabled = True
+        self.limits_locked = True
+
+    def limits(self, *, omit_empty: bool = False) -> dict:
+        """The cleaned values, named as ``services.create_key`` and ``update_key`` take them. With
+        ``omit_empty`` an empty limit is left out (the team policy's ceiling) rather than "no limit"."""
         data = self.cleaned_data
-        return {
-            "scopes": list(data["scopes"]),
-            "allowed_ips": data["allowed_ips"],
-            "rpm_limit": data["rpm_limit"],
-            "tpm_limit": data["tpm_limit"],
-            "monthly_token_budget": data["monthly_token_budget"],
-            "monthly_budget": data["monthly_budget"],
-        }
+        values = {"scopes": list(data["scopes"]), "allowed_ips": data["allowed_ips"]}
+        for name in LIMIT_FIELDS:
+            if self.fields[name].disabled or (omit_empty and data[name] is None):
+                continue
+            values[name] = data[name]
+        return values
 
 
 class KeyCreateForm(KeyLimitsForm):
@@ -137,6 +152,12 @@ class KeyCreateForm(KeyLimitsForm):
         self.fields["team"].queryset = teams
         if len(teams) == 1:
             self.fields["team"].initial = teams[0].pk
+        # The teams whose key policy binds this actor, with their ceilings (shown next to the limits).
+        bound = [team for team in teams if not gate.can(actor, "apikey.limits", team)]
+        policies = {p.team_id: p for p in KeyPolicy.objects.filter(team__in=bound)}
+        self.policies = [
+            {"team": team, "ceilings": (policies.get(team.pk) or KeyPolicy(team=team)).ceilings()} for team in bound
+        ]
         self.set_endpoints(
             list(Endpoint.objects.filter(owner_team__in=teams).select_related("owner_team").order_by("name"))
         )
@@ -160,6 +181,27 @@ class KeyCreateForm(KeyLimitsForm):
     def expires_at(self) -> datetime | None:
         day = self.cleaned_data["expires_on"]
         return datetime.combine(day + timedelta(days=1), time.min, tzinfo=UTC) if day else None
+
+
+class KeyPolicyForm(forms.Form):
+    """A team's ceilings for the keys its developers create; empty: no ceiling."""
+
+    rpm_limit = KeyLimitsForm.base_fields["rpm_limit"]
+    tpm_limit = KeyLimitsForm.base_fields["tpm_limit"]
+    monthly_token_budget = KeyLimitsForm.base_fields["monthly_token_budget"]
+    monthly_budget = KeyLimitsForm.base_fields["monthly_budget"]
+
+    def __init__(self, *args, policy: KeyPolicy, **kwargs):
+        if not args and "initial" not in kwargs:
+            kwargs["initial"] = policy.ceilings()
+        super().__init__(*args, **kwargs)
+        for name, field in self.fields.items():
+            field.help_text = {
+                "rpm_limit": "The most requests per minute a developer's key may have. Empty: no ceiling.",
+                "tpm_limit": "The most tokens per minute a developer's key may have. Empty: no ceiling.",
+                "monthly_token_budget": "The most tokens per month a developer's key may have. Empty: no ceiling.",
+                "monthly_budget": "The most money per month a developer's key may have. Empty: no ceiling.",
+            }[name]
 
 
 class KeyEditForm(KeyLimitsForm):

@@ -66,6 +66,52 @@ class ApiKey(models.Model):
         }
 
 
+class KeyPolicyQuerySet(models.QuerySet):
+    def visible_to(self, actor) -> KeyPolicyQuerySet:
+        if actor.is_org_wide:
+            return self
+        return self.filter(team_id__in=actor.team_ids)
+
+
+class KeyPolicy(models.Model):
+    """A team's per-key ceilings, set by its owners: what a key its developers create may have at most.
+
+    Each field bounds the key field of the same name; empty means no ceiling. A developer's key takes the
+    ceiling when the developer gives no value, and is refused above it. Owners and admins are not bound.
+    """
+
+    team = models.OneToOneField(Team, on_delete=models.CASCADE, related_name="key_policy")
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute, at most")
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens per minute, at most")
+    monthly_token_budget = models.BigIntegerField(null=True, blank=True, help_text="Tokens per month, at most")
+    monthly_budget = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True,
+                                         help_text="Money per calendar month, at most")
+    updated_at = models.DateTimeField(default=timezone.now)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+
+    objects = KeyPolicyQuerySet.as_manager()
+
+    class Meta:
+        verbose_name_plural = "key policies"
+
+    def __str__(self) -> str:
+        return f"key policy of {self.team}"
+
+    def ceilings(self) -> dict:
+        """The ceiling of each limit field of a key, by the key field's name (None: no ceiling)."""
+        return {
+            "rpm_limit": self.rpm_limit, "tpm_limit": self.tpm_limit,
+            "monthly_token_budget": self.monthly_token_budget, "monthly_budget": self.monthly_budget,
+        }
+
+    def snapshot(self) -> dict:
+        ceilings = self.ceilings()
+        if ceilings["monthly_budget"] is not None:
+            ceilings["monthly_budget"] = str(ceilings["monthly_budget"])
+        return {"team": self.team.slug, **ceilings}
+
+
 class UsageEventQuerySet(models.QuerySet):
     def visible_to(self, actor) -> UsageEventQuerySet:
         if actor.is_org_wide:

@@ -1,10 +1,21 @@
-"""Team API keys: created by a team's owner or developer, the secret shown once, revocation immediate."""
+"""Team API keys: created by a team's owner or developer, the secret shown once, revocation immediate.
+
+Who controls spend (capabilities ``apikey.manage`` and ``apikey.limits``):
+- owners and developers (``apikey.manage``) create keys, revoke them, and change what a key may call
+  (scopes) and from where (allowed IPs);
+- a key's rate limits and monthly budgets are set freely only by the team's owners and platform admins
+  (``apikey.limits``), who also edit the team's ``KeyPolicy``. A developer's new key takes the policy's
+  ceiling for each limit it leaves out and is refused above a ceiling (an explicit "no limit" included),
+  and a developer cannot change the limits of an existing key at all: lowering is done by an owner too,
+  so that no one but an owner moves a number an owner set.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -13,60 +24,136 @@ from portfolio.accounts import gate, secrets_hashing
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
-from portfolio.errors import Invalid
+from portfolio.errors import Conflict, Forbidden, Invalid
 from serving.gateway import keystate
-from serving.gateway.models import ApiKey
+from serving.gateway.models import ApiKey, KeyPolicy
 from serving.models import Endpoint
 
 KEY_PREFIX = "slm"
+LIMIT_FIELDS = ("rpm_limit", "tpm_limit", "monthly_token_budget", "monthly_budget")
+# The range of each limit (and policy ceiling): what the columns hold, and no number that means nothing.
+LIMIT_BOUNDS: dict[str, tuple[Any, Any]] = {
+    "rpm_limit": (1, 1_000_000_000),
+    "tpm_limit": (1, 1_000_000_000),
+    "monthly_token_budget": (1, 10**15),
+    "monthly_budget": (Decimal("0.01"), Decimal("9999999999.99")),
+}
+LIMIT_LABELS = {
+    "rpm_limit": "requests per minute",
+    "tpm_limit": "tokens per minute",
+    "monthly_token_budget": "tokens per month",
+    "monthly_budget": "money per month",
+}
+MAX_SCOPES = 100
+MAX_ALLOWED_IPS = 100
+
+
+class _Unchanged:
+    """The value of an argument the caller left out (``None`` means "no limit")."""
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED: Any = _Unchanged()
 
 
 def _check_ips(ranges: list[str]) -> list[str]:
+    if len(ranges) > MAX_ALLOWED_IPS:
+        raise Invalid(f"allowed_ips: at most {MAX_ALLOWED_IPS} addresses or ranges.")
     cleaned = []
     for value in ranges:
         try:
             cleaned.append(str(ipaddress.ip_network(value.strip(), strict=False)))
         except ValueError:
-            raise Invalid(f"allowed_ips: {value!r} is not an IP address or CIDR range.") from None
+            raise Invalid(f"allowed_ips: {value[:60]!r} is not an IP address or CIDR range.") from None
     return cleaned
 
 
 def _check_scopes(team: Team, scopes: list[str]) -> list[str]:
+    if len(scopes) > MAX_SCOPES:
+        raise Invalid(f"scopes: at most {MAX_SCOPES} endpoints; leave it empty to allow every endpoint.")
     scopes = sorted({s.strip() for s in scopes if s.strip()})
     known = set(Endpoint.objects.filter(owner_team=team, name__in=scopes).values_list("name", flat=True))
     unknown = [s for s in scopes if s not in known]
     if unknown:
-        raise Invalid(f"scopes: {team.name} has no endpoint {unknown[0]!r}.")
+        raise Invalid(f"scopes: {team.name} has no endpoint {unknown[0][:63]!r}.")
     return scopes
 
 
-def _check_limits(rpm: int | None, tpm: int | None, tokens: int | None, money: Decimal | None) -> None:
-    for name, value in (("rpm_limit", rpm), ("tpm_limit", tpm), ("monthly_token_budget", tokens),
-                        ("monthly_budget", money)):
-        if value is not None and value < 0:
-            raise Invalid(f"{name}: must not be negative.")
+def _check_limit(name: str, value):
+    """A limit within its range, or None (no limit)."""
+    if value is None:
+        return None
+    low, high = LIMIT_BOUNDS[name]
+    if name == "monthly_budget":
+        value = Decimal(value)
+        if not value.is_finite() or value != value.quantize(Decimal("0.01")):
+            raise Invalid(f"{name}: give an amount with at most two decimals.", fields={name: ["Not an amount."]})
+    if not low <= value <= high:
+        raise Invalid(f"{name}: between {low} and {high}, or empty for no limit.", fields={name: ["Out of range."]})
+    return value
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    # A time without a zone is taken as UTC, as every time in the API is.
+    return moment.replace(tzinfo=UTC) if moment is not None and timezone.is_naive(moment) else moment
+
+
+def policy_for(team: Team) -> KeyPolicy:
+    """The team's key policy; a team whose owners never set one has no ceilings."""
+    return KeyPolicy.objects.filter(team=team).select_related("team").first() or KeyPolicy(team=team)
+
+
+def _within_policy(policy: KeyPolicy, limits: dict) -> dict:
+    """A developer's limits: the ceiling where left out, refused above it (no limit included)."""
+    result = {}
+    for name, ceiling in policy.ceilings().items():
+        value = limits.get(name, UNCHANGED)
+        if value is UNCHANGED:
+            value = ceiling
+        elif ceiling is not None and (value is None or value > ceiling):
+            asked = "no limit" if value is None else f"{value}"
+            raise Invalid(
+                f"{name}: the team's key policy allows at most {ceiling} {LIMIT_LABELS[name]} per key "
+                f"(asked: {asked}); an owner of {policy.team.name} can set more.",
+                code="over_policy",
+                fields={name: [f"At most {ceiling}."]},
+            )
+        result[name] = value
+    return result
 
 
 @transaction.atomic
 def create_key(
     *, actor: Actor, team: Team, name: str, scopes: list[str] | None = None, allowed_ips: list[str] | None = None,
-    rpm_limit: int | None = None, tpm_limit: int | None = None, monthly_token_budget: int | None = None,
-    monthly_budget: Decimal | None = None, expires_at: datetime | None = None, service: bool = False,
+    rpm_limit: int | None = UNCHANGED, tpm_limit: int | None = UNCHANGED,
+    monthly_token_budget: int | None = UNCHANGED, monthly_budget: Decimal | None = UNCHANGED,
+    expires_at: datetime | None = None, service: bool = False,
 ) -> tuple[ApiKey, str]:
-    """Return the key and its secret, which is never stored and never shown again."""
+    """Return the key and its secret, which is never stored and never shown again.
+
+    A limit left out is the team policy's ceiling for an actor bound by the policy (see the module
+    docstring), else no limit; ``None`` is no limit, refused where the policy sets a ceiling."""
     gate.require(actor, "apikey.manage", team)
     name = name.strip()
     if not 1 <= len(name) <= 100:
         raise Invalid("name: Give the key a name of 1-100 characters.")
+    expires_at = _aware(expires_at)
     if expires_at is not None and expires_at <= timezone.now():
         raise Invalid("expires_at: must be in the future.")
-    _check_limits(rpm_limit, tpm_limit, monthly_token_budget, monthly_budget)
+    given = {"rpm_limit": rpm_limit, "tpm_limit": tpm_limit, "monthly_token_budget": monthly_token_budget,
+             "monthly_budget": monthly_budget}
+    limits = {field: _check_limit(field, value) for field, value in given.items() if value is not UNCHANGED}
+    if gate.can(actor, "apikey.limits", team):
+        limits = {field: limits.get(field) for field in LIMIT_FIELDS}
+    else:
+        limits = _within_policy(policy_for(team), limits)
     issued = secrets_hashing.issue(KEY_PREFIX)
     key = ApiKey.objects.create(
         team=team, name=name, key_id=issued.key_id, secret_hash=issued.hash,
         scopes=_check_scopes(team, scopes or []), allowed_ips=_check_ips(allowed_ips or []),
-        rpm_limit=rpm_limit, tpm_limit=tpm_limit, monthly_token_budget=monthly_token_budget,
-        monthly_budget=monthly_budget, expires_at=expires_at, service=service, created_by=actor.user,
+        expires_at=expires_at, service=service, created_by=actor.user, **limits,
     )
     audit.record(actor, "apikey.create", key, after=key.snapshot())
     return key, issued.plaintext
@@ -74,20 +161,42 @@ def create_key(
 
 @transaction.atomic
 def update_key(
-    *, actor: Actor, key: ApiKey, scopes: list[str], allowed_ips: list[str], rpm_limit: int | None,
-    tpm_limit: int | None, monthly_token_budget: int | None, monthly_budget: Decimal | None,
+    *, actor: Actor, key: ApiKey, scopes: list[str] = UNCHANGED, allowed_ips: list[str] = UNCHANGED,
+    rpm_limit: int | None = UNCHANGED, tpm_limit: int | None = UNCHANGED,
+    monthly_token_budget: int | None = UNCHANGED, monthly_budget: Decimal | None = UNCHANGED,
 ) -> ApiKey:
+    """Change what is given, keep what is left out (``None`` is "no limit"). Changing a limit or budget
+    needs ``apikey.limits`` (an owner or admin); scopes and addresses need ``apikey.manage``."""
     gate.require(actor, "apikey.manage", key)
     key = ApiKey.objects.select_for_update().select_related("team").get(pk=key.pk)
-    _check_limits(rpm_limit, tpm_limit, monthly_token_budget, monthly_budget)
+    if key.revoked_at is not None:
+        raise Conflict("This key is revoked; its settings can no longer be changed.")
     before = key.snapshot()
-    key.scopes, key.allowed_ips = _check_scopes(key.team, scopes), _check_ips(allowed_ips)
-    key.rpm_limit, key.tpm_limit = rpm_limit, tpm_limit
-    key.monthly_token_budget, key.monthly_budget = monthly_token_budget, monthly_budget
-    key.save(update_fields=["scopes", "allowed_ips", "rpm_limit", "tpm_limit", "monthly_token_budget",
-                            "monthly_budget"])
-    audit.record(actor, "apikey.update", key, before=before, after=key.snapshot())
-    transaction.on_commit(lambda: keystate.invalidate(key.key_id))
+    changed = []
+    if scopes is not UNCHANGED:
+        key.scopes = _check_scopes(key.team, scopes)
+        changed.append("scopes")
+    if allowed_ips is not UNCHANGED:
+        key.allowed_ips = _check_ips(allowed_ips)
+        changed.append("allowed_ips")
+    given = {"rpm_limit": rpm_limit, "tpm_limit": tpm_limit, "monthly_token_budget": monthly_token_budget,
+             "monthly_budget": monthly_budget}
+    for field, value in given.items():
+        if value is UNCHANGED:
+            continue
+        value = _check_limit(field, value)
+        if value == getattr(key, field):
+            continue  # a full replacement that repeats a limit does not change it
+        if not gate.can(actor, "apikey.limits", key):
+            raise Forbidden(
+                f"{field}: only an owner of {key.team.name} (or a platform admin) changes a key's limits and budgets."
+            )
+        setattr(key, field, value)
+        changed.append(field)
+    if changed:
+        key.save(update_fields=changed)
+        audit.record(actor, "apikey.update", key, before=before, after=key.snapshot())
+        transaction.on_commit(lambda: keystate.invalidate(key.key_id))
     return key
 
 
@@ -103,3 +212,31 @@ def revoke_key(*, actor: Actor, key: ApiKey) -> ApiKey:
         keystate.mark_revoked(key.key_id)
         transaction.on_commit(lambda: keystate.invalidate(key.key_id))
     return key
+
+
+@transaction.atomic
+def update_key_policy(
+    *, actor: Actor, team: Team, rpm_limit: int | None = UNCHANGED, tpm_limit: int | None = UNCHANGED,
+    monthly_token_budget: int | None = UNCHANGED, monthly_budget: Decimal | None = UNCHANGED,
+) -> KeyPolicy:
+    """Set the ceilings the team's developers' keys are held to (what is left out stays; None: no ceiling).
+    Existing keys keep their limits: an owner changes those on each key."""
+    gate.require(actor, "apikey.limits", team)
+    # A team without a row has no ceilings, exactly as a row without values: creating one changes nothing.
+    policy, _ = KeyPolicy.objects.select_for_update().select_related("team").get_or_create(team=team)
+    before = policy.snapshot()
+    given = {"rpm_limit": rpm_limit, "tpm_limit": tpm_limit, "monthly_token_budget": monthly_token_budget,
+             "monthly_budget": monthly_budget}
+    changed = []
+    for field, value in given.items():
+        if value is UNCHANGED:
+            continue
+        value = _check_limit(field, value)
+        if value != getattr(policy, field):
+            setattr(policy, field, value)
+            changed.append(field)
+    if changed:
+        policy.updated_at, policy.updated_by = timezone.now(), actor.user
+        policy.save(update_fields=[*changed, "updated_at", "updated_by"])
+        audit.record(actor, "keypolicy.update", policy, before=before, after=policy.snapshot())
+    return policy

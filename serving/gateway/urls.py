@@ -7,5 +7,6 @@ urlpatterns = [
     path("keys/new/", views.key_create, name="apikey-create"),
     path("keys/<int:pk>/edit/", views.key_edit, name="apikey-edit"),
     path("keys/<int:pk>/revoke/", views.key_revoke, name="apikey-revoke"),
+    path("keys/policy/<slug:slug>/", views.key_policy, name="apikey-policy"),
     path("usage/", views.usage, name="usage"),
 ]

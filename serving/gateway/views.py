@@ -1,9 +1,11 @@
-"""Web pages of the gateway: team API keys (the secret shown once, limits and budgets, revocation) and the
-usage dashboard (charts per day and tables by team, endpoint and key, from the hourly rollups).
+"""Web pages of the gateway: team API keys (the secret shown once, limits and budgets, revocation), each
+team's key policy (the ceilings of its developers' keys), and the usage dashboard (charts per day and
+tables by team, endpoint and key, from the hourly rollups).
 
 Every view decides access with the gate: lists start from ``gate.visible``, a key the actor may not see
 answers 404 (``gate.get_visible``), a change needs ``apikey.manage`` on the key or its team
-(``gate.require``), else 403; the docstrings say which. Changes go through ``serving.gateway.services``;
+(``gate.require``), else 403; limits, budgets and the key policy need ``apikey.limits`` (owners, admins):
+a developer sees them, cannot change them; the docstrings say which. Changes go through ``serving.gateway.services``;
 a ``DomainError`` becomes a form error, while ``NotFound`` and ``Forbidden`` propagate to Django's 404
 and 403 pages. A key's secret is rendered straight into the one response that creates it: never the
 session, messages or logs.
@@ -15,7 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import BigIntegerField, ExpressionWrapper, F, Sum
+from django.db.models import BigIntegerField, ExpressionWrapper, F, Q, Sum
 from django.db.models.functions import TruncDay
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -31,13 +33,14 @@ from portfolio.accounts.models import Team
 from portfolio.errors import Conflict, DomainError, Invalid
 from serving.forms import apply_serving_error
 from serving.gateway import charts, services
-from serving.gateway.forms import DEFAULT_PERIOD, KeyCreateForm, KeyEditForm, UsageFilterForm
-from serving.gateway.models import ApiKey, UsageHourly
+from serving.gateway.forms import DEFAULT_PERIOD, KeyCreateForm, KeyEditForm, KeyPolicyForm, UsageFilterForm
+from serving.gateway.models import ApiKey, KeyPolicy, UsageHourly
 from serving.models import Endpoint
 
 PAGE_SIZE = 50
 TABLE_ROWS = 50
 ENDPOINT_CHOICE_DAYS = 90
+EXCEEDING_SHOWN = 20
 GET_POST = require_http_methods(["GET", "POST"])
 
 
@@ -150,6 +153,7 @@ def key_list(request):
     for key in page.object_list:
         by_team.setdefault(key.team_id, []).append(key)
     with_keys = set(ApiKey.objects.filter(team__in=teams).values_list("team_id", flat=True).distinct())
+    policies = {policy.team_id: policy for policy in KeyPolicy.objects.filter(team__in=teams)}
     sections = []
     for team in teams:
         # A team without keys is listed (on the first page) for its members, who may create the first one;
@@ -157,7 +161,16 @@ def key_list(request):
         empty_here = page.number == 1 and team.pk not in with_keys and team.pk in actor.team_roles
         if team.pk in by_team or empty_here:
             can_manage = gate.can(actor, "apikey.manage", team)
-            sections.append({"team": team, "keys": by_team.get(team.pk, []), "can_manage": can_manage})
+            policy = policies.get(team.pk) or KeyPolicy(team=team)
+            sections.append(
+                {
+                    "team": team,
+                    "keys": by_team.get(team.pk, []),
+                    "can_manage": can_manage,
+                    "can_set_limits": gate.can(actor, "apikey.limits", team),
+                    "ceilings": policy.ceilings(),
+                }
+            )
     return render(
         request,
         "gateway/key_list.html",
@@ -185,8 +198,9 @@ def _example_model(key: ApiKey) -> str:
 @GET_POST
 def key_create(request):
     """Permission: ``apikey.manage`` in some team (owner or developer), and in the team chosen: a team the
-    actor may not see answers 404, one they may see but not manage keys of 403. The secret is shown once,
-    in this response, which no cache keeps (Cache-Control: no-store)."""
+    actor may not see answers 404, one they may see but not manage keys of 403. Without ``apikey.limits``
+    (a developer) an empty limit takes the team policy's ceiling and a value above it is refused. The
+    secret is shown once, in this response, which no cache keeps (Cache-Control: no-store)."""
     actor = actor_of(request)
     gate.require(actor, "apikey.manage")
     if request.method == "POST":
@@ -198,13 +212,14 @@ def key_create(request):
         initial = {"team": request.GET["team"]} if request.GET.get("team") else None
         form = KeyCreateForm(initial=initial, actor=actor)
     if form.is_valid():
+        team = form.cleaned_data["team"]
         try:
             key, secret = services.create_key(
                 actor=actor,
-                team=form.cleaned_data["team"],
+                team=team,
                 name=form.cleaned_data["name"],
                 expires_at=form.expires_at(),
-                **form.limits(),
+                **form.limits(omit_empty=not gate.can(actor, "apikey.limits", team)),
             )
         except DomainError as exc:
             apply_serving_error(form, exc, {"expires_at": "expires_on"})
@@ -233,11 +248,15 @@ def _managed_key(request, pk: int) -> tuple[Actor, ApiKey]:
 @GET_POST
 def key_edit(request, pk: int):
     """Permission: the key is visible (its team's members, org-wide roles), else 404, and ``apikey.manage``
-    on it (owner or developer of its team), else 403. Changes scopes, addresses, limits and budgets; a
-    revoked key can no longer be changed."""
+    on it (owner or developer of its team), else 403. Changes scopes and addresses; limits and budgets
+    too with ``apikey.limits`` (owners, admins): a developer sees them locked. A revoked key can no longer
+    be changed."""
     actor, key = _managed_key(request, pk)
+    can_set_limits = gate.can(actor, "apikey.limits", key)
     if request.method == "POST" and key.revoked_at is None:
         form = KeyEditForm(request.POST, key=key)
+        if not can_set_limits:
+            form.lock_limits()
         if form.is_valid():
             try:
                 services.update_key(actor=actor, key=key, **form.limits())
@@ -250,6 +269,8 @@ def key_edit(request, pk: int):
         if request.method == "POST":
             messages.error(request, f"Key “{key.name}” is revoked; its limits can no longer be changed.")
         form = KeyEditForm(key=key)
+        if not can_set_limits:
+            form.lock_limits()
     _with_month_usage([key])
     return render(request, "gateway/key_edit.html", {"form": form, "key": key, "month": month_start()})
 
@@ -269,6 +290,57 @@ def key_revoke(request, pk: int):
         return redirect("apikey-list")
     key.status = _key_status(key)
     return render(request, "gateway/key_revoke.html", {"key": key})
+
+
+@GET_POST
+def key_policy(request, slug: str):
+    """Permission: the team is visible (its members, org-wide roles), else 404; GET shows the ceilings of
+    the team's developers' keys, POST changes them with ``apikey.limits`` (owners, admins), else 403.
+    Existing keys keep their limits."""
+    actor = actor_of(request)
+    team = gate.get_visible(actor, Team, slug=slug)
+    can_set_limits = gate.can(actor, "apikey.limits", team)
+    policy = services.policy_for(team)
+    if request.method == "POST":
+        gate.require(actor, "apikey.limits", team)
+        form = KeyPolicyForm(request.POST, policy=policy)
+        if form.is_valid():
+            try:
+                services.update_key_policy(actor=actor, team=team, **form.cleaned_data)
+            except DomainError as exc:
+                apply_serving_error(form, exc)
+            else:
+                messages.success(request, f"Key policy of {team.name} saved; it applies to keys created from now on.")
+                return redirect("apikey-list")
+    else:
+        form = KeyPolicyForm(policy=policy)
+        if not can_set_limits:
+            for field in form.fields.values():
+                field.disabled = True
+    exceeding = _exceeding(team, policy)
+    return render(
+        request,
+        "gateway/key_policy.html",
+        {
+            "team": team,
+            "form": form,
+            "policy": policy,
+            "can_set_limits": can_set_limits,
+            "exceeding": exceeding[:EXCEEDING_SHOWN],
+            "exceeding_count": len(exceeding),
+        },
+    )
+
+
+def _exceeding(team: Team, policy: KeyPolicy) -> list[ApiKey]:
+    """The team's usable keys with more than the policy allows (set by an owner, or made before it)."""
+    over = Q()
+    for name, ceiling in policy.ceilings().items():
+        if ceiling is not None:
+            over |= Q(**{f"{name}__isnull": True}) | Q(**{f"{name}__gt": ceiling})
+    if not over:
+        return []
+    return list(ApiKey.objects.filter(over, team=team, revoked_at__isnull=True).order_by("name", "id"))
 
 
 # --- Usage -----------------------------------------------------------------------------------------

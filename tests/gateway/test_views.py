@@ -16,7 +16,7 @@ from django.utils import timezone
 from portfolio.accounts import secrets_hashing
 from portfolio.audit.models import AuditEvent
 from serving.gateway import services
-from serving.gateway.models import ApiKey, UsageHourly
+from serving.gateway.models import ApiKey, KeyPolicy, UsageHourly
 from serving.gateway.views import month_start
 from serving.models import Endpoint
 from tests.conftest import actor_for
@@ -254,8 +254,9 @@ def test_a_viewer_gets_403_on_the_key_edit_page(signed_in, org, key):
     assert signed_in(org["viewer"]).get(reverse("apikey-edit", args=[key.pk])).status_code == 403
 
 
-def test_a_developer_changes_the_limits_and_it_is_audited(signed_in, org, key, endpoints):
-    client = signed_in(org["developer"])
+def test_an_owner_changes_the_limits_and_it_is_audited(signed_in, org, key, endpoints):
+    # Changed by issue 10 (who controls spend): limits and budgets are the owners' to set, not developers'.
+    client = signed_in(org["owner"])
     page = client.get(reverse("apikey-edit", args=[key.pk]))
     assert page.status_code == 200
     assert page.context["form"]["rpm_limit"].value() == 60
@@ -273,6 +274,66 @@ def test_a_developer_changes_the_limits_and_it_is_audited(signed_in, org, key, e
     )
     event = AuditEvent.objects.get(action="apikey.update")
     assert (event.before["rpm_limit"], event.after["rpm_limit"]) == (60, 30)
+
+
+def test_a_developer_sees_the_limits_locked_and_a_forged_post_cannot_lift_them(signed_in, org, team, endpoints):
+    owners_key, _ = services.create_key(
+        actor=actor_for(org["owner"]), team=team, name="capped", rpm_limit=60, monthly_budget=Decimal("20.00")
+    )
+    client = signed_in(org["developer"])
+    response = client.post(
+        reverse("apikey-edit", args=[owners_key.pk]),
+        {"scopes": ["ticket-triage"], "allowed_ips": "10.0.0.0/8", "rpm_limit": "100000", "monthly_budget": ""},
+    )
+    assert response.status_code == 302
+    owners_key.refresh_from_db()
+    assert (owners_key.rpm_limit, owners_key.monthly_budget) == (60, Decimal("20.00"))
+    assert (owners_key.scopes, owners_key.allowed_ips) == (["ticket-triage"], ["10.0.0.0/8"])
+    event = AuditEvent.objects.get(action="apikey.update")
+    assert event.before["rpm_limit"] == event.after["rpm_limit"] == 60
+    page = client.get(reverse("apikey-edit", args=[owners_key.pk]))
+    assert page.context["form"].fields["monthly_budget"].disabled
+    assert "Limits and budgets are set by the team's owners" in page.content.decode()
+
+
+def test_a_developers_new_key_takes_the_team_policy_and_is_refused_above_it(signed_in, org, team):
+    services.update_key_policy(actor=actor_for(org["owner"]), team=team, rpm_limit=100, monthly_budget=Decimal("25"))
+    client = signed_in(org["developer"])
+    form = client.get(reverse("apikey-create"))
+    assert "at most 100 requests/min" in form.content.decode()
+    over = client.post(reverse("apikey-create"), {"name": "greedy", "team": team.pk, "rpm_limit": "101"})
+    assert over.status_code == 200
+    assert "key policy allows at most 100" in over.context["form"].errors["rpm_limit"][0]
+    assert not ApiKey.objects.filter(name="greedy").exists()
+    created = client.post(reverse("apikey-create"), {"name": "within", "team": team.pk, "rpm_limit": "50"})
+    assert created.status_code == 200
+    key = ApiKey.objects.get(name="within")
+    assert (key.rpm_limit, key.tpm_limit, key.monthly_budget) == (50, None, Decimal("25.00"))
+    # An owner is not bound: empty is no limit.
+    signed_in(org["owner"]).post(reverse("apikey-create"), {"name": "owners", "team": team.pk})
+    assert ApiKey.objects.get(name="owners").monthly_budget is None
+
+
+def test_owner_developer_and_outsider_on_the_key_policy_page(signed_in, org, team, key):
+    url = reverse("apikey-policy", args=[team.slug])
+    assert signed_in(org["outsider"]).get(url).status_code == 404
+    developer = signed_in(org["developer"])
+    page = developer.get(url)
+    assert page.status_code == 200 and page.context["form"].fields["rpm_limit"].disabled
+    assert developer.post(url, {"rpm_limit": "1"}).status_code == 403
+    assert not KeyPolicy.objects.exists()
+    owner = signed_in(org["owner"])
+    response = owner.post(url, {"rpm_limit": "30", "monthly_budget": "12.50"})
+    assert response.status_code == 302
+    policy = KeyPolicy.objects.get(team=team)
+    assert (policy.rpm_limit, policy.tpm_limit, policy.monthly_budget) == (30, None, Decimal("12.50"))
+    event = AuditEvent.objects.get(action="keypolicy.update")
+    assert (event.before["rpm_limit"], event.after["rpm_limit"]) == (None, 30)
+    # The router key (60 requests/min) is above the new ceiling: the page names it for the owner.
+    page = owner.get(url)
+    assert [k.name for k in page.context["exceeding"]] == ["router prod"]
+    listing = owner.get(reverse("apikey-list")).content.decode()
+    assert "at most 30 requests/min" in listing and url in listing
 
 
 def test_revoking_with_the_form_sets_revoked_at_and_is_audited(signed_in, org, key):

@@ -1,6 +1,6 @@
 """Web pages of the organisation: signing in (``auth``), the dashboard and roles matrix (``dashboard``),
-departments, teams and users (``organisation``), a team's members (``members``), and personal access
-tokens (``tokens``).
+departments and teams (``organisation``), a team's members (``members``), users and their offboarding
+(``users``), and personal access tokens (``tokens``).
 
 Every view decides access explicitly with the gate (``gate.require`` / ``gate.get_visible`` /
 ``gate.visible`` / ``gate.can``); the docstrings say which capability each page needs. Changes go
@@ -21,10 +21,16 @@ from portfolio.accounts.views.organisation import (
     team_create,
     team_edit,
     team_list,
-    user_create,
-    user_list,
 )
 from portfolio.accounts.views.tokens import token_create, token_list, token_revoke
+from portfolio.accounts.views.users import (
+    user_create,
+    user_deactivate,
+    user_detail,
+    user_list,
+    user_reactivate,
+    user_roles,
+)
 
 __all__ = [
     "dashboard",
@@ -47,5 +53,9 @@ __all__ = [
     "token_list",
     "token_revoke",
     "user_create",
+    "user_deactivate",
+    "user_detail",
     "user_list",
+    "user_reactivate",
+    "user_roles",
 ]

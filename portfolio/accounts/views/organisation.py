@@ -1,24 +1,20 @@
-"""The organisation: departments (cost centres), their teams, and the users of the platform."""
+"""The organisation: departments (cost centres) and their teams (a team's own page is in ``members``)."""
 
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth import get_user_model
 from django.core.paginator import Paginator
-from django.db.models import Count, Prefetch
+from django.db.models import Count
 from django.shortcuts import redirect, render
-from django.views.decorators.cache import never_cache
-from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET, require_http_methods
 
 from portfolio.accounts import gate, services
 from portfolio.accounts.context import actor_of
-from portfolio.accounts.forms import DepartmentForm, TeamCreateForm, TeamEditForm, UserCreateForm
-from portfolio.accounts.models import Department, OrgRoleGrant, Team
+from portfolio.accounts.forms import DepartmentForm, TeamCreateForm, TeamEditForm
+from portfolio.accounts.models import Department, Team
 from portfolio.errors import DomainError
 from portfolio.formerrors import show_refusal
 
-User = get_user_model()
 PAGE_SIZE = 50
 
 
@@ -165,43 +161,3 @@ def team_edit(request, slug: str):
             messages.success(request, f"Team {team.name} saved.")
             return redirect("team-detail", slug=team.slug)
     return render(request, "accounts/team_edit.html", {"form": form, "team": team})
-
-
-# --- Users -----------------------------------------------------------------------------------------
-@require_GET
-def user_list(request):
-    """Permission: ``user.view`` (auditor or platform admin)."""
-    actor = actor_of(request)
-    gate.require(actor, "user.view")
-    users = (
-        User.objects.order_by("username", "id")
-        .annotate(team_count=Count("memberships"))
-        .prefetch_related(Prefetch("org_roles", queryset=OrgRoleGrant.objects.order_by("role")))
-    )
-    query = request.GET.get("q", "").strip()
-    if query:
-        users = users.filter(username__icontains=query)
-    return render(
-        request,
-        "accounts/user_list.html",
-        {"page": _page(request, users), "query": query, "can_create": gate.can(actor, "user.manage")},
-    )
-
-
-@sensitive_variables("password")
-@never_cache
-@require_http_methods(["GET", "POST"])
-def user_create(request):
-    """Permission: ``user.manage`` (platform admin). The initial password is shown once, in this response."""
-    actor = actor_of(request)
-    gate.require(actor, "user.manage")
-    form = UserCreateForm(request.POST if request.method == "POST" else None)
-    if form.is_valid():
-        try:
-            user, password = services.create_user(actor=actor, **form.cleaned_data)
-        except DomainError as exc:
-            show_refusal(form, exc)
-        else:
-            # Rendered straight into this response: never the session, messages or logs.
-            return render(request, "accounts/user_created.html", {"created_user": user, "password": password})
-    return render(request, "accounts/user_create.html", {"form": form})

@@ -1,0 +1,146 @@
+"""The users of the platform: the list, new local accounts, and a user's page where platform admins change
+organisation roles and offboard (deactivate) or reactivate the account. Every change is audited by
+``accounts.services`` with the user's state before and after."""
+
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.core.paginator import Paginator
+from django.db.models import Count, Prefetch
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_variables
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from portfolio import buttons
+from portfolio.accounts import gate, services
+from portfolio.accounts.choices import OrgRole
+from portfolio.accounts.context import actor_of
+from portfolio.accounts.forms import OrgRolesForm, UserCreateForm
+from portfolio.accounts.models import OrgRoleGrant, PersonalToken
+from portfolio.errors import DomainError
+from portfolio.formerrors import show_refusal
+
+User = get_user_model()
+PAGE_SIZE = 50
+
+
+@require_GET
+def user_list(request):
+    """Permission: ``user.view`` (auditor or platform admin)."""
+    actor = actor_of(request)
+    gate.require(actor, "user.view")
+    users = (
+        User.objects.order_by("username", "id")
+        .annotate(team_count=Count("memberships"))
+        .prefetch_related(Prefetch("org_roles", queryset=OrgRoleGrant.objects.order_by("role")))
+    )
+    query = request.GET.get("q", "").strip()[:150]
+    if query:
+        users = users.filter(username__icontains=query)
+    return render(
+        request,
+        "accounts/user_list.html",
+        {
+            "page": Paginator(users, PAGE_SIZE).get_page(request.GET.get("page")),
+            "query": query,
+            "can_create": gate.can(actor, "user.manage"),
+        },
+    )
+
+
+@sensitive_variables("password")
+@never_cache
+@require_http_methods(["GET", "POST"])
+def user_create(request):
+    """Permission: ``user.manage`` (platform admin). The initial password is shown once, in this response."""
+    actor = actor_of(request)
+    gate.require(actor, "user.manage")
+    form = UserCreateForm(request.POST if request.method == "POST" else None)
+    if form.is_valid():
+        try:
+            user, password = services.create_user(actor=actor, **form.cleaned_data)
+        except DomainError as exc:
+            show_refusal(form, exc)
+        else:
+            # Rendered straight into this response: never the session, messages or logs.
+            return render(request, "accounts/user_created.html", {"created_user": user, "password": password})
+    return render(request, "accounts/user_create.html", {"form": form})
+
+
+def _user(pk: int):
+    return get_object_or_404(User.objects.prefetch_related("org_roles"), pk=pk)
+
+
+@require_GET
+def user_detail(request, pk: int):
+    """Permission: ``user.view`` (auditor or platform admin); the forms that change the account need
+    ``user.manage`` (platform admin)."""
+    actor = actor_of(request)
+    gate.require(actor, "user.view")
+    person = _user(pk)
+    roles = sorted(grant.role for grant in person.org_roles.all())
+    return render(
+        request,
+        "accounts/user_detail.html",
+        {
+            "person": person,
+            "roles": roles,
+            "role_form": OrgRolesForm(initial={"roles": roles}),
+            "memberships": person.memberships.select_related("team", "team__department").order_by(
+                "team__name"
+            ),
+            "active_tokens": PersonalToken.objects.active().filter(user=person).count(),
+            "can_manage": gate.can(actor, "user.manage"),
+            "is_self": actor.user is not None and actor.user.pk == person.pk,
+            "role_labels": dict(OrgRole.choices),
+        },
+    )
+
+
+@require_POST
+def user_roles(request, pk: int):
+    """Permission: ``user.manage`` (platform admin). Makes the user's organisation roles those ticked."""
+    actor = actor_of(request)
+    gate.require(actor, "user.manage")
+    person = _user(pk)
+    back = reverse("user-detail", args=[person.pk])
+    form = OrgRolesForm(request.POST)
+    if not form.is_valid():
+        return buttons.refuse(request, "Choose organisation roles from the list.", back)
+    return buttons.press(
+        request,
+        lambda: services.set_org_roles(actor=actor, user=person, roles=form.cleaned_data["roles"]),
+        success=f"Organisation roles of {person.username} saved.",
+        back=back,
+    )
+
+
+@require_POST
+def user_deactivate(request, pk: int):
+    """Permission: ``user.manage`` (platform admin). Offboarding: sign-in refused, sessions ended and
+    personal tokens revoked at once; memberships kept for the record."""
+    actor = actor_of(request)
+    gate.require(actor, "user.manage")
+    person = _user(pk)
+    return buttons.press(
+        request,
+        lambda: services.deactivate_user(actor=actor, user=person),
+        success=f"{person.username} is deactivated: signed out everywhere, personal tokens revoked.",
+        back=reverse("user-detail", args=[person.pk]),
+    )
+
+
+@require_POST
+def user_reactivate(request, pk: int):
+    """Permission: ``user.manage`` (platform admin). The account may sign in again; old tokens stay revoked."""
+    actor = actor_of(request)
+    gate.require(actor, "user.manage")
+    person = _user(pk)
+    return buttons.press(
+        request,
+        lambda: services.reactivate_user(actor=actor, user=person),
+        success=f"{person.username} may sign in again.",
+        back=reverse("user-detail", args=[person.pk]),
+    )
