@@ -118,6 +118,7 @@ API_ROUTES: dict[str, Rule] = {
     "POST /tokens": rest("signed_in", method="POST", name="ci"),
     "DELETE /tokens/{token_id}": rest("own", method="DELETE"),
     "GET /audit/events": rest("org", "audit.view"),
+    "GET /audit/signing-keys": rest("org", "audit.view"),
     "GET /audit/export": rest("org", "audit.export"),
     "GET /models": rest("signed_in"),
     "POST /models": rest("team", "model.register", "POST", name="new-model", owner_team_id="{team_id}"),
