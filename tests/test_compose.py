@@ -115,6 +115,8 @@ def test_every_platform_service_starts_with_exactly_the_secrets_it_mounts(compos
         env[key] = value
     for index, name in enumerate(spec["secrets"]):
         (tmp_path / name).write_text(f"{name}-{index}-" + "s" * 40 + "\n")
+    if "audit_signing_key" in spec["secrets"]:  # a signing key in the form the signer reads (Ed25519, PEM)
+        (tmp_path / "audit_signing_key").write_bytes(ed25519_pem())
     env["PORTFOLIO_DATA_DIR"] = str(tmp_path / "data")  # the image's folder does not exist here
     result = subprocess.run(
         [sys.executable, "-c", "import django; django.setup()"],
@@ -122,6 +124,15 @@ def test_every_platform_service_starts_with_exactly_the_secrets_it_mounts(compos
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def ed25519_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def test_only_the_web_server_gets_the_audit_signing_key(compose):

@@ -74,6 +74,7 @@ def _production_env(tmp_path: Path, **extra) -> dict:
         REDIS_URL=settings.REDIS_URL,
         DJANGO_ALLOWED_HOSTS="portfolio.example.internal",
         PORTFOLIO_DATA_DIR=str(settings.DATA_DIR),
+        PORTFOLIO_AUDIT_SIGNER="false",  # as the processes that sign no audit export (the signing key is not here)
         **_secret_files(tmp_path / "secrets", **SECRETS),
     )
     env.update(extra)
