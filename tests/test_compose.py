@@ -228,7 +228,10 @@ def test_the_web_server_believes_forwarded_addresses_from_the_tls_proxy_only(com
     proxies = Env(env_of(compose, "web")).networks("PORTFOLIO_TRUSTED_PROXIES", [])
     subnet = ipaddress.ip_network(interpolated(compose["networks"]["default"]["ipam"]["config"][0]["subnet"]))
     gateway = ipaddress.ip_address(interpolated(compose["networks"]["default"]["ipam"]["config"][0]["gateway"]))
-    assert [ipaddress.ip_network(p) for p in proxies] == [ipaddress.ip_network(gateway)] and gateway in subnet
+    assert [ipaddress.ip_network(p) for p in proxies] == [
+        ipaddress.ip_network(gateway), ipaddress.ip_network("127.0.0.1")  # the proxy, the container's health check
+    ]
+    assert gateway in subnet
     # Published on the host's loopback only: clients come through the proxy, never around it.
     assert interpolated(web["ports"][0]) == "127.0.0.1:8000:8000"
     for service in PLATFORM_SERVICES:
@@ -247,3 +250,36 @@ def test_the_broker_keeps_tasks_invisible_for_longer_than_a_long_task_runs(compo
     for service in PLATFORM_SERVICES:
         timeout = Env(env_of(compose, service)).integer("PORTFOLIO_BROKER_VISIBILITY_TIMEOUT", 0)
         assert timeout >= 24 * 3600, service
+
+
+def test_the_web_health_check_passes_against_a_production_web_server(compose, db, tmp_path):
+    """`portfolio web` with the web service's environment and secrets (the test database and Redis in place of
+    the compose services), asked by the service's own health check command."""
+    from django.conf import settings
+    from django.db import connection
+
+    from portfolio.envparse import database_url
+    from tests.web_process import start_web, stop_web
+
+    spec = compose["services"]["web"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PORTFOLIO_", "DATABASE_", "REDIS_"))}
+    for key, value in env_of(compose, "web").items():
+        env[key] = str(tmp_path / secret_of(value)) if value.startswith("/run/secrets/") else value
+    for name in spec["secrets"]:
+        (tmp_path / name).write_text(f"{name}-" + "s" * 40 + "\n")
+    (tmp_path / "audit_signing_key").write_bytes(ed25519_pem())
+    env.update(
+        DATABASE_URL=database_url({**connection.settings_dict, "PASSWORD": ""}), REDIS_URL=settings.REDIS_URL,
+        PORTFOLIO_DATA_DIR=str(tmp_path / "data"), PORTFOLIO_STORAGE="local",
+    )
+    for name in ("DATABASE_PASSWORD_FILE", "REDIS_PASSWORD_FILE", "MINIO_SECRET_KEY_FILE"):
+        env.pop(name)  # the test servers ask for no password
+    process, port = start_web(env, tmp_path / "web.log")
+    try:
+        check = spec["healthcheck"]["test"]
+        assert check[0] == "CMD"
+        command = [sys.executable if part == "python" else part.replace(":8000/", f":{port}/") for part in check[1:]]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr[-2000:] + (tmp_path / "web.log").read_text()[-3000:]
+    finally:
+        stop_web(process)

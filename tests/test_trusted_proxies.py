@@ -12,13 +12,8 @@ import http.client
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
 from http.cookies import SimpleCookie
-from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -28,8 +23,8 @@ from django.db import connection
 from portfolio.envparse import database_url
 from serving.gateway import services as key_services
 from tests.conftest import PASSWORD, actor_for
+from tests.web_process import start_web, stop_web
 
-ROOT = Path(__file__).resolve().parent.parent
 PROXY = "127.0.0.2"
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,10 +33,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture(scope="module")
 def web(django_db_setup, django_db_blocker, tmp_path_factory):
     """(host, port) of `portfolio web` trusting the proxy at 127.0.0.2 only."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = tmp_path_factory.mktemp("web") / "web.log"
     with django_db_blocker.unblock():
         url = database_url(connection.settings_dict)
     env = {
@@ -54,26 +45,9 @@ def web(django_db_setup, django_db_blocker, tmp_path_factory):
         "PORTFOLIO_GATEWAY_REFRESH_MS": "200",
         "PYTHONUNBUFFERED": "1",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "portfolio.cli", "web", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if request(("127.0.0.1", port), "GET", "/healthz")[0] == 200:
-                break
-        except OSError:
-            if process.poll() is not None:
-                break
-            time.sleep(0.3)
-    else:
-        process.kill()
-    if process.poll() is not None:
-        pytest.fail(f"portfolio web did not start:\n{log.read_text()}")
+    process, port = start_web(env, tmp_path_factory.mktemp("web") / "web.log")
     yield "127.0.0.1", port
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
+    stop_web(process)
 
 
 def request(server, method: str, path: str, *, source: str = "127.0.0.1", headers: dict | None = None,

@@ -28,6 +28,7 @@ from training.models import FineTuneJob
 
 logger = logging.getLogger(__name__)
 
+
 def _log_path(job_id: int) -> Path:
     return Path(settings.DATA_DIR) / "training" / f"job-{job_id}.log"
 
@@ -184,7 +185,7 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
     lost = lease.lost.is_set()
     # Paused past its lease's expiry, this watcher was replaced by a redelivery, which counts from its own start:
     # this one counts up to its last renewal only, so no second is counted twice.
-    elapsed = (lease.renewed_at if lost else time.monotonic()) - started
+    elapsed = max(0.0, (lease.renewed_at if lost else time.monotonic()) - started)
     cores = psutil.cpu_count() or 1
     gpus = len(FineTuneJob.objects.values_list("gpu_indices", flat=True).get(pk=job_id))
     FineTuneJob.objects.filter(pk=job_id).update(
