@@ -39,7 +39,9 @@ if not holder then return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) and
 return 0
 """
 # Compare-and-delete: only the holder releases, and a dead holder is removed only if still the one named.
-_DROP_IF_HELD_BY = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_DROP_IF_HELD_BY = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
 
 
 def _client() -> redis.Redis:
@@ -112,7 +114,9 @@ class Lease:
             while not self._stop.wait(self.seconds / 3):
                 try:
                     if not self.renew():
-                        logger.error("%s: lost to %s; this run stops touching its job", self.key, self.holder())
+                        logger.error(
+                            "%s: lost to %s; this run stops touching its job", self.key, self.holder()
+                        )
                         return
                 except redis.RedisError as exc:  # Redis away for a moment: the next round tries again
                     logger.warning("%s: could not renew (%s)", self.key, exc)

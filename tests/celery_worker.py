@@ -33,7 +33,7 @@ app.worker_main(sys.argv[1:])
 
 def start_worker(queue: str, log: Path, **env: str) -> subprocess.Popen:
     command = cli.worker_command([queue], 2, f"redelivery@{queue}")
-    args = command[command.index("worker"):]
+    args = command[command.index("worker") :]
     environment = {
         **os.environ,
         "DATABASE_URL": database_url(connection.settings_dict),
@@ -49,8 +49,12 @@ def start_worker(queue: str, log: Path, **env: str) -> subprocess.Popen:
         **env,
     }
     return subprocess.Popen(
-        [sys.executable, "-c", _WORKER, *args], cwd=ROOT, env=environment, stdout=log.open("a"),
-        stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-c", _WORKER, *args],
+        cwd=ROOT,
+        env=environment,
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
@@ -75,4 +79,6 @@ def wait_for(what: str, check, log: Path, timeout: float = 90.0, interval: float
         if result:
             return result
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n--- worker log ---\n{log.read_text()[-6000:]}")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what}\n--- worker log ---\n{log.read_text()[-6000:]}"
+    )

@@ -29,7 +29,9 @@ OLD_HASH_KEY, NEW_HASH_KEY = "old-token-hash-key-" + "h" * 30, "new-token-hash-k
 def test_sessions_survive_a_secret_key_rotation_while_the_old_key_is_a_fallback(org, settings):
     settings.SECRET_KEY = OLD_KEY
     active, away = Client(), Client()
-    assert active.login(username="engineer", password=PASSWORD) and away.login(username="viewer", password=PASSWORD)
+    assert active.login(username="engineer", password=PASSWORD) and away.login(
+        username="viewer", password=PASSWORD
+    )
     settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS = NEW_KEY, [OLD_KEY]
     assert active.get("/").status_code == 200  # verified under the fallback, and re-signed with the new key
     settings.SECRET_KEY_FALLBACKS = []  # the grace period is over
@@ -39,14 +41,18 @@ def test_sessions_survive_a_secret_key_rotation_while_the_old_key_is_a_fallback(
 
 
 @pytest.mark.django_db
-def test_personal_tokens_work_through_a_token_hash_key_rotation_and_new_ones_use_the_new_key(client, org, settings):
+def test_personal_tokens_work_through_a_token_hash_key_rotation_and_new_ones_use_the_new_key(
+    client, org, settings
+):
     settings.TOKEN_HASH_KEY, settings.TOKEN_HASH_KEY_PREVIOUS = OLD_HASH_KEY.encode(), []
     _token, old_token = account_services.create_personal_token(actor=actor_for(org["engineer"]), name="ci")
     bearer = {"HTTP_AUTHORIZATION": f"Bearer {old_token}"}
     settings.TOKEN_HASH_KEY, settings.TOKEN_HASH_KEY_PREVIOUS = NEW_HASH_KEY.encode(), [OLD_HASH_KEY.encode()]
     assert client.get("/api/v1/me", **bearer).status_code == 200
     new, new_token = account_services.create_personal_token(actor=actor_for(org["developer"]), name="ci")
-    assert PersonalToken.objects.get(pk=new.pk).secret_hash == secrets_hashing.keyed_hash(new_token, NEW_HASH_KEY.encode())
+    assert PersonalToken.objects.get(pk=new.pk).secret_hash == secrets_hashing.keyed_hash(
+        new_token, NEW_HASH_KEY.encode()
+    )
     settings.TOKEN_HASH_KEY_PREVIOUS = []  # the old key dropped: what it hashed no longer verifies
     assert client.get("/api/v1/me", **bearer).status_code == 401
     assert client.get("/api/v1/me", HTTP_AUTHORIZATION=f"Bearer {new_token}").status_code == 200
@@ -78,10 +84,14 @@ def test_gateway_api_keys_work_through_a_token_hash_key_rotation(org, team, sett
     for previous, expected in ((OLD_HASH_KEY, 200), ("", 401)):
         process, base = start_gateway(
             tmp_path / f"gateway-{expected}.log",
-            PORTFOLIO_TOKEN_HASH_KEY=NEW_HASH_KEY, PORTFOLIO_TOKEN_HASH_KEY_PREVIOUS=previous,
+            PORTFOLIO_TOKEN_HASH_KEY=NEW_HASH_KEY,
+            PORTFOLIO_TOKEN_HASH_KEY_PREVIOUS=previous,
         )
         try:
-            assert models_status(base, secret) == expected, (previous, (tmp_path / f"gateway-{expected}.log").read_text())
+            assert models_status(base, secret) == expected, (
+                previous,
+                (tmp_path / f"gateway-{expected}.log").read_text(),
+            )
         finally:
             stop_gateway(process)
 
@@ -104,5 +114,8 @@ def test_rotating_the_secret_key_in_production_changes_no_other_secret(tmp_path)
     )
     assert before.returncode == after.returncode == 0, before.stderr + after.stderr
     before, after = json.loads(before.stdout), json.loads(after.stdout)
-    assert (after["TOKEN_HASH_KEY"], after["ENGINE_KEY_SECRET"]) == (before["TOKEN_HASH_KEY"], before["ENGINE_KEY_SECRET"])
+    assert (after["TOKEN_HASH_KEY"], after["ENGINE_KEY_SECRET"]) == (
+        before["TOKEN_HASH_KEY"],
+        before["ENGINE_KEY_SECRET"],
+    )
     assert after["SECRET_KEY_FALLBACKS"] == [SECRETS["DJANGO_SECRET_KEY"]]

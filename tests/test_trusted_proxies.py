@@ -50,8 +50,15 @@ def web(django_db_setup, django_db_blocker, tmp_path_factory):
     stop_web(process)
 
 
-def request(server, method: str, path: str, *, source: str = "127.0.0.1", headers: dict | None = None,
-            body: str | None = None) -> tuple[int, dict, bytes]:
+def request(
+    server,
+    method: str,
+    path: str,
+    *,
+    source: str = "127.0.0.1",
+    headers: dict | None = None,
+    body: str | None = None,
+) -> tuple[int, dict, bytes]:
     """One request from the local address ``source``."""
     conn = http.client.HTTPConnection(*server, timeout=30, source_address=(source, 0))
     try:
@@ -83,7 +90,10 @@ def key(org, team) -> str:
 
 def models(server, secret: str, **kwargs) -> tuple[int, dict]:
     status, _headers, body = kwargs.pop("send", request)(
-        server, "GET", "/v1/models", headers={"Authorization": f"Bearer {secret}", **kwargs.pop("headers", {})},
+        server,
+        "GET",
+        "/v1/models",
+        headers={"Authorization": f"Bearer {secret}", **kwargs.pop("headers", {})},
         **kwargs,
     )
     return status, json.loads(body)
@@ -113,9 +123,15 @@ def sign_in(web, username: str, password: str, client: str) -> int:
     cookie = SimpleCookie(headers["set-cookie"])["csrftoken"].value
     token = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1).decode()
     status, _headers, _page = via_proxy(
-        web, "POST", "/login/", client,
-        headers={"Cookie": f"csrftoken={cookie}", "Content-Type": "application/x-www-form-urlencoded",
-                 "Referer": f"https://{web[0]}:{web[1]}/login/"},
+        web,
+        "POST",
+        "/login/",
+        client,
+        headers={
+            "Cookie": f"csrftoken={cookie}",
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Referer": f"https://{web[0]}:{web[1]}/login/",
+        },
         body=urlencode({"username": username, "password": password, "csrfmiddlewaretoken": token}),
     )
     return status

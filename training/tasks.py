@@ -76,7 +76,12 @@ def _trainer_env(job: FineTuneJob | None = None) -> dict[str, str]:
         # The password stays in DATABASE_PASSWORD(_FILE) when that is where this process found it.
         kept = _reads(env, lambda e: e.text("DATABASE_PASSWORD")) == db["PASSWORD"]
         url = database_url(db, with_password=not kept)
-        _say(env, "DATABASE_URL", url, contradicting=() if kept else ("DATABASE_PASSWORD", "DATABASE_PASSWORD_FILE"))
+        _say(
+            env,
+            "DATABASE_URL",
+            url,
+            contradicting=() if kept else ("DATABASE_PASSWORD", "DATABASE_PASSWORD_FILE"),
+        )
     if _reads(env, Env.redis_url) != settings.REDIS_URL:
         _say(env, "REDIS_URL", settings.REDIS_URL, contradicting=("REDIS_PASSWORD", "REDIS_PASSWORD_FILE"))
     for name, value in {
@@ -124,7 +129,9 @@ def run_job(job_id: int) -> None:
     if claimed:
         lease = _lease(job)
         if not lease.acquire(wait=False):  # a new attempt's lease is free: another claimed it, somehow
-            logger.error("fine-tune #%s attempt %s: its lease is held by %s", job_id, job.attempt, lease.holder())
+            logger.error(
+                "fine-tune #%s attempt %s: its lease is held by %s", job_id, job.attempt, lease.holder()
+            )
             return
         with lease.kept():
             if job.started_at is None:
@@ -148,7 +155,9 @@ def run_job(job_id: int) -> None:
         if not lease.acquire():
             logger.info(
                 "fine-tune #%s attempt %s is watched by a live delivery (%s); this redelivery leaves it alone",
-                job_id, job.attempt, lease.holder(),
+                job_id,
+                job.attempt,
+                lease.holder(),
             )
             return
         with lease.kept():

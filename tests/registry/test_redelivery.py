@@ -52,8 +52,13 @@ def importing_runs(version_id: int) -> int:
 def test_a_redelivered_import_leaves_the_running_one_alone_and_the_upload_ends_ready(org, team, tmp_path):
     engineer = actor_for(org["engineer"])
     model = services.create_model(actor=engineer, name="ticket-router", owner_team=team)
-    base = services.start_import(actor=engineer, model=model, source=Source.LOCAL, enqueue=False,
-                                 ref=str(make_model_folder(tmp_path / "imports" / "base")))
+    base = services.start_import(
+        actor=engineer,
+        model=model,
+        source=Source.LOCAL,
+        enqueue=False,
+        ref=str(make_model_folder(tmp_path / "imports" / "base")),
+    )
     import_version(base.pk)
     adapter = make_adapter_folder(tmp_path / "adapter")
     archive = tmp_path / "adapter.zip"
@@ -61,8 +66,15 @@ def test_a_redelivered_import_leaves_the_running_one_alone_and_the_upload_ends_r
         for path in adapter.iterdir():
             zipped.write(path, f"my-adapter/{path.name}")
     saved = services.save_upload([archive.read_bytes()], archive.name)
-    version = services.start_import(actor=engineer, model=model, source=Source.UPLOAD, ref=archive.name,
-                                    base_version=base, upload_path=saved, enqueue=False)
+    version = services.start_import(
+        actor=engineer,
+        model=model,
+        source=Source.UPLOAD,
+        ref=archive.name,
+        base_version=base,
+        upload_path=saved,
+        enqueue=False,
+    )
     queue = f"control-redelivery-{uuid.uuid4().hex[:8]}"
     log = tmp_path / "worker.log"
     # The test holds the version's row: the import's first progress report waits, the run goes on past the
@@ -73,14 +85,20 @@ def test_a_redelivered_import_leaves_the_running_one_alone_and_the_upload_ends_r
     try:
         import_version.apply_async(args=[version.pk], queue=queue)
         wait_for("the import to wait on the row", lambda: importing_runs(version.pk) == 1, log)
-        wait_for("a second delivery", lambda: deliveries(log, "registry.import_version") >= 2, log,
-                 timeout=VISIBILITY_TIMEOUT + 60)
+        wait_for(
+            "a second delivery",
+            lambda: deliveries(log, "registry.import_version") >= 2,
+            log,
+            timeout=VISIBILITY_TIMEOUT + 60,
+        )
         time.sleep(4)  # past the lease's expiry: a second run would be waiting on the row by now
         assert importing_runs(version.pk) == 1, log.read_text()[-4000:]
         holder.rollback()
         version = wait_for(
             "the import to end",
-            lambda: ModelVersion.objects.exclude(status=VersionStatus.IMPORTING).filter(pk=version.pk).first(),
+            lambda: (
+                ModelVersion.objects.exclude(status=VersionStatus.IMPORTING).filter(pk=version.pk).first()
+            ),
             log,
         )
     finally:
@@ -90,7 +108,8 @@ def test_a_redelivered_import_leaves_the_running_one_alone_and_the_upload_ends_r
     assert version.kind == VersionKind.ADAPTER
     events = AuditEvent.objects.filter(object_type="registry.modelversion", object_id=str(version.pk))
     assert list(events.order_by("sequence").values_list("action", flat=True)) == [
-        "model_version.import", "model_version.ready"
+        "model_version.import",
+        "model_version.ready",
     ]
     assert not Path(saved).exists()
     assert f"import of version {version.pk} is run by a live delivery" in log.read_text()

@@ -24,8 +24,12 @@ def test_a_redelivered_watcher_leaves_the_running_job_to_the_live_one_and_time_i
     make_job, cpu_pool, tmp_path
 ):
     node = Node.objects.create(
-        name=f"redelivery-{uuid.uuid4().hex[:8]}", pool=cpu_pool, address="127.0.0.1", cpu_cores=2,
-        memory_bytes=2**34, heartbeat_at=timezone.now(),
+        name=f"redelivery-{uuid.uuid4().hex[:8]}",
+        pool=cpu_pool,
+        address="127.0.0.1",
+        cpu_cores=2,
+        memory_bytes=2**34,
+        heartbeat_at=timezone.now(),
     )
     job = make_job(node=node)
     log = tmp_path / "worker.log"
@@ -37,14 +41,21 @@ def test_a_redelivered_watcher_leaves_the_running_job_to_the_live_one_and_time_i
         # The trainer stands still (its process group stopped) while the broker hands the task on again.
         os.killpg(pid, signal.SIGSTOP)
         try:
-            wait_for("a second delivery", lambda: deliveries(log, "training.run_job") >= 2, log,
-                     timeout=VISIBILITY_TIMEOUT + 60)
+            wait_for(
+                "a second delivery",
+                lambda: deliveries(log, "training.run_job") >= 2,
+                log,
+                timeout=VISIBILITY_TIMEOUT + 60,
+            )
             time.sleep(5)  # what a second watcher would count twice
         finally:
             os.killpg(pid, signal.SIGCONT)
         # The stand-in base version has no weights: the trainer fails soon after it resumes.
-        wait_for("the trainer to end and its time to be counted",
-                 lambda: FineTuneJob.objects.filter(pk=job.pk, compute_seconds__gt=0).exists(), log)
+        wait_for(
+            "the trainer to end and its time to be counted",
+            lambda: FineTuneJob.objects.filter(pk=job.pk, compute_seconds__gt=0).exists(),
+            log,
+        )
         watched = time.monotonic() - enqueued_at  # more than the watcher's own time from the start to the end
         time.sleep(3)  # a second watcher, had there been one, counts right after the trainer exits too
     finally:

@@ -73,9 +73,15 @@ def _guard(server):
     admin = server.get_uri("postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute("SET password_encryption = 'scram-sha-256'")
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(ROLE), sql.Literal(PASSWORD)))
-        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(DATABASE), sql.Identifier(ROLE)))
-    (Path(server.pgdata) / "pg_hba.conf").write_text("local all postgres trust\nlocal all all scram-sha-256\n")
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(ROLE), sql.Literal(PASSWORD))
+        )
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(DATABASE), sql.Identifier(ROLE))
+        )
+    (Path(server.pgdata) / "pg_hba.conf").write_text(
+        "local all postgres trust\nlocal all all scram-sha-256\n"
+    )
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute("SELECT pg_reload_conf()")
     info = conninfo_to_dict(admin)
@@ -133,7 +139,8 @@ def test_a_trainer_started_by_a_production_agent_connects_with_its_password_file
     assert (child["user"], child["database"], child["application_name"]) == (ROLE, DATABASE, APPLICATION)
     # The same secrets as the agent, read from the same files: none of them written into its environment.
     assert (child["secret_key"], child["token_hash_key"]) == (
-        report["parent_secret_key"], report["parent_token_hash_key"]
+        report["parent_secret_key"],
+        report["parent_token_hash_key"],
     )
     assert child["environment"]["DJANGO_SECRET_KEY_FILE"] == env["DJANGO_SECRET_KEY_FILE"]
     assert child["environment"]["DATABASE_PASSWORD_FILE"] == str(password_file)
@@ -141,7 +148,9 @@ def test_a_trainer_started_by_a_production_agent_connects_with_its_password_file
     assert not any(PASSWORD in value for value in child["environment"].values())
 
 
-def test_a_trainer_connects_with_a_password_full_of_url_characters_given_in_the_url(guarded_postgres, tmp_path):
+def test_a_trainer_connects_with_a_password_full_of_url_characters_given_in_the_url(
+    guarded_postgres, tmp_path
+):
     host, port = guarded_postgres
     url = (
         f"postgresql://{ROLE}:{quote(PASSWORD, safe='')}@/{DATABASE}"
