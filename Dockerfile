@@ -22,9 +22,14 @@ RUN if [ "$ENGINE" = "cpu" ]; then \
     fi
 ENV PORTFOLIO_ENGINE_PYTHON_CPU=/opt/engine-cpu/bin/python PORTFOLIO_ENGINE_PYTHON_GPU=/opt/engine-gpu/bin/python
 ENV PORTFOLIO_ENV=production PORTFOLIO_DATA_DIR=/var/lib/portfolio
-RUN mkdir -p /var/lib/portfolio && chown portfolio /var/lib/portfolio \
-    && DJANGO_SECRET_KEY=build-only-not-a-secret-build-only-not-a-secret DATABASE_URL=postgresql://x@localhost/x \
-       REDIS_URL=redis://localhost:6379/0 python manage.py collectstatic --noinput
+# The shared volumes (uploads, import folders) start with this ownership. Static files are collected with
+# placeholder settings: production refuses to load without its secrets, and none is baked into the image.
+RUN mkdir -p /var/lib/portfolio/uploads /var/lib/portfolio/imports && chown -R portfolio /var/lib/portfolio \
+    && DJANGO_SECRET_KEY=build-only-not-a-secret-build-only-not-a-secret \
+       PORTFOLIO_TOKEN_HASH_KEY=build-only-token-hash-key-not-a-secret-at-all \
+       PORTFOLIO_ENGINE_KEY_SECRET=build-only-engine-key-secret-not-a-secret-at-all \
+       PORTFOLIO_AUDIT_SIGNER=false DATABASE_URL=postgresql://x@localhost/x REDIS_URL=redis://localhost:6379/0 \
+       python manage.py collectstatic --noinput
 USER portfolio
 EXPOSE 8000
 CMD ["portfolio", "web"]

@@ -5,6 +5,7 @@
     portfolio worker       a Celery worker for the "control" queue
     portfolio node-agent   a Celery worker for this machine's "node.<name>" queue
     portfolio beat         the Celery beat scheduler
+    portfolio migrate      migrations as the database owner, then the application role's grants
     portfolio manage ...   Django's manage.py
 """
 
@@ -22,11 +23,21 @@ def _exec(argv: list[str]) -> None:
     os.execvp(argv[0], argv)
 
 
-def web_command(host: str, port: int, workers: int) -> list[str]:
+def trusted_proxies() -> list[str]:
+    """PORTFOLIO_TRUSTED_PROXIES, read as settings read it (without loading them: that may start servers)."""
+    from portfolio.envparse import Env
+
+    return Env().networks("PORTFOLIO_TRUSTED_PROXIES", ["127.0.0.1", "::1"])
+
+
+def web_command(host: str, port: int, workers: int, proxies: list[str] | None = None) -> list[str]:
+    """uvicorn takes the client's address and scheme from X-Forwarded-For / -Proto only on connections from
+    ``proxies`` (the right-most address no trusted proxy added); never its own FORWARDED_ALLOW_IPS default."""
     return [
         sys.executable, "-m", "uvicorn", "portfolio.asgi:application",
         "--host", host, "--port", str(port), "--workers", str(workers),
-        "--loop", "uvloop", "--http", "httptools", "--no-server-header", "--proxy-headers",
+        "--loop", "uvloop", "--http", "httptools", "--no-server-header",
+        "--proxy-headers", "--forwarded-allow-ips", ",".join(trusted_proxies() if proxies is None else proxies),
     ]
 
 
@@ -85,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--concurrency", type=int, default=int(os.environ.get("PORTFOLIO_AGENT_CONCURRENCY", "2")))
 
     sub.add_parser("beat", help="Celery beat scheduler")
+    sub.add_parser("migrate", help="apply migrations (as the owner role), then grant the application role")
     manage = sub.add_parser("manage", help="Django management commands", add_help=False)
     manage.add_argument("args", nargs=argparse.REMAINDER)
     return parser
@@ -109,6 +121,16 @@ def main(argv: list[str] | None = None) -> None:
         _exec(worker_command([f"node.{name}"], args.concurrency, f"agent@{name}"))
     if args.command == "beat":
         _exec(beat_command())
+    if args.command == "migrate":
+        import django
+        from django.core.management import call_command
+
+        django.setup()
+        from portfolio import dbroles
+
+        call_command("migrate", interactive=False)
+        for statement in dbroles.grant_app_role():
+            print(f"  {statement}")
     if args.command == "manage":
         from django.core.management import execute_from_command_line
 

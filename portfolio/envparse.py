@@ -6,10 +6,13 @@ by ``NAME_FILE`` (Docker/Kubernetes secrets), which wins over nothing but is ref
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+from urllib.parse import quote, urlencode, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -88,3 +91,96 @@ class Env:
 
     def path(self, name: str, default: Path) -> Path:
         return self._parse(name, default, lambda v: Path(v).expanduser().resolve(), "a path")
+
+    def secret_list(self, name: str, *, min_length: int = 1) -> list[str]:
+        """Secrets separated by commas or new lines (a file of one per line), each at least ``min_length``."""
+        value = self.raw(name)
+        items = [item.strip() for item in re.split(r"[,\n]", value or "") if item.strip()]
+        if any(len(item) < min_length for item in items):
+            raise ImproperlyConfigured(f"{name}: every entry must be at least {min_length} characters.")
+        return items
+
+    def networks(self, name: str, default: list[str]) -> list[str]:
+        """A comma list of IP addresses or networks (``10.0.0.0/8``), each checked; ``*`` is refused."""
+
+        def parse(value: str) -> list[str]:
+            items = [item.strip() for item in value.split(",") if item.strip()]
+            for item in items:
+                ipaddress.ip_network(item, strict=False)  # ValueError names nothing: _parse says which variable
+            return items
+
+        return self._parse(name, default, parse, "IP addresses or networks such as 10.0.0.5,172.16.0.0/12")
+
+    def database(self) -> dict[str, Any] | None:
+        """The connection of ``DATABASE_URL`` (with ``DATABASE_PASSWORD`` over the URL's), or None if unset."""
+        url = self.text("DATABASE_URL")
+        return None if url is None else database_settings(url, self.text("DATABASE_PASSWORD"))
+
+    def redis_url(self) -> str | None:
+        """``REDIS_URL`` with ``REDIS_PASSWORD`` put into it (quoted), or None if unset."""
+        url = self.text("REDIS_URL")
+        return None if url is None else with_redis_password(url, self.text("REDIS_PASSWORD"))
+
+
+# What identifies a PostgreSQL connection in Django's settings: a child process given the same connects alike.
+CONNECTION_KEYS = ("NAME", "USER", "PASSWORD", "HOST", "PORT", "OPTIONS")
+
+
+def database_settings(url: str, password: str | None = None) -> dict[str, Any]:
+    """Django's connection settings from a ``postgresql://`` URL; every libpq parameter of its query string
+    (``sslmode``, ``sslrootcert``, ``application_name``...) is kept in ``OPTIONS``."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    if not url.startswith(("postgres://", "postgresql://")):
+        raise ImproperlyConfigured("DATABASE_URL must be a postgresql:// URL.")
+    try:
+        info: dict[str, Any] = conninfo_to_dict(url)
+    except Exception as exc:
+        # psycopg's message may quote the URL, password included: it is not repeated here.
+        raise ImproperlyConfigured(
+            f"DATABASE_URL is not a valid PostgreSQL URL ({exc.__class__.__name__}): percent-encode special "
+            "characters of the password, or keep it in DATABASE_PASSWORD(_FILE)."
+        ) from None
+    url_password = info.pop("password", "")
+    return {
+        "NAME": info.pop("dbname", "portfolio"),
+        "USER": info.pop("user", ""),
+        "PASSWORD": password or url_password,
+        "HOST": info.pop("host", ""),
+        "PORT": info.pop("port", ""),
+        "OPTIONS": info,
+    }
+
+
+def database_url(db: Mapping[str, Any], *, with_password: bool = True) -> str:
+    """The ``postgresql://`` URL that ``database_settings`` reads back into ``db``'s connection: every part
+    quoted (a password with ``@/#?`` stays one password), a unix socket folder and the options as parameters."""
+    user, password = str(db.get("USER") or ""), str(db.get("PASSWORD") or "")
+    auth = quote(user, safe="")
+    if with_password and password:
+        auth += ":" + quote(password, safe="")
+    query = {key: str(value) for key, value in (db.get("OPTIONS") or {}).items()}
+    host, port = str(db.get("HOST") or ""), str(db.get("PORT") or "")
+    netloc = ""
+    if host.startswith("/"):
+        query["host"] = host
+        if port:
+            query["port"] = port
+    elif host:
+        netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
+    name = quote(str(db.get("NAME") or ""), safe="")
+    url = f"postgresql://{auth + '@' if auth else ''}{netloc}/{name}"
+    return url + ("?" + urlencode(query, quote_via=quote) if query else "")
+
+
+def with_redis_password(url: str, password: str | None) -> str:
+    if password is None:
+        return url
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ImproperlyConfigured("REDIS_PASSWORD needs a redis:// or rediss:// REDIS_URL.")
+    if parts.password:
+        raise ImproperlyConfigured("REDIS_URL already carries a password: set it there or in REDIS_PASSWORD, not both.")
+    user = quote(parts.username or "", safe="")
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}").geturl()

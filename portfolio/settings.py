@@ -15,7 +15,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from portfolio import embedded
-from portfolio.envparse import Env
+from portfolio.envparse import Env, database_settings
 
 env = Env()
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -46,6 +46,8 @@ else:
     SECRET_KEY = env.text("DJANGO_SECRET_KEY") or _development_secret(DATA_DIR / "secret_key")
 if len(SECRET_KEY) < 32:
     raise ImproperlyConfigured("DJANGO_SECRET_KEY must be at least 32 characters.")
+# Rotation: the new key signs, the keys listed here still verify (sessions, signed values) until dropped.
+SECRET_KEY_FALLBACKS = env.secret_list("DJANGO_SECRET_KEY_FALLBACKS", min_length=32)
 
 
 def _derived_key(label: str) -> bytes:
@@ -71,14 +73,33 @@ AUDIT_PREVIOUS_PUBLIC_KEYS = audit_signing.public_keys_setting(
 ALLOWED_HOSTS = env.csv_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.csv_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
+
+def _own_secret(name: str) -> bytes:
+    """A production secret set on its own (``NAME`` or ``NAME_FILE``): rotating DJANGO_SECRET_KEY leaves it be."""
+    value = env.required(name)
+    if len(value) < 32:
+        raise ImproperlyConfigured(f"{name} must be at least 32 characters.")
+    if value == SECRET_KEY or value in SECRET_KEY_FALLBACKS:
+        raise ImproperlyConfigured(f"{name} must be a secret of its own, not DJANGO_SECRET_KEY.")
+    return value.encode()
+
+
+# Development derives the token hash key from the secret key (above); production sets it on its own. Rotation:
+# the new key hashes, the keys in PORTFOLIO_TOKEN_HASH_KEY_PREVIOUS still verify tokens and API keys.
+if PRODUCTION:
+    TOKEN_HASH_KEY = _own_secret("PORTFOLIO_TOKEN_HASH_KEY")
+TOKEN_HASH_KEY_PREVIOUS: list[bytes] = [
+    key.encode() for key in env.secret_list("PORTFOLIO_TOKEN_HASH_KEY_PREVIOUS", min_length=32 if PRODUCTION else 1)
+]
+
 # --- Services -------------------------------------------------------------------------------------
-_database_url = env.text("DATABASE_URL")
-_redis_url = env.text("REDIS_URL")
+_database = env.database()
+_redis_url = env.redis_url()
 EMBEDDED_SERVICES = []
-if _database_url is None:
+if _database is None:
     if PRODUCTION:
         raise ImproperlyConfigured("DATABASE_URL must be set when PORTFOLIO_ENV=production.")
-    _database_url = embedded.ensure_postgres(DATA_DIR)
+    _database = database_settings(embedded.ensure_postgres(DATA_DIR))
     EMBEDDED_SERVICES.append("postgres")
 if _redis_url is None:
     if PRODUCTION:
@@ -88,31 +109,19 @@ if _redis_url is None:
 REDIS_URL = _redis_url
 
 
-def _database(url: str) -> dict:
-    from psycopg.conninfo import conninfo_to_dict
-
-    if not url.startswith(("postgres://", "postgresql://")):
-        raise ImproperlyConfigured("DATABASE_URL must be a postgresql:// URL.")
-    try:
-        info = conninfo_to_dict(url)
-    except Exception as exc:
-        raise ImproperlyConfigured(f"DATABASE_URL is not a valid PostgreSQL URL: {exc}") from exc
-    password = info.pop("password", "")
-    return {
+# A password from DATABASE_PASSWORD(_FILE) keeps the secret out of the URL; the URL's query string gives
+# libpq's parameters (sslmode, sslrootcert, ...), kept in OPTIONS.
+DATABASES = {
+    "default": {
         "ENGINE": "django.db.backends.postgresql",
-        "NAME": info.pop("dbname", "portfolio"),
-        "USER": info.pop("user", ""),
-        # A password from DATABASE_PASSWORD(_FILE) keeps the secret out of the URL.
-        "PASSWORD": env.text("DATABASE_PASSWORD") or password,
-        "HOST": info.pop("host", ""),
-        "PORT": info.pop("port", ""),
-        "OPTIONS": info,
+        **_database,
         "CONN_MAX_AGE": env.integer("DATABASE_CONN_MAX_AGE", 60, minimum=0),
         "CONN_HEALTH_CHECKS": True,
     }
-
-
-DATABASES = {"default": _database(_database_url)}
+}
+# The role the application connects as (DATABASE_URL) when migrations run as the owner: `portfolio migrate`
+# grants it ordinary DML everywhere but only INSERT and SELECT on the audit trail (portfolio/dbroles.py).
+DATABASE_APP_ROLE = env.text("DATABASE_APP_ROLE")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
@@ -132,6 +141,12 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Redis hands a task that is not acknowledged within the visibility timeout to another worker; with late acks
+# that is any task still running then. Above the longest import or fine-tune watch; a later redelivery of a
+# long task finds the live lease of the run in progress and exits (TASK_LEASE_SECONDS, portfolio/leases.py).
+BROKER_VISIBILITY_TIMEOUT = env.integer("PORTFOLIO_BROKER_VISIBILITY_TIMEOUT", 7 * 24 * 3600, minimum=1)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": BROKER_VISIBILITY_TIMEOUT}
+TASK_LEASE_SECONDS = env.integer("PORTFOLIO_TASK_LEASE_SECONDS", 30, minimum=1, maximum=3600)
 CELERY_TASK_ALWAYS_EAGER = env.flag("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 # The machine this process runs on: its node agent consumes the queue "node.<NODE_NAME>".
@@ -175,7 +190,11 @@ ENGINE_START_TIMEOUT = env.integer("PORTFOLIO_ENGINE_START_TIMEOUT", 900, minimu
 ENGINE_UNHEALTHY_GRACE = env.integer("PORTFOLIO_ENGINE_UNHEALTHY_GRACE", 30, minimum=5)
 ENGINE_MAX_RESTARTS = env.integer("PORTFOLIO_ENGINE_MAX_RESTARTS", 5, minimum=0)
 ENGINE_RESTART_BACKOFF = env.integer("PORTFOLIO_ENGINE_RESTART_BACKOFF", 5, minimum=1)
-ENGINE_KEY_SECRET: bytes = (env.text("PORTFOLIO_ENGINE_KEY_SECRET") or "").encode() or _derived_key("engine-keys")
+ENGINE_KEY_SECRET: bytes = (
+    _own_secret("PORTFOLIO_ENGINE_KEY_SECRET")
+    if PRODUCTION
+    else (env.text("PORTFOLIO_ENGINE_KEY_SECRET") or "").encode() or _derived_key("engine-keys")
+)
 # --- Gateway ---------------------------------------------------------------------------------------
 GATEWAY_CONNECT_TIMEOUT = env.integer("PORTFOLIO_GATEWAY_CONNECT_TIMEOUT", 3, minimum=1)
 GATEWAY_UPSTREAM_TIMEOUT = env.integer("PORTFOLIO_GATEWAY_UPSTREAM_TIMEOUT", 300, minimum=1)
@@ -322,6 +341,10 @@ if PRODUCTION:
     SECURE_HSTS_PRELOAD = True
     if env.flag("DJANGO_BEHIND_TLS_PROXY", False):
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# The reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (`portfolio web` passes them to
+# uvicorn): requests from them carry the client's own address, which IP allow-lists and sign-in lockout use.
+# Anyone else's forwarded headers are ignored, so no client can choose its address.
+TRUSTED_PROXIES = env.networks("PORTFOLIO_TRUSTED_PROXIES", ["127.0.0.1", "::1"])
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": ["'self'"],

@@ -1,12 +1,21 @@
-"""docker-compose.yml cannot run here (no Docker engine): check that it parses and that every platform
-service runs a real entry point of this project."""
+"""docker-compose.yml cannot run here (no Docker engine): check that it parses, that every platform service
+runs a real entry point of this project, and that the services are wired to each other as the code reads its
+settings (secrets per service, volumes, URLs, roles)."""
 
+import ipaddress
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from portfolio import cli
+from portfolio.envparse import Env
+from portfolio.registry.tasks import import_version
 
 ROOT = Path(__file__).resolve().parent.parent
 PLATFORM_SERVICES = {"migrate", "web", "worker", "beat", "node-cpu", "node-gpu"}
@@ -68,3 +77,209 @@ def test_node_agents_carry_their_engine_and_join_a_pool(compose, service, engine
     assert spec["build"]["args"]["ENGINE"] == engine
     assert spec["environment"]["PORTFOLIO_NODE_POOL"] and spec["environment"]["PORTFOLIO_NODE_ADDRESS"] == service
     assert (ROOT / "serving" / "engines" / f"requirements-{engine}.txt").exists()
+
+
+# --- Wiring: what each service is given, checked against what the code reads -------------------------------
+def interpolated(value) -> str:
+    """A value as compose gives it with none of the operator's variables set (``${NAME:-default}``)."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
+
+
+def env_of(compose: dict, service: str) -> dict[str, str]:
+    return {key: interpolated(value) for key, value in compose["services"][service]["environment"].items()}
+
+
+def secret_of(path: str) -> str:
+    assert path.startswith("/run/secrets/"), path
+    return path.removeprefix("/run/secrets/")
+
+
+@pytest.mark.parametrize("service", sorted(PLATFORM_SERVICES))
+def test_every_secret_file_a_platform_service_names_is_mounted_into_it(compose, service):
+    spec = compose["services"][service]
+    named = {secret_of(value) for key, value in env_of(compose, service).items() if key.endswith("_FILE")}
+    assert named <= set(spec["secrets"]), f"{service} reads secrets it does not mount: {named - set(spec['secrets'])}"
+    assert set(spec["secrets"]) <= named, f"{service} mounts secrets it never reads: {set(spec['secrets']) - named}"
+    for name in spec["secrets"]:
+        assert compose["secrets"][name]["file"] == f"./secrets/{name}"
+
+
+@pytest.mark.parametrize("service", sorted(PLATFORM_SERVICES))
+def test_every_platform_service_starts_with_exactly_the_secrets_it_mounts(compose, service, tmp_path):
+    """Production settings load in the service's environment, where a secret file it does not mount is absent."""
+    spec = compose["services"][service]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PORTFOLIO_", "DATABASE_", "REDIS_"))}
+    for key, value in env_of(compose, service).items():
+        if value.startswith("/run/secrets/"):
+            value = str(tmp_path / secret_of(value))
+        env[key] = value
+    for index, name in enumerate(spec["secrets"]):
+        (tmp_path / name).write_text(f"{name}-{index}-" + "s" * 40 + "\n")
+    if "audit_signing_key" in spec["secrets"]:  # a signing key in the form the signer reads (Ed25519, PEM)
+        (tmp_path / "audit_signing_key").write_bytes(ed25519_pem())
+    env["PORTFOLIO_DATA_DIR"] = str(tmp_path / "data")  # the image's folder does not exist here
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "portfolio.settings"}, capture_output=True, text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def ed25519_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def test_only_the_web_server_gets_the_audit_signing_key(compose):
+    for service in PLATFORM_SERVICES:
+        env, secrets = env_of(compose, service), compose["services"][service]["secrets"]
+        signs = service == "web"
+        assert ("audit_signing_key" in secrets) is signs, service
+        assert ("PORTFOLIO_AUDIT_SIGNING_KEY_FILE" in env) is signs, service
+        assert Env(env).flag("PORTFOLIO_AUDIT_SIGNER", True) is signs, service
+
+
+def test_minio_is_spoken_to_as_it_serves_plain_http_on_the_internal_network(compose):
+    assert "--certs-dir" not in compose["services"]["minio"]["command"]
+    for service in PLATFORM_SERVICES:
+        env = env_of(compose, service)
+        assert env["MINIO_ENDPOINT"].split(":")[0] == "minio"
+        assert Env(env).flag("MINIO_SECURE", True) is False, service
+
+
+def test_browser_uploads_and_import_folders_are_shared_by_the_web_server_and_the_import_worker(
+    compose, settings, tmp_path
+):
+    from portfolio.registry.services import save_upload
+
+    # Where the web process saves an upload and the import reads it, relative to the data folder.
+    settings.DATA_DIR = tmp_path
+    saved = save_upload([b"PK"], "adapter.zip")
+    uploads = saved.parent.relative_to(tmp_path).as_posix()
+    # The import task runs on the control queue, which the worker service consumes.
+    assert import_version.name == "registry.import_version" and settings.CELERY_TASK_DEFAULT_QUEUE == "control"
+    assert compose["services"]["worker"]["command"][1] == "worker"
+    mounts = {}
+    for service in ("web", "worker"):
+        data_dir = env_of(compose, service)["PORTFOLIO_DATA_DIR"]
+        assert "PORTFOLIO_IMPORT_ROOTS" not in env_of(compose, service)  # the default: <data>/imports
+        mounts[service] = {
+            target.removeprefix(data_dir + "/"): volume
+            for volume, target, *_ in (entry.split(":") for entry in compose["services"][service]["volumes"])
+        }
+        assert volume_is_named(compose, mounts[service][uploads])
+        assert volume_is_named(compose, mounts[service]["imports"])
+    assert mounts["web"][uploads] == mounts["worker"][uploads]
+    assert mounts["web"]["imports"] == mounts["worker"]["imports"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"/var/lib/portfolio/{uploads}" in dockerfile and "/var/lib/portfolio/imports" in dockerfile
+
+
+def volume_is_named(compose: dict, volume: str) -> bool:
+    return volume in compose["volumes"]
+
+
+@pytest.mark.parametrize("service", ["node-cpu", "node-gpu"])
+def test_node_agents_reach_the_gateway_of_the_web_service(compose, service):
+    url = urlsplit(env_of(compose, service)["PORTFOLIO_GATEWAY_URL"])
+    web_port = compose["services"]["web"]["ports"][0].split(":")[-1]
+    assert (url.scheme, url.hostname, str(url.port)) == ("http", "web", web_port)
+    assert "--port" not in compose["services"]["web"]["command"]  # `portfolio web` listens on 8000
+
+
+def test_redis_requires_the_password_every_platform_service_is_given(compose):
+    redis = compose["services"]["redis"]
+    assert "redis_password" in redis["secrets"]
+    assert "requirepass" in " ".join(redis["command"]) and "/run/secrets/redis_password" in " ".join(redis["command"])
+    assert "REDISCLI_AUTH" in " ".join(redis["healthcheck"]["test"])
+    for service in PLATFORM_SERVICES:
+        env = env_of(compose, service)
+        assert env["REDIS_PASSWORD_FILE"] == "/run/secrets/redis_password", service
+        assert urlsplit(env["REDIS_URL"]).hostname == "redis" and urlsplit(env["REDIS_URL"]).password is None
+
+
+def test_migrations_run_as_the_owner_and_everything_else_as_the_application_role(compose):
+    migrate = env_of(compose, "migrate")
+    owner = Env({"DATABASE_URL": migrate["DATABASE_URL"]}).database()
+    assert owner is not None and migrate["DATABASE_PASSWORD_FILE"] == "/run/secrets/db_owner_password"
+    assert compose["services"]["migrate"]["command"] == ["portfolio", "migrate"]
+    app_role = migrate["DATABASE_APP_ROLE"]
+    for service in PLATFORM_SERVICES - {"migrate"}:
+        env = env_of(compose, service)
+        assert urlsplit(env["DATABASE_URL"]).username == app_role != owner["USER"], service
+        assert env["DATABASE_PASSWORD_FILE"] == "/run/secrets/db_app_password", service
+        assert "DATABASE_APP_ROLE" not in env
+    # The database's first start creates both roles (the init script reads both passwords).
+    postgres = compose["services"]["postgres"]
+    init = (ROOT / "deploy" / "postgres" / "init-roles.sh").read_text()
+    assert "./deploy/postgres/init-roles.sh:/docker-entrypoint-initdb.d/init-roles.sh:ro" in postgres["volumes"]
+    assert {"db_owner_password", "db_app_password"} <= set(postgres["secrets"])
+    assert f"CREATE ROLE {owner['USER']} " in init and f"CREATE ROLE {app_role} " in init
+    assert postgres["environment"]["POSTGRES_USER"] not in (owner["USER"], app_role)
+
+
+def test_the_web_server_believes_forwarded_addresses_from_the_tls_proxy_only(compose):
+    web = compose["services"]["web"]
+    proxies = Env(env_of(compose, "web")).networks("PORTFOLIO_TRUSTED_PROXIES", [])
+    subnet = ipaddress.ip_network(interpolated(compose["networks"]["default"]["ipam"]["config"][0]["subnet"]))
+    gateway = ipaddress.ip_address(interpolated(compose["networks"]["default"]["ipam"]["config"][0]["gateway"]))
+    assert [ipaddress.ip_network(p) for p in proxies] == [
+        ipaddress.ip_network(gateway), ipaddress.ip_network("127.0.0.1")  # the proxy, the container's health check
+    ]
+    assert gateway in subnet
+    # Published on the host's loopback only: clients come through the proxy, never around it.
+    assert interpolated(web["ports"][0]) == "127.0.0.1:8000:8000"
+    for service in PLATFORM_SERVICES:
+        assert "DJANGO_BEHIND_TLS_PROXY" not in env_of(compose, service)  # uvicorn applies X-Forwarded-Proto
+
+
+def test_images_built_with_different_arguments_have_different_names(compose):
+    built = {}
+    for service in PLATFORM_SERVICES:
+        spec = compose["services"][service]
+        args = tuple(sorted(spec["build"]["args"].items()))
+        assert built.setdefault(spec["image"], args) == args, f"{spec['image']} is built two ways"
+
+
+def test_the_broker_keeps_tasks_invisible_for_longer_than_a_long_task_runs(compose):
+    for service in PLATFORM_SERVICES:
+        timeout = Env(env_of(compose, service)).integer("PORTFOLIO_BROKER_VISIBILITY_TIMEOUT", 0)
+        assert timeout >= 24 * 3600, service
+
+
+def test_the_web_health_check_passes_against_a_production_web_server(compose, db, tmp_path):
+    """`portfolio web` with the web service's environment and secrets (the test database and Redis in place of
+    the compose services), asked by the service's own health check command."""
+    from django.conf import settings
+    from django.db import connection
+
+    from portfolio.envparse import database_url
+    from tests.web_process import start_web, stop_web
+
+    spec = compose["services"]["web"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PORTFOLIO_", "DATABASE_", "REDIS_"))}
+    for key, value in env_of(compose, "web").items():
+        env[key] = str(tmp_path / secret_of(value)) if value.startswith("/run/secrets/") else value
+    for name in spec["secrets"]:
+        (tmp_path / name).write_text(f"{name}-" + "s" * 40 + "\n")
+    (tmp_path / "audit_signing_key").write_bytes(ed25519_pem())
+    env.update(
+        DATABASE_URL=database_url({**connection.settings_dict, "PASSWORD": ""}), REDIS_URL=settings.REDIS_URL,
+        PORTFOLIO_DATA_DIR=str(tmp_path / "data"), PORTFOLIO_STORAGE="local",
+    )
+    for name in ("DATABASE_PASSWORD_FILE", "REDIS_PASSWORD_FILE", "MINIO_SECRET_KEY_FILE"):
+        env.pop(name)  # the test servers ask for no password
+    process, port = start_web(env, tmp_path / "web.log")
+    try:
+        check = spec["healthcheck"]["test"]
+        assert check[0] == "CMD"
+        command = [sys.executable if part == "python" else part.replace(":8000/", f":{port}/") for part in check[1:]]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr[-2000:] + (tmp_path / "web.log").read_text()[-3000:]
+    finally:
+        stop_web(process)

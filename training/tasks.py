@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -14,13 +15,18 @@ from pathlib import Path
 import psutil
 from celery import shared_task
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models import F
 from django.utils import timezone
 
+from portfolio.envparse import CONNECTION_KEYS, Env, database_url
+from portfolio.leases import Lease
 from serving.processes import log_tail
 from training import finetune
 from training.choices import JobStatus
 from training.models import FineTuneJob
+
+logger = logging.getLogger(__name__)
 
 
 def _log_path(job_id: int) -> Path:
@@ -41,30 +47,53 @@ def _kill(pid: int, grace: float = 10.0) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def _reads(env: dict[str, str], read):
+    """What a process started with ``env`` will read with ``read`` (an ``Env`` method), or None if it cannot."""
+    try:
+        return read(Env(env))
+    except ImproperlyConfigured:
+        return None
+
+
+def _say(env: dict[str, str], name: str, value: str, *, contradicting: tuple[str, ...] = ()) -> None:
+    """Set ``name`` outright, without the ``NAME_FILE`` (or the ``contradicting`` variables) that would refuse
+    or override it."""
+    for other in (f"{name}_FILE", *contradicting):
+        env.pop(other, None)
+    env[name] = value
+
+
 def _trainer_env(job: FineTuneJob | None = None) -> dict[str, str]:
-    """The trainer sees exactly this process's database, store and data folder (whatever set them), and
-    of the machine's GPUs only those its job holds (none on a CPU pool)."""
+    """The trainer's environment: this process's own, so it reads its settings exactly as this process did
+    (``*_FILE`` secrets stay files, the URLs keep their options), changed only where this process does not run
+    on what its environment says (the embedded servers, a test database, a moved data folder); and of the
+    machine's GPUs only those its job holds (none on a CPU pool)."""
     from django.db import connection
 
-    db = connection.settings_dict
-    host = db["HOST"]
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    url = (
-        f"postgresql://{auth}@/{db['NAME']}?host={host}"
-        if host.startswith("/")
-        else f"postgresql://{auth}@{host}:{db['PORT'] or 5432}/{db['NAME']}"
-    )
-    env = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "REDIS_URL": settings.REDIS_URL,
-        "DJANGO_SECRET_KEY": settings.SECRET_KEY,
+    env = dict(os.environ)
+    db = {key: connection.settings_dict[key] for key in CONNECTION_KEYS}
+    if _reads(env, Env.database) != db:
+        # The password stays in DATABASE_PASSWORD(_FILE) when that is where this process found it.
+        kept = _reads(env, lambda e: e.text("DATABASE_PASSWORD")) == db["PASSWORD"]
+        url = database_url(db, with_password=not kept)
+        _say(
+            env,
+            "DATABASE_URL",
+            url,
+            contradicting=() if kept else ("DATABASE_PASSWORD", "DATABASE_PASSWORD_FILE"),
+        )
+    if _reads(env, Env.redis_url) != settings.REDIS_URL:
+        _say(env, "REDIS_URL", settings.REDIS_URL, contradicting=("REDIS_PASSWORD", "REDIS_PASSWORD_FILE"))
+    for name, value in {
+        "DJANGO_SECRET_KEY": settings.SECRET_KEY,  # the development key is kept in the data folder
         "PORTFOLIO_DATA_DIR": str(settings.DATA_DIR),
         "PORTFOLIO_ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
         "PORTFOLIO_ARTIFACT_CACHE": str(settings.ARTIFACT_CACHE),
         "PORTFOLIO_GATEWAY_URL": settings.GATEWAY_INTERNAL_URL,
-        "PYTHONUNBUFFERED": "1",
-    }
+    }.items():
+        if _reads(env, lambda e, name=name: e.text(name)) != value:
+            _say(env, name, value)
+    env["PYTHONUNBUFFERED"] = "1"
     if job is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(index) for index in job.gpu_indices)
         # Numbered as nvidia-smi numbers them (what the agent reports), not fastest first.
@@ -82,6 +111,12 @@ def _alive(pid: int | None) -> bool:
         return False
 
 
+def _lease(job: FineTuneJob) -> Lease:
+    """One watcher per attempt of a job: a redelivery of its task (the broker's visibility timeout, a worker
+    process that died) finds the live watcher's lease and leaves the job alone."""
+    return Lease(f"training.run_job:{job.pk}:{job.attempt}")
+
+
 @shared_task(name="training.run_job", acks_late=True)
 def run_job(job_id: int) -> None:
     """Claim a queued job, start its trainer process (own process group), and watch it to the end."""
@@ -92,33 +127,53 @@ def run_job(job_id: int) -> None:
     )
     job = FineTuneJob.objects.get(pk=job_id)
     if claimed:
-        if job.started_at is None:
-            FineTuneJob.objects.filter(pk=job_id).update(started_at=timezone.now())
-        log = _log_path(job_id)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as handle:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "training.runner", str(job_id)],
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env=_trainer_env(job),
-                cwd=log.parent,
+        lease = _lease(job)
+        if not lease.acquire(wait=False):  # a new attempt's lease is free: another claimed it, somehow
+            logger.error(
+                "fine-tune #%s attempt %s: its lease is held by %s", job_id, job.attempt, lease.holder()
             )
-        FineTuneJob.objects.filter(pk=job_id).update(pid=process.pid)
-        pid = process.pid
+            return
+        with lease.kept():
+            if job.started_at is None:
+                FineTuneJob.objects.filter(pk=job_id).update(started_at=timezone.now())
+            log = _log_path(job_id)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("ab") as handle:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "training.runner", str(job_id)],
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    env=_trainer_env(job),
+                    cwd=log.parent,
+                )
+            FineTuneJob.objects.filter(pk=job_id).update(pid=process.pid)
+            _watch(job_id, process.pid, process, lease)
     elif job.status == JobStatus.RUNNING and job.pid and _alive(job.pid):
-        pid, process = job.pid, None  # redelivered after this worker died: adopt the running trainer
-    else:
-        return
-    _watch(job_id, pid, process)
+        lease = _lease(job)
+        if not lease.acquire():
+            logger.info(
+                "fine-tune #%s attempt %s is watched by a live delivery (%s); this redelivery leaves it alone",
+                job_id,
+                job.attempt,
+                lease.holder(),
+            )
+            return
+        with lease.kept():
+            # Redelivered after its watcher died: adopt the trainer, if it still runs the same attempt.
+            if FineTuneJob.objects.filter(
+                pk=job_id, status=JobStatus.RUNNING, attempt=job.attempt, pid=job.pid
+            ).exists() and _alive(job.pid):
+                _watch(job_id, job.pid, None, lease)
 
 
-def _watch(job_id: int, pid: int, process: subprocess.Popen | None) -> None:
+def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease) -> None:
     started = time.monotonic()
     last_beat = 0.0
     while True:
+        if lease.lost.is_set():
+            break
         exited = process.poll() is not None if process else not _alive(pid)
         if exited:
             break
@@ -136,7 +191,10 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None) -> None:
                     job_id, JobStatus.CANCELLED, "Cancelled: the trainer's process group was stopped."
                 )
         time.sleep(0.5)
-    elapsed = time.monotonic() - started
+    lost = lease.lost.is_set()
+    # Paused past its lease's expiry, this watcher was replaced by a redelivery, which counts from its own start:
+    # this one counts up to its last renewal only, so no second is counted twice.
+    elapsed = max(0.0, (lease.renewed_at if lost else time.monotonic()) - started)
     cores = psutil.cpu_count() or 1
     gpus = len(FineTuneJob.objects.values_list("gpu_indices", flat=True).get(pk=job_id))
     FineTuneJob.objects.filter(pk=job_id).update(
@@ -145,6 +203,8 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None) -> None:
         gpu_seconds=F("gpu_seconds") + elapsed * gpus,
         log_tail=log_tail(_log_path(job_id), 30),
     )
+    if lost:
+        return  # the trainer and its outcome belong to the new watcher
     job = FineTuneJob.objects.get(pk=job_id)
     if job.status != JobStatus.RUNNING:
         return  # the trainer finished (or was cancelled) and said so

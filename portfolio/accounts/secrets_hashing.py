@@ -2,6 +2,10 @@
 
 A token reads ``<prefix>_<key_id>_<secret>``: the key id finds the row, then the keyed hash of the whole
 token is compared in constant time. Used for personal access tokens here and gateway API keys later.
+
+The hash key rotates without breaking anyone: new hashes use ``TOKEN_HASH_KEY``, and a hash made under one
+of ``TOKEN_HASH_KEY_PREVIOUS`` still verifies until that key is dropped from the settings (README, "Rotating
+secrets"). ``upgraded_hash`` gives the current key's hash of a token that verified only under an old key.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ class IssuedSecret:
     hash: str
 
 
-def keyed_hash(plaintext: str) -> str:
-    return hmac.new(settings.TOKEN_HASH_KEY, plaintext.encode(), hashlib.sha256).hexdigest()
+def keyed_hash(plaintext: str, key: bytes | None = None) -> str:
+    return hmac.new(key or settings.TOKEN_HASH_KEY, plaintext.encode(), hashlib.sha256).hexdigest()
 
 
 def issue(prefix: str) -> IssuedSecret:
@@ -45,5 +49,20 @@ def parse(prefix: str, presented: str) -> str | None:
     return parts[1]
 
 
+def _matching_key(presented: str, stored_hash: str) -> bytes | None:
+    for key in (settings.TOKEN_HASH_KEY, *settings.TOKEN_HASH_KEY_PREVIOUS):
+        if hmac.compare_digest(keyed_hash(presented, key), stored_hash):
+            return key
+    return None
+
+
 def matches(presented: str, stored_hash: str) -> bool:
-    return hmac.compare_digest(keyed_hash(presented), stored_hash)
+    """Under the current hash key or, during a rotation's grace period, a previous one."""
+    return _matching_key(presented, stored_hash) is not None
+
+
+def upgraded_hash(presented: str, stored_hash: str) -> str | None:
+    """The current key's hash of a token whose stored hash was made under a previous key (store it to drop
+    that key sooner); None when it already is current or does not match at all."""
+    key = _matching_key(presented, stored_hash)
+    return keyed_hash(presented) if key is not None and key != settings.TOKEN_HASH_KEY else None

@@ -12,6 +12,7 @@ from celery import shared_task
 from django.conf import settings
 
 from portfolio.errors import DomainError
+from portfolio.leases import Lease
 from portfolio.registry import importers, services
 from portfolio.registry.choices import VersionStatus
 from portfolio.registry.inspection import InspectionError, inspect_directory
@@ -48,6 +49,21 @@ def import_version(version_id: int) -> None:
     version = ModelVersion.objects.filter(pk=version_id).select_related("model").first()
     if version is None or version.status != VersionStatus.IMPORTING:
         return  # idempotent: already finished, failed or archived
+    # One run per import: a redelivery of this task (the broker's visibility timeout, a worker process that
+    # died) finds the live run's lease and leaves the version, and its uploaded archive, alone.
+    lease = Lease(f"registry.import_version:{version_id}")
+    if not lease.acquire():
+        logger.info("import of version %s is run by a live delivery (%s); this redelivery leaves it alone",
+                    version_id, lease.holder())
+        return
+    with lease.kept():
+        version.refresh_from_db(fields=["status"])
+        if version.status == VersionStatus.IMPORTING:
+            _import(version)
+
+
+def _import(version: ModelVersion) -> None:
+    version_id = version.pk
     report = _Reporter(version_id)
     work_root = Path(settings.DATA_DIR) / "work"
     work_root.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,140 @@
+"""Leases: one live runner per long task (an import, a fine-tune watch), whatever the broker redelivers.
+
+Celery acknowledges our tasks late, and Redis hands a task not acknowledged within its visibility timeout to
+another worker, even while the first still runs it; a worker's pool process that dies has its task
+redelivered at once. Each long task therefore takes a lease in Redis before touching its job: a key holding
+the holder's name (``host:pid:random``) with a short expiry that a thread of the live runner renews.
+
+- The lease is free: the delivery takes it and runs.
+- It is held by a process of this host that no longer exists (its worker died): taken over at once.
+- Otherwise the holder may be alive elsewhere: wait out one expiry. Still held then, the holder renewed it,
+  so it is alive: this delivery exits without touching the job. Lapsed: taken over.
+
+The holder's renewal thread notices when the lease has gone to someone else (``lost``): it was paused past
+the expiry and a redelivery took over; it should stop touching the job as soon as it can.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import psutil
+import redis
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+# Extend the expiry if the lease is still ours; take it again if it lapsed meanwhile; refuse if another holds it.
+_RENEW = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if not holder then return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) and 1 or 0 end
+return 0
+"""
+# Compare-and-delete: only the holder releases, and a dead holder is removed only if still the one named.
+_DROP_IF_HELD_BY = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
+
+
+def _client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10)
+
+
+class Lease:
+    """A lease on ``name`` (for example ``training.run_job:42:1``) that lapses ``seconds`` after its last renewal."""
+
+    def __init__(self, name: str, seconds: float | None = None) -> None:
+        self.key = f"portfolio:lease:{name}"
+        self.seconds = float(seconds if seconds is not None else settings.TASK_LEASE_SECONDS)
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
+        self.lost = threading.Event()
+        self.renewed_at = time.monotonic()  # when the lease was last known to be ours
+        self._client = _client()
+        self._stop = threading.Event()
+
+    @property
+    def _ms(self) -> int:
+        return max(1, int(self.seconds * 1000))
+
+    def _take(self) -> bool:
+        now = time.monotonic()
+        if self._client.set(self.key, self.token, nx=True, px=self._ms):
+            self.renewed_at = now
+            return True
+        return False
+
+    def holder(self) -> str | None:
+        held = self._client.get(self.key)
+        return held.decode(errors="replace") if isinstance(held, bytes) else held
+
+    def acquire(self, *, wait: bool = True) -> bool:
+        """Take the lease; False while a live holder keeps it (see the module docstring)."""
+        if self._take():
+            return True
+        holder = self.holder()
+        if holder and _holder_is_gone(holder) and self._client.eval(_DROP_IF_HELD_BY, 1, self.key, holder):
+            logger.warning("%s: took over from %s, a process that no longer runs", self.key, holder)
+            return self._take()
+        if not wait:
+            return False
+        remaining_ms = self._client.pttl(self.key)
+        deadline = time.monotonic() + max(remaining_ms, 0) / 1000 + 0.5
+        while time.monotonic() < deadline:
+            time.sleep(min(0.25, self.seconds / 4))
+            if self._take():
+                logger.warning("%s: took over from %s, whose lease lapsed", self.key, holder)
+                return True
+        return False
+
+    def renew(self) -> bool:
+        """Extend the lease (taking it again if it lapsed); False, and ``lost`` set, if another holds it."""
+        now = time.monotonic()
+        if self._client.eval(_RENEW, 1, self.key, self.token, self._ms):
+            self.renewed_at = now
+            return True
+        self.lost.set()
+        return False
+
+    def release(self) -> None:
+        self._client.eval(_DROP_IF_HELD_BY, 1, self.key, self.token)
+
+    @contextlib.contextmanager
+    def kept(self) -> Iterator[Lease]:
+        """Renew the (acquired) lease from a thread every third of its expiry until the block ends, then release."""
+
+        def renew_until_stopped() -> None:
+            while not self._stop.wait(self.seconds / 3):
+                try:
+                    if not self.renew():
+                        logger.error(
+                            "%s: lost to %s; this run stops touching its job", self.key, self.holder()
+                        )
+                        return
+                except redis.RedisError as exc:  # Redis away for a moment: the next round tries again
+                    logger.warning("%s: could not renew (%s)", self.key, exc)
+
+        thread = threading.Thread(target=renew_until_stopped, name=f"lease {self.key}", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join(timeout=10)
+            with contextlib.suppress(redis.RedisError):
+                self.release()
+
+
+def _holder_is_gone(token: str) -> bool:
+    host, _, rest = token.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's process: only its lease's expiry tells
+    return not psutil.pid_exists(int(pid))
