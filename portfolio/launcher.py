@@ -64,6 +64,9 @@ def run_all(*, host: str, port: int, demo: bool = True) -> int:
             _manage("seed_demo_dataset")
         node = cli.node_name()
         os.environ["PORTFOLIO_NODE_NAME"] = node
+        # The prompt box, the demo's first answer and distillation reach the gateway in the web process below.
+        local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - compared, not bound
+        os.environ.setdefault("PORTFOLIO_GATEWAY_URL", f"http://{'[' + local + ']' if ':' in local else local}:{port}")
         os.environ["PORTFOLIO_NODE_AGENT"] = "1"  # the local worker is also this machine's node agent
         commands = {
             "web": cli.web_command(host, port, 1),

@@ -222,12 +222,13 @@ def cancel_job(*, actor: Actor, job: FineTuneJob) -> FineTuneJob:
 
 
 def finish(job_id: int, status: str, detail: str = "", **fields) -> bool:
-    """Compare-and-swap from running: a job cancelled or taken over meanwhile is left alone."""
-    updated = FineTuneJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
-        status=status, status_detail=detail[:4000], finished_at=timezone.now(), pid=None, **fields
-    )
-    if updated:
-        with transaction.atomic():
+    """Compare-and-swap from running: a job cancelled or taken over meanwhile is left alone. The transition
+    and its audit row commit together: a job never ends without its row."""
+    with transaction.atomic():
+        updated = FineTuneJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+            status=status, status_detail=detail[:4000], finished_at=timezone.now(), pid=None, **fields
+        )
+        if updated:
             job = FineTuneJob.objects.get(pk=job_id)
             audit.record(Actor.for_system("training"), f"training.job_{status}", job, after=job.snapshot())
     return bool(updated)
