@@ -45,16 +45,21 @@ def test_personal_tokens_work_through_a_token_hash_key_rotation_and_new_ones_use
     client, org, settings
 ):
     settings.TOKEN_HASH_KEY, settings.TOKEN_HASH_KEY_PREVIOUS = OLD_HASH_KEY.encode(), []
-    _token, old_token = account_services.create_personal_token(actor=actor_for(org["engineer"]), name="ci")
+    used, old_token = account_services.create_personal_token(actor=actor_for(org["engineer"]), name="ci")
+    _idle, idle_token = account_services.create_personal_token(actor=actor_for(org["viewer"]), name="cron")
     bearer = {"HTTP_AUTHORIZATION": f"Bearer {old_token}"}
     settings.TOKEN_HASH_KEY, settings.TOKEN_HASH_KEY_PREVIOUS = NEW_HASH_KEY.encode(), [OLD_HASH_KEY.encode()]
     assert client.get("/api/v1/me", **bearer).status_code == 200
+    # Used during the grace period: its hash is stored again under the current key.
+    assert PersonalToken.objects.get(pk=used.pk).secret_hash == secrets_hashing.keyed_hash(
+        old_token, NEW_HASH_KEY.encode())
     new, new_token = account_services.create_personal_token(actor=actor_for(org["developer"]), name="ci")
     assert PersonalToken.objects.get(pk=new.pk).secret_hash == secrets_hashing.keyed_hash(
         new_token, NEW_HASH_KEY.encode()
     )
-    settings.TOKEN_HASH_KEY_PREVIOUS = []  # the old key dropped: what it hashed no longer verifies
-    assert client.get("/api/v1/me", **bearer).status_code == 401
+    settings.TOKEN_HASH_KEY_PREVIOUS = []  # the old key dropped: what only it hashed no longer verifies
+    assert client.get("/api/v1/me", HTTP_AUTHORIZATION=f"Bearer {idle_token}").status_code == 401
+    assert client.get("/api/v1/me", **bearer).status_code == 200
     assert client.get("/api/v1/me", HTTP_AUTHORIZATION=f"Bearer {new_token}").status_code == 200
 
 

@@ -343,6 +343,11 @@ def authenticate_token(presented: str) -> PersonalToken | None:
         return None
     if not token.is_active or not token.user.is_active:
         return None
+    upgraded = secrets_hashing.upgraded_hash(presented, token.secret_hash)
+    if upgraded:
+        # Verified under a previous hash key (a rotation's grace period): store the current key's hash, so
+        # tokens in use stop depending on the old key (compare-and-swap: a concurrent upgrade writes the same).
+        PersonalToken.objects.filter(pk=token.pk, secret_hash=token.secret_hash).update(secret_hash=upgraded)
     now = timezone.now()
     if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
         # Coarse last-use tracking: one write a minute per token, not one per request.

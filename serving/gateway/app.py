@@ -254,8 +254,10 @@ class Gateway:
     async def _authenticate_listing(self, headers: dict, scope) -> KeyRecord:
         """The key of a /v1/models call, checked against the revocation set too (as admission does)."""
         key, _ = await self._authenticate(headers, scope)
-        (revoked,) = await self.pipe.execute(("SISMEMBER", keystate.REVOKED_SET, key.key_id))
-        if revoked == 1:
+        (revoked,) = await self.pipe.execute(("ZSCORE", keystate.REVOKED_SET, key.key_id))
+        if isinstance(revoked, Exception):
+            raise revoked
+        if revoked is not None:
             self.keys.evict(key.key_id)
             raise GatewayError(401, "Invalid, expired or revoked API key.", "invalid_api_key")
         return key

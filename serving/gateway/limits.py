@@ -28,7 +28,7 @@ from serving.gateway.redis_pipe import ClientPipe, RedisPipe
 #       seconds to the end of the minute, seconds to the end of the month (a limit of -1 means none),
 #       the request's ledger field and entry
 ADMIT = """
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return {'revoked', 0, 0} end
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {'revoked', 0, 0} end
 local rpm, tpm, reserve = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local token_budget, money_budget, reserve_money = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local minute_left, month_left = tonumber(ARGV[8]), tonumber(ARGV[9])

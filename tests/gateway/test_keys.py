@@ -4,6 +4,8 @@ test: the secret is verified, not just the key id; a revoked key is refused by t
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -48,7 +50,7 @@ def test_a_revoked_key_is_refused_by_the_cache_even_if_redis_forgot_it(gateway_u
     wait_for_model(gateway_url, secret, "flagged")
     key = ApiKey.objects.get()
     key_services.revoke_key(actor=actor_for(org["owner"]), key=key)
-    keystate.client().srem(keystate.REVOKED_SET, key.key_id)  # e.g. a Redis restarted without persistence
+    keystate.client().zrem(keystate.REVOKED_SET, key.key_id)  # e.g. a Redis restarted without persistence
     assert models(gateway_url, secret).status_code == 401, "a revoked key lists nothing"
     assert chat(gateway_url, secret, "flagged").status_code == 401
     assert engines[0].requests == []
@@ -65,3 +67,15 @@ def test_a_key_in_the_revocation_set_is_refused_even_if_the_cache_missed_the_new
     assert chat(gateway_url, secret, "listed").status_code == 401
     assert models(gateway_url, secret).status_code == 401
     assert len(engines[0].requests) == 1
+
+
+def test_the_revocation_set_forgets_entries_older_than_any_cached_key_and_expires(monkeypatch):
+    redis = keystate.client()
+    redis.delete(keystate.REVOKED_SET)
+    now = time.time()
+    monkeypatch.setattr(keystate.time, "time", lambda: now - keystate.REVOKED_RETENTION_SECONDS - 5)
+    keystate.mark_revoked("oldoldoldold")
+    monkeypatch.setattr(keystate.time, "time", lambda: now)
+    keystate.mark_revoked("newnewnewnew")
+    assert [m.decode() for m in redis.zrange(keystate.REVOKED_SET, 0, -1)] == ["newnewnewnew"]
+    assert 0 < redis.ttl(keystate.REVOKED_SET) <= keystate.REVOKED_RETENTION_SECONDS
