@@ -61,6 +61,12 @@ def score(
 ) -> dict:
     """Greedy generation on every row; the metrics of the issue's eval run. On the CPU in float32 unless
     ``loading`` says otherwise (the job's GPU, see ``training.lora.inference_loading``)."""
+    from portfolio.registry.jsonfiles import refuse_oversized
+
+    # transformers and peft read configs and the tokenizer whole: one past its cap is refused first.
+    for folder in (base_dir, adapter_dir):
+        if folder is not None:
+            refuse_oversized(folder)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
