@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from portfolio.registry import jsonfiles, services
+from portfolio.errors import Invalid
+from portfolio.registry import jsonfiles, safety, services
 from portfolio.registry.choices import Source, VersionStatus
 from portfolio.registry.jsonfiles import MAX_JSON_BYTES, MAX_VOCABULARY_BYTES, FileTooLarge, read_json
 from portfolio.registry.models import Artifact, Model, ModelVersion
@@ -131,9 +132,12 @@ def test_an_adapter_zip_whose_config_expands_past_the_cap_fails_the_import(org, 
             out.write(path, f"my-adapter/{path.name}")
     with archive.open("rb") as handle:
         saved = services.save_upload(iter(lambda: handle.read(65536), b""), archive.name)
+    with pytest.raises(Invalid, match="my-adapter/adapter_config.json is .* capped at"):
+        safety.safe_extract(archive, tmp_path / "extracted")  # refused from its header, before writing it
+    assert not list((tmp_path / "extracted").rglob("*"))
     version = run_import(org, model, Source.UPLOAD, archive.name, base_version=base, upload_path=saved)
     assert version.status == VersionStatus.FAILED
-    assert version.status_detail.startswith("adapter_config.json is "), version.status_detail
+    assert version.status_detail.startswith("file: my-adapter/adapter_config.json is "), version.status_detail
     assert f"capped at {MAX_JSON_BYTES:,} bytes (16 MiB)" in version.status_detail
     assert version.artifact is None
 
