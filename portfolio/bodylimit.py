@@ -72,12 +72,14 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         default = settings.MAX_REQUEST_BODY_BYTES
-        declared = _content_length(scope)
         # Every route accepts the default, so only a larger body needs its route looked up.
-        if declared is not None and declared > default and declared > limit_for(_path_info(scope)):
-            return await _refuse(scope, send, limit_for(_path_info(scope)))
-        received = 0
         limit: int | None = None
+        declared = _content_length(scope)
+        if declared is not None and declared > default:
+            limit = limit_for(_path_info(scope))
+            if declared > limit:
+                return await _refuse(scope, send, limit)
+        received = 0
         refused = False
 
         async def counted_receive():

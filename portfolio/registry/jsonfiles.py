@@ -41,26 +41,28 @@ CAPS: dict[str, int] = {
 
 
 class FileTooLarge(ValueError):
-    """A model file past the cap on what may be read into memory."""
+    """A model file past the cap on what may be read into memory (``size`` None: past it, found reading)."""
 
-    def __init__(self, name: str, size: int, cap: int):
+    def __init__(self, name: str, size: int | None, cap: int):
+        measured = f"{size:,} bytes" if size is not None else f"over {cap:,} bytes"
+        in_mib = f" ({cap // MIB} MiB)" if cap >= MIB else ""
         super().__init__(
-            f"{name} is {size:,} bytes; files of this kind are read whole into memory and capped at "
-            f"{cap:,} bytes ({cap // MIB} MiB)."
+            f"{name} is {measured}; files of this kind are read whole into memory and capped at {cap:,} bytes"
+            f"{in_mib}."
         )
         self.name, self.size, self.cap = name, size, cap
 
 
 def read_capped(path: Path, limit: int) -> bytes:
     """The bytes of ``path``, refused with ``FileTooLarge`` past ``limit`` (measured while reading too, so a
-    file that grows or lies about its size cannot get past)."""
+    file that grows after it was measured cannot get past)."""
     with path.open("rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         if size > limit:
             raise FileTooLarge(path.name, size, limit)
         data = handle.read(limit + 1)
     if len(data) > limit:
-        raise FileTooLarge(path.name, len(data), limit)
+        raise FileTooLarge(path.name, None, limit)
     return data
 
 

@@ -1,5 +1,6 @@
 """Eval scoring, exactly: how generated answers compare with the expected ones (exact match, containment,
-the label an answer names, accuracy, F1 per label), with no model; pure functions, no database."""
+the label an answer names, accuracy, F1 per label), with no model; pure functions, no database. Last, once,
+``score`` on a tiny random model, to show generation feeds that same comparison."""
 
 from __future__ import annotations
 
@@ -116,3 +117,44 @@ def test_the_expected_answer_and_the_prompt_of_each_row_shape():
         "3",
         [{"role": "user", "content": "refund please"}],
     )
+
+
+# --- score(): generation on a real (tiny, random) model feeds the same comparison -------------------------
+def test_score_generates_an_answer_per_row_and_compares_them_as_answer_metrics_does(
+    smollm2_tokenizer_dir, tmp_path, monkeypatch
+):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from training import evaluation
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "I was charged twice"},
+                {"role": "assistant", "content": "billing"},
+            ]
+        },
+        {"prompt": "The parcel never came:", "completion": "shipping"},
+    ]
+    compared = []
+    real = evaluation.answer_metrics
+    monkeypatch.setattr(evaluation, "answer_metrics", lambda e, a: compared.append((e, a)) or real(e, a))
+    metrics = evaluation.score(base_dir=tmp_path, adapter_dir=None, rows=rows, max_new_tokens=4)
+    ((expected, answers),) = compared
+    assert (
+        expected == ["billing", "shipping"] and len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    )
+    assert {key: value for key, value in metrics.items() if key != "perplexity"} == real(expected, answers)
+    assert metrics["rows"] == 2 and metrics["perplexity"] > 1.0
