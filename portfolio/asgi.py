@@ -1,5 +1,6 @@
 """ASGI entry point (uvicorn): the gateway's lean app serves ``/v1/*`` and ``/metrics`` ahead of Django,
-so the hot path never goes through Django's request machinery."""
+so the hot path never goes through Django's request machinery. Everything else reaches Django through
+``BodyLimit``, which refuses a body past its route's limit before Django reads any of it."""
 
 import os
 
@@ -7,10 +8,12 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portfolio.settings")
 
-django_application = get_asgi_application()
+django_handler = get_asgi_application()
 
+from portfolio.bodylimit import BodyLimit  # noqa: E402 - needs Django set up first
 from serving.gateway.app import Gateway  # noqa: E402 - needs Django set up first
 
+django_application = BodyLimit(django_handler)
 gateway = Gateway()
 
 

@@ -175,6 +175,10 @@ GGUF_CONVERT_TIMEOUT = env.integer("PORTFOLIO_GGUF_CONVERT_TIMEOUT", 1800, minim
 HF_CACHE_DIR = env.text("HF_HUB_CACHE")
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# Request bodies Django serves are refused past these (413) before Django reads them (portfolio/bodylimit.py):
+# upload routes take MAX_UPLOAD_BYTES plus this much for their form fields, every other route this much.
+# The gateway's /v1 has its own limit below.
+MAX_REQUEST_BODY_BYTES = env.integer("PORTFOLIO_MAX_REQUEST_BODY_BYTES", 1024 * 1024, minimum=1024)
 
 # --- Serving --------------------------------------------------------------------------------------
 NODE_POOL = env.text("PORTFOLIO_NODE_POOL") or "local-cpu"

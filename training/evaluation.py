@@ -1,11 +1,16 @@
 """Scoring a model on held-out rows: exact match and containment of the generated answer (chat and
-completion rows), accuracy and per-label F1 when answers are labels, and perplexity on the answers."""
+completion rows), accuracy and per-label F1 when answers are labels, and perplexity on the answers.
+
+Generation (``score``) and the comparison of answers (``answer_metrics``, pure) are apart, so that what a
+score means is tested exactly without a model.
+"""
 
 from __future__ import annotations
 
 import math
 import re
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, cast
 
@@ -13,6 +18,8 @@ from training.lora import Loading
 
 
 def _normalise(text: str) -> str:
+    """Compared as people read them: case, runs of whitespace and surrounding spaces, full stops,
+    exclamation marks and quotes do not count."""
     return re.sub(r"\s+", " ", text.strip().lower()).strip(" .!\"'")
 
 
@@ -38,7 +45,19 @@ def _prompt(tokenizer, row: dict) -> str:
     return row.get("prompt") or row["text"]
 
 
+def predicted_label(answer: str, labels: Collection[str]) -> str:
+    """The label a normalised answer names: the answer itself when it is one, else the label it mentions
+    first (of labels found at the same place, the longest: "billing" over "bill"), else the answer as it
+    is, a label no row expects (wrong for every row)."""
+    if answer in labels:
+        return answer
+    found = [(answer.find(label), -len(label), label) for label in labels if label and label in answer]
+    return min(found)[2] if found else answer
+
+
 def f1_by_label(pairs: list[tuple[str, str]]) -> dict[str, float]:
+    """F1 of each expected label over (expected, predicted) pairs; a predicted label no row expects counts
+    only as a miss of the row's own label."""
     labels = sorted({expected for expected, _ in pairs})
     scores = {}
     for label in labels:
@@ -51,6 +70,34 @@ def f1_by_label(pairs: list[tuple[str, str]]) -> dict[str, float]:
     return scores
 
 
+def answer_metrics(expected: list[str], answers: list[str]) -> dict[str, Any]:
+    """How generated ``answers`` compare with the ``expected`` ones, row by row, both normalised: the share
+    that match exactly and that contain the expected answer; when the expected answers are few distinct
+    values (a classification task), accuracy of the label each answer names, F1 per label and the label
+    counts. No rows: no score (None), not 0%."""
+    if len(expected) != len(answers):
+        raise ValueError(f"{len(answers)} answers for {len(expected)} rows")
+    truths = [_normalise(text) for text in expected]
+    said = [_normalise(text) for text in answers]
+    n = len(truths)
+    if n == 0:
+        return {"rows": 0, "exact_match": None, "contains": None}
+    rows = list(zip(truths, said, strict=True))
+    metrics: dict[str, Any] = {
+        "rows": n,
+        "exact_match": sum(answer == truth for truth, answer in rows) / n,
+        # An empty expected answer is contained in everything: it counts as contained in nothing.
+        "contains": sum(bool(truth) and truth in answer for truth, answer in rows) / n,
+    }
+    labels = set(truths)
+    if len(labels) <= max(20, n // 3):  # few distinct answers: a classification task
+        pairs = [(truth, predicted_label(answer, labels)) for truth, answer in rows]
+        metrics["accuracy"] = sum(truth == predicted for truth, predicted in pairs) / n
+        metrics["f1_by_label"] = f1_by_label(pairs)
+        metrics["label_counts"] = dict(Counter(truths))
+    return metrics
+
+
 def score(
     *,
     base_dir: Path,
@@ -61,6 +108,12 @@ def score(
 ) -> dict:
     """Greedy generation on every row; the metrics of the issue's eval run. On the CPU in float32 unless
     ``loading`` says otherwise (the job's GPU, see ``training.lora.inference_loading``)."""
+    from portfolio.registry.jsonfiles import refuse_oversized
+
+    # transformers and peft read configs and the tokenizer whole: one past its cap is refused first.
+    for folder in (base_dir, adapter_dir):
+        if folder is not None:
+            refuse_oversized(folder)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -73,14 +126,10 @@ def score(
 
         model = PeftModel.from_pretrained(model, adapter_dir)
     model.eval()
-    expected = [_normalise(expected_answer(r)) for r in rows]
-    labels = set(expected)
-    label_like = len(labels) <= max(20, len(rows) // 3)  # few distinct answers: a classification task
-    exact = contains = 0
-    pairs: list[tuple[str, str]] = []
+    answers: list[str] = []
     nll, answer_tokens = 0.0, 0
     with torch.no_grad():
-        for row, truth in zip(rows, expected, strict=True):
+        for row in rows:
             prompt_ids = tokenizer(_prompt(tokenizer, row), return_tensors="pt", add_special_tokens=False).to(
                 model.device
             )
@@ -92,13 +141,7 @@ def score(
             )
             # One sequence decodes to one string.
             generated = output[0][prompt_ids["input_ids"].shape[1] :]
-            answer = _normalise(cast(str, tokenizer.decode(generated, skip_special_tokens=True)))
-            exact += answer == truth
-            contains += bool(truth) and truth in answer
-            predicted = (
-                answer if answer in labels else next((label for label in labels if label in answer), answer)
-            )
-            pairs.append((truth, predicted))
+            answers.append(cast(str, tokenizer.decode(generated, skip_special_tokens=True)))
             # Perplexity of the expected answer given the prompt.
             answer_ids = tokenizer(expected_answer(row), return_tensors="pt", add_special_tokens=False)[
                 "input_ids"
@@ -109,15 +152,6 @@ def score(
             loss = model(input_ids=full, labels=targets).loss
             nll += float(loss) * answer_ids.shape[1]
             answer_tokens += answer_ids.shape[1]
-    n = max(len(rows), 1)
-    metrics: dict[str, Any] = {
-        "rows": len(rows),
-        "exact_match": exact / n,
-        "contains": contains / n,
-        "perplexity": math.exp(nll / answer_tokens) if answer_tokens else None,
-    }
-    if label_like:
-        metrics["accuracy"] = sum(e == p for e, p in pairs) / n
-        metrics["f1_by_label"] = f1_by_label(pairs)
-        metrics["label_counts"] = dict(Counter(expected))
+    metrics = answer_metrics([expected_answer(row) for row in rows], answers)
+    metrics["perplexity"] = math.exp(nll / answer_tokens) if answer_tokens else None
     return metrics

@@ -246,6 +246,10 @@ def train(
     loading: Loading | None = None,
 ) -> dict:
     """Fine-tune and save the adapter (or full model) to ``output_dir``; return final metrics."""
+    from portfolio.registry.jsonfiles import refuse_oversized
+
+    # transformers reads the configs and the tokenizer whole: one past its cap fails the job, not the node.
+    refuse_oversized(base_dir)
     import torch
     from transformers import AutoTokenizer
 

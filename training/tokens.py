@@ -17,6 +17,7 @@ from pathlib import Path
 from django.conf import settings
 
 from portfolio.registry.hashing import Manifest
+from portfolio.registry.jsonfiles import FileTooLarge, refuse_oversized
 from portfolio.registry.models import ModelVersion
 from portfolio.registry.storage import materialize
 from portfolio.registry.stores import default_store
@@ -89,6 +90,10 @@ def measure_for(version: ModelVersion | None) -> Measure:
     if version is None:
         return Measure(tokenizer=None)
     folder = tokenizer_folder(version)
+    try:
+        refuse_oversized(folder)  # transformers reads the tokenizer's files whole
+    except FileTooLarge as exc:
+        raise TokenizerUnavailable(f"The tokenizer of {version.label} is refused: {exc}") from exc
     try:
         tokenizer = _load(str(folder))
     except Exception as exc:  # transformers raises many kinds; all mean "not loadable"

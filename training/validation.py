@@ -11,6 +11,10 @@ Row shapes, one JSON object per line:
   assistant's answer;
 - completion: ``{"prompt": "…", "completion": "…"}``;
 - classification: ``{"text": "…", "label": "…"}`` (an integer label is kept as its string).
+
+Every text must be storable: JSON can escape a lone UTF-16 surrogate (``"\\ud800"``) or a NUL, which are
+not Unicode text (they cannot be encoded as UTF-8) or cannot be stored by PostgreSQL; both are line-numbered
+errors, as are control characters in a label (a name shown and stored as such).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ ERROR_KINDS = {
     "wrong_type": "wrong type",
     "bad_role": "unknown role",
     "empty_content": "empty text",
+    "invalid_unicode": "not valid Unicode",
+    "control_character": "control character",
     "no_assistant_answer": "does not end with the assistant",
 }
 
@@ -144,9 +150,26 @@ def _text(obj: dict, key: str, *, where: str = "", allow_empty: bool = False) ->
     value = obj[key]
     if not isinstance(value, str):
         raise RowError("wrong_type", f"{name} must be a string, not {_json_type(value)}")
+    _storable(name, value)
     if not allow_empty and not value.strip():
         raise RowError("empty_content", f"{name} is empty")
     return value
+
+
+def _storable(name: str, value: str) -> None:
+    """Refuse what JSON can escape but no file or database can hold: a lone surrogate, a NUL."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RowError(
+            "invalid_unicode",
+            f"{name} holds a lone UTF-16 surrogate (\\u{ord(value[exc.start]):04x} at character {exc.start + 1}), "
+            "which is not valid Unicode text",
+        ) from None
+    if "\x00" in value:
+        raise RowError(
+            "control_character", f"{name} holds a NUL character (\\u0000 at character {value.index(chr(0)) + 1})"
+        )
 
 
 def _json_type(value) -> str:
@@ -199,8 +222,12 @@ def _classification(obj: dict) -> dict:
     if isinstance(label, bool) or not isinstance(label, str | int):
         raise RowError("wrong_type", f"label must be a string or an integer, not {_json_type(label)}")
     label = str(label).strip()
+    _storable("label", label)
     if not label:
         raise RowError("empty_content", "label is empty")
+    control = next((c for c in label if ord(c) < 32 or ord(c) == 127), None)
+    if control is not None:
+        raise RowError("control_character", f"label holds a control character (U+{ord(control):04X})")
     if len(label) > 100:
         raise RowError("wrong_type", "label is longer than 100 characters")
     return {"text": text, "label": label}

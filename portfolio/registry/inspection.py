@@ -1,7 +1,9 @@
 """Reading what a model is from its files alone: config, tokenizer config, safetensors headers.
 
 Nothing here loads weights or runs code from the model: safetensors headers are plain JSON, and
-``config.json`` is read as data (``auto_map`` there means the model wants custom code).
+``config.json`` is read as data (``auto_map`` there means the model wants custom code). Every file read
+into memory is capped (``jsonfiles``), and a folder holding a file transformers would read whole past its
+cap is refused here, at import, so that no trainer or engine meets it later.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from portfolio.registry import jsonfiles
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 CODE_SUFFIXES = (".py",)
@@ -64,13 +68,19 @@ def _read_json(path: Path) -> dict:
     if not path.exists():
         return {}
     try:
-        value = json.loads(path.read_text())
+        value = jsonfiles.read_json(path)
+    except jsonfiles.FileTooLarge as exc:
+        raise InspectionError(str(exc)) from exc
     except ValueError as exc:
         raise InspectionError(f"{path.name} is not valid JSON: {exc}") from exc
     return value if isinstance(value, dict) else {}
 
 
 def inspect_directory(directory: Path) -> ModelFacts:
+    try:
+        jsonfiles.refuse_oversized(directory)
+    except jsonfiles.FileTooLarge as exc:
+        raise InspectionError(str(exc)) from exc
     facts = ModelFacts()
     files = [p for p in directory.rglob("*") if p.is_file()]
     names = {p.relative_to(directory).as_posix() for p in files}

@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 from django.conf import settings
 
 from portfolio.errors import Invalid
+from portfolio.registry import jsonfiles
 
 MAX_ZIP_ENTRIES = 10_000
 MAX_COMPRESSION_RATIO = 200
@@ -81,6 +82,11 @@ def safe_extract(archive_path: Path, destination: Path, *, max_bytes: int | None
                 raise Invalid(f"file: {name!r} is a link or special file; only regular files are allowed.")
             if entry.compress_size and entry.file_size / entry.compress_size > MAX_COMPRESSION_RATIO:
                 raise Invalid(f"file: {name!r} is compressed {entry.file_size // entry.compress_size}:1, a zip bomb.")
+            # A config is read whole later: refuse one past its cap now rather than write it out first
+            # (a header that lies is caught when the extracted folder is inspected).
+            cap = jsonfiles.CAPS.get(pure.name)
+            if cap is not None and entry.file_size > cap:
+                raise Invalid(f"file: {jsonfiles.FileTooLarge(name, entry.file_size, cap)}")
         total = 0
         for entry in entries:
             if entry.is_dir():

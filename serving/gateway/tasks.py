@@ -20,5 +20,6 @@ def flush_usage() -> int:
 
 
 @shared_task(name="gateway.rollup_usage")
-def rollup_usage() -> None:
-    usage.rollup()
+def rollup_usage() -> int:
+    # The last two hours and every hour the flusher marked since (late events included); see usage.py.
+    return usage.rollup()

@@ -3,6 +3,12 @@
 The flusher reads through a consumer group and acknowledges only after the batch is committed; entries a
 killed flusher left unacknowledged are claimed again by the next run, and inserts ignore event ids that
 are already stored, so nothing is lost and nothing is counted twice.
+
+Rollups catch up on whatever arrives late (events that sat in the stream through a worker outage, or were
+claimed again after one): after each commit, and before acknowledging, the flusher marks the hours its
+batch touched in a Redis hash (hour -> a counter it bumps), and the rollup recomputes exactly those hours,
+plus the previous and the current one. A marked hour is cleared only if its counter is still the one the
+rollup read, so an hour marked again while its rollup ran stays marked for the next run.
 """
 
 from __future__ import annotations
@@ -24,6 +30,13 @@ logger = logging.getLogger(__name__)
 GROUP = "flusher"
 DEAD_LETTERS = f"{USAGE_STREAM}:unreadable"
 CLAIM_IDLE_MS = 30_000
+DIRTY_HOURS = "portfolio:gw:usage:dirty-hours"  # hash: hour (epoch seconds) -> times marked
+MAX_HOURS_PER_ROLLUP = 24 * 7  # the oldest marked hours first; a longer backlog takes a few runs
+_CLEAR_UNCHANGED = """
+for i = 1, #ARGV, 2 do
+    if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+"""
 
 
 def _ensure_group(client) -> None:
@@ -81,6 +94,9 @@ def flush(batch: int = 2000, consumer: str | None = None) -> int:
                 last_used[event.api_key_id] = event.at
         for key_id, at in last_used.items():
             ApiKey.objects.filter(pk=key_id).exclude(last_used_at__gte=at).update(last_used_at=at)
+    # After the commit (so a rollup that reads the mark sees the rows), before the acknowledgement (so a
+    # flusher killed in between has the entries claimed again, and marked again, by the next run).
+    _mark_hours(client, {_hour_of(event.at) for event in events})
     ids = [entry_id for entry_id, _ in entries]
     client.xack(USAGE_STREAM, GROUP, *ids)
     client.xdel(USAGE_STREAM, *ids)
@@ -105,12 +121,52 @@ ON CONFLICT (hour, api_key_id, endpoint) DO UPDATE SET
 """
 
 
-def rollup(since: datetime | None = None) -> None:
-    """Recompute the hourly rollups from ``since`` (default: the previous and the current hour)."""
+HOUR = timedelta(hours=1)
+
+
+def _hour_of(at: datetime) -> int:
+    return int(at.timestamp()) // 3600 * 3600
+
+
+def _mark_hours(client, hours: set[int]) -> None:
+    if hours:
+        pipe = client.pipeline(transaction=False)
+        for hour in hours:
+            pipe.hincrby(DIRTY_HOURS, str(hour), 1)
+        pipe.execute()
+
+
+def _spans(hours: list[int]) -> list[tuple[int, int]]:
+    """Sorted hours as [start, end) spans of consecutive hours: one statement per span, not per hour."""
+    spans: list[tuple[int, int]] = []
+    for hour in hours:
+        if spans and spans[-1][1] == hour:
+            spans[-1] = (spans[-1][0], hour + 3600)
+        else:
+            spans.append((hour, hour + 3600))
+    return spans
+
+
+def rollup(since: datetime | None = None) -> int:
+    """Recompute the hourly rollups of every hour the flusher marked, and of the previous and the current
+    hour; with ``since``, of every hour from then on. Returns how many marked hours were recomputed."""
     now = datetime.now(UTC)
-    start = (since or now - timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    if since is not None:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(ROLLUP_SQL, [since.replace(minute=0, second=0, microsecond=0), now + HOUR])
+        return 0
+    client = keystate.client()
+    marked = {int(hour): count for hour, count in client.hgetall(DIRTY_HOURS).items()}
+    hours = sorted(marked)[:MAX_HOURS_PER_ROLLUP]
+    # The previous and the current hour always (as events arrive), and every marked hour outside them.
+    recent = (_hour_of(now - HOUR), _hour_of(now) + 3600)
+    spans = [recent, *_spans([hour for hour in hours if not recent[0] <= hour < recent[1]])]
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(ROLLUP_SQL, [start, now + timedelta(hours=1)])
+        for start, end in spans:
+            cursor.execute(ROLLUP_SQL, [datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)])
+    if hours:
+        client.eval(_CLEAR_UNCHANGED, 1, DIRTY_HOURS, *(value for hour in hours for value in (hour, marked[hour])))
+    return len(hours)
 
 
 def latest_event_time() -> datetime | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -52,3 +52,81 @@ def test_an_unreadable_stream_entry_is_set_aside_and_does_not_hold_up_the_others
     assert (event.event_id, event.input_tokens, event.output_tokens, event.cost) == ("good-1", 12, 3, Decimal("0.000015"))
     (_, fields), = redis.xrange(usage.DEAD_LETTERS)
     assert fields[b"id"] == b"from-an-older-gateway" and b"KeyError" in fields[b"unreadable"]
+
+
+# --- Rollups catch up on events that arrive late ----------------------------------------------------------
+def _stream_event(key, team, event_id: str, at: datetime, **figures) -> None:
+    """An event as the gateway writes it to the usage stream (see Gateway._event)."""
+    import orjson
+
+    from serving.gateway import keystate
+    from serving.gateway.app import USAGE_STREAM
+
+    event = {"id": event_id, "at": at.timestamp(), "key": key.pk, "team": team.pk,
+             "department": team.department_id, "endpoint": "router", "deployment": "d", "adapter": "",
+             "version": None, "replica": None, "kind": "chat", "stream": 0, "in": 10, "out": 5, "latency_ms": 40,
+             "ttft_ms": None, "status": 200, "error": "", "cost_micros": 1000, **figures}
+    keystate.client().xadd(USAGE_STREAM, {"e": orjson.dumps(event)})
+
+
+def _dirty_hours() -> dict:
+    from serving.gateway import keystate
+
+    return keystate.client().hgetall(usage.DIRTY_HOURS)
+
+
+def test_events_flushed_late_for_an_hour_long_past_reach_its_rollup(org, team):
+    """A worker outage: the rollup runs while three-day-old events still sit in the stream, then they are
+    flushed; the next rollup recomputes exactly that hour (and later ones for the same hour add up)."""
+    key, _ = key_services.create_key(actor=actor_for(org["owner"]), team=team, name="k")
+    long_ago = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=3)
+    _stream_event(key, team, "late-1", long_ago + timedelta(minutes=10))
+    _stream_event(key, team, "late-2", long_ago + timedelta(minutes=50), **{"in": 30})
+    usage.rollup()  # the rollup runs during the outage
+    assert not UsageHourly.objects.exists()
+    assert usage.flush() == 2
+    usage.rollup()
+    row = UsageHourly.objects.get(hour=long_ago)
+    assert (row.requests, row.input_tokens, row.output_tokens, row.cost) == (2, 40, 10, Decimal("0.002"))
+    assert _dirty_hours() == {}, "recomputed hours are cleared"
+
+    _stream_event(key, team, "later-still", long_ago + timedelta(minutes=59))
+    usage.flush()
+    usage.rollup()
+    assert UsageHourly.objects.get(hour=long_ago).requests == 3
+    assert UsageHourly.objects.count() == 1
+
+
+def test_an_hour_marked_again_while_its_rollup_runs_stays_marked_for_the_next_run(org, team, monkeypatch):
+    key, _ = key_services.create_key(actor=actor_for(org["owner"]), team=team, name="k")
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=1)
+    _stream_event(key, team, "first", hour + timedelta(minutes=1))
+    usage.flush()
+    real_spans = usage._spans
+
+    def spans_then_a_flush_lands(hours):
+        # The rollup has read the marks; an event for the same hour is flushed before it clears them.
+        _stream_event(key, team, "meanwhile", hour + timedelta(minutes=2))
+        usage.flush()
+        return real_spans(hours)
+
+    monkeypatch.setattr(usage, "_spans", spans_then_a_flush_lands)
+    usage.rollup()
+    monkeypatch.setattr(usage, "_spans", real_spans)
+    assert str(int(hour.timestamp())).encode() in _dirty_hours(), "marked again meanwhile: kept"
+    usage.rollup()
+    assert UsageHourly.objects.get(hour=hour).requests == 2
+    assert _dirty_hours() == {}
+
+
+def test_a_long_backlog_is_rolled_up_oldest_first_a_bounded_number_of_hours_per_run(org, team, monkeypatch):
+    key, _ = key_services.create_key(actor=actor_for(org["owner"]), team=team, name="k")
+    monkeypatch.setattr(usage, "MAX_HOURS_PER_ROLLUP", 2)
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=10)
+    for n in (0, 1, 2, 5):  # three consecutive hours and one apart
+        _stream_event(key, team, f"e{n}", start + timedelta(hours=n, minutes=30))
+    usage.flush()
+    assert usage.rollup() == 2
+    assert sorted(UsageHourly.objects.values_list("hour", flat=True)) == [start, start + timedelta(hours=1)]
+    assert usage.rollup() == 2 and usage.rollup() == 0
+    assert UsageHourly.objects.count() == 4 and _dirty_hours() == {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from serving.models import ComputePool, Node, Replica
 from serving.reconcile import reconcile_deployment
 from training import finetune, lora, tasks
 from training.choices import JobStatus, Method
-from training.lora import Accelerator, Hyperparameters, Loading, Unsupported, loading_for
+from training.lora import Accelerator, Hyperparameters, Unsupported, loading_for
 from training.models import FineTuneJob
 
 GIB = 1024**3
@@ -114,88 +115,98 @@ def test_qlora_keeps_the_lora_learning_rate_and_records_its_own_method():
     assert finetune._hyperparameters({}, Method.QLORA)["method"] == "qlora"
 
 
-def test_a_qlora_base_is_prepared_for_4bit_training_before_its_adapter_also_when_resumed(
-    smollm2_tokenizer_dir, tmp_path, monkeypatch
-):
-    """The real training loop on a tiny model, with the 4-bit load recorded (bitsandbytes needs CUDA): the
-    base is asked for in NF4, prepared with ``prepare_model_for_kbit_training``, then given its adapter,
-    and a resume from the checkpoint goes the same way with the adapter trainable."""
-    import peft
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory) -> Path:
+    """A two-layer Llama with random weights (a few hundred KB): what QLoRA loads, minus the size."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
-    base = tmp_path / "base"
+    base = tmp_path_factory.mktemp("qlora") / "base"
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=64,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=128,
     )
     LlamaForCausalLM(config).save_pretrained(base)
-    tokenizer.save_pretrained(base)
-    loads, prepared = [], []
-    real_load, real_prepare = AutoModelForCausalLM.from_pretrained, peft.prepare_model_for_kbit_training
+    return base
 
-    def load(source, **kwargs):
-        loads.append(kwargs)
-        # What bitsandbytes would do on a GPU is not possible here: the same model, unquantised, on the CPU.
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("quantization_config", "device_map")}
-        return real_load(source, **{**kwargs, "dtype": torch.float32})
 
-    def prepare(model, **kwargs):
-        assert not isinstance(model, peft.PeftModel), "prepared before the adapter is added"
-        prepared.append(kwargs)
-        return real_prepare(model, **kwargs)
+def test_qlora_loading_asks_transformers_for_its_bitsandbytes_4bit_load_which_this_machine_refuses(tiny_base):
+    """The real ``from_pretrained`` with what ``loading_for("qlora", …)`` builds goes into transformers'
+    bitsandbytes 4-bit quantizer, which needs bitsandbytes (and CUDA) and refuses here before reading a
+    weight: a base asked for without its 4-bit configuration would load, unquantised, without a word."""
+    with pytest.raises(ImportError, match="bitsandbytes` 4-bit quantization requires bitsandbytes"):
+        lora.load_model(tiny_base, Hyperparameters(method="qlora"), loading_for("qlora", H100), None)
+    # The same base for LoRA on this machine's CPU loads and gets its adapter: the refusal is QLoRA's own.
+    model = lora.load_model(tiny_base, Hyperparameters(method="lora"), loading_for("lora", CPU), None)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
 
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", load)
-    monkeypatch.setattr(peft, "prepare_model_for_kbit_training", prepare)
-    # QLoRA's loading, on the CPU: the loop's device follows ``loading.device``.
-    qlora = Loading(
-        "qlora", "cpu", "float32", quantization={**lora.NF4, "bnb_4bit_compute_dtype": "bfloat16"}
-    )
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": f"ticket {i}"},
-                {"role": "assistant", "content": "billing"},
-            ]
-        }
-        for i in range(8)
-    ]
-    hp = Hyperparameters(method="qlora", epochs=2, batch_size=4, checkpoint_every=2, max_length=128).resolved(
-        8
-    )
-    checkpoints = []
-    first = lora.train(
-        base_dir=base,
-        output_dir=tmp_path / "run1" / "output",
-        train_rows=rows,
-        eval_rows=rows[:2],
-        hp=hp,
-        loading=qlora,
-        on_checkpoint=lambda path, step: checkpoints.append((path, step)),
-    )
-    assert first["device"] == "cpu" and "4-bit NF4" in first["precision"]
-    assert loads[0]["quantization_config"].load_in_4bit and prepared == [{"use_gradient_checkpointing": True}]
-    assert (tmp_path / "run1" / "output" / "adapter_config.json").exists()
-    path, step = checkpoints[0]
-    resumed = lora.train(
-        base_dir=base,
-        output_dir=tmp_path / "run2" / "output",
-        train_rows=rows,
-        eval_rows=[],
-        hp=hp,
-        loading=qlora,
-        resume_dir=path,
-        resume_step=step,
-    )
-    assert len(loads) == 2 and loads[1]["quantization_config"].bnb_4bit_quant_type == "nf4"
-    assert len(prepared) == 2
-    assert resumed["resumed_from_step"] == 2 and resumed["resumed_with_optimizer_state"]
-    assert resumed["steps_trained"] == 2
+
+def test_qlora_load_arguments_make_transformers_choose_its_bitsandbytes_4bit_nf4_quantizer():
+    from transformers.quantizers import AutoHfQuantizer
+
+    kwargs = loading_for("qlora", H100).from_pretrained_kwargs()
+    quantizer = AutoHfQuantizer.from_config(kwargs["quantization_config"])
+    assert type(quantizer).__name__ == "Bnb4BitHfQuantizer"
+    saved = quantizer.quantization_config.to_dict()  # as it is written into a quantised model's config.json
+    assert {key: saved[key] for key in ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type")} == {
+        "load_in_4bit": True,
+        "load_in_8bit": False,
+        "bnb_4bit_quant_type": "nf4",
+    }
+    assert (saved["bnb_4bit_use_double_quant"], saved["bnb_4bit_compute_dtype"]) == (True, "bfloat16")
+    assert kwargs["device_map"] == {"": 0}, "bitsandbytes places 4-bit weights on the job's one GPU"
+
+
+def test_a_qlora_base_is_prepared_for_4bit_training_before_its_adapter_also_when_resumed(
+    tiny_base, tmp_path, monkeypatch
+):
+    """``load_model`` with QLoRA's own loading. Only the 4-bit load itself cannot happen here (bitsandbytes
+    needs CUDA): ``from_pretrained`` hands its quantization config to transformers' quantizer factory, then
+    loads the same weights unquantised in the dtype asked for, marked 4-bit as bitsandbytes marks them.
+    peft's preparation, the adapter and the resume are real, and judged by the model they produce."""
+    from transformers import AutoModelForCausalLM
+    from transformers.quantizers import AutoHfQuantizer
+
+    quantizers, real_load = [], AutoModelForCausalLM.from_pretrained
+
+    def load_4bit_stand_in(source, **kwargs):
+        quantizers.append(AutoHfQuantizer.from_config(kwargs.pop("quantization_config")))
+        assert kwargs.pop("device_map") == {"": 0}  # the job's one GPU: here, the CPU
+        model = real_load(source, **kwargs)
+        model.is_loaded_in_4bit = True
+        return model
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", load_4bit_stand_in)
+    loading = loading_for("qlora", H100)
+    hp = Hyperparameters(method="qlora", target_modules=["q_proj", "v_proj"]).resolved(8)
+
+    def check_prepared(model) -> set[str]:
+        base = model.get_base_model()
+        assert type(quantizers[-1]).__name__ == "Bnb4BitHfQuantizer"
+        assert base.is_gradient_checkpointing and base.config.use_cache is False
+        # Loaded in bf16 as asked; peft's preparation keeps every non-4-bit weight in float32 for stability.
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        assert trainable and all(".lora_A." in name or ".lora_B." in name for name in trainable), trainable
+        return trainable
+
+    model = lora.load_model(tiny_base, hp, loading, None)
+    trainable = check_prepared(model)  # preparing after the adapter would have frozen it
+    assert len(trainable) == 2 * 2 * 2  # A and B, of q and v, in two layers
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_B." in name:
+                param.fill_(0.25)
+    model.save_pretrained(tmp_path / "checkpoint")
+
+    resumed = lora.load_model(tiny_base, hp, loading, tmp_path / "checkpoint")
+    assert check_prepared(resumed) == trainable and len(quantizers) == 2
+    weights = {name: p for name, p in resumed.named_parameters() if ".lora_B." in name}
+    assert weights and all(torch.all(p == 0.25) for p in weights.values()), "the checkpoint's adapter"
 
 
 # --- The GPU a job claims ---------------------------------------------------------------------------

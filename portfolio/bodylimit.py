@@ -1,0 +1,132 @@
+"""Request body limits for everything Django serves, enforced in ASGI before Django reads a byte.
+
+Django's ASGI handler reads a request's whole body (spooled to disk past 10 MiB) before any middleware,
+authentication or view runs, so a limit inside Django comes too late: an anonymous client could fill the
+disk with one request. Here, ahead of Django:
+
+- a declared ``Content-Length`` over the route's limit is answered 413 at once, the body never read;
+- a body without one (``Transfer-Encoding: chunked``) is counted as it streams and cut off at the limit,
+  so no more than the limit is ever spooled.
+
+Upload routes (a model's adapter, a dataset's version: UI and REST) take ``MAX_UPLOAD_BYTES`` plus
+``MAX_REQUEST_BODY_BYTES`` for their form fields; every other route ``MAX_REQUEST_BODY_BYTES``. The services
+check an upload's exact size afterwards. The refusal is in the route's error shape: JSON
+``{"error": {...}}`` under ``/api/``, a plain page elsewhere, and closes the connection so a client still
+sending is not read further. The gateway's ``/v1`` never comes here (``GATEWAY_MAX_BODY_BYTES``).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import orjson
+from django.conf import settings
+from django.urls import Resolver404, resolve
+
+# Django URL routes (``ResolverMatch.route``) that take a file; the test of this module checks that every
+# REST operation with a file parameter is here.
+UPLOAD_ROUTES = frozenset(
+    {
+        "api/v1/models/<name>/uploads",
+        "api/v1/datasets/<dataset_id>/versions",
+        "models/<str:name>/upload/",
+        "training/datasets/<slug:team>/<str:name>/upload/",
+    }
+)
+_VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
+
+
+def limit_for(path_info: str) -> int:
+    """The largest body, in bytes, the route at ``path_info`` accepts."""
+    default = settings.MAX_REQUEST_BODY_BYTES
+    try:
+        route = resolve(path_info).route
+    except Resolver404:
+        return default
+    return settings.MAX_UPLOAD_BYTES + default if route in UPLOAD_ROUTES else default
+
+
+def _path_info(scope) -> str:
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def _content_length(scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the HTTP server refuses such a request itself
+    return None
+
+
+class BodyLimit:
+    """ASGI middleware around Django: refuses request bodies past their route's limit (see the module)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        default = settings.MAX_REQUEST_BODY_BYTES
+        # Every route accepts the default, so only a larger body needs its route looked up.
+        limit: int | None = None
+        declared = _content_length(scope)
+        if declared is not None and declared > default:
+            limit = limit_for(_path_info(scope))
+            if declared > limit:
+                return await _refuse(scope, send, limit)
+        received = 0
+        refused = False
+
+        async def counted_receive():
+            nonlocal received, limit, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] != "http.request":
+                return message
+            received += len(message.get("body", b""))
+            if received > default:
+                limit = limit if limit is not None else limit_for(_path_info(scope))
+                if received > limit:
+                    refused = True
+                    await _refuse(scope, send, limit)
+                    # Django's handler drops a request whose client went away, without a response of its own.
+                    return {"type": "http.disconnect"}
+            return message
+
+        return await self.app(scope, counted_receive, send)
+
+
+async def _refuse(scope, send, limit: int) -> None:
+    supplied = next((value for name, value in scope["headers"] if name == b"x-request-id"), b"")
+    request_id = supplied.decode() if _VALID_REQUEST_ID.match(supplied) else uuid.uuid4().hex
+    message = f"The request body is larger than this route accepts ({limit:,} bytes)."
+    if _path_info(scope).startswith("/api/"):
+        body = orjson.dumps(
+            {"error": {"code": "request_too_large", "message": message, "request_id": request_id}}
+        )
+        content_type = b"application/json"
+    else:
+        body = (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Request too large</title></head>'
+            f"<body><h1>Request too large</h1><p>{message}</p><p>Request {request_id}</p></body></html>\n"
+        ).encode()
+        content_type = b"text/html; charset=utf-8"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

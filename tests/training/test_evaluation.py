@@ -1,0 +1,160 @@
+"""Eval scoring, exactly: how generated answers compare with the expected ones (exact match, containment,
+the label an answer names, accuracy, F1 per label), with no model; pure functions, no database. Last, once,
+``score`` on a tiny random model, to show generation feeds that same comparison."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.evaluation import answer_metrics, expected_answer, f1_by_label, predicted_label, prompt_messages
+
+
+def test_case_whitespace_and_surrounding_punctuation_do_not_count():
+    metrics = answer_metrics(
+        ["Billing", "technical", "The capital of France is Paris."],
+        ["  billing.\n", "It is a TECHNICAL issue!", "the capital of \t france is paris"],
+    )
+    assert metrics == {
+        "rows": 3,
+        "exact_match": pytest.approx(2 / 3),
+        "contains": 1.0,
+        "accuracy": 1.0,  # the second answer names the label "technical"
+        "f1_by_label": {"billing": 1.0, "technical": 1.0, "the capital of france is paris": 1.0},
+        "label_counts": {"billing": 1, "technical": 1, "the capital of france is paris": 1},
+    }
+
+
+def test_inner_punctuation_and_other_words_do_count_for_exact_match():
+    metrics = answer_metrics(["billing", "account"], ["billing: yes", '"Account"'])
+    assert (metrics["exact_match"], metrics["contains"]) == (0.5, 1.0)
+
+
+def test_accuracy_and_f1_per_label_count_each_label_exactly():
+    expected = ["billing", "billing", "billing", "shipping", "shipping", "account"]
+    answers = ["billing", "shipping", "Billing.", "shipping", "I don't know", "billing"]
+    metrics = answer_metrics(expected, answers)
+    # billing: 2 right, 1 missed (as shipping), 1 taken from account -> P 2/3, R 2/3.
+    # shipping: 1 right, 1 missed (an answer naming no label), 1 taken from billing -> P 1/2, R 1/2.
+    # account: never predicted -> 0.
+    assert metrics["f1_by_label"] == {
+        "account": 0.0,
+        "billing": pytest.approx(2 / 3),
+        "shipping": pytest.approx(0.5),
+    }
+    assert (metrics["accuracy"], metrics["exact_match"], metrics["contains"]) == (0.5, 0.5, 0.5)
+    assert metrics["label_counts"] == {"billing": 3, "shipping": 2, "account": 1}
+
+
+def test_an_answer_naming_no_known_label_is_wrong_for_its_row_and_credits_no_label():
+    metrics = answer_metrics(["billing", "shipping"], ["refund", "sports"])
+    assert metrics["accuracy"] == 0.0
+    assert metrics["f1_by_label"] == {"billing": 0.0, "shipping": 0.0}
+    assert set(metrics["f1_by_label"]) == {"billing", "shipping"}, "unknown answers are not labels"
+
+
+def test_f1_of_a_label_is_precision_and_recall_balanced():
+    pairs = [("a", "a"), ("a", "a"), ("a", "a"), ("b", "a"), ("b", "b"), ("a", "b")]
+    # a: tp 3, fp 1, fn 1 -> P 3/4, R 3/4; b: tp 1, fp 1, fn 1 -> P 1/2, R 1/2.
+    assert f1_by_label(pairs) == {"a": pytest.approx(0.75), "b": pytest.approx(0.5)}
+
+
+@pytest.mark.parametrize(
+    ("answer", "labels", "named"),
+    [
+        ("billing", {"bill", "billing"}, "billing"),  # the answer is a label
+        ("billing issue", {"bill", "billing"}, "billing"),  # same place: the longest
+        ("account, then billing", {"billing", "account"}, "account"),  # the first mentioned
+        ("it is about billing or account", {"account", "billing"}, "billing"),
+        ("refund", {"billing", ""}, "refund"),  # an empty label is in every text: never matched inside one
+        ("", {"billing", ""}, ""),
+        ("no idea", {"billing"}, "no idea"),
+    ],
+)
+def test_the_label_an_answer_names_is_chosen_the_same_way_every_time(answer, labels, named):
+    assert predicted_label(answer, labels) == named
+    assert predicted_label(answer, sorted(labels, reverse=True)) == named  # whatever the order of the labels
+
+
+def test_no_rows_give_no_score_rather_than_zero():
+    assert answer_metrics([], []) == {"rows": 0, "exact_match": None, "contains": None}
+
+
+def test_answers_and_rows_must_pair_up():
+    with pytest.raises(ValueError, match="1 answers for 2 rows"):
+        answer_metrics(["a", "b"], ["a"])
+
+
+def test_an_expected_answer_that_normalises_to_nothing_is_contained_in_no_answer():
+    metrics = answer_metrics([".", "."], ["...", "anything"])
+    assert (metrics["exact_match"], metrics["contains"]) == (0.5, 0.0)
+
+
+def test_label_metrics_only_when_the_expected_answers_are_few_distinct_values():
+    free_text = [f"answer number {i}" for i in range(21)]
+    assert "accuracy" not in answer_metrics(free_text, free_text)  # 21 distinct of 21: not labels
+    labels = free_text * 3  # 21 distinct of 63: at most a third, so labels
+    metrics = answer_metrics(labels, labels)
+    assert metrics["accuracy"] == 1.0 and len(metrics["f1_by_label"]) == 21
+    assert "accuracy" in answer_metrics(free_text[:20], free_text[:20])  # up to 20 distinct always are
+
+
+def test_the_expected_answer_and_the_prompt_of_each_row_shape():
+    chat = {
+        "messages": [
+            {"role": "system", "content": "Route."},
+            {"role": "user", "content": "Charged twice"},
+            {"role": "assistant", "content": "billing"},
+        ]
+    }
+    assert (expected_answer(chat), prompt_messages(chat)) == ("billing", chat["messages"][:2])
+    completion = {"prompt": "2+2=", "completion": "4"}
+    assert (expected_answer(completion), prompt_messages(completion)) == (
+        "4",
+        [{"role": "user", "content": "2+2="}],
+    )
+    labelled = {"text": "refund please", "label": 3}
+    assert (expected_answer(labelled), prompt_messages(labelled)) == (
+        "3",
+        [{"role": "user", "content": "refund please"}],
+    )
+
+
+# --- score(): generation on a real (tiny, random) model feeds the same comparison -------------------------
+def test_score_generates_an_answer_per_row_and_compares_them_as_answer_metrics_does(
+    smollm2_tokenizer_dir, tmp_path, monkeypatch
+):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from training import evaluation
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "I was charged twice"},
+                {"role": "assistant", "content": "billing"},
+            ]
+        },
+        {"prompt": "The parcel never came:", "completion": "shipping"},
+    ]
+    compared = []
+    real = evaluation.answer_metrics
+    monkeypatch.setattr(evaluation, "answer_metrics", lambda e, a: compared.append((e, a)) or real(e, a))
+    metrics = evaluation.score(base_dir=tmp_path, adapter_dir=None, rows=rows, max_new_tokens=4)
+    ((expected, answers),) = compared
+    assert (
+        expected == ["billing", "shipping"] and len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    )
+    assert {key: value for key, value in metrics.items() if key != "perplexity"} == real(expected, answers)
+    assert metrics["rows"] == 2 and metrics["perplexity"] > 1.0
