@@ -18,11 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def database_url() -> str:
-    db = connection.settings_dict
-    host = db["HOST"]
-    if host.startswith("/"):
-        return f"postgresql://{db['USER']}@/{db['NAME']}?host={host}"
-    return f"postgresql://{db['USER']}:{db['PASSWORD']}@{host}:{db['PORT'] or 5432}/{db['NAME']}"
+    """The test database as a URL for a child process, every part quoted (as the node agent hands it on)."""
+    from portfolio.envparse import database_url as url_of
+
+    return url_of(connection.settings_dict)
 
 
 def start_gateway(log: Path, **env_overrides: str) -> tuple[subprocess.Popen, str]:
