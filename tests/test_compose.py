@@ -283,3 +283,11 @@ def test_the_web_health_check_passes_against_a_production_web_server(compose, db
         assert result.returncode == 0, result.stderr[-2000:] + (tmp_path / "web.log").read_text()[-3000:]
     finally:
         stop_web(process)
+
+
+def test_the_web_server_takes_its_metrics_scrape_token_from_a_secret_of_its_own(compose):
+    """/metrics answers 404 without a configured token: production sets one, for Prometheus only."""
+    env = env_of(compose, "web")
+    assert env["PORTFOLIO_METRICS_TOKEN_FILE"] == "/run/secrets/metrics_token"
+    assert "metrics_token" in compose["services"]["web"]["secrets"]
+    assert all("metrics_token" not in compose["services"][name].get("secrets", []) for name in PLATFORM_SERVICES - {"web"})
