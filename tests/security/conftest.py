@@ -7,3 +7,4 @@ from tests.gateway.conftest import (  # noqa: F401 - fixtures and the report hoo
     pytest_runtest_makereport,
     stack,
 )
+from tests.test_route_permissions import world  # noqa: F401 - the objects of every route, as that test has them

@@ -17,7 +17,7 @@ from django.db import transaction
 from portfolio.registry.models import ModelVersion
 from serving.gateway.models import ApiKey
 from serving.models import Deployment, Endpoint
-from tests.test_route_permissions import API_ROUTES, UI_ROUTES, _call, _fill, _ui_url, world  # noqa: F401
+from tests.test_route_permissions import API_ROUTES, UI_ROUTES, _call, _fill, _ui_url
 from training.models import FineTuneJob
 
 pytestmark = pytest.mark.django_db
