@@ -26,9 +26,9 @@ class UnevenEngine(FakeEngine):
         super().__init__(key)
         self.delays = iter(delays)
 
-    async def chat(self, request):
+    async def generate(self, request):
         self.delay = next(self.delays)
-        return await super().chat(request)
+        return await super().generate(request)
 
 
 @pytest.fixture
