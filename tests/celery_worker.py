@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from django.db import connection
 
 from portfolio import cli
 from portfolio.envparse import database_url
+from tests.processes import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 VISIBILITY_TIMEOUT = 2
@@ -59,12 +59,7 @@ def start_worker(queue: str, log: Path, **env: str) -> subprocess.Popen:
 
 
 def stop_worker(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+    stop_group(process, grace=30)
 
 
 def deliveries(log: Path, task: str) -> int:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import http.client
-import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tests.processes import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,9 +54,4 @@ def start_web(env: dict[str, str], log: Path, timeout: float = 90) -> tuple[subp
 
 
 def stop_web(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+    stop_group(process, grace=30)

@@ -4,7 +4,6 @@ the test database and Redis, and waiting on what it does, with its logs shown wh
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from serving import processes, reconcile
 from serving.choices import ReplicaState
 from serving.models import Deployment, Replica
 from tests.gateway.process import database_url
+from tests.processes import stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = "e2e-node"
@@ -47,11 +47,7 @@ def start_agent(tmp_path, log: Path) -> subprocess.Popen:
 
 
 def stop_agent(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+    stop_group(process, grace=30)
 
 
 def wait(what: str, check, timeout: float, logs: list[Path], interval: float = 1.0):
