@@ -32,12 +32,17 @@ run: venv engine
 	$(BIN)/portfolio run
 
 # Tests run on PostgreSQL: DATABASE_URL if set, otherwise an embedded server under .portfolio-test/.
+# The embedded servers the checks start are stopped however they end: `make test` leaves nothing running.
+TEST_DATA := $(CURDIR)/.portfolio-test
+STOP_TEST_SERVERS := $(BIN)/python -c "import sys; from pathlib import Path; from portfolio import embedded; embedded.stop_all(Path(sys.argv[1]))" $(TEST_DATA)
+
 test: venv engine browser
-	$(BIN)/ruff check .
-	PORTFOLIO_DATA_DIR=$(CURDIR)/.portfolio-test $(BIN)/mypy
-	PORTFOLIO_DATA_DIR=$(CURDIR)/.portfolio-test $(BIN)/python manage.py check
-	PORTFOLIO_DATA_DIR=$(CURDIR)/.portfolio-test $(BIN)/python manage.py makemigrations --check --dry-run
-	PORTFOLIO_DATA_DIR=$(CURDIR)/.portfolio-test $(BIN)/pytest
+	@trap '$(STOP_TEST_SERVERS)' EXIT; set -ex; \
+	$(BIN)/ruff check .; \
+	PORTFOLIO_DATA_DIR=$(TEST_DATA) $(BIN)/mypy; \
+	PORTFOLIO_DATA_DIR=$(TEST_DATA) $(BIN)/python manage.py check; \
+	PORTFOLIO_DATA_DIR=$(TEST_DATA) $(BIN)/python manage.py makemigrations --check --dry-run; \
+	PORTFOLIO_DATA_DIR=$(TEST_DATA) $(BIN)/pytest
 
 # Debian's Chromium for the browser tests (Playwright's own browser download cannot run offline).
 browser:
