@@ -297,6 +297,8 @@ def reap_stale_jobs(silence: timedelta) -> int:
             )
             if requeued:
                 job.refresh_from_db()
+                # A job moving to another machine is a change an auditor must see, like its start and end.
+                audit.record(Actor.for_system("training"), "training.job_requeued", job, after=job.snapshot())
                 transaction.on_commit(partial(enqueue, job))
     return count
 
