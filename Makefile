@@ -39,6 +39,7 @@ STOP_TEST_SERVERS := $(BIN)/python -c "import sys; from pathlib import Path; fro
 test: venv engine browser
 	@trap '$(STOP_TEST_SERVERS)' EXIT; set -ex; \
 	$(BIN)/ruff check .; \
+	$(BIN)/ruff format --check .; \
 	PORTFOLIO_DATA_DIR=$(TEST_DATA) $(BIN)/mypy; \
 	PORTFOLIO_DATA_DIR=$(TEST_DATA) $(BIN)/python manage.py check; \
 	PORTFOLIO_DATA_DIR=$(TEST_DATA) $(BIN)/python manage.py makemigrations --check --dry-run; \

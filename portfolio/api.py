@@ -89,8 +89,14 @@ class BrowserSessionAuth(SessionAuth):
         if "authorization" in request.headers or not request.user.is_authenticated:
             return None
         # ninja's own check (Django's CsrfViewMiddleware; the API's views are exempt from the middleware).
-        if self.csrf and not getattr(request, "_ninja_csrf_exempt", False) and check_csrf(request) is not None:
-            raise Forbidden("CSRF check failed: send the csrftoken cookie's value in X-CSRFToken.", code="csrf_failed")
+        if (
+            self.csrf
+            and not getattr(request, "_ninja_csrf_exempt", False)
+            and check_csrf(request) is not None
+        ):
+            raise Forbidden(
+                "CSRF check failed: send the csrftoken cookie's value in X-CSRFToken.", code="csrf_failed"
+            )
         return Actor.for_request(request)
 
 
@@ -143,7 +149,9 @@ def _forbidden(request, exc):
 
 @api.exception_handler(AuthenticationError)
 def _unauthenticated(request, exc):
-    response = error_body(request, 401, "unauthenticated", "Authentication required: a valid token or session.")
+    response = error_body(
+        request, 401, "unauthenticated", "Authentication required: a valid token or session."
+    )
     response["WWW-Authenticate"] = "Bearer"
     return response
 

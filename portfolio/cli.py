@@ -1,12 +1,12 @@
 """`portfolio` command: one entry point for every process the platform runs.
 
-    portfolio run          everything on this machine, with embedded PostgreSQL and Redis (`make run`)
-    portfolio web          the ASGI web server (UI, REST API, later the gateway)
-    portfolio worker       a Celery worker for the "control" queue
-    portfolio node-agent   a Celery worker for this machine's "node.<name>" queue
-    portfolio beat         the Celery beat scheduler
-    portfolio migrate      migrations as the database owner, then the application role's grants
-    portfolio manage ...   Django's manage.py
+portfolio run          everything on this machine, with embedded PostgreSQL and Redis (`make run`)
+portfolio web          the ASGI web server (UI, REST API, later the gateway)
+portfolio worker       a Celery worker for the "control" queue
+portfolio node-agent   a Celery worker for this machine's "node.<name>" queue
+portfolio beat         the Celery beat scheduler
+portfolio migrate      migrations as the database owner, then the application role's grants
+portfolio manage ...   Django's manage.py
 """
 
 from __future__ import annotations
@@ -34,18 +34,45 @@ def web_command(host: str, port: int, workers: int, proxies: list[str] | None = 
     """uvicorn takes the client's address and scheme from X-Forwarded-For / -Proto only on connections from
     ``proxies`` (the right-most address no trusted proxy added); never its own FORWARDED_ALLOW_IPS default."""
     return [
-        sys.executable, "-m", "uvicorn", "portfolio.asgi:application",
-        "--host", host, "--port", str(port), "--workers", str(workers),
-        "--loop", "uvloop", "--http", "httptools", "--no-server-header",
-        "--proxy-headers", "--forwarded-allow-ips", ",".join(trusted_proxies() if proxies is None else proxies),
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "portfolio.asgi:application",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-server-header",
+        "--proxy-headers",
+        "--forwarded-allow-ips",
+        ",".join(trusted_proxies() if proxies is None else proxies),
     ]
 
 
 def worker_command(queues: list[str], concurrency: int, hostname: str) -> list[str]:
     return [
-        sys.executable, "-m", "celery", "-A", "portfolio", "worker",
-        "--queues", ",".join(queues), "--concurrency", str(concurrency),
-        "--hostname", hostname, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "portfolio",
+        "worker",
+        "--queues",
+        ",".join(queues),
+        "--concurrency",
+        str(concurrency),
+        "--hostname",
+        hostname,
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
     ]
 
 
@@ -89,11 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--workers", type=int, default=int(os.environ.get("PORTFOLIO_WEB_WORKERS", "2")))
 
     worker = sub.add_parser("worker", help="Celery worker for the control queue")
-    worker.add_argument("--concurrency", type=int, default=int(os.environ.get("PORTFOLIO_WORKER_CONCURRENCY", "2")))
+    worker.add_argument(
+        "--concurrency", type=int, default=int(os.environ.get("PORTFOLIO_WORKER_CONCURRENCY", "2"))
+    )
 
     agent = sub.add_parser("node-agent", help="Celery worker for this machine's node queue")
     agent.add_argument("--name", default=None, help="node name (default: PORTFOLIO_NODE_NAME or host name)")
-    agent.add_argument("--concurrency", type=int, default=int(os.environ.get("PORTFOLIO_AGENT_CONCURRENCY", "2")))
+    agent.add_argument(
+        "--concurrency", type=int, default=int(os.environ.get("PORTFOLIO_AGENT_CONCURRENCY", "2"))
+    )
 
     sub.add_parser("beat", help="Celery beat scheduler")
     sub.add_parser("migrate", help="apply migrations (as the owner role), then grant the application role")

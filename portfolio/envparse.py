@@ -37,7 +37,9 @@ class Env:
             try:
                 return Path(file_name).read_text().strip()
             except OSError as exc:
-                raise ImproperlyConfigured(f"{name}_FILE={file_name!r} cannot be read: {exc.strerror}") from exc
+                raise ImproperlyConfigured(
+                    f"{name}_FILE={file_name!r} cannot be read: {exc.strerror}"
+                ) from exc
         if value is not None and value.strip() == "":
             return None
         return value
@@ -72,7 +74,9 @@ class Env:
 
         return self._parse(name, default, parse, "one of true/false/1/0/yes/no/on/off")
 
-    def integer(self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    def integer(
+        self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
         value = self._parse(name, default, int, "an integer")
         if minimum is not None and value < minimum or maximum is not None and value > maximum:
             raise ImproperlyConfigured(f"{name}={value} is out of range [{minimum}, {maximum}].")
@@ -106,7 +110,9 @@ class Env:
         def parse(value: str) -> list[str]:
             items = [item.strip() for item in value.split(",") if item.strip()]
             for item in items:
-                ipaddress.ip_network(item, strict=False)  # ValueError names nothing: _parse says which variable
+                ipaddress.ip_network(
+                    item, strict=False
+                )  # ValueError names nothing: _parse says which variable
             return items
 
         return self._parse(name, default, parse, "IP addresses or networks such as 10.0.0.5,172.16.0.0/12")
@@ -180,7 +186,9 @@ def with_redis_password(url: str, password: str | None) -> str:
     if parts.scheme not in ("redis", "rediss"):
         raise ImproperlyConfigured("REDIS_PASSWORD needs a redis:// or rediss:// REDIS_URL.")
     if parts.password:
-        raise ImproperlyConfigured("REDIS_URL already carries a password: set it there or in REDIS_PASSWORD, not both.")
+        raise ImproperlyConfigured(
+            "REDIS_URL already carries a password: set it there or in REDIS_PASSWORD, not both."
+        )
     user = quote(parts.username or "", safe="")
     host = parts.netloc.rpartition("@")[2]
     return parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}").geturl()

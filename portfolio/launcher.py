@@ -66,7 +66,9 @@ def run_all(*, host: str, port: int, demo: bool = True) -> int:
         os.environ["PORTFOLIO_NODE_NAME"] = node
         # The prompt box, the demo's first answer and distillation reach the gateway in the web process below.
         local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - compared, not bound
-        os.environ.setdefault("PORTFOLIO_GATEWAY_URL", f"http://{'[' + local + ']' if ':' in local else local}:{port}")
+        os.environ.setdefault(
+            "PORTFOLIO_GATEWAY_URL", f"http://{'[' + local + ']' if ':' in local else local}:{port}"
+        )
         os.environ["PORTFOLIO_NODE_AGENT"] = "1"  # the local worker is also this machine's node agent
         commands = {
             "web": cli.web_command(host, port, 1),
@@ -82,9 +84,11 @@ def run_all(*, host: str, port: int, demo: bool = True) -> int:
         if demo:
             # Waits for the local node agent, deploys the demo model, then reports its first answer.
             manage = f"{sys.executable} -m portfolio.cli manage"
-            oneshots.append(subprocess.Popen(  # noqa: S602 - fixed command line of this program
-                f"{manage} deploy_demo --wait-ready 900 && {manage} finetune_demo", shell=True
-            ))
+            oneshots.append(
+                subprocess.Popen(  # noqa: S602 - fixed command line of this program
+                    f"{manage} deploy_demo --wait-ready 900 && {manage} finetune_demo", shell=True
+                )
+            )
         while not stopping:
             for child in children:
                 if child.poll() is not None:

@@ -89,7 +89,8 @@ def _own_secret(name: str) -> bytes:
 if PRODUCTION:
     TOKEN_HASH_KEY = _own_secret("PORTFOLIO_TOKEN_HASH_KEY")
 TOKEN_HASH_KEY_PREVIOUS: list[bytes] = [
-    key.encode() for key in env.secret_list("PORTFOLIO_TOKEN_HASH_KEY_PREVIOUS", min_length=32 if PRODUCTION else 1)
+    key.encode()
+    for key in env.secret_list("PORTFOLIO_TOKEN_HASH_KEY_PREVIOUS", min_length=32 if PRODUCTION else 1)
 ]
 
 # --- Services -------------------------------------------------------------------------------------
@@ -164,9 +165,13 @@ MINIO_BUCKET = env.text("MINIO_BUCKET") or "portfolio-artifacts"
 MINIO_SECURE = env.flag("MINIO_SECURE", True)
 MINIO_REGION = env.text("MINIO_REGION")
 if ARTIFACT_STORE == "s3" and not (MINIO_ENDPOINT and MINIO_ACCESS_KEY and MINIO_SECRET_KEY):
-    raise ImproperlyConfigured("PORTFOLIO_STORAGE=s3 needs MINIO_ENDPOINT, MINIO_ACCESS_KEY and MINIO_SECRET_KEY.")
+    raise ImproperlyConfigured(
+        "PORTFOLIO_STORAGE=s3 needs MINIO_ENDPOINT, MINIO_ACCESS_KEY and MINIO_SECRET_KEY."
+    )
 # Server folders an admin allows importing from; nothing outside them is ever read.
-IMPORT_ROOTS = [Path(p).resolve() for p in env.csv_list("PORTFOLIO_IMPORT_ROOTS", [str(DATA_DIR / "imports")])]
+IMPORT_ROOTS = [
+    Path(p).resolve() for p in env.csv_list("PORTFOLIO_IMPORT_ROOTS", [str(DATA_DIR / "imports")])
+]
 MAX_IMPORT_BYTES = env.integer("PORTFOLIO_MAX_IMPORT_BYTES", 40 * 1024**3, minimum=1)
 MAX_UPLOAD_BYTES = env.integer("PORTFOLIO_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
 GGUF_CONVERSION_CACHE = env.path("PORTFOLIO_GGUF_CONVERSION_CACHE", DATA_DIR / "cache" / "gguf")

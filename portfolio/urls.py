@@ -15,7 +15,11 @@ def healthz(request):
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("api/v1/", api.urls),
-    path("api/docs", login_not_required(RedirectView.as_view(url="/api/v1/docs", permanent=False)), name="api-docs"),
+    path(
+        "api/docs",
+        login_not_required(RedirectView.as_view(url="/api/v1/docs", permanent=False)),
+        name="api-docs",
+    ),
     path("", include("portfolio.accounts.urls")),
     path("audit/", include("portfolio.audit.urls")),
     path("models/", include("portfolio.registry.urls")),

@@ -45,7 +45,9 @@ def engine_key(replica_id: int) -> str:
 
 
 def event(replica: Replica, kind: str, message: str) -> None:
-    DeploymentEvent.objects.create(deployment_id=replica.deployment_id, replica=replica, kind=kind, message=message)
+    DeploymentEvent.objects.create(
+        deployment_id=replica.deployment_id, replica=replica, kind=kind, message=message
+    )
 
 
 # --- Capacity and heartbeat ------------------------------------------------------------------------
@@ -55,7 +57,10 @@ def detect_gpus() -> list[dict]:
     try:
         output = subprocess.run(
             ["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=20, check=True,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
         ).stdout
     except (subprocess.SubprocessError, OSError):
         logger.warning("nvidia-smi failed; reporting no GPUs")
@@ -84,8 +89,14 @@ def register(name: str, pool_name: str, address: str, capacity: dict | None = No
     capacity = capacity or detect_capacity()
     with transaction.atomic():
         node, created = Node.objects.select_for_update().get_or_create(
-            name=name, defaults={"pool": pool, "address": address, **capacity, "heartbeat_at": timezone.now(),
-                                 "agent_version": AGENT_VERSION},
+            name=name,
+            defaults={
+                "pool": pool,
+                "address": address,
+                **capacity,
+                "heartbeat_at": timezone.now(),
+                "agent_version": AGENT_VERSION,
+            },
         )
         if created:
             audit.record(Actor.for_system(f"agent:{name}"), "node.register", node, after=node.snapshot())
@@ -117,7 +128,9 @@ def _start(replica: Replica, node: Node) -> None:
     deployment = replica.deployment
     try:
         model_dir = materialize_version(deployment.version)
-        adapters = {a.name: materialize_version(a.version) for a in deployment.adapters.select_related("version")}
+        adapters = {
+            a.name: materialize_version(a.version) for a in deployment.adapters.select_related("version")
+        }
     except CorruptArtifact as exc:
         _set(replica, state=ReplicaState.FAILED, state_detail=f"artifact corrupted: {exc}")
         event(replica, "failed", f"Cannot start: stored files are corrupted ({exc}).")
@@ -125,13 +138,30 @@ def _start(replica: Replica, node: Node) -> None:
     port = processes.free_port(node.address)
     args = engine_args.validate(deployment.engine_args, deployment.pool.kind)
     launch = engine_args.build(
-        python=settings.ENGINE_PYTHON[deployment.pool.kind], pool_kind=deployment.pool.kind, args=args,
-        model_dir=model_dir, served_name=deployment.name, host=node.address, port=port, adapters=adapters,
-        gpu_indices=replica.gpu_indices, api_key=engine_key(replica.pk), task=deployment.version.model.task,
+        python=settings.ENGINE_PYTHON[deployment.pool.kind],
+        pool_kind=deployment.pool.kind,
+        args=args,
+        model_dir=model_dir,
+        served_name=deployment.name,
+        host=node.address,
+        port=port,
+        adapters=adapters,
+        gpu_indices=replica.gpu_indices,
+        api_key=engine_key(replica.pk),
+        task=deployment.version.model.task,
     )
     pid = processes.start(launch.argv, launch.env, replica.pk, _log_path(replica))
-    _set(replica, pid=pid, port=port, host=node.address, state=ReplicaState.STARTING, started_at=timezone.now(),
-         state_detail="", loaded_adapters=sorted(adapters), next_start_at=None)
+    _set(
+        replica,
+        pid=pid,
+        port=port,
+        host=node.address,
+        state=ReplicaState.STARTING,
+        started_at=timezone.now(),
+        state_detail="",
+        loaded_adapters=sorted(adapters),
+        next_start_at=None,
+    )
     # Where it listens (host, port, pid) is for pool managers: the timeline is read by every team member.
     event(replica, "started", f"Engine started on {node.name}.")
 
@@ -144,19 +174,38 @@ def _crashed(replica: Replica, why: str) -> None:
     tail = processes.log_tail(_log_path(replica))
     restarts = replica.restarts + 1
     if restarts > settings.ENGINE_MAX_RESTARTS:
-        _set(replica, state=ReplicaState.FAILED, restarts=restarts, pid=None, log_tail=tail,
-             state_detail=f"{why}; gave up after {restarts - 1} restarts")
-        event(replica, "failed", f"{why}. Gave up after {restarts - 1} restarts: restart the deployment to retry.")
+        _set(
+            replica,
+            state=ReplicaState.FAILED,
+            restarts=restarts,
+            pid=None,
+            log_tail=tail,
+            state_detail=f"{why}; gave up after {restarts - 1} restarts",
+        )
+        event(
+            replica,
+            "failed",
+            f"{why}. Gave up after {restarts - 1} restarts: restart the deployment to retry.",
+        )
         return
     delay = min(300, settings.ENGINE_RESTART_BACKOFF * 2 ** (restarts - 1))
-    _set(replica, state=ReplicaState.BACKOFF, restarts=restarts, pid=None, log_tail=tail, state_detail=why,
-         next_start_at=timezone.now() + timedelta(seconds=delay))
+    _set(
+        replica,
+        state=ReplicaState.BACKOFF,
+        restarts=restarts,
+        pid=None,
+        log_tail=tail,
+        state_detail=why,
+        next_start_at=timezone.now() + timedelta(seconds=delay),
+    )
     event(replica, "crashed", f"{why}. Restart {restarts} in {delay}s.")
 
 
 def _engine_request(replica: Replica, method: str, path: str, body: dict | None = None, timeout: float = 30):
     request = urllib.request.Request(  # noqa: S310 - the engine's own loopback/private address
-        f"{replica.base_url}{path}", method=method, data=json.dumps(body).encode() if body is not None else None,
+        f"{replica.base_url}{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
         headers={"Authorization": f"Bearer {engine_key(replica.pk)}", "Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
@@ -174,7 +223,9 @@ def _sync_adapters(replica: Replica) -> None:
     for name in sorted(set(wanted) - loaded):
         try:
             path = materialize_version(wanted[name].version)
-            _engine_request(replica, "POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
+            _engine_request(
+                replica, "POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)}
+            )
         except Exception as exc:  # noqa: BLE001 - reported on the timeline; retried next round
             event(replica, "adapter_failed", f"Could not load adapter {name}: {exc}")
             continue
@@ -199,8 +250,11 @@ _seen_nodes: set[str] = set()
 def _ensure_running(replica: Replica, node: Node) -> None:
     now = timezone.now()
     process = processes.find(replica.pid, replica.pk)
-    if process is None and node.name not in _seen_nodes and replica.state in (
-        ReplicaState.STARTING, ReplicaState.READY, ReplicaState.UNHEALTHY, ReplicaState.BACKOFF
+    if (
+        process is None
+        and node.name not in _seen_nodes
+        and replica.state
+        in (ReplicaState.STARTING, ReplicaState.READY, ReplicaState.UNHEALTHY, ReplicaState.BACKOFF)
     ):
         event(replica, "adopt", "Engine was not running when the agent started; starting it.")
         _start(replica, node)
@@ -237,7 +291,9 @@ def _ensure_running(replica: Replica, node: Node) -> None:
         _set(replica, state=ReplicaState.UNHEALTHY, state_detail="health check failing")
         event(replica, "unhealthy", "Health check failing.")
         return
-    if replica.last_health_at is None or now - replica.last_health_at > timedelta(seconds=settings.ENGINE_UNHEALTHY_GRACE):
+    if replica.last_health_at is None or now - replica.last_health_at > timedelta(
+        seconds=settings.ENGINE_UNHEALTHY_GRACE
+    ):
         processes.stop(process)
         _crashed(replica, "Engine stayed unhealthy")
 
@@ -255,8 +311,12 @@ def _rekey(replica: Replica, node: Node, process) -> None:
     if replica.state == ReplicaState.STARTING and replica.state_detail == REKEYED:
         _crashed(replica, "Engine refuses the key it was started with")
         return
-    event(replica, "rekeyed", "The engine refused the current engine key (the engine key secret was rotated); "
-                              "restarting it with the current key.")
+    event(
+        replica,
+        "rekeyed",
+        "The engine refused the current engine key (the engine key secret was rotated); "
+        "restarting it with the current key.",
+    )
     _start(replica, node)
     if replica.state == ReplicaState.STARTING:
         _set(replica, state_detail=REKEYED)
@@ -276,8 +336,11 @@ def reconcile_node(name: str) -> None:
     node = Node.objects.select_related("pool").filter(name=name).first()
     if node is None:
         return
-    mine = list(node.replicas.select_related("deployment__version", "deployment__pool")
-                .exclude(state=ReplicaState.STOPPED))
+    mine = list(
+        node.replicas.select_related("deployment__version", "deployment__pool").exclude(
+            state=ReplicaState.STOPPED
+        )
+    )
     wanted_ids = set()
     for replica in mine:
         try:
@@ -292,9 +355,12 @@ def reconcile_node(name: str) -> None:
             logger.exception("reconciling replica %s on %s failed", replica.pk, name)
     _seen_nodes.add(name)
     for replica_id, process in processes.engines_on_this_machine(under=Path(settings.DATA_DIR)).items():
-        if replica_id not in wanted_ids and not Replica.objects.filter(
-            pk=replica_id, node=node, desired=DesiredState.RUNNING
-        ).exclude(state=ReplicaState.STOPPED).exists():
+        if (
+            replica_id not in wanted_ids
+            and not Replica.objects.filter(pk=replica_id, node=node, desired=DesiredState.RUNNING)
+            .exclude(state=ReplicaState.STOPPED)
+            .exists()
+        ):
             logger.warning("stopping orphan engine of replica %s (pid %s)", replica_id, process.pid)
             processes.stop(process)
 
@@ -311,7 +377,9 @@ def heartbeat(name: str) -> None:
 
 
 # Compare-and-delete: the lock is removed only if the dead holder's token is still the one in it.
-_DROP_IF_HELD_BY = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_DROP_IF_HELD_BY = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
 
 
 def acquire_node_lock(name: str):
@@ -330,7 +398,9 @@ def acquire_node_lock(name: str):
     held = client.get(key)
     holder = held.decode(errors="replace") if isinstance(held, bytes) else str(held or "")
     if held and _holder_is_gone(holder) and client.eval(_DROP_IF_HELD_BY, 1, key, held):
-        logger.warning("node %s: took over the reconcile lock of a process that no longer runs (%s)", name, holder)
+        logger.warning(
+            "node %s: took over the reconcile lock of a process that no longer runs (%s)", name, holder
+        )
         if lock.acquire(blocking=False, token=token):
             return lock
     return None

@@ -194,13 +194,17 @@ class EndpointIn(Schema):
     description: str = ""
     routes: list[RouteIn]
     fallback: str | None = None
-    max_n: int = Field(8, ge=1, le=128, description="Most completions per prompt (n, best_of) one request may ask for")
+    max_n: int = Field(
+        8, ge=1, le=128, description="Most completions per prompt (n, best_of) one request may ask for"
+    )
 
 
 class RoutesIn(Schema):
     routes: list[RouteIn]
     fallback: str | None = None
-    max_n: int | None = Field(None, ge=1, le=128, description="Completions cap per prompt; omitted: unchanged")
+    max_n: int | None = Field(
+        None, ge=1, le=128, description="Completions cap per prompt; omitted: unchanged"
+    )
 
 
 # --- Pools and nodes -------------------------------------------------------------------------------
@@ -254,8 +258,15 @@ def create_deployment(request, payload: DeploymentIn):
     team = gate.get_visible(actor, Team, pk=payload.team_id)
     version = gate.get_visible(actor, ModelVersion, pk=payload.version_id)
     pool = gate.get_visible(actor, ComputePool, name=payload.pool)
-    deployment = services.create_deployment(actor=actor, name=payload.name, team=team, version=version, pool=pool,
-                                            replicas=payload.replicas, args=payload.engine_args)
+    deployment = services.create_deployment(
+        actor=actor,
+        name=payload.name,
+        team=team,
+        version=version,
+        pool=pool,
+        replicas=payload.replicas,
+        args=payload.engine_args,
+    )
     return Status(201, deployment)
 
 
@@ -266,15 +277,23 @@ def get_deployment(request, deployment: str):
 
 @router.post("/deployments/{deployment}/scale", response=DeploymentDetail)
 def scale(request, deployment: str, payload: ScaleIn):
-    return services.scale(actor=request.auth, deployment=_deployment(request, deployment), replicas=payload.replicas)
+    return services.scale(
+        actor=request.auth, deployment=_deployment(request, deployment), replicas=payload.replicas
+    )
 
 
 @router.post("/deployments/{deployment}/restart", response=DeploymentDetail)
 def restart(request, deployment: str, payload: RestartIn):
     """A rolling restart; with `version_id` a rolling update to another version."""
-    version = gate.get_visible(request.auth, ModelVersion, pk=payload.version_id) if payload.version_id else None
-    return services.restart(actor=request.auth, deployment=_deployment(request, deployment), version=version,
-                            args=payload.engine_args)
+    version = (
+        gate.get_visible(request.auth, ModelVersion, pk=payload.version_id) if payload.version_id else None
+    )
+    return services.restart(
+        actor=request.auth,
+        deployment=_deployment(request, deployment),
+        version=version,
+        args=payload.engine_args,
+    )
 
 
 @router.delete("/deployments/{deployment}", response={204: None})
@@ -287,8 +306,9 @@ def delete_deployment(request, deployment: str):
 def add_adapter(request, deployment: str, payload: AdapterIn):
     target = _deployment(request, deployment)
     adapter = gate.get_visible(request.auth, ModelVersion, pk=payload.version_id)
-    return Status(201, services.add_adapter(actor=request.auth, deployment=target, adapter=adapter,
-                                            name=payload.name))
+    return Status(
+        201, services.add_adapter(actor=request.auth, deployment=target, adapter=adapter, name=payload.name)
+    )
 
 
 @router.delete("/deployments/{deployment}/adapters/{adapter}", response={204: None})
@@ -331,8 +351,12 @@ def list_endpoints(request):
 def create_endpoint(request, payload: EndpointIn):
     team = gate.get_visible(request.auth, Team, pk=payload.team_id)
     endpoint = services.create_endpoint(
-        actor=request.auth, name=payload.name, team=team, description=payload.description,
-        routes=[r.dict() for r in payload.routes], fallback=_fallback(request, payload.fallback),
+        actor=request.auth,
+        name=payload.name,
+        team=team,
+        description=payload.description,
+        routes=[r.dict() for r in payload.routes],
+        fallback=_fallback(request, payload.fallback),
         max_n=payload.max_n,
     )
     return Status(201, endpoint)
@@ -347,11 +371,18 @@ def get_endpoint(request, endpoint: str):
 def set_routes(request, endpoint: str, payload: RoutesIn):
     """Change weights (canary, A/B) and the fallback; audited with before and after."""
     target = gate.get_visible(request.auth, Endpoint, name=endpoint)
-    return services.set_routes(actor=request.auth, endpoint=target, routes=[r.dict() for r in payload.routes],
-                               fallback=_fallback(request, payload.fallback), max_n=payload.max_n)
+    return services.set_routes(
+        actor=request.auth,
+        endpoint=target,
+        routes=[r.dict() for r in payload.routes],
+        fallback=_fallback(request, payload.fallback),
+        max_n=payload.max_n,
+    )
 
 
 @router.delete("/endpoints/{endpoint}", response={204: None})
 def delete_endpoint(request, endpoint: str):
-    services.delete_endpoint(actor=request.auth, endpoint=gate.get_visible(request.auth, Endpoint, name=endpoint))
+    services.delete_endpoint(
+        actor=request.auth, endpoint=gate.get_visible(request.auth, Endpoint, name=endpoint)
+    )
     return Status(204, None)

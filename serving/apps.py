@@ -13,8 +13,10 @@ class ServingConfig(AppConfig):
 
         def deployed(version) -> str | None:
             names = list(Deployment.objects.filter(version=version).values_list("name", flat=True))
-            names += [f"{a.deployment.name} (adapter {a.name})"
-                      for a in DeploymentAdapter.objects.filter(version=version).select_related("deployment")]
+            names += [
+                f"{a.deployment.name} (adapter {a.name})"
+                for a in DeploymentAdapter.objects.filter(version=version).select_related("deployment")
+            ]
             return f"it is deployed by {', '.join(names)}" if names else None
 
         registry_services.VERSION_IN_USE_CHECKS.append(deployed)

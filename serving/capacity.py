@@ -9,8 +9,9 @@ from serving.models import ComputePool, Node, Replica
 from serving.scheduler import GpuFree, NodeFree
 
 
-def pool_capacity(pool: ComputePool, *, exclude_replica_ids: set[int] | None = None,
-                  exclude_job_ids: set[int] | None = None) -> list[NodeFree]:
+def pool_capacity(
+    pool: ComputePool, *, exclude_replica_ids: set[int] | None = None, exclude_job_ids: set[int] | None = None
+) -> list[NodeFree]:
     # Imported here: training builds on serving, not the other way round.
     from training.models import FineTuneJob
 
@@ -31,12 +32,18 @@ def pool_capacity(pool: ComputePool, *, exclude_replica_ids: set[int] | None = N
             reserved_ram[replica["node_id"]] += replica["reserved_memory_bytes"]
         reserved_cores[replica["node_id"]] += replica["reserved_cores"]
     # A fine-tune job holds its GPUs whole while queued or running: none of them is free for a replica.
-    held = {
-        (job["node_id"], index)
-        for job in FineTuneJob.objects.holding_gpus().filter(node__in=nodes)
-        .exclude(pk__in=exclude_job_ids or ()).values("node_id", "gpu_indices")
-        for index in job["gpu_indices"]
-    } if any(node.gpus for node in nodes) else set()
+    held = (
+        {
+            (job["node_id"], index)
+            for job in FineTuneJob.objects.holding_gpus()
+            .filter(node__in=nodes)
+            .exclude(pk__in=exclude_job_ids or ())
+            .values("node_id", "gpu_indices")
+            for index in job["gpu_indices"]
+        }
+        if any(node.gpus for node in nodes)
+        else set()
+    )
     return [
         NodeFree(
             name=node.name,
@@ -44,8 +51,14 @@ def pool_capacity(pool: ComputePool, *, exclude_replica_ids: set[int] | None = N
             ram_free=node.memory_bytes - reserved_ram[node.pk],
             cores_free=node.cpu_cores - reserved_cores[node.pk],
             gpus=[
-                GpuFree(g["index"], g.get("name", ""), g["memory_bytes"],
-                        0 if (node.pk, g["index"]) in held else g["memory_bytes"] - reserved_gpu[(node.pk, g["index"])])
+                GpuFree(
+                    g["index"],
+                    g.get("name", ""),
+                    g["memory_bytes"],
+                    0
+                    if (node.pk, g["index"]) in held
+                    else g["memory_bytes"] - reserved_gpu[(node.pk, g["index"])],
+                )
                 for g in node.gpus
             ],
         )
@@ -67,8 +80,12 @@ def pool_usage(pool: ComputePool) -> dict[str, dict]:
 
 def _usage(node: Node, free: NodeFree) -> dict:
     return {
-        "ram_used": node.memory_bytes - free.ram_free, "ram_total": node.memory_bytes,
-        "cores_used": node.cpu_cores - free.cores_free, "cores_total": node.cpu_cores,
-        "gpus": [{"index": g.index, "name": g.name, "used": g.total_bytes - g.free_bytes, "total": g.total_bytes}
-                 for g in free.gpus],
+        "ram_used": node.memory_bytes - free.ram_free,
+        "ram_total": node.memory_bytes,
+        "cores_used": node.cpu_cores - free.cores_free,
+        "cores_total": node.cpu_cores,
+        "gpus": [
+            {"index": g.index, "name": g.name, "used": g.total_bytes - g.free_bytes, "total": g.total_bytes}
+            for g in free.gpus
+        ],
     }

@@ -33,8 +33,9 @@ SPECS: dict[str, Spec] = {
     "max_lora_rank": Spec(int, 16, choices=(8, 16, 32, 64, 128, 256)),
     "enable_prefix_caching": Spec(bool, False),
     "enforce_eager": Spec(bool, False, help="Skip graph capture: faster start, slower serving"),
-    "gpu_memory_utilization": Spec(float, 0.9, 0.1, 0.98, pools=(PoolKind.GPU,),
-                                   help="Fraction of each GPU's memory the engine claims"),
+    "gpu_memory_utilization": Spec(
+        float, 0.9, 0.1, 0.98, pools=(PoolKind.GPU,), help="Fraction of each GPU's memory the engine claims"
+    ),
     "tensor_parallel_size": Spec(int, 1, 1, 8, pools=(PoolKind.GPU,), help="GPUs per replica"),
     "quantization": Spec(str, "", choices=("", "awq", "gptq", "fp8", "bitsandbytes"), pools=(PoolKind.GPU,)),
     "kv_cache_space_gib": Spec(int, 1, 1, 1024, pools=(PoolKind.CPU,), help="KV cache size on CPU (GiB)"),
@@ -69,8 +70,10 @@ def validate(args: dict, pool_kind: str) -> dict:
         raise Invalid("engine_args: expected an object of argument names to values.")
     unknown = sorted(set(args) - set(SPECS))
     if unknown:
-        raise Invalid(f"engine_args.{unknown[0]} is not an allowed engine argument "
-                      f"(allowed: {', '.join(sorted(SPECS))}).")
+        raise Invalid(
+            f"engine_args.{unknown[0]} is not an allowed engine argument "
+            f"(allowed: {', '.join(sorted(SPECS))})."
+        )
     resolved = {}
     for name, spec in SPECS.items():
         if pool_kind not in spec.pools:
@@ -96,22 +99,50 @@ class EngineLaunch:
 
 
 def build(
-    *, python: str, pool_kind: str, args: dict, model_dir: Path, served_name: str, host: str, port: int,
-    adapters: dict[str, Path], gpu_indices: list[int], api_key: str, task: str = "chat",
+    *,
+    python: str,
+    pool_kind: str,
+    args: dict,
+    model_dir: Path,
+    served_name: str,
+    host: str,
+    port: int,
+    adapters: dict[str, Path],
+    gpu_indices: list[int],
+    api_key: str,
+    task: str = "chat",
 ) -> EngineLaunch:
     """The command and environment of one vLLM OpenAI-compatible server process."""
     argv = [
-        python, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir), "--served-model-name", served_name,
-        "--host", host, "--port", str(port),
-        "--max-model-len", str(args["max_model_len"]), "--dtype", args["dtype"],
-        "--max-num-seqs", str(args["max_num_seqs"]),
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--served-model-name",
+        served_name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--max-model-len",
+        str(args["max_model_len"]),
+        "--dtype",
+        args["dtype"],
+        "--max-num-seqs",
+        str(args["max_num_seqs"]),
         "--disable-uvicorn-access-log",
-        "--middleware", GUARD_MIDDLEWARE,
+        "--middleware",
+        GUARD_MIDDLEWARE,
     ]
     # The engine's key is passed in the environment, not on the command line (visible in `ps`).
-    env = {"VLLM_API_KEY": api_key, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(GUARD_DIR)}
+    env = {
+        "VLLM_API_KEY": api_key,
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(GUARD_DIR),
+    }
     if task == "embedding":
         # Serves /v1/embeddings: a pooling model (BERT-like ones are detected anyway; decoder-based embedding
         # models are not).
@@ -121,13 +152,23 @@ def build(
     if args["enforce_eager"]:
         argv.append("--enforce-eager")
     if args["enable_lora"] or adapters:
-        argv += ["--enable-lora", "--max-loras", str(args["max_loras"]), "--max-lora-rank", str(args["max_lora_rank"])]
+        argv += [
+            "--enable-lora",
+            "--max-loras",
+            str(args["max_loras"]),
+            "--max-lora-rank",
+            str(args["max_lora_rank"]),
+        ]
         if adapters:
             argv += ["--lora-modules", *(f"{name}={path}" for name, path in sorted(adapters.items()))]
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     if pool_kind == PoolKind.GPU:
-        argv += ["--gpu-memory-utilization", str(args["gpu_memory_utilization"]),
-                 "--tensor-parallel-size", str(args["tensor_parallel_size"])]
+        argv += [
+            "--gpu-memory-utilization",
+            str(args["gpu_memory_utilization"]),
+            "--tensor-parallel-size",
+            str(args["tensor_parallel_size"]),
+        ]
         if args["quantization"]:
             argv += ["--quantization", args["quantization"]]
         # The indices the node agent reported come from nvidia-smi, which numbers GPUs by PCI bus id; CUDA's

@@ -414,9 +414,16 @@ class FallbackField(forms.ModelChoiceField):
 
 class MaxNField(forms.IntegerField):
     def __init__(self, **kwargs):
-        super().__init__(min_value=1, max_value=128, initial=8, required=False, label="Completions per prompt, at most",
-                         help_text="The most completions (n) one request may ask for: each is reserved against "
-                         "the caller's budget and billed.", **kwargs)
+        super().__init__(
+            min_value=1,
+            max_value=128,
+            initial=8,
+            required=False,
+            label="Completions per prompt, at most",
+            help_text="The most completions (n) one request may ask for: each is reserved against "
+            "the caller's budget and billed.",
+            **kwargs,
+        )
 
 
 class EndpointForm(forms.Form):
@@ -444,7 +451,10 @@ class EndpointForm(forms.Form):
         # A fallback is an endpoint of the same team (services refuse another team's): only the endpoints of
         # the teams offered above, named with their team when there are several.
         self.fields["fallback"].queryset = (
-            gate.visible(actor, Endpoint).filter(owner_team__in=teams).select_related("owner_team").order_by("name")
+            gate.visible(actor, Endpoint)
+            .filter(owner_team__in=teams)
+            .select_related("owner_team")
+            .order_by("name")
         )
         self.fields["fallback"].with_team = len(teams) > 1
 

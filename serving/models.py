@@ -12,7 +12,9 @@ from portfolio.accounts.models import Team
 from portfolio.registry.models import ModelVersion
 from serving.choices import DeploymentStatus, DesiredState, NodeState, PoolKind, ReplicaState
 
-name_validator = RegexValidator(r"^[a-z0-9][a-z0-9-]{1,62}$", "Use 2-63 lower-case letters, digits and dashes.")
+name_validator = RegexValidator(
+    r"^[a-z0-9][a-z0-9-]{1,62}$", "Use 2-63 lower-case letters, digits and dashes."
+)
 
 
 class ComputePoolQuerySet(models.QuerySet):
@@ -28,8 +30,9 @@ class ComputePool(models.Model):
     name = models.CharField(max_length=63, unique=True, validators=[name_validator])
     kind = models.CharField(max_length=3, choices=PoolKind.choices)
     description = models.TextField(blank=True)
-    allowed_teams = models.ManyToManyField(Team, blank=True, related_name="pools",
-                                           help_text="Teams that may use the pool; none means every team")
+    allowed_teams = models.ManyToManyField(
+        Team, blank=True, related_name="pools", help_text="Teams that may use the pool; none means every team"
+    )
     gpu_hour_rate = models.DecimalField(max_digits=10, decimal_places=4, default=Decimal("0"))
     cpu_core_hour_rate = models.DecimalField(max_digits=10, decimal_places=4, default=Decimal("0"))
     created_at = models.DateTimeField(default=timezone.now)
@@ -44,7 +47,9 @@ class ComputePool(models.Model):
 
     def snapshot(self) -> dict:
         return {
-            "name": self.name, "kind": self.kind, "gpu_hour_rate": str(self.gpu_hour_rate),
+            "name": self.name,
+            "kind": self.kind,
+            "gpu_hour_rate": str(self.gpu_hour_rate),
             "cpu_core_hour_rate": str(self.cpu_core_hour_rate),
             "allowed_teams": sorted(self.allowed_teams.values_list("slug", flat=True)) if self.pk else [],
         }
@@ -107,13 +112,16 @@ class Deployment(models.Model):
     engine_args = models.JSONField(default=dict, blank=True)
     # Bumped by a restart or a version change: replicas of older generations are replaced, one by one.
     generation = models.PositiveIntegerField(default=1)
-    status = models.CharField(max_length=10, choices=DeploymentStatus.choices, default=DeploymentStatus.PENDING)
+    status = models.CharField(
+        max_length=10, choices=DeploymentStatus.choices, default=DeploymentStatus.PENDING
+    )
     status_detail = models.TextField(blank=True)
     store_prompts = models.BooleanField(default=False, help_text="Opt-in: keep prompt and completion text")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     objects = DeploymentQuerySet.as_manager()
 
@@ -129,8 +137,12 @@ class Deployment(models.Model):
 
     def snapshot(self) -> dict:
         return {
-            "name": self.name, "version": self.version.label, "pool": self.pool.name, "replicas": self.replicas,
-            "engine_args": self.engine_args, "generation": self.generation,
+            "name": self.name,
+            "version": self.version.label,
+            "pool": self.pool.name,
+            "replicas": self.replicas,
+            "engine_args": self.engine_args,
+            "generation": self.generation,
             "adapters": sorted(self.adapters.values_list("name", flat=True)) if self.pk else [],
         }
 
@@ -200,7 +212,9 @@ class DeploymentEvent(models.Model):
     """One entry of a deployment's timeline: scheduled, started, ready, crashed, restarted, scaled."""
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
-    replica = models.ForeignKey(Replica, null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+    replica = models.ForeignKey(
+        Replica, null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+    )
     at = models.DateTimeField(default=timezone.now)
     kind = models.CharField(max_length=32)
     message = models.TextField()
@@ -230,7 +244,8 @@ class Endpoint(models.Model):
     # Each completion is billed, and admission reserves for all of them: a cap keeps one call's reservation
     # (and its load on the replicas) in proportion. The gateway also applies PORTFOLIO_GATEWAY_MAX_N.
     max_n = models.PositiveSmallIntegerField(
-        default=8, validators=[MinValueValidator(1), MaxValueValidator(128)],
+        default=8,
+        validators=[MinValueValidator(1), MaxValueValidator(128)],
         help_text="Most completions per prompt one request may ask for (n, best_of)",
     )
     created_at = models.DateTimeField(default=timezone.now)
@@ -249,11 +264,19 @@ class Endpoint(models.Model):
 
     def snapshot(self) -> dict:
         return {
-            "name": self.name, "fallback": self.fallback.name if self.fallback else None, "max_n": self.max_n,
+            "name": self.name,
+            "fallback": self.fallback.name if self.fallback else None,
+            "max_n": self.max_n,
             "routes": [
-                {"deployment": r.deployment.name, "adapter": r.adapter.name if r.adapter else None, "weight": r.weight}
+                {
+                    "deployment": r.deployment.name,
+                    "adapter": r.adapter.name if r.adapter else None,
+                    "weight": r.weight,
+                }
                 for r in self.routes.select_related("deployment", "adapter")
-            ] if self.pk else [],
+            ]
+            if self.pk
+            else [],
         }
 
 
@@ -262,12 +285,15 @@ class EndpointRoute(models.Model):
 
     endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="routes")
     deployment = models.ForeignKey(Deployment, on_delete=models.PROTECT, related_name="routes")
-    adapter = models.ForeignKey(DeploymentAdapter, null=True, blank=True, on_delete=models.PROTECT,
-                                related_name="routes")
+    adapter = models.ForeignKey(
+        DeploymentAdapter, null=True, blank=True, on_delete=models.PROTECT, related_name="routes"
+    )
     weight = models.PositiveIntegerField(default=100, validators=[MinValueValidator(0)])
 
     class Meta:
         ordering = ["endpoint__name", "-weight", "id"]
 
     def __str__(self) -> str:
-        return f"{self.endpoint.name} -> {self.deployment.name}{'/' + self.adapter.name if self.adapter else ''}"
+        return (
+            f"{self.endpoint.name} -> {self.deployment.name}{'/' + self.adapter.name if self.adapter else ''}"
+        )

@@ -39,8 +39,15 @@ class TryResult:
     request_id: str
 
 
-def try_prompt(*, actor: Actor, deployment: Deployment, prompt: str, model: str = "", max_tokens: int = 128,
-               temperature: float | None = None) -> TryResult:
+def try_prompt(
+    *,
+    actor: Actor,
+    deployment: Deployment,
+    prompt: str,
+    model: str = "",
+    max_tokens: int = 128,
+    temperature: float | None = None,
+) -> TryResult:
     gate.require(actor, "endpoint.call", deployment)
     prompt = prompt.strip()
     if not prompt or len(prompt) > MAX_PROMPT_CHARS:
@@ -52,16 +59,28 @@ def try_prompt(*, actor: Actor, deployment: Deployment, prompt: str, model: str 
     if not deployment.replica_set.filter(state=ReplicaState.READY).exists():
         raise Conflict("No replica is ready yet; watch the timeline below.")
     team = deployment.owner_team
-    ticket = tickets.mint(deployment=deployment.name, model=model, team_id=team.pk, team=team.slug,
-                          department_id=team.department_id, user_id=actor.user.pk if actor.user else None)
-    body: dict = {"model": model, "messages": [{"role": "user", "content": prompt}],
-                  "max_tokens": max(1, min(max_tokens, MAX_TOKENS))}
+    ticket = tickets.mint(
+        deployment=deployment.name,
+        model=model,
+        team_id=team.pk,
+        team=team.slug,
+        department_id=team.department_id,
+        user_id=actor.user.pk if actor.user else None,
+    )
+    body: dict = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max(1, min(max_tokens, MAX_TOKENS)),
+    }
     if temperature is not None:
         body["temperature"] = temperature
     started = time.monotonic()
     try:
-        with httpx.Client(base_url=settings.GATEWAY_INTERNAL_URL, timeout=TIMEOUT,
-                          headers={"Authorization": f"Bearer {ticket}"}) as client:
+        with httpx.Client(
+            base_url=settings.GATEWAY_INTERNAL_URL,
+            timeout=TIMEOUT,
+            headers={"Authorization": f"Bearer {ticket}"},
+        ) as client:
             while True:
                 response = client.post("/v1/chat/completions", json=body)
                 if response.status_code != 503 or time.monotonic() - started > ROUTING_GRACE:
@@ -75,8 +94,10 @@ def try_prompt(*, actor: Actor, deployment: Deployment, prompt: str, model: str 
     usage = answer.get("usage") or {}
     return TryResult(
         text=answer["choices"][0]["message"].get("content") or "",
-        prompt_tokens=usage.get("prompt_tokens", 0), completion_tokens=usage.get("completion_tokens", 0),
-        latency_ms=int((time.monotonic() - started) * 1000), model=model,
+        prompt_tokens=usage.get("prompt_tokens", 0),
+        completion_tokens=usage.get("completion_tokens", 0),
+        latency_ms=int((time.monotonic() - started) * 1000),
+        model=model,
         request_id=response.headers.get("x-request-id", ""),
     )
 

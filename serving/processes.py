@@ -20,8 +20,20 @@ import psutil
 
 MARKER = "PORTFOLIO_REPLICA_ID"
 # What an engine inherits from the agent; everything else (database URLs, secrets) stays behind.
-INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "HF_HOME", "TRANSFORMERS_CACHE", "XDG_CACHE_HOME",
-                 "CUDA_HOME", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND")
+INHERITED_ENV = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "HF_HOME",
+    "TRANSFORMERS_CACHE",
+    "XDG_CACHE_HOME",
+    "CUDA_HOME",
+    "LD_LIBRARY_PATH",
+    "OMP_NUM_THREADS",
+    "VLLM_CPU_OMP_THREADS_BIND",
+)
 
 
 def free_port(host: str) -> int:
@@ -36,9 +48,15 @@ def start(argv: list[str], env: dict[str, str], replica_id: int, log_path: Path)
     clean_env.update(env)
     clean_env[MARKER] = str(replica_id)
     with log_path.open("ab") as log:
-        log.write(f"\n===== starting replica {replica_id} at {time.strftime('%Y-%m-%dT%H:%M:%S')} =====\n".encode())
+        log.write(
+            f"\n===== starting replica {replica_id} at {time.strftime('%Y-%m-%dT%H:%M:%S')} =====\n".encode()
+        )
         process = subprocess.Popen(
-            argv, env=clean_env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            argv,
+            env=clean_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: survives the agent, and is killed as a whole
             cwd=log_path.parent,
         )
@@ -90,7 +108,9 @@ def trainers_under(folder: Path) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["pid", "cmdline"]):
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            if "training.runner" in " ".join(process.info["cmdline"] or []) and Path(process.cwd()).is_relative_to(folder):
+            if "training.runner" in " ".join(process.info["cmdline"] or []) and Path(
+                process.cwd()
+            ).is_relative_to(folder):
                 found.append(process)
     return found
 

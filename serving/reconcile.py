@@ -28,7 +28,11 @@ def mark_lost_nodes() -> list[str]:
     silent = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True)
     for node in Node.objects.exclude(state=NodeState.LOST).filter(silent):
         with transaction.atomic():
-            updated = Node.objects.filter(silent, pk=node.pk).exclude(state=NodeState.LOST).update(state=NodeState.LOST)
+            updated = (
+                Node.objects.filter(silent, pk=node.pk)
+                .exclude(state=NodeState.LOST)
+                .update(state=NodeState.LOST)
+            )
             if updated:
                 node.refresh_from_db()
                 audit.record(Actor.for_system("reconcile"), "node.lost", node, after=node.snapshot())
@@ -44,20 +48,29 @@ def reconcile_deployment(deployment_id: int) -> set[str]:
     """Bring one deployment's replicas toward its desired state; return the nodes to poke."""
     touched: set[str] = set()
     with transaction.atomic():
-        deployment = (Deployment.objects.select_for_update().select_related("version", "pool")
-                      .filter(pk=deployment_id).first())
+        deployment = (
+            Deployment.objects.select_for_update()
+            .select_related("version", "pool")
+            .filter(pk=deployment_id)
+            .first()
+        )
         if deployment is None:
             return touched
         replicas = list(deployment.replica_set.select_related("node"))
-        views = [planning.ReplicaView(r.pk, r.generation, r.state, r.desired, r.node.state if r.node else None)
-                 for r in replicas]
+        views = [
+            planning.ReplicaView(r.pk, r.generation, r.state, r.desired, r.node.state if r.node else None)
+            for r in replicas
+        ]
         plan = planning.plan(deployment.replicas, deployment.generation, views)
         by_id = {r.pk: r for r in replicas}
         for replica_id in plan.forget:
             replica = by_id[replica_id]
             if replica.state != ReplicaState.STOPPED:
-                DeploymentEvent.objects.create(deployment=deployment, kind="replica_lost",
-                                               message=f"Replica #{replica_id} lost with its node; replacing it.")
+                DeploymentEvent.objects.create(
+                    deployment=deployment,
+                    kind="replica_lost",
+                    message=f"Replica #{replica_id} lost with its node; replacing it.",
+                )
             Replica.objects.filter(pk=replica_id).delete()
         for replica_id in plan.stop:
             replica = by_id[replica_id]
@@ -68,8 +81,11 @@ def reconcile_deployment(deployment_id: int) -> set[str]:
         if plan.start:
             args = engine_args.validate(deployment.engine_args, deployment.pool.kind)
             estimate = scheduler.estimate(
-                pool_kind=deployment.pool.kind, parameter_count=deployment.version.parameter_count or 0,
-                shape=deployment.version.shape, args=args, adapter_parameters=_adapter_parameters(deployment),
+                pool_kind=deployment.pool.kind,
+                parameter_count=deployment.version.parameter_count or 0,
+                shape=deployment.version.shape,
+                args=args,
+                adapter_parameters=_adapter_parameters(deployment),
             )
             if deployment.pool.kind == PoolKind.GPU:
                 # Fine-tune jobs claim GPUs under the same lock (training.finetune): never both on one GPU.
@@ -77,20 +93,33 @@ def reconcile_deployment(deployment_id: int) -> set[str]:
             for _ in range(plan.start):
                 used_nodes = {r.node.name for r in replicas if r.node and r.desired == DesiredState.RUNNING}
                 try:
-                    placement = scheduler.place(estimate, pool_capacity(deployment.pool),
-                                                pool_kind=deployment.pool.kind, args=args, avoid=used_nodes)
+                    placement = scheduler.place(
+                        estimate,
+                        pool_capacity(deployment.pool),
+                        pool_kind=deployment.pool.kind,
+                        args=args,
+                        avoid=used_nodes,
+                    )
                 except scheduler.Unschedulable as exc:
                     detail = f"Cannot place a replica: {exc}"
                     break
                 node = Node.objects.get(pool=deployment.pool, name=placement.node)
                 replica = Replica.objects.create(
-                    deployment=deployment, node=node, generation=deployment.generation, host=node.address,
-                    gpu_indices=placement.gpu_indices, reserved_memory_bytes=placement.reserved_memory_bytes,
+                    deployment=deployment,
+                    node=node,
+                    generation=deployment.generation,
+                    host=node.address,
+                    gpu_indices=placement.gpu_indices,
+                    reserved_memory_bytes=placement.reserved_memory_bytes,
                     reserved_cores=placement.reserved_cores,
                 )
                 replicas.append(replica)
-                DeploymentEvent.objects.create(deployment=deployment, replica=replica, kind="scheduled",
-                                               message=f"Replica #{replica.pk} scheduled on {node.name}.")
+                DeploymentEvent.objects.create(
+                    deployment=deployment,
+                    replica=replica,
+                    kind="scheduled",
+                    message=f"Replica #{replica.pk} scheduled on {node.name}.",
+                )
                 touched.add(node.name)
         status = plan.status
         if detail and status == DeploymentStatus.RUNNING:
@@ -107,12 +136,16 @@ def reconcile_deployment(deployment_id: int) -> set[str]:
 
 def _describe(deployment: Deployment, status: str) -> str:
     counts: dict[str, int] = {}
-    for state in deployment.replica_set.filter(generation=deployment.generation).values_list("state", flat=True):
+    for state in deployment.replica_set.filter(generation=deployment.generation).values_list(
+        "state", flat=True
+    ):
         counts[state] = counts.get(state, 0) + 1
     ready = counts.get(ReplicaState.READY, 0)
     if status == DeploymentStatus.DEGRADED:
         failed = deployment.replica_set.filter(state=ReplicaState.FAILED).first()
-        return f"{ready}/{deployment.replicas} ready; a replica failed: {failed.state_detail if failed else ''}"
+        return (
+            f"{ready}/{deployment.replicas} ready; a replica failed: {failed.state_detail if failed else ''}"
+        )
     if status == DeploymentStatus.STOPPED:
         return "Stopped."
     return f"{ready}/{deployment.replicas} ready"

@@ -12,8 +12,17 @@ from dataclasses import dataclass, field
 from serving.choices import NodeState, PoolKind
 
 GIB = 1024**3
-BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "auto": 2.0, "int8": 1.0, "fp8": 1.0,
-                   "awq": 0.5, "gptq": 0.5, "bitsandbytes": 0.5}
+BYTES_PER_PARAM = {
+    "float32": 4.0,
+    "bfloat16": 2.0,
+    "float16": 2.0,
+    "auto": 2.0,
+    "int8": 1.0,
+    "fp8": 1.0,
+    "awq": 0.5,
+    "gptq": 0.5,
+    "bitsandbytes": 0.5,
+}
 # Measured: a vLLM CPU server process tree holds ~3.6 GiB with SmolLM2-135M and a 1 GiB KV cache.
 CPU_RUNTIME_OVERHEAD = int(2.2 * GIB)
 # CUDA context, activations and graph buffers per GPU.
@@ -39,8 +48,10 @@ class Estimate:
     cores: int
 
     def describe(self) -> str:
-        return (f"weights {fmt_gib(self.weights_bytes)} + KV cache {fmt_gib(self.kv_bytes)} + "
-                f"runtime {fmt_gib(self.overhead_bytes)}")
+        return (
+            f"weights {fmt_gib(self.weights_bytes)} + KV cache {fmt_gib(self.kv_bytes)} + "
+            f"runtime {fmt_gib(self.overhead_bytes)}"
+        )
 
 
 def kv_bytes_per_token(shape: dict, dtype_bytes: float = 2.0) -> int:
@@ -52,14 +63,16 @@ def kv_bytes_per_token(shape: dict, dtype_bytes: float = 2.0) -> int:
     return int(2 * layers * kv_heads * head_dim * dtype_bytes)
 
 
-def estimate(*, pool_kind: str, parameter_count: int, shape: dict, args: dict,
-             adapter_parameters: int = 0) -> Estimate:
+def estimate(
+    *, pool_kind: str, parameter_count: int, shape: dict, args: dict, adapter_parameters: int = 0
+) -> Estimate:
     dtype = args.get("quantization") or args.get("dtype", "bfloat16")
     weights = int((parameter_count + adapter_parameters) * BYTES_PER_PARAM.get(dtype, 2.0))
     if pool_kind == PoolKind.CPU:
         kv = int(args["kv_cache_space_gib"] * GIB)
-        return Estimate(weights, kv, CPU_RUNTIME_OVERHEAD, 0, 0, weights + kv + CPU_RUNTIME_OVERHEAD,
-                        args["cpu_cores"])
+        return Estimate(
+            weights, kv, CPU_RUNTIME_OVERHEAD, 0, 0, weights + kv + CPU_RUNTIME_OVERHEAD, args["cpu_cores"]
+        )
     tp = args["tensor_parallel_size"]
     # At least one full-length sequence must fit in the KV cache for vLLM to start.
     kv_dtype_bytes = 4.0 if args.get("dtype") == "float32" else 2.0
@@ -93,12 +106,15 @@ class Placement:
     reserved_cores: int
 
 
-def place(estimate_: Estimate, nodes: list[NodeFree], *, pool_kind: str, args: dict,
-          avoid: set[str] | None = None) -> Placement:
+def place(
+    estimate_: Estimate, nodes: list[NodeFree], *, pool_kind: str, args: dict, avoid: set[str] | None = None
+) -> Placement:
     """Pick a node (and GPUs) for one replica; nodes in ``avoid`` are used only if nothing else fits."""
     usable = [n for n in nodes if n.state == NodeState.READY]
     if not usable:
-        raise Unschedulable("No ready node in this pool (nodes are lost, cordoned or draining, or none joined).")
+        raise Unschedulable(
+            "No ready node in this pool (nodes are lost, cordoned or draining, or none joined)."
+        )
     avoid = avoid or set()
     ordered = sorted(usable, key=lambda n: (n.name in avoid, n.name))
     if pool_kind == PoolKind.CPU:
@@ -123,7 +139,9 @@ def _place_gpu(est: Estimate, nodes: list[NodeFree], args: dict) -> Placement:
     candidates = []
     for node in nodes:
         claim = {g.index: int(g.total_bytes * args["gpu_memory_utilization"]) for g in node.gpus}
-        good = [g for g in node.gpus if claim[g.index] >= est.per_gpu_bytes and g.free_bytes >= claim[g.index]]
+        good = [
+            g for g in node.gpus if claim[g.index] >= est.per_gpu_bytes and g.free_bytes >= claim[g.index]
+        ]
         if len(good) >= est.gpus:
             chosen = sorted(good, key=lambda g: (-g.free_bytes, g.index))[: est.gpus]
             candidates.append((node, chosen, claim))

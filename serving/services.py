@@ -50,13 +50,26 @@ def _after_commit_reconcile(deployment_id: int) -> None:
 
 # --- Pools and nodes -------------------------------------------------------------------------------
 @transaction.atomic
-def create_pool(*, actor: Actor, name: str, kind: str, description: str = "", teams: list[Team] | None = None,
-                gpu_hour_rate: Decimal = Decimal("0"), cpu_core_hour_rate: Decimal = Decimal("0")) -> ComputePool:
+def create_pool(
+    *,
+    actor: Actor,
+    name: str,
+    kind: str,
+    description: str = "",
+    teams: list[Team] | None = None,
+    gpu_hour_rate: Decimal = Decimal("0"),
+    cpu_core_hour_rate: Decimal = Decimal("0"),
+) -> ComputePool:
     gate.require(actor, "pool.manage")
     if kind not in PoolKind.values:
         raise Invalid(f"kind: choose {' or '.join(PoolKind.values)}.")
-    pool = ComputePool(name=_check_name(name), kind=kind, description=description,
-                       gpu_hour_rate=gpu_hour_rate, cpu_core_hour_rate=cpu_core_hour_rate)
+    pool = ComputePool(
+        name=_check_name(name),
+        kind=kind,
+        description=description,
+        gpu_hour_rate=gpu_hour_rate,
+        cpu_core_hour_rate=cpu_core_hour_rate,
+    )
     try:
         with transaction.atomic():
             pool.save(force_insert=True)
@@ -69,11 +82,22 @@ def create_pool(*, actor: Actor, name: str, kind: str, description: str = "", te
 
 
 @transaction.atomic
-def update_pool(*, actor: Actor, pool: ComputePool, description: str, teams: list[Team],
-                gpu_hour_rate: Decimal, cpu_core_hour_rate: Decimal) -> ComputePool:
+def update_pool(
+    *,
+    actor: Actor,
+    pool: ComputePool,
+    description: str,
+    teams: list[Team],
+    gpu_hour_rate: Decimal,
+    cpu_core_hour_rate: Decimal,
+) -> ComputePool:
     gate.require(actor, "pool.manage")
     before = pool.snapshot()
-    pool.description, pool.gpu_hour_rate, pool.cpu_core_hour_rate = description, gpu_hour_rate, cpu_core_hour_rate
+    pool.description, pool.gpu_hour_rate, pool.cpu_core_hour_rate = (
+        description,
+        gpu_hour_rate,
+        cpu_core_hour_rate,
+    )
     pool.save(update_fields=["description", "gpu_hour_rate", "cpu_core_hour_rate"])
     pool.allowed_teams.set(teams)
     audit.record(actor, "pool.update", pool, before=before, after=pool.snapshot())
@@ -91,8 +115,11 @@ def set_node_state(*, actor: Actor, node: Node, state: str) -> Node:
     before = node.snapshot()
     node.state = state
     node.save(update_fields=["state"])
-    action: dict[str, str] = {NodeState.READY: "node.uncordon", NodeState.CORDONED: "node.cordon",
-                              NodeState.DRAINING: "node.drain"}
+    action: dict[str, str] = {
+        NodeState.READY: "node.uncordon",
+        NodeState.CORDONED: "node.cordon",
+        NodeState.DRAINING: "node.drain",
+    }
     audit.record(actor, action[state], node, before=before, after=node.snapshot())
     for deployment_id in node.replicas.values_list("deployment_id", flat=True).distinct():
         _after_commit_reconcile(deployment_id)
@@ -102,8 +129,13 @@ def set_node_state(*, actor: Actor, node: Node, state: str) -> Node:
 # --- Deployments -----------------------------------------------------------------------------------
 def _preflight(version: ModelVersion, pool: ComputePool, args: dict, adapter_parameters: int = 0) -> None:
     """Refuse a deployment that could not get even one replica now, saying why."""
-    estimate = scheduler.estimate(pool_kind=pool.kind, parameter_count=version.parameter_count or 0,
-                                  shape=version.shape, args=args, adapter_parameters=adapter_parameters)
+    estimate = scheduler.estimate(
+        pool_kind=pool.kind,
+        parameter_count=version.parameter_count or 0,
+        shape=version.shape,
+        args=args,
+        adapter_parameters=adapter_parameters,
+    )
     try:
         scheduler.place(estimate, pool_capacity(pool), pool_kind=pool.kind, args=args)
     except scheduler.Unschedulable as exc:
@@ -113,11 +145,15 @@ def _preflight(version: ModelVersion, pool: ComputePool, args: dict, adapter_par
 def _fits_model(version: ModelVersion, args: dict) -> None:
     """Refuse engine arguments the model itself cannot honour (vLLM would only fail at start-up)."""
     if version.context_length and args["max_model_len"] > version.context_length:
-        raise Invalid(f"engine_args.max_model_len: {args['max_model_len']} exceeds the context length of "
-                      f"{version.label} ({version.context_length} tokens).")
+        raise Invalid(
+            f"engine_args.max_model_len: {args['max_model_len']} exceeds the context length of "
+            f"{version.label} ({version.context_length} tokens)."
+        )
     if version.model.task == Task.EMBEDDING and args["enable_lora"]:
-        raise Invalid("engine_args.enable_lora: adapters are served on chat and completion models, not on an "
-                      "embedding model.")
+        raise Invalid(
+            "engine_args.enable_lora: adapters are served on chat and completion models, not on an "
+            "embedding model."
+        )
 
 
 # --- What a team may use --------------------------------------------------------------------------
@@ -154,8 +190,17 @@ def _deployable(actor: Actor, version: ModelVersion) -> ModelVersion:
 
 
 @transaction.atomic
-def create_deployment(*, actor: Actor, name: str, team: Team, version: ModelVersion, pool: ComputePool,
-                      replicas: int = 1, args: dict | None = None, store_prompts: bool = False) -> Deployment:
+def create_deployment(
+    *,
+    actor: Actor,
+    name: str,
+    team: Team,
+    version: ModelVersion,
+    pool: ComputePool,
+    replicas: int = 1,
+    args: dict | None = None,
+    store_prompts: bool = False,
+) -> Deployment:
     gate.require(actor, "deployment.manage", team)
     pool = gate.get_visible(actor, ComputePool, pk=pool.pk)
     version = _deployable(actor, version)
@@ -167,23 +212,37 @@ def create_deployment(*, actor: Actor, name: str, team: Team, version: ModelVers
     _fits_model(version, resolved)
     if replicas:
         _preflight(version, pool, resolved)
-    deployment = Deployment(name=_check_name(name), owner_team=team, version=version, pool=pool,
-                            replicas=replicas, engine_args=args or {}, store_prompts=store_prompts,
-                            created_by=actor.user)
+    deployment = Deployment(
+        name=_check_name(name),
+        owner_team=team,
+        version=version,
+        pool=pool,
+        replicas=replicas,
+        engine_args=args or {},
+        store_prompts=store_prompts,
+        created_by=actor.user,
+    )
     try:
         with transaction.atomic():
             deployment.save(force_insert=True)
     except IntegrityError:
         raise Conflict(f"A deployment named {name!r} already exists.") from None
     audit.record(actor, "deployment.create", deployment, after=deployment.snapshot())
-    DeploymentEvent.objects.create(deployment=deployment, kind="created",
-                                   message=f"Created by {actor.label}: {replicas} replica(s) of {version.label}.")
+    DeploymentEvent.objects.create(
+        deployment=deployment,
+        kind="created",
+        message=f"Created by {actor.label}: {replicas} replica(s) of {version.label}.",
+    )
     _after_commit_reconcile(deployment.pk)
     return deployment
 
 
 def _locked(deployment: Deployment) -> Deployment:
-    return Deployment.objects.select_for_update().select_related("version", "pool", "owner_team").get(pk=deployment.pk)
+    return (
+        Deployment.objects.select_for_update()
+        .select_related("version", "pool", "owner_team")
+        .get(pk=deployment.pk)
+    )
 
 
 @transaction.atomic
@@ -199,14 +258,17 @@ def scale(*, actor: Actor, deployment: Deployment, replicas: int) -> Deployment:
     deployment.save(update_fields=["replicas", "updated_at"])
     action = "deployment.stop" if replicas == 0 else "deployment.scale"
     audit.record(actor, action, deployment, before=before, after=deployment.snapshot())
-    DeploymentEvent.objects.create(deployment=deployment, kind="scaled", message=f"Desired replicas: {replicas}.")
+    DeploymentEvent.objects.create(
+        deployment=deployment, kind="scaled", message=f"Desired replicas: {replicas}."
+    )
     _after_commit_reconcile(deployment.pk)
     return deployment
 
 
 @transaction.atomic
-def restart(*, actor: Actor, deployment: Deployment, version: ModelVersion | None = None,
-            args: dict | None = None) -> Deployment:
+def restart(
+    *, actor: Actor, deployment: Deployment, version: ModelVersion | None = None, args: dict | None = None
+) -> Deployment:
     """A rolling restart, optionally to another version or engine arguments: each new replica is ready
     before an old one stops."""
     gate.require(actor, "deployment.manage", deployment)
@@ -216,7 +278,9 @@ def restart(*, actor: Actor, deployment: Deployment, version: ModelVersion | Non
         version = _deployable(actor, version)
         require_usable_by(deployment.owner_team, version)
         if deployment.adapters.exclude(version__base_version=version).exists():
-            raise Conflict("Its adapters were trained on the current base; remove them before changing version.")
+            raise Conflict(
+                "Its adapters were trained on the current base; remove them before changing version."
+            )
         deployment.version = version
     if args is not None:
         deployment.engine_args = args
@@ -224,16 +288,25 @@ def restart(*, actor: Actor, deployment: Deployment, version: ModelVersion | Non
     deployment.generation += 1
     deployment.updated_at = timezone.now()
     deployment.save(update_fields=["version", "engine_args", "generation", "updated_at"])
-    action = "deployment.update" if before["version"] != deployment.version.label or args is not None else "deployment.restart"
+    action = (
+        "deployment.update"
+        if before["version"] != deployment.version.label or args is not None
+        else "deployment.restart"
+    )
     audit.record(actor, action, deployment, before=before, after=deployment.snapshot())
-    DeploymentEvent.objects.create(deployment=deployment, kind="rollout",
-                                   message=f"Rolling to generation {deployment.generation} ({deployment.version.label}).")
+    DeploymentEvent.objects.create(
+        deployment=deployment,
+        kind="rollout",
+        message=f"Rolling to generation {deployment.generation} ({deployment.version.label}).",
+    )
     _after_commit_reconcile(deployment.pk)
     return deployment
 
 
 @transaction.atomic
-def add_adapter(*, actor: Actor, deployment: Deployment, adapter: ModelVersion, name: str = "") -> DeploymentAdapter:
+def add_adapter(
+    *, actor: Actor, deployment: Deployment, adapter: ModelVersion, name: str = ""
+) -> DeploymentAdapter:
     """Serve an adapter of the deployment's base: running replicas hot-load it without a restart."""
     gate.require(actor, "deployment.manage", deployment)
     deployment = _locked(deployment)
@@ -248,7 +321,9 @@ def add_adapter(*, actor: Actor, deployment: Deployment, adapter: ModelVersion, 
     args = engine_args.validate(deployment.engine_args, deployment.pool.kind)
     rank = (adapter.metrics.get("adapter") or {}).get("r")
     if rank and rank > args["max_lora_rank"]:
-        raise Invalid(f"{adapter.label} has rank {rank}; the deployment allows up to max_lora_rank={args['max_lora_rank']}.")
+        raise Invalid(
+            f"{adapter.label} has rank {rank}; the deployment allows up to max_lora_rank={args['max_lora_rank']}."
+        )
     # Model names may hold dots and underscores, which deployment-scoped names do not.
     default = re.sub(r"[^a-z0-9-]+", "-", f"{deployment.name}-{adapter.model.name}-v{adapter.number}")
     name = _check_name(name or default[:63].rstrip("-"))
@@ -257,16 +332,23 @@ def add_adapter(*, actor: Actor, deployment: Deployment, adapter: ModelVersion, 
         with transaction.atomic():
             attached = DeploymentAdapter.objects.create(deployment=deployment, version=adapter, name=name)
     except IntegrityError:
-        raise Conflict(f"{adapter.label} (or the name {name!r}) is already served by {deployment.name}.") from None
+        raise Conflict(
+            f"{adapter.label} (or the name {name!r}) is already served by {deployment.name}."
+        ) from None
     if not args["enable_lora"]:
         # Hot-loading needs an engine started with LoRA on: roll the replicas once with it enabled.
         deployment.engine_args = {**deployment.engine_args, "enable_lora": True}
         deployment.generation += 1
         deployment.save(update_fields=["engine_args", "generation"])
-        DeploymentEvent.objects.create(deployment=deployment, kind="rollout",
-                                       message="Enabling LoRA serving: rolling restart with --enable-lora.")
+        DeploymentEvent.objects.create(
+            deployment=deployment,
+            kind="rollout",
+            message="Enabling LoRA serving: rolling restart with --enable-lora.",
+        )
     audit.record(actor, "deployment.adapter_add", deployment, before=before, after=deployment.snapshot())
-    DeploymentEvent.objects.create(deployment=deployment, kind="adapter_added", message=f"Adapter {name} ({adapter.label}) added.")
+    DeploymentEvent.objects.create(
+        deployment=deployment, kind="adapter_added", message=f"Adapter {name} ({adapter.label}) added."
+    )
     _after_commit_reconcile(deployment.pk)
     _poke_nodes(deployment)
     return attached
@@ -277,11 +359,15 @@ def remove_adapter(*, actor: Actor, attached: DeploymentAdapter) -> None:
     deployment = attached.deployment
     gate.require(actor, "deployment.manage", deployment)
     if attached.routes.exists():
-        raise Conflict(f"Endpoint(s) {', '.join(r.endpoint.name for r in attached.routes.all())} route to {attached.name}.")
+        raise Conflict(
+            f"Endpoint(s) {', '.join(r.endpoint.name for r in attached.routes.all())} route to {attached.name}."
+        )
     before = deployment.snapshot()
     attached.delete()
     audit.record(actor, "deployment.adapter_remove", deployment, before=before, after=deployment.snapshot())
-    DeploymentEvent.objects.create(deployment=deployment, kind="adapter_removed", message=f"Adapter {attached.name} removed.")
+    DeploymentEvent.objects.create(
+        deployment=deployment, kind="adapter_removed", message=f"Adapter {attached.name} removed."
+    )
     _poke_nodes(deployment)
 
 
@@ -289,6 +375,7 @@ def _poke_nodes(deployment: Deployment) -> None:
     from serving.tasks import poke_node
 
     names = set(deployment.replica_set.exclude(node=None).values_list("node__name", flat=True))
+
     def poke() -> None:
         for name in names:
             poke_node(name)
@@ -301,7 +388,9 @@ def delete_deployment(*, actor: Actor, deployment: Deployment) -> None:
     gate.require(actor, "deployment.manage", deployment)
     deployment = _locked(deployment)
     if deployment.replicas or deployment.replica_set.exists():
-        raise Conflict("Stop the deployment (scale to 0) and wait for its replicas to stop before deleting it.")
+        raise Conflict(
+            "Stop the deployment (scale to 0) and wait for its replicas to stop before deleting it."
+        )
     if deployment.routes.exists():
         raise Conflict("Endpoints still route to this deployment.")
     audit.record(actor, "deployment.delete", deployment, before=deployment.snapshot())
@@ -309,21 +398,27 @@ def delete_deployment(*, actor: Actor, deployment: Deployment) -> None:
 
 
 # --- Endpoints -------------------------------------------------------------------------------------
-def _routes(actor: Actor, team: Team, routes: list[dict]) -> list[tuple[Deployment, DeploymentAdapter | None, int]]:
+def _routes(
+    actor: Actor, team: Team, routes: list[dict]
+) -> list[tuple[Deployment, DeploymentAdapter | None, int]]:
     if not routes:
         raise Invalid("routes: an endpoint needs at least one route.")
     resolved = []
     for index, route in enumerate(routes):
         deployment = Deployment.objects.visible_to(actor).filter(name=route.get("deployment")).first()
         if deployment is None:
-            raise Invalid(f"routes[{index}].deployment: no deployment {route.get('deployment')!r} visible to you.")
+            raise Invalid(
+                f"routes[{index}].deployment: no deployment {route.get('deployment')!r} visible to you."
+            )
         if deployment.owner_team_id != team.pk:
             raise Invalid(f"routes[{index}]: an endpoint routes to its own team's deployments only.")
         adapter = None
         if route.get("adapter"):
             adapter = deployment.adapters.filter(name=route["adapter"]).first()
             if adapter is None:
-                raise Invalid(f"routes[{index}].adapter: {deployment.name} serves no adapter {route['adapter']!r}.")
+                raise Invalid(
+                    f"routes[{index}].adapter: {deployment.name} serves no adapter {route['adapter']!r}."
+                )
         weight = route.get("weight", 100)
         if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 10_000:
             raise Invalid(f"routes[{index}].weight: a whole number 0..10000.")
@@ -355,19 +450,34 @@ MAX_N_DEFAULT, MAX_N_CEILING = 8, 128  # as Endpoint.max_n's default and validat
 def _check_max_n(value: int) -> int:
     # Each completion is reserved for and billed: the cap bounds what one call can hold of a budget.
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_N_CEILING:
-        raise Invalid(f"max_n: between 1 and {MAX_N_CEILING} completions per prompt.", fields={
-            "max_n": [f"Between 1 and {MAX_N_CEILING}."]})
+        raise Invalid(
+            f"max_n: between 1 and {MAX_N_CEILING} completions per prompt.",
+            fields={"max_n": [f"Between 1 and {MAX_N_CEILING}."]},
+        )
     return value
 
 
 @transaction.atomic
-def create_endpoint(*, actor: Actor, name: str, team: Team, routes: list[dict], description: str = "",
-                    fallback: Endpoint | None = None, max_n: int = MAX_N_DEFAULT) -> Endpoint:
+def create_endpoint(
+    *,
+    actor: Actor,
+    name: str,
+    team: Team,
+    routes: list[dict],
+    description: str = "",
+    fallback: Endpoint | None = None,
+    max_n: int = MAX_N_DEFAULT,
+) -> Endpoint:
     gate.require(actor, "deployment.manage", team)
     resolved = _routes(actor, team, routes)
     fallback = _fallback(actor, team, fallback)
-    endpoint = Endpoint(name=_check_name(name), owner_team=team, description=description, fallback=fallback,
-                        max_n=_check_max_n(max_n))
+    endpoint = Endpoint(
+        name=_check_name(name),
+        owner_team=team,
+        description=description,
+        fallback=fallback,
+        max_n=_check_max_n(max_n),
+    )
     try:
         with transaction.atomic():
             endpoint.save(force_insert=True)
@@ -380,8 +490,14 @@ def create_endpoint(*, actor: Actor, name: str, team: Team, routes: list[dict], 
 
 
 @transaction.atomic
-def set_routes(*, actor: Actor, endpoint: Endpoint, routes: list[dict], fallback: Endpoint | None = None,
-               max_n: int | None = None) -> Endpoint:
+def set_routes(
+    *,
+    actor: Actor,
+    endpoint: Endpoint,
+    routes: list[dict],
+    fallback: Endpoint | None = None,
+    max_n: int | None = None,
+) -> Endpoint:
     """Change an endpoint's weights (canary, A/B), fallback and completions cap (``None``: unchanged);
     audited with before and after."""
     gate.require(actor, "deployment.manage", endpoint)

@@ -149,7 +149,9 @@ def test_bodies_within_the_limit_reach_django_declared_or_chunked(server):
         f"Content-Length: {len(payload)}\n",
         payload,
     )
-    assert status == 401 and b"unauthenticated" in body  # the API's refusal of an anonymous write: it got through
+    assert (
+        status == 401 and b"unauthenticated" in body
+    )  # the API's refusal of an anonymous write: it got through
     status, _, body, _ = exchange(
         base,
         "POST /api/v1/teams HTTP/1.1\nHost: 127.0.0.1\nContent-Type: application/json\nTransfer-Encoding: chunked\n",

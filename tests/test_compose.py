@@ -75,7 +75,10 @@ def test_the_dockerfile_installs_the_project_and_defaults_to_the_web_server():
 def test_node_agents_carry_their_engine_and_join_a_pool(compose, service, engine):
     spec = compose["services"][service]
     assert spec["build"]["args"]["ENGINE"] == engine
-    assert spec["environment"]["PORTFOLIO_NODE_POOL"] and spec["environment"]["PORTFOLIO_NODE_ADDRESS"] == service
+    assert (
+        spec["environment"]["PORTFOLIO_NODE_POOL"]
+        and spec["environment"]["PORTFOLIO_NODE_ADDRESS"] == service
+    )
     assert (ROOT / "serving" / "engines" / f"requirements-{engine}.txt").exists()
 
 
@@ -98,8 +101,12 @@ def secret_of(path: str) -> str:
 def test_every_secret_file_a_platform_service_names_is_mounted_into_it(compose, service):
     spec = compose["services"][service]
     named = {secret_of(value) for key, value in env_of(compose, service).items() if key.endswith("_FILE")}
-    assert named <= set(spec["secrets"]), f"{service} reads secrets it does not mount: {named - set(spec['secrets'])}"
-    assert set(spec["secrets"]) <= named, f"{service} mounts secrets it never reads: {set(spec['secrets']) - named}"
+    assert named <= set(spec["secrets"]), (
+        f"{service} reads secrets it does not mount: {named - set(spec['secrets'])}"
+    )
+    assert set(spec["secrets"]) <= named, (
+        f"{service} mounts secrets it never reads: {set(spec['secrets']) - named}"
+    )
     for name in spec["secrets"]:
         assert compose["secrets"][name]["file"] == f"./secrets/{name}"
 
@@ -108,7 +115,11 @@ def test_every_secret_file_a_platform_service_names_is_mounted_into_it(compose, 
 def test_every_platform_service_starts_with_exactly_the_secrets_it_mounts(compose, service, tmp_path):
     """Production settings load in the service's environment, where a secret file it does not mount is absent."""
     spec = compose["services"][service]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PORTFOLIO_", "DATABASE_", "REDIS_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "PORTFOLIO_", "DATABASE_", "REDIS_"))
+    }
     for key, value in env_of(compose, service).items():
         if value.startswith("/run/secrets/"):
             value = str(tmp_path / secret_of(value))
@@ -120,7 +131,10 @@ def test_every_platform_service_starts_with_exactly_the_secrets_it_mounts(compos
     env["PORTFOLIO_DATA_DIR"] = str(tmp_path / "data")  # the image's folder does not exist here
     result = subprocess.run(
         [sys.executable, "-c", "import django; django.setup()"],
-        cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "portfolio.settings"}, capture_output=True, text=True,
+        cwd=ROOT,
+        env={**env, "DJANGO_SETTINGS_MODULE": "portfolio.settings"},
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -162,7 +176,9 @@ def test_browser_uploads_and_import_folders_are_shared_by_the_web_server_and_the
     saved = save_upload([b"PK"], "adapter.zip")
     uploads = saved.parent.relative_to(tmp_path).as_posix()
     # The import task runs on the control queue, which the worker service consumes.
-    assert import_version.name == "registry.import_version" and settings.CELERY_TASK_DEFAULT_QUEUE == "control"
+    assert (
+        import_version.name == "registry.import_version" and settings.CELERY_TASK_DEFAULT_QUEUE == "control"
+    )
     assert compose["services"]["worker"]["command"][1] == "worker"
     mounts = {}
     for service in ("web", "worker"):
@@ -195,7 +211,9 @@ def test_node_agents_reach_the_gateway_of_the_web_service(compose, service):
 def test_redis_requires_the_password_every_platform_service_is_given(compose):
     redis = compose["services"]["redis"]
     assert "redis_password" in redis["secrets"]
-    assert "requirepass" in " ".join(redis["command"]) and "/run/secrets/redis_password" in " ".join(redis["command"])
+    assert "requirepass" in " ".join(redis["command"]) and "/run/secrets/redis_password" in " ".join(
+        redis["command"]
+    )
     assert "REDISCLI_AUTH" in " ".join(redis["healthcheck"]["test"])
     for service in PLATFORM_SERVICES:
         env = env_of(compose, service)
@@ -217,7 +235,9 @@ def test_migrations_run_as_the_owner_and_everything_else_as_the_application_role
     # The database's first start creates both roles (the init script reads both passwords).
     postgres = compose["services"]["postgres"]
     init = (ROOT / "deploy" / "postgres" / "init-roles.sh").read_text()
-    assert "./deploy/postgres/init-roles.sh:/docker-entrypoint-initdb.d/init-roles.sh:ro" in postgres["volumes"]
+    assert (
+        "./deploy/postgres/init-roles.sh:/docker-entrypoint-initdb.d/init-roles.sh:ro" in postgres["volumes"]
+    )
     assert {"db_owner_password", "db_app_password"} <= set(postgres["secrets"])
     assert f"CREATE ROLE {owner['USER']} " in init and f"CREATE ROLE {app_role} " in init
     assert postgres["environment"]["POSTGRES_USER"] not in (owner["USER"], app_role)
@@ -227,9 +247,12 @@ def test_the_web_server_believes_forwarded_addresses_from_the_tls_proxy_only(com
     web = compose["services"]["web"]
     proxies = Env(env_of(compose, "web")).networks("PORTFOLIO_TRUSTED_PROXIES", [])
     subnet = ipaddress.ip_network(interpolated(compose["networks"]["default"]["ipam"]["config"][0]["subnet"]))
-    gateway = ipaddress.ip_address(interpolated(compose["networks"]["default"]["ipam"]["config"][0]["gateway"]))
+    gateway = ipaddress.ip_address(
+        interpolated(compose["networks"]["default"]["ipam"]["config"][0]["gateway"])
+    )
     assert [ipaddress.ip_network(p) for p in proxies] == [
-        ipaddress.ip_network(gateway), ipaddress.ip_network("127.0.0.1")  # the proxy, the container's health check
+        ipaddress.ip_network(gateway),
+        ipaddress.ip_network("127.0.0.1"),  # the proxy, the container's health check
     ]
     assert gateway in subnet
     # Published on the host's loopback only: clients come through the proxy, never around it.
@@ -262,15 +285,21 @@ def test_the_web_health_check_passes_against_a_production_web_server(compose, db
     from tests.web_process import start_web, stop_web
 
     spec = compose["services"]["web"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PORTFOLIO_", "DATABASE_", "REDIS_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "PORTFOLIO_", "DATABASE_", "REDIS_"))
+    }
     for key, value in env_of(compose, "web").items():
         env[key] = str(tmp_path / secret_of(value)) if value.startswith("/run/secrets/") else value
     for name in spec["secrets"]:
         (tmp_path / name).write_text(f"{name}-" + "s" * 40 + "\n")
     (tmp_path / "audit_signing_key").write_bytes(ed25519_pem())
     env.update(
-        DATABASE_URL=database_url({**connection.settings_dict, "PASSWORD": ""}), REDIS_URL=settings.REDIS_URL,
-        PORTFOLIO_DATA_DIR=str(tmp_path / "data"), PORTFOLIO_STORAGE="local",
+        DATABASE_URL=database_url({**connection.settings_dict, "PASSWORD": ""}),
+        REDIS_URL=settings.REDIS_URL,
+        PORTFOLIO_DATA_DIR=str(tmp_path / "data"),
+        PORTFOLIO_STORAGE="local",
     )
     for name in ("DATABASE_PASSWORD_FILE", "REDIS_PASSWORD_FILE", "MINIO_SECRET_KEY_FILE"):
         env.pop(name)  # the test servers ask for no password
@@ -278,7 +307,9 @@ def test_the_web_health_check_passes_against_a_production_web_server(compose, db
     try:
         check = spec["healthcheck"]["test"]
         assert check[0] == "CMD"
-        command = [sys.executable if part == "python" else part.replace(":8000/", f":{port}/") for part in check[1:]]
+        command = [
+            sys.executable if part == "python" else part.replace(":8000/", f":{port}/") for part in check[1:]
+        ]
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr[-2000:] + (tmp_path / "web.log").read_text()[-3000:]
     finally:
@@ -290,4 +321,7 @@ def test_the_web_server_takes_its_metrics_scrape_token_from_a_secret_of_its_own(
     env = env_of(compose, "web")
     assert env["PORTFOLIO_METRICS_TOKEN_FILE"] == "/run/secrets/metrics_token"
     assert "metrics_token" in compose["services"]["web"]["secrets"]
-    assert all("metrics_token" not in compose["services"][name].get("secrets", []) for name in PLATFORM_SERVICES - {"web"})
+    assert all(
+        "metrics_token" not in compose["services"][name].get("secrets", [])
+        for name in PLATFORM_SERVICES - {"web"}
+    )

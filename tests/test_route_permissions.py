@@ -91,7 +91,9 @@ UI_ROUTES: dict[str, Rule] = {
     "version-promote": ui("team", "model.promote", "POST", alias="staging"),
     "version-archive": ui("team", "model.register", "POST"),
     "version-verify": ui("team", "model.register", "POST"),
-    "version-chat-template": ui("team", "model.register", "POST", chat_template="{% for m in messages %}{% endfor %}"),
+    "version-chat-template": ui(
+        "team", "model.register", "POST", chat_template="{% for m in messages %}{% endfor %}"
+    ),
 }
 
 API_ROUTES: dict[str, Rule] = {
@@ -99,7 +101,9 @@ API_ROUTES: dict[str, Rule] = {
     "GET /departments": rest("signed_in"),
     "POST /departments": rest("org", "department.create", "POST", name="Finance", cost_center="CC-900"),
     "GET /departments/{department_id}": rest("team", "department.view"),
-    "PUT /departments/{department_id}": rest("team", "department.change", "PUT", name="Ops", cost_center="CC-100"),
+    "PUT /departments/{department_id}": rest(
+        "team", "department.change", "PUT", name="Ops", cost_center="CC-100"
+    ),
     "GET /teams": rest("signed_in"),
     "POST /teams": rest("org", "team.create", "POST", department_id="{department_id}", name="New team"),
     "GET /teams/{team_id}": rest("team", "team.view"),
@@ -127,14 +131,16 @@ API_ROUTES: dict[str, Rule] = {
     "GET /models/{name}/versions": rest("team", "model.view"),
     "GET /models/{name}/versions/{number}": rest("team", "model.view"),
     "POST /models/{name}/imports": rest("team", "model.register", "POST", source="hub", ref="acme/tiny@main"),
-    "POST /models/{name}/uploads": ui("team", "model.register", "POST", base_version_id="{version_id}",
-                                      file="<adapter.zip>"),
+    "POST /models/{name}/uploads": ui(
+        "team", "model.register", "POST", base_version_id="{version_id}", file="<adapter.zip>"
+    ),
     "POST /models/{name}/versions/{number}/promote": rest("team", "model.promote", "POST", alias="staging"),
     "POST /models/{name}/versions/{number}/archive": rest("team", "model.register", "POST"),
     "GET /models/{name}/versions/{number}/files/{path:path}": rest("team", "model.view"),
     "POST /models/{name}/versions/{number}/verify": rest("team", "model.register", "POST"),
-    "POST /models/{name}/versions/{number}/chat-template": rest("team", "model.register", "POST",
-                                                                chat_template="{% for m in messages %}{% endfor %}"),
+    "POST /models/{name}/versions/{number}/chat-template": rest(
+        "team", "model.register", "POST", chat_template="{% for m in messages %}{% endfor %}"
+    ),
     "GET /models/{name}/lineage": rest("team", "model.view"),
     "GET /models/{name}/compare": rest("team", "model.view", a="1", b="1"),
     # Serving
@@ -143,44 +149,82 @@ API_ROUTES: dict[str, Rule] = {
     "GET /nodes": rest("signed_in"),
     "POST /nodes/{node}/state": rest("org", "pool.manage", "POST", state="cordoned"),
     "GET /deployments": rest("signed_in"),
-    "POST /deployments": rest("team", "deployment.manage", "POST", name="new-dep", team_id="{team_id}",
-                              version_id="{version_id}", pool="local-cpu", replicas=0),
+    "POST /deployments": rest(
+        "team",
+        "deployment.manage",
+        "POST",
+        name="new-dep",
+        team_id="{team_id}",
+        version_id="{version_id}",
+        pool="local-cpu",
+        replicas=0,
+    ),
     "GET /deployments/{deployment}": rest("team", "team.view"),
     "POST /deployments/{deployment}/scale": rest("team", "deployment.manage", "POST", replicas=0),
     "POST /deployments/{deployment}/restart": rest("team", "deployment.manage", "POST"),
     "DELETE /deployments/{deployment}": rest("team", "deployment.manage", "DELETE"),
-    "POST /deployments/{deployment}/adapters": rest("team", "deployment.manage", "POST", version_id="{version_id}"),
+    "POST /deployments/{deployment}/adapters": rest(
+        "team", "deployment.manage", "POST", version_id="{version_id}"
+    ),
     "DELETE /deployments/{deployment}/adapters/{adapter}": rest("team", "deployment.manage", "DELETE"),
     "GET /deployments/{deployment}/events": rest("team", "team.view"),
     "GET /deployments/{deployment}/logs": rest("team", "deployment.manage"),
     "GET /endpoints": rest("signed_in"),
-    "POST /endpoints": rest("team", "deployment.manage", "POST", name="new-ep", team_id="{team_id}",
-                            routes=[{"deployment": "smol"}]),
+    "POST /endpoints": rest(
+        "team",
+        "deployment.manage",
+        "POST",
+        name="new-ep",
+        team_id="{team_id}",
+        routes=[{"deployment": "smol"}],
+    ),
     "GET /endpoints/{endpoint}": rest("team", "team.view"),
-    "PUT /endpoints/{endpoint}/routes": rest("team", "deployment.manage", "PUT", routes=[{"deployment": "smol"}]),
+    "PUT /endpoints/{endpoint}/routes": rest(
+        "team", "deployment.manage", "PUT", routes=[{"deployment": "smol"}]
+    ),
     "DELETE /endpoints/{endpoint}": rest("team", "deployment.manage", "DELETE"),
     # Gateway keys and usage
     "GET /teams/{team_id}/keys": rest("team", "apikey.manage"),
     "POST /teams/{team_id}/keys": rest("team", "apikey.manage", "POST", name="ci key"),
     # Scopes and addresses: owners and developers; limits and budgets (and the policy): owners only.
     "PATCH /keys/{key_id}": rest("team", "apikey.manage", "PATCH", allowed_ips=["10.0.0.0/8"]),
-    "PUT /keys/{key_id}": rest("team", "apikey.limits", "PUT", scopes=[], allowed_ips=[], rpm_limit=10,
-                               tpm_limit=None, monthly_token_budget=None, monthly_budget=None),
+    "PUT /keys/{key_id}": rest(
+        "team",
+        "apikey.limits",
+        "PUT",
+        scopes=[],
+        allowed_ips=[],
+        rpm_limit=10,
+        tpm_limit=None,
+        monthly_token_budget=None,
+        monthly_budget=None,
+    ),
     "GET /teams/{team_id}/key-policy": rest("team", "team.view"),
     "PATCH /teams/{team_id}/key-policy": rest("team", "apikey.limits", "PATCH", rpm_limit=100),
     "DELETE /keys/{key_id}": rest("team", "apikey.manage", "DELETE"),
     "GET /usage": rest("signed_in"),
     # Fine-tuning jobs and evaluations
     "GET /training/jobs": rest("signed_in"),
-    "POST /training/jobs": Rule("team", "training.run", "POST", {
-        "base_version_id": "{version_id}", "dataset_version_id": "{dataset_version_id}", "pool": "local-cpu",
-        "method": "qlora"}, json=True),
+    "POST /training/jobs": Rule(
+        "team",
+        "training.run",
+        "POST",
+        {
+            "base_version_id": "{version_id}",
+            "dataset_version_id": "{dataset_version_id}",
+            "pool": "local-cpu",
+            "method": "qlora",
+        },
+        json=True,
+    ),
     "GET /training/jobs/{job_id}": rest("team", "team.view"),
     "POST /training/jobs/{job_id}/cancel": rest("team", "training.run", "POST"),
     "GET /training/evals": rest("signed_in"),
     # Training data
     "GET /datasets": rest("signed_in"),
-    "POST /datasets": rest("team", "training.run", "POST", name="new-set", owner_team_id="{team_id}", kind="chat"),
+    "POST /datasets": rest(
+        "team", "training.run", "POST", name="new-set", owner_team_id="{team_id}", kind="chat"
+    ),
     "GET /datasets/{dataset_id}": rest("team", "model.view"),
     "GET /datasets/{dataset_id}/versions": rest("team", "model.view"),
     "POST /datasets/{dataset_id}/versions": ui("team", "training.run", "POST", file="<dataset.jsonl>"),
@@ -223,7 +267,9 @@ def _api_operations() -> set[str]:
 
 def test_every_route_has_a_permission_decision():
     assert _ui_route_names() - set(UI_ROUTES) == set(), "UI routes without a declared permission decision"
-    assert _api_operations() - set(API_ROUTES) == set(), "API operations without a declared permission decision"
+    assert _api_operations() - set(API_ROUTES) == set(), (
+        "API operations without a declared permission decision"
+    )
 
 
 def test_no_declaration_is_stale():
@@ -268,27 +314,48 @@ def world(org, team, department, make_user, settings, tmp_path):
     make_user("newbie")
     model = registry_services.create_model(actor=actor_for(org["engineer"]), name="router", owner_team=team)
     folder = make_model_folder(Path(settings.IMPORT_ROOTS[0]) / "tiny")
-    version = registry_services.start_import(actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL,
-                                             ref=str(folder), enqueue=False)
+    version = registry_services.start_import(
+        actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL, ref=str(folder), enqueue=False
+    )
     import_version(version.pk)
     admin = actor_for(org["admin"])
     pool = serving_services.create_pool(actor=admin, name="local-cpu", kind="cpu")
-    Node.objects.create(name="node-1", pool=pool, address="127.0.0.1", cpu_cores=2, memory_bytes=24 * 2**30,
-                        heartbeat_at=timezone.now())
-    deployment = serving_services.create_deployment(actor=admin, name="smol", team=team, version=version, pool=pool,
-                                                    replicas=0)
+    Node.objects.create(
+        name="node-1",
+        pool=pool,
+        address="127.0.0.1",
+        cpu_cores=2,
+        memory_bytes=24 * 2**30,
+        heartbeat_at=timezone.now(),
+    )
+    deployment = serving_services.create_deployment(
+        actor=admin, name="smol", team=team, version=version, pool=pool, replicas=0
+    )
     serving_services.create_endpoint(actor=admin, name="smol-ep", team=team, routes=[{"deployment": "smol"}])
     api_key, _ = key_services.create_key(actor=admin, team=team, name="team key")
     training_world = training_rules.build_world(actor=actor_for(org["engineer"]), team=team)
     dataset_version = DatasetVersion.objects.get(dataset_id=training_world["dataset_id"])
-    job = FineTuneJob.objects.create(owner_team=team, base_version=version, dataset_version=dataset_version,
-                                     target_model=model, pool=pool)
+    job = FineTuneJob.objects.create(
+        owner_team=team, base_version=version, dataset_version=dataset_version, target_model=model, pool=pool
+    )
     yield {
-        "department_id": department.pk, "pk_department": department.pk, "team_id": team.pk, "slug": team.slug,
-        "membership_id": Membership.objects.get(team=team, user=org["viewer"]).pk, "name": "router",
-        "number": 1, "path": "config.json", "version_id": version.pk,
-        "node": "node-1", "deployment": deployment.name, "endpoint": "smol-ep", "adapter": "none",
-        "key_id": api_key.pk, "dataset_version_id": dataset_version.pk, "job_id": job.pk, **training_world,
+        "department_id": department.pk,
+        "pk_department": department.pk,
+        "team_id": team.pk,
+        "slug": team.slug,
+        "membership_id": Membership.objects.get(team=team, user=org["viewer"]).pk,
+        "name": "router",
+        "number": 1,
+        "path": "config.json",
+        "version_id": version.pk,
+        "node": "node-1",
+        "deployment": deployment.name,
+        "endpoint": "smol-ep",
+        "adapter": "none",
+        "key_id": api_key.pk,
+        "dataset_version_id": dataset_version.pk,
+        "job_id": job.pk,
+        **training_world,
         "user_id": User.objects.get(username="newbie").pk,
     }
     default_store.cache_clear()
@@ -310,14 +377,18 @@ def _ui_url(name: str, values: dict, own_token_pk: int | None) -> str:
         if name in rules.UI_KWARGS:
             return reverse(name, kwargs=rules.ui_kwargs(name, values))
     kwargs_by_name = {
-        "department-detail": {"pk": values["pk_department"]}, "department-edit": {"pk": values["pk_department"]},
-        "team-detail": {"slug": values["slug"]}, "team-edit": {"slug": values["slug"]},
+        "department-detail": {"pk": values["pk_department"]},
+        "department-edit": {"pk": values["pk_department"]},
+        "team-detail": {"slug": values["slug"]},
+        "team-edit": {"slug": values["slug"]},
         "member-add": {"slug": values["slug"]},
         "member-role": {"slug": values["slug"], "pk": values["membership_id"]},
         "member-remove": {"slug": values["slug"], "pk": values["membership_id"]},
         "token-revoke": {"pk": own_token_pk},
-        **{route: {"pk": values["user_id"]} for route in ("user-detail", "user-roles", "user-deactivate",
-                                                          "user-reactivate")},
+        **{
+            route: {"pk": values["user_id"]}
+            for route in ("user-detail", "user-roles", "user-deactivate", "user-reactivate")
+        },
         "apikey-policy": {"slug": values["slug"]},
         **{
             route: {"name": values["name"]}
@@ -361,7 +432,9 @@ def _call(client, role, org, rule: Rule, url: str, values: dict):
 def _own_token(org, role) -> int | None:
     if role == "anonymous":
         return 999999
-    token, _ = account_services.create_personal_token(actor=actor_for(org[role]), name="mine", expires_in_days=5)
+    token, _ = account_services.create_personal_token(
+        actor=actor_for(org[role]), name="mine", expires_in_days=5
+    )
     return token.pk
 
 
@@ -401,7 +474,11 @@ def test_api_operation_answers_each_role_as_the_matrix_says(client, org, world, 
 @pytest.mark.django_db
 def test_a_member_of_team_a_never_receives_team_b_data(client, org, other_team):
     client.force_login(org["owner"])
-    for url in (f"/teams/{other_team.slug}/", f"/api/v1/teams/{other_team.pk}", f"/api/v1/teams/{other_team.pk}/members"):
+    for url in (
+        f"/teams/{other_team.slug}/",
+        f"/api/v1/teams/{other_team.pk}",
+        f"/api/v1/teams/{other_team.pk}/members",
+    ):
         response = client.get(url)
         assert response.status_code == 404
         assert other_team.name.encode() not in response.content

@@ -52,7 +52,8 @@ def test_personal_tokens_work_through_a_token_hash_key_rotation_and_new_ones_use
     assert client.get("/api/v1/me", **bearer).status_code == 200
     # Used during the grace period: its hash is stored again under the current key.
     assert PersonalToken.objects.get(pk=used.pk).secret_hash == secrets_hashing.keyed_hash(
-        old_token, NEW_HASH_KEY.encode())
+        old_token, NEW_HASH_KEY.encode()
+    )
     new, new_token = account_services.create_personal_token(actor=actor_for(org["developer"]), name="ci")
     assert PersonalToken.objects.get(pk=new.pk).secret_hash == secrets_hashing.keyed_hash(
         new_token, NEW_HASH_KEY.encode()

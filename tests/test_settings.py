@@ -64,8 +64,10 @@ def _secret_files(folder: Path, **values: str) -> dict:
 def _production_env(tmp_path: Path, **extra) -> dict:
     db = settings.DATABASES["default"]
     host = db["HOST"]
-    url = f"postgresql://{db['USER']}@/{db['NAME']}?host={host}" if host.startswith("/") else (
-        f"postgresql://{db['USER']}@{host}:{db['PORT'] or 5432}/{db['NAME']}"
+    url = (
+        f"postgresql://{db['USER']}@/{db['NAME']}?host={host}"
+        if host.startswith("/")
+        else (f"postgresql://{db['USER']}@{host}:{db['PORT'] or 5432}/{db['NAME']}")
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PORTFOLIO_", "DATABASE_"))}
     env.update(
@@ -98,15 +100,23 @@ print(json.dumps({name: plain(getattr(settings, name)) for name in sys.argv[1:]}
 def _settings_in(env: dict, *names: str) -> subprocess.CompletedProcess:
     """A fresh process's settings ``names`` as JSON, or its start-up error."""
     return subprocess.run(
-        [sys.executable, "-c", _PRINT_SETTINGS, *names], cwd=ROOT,
-        env={**env, "DJANGO_SETTINGS_MODULE": "portfolio.settings"}, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", _PRINT_SETTINGS, *names],
+        cwd=ROOT,
+        env={**env, "DJANGO_SETTINGS_MODULE": "portfolio.settings"},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
 def test_production_settings_pass_check_deploy_with_no_warnings(tmp_path):
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=ROOT, env=_production_env(tmp_path), capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=_production_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
@@ -133,7 +143,9 @@ def test_production_refuses_to_derive_a_secret_from_the_secret_key(tmp_path, nam
 
 @pytest.mark.parametrize("name", ["PORTFOLIO_TOKEN_HASH_KEY", "PORTFOLIO_ENGINE_KEY_SECRET"])
 def test_a_production_secret_that_is_the_secret_key_is_refused(tmp_path, name):
-    env = _production_env(tmp_path, **_secret_files(tmp_path / "same", **{name: SECRETS["DJANGO_SECRET_KEY"]}))
+    env = _production_env(
+        tmp_path, **_secret_files(tmp_path / "same", **{name: SECRETS["DJANGO_SECRET_KEY"]})
+    )
     result = _settings_in(env, "TOKEN_HASH_KEY")
     assert result.returncode != 0
     assert f"{name} must be a secret of its own" in result.stderr
@@ -150,7 +162,12 @@ def test_production_reads_each_secret_from_its_own_file_and_rotation_lists_too(t
         ),
     )
     result = _settings_in(
-        env, "SECRET_KEY", "SECRET_KEY_FALLBACKS", "TOKEN_HASH_KEY", "TOKEN_HASH_KEY_PREVIOUS", "ENGINE_KEY_SECRET"
+        env,
+        "SECRET_KEY",
+        "SECRET_KEY_FALLBACKS",
+        "TOKEN_HASH_KEY",
+        "TOKEN_HASH_KEY_PREVIOUS",
+        "ENGINE_KEY_SECRET",
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
@@ -182,8 +199,16 @@ def test_the_image_build_step_loads_production_settings_without_any_real_secret(
 def test_a_database_password_full_of_url_characters_survives_a_round_trip_with_its_options():
     password = "p@ss/w#rd?:%&=+ üñí"
     db = {
-        "NAME": "portfolio db", "USER": "app@corp", "PASSWORD": password, "HOST": "db.internal", "PORT": "6432",
-        "OPTIONS": {"sslmode": "verify-full", "sslrootcert": "/run/secrets/ca.pem", "application_name": "a b"},
+        "NAME": "portfolio db",
+        "USER": "app@corp",
+        "PASSWORD": password,
+        "HOST": "db.internal",
+        "PORT": "6432",
+        "OPTIONS": {
+            "sslmode": "verify-full",
+            "sslrootcert": "/run/secrets/ca.pem",
+            "application_name": "a b",
+        },
     }
     assert database_settings(database_url(db)) == db
     assert password not in database_url(db, with_password=False)

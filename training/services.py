@@ -86,7 +86,9 @@ def create_dataset(
 
 
 # --- What a training job of a team may use --------------------------------------------------------
-def require_job_inputs(*, team: Team, base_version: ModelVersion, pool: ComputePool, target_model: Model) -> None:
+def require_job_inputs(
+    *, team: Team, base_version: ModelVersion, pool: ComputePool, target_model: Model
+) -> None:
     """A fine-tune (or distillation) job belongs to its dataset's team, and what it uses is checked against
     that team, not only against who starts it (who may belong to several teams): the pool must be open to
     the team, the base version shared with it, and the result registered under one of the team's models

@@ -168,7 +168,8 @@ def _storable(name: str, value: str) -> None:
         ) from None
     if "\x00" in value:
         raise RowError(
-            "control_character", f"{name} holds a NUL character (\\u0000 at character {value.index(chr(0)) + 1})"
+            "control_character",
+            f"{name} holds a NUL character (\\u0000 at character {value.index(chr(0)) + 1})",
         )
 
 

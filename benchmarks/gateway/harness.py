@@ -21,8 +21,9 @@ class Processes:
         self.started: list[tuple[str, subprocess.Popen, int]] = []
 
     def start(self, name: str, argv: list[str], *, log: Path, stop_signal: int = signal.SIGTERM, **kwargs):
-        process = subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-                                   **kwargs)
+        process = subprocess.Popen(
+            argv, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, **kwargs
+        )
         self.started.append((name, process, stop_signal))
         return process
 
@@ -48,13 +49,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 90, headers: dict | None = None) -> None:
+def wait_http(
+    url: str, process: subprocess.Popen, log: Path, timeout: float = 90, headers: dict | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{url}: the process exited:\n{log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as response:  # noqa: S310
+            request = urllib.request.Request(url, headers=headers or {})  # noqa: S310 - a local process
+            with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
                 if response.status == 200:
                     return
         except (OSError, urllib.error.HTTPError):
@@ -120,20 +124,29 @@ class Background:
     def report(self, running_sids: list[int]) -> dict:
         elapsed = time.monotonic() - self.began
         times = os.times()
-        ours = (times.user + times.system + times.children_user + times.children_system
-                + sum(session_cpu_seconds(sid) for sid in running_sids)
-                + sum(process_cpu_seconds(pid, children=True) for pid in self.service_pids) - self.services)
+        ours = (
+            times.user
+            + times.system
+            + times.children_user
+            + times.children_system
+            + sum(session_cpu_seconds(sid) for sid in running_sids)
+            + sum(process_cpu_seconds(pid, children=True) for pid in self.service_pids)
+            - self.services
+        )
         busy = machine_busy_seconds() - self.busy
-        return {"load_average_before": self.load_before, "load_average_after": Path("/proc/loadavg").read_text().split()[:3],
-                "seconds": round(elapsed, 1), "machine_busy_core_seconds": round(busy, 1),
-                "this_run_core_seconds": round(ours, 1),
-                "other_work_cores": round(max(0.0, busy - ours) / elapsed, 2)}
+        return {
+            "load_average_before": self.load_before,
+            "load_average_after": Path("/proc/loadavg").read_text().split()[:3],
+            "seconds": round(elapsed, 1),
+            "machine_busy_core_seconds": round(busy, 1),
+            "this_run_core_seconds": round(ours, 1),
+            "other_work_cores": round(max(0.0, busy - ours) / elapsed, 2),
+        }
 
 
 def pin(pid: int, core: int) -> None:
     """Pin a running process (all its threads) to one core; children it forks later inherit it."""
     subprocess.run(["taskset", "-a", "-p", "-c", str(core), str(pid)], check=True, capture_output=True)
-
 
 
 def machine() -> dict:
@@ -146,9 +159,16 @@ def machine() -> dict:
     memory = None
     with contextlib.suppress(OSError, ValueError, IndexError):
         memory = round(int(Path("/proc/meminfo").read_text().split()[1]) / 1024**2, 1)
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory, "kernel": platform.release(),
-            "python": platform.python_version(), "kind": "shared 2-core development machine"
-            if os.cpu_count() == 2 else f"{os.cpu_count()}-core machine"}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": memory,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "kind": "shared 2-core development machine"
+        if os.cpu_count() == 2
+        else f"{os.cpu_count()}-core machine",
+    }
 
 
 def tool_version(argv: list[str]) -> str:
@@ -157,5 +177,3 @@ def tool_version(argv: list[str]) -> str:
         text = (out.stdout + out.stderr).strip().splitlines()
         return text[0] if text else ""
     return ""
-
-

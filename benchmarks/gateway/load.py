@@ -28,27 +28,50 @@ def request_body(model: str, *, stream: bool = False) -> str:
 
 
 def completion_json(model: str) -> str:
-    return json.dumps({
-        "id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": model,
-        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                     "message": {"role": "assistant", "content": "billing"}}],
-        "usage": {"prompt_tokens": 42, "completion_tokens": 2, "total_tokens": 44},
-    }, separators=(",", ":"))
+    return json.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                    "message": {"role": "assistant", "content": "billing"},
+                }
+            ],
+            "usage": {"prompt_tokens": 42, "completion_tokens": 2, "total_tokens": 44},
+        },
+        separators=(",", ":"),
+    )
 
 
 def completion_sse(model: str) -> str:
     def chunk(delta: dict, finish: str | None, usage: dict | None = None, choices: bool = True) -> str:
-        data = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if choices else []}
+        data = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+            if choices
+            else [],
+        }
         if usage:
             data["usage"] = usage
         return "data: " + json.dumps(data, separators=(",", ":")) + "\n\n"
 
     usage = {"prompt_tokens": 42, "completion_tokens": 2, "total_tokens": 44}
-    return (chunk({"role": "assistant", "content": ""}, None) + chunk({"content": "bill"}, None)
-            + chunk({"content": "ing"}, None) + chunk({}, "stop") + chunk({}, None, usage, choices=False)
-            + "data: [DONE]\n\n")
-
+    return (
+        chunk({"role": "assistant", "content": ""}, None)
+        + chunk({"content": "bill"}, None)
+        + chunk({"content": "ing"}, None)
+        + chunk({}, "stop")
+        + chunk({}, None, usage, choices=False)
+        + "data: [DONE]\n\n"
+    )
 
 
 WRK_SCRIPT = """
@@ -68,8 +91,16 @@ end
 
 
 class Target:
-    def __init__(self, name: str, url: str, token: str | None, model: str, stream_url: str, stream_model: str,
-                 sid: int | None = None):
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        token: str | None,
+        model: str,
+        stream_url: str,
+        stream_model: str,
+        sid: int | None = None,
+    ):
         self.name, self.url, self.token, self.model = name, url, token, model
         self.stream_url, self.stream_model = stream_url, stream_model
         self.sid = sid  # the gateway's process session, for its CPU time
@@ -84,8 +115,24 @@ def run_wrk(target: Target, seconds: float, core: int, workdir: Path, connection
     auth = f'wrk.headers["Authorization"] = "Bearer {target.token}"' if target.token else ""
     script.write_text(WRK_SCRIPT.replace("@@BODY@@", target.body()).replace("@@AUTH@@", auth))
     cpu_before = session_cpu_seconds(target.sid)
-    out = subprocess.run(["taskset", "-c", str(core), "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency",
-                          "-s", str(script), target.url], capture_output=True, text=True, timeout=seconds + 30)
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            str(core),
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds:g}s",
+            "--latency",
+            "-s",
+            str(script),
+            target.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    )
     line = [x for x in out.stdout.splitlines() if x.startswith('{"requests"')]
     if out.returncode != 0 or not line:
         raise RuntimeError(f"wrk against {target.name} failed:\n{out.stdout}\n{out.stderr}")
@@ -94,15 +141,35 @@ def run_wrk(target: Target, seconds: float, core: int, workdir: Path, connection
     result["gateway_cpu_s"] = round(session_cpu_seconds(target.sid) - cpu_before, 3)
     target.requests += result["requests"]
     if result["non2xx"] or result["errors"]:
-        raise RuntimeError(f"wrk against {target.name}: {result['non2xx']} non-2xx, {result['errors']} errors")
+        raise RuntimeError(
+            f"wrk against {target.name}: {result['non2xx']} non-2xx, {result['errors']} errors"
+        )
     return result
 
 
 def run_hey(target: Target, rate: float, seconds: float, core: int) -> dict:
     """Offer `rate` requests/s for `seconds` from max(2, rate/100) workers, each rate-limited (hey -q)."""
     workers = max(2, math.ceil(rate / 100))
-    argv = ["taskset", "-c", str(core), "hey", "-z", f"{seconds:g}s", "-c", str(workers), "-q",
-            f"{rate / workers:.3f}", "-t", "10", "-m", "POST", "-T", "application/json", "-d", target.body()]
+    argv = [
+        "taskset",
+        "-c",
+        str(core),
+        "hey",
+        "-z",
+        f"{seconds:g}s",
+        "-c",
+        str(workers),
+        "-q",
+        f"{rate / workers:.3f}",
+        "-t",
+        "10",
+        "-m",
+        "POST",
+        "-T",
+        "application/json",
+        "-d",
+        target.body(),
+    ]
     if target.token:
         argv += ["-H", f"Authorization: Bearer {target.token}"]
     cpu_before = session_cpu_seconds(target.sid)
@@ -112,22 +179,36 @@ def run_hey(target: Target, rate: float, seconds: float, core: int) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"hey against {target.name} failed:\n{text}\n{out.stderr}")
     statuses = {int(code): int(n) for code, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", text)}
-    percentiles = {int(p): round(float(s) * 1000, 3) for p, s in re.findall(r"\s(\d+)%+ in ([\d.]+) secs", text)}
+    percentiles = {
+        int(p): round(float(s) * 1000, 3) for p, s in re.findall(r"\s(\d+)%+ in ([\d.]+) secs", text)
+    }
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
     slowest = round(float(re.search(r"Slowest:\s+([\d.]+) secs", text).group(1)) * 1000, 3)
     if 99 not in percentiles and sum(statuses.values()) < 100:
         percentiles[99] = slowest  # hey prints no p99 under 100 samples; nearest-rank p99 is then the slowest
     errors = re.search(r"Error distribution:(.*)", text, re.S)
     target.requests += statuses.get(200, 0)
-    return {"offered_rps": round(rate, 1), "workers": workers, "achieved_rps": round(rps, 1),
-            "p50_ms": percentiles.get(50), "p99_ms": percentiles.get(99), "statuses": statuses,
-            "errors": errors.group(1).strip()[:500] if errors else "", "gateway_cpu_s": round(cpu, 3)}
+    return {
+        "offered_rps": round(rate, 1),
+        "workers": workers,
+        "achieved_rps": round(rps, 1),
+        "p50_ms": percentiles.get(50),
+        "p99_ms": percentiles.get(99),
+        "statuses": statuses,
+        "errors": errors.group(1).strip()[:500] if errors else "",
+        "gateway_cpu_s": round(cpu, 3),
+    }
 
 
 def step_ok(step: dict) -> bool:
     ok_count = step["statuses"].get(200, 0)
-    return (not step["errors"] and ok_count == sum(step["statuses"].values()) and step["p99_ms"] is not None
-            and step["p99_ms"] < P99_LIMIT_MS and step["achieved_rps"] >= 0.95 * step["offered_rps"])
+    return (
+        not step["errors"]
+        and ok_count == sum(step["statuses"].values())
+        and step["p99_ms"] is not None
+        and step["p99_ms"] < P99_LIMIT_MS
+        and step["achieved_rps"] >= 0.95 * step["offered_rps"]
+    )
 
 
 def sustained(target: Target, start: float, seconds: float, core: int, log) -> dict:
@@ -138,8 +219,10 @@ def sustained(target: Target, start: float, seconds: float, core: int, log) -> d
         step = run_hey(target, rate, seconds, core)
         step["ok"] = step_ok(step)
         steps.append(step)
-        log(f"  {target.name}: {step['offered_rps']:>8.0f}/s offered -> {step['achieved_rps']:>8.0f}/s, "
-            f"p99 {step['p99_ms']} ms {'ok' if step['ok'] else 'FAIL'}")
+        log(
+            f"  {target.name}: {step['offered_rps']:>8.0f}/s offered -> {step['achieved_rps']:>8.0f}/s, "
+            f"p99 {step['p99_ms']} ms {'ok' if step['ok'] else 'FAIL'}"
+        )
         if step["ok"]:
             best, rate = step, rate * 2
         else:
@@ -152,18 +235,23 @@ def sustained(target: Target, start: float, seconds: float, core: int, log) -> d
         step = run_hey(target, rate, seconds, core)
         step["ok"] = step_ok(step)
         steps.append(step)
-        log(f"  {target.name}: {step['offered_rps']:>8.0f}/s offered -> {step['achieved_rps']:>8.0f}/s, "
-            f"p99 {step['p99_ms']} ms {'ok' if step['ok'] else 'FAIL'}")
+        log(
+            f"  {target.name}: {step['offered_rps']:>8.0f}/s offered -> {step['achieved_rps']:>8.0f}/s, "
+            f"p99 {step['p99_ms']} ms {'ok' if step['ok'] else 'FAIL'}"
+        )
         if step["ok"]:
             best, low = step, rate
         else:
             failed = rate
     served = sum(sum(step["statuses"].values()) for step in steps)
     cpu = sum(step["gateway_cpu_s"] for step in steps)
-    return {"cpu_ms_per_request": round(1000 * cpu / served, 3) if served else None,
-            "sustained_rps": best["achieved_rps"] if best else 0.0,
-            "sustained_offered_rps": best["offered_rps"] if best else 0.0,
-            "p99_ms_at_sustained": best["p99_ms"] if best else None, "steps": steps}
+    return {
+        "cpu_ms_per_request": round(1000 * cpu / served, 3) if served else None,
+        "sustained_rps": best["achieved_rps"] if best else 0.0,
+        "sustained_offered_rps": best["offered_rps"] if best else 0.0,
+        "p99_ms_at_sustained": best["p99_ms"] if best else None,
+        "steps": steps,
+    }
 
 
 async def _ttft(target: Target, count: int) -> list[float]:
@@ -185,7 +273,9 @@ async def _ttft(target: Target, count: int) -> list[float]:
                         first = time.perf_counter() - started
                     content += chunk
                 if response.status != 200 or first is None or b"[DONE]" not in content:
-                    raise RuntimeError(f"streaming through {target.name}: {response.status} {content[:300]!r}")
+                    raise RuntimeError(
+                        f"streaming through {target.name}: {response.status} {content[:300]!r}"
+                    )
             times.append(first * 1000)
             target.requests += 1
     return times
@@ -193,7 +283,11 @@ async def _ttft(target: Target, count: int) -> list[float]:
 
 def ttft(target: Target, count: int) -> dict:
     times = sorted(asyncio.run(_ttft(target, count)))
-    return {"count": len(times), "p50_ms": round(percentile(times, 50), 3), "p99_ms": round(percentile(times, 99), 3)}
+    return {
+        "count": len(times),
+        "p50_ms": round(percentile(times, 50), 3),
+        "p99_ms": round(percentile(times, 99), 3),
+    }
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
@@ -202,5 +296,3 @@ def percentile(sorted_values: list[float], p: float) -> float:
     k = (len(sorted_values) - 1) * p / 100
     lo, hi = math.floor(k), math.ceil(k)
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
-
-

@@ -56,7 +56,9 @@ def pin_services(core: int) -> dict:
     if "postgres" in settings.EMBEDDED_SERVICES:
         pid_file = embedded.postgres_dir(settings.DATA_DIR) / "postmaster.pid"
         postmaster = int(pid_file.read_text().splitlines()[0])
-        children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(postmaster)], capture_output=True, text=True)
+        children = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(postmaster)], capture_output=True, text=True
+        )
         for pid in [postmaster, *map(int, children.stdout.split())]:
             with contextlib.suppress(subprocess.CalledProcessError):
                 pin(pid, core)
@@ -90,39 +92,91 @@ def seed(json_port: int, sse_port: int) -> dict:
 
     actor = Actor.for_system("bench-gateway")
     department = Department.objects.filter(cost_center="CC-BENCH").first() or accounts.create_department(
-        actor=actor, name="Benchmarks", cost_center="CC-BENCH")
+        actor=actor, name="Benchmarks", cost_center="CC-BENCH"
+    )
     team = Team.objects.filter(slug="bench").first() or accounts.create_team(
-        actor=actor, department=department, name="Bench", slug="bench")
+        actor=actor, department=department, name="Bench", slug="bench"
+    )
     pool, _ = ComputePool.objects.get_or_create(name="bench-cpu", defaults={"kind": PoolKind.CPU})
-    node, _ = Node.objects.get_or_create(name="bench-node", defaults={
-        "pool": pool, "address": "127.0.0.1", "cpu_cores": os.cpu_count() or 1, "memory_bytes": 2**34})
+    node, _ = Node.objects.get_or_create(
+        name="bench-node",
+        defaults={
+            "pool": pool,
+            "address": "127.0.0.1",
+            "cpu_cores": os.cpu_count() or 1,
+            "memory_bytes": 2**34,
+        },
+    )
     Node.objects.filter(pk=node.pk).update(heartbeat_at=timezone.now())
-    artifact, _ = Artifact.objects.get_or_create(id="b" * 64, defaults={
-        "store_uri": "file:///bench", "size_bytes": 1, "file_count": 0, "files": []})
+    artifact, _ = Artifact.objects.get_or_create(
+        id="b" * 64, defaults={"store_uri": "file:///bench", "size_bytes": 1, "file_count": 0, "files": []}
+    )
     for name, port in (("bench-chat", json_port), ("bench-stream", sse_port)):
         model, _ = Model.objects.get_or_create(name=f"{name}-model", defaults={"owner_team": team})
-        version, _ = ModelVersion.objects.get_or_create(model=model, number=1, defaults={
-            "source": "local", "artifact": artifact, "status": "ready", "parameter_count": 135_000_000})
-        deployment, _ = Deployment.objects.get_or_create(name=name, defaults={
-            "owner_team": team, "version": version, "pool": pool, "engine_args": {"max_model_len": 2048}})
+        version, _ = ModelVersion.objects.get_or_create(
+            model=model,
+            number=1,
+            defaults={
+                "source": "local",
+                "artifact": artifact,
+                "status": "ready",
+                "parameter_count": 135_000_000,
+            },
+        )
+        deployment, _ = Deployment.objects.get_or_create(
+            name=name,
+            defaults={
+                "owner_team": team,
+                "version": version,
+                "pool": pool,
+                "engine_args": {"max_model_len": 2048},
+            },
+        )
         Replica.objects.filter(deployment=deployment).delete()
-        Replica.objects.create(deployment=deployment, node=node, generation=1, state=ReplicaState.READY,
-                               host="127.0.0.1", port=port)
+        Replica.objects.create(
+            deployment=deployment,
+            node=node,
+            generation=1,
+            state=ReplicaState.READY,
+            host="127.0.0.1",
+            port=port,
+        )
         endpoint, _ = Endpoint.objects.get_or_create(name=name, defaults={"owner_team": team})
-        EndpointRoute.objects.get_or_create(endpoint=endpoint, deployment=deployment, defaults={"weight": 100})
+        EndpointRoute.objects.get_or_create(
+            endpoint=endpoint, deployment=deployment, defaults={"weight": 100}
+        )
         # A price, so that the money budget is reserved and settled on every request too.
-        EndpointPrice.objects.update_or_create(endpoint=endpoint, defaults={
-            "input_per_million": Decimal("0.50"), "output_per_million": Decimal("1.50")})
+        EndpointPrice.objects.update_or_create(
+            endpoint=endpoint,
+            defaults={"input_per_million": Decimal("0.50"), "output_per_million": Decimal("1.50")},
+        )
     # Limits and budgets on, set far above what the run can use: they are checked, never tripped.
-    limits = {"rpm_limit": 100_000_000, "tpm_limit": 2_000_000_000, "monthly_token_budget": 10**13,
-              "monthly_budget": Decimal("1000000.00")}
-    key, secret = key_services.create_key(actor=actor, team=team, name=f"bench {timezone.now():%Y-%m-%d %H:%M:%S}",
-                                          scopes=["bench-chat", "bench-stream"], **limits)
+    limits = {
+        "rpm_limit": 100_000_000,
+        "tpm_limit": 2_000_000_000,
+        "monthly_token_budget": 10**13,
+        "monthly_budget": Decimal("1000000.00"),
+    }
+    key, secret = key_services.create_key(
+        actor=actor,
+        team=team,
+        name=f"bench {timezone.now():%Y-%m-%d %H:%M:%S}",
+        scopes=["bench-chat", "bench-stream"],
+        **limits,
+    )
     _, limited = key_services.create_key(actor=actor, team=team, name="bench rpm check", rpm_limit=3)
-    _, broke = key_services.create_key(actor=actor, team=team, name="bench budget check", monthly_token_budget=100)
-    return {"key_pk": key.pk, "secret": secret, "limited_secret": limited, "budget_secret": broke, "limits": {
-        k: (str(v) if isinstance(v, Decimal) else v) for k, v in limits.items()}, "team": team.slug,
-        "department": department.cost_center}
+    _, broke = key_services.create_key(
+        actor=actor, team=team, name="bench budget check", monthly_token_budget=100
+    )
+    return {
+        "key_pk": key.pk,
+        "secret": secret,
+        "limited_secret": limited,
+        "budget_secret": broke,
+        "limits": {k: (str(v) if isinstance(v, Decimal) else v) for k, v in limits.items()},
+        "team": team.slug,
+        "department": department.cost_center,
+    }
 
 
 def flusher_main() -> None:
@@ -146,5 +200,3 @@ def flusher_main() -> None:
         deadline = time.monotonic() + interval
         while not stopping and time.monotonic() < deadline:
             time.sleep(0.05)
-
-

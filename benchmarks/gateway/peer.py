@@ -16,9 +16,16 @@ LITELLM_VENV = ROOT / ".venv-litellm"
 
 
 def litellm_version() -> str:
-    out = subprocess.run([str(LITELLM_VENV / "bin" / "python"), "-c",
-                          "import importlib.metadata as m; print(m.version('litellm'))"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            str(LITELLM_VENV / "bin" / "python"),
+            "-c",
+            "import importlib.metadata as m; print(m.version('litellm'))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.strip()
 
 
@@ -34,10 +41,20 @@ def probe_litellm_virtual_keys(workdir: Path) -> dict:
     folder = workdir / "prisma-probe"
     folder.mkdir(exist_ok=True)
     shutil.copy(schema, folder / "schema.prisma")
-    env = {**os.environ, "PATH": f"{LITELLM_VENV / 'bin'}:{os.environ['PATH']}", "PRISMA_USE_GLOBAL_NODE": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{LITELLM_VENV / 'bin'}:{os.environ['PATH']}",
+        "PRISMA_USE_GLOBAL_NODE": "1",
+    }
     try:
-        out = subprocess.run([str(prisma), "generate", "--schema", "schema.prisma"], cwd=folder, env=env,
-                             capture_output=True, text=True, timeout=180)
+        out = subprocess.run(
+            [str(prisma), "generate", "--schema", "schema.prisma"],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
     except subprocess.TimeoutExpired:
         return {"ok": False, "detail": "`prisma generate` did not finish within 180 s"}
     text = (out.stdout + out.stderr).strip()
@@ -49,19 +66,46 @@ def start_litellm(procs: Processes, workdir: Path, core: int, json_port: int, ss
     port = free_port()
     master_key = "sk-bench-" + secrets.token_hex(16)
     config = workdir / "litellm.yaml"
-    config.write_text((HERE / "litellm.yaml.template").read_text()
-                      .replace("@@JSON_PORT@@", str(json_port)).replace("@@SSE_PORT@@", str(sse_port))
-                      .replace("@@RPM@@", "100000000").replace("@@TPM@@", "2000000000")
-                      .replace("@@MASTER_KEY@@", master_key))
+    config.write_text(
+        (HERE / "litellm.yaml.template")
+        .read_text()
+        .replace("@@JSON_PORT@@", str(json_port))
+        .replace("@@SSE_PORT@@", str(sse_port))
+        .replace("@@RPM@@", "100000000")
+        .replace("@@TPM@@", "2000000000")
+        .replace("@@MASTER_KEY@@", master_key)
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "VIRTUAL_ENV")}
-    env.update({"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "LITELLM_MODE": "PRODUCTION",
-                "PATH": f"{LITELLM_VENV / 'bin'}:{os.environ['PATH']}", "NO_DOCS": "True"})
+    env.update(
+        {
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "LITELLM_LOG": "ERROR",
+            "LITELLM_MODE": "PRODUCTION",
+            "PATH": f"{LITELLM_VENV / 'bin'}:{os.environ['PATH']}",
+            "NO_DOCS": "True",
+        }
+    )
     log = workdir / "litellm.log"
-    process = procs.start("litellm", ["taskset", "-c", str(core), str(LITELLM_VENV / "bin" / "litellm"),
-                                      "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-                                      "--num_workers", "1"], log=log, env=env, cwd=workdir)
+    process = procs.start(
+        "litellm",
+        [
+            "taskset",
+            "-c",
+            str(core),
+            str(LITELLM_VENV / "bin" / "litellm"),
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ],
+        log=log,
+        env=env,
+        cwd=workdir,
+    )
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/health/liveliness", process, log, timeout=180)
     return base, master_key, process
-
-

@@ -23,26 +23,56 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 1)
 
 
-def report(machine_info, rounds, c1, ttfts, rate, floor, metering, limits_check, probe, litellm_mode, seeded, load_core,
-           gateway_core, pinned_services, c1_seconds, step_seconds, ttft_count, quick, elapsed) -> dict:
+def report(
+    machine_info,
+    rounds,
+    c1,
+    ttfts,
+    rate,
+    floor,
+    metering,
+    limits_check,
+    probe,
+    litellm_mode,
+    seeded,
+    load_core,
+    gateway_core,
+    pinned_services,
+    c1_seconds,
+    step_seconds,
+    ttft_count,
+    quick,
+    elapsed,
+) -> dict:
     def c1_figures(name: str) -> dict:
-        added_p50 = [r["p50_us"] / 1000 - d["p50_us"] / 1000 for r, d in zip(c1[name], c1["direct"], strict=True)]
-        added_p99 = [r["p99_us"] / 1000 - d["p99_us"] / 1000 for r, d in zip(c1[name], c1["direct"], strict=True)]
+        added_p50 = [
+            r["p50_us"] / 1000 - d["p50_us"] / 1000 for r, d in zip(c1[name], c1["direct"], strict=True)
+        ]
+        added_p99 = [
+            r["p99_us"] / 1000 - d["p99_us"] / 1000 for r, d in zip(c1[name], c1["direct"], strict=True)
+        ]
         added_ttft = [r["p50_ms"] - d["p50_ms"] for r, d in zip(ttfts[name], ttfts["direct"], strict=True)]
         return {
-            "added_p50_ms": _median(added_p50), "added_p99_ms": _median(added_p99),
+            "added_p50_ms": _median(added_p50),
+            "added_p99_ms": _median(added_p99),
             "p50_ms": _median([r["p50_us"] / 1000 for r in c1[name]]),
             "p99_ms": _median([r["p99_us"] / 1000 for r in c1[name]]),
-            "ttft_added_ms": _median(added_ttft), "ttft_p50_ms": _median([r["p50_ms"] for r in ttfts[name]]),
+            "ttft_added_ms": _median(added_ttft),
+            "ttft_p50_ms": _median([r["p50_ms"] for r in ttfts[name]]),
             "ttft_p99_ms": _median([r["p99_ms"] for r in ttfts[name]]),
-            "c1_rounds": c1[name], "ttft_rounds": ttfts[name],
+            "c1_rounds": c1[name],
+            "ttft_rounds": ttfts[name],
         }
 
-    direct = {"p50_ms": _median([r["p50_us"] / 1000 for r in c1["direct"]]),
-              "p99_ms_at_portfolio_sustained_rate": floor["p99_ms"], "floor_step": floor,
-              "p99_ms": _median([r["p99_us"] / 1000 for r in c1["direct"]]),
-              "ttft_p50_ms": _median([r["p50_ms"] for r in ttfts["direct"]]),
-              "c1_rounds": c1["direct"], "ttft_rounds": ttfts["direct"]}
+    direct = {
+        "p50_ms": _median([r["p50_us"] / 1000 for r in c1["direct"]]),
+        "p99_ms_at_portfolio_sustained_rate": floor["p99_ms"],
+        "floor_step": floor,
+        "p99_ms": _median([r["p99_us"] / 1000 for r in c1["direct"]]),
+        "ttft_p50_ms": _median([r["p50_ms"] for r in ttfts["direct"]]),
+        "c1_rounds": c1["direct"],
+        "ttft_rounds": ttfts["direct"],
+    }
     gateways = {}
     for name in ("portfolio", "litellm"):
         figures = c1_figures(name)
@@ -55,19 +85,25 @@ def report(machine_info, rounds, c1, ttfts, rate, floor, metering, limits_check,
         saturation = rate[name]["saturation"]
         figures["saturation_rps"] = saturation["rps"]
         figures["saturation_p99_ms"] = round(saturation["p99_us"] / 1000, 3)
-        figures["rps_per_core_by_cpu_time"] = (round(1000 / rate[name]["cpu_ms_per_request"])
-                                               if rate[name]["cpu_ms_per_request"] else None)
+        figures["rps_per_core_by_cpu_time"] = (
+            round(1000 / rate[name]["cpu_ms_per_request"]) if rate[name]["cpu_ms_per_request"] else None
+        )
         figures["sustained_steps"] = rate[name]["steps"]
         gateways[name] = figures
     ours, peer = gateways["portfolio"], gateways["litellm"]
-    why = ("its virtual keys with budgets and spend tracking need Prisma's query engine, which Prisma downloads "
-           f"from its own server and which could not be fetched here (probe: {probe['detail'][:200]})"
-           if not probe["ok"] else "the Prisma probe passed on this machine, but this benchmark only runs "
-           "LiteLLM in master-key mode")
-    note = ("LiteLLM runs in master-key mode: one master key, no virtual keys, so no per-key budget, no spend "
-            "written to PostgreSQL and no per-key lookups; only its per-deployment rpm/tpm limits (usage-based "
-            f"router, in-memory counters): {why}. This favours LiteLLM: ours runs with per-key auth, rpm/tpm "
-            "limits, token and money budgets reserved and settled in Redis, and a usage event per request.")
+    why = (
+        "its virtual keys with budgets and spend tracking need Prisma's query engine, which Prisma downloads "
+        f"from its own server and which could not be fetched here (probe: {probe['detail'][:200]})"
+        if not probe["ok"]
+        else "the Prisma probe passed on this machine, but this benchmark only runs "
+        "LiteLLM in master-key mode"
+    )
+    note = (
+        "LiteLLM runs in master-key mode: one master key, no virtual keys, so no per-key budget, no spend "
+        "written to PostgreSQL and no per-key lookups; only its per-deployment rpm/tpm limits (usage-based "
+        f"router, in-memory counters): {why}. This favours LiteLLM: ours runs with per-key auth, rpm/tpm "
+        "limits, token and money budgets reserved and settled in Redis, and a usage event per request."
+    )
     return {
         "benchmark": "gateway",
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -76,47 +112,60 @@ def report(machine_info, rounds, c1, ttfts, rate, floor, metering, limits_check,
         "machine": machine_info,
         "configuration": {
             "upstream": f"nginx ({tool_version(['nginx', '-v'])}), 1 worker, `return 200` of a fixed chat completion "
-                        "with usage (JSON) and of a fixed server-sent event stream (SSE), keep-alive",
-            "pinning": {"gateways": f"core {gateway_core} (taskset -c {gateway_core}; one at a time under load)",
-                        "nginx, load generators, orchestrator, usage flusher": f"core {load_core}",
-                        **{k: f"core {v}" for k, v in pinned_services.items()}},
+            "with usage (JSON) and of a fixed server-sent event stream (SSE), keep-alive",
+            "pinning": {
+                "gateways": f"core {gateway_core} (taskset -c {gateway_core}; one at a time under load)",
+                "nginx, load generators, orchestrator, usage flusher": f"core {load_core}",
+                **{k: f"core {v}" for k, v in pinned_services.items()},
+            },
             "portfolio": {
                 "command": "uvicorn portfolio.asgi:application --loop uvloop --http httptools --workers 1 "
-                           "--no-access-log",
+                "--no-access-log",
                 "workers": 1,
-                "checks_on": ["API key (keyed hash, in-memory cache)", "scopes", "rpm and tpm limits (Redis)",
-                              "monthly token budget and money budget (reserve, then settle, in Redis)",
-                              "usage event per request (Redis stream, flushed to PostgreSQL by a separate process)",
-                              "Prometheus metrics"],
+                "checks_on": [
+                    "API key (keyed hash, in-memory cache)",
+                    "scopes",
+                    "rpm and tpm limits (Redis)",
+                    "monthly token budget and money budget (reserve, then settle, in Redis)",
+                    "usage event per request (Redis stream, flushed to PostgreSQL by a separate process)",
+                    "Prometheus metrics",
+                ],
                 "key_limits": seeded["limits"],
-                "services": "embedded PostgreSQL and Redis (unix sockets)" if pinned_services else
-                            "DATABASE_URL / REDIS_URL",
+                "services": "embedded PostgreSQL and Redis (unix sockets)"
+                if pinned_services
+                else "DATABASE_URL / REDIS_URL",
             },
             "litellm": {
                 "version": litellm_version(),
                 "command": "litellm --config litellm.yaml --num_workers 1 (uvicorn, uvloop)",
                 "workers": 1,
                 "mode": litellm_mode,
-                "checks_on": ["master key", "per-deployment rpm/tpm limits (usage-based-routing-v2, in memory)",
-                              "cost calculation per request (not persisted without a database)"],
+                "checks_on": [
+                    "master key",
+                    "per-deployment rpm/tpm limits (usage-based-routing-v2, in memory)",
+                    "cost calculation per request (not persisted without a database)",
+                ],
                 "virtual_keys_probe": probe,
             },
-            "tools": {"wrk": tool_version(["wrk", "-v"]), "hey": "hey (Debian)",
-                      "ttft_client": "aiohttp, one keep-alive connection, time to the first `data: {` chunk"},
+            "tools": {
+                "wrk": tool_version(["wrk", "-v"]),
+                "hey": "hey (Debian)",
+                "ttft_client": "aiohttp, one keep-alive connection, time to the first `data: {` chunk",
+            },
             "request": {"body": request_body("bench-chat"), "max_tokens": MAX_TOKENS},
             "method": {
                 "concurrency_1": f"wrk -t1 -c1 -d{c1_seconds}s --latency, {rounds} rounds interleaved "
-                                 "direct/portfolio/litellm after a 2 s warm-up each; added = via - direct per round, "
-                                 "median over rounds",
+                "direct/portfolio/litellm after a 2 s warm-up each; added = via - direct per round, "
+                "median over rounds",
                 "sustained": f"hey -z {step_seconds}s -c max(2, rate/100) -q rate/c: the offered rate doubles from "
-                             "500/s (ours) or 5/s (LiteLLM) until a step fails, then up to 3 bisections; a step "
-                             f"passes with p99 < {P99_LIMIT_MS:g} ms, >= 95% of the offered rate achieved and only "
-                             "200s; sustained_rps is the achieved rate of the best passing step",
+                "500/s (ours) or 5/s (LiteLLM) until a step fails, then up to 3 bisections; a step "
+                f"passes with p99 < {P99_LIMIT_MS:g} ms, >= 95% of the offered rate achieved and only "
+                "200s; sustained_rps is the achieved rate of the best passing step",
                 "saturation": f"wrk -t1 -c{SATURATION_CONNECTIONS} -d{c1_seconds}s: closed loop, whatever the latency",
                 "cpu_ms_per_request": "the gateway's own CPU time (utime+stime of its processes) over the sustained "
-                                      "steps divided by the requests served; rps_per_core_by_cpu_time = 1000 / it",
+                "steps divided by the requests served; rps_per_core_by_cpu_time = 1000 / it",
                 "ttft": f"{ttft_count} streamed requests per target in {rounds} interleaved rounds at concurrency 1; "
-                        "added = median over rounds of (via p50 - direct p50)",
+                "added = median over rounds of (via p50 - direct p50)",
             },
         },
         "litellm_mode": litellm_mode,
@@ -130,7 +179,9 @@ def report(machine_info, rounds, c1, ttfts, rate, floor, metering, limits_check,
             "ttft_added_litellm_over_portfolio": _ratio(peer["ttft_added_ms"], ours["ttft_added_ms"]),
             "sustained_rps_portfolio_over_litellm": _ratio(ours["sustained_rps"], peer["sustained_rps"]),
             "saturation_rps_portfolio_over_litellm": _ratio(ours["saturation_rps"], peer["saturation_rps"]),
-            "cpu_per_request_litellm_over_portfolio": _ratio(peer["cpu_ms_per_request"], ours["cpu_ms_per_request"]),
+            "cpu_per_request_litellm_over_portfolio": _ratio(
+                peer["cpu_ms_per_request"], ours["cpu_ms_per_request"]
+            ),
         },
         "targets": {
             "added_p50_ms_at_most": TARGET_ADDED_P50_MS,
@@ -139,32 +190,63 @@ def report(machine_info, rounds, c1, ttfts, rate, floor, metering, limits_check,
             "rps_per_gateway_core_met": ours["sustained_rps_per_gateway_core"] >= TARGET_RPS_PER_CORE,
         },
         "metering": metering,
-        "limits_check": {**limits_check, "expected": "a 429 once a key's rpm limit of 3 is reached (LiteLLM: the "
-                                                     "deployment's), and at once for a key over its token budget"},
+        "limits_check": {
+            **limits_check,
+            "expected": "a 429 once a key's rpm limit of 3 is reached (LiteLLM: the "
+            "deployment's), and at once for a key over its token budget",
+        },
     }
 
 
 def print_table(results: dict) -> None:
     ours, peer, ratios = results["portfolio"], results["litellm"], results["ratios"]
     rows = [
-        ("added latency p50, c=1 (ms)", ours["added_p50_ms"], peer["added_p50_ms"],
-         ratios["added_p50_litellm_over_portfolio"]),
-        ("added latency p99, c=1 (ms)", ours["added_p99_ms"], peer["added_p99_ms"],
-         ratios["added_p99_litellm_over_portfolio"]),
-        ("sustained req/s, p99 < 20 ms, 1 core", ours["sustained_rps"], peer["sustained_rps"],
-         ratios["sustained_rps_portfolio_over_litellm"]),
-        ("streaming TTFT added, p50 (ms)", ours["ttft_added_ms"], peer["ttft_added_ms"],
-         ratios["ttft_added_litellm_over_portfolio"]),
-        (f"saturation req/s (c={SATURATION_CONNECTIONS}, any latency)", ours["saturation_rps"], peer["saturation_rps"],
-         ratios["saturation_rps_portfolio_over_litellm"]),
-        ("gateway CPU per request (ms)", ours["cpu_ms_per_request"], peer["cpu_ms_per_request"],
-         ratios["cpu_per_request_litellm_over_portfolio"]),
+        (
+            "added latency p50, c=1 (ms)",
+            ours["added_p50_ms"],
+            peer["added_p50_ms"],
+            ratios["added_p50_litellm_over_portfolio"],
+        ),
+        (
+            "added latency p99, c=1 (ms)",
+            ours["added_p99_ms"],
+            peer["added_p99_ms"],
+            ratios["added_p99_litellm_over_portfolio"],
+        ),
+        (
+            "sustained req/s, p99 < 20 ms, 1 core",
+            ours["sustained_rps"],
+            peer["sustained_rps"],
+            ratios["sustained_rps_portfolio_over_litellm"],
+        ),
+        (
+            "streaming TTFT added, p50 (ms)",
+            ours["ttft_added_ms"],
+            peer["ttft_added_ms"],
+            ratios["ttft_added_litellm_over_portfolio"],
+        ),
+        (
+            f"saturation req/s (c={SATURATION_CONNECTIONS}, any latency)",
+            ours["saturation_rps"],
+            peer["saturation_rps"],
+            ratios["saturation_rps_portfolio_over_litellm"],
+        ),
+        (
+            "gateway CPU per request (ms)",
+            ours["cpu_ms_per_request"],
+            peer["cpu_ms_per_request"],
+            ratios["cpu_per_request_litellm_over_portfolio"],
+        ),
     ]
     print()
     print(f"{'':40} {'portfolio':>10} {'litellm':>10} {'ratio':>8}")
     for label, a, b, r in rows:
         print(f"{label:40} {a:>10} {b:>10} {(str(r) + 'x') if r is not None else '-':>8}")
-    print(f"direct to nginx: p50 {results['direct']['p50_ms']} ms, p99 {results['direct']['p99_ms']} ms; "
-          f"LiteLLM mode: {results['litellm_mode']}")
-    print(f"targets: added p50 <= 1 ms: {results['targets']['added_p50_met']}; >= 2000 req/s per core: "
-          f"{results['targets']['rps_per_gateway_core_met']}")
+    print(
+        f"direct to nginx: p50 {results['direct']['p50_ms']} ms, p99 {results['direct']['p99_ms']} ms; "
+        f"LiteLLM mode: {results['litellm_mode']}"
+    )
+    print(
+        f"targets: added p50 <= 1 ms: {results['targets']['added_p50_met']}; >= 2000 req/s per core: "
+        f"{results['targets']['rps_per_gateway_core_met']}"
+    )

@@ -120,51 +120,128 @@ def main() -> int:
         nginx_dir.mkdir()
         json_body, sse_body = completion_json("bench-chat"), completion_sse("bench-stream")
         assert "'" not in json_body + sse_body and "$" not in json_body + sse_body
-        (nginx_dir / "nginx.conf").write_text((HERE / "nginx.conf.template").read_text()
-                                              .replace("@@DIR@@", str(nginx_dir))
-                                              .replace("@@JSON_PORT@@", str(json_port))
-                                              .replace("@@SSE_PORT@@", str(sse_port))
-                                              .replace("@@JSON_BODY@@", json_body)
-                                              .replace("@@SSE_BODY@@", sse_body.replace("\n", "\\n")))
+        (nginx_dir / "nginx.conf").write_text(
+            (HERE / "nginx.conf.template")
+            .read_text()
+            .replace("@@DIR@@", str(nginx_dir))
+            .replace("@@JSON_PORT@@", str(json_port))
+            .replace("@@SSE_PORT@@", str(sse_port))
+            .replace("@@JSON_BODY@@", json_body)
+            .replace("@@SSE_BODY@@", sse_body.replace("\n", "\\n"))
+        )
         nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
-        nginx = procs.start("nginx", [nginx_bin, "-c", str(nginx_dir / "nginx.conf"), "-p", str(nginx_dir)],
-                            log=workdir / "nginx.log", stop_signal=signal.SIGQUIT)
+        nginx = procs.start(
+            "nginx",
+            [nginx_bin, "-c", str(nginx_dir / "nginx.conf"), "-p", str(nginx_dir)],
+            log=workdir / "nginx.log",
+            stop_signal=signal.SIGQUIT,
+        )
         wait_http(f"http://127.0.0.1:{json_port}/v1/models", nginx, workdir / "nginx.log", timeout=20)
         seeded = seed(json_port, sse_port)
-        log(f"nginx on :{json_port} (JSON) and :{sse_port} (SSE); team {seeded['team']}, key with limits and budget")
+        log(
+            f"nginx on :{json_port} (JSON) and :{sse_port} (SSE); team {seeded['team']}, key with limits and budget"
+        )
 
         # Our gateway: one uvicorn worker on the gateway core, pointed at this run's database and Redis.
         ours_port = free_port()
-        env = {**os.environ, "DATABASE_URL": database_url(), "REDIS_URL": settings.REDIS_URL,
-               "DJANGO_SECRET_KEY": settings.SECRET_KEY, "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            "REDIS_URL": settings.REDIS_URL,
+            "DJANGO_SECRET_KEY": settings.SECRET_KEY,
+            "PYTHONUNBUFFERED": "1",
+        }
         ours_log = workdir / "portfolio-gateway.log"
-        ours = procs.start("portfolio", ["taskset", "-c", str(gateway_core), sys.executable, "-m", "uvicorn",
-                                         "portfolio.asgi:application", "--host", "127.0.0.1", "--port",
-                                         str(ours_port), "--loop", "uvloop", "--http", "httptools", "--workers", "1",
-                                         "--no-access-log"], log=ours_log, env=env, cwd=ROOT)
+        ours = procs.start(
+            "portfolio",
+            [
+                "taskset",
+                "-c",
+                str(gateway_core),
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "portfolio.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ours_port),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--workers",
+                "1",
+                "--no-access-log",
+            ],
+            log=ours_log,
+            env=env,
+            cwd=ROOT,
+        )
         ours_base = f"http://127.0.0.1:{ours_port}"
-        wait_http(f"{ours_base}/v1/models", ours, ours_log, headers={"Authorization": f"Bearer {seeded['secret']}"})
-        flusher = procs.start("flusher", ["nice", "-n", "10", sys.executable, __file__, "--flusher"],
-                              log=workdir / "flusher.log", env=env, cwd=ROOT)
+        wait_http(
+            f"{ours_base}/v1/models", ours, ours_log, headers={"Authorization": f"Bearer {seeded['secret']}"}
+        )
+        flusher = procs.start(
+            "flusher",
+            ["nice", "-n", "10", sys.executable, __file__, "--flusher"],
+            log=workdir / "flusher.log",
+            env=env,
+            cwd=ROOT,
+        )
 
         log("probing LiteLLM's virtual keys (Prisma) ...")
         probe = probe_litellm_virtual_keys(workdir)
         log(f"  {'available' if probe['ok'] else 'not available'}: {probe['detail'][:200]}")
         litellm_mode = "master-key"  # see the note in the results: virtual keys need Prisma's engines
-        litellm_base, master_key, litellm_process = start_litellm(procs, workdir, gateway_core, json_port, sse_port)
-        log(f"our gateway on :{ours_port}, LiteLLM {litellm_version()} on {litellm_base} (both on core {gateway_core})")
+        litellm_base, master_key, litellm_process = start_litellm(
+            procs, workdir, gateway_core, json_port, sse_port
+        )
+        log(
+            f"our gateway on :{ours_port}, LiteLLM {litellm_version()} on {litellm_base} (both on core {gateway_core})"
+        )
 
-        direct = Target("direct", f"http://127.0.0.1:{json_port}/v1/chat/completions", None, "bench-chat",
-                        f"http://127.0.0.1:{sse_port}/v1/chat/completions", "bench-stream")
-        portfolio = Target("portfolio", f"{ours_base}/v1/chat/completions", seeded["secret"], "bench-chat",
-                           f"{ours_base}/v1/chat/completions", "bench-stream", sid=ours.pid)
-        litellm = Target("litellm", f"{litellm_base}/v1/chat/completions", master_key, "bench-chat",
-                         f"{litellm_base}/v1/chat/completions", "bench-stream", sid=litellm_process.pid)
+        direct = Target(
+            "direct",
+            f"http://127.0.0.1:{json_port}/v1/chat/completions",
+            None,
+            "bench-chat",
+            f"http://127.0.0.1:{sse_port}/v1/chat/completions",
+            "bench-stream",
+        )
+        portfolio = Target(
+            "portfolio",
+            f"{ours_base}/v1/chat/completions",
+            seeded["secret"],
+            "bench-chat",
+            f"{ours_base}/v1/chat/completions",
+            "bench-stream",
+            sid=ours.pid,
+        )
+        litellm = Target(
+            "litellm",
+            f"{litellm_base}/v1/chat/completions",
+            master_key,
+            "bench-chat",
+            f"{litellm_base}/v1/chat/completions",
+            "bench-stream",
+            sid=litellm_process.pid,
+        )
         targets = (direct, portfolio, litellm)
         if args.hold:
-            (ROOT / "benchmarks" / ".data" / "hold.json").write_text(json.dumps({
-                t.name: {"url": t.url, "token": t.token, "body": t.body(), "pid": {"portfolio": ours.pid}.get(t.name)}
-                for t in targets}))
+            (ROOT / "benchmarks" / ".data" / "hold.json").write_text(
+                json.dumps(
+                    {
+                        t.name: {
+                            "url": t.url,
+                            "token": t.token,
+                            "body": t.body(),
+                            "pid": {"portfolio": ours.pid}.get(t.name),
+                        }
+                        for t in targets
+                    }
+                )
+            )
             log(f"holding for {args.hold:g}s (targets in benchmarks/.data/hold.json)")
             time.sleep(args.hold)
 
@@ -175,9 +252,13 @@ def main() -> int:
                 raise RuntimeError(f"{target.name} answered {status}: {body[:300]!r}")
             target.requests += target is portfolio
         limits_check = {
-            "portfolio_rpm": [post(portfolio.url, portfolio.body(), seeded["limited_secret"])[0] for _ in range(4)],
+            "portfolio_rpm": [
+                post(portfolio.url, portfolio.body(), seeded["limited_secret"])[0] for _ in range(4)
+            ],
             "portfolio_budget": [post(portfolio.url, portfolio.body(), seeded["budget_secret"])[0]],
-            "litellm_rpm": [post(litellm.url, request_body("bench-limited"), master_key)[0] for _ in range(4)],
+            "litellm_rpm": [
+                post(litellm.url, request_body("bench-limited"), master_key)[0] for _ in range(4)
+            ],
         }
         log(f"limits enforced: {limits_check}")
 
@@ -204,16 +285,22 @@ def main() -> int:
             log(f"  {target.name:>9}: p50 {[r['p50_ms'] for r in ttfts[target.name]]} ms")
 
         log(f"sustained rate with p99 < {P99_LIMIT_MS:g} ms (hey, {step_seconds}s steps) ...")
-        rate = {"portfolio": sustained(portfolio, 500, step_seconds, load_core, log),
-                "litellm": sustained(litellm, 5, step_seconds, load_core, log)}
+        rate = {
+            "portfolio": sustained(portfolio, 500, step_seconds, load_core, log),
+            "litellm": sustained(litellm, 5, step_seconds, load_core, log),
+        }
         # The floor: the same load generator straight to nginx at the rate ours sustained.
         floor = run_hey(direct, rate["portfolio"]["sustained_offered_rps"] or 500, step_seconds, load_core)
         log(f"  direct at {floor['offered_rps']:.0f}/s: p99 {floor['p99_ms']} ms")
         log(f"saturation (wrk -t1 -c{SATURATION_CONNECTIONS}, closed loop, any latency) ...")
         for target in (portfolio, litellm):
-            rate[target.name]["saturation"] = run_wrk(target, c1_seconds, load_core, workdir, SATURATION_CONNECTIONS)
-            log(f"  {target.name:>9}: {rate[target.name]['saturation']['rps']:.0f}/s, "
-                f"p99 {rate[target.name]['saturation']['p99_us'] / 1000:.1f} ms")
+            rate[target.name]["saturation"] = run_wrk(
+                target, c1_seconds, load_core, workdir, SATURATION_CONNECTIONS
+            )
+            log(
+                f"  {target.name:>9}: {rate[target.name]['saturation']['rps']:.0f}/s, "
+                f"p99 {rate[target.name]['saturation']['p99_us'] / 1000:.1f} ms"
+            )
 
         # Metering: stop the gateway (so every event is written), drain the stream, count the rows.
         procs.stop(ours)
@@ -224,16 +311,37 @@ def main() -> int:
         while usage.flush(batch=settings.USAGE_FLUSH_BATCH):
             pass
         events = UsageEvent.objects.filter(api_key_id=seeded["key_pk"])
-        metering = {"requests_completed_by_clients": portfolio.requests, "usage_events_written": events.count(),
-                    "usage_events_streamed": events.filter(stream=True).count(),
-                    "usage_events_non_200": events.exclude(status=200).count(),
-                    "note": "events can exceed client-counted requests by the few in flight when wrk stops"}
+        metering = {
+            "requests_completed_by_clients": portfolio.requests,
+            "usage_events_written": events.count(),
+            "usage_events_streamed": events.filter(stream=True).count(),
+            "usage_events_non_200": events.exclude(status=200).count(),
+            "note": "events can exceed client-counted requests by the few in flight when wrk stops",
+        }
         log(f"metering: {metering}")
 
         machine_info = {**machine(), "background": background.report([nginx.pid, litellm_process.pid])}
-        results = report(machine_info, rounds, c1, ttfts, rate, floor, metering, limits_check, probe, litellm_mode, seeded,
-                         load_core, gateway_core, pinned_services, c1_seconds, step_seconds, ttft_count, args.quick,
-                         time.monotonic() - began)
+        results = report(
+            machine_info,
+            rounds,
+            c1,
+            ttfts,
+            rate,
+            floor,
+            metering,
+            limits_check,
+            probe,
+            litellm_mode,
+            seeded,
+            load_core,
+            gateway_core,
+            pinned_services,
+            c1_seconds,
+            step_seconds,
+            ttft_count,
+            args.quick,
+            time.monotonic() - began,
+        )
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print_table(results)

@@ -71,7 +71,9 @@ class UserOut(Schema):
     username: str
     email: str
     is_active: bool
-    is_superuser: bool = Field(description="A bootstrap superuser is a platform admin whatever its org roles.")
+    is_superuser: bool = Field(
+        description="A bootstrap superuser is a platform admin whatever its org roles."
+    )
     org_roles: list[OrgRole]
     last_login: datetime | None
 
@@ -97,7 +99,9 @@ class UserDetailOut(UserOut):
 
 
 class OrgRolesIn(Schema):
-    roles: list[OrgRole] = Field(max_length=len(OrgRole.values), description="The user's organisation roles, all of them.")
+    roles: list[OrgRole] = Field(
+        max_length=len(OrgRole.values), description="The user's organisation roles, all of them."
+    )
 
 
 class UserIn(Schema):
@@ -278,7 +282,9 @@ def reactivate_user(request, user_id: int):
 @router.put("/users/{user_id}/org-roles", response=UserDetailOut)
 def set_org_roles(request, user_id: int, payload: OrgRolesIn):
     """Replace the user's organisation roles (admin, auditor); each grant and revocation is audited."""
-    user = services.set_org_roles(actor=request.auth, user=_user(request, user_id, "user.manage"), roles=payload.roles)
+    user = services.set_org_roles(
+        actor=request.auth, user=_user(request, user_id, "user.manage"), roles=payload.roles
+    )
     return _user(request, user.pk, "user.manage")
 
 

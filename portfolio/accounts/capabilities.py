@@ -47,7 +47,15 @@ MATRIX: dict[str, frozenset[str]] = {
 
 # Actions whose subject is the whole organisation, not one team's object.
 ORG_ACTIONS = frozenset(
-    {"department.create", "team.create", "user.view", "user.manage", "audit.view", "audit.export", "pool.manage"}
+    {
+        "department.create",
+        "team.create",
+        "user.view",
+        "user.manage",
+        "audit.view",
+        "audit.export",
+        "pool.manage",
+    }
 )
 
 

@@ -7,7 +7,9 @@ from django.utils import timezone
 
 from portfolio.accounts.choices import OrgRole, TeamRole
 
-cost_center_validator = RegexValidator(r"^[A-Z0-9][A-Z0-9\-]{1,31}$", "Use 2-32 capital letters, digits or dashes.")
+cost_center_validator = RegexValidator(
+    r"^[A-Z0-9][A-Z0-9\-]{1,31}$", "Use 2-32 capital letters, digits or dashes."
+)
 
 
 class DepartmentQuerySet(models.QuerySet):
@@ -127,13 +129,17 @@ class PersonalTokenQuerySet(models.QuerySet):
 
     def active(self) -> PersonalTokenQuerySet:
         now = timezone.now()
-        return self.filter(revoked_at__isnull=True).filter(models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now))
+        return self.filter(revoked_at__isnull=True).filter(
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
+        )
 
 
 class PersonalToken(models.Model):
     """A user's personal access token for scripts calling the REST API; only a keyed hash is kept."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="personal_tokens")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="personal_tokens"
+    )
     name = models.CharField(max_length=100)
     # The public part of the token, used to look the row up before the constant-time hash comparison.
     key_id = models.CharField(max_length=16, unique=True)

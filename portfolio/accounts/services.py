@@ -55,7 +55,10 @@ def _save_new(obj, conflict: str):
 def create_department(*, actor: Actor, name: str, cost_center: str) -> Department:
     gate.require(actor, "department.create")
     department = _validated(Department(name=name.strip(), cost_center=cost_center.strip().upper()))
-    _save_new(department, f"A department named {department.name!r} or with cost center {department.cost_center} already exists.")
+    _save_new(
+        department,
+        f"A department named {department.name!r} or with cost center {department.cost_center} already exists.",
+    )
     audit.record(actor, "department.create", department, after=department.snapshot())
     return department
 
@@ -82,10 +85,17 @@ def create_team(
     gate.require(actor, "team.create")
     slug = slugify(slug or name)[:60]
     if not slug:
-        raise Invalid("name: A team needs a name with at least one letter or digit.", fields={"name": ["Required."]})
+        raise Invalid(
+            "name: A team needs a name with at least one letter or digit.", fields={"name": ["Required."]}
+        )
     if slug in RESERVED_TEAM_SLUGS:
-        raise Invalid(f"slug: {slug!r} is reserved by the web UI; choose another address.", fields={"slug": ["Reserved."]})
-    team = _validated(Team(department=department, name=name.strip(), slug=slug, description=description.strip()))
+        raise Invalid(
+            f"slug: {slug!r} is reserved by the web UI; choose another address.",
+            fields={"slug": ["Reserved."]},
+        )
+    team = _validated(
+        Team(department=department, name=name.strip(), slug=slug, description=description.strip())
+    )
     _save_new(team, f"A team named {team.name!r} or with the address {slug!r} already exists.")
     audit.record(actor, "team.create", team, after=team.snapshot())
     return team
@@ -117,7 +127,9 @@ def _check_role(role: str) -> str:
 def add_member(*, actor: Actor, team: Team, user, role: str) -> Membership:
     gate.require(actor, "member.manage", team)
     membership = Membership(team=team, user=user, role=_check_role(role))
-    _save_new(membership, f"{user.get_username()} is already a member of {team.name}; change the role instead.")
+    _save_new(
+        membership, f"{user.get_username()} is already a member of {team.name}; change the role instead."
+    )
     audit.record(actor, "membership.create", membership, after=membership.snapshot())
     return membership
 
@@ -125,7 +137,9 @@ def add_member(*, actor: Actor, team: Team, user, role: str) -> Membership:
 def _would_leave_no_owner(membership: Membership) -> bool:
     if membership.role != TeamRole.OWNER:
         return False
-    others = Membership.objects.filter(team_id=membership.team_id, role=TeamRole.OWNER).exclude(pk=membership.pk)
+    others = Membership.objects.filter(team_id=membership.team_id, role=TeamRole.OWNER).exclude(
+        pk=membership.pk
+    )
     return not others.exists()
 
 
@@ -188,9 +202,13 @@ def user_snapshot(user) -> dict:
 
 def _is_last_active_admin(user) -> bool:
     """Whether ``user`` is the only active platform admin left (superusers count as admins)."""
-    admins = User.objects.filter(is_active=True).filter(Q(is_superuser=True) | Q(org_roles__role=OrgRole.ADMIN))
+    admins = User.objects.filter(is_active=True).filter(
+        Q(is_superuser=True) | Q(org_roles__role=OrgRole.ADMIN)
+    )
     # Locked, so that two admins removing each other at once cannot both succeed.
-    ids = set(User.objects.select_for_update().filter(pk__in=admins.values("pk")).values_list("pk", flat=True))
+    ids = set(
+        User.objects.select_for_update().filter(pk__in=admins.values("pk")).values_list("pk", flat=True)
+    )
     return ids == {user.pk}
 
 
@@ -207,8 +225,15 @@ def set_org_role(*, actor: Actor, user, role: str, granted: bool) -> None:
         action = "org_role.grant"
     else:
         grants = OrgRoleGrant.objects.filter(user=user, role=role)
-        if role == OrgRole.ADMIN and not user.is_superuser and grants.exists() and _is_last_active_admin(user):
-            raise Conflict("The organisation keeps at least one active platform admin: make someone else admin first.")
+        if (
+            role == OrgRole.ADMIN
+            and not user.is_superuser
+            and grants.exists()
+            and _is_last_active_admin(user)
+        ):
+            raise Conflict(
+                "The organisation keeps at least one active platform admin: make someone else admin first."
+            )
         changed = grants.delete()[0] > 0
         action = "org_role.revoke"
     if changed:
@@ -224,7 +249,9 @@ def set_org_roles(*, actor: Actor, user, roles: Iterable[str]):
     wanted = set(roles)
     unknown = sorted(wanted - set(OrgRole.values))
     if unknown:
-        raise Invalid(f"roles: {unknown[0]!r} is not an organisation role.", fields={"roles": ["Unknown role."]})
+        raise Invalid(
+            f"roles: {unknown[0]!r} is not an organisation role.", fields={"roles": ["Unknown role."]}
+        )
     # Grants first, so that swapping roles never passes through "no admin left".
     for role in sorted(wanted):
         set_org_role(actor=actor, user=user, role=role, granted=True)
@@ -259,7 +286,9 @@ def deactivate_user(*, actor: Actor, user):
     if not user.is_active:
         return user
     if _is_last_active_admin(user):
-        raise Conflict("The organisation keeps at least one active platform admin: make someone else admin first.")
+        raise Conflict(
+            "The organisation keeps at least one active platform admin: make someone else admin first."
+        )
     before = user_snapshot(user)
     user.is_active = False
     user.save(update_fields=["is_active"])
@@ -267,8 +296,11 @@ def deactivate_user(*, actor: Actor, user):
     revoked = list(PersonalToken.objects.active().filter(user=user).values_list("key_id", flat=True))
     PersonalToken.objects.filter(user=user, key_id__in=revoked).update(revoked_at=now)
     ended = _end_sessions(user)
-    after = {**user_snapshot(user), "tokens_revoked": [f"pat_{key_id}_…" for key_id in revoked],
-             "sessions_ended": ended}
+    after = {
+        **user_snapshot(user),
+        "tokens_revoked": [f"pat_{key_id}_…" for key_id in revoked],
+        "sessions_ended": ended,
+    }
     audit.record(actor, "user.deactivate", user, before=before, after=after, object_repr=user.username)
     return user
 
@@ -283,7 +315,9 @@ def reactivate_user(*, actor: Actor, user):
     before = user_snapshot(user)
     user.is_active = True
     user.save(update_fields=["is_active"])
-    audit.record(actor, "user.reactivate", user, before=before, after=user_snapshot(user), object_repr=user.username)
+    audit.record(
+        actor, "user.reactivate", user, before=before, after=user_snapshot(user), object_repr=user.username
+    )
     return user
 
 
@@ -300,7 +334,9 @@ def change_password(*, actor: Actor, user, new_password: str) -> None:
 
 # --- Personal access tokens ------------------------------------------------------------------------
 @transaction.atomic
-def create_personal_token(*, actor: Actor, name: str, expires_in_days: int | None = 90) -> tuple[PersonalToken, str]:
+def create_personal_token(
+    *, actor: Actor, name: str, expires_in_days: int | None = 90
+) -> tuple[PersonalToken, str]:
     """Return the token row and its plaintext, which is never stored and never shown again."""
     if actor.user is None or actor.token_id is not None:
         # A token cannot mint more tokens: a leaked one must not be able to outlive its revocation.
@@ -310,7 +346,10 @@ def create_personal_token(*, actor: Actor, name: str, expires_in_days: int | Non
         raise Invalid("name: Give the token a name of 1-100 characters.", fields={"name": ["Required."]})
     limit = settings.PERSONAL_TOKEN_MAX_DAYS
     if expires_in_days is None or not 1 <= expires_in_days <= limit:
-        raise Invalid(f"expires_in_days: Choose between 1 and {limit} days.", fields={"expires_in_days": ["Out of range."]})
+        raise Invalid(
+            f"expires_in_days: Choose between 1 and {limit} days.",
+            fields={"expires_in_days": ["Out of range."]},
+        )
     issued = secrets_hashing.issue(TOKEN_PREFIX)
     token = PersonalToken.objects.create(
         user=actor.user,
@@ -326,7 +365,9 @@ def create_personal_token(*, actor: Actor, name: str, expires_in_days: int | Non
 @transaction.atomic
 def revoke_personal_token(*, actor: Actor, token: PersonalToken) -> PersonalToken:
     token = gate.get_visible(actor, PersonalToken, pk=token.pk)
-    updated = PersonalToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    updated = PersonalToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
     if updated:
         token.refresh_from_db(fields=["revoked_at"])
         audit.record(actor, "token.revoke", token, after=token.snapshot())

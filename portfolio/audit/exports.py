@@ -128,9 +128,20 @@ def build_export(*, actor: Actor, selection: AuditFilter, fmt: str) -> Export:
             object_type="audit.export",
             object_id=manifest["events_sha256"][:16],
             object_repr=f"{fmt} export of {manifest['count']} events",
-            after={key: manifest[key] for key in ("format", "count", "first_sequence", "last_sequence",
-                                                 "filters", "head_sequence", "head_hash", "events_sha256",
-                                                 "key_id")},
+            after={
+                key: manifest[key]
+                for key in (
+                    "format",
+                    "count",
+                    "first_sequence",
+                    "last_sequence",
+                    "filters",
+                    "head_sequence",
+                    "head_hash",
+                    "events_sha256",
+                    "key_id",
+                )
+            },
         )
     stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
     return Export(path=Path(handle.name), filename=f"audit-export-{stamp}.zip", manifest=manifest)

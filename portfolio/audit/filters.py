@@ -48,7 +48,9 @@ class AuditFilter:
     @property
     def is_time_range_only(self) -> bool:
         """Such a selection is a contiguous stretch of the chain, so exports can check its links too."""
-        return not any((self.actor, self.action, self.department_id, self.team_id, self.object_type, self.object_id))
+        return not any(
+            (self.actor, self.action, self.department_id, self.team_id, self.object_type, self.object_id)
+        )
 
     def describe(self) -> dict:
         return {

@@ -101,7 +101,9 @@ def _signature_problems(manifest: dict, keys: dict[str, Ed25519PublicKey]) -> li
     claimed = str(manifest.get("key_id", ""))
     if claimed not in keys:
         known = ", ".join(sorted(keys)) or "none"
-        return [f"the manifest names signing key {claimed!r}, which is not among the public keys given ({known})"]
+        return [
+            f"the manifest names signing key {claimed!r}, which is not among the public keys given ({known})"
+        ]
     if not signing.signature_holds(
         exportformat.signed_payload(manifest), str(manifest.get("signature", "")), keys[claimed]
     ):
@@ -125,8 +127,11 @@ def verify_export(path: Path, public_keys: Iterable[Ed25519PublicKey]) -> Export
         except (KeyError, ValueError) as exc:
             return ExportVerdict(False, [f"manifest missing or unreadable: {exc}"])
         verdict = ExportVerdict(
-            True, _signature_problems(manifest, keys), key_id=str(manifest.get("key_id", "")),
-            head_sequence=manifest.get("head_sequence"), head_hash=str(manifest.get("head_hash", "")),
+            True,
+            _signature_problems(manifest, keys),
+            key_id=str(manifest.get("key_id", "")),
+            head_sequence=manifest.get("head_sequence"),
+            head_hash=str(manifest.get("head_hash", "")),
         )
         fmt = str(manifest.get("format"))
         events_name = exportformat.EVENT_FILES.get(fmt)
@@ -141,7 +146,9 @@ def verify_export(path: Path, public_keys: Iterable[Ed25519PublicKey]) -> Export
     return verdict
 
 
-def _check_events(archive: zipfile.ZipFile, name: str, fmt: str, manifest: dict, verdict: ExportVerdict) -> None:
+def _check_events(
+    archive: zipfile.ZipFile, name: str, fmt: str, manifest: dict, verdict: ExportVerdict
+) -> None:
     try:
         member = archive.open(name)
     except KeyError:
@@ -150,7 +157,9 @@ def _check_events(archive: zipfile.ZipFile, name: str, fmt: str, manifest: dict,
     version = manifest["version"] if isinstance(manifest.get("version"), int) else 1
     with member:
         hashed = _HashingReader(member)
-        text = io.TextIOWrapper(io.BufferedReader(hashed), encoding="utf-8", newline="" if fmt == "csv" else None)
+        text = io.TextIOWrapper(
+            io.BufferedReader(hashed), encoding="utf-8", newline="" if fmt == "csv" else None
+        )
         tally = _Tally(_rows(text, fmt, version))
         try:
             result = chain.verify(tally, contiguous=bool(manifest.get("contiguous")))
@@ -167,12 +176,18 @@ def _check_events(archive: zipfile.ZipFile, name: str, fmt: str, manifest: dict,
         return  # the walk stopped early: counts and range say nothing more
     verdict.count = tally.count
     if tally.count != manifest.get("count"):
-        verdict.problems.append(f"the manifest counts {manifest.get('count')} events, the file holds {tally.count}")
+        verdict.problems.append(
+            f"the manifest counts {manifest.get('count')} events, the file holds {tally.count}"
+        )
     first = tally.first["sequence"] if tally.first else None
     last = tally.last["sequence"] if tally.last else None
     if (first, last) != (manifest.get("first_sequence"), manifest.get("last_sequence")):
         verdict.problems.append("first/last sequence differ from the manifest")
-    if tally.last and last == manifest.get("head_sequence") and tally.last["hash"] != manifest.get("head_hash"):
+    if (
+        tally.last
+        and last == manifest.get("head_sequence")
+        and tally.last["hash"] != manifest.get("head_hash")
+    ):
         verdict.problems.append("the last event's hash differs from the chain head the manifest states")
 
 
@@ -194,10 +209,15 @@ def report(verdict: ExportVerdict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m portfolio.audit.offline", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m portfolio.audit.offline", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("file", type=Path, help="the export .zip")
     parser.add_argument(
-        "--public-key-file", type=Path, action="append", required=True,
+        "--public-key-file",
+        type=Path,
+        action="append",
+        required=True,
         help="the signer's public key (PEM, ssh-ed25519 or base64); repeat, or put several in one file",
     )
     args = parser.parse_args(argv)

@@ -59,7 +59,9 @@ def load_private_key(text: str) -> Ed25519PrivateKey:
             # cryptography's message is generic; never echo the key material.
             raise UnreadableKey("not a readable, unencrypted PEM private key") from None
         if not isinstance(key, Ed25519PrivateKey):
-            raise UnreadableKey(f"the PEM holds a {type(key).__name__.removesuffix('PrivateKey')} key, not Ed25519")
+            raise UnreadableKey(
+                f"the PEM holds a {type(key).__name__.removesuffix('PrivateKey')} key, not Ed25519"
+            )
         return key
     return Ed25519PrivateKey.from_private_bytes(_base64_32(text, "not an Ed25519 private key"))
 

@@ -172,4 +172,3 @@ def audit_export(request):
             export.path.unlink()  # the open handle keeps the data readable until the response is sent
             return response
     return render(request, "audit/export_error.html", {"error": error, "form": form}, status=400)
-

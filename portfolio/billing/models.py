@@ -19,7 +19,11 @@ class EndpointPrice(models.Model):
         ordering = ["endpoint__name"]
 
     def __str__(self) -> str:
-        return f"{self.endpoint.name}: {self.input_per_million}/{self.output_per_million} {self.currency} per 1M"
+        return (
+            f"{self.endpoint.name}: {self.input_per_million}/{self.output_per_million} {self.currency} per 1M"
+        )
 
     def cost(self, input_tokens: int, output_tokens: int) -> Decimal:
-        return (self.input_per_million * input_tokens + self.output_per_million * output_tokens) / Decimal(1_000_000)
+        return (self.input_per_million * input_tokens + self.output_per_million * output_tokens) / Decimal(
+            1_000_000
+        )

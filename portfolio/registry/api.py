@@ -105,19 +105,25 @@ class ImportIn(Schema):
     trust_remote_code: bool = False
     model_card: str = ""
     chat_template: str = Field(
-        "", max_length=chat_templates.MAX_CHAT_TEMPLATE_BYTES,
+        "",
+        max_length=chat_templates.MAX_CHAT_TEMPLATE_BYTES,
         description="A Jinja chat template written into the imported tokenizer (for files without one)",
     )
 
 
 class ChatTemplateIn(Schema):
-    chat_template: str = Field(min_length=1, max_length=chat_templates.MAX_CHAT_TEMPLATE_BYTES,
-                               description="A Jinja chat template, as transformers reads it")
+    chat_template: str = Field(
+        min_length=1,
+        max_length=chat_templates.MAX_CHAT_TEMPLATE_BYTES,
+        description="A Jinja chat template, as transformers reads it",
+    )
 
 
 class PromoteIn(Schema):
     alias: str = Field(min_length=1, max_length=32)
-    force_reason: str = Field("", max_length=500, description="Owners only: promote despite a lower eval score")
+    force_reason: str = Field(
+        "", max_length=500, description="Owners only: promote despite a lower eval score"
+    )
 
 
 class LineageOut(Schema):
@@ -142,7 +148,9 @@ def _version(request, name: str, number: int) -> ModelVersion:
 def list_models(request, q: str = "", task: str = "", team_id: int | None = None, alias: str = ""):
     models = gate.visible(request.auth, Model).prefetch_related("aliases__version")
     if q:
-        models = models.filter(Q(name__icontains=q) | Q(description__icontains=q) | Q(tags__contains=[q.lower()]))
+        models = models.filter(
+            Q(name__icontains=q) | Q(description__icontains=q) | Q(tags__contains=[q.lower()])
+        )
     if task:
         models = models.filter(task=task)
     if team_id is not None:
@@ -189,12 +197,20 @@ def start_import(request, name: str, payload: ImportIn):
     if payload.source == Source.UPLOAD:
         raise Invalid("source: upload adapters with POST /models/{name}/uploads.")
     model = _model(request, name)
-    base = ModelVersion.objects.filter(pk=payload.base_version_id).first() if payload.base_version_id else None
+    base = (
+        ModelVersion.objects.filter(pk=payload.base_version_id).first() if payload.base_version_id else None
+    )
     if payload.base_version_id and base is None:
         raise Invalid("base_version_id: No such version.")
     version = services.start_import(
-        actor=request.auth, model=model, source=payload.source, ref=payload.ref, base_version=base,
-        allow_pickle=payload.allow_pickle, trust_remote_code=payload.trust_remote_code, model_card=payload.model_card,
+        actor=request.auth,
+        model=model,
+        source=payload.source,
+        ref=payload.ref,
+        base_version=base,
+        allow_pickle=payload.allow_pickle,
+        trust_remote_code=payload.trust_remote_code,
+        model_card=payload.model_card,
         chat_template=payload.chat_template,
     )
     return Status(202, version)
@@ -210,8 +226,14 @@ def upload_adapter(request, name: str, base_version_id: Form[int], file: File[Up
         raise Invalid("base_version_id: No such version.")
     saved = services.save_upload(file.chunks(), file.name or "")
     try:
-        version = services.start_import(actor=request.auth, model=model, source=Source.UPLOAD, ref=file.name or "",
-                                        base_version=base, upload_path=saved)
+        version = services.start_import(
+            actor=request.auth,
+            model=model,
+            source=Source.UPLOAD,
+            ref=file.name or "",
+            base_version=base,
+            upload_path=saved,
+        )
     except BaseException:
         saved.unlink(missing_ok=True)
         raise
@@ -221,7 +243,9 @@ def upload_adapter(request, name: str, base_version_id: Form[int], file: File[Up
 @router.post("/models/{name}/versions/{number}/promote", response=ModelOut)
 def promote(request, name: str, number: int, payload: PromoteIn):
     version = _version(request, name, number)
-    services.promote(actor=request.auth, version=version, alias=payload.alias, force_reason=payload.force_reason)
+    services.promote(
+        actor=request.auth, version=version, alias=payload.alias, force_reason=payload.force_reason
+    )
     return version.model
 
 
@@ -230,8 +254,10 @@ def set_chat_template(request, name: str, number: int, payload: ChatTemplateIn):
     """Give a version a chat template: a new version with the same weights and this template in its
     tokenizer, derived from this one. Chat calls are refused for versions without a template."""
     version = _version(request, name, number)
-    return Status(201, services.set_chat_template(actor=request.auth, version=version,
-                                                  chat_template=payload.chat_template))
+    return Status(
+        201,
+        services.set_chat_template(actor=request.auth, version=version, chat_template=payload.chat_template),
+    )
 
 
 @router.post("/models/{name}/versions/{number}/archive", response=VersionOut)
@@ -256,8 +282,11 @@ def download_file(request, name: str, number: int, path: str):
     url = store.download_url(entry.sha256, entry.path.rsplit("/", 1)[-1], timedelta(minutes=15))
     if url:
         return HttpResponseRedirect(url)
-    return FileResponse(_VerifiedReader(store, entry, version.artifact_id), as_attachment=True,
-                        filename=entry.path.rsplit("/", 1)[-1])
+    return FileResponse(
+        _VerifiedReader(store, entry, version.artifact_id),
+        as_attachment=True,
+        filename=entry.path.rsplit("/", 1)[-1],
+    )
 
 
 class _VerifiedReader:
@@ -310,10 +339,26 @@ class CompareQuery(Schema):
 def compare(request, name: str, query: Query[CompareQuery]):
     """Two versions side by side: metadata and metrics."""
     left, right = _version(request, name, query.a), _version(request, name, query.b)
-    fields = ["kind", "source", "source_ref", "status", "format", "architecture", "parameter_count",
-              "context_length", "dtype", "quantization", "has_chat_template", "artifact_id"]
+    fields = [
+        "kind",
+        "source",
+        "source_ref",
+        "status",
+        "format",
+        "architecture",
+        "parameter_count",
+        "context_length",
+        "dtype",
+        "quantization",
+        "has_chat_template",
+        "artifact_id",
+    ]
     return {
-        "a": query.a, "b": query.b,
+        "a": query.a,
+        "b": query.b,
         "fields": {f: [getattr(left, f), getattr(right, f)] for f in fields},
-        "metrics": {k: [left.metrics.get(k), right.metrics.get(k)] for k in sorted(set(left.metrics) | set(right.metrics))},
+        "metrics": {
+            k: [left.metrics.get(k), right.metrics.get(k)]
+            for k in sorted(set(left.metrics) | set(right.metrics))
+        },
     }

@@ -5,13 +5,45 @@ from __future__ import annotations
 import nh3
 from markdown_it import MarkdownIt
 
-_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table").enable("strikethrough")
+_markdown = (
+    MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table").enable("strikethrough")
+)
 
 ALLOWED_TAGS = {
-    "p", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "li", "strong", "em", "code", "pre", "blockquote",
-    "a", "table", "thead", "tbody", "tr", "th", "td", "hr", "br", "s", "del", "img",
+    "p",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "ul",
+    "ol",
+    "li",
+    "strong",
+    "em",
+    "code",
+    "pre",
+    "blockquote",
+    "a",
+    "table",
+    "thead",
+    "tbody",
+    "tr",
+    "th",
+    "td",
+    "hr",
+    "br",
+    "s",
+    "del",
+    "img",
 }
-ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "title"}, "th": {"align"}, "td": {"align"}}
+ALLOWED_ATTRIBUTES = {
+    "a": {"href", "title"},
+    "img": {"src", "alt", "title"},
+    "th": {"align"},
+    "td": {"align"},
+}
 
 
 def render(markdown_text: str) -> str:
@@ -33,7 +65,12 @@ def generated_card(version) -> str:
         lines += [version.model.description, ""]
     facts = [
         ("Kind", version.get_kind_display()),
-        ("Source", f"{version.get_source_display()} `{version.source_ref}`" if version.source_ref else version.get_source_display()),
+        (
+            "Source",
+            f"{version.get_source_display()} `{version.source_ref}`"
+            if version.source_ref
+            else version.get_source_display(),
+        ),
         ("Architecture", version.architecture or "—"),
         ("Parameters", f"{version.parameter_count:,}" if version.parameter_count else "—"),
         ("Context length", str(version.context_length or "—")),

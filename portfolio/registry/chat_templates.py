@@ -91,7 +91,9 @@ def _with_template(raw: str | None, template: str) -> bytes:
     try:
         config = json.loads(raw) if raw else {}
     except ValueError as exc:
-        raise Invalid(f"{TOKENIZER_CONFIG} is not valid JSON ({exc}); fix the files and import them again.") from None
+        raise Invalid(
+            f"{TOKENIZER_CONFIG} is not valid JSON ({exc}); fix the files and import them again."
+        ) from None
     if not isinstance(config, dict):
         raise Invalid(f"{TOKENIZER_CONFIG} is not a JSON object; fix the files and import them again.")
     config["chat_template"] = template
@@ -99,7 +101,9 @@ def _with_template(raw: str | None, template: str) -> bytes:
 
 
 def _too_large() -> Invalid:
-    return Invalid(f"{TOKENIZER_CONFIG} is larger than {MAX_TOKENIZER_CONFIG_BYTES} bytes; it cannot be rewritten.")
+    return Invalid(
+        f"{TOKENIZER_CONFIG} is larger than {MAX_TOKENIZER_CONFIG_BYTES} bytes; it cannot be rewritten."
+    )
 
 
 def write_into(folder: Path, template: str) -> None:

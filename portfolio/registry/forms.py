@@ -246,7 +246,9 @@ class PromoteForm(forms.Form):
     )
     confirm = forms.BooleanField(required=False, widget=forms.HiddenInput)
     force_reason = forms.CharField(
-        required=False, max_length=500, label="Reason to override a lower eval score (owners only)",
+        required=False,
+        max_length=500,
+        label="Reason to override a lower eval score (owners only)",
         help_text="Promotion to production is refused when this version scores below the current holder.",
     )
 

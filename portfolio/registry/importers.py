@@ -78,8 +78,11 @@ def fetch_hub(version: ModelVersion, workdir: Path, report: Report) -> Path:
         patterns += CODE_PATTERNS
     report(5, f"fetching {repo} from the Hub mirror")
     try:
-        snapshot = Path(snapshot_download(repo, revision=revision, allow_patterns=patterns,
-                                          cache_dir=settings.HF_CACHE_DIR))
+        snapshot = Path(
+            snapshot_download(
+                repo, revision=revision, allow_patterns=patterns, cache_dir=settings.HF_CACHE_DIR
+            )
+        )
     except RepositoryNotFoundError as exc:
         raise ImportFailed(f"Repository {repo} was not found on the Hub mirror (or needs a token).") from exc
     except LocalEntryNotFoundError as exc:
@@ -151,11 +154,15 @@ def convert_gguf(gguf: Path, workdir: Path, report: Report) -> Path:
         report(10, f"converting {gguf.name} to safetensors")
         result = subprocess.run(
             [sys.executable, "-m", "portfolio.registry.gguf_convert", str(gguf), str(out)],
-            capture_output=True, text=True, timeout=settings.GGUF_CONVERT_TIMEOUT,
+            capture_output=True,
+            text=True,
+            timeout=settings.GGUF_CONVERT_TIMEOUT,
         )
         if result.returncode != 0:
             tail = "\n".join(result.stderr.strip().splitlines()[-5:])
-            raise ImportFailed(f"Could not convert {gguf.name}: {tail or 'converter exited ' + str(result.returncode)}")
+            raise ImportFailed(
+                f"Could not convert {gguf.name}: {tail or 'converter exited ' + str(result.returncode)}"
+            )
         shutil.rmtree(cached, ignore_errors=True)
         _link_tree(out, cached)
         (cached / ".complete").touch()

@@ -21,8 +21,16 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 CODE_SUFFIXES = (".py",)
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
-SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
-                      "I8": "int8", "U8": "uint8", "F8_E4M3": "float8_e4m3", "F8_E5M2": "float8_e5m2"}
+SAFETENSORS_DTYPES = {
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F64": "float64",
+    "I8": "int8",
+    "U8": "uint8",
+    "F8_E4M3": "float8_e4m3",
+    "F8_E5M2": "float8_e5m2",
+}
 
 
 class InspectionError(Exception):
@@ -46,8 +54,17 @@ class ModelFacts:
     # The shape facts the scheduler's memory estimate needs (KV cache size per token).
     shape: dict = field(default_factory=dict)
 
-SHAPE_KEYS = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hidden_size", "head_dim",
-              "vocab_size", "tie_word_embeddings", "model_type")
+
+SHAPE_KEYS = (
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "hidden_size",
+    "head_dim",
+    "vocab_size",
+    "tie_word_embeddings",
+    "model_type",
+)
 
 
 def safetensors_header(path: Path) -> dict:
@@ -107,7 +124,14 @@ def inspect_directory(directory: Path) -> ModelFacts:
         facts.format = "peft-lora"
         facts.adapter = {
             key: adapter_config.get(key)
-            for key in ("peft_type", "r", "lora_alpha", "target_modules", "base_model_name_or_path", "task_type")
+            for key in (
+                "peft_type",
+                "r",
+                "lora_alpha",
+                "target_modules",
+                "base_model_name_or_path",
+                "task_type",
+            )
             if key in adapter_config
         }
         if isinstance(facts.adapter.get("target_modules"), set):
@@ -124,11 +148,15 @@ def inspect_directory(directory: Path) -> ModelFacts:
                 break
         facts.dtype = facts.dtype or str(config.get("torch_dtype") or config.get("dtype") or "")
         quantization = config.get("quantization_config") or {}
-        facts.quantization = str(quantization.get("quant_method", "")) if isinstance(quantization, dict) else ""
+        facts.quantization = (
+            str(quantization.get("quant_method", "")) if isinstance(quantization, dict) else ""
+        )
         facts.format = "safetensors" if weights else ("pickle" if facts.pickle_files else "")
         facts.shape = {key: config[key] for key in SHAPE_KEYS if key in config}
     tokenizer_config = _read_json(directory / "tokenizer_config.json")
-    facts.has_chat_template = bool(tokenizer_config.get("chat_template")) or (directory / "chat_template.jinja").exists()
+    facts.has_chat_template = (
+        bool(tokenizer_config.get("chat_template")) or (directory / "chat_template.jinja").exists()
+    )
     readme = directory / "README.md"
     if readme.exists() and readme.stat().st_size < 512 * 1024:
         facts.model_card = readme.read_text(errors="replace")

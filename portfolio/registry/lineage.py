@@ -25,7 +25,9 @@ class Edge:
 
 
 def _node(version: ModelVersion) -> Node:
-    return Node(f"v{version.pk}", version.label, version.kind, version.status, version.model.name, version.number)
+    return Node(
+        f"v{version.pk}", version.label, version.kind, version.status, version.model.name, version.number
+    )
 
 
 def graph_for(model: Model, visible_versions) -> tuple[list[Node], list[Edge]]:
@@ -41,7 +43,10 @@ def graph_for(model: Model, visible_versions) -> tuple[list[Node], list[Edge]]:
     # Only the ids lineage could show are checked against what the viewer may see.
     allowed = set(visible_versions.filter(pk__in=candidates - {None}).values_list("pk", flat=True))
     for version in versions:
-        for other, relation in ((version.base_version, "adapter of"), (version.parent_version, "derived from")):
+        for other, relation in (
+            (version.base_version, "adapter of"),
+            (version.parent_version, "derived from"),
+        ):
             if other is None:
                 continue
             if other.pk not in allowed:

@@ -51,8 +51,9 @@ class Model(models.Model):
     tags = ArrayField(models.CharField(max_length=40), default=list, blank=True)
     license = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     objects = ModelQuerySet.as_manager()
 
@@ -72,8 +73,12 @@ class Model(models.Model):
 
     def snapshot(self) -> dict:
         return {
-            "name": self.name, "task": self.task, "owner_team": self.owner_team.slug,
-            "visibility": self.visibility, "tags": list(self.tags), "license": self.license,
+            "name": self.name,
+            "task": self.task,
+            "owner_team": self.owner_team.slug,
+            "visibility": self.visibility,
+            "tags": list(self.tags),
+            "license": self.license,
             "description": self.description,
         }
 
@@ -117,14 +122,30 @@ class ModelVersion(models.Model):
     model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="versions")
     number = models.PositiveIntegerField()
     kind = models.CharField(max_length=10, choices=VersionKind.choices, default=VersionKind.BASE)
-    base_version = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT,
-                                     related_name="adapters", help_text="The base an adapter applies to")
-    parent_version = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT,
-                                       related_name="derived", help_text="The version this one was derived from")
+    base_version = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="adapters",
+        help_text="The base an adapter applies to",
+    )
+    parent_version = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="derived",
+        help_text="The version this one was derived from",
+    )
     source = models.CharField(max_length=16, choices=Source.choices)
-    source_ref = models.CharField(max_length=500, blank=True, help_text="Hub repo@revision, path, file or job")
+    source_ref = models.CharField(
+        max_length=500, blank=True, help_text="Hub repo@revision, path, file or job"
+    )
     import_options = models.JSONField(default=dict, blank=True)
-    artifact = models.ForeignKey(Artifact, null=True, blank=True, on_delete=models.PROTECT, related_name="versions")
+    artifact = models.ForeignKey(
+        Artifact, null=True, blank=True, on_delete=models.PROTECT, related_name="versions"
+    )
     format = models.CharField(max_length=40, blank=True)
     architecture = models.CharField(max_length=100, blank=True)
     parameter_count = models.BigIntegerField(null=True, blank=True)
@@ -135,7 +156,9 @@ class ModelVersion(models.Model):
     # a template engines refuse chat calls, so the gateway refuses them first. The default only applies to
     # rows no import inspected (created directly, as test fixtures do).
     has_chat_template = models.BooleanField(default=True)
-    shape = models.JSONField(default=dict, blank=True, help_text="Layers, heads, hidden size: for memory estimates")
+    shape = models.JSONField(
+        default=dict, blank=True, help_text="Layers, heads, hidden size: for memory estimates"
+    )
     metrics = models.JSONField(default=dict, blank=True)
     model_card = models.TextField(blank=True)
     status = models.CharField(max_length=10, choices=VersionStatus.choices, default=VersionStatus.IMPORTING)
@@ -144,8 +167,9 @@ class ModelVersion(models.Model):
     progress_detail = models.CharField(max_length=200, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     ready_at = models.DateTimeField(null=True, blank=True)
 
     objects = ModelVersionQuerySet.as_manager()
@@ -178,9 +202,13 @@ class ModelVersion(models.Model):
 
     def snapshot(self) -> dict:
         return {
-            "model": self.model.name, "number": self.number, "kind": self.kind,
+            "model": self.model.name,
+            "number": self.number,
+            "kind": self.kind,
             "base_version": self.base_version.label if self.base_version else None,
-            "source": self.source, "source_ref": self.source_ref, "status": self.status,
+            "source": self.source,
+            "source_ref": self.source_ref,
+            "status": self.status,
             "artifact": self.artifact_id,
         }
 
@@ -192,8 +220,9 @@ class Alias(models.Model):
     name = models.CharField(max_length=32, validators=[alias_validator])
     version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="aliases")
     updated_at = models.DateTimeField(default=timezone.now)
-    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["model__name", "name"]

@@ -68,20 +68,29 @@ def safe_extract(archive_path: Path, destination: Path, *, max_bytes: int | None
     with archive:
         entries = archive.infolist()
         if len(entries) > MAX_ZIP_ENTRIES:
-            raise Invalid(f"file: The archive has {len(entries)} entries; at most {MAX_ZIP_ENTRIES} are allowed.")
+            raise Invalid(
+                f"file: The archive has {len(entries)} entries; at most {MAX_ZIP_ENTRIES} are allowed."
+            )
         declared = sum(entry.file_size for entry in entries)
         if declared > limit:
             raise Invalid(f"file: The archive expands to {declared} bytes; the limit is {limit}.")
         for entry in entries:
             name = entry.filename
             pure = PurePosixPath(name)
-            if name.startswith(("/", "\\")) or "\\" in name or ".." in pure.parts or (pure.parts and ":" in pure.parts[0]):
+            if (
+                name.startswith(("/", "\\"))
+                or "\\" in name
+                or ".." in pure.parts
+                or (pure.parts and ":" in pure.parts[0])
+            ):
                 raise Invalid(f"file: Unsafe path in archive: {name!r}.")
             mode = (entry.external_attr >> 16) & 0o170000
             if mode and mode not in (stat.S_IFREG, stat.S_IFDIR):
                 raise Invalid(f"file: {name!r} is a link or special file; only regular files are allowed.")
             if entry.compress_size and entry.file_size / entry.compress_size > MAX_COMPRESSION_RATIO:
-                raise Invalid(f"file: {name!r} is compressed {entry.file_size // entry.compress_size}:1, a zip bomb.")
+                raise Invalid(
+                    f"file: {name!r} is compressed {entry.file_size // entry.compress_size}:1, a zip bomb."
+                )
             # A config is read whole later: refuse one past its cap now rather than write it out first
             # (a header that lies is caught when the extracted folder is inspected).
             cap = jsonfiles.CAPS.get(pure.name)

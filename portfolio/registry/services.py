@@ -39,8 +39,10 @@ IMPORTABLE_SOURCES = (Source.HUB, Source.LOCAL, Source.GGUF, Source.UPLOAD)
 RESERVED_MODEL_NAMES = frozenset({"new"})
 MAX_TAGS, MAX_TAG_LENGTH = 20, 40
 # The import's last progress line when the files have no chat template: what it means, where it shows.
-NO_CHAT_TEMPLATE = ("ready, without a chat template: chat calls are refused (completions work) until a version "
-                    "with one is made")
+NO_CHAT_TEMPLATE = (
+    "ready, without a chat template: chat calls are refused (completions work) until a version "
+    "with one is made"
+)
 
 
 def _clean_tags(tags: list[str]) -> list[str]:
@@ -63,8 +65,15 @@ def _check(validator, value: str, field: str) -> str:
 # --- Models ----------------------------------------------------------------------------------------
 @transaction.atomic
 def create_model(
-    *, actor: Actor, name: str, owner_team: Team, task: str = Task.CHAT, description: str = "",
-    visibility: str = Visibility.TEAM, tags: list[str] | None = None, license: str = "",
+    *,
+    actor: Actor,
+    name: str,
+    owner_team: Team,
+    task: str = Task.CHAT,
+    description: str = "",
+    visibility: str = Visibility.TEAM,
+    tags: list[str] | None = None,
+    license: str = "",
 ) -> Model:
     gate.require(actor, "model.register", owner_team)
     name = _check(model_name_validator, name.strip().lower(), "name")
@@ -76,8 +85,13 @@ def create_model(
     if visibility not in Visibility.values:
         raise Invalid(f"visibility: choose one of {', '.join(Visibility.values)}.")
     model = Model(
-        name=name, owner_team=owner_team, task=task, description=description.strip(), visibility=visibility,
-        tags=tags, license=license.strip(),
+        name=name,
+        owner_team=owner_team,
+        task=task,
+        description=description.strip(),
+        visibility=visibility,
+        tags=tags,
+        license=license.strip(),
         created_by=actor.user,
     )
     try:
@@ -90,13 +104,19 @@ def create_model(
 
 
 @transaction.atomic
-def update_model(*, actor: Actor, model: Model, description: str, visibility: str, tags: list[str],
-                 license: str, task: str) -> Model:
+def update_model(
+    *, actor: Actor, model: Model, description: str, visibility: str, tags: list[str], license: str, task: str
+) -> Model:
     gate.require(actor, "model.register", model)
     before = model.snapshot()
     if visibility not in Visibility.values or task not in Task.values:
         raise Invalid("visibility/task: not a known value.")
-    model.description, model.visibility, model.license, model.task = description.strip(), visibility, license, task
+    model.description, model.visibility, model.license, model.task = (
+        description.strip(),
+        visibility,
+        license,
+        task,
+    )
     model.tags = _clean_tags(tags)
     model.save(update_fields=["description", "visibility", "tags", "license", "task"])
     audit.record(actor, "model.update", model, before=before, after=model.snapshot())
@@ -133,9 +153,18 @@ def _next_number(model: Model) -> int:
 
 @transaction.atomic
 def start_import(
-    *, actor: Actor, model: Model, source: str, ref: str, base_version: ModelVersion | None = None,
-    allow_pickle: bool = False, trust_remote_code: bool = False, upload_path: Path | None = None,
-    model_card: str = "", chat_template: str = "", enqueue: bool = True,
+    *,
+    actor: Actor,
+    model: Model,
+    source: str,
+    ref: str,
+    base_version: ModelVersion | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    upload_path: Path | None = None,
+    model_card: str = "",
+    chat_template: str = "",
+    enqueue: bool = True,
 ) -> ModelVersion:
     """Register a version in ``importing`` state and queue its import on the control queue
     (``enqueue=False`` when the caller runs the import itself). A ``chat_template`` given here is written
@@ -168,17 +197,28 @@ def start_import(
     if chat_template.strip():
         chat_template = chat_templates.validate(chat_template)
         if kind == VersionKind.ADAPTER:
-            raise Invalid("chat_template: An adapter is served with its base version's tokenizer and template; "
-                          "set the template on the base version.")
+            raise Invalid(
+                "chat_template: An adapter is served with its base version's tokenizer and template; "
+                "set the template on the base version."
+            )
     options: dict[str, object] = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
     if upload_path is not None:
         options["upload_path"] = str(upload_path)
     if chat_template.strip():
         options["chat_template"] = chat_template
     version = ModelVersion.objects.create(
-        model=model, number=_next_number(model), kind=kind, base_version=base_version, source=source,
-        source_ref=ref[:500], import_options=options, status=VersionStatus.IMPORTING, model_card=model_card,
-        created_by=actor.user, heartbeat_at=timezone.now(), progress_detail="queued",
+        model=model,
+        number=_next_number(model),
+        kind=kind,
+        base_version=base_version,
+        source=source,
+        source_ref=ref[:500],
+        import_options=options,
+        status=VersionStatus.IMPORTING,
+        model_card=model_card,
+        created_by=actor.user,
+        heartbeat_at=timezone.now(),
+        progress_detail="queued",
     )
     audited = dict(options)
     if "chat_template" in audited:
@@ -200,11 +240,15 @@ def report_progress(version_id: int, percent: int, detail: str) -> None:
 def _facts_problems(version: ModelVersion, facts: ModelFacts) -> str | None:
     options = version.import_options
     if facts.pickle_files and not options.get("allow_pickle"):
-        return (f"Pickle weights refused ({', '.join(facts.pickle_files[:3])}): they can run code when loaded. "
-                "Use safetensors, or an admin may allow pickle for this import.")
+        return (
+            f"Pickle weights refused ({', '.join(facts.pickle_files[:3])}): they can run code when loaded. "
+            "Use safetensors, or an admin may allow pickle for this import."
+        )
     if facts.needs_remote_code and not options.get("trust_remote_code"):
-        return ("This model needs custom code (trust_remote_code): refused unless a platform admin approves it "
-                "for this import.")
+        return (
+            "This model needs custom code (trust_remote_code): refused unless a platform admin approves it "
+            "for this import."
+        )
     if version.kind == VersionKind.ADAPTER and not facts.is_adapter:
         return "An adapter needs adapter_config.json and adapter weights as safetensors."
     if version.kind == VersionKind.BASE and facts.is_adapter:
@@ -215,7 +259,9 @@ def _facts_problems(version: ModelVersion, facts: ModelFacts) -> str | None:
 
 
 @transaction.atomic
-def complete_import(version_id: int, manifest: Manifest, facts: ModelFacts, store_uri: str) -> ModelVersion | None:
+def complete_import(
+    version_id: int, manifest: Manifest, facts: ModelFacts, store_uri: str
+) -> ModelVersion | None:
     version = ModelVersion.objects.select_for_update().select_related("model__owner_team").get(pk=version_id)
     if version.status != VersionStatus.IMPORTING:
         return None  # cancelled or finished by another run meanwhile
@@ -226,9 +272,12 @@ def complete_import(version_id: int, manifest: Manifest, facts: ModelFacts, stor
     artifact, _ = Artifact.objects.get_or_create(
         id=manifest.artifact_id,
         defaults={
-            "store_uri": store_uri, "size_bytes": manifest.total_size, "file_count": len(manifest.files),
+            "store_uri": store_uri,
+            "size_bytes": manifest.total_size,
+            "file_count": len(manifest.files),
             "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
-            "health": Health.OK, "verified_at": timezone.now(),
+            "health": Health.OK,
+            "verified_at": timezone.now(),
         },
     )
     version.artifact = artifact
@@ -251,12 +300,31 @@ def complete_import(version_id: int, manifest: Manifest, facts: ModelFacts, stor
         version.progress_detail = NO_CHAT_TEMPLATE
         logger.warning("%s imported without a chat template: chat calls to it will be refused", version.label)
     version.ready_at = timezone.now()
-    version.save(update_fields=[
-        "artifact", "format", "architecture", "parameter_count", "context_length", "dtype", "quantization",
-        "has_chat_template", "shape", "metrics", "model_card", "status", "progress", "progress_detail", "ready_at",
-    ])
-    audit.record(Actor.for_system("registry.import"), "model_version.ready", version,
-                 after={**version.snapshot(), "has_chat_template": version.has_chat_template})
+    version.save(
+        update_fields=[
+            "artifact",
+            "format",
+            "architecture",
+            "parameter_count",
+            "context_length",
+            "dtype",
+            "quantization",
+            "has_chat_template",
+            "shape",
+            "metrics",
+            "model_card",
+            "status",
+            "progress",
+            "progress_detail",
+            "ready_at",
+        ]
+    )
+    audit.record(
+        Actor.for_system("registry.import"),
+        "model_version.ready",
+        version,
+        after={**version.snapshot(), "has_chat_template": version.has_chat_template},
+    )
     return version
 
 
@@ -273,47 +341,76 @@ def set_chat_template(*, actor: Actor, version: ModelVersion, chat_template: str
     gate.require(actor, "model.register", version.model)
     chat_template = chat_templates.validate(chat_template)
     if version.kind != VersionKind.BASE:
-        raise Invalid("chat_template: An adapter is served with its base version's tokenizer and template; "
-                      "set the template on the base version and import the adapter on the new one.")
+        raise Invalid(
+            "chat_template: An adapter is served with its base version's tokenizer and template; "
+            "set the template on the base version and import the adapter on the new one."
+        )
     if version.status != VersionStatus.READY or version.artifact is None:
-        raise Conflict(f"{version.label} is {version.status}; a chat template is set on a ready version only.")
+        raise Conflict(
+            f"{version.label} is {version.status}; a chat template is set on a ready version only."
+        )
     store = default_store()
     try:
         manifest = chat_templates.derive_manifest(store, version.artifact.manifest(), chat_template)
     except CorruptArtifact as exc:
-        raise Conflict(f"{version.label}'s stored files are damaged ({exc}); verify it and import it again.") from None
+        raise Conflict(
+            f"{version.label}'s stored files are damaged ({exc}); verify it and import it again."
+        ) from None
     return _register_derived(actor, version, manifest, store.uri(manifest.artifact_id), chat_template)
 
 
 @transaction.atomic
-def _register_derived(actor: Actor, version: ModelVersion, manifest: Manifest, store_uri: str,
-                      chat_template: str) -> ModelVersion:
+def _register_derived(
+    actor: Actor, version: ModelVersion, manifest: Manifest, store_uri: str, chat_template: str
+) -> ModelVersion:
     parent = ModelVersion.objects.select_for_update().select_related("model__owner_team").get(pk=version.pk)
     if parent.status != VersionStatus.READY:
         raise Conflict(f"{parent.label} is {parent.status}; a chat template is set on a ready version only.")
     artifact, _ = Artifact.objects.get_or_create(
         id=manifest.artifact_id,
         defaults={
-            "store_uri": store_uri, "size_bytes": manifest.total_size, "file_count": len(manifest.files),
+            "store_uri": store_uri,
+            "size_bytes": manifest.total_size,
+            "file_count": len(manifest.files),
             "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
-            "health": Health.OK, "verified_at": timezone.now(),
+            "health": Health.OK,
+            "verified_at": timezone.now(),
         },
     )
     derived = ModelVersion.objects.create(
-        model=parent.model, number=_next_number(parent.model), kind=VersionKind.BASE, parent_version=parent,
-        source=Source.DERIVED, source_ref=f"{parent.label} with a chat template", artifact=artifact,
-        format=parent.format, architecture=parent.architecture, parameter_count=parent.parameter_count,
-        context_length=parent.context_length, dtype=parent.dtype, quantization=parent.quantization,
-        has_chat_template=True, shape=parent.shape, model_card=parent.model_card,
+        model=parent.model,
+        number=_next_number(parent.model),
+        kind=VersionKind.BASE,
+        parent_version=parent,
+        source=Source.DERIVED,
+        source_ref=f"{parent.label} with a chat template",
+        artifact=artifact,
+        format=parent.format,
+        architecture=parent.architecture,
+        parameter_count=parent.parameter_count,
+        context_length=parent.context_length,
+        dtype=parent.dtype,
+        quantization=parent.quantization,
+        has_chat_template=True,
+        shape=parent.shape,
+        model_card=parent.model_card,
         # Eval scores are not carried over: a new template changes every chat prompt the model sees.
-        status=VersionStatus.READY, progress=100, progress_detail="ready", ready_at=timezone.now(),
+        status=VersionStatus.READY,
+        progress=100,
+        progress_detail="ready",
+        ready_at=timezone.now(),
         created_by=actor.user,
     )
     audit.record(
-        actor, "model_version.chat_template", derived,
+        actor,
+        "model_version.chat_template",
+        derived,
         before={"version": parent.label, "has_chat_template": parent.has_chat_template},
-        after={**derived.snapshot(), "derived_from": parent.label,
-               "chat_template": chat_templates.fingerprint(chat_template)},
+        after={
+            **derived.snapshot(),
+            "derived_from": parent.label,
+            "chat_template": chat_templates.fingerprint(chat_template),
+        },
     )
     return derived
 
@@ -321,8 +418,12 @@ def _register_derived(actor: Actor, version: ModelVersion, manifest: Manifest, s
 def _fail(version: ModelVersion, reason: str) -> None:
     version.status, version.status_detail, version.progress_detail = VersionStatus.FAILED, reason, "failed"
     version.save(update_fields=["status", "status_detail", "progress_detail"])
-    audit.record(Actor.for_system("registry.import"), "model_version.failed", version,
-                 after={"status": "failed", "reason": reason})
+    audit.record(
+        Actor.for_system("registry.import"),
+        "model_version.failed",
+        version,
+        after={"status": "failed", "reason": reason},
+    )
 
 
 @transaction.atomic
@@ -338,8 +439,11 @@ def reap_stale_imports(max_silence: timedelta) -> int:
     stale = ModelVersion.objects.filter(status=VersionStatus.IMPORTING, heartbeat_at__lt=cutoff)
     count = 0
     for version_id in stale.values_list("pk", flat=True):
-        fail_import(version_id, f"The import stopped reporting progress for {int(max_silence.total_seconds())}s "
-                                "(its worker died?). Start it again.")
+        fail_import(
+            version_id,
+            f"The import stopped reporting progress for {int(max_silence.total_seconds())}s "
+            "(its worker died?). Start it again.",
+        )
         count += 1
     return count
 
@@ -386,7 +490,8 @@ def promote(*, actor: Actor, version: ModelVersion, alias: str, force_reason: st
         if regressions and not force_reason:
             raise Conflict(
                 f"{version.label} scores below the current {alias} {previous.label} ({'; '.join(regressions)}). "
-                "An owner may promote it anyway with a reason.", code="score_regression",
+                "An owner may promote it anyway with a reason.",
+                code="score_regression",
             )
         if regressions:
             gate.require(actor, "model.promote_force", version.model)
@@ -402,8 +507,11 @@ def promote(*, actor: Actor, version: ModelVersion, alias: str, force_reason: st
     if force_reason:
         after["forced"] = force_reason
     audit.record(
-        actor, "model.promote", version.model,
-        before={"alias": alias, "version": previous.label if previous else None}, after=after,
+        actor,
+        "model.promote",
+        version.model,
+        before={"alias": alias, "version": previous.label if previous else None},
+        after=after,
     )
     return holder
 
@@ -439,38 +547,71 @@ def mark_artifact_health(artifact_id: str, problems: list[str]) -> None:
     artifact = Artifact.objects.select_for_update().get(pk=artifact_id)
     health = Health.CORRUPT if problems else Health.OK
     changed = artifact.health != health
-    artifact.health, artifact.health_detail, artifact.verified_at = health, "\n".join(problems), timezone.now()
+    artifact.health, artifact.health_detail, artifact.verified_at = (
+        health,
+        "\n".join(problems),
+        timezone.now(),
+    )
     artifact.save(update_fields=["health", "health_detail", "verified_at"])
     if changed and problems:
         for version in artifact.versions.select_related("model__owner_team"):
-            audit.record(Actor.for_system("registry.verify"), "model_version.corrupt", version,
-                         after={"artifact": artifact.id, "problems": problems[:20]})
+            audit.record(
+                Actor.for_system("registry.verify"),
+                "model_version.corrupt",
+                version,
+                after={"artifact": artifact.id, "problems": problems[:20]},
+            )
 
 
 @transaction.atomic
 def register_trained_version(
-    *, actor: Actor, model: Model, base_version: ModelVersion, manifest: Manifest, facts: ModelFacts,
-    store_uri: str, source: str, source_ref: str, metrics: dict, model_card: str,
+    *,
+    actor: Actor,
+    model: Model,
+    base_version: ModelVersion,
+    manifest: Manifest,
+    facts: ModelFacts,
+    store_uri: str,
+    source: str,
+    source_ref: str,
+    metrics: dict,
+    model_card: str,
 ) -> ModelVersion:
     """A version produced by a fine-tune or distillation job: lineage to its base, audited."""
     artifact, _ = Artifact.objects.get_or_create(
         id=manifest.artifact_id,
         defaults={
-            "store_uri": store_uri, "size_bytes": manifest.total_size, "file_count": len(manifest.files),
+            "store_uri": store_uri,
+            "size_bytes": manifest.total_size,
+            "file_count": len(manifest.files),
             "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
-            "health": Health.OK, "verified_at": timezone.now(),
+            "health": Health.OK,
+            "verified_at": timezone.now(),
         },
     )
     adapter = facts.is_adapter
     version = ModelVersion.objects.create(
-        model=model, number=_next_number(model), kind=VersionKind.ADAPTER if adapter else VersionKind.BASE,
-        base_version=base_version if adapter else None, parent_version=base_version, source=source,
-        source_ref=source_ref[:500], artifact=artifact, format=facts.format,
-        architecture=facts.architecture or base_version.architecture, parameter_count=facts.parameter_count,
-        context_length=facts.context_length or base_version.context_length, dtype=facts.dtype,
-        has_chat_template=base_version.has_chat_template, shape=facts.shape or base_version.shape,
-        metrics={**metrics, **({"adapter": facts.adapter} if facts.adapter else {})}, model_card=model_card,
-        status=VersionStatus.READY, progress=100, progress_detail="ready", ready_at=timezone.now(),
+        model=model,
+        number=_next_number(model),
+        kind=VersionKind.ADAPTER if adapter else VersionKind.BASE,
+        base_version=base_version if adapter else None,
+        parent_version=base_version,
+        source=source,
+        source_ref=source_ref[:500],
+        artifact=artifact,
+        format=facts.format,
+        architecture=facts.architecture or base_version.architecture,
+        parameter_count=facts.parameter_count,
+        context_length=facts.context_length or base_version.context_length,
+        dtype=facts.dtype,
+        has_chat_template=base_version.has_chat_template,
+        shape=facts.shape or base_version.shape,
+        metrics={**metrics, **({"adapter": facts.adapter} if facts.adapter else {})},
+        model_card=model_card,
+        status=VersionStatus.READY,
+        progress=100,
+        progress_detail="ready",
+        ready_at=timezone.now(),
     )
     audit.record(actor, "model_version.register", version, after=version.snapshot())
     return version

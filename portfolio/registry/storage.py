@@ -148,8 +148,16 @@ class S3Store(ArtifactStore):
             client.make_bucket(bucket)
 
     @classmethod
-    def from_settings(cls, *, endpoint: str, access_key: str, secret_key: str, bucket: str, secure: bool,
-                      region: str | None = None) -> S3Store:
+    def from_settings(
+        cls,
+        *,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        secure: bool,
+        region: str | None = None,
+    ) -> S3Store:
         from minio import Minio
 
         client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region)
@@ -172,7 +180,11 @@ class S3Store(ArtifactStore):
 
     def put_blob(self, sha256: str, source: Path, size: int) -> None:
         self.client.fput_object(
-            self.bucket, _blob_key(sha256), str(source), metadata={"sha256": sha256}, part_size=64 * 1024 * 1024
+            self.bucket,
+            _blob_key(sha256),
+            str(source),
+            metadata={"sha256": sha256},
+            part_size=64 * 1024 * 1024,
         )
 
     def open_blob(self, sha256: str) -> BinaryIO:
@@ -184,7 +196,10 @@ class S3Store(ArtifactStore):
 
         data = manifest.to_json().encode()
         self.client.put_object(
-            self.bucket, f"manifests/{manifest.artifact_id}.json", io.BytesIO(data), len(data),
+            self.bucket,
+            f"manifests/{manifest.artifact_id}.json",
+            io.BytesIO(data),
+            len(data),
             content_type="application/json",
         )
 
@@ -198,7 +213,9 @@ class S3Store(ArtifactStore):
 
     def download_url(self, sha256: str, filename: str, expires: timedelta) -> str | None:
         return self.client.presigned_get_object(
-            self.bucket, _blob_key(sha256), expires=expires,
+            self.bucket,
+            _blob_key(sha256),
+            expires=expires,
             response_headers={"response-content-disposition": f'attachment; filename="{filename}"'},
         )
 
@@ -273,7 +290,9 @@ def copy_verified(store: ArtifactStore, entry: FileEntry, out: BinaryIO) -> None
     with source:
         digest, size = sha256_stream(source, out)
     if size != entry.size or digest != entry.sha256:
-        raise CorruptArtifact(entry.path, f"sha256 mismatch (stored {digest[:12]}…, manifest {entry.sha256[:12]}…)")
+        raise CorruptArtifact(
+            entry.path, f"sha256 mismatch (stored {digest[:12]}…, manifest {entry.sha256[:12]}…)"
+        )
 
 
 def verify(store: ArtifactStore, manifest: Manifest) -> list[CorruptArtifact]:

@@ -13,8 +13,11 @@ from portfolio.registry.storage import ArtifactStore, LocalStore, S3Store
 def default_store() -> ArtifactStore:
     if settings.ARTIFACT_STORE == "s3":
         return S3Store.from_settings(
-            endpoint=settings.MINIO_ENDPOINT, access_key=settings.MINIO_ACCESS_KEY,
-            secret_key=settings.MINIO_SECRET_KEY, bucket=settings.MINIO_BUCKET, secure=settings.MINIO_SECURE,
+            endpoint=settings.MINIO_ENDPOINT,
+            access_key=settings.MINIO_ACCESS_KEY,
+            secret_key=settings.MINIO_SECRET_KEY,
+            bucket=settings.MINIO_BUCKET,
+            secure=settings.MINIO_SECURE,
             region=settings.MINIO_REGION,
         )
     return LocalStore(settings.ARTIFACT_ROOT)

@@ -53,8 +53,11 @@ def import_version(version_id: int) -> None:
     # died) finds the live run's lease and leaves the version, and its uploaded archive, alone.
     lease = Lease(f"registry.import_version:{version_id}")
     if not lease.acquire():
-        logger.info("import of version %s is run by a live delivery (%s); this redelivery leaves it alone",
-                    version_id, lease.holder())
+        logger.info(
+            "import of version %s is run by a live delivery (%s); this redelivery leaves it alone",
+            version_id,
+            lease.holder(),
+        )
         return
     with lease.kept():
         version.refresh_from_db(fields=["status"])
@@ -72,7 +75,9 @@ def _import(version: ModelVersion) -> None:
             folder = importers.fetch(version, Path(workdir), report)
             total = _folder_size(folder)
             if total > settings.MAX_IMPORT_BYTES:
-                raise importers.ImportFailed(f"{total} bytes exceeds the import limit of {settings.MAX_IMPORT_BYTES}.")
+                raise importers.ImportFailed(
+                    f"{total} bytes exceeds the import limit of {settings.MAX_IMPORT_BYTES}."
+                )
             facts = inspect_directory(folder)
             problem = services._facts_problems(version, facts)
             if problem:
@@ -92,7 +97,9 @@ def _import(version: ModelVersion) -> None:
         services.fail_import(version_id, str(getattr(exc, "message", exc)))
     except Exception as exc:
         logger.exception("import of version %s failed", version_id)
-        services.fail_import(version_id, f"Internal error during import ({exc.__class__.__name__}); see the worker log.")
+        services.fail_import(
+            version_id, f"Internal error during import ({exc.__class__.__name__}); see the worker log."
+        )
         raise
     finally:
         upload = version.import_options.get("upload_path")

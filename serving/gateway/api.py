@@ -28,14 +28,18 @@ router = Router(tags=["gateway"])
 def _bounded(field: str, description: str):
     low, high = LIMIT_BOUNDS[field]
     if field == "monthly_budget":
-        return Annotated[Decimal, Field(ge=low, le=high, max_digits=12, decimal_places=2, description=description)]
+        return Annotated[
+            Decimal, Field(ge=low, le=high, max_digits=12, decimal_places=2, description=description)
+        ]
     return Annotated[int, Field(ge=low, le=high, description=description)]
 
 
 Rpm = _bounded("rpm_limit", "Requests per minute; null: no limit.")
 Tpm = _bounded("tpm_limit", "Input and output tokens per minute; null: no limit.")
 MonthlyTokens = _bounded("monthly_token_budget", "Tokens per calendar month (UTC); null: no limit.")
-MonthlyMoney = _bounded("monthly_budget", "Money per calendar month, in the price book's currency; null: no limit.")
+MonthlyMoney = _bounded(
+    "monthly_budget", "Money per calendar month, in the price book's currency; null: no limit."
+)
 Scopes = Annotated[
     list[Annotated[str, Field(min_length=1, max_length=63)]],
     Field(max_length=MAX_SCOPES, description="Endpoint names of the key's team; empty: every endpoint."),
@@ -135,8 +139,11 @@ def _key(request, key_id: int) -> ApiKey:
 def _given(payload: Schema) -> dict:
     # Omitted fields stay unchanged; an explicit null is passed on as "no limit". A list given as null
     # would mean nothing: it is the same as leaving it out.
-    return {name: value for name, value in payload.dict(exclude_unset=True).items()
-            if value is not None or name not in ("scopes", "allowed_ips")}
+    return {
+        name: value
+        for name, value in payload.dict(exclude_unset=True).items()
+        if value is not None or name not in ("scopes", "allowed_ips")
+    }
 
 
 @router.get("/teams/{team_id}/keys", response=list[KeyOut])
@@ -206,8 +213,17 @@ def usage(request, team_id: int | None = None, days: int = 30, group_by: str = "
         rows = rows.filter(team_id=team_id)
     field = {"endpoint": "endpoint", "team": "team_id", "key": "api_key_id"}.get(group_by, "endpoint")
     result: list[dict[str, Any]] = []
-    for row in (rows.annotate(day=TruncDay("hour")).values("day", field)
-                .annotate(requests=Sum("requests"), errors=Sum("errors"), input_tokens=Sum("input_tokens"),
-                          output_tokens=Sum("output_tokens"), cost=Sum("cost")).order_by("day", field)):
+    for row in (
+        rows.annotate(day=TruncDay("hour"))
+        .values("day", field)
+        .annotate(
+            requests=Sum("requests"),
+            errors=Sum("errors"),
+            input_tokens=Sum("input_tokens"),
+            output_tokens=Sum("output_tokens"),
+            cost=Sum("cost"),
+        )
+        .order_by("day", field)
+    ):
         result.append({**row, "group": str(row[field])})
     return result

@@ -51,9 +51,17 @@ MAX_AUTH_HEADER = 512
 
 
 class GatewayError(Exception):
-    def __init__(self, status: int, message: str, code: str, retry_after: int | None = None, param: str | None = None):
+    def __init__(
+        self, status: int, message: str, code: str, retry_after: int | None = None, param: str | None = None
+    ):
         super().__init__(message)
-        self.status, self.message, self.code, self.retry_after, self.param = status, message, code, retry_after, param
+        self.status, self.message, self.code, self.retry_after, self.param = (
+            status,
+            message,
+            code,
+            retry_after,
+            param,
+        )
         self.team = "-"  # the key's team, once known (a metrics label)
         self.metered = False  # counted with the admitted requests already, not as a refusal
 
@@ -86,14 +94,20 @@ class Gateway:
         self.limiter = Limiter(self.pipe)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.GATEWAY_CONNECT_TIMEOUT,
-                                          sock_read=settings.GATEWAY_UPSTREAM_TIMEOUT),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=settings.GATEWAY_CONNECT_TIMEOUT,
+                sock_read=settings.GATEWAY_UPSTREAM_TIMEOUT,
+            ),
             auto_decompress=False,
         )
         await self.refresh()
         await self._register()
-        self._tasks = [asyncio.create_task(self._refresh_loop()), asyncio.create_task(self._listen_for_keys()),
-                       asyncio.create_task(self._stay_alive())]
+        self._tasks = [
+            asyncio.create_task(self._refresh_loop()),
+            asyncio.create_task(self._listen_for_keys()),
+            asyncio.create_task(self._stay_alive()),
+        ]
         self._started = True
         # What is loaded by now (Django, the ASGI apps, the routing table) lives as long as the process: keep
         # it out of the collector's full passes, which otherwise walk all of it (some 70 ms with the process
@@ -192,8 +206,11 @@ class Gateway:
                 if allowed is None:
                     raise GatewayError(404, f"Unknown path {method} {path}.", "not_found")
                 if not allowed:
-                    raise GatewayError(401, "Send the scrape token: `Authorization: Bearer <PORTFOLIO_METRICS_TOKEN>`.",
-                                       "invalid_metrics_token")
+                    raise GatewayError(
+                        401,
+                        "Send the scrape token: `Authorization: Bearer <PORTFOLIO_METRICS_TOKEN>`.",
+                        "invalid_metrics_token",
+                    )
                 data, content_type = metrics.render()
                 await _respond(send, 200, data, request_id, content_type.encode())
             elif path == "/v1/models" and method == "GET":
@@ -202,7 +219,7 @@ class Gateway:
             elif path.startswith("/v1/models/") and method == "GET":
                 key = await self._authenticate_listing(headers, scope)
                 try:
-                    model = self._model(key, path[len("/v1/models/"):])
+                    model = self._model(key, path[len("/v1/models/") :])
                 except GatewayError as exc:
                     exc.team = key.team
                     raise
@@ -217,20 +234,32 @@ class Gateway:
             extra = [(b"retry-after", str(exc.retry_after).encode())] if exc.retry_after is not None else []
             if exc.status == 401:
                 extra.append((b"www-authenticate", b"Bearer"))
-            await _respond(send, exc.status, errors.body(exc.status, exc.message, exc.code, exc.param), request_id,
-                           extra=extra)
+            await _respond(
+                send,
+                exc.status,
+                errors.body(exc.status, exc.message, exc.code, exc.param),
+                request_id,
+                extra=extra,
+            )
         except Exception:
             # Redis unreachable, a bug: still an answer in OpenAI's shape, under the request id to look for.
             logger.exception("gateway: request %s failed", request_id)
             self._metric(metrics.REFUSED, "internal", "500", "-").inc()
-            await _respond(send, 500, errors.body(500, f"Internal gateway error (request {request_id}).", "internal"),
-                           request_id)
+            await _respond(
+                send,
+                500,
+                errors.body(500, f"Internal gateway error (request {request_id}).", "internal"),
+                request_id,
+            )
 
-    async def _authenticate(self, headers: dict, scope, *, tickets_allowed: bool = False
-                            ) -> tuple[KeyRecord, tickets.Ticket | None]:
+    async def _authenticate(
+        self, headers: dict, scope, *, tickets_allowed: bool = False
+    ) -> tuple[KeyRecord, tickets.Ticket | None]:
         raw = headers.get(b"authorization", b"")
         if not raw or len(raw) > MAX_AUTH_HEADER or not raw[:7].lower() == b"bearer ":
-            raise GatewayError(401, "Missing or malformed API key: send `Authorization: Bearer slm_…`.", "invalid_api_key")
+            raise GatewayError(
+                401, "Missing or malformed API key: send `Authorization: Bearer slm_…`.", "invalid_api_key"
+            )
         presented = raw[7:].strip().decode("latin-1")
         if tickets_allowed and presented.startswith(tickets.PREFIX):
             ticket = tickets.verify(presented)
@@ -240,8 +269,12 @@ class Gateway:
         try:
             key = await self.keys.authenticate(presented)
         except LookupBusy:
-            raise GatewayError(503, "Too many API keys are being checked at once; retry in a moment.",
-                               "key_lookup_busy", retry_after=1) from None
+            raise GatewayError(
+                503,
+                "Too many API keys are being checked at once; retry in a moment.",
+                "key_lookup_busy",
+                retry_after=1,
+            ) from None
         if key is None:
             raise GatewayError(401, "Invalid, expired or revoked API key.", "invalid_api_key")
         client = scope.get("client")
@@ -300,8 +333,11 @@ class Gateway:
             if not self._may_call(key, hop) or hop.embedding != first.embedding or hop.max_n < choices:
                 if (current.name, hop.name) not in self._cut_fallbacks and hop.team_id != current.team_id:
                     self._cut_fallbacks.add((current.name, hop.name))
-                    logger.warning("gateway: endpoint %s falls back to %s of another team; not followed",
-                                   current.name, hop.name)
+                    logger.warning(
+                        "gateway: endpoint %s falls back to %s of another team; not followed",
+                        current.name,
+                        hop.name,
+                    )
                 break
             chain.append(hop)
             current = hop
@@ -310,17 +346,35 @@ class Gateway:
     def _ticket_endpoint(self, ticket: tickets.Ticket, name) -> EndpointInfo:
         """The one model a playground ticket may call, as an endpoint of its own."""
         deployment = self.snapshot.deployments.get(ticket.deployment)
-        if (name != ticket.model or deployment is None or deployment.team_id != ticket.team_id
-                or (name != ticket.deployment and name not in deployment.adapters)):
+        if (
+            name != ticket.model
+            or deployment is None
+            or deployment.team_id != ticket.team_id
+            or (name != ticket.deployment and name not in deployment.adapters)
+        ):
             raise _no_such_model(name)
         adapter = "" if name == ticket.deployment else name
         no_chat = deployment.without_chat.get(name, "")
-        route = Route(weight=1, deployment=ticket.deployment, upstream_model=name, adapter=adapter,
-                      version_id=deployment.adapters[adapter] if adapter else deployment.version_id, chat=not no_chat)
-        return EndpointInfo(name=tickets.PLAYGROUND_ENDPOINT, team_id=ticket.team_id, routes=(route,),
-                            fallback=None, input_micros_per_token=0.0, output_micros_per_token=0.0,
-                            max_model_len=deployment.max_model_len, max_n=1, embedding=deployment.embedding,
-                            no_chat=no_chat)
+        route = Route(
+            weight=1,
+            deployment=ticket.deployment,
+            upstream_model=name,
+            adapter=adapter,
+            version_id=deployment.adapters[adapter] if adapter else deployment.version_id,
+            chat=not no_chat,
+        )
+        return EndpointInfo(
+            name=tickets.PLAYGROUND_ENDPOINT,
+            team_id=ticket.team_id,
+            routes=(route,),
+            fallback=None,
+            input_micros_per_token=0.0,
+            output_micros_per_token=0.0,
+            max_model_len=deployment.max_model_len,
+            max_n=1,
+            embedding=deployment.embedding,
+            no_chat=no_chat,
+        )
 
     async def _proxy(self, scope, receive, send, headers, request_id: str, kind: str, event_id: str) -> None:
         started = time.perf_counter()
@@ -335,34 +389,55 @@ class Gateway:
                 raise GatewayError(400, "The request body must be a JSON object.", "invalid_json")
             name = payload.get("model")
             if name is None:
-                raise GatewayError(400, "You must provide a model parameter.", "missing_required_parameter",
-                                   param="model")
+                raise GatewayError(
+                    400, "You must provide a model parameter.", "missing_required_parameter", param="model"
+                )
             first = self._ticket_endpoint(ticket, name) if ticket else self._endpoint(key, name)
             if first.embedding != (kind == "embedding"):
                 use = "/v1/embeddings" if first.embedding else "/v1/chat/completions or /v1/completions"
-                raise GatewayError(400, f"The model `{name}` is {'an' if first.embedding else 'not an'} embedding "
-                                   f"model: call {use} with it.", "unsupported_endpoint", param="model")
+                raise GatewayError(
+                    400,
+                    f"The model `{name}` is {'an' if first.embedding else 'not an'} embedding "
+                    f"model: call {use} with it.",
+                    "unsupported_endpoint",
+                    param="model",
+                )
             if kind == "chat" and first.no_chat:
-                raise GatewayError(400, f"The model `{name}` has no chat template ({first.no_chat}): call "
-                                   "/v1/completions with it, or give that version a chat template (on its registry page, "
-                                   "or POST /api/v1/models/{model}/versions/{number}/chat-template).",
-                                   "unsupported_endpoint", param="model")
+                raise GatewayError(
+                    400,
+                    f"The model `{name}` has no chat template ({first.no_chat}): call "
+                    "/v1/completions with it, or give that version a chat template (on its registry page, "
+                    "or POST /api/v1/models/{model}/versions/{number}/chat-template).",
+                    "unsupported_endpoint",
+                    param="model",
+                )
             try:
-                shape = payloads.check(kind, payload, len(body), max_n=min(first.max_n, settings.GATEWAY_MAX_N),
-                                       max_inputs=settings.GATEWAY_MAX_INPUTS)
+                shape = payloads.check(
+                    kind,
+                    payload,
+                    len(body),
+                    max_n=min(first.max_n, settings.GATEWAY_MAX_N),
+                    max_inputs=settings.GATEWAY_MAX_INPUTS,
+                )
             except payloads.PayloadError as exc:
                 raise GatewayError(400, exc.message, exc.code, param=exc.param) from None
             chain = [first] if ticket else self._chain(key, first, shape.choices, chat=kind == "chat")
             # Reserve for the costliest hop the request may take (contexts and prices differ).
             bound_tokens = bound_money = 0
             for hop in chain:
-                hop_tokens, hop_money = payloads.worst_case(shape, hop.max_model_len, hop.input_micros_per_token,
-                                                            hop.output_micros_per_token)
+                hop_tokens, hop_money = payloads.worst_case(
+                    shape, hop.max_model_len, hop.input_micros_per_token, hop.output_micros_per_token
+                )
                 bound_tokens, bound_money = max(bound_tokens, hop_tokens), max(bound_money, hop_money)
             outcome = _Outcome(endpoint=first.name, kind=kind, shape=shape, event_id=event_id)
-            verdict = await self.limiter.admit(key, tokens=bound_tokens, money_micros=bound_money,
-                                               revoked_set=keystate.REVOKED_SET, ledger=self.ledger,
-                                               lost_event=self._event(key, outcome, 0.0, 0, lost=True))
+            verdict = await self.limiter.admit(
+                key,
+                tokens=bound_tokens,
+                money_micros=bound_money,
+                revoked_set=keystate.REVOKED_SET,
+                ledger=self.ledger,
+                lost_event=self._event(key, outcome, 0.0, 0, lost=True),
+            )
             if not verdict.ok:
                 self._refuse(key, verdict, bound_tokens, bound_money, playground=ticket is not None)
         except GatewayError as exc:
@@ -391,28 +466,59 @@ class Gateway:
             self.keys.evict(key.key_id)
             raise GatewayError(401, "Invalid, expired or revoked API key.", "invalid_api_key")
         if verdict.reason == "rpm":
-            raise GatewayError(429, f"Rate limit reached for requests per minute on {subject}.",
-                               "rate_limit_exceeded", retry_after=max(1, verdict.retry_after))
+            raise GatewayError(
+                429,
+                f"Rate limit reached for requests per minute on {subject}.",
+                "rate_limit_exceeded",
+                retry_after=max(1, verdict.retry_after),
+            )
         if verdict.reason == "tpm":
             if key.tpm_limit is not None and tokens > key.tpm_limit:
-                raise GatewayError(429, f"This request could use up to {tokens} tokens, more than the limit of "
-                                   f"{key.tpm_limit} tokens per minute on {subject}: lower max_tokens (or n, or "
-                                   "the prompt).", "rate_limit_exceeded", param="max_tokens")
-            raise GatewayError(429, f"Rate limit reached for tokens per minute on {subject}.", "rate_limit_exceeded",
-                               retry_after=max(1, verdict.retry_after))
+                raise GatewayError(
+                    429,
+                    f"This request could use up to {tokens} tokens, more than the limit of "
+                    f"{key.tpm_limit} tokens per minute on {subject}: lower max_tokens (or n, or "
+                    "the prompt).",
+                    "rate_limit_exceeded",
+                    param="max_tokens",
+                )
+            raise GatewayError(
+                429,
+                f"Rate limit reached for tokens per minute on {subject}.",
+                "rate_limit_exceeded",
+                retry_after=max(1, verdict.retry_after),
+            )
         if verdict.remaining <= 0:
             what = "token budget" if verdict.reason == "budget" else "budget"
-            raise GatewayError(429, f"The monthly {what} of {subject} is used up (or held by requests in flight).",
-                               "insufficient_quota", retry_after=verdict.retry_after)
+            raise GatewayError(
+                429,
+                f"The monthly {what} of {subject} is used up (or held by requests in flight).",
+                "insufficient_quota",
+                retry_after=verdict.retry_after,
+            )
         if verdict.reason == "budget":
             cost = f"could use up to {tokens} tokens, more than the {verdict.remaining} tokens left"
         else:
             cost = f"could cost up to {_money(money)}, more than the {_money(verdict.remaining)} left"
-        raise GatewayError(429, f"This request {cost} of the monthly budget of {subject}: lower max_tokens (or n, "
-                           "or the prompt).", "insufficient_quota", param="max_tokens")
+        raise GatewayError(
+            429,
+            f"This request {cost} of the monthly budget of {subject}: lower max_tokens (or n, "
+            "or the prompt).",
+            "insufficient_quota",
+            param="max_tokens",
+        )
 
-    async def _dispatch(self, receive, send, request_id, chain: list[EndpointInfo], public: str, payload: dict,
-                        outcome: _Outcome, started) -> None:
+    async def _dispatch(
+        self,
+        receive,
+        send,
+        request_id,
+        chain: list[EndpointInfo],
+        public: str,
+        payload: dict,
+        outcome: _Outcome,
+        started,
+    ) -> None:
         for current in chain:
             route = choose_route(current, self.snapshot, chat=outcome.kind == "chat")
             if route is None:
@@ -421,7 +527,11 @@ class Gateway:
             excluded: set[int] = set()
             retried: set[int] = set()
             while (replica := self.balancer.pick(replicas, excluded)) is not None:
-                outcome.deployment, outcome.adapter, outcome.version_id = route.deployment, route.adapter, route.version_id
+                outcome.deployment, outcome.adapter, outcome.version_id = (
+                    route.deployment,
+                    route.adapter,
+                    route.version_id,
+                )
                 outcome.replica_id = replica.id
                 upstream = dict(payload, model=route.upstream_model)
                 if outcome.stream:
@@ -430,9 +540,13 @@ class Gateway:
                 self.balancer.acquire(replica)
                 try:
                     response = await self.session.post(
-                        f"{replica.base_url}{_PATHS[outcome.kind]}", data=orjson.dumps(upstream),
-                        headers={"Authorization": replica.auth, "Content-Type": "application/json",
-                                 "X-Request-ID": request_id},
+                        f"{replica.base_url}{_PATHS[outcome.kind]}",
+                        data=orjson.dumps(upstream),
+                        headers={
+                            "Authorization": replica.auth,
+                            "Content-Type": "application/json",
+                            "X-Request-ID": request_id,
+                        },
                     )
                 except (aiohttp.SocketTimeoutError, TimeoutError) as exc:
                     self.balancer.release(replica)
@@ -462,7 +576,9 @@ class Gateway:
                 try:
                     rename = self._renamers.get((route.upstream_model, public))
                     if rename is None:
-                        rename = self._renamers[(route.upstream_model, public)] = _renamer(route.upstream_model, public)
+                        rename = self._renamers[(route.upstream_model, public)] = _renamer(
+                            route.upstream_model, public
+                        )
                     if outcome.stream and response.status == 200:
                         await _relay_stream(receive, send, response, request_id, rename, outcome, started)
                     else:
@@ -477,25 +593,37 @@ class Gateway:
                     self.balancer.release(replica)
                 return
         first, snapshot = chain[0], self.snapshot
-        logger.warning("gateway: request %s: no replica of endpoint %s answered (tried %s; routes to %s; ready "
-                       "replicas in the routing table of %.3f: %s)", request_id, first.name,
-                       ", ".join(hop.name for hop in chain), ", ".join(r.deployment for r in first.routes),
-                       snapshot.built_at, {name: len(rs) for name, rs in snapshot.replicas.items()})
-        raise GatewayError(503, f"No replica of `{public}` is ready to serve (or all failed to connect).",
-                           "no_replica_available")
+        logger.warning(
+            "gateway: request %s: no replica of endpoint %s answered (tried %s; routes to %s; ready "
+            "replicas in the routing table of %.3f: %s)",
+            request_id,
+            first.name,
+            ", ".join(hop.name for hop in chain),
+            ", ".join(r.deployment for r in first.routes),
+            snapshot.built_at,
+            {name: len(rs) for name, rs in snapshot.replicas.items()},
+        )
+        raise GatewayError(
+            503,
+            f"No replica of `{public}` is ready to serve (or all failed to connect).",
+            "no_replica_available",
+        )
 
     async def _settle(self, key: KeyRecord, endpoint: EndpointInfo, reservation, outcome, started) -> None:
         latency = time.perf_counter() - started
         cost = price_micros(endpoint, outcome.input_tokens, outcome.output_tokens)
         event = self._event(key, outcome, latency, cost)
-        commands = self.limiter.settle(reservation, tokens=outcome.input_tokens + outcome.output_tokens,
-                                       money_micros=cost)
+        commands = self.limiter.settle(
+            reservation, tokens=outcome.input_tokens + outcome.output_tokens, money_micros=cost
+        )
         commands.append(("XADD", USAGE_STREAM, "*", "e", orjson.dumps(event)))
         try:
             # One round trip for the settlement and the event, as a pipeline; the first error is raised.
             replies = await self.pipe.execute(*commands)
             if len(commands) > 1 and limits.unknown_script(replies[0]):
-                replies[0:1] = await self.pipe.execute(limits.as_eval(commands[0]))  # and loads it for next time
+                replies[0:1] = await self.pipe.execute(
+                    limits.as_eval(commands[0])
+                )  # and loads it for next time
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply
@@ -519,14 +647,25 @@ class Gateway:
         """The usage event of a request: as it ended, or (``lost``) as the in-flight ledger keeps it in case
         this process dies first: the same id, so that only one of the two is ever stored."""
         return {
-            "id": outcome.event_id, "at": time.time(), "key": key.pk, "team": key.team_id,
-            "department": key.department_id, "endpoint": outcome.endpoint, "deployment": outcome.deployment,
-            "adapter": outcome.adapter, "version": outcome.version_id, "replica": outcome.replica_id,
-            "kind": outcome.kind, "stream": int(outcome.stream), "in": outcome.input_tokens,
-            "out": outcome.output_tokens, "latency_ms": int(latency * 1000),
+            "id": outcome.event_id,
+            "at": time.time(),
+            "key": key.pk,
+            "team": key.team_id,
+            "department": key.department_id,
+            "endpoint": outcome.endpoint,
+            "deployment": outcome.deployment,
+            "adapter": outcome.adapter,
+            "version": outcome.version_id,
+            "replica": outcome.replica_id,
+            "kind": outcome.kind,
+            "stream": int(outcome.stream),
+            "in": outcome.input_tokens,
+            "out": outcome.output_tokens,
+            "latency_ms": int(latency * 1000),
             "ttft_ms": None if outcome.ttft is None else int(outcome.ttft * 1000),
-            "status": inflight.LOST_STATUS if lost else outcome.status, "error": inflight.LOST_ERROR if lost
-            else outcome.error, "cost_micros": cost,
+            "status": inflight.LOST_STATUS if lost else outcome.status,
+            "error": inflight.LOST_ERROR if lost else outcome.error,
+            "cost_micros": cost,
         }
 
     def _metric(self, metric, *labels: str):
@@ -539,17 +678,31 @@ class Gateway:
 
 def _no_such_model(name) -> GatewayError:
     shown = name if isinstance(name, str) and len(name) <= 256 else "…"
-    return GatewayError(404, f"The model `{shown}` does not exist or you do not have access to it.",
-                        "model_not_found", param="model")
+    return GatewayError(
+        404,
+        f"The model `{shown}` does not exist or you do not have access to it.",
+        "model_not_found",
+        param="model",
+    )
 
 
 def _ticket_key(ticket: tickets.Ticket) -> KeyRecord:
     """A playground ticket as a key: its team's, limited per user by the playground's own limits."""
     return KeyRecord(
-        pk=0, key_id=f"playground-{ticket.user_id}", secret_hash="", team_id=ticket.team_id, team=ticket.team,
-        department_id=ticket.department_id, scopes=frozenset(), networks=(), rpm_limit=settings.PLAYGROUND_RPM,
-        tpm_limit=settings.PLAYGROUND_TPM, monthly_token_budget=None, monthly_budget_micros=None,
-        expires_at=ticket.expires_at, revoked=False,
+        pk=0,
+        key_id=f"playground-{ticket.user_id}",
+        secret_hash="",
+        team_id=ticket.team_id,
+        team=ticket.team,
+        department_id=ticket.department_id,
+        scopes=frozenset(),
+        networks=(),
+        rpm_limit=settings.PLAYGROUND_RPM,
+        tpm_limit=settings.PLAYGROUND_TPM,
+        monthly_token_budget=None,
+        monthly_budget_micros=None,
+        expires_at=ticket.expires_at,
+        revoked=False,
     )
 
 
@@ -559,8 +712,14 @@ def _money(micros: int) -> str:
 
 def _passed_over(request_id: str, replica: ReplicaInfo, exc: Exception) -> None:
     # For operators (the client only learns that no replica answered): which replica failed, and how.
-    logger.warning("gateway: request %s: replica %s at %s failed before answering (%s: %s); passing it over",
-                   request_id, replica.id, replica.base_url, type(exc).__name__, exc)
+    logger.warning(
+        "gateway: request %s: replica %s at %s failed before answering (%s: %s); passing it over",
+        request_id,
+        replica.id,
+        replica.base_url,
+        type(exc).__name__,
+        exc,
+    )
 
 
 class _renamer:
@@ -581,8 +740,24 @@ _PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "embe
 
 
 class _Outcome:
-    __slots__ = ("endpoint", "kind", "stream", "deployment", "adapter", "version_id", "replica_id", "status", "error",
-                 "input_tokens", "output_tokens", "ttft", "sent", "event_id", "shape", "answered")
+    __slots__ = (
+        "endpoint",
+        "kind",
+        "stream",
+        "deployment",
+        "adapter",
+        "version_id",
+        "replica_id",
+        "status",
+        "error",
+        "input_tokens",
+        "output_tokens",
+        "ttft",
+        "sent",
+        "event_id",
+        "shape",
+        "answered",
+    )
 
     def __init__(self, *, endpoint: str, kind: str, shape: payloads.Shape, event_id: str):
         self.endpoint, self.kind, self.shape, self.event_id = endpoint, kind, shape, event_id
@@ -642,12 +817,26 @@ async def _read_body(receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-async def _respond(send, status: int, body: bytes, request_id: str, content_type: bytes = b"application/json",
-                   extra: list | None = None) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", content_type), (b"content-length", str(len(body)).encode()),
-        (b"x-request-id", request_id.encode()), *(extra or []),
-    ]})
+async def _respond(
+    send,
+    status: int,
+    body: bytes,
+    request_id: str,
+    content_type: bytes = b"application/json",
+    extra: list | None = None,
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
+                *(extra or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -664,7 +853,10 @@ async def _relay_whole(send, response: aiohttp.ClientResponse, request_id: str, 
                 data = orjson.dumps(parsed)
     else:
         outcome.error = "upstream_error"
-        data, content_type = errors.from_upstream(response.status, data, _PATHS[outcome.kind]), b"application/json"
+        data, content_type = (
+            errors.from_upstream(response.status, data, _PATHS[outcome.kind]),
+            b"application/json",
+        )
     await _respond(send, response.status, data, request_id, content_type)
     outcome.sent = True
 
@@ -695,13 +887,22 @@ def _pass_event(event: bytes, rename, shape: payloads.Shape, usage: _StreamUsage
     return b"data: " + orjson.dumps(parsed) + b"\n\n"
 
 
-async def _relay_stream(receive, send, response: aiohttp.ClientResponse, request_id: str, rename, outcome,
-                        started: float) -> None:
+async def _relay_stream(
+    receive, send, response: aiohttp.ClientResponse, request_id: str, rename, outcome, started: float
+) -> None:
     """Pass server-sent events through as they come; meter from the engine's counts; stop (and bill what
     was produced) as soon as the client goes away."""
-    await send({"type": "http.response.start", "status": 200, "headers": [
-        (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-request-id", request_id.encode()),
-    ]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"text/event-stream"),
+                (b"cache-control", b"no-cache"),
+                (b"x-request-id", request_id.encode()),
+            ],
+        }
+    )
     outcome.status, outcome.sent = 200, True
     disconnected = asyncio.Event()
 

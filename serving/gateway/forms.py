@@ -156,7 +156,8 @@ class KeyCreateForm(KeyLimitsForm):
         bound = [team for team in teams if not gate.can(actor, "apikey.limits", team)]
         policies = {p.team_id: p for p in KeyPolicy.objects.filter(team__in=bound)}
         self.policies = [
-            {"team": team, "ceilings": (policies.get(team.pk) or KeyPolicy(team=team)).ceilings()} for team in bound
+            {"team": team, "ceilings": (policies.get(team.pk) or KeyPolicy(team=team)).ceilings()}
+            for team in bound
         ]
         self.set_endpoints(
             list(Endpoint.objects.filter(owner_team__in=teams).select_related("owner_team").order_by("name"))

@@ -80,12 +80,20 @@ def load(key_id: str) -> KeyRecord | None:
             return None
         budget = key.monthly_budget
         return KeyRecord(
-            pk=key.pk, key_id=key.key_id, secret_hash=key.secret_hash, team_id=key.team_id, team=key.team.slug,
-            department_id=key.team.department_id, scopes=frozenset(key.scopes),
+            pk=key.pk,
+            key_id=key.key_id,
+            secret_hash=key.secret_hash,
+            team_id=key.team_id,
+            team=key.team.slug,
+            department_id=key.team.department_id,
+            scopes=frozenset(key.scopes),
             networks=tuple(ipaddress.ip_network(n, strict=False) for n in key.allowed_ips),
-            rpm_limit=key.rpm_limit, tpm_limit=key.tpm_limit, monthly_token_budget=key.monthly_token_budget,
+            rpm_limit=key.rpm_limit,
+            tpm_limit=key.tpm_limit,
+            monthly_token_budget=key.monthly_token_budget,
             monthly_budget_micros=int(budget * Decimal(1_000_000)) if budget is not None else None,
-            expires_at=key.expires_at.timestamp() if key.expires_at else None, revoked=key.revoked_at is not None,
+            expires_at=key.expires_at.timestamp() if key.expires_at else None,
+            revoked=key.revoked_at is not None,
         )
     finally:
         connection.close()

@@ -108,7 +108,9 @@ SETTLE_SHA = hashlib.sha1(SETTLE.encode()).hexdigest()  # noqa: S324
 
 def unknown_script(reply) -> bool:
     """Whether a reply says Redis does not have the script (restarted, or SCRIPT FLUSH): send it whole."""
-    return isinstance(reply, NoScriptError) or (isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"))
+    return isinstance(reply, NoScriptError) or (
+        isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")
+    )
 
 
 def as_eval(command: tuple) -> tuple:
@@ -122,8 +124,16 @@ class Limiter:
         self.pipe = pipe
         self._month = _Month()
 
-    async def admit(self, key, *, tokens: int, money_micros: int, revoked_set: str,
-                    ledger: str | None = None, lost_event: dict | None = None) -> Verdict:
+    async def admit(
+        self,
+        key,
+        *,
+        tokens: int,
+        money_micros: int,
+        revoked_set: str,
+        ledger: str | None = None,
+        lost_event: dict | None = None,
+    ) -> Verdict:
         """Reserve ``tokens`` and ``money_micros`` if every limit and budget allows it. With a ``ledger``,
         the request is also entered into it with ``lost_event``: what to bill if this process dies."""
         now_ts = time.time()
@@ -137,12 +147,34 @@ class Limiter:
         field, lost = "", b""
         if ledger is not None and lost_event is not None:
             field = lost_event["id"]
-            lost = inflight.entry(lost_event, [(k, n) for k, n in ((tpm_key, tokens), (token_key, tokens),
-                                                                   (money_key, money_micros)) if k and n])
-        keys_and_args = (6, revoked_set, f"gw:rpm:{kid}:{minute}", tpm_key or "gw:-", token_key or "gw:-",
-                         money_key or "gw:-", ledger or "gw:-", kid, _limit(key.rpm_limit), _limit(key.tpm_limit),
-                         tokens, _limit(key.monthly_token_budget), _limit(key.monthly_budget_micros), money_micros,
-                         minute_left, month_left, field, lost)
+            lost = inflight.entry(
+                lost_event,
+                [
+                    (k, n)
+                    for k, n in ((tpm_key, tokens), (token_key, tokens), (money_key, money_micros))
+                    if k and n
+                ],
+            )
+        keys_and_args = (
+            6,
+            revoked_set,
+            f"gw:rpm:{kid}:{minute}",
+            tpm_key or "gw:-",
+            token_key or "gw:-",
+            money_key or "gw:-",
+            ledger or "gw:-",
+            kid,
+            _limit(key.rpm_limit),
+            _limit(key.tpm_limit),
+            tokens,
+            _limit(key.monthly_token_budget),
+            _limit(key.monthly_budget_micros),
+            money_micros,
+            minute_left,
+            month_left,
+            field,
+            lost,
+        )
         (reply,) = await self.pipe.execute(("EVALSHA", ADMIT_SHA, *keys_and_args))
         if unknown_script(reply):
             (reply,) = await self.pipe.execute(("EVAL", ADMIT, *keys_and_args))  # loads it for next time
@@ -152,8 +184,12 @@ class Limiter:
         reason = reason.decode() if isinstance(reason, bytes) else reason
         if reason != "ok":
             return Verdict(False, reason, int(retry), remaining=int(remaining))
-        return Verdict(True, reservation=Reservation(tpm_key, token_key, money_key, tokens, money_micros,
-                                                     (ledger, field) if ledger else None))
+        return Verdict(
+            True,
+            reservation=Reservation(
+                tpm_key, token_key, money_key, tokens, money_micros, (ledger, field) if ledger else None
+            ),
+        )
 
     def settle(self, reservation: Reservation | None, *, tokens: int, money_micros: int) -> list[tuple]:
         """The command that corrects from reserved to actual (zero actual releases it all), to pipeline;
@@ -161,9 +197,20 @@ class Limiter:
         if reservation is None:
             return []
         ledger, field = reservation.ledger or ("gw:-", "")
-        return [("EVALSHA", SETTLE_SHA, 4, ledger, reservation.tpm_key or "gw:-",
-                 reservation.token_budget_key or "gw:-", reservation.money_key or "gw:-", field,
-                 tokens - reservation.tokens, money_micros - reservation.money_micros)]
+        return [
+            (
+                "EVALSHA",
+                SETTLE_SHA,
+                4,
+                ledger,
+                reservation.tpm_key or "gw:-",
+                reservation.token_budget_key or "gw:-",
+                reservation.money_key or "gw:-",
+                field,
+                tokens - reservation.tokens,
+                money_micros - reservation.money_micros,
+            )
+        ]
 
 
 def _limit(value) -> int:

@@ -17,14 +17,21 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 
 REQUESTS = Counter("portfolio_gateway_requests_total", "Gateway requests", ["endpoint", "team", "status"])
 ERRORS = Counter("portfolio_gateway_errors_total", "Gateway errors by type", ["endpoint", "team", "type"])
-REFUSED = Counter("portfolio_gateway_refused_total",
-                  "Requests the gateway refused itself, by reason (team: '-' before the key is known)",
-                  ["reason", "status", "team"])
+REFUSED = Counter(
+    "portfolio_gateway_refused_total",
+    "Requests the gateway refused itself, by reason (team: '-' before the key is known)",
+    ["reason", "status", "team"],
+)
 TOKENS = Counter("portfolio_gateway_tokens_total", "Tokens processed", ["endpoint", "team", "direction"])
-LATENCY = Histogram("portfolio_gateway_request_seconds", "Request latency", ["endpoint", "team"],
-                    buckets=LATENCY_BUCKETS)
-TTFT = Histogram("portfolio_gateway_time_to_first_token_seconds", "Time to first streamed token",
-                 ["endpoint", "team"], buckets=LATENCY_BUCKETS)
+LATENCY = Histogram(
+    "portfolio_gateway_request_seconds", "Request latency", ["endpoint", "team"], buckets=LATENCY_BUCKETS
+)
+TTFT = Histogram(
+    "portfolio_gateway_time_to_first_token_seconds",
+    "Time to first streamed token",
+    ["endpoint", "team"],
+    buckets=LATENCY_BUCKETS,
+)
 
 
 def authorized(header: bytes, token: str | None) -> bool | None:

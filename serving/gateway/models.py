@@ -20,24 +20,36 @@ class ApiKey(models.Model):
 
     team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="api_keys")
     name = models.CharField(max_length=100)
-    key_id = models.CharField(max_length=16, unique=True, help_text="The public part, shown as slm_<key_id>_…")
+    key_id = models.CharField(
+        max_length=16, unique=True, help_text="The public part, shown as slm_<key_id>_…"
+    )
     secret_hash = models.CharField(max_length=64)
     # Endpoint names the key may call; empty means every endpoint of its team.
     scopes = ArrayField(models.CharField(max_length=63), default=list, blank=True)
-    allowed_ips = ArrayField(models.CharField(max_length=49), default=list, blank=True,
-                             help_text="CIDR ranges; empty allows any address")
+    allowed_ips = ArrayField(
+        models.CharField(max_length=49),
+        default=list,
+        blank=True,
+        help_text="CIDR ranges; empty allows any address",
+    )
     rpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute")
     tpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens per minute")
     monthly_token_budget = models.BigIntegerField(null=True, blank=True)
-    monthly_budget = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True,
-                                         help_text="Money per calendar month, from the price book")
+    monthly_budget = models.DecimalField(
+        max_digits=12,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text="Money per calendar month, from the price book",
+    )
     service = models.BooleanField(default=False, help_text="Created by the platform for a team's jobs")
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     objects = ApiKeyQuerySet.as_manager()
 
@@ -57,8 +69,13 @@ class ApiKey(models.Model):
 
     def snapshot(self) -> dict:
         return {
-            "name": self.name, "team": self.team.slug, "key_id": self.key_id, "scopes": list(self.scopes),
-            "allowed_ips": list(self.allowed_ips), "rpm_limit": self.rpm_limit, "tpm_limit": self.tpm_limit,
+            "name": self.name,
+            "team": self.team.slug,
+            "key_id": self.key_id,
+            "scopes": list(self.scopes),
+            "allowed_ips": list(self.allowed_ips),
+            "rpm_limit": self.rpm_limit,
+            "tpm_limit": self.tpm_limit,
             "monthly_token_budget": self.monthly_token_budget,
             "monthly_budget": str(self.monthly_budget) if self.monthly_budget is not None else None,
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
@@ -83,12 +100,16 @@ class KeyPolicy(models.Model):
     team = models.OneToOneField(Team, on_delete=models.CASCADE, related_name="key_policy")
     rpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Requests per minute, at most")
     tpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens per minute, at most")
-    monthly_token_budget = models.BigIntegerField(null=True, blank=True, help_text="Tokens per month, at most")
-    monthly_budget = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True,
-                                         help_text="Money per calendar month, at most")
+    monthly_token_budget = models.BigIntegerField(
+        null=True, blank=True, help_text="Tokens per month, at most"
+    )
+    monthly_budget = models.DecimalField(
+        max_digits=12, decimal_places=2, null=True, blank=True, help_text="Money per calendar month, at most"
+    )
     updated_at = models.DateTimeField(default=timezone.now)
-    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     objects = KeyPolicyQuerySet.as_manager()
 
@@ -101,8 +122,10 @@ class KeyPolicy(models.Model):
     def ceilings(self) -> dict:
         """The ceiling of each limit field of a key, by the key field's name (None: no ceiling)."""
         return {
-            "rpm_limit": self.rpm_limit, "tpm_limit": self.tpm_limit,
-            "monthly_token_budget": self.monthly_token_budget, "monthly_budget": self.monthly_budget,
+            "rpm_limit": self.rpm_limit,
+            "tpm_limit": self.tpm_limit,
+            "monthly_token_budget": self.monthly_token_budget,
+            "monthly_budget": self.monthly_budget,
         }
 
     def snapshot(self) -> dict:
@@ -122,7 +145,9 @@ class UsageEventQuerySet(models.QuerySet):
 class UsageEvent(models.Model):
     """One gateway request, as metadata only: who, which endpoint and version, tokens, timings, outcome."""
 
-    event_id = models.CharField(max_length=40, unique=True, help_text="The request id; makes inserts idempotent")
+    event_id = models.CharField(
+        max_length=40, unique=True, help_text="The request id; makes inserts idempotent"
+    )
     at = models.DateTimeField()
     api_key = models.ForeignKey(ApiKey, null=True, on_delete=models.SET_NULL, related_name="usage")
     team_id = models.BigIntegerField(null=True)
@@ -178,8 +203,11 @@ class UsageHourly(models.Model):
     class Meta:
         ordering = ["-hour"]
         constraints = [
-            models.UniqueConstraint(fields=["hour", "api_key", "endpoint"], name="one_rollup_per_hour_key_endpoint",
-                                    nulls_distinct=False),
+            models.UniqueConstraint(
+                fields=["hour", "api_key", "endpoint"],
+                name="one_rollup_per_hour_key_endpoint",
+                nulls_distinct=False,
+            ),
         ]
         indexes = [models.Index(fields=["team_id", "hour"], name="rollup_team_hour")]
 

@@ -56,8 +56,9 @@ class Shape(NamedTuple):  # a tuple: made once per request, several times cheape
     continuous_usage: bool = False
 
 
-def worst_case(shape: Shape, max_model_len: int, input_micros: float = 0.0, output_micros: float = 0.0
-               ) -> tuple[int, int]:
+def worst_case(
+    shape: Shape, max_model_len: int, input_micros: float = 0.0, output_micros: float = 0.0
+) -> tuple[int, int]:
     """The most tokens, and money in micro-units, that the engine can bill for ``shape`` on a model with
     this context length and these prices per token.
 
@@ -79,7 +80,9 @@ def worst_case(shape: Shape, max_model_len: int, input_micros: float = 0.0, outp
         out_low, out_top = n * per_choice, n * (per_choice if per_choice < rest else rest)
         tokens += max(low + out_low, top + out_top)
         if priced:
-            money += max(input_micros * low + output_micros * out_low, input_micros * top + output_micros * out_top)
+            money += max(
+                input_micros * low + output_micros * out_low, input_micros * top + output_micros * out_top
+            )
     return tokens, math.ceil(money)  # up: a reservation never falls short of the (rounded) bill
 
 
@@ -177,40 +180,80 @@ def _present(name: str, value: object) -> None:
 
 _SAMPLING: dict[str, Check] = {
     # OpenAI's
-    "model": _text(256), "frequency_penalty": _number(-2, 2), "presence_penalty": _number(-2, 2),
-    "logit_bias": _object, "seed": _integer(-INT64 - 1, INT64), "stop": _stop, "stream": _boolean,
-    "stream_options": _object, "temperature": _number(0, 1e6), "top_p": _number(0, 1), "user": _text(256),
-    "n": _integer(1, INT32), "response_format": _object,
+    "model": _text(256),
+    "frequency_penalty": _number(-2, 2),
+    "presence_penalty": _number(-2, 2),
+    "logit_bias": _object,
+    "seed": _integer(-INT64 - 1, INT64),
+    "stop": _stop,
+    "stream": _boolean,
+    "stream_options": _object,
+    "temperature": _number(0, 1e6),
+    "top_p": _number(0, 1),
+    "user": _text(256),
+    "n": _integer(1, INT32),
+    "response_format": _object,
     # vLLM's sampling extensions: none lets a request produce more than max_tokens per completion.
-    "top_k": _integer(-1, INT32), "min_p": _number(0, 1), "repetition_penalty": _number(0, 1e6),
-    "length_penalty": _number(-1e6, 1e6), "stop_token_ids": _list(256, int),
-    "include_stop_str_in_output": _boolean, "ignore_eos": _boolean, "min_tokens": _integer(0, INT32),
-    "skip_special_tokens": _boolean, "spaces_between_special_tokens": _boolean, "use_beam_search": _boolean,
-    "truncate_prompt_tokens": _integer(-1, INT32), "bad_words": _list(256, str),
-    "allowed_token_ids": _list(10_000, int), "structured_outputs": _object,
-    "prompt_logprobs": _integer(0, MAX_LOGPROBS), "return_token_ids": _boolean,
-    "return_tokens_as_token_ids": _boolean, "cache_salt": _text(1024, 1), "add_special_tokens": _boolean,
+    "top_k": _integer(-1, INT32),
+    "min_p": _number(0, 1),
+    "repetition_penalty": _number(0, 1e6),
+    "length_penalty": _number(-1e6, 1e6),
+    "stop_token_ids": _list(256, int),
+    "include_stop_str_in_output": _boolean,
+    "ignore_eos": _boolean,
+    "min_tokens": _integer(0, INT32),
+    "skip_special_tokens": _boolean,
+    "spaces_between_special_tokens": _boolean,
+    "use_beam_search": _boolean,
+    "truncate_prompt_tokens": _integer(-1, INT32),
+    "bad_words": _list(256, str),
+    "allowed_token_ids": _list(10_000, int),
+    "structured_outputs": _object,
+    "prompt_logprobs": _integer(0, MAX_LOGPROBS),
+    "return_token_ids": _boolean,
+    "return_tokens_as_token_ids": _boolean,
+    "cache_salt": _text(1024, 1),
+    "add_special_tokens": _boolean,
 }
 
 CHAT: dict[str, Check] = {
     **_SAMPLING,
-    "messages": _present, "logprobs": _boolean, "top_logprobs": _integer(0, MAX_LOGPROBS),
-    "max_tokens": _integer(1, INT32), "max_completion_tokens": _integer(1, INT32), "tools": _list(1024),
-    "tool_choice": _tool_choice, "parallel_tool_calls": _boolean, "reasoning_effort": _text(16),
-    "metadata": _object, "store": _boolean, "service_tier": _text(16),
-    "include_reasoning": _boolean, "echo": _boolean, "add_generation_prompt": _boolean,
-    "continue_final_message": _boolean, "chat_template_kwargs": _object,
+    "messages": _present,
+    "logprobs": _boolean,
+    "top_logprobs": _integer(0, MAX_LOGPROBS),
+    "max_tokens": _integer(1, INT32),
+    "max_completion_tokens": _integer(1, INT32),
+    "tools": _list(1024),
+    "tool_choice": _tool_choice,
+    "parallel_tool_calls": _boolean,
+    "reasoning_effort": _text(16),
+    "metadata": _object,
+    "store": _boolean,
+    "service_tier": _text(16),
+    "include_reasoning": _boolean,
+    "echo": _boolean,
+    "add_generation_prompt": _boolean,
+    "continue_final_message": _boolean,
+    "chat_template_kwargs": _object,
 }
 
 COMPLETION: dict[str, Check] = {
     **_SAMPLING,
-    "prompt": _present, "suffix": _text(1_000_000), "echo": _boolean, "logprobs": _integer(0, MAX_LOGPROBS),
-    "max_tokens": _integer(0, INT32), "best_of": _integer(1, INT32),
+    "prompt": _present,
+    "suffix": _text(1_000_000),
+    "echo": _boolean,
+    "logprobs": _integer(0, MAX_LOGPROBS),
+    "max_tokens": _integer(0, INT32),
+    "best_of": _integer(1, INT32),
 }
 
 EMBEDDING: dict[str, Check] = {
-    "model": _text(256), "input": _present, "encoding_format": _one_of("float", "base64"),
-    "dimensions": _integer(1, 65536), "user": _text(256), "truncate_prompt_tokens": _integer(-1, INT32),
+    "model": _text(256),
+    "input": _present,
+    "encoding_format": _one_of("float", "base64"),
+    "dimensions": _integer(1, 65536),
+    "user": _text(256),
+    "truncate_prompt_tokens": _integer(-1, INT32),
     "add_special_tokens": _boolean,
 }
 
@@ -229,9 +272,13 @@ def check(kind: str, payload: dict, body_size: int, *, max_n: int, max_inputs: i
         checker(name, value)
     required = REQUIRED[kind]
     if payload.get(required) is None:
-        raise PayloadError(f"Missing required parameter: `{required}`.", required, "missing_required_parameter")
+        raise PayloadError(
+            f"Missing required parameter: `{required}`.", required, "missing_required_parameter"
+        )
     if kind == "embedding":
-        return Shape(prompts=_prompt_bounds("input", payload["input"], 0, max_inputs), choices=0, per_choice=0)
+        return Shape(
+            prompts=_prompt_bounds("input", payload["input"], 0, max_inputs), choices=0, per_choice=0
+        )
 
     n = payload.get("n")
     n = 1 if n is None else n
@@ -246,8 +293,11 @@ def check(kind: str, payload: dict, body_size: int, *, max_n: int, max_inputs: i
             raise PayloadError("`stream_options` can only be given with `stream: true`.", "stream_options")
         for name, value in options.items():
             if name not in _STREAM_OPTIONS:
-                raise PayloadError(f"Unrecognized request argument supplied: stream_options.{name}",
-                                   f"stream_options.{name}", "unknown_parameter")
+                raise PayloadError(
+                    f"Unrecognized request argument supplied: stream_options.{name}",
+                    f"stream_options.{name}",
+                    "unknown_parameter",
+                )
             _boolean(f"stream_options.{name}", value)
     include_usage = bool(options and options.get("include_usage"))
     continuous = include_usage and bool(options and options.get("continuous_usage_stats"))
@@ -262,16 +312,29 @@ def check(kind: str, payload: dict, body_size: int, *, max_n: int, max_inputs: i
         limit = payload.get("max_completion_tokens")
         if limit is None:
             limit = payload.get("max_tokens")
-        return Shape(prompts=(body_size + CHAT_TEMPLATE_TOKENS,), choices=choices, per_choice=limit, n=n,
-                     stream=stream, include_usage=include_usage, continuous_usage=continuous)
+        return Shape(
+            prompts=(body_size + CHAT_TEMPLATE_TOKENS,),
+            choices=choices,
+            per_choice=limit,
+            n=n,
+            stream=stream,
+            include_usage=include_usage,
+            continuous_usage=continuous,
+        )
 
     suffix = payload.get("suffix")
     extra = _text_bound(suffix) if suffix else 0
     limit = payload.get("max_tokens")
     per_choice = COMPLETION_DEFAULT_MAX_TOKENS if limit is None else max(limit, 1)  # echo with 0 makes one
-    return Shape(prompts=_prompt_bounds("prompt", payload["prompt"], extra, max_inputs), choices=choices,
-                 per_choice=per_choice, n=n, stream=stream, include_usage=include_usage,
-                 continuous_usage=continuous)
+    return Shape(
+        prompts=_prompt_bounds("prompt", payload["prompt"], extra, max_inputs),
+        choices=choices,
+        per_choice=per_choice,
+        n=n,
+        stream=stream,
+        include_usage=include_usage,
+        continuous_usage=continuous,
+    )
 
 
 def _text_bound(text: str) -> int:
@@ -283,8 +346,11 @@ def _prompt_bounds(name: str, value: object, extra: int, max_inputs: int) -> tup
     if isinstance(value, str):
         return (_text_bound(value) + SPECIAL_TOKENS + extra,)
     if not isinstance(value, list) or not value:
-        raise PayloadError(f"`{name}` must be a string, an array of strings or token ids, or an array of "
-                           "arrays of token ids, and not empty.", name)
+        raise PayloadError(
+            f"`{name}` must be a string, an array of strings or token ids, or an array of "
+            "arrays of token ids, and not empty.",
+            name,
+        )
     first = value[0]
     if isinstance(first, int) and not isinstance(first, bool):
         return (len(value) + extra,)  # one prompt of token ids: no special tokens are added to those
@@ -296,8 +362,11 @@ def _prompt_bounds(name: str, value: object, extra: int, max_inputs: int) -> tup
         return tuple(_text_bound(item) + SPECIAL_TOKENS + extra for item in value)
     if isinstance(first, list):
         if not all(isinstance(item, list) and item for item in value):
-            raise PayloadError(f"`{name}` must not mix token-id arrays with other items, or hold an empty one.",
-                               name)
+            raise PayloadError(
+                f"`{name}` must not mix token-id arrays with other items, or hold an empty one.", name
+            )
         return tuple(len(item) + extra for item in value)
-    raise PayloadError(f"`{name}` must be a string, an array of strings or token ids, or an array of arrays of "
-                       "token ids.", name)
+    raise PayloadError(
+        f"`{name}` must be a string, an array of strings or token ids, or an array of arrays of token ids.",
+        name,
+    )

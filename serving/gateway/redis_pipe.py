@@ -143,14 +143,17 @@ class RedisPipe:
             if "path" in options:
                 connecting = loop.create_unix_connection(_Protocol, options["path"])
             else:
-                connecting = loop.create_connection(_Protocol, options.get("host", "localhost"),
-                                                    int(options.get("port", 6379)))
+                connecting = loop.create_connection(
+                    _Protocol, options.get("host", "localhost"), int(options.get("port", 6379))
+                )
             _, protocol = await asyncio.wait_for(connecting, timeout)
         except (OSError, TimeoutError) as exc:
             raise RedisConnectionError(f"Cannot connect to Redis: {exc!r}") from exc
         hello: list[Command] = []
         if options.get("password"):
-            hello.append(("AUTH", *([options["username"]] if options.get("username") else []), options["password"]))
+            hello.append(
+                ("AUTH", *([options["username"]] if options.get("username") else []), options["password"])
+            )
         if int(options.get("db") or 0):
             hello.append(("SELECT", int(options["db"])))
         if hello:
@@ -170,8 +173,12 @@ class RedisPipe:
         while True:
             await asyncio.sleep(period)
             protocol = self._protocol
-            overdue = (protocol is not None and protocol.waiting and not protocol.closed
-                       and time.monotonic() - protocol.waiting[0].since > self.reply_timeout)
+            overdue = (
+                protocol is not None
+                and protocol.waiting
+                and not protocol.closed
+                and time.monotonic() - protocol.waiting[0].since > self.reply_timeout
+            )
             if overdue:
                 protocol.abort(RedisTimeoutError(f"Redis did not answer within {self.reply_timeout:g}s"))
 

@@ -86,19 +86,27 @@ def _read_snapshot() -> Snapshot:
     snapshot = Snapshot(built_at=time.time())
     prices = {price.endpoint_id: price for price in EndpointPrice.objects.all()}
     without_chat: dict[int, str] = {}  # version id -> "model vN", for versions without a chat template
-    for deployment in Deployment.objects.select_related("version__model").prefetch_related("adapters__version__model"):
-        served = [(deployment.name, deployment.version), *((a.name, a.version) for a in deployment.adapters.all())]
+    for deployment in Deployment.objects.select_related("version__model").prefetch_related(
+        "adapters__version__model"
+    ):
+        served = [
+            (deployment.name, deployment.version),
+            *((a.name, a.version) for a in deployment.adapters.all()),
+        ]
         for _, version in served:
             if not version.has_chat_template:
                 without_chat[version.pk] = f"{version.model.name} v{version.number}"
         snapshot.deployments[deployment.name] = DeploymentInfo(
-            team_id=deployment.owner_team_id, version_id=deployment.version_id,
+            team_id=deployment.owner_team_id,
+            version_id=deployment.version_id,
             adapters={adapter.name: adapter.version_id for adapter in deployment.adapters.all()},
             max_model_len=int(deployment.engine_args.get("max_model_len", 2048)),
             embedding=deployment.version.model.task == Task.EMBEDDING,
             without_chat={name: without_chat[v.pk] for name, v in served if v.pk in without_chat},
         )
-    endpoints = Endpoint.objects.select_related("fallback").prefetch_related("routes__deployment", "routes__adapter")
+    endpoints = Endpoint.objects.select_related("fallback").prefetch_related(
+        "routes__deployment", "routes__adapter"
+    )
     for endpoint in endpoints:
         routes = []
         max_len = 0
@@ -109,19 +117,27 @@ def _read_snapshot() -> Snapshot:
             known = snapshot.deployments.get(deployment.name)
             embedding = embedding or bool(known and known.embedding)
             version_id = route.adapter.version_id if route.adapter else deployment.version_id
-            routes.append(Route(
-                weight=route.weight, deployment=deployment.name,
-                upstream_model=route.adapter.name if route.adapter else deployment.name,
-                adapter=route.adapter.name if route.adapter else "",
-                version_id=version_id, chat=version_id not in without_chat,
-            ))
+            routes.append(
+                Route(
+                    weight=route.weight,
+                    deployment=deployment.name,
+                    upstream_model=route.adapter.name if route.adapter else deployment.name,
+                    adapter=route.adapter.name if route.adapter else "",
+                    version_id=version_id,
+                    chat=version_id not in without_chat,
+                )
+            )
         price = prices.get(endpoint.pk)
         snapshot.endpoints[endpoint.name] = EndpointInfo(
-            name=endpoint.name, team_id=endpoint.owner_team_id, routes=tuple(routes),
+            name=endpoint.name,
+            team_id=endpoint.owner_team_id,
+            routes=tuple(routes),
             fallback=endpoint.fallback.name if endpoint.fallback else None,
             input_micros_per_token=float(price.input_per_million) if price else 0.0,
             output_micros_per_token=float(price.output_per_million) if price else 0.0,
-            max_model_len=max_len or 2048, max_n=endpoint.max_n, embedding=embedding,
+            max_model_len=max_len or 2048,
+            max_n=endpoint.max_n,
+            embedding=embedding,
             no_chat="" if any(r.chat for r in routes) or not routes else without_chat[routes[0].version_id],
         )
     for replica in Replica.objects.filter(state=ReplicaState.READY).select_related("deployment"):
@@ -154,8 +170,11 @@ class Balancer:
 def choose_route(endpoint: EndpointInfo, snapshot: Snapshot, *, chat: bool = False) -> Route | None:
     """A route by weight among those whose deployment has a ready replica (and, for a chat call, whose
     version has a chat template)."""
-    live = [r for r in endpoint.routes
-            if r.weight > 0 and snapshot.replicas.get(r.deployment) and (r.chat or not chat)]
+    live = [
+        r
+        for r in endpoint.routes
+        if r.weight > 0 and snapshot.replicas.get(r.deployment) and (r.chat or not chat)
+    ]
     if len(live) < 2:
         return live[0] if live else None
     return random.choices(live, weights=[r.weight for r in live])[0]  # noqa: S311
@@ -163,7 +182,11 @@ def choose_route(endpoint: EndpointInfo, snapshot: Snapshot, *, chat: bool = Fal
 
 def price_micros(endpoint: EndpointInfo, input_tokens: int, output_tokens: int) -> int:
     """Cost in micro-units of money (prices are per million tokens, so micro-units per token)."""
-    return int(round(endpoint.input_micros_per_token * input_tokens + endpoint.output_micros_per_token * output_tokens))
+    return int(
+        round(
+            endpoint.input_micros_per_token * input_tokens + endpoint.output_micros_per_token * output_tokens
+        )
+    )
 
 
 DECIMAL_MICRO = Decimal("0.000001")

@@ -89,9 +89,13 @@ def _check_limit(name: str, value):
     if name == "monthly_budget":
         value = Decimal(value)
         if not value.is_finite() or value != value.quantize(Decimal("0.01")):
-            raise Invalid(f"{name}: give an amount with at most two decimals.", fields={name: ["Not an amount."]})
+            raise Invalid(
+                f"{name}: give an amount with at most two decimals.", fields={name: ["Not an amount."]}
+            )
     if not low <= value <= high:
-        raise Invalid(f"{name}: between {low} and {high}, or empty for no limit.", fields={name: ["Out of range."]})
+        raise Invalid(
+            f"{name}: between {low} and {high}, or empty for no limit.", fields={name: ["Out of range."]}
+        )
     return value
 
 
@@ -126,10 +130,18 @@ def _within_policy(policy: KeyPolicy, limits: dict) -> dict:
 
 @transaction.atomic
 def create_key(
-    *, actor: Actor, team: Team, name: str, scopes: list[str] | None = None, allowed_ips: list[str] | None = None,
-    rpm_limit: int | None = UNCHANGED, tpm_limit: int | None = UNCHANGED,
-    monthly_token_budget: int | None = UNCHANGED, monthly_budget: Decimal | None = UNCHANGED,
-    expires_at: datetime | None = None, service: bool = False,
+    *,
+    actor: Actor,
+    team: Team,
+    name: str,
+    scopes: list[str] | None = None,
+    allowed_ips: list[str] | None = None,
+    rpm_limit: int | None = UNCHANGED,
+    tpm_limit: int | None = UNCHANGED,
+    monthly_token_budget: int | None = UNCHANGED,
+    monthly_budget: Decimal | None = UNCHANGED,
+    expires_at: datetime | None = None,
+    service: bool = False,
 ) -> tuple[ApiKey, str]:
     """Return the key and its secret, which is never stored and never shown again.
 
@@ -142,8 +154,12 @@ def create_key(
     expires_at = _aware(expires_at)
     if expires_at is not None and expires_at <= timezone.now():
         raise Invalid("expires_at: must be in the future.")
-    given = {"rpm_limit": rpm_limit, "tpm_limit": tpm_limit, "monthly_token_budget": monthly_token_budget,
-             "monthly_budget": monthly_budget}
+    given = {
+        "rpm_limit": rpm_limit,
+        "tpm_limit": tpm_limit,
+        "monthly_token_budget": monthly_token_budget,
+        "monthly_budget": monthly_budget,
+    }
     limits = {field: _check_limit(field, value) for field, value in given.items() if value is not UNCHANGED}
     if gate.can(actor, "apikey.limits", team):
         limits = {field: limits.get(field) for field in LIMIT_FIELDS}
@@ -151,9 +167,16 @@ def create_key(
         limits = _within_policy(policy_for(team), limits)
     issued = secrets_hashing.issue(KEY_PREFIX)
     key = ApiKey.objects.create(
-        team=team, name=name, key_id=issued.key_id, secret_hash=issued.hash,
-        scopes=_check_scopes(team, scopes or []), allowed_ips=_check_ips(allowed_ips or []),
-        expires_at=expires_at, service=service, created_by=actor.user, **limits,
+        team=team,
+        name=name,
+        key_id=issued.key_id,
+        secret_hash=issued.hash,
+        scopes=_check_scopes(team, scopes or []),
+        allowed_ips=_check_ips(allowed_ips or []),
+        expires_at=expires_at,
+        service=service,
+        created_by=actor.user,
+        **limits,
     )
     audit.record(actor, "apikey.create", key, after=key.snapshot())
     return key, issued.plaintext
@@ -161,9 +184,15 @@ def create_key(
 
 @transaction.atomic
 def update_key(
-    *, actor: Actor, key: ApiKey, scopes: list[str] = UNCHANGED, allowed_ips: list[str] = UNCHANGED,
-    rpm_limit: int | None = UNCHANGED, tpm_limit: int | None = UNCHANGED,
-    monthly_token_budget: int | None = UNCHANGED, monthly_budget: Decimal | None = UNCHANGED,
+    *,
+    actor: Actor,
+    key: ApiKey,
+    scopes: list[str] = UNCHANGED,
+    allowed_ips: list[str] = UNCHANGED,
+    rpm_limit: int | None = UNCHANGED,
+    tpm_limit: int | None = UNCHANGED,
+    monthly_token_budget: int | None = UNCHANGED,
+    monthly_budget: Decimal | None = UNCHANGED,
 ) -> ApiKey:
     """Change what is given, keep what is left out (``None`` is "no limit"). Changing a limit or budget
     needs ``apikey.limits`` (an owner or admin); scopes and addresses need ``apikey.manage``."""
@@ -179,8 +208,12 @@ def update_key(
     if allowed_ips is not UNCHANGED:
         key.allowed_ips = _check_ips(allowed_ips)
         changed.append("allowed_ips")
-    given = {"rpm_limit": rpm_limit, "tpm_limit": tpm_limit, "monthly_token_budget": monthly_token_budget,
-             "monthly_budget": monthly_budget}
+    given = {
+        "rpm_limit": rpm_limit,
+        "tpm_limit": tpm_limit,
+        "monthly_token_budget": monthly_token_budget,
+        "monthly_budget": monthly_budget,
+    }
     for field, value in given.items():
         if value is UNCHANGED:
             continue
@@ -216,8 +249,13 @@ def revoke_key(*, actor: Actor, key: ApiKey) -> ApiKey:
 
 @transaction.atomic
 def update_key_policy(
-    *, actor: Actor, team: Team, rpm_limit: int | None = UNCHANGED, tpm_limit: int | None = UNCHANGED,
-    monthly_token_budget: int | None = UNCHANGED, monthly_budget: Decimal | None = UNCHANGED,
+    *,
+    actor: Actor,
+    team: Team,
+    rpm_limit: int | None = UNCHANGED,
+    tpm_limit: int | None = UNCHANGED,
+    monthly_token_budget: int | None = UNCHANGED,
+    monthly_budget: Decimal | None = UNCHANGED,
 ) -> KeyPolicy:
     """Set the ceilings the team's developers' keys are held to (what is left out stays; None: no ceiling).
     Existing keys keep their limits: an owner changes those on each key."""
@@ -225,8 +263,12 @@ def update_key_policy(
     # A team without a row has no ceilings, exactly as a row without values: creating one changes nothing.
     policy, _ = KeyPolicy.objects.select_for_update().select_related("team").get_or_create(team=team)
     before = policy.snapshot()
-    given = {"rpm_limit": rpm_limit, "tpm_limit": tpm_limit, "monthly_token_budget": monthly_token_budget,
-             "monthly_budget": monthly_budget}
+    given = {
+        "rpm_limit": rpm_limit,
+        "tpm_limit": tpm_limit,
+        "monthly_token_budget": monthly_token_budget,
+        "monthly_budget": monthly_budget,
+    }
     changed = []
     for field, value in given.items():
         if value is UNCHANGED:

@@ -56,8 +56,16 @@ def _sign(payload: str) -> str:
     return _b64(hmac.new(_key(), payload.encode(), hashlib.sha256).digest())
 
 
-def mint(*, deployment: str, model: str, team_id: int, team: str, department_id: int, user_id: int | None,
-         now: float | None = None) -> str:
+def mint(
+    *,
+    deployment: str,
+    model: str,
+    team_id: int,
+    team: str,
+    department_id: int,
+    user_id: int | None,
+    now: float | None = None,
+) -> str:
     expires = int((now or time.time()) + TTL)
     payload = _b64(orjson.dumps([1, deployment, model, team_id, team, department_id, user_id or 0, expires]))
     return f"{PREFIX}{payload}.{_sign(payload)}"
@@ -67,12 +75,13 @@ def verify(presented: str, now: float | None = None) -> Ticket | None:
     """The ticket if ``presented`` is one we signed and it has not expired; never raises on garbage."""
     if len(presented) > MAX_LENGTH or not presented.startswith(PREFIX) or not presented.isascii():
         return None
-    payload, _, signature = presented[len(PREFIX):].partition(".")
+    payload, _, signature = presented[len(PREFIX) :].partition(".")
     if not hmac.compare_digest(signature.encode(), _sign(payload).encode()):
         return None
     try:
         version, deployment, model, team_id, team, department_id, user_id, expires = orjson.loads(
-            base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+        )
     except (binascii.Error, orjson.JSONDecodeError, TypeError, ValueError):
         return None
     if version != 1 or expires <= (now or time.time()):

@@ -53,12 +53,25 @@ def _event(fields: dict) -> UsageEvent:
     """A stream entry (one field ``e``: the event as JSON, see Gateway._event) as a row to insert."""
     e = orjson.loads(fields[b"e"])
     return UsageEvent(
-        event_id=e["id"], at=datetime.fromtimestamp(float(e["at"]), UTC), api_key_id=e["key"] or None,
-        team_id=e["team"] or None, department_id=e["department"] or None, endpoint=e["endpoint"],
-        deployment=e["deployment"], adapter=e["adapter"], model_version_id=e["version"] or None,
-        replica_id=e["replica"] or None, kind=e["kind"], stream=bool(e["stream"]), input_tokens=e["in"],
-        output_tokens=e["out"], latency_ms=e["latency_ms"], ttft_ms=e["ttft_ms"], status=e["status"],
-        error=e["error"], cost=Decimal(e["cost_micros"]) / Decimal(1_000_000),
+        event_id=e["id"],
+        at=datetime.fromtimestamp(float(e["at"]), UTC),
+        api_key_id=e["key"] or None,
+        team_id=e["team"] or None,
+        department_id=e["department"] or None,
+        endpoint=e["endpoint"],
+        deployment=e["deployment"],
+        adapter=e["adapter"],
+        model_version_id=e["version"] or None,
+        replica_id=e["replica"] or None,
+        kind=e["kind"],
+        stream=bool(e["stream"]),
+        input_tokens=e["in"],
+        output_tokens=e["out"],
+        latency_ms=e["latency_ms"],
+        ttft_ms=e["ttft_ms"],
+        status=e["status"],
+        error=e["error"],
+        cost=Decimal(e["cost_micros"]) / Decimal(1_000_000),
     )
 
 
@@ -68,8 +81,9 @@ def flush(batch: int = 2000, consumer: str | None = None) -> int:
     _ensure_group(client)
     consumer = consumer or socket.gethostname()
     # Redis 6.2 answers [next id, entries]; Redis 7 adds the ids of deleted entries.
-    claimed = client.xautoclaim(USAGE_STREAM, GROUP, consumer, min_idle_time=CLAIM_IDLE_MS, start_id="0-0",
-                                count=batch)[1]
+    claimed = client.xautoclaim(
+        USAGE_STREAM, GROUP, consumer, min_idle_time=CLAIM_IDLE_MS, start_id="0-0", count=batch
+    )[1]
     entries = list(claimed)
     if len(entries) < batch:
         fresh = client.xreadgroup(GROUP, consumer, {USAGE_STREAM: ">"}, count=batch - len(entries))
@@ -84,13 +98,17 @@ def flush(batch: int = 2000, consumer: str | None = None) -> int:
             events.append(_event(fields))
         except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
             # One unreadable entry must not hold up every later one: set it aside, whole, for a person to see.
-            logger.error("usage: stream entry %s is not a usage event (%r); moved to %s", entry_id, exc, DEAD_LETTERS)
+            logger.error(
+                "usage: stream entry %s is not a usage event (%r); moved to %s", entry_id, exc, DEAD_LETTERS
+            )
             client.xadd(DEAD_LETTERS, {**fields, b"unreadable": repr(exc).encode()})
     with transaction.atomic():
         UsageEvent.objects.bulk_create(events, ignore_conflicts=True, batch_size=1000)
         last_used = {}
         for event in events:
-            if event.api_key_id and (event.api_key_id not in last_used or event.at > last_used[event.api_key_id]):
+            if event.api_key_id and (
+                event.api_key_id not in last_used or event.at > last_used[event.api_key_id]
+            ):
                 last_used[event.api_key_id] = event.at
         for key_id, at in last_used.items():
             ApiKey.objects.filter(pk=key_id).exclude(last_used_at__gte=at).update(last_used_at=at)
@@ -165,7 +183,9 @@ def rollup(since: datetime | None = None) -> int:
         for start, end in spans:
             cursor.execute(ROLLUP_SQL, [datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)])
     if hours:
-        client.eval(_CLEAR_UNCHANGED, 1, DIRTY_HOURS, *(value for hour in hours for value in (hour, marked[hour])))
+        client.eval(
+            _CLEAR_UNCHANGED, 1, DIRTY_HOURS, *(value for hour in hours for value in (hour, marked[hour]))
+        )
     return len(hours)
 
 

@@ -310,7 +310,9 @@ def key_policy(request, slug: str):
             except DomainError as exc:
                 apply_serving_error(form, exc)
             else:
-                messages.success(request, f"Key policy of {team.name} saved; it applies to keys created from now on.")
+                messages.success(
+                    request, f"Key policy of {team.name} saved; it applies to keys created from now on."
+                )
                 return redirect("apikey-list")
     else:
         form = KeyPolicyForm(policy=policy)

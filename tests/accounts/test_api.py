@@ -57,7 +57,9 @@ def test_the_session_api_needs_a_csrf_token_for_changes(org, team):
 
 
 def test_validation_errors_name_the_field(as_user, org):
-    response = as_user(org["admin"]).post("/api/v1/departments", {"name": ""}, content_type="application/json")
+    response = as_user(org["admin"]).post(
+        "/api/v1/departments", {"name": ""}, content_type="application/json"
+    )
     assert response.status_code == 422
     error = response.json()["error"]
     assert error["code"] == "invalid" and "cost_center" in error["fields"]
@@ -74,7 +76,9 @@ def test_admin_creates_a_team_through_the_api_and_it_is_audited(as_user, org, de
 def test_owner_adds_a_member_by_username(as_user, org, team, make_user):
     make_user("erin")
     response = as_user(org["owner"]).post(
-        f"/api/v1/teams/{team.pk}/members", {"username": "erin", "role": "developer"}, content_type="application/json"
+        f"/api/v1/teams/{team.pk}/members",
+        {"username": "erin", "role": "developer"},
+        content_type="application/json",
     )
     assert response.status_code == 201 and response.json()["username"] == "erin"
 

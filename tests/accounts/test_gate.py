@@ -48,8 +48,14 @@ def test_a_viewer_may_see_but_not_change_the_team(org, team):
 
 @pytest.mark.parametrize(
     ("role", "allowed"),
-    [("owner", True), ("engineer", False), ("developer", False), ("viewer", False), ("auditor", False),
-     ("admin", True)],
+    [
+        ("owner", True),
+        ("engineer", False),
+        ("developer", False),
+        ("viewer", False),
+        ("auditor", False),
+        ("admin", True),
+    ],
 )
 def test_only_owners_and_admins_manage_members(org, team, role, allowed):
     assert gate.can(actor_for(org[role]), "member.manage", team) is allowed

@@ -37,17 +37,24 @@ def test_two_hundred_names_sprayed_from_one_address_add_its_first_failures_and_o
     assert _sign_in_rows().filter(action="user.login_failed").count() == address_limit
     locked = _sign_in_rows().get(action="user.login_locked")
     assert (locked.object_type, locked.object_id, locked.after["lock"]) == (
-        "auth.client_address", "198.51.100.7", "address",
+        "auth.client_address",
+        "198.51.100.7",
+        "address",
     )
     assert _sign_in_rows().count() == address_limit + 1
 
 
-def test_two_hundred_failures_from_two_hundred_addresses_stay_within_the_audit_budget(client, org, caplog, settings):
+def test_two_hundred_failures_from_two_hundred_addresses_stay_within_the_audit_budget(
+    client, org, caplog, settings
+):
     for n in range(200):
         assert _login(client, f"guess-{n}", ip=f"10.0.{n // 250}.{n % 250 + 1}").status_code == 200
     assert _sign_in_rows().filter(action="user.login_failed").count() == lockout.AUDIT_BUDGET
     paused = AuditEvent.objects.get(action="user.login_audit_paused")
-    assert paused.after == {"audited_rows": lockout.AUDIT_BUDGET, "window_seconds": settings.LOGIN_LOCKOUT_SECONDS}
+    assert paused.after == {
+        "audited_rows": lockout.AUDIT_BUDGET,
+        "window_seconds": settings.LOGIN_LOCKOUT_SECONDS,
+    }
     assert AuditEvent.objects.count() == lockout.AUDIT_BUDGET + 1 < 200
     assert "Sign-in audit budget spent" in caplog.text
 
@@ -90,5 +97,8 @@ def test_failed_sign_ins_below_the_limits_are_all_audited(client, org):
     for name in ["owner", "Owner", "viewer", "nobody"]:
         _login(client, name)
     assert list(_sign_in_rows().order_by("sequence").values_list("object_id", flat=True)) == [
-        "owner", "Owner", "viewer", "nobody",
+        "owner",
+        "Owner",
+        "viewer",
+        "nobody",
     ]

@@ -82,16 +82,22 @@ def test_the_last_owner_cannot_be_removed_or_demoted(org, team):
     with pytest.raises(Conflict, match="at least one owner"):
         services.remove_member(actor=actor_for(org["admin"]), membership=membership)
     with pytest.raises(Conflict, match="at least one owner"):
-        services.change_member_role(actor=actor_for(org["admin"]), membership=membership, role=TeamRole.VIEWER)
+        services.change_member_role(
+            actor=actor_for(org["admin"]), membership=membership, role=TeamRole.VIEWER
+        )
 
 
 def test_adding_someone_twice_is_a_conflict(org, team):
     with pytest.raises(Conflict, match="already a member"):
-        services.add_member(actor=actor_for(org["owner"]), team=team, user=org["viewer"], role=TeamRole.VIEWER)
+        services.add_member(
+            actor=actor_for(org["owner"]), team=team, user=org["viewer"], role=TeamRole.VIEWER
+        )
 
 
 def test_a_new_user_gets_a_strong_one_time_password_that_is_not_audited(org):
-    user, password = services.create_user(actor=actor_for(org["admin"]), username="dana", email="dana@example.com")
+    user, password = services.create_user(
+        actor=actor_for(org["admin"]), username="dana", email="dana@example.com"
+    )
     assert user.check_password(password) and len(password) >= 16
     event = AuditEvent.objects.get(action="user.create")
     assert password not in str(event.after)

@@ -80,7 +80,9 @@ def test_an_expired_token_is_refused(client, issued):
 
 def test_a_token_cannot_mint_another_token(client, issued):
     _, plaintext = issued
-    response = client.post("/api/v1/tokens", {"name": "child"}, content_type="application/json", **_bearer(plaintext))
+    response = client.post(
+        "/api/v1/tokens", {"name": "child"}, content_type="application/json", **_bearer(plaintext)
+    )
     assert response.status_code == 400
     assert "signed-in user" in response.json()["error"]["message"]
 

@@ -21,8 +21,10 @@ from portfolio.audit.verification import verify_database
 def _record_some(n: int) -> list[AuditEvent]:
     actor = Actor.for_system("tests")
     with transaction.atomic():
-        return [audit.record(actor, "test.event", object_type="test", object_id=str(i), after={"i": i})
-                for i in range(n)]
+        return [
+            audit.record(actor, "test.event", object_type="test", object_id=str(i), after={"i": i})
+            for i in range(n)
+        ]
 
 
 @pytest.mark.django_db
@@ -45,7 +47,11 @@ def test_events_link_each_to_the_one_before():
 )
 def test_postgresql_refuses_to_change_or_remove_events(statement):
     _record_some(2)
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+    with (
+        pytest.raises(DatabaseError, match="append-only"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
         cursor.execute(statement)
     assert AuditEvent.objects.count() == 2
 
@@ -92,8 +98,12 @@ def test_twenty_concurrent_writers_leave_one_valid_chain():
             barrier.wait(timeout=30)
             for i in range(5):
                 with transaction.atomic():
-                    audit.record(Actor.for_system(f"writer-{n}"), "test.concurrent", object_type="t",
-                                 object_id=f"{n}-{i}")
+                    audit.record(
+                        Actor.for_system(f"writer-{n}"),
+                        "test.concurrent",
+                        object_type="t",
+                        object_id=f"{n}-{i}",
+                    )
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
         finally:
@@ -106,7 +116,9 @@ def test_twenty_concurrent_writers_leave_one_valid_chain():
         thread.join(timeout=120)
     assert not errors, errors
     assert AuditEvent.objects.count() == 100
-    assert list(AuditEvent.objects.order_by("sequence").values_list("sequence", flat=True)) == list(range(1, 101))
+    assert list(AuditEvent.objects.order_by("sequence").values_list("sequence", flat=True)) == list(
+        range(1, 101)
+    )
     verdict = verify_database()
     assert verdict.ok and verdict.checked == 100
 
@@ -240,9 +252,13 @@ def _rehash_from(sequence: int, edit) -> None:
             event.prev_hash = previous
         event.hash = chain.compute_hash(chain.fields_of(event))
         previous = event.hash
-        updates.append(("UPDATE audit_auditevent SET action = %s, actor_label = %s, ip = %s, prev_hash = %s, "
-                        "hash = %s WHERE sequence = %s",
-                        [event.action, event.actor_label, event.ip, event.prev_hash, event.hash, event.sequence]))
+        updates.append(
+            (
+                "UPDATE audit_auditevent SET action = %s, actor_label = %s, ip = %s, prev_hash = %s, "
+                "hash = %s WHERE sequence = %s",
+                [event.action, event.actor_label, event.ip, event.prev_hash, event.hash, event.sequence],
+            )
+        )
     _as_superuser(*updates)
 
 
@@ -256,11 +272,17 @@ def test_an_edited_and_rehashed_event_is_caught_by_the_next_events_link():
     event = AuditEvent.objects.get(sequence=3)
     _forge(event)
     event.hash = chain.compute_hash(chain.fields_of(event))
-    _as_superuser(("UPDATE audit_auditevent SET action = %s, actor_label = %s, ip = %s, hash = %s WHERE sequence = 3",
-                   [event.action, event.actor_label, event.ip, event.hash]))
+    _as_superuser(
+        (
+            "UPDATE audit_auditevent SET action = %s, actor_label = %s, ip = %s, hash = %s WHERE sequence = 3",
+            [event.action, event.actor_label, event.ip, event.hash],
+        )
+    )
     verdict = verify_database()
     assert (verdict.ok, verdict.broken_sequence, verdict.reason) == (
-        False, 4, "previous hash does not match the event before"
+        False,
+        4,
+        "previous hash does not match the event before",
     )
 
 

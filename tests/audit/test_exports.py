@@ -41,7 +41,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def history(org, department):
     admin = actor_for(org["admin"])
     services.create_team(actor=admin, department=department, name="Search")
-    services.create_team(actor=admin, department=department, name="Ranking", description="ümlaut, \"quotes\", a,b")
+    services.create_team(
+        actor=admin, department=department, name="Ranking", description='ümlaut, "quotes", a,b'
+    )
     services.create_department(actor=admin, name="Finance", cost_center="CC-300")
     return org
 
@@ -148,7 +150,9 @@ def test_a_rewritten_export_re_signed_with_another_key_fails(history):
     _forge_a_rewritten_history(export.path, claim_the_servers_key)
     verdict = verify_export(export.path, server_public_keys())
     assert not verdict.ok
-    assert verdict.problems == ["manifest signature does not match: the manifest was altered or signed with another key"]
+    assert verdict.problems == [
+        "manifest signature does not match: the manifest was altered or signed with another key"
+    ]
 
     def name_the_forgers_key(manifest):
         manifest["key_id"] = signing.key_id(forger.public_key())
@@ -168,7 +172,9 @@ def test_a_manifest_signed_with_the_old_hmac_scheme_fails(history):
         manifest.update(version=1, algorithm="HMAC-SHA256")
         manifest.pop("key_id")
         unsigned = {k: v for k, v in manifest.items() if k != "signature"}
-        manifest["signature"] = hmac.new(old_key, chain.canonical_json(unsigned).encode(), hashlib.sha256).hexdigest()
+        manifest["signature"] = hmac.new(
+            old_key, chain.canonical_json(unsigned).encode(), hashlib.sha256
+        ).hexdigest()
 
     _forge_a_rewritten_history(export.path, hmac_sign)
     verdict = verify_export(export.path, server_public_keys())
@@ -187,7 +193,14 @@ def test_the_offline_verifier_needs_only_the_public_key_no_settings_no_database(
         "DJANGO_SETTINGS_MODULE": "settings_that_do_not_exist",
         "PORTFOLIO_DATA_DIR": str(untouched),
     }
-    command = [sys.executable, "-m", "portfolio.audit.offline", str(export.path), "--public-key-file", str(public_key)]
+    command = [
+        sys.executable,
+        "-m",
+        "portfolio.audit.offline",
+        str(export.path),
+        "--public-key-file",
+        str(public_key),
+    ]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "Export verified: 3 events" in result.stdout and export.manifest["key_id"] in result.stdout
@@ -249,7 +262,9 @@ def test_the_api_publishes_the_public_key_that_verifies_exports(client, history,
     assert response.status_code == 200
     [published] = response.json()
     assert (published["key_id"], published["status"], published["algorithm"]) == (
-        export.manifest["key_id"], "current", "Ed25519",
+        export.manifest["key_id"],
+        "current",
+        "Ed25519",
     )
     assert "PRIVATE" not in response.content.decode()
     raw = base64.b64decode(published["public_key_base64"])
@@ -292,8 +307,11 @@ def test_csv_cells_typed_before_sign_in_cannot_run_as_formulas_and_still_verify(
     assert AuditEvent.objects.filter(action="user.login_failed").count() == len(HOSTILE)
     export = build_export(actor=actor_for(org["auditor"]), selection=AuditFilter(action="user."), fmt="csv")
     with zipfile.ZipFile(export.path) as archive:
-        cells = [cell for row in csv.reader(io.StringIO(archive.read("events.csv").decode(), newline=""))
-                 for cell in row]
+        cells = [
+            cell
+            for row in csv.reader(io.StringIO(archive.read("events.csv").decode(), newline=""))
+            for cell in row
+        ]
     formula_starts = ("=", "+", "-", "@", "\t", "\r", "\uff1d")
     assert [cell for cell in cells if cell.startswith(formula_starts)] == []
     assert f"'{HOSTILE[0]}" in cells and "'''=already quoted" not in cells and "''=already quoted" in cells

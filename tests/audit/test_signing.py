@@ -30,7 +30,9 @@ def _pem(key: Ed25519PrivateKey) -> str:
 
 def _raw_base64(key: Ed25519PrivateKey) -> str:
     return base64.b64encode(
-        key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
     ).decode()
 
 
@@ -60,9 +62,13 @@ def test_anything_but_an_ed25519_private_key_stops_start_up_without_echoing_it(t
 
 
 def test_an_rsa_key_is_named_as_the_wrong_kind():
-    rsa_pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    rsa_pem = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        .decode()
+    )
     with pytest.raises(ImproperlyConfigured, match="RSA key, not Ed25519"):
         _setting(rsa_pem)
 
@@ -89,7 +95,9 @@ def test_development_generates_a_private_key_readable_by_its_owner_only_and_keep
     first = _setting(None, data_dir=tmp_path)
     path = tmp_path / "audit_signing_key.pem"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert signing.key_id(_setting(None, data_dir=tmp_path).public_key()) == signing.key_id(first.public_key())
+    assert signing.key_id(_setting(None, data_dir=tmp_path).public_key()) == signing.key_id(
+        first.public_key()
+    )
 
 
 def _key_id_of_development_key(path: str) -> str:
@@ -111,9 +119,13 @@ def test_previous_public_keys_are_read_in_every_published_form():
     pem = "".join(signing.public_pem(key) for key in keys)
     assert [signing.key_id(k) for k in signing.load_public_keys(pem)] == [signing.key_id(k) for k in keys]
     ssh = keys[0].public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
-    raw = base64.b64encode(keys[1].public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
+    raw = base64.b64encode(
+        keys[1].public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    ).decode()
     lines = f"# retired 2026-06\n{ssh} auditor@example\n{raw}, \n"
-    assert [signing.key_id(k) for k in signing.load_public_keys(lines)] == [signing.key_id(k) for k in keys[:2]]
+    assert [signing.key_id(k) for k in signing.load_public_keys(lines)] == [
+        signing.key_id(k) for k in keys[:2]
+    ]
     with pytest.raises(ImproperlyConfigured, match="PORTFOLIO_AUDIT_PREVIOUS_PUBLIC_KEYS is not valid"):
         signing.public_keys_setting("PORTFOLIO_AUDIT_PREVIOUS_PUBLIC_KEYS", "not-a-key")
 
@@ -129,7 +141,11 @@ def test_a_signature_holds_only_for_its_payload_and_key():
 
 # --- The settings module, in a process of its own ------------------------------------------------------
 def _settings_process(tmp_path, **extra) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PORTFOLIO_", "DATABASE_", "REDIS_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "PORTFOLIO_", "DATABASE_", "REDIS_"))
+    }
     env.update(
         PYTHONPATH=str(ROOT),
         DJANGO_SETTINGS_MODULE="portfolio.settings",
@@ -143,8 +159,9 @@ def _settings_process(tmp_path, **extra) -> subprocess.CompletedProcess:
         "from django.conf import settings; from portfolio.audit import signing; "
         "key = settings.AUDIT_SIGNING_KEY; print('key', key and signing.key_id(key.public_key()))"
     )
-    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_settings_read_the_key_from_its_file(tmp_path):
@@ -158,8 +175,12 @@ def test_settings_read_the_key_from_its_file(tmp_path):
 def test_production_settings_stop_without_the_key_naming_it(tmp_path):
     secret = "x9!" + "k" * 20 + "Qz#" + "m7" * 20
     result = _settings_process(
-        tmp_path, PORTFOLIO_ENV="production", DJANGO_SECRET_KEY=secret, PORTFOLIO_TOKEN_HASH_KEY=secret[::-1],
-        PORTFOLIO_ENGINE_KEY_SECRET=secret + "e", DJANGO_ALLOWED_HOSTS="portfolio.example.internal",
+        tmp_path,
+        PORTFOLIO_ENV="production",
+        DJANGO_SECRET_KEY=secret,
+        PORTFOLIO_TOKEN_HASH_KEY=secret[::-1],
+        PORTFOLIO_ENGINE_KEY_SECRET=secret + "e",
+        DJANGO_ALLOWED_HOSTS="portfolio.example.internal",
     )
     assert result.returncode != 0
     assert "PORTFOLIO_AUDIT_SIGNING_KEY must be set" in result.stderr

@@ -58,12 +58,20 @@ Status code distribution:
 
 
 def target() -> load.Target:
-    return load.Target("portfolio", "http://127.0.0.1:1/v1/chat/completions", "slm_x", "bench-chat",
-                       "http://127.0.0.1:1/v1/chat/completions", "bench-stream")
+    return load.Target(
+        "portfolio",
+        "http://127.0.0.1:1/v1/chat/completions",
+        "slm_x",
+        "bench-chat",
+        "http://127.0.0.1:1/v1/chat/completions",
+        "bench-stream",
+    )
 
 
 def test_hey_report_is_read_into_rate_percentiles_and_statuses(monkeypatch):
-    monkeypatch.setattr(subprocess, "run", lambda argv, **_: subprocess.CompletedProcess(argv, 0, HEY_REPORT, ""))
+    monkeypatch.setattr(
+        subprocess, "run", lambda argv, **_: subprocess.CompletedProcess(argv, 0, HEY_REPORT, "")
+    )
     step = load.run_hey(target(), rate=400, seconds=0.5, core=0)
     assert step["achieved_rps"] == 416.4 and step["statuses"] == {200: 200}
     assert (step["p50_ms"], step["p99_ms"]) == (4.5, 11.9)
@@ -72,7 +80,13 @@ def test_hey_report_is_read_into_rate_percentiles_and_statuses(monkeypatch):
 
 
 def test_a_step_fails_on_a_slow_p99_a_short_rate_or_any_error():
-    good = {"statuses": {200: 1000}, "errors": "", "p99_ms": 12.0, "achieved_rps": 990.0, "offered_rps": 1000.0}
+    good = {
+        "statuses": {200: 1000},
+        "errors": "",
+        "p99_ms": 12.0,
+        "achieved_rps": 990.0,
+        "offered_rps": 1000.0,
+    }
     assert load.step_ok(good)
     assert not load.step_ok({**good, "p99_ms": 20.5})
     assert not load.step_ok({**good, "achieved_rps": 900.0})
@@ -86,13 +100,22 @@ def test_the_search_doubles_until_a_step_fails_then_bisects_and_reports_the_rate
 
     def fake_hey(_target, rate, _seconds, _core):
         offered.append(rate)
-        return {"offered_rps": rate, "workers": 2, "achieved_rps": round(rate * 0.98, 1), "p50_ms": 2.0,
-                "p99_ms": 10.0 if rate <= 3000 else 30.0, "statuses": {200: int(rate)}, "errors": "",
-                "gateway_cpu_s": rate * 0.00025}
+        return {
+            "offered_rps": rate,
+            "workers": 2,
+            "achieved_rps": round(rate * 0.98, 1),
+            "p50_ms": 2.0,
+            "p99_ms": 10.0 if rate <= 3000 else 30.0,
+            "statuses": {200: int(rate)},
+            "errors": "",
+            "gateway_cpu_s": rate * 0.00025,
+        }
 
     monkeypatch.setattr(load, "run_hey", fake_hey)
     result = load.sustained(target(), 500, 6, 0, log=lambda _message: None)
     assert offered[:4] == [500, 1000, 2000, 4000], "doubling until the first failure"
-    assert offered[4:] == [3000, 3500, 3250], "then up to three bisections between the last pass and a failure"
+    assert offered[4:] == [3000, 3500, 3250], (
+        "then up to three bisections between the last pass and a failure"
+    )
     assert result["sustained_offered_rps"] == 3000 and result["sustained_rps"] == 2940.0
     assert result["cpu_ms_per_request"] == 0.25

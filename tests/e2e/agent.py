@@ -42,7 +42,11 @@ def agent_env(tmp_path) -> dict:
 def start_agent(tmp_path, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "portfolio.cli", "node-agent", "--name", NODE, "--concurrency", "1"],
-        cwd=ROOT, env=agent_env(tmp_path), stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT,
+        env=agent_env(tmp_path),
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 

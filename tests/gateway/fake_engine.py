@@ -29,8 +29,15 @@ CHAT_PROMPT_TOKENS = 10
 
 
 class FakeEngine:
-    def __init__(self, expected_key: str | None = None, *, chunk_delay: float = 0.0, delay: float = 0.0,
-                 close_reused_connections: bool = False, max_model_len: int = 512):
+    def __init__(
+        self,
+        expected_key: str | None = None,
+        *,
+        chunk_delay: float = 0.0,
+        delay: float = 0.0,
+        close_reused_connections: bool = False,
+        max_model_len: int = 512,
+    ):
         self.expected_key = expected_key
         self.chunk_delay = chunk_delay
         self.delay = delay
@@ -49,8 +56,10 @@ class FakeEngine:
     # --- vLLM's request semantics ---------------------------------------------------------------
     @staticmethod
     def _error(message: str, param: str | None = None, status: int = 400) -> web.Response:
-        return web.json_response({"error": {"message": message, "type": "BadRequestError", "param": param,
-                                            "code": status}}, status=status)
+        return web.json_response(
+            {"error": {"message": message, "type": "BadRequestError", "param": param, "code": status}},
+            status=status,
+        )
 
     def _prompts(self, kind: str, body: dict) -> list[int]:
         if kind == "chat":
@@ -94,15 +103,26 @@ class FakeEngine:
             return self._error(str(exc), "prompt")
         limit = self._limit(kind, body)
         if limit is not None and limit > self.max_model_len:
-            name = "max_completion_tokens" if kind == "chat" and body.get("max_completion_tokens") else "max_tokens"
-            return self._error(f"{name}={limit} cannot be greater than max_model_len={self.max_model_len}. "
-                               "Please request fewer output tokens.", name)
+            name = (
+                "max_completion_tokens"
+                if kind == "chat" and body.get("max_completion_tokens")
+                else "max_tokens"
+            )
+            return self._error(
+                f"{name}={limit} cannot be greater than max_model_len={self.max_model_len}. "
+                "Please request fewer output tokens.",
+                name,
+            )
         if any(p > self.max_model_len for p in prompts):
-            return self._error(f"This model's maximum context length is {self.max_model_len} tokens.", "input_tokens")
+            return self._error(
+                f"This model's maximum context length is {self.max_model_len} tokens.", "input_tokens"
+            )
         n = body.get("n") or 1
         echo_only = kind == "completion" and body.get("echo") and limit == 0
-        lengths = [1 if echo_only else min(self.max_model_len if limit is None else limit, self.max_model_len - p)
-                   for p in prompts]
+        lengths = [
+            1 if echo_only else min(self.max_model_len if limit is None else limit, self.max_model_len - p)
+            for p in prompts
+        ]
         if body.get("stream"):
             return await self._stream(request, kind, body, prompts, lengths, n)
         self.produced += sum(lengths) * n
@@ -111,15 +131,25 @@ class FakeEngine:
             for j in range(n):
                 text = "word " * length
                 choice = {"index": prompt_index * n + j, "finish_reason": "length"}
-                choice.update({"message": {"role": "assistant", "content": text}} if kind == "chat" else {"text": text})
+                choice.update(
+                    {"message": {"role": "assistant", "content": text}} if kind == "chat" else {"text": text}
+                )
                 choices.append(choice)
         completion = sum(lengths) * n
-        return web.json_response({
-            "id": "cmpl-1", "object": "chat.completion" if kind == "chat" else "text_completion", "created": 0,
-            "model": body["model"], "choices": choices,
-            "usage": {"prompt_tokens": sum(prompts), "completion_tokens": completion,
-                      "total_tokens": sum(prompts) + completion},
-        })
+        return web.json_response(
+            {
+                "id": "cmpl-1",
+                "object": "chat.completion" if kind == "chat" else "text_completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": choices,
+                "usage": {
+                    "prompt_tokens": sum(prompts),
+                    "completion_tokens": completion,
+                    "total_tokens": sum(prompts) + completion,
+                },
+            }
+        )
 
     async def _stream(self, request, kind, body, prompts, lengths, n) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -139,11 +169,19 @@ class FakeEngine:
                     produced[index] += 1
                     self.produced += 1
                     delta = {"delta": {"content": "word "}} if kind == "chat" else {"text": "word "}
-                    chunk = {"id": "cmpl-1", "object": kind_name, "created": 0, "model": body["model"],
-                             "choices": [{"index": index, **delta, "finish_reason": None}]}
+                    chunk = {
+                        "id": "cmpl-1",
+                        "object": kind_name,
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [{"index": index, **delta, "finish_reason": None}],
+                    }
                     if continuous:
-                        chunk["usage"] = {"prompt_tokens": prompts[prompt_index], "completion_tokens": produced[index],
-                                          "total_tokens": prompts[prompt_index] + produced[index]}
+                        chunk["usage"] = {
+                            "prompt_tokens": prompts[prompt_index],
+                            "completion_tokens": produced[index],
+                            "total_tokens": prompts[prompt_index] + produced[index],
+                        }
                     try:
                         await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     except (ConnectionResetError, RuntimeError):
@@ -152,9 +190,18 @@ class FakeEngine:
                 await asyncio.sleep(self.chunk_delay)
         if include_usage:
             total = sum(produced)
-            final = {"id": "cmpl-1", "object": kind_name, "created": 0, "model": body["model"], "choices": [],
-                     "usage": {"prompt_tokens": sum(prompts), "completion_tokens": total,
-                               "total_tokens": sum(prompts) + total}}
+            final = {
+                "id": "cmpl-1",
+                "object": kind_name,
+                "created": 0,
+                "model": body["model"],
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": sum(prompts),
+                    "completion_tokens": total,
+                    "total_tokens": sum(prompts) + total,
+                },
+            }
             await response.write(f"data: {json.dumps(final)}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()

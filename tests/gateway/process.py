@@ -29,13 +29,36 @@ def start_gateway(log: Path, **env_overrides: str) -> tuple[subprocess.Popen, st
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "DATABASE_URL": database_url(), "REDIS_URL": settings.REDIS_URL,
-           "DJANGO_SECRET_KEY": settings.SECRET_KEY, "PORTFOLIO_GATEWAY_REFRESH_MS": "200", "PYTHONUNBUFFERED": "1",
-           **env_overrides}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "REDIS_URL": settings.REDIS_URL,
+        "DJANGO_SECRET_KEY": settings.SECRET_KEY,
+        "PORTFOLIO_GATEWAY_REFRESH_MS": "200",
+        "PYTHONUNBUFFERED": "1",
+        **env_overrides,
+    }
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "portfolio.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-         "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
-        cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "portfolio.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

@@ -27,14 +27,16 @@ def test_a_chat_call_to_a_version_without_a_chat_template_is_refused_saying_how_
     wait_for_model(gateway_url, secret, "gemma")
     with pytest.raises(openai.BadRequestError) as excinfo:
         client(gateway_url, secret).chat.completions.create(
-            model="gemma", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+            model="gemma", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        )
     error = excinfo.value.body
     assert error["code"] == "unsupported_endpoint" and error["param"] == "model"
     assert "no chat template (gemma-dep-model v1)" in error["message"]
     assert "/v1/completions" in error["message"] and "chat-template" in error["message"]
     assert engines[0].requests == [], "refused before the engine is asked"
-    answer = client(gateway_url, secret).completions.create(model="gemma", prompt="The capital of France is",
-                                                            max_tokens=3)
+    answer = client(gateway_url, secret).completions.create(
+        model="gemma", prompt="The capital of France is", max_tokens=3
+    )
     assert answer.usage.completion_tokens == 3, "completions keep working"
 
 

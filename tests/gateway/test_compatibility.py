@@ -28,7 +28,9 @@ def scrape(base: str) -> str:
 
 
 def refused(text: str, reason: str, status: int) -> float:
-    pattern = rf'portfolio_gateway_refused_total\{{reason="{reason}",status="{status}",team="([^"]*)"\}} (\S+)'
+    pattern = (
+        rf'portfolio_gateway_refused_total\{{reason="{reason}",status="{status}",team="([^"]*)"\}} (\S+)'
+    )
     return sum(float(value) for _, value in re.findall(pattern, text))
 
 
@@ -52,8 +54,11 @@ def test_an_engine_error_in_any_shape_reaches_the_client_in_openais(gateway_url,
     stack["endpoint"]("odd", dep)
     secret = stack["key"]()
     wait_for_model(gateway_url, secret, "odd")
-    response = httpx.post(f"{gateway_url}/v1/embeddings", json={"model": "odd", "input": "x"},
-                          headers={"Authorization": f"Bearer {secret}", "X-Request-ID": "trace-me-1"})
+    response = httpx.post(
+        f"{gateway_url}/v1/embeddings",
+        json={"model": "odd", "input": "x"},
+        headers={"Authorization": f"Bearer {secret}", "X-Request-ID": "trace-me-1"},
+    )
     assert response.status_code == 404 and response.headers["x-request-id"] == "trace-me-1"
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["code"] == "unsupported_endpoint"
@@ -63,7 +68,9 @@ def test_an_engine_error_in_any_shape_reaches_the_client_in_openais(gateway_url,
     stack["endpoint"]("short", chat_dep)
     wait_for_model(gateway_url, secret, "short")
     with pytest.raises(openai.BadRequestError) as excinfo:
-        client(gateway_url, secret).chat.completions.create(model="short", messages=MESSAGES, max_tokens=100_000)
+        client(gateway_url, secret).chat.completions.create(
+            model="short", messages=MESSAGES, max_tokens=100_000
+        )
     body = excinfo.value.body
     assert body["type"] == "invalid_request_error" and body["code"] == "upstream_error"
     assert body["param"] == "max_tokens" and "max_model_len=512" in body["message"]
@@ -76,14 +83,25 @@ def test_a_stream_ends_with_a_usage_chunk_only_when_the_client_asks(gateway_url,
     secret = stack["key"]()
     wait_for_model(gateway_url, secret, "usage-stream")
     sdk = client(gateway_url, secret)
-    plain = list(sdk.chat.completions.create(model="usage-stream", messages=MESSAGES, max_tokens=6, stream=True))
+    plain = list(
+        sdk.chat.completions.create(model="usage-stream", messages=MESSAGES, max_tokens=6, stream=True)
+    )
     assert plain and all(chunk.choices for chunk in plain), "every chunk has a choice to read"
     assert all(chunk.usage is None for chunk in plain)
     assert "".join(c.choices[0].delta.content or "" for c in plain) == "word " * 6
-    asked = list(sdk.chat.completions.create(model="usage-stream", messages=MESSAGES, max_tokens=6, stream=True,
-                                             stream_options={"include_usage": True}))
+    asked = list(
+        sdk.chat.completions.create(
+            model="usage-stream",
+            messages=MESSAGES,
+            max_tokens=6,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert asked[-1].choices == [] and asked[-1].usage.completion_tokens == 6
-    assert all(chunk.usage is None for chunk in asked[:-1]) and all(chunk.model == "usage-stream" for chunk in asked)
+    assert all(chunk.usage is None for chunk in asked[:-1]) and all(
+        chunk.model == "usage-stream" for chunk in asked
+    )
     usage.flush()
     assert sorted(e.output_tokens for e in UsageEvent.objects.all()) == [6, 6], "metered either way"
 
@@ -93,8 +111,11 @@ def test_a_completions_stream_of_several_prompts_is_metered_whole(gateway_url, s
     stack["endpoint"]("cstream", dep)
     secret = stack["key"]()
     wait_for_model(gateway_url, secret, "cstream")
-    chunks = list(client(gateway_url, secret).completions.create(
-        model="cstream", prompt=["one two", "three"], n=2, max_tokens=5, stream=True))
+    chunks = list(
+        client(gateway_url, secret).completions.create(
+            model="cstream", prompt=["one two", "three"], n=2, max_tokens=5, stream=True
+        )
+    )
     assert len([c for c in chunks if c.choices]) == 2 * 2 * 5
     usage.flush()
     event = UsageEvent.objects.get()
@@ -145,8 +166,12 @@ def test_requests_the_gateway_refuses_are_counted_by_reason_without_key_material
     secret = stack["key"](rpm_limit=1)
     wait_for_model(gateway_url, secret, "refusing")
     before = scrape(gateway_url)
-    post = lambda key, body: httpx.post(f"{gateway_url}/v1/chat/completions", json=body,  # noqa: E731
-                                        headers={"Authorization": f"Bearer {key}"})
+
+    def post(key: str, body: dict) -> httpx.Response:
+        return httpx.post(
+            f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+        )
+
     junk = "slm_abcdefghijkl_" + "z" * 43
     assert post(junk, {"model": "refusing"}).status_code == 401
     assert post(secret, {"model": "no-such-model", "messages": MESSAGES}).status_code == 404
@@ -154,8 +179,12 @@ def test_requests_the_gateway_refuses_are_counted_by_reason_without_key_material
     assert post(secret, {"model": "refusing", "messages": MESSAGES, "max_tokens": 1}).status_code == 200
     assert post(secret, {"model": "refusing", "messages": MESSAGES, "max_tokens": 1}).status_code == 429
     after = scrape(gateway_url)
-    for reason, status in (("invalid_api_key", 401), ("model_not_found", 404), ("unknown_parameter", 400),
-                           ("rate_limit_exceeded", 429)):
+    for reason, status in (
+        ("invalid_api_key", 401),
+        ("model_not_found", 404),
+        ("unknown_parameter", 400),
+        ("rate_limit_exceeded", 429),
+    ):
         assert refused(after, reason, status) == refused(before, reason, status) + 1, reason
     assert 'reason="model_not_found",status="404",team="support-ai"' in after
     assert "abcdefghijkl" not in after and secret.split("_")[1] not in after and "no-such-model" not in after

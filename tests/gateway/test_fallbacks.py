@@ -20,8 +20,12 @@ BODY = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 10}
 
 
 def chat(base: str, secret: str, model: str) -> httpx.Response:
-    return httpx.post(f"{base}/v1/chat/completions", json={**BODY, "model": model},
-                      headers={"Authorization": f"Bearer {secret}"}, timeout=20)
+    return httpx.post(
+        f"{base}/v1/chat/completions",
+        json={**BODY, "model": model},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=20,
+    )
 
 
 def down(deployment) -> None:
@@ -68,8 +72,12 @@ def test_a_request_is_priced_and_metered_by_the_endpoint_that_answered(gateway_u
     wait_for_model(gateway_url, secret, "cheap")
     down(cheap)
     response = chat(gateway_url, secret, "cheap")
-    assert response.status_code == 200 and response.json()["model"] == "cheap", "the client sees what it called"
+    assert response.status_code == 200 and response.json()["model"] == "cheap", (
+        "the client sees what it called"
+    )
     usage.flush()
     event = UsageEvent.objects.get()
     assert (event.endpoint, event.deployment) == ("costly", "costly-dep")
-    assert event.cost == Decimal(event.input_tokens + event.output_tokens), "at the answering endpoint's price"
+    assert event.cost == Decimal(event.input_tokens + event.output_tokens), (
+        "at the answering endpoint's price"
+    )

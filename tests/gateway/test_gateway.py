@@ -37,7 +37,12 @@ def test_chat_through_the_sdk_is_routed_metered_and_renamed(gateway_url, stack):
     assert usage.flush() == 1
     event = UsageEvent.objects.get()
     assert (event.endpoint, event.deployment, event.input_tokens, event.output_tokens, event.status) == (
-        "ticket-router", "router-dep", 10, 7, 200)
+        "ticket-router",
+        "router-dep",
+        10,
+        7,
+        200,
+    )
     assert event.team_id == ApiKey.objects.get().team_id and event.latency_ms >= 0
 
 
@@ -46,9 +51,11 @@ def test_streaming_passes_chunks_through_and_bills_the_engine_counts(gateway_url
     stack["endpoint"]("streamer", dep)
     secret = stack["key"]()
     wait_for_model(gateway_url, secret, "streamer")
-    chunks = list(client(gateway_url, secret).chat.completions.create(
-        model="streamer", messages=[{"role": "user", "content": "hi"}], max_tokens=12, stream=True
-    ))
+    chunks = list(
+        client(gateway_url, secret).chat.completions.create(
+            model="streamer", messages=[{"role": "user", "content": "hi"}], max_tokens=12, stream=True
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "word " * 12
     assert engines[0].requests[-1]["stream_options"]["include_usage"] is True
@@ -76,7 +83,9 @@ def test_a_key_of_team_a_gets_404_for_team_b_endpoint(gateway_url, stack, other_
     wait_for_model(gateway_url, secret_b, "contracts")
     secret_a = stack["key"]()
     with pytest.raises(openai.NotFoundError) as excinfo:
-        client(gateway_url, secret_a).chat.completions.create(model="contracts", messages=[{"role": "user", "content": "x"}])
+        client(gateway_url, secret_a).chat.completions.create(
+            model="contracts", messages=[{"role": "user", "content": "x"}]
+        )
     assert excinfo.value.body["code"] == "model_not_found"
 
 
@@ -90,7 +99,9 @@ def test_a_revoked_key_is_refused_at_once(gateway_url, stack, org):
     key = ApiKey.objects.get()
     key_services.revoke_key(actor=Actor(user=org["owner"]), key=key)
     with pytest.raises(openai.AuthenticationError):
-        sdk.chat.completions.create(model="revocable", messages=[{"role": "user", "content": "x"}], max_tokens=1)
+        sdk.chat.completions.create(
+            model="revocable", messages=[{"role": "user", "content": "x"}], max_tokens=1
+        )
 
 
 def test_an_expired_key_is_refused(gateway_url, stack):
@@ -109,13 +120,22 @@ def test_an_expired_key_is_refused(gateway_url, stack):
 
 @pytest.mark.parametrize(
     "header",
-    ["Bearer ' OR 1=1; DROP TABLE gateway_apikey; --", "Bearer " + "A" * 8000, "Basic abc", "Bearer slm_x_y", "",
-     "Bearer slm_aaaaaaaaaaaa_" + "b" * 43],
+    [
+        "Bearer ' OR 1=1; DROP TABLE gateway_apikey; --",
+        "Bearer " + "A" * 8000,
+        "Basic abc",
+        "Bearer slm_x_y",
+        "",
+        "Bearer slm_aaaaaaaaaaaa_" + "b" * 43,
+    ],
 )
 def test_garbage_in_the_authorization_header_gets_401_fast(gateway_url, stack, header):
     started = time.perf_counter()
-    response = httpx.post(f"{gateway_url}/v1/chat/completions", headers={"Authorization": header} if header else {},
-                          json={"model": "x", "messages": []})
+    response = httpx.post(
+        f"{gateway_url}/v1/chat/completions",
+        headers={"Authorization": header} if header else {},
+        json={"model": "x", "messages": []},
+    )
     elapsed = time.perf_counter() - started
     assert response.status_code == 401
     assert response.json()["error"]["type"] == "authentication_error"
@@ -129,8 +149,12 @@ def test_requests_per_minute_over_the_limit_get_429_with_retry_after(gateway_url
     secret = stack["key"](rpm_limit=3)
     wait_for_model(gateway_url, secret, "limited")
     body = {"model": "limited", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
-    statuses = [httpx.post(f"{gateway_url}/v1/chat/completions", json=body,
-                           headers={"Authorization": f"Bearer {secret}"}) for _ in range(4)]
+    statuses = [
+        httpx.post(
+            f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}
+        )
+        for _ in range(4)
+    ]
     assert [r.status_code for r in statuses] == [200, 200, 200, 429]
     assert 1 <= int(statuses[-1].headers["retry-after"]) <= 60
     assert statuses[-1].json()["error"]["code"] == "rate_limit_exceeded"
@@ -146,10 +170,16 @@ def test_concurrent_requests_never_overspend_a_token_budget(gateway_url, stack):
 
     async def fire() -> list[int]:
         async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=100)) as http:
-            responses = await asyncio.gather(*[
-                http.post(f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"})
-                for _ in range(60)
-            ])
+            responses = await asyncio.gather(
+                *[
+                    http.post(
+                        f"{gateway_url}/v1/chat/completions",
+                        json=body,
+                        headers={"Authorization": f"Bearer {secret}"},
+                    )
+                    for _ in range(60)
+                ]
+            )
         return [r.status_code for r in responses]
 
     statuses = asyncio.run(fire())
@@ -165,9 +195,19 @@ def test_a_client_cut_off_mid_stream_still_leaves_a_usage_row(gateway_url, stack
     stack["endpoint"]("slow", dep)
     secret = stack["key"]()
     wait_for_model(gateway_url, secret, "slow")
-    body = {"model": "slow", "messages": [{"role": "user", "content": "x"}], "max_tokens": 200, "stream": True}
-    with httpx.stream("POST", f"{gateway_url}/v1/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {secret}"}, timeout=30) as response:
+    body = {
+        "model": "slow",
+        "messages": [{"role": "user", "content": "x"}],
+        "max_tokens": 200,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST",
+        f"{gateway_url}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=30,
+    ) as response:
         for received, _ in enumerate(response.iter_bytes(), start=1):
             if received >= 5:
                 break
@@ -188,14 +228,19 @@ def test_killing_the_flusher_loses_and_duplicates_nothing(gateway_url, stack, mo
     secret = stack["key"]()
     wait_for_model(gateway_url, secret, "flushed")
     for _ in range(5):
-        httpx.post(f"{gateway_url}/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
-                   json={"model": "flushed", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
+        httpx.post(
+            f"{gateway_url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {secret}"},
+            json={"model": "flushed", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2},
+        )
     redis = keystate.client()
     usage._ensure_group(redis)
     # A flusher that read the events and died before committing (or before acknowledging):
     taken = redis.xreadgroup(usage.GROUP, "dead-flusher", {USAGE_STREAM: ">"}, count=3)
     assert len(taken[0][1]) == 3
-    UsageEvent.objects.bulk_create([usage._event(fields) for _, fields in taken[0][1][:1]])  # one got committed
+    UsageEvent.objects.bulk_create(
+        [usage._event(fields) for _, fields in taken[0][1][:1]]
+    )  # one got committed
     monkeypatch.setattr(usage, "CLAIM_IDLE_MS", 0)
     assert usage.flush() == 5
     assert UsageEvent.objects.count() == 5
@@ -211,15 +256,21 @@ def test_a_dead_replica_is_skipped_and_no_replica_is_503(gateway_url, stack):
     wait_for_model(gateway_url, secret, "healthy")
     live = Replica.objects.get(deployment=dep)
     # A second 'ready' replica whose engine is gone: connection refused, so the gateway tries the other one.
-    Replica.objects.create(deployment=dep, node=live.node, generation=1, state="ready", host="127.0.0.1", port=1)
+    Replica.objects.create(
+        deployment=dep, node=live.node, generation=1, state="ready", host="127.0.0.1", port=1
+    )
     time.sleep(0.5)
     body = {"model": "healthy", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
     for _ in range(6):
-        response = httpx.post(f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"})
+        response = httpx.post(
+            f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}
+        )
         assert response.status_code == 200
     Replica.objects.filter(deployment=dep).update(state="starting")
     time.sleep(0.5)
-    response = httpx.post(f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"})
+    response = httpx.post(
+        f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}
+    )
     assert response.status_code == 503 and response.json()["error"]["code"] == "no_replica_available"
 
 
@@ -229,10 +280,15 @@ def test_an_upstream_that_does_not_answer_in_time_gives_504(gateway_process, sta
     stack["endpoint"]("sleepy", dep)
     secret = stack["key"]()
     wait_for_model(gateway_url, secret, "sleepy")
-    response = httpx.post(f"{gateway_url}/v1/chat/completions", timeout=20, headers={"Authorization": f"Bearer {secret}"},
-                          json={"model": "sleepy", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1})
+    response = httpx.post(
+        f"{gateway_url}/v1/chat/completions",
+        timeout=20,
+        headers={"Authorization": f"Bearer {secret}"},
+        json={"model": "sleepy", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
+    )
     assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout", (
-        f"{response.status_code} {response.text}\n--- gateway log ---\n{log.read_text()[-3000:]}")
+        f"{response.status_code} {response.text}\n--- gateway log ---\n{log.read_text()[-3000:]}"
+    )
 
 
 def test_metrics_are_labelled_by_endpoint_and_team_never_by_key(gateway_url, stack):
@@ -240,8 +296,11 @@ def test_metrics_are_labelled_by_endpoint_and_team_never_by_key(gateway_url, sta
     stack["endpoint"]("measured", dep)
     secret = stack["key"]()
     wait_for_model(gateway_url, secret, "measured")
-    httpx.post(f"{gateway_url}/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
-               json={"model": "measured", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3})
+    httpx.post(
+        f"{gateway_url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {secret}"},
+        json={"model": "measured", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3},
+    )
     text = httpx.get(f"{gateway_url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
     assert 'portfolio_gateway_requests_total{endpoint="measured",status="200",team="support-ai"}' in text
     assert secret.split("_")[1] not in text and secret not in text
@@ -254,8 +313,14 @@ def test_no_key_secret_ever_reaches_the_gateway_log(gateway_url, stack, tmp_path
     wait_for_model(gateway_url, secret, "logged")
     body = {"model": "logged", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
     httpx.post(f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"})
-    httpx.post(f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}x"})
-    httpx.post(f"{gateway_url}/v1/chat/completions", json={"model": "nope"}, headers={"Authorization": f"Bearer {secret}"})
+    httpx.post(
+        f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}x"}
+    )
+    httpx.post(
+        f"{gateway_url}/v1/chat/completions",
+        json={"model": "nope"},
+        headers={"Authorization": f"Bearer {secret}"},
+    )
     logs = "".join(p.read_text() for p in tmp_path_factory.getbasetemp().rglob("gateway.log"))
     assert secret.split("_", 2)[2][:16] not in logs
 
@@ -266,7 +331,13 @@ def test_a_keep_alive_connection_closed_by_the_engine_is_retried_not_answered_50
     secret = stack["key"]()
     wait_for_model(gateway_url, secret, "idle")
     body = {"model": "idle", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
-    statuses = [httpx.post(f"{gateway_url}/v1/chat/completions", json=body,
-                           headers={"Authorization": f"Bearer {secret}"}).status_code for _ in range(4)]
+    statuses = [
+        httpx.post(
+            f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}
+        ).status_code
+        for _ in range(4)
+    ]
     assert statuses == [200, 200, 200, 200]
-    assert engines[0].hung_up >= 3, "the gateway reused its pooled connections, and the engine hung up on them"
+    assert engines[0].hung_up >= 3, (
+        "the gateway reused its pooled connections, and the engine hung up on them"
+    )

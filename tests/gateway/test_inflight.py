@@ -21,7 +21,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def ledgers(redis) -> dict[str, int]:
     """Each registered gateway process and the number of requests in its ledger."""
-    return {m.decode(): redis.hlen(inflight.ledger_key(m.decode())) for m in redis.smembers(inflight.PROCESSES)}
+    return {
+        m.decode(): redis.hlen(inflight.ledger_key(m.decode())) for m in redis.smembers(inflight.PROCESSES)
+    }
 
 
 def token_budget_used(redis) -> int:
@@ -33,8 +35,11 @@ def test_a_settled_request_leaves_nothing_in_the_ledger(gateway_url, stack):
     stack["endpoint"]("settled", dep)
     secret = stack["key"](monthly_token_budget=10_000)
     wait_for_model(gateway_url, secret, "settled")
-    response = httpx.post(f"{gateway_url}/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
-                          json={"model": "settled", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3})
+    response = httpx.post(
+        f"{gateway_url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {secret}"},
+        json={"model": "settled", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3},
+    )
     assert response.status_code == 200
     redis = keystate.client()
     assert all(count == 0 for count in ledgers(redis).values())
@@ -52,11 +57,20 @@ def test_a_gateway_killed_mid_stream_leaves_a_lost_event_and_releases_its_reserv
         started = threading.Event()
 
         def stream() -> None:
-            body = {"model": "doomed", "messages": [{"role": "user", "content": "x"}], "max_tokens": 200,
-                    "stream": True}
+            body = {
+                "model": "doomed",
+                "messages": [{"role": "user", "content": "x"}],
+                "max_tokens": 200,
+                "stream": True,
+            }
             try:
-                with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=30,
-                                  headers={"Authorization": f"Bearer {secret}"}) as response:
+                with httpx.stream(
+                    "POST",
+                    f"{base}/v1/chat/completions",
+                    json=body,
+                    timeout=30,
+                    headers={"Authorization": f"Bearer {secret}"},
+                ) as response:
                     for _ in response.iter_bytes():
                         started.set()
             except httpx.HTTPError:
@@ -76,7 +90,9 @@ def test_a_gateway_killed_mid_stream_leaves_a_lost_event_and_releases_its_reserv
         stop_gateway(process)
 
     tasks.flush_usage()
-    assert not UsageEvent.objects.filter(error=inflight.LOST_ERROR).exists(), "not before its liveness expired"
+    assert not UsageEvent.objects.filter(error=inflight.LOST_ERROR).exists(), (
+        "not before its liveness expired"
+    )
     redis.delete(inflight.alive_key(doomed))  # what ALIVE_SECONDS of silence does
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not UsageEvent.objects.filter(error=inflight.LOST_ERROR).exists():

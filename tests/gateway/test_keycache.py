@@ -41,15 +41,18 @@ def unknown(i: int) -> str:
     return f"slm_{i:012d}_{'s' * 43}"
 
 
-@pytest.mark.parametrize("presented", [
-    "slm_ａｂｃｄｅｆｇｈｉｊｋｌ_" + "s" * 43,  # full-width letters: alphanumeric to str.isalnum()
-    "slm_abcdéfghijkl_" + "s" * 43,
-    "slm_ABCDEFGHIJKL_" + "s" * 43,
-    "slm_abcdefghijk'_" + "s" * 43,
-    "slm_abcdefghijkl_short",
-    "slm_abcdefghijkl_" + "s" * 43 + "\u00ff",
-    "slm_abcdefghijkl_" + "s" * 300,
-])
+@pytest.mark.parametrize(
+    "presented",
+    [
+        "slm_ａｂｃｄｅｆｇｈｉｊｋｌ_" + "s" * 43,  # full-width letters: alphanumeric to str.isalnum()
+        "slm_abcdéfghijkl_" + "s" * 43,
+        "slm_ABCDEFGHIJKL_" + "s" * 43,
+        "slm_abcdefghijk'_" + "s" * 43,
+        "slm_abcdefghijkl_short",
+        "slm_abcdefghijkl_" + "s" * 43 + "\u00ff",
+        "slm_abcdefghijkl_" + "s" * 300,
+    ],
+)
 def test_a_malformed_or_non_ascii_key_is_refused_before_any_lookup(lookups, presented):
     assert run(KeyCache().authenticate(presented)) is None
     assert lookups == []
@@ -86,7 +89,9 @@ def test_unknown_ids_cannot_push_known_keys_out_and_memory_stays_bounded(lookups
 
 
 def test_known_keys_beyond_the_size_are_dropped_least_recently_used_first(lookups, org, team):
-    secrets = [key_services.create_key(actor=actor_for(org["owner"]), team=team, name=f"k{i}")[1] for i in range(4)]
+    secrets = [
+        key_services.create_key(actor=actor_for(org["owner"]), team=team, name=f"k{i}")[1] for i in range(4)
+    ]
 
     async def main(cache: KeyCache):
         for secret in secrets[:3]:

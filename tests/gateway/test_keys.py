@@ -20,8 +20,12 @@ BODY = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
 
 
 def chat(base: str, secret: str, model: str) -> httpx.Response:
-    return httpx.post(f"{base}/v1/chat/completions", json={**BODY, "model": model},
-                      headers={"Authorization": f"Bearer {secret}"}, timeout=20)
+    return httpx.post(
+        f"{base}/v1/chat/completions",
+        json={**BODY, "model": model},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=20,
+    )
 
 
 def models(base: str, secret: str) -> httpx.Response:

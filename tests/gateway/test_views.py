@@ -276,14 +276,21 @@ def test_an_owner_changes_the_limits_and_it_is_audited(signed_in, org, key, endp
     assert (event.before["rpm_limit"], event.after["rpm_limit"]) == (60, 30)
 
 
-def test_a_developer_sees_the_limits_locked_and_a_forged_post_cannot_lift_them(signed_in, org, team, endpoints):
+def test_a_developer_sees_the_limits_locked_and_a_forged_post_cannot_lift_them(
+    signed_in, org, team, endpoints
+):
     owners_key, _ = services.create_key(
         actor=actor_for(org["owner"]), team=team, name="capped", rpm_limit=60, monthly_budget=Decimal("20.00")
     )
     client = signed_in(org["developer"])
     response = client.post(
         reverse("apikey-edit", args=[owners_key.pk]),
-        {"scopes": ["ticket-triage"], "allowed_ips": "10.0.0.0/8", "rpm_limit": "100000", "monthly_budget": ""},
+        {
+            "scopes": ["ticket-triage"],
+            "allowed_ips": "10.0.0.0/8",
+            "rpm_limit": "100000",
+            "monthly_budget": "",
+        },
     )
     assert response.status_code == 302
     owners_key.refresh_from_db()
@@ -297,7 +304,9 @@ def test_a_developer_sees_the_limits_locked_and_a_forged_post_cannot_lift_them(s
 
 
 def test_a_developers_new_key_takes_the_team_policy_and_is_refused_above_it(signed_in, org, team):
-    services.update_key_policy(actor=actor_for(org["owner"]), team=team, rpm_limit=100, monthly_budget=Decimal("25"))
+    services.update_key_policy(
+        actor=actor_for(org["owner"]), team=team, rpm_limit=100, monthly_budget=Decimal("25")
+    )
     client = signed_in(org["developer"])
     form = client.get(reverse("apikey-create"))
     assert "at most 100 requests/min" in form.content.decode()

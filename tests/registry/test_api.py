@@ -33,30 +33,40 @@ def isolated_store(settings, tmp_path):
 def ready(org, team, settings):
     model = services.create_model(actor=actor_for(org["engineer"]), name="router", owner_team=team)
     folder = make_model_folder(settings.IMPORT_ROOTS[0] / "tiny")
-    version = services.start_import(actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL,
-                                    ref=str(folder), enqueue=False)
+    version = services.start_import(
+        actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL, ref=str(folder), enqueue=False
+    )
     import_version(version.pk)
     version.refresh_from_db()
     return version
 
 
-def test_an_engineer_registers_a_model_and_queues_an_import(client, org, team, settings, django_capture_on_commit_callbacks):
+def test_an_engineer_registers_a_model_and_queues_an_import(
+    client, org, team, settings, django_capture_on_commit_callbacks
+):
     client.force_login(org["engineer"])
-    response = client.post("/api/v1/models", {"name": "summarizer", "owner_team_id": team.pk, "task": "summarization"},
-                           content_type="application/json")
+    response = client.post(
+        "/api/v1/models",
+        {"name": "summarizer", "owner_team_id": team.pk, "task": "summarization"},
+        content_type="application/json",
+    )
     assert response.status_code == 201, response.content
     folder = make_model_folder(settings.IMPORT_ROOTS[0] / "s")
     with django_capture_on_commit_callbacks() as callbacks:
-        response = client.post("/api/v1/models/summarizer/imports", {"source": "local", "ref": str(folder)},
-                               content_type="application/json")
+        response = client.post(
+            "/api/v1/models/summarizer/imports",
+            {"source": "local", "ref": str(folder)},
+            content_type="application/json",
+        )
     assert response.status_code == 202 and response.json()["status"] == "importing"
     assert len(callbacks) == 1, "the import task is enqueued once, on commit"
 
 
 def test_an_import_outside_the_roots_answers_400_with_the_reason(client, org, ready):
     client.force_login(org["engineer"])
-    response = client.post("/api/v1/models/router/imports", {"source": "local", "ref": "/etc"},
-                           content_type="application/json")
+    response = client.post(
+        "/api/v1/models/router/imports", {"source": "local", "ref": "/etc"}, content_type="application/json"
+    )
     assert response.status_code == 400
     assert "outside the import folders" in response.json()["error"]["message"]
 
@@ -100,8 +110,9 @@ def test_an_adapter_zip_uploads_through_the_api(client, org, ready, tmp_path):
 
 def test_promotion_and_lineage_and_compare(client, org, ready):
     client.force_login(org["owner"])
-    assert client.post("/api/v1/models/router/versions/1/promote", {"alias": "production"},
-                       content_type="application/json").json()["aliases"] == {"production": 1}
+    assert client.post(
+        "/api/v1/models/router/versions/1/promote", {"alias": "production"}, content_type="application/json"
+    ).json()["aliases"] == {"production": 1}
     lineage = client.get("/api/v1/models/router/lineage").json()
     assert lineage["nodes"][0]["label"] == "router:v1"
     compare = client.get("/api/v1/models/router/compare?a=1&b=1").json()
@@ -116,6 +127,7 @@ def test_another_teams_model_is_404_for_an_outsider(client, org, ready):
 
 def test_a_viewer_cannot_import(client, org, ready):
     client.force_login(org["viewer"])
-    response = client.post("/api/v1/models/router/imports", {"source": "hub", "ref": "a/b"},
-                           content_type="application/json")
+    response = client.post(
+        "/api/v1/models/router/imports", {"source": "hub", "ref": "a/b"}, content_type="application/json"
+    )
     assert response.status_code == 403

@@ -58,8 +58,9 @@ def model(org, team):
 
 
 def _import(org, model, source, ref, **kwargs) -> ModelVersion:
-    version = services.start_import(actor=actor_for(org["engineer"]), model=model, source=source, ref=ref,
-                                    enqueue=False, **kwargs)
+    version = services.start_import(
+        actor=actor_for(org["engineer"]), model=model, source=source, ref=ref, enqueue=False, **kwargs
+    )
     import_version(version.pk)
     version.refresh_from_db()
     return version
@@ -94,7 +95,9 @@ def _blob_count(settings) -> int:
 
 # --- Saying so -------------------------------------------------------------------------------------
 def test_a_gguf_without_a_chat_template_imports_saying_so_on_the_page_the_api_and_the_import_line(
-    org, templateless, client,
+    org,
+    templateless,
+    client,
 ):
     assert templateless.has_chat_template is False
     assert "without a chat template: chat calls are refused" in templateless.progress_detail
@@ -117,7 +120,10 @@ def test_a_gguf_without_a_chat_template_imports_saying_so_on_the_page_the_api_an
 
 # --- At import -------------------------------------------------------------------------------------
 def test_a_template_given_at_import_goes_into_the_tokenizer_and_the_conversion_cache_stays_as_it_was(
-    org, model, gguf_file, settings,
+    org,
+    model,
+    gguf_file,
+    settings,
 ):
     version = _import(org, model, Source.GGUF, str(gguf_file), chat_template=CHATML)
     assert version.status == VersionStatus.READY, version.status_detail
@@ -129,7 +135,9 @@ def test_a_template_given_at_import_goes_into_the_tokenizer_and_the_conversion_c
     messages = [{"role": "user", "content": "hi"}]
     assert tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == RENDERED
     assert tokenizer(PROMPT)["input_ids"] == [BOS, *PROMPT_IDS_WITH_PREFIX], "the GGUF's BOS is kept"
-    cached = [json.loads(p.read_text()) for p in Path(settings.GGUF_CONVERSION_CACHE).rglob("tokenizer_config.json")]
+    cached = [
+        json.loads(p.read_text()) for p in Path(settings.GGUF_CONVERSION_CACHE).rglob("tokenizer_config.json")
+    ]
     assert cached and all("chat_template" not in config for config in cached), "the cache was written through"
     # The audit row identifies the template; its text is in the version's files.
     event = AuditEvent.objects.get(action="model_version.import", object_id=str(version.pk))
@@ -137,7 +145,9 @@ def test_a_template_given_at_import_goes_into_the_tokenizer_and_the_conversion_c
 
 
 def test_a_template_given_for_a_server_folder_replaces_the_files_one_and_leaves_the_folder_untouched(
-    org, model, settings,
+    org,
+    model,
+    settings,
 ):
     folder = make_model_folder(settings.IMPORT_ROOTS[0] / "tiny")
     (folder / "chat_template.jinja").write_text("{{ 'the old one' }}")
@@ -154,16 +164,24 @@ def test_an_adapter_import_cannot_bring_its_own_template(org, model, settings):
     base = _import(org, model, Source.LOCAL, str(make_model_folder(settings.IMPORT_ROOTS[0] / "base")))
     adapter = make_adapter_folder(settings.IMPORT_ROOTS[0] / "adapter")
     with pytest.raises(Invalid, match="base version's tokenizer"):
-        services.start_import(actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL,
-                              ref=str(adapter), base_version=base, chat_template=CHATML, enqueue=False)
+        services.start_import(
+            actor=actor_for(org["engineer"]),
+            model=model,
+            source=Source.LOCAL,
+            ref=str(adapter),
+            base_version=base,
+            chat_template=CHATML,
+            enqueue=False,
+        )
     assert ModelVersion.objects.count() == 1
 
 
 # --- As a derived version --------------------------------------------------------------------------
 def test_a_template_given_later_makes_a_derived_version_sharing_the_weights(org, templateless, settings):
     weights_blobs = _blob_count(settings)
-    derived = services.set_chat_template(actor=actor_for(org["engineer"]), version=templateless,
-                                         chat_template=CHATML)
+    derived = services.set_chat_template(
+        actor=actor_for(org["engineer"]), version=templateless, chat_template=CHATML
+    )
     assert (derived.number, derived.status, derived.kind) == (2, VersionStatus.READY, VersionKind.BASE)
     assert (derived.source, derived.parent_version) == (Source.DERIVED, templateless)
     assert derived.has_chat_template and derived.architecture == templateless.architecture
@@ -178,8 +196,12 @@ def test_a_template_given_later_makes_a_derived_version_sharing_the_weights(org,
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(materialize_version(derived))
-    assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                         add_generation_prompt=True) == RENDERED
+    assert (
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+        )
+        == RENDERED
+    )
     assert tokenizer(PROMPT)["input_ids"] == [BOS, *PROMPT_IDS_WITH_PREFIX]
 
     templateless.refresh_from_db()
@@ -191,7 +213,8 @@ def test_a_template_given_later_makes_a_derived_version_sharing_the_weights(org,
     assert event.after["chat_template"] == chat_templates.fingerprint(CHATML)
     _, edges = lineage.graph_for(templateless.model, ModelVersion.objects.all())
     assert [(e.source, e.target, e.relation) for e in edges] == [
-        (f"v{derived.pk}", f"v{templateless.pk}", "derived from")]
+        (f"v{derived.pk}", f"v{templateless.pk}", "derived from")
+    ]
 
 
 def test_a_template_replaces_one_the_version_has_and_the_old_jinja_file_goes(org, model, settings):
@@ -200,7 +223,9 @@ def test_a_template_replaces_one_the_version_has_and_the_old_jinja_file_goes(org
     version = _import(org, model, Source.LOCAL, str(folder))
     derived = services.set_chat_template(actor=actor_for(org["owner"]), version=version, chat_template=CHATML)
     paths = {f["path"] for f in derived.artifact.files}
-    assert "chat_template.jinja" not in paths and "chat_template.jinja" in {f["path"] for f in version.artifact.files}
+    assert "chat_template.jinja" not in paths and "chat_template.jinja" in {
+        f["path"] for f in version.artifact.files
+    }
     assert _stored_json(derived, "tokenizer_config.json")["chat_template"] == CHATML
 
 
@@ -233,26 +258,45 @@ def test_only_owners_and_engineers_give_a_template_others_are_refused(org, model
         ("{{ messages }}\ud800", 422, "chat_template"),
         ("   ", 400, "Give the template"),
     ],
-    ids=["unclosed-block", "unknown-filter", "syntax", "too-many-bytes", "too-long", "nul", "lone-surrogate",
-         "blank"],
+    ids=[
+        "unclosed-block",
+        "unknown-filter",
+        "syntax",
+        "too-many-bytes",
+        "too-long",
+        "nul",
+        "lone-surrogate",
+        "blank",
+    ],
 )
 def test_a_template_engines_cannot_compile_is_refused_and_nothing_is_made(
-    org, model, settings, client, template, status, says,
+    org,
+    model,
+    settings,
+    client,
+    template,
+    status,
+    says,
 ):
     _import(org, model, Source.LOCAL, str(_folder_without_template(settings.IMPORT_ROOTS[0] / "t")))
     blobs = _blob_count(settings)
     client.force_login(org["engineer"])
-    response = client.post("/api/v1/models/gemma-like/versions/1/chat-template", {"chat_template": template},
-                           content_type="application/json")
+    response = client.post(
+        "/api/v1/models/gemma-like/versions/1/chat-template",
+        {"chat_template": template},
+        content_type="application/json",
+    )
     assert response.status_code == status, response.content
     error = response.json()["error"]
     assert says in error["message"] and "chat_template" in error["fields"] and error["request_id"]
     assert ModelVersion.objects.count() == 1 and _blob_count(settings) == blobs
     if not template.strip():
         return  # at import the template is optional: blank means none
-    response = client.post("/api/v1/models/gemma-like/imports",
-                           {"source": "local", "ref": str(settings.IMPORT_ROOTS[0] / "t"), "chat_template": template},
-                           content_type="application/json")
+    response = client.post(
+        "/api/v1/models/gemma-like/imports",
+        {"source": "local", "ref": str(settings.IMPORT_ROOTS[0] / "t"), "chat_template": template},
+        content_type="application/json",
+    )
     assert response.status_code == status and ModelVersion.objects.count() == 1
 
 
@@ -283,7 +327,9 @@ def test_an_adapter_has_a_chat_template_exactly_when_its_base_has_one(org, model
     assert (on_templated.status, on_templateless.status) == (VersionStatus.READY, VersionStatus.READY)
     assert (on_templated.has_chat_template, on_templateless.has_chat_template) == (True, False)
     with pytest.raises(Invalid, match="set the template on the base version"):
-        services.set_chat_template(actor=actor_for(org["engineer"]), version=on_templateless, chat_template=CHATML)
+        services.set_chat_template(
+            actor=actor_for(org["engineer"]), version=on_templateless, chat_template=CHATML
+        )
 
 
 def test_an_archived_version_gets_no_derived_version(org, model, settings):
@@ -314,8 +360,10 @@ def test_the_version_pages_form_makes_the_derived_version_or_says_what_is_wrong(
 def test_the_import_form_passes_the_template_on(org, model, settings, client):
     folder = _folder_without_template(settings.IMPORT_ROOTS[0] / "t")
     client.force_login(org["engineer"])
-    response = client.post(reverse("model-import", args=["gemma-like"]),
-                           {"source": "local", "ref": str(folder), "chat_template": CHATML})
+    response = client.post(
+        reverse("model-import", args=["gemma-like"]),
+        {"source": "local", "ref": str(folder), "chat_template": CHATML},
+    )
     assert response.status_code == 302, response.content.decode()[:2000]
     version = ModelVersion.objects.get()
     assert version.import_options["chat_template"] == CHATML

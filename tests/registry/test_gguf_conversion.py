@@ -46,7 +46,9 @@ def _converted_tokenizer(tmp_path: Path, **flags):
     [(True, False, None), (True, True, True), (True, False, False), (False, False, None)],
 )
 def test_a_prompt_encodes_to_the_ids_the_gguf_says(tmp_path, add_bos, add_eos, add_space_prefix):
-    _, tokenizer = _converted_tokenizer(tmp_path, add_bos=add_bos, add_eos=add_eos, add_space_prefix=add_space_prefix)
+    _, tokenizer = _converted_tokenizer(
+        tmp_path, add_bos=add_bos, add_eos=add_eos, add_space_prefix=add_space_prefix
+    )
     text = PROMPT_IDS_WITHOUT_PREFIX if add_space_prefix is False else PROMPT_IDS_WITH_PREFIX
     expected = [BOS] * add_bos + text + [EOS] * add_eos
     ids = tokenizer(PROMPT)["input_ids"]
@@ -64,14 +66,19 @@ def test_the_converted_tokenizer_gives_the_gguf_tokenizers_ids_with_its_bos(tmp_
     assert fields["tokenizer.ggml.add_bos_token"].contents() is True
     bos = fields["tokenizer.ggml.bos_token_id"].contents()
     for prompt in ("hi the", "the hi hi", "th e"):
-        assert converted(prompt)["input_ids"] == [bos, *original(prompt, add_special_tokens=False)["input_ids"]]
+        assert converted(prompt)["input_ids"] == [
+            bos,
+            *original(prompt, add_special_tokens=False)["input_ids"],
+        ]
 
 
 def test_special_tokens_stop_tokens_flags_and_named_chat_templates_come_along(tmp_path):
     from transformers import GenerationConfig
 
     source = write_tiny_gguf(
-        tmp_path / "source" / "tiny.gguf", eot=True, chat_template="{% for m in messages %}{{ m.content }}{% endfor %}",
+        tmp_path / "source" / "tiny.gguf",
+        eot=True,
+        chat_template="{% for m in messages %}{{ m.content }}{% endfor %}",
         named_templates={"tool_use": "{{ tools | tojson }}"},
     )
     out = tmp_path / "converted"
@@ -82,13 +89,18 @@ def test_special_tokens_stop_tokens_flags_and_named_chat_templates_come_along(tm
     specials = (tokenizer.bos_token, tokenizer.eos_token, tokenizer.unk_token, tokenizer.pad_token)
     assert specials == ("<s>", "</s>", "<unk>", "<pad>")
     assert tokenizer.convert_tokens_to_ids(list(specials)) == [BOS, EOS, UNK, PAD]
-    assert tokenizer.chat_template == {"default": "{% for m in messages %}{{ m.content }}{% endfor %}",
-                                       "tool_use": "{{ tools | tojson }}"}
+    assert tokenizer.chat_template == {
+        "default": "{% for m in messages %}{{ m.content }}{% endfor %}",
+        "tool_use": "{{ tools | tojson }}",
+    }
     # llama.cpp ends a generation on EOS and on end-of-turn; engines read the stops from here.
     assert GenerationConfig.from_pretrained(out).eos_token_id == [EOS, EOT]
     config = json.loads((out / "tokenizer_config.json").read_text())
     assert (config["add_bos_token"], config["add_eos_token"], config["clean_up_tokenization_spaces"]) == (
-        True, False, False)
+        True,
+        False,
+        False,
+    )
 
 
 def test_a_gguf_without_a_chat_template_converts_to_a_tokenizer_without_one(tmp_path):
@@ -112,7 +124,9 @@ def test_the_real_gemma_gguf_converts_to_a_tokenizer_that_starts_prompts_with_bo
     assert converted("The capital of France is")["input_ids"] == [2, 818, 5279, 529, 7001, 563]
     for prompt in ("The capital of France is", "Hello  world\n\n  indented", "1+1=2, ¿qué? 日本語"):
         assert converted(prompt)["input_ids"] == [2, *original(prompt, add_special_tokens=False)["input_ids"]]
-    assert converted.chat_template is None  # a base model: its GGUF has none (tests/registry/test_chat_templates.py)
+    assert (
+        converted.chat_template is None
+    )  # a base model: its GGUF has none (tests/registry/test_chat_templates.py)
 
 
 @pytest.mark.django_db
@@ -137,7 +151,9 @@ def test_a_conversion_an_older_converter_cached_is_not_reused(org, team, setting
 
     engineer = actor_for(org["engineer"])
     model = services.create_model(actor=engineer, name="tiny", owner_team=team)
-    version = services.start_import(actor=engineer, model=model, source=Source.GGUF, ref=str(source), enqueue=False)
+    version = services.start_import(
+        actor=engineer, model=model, source=Source.GGUF, ref=str(source), enqueue=False
+    )
     import_version(version.pk)
     version.refresh_from_db()
     try:

@@ -40,8 +40,9 @@ def model(org, team):
 
 
 def _import(org, model, source, ref, **kwargs) -> ModelVersion:
-    version = services.start_import(actor=actor_for(org["engineer"]), model=model, source=source, ref=ref,
-                                    enqueue=False, **kwargs)
+    version = services.start_import(
+        actor=actor_for(org["engineer"]), model=model, source=source, ref=ref, enqueue=False, **kwargs
+    )
     import_version(version.pk)
     version.refresh_from_db()
     return version
@@ -56,8 +57,7 @@ def test_a_server_folder_imports_as_a_ready_version_with_its_facts(org, model, s
     assert version.has_chat_template and version.model_card.startswith("# Tiny")
     assert version.artifact.file_count == 4
     events = AuditEvent.objects.filter(object_type="registry.modelversion", object_id=str(version.pk))
-    assert list(events.values_list("action", flat=True)) == [
-        "model_version.ready", "model_version.import"]
+    assert list(events.values_list("action", flat=True)) == ["model_version.ready", "model_version.import"]
 
 
 def test_the_same_files_imported_twice_share_one_artifact(org, model, settings):
@@ -71,8 +71,13 @@ def test_the_same_files_imported_twice_share_one_artifact(org, model, settings):
 @pytest.mark.parametrize("bad", ["{root}/../etc", "/etc", "relative/path", "{root}/missing"])
 def test_paths_outside_the_import_roots_are_refused_before_anything_is_written(org, model, settings, bad):
     with pytest.raises(Invalid):
-        services.start_import(actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL,
-                              ref=bad.format(root=settings.IMPORT_ROOTS[0]), enqueue=False)
+        services.start_import(
+            actor=actor_for(org["engineer"]),
+            model=model,
+            source=Source.LOCAL,
+            ref=bad.format(root=settings.IMPORT_ROOTS[0]),
+            enqueue=False,
+        )
     assert not ModelVersion.objects.exists()
 
 
@@ -80,8 +85,13 @@ def test_a_symlinked_path_is_refused(org, model, settings, tmp_path):
     outside = make_model_folder(tmp_path / "outside")
     (settings.IMPORT_ROOTS[0] / "link").symlink_to(outside)
     with pytest.raises(Invalid, match="symbolic link"):
-        services.start_import(actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL,
-                              ref=str(settings.IMPORT_ROOTS[0] / "link"), enqueue=False)
+        services.start_import(
+            actor=actor_for(org["engineer"]),
+            model=model,
+            source=Source.LOCAL,
+            ref=str(settings.IMPORT_ROOTS[0] / "link"),
+            enqueue=False,
+        )
 
 
 def test_a_symlink_inside_the_folder_fails_the_import_and_stores_nothing(org, model, settings):
@@ -90,7 +100,9 @@ def test_a_symlink_inside_the_folder_fails_the_import_and_stores_nothing(org, mo
     version = _import(org, model, Source.LOCAL, str(folder))
     assert version.status == VersionStatus.FAILED and "symbolic link" in version.status_detail
     assert version.artifact is None and not Artifact.objects.exists()
-    assert not list((settings.ARTIFACT_ROOT / "blobs").rglob("*")) if settings.ARTIFACT_ROOT.exists() else True
+    assert (
+        not list((settings.ARTIFACT_ROOT / "blobs").rglob("*")) if settings.ARTIFACT_ROOT.exists() else True
+    )
 
 
 def test_pickle_weights_are_refused_unless_an_admin_allows_them(org, model, settings):
@@ -99,8 +111,13 @@ def test_pickle_weights_are_refused_unless_an_admin_allows_them(org, model, sett
     version = _import(org, model, Source.LOCAL, str(folder))
     assert version.status == VersionStatus.FAILED and "Pickle weights refused" in version.status_detail
     with pytest.raises(Forbidden, match="platform admin"):
-        services.start_import(actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL,
-                              ref=str(folder), allow_pickle=True)
+        services.start_import(
+            actor=actor_for(org["engineer"]),
+            model=model,
+            source=Source.LOCAL,
+            ref=str(folder),
+            allow_pickle=True,
+        )
 
 
 def test_custom_model_code_is_refused_without_approval(org, model, settings):
@@ -155,7 +172,9 @@ def test_an_uploaded_adapter_becomes_an_adapter_version_of_its_base(org, model, 
         ({"bomb.bin": b"\0" * (50 * 1024 * 1024)}, None, "zip bomb"),
     ],
 )
-def test_hostile_archives_are_refused_and_nothing_is_written(org, model, base, tmp_path, members, symlink, reason):
+def test_hostile_archives_are_refused_and_nothing_is_written(
+    org, model, base, tmp_path, members, symlink, reason
+):
     archive = _zip(tmp_path / "bad.zip", {**_adapter_members(tmp_path), **members}, symlink=symlink)
     version = _upload(org, model, base, archive)
     assert version.status == VersionStatus.FAILED and reason in version.status_detail
@@ -193,8 +212,9 @@ def test_a_silent_import_is_failed_by_the_reaper_never_left_importing(org, model
     from django.utils import timezone
 
     folder = make_model_folder(settings.IMPORT_ROOTS[0] / "tiny")
-    version = services.start_import(actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL,
-                                    ref=str(folder), enqueue=False)
+    version = services.start_import(
+        actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL, ref=str(folder), enqueue=False
+    )
     ModelVersion.objects.filter(pk=version.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
     assert reap_stale_imports() == 1
     version.refresh_from_db()
@@ -210,8 +230,15 @@ def test_visibility_decides_who_sees_a_model(org, model, other_team):
     assert not gate.visible(outsider, Model).filter(pk=model.pk).exists()
     with pytest.raises(NotFound):
         services.start_import(actor=outsider, model=model, source=Source.HUB, ref="a/b")
-    services.update_model(actor=actor_for(org["owner"]), model=model, description="", tags=[], license="",
-                          task=model.task, visibility=Visibility.ORGANISATION)
+    services.update_model(
+        actor=actor_for(org["owner"]),
+        model=model,
+        description="",
+        tags=[],
+        license="",
+        task=model.task,
+        visibility=Visibility.ORGANISATION,
+    )
     assert gate.visible(outsider, Model).filter(pk=model.pk).exists()
     with pytest.raises(Forbidden):
         services.start_import(actor=outsider, model=model, source=Source.HUB, ref="a/b")

@@ -17,11 +17,16 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def versions(org, team):
     model = services.create_model(actor=actor_for(org["engineer"]), name="clause-extractor", owner_team=team)
-    artifact = Artifact.objects.create(id="f" * 64, store_uri="file:///x", size_bytes=1, file_count=1, files=[])
+    artifact = Artifact.objects.create(
+        id="f" * 64, store_uri="file:///x", size_bytes=1, file_count=1, files=[]
+    )
     made = []
     for number in (1, 2):
-        made.append(ModelVersion.objects.create(model=model, number=number, source=Source.LOCAL, artifact=artifact,
-                                                status=VersionStatus.READY))
+        made.append(
+            ModelVersion.objects.create(
+                model=model, number=number, source=Source.LOCAL, artifact=artifact, status=VersionStatus.READY
+            )
+        )
     return made
 
 
@@ -59,14 +64,18 @@ def test_a_version_in_use_by_a_deployment_cannot_be_archived(org, team, versions
     from serving.models import ComputePool, Deployment
 
     pool = ComputePool.objects.create(name="cpu-pool", kind="cpu")
-    deployment = Deployment.objects.create(name="support-bot", owner_team=team, version=versions[1], pool=pool,
-                                           replicas=0)
+    deployment = Deployment.objects.create(
+        name="support-bot", owner_team=team, version=versions[1], pool=pool, replicas=0
+    )
     with pytest.raises(Conflict, match="it is deployed by support-bot"):
         services.archive_version(actor=actor_for(org["owner"]), version=versions[1])
     versions[1].refresh_from_db()
     assert versions[1].status == VersionStatus.READY
     deployment.delete()
-    assert services.archive_version(actor=actor_for(org["owner"]), version=versions[1]).status == VersionStatus.ARCHIVED
+    assert (
+        services.archive_version(actor=actor_for(org["owner"]), version=versions[1]).status
+        == VersionStatus.ARCHIVED
+    )
 
 
 def test_archiving_is_audited(org, versions):

@@ -31,4 +31,9 @@ def test_existing_adapters_get_their_bases_chat_template_flag(team):
     executor.migrate(AFTER)
     new = executor.loader.project_state(AFTER).apps.get_model("registry", "ModelVersion")
     flags = dict(new.objects.values_list("pk", "has_chat_template"))
-    assert flags == {templated.pk: True, templateless.pk: False, on_templated.pk: True, on_templateless.pk: False}
+    assert flags == {
+        templated.pk: True,
+        templateless.pk: False,
+        on_templated.pk: True,
+        on_templateless.pk: False,
+    }

@@ -21,7 +21,12 @@ from portfolio.registry.storage import (
 
 def test_an_artifact_is_named_by_its_manifest_and_lists_every_file(store, model_folder):
     manifest = store_directory(store, model_folder)
-    assert [f.path for f in manifest.files] == ["README.md", "config.json", "model.safetensors", "tokenizer_config.json"]
+    assert [f.path for f in manifest.files] == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "tokenizer_config.json",
+    ]
     assert manifest.get("model.safetensors").sha256 == sha256_file(model_folder / "model.safetensors")
     assert store.read_manifest(manifest.artifact_id) == manifest
     assert len(manifest.artifact_id) == 64
@@ -119,6 +124,8 @@ def test_streams_large_files_in_chunks_without_reading_them_whole(local_store, t
         def __exit__(self, *exc):
             self.handle.close()
 
-    monkeypatch.setattr("pathlib.Path.open", lambda self, mode="r", *a, **k: Spy(real_open(self, mode, *a, **k)))
+    monkeypatch.setattr(
+        "pathlib.Path.open", lambda self, mode="r", *a, **k: Spy(real_open(self, mode, *a, **k))
+    )
     store_directory(local_store, big)
     assert reads and all(0 < size <= 1024 * 1024 for size in reads)

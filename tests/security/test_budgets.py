@@ -45,8 +45,12 @@ def test_n_completions_are_reserved_for_and_never_overspend_a_budget(gateway_url
     assert refused.status_code == 429, refused.text
     assert "could use up to" in refused.json()["error"]["message"]
     assert engines[0].requests == [] and billed() == 0
-    statuses = [call(gateway_url, secret, {"model": "n-model", "messages": MESSAGES, "n": 4, "max_tokens": 48}).status_code
-                for _ in range(4)]
+    statuses = [
+        call(
+            gateway_url, secret, {"model": "n-model", "messages": MESSAGES, "n": 4, "max_tokens": 48}
+        ).status_code
+        for _ in range(4)
+    ]
     assert statuses[0] == 200 and 429 in statuses
     assert billed() <= 600 and engines[0].produced + 10 * statuses.count(200) <= 600
     assert UsageEvent.objects.filter(status=200).first().output_tokens == 4 * 48, "every completion is billed"
@@ -59,10 +63,13 @@ def test_every_prompt_of_a_completions_list_is_reserved_for(gateway_url, stack):
     wait_for_model(gateway_url, secret, "lister")
     # The call: 16 prompts in one call billed 832 tokens on a 600-token budget.
     prompts = [f"ticket {i}" for i in range(16)]
-    refused = call(gateway_url, secret, {"model": "lister", "prompt": prompts, "max_tokens": 48}, "/v1/completions")
+    refused = call(
+        gateway_url, secret, {"model": "lister", "prompt": prompts, "max_tokens": 48}, "/v1/completions"
+    )
     assert refused.status_code == 429 and engines[0].requests == []
-    answered = call(gateway_url, secret, {"model": "lister", "prompt": prompts[:4], "max_tokens": 48},
-                    "/v1/completions")
+    answered = call(
+        gateway_url, secret, {"model": "lister", "prompt": prompts[:4], "max_tokens": 48}, "/v1/completions"
+    )
     assert answered.status_code == 200, answered.text
     assert len(answered.json()["choices"]) == 4 and answered.json()["model"] == "lister"
     assert answered.json()["usage"]["completion_tokens"] == 4 * 48
@@ -104,16 +111,28 @@ def test_n_above_the_cap_is_refused_naming_the_param(gateway_url, stack):
     for model, n in (("capped", 9), ("wide", 17)):
         response = call(gateway_url, secret, {"model": model, "messages": MESSAGES, "n": n, "max_tokens": 1})
         assert response.status_code == 400 and response.json()["error"]["param"] == "n", response.text
-    assert call(gateway_url, secret, {"model": "capped", "messages": MESSAGES, "n": 8, "max_tokens": 1}).status_code == 200
+    assert (
+        call(
+            gateway_url, secret, {"model": "capped", "messages": MESSAGES, "n": 8, "max_tokens": 1}
+        ).status_code
+        == 200
+    )
     assert [r["n"] for r in engines[0].requests] == [8]
 
 
-@pytest.mark.parametrize(("field", "value", "code"), [
-    ("logprobs_everything", True, "unknown_parameter"), ("priority", -100, "unknown_parameter"),
-    ("chat_template", "{{ 'x' * 100000 }}", "unknown_parameter"), ("max_tokens", "48", "invalid_type"),
-    ("n", 0, "invalid_value"),
-])
-def test_a_field_the_gateway_does_not_know_or_a_bad_value_is_a_400_naming_it(gateway_url, stack, field, value, code):
+@pytest.mark.parametrize(
+    ("field", "value", "code"),
+    [
+        ("logprobs_everything", True, "unknown_parameter"),
+        ("priority", -100, "unknown_parameter"),
+        ("chat_template", "{{ 'x' * 100000 }}", "unknown_parameter"),
+        ("max_tokens", "48", "invalid_type"),
+        ("n", 0, "invalid_value"),
+    ],
+)
+def test_a_field_the_gateway_does_not_know_or_a_bad_value_is_a_400_naming_it(
+    gateway_url, stack, field, value, code
+):
     dep, engines = stack["deployment"]("strict-dep")
     stack["endpoint"]("strict", dep)
     secret = stack["key"]()
@@ -132,8 +151,13 @@ def test_streamed_completions_are_all_metered_when_the_client_leaves_early(gatew
     wait_for_model(gateway_url, secret, "multi-stream")
     body = {"model": "multi-stream", "messages": MESSAGES, "n": 3, "max_tokens": 200, "stream": True}
     received = 0
-    with httpx.stream("POST", f"{gateway_url}/v1/chat/completions", json=body, timeout=30,
-                      headers={"Authorization": f"Bearer {secret}"}) as response:
+    with httpx.stream(
+        "POST",
+        f"{gateway_url}/v1/chat/completions",
+        json=body,
+        timeout=30,
+        headers={"Authorization": f"Bearer {secret}"},
+    ) as response:
         for line in response.iter_lines():
             received += line.startswith("data: {")
             if received >= 30:
@@ -144,7 +168,8 @@ def test_streamed_completions_are_all_metered_when_the_client_leaves_early(gatew
     event = UsageEvent.objects.get()
     assert event.status == 499
     assert received <= event.output_tokens <= engines[0].produced, (
-        "billed what every choice produced, not one choice's count")
+        "billed what every choice produced, not one choice's count"
+    )
 
 
 def test_a_request_larger_than_what_is_left_says_so_and_how_to_fit(gateway_url, stack):
@@ -154,7 +179,11 @@ def test_a_request_larger_than_what_is_left_says_so_and_how_to_fit(gateway_url, 
     wait_for_model(gateway_url, secret, "left")
     response = call(gateway_url, secret, {"model": "left", "messages": MESSAGES, "max_tokens": 300})
     error = response.json()["error"]
-    assert response.status_code == 429 and error["code"] == "insufficient_quota" and error["param"] == "max_tokens"
+    assert (
+        response.status_code == 429
+        and error["code"] == "insufficient_quota"
+        and error["param"] == "max_tokens"
+    )
     assert "could use up to" in error["message"] and "lower max_tokens" in error["message"]
     assert "used up" not in error["message"], "nothing was used"
     # Once the month's tokens are spent, it says that instead.
@@ -173,8 +202,10 @@ def test_a_money_budget_stops_spending_at_the_budget(gateway_url, stack):
     stack["endpoint"]("priced", dep, price=("1000", "1000"))  # 0.001 per token
     secret = stack["key"](monthly_budget=Decimal("0.50"))
     wait_for_model(gateway_url, secret, "priced")
-    statuses = [call(gateway_url, secret, {"model": "priced", "messages": MESSAGES, "max_tokens": 20}).status_code
-                for _ in range(25)]  # 30 tokens (0.03) each: 0.75 if nothing stopped them
+    statuses = [
+        call(gateway_url, secret, {"model": "priced", "messages": MESSAGES, "max_tokens": 20}).status_code
+        for _ in range(25)
+    ]  # 30 tokens (0.03) each: 0.75 if nothing stopped them
     assert statuses[0] == 200 and statuses[-1] == 429, statuses
     usage.flush()
     spent = sum(e.cost for e in UsageEvent.objects.all())
@@ -186,8 +217,10 @@ def test_a_tokens_per_minute_limit_stops_a_key_within_the_minute(gateway_url, st
     stack["endpoint"]("per-minute", dep)
     secret = stack["key"](tpm_limit=400)
     wait_for_model(gateway_url, secret, "per-minute")
-    responses = [call(gateway_url, secret, {"model": "per-minute", "messages": MESSAGES, "max_tokens": 50})
-                 for _ in range(12)]  # 60 tokens each: 720 if nothing stopped them
+    responses = [
+        call(gateway_url, secret, {"model": "per-minute", "messages": MESSAGES, "max_tokens": 50})
+        for _ in range(12)
+    ]  # 60 tokens each: 720 if nothing stopped them
     refused = [r for r in responses if r.status_code == 429]
     assert responses[0].status_code == 200 and refused, [r.status_code for r in responses]
     assert "tokens per minute" in refused[0].json()["error"]["message"]
@@ -207,8 +240,13 @@ def test_a_request_that_outlives_its_minute_leaves_no_counter_without_expiry(gat
     streaming = threading.Event()
 
     def stream() -> None:
-        with httpx.stream("POST", f"{gateway_url}/v1/chat/completions", json=body, timeout=30,
-                          headers={"Authorization": f"Bearer {secret}"}) as response:
+        with httpx.stream(
+            "POST",
+            f"{gateway_url}/v1/chat/completions",
+            json=body,
+            timeout=30,
+            headers={"Authorization": f"Bearer {secret}"},
+        ) as response:
             for _ in response.iter_bytes():
                 streaming.set()
 
@@ -231,9 +269,13 @@ def test_a_request_that_outlives_its_minute_leaves_no_counter_without_expiry(gat
 def test_every_counter_a_request_touches_expires(gateway_url, stack):
     dep, _ = stack["deployment"]("ttl-dep")
     stack["endpoint"]("ttl", dep, price=("1", "1"))
-    secret = stack["key"](rpm_limit=100, tpm_limit=100_000, monthly_token_budget=100_000, monthly_budget=Decimal("5"))
+    secret = stack["key"](
+        rpm_limit=100, tpm_limit=100_000, monthly_token_budget=100_000, monthly_budget=Decimal("5")
+    )
     wait_for_model(gateway_url, secret, "ttl")
-    assert call(gateway_url, secret, {"model": "ttl", "messages": MESSAGES, "max_tokens": 3}).status_code == 200
+    assert (
+        call(gateway_url, secret, {"model": "ttl", "messages": MESSAGES, "max_tokens": 3}).status_code == 200
+    )
     left = counters(ApiKey.objects.get().key_id)
     assert {name.split(":")[1] for name in left} == {"rpm", "tpm", "bt", "bm"}
     assert all(ttl > 0 for ttl in left.values()), left

@@ -26,8 +26,18 @@ pytestmark = pytest.mark.django_db
 def _markers(world_values: dict, team) -> list[bytes]:
     """What a refusal must never carry: our team's and department's names and our objects' details."""
     version = ModelVersion.objects.get(pk=world_values["version_id"])
-    return [m.encode() for m in (team.name, team.department.name, team.department.cost_center,
-                                 version.artifact_id, "smol-ep", '"smol"', "router v1")]
+    return [
+        m.encode()
+        for m in (
+            team.name,
+            team.department.name,
+            team.department.cost_center,
+            version.artifact_id,
+            "smol-ep",
+            '"smol"',
+            "router v1",
+        )
+    ]
 
 
 def _leaks(body: bytes, markers: list[bytes]) -> list[str]:
@@ -61,10 +71,30 @@ def test_a_page_of_our_objects_gives_another_team_a_bare_404(client, org, team, 
     assert not _leaks(response.content, _markers(world, team)), name
 
 
-LISTS = ["/api/v1/models", "/api/v1/deployments", "/api/v1/endpoints", "/api/v1/datasets", "/api/v1/teams",
-         "/api/v1/departments", "/api/v1/training/jobs", "/api/v1/training/evals", "/api/v1/usage",
-         "/api/v1/nodes", "/api/v1/pools", "/models/", "/deployments/", "/endpoints/", "/pools/",
-         "/training/", "/training/jobs/", "/training/evals/", "/keys/", "/usage/", "/teams/", "/"]
+LISTS = [
+    "/api/v1/models",
+    "/api/v1/deployments",
+    "/api/v1/endpoints",
+    "/api/v1/datasets",
+    "/api/v1/teams",
+    "/api/v1/departments",
+    "/api/v1/training/jobs",
+    "/api/v1/training/evals",
+    "/api/v1/usage",
+    "/api/v1/nodes",
+    "/api/v1/pools",
+    "/models/",
+    "/deployments/",
+    "/endpoints/",
+    "/pools/",
+    "/training/",
+    "/training/jobs/",
+    "/training/evals/",
+    "/keys/",
+    "/usage/",
+    "/teams/",
+    "/",
+]
 
 
 def test_no_list_or_page_shows_another_team_our_objects(client, org, team, world):
@@ -85,23 +115,45 @@ def test_naming_our_objects_in_a_request_for_their_own_team_creates_nothing_and_
 
     def attempts(version_id, dataset_version_id, deployment, endpoint, team_id):
         return [
-            ("/api/v1/deployments", {"name": "stolen", "team_id": other_team.pk, "version_id": version_id,
-                                     "pool": "local-cpu", "replicas": 0}),
-            ("/api/v1/endpoints", {"name": "stolen-ep", "team_id": other_team.pk,
-                                   "routes": [{"deployment": deployment}]}),
-            ("/api/v1/endpoints", {"name": "stolen-ep", "team_id": other_team.pk, "fallback": endpoint,
-                                   "routes": []}),
+            (
+                "/api/v1/deployments",
+                {
+                    "name": "stolen",
+                    "team_id": other_team.pk,
+                    "version_id": version_id,
+                    "pool": "local-cpu",
+                    "replicas": 0,
+                },
+            ),
+            (
+                "/api/v1/endpoints",
+                {"name": "stolen-ep", "team_id": other_team.pk, "routes": [{"deployment": deployment}]},
+            ),
+            (
+                "/api/v1/endpoints",
+                {"name": "stolen-ep", "team_id": other_team.pk, "fallback": endpoint, "routes": []},
+            ),
             (f"/api/v1/teams/{other_team.pk}/keys", {"name": "stolen key", "scopes": [endpoint]}),
-            ("/api/v1/training/jobs", {"base_version_id": version_id, "pool": "local-cpu",
-                                       "dataset_version_id": dataset_version_id}),
+            (
+                "/api/v1/training/jobs",
+                {
+                    "base_version_id": version_id,
+                    "pool": "local-cpu",
+                    "dataset_version_id": dataset_version_id,
+                },
+            ),
             ("/api/v1/models", {"name": "stolen-model", "owner_team_id": team_id}),
             ("/api/v1/datasets", {"name": "stolen-set", "owner_team_id": team_id, "kind": "chat"}),
         ]
 
     ours = attempts(world["version_id"], world["dataset_version_id"], "smol", "smol-ep", team.pk)
     made_up = attempts(2**31 - 1, 2**31 - 2, "no-such-dep", "no-such-ep", 2**31 - 3)
-    counts = (Deployment.objects.count(), Endpoint.objects.count(), ApiKey.objects.count(),
-              FineTuneJob.objects.count())
+    counts = (
+        Deployment.objects.count(),
+        Endpoint.objects.count(),
+        ApiKey.objects.count(),
+        FineTuneJob.objects.count(),
+    )
     for (url, body), (_, fake) in zip(ours, made_up, strict=True):
         real = client.post(url, body, content_type="application/json")
         none = client.post(url, fake, content_type="application/json")
@@ -111,10 +163,17 @@ def test_naming_our_objects_in_a_request_for_their_own_team_creates_nothing_and_
         assert real_error["code"] == none_error["code"], url
         for name, fake_name in (("smol-ep", "no-such-ep"), ("smol", "no-such-dep")):
             real_error["message"] = real_error["message"].replace(name, fake_name)
-        for number, fake_number in ((world["version_id"], 2**31 - 1), (world["dataset_version_id"], 2**31 - 2),
-                                    (team.pk, 2**31 - 3)):
+        for number, fake_number in (
+            (world["version_id"], 2**31 - 1),
+            (world["dataset_version_id"], 2**31 - 2),
+            (team.pk, 2**31 - 3),
+        ):
             real_error["message"] = real_error["message"].replace(str(number), str(fake_number))
         assert real_error["message"] == none_error["message"], url
         assert not _leaks(real.content, _markers(world, team)[:4]), url
-    assert (Deployment.objects.count(), Endpoint.objects.count(), ApiKey.objects.count(),
-            FineTuneJob.objects.count()) == counts
+    assert (
+        Deployment.objects.count(),
+        Endpoint.objects.count(),
+        ApiKey.objects.count(),
+        FineTuneJob.objects.count(),
+    ) == counts

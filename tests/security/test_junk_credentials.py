@@ -24,7 +24,8 @@ JUNK: list[bytes] = [
     b"bearer slm_",
     b"Bearer slm_' OR '1'='1' --",
     b"Bearer slm_aaaaaaaaaaaa_'; DROP TABLE gateway_apikey; --",
-    b"Bearer slm_\xef\xbd\x81\xef\xbd\x82\xef\xbd\x83\xef\xbd\x84\xef\xbd\x85\xef\xbd\x86_" + b"x" * 20,  # full-width
+    b"Bearer slm_\xef\xbd\x81\xef\xbd\x82\xef\xbd\x83\xef\xbd\x84\xef\xbd\x85\xef\xbd\x86_"
+    + b"x" * 20,  # full-width
     b"Bearer slm_\xe9\xe9\xe9\xe9\xe9\xe9\xe9\xe9\xe9\xe9\xe9\xe9_" + b"x" * 20,  # Latin-1
     b"Bearer pat_aaaaaaaaaaaa_" + b"x" * 40,
     b"Bearer " + b"slm_" + b"A" * 8000,  # oversized
@@ -41,7 +42,9 @@ def warm_live_server(live_server):
     return live_server
 
 
-def _send(base: str, method: str, path: str, authorization: bytes | None, body: bytes = b"") -> tuple[int, dict, float]:
+def _send(
+    base: str, method: str, path: str, authorization: bytes | None, body: bytes = b""
+) -> tuple[int, dict, float]:
     parts = urlsplit(base)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
     started = time.perf_counter()
@@ -61,8 +64,12 @@ def _send(base: str, method: str, path: str, authorization: bytes | None, body: 
 @pytest.mark.parametrize("junk", JUNK, ids=lambda j: repr(j[:30]))
 def test_junk_credentials_get_a_quick_openai_shaped_401_from_the_gateway(gateway_url, junk):
     body = json.dumps({"model": "anything", "messages": [{"role": "user", "content": "hi"}]}).encode()
-    for method, path, payload in (("GET", "/v1/models", b""), ("POST", "/v1/chat/completions", body),
-                                  ("POST", "/v1/completions", body), ("GET", "/v1/models/anything", b"")):
+    for method, path, payload in (
+        ("GET", "/v1/models", b""),
+        ("POST", "/v1/chat/completions", body),
+        ("POST", "/v1/completions", body),
+        ("GET", "/v1/models/anything", b""),
+    ):
         status, answer, elapsed = _send(gateway_url, method, path, junk or None, payload)
         assert status == 401, (path, status, answer)
         error = answer["error"]
@@ -87,7 +94,9 @@ def test_a_real_key_id_with_a_forged_secret_is_a_401(gateway_url, stack):
 @pytest.mark.parametrize("junk", [j for j in JUNK if j], ids=lambda j: repr(j[:30]))
 def test_junk_credentials_get_a_quick_401_in_the_apis_error_shape(warm_live_server, junk):
     for method, path in (("GET", "/api/v1/me"), ("POST", "/api/v1/teams"), ("DELETE", "/api/v1/tokens/1")):
-        status, answer, elapsed = _send(warm_live_server.url, method, path, junk, b"{}" if method == "POST" else b"")
+        status, answer, elapsed = _send(
+            warm_live_server.url, method, path, junk, b"{}" if method == "POST" else b""
+        )
         assert status == 401, (path, status, answer)
         assert answer["error"]["code"] == "unauthenticated" and answer["error"]["request_id"]
         assert elapsed < SLOW, (path, elapsed)

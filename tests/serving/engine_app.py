@@ -26,7 +26,9 @@ def main() -> None:
         ["--model", "unused", "--middleware", middleware]
     )
     app = build_app(args, supported_tasks=TASKS)
-    print(json.dumps(sorted({route.path for route in app.routes if getattr(route, "path", None)})), flush=True)
+    print(
+        json.dumps(sorted({route.path for route in app.routes if getattr(route, "path", None)})), flush=True
+    )
     # No lifespan: it would start an engine client; the routes and the middleware are what is under test.
     uvicorn.run(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
 

@@ -18,5 +18,6 @@ async def answer(scope, receive, send) -> None:
 
 
 if __name__ == "__main__":
-    uvicorn.run(RequireEngineKey(answer), host=sys.argv[1], port=int(sys.argv[2]), lifespan="off",
-                log_level="warning")
+    uvicorn.run(
+        RequireEngineKey(answer), host=sys.argv[1], port=int(sys.argv[2]), lifespan="off", log_level="warning"
+    )

@@ -40,8 +40,9 @@ def engines(settings, tmp_path, monkeypatch):
 
     def stand_in(**kwargs) -> engine_args.EngineLaunch:
         launch = real_build(**kwargs)
-        return engine_args.EngineLaunch(argv=[sys.executable, str(STAND_IN), kwargs["host"], str(kwargs["port"])],
-                                        env=launch.env)
+        return engine_args.EngineLaunch(
+            argv=[sys.executable, str(STAND_IN), kwargs["host"], str(kwargs["port"])], env=launch.env
+        )
 
     monkeypatch.setattr(engine_args, "build", stand_in)
     monkeypatch.setattr(agent, "materialize_version", lambda version: tmp_path)
@@ -53,12 +54,22 @@ def engines(settings, tmp_path, monkeypatch):
 @pytest.fixture
 def replica(org, team):
     pool = ComputePool.objects.create(name="cpu-pool", kind=PoolKind.CPU)
-    node = Node.objects.create(name="keys-node", pool=pool, address="127.0.0.1", cpu_cores=2, memory_bytes=2**34,
-                               state=NodeState.READY, heartbeat_at=timezone.now())
+    node = Node.objects.create(
+        name="keys-node",
+        pool=pool,
+        address="127.0.0.1",
+        cpu_cores=2,
+        memory_bytes=2**34,
+        state=NodeState.READY,
+        heartbeat_at=timezone.now(),
+    )
     model = registry.create_model(actor=actor_for(org["engineer"]), name="smollm2", owner_team=team)
-    artifact = Artifact.objects.create(id="a" * 64, store_uri="file:///x", size_bytes=1, file_count=1, files=[])
-    version = ModelVersion.objects.create(model=model, number=1, source=Source.LOCAL, artifact=artifact,
-                                          status=VersionStatus.READY)
+    artifact = Artifact.objects.create(
+        id="a" * 64, store_uri="file:///x", size_bytes=1, file_count=1, files=[]
+    )
+    version = ModelVersion.objects.create(
+        model=model, number=1, source=Source.LOCAL, artifact=artifact, status=VersionStatus.READY
+    )
     deployment = Deployment.objects.create(name="support-bot", owner_team=team, version=version, pool=pool)
     return Replica.objects.create(deployment=deployment, node=node, generation=1, host=node.address)
 
@@ -89,7 +100,9 @@ def test_the_agent_checks_an_engines_health_with_its_key_and_finds_it_ready(engi
     assert status_with(ready, agent.engine_key(ready.pk)) == 200
     assert status_with(ready, None) == 401 and status_with(ready, "another key") == 401
     started = DeploymentEvent.objects.get(replica=ready, kind="started").message
-    assert str(ready.port) not in started and str(ready.pid) not in started  # the timeline is read by every member
+    assert (
+        str(ready.port) not in started and str(ready.pid) not in started
+    )  # the timeline is read by every member
 
 
 def test_an_engine_that_refuses_the_current_key_is_restarted_with_it_and_not_counted_as_a_crash(

@@ -26,17 +26,32 @@ def world(org, team, other_team):
     node = add_node(pool)
     node.address = "10.1.2.3"
     node.save(update_fields=["address"])
-    artifact = Artifact.objects.create(id="a" * 64, store_uri="file:///a", size_bytes=1, file_count=1, files=[])
+    artifact = Artifact.objects.create(
+        id="a" * 64, store_uri="file:///a", size_bytes=1, file_count=1, files=[]
+    )
     ours = registry.create_model(actor=actor_for(org["engineer"]), name="smollm2", owner_team=team)
-    deployment = services.create_deployment(actor=admin, name="support-bot", team=team,
-                                            version=make_version(ours, artifact), pool=pool, replicas=1)
+    deployment = services.create_deployment(
+        actor=admin,
+        name="support-bot",
+        team=team,
+        version=make_version(ours, artifact),
+        pool=pool,
+        replicas=1,
+    )
     add_replica(deployment, node, host="10.1.2.3", port=8101, pid=4242)
     services.create_endpoint(actor=admin, name="support", team=team, routes=[{"deployment": "support-bot"}])
     theirs = registry.create_model(actor=outsider, name="contracts-base", owner_team=other_team)
-    services.create_deployment(actor=outsider, name="contracts-bot", team=other_team,
-                               version=make_version(theirs, artifact), pool=pool, replicas=0)
-    services.create_endpoint(actor=outsider, name="contracts", team=other_team,
-                             routes=[{"deployment": "contracts-bot"}])
+    services.create_deployment(
+        actor=outsider,
+        name="contracts-bot",
+        team=other_team,
+        version=make_version(theirs, artifact),
+        pool=pool,
+        replicas=0,
+    )
+    services.create_endpoint(
+        actor=outsider, name="contracts", team=other_team, routes=[{"deployment": "contracts-bot"}]
+    )
     return {"pool": pool, "theirs": theirs.versions.get()}
 
 
@@ -57,21 +72,34 @@ def test_a_pool_manager_sees_where_a_replica_listens(client, org, world):
     assert client.get("/api/v1/nodes").json()["items"][0]["address"] == "10.1.2.3"
 
 
-def test_another_teams_endpoint_as_fallback_is_refused_in_the_apis_error_shape(client, org, team, other_team, world):
+def test_another_teams_endpoint_as_fallback_is_refused_in_the_apis_error_shape(
+    client, org, team, other_team, world
+):
     # The repro: an engineer of the team who only views the other team.
     Membership.objects.create(user=org["engineer"], team=other_team, role="viewer")
     client.force_login(org["engineer"])
-    response = client.put("/api/v1/endpoints/support/routes", {"routes": [{"deployment": "support-bot"}],
-                                                                 "fallback": "contracts"},
-                          content_type="application/json")
+    response = client.put(
+        "/api/v1/endpoints/support/routes",
+        {"routes": [{"deployment": "support-bot"}], "fallback": "contracts"},
+        content_type="application/json",
+    )
     assert response.status_code == 400, response.content
     error = response.json()["error"]
-    assert error["code"] == "invalid" and error["fields"] == {"fallback": ["Choose an endpoint of Support AI."]}
+    assert error["code"] == "invalid" and error["fields"] == {
+        "fallback": ["Choose an endpoint of Support AI."]
+    }
     assert "contracts belongs to another team" in error["message"] and error["request_id"]
     assert Endpoint.objects.get(name="support").fallback is None
-    response = client.post("/api/v1/endpoints", {"name": "support-2", "team_id": team.pk, "fallback": "contracts",
-                                                 "routes": [{"deployment": "support-bot"}]},
-                           content_type="application/json")
+    response = client.post(
+        "/api/v1/endpoints",
+        {
+            "name": "support-2",
+            "team_id": team.pk,
+            "fallback": "contracts",
+            "routes": [{"deployment": "support-bot"}],
+        },
+        content_type="application/json",
+    )
     assert response.status_code == 400 and "fallback" in response.json()["error"]["fields"]
     assert not Endpoint.objects.filter(name="support-2").exists()
 
@@ -79,19 +107,29 @@ def test_another_teams_endpoint_as_fallback_is_refused_in_the_apis_error_shape(c
 def test_a_deployment_refused_for_its_team_answers_400_naming_the_field(client, org, team, other_team, world):
     Membership.objects.create(user=org["engineer"], team=other_team, role="engineer")
     client.force_login(org["engineer"])
-    theirs_only = services.create_pool(actor=actor_for(org["admin"]), name="contracts-pool", kind=PoolKind.CPU,
-                                       teams=[other_team])
+    theirs_only = services.create_pool(
+        actor=actor_for(org["admin"]), name="contracts-pool", kind=PoolKind.CPU, teams=[other_team]
+    )
     add_node(theirs_only, "contracts-01")
     mine = Endpoint.objects.get(name="support").routes.get().deployment.version_id
-    response = client.post("/api/v1/deployments", {"name": "new-bot", "team_id": team.pk, "version_id": mine,
-                                                   "pool": theirs_only.name, "replicas": 0},
-                           content_type="application/json")
+    response = client.post(
+        "/api/v1/deployments",
+        {"name": "new-bot", "team_id": team.pk, "version_id": mine, "pool": theirs_only.name, "replicas": 0},
+        content_type="application/json",
+    )
     assert response.status_code == 400, response.content
     assert response.json()["error"]["fields"] == {"pool": ["Not open to Support AI."]}
-    response = client.post("/api/v1/deployments", {"name": "new-bot", "team_id": team.pk,
-                                                   "version_id": world["theirs"].pk, "pool": "cpu-pool",
-                                                   "replicas": 0},
-                           content_type="application/json")
+    response = client.post(
+        "/api/v1/deployments",
+        {
+            "name": "new-bot",
+            "team_id": team.pk,
+            "version_id": world["theirs"].pk,
+            "pool": "cpu-pool",
+            "replicas": 0,
+        },
+        content_type="application/json",
+    )
     assert response.status_code == 400, response.content
     assert response.json()["error"]["fields"] == {"version": ["Not shared with Support AI."]}
 
@@ -100,21 +138,32 @@ def test_an_endpoints_completions_cap_is_set_on_creation_and_changed_alone_audit
     from portfolio.audit.models import AuditEvent
 
     client.force_login(org["engineer"])
-    response = client.post("/api/v1/endpoints", {"name": "support-n", "team_id": team.pk, "max_n": 2,
-                                                 "routes": [{"deployment": "support-bot"}]},
-                           content_type="application/json")
+    response = client.post(
+        "/api/v1/endpoints",
+        {"name": "support-n", "team_id": team.pk, "max_n": 2, "routes": [{"deployment": "support-bot"}]},
+        content_type="application/json",
+    )
     assert response.status_code == 201, response.content
     assert response.json()["max_n"] == 2
     routes = {"routes": [{"deployment": "support-bot"}]}
-    assert client.put("/api/v1/endpoints/support-n/routes", routes,
-                      content_type="application/json").json()["max_n"] == 2, "omitted: unchanged"
-    assert client.put("/api/v1/endpoints/support-n/routes", {**routes, "max_n": 4},
-                      content_type="application/json").json()["max_n"] == 4
+    assert (
+        client.put("/api/v1/endpoints/support-n/routes", routes, content_type="application/json").json()[
+            "max_n"
+        ]
+        == 2
+    ), "omitted: unchanged"
+    assert (
+        client.put(
+            "/api/v1/endpoints/support-n/routes", {**routes, "max_n": 4}, content_type="application/json"
+        ).json()["max_n"]
+        == 4
+    )
     change = AuditEvent.objects.filter(action="endpoint.routes").latest("sequence")
     assert (change.before["max_n"], change.after["max_n"]) == (2, 4)
     for bad in (0, 129, "many"):
-        response = client.put("/api/v1/endpoints/support-n/routes", {**routes, "max_n": bad},
-                              content_type="application/json")
+        response = client.put(
+            "/api/v1/endpoints/support-n/routes", {**routes, "max_n": bad}, content_type="application/json"
+        )
         assert response.status_code == 422 and "max_n" in response.json()["error"]["fields"]
     assert Endpoint.objects.get(name="support-n").max_n == 4
 
@@ -125,5 +174,6 @@ def test_the_completions_cap_is_bounded_in_the_service_too(org, team, world):
     engineer = actor_for(org["engineer"])
     for bad in (0, 129, True):
         with pytest.raises(Invalid, match="max_n"):
-            services.create_endpoint(actor=engineer, name="support-x", team=team, max_n=bad,
-                                     routes=[{"deployment": "support-bot"}])
+            services.create_endpoint(
+                actor=engineer, name="support-x", team=team, max_n=bad, routes=[{"deployment": "support-bot"}]
+            )

@@ -13,7 +13,9 @@ from serving.choices import PoolKind
 SECRET = "sk-engine-secret-123"
 
 
-def launch(pool_kind: str, args: dict | None = None, *, adapters: dict | None = None, gpu_indices=(), task="chat"):
+def launch(
+    pool_kind: str, args: dict | None = None, *, adapters: dict | None = None, gpu_indices=(), task="chat"
+):
     return engine_args.build(
         python="/opt/engine/bin/python",
         pool_kind=pool_kind,
@@ -163,7 +165,11 @@ def test_the_engine_key_is_in_the_environment_and_never_on_the_command_line():
 
 def test_every_engine_loads_the_key_guard_from_the_folder_on_its_python_path():
     # vLLM's own key check leaves /invocations, /tokenize, /metrics... open: the guard closes every path.
-    for started in (launch(PoolKind.CPU), launch(PoolKind.GPU, gpu_indices=[0]), launch(PoolKind.CPU, task="embedding")):
+    for started in (
+        launch(PoolKind.CPU),
+        launch(PoolKind.GPU, gpu_indices=[0]),
+        launch(PoolKind.CPU, task="embedding"),
+    ):
         assert value_after(started.argv, "--middleware") == "portfolio_engine_guard.RequireEngineKey"
         assert started.env["PYTHONPATH"] == str(engine_args.GUARD_DIR)
     assert (engine_args.GUARD_DIR / "portfolio_engine_guard.py").is_file()

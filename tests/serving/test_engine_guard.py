@@ -29,9 +29,24 @@ KEY = "b" * 64
 ENGINE_APP = Path(__file__).with_name("engine_app.py")
 # Paths the issue found open, and more that vLLM serves (or may serve) outside its own key check.
 UNGUARDED_BY_VLLM = (
-    "/invocations", "/tokenize", "/detokenize", "/pooling", "/score", "/rerank", "/classify", "/metrics",
-    "/health", "/ping", "/load", "/version", "/openapi.json", "/docs", "/scale_elastic_ep",
-    "/is_scaling_elastic_ep", "/server_info", "/no-such-path",
+    "/invocations",
+    "/tokenize",
+    "/detokenize",
+    "/pooling",
+    "/score",
+    "/rerank",
+    "/classify",
+    "/metrics",
+    "/health",
+    "/ping",
+    "/load",
+    "/version",
+    "/openapi.json",
+    "/docs",
+    "/scale_elastic_ep",
+    "/is_scaling_elastic_ep",
+    "/server_info",
+    "/no-such-path",
 )
 
 
@@ -44,9 +59,16 @@ def free_port() -> int:
 def the_launch() -> engine_args.EngineLaunch:
     """What the node agent starts an engine with (serving/agent.py: _start)."""
     return engine_args.build(
-        python=settings.ENGINE_PYTHON[PoolKind.CPU], pool_kind=PoolKind.CPU,
-        args=engine_args.validate({}, PoolKind.CPU), model_dir=Path("/models/none"), served_name="support-bot",
-        host="127.0.0.1", port=8101, adapters={}, gpu_indices=[], api_key=KEY,
+        python=settings.ENGINE_PYTHON[PoolKind.CPU],
+        pool_kind=PoolKind.CPU,
+        args=engine_args.validate({}, PoolKind.CPU),
+        model_dir=Path("/models/none"),
+        served_name="support-bot",
+        host="127.0.0.1",
+        port=8101,
+        adapters={},
+        gpu_indices=[],
+        api_key=KEY,
     )
 
 
@@ -62,8 +84,11 @@ def engine_app(tmp_path_factory):
     log = tmp_path_factory.mktemp("engine-app") / "app.log"
     env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", ""), **launch.env}
     process = subprocess.Popen(
-        [python, str(ENGINE_APP), str(port), middleware], env=env, stdout=subprocess.PIPE,
-        stderr=log.open("wb"), text=True,
+        [python, str(ENGINE_APP), str(port), middleware],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log.open("wb"),
+        text=True,
     )
     try:
         first_line = process.stdout.readline()
@@ -95,7 +120,11 @@ def call(address: str, method: str, path: str, headers: list[tuple[str, str]] = 
     try:
         connection.putrequest(method, path)
         body = b"{}" if method == "POST" else b""
-        for name, value in [*headers, ("Content-Type", "application/json"), ("Content-Length", str(len(body)))]:
+        for name, value in [
+            *headers,
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+        ]:
             connection.putheader(name, value)
         connection.endheaders(body)
         response = connection.getresponse()
@@ -180,12 +209,16 @@ def test_a_websocket_without_the_key_is_refused_before_the_handshake(engine_app)
 def test_the_guard_needs_only_the_standard_library():
     # It runs inside the engine's Python: import it in an interpreter that sees no site-packages at all.
     code = f"import sys; sys.path.insert(0, {str(engine_args.GUARD_DIR)!r}); import portfolio_engine_guard"
-    result = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
 
 
 def test_an_engine_without_a_key_refuses_to_build_its_app(monkeypatch):
-    spec = importlib.util.spec_from_file_location("guard", engine_args.GUARD_DIR / "portfolio_engine_guard.py")
+    spec = importlib.util.spec_from_file_location(
+        "guard", engine_args.GUARD_DIR / "portfolio_engine_guard.py"
+    )
     guard = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(guard)
     monkeypatch.delenv("VLLM_API_KEY", raising=False)

@@ -193,12 +193,16 @@ def test_engine_arguments_are_validated_for_the_pool_kind(owner, team, base_vers
         deploy(owner, team, base_version, pool, args={"gpu_memory_utilization": 0.5})
 
 
-def test_a_context_longer_than_the_model_has_is_refused_before_any_engine_starts(owner, team, base_version, pool, node):
+def test_a_context_longer_than_the_model_has_is_refused_before_any_engine_starts(
+    owner, team, base_version, pool, node
+):
     base_version.context_length = 512
     base_version.save(update_fields=["context_length"])
     with pytest.raises(Invalid, match=r"max_model_len: 2048 exceeds the context length .* \(512 tokens\)"):
         deploy(owner, team, base_version, pool)
-    assert deploy(owner, team, base_version, pool, args={"max_model_len": 512}).engine_args == {"max_model_len": 512}
+    assert deploy(owner, team, base_version, pool, args={"max_model_len": 512}).engine_args == {
+        "max_model_len": 512
+    }
 
 
 def test_a_restart_onto_engine_arguments_the_model_cannot_honour_is_refused(owner, base_version, deployment):
@@ -217,7 +221,9 @@ def test_an_embedding_model_takes_no_adapters(org, owner, team, base_version, po
         deploy(owner, team, base_version, pool, args={"enable_lora": True})
     deployment = deploy(owner, team, base_version, pool)
     with pytest.raises(Invalid, match="not on an embedding model"):
-        services.add_adapter(actor=owner, deployment=deployment, adapter=make_adapter(org, team, artifact, base_version))
+        services.add_adapter(
+            actor=owner, deployment=deployment, adapter=make_adapter(org, team, artifact, base_version)
+        )
 
 
 def test_an_adapter_cannot_be_deployed_on_its_own(org, owner, team, base_version, pool, node, artifact):
@@ -582,10 +588,18 @@ def member_of_both(make_user, team, other_team):
 @pytest.fixture
 def their_version(org, other_team, artifact):
     """A ready base version of the other team's own (team-visible) model."""
-    model = registry.create_model(actor=actor_for(org["outsider"]), name="contracts-base", owner_team=other_team)
+    model = registry.create_model(
+        actor=actor_for(org["outsider"]), name="contracts-base", owner_team=other_team
+    )
     return ModelVersion.objects.create(
-        model=model, number=1, kind=VersionKind.BASE, source=Source.LOCAL, artifact=artifact,
-        status=VersionStatus.READY, parameter_count=134_515_008, shape=SMOLLM2_SHAPE,
+        model=model,
+        number=1,
+        kind=VersionKind.BASE,
+        source=Source.LOCAL,
+        artifact=artifact,
+        status=VersionStatus.READY,
+        parameter_count=134_515_008,
+        shape=SMOLLM2_SHAPE,
     )
 
 
@@ -593,8 +607,9 @@ def their_version(org, other_team, artifact):
 def their_endpoint(org, other_team, their_version, pool, node):
     outsider = actor_for(org["outsider"])
     deploy(outsider, other_team, their_version, pool, name="contracts-bot")
-    return services.create_endpoint(actor=outsider, name="contracts", team=other_team,
-                                     routes=[{"deployment": "contracts-bot"}])
+    return services.create_endpoint(
+        actor=outsider, name="contracts", team=other_team, routes=[{"deployment": "contracts-bot"}]
+    )
 
 
 def test_an_engineer_who_only_views_another_team_cannot_make_its_endpoint_a_fallback(
@@ -608,8 +623,12 @@ def test_an_engineer_who_only_views_another_team_cannot_make_its_endpoint_a_fall
     Membership.objects.create(user=user, team=other_team, role="viewer")
     actor = actor_for(user)
     routes = [{"deployment": deployment.name}]
-    with pytest.raises(Invalid, match=r"fallback: contracts belongs to another team; .* of its own team \(Support AI\)"):
-        services.create_endpoint(actor=actor, name="support", team=team, routes=routes, fallback=their_endpoint)
+    with pytest.raises(
+        Invalid, match=r"fallback: contracts belongs to another team; .* of its own team \(Support AI\)"
+    ):
+        services.create_endpoint(
+            actor=actor, name="support", team=team, routes=routes, fallback=their_endpoint
+        )
     endpoint = services.create_endpoint(actor=actor, name="support", team=team, routes=routes)
     with pytest.raises(Invalid, match="fallback: contracts belongs to another team") as refused:
         services.set_routes(actor=actor, endpoint=endpoint, routes=routes, fallback=their_endpoint)
@@ -619,10 +638,14 @@ def test_an_engineer_who_only_views_another_team_cannot_make_its_endpoint_a_fall
     assert audited("endpoint.routes", endpoint) is None
 
 
-def test_not_even_a_platform_admin_makes_another_teams_endpoint_a_fallback(admin, team, deployment, their_endpoint):
+def test_not_even_a_platform_admin_makes_another_teams_endpoint_a_fallback(
+    admin, team, deployment, their_endpoint
+):
     routes = [{"deployment": deployment.name}]
     with pytest.raises(Invalid, match="belongs to another team"):
-        services.create_endpoint(actor=admin, name="support", team=team, routes=routes, fallback=their_endpoint)
+        services.create_endpoint(
+            actor=admin, name="support", team=team, routes=routes, fallback=their_endpoint
+        )
     endpoint = services.create_endpoint(actor=admin, name="support", team=team, routes=routes)
     with pytest.raises(Invalid, match="belongs to another team"):
         services.set_routes(actor=admin, endpoint=endpoint, routes=routes, fallback=their_endpoint)
@@ -631,7 +654,9 @@ def test_not_even_a_platform_admin_makes_another_teams_endpoint_a_fallback(admin
 def test_an_endpoint_of_the_same_team_is_a_fallback(owner, team, deployment):
     routes = [{"deployment": deployment.name}]
     backup = services.create_endpoint(actor=owner, name="support-backup", team=team, routes=routes)
-    endpoint = services.create_endpoint(actor=owner, name="support", team=team, routes=routes, fallback=backup)
+    endpoint = services.create_endpoint(
+        actor=owner, name="support", team=team, routes=routes, fallback=backup
+    )
     assert endpoint.fallback == backup
     assert services.set_routes(actor=owner, endpoint=endpoint, routes=routes, fallback=None).fallback is None
 
@@ -639,7 +664,9 @@ def test_an_endpoint_of_the_same_team_is_a_fallback(owner, team, deployment):
 def test_a_member_of_two_teams_cannot_put_one_teams_deployment_on_a_pool_only_the_other_may_use(
     admin, member_of_both, team, other_team, base_version, their_version
 ):
-    theirs_only = services.create_pool(actor=admin, name="contracts-pool", kind=PoolKind.CPU, teams=[other_team])
+    theirs_only = services.create_pool(
+        actor=admin, name="contracts-pool", kind=PoolKind.CPU, teams=[other_team]
+    )
     add_node(theirs_only, "contracts-01")
     with pytest.raises(Invalid, match=r"pool: contracts-pool is not open to Support AI") as refused:
         deploy(member_of_both, team, base_version, theirs_only)
@@ -674,13 +701,18 @@ def test_a_model_shared_with_the_department_is_served_by_its_teams_only(
     assert deploy(admin, sibling, base_version, pool, name="tools-bot").owner_team == sibling
     from portfolio.accounts.models import Department
 
-    elsewhere = Team.objects.create(department=Department.objects.create(name="Finance", cost_center="CC-900"),
-                                    name="Finance AI", slug="finance-ai")
+    elsewhere = Team.objects.create(
+        department=Department.objects.create(name="Finance", cost_center="CC-900"),
+        name="Finance AI",
+        slug="finance-ai",
+    )
     with pytest.raises(Invalid, match="not shared with Finance AI"):
         deploy(admin, elsewhere, base_version, pool, name="finance-bot")
 
 
-def test_a_restart_onto_another_teams_private_version_is_refused(member_of_both, team, deployment, their_version):
+def test_a_restart_onto_another_teams_private_version_is_refused(
+    member_of_both, team, deployment, their_version
+):
     with pytest.raises(Invalid, match="version: contracts-base:v1 is not shared with Support AI"):
         services.restart(actor=member_of_both, deployment=deployment, version=their_version)
     deployment.refresh_from_db()
@@ -690,7 +722,9 @@ def test_a_restart_onto_another_teams_private_version_is_refused(member_of_both,
 def test_an_adapter_of_another_teams_private_model_is_not_added_to_this_teams_deployment(
     org, member_of_both, team, other_team, artifact, base_version, deployment
 ):
-    theirs = make_adapter(org, other_team, artifact, base_version, model_name="contracts-tone", creator="outsider")
+    theirs = make_adapter(
+        org, other_team, artifact, base_version, model_name="contracts-tone", creator="outsider"
+    )
     with pytest.raises(Invalid, match="adapter: contracts-tone:v1 is not shared with Support AI"):
         services.add_adapter(actor=member_of_both, deployment=deployment, adapter=theirs)
     assert not deployment.adapters.exists()
@@ -699,8 +733,14 @@ def test_an_adapter_of_another_teams_private_model_is_not_added_to_this_teams_de
 def test_scaling_up_on_a_pool_closed_to_the_team_since_is_refused_but_scaling_down_is_not(
     admin, owner, other_team, deployment, pool
 ):
-    services.update_pool(actor=admin, pool=pool, description="", teams=[other_team],
-                         gpu_hour_rate=pool.gpu_hour_rate, cpu_core_hour_rate=pool.cpu_core_hour_rate)
+    services.update_pool(
+        actor=admin,
+        pool=pool,
+        description="",
+        teams=[other_team],
+        gpu_hour_rate=pool.gpu_hour_rate,
+        cpu_core_hour_rate=pool.cpu_core_hour_rate,
+    )
     with pytest.raises(Invalid, match="pool: cpu-pool is not open to Support AI"):
         services.scale(actor=admin, deployment=deployment, replicas=2)
     assert services.scale(actor=admin, deployment=deployment, replicas=0).replicas == 0

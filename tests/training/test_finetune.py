@@ -158,7 +158,11 @@ def test_a_job_on_a_silent_node_is_resumed_elsewhere_or_failed_never_left_runnin
     from portfolio.audit.models import AuditEvent
 
     moved = AuditEvent.objects.get(action="training.job_requeued")
-    assert (moved.object_id, moved.actor_label, moved.after["status"]) == (str(job.pk), "system:training", "queued")
+    assert (moved.object_id, moved.actor_label, moved.after["status"]) == (
+        str(job.pk),
+        "system:training",
+        "queued",
+    )
     settings.TRAINING_MAX_ATTEMPTS = 1
     FineTuneJob.objects.filter(pk=job.pk).update(
         status=JobStatus.RUNNING, heartbeat_at=timezone.now() - timedelta(hours=1)

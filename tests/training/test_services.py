@@ -264,16 +264,20 @@ def their_base(org, other_team, base):
     from portfolio.registry import services as registry
     from portfolio.registry.models import ModelVersion
 
-    model = registry.create_model(actor=actor_for(org["outsider"]), name="contracts-base", owner_team=other_team)
-    return ModelVersion.objects.create(model=model, number=1, kind=base.kind, source=base.source,
-                                       artifact=base.artifact, status=base.status)
+    model = registry.create_model(
+        actor=actor_for(org["outsider"]), name="contracts-base", owner_team=other_team
+    )
+    return ModelVersion.objects.create(
+        model=model, number=1, kind=base.kind, source=base.source, artifact=base.artifact, status=base.status
+    )
 
 
 def start(actor, base_version, dataset_version, pool, **options):
     from training import finetune
 
-    return finetune.start_job(actor=actor, base_version=base_version, dataset_version=dataset_version, pool=pool,
-                              **options)
+    return finetune.start_job(
+        actor=actor, base_version=base_version, dataset_version=dataset_version, pool=pool, **options
+    )
 
 
 def test_a_member_of_two_teams_cannot_fine_tune_the_other_teams_private_model_for_this_team(
@@ -283,8 +287,12 @@ def test_a_member_of_two_teams_cannot_fine_tune_the_other_teams_private_model_fo
     from portfolio.registry.choices import Visibility
     from training.models import FineTuneJob
 
-    ours = registry.create_model(actor=member_of_both, name="support-router", owner_team=dataset_version.dataset.owner_team)
-    with pytest.raises(Invalid, match=r"base_version: contracts-base:v1 is not shared with Support AI") as refused:
+    ours = registry.create_model(
+        actor=member_of_both, name="support-router", owner_team=dataset_version.dataset.owner_team
+    )
+    with pytest.raises(
+        Invalid, match=r"base_version: contracts-base:v1 is not shared with Support AI"
+    ) as refused:
         start(member_of_both, their_base, dataset_version, cpu_pool, target_model=ours)
     assert refused.value.fields == {"base_version": ["Not shared with Support AI."]}
     assert not FineTuneJob.objects.exists() and not enqueued
@@ -304,8 +312,14 @@ def test_a_job_runs_only_on_a_pool_open_to_its_team_whoever_starts_it(
 
     theirs_only = ComputePool.objects.create(name="contracts-cpu", kind="cpu")
     theirs_only.allowed_teams.set([other_team])
-    Node.objects.create(name="contracts-node", pool=theirs_only, address="127.0.0.1", cpu_cores=4,
-                        memory_bytes=2**34, heartbeat_at=timezone.now())
+    Node.objects.create(
+        name="contracts-node",
+        pool=theirs_only,
+        address="127.0.0.1",
+        cpu_cores=4,
+        memory_bytes=2**34,
+        heartbeat_at=timezone.now(),
+    )
     for actor in (member_of_both, actor_for(org["admin"])):
         with pytest.raises(Invalid, match=r"pool: contracts-cpu is not open to Support AI"):
             start(actor, base, dataset_version, theirs_only)
@@ -317,7 +331,9 @@ def test_the_result_of_a_job_is_registered_under_a_model_of_its_team_only(
 ):
     from portfolio.registry import services as registry
 
-    theirs = registry.create_model(actor=actor_for(org["outsider"]), name="contracts-router", owner_team=other_team)
+    theirs = registry.create_model(
+        actor=actor_for(org["outsider"]), name="contracts-router", owner_team=other_team
+    )
     with pytest.raises(Invalid, match=r"target_model: contracts-router belongs to another team") as refused:
         start(member_of_both, base, dataset_version, cpu_pool, target_model=theirs)
     assert refused.value.fields == {"target_model": ["Choose a model of Support AI."]}
@@ -325,7 +341,9 @@ def test_the_result_of_a_job_is_registered_under_a_model_of_its_team_only(
     assert start(member_of_both, base, dataset_version, cpu_pool).target_model == base.model
 
 
-def test_a_dataset_is_measured_only_with_a_tokenizer_shared_with_its_team(member_of_both, chat_set, their_base):
+def test_a_dataset_is_measured_only_with_a_tokenizer_shared_with_its_team(
+    member_of_both, chat_set, their_base
+):
     with pytest.raises(Invalid, match=r"base_version: contracts-base:v1 is not shared with Support AI"):
         upload(member_of_both, chat_set, jsonl(*tickets(10)), base_version=their_base)
     assert not DatasetVersion.objects.exists()

@@ -146,57 +146,147 @@ def _chat_with(message) -> dict:
 
 WRONG_ROWS = [
     # chat
-    (DatasetKind.CHAT, _chat_with({"role": "user", "content": None}), "wrong_type",
-     "messages[0].content must be a string, not null"),
-    (DatasetKind.CHAT, _chat_with({"role": "user", "content": 42}), "wrong_type",
-     "messages[0].content must be a string, not a number"),
-    (DatasetKind.CHAT, _chat_with({"role": "user", "content": ["part", "another"]}), "wrong_type",
-     "messages[0].content must be a string, not a list"),
-    (DatasetKind.CHAT, _chat_with({"role": "user", "content": {"text": "hi"}}), "wrong_type",
-     "messages[0].content must be a string, not an object"),
-    (DatasetKind.CHAT, _chat_with({"role": "user", "content": True}), "wrong_type",
-     "messages[0].content must be a string, not a boolean"),
+    (
+        DatasetKind.CHAT,
+        _chat_with({"role": "user", "content": None}),
+        "wrong_type",
+        "messages[0].content must be a string, not null",
+    ),
+    (
+        DatasetKind.CHAT,
+        _chat_with({"role": "user", "content": 42}),
+        "wrong_type",
+        "messages[0].content must be a string, not a number",
+    ),
+    (
+        DatasetKind.CHAT,
+        _chat_with({"role": "user", "content": ["part", "another"]}),
+        "wrong_type",
+        "messages[0].content must be a string, not a list",
+    ),
+    (
+        DatasetKind.CHAT,
+        _chat_with({"role": "user", "content": {"text": "hi"}}),
+        "wrong_type",
+        "messages[0].content must be a string, not an object",
+    ),
+    (
+        DatasetKind.CHAT,
+        _chat_with({"role": "user", "content": True}),
+        "wrong_type",
+        "messages[0].content must be a string, not a boolean",
+    ),
     (DatasetKind.CHAT, _chat_with({"role": "user"}), "missing_field", "messages[0].content is missing"),
-    (DatasetKind.CHAT, {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]}, "missing_field",
-     "messages[1].content is missing"),
-    (DatasetKind.CHAT, _chat_with({"content": "hi"}), "bad_role",
-     "messages[0].role is missing; use system, user or assistant"),
+    (
+        DatasetKind.CHAT,
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]},
+        "missing_field",
+        "messages[1].content is missing",
+    ),
+    (
+        DatasetKind.CHAT,
+        _chat_with({"content": "hi"}),
+        "bad_role",
+        "messages[0].role is missing; use system, user or assistant",
+    ),
     (DatasetKind.CHAT, _chat_with("hi"), "wrong_type", "messages[0] must be an object, not a string"),
-    (DatasetKind.CHAT, {"messages": None}, "wrong_type",
-     "messages must be a non-empty list of {role, content} objects"),
-    (DatasetKind.CHAT, {"messages": "hi"}, "wrong_type",
-     "messages must be a non-empty list of {role, content} objects"),
-    (DatasetKind.CHAT, {"prompt": "hi", "completion": "there"}, "wrong_shape",
-     "a completion row (prompt/completion), but this dataset holds chat rows (messages)"),
+    (
+        DatasetKind.CHAT,
+        {"messages": None},
+        "wrong_type",
+        "messages must be a non-empty list of {role, content} objects",
+    ),
+    (
+        DatasetKind.CHAT,
+        {"messages": "hi"},
+        "wrong_type",
+        "messages must be a non-empty list of {role, content} objects",
+    ),
+    (
+        DatasetKind.CHAT,
+        {"prompt": "hi", "completion": "there"},
+        "wrong_shape",
+        "a completion row (prompt/completion), but this dataset holds chat rows (messages)",
+    ),
     # prompt / completion
     (DatasetKind.COMPLETION, {"prompt": "2+2="}, "missing_field", "completion is missing"),
     (DatasetKind.COMPLETION, {"completion": "4"}, "missing_field", "prompt is missing"),
-    (DatasetKind.COMPLETION, {"prompt": None, "completion": "4"}, "wrong_type", "prompt must be a string, not null"),
-    (DatasetKind.COMPLETION, {"prompt": ["2+2="], "completion": "4"}, "wrong_type",
-     "prompt must be a string, not a list"),
-    (DatasetKind.COMPLETION, {"prompt": "2+2=", "completion": 4}, "wrong_type",
-     "completion must be a string, not a number"),
-    (DatasetKind.COMPLETION, {"prompt": "2+2=", "completion": None}, "wrong_type",
-     "completion must be a string, not null"),
+    (
+        DatasetKind.COMPLETION,
+        {"prompt": None, "completion": "4"},
+        "wrong_type",
+        "prompt must be a string, not null",
+    ),
+    (
+        DatasetKind.COMPLETION,
+        {"prompt": ["2+2="], "completion": "4"},
+        "wrong_type",
+        "prompt must be a string, not a list",
+    ),
+    (
+        DatasetKind.COMPLETION,
+        {"prompt": "2+2=", "completion": 4},
+        "wrong_type",
+        "completion must be a string, not a number",
+    ),
+    (
+        DatasetKind.COMPLETION,
+        {"prompt": "2+2=", "completion": None},
+        "wrong_type",
+        "completion must be a string, not null",
+    ),
     (DatasetKind.COMPLETION, {"prompt": "2+2=", "completion": " "}, "empty_content", "completion is empty"),
     # text / label
     (DatasetKind.CLASSIFICATION, {"label": "billing"}, "missing_field", "text is missing"),
     (DatasetKind.CLASSIFICATION, {"text": "refund"}, "missing_field", "label is missing"),
-    (DatasetKind.CLASSIFICATION, {"text": None, "label": "billing"}, "wrong_type", "text must be a string, not null"),
-    (DatasetKind.CLASSIFICATION, {"text": 12, "label": "billing"}, "wrong_type",
-     "text must be a string, not a number"),
-    (DatasetKind.CLASSIFICATION, {"text": ["a"], "label": "billing"}, "wrong_type",
-     "text must be a string, not a list"),
-    (DatasetKind.CLASSIFICATION, {"text": "refund", "label": None}, "wrong_type",
-     "label must be a string or an integer, not null"),
-    (DatasetKind.CLASSIFICATION, {"text": "refund", "label": ["billing"]}, "wrong_type",
-     "label must be a string or an integer, not a list"),
-    (DatasetKind.CLASSIFICATION, {"text": "refund", "label": 1.5}, "wrong_type",
-     "label must be a string or an integer, not a number"),
-    (DatasetKind.CLASSIFICATION, {"text": "refund", "label": {"name": "billing"}}, "wrong_type",
-     "label must be a string or an integer, not an object"),
-    (DatasetKind.CLASSIFICATION, {"text": "refund", "label": "x" * 101}, "wrong_type",
-     "label is longer than 100 characters"),
+    (
+        DatasetKind.CLASSIFICATION,
+        {"text": None, "label": "billing"},
+        "wrong_type",
+        "text must be a string, not null",
+    ),
+    (
+        DatasetKind.CLASSIFICATION,
+        {"text": 12, "label": "billing"},
+        "wrong_type",
+        "text must be a string, not a number",
+    ),
+    (
+        DatasetKind.CLASSIFICATION,
+        {"text": ["a"], "label": "billing"},
+        "wrong_type",
+        "text must be a string, not a list",
+    ),
+    (
+        DatasetKind.CLASSIFICATION,
+        {"text": "refund", "label": None},
+        "wrong_type",
+        "label must be a string or an integer, not null",
+    ),
+    (
+        DatasetKind.CLASSIFICATION,
+        {"text": "refund", "label": ["billing"]},
+        "wrong_type",
+        "label must be a string or an integer, not a list",
+    ),
+    (
+        DatasetKind.CLASSIFICATION,
+        {"text": "refund", "label": 1.5},
+        "wrong_type",
+        "label must be a string or an integer, not a number",
+    ),
+    (
+        DatasetKind.CLASSIFICATION,
+        {"text": "refund", "label": {"name": "billing"}},
+        "wrong_type",
+        "label must be a string or an integer, not an object",
+    ),
+    (
+        DatasetKind.CLASSIFICATION,
+        {"text": "refund", "label": "x" * 101},
+        "wrong_type",
+        "label is longer than 100 characters",
+    ),
 ]
 
 
@@ -213,25 +303,61 @@ def test_a_row_with_a_missing_or_mistyped_field_is_an_error_on_its_line(shape, r
 
 # JSON can spell what is not text: a lone UTF-16 surrogate (no UTF-8 for it) and NUL (PostgreSQL refuses it).
 UNSTORABLE_ROWS = [
-    (DatasetKind.CHAT, '{"messages": [{"role": "user", "content": "caf\\ud800"}, ' + json.dumps(ANSWER) + "]}",
-     "invalid_unicode", "messages[0].content holds a lone UTF-16 surrogate (\\ud800 at character 4)"),
-    (DatasetKind.CHAT, '{"messages": [{"role": "user", "content": "hi"}, '
-     '{"role": "assistant", "content": "\\udfff billing"}]}',
-     "invalid_unicode", "messages[1].content holds a lone UTF-16 surrogate (\\udfff at character 1)"),
-    (DatasetKind.COMPLETION, '{"prompt": "\\ud83d", "completion": "4"}', "invalid_unicode",
-     "prompt holds a lone UTF-16 surrogate (\\ud83d at character 1)"),
-    (DatasetKind.COMPLETION, '{"prompt": "2+2=", "completion": "4\\ud800"}', "invalid_unicode",
-     "completion holds a lone UTF-16 surrogate (\\ud800 at character 2)"),
-    (DatasetKind.CLASSIFICATION, '{"text": "\\udc00", "label": "billing"}', "invalid_unicode",
-     "text holds a lone UTF-16 surrogate (\\udc00 at character 1)"),
-    (DatasetKind.CLASSIFICATION, '{"text": "refund", "label": "bill\\ud800ing"}', "invalid_unicode",
-     "label holds a lone UTF-16 surrogate (\\ud800 at character 5)"),
-    (DatasetKind.COMPLETION, '{"prompt": "2+2=\\u0000", "completion": "4"}', "control_character",
-     "prompt holds a NUL character (\\u0000 at character 5)"),
-    (DatasetKind.CLASSIFICATION, '{"text": "refund", "label": "a\\u0000b"}', "control_character",
-     "label holds a NUL character (\\u0000 at character 2)"),
-    (DatasetKind.CLASSIFICATION, '{"text": "refund", "label": "bill\\ning"}', "control_character",
-     "label holds a control character (U+000A)"),
+    (
+        DatasetKind.CHAT,
+        '{"messages": [{"role": "user", "content": "caf\\ud800"}, ' + json.dumps(ANSWER) + "]}",
+        "invalid_unicode",
+        "messages[0].content holds a lone UTF-16 surrogate (\\ud800 at character 4)",
+    ),
+    (
+        DatasetKind.CHAT,
+        '{"messages": [{"role": "user", "content": "hi"}, '
+        '{"role": "assistant", "content": "\\udfff billing"}]}',
+        "invalid_unicode",
+        "messages[1].content holds a lone UTF-16 surrogate (\\udfff at character 1)",
+    ),
+    (
+        DatasetKind.COMPLETION,
+        '{"prompt": "\\ud83d", "completion": "4"}',
+        "invalid_unicode",
+        "prompt holds a lone UTF-16 surrogate (\\ud83d at character 1)",
+    ),
+    (
+        DatasetKind.COMPLETION,
+        '{"prompt": "2+2=", "completion": "4\\ud800"}',
+        "invalid_unicode",
+        "completion holds a lone UTF-16 surrogate (\\ud800 at character 2)",
+    ),
+    (
+        DatasetKind.CLASSIFICATION,
+        '{"text": "\\udc00", "label": "billing"}',
+        "invalid_unicode",
+        "text holds a lone UTF-16 surrogate (\\udc00 at character 1)",
+    ),
+    (
+        DatasetKind.CLASSIFICATION,
+        '{"text": "refund", "label": "bill\\ud800ing"}',
+        "invalid_unicode",
+        "label holds a lone UTF-16 surrogate (\\ud800 at character 5)",
+    ),
+    (
+        DatasetKind.COMPLETION,
+        '{"prompt": "2+2=\\u0000", "completion": "4"}',
+        "control_character",
+        "prompt holds a NUL character (\\u0000 at character 5)",
+    ),
+    (
+        DatasetKind.CLASSIFICATION,
+        '{"text": "refund", "label": "a\\u0000b"}',
+        "control_character",
+        "label holds a NUL character (\\u0000 at character 2)",
+    ),
+    (
+        DatasetKind.CLASSIFICATION,
+        '{"text": "refund", "label": "bill\\ning"}',
+        "control_character",
+        "label holds a control character (U+000A)",
+    ),
 ]
 
 
@@ -246,5 +372,7 @@ def test_text_that_is_not_unicode_or_cannot_be_stored_is_an_error_on_its_line(sh
 
 
 def test_a_surrogate_pair_is_one_character_and_is_accepted():
-    report, rows = run(jsonl('{"prompt": "smile \\ud83d\\ude00", "completion": "ok"}'), shape=DatasetKind.COMPLETION)
+    report, rows = run(
+        jsonl('{"prompt": "smile \\ud83d\\ude00", "completion": "ok"}'), shape=DatasetKind.COMPLETION
+    )
     assert report.ok and rows[0].data["prompt"] == "smile \U0001f600"

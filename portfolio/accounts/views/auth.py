@@ -39,8 +39,9 @@ def _safe_next(request) -> str:
     return reverse(settings.LOGIN_REDIRECT_URL)
 
 
-def _audit_attempt(request, action: str, *, object_type: str, object_id: str, object_repr: str,
-                   after: dict | None = None) -> None:
+def _audit_attempt(
+    request, action: str, *, object_type: str, object_id: str, object_repr: str, after: dict | None = None
+) -> None:
     """A failed sign-in or a lock, audited under the name typed (never the password), within the budget
     ``lockout`` keeps so an anonymous loop cannot flood the trail."""
     slot = lockout.audit_slot()
@@ -50,9 +51,16 @@ def _audit_attempt(request, action: str, *, object_type: str, object_id: str, ob
         window = settings.LOGIN_LOCKOUT_SECONDS
         logger.warning(
             "Sign-in audit budget spent (%d rows in %d s): further failed sign-ins in this window are "
-            "counted for lockout but not audited.", lockout.AUDIT_BUDGET, window,
+            "counted for lockout but not audited.",
+            lockout.AUDIT_BUDGET,
+            window,
         )
-        action, object_type, object_id, object_repr = "user.login_audit_paused", "auth.login", "", "sign-in audit"
+        action, object_type, object_id, object_repr = (
+            "user.login_audit_paused",
+            "auth.login",
+            "",
+            "sign-in audit",
+        )
         after = {"audited_rows": lockout.AUDIT_BUDGET, "window_seconds": window}
     anonymous = Actor(
         ip=client_ip(request),
@@ -60,26 +68,41 @@ def _audit_attempt(request, action: str, *, object_type: str, object_id: str, ob
         request_id=getattr(request, "request_id", None),
     )
     audit.record_standalone(
-        anonymous, action, object_type=object_type, object_id=object_id[:64], object_repr=object_repr[:200],
+        anonymous,
+        action,
+        object_type=object_type,
+        object_id=object_id[:64],
+        object_repr=object_repr[:200],
         after=after,
     )
 
 
 def _audit_failure(request, username: str, ip: str | None, failure: lockout.Failure) -> None:
     if failure.audit_failure:
-        _audit_attempt(request, "user.login_failed", object_type="auth.user", object_id=username,
-                       object_repr=username)
+        _audit_attempt(
+            request, "user.login_failed", object_type="auth.user", object_id=username, object_repr=username
+        )
     # A lock starts on the failure that reaches its limit, so that many failures led to it.
     limits = lockout.limits()
     window = settings.LOGIN_LOCKOUT_SECONDS
     if "user" in failure.locks:
-        _audit_attempt(request, "user.login_locked", object_type="auth.user", object_id=username,
-                       object_repr=username,
-                       after={"lock": "account", "failures": limits["user"], "lockout_seconds": window})
+        _audit_attempt(
+            request,
+            "user.login_locked",
+            object_type="auth.user",
+            object_id=username,
+            object_repr=username,
+            after={"lock": "account", "failures": limits["user"], "lockout_seconds": window},
+        )
     if "ip" in failure.locks and ip:
-        _audit_attempt(request, "user.login_locked", object_type="auth.client_address", object_id=ip,
-                       object_repr=f"address {ip}",
-                       after={"lock": "address", "failures": limits["ip"], "lockout_seconds": window})
+        _audit_attempt(
+            request,
+            "user.login_locked",
+            object_type="auth.client_address",
+            object_id=ip,
+            object_repr=f"address {ip}",
+            after={"lock": "address", "failures": limits["ip"], "lockout_seconds": window},
+        )
 
 
 @login_not_required

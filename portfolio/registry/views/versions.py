@@ -61,7 +61,13 @@ def _metric_rows(metrics: dict) -> list[tuple[str, str, bool]]:
 
 
 def _version_page(
-    request, actor: Actor, version: ModelVersion, *, promote_form=None, moving=None, template_form=None,
+    request,
+    actor: Actor,
+    version: ModelVersion,
+    *,
+    promote_form=None,
+    moving=None,
+    template_form=None,
     status=200,
 ):
     model = version.model
@@ -112,7 +118,8 @@ def _version_page(
             "can_register": gate.can(actor, "model.register", model),
             "can_promote": gate.can(actor, "model.promote", model),
             # The number a derived version (a new chat template) would get, for the button's label.
-            "next_number": (model.versions.order_by("-number").values_list("number", flat=True).first() or 0) + 1,
+            "next_number": (model.versions.order_by("-number").values_list("number", flat=True).first() or 0)
+            + 1,
             "is_importing": version.status == VersionStatus.IMPORTING,
         },
         status=status,

@@ -103,10 +103,17 @@ def their_endpoint(org, other_team, artifact, pool, node):
 
     outsider = actor_for(org["outsider"])
     model = registry.create_model(actor=outsider, name="contracts-base", owner_team=other_team)
-    services.create_deployment(actor=outsider, name="contracts-bot", team=other_team,
-                               version=make_version(model, artifact), pool=pool, replicas=0)
-    return services.create_endpoint(actor=outsider, name="contracts", team=other_team,
-                                    routes=[{"deployment": "contracts-bot"}])
+    services.create_deployment(
+        actor=outsider,
+        name="contracts-bot",
+        team=other_team,
+        version=make_version(model, artifact),
+        pool=pool,
+        replicas=0,
+    )
+    return services.create_endpoint(
+        actor=outsider, name="contracts", team=other_team, routes=[{"deployment": "contracts-bot"}]
+    )
 
 
 @pytest.fixture
@@ -121,7 +128,9 @@ def engineer_viewing_theirs(org, other_team):
 def test_the_route_editor_offers_only_the_teams_own_endpoints_as_fallback(
     signed_in, engineer_viewing_theirs, owner, team, endpoint, their_endpoint
 ):
-    services.create_endpoint(actor=owner, name="support-backup", team=team, routes=[{"deployment": "support-bot"}])
+    services.create_endpoint(
+        actor=owner, name="support-backup", team=team, routes=[{"deployment": "support-bot"}]
+    )
     client = signed_in(engineer_viewing_theirs)
     page = client.get(reverse("endpoint-detail", args=[endpoint.name])).content.decode()
     assert f'<option value="{Endpoint.objects.get(name="support-backup").pk}">support-backup</option>' in page
@@ -142,7 +151,8 @@ def test_the_new_endpoint_form_refuses_another_teams_fallback(
 ):
     response = signed_in(engineer_viewing_theirs).post(
         reverse("endpoint-create"),
-        {"name": "support", "team": team.pk, "fallback": their_endpoint.pk} | routes_data(("support-bot", "", 100)),
+        {"name": "support", "team": team.pk, "fallback": their_endpoint.pk}
+        | routes_data(("support-bot", "", 100)),
     )
     assert response.status_code == 200
     assert "Select a valid choice" in response.content.decode()

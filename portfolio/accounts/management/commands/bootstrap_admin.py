@@ -31,7 +31,10 @@ class Command(BaseCommand):
         with transaction.atomic():
             user = User.objects.create_superuser(username=username, email="", password=password)
             audit.record(
-                Actor.for_system("bootstrap"), "user.create", user, object_repr=user.username,
+                Actor.for_system("bootstrap"),
+                "user.create",
+                user,
+                object_repr=user.username,
                 after={"username": user.username, "org_role": "admin"},
             )
         password_file.parent.mkdir(parents=True, exist_ok=True)
@@ -40,4 +43,6 @@ class Command(BaseCommand):
             handle.write(password + "\n")
         self.stdout.write(self.style.SUCCESS(f"Created admin account '{username}'."))
         self.stdout.write(f"  password: {password}")
-        self.stdout.write(f"  (shown once; also in {password_file}, readable only by you — change it after login)")
+        self.stdout.write(
+            f"  (shown once; also in {password_file}, readable only by you — change it after login)"
+        )

@@ -16,7 +16,10 @@ class Command(BaseCommand):
             actor=actor, name="Demo Department", cost_center="CC-DEMO"
         )
         team = Team.objects.filter(slug="demo").first() or services.create_team(
-            actor=actor, department=department, name="Demo team", slug="demo",
+            actor=actor,
+            department=department,
+            name="Demo team",
+            slug="demo",
             description="Owns the demo portfolio created by `make run`.",
         )
         admin = get_user_model().objects.filter(is_superuser=True).order_by("id").first()

@@ -14,11 +14,16 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--anchor", action="append", default=[], metavar="SEQUENCE:HASH",
+            "--anchor",
+            action="append",
+            default=[],
+            metavar="SEQUENCE:HASH",
             help="A chain head recorded earlier (an export manifest's head_sequence:head_hash); repeatable",
         )
         parser.add_argument(
-            "--anchors-from", type=Path, metavar="LOGFILE",
+            "--anchors-from",
+            type=Path,
+            metavar="LOGFILE",
             help="A log file holding 'audit-anchor sequence=N hash=H' lines; every one is checked",
         )
 
@@ -40,4 +45,6 @@ class Command(BaseCommand):
         if problems:
             raise CommandError("Audit chain does not match its anchors:\n  - " + "\n  - ".join(problems))
         suffix = f", {len(anchors)} anchors match" if anchors else ""
-        self.stdout.write(self.style.SUCCESS(f"Audit chain intact: {verdict.checked} events verified{suffix}."))
+        self.stdout.write(
+            self.style.SUCCESS(f"Audit chain intact: {verdict.checked} events verified{suffix}.")
+        )
