@@ -42,7 +42,6 @@ KNOWN_CIRCLES: set[frozenset[str]] = {
     frozenset({"training.finetune", "training.tasks"}),
 }
 KNOWN_UPWARD = {
-    ("portfolio.registry.services", "training.models"),
     ("serving.capacity", "training.models"),
 }
 

@@ -4,3 +4,9 @@ from django.apps import AppConfig
 class TrainingConfig(AppConfig):
     name = "training"
     label = "training"
+
+    def ready(self) -> None:
+        from portfolio.registry import services as registry_services
+        from training.promotion import score_regressions
+
+        registry_services.PROMOTION_CHECKS.append(score_regressions)

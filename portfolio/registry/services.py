@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 # Other apps register "is this version in use?" checks (serving: deployments), each returning a reason.
 VERSION_IN_USE_CHECKS: list[Callable[[ModelVersion], str | None]] = []
+# Other apps register promotion checks (training: eval scores): given a candidate for a guarded alias and
+# the alias's holder, each returns where the candidate scores below it ("0.500 vs 0.700 on <eval set>").
+PROMOTION_CHECKS: list[Callable[[ModelVersion, ModelVersion], list[str]]] = []
 IMPORTABLE_SOURCES = (Source.HUB, Source.LOCAL, Source.GGUF, Source.UPLOAD)
 # Model names that would collide with UI routes under /models/.
 RESERVED_MODEL_NAMES = frozenset({"new"})
@@ -453,23 +456,8 @@ GUARDED_ALIASES = frozenset({"production"})
 
 
 def score_regressions(candidate: ModelVersion, holder: ModelVersion) -> list[str]:
-    """Eval sets both versions were scored on where the candidate scores lower (latest run of each)."""
-    from training.models import EvalRun
-
-    def latest(version: ModelVersion) -> dict:
-        runs = {}
-        for run in EvalRun.objects.filter(version=version, status="succeeded").order_by("created_at"):
-            runs[run.dataset_version_id] = run
-        return runs
-
-    mine, theirs = latest(candidate), latest(holder)
-    problems = []
-    for dataset_version_id in sorted(set(mine) & set(theirs)):
-        a, b = mine[dataset_version_id].headline, theirs[dataset_version_id].headline
-        if a is not None and b is not None and a < b:
-            dv = mine[dataset_version_id].dataset_version
-            problems.append(f"{a:.3f} vs {b:.3f} on {dv.dataset.name} v{dv.number}")
-    return problems
+    """What the registered promotion checks say ``candidate`` does worse than ``holder``."""
+    return [problem for check in PROMOTION_CHECKS for problem in check(candidate, holder)]
 
 
 @transaction.atomic

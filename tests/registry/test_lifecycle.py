@@ -53,6 +53,30 @@ def test_a_viewer_cannot_promote(org, versions):
         services.promote(actor=actor_for(org["viewer"]), version=versions[0], alias="production")
 
 
+def test_a_registered_promotion_check_refuses_production_to_a_candidate_in_its_words(
+    org, versions, monkeypatch
+):
+    v1, v2 = versions
+    monkeypatch.setattr(
+        services, "PROMOTION_CHECKS", [lambda candidate, holder: ["0.100 vs 0.900 on tickets v1"]]
+    )
+    services.promote(actor=actor_for(org["engineer"]), version=v1, alias="production")
+    with pytest.raises(
+        Conflict, match=r"scores below the current production clause-extractor:v1 \(0.100 vs 0.900"
+    ) as refused:
+        services.promote(actor=actor_for(org["engineer"]), version=v2, alias="production")
+    assert refused.value.code == "score_regression"
+    services.promote(
+        actor=actor_for(org["engineer"]), version=v2, alias="staging"
+    )  # only production is guarded
+
+
+def test_training_registers_its_eval_score_check_with_the_registry():
+    from training.promotion import score_regressions
+
+    assert services.PROMOTION_CHECKS.count(score_regressions) == 1
+
+
 def test_a_version_holding_an_alias_cannot_be_archived(org, versions):
     services.promote(actor=actor_for(org["owner"]), version=versions[0], alias="production")
     with pytest.raises(Conflict, match="holds the alias production"):
