@@ -29,8 +29,8 @@ from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
+from portfolio.registry.artifacts import materialize_version
 from portfolio.registry.storage import CorruptArtifact
-from portfolio.registry.tasks import materialize_version
 from serving import engine_args, processes
 from serving.choices import DesiredState, NodeState, ReplicaState
 from serving.models import ComputePool, DeploymentEvent, Node, Replica

@@ -27,6 +27,7 @@ from portfolio.accounts import services as accounts
 from portfolio.accounts.choices import OrgRole, TeamRole
 from portfolio.accounts.models import Membership, PersonalToken
 from portfolio.audit.models import AuditEvent
+from portfolio.registry import artifacts, importing
 from portfolio.registry import services as registry
 from portfolio.registry.choices import Source, VersionKind, VersionStatus
 from portfolio.registry.hashing import FileEntry, Manifest
@@ -370,12 +371,12 @@ CASES: dict[str, list[Case]] = {
         Case(
             "fail_import",
             "model_version.failed",
-            lambda w: registry.fail_import(w.importing.pk, "worker died"),
+            lambda w: importing.fail_import(w.importing.pk, "worker died"),
         ),
         Case(
             "complete_import",
             "model_version.ready",
-            lambda w: registry.complete_import(
+            lambda w: importing.complete_import(
                 w.importing_too.pk,
                 w.manifest(),
                 ModelFacts(format="safetensors", parameter_count=1000, shape=SHAPE),
@@ -395,7 +396,7 @@ CASES: dict[str, list[Case]] = {
         Case(
             "mark_artifact_health",
             "model_version.corrupt",
-            lambda w: registry.mark_artifact_health(
+            lambda w: artifacts.mark_artifact_health(
                 w.base.artifact_id, ["model.safetensors: sha256 differs"]
             ),
         ),

@@ -32,11 +32,11 @@ def run(job_id: int) -> int:
     from django.db.models import F
     from django.utils import timezone
 
+    from portfolio.registry.artifacts import materialize_version
     from portfolio.registry.inspection import inspect_directory
     from portfolio.registry.models import Artifact
     from portfolio.registry.storage import materialize, store_directory
     from portfolio.registry.stores import default_store
-    from portfolio.registry.tasks import materialize_version
     from training import finetune
     from training.choices import JobStatus
     from training.evaluation import score

@@ -13,7 +13,7 @@ from pydantic import Field
 from portfolio.accounts import gate
 from portfolio.accounts.models import Team
 from portfolio.errors import Invalid, NotFound
-from portfolio.registry import chat_templates, lineage, services
+from portfolio.registry import artifacts, chat_templates, lineage, services
 from portfolio.registry.choices import Source, Task, VersionStatus, Visibility
 from portfolio.registry.models import Model, ModelVersion
 from portfolio.registry.storage import CorruptArtifact, check_relative_path
@@ -305,7 +305,7 @@ class _VerifiedReader:
                 size += len(chunk)
                 yield chunk
         if digest.hexdigest() != self.entry.sha256 or size != self.entry.size:
-            services.mark_artifact_health(self.artifact_id, [f"{self.entry.path}: sha256 mismatch"])
+            artifacts.mark_artifact_health(self.artifact_id, [f"{self.entry.path}: sha256 mismatch"])
             raise CorruptArtifact(self.entry.path, "sha256 mismatch while downloading")
 
 

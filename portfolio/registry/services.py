@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -17,7 +16,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Forbidden, Invalid
-from portfolio.registry import cards, chat_templates, importers, safety
+from portfolio.registry import chat_templates, importers, safety
 from portfolio.registry.choices import Health, Source, Task, VersionKind, VersionStatus, Visibility
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.inspection import ModelFacts
@@ -41,11 +40,6 @@ IMPORTABLE_SOURCES = (Source.HUB, Source.LOCAL, Source.GGUF, Source.UPLOAD)
 # Model names that would collide with UI routes under /models/.
 RESERVED_MODEL_NAMES = frozenset({"new"})
 MAX_TAGS, MAX_TAG_LENGTH = 20, 40
-# The import's last progress line when the files have no chat template: what it means, where it shows.
-NO_CHAT_TEMPLATE = (
-    "ready, without a chat template: chat calls are refused (completions work) until a version "
-    "with one is made"
-)
 
 
 def _clean_tags(tags: list[str]) -> list[str]:
@@ -234,103 +228,6 @@ def start_import(
     return version
 
 
-def report_progress(version_id: int, percent: int, detail: str) -> None:
-    ModelVersion.objects.filter(pk=version_id, status=VersionStatus.IMPORTING).update(
-        progress=max(0, min(100, percent)), progress_detail=detail[:200], heartbeat_at=timezone.now()
-    )
-
-
-def _facts_problems(version: ModelVersion, facts: ModelFacts) -> str | None:
-    options = version.import_options
-    if facts.pickle_files and not options.get("allow_pickle"):
-        return (
-            f"Pickle weights refused ({', '.join(facts.pickle_files[:3])}): they can run code when loaded. "
-            "Use safetensors, or an admin may allow pickle for this import."
-        )
-    if facts.needs_remote_code and not options.get("trust_remote_code"):
-        return (
-            "This model needs custom code (trust_remote_code): refused unless a platform admin approves it "
-            "for this import."
-        )
-    if version.kind == VersionKind.ADAPTER and not facts.is_adapter:
-        return "An adapter needs adapter_config.json and adapter weights as safetensors."
-    if version.kind == VersionKind.BASE and facts.is_adapter:
-        return "These files are an adapter: import them as an adapter of a base version."
-    if not facts.parameter_count:
-        return "No safetensors weights found."
-    return None
-
-
-@transaction.atomic
-def complete_import(
-    version_id: int, manifest: Manifest, facts: ModelFacts, store_uri: str
-) -> ModelVersion | None:
-    version = ModelVersion.objects.select_for_update().select_related("model__owner_team").get(pk=version_id)
-    if version.status != VersionStatus.IMPORTING:
-        return None  # cancelled or finished by another run meanwhile
-    problem = _facts_problems(version, facts)
-    if problem:
-        _fail(version, problem)
-        return None
-    artifact, _ = Artifact.objects.get_or_create(
-        id=manifest.artifact_id,
-        defaults={
-            "store_uri": store_uri,
-            "size_bytes": manifest.total_size,
-            "file_count": len(manifest.files),
-            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
-            "health": Health.OK,
-            "verified_at": timezone.now(),
-        },
-    )
-    version.artifact = artifact
-    version.format = facts.format
-    version.architecture = facts.architecture
-    version.parameter_count = facts.parameter_count
-    version.context_length = facts.context_length
-    version.dtype = facts.dtype
-    version.quantization = facts.quantization
-    # vLLM renders an adapter's chats with its base's tokenizer: the base's template is the adapter's.
-    base = version.base_version
-    version.has_chat_template = base.has_chat_template if base is not None else facts.has_chat_template
-    version.shape = facts.shape
-    if facts.adapter:
-        version.metrics = {**version.metrics, "adapter": facts.adapter}
-    if not version.model_card:
-        version.model_card = facts.model_card or cards.generated_card(version)
-    version.status, version.progress, version.progress_detail = VersionStatus.READY, 100, "ready"
-    if not version.has_chat_template:
-        version.progress_detail = NO_CHAT_TEMPLATE
-        logger.warning("%s imported without a chat template: chat calls to it will be refused", version.label)
-    version.ready_at = timezone.now()
-    version.save(
-        update_fields=[
-            "artifact",
-            "format",
-            "architecture",
-            "parameter_count",
-            "context_length",
-            "dtype",
-            "quantization",
-            "has_chat_template",
-            "shape",
-            "metrics",
-            "model_card",
-            "status",
-            "progress",
-            "progress_detail",
-            "ready_at",
-        ]
-    )
-    audit.record(
-        Actor.for_system("registry.import"),
-        "model_version.ready",
-        version,
-        after={**version.snapshot(), "has_chat_template": version.has_chat_template},
-    )
-    return version
-
-
 def set_chat_template(*, actor: Actor, version: ModelVersion, chat_template: str) -> ModelVersion:
     """A new version of ``version``'s model with the same files but ``chat_template`` in the tokenizer,
     derived from it (lineage), ready at once. Versions are immutable, so the template never changes
@@ -418,39 +315,6 @@ def _register_derived(
     return derived
 
 
-def _fail(version: ModelVersion, reason: str) -> None:
-    version.status, version.status_detail, version.progress_detail = VersionStatus.FAILED, reason, "failed"
-    version.save(update_fields=["status", "status_detail", "progress_detail"])
-    audit.record(
-        Actor.for_system("registry.import"),
-        "model_version.failed",
-        version,
-        after={"status": "failed", "reason": reason},
-    )
-
-
-@transaction.atomic
-def fail_import(version_id: int, reason: str) -> None:
-    version = ModelVersion.objects.select_for_update().select_related("model__owner_team").get(pk=version_id)
-    if version.status == VersionStatus.IMPORTING:
-        _fail(version, reason)
-
-
-def reap_stale_imports(max_silence: timedelta) -> int:
-    """Imports whose worker went silent are failed with the reason, never left 'importing'."""
-    cutoff = timezone.now() - max_silence
-    stale = ModelVersion.objects.filter(status=VersionStatus.IMPORTING, heartbeat_at__lt=cutoff)
-    count = 0
-    for version_id in stale.values_list("pk", flat=True):
-        fail_import(
-            version_id,
-            f"The import stopped reporting progress for {int(max_silence.total_seconds())}s "
-            "(its worker died?). Start it again.",
-        )
-        count += 1
-    return count
-
-
 # --- Lifecycle -------------------------------------------------------------------------------------
 GUARDED_ALIASES = frozenset({"production"})
 
@@ -528,27 +392,6 @@ def archive_version(*, actor: Actor, version: ModelVersion) -> ModelVersion:
     version.save(update_fields=["status"])
     audit.record(actor, "model_version.archive", version, before=before, after=version.snapshot())
     return version
-
-
-@transaction.atomic
-def mark_artifact_health(artifact_id: str, problems: list[str]) -> None:
-    artifact = Artifact.objects.select_for_update().get(pk=artifact_id)
-    health = Health.CORRUPT if problems else Health.OK
-    changed = artifact.health != health
-    artifact.health, artifact.health_detail, artifact.verified_at = (
-        health,
-        "\n".join(problems),
-        timezone.now(),
-    )
-    artifact.save(update_fields=["health", "health_detail", "verified_at"])
-    if changed and problems:
-        for version in artifact.versions.select_related("model__owner_team"):
-            audit.record(
-                Actor.for_system("registry.verify"),
-                "model_version.corrupt",
-                version,
-                after={"artifact": artifact.id, "problems": problems[:20]},
-            )
 
 
 @transaction.atomic

@@ -17,10 +17,11 @@ from django.core.management import call_command
 
 from portfolio.accounts.models import Team
 from portfolio.registry import services as registry_services
+from portfolio.registry.artifacts import materialize_version
 from portfolio.registry.choices import Source, VersionStatus
 from portfolio.registry.demo_model import MODEL_NAME
 from portfolio.registry.models import ModelVersion
-from portfolio.registry.tasks import import_version, materialize_version
+from portfolio.registry.tasks import import_version
 from serving import agent, processes, reconcile, services
 from serving.choices import DeploymentStatus, PoolKind, ReplicaState
 from serving.models import Node, Replica

@@ -16,10 +16,11 @@ from django.urls import reverse
 from portfolio.audit.models import AuditEvent
 from portfolio.errors import Conflict, Forbidden, Invalid, NotFound
 from portfolio.registry import chat_templates, lineage, services
+from portfolio.registry.artifacts import materialize_version
 from portfolio.registry.choices import Source, VersionKind, VersionStatus
 from portfolio.registry.models import ModelVersion
 from portfolio.registry.stores import default_store
-from portfolio.registry.tasks import import_version, materialize_version
+from portfolio.registry.tasks import import_version
 from tests.conftest import actor_for
 from tests.registry.conftest import make_adapter_folder, make_model_folder
 from tests.registry.gguf_files import BOS, PROMPT, PROMPT_IDS_WITH_PREFIX, write_tiny_gguf

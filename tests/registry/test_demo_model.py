@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 from django.core.management import call_command
 
+from portfolio.registry.artifacts import materialize_version
 from portfolio.registry.choices import Source, VersionStatus
 from portfolio.registry.demo_model import MODEL_NAME
 from portfolio.registry.models import ModelVersion
 from portfolio.registry.stores import default_store
-from portfolio.registry.tasks import materialize_version
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

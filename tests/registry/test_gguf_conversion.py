@@ -132,10 +132,11 @@ def test_the_real_gemma_gguf_converts_to_a_tokenizer_that_starts_prompts_with_bo
 @pytest.mark.django_db
 def test_a_conversion_an_older_converter_cached_is_not_reused(org, team, settings, tmp_path):
     from portfolio.registry import services
+    from portfolio.registry.artifacts import materialize_version
     from portfolio.registry.choices import Source, VersionStatus
     from portfolio.registry.hashing import sha256_file
     from portfolio.registry.stores import default_store
-    from portfolio.registry.tasks import import_version, materialize_version
+    from portfolio.registry.tasks import import_version
     from tests.conftest import actor_for
     from tests.registry.conftest import make_model_folder
 

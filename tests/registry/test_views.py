@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from portfolio.audit.models import AuditEvent
 from portfolio.errors import Invalid
-from portfolio.registry import services
+from portfolio.registry import importing, services
 from portfolio.registry.choices import Source, Task, VersionKind, VersionStatus, Visibility
 from portfolio.registry.models import Alias, Model, ModelVersion
 from portfolio.registry.stores import default_store
@@ -288,7 +288,7 @@ def test_the_progress_fragment_polls_while_importing_and_stops_when_ready(signed
     version = services.start_import(
         actor=actor_for(org["engineer"]), model=router, source=Source.LOCAL, ref=str(folder), enqueue=False
     )
-    services.report_progress(version.pk, 40, "storing 1 / 2 MiB")
+    importing.report_progress(version.pk, 40, "storing 1 / 2 MiB")
     client = signed_in(org["viewer"])
     url = reverse("version-progress", args=["router", version.number])
 
@@ -314,7 +314,7 @@ def test_a_failed_import_shows_its_reason_in_a_callout(signed_in, org, router):
     version = services.start_import(
         actor=actor_for(org["engineer"]), model=router, source=Source.HUB, ref="acme/tiny@main", enqueue=False
     )
-    services.fail_import(version.pk, "Repository acme/tiny not found on the mirror.")
+    importing.fail_import(version.pk, "Repository acme/tiny not found on the mirror.")
     page = _text(signed_in(org["viewer"]).get(reverse("version-detail", args=["router", version.number])))
     assert 'class="alert alert--error callout"' in page and "Repository acme/tiny not found" in page
 

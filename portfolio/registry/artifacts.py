@@ -1,0 +1,58 @@
+"""A version's stored files: a verified local copy where engines and trainers load them, and the health
+of an artifact as verification (or a download, or a copy) finds it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from portfolio.accounts.actor import Actor
+from portfolio.audit import services as audit
+from portfolio.registry.choices import Health
+from portfolio.registry.models import Artifact, ModelVersion
+from portfolio.registry.storage import CorruptArtifact, materialize, verify
+from portfolio.registry.stores import default_store
+
+
+def materialize_version(version: ModelVersion) -> Path:
+    """A verified local copy of a version's files (a damaged one marks its artifact corrupt)."""
+    artifact = version.artifact
+    if artifact is None:
+        raise CorruptArtifact(version.label, "has no stored artifact")
+    try:
+        return materialize(default_store(), artifact.manifest(), Path(settings.ARTIFACT_CACHE) / artifact.id)
+    except CorruptArtifact as exc:
+        mark_artifact_health(artifact.id, [str(exc)])
+        raise
+
+
+def verify_artifact(artifact_id: str) -> list[str]:
+    """Re-hash every stored file of an artifact now and record its health: the problems found."""
+    artifact = Artifact.objects.get(pk=artifact_id)
+    problems = [str(p) for p in verify(default_store(), artifact.manifest())]
+    mark_artifact_health(artifact_id, problems)
+    return problems
+
+
+@transaction.atomic
+def mark_artifact_health(artifact_id: str, problems: list[str]) -> None:
+    artifact = Artifact.objects.select_for_update().get(pk=artifact_id)
+    health = Health.CORRUPT if problems else Health.OK
+    changed = artifact.health != health
+    artifact.health, artifact.health_detail, artifact.verified_at = (
+        health,
+        "\n".join(problems),
+        timezone.now(),
+    )
+    artifact.save(update_fields=["health", "health_detail", "verified_at"])
+    if changed and problems:
+        for version in artifact.versions.select_related("model__owner_team"):
+            audit.record(
+                Actor.for_system("registry.verify"),
+                "model_version.corrupt",
+                version,
+                after={"artifact": artifact.id, "problems": problems[:20]},
+            )

@@ -1,0 +1,262 @@
+"""The import worker: an import's whole life once it is queued, in one place.
+
+``start_import`` (registry/services.py, the user side) registers a version ``importing`` with the progress
+line "queued" and enqueues ``registry.import_version``, which runs ``run`` here. The status stays
+``importing`` while the worker runs (its progress line says how far it got, and doubles as its heartbeat);
+it ends in one of two ways:
+
+- ``ready``: ``complete_import``, the files stored and checked, audited ``model_version.ready``;
+- ``failed``: ``fail_import``, a refusal or an error with its reason, audited ``model_version.failed``
+  (``reap_stale_imports`` fails an import whose worker went silent).
+
+Every transition is a compare-and-swap on ``status == importing``: a version finished, failed or archived
+meanwhile is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from portfolio.accounts.actor import Actor
+from portfolio.audit import services as audit
+from portfolio.errors import DomainError
+from portfolio.leases import Lease
+from portfolio.registry import cards, importers
+from portfolio.registry.choices import Health, VersionKind, VersionStatus
+from portfolio.registry.hashing import Manifest
+from portfolio.registry.inspection import InspectionError, ModelFacts, inspect_directory
+from portfolio.registry.models import Artifact, ModelVersion
+from portfolio.registry.storage import store_directory
+from portfolio.registry.stores import default_store
+
+logger = logging.getLogger(__name__)
+STALE_IMPORT_AFTER = timedelta(minutes=15)
+# The import's last progress line when the files have no chat template: what it means, where it shows.
+NO_CHAT_TEMPLATE = (
+    "ready, without a chat template: chat calls are refused (completions work) until a version "
+    "with one is made"
+)
+
+
+# --- Running ---------------------------------------------------------------------------------------
+def run(version_id: int) -> None:
+    """Import a queued version's files; a rerun (redelivery) of a finished or live import does nothing."""
+    version = ModelVersion.objects.filter(pk=version_id).select_related("model").first()
+    if version is None or version.status != VersionStatus.IMPORTING:
+        return  # idempotent: already finished, failed or archived
+    # One run per import: a redelivery of this task (the broker's visibility timeout, a worker process that
+    # died) finds the live run's lease and leaves the version, and its uploaded archive, alone.
+    lease = Lease(f"registry.import_version:{version_id}")
+    if not lease.acquire():
+        logger.info(
+            "import of version %s is run by a live delivery (%s); this redelivery leaves it alone",
+            version_id,
+            lease.holder(),
+        )
+        return
+    with lease.kept():
+        version.refresh_from_db(fields=["status"])
+        if version.status == VersionStatus.IMPORTING:
+            _import(version)
+
+
+class Reporter:
+    """Progress into the version row, at most twice a second (it doubles as the import's heartbeat)."""
+
+    def __init__(self, version_id: int):
+        self.version_id = version_id
+        self.last = 0.0
+        self.percent = 0
+
+    def __call__(self, percent: int, detail: str) -> None:
+        self.percent = percent
+        now = time.monotonic()
+        if now - self.last >= 0.5 or percent >= 100:
+            self.last = now
+            report_progress(self.version_id, percent, detail)
+
+
+def report_progress(version_id: int, percent: int, detail: str) -> None:
+    ModelVersion.objects.filter(pk=version_id, status=VersionStatus.IMPORTING).update(
+        progress=max(0, min(100, percent)), progress_detail=detail[:200], heartbeat_at=timezone.now()
+    )
+
+
+def _folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _import(version: ModelVersion) -> None:
+    version_id = version.pk
+    report = Reporter(version_id)
+    work_root = Path(settings.DATA_DIR) / "work"
+    work_root.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(dir=work_root, prefix=f"import-{version_id}-") as workdir:
+            folder = importers.fetch(version, Path(workdir), report)
+            total = _folder_size(folder)
+            if total > settings.MAX_IMPORT_BYTES:
+                raise importers.ImportFailed(
+                    f"{total} bytes exceeds the import limit of {settings.MAX_IMPORT_BYTES}."
+                )
+            facts = inspect_directory(folder)
+            problem = facts_problems(version, facts)
+            if problem:
+                raise importers.ImportFailed(problem)
+            stored, base = 0, max(report.percent, 10)
+
+            def on_bytes(n: int) -> None:
+                nonlocal stored
+                stored += n
+                percent = base + int((99 - base) * stored / max(total, 1))
+                report(percent, f"storing {stored // 2**20} / {total // 2**20} MiB")
+
+            store = default_store()
+            manifest = store_directory(store, folder, on_bytes)
+            complete_import(version_id, manifest, facts, store.uri(manifest.artifact_id))
+    except (importers.ImportFailed, InspectionError, DomainError, ValueError) as exc:
+        fail_import(version_id, str(getattr(exc, "message", exc)))
+    except Exception as exc:
+        logger.exception("import of version %s failed", version_id)
+        fail_import(
+            version_id, f"Internal error during import ({exc.__class__.__name__}); see the worker log."
+        )
+        raise
+    finally:
+        upload = version.import_options.get("upload_path")
+        if upload:
+            Path(upload).unlink(missing_ok=True)
+
+
+def facts_problems(version: ModelVersion, facts: ModelFacts) -> str | None:
+    """Why these files cannot be ``version`` (checked before they are stored, and again on completion)."""
+    options = version.import_options
+    if facts.pickle_files and not options.get("allow_pickle"):
+        return (
+            f"Pickle weights refused ({', '.join(facts.pickle_files[:3])}): they can run code when loaded. "
+            "Use safetensors, or an admin may allow pickle for this import."
+        )
+    if facts.needs_remote_code and not options.get("trust_remote_code"):
+        return (
+            "This model needs custom code (trust_remote_code): refused unless a platform admin approves it "
+            "for this import."
+        )
+    if version.kind == VersionKind.ADAPTER and not facts.is_adapter:
+        return "An adapter needs adapter_config.json and adapter weights as safetensors."
+    if version.kind == VersionKind.BASE and facts.is_adapter:
+        return "These files are an adapter: import them as an adapter of a base version."
+    if not facts.parameter_count:
+        return "No safetensors weights found."
+    return None
+
+
+# --- Ending ----------------------------------------------------------------------------------------
+@transaction.atomic
+def complete_import(
+    version_id: int, manifest: Manifest, facts: ModelFacts, store_uri: str
+) -> ModelVersion | None:
+    version = ModelVersion.objects.select_for_update().select_related("model__owner_team").get(pk=version_id)
+    if version.status != VersionStatus.IMPORTING:
+        return None  # cancelled or finished by another run meanwhile
+    problem = facts_problems(version, facts)
+    if problem:
+        _fail(version, problem)
+        return None
+    artifact, _ = Artifact.objects.get_or_create(
+        id=manifest.artifact_id,
+        defaults={
+            "store_uri": store_uri,
+            "size_bytes": manifest.total_size,
+            "file_count": len(manifest.files),
+            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
+            "health": Health.OK,
+            "verified_at": timezone.now(),
+        },
+    )
+    version.artifact = artifact
+    version.format = facts.format
+    version.architecture = facts.architecture
+    version.parameter_count = facts.parameter_count
+    version.context_length = facts.context_length
+    version.dtype = facts.dtype
+    version.quantization = facts.quantization
+    # vLLM renders an adapter's chats with its base's tokenizer: the base's template is the adapter's.
+    base = version.base_version
+    version.has_chat_template = base.has_chat_template if base is not None else facts.has_chat_template
+    version.shape = facts.shape
+    if facts.adapter:
+        version.metrics = {**version.metrics, "adapter": facts.adapter}
+    if not version.model_card:
+        version.model_card = facts.model_card or cards.generated_card(version)
+    version.status, version.progress, version.progress_detail = VersionStatus.READY, 100, "ready"
+    if not version.has_chat_template:
+        version.progress_detail = NO_CHAT_TEMPLATE
+        logger.warning("%s imported without a chat template: chat calls to it will be refused", version.label)
+    version.ready_at = timezone.now()
+    version.save(
+        update_fields=[
+            "artifact",
+            "format",
+            "architecture",
+            "parameter_count",
+            "context_length",
+            "dtype",
+            "quantization",
+            "has_chat_template",
+            "shape",
+            "metrics",
+            "model_card",
+            "status",
+            "progress",
+            "progress_detail",
+            "ready_at",
+        ]
+    )
+    audit.record(
+        Actor.for_system("registry.import"),
+        "model_version.ready",
+        version,
+        after={**version.snapshot(), "has_chat_template": version.has_chat_template},
+    )
+    return version
+
+
+def _fail(version: ModelVersion, reason: str) -> None:
+    version.status, version.status_detail, version.progress_detail = VersionStatus.FAILED, reason, "failed"
+    version.save(update_fields=["status", "status_detail", "progress_detail"])
+    audit.record(
+        Actor.for_system("registry.import"),
+        "model_version.failed",
+        version,
+        after={"status": "failed", "reason": reason},
+    )
+
+
+@transaction.atomic
+def fail_import(version_id: int, reason: str) -> None:
+    version = ModelVersion.objects.select_for_update().select_related("model__owner_team").get(pk=version_id)
+    if version.status == VersionStatus.IMPORTING:
+        _fail(version, reason)
+
+
+def reap_stale_imports(max_silence: timedelta = STALE_IMPORT_AFTER) -> int:
+    """Imports whose worker went silent are failed with the reason, never left 'importing'."""
+    cutoff = timezone.now() - max_silence
+    stale = ModelVersion.objects.filter(status=VersionStatus.IMPORTING, heartbeat_at__lt=cutoff)
+    count = 0
+    for version_id in stale.values_list("pk", flat=True):
+        fail_import(
+            version_id,
+            f"The import stopped reporting progress for {int(max_silence.total_seconds())}s "
+            "(its worker died?). Start it again.",
+        )
+        count += 1
+    return count
