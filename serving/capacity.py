@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from serving.choices import ReplicaState
 from serving.models import ComputePool, Node, Replica
 from serving.scheduler import GpuFree, NodeFree
 
 
-def pool_capacity(
-    pool: ComputePool, *, exclude_replica_ids: set[int] | None = None, exclude_job_ids: set[int] | None = None
-) -> list[NodeFree]:
-    # Imported here: training builds on serving, not the other way round.
-    from training.models import FineTuneJob
+@dataclass(frozen=True)
+class GpuHold:
+    """A whole GPU held by something other than a replica (a training job): none of it is free for one."""
 
+    holder: str  # who holds it ("fine-tune #12"): a holder being moved leaves its own holds out
+    node_id: int
+    index: int
+
+
+# Other apps register what holds GPUs whole (training: its queued and running jobs): given a pool's nodes,
+# each returns the holds on them.
+GPU_HOLDERS: list[Callable[[list[Node]], Iterable[GpuHold]]] = []
+
+
+def pool_capacity(
+    pool: ComputePool, *, exclude_replica_ids: set[int] | None = None, exclude_holders: set[str] | None = None
+) -> list[NodeFree]:
     nodes = list(pool.nodes.all())
     reserved_ram: dict[int, int] = defaultdict(int)
     reserved_cores: dict[int, int] = defaultdict(int)
@@ -31,15 +44,12 @@ def pool_capacity(
         else:
             reserved_ram[replica["node_id"]] += replica["reserved_memory_bytes"]
         reserved_cores[replica["node_id"]] += replica["reserved_cores"]
-    # A fine-tune job holds its GPUs whole while queued or running: none of them is free for a replica.
     held = (
         {
-            (job["node_id"], index)
-            for job in FineTuneJob.objects.holding_gpus()
-            .filter(node__in=nodes)
-            .exclude(pk__in=exclude_job_ids or ())
-            .values("node_id", "gpu_indices")
-            for index in job["gpu_indices"]
+            (hold.node_id, hold.index)
+            for holds in GPU_HOLDERS
+            for hold in holds(nodes)
+            if hold.holder not in (exclude_holders or ())
         }
         if any(node.gpus for node in nodes)
         else set()

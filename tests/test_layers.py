@@ -40,9 +40,6 @@ KNOWN_CIRCLES: set[frozenset[str]] = {
     frozenset({"portfolio.cli", "portfolio.launcher"}),  # the command builders move to their own module
     frozenset({"training.finetune", "training.tasks"}),
 }
-KNOWN_UPWARD = {
-    ("serving.capacity", "training.models"),
-}
 
 
 @dataclass(frozen=True, order=True)
@@ -186,7 +183,7 @@ def circles(root: Path) -> list[list[Reference]]:
 
 # --- The tree ---------------------------------------------------------------------------------------------
 def test_no_module_outside_the_composition_root_imports_a_layer_above_its_own():
-    found = [ref for ref in upward(REPO) if (ref.module, ref.target) not in ALLOWED_UPWARD | KNOWN_UPWARD]
+    found = [ref for ref in upward(REPO) if (ref.module, ref.target) not in ALLOWED_UPWARD]
     assert not found, (
         "Upward imports (register a check in the higher app's AppConfig.ready instead):\n"
         + "\n".join(map(str, found))
@@ -196,11 +193,6 @@ def test_no_module_outside_the_composition_root_imports_a_layer_above_its_own():
 def test_billing_points_upward_only_at_the_endpoint_it_prices():
     billing = {(ref.module, ref.target) for ref in upward(REPO) if ref.module.startswith("portfolio.billing")}
     assert billing == ALLOWED_UPWARD
-
-
-def test_the_known_upward_imports_are_still_there_until_they_leave_the_list():
-    found = {(ref.module, ref.target) for ref in upward(REPO)}
-    assert found >= KNOWN_UPWARD, f"Fixed: remove {sorted(KNOWN_UPWARD - found)} from KNOWN_UPWARD."
 
 
 def test_no_modules_import_each_other():

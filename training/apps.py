@@ -7,6 +7,9 @@ class TrainingConfig(AppConfig):
 
     def ready(self) -> None:
         from portfolio.registry import services as registry_services
+        from serving import capacity
+        from training.finetune import gpu_holds
         from training.promotion import score_regressions
 
         registry_services.PROMOTION_CHECKS.append(score_regressions)
+        capacity.GPU_HOLDERS.append(gpu_holds)

@@ -4,6 +4,7 @@ node task and the reaper do. The training itself runs in training/runner.py, in 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from datetime import timedelta
 from functools import partial
 
@@ -19,7 +20,7 @@ from portfolio.registry import services as registry_services
 from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.models import Model, ModelVersion
 from serving import scheduler
-from serving.capacity import pool_capacity
+from serving.capacity import GpuHold, pool_capacity
 from serving.choices import NodeState, PoolKind
 from serving.models import ComputePool, Endpoint, Node
 from training import services
@@ -74,6 +75,20 @@ WHOLE_GPU = scheduler.Estimate(
 WHOLE_GPU_ARGS = {"gpu_memory_utilization": 1.0}
 
 
+def gpu_holder(job_id: int) -> str:
+    """The name a job's GPU holds go by in serving's capacity count."""
+    return f"fine-tune #{job_id}"
+
+
+def gpu_holds(nodes: list[Node]) -> Iterator[GpuHold]:
+    """A fine-tune job holds its GPUs whole while queued or running: none of them is free for a replica
+    (registered with serving's ``GPU_HOLDERS`` in ``TrainingConfig.ready``)."""
+    jobs = FineTuneJob.objects.holding_gpus().filter(node__in=nodes).values("pk", "node_id", "gpu_indices")
+    for job in jobs:
+        for index in job["gpu_indices"]:
+            yield GpuHold(gpu_holder(job["pk"]), job["node_id"], index)
+
+
 def _placement(pool: ComputePool, *, job: FineTuneJob | None = None) -> tuple[Node, list[int]]:
     """The node a job runs on (the least busy ready one) and, on a GPU pool, the free GPU it claims there;
     ``job``'s own claim (a job being moved) does not count against it."""
@@ -92,8 +107,8 @@ def _placement(pool: ComputePool, *, job: FineTuneJob | None = None) -> tuple[No
     # One claim at a time per pool (replica placement takes the same lock): no GPU is taken twice.
     ComputePool.objects.select_for_update().filter(pk=pool.pk).first()
     by_name = {node.name: node for node in nodes}
-    exclude = {job.pk} if job is not None else set()
-    capacity = [free for free in pool_capacity(pool, exclude_job_ids=exclude) if free.name in by_name]
+    exclude = {gpu_holder(job.pk)} if job is not None else set()
+    capacity = [free for free in pool_capacity(pool, exclude_holders=exclude) if free.name in by_name]
     try:
         placement = scheduler.place(
             WHOLE_GPU,

@@ -281,7 +281,7 @@ def test_a_replica_does_not_land_on_a_gpu_a_job_holds(gpu_pool, start, engineer,
     deployment.refresh_from_db()
     assert "Cannot place a replica" in deployment.status_detail
     # The job's own claim does not count against it when it is moved (the reaper).
-    mine = pool_capacity(gpu_pool, exclude_job_ids={job.pk})[0].gpus[0]
+    mine = pool_capacity(gpu_pool, exclude_holders={finetune.gpu_holder(job.pk)})[0].gpus[0]
     assert mine.free_bytes == 24 * GIB
 
 
