@@ -8,6 +8,7 @@ class TrainingConfig(AppConfig):
     def ready(self) -> None:
         from portfolio.registry import services as registry_services
         from serving import capacity
+        from training import tasks  # noqa: F401 - registers its Celery tasks, which finetune sends by name
         from training.finetune import gpu_holds
         from training.promotion import score_regressions
 

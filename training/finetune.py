@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from functools import partial
 
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -208,11 +209,10 @@ def start_distillation(
 
 
 def enqueue(job: FineTuneJob) -> None:
-    from training.tasks import run_job
-
+    """Send the job to its node's queue. By the task's name: the task module builds on this one."""
     if job.node is None:
         raise Conflict(f"Fine-tune #{job.pk} has no node to run on.")
-    run_job.apply_async(args=[job.pk], queue=f"node.{job.node.name}")
+    current_app.signature("training.run_job", args=[job.pk], queue=f"node.{job.node.name}").apply_async()
 
 
 @transaction.atomic
