@@ -11,7 +11,3 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portfolio.settings")
 app = Celery("portfolio")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
-
-
-def node_queue(node_name: str) -> str:
-    return f"node.{node_name}"

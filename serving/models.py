@@ -86,10 +86,6 @@ class Node(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    @property
-    def queue(self) -> str:
-        return f"node.{self.name}"
-
     def snapshot(self) -> dict:
         return {"name": self.name, "pool": self.pool.name, "state": self.state, "address": self.address}
 

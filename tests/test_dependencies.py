@@ -1,0 +1,67 @@
+"""Every third-party package the code imports is declared in pyproject.toml (as a dependency or in the extra
+that installs it), not merely brought in by another package that may stop bringing it."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCES = ("portfolio", "serving", "training", "tests", "benchmarks", "manage.py")
+OURS = {"portfolio", "serving", "training", "tests", "benchmarks"}
+# Imported, but from somewhere other than this package's environment.
+ELSEWHERE = {
+    "vllm": "engines run from their own environment (serving/engines/requirements-*.txt)",
+    "portfolio_engine_guard": "written by serving/engine_args.py into the engine's own path",
+}
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def declared() -> set[str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = [
+        *project["dependencies"],
+        *(r for extra in project["optional-dependencies"].values() for r in extra),
+    ]
+    return {_normalise(re.match(r"[A-Za-z0-9_.-]+", requirement).group()) for requirement in requirements}
+
+
+def imported() -> dict[str, str]:
+    """Top-level third-party module -> the first file that imports it."""
+    found: dict[str, str] = {}
+    for source in SOURCES:
+        paths = [REPO / source] if source.endswith(".py") else sorted((REPO / source).rglob("*.py"))
+        for path in paths:
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.partition(".")[0]
+                    if top not in sys.stdlib_module_names and top not in OURS and top != "__future__":
+                        found.setdefault(top, str(path.relative_to(REPO)))
+    return found
+
+
+def test_every_imported_third_party_package_is_declared():
+    distributions = packages_distributions()
+    names = declared()
+    missing = {
+        module: where
+        for module, where in imported().items()
+        if module not in ELSEWHERE
+        and not any(_normalise(dist) in names for dist in distributions.get(module, []))
+    }
+    assert not missing, "Imported but not declared in pyproject.toml (module: first importer): " + str(
+        missing
+    )
