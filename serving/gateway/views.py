@@ -31,7 +31,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.accounts.models import Team
 from portfolio.errors import Conflict, DomainError, Invalid
-from serving.forms import apply_serving_error
+from serving.forms.base import apply_serving_error
 from serving.gateway import charts, services
 from serving.gateway.forms import DEFAULT_PERIOD, KeyCreateForm, KeyEditForm, KeyPolicyForm, UsageFilterForm
 from serving.gateway.models import ApiKey, KeyPolicy, UsageHourly

@@ -18,14 +18,9 @@ from portfolio.accounts.models import Team
 from portfolio.errors import DomainError, Invalid
 from serving import engine_args, services
 from serving.choices import DeploymentStatus, DesiredState, ReplicaState
-from serving.forms import (
-    AdapterAddForm,
-    DeploymentForm,
-    ScaleForm,
-    TryForm,
-    UpdateVersionForm,
-    apply_serving_error,
-)
+from serving.forms.base import apply_serving_error
+from serving.forms.deployment_actions import AdapterAddForm, ScaleForm, TryForm, UpdateVersionForm
+from serving.forms.deployments import DeploymentForm
 from serving.models import Deployment, Endpoint, EndpointRoute, Replica
 from serving.views.display import age_label, arg_value, url_or_blank, version_url
 

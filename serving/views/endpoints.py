@@ -18,7 +18,8 @@ from portfolio.accounts.models import Team
 from portfolio.errors import DomainError
 from serving import services
 from serving.choices import DesiredState, ReplicaState
-from serving.forms import EndpointForm, FallbackForm, apply_serving_error, managed_teams, route_formset
+from serving.forms.base import apply_serving_error, managed_teams
+from serving.forms.endpoints import EndpointForm, FallbackForm, route_formset
 from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute
 from serving.views.display import percent
 

@@ -19,7 +19,8 @@ from portfolio.errors import Conflict, DomainError, Invalid
 from serving import services
 from serving.capacity import pool_usage
 from serving.choices import NodeState, ReplicaState
-from serving.forms import NodeStateForm, PoolCreateForm, apply_serving_error
+from serving.forms.base import apply_serving_error
+from serving.forms.pools import NodeStateForm, PoolCreateForm
 from serving.models import ComputePool, Node
 from serving.views.display import age_label, bar, gib, rate
 

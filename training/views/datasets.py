@@ -22,7 +22,7 @@ from portfolio.registry.choices import VersionKind
 from portfolio.registry.storage import CorruptArtifact
 from training import charts, services
 from training.choices import DatasetKind, Split
-from training.forms import DatasetCreateForm, DatasetFilterForm, DatasetUploadForm
+from training.forms.datasets import DatasetCreateForm, DatasetFilterForm, DatasetUploadForm
 from training.models import Dataset, DatasetVersion
 from training.views.listing import PAGE_SIZE, is_filtered, query_without
 

@@ -13,7 +13,8 @@ from portfolio.errors import DomainError
 from portfolio.formerrors import show_refusal
 from serving.models import Endpoint
 from training import finetune
-from training.forms import HYPERPARAMETER_FIELDS, DistillationStartForm
+from training.forms.distillation import DistillationStartForm
+from training.forms.jobs import HYPERPARAMETER_FIELDS
 from training.models import DatasetVersion
 
 # The service names the student and the prompts as a fine-tune's base and dataset in its refusals.

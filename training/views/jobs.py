@@ -17,7 +17,7 @@ from portfolio.errors import Conflict, DomainError, Invalid, NotFound
 from portfolio.formerrors import show_refusal
 from training import charts, finetune
 from training.choices import JobStatus, Method
-from training.forms import HYPERPARAMETER_FIELDS, JobFilterForm, JobStartForm
+from training.forms.jobs import HYPERPARAMETER_FIELDS, JobFilterForm, JobStartForm
 from training.models import DatasetVersion, FineTuneJob
 from training.views.evals import eval_comparison
 from training.views.formatting import duration_label, hours
