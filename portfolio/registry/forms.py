@@ -8,7 +8,6 @@ from django.db.models import Q
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
-from portfolio.formerrors import show_refusal
 from portfolio.registry.chat_templates import MAX_CHAT_TEMPLATE_BYTES
 from portfolio.registry.choices import Source, Task, VersionKind, VersionStatus, Visibility
 from portfolio.registry.models import Alias, Model, ModelVersion
@@ -20,10 +19,6 @@ IMPORT_SOURCES = [
     (Source.LOCAL.value, "Server folder"),
     (Source.GGUF.value, "GGUF file"),
 ]
-
-
-# training.views shows its refusals by this name.
-apply_registry_error = show_refusal
 
 
 def parse_tags(raw: str) -> list[str]:

@@ -110,6 +110,9 @@ class EngineArgsMixin:
 
 
 class DeploymentForm(EngineArgsMixin, forms.Form):
+    # A refusal that is no field's fault (no room for the replicas), said above the form.
+    refusal = ""
+
     name = forms.CharField(
         max_length=63,
         help_text=f"{NAME_HELP} Clients and endpoints refer to the deployment by it.",
