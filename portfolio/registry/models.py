@@ -8,6 +8,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from portfolio.accounts.models import Team
+from portfolio.accounts.scoping import TeamScopedQuerySet
 from portfolio.registry.choices import Health, Source, Task, VersionKind, VersionStatus, Visibility
 
 model_name_validator = RegexValidator(
@@ -25,7 +26,7 @@ def _shared_with(team_ids, department_ids) -> Q:
     )
 
 
-class ModelQuerySet(models.QuerySet):
+class ModelQuerySet(TeamScopedQuerySet):
     def visible_to(self, actor) -> ModelQuerySet:
         """What a person may see: the models shared with any of their teams (everything, org-wide)."""
         if actor.is_org_wide:

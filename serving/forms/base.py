@@ -37,8 +37,7 @@ def clean_name(value: str) -> str:
 
 def managed_teams(actor: Actor, action: str = "deployment.manage"):
     """Teams in which the actor may do ``action``: the choices of a form's team field."""
-    teams = [team for team in gate.visible(actor, Team).order_by("name") if gate.can(actor, action, team)]
-    return Team.objects.filter(pk__in=[t.pk for t in teams]).order_by("name")
+    return gate.allowed(actor, Team, action).order_by("name")
 
 
 def ready_bases(actor: Actor):

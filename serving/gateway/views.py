@@ -129,10 +129,8 @@ def _with_month_usage(keys: list[ApiKey]) -> None:
 def _key_teams(actor: Actor) -> list[Team]:
     """The teams whose keys the page lists: those the actor manages keys of; every team for org-wide roles
     (read-only where the actor may not manage them, as for auditors)."""
-    teams = gate.visible(actor, Team).select_related("department").order_by("name", "id")
-    if actor.is_org_wide:
-        return list(teams)
-    return [team for team in teams if gate.can(actor, "apikey.manage", team)]
+    teams = gate.visible(actor, Team) if actor.is_org_wide else gate.allowed(actor, Team, "apikey.manage")
+    return list(teams.select_related("department").order_by("name", "id"))
 
 
 @require_GET

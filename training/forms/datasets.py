@@ -16,14 +16,6 @@ from training.choices import DatasetKind
 from training.models import Dataset
 
 
-def teams_for_training(actor: Actor):
-    """Teams the actor may create datasets in (owner or engineer)."""
-    teams = [
-        team for team in gate.visible(actor, Team).order_by("name") if gate.can(actor, "training.run", team)
-    ]
-    return Team.objects.filter(pk__in=[team.pk for team in teams]).order_by("name")
-
-
 def tokenizer_versions(actor: Actor):
     """Ready versions the actor may see, whose tokenizer can measure a dataset (adapters use their base's)."""
     return (
@@ -94,7 +86,7 @@ class DatasetCreateForm(forms.Form):
 
     def __init__(self, *args, actor: Actor, **kwargs):
         super().__init__(*args, **kwargs)
-        teams = teams_for_training(actor)
+        teams = gate.allowed(actor, Team, "training.run").order_by("name")
         self.fields["owner_team"].queryset = teams
         if len(teams) == 1:
             self.fields["owner_team"].initial = teams[0].pk

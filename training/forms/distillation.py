@@ -8,11 +8,11 @@ from django.db.models import QuerySet
 
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
+from portfolio.accounts.models import Team
 from portfolio.registry.models import ModelVersion
 from serving.forms.base import VersionChoiceField as ServingVersionChoiceField
 from serving.forms.base import ready_bases
 from serving.models import Endpoint
-from training.forms.datasets import teams_for_training
 from training.forms.jobs import (
     DatasetVersionChoiceField,
     TrainingStartForm,
@@ -25,10 +25,12 @@ from training.models import DatasetVersion
 def teacher_endpoints(actor: Actor):
     """Endpoints the actor may call, of the teams they may train in: the teacher is called with a
     service key of the job's team (the dataset's), so its calls are billed to that team."""
-    teams = teams_for_training(actor)
-    candidates = gate.visible(actor, Endpoint).filter(owner_team__in=teams).select_related("owner_team")
-    ids = [endpoint.pk for endpoint in candidates if gate.can(actor, "endpoint.call", endpoint)]
-    return Endpoint.objects.filter(pk__in=ids).select_related("owner_team").order_by("name")
+    return (
+        gate.allowed(actor, Endpoint, "endpoint.call")
+        .filter(owner_team__in=gate.allowed(actor, Team, "training.run"))
+        .select_related("owner_team")
+        .order_by("name")
+    )
 
 
 class EndpointChoiceField(forms.ModelChoiceField):

@@ -13,7 +13,6 @@ from serving.forms.base import PoolSelect, ready_bases
 from serving.forms.base import VersionChoiceField as ServingVersionChoiceField
 from serving.models import ComputePool
 from training.choices import DatasetVersionStatus, JobStatus, Method
-from training.forms.datasets import teams_for_training
 from training.lora import Hyperparameters
 from training.models import DatasetVersion
 
@@ -31,10 +30,9 @@ class JobFilterForm(forms.Form):
 
 def trainable_dataset_versions(actor: Actor):
     """Ready dataset versions in the teams where the actor may train (owner or engineer)."""
-    teams = teams_for_training(actor)
     return (
-        gate.visible(actor, DatasetVersion)
-        .filter(status=DatasetVersionStatus.READY, dataset__owner_team__in=teams)
+        gate.allowed(actor, DatasetVersion, "training.run")
+        .filter(status=DatasetVersionStatus.READY)
         .select_related("dataset__owner_team")
         .order_by("dataset__owner_team__slug", "dataset__name", "-number")
     )
@@ -42,8 +40,7 @@ def trainable_dataset_versions(actor: Actor):
 
 def registrable_models(actor: Actor):
     """Models the actor may register new versions under: where a fine-tune's result can go."""
-    ids = [model.pk for model in gate.visible(actor, Model) if gate.can(actor, "model.register", model)]
-    return Model.objects.filter(pk__in=ids).order_by("name")
+    return gate.allowed(actor, Model, "model.register").order_by("name")
 
 
 class DatasetVersionChoiceField(forms.ModelChoiceField):
