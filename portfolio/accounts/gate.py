@@ -25,11 +25,13 @@ def visible(actor: Actor, model: Any) -> models.QuerySet:
 def allowed(actor: Actor, model: Any, action: str) -> models.QuerySet:
     """What of ``model`` the actor sees and may do ``action`` on, one query for ``can`` on each: all they
     see where their organisation roles allow it, else what the teams in which their role does own."""
+    seen = model.objects.visible_to(actor)  # a scoping.TeamScopedQuerySet
     org_roles = set(actor.org_roles)
     if role_allows(org_roles, action):
-        return visible(actor, model)
-    teams = [team for team, role in actor.team_roles.items() if role_allows(org_roles | {role}, action)]
-    return visible(actor, model).of_teams(teams)
+        return seen
+    return seen.of_teams(
+        [team for team, role in actor.team_roles.items() if role_allows(org_roles | {role}, action)]
+    )
 
 
 def get_visible(actor: Actor, model: Any, **lookup) -> Any:
