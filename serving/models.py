@@ -9,6 +9,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from portfolio.accounts.models import Team
+from portfolio.accounts.scoping import TeamScopedQuerySet
 from portfolio.registry.models import ModelVersion
 from serving.choices import DeploymentStatus, DesiredState, NodeState, PoolKind, ReplicaState
 
@@ -17,7 +18,11 @@ name_validator = RegexValidator(
 )
 
 
-class ComputePoolQuerySet(models.QuerySet):
+class ComputePoolQuerySet(TeamScopedQuerySet):
+    """A pool is open to the teams it lists, or to every team when it lists none."""
+
+    team_path = "allowed_teams"
+
     def visible_to(self, actor) -> ComputePoolQuerySet:
         if actor.is_org_wide:
             return self
@@ -90,11 +95,8 @@ class Node(models.Model):
         return {"name": self.name, "pool": self.pool.name, "state": self.state, "address": self.address}
 
 
-class DeploymentQuerySet(models.QuerySet):
-    def visible_to(self, actor) -> DeploymentQuerySet:
-        if actor.is_org_wide:
-            return self
-        return self.filter(owner_team_id__in=actor.team_ids)
+class DeploymentQuerySet(TeamScopedQuerySet):
+    pass
 
 
 class Deployment(models.Model):
@@ -223,11 +225,8 @@ class DeploymentEvent(models.Model):
         return f"{self.deployment.name} {self.kind}"
 
 
-class EndpointQuerySet(models.QuerySet):
-    def visible_to(self, actor) -> EndpointQuerySet:
-        if actor.is_org_wide:
-            return self
-        return self.filter(owner_team_id__in=actor.team_ids)
+class EndpointQuerySet(TeamScopedQuerySet):
+    pass
 
 
 class Endpoint(models.Model):

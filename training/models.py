@@ -6,6 +6,7 @@ from django.db import models
 from django.utils import timezone
 
 from portfolio.accounts.models import Team
+from portfolio.accounts.scoping import TeamScopedQuerySet
 from portfolio.registry.models import Artifact, ModelVersion
 from training.choices import DatasetKind, DatasetVersionStatus, EvalStatus, JobStatus, Method
 
@@ -14,11 +15,8 @@ dataset_name_validator = RegexValidator(
 )
 
 
-class DatasetQuerySet(models.QuerySet):
-    def visible_to(self, actor) -> DatasetQuerySet:
-        if actor.is_org_wide:
-            return self
-        return self.filter(owner_team_id__in=actor.team_ids)
+class DatasetQuerySet(TeamScopedQuerySet):
+    pass
 
 
 class Dataset(models.Model):
@@ -57,9 +55,8 @@ class Dataset(models.Model):
         }
 
 
-class DatasetVersionQuerySet(models.QuerySet):
-    def visible_to(self, actor) -> DatasetVersionQuerySet:
-        return self.filter(dataset__in=Dataset.objects.visible_to(actor))
+class DatasetVersionQuerySet(TeamScopedQuerySet):
+    team_path = "dataset__owner_team_id"
 
 
 class DatasetVersion(models.Model):
@@ -149,12 +146,7 @@ class DatasetVersion(models.Model):
         }
 
 
-class FineTuneJobQuerySet(models.QuerySet):
-    def visible_to(self, actor) -> FineTuneJobQuerySet:
-        if actor.is_org_wide:
-            return self
-        return self.filter(owner_team_id__in=actor.team_ids)
-
+class FineTuneJobQuerySet(TeamScopedQuerySet):
     def holding_gpus(self) -> FineTuneJobQuerySet:
         """Jobs whose GPU claims stand: queued or running ones (a finished job has given its GPUs back)."""
         return self.filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).exclude(gpu_indices=[])

@@ -124,15 +124,7 @@ def run(job_id: int) -> int:
 
         def on_checkpoint(path: Path, step: int) -> None:
             manifest = store_directory(store, path)
-            artifact, _ = Artifact.objects.get_or_create(
-                id=manifest.artifact_id,
-                defaults={
-                    "store_uri": store.uri(manifest.artifact_id),
-                    "size_bytes": manifest.total_size,
-                    "file_count": len(manifest.files),
-                    "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
-                },
-            )
+            artifact = Artifact.objects.record(manifest, store.uri(manifest.artifact_id), verified=False)
             jobs.update(checkpoint=artifact, checkpoint_step=step)
             print(f"checkpoint of step {step} stored ({manifest.artifact_id[:12]})", flush=True)
 

@@ -1,6 +1,8 @@
 """The one permission gate, used by the UI, the REST API and the gateway alike.
 
 - ``visible(actor, Model)`` starts every query: what an actor may not see does not exist for them.
+- ``allowed(actor, Model, action)`` narrows it to what they may do ``action`` on (the teams to offer on a
+  form, say), as NetBox's ``restrict(user, action)``.
 - ``require(actor, action, obj)`` answers 404 (``NotFound``) for an object the actor may not see and
   403 (``Forbidden``) for one they may see but not change, deciding from the capability matrix.
 """
@@ -18,6 +20,18 @@ from portfolio.errors import Forbidden, NotFound
 
 def visible(actor: Actor, model: Any) -> models.QuerySet:
     return model.objects.visible_to(actor)
+
+
+def allowed(actor: Actor, model: Any, action: str) -> models.QuerySet:
+    """What of ``model`` the actor sees and may do ``action`` on, one query for ``can`` on each: all they
+    see where their organisation roles allow it, else what the teams in which their role does own."""
+    seen = model.objects.visible_to(actor)  # a scoping.TeamScopedQuerySet
+    org_roles = set(actor.org_roles)
+    if role_allows(org_roles, action):
+        return seen
+    return seen.of_teams(
+        [team for team, role in actor.team_roles.items() if role_allows(org_roles | {role}, action)]
+    )
 
 
 def get_visible(actor: Actor, model: Any, **lookup) -> Any:

@@ -6,17 +6,20 @@ from django.db import models
 from django.utils import timezone
 
 from portfolio.accounts.choices import OrgRole, TeamRole
+from portfolio.accounts.scoping import TeamScopedQuerySet
 
 cost_center_validator = RegexValidator(
     r"^[A-Z0-9][A-Z0-9\-]{1,31}$", "Use 2-32 capital letters, digits or dashes."
 )
 
 
-class DepartmentQuerySet(models.QuerySet):
-    def visible_to(self, actor) -> DepartmentQuerySet:
-        if actor.is_org_wide:
-            return self
-        return self.filter(teams__id__in=actor.team_ids).distinct()
+class DepartmentQuerySet(TeamScopedQuerySet):
+    """A department is seen by the members of its teams."""
+
+    team_path = "teams__id"
+
+    def of_teams(self, team_ids) -> DepartmentQuerySet:
+        return super().of_teams(team_ids).distinct()
 
 
 class Department(models.Model):
@@ -38,11 +41,8 @@ class Department(models.Model):
         return {"name": self.name, "cost_center": self.cost_center}
 
 
-class TeamQuerySet(models.QuerySet):
-    def visible_to(self, actor) -> TeamQuerySet:
-        if actor.is_org_wide:
-            return self
-        return self.filter(id__in=actor.team_ids)
+class TeamQuerySet(TeamScopedQuerySet):
+    team_path = "id"
 
 
 class Team(models.Model):
@@ -74,11 +74,8 @@ class Team(models.Model):
         }
 
 
-class MembershipQuerySet(models.QuerySet):
-    def visible_to(self, actor) -> MembershipQuerySet:
-        if actor.is_org_wide:
-            return self
-        return self.filter(team_id__in=actor.team_ids)
+class MembershipQuerySet(TeamScopedQuerySet):
+    team_path = "team_id"
 
 
 class Membership(models.Model):

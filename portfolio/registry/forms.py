@@ -117,14 +117,8 @@ class ModelCreateForm(ModelEditForm):
 
     def __init__(self, *args, actor: Actor, **kwargs):
         super().__init__(*args, **kwargs)
-        teams = [
-            team
-            for team in gate.visible(actor, Team).order_by("name")
-            if gate.can(actor, "model.register", team)
-        ]
-        self.fields["owner_team"].queryset = Team.objects.filter(pk__in=[t.pk for t in teams]).order_by(
-            "name"
-        )
+        teams = gate.allowed(actor, Team, "model.register").order_by("name")
+        self.fields["owner_team"].queryset = teams
         if len(teams) == 1:
             self.fields["owner_team"].initial = teams[0].pk
 

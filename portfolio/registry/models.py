@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.core.validators import RegexValidator
@@ -8,7 +10,11 @@ from django.db.models import Q
 from django.utils import timezone
 
 from portfolio.accounts.models import Team
+from portfolio.accounts.scoping import TeamScopedQuerySet
 from portfolio.registry.choices import Health, Source, Task, VersionKind, VersionStatus, Visibility
+
+if TYPE_CHECKING:
+    from portfolio.registry.hashing import Manifest
 
 model_name_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9._-]{1,79}$", "Use 2-80 lower-case letters, digits, dots, dashes or underscores."
@@ -25,7 +31,7 @@ def _shared_with(team_ids, department_ids) -> Q:
     )
 
 
-class ModelQuerySet(models.QuerySet):
+class ModelQuerySet(TeamScopedQuerySet):
     def visible_to(self, actor) -> ModelQuerySet:
         """What a person may see: the models shared with any of their teams (everything, org-wide)."""
         if actor.is_org_wide:
@@ -83,6 +89,22 @@ class Model(models.Model):
         }
 
 
+class ArtifactManager(models.Manager):
+    def record(self, manifest: Manifest, store_uri: str, *, verified: bool = True) -> Artifact:
+        """The row of the files of ``manifest``, stored at ``store_uri``: the existing one when the same
+        files were stored before. ``verified``: their checksums were just checked (health OK, now)."""
+        defaults = {
+            "store_uri": store_uri,
+            "size_bytes": manifest.total_size,
+            "file_count": len(manifest.files),
+            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
+        }
+        if verified:
+            defaults |= {"health": Health.OK, "verified_at": timezone.now()}
+        artifact, _ = self.get_or_create(id=manifest.artifact_id, defaults=defaults)
+        return artifact
+
+
 class Artifact(models.Model):
     """A content-addressed set of files in the artifact store, named by the sha256 of its manifest."""
 
@@ -95,6 +117,8 @@ class Artifact(models.Model):
     health_detail = models.TextField(blank=True)
     verified_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+
+    objects = ArtifactManager()
 
     class Meta:
         ordering = ["-created_at"]

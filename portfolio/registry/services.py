@@ -266,17 +266,7 @@ def _register_derived(
     parent = ModelVersion.objects.select_for_update().select_related("model__owner_team").get(pk=version.pk)
     if parent.status != VersionStatus.READY:
         raise Conflict(f"{parent.label} is {parent.status}; a chat template is set on a ready version only.")
-    artifact, _ = Artifact.objects.get_or_create(
-        id=manifest.artifact_id,
-        defaults={
-            "store_uri": store_uri,
-            "size_bytes": manifest.total_size,
-            "file_count": len(manifest.files),
-            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
-            "health": Health.OK,
-            "verified_at": timezone.now(),
-        },
-    )
+    artifact = Artifact.objects.record(manifest, store_uri)
     derived = ModelVersion.objects.create(
         model=parent.model,
         number=_next_number(parent.model),
@@ -409,17 +399,7 @@ def register_trained_version(
     model_card: str,
 ) -> ModelVersion:
     """A version produced by a fine-tune or distillation job: lineage to its base, audited."""
-    artifact, _ = Artifact.objects.get_or_create(
-        id=manifest.artifact_id,
-        defaults={
-            "store_uri": store_uri,
-            "size_bytes": manifest.total_size,
-            "file_count": len(manifest.files),
-            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
-            "health": Health.OK,
-            "verified_at": timezone.now(),
-        },
-    )
+    artifact = Artifact.objects.record(manifest, store_uri)
     adapter = facts.is_adapter
     version = ModelVersion.objects.create(
         model=model,

@@ -12,7 +12,7 @@ from django.utils import timezone
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
-from serving.forms import managed_teams
+from serving.forms.base import managed_teams
 from serving.gateway.models import ApiKey, KeyPolicy
 from serving.gateway.services import LIMIT_BOUNDS, LIMIT_FIELDS
 from serving.models import Endpoint

@@ -6,13 +6,11 @@ from django.db import models
 from django.utils import timezone
 
 from portfolio.accounts.models import Team
+from portfolio.accounts.scoping import TeamScopedQuerySet
 
 
-class ApiKeyQuerySet(models.QuerySet):
-    def visible_to(self, actor) -> ApiKeyQuerySet:
-        if actor.is_org_wide:
-            return self
-        return self.filter(team_id__in=actor.team_ids)
+class ApiKeyQuerySet(TeamScopedQuerySet):
+    team_path = "team_id"
 
 
 class ApiKey(models.Model):
@@ -83,11 +81,8 @@ class ApiKey(models.Model):
         }
 
 
-class KeyPolicyQuerySet(models.QuerySet):
-    def visible_to(self, actor) -> KeyPolicyQuerySet:
-        if actor.is_org_wide:
-            return self
-        return self.filter(team_id__in=actor.team_ids)
+class KeyPolicyQuerySet(TeamScopedQuerySet):
+    team_path = "team_id"
 
 
 class KeyPolicy(models.Model):
@@ -135,11 +130,8 @@ class KeyPolicy(models.Model):
         return {"team": self.team.slug, **ceilings}
 
 
-class UsageEventQuerySet(models.QuerySet):
-    def visible_to(self, actor) -> UsageEventQuerySet:
-        if actor.is_org_wide:
-            return self
-        return self.filter(team_id__in=actor.team_ids)
+class UsageEventQuerySet(TeamScopedQuerySet):
+    team_path = "team_id"
 
 
 class UsageEvent(models.Model):

@@ -30,8 +30,9 @@ from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.accounts.models import Team
-from portfolio.errors import Conflict, DomainError, Invalid
-from serving.forms import apply_serving_error
+from portfolio.errors import Conflict, Invalid
+from portfolio.formviews import submit
+from serving.forms.base import apply_serving_error
 from serving.gateway import charts, services
 from serving.gateway.forms import DEFAULT_PERIOD, KeyCreateForm, KeyEditForm, KeyPolicyForm, UsageFilterForm
 from serving.gateway.models import ApiKey, KeyPolicy, UsageHourly
@@ -129,10 +130,8 @@ def _with_month_usage(keys: list[ApiKey]) -> None:
 def _key_teams(actor: Actor) -> list[Team]:
     """The teams whose keys the page lists: those the actor manages keys of; every team for org-wide roles
     (read-only where the actor may not manage them, as for auditors)."""
-    teams = gate.visible(actor, Team).select_related("department").order_by("name", "id")
-    if actor.is_org_wide:
-        return list(teams)
-    return [team for team in teams if gate.can(actor, "apikey.manage", team)]
+    teams = gate.visible(actor, Team) if actor.is_org_wide else gate.allowed(actor, Team, "apikey.manage")
+    return list(teams.select_related("department").order_by("name", "id"))
 
 
 @require_GET
@@ -211,30 +210,40 @@ def key_create(request):
     else:
         initial = {"team": request.GET["team"]} if request.GET.get("team") else None
         form = KeyCreateForm(initial=initial, actor=actor)
-    if form.is_valid():
+
+    def create() -> tuple[ApiKey, str]:
         team = form.cleaned_data["team"]
-        try:
-            key, secret = services.create_key(
-                actor=actor,
-                team=team,
-                name=form.cleaned_data["name"],
-                expires_at=form.expires_at(),
-                **form.limits(omit_empty=not gate.can(actor, "apikey.limits", team)),
-            )
-        except DomainError as exc:
-            apply_serving_error(form, exc, {"expires_at": "expires_on"})
-        else:
-            # Rendered straight into this response: never the session, messages or logs.
-            return render(
-                request,
-                "gateway/key_created.html",
-                {
-                    "key": key,
-                    "secret": secret,
-                    "base_url": request.build_absolute_uri("/v1"),
-                    "model": _example_model(key),
-                },
-            )
+        return services.create_key(
+            actor=actor,
+            team=team,
+            name=form.cleaned_data["name"],
+            expires_at=form.expires_at(),
+            **form.limits(omit_empty=not gate.can(actor, "apikey.limits", team)),
+        )
+
+    def created(result: tuple[ApiKey, str]):
+        key, secret = result
+        # Rendered straight into this response: never the session, messages or logs.
+        return render(
+            request,
+            "gateway/key_created.html",
+            {
+                "key": key,
+                "secret": secret,
+                "base_url": request.build_absolute_uri("/v1"),
+                "model": _example_model(key),
+            },
+        )
+
+    shown = submit(
+        request,
+        form,
+        create,
+        then=created,
+        refused=lambda form, exc: apply_serving_error(form, exc, {"expires_at": "expires_on"}),
+    )
+    if shown is not None:
+        return shown
     return render(request, "gateway/key_form.html", {"form": form})
 
 
@@ -257,14 +266,16 @@ def key_edit(request, pk: int):
         form = KeyEditForm(request.POST, key=key)
         if not can_set_limits:
             form.lock_limits()
-        if form.is_valid():
-            try:
-                services.update_key(actor=actor, key=key, **form.limits())
-            except DomainError as exc:
-                apply_serving_error(form, exc)
-            else:
-                messages.success(request, f"Key “{key.name}” saved; the gateway applies it within seconds.")
-                return redirect("apikey-list")
+        saved = submit(
+            request,
+            form,
+            lambda: services.update_key(actor=actor, key=key, **form.limits()),
+            success=lambda _: f"Key “{key.name}” saved; the gateway applies it within seconds.",
+            then=lambda _: redirect("apikey-list"),
+            refused=apply_serving_error,
+        )
+        if saved is not None:
+            return saved
     else:
         if request.method == "POST":
             messages.error(request, f"Key “{key.name}” is revoked; its limits can no longer be changed.")
@@ -304,16 +315,16 @@ def key_policy(request, slug: str):
     if request.method == "POST":
         gate.require(actor, "apikey.limits", team)
         form = KeyPolicyForm(request.POST, policy=policy)
-        if form.is_valid():
-            try:
-                services.update_key_policy(actor=actor, team=team, **form.cleaned_data)
-            except DomainError as exc:
-                apply_serving_error(form, exc)
-            else:
-                messages.success(
-                    request, f"Key policy of {team.name} saved; it applies to keys created from now on."
-                )
-                return redirect("apikey-list")
+        saved = submit(
+            request,
+            form,
+            lambda: services.update_key_policy(actor=actor, team=team, **form.cleaned_data),
+            success=f"Key policy of {team.name} saved; it applies to keys created from now on.",
+            then=lambda _: redirect("apikey-list"),
+            refused=apply_serving_error,
+        )
+        if saved is not None:
+            return saved
     else:
         form = KeyPolicyForm(policy=policy)
         if not can_set_limits:

@@ -12,7 +12,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.errors import Conflict, Invalid
 from serving import engine_args, playground, services
-from serving.forms import AdapterAddForm, ScaleForm, TryForm, UpdateVersionForm
+from serving.forms.deployment_actions import AdapterAddForm, ScaleForm, TryForm, UpdateVersionForm
 from serving.models import Deployment, DeploymentAdapter
 from serving.views.deployments import deployment_page, visible_deployment
 

@@ -3,7 +3,6 @@ engine logs (polled while it settles), adapters, engine arguments, routes and th
 
 from __future__ import annotations
 
-from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Count, Q
 from django.shortcuts import redirect, render
@@ -16,16 +15,12 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.accounts.models import Team
 from portfolio.errors import DomainError, Invalid
+from portfolio.formviews import submit
 from serving import engine_args, services
 from serving.choices import DeploymentStatus, DesiredState, ReplicaState
-from serving.forms import (
-    AdapterAddForm,
-    DeploymentForm,
-    ScaleForm,
-    TryForm,
-    UpdateVersionForm,
-    apply_serving_error,
-)
+from serving.forms.base import apply_serving_error
+from serving.forms.deployment_actions import AdapterAddForm, ScaleForm, TryForm, UpdateVersionForm
+from serving.forms.deployments import DeploymentForm
 from serving.models import Deployment, Endpoint, EndpointRoute, Replica
 from serving.views.display import age_label, arg_value, url_or_blank, version_url
 
@@ -102,33 +97,44 @@ def deployment_create(request):
     else:
         initial = {key: request.GET[key] for key in ("version", "pool", "team") if request.GET.get(key)}
         form = DeploymentForm(initial=initial, actor=actor)
-    refusal = ""
-    if form.is_valid():
+
+    def create() -> Deployment:
         data = form.cleaned_data
-        try:
-            deployment = services.create_deployment(
-                actor=actor,
-                name=data["name"],
-                team=data["team"],
-                version=data["version"],
-                pool=data["pool"],
-                replicas=data["replicas"],
-                args=form.engine_args(data["pool"].kind),
-                store_prompts=data["store_prompts"],
-            )
-        except DomainError as exc:
-            if exc.code == "unschedulable":
-                refusal = exc.message
-            else:
-                apply_serving_error(form, exc)
-        else:
-            messages.success(request, f"Deployment {deployment.name} created; its replicas start below.")
-            return redirect("deployment-detail", name=deployment.name)
+        return services.create_deployment(
+            actor=actor,
+            name=data["name"],
+            team=data["team"],
+            version=data["version"],
+            pool=data["pool"],
+            replicas=data["replicas"],
+            args=form.engine_args(data["pool"].kind),
+            store_prompts=data["store_prompts"],
+        )
+
+    created = submit(
+        request,
+        form,
+        create,
+        success=lambda deployment: f"Deployment {deployment.name} created; its replicas start below.",
+        then=lambda deployment: redirect("deployment-detail", name=deployment.name),
+        refused=_show_refusal,
+    )
+    if created is not None:
+        return created
     return render(
         request,
         "serving/deployment_form.html",
-        {"form": form, "refusal": refusal, "engine_fields": form.engine_fields(form.pool_kind())},
+        {"form": form, "refusal": form.refusal, "engine_fields": form.engine_fields(form.pool_kind())},
     )
+
+
+def _show_refusal(form: DeploymentForm, exc: DomainError) -> None:
+    """No room for the replicas is said above the form (it is no field's fault); the rest goes next to
+    its field."""
+    if exc.code == "unschedulable":
+        form.refusal = exc.message
+    else:
+        apply_serving_error(form, exc)
 
 
 def _settling(deployment: Deployment, replicas: list[Replica]) -> bool:

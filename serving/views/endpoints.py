@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Count, Prefetch, Q
 from django.shortcuts import redirect, render
@@ -15,10 +14,11 @@ from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of
 from portfolio.accounts.models import Team
-from portfolio.errors import DomainError
+from portfolio.formviews import submit
 from serving import services
 from serving.choices import DesiredState, ReplicaState
-from serving.forms import EndpointForm, FallbackForm, apply_serving_error, managed_teams, route_formset
+from serving.forms.base import apply_serving_error, managed_teams
+from serving.forms.endpoints import EndpointForm, FallbackForm, route_formset
 from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute
 from serving.views.display import percent
 
@@ -95,25 +95,31 @@ def endpoint_create(request):
         [{"deployment": request.GET["deployment"], "weight": 100}] if request.GET.get("deployment") else None
     )
     routes = route_formset(data, deployments=deployments, initial=initial)
+
+    def create() -> Endpoint:
+        return services.create_endpoint(
+            actor=actor,
+            name=form.cleaned_data["name"],
+            team=form.cleaned_data["team"],
+            description=form.cleaned_data["description"],
+            routes=routes.routes(),
+            fallback=form.cleaned_data["fallback"],
+            max_n=form.cleaned_data["max_n"] or services.MAX_N_DEFAULT,
+        )
+
     if data is not None and form.is_valid() and routes.is_valid():
-        try:
-            endpoint = services.create_endpoint(
-                actor=actor,
-                name=form.cleaned_data["name"],
-                team=form.cleaned_data["team"],
-                description=form.cleaned_data["description"],
-                routes=routes.routes(),
-                fallback=form.cleaned_data["fallback"],
-                max_n=form.cleaned_data["max_n"] or services.MAX_N_DEFAULT,
-            )
-        except DomainError as exc:
-            apply_serving_error(form, exc)
-        else:
-            messages.success(
-                request,
-                f"Endpoint {endpoint.name} created: clients call it with \u201cmodel\u201d: \u201c{endpoint.name}\u201d.",
-            )
-            return redirect("endpoint-detail", name=endpoint.name)
+        created = submit(
+            request,
+            form,
+            create,
+            success=lambda endpoint: (
+                f"Endpoint {endpoint.name} created: clients call it with \u201cmodel\u201d: \u201c{endpoint.name}\u201d."
+            ),
+            then=lambda endpoint: redirect("endpoint-detail", name=endpoint.name),
+            refused=apply_serving_error,
+        )
+        if created is not None:
+            return created
     return render(request, "serving/endpoint_form.html", {"form": form, "routes": routes})
 
 
@@ -180,20 +186,23 @@ def endpoint_routes(request, name: str):
     actor, endpoint = _managed(request, name)
     routes = route_formset(request.POST, deployments=_route_deployments(actor, [endpoint.owner_team]))
     fallback_form = FallbackForm(request.POST, actor=actor, endpoint=endpoint)
-    if routes.is_valid() and fallback_form.is_valid():
-        try:
-            services.set_routes(
+    if routes.is_valid():
+        saved = submit(
+            request,
+            fallback_form,
+            lambda: services.set_routes(
                 actor=actor,
                 endpoint=endpoint,
                 routes=routes.routes(),
                 fallback=fallback_form.cleaned_data["fallback"],
                 max_n=fallback_form.cleaned_data["max_n"],
-            )
-        except DomainError as exc:
-            apply_serving_error(fallback_form, exc)
-        else:
-            messages.success(request, f"Routes of {endpoint.name} saved.")
-            return redirect("endpoint-detail", name=endpoint.name)
+            ),
+            success=f"Routes of {endpoint.name} saved.",
+            then=lambda _: redirect("endpoint-detail", name=endpoint.name),
+            refused=apply_serving_error,
+        )
+        if saved is not None:
+            return saved
     endpoint.refresh_from_db()
     return _endpoint_page(request, actor, endpoint, routes_form=routes, fallback_form=fallback_form)
 

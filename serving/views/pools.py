@@ -15,11 +15,13 @@ from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.accounts.models import Team
-from portfolio.errors import Conflict, DomainError, Invalid
+from portfolio.errors import Conflict, Invalid
+from portfolio.formviews import submit
 from serving import services
 from serving.capacity import pool_usage
 from serving.choices import NodeState, ReplicaState
-from serving.forms import NodeStateForm, PoolCreateForm, apply_serving_error
+from serving.forms.base import apply_serving_error
+from serving.forms.pools import NodeStateForm, PoolCreateForm
 from serving.models import ComputePool, Node
 from serving.views.display import age_label, bar, gib, rate
 
@@ -125,18 +127,19 @@ def pool_create(request):
     actor = actor_of(request)
     gate.require(actor, "pool.manage")
     form = PoolCreateForm(request.POST if request.method == "POST" else None)
-    if form.is_valid():
-        try:
-            pool = services.create_pool(actor=actor, **form.cleaned_data)
-        except DomainError as exc:
-            apply_serving_error(form, exc)
-        else:
-            messages.success(
-                request,
-                f"Pool {pool.name} created. Machines join it when their node agent starts with "
-                f"PORTFOLIO_NODE_POOL={pool.name}.",
-            )
-            return redirect("pool-list")
+    created = submit(
+        request,
+        form,
+        lambda: services.create_pool(actor=actor, **form.cleaned_data),
+        success=lambda pool: (
+            f"Pool {pool.name} created. Machines join it when their node agent starts with "
+            f"PORTFOLIO_NODE_POOL={pool.name}."
+        ),
+        then=lambda _: redirect("pool-list"),
+        refused=apply_serving_error,
+    )
+    if created is not None:
+        return created
     return render(request, "serving/pool_form.html", {"form": form})
 
 

@@ -18,11 +18,12 @@ from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.accounts.models import Team
 from portfolio.errors import DomainError, NotFound
 from portfolio.formerrors import show_refusal
+from portfolio.formviews import submit
 from portfolio.registry.choices import VersionKind
 from portfolio.registry.storage import CorruptArtifact
 from training import charts, services
 from training.choices import DatasetKind, Split
-from training.forms import DatasetCreateForm, DatasetFilterForm, DatasetUploadForm
+from training.forms.datasets import DatasetCreateForm, DatasetFilterForm, DatasetUploadForm
 from training.models import Dataset, DatasetVersion
 from training.views.listing import PAGE_SIZE, is_filtered, query_without
 
@@ -98,14 +99,15 @@ def dataset_create(request):
         team = gate.get_visible(actor, Team, pk=request.POST["owner_team"])
         gate.require(actor, "training.run", team)
     form = DatasetCreateForm(request.POST if request.method == "POST" else None, actor=actor)
-    if form.is_valid():
-        try:
-            dataset = services.create_dataset(actor=actor, **form.cleaned_data)
-        except DomainError as exc:
-            show_refusal(form, exc)
-        else:
-            messages.success(request, f"Dataset {dataset.name} created. Upload its first version.")
-            return redirect("dataset-upload", team=dataset.owner_team.slug, name=dataset.name)
+    created = submit(
+        request,
+        form,
+        lambda: services.create_dataset(actor=actor, **form.cleaned_data),
+        success=lambda dataset: f"Dataset {dataset.name} created. Upload its first version.",
+        then=lambda dataset: redirect("dataset-upload", team=dataset.owner_team.slug, name=dataset.name),
+    )
+    if created is not None:
+        return created
     return render(request, "training/dataset_form.html", {"form": form})
 
 

@@ -3,18 +3,17 @@ answers. The job it starts is a fine-tuning job with a teacher; its page is the 
 
 from __future__ import annotations
 
-from django.contrib import messages
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from portfolio.accounts import gate
 from portfolio.accounts.context import actor_of
-from portfolio.errors import DomainError
-from portfolio.formerrors import show_refusal
+from portfolio.formviews import submit
 from serving.models import Endpoint
 from training import finetune
-from training.forms import HYPERPARAMETER_FIELDS, DistillationStartForm
-from training.models import DatasetVersion
+from training.forms.distillation import DistillationStartForm
+from training.forms.jobs import HYPERPARAMETER_FIELDS
+from training.models import DatasetVersion, FineTuneJob
 
 # The service names the student and the prompts as a fine-tune's base and dataset in its refusals.
 SERVICE_FIELDS = {
@@ -45,25 +44,30 @@ def distillation_create(request):
             key: request.GET[key] for key in ("teacher", "prompts", "student", "pool") if request.GET.get(key)
         }
         form = DistillationStartForm(initial=initial, actor=actor)
-    if form.is_valid():
+
+    def start() -> FineTuneJob:
         data = form.cleaned_data
-        try:
-            job = finetune.start_distillation(
-                actor=actor,
-                teacher=data["teacher"],
-                prompts=data["prompts"],
-                student=data["student"],
-                pool=data["pool"],
-                hyperparameters=form.hyperparameters(),
-                target_model=data["target_model"],
-            )
-        except DomainError as exc:
-            show_refusal(form, exc, SERVICE_FIELDS)
-        else:
-            messages.success(
-                request,
-                f"Distillation #{job.pk} queued on {job.placed_on}: {job.teacher_endpoint.name} answers the "
-                "prompts first, then the student trains.",
-            )
-            return redirect("job-detail", job_id=job.pk)
+        return finetune.start_distillation(
+            actor=actor,
+            teacher=data["teacher"],
+            prompts=data["prompts"],
+            student=data["student"],
+            pool=data["pool"],
+            hyperparameters=form.hyperparameters(),
+            target_model=data["target_model"],
+        )
+
+    queued = submit(
+        request,
+        form,
+        start,
+        success=lambda job: (
+            f"Distillation #{job.pk} queued on {job.placed_on}: {job.teacher_endpoint.name} answers the "
+            "prompts first, then the student trains."
+        ),
+        then=lambda job: redirect("job-detail", job_id=job.pk),
+        fields=SERVICE_FIELDS,
+    )
+    if queued is not None:
+        return queued
     return render(request, "training/distillation_form.html", {"form": form})

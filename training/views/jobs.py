@@ -13,11 +13,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
-from portfolio.errors import Conflict, DomainError, Invalid, NotFound
-from portfolio.formerrors import show_refusal
+from portfolio.errors import Conflict, Invalid, NotFound
+from portfolio.formviews import submit
 from training import charts, finetune
 from training.choices import JobStatus, Method
-from training.forms import HYPERPARAMETER_FIELDS, JobFilterForm, JobStartForm
+from training.forms.jobs import HYPERPARAMETER_FIELDS, JobFilterForm, JobStartForm
 from training.models import DatasetVersion, FineTuneJob
 from training.views.evals import eval_comparison
 from training.views.formatting import duration_label, hours
@@ -120,25 +120,29 @@ def job_create(request):
             if request.GET.get(key)
         }
         form = JobStartForm(initial=initial, actor=actor)
-    if form.is_valid():
+
+    def start() -> FineTuneJob:
         data = form.cleaned_data
-        try:
-            job = finetune.start_job(
-                actor=actor,
-                base_version=data["base_version"],
-                dataset_version=data["dataset_version"],
-                pool=data["pool"],
-                method=data["method"],
-                hyperparameters=form.hyperparameters(),
-                target_model=data["target_model"],
-            )
-        except DomainError as exc:
-            show_refusal(form, exc, {f"hyperparameters.{name}": name for name in HYPERPARAMETER_FIELDS})
-        else:
-            messages.success(
-                request, f"Fine-tune #{job.pk} queued on {job.placed_on}; it starts in a moment."
-            )
-            return redirect("job-detail", job_id=job.pk)
+        return finetune.start_job(
+            actor=actor,
+            base_version=data["base_version"],
+            dataset_version=data["dataset_version"],
+            pool=data["pool"],
+            method=data["method"],
+            hyperparameters=form.hyperparameters(),
+            target_model=data["target_model"],
+        )
+
+    queued = submit(
+        request,
+        form,
+        start,
+        success=lambda job: f"Fine-tune #{job.pk} queued on {job.placed_on}; it starts in a moment.",
+        then=lambda job: redirect("job-detail", job_id=job.pk),
+        fields={f"hyperparameters.{name}": name for name in HYPERPARAMETER_FIELDS},
+    )
+    if queued is not None:
+        return queued
     return render(request, "training/job_form.html", {"form": form})
 
 

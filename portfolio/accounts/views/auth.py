@@ -23,8 +23,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of
 from portfolio.accounts.forms import LoginForm, PasswordChangeForm
 from portfolio.audit import services as audit
-from portfolio.errors import DomainError
-from portfolio.formerrors import show_refusal
+from portfolio.formviews import submit
 from portfolio.requestcontext import client_ip
 
 logger = logging.getLogger(__name__)
@@ -157,15 +156,21 @@ def password_change(request):
     """Permission: any signed-in user, for their own account."""
     actor = actor_of(request)
     form = PasswordChangeForm(request.user, request.POST if request.method == "POST" else None)
-    if form.is_valid():
-        try:
-            services.change_password(
-                actor=actor, user=request.user, new_password=form.cleaned_data["new_password1"]
-            )
-        except DomainError as exc:
-            show_refusal(form, exc, {"new_password": "new_password1"})
-        else:
-            update_session_auth_hash(request, request.user)
-            messages.success(request, "Your password was changed.")
-            return redirect("dashboard")
+
+    def changed(_):
+        update_session_auth_hash(request, request.user)
+        messages.success(request, "Your password was changed.")
+        return redirect("dashboard")
+
+    done = submit(
+        request,
+        form,
+        lambda: services.change_password(
+            actor=actor, user=request.user, new_password=form.cleaned_data["new_password1"]
+        ),
+        then=changed,
+        fields={"new_password": "new_password1"},
+    )
+    if done is not None:
+        return done
     return render(request, "registration/password_change.html", {"form": form})

@@ -16,8 +16,8 @@ from portfolio.accounts.choices import TeamRole
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.accounts.forms import AddMemberForm, MemberRoleForm
 from portfolio.accounts.models import Membership, Team
-from portfolio.errors import Conflict, DomainError, Invalid, NotFound
-from portfolio.formerrors import show_refusal
+from portfolio.errors import Conflict, Invalid, NotFound
+from portfolio.formviews import submit
 
 
 def _team_response(request, actor: Actor, team: Team, *, add_form=None, notice="", error=""):
@@ -89,14 +89,21 @@ def member_add(request, slug: str):
     """Permission: team visible (else 404) and ``member.manage`` (owner or platform admin, else 403)."""
     actor, team = _team_for_members(request, slug)
     form = AddMemberForm(request.POST)
-    if form.is_valid():
+
+    def added(_membership):
         user, role = form.cleaned_data["user"], form.cleaned_data["role"]
-        try:
-            services.add_member(actor=actor, team=team, user=user, role=role)
-        except DomainError as exc:
-            show_refusal(form, exc)
-        else:
-            return _changed(request, team, f"{user.get_username()} added as {TeamRole(role).label.lower()}.")
+        return _changed(request, team, f"{user.get_username()} added as {TeamRole(role).label.lower()}.")
+
+    done = submit(
+        request,
+        form,
+        lambda: services.add_member(
+            actor=actor, team=team, user=form.cleaned_data["user"], role=form.cleaned_data["role"]
+        ),
+        then=added,
+    )
+    if done is not None:
+        return done
     return _team_response(request, actor, team, add_form=form)
 
 

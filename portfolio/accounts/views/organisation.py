@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Count
 from django.shortcuts import redirect, render
@@ -12,8 +11,7 @@ from portfolio.accounts import gate, services
 from portfolio.accounts.context import actor_of
 from portfolio.accounts.forms import DepartmentForm, TeamCreateForm, TeamEditForm
 from portfolio.accounts.models import Department, Team
-from portfolio.errors import DomainError
-from portfolio.formerrors import show_refusal
+from portfolio.formviews import submit
 
 PAGE_SIZE = 50
 
@@ -50,14 +48,15 @@ def department_create(request):
     actor = actor_of(request)
     gate.require(actor, "department.create")
     form = DepartmentForm(request.POST if request.method == "POST" else None)
-    if form.is_valid():
-        try:
-            department = services.create_department(actor=actor, **form.cleaned_data)
-        except DomainError as exc:
-            show_refusal(form, exc)
-        else:
-            messages.success(request, f"Department {department.name} created.")
-            return redirect("department-detail", pk=department.pk)
+    created = submit(
+        request,
+        form,
+        lambda: services.create_department(actor=actor, **form.cleaned_data),
+        success=lambda department: f"Department {department.name} created.",
+        then=lambda department: redirect("department-detail", pk=department.pk),
+    )
+    if created is not None:
+        return created
     return render(request, "accounts/department_form.html", {"form": form, "department": None})
 
 
@@ -92,15 +91,16 @@ def department_edit(request, pk: int):
     gate.require(actor, "department.change", department)
     initial = {"name": department.name, "cost_center": department.cost_center}
     form = DepartmentForm(request.POST if request.method == "POST" else None, initial=initial)
-    if form.is_valid():
-        try:
-            services.update_department(actor=actor, department=department, **form.cleaned_data)
-        except DomainError as exc:
-            show_refusal(form, exc)
-            department.refresh_from_db()
-        else:
-            messages.success(request, f"Department {department.name} saved.")
-            return redirect("department-detail", pk=department.pk)
+    saved = submit(
+        request,
+        form,
+        lambda: services.update_department(actor=actor, department=department, **form.cleaned_data),
+        success=lambda _: f"Department {department.name} saved.",
+        then=lambda _: redirect("department-detail", pk=department.pk),
+        reload=department,
+    )
+    if saved is not None:
+        return saved
     return render(request, "accounts/department_form.html", {"form": form, "department": department})
 
 
@@ -132,14 +132,15 @@ def team_create(request):
         form = TeamCreateForm(request.POST)
     else:
         form = TeamCreateForm(initial={"department": request.GET.get("department")})
-    if form.is_valid():
-        try:
-            team = services.create_team(actor=actor, **form.cleaned_data)
-        except DomainError as exc:
-            show_refusal(form, exc)
-        else:
-            messages.success(request, f"Team {team.name} created. Add its first owner below.")
-            return redirect("team-detail", slug=team.slug)
+    created = submit(
+        request,
+        form,
+        lambda: services.create_team(actor=actor, **form.cleaned_data),
+        success=lambda team: f"Team {team.name} created. Add its first owner below.",
+        then=lambda team: redirect("team-detail", slug=team.slug),
+    )
+    if created is not None:
+        return created
     return render(request, "accounts/team_create.html", {"form": form})
 
 
@@ -151,13 +152,14 @@ def team_edit(request, slug: str):
     gate.require(actor, "team.change", team)
     initial = {"name": team.name, "description": team.description}
     form = TeamEditForm(request.POST if request.method == "POST" else None, initial=initial)
-    if form.is_valid():
-        try:
-            services.update_team(actor=actor, team=team, **form.cleaned_data)
-        except DomainError as exc:
-            show_refusal(form, exc)
-            team.refresh_from_db()
-        else:
-            messages.success(request, f"Team {team.name} saved.")
-            return redirect("team-detail", slug=team.slug)
+    saved = submit(
+        request,
+        form,
+        lambda: services.update_team(actor=actor, team=team, **form.cleaned_data),
+        success=lambda _: f"Team {team.name} saved.",
+        then=lambda _: redirect("team-detail", slug=team.slug),
+        reload=team,
+    )
+    if saved is not None:
+        return saved
     return render(request, "accounts/team_edit.html", {"form": form, "team": team})

@@ -15,8 +15,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of
 from portfolio.accounts.forms import TokenCreateForm
 from portfolio.accounts.models import PersonalToken
-from portfolio.errors import DomainError
-from portfolio.formerrors import show_refusal
+from portfolio.formviews import submit
 
 PAGE_SIZE = 50
 
@@ -49,14 +48,17 @@ def token_create(request):
     if request.method == "GET":
         return _token_list_response(request, actor, TokenCreateForm())
     form = TokenCreateForm(request.POST)
-    if form.is_valid():
-        try:
-            token, plaintext = services.create_personal_token(actor=actor, **form.cleaned_data)
-        except DomainError as exc:
-            show_refusal(form, exc)
-        else:
-            # Rendered straight into this response: never the session, messages or logs.
-            return render(request, "accounts/token_created.html", {"token": token, "plaintext": plaintext})
+    created = submit(
+        request,
+        form,
+        lambda: services.create_personal_token(actor=actor, **form.cleaned_data),
+        # Rendered straight into this response: never the session, messages or logs.
+        then=lambda result: render(
+            request, "accounts/token_created.html", {"token": result[0], "plaintext": result[1]}
+        ),
+    )
+    if created is not None:
+        return created
     return _token_list_response(request, actor, form)
 
 

@@ -19,8 +19,7 @@ from portfolio.accounts.choices import OrgRole
 from portfolio.accounts.context import actor_of
 from portfolio.accounts.forms import OrgRolesForm, UserCreateForm
 from portfolio.accounts.models import OrgRoleGrant, PersonalToken
-from portfolio.errors import DomainError
-from portfolio.formerrors import show_refusal
+from portfolio.formviews import submit
 
 User = get_user_model()
 PAGE_SIZE = 50
@@ -58,14 +57,17 @@ def user_create(request):
     actor = actor_of(request)
     gate.require(actor, "user.manage")
     form = UserCreateForm(request.POST if request.method == "POST" else None)
-    if form.is_valid():
-        try:
-            user, password = services.create_user(actor=actor, **form.cleaned_data)
-        except DomainError as exc:
-            show_refusal(form, exc)
-        else:
-            # Rendered straight into this response: never the session, messages or logs.
-            return render(request, "accounts/user_created.html", {"created_user": user, "password": password})
+    created = submit(
+        request,
+        form,
+        lambda: services.create_user(actor=actor, **form.cleaned_data),
+        # Rendered straight into this response: never the session, messages or logs.
+        then=lambda result: render(
+            request, "accounts/user_created.html", {"created_user": result[0], "password": result[1]}
+        ),
+    )
+    if created is not None:
+        return created
     return render(request, "accounts/user_create.html", {"form": form})
 
 

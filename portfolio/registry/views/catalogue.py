@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Count, OuterRef, Prefetch, Subquery
 from django.shortcuts import redirect, render
@@ -18,8 +17,7 @@ from portfolio.accounts import gate
 from portfolio.accounts.context import actor_of
 from portfolio.accounts.models import Team
 from portfolio.audit.models import AuditEvent
-from portfolio.errors import DomainError
-from portfolio.formerrors import show_refusal
+from portfolio.formviews import submit
 from portfolio.registry import cards, services
 from portfolio.registry.choices import VersionStatus
 from portfolio.registry.forms import ModelCreateForm, ModelEditForm, ModelFilterForm
@@ -119,14 +117,15 @@ def model_create(request):
         team = gate.get_visible(actor, Team, pk=request.POST["owner_team"])
         gate.require(actor, "model.register", team)
     form = ModelCreateForm(request.POST if request.method == "POST" else None, actor=actor)
-    if form.is_valid():
-        try:
-            model = services.create_model(actor=actor, **form.cleaned_data)
-        except DomainError as exc:
-            show_refusal(form, exc)
-        else:
-            messages.success(request, f"Model {model.name} registered. Import its first version below.")
-            return redirect("model-detail", name=model.name)
+    created = submit(
+        request,
+        form,
+        lambda: services.create_model(actor=actor, **form.cleaned_data),
+        success=lambda model: f"Model {model.name} registered. Import its first version below.",
+        then=lambda model: redirect("model-detail", name=model.name),
+    )
+    if created is not None:
+        return created
     return render(request, "registry/model_form.html", {"form": form, "model": None})
 
 
@@ -181,13 +180,14 @@ def model_edit(request, name: str):
         "description": model.description,
     }
     form = ModelEditForm(request.POST if request.method == "POST" else None, initial=initial)
-    if form.is_valid():
-        try:
-            services.update_model(actor=actor, model=model, **form.cleaned_data)
-        except DomainError as exc:
-            show_refusal(form, exc)
-            model.refresh_from_db()
-        else:
-            messages.success(request, f"Model {model.name} saved.")
-            return redirect("model-detail", name=model.name)
+    saved = submit(
+        request,
+        form,
+        lambda: services.update_model(actor=actor, model=model, **form.cleaned_data),
+        success=lambda _: f"Model {model.name} saved.",
+        then=lambda _: redirect("model-detail", name=model.name),
+        reload=model,
+    )
+    if saved is not None:
+        return saved
     return render(request, "registry/model_form.html", {"form": form, "model": model})

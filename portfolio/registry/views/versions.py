@@ -15,8 +15,8 @@ from portfolio import buttons, htmx
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
-from portfolio.errors import DomainError, NotFound
-from portfolio.formerrors import show_refusal
+from portfolio.errors import NotFound
+from portfolio.formviews import submit
 from portfolio.registry import cards, services
 from portfolio.registry.choices import VersionStatus
 from portfolio.registry.forms import SUGGESTED_ALIASES, ChatTemplateForm, PromoteForm
@@ -163,19 +163,21 @@ def version_promote(request, name: str, number: int):
             return redirect("version-detail", name=version.model.name, number=version.number)
         if holder is not None and not form.cleaned_data["confirm"]:
             return _version_page(request, actor, version, promote_form=form, moving=holder)
-        try:
-            services.promote(
+        was = f" (it pointed to v{holder.version.number})" if holder else ""
+        promoted = submit(
+            request,
+            form,
+            lambda: services.promote(
                 actor=actor,
                 version=version,
                 alias=alias,
                 force_reason=form.cleaned_data.get("force_reason", ""),
-            )
-        except DomainError as exc:
-            show_refusal(form, exc)
-        else:
-            was = f" (it pointed to v{holder.version.number})" if holder else ""
-            messages.success(request, f"{alias} now points to {version.label}{was}.")
-            return redirect("version-detail", name=version.model.name, number=version.number)
+            ),
+            success=f"{alias} now points to {version.label}{was}.",
+            then=lambda _: redirect("version-detail", name=version.model.name, number=version.number),
+        )
+        if promoted is not None:
+            return promoted
     return _version_page(request, actor, version, promote_form=form)
 
 
@@ -187,20 +189,20 @@ def version_chat_template(request, name: str, number: int):
     version = visible_version(actor, name, number)
     gate.require(actor, "model.register", version.model)
     form = ChatTemplateForm(request.POST)
-    if form.is_valid():
-        try:
-            derived = services.set_chat_template(
-                actor=actor, version=version, chat_template=form.cleaned_data["chat_template"]
-            )
-        except DomainError as exc:
-            show_refusal(form, exc)
-        else:
-            messages.success(
-                request,
-                f"{derived.label} has the same weights as {version.label} and your chat template. "
-                "Deploy or promote it to use it.",
-            )
-            return redirect("version-detail", name=derived.model.name, number=derived.number)
+    made = submit(
+        request,
+        form,
+        lambda: services.set_chat_template(
+            actor=actor, version=version, chat_template=form.cleaned_data["chat_template"]
+        ),
+        success=lambda derived: (
+            f"{derived.label} has the same weights as {version.label} and your chat template. "
+            "Deploy or promote it to use it."
+        ),
+        then=lambda derived: redirect("version-detail", name=derived.model.name, number=derived.number),
+    )
+    if made is not None:
+        return made
     return _version_page(request, actor, version, template_form=form, status=400)
 
 

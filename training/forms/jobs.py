@@ -1,5 +1,5 @@
-"""Forms of the training pages. They only parse input: every change goes through training.services
-(datasets) and training.finetune (jobs)."""
+"""Forms of the fine-tuning pages: the job list's filters and the start form, with the hyperparameters
+and the fields the distillation form shares. They only parse input: jobs start in training.finetune."""
 
 from __future__ import annotations
 
@@ -8,146 +8,15 @@ from django.db.models import QuerySet
 
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
-from portfolio.accounts.models import Team
-from portfolio.registry.choices import VersionStatus
-from portfolio.registry.forms import VersionChoiceField
 from portfolio.registry.models import Model, ModelVersion
-from serving.forms import PoolSelect, ready_bases
-from serving.forms import VersionChoiceField as ServingVersionChoiceField
-from serving.models import ComputePool, Endpoint
-from training import splitting
-from training.choices import DatasetKind, DatasetVersionStatus, JobStatus, Method
+from serving.forms.base import PoolSelect, ready_bases
+from serving.forms.base import VersionChoiceField as ServingVersionChoiceField
+from serving.models import ComputePool
+from training.choices import DatasetVersionStatus, JobStatus, Method
 from training.lora import Hyperparameters
-from training.models import Dataset, DatasetVersion
+from training.models import DatasetVersion
 
 
-def teams_for_training(actor: Actor):
-    """Teams the actor may create datasets in (owner or engineer)."""
-    teams = [
-        team for team in gate.visible(actor, Team).order_by("name") if gate.can(actor, "training.run", team)
-    ]
-    return Team.objects.filter(pk__in=[team.pk for team in teams]).order_by("name")
-
-
-def tokenizer_versions(actor: Actor):
-    """Ready versions the actor may see, whose tokenizer can measure a dataset (adapters use their base's)."""
-    return (
-        gate.visible(actor, ModelVersion)
-        .filter(status=VersionStatus.READY)
-        .select_related("model")
-        .order_by("model__name", "-number")
-    )
-
-
-class DatasetFilterForm(forms.Form):
-    q = forms.CharField(
-        label="Search",
-        required=False,
-        max_length=100,
-        widget=forms.TextInput(
-            attrs={"type": "search", "placeholder": "Name or description", "autocomplete": "off"}
-        ),
-    )
-    kind = forms.ChoiceField(
-        label="Row shape", required=False, choices=[("", "Any shape"), *DatasetKind.choices]
-    )
-    team = forms.ModelChoiceField(
-        label="Owner team",
-        queryset=Team.objects.none(),
-        required=False,
-        to_field_name="slug",
-        empty_label="Any team",
-    )
-
-    def __init__(self, *args, visible_datasets, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fields["team"].queryset = (
-            Team.objects.filter(datasets__in=visible_datasets).distinct().order_by("name")
-        )
-
-    def apply(self, datasets):
-        from django.db.models import Q
-
-        data = self.cleaned_data
-        if data["q"]:
-            query = data["q"].strip()
-            datasets = datasets.filter(Q(name__icontains=query) | Q(description__icontains=query))
-        if data["kind"]:
-            datasets = datasets.filter(kind=data["kind"])
-        if data["team"]:
-            datasets = datasets.filter(owner_team=data["team"])
-        return datasets
-
-
-class DatasetCreateForm(forms.Form):
-    name = forms.CharField(
-        max_length=80,
-        help_text="Unique within the team: 2-80 lower-case letters, digits, dots, dashes or underscores.",
-        widget=forms.TextInput(
-            attrs={"autocomplete": "off", "autocapitalize": "none", "spellcheck": "false"}
-        ),
-    )
-    owner_team = forms.ModelChoiceField(queryset=Team.objects.none(), empty_label="Choose a team")
-    kind = forms.ChoiceField(
-        label="Row shape",
-        choices=DatasetKind.choices,
-        initial=DatasetKind.CHAT,
-        widget=forms.RadioSelect(attrs={"class": "radio"}),
-        help_text="Every version of the dataset holds rows of this shape.",
-    )
-    description = forms.CharField(required=False, max_length=5000, widget=forms.Textarea(attrs={"rows": 3}))
-
-    def __init__(self, *args, actor: Actor, **kwargs):
-        super().__init__(*args, **kwargs)
-        teams = teams_for_training(actor)
-        self.fields["owner_team"].queryset = teams
-        if len(teams) == 1:
-            self.fields["owner_team"].initial = teams[0].pk
-
-    def clean_name(self):
-        return self.cleaned_data["name"].strip().lower()
-
-
-class DatasetUploadForm(forms.Form):
-    file = forms.FileField(
-        label="JSONL file",
-        help_text="One JSON object per line, UTF-8.",
-        widget=forms.ClearableFileInput(
-            attrs={"accept": ".jsonl,.json,.ndjson,application/jsonl,application/x-ndjson"}
-        ),
-    )
-    base_version = VersionChoiceField(
-        label="Tokenizer of",
-        queryset=ModelVersion.objects.none(),
-        required=False,
-        empty_label="None: measure rows in characters",
-        help_text="The base model you will fine-tune: rows are measured in its tokens and checked against its "
-        "context length.",
-    )
-    eval_fraction = forms.FloatField(
-        label="Evaluation share",
-        min_value=0,
-        max_value=splitting.MAX_EVAL_FRACTION,
-        initial=splitting.DEFAULT_EVAL_FRACTION,
-        widget=forms.NumberInput(attrs={"step": "0.01"}),
-        help_text="The share of rows held out for evaluation, from 0 to 0.5 (at least one row from 10 rows on).",
-    )
-    seed = forms.IntegerField(
-        label="Split seed",
-        initial=splitting.DEFAULT_SEED,
-        min_value=0,
-        max_value=2**31 - 1,
-        help_text="The same rows and seed always give the same split.",
-    )
-
-    def __init__(self, *args, actor: Actor, dataset: Dataset, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fields["base_version"].queryset = tokenizer_versions(actor)
-        if dataset.kind == DatasetKind.CLASSIFICATION:
-            self.fields["eval_fraction"].help_text += " Stratified: each label keeps its share."
-
-
-# --- Fine-tuning jobs ------------------------------------------------------------------------------
 class JobFilterForm(forms.Form):
     status = forms.ChoiceField(
         label="Status", required=False, choices=[("", "Any status"), *JobStatus.choices]
@@ -161,10 +30,9 @@ class JobFilterForm(forms.Form):
 
 def trainable_dataset_versions(actor: Actor):
     """Ready dataset versions in the teams where the actor may train (owner or engineer)."""
-    teams = teams_for_training(actor)
     return (
-        gate.visible(actor, DatasetVersion)
-        .filter(status=DatasetVersionStatus.READY, dataset__owner_team__in=teams)
+        gate.allowed(actor, DatasetVersion, "training.run")
+        .filter(status=DatasetVersionStatus.READY)
         .select_related("dataset__owner_team")
         .order_by("dataset__owner_team__slug", "dataset__name", "-number")
     )
@@ -172,8 +40,7 @@ def trainable_dataset_versions(actor: Actor):
 
 def registrable_models(actor: Actor):
     """Models the actor may register new versions under: where a fine-tune's result can go."""
-    ids = [model.pk for model in gate.visible(actor, Model) if gate.can(actor, "model.register", model)]
-    return Model.objects.filter(pk__in=ids).order_by("name")
+    return gate.allowed(actor, Model, "model.register").order_by("name")
 
 
 class DatasetVersionChoiceField(forms.ModelChoiceField):
@@ -304,7 +171,7 @@ class HyperparametersForm(forms.Form):
         )
 
 
-def _check_target(form: forms.Form, base: ModelVersion | None, target: Model | None) -> None:
+def check_target(form: forms.Form, base: ModelVersion | None, target: Model | None) -> None:
     """Without a target model, the result goes under the base's model: the actor must be allowed to."""
     if base is not None and target is None and not gate.can(form.actor, "model.register", base.model):
         form.add_error(
@@ -388,74 +255,5 @@ class JobStartForm(TrainingStartForm):
 
     def clean(self):
         data = super().clean()
-        _check_target(self, data.get("base_version"), data.get("target_model"))
-        return data
-
-
-# --- Distillation ----------------------------------------------------------------------------------
-def teacher_endpoints(actor: Actor):
-    """Endpoints the actor may call, of the teams they may train in: the teacher is called with a
-    service key of the job's team (the dataset's), so its calls are billed to that team."""
-    teams = teams_for_training(actor)
-    candidates = gate.visible(actor, Endpoint).filter(owner_team__in=teams).select_related("owner_team")
-    ids = [endpoint.pk for endpoint in candidates if gate.can(actor, "endpoint.call", endpoint)]
-    return Endpoint.objects.filter(pk__in=ids).select_related("owner_team").order_by("name")
-
-
-class EndpointChoiceField(forms.ModelChoiceField):
-    def label_from_instance(self, obj: Endpoint) -> str:
-        return f"{obj.name} · {obj.owner_team.name}"
-
-
-class DistillationStartForm(TrainingStartForm):
-    """Stage one asks the teacher endpoint to answer the prompt dataset through the gateway; stage two
-    fine-tunes the student (LoRA) on the answers. Field names are the service's arguments."""
-
-    teacher = EndpointChoiceField(
-        label="Teacher endpoint",
-        queryset=Endpoint.objects.none(),
-        to_field_name="name",
-        empty_label="Choose an endpoint",
-        help_text="A bigger model already deployed, behind an endpoint of your team that you may call. It is "
-        "called through the gateway with a service key of the team: metered and billed like any call.",
-    )
-    prompts = DatasetVersionChoiceField(
-        label="Prompt dataset version",
-        queryset=DatasetVersion.objects.none(),
-        empty_label="Choose a dataset version",
-        help_text="The teacher answers every row's prompt (its own answers are ignored); the answers become a "
-        "new dataset version, trained on and scored on its held-out rows.",
-    )
-    student = ServingVersionChoiceField(
-        label="Student base version",
-        queryset=ModelVersion.objects.none(),
-        empty_label="Choose a ready base version",
-        help_text="The smaller model trained to answer like the teacher.",
-    )
-    preselected = ("teacher", "pool")
-    target_empty_label = "The student's model"
-    target_help = "A model you may register versions of; the new version records its teacher and prompts."
-
-    def querysets(self, actor: Actor) -> dict[str, QuerySet]:
-        return {
-            "teacher": teacher_endpoints(actor),
-            "prompts": trainable_dataset_versions(actor),
-            "student": ready_bases(actor),
-        }
-
-    def clean(self):
-        data = super().clean()
-        teacher, prompts = data.get("teacher"), data.get("prompts")
-        if (
-            teacher is not None
-            and prompts is not None
-            and teacher.owner_team_id != prompts.dataset.owner_team_id
-        ):
-            self.add_error(
-                "teacher",
-                f"{teacher.name} belongs to {teacher.owner_team.name}, the prompts to "
-                f"{prompts.dataset.owner_team.name}: the teacher must be an endpoint of the dataset's team "
-                "(its calls are billed to it).",
-            )
-        _check_target(self, data.get("student"), data.get("target_model"))
+        check_target(self, data.get("base_version"), data.get("target_model"))
         return data

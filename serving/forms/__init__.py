@@ -1,0 +1,1 @@
+"""Forms of the serving pages, one module per page family (as ``serving.views``)."""

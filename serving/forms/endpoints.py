@@ -1,0 +1,162 @@
+"""Forms of the endpoints pages: a new endpoint, its weighted routes and its fallback. They only parse
+input: every change goes through serving.services."""
+
+from __future__ import annotations
+
+from django import forms
+
+from portfolio.accounts import gate
+from portfolio.accounts.actor import Actor
+from portfolio.accounts.models import Team
+from serving.forms.base import NAME_ATTRS, NAME_HELP, clean_name, managed_teams
+from serving.models import Deployment, Endpoint
+
+
+class AdapterSelect(forms.Select):
+    """Adapters grouped by deployment; each option says its deployment so the page can offer only the
+    adapters of the deployment chosen in the same row."""
+
+    def optgroups(self, name, value, attrs=None):
+        groups = super().optgroups(name, value, attrs)
+        for group_name, options, _index in groups:
+            for option in options:
+                if group_name:
+                    option["attrs"]["data-deployment"] = group_name
+        return groups
+
+
+class RouteForm(forms.Form):
+    deployment = forms.ChoiceField(required=False)
+    adapter = forms.ChoiceField(required=False, widget=AdapterSelect)
+    weight = forms.IntegerField(min_value=0, max_value=10_000, initial=100, required=False)
+
+    def __init__(self, *args, deployments: list[tuple[str, str]], adapters: dict[str, list[str]], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["deployment"].choices = [("", "—"), *deployments]
+        grouped = [
+            (deployment, [(name, name) for name in names]) for deployment, names in adapters.items() if names
+        ]
+        self.fields["adapter"].choices = [("", "Base model"), *grouped]
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("deployment") and cleaned.get("weight") is None:
+            self.add_error("weight", "Give a weight (0-10000).")
+        return cleaned
+
+
+class BaseRouteFormSet(forms.BaseFormSet):
+    def clean(self):
+        if any(self.errors):
+            return
+        if not self.routes():
+            raise forms.ValidationError("Add at least one route: choose a deployment and give it a weight.")
+
+    def routes(self) -> list[dict]:
+        """The rows that name a deployment and are not removed, as ``services`` takes them."""
+        routes = []
+        for form in self.forms:
+            data = getattr(form, "cleaned_data", None) or {}
+            if not data.get("deployment") or data.get("DELETE"):
+                continue
+            routes.append(
+                {
+                    "deployment": data["deployment"],
+                    "adapter": data.get("adapter") or None,
+                    "weight": data["weight"],
+                }
+            )
+        return routes
+
+
+RouteFormSet = forms.formset_factory(
+    RouteForm, formset=BaseRouteFormSet, extra=1, can_delete=True, max_num=32, validate_max=True
+)
+
+
+def route_formset(data=None, *, deployments: list[Deployment], initial: list[dict] | None = None):
+    """The route rows of an endpoint; ``deployments`` come with their adapters prefetched."""
+    several_teams = len({d.owner_team_id for d in deployments}) > 1
+    choices = [(d.name, f"{d.name} ({d.owner_team.name})" if several_teams else d.name) for d in deployments]
+    adapters = {d.name: [a.name for a in d.adapters.all()] for d in deployments}
+    return RouteFormSet(
+        data, initial=initial, prefix="routes", form_kwargs={"deployments": choices, "adapters": adapters}
+    )
+
+
+class FallbackField(forms.ModelChoiceField):
+    with_team = False
+
+    def label_from_instance(self, obj: Endpoint) -> str:
+        return f"{obj.name} ({obj.owner_team.name})" if self.with_team else obj.name
+
+
+class MaxNField(forms.IntegerField):
+    def __init__(self, **kwargs):
+        super().__init__(
+            min_value=1,
+            max_value=128,
+            initial=8,
+            required=False,
+            label="Completions per prompt, at most",
+            help_text="The most completions (n) one request may ask for: each is reserved against "
+            "the caller's budget and billed.",
+            **kwargs,
+        )
+
+
+class EndpointForm(forms.Form):
+    name = forms.CharField(
+        max_length=63,
+        help_text=f"{NAME_HELP} What clients pass as “model”; it cannot change later.",
+        widget=forms.TextInput(NAME_ATTRS),
+    )
+    team = forms.ModelChoiceField(queryset=Team.objects.none(), empty_label="Choose a team")
+    description = forms.CharField(max_length=2000, required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    fallback = FallbackField(
+        queryset=Endpoint.objects.none(),
+        required=False,
+        empty_label="No fallback",
+        help_text="Called instead when no replica behind this endpoint is ready.",
+    )
+    max_n = MaxNField()
+
+    def __init__(self, *args, actor: Actor, **kwargs):
+        super().__init__(*args, **kwargs)
+        teams = managed_teams(actor)
+        self.fields["team"].queryset = teams
+        if len(teams) == 1:
+            self.fields["team"].initial = teams[0].pk
+        # A fallback is an endpoint of the same team (services refuse another team's): only the endpoints of
+        # the teams offered above, named with their team when there are several.
+        self.fields["fallback"].queryset = (
+            gate.visible(actor, Endpoint)
+            .filter(owner_team__in=teams)
+            .select_related("owner_team")
+            .order_by("name")
+        )
+        self.fields["fallback"].with_team = len(teams) > 1
+
+    def clean_name(self):
+        return clean_name(self.cleaned_data["name"])
+
+
+class FallbackForm(forms.Form):
+    fallback = FallbackField(
+        queryset=Endpoint.objects.none(),
+        required=False,
+        empty_label="No fallback",
+        help_text="Called instead when no replica behind this endpoint is ready.",
+    )
+    max_n = MaxNField()
+
+    def __init__(self, *args, actor: Actor, endpoint: Endpoint, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["fallback"].queryset = (
+            gate.visible(actor, Endpoint)
+            .filter(owner_team_id=endpoint.owner_team_id)
+            .exclude(pk=endpoint.pk)
+            .order_by("name")
+        )
+        self.fields["fallback"].initial = endpoint.fallback_id
+        self.fields["max_n"].initial = endpoint.max_n
