@@ -16,12 +16,13 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.accounts.models import Team
 from portfolio.errors import Conflict, DomainError, Invalid
+from portfolio.templatetags.formatting import age_label, gib
 from serving import services
 from serving.capacity import pool_usage
 from serving.choices import NodeState, ReplicaState
 from serving.forms import NodeStateForm, PoolCreateForm, apply_serving_error
 from serving.models import ComputePool, Node
-from serving.views.display import age_label, bar, gib, rate
+from serving.views.display import bar, rate
 
 POOLS_POLL_SECONDS = 5
 NODE_ACTIONS = {

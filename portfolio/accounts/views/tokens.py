@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.paginator import Paginator
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET, require_http_methods
 
-from portfolio import buttons
+from portfolio import buttons, listing
 from portfolio.accounts import gate, services
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of
@@ -18,8 +17,6 @@ from portfolio.accounts.models import PersonalToken
 from portfolio.errors import DomainError
 from portfolio.formerrors import show_refusal
 
-PAGE_SIZE = 50
-
 
 def _token_list_response(request, actor: Actor, form: TokenCreateForm):
     tokens = gate.visible(actor, PersonalToken).order_by("-created_at", "-id")
@@ -27,7 +24,7 @@ def _token_list_response(request, actor: Actor, form: TokenCreateForm):
         request,
         "accounts/token_list.html",
         {
-            "page": Paginator(tokens, PAGE_SIZE).get_page(request.GET.get("page")),
+            "page": listing.paginate(request, tokens),
             "form": form,
             "max_days": settings.PERSONAL_TOKEN_MAX_DAYS,
         },
