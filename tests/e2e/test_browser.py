@@ -134,4 +134,6 @@ def test_the_pages_load_every_stylesheet_they_link(live_server, browser_page):
     page.goto(f"{live_server.url}/login/")
     sheets = [(url, status) for url, status in loaded if url.endswith(".css")]
     assert len(sheets) > 5 and all(status == 200 for _, status in sheets)
-    assert page.eval_on_selector("body", "e => getComputedStyle(e).backgroundColor") != "rgba(0, 0, 0, 0)"
+    # A rule of the first stylesheet (base.css) and one of a later one (auth.css) both apply.
+    assert page.evaluate("getComputedStyle(document.documentElement).fontSize") == "15px"
+    assert "radial-gradient" in page.eval_on_selector("body", "e => getComputedStyle(e).backgroundImage")
