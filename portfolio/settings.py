@@ -288,6 +288,10 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "portfolio.accounts.context.navigation",
             ],
+            "libraries": {
+                "badges": "portfolio.templatetags.badges",
+                "formatting": "portfolio.templatetags.formatting",
+            },
         },
     }
 ]

@@ -1,11 +1,14 @@
 from django.db import models
 
+from portfolio import badges
+
 
 class PoolKind(models.TextChoices):
     GPU = "gpu", "GPU"
     CPU = "cpu", "CPU"
 
 
+@badges.toned("node", ready="ok", draining="warn", cordoned="info", lost="danger")
 class NodeState(models.TextChoices):
     READY = "ready", "Ready"
     DRAINING = "draining", "Draining"
@@ -13,6 +16,7 @@ class NodeState(models.TextChoices):
     LOST = "lost", "Lost"
 
 
+@badges.toned("deployment", running="ok", pending="warn", degraded="danger")
 class DeploymentStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     RUNNING = "running", "Running"
@@ -20,6 +24,15 @@ class DeploymentStatus(models.TextChoices):
     STOPPED = "stopped", "Stopped"
 
 
+@badges.toned(
+    "replica",
+    ready="ok",
+    pending="warn",
+    starting="warn",
+    backoff="warn",
+    unhealthy="danger",
+    failed="danger",
+)
 class ReplicaState(models.TextChoices):
     PENDING = "pending", "Scheduled"
     STARTING = "starting", "Starting"

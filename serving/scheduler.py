@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from portfolio.templatetags.formatting import GIB, gib
 from serving.choices import NodeState, PoolKind
 
-GIB = 1024**3
 BYTES_PER_PARAM = {
     "float32": 4.0,
     "bfloat16": 2.0,
@@ -34,7 +34,7 @@ class Unschedulable(Exception):
 
 
 def fmt_gib(n: int) -> str:
-    return f"{n / GIB:.1f} GiB"
+    return f"{gib(n)} GiB"
 
 
 @dataclass(frozen=True)

@@ -5,40 +5,20 @@ the SVG's own units (``WIDTH`` x ``HEIGHT``); the SVG scales to its card. Bins p
 are drawn in the warning tone and a dashed line marks the limit.
 
 ``loss_chart`` lays out a job's training and eval loss against the step, in the shape of the usage charts
-(drawn by ``gateway/includes/chart.html``).
+(drawn by ``includes/chart.html``). The helpers they share with every chart are ``portfolio.charts``.
 """
 
 from __future__ import annotations
 
 import math
 
-from serving.gateway.charts import nice_step
+from portfolio.charts import coordinate as _c
+from portfolio.charts import nice_step, short_number, whole_step
 
 WIDTH, HEIGHT = 640, 200
 LEFT, RIGHT, TOP, BOTTOM = 44, 12, 12, 30
 TICKS = 4
 MAX_X_LABELS = 6
-
-
-def _c(value: float) -> str:
-    return f"{value:.1f}".removesuffix(".0")
-
-
-def _tick_step(largest: int) -> int:
-    """A round whole-number step (1, 2, 5 x 10^k) so that ``TICKS`` steps reach ``largest``."""
-    raw = max(1, math.ceil(largest / TICKS))
-    power = 10 ** (len(str(raw)) - 1)
-    for step in (1, 2, 5, 10):
-        if raw <= step * power:
-            return step * power
-    return 10 * power  # pragma: no cover
-
-
-def short_number(value: float) -> str:
-    for factor, suffix in ((1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.1f}".removesuffix(".0") + suffix
-    return str(int(value)) if value == int(value) else f"{value:.1f}"
 
 
 def length_histogram(lengths: dict) -> dict | None:
@@ -50,7 +30,7 @@ def length_histogram(lengths: dict) -> dict | None:
     unit = lengths.get("unit", "tokens")
     context = lengths.get("context_length") if unit == "tokens" else None
     plot_width, plot_height = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    step = _tick_step(max(counts))
+    step = whole_step(max(counts), TICKS)
     top = step * TICKS
     slot = plot_width / len(counts)
     gap = min(2.0, slot * 0.15)
@@ -118,7 +98,7 @@ def label_bars(labels: list[dict]) -> list[dict]:
 
 
 # --- A job's loss curves ---------------------------------------------------------------------------
-# The same shape as serving.gateway.charts' charts, so that gateway/includes/chart.html draws it.
+# The same shape as serving.gateway.charts' charts, so that includes/chart.html draws it.
 LOSS_WIDTH, LOSS_HEIGHT = 640, 240
 LOSS_LEFT, LOSS_RIGHT, LOSS_TOP, LOSS_BOTTOM = 48, 14, 14, 28
 MAX_STEP_LABELS = 7

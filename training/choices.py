@@ -1,5 +1,7 @@
 from django.db import models
 
+from portfolio import badges
+
 
 class DatasetKind(models.TextChoices):
     """The shape of a dataset's rows (one JSON object per line)."""
@@ -26,6 +28,7 @@ class Method(models.TextChoices):
     QLORA = "qlora", "QLoRA (GPU pools only)"
 
 
+@badges.toned("job", succeeded="ok", running="info", queued="warn", failed="danger", errored="danger")
 class JobStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
@@ -39,6 +42,7 @@ class JobStatus(models.TextChoices):
         return frozenset({cls.SUCCEEDED, cls.FAILED, cls.ERRORED, cls.CANCELLED})
 
 
+@badges.toned("eval", succeeded="ok", running="warn", failed="danger")
 class EvalStatus(models.TextChoices):
     RUNNING = "running", "Running"
     SUCCEEDED = "succeeded", "Succeeded"

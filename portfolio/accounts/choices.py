@@ -1,5 +1,7 @@
 from django.db import models
 
+from portfolio import badges
+
 
 class TeamRole(models.TextChoices):
     OWNER = "owner", "Owner"
@@ -13,3 +15,20 @@ class OrgRole(models.TextChoices):
 
     ADMIN = "admin", "Platform admin"
     AUDITOR = "auditor", "Auditor"
+
+
+@badges.toned("credential", active="ok", revoked="danger")
+class CredentialStatus(models.TextChoices):
+    """Where an API key or a personal token stands; derived from its dates, never stored."""
+
+    ACTIVE = "active", "Active"
+    EXPIRED = "expired", "Expired"
+    REVOKED = "revoked", "Revoked"
+
+
+@badges.toned("account", active="ok")
+class AccountStatus(models.TextChoices):
+    """Whether a user may sign in (deactivated accounts are kept for the record)."""
+
+    ACTIVE = "active", "Active"
+    DEACTIVATED = "deactivated", "Deactivated"

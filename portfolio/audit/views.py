@@ -5,21 +5,19 @@ from __future__ import annotations
 import json
 
 from django import forms
-from django.core.paginator import Paginator
 from django.http import FileResponse
 from django.shortcuts import render
-from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET
 
+from portfolio import htmx, listing
 from portfolio.accounts import gate
-from portfolio.accounts.context import actor_of, wants_fragment
+from portfolio.accounts.context import actor_of
 from portfolio.accounts.models import Department, Team
 from portfolio.audit.exports import FORMATS, build_export, signing_keys
 from portfolio.audit.filters import AuditFilter
 from portfolio.audit.models import AuditEvent
 from portfolio.errors import DomainError
 
-PAGE_SIZE = 50
 DATETIME_LOCAL = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"]
 
 
@@ -117,13 +115,6 @@ def _decorate(events: list[AuditEvent]) -> None:
         event.changed = _changed_keys(event.before, event.after)
 
 
-def _query_without(request, *names: str) -> str:
-    query = request.GET.copy()
-    for name in names:
-        query.pop(name, None)
-    return query.urlencode()
-
-
 @require_GET
 def audit_log(request):
     """Permission: ``audit.view`` (auditor or platform admin). htmx gets the results fragment."""
@@ -133,23 +124,20 @@ def audit_log(request):
     page = None
     if form.is_valid():
         events = form.selection().apply(gate.visible(actor, AuditEvent)).order_by("-sequence")
-        page = Paginator(events, PAGE_SIZE).get_page(request.GET.get("page"))
+        page = listing.paginate(request, events)
         page.object_list = list(page.object_list)
         _decorate(page.object_list)
     context = {
         "form": form,
         "page": page,
-        "query": _query_without(request, "page"),
-        "export_query": _query_without(request, "page", "format"),
+        "query": listing.query_without(request, "page"),
+        "export_query": listing.query_without(request, "page", "format"),
         "can_export": gate.can(actor, "audit.export"),
         "formats": FORMATS,
         "signing_keys": signing_keys(),
-        "filtered": any(value for key, value in request.GET.items() if key != "page"),
+        "filtered": listing.is_filtered(request),
     }
-    template = "audit/partials/results.html" if wants_fragment(request) else "audit/log.html"
-    response = render(request, template, context)
-    patch_vary_headers(response, ["HX-Request"])
-    return response
+    return htmx.page_or_fragment(request, "audit/log.html", "audit/partials/results.html", context)
 
 
 @require_GET

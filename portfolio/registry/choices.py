@@ -1,5 +1,7 @@
 from django.db import models
 
+from portfolio import badges
+
 
 class Task(models.TextChoices):
     CHAT = "chat", "Chat / instruction following"
@@ -32,6 +34,7 @@ class Source(models.TextChoices):
     DERIVED = "derived", "Derived from another version"
 
 
+@badges.toned("version", ready="ok", importing="warn", failed="danger")
 class VersionStatus(models.TextChoices):
     IMPORTING = "importing", "Importing"
     READY = "ready", "Ready"
@@ -43,6 +46,12 @@ class VersionStatus(models.TextChoices):
         return frozenset({cls.FAILED, cls.ARCHIVED})
 
 
+@badges.toned(
+    "health",
+    ok="ok",
+    corrupt="danger",
+    labels={"ok": "verified", "corrupt": "corrupt", "unknown": "unverified"},
+)
 class Health(models.TextChoices):
     UNKNOWN = "unknown", "Not verified yet"
     OK = "ok", "Verified"

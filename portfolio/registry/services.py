@@ -17,7 +17,7 @@ from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Forbidden, Invalid
 from portfolio.registry import chat_templates, importers, safety
-from portfolio.registry.choices import Health, Source, Task, VersionKind, VersionStatus, Visibility
+from portfolio.registry.choices import Source, Task, VersionKind, VersionStatus, Visibility
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.inspection import ModelFacts
 from portfolio.registry.models import (

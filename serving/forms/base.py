@@ -12,6 +12,7 @@ from portfolio.errors import DomainError
 from portfolio.formerrors import show_refusal
 from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.models import ModelVersion
+from portfolio.templatetags.formatting import human_count
 from serving.engine_args import SPECS
 
 NAME_HELP = "2-63 lower-case letters, digits and dashes."
@@ -50,20 +51,11 @@ def ready_bases(actor: Actor):
     )
 
 
-def human_count(n: int | None) -> str:
-    """134515008 -> "134.5M"."""
-    if not n:
-        return ""
-    for factor, suffix in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
-        if n >= factor:
-            return f"{n / factor:.1f}{suffix}"
-    return str(n)
-
-
 class VersionChoiceField(forms.ModelChoiceField):
     def label_from_instance(self, obj: ModelVersion) -> str:
-        params = human_count(obj.parameter_count)
-        return f"{obj.label} · {params} parameters" if params else obj.label
+        if not obj.parameter_count:
+            return obj.label
+        return f"{obj.label} · {human_count(obj.parameter_count)} parameters"
 
 
 class PoolSelect(forms.Select):

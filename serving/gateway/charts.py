@@ -1,8 +1,8 @@
 """Charts of the usage dashboard, laid out on the server for inline SVG: no script, no inline style (CSP).
 
-A chart is a dict the ``gateway/includes/chart.html`` template draws: bars (stacked per day) or lines, the
+A chart is a dict the ``includes/chart.html`` template draws: bars (stacked per day) or lines, the
 y-axis ticks, the day labels along the x-axis, a legend, and a one-sentence summary for screen readers.
-Coordinates are in the SVG's own units (``WIDTH`` x ``HEIGHT``); the SVG scales to its card.
+Coordinates are in the SVG's own units (``WIDTH`` x ``HEIGHT``); the shared helpers are ``portfolio.charts``.
 """
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import date
+
+from portfolio.charts import coordinate as _c
+from portfolio.charts import nice_step, short_number
 
 WIDTH, HEIGHT = 600, 220
 LEFT, RIGHT, TOP, BOTTOM = 52, 10, 14, 26
@@ -24,34 +27,6 @@ class Series:
     label: str
     values: list[float]
     tone: str
-
-
-def short_number(value: float) -> str:
-    """1234 -> "1.2k", 5_600_000 -> "5.6M", 12 -> "12", 0.5 -> "0.5"."""
-    value = float(value)
-    for factor, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            text = f"{value / factor:.1f}".removesuffix(".0")
-            return f"{text}{suffix}"
-    if value == int(value):
-        return str(int(value))
-    return f"{value:.1f}"
-
-
-def nice_step(value: float) -> float:
-    """The smallest 1, 2 or 5 times a power of ten at or above ``value``: a round gap between y ticks."""
-    if value <= 0:
-        return 1.0
-    power = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 5):
-        if value <= step * power * (1 + 1e-9):
-            return step * power
-    return 10 * power
-
-
-def _c(value: float) -> str:
-    """An SVG coordinate, written the same whatever the locale: 12.5, 40."""
-    return f"{value:.1f}".removesuffix(".0")
 
 
 def day_label(day: date) -> str:

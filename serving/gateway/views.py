@@ -16,19 +16,18 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 from django.contrib import messages
-from django.core.paginator import Paginator
 from django.db.models import BigIntegerField, ExpressionWrapper, F, Q, Sum
 from django.db.models.functions import TruncDay
 from django.shortcuts import redirect, render
 from django.utils import timezone
-from django.utils.cache import patch_vary_headers
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET, require_http_methods
 
+from portfolio import htmx, listing
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
-from portfolio.accounts.context import actor_of, wants_fragment
+from portfolio.accounts.context import actor_of
 from portfolio.accounts.models import Team
 from portfolio.errors import Conflict, Invalid
 from portfolio.formviews import submit
@@ -37,8 +36,8 @@ from serving.gateway import charts, services
 from serving.gateway.forms import DEFAULT_PERIOD, KeyCreateForm, KeyEditForm, KeyPolicyForm, UsageFilterForm
 from serving.gateway.models import ApiKey, KeyPolicy, UsageHourly
 from serving.models import Endpoint
+from serving.views.display import fill
 
-PAGE_SIZE = 50
 TABLE_ROWS = 50
 ENDPOINT_CHOICE_DAYS = 90
 EXCEEDING_SHOWN = 20
@@ -100,8 +99,7 @@ def _key_status(key: ApiKey) -> str:
 def _budget_bar(used, budget) -> dict | None:
     if not budget:
         return None
-    percent = max(0, min(100, round(100 * float(used) / float(budget))))
-    return {"percent": percent, "level": "high" if percent >= 90 else "mid" if percent >= 70 else "low"}
+    return fill(float(used), float(budget))
 
 
 def _with_month_usage(keys: list[ApiKey]) -> None:
@@ -120,9 +118,6 @@ def _with_month_usage(keys: list[ApiKey]) -> None:
         key.month_tokens = row.get("tokens") or 0
         key.month_cost = row.get("cost") or 0
         key.status = _key_status(key)
-        key.month_requests_short = charts.short_number(key.month_requests)
-        key.month_tokens_short = charts.short_number(key.month_tokens)
-        key.token_budget_short = charts.short_number(key.monthly_token_budget or 0)
         key.token_bar = _budget_bar(key.month_tokens, key.monthly_token_budget)
         key.money_bar = _budget_bar(key.month_cost, key.monthly_budget)
 
@@ -145,7 +140,7 @@ def key_list(request):
         .select_related("team", "created_by")
         .order_by("team__name", "team_id", "-created_at", "-id")
     )
-    page = Paginator(keys, PAGE_SIZE).get_page(request.GET.get("page"))
+    page = listing.paginate(request, keys)
     page.object_list = list(page.object_list)
     _with_month_usage(page.object_list)
     by_team: dict[int, list[ApiKey]] = {}
@@ -458,7 +453,6 @@ def usage(request):
     context = {"form": form}
     if form.is_valid():
         context |= _usage_context(actor, form)
-    template = "gateway/partials/usage_results.html" if wants_fragment(request) else "gateway/usage.html"
-    response = render(request, template, context)
-    patch_vary_headers(response, ["HX-Request"])
-    return response
+    return htmx.page_or_fragment(
+        request, "gateway/usage.html", "gateway/partials/usage_results.html", context
+    )

@@ -3,28 +3,27 @@ engine logs (polled while it settles), adapters, engine arguments, routes and th
 
 from __future__ import annotations
 
-from django.core.paginator import Paginator
 from django.db.models import Count, Q
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
-from portfolio import htmx
+from portfolio import htmx, listing
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.accounts.models import Team
 from portfolio.errors import DomainError, Invalid
 from portfolio.formviews import submit
+from portfolio.templatetags.formatting import age_label
 from serving import engine_args, services
 from serving.choices import DeploymentStatus, DesiredState, ReplicaState
 from serving.forms.base import apply_serving_error
 from serving.forms.deployment_actions import AdapterAddForm, ScaleForm, TryForm, UpdateVersionForm
 from serving.forms.deployments import DeploymentForm
 from serving.models import Deployment, Endpoint, EndpointRoute, Replica
-from serving.views.display import age_label, arg_value, url_or_blank, version_url
+from serving.views.display import arg_value, url_or_blank, version_url
 
-PAGE_SIZE = 50
 TIMELINE_LENGTH = 50
 DEPLOYMENT_POLL_SECONDS = 3
 # Replica states on the way somewhere: the deployment page keeps polling while any replica is in one.
@@ -71,7 +70,7 @@ def deployment_list(request):
         )
         .order_by("name", "id")
     )
-    page = Paginator(deployments, PAGE_SIZE).get_page(request.GET.get("page"))
+    page = listing.paginate(request, deployments)
     page.object_list = list(page.object_list)
     for deployment in page.object_list:
         deployment.version_url = version_url(deployment.version)

@@ -1,4 +1,4 @@
-"""How figures and links read on the serving pages: percentages, sizes, ages, rates, engine arguments."""
+"""How figures and links read on the serving pages: percentages, bars, links, rates, engine arguments."""
 
 from __future__ import annotations
 
@@ -6,35 +6,22 @@ from decimal import Decimal
 
 from django.urls import NoReverseMatch, reverse
 
-GIB = 1024**3
 
-
-def percent(used: int, total: int) -> int:
+def percent(used: float, total: float) -> int:
     if total <= 0:
         return 0
     return max(0, min(100, round(100 * used / total)))
 
 
-def gib(n: int) -> str:
-    return f"{n / GIB:.1f}"
-
-
-def age_label(seconds: float | None) -> str:
-    """How long ago, as people read it at a glance: "4 s", "3 min", "2 h", "5 d"."""
-    if seconds is None:
-        return "never"
-    seconds = max(0, int(seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds // size} {unit} ago"
-    return f"{seconds} s ago"
+def fill(used: float, total: float) -> dict:
+    """How full a bar is, coloured from 70 % and 90 % (capacity, budgets)."""
+    filled = percent(used, total)
+    return {"percent": filled, "level": "high" if filled >= 90 else "mid" if filled >= 70 else "low"}
 
 
 def bar(label: str, used_text: str, used: int, total: int) -> dict:
     """A capacity bar: how full, coloured from 70 % and 90 %."""
-    filled = percent(used, total)
-    level = "high" if filled >= 90 else "mid" if filled >= 70 else "low"
-    return {"label": label, "text": used_text, "percent": filled, "level": level}
+    return {"label": label, "text": used_text, **fill(used, total)}
 
 
 def url_or_blank(url_name: str, **kwargs) -> str:

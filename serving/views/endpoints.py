@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-from django.core.paginator import Paginator
 from django.db.models import Count, Prefetch, Q
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from portfolio import buttons
+from portfolio import buttons, listing
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of
@@ -21,8 +20,6 @@ from serving.forms.base import apply_serving_error, managed_teams
 from serving.forms.endpoints import EndpointForm, FallbackForm, route_formset
 from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute
 from serving.views.display import percent
-
-PAGE_SIZE = 50
 
 
 def _with_shares(routes: list[EndpointRoute]) -> list[EndpointRoute]:
@@ -68,7 +65,7 @@ def endpoint_list(request):
         )
         .order_by("name", "id")
     )
-    page = Paginator(endpoints, PAGE_SIZE).get_page(request.GET.get("page"))
+    page = listing.paginate(request, endpoints)
     page.object_list = list(page.object_list)
     for endpoint in page.object_list:
         endpoint.route_rows = _with_shares(list(endpoint.routes.all()))

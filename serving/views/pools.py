@@ -17,13 +17,14 @@ from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.accounts.models import Team
 from portfolio.errors import Conflict, Invalid
 from portfolio.formviews import submit
+from portfolio.templatetags.formatting import age_label, gib
 from serving import services
 from serving.capacity import pool_usage
 from serving.choices import NodeState, ReplicaState
 from serving.forms.base import apply_serving_error
 from serving.forms.pools import NodeStateForm, PoolCreateForm
 from serving.models import ComputePool, Node
-from serving.views.display import age_label, bar, gib, rate
+from serving.views.display import bar, rate
 
 POOLS_POLL_SECONDS = 5
 NODE_ACTIONS = {

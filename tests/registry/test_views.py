@@ -17,7 +17,7 @@ from portfolio.registry.choices import Source, Task, VersionKind, VersionStatus,
 from portfolio.registry.models import Alias, Model, ModelVersion
 from portfolio.registry.stores import default_store
 from portfolio.registry.tasks import import_version
-from portfolio.registry.views.display import human_count
+from portfolio.templatetags.formatting import human_count
 from tests.conftest import actor_for
 from tests.registry.conftest import make_adapter_folder, make_model_folder
 

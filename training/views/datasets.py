@@ -4,14 +4,13 @@ version's statistics with a preview of its rows."""
 from __future__ import annotations
 
 from django.contrib import messages
-from django.core.paginator import Paginator
 from django.db.models import Count, Max, OuterRef, Subquery
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.cache import patch_vary_headers
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods
 
+from portfolio import htmx, listing
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
@@ -25,7 +24,6 @@ from training import charts, services
 from training.choices import DatasetKind, Split
 from training.forms.datasets import DatasetCreateForm, DatasetFilterForm, DatasetUploadForm
 from training.models import Dataset, DatasetVersion
-from training.views.listing import PAGE_SIZE, is_filtered, query_without
 
 ROWS_PER_PAGE = 20
 GET_POST = require_http_methods(["GET", "POST"])
@@ -73,20 +71,17 @@ def training_list(request):
             )
             .order_by("owner_team__slug", "name", "id")
         )
-        page = Paginator(datasets, PAGE_SIZE).get_page(request.GET.get("page"))
+        page = listing.paginate(request, datasets)
     context = {
         "form": form,
         "page": page,
-        "query": query_without(request, "page"),
-        "filtered": is_filtered(request),
+        "query": listing.query_without(request, "page"),
+        "filtered": listing.is_filtered(request),
         "can_create": gate.can(actor, "training.run"),
     }
-    template = (
-        "training/partials/dataset_results.html" if wants_fragment(request) else "training/dataset_list.html"
+    return htmx.page_or_fragment(
+        request, "training/dataset_list.html", "training/partials/dataset_results.html", context
     )
-    response = render(request, template, context)
-    patch_vary_headers(response, ["HX-Request"])
-    return response
 
 
 @GET_POST
@@ -118,7 +113,7 @@ def dataset_detail(request, team: str, name: str):
     actor = actor_of(request)
     dataset = _dataset(actor, team, name)
     versions = dataset.versions.select_related("tokenizer_version__model", "created_by").order_by("-number")
-    page = Paginator(versions, PAGE_SIZE).get_page(request.GET.get("page"))
+    page = listing.paginate(request, versions)
     page.object_list = list(page.object_list)
     for version in page.object_list:
         stats = version.stats or {}
@@ -215,7 +210,7 @@ def _rows_context(request, version: DatasetVersion) -> dict:
         error = ""
     except CorruptArtifact as exc:
         rows, error = [], f"The stored rows could not be read: {exc}"
-    page = Paginator(rows, ROWS_PER_PAGE).get_page(request.GET.get("page"))
+    page = listing.paginate(request, rows, per_page=ROWS_PER_PAGE)
     base = reverse(
         "dataset-version",
         kwargs={
@@ -241,9 +236,7 @@ def dataset_version(request, team: str, name: str, number: int):
     version = _version(actor, team, name, number)
     rows = _rows_context(request, version)
     if wants_fragment(request):
-        response = render(request, "training/partials/rows.html", {"version": version, **rows})
-        patch_vary_headers(response, ["HX-Request"])
-        return response
+        return htmx.render(request, "training/partials/rows.html", {"version": version, **rows})
     stats = version.stats or {}
     lengths = stats.get("lengths", {})
     files = {entry["path"]: entry for entry in version.artifact.files}
@@ -269,7 +262,7 @@ def dataset_version(request, team: str, name: str, number: int):
     finetune_query = {"dataset_version": version.pk}
     if visible_tokenizer and visible_tokenizer.kind == VersionKind.BASE:
         finetune_query["base_version"] = visible_tokenizer.pk
-    response = render(
+    return htmx.render(
         request,
         "training/version_detail.html",
         {
@@ -287,5 +280,3 @@ def dataset_version(request, team: str, name: str, number: int):
             **rows,
         },
     )
-    patch_vary_headers(response, ["HX-Request"])
-    return response

@@ -4,16 +4,15 @@ when the version was deployed (``training.serving_speed``), and say so when it w
 
 from __future__ import annotations
 
-from django.core.paginator import Paginator
 from django.db.models import Q
 from django.views.decorators.http import require_GET
 
+from portfolio import listing
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of
 from portfolio.htmx import page_or_fragment
 from training.models import EvalRun, FineTuneJob
-from training.views.listing import PAGE_SIZE, query_without
 
 
 def eval_comparison(actor: Actor, job: FineTuneJob) -> dict | None:
@@ -171,7 +170,7 @@ def eval_list(request):
         .select_related("version__model", "dataset_version__dataset__owner_team", "job")
         .order_by("-created_at", "-id")
     )
-    page = Paginator(runs, PAGE_SIZE).get_page(request.GET.get("page"))
+    page = listing.paginate(request, runs)
     page.object_list = list(page.object_list)
     for run in page.object_list:
         run.cells = {
@@ -181,7 +180,7 @@ def eval_list(request):
             "rate": serving_cell(run.metrics, read_metric(run.metrics, "serving.tokens_per_second"), "rate"),
         }
         run.serving_note = serving_note(run.metrics)
-    context = {"page": page, "query": query_without(request, "page")}
+    context = {"page": page, "query": listing.query_without(request, "page")}
     return page_or_fragment(
         request, "training/eval_list.html", "training/partials/eval_results.html", context
     )

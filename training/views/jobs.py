@@ -4,24 +4,22 @@ curves, log and settings, and cancelling."""
 from __future__ import annotations
 
 from django.contrib import messages
-from django.core.paginator import Paginator
 from django.shortcuts import redirect, render
 from django.utils import timezone
-from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from portfolio import htmx, listing
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.errors import Conflict, Invalid, NotFound
 from portfolio.formviews import submit
+from portfolio.templatetags.formatting import compute_hours, duration_label
 from training import charts, finetune
 from training.choices import JobStatus, Method
 from training.forms.jobs import HYPERPARAMETER_FIELDS, JobFilterForm, JobStartForm
 from training.models import DatasetVersion, FineTuneJob
 from training.views.evals import eval_comparison
-from training.views.formatting import duration_label, hours
-from training.views.listing import PAGE_SIZE, is_filtered, query_without
 
 GET_POST = require_http_methods(["GET", "POST"])
 JOB_POLL_SECONDS = 2
@@ -83,22 +81,21 @@ def job_list(request):
             )
             .order_by("-created_at", "-id")
         )
-        page = Paginator(jobs, PAGE_SIZE).get_page(request.GET.get("page"))
+        page = listing.paginate(request, jobs)
         now = timezone.now()
         page.object_list = [_with_progress(job, now) for job in page.object_list]
     context = {
         "form": form,
         "page": page,
-        "query": query_without(request, "page"),
-        "filtered": is_filtered(request),
+        "query": listing.query_without(request, "page"),
+        "filtered": listing.is_filtered(request),
         "polling": bool(page) and any(job.active for job in page.object_list),
         "poll_seconds": JOB_LIST_POLL_SECONDS,
         "can_start": gate.can(actor, "training.run"),
     }
-    template = "training/partials/job_results.html" if wants_fragment(request) else "training/job_list.html"
-    response = render(request, template, context)
-    patch_vary_headers(response, ["HX-Request"])
-    return response
+    return htmx.page_or_fragment(
+        request, "training/job_list.html", "training/partials/job_results.html", context
+    )
 
 
 @GET_POST
@@ -170,9 +167,9 @@ def _job_live_context(actor: Actor, job: FineTuneJob) -> dict:
         "settings_rows": settings_rows,
         "target_modules": ", ".join(hyperparameters.get("target_modules") or []) if method_is_lora else "",
         "compute": {
-            "node_hours": hours(job.compute_seconds),
-            "core_hours": hours(job.cpu_core_seconds),
-            "gpu_hours": hours(job.gpu_seconds),
+            "node_hours": compute_hours(job.compute_seconds),
+            "core_hours": compute_hours(job.cpu_core_seconds),
+            "gpu_hours": compute_hours(job.gpu_seconds),
             "wall": duration_label(job.compute_seconds),
         },
         "can_run": gate.can(actor, "training.run", job),
@@ -213,15 +210,12 @@ def job_detail(request, job_id: int):
     job = _job(actor, job_id)
     context = _job_live_context(actor, job)
     if wants_fragment(request):
-        response = render(request, "training/partials/job_live.html", context)
+        response = htmx.render(request, "training/partials/job_live.html", context)
         if not job.active:
             response["HX-Refresh"] = "true"  # the produced version and eval results are on the whole page
-        patch_vary_headers(response, ["HX-Request"])
         return response
     context["evals"] = eval_comparison(actor, job)
-    response = render(request, "training/job_detail.html", context)
-    patch_vary_headers(response, ["HX-Request"])
-    return response
+    return htmx.render(request, "training/job_detail.html", context)
 
 
 @require_POST

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from django.core.paginator import Paginator
 from django.db.models import Count
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
+from portfolio import listing
 from portfolio.accounts import gate, services
 from portfolio.accounts.context import actor_of
 from portfolio.accounts.forms import DepartmentForm, TeamCreateForm, TeamEditForm
 from portfolio.accounts.models import Department, Team
 from portfolio.formviews import submit
-
-PAGE_SIZE = 50
-
-
-def _page(request, queryset):
-    return Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
 
 
 # --- Departments -----------------------------------------------------------------------------------
@@ -32,7 +26,7 @@ def department_list(request):
         .annotate(n=Count("id"))
         .values_list("department_id", "n")
     )
-    page = _page(request, departments)
+    page = listing.paginate(request, departments)
     for department in page:
         department.team_count = team_counts.get(department.pk, 0)
     return render(
@@ -115,7 +109,7 @@ def team_list(request):
         .annotate(member_count=Count("memberships"))
         .order_by("name", "id")
     )
-    page = _page(request, teams)
+    page = listing.paginate(request, teams)
     for team in page:
         team.my_role = actor.team_roles.get(team.pk)
     return render(

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.paginator import Paginator
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET, require_http_methods
 
-from portfolio import buttons
+from portfolio import buttons, listing
 from portfolio.accounts import gate, services
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of
 from portfolio.accounts.forms import TokenCreateForm
 from portfolio.accounts.models import PersonalToken
 from portfolio.formviews import submit
-
-PAGE_SIZE = 50
 
 
 def _token_list_response(request, actor: Actor, form: TokenCreateForm):
@@ -26,7 +23,7 @@ def _token_list_response(request, actor: Actor, form: TokenCreateForm):
         request,
         "accounts/token_list.html",
         {
-            "page": Paginator(tokens, PAGE_SIZE).get_page(request.GET.get("page")),
+            "page": listing.paginate(request, tokens),
             "form": form,
             "max_days": settings.PERSONAL_TOKEN_MAX_DAYS,
         },

@@ -5,7 +5,6 @@ organisation roles and offboard (deactivate) or reactivate the account. Every ch
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.core.paginator import Paginator
 from django.db.models import Count, Prefetch
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
@@ -13,7 +12,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from portfolio import buttons
+from portfolio import buttons, listing
 from portfolio.accounts import gate, services
 from portfolio.accounts.choices import OrgRole
 from portfolio.accounts.context import actor_of
@@ -22,7 +21,6 @@ from portfolio.accounts.models import OrgRoleGrant, PersonalToken
 from portfolio.formviews import submit
 
 User = get_user_model()
-PAGE_SIZE = 50
 
 
 @require_GET
@@ -42,7 +40,7 @@ def user_list(request):
         request,
         "accounts/user_list.html",
         {
-            "page": Paginator(users, PAGE_SIZE).get_page(request.GET.get("page")),
+            "page": listing.paginate(request, users),
             "query": query,
             "can_create": gate.can(actor, "user.manage"),
         },

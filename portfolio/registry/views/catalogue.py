@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from django.core.paginator import Paginator
 from django.db.models import Count, OuterRef, Prefetch, Subquery
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods
 
-from portfolio import htmx
+from portfolio import htmx, listing
 from portfolio.accounts import gate
 from portfolio.accounts.context import actor_of
 from portfolio.accounts.models import Team
@@ -24,15 +23,6 @@ from portfolio.registry.forms import ModelCreateForm, ModelEditForm, ModelFilter
 from portfolio.registry.models import Alias, Model, ModelVersion
 from portfolio.registry.views.display import decorate
 from portfolio.registry.views.lineage_svg import lineage_svg
-
-PAGE_SIZE = 50
-
-
-def _query_without(request, *names: str) -> str:
-    query = request.GET.copy()
-    for name in names:
-        query.pop(name, None)
-    return query.urlencode()
 
 
 def _previous_holders(model: Model) -> dict[str, str | None]:
@@ -94,12 +84,12 @@ def model_list(request):
             )
             .order_by("name", "id")
         )
-        page = Paginator(models, PAGE_SIZE).get_page(request.GET.get("page"))
+        page = listing.paginate(request, models)
     context = {
         "form": form,
         "page": page,
-        "query": _query_without(request, "page"),
-        "filtered": any(value for key, value in request.GET.items() if key != "page"),
+        "query": listing.query_without(request, "page"),
+        "filtered": listing.is_filtered(request),
         "can_register": gate.can(actor, "model.register"),
     }
     return htmx.page_or_fragment(
@@ -142,7 +132,7 @@ def model_detail(request, name: str):
     for alias in aliases:
         alias.previous_label = previous.get(alias.name)
     versions = model.versions.select_related("artifact").order_by("-number")
-    page = Paginator(versions, PAGE_SIZE).get_page(request.GET.get("page"))
+    page = listing.paginate(request, versions)
     page.object_list = list(page.object_list)
     decorate(page.object_list, aliases_by_version)
     card_version = model.versions.filter(status=VersionStatus.READY).order_by("-number").first()

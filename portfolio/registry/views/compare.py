@@ -13,8 +13,8 @@ from portfolio.accounts.context import actor_of
 from portfolio.registry.choices import VersionStatus
 from portfolio.registry.forms import CompareForm
 from portfolio.registry.models import Model
-from portfolio.registry.views.display import human_count
 from portfolio.registry.views.versions import visible_version
+from portfolio.templatetags.formatting import human_count
 
 COMPARED_FIELDS = [
     ("Kind", lambda v: v.get_kind_display()),

@@ -123,25 +123,9 @@
   });
 })();
 
-// Serving pages: the engine arguments that apply to the chosen pool, and the endpoint route editor.
+// Serving pages: the endpoint route editor.
 (function () {
   "use strict";
-
-  // New deployment: show only the engine arguments of the chosen pool's kind (options carry data-kind).
-  // Hidden ones are disabled too, so they are not sent; the server ignores them either way.
-  function syncEngineArgs(form) {
-    var pool = form.querySelector("select[name='pool']");
-    if (!pool) return;
-    var option = pool.options[pool.selectedIndex];
-    var kind = option ? option.getAttribute("data-kind") : "";
-    form.querySelectorAll(".arg[data-pools]").forEach(function (arg) {
-      var applies = !kind || arg.getAttribute("data-pools").split(" ").indexOf(kind) !== -1;
-      arg.hidden = !applies;
-      arg.querySelectorAll("input, select, textarea").forEach(function (input) {
-        input.disabled = !applies;
-      });
-    });
-  }
 
   // Route editor: a row's adapter choices are the adapters of the deployment chosen in that row.
   function syncAdapters(row) {
@@ -185,15 +169,12 @@
   }
 
   function init(root) {
-    root.querySelectorAll("form[data-deployment-form]").forEach(syncEngineArgs);
     root.querySelectorAll("form[data-route-form] .route-row").forEach(syncAdapters);
     root.querySelectorAll("form[data-route-form] input[name$='-DELETE']").forEach(markRemoved);
   }
 
   document.addEventListener("change", function (event) {
     var target = event.target;
-    var deploymentForm = target.closest("form[data-deployment-form]");
-    if (deploymentForm && target.name === "pool") syncEngineArgs(deploymentForm);
     if (target.closest("form[data-route-form]")) {
       if (/-deployment$/.test(target.name)) syncAdapters(target.closest(".route-row"));
       if (/-DELETE$/.test(target.name)) markRemoved(target);
@@ -214,72 +195,66 @@
   }
 })();
 
-// API keys: the new-key form offers as scopes only the endpoints of the chosen team.
+// Show-when: a part of a form that applies to some choices only. data-show-when="name=a b" shows the element
+// while the form's control `name` holds a or b; "name.kind=cpu" reads the chosen option's data-kind (a pool's
+// kind); "!=" shows it for any other choice; conditions joined by ";" must all hold. While a control has
+// nothing chosen, its conditions hold only for elements marked data-show-unset (everything applies then). A
+// hidden element's controls are disabled, so they are not sent; data-show-when-clear also unticks them.
+// A condition on a control the form does not have leaves the element as the server drew it.
 (function () {
   "use strict";
 
-  function syncScopes(form) {
-    var team = form.querySelector("select[name='team']");
-    if (!team) return;
-    var groups = form.querySelectorAll(".scope-group[data-team]");
-    var shown = 0;
-    groups.forEach(function (group) {
-      var mine = !team.value || group.getAttribute("data-team") === team.value;
-      group.hidden = !mine;
-      group.querySelectorAll("input").forEach(function (input) {
-        input.disabled = !mine;
-        if (!mine) input.checked = false;
+  var CONDITION = /^\s*([\w-]+)(?:\.([\w-]+))?\s*(!?=)(.*)$/;
+
+  function chosen(form, name, attribute) {
+    var control = form.elements.namedItem(name);
+    if (!control) return null;
+    if (control.tagName === "SELECT") {
+      var option = control.options[control.selectedIndex];
+      if (!option || !option.value) return "";
+      return attribute ? option.getAttribute("data-" + attribute) || "" : option.value;
+    }
+    return control.value || "";  // an input, or the checked radio of a group (RadioNodeList)
+  }
+
+  function shows(form, element) {
+    var conditions = element.getAttribute("data-show-when").split(";");
+    for (var i = 0; i < conditions.length; i += 1) {
+      var match = CONDITION.exec(conditions[i]);
+      if (!match) continue;
+      var value = chosen(form, match[1], match[2]);
+      if (value === null) return null;
+      if (value === "") {
+        if (!element.hasAttribute("data-show-unset")) return false;
+        continue;
+      }
+      var listed = match[4].trim().split(/\s+/).indexOf(value) !== -1;
+      if (listed !== (match[3] === "=")) return false;
+    }
+    return true;
+  }
+
+  function sync(form) {
+    form.querySelectorAll("[data-show-when]").forEach(function (element) {
+      var show = shows(form, element);
+      if (show === null) return;
+      element.hidden = !show;
+      element.querySelectorAll("input, select, textarea").forEach(function (input) {
+        input.disabled = !show;
+        if (!show && element.hasAttribute("data-show-when-clear")) input.checked = false;
       });
-      if (mine) shown += 1;
     });
-    var none = form.querySelector("[data-no-endpoints]");
-    if (none) none.hidden = shown > 0;
   }
 
   function init() {
-    document.querySelectorAll("form[data-key-form]").forEach(syncScopes);
-  }
-
-  document.addEventListener("change", function (event) {
-    var form = event.target.closest("form[data-key-form]");
-    if (form && event.target.name === "team") syncScopes(form);
-  });
-
-  if (document.readyState === "loading") {
-    document.addEventListener("DOMContentLoaded", init);
-  } else {
-    init();
-  }
-})();
-
-// Start a fine-tune: the LoRA settings only for LoRA methods, and a note when QLoRA meets a CPU pool (the
-// server refuses it there either way).
-(function () {
-  "use strict";
-
-  function syncJobForm(form) {
-    var method = form.querySelector("input[name='method']:checked");
-    var value = method ? method.value : "";
-    form.querySelectorAll(".hp[data-methods]").forEach(function (item) {
-      var applies = !value || item.getAttribute("data-methods").split(" ").indexOf(value) !== -1;
-      item.hidden = !applies;
-      item.querySelectorAll("input").forEach(function (input) {
-        input.disabled = !applies;
-      });
+    document.querySelectorAll("form").forEach(function (form) {
+      if (form.querySelector("[data-show-when]")) sync(form);
     });
-    var pool = form.querySelector("select[name='pool']");
-    var option = pool && pool.options[pool.selectedIndex];
-    var note = form.querySelector("[data-qlora-note]");
-    if (note) note.hidden = !(value === "qlora" && option && option.getAttribute("data-kind") === "cpu");
-  }
-
-  function init() {
-    document.querySelectorAll("form[data-job-form]").forEach(syncJobForm);
   }
 
   document.addEventListener("change", function (event) {
-    var form = event.target.closest("form[data-job-form]");
-    if (form && (event.target.name === "method" || event.target.name === "pool")) syncJobForm(form);
+    var form = event.target.form;
+    if (form && form.querySelector("[data-show-when]")) sync(form);
   });
 
   if (document.readyState === "loading") {
