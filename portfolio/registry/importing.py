@@ -30,7 +30,7 @@ from portfolio.audit import services as audit
 from portfolio.errors import DomainError
 from portfolio.leases import Lease
 from portfolio.registry import cards, importers
-from portfolio.registry.choices import Health, VersionKind, VersionStatus
+from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.inspection import InspectionError, ModelFacts, inspect_directory
 from portfolio.registry.models import Artifact, ModelVersion
@@ -170,17 +170,7 @@ def complete_import(
     if problem:
         _fail(version, problem)
         return None
-    artifact, _ = Artifact.objects.get_or_create(
-        id=manifest.artifact_id,
-        defaults={
-            "store_uri": store_uri,
-            "size_bytes": manifest.total_size,
-            "file_count": len(manifest.files),
-            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
-            "health": Health.OK,
-            "verified_at": timezone.now(),
-        },
-    )
+    artifact = Artifact.objects.record(manifest, store_uri)
     version.artifact = artifact
     version.format = facts.format
     version.architecture = facts.architecture
