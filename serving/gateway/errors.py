@@ -53,3 +53,29 @@ def from_upstream(status: int, data: bytes, path: str) -> bytes:
     if not message:
         message = f"The model's engine answered {status}."
     return body(status, message[:MAX_MESSAGE], "upstream_error", param)
+
+
+class GatewayError(Exception):
+    def __init__(
+        self, status: int, message: str, code: str, retry_after: int | None = None, param: str | None = None
+    ):
+        super().__init__(message)
+        self.status, self.message, self.code, self.retry_after, self.param = (
+            status,
+            message,
+            code,
+            retry_after,
+            param,
+        )
+        self.team = "-"  # the key's team, once known (a metrics label)
+        self.metered = False  # counted with the admitted requests already, not as a refusal
+
+
+def no_such_model(name) -> GatewayError:
+    shown = name if isinstance(name, str) and len(name) <= 256 else "…"
+    return GatewayError(
+        404,
+        f"The model `{shown}` does not exist or you do not have access to it.",
+        "model_not_found",
+        param="model",
+    )

@@ -23,7 +23,7 @@ from django.db import connection, transaction
 from django.db.models import Max
 
 from serving.gateway import keystate
-from serving.gateway.app import USAGE_STREAM
+from serving.gateway.events import USAGE_STREAM
 from serving.gateway.models import ApiKey, UsageEvent
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def _ensure_group(client) -> None:
 
 
 def _event(fields: dict) -> UsageEvent:
-    """A stream entry (one field ``e``: the event as JSON, see Gateway._event) as a row to insert."""
+    """A stream entry (one field ``e``: the event as JSON, see events.usage_event) as a row to insert."""
     e = orjson.loads(fields[b"e"])
     return UsageEvent(
         event_id=e["id"],
