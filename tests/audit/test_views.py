@@ -92,7 +92,9 @@ def test_the_action_filter_combines_with_the_other_filters(signed_in, history, d
 
 def test_an_action_outside_the_vocabulary_stays_chosen_in_the_select(signed_in, history):
     text = _text(signed_in(history["auditor"]).get(reverse("audit-log"), {"action": "team.rename"}))
-    assert '<option value="team.rename" selected>team.rename (not in today&#x27;s vocabulary)</option>' in text
+    assert (
+        '<option value="team.rename" selected>team.rename (not in today&#x27;s vocabulary)</option>' in text
+    )
 
 
 def test_auditor_filters_by_team_department_actor_and_object(signed_in, history, other_department):
