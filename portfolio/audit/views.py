@@ -78,7 +78,7 @@ class AuditFilterForm(forms.Form):
         self.fields["action"].widget.choices = choices
 
     def clean(self):
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         since, until = cleaned.get("since"), cleaned.get("until")
         if since and until and since >= until:
             self.add_error("until", "Must be after the start.")
@@ -110,10 +110,10 @@ def _changed_keys(before, after) -> list[str]:
 
 def _decorate(events: list[AuditEvent]) -> None:
     """Names for the ids on one page, and the before/after JSON ready to read."""
-    team_names = dict(
+    team_names: dict[int | None, str] = dict(
         Team.objects.filter(pk__in={e.team_id for e in events if e.team_id}).values_list("pk", "name")
     )
-    department_names = dict(
+    department_names: dict[int | None, str] = dict(
         Department.objects.filter(pk__in={e.department_id for e in events if e.department_id}).values_list(
             "pk", "name"
         )

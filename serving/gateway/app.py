@@ -146,6 +146,7 @@ class Gateway:
                 logger.exception("gateway: routing refresh failed; keeping the previous table")
 
     async def _register(self) -> None:
+        assert self.pipe is not None, "set by start()"
         for reply in await self.pipe.execute(*inflight.register_commands(self.process_id)):
             if isinstance(reply, Exception):
                 raise reply
@@ -159,6 +160,7 @@ class Gateway:
                 logger.exception("gateway: could not renew this process's liveness in Redis")
 
     async def _listen_for_keys(self) -> None:
+        assert self.redis is not None, "set by start()"
         while True:
             try:
                 pubsub = self.redis.pubsub()
@@ -251,6 +253,7 @@ class Gateway:
 
     async def _proxy(self, scope, receive, send, headers, request_id: str, kind: str, event_id: str) -> None:
         started = time.perf_counter()
+        assert self.limiter is not None, "set by start()"
         key, ticket = await authentication.authenticate(self.keys, headers, scope, tickets_allowed=True)
         try:
             body = await read_body(receive, settings.GATEWAY_MAX_BODY_BYTES)
@@ -293,7 +296,7 @@ class Gateway:
         except GatewayError as exc:
             exc.team = key.team
             raise
-        public = name if ticket else first.name
+        public = ticket.model if ticket else first.name  # a ticket's model is the name it was called by
         try:
             await self._dispatch(receive, send, request_id, chain, public, payload, outcome, started)
         except GatewayError as exc:
@@ -320,6 +323,7 @@ class Gateway:
         outcome: Outcome,
         started,
     ) -> None:
+        assert self.session is not None, "set by start()"
         for current in chain:
             route = choose_route(current, self.snapshot, chat=outcome.kind == "chat")
             if route is None:
@@ -411,6 +415,7 @@ class Gateway:
         )
 
     async def _settle(self, key: KeyRecord, endpoint: EndpointInfo, reservation, outcome, started) -> None:
+        assert self.limiter is not None and self.pipe is not None, "set by start()"
         latency = time.perf_counter() - started
         cost = price_micros(endpoint, outcome.input_tokens, outcome.output_tokens)
         event = usage_event(key, outcome, latency, cost)

@@ -33,7 +33,8 @@ def body(status: int, message: str, code: str | None, param: str | None = None) 
 
 def from_upstream(status: int, data: bytes, path: str) -> bytes:
     """An engine's error answer, in OpenAI's shape whatever shape it came in."""
-    message, param = "", None
+    message: str = ""
+    param: str | None = None
     try:
         parsed = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -41,8 +42,9 @@ def from_upstream(status: int, data: bytes, path: str) -> bytes:
     if isinstance(parsed, dict):
         error, detail = parsed.get("error"), parsed.get("detail")
         if isinstance(error, dict):
-            message = error.get("message") if isinstance(error.get("message"), str) else ""
-            param = error.get("param") if isinstance(error.get("param"), str) else None
+            text, where = error.get("message"), error.get("param")
+            message = text if isinstance(text, str) else ""
+            param = where if isinstance(where, str) else None
         elif isinstance(error, str):
             message = error
         elif isinstance(detail, str):

@@ -42,7 +42,8 @@ class Outcome:
         self.endpoint, self.kind, self.shape, self.event_id = endpoint, kind, shape, event_id
         self.stream = shape.stream
         self.deployment = self.adapter = ""
-        self.version_id = self.replica_id = None
+        self.version_id: int | None = None
+        self.replica_id: int | None = None
         self.status, self.error = 0, ""
         self.input_tokens = self.output_tokens = 0
         self.ttft: float | None = None
