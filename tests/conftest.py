@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+import warnings
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
@@ -11,6 +14,53 @@ from portfolio.accounts.choices import OrgRole, TeamRole
 from portfolio.accounts.models import Department, Membership, OrgRoleGrant, Team
 
 PASSWORD = "correct-horse-battery-staple"
+
+
+# A process a test started (gateway, `portfolio web`, Celery worker, node agent) may hold its database
+# session for a moment after it was stopped: PostgreSQL ends a backend once it notices its client is gone.
+OTHER_SESSIONS_GRACE = 15.0
+
+
+def other_sessions() -> list[tuple]:
+    """Sessions on the test database other than this one: (pid, application, state, started, last query)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")  # inside a transaction the view is a snapshot
+        cursor.execute(
+            "SELECT pid, application_name, state, backend_start, left(query, 200) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() ORDER BY pid"
+        )
+        return cursor.fetchall()
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's test database, dropped only once it is the only session left on it.
+
+    Otherwise PostgreSQL refuses the drop ("being accessed by other users") and pytest-django turns that
+    into a warning at the end of the run, leaving the database behind. Sessions of stopped processes get
+    a grace period to end; one still open after it is a leak: it is named in a warning, then ended.
+    """
+    yield
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        deadline = time.monotonic() + OTHER_SESSIONS_GRACE
+        while (left := other_sessions()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if left:
+            warnings.warn(
+                pytest.PytestWarning(
+                    "sessions still open on the test database at the end of the run (a process or "
+                    f"thread a test started did not close its connection), ended now: {left}"
+                ),
+                stacklevel=1,
+            )
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [[r[0] for r in left]]
+                )
 
 
 @pytest.fixture(autouse=True)

@@ -29,7 +29,7 @@ from django.db import connection, transaction
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.audit.models import AuditEvent
-event = audit.record_standalone(Actor.for_system("roles-test"), "test.appended", object_type="test", object_id="1")
+event = audit.record_standalone(Actor.for_system("roles-test"), "user.login", object_type="test", object_id="1")
 with connection.cursor() as cursor:
     cursor.execute("SELECT current_user")
     user = cursor.fetchone()[0]

@@ -4,11 +4,12 @@ from datetime import datetime
 from typing import Any
 
 from django.http import FileResponse
-from ninja import Query, Router, Schema
+from ninja import Field, Query, Router, Schema
 from ninja.pagination import PageNumberPagination, paginate
 
 from portfolio.accounts import gate
 from portfolio.audit import signing
+from portfolio.audit.choices import AuditAction
 from portfolio.audit.exports import build_export, signing_keys
 from portfolio.audit.filters import AuditFilter
 from portfolio.audit.models import AuditEvent
@@ -48,7 +49,12 @@ class AuditQuery(Schema):
     since: datetime | None = None
     until: datetime | None = None
     actor: str = ""
-    action: str = ""
+    action: str = Field(
+        "",
+        description="An audit action, `<object>.<verb>` (e.g. `team.create`), or every action on one kind of "
+        "object: its name and a dot (`team.`). The actions: "
+        + ", ".join(f"`{a}`" for a in AuditAction.values),
+    )
     department_id: int | None = None
     team_id: int | None = None
     object_type: str = ""

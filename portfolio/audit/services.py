@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
 from portfolio.audit import chain
+from portfolio.audit.choices import KNOWN as KNOWN_ACTIONS
 from portfolio.audit.models import AuditEvent
 
 # One writer at a time extends the chain; the lock is released when the writer's transaction ends.
@@ -39,7 +40,7 @@ def _scope_of(obj) -> tuple[int | None, int | None]:
 
 def record(
     actor: Actor,
-    action: str,
+    action: str,  # an AuditAction (a TextChoices member is a str)
     obj=None,
     *,
     before: dict | None = None,
@@ -51,6 +52,9 @@ def record(
     """Append one event to the chain, in the caller's transaction (a failed change leaves no row)."""
     if not connection.in_atomic_block:
         raise RuntimeError("audit.record must run inside the transaction of the change it records")
+    if action not in KNOWN_ACTIONS:
+        # A programming error, like an unknown capability: the trail keeps one vocabulary.
+        raise ValueError(f"audit: {action!r} is not an AuditAction (portfolio/audit/choices.py)")
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_ID])
     last = AuditEvent.objects.order_by("-sequence").values("sequence", "hash").first()
@@ -63,7 +67,7 @@ def record(
         actor_label=actor.label[:150],
         actor_user_id=user.pk if user is not None else None,
         actor_token_id=actor.token_id or actor.api_key_id,
-        action=action,
+        action=str(action),  # the plain value, whether a string or an AuditAction came
         object_type=object_type or (obj._meta.label_lower if obj is not None else ""),
         object_id=str(object_id if object_id is not None else (obj.pk if obj is not None else "")),
         object_repr=(object_repr if object_repr is not None else (str(obj) if obj is not None else ""))[:200],

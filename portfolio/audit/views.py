@@ -13,6 +13,7 @@ from portfolio import htmx, listing
 from portfolio.accounts import gate
 from portfolio.accounts.context import actor_of
 from portfolio.accounts.models import Department, Team
+from portfolio.audit.choices import grouped_choices
 from portfolio.audit.exports import FORMATS, build_export, signing_keys
 from portfolio.audit.filters import AuditFilter
 from portfolio.audit.models import AuditEvent
@@ -43,12 +44,14 @@ class AuditFilterForm(forms.Form):
         max_length=150,
         widget=forms.TextInput(attrs={"placeholder": "user name", "autocapitalize": "none"}),
     )
+    # A select of the AuditAction vocabulary, but still any text: a link may name an action the code no
+    # longer records (older rows keep it), or a prefix ending in a dot (``team.``: every team action).
     action = forms.CharField(
         label="Action",
         required=False,
         max_length=64,
-        help_text="Exact (team.create) or a prefix ending in a dot (team.).",
-        widget=forms.TextInput(attrs={"placeholder": "team.", "autocapitalize": "none"}),
+        help_text="One action, or every action on one kind of object.",
+        widget=forms.Select(),
     )
     department = forms.ModelChoiceField(
         queryset=Department.objects.none(), required=False, empty_label="Any department"
@@ -66,9 +69,14 @@ class AuditFilterForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.fields["department"].queryset = gate.visible(actor, Department).order_by("name")
         self.fields["team"].queryset = gate.visible(actor, Team).order_by("name")
+        choices: list = [("", "Any action"), *grouped_choices()]
+        chosen = (self.data.get("action") or "").strip() if self.is_bound else ""
+        if chosen and not any(chosen == value for _, group in choices[1:] for value, _ in group):
+            choices.append((chosen, f"{chosen} (not in today's vocabulary)"))
+        self.fields["action"].widget.choices = choices
 
     def clean(self):
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         since, until = cleaned.get("since"), cleaned.get("until")
         if since and until and since >= until:
             self.add_error("until", "Must be after the start.")
@@ -100,10 +108,10 @@ def _changed_keys(before, after) -> list[str]:
 
 def _decorate(events: list[AuditEvent]) -> None:
     """Names for the ids on one page, and the before/after JSON ready to read."""
-    team_names = dict(
+    team_names: dict[int | None, str] = dict(
         Team.objects.filter(pk__in={e.team_id for e in events if e.team_id}).values_list("pk", "name")
     )
-    department_names = dict(
+    department_names: dict[int | None, str] = dict(
         Department.objects.filter(pk__in={e.department_id for e in events if e.department_id}).values_list(
             "pk", "name"
         )

@@ -3,6 +3,9 @@ through serving.services."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
 from django import forms
 
 from portfolio.accounts import gate
@@ -52,28 +55,33 @@ def _arg_field(name: str, spec: Spec) -> forms.Field:
     pools = "" if len(spec.pools) > 1 else f" {'/'.join(p.upper() for p in spec.pools)} pools only."
     default = "on" if spec.default is True else "off" if spec.default is False else (spec.default or "none")
     help_text = f"{spec.help + '. ' if spec.help else ''}Default {default}.{pools}"
-    common = {"label": label, "required": False, "initial": spec.default, "help_text": help_text}
+    common: dict[str, Any] = {
+        "label": label,
+        "required": False,
+        "initial": spec.default,
+        "help_text": help_text,
+    }
+    bounds: dict[str, Any] = {"min_value": spec.minimum, "max_value": spec.maximum}
     if spec.kind is bool:
         return forms.BooleanField(**common)
     if spec.choices:
         return forms.TypedChoiceField(
             choices=[(value, value if value != "" else "none") for value in spec.choices],
-            coerce=spec.kind,
+            coerce=cast("Callable[[Any], Any]", spec.kind),
             empty_value="" if spec.kind is str else None,
             **common,
         )
     if spec.kind is float:
-        return forms.FloatField(
-            min_value=spec.minimum,
-            max_value=spec.maximum,
-            widget=forms.NumberInput(attrs={"step": "0.01"}),
-            **common,
-        )
-    return forms.IntegerField(min_value=spec.minimum, max_value=spec.maximum, **common)
+        return forms.FloatField(widget=forms.NumberInput(attrs={"step": "0.01"}), **bounds, **common)
+    return forms.IntegerField(**bounds, **common)
 
 
 class EngineArgsMixin:
     """Engine arguments as individual fields (``arg_<name>``), built from ``engine_args.SPECS``."""
+
+    if TYPE_CHECKING:  # what the form it is mixed into provides
+
+        def __getitem__(self, name: str) -> forms.BoundField: ...
 
     def add_engine_fields(self) -> None:
         for name, spec in SPECS.items():

@@ -39,7 +39,7 @@ class RouteForm(forms.Form):
         self.fields["adapter"].choices = [("", "Base model"), *grouped]
 
     def clean(self):
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         if cleaned.get("deployment") and cleaned.get("weight") is None:
             self.add_error("weight", "Give a weight (0-10000).")
         return cleaned

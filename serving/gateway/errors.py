@@ -33,7 +33,8 @@ def body(status: int, message: str, code: str | None, param: str | None = None) 
 
 def from_upstream(status: int, data: bytes, path: str) -> bytes:
     """An engine's error answer, in OpenAI's shape whatever shape it came in."""
-    message, param = "", None
+    message: str = ""
+    param: str | None = None
     try:
         parsed = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -41,8 +42,9 @@ def from_upstream(status: int, data: bytes, path: str) -> bytes:
     if isinstance(parsed, dict):
         error, detail = parsed.get("error"), parsed.get("detail")
         if isinstance(error, dict):
-            message = error.get("message") if isinstance(error.get("message"), str) else ""
-            param = error.get("param") if isinstance(error.get("param"), str) else None
+            text, where = error.get("message"), error.get("param")
+            message = text if isinstance(text, str) else ""
+            param = where if isinstance(where, str) else None
         elif isinstance(error, str):
             message = error
         elif isinstance(detail, str):
@@ -53,3 +55,29 @@ def from_upstream(status: int, data: bytes, path: str) -> bytes:
     if not message:
         message = f"The model's engine answered {status}."
     return body(status, message[:MAX_MESSAGE], "upstream_error", param)
+
+
+class GatewayError(Exception):
+    def __init__(
+        self, status: int, message: str, code: str, retry_after: int | None = None, param: str | None = None
+    ):
+        super().__init__(message)
+        self.status, self.message, self.code, self.retry_after, self.param = (
+            status,
+            message,
+            code,
+            retry_after,
+            param,
+        )
+        self.team = "-"  # the key's team, once known (a metrics label)
+        self.metered = False  # counted with the admitted requests already, not as a refusal
+
+
+def no_such_model(name) -> GatewayError:
+    shown = name if isinstance(name, str) and len(name) <= 256 else "…"
+    return GatewayError(
+        404,
+        f"The model `{shown}` does not exist or you do not have access to it.",
+        "model_not_found",
+        param="model",
+    )

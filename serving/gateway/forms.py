@@ -170,7 +170,7 @@ class KeyCreateForm(KeyLimitsForm):
         return day
 
     def clean(self):
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         team, scopes = cleaned.get("team"), cleaned.get("scopes") or []
         if team is not None:
             own = {e.name for e in self.endpoints if e.owner_team_id == team.pk}

@@ -51,7 +51,8 @@ class _Waiter:
     __slots__ = ("due", "future", "replies", "since")
 
     def __init__(self, future: asyncio.Future, due: int):
-        self.future, self.due, self.replies, self.since = future, due, [], time.monotonic()
+        self.future, self.due, self.since = future, due, time.monotonic()
+        self.replies: list = []
 
 
 class _Protocol(asyncio.Protocol):
@@ -179,7 +180,7 @@ class RedisPipe:
                 and not protocol.closed
                 and time.monotonic() - protocol.waiting[0].since > self.reply_timeout
             )
-            if overdue:
+            if overdue and protocol is not None:  # (overdue implies it; said again for the type checker)
                 protocol.abort(RedisTimeoutError(f"Redis did not answer within {self.reply_timeout:g}s"))
 
 

@@ -4,7 +4,7 @@ from celery import shared_task
 from django.conf import settings
 
 from serving.gateway import inflight, keystate, usage
-from serving.gateway.app import USAGE_STREAM
+from serving.gateway.events import USAGE_STREAM
 
 
 @shared_task(name="gateway.flush_usage")

@@ -17,13 +17,14 @@ import logging
 import socket
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import cast
 
 import orjson
 from django.db import connection, transaction
 from django.db.models import Max
 
 from serving.gateway import keystate
-from serving.gateway.app import USAGE_STREAM
+from serving.gateway.events import USAGE_STREAM
 from serving.gateway.models import ApiKey, UsageEvent
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def _ensure_group(client) -> None:
 
 
 def _event(fields: dict) -> UsageEvent:
-    """A stream entry (one field ``e``: the event as JSON, see Gateway._event) as a row to insert."""
+    """A stream entry (one field ``e``: the event as JSON, see events.usage_event) as a row to insert."""
     e = orjson.loads(fields[b"e"])
     return UsageEvent(
         event_id=e["id"],
@@ -86,7 +87,10 @@ def flush(batch: int = 2000, consumer: str | None = None) -> int:
     )[1]
     entries = list(claimed)
     if len(entries) < batch:
-        fresh = client.xreadgroup(GROUP, consumer, {USAGE_STREAM: ">"}, count=batch - len(entries))
+        fresh = cast(
+            "list[tuple[bytes, list]] | None",
+            client.xreadgroup(GROUP, consumer, {USAGE_STREAM: ">"}, count=batch - len(entries)),
+        )
         for _stream, items in fresh or []:
             entries.extend(items)
     entries = [(entry_id, fields) for entry_id, fields in entries if fields]
@@ -104,7 +108,7 @@ def flush(batch: int = 2000, consumer: str | None = None) -> int:
             client.xadd(DEAD_LETTERS, {**fields, b"unreadable": repr(exc).encode()})
     with transaction.atomic():
         UsageEvent.objects.bulk_create(events, ignore_conflicts=True, batch_size=1000)
-        last_used = {}
+        last_used: dict[int, datetime] = {}
         for event in events:
             if event.api_key_id and (
                 event.api_key_id not in last_used or event.at > last_used[event.api_key_id]

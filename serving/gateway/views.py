@@ -13,7 +13,9 @@ session, messages or logs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from django.contrib import messages
 from django.db.models import BigIntegerField, ExpressionWrapper, F, Q, Sum
@@ -113,7 +115,7 @@ def _with_month_usage(keys: list[ApiKey]) -> None:
     )
     usage = {row["api_key_id"]: row for row in rows}
     for key in keys:
-        row = usage.get(key.pk, {})
+        row: Mapping[str, Any] = usage.get(key.pk, {})
         key.month_requests = row.get("requests") or 0
         key.month_tokens = row.get("tokens") or 0
         key.month_cost = row.get("cost") or 0

@@ -108,7 +108,7 @@ def adapter_add(request, name: str):
     actor, deployment, back = _managed(request, name)
     form = AdapterAddForm(request.POST, actor=actor, deployment=deployment)
     if not form.is_valid():
-        problems = " ".join(error for errors in form.errors.values() for error in errors)
+        problems = " ".join(str(error) for errors in form.errors.values() for error in errors)
         return buttons.refuse(request, f"The adapter was not added: {problems}", back)
     enabled = engine_args.validate(deployment.engine_args, deployment.pool.kind)["enable_lora"]
     how = (
@@ -173,7 +173,9 @@ def deployment_try(request, name: str):
         except (Invalid, Conflict) as exc:
             error = exc.message
     else:
-        error = " ".join(f"{form[name].label}: {' '.join(errors)}" for name, errors in form.errors.items())
+        error = " ".join(
+            f"{form[name].label}: {' '.join(str(e) for e in errors)}" for name, errors in form.errors.items()
+        )
     if wants_fragment(request):
         return htmx.render(
             request, "serving/partials/try_result.html", {"try_result": result, "try_error": error}

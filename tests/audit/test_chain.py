@@ -22,7 +22,7 @@ def _record_some(n: int) -> list[AuditEvent]:
     actor = Actor.for_system("tests")
     with transaction.atomic():
         return [
-            audit.record(actor, "test.event", object_type="test", object_id=str(i), after={"i": i})
+            audit.record(actor, "team.update", object_type="test", object_id=str(i), after={"i": i})
             for i in range(n)
         ]
 
@@ -100,7 +100,7 @@ def test_twenty_concurrent_writers_leave_one_valid_chain():
                 with transaction.atomic():
                     audit.record(
                         Actor.for_system(f"writer-{n}"),
-                        "test.concurrent",
+                        "team.update",
                         object_type="t",
                         object_id=f"{n}-{i}",
                     )

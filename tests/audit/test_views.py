@@ -69,6 +69,34 @@ def test_auditor_filters_by_action_prefix_and_exact_action(signed_in, history):
     assert _actions(client.get(reverse("audit-log"), {"action": "team"})) == []
 
 
+def test_the_action_filter_is_a_select_of_the_vocabulary_grouped_by_object(signed_in, history):
+    response = signed_in(history["auditor"]).get(reverse("audit-log"), {"action": "team.update"})
+    text = _text(response)
+    assert '<select name="action"' in text and '<optgroup label="team">' in text
+    assert '<option value="team.">every team action</option>' in text
+    assert '<option value="team.update" selected>team.update · Team changed</option>' in text
+    assert '<option value="deployment.create">' in text and '<option value="training.job_failed">' in text
+
+
+def test_the_action_filter_combines_with_the_other_filters(signed_in, history, department):
+    client = signed_in(history["auditor"])
+    search = Team.objects.get(name="Search")
+    assert _actions(client.get(reverse("audit-log"), {"action": "team.", "team": search.pk})) == [
+        "team.update",
+        "team.create",
+    ]
+    both = {"action": "team.create", "department": department.pk, "actor": "admin"}
+    assert _actions(client.get(reverse("audit-log"), both)) == ["team.create"]
+    assert _actions(client.get(reverse("audit-log"), {"action": "department.", "team": search.pk})) == []
+
+
+def test_an_action_outside_the_vocabulary_stays_chosen_in_the_select(signed_in, history):
+    text = _text(signed_in(history["auditor"]).get(reverse("audit-log"), {"action": "team.rename"}))
+    assert (
+        '<option value="team.rename" selected>team.rename (not in today&#x27;s vocabulary)</option>' in text
+    )
+
+
 def test_auditor_filters_by_team_department_actor_and_object(signed_in, history, other_department):
     client = signed_in(history["auditor"])
     search = Team.objects.get(name="Search")

@@ -4,6 +4,7 @@ OpenAI's shape, streaming, usage metering, limits and budgets under concurrency.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import httpx
@@ -221,7 +222,7 @@ def test_a_client_cut_off_mid_stream_still_leaves_a_usage_row(gateway_url, stack
 
 def test_killing_the_flusher_loses_and_duplicates_nothing(gateway_url, stack, monkeypatch):
     from serving.gateway import keystate
-    from serving.gateway.app import USAGE_STREAM
+    from serving.gateway.events import USAGE_STREAM
 
     dep, _ = stack["deployment"]("f-dep")
     stack["endpoint"]("flushed", dep)
@@ -272,6 +273,35 @@ def test_a_dead_replica_is_skipped_and_no_replica_is_503(gateway_url, stack):
         f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}
     )
     assert response.status_code == 503 and response.json()["error"]["code"] == "no_replica_available"
+
+
+def test_the_503_warning_says_how_old_the_routing_table_is_not_when_in_epoch_seconds(gateway_process, stack):
+    from serving.models import Replica
+
+    gateway_url, log = gateway_process
+    dep, _ = stack["deployment"]("stale-dep")
+    stack["endpoint"]("stale", dep)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "stale")
+    Replica.objects.filter(deployment=dep).update(state="starting")
+    time.sleep(0.5)
+    body = {"model": "stale", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+    response = httpx.post(
+        f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}
+    )
+    assert response.status_code == 503
+    warning = next(line for line in log.read_text().splitlines() if "no replica of endpoint stale" in line)
+    assert re.search(r"in the routing table loaded \d+\.\d s ago \(version \d+\): \{", warning), warning
+    assert not re.search(r"\d{10}\.\d{3}", warning), "no raw epoch"
+
+
+def test_the_routing_table_is_described_by_its_age_and_version():
+    from serving.gateway.app import describe_table
+    from serving.gateway.routing import Snapshot
+
+    table = Snapshot(built_at=1796104532.891)
+    assert describe_table(table, 41, now=1796104535.941) == "routing table loaded 3.0 s ago (version 41)"
+    assert describe_table(Snapshot(), 0, now=1796104535.941) == "routing table not loaded yet"
 
 
 def test_an_upstream_that_does_not_answer_in_time_gives_504(gateway_process, stack):

@@ -45,7 +45,7 @@ def test_an_unreadable_stream_entry_is_set_aside_and_does_not_hold_up_the_others
     import orjson
 
     from serving.gateway import keystate
-    from serving.gateway.app import USAGE_STREAM
+    from serving.gateway.events import USAGE_STREAM
 
     key, _ = key_services.create_key(actor=actor_for(org["owner"]), team=team, name="k")
     good = {
@@ -87,11 +87,11 @@ def test_an_unreadable_stream_entry_is_set_aside_and_does_not_hold_up_the_others
 
 # --- Rollups catch up on events that arrive late ----------------------------------------------------------
 def _stream_event(key, team, event_id: str, at: datetime, **figures) -> None:
-    """An event as the gateway writes it to the usage stream (see Gateway._event)."""
+    """An event as the gateway writes it to the usage stream (see events.usage_event)."""
     import orjson
 
     from serving.gateway import keystate
-    from serving.gateway.app import USAGE_STREAM
+    from serving.gateway.events import USAGE_STREAM
 
     event = {
         "id": event_id,

@@ -1,0 +1,76 @@
+"""What a request reserves before it is admitted, and why admission said no, in words a client can act on.
+
+The reservation is the worst case of the costliest hop the request may take (contexts and prices differ
+along an endpoint's fallbacks); limits.Limiter admits it against the key's limits and budgets in Redis.
+"""
+
+from __future__ import annotations
+
+from serving.gateway import payloads
+from serving.gateway.errors import GatewayError
+from serving.gateway.keycache import KeyRecord
+from serving.gateway.limits import Verdict
+from serving.gateway.routing import EndpointInfo
+
+
+def reservation(shape: payloads.Shape, chain: list[EndpointInfo]) -> tuple[int, int]:
+    """Tokens and money (micros) to reserve: for the costliest hop the request may take."""
+    bound_tokens = bound_money = 0
+    for hop in chain:
+        hop_tokens, hop_money = payloads.worst_case(
+            shape, hop.max_model_len, hop.input_micros_per_token, hop.output_micros_per_token
+        )
+        bound_tokens, bound_money = max(bound_tokens, hop_tokens), max(bound_money, hop_money)
+    return bound_tokens, bound_money
+
+
+def refusal(key: KeyRecord, verdict: Verdict, tokens: int, money: int, *, playground: bool) -> GatewayError:
+    """Why admission said no, in words a client can act on (the caller evicts a key found revoked)."""
+    subject = "the prompt box (per user)" if playground else "this key"
+    if verdict.reason == "revoked":
+        return GatewayError(401, "Invalid, expired or revoked API key.", "invalid_api_key")
+    if verdict.reason == "rpm":
+        return GatewayError(
+            429,
+            f"Rate limit reached for requests per minute on {subject}.",
+            "rate_limit_exceeded",
+            retry_after=max(1, verdict.retry_after),
+        )
+    if verdict.reason == "tpm":
+        if key.tpm_limit is not None and tokens > key.tpm_limit:
+            return GatewayError(
+                429,
+                f"This request could use up to {tokens} tokens, more than the limit of "
+                f"{key.tpm_limit} tokens per minute on {subject}: lower max_tokens (or n, or "
+                "the prompt).",
+                "rate_limit_exceeded",
+                param="max_tokens",
+            )
+        return GatewayError(
+            429,
+            f"Rate limit reached for tokens per minute on {subject}.",
+            "rate_limit_exceeded",
+            retry_after=max(1, verdict.retry_after),
+        )
+    if verdict.remaining <= 0:
+        what = "token budget" if verdict.reason == "budget" else "budget"
+        return GatewayError(
+            429,
+            f"The monthly {what} of {subject} is used up (or held by requests in flight).",
+            "insufficient_quota",
+            retry_after=verdict.retry_after,
+        )
+    if verdict.reason == "budget":
+        cost = f"could use up to {tokens} tokens, more than the {verdict.remaining} tokens left"
+    else:
+        cost = f"could cost up to {_money(money)}, more than the {_money(verdict.remaining)} left"
+    return GatewayError(
+        429,
+        f"This request {cost} of the monthly budget of {subject}: lower max_tokens (or n, or the prompt).",
+        "insufficient_quota",
+        param="max_tokens",
+    )
+
+
+def _money(micros: int) -> str:
+    return f"{micros / 1_000_000:.6f}".rstrip("0").rstrip(".")

@@ -1,0 +1,199 @@
+"""Answers to the client over ASGI: the gateway's own, and the engine's passed on whole or as server-sent
+events as they come, with the model renamed to the endpoint called and usage taken from the engine's counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+
+import aiohttp
+import orjson
+
+from serving.gateway import errors, payloads
+from serving.gateway.errors import GatewayError
+from serving.gateway.events import Outcome
+
+PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "embedding": "/v1/embeddings"}
+
+
+class Renamer:
+    """Clients see the endpoint name they called as ``model``, never the deployment or adapter behind it."""
+
+    __slots__ = ("endpoint", "pattern", "replacement")
+
+    def __init__(self, upstream: str, endpoint: str):
+        self.endpoint = endpoint
+        self.pattern = re.compile(rb'"model"\s*:\s*"' + re.escape(upstream.encode()) + rb'"')
+        self.replacement = b'"model":"' + endpoint.encode() + b'"'
+
+    def __call__(self, chunk: bytes) -> bytes:
+        return self.pattern.sub(self.replacement, chunk)
+
+
+class StreamUsage:
+    """The engine's counts of a stream: its final usage chunk when it came, else (the client went away
+    first) the latest count of each choice. vLLM's per-chunk usage counts one choice: its prompt and what
+    that choice has produced so far (choice i belongs to prompt i // n), not the whole request."""
+
+    __slots__ = ("completion", "final", "n", "prompt")
+
+    def __init__(self, n: int):
+        self.n = max(1, n)
+        self.prompt: dict[int, int] = {}
+        self.completion: dict[int, int] = {}
+        self.final: tuple[int, int] | None = None
+
+    def take(self, usage: dict, choices: list) -> None:
+        counts = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        if not choices:
+            self.final = counts
+            return
+        index = choices[0].get("index", 0) if isinstance(choices[0], dict) else 0
+        index = index if isinstance(index, int) else 0
+        self.prompt[index // self.n], self.completion[index] = counts
+
+    def totals(self) -> tuple[int, int]:
+        return self.final or (sum(self.prompt.values()), sum(self.completion.values()))
+
+
+async def read_body(receive, limit: int) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise GatewayError(499, "Client closed the request.", "client_closed")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(413, f"The request body exceeds {limit} bytes.", "request_too_large")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def respond(
+    send,
+    status: int,
+    body: bytes,
+    request_id: str,
+    content_type: bytes = b"application/json",
+    extra: list | None = None,
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
+                *(extra or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def relay_whole(
+    send, response: aiohttp.ClientResponse, request_id: str, rename: Renamer, outcome: Outcome
+) -> None:
+    data = await response.read()
+    outcome.status = response.status
+    content_type = response.headers.get("Content-Type", "application/json").encode()
+    if response.status == 200:
+        with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
+            parsed = orjson.loads(data)
+            outcome.take_usage(parsed.get("usage"))
+            if "model" in parsed:
+                parsed["model"] = rename.endpoint
+                data = orjson.dumps(parsed)
+    else:
+        outcome.error = "upstream_error"
+        data, content_type = (
+            errors.from_upstream(response.status, data, PATHS[outcome.kind]),
+            b"application/json",
+        )
+    await respond(send, response.status, data, request_id, content_type)
+    outcome.sent = True
+
+
+def pass_event(event: bytes, rename: Renamer, shape: payloads.Shape, usage: StreamUsage) -> bytes | None:
+    """One server-sent event as the client gets it (None: not at all), its usage noted. The engine always
+    sends usage; the client gets the final usage chunk (no choices) only if it asked for it
+    (``stream_options.include_usage``), and usage on the other chunks only if it also asked for that
+    (``continuous_usage_stats``)."""
+    if not (event.startswith(b"data: {") and b'"usage"' in event):
+        return rename(event) + b"\n\n"
+    try:
+        parsed = orjson.loads(event[6:])
+    except orjson.JSONDecodeError:
+        return rename(event) + b"\n\n"
+    counts, choices = parsed.get("usage"), parsed.get("choices")
+    if not isinstance(counts, dict):
+        return rename(event) + b"\n\n"
+    choices = choices if isinstance(choices, list) else []
+    usage.take(counts, choices)
+    if not choices:
+        return rename(event) + b"\n\n" if shape.include_usage else None
+    if shape.continuous_usage:
+        return rename(event) + b"\n\n"
+    del parsed["usage"]
+    if "model" in parsed:
+        parsed["model"] = rename.endpoint
+    return b"data: " + orjson.dumps(parsed) + b"\n\n"
+
+
+async def relay_stream(
+    receive,
+    send,
+    response: aiohttp.ClientResponse,
+    request_id: str,
+    rename: Renamer,
+    outcome: Outcome,
+    started: float,
+) -> None:
+    """Pass server-sent events through as they come; meter from the engine's counts; stop (and bill what
+    was produced) as soon as the client goes away."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"text/event-stream"),
+                (b"cache-control", b"no-cache"),
+                (b"x-request-id", request_id.encode()),
+            ],
+        }
+    )
+    outcome.status, outcome.sent = 200, True
+    disconnected = asyncio.Event()
+
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected.set()
+                return
+
+    watcher = asyncio.create_task(watch())
+    usage = StreamUsage(outcome.shape.n)
+    pending = b""
+    try:
+        async for chunk in response.content.iter_any():
+            if outcome.ttft is None:
+                outcome.ttft = time.perf_counter() - started
+            pending += chunk
+            *events, pending = pending.split(b"\n\n")  # events are whole before they are passed on
+            passed = [out for event in events if (out := pass_event(event, rename, outcome.shape, usage))]
+            if disconnected.is_set():
+                outcome.status, outcome.error = 499, "client_disconnected"
+                return
+            if passed:
+                await send({"type": "http.response.body", "body": b"".join(passed), "more_body": True})
+        await send({"type": "http.response.body", "body": rename(pending) if pending.strip() else b""})
+    finally:
+        watcher.cancel()
+        outcome.input_tokens, outcome.output_tokens = usage.totals()

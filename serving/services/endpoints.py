@@ -1,0 +1,147 @@
+"""Endpoints: the stable names clients call, routed by weight to deployments or adapters, with a fallback
+endpoint of the same team."""
+
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+
+from portfolio.accounts import gate
+from portfolio.accounts.actor import Actor
+from portfolio.accounts.models import Team
+from portfolio.audit import services as audit
+from portfolio.errors import Conflict, Invalid
+from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute
+from serving.services.shared import _check_name
+
+
+def _routes(
+    actor: Actor, team: Team, routes: list[dict]
+) -> list[tuple[Deployment, DeploymentAdapter | None, int]]:
+    if not routes:
+        raise Invalid("routes: an endpoint needs at least one route.")
+    resolved = []
+    for index, route in enumerate(routes):
+        deployment = Deployment.objects.visible_to(actor).filter(name=route.get("deployment")).first()
+        if deployment is None:
+            raise Invalid(
+                f"routes[{index}].deployment: no deployment {route.get('deployment')!r} visible to you."
+            )
+        if deployment.owner_team_id != team.pk:
+            raise Invalid(f"routes[{index}]: an endpoint routes to its own team's deployments only.")
+        adapter = None
+        if route.get("adapter"):
+            adapter = deployment.adapters.filter(name=route["adapter"]).first()
+            if adapter is None:
+                raise Invalid(
+                    f"routes[{index}].adapter: {deployment.name} serves no adapter {route['adapter']!r}."
+                )
+        weight = route.get("weight", 100)
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 10_000:
+            raise Invalid(f"routes[{index}].weight: a whole number 0..10000.")
+        resolved.append((deployment, adapter, weight))
+    if not any(weight for _, _, weight in resolved):
+        raise Invalid("routes: at least one route needs a weight above 0.")
+    return resolved
+
+
+def _fallback(actor: Actor, team: Team, fallback: Endpoint | None) -> Endpoint | None:
+    """The fallback of one of ``team``'s endpoints: an endpoint of the same team. The gateway follows a
+    fallback with the caller's key and bills it to the caller's team, so another team's endpoint (one the
+    actor merely sees, as a viewer there) would hand that team's models to this team's keys."""
+    if fallback is None:
+        return None
+    fallback = gate.get_visible(actor, Endpoint, pk=fallback.pk)
+    if fallback.owner_team_id != team.pk:
+        raise Invalid(
+            f"fallback: {fallback.name} belongs to another team; an endpoint falls back to an endpoint of its "
+            f"own team ({team.name}) only.",
+            fields={"fallback": [f"Choose an endpoint of {team.name}."]},
+        )
+    return fallback
+
+
+MAX_N_DEFAULT, MAX_N_CEILING = 8, 128  # as Endpoint.max_n's default and validators
+
+
+def _check_max_n(value: int) -> int:
+    # Each completion is reserved for and billed: the cap bounds what one call can hold of a budget.
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_N_CEILING:
+        raise Invalid(
+            f"max_n: between 1 and {MAX_N_CEILING} completions per prompt.",
+            fields={"max_n": [f"Between 1 and {MAX_N_CEILING}."]},
+        )
+    return value
+
+
+@transaction.atomic
+def create_endpoint(
+    *,
+    actor: Actor,
+    name: str,
+    team: Team,
+    routes: list[dict],
+    description: str = "",
+    fallback: Endpoint | None = None,
+    max_n: int = MAX_N_DEFAULT,
+) -> Endpoint:
+    gate.require(actor, "deployment.manage", team)
+    resolved = _routes(actor, team, routes)
+    fallback = _fallback(actor, team, fallback)
+    endpoint = Endpoint(
+        name=_check_name(name),
+        owner_team=team,
+        description=description,
+        fallback=fallback,
+        max_n=_check_max_n(max_n),
+    )
+    try:
+        with transaction.atomic():
+            endpoint.save(force_insert=True)
+    except IntegrityError:
+        raise Conflict(f"An endpoint named {name!r} already exists.") from None
+    for deployment, adapter, weight in resolved:
+        EndpointRoute.objects.create(endpoint=endpoint, deployment=deployment, adapter=adapter, weight=weight)
+    audit.record(actor, "endpoint.create", endpoint, after=endpoint.snapshot())
+    return endpoint
+
+
+@transaction.atomic
+def set_routes(
+    *,
+    actor: Actor,
+    endpoint: Endpoint,
+    routes: list[dict],
+    fallback: Endpoint | None = None,
+    max_n: int | None = None,
+) -> Endpoint:
+    """Change an endpoint's weights (canary, A/B), fallback and completions cap (``None``: unchanged);
+    audited with before and after."""
+    gate.require(actor, "deployment.manage", endpoint)
+    endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+    resolved = _routes(actor, endpoint.owner_team, routes)
+    fallback = _fallback(actor, endpoint.owner_team, fallback)
+    if fallback is not None:
+        chain: set[int] = {endpoint.pk}
+        current: Endpoint | None = fallback
+        while current is not None:
+            if current.pk in chain:
+                raise Invalid("fallback: that would make a fallback loop.")
+            chain.add(current.pk)
+            current = current.fallback
+    before = endpoint.snapshot()
+    endpoint.routes.all().delete()
+    for deployment, adapter, weight in resolved:
+        EndpointRoute.objects.create(endpoint=endpoint, deployment=deployment, adapter=adapter, weight=weight)
+    endpoint.fallback = fallback
+    if max_n is not None:
+        endpoint.max_n = _check_max_n(max_n)
+    endpoint.save(update_fields=["fallback", "max_n"])
+    audit.record(actor, "endpoint.routes", endpoint, before=before, after=endpoint.snapshot())
+    return endpoint
+
+
+@transaction.atomic
+def delete_endpoint(*, actor: Actor, endpoint: Endpoint) -> None:
+    gate.require(actor, "deployment.manage", endpoint)
+    audit.record(actor, "endpoint.delete", endpoint, before=endpoint.snapshot())
+    endpoint.delete()

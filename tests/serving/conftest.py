@@ -1,0 +1,128 @@
+"""Serving's service tests share one world: an admin and a team owner, a CPU pool with a node, a small base
+model and a deployment of it; helpers to add nodes, adapters and deployments and to read the audit."""
+
+from __future__ import annotations
+
+import pytest
+from django.utils import timezone
+
+from portfolio.audit.models import AuditEvent
+from portfolio.registry import services as registry
+from portfolio.registry.choices import Source, VersionKind, VersionStatus, Visibility
+from portfolio.registry.models import Artifact, ModelVersion
+from serving import services
+from serving.choices import DesiredState, NodeState, PoolKind, ReplicaState
+from serving.models import Deployment, Node, Replica
+from tests.conftest import actor_for
+
+GIB = 1024**3
+SMOLLM2_SHAPE = {
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "hidden_size": 576,
+    "head_dim": 64,
+}
+
+
+@pytest.fixture
+def admin(org):
+    return actor_for(org["admin"])
+
+
+@pytest.fixture
+def owner(org):
+    return actor_for(org["owner"])
+
+
+@pytest.fixture
+def pool(admin):
+    return services.create_pool(actor=admin, name="cpu-pool", kind=PoolKind.CPU)
+
+
+def add_node(pool, name: str, *, memory_bytes: int = 24 * GIB) -> Node:
+    return Node.objects.create(
+        name=name,
+        pool=pool,
+        cpu_cores=2,
+        memory_bytes=memory_bytes,
+        state=NodeState.READY,
+        heartbeat_at=timezone.now(),
+        address="127.0.0.1",
+    )
+
+
+@pytest.fixture
+def node(pool):
+    return add_node(pool, "cpu-01")
+
+
+@pytest.fixture
+def artifact():
+    return Artifact.objects.create(
+        id="a" * 64, store_uri="file:///store/a", size_bytes=269_060_232, file_count=1, files=[]
+    )
+
+
+@pytest.fixture
+def base_version(org, team, artifact):
+    model = registry.create_model(actor=actor_for(org["engineer"]), name="smollm2-135m", owner_team=team)
+    return ModelVersion.objects.create(
+        model=model,
+        number=1,
+        kind=VersionKind.BASE,
+        source=Source.LOCAL,
+        artifact=artifact,
+        status=VersionStatus.READY,
+        parameter_count=134_515_008,
+        shape=SMOLLM2_SHAPE,
+        dtype="bfloat16",
+    )
+
+
+def make_adapter(
+    org, team, artifact, base: ModelVersion, *, model_name: str = "support-tone", creator: str = "engineer"
+) -> ModelVersion:
+    model = registry.create_model(actor=actor_for(org[creator]), name=model_name, owner_team=team)
+    return ModelVersion.objects.create(
+        model=model,
+        number=1,
+        kind=VersionKind.ADAPTER,
+        base_version=base,
+        source=Source.FINE_TUNE,
+        artifact=artifact,
+        status=VersionStatus.READY,
+        parameter_count=1_000_000,
+        metrics={"adapter": {"r": 8}},
+    )
+
+
+def deploy(
+    actor, team, version, pool, *, name: str = "support-bot", replicas: int = 1, args=None
+) -> Deployment:
+    return services.create_deployment(
+        actor=actor, name=name, team=team, version=version, pool=pool, replicas=replicas, args=args
+    )
+
+
+@pytest.fixture
+def deployment(owner, team, base_version, pool, node):
+    return deploy(owner, team, base_version, pool)
+
+
+def live(deployment: Deployment):
+    return Replica.objects.filter(deployment=deployment, desired=DesiredState.RUNNING).order_by("id")
+
+
+def audited(action: str, obj) -> AuditEvent | None:
+    return AuditEvent.objects.filter(action=action, object_id=str(obj.pk)).order_by("-sequence").first()
+
+
+def share_with_everyone(version: ModelVersion) -> ModelVersion:
+    version.model.visibility = Visibility.ORGANISATION
+    version.model.save(update_fields=["visibility"])
+    return version
+
+
+def mark_ready(*replicas: Replica) -> None:
+    Replica.objects.filter(pk__in=[r.pk for r in replicas]).update(state=ReplicaState.READY)

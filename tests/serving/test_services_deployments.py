@@ -1,0 +1,182 @@
+"""Serving through its service functions, on real PostgreSQL: pools, creating deployments (what is
+refused and why), and the registry and permission gate in front of them."""
+
+from __future__ import annotations
+
+import pytest
+from django.utils import timezone
+
+from portfolio.accounts import gate
+from portfolio.errors import Conflict, Forbidden, Invalid, NotFound
+from portfolio.registry import services as registry
+from portfolio.registry.choices import VersionStatus
+from serving import reconcile, services
+from serving.choices import DeploymentStatus, NodeState, PoolKind
+from serving.models import Deployment, Node, Replica
+from tests.conftest import actor_for
+from tests.serving.conftest import (
+    GIB,
+    add_node,
+    audited,
+    deploy,
+    make_adapter,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+# --- Pools -----------------------------------------------------------------------------------------
+def test_a_platform_admin_creates_a_pool_and_it_is_audited(admin):
+    pool = services.create_pool(actor=admin, name="cpu-pool", kind=PoolKind.CPU)
+    assert pool.kind == PoolKind.CPU
+    assert audited("pool.create", pool).after["name"] == "cpu-pool"
+
+
+def test_a_team_owner_cannot_create_a_pool(owner):
+    with pytest.raises(Forbidden):
+        services.create_pool(actor=owner, name="my-pool", kind=PoolKind.CPU)
+
+
+# --- Creating deployments --------------------------------------------------------------------------
+def test_creating_a_deployment_is_audited_and_enqueues_its_reconcile_on_commit(
+    owner, team, base_version, pool, node, monkeypatch, django_capture_on_commit_callbacks
+):
+    from serving import tasks
+
+    enqueued = []
+    monkeypatch.setattr(tasks.reconcile_deployment_task, "delay", enqueued.append)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        deployment = deploy(owner, team, base_version, pool)
+    assert len(callbacks) == 1
+    assert enqueued == [deployment.pk]
+    event = audited("deployment.create", deployment)
+    assert event.after["version"] == "smollm2-135m:v1" and event.after["replicas"] == 1
+    assert deployment.status == DeploymentStatus.PENDING
+
+
+def test_nothing_is_enqueued_before_the_transaction_commits(
+    owner, team, base_version, pool, node, monkeypatch
+):
+    from serving import tasks
+
+    enqueued = []
+    monkeypatch.setattr(tasks.reconcile_deployment_task, "delay", enqueued.append)
+    deploy(owner, team, base_version, pool)
+    assert enqueued == []  # the test's transaction never commits
+
+
+def test_a_deployment_too_big_for_the_pool_is_refused_saying_what_it_needs(owner, team, base_version, pool):
+    add_node(pool, "cpu-01", memory_bytes=1 * GIB)
+    with pytest.raises(Conflict) as refused:
+        deploy(owner, team, base_version, pool)
+    assert refused.value.message.startswith("Unschedulable on cpu-pool: ")
+    assert "needs" in refused.value.message
+    assert not Deployment.objects.exists()
+
+
+def test_a_deployment_on_a_pool_without_ready_nodes_is_refused(owner, team, base_version, pool):
+    with pytest.raises(Conflict, match="No ready node"):
+        deploy(owner, team, base_version, pool)
+
+
+def test_engine_arguments_are_validated_for_the_pool_kind(owner, team, base_version, pool, node):
+    with pytest.raises(Invalid, match=r"engine_args\.gpu_memory_utilization applies to gpu pools only"):
+        deploy(owner, team, base_version, pool, args={"gpu_memory_utilization": 0.5})
+
+
+def test_a_context_longer_than_the_model_has_is_refused_before_any_engine_starts(
+    owner, team, base_version, pool, node
+):
+    base_version.context_length = 512
+    base_version.save(update_fields=["context_length"])
+    with pytest.raises(Invalid, match=r"max_model_len: 2048 exceeds the context length .* \(512 tokens\)"):
+        deploy(owner, team, base_version, pool)
+    assert deploy(owner, team, base_version, pool, args={"max_model_len": 512}).engine_args == {
+        "max_model_len": 512
+    }
+
+
+def test_a_restart_onto_engine_arguments_the_model_cannot_honour_is_refused(owner, base_version, deployment):
+    base_version.context_length = 1024
+    base_version.save(update_fields=["context_length"])
+    with pytest.raises(Invalid, match="exceeds the context length"):
+        services.restart(actor=owner, deployment=deployment, args={"max_model_len": 4096})
+
+
+def test_an_embedding_model_takes_no_adapters(org, owner, team, base_version, pool, node, artifact):
+    from portfolio.registry.choices import Task
+
+    base_version.model.task = Task.EMBEDDING
+    base_version.model.save(update_fields=["task"])
+    with pytest.raises(Invalid, match="not on an embedding model"):
+        deploy(owner, team, base_version, pool, args={"enable_lora": True})
+    deployment = deploy(owner, team, base_version, pool)
+    with pytest.raises(Invalid, match="not on an embedding model"):
+        services.add_adapter(
+            actor=owner, deployment=deployment, adapter=make_adapter(org, team, artifact, base_version)
+        )
+
+
+def test_an_adapter_cannot_be_deployed_on_its_own(org, owner, team, base_version, pool, node, artifact):
+    adapter = make_adapter(org, team, artifact, base_version)
+    with pytest.raises(Invalid, match="deploy a base version"):
+        deploy(owner, team, adapter, pool)
+
+
+def test_a_version_that_is_not_ready_cannot_be_deployed(owner, team, base_version, pool, node):
+    base_version.status = VersionStatus.IMPORTING
+    base_version.save(update_fields=["status"])
+    with pytest.raises(Conflict, match="only a ready version can be deployed"):
+        deploy(owner, team, base_version, pool)
+
+
+# --- The registry and the gate ---------------------------------------------------------------------
+def test_a_deployed_version_cannot_be_archived(owner, base_version, deployment):
+    with pytest.raises(Conflict, match="deployed by support-bot"):
+        registry.archive_version(actor=owner, version=base_version)
+
+
+def test_a_version_served_as_an_adapter_cannot_be_archived(
+    org, owner, team, artifact, base_version, deployment
+):
+    adapter = make_adapter(org, team, artifact, base_version)
+    services.add_adapter(actor=owner, deployment=deployment, adapter=adapter, name="tone")
+    with pytest.raises(Conflict, match=r"deployed by support-bot \(adapter tone\)"):
+        registry.archive_version(actor=owner, version=adapter)
+
+
+def test_an_engineer_of_the_team_can_deploy(org, team, base_version, pool, node):
+    assert deploy(actor_for(org["engineer"]), team, base_version, pool).owner_team == team
+
+
+def test_a_viewer_cannot_create_a_deployment(org, team, base_version, pool, node):
+    with pytest.raises(Forbidden):
+        deploy(actor_for(org["viewer"]), team, base_version, pool)
+
+
+def test_an_outsider_does_not_see_another_teams_deployment(org, deployment):
+    outsider = actor_for(org["outsider"])
+    with pytest.raises(NotFound):
+        gate.require(outsider, "deployment.manage", deployment)
+    with pytest.raises(NotFound):
+        services.scale(actor=outsider, deployment=deployment, replicas=0)
+
+
+def test_replicas_on_a_gpu_pool_each_claim_their_own_gpu(admin, owner, team, base_version):
+    gpu_pool = services.create_pool(actor=admin, name="gpu-pool", kind=PoolKind.GPU)
+    gpus = [{"index": i, "name": "NVIDIA L4", "memory_bytes": 24 * GIB} for i in (0, 1)]
+    Node.objects.create(
+        name="gpu-01",
+        pool=gpu_pool,
+        cpu_cores=16,
+        memory_bytes=128 * GIB,
+        gpus=gpus,
+        state=NodeState.READY,
+        heartbeat_at=timezone.now(),
+        address="10.0.0.5",
+    )
+    deployment = deploy(owner, team, base_version, gpu_pool, replicas=2)
+    reconcile.reconcile_deployment(deployment.pk)
+    placed = list(Replica.objects.filter(deployment=deployment).order_by("id"))
+    assert [r.gpu_indices for r in placed] == [[0], [1]]
+    assert {r.reserved_memory_bytes for r in placed} == {int(24 * GIB * 0.9)}
