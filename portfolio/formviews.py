@@ -19,17 +19,18 @@ from portfolio.errors import DomainError
 from portfolio.formerrors import show_refusal
 
 T = TypeVar("T")
+F = TypeVar("F", bound=forms.Form)
 
 
 def submit(
     request,
-    form: forms.Form,
+    form: F,
     call: Callable[[], T],
     *,
     then: Callable[[T], HttpResponse],
     success: str | Callable[[T], str] | None = None,
     fields: dict[str, str] | None = None,
-    refused: Callable[[forms.Form, DomainError], None] | None = None,
+    refused: Callable[[F, DomainError], None] | None = None,
     reload: models.Model | None = None,
 ) -> HttpResponse | None:
     """If ``form`` is valid, run ``call``: on success say ``success`` (or ``success(result)``) and answer

@@ -108,4 +108,6 @@ def navigation(request):
 def wants_fragment(request) -> bool:
     """An htmx call swapping part of a page (a history restore needs the whole page)."""
     htmx = getattr(request, "htmx", None)
-    return bool(htmx) and not htmx.history_restore_request
+    if not htmx:
+        return False
+    return not htmx.history_restore_request

@@ -89,7 +89,7 @@ class Model(models.Model):
         }
 
 
-class ArtifactManager(models.Manager):
+class ArtifactManager(models.Manager["Artifact"]):
     def record(self, manifest: Manifest, store_uri: str, *, verified: bool = True) -> Artifact:
         """The row of the files of ``manifest``, stored at ``store_uri``: the existing one when the same
         files were stored before. ``verified``: their checksums were just checked (health OK, now)."""
