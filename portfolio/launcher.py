@@ -13,9 +13,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from portfolio import cli, embedded
+from portfolio import commands, embedded
 
 STOP_GRACE_SECONDS = 20
 
@@ -24,17 +23,12 @@ def _say(message: str) -> None:
     print(f"[portfolio] {message}", flush=True)
 
 
-def _data_dir() -> Path:
-    default = Path(__file__).resolve().parent.parent / ".portfolio"
-    return Path(os.environ.get("PORTFOLIO_DATA_DIR") or default).expanduser().resolve()
-
-
 def _manage(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "portfolio.cli", "manage", *args], check=True)
 
 
 def run_all(*, host: str, port: int, demo: bool = True) -> int:
-    data_dir = _data_dir()
+    data_dir = commands.data_dir()
     os.environ["PORTFOLIO_DATA_DIR"] = str(data_dir)
     started_embedded = []
     if not os.environ.get("DATABASE_URL"):
@@ -62,7 +56,7 @@ def run_all(*, host: str, port: int, demo: bool = True) -> int:
             _manage("seed_demo")
             _manage("import_demo_model")
             _manage("seed_demo_dataset")
-        node = cli.node_name()
+        node = commands.node_name()
         os.environ["PORTFOLIO_NODE_NAME"] = node
         # The prompt box, the demo's first answer and distillation reach the gateway in the web process below.
         local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - compared, not bound
@@ -70,12 +64,12 @@ def run_all(*, host: str, port: int, demo: bool = True) -> int:
             "PORTFOLIO_GATEWAY_URL", f"http://{'[' + local + ']' if ':' in local else local}:{port}"
         )
         os.environ["PORTFOLIO_NODE_AGENT"] = "1"  # the local worker is also this machine's node agent
-        commands = {
-            "web": cli.web_command(host, port, 1),
-            "worker": cli.worker_command(["control", f"node.{node}"], 2, f"local@{node}"),
-            "beat": cli.beat_command(str(data_dir / "celerybeat-schedule")),
+        servers = {
+            "web": commands.web_command(host, port, 1),
+            "worker": commands.worker_command(["control", f"node.{node}"], 2, f"local@{node}"),
+            "beat": commands.beat_command(str(data_dir / "celerybeat-schedule")),
         }
-        for name, command in commands.items():
+        for name, command in servers.items():
             _say(f"starting {name}")
             children.append(subprocess.Popen(command))
         _say(f"ready: http://{host}:{port}/  (Ctrl-C stops everything)")
