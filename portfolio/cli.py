@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default=os.environ.get("PORTFOLIO_HOST", "127.0.0.1"))
     run.add_argument("--port", type=int, default=int(os.environ.get("PORTFOLIO_PORT", "8000")))
     run.add_argument("--no-demo", action="store_true", help="skip the demo portfolio")
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show every process's log live (default: PORTFOLIO_VERBOSE; they are always in <data>/logs/)",
+    )
 
     web = sub.add_parser("web", help="the ASGI web server")
     web.add_argument("--host", default=os.environ.get("PORTFOLIO_HOST", "0.0.0.0"))  # noqa: S104 - in a container
@@ -70,9 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "run":
+        from portfolio.envparse import Env
         from portfolio.launcher import run_all
 
-        sys.exit(run_all(host=args.host, port=args.port, demo=not args.no_demo))
+        verbose = args.verbose or Env().flag("PORTFOLIO_VERBOSE", False)
+        sys.exit(run_all(host=args.host, port=args.port, demo=not args.no_demo, verbose=verbose))
     if args.command == "web":
         if args.workers > 1:
             _prepare_shared_metrics()

@@ -73,9 +73,16 @@ class Command(BaseCommand):
         )
         if not wait_ready:
             return
-        deadline = time.monotonic() + wait_ready
+        started = time.monotonic()
+        deadline = started + wait_ready
         while time.monotonic() < deadline:
-            if deployment.replica_set.filter(state=ReplicaState.READY).exists():
+            # Only a replica the node agent found healthy in this run is ready (requeue_engines).
+            replica = deployment.replica_set.filter(state=ReplicaState.READY).select_related("node").first()
+            if replica is not None:
+                self.stdout.write(
+                    f"Engine of {deployment.name} ready on {replica.node.name if replica.node else 'its node'} "
+                    f"({time.monotonic() - started:.0f} s)."
+                )
                 result = try_prompt(
                     actor=actor,
                     deployment=deployment,
