@@ -116,8 +116,6 @@ def run_all(*, host: str, port: int, demo: bool = True, verbose: bool = False) -
         _say(f"logs: {logs}/" + ("" if verbose else " (`portfolio run --verbose` shows them live)"))
         # Ctrl-C ends the loop below even where the shell started us with SIGINT ignored (in the background).
         signal.signal(signal.SIGINT, stop)
-        # The demo's steps print only what a person waits for (engine ready, first answer, adapter trained).
-        quiet_env = {**os.environ, "PORTFOLIO_LOG_LEVEL": "WARNING"}
         listening, listen_deadline = False, time.monotonic() + LISTEN_TIMEOUT
         while not stopping:
             follower.pump()
@@ -131,9 +129,7 @@ def run_all(*, host: str, port: int, demo: bool = True, verbose: bool = False) -
                 listening = True
                 if demo:
                     _say(f"web server listening on {url}; deploying the demo model")
-                    oneshots["deploy"] = subprocess.Popen(
-                        [*MANAGE, "deploy_demo", "--wait-ready", "900"], env=quiet_env
-                    )
+                    oneshots["deploy"] = _demo_step("deploy_demo", "--wait-ready", "900")
                 else:
                     _ready(url, data_dir, demo_key=False)
             elif not listening and time.monotonic() > listen_deadline:
@@ -145,7 +141,7 @@ def run_all(*, host: str, port: int, demo: bool = True, verbose: bool = False) -
                 del oneshots[name]
                 if name == "deploy" and oneshot.returncode == 0:
                     _ready(url, data_dir, demo_key=True)
-                    oneshots["finetune"] = subprocess.Popen([*MANAGE, "finetune_demo"], env=quiet_env)
+                    oneshots["finetune"] = _demo_step("finetune_demo")
                 elif name == "deploy":
                     _say("the demo deployment did not come up (see above); the platform keeps running")
                     _ready(url, data_dir, demo_key=False)
@@ -188,6 +184,14 @@ def run_all(*, host: str, port: int, demo: bool = True, verbose: bool = False) -
             embedded.stop_postgres(data_dir)
         _say("stopped")
     return 0
+
+
+def _demo_step(*args: str) -> subprocess.Popen:
+    """The demo's steps print only what a person waits for (engine ready, first answer, adapter trained).
+    In a session of their own, Ctrl-C in the terminal does not reach them: they are stopped, quietly, with
+    everything else."""
+    env = {**os.environ, "PORTFOLIO_LOG_LEVEL": "WARNING"}
+    return subprocess.Popen([*MANAGE, *args], env=env, start_new_session=True)
 
 
 def _ready(url: str, data_dir: Path, *, demo_key: bool) -> None:
