@@ -127,9 +127,10 @@ def run_all(*, host: str, port: int, demo: bool = True, verbose: bool = False) -
                     stopping = True
             if not listening and _answers(url):
                 listening = True
+                oneshots["events"] = _console_step("watch_events")
                 if demo:
                     _say(f"web server listening on {url}; deploying the demo model")
-                    oneshots["deploy"] = _demo_step("deploy_demo", "--wait-ready", "900")
+                    oneshots["deploy"] = _console_step("deploy_demo", "--wait-ready", "900")
                 else:
                     _ready(url, data_dir, demo_key=False)
             elif not listening and time.monotonic() > listen_deadline:
@@ -141,12 +142,14 @@ def run_all(*, host: str, port: int, demo: bool = True, verbose: bool = False) -
                 del oneshots[name]
                 if name == "deploy" and oneshot.returncode == 0:
                     _ready(url, data_dir, demo_key=True)
-                    oneshots["finetune"] = _demo_step("finetune_demo")
+                    oneshots["finetune"] = _console_step("finetune_demo")
                 elif name == "deploy":
                     _say("the demo deployment did not come up (see above); the platform keeps running")
                     _ready(url, data_dir, demo_key=False)
-                elif oneshot.returncode != 0:
+                elif name == "finetune" and oneshot.returncode != 0:
                     _say("the demo fine-tune did not finish (see above); the platform keeps running")
+                elif name == "events":
+                    _say("the event lines stopped (see above); the platform keeps running")
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
@@ -186,10 +189,10 @@ def run_all(*, host: str, port: int, demo: bool = True, verbose: bool = False) -
     return 0
 
 
-def _demo_step(*args: str) -> subprocess.Popen:
-    """The demo's steps print only what a person waits for (engine ready, first answer, adapter trained).
-    In a session of their own, Ctrl-C in the terminal does not reach them: they are stopped, quietly, with
-    everything else."""
+def _console_step(*args: str) -> subprocess.Popen:
+    """A command that writes to the terminal only what a person waits for: the events (an engine ready, a
+    fine-tune finished), the demo's first answer and adapter. In a session of its own, Ctrl-C in the
+    terminal does not reach it: it is stopped, quietly, with everything else."""
     env = {**os.environ, "PORTFOLIO_LOG_LEVEL": "WARNING"}
     return subprocess.Popen([*MANAGE, *args], env=env, start_new_session=True)
 

@@ -73,16 +73,10 @@ class Command(BaseCommand):
         )
         if not wait_ready:
             return
-        started = time.monotonic()
-        deadline = started + wait_ready
+        deadline = time.monotonic() + wait_ready
         while time.monotonic() < deadline:
             # Only a replica the node agent found healthy in this run is ready (requeue_engines).
-            replica = deployment.replica_set.filter(state=ReplicaState.READY).select_related("node").first()
-            if replica is not None:
-                self.stdout.write(
-                    f"Engine of {deployment.name} ready on {replica.node.name if replica.node else 'its node'} "
-                    f"({time.monotonic() - started:.0f} s)."
-                )
+            if deployment.replica_set.filter(state=ReplicaState.READY).exists():
                 result = try_prompt(
                     actor=actor,
                     deployment=deployment,
