@@ -4,8 +4,8 @@ Starts the embedded PostgreSQL and Redis when no URLs are configured, migrates, 
 (password printed once, kept in a file only this user can read), seeds the demo portfolio, then runs the
 web server, a Celery worker (control queue and this machine's node queue) and Celery beat.
 
-The terminal shows the start-up, then one line per event a person waits for (the demo engine ready, its
-first answer, the demo adapter trained). Each process logs to ``<data>/logs/<process>.log``; ``--verbose``
+The terminal shows the start-up, then one line per event a person waits for (``manage.py watch_events``:
+an engine ready or failed, an adapter loaded, a fine-tune finished; and the demo's first answer). Each process logs to ``<data>/logs/<process>.log``; ``--verbose``
 follows them live (``portfolio.runlogs``). "ready" is said once the web server listens and the demo
 endpoint answers, with a summary: where to sign in, the endpoints, the API docs, and a call to copy with a
 fresh demo API key. Ctrl-C (or SIGTERM) stops everything it started, the embedded servers last. Data is
