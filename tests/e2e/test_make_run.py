@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]  # two starts, each deploying the demo
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 300
 DEMO_TIMEOUT = 900
