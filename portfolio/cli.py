@@ -15,6 +15,8 @@ import argparse
 import os
 import sys
 
+from portfolio import commands
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portfolio.settings")
 
 
@@ -23,82 +25,14 @@ def _exec(argv: list[str]) -> None:
     os.execvp(argv[0], argv)
 
 
-def trusted_proxies() -> list[str]:
-    """PORTFOLIO_TRUSTED_PROXIES, read as settings read it (without loading them: that may start servers)."""
-    from portfolio.envparse import Env
-
-    return Env().networks("PORTFOLIO_TRUSTED_PROXIES", ["127.0.0.1", "::1"])
-
-
-def web_command(host: str, port: int, workers: int, proxies: list[str] | None = None) -> list[str]:
-    """uvicorn takes the client's address and scheme from X-Forwarded-For / -Proto only on connections from
-    ``proxies`` (the right-most address no trusted proxy added); never its own FORWARDED_ALLOW_IPS default."""
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "portfolio.asgi:application",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-        "--no-server-header",
-        "--proxy-headers",
-        "--forwarded-allow-ips",
-        ",".join(trusted_proxies() if proxies is None else proxies),
-    ]
-
-
-def worker_command(queues: list[str], concurrency: int, hostname: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "portfolio",
-        "worker",
-        "--queues",
-        ",".join(queues),
-        "--concurrency",
-        str(concurrency),
-        "--hostname",
-        hostname,
-        "--loglevel",
-        "INFO",
-        "--without-gossip",
-        "--without-mingle",
-    ]
-
-
-def beat_command(schedule_file: str | None = None) -> list[str]:
-    command = [sys.executable, "-m", "celery", "-A", "portfolio", "beat", "--loglevel", "INFO"]
-    if schedule_file:
-        command += ["--schedule", schedule_file]
-    return command
-
-
 def _prepare_shared_metrics() -> None:
     """Several web workers: Prometheus metrics are aggregated across them through a shared folder."""
     import shutil
-    from pathlib import Path
 
-    default = Path(__file__).resolve().parent.parent / ".portfolio"
-    folder = Path(os.environ.get("PORTFOLIO_DATA_DIR") or default) / "metrics"
+    folder = commands.data_dir() / "metrics"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
-
-
-def node_name() -> str:
-    import socket
-
-    return os.environ.get("PORTFOLIO_NODE_NAME") or socket.gethostname()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default=os.environ.get("PORTFOLIO_HOST", "127.0.0.1"))
     run.add_argument("--port", type=int, default=int(os.environ.get("PORTFOLIO_PORT", "8000")))
     run.add_argument("--no-demo", action="store_true", help="skip the demo portfolio")
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show every process's log live (default: PORTFOLIO_VERBOSE; they are always in <data>/logs/)",
+    )
 
     web = sub.add_parser("web", help="the ASGI web server")
     web.add_argument("--host", default=os.environ.get("PORTFOLIO_HOST", "0.0.0.0"))  # noqa: S104 - in a container
@@ -136,22 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "run":
+        from portfolio.envparse import Env
         from portfolio.launcher import run_all
 
-        sys.exit(run_all(host=args.host, port=args.port, demo=not args.no_demo))
+        verbose = args.verbose or Env().flag("PORTFOLIO_VERBOSE", False)
+        sys.exit(run_all(host=args.host, port=args.port, demo=not args.no_demo, verbose=verbose))
     if args.command == "web":
         if args.workers > 1:
             _prepare_shared_metrics()
-        _exec(web_command(args.host, args.port, args.workers))
+        _exec(commands.web_command(args.host, args.port, args.workers))
     if args.command == "worker":
-        _exec(worker_command(["control"], args.concurrency, f"control@{node_name()}"))
+        _exec(commands.worker_command(["control"], args.concurrency, f"control@{commands.node_name()}"))
     if args.command == "node-agent":
-        name = args.name or node_name()
+        name = args.name or commands.node_name()
         os.environ["PORTFOLIO_NODE_NAME"] = name
         os.environ["PORTFOLIO_NODE_AGENT"] = "1"
-        _exec(worker_command([f"node.{name}"], args.concurrency, f"agent@{name}"))
+        _exec(commands.worker_command([f"node.{name}"], args.concurrency, f"agent@{name}"))
     if args.command == "beat":
-        _exec(beat_command())
+        _exec(commands.beat_command())
     if args.command == "migrate":
         import django
         from django.core.management import call_command

@@ -1,9 +1,15 @@
 """`portfolio run` (`make run`): the whole platform on one machine.
 
-Starts the embedded PostgreSQL and Redis when no URLs are configured, migrates, creates the admin
-account (password printed once, kept in a file only this user can read), seeds the demo portfolio, then
-runs the web server, a Celery worker (control queue and this machine's node queue) and Celery beat.
-Ctrl-C (or SIGTERM) stops everything it started, the embedded servers last. Data is kept for next time.
+Starts the embedded PostgreSQL and Redis when no URLs are configured, migrates, creates the admin account
+(password printed once, kept in a file only this user can read), seeds the demo portfolio, then runs the
+web server, a Celery worker (control queue and this machine's node queue) and Celery beat.
+
+The terminal shows the start-up, then one line per event a person waits for (``manage.py watch_events``:
+an engine ready or failed, an adapter loaded, a fine-tune finished; and the demo's first answer). Each process logs to ``<data>/logs/<process>.log``; ``--verbose``
+follows them live (``portfolio.runlogs``). "ready" is said once the web server listens and the demo
+endpoint answers, with a summary: where to sign in, the endpoints, the API docs, and a call to copy with a
+fresh demo API key. Ctrl-C (or SIGTERM) stops everything it started, the embedded servers last. Data is
+kept for next time; the replicas of the last run start again (``manage.py requeue_engines``).
 """
 
 from __future__ import annotations
@@ -13,29 +19,37 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import IO
 
-from portfolio import cli, embedded
+from portfolio import commands, embedded, runlogs
 
 STOP_GRACE_SECONDS = 20
+LISTEN_TIMEOUT = 120
+MANAGE = [sys.executable, "-m", "portfolio.cli", "manage"]
+
+
+class StartupFailed(Exception):
+    pass
 
 
 def _say(message: str) -> None:
     print(f"[portfolio] {message}", flush=True)
 
 
-def _data_dir() -> Path:
-    default = Path(__file__).resolve().parent.parent / ".portfolio"
-    return Path(os.environ.get("PORTFOLIO_DATA_DIR") or default).expanduser().resolve()
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}healthz", timeout=2) as response:  # noqa: S310 - our own server
+            return response.status == 200
+    except OSError:
+        return False
 
 
-def _manage(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "portfolio.cli", "manage", *args], check=True)
-
-
-def run_all(*, host: str, port: int, demo: bool = True) -> int:
-    data_dir = _data_dir()
+def run_all(*, host: str, port: int, demo: bool = True, verbose: bool = False) -> int:
+    data_dir = commands.data_dir()
     os.environ["PORTFOLIO_DATA_DIR"] = str(data_dir)
+    logs = data_dir / "logs"
     started_embedded = []
     if not os.environ.get("DATABASE_URL"):
         _say(f"starting embedded PostgreSQL in {data_dir / 'pgdata'}")
@@ -46,8 +60,23 @@ def run_all(*, host: str, port: int, demo: bool = True) -> int:
         os.environ["REDIS_URL"] = embedded.ensure_redis(data_dir)
         started_embedded.append("redis")
 
-    children: list[subprocess.Popen] = []  # web, worker, beat: any of them exiting stops everything
-    oneshots: list[subprocess.Popen] = []  # the demo deployment: its failure is reported, not fatal
+    setup_log = runlogs.open_log(logs, "setup")
+    log_files: list[IO[bytes]] = [setup_log]
+    follower = runlogs.Follower(sys.stdout)
+
+    def manage(*args: str, show: bool = False) -> None:
+        """A start-up step; what it prints goes to setup.log unless it is for the person (or --verbose)."""
+        to_file = not (show or verbose)
+        step = subprocess.run(
+            [*MANAGE, *args],
+            stdout=setup_log if to_file else None,
+            stderr=subprocess.STDOUT if to_file else None,
+        )
+        if step.returncode:
+            raise StartupFailed(" ".join(args))
+
+    children: dict[str, subprocess.Popen] = {}  # web, worker, beat: any of them exiting stops everything
+    oneshots: dict[str, subprocess.Popen] = {}  # the demo's steps: a failure is reported, not fatal
     stopping = False
 
     def stop(*_):
@@ -56,66 +85,96 @@ def run_all(*, host: str, port: int, demo: bool = True) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        _manage("migrate", "--noinput")
-        _manage("bootstrap_admin")
+        _say("migrating the database")
+        manage("migrate", "--noinput")
+        manage("bootstrap_admin", show=True)
         if demo:
-            _manage("seed_demo")
-            _manage("import_demo_model")
-            _manage("seed_demo_dataset")
-        node = cli.node_name()
+            _say("seeding the demo portfolio: organisation, SmolLM2-135M-Instruct, a ticket-routing dataset")
+            manage("seed_demo")
+            manage("import_demo_model")
+            manage("seed_demo_dataset")
+        node = commands.node_name()
         os.environ["PORTFOLIO_NODE_NAME"] = node
+        manage("requeue_engines", "--node", node)  # engines stopped with the last run start again
         # The prompt box, the demo's first answer and distillation reach the gateway in the web process below.
         local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - compared, not bound
-        os.environ.setdefault(
-            "PORTFOLIO_GATEWAY_URL", f"http://{'[' + local + ']' if ':' in local else local}:{port}"
-        )
+        url = f"http://{'[' + local + ']' if ':' in local else local}:{port}/"
+        os.environ.setdefault("PORTFOLIO_GATEWAY_URL", url.rstrip("/"))
         os.environ["PORTFOLIO_NODE_AGENT"] = "1"  # the local worker is also this machine's node agent
-        commands = {
-            "web": cli.web_command(host, port, 1),
-            "worker": cli.worker_command(["control", f"node.{node}"], 2, f"local@{node}"),
-            "beat": cli.beat_command(str(data_dir / "celerybeat-schedule")),
+        servers = {
+            "web": commands.web_command(host, port, 1),
+            "worker": commands.worker_command(["control", f"node.{node}"], 2, f"local@{node}"),
+            "beat": commands.beat_command(str(data_dir / "celerybeat-schedule")),
         }
-        for name, command in commands.items():
+        for name, command in servers.items():
             _say(f"starting {name}")
-            children.append(subprocess.Popen(command))
-        _say(f"ready: http://{host}:{port}/  (Ctrl-C stops everything)")
+            log = runlogs.open_log(logs, name)
+            log_files.append(log)
+            children[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            if verbose:
+                follower.follow(name, logs / f"{name}.log")
+        _say(f"logs: {logs}/" + ("" if verbose else " (`portfolio run --verbose` shows them live)"))
         # Ctrl-C ends the loop below even where the shell started us with SIGINT ignored (in the background).
         signal.signal(signal.SIGINT, stop)
-        if demo:
-            # Waits for the local node agent, deploys the demo model, then reports its first answer.
-            manage = f"{sys.executable} -m portfolio.cli manage"
-            oneshots.append(
-                subprocess.Popen(  # noqa: S602 - fixed command line of this program
-                    f"{manage} deploy_demo --wait-ready 900 && {manage} finetune_demo", shell=True
-                )
-            )
+        listening, listen_deadline = False, time.monotonic() + LISTEN_TIMEOUT
         while not stopping:
-            for child in children:
+            follower.pump()
+            for name, child in children.items():
                 if child.poll() is not None:
-                    _say(f"a process exited with status {child.returncode}; stopping everything")
+                    _say(f"{name} exited with status {child.returncode}; stopping everything")
+                    if not verbose:
+                        print(runlogs.tail(logs / f"{name}.log"), flush=True)
                     stopping = True
-            for oneshot in [o for o in oneshots if o.poll() is not None]:
-                if oneshot.returncode != 0:
+            if not listening and _answers(url):
+                listening = True
+                oneshots["events"] = _console_step("watch_events")
+                if demo:
+                    _say(f"web server listening on {url}; deploying the demo model")
+                    oneshots["deploy"] = _console_step("deploy_demo", "--wait-ready", "900")
+                else:
+                    _ready(url, data_dir, demo_key=False)
+            elif not listening and time.monotonic() > listen_deadline:
+                _say(f"the web server does not answer on {url} yet; see {logs / 'web.log'}")
+                listen_deadline = float("inf")
+            for name, oneshot in list(oneshots.items()):
+                if oneshot.poll() is None:
+                    continue
+                del oneshots[name]
+                if name == "deploy" and oneshot.returncode == 0:
+                    _ready(url, data_dir, demo_key=True)
+                    oneshots["finetune"] = _console_step("finetune_demo")
+                elif name == "deploy":
                     _say("the demo deployment did not come up (see above); the platform keeps running")
-                oneshots.remove(oneshot)
+                    _ready(url, data_dir, demo_key=False)
+                elif name == "finetune" and oneshot.returncode != 0:
+                    _say("the demo fine-tune did not finish (see above); the platform keeps running")
+                elif name == "events":
+                    _say("the event lines stopped (see above); the platform keeps running")
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
-    except subprocess.CalledProcessError as exc:
-        _say(f"start-up step failed: {' '.join(exc.cmd[4:])} (exit {exc.returncode})")
+    except StartupFailed as exc:
+        _say(f"start-up step failed: {exc}")
+        if not verbose:
+            print(runlogs.tail(logs / "setup.log"), flush=True)
+            _say(f"the whole output is in {logs / 'setup.log'}")
         return 1
     finally:
         _say("stopping")
-        for child in [*oneshots, *children]:
+        running = [*oneshots.values(), *children.values()]
+        for child in running:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for child in [*oneshots, *children]:
+        for child in running:
             try:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 child.kill()
-        # `portfolio run` owns this machine's engines: they stop with it (the agent restarts them next time).
+        follower.close()
+        for log in log_files:
+            log.close()
+        # `portfolio run` owns this machine's engines: they stop with it (they start again next time).
         from serving import processes
 
         for engine in processes.engines_on_this_machine(under=data_dir).values():
@@ -128,3 +187,21 @@ def run_all(*, host: str, port: int, demo: bool = True) -> int:
             embedded.stop_postgres(data_dir)
         _say("stopped")
     return 0
+
+
+def _console_step(*args: str) -> subprocess.Popen:
+    """A command that writes to the terminal only what a person waits for: the events (an engine ready, a
+    fine-tune finished), the demo's first answer and adapter. In a session of its own, Ctrl-C in the
+    terminal does not reach it: it is stopped, quietly, with everything else."""
+    env = {**os.environ, "PORTFOLIO_LOG_LEVEL": "WARNING"}
+    return subprocess.Popen([*MANAGE, *args], env=env, start_new_session=True)
+
+
+def _ready(url: str, data_dir: Path, *, demo_key: bool) -> None:
+    """ "ready", then what to do next (``manage.py run_summary``: endpoints from the database, a fresh key)."""
+    args = ["run_summary", "--url", url]
+    if demo_key:
+        args += ["--demo-key-file", str(data_dir / "demo-api-key")]
+    summary = subprocess.run([*MANAGE, *args], stdout=subprocess.PIPE, text=True)
+    _say(f"ready: {url}  (Ctrl-C stops everything)")
+    print(summary.stdout, end="", flush=True)

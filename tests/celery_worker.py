@@ -13,7 +13,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 
-from portfolio import cli
+from portfolio import commands
 from portfolio.envparse import database_url
 from tests.processes import stop_group
 
@@ -32,7 +32,7 @@ app.worker_main(sys.argv[1:])
 
 
 def start_worker(queue: str, log: Path, **env: str) -> subprocess.Popen:
-    command = cli.worker_command([queue], 2, f"redelivery@{queue}")
+    command = commands.worker_command([queue], 2, f"redelivery@{queue}")
     args = command[command.index("worker") :]
     environment = {
         **os.environ,

@@ -1,7 +1,10 @@
 """`portfolio run` (what `make run` starts) on an empty data folder: embedded PostgreSQL and Redis, an
 admin whose password is printed once, web + worker + beat, and the demo model imported, deployed on this
-machine's CPU pool and answering; Ctrl-C stops it all, engines included; a second run reuses the data."""
+machine's CPU pool and answering; "ready" with a demo key that answers; a quiet terminal (the processes log
+to files); Ctrl-C stops it all, engines included; a second run reuses the data and its demo answers again
+(the replica left marked ready by the first run is not trusted)."""
 
+import json
 import os
 import signal
 import socket
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]  # two starts, each deploying the demo
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 300
 DEMO_TIMEOUT = 900
@@ -90,6 +93,8 @@ def test_run_starts_everything_serves_the_demo_and_ctrl_c_stops_everything(tmp_p
         answer = _wait_for_line(process, first_log, "Demo ready:", DEMO_TIMEOUT)
         assert "smollm2-demo answered" in answer
         assert processes.engines_on_this_machine(under=data_dir)
+        _wait_for_line(process, first_log, "[portfolio] ready:", 60)
+        _demo_key_answers(data_dir, port)
     finally:
         _interrupt(process, first_log)
     assert not processes.engines_on_this_machine(under=data_dir), "an engine outlived `portfolio run`"
@@ -103,10 +108,33 @@ def test_run_starts_everything_serves_the_demo_and_ctrl_c_stops_everything(tmp_p
     assert not (data_dir / "pgdata" / "postmaster.pid").exists(), "embedded PostgreSQL still running"
     assert not (data_dir / "redis" / "redis.sock").exists(), "embedded Redis still running"
 
+    assert (data_dir / "logs" / "worker.log").exists() and (data_dir / "logs" / "web.log").exists()
+    assert "celery@" not in output and "Scheduler: Sending due task" not in output, "chatter goes to the logs"
+    assert output.index("Demo ready:") < output.index("[portfolio] ready:")
+
     process = _start(data_dir, port, second_log)
     try:
         _wait_ready(process, port, second_log)
+        answer = _wait_for_line(process, second_log, "Demo ready:", DEMO_TIMEOUT)
+        assert "smollm2-demo answered" in answer
     finally:
         _interrupt(process, second_log)
     again = second_log.read_text()
     assert "Admin account exists" in again and password not in again
+    assert "did not come up" not in again
+
+
+def _demo_key_answers(data_dir: Path, port: int) -> None:
+    key_file = data_dir / "demo-api-key"
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={
+            "Authorization": f"Bearer {key_file.read_text().strip()}",
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        assert json.loads(response.read())["choices"][0]["message"]["content"]

@@ -77,6 +77,18 @@ def test_the_prompt_box_answers_through_the_gateway_and_is_metered(prompt_box, s
     assert f"request <code>{event.event_id}</code>" in page
 
 
+def test_the_prompt_box_shows_the_engines_reason_when_it_refuses_the_request(
+    prompt_box, stack, org, team, gateway_url
+):
+    dep, engines = stack["deployment"]("small-context-dep")
+    wait_until_routed(gateway_url, dep, team)
+    engines[0].max_model_len = 2  # the engine now refuses 4 tokens with vLLM's 400 and its reason
+    page = prompt_box(org["developer"], dep.name)
+    assert 'class="alert alert--error"' in page
+    assert "max_tokens=4 cannot be greater than max_model_len=2" in page, page
+    assert "Bad Request" not in page
+
+
 def test_the_prompt_box_is_rate_limited_per_user(prompt_box, stack, org, team, gateway_url):
     dep, _ = stack["deployment"]("busy-dep")
     wait_until_routed(gateway_url, dep, team)

@@ -75,6 +75,7 @@ class Command(BaseCommand):
             return
         deadline = time.monotonic() + wait_ready
         while time.monotonic() < deadline:
+            # Only a replica the node agent found healthy in this run is ready (requeue_engines).
             if deployment.replica_set.filter(state=ReplicaState.READY).exists():
                 result = try_prompt(
                     actor=actor,
