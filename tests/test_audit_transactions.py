@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from functools import cached_property
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -39,7 +40,7 @@ from serving.choices import NodeState, PoolKind
 from serving.gateway import services as gateway
 from serving.models import DeploymentAdapter, Node
 from tests.conftest import actor_for
-from training import finetune
+from training import finetune, ingest
 from training import services as training
 from training.choices import DatasetKind, JobStatus
 
@@ -212,9 +213,24 @@ class World:
 
     @cached_property
     def dataset_version(self):
-        return training.upload_version(
-            actor=self.engineer, dataset=self.dataset, chunks=[ROWS], filename="rows.jsonl"
-        )[0]
+        pending = training.upload_version(
+            actor=self.engineer, dataset=self.dataset, chunks=[ROWS], filename="rows.jsonl", enqueue=False
+        )
+        return ingest.run_here(pending.pk)[0]
+
+    @cached_property
+    def ingested(self):
+        """A running ingest of other rows, its work done: what is left is to record its version."""
+        pending = training.upload_version(
+            actor=self.engineer,
+            dataset=self.dataset,
+            chunks=[ROWS.replace(b"billing", b"shipping")],
+            filename="more.jsonl",
+            enqueue=False,
+        )
+        ingest.claim(pending.pk)
+        pending.refresh_from_db()
+        return SimpleNamespace(ingest=pending, prepared=ingest.prepare(pending))
 
     @cached_property
     def job(self):
@@ -542,10 +558,15 @@ CASES: dict[str, list[Case]] = {
         ),
         Case(
             "upload_version",
-            "dataset_version.create",
+            "dataset.upload",
             lambda w: training.upload_version(
                 actor=w.engineer, dataset=w.dataset, chunks=[ROWS], filename="rows.jsonl"
             ),
+        ),
+        Case(
+            "record_ingested_version",
+            "dataset_version.create",
+            lambda w: ingest.record(w.ingested.ingest, w.ingested.prepared, w.engineer),
         ),
         Case(
             "start_job",

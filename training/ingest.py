@@ -137,7 +137,7 @@ def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:
     if actor is None:
         actor = Actor(user=ingest.created_by) if ingest.created_by else Actor.for_system("training.ingest")
     try:
-        _ingest(ingest, actor, _Progress(ingest_id))
+        record(ingest, prepare(ingest, _Progress(ingest_id)), actor)
     except Invalid as exc:
         problems = _problems(exc.report) if isinstance(exc, DatasetInvalid) else {}
         _finish(ingest_id, JobStatus.FAILED, exc.message, problems=problems, progress_detail="failed")
@@ -194,7 +194,26 @@ class _Written:
     labels: list[dict]
 
 
-def _ingest(ingest: DatasetIngest, actor: Actor, progress: _Progress) -> tuple[DatasetVersion, bool]:
+@dataclass
+class Prepared:
+    """What an ingest made before recording anything: the version's stored files and what was measured, or
+    the existing version that holds the same rows."""
+
+    existing: DatasetVersion | None = None
+    manifest: Manifest | None = None
+    store_uri: str = ""
+    content_sha256: str = ""
+    written: _Written | None = None
+    report: validation.Report | None = None
+    context_length: int | None = None
+
+
+def _quiet(percent: int, detail: str, **fields) -> None:
+    pass
+
+
+def prepare(ingest: DatasetIngest, progress=_quiet) -> Prepared:
+    """The work: check every line, split, measure, store the files. Raises ``Invalid`` for a refused file."""
     dataset = ingest.dataset
     work_root = Path(settings.DATA_DIR) / "work"
     work_root.mkdir(parents=True, exist_ok=True)
@@ -202,6 +221,7 @@ def _ingest(ingest: DatasetIngest, actor: Actor, progress: _Progress) -> tuple[D
     try:
         files = workdir / "files"
         files.mkdir()
+        # A copy: the upload stays whole for a redelivery until the ingest has ended.
         shutil.copyfile(ingest.upload_path, files / ORIGINAL_FILE)
         report = validation.Report()
         splitter = splitting.Splitter(ingest.split_seed, ingest.eval_fraction)
@@ -226,8 +246,7 @@ def _ingest(ingest: DatasetIngest, actor: Actor, progress: _Progress) -> tuple[D
         content_sha256 = digest.hexdigest()
         existing = dataset.versions.filter(content_sha256=content_sha256).first()
         if existing is not None:
-            _succeed(ingest.pk, existing, False)
-            return existing, False
+            return Prepared(existing=existing)
         splitter.finish()
         try:
             measure = tokens.measure_for(ingest.tokenizer_version)
@@ -239,9 +258,7 @@ def _ingest(ingest: DatasetIngest, actor: Actor, progress: _Progress) -> tuple[D
         progress(VALIDATE + MEASURE, "storing the files", force=True, rows_done=report.rows)
         store = default_store()
         manifest = store_directory(store, files)
-        return _record_version(
-            actor=actor,
-            ingest=ingest,
+        return Prepared(
             manifest=manifest,
             store_uri=store.uri(manifest.artifact_id),
             content_sha256=content_sha256,
@@ -322,56 +339,48 @@ def _next_number(dataset: Dataset) -> int:
     return (last or 0) + 1
 
 
-def _record_version(
-    *,
-    actor: Actor,
-    ingest: DatasetIngest,
-    manifest: Manifest,
-    store_uri: str,
-    content_sha256: str,
-    written: _Written,
-    report: validation.Report,
-    context_length: int | None,
-) -> tuple[DatasetVersion, bool]:
+@transaction.atomic
+def record(ingest: DatasetIngest, prepared: Prepared, actor: Actor) -> tuple[DatasetVersion, bool]:
+    """Record the version (with its artifact and audit row) and end the running ingest, in one transaction:
+    ``(version, created)``; an existing version holding the same rows is the outcome instead."""
     dataset = ingest.dataset
-    with transaction.atomic():
-        Dataset.objects.select_for_update().filter(pk=dataset.pk).first()  # serialise numbering per dataset
-        existing = dataset.versions.filter(content_sha256=content_sha256).first()
-        if existing is not None:  # the same rows arrived from another upload meanwhile
-            _succeed(ingest.pk, existing, False)
-            return existing, False
-        artifact, _ = Artifact.objects.get_or_create(
-            id=manifest.artifact_id,
-            defaults={
-                "store_uri": store_uri,
-                "size_bytes": manifest.total_size,
-                "file_count": len(manifest.files),
-                "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
-                "health": Health.OK,
-                "verified_at": timezone.now(),
-            },
-        )
-        version = DatasetVersion.objects.create(
-            dataset=dataset,
-            number=_next_number(dataset),
-            shape=report.shape or dataset.kind,
-            artifact=artifact,
-            content_sha256=content_sha256,
-            row_count=report.rows,
-            train_count=written.train,
-            eval_count=written.eval,
-            eval_fraction=ingest.eval_fraction,
-            split_seed=ingest.split_seed,
-            stats=written.stats,
-            labels=written.labels,
-            tokenizer_version=ingest.tokenizer_version,
-            context_length=context_length,
-            source_filename=ingest.source_filename,
-            size_bytes=ingest.size_bytes,
-            created_by=ingest.created_by,
-        )
-        audit.record(actor, "dataset_version.create", version, after=version.snapshot())
-        _succeed(
-            ingest.pk, version, True
-        )  # in the same transaction: a version never outlives a running ingest
+    Dataset.objects.select_for_update().filter(pk=dataset.pk).first()  # serialise numbering per dataset
+    existing = prepared.existing or dataset.versions.filter(content_sha256=prepared.content_sha256).first()
+    if existing is not None:  # known before, or the same rows arrived from another upload meanwhile
+        _succeed(ingest.pk, existing, False)
+        return existing, False
+    manifest, written, report = prepared.manifest, prepared.written, prepared.report
+    assert manifest is not None and written is not None and report is not None
+    artifact, _ = Artifact.objects.get_or_create(
+        id=manifest.artifact_id,
+        defaults={
+            "store_uri": prepared.store_uri,
+            "size_bytes": manifest.total_size,
+            "file_count": len(manifest.files),
+            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
+            "health": Health.OK,
+            "verified_at": timezone.now(),
+        },
+    )
+    version = DatasetVersion.objects.create(
+        dataset=dataset,
+        number=_next_number(dataset),
+        shape=report.shape or dataset.kind,
+        artifact=artifact,
+        content_sha256=prepared.content_sha256,
+        row_count=report.rows,
+        train_count=written.train,
+        eval_count=written.eval,
+        eval_fraction=ingest.eval_fraction,
+        split_seed=ingest.split_seed,
+        stats=written.stats,
+        labels=written.labels,
+        tokenizer_version=ingest.tokenizer_version,
+        context_length=prepared.context_length,
+        source_filename=ingest.source_filename,
+        size_bytes=ingest.size_bytes,
+        created_by=ingest.created_by,
+    )
+    audit.record(actor, "dataset_version.create", version, after=version.snapshot())
+    _succeed(ingest.pk, version, True)  # in the same transaction: a version never outlives a running ingest
     return version, True

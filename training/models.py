@@ -212,6 +212,16 @@ class DatasetIngest(models.Model):
     def is_active(self) -> bool:
         return self.status in (JobStatus.QUEUED, JobStatus.RUNNING)
 
+    def snapshot(self) -> dict:
+        return {
+            "dataset": str(self.dataset),
+            "source_filename": self.source_filename,
+            "size_bytes": self.size_bytes,
+            "split": {"seed": self.split_seed, "eval_fraction": self.eval_fraction},
+            "tokenizer_version": self.tokenizer_version.label if self.tokenizer_version else None,
+            "status": self.status,
+        }
+
 
 class FineTuneJobQuerySet(models.QuerySet):
     def visible_to(self, actor) -> FineTuneJobQuerySet:

@@ -158,6 +158,7 @@ def upload_version(
                 created_by=actor.user,
                 progress_detail="waiting for a worker",
             )
+            audit.record(actor, "dataset.upload", ingest, after=ingest.snapshot())
             if enqueue:
                 transaction.on_commit(lambda: enqueue_ingest(ingest.pk))
     except BaseException:
@@ -167,8 +168,8 @@ def upload_version(
 
 
 def enqueue_ingest(ingest_id: int) -> None:
-    # By name: the task module imports what imports this one.
-    current_app.send_task(INGEST_TASK, args=[ingest_id])
+    # The task by its name: the task module imports what imports this one.
+    current_app.tasks[INGEST_TASK].delay(ingest_id)
 
 
 # --- Reading versions (trainers, previews, downloads) ---------------------------------------------
