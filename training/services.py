@@ -13,7 +13,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
@@ -32,8 +31,6 @@ from training import splitting
 from training.choices import DatasetKind, Split
 from training.ingest import EVAL_FILE, ORIGINAL_FILE, SPLIT_FILES, TRAIN_FILE
 from training.models import Dataset, DatasetIngest, DatasetVersion, dataset_name_validator
-
-INGEST_TASK = "training.ingest_dataset"
 
 
 def _check_name(name: str) -> str:
@@ -168,8 +165,9 @@ def upload_version(
 
 
 def enqueue_ingest(ingest_id: int) -> None:
-    # The task by its name: the task module imports what imports this one.
-    current_app.tasks[INGEST_TASK].delay(ingest_id)
+    from training.tasks import ingest_dataset  # here: the task module imports what imports this one
+
+    ingest_dataset.delay(ingest_id)
 
 
 # --- Reading versions (trainers, previews, downloads) ---------------------------------------------

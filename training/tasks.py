@@ -26,7 +26,7 @@ from portfolio.leases import Lease
 from serving.processes import log_tail
 from training import finetune, ingest
 from training.choices import JobStatus
-from training.models import FineTuneJob
+from training.models import DatasetIngest, FineTuneJob
 
 logger = logging.getLogger(__name__)
 
@@ -236,6 +236,9 @@ def ingest_dataset(ingest_id: int) -> None:
     """Validate, split and measure an uploaded file into a dataset version (``training.ingest``)."""
     # One run per ingest: a redelivery (the broker's visibility timeout, a worker process that died) finds
     # the live run's lease and leaves the ingest, and its uploaded file, alone.
+    if not DatasetIngest.objects.filter(pk=ingest_id).exists():
+        logger.warning("ingest #%s does not exist (its upload was never committed?)", ingest_id)
+        return
     lease = Lease(f"training.ingest_dataset:{ingest_id}")
     if not lease.acquire():
         logger.info(
