@@ -179,6 +179,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "processor": platform.machine(),
+            "load_average_1m_at_end": round(os.getloadavg()[0], 1),  # other work on the machine meanwhile
         },
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
