@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('registry', '0002_chat_templates_and_derived_versions'),
+        ('registry', '0001_initial'),  # ModelVersion: all this needs of the registry
         ('training', '0003_job_gpu_indices'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
