@@ -23,7 +23,7 @@ from serving.choices import NodeState, PoolKind
 from serving.gateway import services as gateway
 from serving.models import DeploymentAdapter, Node
 from tests.audit_transaction_world import GIB, ROWS, SHAPE
-from training import finetune
+from training import finetune, ingest
 from training import services as training
 from training.choices import JobStatus
 
@@ -337,10 +337,15 @@ CASES: dict[str, list[Case]] = {
         ),
         Case(
             "upload_version",
-            "dataset_version.create",
+            "dataset.upload",
             lambda w: training.upload_version(
                 actor=w.engineer, dataset=w.dataset, chunks=[ROWS], filename="rows.jsonl"
             ),
+        ),
+        Case(
+            "record_ingested_version",
+            "dataset_version.create",
+            lambda w: ingest.record(w.ingested.ingest, w.ingested.prepared, w.engineer),
         ),
         Case(
             "start_job",

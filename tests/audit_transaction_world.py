@@ -4,6 +4,7 @@ each part built (with the audit working) the first time a case names it."""
 from __future__ import annotations
 
 from functools import cached_property
+from types import SimpleNamespace
 
 from django.db.models import Max
 from django.utils import timezone
@@ -18,7 +19,7 @@ from serving.choices import NodeState, PoolKind
 from serving.gateway import services as gateway
 from serving.models import Node
 from tests.conftest import actor_for
-from training import finetune
+from training import finetune, ingest
 from training import services as training
 from training.choices import DatasetKind, JobStatus
 
@@ -175,9 +176,24 @@ class World:
 
     @cached_property
     def dataset_version(self):
-        return training.upload_version(
-            actor=self.engineer, dataset=self.dataset, chunks=[ROWS], filename="rows.jsonl"
-        )[0]
+        pending = training.upload_version(
+            actor=self.engineer, dataset=self.dataset, chunks=[ROWS], filename="rows.jsonl", enqueue=False
+        )
+        return ingest.run_here(pending.pk)[0]
+
+    @cached_property
+    def ingested(self):
+        """A running ingest of other rows, its work done: what is left is to record its version."""
+        pending = training.upload_version(
+            actor=self.engineer,
+            dataset=self.dataset,
+            chunks=[ROWS.replace(b"billing", b"shipping")],
+            filename="more.jsonl",
+            enqueue=False,
+        )
+        ingest.claim(pending.pk)
+        pending.refresh_from_db()
+        return SimpleNamespace(ingest=pending, prepared=ingest.prepare(pending))
 
     @cached_property
     def job(self):

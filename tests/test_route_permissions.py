@@ -229,6 +229,7 @@ API_ROUTES: dict[str, Rule] = {
     "GET /datasets/{dataset_id}/versions": rest("team", "model.view"),
     "POST /datasets/{dataset_id}/versions": ui("team", "training.run", "POST", file="<dataset.jsonl>"),
     "GET /datasets/{dataset_id}/versions/{number}": rest("team", "model.view"),
+    "GET /datasets/{dataset_id}/ingests/{ingest_id}": rest("team", "model.view"),
     "GET /datasets/{dataset_id}/versions/{number}/rows": rest("team", "model.view", split="eval"),
     "GET /datasets/{dataset_id}/versions/{number}/files/{filename}": rest("team", "model.view"),
 }

@@ -1,4 +1,5 @@
-"""REST endpoints for training data: datasets, their versions (JSONL uploads), statistics and rows."""
+"""REST endpoints for training data: datasets, their versions (JSONL uploads and their ingest), statistics and
+rows."""
 
 from datetime import datetime
 from typing import Any
@@ -14,7 +15,7 @@ from portfolio.accounts import gate
 from portfolio.accounts.models import Team
 from portfolio.errors import Invalid, NotFound
 from portfolio.registry.models import ModelVersion
-from training import services, splitting
+from training import ingest, services, splitting
 from training.choices import DatasetKind, Split
 from training.models import Dataset, DatasetVersion
 
@@ -68,6 +69,36 @@ class DatasetVersionDetail(DatasetVersionOut):
     @staticmethod
     def resolve_files(obj) -> list[dict[str, Any]]:
         return obj.artifact.files
+
+
+class DatasetIngestOut(Schema):
+    """An upload on its way to a version: poll it until ``status`` is final."""
+
+    id: int
+    dataset_id: int
+    status: str = Field(description="queued, running, succeeded, failed (see error) or errored")
+    progress: int = Field(description="Percent")
+    progress_detail: str
+    rows_done: int
+    rows_total: int
+    source_filename: str
+    size_bytes: int
+    created_at: datetime
+    finished_at: datetime | None
+    version: int | None = Field(None, description="The version made, or the existing one with the same rows")
+    created_version: bool = Field(description="False when an existing version holds the same rows")
+    error: dict[str, Any] | None = Field(None, description="A refusal, as an upload once answered it (400)")
+
+    @staticmethod
+    def resolve_version(obj) -> int | None:
+        return obj.version.number if obj.version_id else None
+
+    @staticmethod
+    def resolve_error(obj) -> dict[str, Any] | None:
+        refused = ingest.refusal(obj)
+        if refused is None:
+            return None
+        return {"code": refused.code, "message": refused.message, "fields": refused.fields}
 
 
 class RowOut(Schema):
@@ -130,9 +161,7 @@ def list_dataset_versions(request, dataset_id: int):
     return _dataset(request, dataset_id).versions.order_by("-number")
 
 
-@router.post(
-    "/datasets/{dataset_id}/versions", response={200: DatasetVersionDetail, 201: DatasetVersionDetail}
-)
+@router.post("/datasets/{dataset_id}/versions", response={202: DatasetIngestOut})
 def upload_dataset_version(
     request,
     dataset_id: int,
@@ -141,9 +170,11 @@ def upload_dataset_version(
     eval_fraction: Form[float] = splitting.DEFAULT_EVAL_FRACTION,
     seed: Form[int] = splitting.DEFAULT_SEED,
 ):
-    """Upload a JSONL file as the next version (multipart). Rows identical to an existing version's answer
-    200 with that version; a file with problems answers 400 with them by line number in
-    ``error.fields.file`` (the first 50; ``error.message`` counts them all) and creates nothing."""
+    """Upload a JSONL file as the next version (multipart): answers 202 with its ingest, which a worker runs.
+    Poll ``GET /datasets/{dataset_id}/ingests/{id}``: once ``succeeded``, ``version`` is the new version's
+    number (or, ``created_version`` false, the existing version holding the same rows); once ``failed``,
+    ``error`` holds the problems by line number in ``error.fields.file`` (the first 50; ``error.message``
+    counts them all), and nothing was created."""
     dataset = _dataset(request, dataset_id)
     gate.require(request.auth, "training.run", dataset)
     base = None
@@ -151,7 +182,7 @@ def upload_dataset_version(
         base = ModelVersion.objects.filter(pk=base_version_id).first()
         if base is None:
             raise Invalid("base_version_id: No such version.")
-    version, created = services.upload_version(
+    upload = services.upload_version(
         actor=request.auth,
         dataset=dataset,
         chunks=file.chunks(),
@@ -160,7 +191,16 @@ def upload_dataset_version(
         eval_fraction=eval_fraction,
         seed=seed,
     )
-    return Status(201 if created else 200, version)
+    return Status(202, upload)
+
+
+@router.get("/datasets/{dataset_id}/ingests/{ingest_id}", response=DatasetIngestOut)
+def get_dataset_ingest(request, dataset_id: int, ingest_id: int):
+    dataset = _dataset(request, dataset_id)
+    found = dataset.ingests.select_related("version").filter(pk=ingest_id).first()
+    if found is None:
+        raise NotFound("Upload not found.")
+    return found
 
 
 @router.get("/datasets/{dataset_id}/versions/{number}", response=DatasetVersionDetail)

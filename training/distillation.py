@@ -14,7 +14,7 @@ from django.db import transaction
 from portfolio.accounts.actor import Actor
 from serving.gateway import services as key_services
 from serving.models import Endpoint
-from training import services
+from training import ingest, services
 from training.evaluation import prompt_messages
 from training.models import Dataset, DatasetVersion, FineTuneJob
 
@@ -90,11 +90,13 @@ def record_answers(job: FineTuneJob, rows: list[dict]) -> DatasetVersion:
         f"{source.dataset.name} v{source.number} (distillation job #{job.pk}).",
     )
     content = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
-    version, _ = services.upload_version(
+    upload = services.upload_version(
         actor=SYSTEM,
         dataset=dataset,
         chunks=[content],
         filename=f"teacher-{teacher.name}.jsonl",
         base_version=job.base_version,
+        enqueue=False,  # this worker ingests the answers itself
     )
+    version, _ = ingest.run_here(upload.pk, actor=SYSTEM)
     return version

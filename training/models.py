@@ -146,6 +146,79 @@ class DatasetVersion(models.Model):
         }
 
 
+class DatasetIngestQuerySet(TeamScopedQuerySet):
+    team_path = "dataset__owner_team_id"
+
+
+class DatasetIngest(models.Model):
+    """One uploaded file on its way to a dataset version: validated, split and measured by a worker."""
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="ingests")
+    status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    status_detail = models.TextField(blank=True, help_text="Why it failed, for people")
+    problems = models.JSONField(
+        default=dict, blank=True, help_text="A refused file: its line-numbered problems (validation.Report)"
+    )
+    progress = models.PositiveSmallIntegerField(default=0, help_text="Percent")
+    progress_detail = models.CharField(max_length=200, blank=True)
+    rows_done = models.PositiveIntegerField(default=0)
+    rows_total = models.PositiveIntegerField(default=0, help_text="Known once the file is validated")
+    upload_path = models.CharField(max_length=500, help_text="The stored upload, deleted once ingested")
+    source_filename = models.CharField(max_length=255, blank=True)
+    size_bytes = models.BigIntegerField()
+    eval_fraction = models.FloatField()
+    split_seed = models.BigIntegerField()
+    tokenizer_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    version = models.ForeignKey(
+        DatasetVersion,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The version it made, or the existing one holding the same rows",
+    )
+    created_version = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    objects = DatasetIngestQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"ingest #{self.pk} of {self.dataset}"
+
+    @property
+    def team(self) -> Team:
+        return self.dataset.owner_team
+
+    @property
+    def owner_team_id(self) -> int:
+        return self.dataset.owner_team_id
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+    def snapshot(self) -> dict:
+        return {
+            "dataset": str(self.dataset),
+            "source_filename": self.source_filename,
+            "size_bytes": self.size_bytes,
+            "split": {"seed": self.split_seed, "eval_fraction": self.eval_fraction},
+            "tokenizer_version": self.tokenizer_version.label if self.tokenizer_version else None,
+            "status": self.status,
+        }
+
+
 class FineTuneJobQuerySet(TeamScopedQuerySet):
     def holding_gpus(self) -> FineTuneJobQuerySet:
         """Jobs whose GPU claims stand: queued or running ones (a finished job has given its GPUs back)."""

@@ -1,4 +1,5 @@
-"""Training work: the node task that runs a job's child process and watches it; the control reaper."""
+"""Training work: the node task that runs a job's child process and watches it; the control reaper; the
+control task that ingests an uploaded dataset file."""
 
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ from django.db.models import F
 from django.utils import timezone
 
 from portfolio.envparse import CONNECTION_KEYS, Env, database_url
+from portfolio.errors import Invalid
 from portfolio.leases import Lease
 from serving.processes import log_tail
-from training import finetune
+from training import finetune, ingest
 from training.choices import JobStatus
-from training.models import FineTuneJob
+from training.models import DatasetIngest, FineTuneJob
 
 logger = logging.getLogger(__name__)
 
@@ -227,3 +229,23 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
 @shared_task(name="training.reap_stale_jobs")
 def reap_stale_jobs() -> int:
     return finetune.reap_stale_jobs(timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS))
+
+
+@shared_task(name="training.ingest_dataset", acks_late=True)
+def ingest_dataset(ingest_id: int) -> None:
+    """Validate, split and measure an uploaded file into a dataset version (``training.ingest``)."""
+    # One run per ingest: a redelivery (the broker's visibility timeout, a worker process that died) finds
+    # the live run's lease and leaves the ingest, and its uploaded file, alone.
+    if not DatasetIngest.objects.filter(pk=ingest_id).exists():
+        logger.warning("ingest #%s does not exist (its upload was never committed?)", ingest_id)
+        return
+    lease = Lease(f"training.ingest_dataset:{ingest_id}")
+    if not lease.acquire():
+        logger.info(
+            "ingest #%s is run by a live delivery (%s); this redelivery leaves it alone",
+            ingest_id,
+            lease.holder(),
+        )
+        return
+    with lease.kept(), contextlib.suppress(Invalid):  # a refused file is the ingest's outcome, not an error
+        ingest.run(ingest_id)

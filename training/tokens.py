@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -38,7 +37,7 @@ TOKENIZER_FILES = frozenset(
         "chat_template.jinja",
     }
 )
-BATCH = 256
+BATCH = 1024
 HISTOGRAM_BINS = 20
 MAX_FLAGGED = 50
 
@@ -107,35 +106,36 @@ def _plain_chat(messages: list[dict]) -> str:
     return "\n".join(f"{message['role']}: {message['content']}" for message in messages)
 
 
-def _text_of(row: dict, shape: str, measure: Measure) -> str:
+def _texts(rows: list[dict], shape: str, measure: Measure) -> list[str]:
     if shape == DatasetKind.CHAT:
         if measure.uses_chat_template:
-            return measure.tokenizer.apply_chat_template(row["messages"], tokenize=False)  # type: ignore[union-attr]
-        return _plain_chat(row["messages"])
+            # One call for the batch: the template is compiled once, not checked again per row.
+            return measure.tokenizer.apply_chat_template([row["messages"] for row in rows], tokenize=False)  # type: ignore[union-attr]
+        return [_plain_chat(row["messages"]) for row in rows]
     if shape == DatasetKind.COMPLETION:
-        return row["prompt"] + row["completion"]
-    return row["text"]
+        return [row["prompt"] + row["completion"] for row in rows]
+    return [row["text"] for row in rows]
 
 
-def lengths(rows: Iterable[dict], shape: str, measure: Measure) -> Iterator[int]:
-    """The length of each row, in order, tokenized in batches."""
+def lengths(rows: list[dict], shape: str, measure: Measure) -> list[int]:
+    """The length of each row of a batch (``BATCH`` rows at a time is a good size), in order."""
+    if not rows:
+        return []
+    texts = _texts(rows, shape, measure)
     if measure.tokenizer is None:
-        for row in rows:
-            yield len(_text_of(row, shape, measure))
-        return
+        return [len(text) for text in texts]
     # A rendered chat template already holds the special tokens; other text gets the tokenizer's own.
     special = not (shape == DatasetKind.CHAT and measure.uses_chat_template)
-    batch: list[str] = []
-    for row in rows:
-        batch.append(_text_of(row, shape, measure))
-        if len(batch) >= BATCH:
-            yield from _encode(measure.tokenizer, batch, special)
-            batch = []
-    if batch:
-        yield from _encode(measure.tokenizer, batch, special)
+    return _encode(measure.tokenizer, texts, special)
 
 
 def _encode(tokenizer, texts: list[str], special: bool) -> list[int]:
+    # A fast tokenizer's Rust batch without offsets: the same ids, a third less work (lengths are all we need).
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast"):
+        return [
+            len(encoding.ids) for encoding in backend.encode_batch_fast(texts, add_special_tokens=special)
+        ]
     encoded = tokenizer(texts, add_special_tokens=special)["input_ids"]
     return [len(ids) for ids in encoded]
 

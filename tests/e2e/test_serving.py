@@ -189,7 +189,7 @@ def _gateway_round_trip(admin, team, tmp_path, then=None) -> None:
 def _distillation_with_the_endpoint_as_teacher(engineer, team, student, pool) -> None:
     from serving.gateway.models import ApiKey, UsageEvent
     from serving.models import Endpoint
-    from training import finetune
+    from training import finetune, ingest
     from training import services as datasets
     from training.choices import JobStatus
     from training.tasks import run_job
@@ -205,9 +205,10 @@ def _distillation_with_the_endpoint_as_teacher(engineer, team, student, pool) ->
         for i in range(12)
     ]
     content = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    version, _ = datasets.upload_version(
-        actor=engineer, dataset=prompts, chunks=[content], filename="prompts.jsonl"
+    pending = datasets.upload_version(
+        actor=engineer, dataset=prompts, chunks=[content], filename="prompts.jsonl", enqueue=False
     )
+    version, _ = ingest.run_here(pending.pk)  # what the control worker does with the upload
     metered_before = UsageEvent.objects.count()
     from portfolio.registry import services as registry_services
 

@@ -22,9 +22,9 @@ from portfolio.registry.stores import default_store
 from serving.choices import PoolKind
 from serving.models import ComputePool, Node
 from tests.conftest import actor_for
-from training import finetune, services
-from training.choices import DatasetKind
-from training.models import FineTuneJob
+from training import finetune, ingest, services, tasks
+from training.choices import DatasetKind, JobStatus
+from training.models import DatasetIngest, FineTuneJob
 
 SYSTEM = (
     "Route the ticket to one queue: billing, technical, account, shipping. Answer with the queue name only."
@@ -49,9 +49,20 @@ def tickets(n: int) -> list[dict]:
 
 
 def upload(actor, dataset, content: bytes, **options):
-    return services.upload_version(
-        actor=actor, dataset=dataset, chunks=[content], filename="rows.jsonl", **options
+    """Upload a file and run its ingest, as a worker would: ``(version, created)``, or the refusal raised."""
+    pending = services.upload_version(
+        actor=actor, dataset=dataset, chunks=[content], filename="rows.jsonl", enqueue=False, **options
     )
+    return ingest.run_here(pending.pk)
+
+
+def work_off_ingests() -> list[DatasetIngest]:
+    """What a worker does with the queued ingests (tests run neither on-commit callbacks nor a worker)."""
+    queued = list(DatasetIngest.objects.filter(status=JobStatus.QUEUED).order_by("pk"))
+    for pending in queued:
+        tasks.ingest_dataset(pending.pk)
+        pending.refresh_from_db()
+    return queued
 
 
 @pytest.fixture(autouse=True)

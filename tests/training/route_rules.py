@@ -2,7 +2,7 @@
 pages act on (``build_world``) and where their URL arguments come from (``UI_KWARGS``).
 
 The world values the rules use: ``slug`` (the team), ``dataset`` (its name), ``dataset_id``, ``number`` (1,
-the dataset's first version) and ``filename`` (a file of that version); for the fine-tuning pages, from
+the dataset's first version), ``filename`` (a file of that version) and ``ingest_id`` (the upload that made it); for the fine-tuning pages, from
 tests/test_route_permissions.py's ``world``: ``job_id`` (a queued job of the team), ``version_id`` (a ready
 base version), ``dataset_version_id``, the pool ``local-cpu`` and the team's endpoint ``smol-ep`` (the
 distillation's teacher)."""
@@ -13,7 +13,7 @@ import io
 import json
 
 from tests.permissions import Rule, ui
-from training import services
+from training import ingest, services
 from training.choices import DatasetKind
 
 ROWS = [
@@ -35,6 +35,7 @@ UI_ROUTES: dict[str, Rule] = {
         "team", "training.run", "POST", file="<dataset.jsonl>", eval_fraction="0.1", seed="42"
     ),
     "dataset-version": ui("team", "model.view"),
+    "dataset-ingest": ui("team", "model.view"),
     "job-list": ui("signed_in"),
     # Rule, not ui(): the form's "method" field would clash with ui()'s own argument.
     "job-create": Rule(
@@ -69,6 +70,7 @@ UI_KWARGS: dict[str, dict[str, str]] = {
     "dataset-detail": {"team": "slug", "name": "dataset"},
     "dataset-upload": {"team": "slug", "name": "dataset"},
     "dataset-version": {"team": "slug", "name": "dataset", "number": "number"},
+    "dataset-ingest": {"team": "slug", "name": "dataset", "ingest_id": "ingest_id"},
     "job-detail": {"job_id": "job_id"},
     "job-cancel": {"job_id": "job_id"},
 }
@@ -88,5 +90,13 @@ def dataset_upload() -> io.BytesIO:
 def build_world(*, actor, team) -> dict:
     """A chat dataset of ``team`` with one version of 12 rows."""
     dataset = services.create_dataset(actor=actor, owner_team=team, name="tickets", kind=DatasetKind.CHAT)
-    services.upload_version(actor=actor, dataset=dataset, chunks=[CONTENT], filename="tickets.jsonl")
-    return {"dataset": dataset.name, "dataset_id": dataset.pk, "filename": "train.jsonl"}
+    pending = services.upload_version(
+        actor=actor, dataset=dataset, chunks=[CONTENT], filename="tickets.jsonl", enqueue=False
+    )
+    ingest.run_here(pending.pk)
+    return {
+        "dataset": dataset.name,
+        "dataset_id": dataset.pk,
+        "filename": "train.jsonl",
+        "ingest_id": pending.pk,
+    }

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from tests.training.conftest import chat, jsonl, tickets, upload
+from tests.training.conftest import chat, jsonl, tickets, upload, work_off_ingests
 from training.models import DatasetVersion
 
 pytestmark = pytest.mark.django_db
@@ -16,6 +16,13 @@ def as_file(content: bytes, name: str = "rows.jsonl") -> io.BytesIO:
     handle = io.BytesIO(content)
     handle.name = name
     return handle
+
+
+def ingested(client, dataset_id: int, accepted: dict) -> dict:
+    """The upload's ingest once a worker has run it, as the API shows it."""
+    assert accepted["status"] == "queued"
+    work_off_ingests()
+    return client.get(f"/api/v1/datasets/{dataset_id}/ingests/{accepted['id']}").json()
 
 
 def test_an_engineer_creates_a_dataset_and_uploads_a_version(client, org, team):
@@ -33,8 +40,10 @@ def test_an_engineer_creates_a_dataset_and_uploads_a_version(client, org, team):
     response = client.post(
         f"/api/v1/datasets/{dataset['id']}/versions", {"file": as_file(content), "eval_fraction": "0.2"}
     )
-    assert response.status_code == 201, response.content
-    version = response.json()
+    assert response.status_code == 202, response.content
+    response = ingested(client, dataset["id"], response.json())
+    assert response["status"] == "succeeded" and response["created_version"], response
+    version = client.get(f"/api/v1/datasets/{dataset['id']}/versions/{response['version']}").json()
     assert (version["number"], version["row_count"], version["train_count"], version["eval_count"]) == (
         1,
         30,
@@ -45,19 +54,22 @@ def test_an_engineer_creates_a_dataset_and_uploads_a_version(client, org, team):
     assert {f["path"] for f in version["files"]} == {"train.jsonl", "eval.jsonl", "original.jsonl"}
 
     again = client.post(f"/api/v1/datasets/{dataset['id']}/versions", {"file": as_file(content)})
-    assert again.status_code == 200 and again.json()["id"] == version["id"]
+    again = ingested(client, dataset["id"], again.json())
+    assert not again["created_version"] and again["version"] == version["number"]
     listed = client.get("/api/v1/datasets").json()
     assert listed["count"] == 1 and listed["items"][0]["latest_version"] == 1
 
 
-def test_a_bad_file_answers_400_with_line_numbered_errors_and_creates_nothing(client, org, chat_set):
+def test_a_bad_file_fails_its_ingest_with_line_numbered_errors_and_creates_nothing(client, org, chat_set):
     client.force_login(org["engineer"])
     content = jsonl(
         chat("a", "billing"), "{oops", chat("b", "account"), {"messages": [{"role": "user", "content": "?"}]}
     )
     response = client.post(f"/api/v1/datasets/{chat_set.pk}/versions", {"file": as_file(content)})
-    assert response.status_code == 400
-    error = response.json()["error"]
+    assert response.status_code == 202
+    response = ingested(client, chat_set.pk, response.json())
+    assert response["status"] == "failed" and response["version"] is None
+    error = response["error"]
     assert error["code"] == "invalid_dataset"
     assert error["fields"]["file"][0].startswith("line 2: not valid JSON")
     assert error["fields"]["file"][1].startswith("line 4: the last message must be the assistant's answer")

@@ -9,7 +9,7 @@ import pytest
 from django.urls import reverse
 
 from tests.conftest import actor_for
-from tests.training.conftest import chat, jsonl, tickets, upload
+from tests.training.conftest import chat, jsonl, tickets, upload, work_off_ingests
 from training import services
 from training.choices import DatasetKind
 from training.models import Dataset, DatasetVersion
@@ -68,6 +68,9 @@ def test_an_upload_with_errors_shows_them_by_line_and_creates_nothing(client, or
     response = client.post(
         page_url(chat_set, "dataset-upload"), {"file": as_file(content), "eval_fraction": "0.1", "seed": "42"}
     )
+    (ingest,) = work_off_ingests()
+    assert response["Location"] == page_url(chat_set, "dataset-ingest", ingest_id=ingest.pk)
+    response = client.get(response["Location"])
     assert response.status_code == 200
     html = response.content.decode()
     assert "62 problems in 64 lines" in html and "no version was created" in html
@@ -83,14 +86,16 @@ def test_a_good_upload_opens_the_new_version_and_a_repeat_says_so(client, org, c
     response = client.post(
         page_url(chat_set, "dataset-upload"), {"file": as_file(content), "eval_fraction": "0.1", "seed": "42"}
     )
+    work_off_ingests()
+    response = client.get(response["Location"])  # the ingest's page, once it has run
     assert response.status_code == 302 and response["Location"] == page_url(
         chat_set, "dataset-version", number=1
     )
     response = client.post(
-        page_url(chat_set, "dataset-upload"),
-        {"file": as_file(content), "eval_fraction": "0.1", "seed": "42"},
-        follow=True,
+        page_url(chat_set, "dataset-upload"), {"file": as_file(content), "eval_fraction": "0.1", "seed": "42"}
     )
+    work_off_ingests()
+    response = client.get(response["Location"], follow=True)
     assert "identical to version 1" in response.content.decode()
 
 

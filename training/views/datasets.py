@@ -1,5 +1,5 @@
-"""The datasets pages: the list, a dataset with its versions, JSONL uploads with line-numbered errors, and a
-version's statistics with a preview of its rows."""
+"""The datasets pages: the list, a dataset with its versions, JSONL uploads and their ingest (progress,
+line-numbered errors), and a version's statistics with a preview of its rows."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from portfolio.formviews import submit
 from portfolio.registry.choices import VersionKind
 from portfolio.registry.storage import CorruptArtifact
 from training import charts, services
-from training.choices import DatasetKind, Split
+from training.choices import DatasetKind, JobStatus, Split
 from training.forms.datasets import DatasetCreateForm, DatasetFilterForm, DatasetUploadForm
 from training.models import Dataset, DatasetVersion
 
@@ -126,6 +126,7 @@ def dataset_detail(request, team: str, name: str):
             "dataset": dataset,
             "page": page,
             "latest": dataset.versions.order_by("-number").first(),
+            "ingesting": dataset.ingests.filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING])[:10],
             "can_upload": gate.can(actor, "training.run", dataset),
             "example": EXAMPLES[dataset.kind],
         },
@@ -143,12 +144,10 @@ EXAMPLES = {
 @GET_POST
 def dataset_upload(request, team: str, name: str):
     """Permission: visible (else 404) and ``training.run`` (owner or engineer, else 403), checked before
-    the upload is read. The file is validated in this request; its problems are listed by line number
-    and nothing is kept, else the new (or identical existing) version opens."""
+    the upload is read. The file is stored and its ingest queued; the ingest's page follows it."""
     actor = actor_of(request)
     dataset = _dataset(actor, team, name)
     gate.require(actor, "training.run", dataset)
-    report = None
     if request.method == "POST":
         form = DatasetUploadForm(request.POST, request.FILES, actor=actor, dataset=dataset)
     else:
@@ -156,7 +155,7 @@ def dataset_upload(request, team: str, name: str):
     if form.is_valid():
         upload = form.cleaned_data["file"]
         try:
-            version, created = services.upload_version(
+            ingest = services.upload_version(
                 actor=actor,
                 dataset=dataset,
                 chunks=upload.chunks(),
@@ -165,37 +164,65 @@ def dataset_upload(request, team: str, name: str):
                 eval_fraction=form.cleaned_data["eval_fraction"],
                 seed=form.cleaned_data["seed"],
             )
-        except services.DatasetInvalid as exc:
-            report = exc.report
-            form.add_error(
-                "file",
-                f"{report.summary()}. No version was created: fix the lines listed above and upload again.",
-            )
         except DomainError as exc:
             show_refusal(form, exc)
         else:
-            if created:
-                messages.success(
-                    request,
-                    f"Version {version.number} created: {version.row_count:,} rows "
-                    f"({version.train_count:,} train, {version.eval_count:,} eval).",
-                )
-            else:
-                messages.info(
-                    request,
-                    f"These rows are identical to version {version.number}'s; no new version was created.",
-                )
             return redirect(
-                "dataset-version", team=dataset.owner_team.slug, name=dataset.name, number=version.number
+                "dataset-ingest", team=dataset.owner_team.slug, name=dataset.name, ingest_id=ingest.pk
             )
     return render(
         request,
         "training/upload_form.html",
+        {"dataset": dataset, "form": form, "example": EXAMPLES[dataset.kind]},
+    )
+
+
+@require_GET
+def dataset_ingest(request, team: str, name: str, ingest_id: int):
+    """Permission: the dataset is visible, else 404. While the ingest runs, its progress bar polls this view
+    (htmx gets the fragment, and HX-Refresh once it has ended); a refused file's problems are listed by line;
+    a finished ingest opens its version (the new one, or the one holding the same rows)."""
+    actor = actor_of(request)
+    dataset = _dataset(actor, team, name)
+    ingest = (
+        dataset.ingests.select_related("tokenizer_version__model", "created_by", "version")
+        .filter(pk=ingest_id)
+        .first()
+    )
+    if ingest is None:
+        raise NotFound("Upload not found.")
+    ingest.dataset = dataset
+    if wants_fragment(request):
+        response = htmx.render(
+            request, "training/partials/ingest_progress.html", {"dataset": dataset, "ingest": ingest}
+        )
+        if not ingest.is_active:
+            response["HX-Refresh"] = "true"  # the outcome is on the whole page
+        return response
+    version = ingest.version
+    if ingest.status == JobStatus.SUCCEEDED and version is not None:
+        if ingest.created_version:
+            messages.success(
+                request,
+                f"Version {version.number} created: {version.row_count:,} rows "
+                f"({version.train_count:,} train, {version.eval_count:,} eval).",
+            )
+        else:
+            messages.info(
+                request,
+                f"These rows are identical to version {version.number}'s; no new version was created.",
+            )
+        return redirect(
+            "dataset-version", team=dataset.owner_team.slug, name=dataset.name, number=version.number
+        )
+    return htmx.render(
+        request,
+        "training/ingest_detail.html",
         {
             "dataset": dataset,
-            "form": form,
-            "report": report,
-            "example": EXAMPLES[dataset.kind],
+            "ingest": ingest,
+            "report": ingest.problems if ingest.problems.get("errors") else None,
+            "can_upload": gate.can(actor, "training.run", dataset),
         },
     )
 

@@ -7,7 +7,7 @@ from portfolio.accounts.models import Team
 from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.demo_model import MODEL_NAME
 from portfolio.registry.models import ModelVersion
-from training import services
+from training import ingest, services
 from training.choices import DatasetKind
 from training.models import Dataset
 
@@ -54,13 +54,15 @@ class Command(BaseCommand):
             .first()
         )
         with DEMO_FILE.open("rb") as handle:
-            version, _ = services.upload_version(
+            upload = services.upload_version(
                 actor=actor,
                 dataset=dataset,
                 chunks=iter(lambda: handle.read(64 * 1024), b""),
                 filename=DEMO_FILE.name,
                 base_version=base,
+                enqueue=False,  # ingested here: the demo fine-tune that follows needs the version
             )
+        version, _ = ingest.run_here(upload.pk, actor=actor)
         measured = f"tokens of {base.label}" if base else "characters (the demo model is not imported yet)"
         self.stdout.write(
             self.style.SUCCESS(

@@ -1,0 +1,386 @@
+"""The worker side of a dataset upload: the ingest job that turns a stored upload into a dataset version.
+
+Its life cycle lives here and only here: ``queued`` (``services.upload_version`` stored the file and
+enqueued the job) -> ``running`` (``run`` claims it) -> ``succeeded`` (the version is recorded, or an
+identical one found), ``failed`` (the file's problems, kept by line number, or another refusal) or
+``errored`` (a bug; see the worker log).
+
+A version is made whole or not at all: the upload is validated line by line, split, measured and written
+as normalized ``train.jsonl`` / ``eval.jsonl`` next to the ``original.jsonl`` in a private work folder,
+stored in the content-addressed artifact store, and only then recorded, with its audit row, in one
+transaction. A failure leaves no version, no artifact row and no work files behind. Progress (rows done of
+the rows known) is written at most once a second, never per row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import shutil
+import tempfile
+import time
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from portfolio.accounts.actor import Actor
+from portfolio.audit import services as audit
+from portfolio.errors import Invalid
+from portfolio.registry.choices import Health
+from portfolio.registry.hashing import Manifest
+from portfolio.registry.models import Artifact
+from portfolio.registry.storage import store_directory
+from portfolio.registry.stores import default_store
+from training import splitting, tokens, validation
+from training.choices import DatasetKind, JobStatus, Split
+from training.models import Dataset, DatasetIngest, DatasetVersion
+
+logger = logging.getLogger(__name__)
+
+TRAIN_FILE, EVAL_FILE, ORIGINAL_FILE = "train.jsonl", "eval.jsonl", "original.jsonl"
+SPLIT_FILES = {Split.TRAIN: TRAIN_FILE, Split.EVAL: EVAL_FILE}
+REPORT_EVERY_SECONDS = 1.0
+CHECK_EVERY_ROWS = 1024  # the clock is read this often, not per row
+# Share of the progress bar per pass: reading and checking, measuring and splitting, storing.
+VALIDATE, MEASURE = 45, 50
+
+
+class DatasetInvalid(Invalid):
+    """An upload with line-numbered problems; ``report`` has them all (the first 50) with their counts."""
+
+    code = "invalid_dataset"
+
+    def __init__(self, report: validation.Report):
+        message = f"file: {report.summary()}. No version was created."
+        super().__init__(message, fields={"file": [str(error) for error in report.errors]})
+        self.report = report
+
+
+# --- The life cycle -------------------------------------------------------------------------------
+def claim(ingest_id: int) -> bool:
+    """queued -> running. A running one is claimed again: only a redelivery under the task's lease gets
+    here, after the run that held it died (nothing is recorded before the end, so it starts over)."""
+    now = timezone.now()
+    return bool(
+        DatasetIngest.objects.filter(pk=ingest_id, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).update(
+            status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, progress=0, rows_done=0
+        )
+    )
+
+
+def _finish(ingest_id: int, status: str, detail: str = "", **fields) -> bool:
+    """running -> a final state, by compare-and-swap."""
+    return bool(
+        DatasetIngest.objects.filter(pk=ingest_id, status=JobStatus.RUNNING).update(
+            status=status, status_detail=detail[:4000], finished_at=timezone.now(), **fields
+        )
+    )
+
+
+def _succeed(ingest_id: int, version: DatasetVersion, created: bool) -> None:
+    _finish(
+        ingest_id,
+        JobStatus.SUCCEEDED,
+        version=version,
+        created_version=created,
+        progress=100,
+        progress_detail="done",
+    )
+
+
+def _problems(report: validation.Report) -> dict:
+    """What the upload page showed of a refused file, as JSON."""
+    return {
+        "summary": report.summary(),
+        "lines": report.lines,
+        "error_total": report.error_total,
+        "errors": [
+            {"line": e.line, "kind": e.kind, "kind_label": e.kind_label, "message": e.message}
+            for e in report.errors
+        ],
+        "counts": [[kind, label, n] for kind, label, n in report.count_summary()],
+        "empty_lines": report.empty_lines,
+        "empty_line_numbers": report.empty_line_numbers,
+        "duplicates": report.duplicates,
+        "duplicate_lines": [list(pair) for pair in report.duplicate_lines],
+    }
+
+
+def refusal(ingest: DatasetIngest) -> Invalid | None:
+    """A failed ingest's reason as the error the upload answered with when it ran in the request."""
+    if ingest.status not in (JobStatus.FAILED, JobStatus.ERRORED):
+        return None
+    problems = ingest.problems or {}
+    if problems.get("errors"):
+        fields = {"file": [f"line {e['line']}: {e['message']}" for e in problems["errors"]]}
+        error = Invalid(ingest.status_detail, fields=fields)
+        error.code = DatasetInvalid.code
+        return error
+    return Invalid(ingest.status_detail)
+
+
+def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:
+    """Run a queued ingest to its end and return it. A refused file is recorded as failed and its
+    ``Invalid`` (a ``DatasetInvalid`` for line-numbered problems) raised, for callers that ingest inline.
+    ``actor`` names who the version's audit row is by (default: whoever uploaded the file)."""
+    ingest = DatasetIngest.objects.select_related(
+        "dataset__owner_team", "created_by", "tokenizer_version"
+    ).get(pk=ingest_id)
+    if not claim(ingest_id):
+        return ingest  # idempotent: already finished
+    if actor is None:
+        actor = Actor(user=ingest.created_by) if ingest.created_by else Actor.for_system("training.ingest")
+    try:
+        record(ingest, prepare(ingest, _Progress(ingest_id)), actor)
+    except Invalid as exc:
+        problems = _problems(exc.report) if isinstance(exc, DatasetInvalid) else {}
+        _finish(ingest_id, JobStatus.FAILED, exc.message, problems=problems, progress_detail="failed")
+        raise
+    except Exception as exc:
+        logger.exception("ingest #%s of dataset %s failed", ingest_id, ingest.dataset_id)
+        _finish(
+            ingest_id,
+            JobStatus.ERRORED,
+            f"Internal error during the ingest ({exc.__class__.__name__}); see the worker log.",
+            progress_detail="errored",
+        )
+        raise
+    finally:
+        Path(ingest.upload_path).unlink(missing_ok=True)
+    ingest.refresh_from_db()
+    return ingest
+
+
+def run_here(ingest_id: int, *, actor: Actor | None = None) -> tuple[DatasetVersion, bool]:
+    """Run an ingest in this process (workers that make a dataset, the demo command): ``(version, created)``,
+    ``created`` False when an existing version holds the same rows; a refused file raises its ``Invalid``."""
+    done = run(ingest_id, actor=actor)
+    if done.version is None:
+        raise RuntimeError(f"ingest #{ingest_id} is {done.status}, not finished")
+    return done.version, done.created_version
+
+
+class _Progress:
+    """Progress into the ingest row, at most once a second (it doubles as the ingest's heartbeat)."""
+
+    def __init__(self, ingest_id: int):
+        self.ingest_id = ingest_id
+        self.last = time.monotonic()
+
+    def __call__(self, percent: int, detail: str, *, force: bool = False, **fields) -> None:
+        now = time.monotonic()
+        if force or now - self.last >= REPORT_EVERY_SECONDS:
+            self.last = now
+            DatasetIngest.objects.filter(pk=self.ingest_id, status=JobStatus.RUNNING).update(
+                progress=max(0, min(99, percent)),
+                progress_detail=detail[:200],
+                heartbeat_at=timezone.now(),
+                **fields,
+            )
+
+
+# --- The work -------------------------------------------------------------------------------------
+@dataclass
+class _Written:
+    train: int
+    eval: int
+    stats: dict
+    labels: list[dict]
+
+
+@dataclass
+class Prepared:
+    """What an ingest made before recording anything: the version's stored files and what was measured, or
+    the existing version that holds the same rows."""
+
+    existing: DatasetVersion | None = None
+    manifest: Manifest | None = None
+    store_uri: str = ""
+    content_sha256: str = ""
+    written: _Written | None = None
+    report: validation.Report | None = None
+    context_length: int | None = None
+
+
+def _quiet(percent: int, detail: str, **fields) -> None:
+    pass
+
+
+def prepare(ingest: DatasetIngest, progress=_quiet) -> Prepared:
+    """The work: check every line, split, measure, store the files. Raises ``Invalid`` for a refused file."""
+    dataset = ingest.dataset
+    work_root = Path(settings.DATA_DIR) / "work"
+    work_root.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(dir=work_root, prefix=f"dataset-ingest-{ingest.pk}-"))
+    try:
+        files = workdir / "files"
+        files.mkdir()
+        # A copy: the upload stays whole for a redelivery until the ingest has ended.
+        shutil.copyfile(ingest.upload_path, files / ORIGINAL_FILE)
+        report = validation.Report()
+        splitter = splitting.Splitter(ingest.split_seed, ingest.eval_fraction)
+        line_numbers: array = array("I")
+        digest = hashlib.sha256()  # of the normalized rows: the version's content hash
+        normalized = workdir / "normalized.jsonl"
+        size = max(ingest.size_bytes, 1)
+        progress(0, "checking the rows", force=True)
+        with (files / ORIGINAL_FILE).open("rb") as source, normalized.open("wb") as out:
+            for row in validation.scan(source, report, shape=dataset.kind):
+                out.write(row.canonical + b"\n")
+                digest.update(row.canonical + b"\n")
+                splitter.add(row.label, row.canonical)
+                line_numbers.append(row.line)
+                if report.rows % CHECK_EVERY_ROWS == 0:
+                    done = source.tell()
+                    progress(VALIDATE * done // size, f"checked {report.lines:,} lines ({done // 2**20} MiB)")
+        if not report.ok:
+            raise DatasetInvalid(report)
+        if report.rows == 0:
+            raise Invalid("file: The file holds no rows (only empty lines, or nothing).")
+        content_sha256 = digest.hexdigest()
+        existing = dataset.versions.filter(content_sha256=content_sha256).first()
+        if existing is not None:
+            return Prepared(existing=existing)
+        splitter.finish()
+        try:
+            measure = tokens.measure_for(ingest.tokenizer_version)
+        except tokens.TokenizerUnavailable as exc:
+            raise Invalid(f"base_version: {exc}") from None
+        progress(VALIDATE, f"measuring {report.rows:,} rows", force=True, rows_total=report.rows)
+        written = _write_splits(report, normalized, line_numbers, splitter, measure, files, progress)
+        normalized.unlink()
+        progress(VALIDATE + MEASURE, "storing the files", force=True, rows_done=report.rows)
+        store = default_store()
+        manifest = store_directory(store, files)
+        return Prepared(
+            manifest=manifest,
+            store_uri=store.uri(manifest.artifact_id),
+            content_sha256=content_sha256,
+            written=written,
+            report=report,
+            context_length=measure.context_length if measure.tokenizer is not None else None,
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _write_splits(
+    report: validation.Report,
+    normalized: Path,
+    line_numbers: array,
+    splitter: splitting.Splitter,
+    measure: tokens.Measure,
+    folder: Path,
+    progress: _Progress,
+) -> _Written:
+    """Second pass over the normalized rows: measure them (a batch at a time), send each to train or eval."""
+    counts = {Split.TRAIN: 0, Split.EVAL: 0}
+    by_label: dict[str, dict[str, int]] = {}
+    values: array = array("I")
+    over_lines: list[int] = []
+    over = 0
+    limit = measure.context_length if measure.tokenizer is not None else None
+    shape = report.shape or DatasetKind.CHAT
+    total = max(report.rows, 1)
+    with (
+        normalized.open("rb") as source,
+        (folder / TRAIN_FILE).open("wb") as train,
+        (folder / EVAL_FILE).open("wb") as evaluation,
+    ):
+        index = 0
+        while batch := list(itertools.islice(source, tokens.BATCH)):
+            rows = [json.loads(line) for line in batch]
+            for line, row, length in zip(batch, rows, tokens.lengths(rows, shape, measure), strict=True):
+                group = row.get("label", "")
+                split = Split.EVAL if splitter.is_eval(group, line.rstrip(b"\n")) else Split.TRAIN
+                (evaluation if split == Split.EVAL else train).write(line)
+                counts[split] += 1
+                if shape == DatasetKind.CLASSIFICATION:
+                    by_label.setdefault(group, {Split.TRAIN: 0, Split.EVAL: 0})[split] += 1
+                values.append(length)
+                if limit and length > limit:
+                    over += 1
+                    if len(over_lines) < tokens.MAX_FLAGGED:
+                        over_lines.append(line_numbers[index])
+                index += 1
+            progress(
+                VALIDATE + MEASURE * index // total,
+                f"measured {index:,} of {report.rows:,} rows",
+                rows_done=index,
+            )
+    stats = {
+        "lengths": tokens.summarize(values, measure, shape, over_lines, over),
+        "lines": report.lines,
+        "empty_lines": report.empty_lines,
+        "empty_line_numbers": report.empty_line_numbers,
+        "duplicates": report.duplicates,
+        "duplicate_lines": [list(pair) for pair in report.duplicate_lines],
+    }
+    labels = [
+        {
+            "label": label,
+            "count": n,
+            "train": by_label[label][Split.TRAIN],
+            "eval": by_label[label][Split.EVAL],
+        }
+        for label, n in sorted(report.labels.items(), key=lambda item: (-item[1], item[0]))
+    ]
+    return _Written(counts[Split.TRAIN], counts[Split.EVAL], stats, labels)
+
+
+def _next_number(dataset: Dataset) -> int:
+    last = dataset.versions.order_by("-number").values_list("number", flat=True).first()
+    return (last or 0) + 1
+
+
+@transaction.atomic
+def record(ingest: DatasetIngest, prepared: Prepared, actor: Actor) -> tuple[DatasetVersion, bool]:
+    """Record the version (with its artifact and audit row) and end the running ingest, in one transaction:
+    ``(version, created)``; an existing version holding the same rows is the outcome instead."""
+    dataset = ingest.dataset
+    Dataset.objects.select_for_update().filter(pk=dataset.pk).first()  # serialise numbering per dataset
+    existing = prepared.existing or dataset.versions.filter(content_sha256=prepared.content_sha256).first()
+    if existing is not None:  # known before, or the same rows arrived from another upload meanwhile
+        _succeed(ingest.pk, existing, False)
+        return existing, False
+    manifest, written, report = prepared.manifest, prepared.written, prepared.report
+    assert manifest is not None and written is not None and report is not None
+    artifact, _ = Artifact.objects.get_or_create(
+        id=manifest.artifact_id,
+        defaults={
+            "store_uri": prepared.store_uri,
+            "size_bytes": manifest.total_size,
+            "file_count": len(manifest.files),
+            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
+            "health": Health.OK,
+            "verified_at": timezone.now(),
+        },
+    )
+    version = DatasetVersion.objects.create(
+        dataset=dataset,
+        number=_next_number(dataset),
+        shape=report.shape or dataset.kind,
+        artifact=artifact,
+        content_sha256=prepared.content_sha256,
+        row_count=report.rows,
+        train_count=written.train,
+        eval_count=written.eval,
+        eval_fraction=ingest.eval_fraction,
+        split_seed=ingest.split_seed,
+        stats=written.stats,
+        labels=written.labels,
+        tokenizer_version=ingest.tokenizer_version,
+        context_length=prepared.context_length,
+        source_filename=ingest.source_filename,
+        size_bytes=ingest.size_bytes,
+        created_by=ingest.created_by,
+    )
+    audit.record(actor, "dataset_version.create", version, after=version.snapshot())
+    _succeed(ingest.pk, version, True)  # in the same transaction: a version never outlives a running ingest
+    return version, True
