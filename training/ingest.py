@@ -32,7 +32,6 @@ from django.utils import timezone
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.errors import Invalid
-from portfolio.registry.choices import Health
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.models import Artifact
 from portfolio.registry.storage import store_directory
@@ -351,17 +350,7 @@ def record(ingest: DatasetIngest, prepared: Prepared, actor: Actor) -> tuple[Dat
         return existing, False
     manifest, written, report = prepared.manifest, prepared.written, prepared.report
     assert manifest is not None and written is not None and report is not None
-    artifact, _ = Artifact.objects.get_or_create(
-        id=manifest.artifact_id,
-        defaults={
-            "store_uri": prepared.store_uri,
-            "size_bytes": manifest.total_size,
-            "file_count": len(manifest.files),
-            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
-            "health": Health.OK,
-            "verified_at": timezone.now(),
-        },
-    )
+    artifact = Artifact.objects.record(manifest, prepared.store_uri)
     version = DatasetVersion.objects.create(
         dataset=dataset,
         number=_next_number(dataset),

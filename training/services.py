@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
@@ -165,9 +166,8 @@ def upload_version(
 
 
 def enqueue_ingest(ingest_id: int) -> None:
-    from training.tasks import ingest_dataset  # here: the task module imports what imports this one
-
-    ingest_dataset.delay(ingest_id)
+    """Queue the ingest's worker job. By the task's name: the task module builds on this one."""
+    current_app.signature("training.ingest_dataset", args=[ingest_id]).apply_async()
 
 
 # --- Reading versions (trainers, previews, downloads) ---------------------------------------------

@@ -72,7 +72,8 @@ class AuditAction(models.TextChoices):
     KEYPOLICY_UPDATE = "keypolicy.update", "Team's key policy changed"
     # Training
     DATASET_CREATE = "dataset.create", "Dataset created"
-    DATASET_VERSION_CREATE = "dataset_version.create", "Dataset version uploaded"
+    DATASET_UPLOAD = "dataset.upload", "Dataset file uploaded for ingest"
+    DATASET_VERSION_CREATE = "dataset_version.create", "Dataset version created"
     TRAINING_JOB_START = "training.job_start", "Fine-tune started"
     TRAINING_DISTILLATION_START = "training.distillation_start", "Distillation started"
     TRAINING_JOB_CANCEL = "training.job_cancel", "Job cancelled by a user"
