@@ -41,7 +41,8 @@ def user_list(request):
         "accounts/user_list.html",
         {
             "page": listing.paginate(request, users),
-            "query": query,
+            "search": query,
+            "query": listing.query_without(request, "page"),
             "can_create": gate.can(actor, "user.manage"),
         },
     )
