@@ -15,8 +15,7 @@ from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.accounts.models import Team
-from portfolio.errors import DomainError, NotFound
-from portfolio.formerrors import show_refusal
+from portfolio.errors import NotFound
 from portfolio.formviews import submit
 from portfolio.registry.choices import VersionKind
 from portfolio.registry.storage import CorruptArtifact
@@ -152,24 +151,29 @@ def dataset_upload(request, team: str, name: str):
         form = DatasetUploadForm(request.POST, request.FILES, actor=actor, dataset=dataset)
     else:
         form = DatasetUploadForm(actor=actor, dataset=dataset)
-    if form.is_valid():
-        upload = form.cleaned_data["file"]
-        try:
-            ingest = services.upload_version(
-                actor=actor,
-                dataset=dataset,
-                chunks=upload.chunks(),
-                filename=upload.name,
-                base_version=form.cleaned_data["base_version"],
-                eval_fraction=form.cleaned_data["eval_fraction"],
-                seed=form.cleaned_data["seed"],
-            )
-        except DomainError as exc:
-            show_refusal(form, exc)
-        else:
-            return redirect(
-                "dataset-ingest", team=dataset.owner_team.slug, name=dataset.name, ingest_id=ingest.pk
-            )
+
+    def upload():
+        data = form.cleaned_data
+        return services.upload_version(
+            actor=actor,
+            dataset=dataset,
+            chunks=data["file"].chunks(),
+            filename=data["file"].name,
+            base_version=data["base_version"],
+            eval_fraction=data["eval_fraction"],
+            seed=data["seed"],
+        )
+
+    done = submit(
+        request,
+        form,
+        upload,
+        then=lambda ingest: redirect(
+            "dataset-ingest", team=dataset.owner_team.slug, name=dataset.name, ingest_id=ingest.pk
+        ),
+    )
+    if done:
+        return done
     return render(
         request,
         "training/upload_form.html",
