@@ -3,7 +3,8 @@
 Its life cycle lives here and only here: ``queued`` (``services.upload_version`` stored the file and
 enqueued the job) -> ``running`` (``run`` claims it) -> ``succeeded`` (the version is recorded, or an
 identical one found), ``failed`` (the file's problems, kept by line number, or another refusal) or
-``errored`` (a bug; see the worker log).
+``errored`` (a bug; see the worker log). ``reap_stale`` sends a silent one again, and gives up on one
+that has not finished in a day.
 
 A version is made whole or not at all: the upload is validated line by line, split, measured and written
 as normalized ``train.jsonl`` / ``eval.jsonl`` next to the ``original.jsonl`` in a private work folder,
@@ -23,10 +24,13 @@ import tempfile
 import time
 from array import array
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
@@ -46,6 +50,10 @@ TRAIN_FILE, EVAL_FILE, ORIGINAL_FILE = "train.jsonl", "eval.jsonl", "original.js
 SPLIT_FILES = {Split.TRAIN: TRAIN_FILE, Split.EVAL: EVAL_FILE}
 REPORT_EVERY_SECONDS = 1.0
 CHECK_EVERY_ROWS = 1024  # the clock is read this often, not per row
+# An unfinished ingest with no sign of life for this long is sent again (its message was lost, or its worker
+# died); one still unfinished after a day is given up.
+RESEND_AFTER = timedelta(minutes=10)
+GIVE_UP_AFTER = timedelta(hours=24)
 # Share of the progress bar per pass: reading and checking, measuring and splitting, storing.
 VALIDATE, MEASURE = 45, 50
 
@@ -122,6 +130,37 @@ def refusal(ingest: DatasetIngest) -> Invalid | None:
         error.code = DatasetInvalid.code
         return error
     return Invalid(ingest.status_detail)
+
+
+def reap_stale(
+    resend_after: timedelta = RESEND_AFTER, give_up_after: timedelta = GIVE_UP_AFTER
+) -> tuple[list[int], list[int]]:
+    """No ingest stays queued or running for ever: one silent for ``resend_after`` (a lost message, a
+    worker that died) is sent again, and the task's lease leaves a live run alone while a new one starts
+    over from the stored upload; one unfinished after ``give_up_after`` is errored with the reason and its
+    upload deleted. Returns ``(sent again, given up)``."""
+    now = timezone.now()
+    unfinished = DatasetIngest.objects.filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
+    given_up = []
+    for ingest in unfinished.filter(created_at__lt=now - give_up_after):
+        hours = int(give_up_after.total_seconds() // 3600)
+        detail = (
+            f"The ingest did not finish within {hours} h (its worker kept dying?). Upload the file again."
+        )
+        if unfinished.filter(pk=ingest.pk).update(
+            status=JobStatus.ERRORED, status_detail=detail, finished_at=now, progress_detail="errored"
+        ):
+            Path(ingest.upload_path).unlink(missing_ok=True)
+            given_up.append(ingest.pk)
+    cutoff = now - resend_after
+    silent = unfinished.filter(created_at__gte=now - give_up_after).filter(
+        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
+    )
+    resent = list(silent.order_by("pk").values_list("pk", flat=True))
+    for ingest_id in resent:
+        logger.warning("ingest #%s has been silent since before %s: sent again", ingest_id, cutoff)
+        current_app.signature("training.ingest_dataset", args=[ingest_id]).apply_async()
+    return resent, given_up
 
 
 def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:

@@ -231,6 +231,12 @@ def reap_stale_jobs() -> int:
     return finetune.reap_stale_jobs(timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS))
 
 
+@shared_task(name="training.reap_stale_ingests")
+def reap_stale_ingests() -> int:
+    resent, given_up = ingest.reap_stale()
+    return len(resent) + len(given_up)
+
+
 @shared_task(name="training.ingest_dataset", acks_late=True)
 def ingest_dataset(ingest_id: int) -> None:
     """Validate, split and measure an uploaded file into a dataset version (``training.ingest``)."""
