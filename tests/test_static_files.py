@@ -7,7 +7,7 @@ from pathlib import Path
 
 from django.test import AsyncClient, Client
 
-APP_CSS = Path(__file__).resolve().parents[1] / "portfolio" / "static" / "portfolio" / "app.css"
+APP_JS = Path(__file__).resolve().parents[1] / "portfolio" / "static" / "portfolio" / "app.js"
 
 
 async def _body(response) -> bytes:
@@ -16,7 +16,7 @@ async def _body(response) -> bytes:
 
 def test_a_static_file_streams_asynchronously_under_asgi_without_a_warning():
     async def fetch():
-        response = await AsyncClient().get("/static/portfolio/app.css")
+        response = await AsyncClient().get("/static/portfolio/app.js")
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             body = await _body(response)
@@ -26,12 +26,12 @@ def test_a_static_file_streams_asynchronously_under_asgi_without_a_warning():
     response, body = asyncio.run(fetch())
     assert response.status_code == 200
     assert response.is_async
-    assert body == APP_CSS.read_bytes()
+    assert body == APP_JS.read_bytes()
 
 
 def test_a_static_file_is_still_served_synchronously_under_wsgi():
-    response = Client().get("/static/portfolio/app.css")
+    response = Client().get("/static/portfolio/app.js")
     assert response.status_code == 200
     assert not response.is_async
-    assert b"".join(response.streaming_content) == APP_CSS.read_bytes()
+    assert b"".join(response.streaming_content) == APP_JS.read_bytes()
     response.close()
