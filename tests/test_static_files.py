@@ -5,7 +5,11 @@ import asyncio
 import warnings
 from pathlib import Path
 
+import pytest
 from django.test import AsyncClient, Client
+
+# Django's request signals look at the thread's database connection, which an earlier test may have left.
+pytestmark = pytest.mark.django_db
 
 APP_JS = Path(__file__).resolve().parents[1] / "portfolio" / "static" / "portfolio" / "app.js"
 

@@ -6,6 +6,7 @@ import os
 import shutil
 
 import pytest
+from django.db import connections
 
 from portfolio.accounts.models import Department, Team
 from tests.conftest import PASSWORD
@@ -41,6 +42,9 @@ def browser_page():
         try:
             yield page
         finally:
+            # The test's own queries ran inside Playwright's greenlet, whose database connection is its own:
+            # closed here, or its session would outlive the run and block dropping the test database.
+            connections.close_all()
             browser.close()
             os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
 
