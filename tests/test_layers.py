@@ -150,12 +150,12 @@ def upward(root: Path) -> list[Reference]:
 
 def _reachable(graph: dict[str, dict[str, Reference]], start: str) -> set[str]:
     seen: set[str] = set()
-    todo = list(graph.get(start, {}))
-    while todo:
-        module = todo.pop()
+    unvisited = list(graph.get(start, {}))
+    while unvisited:
+        module = unvisited.pop()
         if module not in seen:
             seen.add(module)
-            todo += graph.get(module, {})
+            unvisited += graph.get(module, {})
     return seen
 
 
