@@ -228,6 +228,16 @@ TRAINING_MAX_ATTEMPTS = env.integer("PORTFOLIO_TRAINING_MAX_ATTEMPTS", 3, minimu
 TRAINING_HEARTBEAT_SECONDS = env.integer("PORTFOLIO_TRAINING_HEARTBEAT_SECONDS", 5, minimum=1)
 TRAINING_STALE_AFTER_SECONDS = env.integer("PORTFOLIO_TRAINING_STALE_AFTER_SECONDS", 120, minimum=5)
 
+# Chargeback: one currency for the organisation; a month closes this many hours after it ends (late usage
+# settles first); later usage of a closed month goes to adjustment lines for this many months after it.
+BILLING_CURRENCY = env.choice(
+    "PORTFOLIO_BILLING_CURRENCY",
+    "EUR",
+    {"EUR", "USD", "GBP", "CHF", "JPY", "SEK", "NOK", "DKK", "PLN", "CAD", "AUD", "INR"},
+)
+BILLING_CLOSE_AFTER_HOURS = env.integer("PORTFOLIO_BILLING_CLOSE_AFTER_HOURS", 6, minimum=0)
+BILLING_ADJUSTMENT_MONTHS = env.integer("PORTFOLIO_BILLING_ADJUSTMENT_MONTHS", 3, minimum=1)
+
 CELERY_BEAT_SCHEDULE = {
     "training-reap-jobs": {"task": "training.reap_stale_jobs", "schedule": 30.0},
     "training-reap-ingests": {"task": "training.reap_stale_ingests", "schedule": 60.0},
@@ -237,6 +247,7 @@ CELERY_BEAT_SCHEDULE = {
     "registry-reap-imports": {"task": "registry.reap_stale_imports", "schedule": 60.0},
     # The chain head into the logs, which leave this machine: a later rewrite of history is detectable.
     "audit-anchor-head": {"task": "audit.anchor_head", "schedule": 300.0},
+    "billing-close-statements": {"task": "billing.close_statements", "schedule": 3600.0},
 }
 
 # --- Django ---------------------------------------------------------------------------------------

@@ -20,3 +20,26 @@ class ServingConfig(AppConfig):
             return f"it is deployed by {', '.join(names)}" if names else None
 
         registry_services.VERSION_IN_USE_CHECKS.append(deployed)
+        self._register_priced_subjects()
+
+    @staticmethod
+    def _register_priced_subjects() -> None:
+        """Tell billing's price book how to find what serving owns: endpoints (tokens) and pools (compute)."""
+        from portfolio.billing import subjects
+        from portfolio.billing.choices import PriceKind
+        from serving.models import ComputePool, Endpoint
+
+        def finder(model, kind):
+            def find(name: str):
+                found = model.objects.filter(name=name).values_list("pk", "name").first()
+                return subjects.Subject(kind, str(found[0]), found[1]) if found else None
+
+            return find
+
+        def lister(model, kind):
+            return lambda: [
+                subjects.Subject(kind, str(pk), name) for pk, name in model.objects.values_list("pk", "name")
+            ]
+
+        for model, kind in ((Endpoint, PriceKind.ENDPOINT), (ComputePool, PriceKind.POOL)):
+            subjects.register(kind, find=finder(model, kind), listing=lister(model, kind))

@@ -63,6 +63,15 @@ def django_db_setup(django_db_setup, django_db_blocker):
                 )
 
 
+# Tables PostgreSQL keeps append-only (the audit trail, closed statements), whose TRUNCATE triggers a
+# transactional test's flush must get past.
+NO_TRUNCATE_TRIGGERS = [
+    ("audit_auditevent", "audit_event_no_truncate"),
+    ("billing_statement", "billing_statement_no_truncate"),
+    ("billing_statementline", "billing_statement_line_no_truncate"),
+]
+
+
 @pytest.fixture(autouse=True)
 def _audit_table_append_only(request):
     """Keep the append-only trigger on for every test; let transactional tests' flush empty the table.
@@ -79,12 +88,14 @@ def _audit_table_append_only(request):
     )
     request.getfixturevalue("transactional_db" if transactional else "db")
     with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER audit_event_no_truncate")
         cursor.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER audit_event_no_update_delete")
+        for table, trigger in NO_TRUNCATE_TRIGGERS:
+            cursor.execute(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}")
     yield
     if transactional:
         with connection.cursor() as cursor:
-            cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER audit_event_no_truncate")
+            for table, trigger in NO_TRUNCATE_TRIGGERS:
+                cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}")
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -84,7 +85,8 @@ def seed(json_port: int, sse_port: int) -> dict:
     from portfolio.accounts import services as accounts
     from portfolio.accounts.actor import Actor
     from portfolio.accounts.models import Department, Team
-    from portfolio.billing.models import EndpointPrice
+    from portfolio.billing.choices import PriceKind
+    from portfolio.billing.models import Price
     from portfolio.registry.models import Artifact, Model, ModelVersion
     from serving.choices import PoolKind, ReplicaState
     from serving.gateway import services as key_services
@@ -146,9 +148,15 @@ def seed(json_port: int, sse_port: int) -> dict:
             endpoint=endpoint, deployment=deployment, defaults={"weight": 100}
         )
         # A price, so that the money budget is reserved and settled on every request too.
-        EndpointPrice.objects.update_or_create(
-            endpoint=endpoint,
-            defaults={"input_per_million": Decimal("0.50"), "output_per_million": Decimal("1.50")},
+        Price.objects.update_or_create(
+            kind=PriceKind.ENDPOINT,
+            subject_id=str(endpoint.pk),
+            effective_from=datetime(2000, 1, 1, tzinfo=UTC),
+            defaults={
+                "subject_name": endpoint.name,
+                "input_per_million": Decimal("0.50"),
+                "output_per_million": Decimal("1.50"),
+            },
         )
     # Limits and budgets on, set far above what the run can use: they are checked, never tripped.
     limits = {

@@ -80,6 +80,13 @@ class Actor:
                 self._team_roles = dict(self.user.memberships.values_list("team_id", "role"))
         return self._team_roles
 
+    @cached_property
+    def managed_department_ids(self) -> frozenset[int]:
+        """Departments this user manages (department managers read and budget all their teams)."""
+        if self.user is None or not self.user.is_active or self.system:
+            return frozenset()
+        return frozenset(self.user.department_roles.values_list("department_id", flat=True))
+
     @property
     def team_ids(self) -> list[int]:
         return list(self.team_roles)

@@ -6,10 +6,11 @@ actor's organisation role. A platform admin may do everything; nothing else is i
 
 from __future__ import annotations
 
-from portfolio.accounts.choices import OrgRole, TeamRole
+from portfolio.accounts.choices import DepartmentRoleName, OrgRole, TeamRole
 
 OWNER, ENGINEER, DEVELOPER, VIEWER = TeamRole.OWNER, TeamRole.ENGINEER, TeamRole.DEVELOPER, TeamRole.VIEWER
 ADMIN, AUDITOR = OrgRole.ADMIN, OrgRole.AUDITOR
+MANAGER = DepartmentRoleName.MANAGER  # held over every team of one department
 TEAM_MEMBERS = frozenset({OWNER, ENGINEER, DEVELOPER, VIEWER})
 
 MATRIX: dict[str, frozenset[str]] = {
@@ -41,7 +42,12 @@ MATRIX: dict[str, frozenset[str]] = {
     "apikey.manage": frozenset({OWNER, DEVELOPER}),
     "apikey.limits": frozenset({OWNER}),
     "usage.view": TEAM_MEMBERS | {AUDITOR},
-    "billing.view": frozenset({OWNER, AUDITOR}),
+    "billing.view": frozenset({OWNER, AUDITOR, MANAGER}),
+    # Billing: admins set prices and re-issue statements; budgets inside a team are its owners' to lower.
+    "price.manage": frozenset({ADMIN}),
+    "statement.reissue": frozenset({ADMIN}),
+    "budget.manage": frozenset({OWNER, MANAGER}),
+    "endpoint.share": frozenset({OWNER}),
     "pool.manage": frozenset({ADMIN}),
 }
 
@@ -55,6 +61,8 @@ ORG_ACTIONS = frozenset(
         "audit.view",
         "audit.export",
         "pool.manage",
+        "price.manage",
+        "statement.reissue",
     }
 )
 
@@ -72,5 +80,5 @@ def role_allows(roles: set[str], action: str) -> bool:
 
 def matrix_rows() -> list[tuple[str, dict[str, bool]]]:
     """The matrix as a table for the UI and docs: one row per action, one column per role."""
-    columns = [ADMIN, AUDITOR, OWNER, ENGINEER, DEVELOPER, VIEWER]
+    columns = [ADMIN, AUDITOR, MANAGER, OWNER, ENGINEER, DEVELOPER, VIEWER]
     return [(action, {role: role_allows({role}, action) for role in columns}) for action in MATRIX]

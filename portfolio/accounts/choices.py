@@ -17,6 +17,12 @@ class OrgRole(models.TextChoices):
     AUDITOR = "auditor", "Auditor"
 
 
+class DepartmentRoleName(models.TextChoices):
+    """Roles over one department's teams (their usage, statements and budgets), not over the organisation."""
+
+    MANAGER = "manager", "Department manager"
+
+
 @badges.toned("credential", active="ok", revoked="danger")
 class CredentialStatus(models.TextChoices):
     """Where an API key or a personal token stands; derived from its dates, never stored."""

@@ -14,7 +14,7 @@ from typing import Any
 from django.db import models
 
 from portfolio.accounts.actor import Actor
-from portfolio.accounts.capabilities import ORG_ACTIONS, allowed_roles, role_allows
+from portfolio.accounts.capabilities import MANAGER, ORG_ACTIONS, allowed_roles, role_allows
 from portfolio.errors import Forbidden, NotFound
 
 
@@ -50,11 +50,31 @@ def team_of(obj) -> int | None:
     return getattr(obj, "team_id", None) or getattr(obj, "owner_team_id", None)
 
 
+def department_of(obj) -> int | None:
+    """The department an object belongs to, for department roles: its own, or its team's."""
+    from portfolio.accounts.models import Department, Team
+
+    if isinstance(obj, Department):
+        return obj.pk
+    if isinstance(obj, Team):
+        return obj.department_id
+    if getattr(obj, "department_id", None) is not None:
+        return obj.department_id
+    team = getattr(obj, "team", None) or getattr(obj, "owner_team", None)
+    return team.department_id if isinstance(team, Team) else None
+
+
 def roles_for(actor: Actor, obj=None) -> set[str]:
     roles = set(actor.org_roles)
     team_id = team_of(obj) if obj is not None else None
     if team_id is not None and team_id in actor.team_roles:
         roles.add(actor.team_roles[team_id])
+    if (
+        obj is not None
+        and actor.managed_department_ids
+        and department_of(obj) in actor.managed_department_ids
+    ):
+        roles.add(MANAGER)
     return roles
 
 
@@ -62,9 +82,8 @@ def can(actor: Actor, action: str, obj=None) -> bool:
     allowed_roles(action)  # unknown actions are a programming error, not a "no"
     if action not in ORG_ACTIONS and obj is None and not actor.is_admin:
         # A team-scoped action with no object asks "in any of my teams?".
-        return any(role_allows({role}, action) for role in actor.team_roles.values()) or role_allows(
-            set(actor.org_roles), action
-        )
+        held = set(actor.team_roles.values()) | ({MANAGER} if actor.managed_department_ids else set())
+        return any(role_allows({role}, action) for role in held) or role_allows(set(actor.org_roles), action)
     return role_allows(roles_for(actor, obj), action)
 
 

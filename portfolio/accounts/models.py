@@ -5,7 +5,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
-from portfolio.accounts.choices import OrgRole, TeamRole
+from portfolio.accounts.choices import DepartmentRoleName, OrgRole, TeamRole
 from portfolio.accounts.scoping import TeamScopedQuerySet
 
 cost_center_validator = RegexValidator(
@@ -115,6 +115,33 @@ class OrgRoleGrant(models.Model):
 
     def snapshot(self) -> dict:
         return {"user": self.user.username, "role": self.role}
+
+
+class DepartmentRole(models.Model):
+    """A user's role over one department: a department manager reads its teams' billing, sets their budgets."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="department_roles"
+    )
+    department = models.ForeignKey(Department, on_delete=models.CASCADE, related_name="roles")
+    role = models.CharField(
+        max_length=16, choices=DepartmentRoleName.choices, default=DepartmentRoleName.MANAGER
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["department__name", "user__username"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "department", "role"], name="one_grant_per_department_role"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} as {self.role} of {self.department}"
+
+    def snapshot(self) -> dict:
+        return {"user": self.user.username, "department": self.department.cost_center, "role": self.role}
 
 
 class PersonalTokenQuerySet(models.QuerySet):

@@ -70,6 +70,10 @@ class AuditAction(models.TextChoices):
     APIKEY_UPDATE = "apikey.update", "API key changed"
     APIKEY_REVOKE = "apikey.revoke", "API key revoked"
     KEYPOLICY_UPDATE = "keypolicy.update", "Team's key policy changed"
+    # Billing: price book, statements
+    PRICE_SET = "price.set", "Price set"
+    STATEMENT_CLOSE = "statement.close", "Statement closed"
+    STATEMENT_REISSUE = "statement.reissue", "Statement re-issued"
     # Training
     DATASET_CREATE = "dataset.create", "Dataset created"
     DATASET_UPLOAD = "dataset.upload", "Dataset file uploaded for ingest"

@@ -35,6 +35,9 @@ def _scope_of(obj) -> tuple[int | None, int | None]:
     team = getattr(obj, "team", None) or getattr(obj, "owner_team", None)
     if isinstance(team, Team):
         return team.department_id, team.pk
+    department = getattr(obj, "department", None)  # a statement, a department's budget or role
+    if isinstance(department, Department):
+        return department.pk, None
     return None, None
 
 

@@ -78,13 +78,13 @@ def build_snapshot() -> Snapshot:
 
 
 def _read_snapshot() -> Snapshot:
-    from portfolio.billing.models import EndpointPrice
+    from portfolio.billing.pricing import current_token_rates
     from portfolio.registry.choices import Task
     from serving.choices import ReplicaState
     from serving.models import Deployment, Endpoint, Replica
 
     snapshot = Snapshot(built_at=time.time())
-    prices = {price.endpoint_id: price for price in EndpointPrice.objects.all()}
+    prices = current_token_rates()  # endpoint id -> per million input and output tokens, in force now
     without_chat: dict[int, str] = {}  # version id -> "model vN", for versions without a chat template
     for deployment in Deployment.objects.select_related("version__model").prefetch_related(
         "adapters__version__model"
@@ -127,14 +127,14 @@ def _read_snapshot() -> Snapshot:
                     chat=version_id not in without_chat,
                 )
             )
-        price = prices.get(endpoint.pk)
+        price_in, price_out = prices.get(endpoint.pk, (0, 0))
         snapshot.endpoints[endpoint.name] = EndpointInfo(
             name=endpoint.name,
             team_id=endpoint.owner_team_id,
             routes=tuple(routes),
             fallback=endpoint.fallback.name if endpoint.fallback else None,
-            input_micros_per_token=float(price.input_per_million) if price else 0.0,
-            output_micros_per_token=float(price.output_per_million) if price else 0.0,
+            input_micros_per_token=float(price_in),
+            output_micros_per_token=float(price_out),
             max_model_len=max_len or 2048,
             max_n=endpoint.max_n,
             embedding=embedding,

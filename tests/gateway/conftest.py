@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from portfolio.billing.models import EndpointPrice
+from portfolio.billing.choices import PriceKind
+from portfolio.billing.models import Price
 from portfolio.registry.models import Artifact, Model, ModelVersion
 from serving import agent
 from serving.choices import PoolKind, ReplicaState
@@ -20,6 +22,8 @@ from serving.models import ComputePool, Deployment, Endpoint, EndpointRoute, Nod
 from tests.conftest import actor_for
 from tests.gateway.fake_engine import FakeEngine
 from tests.gateway.process import start_gateway, stop_gateway
+
+LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)  # prices the tests set are in force for all their usage
 
 _GATEWAY_LOGS: list[Path] = []  # of the gateways running now, shown under any test that fails
 METRICS_TOKEN = "scrape-token-for-tests"  # noqa: S105 - the test gateway's
@@ -112,8 +116,13 @@ def stack(org, team, other_team, transactional_db):
             ep = Endpoint.objects.create(name=name, owner_team=owner, fallback=fallback, max_n=max_n)
             EndpointRoute.objects.create(endpoint=ep, deployment=dep, weight=100)
             if price is not None:
-                EndpointPrice.objects.create(
-                    endpoint=ep, input_per_million=Decimal(price[0]), output_per_million=Decimal(price[1])
+                Price.objects.create(
+                    kind=PriceKind.ENDPOINT,
+                    subject_id=str(ep.pk),
+                    subject_name=ep.name,
+                    effective_from=LONG_AGO,
+                    input_per_million=Decimal(price[0]),
+                    output_per_million=Decimal(price[1]),
                 )
         return ep
 

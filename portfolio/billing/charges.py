@@ -1,0 +1,223 @@
+"""The charges of one department in one month, from billing's own ledger and price book.
+
+Rules (the README's chargeback section says the same):
+
+- **Tokens** are charged to the calling team, at the endpoint's price in force in the hour of the call.
+  The owning team is credited what other teams' calls paid (a team never pays itself: its own calls
+  appear at price 0, its compute is what it pays for them).
+- **At cost**: calls from another team to an endpoint with no token price pay a share of the compute
+  of the deployment that answered them in the month: its replica cost times the caller's share of all
+  the tokens that deployment served in the month. The owner is credited the same.
+- **Compute**: replica and job intervals, clipped to the month (an open one up to ``as_of``), cut where
+  the pool's price changes, charged per GPU-hour, CPU-core-hour and memory-GiB-hour to the owning team.
+- **Storage**: each day's stored bytes as GiB x 1/(days in the month) GiB-months, at the store's price
+  in force that day.
+
+Every quantity is summed exactly (``Fraction``) over the events and intervals of a line, each priced one
+by one; the amount is rounded once, per line (money.py).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+
+from django.db.models import Q, Sum
+
+from portfolio.billing import money
+from portfolio.billing.choices import ComputeKind, LineKind, PriceKind
+from portfolio.billing.models import ComputeInterval, StorageDay, TokenUsage
+from portfolio.billing.pricing import PriceBook
+
+HOUR_SECONDS = 3600
+RESOURCES = (  # (interval field, pool rate field, unit)
+    ("gpus", "gpu_hour", "GPU-hours"),
+    ("cpu_cores", "cpu_core_hour", "core-hours"),
+    ("memory_bytes", "memory_gib_hour", "GiB-hours"),
+)
+
+
+@dataclass
+class Line:
+    """One line of a statement while it is computed: exact sums, rounded only when read."""
+
+    team_id: int | None
+    kind: str
+    subject: str
+    detail: str
+    unit: str
+    unit_price: Decimal
+    exact_quantity: Fraction = Fraction(0)
+    exact_amount: Fraction = Fraction(0)
+    team: str = ""
+
+    @property
+    def quantity(self) -> Decimal:
+        return money.quantity(self.exact_quantity)
+
+    @property
+    def amount(self) -> Decimal:
+        return money.cents(self.exact_amount)
+
+
+@dataclass
+class Ledger:
+    """Lines being summed, one per (team, kind, subject, detail, unit, unit price)."""
+
+    lines: dict[tuple, Line] = field(default_factory=dict)
+
+    def add(self, team_id, kind, subject, detail, unit, unit_price: Decimal, qty: Fraction, amount: Fraction):
+        key = (team_id, kind, subject, detail, unit, unit_price)
+        line = self.lines.get(key)
+        if line is None:
+            line = self.lines[key] = Line(team_id, kind, subject, detail, unit, unit_price)
+        line.exact_quantity += qty
+        line.exact_amount += amount
+
+
+def _rate(price, name: str) -> Decimal:
+    return getattr(price, name) if price is not None else Decimal("0")
+
+
+def _tokens(ledger: Ledger, book: PriceBook, department_id: int, start: datetime, end: datetime) -> dict:
+    """Token lines of the department's callers and credits of its owning teams; returns the unpriced
+    usage by other teams, for the at-cost rule: {(deployment, caller team, caller department,
+    owner team, owner department): tokens}."""
+    unpriced: dict[tuple, int] = defaultdict(int)
+    rows = (
+        TokenUsage.objects.filter(hour__gte=start, hour__lt=end)
+        .filter(Q(department_id=department_id) | Q(owner_department_id=department_id))
+        .values_list(
+            "hour", "endpoint_id", "endpoint", "deployment", "team_id", "department_id",
+            "owner_team_id", "owner_department_id", "input_tokens", "output_tokens",
+        )
+    )  # fmt: skip
+    for hour, endpoint_id, endpoint, deployment, team, dept, owner, owner_dept, tokens_in, tokens_out in rows:
+        price = book.at(PriceKind.ENDPOINT, endpoint_id, hour) if endpoint_id is not None else None
+        rates = (_rate(price, "input_per_million"), _rate(price, "output_per_million"))
+        own = team is not None and team == owner
+        if not own and not any(rates):
+            if deployment:
+                unpriced[(deployment, team, dept, owner, owner_dept)] += tokens_in + tokens_out
+            continue
+        for direction, tokens, rate in (("input", tokens_in, rates[0]), ("output", tokens_out, rates[1])):
+            if not tokens:
+                continue
+            millions = Fraction(tokens, money.MILLION)
+            charged = Fraction(0) if own else millions * Fraction(rate)
+            if dept == department_id:
+                detail = f"{direction} tokens" + (" (own endpoint: its compute is charged)" if own else "")
+                ledger.add(team, LineKind.TOKENS, endpoint, detail, "M tokens",
+                           Decimal(0) if own else rate, millions, charged)  # fmt: skip
+            if owner_dept == department_id and not own:
+                ledger.add(owner, LineKind.CREDIT, endpoint, f"{direction} tokens called by other teams",
+                           "M tokens", -rate, millions, -charged)  # fmt: skip
+    return unpriced
+
+
+def _intervals(department_id: int | None, start: datetime, end: datetime, *, subjects: Iterable[str] = ()):
+    query = ComputeInterval.objects.filter(started_at__lt=end).filter(
+        Q(ended_at__isnull=True) | Q(ended_at__gt=start)
+    )
+    if department_id is not None:
+        query = query.filter(department_id=department_id)
+    subjects = list(subjects)
+    if subjects:
+        query = query.filter(kind=ComputeKind.REPLICA, subject__in=subjects)
+    return query
+
+
+def _compute(
+    ledger: Ledger, book: PriceBook, intervals, start: datetime, end: datetime, as_of: datetime
+) -> None:
+    for interval in intervals:
+        begin = max(interval.started_at, start)
+        finish = min(interval.ended_at or as_of, end, as_of)
+        if finish <= begin:
+            continue
+        kind = LineKind.REPLICA if interval.kind == ComputeKind.REPLICA else LineKind.JOB
+        for a, b, price in book.spans(PriceKind.POOL, interval.pool_id, begin, finish):
+            hours = Fraction((b - a) // timedelta(microseconds=1), HOUR_SECONDS * 1_000_000)
+            for field_name, rate_name, unit in RESOURCES:
+                held = getattr(interval, field_name)
+                if not held:
+                    continue
+                amount_held = Fraction(held, money.GIB) if field_name == "memory_bytes" else Fraction(held)
+                qty = amount_held * hours
+                rate = _rate(price, rate_name)
+                ledger.add(interval.team_id, kind, interval.subject, f"on {interval.pool}", unit, rate,
+                           qty, qty * Fraction(rate))  # fmt: skip
+
+
+def compute_cost(
+    book: PriceBook, deployments: Iterable[str], start: datetime, end: datetime, as_of: datetime
+) -> dict[str, Fraction]:
+    """The exact replica cost of each deployment in ``[start, end)`` (for the at-cost rule)."""
+    costs: dict[str, Fraction] = defaultdict(Fraction)
+    for interval in _intervals(None, start, end, subjects=deployments):
+        scratch = Ledger()
+        _compute(scratch, book, [interval], start, end, as_of)
+        costs[interval.subject] += sum((line.exact_amount for line in scratch.lines.values()), Fraction(0))
+    return costs
+
+
+def _at_cost(ledger: Ledger, book: PriceBook, department_id: int, unpriced: dict, start, end, as_of) -> None:
+    if not unpriced:
+        return
+    deployments = {key[0] for key in unpriced}
+    costs = compute_cost(book, deployments, start, end, as_of)
+    served = dict(
+        TokenUsage.objects.filter(hour__gte=start, hour__lt=end, deployment__in=deployments)
+        .values_list("deployment")
+        .annotate(tokens=Sum("input_tokens") + Sum("output_tokens"))
+    )
+    for (deployment, team, dept, owner, owner_dept), tokens in unpriced.items():
+        total = served.get(deployment) or 0
+        cost = costs.get(deployment, Fraction(0))
+        if not total or not cost:
+            continue
+        share = Fraction(tokens, total)
+        unit_price = money.to_decimal(cost, Decimal("0.000001"))
+        detail = f"{tokens:,} of its {total:,} tokens this month"
+        if dept == department_id:
+            ledger.add(team, LineKind.AT_COST, deployment, detail, "share", unit_price, share, cost * share)
+        if owner_dept == department_id:
+            ledger.add(owner, LineKind.CREDIT, deployment, f"at-cost share recovered: {detail}", "share",
+                       -unit_price, share, -cost * share)  # fmt: skip
+
+
+def _storage(ledger: Ledger, book: PriceBook, department_id: int, month: date, as_of: datetime) -> None:
+    days = money.days_in(month)
+    last = min(money.next_month(month) - timedelta(days=1), as_of.date())
+    rows = StorageDay.objects.filter(department_id=department_id, day__gte=month, day__lte=last)
+    for day, team, store, stored in rows.values_list("day", "team_id", "store", "bytes"):
+        start_of_day = datetime(day.year, day.month, day.day, tzinfo=as_of.tzinfo)
+        rate = _rate(book.at(PriceKind.STORE, store, start_of_day), "gib_month")
+        qty = Fraction(stored, money.GIB * days)
+        ledger.add(
+            team, LineKind.STORAGE, store, "artifacts stored", "GiB-months", rate, qty, qty * Fraction(rate)
+        )
+
+
+ORDER = [LineKind.TOKENS, LineKind.AT_COST, LineKind.CREDIT, LineKind.REPLICA, LineKind.JOB, LineKind.STORAGE,
+         LineKind.ADJUSTMENT]  # fmt: skip
+
+
+def charges(department_id: int, month: date, as_of: datetime) -> list[Line]:
+    """Every charge of the department in the month (up to ``as_of``), without adjustments, in order."""
+    start, end = money.month_bounds(month)
+    book = PriceBook.load(until=end)
+    ledger = Ledger()
+    unpriced = _tokens(ledger, book, department_id, start, end)
+    _at_cost(ledger, book, department_id, unpriced, start, end, as_of)
+    _compute(ledger, book, _intervals(department_id, start, min(end, as_of)), start, end, as_of)
+    _storage(ledger, book, department_id, month, as_of)
+    return sorted(ledger.lines.values(), key=_order)
+
+
+def _order(line: Line):
+    return (line.team_id or 0, ORDER.index(LineKind(line.kind)), line.subject, line.detail, line.unit_price)

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from portfolio.accounts.models import Department, Team
+from portfolio.billing.choices import BudgetScope
+
+
+def default_thresholds() -> list[int]:
+    return [50, 80, 100]
+
+
+class Budget(models.Model):
+    """A monthly money budget of a team or a department: alerts at thresholds, optionally a hard limit.
+
+    Admins (and, for their department's teams, department managers) set ``amount`` and ``ceiling``; a
+    team's owners may lower ``amount`` below the ceiling, never raise it above.
+    """
+
+    scope = models.CharField(max_length=10, choices=BudgetScope.choices)
+    team = models.OneToOneField(Team, null=True, blank=True, on_delete=models.CASCADE, related_name="budget")
+    department = models.OneToOneField(
+        Department, null=True, blank=True, on_delete=models.CASCADE, related_name="budget"
+    )
+    amount = models.DecimalField(max_digits=14, decimal_places=2, help_text="Money per calendar month")
+    ceiling = models.DecimalField(
+        max_digits=14, decimal_places=2, null=True, blank=True, help_text="The most a team's owners may set"
+    )
+    thresholds = ArrayField(
+        models.PositiveSmallIntegerField(), default=default_thresholds, help_text="Percentages that alert"
+    )
+    hard_limit = models.BooleanField(default=False, help_text="Refuse spending past the amount")
+    notify_emails = ArrayField(models.EmailField(), default=list, blank=True)
+    webhook_url = models.URLField(blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["scope", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(scope=BudgetScope.TEAM, team__isnull=False, department__isnull=True))
+                | Q(scope=BudgetScope.DEPARTMENT, team__isnull=True, department__isnull=False),
+                name="budget_has_exactly_its_scope",
+            ),
+            models.CheckConstraint(condition=Q(amount__gte=Decimal("0")), name="budget_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"budget of {self.team or self.department}"
+
+    def snapshot(self) -> dict:
+        return {
+            "scope": self.scope,
+            "team": self.team.slug if self.team else None,
+            "department": self.department.cost_center if self.department else None,
+            "amount": str(self.amount),
+            "ceiling": str(self.ceiling) if self.ceiling is not None else None,
+            "thresholds": list(self.thresholds),
+            "hard_limit": self.hard_limit,
+            "notify_emails": list(self.notify_emails),
+            "webhook_url": self.webhook_url,
+        }
+
+
+class BudgetAlert(models.Model):
+    """A threshold of a budget crossed in a month: sent once, by e-mail and webhook."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
+    month = models.DateField()
+    threshold = models.PositiveSmallIntegerField()
+    spend = models.DecimalField(max_digits=16, decimal_places=2)
+    sent_at = models.DateTimeField(default=timezone.now)
+    delivery = models.JSONField(default=dict, blank=True, help_text="How each channel went")
+
+    class Meta:
+        ordering = ["-sent_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["budget", "month", "threshold"], name="one_alert_per_threshold_month"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.budget} {self.threshold}% in {self.month:%Y-%m}"

@@ -1,0 +1,69 @@
+"""The price book in force: which version prices a subject at a time, and where price changes split a
+span of compute. Read once per computation (a statement, the gateway's routing table), never per event."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal
+
+from django.utils import timezone
+
+from portfolio.billing.choices import PriceKind
+from portfolio.billing.models import Price
+
+
+class PriceBook:
+    """Every version of the prices it was given, by subject, in time order."""
+
+    def __init__(self, prices: Iterable[Price]):
+        self._versions: dict[tuple[str, str], list[Price]] = {}
+        for price in sorted(prices, key=lambda p: p.effective_from):
+            self._versions.setdefault((price.kind, price.subject_id), []).append(price)
+        self._starts = {key: [p.effective_from for p in versions] for key, versions in self._versions.items()}
+
+    @classmethod
+    def load(cls, *, kinds: Iterable[str] | None = None, until: datetime | None = None) -> PriceBook:
+        """The versions of ``kinds`` (all when None) that start before ``until`` (all when None)."""
+        prices = Price.objects.all()
+        if kinds is not None:
+            prices = prices.filter(kind__in=list(kinds))
+        if until is not None:
+            prices = prices.filter(effective_from__lt=until)
+        return cls(prices)
+
+    def subjects(self, kind: str) -> list[str]:
+        return [subject for k, subject in self._versions if k == kind]
+
+    def at(self, kind: str, subject_id, when: datetime) -> Price | None:
+        """The version in force at ``when``: the latest that starts at or before it."""
+        key = (kind, str(subject_id))
+        starts = self._starts.get(key)
+        if not starts:
+            return None
+        index = bisect.bisect_right(starts, when) - 1
+        return self._versions[key][index] if index >= 0 else None
+
+    def spans(
+        self, kind: str, subject_id, start: datetime, end: datetime
+    ) -> list[tuple[datetime, datetime, Price | None]]:
+        """``[start, end)`` cut where a version starts, each piece with the version in force over it."""
+        key = (kind, str(subject_id))
+        cuts = [t for t in self._starts.get(key, []) if start < t < end]
+        bounds = [start, *cuts, end]
+        return [
+            (a, b, self.at(kind, subject_id, a)) for a, b in zip(bounds, bounds[1:], strict=False) if a < b
+        ]
+
+
+def current_token_rates(now: datetime | None = None) -> dict[int, tuple[Decimal, Decimal]]:
+    """For the gateway's routing table: each priced endpoint's (input, output) price per million tokens now."""
+    book = PriceBook.load(kinds=[PriceKind.ENDPOINT], until=None)
+    now = now or timezone.now()
+    rates = {}
+    for subject_id in book.subjects(PriceKind.ENDPOINT):
+        price = book.at(PriceKind.ENDPOINT, subject_id, now)
+        if price is not None and subject_id.isdigit():
+            rates[int(subject_id)] = (price.input_per_million, price.output_per_million)
+    return rates

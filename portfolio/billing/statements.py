@@ -1,0 +1,265 @@
+"""Statements: a department's month, drafted live from the ledger, closed once, re-issued only as a new
+revision with a reason.
+
+Late usage never changes a closed statement. The draft (and, at its close, the statement) of a month
+carries an **adjustment line** per team for each of the ``BILLING_ADJUSTMENT_MONTHS`` closed months before
+it whose charges, computed again from the ledger now, differ from what was billed for that month: its own
+closed lines plus the adjustments for it already on later closed statements. The ledger stays the truth,
+and adjustments converge on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from portfolio.accounts import gate
+from portfolio.accounts.actor import Actor
+from portfolio.accounts.models import Department, Team
+from portfolio.audit import services as audit
+from portfolio.audit.choices import AuditAction
+from portfolio.billing import money
+from portfolio.billing.charges import Line, charges
+from portfolio.billing.choices import LineKind, StatementStatus
+from portfolio.billing.models import Statement, StatementLine
+from portfolio.errors import Conflict, Invalid
+
+ZERO = Decimal("0.00")
+
+
+def label(month: date) -> str:
+    return month.strftime("%Y-%m")
+
+
+def previous_month(month: date) -> date:
+    return money.month_start(month - timedelta(days=1))
+
+
+def _totals(pairs) -> dict[int | None, Decimal]:
+    totals: dict[int | None, Decimal] = {}
+    for team_id, amount in pairs:
+        totals[team_id] = totals.get(team_id, ZERO) + amount
+    return totals
+
+
+def _billed(department_id: int, closed: Statement, before: date) -> dict[int | None, Decimal]:
+    """What was billed for ``closed``'s month, per team: its own lines, and adjustments for it on the
+    closed statements of later months before ``before``."""
+    own = closed.lines.exclude(kind=LineKind.ADJUSTMENT).values_list("team_id").annotate(total=Sum("amount"))
+    later = (
+        StatementLine.objects.filter(
+            statement__department_id=department_id,
+            statement__status=StatementStatus.CLOSED,
+            statement__month__gt=closed.month,
+            statement__month__lt=before,
+            kind=LineKind.ADJUSTMENT,
+            subject=label(closed.month),
+        )
+        .values_list("team_id")
+        .annotate(total=Sum("amount"))
+    )
+    return _totals([*own, *later])
+
+
+def adjustments(department_id: int, month: date, as_of: datetime) -> list[Line]:
+    """An adjustment line per team and closed earlier month whose charges changed since they were billed."""
+    lines = []
+    earlier = month
+    for _ in range(settings.BILLING_ADJUSTMENT_MONTHS):
+        earlier = previous_month(earlier)
+        closed = Statement.objects.current().filter(department_id=department_id, month=earlier).first()
+        if closed is None:
+            continue
+        _, end = money.month_bounds(earlier)
+        now = _totals(
+            (line.team_id, line.amount) for line in charges(department_id, earlier, max(as_of, end))
+        )
+        billed = _billed(department_id, closed, month)
+        for team_id in sorted(set(now) | set(billed), key=lambda t: t or 0):
+            delta = now.get(team_id, ZERO) - billed.get(team_id, ZERO)
+            if delta:
+                detail = f"usage of {label(earlier)} recorded after that month closed"
+                lines.append(
+                    Line(
+                        team_id,
+                        LineKind.ADJUSTMENT,
+                        label(earlier),
+                        detail,
+                        "month",
+                        delta,
+                        Fraction(1),
+                        Fraction(delta),
+                    )  # fmt: skip
+                )
+    return lines
+
+
+def compute(department: Department, month: date, as_of: datetime | None = None) -> list[Line]:
+    """The lines of the department's month as the ledger has it now: charges, then adjustments."""
+    as_of = as_of or timezone.now()
+    lines = charges(department.pk, month, as_of) + adjustments(department.pk, month, as_of)
+    names = dict(Team.objects.filter(pk__in={line.team_id for line in lines}).values_list("pk", "name"))
+    for line in lines:
+        line.team = names.get(line.team_id, f"team {line.team_id}" if line.team_id else "no team")
+    return lines
+
+
+@dataclass
+class Draft:
+    """A month of a department: its closed revision in force if there is one, else computed now."""
+
+    department: Department
+    month: date
+    lines: list  # Line or StatementLine: both have team_id, team, kind, subject, detail, quantity, ...
+    statement: Statement | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.statement is not None
+
+    @property
+    def total(self) -> Decimal:
+        return sum((line.amount for line in self.lines), ZERO)
+
+    def by_team(self) -> dict[int | None, Decimal]:
+        return _totals((line.team_id, line.amount) for line in self.lines)
+
+
+def month_of(department: Department, month: date, as_of: datetime | None = None) -> Draft:
+    closed = Statement.objects.current().filter(department=department, month=month).first()
+    if closed is not None:
+        return Draft(department, month, list(closed.lines.all()), closed)
+    return Draft(department, month, compute(department, month, as_of))
+
+
+def digest(header: dict, lines: list) -> str:
+    """sha256 of the canonical JSON of a statement's header and lines (what its audit row and exports carry)."""
+    body = {
+        **header,
+        "lines": [
+            {
+                "team": line.team,
+                "kind": str(line.kind),
+                "subject": line.subject,
+                "detail": line.detail,
+                "quantity": str(line.quantity),
+                "unit": line.unit,
+                "unit_price": str(line.unit_price),
+                "amount": str(line.amount),
+            }
+            for line in lines
+        ],
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _header(department: Department, month: date, revision: int, total: Decimal) -> dict:
+    return {
+        "department": department.cost_center,
+        "month": label(month),
+        "revision": revision,
+        "currency": settings.BILLING_CURRENCY,
+        "total": str(total),
+    }
+
+
+def _write(actor: Actor, department: Department, month: date, revision: int, reason: str) -> Statement:
+    lines = compute(department, month)
+    total = sum((line.amount for line in lines), ZERO)
+    statement = Statement.objects.create(
+        department=department,
+        month=month,
+        revision=revision,
+        currency=settings.BILLING_CURRENCY,
+        total=total,
+        sha256=digest(_header(department, month, revision, total), lines),
+        closed_by=actor.label,
+        reason=reason,
+    )
+    StatementLine.objects.bulk_create(
+        StatementLine(
+            statement=statement,
+            position=position,
+            team_id=line.team_id,
+            team=line.team,
+            kind=line.kind,
+            subject=line.subject[:150],
+            detail=line.detail[:200],
+            quantity=line.quantity,
+            unit=line.unit,
+            unit_price=line.unit_price,
+            amount=line.amount,
+        )
+        for position, line in enumerate(lines, start=1)
+    )
+    return statement
+
+
+@transaction.atomic
+def close(actor: Actor, department: Department, month: date) -> Statement:
+    """Close a finished month: its statement is written once, its hash goes into the audit trail."""
+    gate.require(actor, "statement.reissue")  # only the system (and admins) close months
+    if month >= money.month_start(timezone.now()):
+        raise Invalid(f"{label(month)} has not ended yet.")
+    Department.objects.select_for_update().get(pk=department.pk)  # one closer per department at a time
+    if Statement.objects.filter(department=department, month=month).exists():
+        raise Conflict(f"{label(month)} of {department.cost_center} is already closed.")
+    statement = _write(actor, department, month, 1, "")
+    audit.record(actor, AuditAction.STATEMENT_CLOSE, statement, after=statement.snapshot())
+    return statement
+
+
+@transaction.atomic
+def reissue(actor: Actor, statement: Statement, reason: str) -> Statement:
+    """A new revision of a closed statement, computed from the ledger now; the old one is kept, superseded."""
+    gate.require(actor, "statement.reissue")
+    reason = (reason or "").strip()
+    if not 10 <= len(reason) <= 2000:
+        raise Invalid("Say why the statement is re-issued (10 to 2,000 characters).")
+    current = (
+        Statement.objects.select_for_update()
+        .filter(department_id=statement.department_id, month=statement.month, status=StatementStatus.CLOSED)
+        .first()
+    )
+    if current is None or current.pk != statement.pk:
+        raise Conflict("Only the revision in force can be re-issued.")
+    Statement.objects.filter(pk=current.pk).update(status=StatementStatus.SUPERSEDED)
+    fresh = _write(actor, statement.department, statement.month, current.revision + 1, reason)
+    audit.record(
+        actor, AuditAction.STATEMENT_REISSUE, fresh, before=current.snapshot(), after=fresh.snapshot()
+    )
+    return fresh
+
+
+def months_to_close(department: Department, now: datetime) -> list[date]:
+    """Finished months of the department (since it was created, at most a year back) not closed yet,
+    oldest first; a month is finished ``BILLING_CLOSE_AFTER_HOURS`` after it ends (late usage settles)."""
+    grace = timedelta(hours=settings.BILLING_CLOSE_AFTER_HOURS)
+    first = max(money.month_start(department.created_at), money.month_start(now - timedelta(days=366)))
+    closed = set(Statement.objects.filter(department=department).values_list("month", flat=True))
+    months, month = [], first
+    while money.month_bounds(month)[1] + grace <= now:
+        if month not in closed:
+            months.append(month)
+        month = money.next_month(month)
+    return months
+
+
+def close_finished(now: datetime | None = None) -> list[Statement]:
+    """The beat task's work: close every finished month of every department, oldest first."""
+    now = now or timezone.now()
+    actor = Actor.for_system("billing")
+    closed = []
+    for department in Department.objects.order_by("pk"):
+        for month in months_to_close(department, now):
+            closed.append(close(actor, department, month))
+    return closed

@@ -1,0 +1,13 @@
+"""Billing's periodic work, on the control queue."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from portfolio.billing import statements
+
+
+@shared_task(name="billing.close_statements")
+def close_statements() -> int:
+    """Close every finished month of every department (each statement in its own transaction)."""
+    return len(statements.close_finished())
