@@ -30,7 +30,7 @@ def _rate(name: str, value) -> Decimal:
         raise Invalid(f"{name}: use a number from 0 to {MAX_RATE}.")
     if rate != rate.quantize(Decimal("0.000001")):
         raise Invalid(f"{name}: use at most 6 decimal places.")
-    return rate
+    return rate.quantize(Decimal("0.000001"))  # as stored, so the audit row says what the table holds
 
 
 @transaction.atomic

@@ -1,0 +1,101 @@
+"""Billing fixtures: ledger rows and prices written the way the meters and the price book write them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from portfolio.billing.choices import ComputeKind, PriceKind
+from portfolio.billing.meters import TokenHour, open_interval, replace_token_hours
+from portfolio.billing.models import ComputeInterval, Price
+
+LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def at(text: str) -> datetime:
+    """'2026-10-10 10:00' as a UTC time."""
+    return datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+
+
+def price(kind: str, subject_id, name: str, since: datetime = LONG_AGO, **rates) -> Price:
+    return Price.objects.create(
+        kind=kind,
+        subject_id=str(subject_id),
+        subject_name=name,
+        effective_from=since,
+        **{k: Decimal(str(v)) for k, v in rates.items()},
+    )
+
+
+def tokens(hour: str, *, endpoint_id, endpoint, owner, caller, tokens_in=0, tokens_out=0, deployment="dep"):
+    """One hour of calls by ``caller`` (a Team) to an endpoint owned by ``owner`` (a Team), into the ledger."""
+    when = at(hour)
+    row = TokenHour(
+        hour=when,
+        endpoint_id=endpoint_id,
+        endpoint=endpoint,
+        owner_team_id=owner.pk,
+        owner_department_id=owner.department_id,
+        deployment=deployment,
+        team_id=caller.pk,
+        department_id=caller.department_id,
+        requests=1,
+        input_tokens=tokens_in,
+        output_tokens=tokens_out,
+    )
+    # The rollup hands over whole hours: keep the other rows of the hour.
+    from portfolio.billing.models import TokenUsage
+
+    others = [
+        TokenHour(**{f: getattr(r, f) for f in TokenHour.__dataclass_fields__})
+        for r in TokenUsage.objects.filter(hour=when).exclude(
+            endpoint=endpoint, deployment=deployment, team_id=caller.pk
+        )
+    ]
+    replace_token_hours(when, when + timedelta(hours=1), [*others, row])
+
+
+def compute(key: str, team, start: str, end: str | None, *, pool_id=5, pool="gpu-a", kind=ComputeKind.REPLICA,
+            subject="dep", gpus=0, cpu_cores=0, memory_gib=0) -> ComputeInterval:  # fmt: skip
+    interval = open_interval(
+        key=key,
+        kind=kind,
+        team_id=team.pk,
+        department_id=team.department_id,
+        subject=subject,
+        pool_id=pool_id,
+        pool=pool,
+        gpus=gpus,
+        cpu_cores=cpu_cores,
+        memory_bytes=memory_gib * 2**30,
+        started_at=at(start),
+    )
+    if end is not None:
+        ComputeInterval.objects.filter(pk=interval.pk).update(ended_at=at(end))
+        interval.refresh_from_db()
+    return interval
+
+
+@pytest.fixture
+def priced(db):
+    """Prices: an endpoint (id 11) whose price changes mid-October, a GPU pool (id 5), the local store."""
+    price(
+        PriceKind.ENDPOINT,
+        11,
+        "router",
+        at("2026-10-01 00:00"),
+        input_per_million="1.00",
+        output_per_million="2.00",
+    )
+    price(
+        PriceKind.ENDPOINT,
+        11,
+        "router",
+        at("2026-10-16 00:00"),
+        input_per_million="0.50",
+        output_per_million="3.00",
+    )
+    price(PriceKind.POOL, 5, "gpu-a", gpu_hour="2.50", cpu_core_hour="0.04", memory_gib_hour="0.01")
+    price(PriceKind.STORE, "local", "local", gib_month="0.10")

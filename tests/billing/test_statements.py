@@ -1,0 +1,237 @@
+"""A month of mixed usage across two departments, priced, closed, and corrected only by adjustment lines."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+import pytest
+from django.db import DatabaseError, connection, transaction
+
+from portfolio.accounts.actor import Actor
+from portfolio.audit.models import AuditEvent
+from portfolio.billing import statements
+from portfolio.billing.choices import ComputeKind, LineKind, StatementStatus
+from portfolio.billing.models import Statement, StatementLine
+from portfolio.errors import Conflict, Forbidden, Invalid
+from tests.billing.conftest import compute, tokens
+from tests.conftest import actor_for
+
+OCTOBER, NOVEMBER = date(2026, 10, 1), date(2026, 11, 1)
+BILLING = Actor.for_system("billing")
+
+
+@pytest.fixture
+def october(priced, team, other_team):
+    """``team`` (CC-100) owns the endpoint "router" and a GPU replica; ``other_team`` (CC-200) calls the
+    endpoint before and after its price change, runs a fine-tune and stores 10 GiB all month."""
+    tokens(
+        "2026-10-05 09:00", endpoint_id=11, endpoint="router", owner=team, caller=team, tokens_in=3_000_000
+    )
+    tokens("2026-10-10 10:00", endpoint_id=11, endpoint="router", owner=team, caller=other_team,
+           tokens_in=1_000_000, tokens_out=500_000)  # fmt: skip
+    tokens("2026-10-20 12:00", endpoint_id=11, endpoint="router", owner=team, caller=other_team,
+           tokens_in=2_000_000, tokens_out=1_000_000)  # fmt: skip
+    # From the last day of September: only October's 24 hours are October's.
+    compute("replica:1", team, "2026-09-30 12:00", "2026-10-02 00:00", gpus=1, cpu_cores=4, memory_gib=8,
+            subject="router-dep")  # fmt: skip
+    compute("job:finetune:3:1", other_team, "2026-10-12 10:00", "2026-10-12 11:30", gpus=1,
+            kind=ComputeKind.JOB, subject="fine-tune #3")  # fmt: skip
+    from portfolio.billing.meters import record_storage_day
+
+    for day in range(1, 32):
+        record_storage_day(
+            date(2026, 10, day), [(other_team.pk, other_team.department_id, "local", 10 * 2**30)]
+        )
+
+
+def amounts(lines) -> list[tuple]:
+    return [(line.team_id, str(line.kind), line.subject, line.unit_price, line.amount) for line in lines]
+
+
+def test_the_calling_department_pays_tokens_at_the_price_of_their_hour_and_its_own_compute(
+    october, other_team
+):
+    lines = statements.compute(other_team.department, OCTOBER)
+    assert amounts(lines) == [
+        (other_team.pk, "tokens", "router", Decimal("0.50"), Decimal("1.00")),  # 2M input after the change
+        (other_team.pk, "tokens", "router", Decimal("1.00"), Decimal("1.00")),  # 1M input before it
+        (other_team.pk, "tokens", "router", Decimal("2.00"), Decimal("1.00")),  # 0.5M output before
+        (other_team.pk, "tokens", "router", Decimal("3.00"), Decimal("3.00")),  # 1M output after
+        (other_team.pk, "job", "fine-tune #3", Decimal("2.50"), Decimal("3.75")),  # 1.5 GPU-hours
+        (other_team.pk, "storage", "local", Decimal("0.10"), Decimal("1.00")),  # 10 GiB all month
+    ]
+    assert sum(line.amount for line in lines) == Decimal("10.75")
+
+
+def test_the_owning_department_pays_its_replica_and_is_credited_what_other_teams_paid(october, team):
+    lines = statements.compute(team.department, OCTOBER)
+    own = [line for line in lines if line.kind == LineKind.TOKENS]
+    assert [(line.quantity, line.amount) for line in own] == [(Decimal("3.000000000"), Decimal("0.00"))]
+    assert "own endpoint" in own[0].detail
+    credits = sorted(line.amount for line in lines if line.kind == LineKind.CREDIT)
+    assert credits == [Decimal("-3.00"), Decimal("-1.00"), Decimal("-1.00"), Decimal("-1.00")]
+    replica = {line.unit: (line.quantity, line.amount) for line in lines if line.kind == LineKind.REPLICA}
+    assert replica == {
+        "GPU-hours": (Decimal("24.000000000"), Decimal("60.00")),
+        "core-hours": (Decimal("96.000000000"), Decimal("3.84")),
+        "GiB-hours": (Decimal("192.000000000"), Decimal("1.92")),
+    }
+    assert sum(line.amount for line in lines) == Decimal("59.76")
+
+
+def test_token_charges_and_credits_cancel_out_across_the_organisation(october, team, other_team):
+    lines = statements.compute(team.department, OCTOBER) + statements.compute(other_team.department, OCTOBER)
+    assert sum(line.amount for line in lines if line.kind in (LineKind.TOKENS, LineKind.CREDIT)) == 0
+
+
+def test_a_closed_month_is_stored_hashed_into_the_audit_trail_and_never_changes(october, team, other_team):
+    statement = statements.close(BILLING, other_team.department, OCTOBER)
+    assert statement.total == Decimal("10.75") and statement.revision == 1
+    assert statement.lines.count() == 6
+    event = AuditEvent.objects.get(action="statement.close")
+    assert event.after["sha256"] == statement.sha256 and event.after["total"] == "10.75"
+    # A late call of October, after the close: the statement stays as it was.
+    tokens(
+        "2026-10-31 23:00",
+        endpoint_id=11,
+        endpoint="router",
+        owner=team,
+        caller=other_team,
+        tokens_in=100_000,
+    )
+    statement.refresh_from_db()
+    assert statement.total == Decimal("10.75")
+    assert statements.month_of(other_team.department, OCTOBER).total == Decimal("10.75")
+
+
+def test_late_usage_of_a_closed_month_goes_to_an_adjustment_line_of_the_next_one(october, team, other_team):
+    for department in (team.department, other_team.department):
+        statements.close(BILLING, department, OCTOBER)
+    tokens(
+        "2026-10-31 23:00",
+        endpoint_id=11,
+        endpoint="router",
+        owner=team,
+        caller=other_team,
+        tokens_in=100_000,
+    )
+
+    caller = [
+        line for line in statements.compute(other_team.department, NOVEMBER) if line.kind == "adjustment"
+    ]
+    owner = [line for line in statements.compute(team.department, NOVEMBER) if line.kind == "adjustment"]
+    assert [(line.team_id, line.subject, line.amount) for line in caller] == [
+        (other_team.pk, "2026-10", Decimal("0.05"))  # 0.1M input at October's second price
+    ]
+    assert [(line.team_id, line.subject, line.amount) for line in owner] == [
+        (team.pk, "2026-10", Decimal("-0.05"))
+    ]
+
+    # Once November is closed with it, December has nothing left to adjust for October.
+    november = statements.close(BILLING, other_team.department, NOVEMBER)
+    assert november.lines.get(kind="adjustment").amount == Decimal("0.05")
+    december = statements.compute(other_team.department, date(2026, 12, 1))
+    assert [line for line in december if line.kind == "adjustment"] == []
+
+
+def test_a_month_closes_once(october, other_team):
+    statements.close(BILLING, other_team.department, OCTOBER)
+    with pytest.raises(Conflict):
+        statements.close(BILLING, other_team.department, OCTOBER)
+
+
+def test_the_open_month_cannot_be_closed(other_team):
+    from django.utils import timezone
+
+    from portfolio.billing.money import month_start
+
+    with pytest.raises(Invalid):
+        statements.close(BILLING, other_team.department, month_start(timezone.now()))
+
+
+def test_postgresql_refuses_to_change_or_remove_a_closed_statement_or_its_lines(october, other_team):
+    statement = statements.close(BILLING, other_team.department, OCTOBER)
+    for sql in (
+        "UPDATE billing_statement SET total = 0 WHERE id = %s",
+        "DELETE FROM billing_statement WHERE id = %s",
+        "UPDATE billing_statementline SET amount = 0 WHERE statement_id = %s",
+        "DELETE FROM billing_statementline WHERE statement_id = %s",
+        "UPDATE billing_statement SET status = 'superseded', total = 0 WHERE id = %s",
+    ):
+        with (
+            pytest.raises(DatabaseError, match="immutable"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(sql, [statement.pk])
+    assert StatementLine.objects.filter(statement=statement).count() == 6
+
+
+def test_an_admin_reissues_a_closed_statement_as_a_new_revision_with_a_reason(october, org, team, other_team):
+    first = statements.close(BILLING, other_team.department, OCTOBER)
+    tokens(
+        "2026-10-31 23:00",
+        endpoint_id=11,
+        endpoint="router",
+        owner=team,
+        caller=other_team,
+        tokens_in=100_000,
+    )
+    with pytest.raises(Invalid):
+        statements.reissue(actor_for(org["admin"]), first, "   ")
+    second = statements.reissue(actor_for(org["admin"]), first, "price book error corrected by finance")
+    first.refresh_from_db()
+    assert first.status == StatementStatus.SUPERSEDED and second.revision == 2
+    assert second.total == Decimal("10.80") and second.sha256 != first.sha256
+    event = AuditEvent.objects.get(action="statement.reissue")
+    assert event.before["total"] == "10.75" and event.after["total"] == "10.80"
+    assert event.after["reason"] == "price book error corrected by finance"
+    assert Statement.objects.current().get(department=other_team.department, month=OCTOBER) == second
+    with pytest.raises(Conflict):  # only the revision in force
+        statements.reissue(actor_for(org["admin"]), first, "once more for good measure")
+
+
+@pytest.mark.parametrize("role", ["owner", "auditor", "engineer", "outsider"])
+def test_only_admins_reissue(october, org, other_team, role):
+    statement = statements.close(BILLING, other_team.department, OCTOBER)
+    with pytest.raises(Forbidden):
+        statements.reissue(actor_for(org[role]), statement, "a reason long enough")
+
+
+def test_the_beat_task_closes_every_finished_month_oldest_first_and_only_after_the_grace(
+    october, team, other_team, settings
+):
+    from datetime import UTC, datetime
+
+    from portfolio.accounts.models import Department
+
+    Department.objects.filter(pk__in=[team.department_id, other_team.department_id]).update(
+        created_at=datetime(2026, 10, 3, tzinfo=UTC)
+    )
+    settings.BILLING_CLOSE_AFTER_HOURS = 6
+    assert statements.close_finished(datetime(2026, 11, 1, 5, tzinfo=UTC)) == []
+    closed = statements.close_finished(datetime(2026, 12, 1, 7, tzinfo=UTC))
+    assert [(s.department.cost_center, s.month) for s in closed] == [
+        ("CC-100", OCTOBER), ("CC-100", NOVEMBER), ("CC-200", OCTOBER), ("CC-200", NOVEMBER)
+    ]  # fmt: skip
+    assert statements.close_finished(datetime(2026, 12, 1, 8, tzinfo=UTC)) == []
+
+
+def test_calls_to_an_endpoint_without_a_token_price_pay_their_share_of_its_compute_at_cost(
+    priced, team, other_team
+):
+    """10 GPU-hours at 2.50 served 1M tokens, 30% of them to another team: it pays 7.50, the owner is
+    credited 7.50 (its own 70% is covered by the replica it pays)."""
+    compute("replica:9", team, "2026-10-03 00:00", "2026-10-03 10:00", gpus=1, subject="shared-dep")
+    tokens("2026-10-03 01:00", endpoint_id=12, endpoint="free", owner=team, caller=other_team,
+           tokens_in=200_000, tokens_out=100_000, deployment="shared-dep")  # fmt: skip
+    tokens("2026-10-03 02:00", endpoint_id=12, endpoint="free", owner=team, caller=team,
+           tokens_in=700_000, deployment="shared-dep")  # fmt: skip
+    caller = [line for line in statements.compute(other_team.department, OCTOBER) if line.kind == "at_cost"]
+    assert [(line.subject, line.quantity, line.unit_price, line.amount) for line in caller] == [
+        ("shared-dep", Decimal("0.300000000"), Decimal("25.000000"), Decimal("7.50"))
+    ]
+    owner = statements.compute(team.department, OCTOBER)
+    assert [line.amount for line in owner if line.kind == "credit"] == [Decimal("-7.50")]
+    assert [line.amount for line in owner if line.kind == "replica"] == [Decimal("25.00")]
