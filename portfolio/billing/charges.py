@@ -26,11 +26,12 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
+from django.db import connection
 from django.db.models import Q, Sum
 
 from portfolio.billing import money
 from portfolio.billing.choices import ComputeKind, LineKind, PriceKind
-from portfolio.billing.models import ComputeInterval, StorageDay, TokenUsage
+from portfolio.billing.models import ComputeInterval, Price, StorageDay, TokenUsage
 from portfolio.billing.pricing import PriceBook
 
 HOUR_SECONDS = 3600
@@ -41,10 +42,18 @@ RESOURCES = (  # (interval field, pool rate field, unit)
 )
 
 
+Scope = set[int] | frozenset[int] | None  # the departments to compute for (None: all of them)
+
+
+def _in(departments: Scope, department_id) -> bool:
+    return departments is None or department_id in departments
+
+
 @dataclass
 class Line:
     """One line of a statement while it is computed: exact sums, rounded only when read."""
 
+    department_id: int | None
     team_id: int | None
     kind: str
     subject: str
@@ -66,15 +75,16 @@ class Line:
 
 @dataclass
 class Ledger:
-    """Lines being summed, one per (team, kind, subject, detail, unit, unit price)."""
+    """Lines being summed, one per (department, team, kind, subject, detail, unit, unit price)."""
 
     lines: dict[tuple, Line] = field(default_factory=dict)
 
-    def add(self, team_id, kind, subject, detail, unit, unit_price: Decimal, qty: Fraction, amount: Fraction):
-        key = (team_id, kind, subject, detail, unit, unit_price)
+    def add(self, department_id, team_id, kind, subject, detail, unit, unit_price: Decimal, qty: Fraction,
+            amount: Fraction):  # fmt: skip
+        key = (department_id, team_id, kind, subject, detail, unit, unit_price)
         line = self.lines.get(key)
         if line is None:
-            line = self.lines[key] = Line(team_id, kind, subject, detail, unit, unit_price)
+            line = self.lines[key] = Line(department_id, team_id, kind, subject, detail, unit, unit_price)
         line.exact_quantity += qty
         line.exact_amount += amount
 
@@ -83,21 +93,54 @@ def _rate(price, name: str) -> Decimal:
     return getattr(price, name) if price is not None else Decimal("0")
 
 
-def _tokens(ledger: Ledger, book: PriceBook, department_id: int, start: datetime, end: datetime) -> dict:
-    """Token lines of the department's callers and credits of its owning teams; returns the unpriced
+TOKENS_BY_PRICE = """
+SELECT t.endpoint_id, t.endpoint, t.deployment, t.team_id, t.department_id, t.owner_team_id,
+       t.owner_department_id, p.id, sum(t.input_tokens), sum(t.output_tokens)
+FROM billing_tokenusage t
+LEFT JOIN LATERAL (
+    SELECT id FROM billing_price p
+    WHERE p.kind = 'endpoint' AND p.subject_id = t.endpoint_id::text AND p.effective_from <= t.hour
+    ORDER BY p.effective_from DESC LIMIT 1
+) p ON true
+WHERE t.hour >= %s AND t.hour < %s {where}
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+"""
+
+
+def _token_rows(departments: Scope, start: datetime, end: datetime):
+    """The month's token usage summed per (endpoint, deployment, caller, owner, price version in force):
+    a price is constant within a group, so pricing the sum is pricing each call and adding up."""
+    where = ""
+    params: list = [start, end]
+    if departments is not None:
+        where = "AND (t.department_id = ANY(%s) OR t.owner_department_id = ANY(%s))"
+        params += [list(departments), list(departments)]
+    with connection.cursor() as cursor:
+        cursor.execute(TOKENS_BY_PRICE.format(where=where), params)
+        return cursor.fetchall()
+
+
+def _tokens(ledger: Ledger, departments: Scope, start: datetime, end: datetime) -> dict:
+    """Token lines of the departments' callers and credits of their owning teams; returns the unpriced
     usage by other teams, for the at-cost rule: {(deployment, caller team, caller department,
     owner team, owner department): tokens}."""
+    rows = _token_rows(departments, start, end)
+    prices = Price.objects.in_bulk({row[7] for row in rows if row[7] is not None})
     unpriced: dict[tuple, int] = defaultdict(int)
-    rows = (
-        TokenUsage.objects.filter(hour__gte=start, hour__lt=end)
-        .filter(Q(department_id=department_id) | Q(owner_department_id=department_id))
-        .values_list(
-            "hour", "endpoint_id", "endpoint", "deployment", "team_id", "department_id",
-            "owner_team_id", "owner_department_id", "input_tokens", "output_tokens",
-        )
-    )  # fmt: skip
-    for hour, endpoint_id, endpoint, deployment, team, dept, owner, owner_dept, tokens_in, tokens_out in rows:
-        price = book.at(PriceKind.ENDPOINT, endpoint_id, hour) if endpoint_id is not None else None
+    for (
+        endpoint_id,
+        endpoint,
+        deployment,
+        team,
+        dept,
+        owner,
+        owner_dept,
+        price_id,
+        tokens_in,
+        tokens_out,
+    ) in rows:
+        tokens_in, tokens_out = int(tokens_in), int(tokens_out)  # sum() of bigint is numeric in PostgreSQL
+        price = prices.get(price_id) if endpoint_id is not None else None
         rates = (_rate(price, "input_per_million"), _rate(price, "output_per_million"))
         own = team is not None and team == owner
         if not own and not any(rates):
@@ -109,22 +152,22 @@ def _tokens(ledger: Ledger, book: PriceBook, department_id: int, start: datetime
                 continue
             millions = Fraction(tokens, money.MILLION)
             charged = Fraction(0) if own else millions * Fraction(rate)
-            if dept == department_id:
+            if _in(departments, dept):
                 detail = f"{direction} tokens" + (" (own endpoint: its compute is charged)" if own else "")
-                ledger.add(team, LineKind.TOKENS, endpoint, detail, "M tokens",
+                ledger.add(dept, team, LineKind.TOKENS, endpoint, detail, "M tokens",
                            Decimal(0) if own else rate, millions, charged)  # fmt: skip
-            if owner_dept == department_id and not own:
-                ledger.add(owner, LineKind.CREDIT, endpoint, f"{direction} tokens called by other teams",
+            if _in(departments, owner_dept) and not own:
+                ledger.add(owner_dept, owner, LineKind.CREDIT, endpoint, f"{direction} tokens called by other teams",
                            "M tokens", -rate, millions, -charged)  # fmt: skip
     return unpriced
 
 
-def _intervals(department_id: int | None, start: datetime, end: datetime, *, subjects: Iterable[str] = ()):
+def _intervals(departments: Scope, start: datetime, end: datetime, *, subjects: Iterable[str] = ()):
     query = ComputeInterval.objects.filter(started_at__lt=end).filter(
         Q(ended_at__isnull=True) | Q(ended_at__gt=start)
     )
-    if department_id is not None:
-        query = query.filter(department_id=department_id)
+    if departments is not None:
+        query = query.filter(department_id__in=list(departments))
     subjects = list(subjects)
     if subjects:
         query = query.filter(kind=ComputeKind.REPLICA, subject__in=subjects)
@@ -149,8 +192,8 @@ def _compute(
                 amount_held = Fraction(held, money.GIB) if field_name == "memory_bytes" else Fraction(held)
                 qty = amount_held * hours
                 rate = _rate(price, rate_name)
-                ledger.add(interval.team_id, kind, interval.subject, f"on {interval.pool}", unit, rate,
-                           qty, qty * Fraction(rate))  # fmt: skip
+                ledger.add(interval.department_id, interval.team_id, kind, interval.subject, f"on {interval.pool}",
+                           unit, rate, qty, qty * Fraction(rate))  # fmt: skip
 
 
 def compute_cost(
@@ -165,7 +208,7 @@ def compute_cost(
     return costs
 
 
-def _at_cost(ledger: Ledger, book: PriceBook, department_id: int, unpriced: dict, start, end, as_of) -> None:
+def _at_cost(ledger: Ledger, book: PriceBook, departments: Scope, unpriced: dict, start, end, as_of) -> None:
     if not unpriced:
         return
     deployments = {key[0] for key in unpriced}
@@ -183,41 +226,52 @@ def _at_cost(ledger: Ledger, book: PriceBook, department_id: int, unpriced: dict
         share = Fraction(tokens, total)
         unit_price = money.to_decimal(cost, Decimal("0.000001"))
         detail = f"{tokens:,} of its {total:,} tokens this month"
-        if dept == department_id:
-            ledger.add(team, LineKind.AT_COST, deployment, detail, "share", unit_price, share, cost * share)
-        if owner_dept == department_id:
-            ledger.add(owner, LineKind.CREDIT, deployment, f"at-cost share recovered: {detail}", "share",
-                       -unit_price, share, -cost * share)  # fmt: skip
+        if _in(departments, dept):
+            ledger.add(
+                dept, team, LineKind.AT_COST, deployment, detail, "share", unit_price, share, cost * share
+            )
+        if _in(departments, owner_dept):
+            ledger.add(owner_dept, owner, LineKind.CREDIT, deployment, f"at-cost share recovered: {detail}",
+                       "share", -unit_price, share, -cost * share)  # fmt: skip
 
 
-def _storage(ledger: Ledger, book: PriceBook, department_id: int, month: date, as_of: datetime) -> None:
+def _storage(ledger: Ledger, book: PriceBook, departments: Scope, month: date, as_of: datetime) -> None:
     days = money.days_in(month)
     last = min(money.next_month(month) - timedelta(days=1), as_of.date())
-    rows = StorageDay.objects.filter(department_id=department_id, day__gte=month, day__lte=last)
-    for day, team, store, stored in rows.values_list("day", "team_id", "store", "bytes"):
+    rows = StorageDay.objects.filter(day__gte=month, day__lte=last)
+    if departments is not None:
+        rows = rows.filter(department_id__in=list(departments))
+    fields = ("day", "department_id", "team_id", "store", "bytes")
+    for day, department_id, team, store, stored in rows.values_list(*fields):
         start_of_day = datetime(day.year, day.month, day.day, tzinfo=as_of.tzinfo)
         rate = _rate(book.at(PriceKind.STORE, store, start_of_day), "gib_month")
         qty = Fraction(stored, money.GIB * days)
-        ledger.add(
-            team, LineKind.STORAGE, store, "artifacts stored", "GiB-months", rate, qty, qty * Fraction(rate)
-        )
+        ledger.add(department_id, team, LineKind.STORAGE, store, "artifacts stored", "GiB-months", rate, qty,
+                   qty * Fraction(rate))  # fmt: skip
 
 
 ORDER = [LineKind.TOKENS, LineKind.AT_COST, LineKind.CREDIT, LineKind.REPLICA, LineKind.JOB, LineKind.STORAGE,
          LineKind.ADJUSTMENT]  # fmt: skip
 
 
-def charges(department_id: int, month: date, as_of: datetime) -> list[Line]:
-    """Every charge of the department in the month (up to ``as_of``), without adjustments, in order."""
+def charges_of(departments: Scope, month: date, as_of: datetime) -> list[Line]:
+    """Every charge of the departments (None: all) in the month up to ``as_of``, without adjustments,
+    in statement order; each line names its department."""
     start, end = money.month_bounds(month)
     book = PriceBook.load(until=end)
     ledger = Ledger()
-    unpriced = _tokens(ledger, book, department_id, start, end)
-    _at_cost(ledger, book, department_id, unpriced, start, end, as_of)
-    _compute(ledger, book, _intervals(department_id, start, min(end, as_of)), start, end, as_of)
-    _storage(ledger, book, department_id, month, as_of)
+    unpriced = _tokens(ledger, departments, start, end)
+    _at_cost(ledger, book, departments, unpriced, start, end, as_of)
+    _compute(ledger, book, _intervals(departments, start, min(end, as_of)), start, end, as_of)
+    _storage(ledger, book, departments, month, as_of)
     return sorted(ledger.lines.values(), key=_order)
 
 
+def charges(department_id: int, month: date, as_of: datetime) -> list[Line]:
+    """Every charge of one department in the month (up to ``as_of``), without adjustments, in order."""
+    return charges_of({department_id}, month, as_of)
+
+
 def _order(line: Line):
-    return (line.team_id or 0, ORDER.index(LineKind(line.kind)), line.subject, line.detail, line.unit_price)
+    return (line.department_id or 0, line.team_id or 0, ORDER.index(LineKind(line.kind)), line.subject,
+            line.detail, line.unit_price)  # fmt: skip

@@ -1,5 +1,7 @@
 """Money spent so far in a month, per team and per department: what budgets, the billing pages and the
-gateway's hard limits compare against. The same lines as the draft statements, so the three agree."""
+gateway's hard limits compare against. The same charges as the draft statements, computed for every
+department in one pass; adjustment lines for earlier months are not part of a month's spend (they are
+those months' usage, and show on the statement)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,11 @@ from decimal import Decimal
 
 from django.utils import timezone
 
-from portfolio.accounts.models import Department
 from portfolio.billing import money
+from portfolio.billing.charges import charges_of
 from portfolio.billing.choices import LineKind
-from portfolio.billing.statements import ZERO, month_of
+
+ZERO = Decimal("0.00")
 
 
 @dataclass
@@ -38,23 +41,21 @@ TOKEN_KINDS = {LineKind.TOKENS, LineKind.AT_COST}
 
 
 def month_to_date(as_of: datetime | None = None, department_ids=None) -> Spend:
-    """Spend of the month of ``as_of`` (default now), from each department's draft (or closed statement)."""
+    """Spend of the month of ``as_of`` (default now) of the departments (default all)."""
     as_of = as_of or timezone.now()
     month = money.month_start(as_of)
     spend = Spend(month, as_of)
-    departments = Department.objects.order_by("pk")
-    if department_ids is not None:
-        departments = departments.filter(pk__in=list(department_ids))
-    for department in departments:
-        draft = month_of(department, month, as_of)
-        for line in draft.lines:
-            spend.departments[department.pk] = spend.departments.get(department.pk, ZERO) + line.amount
+    scope = None if department_ids is None else set(department_ids)
+    for line in charges_of(scope, month, as_of):
+        department = line.department_id
+        if department is not None:
+            spend.departments[department] = spend.departments.get(department, ZERO) + line.amount
             if line.kind in TOKEN_KINDS:
-                spend.department_tokens[department.pk] = (
-                    spend.department_tokens.get(department.pk, ZERO) + line.amount
+                spend.department_tokens[department] = (
+                    spend.department_tokens.get(department, ZERO) + line.amount
                 )
-            if line.team_id is not None:
-                spend.teams[line.team_id] = spend.teams.get(line.team_id, ZERO) + line.amount
-                if line.kind in TOKEN_KINDS:
-                    spend.team_tokens[line.team_id] = spend.team_tokens.get(line.team_id, ZERO) + line.amount
+        if line.team_id is not None:
+            spend.teams[line.team_id] = spend.teams.get(line.team_id, ZERO) + line.amount
+            if line.kind in TOKEN_KINDS:
+                spend.team_tokens[line.team_id] = spend.team_tokens.get(line.team_id, ZERO) + line.amount
     return spend

@@ -90,6 +90,7 @@ def adjustments(department_id: int, month: date, as_of: datetime) -> list[Line]:
                 detail = f"usage of {label(earlier)} recorded after that month closed"
                 lines.append(
                     Line(
+                        department_id,
                         team_id,
                         LineKind.ADJUSTMENT,
                         label(earlier),
@@ -109,7 +110,7 @@ def compute(department: Department, month: date, as_of: datetime | None = None) 
     lines = charges(department.pk, month, as_of) + adjustments(department.pk, month, as_of)
     names = dict(Team.objects.filter(pk__in={line.team_id for line in lines}).values_list("pk", "name"))
     for line in lines:
-        line.team = names.get(line.team_id, f"team {line.team_id}" if line.team_id else "no team")
+        line.team = names.get(line.team_id or 0, f"team {line.team_id}" if line.team_id else "no team")
     return lines
 
 

@@ -235,3 +235,17 @@ def test_calls_to_an_endpoint_without_a_token_price_pay_their_share_of_its_compu
     owner = statements.compute(team.department, OCTOBER)
     assert [line.amount for line in owner if line.kind == "credit"] == [Decimal("-7.50")]
     assert [line.amount for line in owner if line.kind == "replica"] == [Decimal("25.00")]
+
+
+def test_the_month_to_date_spend_adds_up_the_same_lines_as_the_drafts(october, team, other_team):
+    from datetime import UTC, datetime
+
+    from portfolio.billing.spend import month_to_date
+
+    spend = month_to_date(datetime(2026, 10, 31, 23, 59, tzinfo=UTC))
+    assert spend.of_department(other_team.department_id) == Decimal("10.75")
+    assert spend.of_department(team.department_id) == Decimal("59.76")
+    assert spend.of_team(other_team.pk) == Decimal("10.75")
+    assert spend.team_tokens[other_team.pk] == Decimal("6.00")
+    only = month_to_date(datetime(2026, 10, 31, 23, 59, tzinfo=UTC), department_ids=[team.department_id])
+    assert set(only.departments) == {team.department_id}

@@ -8,7 +8,9 @@ from django.utils import timezone
 
 from portfolio.billing.choices import PriceKind
 
-RATE = {"max_digits": 16, "decimal_places": 6, "default": Decimal("0")}
+
+def rate(help_text: str) -> models.DecimalField:
+    return models.DecimalField(max_digits=16, decimal_places=6, default=Decimal("0"), help_text=help_text)
 
 
 class Price(models.Model):
@@ -24,12 +26,12 @@ class Price(models.Model):
     subject_id = models.CharField(max_length=63)
     subject_name = models.CharField(max_length=100, help_text="Its name when the version was set")
     effective_from = models.DateTimeField()
-    input_per_million = models.DecimalField(**RATE, help_text="Per million input tokens")
-    output_per_million = models.DecimalField(**RATE, help_text="Per million output tokens")
-    gpu_hour = models.DecimalField(**RATE, help_text="Per GPU-hour held")
-    cpu_core_hour = models.DecimalField(**RATE, help_text="Per CPU-core-hour held")
-    memory_gib_hour = models.DecimalField(**RATE, help_text="Per GiB-hour of memory held")
-    gib_month = models.DecimalField(**RATE, help_text="Per GiB-month stored")
+    input_per_million = rate("Per million input tokens")
+    output_per_million = rate("Per million output tokens")
+    gpu_hour = rate("Per GPU-hour held")
+    cpu_core_hour = rate("Per CPU-core-hour held")
+    memory_gib_hour = rate("Per GiB-hour of memory held")
+    gib_month = rate("Per GiB-month stored")
     note = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey(

@@ -7,7 +7,9 @@ from django.utils import timezone
 from portfolio.accounts.models import Department
 from portfolio.billing.choices import LineKind, StatementStatus
 
-MONEY = {"max_digits": 16, "decimal_places": 2}
+
+def money_field() -> models.DecimalField:
+    return models.DecimalField(max_digits=16, decimal_places=2)
 
 
 class StatementQuerySet(models.QuerySet):
@@ -28,7 +30,7 @@ class Statement(models.Model):
     revision = models.PositiveSmallIntegerField(default=1)
     status = models.CharField(max_length=10, choices=StatementStatus.choices, default=StatementStatus.CLOSED)
     currency = models.CharField(max_length=3)
-    total = models.DecimalField(**MONEY)
+    total = money_field()
     sha256 = models.CharField(
         max_length=64, help_text="Over the canonical JSON of the statement and its lines"
     )
@@ -81,7 +83,7 @@ class StatementLine(models.Model):
     quantity = models.DecimalField(max_digits=28, decimal_places=9)
     unit = models.CharField(max_length=24)
     unit_price = models.DecimalField(max_digits=16, decimal_places=6)
-    amount = models.DecimalField(**MONEY)
+    amount = money_field()
 
     class Meta:
         ordering = ["statement", "position"]
