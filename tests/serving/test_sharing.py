@@ -4,6 +4,8 @@ may use them, what a team's keys may then call and be scoped to, the REST API an
 from __future__ import annotations
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from portfolio.accounts.models import Department, Team
@@ -12,6 +14,7 @@ from portfolio.errors import Conflict, Forbidden, Invalid, NotFound
 from serving import services
 from serving.gateway import services as key_services
 from serving.gateway.forms import KeyCreateForm
+from serving.gateway.routing import _read_snapshot
 from serving.models import Endpoint, EndpointShare
 from tests.conftest import actor_for
 from tests.serving.conftest import audited
@@ -244,3 +247,32 @@ def test_only_owners_share_on_the_page(client, org, owner, endpoint, other_team,
     if role == "engineer":
         page = client.get(reverse("endpoint-detail", args=["support"])).content.decode()
         assert "Every team of the organisation" in page and "Stop sharing" not in page
+
+
+# --- The gateway's routing table -------------------------------------------------------------------
+def test_the_routing_table_reads_every_endpoints_shares_in_one_query(
+    owner, deployment, team, other_team, other_department
+):
+    def shared(name: str, **target) -> None:
+        endpoint = services.create_endpoint(
+            actor=owner, name=name, team=team, routes=[{"deployment": deployment.name}]
+        )
+        services.share_endpoint(actor=owner, endpoint=endpoint, **target)
+
+    shared("first", team=other_team)
+    with CaptureQueriesContext(connection) as one:
+        snapshot = _read_snapshot()
+    info = snapshot.endpoints["first"]
+    assert (info.shared_teams, info.shared_departments, info.shared_organisation) == (
+        frozenset({other_team.pk}),
+        frozenset(),
+        False,
+    )
+    assert info.owner == "support-ai"
+    shared("second", department=other_department)
+    shared("third", organisation=True)
+    with CaptureQueriesContext(connection) as three:
+        snapshot = _read_snapshot()
+    assert len(three) == len(one), "no query per endpoint"
+    assert snapshot.endpoints["second"].shared_departments == {other_department.pk}
+    assert snapshot.endpoints["third"].shared_organisation
