@@ -1,16 +1,16 @@
-"""REST endpoints for pools, nodes, deployments, replicas and endpoints."""
+"""REST endpoints for pools, nodes, deployments, replicas, endpoints and their shares."""
 
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from ninja import Router, Schema, Status
+from ninja import Query, Router, Schema, Status
 from ninja.pagination import PageNumberPagination, paginate
 from pydantic import Field
 
 from portfolio.accounts import gate
-from portfolio.accounts.models import Team
-from portfolio.errors import Invalid
+from portfolio.accounts.models import Department, Team
+from portfolio.errors import Invalid, NotFound
 from portfolio.registry.models import ModelVersion
 from serving import services
 from serving.capacity import node_usage
@@ -185,7 +185,7 @@ class EndpointOut(Schema):
 
     @staticmethod
     def resolve_routes(obj) -> list[dict[str, Any]]:
-        return obj.snapshot()["routes"]
+        return obj.route_list()
 
 
 class EndpointIn(Schema):
@@ -205,6 +205,28 @@ class RoutesIn(Schema):
     max_n: int | None = Field(
         None, ge=1, le=128, description="Completions cap per prompt; omitted: unchanged"
     )
+
+
+MAX_ROW_ID = 2**31 - 1  # a database id: anything larger names nothing
+
+
+class ShareTarget(Schema):
+    """Exactly one of a team, a department or the whole organisation."""
+
+    team_id: int | None = Field(None, ge=1, le=MAX_ROW_ID, description="A team of the organisation")
+    department_id: int | None = Field(None, ge=1, le=MAX_ROW_ID, description="Every team of a department")
+    organisation: bool = Field(False, description="Every team of the organisation")
+
+
+class ShareOut(Schema):
+    id: int
+    kind: str = Field(description="team, department or organisation")
+    target: str = Field(description="team:<slug>, department:<cost center> or organisation")
+    team_id: int | None
+    department_id: int | None
+    organisation: bool
+    created_at: datetime
+    created_by: str | None = Field(None, alias="created_by.username")
 
 
 # --- Pools and nodes -------------------------------------------------------------------------------
@@ -385,4 +407,50 @@ def delete_endpoint(request, endpoint: str):
     services.delete_endpoint(
         actor=request.auth, endpoint=gate.get_visible(request.auth, Endpoint, name=endpoint)
     )
+    return Status(204, None)
+
+
+# --- Endpoint shares -------------------------------------------------------------------------------
+def _share_target(target: ShareTarget) -> dict[str, Any]:
+    """Teams and departments are the organisation's: any that exists may be named (the service refuses
+    the owning team and anything but exactly one target)."""
+    found: dict[str, Any] = {"organisation": target.organisation}
+    if target.team_id is not None:
+        found["team"] = Team.objects.filter(pk=target.team_id).first()
+        if found["team"] is None:
+            raise NotFound("Team not found.")
+    if target.department_id is not None:
+        found["department"] = Department.objects.filter(pk=target.department_id).first()
+        if found["department"] is None:
+            raise NotFound("Department not found.")
+    return found
+
+
+@router.get("/endpoints/{endpoint}/shares", response=list[ShareOut])
+@paginate(PageNumberPagination, page_size=50)
+def list_shares(request, endpoint: str):
+    """Who besides the owning team may call the endpoint; seen by whoever sees the endpoint."""
+    target = gate.get_visible(request.auth, Endpoint, name=endpoint)
+    return target.shares.select_related("team", "department", "created_by").order_by(
+        "-organisation", "department__name", "team__name", "id"
+    )
+
+
+@router.post("/endpoints/{endpoint}/shares", response={201: ShareOut})
+def share_endpoint(request, endpoint: str, payload: ShareTarget):
+    """Share with a team, a department or the organisation (``endpoint.share``: owners, admins); their
+    keys may call it from the gateway's next routing refresh, each call charged to the caller's team."""
+    target = gate.get_visible(request.auth, Endpoint, name=endpoint)
+    gate.require(request.auth, "endpoint.share", target)
+    share = services.share_endpoint(actor=request.auth, endpoint=target, **_share_target(payload))
+    return Status(201, share)
+
+
+@router.delete("/endpoints/{endpoint}/shares", response={204: None})
+def unshare_endpoint(request, endpoint: str, target: Query[ShareTarget]):
+    """Withdraw one share, named by the same query as it was made (``?team_id=``, ``?department_id=`` or
+    ``?organisation=true``)."""
+    found = gate.get_visible(request.auth, Endpoint, name=endpoint)
+    gate.require(request.auth, "endpoint.share", found)
+    services.unshare_endpoint(actor=request.auth, endpoint=found, **_share_target(target))
     return Status(204, None)

@@ -8,7 +8,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from portfolio.accounts.models import Team
+from portfolio.accounts.models import Department, Team
 from portfolio.accounts.scoping import TeamScopedQuerySet
 from portfolio.registry.models import ModelVersion
 from serving.choices import DeploymentStatus, DesiredState, NodeState, PoolKind, ReplicaState
@@ -226,7 +226,13 @@ class DeploymentEvent(models.Model):
 
 
 class EndpointQuerySet(TeamScopedQuerySet):
-    pass
+    def callable_by(self, team: Team) -> EndpointQuerySet:
+        """What ``team``'s keys may call: its own endpoints and those shared with it, its department or the
+        organisation (the rule the gateway applies in memory, ``access.may_call``)."""
+        shared = EndpointShare.objects.filter(
+            Q(team=team) | Q(department_id=team.department_id) | Q(organisation=True)
+        ).values("endpoint_id")
+        return self.filter(Q(owner_team=team) | Q(pk__in=shared))
 
 
 class Endpoint(models.Model):
@@ -262,17 +268,24 @@ class Endpoint(models.Model):
             "name": self.name,
             "fallback": self.fallback.name if self.fallback else None,
             "max_n": self.max_n,
-            "routes": [
-                {
-                    "deployment": r.deployment.name,
-                    "adapter": r.adapter.name if r.adapter else None,
-                    "weight": r.weight,
-                }
-                for r in self.routes.select_related("deployment", "adapter")
-            ]
+            "routes": self.route_list(),
+            "shares": sorted(share.target for share in self.shares.select_related("team", "department"))
             if self.pk
             else [],
         }
+
+    def route_list(self) -> list[dict]:
+        """The routes as the audit trail and the API show them."""
+        if not self.pk:
+            return []
+        return [
+            {
+                "deployment": r.deployment.name,
+                "adapter": r.adapter.name if r.adapter else None,
+                "weight": r.weight,
+            }
+            for r in self.routes.select_related("deployment", "adapter")
+        ]
 
 
 class EndpointRoute(models.Model):
@@ -292,3 +305,69 @@ class EndpointRoute(models.Model):
         return (
             f"{self.endpoint.name} -> {self.deployment.name}{'/' + self.adapter.name if self.adapter else ''}"
         )
+
+
+class EndpointShare(models.Model):
+    """One grant of an endpoint to callers outside its owning team: a team, a department, or everyone."""
+
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="shares")
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.CASCADE, related_name="endpoint_shares"
+    )
+    department = models.ForeignKey(
+        Department, null=True, blank=True, on_delete=models.CASCADE, related_name="endpoint_shares"
+    )
+    organisation = models.BooleanField(default=False, help_text="Shared with every team of the organisation")
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["endpoint__name", "-organisation", "department__name", "team__name", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    Q(team__isnull=False, department__isnull=True, organisation=False)
+                    | Q(team__isnull=True, department__isnull=False, organisation=False)
+                    | Q(team__isnull=True, department__isnull=True, organisation=True)
+                ),
+                name="endpoint_share_one_target",
+            ),
+            models.UniqueConstraint(
+                fields=["endpoint", "team"], condition=Q(team__isnull=False), name="endpoint_share_team_once"
+            ),
+            models.UniqueConstraint(
+                fields=["endpoint", "department"],
+                condition=Q(department__isnull=False),
+                name="endpoint_share_department_once",
+            ),
+            models.UniqueConstraint(
+                fields=["endpoint"], condition=Q(organisation=True), name="endpoint_share_organisation_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint.name} -> {self.target}"
+
+    @property
+    def kind(self) -> str:
+        return "organisation" if self.organisation else "department" if self.department_id else "team"
+
+    @property
+    def label(self) -> str:
+        """For people: "team Support AI", "department Legal (CC-200)", "the organisation"."""
+        if self.team is not None:
+            return f"team {self.team.name}"
+        if self.department is not None:
+            return f"department {self.department}"
+        return "the organisation"
+
+    @property
+    def target(self) -> str:
+        """``team:<slug>``, ``department:<cost center>`` or ``organisation``: what the audit trail keeps."""
+        if self.team is not None:
+            return f"team:{self.team.slug}"
+        if self.department is not None:
+            return f"department:{self.department.cost_center}"
+        return "organisation"

@@ -27,4 +27,10 @@ urlpatterns = [
     path("endpoints/<str:name>/", views.endpoint_detail, name="endpoint-detail"),
     path("endpoints/<str:name>/routes/", views.endpoint_routes, name="endpoint-routes"),
     path("endpoints/<str:name>/delete/", views.endpoint_delete, name="endpoint-delete"),
+    path("endpoints/<str:name>/shares/", views.endpoint_share, name="endpoint-share"),
+    path(
+        "endpoints/<str:name>/shares/<int:share_id>/remove/",
+        views.endpoint_unshare,
+        name="endpoint-unshare",
+    ),
 ]

@@ -183,6 +183,10 @@ API_ROUTES: dict[str, Rule] = {
         "team", "deployment.manage", "PUT", routes=[{"deployment": "smol"}]
     ),
     "DELETE /endpoints/{endpoint}": rest("team", "deployment.manage", "DELETE"),
+    "GET /endpoints/{endpoint}/shares": rest("team", "team.view"),
+    "POST /endpoints/{endpoint}/shares": rest("team", "endpoint.share", "POST", organisation=True),
+    # Without a target: refused as invalid, after the permission decision.
+    "DELETE /endpoints/{endpoint}/shares": rest("team", "endpoint.share", "DELETE"),
     # Gateway keys and usage
     "GET /teams/{team_id}/keys": rest("team", "apikey.manage"),
     "POST /teams/{team_id}/keys": rest("team", "apikey.manage", "POST", name="ci key"),
@@ -332,7 +336,10 @@ def world(org, team, department, make_user, settings, tmp_path):
     deployment = serving_services.create_deployment(
         actor=admin, name="smol", team=team, version=version, pool=pool, replicas=0
     )
-    serving_services.create_endpoint(actor=admin, name="smol-ep", team=team, routes=[{"deployment": "smol"}])
+    endpoint = serving_services.create_endpoint(
+        actor=admin, name="smol-ep", team=team, routes=[{"deployment": "smol"}]
+    )
+    share = serving_services.share_endpoint(actor=admin, endpoint=endpoint, department=department)
     api_key, _ = key_services.create_key(actor=admin, team=team, name="team key")
     training_world = training_rules.build_world(actor=actor_for(org["engineer"]), team=team)
     dataset_version = DatasetVersion.objects.get(dataset_id=training_world["dataset_id"])
@@ -352,6 +359,7 @@ def world(org, team, department, make_user, settings, tmp_path):
         "node": "node-1",
         "deployment": deployment.name,
         "endpoint": "smol-ep",
+        "share": share.pk,
         "adapter": "none",
         "key_id": api_key.pk,
         "dataset_version_id": dataset_version.pk,

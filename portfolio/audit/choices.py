@@ -65,6 +65,8 @@ class AuditAction(models.TextChoices):
     ENDPOINT_CREATE = "endpoint.create", "Endpoint created"
     ENDPOINT_ROUTES = "endpoint.routes", "Endpoint's routes changed"
     ENDPOINT_DELETE = "endpoint.delete", "Endpoint deleted"
+    ENDPOINT_SHARE = "endpoint.share", "Endpoint shared"
+    ENDPOINT_UNSHARE = "endpoint.unshare", "Endpoint's share withdrawn"
     # Gateway
     APIKEY_CREATE = "apikey.create", "API key created"
     APIKEY_UPDATE = "apikey.update", "API key changed"

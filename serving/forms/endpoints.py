@@ -1,5 +1,5 @@
-"""Forms of the endpoints pages: a new endpoint, its weighted routes and its fallback. They only parse
-input: every change goes through serving.services."""
+"""Forms of the endpoints pages: a new endpoint, its weighted routes and its fallback, and who it is shared
+with. They only parse input: every change goes through serving.services."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from django import forms
 
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
-from portfolio.accounts.models import Team
+from portfolio.accounts.models import Department, Team
 from serving.forms.base import NAME_ATTRS, NAME_HELP, clean_name, managed_teams
 from serving.models import Deployment, Endpoint
 
@@ -160,3 +160,42 @@ class FallbackForm(forms.Form):
         )
         self.fields["fallback"].initial = endpoint.fallback_id
         self.fields["max_n"].initial = endpoint.max_n
+
+
+class ShareForm(forms.Form):
+    """Whom to share an endpoint with: one team, one department, or the organisation. Teams and departments
+    are the organisation's: all are offered, less the owning team and what the endpoint is shared with."""
+
+    target = forms.ChoiceField(
+        label="Share with",
+        help_text="Their keys may call it from the gateway's next refresh (a second); each call is charged to "
+        "the caller's team and department.",
+    )
+
+    def __init__(self, *args, endpoint: Endpoint, **kwargs):
+        super().__init__(*args, **kwargs)
+        shares = list(endpoint.shares.all())
+        teams = (
+            Team.objects.exclude(pk=endpoint.owner_team_id)
+            .exclude(pk__in=[s.team_id for s in shares if s.team_id])
+            .select_related("department")
+            .order_by("name")
+        )
+        departments = Department.objects.exclude(
+            pk__in=[s.department_id for s in shares if s.department_id]
+        ).order_by("name")
+        choices: list = [("", "Choose a team, a department or the organisation")]
+        if not any(s.organisation for s in shares):
+            choices.append(("organisation", "The whole organisation"))
+        choices.append(("Departments", [(f"department:{d.pk}", str(d)) for d in departments]))
+        choices.append(("Teams", [(f"team:{t.pk}", f"{t.name} ({t.department.name})") for t in teams]))
+        self.fields["target"].choices = choices
+
+    def targets(self) -> dict:
+        """The chosen target as ``services.share_endpoint`` takes it."""
+        kind, _, pk = self.cleaned_data["target"].partition(":")
+        if kind == "team":
+            return {"team": Team.objects.get(pk=pk)}
+        if kind == "department":
+            return {"department": Department.objects.get(pk=pk)}
+        return {"organisation": True}

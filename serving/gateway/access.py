@@ -1,7 +1,8 @@
 """Which endpoints a key or a playground ticket may call, read from the routing table in memory.
 
-A key calls the endpoints of its own team within its scopes; a request follows an endpoint's fallbacks
-only while the key may call them too. A playground ticket calls the one model it was issued for.
+A key calls the endpoints of its own team, and those shared with its team, its department or the
+organisation, within its scopes; a request follows an endpoint's fallbacks only while the key may call
+them too. A playground ticket calls the one model it was issued for.
 """
 
 from __future__ import annotations
@@ -19,13 +20,25 @@ logger = logging.getLogger(__name__)
 
 
 def may_call(key: KeyRecord, endpoint: EndpointInfo) -> bool:
-    return endpoint.team_id == key.team_id and (not key.scopes or endpoint.name in key.scopes)
+    if key.scopes and endpoint.name not in key.scopes:
+        return False
+    return (
+        endpoint.team_id == key.team_id
+        or endpoint.shared_organisation
+        or key.team_id in endpoint.shared_teams
+        or key.department_id in endpoint.shared_departments
+    )
+
+
+def _owner(key: KeyRecord, endpoint: EndpointInfo) -> str:
+    """``owned_by``: the owning team's slug, which for a shared endpoint is not the caller's."""
+    return endpoint.owner or key.team
 
 
 def models(snapshot: Snapshot, key: KeyRecord) -> bytes:
     """The body of ``GET /v1/models``: the endpoints the key may call."""
     data = [
-        {"id": name, "object": "model", "created": 0, "owned_by": key.team}
+        {"id": name, "object": "model", "created": 0, "owned_by": _owner(key, endpoint)}
         for name, endpoint in sorted(snapshot.endpoints.items())
         if may_call(key, endpoint)
     ]
@@ -37,7 +50,7 @@ def model(snapshot: Snapshot, key: KeyRecord, name: str) -> bytes:
     endpoint = snapshot.endpoints.get(name)
     if endpoint is None or not may_call(key, endpoint):
         raise no_such_model(name)
-    return orjson.dumps({"id": name, "object": "model", "created": 0, "owned_by": key.team})
+    return orjson.dumps({"id": name, "object": "model", "created": 0, "owned_by": _owner(key, endpoint)})
 
 
 def endpoint(snapshot: Snapshot, key: KeyRecord, name) -> EndpointInfo:

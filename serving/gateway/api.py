@@ -50,7 +50,10 @@ MonthlyMoney = Annotated[
 ]
 Scopes = Annotated[
     list[Annotated[str, Field(min_length=1, max_length=63)]],
-    Field(max_length=MAX_SCOPES, description="Endpoint names of the key's team; empty: every endpoint."),
+    Field(
+        max_length=MAX_SCOPES,
+        description="Endpoint names the key's team may call (its own, shared with it); empty: all of them.",
+    ),
 ]
 AllowedIps = Annotated[
     list[Annotated[str, Field(min_length=1, max_length=49)]],

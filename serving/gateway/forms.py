@@ -7,6 +7,7 @@ import re
 from datetime import UTC, datetime, time, timedelta
 
 from django import forms
+from django.db.models import Q
 from django.utils import timezone
 
 from portfolio.accounts import gate
@@ -15,7 +16,7 @@ from portfolio.accounts.models import Team
 from serving.forms.base import managed_teams
 from serving.gateway.models import ApiKey, KeyPolicy
 from serving.gateway.services import LIMIT_BOUNDS, LIMIT_FIELDS
-from serving.models import Endpoint
+from serving.models import Endpoint, EndpointShare
 
 PERIODS = [(7, "Last 7 days"), (30, "Last 30 days"), (90, "Last 90 days")]
 DEFAULT_PERIOD = 30
@@ -33,6 +34,23 @@ def _ip_list(value: str) -> list[str]:
     return [part for part in re.split(r"[\s,]+", value.strip()) if part]
 
 
+def callable_endpoints(teams) -> list[tuple[Team, list[Endpoint]]]:
+    """For each of ``teams``, the endpoints its keys may call: its own and those shared with it, its
+    department or the organisation (``Endpoint.objects.callable_by``, for many teams in two queries)."""
+    teams = list(teams)
+    by_team: dict[int, dict[int, Endpoint]] = {team.pk: {} for team in teams}
+    for endpoint in Endpoint.objects.filter(owner_team__in=teams).select_related("owner_team"):
+        by_team[endpoint.owner_team_id][endpoint.pk] = endpoint
+    shares = EndpointShare.objects.filter(
+        Q(team__in=teams) | Q(department__in={team.department_id for team in teams}) | Q(organisation=True)
+    ).select_related("endpoint__owner_team")
+    for share in shares:
+        for team in teams:
+            if share.organisation or share.team_id == team.pk or share.department_id == team.department_id:
+                by_team[team.pk].setdefault(share.endpoint_id, share.endpoint)
+    return [(team, sorted(by_team[team.pk].values(), key=lambda e: e.name)) for team in teams]
+
+
 class KeyLimitsForm(forms.Form):
     """What a key may call and how much: scopes, addresses, rate limits and monthly budgets."""
 
@@ -42,7 +60,7 @@ class KeyLimitsForm(forms.Form):
         label="Endpoints",
         required=False,
         widget=forms.CheckboxSelectMultiple,
-        help_text="Leave all unticked to allow every endpoint of the team, including ones added later.",
+        help_text="Leave all unticked to allow every endpoint the team may call, including ones added or shared later.",
     )
     allowed_ips = forms.CharField(
         label="Allowed IP ranges",
@@ -84,29 +102,37 @@ class KeyLimitsForm(forms.Form):
         help_text="In the price book's currency; calls are refused once the month's cost reaches it.",
     )
 
-    def set_endpoints(self, endpoints: list[Endpoint]) -> None:
-        """The endpoints offered as scopes (each carries its team, so the page can show the chosen team's)."""
-        self.endpoints = endpoints
-        self.fields["scopes"].choices = [(e.name, e.name) for e in endpoints]
+    def set_endpoints(self, callable_by: list[tuple[Team, list[Endpoint]]]) -> None:
+        """The endpoints offered as scopes, per team the key may be of (``callable_endpoints``), so that the
+        page shows the chosen team's: its own and those shared with it."""
+        self.callable_by = callable_by
+        names = sorted({endpoint.name for _, endpoints in callable_by for endpoint in endpoints})
+        self.fields["scopes"].choices = [(name, name) for name in names]
+
+    def callable_names(self, team: Team) -> set[str]:
+        return {e.name for t, endpoints in self.callable_by if t.pk == team.pk for e in endpoints}
 
     def scope_groups(self) -> list[dict]:
-        """The scope checkboxes grouped by team, for the template."""
+        """The scope checkboxes grouped by the key's team, for the template."""
         chosen = set(self["scopes"].value() or [])
-        groups: dict[int, dict] = {}
-        for endpoint in self.endpoints:
-            group = groups.setdefault(
-                endpoint.owner_team_id,
-                {"team_id": endpoint.owner_team_id, "team": endpoint.owner_team.name, "options": []},
-            )
-            group["options"].append(
-                {
-                    "value": endpoint.name,
-                    "id": f"id_scopes_{endpoint.pk}",
-                    "checked": endpoint.name in chosen,
-                    "description": endpoint.description,
-                }
-            )
-        return list(groups.values())
+        return [
+            {
+                "team_id": team.pk,
+                "team": team.name,
+                "options": [
+                    {
+                        "value": endpoint.name,
+                        "id": f"id_scopes_{team.pk}_{endpoint.pk}",
+                        "checked": endpoint.name in chosen,
+                        "description": endpoint.description,
+                        "shared_by": endpoint.owner_team.name if endpoint.owner_team_id != team.pk else "",
+                    }
+                    for endpoint in endpoints
+                ],
+            }
+            for team, endpoints in self.callable_by
+            if endpoints
+        ]
 
     def clean_allowed_ips(self) -> list[str]:
         return _ip_list(self.cleaned_data["allowed_ips"])
@@ -159,9 +185,7 @@ class KeyCreateForm(KeyLimitsForm):
             {"team": team, "ceilings": (policies.get(team.pk) or KeyPolicy(team=team)).ceilings()}
             for team in bound
         ]
-        self.set_endpoints(
-            list(Endpoint.objects.filter(owner_team__in=teams).select_related("owner_team").order_by("name"))
-        )
+        self.set_endpoints(callable_endpoints(teams))
 
     def clean_expires_on(self):
         day = self.cleaned_data["expires_on"]
@@ -173,10 +197,10 @@ class KeyCreateForm(KeyLimitsForm):
         cleaned = super().clean() or {}
         team, scopes = cleaned.get("team"), cleaned.get("scopes") or []
         if team is not None:
-            own = {e.name for e in self.endpoints if e.owner_team_id == team.pk}
-            foreign = [name for name in scopes if name not in own]
+            callable_names = self.callable_names(team)
+            foreign = [name for name in scopes if name not in callable_names]
             if foreign:
-                self.add_error("scopes", f"{foreign[0]} is not an endpoint of {team.name}.")
+                self.add_error("scopes", f"{foreign[0]} is not an endpoint of {team.name} or shared with it.")
         return cleaned
 
     def expires_at(self) -> datetime | None:
@@ -217,7 +241,7 @@ class KeyEditForm(KeyLimitsForm):
                 "monthly_budget": key.monthly_budget,
             }
         super().__init__(*args, **kwargs)
-        self.set_endpoints(list(key.team.endpoints.select_related("owner_team").order_by("name")))
+        self.set_endpoints(callable_endpoints([key.team]))
 
 
 # --- Usage -----------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ class ApiKey(models.Model):
         max_length=16, unique=True, help_text="The public part, shown as slm_<key_id>_…"
     )
     secret_hash = models.CharField(max_length=64)
-    # Endpoint names the key may call; empty means every endpoint of its team.
+    # Endpoint names the key may call; empty means every endpoint its team may call (own and shared).
     scopes = ArrayField(models.CharField(max_length=63), default=list, blank=True)
     allowed_ips = ArrayField(
         models.CharField(max_length=49),

@@ -44,6 +44,11 @@ class EndpointInfo:
     max_n: int = 8  # completions per prompt a request may ask for (Endpoint.max_n)
     embedding: bool = False  # served by pooling engines: /v1/embeddings only
     no_chat: str = ""  # "model vN" of a version without a chat template, when no route can take chat calls
+    # Sharing (EndpointShare): who besides the owning team may call it, and the owner named in /v1/models.
+    shared_teams: frozenset[int] = frozenset()
+    shared_departments: frozenset[int] = frozenset()
+    shared_organisation: bool = False
+    owner: str = ""  # the owning team's slug
 
 
 @dataclass(frozen=True)
@@ -104,8 +109,8 @@ def _read_snapshot() -> Snapshot:
             embedding=deployment.version.model.task == Task.EMBEDDING,
             without_chat={name: without_chat[v.pk] for name, v in served if v.pk in without_chat},
         )
-    endpoints = Endpoint.objects.select_related("fallback").prefetch_related(
-        "routes__deployment", "routes__adapter"
+    endpoints = Endpoint.objects.select_related("fallback", "owner_team").prefetch_related(
+        "routes__deployment", "routes__adapter", "shares"
     )
     for endpoint in endpoints:
         routes = []
@@ -139,12 +144,24 @@ def _read_snapshot() -> Snapshot:
             max_n=endpoint.max_n,
             embedding=embedding,
             no_chat="" if any(r.chat for r in routes) or not routes else without_chat[routes[0].version_id],
+            **_sharing(endpoint),
         )
     for replica in Replica.objects.filter(state=ReplicaState.READY).select_related("deployment"):
         snapshot.replicas.setdefault(replica.deployment.name, []).append(
             ReplicaInfo(replica.pk, replica.base_url, f"Bearer {engine_key(replica.pk)}")
         )
     return snapshot
+
+
+def _sharing(endpoint) -> dict:
+    """An endpoint's shares (prefetched) as EndpointInfo's fields."""
+    shares = endpoint.shares.all()
+    return {
+        "shared_teams": frozenset(s.team_id for s in shares if s.team_id),
+        "shared_departments": frozenset(s.department_id for s in shares if s.department_id),
+        "shared_organisation": any(s.organisation for s in shares),
+        "owner": endpoint.owner_team.slug,
+    }
 
 
 class Balancer:

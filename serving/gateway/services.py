@@ -74,10 +74,11 @@ def _check_scopes(team: Team, scopes: list[str]) -> list[str]:
     if len(scopes) > MAX_SCOPES:
         raise Invalid(f"scopes: at most {MAX_SCOPES} endpoints; leave it empty to allow every endpoint.")
     scopes = sorted({s.strip() for s in scopes if s.strip()})
-    known = set(Endpoint.objects.filter(owner_team=team, name__in=scopes).values_list("name", flat=True))
+    # The team's own endpoints and those shared with it: what its keys may call (access.may_call).
+    known = set(Endpoint.objects.callable_by(team).filter(name__in=scopes).values_list("name", flat=True))
     unknown = [s for s in scopes if s not in known]
     if unknown:
-        raise Invalid(f"scopes: {team.name} has no endpoint {unknown[0][:63]!r}.")
+        raise Invalid(f"scopes: {team.name} has no endpoint {unknown[0][:63]!r}, nor one shared with it.")
     return scopes
 
 

@@ -183,9 +183,7 @@ def key_list(request):
 def _example_model(key: ApiKey) -> str:
     if key.scopes:
         return key.scopes[0]
-    first = (
-        Endpoint.objects.filter(owner_team=key.team).order_by("name").values_list("name", flat=True).first()
-    )
+    first = Endpoint.objects.callable_by(key.team).order_by("name").values_list("name", flat=True).first()
     return first or ""
 
 

@@ -15,6 +15,8 @@ from serving.services.endpoints import (
     create_endpoint,
     delete_endpoint,
     set_routes,
+    share_endpoint,
+    unshare_endpoint,
 )
 from serving.services.pools import create_pool, set_node_state, update_pool
 from serving.services.sharing import require_pool_open_to, require_usable_by
@@ -35,5 +37,7 @@ __all__ = [
     "scale",
     "set_node_state",
     "set_routes",
+    "share_endpoint",
+    "unshare_endpoint",
     "update_pool",
 ]

@@ -1,5 +1,6 @@
 """Endpoints: the stable names clients call, routed by weight to deployments or adapters, with a fallback
-endpoint of the same team."""
+endpoint of the same team; and shared by their owners with other teams, a department or the organisation,
+whose keys may then call them (each caller's team pays for its own calls)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from django.db import IntegrityError, transaction
 
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
-from portfolio.accounts.models import Team
+from portfolio.accounts.models import Department, Team
 from portfolio.audit import services as audit
-from portfolio.errors import Conflict, Invalid
-from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute
+from portfolio.errors import Conflict, Invalid, NotFound
+from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, EndpointShare
 from serving.services.shared import _check_name
 
 
@@ -145,3 +146,77 @@ def delete_endpoint(*, actor: Actor, endpoint: Endpoint) -> None:
     gate.require(actor, "deployment.manage", endpoint)
     audit.record(actor, "endpoint.delete", endpoint, before=endpoint.snapshot())
     endpoint.delete()
+
+
+def _share_target(
+    endpoint: Endpoint, team: Team | None, department: Department | None, organisation: bool
+) -> tuple[dict, str]:
+    """The share's lookup (exactly one target) and how to name it in a message."""
+    given = (team is not None) + (department is not None) + bool(organisation)
+    if given != 1:
+        raise Invalid(
+            "target: name exactly one of a team, a department or the organisation.",
+            fields={"target": ["Choose one team, one department, or the organisation."]},
+        )
+    if team is not None:
+        if team.pk == endpoint.owner_team_id:
+            raise Invalid(
+                f"team: {team.name} owns {endpoint.name}; its keys call it already.",
+                fields={"team": ["The owning team calls it already."]},
+            )
+        return {"team": team, "department": None, "organisation": False}, f"team {team.name}"
+    if department is not None:
+        return {
+            "team": None,
+            "department": department,
+            "organisation": False,
+        }, f"department {department.name}"
+    return {"team": None, "department": None, "organisation": True}, "the organisation"
+
+
+@transaction.atomic
+def share_endpoint(
+    *,
+    actor: Actor,
+    endpoint: Endpoint,
+    team: Team | None = None,
+    department: Department | None = None,
+    organisation: bool = False,
+) -> EndpointShare:
+    """Let the keys of ``team``, of every team of ``department``, or of every team (``organisation``) call
+    ``endpoint``; their calls stay metered to their own team and department. Teams and departments are the
+    organisation's to name: any that exists may be chosen, not only those the actor is a member of."""
+    gate.require(actor, "endpoint.share", endpoint)
+    # Serialises changes to one endpoint's shares: the audit's before and after are then each whole.
+    endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+    lookup, named = _share_target(endpoint, team, department, organisation)
+    before = endpoint.snapshot()
+    share = EndpointShare(endpoint=endpoint, created_by=actor.user, **lookup)
+    try:
+        with transaction.atomic():
+            share.save(force_insert=True)
+    except IntegrityError:
+        raise Conflict(f"{endpoint.name} is already shared with {named}.") from None
+    audit.record(actor, "endpoint.share", endpoint, before=before, after=endpoint.snapshot())
+    return share
+
+
+@transaction.atomic
+def unshare_endpoint(
+    *,
+    actor: Actor,
+    endpoint: Endpoint,
+    team: Team | None = None,
+    department: Department | None = None,
+    organisation: bool = False,
+) -> None:
+    """Withdraw one share: the gateway refuses those callers from its next routing refresh (a second)."""
+    gate.require(actor, "endpoint.share", endpoint)
+    endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+    lookup, named = _share_target(endpoint, team, department, organisation)
+    share = EndpointShare.objects.filter(endpoint=endpoint, **lookup).first()
+    if share is None:
+        raise NotFound(f"{endpoint.name} is not shared with {named}.")
+    before = endpoint.snapshot()
+    share.delete()
+    audit.record(actor, "endpoint.unshare", endpoint, before=before, after=endpoint.snapshot())

@@ -1,6 +1,6 @@
 """Web pages of serving: compute pools and their nodes' capacity (``pools``), deployments with their
 replicas, timeline, engine logs and prompt box (``deployments``) and the buttons that change them
-(``deployment_actions``), and endpoints with their weighted routes (``endpoints``).
+(``deployment_actions``), and endpoints with their weighted routes and shares (``endpoints``).
 
 Every view decides access with the gate: lists start from ``gate.visible``, an object the actor may not
 see answers 404 (``gate.get_visible``), a change needs its capability (``gate.require``), else 403; the
@@ -27,6 +27,8 @@ from serving.views.endpoints import (
     endpoint_detail,
     endpoint_list,
     endpoint_routes,
+    endpoint_share,
+    endpoint_unshare,
 )
 from serving.views.pools import node_state, pool_create, pool_list
 
@@ -47,6 +49,8 @@ __all__ = [
     "endpoint_detail",
     "endpoint_list",
     "endpoint_routes",
+    "endpoint_share",
+    "endpoint_unshare",
     "node_state",
     "pool_create",
     "pool_list",

@@ -1,10 +1,11 @@
 """Endpoints: the stable names clients call, each with its weighted routes to deployments or adapters
-(canary, A/B) and a fallback endpoint; the list, the new-endpoint form, and an endpoint's route editor."""
+(canary, A/B) and a fallback endpoint; the list, the new-endpoint form, an endpoint's route editor, and
+whom its owners share it with."""
 
 from __future__ import annotations
 
 from django.db.models import Count, Prefetch, Q
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -17,7 +18,7 @@ from portfolio.formviews import submit
 from serving import services
 from serving.choices import DesiredState, ReplicaState
 from serving.forms.base import apply_serving_error, managed_teams
-from serving.forms.endpoints import EndpointForm, FallbackForm, route_formset
+from serving.forms.endpoints import EndpointForm, FallbackForm, ShareForm, route_formset
 from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute
 from serving.views.display import percent
 
@@ -120,7 +121,9 @@ def endpoint_create(request):
     return render(request, "serving/endpoint_form.html", {"form": form, "routes": routes})
 
 
-def _endpoint_page(request, actor: Actor, endpoint: Endpoint, *, routes_form=None, fallback_form=None):
+def _endpoint_page(
+    request, actor: Actor, endpoint: Endpoint, *, routes_form=None, fallback_form=None, share_form=None
+):
     current = _with_shares(
         list(
             endpoint.routes.select_related("deployment", "adapter")
@@ -150,6 +153,9 @@ def _endpoint_page(request, actor: Actor, endpoint: Endpoint, *, routes_form=Non
             deployments=_route_deployments(actor, [endpoint.owner_team]), initial=initial
         )
         fallback_form = FallbackForm(actor=actor, endpoint=endpoint)
+    can_share = gate.can(actor, "endpoint.share", endpoint)
+    if can_share and share_form is None:
+        share_form = ShareForm(endpoint=endpoint)
     fallback_visible = (
         bool(endpoint.fallback_id) and gate.visible(actor, Endpoint).filter(pk=endpoint.fallback_id).exists()
     )
@@ -163,6 +169,11 @@ def _endpoint_page(request, actor: Actor, endpoint: Endpoint, *, routes_form=Non
             "routes": routes_form,
             "fallback_form": fallback_form,
             "fallback_visible": fallback_visible,
+            "shares": endpoint.shares.select_related("team__department", "department").order_by(
+                "-organisation", "department__name", "team__name", "id"
+            ),
+            "can_share": can_share,
+            "share_form": share_form,
             "gateway_url": request.build_absolute_uri("/v1/chat/completions"),
         },
     )
@@ -215,4 +226,50 @@ def endpoint_delete(request, name: str):
         success=f"Endpoint {endpoint.name} deleted.",
         back=reverse("endpoint-detail", kwargs={"name": endpoint.name}),
         then="endpoint-list",
+    )
+
+
+def _sharer(request, name: str) -> tuple[Actor, Endpoint]:
+    actor = actor_of(request)
+    endpoint = gate.get_visible(actor, Endpoint, name=name)
+    gate.require(actor, "endpoint.share", endpoint)
+    return actor, endpoint
+
+
+@require_POST
+def endpoint_share(request, name: str):
+    """Permission: visible (else 404) and ``endpoint.share`` (owners and admins, else 403). Shares with one
+    team, department or the organisation; audited with the endpoint's shares before and after."""
+    actor, endpoint = _sharer(request, name)
+    form = ShareForm(request.POST, endpoint=endpoint)
+    saved = submit(
+        request,
+        form,
+        lambda: services.share_endpoint(actor=actor, endpoint=endpoint, **form.targets()),
+        success=lambda share: f"{endpoint.name} shared with {share.label}.",
+        then=lambda _: redirect("endpoint-detail", name=endpoint.name),
+        fields={"team": "target", "department": "target"},
+    )
+    if saved is not None:
+        return saved
+    return _endpoint_page(request, actor, endpoint, share_form=form)
+
+
+@require_POST
+def endpoint_unshare(request, name: str, share_id: int):
+    """Permission: visible (else 404) and ``endpoint.share`` (else 403). Withdraws one share: those callers
+    are refused from the gateway's next refresh."""
+    actor, endpoint = _sharer(request, name)
+    share = get_object_or_404(endpoint.shares.select_related("team", "department"), pk=share_id)
+    return buttons.press(
+        request,
+        lambda: services.unshare_endpoint(
+            actor=actor,
+            endpoint=endpoint,
+            team=share.team,
+            department=share.department,
+            organisation=share.organisation,
+        ),
+        success=f"{endpoint.name} is no longer shared with {share.label}.",
+        back=reverse("endpoint-detail", kwargs={"name": endpoint.name}),
     )

@@ -160,7 +160,9 @@ def test_scopes_must_be_endpoints_of_the_chosen_team(signed_in, org, team, endpo
         reverse("apikey-create"), {"name": "x", "team": team.pk, "scopes": ["clause-finder"]}
     )
     assert response.status_code == 200
-    assert response.context["form"].errors["scopes"] == ["clause-finder is not an endpoint of Support AI."]
+    assert response.context["form"].errors["scopes"] == [
+        "clause-finder is not an endpoint of Support AI or shared with it."
+    ]
     assert not ApiKey.objects.exists()
 
 

@@ -3,7 +3,7 @@ pages act on (``build_world``) and where their URL arguments come from (``UI_KWA
 
 The world values the rules use, named as that test's ``world`` names them: ``node``, ``deployment``,
 ``adapter`` (attached to the deployment; a name it does not serve answers a message, so any works),
-``endpoint``, ``team_id``, ``version_id``, and ``pool`` / ``adapter_version_id`` (where missing, the form
+``endpoint`` (shared with its own team's department: ``share``), ``team_id``, ``version_id``, and ``pool`` / ``adapter_version_id`` (where missing, the form
 is refused as invalid, still after the permission decision)."""
 
 from __future__ import annotations
@@ -14,7 +14,15 @@ from portfolio.registry import services as registry
 from portfolio.registry.choices import Source, VersionKind, VersionStatus
 from portfolio.registry.models import ModelVersion
 from serving.choices import NodeState, PoolKind
-from serving.models import ComputePool, Deployment, DeploymentAdapter, Endpoint, EndpointRoute, Node
+from serving.models import (
+    ComputePool,
+    Deployment,
+    DeploymentAdapter,
+    Endpoint,
+    EndpointRoute,
+    EndpointShare,
+    Node,
+)
 from tests.permissions import Rule, ui
 
 # One route to the world's deployment, as the route editor's formset posts it.
@@ -62,6 +70,8 @@ UI_ROUTES: dict[str, Rule] = {
     "endpoint-detail": ui("team", "model.view"),
     "endpoint-routes": ui("team", "deployment.manage", "POST", **ROUTE_ROWS),
     "endpoint-delete": ui("team", "deployment.manage", "POST"),
+    "endpoint-share": ui("team", "endpoint.share", "POST", target="organisation"),
+    "endpoint-unshare": ui("team", "endpoint.share", "POST"),
 }
 
 # URL keyword argument -> the world value it takes, per route (routes not named here take none).
@@ -81,7 +91,11 @@ UI_KWARGS: dict[str, dict[str, str]] = {
         )
     },
     "deployment-adapter-remove": {"name": "deployment", "adapter": "adapter"},
-    **{route: {"name": "endpoint"} for route in ("endpoint-detail", "endpoint-routes", "endpoint-delete")},
+    **{
+        route: {"name": "endpoint"}
+        for route in ("endpoint-detail", "endpoint-routes", "endpoint-delete", "endpoint-share")
+    },
+    "endpoint-unshare": {"name": "endpoint", "share_id": "share"},
 }
 
 
@@ -92,7 +106,8 @@ def ui_kwargs(route: str, values: dict) -> dict:
 def build_world(*, actor, team, version: ModelVersion) -> dict:
     """What the serving routes act on, around ``version`` (a ready base version of ``team``): a pool open
     to every team with one ready node, a deployment of ``team`` serving ``version`` with one adapter
-    attached and another ready to add, and an endpoint routing to the deployment."""
+    attached and another ready to add, and an endpoint routing to the deployment, shared with the team's
+    department (which leaves the organisation to share it with)."""
     pool = ComputePool.objects.create(name="local-cpu", kind=PoolKind.CPU)
     node = Node.objects.create(
         name="node-1",
@@ -129,6 +144,7 @@ def build_world(*, actor, team, version: ModelVersion) -> dict:
     attached = DeploymentAdapter.objects.create(deployment=deployment, version=adapters[0], name="smol-tone")
     endpoint = Endpoint.objects.create(name="smol-ep", owner_team=team)
     EndpointRoute.objects.create(endpoint=endpoint, deployment=deployment, weight=100)
+    share = EndpointShare.objects.create(endpoint=endpoint, department_id=team.department_id)
     return {
         "pool": pool.name,
         "node": node.name,
@@ -136,4 +152,5 @@ def build_world(*, actor, team, version: ModelVersion) -> dict:
         "adapter": attached.name,
         "adapter_version_id": adapters[1].pk,
         "endpoint": endpoint.name,
+        "share": share.pk,
     }
