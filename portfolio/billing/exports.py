@@ -95,29 +95,32 @@ def sheet(source: Draft | Statement, teams: frozenset[int] | None = None) -> She
     those teams' lines (None: all)."""
     if isinstance(source, Draft) and source.statement is not None:
         source = source.statement
-    now = timezone.now()
     if isinstance(source, Statement):
-        all_lines = list(source.lines.all())
-        header = dict(
+        lines = list(source.lines.all())
+        result = Sheet(
             department=source.department, month=source.month, revision=source.revision, status=source.status,
-            currency=source.currency, sha256=source.sha256, as_of=source.closed_at, statement=source,
+            currency=source.currency, sha256=source.sha256, lines=lines, partial=False, as_of=source.closed_at,
+            statement=source,
         )  # fmt: skip
     else:
-        all_lines = list(source.lines)
-        total = sum((line.amount for line in all_lines), statements.ZERO)
-        digest_header = {
+        lines = list(source.lines)
+        # The header a closed statement's digest covers, with revision 0: a draft has none yet.
+        header = {
             "department": source.department.cost_center,
             "month": statements.label(source.month),
             "revision": 0,
             "currency": settings.BILLING_CURRENCY,
-            "total": str(total),
+            "total": str(sum((line.amount for line in lines), statements.ZERO)),
         }
-        header = dict(
+        result = Sheet(
             department=source.department, month=source.month, revision=0, status="draft",
-            currency=settings.BILLING_CURRENCY, sha256=statements.digest(digest_header, all_lines), as_of=now,
+            currency=settings.BILLING_CURRENCY, sha256=statements.digest(header, lines), lines=lines,
+            partial=False, as_of=timezone.now(),
         )  # fmt: skip
-    shown = all_lines if teams is None else [line for line in all_lines if line.team_id in teams]
-    return Sheet(lines=shown, partial=teams is not None, **header)
+    if teams is not None:
+        result.lines = [line for line in lines if line.team_id in teams]
+        result.partial = True
+    return result
 
 
 # --- CSV ----------------------------------------------------------------------------------------------
@@ -191,7 +194,9 @@ def parse_month(text: str) -> date:
     except (TypeError, ValueError):
         raise Invalid("month: use YYYY-MM, e.g. 2026-11.", fields={"month": ["Use YYYY-MM."]}) from None
     if year < 2000 or first > money.month_start(timezone.now()):
-        raise Invalid("month: use a month from 2000 up to the current one.", fields={"month": ["Out of range."]})
+        raise Invalid(
+            "month: use a month from 2000 up to the current one.", fields={"month": ["Out of range."]}
+        )
     return first
 
 

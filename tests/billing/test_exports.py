@@ -116,7 +116,9 @@ def test_csv_cells_typed_by_people_cannot_run_as_formulas_and_read_back_exactly(
     lines = _lines(_rows(_export(world).data))
     cells = [cell for line in lines for cell in line]
     formula_starts = ("=", "+", "-", "@")
-    assert not any(cell.startswith(formula_starts) for cell in cells if not cell.lstrip("-").replace(".", "").isdigit())
+    assert not any(
+        cell.startswith(formula_starts) for cell in cells if not cell.lstrip("-").replace(".", "").isdigit()
+    )
     assert unescape_cell(lines[1][0]) == EVIL_TEAM and unescape_cell(lines[0][2]) == "@finetune-1"
 
 
@@ -182,7 +184,9 @@ def test_the_bundle_verifies_offline_and_fails_after_one_changed_byte(world, tmp
     assert not verdict.ok
     assert verdict.problems == ["statement.csv does not match the sha256 in the manifest: it was altered"]
     with pytest.raises(CommandError, match="does NOT verify"):
-        call_command("audit_verify_export", str(tampered), "--public-key-file", str(_public_key_file(tmp_path)))
+        call_command(
+            "audit_verify_export", str(tampered), "--public-key-file", str(_public_key_file(tmp_path))
+        )
 
 
 def test_an_altered_manifest_or_an_added_file_fails(world, tmp_path):
@@ -204,7 +208,9 @@ def test_an_altered_manifest_or_an_added_file_fails(world, tmp_path):
 
 def test_the_export_command_writes_a_bundle_the_audit_command_verifies(world, tmp_path, capsys):
     month = statements.label(world["statement"].month)
-    call_command("export_statement", "--department", "CC-100", "--month", month, "--out", str(tmp_path / "out"))
+    call_command(
+        "export_statement", "--department", "CC-100", "--month", month, "--out", str(tmp_path / "out")
+    )
     written = list((tmp_path / "out").iterdir())
     assert [path.name for path in written] == [f"statement-CC-100-{month}-r1.zip"]
     assert "total 31.00" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -8,7 +9,7 @@ from django.utils import timezone
 
 from portfolio.billing.choices import PriceKind
 
-RATE = {"max_digits": 16, "decimal_places": 6, "default": Decimal("0")}
+RATE: dict[str, Any] = {"max_digits": 16, "decimal_places": 6, "default": Decimal("0")}
 
 
 class Price(models.Model):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -7,7 +9,7 @@ from django.utils import timezone
 from portfolio.accounts.models import Department
 from portfolio.billing.choices import LineKind, StatementStatus
 
-MONEY = {"max_digits": 16, "decimal_places": 2}
+MONEY: dict[str, Any] = {"max_digits": 16, "decimal_places": 2}
 
 
 class StatementQuerySet(models.QuerySet):

@@ -19,7 +19,9 @@ class Command(BaseCommand):
         parser.add_argument("--department", required=True, metavar="COST_CENTER", help="e.g. CC-100")
         parser.add_argument("--month", required=True, metavar="YYYY-MM")
         parser.add_argument("--revision", type=int, help="A closed revision (default: the one in force)")
-        parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="Folder to write the zip to")
+        parser.add_argument(
+            "--out", type=Path, required=True, metavar="DIR", help="Folder to write the zip to"
+        )
 
     def handle(self, *args, **options):
         department = Department.objects.filter(cost_center=options["department"]).first()
