@@ -42,8 +42,12 @@ CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "pdf": "application/pdf", "zi
 CSV_NAME, PDF_NAME = "statement.csv", "statement.pdf"
 LINE_COLUMNS = ("team", "kind", "subject", "detail", "quantity", "unit", "unit price", "amount")
 VERIFY_HINT = (
-    "Verify the signed bundle offline: manage.py audit_verify_export statement-....zip "
+    "Verify the signed bundle offline: manage.py audit_verify_export {bundle} "
     "--public-key-file audit-signing-key.pub (the public key is on the audit page)."
+)
+CELLS_NOTE = (
+    f"Text cells: {exportformat.CSV_CELLS_NOTE} Numbers (quantity, unit price, amount, total) are written as "
+    "they are; a credit is negative."
 )
 
 
@@ -145,7 +149,7 @@ def _csv_bytes(sheet_: Sheet) -> bytes:
             ["statement sha256", sheet_.sha256],
             ["partial", "yes: only the lines of the reader's teams" if sheet_.partial else "no"],
             ["as of", sheet_.as_of.isoformat()],
-            ["cells", exportformat.CSV_CELLS_NOTE],
+            ["cells", CELLS_NOTE],
             [],
             list(LINE_COLUMNS),
         ]
@@ -172,9 +176,13 @@ def statement_csv(source: Draft | Statement, teams: frozenset[int] | None = None
     return _csv_bytes(sheet(source, teams))
 
 
+def _pdf_bytes(sheet_: Sheet) -> bytes:
+    return statement_layout.render(sheet_, VERIFY_HINT.format(bundle=sheet_.filename("zip")))
+
+
 def statement_pdf(source: Draft | Statement, teams: frozenset[int] | None = None) -> bytes:
     """The statement as an A4 PDF: lines grouped by team with subtotals, the total, sha256, how to verify."""
-    return statement_layout.render(sheet(source, teams), VERIFY_HINT)
+    return _pdf_bytes(sheet(source, teams))
 
 
 # --- The service: one export, permission-checked and audited ----------------------------------------
@@ -230,13 +238,13 @@ def export(
         if fmt == "csv":
             data = _csv_bytes(sheet_)
         elif fmt == "pdf":
-            data = statement_layout.render(sheet_, VERIFY_HINT)
+            data = _pdf_bytes(sheet_)
         else:
             data, manifest = signed_files(
                 actor=actor,
                 content="billing.statement",
                 about=_about(sheet_),
-                files={CSV_NAME: _csv_bytes(sheet_), PDF_NAME: statement_layout.render(sheet_, VERIFY_HINT)},
+                files={CSV_NAME: _csv_bytes(sheet_), PDF_NAME: _pdf_bytes(sheet_)},
             )
         _record(actor, sheet_, fmt, data, manifest)
     return Export(data, sheet_.filename(fmt), CONTENT_TYPES[fmt], sheet_)

@@ -74,7 +74,7 @@ def render(sheet: Sheet, verify_hint: str) -> bytes:
     _pair(pdf, "Revision", "draft" if sheet.draft else str(sheet.revision))
     status = "DRAFT (live, computed from the ledger now)" if sheet.draft else sheet.status
     _pair(pdf, "Status", status)
-    _pair(pdf, "As of", sheet.as_of.strftime("%Y-%m-%d %H:%M UTC"))
+    _pair(pdf, "As of" if sheet.draft else "Closed", sheet.as_of.strftime("%Y-%m-%d %H:%M UTC"))
     _pair(pdf, "Currency", sheet.currency)
     if sheet.partial:
         _pair(pdf, "Partial", "only the lines of the reader's teams; the total is of these lines")

@@ -139,7 +139,15 @@ def test_the_pdf_parses_and_shows_teams_subtotals_total_sha256_and_how_to_verify
     assert "Customer Operations (CC-100)" in text and "Revision 1" in text.replace("Revision1", "Revision 1")
     assert "Subtotal Support AI" in text and "25.00" in text and "6.00" in text
     assert "31.00" in text and world["statement"].sha256 in text.replace("\n", "")
-    assert "audit_verify_export" in text
+    assert f"audit_verify_export statement-CC-100-{statements.label(world['statement'].month)}-r1.zip" in text
+
+
+def test_a_name_outside_latin_1_prints_as_question_marks_in_the_pdf_and_whole_in_the_csv(world):
+    lines = list(world["statement"].lines.all())
+    lines[0].team = "検索 Search"
+    draft = statements.Draft(world["department"], world["statement"].month, lines)
+    assert "?? Search" in _pdf_text(exports.statement_pdf(draft))
+    assert _lines(_rows(exports.statement_csv(draft)))[0][0] == "検索 Search"
 
 
 def test_a_draft_is_marked_draft_in_both_files_and_exported_from_the_live_lines(world):
