@@ -14,7 +14,7 @@ from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 
 if TYPE_CHECKING:
-    from portfolio.billing.exports import Sheet
+    from portfolio.billing.sheets import Sheet
 
 FONT = "Helvetica"
 # subject + detail, kind, quantity, unit, unit price, amount (mm; A4 is 210 wide, 15 mm margins)
