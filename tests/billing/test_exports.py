@@ -6,9 +6,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 import zipfile
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -33,6 +37,7 @@ pytestmark = pytest.mark.django_db
 
 EVIL_TEAM = '=HYPERLINK("http://evil.example","click")'
 BILLING = Actor.for_system("billing")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -166,6 +171,9 @@ def test_a_draft_is_marked_draft_in_both_files_and_exported_from_the_live_lines(
     text = _pdf_text(pdf.data)
     assert "DRAFT statement " + month in text and "DRAFT - not a closed statement" in text
     assert csv_export.sheet.sha256 == pdf.sheet.sha256 and len(csv_export.sheet.sha256) == 64
+    logged = AuditEvent.objects.filter(action="statement.export", object_type="billing.draft")
+    assert [event.after["format"] for event in logged.order_by("sequence")] == ["csv", "pdf"]
+    assert logged.first().object_id == f"{world['department'].pk}:{month}"
 
 
 # --- The signed bundle --------------------------------------------------------------------------------
@@ -195,6 +203,17 @@ def test_the_bundle_verifies_offline_and_fails_after_one_changed_byte(world, tmp
         call_command(
             "audit_verify_export", str(tampered), "--public-key-file", str(_public_key_file(tmp_path))
         )
+
+
+def test_the_bundle_verifies_with_python_alone_no_settings_no_database(world, tmp_path):
+    path = tmp_path / "bundle.zip"
+    path.write_bytes(_export(world, fmt="zip").data)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "not_there"}
+    command = [sys.executable, "-m", "portfolio.audit.offline", str(path), "--public-key-file"]
+    result = subprocess.run([*command, str(_public_key_file(tmp_path))], env=env, capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Export verified: billing.statement (statement.csv, statement.pdf)" in result.stdout
 
 
 def test_an_altered_manifest_or_an_added_file_fails(world, tmp_path):
