@@ -71,6 +71,7 @@ UI_ROUTES: dict[str, Rule] = {
     "token-revoke": ui("own", method="POST"),
     "audit-log": ui("org", "audit.view"),
     "audit-export": ui("org", "audit.export"),
+    "billing-statement-export": ui("billing", "billing.view"),
     "model-list": ui("signed_in"),
     "model-create": ui(
         "team",
@@ -124,6 +125,7 @@ API_ROUTES: dict[str, Rule] = {
     "GET /audit/events": rest("org", "audit.view"),
     "GET /audit/signing-keys": rest("org", "audit.view"),
     "GET /audit/export": rest("org", "audit.export"),
+    "GET /billing/departments/{department_id}/statements/{month}/export": rest("billing", "billing.view"),
     "GET /models": rest("signed_in"),
     "POST /models": rest("team", "model.register", "POST", name="new-model", owner_team_id="{team_id}"),
     "GET /models/{name}": rest("team", "model.view"),
@@ -290,6 +292,11 @@ def expected(rule: Rule, role: str) -> str:
     if rule.scope in ("signed_in", "own"):
         return "ok"
     roles = {"admin"} if role == "admin" else {"auditor"} if role == "auditor" else set()
+    if rule.scope == "billing":
+        # Billing answers 404 to whoever reads none of it (portfolio.billing.access), members too: never 403.
+        if role in ("owner", "engineer", "developer", "viewer"):
+            roles = {role}
+        return "ok" if role != "outsider" and role_allows(roles, rule.action) else "hidden"
     if rule.scope == "org":
         return "ok" if role_allows(roles, rule.action) else "forbidden"
     # team scope: the object belongs to the team that owner..viewer are members of
@@ -349,6 +356,7 @@ def world(org, team, department, make_user, settings, tmp_path):
     yield {
         "department_id": department.pk,
         "pk_department": department.pk,
+        "month": timezone.now().strftime("%Y-%m"),  # billing: the department's draft of this month
         "team_id": team.pk,
         "slug": team.slug,
         "membership_id": Membership.objects.get(team=team, user=org["viewer"]).pk,
@@ -394,6 +402,11 @@ def _ui_url(name: str, values: dict, own_token_pk: int | None) -> str:
         "member-role": {"slug": values["slug"], "pk": values["membership_id"]},
         "member-remove": {"slug": values["slug"], "pk": values["membership_id"]},
         "token-revoke": {"pk": own_token_pk},
+        "billing-statement-export": {
+            "department_id": values["department_id"],
+            "month": values["month"],
+            "fmt": "csv",
+        },
         **{
             route: {"pk": values["user_id"]}
             for route in ("user-detail", "user-roles", "user-deactivate", "user-reactivate")

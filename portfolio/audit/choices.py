@@ -76,6 +76,7 @@ class AuditAction(models.TextChoices):
     PRICE_SET = "price.set", "Price set"
     STATEMENT_CLOSE = "statement.close", "Statement closed"
     STATEMENT_REISSUE = "statement.reissue", "Statement re-issued"
+    STATEMENT_EXPORT = "statement.export", "Statement exported"
     # Training
     DATASET_CREATE = "dataset.create", "Dataset created"
     DATASET_UPLOAD = "dataset.upload", "Dataset file uploaded for ingest"

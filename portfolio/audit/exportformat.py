@@ -10,6 +10,10 @@ starts with a formula character gets a leading apostrophe, which spreadsheets sh
 already starts with an apostrophe gets one too, so a reader strips exactly one leading apostrophe from every
 cell and has the original value back: the event hashes (over the JSON form) still verify, and the file's
 sha256 in the manifest is over the escaped bytes as written.
+
+Other apps sign their exports the same way (``exports.signed_files``): a zip of files and a manifest of kind
+``FILES_KIND`` naming each file's sha256, signed with the same key, so the same offline command verifies a
+billing statement's CSV and PDF as it verifies the trail.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ import json
 from portfolio.audit import chain
 
 MANIFEST_NAME = "manifest.json"
+EVENTS_KIND = "portfolio-audit-export"
+FILES_KIND = "portfolio-signed-files"  # any set of files, each named with its sha256 in the manifest
+FILES_VERSION = 1
 EVENT_FILES = {"jsonl": "events.jsonl", "csv": "events.csv"}
 FORMAT_VERSION = 2  # 1 was the retired HMAC-signed, unescaped-CSV format
 COLUMNS = (*chain.FIELDS, "hash")

@@ -2,7 +2,8 @@
 
 The manifest names the selection, its count, first/last sequence, the chain head at export time (sequence
 and hash: an anchor a later rewrite of history cannot match) and the sha256 of the events file, signed with
-the server's Ed25519 key. Verifiers need only the public key (``signing_keys`` publishes it):
+the server's Ed25519 key. Other apps' exports (billing statements) are signed by ``signed_files``, a zip of
+their files and a manifest of each file's sha256, under the same key. Verifiers need only the public key (``signing_keys`` publishes it):
 ``portfolio.audit.offline`` checks all of it without the database; see ``exportformat`` for the file format.
 """
 
@@ -36,6 +37,44 @@ FORMATS = tuple(exportformat.EVENT_FILES)
 def signing_keys() -> list[signing.PublishedKey]:
     """The public keys verifiers may use: this server's current one first, then those it signed with before."""
     return signing.published(settings.AUDIT_SIGNING_KEY, settings.AUDIT_PREVIOUS_PUBLIC_KEYS)
+
+
+def _private_key():
+    private_key = settings.AUDIT_SIGNING_KEY
+    if private_key is None:
+        raise Conflict(
+            "This process holds no audit signing key (PORTFOLIO_AUDIT_SIGNER=false); exports are made by the web.",
+            code="no_signing_key",
+        )
+    return private_key
+
+
+def signed_files(*, actor: Actor, content: str, about: dict, files: dict[str, bytes]) -> tuple[bytes, dict]:
+    """A zip of ``files`` and a manifest naming each one's sha256, signed with the audit key: the zip's bytes
+    and the manifest. ``content`` says what the files are (``billing.statement``), ``about`` which one.
+
+    For exports small enough to hold in memory (a statement is a few hundred lines); the caller records the
+    export in the audit trail, in its own transaction, since it knows what was exported.
+    """
+    private_key = _private_key()
+    manifest = {
+        "kind": exportformat.FILES_KIND,
+        "version": exportformat.FILES_VERSION,
+        "content": content,
+        "about": about,
+        "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+        "generated_at": chain.format_time(timezone.now()),
+        "generated_by": actor.label,
+        "algorithm": signing.ALGORITHM,
+        "key_id": signing.key_id(private_key.public_key()),
+    }
+    manifest["signature"] = signing.sign(exportformat.signed_payload(manifest), private_key)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+        archive.writestr(exportformat.MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True))
+    return buffer.getvalue(), manifest
 
 
 def _row(event: AuditEvent) -> dict:
@@ -82,12 +121,7 @@ def build_export(*, actor: Actor, selection: AuditFilter, fmt: str) -> Export:
     gate.require(actor, "audit.export")
     if fmt not in FORMATS:
         raise Invalid(f"format: choose one of {', '.join(FORMATS)}.")
-    private_key = settings.AUDIT_SIGNING_KEY
-    if private_key is None:
-        raise Conflict(
-            "This process holds no audit signing key (PORTFOLIO_AUDIT_SIGNER=false); exports are made by the web.",
-            code="no_signing_key",
-        )
+    private_key = _private_key()
     events_name = exportformat.EVENT_FILES[fmt]
     handle = tempfile.NamedTemporaryFile(prefix="audit-export-", suffix=".zip", delete=False)  # noqa: SIM115
     with transaction.atomic():
@@ -99,7 +133,7 @@ def build_export(*, actor: Actor, selection: AuditFilter, fmt: str) -> Export:
             with archive.open(events_name, "w", force_zip64=True) as out:
                 summary = _write_events(events, fmt, out)
             manifest = {
-                "kind": "portfolio-audit-export",
+                "kind": exportformat.EVENTS_KIND,
                 "version": exportformat.FORMAT_VERSION,
                 "format": fmt,
                 "events_file": events_name,

@@ -8,6 +8,10 @@ on any machine with this code base (``manage.py audit_verify_export`` calls the 
 the manifest's Ed25519 signature under the key the manifest names, the events file's sha256, every event's
 hash, the links between consecutive events for an export filtered only by time, and the counts and range
 the manifest states. The events file is streamed, so an export of any size verifies in constant memory.
+
+The same command verifies other apps' signed exports (a manifest of kind ``exportformat.FILES_KIND``, such
+as a billing statement's CSV and PDF): the signature, each file's sha256, and that the archive holds no file
+the manifest does not name.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import json
 import sys
 import zipfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -39,6 +43,8 @@ class ExportVerdict:
     key_id: str = ""
     head_sequence: int | None = None
     head_hash: str = ""
+    content: str = ""  # a files export: what it holds (e.g. billing.statement) and the files' names
+    files: list[str] = field(default_factory=list)
 
 
 class _HashingReader(io.RawIOBase):
@@ -133,6 +139,10 @@ def verify_export(path: Path, public_keys: Iterable[Ed25519PublicKey]) -> Export
             head_sequence=manifest.get("head_sequence"),
             head_hash=str(manifest.get("head_hash", "")),
         )
+        if manifest.get("kind") == exportformat.FILES_KIND:
+            _check_files(archive, manifest, verdict)
+            verdict.ok = not verdict.problems
+            return verdict
         fmt = str(manifest.get("format"))
         events_name = exportformat.EVENT_FILES.get(fmt)
         if events_name is None or manifest.get("events_file") != events_name:
@@ -144,6 +154,32 @@ def verify_export(path: Path, public_keys: Iterable[Ed25519PublicKey]) -> Export
                 verdict.problems.append(f"{events_name} cannot be read from the archive: {exc}")
     verdict.ok = not verdict.problems
     return verdict
+
+
+def _check_files(archive: zipfile.ZipFile, manifest: dict, verdict: ExportVerdict) -> None:
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files or not all(isinstance(v, str) for v in files.values()):
+        verdict.problems.append("the manifest names no files")
+        return
+    verdict.content = str(manifest.get("content", ""))
+    for name, expected in files.items():
+        try:
+            with archive.open(name) as member:
+                digest = hashlib.sha256()
+                while chunk := member.read(1 << 20):
+                    digest.update(chunk)
+        except KeyError:
+            verdict.problems.append(f"{name} is missing from the archive")
+            continue
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            verdict.problems.append(f"{name} cannot be read from the archive: {exc}")
+            continue
+        if digest.hexdigest() != expected:
+            verdict.problems.append(f"{name} does not match the sha256 in the manifest: it was altered")
+    unnamed = sorted(set(archive.namelist()) - set(files) - {exportformat.MANIFEST_NAME})
+    if unnamed:
+        verdict.problems.append(f"the archive holds files the manifest does not name: {', '.join(unnamed)}")
+    verdict.files = sorted(files)
 
 
 def _check_events(
@@ -202,6 +238,11 @@ def read_public_keys(paths: Iterable[Path]) -> list[Ed25519PublicKey]:
 def report(verdict: ExportVerdict) -> str:
     if not verdict.ok:
         return "Export does NOT verify:\n  - " + "\n  - ".join(verdict.problems)
+    if verdict.files:
+        return (
+            f"Export verified: {verdict.content or 'files'} ({', '.join(verdict.files)}), every file matches "
+            f"its sha256, signature valid (Ed25519 key {verdict.key_id})."
+        )
     return (
         f"Export verified: {verdict.count} events, signature valid (Ed25519 key {verdict.key_id}). "
         f"Chain head at export: sequence {verdict.head_sequence}, hash {verdict.head_hash}."

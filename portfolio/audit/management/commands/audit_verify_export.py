@@ -9,7 +9,8 @@ from portfolio.audit.exports import signing_keys
 class Command(BaseCommand):
     help = (
         "Verify an audit export offline: the manifest's Ed25519 signature, the events file's sha256 and every "
-        "event's hash (and the links between them for a time-range export). Needs no database and no "
+        "event's hash (and the links between them for a time-range export); for another signed export (a "
+        "billing statement's bundle), each file's sha256. Needs no database and no "
         "private key; without --public-key-file it uses the public keys this server publishes."
     )
     requires_system_checks: list = []
