@@ -22,6 +22,7 @@ urlpatterns = [
     ),
     path("", include("portfolio.accounts.urls")),
     path("audit/", include("portfolio.audit.urls")),
+    path("billing/", include("portfolio.billing.urls")),
     path("models/", include("portfolio.registry.urls")),
     path("training/", include("training.urls")),
     path("", include("serving.urls")),
