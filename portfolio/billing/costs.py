@@ -61,12 +61,16 @@ def deployment_this_month(name: str, as_of: datetime | None = None) -> ComputeCo
     return subject_this_month(ComputeKind.REPLICA, name, as_of)
 
 
-def job_compute(job_kind: str, job_id: int, as_of: datetime | None = None) -> ComputeCost:
+JOB_KINDS = ("finetune", "distillation")  # the training meter's key kinds of a FineTuneJob row
+
+
+def job_compute(job_id: int, as_of: datetime | None = None, *, kinds=JOB_KINDS) -> ComputeCost:
     """Every attempt of a job (intervals keyed ``job:<kind>:<id>:...``) over its whole life."""
     as_of = as_of or timezone.now()
-    intervals = ComputeInterval.objects.filter(
-        kind=ComputeKind.JOB, key__startswith=f"job:{job_kind}:{job_id}:"
-    )
+    keys = Q(pk__in=[])
+    for kind in kinds:
+        keys |= Q(key__startswith=f"job:{kind}:{job_id}:")
+    intervals = ComputeInterval.objects.filter(keys, kind=ComputeKind.JOB)
     return _compute(intervals, None, as_of, as_of)
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db.models import Count, Prefetch, Q
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -13,6 +14,7 @@ from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of
 from portfolio.accounts.models import Team
+from portfolio.billing import costs
 from portfolio.formviews import submit
 from serving import services
 from serving.choices import DesiredState, ReplicaState
@@ -164,6 +166,8 @@ def _endpoint_page(request, actor: Actor, endpoint: Endpoint, *, routes_form=Non
             "fallback_form": fallback_form,
             "fallback_visible": fallback_visible,
             "gateway_url": request.build_absolute_uri("/v1/chat/completions"),
+            "cost": costs.endpoint_this_month(endpoint.pk),
+            "currency": settings.BILLING_CURRENCY,
         },
     )
 
