@@ -25,6 +25,7 @@ from portfolio.billing.views import billing_reader
 from portfolio.errors import NotFound
 from portfolio.formviews import submit
 
+PER_PAGE = listing.PAGE_SIZE
 EXPORT_FORMATS = (("csv", "CSV"), ("pdf", "PDF"), ("bundle", "Signed bundle"))
 
 
@@ -67,7 +68,9 @@ def statement_list(request):
         statements = statements.annotate(
             own_total=Sum("lines__amount", filter=Q(lines__team_id__in=list(reader.teams)))
         )
-    page = listing.paginate(request, statements.order_by("-month", "department__name", "-revision"))
+    page = listing.paginate(
+        request, statements.order_by("-month", "department__name", "-revision"), per_page=PER_PAGE
+    )
     rows = []
     for statement in page.object_list:
         teams = reader.team_filter(statement.department_id)
