@@ -53,15 +53,12 @@ class PriceForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        listed = {kind: subjects.listing(kind) for kind in PriceKind.values}
         self.subjects = {
-            f"{kind}:{subject.id}": subject for kind in PriceKind.values for subject in subjects.listing(kind)
+            f"{kind}:{subject.id}": subject for kind, found in listed.items() for subject in found
         }
         self.fields["subject"].choices = [
-            (
-                label,
-                [(f"{kind}:{s.id}", s.name) for s in subjects.listing(kind)],
-            )
-            for kind, label in PriceKind.choices
+            (label, [(f"{kind}:{s.id}", s.name) for s in listed[kind]]) for kind, label in PriceKind.choices
         ]
         self.fields["effective_from"].initial = _on_the_hour()
         for name, text in RATE_LABELS.items():
