@@ -18,6 +18,7 @@ from portfolio import listing
 from portfolio.accounts import gate
 from portfolio.accounts.models import Department
 from portfolio.billing import access, money
+from portfolio.billing.choices import LineKind
 from portfolio.billing import statements as billing_statements
 from portfolio.billing.models import Statement
 from portfolio.billing.statements import ZERO, label, month_of
@@ -147,7 +148,7 @@ def _statement_page(request, actor, reader, department: Department, month: date,
     groups: dict[int | None, dict] = {}
     for line in lines:
         group = groups.setdefault(line.team_id, {"team": line.team, "lines": [], "subtotal": ZERO})
-        group["lines"].append(line)
+        group["lines"].append({"line": line, "kind": LineKind(line.kind).label})
         group["subtotal"] += line.amount
     can_reissue = shown is not None and shown.status == "closed" and gate.can(actor, "statement.reissue")
     return render(
