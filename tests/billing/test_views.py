@@ -333,4 +333,4 @@ def test_the_price_book_reads_every_version_in_a_pinned_number_of_queries(client
         services.set_price(
             actor=admin, subject=POOL, effective_from=hour + timedelta(hours=hours), gpu_hour="3"
         )
-    assert _queries(client, url) == before == 8
+    assert _queries(client, url) == before == 6

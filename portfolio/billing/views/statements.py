@@ -18,8 +18,8 @@ from portfolio import listing
 from portfolio.accounts import gate
 from portfolio.accounts.models import Department
 from portfolio.billing import access, money
-from portfolio.billing.choices import LineKind
 from portfolio.billing import statements as billing_statements
+from portfolio.billing.choices import LineKind
 from portfolio.billing.models import Statement
 from portfolio.billing.statements import ZERO, label, month_of
 from portfolio.billing.views import billing_reader
