@@ -334,3 +334,9 @@ def test_the_price_book_reads_every_version_in_a_pinned_number_of_queries(client
             actor=admin, subject=POOL, effective_from=hour + timedelta(hours=hours), gpu_hour="3"
         )
     assert _queries(client, url) == before == 6
+
+
+def test_quantities_and_unit_prices_read_without_trailing_zeros():
+    from portfolio.billing.views.statements import plain
+
+    assert [plain(Decimal(v)) for v in ("0.250000000", "1.000000", "0E-9", "10")] == ["0.25", "1", "0", "10"]

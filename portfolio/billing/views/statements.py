@@ -4,6 +4,7 @@ lines grouped by team, its revisions, and the admins' re-issue."""
 from __future__ import annotations
 
 from datetime import date
+from decimal import Decimal
 
 from django import forms
 from django.conf import settings
@@ -37,6 +38,12 @@ class ReissueForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 3}),
         help_text="Why the statement is re-issued; kept with the new revision and in the audit trail.",
     )
+
+
+def plain(value: Decimal) -> str:
+    """A quantity or unit price as written, without trailing zeros: 0.250000000 -> "0.25"."""
+    text = f"{value.normalize():f}"
+    return text if value else "0"
 
 
 def _month(value: str) -> date:
@@ -148,7 +155,14 @@ def _statement_page(request, actor, reader, department: Department, month: date,
     groups: dict[int | None, dict] = {}
     for line in lines:
         group = groups.setdefault(line.team_id, {"team": line.team, "lines": [], "subtotal": ZERO})
-        group["lines"].append({"line": line, "kind": LineKind(line.kind).label})
+        group["lines"].append(
+            {
+                "line": line,
+                "kind": LineKind(line.kind).label,
+                "quantity": plain(line.quantity),
+                "unit_price": plain(line.unit_price),
+            }
+        )
         group["subtotal"] += line.amount
     can_reissue = shown is not None and shown.status == "closed" and gate.can(actor, "statement.reissue")
     return render(
