@@ -241,7 +241,7 @@ API_ROUTES: dict[str, Rule] = {
 }
 
 # Each app with UI pages declares them in tests/<app>/route_rules.py (UI_ROUTES).
-for _app in ("serving", "gateway", "training"):
+for _app in ("serving", "gateway", "training", "billing"):
     with contextlib.suppress(ModuleNotFoundError):
         UI_ROUTES.update(importlib.import_module(f"tests.{_app}.route_rules").UI_ROUTES)
 
@@ -299,6 +299,9 @@ def expected(rule: Rule, role: str) -> str:
         return "ok" if role != "outsider" and role_allows(roles, rule.action) else "hidden"
     if rule.scope == "org":
         return "ok" if role_allows(roles, rule.action) else "forbidden"
+    if rule.scope == "any_team" and role == "outsider":
+        # An action held in any team of one's own: the outsider owns another team.
+        return "ok" if role_allows({"owner"}, rule.action) else "forbidden"
     # team scope: the object belongs to the team that owner..viewer are members of
     if role == "outsider":
         return "hidden"
@@ -387,10 +390,11 @@ def _fill(template: str, values: dict) -> str:
 def _ui_url(name: str, values: dict, own_token_pk: int | None) -> str:
     from django.urls import reverse
 
+    from tests.billing import route_rules as billing_rules
     from tests.gateway import route_rules as gateway_rules
     from tests.serving import route_rules as serving_rules
 
-    for rules in (serving_rules, gateway_rules, training_rules):
+    for rules in (serving_rules, gateway_rules, training_rules, billing_rules):
         if name in rules.UI_KWARGS:
             return reverse(name, kwargs=rules.ui_kwargs(name, values))
     kwargs_by_name = {

@@ -58,7 +58,7 @@ NAVIGATION: tuple[tuple[str, tuple[NavItem, ...]], ...] = (
             NavItem("API keys", "apikey-list", "usage.view", planned=True),
             NavItem("Personal tokens", "token-list"),
             NavItem("Usage", "usage", "usage.view", planned=True),
-            NavItem("Billing", "billing", "billing.view", planned=True),
+            NavItem("Billing", "billing", "billing.view"),
         ),
     ),
     (

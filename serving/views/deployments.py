@@ -3,6 +3,7 @@ engine logs (polled while it settles), adapters, engine arguments, routes and th
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db.models import Count, Q
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -13,6 +14,7 @@ from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.accounts.models import Team
+from portfolio.billing import costs
 from portfolio.errors import DomainError, Invalid
 from portfolio.formviews import submit
 from portfolio.templatetags.formatting import age_label
@@ -207,6 +209,8 @@ def deployment_page(request, actor: Actor, deployment: Deployment, *, status: in
             for name, value in resolved_args.items()
         ],
         "routes": routes,
+        "month_cost": costs.deployment_this_month(deployment.name),
+        "currency": settings.BILLING_CURRENCY,
         "can_manage": can_manage,
         "can_call": can_call,
         "can_delete": deployment.replicas == 0 and not context["replicas"],

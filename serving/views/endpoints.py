@@ -4,6 +4,7 @@ whom its owners share it with."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db.models import Count, Prefetch, Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -14,6 +15,7 @@ from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of
 from portfolio.accounts.models import Team
+from portfolio.billing import costs
 from portfolio.formviews import submit
 from serving import services
 from serving.choices import DesiredState, ReplicaState
@@ -175,6 +177,8 @@ def _endpoint_page(
             "can_share": can_share,
             "share_form": share_form,
             "gateway_url": request.build_absolute_uri("/v1/chat/completions"),
+            "cost": costs.endpoint_this_month(endpoint.pk),
+            "currency": settings.BILLING_CURRENCY,
         },
     )
 

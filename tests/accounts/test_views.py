@@ -154,14 +154,14 @@ def test_password_change_refuses_a_wrong_current_password_and_a_weak_one(signed_
 
 
 # --- Dashboard and navigation ----------------------------------------------------------------------
-def test_dashboard_shows_my_teams_with_my_role_and_planned_capabilities(signed_in, org):
+def test_dashboard_shows_my_teams_with_my_role_and_the_billing_link(signed_in, org):
     response = signed_in(org["owner"]).get("/")
     text = _text(response)
     assert response.status_code == 200
     assert "Support AI" in text and "badge--owner" in text
     assert "Recent audit events" not in text
-    # Capabilities to come are greyed, not links that would 404.
-    assert "nav-item--soon" in text and 'href="/billing' not in text
+    # Billing is built: a live link for an owner (billing.view), no longer greyed "soon".
+    assert 'href="/billing/"' in text and "nav-item--soon" not in text
 
 
 def test_dashboard_shows_recent_audit_events_to_an_auditor(signed_in, org, department):

@@ -323,3 +323,28 @@ def test_a_queued_job_waits_for_its_node_in_the_list_and_on_its_page(
     assert f'href="{job_url(job)}"' in html and "waiting for node-a" in html
     page = client.get(job_url(job)).content.decode()
     assert 'hx-trigger="every 2s"' in page and "Automatic values are chosen from the" in page
+
+
+def test_a_jobs_page_shows_its_compute_cost_from_the_billing_ledger(client, org, running_job):
+    from portfolio.billing import meters, money
+    from portfolio.billing import services as billing_services
+    from portfolio.billing.choices import ComputeKind, PriceKind
+    from portfolio.billing.subjects import Subject
+    from tests.conftest import actor_for
+
+    job, pool = running_job, running_job.pool
+    start = money.month_bounds(money.month_start(timezone.now()))[0]
+    billing_services.set_price(
+        actor=actor_for(org["admin"]), subject=Subject(PriceKind.POOL, str(pool.pk), pool.name),
+        effective_from=start, cpu_core_hour="1.5",
+    )  # fmt: skip
+    began = max(start, timezone.now() - timedelta(hours=2))
+    meters.record_interval(
+        key=f"job:finetune:{job.pk}:1", kind=ComputeKind.JOB, team_id=job.owner_team_id,
+        department_id=job.owner_team.department_id, subject=f"fine-tune #{job.pk}", pool_id=pool.pk,
+        pool=pool.name, gpus=0, cpu_cores=2, memory_bytes=0, started_at=began, ended_at=began + timedelta(minutes=30),
+    )  # fmt: skip
+    client.force_login(org["viewer"])
+    html = client.get(job_url(job)).content.decode()
+    # 2 cores for half an hour at 1.50 a core-hour.
+    assert "Compute cost" in html and "1.50 EUR" in html

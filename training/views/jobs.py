@@ -3,6 +3,7 @@ curves, log and settings, and cancelling."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -12,6 +13,7 @@ from portfolio import htmx, listing
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
+from portfolio.billing import costs
 from portfolio.errors import Conflict, Invalid, NotFound
 from portfolio.formviews import submit
 from portfolio.templatetags.formatting import compute_hours, duration_label
@@ -209,6 +211,8 @@ def job_detail(request, job_id: int):
     actor = actor_of(request)
     job = _job(actor, job_id)
     context = _job_live_context(actor, job)
+    context["compute_cost"] = costs.job_compute(job.pk)
+    context["currency"] = settings.BILLING_CURRENCY
     if wants_fragment(request):
         response = htmx.render(request, "training/partials/job_live.html", context)
         if not job.active:

@@ -1,0 +1,133 @@
+"""What one thing costs, for the pages of the things billing prices: an endpoint's cost per 1,000
+requests and per million tokens this month, a deployment's replica-hours and cost this month, a job's
+compute. Read from billing's own ledger and price book; the apps above pass plain names and ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+
+from django.db.models import Q, Sum
+from django.utils import timezone
+
+from portfolio.billing import money
+from portfolio.billing.charges import HOUR_SECONDS, compute_cost
+from portfolio.billing.choices import ComputeKind, PriceKind
+from portfolio.billing.daily import cost_per_hour
+from portfolio.billing.models import ComputeInterval, TokenUsage
+from portfolio.billing.pricing import PriceBook
+
+MICRO = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class ComputeCost:
+    """Compute held over a span: hours each interval ran (summed), and their cost."""
+
+    hours: Decimal
+    cost: Decimal
+    intervals: int
+
+
+def _compute(intervals, start: datetime | None, end: datetime, as_of: datetime) -> ComputeCost:
+    book = PriceBook.load(kinds=[PriceKind.POOL], until=end)
+    hours, cost, count = Fraction(0), Fraction(0), 0
+    for interval in intervals:
+        begin = max(interval.started_at, start) if start else interval.started_at
+        finish = min(interval.ended_at or as_of, end, as_of)
+        if finish <= begin:
+            continue
+        count += 1
+        for a, b, price in book.spans(PriceKind.POOL, interval.pool_id, begin, finish):
+            piece = Fraction((b - a) // MICRO, HOUR_SECONDS * 1_000_000)
+            hours += piece
+            cost += piece * cost_per_hour(interval, price)
+    return ComputeCost(money.to_decimal(hours, Decimal("0.01")), money.cents(cost), count)
+
+
+def subject_this_month(kind: str, subject: str, as_of: datetime | None = None) -> ComputeCost:
+    """Replica-hours (or job hours) of ``subject`` (a deployment's name) this month, and their cost."""
+    as_of = as_of or timezone.now()
+    start, end = money.month_bounds(money.month_start(as_of))
+    intervals = ComputeInterval.objects.filter(kind=kind, subject=subject, started_at__lt=end).filter(
+        Q(ended_at__isnull=True) | Q(ended_at__gt=start)
+    )
+    return _compute(intervals, start, end, as_of)
+
+
+def deployment_this_month(name: str, as_of: datetime | None = None) -> ComputeCost:
+    return subject_this_month(ComputeKind.REPLICA, name, as_of)
+
+
+JOB_KINDS = ("finetune", "distillation")  # the training meter's key kinds of a FineTuneJob row
+
+
+def job_compute(job_id: int, as_of: datetime | None = None, *, kinds=JOB_KINDS) -> ComputeCost:
+    """Every attempt of a job (intervals keyed ``job:<kind>:<id>:...``) over its whole life."""
+    as_of = as_of or timezone.now()
+    keys = Q(pk__in=[])
+    for kind in kinds:
+        keys |= Q(key__startswith=f"job:{kind}:{job_id}:")
+    intervals = ComputeInterval.objects.filter(keys, kind=ComputeKind.JOB)
+    return _compute(intervals, None, as_of, as_of)
+
+
+@dataclass(frozen=True)
+class EndpointCost:
+    """An endpoint's calls this month and what they cost: at its token prices, or (unpriced) its
+    deployments' compute shared out by requests."""
+
+    requests: int
+    tokens: int
+    cost: Decimal
+    priced: bool
+
+    @property
+    def per_thousand_requests(self) -> Decimal | None:
+        return money.cents(Fraction(self.cost) * 1000 / self.requests) if self.requests else None
+
+    @property
+    def per_million_tokens(self) -> Decimal | None:
+        return money.cents(Fraction(self.cost) * money.MILLION / self.tokens) if self.tokens else None
+
+
+def endpoint_this_month(endpoint_id: int, as_of: datetime | None = None) -> EndpointCost:
+    as_of = as_of or timezone.now()
+    start, end = money.month_bounds(money.month_start(as_of))
+    book = PriceBook.load(kinds=[PriceKind.ENDPOINT, PriceKind.POOL], until=end)
+    usage = TokenUsage.objects.filter(endpoint_id=endpoint_id, hour__gte=start, hour__lt=end)
+    hours = list(
+        usage.values_list("hour", "deployment").annotate(
+            calls=Sum("requests"), tokens_in=Sum("input_tokens"), tokens_out=Sum("output_tokens")
+        )
+    )
+    requests = sum(row[2] or 0 for row in hours)
+    tokens = sum((row[3] or 0) + (row[4] or 0) for row in hours)
+    cost = Fraction(0)
+    priced = any(book.at(PriceKind.ENDPOINT, endpoint_id, hour) for hour, *_ in hours) or bool(
+        book.at(PriceKind.ENDPOINT, endpoint_id, as_of)
+    )
+    if priced:
+        for hour, _deployment, _calls, tokens_in, tokens_out in hours:
+            price = book.at(PriceKind.ENDPOINT, endpoint_id, hour)
+            if price is not None:
+                cost += Fraction(tokens_in or 0, money.MILLION) * Fraction(price.input_per_million)
+                cost += Fraction(tokens_out or 0, money.MILLION) * Fraction(price.output_per_million)
+    else:
+        # Unpriced: each deployment's replica cost, this endpoint's share by requests it sent there.
+        mine: dict[str, int] = {}
+        for _hour, deployment, calls, *_ in hours:
+            if deployment:
+                mine[deployment] = mine.get(deployment, 0) + (calls or 0)
+        served = dict(
+            TokenUsage.objects.filter(hour__gte=start, hour__lt=end, deployment__in=list(mine))
+            .values_list("deployment")
+            .annotate(calls=Sum("requests"))
+        )
+        costs = compute_cost(book, list(mine), start, end, as_of)
+        for deployment, calls in mine.items():
+            if served.get(deployment):
+                cost += costs.get(deployment, Fraction(0)) * Fraction(calls, served[deployment])
+    return EndpointCost(requests, tokens, money.cents(cost), priced)
