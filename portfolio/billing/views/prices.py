@@ -70,7 +70,7 @@ class PriceForm(forms.Form):
         return value.replace(tzinfo=UTC) if timezone.is_naive(value) else value.astimezone(UTC)
 
     def clean(self):
-        data = super().clean()
+        data = super().clean() or {}
         kind, key = data.get("kind"), data.get("subject")
         if kind and key:
             if not key.startswith(f"{kind}:"):
