@@ -74,6 +74,8 @@ class AuditAction(models.TextChoices):
     PRICE_SET = "price.set", "Price set"
     STATEMENT_CLOSE = "statement.close", "Statement closed"
     STATEMENT_REISSUE = "statement.reissue", "Statement re-issued"
+    DEPARTMENT_ROLE_GRANT = "department_role.grant", "Department role granted"
+    DEPARTMENT_ROLE_REVOKE = "department_role.revoke", "Department role revoked"
     # Training
     DATASET_CREATE = "dataset.create", "Dataset created"
     DATASET_UPLOAD = "dataset.upload", "Dataset file uploaded for ingest"
