@@ -10,7 +10,6 @@ Months are ``YYYY-MM`` (UTC calendar months); a month that has not begun is refu
 paginated (``page``, ``page_size`` up to ``MAX_PAGE_SIZE``; more is a 422, not a silent cut) and ordered.
 """
 
-
 import re
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -350,6 +349,25 @@ def list_statements(request, filters: Query[StatementQuery]):
     return {"items": rows, "count": count}
 
 
+# Declared before the statement page: Django tries the patterns in order, and /statements/<id>/reissue
+# would match /statements/<department>/<month> (which has no POST) first.
+@router.post("/statements/{statement_id}/reissue", response={201: StatementOut})
+def reissue_statement(request, statement_id: int, payload: ReissueIn):
+    """A new revision of the statement in force, computed from the ledger now; platform admins, with an
+    audited reason. The old revision is kept, superseded."""
+    reader = _reader_or_hidden(request)
+    ids = reader.department_ids()
+    statement = Statement.objects.select_related("department").filter(pk=statement_id).first()
+    if statement is None or (ids is not None and statement.department_id not in ids):
+        raise NotFound("Statement not found.")
+    fresh = statements.reissue(request.auth, statement, payload.reason)
+    header, _ = overview.statement(reader, fresh.department, fresh.month, timezone.now(), fresh.revision) or (
+        None,
+        None,
+    )
+    return Status(201, header)
+
+
 @router.get("/statements/{department}/{month}", response=StatementDetailOut)
 def get_statement(request, department: str, month: str, revision: int | None = Query(None, ge=1, le=10_000)):
     """A department's month: the draft (current or unclosed month) or the revision in force, or
@@ -389,20 +407,3 @@ def _line(position: int, line) -> dict:
         "unit_price": line.unit_price,
         "amount": line.amount,
     }
-
-
-@router.post("/statements/{statement_id}/reissue", response={201: StatementOut})
-def reissue_statement(request, statement_id: int, payload: ReissueIn):
-    """A new revision of the statement in force, computed from the ledger now; platform admins, with an
-    audited reason. The old revision is kept, superseded."""
-    reader = _reader_or_hidden(request)
-    ids = reader.department_ids()
-    statement = Statement.objects.select_related("department").filter(pk=statement_id).first()
-    if statement is None or (ids is not None and statement.department_id not in ids):
-        raise NotFound("Statement not found.")
-    fresh = statements.reissue(request.auth, statement, payload.reason)
-    header, _ = overview.statement(reader, fresh.department, fresh.month, timezone.now(), fresh.revision) or (
-        None,
-        None,
-    )
-    return Status(201, header)
