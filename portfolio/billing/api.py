@@ -374,8 +374,10 @@ def get_statement(request, department: str, month: str, revision: int | None = Q
     ``revision`` when given. Team owners get their teams' lines only, flagged ``partial``."""
     reader = _reader_or_hidden(request)
     cost_center = department.strip().upper()
-    found = access.departments(request.auth).filter(cost_center=cost_center).first()
-    if found is None or not COST_CENTER.match(cost_center):
+    found = None
+    if COST_CENTER.match(cost_center):
+        found = access.departments(request.auth).filter(cost_center=cost_center).first()
+    if found is None:
         raise NotFound("Department not found.")
     answer = overview.statement(reader, found, month_of(month, timezone.now()), timezone.now(), revision)
     if answer is None:
