@@ -95,8 +95,10 @@ def month_spend(reader: Reader, month: date, now: datetime) -> MonthSpend:
     team_names = dict(
         Team.objects.filter(department_id__in=[d.pk for d in departments]).values_list("pk", "name")
     )
-    rows_d, rows_t, rows_s = [], {}, {}
-    all_cells: list = []
+    rows_d: list[Row] = []
+    rows_t: dict[tuple, Row] = {}  # (department, team) -> its row
+    rows_s: dict[tuple, Row] = {}  # (department, line kind, subject) -> its row
+    all_cells: list[daily.Cell] = []
     for department in departments:
         lines, partial = visible_lines(reader, month_of(department, month, as_of))
         spend = sum((line.amount for line in lines), ZERO)
@@ -130,11 +132,11 @@ def month_spend(reader: Reader, month: date, now: datetime) -> MonthSpend:
         for team_id in {c[1] for c in cells}:
             rows_t.setdefault(
                 (department.pk, team_id),
-                Row((team_id,), team_names.get(team_id, "no team"), department_id=department.pk),
+                Row((team_id,), team_names.get(team_id or 0, "no team"), department_id=department.pk),
             )
     for team in rows_t.values():
         team.forecast = forecast(team.spend, month, as_of)
-        team.days, team.tokens = days.total([(team.department_id, team.key[0])])
+        team.days, team.tokens = days.total([(team.department_id or 0, team.key[0])])
     total = sum((row.spend for row in rows_d), ZERO)
     day_totals, day_tokens = days.total(all_cells)
     return MonthSpend(
