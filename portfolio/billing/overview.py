@@ -231,23 +231,18 @@ def statements(
     partial_totals = _partial_totals(reader, page)
     for statement in page:
         partial = reader.team_filter(statement.department_id) is not None
-        rows.append(
-            StatementRow(
-                statement.pk,
-                statement.department_id,
-                statement.department.name,
-                statement.department.cost_center,
-                label(statement.month),
-                statement.revision,
-                statement.status,
-                statement.currency,
-                partial_totals.get(statement.pk, ZERO) if partial else statement.total,
-                statement.sha256,
-                statement.closed_at,
-                partial,
-            )  # fmt: skip
-        )
+        rows.append(stored_row(statement, partial=partial, total=partial_totals.get(statement.pk, ZERO)))
     return draft_count + stored.count(), rows
+
+
+def stored_row(statement: Statement, *, partial: bool, total: Decimal | None = None) -> StatementRow:
+    """A stored revision as a row; ``total`` replaces its own where the reader reads it only in part."""
+    return StatementRow(
+        statement.pk, statement.department_id, statement.department.name, statement.department.cost_center,
+        label(statement.month), statement.revision, statement.status, statement.currency,
+        total if partial and total is not None else statement.total, statement.sha256, statement.closed_at,
+        partial,
+    )  # fmt: skip
 
 
 def _partial_totals(reader: Reader, page: list[Statement]) -> dict[int, Decimal]:
