@@ -308,3 +308,28 @@ def test_the_spend_page_reads_the_ledger_in_a_fixed_number_of_queries_per_depart
     url = f"/spend?month={label(world.past)}"
     assert _queries(client, world, "admin", url) == 33
     assert _queries(client, world, "owner", url) == 27
+
+
+def test_an_at_cost_share_has_no_day_and_is_what_the_days_leave_out(world, call):
+    from portfolio.billing import meters
+    from portfolio.billing.choices import ComputeKind
+
+    start = money.month_bounds(world.past)[0]
+    hour = start + timedelta(hours=5)
+    # Contracts serves an unpriced endpoint from a 1-core replica for 4 hours (2.00); only Support AI calls it.
+    meters.replace_token_hours(hour, hour + timedelta(hours=1), [
+        meters.TokenHour(hour, 502, "free-ep", world.other_team.pk, world.other_department.pk, "free-dep",
+                         world.team.pk, world.department.pk, 1, 1000, 1000),
+    ])  # fmt: skip
+    meters.record_interval(
+        key="replica:2", kind=ComputeKind.REPLICA, team_id=world.other_team.pk,
+        department_id=world.other_department.pk, subject="free-dep", pool_id=world.pool.pk, pool=world.pool.name,
+        gpus=0, cpu_cores=1, memory_bytes=0, started_at=hour, ended_at=hour + timedelta(hours=4),
+    )  # fmt: skip
+    spend = _get(call, world, "admin", f"/spend?month={label(world.past)}")
+    support = next(row for row in spend["departments"] if row["name"] == "Customer Operations")
+    assert Decimal(support["spend"]) == Decimal("20.00")  # 18.00 + its at-cost share
+    assert Decimal(support["spend"]) - sum(Decimal(day) for day in support["days"]) == Decimal("2.00")
+    legal = next(row for row in spend["departments"] if row["name"] == "Legal")
+    assert Decimal(legal["days"][0]) == Decimal("-3.00")  # its replica 2.00, the priced call's credit -5.00
+    assert Decimal(spend["not_in_days"]) == Decimal("0.00")  # the share and its credit cancel out
