@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Rule:
     """scope: public | signed_in (any user) | own (the caller's own object) | org (org-wide action)
+    | billing (checked by tests/billing/test_permissions.py)
     | team (an object of the team the role users belong to; outsiders get 404) | any_team (an action held
     in any team of one's own: the outsider, owner of another team, holds what owners hold)."""
 

@@ -8,8 +8,8 @@ from ninja.pagination import PageNumberPagination, paginate
 from pydantic import Field
 
 from portfolio.accounts import gate, services
-from portfolio.accounts.choices import OrgRole, TeamRole
-from portfolio.accounts.models import Department, Membership, PersonalToken, Team
+from portfolio.accounts.choices import DepartmentRoleName, OrgRole, TeamRole
+from portfolio.accounts.models import Department, DepartmentRole, Membership, PersonalToken, Team
 from portfolio.errors import Invalid, NotFound
 
 router = Router(tags=["organisation"])
@@ -114,6 +114,19 @@ class UserCreated(UserOut):
     initial_password: str = Field(description="Shown once; hand it over and have it changed.")
 
 
+class DepartmentRoleOut(Schema):
+    user_id: int
+    username: str = Field(alias="user.username")
+    department_id: int
+    role: DepartmentRoleName
+    created_at: datetime
+
+
+class DepartmentRoleIn(Schema):
+    username: str = Field(min_length=1, max_length=150)
+    role: DepartmentRoleName = DepartmentRoleName.MANAGER
+
+
 class MeOut(Schema):
     username: str
     org_roles: list[str]
@@ -166,6 +179,50 @@ def get_department(request, department_id: int):
 def update_department(request, department_id: int, payload: DepartmentIn):
     department = gate.get_visible(request.auth, Department, pk=department_id)
     return services.update_department(actor=request.auth, department=department, **payload.dict())
+
+
+# --- Department roles (managers read the department's billing and set its teams' budgets) ---------
+@router.get("/departments/{department_id}/roles", response=list[DepartmentRoleOut])
+@paginate(PageNumberPagination, page_size=100)
+def list_department_roles(request, department_id: int):
+    department = gate.get_visible(request.auth, Department, pk=department_id)
+    return (
+        DepartmentRole.objects.filter(department=department)
+        .select_related("user")
+        .order_by("role", "user__username", "id")
+    )
+
+
+@router.post("/departments/{department_id}/roles", response={201: DepartmentRoleOut})
+def grant_department_role(request, department_id: int, payload: DepartmentRoleIn):
+    """Platform admins only; audited as ``department_role.grant``."""
+    department = gate.get_visible(request.auth, Department, pk=department_id)
+    gate.require(request.auth, "department.change", department)
+    user = User.objects.filter(username=payload.username, is_active=True).first()
+    if user is None:
+        raise Invalid("username: No active user with that name.", fields={"username": ["Unknown user."]})
+    grant = services.grant_department_role(
+        actor=request.auth, user=user, department=department, role=payload.role
+    )
+    return Status(201, grant)
+
+
+@router.delete("/departments/{department_id}/roles/{user_id}", response={204: None})
+def revoke_department_role(
+    request, department_id: int, user_id: int, role: DepartmentRoleName = DepartmentRoleName.MANAGER
+):
+    """Platform admins only; audited as ``department_role.revoke``. 404 when the user holds no such role."""
+    department = gate.get_visible(request.auth, Department, pk=department_id)
+    gate.require(request.auth, "department.change", department)
+    grant = (
+        DepartmentRole.objects.filter(department=department, user_id=user_id, role=role)
+        .select_related("user")
+        .first()
+    )
+    if grant is None:
+        raise NotFound("The user holds no such role in this department.")
+    services.revoke_department_role(actor=request.auth, user=grant.user, department=department, role=role)
+    return Status(204, None)
 
 
 # --- Teams -----------------------------------------------------------------------------------------

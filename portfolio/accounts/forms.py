@@ -123,6 +123,12 @@ class AddMemberForm(forms.Form):
         return username
 
 
+class DepartmentManagerForm(forms.Form):
+    username = AddMemberForm.base_fields["username"]
+
+    clean_username = AddMemberForm.clean_username
+
+
 class MemberRoleForm(forms.Form):
     role = forms.ChoiceField(choices=TeamRole.choices)
 

@@ -19,8 +19,15 @@ from django.utils.text import slugify
 
 from portfolio.accounts import gate, secrets_hashing
 from portfolio.accounts.actor import Actor
-from portfolio.accounts.choices import OrgRole, TeamRole
-from portfolio.accounts.models import Department, Membership, OrgRoleGrant, PersonalToken, Team
+from portfolio.accounts.choices import DepartmentRoleName, OrgRole, TeamRole
+from portfolio.accounts.models import (
+    Department,
+    DepartmentRole,
+    Membership,
+    OrgRoleGrant,
+    PersonalToken,
+    Team,
+)
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid
 
@@ -114,6 +121,49 @@ def update_team(*, actor: Actor, team: Team, name: str, description: str) -> Tea
         raise Conflict("Another team in this department has that name.") from None
     audit.record(actor, "team.update", team, before=before, after=team.snapshot())
     return team
+
+
+# --- Department roles ------------------------------------------------------------------------------
+def _department_role(role: str) -> str:
+    if role not in DepartmentRoleName.values:
+        raise Invalid(
+            f"role: {role!r} is not a department role ({', '.join(DepartmentRoleName.values)}).",
+            fields={"role": ["Unknown role."]},
+        )
+    return role
+
+
+@transaction.atomic
+def grant_department_role(
+    *, actor: Actor, user, department: Department, role: str = DepartmentRoleName.MANAGER
+) -> DepartmentRole:
+    """Make ``user`` a manager (the one department role) of ``department``: platform admins only."""
+    gate.require(actor, "department.change", department)
+    role = _department_role(role)
+    if not user.is_active:
+        raise Invalid("username: The account is deactivated.", fields={"username": ["Deactivated."]})
+    grant = DepartmentRole(user=user, department=department, role=role)
+    _save_new(grant, f"{user.get_username()} is already {role} of {department.name}.")
+    audit.record(actor, "department_role.grant", grant, after=grant.snapshot())
+    return grant
+
+
+@transaction.atomic
+def revoke_department_role(
+    *, actor: Actor, user, department: Department, role: str = DepartmentRoleName.MANAGER
+) -> None:
+    """Take the department role back; revoking one the user does not hold is a no-op, not audited."""
+    gate.require(actor, "department.change", department)
+    grant = (
+        DepartmentRole.objects.select_for_update()
+        .select_related("user", "department")
+        .filter(user=user, department=department, role=_department_role(role))
+        .first()
+    )
+    if grant is None:
+        return
+    audit.record(actor, "department_role.revoke", grant, before=grant.snapshot())
+    grant.delete()
 
 
 # --- Memberships -----------------------------------------------------------------------------------

@@ -12,6 +12,12 @@ urlpatterns = [
     path("departments/new/", views.department_create, name="department-create"),
     path("departments/<int:pk>/", views.department_detail, name="department-detail"),
     path("departments/<int:pk>/edit/", views.department_edit, name="department-edit"),
+    path("departments/<int:pk>/managers/", views.department_manager_add, name="department-manager-add"),
+    path(
+        "departments/<int:pk>/managers/<int:user_id>/remove/",
+        views.department_manager_remove,
+        name="department-manager-remove",
+    ),
     path("teams/", views.team_list, name="team-list"),
     # TeamCreateForm reserves the address "new" so that no team page hides behind this route.
     path("teams/new/", views.team_create, name="team-create"),

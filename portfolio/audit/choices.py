@@ -77,6 +77,8 @@ class AuditAction(models.TextChoices):
     STATEMENT_CLOSE = "statement.close", "Statement closed"
     STATEMENT_REISSUE = "statement.reissue", "Statement re-issued"
     STATEMENT_EXPORT = "statement.export", "Statement exported"
+    DEPARTMENT_ROLE_GRANT = "department_role.grant", "Department role granted"
+    DEPARTMENT_ROLE_REVOKE = "department_role.revoke", "Department role revoked"
     # Training
     DATASET_CREATE = "dataset.create", "Dataset created"
     DATASET_UPLOAD = "dataset.upload", "Dataset file uploaded for ingest"

@@ -14,8 +14,8 @@ from django.utils import timezone
 
 from portfolio.billing import money
 from portfolio.billing.charges import HOUR_SECONDS, compute_cost
+from portfolio.billing.chart_days import cost_per_hour
 from portfolio.billing.choices import ComputeKind, PriceKind
-from portfolio.billing.daily import cost_per_hour
 from portfolio.billing.models import ComputeInterval, TokenUsage
 from portfolio.billing.pricing import PriceBook
 

@@ -1,112 +1,162 @@
-"""Spend per day of a month, for the billing page's chart: cheap, from the ledger's sums, not a statement.
+"""A month's charges per day, for the billing charts: priced tokens, compute and storage of each
+(department, team), from the same ledger and price book as the statements, in four queries whatever
+the number of departments, teams or days.
 
-Tokens are priced at the endpoint's price in force in each hour, for calls by teams other than the
-endpoint's owner (a team's own calls are free: it pays their compute); compute is each interval's part of
-each day at its pool's price. Credits, at-cost shares and storage are left out: they settle on the
-statement, whose total the page shows beside the chart.
+What the series holds, and what it leaves to the month:
+
+- **tokens**: calls from another team at the endpoint's price in force in their hour, charged to the
+  calling team's day and credited to the owning team's day (``charges``' rule; a team's own calls are
+  priced 0, so they add tokens but no money);
+- **compute**: each replica and job interval cut into days and priced with ``charges._compute`` (the
+  pool's price in force over each piece), to the owning team;
+- **storage**: each stored day's GiB x 1/(days in the month) at the store's price that day.
+
+**At-cost shares** (calls to endpoints without a token price) are apportioned over a whole month's
+replica cost, and **adjustments** belong to an earlier month: neither has a day, so neither is in the
+series. Each day is rounded to the cent on its own. The statement stays the reference: the spend
+endpoint reports ``month total - sum of days`` as the part not apportioned to days.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
-from django.db.models import F, Q, Sum
+from django.db.models import Q
 
 from portfolio.billing import money
-from portfolio.billing.charges import HOUR_SECONDS, RESOURCES
+from portfolio.billing.charges import Ledger, _compute, _intervals, _rate
 from portfolio.billing.choices import PriceKind
-from portfolio.billing.models import ComputeInterval, TokenUsage
+from portfolio.billing.models import StorageDay, TokenUsage
 from portfolio.billing.pricing import PriceBook
+
+Cell = tuple[int, int | None]  # (department id, team id)
 
 
 @dataclass
-class Day:
-    """One day's spend: tokens at list price and compute, rounded to the cent for display."""
+class Days:
+    """Exact amounts and tokens per (department, team) and day of ``days``."""
 
-    day: date
-    tokens: Decimal
-    compute: Decimal
+    days: list[date]
+    amounts: dict[Cell, list[Fraction]] = field(default_factory=dict)
+    tokens: dict[Cell, list[int]] = field(default_factory=dict)
 
-    @property
-    def total(self) -> Decimal:
-        return self.tokens + self.compute
+    def _row(self, table: dict, cell: Cell, zero) -> list:
+        row = table.get(cell)
+        if row is None:
+            row = table[cell] = [zero] * len(self.days)
+        return row
+
+    def add(self, cell: Cell, index: int, amount: Fraction = Fraction(0), tokens: int = 0) -> None:
+        self._row(self.amounts, cell, Fraction(0))[index] += amount
+        if tokens:
+            self._row(self.tokens, cell, 0)[index] += tokens
+
+    def total(self, cells: Iterable[Cell]) -> tuple[list[Decimal], list[int]]:
+        """The days of ``cells`` together: amounts rounded to the cent per day, and tokens."""
+        amounts = [Fraction(0)] * len(self.days)
+        tokens = [0] * len(self.days)
+        for cell in cells:
+            for index, value in enumerate(self.amounts.get(cell, ())):
+                amounts[index] += value
+            for index, count in enumerate(self.tokens.get(cell, ())):
+                tokens[index] += count
+        return [money.cents(value) for value in amounts], tokens
+
+    def cells(self) -> set[Cell]:
+        return set(self.amounts) | set(self.tokens)
 
 
-def _scope(
-    query, departments: Iterable[int] | None, teams: Iterable[int] | None, field: str = "department_id"
-):
-    """Rows of the departments read whole, or of the teams read (None for both: everything)."""
-    if departments is None and teams is None:
-        return query
-    condition = Q(pk__in=[])
-    if departments:
-        condition |= Q(**{f"{field}__in": list(departments)})
-    if teams:
-        condition |= Q(team_id__in=list(teams))
-    return query.filter(condition)
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    start = datetime(day.year, day.month, day.day, tzinfo=money.month_bounds(day)[0].tzinfo)
+    return start, start + timedelta(days=1)
 
 
-def _rate(price, name: str) -> Fraction:
-    return Fraction(getattr(price, name)) if price is not None else Fraction(0)
+def month_days(month: date, as_of: datetime) -> list[date]:
+    """The days of ``month`` that have begun by ``as_of`` (UTC)."""
+    start, end = money.month_bounds(month)
+    last = min(end, as_of)
+    days, day = [], month
+    while day_bounds(day)[0] < last:
+        days.append(day)
+        day += timedelta(days=1)
+    return days
 
 
-def per_day(
-    month: date,
-    as_of: datetime,
-    *,
-    departments: Iterable[int] | None = None,
-    teams: Iterable[int] | None = None,
-) -> list[Day]:
-    """Each day of ``month`` up to ``as_of``'s day: what the departments (whole) and teams spent on it."""
+def series(month: date, as_of: datetime, department_ids: Iterable[int]) -> Days:
+    """The priced tokens, compute and storage of ``department_ids`` per day of ``month`` up to ``as_of``."""
+    departments = set(department_ids)
+    result = Days(month_days(month, as_of))
+    if not departments or not result.days:
+        return result
     start, end = money.month_bounds(month)
     until = min(end, as_of)
-    book = PriceBook.load(kinds=[PriceKind.ENDPOINT, PriceKind.POOL], until=end)
-    days = [month + timedelta(days=i) for i in range(max(0, (until.date() - month).days + (until < end)))]
-    tokens = {day: Fraction(0) for day in days}
-    compute = {day: Fraction(0) for day in days}
-    # One row per hour and endpoint (the callers summed), own calls excluded: a few hundred rows a day.
+    book = PriceBook.load(until=end)
+    _tokens(result, book, departments, start, until)
+    _compute_days(result, book, departments, start, until, as_of)
+    _storage(result, book, departments, month)
+    return result
+
+
+def _tokens(result: Days, book: PriceBook, departments: set[int], start: datetime, end: datetime) -> None:
     rows = (
-        _scope(TokenUsage.objects.filter(hour__gte=start, hour__lt=until), departments, teams)
-        .exclude(endpoint_id__isnull=True)
-        .exclude(team_id=F("owner_team_id"))
-        .values_list("hour", "endpoint_id")
-        .annotate(tokens_in=Sum("input_tokens"), tokens_out=Sum("output_tokens"))
-    )
-    for hour, endpoint_id, tokens_in, tokens_out in rows:
-        price = book.at(PriceKind.ENDPOINT, endpoint_id, hour)
-        if price is None or hour.date() not in tokens:
-            continue
-        tokens[hour.date()] += Fraction(tokens_in or 0, money.MILLION) * _rate(price, "input_per_million")
-        tokens[hour.date()] += Fraction(tokens_out or 0, money.MILLION) * _rate(price, "output_per_million")
-    intervals = _scope(
-        ComputeInterval.objects.filter(started_at__lt=until).filter(
-            Q(ended_at__isnull=True) | Q(ended_at__gt=start)
-        ),
-        departments,
-        teams,
-    )
+        TokenUsage.objects.filter(hour__gte=start, hour__lt=end)
+        .filter(Q(department_id__in=departments) | Q(owner_department_id__in=departments))
+        .values_list(
+            "hour", "endpoint_id", "team_id", "department_id", "owner_team_id", "owner_department_id",
+            "input_tokens", "output_tokens",
+        )
+    )  # fmt: skip
+    for hour, endpoint_id, team, dept, owner, owner_dept, tokens_in, tokens_out in rows:
+        index = (hour - start).days
+        if dept in departments:
+            result.add((dept, team), index, tokens=tokens_in + tokens_out)
+        price = book.at(PriceKind.ENDPOINT, endpoint_id, hour) if endpoint_id is not None else None
+        own = team is not None and team == owner
+        if own or price is None:
+            continue  # own calls are priced 0; unpriced calls of others go to the month's at-cost rule
+        charged = Fraction(tokens_in, money.MILLION) * Fraction(_rate(price, "input_per_million")) + Fraction(
+            tokens_out, money.MILLION
+        ) * Fraction(_rate(price, "output_per_million"))
+        if dept in departments:
+            result.add((dept, team), index, charged)
+        if owner_dept in departments:
+            result.add((owner_dept, owner), index, -charged)
+
+
+def _compute_days(
+    result: Days, book: PriceBook, departments: set[int], start: datetime, until: datetime, as_of: datetime
+) -> None:
+    intervals = _intervals(None, start, until).filter(department_id__in=departments)
+    first = result.days[0]
     for interval in intervals:
-        begin, finish = max(interval.started_at, start), min(interval.ended_at or as_of, until)
-        for a, b, price in book.spans(PriceKind.POOL, interval.pool_id, begin, finish):
-            while a < b:  # cut at each midnight (UTC)
-                midnight = datetime.combine(a.date() + timedelta(days=1), datetime.min.time(), a.tzinfo)
-                piece_end = min(b, midnight)
-                hours = Fraction((piece_end - a) // timedelta(microseconds=1), HOUR_SECONDS * 1_000_000)
-                if a.date() in compute:
-                    compute[a.date()] += hours * cost_per_hour(interval, price)
-                a = piece_end
-    return [Day(day, money.cents(tokens[day]), money.cents(compute[day])) for day in days]
+        begin = max(interval.started_at, start)
+        finish = min(interval.ended_at or as_of, until)
+        index = max((begin - start).days, 0)
+        while index < len(result.days):
+            day_start, day_end = day_bounds(first + timedelta(days=index))
+            if day_start >= finish:
+                break
+            scratch = Ledger()
+            _compute(scratch, book, [interval], day_start, day_end, as_of)
+            amount = sum((line.exact_amount for line in scratch.lines.values()), Fraction(0))
+            result.add((interval.department_id, interval.team_id), index, amount)
+            index += 1
 
 
-def cost_per_hour(interval: ComputeInterval, price) -> Fraction:
-    """What the interval's held GPUs, cores and memory cost for one hour at ``price`` (a pool's)."""
-    total = Fraction(0)
-    for field_name, rate_name, _unit in RESOURCES:
-        held = getattr(interval, field_name)
-        amount = Fraction(held, money.GIB) if field_name == "memory_bytes" else Fraction(held)
-        total += amount * _rate(price, rate_name)
-    return total
+def _storage(result: Days, book: PriceBook, departments: set[int], month: date) -> None:
+    days_in_month = money.days_in(month)
+    rows = StorageDay.objects.filter(
+        department_id__in=departments, day__gte=month, day__lte=result.days[-1]
+    ).values_list("day", "team_id", "department_id", "store", "bytes")
+    per_store: dict[tuple, int] = defaultdict(int)
+    for day, team, dept, store, stored in rows:
+        per_store[(day, team, dept, store)] += stored
+    for (day, team, dept, store), stored in per_store.items():
+        rate = _rate(book.at(PriceKind.STORE, store, day_bounds(day)[0]), "gib_month")
+        amount = Fraction(stored, money.GIB * days_in_month) * Fraction(rate)
+        result.add((dept, team), (day - month).days, amount)

@@ -99,3 +99,8 @@ def priced(db):
     )
     price(PriceKind.POOL, 5, "gpu-a", gpu_hour="2.50", cpu_core_hour="0.04", memory_gib_hour="0.01")
     price(PriceKind.STORE, "local", "local", gib_month="0.10")
+
+
+# A whole billing world with a user per billing role (tests/billing/world.py), for the API and its
+# permission matrix.
+from tests.billing.world import call, world  # noqa: E402, F401

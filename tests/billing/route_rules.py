@@ -1,5 +1,6 @@
-"""The permission decision of each billing page, for tests/test_route_permissions.py, and where their URL
-arguments come from (``UI_KWARGS``): the world's department, this month."""
+"""The permission decision of each billing page and REST route, for tests/test_route_permissions.py, and
+where the pages' URL arguments come from (``UI_KWARGS``): the world's department, this month. The REST
+routes are checked for every role (department managers included) in tests/billing/test_permissions.py."""
 
 from __future__ import annotations
 
@@ -27,3 +28,16 @@ def ui_kwargs(route: str, values: dict) -> dict:
 
 
 UI_KWARGS: dict[str, dict[str, str]] = {"billing-statement": {}, "billing-statement-reissue": {}}
+
+
+BILLING = Rule("billing")
+
+API_ROUTES: dict[str, Rule] = {
+    "GET /billing/prices": BILLING,
+    "POST /billing/prices": BILLING,
+    "GET /billing/prices/subjects": BILLING,
+    "GET /billing/spend": BILLING,
+    "GET /billing/statements": BILLING,
+    "GET /billing/statements/{department}/{month}": BILLING,
+    "POST /billing/statements/{statement_id}/reissue": BILLING,
+}

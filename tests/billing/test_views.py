@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from portfolio.accounts.models import DepartmentRole, Membership, Team
 from portfolio.audit.models import AuditEvent
-from portfolio.billing import costs, daily, meters, money, services
+from portfolio.billing import chart_days, costs, meters, money, services
 from portfolio.billing import statements as billing_statements
 from portfolio.billing.choices import ComputeKind, PriceKind, StatementStatus
 from portfolio.billing.models import Budget, ComputeInterval, Price, Statement
@@ -141,7 +141,7 @@ def test_the_forecast_divides_spend_by_the_part_of_the_month_gone_by():
 @pytest.mark.django_db
 def test_the_daily_series_adds_up_to_the_compute_on_the_statement(world, department):
     now = timezone.now()
-    days = daily.per_day(money.month_start(now), now)
+    days = chart_days.per_day(money.month_start(now), now)
     draft = billing_statements.month_of(department, money.month_start(now), now)
     assert sum(d.total for d in days) == draft.total
 

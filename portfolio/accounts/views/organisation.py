@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.db.models import Count
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from portfolio import listing
+from portfolio import htmx, listing
 from portfolio.accounts import gate, services
-from portfolio.accounts.context import actor_of
-from portfolio.accounts.forms import DepartmentForm, TeamCreateForm, TeamEditForm
-from portfolio.accounts.models import Department, Team
+from portfolio.accounts.context import actor_of, wants_fragment
+from portfolio.accounts.forms import DepartmentForm, DepartmentManagerForm, TeamCreateForm, TeamEditForm
+from portfolio.accounts.models import Department, DepartmentRole, Team
+from portfolio.errors import NotFound
 from portfolio.formviews import submit
 
 
@@ -54,26 +56,98 @@ def department_create(request):
     return render(request, "accounts/department_form.html", {"form": form, "department": None})
 
 
+def _managers_context(actor, department: Department, *, form=None, notice="", error="") -> dict:
+    can_manage = gate.can(actor, "department.change", department)
+    return {
+        "department": department,
+        "managers": DepartmentRole.objects.filter(department=department)
+        .select_related("user")
+        .order_by("user__username", "id"),
+        "can_manage_managers": can_manage,
+        "manager_form": form or (DepartmentManagerForm() if can_manage else None),
+        "notice": notice,
+        "error": error,
+    }
+
+
 @require_GET
 def department_detail(request, pk: int):
     """Permission: the department is visible (``gate.get_visible``), else 404."""
     actor = actor_of(request)
     department = gate.get_visible(actor, Department, pk=pk)
+    return _department_page(request, actor, department, _managers_context(actor, department))
+
+
+def _department_page(request, actor, department: Department, managers: dict):
+    """The department page, or only its managers card for an htmx call."""
+    if wants_fragment(request):
+        return htmx.render(request, "accounts/partials/department_managers.html", managers)
     teams = (
         gate.visible(actor, Team)
         .filter(department=department)
         .annotate(member_count=Count("memberships"))
         .order_by("name", "id")
     )
-    return render(
+    context = {
+        **managers,
+        "teams": teams,
+        "can_change": gate.can(actor, "department.change", department),
+        "can_create_team": gate.can(actor, "team.create"),
+    }
+    return htmx.render(request, "accounts/department_detail.html", context)
+
+
+def _department_for_managers(request, pk: int):
+    actor = actor_of(request)
+    department = gate.get_visible(actor, Department, pk=pk)
+    gate.require(actor, "department.change", department)
+    return actor, department
+
+
+def _managers_changed(request, actor, department: Department, notice: str):
+    if wants_fragment(request):
+        return _department_page(
+            request, actor, department, _managers_context(actor, department, notice=notice)
+        )
+    messages.success(request, notice)
+    return redirect("department-detail", pk=department.pk)
+
+
+@require_POST
+def department_manager_add(request, pk: int):
+    """Permission: department visible (else 404) and ``department.change`` (platform admin, else 403)."""
+    actor, department = _department_for_managers(request, pk)
+    form = DepartmentManagerForm(request.POST)
+    done = submit(
         request,
-        "accounts/department_detail.html",
-        {
-            "department": department,
-            "teams": teams,
-            "can_change": gate.can(actor, "department.change", department),
-            "can_create_team": gate.can(actor, "team.create"),
-        },
+        form,
+        lambda: services.grant_department_role(
+            actor=actor, user=form.cleaned_data["user"], department=department
+        ),
+        then=lambda grant: _managers_changed(
+            request, actor, department, f"{grant.user.get_username()} now manages {department.name}."
+        ),
+    )
+    if done is not None:
+        return done
+    if not wants_fragment(request):
+        messages.error(request, "; ".join(e for errors in form.errors.values() for e in errors))
+        return redirect("department-detail", pk=department.pk)
+    return _department_page(request, actor, department, _managers_context(actor, department, form=form))
+
+
+@require_POST
+def department_manager_remove(request, pk: int, user_id: int):
+    """Permission: department visible (else 404) and ``department.change`` (platform admin, else 403)."""
+    actor, department = _department_for_managers(request, pk)
+    grant = (
+        DepartmentRole.objects.filter(department=department, user_id=user_id).select_related("user").first()
+    )
+    if grant is None:
+        raise NotFound("The user does not manage this department.")
+    services.revoke_department_role(actor=actor, user=grant.user, department=department, role=grant.role)
+    return _managers_changed(
+        request, actor, department, f"{grant.user.get_username()} no longer manages {department.name}."
     )
 
 

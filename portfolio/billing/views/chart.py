@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from portfolio.billing.daily import Day
+from portfolio.billing.chart_days import Day
 from portfolio.charts import coordinate as _c
 from portfolio.charts import nice_step, short_number
 

@@ -13,7 +13,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from portfolio.billing import access, daily, money
+from portfolio.billing import access, chart_days, money
 from portfolio.billing.choices import LineKind
 from portfolio.billing.models import Budget
 from portfolio.billing.statements import ZERO, label, month_of
@@ -90,10 +90,10 @@ def overview(request):
         row["cost_center"] = team_department.get(row["key"], "")
         row["forecast"] = forecast(row["amount"], elapsed)
     if reader.everything:
-        days = daily.per_day(month, now)
+        days = chart_days.per_day(month, now)
         budgets = Budget.objects.all()
     else:
-        days = daily.per_day(month, now, departments=reader.departments, teams=reader.teams)
+        days = chart_days.per_day(month, now, departments=reader.departments, teams=reader.teams)
         budgets = Budget.objects.filter(
             Q(department_id__in=reader.departments)
             | Q(team_id__in=reader.teams)

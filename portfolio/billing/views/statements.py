@@ -129,7 +129,8 @@ def _exports(department_id: int, month: str) -> list[dict]:
             "format": fmt,
             "label": name,
             "url": reverse(
-                "billing-statement-export", kwargs={"department_id": department_id, "month": month, "fmt": fmt}
+                "billing-statement-export",
+                kwargs={"department_id": department_id, "month": month, "fmt": fmt},
             ),
         }
         for fmt, name in EXPORT_FORMATS
