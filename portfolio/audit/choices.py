@@ -74,6 +74,9 @@ class AuditAction(models.TextChoices):
     PRICE_SET = "price.set", "Price set"
     STATEMENT_CLOSE = "statement.close", "Statement closed"
     STATEMENT_REISSUE = "statement.reissue", "Statement re-issued"
+    BUDGET_SET = "budget.set", "Budget set"
+    BUDGET_DELETE = "budget.delete", "Budget removed"
+    BUDGET_ALERT = "budget.alert", "Budget alert sent"
     # Training
     DATASET_CREATE = "dataset.create", "Dataset created"
     DATASET_UPLOAD = "dataset.upload", "Dataset file uploaded for ingest"
