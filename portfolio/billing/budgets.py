@@ -29,7 +29,7 @@ from portfolio.audit.choices import AuditAction
 from portfolio.billing import access, money
 from portfolio.billing.choices import BudgetScope
 from portfolio.billing.models import Budget
-from portfolio.errors import Conflict, Forbidden, Invalid
+from portfolio.errors import Conflict, Forbidden, Invalid, NotFound
 
 MAX_AMOUNT = Decimal("10000000000")  # 10^10 a month: far above any real budget, far below the column's
 MAX_THRESHOLDS = 10
@@ -114,6 +114,18 @@ def _internal(host: str) -> bool:
     return not address.is_global
 
 
+def _team_to_manage(actor: Actor, team: Team) -> Team:
+    """The team, if the actor may budget it: 404 when they cannot see it (Team.visible_to does not count
+    a department manager's teams, so they are added here), 403 when their role does not allow it."""
+    team = Team.objects.get(pk=team.pk)
+    managed = team.department_id in actor.managed_department_ids
+    if not (managed or gate.visible(actor, Team).filter(pk=team.pk).exists()):
+        raise NotFound("Team not found.")
+    if not gate.can(actor, "budget.manage", team):
+        raise Forbidden("Your role does not allow budget.manage.")
+    return team
+
+
 def _team_privileged(actor: Actor, team: Team) -> bool:
     """Admins and the department's managers set all of a team's budget; owners only lower it."""
     return actor.is_admin or team.department_id in actor.managed_department_ids
@@ -143,8 +155,7 @@ def set_budget(
         fresh = Budget(scope=BudgetScope.DEPARTMENT, department=department)
     else:
         assert team is not None
-        gate.require(actor, "budget.manage", team)
-        team = Team.objects.get(pk=team.pk)
+        team = _team_to_manage(actor, team)
         budget = Budget.objects.select_for_update().filter(team=team).first()
         fresh = Budget(scope=BudgetScope.TEAM, team=team)
     before = budget.snapshot() if budget else None
@@ -196,7 +207,7 @@ def delete_budget(*, actor: Actor, budget: Budget) -> None:
     """Remove a budget (its alerts go with it). Whoever may set all of it may remove it."""
     budget = Budget.objects.select_related("team", "department").get(pk=budget.pk)
     if budget.team is not None:
-        gate.require(actor, "budget.manage", budget.team)
+        _team_to_manage(actor, budget.team)
         if not _team_privileged(actor, budget.team):
             raise Forbidden("Only admins and the department's managers remove a team's budget.")
     else:
