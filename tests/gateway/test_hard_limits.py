@@ -125,7 +125,7 @@ def test_settling_below_the_reservation_gives_the_rest_back():
             keys,
             reserve,
             actual,
-            rounds=6,
+            rounds=15,
         )
     )
     spent = counter(f"gw:tm:{team_id}")
