@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 import urllib.error
 import urllib.request
 from datetime import datetime
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.mail import send_mail
@@ -137,7 +140,20 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirects)
 
 
+def _internal_host(url: str) -> bool:
+    """Whether the URL's host is, or resolves to, an address that is not global: a name set when it
+    pointed outside may point inside by now (checked again here, not only when the budget was set)."""
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False  # the connection fails the same way, and is recorded
+    return any(not ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_global for info in infos)
+
+
 def _webhook(url: str, payload: dict) -> str:
+    if not settings.BILLING_WEBHOOK_PRIVATE_HOSTS and _internal_host(url):
+        return "failed: the host is an internal address; not called"
     body = json.dumps(payload, sort_keys=True).encode()
     request = urllib.request.Request(  # noqa: S310 - the URL was checked to be http(s) when set
         url,

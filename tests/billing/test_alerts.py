@@ -215,3 +215,14 @@ def test_two_checks_at_once_send_each_threshold_once(org, team, other_team, pric
         thread.join()
     assert sum(results) == 5 and BudgetAlert.objects.count() == 5
     assert len(mail.outbox) == 5
+
+
+def test_a_webhook_that_now_points_inside_is_not_called(org, team, other_team, receiver, priced, settings):
+    budgets.set_budget(
+        actor=actor_for(org["admin"]), team=team, amount="10", thresholds=[50], webhook_url=receiver.url
+    )
+    settings.BILLING_WEBHOOK_PRIVATE_HOSTS = False  # as in production: the address is checked again
+    spend(team, other_team, 6)
+    (alert,) = alerts.check()
+    assert alert.delivery["webhook"].startswith("failed: the host is an internal address")
+    assert receiver.received == []
