@@ -235,7 +235,9 @@ def hard_limits(now=None) -> dict[tuple[str, int], tuple[int, int]]:
         tokens = row["token_spend"] if current else Decimal(0)
         subject = row["team_id"] if row["scope"] == BudgetScope.TEAM else row["department_id"]
         caps[(row["scope"], subject)] = (
-            int((row["amount"] - other) * MICROS),
+            # Never below 0: -1 means "no limit" to the admission script, and compute past the budget
+            # leaves no room for calls at all.
+            max(0, int((row["amount"] - other) * MICROS)),
             max(0, int(tokens * MICROS)),
         )
     return caps

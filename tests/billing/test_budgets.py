@@ -165,5 +165,7 @@ def test_hard_limits_subtract_the_months_other_spend_and_seed_from_token_spend(o
         spend_month=money.month_start(timezone.now()), token_spend=Decimal("20"), other_spend=Decimal("30")
     )
     assert budgets.hard_limits() == {("team", team.pk): (470_000_000, 20_000_000)}
+    Budget.objects.filter(pk=ceilinged.pk).update(other_spend=Decimal("600"))
+    assert budgets.hard_limits() == {("team", team.pk): (0, 20_000_000)}, "compute past it: no room left"
     Budget.objects.filter(pk=ceilinged.pk).update(hard_limit=False)
     assert budgets.hard_limits() == {}
