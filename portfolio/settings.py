@@ -93,6 +93,31 @@ TOKEN_HASH_KEY_PREVIOUS: list[bytes] = [
     for key in env.secret_list("PORTFOLIO_TOKEN_HASH_KEY_PREVIOUS", min_length=32 if PRODUCTION else 1)
 ]
 
+# Webhooks (budget alerts) are signed with HMAC-SHA256 under this key; receivers verify with the same.
+# Set on its own (PORTFOLIO_WEBHOOK_SECRET or _FILE) so receivers keep it when DJANGO_SECRET_KEY rotates;
+# unset, it is derived from the secret key.
+_webhook_secret = env.text("PORTFOLIO_WEBHOOK_SECRET")
+if _webhook_secret is not None and len(_webhook_secret) < 32:
+    raise ImproperlyConfigured("PORTFOLIO_WEBHOOK_SECRET must be at least 32 characters.")
+WEBHOOK_SECRET: bytes = _webhook_secret.encode() if _webhook_secret else _derived_key("webhook")
+
+# E-mail (budget alerts) through Django's mail backend: SMTP when EMAIL_HOST is set, else the console.
+EMAIL_HOST = env.text("EMAIL_HOST") or ""
+EMAIL_BACKEND = env.text("EMAIL_BACKEND") or (
+    "django.core.mail.backends.smtp.EmailBackend"
+    if EMAIL_HOST
+    else "django.core.mail.backends.console.EmailBackend"
+)
+EMAIL_PORT = env.integer("EMAIL_PORT", 587, minimum=1, maximum=65535)
+EMAIL_HOST_USER = env.text("EMAIL_HOST_USER") or ""
+EMAIL_HOST_PASSWORD = env.text("EMAIL_HOST_PASSWORD") or ""  # or EMAIL_HOST_PASSWORD_FILE
+EMAIL_USE_TLS = env.flag("EMAIL_USE_TLS", True)
+EMAIL_USE_SSL = env.flag("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    EMAIL_USE_TLS = False  # implicit TLS (port 465) wins; Django refuses both
+EMAIL_TIMEOUT = env.integer("EMAIL_TIMEOUT", 10, minimum=1, maximum=120)
+DEFAULT_FROM_EMAIL = env.text("DEFAULT_FROM_EMAIL") or "portfolio@localhost"
+
 # --- Services -------------------------------------------------------------------------------------
 _database = env.database()
 _redis_url = env.redis_url()
@@ -237,6 +262,10 @@ BILLING_CURRENCY = env.choice(
 )
 BILLING_CLOSE_AFTER_HOURS = env.integer("PORTFOLIO_BILLING_CLOSE_AFTER_HOURS", 6, minimum=0)
 BILLING_ADJUSTMENT_MONTHS = env.integer("PORTFOLIO_BILLING_ADJUSTMENT_MONTHS", 3, minimum=1)
+# Budget alert webhooks: a short timeout (the alert task must not hang on a slow receiver), and whether
+# a URL may name a loopback / private address (off: a team owner could make the platform call its insides).
+BILLING_WEBHOOK_TIMEOUT = env.integer("PORTFOLIO_BILLING_WEBHOOK_TIMEOUT", 5, minimum=1, maximum=30)
+BILLING_WEBHOOK_PRIVATE_HOSTS = env.flag("PORTFOLIO_BILLING_WEBHOOK_PRIVATE_HOSTS", False)
 
 CELERY_BEAT_SCHEDULE = {
     "training-reap-jobs": {"task": "training.reap_stale_jobs", "schedule": 30.0},
@@ -248,6 +277,8 @@ CELERY_BEAT_SCHEDULE = {
     # The chain head into the logs, which leave this machine: a later rewrite of history is detectable.
     "audit-anchor-head": {"task": "audit.anchor_head", "schedule": 300.0},
     "billing-close-statements": {"task": "billing.close_statements", "schedule": 3600.0},
+    # Alerts, and the spend the gateway's hard limits compare against (its counters cover the calls between).
+    "billing-check-budgets": {"task": "billing.check_budgets", "schedule": 300.0},
 }
 
 # --- Django ---------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from django.utils import timezone
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
+from portfolio.billing import budgets
 from portfolio.errors import Conflict, Invalid
 from portfolio.registry import services as registry_services
 from portfolio.registry.choices import VersionKind, VersionStatus
@@ -156,6 +157,7 @@ def start_job(
     target = target_model or base_version.model
     gate.require(actor, "model.register", target)
     services.require_job_inputs(team=team, base_version=base_version, pool=pool, target_model=target)
+    budgets.check_can_spend(team)  # the job's compute is the team's: not past a hard-limited budget
     node, gpu_indices = _placement(pool)
     job = FineTuneJob.objects.create(
         owner_team=team,

@@ -79,6 +79,9 @@ class AuditAction(models.TextChoices):
     STATEMENT_EXPORT = "statement.export", "Statement exported"
     DEPARTMENT_ROLE_GRANT = "department_role.grant", "Department role granted"
     DEPARTMENT_ROLE_REVOKE = "department_role.revoke", "Department role revoked"
+    BUDGET_SET = "budget.set", "Budget set"
+    BUDGET_DELETE = "budget.delete", "Budget removed"
+    BUDGET_ALERT = "budget.alert", "Budget alert sent"
     # Training
     DATASET_CREATE = "dataset.create", "Dataset created"
     DATASET_UPLOAD = "dataset.upload", "Dataset file uploaded for ingest"

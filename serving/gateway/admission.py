@@ -9,8 +9,8 @@ from __future__ import annotations
 from serving.gateway import payloads
 from serving.gateway.errors import GatewayError
 from serving.gateway.keycache import KeyRecord
-from serving.gateway.limits import Verdict
-from serving.gateway.routing import EndpointInfo
+from serving.gateway.limits import SpendCaps, Verdict
+from serving.gateway.routing import EndpointInfo, Snapshot
 
 
 def reservation(shape: payloads.Shape, chain: list[EndpointInfo]) -> tuple[int, int]:
@@ -24,6 +24,28 @@ def reservation(shape: payloads.Shape, chain: list[EndpointInfo]) -> tuple[int, 
     return bound_tokens, bound_money
 
 
+def spend_caps(snapshot: Snapshot, key: KeyRecord, shape: payloads.Shape, chain: list[EndpointInfo]):
+    """The hard limits of the key's team and department (None when neither has one), reserving the worst
+    case of the hops that statements charge: those to another team's endpoints (own calls are free)."""
+    team = snapshot.caps.get(("team", key.team_id))
+    department = snapshot.caps.get(("department", key.department_id))
+    if team is None and department is None:
+        return None
+    reserve = 0
+    for hop in chain:
+        if hop.team_id != key.team_id:
+            _, hop_money = payloads.worst_case(
+                shape, hop.max_model_len, hop.input_micros_per_token, hop.output_micros_per_token
+            )
+            reserve = max(reserve, hop_money)
+    return SpendCaps(key.team_id, key.department_id, team, department, reserve)
+
+
+def charged(key: KeyRecord, endpoint: EndpointInfo, cost: int) -> int:
+    """What a call answered by ``endpoint`` costs the caller's team on its statement."""
+    return cost if endpoint.team_id != key.team_id else 0
+
+
 def refusal(key: KeyRecord, verdict: Verdict, tokens: int, money: int, *, playground: bool) -> GatewayError:
     """Why admission said no, in words a client can act on (the caller evicts a key found revoked)."""
     subject = "the prompt box (per user)" if playground else "this key"
@@ -35,6 +57,16 @@ def refusal(key: KeyRecord, verdict: Verdict, tokens: int, money: int, *, playgr
             f"Rate limit reached for requests per minute on {subject}.",
             "rate_limit_exceeded",
             retry_after=max(1, verdict.retry_after),
+        )
+    if verdict.reason in ("team_budget", "department_budget"):
+        whose = f"team {key.team}" if verdict.reason == "team_budget" else "this team's department"
+        return GatewayError(
+            429,
+            f"The monthly budget of {whose} is a hard limit and this request could pass it "
+            f"({_money(max(0, verdict.remaining))} left, up to {_money(money)} asked; requests in flight "
+            "hold part of it). Lower max_tokens, or ask for a higher budget.",
+            "budget_exceeded",
+            retry_after=verdict.retry_after,
         )
     if verdict.reason == "tpm":
         if key.tpm_limit is not None and tokens > key.tpm_limit:

@@ -286,6 +286,7 @@ class Gateway:
                 revoked_set=keystate.REVOKED_SET,
                 ledger=self.ledger,
                 lost_event=usage_event(key, outcome, 0.0, 0, lost=True),
+                caps=admission.spend_caps(self.snapshot, key, shape, chain),
             )
             if not verdict.ok:
                 if verdict.reason == "revoked":
@@ -420,7 +421,10 @@ class Gateway:
         cost = price_micros(endpoint, outcome.input_tokens, outcome.output_tokens)
         event = usage_event(key, outcome, latency, cost)
         commands = self.limiter.settle(
-            reservation, tokens=outcome.input_tokens + outcome.output_tokens, money_micros=cost
+            reservation,
+            tokens=outcome.input_tokens + outcome.output_tokens,
+            money_micros=cost,
+            spend_micros=admission.charged(key, endpoint, cost),
         )
         commands.append(("XADD", USAGE_STREAM, "*", "e", orjson.dumps(event)))
         try:

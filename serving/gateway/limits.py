@@ -23,10 +23,12 @@ from serving.gateway import inflight
 from serving.gateway.redis_pipe import ClientPipe, RedisPipe
 
 # KEYS: revoked set, rpm counter, tpm counter, monthly token counter, monthly money counter (micro-units),
-#       the gateway process's in-flight ledger (see inflight.py)
+#       the gateway process's in-flight ledger (see inflight.py), the team's and the department's monthly
+#       money counters (hard-limited budgets; micro-units of calls to other teams' endpoints)
 # ARGV: key id, rpm limit, tpm limit, tokens to reserve, token budget, money budget, money to reserve,
 #       seconds to the end of the minute, seconds to the end of the month (a limit of -1 means none),
-#       the request's ledger field and entry
+#       the request's ledger field and entry, the team's limit and seed, the department's limit and seed,
+#       money to reserve on those two (0: the call is the team's own, free on statements)
 ADMIT = """
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {'revoked', 0, 0} end
 local rpm, tpm, reserve = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -41,16 +43,32 @@ end
 if money_budget >= 0 and used(KEYS[5]) + reserve_money > money_budget then
   return {'money', month_left, money_budget - used(KEYS[5])}
 end
+local team_limit, dept_limit, reserve_spend = tonumber(ARGV[12]), tonumber(ARGV[14]), tonumber(ARGV[16])
+local function seeded(key, seed)
+  -- A counter Redis lost (restart, eviction) starts from the month's token spend on the ledger.
+  if redis.call('EXISTS', key) == 0 then redis.call('SET', key, seed, 'EX', month_left + 86400) end
+  return used(key)
+end
+if reserve_spend > 0 and team_limit >= 0 and seeded(KEYS[7], ARGV[13]) + reserve_spend > team_limit then
+  return {'team_budget', month_left, team_limit - used(KEYS[7])}
+end
+if reserve_spend > 0 and dept_limit >= 0 and seeded(KEYS[8], ARGV[15]) + reserve_spend > dept_limit then
+  return {'department_budget', month_left, dept_limit - used(KEYS[8])}
+end
 if rpm >= 0 then redis.call('INCR', KEYS[2]); redis.call('EXPIRE', KEYS[2], minute_left + 1) end
 if tpm >= 0 then redis.call('INCRBY', KEYS[3], reserve); redis.call('EXPIRE', KEYS[3], minute_left + 1) end
 if token_budget >= 0 then redis.call('INCRBY', KEYS[4], reserve); redis.call('EXPIRE', KEYS[4], month_left + 86400) end
 if money_budget >= 0 then redis.call('INCRBY', KEYS[5], reserve_money); redis.call('EXPIRE', KEYS[5], month_left + 86400) end
+if reserve_spend > 0 and team_limit >= 0 then redis.call('INCRBY', KEYS[7], reserve_spend) end
+if reserve_spend > 0 and dept_limit >= 0 then redis.call('INCRBY', KEYS[8], reserve_spend) end
 if KEYS[6] ~= 'gw:-' then redis.call('HSET', KEYS[6], ARGV[10], ARGV[11]) end
 return {'ok', 0, 0}
 """
 
-# KEYS: the in-flight ledger, tpm counter, monthly token counter, monthly money counter ('gw:-': none)
-# ARGV: the request's ledger field, tokens to add (negative: to give back), money to add
+# KEYS: the in-flight ledger, tpm counter, monthly token counter, monthly money counter, the team's and
+#       the department's money counters ('gw:-': none)
+# ARGV: the request's ledger field, tokens to add (negative: to give back), money to add, money to add
+#       to the team's and department's counters
 SETTLE = """
 if KEYS[1] ~= 'gw:-' then redis.call('HDEL', KEYS[1], ARGV[1]) end
 local tokens, money = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -60,6 +78,8 @@ end
 add(KEYS[2], tokens)
 add(KEYS[3], tokens)
 add(KEYS[4], money)
+add(KEYS[5], tonumber(ARGV[4]))
+add(KEYS[6], tonumber(ARGV[4]))
 return 1
 """
 
@@ -74,12 +94,28 @@ class Reservation:
     tokens: int
     money_micros: int
     ledger: tuple[str, str] | None = None  # (ledger key, field) of the in-flight entry
+    team_key: str | None = None  # the team's and department's hard-limit counters, when reserved on
+    department_key: str | None = None
+    spend_micros: int = 0  # reserved on those two
+
+
+@dataclass(frozen=True)
+class SpendCaps:
+    """The hard limits of the caller's team and department this month (micro-units; None: none) and the
+    token spend already on the ledger, to seed a counter Redis lost; ``reserve`` is what this call may
+    add to them (0 for a call to the team's own endpoints, which statements do not charge)."""
+
+    team_id: int
+    department_id: int
+    team: tuple[int, int] | None = None  # (limit, seed)
+    department: tuple[int, int] | None = None
+    reserve: int = 0
 
 
 @dataclass(frozen=True)
 class Verdict:
     ok: bool
-    reason: str = ""  # rpm, tpm, budget (tokens) or money
+    reason: str = ""  # rpm, tpm, budget (tokens), money, team_budget or department_budget
     retry_after: int = 0
     reservation: Reservation | None = None
     remaining: int = 0  # of the limit refused: what was left of it (it may be negative)
@@ -133,6 +169,7 @@ class Limiter:
         revoked_set: str,
         ledger: str | None = None,
         lost_event: dict | None = None,
+        caps: SpendCaps | None = None,
     ) -> Verdict:
         """Reserve ``tokens`` and ``money_micros`` if every limit and budget allows it. With a ``ledger``,
         the request is also entered into it with ``lost_event``: what to bill if this process dies."""
@@ -144,6 +181,11 @@ class Limiter:
         tpm_key = f"gw:tpm:{kid}:{minute}" if key.tpm_limit is not None else None
         token_key = f"gw:bt:{kid}:{month}" if key.monthly_token_budget is not None else None
         money_key = f"gw:bm:{kid}:{month}" if key.monthly_budget_micros is not None else None
+        spend = caps.reserve if caps is not None and (caps.team or caps.department) else 0
+        team_key = f"gw:tm:{caps.team_id}:{month}" if spend and caps and caps.team else None
+        dept_key = f"gw:dm:{caps.department_id}:{month}" if spend and caps and caps.department else None
+        team_cap = (caps.team if caps and caps.team else None) or (-1, 0)
+        dept_cap = (caps.department if caps and caps.department else None) or (-1, 0)
         field, lost = "", b""
         if ledger is not None and lost_event is not None:
             field = lost_event["id"]
@@ -151,18 +193,26 @@ class Limiter:
                 lost_event,
                 [
                     (k, n)
-                    for k, n in ((tpm_key, tokens), (token_key, tokens), (money_key, money_micros))
+                    for k, n in (
+                        (tpm_key, tokens),
+                        (token_key, tokens),
+                        (money_key, money_micros),
+                        (team_key, spend),
+                        (dept_key, spend),
+                    )
                     if k and n
                 ],
             )
         keys_and_args = (
-            6,
+            8,
             revoked_set,
             f"gw:rpm:{kid}:{minute}",
             tpm_key or "gw:-",
             token_key or "gw:-",
             money_key or "gw:-",
             ledger or "gw:-",
+            team_key or "gw:-",
+            dept_key or "gw:-",
             kid,
             _limit(key.rpm_limit),
             _limit(key.tpm_limit),
@@ -174,6 +224,11 @@ class Limiter:
             month_left,
             field,
             lost,
+            team_cap[0] if team_key else -1,
+            team_cap[1],
+            dept_cap[0] if dept_key else -1,
+            dept_cap[1],
+            spend,
         )
         (reply,) = await self.pipe.execute(("EVALSHA", ADMIT_SHA, *keys_and_args))
         if unknown_script(reply):
@@ -187,13 +242,24 @@ class Limiter:
         return Verdict(
             True,
             reservation=Reservation(
-                tpm_key, token_key, money_key, tokens, money_micros, (ledger, field) if ledger else None
+                tpm_key,
+                token_key,
+                money_key,
+                tokens,
+                money_micros,
+                (ledger, field) if ledger else None,
+                team_key,
+                dept_key,
+                spend,
             ),
         )
 
-    def settle(self, reservation: Reservation | None, *, tokens: int, money_micros: int) -> list[tuple]:
+    def settle(
+        self, reservation: Reservation | None, *, tokens: int, money_micros: int, spend_micros: int = 0
+    ) -> list[tuple]:
         """The command that corrects from reserved to actual (zero actual releases it all), to pipeline;
-        its reply may ask for ``as_eval`` (``unknown_script``)."""
+        its reply may ask for ``as_eval`` (``unknown_script``). ``spend_micros``: what the call costs the
+        team on its statement (0 for its own endpoints)."""
         if reservation is None:
             return []
         ledger, field = reservation.ledger or ("gw:-", "")
@@ -201,14 +267,17 @@ class Limiter:
             (
                 "EVALSHA",
                 SETTLE_SHA,
-                4,
+                6,
                 ledger,
                 reservation.tpm_key or "gw:-",
                 reservation.token_budget_key or "gw:-",
                 reservation.money_key or "gw:-",
+                reservation.team_key or "gw:-",
+                reservation.department_key or "gw:-",
                 field,
                 tokens - reservation.tokens,
                 money_micros - reservation.money_micros,
+                spend_micros - reservation.spend_micros,
             )
         ]
 

@@ -67,6 +67,8 @@ class Snapshot:
     replicas: dict[str, list[ReplicaInfo]] = field(default_factory=dict)  # by deployment name
     deployments: dict[str, DeploymentInfo] = field(default_factory=dict)  # by name
     built_at: float = 0.0  # time.time() when it was read
+    # Hard-limited budgets: ("team"|"department", id) -> (limit, token spend seed), micro-units (budgets.py)
+    caps: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
 
 
 def build_snapshot() -> Snapshot:
@@ -83,6 +85,7 @@ def build_snapshot() -> Snapshot:
 
 
 def _read_snapshot() -> Snapshot:
+    from portfolio.billing.budgets import hard_limits
     from portfolio.billing.pricing import current_token_rates
     from portfolio.registry.choices import Task
     from serving.choices import ReplicaState
@@ -150,6 +153,7 @@ def _read_snapshot() -> Snapshot:
         snapshot.replicas.setdefault(replica.deployment.name, []).append(
             ReplicaInfo(replica.pk, replica.base_url, f"Bearer {engine_key(replica.pk)}")
         )
+    snapshot.caps = hard_limits()  # one query: the spend is stored by billing.check_budgets
     return snapshot
 
 

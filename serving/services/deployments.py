@@ -12,6 +12,7 @@ from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
+from portfolio.billing import budgets
 from portfolio.errors import Conflict, Invalid
 from portfolio.registry.choices import Task, VersionKind, VersionStatus
 from portfolio.registry.models import ModelVersion
@@ -83,6 +84,7 @@ def create_deployment(
     _fits_model(version, resolved)
     if replicas:
         _preflight(version, pool, resolved)
+        budgets.check_can_spend(team)  # replicas cost compute: not past a hard-limited budget
     deployment = Deployment(
         name=_check_name(name),
         owner_team=team,
@@ -124,6 +126,7 @@ def scale(*, actor: Actor, deployment: Deployment, replicas: int) -> Deployment:
         raise Invalid("replicas: between 0 and 64.")
     if replicas > deployment.replicas:
         require_pool_open_to(deployment.owner_team, deployment.pool)  # closed to the team since: no new ones
+        budgets.check_can_spend(deployment.owner_team)  # more replicas, more compute: not past a hard limit
     before = deployment.snapshot()
     deployment.replicas, deployment.updated_at = replicas, timezone.now()
     deployment.save(update_fields=["replicas", "updated_at"])

@@ -145,6 +145,16 @@ def test_qlora_is_refused_on_a_cpu_pool(setup):
         )
 
 
+def test_a_job_past_its_teams_hard_limited_budget_is_refused_with_the_reason(setup, org, team):
+    from portfolio.billing import budgets
+    from portfolio.errors import Conflict
+
+    budgets.set_budget(actor=actor_for(org["admin"]), team=team, amount="0", hard_limit=True)
+    with pytest.raises(Conflict, match="hard limit"):
+        _start(setup, epochs=1)
+    assert not FineTuneJob.objects.exists()
+
+
 def test_a_job_on_a_silent_node_is_resumed_elsewhere_or_failed_never_left_running(setup, settings):
     from datetime import timedelta
 

@@ -39,6 +39,14 @@ class Budget(models.Model):
     notify_emails = ArrayField(models.EmailField(), default=list, blank=True)
     webhook_url = models.URLField(blank=True)
     updated_at = models.DateTimeField(default=timezone.now)
+    # The month's spend as the alert task last measured it (every few minutes): the gateway's routing table
+    # reads these every second, which it could not afford to compute (statements are drafted line by line).
+    spend_month = models.DateField(null=True, blank=True, help_text="The month the spend fields are of")
+    token_spend = models.DecimalField(max_digits=16, decimal_places=2, default=Decimal("0"))
+    other_spend = models.DecimalField(
+        max_digits=16, decimal_places=2, default=Decimal("0"), help_text="Compute, storage, credits"
+    )
+    spend_as_of = models.DateTimeField(null=True, blank=True)
     updated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -1,0 +1,251 @@
+"""Hard-limited budgets where the money is spent: the gateway's admission script refuses a call that
+could pass its team's or department's monthly limit (429 ``budget_exceeded``), atomically with the key's
+own limits, reserving and settling like them; a lost counter starts again from the ledger's spend; and a
+deployment cannot scale up (nor a job start) once a hard limit is used up.
+
+The admission tests run the script on the real Redis the gateway uses; end to end, a key calls only its
+own team's endpoints here, which statements do not charge, so a hard limit never refuses those."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import orjson
+import pytest
+from django.conf import settings
+from django.utils import timezone
+
+from portfolio.billing import budgets
+from portfolio.billing.models import Budget
+from portfolio.errors import Conflict
+from serving.gateway import admission, errors, redis_pipe
+from serving.gateway.keycache import KeyRecord
+from serving.gateway.limits import Limiter, SpendCaps
+from serving.gateway.routing import EndpointInfo, Route, Snapshot, build_snapshot
+from serving.services import deployments
+from tests.conftest import actor_for
+from tests.gateway.conftest import wait_for_model
+
+
+def record(team_id: int, department_id: int) -> KeyRecord:
+    return KeyRecord(
+        pk=1,
+        key_id=uuid.uuid4().hex[:12],
+        secret_hash="",
+        team_id=team_id,
+        team=f"team-{team_id}",
+        department_id=department_id,
+        scopes=frozenset(),
+        networks=(),
+        rpm_limit=None,
+        tpm_limit=None,
+        monthly_token_budget=None,
+        monthly_budget_micros=None,
+        expires_at=None,
+        revoked=False,
+    )
+
+
+def ids() -> tuple[int, int]:
+    """A team and a department id no other test's counters use (the counters live in the shared Redis)."""
+    base = uuid.uuid4().int % 10**9 + 10**9
+    return base, base + 1
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+async def admit_many(caps_of, keys, reserve: int, actual: int, rounds: int = 1):
+    """Every key admits ``reserve`` at once, ``rounds`` times; the admitted settle to ``actual``."""
+    pipe = redis_pipe.connect(settings.REDIS_URL)
+    limiter = Limiter(pipe)
+    revoked = f"test:revoked:{uuid.uuid4().hex}"
+    try:
+        admitted, refused = 0, []
+        for _ in range(rounds):
+            verdicts = await asyncio.gather(
+                *[
+                    limiter.admit(
+                        key, tokens=10, money_micros=reserve, revoked_set=revoked, caps=caps_of(key)
+                    )
+                    for key in keys
+                ]
+            )
+            settles = []
+            for verdict in verdicts:
+                if verdict.ok:
+                    admitted += 1
+                    settles += limiter.settle(
+                        verdict.reservation, tokens=10, money_micros=actual, spend_micros=actual
+                    )
+                else:
+                    refused.append(verdict)
+            if settles:
+                await pipe.execute(*settles)
+        return admitted, refused
+    finally:
+        await pipe.close()
+
+
+def counter(name: str) -> int:
+    import redis
+
+    month = timezone.now().strftime("%Y%m")
+    value = redis.Redis.from_url(settings.REDIS_URL).get(f"{name}:{month}")
+    return int(value or 0)
+
+
+def test_concurrent_calls_never_overspend_a_team_hard_limit():
+    team_id, department_id = ids()
+    limit, reserve = 1_000_000, 70_000  # room for 14 reservations, not 15
+    keys = [record(team_id, department_id) for _ in range(40)]
+    admitted, refused = run(
+        admit_many(
+            lambda k: SpendCaps(team_id, department_id, team=(limit, 0), reserve=reserve),
+            keys,
+            reserve,
+            reserve,
+        )
+    )
+    assert admitted == limit // reserve == 14
+    assert {v.reason for v in refused} == {"team_budget"}
+    assert counter(f"gw:tm:{team_id}") == admitted * reserve <= limit
+
+
+def test_settling_below_the_reservation_gives_the_rest_back():
+    team_id, department_id = ids()
+    limit, reserve, actual = 1_000_000, 100_000, 25_000
+    keys = [record(team_id, department_id) for _ in range(10)]
+    admitted, _ = run(
+        admit_many(
+            lambda k: SpendCaps(team_id, department_id, team=(limit, 0), reserve=reserve),
+            keys,
+            reserve,
+            actual,
+            rounds=15,
+        )
+    )
+    spent = counter(f"gw:tm:{team_id}")
+    assert spent == admitted * actual
+    assert spent <= limit and limit - spent < reserve, "stops only when one more reservation would pass"
+
+
+def test_a_department_limit_holds_across_its_teams():
+    _, department_id = ids()
+    limit, reserve = 500_000, 60_000
+    keys = [record(department_id + 10 + i % 4, department_id) for i in range(40)]  # four teams
+    admitted, refused = run(
+        admit_many(
+            lambda k: SpendCaps(k.team_id, department_id, department=(limit, 0), reserve=reserve),
+            keys,
+            reserve,
+            reserve,
+        )
+    )
+    assert admitted == limit // reserve
+    assert {v.reason for v in refused} == {"department_budget"}
+    assert counter(f"gw:dm:{department_id}") <= limit
+
+
+def test_a_lost_counter_starts_from_the_ledgers_token_spend():
+    team_id, department_id = ids()
+    limit, seed, reserve = 1_000_000, 900_000, 60_000
+    keys = [record(team_id, department_id) for _ in range(5)]
+    admitted, refused = run(
+        admit_many(
+            lambda k: SpendCaps(team_id, department_id, team=(limit, seed), reserve=reserve),
+            keys,
+            reserve,
+            reserve,
+        )
+    )
+    assert admitted == 1 and len(refused) == 4
+    assert refused[0].remaining == limit - seed - reserve
+    assert counter(f"gw:tm:{team_id}") == seed + reserve
+
+
+def test_calls_to_the_teams_own_endpoints_are_never_refused_by_its_hard_limit():
+    team_id, department_id = ids()
+    keys = [record(team_id, department_id) for _ in range(5)]
+    admitted, _ = run(
+        admit_many(lambda k: SpendCaps(team_id, department_id, team=(0, 0), reserve=0), keys, 50_000, 50_000)
+    )
+    assert admitted == 5 and counter(f"gw:tm:{team_id}") == 0
+
+
+def test_the_refusal_is_openai_shaped_429_budget_exceeded():
+    team_id, department_id = ids()
+    key = record(team_id, department_id)
+    _, refused = run(
+        admit_many(lambda k: SpendCaps(team_id, department_id, team=(10, 0), reserve=500), [key], 500, 500)
+    )
+    error = admission.refusal(key, refused[0], 20, 500, playground=False)
+    assert error.status == 429 and error.code == "budget_exceeded"
+    body = orjson.loads(errors.body(error.status, error.message, error.code, error.param))["error"]
+    assert (body["code"], body["type"]) == ("budget_exceeded", "rate_limit_error")
+    assert f"team team-{team_id}" in body["message"] and "hard limit" in body["message"]
+
+
+def test_only_hops_to_other_teams_reserve_on_the_hard_limits():
+    from serving.gateway import payloads
+
+    own = EndpointInfo("own", 1, (Route(1, "d", "d", "", 1),), None, 1.0, 1.0, 100)
+    shared = EndpointInfo("shared", 2, (Route(1, "e", "e", "", 2),), None, 2.0, 2.0, 100)
+    snapshot = Snapshot(caps={("team", 1): (5_000_000, 0)})
+    shape = payloads.Shape(prompts=(10,), choices=1, per_choice=10)
+    key = record(1, 7)
+    assert admission.spend_caps(Snapshot(), key, shape, [own, shared]) is None, "no hard limit: nothing"
+    assert admission.spend_caps(snapshot, key, shape, [own]).reserve == 0
+    caps = admission.spend_caps(snapshot, key, shape, [own, shared])
+    assert caps.reserve > 0 and caps.team == (5_000_000, 0) and caps.department is None
+    assert admission.charged(key, own, 1234) == 0 and admission.charged(key, shared, 1234) == 1234
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_routing_table_carries_the_hard_limits(org, team, department):
+    admin = actor_for(org["admin"])
+    budgets.set_budget(actor=admin, team=team, amount="12.50", hard_limit=True)
+    budgets.set_budget(actor=admin, department=department, amount="100")  # no hard limit: not carried
+    assert build_snapshot().caps == {("team", team.pk): (12_500_000, 0)}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_hard_limit_leaves_a_teams_calls_to_its_own_endpoints_alone(org, team, gateway_url, stack):
+    budgets.set_budget(actor=actor_for(org["admin"]), team=team, amount="0", hard_limit=True)
+    dep, _ = stack["deployment"]("own-dep")
+    stack["endpoint"]("own-llm", dep, price=("1000000", "1000000"))
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "own-llm")
+    answer = httpx.post(
+        f"{gateway_url}/v1/chat/completions",
+        json={"model": "own-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=20,
+    )
+    assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_scale_up_past_a_hard_limit_is_refused_with_the_reason(org, team, stack):
+    admin = actor_for(org["admin"])
+    dep, _ = stack["deployment"]("limited-dep", replicas=0)
+    budgets.set_budget(actor=admin, team=team, amount="0", hard_limit=True)
+    with pytest.raises(Conflict) as refused:
+        deployments.scale(actor=admin, deployment=dep, replicas=2)
+    assert refused.value.code == "budget_exceeded" and "hard limit" in refused.value.message
+    Budget.objects.filter(team=team).update(hard_limit=False)
+    assert deployments.scale(actor=admin, deployment=dep, replicas=2).replicas == 2
+    Budget.objects.filter(team=team).update(hard_limit=True)
+    assert deployments.scale(actor=admin, deployment=dep, replicas=1).replicas == 1, "scaling down is fine"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_department_hard_limit_stops_its_teams_jobs_and_scale_ups(org, team, department):
+    budgets.set_budget(actor=actor_for(org["admin"]), department=department, amount="0", hard_limit=True)
+    with pytest.raises(Conflict, match="the department"):
+        budgets.check_can_spend(team)
+    Budget.objects.filter(department=department).update(amount="5")
+    budgets.check_can_spend(team)  # nothing spent yet: below the limit
