@@ -14,9 +14,16 @@ cost_center_validator = RegexValidator(
 
 
 class DepartmentQuerySet(TeamScopedQuerySet):
-    """A department is seen by the members of its teams."""
+    """A department is seen by the members of its teams and by its managers."""
 
     team_path = "teams__id"
+
+    def visible_to(self, actor) -> DepartmentQuerySet:
+        if actor.is_org_wide or not actor.managed_department_ids:
+            return super().visible_to(actor)
+        return self.filter(
+            models.Q(teams__id__in=actor.team_ids) | models.Q(pk__in=actor.managed_department_ids)
+        ).distinct()
 
     def of_teams(self, team_ids) -> DepartmentQuerySet:
         return super().of_teams(team_ids).distinct()
@@ -42,7 +49,16 @@ class Department(models.Model):
 
 
 class TeamQuerySet(TeamScopedQuerySet):
+    """A team is seen by its members and by the managers of its department."""
+
     team_path = "id"
+
+    def visible_to(self, actor) -> TeamQuerySet:
+        if actor.is_org_wide or not actor.managed_department_ids:
+            return super().visible_to(actor)
+        return self.filter(
+            models.Q(id__in=actor.team_ids) | models.Q(department_id__in=actor.managed_department_ids)
+        )
 
 
 class Team(models.Model):

@@ -29,7 +29,7 @@ from portfolio.audit.choices import AuditAction
 from portfolio.billing import access, money
 from portfolio.billing.choices import BudgetScope
 from portfolio.billing.models import Budget
-from portfolio.errors import Conflict, Forbidden, Invalid, NotFound
+from portfolio.errors import Conflict, Forbidden, Invalid
 
 MAX_AMOUNT = Decimal("10000000000")  # 10^10 a month: far above any real budget, far below the column's
 MAX_THRESHOLDS = 10
@@ -115,14 +115,10 @@ def _internal(host: str) -> bool:
 
 
 def _team_to_manage(actor: Actor, team: Team) -> Team:
-    """The team, if the actor may budget it: 404 when they cannot see it (Team.visible_to does not count
-    a department manager's teams, so they are added here), 403 when their role does not allow it."""
+    """The team, if the actor may budget it: 404 when they cannot see it, 403 when their role does not
+    allow it (its department's managers see it and hold ``budget.manage`` over it)."""
     team = Team.objects.get(pk=team.pk)
-    managed = team.department_id in actor.managed_department_ids
-    if not (managed or gate.visible(actor, Team).filter(pk=team.pk).exists()):
-        raise NotFound("Team not found.")
-    if not gate.can(actor, "budget.manage", team):
-        raise Forbidden("Your role does not allow budget.manage.")
+    gate.require(actor, "budget.manage", team)
     return team
 
 

@@ -152,3 +152,19 @@ def test_members_may_not_add_managers(client, org, department, manager):
     client.force_login(org["outsider"])
     assert client.post(url, {"username": "maria"}).status_code == 404
     assert not DepartmentRole.objects.exists()
+
+
+def test_a_department_manager_sees_the_department_and_its_teams_but_not_others(
+    make_user, department, team, other_team
+):
+    """A regression: managers who belong to none of the department's teams were answered 404 on it."""
+    from portfolio.accounts import gate
+    from portfolio.accounts.models import Department, DepartmentRole, Team
+    from tests.conftest import actor_for
+
+    manager = make_user("manager-only")
+    DepartmentRole.objects.create(user=manager, department=department)
+    actor = actor_for(manager)
+    assert list(gate.visible(actor, Department)) == [department]
+    assert list(gate.visible(actor, Team)) == [team]
+    assert other_team not in gate.visible(actor, Team)

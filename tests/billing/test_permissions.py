@@ -84,7 +84,7 @@ MATRIX = {
             anonymous=401,
         ),  # fmt: skip
     ),
-    # Department roles: the department is seen by its teams' members and org-wide roles.
+    # Department roles: the department is seen by its teams' members, its managers and org-wide roles.
     "GET /departments/{department_id}/roles": (
         "GET",
         "/departments/{department}/roles",
@@ -92,7 +92,7 @@ MATRIX = {
         _statuses(
             admin=200,
             auditor=200,
-            manager=404,
+            manager=200,
             other_manager=404,
             owner=200,
             engineer=200,
@@ -108,7 +108,7 @@ MATRIX = {
         _statuses(
             admin=201,
             auditor=403,
-            manager=404,
+            manager=403,
             other_manager=404,
             owner=403,
             engineer=403,
@@ -124,7 +124,7 @@ MATRIX = {
         _statuses(
             admin=204,
             auditor=403,
-            manager=404,
+            manager=403,
             other_manager=404,
             owner=403,
             engineer=403,
