@@ -44,6 +44,9 @@ class EndpointInfo:
     max_n: int = 8  # completions per prompt a request may ask for (Endpoint.max_n)
     embedding: bool = False  # served by pooling engines: /v1/embeddings only
     no_chat: str = ""  # "model vN" of a version without a chat template, when no route can take chat calls
+    # For billing's ledger (usage events carry them): the endpoint's row, and its owning team's department.
+    id: int | None = None
+    department_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ def _read_snapshot() -> Snapshot:
             embedding=deployment.version.model.task == Task.EMBEDDING,
             without_chat={name: without_chat[v.pk] for name, v in served if v.pk in without_chat},
         )
-    endpoints = Endpoint.objects.select_related("fallback").prefetch_related(
+    endpoints = Endpoint.objects.select_related("fallback", "owner_team").prefetch_related(
         "routes__deployment", "routes__adapter"
     )
     for endpoint in endpoints:
@@ -139,6 +142,8 @@ def _read_snapshot() -> Snapshot:
             max_n=endpoint.max_n,
             embedding=embedding,
             no_chat="" if any(r.chat for r in routes) or not routes else without_chat[routes[0].version_id],
+            id=endpoint.pk,
+            department_id=endpoint.owner_team.department_id,
         )
     for replica in Replica.objects.filter(state=ReplicaState.READY).select_related("deployment"):
         snapshot.replicas.setdefault(replica.deployment.name, []).append(
