@@ -247,6 +247,8 @@ CELERY_BEAT_SCHEDULE = {
     # Billing's serving meter: a replica run whose start or end was missed costs at most this interval.
     "serving-meter-replicas": {"task": "serving.meter_replicas", "schedule": 60.0},
     "registry-reap-imports": {"task": "registry.reap_stale_imports", "schedule": 60.0},
+    # Billing's storage meter: a figure per UTC day, refreshed hourly so that no day is ever missed.
+    "registry-meter-storage": {"task": "registry.meter_storage", "schedule": 3600.0},
     # The chain head into the logs, which leave this machine: a later rewrite of history is detectable.
     "audit-anchor-head": {"task": "audit.anchor_head", "schedule": 300.0},
     "billing-close-statements": {"task": "billing.close_statements", "schedule": 3600.0},
