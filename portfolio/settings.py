@@ -273,7 +273,11 @@ CELERY_BEAT_SCHEDULE = {
     "gateway-flush-usage": {"task": "gateway.flush_usage", "schedule": 2.0},
     "gateway-rollup-usage": {"task": "gateway.rollup_usage", "schedule": 60.0},
     "serving-reconcile": {"task": "serving.reconcile_all", "schedule": float(NODE_HEARTBEAT_SECONDS * 2)},
+    # Billing's serving meter: a replica run whose start or end was missed costs at most this interval.
+    "serving-meter-replicas": {"task": "serving.meter_replicas", "schedule": 60.0},
     "registry-reap-imports": {"task": "registry.reap_stale_imports", "schedule": 60.0},
+    # Billing's storage meter: a figure per UTC day, refreshed hourly so that no day is ever missed.
+    "registry-meter-storage": {"task": "registry.meter_storage", "schedule": 3600.0},
     # The chain head into the logs, which leave this machine: a later rewrite of history is detectable.
     "audit-anchor-head": {"task": "audit.anchor_head", "schedule": 300.0},
     "billing-close-statements": {"task": "billing.close_statements", "schedule": 3600.0},

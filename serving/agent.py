@@ -31,7 +31,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.registry.artifacts import materialize_version
 from portfolio.registry.storage import CorruptArtifact
-from serving import engine_args, processes
+from serving import engine_args, processes, replica_meter
 from serving.choices import DesiredState, NodeState, ReplicaState
 from serving.models import ComputePool, DeploymentEvent, Node, Replica
 
@@ -133,6 +133,7 @@ def _start(replica: Replica, node: Node) -> None:
         }
     except CorruptArtifact as exc:
         _set(replica, state=ReplicaState.FAILED, state_detail=f"artifact corrupted: {exc}")
+        replica_meter.stopped(replica.pk)
         event(replica, "failed", f"Cannot start: stored files are corrupted ({exc}).")
         return
     port = processes.free_port(node.address)
@@ -162,6 +163,7 @@ def _start(replica: Replica, node: Node) -> None:
         loaded_adapters=sorted(adapters),
         next_start_at=None,
     )
+    replica_meter.started(replica)
     # Where it listens (host, port, pid) is for pool managers: the timeline is read by every team member.
     event(replica, "started", f"Engine started on {node.name}.")
 
@@ -171,6 +173,7 @@ def _crashed(replica: Replica, why: str) -> None:
         # The engine led its own process group: take down what is left of it (workers of a killed server).
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(replica.pid, signal.SIGKILL)
+    replica_meter.stopped(replica.pk)
     tail = processes.log_tail(_log_path(replica))
     restarts = replica.restarts + 1
     if restarts > settings.ENGINE_MAX_RESTARTS:
@@ -330,6 +333,7 @@ def _stop(replica: Replica) -> None:
         processes.stop(process)
         event(replica, "stopped", "Engine stopped.")
     _set(replica, state=ReplicaState.STOPPED, pid=None)
+    replica_meter.stopped(replica.pk)
 
 
 def reconcile_node(name: str) -> None:

@@ -1,7 +1,6 @@
 """REST endpoints for pools, nodes, deployments, replicas, endpoints and their shares."""
 
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from ninja import Query, Router, Schema, Status
@@ -25,8 +24,6 @@ class PoolOut(Schema):
     name: str
     kind: str
     description: str
-    gpu_hour_rate: Decimal
-    cpu_core_hour_rate: Decimal
     allowed_teams: list[str]
 
     @staticmethod
@@ -39,8 +36,6 @@ class PoolIn(Schema):
     kind: PoolKind
     description: str = ""
     allowed_team_ids: list[int] = []
-    gpu_hour_rate: Decimal = Decimal("0")
-    cpu_core_hour_rate: Decimal = Decimal("0")
 
 
 def _pool_manager(context) -> bool:

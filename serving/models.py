@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from decimal import Decimal
-
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
@@ -38,8 +36,6 @@ class ComputePool(models.Model):
     allowed_teams = models.ManyToManyField(
         Team, blank=True, related_name="pools", help_text="Teams that may use the pool; none means every team"
     )
-    gpu_hour_rate = models.DecimalField(max_digits=10, decimal_places=4, default=Decimal("0"))
-    cpu_core_hour_rate = models.DecimalField(max_digits=10, decimal_places=4, default=Decimal("0"))
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = ComputePoolQuerySet.as_manager()
@@ -54,8 +50,6 @@ class ComputePool(models.Model):
         return {
             "name": self.name,
             "kind": self.kind,
-            "gpu_hour_rate": str(self.gpu_hour_rate),
-            "cpu_core_hour_rate": str(self.cpu_core_hour_rate),
             "allowed_teams": sorted(self.allowed_teams.values_list("slug", flat=True)) if self.pk else [],
         }
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
-from serving import engine_args, planning, scheduler
+from serving import engine_args, planning, replica_meter, scheduler
 from serving.capacity import pool_capacity
 from serving.choices import DeploymentStatus, DesiredState, NodeState, PoolKind, ReplicaState
 from serving.models import ComputePool, Deployment, DeploymentEvent, Node, Replica
@@ -35,6 +35,7 @@ def mark_lost_nodes() -> list[str]:
             )
             if updated:
                 node.refresh_from_db()
+                replica_meter.node_lost(node.pk, node.heartbeat_at)
                 audit.record(Actor.for_system("reconcile"), "node.lost", node, after=node.snapshot())
                 lost.append(node.name)
     return lost
@@ -71,6 +72,7 @@ def reconcile_deployment(deployment_id: int) -> set[str]:
                     kind="replica_lost",
                     message=f"Replica #{replica_id} lost with its node; replacing it.",
                 )
+            replica_meter.stopped(replica_id)
             Replica.objects.filter(pk=replica_id).delete()
         for replica_id in plan.stop:
             replica = by_id[replica_id]

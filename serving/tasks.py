@@ -6,7 +6,7 @@ import logging
 
 from celery import shared_task
 
-from serving import agent, reconcile
+from serving import agent, reconcile, replica_meter
 
 logger = logging.getLogger(__name__)
 
@@ -31,3 +31,9 @@ def reconcile_deployment_task(deployment_id: int) -> None:
 @shared_task(name="serving.reconcile_node")
 def reconcile_node_task(name: str) -> None:
     agent.heartbeat(name)
+
+
+@shared_task(name="serving.meter_replicas")
+def meter_replicas() -> tuple[int, int]:
+    # Catches what a missed transition left (an agent that died mid-way): see replica_meter.sweep.
+    return replica_meter.sweep()

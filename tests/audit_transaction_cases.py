@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 from django.utils import timezone
@@ -227,8 +226,6 @@ CASES: dict[str, list[Case]] = {
                 pool=w.pool,
                 description="Two sockets.",
                 teams=[w.team],
-                gpu_hour_rate=Decimal("0"),
-                cpu_core_hour_rate=Decimal("0.05"),
             ),
         ),
         Case(

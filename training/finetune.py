@@ -25,7 +25,7 @@ from serving import scheduler
 from serving.capacity import GpuHold, pool_capacity
 from serving.choices import NodeState, PoolKind
 from serving.models import ComputePool, Endpoint, Node
-from training import services
+from training import metering, services
 from training.choices import EvalStatus, JobStatus, Method
 from training.lora import Hyperparameters
 from training.models import DatasetVersion, EvalRun, FineTuneJob
@@ -247,6 +247,9 @@ def finish(job_id: int, status: str, detail: str = "", **fields) -> bool:
         )
         if updated:
             job = FineTuneJob.objects.get(pk=job_id)
+            assert job.finished_at is not None
+            # The attempt's compute ends with it (unless its watcher or the reaper already ended it).
+            metering.attempt_ended(job, job.finished_at)
             audit.record(Actor.for_system("training"), f"training.job_{status}", job, after=job.snapshot())
     return bool(updated)
 
@@ -287,7 +290,10 @@ def reap_stale_jobs(silence: timedelta) -> int:
         "pool"
     ):
         count += 1
+        # The silent node's attempt is metered up to the last time the job was seen alive.
+        last_seen = job.heartbeat_at or timezone.now()
         if job.attempt >= settings.TRAINING_MAX_ATTEMPTS:
+            metering.attempt_ended(job, last_seen)
             finish(
                 job.pk,
                 JobStatus.FAILED,
@@ -300,6 +306,7 @@ def reap_stale_jobs(silence: timedelta) -> int:
                 # Its claim on the silent node does not count: it may move to the very GPU it held.
                 node, gpu_indices = _placement(job.pool, job=job)
             except Conflict as exc:
+                metering.attempt_ended(job, last_seen)
                 finish(job.pk, JobStatus.FAILED, f"The node went silent and the job cannot move: {exc}")
                 continue
             job.node, job.gpu_indices = node, gpu_indices
@@ -313,6 +320,7 @@ def reap_stale_jobs(silence: timedelta) -> int:
                 status_detail=f"Node went silent; resuming from step {job.checkpoint_step} on {job.placed_on}.",
             )
             if requeued:
+                metering.attempt_ended(job, last_seen)
                 job.refresh_from_db()
                 # A job moving to another machine is a change an auditor must see, like its start and end.
                 audit.record(Actor.for_system("training"), "training.job_requeued", job, after=job.snapshot())

@@ -24,7 +24,7 @@ from portfolio.envparse import CONNECTION_KEYS, Env, database_url
 from portfolio.errors import Invalid
 from portfolio.leases import Lease
 from serving.processes import log_tail
-from training import finetune, ingest
+from training import finetune, ingest, metering
 from training.choices import JobStatus
 from training.models import DatasetIngest, FineTuneJob
 
@@ -136,8 +136,10 @@ def run_job(job_id: int) -> None:
             )
             return
         with lease.kept():
+            began = timezone.now()
             if job.started_at is None:
-                FineTuneJob.objects.filter(pk=job_id).update(started_at=timezone.now())
+                FineTuneJob.objects.filter(pk=job_id).update(started_at=began)
+            metering.attempt_started(job, began)
             log = _log_path(job_id)
             log.parent.mkdir(parents=True, exist_ok=True)
             with log.open("ab") as handle:
@@ -151,7 +153,7 @@ def run_job(job_id: int) -> None:
                     cwd=log.parent,
                 )
             FineTuneJob.objects.filter(pk=job_id).update(pid=process.pid)
-            _watch(job_id, process.pid, process, lease)
+            _watch(job_id, process.pid, process, lease, job.attempt)
     elif job.status == JobStatus.RUNNING and job.pid and _alive(job.pid):
         lease = _lease(job)
         if not lease.acquire():
@@ -167,10 +169,10 @@ def run_job(job_id: int) -> None:
             if FineTuneJob.objects.filter(
                 pk=job_id, status=JobStatus.RUNNING, attempt=job.attempt, pid=job.pid
             ).exists() and _alive(job.pid):
-                _watch(job_id, job.pid, None, lease)
+                _watch(job_id, job.pid, None, lease, job.attempt)
 
 
-def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease) -> None:
+def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease, attempt: int) -> None:
     started = time.monotonic()
     last_beat = 0.0
     while True:
@@ -208,6 +210,7 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
     if lost:
         return  # the trainer and its outcome belong to the new watcher
     job = FineTuneJob.objects.get(pk=job_id)
+    metering.attempt_ended(job, timezone.now(), attempt)
     if job.status != JobStatus.RUNNING:
         return  # the trainer finished (or was cancelled) and said so
     code = process.returncode if process else None

@@ -1,10 +1,11 @@
-"""Registry work on the control queue: imports (with progress), artifact verification, the reaper."""
+"""Registry work on the control queue: imports (with progress), artifact verification, the reaper, and
+billing's storage meter."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from portfolio.registry import artifacts, importing
+from portfolio.registry import artifacts, importing, storage_meter
 
 
 @shared_task(name="registry.import_version", acks_late=True)
@@ -20,3 +21,9 @@ def verify_artifact(artifact_id: str) -> list[str]:
 @shared_task(name="registry.reap_stale_imports")
 def reap_stale_imports() -> int:
     return importing.reap_stale_imports(importing.STALE_IMPORT_AFTER)
+
+
+@shared_task(name="registry.meter_storage")
+def meter_storage() -> int:
+    # Today's bytes per team (UTC day); rerun during the day, the last run's figure is the day's.
+    return storage_meter.record()

@@ -3,8 +3,6 @@ through serving.services."""
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from django import forms
 
 from portfolio.accounts.models import Team
@@ -26,21 +24,6 @@ class PoolCreateForm(forms.Form):
         required=False,
         widget=forms.CheckboxSelectMultiple,
         help_text="Leave all unticked to open the pool to every team.",
-    )
-    gpu_hour_rate = forms.DecimalField(
-        label="Price per GPU-hour",
-        max_digits=10,
-        decimal_places=4,
-        min_value=Decimal("0"),
-        initial=Decimal("0"),
-        help_text="Charged back to the team for replica and training hours.",
-    )
-    cpu_core_hour_rate = forms.DecimalField(
-        label="Price per CPU core-hour",
-        max_digits=10,
-        decimal_places=4,
-        min_value=Decimal("0"),
-        initial=Decimal("0"),
     )
 
     def __init__(self, *args, **kwargs):

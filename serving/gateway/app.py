@@ -278,7 +278,7 @@ class Gateway:
             )
             # Reserve for the costliest hop the request may take (contexts and prices differ).
             bound_tokens, bound_money = admission.reservation(shape, chain)
-            outcome = Outcome(endpoint=first.name, kind=kind, shape=shape, event_id=event_id)
+            outcome = Outcome(endpoint=first.name, kind=kind, shape=shape, event_id=event_id, first=first)
             verdict = await self.limiter.admit(
                 key,
                 tokens=bound_tokens,

@@ -36,9 +36,18 @@ class Outcome:
         "event_id",
         "shape",
         "answered",
+        "first",
     )
 
-    def __init__(self, *, endpoint: str, kind: str, shape: payloads.Shape, event_id: str):
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        kind: str,
+        shape: payloads.Shape,
+        event_id: str,
+        first: EndpointInfo | None = None,
+    ):
         self.endpoint, self.kind, self.shape, self.event_id = endpoint, kind, shape, event_id
         self.stream = shape.stream
         self.deployment = self.adapter = ""
@@ -49,6 +58,7 @@ class Outcome:
         self.ttft: float | None = None
         self.sent = False
         self.answered: EndpointInfo | None = None
+        self.first = first  # the endpoint called: metered by it until another one of the chain answers
 
     def take_usage(self, usage) -> None:
         if isinstance(usage, dict):
@@ -58,7 +68,14 @@ class Outcome:
 
 def usage_event(key: KeyRecord, outcome: Outcome, latency: float, cost: int, *, lost: bool = False) -> dict:
     """The usage event of a request: as it ended, or (``lost``) as the in-flight ledger keeps it in case
-    this process dies first: the same id, so that only one of the two is ever stored."""
+    this process dies first: the same id, so that only one of the two is ever stored.
+
+    Billing's ledger needs the endpoint's id and its owning team and department (``owner_*``) beside the
+    caller's: a shared endpoint's calls are charged to the caller and credited to the owner."""
+    info = outcome.answered or outcome.first
+    owner_department = info.department_id if info else None
+    if info and owner_department is None and info.team_id == key.team_id:
+        owner_department = key.department_id  # a playground ticket's deployment: the caller's own team
     return {
         "id": outcome.event_id,
         "at": time.time(),
@@ -66,6 +83,9 @@ def usage_event(key: KeyRecord, outcome: Outcome, latency: float, cost: int, *, 
         "team": key.team_id,
         "department": key.department_id,
         "endpoint": outcome.endpoint,
+        "endpoint_id": info.id if info else None,
+        "owner_team": info.team_id if info else None,
+        "owner_department": owner_department,
         "deployment": outcome.deployment,
         "adapter": outcome.adapter,
         "version": outcome.version_id,

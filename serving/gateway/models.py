@@ -145,6 +145,10 @@ class UsageEvent(models.Model):
     team_id = models.BigIntegerField(null=True)
     department_id = models.BigIntegerField(null=True)
     endpoint = models.CharField(max_length=63)
+    # For billing's ledger: the endpoint's row (none for the prompt box) and its owners when called.
+    endpoint_id = models.BigIntegerField(null=True)
+    owner_team_id = models.BigIntegerField(null=True)
+    owner_department_id = models.BigIntegerField(null=True)
     deployment = models.CharField(max_length=63, blank=True)
     model_version_id = models.BigIntegerField(null=True)
     adapter = models.CharField(max_length=63, blank=True)

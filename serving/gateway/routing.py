@@ -49,6 +49,9 @@ class EndpointInfo:
     shared_departments: frozenset[int] = frozenset()
     shared_organisation: bool = False
     owner: str = ""  # the owning team's slug
+    # For billing's ledger (usage events carry them): the endpoint's row, and its owning team's department.
+    id: int | None = None
+    department_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,8 @@ def _read_snapshot() -> Snapshot:
             embedding=embedding,
             no_chat="" if any(r.chat for r in routes) or not routes else without_chat[routes[0].version_id],
             **_sharing(endpoint),
+            id=endpoint.pk,
+            department_id=endpoint.owner_team.department_id,
         )
     for replica in Replica.objects.filter(state=ReplicaState.READY).select_related("deployment"):
         snapshot.replicas.setdefault(replica.deployment.name, []).append(

@@ -9,6 +9,10 @@ claimed again after one): after each commit, and before acknowledging, the flush
 batch touched in a Redis hash (hour -> a counter it bumps), and the rollup recomputes exactly those hours,
 plus the previous and the current one. A marked hour is cleared only if its counter is still the one the
 rollup read, so an hour marked again while its rollup ran stays marked for the next run.
+
+Each recomputed span of hours is also handed to billing's ledger in the same transaction
+(``billing.meters.replace_token_hours``): the ledger's rows of those hours become the new sums per hour,
+endpoint, deployment and calling team, so a late event changes its hour's row and nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import orjson
 from django.db import connection, transaction
 from django.db.models import Max
 
+from portfolio.billing import meters
 from serving.gateway import keystate
 from serving.gateway.events import USAGE_STREAM
 from serving.gateway.models import ApiKey, UsageEvent
@@ -60,6 +65,10 @@ def _event(fields: dict) -> UsageEvent:
         team_id=e["team"] or None,
         department_id=e["department"] or None,
         endpoint=e["endpoint"],
+        # Absent from events of gateways older than billing's ledger.
+        endpoint_id=e.get("endpoint_id") or None,
+        owner_team_id=e.get("owner_team") or None,
+        owner_department_id=e.get("owner_department") or None,
         deployment=e["deployment"],
         adapter=e["adapter"],
         model_version_id=e["version"] or None,
@@ -142,8 +151,51 @@ ON CONFLICT (hour, api_key_id, endpoint) DO UPDATE SET
     team_id = EXCLUDED.team_id, department_id = EXCLUDED.department_id
 """
 
+# Billing's ledger: every event of the span, errors included (they carry the tokens the engine reported).
+TOKEN_HOURS_SQL = """
+SELECT date_trunc('hour', at), max(endpoint_id), endpoint, max(owner_team_id), max(owner_department_id),
+    deployment, team_id, max(department_id), count(*), sum(input_tokens), sum(output_tokens)
+FROM gateway_usageevent
+WHERE at >= %s AND at < %s
+GROUP BY 1, endpoint, deployment, team_id
+"""
 
 HOUR = timedelta(hours=1)
+
+
+def _recompute(cursor, start: datetime, end: datetime) -> None:
+    """The rollups of ``[start, end)`` (whole hours) and billing's ledger rows of the same hours."""
+    cursor.execute(ROLLUP_SQL, [start, end])
+    cursor.execute(TOKEN_HOURS_SQL, [start, end])
+    rows = [
+        meters.TokenHour(
+            hour=hour,
+            endpoint_id=endpoint_id,
+            endpoint=endpoint,
+            owner_team_id=owner_team_id,
+            owner_department_id=owner_department_id,
+            deployment=deployment,
+            team_id=team_id,
+            department_id=department_id,
+            requests=requests,
+            input_tokens=int(input_tokens or 0),
+            output_tokens=int(output_tokens or 0),
+        )
+        for (
+            hour,
+            endpoint_id,
+            endpoint,
+            owner_team_id,
+            owner_department_id,
+            deployment,
+            team_id,
+            department_id,
+            requests,
+            input_tokens,
+            output_tokens,
+        ) in cursor.fetchall()
+    ]
+    meters.replace_token_hours(start, end, rows)
 
 
 def _hour_of(at: datetime) -> int:
@@ -175,7 +227,11 @@ def rollup(since: datetime | None = None) -> int:
     now = datetime.now(UTC)
     if since is not None:
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(ROLLUP_SQL, [since.replace(minute=0, second=0, microsecond=0), now + HOUR])
+            _recompute(
+                cursor,
+                since.replace(minute=0, second=0, microsecond=0),
+                datetime.fromtimestamp(_hour_of(now) + 3600, UTC),
+            )
         return 0
     client = keystate.client()
     marked = {int(hour): count for hour, count in client.hgetall(DIRTY_HOURS).items()}
@@ -185,7 +241,7 @@ def rollup(since: datetime | None = None) -> int:
     spans = [recent, *_spans([hour for hour in hours if not recent[0] <= hour < recent[1]])]
     with transaction.atomic(), connection.cursor() as cursor:
         for start, end in spans:
-            cursor.execute(ROLLUP_SQL, [datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)])
+            _recompute(cursor, datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC))
     if hours:
         client.eval(
             _CLEAR_UNCHANGED, 1, DIRTY_HOURS, *(value for hour in hours for value in (hour, marked[hour]))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from django.db import IntegrityError, transaction
 
 from portfolio.accounts import gate
@@ -24,19 +22,12 @@ def create_pool(
     kind: str,
     description: str = "",
     teams: list[Team] | None = None,
-    gpu_hour_rate: Decimal = Decimal("0"),
-    cpu_core_hour_rate: Decimal = Decimal("0"),
 ) -> ComputePool:
     gate.require(actor, "pool.manage")
     if kind not in PoolKind.values:
         raise Invalid(f"kind: choose {' or '.join(PoolKind.values)}.")
-    pool = ComputePool(
-        name=_check_name(name),
-        kind=kind,
-        description=description,
-        gpu_hour_rate=gpu_hour_rate,
-        cpu_core_hour_rate=cpu_core_hour_rate,
-    )
+    # Its prices are billing's (the price book, set by admins there), not the pool's.
+    pool = ComputePool(name=_check_name(name), kind=kind, description=description)
     try:
         with transaction.atomic():
             pool.save(force_insert=True)
@@ -55,17 +46,11 @@ def update_pool(
     pool: ComputePool,
     description: str,
     teams: list[Team],
-    gpu_hour_rate: Decimal,
-    cpu_core_hour_rate: Decimal,
 ) -> ComputePool:
     gate.require(actor, "pool.manage")
     before = pool.snapshot()
-    pool.description, pool.gpu_hour_rate, pool.cpu_core_hour_rate = (
-        description,
-        gpu_hour_rate,
-        cpu_core_hour_rate,
-    )
-    pool.save(update_fields=["description", "gpu_hour_rate", "cpu_core_hour_rate"])
+    pool.description = description
+    pool.save(update_fields=["description"])
     pool.allowed_teams.set(teams)
     audit.record(actor, "pool.update", pool, before=before, after=pool.snapshot())
     return pool

@@ -3,6 +3,8 @@ and the node actions (cordon, drain, make ready) of platform admins."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.contrib import messages
 from django.db.models import Count, Prefetch, Q
@@ -15,6 +17,8 @@ from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.accounts.models import Team
+from portfolio.billing.choices import PriceKind
+from portfolio.billing.pricing import PriceBook
 from portfolio.errors import Conflict, Invalid
 from portfolio.formviews import submit
 from portfolio.templatetags.formatting import age_label, gib
@@ -101,9 +105,13 @@ def _pools_response(request, actor: Actor, *, notice: str = "", error: str = "")
         .order_by("name", "id")
     )
     now = timezone.now()
+    book = PriceBook.load(kinds=[PriceKind.POOL], until=now + timedelta(seconds=1))  # versions in force now
     for pool in pools:
         pool.node_rows = _node_rows(pool, now)
-        pool.gpu_rate, pool.cpu_rate = rate(pool.gpu_hour_rate), rate(pool.cpu_core_hour_rate)
+        price = book.at(PriceKind.POOL, pool.pk, now)
+        pool.price = (
+            {name: rate(value) for name, value in price.rates().items()} if price is not None else None
+        )
     context = {
         "pools": pools,
         "can_manage": gate.can(actor, "pool.manage"),

@@ -15,6 +15,7 @@ from portfolio.accounts.actor import Actor
 from serving.gateway import services as key_services
 from serving.gateway import usage
 from serving.gateway.models import ApiKey, UsageEvent
+from serving.models import Endpoint
 from tests.gateway.conftest import METRICS_TOKEN, wait_for_model
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -45,6 +46,13 @@ def test_chat_through_the_sdk_is_routed_metered_and_renamed(gateway_url, stack):
         200,
     )
     assert event.team_id == ApiKey.objects.get().team_id and event.latency_ms >= 0
+    # For billing's ledger: the endpoint called and its owners, beside the caller.
+    endpoint = Endpoint.objects.select_related("owner_team").get(name="ticket-router")
+    assert (event.endpoint_id, event.owner_team_id, event.owner_department_id) == (
+        endpoint.pk,
+        endpoint.owner_team_id,
+        endpoint.owner_team.department_id,
+    )
 
 
 def test_streaming_passes_chunks_through_and_bills_the_engine_counts(gateway_url, stack):

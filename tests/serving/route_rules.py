@@ -36,9 +36,7 @@ ROUTE_ROWS = {
 
 UI_ROUTES: dict[str, Rule] = {
     "pool-list": ui("signed_in"),
-    "pool-create": ui(
-        "org", "pool.manage", "POST", name="gpu-b", kind="gpu", gpu_hour_rate="2.5", cpu_core_hour_rate="0"
-    ),
+    "pool-create": ui("org", "pool.manage", "POST", name="gpu-b", kind="gpu"),
     # The world's pool is open to every team, so every signed-in user sees its node: 403, not 404.
     "node-state": ui("org", "pool.manage", "POST", state="cordoned"),
     "deployment-list": ui("signed_in"),

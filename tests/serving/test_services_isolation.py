@@ -189,8 +189,6 @@ def test_scaling_up_on_a_pool_closed_to_the_team_since_is_refused_but_scaling_do
         pool=pool,
         description="",
         teams=[other_team],
-        gpu_hour_rate=pool.gpu_hour_rate,
-        cpu_core_hour_rate=pool.cpu_core_hour_rate,
     )
     with pytest.raises(Invalid, match="pool: cpu-pool is not open to Support AI"):
         services.scale(actor=admin, deployment=deployment, replicas=2)

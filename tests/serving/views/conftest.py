@@ -3,8 +3,6 @@ it, a deployment of the base, an endpoint routing to it; no Celery worker (recon
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import pytest
 from django.utils import timezone
 
@@ -62,9 +60,7 @@ def owner(org):
 
 @pytest.fixture
 def pool(admin):
-    return services.create_pool(
-        actor=admin, name="cpu-pool", kind=PoolKind.CPU, cpu_core_hour_rate=Decimal("0.0400")
-    )
+    return services.create_pool(actor=admin, name="cpu-pool", kind=PoolKind.CPU)
 
 
 def add_node(pool, name: str = "cpu-01", *, memory_bytes: int = 24 * GIB, cores: int = 2, **fields) -> Node:

@@ -96,8 +96,6 @@ def test_an_admin_creates_a_pool_open_to_chosen_teams(signed_in, org, team):
             "name": "gpu-a100",
             "kind": "gpu",
             "teams": [team.pk],
-            "gpu_hour_rate": "2.5",
-            "cpu_core_hour_rate": "0",
         },
     )
     assert response.status_code == 302
@@ -109,7 +107,7 @@ def test_an_admin_creates_a_pool_open_to_chosen_teams(signed_in, org, team):
 def test_a_pool_name_already_taken_is_shown_on_the_form(signed_in, org, pool):
     response = signed_in(org["admin"]).post(
         reverse("pool-create"),
-        {"name": "cpu-pool", "kind": "cpu", "gpu_hour_rate": "0", "cpu_core_hour_rate": "0"},
+        {"name": "cpu-pool", "kind": "cpu"},
     )
     assert response.status_code == 200
     assert "A pool named &#x27;cpu-pool&#x27; already exists." in response.content.decode()
@@ -127,3 +125,25 @@ def test_the_pools_page_costs_the_same_queries_for_more_nodes(signed_in, org, po
     for name in ("cpu-02", "cpu-03", "cpu-04"):
         add_node(pool, name)
     assert count() == few
+
+
+def test_the_pools_page_shows_the_price_in_force_from_the_price_book(signed_in, org, pool, node):
+    from datetime import timedelta
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from portfolio.billing.choices import PriceKind
+    from portfolio.billing.models import Price
+
+    hour = timezone.now().replace(minute=0, second=0, microsecond=0)
+    for when, core_hour in ((hour - timedelta(days=2), "0.0300"), (hour + timedelta(hours=1), "9.0000")):
+        Price.objects.create(
+            kind=PriceKind.POOL,
+            subject_id=str(pool.pk),
+            subject_name=pool.name,
+            effective_from=when,
+            cpu_core_hour=Decimal(core_hour),
+        )
+    page = signed_in(org["viewer"]).get(reverse("pool-list")).content.decode()
+    assert "CPU core-hour" in page and ">0.03<" in page and "9" not in page.split("CPU core-hour")[1][:60]

@@ -1,0 +1,168 @@
+"""The serving compute meter: each run of a replica's engine is one interval of billing's ledger, opened
+when the agent starts the engine and closed when it stops, crashes, is forgotten or its node is lost; the
+sweep repairs what a missed transition left, within one sweep interval."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+from django.utils import timezone
+
+from portfolio.billing.choices import ComputeKind
+from portfolio.billing.models import ComputeInterval
+from serving import agent, processes, reconcile, replica_meter
+from serving.choices import DesiredState, NodeState, PoolKind, ReplicaState
+from serving.models import ComputePool, Replica
+from serving.tasks import meter_replicas
+
+pytestmark = pytest.mark.django_db
+GIB = 1024**3
+
+
+def _runs(replica: Replica) -> list[ComputeInterval]:
+    return list(
+        ComputeInterval.objects.filter(key__startswith=f"replica:{replica.pk}:").order_by("started_at")
+    )
+
+
+def _reserve(replica: Replica) -> Replica:
+    Replica.objects.filter(pk=replica.pk).update(reserved_cores=1, reserved_memory_bytes=2 * GIB)
+    replica.refresh_from_db()
+    return replica
+
+
+def _started(replica: Replica, **fields) -> Replica:
+    """A replica whose engine runs, as the agent leaves it (without starting a process)."""
+    Replica.objects.filter(pk=replica.pk).update(
+        state=ReplicaState.READY, started_at=timezone.now() - timedelta(minutes=5), **fields
+    )
+    replica.refresh_from_db()
+    return replica
+
+
+def _wait_gone(pid: int, replica_id: int) -> None:
+    deadline = time.monotonic() + 20
+    while processes.find(pid, replica_id) is not None:
+        assert time.monotonic() < deadline, "the engine did not exit"
+        time.sleep(0.1)
+
+
+# --- The agent's transitions, with real engine processes -----------------------------------------------
+def test_an_engine_run_is_metered_from_its_start_to_its_stop_and_charged_to_the_owning_team(
+    engines, replica, team
+):
+    replica = _reserve(replica)
+    agent.reconcile_node("keys-node")
+    replica.refresh_from_db()
+    assert replica.state == ReplicaState.STARTING
+    (run,) = _runs(replica)
+    assert (run.kind, run.team_id, run.department_id, run.subject) == (
+        ComputeKind.REPLICA,
+        team.pk,
+        team.department_id,
+        "support-bot",
+    )
+    assert (run.pool_id, run.pool, run.gpus, run.cpu_cores, run.memory_bytes) == (
+        replica.deployment.pool_id,
+        "cpu-pool",
+        0,
+        1,
+        2 * GIB,
+    )
+    assert run.started_at == replica.started_at and run.ended_at is None
+
+    Replica.objects.filter(pk=replica.pk).update(desired=DesiredState.STOPPED)
+    agent.reconcile_node("keys-node")
+    replica.refresh_from_db()
+    assert replica.state == ReplicaState.STOPPED
+    (run,) = _runs(replica)
+    assert run.ended_at is not None and run.ended_at >= run.started_at
+
+
+def test_a_crash_ends_the_run_and_the_restart_after_back_off_is_a_new_run(engines, replica):
+    agent.reconcile_node("keys-node")
+    replica.refresh_from_db()
+    first_pid = replica.pid
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(first_pid, signal.SIGKILL)
+    _wait_gone(first_pid, replica.pk)
+    agent.reconcile_node("keys-node")
+    replica.refresh_from_db()
+    assert replica.state == ReplicaState.BACKOFF
+    (crashed,) = _runs(replica)
+    assert crashed.ended_at is not None, "no compute is metered while the replica waits to restart"
+
+    Replica.objects.filter(pk=replica.pk).update(next_start_at=timezone.now() - timedelta(seconds=1))
+    agent.reconcile_node("keys-node")
+    replica.refresh_from_db()
+    assert replica.state == ReplicaState.STARTING
+    first, second = _runs(replica)
+    assert first.ended_at is not None and second.ended_at is None
+    assert second.started_at == replica.started_at and second.key != first.key
+
+
+# --- Control plane: lost nodes and forgotten replicas ---------------------------------------------
+def test_a_lost_nodes_replicas_stop_being_metered_at_its_last_heartbeat(replica):
+    replica = _started(replica)
+    replica_meter.started(replica)
+    last_seen = timezone.now() - timedelta(seconds=settings.NODE_LOST_AFTER_SECONDS + 60)
+    replica.node.__class__.objects.filter(pk=replica.node_id).update(heartbeat_at=last_seen)
+    assert reconcile.mark_lost_nodes() == ["keys-node"]
+    (run,) = _runs(replica)
+    assert run.ended_at == last_seen
+
+
+def test_a_replica_forgotten_by_the_reconcile_stops_being_metered(replica):
+    replica = _started(replica)
+    replica_meter.started(replica)
+    replica.node.__class__.objects.filter(pk=replica.node_id).update(state=NodeState.LOST)
+    Replica.objects.filter(pk=replica.pk).update(desired=DesiredState.RUNNING)
+    reconcile.reconcile_deployment(replica.deployment_id)
+    assert not Replica.objects.filter(pk=replica.pk).exists()
+    (run,) = ComputeInterval.objects.filter(key=replica_meter.key(replica))
+    assert run.ended_at is not None
+
+
+# --- The sweep --------------------------------------------------------------------------------------
+def test_the_sweep_opens_the_run_of_a_running_replica_that_has_none_from_its_engines_start(replica):
+    replica = _started(replica)
+    assert meter_replicas() == (0, 1)
+    (run,) = _runs(replica)
+    assert run.started_at == replica.started_at and run.ended_at is None
+    assert meter_replicas() == (0, 0), "a second sweep changes nothing"
+
+
+def test_the_sweep_closes_the_runs_of_replicas_that_are_gone_or_no_longer_running(replica, team):
+    replica = _started(replica)
+    replica_meter.started(replica)
+    gone = Replica.objects.create(
+        deployment=replica.deployment, node=replica.node, generation=1, host="127.0.0.1"
+    )
+    gone = _started(gone)
+    replica_meter.started(gone)
+    gone_key = replica_meter.key(gone)
+    gone.delete()
+    Replica.objects.filter(pk=replica.pk).update(state=ReplicaState.BACKOFF)
+    assert meter_replicas() == (2, 0)
+    assert ComputeInterval.objects.get(key=gone_key).ended_at is not None
+    assert all(run.ended_at is not None for run in _runs(replica))
+
+
+def test_a_replica_on_a_gpu_pool_is_metered_by_its_gpus_its_memory_is_inside_them(replica):
+    pool = ComputePool.objects.create(name="gpu-pool", kind=PoolKind.GPU)
+    replica.deployment.__class__.objects.filter(pk=replica.deployment_id).update(pool=pool)
+    replica = _started(replica, gpu_indices=[0, 1], reserved_memory_bytes=20 * GIB)
+    meter_replicas()
+    (run,) = _runs(replica)
+    assert (run.pool, run.gpus, run.cpu_cores, run.memory_bytes) == ("gpu-pool", 2, 0, 0)
+
+
+def test_the_sweep_runs_every_minute():
+    entry = next(e for e in settings.CELERY_BEAT_SCHEDULE.values() if e["task"] == "serving.meter_replicas")
+    assert entry["schedule"] == 60.0
