@@ -229,6 +229,31 @@ def test_a_hard_limit_leaves_a_teams_calls_to_its_own_endpoints_alone(org, team,
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_call_to_another_teams_shared_endpoint_past_the_callers_hard_limit_is_refused(
+    org, team, other_team, gateway_url, stack
+):
+    """Through a real gateway: the calling team pays the other team's token price, so its hard limit bites."""
+    from serving.services import endpoints
+
+    admin = actor_for(org["admin"])
+    budgets.set_budget(actor=admin, team=team, amount="5", hard_limit=True)
+    dep, _ = stack["deployment"]("contracts-dep", owner=other_team)
+    # One unit of money per token: even max_tokens=10 could cost more than the 5 the team may spend.
+    shared = stack["endpoint"]("clause-finder", dep, owner=other_team, price=("1000000", "1000000"))
+    endpoints.share_endpoint(actor=admin, endpoint=shared, team=team)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "clause-finder")
+    answer = httpx.post(
+        f"{gateway_url}/v1/chat/completions",
+        json={"model": "clause-finder", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=20,
+    )
+    assert answer.status_code == 429, answer.text
+    assert answer.json()["error"]["code"] == "budget_exceeded"
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_scale_up_past_a_hard_limit_is_refused_with_the_reason(org, team, stack):
     admin = actor_for(org["admin"])
     dep, _ = stack["deployment"]("limited-dep", replicas=0)
