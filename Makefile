@@ -90,3 +90,12 @@ $(LITELLM_STAMP):
 	@test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
 	$(LITELLM_VENV)/bin/python -m pip install --quiet 'litellm[proxy]==1.106.2' httptools prisma
 	@rm -f $(LITELLM_VENV)/.installed-* && touch $@
+
+# Billing at scale: a month of 10 million usage events in PostgreSQL, a statement and the billing page
+# against naive queries over the raw events; writes benchmarks/results/billing.json (benchmarks/README.md).
+BENCH_BILLING_DATA := $(CURDIR)/.portfolio-bench-billing
+
+.PHONY: bench-billing
+bench-billing: venv
+	@trap '$(BIN)/python -c "import sys; from pathlib import Path; from portfolio import embedded; embedded.stop_all(Path(sys.argv[1]))" $(BENCH_BILLING_DATA)' EXIT; \
+	PORTFOLIO_DATA_DIR=$(BENCH_BILLING_DATA) $(BIN)/python -m benchmarks.billing.run $(ARGS)

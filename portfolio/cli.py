@@ -103,6 +103,14 @@ def main(argv: list[str] | None = None) -> None:
         call_command("migrate", interactive=False)
         for statement in dbroles.grant_app_role():
             print(f"  {statement}")
+        # The owner keeps the usage events' monthly partitions a year ahead and drops those past retention
+        # (the application role, which runs the daily task, may not).
+        from serving.gateway import partitions
+
+        for name in partitions.ensure(ahead=12):
+            print(f"  created partition {name}")
+        for name in partitions.drop_expired():
+            print(f"  dropped partition {name} (past PORTFOLIO_USAGE_RETENTION_MONTHS)")
     if args.command == "manage":
         from django.core.management import execute_from_command_line
 

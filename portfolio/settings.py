@@ -267,6 +267,10 @@ BILLING_ADJUSTMENT_MONTHS = env.integer("PORTFOLIO_BILLING_ADJUSTMENT_MONTHS", 3
 BILLING_WEBHOOK_TIMEOUT = env.integer("PORTFOLIO_BILLING_WEBHOOK_TIMEOUT", 5, minimum=1, maximum=30)
 BILLING_WEBHOOK_PRIVATE_HOSTS = env.flag("PORTFOLIO_BILLING_WEBHOOK_PRIVATE_HOSTS", False)
 
+# Raw usage events are kept this many months after their month ended (monthly partitions, dropped whole);
+# hourly rollups, billing's ledger and statements are separate tables and outlive them.
+USAGE_RETENTION_MONTHS = env.integer("PORTFOLIO_USAGE_RETENTION_MONTHS", 13, minimum=1)
+
 CELERY_BEAT_SCHEDULE = {
     "training-reap-jobs": {"task": "training.reap_stale_jobs", "schedule": 30.0},
     "training-reap-ingests": {"task": "training.reap_stale_ingests", "schedule": 60.0},
@@ -281,6 +285,7 @@ CELERY_BEAT_SCHEDULE = {
     # The chain head into the logs, which leave this machine: a later rewrite of history is detectable.
     "audit-anchor-head": {"task": "audit.anchor_head", "schedule": 300.0},
     "billing-close-statements": {"task": "billing.close_statements", "schedule": 3600.0},
+    "gateway-usage-partitions": {"task": "gateway.maintain_usage_partitions", "schedule": 86400.0},
     # Alerts, and the spend the gateway's hard limits compare against (its counters cover the calls between).
     "billing-check-budgets": {"task": "billing.check_budgets", "schedule": 300.0},
 }

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 from django.conf import settings
 
-from serving.gateway import inflight, keystate, usage
+from serving.gateway import inflight, keystate, partitions, usage
 from serving.gateway.events import USAGE_STREAM
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(name="gateway.flush_usage")
@@ -23,3 +27,16 @@ def flush_usage() -> int:
 def rollup_usage() -> int:
     # The last two hours and every hour the flusher marked since (late events included); see usage.py.
     return usage.rollup()
+
+
+@shared_task(name="gateway.maintain_usage_partitions")
+def maintain_usage_partitions() -> dict:
+    """Next months' partitions of the usage events and the end of those past retention (partitions.py).
+    Where the application role does not own the table, ``portfolio migrate`` does this at each deploy."""
+    from django.db.utils import ProgrammingError
+
+    try:
+        return {"created": partitions.ensure(), "dropped": partitions.drop_expired()}
+    except ProgrammingError as exc:  # insufficient privilege: not the table's owner
+        logger.warning("usage partitions: %s; `portfolio migrate` (as the owner) creates and drops them", exc)
+        return {"created": [], "dropped": []}

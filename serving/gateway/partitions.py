@@ -1,0 +1,108 @@
+"""Usage events live in monthly partitions of ``gateway_usageevent`` (PostgreSQL range partitioning on
+``at``), so that a month of raw events can be dropped whole once its retention has passed, while the
+hourly rollups, billing's ledger and closed statements, which are separate tables, outlive it.
+
+- ``ensure(now, ahead)`` creates the partitions of the previous and current month and of ``ahead`` months
+  after it. Creating a partition takes the table's owner, which the application role is not (dbroles.py),
+  so ``portfolio migrate`` runs it with a year ahead at every deploy; the daily beat task runs it too, which
+  works where the application owns its tables (the embedded default) and otherwise logs that a deploy is
+  due. An event outside every monthly partition (a clock far off, a year without a deploy) lands in the
+  default partition: nothing is lost, and when its month's partition is created its rows move there.
+- ``drop_expired(now)`` drops the partitions of months that ended more than
+  ``PORTFOLIO_USAGE_RETENTION_MONTHS`` ago (default 13: a year and the month before it).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import date, datetime
+
+from django.conf import settings
+from django.db import connection, transaction
+
+logger = logging.getLogger(__name__)
+TABLE = "gateway_usageevent"
+DEFAULT = f"{TABLE}_default"
+NAME = re.compile(rf"^{TABLE}_y(\d{{4}})m(\d{{2}})$")
+
+
+def _month(year: int, month: int) -> date:
+    year += (month - 1) // 12
+    return date(year, (month - 1) % 12 + 1, 1)
+
+
+def _name(month: date) -> str:
+    return f"{TABLE}_y{month.year:04d}m{month.month:02d}"
+
+
+def partitions() -> dict[str, date]:
+    """The monthly partitions that exist, by name."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = %s",
+            [TABLE],
+        )
+        names = [row[0] for row in cursor.fetchall()]
+    found = {}
+    for name in names:
+        match = NAME.match(name)
+        if match:
+            found[name] = date(int(match[1]), int(match[2]), 1)
+    return found
+
+
+@transaction.atomic
+def create(month: date) -> bool:
+    """The partition of ``month`` (first day), moving any of its rows out of the default partition."""
+    name, start, end = _name(month), month, _month(month.year, month.month + 1)
+    if name in partitions():
+        return False
+    with connection.cursor() as cursor:
+        # Locks the parent: no event of the month can reach the default partition meanwhile.
+        cursor.execute(f"LOCK TABLE {TABLE} IN SHARE ROW EXCLUSIVE MODE")
+        cursor.execute(f"CREATE TABLE {name} (LIKE {TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+        cursor.execute(
+            f"WITH moved AS (DELETE FROM {DEFAULT} WHERE at >= %s AND at < %s RETURNING *) "  # noqa: S608 - our names
+            f"INSERT INTO {name} SELECT * FROM moved",
+            [start, end],
+        )
+        cursor.execute(
+            f"ALTER TABLE {TABLE} ATTACH PARTITION {name} FOR VALUES FROM (%s) TO (%s)", [start, end]
+        )
+    return True
+
+
+def ensure(now: datetime | None = None, ahead: int = 2) -> list[str]:
+    """Partitions for the previous, current and ``ahead`` next months; returns those it created."""
+    from django.utils import timezone
+
+    now = now or timezone.now()
+    made = []
+    for offset in range(-1, ahead + 1):
+        month = _month(now.year, now.month + offset)
+        if create(month):
+            made.append(_name(month))
+    return made
+
+
+def drop_expired(now: datetime | None = None) -> list[str]:
+    """Drop the partitions of months that ended more than the retention ago; returns their names."""
+    from django.utils import timezone
+
+    now = now or timezone.now()
+    keep_from = _month(now.year, now.month - settings.USAGE_RETENTION_MONTHS)
+    dropped = []
+    for name, month in sorted(partitions().items(), key=lambda item: item[1]):
+        if month < keep_from:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {name}")
+                cursor.execute(f"DROP TABLE {name}")
+            logger.info(
+                "usage: dropped the raw events of %s (retention %s months)",
+                month,
+                settings.USAGE_RETENTION_MONTHS,
+            )
+            dropped.append(name)
+    return dropped

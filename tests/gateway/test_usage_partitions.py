@@ -1,0 +1,88 @@
+"""Usage events in monthly partitions: a month's events land in its partition, a redelivered event is
+still stored once, rows that fell into the default partition move when their month's partition is made,
+and a month past retention is dropped whole while the rollups and billing's ledger keep it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from django.db import connection
+
+from portfolio.billing.models import TokenUsage
+from serving.gateway import partitions, usage
+from serving.gateway.models import UsageEvent, UsageHourly
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def event(event_id: str, at: datetime, **fields) -> UsageEvent:
+    defaults = {"endpoint": "router", "kind": "chat", "status": 200, "input_tokens": 10, "output_tokens": 5}
+    return UsageEvent(event_id=event_id, at=at, **{**defaults, **fields})
+
+
+def partition_of(event_id: str) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tableoid::regclass::text FROM gateway_usageevent WHERE event_id = %s", [event_id]
+        )
+        return cursor.fetchone()[0]
+
+
+@pytest.fixture(autouse=True)
+def _no_partitions_left_from_an_earlier_run():
+    """Partitions are DDL: they outlive a test's flush (and a reused test database)."""
+    made = ["gateway_usageevent_y2031m05", "gateway_usageevent_y2025m01", "gateway_usageevent_y2025m02"]
+    with connection.cursor() as cursor:
+        for name in made:
+            cursor.execute(f"DROP TABLE IF EXISTS {name}")
+    yield
+    with connection.cursor() as cursor:
+        for name in made:
+            cursor.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def test_the_table_is_partitioned_by_month_and_the_months_around_now_exist():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT partstrat FROM pg_partitioned_table WHERE partrelid = 'gateway_usageevent'::regclass"
+        )
+        assert cursor.fetchone() == ("r",)
+    now = datetime.now(UTC)
+    assert f"gateway_usageevent_y{now.year:04d}m{now.month:02d}" in partitions.partitions()
+
+
+def test_an_event_lands_in_its_months_partition_and_a_redelivery_is_stored_once():
+    at = datetime.now(UTC).replace(microsecond=0)
+    UsageEvent.objects.bulk_create([event("req-1", at)], ignore_conflicts=True)
+    UsageEvent.objects.bulk_create([event("req-1", at)], ignore_conflicts=True)  # the stream redelivers it
+    assert UsageEvent.objects.filter(event_id="req-1").count() == 1
+    assert partition_of("req-1") == f"gateway_usageevent_y{at.year:04d}m{at.month:02d}"
+
+
+def test_rows_in_the_default_partition_move_into_their_months_partition_when_it_is_made():
+    far = datetime(2031, 5, 17, 8, tzinfo=UTC)
+    UsageEvent.objects.bulk_create([event("req-far", far)])
+    assert partition_of("req-far") == "gateway_usageevent_default"
+    assert partitions.create(far.date().replace(day=1)) is True
+    assert partition_of("req-far") == "gateway_usageevent_y2031m05"
+    assert partitions.create(far.date().replace(day=1)) is False  # idempotent
+
+
+def test_a_month_past_retention_is_dropped_whole_and_its_rollups_and_ledger_rows_stay(settings):
+    settings.USAGE_RETENTION_MONTHS = 2
+    old = datetime(2025, 1, 10, 9, 30, tzinfo=UTC)
+    partitions.create(old.date().replace(day=1))
+    UsageEvent.objects.bulk_create([event("req-old", old, team_id=7, endpoint_id=3)])
+    usage.rollup(since=old)
+    assert UsageHourly.objects.filter(hour__year=2025).count() == 1
+    assert TokenUsage.objects.filter(hour__year=2025).count() == 1
+
+    dropped = partitions.drop_expired(datetime(2025, 4, 2, tzinfo=UTC))
+    assert dropped == ["gateway_usageevent_y2025m01"]
+    assert not UsageEvent.objects.filter(event_id="req-old").exists()
+    assert UsageHourly.objects.filter(hour__year=2025).count() == 1
+    assert TokenUsage.objects.filter(hour__year=2025).count() == 1
+    # A month still inside the retention stays.
+    partitions.create(datetime(2025, 2, 1, tzinfo=UTC).date())
+    assert partitions.drop_expired(datetime(2025, 4, 2, tzinfo=UTC)) == []
