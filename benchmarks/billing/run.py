@@ -102,7 +102,7 @@ def sizes(events: int) -> dict:
             "SELECT sum(pg_total_relation_size(relid)), sum(pg_relation_size(relid)) "
             "FROM pg_partition_tree('gateway_usageevent')"
         )
-        total, heap = cursor.fetchone()
+        total, heap = (int(value) for value in cursor.fetchone())  # sum() is numeric
         cursor.execute(
             "SELECT c.relname, pg_relation_size(c.oid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
             "JOIN pg_partition_tree('gateway_usageevent') p ON p.relid = i.indrelid WHERE p.isleaf"
@@ -150,7 +150,7 @@ def main() -> None:
     statement_s, lines = timed(lambda: statements.compute(department, MONTH, end))
     naive_statement_s, _ = timed(naive(NAIVE_STATEMENT, [start, end, department.pk, department.pk]), rounds=3)
 
-    client = Client()
+    client = Client(HTTP_HOST="localhost")  # one of the default ALLOWED_HOSTS
     client.force_login(world.admin)
     month_param = {"month": MONTH.strftime("%Y-%m")}
 
