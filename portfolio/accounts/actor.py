@@ -61,12 +61,34 @@ class Actor:
         return self.user.get_username()
 
     @cached_property
+    def _grants(self) -> tuple[frozenset[str], frozenset[int]]:
+        """The user's organisation roles and the departments they manage, in one query (every request
+        asks both: the navigation's billing link is held by department managers too)."""
+        if self.system or self.user is None or not self.user.is_active:
+            return frozenset(), frozenset()
+        from django.db.models import BigIntegerField, CharField, Value
+
+        from portfolio.accounts.models import DepartmentRole, OrgRoleGrant
+
+        org = OrgRoleGrant.objects.filter(user=self.user).values_list(
+            "role", Value(None, output_field=BigIntegerField())
+        )
+        managed = DepartmentRole.objects.filter(user=self.user).values_list(
+            Value("", output_field=CharField()), "department_id"
+        )
+        rows = list(org.union(managed, all=True))
+        return (
+            frozenset(role for role, department in rows if department is None),
+            frozenset(department for _, department in rows if department is not None),
+        )
+
+    @cached_property
     def org_roles(self) -> frozenset[str]:
         if self.system:
             return frozenset({OrgRole.ADMIN})
         if self.user is None or not self.user.is_active:
             return frozenset()
-        roles = set(self.user.org_roles.values_list("role", flat=True))
+        roles = set(self._grants[0])
         if self.user.is_superuser:
             roles.add(OrgRole.ADMIN)
         return frozenset(roles)
@@ -83,9 +105,7 @@ class Actor:
     @cached_property
     def managed_department_ids(self) -> frozenset[int]:
         """Departments this user manages (department managers read and budget all their teams)."""
-        if self.user is None or not self.user.is_active or self.system:
-            return frozenset()
-        return frozenset(self.user.department_roles.values_list("department_id", flat=True))
+        return self._grants[1]
 
     @property
     def team_ids(self) -> list[int]:
