@@ -416,6 +416,20 @@ def test_an_outsider_does_not_see_team_a_numbers(signed_in, org, key, other_key)
     assert "4,242" not in refused.content.decode()
 
 
+def test_a_department_manager_sees_the_usage_of_its_teams_and_not_of_others(
+    signed_in, org, key, other_key, make_user, department
+):
+    from portfolio.accounts.models import DepartmentRole
+
+    rollup(key, this_hour(), requests=4242, endpoint="support-bot")
+    rollup(other_key, this_hour(), requests=17, endpoint="clause-finder")
+    manager = make_user("cc100-manager")
+    DepartmentRole.objects.create(user=manager, department=department)
+    response = signed_in(manager).get(reverse("usage"))
+    assert response.context["totals"]["requests"] == 4242
+    assert "clause-finder" not in response.content.decode()
+
+
 def test_the_charts_render_svg(signed_in, org, key):
     for day in range(10):
         rollup(key, this_hour(24 * day), requests=10 + day, input_tokens=100 * day, output_tokens=50)
