@@ -1,40 +1,55 @@
-"""A real browser (Debian's Chromium driven by Playwright): an admin sets an endpoint's price on the price
-book page, a call to it is recorded in billing's ledger, and the admin sees the call on the calling
-department's draft statement."""
+"""A real browser (Debian's Chromium driven by Playwright) and a real gateway process: an admin sets the price
+of Customer Operations' endpoint on the price book page; a key of Legal's Contracts team, with whose
+department the endpoint is shared, calls it through the gateway (served by the gateway tests' stand-in
+engine, which answers and counts tokens like vLLM); the usage pipeline runs as Celery beat runs it (the
+flush from the Redis stream into PostgreSQL, then the hourly rollup into billing's ledger); and the admin
+sees the call on Legal's draft statement, at the price set and for the tokens the call really used."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from decimal import ROUND_HALF_UP, Decimal
 
+import openai
 import pytest
-from django.utils import timezone
 
-from portfolio.accounts.models import Department, Team
-from portfolio.billing import meters
-from portfolio.billing.meters import TokenHour
 from portfolio.billing.models import Price
-from serving.models import Endpoint
-from tests.conftest import PASSWORD
+from serving import services
+from serving.gateway import tasks
+from serving.gateway.models import UsageEvent
+from tests.conftest import PASSWORD, actor_for
 from tests.e2e import test_browser
+from tests.gateway import conftest as gateway_fixtures
 
 pytestmark = pytest.mark.e2e
 browser_page = test_browser.browser_page  # the same Chromium page fixture as the other browser test
+# The gateway tests' own: the gateway process, and a deployment served by a stand-in engine, its endpoint, keys.
+gateway_process = gateway_fixtures.gateway_process
+gateway_url = gateway_fixtures.gateway_url
+stack = gateway_fixtures.stack
+INPUT_PRICE, OUTPUT_PRICE = "1000", "2000"  # per million tokens: a short call still costs cents
+
+
+def charged(tokens: int, per_million: str) -> str:
+    """What ``tokens`` cost at ``per_million``, rounded to the cent half away from zero, as a line shows it."""
+    amount = Decimal(tokens) * Decimal(per_million) / 1_000_000
+    return str(amount.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+
+
+def millions(tokens: int) -> str:
+    return f"{(Decimal(tokens) / 1_000_000).normalize():f}"
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_admin_sets_a_price_and_sees_a_call_on_the_draft_statement(
-    live_server, make_user, browser_page, tmp_path
+def test_an_admin_sets_a_price_makes_a_call_and_sees_it_on_the_draft_statement(
+    live_server, org, team, other_team, other_department, gateway_url, stack, browser_page, tmp_path
 ):
-    make_user("alice", superuser=True)
-    operations = Department.objects.create(name="Customer Operations", cost_center="CC-100")
-    legal = Department.objects.create(name="Legal", cost_center="CC-200")
-    owner = Team.objects.create(department=operations, name="Support AI", slug="support-ai")
-    caller = Team.objects.create(department=legal, name="Contracts", slug="contracts")
-    endpoint = Endpoint.objects.create(name="support", owner_team=owner)
+    deployment, _ = stack["deployment"]("support-bot", owner=team)
+    endpoint = stack["endpoint"]("support", deployment, owner=team)  # no price yet: the admin sets it
+    services.share_endpoint(actor=actor_for(org["admin"]), endpoint=endpoint, department=other_department)
     page = browser_page
 
     page.goto(f"{live_server.url}/login/")
-    page.get_by_label("User name").fill("alice")
+    page.get_by_label("User name").fill("admin")
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(f"{live_server.url}/")
@@ -45,32 +60,54 @@ def test_an_admin_sets_a_price_and_sees_a_call_on_the_draft_statement(
     page.wait_for_url(f"{live_server.url}/billing/prices/")
     page.get_by_label("Kind").select_option("endpoint")
     page.get_by_label("Subject").select_option(f"endpoint:{endpoint.pk}")
-    page.get_by_label("Input, per million tokens").fill("2")
-    page.get_by_label("Output, per million tokens").fill("4")
+    page.get_by_label("Input, per million tokens").fill(INPUT_PRICE)
+    page.get_by_label("Output, per million tokens").fill(OUTPUT_PRICE)
     page.get_by_label("Note").fill("launch price")
     page.get_by_role("button", name="Set price").click()
     page.wait_for_url(f"{live_server.url}/billing/prices/")
     assert page.get_by_text("New price of support").is_visible()
     price = Price.objects.get(kind="endpoint", subject_id=str(endpoint.pk))
-    assert (price.input_per_million, price.output_per_million, price.note) == (2, 4, "launch price")
+    assert (price.input_per_million, price.output_per_million, price.note) == (
+        Decimal(INPUT_PRICE),
+        Decimal(OUTPUT_PRICE),
+        "launch price",
+    )
 
-    # A call from the Contracts team in this hour, as the gateway's usage rollup hands it to billing.
-    hour = timezone.now().replace(minute=0, second=0, microsecond=0)
-    meters.replace_token_hours(
-        hour,
-        hour + timedelta(hours=1),
-        [TokenHour(hour, endpoint.pk, "support", owner.pk, operations.pk, "support-bot", caller.pk, legal.pk,
-                   1, 1_000_000, 250_000)],
-    )  # fmt: skip
+    # The Contracts team calls the shared endpoint through the gateway, with the official SDK.
+    secret = stack["key"](owner=other_team)
+    gateway_fixtures.wait_for_model(gateway_url, secret, "support")
+    client = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=secret, max_retries=0, timeout=20)
+    answer = client.chat.completions.create(
+        model="support", messages=[{"role": "user", "content": "Is clause 7 enforceable?"}], max_tokens=40
+    )
+    used_in, used_out = answer.usage.prompt_tokens, answer.usage.completion_tokens
+    assert used_in > 0 and used_out > 0
+
+    # The pipeline, as Celery beat runs it: the stream into gateway_usageevent, then the hourly rollup.
+    assert tasks.flush_usage() == 1
+    event = UsageEvent.objects.get()
+    assert (event.endpoint, event.team_id, event.input_tokens, event.output_tokens) == (
+        "support",
+        other_team.pk,
+        used_in,
+        used_out,
+    )
+    tasks.rollup_usage()
 
     page.goto(f"{live_server.url}/billing/statements/")
     page.get_by_role("row", name="Legal").get_by_role("link").click()
-    page.wait_for_url(f"{live_server.url}/billing/statements/CC-200/{hour:%Y-%m}/")
+    page.wait_for_url(f"{live_server.url}/billing/statements/CC-200/{event.at:%Y-%m}/")
     assert page.get_by_text("draft", exact=True).first.is_visible()
-    inputs = page.locator("tr", has_text="input tokens")
-    outputs = page.locator("tr", has_text="output tokens")
-    # 1M input tokens at 2 and 250k output tokens at 4 a million: 2.00 and 1.00.
-    assert "support" in inputs.inner_text() and "2.00" in inputs.inner_text()
-    assert "1.00" in outputs.inner_text()
-    assert page.get_by_test_id("statement-total").inner_text() == "3.00 EUR"
+    total = Decimal(0)
+    for detail, tokens, rate in (
+        ("input tokens", used_in, INPUT_PRICE),
+        ("output tokens", used_out, OUTPUT_PRICE),
+    ):
+        # Kind, subject, detail, quantity, unit, unit price, amount: the tokens used, at the price set.
+        amount = charged(tokens, rate)
+        cells = page.locator("tr", has_text=detail).locator("td").all_inner_texts()
+        assert cells[1:] == ["support", detail, millions(tokens), "M tokens", rate, amount]
+        total += Decimal(amount)
+    assert total > 0
+    assert page.get_by_test_id("statement-total").inner_text() == f"{total} EUR"
     page.screenshot(path=str(tmp_path / "statement.png"), full_page=True)
