@@ -7,7 +7,7 @@ web server, a Celery worker (control queue and this machine's node queue) and Ce
 The terminal shows the start-up, then one line per event a person waits for (``manage.py watch_events``:
 an engine ready or failed, an adapter loaded, a fine-tune finished; and the demo's first answer). Each process logs to ``<data>/logs/<process>.log``; ``--verbose``
 follows them live (``portfolio.runlogs``). "ready" is said once the web server listens and the demo
-endpoint answers, with a summary: where to sign in, the endpoints, the API docs, and a call to copy with a
+endpoint answers, with a summary: where to sign in, the endpoints, the API docs, billing, and a call to copy with a
 fresh demo API key. Ctrl-C (or SIGTERM) stops everything it started, the embedded servers last. Data is
 kept for next time; the replicas of the last run start again (``manage.py requeue_engines``).
 """

@@ -16,133 +16,70 @@ from tests.billing.world import ROLES, label
 
 pytestmark = pytest.mark.django_db
 
-READERS = {"admin": 200, "auditor": 200, "manager": 200, "other_manager": 200, "owner": 200}
-NO_READER = {"engineer": 403, "developer": 403, "nobody": 403, "anonymous": 401}
+# The status each role gets from each route: one row per route, one column per role (tests/billing/world.py).
+STATUSES = """
+route                                                admin auditor manager other_manager owner engineer developer nobody anonymous
+GET /billing/prices                                  200   200     200     200           200   403      403       403    401
+POST /billing/prices                                 201   403     403     403           403   403      403       403    401
+GET /billing/prices/subjects                         200   200     200     200           200   403      403       403    401
+GET /billing/spend                                   200   200     200     200           200   403      403       403    401
+GET /billing/statements                              200   200     200     200           200   403      403       403    401
+GET /billing/statements/{department}/{month}         200   200     200     404           200   404      404       404    401
+POST /billing/statements/{statement_id}/reissue      201   403     403     404           403   404      404       404    401
+GET /departments/{department_id}/roles               200   200     200     404           200   200      200       404    401
+POST /departments/{department_id}/roles              201   403     403     404           403   403      403       404    401
+DELETE /departments/{department_id}/roles/{user_id}  204   403     403     404           403   403      403       404    401
+"""
 
-
-def _statuses(**given: int) -> dict[str, int]:
-    assert set(given) == set(ROLES), f"every role has its expected status: {set(ROLES) ^ set(given)}"
-    return given
-
-
-# route -> (method, url template, body, expected status per role)
-MATRIX = {
-    "GET /billing/prices": ("GET", "/billing/prices", None, _statuses(**READERS, **NO_READER)),
+# How each route is called: the URL (filled from the world) and the JSON body, if any.
+REQUESTS: dict[str, tuple[str, dict | None]] = {
+    "GET /billing/prices": ("/billing/prices", None),
     "POST /billing/prices": (
-        "POST",
         "/billing/prices",
         {"kind": "pool", "subject": "local-cpu", "cpu_core_hour": "0.75"},
-        _statuses(
-            admin=201,
-            auditor=403,
-            manager=403,
-            other_manager=403,
-            owner=403,
-            engineer=403,
-            developer=403,
-            nobody=403,
-            anonymous=401,
-        ),  # fmt: skip
     ),
-    "GET /billing/prices/subjects": (
-        "GET",
-        "/billing/prices/subjects?kind=pool",
-        None,
-        _statuses(**READERS, **NO_READER),
-    ),  # fmt: skip
-    "GET /billing/spend": ("GET", "/billing/spend?month={past}", None, _statuses(**READERS, **NO_READER)),
-    "GET /billing/statements": ("GET", "/billing/statements", None, _statuses(**READERS, **NO_READER)),
-    "GET /billing/statements/{department}/{month}": (
-        "GET",
-        "/billing/statements/CC-100/{past}",
-        None,
-        _statuses(
-            admin=200,
-            auditor=200,
-            manager=200,
-            other_manager=404,
-            owner=200,
-            engineer=404,
-            developer=404,
-            nobody=404,
-            anonymous=401,
-        ),  # fmt: skip
-    ),
+    "GET /billing/prices/subjects": ("/billing/prices/subjects?kind=pool", None),
+    "GET /billing/spend": ("/billing/spend?month={past}", None),
+    "GET /billing/statements": ("/billing/statements", None),
+    "GET /billing/statements/{department}/{month}": ("/billing/statements/CC-100/{past}", None),
     "POST /billing/statements/{statement_id}/reissue": (
-        "POST",
         "/billing/statements/{statement}/reissue",
         {"reason": "Replica hours recorded late."},
-        _statuses(
-            admin=201,
-            auditor=403,
-            manager=403,
-            other_manager=404,
-            owner=403,
-            engineer=404,
-            developer=404,
-            nobody=404,
-            anonymous=401,
-        ),  # fmt: skip
     ),
     # Department roles: the department is seen by its teams' members, its managers and org-wide roles.
-    "GET /departments/{department_id}/roles": (
-        "GET",
-        "/departments/{department}/roles",
-        None,
-        _statuses(
-            admin=200,
-            auditor=200,
-            manager=200,
-            other_manager=404,
-            owner=200,
-            engineer=200,
-            developer=200,
-            nobody=404,
-            anonymous=401,
-        ),  # fmt: skip
-    ),
-    "POST /departments/{department_id}/roles": (
-        "POST",
-        "/departments/{department}/roles",
-        {"username": "nobody"},
-        _statuses(
-            admin=201,
-            auditor=403,
-            manager=403,
-            other_manager=404,
-            owner=403,
-            engineer=403,
-            developer=403,
-            nobody=404,
-            anonymous=401,
-        ),  # fmt: skip
-    ),
+    "GET /departments/{department_id}/roles": ("/departments/{department}/roles", None),
+    "POST /departments/{department_id}/roles": ("/departments/{department}/roles", {"username": "nobody"}),
     "DELETE /departments/{department_id}/roles/{user_id}": (
-        "DELETE",
         "/departments/{department}/roles/{manager}",
         None,
-        _statuses(
-            admin=204,
-            auditor=403,
-            manager=403,
-            other_manager=404,
-            owner=403,
-            engineer=403,
-            developer=403,
-            nobody=404,
-            anonymous=401,
-        ),  # fmt: skip
     ),
 }
 
 
+def _matrix(table: str) -> dict[str, dict[str, int]]:
+    """``route -> {role: status}`` from the table above, which must name every role, in ``ROLES`` order."""
+    header, *rows = table.strip().splitlines()
+    roles = header.split()[1:]
+    assert roles == ROLES, f"the table's columns are the roles: {roles} != {ROLES}"
+    matrix = {}
+    for row in rows:
+        method, path, *statuses = row.split()
+        matrix[f"{method} {path}"] = dict(zip(roles, map(int, statuses), strict=True))
+    return matrix
+
+
+MATRIX = _matrix(STATUSES)
+
+
 def test_every_billing_route_is_in_the_matrix():
     assert set(API_ROUTES) <= set(MATRIX)
+    assert set(MATRIX) == set(REQUESTS)
 
 
 @pytest.mark.parametrize("route", sorted(MATRIX))
 def test_route_answers_each_role_as_the_matrix_says(world, call, route):
-    method, template, body, statuses = MATRIX[route]
+    method = route.split()[0]
+    template, body = REQUESTS[route]
     url = "/api/v1" + template.format(
         past=label(world.past),
         statement=world.statement.pk,
@@ -150,11 +87,11 @@ def test_route_answers_each_role_as_the_matrix_says(world, call, route):
         manager=world.users["manager"].pk,
     )
     mismatches = []
-    for role in ROLES:
+    for role, expected in MATRIX[route].items():
         with transaction.atomic():
             response = call(world, role, method, url, body)
-            if response.status_code != statuses[role]:
-                mismatches.append(f"{role}: expected {statuses[role]}, got {response.status_code}")
+            if response.status_code != expected:
+                mismatches.append(f"{role}: expected {expected}, got {response.status_code}")
             elif response.status_code >= 400:
                 assert set(response.json()["error"]) >= {"code", "message", "request_id"}
             transaction.set_rollback(True)

@@ -35,11 +35,12 @@ def summary(*args: str) -> str:
     return out.getvalue()
 
 
-def test_the_summary_says_where_to_sign_in_what_is_served_and_where_the_api_docs_are(demo):
+def test_the_summary_says_where_to_sign_in_what_is_served_and_where_the_api_docs_and_billing_are(demo):
     printed = summary()
     assert f"as admin (initial password in {demo / 'admin-password'})" in printed
     assert "endpoints: smollm2, ticket-router (OpenAI API at http://127.0.0.1:8000/v1)" in printed
     assert "API docs:  http://127.0.0.1:8000/api/docs" in printed
+    assert "billing:   http://127.0.0.1:8000/billing/" in printed
     assert "not shown" not in printed and "curl" not in printed and not ApiKey.objects.exists()
 
 

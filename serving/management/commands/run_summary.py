@@ -20,8 +20,8 @@ DEMO_KEY_NAME = "portfolio run demo key"
 
 class Command(BaseCommand):
     help = (
-        "What `portfolio run` prints once it is ready: where to sign in, the endpoints served, the API docs "
-        "and, with --demo-key-file, a call to copy with a fresh API key of the demo team. The key is written "
+        "What `portfolio run` prints once it is ready: where to sign in, the endpoints served, the API docs, "
+        "billing and, with --demo-key-file, a call to copy with a fresh API key of the demo team. The key is written "
         "to that file (readable by this user only), never printed; the previous run's demo key is revoked."
     )
 
@@ -40,6 +40,7 @@ class Command(BaseCommand):
         endpoints = list(Endpoint.objects.order_by("name").values_list("name", flat=True))
         lines.append(f"endpoints: {', '.join(endpoints) or 'none yet'} (OpenAI API at {url}/v1)")
         lines.append(f"API docs:  {url}/api/docs")
+        lines.append(f"billing:   {url}/billing/ (spend, statements, price book)")
         if demo_key_file is not None:
             if DEMO_ENDPOINT not in endpoints:
                 raise CommandError(f"No endpoint {DEMO_ENDPOINT!r}: run deploy_demo first.")
