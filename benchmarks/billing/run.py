@@ -11,7 +11,7 @@ measures, each against the naive query over the raw events in the same run:
 - (b) the billing page's queries (``GET /billing/`` for an admin, through Django's test client) vs the page's
   figures (spend per department, team and endpoint) summed from the raw events;
 - (c) bytes per stored usage event, indexes included (the table's monthly partitions), and what billing
-  keeps per event (its ledger rows), which outlive the raw events' retention.
+  keeps per event (its hour and day ledgers), which outlive the raw events' retention.
 
 Writes ``benchmarks/results/billing.json``. The data folder must be one of its own (its name holds
 "bench"): the run empties the usage and ledger tables there first.
@@ -113,9 +113,10 @@ def sizes(events: int) -> dict:
             columns = name.split("_", 3)[-1]
             by_index[columns] = by_index.get(columns, 0) + size
         cursor.execute(
-            "SELECT pg_total_relation_size('billing_tokenusage'), count(*) FROM billing_tokenusage"
+            "SELECT pg_total_relation_size('billing_tokenusage') + pg_total_relation_size('billing_tokenday'), "
+            "(SELECT count(*) FROM billing_tokenusage), (SELECT count(*) FROM billing_tokenday)"
         )
-        ledger, ledger_rows = cursor.fetchone()
+        ledger, ledger_rows, day_rows = cursor.fetchone()
     return {
         "usage_event_bytes_total": total,
         "usage_event_bytes_heap": heap,
@@ -123,6 +124,7 @@ def sizes(events: int) -> dict:
         "bytes_per_event": round(total / events, 1),
         "ledger_bytes": ledger,
         "ledger_rows": ledger_rows,
+        "ledger_day_rows": day_rows,
         "ledger_bytes_per_event": round(ledger / events, 2),
     }
 
@@ -145,6 +147,8 @@ def main() -> None:
     began = time.perf_counter()
     usage.rollup(since=start)
     rolled = time.perf_counter() - began
+    with connection.cursor() as cursor:  # what autovacuum would do soon after such a bulk write
+        cursor.execute("ANALYZE billing_tokenusage, billing_tokenday, billing_storageday")
 
     department = Department.objects.get(cost_center=world.departments[0])
     statement_s, lines = timed(lambda: statements.compute(department, MONTH, end))

@@ -1,5 +1,6 @@
 """The benchmark's organisation and month, written straight into PostgreSQL (bulk rows, one SQL statement
-per million events): 20 departments x 10 teams x 10 keys, 50 priced endpoints (half change price mid-month),
+per million events): 20 departments x 10 teams x 10 keys, 50 priced endpoints (half change price mid-month,
+half of those at 13:00, so that their day is priced hour by hour),
 one replica per endpoint all month, and each team's stored bytes every day."""
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def organisation(month: date) -> World:
                                  effective_from=LONG_AGO, **rates)  # fmt: skip
             if e % 2:
                 Price.objects.create(kind=PriceKind.ENDPOINT, subject_id=str(endpoint.pk),
-                                     subject_name=endpoint.name, effective_from=start + timedelta(days=15),
+                                     subject_name=endpoint.name, effective_from=start + timedelta(days=15, hours=13 * (e % 4 == 1)),
                                      input_per_million=rates["input_per_million"] * 2,
                                      output_per_million=Decimal("0.90"))  # fmt: skip
         Price.objects.create(kind=PriceKind.POOL, subject_id="1", subject_name="bench-gpu", effective_from=LONG_AGO,
@@ -124,7 +125,9 @@ JOIN bench_route r ON r.n = (k.team_n * 3 + (g / %(keys)s) %% 3) %% %(endpoints)
 def events(world: World, count: int, start: datetime, end: datetime) -> None:
     """``count`` events spread at random over ``[start, end)``: each key's team calls three endpoints."""
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE gateway_usageevent, gateway_usagehourly, billing_tokenusage")
+        cursor.execute(
+            "TRUNCATE gateway_usageevent, gateway_usagehourly, billing_tokenusage, billing_tokenday"
+        )
         cursor.execute(
             """CREATE TEMP TABLE bench_key AS SELECT (row_number() OVER (ORDER BY k.id)) - 1 AS n, k.id, k.team_id,
                t.department_id, dense_rank() OVER (ORDER BY k.team_id) - 1 AS team_n

@@ -33,7 +33,6 @@ router = Router(tags=["billing"])
 MAX_PAGE_SIZE = 200
 MAX_PAGE = 1_000_000
 TOP_SUBJECTS = 100  # the spend's largest subjects; the statements have every line
-MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 COST_CENTER = re.compile(r"^[A-Z0-9][A-Z0-9\-]{1,31}$")
 
 
@@ -43,22 +42,6 @@ class Pages(PageNumberPagination):
     class Input(Schema):
         page: int = Field(1, ge=1, le=MAX_PAGE)
         page_size: int | None = Field(None, ge=1, le=MAX_PAGE_SIZE)
-
-
-def month_of(text: str | None, now: datetime) -> date:
-    """``YYYY-MM`` (default: this month) as its first day; a month not begun yet is refused."""
-    if text is None or text == "":
-        return money.month_start(now)
-    found = MONTH.match(text)
-    if found is None or not 2000 <= int(found.group(1)) <= 2999:
-        raise Invalid(
-            f"month: {text[:20]!r} is not a month: use YYYY-MM (2000-01 to 2999-12).",
-            fields={"month": ["Use YYYY-MM."]},
-        )
-    month = date(int(found.group(1)), int(found.group(2)), 1)
-    if month > money.month_start(now):
-        raise Invalid(f"month: {text} has not begun.", fields={"month": ["Not begun."]})
-    return month
 
 
 def _reader(request) -> access.Reader:
@@ -243,7 +226,7 @@ class SpendOut(Schema):
 def get_spend(request, month: str | None = Query(None, max_length=7, description="YYYY-MM; default: now")):
     reader = _reader(request)
     now = timezone.now()
-    spend = overview.month_spend(reader, month_of(month, now), now)
+    spend = overview.month_spend(reader, money.parse_month(month, now), now)
     return {
         "month": statements.label(spend.month),
         "as_of": spend.as_of,
@@ -343,7 +326,7 @@ def list_statements(request, filters: Query[StatementQuery]):
         offset=(filters.page - 1) * filters.page_size,
         limit=filters.page_size,
         cost_center=filters.department.strip().upper(),
-        month=month_of(filters.month, now) if filters.month else None,
+        month=money.parse_month(filters.month, now) if filters.month else None,
         status=filters.status,
     )
     return {"items": rows, "count": count}
@@ -376,7 +359,9 @@ def get_statement(request, department: str, month: str, revision: int | None = Q
         found = access.departments(request.auth).filter(cost_center=cost_center).first()
     if found is None:
         raise NotFound("Department not found.")
-    answer = overview.statement(reader, found, month_of(month, timezone.now()), timezone.now(), revision)
+    answer = overview.statement(
+        reader, found, money.parse_month(month, timezone.now()), timezone.now(), revision
+    )
     if answer is None:
         raise NotFound("No such revision of that statement.")
     header, lines = answer

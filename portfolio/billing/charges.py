@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
+from functools import cached_property
 
 from django.db import connection
 from django.db.models import Q, Sum
 
-from portfolio.billing import money
+from portfolio.billing import money, token_periods
 from portfolio.billing.choices import ComputeKind, LineKind, PriceKind
-from portfolio.billing.models import ComputeInterval, Price, StorageDay, TokenUsage
+from portfolio.billing.models import ComputeInterval, TokenDay
 from portfolio.billing.pricing import PriceBook
 
 HOUR_SECONDS = 3600
@@ -64,11 +65,12 @@ class Line:
     exact_amount: Fraction = Fraction(0)
     team: str = ""
 
-    @property
+    # Read once the line is complete (charges_of returns only complete lines): each is rounded once.
+    @cached_property
     def quantity(self) -> Decimal:
         return money.quantity(self.exact_quantity)
 
-    @property
+    @cached_property
     def amount(self) -> Decimal:
         return money.cents(self.exact_amount)
 
@@ -94,39 +96,31 @@ def _rate(price, name: str) -> Decimal:
 
 
 TOKENS_BY_PRICE = """
-SELECT t.endpoint_id, t.endpoint, t.deployment, t.team_id, t.department_id, t.owner_team_id,
-       t.owner_department_id, p.id, sum(t.input_tokens), sum(t.output_tokens)
-FROM billing_tokenusage t
-LEFT JOIN LATERAL (
-    SELECT id FROM billing_price p
-    WHERE p.kind = 'endpoint' AND p.subject_id = t.endpoint_id::text AND p.effective_from <= t.hour
-    ORDER BY p.effective_from DESC LIMIT 1
-) p ON true
-WHERE t.hour >= %s AND t.hour < %s {where}
+WITH {periods}
+SELECT endpoint_id, endpoint, deployment, team_id, department_id, owner_team_id, owner_department_id, price_id,
+       sum(input_tokens), sum(output_tokens)
+FROM periods
 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
 """
 
 
-def _token_rows(departments: Scope, start: datetime, end: datetime):
+def _token_rows(departments: Scope, book: PriceBook, start: datetime, end: datetime):
     """The month's token usage summed per (endpoint, deployment, caller, owner, price version in force):
     a price is constant within a group, so pricing the sum is pricing each call and adding up."""
-    where = ""
-    params: list = [start, end]
-    if departments is not None:
-        where = "AND (t.department_id = ANY(%s) OR t.owner_department_id = ANY(%s))"
-        params += [list(departments), list(departments)]
+    sql, params = token_periods.periods(departments, book, start, end)
     with connection.cursor() as cursor:
-        cursor.execute(TOKENS_BY_PRICE.format(where=where), params)
+        cursor.execute(TOKENS_BY_PRICE.format(periods=sql), params)
         return cursor.fetchall()
 
 
-def _tokens(ledger: Ledger, departments: Scope, start: datetime, end: datetime) -> dict:
+def _tokens(ledger: Ledger, book: PriceBook, departments: Scope, start: datetime, end: datetime) -> dict:
     """Token lines of the departments' callers and credits of their owning teams; returns the unpriced
     usage by other teams, for the at-cost rule: {(deployment, caller team, caller department,
     owner team, owner department): tokens}."""
-    rows = _token_rows(departments, start, end)
-    prices = Price.objects.in_bulk({row[7] for row in rows if row[7] is not None})
+    rows = _token_rows(departments, book, start, end)
     unpriced: dict[tuple, int] = defaultdict(int)
+    # Tokens per line first (a line has one unit price: pricing its sum is pricing each row), then lines.
+    per_line: dict[tuple, int] = defaultdict(int)  # (department, team, kind, endpoint, detail, unit price)
     for (
         endpoint_id,
         endpoint,
@@ -140,7 +134,7 @@ def _tokens(ledger: Ledger, departments: Scope, start: datetime, end: datetime) 
         tokens_out,
     ) in rows:
         tokens_in, tokens_out = int(tokens_in), int(tokens_out)  # sum() of bigint is numeric in PostgreSQL
-        price = prices.get(price_id) if endpoint_id is not None else None
+        price = book.version(price_id) if endpoint_id is not None else None
         rates = (_rate(price, "input_per_million"), _rate(price, "output_per_million"))
         own = team is not None and team == owner
         if not own and not any(rates):
@@ -150,15 +144,27 @@ def _tokens(ledger: Ledger, departments: Scope, start: datetime, end: datetime) 
         for direction, tokens, rate in (("input", tokens_in, rates[0]), ("output", tokens_out, rates[1])):
             if not tokens:
                 continue
-            millions = Fraction(tokens, money.MILLION)
-            charged = Fraction(0) if own else millions * Fraction(rate)
             if _in(departments, dept):
                 detail = f"{direction} tokens" + (" (own endpoint: its compute is charged)" if own else "")
-                ledger.add(dept, team, LineKind.TOKENS, endpoint, detail, "M tokens",
-                           Decimal(0) if own else rate, millions, charged)  # fmt: skip
+                per_line[(dept, team, LineKind.TOKENS, endpoint, detail, Decimal(0) if own else rate)] += (
+                    tokens
+                )
             if _in(departments, owner_dept) and not own:
-                ledger.add(owner_dept, owner, LineKind.CREDIT, endpoint, f"{direction} tokens called by other teams",
-                           "M tokens", -rate, millions, -charged)  # fmt: skip
+                detail = f"{direction} tokens called by other teams"
+                per_line[(owner_dept, owner, LineKind.CREDIT, endpoint, detail, -rate)] += tokens
+    for (dept, team, kind, endpoint, detail, unit_price), tokens in per_line.items():
+        millions = Fraction(tokens, money.MILLION)
+        ledger.add(
+            dept,
+            team,
+            kind,
+            endpoint,
+            detail,
+            "M tokens",
+            unit_price,
+            millions,
+            millions * Fraction(unit_price),
+        )
     return unpriced
 
 
@@ -196,15 +202,35 @@ def _compute(
                            unit, rate, qty, qty * Fraction(rate))  # fmt: skip
 
 
+def cost_per_hour(interval: ComputeInterval, price) -> Fraction:
+    """What the interval's held GPUs, cores and memory cost for one hour at ``price`` (a pool's)."""
+    total = Fraction(0)
+    for field_name, rate_name, _unit in RESOURCES:
+        held = getattr(interval, field_name)
+        amount = Fraction(held, money.GIB) if field_name == "memory_bytes" else Fraction(held)
+        total += amount * Fraction(_rate(price, rate_name))
+    return total
+
+
+def interval_cost(book: PriceBook, interval: ComputeInterval, begin: datetime, finish: datetime):
+    """(hours, cost) of the interval held over ``[begin, finish)``, at its pool's prices in force."""
+    hours, cost = Fraction(0), Fraction(0)
+    for a, b, price in book.spans(PriceKind.POOL, interval.pool_id, begin, finish):
+        piece = Fraction((b - a) // timedelta(microseconds=1), HOUR_SECONDS * 1_000_000)
+        hours += piece
+        cost += piece * cost_per_hour(interval, price)
+    return hours, cost
+
+
 def compute_cost(
     book: PriceBook, deployments: Iterable[str], start: datetime, end: datetime, as_of: datetime
 ) -> dict[str, Fraction]:
     """The exact replica cost of each deployment in ``[start, end)`` (for the at-cost rule)."""
     costs: dict[str, Fraction] = defaultdict(Fraction)
     for interval in _intervals(None, start, end, subjects=deployments):
-        scratch = Ledger()
-        _compute(scratch, book, [interval], start, end, as_of)
-        costs[interval.subject] += sum((line.exact_amount for line in scratch.lines.values()), Fraction(0))
+        begin, finish = max(interval.started_at, start), min(interval.ended_at or as_of, end, as_of)
+        if finish > begin:
+            costs[interval.subject] += interval_cost(book, interval, begin, finish)[1]
     return costs
 
 
@@ -214,7 +240,7 @@ def _at_cost(ledger: Ledger, book: PriceBook, departments: Scope, unpriced: dict
     deployments = {key[0] for key in unpriced}
     costs = compute_cost(book, deployments, start, end, as_of)
     served = dict(
-        TokenUsage.objects.filter(hour__gte=start, hour__lt=end, deployment__in=deployments)
+        TokenDay.objects.filter(day__gte=start, day__lt=end, deployment__in=deployments)
         .values_list("deployment")
         .annotate(tokens=Sum("input_tokens") + Sum("output_tokens"))
     )
@@ -235,17 +261,36 @@ def _at_cost(ledger: Ledger, book: PriceBook, departments: Scope, unpriced: dict
                        "share", -unit_price, share, -cost * share)  # fmt: skip
 
 
+# The month's stored bytes per (department, team, store, the store's price version in force at each
+# day's midnight): the price is constant within a group, so pricing the sum is pricing each day.
+STORAGE_BY_PRICE = """
+WITH versions AS (
+    SELECT id, subject_id, effective_from,
+           lead(effective_from) OVER (PARTITION BY subject_id ORDER BY effective_from) AS until
+    FROM billing_price WHERE kind = 'store'
+)
+SELECT s.department_id, s.team_id, s.store, v.id, sum(s.bytes)
+FROM billing_storageday s
+LEFT JOIN versions v ON v.subject_id = s.store AND v.effective_from <= s.day::timestamp AT TIME ZONE 'UTC'
+     AND (v.until IS NULL OR s.day::timestamp AT TIME ZONE 'UTC' < v.until)
+WHERE s.day >= %s AND s.day <= %s {scope}
+GROUP BY 1, 2, 3, 4
+"""
+
+
 def _storage(ledger: Ledger, book: PriceBook, departments: Scope, month: date, as_of: datetime) -> None:
     days = money.days_in(month)
     last = min(money.next_month(month) - timedelta(days=1), as_of.date())
-    rows = StorageDay.objects.filter(day__gte=month, day__lte=last)
+    scope = ""
+    params: list = [month, last]
     if departments is not None:
-        rows = rows.filter(department_id__in=list(departments))
-    fields = ("day", "department_id", "team_id", "store", "bytes")
-    for day, department_id, team, store, stored in rows.values_list(*fields):
-        start_of_day = datetime(day.year, day.month, day.day, tzinfo=as_of.tzinfo)
-        rate = _rate(book.at(PriceKind.STORE, store, start_of_day), "gib_month")
-        qty = Fraction(stored, money.GIB * days)
+        scope, params = "AND s.department_id = ANY(%s)", [month, last, list(departments)]
+    with connection.cursor() as cursor:
+        cursor.execute(STORAGE_BY_PRICE.format(scope=scope), params)
+        rows = cursor.fetchall()
+    for department_id, team, store, price_id, stored in rows:
+        rate = _rate(book.version(price_id), "gib_month")
+        qty = Fraction(int(stored), money.GIB * days)  # sum() of bigint is numeric in PostgreSQL
         ledger.add(department_id, team, LineKind.STORAGE, store, "artifacts stored", "GiB-months", rate, qty,
                    qty * Fraction(rate))  # fmt: skip
 
@@ -260,7 +305,7 @@ def charges_of(departments: Scope, month: date, as_of: datetime) -> list[Line]:
     start, end = money.month_bounds(month)
     book = PriceBook.load(until=end)
     ledger = Ledger()
-    unpriced = _tokens(ledger, departments, start, end)
+    unpriced = _tokens(ledger, book, departments, start, end)
     _at_cost(ledger, book, departments, unpriced, start, end, as_of)
     _compute(ledger, book, _intervals(departments, start, min(end, as_of)), start, end, as_of)
     _storage(ledger, book, departments, month, as_of)

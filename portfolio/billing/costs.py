@@ -13,8 +13,7 @@ from django.db.models import Q, Sum
 from django.utils import timezone
 
 from portfolio.billing import money
-from portfolio.billing.charges import HOUR_SECONDS, compute_cost
-from portfolio.billing.chart_days import cost_per_hour
+from portfolio.billing.charges import compute_cost, interval_cost
 from portfolio.billing.choices import ComputeKind, PriceKind
 from portfolio.billing.models import ComputeInterval, TokenUsage
 from portfolio.billing.pricing import PriceBook
@@ -40,10 +39,9 @@ def _compute(intervals, start: datetime | None, end: datetime, as_of: datetime) 
         if finish <= begin:
             continue
         count += 1
-        for a, b, price in book.spans(PriceKind.POOL, interval.pool_id, begin, finish):
-            piece = Fraction((b - a) // MICRO, HOUR_SECONDS * 1_000_000)
-            hours += piece
-            cost += piece * cost_per_hour(interval, price)
+        held, charged = interval_cost(book, interval, begin, finish)
+        hours += held
+        cost += charged
     return ComputeCost(money.to_decimal(hours, Decimal("0.01")), money.cents(cost), count)
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from portfolio.billing.models import ComputeInterval, StorageDay, TokenUsage
 
@@ -43,7 +43,30 @@ def replace_token_hours(start: datetime, end: datetime, rows: Iterable[TokenHour
     made = TokenUsage.objects.bulk_create(
         [TokenUsage(**row.__dict__) for row in rows if start <= row.hour < end], batch_size=2000
     )
+    _rewrite_days(start, end)
     return len(made)
+
+
+def _midnight(when: datetime) -> datetime:
+    return when.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+DAYS_FROM_HOURS = """
+INSERT INTO billing_tokenday (day, endpoint_id, endpoint, owner_team_id, owner_department_id, deployment,
+    team_id, department_id, requests, input_tokens, output_tokens)
+SELECT date_trunc('day', hour, 'UTC'), endpoint_id, endpoint, owner_team_id, owner_department_id, deployment,
+    team_id, department_id, sum(requests), sum(input_tokens), sum(output_tokens)
+FROM billing_tokenusage WHERE hour >= %s AND hour < %s
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+"""
+
+
+def _rewrite_days(start: datetime, end: datetime) -> None:
+    """The day ledger's rows of every day that ``[start, end)`` touches, summed again from its hours."""
+    first, last = _midnight(start), _midnight(end - timedelta(microseconds=1)) + timedelta(days=1)
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM billing_tokenday WHERE day >= %s AND day < %s", [first, last])
+        cursor.execute(DAYS_FROM_HOURS, [first, last])
 
 
 def open_interval(

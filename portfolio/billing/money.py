@@ -7,14 +7,18 @@ and only the sum is rounded. A statement's total is the sum of its rounded lines
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from fractions import Fraction
+
+from portfolio.errors import Invalid
 
 CENT = Decimal("0.01")
 QUANTITY = Decimal("0.000000001")
 GIB = 2**30
 MILLION = 1_000_000
+MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
 
 def to_decimal(value: Fraction, places: Decimal) -> Decimal:
@@ -52,3 +56,19 @@ def month_bounds(month: date) -> tuple[datetime, datetime]:
 
 def days_in(month: date) -> int:
     return (next_month(month) - month).days
+
+
+def parse_month(text: str | None, now: datetime) -> date:
+    """``YYYY-MM`` (default: this month) as its first day; a month not begun yet is refused."""
+    if text is None or text == "":
+        return month_start(now)
+    found = MONTH.match(text)
+    if found is None or not 2000 <= int(found.group(1)) <= 2999:
+        raise Invalid(
+            f"month: {text[:20]!r} is not a month: use YYYY-MM (2000-01 to 2999-12).",
+            fields={"month": ["Use YYYY-MM."]},
+        )
+    month = date(int(found.group(1)), int(found.group(2)), 1)
+    if month > month_start(now):
+        raise Invalid(f"month: {text} has not begun.", fields={"month": ["Not begun."]})
+    return month

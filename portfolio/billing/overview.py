@@ -24,7 +24,7 @@ from portfolio.billing import daily, money
 from portfolio.billing.access import Reader
 from portfolio.billing.choices import StatementStatus
 from portfolio.billing.models import Statement, StatementLine
-from portfolio.billing.statements import ZERO, Draft, label, month_of
+from portfolio.billing.statements import ZERO, Draft, drafts_of, label, month_of
 
 DRAFT = "draft"
 MICROSECOND = timedelta(microseconds=1)
@@ -81,13 +81,15 @@ class MonthSpend:
     days: list[date]
     day_totals: list[Decimal]
     day_tokens: list[int]
+    day_compute: list[Decimal]  # the compute and storage part of each day's total
     departments: list[Row]
     teams: list[Row]
     subjects: list[Row]
 
 
-def month_spend(reader: Reader, month: date, now: datetime) -> MonthSpend:
-    """The reader's part of ``month`` up to ``now`` (all of it for a finished month)."""
+def month_spend(reader: Reader, month: date, now: datetime, *, team_days: bool = True) -> MonthSpend:
+    """The reader's part of ``month`` up to ``now`` (all of it for a finished month); each team's days
+    only if ``team_days`` (the API's; the page charts the whole)."""
     start, end = money.month_bounds(month)
     as_of = min(now, end)
     departments = list(readable_departments(reader))
@@ -99,11 +101,15 @@ def month_spend(reader: Reader, month: date, now: datetime) -> MonthSpend:
     rows_t: dict[tuple, Row] = {}  # (department, team) -> its row
     rows_s: dict[tuple, Row] = {}  # (department, line kind, subject) -> its row
     all_cells: list[daily.Cell] = []
+    drafts = drafts_of(departments, month, as_of)
+    cells_of: dict[int, list[daily.Cell]] = {}
+    for cell in days.cells():
+        cells_of.setdefault(cell[0], []).append(cell)
     for department in departments:
-        lines, partial = visible_lines(reader, month_of(department, month, as_of))
+        lines, partial = visible_lines(reader, drafts[department.pk])
         spend = sum((line.amount for line in lines), ZERO)
         allowed = reader.team_filter(department.pk)
-        cells = [c for c in days.cells() if c[0] == department.pk and (allowed is None or c[1] in allowed)]
+        cells = [c for c in cells_of.get(department.pk, ()) if allowed is None or c[1] in allowed]
         all_cells += cells
         amounts, tokens = days.total(cells)
         rows_d.append(
@@ -119,24 +125,27 @@ def month_spend(reader: Reader, month: date, now: datetime) -> MonthSpend:
             )  # fmt: skip
         )
         for line in lines:
-            team = rows_t.setdefault(
-                (department.pk, line.team_id),
-                Row((line.team_id,), team_names.get(line.team_id, line.team), department_id=department.pk),
-            )
+            key = (department.pk, line.team_id)
+            team = rows_t.get(key)
+            if team is None:
+                name = team_names.get(line.team_id, line.team)
+                team = rows_t[key] = Row((line.team_id,), name, department_id=department.pk)
             team.spend += line.amount
-            subject = rows_s.setdefault(
-                (department.pk, line.kind, line.subject),
-                Row((line.kind, line.subject), line.subject, department_id=department.pk, kind=line.kind),
-            )
+            about = (department.pk, line.kind, line.subject)
+            subject = rows_s.get(about)
+            if subject is None:
+                subject = rows_s[about] = Row(
+                    (line.kind, line.subject), line.subject, department_id=department.pk, kind=line.kind
+                )
             subject.spend += line.amount
         for team_id in {c[1] for c in cells}:
-            rows_t.setdefault(
-                (department.pk, team_id),
-                Row((team_id,), team_names.get(team_id or 0, "no team"), department_id=department.pk),
-            )
+            if (department.pk, team_id) not in rows_t:
+                name = team_names.get(team_id or 0, "no team")
+                rows_t[(department.pk, team_id)] = Row((team_id,), name, department_id=department.pk)
     for team in rows_t.values():
         team.forecast = forecast(team.spend, month, as_of)
-        team.days, team.tokens = days.total([(team.department_id or 0, team.key[0])])
+        if team_days:
+            team.days, team.tokens = days.total([(team.department_id or 0, team.key[0])])
     total = sum((row.spend for row in rows_d), ZERO)
     day_totals, day_tokens = days.total(all_cells)
     return MonthSpend(
@@ -150,6 +159,7 @@ def month_spend(reader: Reader, month: date, now: datetime) -> MonthSpend:
         days=days.days,
         day_totals=day_totals,
         day_tokens=day_tokens,
+        day_compute=days.compute_total(all_cells),
         departments=rows_d,
         teams=sorted(rows_t.values(), key=lambda r: (-r.spend, r.name)),
         subjects=sorted(rows_s.values(), key=lambda r: (-r.spend, r.kind, r.name)),
@@ -208,8 +218,10 @@ def statements(
         stored = stored.none()
     draft_count = drafts.count()
     rows: list[StatementRow] = []
-    for department in drafts[offset : offset + limit]:
-        lines, partial = visible_lines(reader, month_of(department, current, now))
+    page_drafts = list(drafts[offset : offset + limit])
+    computed = drafts_of(page_drafts, current, now)
+    for department in page_drafts:
+        lines, partial = visible_lines(reader, computed[department.pk])
         rows.append(
             StatementRow(
                 None,

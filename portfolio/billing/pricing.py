@@ -19,7 +19,9 @@ class PriceBook:
 
     def __init__(self, prices: Iterable[Price]):
         self._versions: dict[tuple[str, str], list[Price]] = {}
+        self._by_id: dict[int, Price] = {}
         for price in sorted(prices, key=lambda p: p.effective_from):
+            self._by_id[price.pk] = price
             self._versions.setdefault((price.kind, price.subject_id), []).append(price)
         self._starts = {key: [p.effective_from for p in versions] for key, versions in self._versions.items()}
 
@@ -35,6 +37,19 @@ class PriceBook:
 
     def subjects(self, kind: str) -> list[str]:
         return [subject for k, subject in self._versions if k == kind]
+
+    def version(self, price_id: int | None) -> Price | None:
+        return self._by_id.get(price_id) if price_id is not None else None
+
+    def starts(self, kind: str, start: datetime, end: datetime) -> list[tuple[str, datetime]]:
+        """(subject id, start) of each version of ``kind`` that starts in ``[start, end)``."""
+        return [
+            (subject, when)
+            for (k, subject), starts in self._starts.items()
+            if k == kind
+            for when in starts
+            if start <= when < end
+        ]
 
     def at(self, kind: str, subject_id, when: datetime) -> Price | None:
         """The version in force at ``when``: the latest that starts at or before it."""

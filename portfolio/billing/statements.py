@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -28,7 +29,7 @@ from portfolio.accounts.models import Department, Team
 from portfolio.audit import services as audit
 from portfolio.audit.choices import AuditAction
 from portfolio.billing import money
-from portfolio.billing.charges import Line, charges
+from portfolio.billing.charges import Line, charges_of
 from portfolio.billing.choices import LineKind, StatementStatus
 from portfolio.billing.models import Statement, StatementLine
 from portfolio.errors import Conflict, Invalid
@@ -51,67 +52,99 @@ def _totals(pairs) -> dict[int | None, Decimal]:
     return totals
 
 
-def _billed(department_id: int, closed: Statement, before: date) -> dict[int | None, Decimal]:
-    """What was billed for ``closed``'s month, per team: its own lines, and adjustments for it on the
-    closed statements of later months before ``before``."""
-    own = closed.lines.exclude(kind=LineKind.ADJUSTMENT).values_list("team_id").annotate(total=Sum("amount"))
-    later = (
-        StatementLine.objects.filter(
-            statement__department_id=department_id,
-            statement__status=StatementStatus.CLOSED,
-            statement__month__gt=closed.month,
-            statement__month__lt=before,
-            kind=LineKind.ADJUSTMENT,
-            subject=label(closed.month),
-        )
-        .values_list("team_id")
+def _billed(closed: dict[int, Statement], before: date) -> dict[int, dict[int | None, Decimal]]:
+    """What was billed for the closed statements' month, per department and team: their own lines, and
+    adjustments for that month on the closed statements of later months before ``before``."""
+    if not closed:
+        return {}
+    month = next(iter(closed.values())).month
+    own = (
+        StatementLine.objects.filter(statement_id__in=[s.pk for s in closed.values()])
+        .exclude(kind=LineKind.ADJUSTMENT)
+        .values_list("statement__department_id", "team_id")
         .annotate(total=Sum("amount"))
     )
-    return _totals([*own, *later])
+    later = (
+        StatementLine.objects.filter(
+            statement__department_id__in=list(closed),
+            statement__status=StatementStatus.CLOSED,
+            statement__month__gt=month,
+            statement__month__lt=before,
+            kind=LineKind.ADJUSTMENT,
+            subject=label(month),
+        )
+        .values_list("statement__department_id", "team_id")
+        .annotate(total=Sum("amount"))
+    )
+    billed: dict[int, dict[int | None, Decimal]] = {}
+    for department_id, team_id, amount in [*own, *later]:
+        teams = billed.setdefault(department_id, {})
+        teams[team_id] = teams.get(team_id, ZERO) + amount
+    return billed
 
 
-def adjustments(department_id: int, month: date, as_of: datetime) -> list[Line]:
-    """An adjustment line per team and closed earlier month whose charges changed since they were billed."""
-    lines = []
+def adjustments_of(department_ids: set[int], month: date, as_of: datetime) -> dict[int, list[Line]]:
+    """Per department: an adjustment line per team and closed earlier month whose charges changed since
+    they were billed. Each earlier month is computed once for all the departments that closed it."""
+    lines: dict[int, list[Line]] = {}
     earlier = month
     for _ in range(settings.BILLING_ADJUSTMENT_MONTHS):
         earlier = previous_month(earlier)
-        closed = Statement.objects.current().filter(department_id=department_id, month=earlier).first()
-        if closed is None:
+        closed = {
+            s.department_id: s
+            for s in Statement.objects.current().filter(department_id__in=department_ids, month=earlier)
+        }
+        if not closed:
             continue
         _, end = money.month_bounds(earlier)
-        now = _totals(
-            (line.team_id, line.amount) for line in charges(department_id, earlier, max(as_of, end))
-        )
-        billed = _billed(department_id, closed, month)
-        for team_id in sorted(set(now) | set(billed), key=lambda t: t or 0):
-            delta = now.get(team_id, ZERO) - billed.get(team_id, ZERO)
-            if delta:
-                detail = f"usage of {label(earlier)} recorded after that month closed"
-                lines.append(
-                    Line(
-                        department_id,
-                        team_id,
-                        LineKind.ADJUSTMENT,
-                        label(earlier),
-                        detail,
-                        "month",
-                        delta,
-                        Fraction(1),
-                        Fraction(delta),
-                    )  # fmt: skip
-                )
+        now: dict[int, dict[int | None, Decimal]] = {}
+        for line in charges_of(set(closed), earlier, max(as_of, end)):
+            teams = now.setdefault(line.department_id or 0, {})
+            teams[line.team_id] = teams.get(line.team_id, ZERO) + line.amount
+        billed = _billed(closed, month)
+        detail = f"usage of {label(earlier)} recorded after that month closed"
+        for department_id in sorted(closed):
+            charged, paid = now.get(department_id, {}), billed.get(department_id, {})
+            for team_id in sorted(set(charged) | set(paid), key=lambda t: t or 0):
+                delta = charged.get(team_id, ZERO) - paid.get(team_id, ZERO)
+                if delta:
+                    lines.setdefault(department_id, []).append(
+                        Line(
+                            department_id,
+                            team_id,
+                            LineKind.ADJUSTMENT,
+                            label(earlier),
+                            detail,
+                            "month",
+                            delta,
+                            Fraction(1),
+                            Fraction(delta),
+                        )  # fmt: skip
+                    )
+    return lines
+
+
+def compute_of(department_ids: set[int], month: date, as_of: datetime | None = None) -> dict[int, list[Line]]:
+    """The lines of each department's month as the ledger has it now (charges, then adjustments), all the
+    departments in one pass over the ledger."""
+    if not department_ids:
+        return {}
+    as_of = as_of or timezone.now()
+    lines: dict[int, list[Line]] = {department_id: [] for department_id in department_ids}
+    for line in charges_of(department_ids, month, as_of):
+        lines[line.department_id or 0].append(line)
+    for department_id, adjusted in adjustments_of(department_ids, month, as_of).items():
+        lines[department_id] += adjusted
+    everything = [line for department_lines in lines.values() for line in department_lines]
+    names = dict(Team.objects.filter(pk__in={line.team_id for line in everything}).values_list("pk", "name"))
+    for line in everything:
+        line.team = names.get(line.team_id or 0, f"team {line.team_id}" if line.team_id else "no team")
     return lines
 
 
 def compute(department: Department, month: date, as_of: datetime | None = None) -> list[Line]:
     """The lines of the department's month as the ledger has it now: charges, then adjustments."""
-    as_of = as_of or timezone.now()
-    lines = charges(department.pk, month, as_of) + adjustments(department.pk, month, as_of)
-    names = dict(Team.objects.filter(pk__in={line.team_id for line in lines}).values_list("pk", "name"))
-    for line in lines:
-        line.team = names.get(line.team_id or 0, f"team {line.team_id}" if line.team_id else "no team")
-    return lines
+    return compute_of({department.pk}, month, as_of)[department.pk]
 
 
 @dataclass
@@ -135,11 +168,29 @@ class Draft:
         return _totals((line.team_id, line.amount) for line in self.lines)
 
 
+def drafts_of(
+    departments: Iterable[Department], month: date, as_of: datetime | None = None
+) -> dict[int, Draft]:
+    """Each department's month: its closed revision in force, else its lines computed now (those in one
+    pass over the ledger, whatever their number)."""
+    departments = list(departments)
+    closed = {
+        s.department_id: s
+        for s in Statement.objects.current()
+        .filter(department_id__in=[d.pk for d in departments], month=month)
+        .prefetch_related("lines")
+    }
+    computed = compute_of({d.pk for d in departments if d.pk not in closed}, month, as_of)
+    return {
+        d.pk: Draft(d, month, list(closed[d.pk].lines.all()), closed[d.pk])
+        if d.pk in closed
+        else Draft(d, month, computed[d.pk])
+        for d in departments
+    }
+
+
 def month_of(department: Department, month: date, as_of: datetime | None = None) -> Draft:
-    closed = Statement.objects.current().filter(department=department, month=month).first()
-    if closed is not None:
-        return Draft(department, month, list(closed.lines.all()), closed)
-    return Draft(department, month, compute(department, month, as_of))
+    return drafts_of([department], month, as_of)[department.pk]
 
 
 def digest(header: dict, lines: list) -> str:

@@ -10,7 +10,7 @@ import http.server
 import json
 import socket
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -20,9 +20,10 @@ from django.db import connection
 from django.utils import timezone
 
 from portfolio.audit.models import AuditEvent
-from portfolio.billing import alerts, budgets, money
+from portfolio.billing import alerts, budgets, meters, money
 from portfolio.billing.choices import PriceKind
-from portfolio.billing.models import Budget, BudgetAlert, Price, TokenUsage
+from portfolio.billing.meters import TokenHour
+from portfolio.billing.models import Budget, BudgetAlert, Price
 from portfolio.billing.tasks import check_budgets
 from tests.conftest import actor_for
 
@@ -52,20 +53,12 @@ def priced(other_team):
 def spend(team, other_team, tokens: int) -> None:
     """``team`` has called other_team's endpoint for ``tokens`` (money) this hour."""
     hour = timezone.now().replace(minute=0, second=0, microsecond=0)
-    TokenUsage.objects.update_or_create(
-        hour=hour,
-        endpoint="contracts-llm",
-        deployment="contracts-dep",
-        team_id=team.pk,
-        defaults={
-            "endpoint_id": ENDPOINT_ID,
-            "owner_team_id": other_team.pk,
-            "owner_department_id": other_team.department_id,
-            "department_id": team.department_id,
-            "requests": 1,
-            "input_tokens": tokens,
-        },
-    )
+    meters.replace_token_hours(
+        hour,
+        hour + timedelta(hours=1),
+        [TokenHour(hour, ENDPOINT_ID, "contracts-llm", other_team.pk, other_team.department_id, "contracts-dep",
+                   team.pk, team.department_id, 1, tokens, 0)],
+    )  # fmt: skip
 
 
 class Receiver:

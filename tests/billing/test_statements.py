@@ -249,3 +249,29 @@ def test_the_month_to_date_spend_adds_up_the_same_lines_as_the_drafts(october, t
     assert spend.team_tokens[other_team.pk] == Decimal("6.00")
     only = month_to_date(datetime(2026, 10, 31, 23, 59, tzinfo=UTC), department_ids=[team.department_id])
     assert set(only.departments) == {team.department_id}
+
+
+def test_a_price_that_changes_in_the_middle_of_a_day_prices_each_hour_of_that_day(priced, team, other_team):
+    # The day ledger holds the whole of 2026-10-20; at 14:00 the price doubles: 12:00 and 15:00 differ.
+    from tests.billing.conftest import at, price
+
+    price(
+        "endpoint", 11, "router", at("2026-10-20 14:00"), input_per_million="1.00", output_per_million="6.00"
+    )
+    for hour in ("2026-10-20 12:00", "2026-10-20 15:00"):
+        tokens(hour, endpoint_id=11, endpoint="router", owner=team, caller=other_team, tokens_out=1_000_000)
+    output = [line for line in statements.compute(other_team.department, OCTOBER) if "output" in line.detail]
+    assert [(line.unit_price, line.amount) for line in output] == [
+        (Decimal("3.00"), Decimal("3.00")),  # 12:00, the price of 16 October on
+        (Decimal("6.00"), Decimal("6.00")),  # 15:00, after the change at 14:00
+    ]
+
+
+def test_the_day_ledger_is_the_sum_of_its_hours_after_a_late_hour_is_rewritten(priced, team, other_team):
+    from portfolio.billing.models import TokenDay
+
+    tokens("2026-10-20 12:00", endpoint_id=11, endpoint="router", owner=team, caller=other_team, tokens_in=5)
+    tokens("2026-10-20 23:00", endpoint_id=11, endpoint="router", owner=team, caller=other_team, tokens_in=7)
+    tokens("2026-10-20 12:00", endpoint_id=11, endpoint="router", owner=team, caller=other_team, tokens_in=9)
+    day = TokenDay.objects.get()
+    assert (day.day.isoformat(), day.requests, day.input_tokens) == ("2026-10-20T00:00:00+00:00", 2, 16)

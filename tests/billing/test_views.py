@@ -15,12 +15,12 @@ from django.utils import timezone
 
 from portfolio.accounts.models import DepartmentRole, Membership, Team
 from portfolio.audit.models import AuditEvent
-from portfolio.billing import chart_days, costs, meters, money, services
+from portfolio.billing import costs, daily, meters, money, services
 from portfolio.billing import statements as billing_statements
 from portfolio.billing.choices import ComputeKind, PriceKind, StatementStatus
 from portfolio.billing.models import Budget, ComputeInterval, Price, Statement
+from portfolio.billing.overview import forecast
 from portfolio.billing.subjects import Subject
-from portfolio.billing.views.spend import elapsed_fraction, forecast
 from tests.conftest import actor_for
 
 POOL = Subject(PriceKind.POOL, "7", "pool-a")
@@ -134,16 +134,31 @@ def test_the_forecast_divides_spend_by_the_part_of_the_month_gone_by():
     month = money.month_start(timezone.now())
     start, end = money.month_bounds(month)
     halfway = start + (end - start) / 2
-    assert elapsed_fraction(month, halfway) == Decimal(1) / 2
-    assert forecast(Decimal("10.00"), elapsed_fraction(month, halfway)) == Decimal("20.00")
+    assert forecast(Decimal("10.00"), month, halfway) == Decimal("20.00")
+    assert forecast(Decimal("10.00"), month, start + timedelta(minutes=59)) is None  # too early to tell
+    assert forecast(Decimal("10.00"), month, end) == Decimal("10.00")
 
 
 @pytest.mark.django_db
 def test_the_daily_series_adds_up_to_the_compute_on_the_statement(world, department):
     now = timezone.now()
-    days = chart_days.per_day(money.month_start(now), now)
-    draft = billing_statements.month_of(department, money.month_start(now), now)
-    assert sum(d.total for d in days) == draft.total
+    month = money.month_start(now)
+    days = daily.series(month, now, [department.pk])
+    amounts, _tokens = days.total(days.cells())
+    draft = billing_statements.month_of(department, month, now)
+    assert sum(amounts) == draft.total
+    assert days.compute_total(days.cells()) == amounts  # all of it compute: the world makes no calls
+
+
+@pytest.mark.django_db
+def test_the_overview_shows_an_earlier_month_and_refuses_a_month_not_begun(client, world, department):
+    client.force_login(world["admin"])
+    now = timezone.now()
+    earlier = money.month_start(money.month_start(now) - timedelta(days=1))
+    page = client.get(reverse("billing"), {"month": earlier.strftime("%Y-%m")})
+    assert page.status_code == 200 and "Spent in the month" in page.content.decode()
+    assert client.get(reverse("billing"), {"month": "2999-01"}).status_code == 404  # not begun
+    assert client.get(reverse("billing"), {"month": "last"}).status_code == 404
 
 
 @pytest.mark.django_db

@@ -5,7 +5,7 @@ Billing sits below serving and training: they write metered quantities here thro
 """
 
 from portfolio.billing.models.budgets import Budget, BudgetAlert
-from portfolio.billing.models.ledger import ComputeInterval, StorageDay, TokenUsage
+from portfolio.billing.models.ledger import ComputeInterval, StorageDay, TokenDay, TokenUsage
 from portfolio.billing.models.prices import Price
 from portfolio.billing.models.statements import Statement, StatementLine
 
@@ -17,5 +17,6 @@ __all__ = [
     "Statement",
     "StatementLine",
     "StorageDay",
+    "TokenDay",
     "TokenUsage",
 ]

@@ -48,6 +48,36 @@ class TokenUsage(models.Model):
         return f"{self.endpoint} {self.hour:%Y-%m-%d %H}:00 team {self.team_id}"
 
 
+class TokenDay(models.Model):
+    """``TokenUsage`` summed per UTC day: what a month's statements, spend and charts read (a day's rows
+    instead of 24 hours' of them). Derived only: whenever the rollup rewrites an hour, the meter rewrites
+    its whole day from the hours, in the same transaction. Where an endpoint's price changes in the middle
+    of a day, that endpoint's day is read from the hours instead (``token_periods``)."""
+
+    day = models.DateTimeField(help_text="Midnight UTC")
+    endpoint_id = models.BigIntegerField(null=True)
+    endpoint = models.CharField(max_length=63)
+    owner_team_id = models.BigIntegerField(null=True)
+    owner_department_id = models.BigIntegerField(null=True)
+    deployment = models.CharField(max_length=63, blank=True)
+    team_id = models.BigIntegerField(null=True)
+    department_id = models.BigIntegerField(null=True)
+    requests = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-day"]
+        indexes = [
+            models.Index(fields=["day"], name="token_days_day"),
+            models.Index(fields=["department_id", "day"], name="token_days_department_day"),
+            models.Index(fields=["owner_department_id", "day"], name="token_days_owner_day"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint} {self.day:%Y-%m-%d} team {self.team_id}"
+
+
 class ComputeInterval(models.Model):
     """Compute a team held on a pool: a replica from start to stop or crash, or a job's run."""
 

@@ -5,8 +5,10 @@ lays out its own bars with the shared helpers of ``portfolio.charts``."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
 
-from portfolio.billing.chart_days import Day
 from portfolio.charts import coordinate as _c
 from portfolio.charts import nice_step, short_number
 
@@ -14,7 +16,21 @@ WIDTH, HEIGHT = 600, 220
 LEFT, RIGHT, TOP, BOTTOM = 52, 10, 14, 26
 TICKS = 4
 MAX_LABELS = 8
-SERIES = (("Tokens", "tokens"), ("Compute", "compute"))
+SERIES = (("Tokens", "tokens"), ("Compute and storage", "compute"))
+
+
+@dataclass
+class Day:
+    """One bar: the day's priced calls (net of credits for calls to the reader's own endpoints) and its
+    compute and storage, each rounded to the cent."""
+
+    day: date
+    tokens: Decimal
+    compute: Decimal
+
+    @property
+    def total(self) -> Decimal:
+        return self.tokens + self.compute
 
 
 def spend_chart(days: list[Day], currency: str) -> dict:
@@ -39,7 +55,9 @@ def spend_chart(days: list[Day], currency: str) -> dict:
     for i, day in enumerate(days):
         x = LEFT + slot * i + (slot - width) / 2
         base = float(bottom)
-        title = f"{day.day:%b} {day.day.day}: tokens {day.tokens}, compute {day.compute} {currency}"
+        title = (
+            f"{day.day:%b} {day.day.day}: tokens {day.tokens}, compute and storage {day.compute} {currency}"
+        )
         for _label, tone in SERIES:
             value = float(getattr(day, tone))
             if value <= 0:

@@ -1,37 +1,25 @@
-"""The billing overview: this month's spend by department, team and endpoint, a chart over the days, the
+"""The billing overview: a month's spend by department, team and endpoint, a chart over the days, the
 forecast to month end from the run rate, and the budgets' bars."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
-from fractions import Fraction
 
-from django.conf import settings
 from django.db.models import Q
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from portfolio.billing import access, chart_days, money
+from portfolio.billing import access, money
 from portfolio.billing.choices import LineKind
 from portfolio.billing.models import Budget
-from portfolio.billing.statements import ZERO, label, month_of
+from portfolio.billing.overview import month_spend
+from portfolio.billing.statements import ZERO, label
 from portfolio.billing.views import billing_reader
-from portfolio.billing.views.chart import spend_chart
+from portfolio.billing.views.chart import Day, spend_chart
+from portfolio.errors import Invalid, NotFound
 
 ENDPOINT_KINDS = {LineKind.TOKENS, LineKind.AT_COST}
-
-
-def elapsed_fraction(month, now: datetime) -> Fraction:
-    """How much of the month has gone by at ``now`` (the run rate's denominator)."""
-    start, end = money.month_bounds(month)
-    return Fraction((min(now, end) - start).total_seconds()) / Fraction((end - start).total_seconds())
-
-
-def forecast(spent: Decimal, elapsed: Fraction) -> Decimal:
-    """Month-end spend if the rate so far goes on: spend / elapsed fraction of the month."""
-    return money.cents(Fraction(spent) / elapsed) if elapsed > 0 else spent
 
 
 def fill(spent: Decimal, amount: Decimal) -> dict:
@@ -55,45 +43,36 @@ def _rows(totals: dict, names: dict) -> list[dict]:
 @require_GET
 def overview(request):
     """Permission: ``billing.view`` somewhere (else 403); shows the departments read whole and, for team
-    owners, only their teams' part (no department totals)."""
+    owners, only their teams' part (no department totals). ``?month=YYYY-MM`` shows an earlier month
+    (its closed statements where there are)."""
     actor, reader = billing_reader(request)
     now = timezone.now()
-    month = money.month_start(now)
-    departments = list(access.departments(actor).order_by("name", "pk"))
-    by_department: dict[int, Decimal] = {}
-    by_team: dict[int | None, Decimal] = {}
-    team_names: dict[int | None, str] = {}
-    team_department: dict[int | None, str] = {}
+    try:
+        month = money.parse_month(request.GET.get("month"), now)
+    except Invalid:
+        raise NotFound("No such month.") from None
+    spend = month_spend(reader, month, now, team_days=False)
+    cost_centers = dict(access.departments(actor).values_list("pk", "cost_center"))
+    by_department = {row.department_id: row.spend for row in spend.departments if not row.partial}
+    department_rows = [
+        {"key": row.department_id, "name": row.name, "amount": row.spend, "forecast": row.forecast,
+         "cost_center": cost_centers.get(row.department_id, "")}
+        for row in spend.departments
+        if not row.partial
+    ]  # fmt: skip
+    by_team = {row.key[0]: row.spend for row in spend.teams}
+    team_rows = [
+        {"key": row.key[0], "name": row.name, "amount": row.spend, "forecast": row.forecast,
+         "cost_center": cost_centers.get(row.department_id or 0, "")}
+        for row in spend.teams
+    ]  # fmt: skip
     by_endpoint: dict[str, Decimal] = {}
-    for department in departments:
-        teams = reader.team_filter(department.pk)
-        lines = [
-            line for line in month_of(department, month, now).lines if teams is None or line.team_id in teams
-        ]
-        if teams is None:
-            by_department[department.pk] = sum((line.amount for line in lines), ZERO)
-        for line in lines:
-            by_team[line.team_id] = by_team.get(line.team_id, ZERO) + line.amount
-            team_names[line.team_id] = line.team
-            team_department[line.team_id] = department.cost_center
-            if line.kind in ENDPOINT_KINDS:
-                by_endpoint[line.subject] = by_endpoint.get(line.subject, ZERO) + line.amount
-    total = sum(by_team.values(), ZERO)
-    elapsed = elapsed_fraction(month, now)
-    department_rows = _rows(by_department, {d.pk: d.name for d in departments})
-    cost_centers = {d.pk: d.cost_center for d in departments}
-    for row in department_rows:
-        row["cost_center"] = cost_centers[row["key"]]
-        row["forecast"] = forecast(row["amount"], elapsed)
-    team_rows = _rows(by_team, team_names)
-    for row in team_rows:
-        row["cost_center"] = team_department.get(row["key"], "")
-        row["forecast"] = forecast(row["amount"], elapsed)
+    for row in spend.subjects:
+        if row.kind in ENDPOINT_KINDS:
+            by_endpoint[row.name] = by_endpoint.get(row.name, ZERO) + row.spend
     if reader.everything:
-        days = chart_days.per_day(month, now)
         budgets = Budget.objects.all()
     else:
-        days = chart_days.per_day(month, now, departments=reader.departments, teams=reader.teams)
         budgets = Budget.objects.filter(
             Q(department_id__in=reader.departments)
             | Q(team_id__in=reader.teams)
@@ -114,23 +93,31 @@ def overview(request):
                 "bar": fill(spent, budget.amount),
             }
         )
-    currency = settings.BILLING_CURRENCY
     return render(
         request,
         "billing/overview.html",
         {
             "month": month,
             "month_label": label(month),
+            "current": month == money.month_start(now),
             "now": now,
-            "currency": currency,
-            "total": total,
-            "forecast": forecast(total, elapsed),
-            "elapsed_percent": round(100 * float(elapsed), 1),
+            "currency": spend.currency,
+            "total": spend.total,
+            "forecast": spend.forecast,
+            "elapsed_percent": round(100 * spend.elapsed, 1),
             "departments": department_rows,
             "teams": team_rows,
             "endpoints": _rows(by_endpoint, {}),
             "budgets": budget_rows,
-            "chart": spend_chart(days, currency),
+            "chart": spend_chart(
+                [
+                    Day(day, total - compute, compute)
+                    for day, total, compute in zip(
+                        spend.days, spend.day_totals, spend.day_compute, strict=True
+                    )
+                ],
+                spend.currency,
+            ),
             "teams_only": not reader.everything and not reader.departments,
         },
     )

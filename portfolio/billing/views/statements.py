@@ -22,7 +22,7 @@ from portfolio.billing import access, money
 from portfolio.billing import statements as billing_statements
 from portfolio.billing.choices import LineKind
 from portfolio.billing.models import Statement
-from portfolio.billing.statements import ZERO, label, month_of
+from portfolio.billing.statements import ZERO, drafts_of, label, month_of
 from portfolio.billing.views import billing_reader
 from portfolio.errors import NotFound
 from portfolio.formviews import submit
@@ -93,13 +93,11 @@ def statement_list(request):
         )
     drafts = []
     if page.number == 1:
-        for department in departments.order_by("name", "pk"):
+        ordered = list(departments.order_by("name", "pk"))
+        computed = drafts_of(ordered, month, now)
+        for department in ordered:
             teams = reader.team_filter(department.pk)
-            lines = [
-                line
-                for line in month_of(department, month, now).lines
-                if teams is None or line.team_id in teams
-            ]
+            lines = [line for line in computed[department.pk].lines if teams is None or line.team_id in teams]
             drafts.append(
                 {
                     "department": department,
