@@ -64,6 +64,9 @@ class Line:
     exact_quantity: Fraction = Fraction(0)
     exact_amount: Fraction = Fraction(0)
     team: str = ""
+    # For a caller's tokens and at-cost lines: the department that owns what was called (spend.py: a call
+    # between two teams of one department costs that department nothing, its credit offsets it).
+    owner_department_id: int | None = None
 
     # Read once the line is complete (charges_of returns only complete lines): each is rounded once.
     @cached_property
@@ -77,16 +80,18 @@ class Line:
 
 @dataclass
 class Ledger:
-    """Lines being summed, one per (department, team, kind, subject, detail, unit, unit price)."""
+    """Lines being summed, one per (department, team, kind, subject, detail, unit, unit price, owning
+    department of what a caller's line called)."""
 
     lines: dict[tuple, Line] = field(default_factory=dict)
 
     def add(self, department_id, team_id, kind, subject, detail, unit, unit_price: Decimal, qty: Fraction,
-            amount: Fraction):  # fmt: skip
-        key = (department_id, team_id, kind, subject, detail, unit, unit_price)
+            amount: Fraction, owner_department_id: int | None = None):  # fmt: skip
+        key = (department_id, team_id, kind, subject, detail, unit, unit_price, owner_department_id)
         line = self.lines.get(key)
         if line is None:
-            line = self.lines[key] = Line(department_id, team_id, kind, subject, detail, unit, unit_price)
+            line = self.lines[key] = Line(department_id, team_id, kind, subject, detail, unit, unit_price,
+                                          owner_department_id=owner_department_id)  # fmt: skip
         line.exact_quantity += qty
         line.exact_amount += amount
 
@@ -120,7 +125,9 @@ def _tokens(ledger: Ledger, book: PriceBook, departments: Scope, start: datetime
     rows = _token_rows(departments, book, start, end)
     unpriced: dict[tuple, int] = defaultdict(int)
     # Tokens per line first (a line has one unit price: pricing its sum is pricing each row), then lines.
-    per_line: dict[tuple, int] = defaultdict(int)  # (department, team, kind, endpoint, detail, unit price)
+    per_line: dict[tuple, int] = defaultdict(
+        int
+    )  # (department, team, kind, endpoint, detail, unit price, owner)
     for (
         endpoint_id,
         endpoint,
@@ -146,25 +153,15 @@ def _tokens(ledger: Ledger, book: PriceBook, departments: Scope, start: datetime
                 continue
             if _in(departments, dept):
                 detail = f"{direction} tokens" + (" (own endpoint: its compute is charged)" if own else "")
-                per_line[(dept, team, LineKind.TOKENS, endpoint, detail, Decimal(0) if own else rate)] += (
-                    tokens
-                )
+                unit_price = Decimal(0) if own else rate
+                per_line[(dept, team, LineKind.TOKENS, endpoint, detail, unit_price, owner_dept)] += tokens
             if _in(departments, owner_dept) and not own:
                 detail = f"{direction} tokens called by other teams"
-                per_line[(owner_dept, owner, LineKind.CREDIT, endpoint, detail, -rate)] += tokens
-    for (dept, team, kind, endpoint, detail, unit_price), tokens in per_line.items():
+                per_line[(owner_dept, owner, LineKind.CREDIT, endpoint, detail, -rate, None)] += tokens
+    for (dept, team, kind, endpoint, detail, unit_price, called), tokens in per_line.items():
         millions = Fraction(tokens, money.MILLION)
-        ledger.add(
-            dept,
-            team,
-            kind,
-            endpoint,
-            detail,
-            "M tokens",
-            unit_price,
-            millions,
-            millions * Fraction(unit_price),
-        )
+        ledger.add(dept, team, kind, endpoint, detail, "M tokens", unit_price, millions,
+                   millions * Fraction(unit_price), called)  # fmt: skip
     return unpriced
 
 
@@ -253,9 +250,8 @@ def _at_cost(ledger: Ledger, book: PriceBook, departments: Scope, unpriced: dict
         unit_price = money.to_decimal(cost, Decimal("0.000001"))
         detail = f"{tokens:,} of its {total:,} tokens this month"
         if _in(departments, dept):
-            ledger.add(
-                dept, team, LineKind.AT_COST, deployment, detail, "share", unit_price, share, cost * share
-            )
+            ledger.add(dept, team, LineKind.AT_COST, deployment, detail, "share", unit_price, share, cost * share,
+                       owner_dept)  # fmt: skip
         if _in(departments, owner_dept):
             ledger.add(owner_dept, owner, LineKind.CREDIT, deployment, f"at-cost share recovered: {detail}",
                        "share", -unit_price, share, -cost * share)  # fmt: skip

@@ -40,22 +40,26 @@ class Spend:
 TOKEN_KINDS = {LineKind.TOKENS, LineKind.AT_COST}
 
 
+def _add(totals: dict[int, Decimal], key: int | None, amount: Decimal) -> None:
+    if key is not None:
+        totals[key] = totals.get(key, ZERO) + amount
+
+
 def month_to_date(as_of: datetime | None = None, department_ids=None) -> Spend:
-    """Spend of the month of ``as_of`` (default now) of the departments (default all)."""
+    """Spend of the month of ``as_of`` (default now) of the departments (default all).
+
+    The token part is what the gateway's counters count: a team's calls to other teams' endpoints; a
+    department's calls to other departments' endpoints (between two of its own teams, the caller's
+    charge and the owner's credit cancel out)."""
     as_of = as_of or timezone.now()
     month = money.month_start(as_of)
     spend = Spend(month, as_of)
     scope = None if department_ids is None else set(department_ids)
     for line in charges_of(scope, month, as_of):
-        department = line.department_id
-        if department is not None:
-            spend.departments[department] = spend.departments.get(department, ZERO) + line.amount
-            if line.kind in TOKEN_KINDS:
-                spend.department_tokens[department] = (
-                    spend.department_tokens.get(department, ZERO) + line.amount
-                )
-        if line.team_id is not None:
-            spend.teams[line.team_id] = spend.teams.get(line.team_id, ZERO) + line.amount
-            if line.kind in TOKEN_KINDS:
-                spend.team_tokens[line.team_id] = spend.team_tokens.get(line.team_id, ZERO) + line.amount
+        _add(spend.departments, line.department_id, line.amount)
+        _add(spend.teams, line.team_id, line.amount)
+        if line.kind in TOKEN_KINDS:
+            _add(spend.team_tokens, line.team_id, line.amount)
+            if line.owner_department_id != line.department_id:
+                _add(spend.department_tokens, line.department_id, line.amount)
     return spend

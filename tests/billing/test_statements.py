@@ -275,3 +275,29 @@ def test_the_day_ledger_is_the_sum_of_its_hours_after_a_late_hour_is_rewritten(p
     tokens("2026-10-20 12:00", endpoint_id=11, endpoint="router", owner=team, caller=other_team, tokens_in=9)
     day = TokenDay.objects.get()
     assert (day.day.isoformat(), day.requests, day.input_tokens) == ("2026-10-20T00:00:00+00:00", 2, 16)
+
+
+def test_a_call_between_two_teams_of_one_department_is_token_spend_of_the_team_not_of_the_department(
+    priced, team, other_team
+):
+    from datetime import UTC, datetime
+
+    from portfolio.accounts.models import Team
+    from portfolio.billing.spend import month_to_date
+
+    sibling = Team.objects.create(department=team.department, name="Sibling", slug="sibling")
+    tokens(
+        "2026-10-10 10:00", endpoint_id=11, endpoint="router", owner=team, caller=sibling, tokens_in=2_000_000
+    )
+    tokens(
+        "2026-10-10 10:00",
+        endpoint_id=11,
+        endpoint="router",
+        owner=team,
+        caller=other_team,
+        tokens_in=1_000_000,
+    )
+    spend = month_to_date(datetime(2026, 10, 31, 23, 59, tzinfo=UTC))
+    assert spend.team_tokens[sibling.pk] == Decimal("2.00")  # the team pays its sister team
+    assert team.department_id not in spend.department_tokens  # ...which its department gets back
+    assert spend.department_tokens[other_team.department_id] == Decimal("1.00")  # another department pays
