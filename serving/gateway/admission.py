@@ -25,25 +25,32 @@ def reservation(shape: payloads.Shape, chain: list[EndpointInfo]) -> tuple[int, 
 
 
 def spend_caps(snapshot: Snapshot, key: KeyRecord, shape: payloads.Shape, chain: list[EndpointInfo]):
-    """The hard limits of the key's team and department (None when neither has one), reserving the worst
-    case of the hops that statements charge: those to another team's endpoints (own calls are free)."""
+    """The hard limits of the key's team and department (None when neither has one), each reserving the
+    worst case of the hops its statement charges: the team's, those to another team's endpoints (own
+    calls are free); the department's, those to another department's (a call between two of its teams
+    charges one and credits the other the same)."""
     team = snapshot.caps.get(("team", key.team_id))
     department = snapshot.caps.get(("department", key.department_id))
     if team is None and department is None:
         return None
-    reserve = 0
+    team_reserve = department_reserve = 0
     for hop in chain:
-        if hop.team_id != key.team_id:
-            _, hop_money = payloads.worst_case(
-                shape, hop.max_model_len, hop.input_micros_per_token, hop.output_micros_per_token
-            )
-            reserve = max(reserve, hop_money)
-    return SpendCaps(key.team_id, key.department_id, team, department, reserve)
+        if hop.team_id == key.team_id:
+            continue
+        _, hop_money = payloads.worst_case(
+            shape, hop.max_model_len, hop.input_micros_per_token, hop.output_micros_per_token
+        )
+        team_reserve = max(team_reserve, hop_money)
+        if hop.department_id != key.department_id:
+            department_reserve = max(department_reserve, hop_money)
+    return SpendCaps(key.team_id, key.department_id, team, department, team_reserve, department_reserve)
 
 
-def charged(key: KeyRecord, endpoint: EndpointInfo, cost: int) -> int:
-    """What a call answered by ``endpoint`` costs the caller's team on its statement."""
-    return cost if endpoint.team_id != key.team_id else 0
+def charged(key: KeyRecord, endpoint: EndpointInfo, cost: int) -> tuple[int, int]:
+    """What a call answered by ``endpoint`` costs, on their statements, the caller's team and its
+    department (as spend_caps reserved it)."""
+    team = cost if endpoint.team_id != key.team_id else 0
+    return team, team if endpoint.department_id != key.department_id else 0
 
 
 def refusal(key: KeyRecord, verdict: Verdict, tokens: int, money: int, *, playground: bool) -> GatewayError:

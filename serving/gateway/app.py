@@ -420,11 +420,13 @@ class Gateway:
         latency = time.perf_counter() - started
         cost = price_micros(endpoint, outcome.input_tokens, outcome.output_tokens)
         event = usage_event(key, outcome, latency, cost)
+        team_micros, department_micros = admission.charged(key, endpoint, cost)
         commands = self.limiter.settle(
             reservation,
             tokens=outcome.input_tokens + outcome.output_tokens,
             money_micros=cost,
-            spend_micros=admission.charged(key, endpoint, cost),
+            team_micros=team_micros,
+            department_micros=department_micros,
         )
         commands.append(("XADD", USAGE_STREAM, "*", "e", orjson.dumps(event)))
         try:

@@ -24,11 +24,12 @@ from serving.gateway.redis_pipe import ClientPipe, RedisPipe
 
 # KEYS: revoked set, rpm counter, tpm counter, monthly token counter, monthly money counter (micro-units),
 #       the gateway process's in-flight ledger (see inflight.py), the team's and the department's monthly
-#       money counters (hard-limited budgets; micro-units of calls to other teams' endpoints)
+#       money counters (hard-limited budgets, micro-units: the team's of calls to other teams' endpoints,
+#       the department's of calls to other departments' endpoints; statements charge nothing else)
 # ARGV: key id, rpm limit, tpm limit, tokens to reserve, token budget, money budget, money to reserve,
 #       seconds to the end of the minute, seconds to the end of the month (a limit of -1 means none),
 #       the request's ledger field and entry, the team's limit and seed, the department's limit and seed,
-#       money to reserve on those two (0: the call is the team's own, free on statements)
+#       money to reserve on the team's counter and on the department's (0: free on that statement)
 ADMIT = """
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {'revoked', 0, 0} end
 local rpm, tpm, reserve = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -43,24 +44,25 @@ end
 if money_budget >= 0 and used(KEYS[5]) + reserve_money > money_budget then
   return {'money', month_left, money_budget - used(KEYS[5])}
 end
-local team_limit, dept_limit, reserve_spend = tonumber(ARGV[12]), tonumber(ARGV[14]), tonumber(ARGV[16])
+local team_limit, dept_limit = tonumber(ARGV[12]), tonumber(ARGV[14])
+local team_spend, dept_spend = tonumber(ARGV[16]), tonumber(ARGV[17])
 local function seeded(key, seed)
   -- A counter Redis lost (restart, eviction) starts from the month's token spend on the ledger.
   if redis.call('EXISTS', key) == 0 then redis.call('SET', key, seed, 'EX', month_left + 86400) end
   return used(key)
 end
-if reserve_spend > 0 and team_limit >= 0 and seeded(KEYS[7], ARGV[13]) + reserve_spend > team_limit then
+if team_spend > 0 and team_limit >= 0 and seeded(KEYS[7], ARGV[13]) + team_spend > team_limit then
   return {'team_budget', month_left, team_limit - used(KEYS[7])}
 end
-if reserve_spend > 0 and dept_limit >= 0 and seeded(KEYS[8], ARGV[15]) + reserve_spend > dept_limit then
+if dept_spend > 0 and dept_limit >= 0 and seeded(KEYS[8], ARGV[15]) + dept_spend > dept_limit then
   return {'department_budget', month_left, dept_limit - used(KEYS[8])}
 end
 if rpm >= 0 then redis.call('INCR', KEYS[2]); redis.call('EXPIRE', KEYS[2], minute_left + 1) end
 if tpm >= 0 then redis.call('INCRBY', KEYS[3], reserve); redis.call('EXPIRE', KEYS[3], minute_left + 1) end
 if token_budget >= 0 then redis.call('INCRBY', KEYS[4], reserve); redis.call('EXPIRE', KEYS[4], month_left + 86400) end
 if money_budget >= 0 then redis.call('INCRBY', KEYS[5], reserve_money); redis.call('EXPIRE', KEYS[5], month_left + 86400) end
-if reserve_spend > 0 and team_limit >= 0 then redis.call('INCRBY', KEYS[7], reserve_spend) end
-if reserve_spend > 0 and dept_limit >= 0 then redis.call('INCRBY', KEYS[8], reserve_spend) end
+if team_spend > 0 and team_limit >= 0 then redis.call('INCRBY', KEYS[7], team_spend) end
+if dept_spend > 0 and dept_limit >= 0 then redis.call('INCRBY', KEYS[8], dept_spend) end
 if KEYS[6] ~= 'gw:-' then redis.call('HSET', KEYS[6], ARGV[10], ARGV[11]) end
 return {'ok', 0, 0}
 """
@@ -68,7 +70,7 @@ return {'ok', 0, 0}
 # KEYS: the in-flight ledger, tpm counter, monthly token counter, monthly money counter, the team's and
 #       the department's money counters ('gw:-': none)
 # ARGV: the request's ledger field, tokens to add (negative: to give back), money to add, money to add
-#       to the team's and department's counters
+#       to the team's counter, money to add to the department's
 SETTLE = """
 if KEYS[1] ~= 'gw:-' then redis.call('HDEL', KEYS[1], ARGV[1]) end
 local tokens, money = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -79,7 +81,7 @@ add(KEYS[2], tokens)
 add(KEYS[3], tokens)
 add(KEYS[4], money)
 add(KEYS[5], tonumber(ARGV[4]))
-add(KEYS[6], tonumber(ARGV[4]))
+add(KEYS[6], tonumber(ARGV[5]))
 return 1
 """
 
@@ -94,22 +96,26 @@ class Reservation:
     tokens: int
     money_micros: int
     ledger: tuple[str, str] | None = None  # (ledger key, field) of the in-flight entry
-    team_key: str | None = None  # the team's and department's hard-limit counters, when reserved on
-    department_key: str | None = None
-    spend_micros: int = 0  # reserved on those two
+    team_key: str | None = None  # the team's hard-limit counter, when reserved on
+    department_key: str | None = None  # the department's, when reserved on
+    team_micros: int = 0  # reserved on the team's counter
+    department_micros: int = 0  # reserved on the department's
 
 
 @dataclass(frozen=True)
 class SpendCaps:
     """The hard limits of the caller's team and department this month (micro-units; None: none) and the
-    token spend already on the ledger, to seed a counter Redis lost; ``reserve`` is what this call may
-    add to them (0 for a call to the team's own endpoints, which statements do not charge)."""
+    token spend already on the ledger, to seed a counter Redis lost; ``team_reserve`` and
+    ``department_reserve`` are what this call may add to each: what their statements may charge for it
+    (a call to the team's own endpoints costs neither; one to another team of the same department costs
+    the team, and the department nothing, as the owning team is credited what the caller pays)."""
 
     team_id: int
     department_id: int
     team: tuple[int, int] | None = None  # (limit, seed)
     department: tuple[int, int] | None = None
-    reserve: int = 0
+    team_reserve: int = 0
+    department_reserve: int = 0
 
 
 @dataclass(frozen=True)
@@ -181,11 +187,12 @@ class Limiter:
         tpm_key = f"gw:tpm:{kid}:{minute}" if key.tpm_limit is not None else None
         token_key = f"gw:bt:{kid}:{month}" if key.monthly_token_budget is not None else None
         money_key = f"gw:bm:{kid}:{month}" if key.monthly_budget_micros is not None else None
-        spend = caps.reserve if caps is not None and (caps.team or caps.department) else 0
-        team_key = f"gw:tm:{caps.team_id}:{month}" if spend and caps and caps.team else None
-        dept_key = f"gw:dm:{caps.department_id}:{month}" if spend and caps and caps.department else None
-        team_cap = (caps.team if caps and caps.team else None) or (-1, 0)
-        dept_cap = (caps.department if caps and caps.department else None) or (-1, 0)
+        team_spend = caps.team_reserve if caps is not None and caps.team else 0
+        dept_spend = caps.department_reserve if caps is not None and caps.department else 0
+        team_key = f"gw:tm:{caps.team_id}:{month}" if caps is not None and team_spend else None
+        dept_key = f"gw:dm:{caps.department_id}:{month}" if caps is not None and dept_spend else None
+        team_cap = (caps.team if caps and team_key else None) or (-1, 0)
+        dept_cap = (caps.department if caps and dept_key else None) or (-1, 0)
         field, lost = "", b""
         if ledger is not None and lost_event is not None:
             field = lost_event["id"]
@@ -197,8 +204,8 @@ class Limiter:
                         (tpm_key, tokens),
                         (token_key, tokens),
                         (money_key, money_micros),
-                        (team_key, spend),
-                        (dept_key, spend),
+                        (team_key, team_spend),
+                        (dept_key, dept_spend),
                     )
                     if k and n
                 ],
@@ -224,11 +231,12 @@ class Limiter:
             month_left,
             field,
             lost,
-            team_cap[0] if team_key else -1,
+            team_cap[0],
             team_cap[1],
-            dept_cap[0] if dept_key else -1,
+            dept_cap[0],
             dept_cap[1],
-            spend,
+            team_spend,
+            dept_spend,
         )
         (reply,) = await self.pipe.execute(("EVALSHA", ADMIT_SHA, *keys_and_args))
         if unknown_script(reply):
@@ -250,16 +258,23 @@ class Limiter:
                 (ledger, field) if ledger else None,
                 team_key,
                 dept_key,
-                spend,
+                team_spend,
+                dept_spend,
             ),
         )
 
     def settle(
-        self, reservation: Reservation | None, *, tokens: int, money_micros: int, spend_micros: int = 0
+        self,
+        reservation: Reservation | None,
+        *,
+        tokens: int,
+        money_micros: int,
+        team_micros: int = 0,
+        department_micros: int = 0,
     ) -> list[tuple]:
         """The command that corrects from reserved to actual (zero actual releases it all), to pipeline;
-        its reply may ask for ``as_eval`` (``unknown_script``). ``spend_micros``: what the call costs the
-        team on its statement (0 for its own endpoints)."""
+        its reply may ask for ``as_eval`` (``unknown_script``). ``team_micros`` and ``department_micros``:
+        what the call costs the team and the department on their statements (admission.charged)."""
         if reservation is None:
             return []
         ledger, field = reservation.ledger or ("gw:-", "")
@@ -277,7 +292,8 @@ class Limiter:
                 field,
                 tokens - reservation.tokens,
                 money_micros - reservation.money_micros,
-                spend_micros - reservation.spend_micros,
+                team_micros - reservation.team_micros,
+                department_micros - reservation.department_micros,
             )
         ]
 

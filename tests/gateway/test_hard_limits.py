@@ -20,7 +20,7 @@ from django.utils import timezone
 from portfolio.billing import budgets
 from portfolio.billing.models import Budget
 from portfolio.errors import Conflict
-from serving.gateway import admission, errors, redis_pipe
+from serving.gateway import admission, errors, limits, redis_pipe
 from serving.gateway.keycache import KeyRecord
 from serving.gateway.limits import Limiter, SpendCaps
 from serving.gateway.routing import EndpointInfo, Route, Snapshot, build_snapshot
@@ -79,15 +79,28 @@ async def admit_many(caps_of, keys, reserve: int, actual: int, rounds: int = 1):
                 if verdict.ok:
                     admitted += 1
                     settles += limiter.settle(
-                        verdict.reservation, tokens=10, money_micros=actual, spend_micros=actual
+                        verdict.reservation,
+                        tokens=10,
+                        money_micros=actual,
+                        team_micros=actual,
+                        department_micros=actual,
                     )
                 else:
                     refused.append(verdict)
             if settles:
-                await pipe.execute(*settles)
+                await settle(pipe, settles)
         return admitted, refused
     finally:
         await pipe.close()
+
+
+async def settle(pipe, commands: list[tuple]) -> None:
+    """Send settlements as the gateway does: whole scripts where Redis has not got them yet."""
+    replies = await pipe.execute(*commands)
+    for command, reply in zip(commands, replies, strict=True):
+        if limits.unknown_script(reply):
+            (reply,) = await pipe.execute(limits.as_eval(command))
+        assert not isinstance(reply, Exception), reply
 
 
 def counter(name: str) -> int:
@@ -104,7 +117,7 @@ def test_concurrent_calls_never_overspend_a_team_hard_limit():
     keys = [record(team_id, department_id) for _ in range(40)]
     admitted, refused = run(
         admit_many(
-            lambda k: SpendCaps(team_id, department_id, team=(limit, 0), reserve=reserve),
+            lambda k: SpendCaps(team_id, department_id, team=(limit, 0), team_reserve=reserve),
             keys,
             reserve,
             reserve,
@@ -121,7 +134,7 @@ def test_settling_below_the_reservation_gives_the_rest_back():
     keys = [record(team_id, department_id) for _ in range(10)]
     admitted, _ = run(
         admit_many(
-            lambda k: SpendCaps(team_id, department_id, team=(limit, 0), reserve=reserve),
+            lambda k: SpendCaps(team_id, department_id, team=(limit, 0), team_reserve=reserve),
             keys,
             reserve,
             actual,
@@ -139,7 +152,7 @@ def test_a_department_limit_holds_across_its_teams():
     keys = [record(department_id + 10 + i % 4, department_id) for i in range(40)]  # four teams
     admitted, refused = run(
         admit_many(
-            lambda k: SpendCaps(k.team_id, department_id, department=(limit, 0), reserve=reserve),
+            lambda k: SpendCaps(k.team_id, department_id, department=(limit, 0), department_reserve=reserve),
             keys,
             reserve,
             reserve,
@@ -156,7 +169,7 @@ def test_a_lost_counter_starts_from_the_ledgers_token_spend():
     keys = [record(team_id, department_id) for _ in range(5)]
     admitted, refused = run(
         admit_many(
-            lambda k: SpendCaps(team_id, department_id, team=(limit, seed), reserve=reserve),
+            lambda k: SpendCaps(team_id, department_id, team=(limit, seed), team_reserve=reserve),
             keys,
             reserve,
             reserve,
@@ -171,7 +184,9 @@ def test_calls_to_the_teams_own_endpoints_are_never_refused_by_its_hard_limit():
     team_id, department_id = ids()
     keys = [record(team_id, department_id) for _ in range(5)]
     admitted, _ = run(
-        admit_many(lambda k: SpendCaps(team_id, department_id, team=(0, 0), reserve=0), keys, 50_000, 50_000)
+        admit_many(
+            lambda k: SpendCaps(team_id, department_id, team=(0, 0), team_reserve=0), keys, 50_000, 50_000
+        )
     )
     assert admitted == 5 and counter(f"gw:tm:{team_id}") == 0
 
@@ -180,7 +195,9 @@ def test_the_refusal_is_openai_shaped_429_budget_exceeded():
     team_id, department_id = ids()
     key = record(team_id, department_id)
     _, refused = run(
-        admit_many(lambda k: SpendCaps(team_id, department_id, team=(10, 0), reserve=500), [key], 500, 500)
+        admit_many(
+            lambda k: SpendCaps(team_id, department_id, team=(10, 0), team_reserve=500), [key], 500, 500
+        )
     )
     error = admission.refusal(key, refused[0], 20, 500, playground=False)
     assert error.status == 429 and error.code == "budget_exceeded"
@@ -198,10 +215,144 @@ def test_only_hops_to_other_teams_reserve_on_the_hard_limits():
     shape = payloads.Shape(prompts=(10,), choices=1, per_choice=10)
     key = record(1, 7)
     assert admission.spend_caps(Snapshot(), key, shape, [own, shared]) is None, "no hard limit: nothing"
-    assert admission.spend_caps(snapshot, key, shape, [own]).reserve == 0
+    assert admission.spend_caps(snapshot, key, shape, [own]).team_reserve == 0
     caps = admission.spend_caps(snapshot, key, shape, [own, shared])
-    assert caps.reserve > 0 and caps.team == (5_000_000, 0) and caps.department is None
-    assert admission.charged(key, own, 1234) == 0 and admission.charged(key, shared, 1234) == 1234
+    assert caps.team_reserve > 0 and caps.team == (5_000_000, 0) and caps.department is None
+    assert admission.charged(key, own, 1234) == (0, 0) and admission.charged(key, shared, 1234)[0] == 1234
+
+
+async def call(snapshot: Snapshot, key: KeyRecord, hop: EndpointInfo, shape, tokens: tuple[int, int]):
+    """What the gateway does for one call answered by ``hop``: admit with its caps, then settle to the
+    cost of ``tokens`` (input, output) as charged to the team and to the department."""
+    from serving.gateway.routing import price_micros
+
+    pipe = redis_pipe.connect(settings.REDIS_URL)
+    limiter = Limiter(pipe)
+    try:
+        bound_tokens, bound_money = admission.reservation(shape, [hop])
+        verdict = await limiter.admit(
+            key,
+            tokens=bound_tokens,
+            money_micros=bound_money,
+            revoked_set=f"test:revoked:{uuid.uuid4().hex}",
+            caps=admission.spend_caps(snapshot, key, shape, [hop]),
+        )
+        if verdict.ok:
+            cost = price_micros(hop, *tokens)
+            team_micros, department_micros = admission.charged(key, hop, cost)
+            await settle(
+                pipe,
+                limiter.settle(
+                    verdict.reservation,
+                    tokens=sum(tokens),
+                    money_micros=cost,
+                    team_micros=team_micros,
+                    department_micros=department_micros,
+                ),
+            )
+        return verdict
+    finally:
+        await pipe.close()
+
+
+def priced_endpoint(name: str, team_id: int, department_id: int) -> EndpointInfo:
+    """An endpoint of that team and department at a micro-unit per token, in and out."""
+    return EndpointInfo(
+        name, team_id, (Route(1, name, name, "", 1),), None, 1.0, 1.0, 100, department_id=department_id
+    )
+
+
+def test_a_call_to_another_team_of_the_same_department_does_not_count_against_the_department_limit():
+    """Statements charge the caller and credit the owner the same amount: the department pays nothing."""
+    from serving.gateway import payloads
+
+    team_id, department_id = ids()
+    sibling = priced_endpoint("sibling", team_id + 2, department_id)  # another team, the same department
+    shape = payloads.Shape(prompts=(10,), choices=1, per_choice=10)
+    key = record(team_id, department_id)
+    # The department may not spend a micro-unit more; the team has room for the call.
+    snapshot = Snapshot(caps={("team", team_id): (1_000_000, 0), ("department", department_id): (0, 0)})
+    verdict = run(call(snapshot, key, sibling, shape, (10, 5)))
+    assert verdict.ok, verdict
+    assert counter(f"gw:tm:{team_id}") == 15, "the team pays the other team's price"
+    assert counter(f"gw:dm:{department_id}") == 0, "the department pays nothing"
+
+    # The team's own limit still counts the call.
+    tight = Snapshot(caps={("team", team_id): (10, 0), ("department", department_id): (1_000_000, 0)})
+    refused = run(call(tight, key, sibling, shape, (10, 5)))
+    assert not refused.ok and refused.reason == "team_budget"
+
+
+def test_a_call_to_another_departments_endpoint_counts_against_the_team_and_the_department():
+    from serving.gateway import payloads
+
+    team_id, department_id = ids()
+    foreign = priced_endpoint("foreign", team_id + 2, department_id + 2)
+    shape = payloads.Shape(prompts=(10,), choices=1, per_choice=10)
+    key = record(team_id, department_id)
+    roomy = Snapshot(caps={("team", team_id): (1_000_000, 0), ("department", department_id): (1_000_000, 0)})
+    assert run(call(roomy, key, foreign, shape, (10, 5))).ok
+    assert counter(f"gw:tm:{team_id}") == counter(f"gw:dm:{department_id}") == 15, "settled to the cost"
+
+    tight = Snapshot(caps={("team", team_id): (1_000_000, 0), ("department", department_id): (20, 0)})
+    refused = run(call(tight, key, foreign, shape, (10, 5)))
+    assert not refused.ok and refused.reason == "department_budget"
+    assert counter(f"gw:dm:{department_id}") == 15, "a refused call reserves nothing"
+
+
+def test_a_fallback_chain_reserves_on_each_counter_its_own_worst_case_and_a_lost_request_gives_both_back():
+    """The team's counter holds the costliest hop to another team, the department's the costliest to
+    another department; the in-flight ledger gives each back what it took (inflight.REAP)."""
+    import redis
+
+    from serving.gateway import inflight, payloads
+
+    team_id, department_id = ids()
+    sibling = EndpointInfo(  # another team of the department, at twice the price
+        "sibling",
+        team_id + 2,
+        (Route(1, "s", "s", "", 1),),
+        "foreign",
+        2.0,
+        2.0,
+        100,
+        department_id=department_id,
+    )
+    foreign = priced_endpoint("foreign", team_id + 3, department_id + 2)
+    shape = payloads.Shape(prompts=(10,), choices=1, per_choice=10)  # at most 20 tokens
+    key = record(team_id, department_id)
+    snapshot = Snapshot(
+        caps={("team", team_id): (1_000_000, 0), ("department", department_id): (1_000_000, 0)}
+    )
+    unique = uuid.uuid4().hex
+    ledger, stream, processes = f"test:inflight:{unique}", f"test:usage:{unique}", f"test:processes:{unique}"
+
+    async def admit():
+        pipe = redis_pipe.connect(settings.REDIS_URL)
+        try:
+            return await Limiter(pipe).admit(
+                key,
+                tokens=20,
+                money_micros=40,
+                revoked_set=f"test:revoked:{unique}",
+                ledger=ledger,
+                lost_event={"id": unique},
+                caps=admission.spend_caps(snapshot, key, shape, [sibling, foreign]),
+            )
+        finally:
+            await pipe.close()
+
+    verdict = run(admit())
+    assert (
+        verdict.ok and verdict.reservation.team_micros == 40 and verdict.reservation.department_micros == 20
+    )
+    assert counter(f"gw:tm:{team_id}") == 40 and counter(f"gw:dm:{department_id}") == 20
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        assert client.eval(inflight.REAP, 3, ledger, stream, processes, "gone") == 1
+    finally:
+        client.delete(stream)
+    assert counter(f"gw:tm:{team_id}") == 0 and counter(f"gw:dm:{department_id}") == 0
 
 
 @pytest.mark.django_db(transaction=True)
