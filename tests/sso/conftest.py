@@ -18,7 +18,7 @@ from tests.processes import stop_group
 PROVIDER = Path(__file__).resolve().parent / "provider"
 REALM = "portfolio"
 CLIENT_ID = "portfolio"
-CLIENT_SECRET = "test-client-secret-0123456789"
+CLIENT_SECRET = "test-client-secret-0123456789-abcdefghijkl"
 REDIRECT_URI = "http://testserver/login/sso/callback/"
 START_SECONDS = 60  # a cold Node start on a busy two-core machine
 USERS = {user["username"]: user for user in json.loads((PROVIDER / "users.json").read_text())}

@@ -131,3 +131,19 @@ def test_a_replayed_code_is_refused(client, sso):
 def test_a_wrong_password_at_the_realm_never_reaches_the_platform(client, sso):
     with pytest.raises(AssertionError, match="did not send the browser back"):
         sign_in_at_realm(start(client), "alice", password="wrong")
+
+
+def test_keys_the_realm_rotated_in_are_fetched_again(client, sso):
+    from django.core.cache import cache
+
+    from portfolio.accounts.sso import client as oidc
+    from portfolio.accounts.sso.config import current
+
+    # What an earlier sign-in cached: a key the realm has since retired.
+    retired = {"kty": "RSA", "kid": "retired", "use": "sig", "alg": "RS256", "n": "sXch", "e": "AQAB"}
+    cache.set(oidc._cache_key(current(), "jwks"), {"keys": [retired]}, 3600)
+    callback = sign_in_at_realm(start(client), "alice")
+    logged = len(sso.log.read_text())
+    response = client.get(callback)
+    assert response.status_code == 302 and response["Location"] == "/"
+    assert "GET /realms/portfolio/protocol/openid-connect/certs 200" in sso.log.read_text()[logged:]
