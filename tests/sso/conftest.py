@@ -4,10 +4,12 @@ it). A failed test shows the provider's log."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import selectors
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,36 +41,23 @@ class Realm:
         return f"http://127.0.0.1:{self.port}/"
 
 
-@pytest.fixture(scope="session")
-def realm(tmp_path_factory) -> Realm:
+@contextlib.contextmanager
+def running_realm(log_dir: Path, redirect_uris: list[str]) -> Iterator[Realm]:
+    """One provider process, accepting these redirect URIs, stopped on leaving."""
     node = shutil.which("node")
     if node is None or not (PROVIDER / "node_modules" / "oidc-provider").is_dir():
         pytest.fail(
             "The sign-on tests need Node 20.19+ and `make oidc-provider` (npm ci in tests/sso/provider)."
         )
-    log = tmp_path_factory.mktemp("oidc-provider") / "provider.log"
+    log = log_dir / "provider.log"
     _logs.append(log)
+    command = [node, "server.mjs", "--port", "0", "--realm", REALM, "--client-id", CLIENT_ID]
+    command += ["--client-secret", CLIENT_SECRET]
+    for uri in redirect_uris:
+        command += ["--redirect-uri", uri]
     with log.open("w") as stderr:
         process = subprocess.Popen(
-            [
-                node,
-                "server.mjs",
-                "--port",
-                "0",
-                "--realm",
-                REALM,
-                "--client-id",
-                CLIENT_ID,
-                "--client-secret",
-                CLIENT_SECRET,
-                "--redirect-uri",
-                REDIRECT_URI,
-            ],
-            cwd=PROVIDER,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            start_new_session=True,
+            command, cwd=PROVIDER, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True
         )
     try:
         # The first stdout line says where it listens, once it does.
@@ -85,9 +74,14 @@ def realm(tmp_path_factory) -> Realm:
         stop_group(process, grace=10)
 
 
-@pytest.fixture
-def sso(settings, realm):
-    """Single sign-on switched on against the test realm, as PORTFOLIO_OIDC_* would."""
+@pytest.fixture(scope="session")
+def realm(tmp_path_factory) -> Iterator[Realm]:
+    with running_realm(tmp_path_factory.mktemp("oidc-provider"), [REDIRECT_URI]) as started:
+        yield started
+
+
+def switch_on(settings, realm: Realm) -> None:
+    """Single sign-on switched on against a test realm, as PORTFOLIO_OIDC_* would."""
     settings.OIDC = {
         "server_url": realm.server_url,
         "realm": REALM,
@@ -95,6 +89,11 @@ def sso(settings, realm):
         "client_secret": CLIENT_SECRET,
         "organisation": "Acme",
     }
+
+
+@pytest.fixture
+def sso(settings, realm):
+    switch_on(settings, realm)
     return realm
 
 
@@ -102,5 +101,5 @@ def sso(settings, realm):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if report.failed and _logs and "realm" in getattr(item, "fixturenames", ()):
+    if report.failed and _logs and {"realm", "browser_realm"} & set(getattr(item, "fixturenames", ())):
         report.sections.append(("oidc-provider log", _logs[-1].read_text()[-20_000:]))

@@ -49,13 +49,13 @@ KEY_REFRESH_SECONDS = 60
 TIMEOUT_SECONDS = 10
 
 
-@dataclass(frozen=True)
 class Refused(Exception):
-    """A sign-in that must not go on: ``reason`` for the audit trail, ``message`` for the person."""
+    """A sign-in that must not go on: ``reason`` for the audit trail, ``message`` for the person, and the
+    user name it concerns when one is known."""
 
-    reason: str
-    message: str
-    username: str = ""
+    def __init__(self, reason: str, message: str, username: str = "") -> None:
+        super().__init__(reason)
+        self.reason, self.message, self.username = reason, message, username
 
 
 @dataclass(frozen=True)
