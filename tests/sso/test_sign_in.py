@@ -147,3 +147,18 @@ def test_keys_the_realm_rotated_in_are_fetched_again(client, sso):
     response = client.get(callback)
     assert response.status_code == 302 and response["Location"] == "/"
     assert "GET /realms/portfolio/protocol/openid-connect/certs 200" in sso.log.read_text()[logged:]
+
+
+def test_the_realm_refuses_a_sign_in_without_pkce_and_a_code_without_its_verifier(client, sso):
+    authorize_url = start(client)
+    without_pkce = re.sub(r"&code_challenge(_method)?=[^&]+", "", authorize_url)
+    answer = httpx.get(without_pkce, follow_redirects=False)
+    assert "code_challenge" not in without_pkce and "error=invalid_request" in answer.headers["Location"]
+
+    callback = sign_in_at_realm(authorize_url, "alice")
+    session = client.session
+    state = parse_qs(urlsplit(callback).query)["state"][0]
+    session["sso.pending"][state]["code_verifier"] = "another-verifier-" + "x" * 40
+    session.save()
+    event = refused(client, client.get(callback), "code_refused")
+    assert event.object_type == "auth.sso"
