@@ -162,3 +162,13 @@ def test_the_realm_refuses_a_sign_in_without_pkce_and_a_code_without_its_verifie
     session.save()
     event = refused(client, client.get(callback), "code_refused")
     assert event.object_type == "auth.sso"
+
+
+def test_a_realm_that_says_no_is_refused_with_its_error_code(client, sso):
+    state = parse_qs(urlsplit(start(client)).query)["state"][0]
+    response = client.get(f"{reverse('sso-callback')}?state={state}&error=access_denied<script>")
+    event = refused(client, response, "provider_error")
+    assert (
+        event.after["reason"].startswith("provider_error: access_denied") and "<" not in event.after["reason"]
+    )
+    assert "Acme did not sign you in" in client.get(reverse("login")).text

@@ -146,14 +146,14 @@ def start(config: OidcConfig, redirect_uri: str) -> tuple[str, Pending]:
     return f"{discovery(config)['authorization_endpoint']}?{query}", pending
 
 
-def exchange(config: OidcConfig, *, code: str, redirect_uri: str, pending: Pending) -> dict[str, Any]:
+def exchange(config: OidcConfig, *, code: str, redirect_uri: str, code_verifier: str) -> dict[str, Any]:
     """The realm's tokens for an authorization code (refused if the code is used, expired or not ours)."""
     try:
         return _openid(config).token(
             grant_type="authorization_code",
             code=code,
             redirect_uri=redirect_uri,
-            code_verifier=pending.code_verifier,
+            code_verifier=code_verifier,
         )
     except KeycloakConnectionError as exc:
         raise _unavailable(config) from exc

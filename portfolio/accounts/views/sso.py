@@ -8,6 +8,8 @@ says why on the sign-in page and is audited as ``user.login_failed`` (within the
 
 from __future__ import annotations
 
+import re
+
 from django.contrib import messages
 from django.contrib.auth import login as auth_login
 from django.contrib.auth.decorators import login_not_required
@@ -73,7 +75,8 @@ def _sign_in(request, config, pending: dict | None):
         )
     if request.GET.get("error"):
         raise client.Refused(
-            f"provider_error: {request.GET['error']}"[:120],
+            # The realm's error code (access_denied...), kept to its alphabet: the query string is anyone's.
+            "provider_error: " + re.sub(r"[^a-z_]", "", request.GET["error"])[:40],
             f"{config.organisation} did not sign you in. Please try again.",
         )
     issuer = client.discovery(config)["issuer"]
@@ -83,8 +86,9 @@ def _sign_in(request, config, pending: dict | None):
     code = request.GET.get("code", "")
     if not code:
         raise client.Refused("code_missing", f"{config.organisation} sent no sign-in code. Please try again.")
-    state = client.Pending(state="", nonce=pending["nonce"], code_verifier=pending["code_verifier"])
-    tokens = client.exchange(config, code=code, redirect_uri=pending["redirect_uri"], pending=state)
+    tokens = client.exchange(
+        config, code=code, redirect_uri=pending["redirect_uri"], code_verifier=pending["code_verifier"]
+    )
     claims = client.verify_id_token(config, str(tokens.get("id_token", "")), nonce=pending["nonce"])
     return sso_services.sign_in(
         actor=actor_of(request), issuer=issuer, claims=claims, organisation=config.organisation
