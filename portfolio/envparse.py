@@ -122,6 +122,39 @@ class Env:
         url = self.text("DATABASE_URL")
         return None if url is None else database_settings(url, self.text("DATABASE_PASSWORD"))
 
+    def oidc(self, *, production: bool) -> dict[str, str] | None:
+        """Single sign-on's OpenID Connect client: the server's base URL (Keycloak's, without ``/realms``),
+        the realm, the client id and its secret (or ``_FILE``), all four or none; None: sign-on is off.
+        ``PORTFOLIO_OIDC_ORGANISATION`` names the button ("Sign in with ..."), the realm by default."""
+        names = ("SERVER_URL", "REALM", "CLIENT_ID", "CLIENT_SECRET")
+        values = {name: self.text(f"PORTFOLIO_OIDC_{name}") for name in names}
+        if not any(values.values()):
+            return None
+        missing = [f"PORTFOLIO_OIDC_{name}" for name, value in values.items() if not value]
+        if missing:
+            raise ImproperlyConfigured(
+                f"Single sign-on needs {', '.join(missing)} too (or none of PORTFOLIO_OIDC_*, to turn it off)."
+            )
+        url = values["SERVER_URL"] or ""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ImproperlyConfigured(
+                f"PORTFOLIO_OIDC_SERVER_URL={url!r} is not valid: expected Keycloak's base URL such as "
+                "https://keycloak.example.com (the realm goes in PORTFOLIO_OIDC_REALM)."
+            )
+        if production and parts.scheme != "https":
+            raise ImproperlyConfigured("PORTFOLIO_OIDC_SERVER_URL must use https in production.")
+        realm = values["REALM"] or ""
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", realm):
+            raise ImproperlyConfigured(f"PORTFOLIO_OIDC_REALM={realm!r} is not valid: expected a realm name.")
+        return {
+            "server_url": url.rstrip("/") + "/",
+            "realm": realm,
+            "client_id": values["CLIENT_ID"] or "",
+            "client_secret": values["CLIENT_SECRET"] or "",
+            "organisation": self.text("PORTFOLIO_OIDC_ORGANISATION") or realm,
+        }
+
     def redis_url(self) -> str | None:
         """``REDIS_URL`` with ``REDIS_PASSWORD`` put into it (quoted), or None if unset."""
         url = self.text("REDIS_URL")

@@ -365,6 +365,9 @@ LOGOUT_REDIRECT_URL = "login"
 LOGIN_FAILURE_LIMIT = env.integer("PORTFOLIO_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 LOGIN_LOCKOUT_SECONDS = env.integer("PORTFOLIO_LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
 PERSONAL_TOKEN_MAX_DAYS = env.integer("PORTFOLIO_PERSONAL_TOKEN_MAX_DAYS", 365, minimum=1)
+# Single sign-on with OpenID Connect (Keycloak): off unless the realm's server, realm and client are all set;
+# portfolio.accounts.sso.config reads these.
+OIDC = env.oidc(production=PRODUCTION)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -43,6 +43,9 @@ UI_ROUTES: dict[str, Rule] = {
     "healthz": ui("public"),
     "api-docs": ui("public"),
     "login": ui("public"),
+    # Single sign-on (off here): starting one or answering one is for anyone; the state decides (tests/sso).
+    "sso-login": ui("public"),
+    "sso-callback": ui("public"),
     "logout": ui("signed_in", method="POST"),
     "password-change": ui("signed_in"),
     "dashboard": ui("signed_in"),

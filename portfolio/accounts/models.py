@@ -213,3 +213,26 @@ class PersonalToken(models.Model):
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
             "revoked": self.revoked_at is not None,
         }
+
+
+class ExternalIdentity(models.Model):
+    """A user's identity at the single sign-on provider: how a sign-in finds (or creates) its account."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="external_identities"
+    )
+    # The ID token's `iss` and `sub`: together they name one person for good (a user name can be reused).
+    issuer = models.CharField(max_length=255)
+    subject = models.CharField(max_length=255)
+    username = models.CharField(max_length=150)  # `preferred_username` at the last sign-in
+    created_at = models.DateTimeField(default=timezone.now)
+    last_login_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            # Serves the lookup of every sign-in.
+            models.UniqueConstraint(fields=["issuer", "subject"], name="external_identity_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.username} at {self.issuer}"

@@ -5,6 +5,8 @@ from portfolio.accounts import views
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("login/", views.login_view, name="login"),
+    path("login/sso/", views.sso_login, name="sso-login"),
+    path("login/sso/callback/", views.sso_callback, name="sso-callback"),
     path("logout/", views.logout_view, name="logout"),
     path("password/", views.password_change, name="password-change"),
     path("roles/", views.roles, name="roles"),

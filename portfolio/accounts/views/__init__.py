@@ -1,6 +1,6 @@
 """Web pages of the organisation: signing in (``auth``), the dashboard and roles matrix (``dashboard``),
 departments and teams (``organisation``), a team's members (``members``), users and their offboarding
-(``users``), and personal access tokens (``tokens``).
+(``users``), personal access tokens (``tokens``), and single sign-on (``sso``).
 
 Every view decides access explicitly with the gate (``gate.require`` / ``gate.get_visible`` /
 ``gate.visible`` / ``gate.can``); the docstrings say which capability each page needs. Changes go
@@ -24,6 +24,7 @@ from portfolio.accounts.views.organisation import (
     team_edit,
     team_list,
 )
+from portfolio.accounts.views.sso import sso_callback, sso_login
 from portfolio.accounts.views.tokens import token_create, token_list, token_revoke
 from portfolio.accounts.views.users import (
     user_create,
@@ -49,6 +50,8 @@ __all__ = [
     "member_role",
     "password_change",
     "roles",
+    "sso_callback",
+    "sso_login",
     "team_create",
     "team_detail",
     "team_edit",

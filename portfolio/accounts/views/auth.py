@@ -22,6 +22,7 @@ from portfolio.accounts import lockout, services
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of
 from portfolio.accounts.forms import LoginForm, PasswordChangeForm
+from portfolio.accounts.sso import config as sso_config
 from portfolio.audit import services as audit
 from portfolio.formviews import submit
 from portfolio.requestcontext import client_ip
@@ -29,7 +30,7 @@ from portfolio.requestcontext import client_ip
 logger = logging.getLogger(__name__)
 
 
-def _safe_next(request) -> str:
+def safe_next(request) -> str:
     candidate = request.POST.get("next") or request.GET.get("next") or ""
     if candidate and url_has_allowed_host_and_scheme(
         candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
@@ -38,7 +39,7 @@ def _safe_next(request) -> str:
     return reverse(settings.LOGIN_REDIRECT_URL)
 
 
-def _audit_attempt(
+def audit_attempt(
     request, action: str, *, object_type: str, object_id: str, object_repr: str, after: dict | None = None
 ) -> None:
     """A failed sign-in or a lock, audited under the name typed (never the password), within the budget
@@ -78,14 +79,14 @@ def _audit_attempt(
 
 def _audit_failure(request, username: str, ip: str | None, failure: lockout.Failure) -> None:
     if failure.audit_failure:
-        _audit_attempt(
+        audit_attempt(
             request, "user.login_failed", object_type="auth.user", object_id=username, object_repr=username
         )
     # A lock starts on the failure that reaches its limit, so that many failures led to it.
     limits = lockout.limits()
     window = settings.LOGIN_LOCKOUT_SECONDS
     if "user" in failure.locks:
-        _audit_attempt(
+        audit_attempt(
             request,
             "user.login_locked",
             object_type="auth.user",
@@ -94,7 +95,7 @@ def _audit_failure(request, username: str, ip: str | None, failure: lockout.Fail
             after={"lock": "account", "failures": limits["user"], "lockout_seconds": window},
         )
     if "ip" in failure.locks and ip:
-        _audit_attempt(
+        audit_attempt(
             request,
             "user.login_locked",
             object_type="auth.client_address",
@@ -111,7 +112,7 @@ def _audit_failure(request, username: str, ip: str | None, failure: lockout.Fail
 @require_http_methods(["GET", "POST"])
 def login_view(request):
     """Permission: none, this is the sign-in page. Throttled by ``accounts.lockout``."""
-    next_url = _safe_next(request)
+    next_url = safe_next(request)
     if request.user.is_authenticated:
         return redirect(next_url)
     form = LoginForm(request.POST if request.method == "POST" else None)
@@ -133,10 +134,15 @@ def login_view(request):
                 lockout.clear(username)
                 auth_login(request, user)
                 audit.record_standalone(
-                    actor_of(request), "user.login", user, object_repr=user.get_username()
+                    actor_of(request),
+                    "user.login",
+                    user,
+                    after={"method": "password"},
+                    object_repr=user.get_username(),
                 )
                 return redirect(next_url)
-    return render(request, "registration/login.html", {"form": form, "next": next_url}, status=status)
+    context = {"form": form, "next": next_url, "sso": sso_config.current()}
+    return render(request, "registration/login.html", context, status=status)
 
 
 @require_POST

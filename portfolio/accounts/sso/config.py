@@ -1,0 +1,31 @@
+"""Single sign-on's configuration, as ``portfolio.settings`` parsed it from ``PORTFOLIO_OIDC_*``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+
+@dataclass(frozen=True)
+class OidcConfig:
+    """One Keycloak realm and this platform's confidential client in it."""
+
+    server_url: str  # Keycloak's base URL, ending in "/"
+    realm: str
+    client_id: str
+    client_secret: str = ""
+    organisation: str = ""  # the button says "Sign in with <organisation>"
+
+    @property
+    def realm_url(self) -> str:
+        return f"{self.server_url}realms/{self.realm}"
+
+    def __repr__(self) -> str:  # never the secret, in a log or a traceback
+        return f"OidcConfig(realm_url={self.realm_url!r}, client_id={self.client_id!r})"
+
+
+def current() -> OidcConfig | None:
+    """The configuration, or None when single sign-on is off (read each time: tests switch it)."""
+    values = settings.OIDC
+    return OidcConfig(**values) if values else None
