@@ -38,10 +38,13 @@ WHERE d.day >= %s AND d.day < %s {d_scope}
   AND NOT EXISTS (SELECT 1 FROM unnest(%s::bigint[], %s::timestamptz[]) s(endpoint_id, day)
                   WHERE s.endpoint_id = d.endpoint_id AND s.day = d.day)
 UNION ALL
-SELECT t.hour, {t_columns} FROM billing_tokenusage t
-JOIN unnest(%s::bigint[], %s::timestamptz[]) s(endpoint_id, day)
-  ON t.endpoint_id = s.endpoint_id AND t.hour >= s.day AND t.hour < s.day + interval '1 day'
-WHERE t.hour >= %s AND t.hour < %s {t_scope}
+SELECT t.hour, {t_columns} FROM unnest(%s::bigint[], %s::timestamptz[]) s(endpoint_id, day)
+CROSS JOIN LATERAL (  -- each split day by the (endpoint_id, hour) index, never a scan of the month's hours
+    SELECT * FROM billing_tokenusage t
+    WHERE t.endpoint_id = s.endpoint_id AND t.hour >= s.day AND t.hour < s.day + interval '1 day'
+      AND t.hour >= %s AND t.hour < %s {t_scope}
+    OFFSET 0  -- kept a subquery per split day (not flattened into a join over the whole month)
+) t
 ),
 periods AS (
     SELECT u.*, v.id AS price_id, v.input_per_million, v.output_per_million

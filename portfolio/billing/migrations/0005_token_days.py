@@ -31,6 +31,10 @@ class Migration(migrations.Migration):
                 'indexes': [models.Index(fields=['day'], name='token_days_day'), models.Index(fields=['department_id', 'day'], name='token_days_department_day'), models.Index(fields=['owner_department_id', 'day'], name='token_days_owner_day')],
             },
         ),
+        migrations.AddIndex(
+            model_name="tokenusage",
+            index=models.Index(fields=["endpoint_id", "hour"], name="tokens_endpoint_hour"),
+        ),
         # The days of the hours already in the ledger (the SQL is frozen here: meters may change).
         migrations.RunSQL(
             """INSERT INTO billing_tokenday (day, endpoint_id, endpoint, owner_team_id, owner_department_id,

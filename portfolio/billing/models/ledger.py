@@ -42,6 +42,8 @@ class TokenUsage(models.Model):
             models.Index(fields=["department_id", "hour"], name="tokens_department_hour"),
             # The owning team's recovery (credits) and at-cost shares.
             models.Index(fields=["owner_department_id", "hour"], name="tokens_owner_hour"),
+            # The hours of a day on which an endpoint's price changes (token_periods).
+            models.Index(fields=["endpoint_id", "hour"], name="tokens_endpoint_hour"),
         ]
 
     def __str__(self) -> str:
