@@ -88,28 +88,26 @@ def _cache_key(config: OidcConfig, what: str) -> str:
     return f"sso:{what}:{hashlib.sha256(config.realm_url.encode()).hexdigest()[:24]}"
 
 
-def discovery(config: OidcConfig) -> dict[str, Any]:
-    """The realm's ``.well-known/openid-configuration``, cached."""
-    key = _cache_key(config, "discovery")
-    document = cache.get(key)
+def _fetched(config: OidcConfig, what: str, fetch, *, refresh: bool = False) -> dict[str, Any]:
+    """A document of the realm (``fetch(KeycloakOpenID)``), cached ``CACHE_SECONDS`` unless ``refresh``."""
+    key = _cache_key(config, what)
+    document = None if refresh else cache.get(key)
     if document is None:
         try:
-            document = _openid(config).well_known()
+            document = fetch(_openid(config))
         except (KeycloakError, ValueError) as exc:
             raise _unavailable(config) from exc
         cache.set(key, document, CACHE_SECONDS)
     return document
 
 
+def discovery(config: OidcConfig) -> dict[str, Any]:
+    """The realm's ``.well-known/openid-configuration``, cached."""
+    return _fetched(config, "discovery", KeycloakOpenID.well_known)
+
+
 def _keys(config: OidcConfig, *, refresh: bool = False) -> jwk.JWKSet:
-    key = _cache_key(config, "jwks")
-    document = None if refresh else cache.get(key)
-    if document is None:
-        try:
-            document = _openid(config).certs()
-        except (KeycloakError, ValueError) as exc:
-            raise _unavailable(config) from exc
-        cache.set(key, document, CACHE_SECONDS)
+    document = _fetched(config, "jwks", KeycloakOpenID.certs, refresh=refresh)
     keys = jwk.JWKSet()
     for entry in document.get("keys", []):
         if entry.get("use", "sig") == "sig":
