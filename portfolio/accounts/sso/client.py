@@ -174,41 +174,27 @@ def _header(token: str) -> dict[str, Any]:
     return header
 
 
-def verify_id_token(config: OidcConfig, id_token: str, *, nonce: str) -> dict[str, Any]:
-    """The ID token's claims, once its signature, issuer, audience, expiry and nonce are checked."""
-
-    def refuse(detail: str) -> Refused:
-        return Refused(
-            f"id_token_invalid: {detail}"[:120],
-            f"The answer from {config.organisation} could not be verified, so you were not signed in.",
-        )
-
+def verify_jwt(config: OidcConfig, token: str, check: dict[str, Any], refuse) -> dict[str, Any]:
+    """A JWT's claims, once signed by one of the realm's keys with an asymmetric algorithm and its
+    ``check`` claims (jwcrypto's ``check_claims``: ``None`` means present) hold. ``refuse(detail)`` makes
+    the ``Refused`` raised otherwise. Used for ID tokens, logout tokens and API access tokens."""
     try:
-        header = _header(id_token)
+        header = _header(token)
     except ValueError as exc:
         raise refuse("malformed") from exc
     if header.get("alg") not in SIGNING_ALGORITHMS:
         raise refuse(f"algorithm {str(header.get('alg'))[:20]!r} not accepted")
-    check = {
-        "iss": discovery(config)["issuer"],
-        "aud": config.client_id,
-        "exp": None,
-        "iat": None,
-        "sub": None,
-        "nonce": nonce,
-    }
     openid = _openid(config)
     for refresh in (False, True):
         try:
-            claims = openid.decode_token(
-                id_token,
+            return openid.decode_token(
+                token,
                 key=_keys(config, refresh=refresh),
                 check_claims=check,
                 algs=SIGNING_ALGORITHMS,
                 expected_type="JWS",
                 leeway=30,
             )
-            break
         except JWKeyNotFound as exc:
             # A key id we have not seen: the realm may have rotated its keys. Refetched at most once a
             # minute, so that tokens with made-up key ids cannot make us hammer the realm.
@@ -218,6 +204,27 @@ def verify_id_token(config: OidcConfig, id_token: str, *, nonce: str) -> dict[st
             raise refuse(str(exc)[:80] or type(exc).__name__) from exc
         except ValueError as exc:
             raise refuse("malformed") from exc
+    raise refuse("signed by an unknown key")  # not reached: the second pass returns or raises
+
+
+def verify_id_token(config: OidcConfig, id_token: str, *, nonce: str) -> dict[str, Any]:
+    """The ID token's claims, once its signature, issuer, audience, expiry and nonce are checked."""
+
+    def refuse(detail: str) -> Refused:
+        return Refused(
+            f"id_token_invalid: {detail}"[:120],
+            f"The answer from {config.organisation} could not be verified, so you were not signed in.",
+        )
+
+    check = {
+        "iss": discovery(config)["issuer"],
+        "aud": config.client_id,
+        "exp": None,
+        "iat": None,
+        "sub": None,
+        "nonce": nonce,
+    }
+    claims = verify_jwt(config, id_token, check, refuse)
     audience = claims.get("aud")
     # With more than one audience, the token must name this client as the party it was issued to.
     if isinstance(audience, list) and len(audience) > 1 and claims.get("azp") != config.client_id:

@@ -40,9 +40,10 @@ def _username(claims: dict[str, Any]) -> str:
 
 
 @transaction.atomic
-def sign_in(*, actor: Actor, issuer: str, claims: dict[str, Any], organisation: str):
-    """The user for verified ID token claims, created at the first sign-in; audited as ``user.login``
-    (and ``user.create`` the first time), in one transaction."""
+def account_for(*, actor: Actor, issuer: str, claims: dict[str, Any], organisation: str):
+    """The active user for verified claims of the realm (an ID token's or an access token's), created just
+    in time the first time (audited as ``user.create``). Refused for a deactivated user or a user name a
+    local account holds."""
     username = _username(claims)
     subject = str(claims["sub"])
     identity = (
@@ -81,6 +82,14 @@ def sign_in(*, actor: Actor, issuer: str, claims: dict[str, Any], organisation: 
             )
         identity.username, identity.last_login_at = username, now
         identity.save(update_fields=["username", "last_login_at"])
+    return user
+
+
+@transaction.atomic
+def sign_in(*, actor: Actor, issuer: str, claims: dict[str, Any], organisation: str):
+    """The user for verified ID token claims (``account_for``), audited as ``user.login``, in one
+    transaction."""
+    user = account_for(actor=actor, issuer=issuer, claims=claims, organisation=organisation)
     audit.record(
         dataclasses.replace(actor, user=user),
         "user.login",
