@@ -3,6 +3,8 @@ while everyone else signs in with the organisation), or nobody; checked at start
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.urls import reverse
@@ -93,3 +95,15 @@ def test_with_password_sign_in_off_the_form_is_gone_and_a_post_is_refused(client
     assert response.status_code == 403 and "_auth_user_id" not in client.session
     assert "turned off on this platform" in response.text and 'name="password"' not in response.text
     assert not AuditEvent.objects.filter(action__startswith="user.login").exists()
+
+
+def test_the_settings_of_a_starting_process_carry_the_policy_or_refuse_it(tmp_path):
+    from tests.test_settings import _production_env, _settings_in
+
+    refused = _settings_in(_production_env(tmp_path, PORTFOLIO_LOCAL_SIGN_IN="off"), "LOCAL_SIGN_IN")
+    assert refused.returncode != 0 and "PORTFOLIO_LOCAL_SIGN_IN=off needs single sign-on" in refused.stderr
+    started = _settings_in(
+        _production_env(tmp_path, PORTFOLIO_LOCAL_SIGN_IN="admins", **SSO), "LOCAL_SIGN_IN"
+    )
+    assert started.returncode == 0, started.stderr
+    assert json.loads(started.stdout) == {"LOCAL_SIGN_IN": "admins"}
