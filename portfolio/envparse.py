@@ -22,6 +22,10 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+# Who may sign in with a password: everyone, only platform admins (break-glass), or nobody.
+LOCAL_SIGN_IN = ("everyone", "admins", "off")
+
+
 class Env:
     """Reads typed values from a mapping (``os.environ`` by default) and fails loudly on bad ones."""
 
@@ -154,6 +158,19 @@ class Env:
             "client_secret": values["CLIENT_SECRET"] or "",
             "organisation": self.text("PORTFOLIO_OIDC_ORGANISATION") or realm,
         }
+
+    def local_sign_in(self, *, oidc: Mapping[str, str] | None) -> str:
+        """Who may sign in with a password (``PORTFOLIO_LOCAL_SIGN_IN``): ``everyone`` (the default), only
+        ``admins`` (a break-glass way in when the realm is down) or nobody (``off``). The last two need single
+        sign-on (``oidc``), or nobody else could sign in at all."""
+        value = self.choice("PORTFOLIO_LOCAL_SIGN_IN", "everyone", set(LOCAL_SIGN_IN))
+        if value != "everyone" and not oidc:
+            raise ImproperlyConfigured(
+                f"PORTFOLIO_LOCAL_SIGN_IN={value} needs single sign-on (PORTFOLIO_OIDC_*): without it "
+                + ("nobody but the platform admins" if value == "admins" else "nobody")
+                + " could sign in. Set PORTFOLIO_OIDC_* or PORTFOLIO_LOCAL_SIGN_IN=everyone."
+            )
+        return value
 
     def redis_url(self) -> str | None:
         """``REDIS_URL`` with ``REDIS_PASSWORD`` put into it (quoted), or None if unset."""

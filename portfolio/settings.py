@@ -315,7 +315,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "portfolio.staticfiles.StaticFilesMiddleware",
     "portfolio.requestcontext.RequestIdMiddleware",
-    "csp.middleware.CSPMiddleware",
+    "portfolio.accounts.middleware.RealmFormActionCSPMiddleware",  # django-csp's
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -368,6 +368,8 @@ PERSONAL_TOKEN_MAX_DAYS = env.integer("PORTFOLIO_PERSONAL_TOKEN_MAX_DAYS", 365, 
 # Single sign-on with OpenID Connect (Keycloak): off unless the realm's server, realm and client are all set;
 # portfolio.accounts.sso.config reads these.
 OIDC = env.oidc(production=PRODUCTION)
+# Password sign-in: "everyone", "admins" only (break-glass) or "off"; the last two need single sign-on.
+LOCAL_SIGN_IN = env.local_sign_in(oidc=OIDC)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

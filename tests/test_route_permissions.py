@@ -46,6 +46,8 @@ UI_ROUTES: dict[str, Rule] = {
     # Single sign-on (off here): starting one or answering one is for anyone; the state decides (tests/sso).
     "sso-login": ui("public"),
     "sso-callback": ui("public"),
+    # The realm's back-channel logout: for anyone, only a logout token signed by the realm acts (tests/sso).
+    "sso-backchannel-logout": ui("public", method="POST"),
     "logout": ui("signed_in", method="POST"),
     "password-change": ui("signed_in"),
     "dashboard": ui("signed_in"),

@@ -34,14 +34,15 @@ def limits() -> dict[str, int]:
     return {"user": settings.LOGIN_FAILURE_LIMIT, "ip": settings.LOGIN_FAILURE_LIMIT * ADDRESS_FACTOR}
 
 
-def _keys(username: str, ip: str | None) -> dict[str, str]:
-    keys = {"user": _key("user", username)}
+def _keys(username: str | None, ip: str | None) -> dict[str, str]:
+    # No name for a single sign-on answer refused before it named anyone: only its address counts.
+    keys = {"user": _key("user", username)} if username else {}
     if ip:
         keys["ip"] = _key("ip", ip)
     return keys
 
 
-def is_locked(username: str, ip: str | None) -> bool:
+def is_locked(username: str | None, ip: str | None) -> bool:
     keys = _keys(username, ip)
     counts = cache.get_many(list(keys.values()))
     limit = limits()
@@ -71,15 +72,20 @@ class Failure:
     locks: tuple[str, ...]  # "user" and/or "ip": the locks this very failure started
 
 
-def register_failure(username: str, ip: str | None) -> Failure:
-    """Count a failure; say whether it is among the first of its name and address, and which locks it starts."""
+# A failed sign-in that is not counted (the realm could not be reached: nobody's failure), audited as usual.
+NOT_COUNTED = Failure(count=0, audit_failure=True, locks=())
+
+
+def register_failure(username: str | None, ip: str | None) -> Failure:
+    """Count a failure; say whether it is among the first of its name and address, and which locks it starts.
+    A single sign-on refusal counts too, for its address and for the user name when it named one."""
     limit, counts = limits(), {}
     for kind, key in _keys(username, ip).items():
         counts[kind] = _increment(key, slide=True)
     first = all(counts[kind] <= limit[kind] for kind in counts)
     # The increment is atomic, so exactly one failure per window sees a count equal to the limit.
     locks = tuple(kind for kind in counts if counts[kind] == limit[kind])
-    return Failure(count=counts["user"], audit_failure=first, locks=locks)
+    return Failure(count=counts.get("user", 0), audit_failure=first, locks=locks)
 
 
 def audit_slot() -> str:

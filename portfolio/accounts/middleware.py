@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
+from csp.middleware import CSPMiddleware
 from django.contrib.auth import middleware as auth_middleware
 from django.contrib.auth.views import redirect_to_login
 from django.shortcuts import resolve_url
 from django_htmx.http import HttpResponseClientRedirect
+
+from portfolio.accounts.sso import config as sso_config
 
 OPEN_PREFIXES = ("/api/", "/v1/", "/static/", "/healthz", "/metrics")
 
@@ -31,3 +34,19 @@ class LoginRequiredMiddleware(auth_middleware.LoginRequiredMiddleware):
             redirect = redirect_to_login(next_path, login_url, self.get_redirect_field_name(view_func))
             return HttpResponseClientRedirect(redirect.url)
         return super().handle_no_permission(request, view_func)
+
+
+class RealmFormActionCSPMiddleware(CSPMiddleware):
+    """django-csp's, letting a form lead to the realm when single sign-on is on: signing out of a sign-on
+    session redirects the sign-out form's POST to the realm's logout page, and browsers hold a form's
+    redirects to ``form-action`` too (``'self'`` alone would leave the person on the page, not signed out)."""
+
+    def get_policy_parts(self, request, response, report_only=False):
+        parts = super().get_policy_parts(request, response, report_only)
+        config = sso_config.current()
+        if config is not None and not report_only:
+            realm = urlsplit(config.server_url)
+            update = dict(parts.update or {})
+            update["form-action"] = [*update.get("form-action", []), f"{realm.scheme}://{realm.netloc}"]
+            parts.update = update
+        return parts

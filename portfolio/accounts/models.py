@@ -236,3 +236,25 @@ class ExternalIdentity(models.Model):
 
     def __str__(self) -> str:
         return f"{self.username} at {self.issuer}"
+
+
+class SsoSession(models.Model):
+    """A browser session made by single sign-on, and what the realm calls it: a back-channel logout names its
+    ``sid`` (or only the person, by issuer and subject) and the sessions found here are ended."""
+
+    session_key = models.CharField(max_length=40, unique=True)  # Django's session key
+    sid = models.CharField(max_length=255, blank=True)  # the ID token's `sid`: the realm's session
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sso_sessions")
+    issuer = models.CharField(max_length=255)
+    subject = models.CharField(max_length=255)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            # The two lookups of a logout token: by the realm's session, or by the person.
+            models.Index(fields=["issuer", "sid"], name="sso_session_sid"),
+            models.Index(fields=["issuer", "subject"], name="sso_session_subject"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} via {self.issuer} ({self.sid or 'no sid'})"

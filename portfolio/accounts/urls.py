@@ -7,6 +7,7 @@ urlpatterns = [
     path("login/", views.login_view, name="login"),
     path("login/sso/", views.sso_login, name="sso-login"),
     path("login/sso/callback/", views.sso_callback, name="sso-callback"),
+    path("login/sso/backchannel-logout/", views.sso_backchannel_logout, name="sso-backchannel-logout"),
     path("logout/", views.logout_view, name="logout"),
     path("password/", views.password_change, name="password-change"),
     path("roles/", views.roles, name="roles"),

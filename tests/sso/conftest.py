@@ -42,8 +42,11 @@ class Realm:
 
 
 @contextlib.contextmanager
-def running_realm(log_dir: Path, redirect_uris: list[str]) -> Iterator[Realm]:
-    """One provider process, accepting these redirect URIs, stopped on leaving."""
+def running_realm(
+    log_dir: Path, redirect_uris: list[str], backchannel_logout_uri: str | None = None
+) -> Iterator[Realm]:
+    """One provider process, accepting these redirect URIs (and sending back-channel logout tokens to
+    ``backchannel_logout_uri`` when given), stopped on leaving."""
     node = shutil.which("node")
     if node is None or not (PROVIDER / "node_modules" / "oidc-provider").is_dir():
         pytest.fail(
@@ -55,6 +58,8 @@ def running_realm(log_dir: Path, redirect_uris: list[str]) -> Iterator[Realm]:
     command += ["--client-secret", CLIENT_SECRET]
     for uri in redirect_uris:
         command += ["--redirect-uri", uri]
+    if backchannel_logout_uri:
+        command += ["--backchannel-logout-uri", backchannel_logout_uri]
     with log.open("w") as stderr:
         process = subprocess.Popen(
             command, cwd=PROVIDER, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True

@@ -17,6 +17,7 @@ import base64
 import hashlib
 import json
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -47,6 +48,7 @@ SCOPE = "openid email profile"
 CACHE_SECONDS = 3600
 KEY_REFRESH_SECONDS = 60
 TIMEOUT_SECONDS = 10
+LEEWAY_SECONDS = 30  # clock skew allowed for exp, nbf and iat
 
 
 class Refused(Exception):
@@ -174,6 +176,17 @@ def _header(token: str) -> dict[str, Any]:
     return header
 
 
+def _in_time(claims: dict[str, Any], refuse) -> dict[str, Any]:
+    """``exp`` and ``nbf`` checked whenever present: jwcrypto checks them only when ``check`` names them
+    (a logout token's ``exp`` is optional, but an expired one must not pass)."""
+    now = time.time()
+    if "exp" in claims and claims["exp"] < now - LEEWAY_SECONDS:
+        raise refuse("expired")
+    if "nbf" in claims and claims["nbf"] > now + LEEWAY_SECONDS:
+        raise refuse("not valid yet")
+    return claims
+
+
 def verify_jwt(config: OidcConfig, token: str, check: dict[str, Any], refuse) -> dict[str, Any]:
     """A JWT's claims, once signed by one of the realm's keys with an asymmetric algorithm and its
     ``check`` claims (jwcrypto's ``check_claims``: ``None`` means present) hold. ``refuse(detail)`` makes
@@ -187,14 +200,15 @@ def verify_jwt(config: OidcConfig, token: str, check: dict[str, Any], refuse) ->
     openid = _openid(config)
     for refresh in (False, True):
         try:
-            return openid.decode_token(
+            claims = openid.decode_token(
                 token,
                 key=_keys(config, refresh=refresh),
                 check_claims=check,
                 algs=SIGNING_ALGORITHMS,
                 expected_type="JWS",
-                leeway=30,
+                leeway=LEEWAY_SECONDS,
             )
+            return _in_time(claims, refuse)
         except JWKeyNotFound as exc:
             # A key id we have not seen: the realm may have rotated its keys. Refetched at most once a
             # minute, so that tokens with made-up key ids cannot make us hammer the realm.

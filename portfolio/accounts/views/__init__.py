@@ -24,7 +24,7 @@ from portfolio.accounts.views.organisation import (
     team_edit,
     team_list,
 )
-from portfolio.accounts.views.sso import sso_callback, sso_login
+from portfolio.accounts.views.sso import sso_backchannel_logout, sso_callback, sso_login
 from portfolio.accounts.views.tokens import token_create, token_list, token_revoke
 from portfolio.accounts.views.users import (
     user_create,
@@ -50,6 +50,7 @@ __all__ = [
     "member_role",
     "password_change",
     "roles",
+    "sso_backchannel_logout",
     "sso_callback",
     "sso_login",
     "team_create",

@@ -23,6 +23,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of
 from portfolio.accounts.forms import LoginForm, PasswordChangeForm
 from portfolio.accounts.sso import config as sso_config
+from portfolio.accounts.sso import logout as sso_logout
 from portfolio.audit import services as audit
 from portfolio.formviews import submit
 from portfolio.requestcontext import client_ip
@@ -77,15 +78,32 @@ def audit_attempt(
     )
 
 
-def _audit_failure(request, username: str, ip: str | None, failure: lockout.Failure) -> None:
+def audit_failure(
+    request,
+    username: str,
+    ip: str | None,
+    failure: lockout.Failure,
+    *,
+    object_type: str = "auth.user",
+    object_repr: str = "",
+    after: dict | None = None,
+) -> None:
+    """A counted failure (``lockout.register_failure``): its ``user.login_failed`` row while it is among the
+    first of its name and address, and a ``user.login_locked`` row for each lock it starts. ``username`` is
+    empty for a single sign-on answer that named nobody (``object_type`` and ``object_repr`` say what)."""
     if failure.audit_failure:
         audit_attempt(
-            request, "user.login_failed", object_type="auth.user", object_id=username, object_repr=username
+            request,
+            "user.login_failed",
+            object_type=object_type,
+            object_id=username,
+            object_repr=object_repr or username,
+            after=after,
         )
     # A lock starts on the failure that reaches its limit, so that many failures led to it.
     limits = lockout.limits()
     window = settings.LOGIN_LOCKOUT_SECONDS
-    if "user" in failure.locks:
+    if "user" in failure.locks and username:
         audit_attempt(
             request,
             "user.login_locked",
@@ -105,31 +123,77 @@ def _audit_failure(request, username: str, ip: str | None, failure: lockout.Fail
         )
 
 
+TOO_MANY_ATTEMPTS = "Too many failed attempts, try again later."
+
+
+def _use_sso(config) -> str:
+    organisation = config.organisation if config else "your organisation"
+    return f"Use \u201cSign in with {organisation}\u201d."
+
+
+def refused_form(message: str) -> LoginForm:
+    """An empty sign-in form that says why the last attempt was refused before it was looked at."""
+    form = LoginForm(None)
+    form.cleaned_data = {}  # an unbound form has none; add_error reads it
+    form.add_error(None, message)
+    return form
+
+
+def _password_allowed(user) -> bool:
+    """Whether ``settings.LOCAL_SIGN_IN`` lets this user in with a password (``admins``: org admins only)."""
+    if settings.LOCAL_SIGN_IN == "admins":
+        return Actor(user=user).is_admin
+    return settings.LOCAL_SIGN_IN == "everyone"
+
+
 @login_not_required
 @sensitive_post_parameters("password")
 @csrf_protect
 @never_cache
 @require_http_methods(["GET", "POST"])
 def login_view(request):
-    """Permission: none, this is the sign-in page. Throttled by ``accounts.lockout``."""
+    """Permission: none, this is the sign-in page. Throttled by ``accounts.lockout``; a password is accepted
+    as ``settings.LOCAL_SIGN_IN`` says (everyone, only platform admins, or nobody)."""
     next_url = safe_next(request)
     if request.user.is_authenticated:
         return redirect(next_url)
+    config = sso_config.current()
+    policy = settings.LOCAL_SIGN_IN
     form = LoginForm(request.POST if request.method == "POST" else None)
     status = 200
-    if form.is_valid():
+    if request.method == "POST" and policy == "off":
+        # The form is not offered; a POST made anyway is refused before anything is looked at.
+        form = refused_form(f"Signing in with a password is turned off on this platform. {_use_sso(config)}")
+        status = 403
+    elif form.is_valid():
         username, password = form.cleaned_data["username"], form.cleaned_data["password"]
         ip = client_ip(request)
         if lockout.is_locked(username, ip):
             # Refused before the password is looked at, so a locked account cannot be probed. Not audited:
             # the lock was, once, when it started.
-            form.add_error(None, "Too many failed attempts, try again later.")
+            form.add_error(None, TOO_MANY_ATTEMPTS)
             status = 429
         else:
             user = authenticate(request, username=username, password=password)
             if user is None:
-                _audit_failure(request, username, ip, lockout.register_failure(username, ip))
+                audit_failure(request, username, ip, lockout.register_failure(username, ip))
                 form.add_error(None, "Wrong user name or password.")
+            elif not _password_allowed(user):
+                # The password was right: not a failure to count, but not a way in for this account either.
+                audit_attempt(
+                    request,
+                    "user.login_failed",
+                    object_type="auth.user",
+                    object_id=username,
+                    object_repr=username,
+                    after={"method": "password", "reason": "password_sign_in_admins_only"},
+                )
+                form.add_error(
+                    None,
+                    "Signing in with a password is kept for platform admins on this platform. "
+                    + _use_sso(config),
+                )
+                status = 403
             else:
                 lockout.clear(username)
                 auth_login(request, user)
@@ -141,17 +205,41 @@ def login_view(request):
                     object_repr=user.get_username(),
                 )
                 return redirect(next_url)
-    context = {"form": form, "next": next_url, "sso": sso_config.current()}
+    return login_page(request, form, next_url, status=status)
+
+
+def login_page(request, form, next_url: str, *, status: int = 200):
+    """The sign-in page: the password form as ``settings.LOCAL_SIGN_IN`` allows, and the organisation's."""
+    context = {
+        "form": form,
+        "next": next_url,
+        "sso": sso_config.current(),
+        "password_sign_in": settings.LOCAL_SIGN_IN != "off",
+        "admins_only": settings.LOCAL_SIGN_IN == "admins",
+    }
     return render(request, "registration/login.html", context, status=status)
 
 
 @require_POST
 def logout_view(request):
-    """Permission: any signed-in user, for their own session."""
+    """Permission: any signed-in user, for their own session. A session made by single sign-on is ended at
+    the realm too: the browser goes there (with the ID token as the hint) and comes back to sign-in."""
     actor = actor_of(request)
-    audit.record_standalone(actor, "user.logout", request.user, object_repr=request.user.get_username())
+    session_key = request.session.session_key
+    id_token = request.session.get(sso_logout.ID_TOKEN)
+    after = {"method": "sso"} if id_token is not None else None
+    audit.record_standalone(
+        actor, "user.logout", request.user, after=after, object_repr=request.user.get_username()
+    )
     auth_logout(request)
+    sso_logout.forget(session_key)
     messages.info(request, "You are signed out.")
+    config = sso_config.current()
+    if id_token is not None and config is not None:
+        back = request.build_absolute_uri(reverse(settings.LOGOUT_REDIRECT_URL))
+        url = sso_logout.end_session_url(config, id_token=id_token, post_logout_redirect_uri=back)
+        if url:
+            return redirect(url)
     return redirect(settings.LOGOUT_REDIRECT_URL)
 
 

@@ -1,9 +1,13 @@
-"""Signing in with the organisation's identity provider (OpenID Connect, Keycloak).
+"""Signing in with the organisation's identity provider (OpenID Connect, Keycloak), and its logouts.
 
 ``sso_login`` sends the browser to the realm with a fresh state, nonce and PKCE challenge, kept in this
 browser's session; ``sso_callback`` accepts only the state it sent, exchanges the code, verifies the ID token
-(``accounts.sso.client``) and signs the person in (``accounts.sso.services``). A refusal creates no session,
-says why on the sign-in page and is audited as ``user.login_failed`` (within the sign-in audit budget).
+(``accounts.sso.client``) and signs the person in (``accounts.sso.services``), keeping what signing out needs
+(``accounts.sso.logout``). A refusal creates no session, says why on the sign-in page, counts as a failed
+sign-in of the client's address (and of the user name, when one is known) for ``accounts.lockout``, and is
+audited as ``user.login_failed`` (within the sign-in audit budget); a locked address is refused at once.
+
+``sso_backchannel_logout`` is the realm's back-channel logout: a logout token that ends sessions here.
 """
 
 from __future__ import annotations
@@ -13,16 +17,27 @@ import re
 from django.contrib import messages
 from django.contrib.auth import login as auth_login
 from django.contrib.auth.decorators import login_not_required
+from django.http import JsonResponse
 from django.shortcuts import redirect
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
 
+from portfolio.accounts import lockout
 from portfolio.accounts.context import actor_of
 from portfolio.accounts.sso import client
 from portfolio.accounts.sso import config as sso_config
+from portfolio.accounts.sso import logout as sso_logout
 from portfolio.accounts.sso import services as sso_services
-from portfolio.accounts.views.auth import audit_attempt, safe_next
+from portfolio.accounts.views.auth import (
+    TOO_MANY_ATTEMPTS,
+    audit_failure,
+    login_page,
+    refused_form,
+    safe_next,
+)
+from portfolio.requestcontext import client_ip
 
 PENDING = "sso.pending"
 # Sign-ins started in other tabs of the same browser that may still come back.
@@ -89,10 +104,34 @@ def _sign_in(request, config, pending: dict | None):
     tokens = client.exchange(
         config, code=code, redirect_uri=pending["redirect_uri"], code_verifier=pending["code_verifier"]
     )
-    claims = client.verify_id_token(config, str(tokens.get("id_token", "")), nonce=pending["nonce"])
-    return sso_services.sign_in(
+    id_token = str(tokens.get("id_token", ""))
+    claims = client.verify_id_token(config, id_token, nonce=pending["nonce"])
+    user = sso_services.sign_in(
         actor=actor_of(request), issuer=issuer, claims=claims, organisation=config.organisation
     )
+    return user, issuer, claims, id_token
+
+
+def _refused(request, config, refusal: client.Refused):
+    """The sign-in page saying why; the refusal counted for lockout (an unreachable realm is nobody's
+    failure) and audited within the budget."""
+    ip = client_ip(request)
+    failure = (
+        lockout.NOT_COUNTED
+        if refusal.reason == "provider_unavailable"
+        else lockout.register_failure(refusal.username or None, ip)
+    )
+    audit_failure(
+        request,
+        refusal.username,
+        ip,
+        failure,
+        object_type="auth.user" if refusal.username else "auth.sso",
+        object_repr=refusal.username or f"single sign-on with {config.organisation}",
+        after={"method": sso_services.METHOD, "reason": refusal.reason},
+    )
+    messages.error(request, refusal.message)
+    return redirect("login")
 
 
 @login_not_required
@@ -107,18 +146,41 @@ def sso_callback(request):
     # Taken out whatever follows: a state is good for one answer.
     pending = waiting.pop(request.GET.get("state", ""), None)
     request.session[PENDING] = waiting
+    if lockout.is_locked(None, client_ip(request)):
+        # As the password form: refused before the answer is looked at; the lock was audited when it started.
+        form = refused_form(TOO_MANY_ATTEMPTS)
+        return login_page(request, form, pending["next"] if pending else safe_next(request), status=429)
     try:
-        user = _sign_in(request, config, pending)
+        user, issuer, claims, id_token = _sign_in(request, config, pending)
     except client.Refused as refusal:
-        audit_attempt(
-            request,
-            "user.login_failed",
-            object_type="auth.user" if refusal.username else "auth.sso",
-            object_id=refusal.username,
-            object_repr=refusal.username or f"single sign-on with {config.organisation}",
-            after={"method": sso_services.METHOD, "reason": refusal.reason},
-        )
-        messages.error(request, refusal.message)
-        return redirect("login")
+        return _refused(request, config, refusal)
     auth_login(request, user, backend=BACKEND)
+    sso_logout.remember(request.session, user=user, issuer=issuer, claims=claims, id_token=id_token)
     return redirect(pending["next"] if pending else "dashboard")
+
+
+@csrf_exempt
+@login_not_required
+@never_cache
+@require_POST
+def sso_backchannel_logout(request):
+    """Permission: none; only a logout token signed by the realm for this client is acted on."""
+    config = sso_config.current()
+    if config is None:
+        return _logout_refused(request, "Single sign-on is not set up on this platform.")
+    try:
+        claims = sso_logout.verify_logout_token(config, request.POST.get("logout_token", ""))
+    except client.Refused as refusal:
+        return _logout_refused(request, refusal.reason)
+    sso_logout.end_sessions(actor=actor_of(request), issuer=claims["iss"], claims=claims)
+    return JsonResponse({})
+
+
+def _logout_refused(request, message: str) -> JsonResponse:
+    """400 in the API's error shape (the realm only reads the status)."""
+    error = {
+        "code": "invalid_request",
+        "message": message,
+        "request_id": getattr(request, "request_id", None),
+    }
+    return JsonResponse({"error": error}, status=400)

@@ -9,7 +9,7 @@
 //
 // Served, as Keycloak does, under /realms/REALM: .well-known/openid-configuration and
 // protocol/openid-connect/{auth,token,certs,userinfo,logout}. One confidential client (client_secret_post,
-// PKCE with S256 required). The sign-in page (login-actions/UID) is a plain HTML form with Keycloak's field
+// PKCE with S256 required), sent back-channel logout tokens at --backchannel-logout-uri when one is given. The sign-in page (login-actions/UID) is a plain HTML form with Keycloak's field
 // names and ids (username, password, kc-login), so a browser and a plain HTTP client can both fill it in;
 // signing in grants the requested scopes at once (a first-party client: no consent page).
 import { generateKeyPairSync, randomUUID } from "node:crypto";
@@ -30,6 +30,8 @@ const { values: args } = parseArgs({
     // Repeatable, or a comma list in OIDC_REDIRECT_URIS.
     "redirect-uri": { type: "string", multiple: true, default: (process.env.OIDC_REDIRECT_URIS ?? "").split(",").filter(Boolean) },
     users: { type: "string", default: join(dirname(fileURLToPath(import.meta.url)), "users.json") },
+    // Where the realm POSTs back-channel logout tokens (the client's backchannel_logout_uri), if anywhere.
+    "backchannel-logout-uri": { type: "string", default: process.env.OIDC_BACKCHANNEL_LOGOUT_URI },
   },
 });
 if (!args["client-secret"] || args["redirect-uri"].length === 0) {
@@ -68,7 +70,9 @@ const provider = new Provider(issuer, {
       client_id: args["client-id"],
       client_secret: args["client-secret"],
       redirect_uris: args["redirect-uri"],
-      post_logout_redirect_uris: args["redirect-uri"].map((uri) => new URL("/", uri).href),
+      post_logout_redirect_uris: args["redirect-uri"].flatMap((uri) => [new URL("/", uri).href, new URL("/login/", uri).href]),
+      ...(args["backchannel-logout-uri"] && { backchannel_logout_uri: args["backchannel-logout-uri"] }),
+      ...(args["backchannel-logout-uri"] && { backchannel_logout_session_required: true }),
       grant_types: ["authorization_code", "refresh_token"],
       response_types: ["code"],
       token_endpoint_auth_method: "client_secret_post",
@@ -94,7 +98,14 @@ const provider = new Provider(issuer, {
   },
   // Keycloak puts the user's claims into the ID token of the code flow too.
   conformIdTokenClaims: false,
-  features: { devInteractions: { enabled: false }, rpInitiatedLogout: { enabled: true } },
+  features: {
+    devInteractions: { enabled: false },
+    rpInitiatedLogout: { enabled: true },
+    backchannelLogout: { enabled: true },
+  },
+  // Back-channel logout tokens go to the tests' own loopback server: without the SSRF guard, which refuses
+  // special-use addresses (loopback among them).
+  fetch: (url, options) => globalThis.fetch(url, { ...options, dispatcher: undefined }),
   interactions: { url: (ctx, interaction) => `${realmPath}/login-actions/${interaction.uid}` },
   async findAccount(ctx, sub) {
     const user = bySub.get(sub);
