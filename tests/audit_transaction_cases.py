@@ -11,7 +11,10 @@ from django.utils import timezone
 
 from portfolio.accounts import services as accounts
 from portfolio.accounts.choices import OrgRole, TeamRole
-from portfolio.accounts.models import Membership, PersonalToken
+from portfolio.accounts.models import ExternalIdentity, Membership, PersonalToken, SsoMappingRule
+from portfolio.accounts.sso import mapping as sso_mapping
+from portfolio.accounts.sso import rules as sso_rules
+from portfolio.accounts.sso import services as sso_services
 from portfolio.registry import artifacts, importing
 from portfolio.registry import services as registry
 from portfolio.registry.choices import Source
@@ -132,6 +135,41 @@ CASES: dict[str, list[Case]] = {
             "token.revoke",
             lambda w: accounts.revoke_personal_token(
                 actor=w.owner, token=PersonalToken.objects.get(pk=w.token.pk)
+            ),
+        ),
+        Case(
+            "create_sso_rule",
+            "sso_mapping.create",
+            lambda w: sso_rules.create_rule(
+                actor=w.admin, kind="group", value="/legal", team=w.other_team, team_role=TeamRole.VIEWER
+            ),
+        ),
+        Case(
+            "apply_sso_mapping",
+            "membership.create",
+            lambda w: sso_mapping.apply(
+                w.users["auditor"], {"groups": ["/legal"]}, actor=sso_mapping.system_actor(), client_id="x"
+            ),
+        ),
+        Case(
+            "delete_sso_rule",
+            "sso_mapping.delete",
+            lambda w: sso_rules.delete_rule(actor=w.admin, rule=SsoMappingRule.objects.get(value="/legal")),
+        ),
+        Case(
+            "sso_account_for",
+            "user.update",
+            lambda w: sso_services.account_for(
+                actor=sso_mapping.system_actor(),
+                issuer="https://idp.example/realms/r",
+                claims={"sub": "e-1", "preferred_username": "engineer", "email": "new@example.com"},
+                organisation="Acme",
+            ),
+            prepare=lambda w: ExternalIdentity.objects.get_or_create(
+                user=w.users["engineer"],
+                issuer="https://idp.example/realms/r",
+                subject="e-1",
+                username="engineer",
             ),
         ),
     ],

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from portfolio.accounts import services as account_services
 from portfolio.accounts.capabilities import role_allows
-from portfolio.accounts.models import DepartmentRole, Membership
+from portfolio.accounts.models import DepartmentRole, Membership, SsoMappingRule
 from portfolio.api import api
 from portfolio.registry import services as registry_services
 from portfolio.registry.choices import Source
@@ -72,6 +72,10 @@ UI_ROUTES: dict[str, Rule] = {
     "user-roles": ui("org", "user.manage", "POST", roles="auditor"),
     "user-deactivate": ui("org", "user.manage", "POST"),
     "user-reactivate": ui("org", "user.manage", "POST"),
+    # Single sign-on mapping rules: auditors read them, platform admins change them.
+    "sso-mapping-list": ui("org", "user.view"),
+    "sso-mapping-add": ui("org", "user.manage", "POST", kind="group", value="/auditors", org_role="auditor"),
+    "sso-mapping-delete": ui("org", "user.manage", "POST"),
     # A team's key policy: its members read it; owners (and admins) change it.
     "apikey-policy": ui("team", "apikey.limits", "POST", rpm_limit="100"),
     "token-list": ui("signed_in"),
@@ -130,6 +134,11 @@ API_ROUTES: dict[str, Rule] = {
     "POST /users/{user_id}/deactivate": rest("org", "user.manage", "POST"),
     "POST /users/{user_id}/reactivate": rest("org", "user.manage", "POST"),
     "PUT /users/{user_id}/org-roles": rest("org", "user.manage", "PUT", roles=["auditor"]),
+    "GET /sso/mappings": rest("org", "user.view"),
+    "POST /sso/mappings": rest(
+        "org", "user.manage", "POST", kind="group", value="/auditors", org_role="auditor"
+    ),
+    "DELETE /sso/mappings/{mapping_id}": rest("org", "user.manage", "DELETE"),
     "GET /tokens": rest("signed_in"),
     "POST /tokens": rest("signed_in", method="POST", name="ci"),
     "DELETE /tokens/{token_id}": rest("own", method="DELETE"),
@@ -282,10 +291,12 @@ def _ui_route_names() -> set[str]:
 def _api_operations() -> set[str]:
     found = set()
     for prefix, router in api._routers:
+        # A router nested in another (accounts' "/sso") is listed with its prefix joined without a slash.
+        prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         for path, path_view in router.path_operations.items():
             for operation in path_view.operations:
                 for method in operation.methods:
-                    found.add(f"{method} {prefix.rstrip('/')}{path}")
+                    found.add(f"{method} {prefix}{path}")
     return found
 
 
@@ -345,6 +356,7 @@ def world(org, team, department, make_user, settings, tmp_path):
     default_store.cache_clear()
     newbie = make_user("newbie")
     DepartmentRole.objects.create(user=newbie, department=department)  # for the routes that take it back
+    rule = SsoMappingRule.objects.create(kind="group", value="/support", team=team, team_role="viewer")
     model = registry_services.create_model(actor=actor_for(org["engineer"]), name="router", owner_team=team)
     folder = make_model_folder(Path(settings.IMPORT_ROOTS[0]) / "tiny")
     version = registry_services.start_import(
@@ -395,6 +407,7 @@ def world(org, team, department, make_user, settings, tmp_path):
         "job_id": job.pk,
         **training_world,
         "user_id": User.objects.get(username="newbie").pk,
+        "mapping_id": rule.pk,
     }
     default_store.cache_clear()
 
@@ -426,6 +439,7 @@ def _ui_url(name: str, values: dict, own_token_pk: int | None) -> str:
         "member-role": {"slug": values["slug"], "pk": values["membership_id"]},
         "member-remove": {"slug": values["slug"], "pk": values["membership_id"]},
         "token-revoke": {"pk": own_token_pk},
+        "sso-mapping-delete": {"pk": values["mapping_id"]},
         "billing-statement-export": {
             "department_id": values["department_id"],
             "month": values["month"],

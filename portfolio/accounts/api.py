@@ -1,4 +1,5 @@
-"""REST endpoints for departments, teams, members, users and personal tokens."""
+"""REST endpoints for departments, teams, members, users, personal tokens and (under ``/sso``) the single
+sign-on mapping rules."""
 
 from datetime import datetime
 
@@ -8,11 +9,13 @@ from ninja.pagination import PageNumberPagination, paginate
 from pydantic import Field
 
 from portfolio.accounts import gate, services
-from portfolio.accounts.choices import DepartmentRoleName, OrgRole, TeamRole
+from portfolio.accounts.choices import DepartmentRoleName, GrantSource, OrgRole, TeamRole
 from portfolio.accounts.models import Department, DepartmentRole, Membership, PersonalToken, Team
+from portfolio.accounts.sso.api import router as sso_router
 from portfolio.errors import Invalid, NotFound
 
 router = Router(tags=["organisation"])
+router.add_router("/sso", sso_router)
 User = get_user_model()
 
 
@@ -54,6 +57,9 @@ class MemberOut(Schema):
     team_id: int
     username: str = Field(alias="user.username")
     role: TeamRole
+    source: GrantSource = Field(
+        description="sso: given by the single sign-on mapping rules, which alone change it."
+    )
     created_at: datetime
 
 
@@ -86,6 +92,7 @@ class UserMembershipOut(Schema):
     team_id: int
     team: str = Field(alias="team.slug")
     role: TeamRole
+    source: GrantSource
 
 
 class UserDetailOut(UserOut):
@@ -119,6 +126,7 @@ class DepartmentRoleOut(Schema):
     username: str = Field(alias="user.username")
     department_id: int
     role: DepartmentRoleName
+    source: GrantSource
     created_at: datetime
 
 

@@ -38,3 +38,19 @@ class AccountStatus(models.TextChoices):
 
     ACTIVE = "active", "Active"
     DEACTIVATED = "deactivated", "Deactivated"
+
+
+class GrantSource(models.TextChoices):
+    """Where a membership or role comes from: granted here, or given by the single sign-on mapping rules
+    (then only the rules change it)."""
+
+    LOCAL = "local", "Granted here"
+    SSO = "sso", "Single sign-on"
+
+
+class SsoSourceKind(models.TextChoices):
+    """What of a person's single sign-on token a mapping rule matches."""
+
+    GROUP = "group", "Group"
+    REALM_ROLE = "realm_role", "Realm role"
+    CLIENT_ROLE = "client_role", "Client role"

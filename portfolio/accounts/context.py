@@ -39,6 +39,7 @@ NAVIGATION: tuple[tuple[str, tuple[NavItem, ...]], ...] = (
             NavItem("Departments", "department-list", "department.view"),
             NavItem("Teams", "team-list", "team.view"),
             NavItem("Users", "user-list", "user.view"),
+            NavItem("Single sign-on", "sso-mapping-list", "user.view"),
             NavItem("Roles", "roles"),
         ),
     ),

@@ -7,8 +7,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.utils.text import slugify
 
-from portfolio.accounts.choices import OrgRole, TeamRole
-from portfolio.accounts.models import Department
+from portfolio.accounts.choices import OrgRole, SsoSourceKind, TeamRole
+from portfolio.accounts.models import Department, Team
 
 User = get_user_model()
 
@@ -158,6 +158,11 @@ class OrgRolesForm(forms.Form):
         help_text="Platform admins may do everything; auditors read the audit log, users and billing.",
     )
 
+    def __init__(self, *args, fixed=(), **kwargs):
+        """``fixed``: roles given by single sign-on, not offered here (only the mapping rules change them)."""
+        super().__init__(*args, **kwargs)
+        self.fields["roles"].choices = [(v, label) for v, label in OrgRole.choices if v not in fixed]
+
 
 class TokenCreateForm(forms.Form):
     name = forms.CharField(
@@ -177,3 +182,25 @@ class TokenCreateForm(forms.Form):
             initial=min(90, limit),
             help_text=f"Between 1 and {limit} days.",
         )
+
+
+# --- Single sign-on --------------------------------------------------------------------------------
+class SsoMappingForm(forms.Form):
+    """A mapping rule: a group or role, and one target (a team role, an organisation role, or a department
+    to manage); the service says which target is missing or one too many."""
+
+    kind = forms.ChoiceField(label="Match", choices=SsoSourceKind.choices)
+    value = forms.CharField(
+        label="Group or role",
+        max_length=255,
+        help_text="A group's full path, such as /customer-ops/support-ai, or a role's name.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "autocapitalize": "none"}),
+    )
+    team = forms.ModelChoiceField(queryset=Team.objects.order_by("name"), required=False, label="Team")
+    team_role = forms.ChoiceField(label="Team role", choices=[("", "—"), *TeamRole.choices], required=False)
+    org_role = forms.ChoiceField(
+        label="or organisation role", choices=[("", "—"), *OrgRole.choices], required=False
+    )
+    department = forms.ModelChoiceField(
+        queryset=Department.objects.order_by("name"), required=False, label="or manager of department"
+    )

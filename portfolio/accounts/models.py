@@ -5,7 +5,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
-from portfolio.accounts.choices import DepartmentRoleName, OrgRole, TeamRole
+from portfolio.accounts.choices import DepartmentRoleName, GrantSource, OrgRole, SsoSourceKind, TeamRole
 from portfolio.accounts.scoping import TeamScopedQuerySet
 
 cost_center_validator = RegexValidator(
@@ -100,6 +100,8 @@ class Membership(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=TeamRole.choices)
+    # "sso": given by the single sign-on mapping rules, which alone change or remove it (accounts.sso.mapping).
+    source = models.CharField(max_length=8, choices=GrantSource.choices, default=GrantSource.LOCAL)
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = MembershipQuerySet.as_manager()
@@ -120,6 +122,8 @@ class OrgRoleGrant(models.Model):
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="org_roles")
     role = models.CharField(max_length=16, choices=OrgRole.choices)
+    # "sso": given by the single sign-on mapping rules, which alone change or remove it (accounts.sso.mapping).
+    source = models.CharField(max_length=8, choices=GrantSource.choices, default=GrantSource.LOCAL)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -143,6 +147,8 @@ class DepartmentRole(models.Model):
     role = models.CharField(
         max_length=16, choices=DepartmentRoleName.choices, default=DepartmentRoleName.MANAGER
     )
+    # "sso": given by the single sign-on mapping rules, which alone change or remove it (accounts.sso.mapping).
+    source = models.CharField(max_length=8, choices=GrantSource.choices, default=GrantSource.LOCAL)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -258,3 +264,79 @@ class SsoSession(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} via {self.issuer} ({self.sid or 'no sid'})"
+
+
+class SsoMappingRule(models.Model):
+    """A single sign-on mapping rule: whoever has this Keycloak group or role gets this team role, organisation
+    role or department role, for as long as they have it (applied at every sign-in, accounts.sso.mapping)."""
+
+    kind = models.CharField(max_length=16, choices=SsoSourceKind.choices)
+    # A group's full path ("/customer-ops/support-ai", stored with its leading slash) or a role's name.
+    value = models.CharField(max_length=255)
+    # The target: exactly one of a team with a team role, an organisation role, a department with its role.
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.PROTECT, related_name="sso_rules")
+    team_role = models.CharField(max_length=16, choices=TeamRole.choices, blank=True)
+    org_role = models.CharField(max_length=16, choices=OrgRole.choices, blank=True)
+    department = models.ForeignKey(
+        Department, null=True, blank=True, on_delete=models.PROTECT, related_name="sso_rules"
+    )
+    department_role = models.CharField(max_length=16, choices=DepartmentRoleName.choices, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["kind", "value", "id"]
+        # Serves the lookup of every sign-in: the rules matching the person's groups and roles.
+        indexes = [models.Index(fields=["kind", "value"], name="sso_rule_source")]
+        constraints = [
+            models.CheckConstraint(
+                name="sso_rule_one_target",
+                condition=(
+                    models.Q(team__isnull=False, org_role="", department__isnull=True, department_role="")
+                    & ~models.Q(team_role="")
+                )
+                | (
+                    models.Q(team__isnull=True, team_role="", department__isnull=True, department_role="")
+                    & ~models.Q(org_role="")
+                )
+                | (
+                    models.Q(team__isnull=True, team_role="", org_role="", department__isnull=False)
+                    & ~models.Q(department_role="")
+                ),
+            ),
+            # One role per team for one group or role: two would leave the person's role to chance.
+            models.UniqueConstraint(
+                fields=["kind", "value", "team"], condition=models.Q(team__isnull=False), name="sso_rule_team"
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "value", "org_role"], condition=~models.Q(org_role=""), name="sso_rule_org"
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "value", "department", "department_role"],
+                condition=models.Q(department__isnull=False),
+                name="sso_rule_department",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.value} → {self.target_label}"
+
+    @property
+    def target_label(self) -> str:
+        if self.team_id is not None:
+            return f"{TeamRole(self.team_role).label.lower()} of team {self.team.name}"
+        if self.org_role:
+            return OrgRole(self.org_role).label.lower()
+        if self.department_id is not None:
+            return f"{DepartmentRoleName(self.department_role).label.lower()} of {self.department.name}"
+        return "nothing"
+
+    def snapshot(self) -> dict:
+        return {
+            "kind": self.kind,
+            "value": self.value,
+            "team": self.team.slug if self.team_id is not None else None,
+            "team_role": self.team_role or None,
+            "org_role": self.org_role or None,
+            "department": self.department.cost_center if self.department_id is not None else None,
+            "department_role": self.department_role or None,
+        }

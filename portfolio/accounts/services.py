@@ -19,7 +19,7 @@ from django.utils.text import slugify
 
 from portfolio.accounts import gate, secrets_hashing
 from portfolio.accounts.actor import Actor
-from portfolio.accounts.choices import DepartmentRoleName, OrgRole, TeamRole
+from portfolio.accounts.choices import DepartmentRoleName, GrantSource, OrgRole, TeamRole
 from portfolio.accounts.models import (
     Department,
     DepartmentRole,
@@ -28,6 +28,7 @@ from portfolio.accounts.models import (
     PersonalToken,
     Team,
 )
+from portfolio.accounts.sso.config import source_label
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid
 
@@ -55,6 +56,15 @@ def _save_new(obj, conflict: str):
     except IntegrityError:
         raise Conflict(conflict) from None
     return obj
+
+
+def _refuse_sso(what: str) -> Conflict:
+    """The refusal of a local change to a row the single sign-on mapping rules give (they alone change it)."""
+    return Conflict(
+        f"{what} comes from {source_label()}: change the person's groups or roles there, "
+        "or the single sign-on mapping rules.",
+        code="sso_managed",
+    )
 
 
 # --- Departments and teams -------------------------------------------------------------------------
@@ -162,6 +172,8 @@ def revoke_department_role(
     )
     if grant is None:
         return
+    if grant.source == GrantSource.SSO:
+        raise _refuse_sso(f"{user.get_username()}'s role as {grant.role} of {department.name}")
     audit.record(actor, "department_role.revoke", grant, before=grant.snapshot())
     grant.delete()
 
@@ -193,10 +205,16 @@ def _would_leave_no_owner(membership: Membership) -> bool:
     return not others.exists()
 
 
+def _refuse_sso_membership(membership: Membership) -> None:
+    if membership.source == GrantSource.SSO:
+        raise _refuse_sso(f"{membership.user.get_username()}'s membership of {membership.team.name}")
+
+
 @transaction.atomic
 def change_member_role(*, actor: Actor, membership: Membership, role: str) -> Membership:
     gate.require(actor, "member.manage", membership.team)
     membership = Membership.objects.select_for_update().select_related("team", "user").get(pk=membership.pk)
+    _refuse_sso_membership(membership)
     before = membership.snapshot()
     if role != TeamRole.OWNER and _would_leave_no_owner(membership):
         raise Conflict("A team keeps at least one owner: make someone else owner first.")
@@ -210,6 +228,7 @@ def change_member_role(*, actor: Actor, membership: Membership, role: str) -> Me
 def remove_member(*, actor: Actor, membership: Membership) -> None:
     gate.require(actor, "member.manage", membership.team)
     membership = Membership.objects.select_for_update().select_related("team", "user").get(pk=membership.pk)
+    _refuse_sso_membership(membership)
     if _would_leave_no_owner(membership):
         raise Conflict("A team keeps at least one owner: make someone else owner first.")
     before = membership.snapshot()
@@ -275,6 +294,8 @@ def set_org_role(*, actor: Actor, user, role: str, granted: bool) -> None:
         action = "org_role.grant"
     else:
         grants = OrgRoleGrant.objects.filter(user=user, role=role)
+        if grants.filter(source=GrantSource.SSO).exists():
+            raise _refuse_sso(f"{user.username}'s role {OrgRole(role).label.lower()}")
         if (
             role == OrgRole.ADMIN
             and not user.is_superuser

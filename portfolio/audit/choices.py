@@ -20,6 +20,7 @@ class AuditAction(models.TextChoices):
     MEMBERSHIP_UPDATE = "membership.update", "Member's role changed"
     MEMBERSHIP_DELETE = "membership.delete", "Member removed"
     USER_CREATE = "user.create", "User created"
+    USER_UPDATE = "user.update", "User's name or email changed"
     USER_DEACTIVATE = "user.deactivate", "User deactivated"
     USER_REACTIVATE = "user.reactivate", "User reactivated"
     USER_PASSWORD_CHANGE = "user.password_change", "Password changed"
@@ -32,6 +33,8 @@ class AuditAction(models.TextChoices):
     ORG_ROLE_REVOKE = "org_role.revoke", "Organisation role revoked"
     TOKEN_CREATE = "token.create", "Personal token created"
     TOKEN_REVOKE = "token.revoke", "Personal token revoked"
+    SSO_MAPPING_CREATE = "sso_mapping.create", "Single sign-on mapping rule added"
+    SSO_MAPPING_DELETE = "sso_mapping.delete", "Single sign-on mapping rule removed"
     # Audit
     AUDIT_EXPORT = "audit.export", "Audit trail exported"
     # Registry

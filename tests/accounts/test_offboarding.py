@@ -50,7 +50,9 @@ def test_a_deactivated_user_is_out_at_once_and_keeps_their_memberships(client, o
     response = client.post(f"/api/v1/users/{user.pk}/deactivate")
     assert response.status_code == 200, response.content
     assert response.json()["is_active"] is False
-    assert response.json()["memberships"] == [{"team_id": team.pk, "team": team.slug, "role": "developer"}]
+    assert response.json()["memberships"] == [
+        {"team_id": team.pk, "team": team.slug, "role": "developer", "source": "local"}
+    ]
 
     # Sessions ended, token revoked, sign-in refused: at once.
     assert _sessions_of(user) == 0

@@ -29,3 +29,10 @@ def current() -> OidcConfig | None:
     """The configuration, or None when single sign-on is off (read each time: tests switch it)."""
     values = settings.OIDC
     return OidcConfig(**values) if values else None
+
+
+def source_label() -> str:
+    """Where rows with source "sso" come from, as pages and refusals say it: "Acme single sign-on"."""
+    config = current()
+    organisation = config.organisation if config is not None else ""
+    return f"{organisation} single sign-on" if organisation else "single sign-on"

@@ -1,6 +1,7 @@
 """Web pages of the organisation: signing in (``auth``), the dashboard and roles matrix (``dashboard``),
 departments and teams (``organisation``), a team's members (``members``), users and their offboarding
-(``users``), personal access tokens (``tokens``), and single sign-on (``sso``).
+(``users``), personal access tokens (``tokens``), single sign-on (``sso``) and its mapping rules
+(``sso_mappings``).
 
 Every view decides access explicitly with the gate (``gate.require`` / ``gate.get_visible`` /
 ``gate.visible`` / ``gate.can``); the docstrings say which capability each page needs. Changes go
@@ -25,6 +26,7 @@ from portfolio.accounts.views.organisation import (
     team_list,
 )
 from portfolio.accounts.views.sso import sso_backchannel_logout, sso_callback, sso_login
+from portfolio.accounts.views.sso_mappings import sso_mapping_add, sso_mapping_delete, sso_mapping_list
 from portfolio.accounts.views.tokens import token_create, token_list, token_revoke
 from portfolio.accounts.views.users import (
     user_create,
@@ -53,6 +55,9 @@ __all__ = [
     "sso_backchannel_logout",
     "sso_callback",
     "sso_login",
+    "sso_mapping_add",
+    "sso_mapping_delete",
+    "sso_mapping_list",
     "team_create",
     "team_detail",
     "team_edit",

@@ -20,7 +20,8 @@ from portfolio.accounts.capabilities import (
 )
 from portfolio.accounts.choices import OrgRole
 from portfolio.accounts.context import actor_of
-from portfolio.accounts.models import Department, Membership, PersonalToken, Team
+from portfolio.accounts.models import Department, ExternalIdentity, Membership, PersonalToken, Team
+from portfolio.accounts.sso import config as sso_config
 from portfolio.audit.models import AuditEvent
 
 User = get_user_model()
@@ -70,6 +71,14 @@ def _capabilities() -> list[dict]:
     return rows
 
 
+def _sso_organisation(user) -> str | None:
+    """The organisation's name if ``user`` signs in through single sign-on ("" when it has none), else None."""
+    if not ExternalIdentity.objects.filter(user=user).exists():
+        return None
+    config = sso_config.current()
+    return config.organisation if config is not None else ""
+
+
 @require_GET
 def dashboard(request):
     """Permission: any signed-in user; every figure counts only what ``gate.visible`` lets them see."""
@@ -99,6 +108,8 @@ def dashboard(request):
             "recent_events": recent_events,
             "org_roles": [OrgRole(role).label for role in sorted(actor.org_roles)],
             "capabilities": _capabilities(),
+            # A person signed on from the organisation's realm with no team: their groups map to none.
+            "sso_organisation": _sso_organisation(request.user) if not memberships else None,
         },
     )
 

@@ -16,6 +16,7 @@ from portfolio.accounts.choices import TeamRole
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.accounts.forms import AddMemberForm, MemberRoleForm
 from portfolio.accounts.models import Membership, Team
+from portfolio.accounts.sso import config as sso_config
 from portfolio.errors import Conflict, Invalid, NotFound
 from portfolio.formviews import submit
 
@@ -29,6 +30,7 @@ def _team_response(request, actor: Actor, team: Team, *, add_form=None, notice="
         "can_manage": can_manage,
         "add_form": add_form or (AddMemberForm() if can_manage else None),
         "role_choices": TeamRole.choices,
+        "sso_label": sso_config.source_label(),
         "notice": notice,
         "error": error,
     }

@@ -12,7 +12,8 @@ from portfolio.accounts import gate, services
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.accounts.forms import DepartmentForm, DepartmentManagerForm, TeamCreateForm, TeamEditForm
 from portfolio.accounts.models import Department, DepartmentRole, Team
-from portfolio.errors import NotFound
+from portfolio.accounts.sso import config as sso_config
+from portfolio.errors import Conflict, NotFound
 from portfolio.formviews import submit
 
 
@@ -64,6 +65,7 @@ def _managers_context(actor, department: Department, *, form=None, notice="", er
         .select_related("user")
         .order_by("user__username", "id"),
         "can_manage_managers": can_manage,
+        "sso_label": sso_config.source_label(),
         "manager_form": form or (DepartmentManagerForm() if can_manage else None),
         "notice": notice,
         "error": error,
@@ -145,7 +147,15 @@ def department_manager_remove(request, pk: int, user_id: int):
     )
     if grant is None:
         raise NotFound("The user does not manage this department.")
-    services.revoke_department_role(actor=actor, user=grant.user, department=department, role=grant.role)
+    try:
+        services.revoke_department_role(actor=actor, user=grant.user, department=department, role=grant.role)
+    except Conflict as exc:  # a role given by single sign-on
+        if wants_fragment(request):
+            return _department_page(
+                request, actor, department, _managers_context(actor, department, error=exc.message)
+            )
+        messages.error(request, exc.message)
+        return redirect("department-detail", pk=department.pk)
     return _managers_changed(
         request, actor, department, f"{grant.user.get_username()} no longer manages {department.name}."
     )

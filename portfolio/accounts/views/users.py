@@ -14,10 +14,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from portfolio import buttons, listing
 from portfolio.accounts import gate, services
-from portfolio.accounts.choices import OrgRole
+from portfolio.accounts.choices import GrantSource, OrgRole
 from portfolio.accounts.context import actor_of
 from portfolio.accounts.forms import OrgRolesForm, UserCreateForm
 from portfolio.accounts.models import OrgRoleGrant, PersonalToken
+from portfolio.accounts.sso import config as sso_config
 from portfolio.formviews import submit
 
 User = get_user_model()
@@ -74,6 +75,11 @@ def _user(pk: int):
     return get_object_or_404(User.objects.prefetch_related("org_roles"), pk=pk)
 
 
+def _sso_roles(person) -> list[str]:
+    """The organisation roles single sign-on gives the person: shown, not offered for editing."""
+    return sorted(grant.role for grant in person.org_roles.all() if grant.source == GrantSource.SSO)
+
+
 @require_GET
 def user_detail(request, pk: int):
     """Permission: ``user.view`` (auditor or platform admin); the forms that change the account need
@@ -82,13 +88,16 @@ def user_detail(request, pk: int):
     gate.require(actor, "user.view")
     person = _user(pk)
     roles = sorted(grant.role for grant in person.org_roles.all())
+    sso_roles = _sso_roles(person)
     return render(
         request,
         "accounts/user_detail.html",
         {
             "person": person,
             "roles": roles,
-            "role_form": OrgRolesForm(initial={"roles": roles}),
+            "role_form": OrgRolesForm(initial={"roles": roles}, fixed=sso_roles),
+            "sso_roles": sso_roles,
+            "sso_label": sso_config.source_label(),
             "memberships": person.memberships.select_related("team", "team__department").order_by(
                 "team__name"
             ),
@@ -107,12 +116,15 @@ def user_roles(request, pk: int):
     gate.require(actor, "user.manage")
     person = _user(pk)
     back = reverse("user-detail", args=[person.pk])
-    form = OrgRolesForm(request.POST)
+    sso_roles = _sso_roles(person)
+    form = OrgRolesForm(request.POST, fixed=sso_roles)
     if not form.is_valid():
         return buttons.refuse(request, "Choose organisation roles from the list.", back)
+    # The roles single sign-on gives are not on the form: they stay as they are.
+    roles = [*form.cleaned_data["roles"], *sso_roles]
     return buttons.press(
         request,
-        lambda: services.set_org_roles(actor=actor, user=person, roles=form.cleaned_data["roles"]),
+        lambda: services.set_org_roles(actor=actor, user=person, roles=roles),
         success=f"Organisation roles of {person.username} saved.",
         back=back,
     )
