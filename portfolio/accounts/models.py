@@ -322,11 +322,11 @@ class SsoMappingRule(models.Model):
 
     @property
     def target_label(self) -> str:
-        if self.team_id is not None:
+        if self.team is not None:
             return f"{TeamRole(self.team_role).label.lower()} of team {self.team.name}"
         if self.org_role:
             return OrgRole(self.org_role).label.lower()
-        if self.department_id is not None:
+        if self.department is not None:
             return f"{DepartmentRoleName(self.department_role).label.lower()} of {self.department.name}"
         return "nothing"
 
@@ -334,9 +334,9 @@ class SsoMappingRule(models.Model):
         return {
             "kind": self.kind,
             "value": self.value,
-            "team": self.team.slug if self.team_id is not None else None,
+            "team": self.team.slug if self.team is not None else None,
             "team_role": self.team_role or None,
             "org_role": self.org_role or None,
-            "department": self.department.cost_center if self.department_id is not None else None,
+            "department": self.department.cost_center if self.department is not None else None,
             "department_role": self.department_role or None,
         }
