@@ -17,6 +17,7 @@ import base64
 import hashlib
 import json
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -47,6 +48,7 @@ SCOPE = "openid email profile"
 CACHE_SECONDS = 3600
 KEY_REFRESH_SECONDS = 60
 TIMEOUT_SECONDS = 10
+LEEWAY_SECONDS = 30  # clock skew allowed between the realm and this server (exp, nbf)
 
 
 class Refused(Exception):
@@ -187,23 +189,29 @@ def verify_jwt(config: OidcConfig, token: str, check: dict[str, Any], refuse) ->
     openid = _openid(config)
     for refresh in (False, True):
         try:
-            return openid.decode_token(
+            claims = openid.decode_token(
                 token,
                 key=_keys(config, refresh=refresh),
                 check_claims=check,
                 algs=SIGNING_ALGORITHMS,
                 expected_type="JWS",
-                leeway=30,
+                leeway=LEEWAY_SECONDS,
             )
         except JWKeyNotFound as exc:
             # A key id we have not seen: the realm may have rotated its keys. Refetched at most once a
             # minute, so that tokens with made-up key ids cannot make us hammer the realm.
             if refresh or not cache.add(_cache_key(config, "jwks-refreshed"), 1, KEY_REFRESH_SECONDS):
                 raise refuse("signed by an unknown key") from exc
+            continue
         except JWException as exc:
             raise refuse(str(exc)[:80] or type(exc).__name__) from exc
         except ValueError as exc:
             raise refuse("malformed") from exc
+        # jwcrypto checks `nbf` only when asked to require it: a token that names one is held to it here.
+        # (jwcrypto has checked that it is an integer.)
+        if claims.get("nbf") is not None and float(claims["nbf"]) > time.time() + LEEWAY_SECONDS:
+            raise refuse("not valid yet (nbf)")
+        return claims
     raise refuse("signed by an unknown key")  # not reached: the second pass returns or raises
 
 
