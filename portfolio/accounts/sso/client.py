@@ -14,6 +14,7 @@ cache refetches the keys, at most once a minute, so that Keycloak's key rotation
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import secrets
@@ -77,6 +78,13 @@ def _openid(config: OidcConfig) -> KeycloakOpenID:
         client_secret_key=config.client_secret,
         timeout=TIMEOUT_SECONDS,
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _verifier(config: OidcConfig) -> KeycloakOpenID:
+    """A client kept for verifying tokens, which does no I/O: making one costs tens of milliseconds (its HTTP
+    clients), too much for every REST API call that bears an access token."""
+    return _openid(config)
 
 
 def _unavailable(config: OidcConfig) -> Refused:
@@ -186,7 +194,7 @@ def verify_jwt(config: OidcConfig, token: str, check: dict[str, Any], refuse) ->
         raise refuse("malformed") from exc
     if header.get("alg") not in SIGNING_ALGORITHMS:
         raise refuse(f"algorithm {str(header.get('alg'))[:20]!r} not accepted")
-    openid = _openid(config)
+    openid = _verifier(config)
     for refresh in (False, True):
         try:
             claims = openid.decode_token(
