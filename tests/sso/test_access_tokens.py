@@ -222,6 +222,25 @@ def test_a_deactivated_users_token_is_refused(client, sso, make_user):
     assert_refused(call(client, token), token, "its account is deactivated here")
 
 
+def test_two_first_calls_at_once_find_the_one_account(client, sso, monkeypatch):
+    """Two CI jobs of a new service account start together: the second one's insert hits the unique
+    identity, and it acts as the account the first one made."""
+    from django.db import IntegrityError
+
+    from portfolio.accounts.sso import services as sso_services
+
+    made_by_the_other_call = sso_services.account_for
+
+    def racing(**kwargs):
+        made_by_the_other_call(**kwargs)
+        raise IntegrityError("duplicate key value violates unique constraint")
+
+    monkeypatch.setattr(sso_services, "account_for", racing)
+    response = call(client, service_token(sso))
+    assert response.status_code == 200 and response.json()["username"] == SERVICE_ACCOUNT
+    assert User.objects.filter(username=SERVICE_ACCOUNT).count() == 1
+
+
 def test_a_realm_account_cannot_take_over_a_local_account_of_the_same_name(client, sso, make_user):
     make_user(SERVICE_ACCOUNT)
     token = service_token(sso)
