@@ -2,9 +2,11 @@
 
 Authentication, decided in this order:
 - a request with an ``Authorization`` header is judged by that header alone: a valid personal token
-  authenticates it; anything else (missing scheme, junk, expired, revoked, a deactivated owner) is 401,
-  never a fall-back to the browser session. Such a request is not subject to CSRF: a browser cannot be
-  made to send an ``Authorization`` header to another site without a CORS preflight this API never allows;
+  authenticates it, and so does an access token of the single sign-on realm (a JWT, as Keycloak issues
+  them to scripts and service accounts: ``accounts.sso.access_tokens``); anything else (missing scheme,
+  junk, expired, revoked, a deactivated owner) is 401, never a fall-back to the browser session. Such a
+  request is not subject to CSRF: a browser cannot be made to send an ``Authorization`` header to another
+  site without a CORS preflight this API never allows;
 - otherwise the signed-in browser session, with Django's CSRF check on unsafe methods (403 when it fails);
 - otherwise 401.
 
@@ -41,6 +43,7 @@ ERROR_STATUSES = {
     409: "The change conflicts with the current state.",
     413: "The request body is too large.",
     422: "The input does not match the operation's parameters.",
+    503: "The single sign-on realm cannot be reached to verify an access token.",
 }
 ERROR_SCHEMA = {
     "title": "ErrorResponse",
@@ -66,10 +69,15 @@ ERROR_SCHEMA = {
 
 
 class PersonalTokenAuth(HttpBearer):
-    """``Authorization: Bearer pat_…`` for scripts."""
+    """``Authorization: Bearer pat_…`` for scripts, or ``Bearer <access token>`` of the single sign-on
+    realm (a JWT; refused with its reason, a 401)."""
 
     def authenticate(self, request, token: str):
         from portfolio.accounts.services import authenticate_token
+        from portfolio.accounts.sso import access_tokens
+
+        if access_tokens.looks_like_jwt(token):
+            return access_tokens.authenticate(request, token)
 
         row = authenticate_token(token)
         if row is None:
@@ -118,7 +126,10 @@ class PortfolioAPI(NinjaAPI):
 api = PortfolioAPI(
     title="Portfolio API",
     version="1",
-    description="Control plane for the model portfolio. Authenticate with `Authorization: Bearer pat_…`.",
+    description=(
+        "Control plane for the model portfolio. Authenticate with `Authorization: Bearer pat_…`, or with "
+        "a Keycloak access token of the single sign-on realm: `Authorization: Bearer <JWT>`."
+    ),
     auth=[PersonalTokenAuth(), BrowserSessionAuth()],
     urls_namespace="api",
     docs_url="/docs",
@@ -134,7 +145,10 @@ def error_body(request, status: int, code: str, message: str, fields: dict | Non
 
 @api.exception_handler(DomainError)
 def _domain_error(request, exc: DomainError):
-    return error_body(request, exc.status, exc.code, exc.message, exc.fields)
+    response = error_body(request, exc.status, exc.code, exc.message, exc.fields)
+    if exc.status == 401:
+        response["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    return response
 
 
 @api.exception_handler(Http404)

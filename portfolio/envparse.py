@@ -129,7 +129,9 @@ class Env:
     def oidc(self, *, production: bool) -> dict[str, str] | None:
         """Single sign-on's OpenID Connect client: the server's base URL (Keycloak's, without ``/realms``),
         the realm, the client id and its secret (or ``_FILE``), all four or none; None: sign-on is off.
-        ``PORTFOLIO_OIDC_ORGANISATION`` names the button ("Sign in with ..."), the realm by default."""
+        ``PORTFOLIO_OIDC_ORGANISATION`` names the button ("Sign in with ..."), the realm by default;
+        ``PORTFOLIO_OIDC_API_AUDIENCE`` is the audience the realm's access tokens for the REST API must
+        name, the client id by default (Keycloak's audience mapper puts it there)."""
         names = ("SERVER_URL", "REALM", "CLIENT_ID", "CLIENT_SECRET")
         values = {name: self.text(f"PORTFOLIO_OIDC_{name}") for name in names}
         if not any(values.values()):
@@ -157,6 +159,7 @@ class Env:
             "client_id": values["CLIENT_ID"] or "",
             "client_secret": values["CLIENT_SECRET"] or "",
             "organisation": self.text("PORTFOLIO_OIDC_ORGANISATION") or realm,
+            "api_audience": (self.text("PORTFOLIO_OIDC_API_AUDIENCE") or values["CLIENT_ID"] or "").strip(),
         }
 
     def local_sign_in(self, *, oidc: Mapping[str, str] | None) -> str:

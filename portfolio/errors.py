@@ -25,6 +25,20 @@ class Invalid(DomainError):
     code = "invalid"
 
 
+class Unauthenticated(DomainError):
+    """No valid credentials: the message says what was wrong with those presented."""
+
+    status = 401
+    code = "unauthenticated"
+
+
+class Unavailable(DomainError):
+    """A service this request depends on cannot be reached; trying again later may succeed."""
+
+    status = 503
+    code = "unavailable"
+
+
 class Conflict(DomainError):
     status = 409
     code = "conflict"

@@ -22,6 +22,9 @@ REALM = "portfolio"
 CLIENT_ID = "portfolio"
 CLIENT_SECRET = "test-client-secret-0123456789-abcdefghijkl"
 REDIRECT_URI = "http://testserver/login/sso/callback/"
+# The realm's second client: a Keycloak service account for scripts (client credentials).
+SERVICE_CLIENT_ID = "ci-runner"
+SERVICE_CLIENT_SECRET = "test-ci-runner-secret-0123456789-abcdefgh"
 START_SECONDS = 60  # a cold Node start on a busy two-core machine
 USERS = {user["username"]: user for user in json.loads((PROVIDER / "users.json").read_text())}
 
@@ -56,6 +59,7 @@ def running_realm(
     _logs.append(log)
     command = [node, "server.mjs", "--port", "0", "--realm", REALM, "--client-id", CLIENT_ID]
     command += ["--client-secret", CLIENT_SECRET]
+    command += ["--service-client-id", SERVICE_CLIENT_ID, "--service-client-secret", SERVICE_CLIENT_SECRET]
     for uri in redirect_uris:
         command += ["--redirect-uri", uri]
     if backchannel_logout_uri:

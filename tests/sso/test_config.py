@@ -26,8 +26,17 @@ def test_a_full_configuration_names_the_realm_and_the_organisation():
         "client_id": "portfolio",
         "client_secret": "s3cret",
         "organisation": "Acme Corp",
+        "api_audience": "portfolio",
     }
     assert Env(FULL).oidc(production=False)["organisation"] == "acme"
+
+
+def test_the_api_audience_is_the_client_id_unless_set():
+    from portfolio.accounts.sso.config import OidcConfig
+
+    assert OidcConfig(**Env(FULL).oidc(production=True)).audience == "portfolio"
+    environ = {**FULL, "PORTFOLIO_OIDC_API_AUDIENCE": "portfolio-api"}
+    assert OidcConfig(**Env(environ).oidc(production=True)).audience == "portfolio-api"
 
 
 def test_a_partial_configuration_stops_start_up_naming_what_is_missing():

@@ -100,6 +100,7 @@ def test_a_well_formed_token_from_a_trusted_key_signs_in(realm_client, monkeypat
             lambda claims: {**claims, "iss": "http://127.0.0.1:1/realms/other"}, id="from another issuer"
         ),
         pytest.param(lambda claims: {**claims, "exp": int(time.time()) - 120}, id="expired"),
+        pytest.param(lambda claims: {**claims, "nbf": int(time.time()) + 600}, id="not valid yet"),
         pytest.param(lambda claims: {**claims, "nonce": "another-sign-in"}, id="with another nonce"),
         pytest.param(lambda claims: {k: v for k, v in claims.items() if k != "nonce"}, id="without a nonce"),
     ],

@@ -14,6 +14,7 @@ cache refetches the keys, at most once a minute, so that Keycloak's key rotation
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import secrets
@@ -77,6 +78,13 @@ def _openid(config: OidcConfig) -> KeycloakOpenID:
         client_secret_key=config.client_secret,
         timeout=TIMEOUT_SECONDS,
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _verifier(config: OidcConfig) -> KeycloakOpenID:
+    """A client kept for verifying tokens, which does no I/O: making one costs tens of milliseconds (its HTTP
+    clients), too much for every REST API call that bears an access token."""
+    return _openid(config)
 
 
 def _unavailable(config: OidcConfig) -> Refused:
@@ -180,6 +188,8 @@ def _in_time(claims: dict[str, Any], refuse) -> dict[str, Any]:
     """``exp`` and ``nbf`` checked whenever present: jwcrypto checks them only when ``check`` names them
     (a logout token's ``exp`` is optional, but an expired one must not pass)."""
     now = time.time()
+    if any(not isinstance(claims.get(name, 0), int | float) for name in ("exp", "nbf")):
+        raise refuse("malformed")
     if "exp" in claims and claims["exp"] < now - LEEWAY_SECONDS:
         raise refuse("expired")
     if "nbf" in claims and claims["nbf"] > now + LEEWAY_SECONDS:
@@ -197,7 +207,7 @@ def verify_jwt(config: OidcConfig, token: str, check: dict[str, Any], refuse) ->
         raise refuse("malformed") from exc
     if header.get("alg") not in SIGNING_ALGORITHMS:
         raise refuse(f"algorithm {str(header.get('alg'))[:20]!r} not accepted")
-    openid = _openid(config)
+    openid = _verifier(config)
     for refresh in (False, True):
         try:
             claims = openid.decode_token(
@@ -214,6 +224,7 @@ def verify_jwt(config: OidcConfig, token: str, check: dict[str, Any], refuse) ->
             # minute, so that tokens with made-up key ids cannot make us hammer the realm.
             if refresh or not cache.add(_cache_key(config, "jwks-refreshed"), 1, KEY_REFRESH_SECONDS):
                 raise refuse("signed by an unknown key") from exc
+            continue
         except JWException as exc:
             raise refuse(str(exc)[:80] or type(exc).__name__) from exc
         except ValueError as exc:

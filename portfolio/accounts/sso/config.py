@@ -16,10 +16,16 @@ class OidcConfig:
     client_id: str
     client_secret: str = ""
     organisation: str = ""  # the button says "Sign in with <organisation>"
+    api_audience: str = ""  # the `aud` the REST API's access tokens must name; the client id when empty
 
     @property
     def realm_url(self) -> str:
         return f"{self.server_url}realms/{self.realm}"
+
+    @property
+    def audience(self) -> str:
+        """What a realm's access token for the REST API must have among its audiences."""
+        return self.api_audience or self.client_id
 
     def __repr__(self) -> str:  # never the secret, in a log or a traceback
         return f"OidcConfig(realm_url={self.realm_url!r}, client_id={self.client_id!r})"

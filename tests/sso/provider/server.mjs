@@ -3,6 +3,7 @@
 //
 //   node server.mjs --realm portfolio --client-id portfolio --client-secret s3cret \
 //       --redirect-uri http://testserver/login/sso/callback/ [--port 0] [--users users.json]
+//       [--api-audience portfolio] [--service-client-id ci-runner --service-client-secret s3cret2]
 //
 // It listens on 127.0.0.1 (port 0: a free one) and prints one JSON line on stdout once it answers:
 // {"issuer": "http://127.0.0.1:PORT/realms/REALM", "port": PORT}. Requests are logged on stderr.
@@ -12,14 +13,20 @@
 // PKCE with S256 required), sent back-channel logout tokens at --backchannel-logout-uri when one is given. The sign-in page (login-actions/UID) is a plain HTML form with Keycloak's field
 // names and ids (username, password, kc-login), so a browser and a plain HTTP client can both fill it in;
 // signing in grants the requested scopes at once (a first-party client: no consent page).
-import { generateKeyPairSync, randomUUID } from "node:crypto";
+//
+// Access tokens are JWTs signed by the realm's key, as Keycloak's are: for the API audience (--api-audience,
+// the client id by default; Keycloak's audience mapper), with Keycloak's claims (typ "Bearer", azp,
+// preferred_username, realm_access). A second confidential client (--service-client-id) has only the
+// client_credentials grant: its tokens are a Keycloak service account's (sub a UUID, preferred_username
+// service-account-CLIENT). A token for another audience comes with resource=urn:audience:NAME (tests only).
+import { createHash, generateKeyPairSync, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import http from "node:http";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 
-import Provider from "oidc-provider";
+import Provider, { errors } from "oidc-provider";
 
 const { values: args } = parseArgs({
   options: {
@@ -32,6 +39,9 @@ const { values: args } = parseArgs({
     users: { type: "string", default: join(dirname(fileURLToPath(import.meta.url)), "users.json") },
     // Where the realm POSTs back-channel logout tokens (the client's backchannel_logout_uri), if anywhere.
     "backchannel-logout-uri": { type: "string", default: process.env.OIDC_BACKCHANNEL_LOGOUT_URI },
+    "api-audience": { type: "string", default: process.env.OIDC_API_AUDIENCE },
+    "service-client-id": { type: "string", default: process.env.OIDC_SERVICE_CLIENT_ID ?? "ci-runner" },
+    "service-client-secret": { type: "string", default: process.env.OIDC_SERVICE_CLIENT_SECRET },
   },
 });
 if (!args["client-secret"] || args["redirect-uri"].length === 0) {
@@ -57,6 +67,71 @@ function keycloakClaims(user) {
   };
 }
 
+// API access tokens, as Keycloak issues them (see the header). Keycloak has no resource indicators: here
+// every token is for the resource urn:audience:AUDIENCE, the API's by default.
+const apiAudience = args["api-audience"] ?? args["client-id"];
+const resourcePrefix = "urn:audience:";
+// A service account's subject is a stable UUID, as Keycloak's service-account user's id is.
+const serviceAccountSub = (clientId) => {
+  const hex = createHash("sha256").update(`${args.realm}/${clientId}`).digest("hex");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-8${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
+};
+
+function accessTokenClaims(token) {
+  const common = { typ: "Bearer", azp: token.clientId };
+  if (token.kind === "ClientCredentials") {
+    return {
+      ...common,
+      preferred_username: `service-account-${token.clientId}`,
+      realm_access: { roles: [`default-roles-${args.realm}`] },
+    };
+  }
+  const user = bySub.get(token.accountId);
+  return user ? { ...common, ...keycloakClaims(user) } : common;
+}
+
+function withApiTokens(configuration) {
+  const serviceClients = args["service-client-secret"]
+    ? [
+        {
+          client_id: args["service-client-id"],
+          client_secret: args["service-client-secret"],
+          redirect_uris: [],
+          response_types: [],
+          grant_types: ["client_credentials"],
+          token_endpoint_auth_method: "client_secret_post",
+        },
+      ]
+    : [];
+  return {
+    ...configuration,
+    clients: [...configuration.clients, ...serviceClients],
+    features: {
+      ...configuration.features,
+      clientCredentials: { enabled: true },
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: async (ctx, client, oneOf) => oneOf ?? `${resourcePrefix}${apiAudience}`,
+        useGrantedResource: async () => true,
+        getResourceServerInfo: async (ctx, indicator) => {
+          if (!indicator.startsWith(resourcePrefix)) throw new errors.InvalidTarget();
+          const audience = indicator.slice(resourcePrefix.length);
+          return { audience, scope: "openid profile email", accessTokenFormat: "jwt", accessTokenTTL: 300 };
+        },
+      },
+    },
+    extraTokenClaims: async (ctx, token) => accessTokenClaims(token),
+    formats: {
+      customizers: {
+        // oidc-provider makes a client's own token's subject the client id; Keycloak, its service account.
+        async jwt(ctx, token, jwt) {
+          if (token.kind === "ClientCredentials") jwt.payload.sub = serviceAccountSub(token.clientId);
+        },
+      },
+    },
+  };
+}
+
 const signingKey = generateKeyPairSync("rsa", { modulusLength: 2048 }).privateKey.export({ format: "jwk" });
 
 const server = http.createServer();
@@ -64,7 +139,7 @@ await new Promise((resolve) => server.listen(Number(args.port), "127.0.0.1", res
 const { port } = server.address();
 const issuer = `http://127.0.0.1:${port}${realmPath}`;
 
-const provider = new Provider(issuer, {
+const provider = new Provider(issuer, withApiTokens({
   clients: [
     {
       client_id: args["client-id"],
@@ -111,7 +186,7 @@ const provider = new Provider(issuer, {
     const user = bySub.get(sub);
     return user && { accountId: sub, claims: async () => keycloakClaims(user) };
   },
-});
+}));
 
 const escape = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
@@ -145,6 +220,7 @@ async function loginActions(req, res, uid) {
   }
   const grant = new provider.Grant({ accountId: user.sub, clientId: details.params.client_id });
   grant.addOIDCScope(details.params.scope);
+  if (details.params.resource) grant.addResourceScope(details.params.resource, details.params.scope);
   const grantId = await grant.save();
   await provider.interactionFinished(
     req,
