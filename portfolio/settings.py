@@ -368,6 +368,13 @@ PERSONAL_TOKEN_MAX_DAYS = env.integer("PORTFOLIO_PERSONAL_TOKEN_MAX_DAYS", 365, 
 # Single sign-on with OpenID Connect (Keycloak): off unless the realm's server, realm and client are all set;
 # portfolio.accounts.sso.config reads these.
 OIDC = env.oidc(production=PRODUCTION)
+# The directory sync (accounts.sso.sync): a read-only service-account client of the same realm; off unless set.
+OIDC_SYNC = env.oidc_sync(OIDC)
+if OIDC_SYNC:
+    CELERY_BEAT_SCHEDULE["accounts-sync-directory"] = {
+        "task": "accounts.sync_directory",
+        "schedule": float(OIDC_SYNC["interval"]),
+    }
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -42,8 +42,8 @@ class Realm:
 
 
 @contextlib.contextmanager
-def running_realm(log_dir: Path, redirect_uris: list[str]) -> Iterator[Realm]:
-    """One provider process, accepting these redirect URIs, stopped on leaving."""
+def running_realm(log_dir: Path, redirect_uris: list[str], extra: tuple[str, ...] = ()) -> Iterator[Realm]:
+    """One provider process, accepting these redirect URIs (and ``extra`` arguments), stopped on leaving."""
     node = shutil.which("node")
     if node is None or not (PROVIDER / "node_modules" / "oidc-provider").is_dir():
         pytest.fail(
@@ -55,6 +55,7 @@ def running_realm(log_dir: Path, redirect_uris: list[str]) -> Iterator[Realm]:
     command += ["--client-secret", CLIENT_SECRET]
     for uri in redirect_uris:
         command += ["--redirect-uri", uri]
+    command += list(extra)
     with log.open("w") as stderr:
         process = subprocess.Popen(
             command, cwd=PROVIDER, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True
