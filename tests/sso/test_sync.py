@@ -9,9 +9,8 @@ from django.contrib.auth import get_user_model
 from keycloak import KeycloakAdmin, KeycloakOpenIDConnection
 
 from portfolio.accounts import services
-from portfolio.accounts.models import DirectorySync, Membership
+from portfolio.accounts.models import DirectorySync, Membership, SsoMappingRule
 from portfolio.accounts.sso import sync
-from portfolio.accounts.sso.models import SsoMappingRule
 from portfolio.accounts.tasks import sync_directory
 from portfolio.audit.models import AuditEvent
 from tests.conftest import actor_for
@@ -75,7 +74,7 @@ def test_a_user_removed_from_a_group_in_keycloak_loses_the_team_at_the_next_sync
 
     assert outcome == {"ok": True, "error": "", "deactivated": 0, "changed": 1}
     assert not Membership.objects.filter(user=alice, team=team).exists()
-    removed = keycloak_audit("membership.remove").get()
+    removed = keycloak_audit("membership.delete").get()
     assert removed.before["user"] == "alice" and removed.object_repr
 
 

@@ -20,20 +20,31 @@ from django.db import transaction
 from django.utils import timezone
 
 from portfolio.accounts import services
-from portfolio.accounts.actor import Actor
-from portfolio.errors import Conflict
-from portfolio.accounts.models import DirectorySync, ExternalIdentity
+from portfolio.accounts.choices import SsoSourceKind
+from portfolio.accounts.models import DirectorySync, ExternalIdentity, SsoMappingRule
 from portfolio.accounts.sso import client, directory
 from portfolio.accounts.sso import mapping as sso_mapping
 from portfolio.accounts.sso.config import OidcConfig
+from portfolio.errors import Conflict
 
 logger = logging.getLogger("portfolio.accounts.sso.sync")
-ACTOR = "keycloak"
 KEEP_RUNS = 100
 
 
+def wanted() -> directory.Wanted:
+    """The groups and roles the mapping rules name: all the sync needs to read."""
+    named: dict[str, set[str]] = {kind: set() for kind in SsoSourceKind.values}
+    for kind, value in SsoMappingRule.objects.values_list("kind", "value"):
+        named[kind].add(value)
+    return directory.Wanted(
+        groups=frozenset(named[SsoSourceKind.GROUP]),
+        realm_roles=frozenset(named[SsoSourceKind.REALM_ROLE]),
+        client_roles=frozenset(named[SsoSourceKind.CLIENT_ROLE]),
+    )
+
+
 def _apply(config: OidcConfig, issuer: str, found: directory.Directory, run: DirectorySync) -> None:
-    actor = Actor.for_system(ACTOR)
+    actor = sso_mapping.system_actor()
     identities = ExternalIdentity.objects.filter(issuer=issuer).select_related("user").order_by("pk")
     for identity in identities:
         user = identity.user
@@ -47,9 +58,8 @@ def _apply(config: OidcConfig, issuer: str, found: directory.Directory, run: Dir
             continue
         if user.is_active:
             claims: dict[str, Any] = found.claims_of(identity.subject, config.client_id)
-            run.memberships_changed += sso_mapping.apply(
-                user, claims, actor=actor, client_id=config.client_id
-            ).changed
+            summary = sso_mapping.apply(user, claims, actor=actor, client_id=config.client_id)
+            run.memberships_changed += len(summary.created) + len(summary.updated) + len(summary.removed)
 
 
 def run_once(config: OidcConfig, sync: dict[str, Any]) -> DirectorySync:
@@ -61,7 +71,7 @@ def run_once(config: OidcConfig, sync: dict[str, Any]) -> DirectorySync:
             config,
             client_id=sync["client_id"],
             client_secret=sync["client_secret"],
-            wanted=sso_mapping.wanted(),
+            wanted=wanted(),
         )
         run.users_read = len(found.enabled)
         with transaction.atomic():
