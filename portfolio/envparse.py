@@ -175,6 +175,27 @@ class Env:
             )
         return value
 
+    def oidc_sync(self, oidc: dict[str, str] | None) -> dict[str, Any] | None:
+        """The directory sync's service-account client (``PORTFOLIO_OIDC_SYNC_CLIENT_ID`` and its
+        ``_SECRET`` or ``_SECRET_FILE``, both or neither) and its interval; None: no sync."""
+        client_id = self.text("PORTFOLIO_OIDC_SYNC_CLIENT_ID")
+        secret = self.text("PORTFOLIO_OIDC_SYNC_CLIENT_SECRET")
+        if not client_id and not secret:
+            return None
+        if not client_id or not secret:
+            raise ImproperlyConfigured(
+                "The directory sync needs both PORTFOLIO_OIDC_SYNC_CLIENT_ID and PORTFOLIO_OIDC_SYNC_CLIENT_SECRET."
+            )
+        if oidc is None:
+            raise ImproperlyConfigured(
+                "PORTFOLIO_OIDC_SYNC_CLIENT_ID is set but single sign-on is not (PORTFOLIO_OIDC_SERVER_URL...)."
+            )
+        return {
+            "client_id": client_id,
+            "client_secret": secret,
+            "interval": self.integer("PORTFOLIO_OIDC_SYNC_SECONDS", 300, minimum=30, maximum=86400),
+        }
+
     def redis_url(self) -> str | None:
         """``REDIS_URL`` with ``REDIS_PASSWORD`` put into it (quoted), or None if unset."""
         url = self.text("REDIS_URL")

@@ -370,6 +370,13 @@ PERSONAL_TOKEN_MAX_DAYS = env.integer("PORTFOLIO_PERSONAL_TOKEN_MAX_DAYS", 365, 
 OIDC = env.oidc(production=PRODUCTION)
 # Password sign-in: "everyone", "admins" only (break-glass) or "off"; the last two need single sign-on.
 LOCAL_SIGN_IN = env.local_sign_in(oidc=OIDC)
+# The directory sync (accounts.sso.sync): a read-only service-account client of the same realm; off unless set.
+OIDC_SYNC = env.oidc_sync(OIDC)
+if OIDC_SYNC:
+    CELERY_BEAT_SCHEDULE["accounts-sync-directory"] = {
+        "task": "accounts.sync_directory",
+        "schedule": float(OIDC_SYNC["interval"]),
+    }
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -76,6 +76,7 @@ UI_ROUTES: dict[str, Rule] = {
     "sso-mapping-list": ui("org", "user.view"),
     "sso-mapping-add": ui("org", "user.manage", "POST", kind="group", value="/auditors", org_role="auditor"),
     "sso-mapping-delete": ui("org", "user.manage", "POST"),
+    "sso-sync": ui("org", "user.manage", "POST"),
     # A team's key policy: its members read it; owners (and admins) change it.
     "apikey-policy": ui("team", "apikey.limits", "POST", rpm_limit="100"),
     "token-list": ui("signed_in"),

@@ -340,3 +340,21 @@ class SsoMappingRule(models.Model):
             "department": self.department.cost_center if self.department is not None else None,
             "department_role": self.department_role or None,
         }
+
+
+class DirectorySync(models.Model):
+    """One run of the directory sync with Keycloak: what it changed, or why it changed nothing."""
+
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    ok = models.BooleanField(default=False)
+    error = models.CharField(max_length=300, blank=True)
+    users_read = models.PositiveIntegerField(default=0)
+    deactivated = models.PositiveIntegerField(default=0)
+    memberships_changed = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"directory sync at {self.started_at:%Y-%m-%d %H:%M} ({'ok' if self.ok else 'failed'})"

@@ -36,6 +36,7 @@ urlpatterns = [
     path("users/<int:pk>/deactivate/", views.user_deactivate, name="user-deactivate"),
     path("users/<int:pk>/reactivate/", views.user_reactivate, name="user-reactivate"),
     path("sso/mappings/", views.sso_mapping_list, name="sso-mapping-list"),
+    path("sso/sync/", views.sso_sync, name="sso-sync"),
     path("sso/mappings/add/", views.sso_mapping_add, name="sso-mapping-add"),
     path("sso/mappings/<int:pk>/delete/", views.sso_mapping_delete, name="sso-mapping-delete"),
     path("tokens/", views.token_list, name="token-list"),

@@ -203,6 +203,22 @@ def test_the_list_shows_limits_status_and_this_months_usage_per_key(signed_in, o
     assert "{#" not in page and "{%" not in page
 
 
+def test_a_key_outlives_its_creators_departure_and_the_owner_sees_they_left(
+    signed_in, org, key, system_actor
+):
+    from portfolio.accounts.services import deactivate_user
+
+    assert ">left<" not in signed_in(org["owner"]).get(reverse("apikey-list")).content.decode()
+    deactivate_user(actor=system_actor, user=org["developer"])
+    key.refresh_from_db()
+    assert key.revoked_at is None  # the team's key, not the person's
+
+    page = signed_in(org["owner"]).get(reverse("apikey-list")).content.decode()
+    assert "by developer" in page and ">left<" in page
+    edit = signed_in(org["owner"]).get(reverse("apikey-edit", args=[key.pk])).content.decode()
+    assert ">left<" in edit
+
+
 def test_a_team_without_keys_offers_its_members_to_create_the_first_one(signed_in, org, team, other_key):
     response = signed_in(org["developer"]).get(reverse("apikey-list"))
     assert [(s["team"], s["keys"]) for s in response.context["sections"]] == [(team, [])]

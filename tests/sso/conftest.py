@@ -46,10 +46,13 @@ class Realm:
 
 @contextlib.contextmanager
 def running_realm(
-    log_dir: Path, redirect_uris: list[str], backchannel_logout_uri: str | None = None
+    log_dir: Path,
+    redirect_uris: list[str],
+    backchannel_logout_uri: str | None = None,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[Realm]:
     """One provider process, accepting these redirect URIs (and sending back-channel logout tokens to
-    ``backchannel_logout_uri`` when given), stopped on leaving."""
+    ``backchannel_logout_uri`` when given; ``extra`` arguments), stopped on leaving."""
     node = shutil.which("node")
     if node is None or not (PROVIDER / "node_modules" / "oidc-provider").is_dir():
         pytest.fail(
@@ -64,6 +67,7 @@ def running_realm(
         command += ["--redirect-uri", uri]
     if backchannel_logout_uri:
         command += ["--backchannel-logout-uri", backchannel_logout_uri]
+    command += list(extra)
     with log.open("w") as stderr:
         process = subprocess.Popen(
             command, cwd=PROVIDER, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True

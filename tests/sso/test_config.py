@@ -70,3 +70,25 @@ def test_the_configuration_never_shows_its_secret():
 
     config = OidcConfig(**Env(FULL).oidc(production=True))
     assert "s3cret" not in repr(config) and config.realm_url == "https://keycloak.example.com/realms/acme"
+
+
+def test_the_directory_sync_needs_its_client_both_halves_and_single_sign_on(tmp_path):
+    oidc = Env(FULL).oidc(production=False)
+    assert Env({}).oidc_sync(oidc) is None
+    secret = tmp_path / "sync-secret"
+    secret.write_text("sync-s3cret\n")
+    full = {
+        "PORTFOLIO_OIDC_SYNC_CLIENT_ID": "portfolio-sync",
+        "PORTFOLIO_OIDC_SYNC_CLIENT_SECRET_FILE": str(secret),
+    }
+    assert Env(full).oidc_sync(oidc) == {
+        "client_id": "portfolio-sync",
+        "client_secret": "sync-s3cret",
+        "interval": 300,
+    }
+    with pytest.raises(ImproperlyConfigured, match="needs both"):
+        Env({"PORTFOLIO_OIDC_SYNC_CLIENT_ID": "portfolio-sync"}).oidc_sync(oidc)
+    with pytest.raises(ImproperlyConfigured, match="single sign-on is not"):
+        Env(full).oidc_sync(None)
+    with pytest.raises(ImproperlyConfigured, match="PORTFOLIO_OIDC_SYNC_SECONDS"):
+        Env({**full, "PORTFOLIO_OIDC_SYNC_SECONDS": "5"}).oidc_sync(oidc)

@@ -13,6 +13,7 @@ The views are named here for ``accounts.urls``.
 
 from portfolio.accounts.views.auth import login_view, logout_view, password_change
 from portfolio.accounts.views.dashboard import dashboard, roles
+from portfolio.accounts.views.directory import sso_sync
 from portfolio.accounts.views.members import member_add, member_remove, member_role, team_detail
 from portfolio.accounts.views.organisation import (
     department_create,
@@ -58,6 +59,7 @@ __all__ = [
     "sso_mapping_add",
     "sso_mapping_delete",
     "sso_mapping_list",
+    "sso_sync",
     "team_create",
     "team_detail",
     "team_edit",

@@ -15,6 +15,7 @@ from portfolio.accounts.forms import SsoMappingForm
 from portfolio.accounts.models import SsoMappingRule
 from portfolio.accounts.sso import config as sso_config
 from portfolio.accounts.sso import rules
+from portfolio.accounts.views import directory
 from portfolio.errors import Conflict, Invalid, NotFound
 from portfolio.formviews import submit
 
@@ -31,6 +32,7 @@ def _page(request, actor: Actor, *, form=None, notice: str = "", error: str = ""
         "client_id": config.client_id if config is not None else "",
         "notice": notice,
         "error": error,
+        **directory.context(actor),
     }
     return htmx.page_or_fragment(
         request, "accounts/sso_mappings.html", "accounts/partials/sso_mappings.html", context

@@ -10,8 +10,8 @@
 //
 // Served, as Keycloak does, under /realms/REALM: .well-known/openid-configuration and
 // protocol/openid-connect/{auth,token,certs,userinfo,logout}. One confidential client (client_secret_post,
-// PKCE with S256 required), sent back-channel logout tokens at --backchannel-logout-uri when one is given. The sign-in page (login-actions/UID) is a plain HTML form with Keycloak's field
-// names and ids (username, password, kc-login), so a browser and a plain HTTP client can both fill it in;
+// PKCE with S256 required), sent back-channel logout tokens at --backchannel-logout-uri when one is given.
+// The sign-in page (login-actions/UID) is a plain HTML form with Keycloak's field names and ids (username, password, kc-login), so a browser and a plain HTTP client can both fill it in;
 // signing in grants the requested scopes at once (a first-party client: no consent page).
 //
 // Access tokens are JWTs signed by the realm's key, as Keycloak's are: for the API audience (--api-audience,
@@ -19,6 +19,10 @@
 // preferred_username, realm_access). A second confidential client (--service-client-id) has only the
 // client_credentials grant: its tokens are a Keycloak service account's (sub a UUID, preferred_username
 // service-account-CLIENT). A token for another audience comes with resource=urn:audience:NAME (tests only).
+//
+// More service-account clients (--service-client ID:SECRET:read|write) get tokens by client credentials for
+// the admin API stand-in under /admin/realms/REALM (admin.mjs), through which tests also disable, delete and
+// regroup users.
 import { createHash, generateKeyPairSync, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import http from "node:http";
@@ -28,6 +32,8 @@ import { parseArgs } from "node:util";
 
 import Provider, { errors } from "oidc-provider";
 
+import { adminApi, serviceClients } from "./admin.mjs";
+
 const { values: args } = parseArgs({
   options: {
     port: { type: "string", default: process.env.OIDC_PORT ?? "0" },
@@ -36,6 +42,8 @@ const { values: args } = parseArgs({
     "client-secret": { type: "string", default: process.env.OIDC_CLIENT_SECRET },
     // Repeatable, or a comma list in OIDC_REDIRECT_URIS.
     "redirect-uri": { type: "string", multiple: true, default: (process.env.OIDC_REDIRECT_URIS ?? "").split(",").filter(Boolean) },
+    // Service-account clients (client credentials) and what they may do in the admin API: ID:SECRET:read|write.
+    "service-client": { type: "string", multiple: true, default: [] },
     users: { type: "string", default: join(dirname(fileURLToPath(import.meta.url)), "users.json") },
     // Where the realm POSTs back-channel logout tokens (the client's backchannel_logout_uri), if anywhere.
     "backchannel-logout-uri": { type: "string", default: process.env.OIDC_BACKCHANNEL_LOGOUT_URI },
@@ -52,7 +60,10 @@ if (!args["client-secret"] || args["redirect-uri"].length === 0) {
 const realmPath = `/realms/${args.realm}`;
 const users = JSON.parse(readFileSync(args.users, "utf8"));
 const bySub = new Map(users.map((user) => [user.sub, user]));
-const byName = new Map(users.map((user) => [user.username, user]));
+// Users disabled or deleted through the admin API can no longer sign in.
+const active = (user) => user && user.enabled !== false ? user : undefined;
+const byName = (username) => active([...bySub.values()].find((user) => user.username === username));
+const services = serviceClients(args["service-client"]);
 
 // What Keycloak's default mappers put into tokens (the `groups` mapper with full paths, realm roles).
 function keycloakClaims(user) {
@@ -152,6 +163,14 @@ const provider = new Provider(issuer, withApiTokens({
       response_types: ["code"],
       token_endpoint_auth_method: "client_secret_post",
     },
+    ...services.map((service) => ({
+      client_id: service.clientId,
+      client_secret: service.secret,
+      redirect_uris: [],
+      grant_types: ["client_credentials"],
+      response_types: [],
+      token_endpoint_auth_method: "client_secret_post",
+    })),
   ],
   jwks: { keys: [{ ...signingKey, kid: randomUUID(), alg: "RS256", use: "sig" }] },
   cookies: { keys: [randomUUID()] },
@@ -177,13 +196,14 @@ const provider = new Provider(issuer, withApiTokens({
     devInteractions: { enabled: false },
     rpInitiatedLogout: { enabled: true },
     backchannelLogout: { enabled: true },
+    clientCredentials: { enabled: true },
   },
   // Back-channel logout tokens go to the tests' own loopback server: without the SSRF guard, which refuses
   // special-use addresses (loopback among them).
   fetch: (url, options) => globalThis.fetch(url, { ...options, dispatcher: undefined }),
   interactions: { url: (ctx, interaction) => `${realmPath}/login-actions/${interaction.uid}` },
   async findAccount(ctx, sub) {
-    const user = bySub.get(sub);
+    const user = active(bySub.get(sub));
     return user && { accountId: sub, claims: async () => keycloakClaims(user) };
   },
 }));
@@ -214,7 +234,7 @@ async function loginActions(req, res, uid) {
   if (details.uid !== uid) throw new Error("interaction mismatch");
   if (req.method === "GET") return loginPage(res, uid);
   const form = await readForm(req);
-  const user = byName.get(form.get("username") ?? "");
+  const user = byName(form.get("username") ?? "");
   if (!user || user.password !== form.get("password")) {
     return loginPage(res, uid, { username: form.get("username") ?? "", error: "Invalid username or password." });
   }
@@ -231,6 +251,14 @@ async function loginActions(req, res, uid) {
 }
 
 const handle = provider.callback();
+const admin = adminApi({
+  realm: args.realm,
+  users: bySub,
+  provider,
+  signingKey,
+  clients: services,
+  clientId: args["client-id"],
+});
 const loginActionsPath = new RegExp(`^${realmPath}/login-actions/([A-Za-z0-9_-]+)$`);
 
 server.on("request", (req, res) => {
@@ -238,7 +266,13 @@ server.on("request", (req, res) => {
   res.on("finish", () => console.error(`${req.method} ${req.originalUrl ?? req.url} ${res.statusCode} ${Date.now() - started}ms`));
   const path = req.url.split("?")[0];
   const action = path.match(loginActionsPath);
-  if (action) {
+  if (path.startsWith(`${admin.prefix}/`)) {
+    admin.handle(req, res).catch((error) => {
+      console.error(error);
+      res.statusCode = 500;
+      res.end(JSON.stringify({ error: error.message }));
+    });
+  } else if (action) {
     loginActions(req, res, action[1]).catch((error) => {
       console.error(error);
       res.statusCode = 400;
