@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth import get_user_model
 
+from portfolio.accounts.models import SsoMappingRule
 from portfolio.audit.models import AuditEvent
 from tests.e2e import test_browser
 from tests.sso.conftest import USERS, running_realm, switch_on
@@ -22,10 +23,13 @@ def browser_realm(live_server, tmp_path):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_person_signs_in_on_the_realms_page_and_lands_in_portfolio(
-    live_server, settings, browser_realm, browser_page
+def test_a_person_signs_in_on_the_realms_page_and_lands_in_portfolio_in_the_mapped_team(
+    live_server, settings, browser_realm, browser_page, team
 ):
     switch_on(settings, browser_realm)
+    SsoMappingRule.objects.create(
+        kind="group", value=USERS["alice"]["groups"][0], team=team, team_role="engineer"
+    )
     page = browser_page
     page.goto(f"{live_server.url}/teams/")
     assert "/login/" in page.url
@@ -37,7 +41,13 @@ def test_a_person_signs_in_on_the_realms_page_and_lands_in_portfolio(
     page.click("#kc-login")
 
     page.wait_for_url(f"{live_server.url}/teams/")
-    assert "alice" in page.content()
+    assert "alice" in page.content() and team.name in page.content()
+    page.goto(f"{live_server.url}/teams/{team.slug}/")
+    members = page.locator("#members").inner_text() if page.locator("#members").count() else page.content()
+    assert "alice" in members and "from Acme single sign-on" in members
     login = AuditEvent.objects.get(action="user.login")
     assert (login.actor_label, login.after) == ("alice", {"method": "sso"})
-    assert User.objects.get(username="alice").external_identities.count() == 1
+    alice = User.objects.get(username="alice")
+    assert alice.external_identities.count() == 1
+    assert alice.memberships.get().role == "engineer"
+    assert AuditEvent.objects.get(action="membership.create").actor_label == "system:keycloak"
