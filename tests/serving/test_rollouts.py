@@ -294,3 +294,21 @@ def test_sticky_assignment_is_set_with_the_routes_bounded(client, org, world):
     change = AuditEvent.objects.filter(action="endpoint.routes").order_by("-sequence").first()
     assert change.before["sticky_by"] == "header" and change.after["sticky_by"] == "api_key"
     assert Endpoint.objects.get(name="support").sticky_by == "api_key"
+
+
+def test_the_gateways_routing_table_follows_the_rollout_and_the_sticky_setting(client, org, world):
+    """The gateway reads routes from PostgreSQL at each refresh: what a rollout writes is what it routes by."""
+    from serving.gateway.routing import _read_snapshot as build_snapshot
+
+    def table() -> dict[str, int]:
+        return {r.deployment: r.weight for r in build_snapshot().endpoints["support"].routes}
+
+    start(client, org)
+    rollout = Rollout.objects.get()
+    assert table() == {"support-bot": 9500, "support-next": 500}
+    served(rollout, "support-next", 25)
+    rollouts.step(rollout.pk, now=rollout.ends_at)
+    assert table() == {"support-bot": 0, "support-next": 100}
+    Endpoint.objects.filter(pk=world.pk).update(sticky_by="header", sticky_header="x-user-id")
+    info = build_snapshot().endpoints["support"]
+    assert (info.sticky_by, info.sticky_header) == ("header", b"x-user-id")
