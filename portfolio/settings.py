@@ -279,6 +279,8 @@ CELERY_BEAT_SCHEDULE = {
     "serving-reconcile": {"task": "serving.reconcile_all", "schedule": float(NODE_HEARTBEAT_SECONDS * 2)},
     # Billing's serving meter: a replica run whose start or end was missed costs at most this interval.
     "serving-meter-replicas": {"task": "serving.meter_replicas", "schedule": 60.0},
+    # Rollouts: a canary's figures since it started, judged; promoted or rolled back (serving/rollouts.py).
+    "serving-step-rollouts": {"task": "serving.step_rollouts", "schedule": 30.0},
     "registry-reap-imports": {"task": "registry.reap_stale_imports", "schedule": 60.0},
     # Billing's storage meter: a figure per UTC day, refreshed hourly so that no day is ever missed.
     "registry-meter-storage": {"task": "registry.meter_storage", "schedule": 3600.0},

@@ -1,7 +1,7 @@
 """REST endpoints for pools, nodes, deployments, replicas, endpoints and their shares."""
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from ninja import Query, Router, Schema, Status
 from ninja.pagination import PageNumberPagination, paginate
@@ -177,6 +177,8 @@ class EndpointOut(Schema):
     fallback: str | None = Field(None, alias="fallback.name")
     routes: list[dict[str, Any]]
     max_n: int = Field(description="Most completions per prompt (n, best_of) one request may ask for")
+    sticky_by: str = Field(description="none (random by weight), api_key or header")
+    sticky_header: str = Field(description="With sticky_by=header: the header whose value picks the variant")
 
     @staticmethod
     def resolve_routes(obj) -> list[dict[str, Any]]:
@@ -200,6 +202,10 @@ class RoutesIn(Schema):
     max_n: int | None = Field(
         None, ge=1, le=128, description="Completions cap per prompt; omitted: unchanged"
     )
+    sticky_by: Literal["none", "api_key", "header"] | None = Field(
+        None, description="Sticky A/B: none (random by weight), api_key or header; omitted: unchanged"
+    )
+    sticky_header: str | None = Field(None, max_length=64, description="With sticky_by=header: its name")
 
 
 MAX_ROW_ID = 2**31 - 1  # a database id: anything larger names nothing
@@ -394,6 +400,8 @@ def set_routes(request, endpoint: str, payload: RoutesIn):
         routes=[r.dict() for r in payload.routes],
         fallback=_fallback(request, payload.fallback),
         max_n=payload.max_n,
+        sticky_by=payload.sticky_by,
+        sticky_header=payload.sticky_header,
     )
 
 

@@ -52,3 +52,26 @@ class ReplicaState(models.TextChoices):
 class DesiredState(models.TextChoices):
     RUNNING = "running", "Running"
     STOPPED = "stopped", "Stopped"
+
+
+@badges.toned(
+    "rollout",
+    labels={"rolled_back": "rolled back"},
+    canary="warn",
+    promoted="ok",
+    rolled_back="danger",
+    aborted="info",
+)
+class RolloutState(models.TextChoices):
+    CANARY = "canary", "Canary watched"
+    PROMOTED = "promoted", "Promoted"
+    ROLLED_BACK = "rolled_back", "Rolled back"
+    ABORTED = "aborted", "Aborted"
+
+
+class StickyBy(models.TextChoices):
+    """How the gateway picks among an endpoint's weighted routes for one request."""
+
+    NONE = "none", "Random by weight"
+    API_KEY = "api_key", "Sticky per API key"
+    HEADER = "header", "Sticky per request header"

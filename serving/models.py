@@ -9,7 +9,15 @@ from django.utils import timezone
 from portfolio.accounts.models import Department, Team
 from portfolio.accounts.scoping import TeamScopedQuerySet
 from portfolio.registry.models import ModelVersion
-from serving.choices import DeploymentStatus, DesiredState, NodeState, PoolKind, ReplicaState
+from serving.choices import (
+    DeploymentStatus,
+    DesiredState,
+    NodeState,
+    PoolKind,
+    ReplicaState,
+    RolloutState,
+    StickyBy,
+)
 
 name_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9-]{1,62}$", "Use 2-63 lower-case letters, digits and dashes."
@@ -243,6 +251,12 @@ class Endpoint(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(128)],
         help_text="Most completions per prompt one request may ask for (n, best_of)",
     )
+    # Sticky A/B: the gateway picks the route by a stable hash of the key id or of this header's value over
+    # the weights, so that one client keeps seeing one variant (a request without the header: random).
+    sticky_by = models.CharField(max_length=10, choices=StickyBy.choices, default=StickyBy.NONE)
+    sticky_header = models.CharField(
+        max_length=64, blank=True, help_text="The request header whose value picks the variant (lower case)"
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = EndpointQuerySet.as_manager()
@@ -262,6 +276,8 @@ class Endpoint(models.Model):
             "name": self.name,
             "fallback": self.fallback.name if self.fallback else None,
             "max_n": self.max_n,
+            "sticky_by": self.sticky_by,
+            "sticky_header": self.sticky_header,
             "routes": self.route_list(),
             "shares": sorted(share.target for share in self.shares.select_related("team", "department"))
             if self.pk
@@ -365,3 +381,73 @@ class EndpointShare(models.Model):
         if self.department is not None:
             return f"department:{self.department.cost_center}"
         return "organisation"
+
+
+class Rollout(models.Model):
+    """A candidate route target of an endpoint watched as a canary with a small weight, then given all the
+    traffic (promoted) or taken out again (rolled back, aborted); see serving/rollouts.py."""
+
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="rollouts")
+    # The candidate, by name as usage events name what answered (a deployment, and one of its adapters).
+    deployment = models.CharField(max_length=63)
+    adapter = models.CharField(max_length=63, blank=True)
+    baseline = models.JSONField(default=list, help_text="The routes before the canary (route_list)")
+    canary_percent = models.PositiveSmallIntegerField(
+        default=5, validators=[MinValueValidator(1), MaxValueValidator(50)]
+    )
+    window_seconds = models.PositiveIntegerField(
+        default=600, validators=[MinValueValidator(60), MaxValueValidator(86_400)]
+    )
+    min_requests = models.PositiveIntegerField(default=20)
+    max_error_rate_increase = models.FloatField(
+        default=0.02, help_text="Canary's error rate minus baseline's"
+    )
+    max_latency_ratio = models.FloatField(default=1.5, help_text="Canary's p95 latency over baseline's")
+    state = models.CharField(max_length=12, choices=RolloutState.choices, default=RolloutState.CANARY)
+    reason = models.TextField(blank=True)
+    figures = models.JSONField(default=dict, blank=True, help_text="The last check's baseline and canary")
+    steps = models.JSONField(default=list, blank=True, help_text="[{at, kind, reason}]: the timeline")
+    started_at = models.DateTimeField(default=timezone.now)
+    ends_at = models.DateTimeField()
+    checked_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["endpoint"], condition=Q(state="canary"), name="one_active_rollout_per_endpoint"
+            ),
+        ]
+        indexes = [models.Index(fields=["state"], name="serving_rollout_state")]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint.name} -> {self.target}"
+
+    @property
+    def team(self) -> Team:
+        return self.endpoint.owner_team
+
+    @property
+    def target(self) -> str:
+        return f"{self.deployment}/{self.adapter}" if self.adapter else self.deployment
+
+    @property
+    def active(self) -> bool:
+        return self.state == RolloutState.CANARY
+
+    def snapshot(self) -> dict:
+        return {
+            "endpoint": self.endpoint.name,
+            "candidate": self.target,
+            "canary_percent": self.canary_percent,
+            "window_seconds": self.window_seconds,
+            "min_requests": self.min_requests,
+            "max_error_rate_increase": self.max_error_rate_increase,
+            "max_latency_ratio": self.max_latency_ratio,
+            "state": self.state,
+            "reason": self.reason,
+        }

@@ -37,3 +37,11 @@ def reconcile_node_task(name: str) -> None:
 def meter_replicas() -> tuple[int, int]:
     # Catches what a missed transition left (an agent that died mid-way): see replica_meter.sweep.
     return replica_meter.sweep()
+
+
+@shared_task(name="serving.step_rollouts")
+def step_rollouts() -> dict[str, int]:
+    # Each active rollout's canary judged on the usage since it started: promoted, held or rolled back.
+    from serving import rollouts
+
+    return rollouts.step_all()

@@ -28,6 +28,8 @@ urlpatterns = [
     path("endpoints/<str:name>/routes/", views.endpoint_routes, name="endpoint-routes"),
     path("endpoints/<str:name>/delete/", views.endpoint_delete, name="endpoint-delete"),
     path("endpoints/<str:name>/shares/", views.endpoint_share, name="endpoint-share"),
+    path("endpoints/<str:name>/rollouts/", views.rollout_start, name="endpoint-rollout-start"),
+    path("endpoints/<str:name>/rollouts/abort/", views.rollout_abort, name="endpoint-rollout-abort"),
     path(
         "endpoints/<str:name>/shares/<int:share_id>/remove/",
         views.endpoint_unshare,

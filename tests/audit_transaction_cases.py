@@ -19,11 +19,11 @@ from portfolio.registry import artifacts, importing
 from portfolio.registry import services as registry
 from portfolio.registry.choices import Source
 from portfolio.registry.inspection import ModelFacts
-from serving import agent, reconcile
+from serving import agent, reconcile, rollouts
 from serving import services as serving
 from serving.choices import NodeState, PoolKind
 from serving.gateway import services as gateway
-from serving.models import DeploymentAdapter, Node
+from serving.models import DeploymentAdapter, Node, Rollout
 from tests.audit_transaction_world import GIB, ROWS, SHAPE
 from training import finetune, ingest
 from training import services as training
@@ -39,6 +39,11 @@ class Case:
 
     def __str__(self) -> str:
         return self.name
+
+
+def _attached(world) -> str:
+    """The adapter the add_adapter case attached: a rollout's candidate."""
+    return DeploymentAdapter.objects.get(deployment=world.deployment).name
 
 
 CASES: dict[str, list[Case]] = {
@@ -309,6 +314,29 @@ CASES: dict[str, list[Case]] = {
             "endpoint.routes",
             lambda w: serving.set_routes(
                 actor=w.owner, endpoint=w.endpoint, routes=[{"deployment": w.deployment.name, "weight": 50}]
+            ),
+        ),
+        Case(
+            "start_rollout",
+            "rollout.start",
+            lambda w: serving.start_rollout(
+                actor=w.owner, endpoint=w.endpoint, deployment=w.deployment.name, adapter=_attached(w)
+            ),
+        ),
+        Case(
+            "rollouts.step",
+            "rollout.rollback",  # the window is over and the canary answered nothing
+            lambda w: rollouts.step(Rollout.objects.get(state="canary").pk),
+            prepare=lambda w: Rollout.objects.filter(state="canary").update(
+                ends_at=timezone.now() - timedelta(minutes=1)
+            ),
+        ),
+        Case(
+            "abort_rollout",
+            "rollout.abort",
+            lambda w: serving.abort_rollout(actor=w.owner, endpoint=w.endpoint),
+            prepare=lambda w: serving.start_rollout(
+                actor=w.owner, endpoint=w.endpoint, deployment=w.deployment.name, adapter=_attached(w)
             ),
         ),
         Case(

@@ -210,6 +210,11 @@ API_ROUTES: dict[str, Rule] = {
     "POST /endpoints/{endpoint}/shares": rest("team", "endpoint.share", "POST", organisation=True),
     # Without a target: refused as invalid, after the permission decision.
     "DELETE /endpoints/{endpoint}/shares": rest("team", "endpoint.share", "DELETE"),
+    # Rollouts, as for editing the routes; the world's endpoint routes to smol already (refused as invalid,
+    # after the permission decision), and has no rollout to abort (409).
+    "POST /endpoints/{endpoint}/rollouts": rest("team", "deployment.manage", "POST", deployment="smol"),
+    "GET /endpoints/{endpoint}/rollouts": rest("team", "team.view"),
+    "POST /endpoints/{endpoint}/rollouts/abort": rest("team", "deployment.manage", "POST"),
     # Gateway keys and usage
     "GET /teams/{team_id}/keys": rest("team", "apikey.manage"),
     "POST /teams/{team_id}/keys": rest("team", "apikey.manage", "POST", name="ci key"),

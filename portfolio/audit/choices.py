@@ -70,6 +70,10 @@ class AuditAction(models.TextChoices):
     ENDPOINT_DELETE = "endpoint.delete", "Endpoint deleted"
     ENDPOINT_SHARE = "endpoint.share", "Endpoint shared"
     ENDPOINT_UNSHARE = "endpoint.unshare", "Endpoint's share withdrawn"
+    ROLLOUT_START = "rollout.start", "Rollout started (canary)"
+    ROLLOUT_PROMOTE = "rollout.promote", "Rollout promoted"
+    ROLLOUT_ROLLBACK = "rollout.rollback", "Rollout rolled back"
+    ROLLOUT_ABORT = "rollout.abort", "Rollout aborted"
     # Gateway
     APIKEY_CREATE = "apikey.create", "API key created"
     APIKEY_UPDATE = "apikey.update", "API key changed"

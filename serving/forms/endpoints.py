@@ -8,6 +8,7 @@ from django import forms
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Department, Team
+from serving.choices import StickyBy
 from serving.forms.base import NAME_ATTRS, NAME_HELP, clean_name, managed_teams
 from serving.models import Deployment, Endpoint
 
@@ -149,6 +150,18 @@ class FallbackForm(forms.Form):
         help_text="Called instead when no replica behind this endpoint is ready.",
     )
     max_n = MaxNField()
+    sticky_by = forms.ChoiceField(
+        choices=StickyBy.choices,
+        required=False,
+        label="A/B assignment",
+        help_text="Sticky: one API key, or one value of a request header, keeps seeing one route.",
+    )
+    sticky_header = forms.CharField(
+        required=False,
+        max_length=64,
+        label="Sticky header",
+        help_text="With assignment by header: its name, e.g. X-User-Id (a request without it: random).",
+    )
 
     def __init__(self, *args, actor: Actor, endpoint: Endpoint, **kwargs):
         super().__init__(*args, **kwargs)
@@ -160,6 +173,8 @@ class FallbackForm(forms.Form):
         )
         self.fields["fallback"].initial = endpoint.fallback_id
         self.fields["max_n"].initial = endpoint.max_n
+        self.fields["sticky_by"].initial = endpoint.sticky_by
+        self.fields["sticky_header"].initial = endpoint.sticky_header
 
 
 class ShareForm(forms.Form):

@@ -53,6 +53,7 @@ from serving.gateway.routing import (
     build_snapshot,
     choose_route,
     price_micros,
+    sticky_key,
 )
 
 logger = logging.getLogger(__name__)
@@ -299,7 +300,9 @@ class Gateway:
             raise
         public = ticket.model if ticket else first.name  # a ticket's model is the name it was called by
         try:
-            await self._dispatch(receive, send, request_id, chain, public, payload, outcome, started)
+            await self._dispatch(
+                receive, send, request_id, chain, public, payload, outcome, started, (key.key_id, headers)
+            )
         except GatewayError as exc:
             outcome.status, outcome.error = exc.status, exc.code
             exc.team, exc.metered = key.team, True
@@ -323,10 +326,13 @@ class Gateway:
         payload: dict,
         outcome: Outcome,
         started,
+        caller: tuple[str, dict[bytes, bytes]] = ("", {}),
     ) -> None:
         assert self.session is not None, "set by start()"
         for current in chain:
-            route = choose_route(current, self.snapshot, chat=outcome.kind == "chat")
+            # Sticky A/B: the caller's key id or a header's value picks the route (routing.sticky_key).
+            sticky = sticky_key(current, *caller) if current.sticky_by != "none" else b""
+            route = choose_route(current, self.snapshot, chat=outcome.kind == "chat", sticky=sticky)
             if route is None:
                 continue
             replicas = self.snapshot.replicas.get(route.deployment, [])

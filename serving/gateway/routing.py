@@ -1,12 +1,16 @@
 """The gateway's routing table: endpoints, their weighted routes, and the ready replicas behind them; and
 the deployments themselves, which only playground tickets reach (see tickets.py).
 
-Rebuilt from PostgreSQL every second in the background (never per request). Replica choice is least
-outstanding requests among healthy replicas, random among ties.
+Rebuilt from PostgreSQL every second in the background (never per request): a route edit, or a rollout's
+canary, promotion or rollback, reaches the gateway at its next refresh. A route is picked at random by
+weight, or, on an endpoint with sticky A/B assignment, by a stable hash of the caller's key id or of a
+request header's value over the weights (``sticky_route``), so that one client keeps one variant. Replica
+choice is least outstanding requests among healthy replicas, random among ties.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -52,6 +56,9 @@ class EndpointInfo:
     # For billing's ledger (usage events carry them): the endpoint's row, and its owning team's department.
     id: int | None = None
     department_id: int | None = None
+    # Sticky A/B (Endpoint.sticky_by): "none", "api_key" or "header" (by the header named, lower case).
+    sticky_by: str = "none"
+    sticky_header: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,8 @@ def _read_snapshot() -> Snapshot:
             **_sharing(endpoint),
             id=endpoint.pk,
             department_id=endpoint.owner_team.department_id,
+            sticky_by=endpoint.sticky_by,
+            sticky_header=endpoint.sticky_header.encode("ascii"),
         )
     for replica in Replica.objects.filter(state=ReplicaState.READY).select_related("deployment"):
         snapshot.replicas.setdefault(replica.deployment.name, []).append(
@@ -193,9 +202,11 @@ class Balancer:
         self.outstanding[replica.id] = max(0, self.outstanding.get(replica.id, 1) - 1)
 
 
-def choose_route(endpoint: EndpointInfo, snapshot: Snapshot, *, chat: bool = False) -> Route | None:
+def choose_route(
+    endpoint: EndpointInfo, snapshot: Snapshot, *, chat: bool = False, sticky: bytes = b""
+) -> Route | None:
     """A route by weight among those whose deployment has a ready replica (and, for a chat call, whose
-    version has a chat template)."""
+    version has a chat template): by ``sticky`` (see ``sticky_key``) when given, else at random."""
     live = [
         r
         for r in endpoint.routes
@@ -203,7 +214,38 @@ def choose_route(endpoint: EndpointInfo, snapshot: Snapshot, *, chat: bool = Fal
     ]
     if len(live) < 2:
         return live[0] if live else None
+    if sticky:
+        return sticky_route(live, endpoint.name, sticky)
     return random.choices(live, weights=[r.weight for r in live])[0]  # noqa: S311
+
+
+STICKY_VALUE_MAX = 256  # bytes of a header's value that pick the variant
+
+
+def sticky_key(endpoint: EndpointInfo, key_id: str, headers: dict[bytes, bytes]) -> bytes:
+    """What assigns a request to a variant of ``endpoint``: the caller's key id, or the sticky header's
+    value; empty (random by weight) when the endpoint is not sticky or the request lacks the header."""
+    if endpoint.sticky_by == "api_key":
+        return key_id.encode()
+    if endpoint.sticky_by == "header" and endpoint.sticky_header:
+        return headers.get(endpoint.sticky_header, b"")[:STICKY_VALUE_MAX]
+    return b""
+
+
+def sticky_route(routes: list[Route], salt: str, key: bytes) -> Route:
+    """The route whose share of the total weight holds the key's stable point: the same key gets the same
+    route while the weights stand, and over many keys each route gets its weight's share. Routes are laid
+    out by name (not by weight, which reorders them when it changes), the endpoint's name salts the hash
+    (a client's variant on one endpoint says nothing of another's)."""
+    ordered = sorted(routes, key=lambda r: (r.deployment, r.adapter))
+    total = sum(r.weight for r in ordered)
+    digest = hashlib.blake2b(salt.encode() + b"\x00" + key, digest_size=8).digest()
+    point = int.from_bytes(digest) * total >> 64
+    for route in ordered:
+        point -= route.weight
+        if point < 0:
+            return route
+    return ordered[-1]
 
 
 def price_micros(endpoint: EndpointInfo, input_tokens: int, output_tokens: int) -> int:

@@ -19,6 +19,7 @@ from serving.services.endpoints import (
     unshare_endpoint,
 )
 from serving.services.pools import create_pool, set_node_state, update_pool
+from serving.services.rollouts import abort_rollout, start_rollout
 from serving.services.sharing import require_pool_open_to, require_usable_by
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "restart",
     "scale",
     "set_node_state",
+    "start_rollout",
+    "abort_rollout",
     "set_routes",
     "share_endpoint",
     "unshare_endpoint",

@@ -4,6 +4,8 @@ whose keys may then call them (each caller's team pays for its own calls)."""
 
 from __future__ import annotations
 
+import re
+
 from django.db import IntegrityError, transaction
 
 from portfolio.accounts import gate
@@ -74,6 +76,34 @@ def _check_max_n(value: int) -> int:
     return value
 
 
+# An HTTP header name (RFC 9110 token characters), bounded; headers that carry credentials pick no variant.
+STICKY_HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
+STICKY_REFUSED = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key"})
+
+
+def _check_sticky(sticky_by: str, sticky_header: str | None) -> tuple[str, str]:
+    """(sticky_by, header name in lower case, or "" unless by header)."""
+    choices = {"none", "api_key", "header"}
+    if sticky_by not in choices:
+        raise Invalid(
+            "sticky_by: none, api_key or header.", fields={"sticky_by": ["Choose none, api_key or header."]}
+        )
+    if sticky_by != "header":
+        return sticky_by, ""
+    header = (sticky_header or "").strip()
+    if not STICKY_HEADER.match(header):
+        raise Invalid(
+            "sticky_header: a header name of 1 to 64 letters, digits or !#$%&'*+.^_`|~- (no spaces or colons).",
+            fields={"sticky_header": ["A header name such as X-User-Id."]},
+        )
+    if header.lower() in STICKY_REFUSED:
+        raise Invalid(
+            f"sticky_header: {header} carries credentials; name a header that identifies the client instead.",
+            fields={"sticky_header": ["Not a header that carries credentials."]},
+        )
+    return sticky_by, header.lower()
+
+
 @transaction.atomic
 def create_endpoint(
     *,
@@ -114,9 +144,11 @@ def set_routes(
     routes: list[dict],
     fallback: Endpoint | None = None,
     max_n: int | None = None,
+    sticky_by: str | None = None,
+    sticky_header: str | None = None,
 ) -> Endpoint:
-    """Change an endpoint's weights (canary, A/B), fallback and completions cap (``None``: unchanged);
-    audited with before and after."""
+    """Change an endpoint's weights (canary, A/B), fallback, completions cap and sticky assignment
+    (``None``: unchanged); audited with before and after."""
     gate.require(actor, "deployment.manage", endpoint)
     endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
     resolved = _routes(actor, endpoint.owner_team, routes)
@@ -136,7 +168,9 @@ def set_routes(
     endpoint.fallback = fallback
     if max_n is not None:
         endpoint.max_n = _check_max_n(max_n)
-    endpoint.save(update_fields=["fallback", "max_n"])
+    if sticky_by is not None:
+        endpoint.sticky_by, endpoint.sticky_header = _check_sticky(sticky_by, sticky_header)
+    endpoint.save(update_fields=["fallback", "max_n", "sticky_by", "sticky_header"])
     audit.record(actor, "endpoint.routes", endpoint, before=before, after=endpoint.snapshot())
     return endpoint
 

@@ -31,6 +31,7 @@ from serving.views.endpoints import (
     endpoint_unshare,
 )
 from serving.views.pools import node_state, pool_create, pool_list
+from serving.views.rollouts import rollout_abort, rollout_start
 
 __all__ = [
     "adapter_add",
@@ -54,4 +55,6 @@ __all__ = [
     "node_state",
     "pool_create",
     "pool_list",
+    "rollout_abort",
+    "rollout_start",
 ]

@@ -23,6 +23,7 @@ from serving.forms.base import apply_serving_error, managed_teams
 from serving.forms.endpoints import EndpointForm, FallbackForm, ShareForm, route_formset
 from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute
 from serving.views.display import percent
+from serving.views.rollouts import rollout_context
 
 
 def _with_shares(routes: list[EndpointRoute]) -> list[EndpointRoute]:
@@ -179,6 +180,7 @@ def _endpoint_page(
             "gateway_url": request.build_absolute_uri("/v1/chat/completions"),
             "cost": costs.endpoint_this_month(endpoint.pk),
             "currency": settings.BILLING_CURRENCY,
+            **rollout_context(actor, endpoint, can_manage, current),
         },
     )
 
@@ -208,6 +210,8 @@ def endpoint_routes(request, name: str):
                 routes=routes.routes(),
                 fallback=fallback_form.cleaned_data["fallback"],
                 max_n=fallback_form.cleaned_data["max_n"],
+                sticky_by=fallback_form.cleaned_data["sticky_by"] or None,
+                sticky_header=fallback_form.cleaned_data["sticky_header"],
             ),
             success=f"Routes of {endpoint.name} saved.",
             then=lambda _: redirect("endpoint-detail", name=endpoint.name),

@@ -70,6 +70,9 @@ UI_ROUTES: dict[str, Rule] = {
     "endpoint-delete": ui("team", "deployment.manage", "POST"),
     "endpoint-share": ui("team", "endpoint.share", "POST", target="organisation"),
     "endpoint-unshare": ui("team", "endpoint.share", "POST"),
+    # Rollouts, as for editing the routes: an incomplete form, or no rollout to abort, answers a message.
+    "endpoint-rollout-start": ui("team", "deployment.manage", "POST", candidate="{deployment}"),
+    "endpoint-rollout-abort": ui("team", "deployment.manage", "POST"),
 }
 
 # URL keyword argument -> the world value it takes, per route (routes not named here take none).
@@ -91,7 +94,14 @@ UI_KWARGS: dict[str, dict[str, str]] = {
     "deployment-adapter-remove": {"name": "deployment", "adapter": "adapter"},
     **{
         route: {"name": "endpoint"}
-        for route in ("endpoint-detail", "endpoint-routes", "endpoint-delete", "endpoint-share")
+        for route in (
+            "endpoint-detail",
+            "endpoint-routes",
+            "endpoint-delete",
+            "endpoint-share",
+            "endpoint-rollout-start",
+            "endpoint-rollout-abort",
+        )
     },
     "endpoint-unshare": {"name": "endpoint", "share_id": "share"},
 }

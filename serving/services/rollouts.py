@@ -1,0 +1,226 @@
+"""Rollouts: a candidate route target of an endpoint gets a small canary weight, is watched for a window
+(serving/rollouts.py steps it from the gateway's usage), then gets all the traffic or is taken out again.
+
+Each change of weights is written with its audit row (``rollout.start``, ``.promote``, ``.rollback``,
+``.abort``) in one transaction; the gateway reads routes from PostgreSQL on its next refresh (a second),
+as it does for any route edit. Weights stay whole numbers 0..10000: at the start the baseline's weights
+are scaled to share ``100 - p`` percent and the canary gets ``p`` percent (in hundredths, ``p * 100``).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from portfolio.accounts import gate
+from portfolio.accounts.actor import Actor
+from portfolio.audit import services as audit
+from portfolio.errors import Conflict, Invalid
+from serving.choices import RolloutState
+from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, Rollout
+
+# Bounds of a rollout's policy: (default, lowest, highest).
+CANARY_PERCENT = (5, 1, 50)
+WINDOW_SECONDS = (600, 60, 86_400)
+MIN_REQUESTS = (20, 1, 100_000)
+MAX_ERROR_RATE_INCREASE = (0.02, 0.0, 1.0)
+MAX_LATENCY_RATIO = (1.5, 1.0, 100.0)
+
+
+def _bounded(name: str, value, bounds: tuple, *, whole: bool):
+    default, low, high = bounds
+    if value is None:
+        return default
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        what = "a whole number" if whole else "a number"
+        raise Invalid(
+            f"{name}: {what} from {low:g} to {high:g}.", fields={name: [f"From {low:g} to {high:g}."]}
+        )
+    return value
+
+
+def _candidate(
+    actor: Actor, endpoint: Endpoint, deployment: str, adapter: str | None
+) -> tuple[Deployment, DeploymentAdapter | None]:
+    """A target the endpoint may route to: a deployment of its own team, or one of that one's adapters.
+    (Not services.endpoints._routes: the beat task's module would then import the reconcile's, a loop.)"""
+    if not isinstance(deployment, str) or not deployment or len(deployment) > 63:
+        raise Invalid("deployment: name the candidate's deployment.", fields={"deployment": ["Required."]})
+    target = Deployment.objects.visible_to(actor).filter(name=deployment).first()
+    if target is None:
+        raise Invalid(
+            f"deployment: no deployment {deployment!r} visible to you.",
+            fields={"deployment": ["No such deployment."]},
+        )
+    if target.owner_team_id != endpoint.owner_team_id:
+        raise Invalid(
+            "deployment: an endpoint routes to its own team's deployments only.",
+            fields={"deployment": ["Choose a deployment of the endpoint's team."]},
+        )
+    if not adapter:
+        return target, None
+    attached = target.adapters.filter(name=adapter).first() if len(adapter) <= 63 else None
+    if attached is None:
+        raise Invalid(
+            f"adapter: {target.name} serves no adapter {adapter[:63]!r}.",
+            fields={"adapter": ["Not served by that deployment."]},
+        )
+    return target, attached
+
+
+def _key(route: EndpointRoute) -> tuple[str, str]:
+    return route.deployment.name, route.adapter.name if route.adapter else ""
+
+
+def _step(rollout: Rollout, kind: str, reason: str, actor: Actor) -> None:
+    rollout.steps = [
+        *rollout.steps,
+        {"at": timezone.now().isoformat(), "kind": kind, "reason": reason, "by": actor.label},
+    ]
+
+
+def _canary_weights(routes: list[EndpointRoute], candidate: tuple[str, str], percent: int) -> None:
+    """Scale the other routes' weights to share ``100 - percent`` percent; the candidate's to ``percent``."""
+    others = [r for r in routes if _key(r) != candidate]
+    total = sum(r.weight for r in others)
+    for route in others:
+        if route.weight:
+            route.weight = max(1, round(route.weight * (100 - percent) * 100 / total))
+    for route in routes:
+        if _key(route) == candidate:
+            route.weight = percent * 100
+
+
+@transaction.atomic
+def start_rollout(
+    *,
+    actor: Actor,
+    endpoint: Endpoint,
+    deployment: str,
+    adapter: str | None = None,
+    canary_percent: int | None = None,
+    window_seconds: int | None = None,
+    min_requests: int | None = None,
+    max_error_rate_increase: float | None = None,
+    max_latency_ratio: float | None = None,
+) -> Rollout:
+    """Give the candidate (a deployment of the endpoint's team, or one of its adapters) the canary weight
+    and start watching it; one active rollout per endpoint."""
+    gate.require(actor, "deployment.manage", endpoint)
+    endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+    policy = {
+        "canary_percent": _bounded("canary_percent", canary_percent, CANARY_PERCENT, whole=True),
+        "window_seconds": _bounded("window_seconds", window_seconds, WINDOW_SECONDS, whole=True),
+        "min_requests": _bounded("min_requests", min_requests, MIN_REQUESTS, whole=True),
+        "max_error_rate_increase": float(
+            _bounded("max_error_rate_increase", max_error_rate_increase, MAX_ERROR_RATE_INCREASE, whole=False)
+        ),
+        "max_latency_ratio": float(
+            _bounded("max_latency_ratio", max_latency_ratio, MAX_LATENCY_RATIO, whole=False)
+        ),
+    }
+    if Rollout.objects.filter(endpoint=endpoint, state=RolloutState.CANARY).exists():
+        raise Conflict(f"{endpoint.name} has a rollout under way: let it finish or abort it first.")
+    target, attached = _candidate(actor, endpoint, deployment, adapter)
+    candidate = (target.name, attached.name if attached else "")
+    routes = list(endpoint.routes.select_related("deployment", "adapter"))
+    label = "/".join(part for part in candidate if part)
+    if any(_key(r) == candidate and r.weight for r in routes):
+        raise Invalid(
+            f"deployment: {endpoint.name} already routes to {label}; a canary is a target it does not route to "
+            "yet (set its weight to 0 first, or choose another).",
+            fields={"deployment": ["Already one of the endpoint's routes."]},
+        )
+    if not any(r.weight for r in routes if _key(r) != candidate):
+        raise Invalid(f"{endpoint.name} has no route with traffic to compare the canary with.")
+    before = endpoint.snapshot()
+    if not any(_key(r) == candidate for r in routes):
+        routes.append(EndpointRoute(endpoint=endpoint, deployment=target, adapter=attached, weight=0))
+    _canary_weights(routes, candidate, policy["canary_percent"])
+    for route in routes:
+        route.save()
+    now = timezone.now()
+    rollout = Rollout(
+        endpoint=endpoint,
+        deployment=candidate[0],
+        adapter=candidate[1],
+        baseline=before["routes"],
+        ends_at=now + timedelta(seconds=policy["window_seconds"]),
+        started_at=now,
+        started_by=actor.user,
+        **policy,
+    )
+    _step(
+        rollout,
+        "start",
+        f"Canary {label} at {policy['canary_percent']}% of the traffic, watched for "
+        f"{policy['window_seconds'] // 60} min.",
+        actor,
+    )
+    try:
+        with transaction.atomic():
+            rollout.save(force_insert=True)
+    except IntegrityError:
+        raise Conflict(f"{endpoint.name} has a rollout under way: let it finish or abort it first.") from None
+    audit.record(actor, "rollout.start", rollout, before=before, after=_after(rollout, endpoint))
+    return rollout
+
+
+def _after(rollout: Rollout, endpoint: Endpoint) -> dict:
+    return {**endpoint.snapshot(), "rollout": rollout.snapshot()}
+
+
+def finish(rollout: Rollout, state: str, reason: str, actor: Actor, *, full: bool) -> Rollout:
+    """Locked by the caller (endpoint, then rollout): promote (``full``: the candidate gets all the
+    traffic, the other routes 0) or take the canary out (its weight 0, the baseline's weights back)."""
+    endpoint = rollout.endpoint
+    before = endpoint.snapshot()
+    candidate = (rollout.deployment, rollout.adapter)
+    baseline = {(r["deployment"], r["adapter"] or ""): r["weight"] for r in rollout.baseline}
+    for route in endpoint.routes.select_related("deployment", "adapter"):
+        key = _key(route)
+        if full:
+            route.weight = 100 if key == candidate else 0
+        elif key == candidate:
+            route.weight = baseline.get(key, 0)
+        elif key in baseline:
+            route.weight = baseline[key]
+        route.save(update_fields=["weight"])
+    rollout.state, rollout.reason, rollout.finished_at = state, reason, timezone.now()
+    actions: dict[str, str] = {
+        RolloutState.PROMOTED: "rollout.promote",
+        RolloutState.ROLLED_BACK: "rollout.rollback",
+        RolloutState.ABORTED: "rollout.abort",
+    }
+    _step(rollout, actions[state].split(".", 1)[1], reason, actor)
+    rollout.save(update_fields=["state", "reason", "finished_at", "steps", "figures", "checked_at"])
+    audit.record(actor, actions[state], rollout, before=before, after=_after(rollout, endpoint))
+    return rollout
+
+
+def promote(*, actor: Actor, rollout: Rollout, reason: str) -> Rollout:
+    return finish(rollout, RolloutState.PROMOTED, reason, actor, full=True)
+
+
+def roll_back(*, actor: Actor, rollout: Rollout, reason: str) -> Rollout:
+    return finish(rollout, RolloutState.ROLLED_BACK, reason, actor, full=False)
+
+
+@transaction.atomic
+def abort_rollout(*, actor: Actor, endpoint: Endpoint, reason: str = "") -> Rollout:
+    """Stop the endpoint's rollout under way: the canary's weight back to what it had, the baseline's too."""
+    gate.require(actor, "deployment.manage", endpoint)
+    endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+    rollout = (
+        Rollout.objects.select_for_update()
+        .filter(endpoint=endpoint, state=RolloutState.CANARY)
+        .select_related("endpoint")
+        .first()
+    )
+    if rollout is None:
+        raise Conflict(f"{endpoint.name} has no rollout under way.")
+    rollout.endpoint = endpoint
+    return finish(rollout, RolloutState.ABORTED, reason or f"Aborted by {actor.label}.", actor, full=False)
