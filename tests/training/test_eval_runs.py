@@ -361,3 +361,23 @@ def test_the_api_answers_404_for_other_teams_objects_and_bounds_inputs(
     body = {"endpoint_id": endpoint.pk, "eval_set_id": eval_set.pk}
     assert client.post(url, body, content_type="application/json").status_code == 403
     assert [t["id"] for t in client.get("/api/v1/tasks").json()["items"]] == [task.pk]
+
+
+def test_the_run_page_shows_the_scores_or_the_reason_it_failed(
+    client, org, engineer, task, endpoint, answers
+):
+    priced(endpoint, "1.00", "3.00")
+    run = start(engineer, task, endpoint, row_limit=24)
+    runs.execute(run.pk)
+    client.force_login(org["viewer"])
+    page = client.get(reverse("eval-run-detail", args=[run.pk])).content.decode()
+    assert "25.0%" in page and "50 ms / 50 ms" in page and "0.0160" in page
+    assert "Cancel the run" not in page and "every 2s" not in page  # finished: no polling, nothing to cancel
+    board = client.get(reverse("task-detail", args=[task.pk])).content.decode()
+    assert "router-ep" in board and "on the front" in board
+    failed = start(engineer, task, endpoint)
+    EndpointEvalRun.objects.filter(pk=failed.pk).update(status=JobStatus.RUNNING)
+    runs.finish(failed.pk, JobStatus.FAILED, "router-ep answered 503: no replica is ready")
+    fragment = client.get(reverse("eval-run-detail", args=[failed.pk]), HTTP_HX_REQUEST="true")
+    assert "router-ep answered 503: no replica is ready" in fragment.content.decode()
+    assert "<html" not in fragment.content.decode()
