@@ -28,6 +28,8 @@ from tests.audit_transaction_world import GIB, ROWS, SHAPE
 from training import finetune, ingest
 from training import services as training
 from training.choices import JobStatus
+from training.evals import catalogue
+from training.evals import runs as eval_runs
 
 
 @dataclass(frozen=True)
@@ -434,6 +436,37 @@ CASES: dict[str, list[Case]] = {
             "record_eval_run",
             "training.eval_run",
             lambda w: finetune.record_eval_run(w.job, w.base, {"accuracy": 0.5}),
+        ),
+        Case(
+            "create_task",
+            "task.create",
+            lambda w: catalogue.create_task(
+                actor=w.engineer, owner_team=w.team, name="Ticket triage", kind="classification"
+            ),
+        ),
+        Case(
+            "add_eval_set",
+            "eval_set.create",
+            lambda w: catalogue.add_eval_set(
+                actor=w.engineer, task=w.task, dataset_version=w.dataset_version, source="all"
+            ),
+        ),
+        Case(
+            "start_eval_run",
+            "eval.run_start",
+            lambda w: eval_runs.start_run(
+                actor=w.engineer, task=w.task, eval_set=w.eval_set, endpoint=w.endpoint
+            ),
+        ),
+        Case(
+            "cancel_eval_run",
+            "eval.run_cancel",
+            lambda w: eval_runs.cancel_run(actor=w.engineer, run=w.running_eval_run),
+        ),
+        Case(
+            "finish_eval_run",
+            "eval.run_finish",
+            lambda w: eval_runs.finish(w.running_eval_run.pk, JobStatus.FAILED, "boom"),
         ),
     ],
 }

@@ -22,6 +22,8 @@ from tests.conftest import actor_for
 from training import finetune, ingest
 from training import services as training
 from training.choices import DatasetKind, JobStatus
+from training.evals import catalogue
+from training.evals import runs as eval_runs
 
 GIB = 1024**3
 SHAPE = {
@@ -207,6 +209,31 @@ class World:
             status=JobStatus.RUNNING, started_at=timezone.now()
         )
         return self.job
+
+    @cached_property
+    def task(self):
+        return catalogue.create_task(
+            actor=self.engineer, owner_team=self.team, name="Routing", kind="classification"
+        )
+
+    @cached_property
+    def eval_set(self):
+        return catalogue.add_eval_set(
+            actor=self.engineer, task=self.task, dataset_version=self.dataset_version, source="all"
+        )
+
+    @cached_property
+    def eval_run(self):
+        return eval_runs.start_run(
+            actor=self.engineer, task=self.task, eval_set=self.eval_set, endpoint=self.endpoint, enqueue=False
+        )
+
+    @cached_property
+    def running_eval_run(self):
+        self.eval_run.__class__.objects.filter(pk=self.eval_run.pk).update(
+            status=JobStatus.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now()
+        )
+        return self.eval_run
 
     def manifest(self) -> Manifest:
         return Manifest.of([FileEntry("adapter_model.safetensors", 10, "b" * 64)])

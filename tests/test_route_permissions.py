@@ -252,6 +252,17 @@ API_ROUTES: dict[str, Rule] = {
     "GET /training/jobs/{job_id}": rest("team", "team.view"),
     "POST /training/jobs/{job_id}/cancel": rest("team", "training.run", "POST"),
     "GET /training/evals": rest("signed_in"),
+    # Tasks, their eval sets and leaderboards, eval runs of endpoints (the world's run is queued)
+    "GET /tasks": rest("signed_in"),
+    "POST /tasks": rest(
+        "team", "training.run", "POST", owner_team_id="{team_id}", name="Routing", kind="classification"
+    ),
+    "GET /tasks/{task_id}": rest("team", "model.view"),
+    "POST /tasks/{task_id}/eval-runs": rest(
+        "team", "training.run", "POST", endpoint_id="{endpoint_id}", eval_set_id="{eval_set_id}", row_limit=5
+    ),
+    "GET /eval-runs/{run_id}": rest("team", "model.view"),
+    "POST /eval-runs/{run_id}/cancel": rest("team", "training.run", "POST"),
     # Training data
     "GET /datasets": rest("signed_in"),
     "POST /datasets": rest(

@@ -47,3 +47,16 @@ class EvalStatus(models.TextChoices):
     RUNNING = "running", "Running"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
+
+
+class TaskKind(models.TextChoices):
+    """What a task asks of a model, which decides how its answers are scored."""
+
+    CLASSIFICATION = "classification", "Classification (accuracy, F1 per label)"
+    EXTRACTION = "extraction", "Extraction (exact match)"
+    GENERATION = "generation", "Generation (contains the answer)"
+
+
+class EvalSetSource(models.TextChoices):
+    EVAL_ROWS = "eval", "The version's held-out rows"
+    ALL_ROWS = "all", "All rows of the version"

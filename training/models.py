@@ -377,3 +377,18 @@ class EvalRun(models.Model):
     def headline(self) -> float | None:
         """The score promotion compares: accuracy for label tasks, else exact match."""
         return self.metrics.get("accuracy", self.metrics.get("exact_match"))
+
+
+# Tasks, eval sets and endpoint eval runs live in their own module; imported here so that Django finds them.
+from training.evals.models import EndpointEvalRun, EvalSet, Task  # noqa: E402
+
+__all__ = [
+    "Dataset",
+    "DatasetIngest",
+    "DatasetVersion",
+    "EndpointEvalRun",
+    "EvalRun",
+    "EvalSet",
+    "FineTuneJob",
+    "Task",
+]

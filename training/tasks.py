@@ -1,5 +1,6 @@
 """Training work: the node task that runs a job's child process and watches it; the control reaper; the
-control task that ingests an uploaded dataset file."""
+control task that ingests an uploaded dataset file; the control task that runs an endpoint's eval run, and
+its reaper."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from portfolio.leases import Lease
 from serving.processes import log_tail
 from training import finetune, ingest, metering
 from training.choices import JobStatus
+from training.evals import runs as eval_runs
 from training.models import DatasetIngest, FineTuneJob
 
 logger = logging.getLogger(__name__)
@@ -258,3 +260,15 @@ def ingest_dataset(ingest_id: int) -> None:
         return
     with lease.kept(), contextlib.suppress(Invalid):  # a refused file is the ingest's outcome, not an error
         ingest.run(ingest_id)
+
+
+@shared_task(name="training.run_endpoint_eval", acks_late=True)
+def run_endpoint_eval(run_id: int) -> None:
+    """Score an endpoint on an eval set through the gateway (``training.evals.runs``); a redelivery finds
+    the run claimed and leaves it alone."""
+    eval_runs.execute(run_id)
+
+
+@shared_task(name="training.reap_stale_eval_runs")
+def reap_stale_eval_runs() -> int:
+    return len(eval_runs.reap_stale(timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS)))

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from training.views import datasets, distillation, evals, jobs
+from training.views import datasets, distillation, evals, jobs, tasks
 
 urlpatterns = [
     path("", datasets.training_list, name="training-list"),
@@ -19,4 +19,11 @@ urlpatterns = [
     path("jobs/<int:job_id>/cancel/", jobs.job_cancel, name="job-cancel"),
     path("distillations/new/", distillation.distillation_create, name="distillation-create"),
     path("evals/", evals.eval_list, name="eval-list"),
+    path("tasks/", tasks.task_list, name="task-list"),
+    path("tasks/new/", tasks.task_create, name="task-create"),
+    path("tasks/<int:task_id>/", tasks.task_detail, name="task-detail"),
+    path("tasks/<int:task_id>/eval-sets/", tasks.task_eval_set_add, name="task-eval-set-add"),
+    path("tasks/<int:task_id>/runs/", tasks.task_run_start, name="task-run-start"),
+    path("eval-runs/<int:run_id>/", tasks.eval_run_detail, name="eval-run-detail"),
+    path("eval-runs/<int:run_id>/cancel/", tasks.eval_run_cancel, name="eval-run-cancel"),
 ]

@@ -103,6 +103,11 @@ class AuditAction(models.TextChoices):
     TRAINING_JOB_ERRORED = "training.job_errored", "Job errored"
     TRAINING_JOB_CANCELLED = "training.job_cancelled", "Job ended as cancelled"
     TRAINING_EVAL_RUN = "training.eval_run", "Evaluation recorded"
+    TASK_CREATE = "task.create", "Task created"
+    EVAL_SET_CREATE = "eval_set.create", "Eval set registered"
+    EVAL_RUN_START = "eval.run_start", "Endpoint eval run started"
+    EVAL_RUN_CANCEL = "eval.run_cancel", "Endpoint eval run cancel requested"
+    EVAL_RUN_FINISH = "eval.run_finish", "Endpoint eval run finished"
 
     @property
     def subject(self) -> str:

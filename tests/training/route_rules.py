@@ -2,7 +2,9 @@
 pages act on (``build_world``) and where their URL arguments come from (``UI_KWARGS``).
 
 The world values the rules use: ``slug`` (the team), ``dataset`` (its name), ``dataset_id``, ``number`` (1,
-the dataset's first version), ``filename`` (a file of that version) and ``ingest_id`` (the upload that made it); for the fine-tuning pages, from
+the dataset's first version), ``filename`` (a file of that version) and ``ingest_id`` (the upload that made it); for the task
+pages ``task_id`` (a classification task of the team), ``eval_set_id`` (all rows of that version), ``endpoint_id``
+(``smol-ep``) and ``eval_run_id`` (a queued run of it); for the fine-tuning pages, from
 tests/test_route_permissions.py's ``world``: ``job_id`` (a queued job of the team), ``version_id`` (a ready
 base version), ``dataset_version_id``, the pool ``local-cpu`` and the team's endpoint ``smol-ep`` (the
 distillation's teacher)."""
@@ -12,9 +14,11 @@ from __future__ import annotations
 import io
 import json
 
+from serving.models import Endpoint
 from tests.permissions import Rule, ui
 from training import ingest, services
 from training.choices import DatasetKind
+from training.evals import catalogue, runs
 
 ROWS = [
     {
@@ -63,6 +67,28 @@ UI_ROUTES: dict[str, Rule] = {
         pool="local-cpu",
     ),
     "eval-list": ui("signed_in"),
+    # Tasks and eval runs of endpoints: the world's task has one eval set and a queued run of smol-ep.
+    "task-list": ui("signed_in"),
+    "task-create": ui(
+        "team", "training.run", "POST", name="Routing", owner_team="{team_id}", kind="classification"
+    ),
+    "task-detail": ui("team", "model.view"),
+    "task-eval-set-add": ui(
+        "team", "training.run", "POST", dataset_version="{dataset_version_id}", source="all"
+    ),
+    "task-run-start": ui(
+        "team",
+        "training.run",
+        "POST",
+        endpoint="{endpoint_id}",
+        eval_set="{eval_set_id}",
+        row_limit="5",
+        concurrency="2",
+        max_tokens="8",
+    ),
+    "eval-run-detail": ui("team", "model.view"),
+    # The world's run is queued: cancelling it ends it at once.
+    "eval-run-cancel": ui("team", "training.run", "POST"),
 }
 
 # URL keyword argument -> the world value it takes, per route (routes not named here take none).
@@ -73,6 +99,11 @@ UI_KWARGS: dict[str, dict[str, str]] = {
     "dataset-ingest": {"team": "slug", "name": "dataset", "ingest_id": "ingest_id"},
     "job-detail": {"job_id": "job_id"},
     "job-cancel": {"job_id": "job_id"},
+    "task-detail": {"task_id": "task_id"},
+    "task-eval-set-add": {"task_id": "task_id"},
+    "task-run-start": {"task_id": "task_id"},
+    "eval-run-detail": {"run_id": "eval_run_id"},
+    "eval-run-cancel": {"run_id": "eval_run_id"},
 }
 
 
@@ -93,10 +124,21 @@ def build_world(*, actor, team) -> dict:
     pending = services.upload_version(
         actor=actor, dataset=dataset, chunks=[CONTENT], filename="tickets.jsonl", enqueue=False
     )
-    ingest.run_here(pending.pk)
+    version, _ = ingest.run_here(pending.pk)
+    task = catalogue.create_task(actor=actor, owner_team=team, name="Ticket routing", kind="classification")
+    eval_set = catalogue.add_eval_set(actor=actor, task=task, dataset_version=version, source="all")
+    endpoint = Endpoint.objects.get(name="smol-ep")  # the world's endpoint of the team
+    run = runs.start_run(
+        actor=actor, task=task, eval_set=eval_set, endpoint=endpoint, row_limit=5, enqueue=False
+    )
     return {
         "dataset": dataset.name,
         "dataset_id": dataset.pk,
         "filename": "train.jsonl",
         "ingest_id": pending.pk,
+        "task_id": task.pk,
+        "eval_set_id": eval_set.pk,
+        "endpoint_id": endpoint.pk,
+        "eval_run_id": run.pk,
+        "run_id": run.pk,
     }

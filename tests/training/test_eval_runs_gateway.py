@@ -1,0 +1,68 @@
+"""An eval run end to end through the real gateway process (uvicorn serving portfolio.asgi) to a stand-in
+engine (tests/gateway/fake_engine.py): each row's prompt reaches the engine, each call is metered to the
+task's team under the run's service key, revoked once the run ends, and the run's cost comes from the
+endpoint's price in billing."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.gateway import usage
+from serving.gateway.models import ApiKey, UsageEvent
+from tests.gateway import conftest as gateway_fixtures
+from tests.training.conftest import jsonl, tickets, upload
+from training import services
+from training.choices import DatasetKind, JobStatus
+from training.evals import catalogue, runs
+
+pytestmark = pytest.mark.django_db(transaction=True)
+# The gateway tests' fixtures: a real gateway process, and a deployment served by a stand-in engine.
+gateway_process = gateway_fixtures.gateway_process
+gateway_url = gateway_fixtures.gateway_url
+stack = gateway_fixtures.stack
+
+
+def test_an_eval_run_asks_the_endpoint_through_the_gateway_metered_to_the_tasks_team(
+    stack,
+    gateway_url,
+    settings,
+    engineer,
+    team,
+):
+    settings.GATEWAY_INTERNAL_URL = gateway_url
+    deployment, engines = stack["deployment"]("scorer")
+    endpoint = stack["endpoint"]("scorer-ep", deployment, price=("1.00", "2.00"))
+    gateway_fixtures.wait_for_model(gateway_url, stack["key"](), endpoint.name)
+    dataset = services.create_dataset(actor=engineer, owner_team=team, name="tickets", kind=DatasetKind.CHAT)
+    version, _ = upload(engineer, dataset, jsonl(*tickets(12)))
+    task = catalogue.create_task(actor=engineer, owner_team=team, name="Routing", kind="classification")
+    eval_set = catalogue.add_eval_set(actor=engineer, task=task, dataset_version=version, source="all")
+
+    run = runs.start_run(
+        actor=engineer,
+        task=task,
+        eval_set=eval_set,
+        endpoint=endpoint,
+        row_limit=6,
+        concurrency=3,
+        max_tokens=4,
+        enqueue=False,
+    )
+    runs.execute(run.pk)
+    run.refresh_from_db()
+
+    assert run.status == JobStatus.SUCCEEDED, run.status_detail
+    assert (run.rows_done, run.rows_total) == (6, 6)
+    asked = [request["messages"][-1]["content"] for request in engines[0].requests]
+    prompts = {row["messages"][-2]["content"] for row in tickets(12)}
+    assert len(asked) == len(set(asked)) == 6 and set(asked) <= prompts
+    scores = run.metrics
+    assert scores["accuracy"] == 0.0  # the stand-in engine answers "word word ..."
+    assert scores["output_tokens"] == 6 * 4 and scores["latency_p50_ms"] > 0
+    expected = (scores["input_tokens"] * 1.0 + scores["output_tokens"] * 2.0) / 1e6 / 6 * 1000
+    assert scores["cost_per_1k_requests"] == pytest.approx(expected)
+    key = ApiKey.objects.get(name=f"eval run #{run.pk}")
+    assert key.team_id == team.pk and key.revoked_at is not None
+    usage.flush()
+    events = UsageEvent.objects.filter(endpoint="scorer-ep", api_key=key)
+    assert events.count() == 6 and {event.team_id for event in events} == {team.pk}

@@ -1,0 +1,78 @@
+"""The one place an eval run calls an endpoint: through the gateway, with a short-lived service key of the
+running team scoped to the endpoint (as distillation calls its teacher), so every row's call is metered and
+billed to that team like any other call."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+from django.conf import settings
+from django.db import transaction
+
+from portfolio.accounts.actor import Actor
+from portfolio.accounts.models import Team
+from serving.gateway import services as key_services
+
+SYSTEM = Actor.for_system("training.evals")
+
+
+class GatewayRefused(Exception):
+    """The gateway (or the endpoint behind it) did not answer a row: the run fails with this reason."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    latency_s: float
+    input_tokens: int
+    output_tokens: int
+
+
+@contextlib.contextmanager
+def client_for(team: Team, endpoint_name: str, label: str) -> Iterator[httpx.Client]:
+    """An HTTP client of the gateway holding a service key of ``team`` for ``endpoint_name``, revoked after."""
+    with transaction.atomic():
+        key, secret = key_services.create_key(
+            actor=SYSTEM, team=team, name=label[:100], scopes=[endpoint_name], service=True
+        )
+    try:
+        with httpx.Client(
+            base_url=settings.GATEWAY_INTERNAL_URL,
+            timeout=settings.GATEWAY_UPSTREAM_TIMEOUT,
+            headers={"Authorization": f"Bearer {secret}"},
+        ) as client:
+            yield client
+    finally:
+        with transaction.atomic():
+            key_services.revoke_key(actor=SYSTEM, key=key)
+
+
+def ask(client: httpx.Client, endpoint_name: str, messages: list[dict], max_tokens: int) -> Answer:
+    """One row's chat completion, greedy, timed from request to full answer."""
+    started = time.monotonic()
+    try:
+        response = client.post(
+            "/v1/chat/completions",
+            json={"model": endpoint_name, "messages": messages, "max_tokens": max_tokens, "temperature": 0},
+        )
+    except httpx.HTTPError as exc:
+        raise GatewayRefused(f"The gateway did not answer: {exc.__class__.__name__}.") from None
+    latency = time.monotonic() - started
+    if response.status_code != 200:
+        raise GatewayRefused(f"{endpoint_name} answered {response.status_code}: {response.text[:300]}")
+    try:
+        body = response.json()
+        text = body["choices"][0]["message"]["content"] or ""
+        usage = body.get("usage") or {}
+        return Answer(
+            text=str(text),
+            latency_s=latency,
+            input_tokens=int(usage.get("prompt_tokens") or 0),
+            output_tokens=int(usage.get("completion_tokens") or 0),
+        )
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise GatewayRefused(f"{endpoint_name} answered something that is not a chat completion.") from None

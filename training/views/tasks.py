@@ -1,0 +1,221 @@
+"""The task pages: the catalogue of tasks, a new task, a task with its eval sets, each eval set's
+leaderboard (the front marked) and recent runs, starting an eval run of an endpoint, and a run's page
+(polled while it runs) with its cancel button."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import messages
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from portfolio import htmx, listing
+from portfolio.accounts import gate
+from portfolio.accounts.actor import Actor
+from portfolio.accounts.context import actor_of, wants_fragment
+from portfolio.accounts.models import Team
+from portfolio.errors import Conflict, NotFound
+from portfolio.formviews import submit
+from training.evals import catalogue, runs
+from training.evals.leaderboard import figures, leaderboard
+from training.evals.models import EndpointEvalRun, Task
+from training.forms.tasks import EvalRunForm, EvalSetForm, TaskForm
+
+RUN_POLL_SECONDS = 2
+
+
+def _task(actor: Actor, task_id: int) -> Task:
+    """A task the actor may see, else 404."""
+    found = gate.visible(actor, Task).select_related("owner_team").filter(pk=task_id).first()
+    if found is None:
+        raise NotFound("Task not found.")
+    return found
+
+
+def _run(actor: Actor, run_id: int) -> EndpointEvalRun:
+    found = (
+        gate.visible(actor, EndpointEvalRun)
+        .select_related("eval_set__task__owner_team", "eval_set__dataset_version__dataset", "created_by")
+        .filter(pk=run_id)
+        .first()
+    )
+    if found is None:
+        raise NotFound("Eval run not found.")
+    return found
+
+
+@require_GET
+def task_list(request):
+    """Permission: any signed-in user; ``gate.visible`` lists only the tasks of their teams (all for
+    org-wide roles)."""
+    actor = actor_of(request)
+    tasks = gate.visible(actor, Task).select_related("owner_team").order_by("owner_team__slug", "slug")
+    context = {"page": listing.paginate(request, tasks), "can_create": gate.can(actor, "training.run")}
+    return render(request, "training/task_list.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+def task_create(request):
+    """Permission: ``training.run`` in some team (owner or engineer), and in the team chosen: a team the
+    actor may not see answers 404, one they may see but not train in 403."""
+    actor = actor_of(request)
+    gate.require(actor, "training.run")
+    if request.method == "POST" and request.POST.get("owner_team"):
+        team = gate.get_visible(actor, Team, pk=request.POST["owner_team"])
+        gate.require(actor, "training.run", team)
+    form = TaskForm(request.POST if request.method == "POST" else None, actor=actor)
+
+    def create() -> Task:
+        data = form.cleaned_data
+        return catalogue.create_task(
+            actor=actor,
+            owner_team=data["owner_team"],
+            name=data["name"],
+            kind=data["kind"],
+            description=data["description"],
+        )
+
+    done = submit(
+        request,
+        form,
+        create,
+        success=lambda task: f"Task {task.name} created: add an eval set to score endpoints on it.",
+        then=lambda task: redirect("task-detail", task_id=task.pk),
+    )
+    return done or render(request, "training/task_form.html", {"form": form})
+
+
+def _detail_context(actor: Actor, task: Task, **forms) -> dict:
+    can_run = gate.can(actor, "training.run", task)
+    eval_sets = list(task.eval_sets.select_related("dataset_version__dataset").order_by("-created_at", "-id"))
+    for eval_set in eval_sets:
+        eval_set.board = leaderboard(eval_set)
+    recent = (
+        EndpointEvalRun.objects.filter(eval_set__task=task)
+        .select_related("eval_set__dataset_version__dataset")
+        .order_by("-created_at", "-id")[:20]
+    )
+    return {
+        "task": task,
+        "eval_sets": eval_sets,
+        "runs": recent,
+        "can_run": can_run,
+        "set_form": forms.get("set_form") or (EvalSetForm(task=task) if can_run else None),
+        "run_form": forms.get("run_form") or (EvalRunForm(task=task) if can_run and eval_sets else None),
+        "currency": settings.BILLING_CURRENCY,
+    }
+
+
+@require_GET
+def task_detail(request, task_id: int):
+    """Permission: the task is visible (its team's members, org-wide roles), else 404. The forms to add an
+    eval set and to start a run show to those with ``training.run`` in its team."""
+    actor = actor_of(request)
+    task = _task(actor, task_id)
+    return render(request, "training/task_detail.html", _detail_context(actor, task))
+
+
+@require_POST
+def task_eval_set_add(request, task_id: int):
+    """Permission: the task visible (else 404) and ``training.run`` in its team (else 403); the dataset
+    version must be one of the task's team (the form offers only those)."""
+    actor = actor_of(request)
+    task = _task(actor, task_id)
+    gate.require(actor, "training.run", task)
+    form = EvalSetForm(request.POST, task=task)
+
+    def add():
+        data = form.cleaned_data
+        return catalogue.add_eval_set(
+            actor=actor, task=task, dataset_version=data["dataset_version"], source=data["source"]
+        )
+
+    done = submit(
+        request,
+        form,
+        add,
+        success=lambda eval_set: f"Eval set {eval_set.label} added.",
+        then=lambda eval_set: redirect("task-detail", task_id=task.pk),
+    )
+    if done is not None:
+        return done
+    return render(
+        request, "training/task_detail.html", _detail_context(actor, task, set_form=form), status=400
+    )
+
+
+@require_POST
+def task_run_start(request, task_id: int):
+    """Permission: the task visible (else 404) and ``training.run`` in its team (else 403); the endpoint
+    one its team may call and the eval set one of the task's (the form offers only those)."""
+    actor = actor_of(request)
+    task = _task(actor, task_id)
+    gate.require(actor, "training.run", task)
+    form = EvalRunForm(request.POST, task=task)
+
+    def start() -> EndpointEvalRun:
+        data = form.cleaned_data
+        return runs.start_run(
+            actor=actor,
+            task=task,
+            eval_set=data["eval_set"],
+            endpoint=data["endpoint"],
+            row_limit=data["row_limit"],
+            concurrency=data["concurrency"],
+            max_tokens=data["max_tokens"],
+        )
+
+    done = submit(
+        request,
+        form,
+        start,
+        success=lambda run: f"Eval run #{run.pk} of {run.endpoint_name} queued.",
+        then=lambda run: redirect("eval-run-detail", run_id=run.pk),
+    )
+    if done is not None:
+        return done
+    return render(
+        request, "training/task_detail.html", _detail_context(actor, task, run_form=form), status=400
+    )
+
+
+@require_GET
+def eval_run_detail(request, run_id: int):
+    """Permission: the run is visible (its team's members, org-wide roles), else 404. htmx gets the live
+    part, polled every 2 s while the run is queued or running."""
+    actor = actor_of(request)
+    run = _run(actor, run_id)
+    context = {
+        "run": run,
+        "task": run.eval_set.task,
+        "polling": run.is_active,
+        "poll_seconds": RUN_POLL_SECONDS,
+        "can_run": gate.can(actor, "training.run", run),
+        "f1_rows": sorted((run.metrics.get("f1_by_label") or {}).items()),
+        "figures": figures(run.metrics),
+        "currency": settings.BILLING_CURRENCY,
+    }
+    if wants_fragment(request):
+        return htmx.render(request, "training/partials/eval_run_live.html", context)
+    return htmx.render(request, "training/eval_run_detail.html", context)
+
+
+@require_POST
+def eval_run_cancel(request, run_id: int):
+    """Permission: visible (else 404) and ``training.run`` in its team (else 403). A queued run ends at
+    once; a running one stops before its next batch of rows."""
+    actor = actor_of(request)
+    run = _run(actor, run_id)
+    gate.require(actor, "training.run", run)
+    try:
+        run = runs.cancel_run(actor=actor, run=run)
+    except Conflict as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(
+            request,
+            f"Eval run #{run.pk} cancelled."
+            if not run.is_active
+            else f"Stopping eval run #{run.pk}: it stops before its next rows.",
+        )
+    return redirect("eval-run-detail", run_id=run.pk)
