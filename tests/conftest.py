@@ -115,6 +115,18 @@ def _fast_password_hashing(settings):
 
 
 @pytest.fixture
+def restores_latest_schema():
+    """For a test that migrates an app backwards: every app's latest migrations are applied again after it,
+    or the tests after it would run against a schema missing the migrations it took out (and the apps
+    depending on them)."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    yield
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+@pytest.fixture
 def make_user(db):
     def make(username: str, *, superuser: bool = False, org_role: str | None = None):
         User = get_user_model()

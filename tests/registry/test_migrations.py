@@ -6,7 +6,7 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("restores_latest_schema")]
 
 BEFORE = [("registry", "0001_initial")]
 AFTER = [("registry", "0002_chat_templates_and_derived_versions")]

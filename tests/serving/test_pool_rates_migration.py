@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("restores_latest_schema")]
 
 BEFORE = [("serving", "0003_endpointshare")]
 AFTER = [("serving", "0004_pool_rates_to_price_book")]
