@@ -17,7 +17,7 @@ from portfolio.accounts.models import Team
 from portfolio.errors import Conflict, NotFound
 from portfolio.formviews import submit
 from training.evals import catalogue, runs
-from training.evals.leaderboard import figures, leaderboard
+from training.evals.leaderboard import figures, leaderboard, quality_cost_chart
 from training.evals.models import EndpointEvalRun, Task
 from training.forms.tasks import EvalRunForm, EvalSetForm, TaskForm
 
@@ -90,6 +90,8 @@ def _detail_context(actor: Actor, task: Task, **forms) -> dict:
     eval_sets = list(task.eval_sets.select_related("dataset_version__dataset").order_by("-created_at", "-id"))
     for eval_set in eval_sets:
         eval_set.board = leaderboard(eval_set)
+        eval_set.chart = quality_cost_chart(eval_set.board, settings.BILLING_CURRENCY)
+        eval_set.chart_id = f"quality-cost-{eval_set.pk}"
     recent = (
         EndpointEvalRun.objects.filter(eval_set__task=task)
         .select_related("eval_set__dataset_version__dataset")
