@@ -17,6 +17,7 @@ class Entry:
     quality: float | None
     latency_p50_ms: float | None
     cost_per_1k: float | None
+    judge_score: float | None = None
     on_front: bool = False
 
     @property
@@ -46,6 +47,7 @@ def figures(scores: dict) -> dict[str, str]:
         "p95": "—" if scores.get("latency_p95_ms") is None else f"{scores['latency_p95_ms']:.0f} ms",
         "rate": "—" if rate is None else f"{rate:.1f}",
         "cost": "not priced" if cost is None else f"{cost:.4f}",
+        "judge": "—" if scores.get("judge_score") is None else f"{scores['judge_score']:.2f}",
     }
 
 
@@ -60,6 +62,7 @@ def leaderboard(eval_set: EvalSet) -> list[Entry]:
             quality=run.metrics.get("quality"),
             latency_p50_ms=run.metrics.get("latency_p50_ms"),
             cost_per_1k=run.metrics.get("cost_per_1k_requests"),
+            judge_score=run.metrics.get("judge_score"),
         )
         for run in latest.values()
     ]
