@@ -123,3 +123,17 @@ def test_the_api_promotes_with_an_endpoint_and_refuses_a_bad_one(client, org, wo
     ok = client.post(url, {"alias": "production", "endpoint": "support"}, content_type="application/json")
     assert ok.status_code == 200, ok.content
     assert Endpoint.objects.get(name="support").rollouts.get().deployment == "support-next"
+
+
+def test_moving_production_asks_first_and_keeps_the_endpoint_named(client, org, world):
+    v1, _ = versions()
+    registry.promote(actor=actor_for(org["engineer"]), version=v1, alias="production")
+    client.force_login(org["engineer"])
+    asked = client.post("/models/smollm2/v2/promote/", {"alias": "production", "endpoint": "support"})
+    page = asked.content.decode()
+    assert "Move production to v2" in page and 'name="endpoint" value="support"' in page
+    assert not Rollout.objects.exists()
+    client.post(
+        "/models/smollm2/v2/promote/", {"alias": "production", "endpoint": "support", "confirm": "on"}
+    )
+    assert production() == "smollm2:v2" and Rollout.objects.get().deployment == "support-next"
