@@ -13,6 +13,7 @@ from tests.training.test_eval_runs import task as task  # noqa: F401 - the share
 from tests.training.test_eval_runs import version as version  # noqa: F401
 from training.choices import JobStatus
 from training.evals import catalogue, side_by_side
+from training.evals.leaderboard import leaderboard
 from training.evals.metrics import normalise
 from training.evals.models import EndpointEvalRun
 
@@ -105,3 +106,13 @@ def test_the_api_compares_runs_a_page_of_rows_at_a_time(client, org, task):
     assert client.get(url, {"run": [small.pk, large.pk], "limit": 501}).status_code == 422
     assert client.get(url, {"run": [small.pk]}).status_code == 400
     assert client.get(url, {"run": [small.pk, 10**9]}).status_code == 404
+
+
+def test_the_leaderboard_and_the_task_page_read_runs_without_their_answers(client, org, task):
+    kept(task, "small", ["billing"] * 4)
+    [entry] = leaderboard(task.eval_sets.get())
+    assert "answers" in entry.run.get_deferred_fields()
+    client.force_login(org["viewer"])
+    page = client.get(reverse("task-detail", args=[task.pk]))
+    assert page.status_code == 200
+    assert all("answers" in run.get_deferred_fields() for run in page.context["runs"])

@@ -53,7 +53,8 @@ def figures(scores: dict) -> dict[str, str]:
 
 def leaderboard(eval_set: EvalSet) -> list[Entry]:
     latest: dict[str, EndpointEvalRun] = {}
-    succeeded = EndpointEvalRun.objects.filter(eval_set=eval_set, status=JobStatus.SUCCEEDED)
+    # Every finished run is read to find each endpoint's latest: without the rows' answers (megabytes).
+    succeeded = EndpointEvalRun.objects.filter(eval_set=eval_set, status=JobStatus.SUCCEEDED).defer("answers")
     for run in succeeded.order_by("created_at", "id"):
         latest[run.endpoint_name] = run  # later runs replace earlier ones
     entries = [

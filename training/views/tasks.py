@@ -37,6 +37,7 @@ def _task(actor: Actor, task_id: int) -> Task:
 def _run(actor: Actor, run_id: int) -> EndpointEvalRun:
     found = (
         gate.visible(actor, EndpointEvalRun)
+        .defer("answers")  # the side by side reads them, not the run's page
         .select_related("eval_set__task__owner_team", "eval_set__dataset_version__dataset", "created_by")
         .filter(pk=run_id)
         .first()
@@ -96,6 +97,7 @@ def _detail_context(actor: Actor, task: Task, **forms) -> dict:
         eval_set.chart_id = f"quality-cost-{eval_set.pk}"
     recent = (
         EndpointEvalRun.objects.filter(eval_set__task=task)
+        .defer("answers")
         .select_related("eval_set__dataset_version__dataset")
         .order_by("-created_at", "-id")[:20]
     )
