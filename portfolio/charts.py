@@ -10,7 +10,7 @@ import math
 
 from portfolio.templatetags.formatting import short_number
 
-__all__ = ["coordinate", "nice_step", "short_number", "whole_step"]
+__all__ = ["coordinate", "nice_step", "short_number", "tick_label", "whole_step"]
 
 
 def coordinate(value: float) -> str:
@@ -32,3 +32,11 @@ def nice_step(value: float) -> float:
 def whole_step(largest: float, ticks: int) -> int:
     """A round whole-number step (1, 2, 5 x 10^k) so that ``ticks`` steps reach ``largest``: counts."""
     return int(nice_step(max(1, math.ceil(largest / ticks))))
+
+
+def tick_label(value: float, step: float) -> str:
+    """A tick of a fine axis written with as many decimals as its step needs: 0.005 -> "0.005", 0.02 -> "0.02"."""
+    if step >= 1 or value == 0:
+        return short_number(value)
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    return f"{value:.{decimals}f}"

@@ -10,6 +10,7 @@ class ServingConfig(AppConfig):
         from portfolio.registry import services as registry_services
         from serving import agent_loop  # noqa: F401 - connects the node agent's signal handlers
         from serving.models import Deployment, DeploymentAdapter
+        from serving.services.rollouts import follow_promotion
 
         def deployed(version) -> str | None:
             names = list(Deployment.objects.filter(version=version).values_list("name", flat=True))
@@ -20,6 +21,7 @@ class ServingConfig(AppConfig):
             return f"it is deployed by {', '.join(names)}" if names else None
 
         registry_services.VERSION_IN_USE_CHECKS.append(deployed)
+        registry_services.PROMOTION_FOLLOWERS.append(follow_promotion)
         self._register_priced_subjects()
 
     @staticmethod

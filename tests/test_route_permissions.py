@@ -261,6 +261,7 @@ API_ROUTES: dict[str, Rule] = {
     "POST /tasks/{task_id}/eval-runs": rest(
         "team", "training.run", "POST", endpoint_id="{endpoint_id}", eval_set_id="{eval_set_id}", row_limit=5
     ),
+    "GET /tasks/{task_id}/compare": rest("team", "model.view", run="{eval_run_id}"),
     "GET /eval-runs/{run_id}": rest("team", "model.view"),
     "POST /eval-runs/{run_id}/cancel": rest("team", "training.run", "POST"),
     # Training data

@@ -24,6 +24,7 @@ urlpatterns = [
     path("tasks/<int:task_id>/", tasks.task_detail, name="task-detail"),
     path("tasks/<int:task_id>/eval-sets/", tasks.task_eval_set_add, name="task-eval-set-add"),
     path("tasks/<int:task_id>/runs/", tasks.task_run_start, name="task-run-start"),
+    path("tasks/<int:task_id>/compare/", tasks.task_compare, name="task-compare"),
     path("eval-runs/<int:run_id>/", tasks.eval_run_detail, name="eval-run-detail"),
     path("eval-runs/<int:run_id>/cancel/", tasks.eval_run_cancel, name="eval-run-cancel"),
 ]

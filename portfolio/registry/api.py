@@ -124,6 +124,12 @@ class PromoteIn(Schema):
     force_reason: str = Field(
         "", max_length=500, description="Owners only: promote despite a lower eval score"
     )
+    endpoint: str = Field(
+        "",
+        max_length=63,
+        description="Start a rollout of this version on this endpoint (by default, a production promotion "
+        "starts one on every endpoint that served the previous production version)",
+    )
 
 
 class LineageOut(Schema):
@@ -244,7 +250,11 @@ def upload_adapter(request, name: str, base_version_id: Form[int], file: File[Up
 def promote(request, name: str, number: int, payload: PromoteIn):
     version = _version(request, name, number)
     services.promote(
-        actor=request.auth, version=version, alias=payload.alias, force_reason=payload.force_reason
+        actor=request.auth,
+        version=version,
+        alias=payload.alias,
+        force_reason=payload.force_reason,
+        endpoint=payload.endpoint,
     )
     return version.model
 

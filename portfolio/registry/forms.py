@@ -240,6 +240,13 @@ class PromoteForm(forms.Form):
         label="Reason to override a lower eval score (owners only)",
         help_text="Promotion to production is refused when this version scores below the current holder.",
     )
+    endpoint = forms.CharField(
+        required=False,
+        max_length=63,
+        label="Roll out on endpoint (optional)",
+        help_text="Start a canary of this version on this endpoint. Left empty, production starts one on "
+        "every endpoint that served the previous production version.",
+    )
 
     def clean_alias(self):
         return self.cleaned_data["alias"].strip().lower()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -36,6 +37,11 @@ VERSION_IN_USE_CHECKS: list[Callable[[ModelVersion], str | None]] = []
 # Other apps register promotion checks (training: eval scores): given a candidate for a guarded alias and
 # the alias's holder, each returns where the candidate scores below it ("0.500 vs 0.700 on <eval set>").
 PROMOTION_CHECKS: list[Callable[[ModelVersion, ModelVersion], list[str]]] = []
+# Other apps register what a promotion sets in motion (serving: a rollout of the version on the endpoint
+# named, or on the endpoints that served the alias's previous holder). Called inside ``promote``'s
+# transaction as (actor, version, previous holder or None, alias, endpoint name or ""); each returns what
+# it did, one sentence per endpoint. Raising a DomainError undoes the promotion.
+PROMOTION_FOLLOWERS: list[Callable[[Actor, ModelVersion, ModelVersion | None, str, str], list[str]]] = []
 IMPORTABLE_SOURCES = (Source.HUB, Source.LOCAL, Source.GGUF, Source.UPLOAD)
 # Model names that would collide with UI routes under /models/.
 RESERVED_MODEL_NAMES = frozenset({"new"})
@@ -307,6 +313,7 @@ def _register_derived(
 
 # --- Lifecycle -------------------------------------------------------------------------------------
 GUARDED_ALIASES = frozenset({"production"})
+MAX_ENDPOINT_NAME = 63
 
 
 def score_regressions(candidate: ModelVersion, holder: ModelVersion) -> list[str]:
@@ -314,14 +321,29 @@ def score_regressions(candidate: ModelVersion, holder: ModelVersion) -> list[str
     return [problem for check in PROMOTION_CHECKS for problem in check(candidate, holder)]
 
 
+@dataclass(frozen=True)
+class Promotion:
+    """An alias moved, and what the promotion set in motion (rollouts started, or why not)."""
+
+    alias: Alias
+    followed: list[str]
+
+
 @transaction.atomic
-def promote(*, actor: Actor, version: ModelVersion, alias: str, force_reason: str = "") -> Alias:
+def promote(
+    *, actor: Actor, version: ModelVersion, alias: str, force_reason: str = "", endpoint: str = ""
+) -> Promotion:
     """Point ``alias`` (e.g. production) at ``version``; the audit row names the previous holder.
 
     ``production`` refuses a candidate that scores below the current holder on a common eval set, unless
-    an owner forces it with a reason (kept in the audit row)."""
+    an owner forces it with a reason (kept in the audit row). Then the registered followers act on it:
+    serving starts a rollout on ``endpoint`` if one is named, else (for ``production``) on every endpoint
+    whose routes served the previous holder."""
     gate.require(actor, "model.promote", version.model)
     alias = _check(alias_validator, alias.strip().lower(), "alias")
+    endpoint = endpoint.strip()
+    if len(endpoint) > MAX_ENDPOINT_NAME:
+        raise Invalid("endpoint: an endpoint's name.", fields={"endpoint": ["Too long."]})
     if version.status != VersionStatus.READY:
         raise Conflict(f"{version.label} is {version.status}; only a ready version can be promoted.")
     existing = Alias.objects.select_for_update().filter(model=version.model, name=alias).first()
@@ -345,9 +367,14 @@ def promote(*, actor: Actor, version: ModelVersion, alias: str, force_reason: st
         holder = existing
     else:
         holder = Alias.objects.create(model=version.model, name=alias, version=version, updated_by=actor.user)
-    after = {"alias": alias, "version": version.label}
+    followed = [
+        note for follow in PROMOTION_FOLLOWERS for note in follow(actor, version, previous, alias, endpoint)
+    ]
+    after: dict = {"alias": alias, "version": version.label}
     if force_reason:
         after["forced"] = force_reason
+    if followed:
+        after["followed"] = followed
     audit.record(
         actor,
         "model.promote",
@@ -355,7 +382,7 @@ def promote(*, actor: Actor, version: ModelVersion, alias: str, force_reason: st
         before={"alias": alias, "version": previous.label if previous else None},
         after=after,
     )
-    return holder
+    return Promotion(alias=holder, followed=followed)
 
 
 def in_use_reasons(version: ModelVersion) -> list[str]:

@@ -10,16 +10,21 @@ are scaled to share ``100 - p`` percent and the canary gets ``p`` percent (in hu
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
-from portfolio.errors import Conflict, Invalid
+from portfolio.errors import Conflict, DomainError, Forbidden, Invalid
 from serving.choices import RolloutState
 from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, Rollout
+
+if TYPE_CHECKING:
+    from portfolio.registry.models import ModelVersion
 
 # Bounds of a rollout's policy: (default, lowest, highest).
 CANARY_PERCENT = (5, 1, 50)
@@ -106,9 +111,10 @@ def start_rollout(
     min_requests: int | None = None,
     max_error_rate_increase: float | None = None,
     max_latency_ratio: float | None = None,
+    why: str = "",
 ) -> Rollout:
     """Give the candidate (a deployment of the endpoint's team, or one of its adapters) the canary weight
-    and start watching it; one active rollout per endpoint."""
+    and start watching it; one active rollout per endpoint. ``why`` starts the first step's reason."""
     gate.require(actor, "deployment.manage", endpoint)
     endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
     policy = {
@@ -156,7 +162,7 @@ def start_rollout(
     _step(
         rollout,
         "start",
-        f"Canary {label} at {policy['canary_percent']}% of the traffic, watched for "
+        f"{why + ' ' if why else ''}Canary {label} at {policy['canary_percent']}% of the traffic, watched for "
         f"{policy['window_seconds'] // 60} min.",
         actor,
     )
@@ -224,3 +230,89 @@ def abort_rollout(*, actor: Actor, endpoint: Endpoint, reason: str = "") -> Roll
         raise Conflict(f"{endpoint.name} has no rollout under way.")
     rollout.endpoint = endpoint
     return finish(rollout, RolloutState.ABORTED, reason or f"Aborted by {actor.label}.", actor, full=False)
+
+
+# --- Promotion drives traffic ---------------------------------------------------------------------------
+FOLLOWED_ALIAS = "production"
+
+
+def _serving(version: ModelVersion, endpoint: Endpoint) -> tuple[str, str] | None:
+    """Where the endpoint's team serves ``version``: (deployment, adapter or ""), preferring a deployment
+    the endpoint already routes to (an adapter hot-loaded next to the baseline), then a running one."""
+    routed = set(endpoint.routes.values_list("deployment_id", flat=True))
+    found: list[tuple[bool, bool, str, str]] = [
+        (d.pk not in routed, d.status != "running", d.name, "")
+        for d in Deployment.objects.filter(version=version, owner_team_id=endpoint.owner_team_id)
+    ]
+    found += [
+        (a.deployment_id not in routed, a.deployment.status != "running", a.deployment.name, a.name)
+        for a in DeploymentAdapter.objects.filter(
+            version=version, deployment__owner_team_id=endpoint.owner_team_id
+        ).select_related("deployment")
+    ]
+    return min(found)[2:] if found else None
+
+
+def _serves(endpoint_routes, version: ModelVersion) -> bool:
+    return any(
+        (r.adapter.version_id if r.adapter else r.deployment.version_id) == version.pk
+        for r in endpoint_routes
+        if r.weight
+    )
+
+
+def follow_promotion(
+    actor: Actor, version: ModelVersion, previous: ModelVersion | None, alias: str, endpoint: str
+) -> list[str]:
+    """The registry's promotion follower (registered in ``ServingConfig.ready``): a promotion for an
+    endpoint starts a rollout of the version there.
+
+    An endpoint named: that one; a refusal (not visible, not deployed, a rollout under way) undoes the
+    promotion. None named and the alias is ``production``: every endpoint the actor may see whose routes
+    send traffic to the previous holder; one that cannot start is left as it is, with the reason said."""
+    why = f"On promotion of {version.label} to {alias}."
+    if endpoint:
+        target = Endpoint.objects.visible_to(actor).filter(name=endpoint).first()
+        if target is None:
+            raise Invalid(
+                f"endpoint: no endpoint {endpoint!r} visible to you.",
+                fields={"endpoint": ["No such endpoint."]},
+            )
+        serving = _serving(version, target)
+        if serving is None:
+            raise Invalid(
+                f"endpoint: {version.label} is not deployed by a deployment of {target.name}'s team; deploy it first.",
+                fields={"endpoint": ["Deploy the version first."]},
+            )
+        start_rollout(
+            actor=actor, endpoint=target, deployment=serving[0], adapter=serving[1] or None, why=why
+        )
+        return [f"Rollout of {'/'.join(p for p in serving if p)} started on {target.name}."]
+    if alias != FOLLOWED_ALIAS or previous is None or previous.pk == version.pk:
+        return []
+    notes = []
+    endpoints = (
+        Endpoint.objects.visible_to(actor)
+        .filter(Q(routes__deployment__version=previous) | Q(routes__adapter__version=previous))
+        .distinct()
+        .order_by("name")
+    )
+    for target in endpoints:
+        routes = list(target.routes.select_related("deployment", "adapter"))
+        if not _serves(routes, previous) or _serves(routes, version):
+            continue
+        serving = _serving(version, target)
+        if serving is None:
+            notes.append(f"{target.name}: no rollout, {version.label} is not deployed for it.")
+            continue
+        try:
+            start_rollout(
+                actor=actor, endpoint=target, deployment=serving[0], adapter=serving[1] or None, why=why
+            )
+        except Forbidden:
+            notes.append(f"{target.name}: no rollout, you may not change its routes.")
+        except DomainError as exc:
+            notes.append(f"{target.name}: no rollout, {exc}")
+        else:
+            notes.append(f"Rollout of {'/'.join(p for p in serving if p)} started on {target.name}.")
+    return notes

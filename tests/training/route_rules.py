@@ -86,6 +86,8 @@ UI_ROUTES: dict[str, Rule] = {
         concurrency="2",
         max_tokens="8",
     ),
+    # Side by side: the world's one run is queued, so a member is told why there is nothing to compare (400).
+    "task-compare": ui("team", "model.view", run="{eval_run_id}"),
     "eval-run-detail": ui("team", "model.view"),
     # The world's run is queued: cancelling it ends it at once.
     "eval-run-cancel": ui("team", "training.run", "POST"),
@@ -102,6 +104,7 @@ UI_KWARGS: dict[str, dict[str, str]] = {
     "task-detail": {"task_id": "task_id"},
     "task-eval-set-add": {"task_id": "task_id"},
     "task-run-start": {"task_id": "task_id"},
+    "task-compare": {"task_id": "task_id"},
     "eval-run-detail": {"run_id": "eval_run_id"},
     "eval-run-cancel": {"run_id": "eval_run_id"},
 }

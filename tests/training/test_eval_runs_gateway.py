@@ -66,3 +66,52 @@ def test_an_eval_run_asks_the_endpoint_through_the_gateway_metered_to_the_tasks_
     usage.flush()
     events = UsageEvent.objects.filter(endpoint="scorer-ep", api_key=key)
     assert events.count() == 6 and {event.team_id for event in events} == {team.pk}
+
+
+def test_a_judge_scores_each_answer_through_the_gateway_metered_to_the_tasks_team(
+    stack,
+    gateway_url,
+    settings,
+    engineer,
+    team,
+):
+    settings.GATEWAY_INTERNAL_URL = gateway_url
+    deployment, _ = stack["deployment"]("scorer")
+    endpoint = stack["endpoint"]("scorer-ep", deployment)
+    judge_deployment, judge_engines = stack["deployment"]("judge")
+    judge = stack["endpoint"]("judge-ep", judge_deployment)
+    for name in (endpoint.name, judge.name):
+        gateway_fixtures.wait_for_model(gateway_url, stack["key"](), name)
+    dataset = services.create_dataset(actor=engineer, owner_team=team, name="tickets", kind=DatasetKind.CHAT)
+    version, _ = upload(engineer, dataset, jsonl(*tickets(12)))
+    task = catalogue.create_task(actor=engineer, owner_team=team, name="Routing", kind="classification")
+    eval_set = catalogue.add_eval_set(actor=engineer, task=task, dataset_version=version, source="all")
+
+    run = runs.start_run(
+        actor=engineer,
+        task=task,
+        eval_set=eval_set,
+        endpoint=endpoint,
+        row_limit=4,
+        concurrency=2,
+        max_tokens=3,
+        judge=judge,
+        rubric="Names the queue the ticket belongs to.",
+        enqueue=False,
+    )
+    runs.execute(run.pk)
+    run.refresh_from_db()
+
+    assert run.status == JobStatus.SUCCEEDED, run.status_detail
+    judged = judge_engines[0].requests
+    assert len(judged) == 4
+    assert all("Names the queue the ticket belongs to." in r["messages"][0]["content"] for r in judged)
+    assert all("Answer to grade:\nword word word" in r["messages"][-1]["content"] for r in judged)
+    # The stand-in judge babbles ("word word ..."): no readable score, counted, and the run still succeeds.
+    assert run.metrics["judge_score"] is None
+    assert (run.metrics["judge_scored"], run.metrics["judge_unreadable"]) == (0, 4)
+    key = ApiKey.objects.get(name=f"eval run #{run.pk} (judge)")
+    assert key.team_id == team.pk and key.scopes == ["judge-ep"] and key.revoked_at is not None
+    usage.flush()
+    events = UsageEvent.objects.filter(endpoint="judge-ep", api_key=key)
+    assert events.count() == 4 and {event.team_id for event in events} == {team.pk}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from ninja import Router, Schema, Status
+from ninja import Query, Router, Schema, Status
 from ninja.pagination import PageNumberPagination, paginate
 from pydantic import Field
 
@@ -14,7 +14,7 @@ from portfolio.accounts.models import Team
 from portfolio.errors import NotFound
 from serving.models import Endpoint
 from training.choices import EvalSetSource, TaskKind
-from training.evals import catalogue, runs
+from training.evals import catalogue, judging, runs, side_by_side
 from training.evals.leaderboard import leaderboard
 from training.evals.models import EndpointEvalRun, EvalSet, Task
 from training.models import DatasetVersion
@@ -63,6 +63,9 @@ class LeaderboardEntryOut(Schema):
     quality: float | None
     latency_p50_ms: float | None
     cost_per_1k_requests: float | None = Field(alias="cost_per_1k")
+    judge_score: float | None = Field(
+        description="Mean score of the run's judge endpoint, 0-1; None without one"
+    )
     on_front: bool = Field(description="No other candidate beats it on both quality and cost")
 
 
@@ -88,6 +91,10 @@ class EvalRunIn(Schema):
     row_limit: int = Field(runs.DEFAULT_ROWS, ge=1, le=runs.MAX_ROWS)
     concurrency: int = Field(4, ge=1, le=runs.MAX_CONCURRENCY)
     max_tokens: int = Field(64, ge=1, le=4096)
+    judge_endpoint_id: int | None = Field(
+        None, description="An endpoint the task's team may call that scores each answer (billed to the team)"
+    )
+    rubric: str = Field("", max_length=judging.MAX_RUBRIC, description="What the judge scores answers on")
 
 
 class EvalRunOut(Schema):
@@ -105,6 +112,8 @@ class EvalRunOut(Schema):
     row_limit: int
     concurrency: int
     max_tokens: int
+    judge_endpoint: str = Field(alias="judge_endpoint_name")
+    rubric: str
     metrics: dict[str, Any]
     created_at: datetime
     started_at: datetime | None
@@ -168,6 +177,11 @@ def start_eval_run(request, task_id: int, payload: EvalRunIn):
         raise NotFound("Eval set not found.")
     if endpoint is None:
         raise NotFound("Endpoint not found.")
+    judge = None
+    if payload.judge_endpoint_id is not None:
+        judge = Endpoint.objects.callable_by(task.owner_team).filter(pk=payload.judge_endpoint_id).first()
+        if judge is None:
+            raise NotFound("Judge endpoint not found.")
     run = runs.start_run(
         actor=request.auth,
         task=task,
@@ -176,8 +190,59 @@ def start_eval_run(request, task_id: int, payload: EvalRunIn):
         row_limit=payload.row_limit,
         concurrency=payload.concurrency,
         max_tokens=payload.max_tokens,
+        judge=judge,
+        rubric=payload.rubric,
     )
     return Status(202, run)
+
+
+class CompareCellOut(Schema):
+    answer: str
+    correct: bool | None
+    judge: float | None
+
+
+class CompareRowOut(Schema):
+    number: int = Field(description="1-based, in the eval set's order")
+    prompt: str
+    expected: str
+    differs: bool
+    cells: list[CompareCellOut] = Field(description="One per run, in the order asked")
+
+
+class CompareRunOut(Schema):
+    id: int = Field(alias="pk")
+    endpoint: str = Field(alias="endpoint_name")
+    metrics: dict[str, Any]
+
+
+class ComparisonOut(Schema):
+    runs: list[CompareRunOut]
+    right: list[int] = Field(description="Per run, the compared rows it got right")
+    differing: int
+    count: int = Field(description="Rows compared: those every run answered")
+    rows: list[CompareRowOut] = Field(description="Differing rows first, then in the eval set's order")
+
+
+class CompareQuery(Schema):
+    run: list[int] = Field(..., max_length=side_by_side.MAX_RUNS, description="Two to six eval run ids")
+    offset: int = Field(0, ge=0, le=runs.MAX_ROWS)
+    limit: int = Field(100, ge=1, le=500)
+
+
+@router.get("/tasks/{task_id}/compare", response=ComparisonOut)
+def compare_runs(request, task_id: int, query: Query[CompareQuery]):
+    """Permission: the task visible (else 404) and each run one of its runs visible to the caller (else
+    404). Two to six finished runs on one eval set (else 400), row by row, differing answers first; a page
+    of ``limit`` rows from ``offset``."""
+    done = side_by_side.compare(actor=request.auth, task=_task(request, task_id), run_ids=query.run)
+    return {
+        "runs": done.runs,
+        "right": done.right,
+        "differing": done.differing,
+        "count": len(done.rows),
+        "rows": done.rows[query.offset : query.offset + query.limit],
+    }
 
 
 def _run(request, run_id: int) -> EndpointEvalRun:

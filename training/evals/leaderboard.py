@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from portfolio.charts import coordinate, nice_step, tick_label
 from training.choices import JobStatus
 from training.evals import metrics
 from training.evals.models import EndpointEvalRun, EvalSet
@@ -16,6 +17,7 @@ class Entry:
     quality: float | None
     latency_p50_ms: float | None
     cost_per_1k: float | None
+    judge_score: float | None = None
     on_front: bool = False
 
     @property
@@ -45,12 +47,14 @@ def figures(scores: dict) -> dict[str, str]:
         "p95": "—" if scores.get("latency_p95_ms") is None else f"{scores['latency_p95_ms']:.0f} ms",
         "rate": "—" if rate is None else f"{rate:.1f}",
         "cost": "not priced" if cost is None else f"{cost:.4f}",
+        "judge": "—" if scores.get("judge_score") is None else f"{scores['judge_score']:.2f}",
     }
 
 
 def leaderboard(eval_set: EvalSet) -> list[Entry]:
     latest: dict[str, EndpointEvalRun] = {}
-    succeeded = EndpointEvalRun.objects.filter(eval_set=eval_set, status=JobStatus.SUCCEEDED)
+    # Every finished run is read to find each endpoint's latest: without the rows' answers (megabytes).
+    succeeded = EndpointEvalRun.objects.filter(eval_set=eval_set, status=JobStatus.SUCCEEDED).defer("answers")
     for run in succeeded.order_by("created_at", "id"):
         latest[run.endpoint_name] = run  # later runs replace earlier ones
     entries = [
@@ -59,6 +63,7 @@ def leaderboard(eval_set: EvalSet) -> list[Entry]:
             quality=run.metrics.get("quality"),
             latency_p50_ms=run.metrics.get("latency_p50_ms"),
             cost_per_1k=run.metrics.get("cost_per_1k_requests"),
+            judge_score=run.metrics.get("judge_score"),
         )
         for run in latest.values()
     ]
@@ -68,3 +73,69 @@ def leaderboard(eval_set: EvalSet) -> list[Entry]:
     return sorted(
         entries, key=lambda e: (e.quality is None, -(e.quality or 0), e.cost_per_1k or 0, e.endpoint)
     )
+
+
+# --- Quality against cost: the leaderboard's chart ------------------------------------------------------
+WIDTH, HEIGHT = 640, 240
+LEFT, RIGHT, TOP, BOTTOM = 48, 20, 14, 38
+COST_TICKS = 4
+
+
+def quality_cost_chart(entries: list[Entry], currency: str) -> dict | None:
+    """The candidates with a quality and a cost as points (quality 0-100% up, cost per 1,000 requests
+    right), the front's points marked and joined from the cheapest; None with fewer than one such point.
+    Laid out for ``training/includes/quality_cost_chart.html`` (inline SVG, no script)."""
+    drawn = [e for e in entries if e.quality is not None and e.cost_per_1k is not None]
+    if not drawn:
+        return None
+    plot_width, plot_height = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    step = nice_step(max(e.cost_per_1k or 0 for e in drawn) / COST_TICKS)
+    right = step * COST_TICKS
+
+    def x(cost: float) -> float:
+        return LEFT + plot_width * cost / right
+
+    def y(quality: float) -> float:
+        return TOP + plot_height * (1 - min(max(quality, 0.0), 1.0))
+
+    points = [
+        {
+            "x": coordinate(x(e.cost_per_1k or 0)),
+            "y": coordinate(y(e.quality or 0)),
+            "front": e.on_front,
+            "label": e.endpoint,
+            "label_y": coordinate(y(e.quality or 0) - 7),
+            "title": f"{e.endpoint}: {share(e.quality)} at {e.cost_per_1k:.4f} {currency} per 1,000 requests",
+        }
+        for e in sorted(drawn, key=lambda e: (e.cost_per_1k, -(e.quality or 0), e.endpoint))
+    ]
+    front = sorted((e for e in drawn if e.on_front), key=lambda e: (e.cost_per_1k, e.quality))
+    line = " ".join(f"{coordinate(x(e.cost_per_1k or 0))},{coordinate(y(e.quality or 0))}" for e in front)
+    unpriced = sum(1 for e in entries if e.cost_per_1k is None)
+    summary = f"{len(drawn)} candidate{'s' if len(drawn) != 1 else ''} by quality and cost per 1,000 requests"
+    if front:
+        summary += "; on the front: " + ", ".join(
+            f"{e.endpoint} ({share(e.quality)} at {e.cost_per_1k:.4f})" for e in front
+        )
+    if unpriced:
+        summary += f"; {unpriced} not priced, not drawn"
+    return {
+        "width": WIDTH,
+        "height": HEIGHT,
+        "left": LEFT,
+        "right": WIDTH - RIGHT,
+        "top": TOP,
+        "bottom": HEIGHT - BOTTOM,
+        "axis_x": LEFT - 6,
+        "label_y": HEIGHT - BOTTOM + 16,
+        "title_y": HEIGHT - 4,
+        "middle_x": coordinate(LEFT + plot_width / 2),
+        "y_ticks": [{"y": coordinate(y(q / 4)), "label": f"{25 * q}%"} for q in range(5)],
+        "x_ticks": [
+            {"x": coordinate(x(step * i)), "label": tick_label(step * i, step)} for i in range(COST_TICKS + 1)
+        ],
+        "points": points,
+        "front_line": line if len(front) > 1 else "",
+        "currency": currency,
+        "summary": summary + ".",
+    }

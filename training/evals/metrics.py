@@ -88,6 +88,32 @@ def answer_scores(kind: str, expected: Sequence[str], answers: Sequence[str]) ->
     return scores
 
 
+def row_verdicts(kind: str, expected: Sequence[str], answers: Sequence[str]) -> list[bool]:
+    """Each row right or wrong by the measure ``quality`` counts for the kind (a side-by-side's marks)."""
+    truths = [normalise(e) for e in expected]
+    labels = set(truths)
+    verdicts = []
+    for truth, answer in zip(truths, (normalise(a) for a in answers), strict=True):
+        if kind == TaskKind.CLASSIFICATION:
+            verdicts.append(evaluation.predicted_label(answer, labels) == truth)
+        elif kind == TaskKind.EXTRACTION:
+            verdicts.append(answer == truth)
+        else:
+            verdicts.append(bool(truth) and truth in answer)
+    return verdicts
+
+
+def judge_scores(scores: Sequence[float | None]) -> dict[str, Any]:
+    """The mean of the judge's readable scores (0-1; None when none was readable), and how many were read
+    and not."""
+    read = [s for s in scores if s is not None]
+    return {
+        "judge_score": sum(read) / len(read) if read else None,
+        "judge_scored": len(read),
+        "judge_unreadable": len(scores) - len(read),
+    }
+
+
 def front(candidates: Sequence[tuple[Any, float | None, float | None]]) -> set:
     """The keys of the (key, quality, cost) candidates no other beats on both: none has quality at least
     as high and cost at least as low, better in one. A candidate without a quality or a cost is on no

@@ -128,9 +128,18 @@ class EndpointEvalRun(models.Model):
     max_tokens = models.PositiveIntegerField(
         default=64, validators=[MinValueValidator(1), MaxValueValidator(4096)]
     )
+    # Optional: a deployed endpoint the team may call scores each answer against the rubric (1-5 or 0-1).
+    judge_endpoint = models.ForeignKey(
+        "serving.Endpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    judge_endpoint_name = models.CharField(max_length=63, blank=True)
+    rubric = models.TextField(blank=True, max_length=2000, help_text="What the judge scores answers on")
     rows_done = models.PositiveIntegerField(default=0)
     rows_total = models.PositiveIntegerField(default=0)
     metrics = models.JSONField(default=dict, blank=True)
+    # Per row, in the eval set's order: the prompt and answer (cut short), expected, right or not, the judge's
+    # score: the eval set is the team's own test data, kept for the side-by-side comparison of runs.
+    answers = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
@@ -171,4 +180,6 @@ class EndpointEvalRun(models.Model):
             "quality": self.metrics.get("quality"),
             "latency_p50_ms": self.metrics.get("latency_p50_ms"),
             "cost_per_1k_requests": self.metrics.get("cost_per_1k_requests"),
+            "judge": self.judge_endpoint_name or None,
+            "judge_score": self.metrics.get("judge_score"),
         }

@@ -21,7 +21,7 @@ from portfolio.errors import Conflict, Invalid, NotFound
 from serving.models import Endpoint
 from training import evaluation, services
 from training.choices import EvalSetSource, JobStatus, Split
-from training.evals import gateway, metrics
+from training.evals import gateway, judging, metrics
 from training.evals.models import EndpointEvalRun, EvalSet, Task
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ SYSTEM = Actor.for_system("training.evals")
 MAX_ROWS = 2000
 DEFAULT_ROWS = 200
 MAX_CONCURRENCY = 16
+QUEUED_AT_MOST = timedelta(hours=1)  # a queued run no worker took up by then is failed by the reaper
 BEAT_SECONDS = 5.0  # the worker's heartbeat while rows are answered (the reaper's limit is far longer)
 
 
@@ -48,15 +49,30 @@ def start_run(
     row_limit: int = DEFAULT_ROWS,
     concurrency: int = 4,
     max_tokens: int = 64,
+    judge: Endpoint | None = None,
+    rubric: str = "",
     enqueue: bool = True,
 ) -> EndpointEvalRun:
     """Queue a run of ``endpoint`` on one of the task's eval sets, for the task's team: the endpoint must
-    be one that team may call (its own, or shared with it), since its calls are billed to it."""
+    be one that team may call (its own, or shared with it), since its calls are billed to it. A ``judge``
+    (an endpoint the team may call, billed to it too) scores each answer against the ``rubric``."""
     gate.require(actor, "training.run", task)
     if eval_set.task_id != task.pk:
         raise NotFound("Eval set not found.")
     if not Endpoint.objects.callable_by(task.owner_team).filter(pk=endpoint.pk).exists():
         raise NotFound("Endpoint not found.")
+    rubric = rubric.strip()
+    if judge is not None and not Endpoint.objects.callable_by(task.owner_team).filter(pk=judge.pk).exists():
+        raise NotFound("Judge endpoint not found.")
+    if len(rubric) > judging.MAX_RUBRIC:
+        raise Invalid(
+            f"rubric: at most {judging.MAX_RUBRIC} characters.",
+            fields={"rubric": [f"At most {judging.MAX_RUBRIC} characters."]},
+        )
+    if rubric and judge is None:
+        raise Invalid(
+            "judge: a rubric needs a judge endpoint.", fields={"judge": ["Choose a judge endpoint."]}
+        )
     run = EndpointEvalRun.objects.create(
         owner_team=task.owner_team,
         eval_set=eval_set,
@@ -65,6 +81,9 @@ def start_run(
         row_limit=_bounded(row_limit, 1, MAX_ROWS, "row_limit"),
         concurrency=_bounded(concurrency, 1, MAX_CONCURRENCY, "concurrency"),
         max_tokens=_bounded(max_tokens, 1, 4096, "max_tokens"),
+        judge_endpoint=judge,
+        judge_endpoint_name=judge.name if judge else "",
+        rubric=rubric,
         rows_total=min(row_limit, eval_set.row_count),
         created_by=actor.user,
     )
@@ -98,11 +117,21 @@ def cancel_run(*, actor: Actor, run: EndpointEvalRun) -> EndpointEvalRun:
     return run
 
 
-def finish(run_id: int, status: str, detail: str = "", scores: dict | None = None) -> bool:
-    """Compare-and-swap from running, with its audit row in the same transaction."""
-    fields = {"metrics": scores} if scores is not None else {}
+def finish(
+    run_id: int,
+    status: str,
+    detail: str = "",
+    scores: dict | None = None,
+    answers: list[dict] | None = None,
+    *,
+    was: str = JobStatus.RUNNING,
+) -> bool:
+    """Compare-and-swap from running (or ``was``), with its audit row in the same transaction."""
+    fields: dict = {"metrics": scores} if scores is not None else {}
+    if answers is not None:
+        fields["answers"] = answers
     with transaction.atomic():
-        updated = EndpointEvalRun.objects.filter(pk=run_id, status=JobStatus.RUNNING).update(
+        updated = EndpointEvalRun.objects.filter(pk=run_id, status=was).update(
             status=status, status_detail=detail[:4000], finished_at=timezone.now(), **fields
         )
         if updated:
@@ -111,10 +140,12 @@ def finish(run_id: int, status: str, detail: str = "", scores: dict | None = Non
     return bool(updated)
 
 
-def reap_stale(after: timedelta) -> list[int]:
+def reap_stale(after: timedelta, queued_after: timedelta = QUEUED_AT_MOST) -> list[int]:
     """Running runs whose worker has not beaten for ``after`` end failed (a worker that died), or cancelled
-    when cancel was asked for."""
-    cutoff = timezone.now() - after
+    when cancel was asked for; runs queued for longer than ``queued_after`` end failed (their message was
+    lost: a broker restart, a purged queue), so none stays queued for ever."""
+    now = timezone.now()
+    cutoff = now - after
     stale = list(
         EndpointEvalRun.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff).values_list(
             "pk", "cancel_requested"
@@ -127,6 +158,12 @@ def reap_stale(after: timedelta) -> list[int]:
         else:
             done = finish(pk, JobStatus.FAILED, "Its worker stopped answering; start the run again.")
         if done:
+            ended.append(pk)
+    lost = EndpointEvalRun.objects.filter(status=JobStatus.QUEUED, created_at__lt=now - queued_after)
+    minutes = round(queued_after.total_seconds() / 60)
+    for pk in lost.values_list("pk", flat=True):
+        detail = f"No worker took it up in {minutes} min (its message was lost?); start the run again."
+        if finish(pk, JobStatus.FAILED, detail, was=JobStatus.QUEUED):
             ended.append(pk)
     return ended
 
@@ -165,26 +202,38 @@ def _cancelled(run_id: int) -> bool:
     ).exists()
 
 
-def _beat(run_id: int, done: int) -> None:
+def _beat(run_id: int, done: int | None) -> None:
+    progress = {"rows_done": done} if done is not None else {}
     EndpointEvalRun.objects.filter(pk=run_id, status=JobStatus.RUNNING).update(
-        rows_done=done, heartbeat_at=timezone.now()
+        heartbeat_at=timezone.now(), **progress
     )
 
 
-def _answer_all(run: EndpointEvalRun, rows: list[dict], client) -> list[gateway.Answer] | None:
-    """Every row's answer in row order, ``run.concurrency`` requests in flight, in batches between which a
-    cancel is noticed (None: cancelled). The worker beats while it waits, however slow the endpoint."""
+def _answer_all(
+    run: EndpointEvalRun,
+    conversations: list[list[dict]],
+    client,
+    endpoint_name: str,
+    max_tokens: int,
+    *,
+    count=True,
+) -> list[gateway.Answer] | None:
+    """Every conversation's answer in order, ``run.concurrency`` requests in flight, in batches between which
+    a cancel is noticed (None: cancelled). The worker beats while it waits, however slow the endpoint; the
+    rows' progress is counted when ``count`` (the answers), not for the judge's scores."""
     answers: list[gateway.Answer] = []
     batch = run.concurrency * 2
+
+    def beat(done: int) -> None:
+        _beat(run.pk, done if count else None)
+
     with ThreadPoolExecutor(max_workers=run.concurrency) as pool:
-        for start in range(0, len(rows), batch):
+        for start in range(0, len(conversations), batch):
             if _cancelled(run.pk):
                 return None
             futures = [
-                pool.submit(
-                    gateway.ask, client, run.endpoint_name, evaluation.prompt_messages(row), run.max_tokens
-                )
-                for row in rows[start : start + batch]
+                pool.submit(gateway.ask, client, endpoint_name, messages, max_tokens)
+                for messages in conversations[start : start + batch]
             ]
             pending = set(futures)
             while pending:
@@ -194,30 +243,89 @@ def _answer_all(run: EndpointEvalRun, rows: list[dict], client) -> list[gateway.
                     for future in pending:
                         future.cancel()  # rows not yet sent are not sent
                     raise failed
-                _beat(run.pk, len(answers) + sum(f.done() for f in futures))
+                beat(len(answers) + sum(f.done() for f in futures))
             answers += [future.result() for future in futures]
-            _beat(run.pk, len(answers))
+            beat(len(answers))
     return answers
 
 
 def _score(run: EndpointEvalRun) -> None:
     if run.endpoint_id is None:
         raise gateway.GatewayRefused(f"The endpoint {run.endpoint_name} was deleted.")
+    if run.judge_endpoint_name and run.judge_endpoint_id is None:
+        raise gateway.GatewayRefused(f"The judge endpoint {run.judge_endpoint_name} was deleted.")
     rows = rows_of(run.eval_set, run.row_limit)
     EndpointEvalRun.objects.filter(pk=run.pk).update(rows_total=len(rows))
     price = PriceBook.load(kinds=[PriceKind.ENDPOINT]).at(PriceKind.ENDPOINT, run.endpoint_id, timezone.now())
+    questions = [evaluation.prompt_messages(row) for row in rows]
     with gateway.client_for(run.owner_team, run.endpoint_name, f"eval run #{run.pk}") as client:
-        answers = _answer_all(run, rows, client)
-    if answers is None or _cancelled(run.pk):
+        answers = _answer_all(run, questions, client, run.endpoint_name, run.max_tokens)
+    verdicts: list[float | None] | None = None
+    if answers is not None and run.judge_endpoint_name and not _cancelled(run.pk):
+        verdicts = _judge(run, rows, questions, answers)
+    if answers is None or (run.judge_endpoint_name and verdicts is None) or _cancelled(run.pk):
         done = EndpointEvalRun.objects.values_list("rows_done", flat=True).get(pk=run.pk)
         finish(run.pk, JobStatus.CANCELLED, f"Cancelled after {done} of {len(rows)} rows.")
         return
-    finish(run.pk, JobStatus.SUCCEEDED, scores=summarise(run.eval_set.task.kind, rows, answers, price))
+    kind = run.eval_set.task.kind
+    finish(
+        run.pk,
+        JobStatus.SUCCEEDED,
+        scores=summarise(kind, rows, answers, price, verdicts),
+        answers=answer_rows(kind, rows, answers, verdicts),
+    )
 
 
-def summarise(kind: str, rows: list[dict], answers: list[gateway.Answer], price) -> dict:
+def _judge(
+    run: EndpointEvalRun, rows: list[dict], questions: list[list[dict]], answers: list[gateway.Answer]
+) -> list[float | None] | None:
+    """The judge's score of each answer (None where its reply says no readable score); None: cancelled."""
+    conversations = [
+        judging.messages(run.rubric, question, evaluation.expected_answer(row), answer.text)
+        for row, question, answer in zip(rows, questions, answers, strict=True)
+    ]
+    label = f"eval run #{run.pk} (judge)"
+    with gateway.client_for(run.owner_team, run.judge_endpoint_name, label) as client:
+        replies = _answer_all(
+            run, conversations, client, run.judge_endpoint_name, judging.JUDGE_MAX_TOKENS, count=False
+        )
+    return None if replies is None else [judging.score(reply.text) for reply in replies]
+
+
+MAX_STORED_PROMPT, MAX_STORED_ANSWER = 500, 1000
+
+
+def answer_rows(
+    kind: str, rows: list[dict], answers: list[gateway.Answer], verdicts: list[float | None] | None
+) -> list[dict]:
+    """What the run keeps per row for the side-by-side: the question's last message, the expected and the
+    given answer (cut short), right or not by the task's measure, and the judge's score."""
+    expected = [evaluation.expected_answer(row) for row in rows]
+    right = metrics.row_verdicts(kind, expected, [a.text for a in answers])
+    kept = []
+    for i, (row, answer) in enumerate(zip(rows, answers, strict=True)):
+        question = evaluation.prompt_messages(row)
+        kept.append(
+            {
+                "prompt": str(question[-1].get("content", "") if question else "")[:MAX_STORED_PROMPT],
+                "expected": expected[i][:MAX_STORED_ANSWER],
+                "answer": answer.text[:MAX_STORED_ANSWER],
+                "correct": right[i],
+                "judge": verdicts[i] if verdicts is not None else None,
+            }
+        )
+    return kept
+
+
+def summarise(
+    kind: str,
+    rows: list[dict],
+    answers: list[gateway.Answer],
+    price,
+    verdicts: list[float | None] | None = None,
+) -> dict:
     """A run's metrics from its rows and the endpoint's answers; ``price``: the endpoint's price in force
-    (billing's), None when it has none."""
+    (billing's), None when it has none; ``verdicts``: the judge's scores, when the run has a judge."""
     scores = metrics.answer_scores(
         kind, [evaluation.expected_answer(row) for row in rows], [a.text for a in answers]
     )
@@ -247,4 +355,6 @@ def summarise(kind: str, rows: list[dict], answers: list[gateway.Answer], price)
             else None
         ),
     )
+    if verdicts is not None:
+        scores.update(metrics.judge_scores(verdicts))
     return scores

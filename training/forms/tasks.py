@@ -10,7 +10,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from serving.models import Endpoint
 from training.choices import EvalSetSource, TaskKind
-from training.evals import runs
+from training.evals import judging, runs
 from training.evals.models import EvalSet, Task
 from training.models import DatasetVersion
 
@@ -63,9 +63,24 @@ class EvalRunForm(forms.Form):
         label="Requests in flight", min_value=1, max_value=runs.MAX_CONCURRENCY, initial=4
     )
     max_tokens = forms.IntegerField(label="Max tokens per answer", min_value=1, max_value=4096, initial=64)
+    judge = forms.ModelChoiceField(
+        label="Judge endpoint (optional)",
+        queryset=Endpoint.objects.none(),
+        required=False,
+        empty_label="No judge",
+        help_text="Scores each answer 1-5 against the rubric, through the gateway: billed to the task's team.",
+    )
+    rubric = forms.CharField(
+        label="Rubric",
+        required=False,
+        max_length=judging.MAX_RUBRIC,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text='What the judge scores on, e.g. "Routes the ticket to the right queue and says why."',
+    )
 
     def __init__(self, *args, task: Task, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["endpoint"].queryset = Endpoint.objects.callable_by(task.owner_team).order_by("name")
+        self.fields["judge"].queryset = self.fields["endpoint"].queryset
         self.fields["eval_set"].queryset = task.eval_sets.select_related("dataset_version__dataset")
         self.fields["eval_set"].label_from_instance = lambda s: s.label

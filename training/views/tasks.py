@@ -1,27 +1,29 @@
 """The task pages: the catalogue of tasks, a new task, a task with its eval sets, each eval set's
 leaderboard (the front marked) and recent runs, starting an eval run of an endpoint, and a run's page
-(polled while it runs) with its cancel button."""
+(polled while it runs) with its cancel button, and finished runs side by side."""
 
 from __future__ import annotations
 
 from django.conf import settings
-from django.contrib import messages
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from portfolio import htmx, listing
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
-from portfolio.accounts.context import actor_of, wants_fragment
+from portfolio.accounts.context import actor_of
 from portfolio.accounts.models import Team
-from portfolio.errors import Conflict, NotFound
+from portfolio.buttons import press
+from portfolio.errors import Invalid, NotFound
 from portfolio.formviews import submit
-from training.evals import catalogue, runs
-from training.evals.leaderboard import figures, leaderboard
+from training.evals import catalogue, runs, side_by_side
+from training.evals.leaderboard import figures, leaderboard, quality_cost_chart
 from training.evals.models import EndpointEvalRun, Task
 from training.forms.tasks import EvalRunForm, EvalSetForm, TaskForm
 
 RUN_POLL_SECONDS = 2
+COMPARE_PAGE_ROWS = 50
 
 
 def _task(actor: Actor, task_id: int) -> Task:
@@ -35,6 +37,7 @@ def _task(actor: Actor, task_id: int) -> Task:
 def _run(actor: Actor, run_id: int) -> EndpointEvalRun:
     found = (
         gate.visible(actor, EndpointEvalRun)
+        .defer("answers")  # the side by side reads them, not the run's page
         .select_related("eval_set__task__owner_team", "eval_set__dataset_version__dataset", "created_by")
         .filter(pk=run_id)
         .first()
@@ -90,8 +93,11 @@ def _detail_context(actor: Actor, task: Task, **forms) -> dict:
     eval_sets = list(task.eval_sets.select_related("dataset_version__dataset").order_by("-created_at", "-id"))
     for eval_set in eval_sets:
         eval_set.board = leaderboard(eval_set)
+        eval_set.chart = quality_cost_chart(eval_set.board, settings.BILLING_CURRENCY)
+        eval_set.chart_id = f"quality-cost-{eval_set.pk}"
     recent = (
         EndpointEvalRun.objects.filter(eval_set__task=task)
+        .defer("answers")
         .select_related("eval_set__dataset_version__dataset")
         .order_by("-created_at", "-id")[:20]
     )
@@ -106,13 +112,17 @@ def _detail_context(actor: Actor, task: Task, **forms) -> dict:
     }
 
 
+def _task_page(request, actor: Actor, task: Task, *, status: int = 200, **forms):
+    """The task's page; a refused form (``set_form``, ``run_form``) comes back on it with a 400."""
+    return render(request, "training/task_detail.html", _detail_context(actor, task, **forms), status=status)
+
+
 @require_GET
 def task_detail(request, task_id: int):
     """Permission: the task is visible (its team's members, org-wide roles), else 404. The forms to add an
     eval set and to start a run show to those with ``training.run`` in its team."""
     actor = actor_of(request)
-    task = _task(actor, task_id)
-    return render(request, "training/task_detail.html", _detail_context(actor, task))
+    return _task_page(request, actor, _task(actor, task_id))
 
 
 @require_POST
@@ -137,11 +147,7 @@ def task_eval_set_add(request, task_id: int):
         success=lambda eval_set: f"Eval set {eval_set.label} added.",
         then=lambda eval_set: redirect("task-detail", task_id=task.pk),
     )
-    if done is not None:
-        return done
-    return render(
-        request, "training/task_detail.html", _detail_context(actor, task, set_form=form), status=400
-    )
+    return done or _task_page(request, actor, task, status=400, set_form=form)
 
 
 @require_POST
@@ -163,6 +169,8 @@ def task_run_start(request, task_id: int):
             row_limit=data["row_limit"],
             concurrency=data["concurrency"],
             max_tokens=data["max_tokens"],
+            judge=data["judge"],
+            rubric=data["rubric"],
         )
 
     done = submit(
@@ -172,10 +180,30 @@ def task_run_start(request, task_id: int):
         success=lambda run: f"Eval run #{run.pk} of {run.endpoint_name} queued.",
         then=lambda run: redirect("eval-run-detail", run_id=run.pk),
     )
-    if done is not None:
-        return done
-    return render(
-        request, "training/task_detail.html", _detail_context(actor, task, run_form=form), status=400
+    return done or _task_page(request, actor, task, status=400, run_form=form)
+
+
+@require_GET
+def task_compare(request, task_id: int):
+    """Permission: the task visible (else 404) and each run one of its runs visible to the actor (else 404).
+    Two to six finished runs on one eval set, row by row, differing answers first; a bad choice says why."""
+    actor = actor_of(request)
+    task = _task(actor, task_id)
+    context: dict = {"task": task, "currency": settings.BILLING_CURRENCY}
+    try:
+        comparison = side_by_side.compare(actor=actor, task=task, run_ids=request.GET.getlist("run"))
+    except Invalid as exc:
+        return htmx.render(
+            request, "training/task_compare.html", {**context, "refusal": exc.message}, status=400
+        )
+    context.update(
+        comparison=comparison,
+        columns=list(zip(comparison.runs, comparison.right, strict=True)),
+        page=listing.paginate(request, comparison.rows, per_page=COMPARE_PAGE_ROWS),
+        query=listing.query_without(request, "page"),
+    )
+    return htmx.page_or_fragment(
+        request, "training/task_compare.html", "training/partials/compare_rows.html", context
     )
 
 
@@ -195,9 +223,9 @@ def eval_run_detail(request, run_id: int):
         "figures": figures(run.metrics),
         "currency": settings.BILLING_CURRENCY,
     }
-    if wants_fragment(request):
-        return htmx.render(request, "training/partials/eval_run_live.html", context)
-    return htmx.render(request, "training/eval_run_detail.html", context)
+    return htmx.page_or_fragment(
+        request, "training/eval_run_detail.html", "training/partials/eval_run_live.html", context
+    )
 
 
 @require_POST
@@ -207,15 +235,13 @@ def eval_run_cancel(request, run_id: int):
     actor = actor_of(request)
     run = _run(actor, run_id)
     gate.require(actor, "training.run", run)
-    try:
-        run = runs.cancel_run(actor=actor, run=run)
-    except Conflict as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(
-            request,
-            f"Eval run #{run.pk} cancelled."
-            if not run.is_active
-            else f"Stopping eval run #{run.pk}: it stops before its next rows.",
-        )
-    return redirect("eval-run-detail", run_id=run.pk)
+    return press(
+        request,
+        lambda: runs.cancel_run(actor=actor, run=run),
+        success=lambda done: (
+            f"Eval run #{done.pk} cancelled."
+            if not done.is_active
+            else f"Stopping eval run #{done.pk}: it stops before its next rows."
+        ),
+        back=reverse("eval-run-detail", args=[run.pk]),
+    )

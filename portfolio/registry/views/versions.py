@@ -172,8 +172,9 @@ def version_promote(request, name: str, number: int):
                 version=version,
                 alias=alias,
                 force_reason=form.cleaned_data.get("force_reason", ""),
+                endpoint=form.cleaned_data.get("endpoint", ""),
             ),
-            success=f"{alias} now points to {version.label}{was}.",
+            success=lambda done: " ".join([f"{alias} now points to {version.label}{was}.", *done.followed]),
             then=lambda _: redirect("version-detail", name=version.model.name, number=version.number),
         )
         if promoted is not None:

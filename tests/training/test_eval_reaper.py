@@ -1,0 +1,52 @@
+"""A queued eval run whose Celery message was lost (a broker restart, a purged queue) does not stay queued for
+ever: the reaper fails it, with the reason, once it has waited longer than the bound; a younger queued run,
+and a queued run a worker then claims, are left alone."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from portfolio.audit.models import AuditEvent
+from tests.training.test_eval_runs import endpoint as endpoint  # noqa: F401 - the shared fixtures
+from tests.training.test_eval_runs import start
+from tests.training.test_eval_runs import task as task  # noqa: F401
+from tests.training.test_eval_runs import version as version  # noqa: F401
+from training import tasks
+from training.choices import JobStatus
+from training.evals import runs
+from training.evals.models import EndpointEvalRun
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_queued_run_no_worker_took_up_is_failed_by_the_reaper(engineer, task, endpoint):
+    lost = start(engineer, task, endpoint)
+    young = start(engineer, task, endpoint)
+    EndpointEvalRun.objects.filter(pk=lost.pk).update(
+        created_at=timezone.now() - runs.QUEUED_AT_MOST - timedelta(minutes=1)
+    )
+    assert tasks.reap_stale_eval_runs() == 1
+    lost.refresh_from_db()
+    young.refresh_from_db()
+    assert lost.status == JobStatus.FAILED and "No worker took it up in 60 min" in lost.status_detail
+    assert lost.finished_at is not None and young.status == JobStatus.QUEUED
+    finished = AuditEvent.objects.get(action="eval.run_finish", object_id=str(lost.pk))
+    assert finished.after["status"] == "failed"
+    runs.execute(lost.pk)  # the lost message turns up after all: the failed run is not run
+    lost.refresh_from_db()
+    assert lost.status == JobStatus.FAILED and lost.started_at is None
+
+
+def test_the_reaper_leaves_a_run_a_worker_claimed_meanwhile(engineer, task, endpoint):
+    run = start(engineer, task, endpoint)
+    EndpointEvalRun.objects.filter(pk=run.pk).update(
+        status=JobStatus.RUNNING,
+        heartbeat_at=timezone.now(),
+        created_at=timezone.now() - runs.QUEUED_AT_MOST - timedelta(minutes=1),
+    )
+    assert runs.reap_stale(timedelta(minutes=10)) == []
+    run.refresh_from_db()
+    assert run.status == JobStatus.RUNNING

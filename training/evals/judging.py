@@ -1,0 +1,68 @@
+"""A judge endpoint's score of an answer: the conversation it is sent (the rubric, the question, the
+reference answer, the answer) and the reading of its reply as a score from 0 to 1.
+
+A reply is read leniently, as judges answer in many shapes ("4", "Score: 4/5", "**5**", "0.8", "8 out of
+10", reasoning first): the first number after any ``<think>`` block, over the scale it names (``/ N``, ``out
+of N``: "4/5" is 0.8), else a decimal fraction 0-1 as it is ("0.8", "1.0", "0"), else a number 1-5 on the
+1-5 scale the prompt asks for ((n - 1) / 4: "4" is 0.75). Ranges ("1-5") are not scores. Anything else (no
+number, 7 with no scale, a negative, more than its scale) is unreadable: None, counted by the run, never a
+failure.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_RUBRIC = 2000
+JUDGE_MAX_TOKENS = 32
+# Texts put into the judge's prompt are cut: a long answer costs the judge's tokens, not its verdict.
+MAX_PROMPT_PART = 2000
+DEFAULT_RUBRIC = "Is the answer correct and does it say what the reference answer says?"
+
+_THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
+# A number (not part of a word, a negative, or a range such as "1-5"), and the scale it is out of, if said.
+_SCORE = re.compile(
+    r"(?<![\w.\-])(\d+(?:\.\d+)?)(?![\d.])(?!\s*(?:-|–|to)\s*\d)"
+    r"(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?",
+    re.IGNORECASE,
+)
+
+
+def messages(rubric: str, question: list[dict], expected: str, answer: str) -> list[dict]:
+    """The judge's conversation for one row: instructions with the rubric, then the row to score."""
+    asked = "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in question)
+    return [
+        {
+            "role": "system",
+            "content": (
+                "You grade answers. Criteria: "
+                + (rubric.strip() or DEFAULT_RUBRIC)[:MAX_RUBRIC]
+                + "\nReply with one whole number from 1 (bad) to 5 (excellent), and nothing else."
+            ),
+        },
+        {
+            "role": "user",
+            "content": (
+                f"Question:\n{asked[:MAX_PROMPT_PART]}\n\nReference answer:\n{expected[:MAX_PROMPT_PART]}\n\n"
+                f"Answer to grade:\n{answer[:MAX_PROMPT_PART]}\n\nScore (1-5):"
+            ),
+        },
+    ]
+
+
+def score(reply: str) -> float | None:
+    """The judge's reply as a score from 0 to 1, or None when it says no readable score."""
+    text = _THINK.sub(" ", reply or "")[:500]
+    found = _SCORE.search(text)
+    if found is None:
+        return None
+    literal, scale = found.group(1), found.group(2)
+    value = float(literal)
+    if scale is not None:
+        out_of = float(scale)
+        return value / out_of if out_of > 0 and value <= out_of else None
+    if "." in literal and value <= 1 or value == 0:
+        return value  # a fraction: "0.8", "1.0", "0"
+    if 1 <= value <= 5:
+        return (value - 1) / 4
+    return None
