@@ -39,6 +39,12 @@ class ModelOut(Schema):
         return {alias.name: alias.version.number for alias in obj.aliases.all()}
 
 
+class PromotionOut(ModelOut):
+    followed: list[str] = Field(
+        default_factory=list, description="What the promotion set in motion: rollouts started, or why not"
+    )
+
+
 class ModelIn(Schema):
     name: str = Field(min_length=2, max_length=80)
     owner_team_id: int
@@ -246,17 +252,19 @@ def upload_adapter(request, name: str, base_version_id: Form[int], file: File[Up
     return Status(202, version)
 
 
-@router.post("/models/{name}/versions/{number}/promote", response=ModelOut)
+@router.post("/models/{name}/versions/{number}/promote", response=PromotionOut)
 def promote(request, name: str, number: int, payload: PromoteIn):
     version = _version(request, name, number)
-    services.promote(
+    promotion = services.promote(
         actor=request.auth,
         version=version,
         alias=payload.alias,
         force_reason=payload.force_reason,
         endpoint=payload.endpoint,
     )
-    return version.model
+    model = version.model
+    model.followed = promotion.followed
+    return model
 
 
 @router.post("/models/{name}/versions/{number}/chat-template", response={201: VersionOut})

@@ -122,6 +122,8 @@ def test_the_api_promotes_with_an_endpoint_and_refuses_a_bad_one(client, org, wo
     assert not Alias.objects.filter(name="production").exists()
     ok = client.post(url, {"alias": "production", "endpoint": "support"}, content_type="application/json")
     assert ok.status_code == 200, ok.content
+    assert ok.json()["aliases"] == {"production": 2}
+    assert ok.json()["followed"] == ["Rollout of support-next started on support."]
     assert Endpoint.objects.get(name="support").rollouts.get().deployment == "support-next"
 
 
