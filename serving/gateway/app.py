@@ -42,6 +42,7 @@ from serving.gateway import (
 )
 from serving.gateway.errors import GatewayError
 from serving.gateway.events import USAGE_STREAM, Outcome, usage_event
+from serving.gateway.fingerprint import FULL_REFRESH_SECONDS
 from serving.gateway.keycache import KeyCache, KeyRecord
 from serving.gateway.limits import Limiter
 from serving.gateway.relay import PATHS, Renamer, read_body, relay_stream, relay_whole, respond
@@ -68,6 +69,7 @@ class Gateway:
         self.balancer = Balancer()
         self.snapshot = Snapshot()
         self.table_version = 0  # how many routing tables this process has loaded, the current one included
+        self._loaded_at = 0.0  # time.time() of the last full read of the routing table
         self.session: aiohttp.ClientSession | None = None
         self.redis = None
         self.pipe: redis_pipe.RedisPipe | redis_pipe.ClientPipe | None = None
@@ -135,7 +137,17 @@ class Gateway:
                 await self.start()
 
     async def refresh(self) -> None:
-        self.snapshot = await asyncio.to_thread(build_snapshot)
+        """Load the routing table, unless its fingerprint says nothing changed since the one loaded (then
+        only its age is reset); a full read at least every FULL_REFRESH_SECONDS all the same."""
+        now = time.time()
+        current = self.snapshot
+        full = now - self._loaded_at >= FULL_REFRESH_SECONDS
+        snapshot = await asyncio.to_thread(build_snapshot, "" if full else current.fingerprint)
+        if snapshot is None:
+            current.built_at = now
+            return
+        self.snapshot = snapshot
+        self._loaded_at = now
         self.table_version += 1
 
     async def _refresh_loop(self) -> None:

@@ -1,8 +1,9 @@
 """The gateway's routing table: endpoints, their weighted routes, and the ready replicas behind them; and
 the deployments themselves, which only playground tickets reach (see tickets.py).
 
-Rebuilt from PostgreSQL every second in the background (never per request): a route edit, or a rollout's
-canary, promotion or rollback, reaches the gateway at its next refresh. A route is picked at random by
+Checked against PostgreSQL every second in the background (never per request) and rebuilt when anything it
+is read from has changed (fingerprint.py): a route edit, or a rollout's canary, promotion or rollback,
+reaches the gateway at its next refresh. A route is picked at random by
 weight, or, on an endpoint with sticky A/B assignment, by a stable hash of the caller's key id or of a
 request header's value over the weights (``sticky_route``), so that one client keeps one variant. Replica
 choice is least outstanding requests among healthy replicas, random among ties.
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from serving.agent import engine_key
+from serving.gateway import fingerprint
 
 
 @dataclass(frozen=True)
@@ -76,20 +78,28 @@ class Snapshot:
     endpoints: dict[str, EndpointInfo] = field(default_factory=dict)
     replicas: dict[str, list[ReplicaInfo]] = field(default_factory=dict)  # by deployment name
     deployments: dict[str, DeploymentInfo] = field(default_factory=dict)  # by name
-    built_at: float = 0.0  # time.time() when it was read
+    built_at: float = 0.0  # time.time() when it was read, or last found unchanged
+    fingerprint: str = ""  # of what it was read from (fingerprint.py)
     # Hard-limited budgets: ("team"|"department", id) -> (limit, token spend seed), micro-units (budgets.py)
     caps: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
 
 
-def build_snapshot() -> Snapshot:
-    """Synchronous: read the routing state (runs in a worker thread). Each query commits on its own (a
-    transaction held across them would hold its table locks, in the way of migrations): the services write
-    an endpoint with its routes in one transaction, and replicas are read last, so nothing is seen half-made."""
+def build_snapshot(unless: str = "") -> Snapshot | None:
+    """Synchronous: read the routing state (runs in a worker thread), or None when its fingerprint is still
+    ``unless`` (nothing it is read from has changed). Each query commits on its own (a transaction held
+    across them would hold its table locks, in the way of migrations): the services write an endpoint with
+    its routes in one transaction, and replicas are read last, so nothing is seen half-made. The fingerprint
+    is read first, so a change made while the table is read shows at the next check."""
     from django.db import close_old_connections
 
     close_old_connections()
     try:
-        return _read_snapshot()
+        seen = fingerprint.read()
+        if unless and seen == unless:
+            return None
+        snapshot = _read_snapshot()
+        snapshot.fingerprint = seen
+        return snapshot
     finally:
         close_old_connections()
 
