@@ -92,7 +92,7 @@ def classifier_request(composite: Composite, classifier: EndpointInfo, text: str
 
 
 def reservation(
-    composite: Composite, found: dict[str, EndpointInfo], shape: payloads.Shape, key: KeyRecord, text: str
+    composite: Composite, found: dict[str, EndpointInfo], shape: payloads.Shape, text: str
 ) -> tuple[int, int, list[tuple[EndpointInfo, int]]]:
     """Tokens and money (micros) for the worst case of every step, and each step's costliest hop and its
     money (for the spend caps)."""
@@ -335,7 +335,7 @@ async def serve(
     snapshot = gateway.snapshot
     found = hops(snapshot, key, first, kind)
     text = last_user_text(kind, payload) if composite.kind == "router" else ""
-    tokens, money, costliest = reservation(composite, found, shape, key, text)
+    tokens, money, costliest = reservation(composite, found, shape, text)
     whole = Outcome(endpoint=first.name, kind=kind, shape=shape, event_id=event_id, first=first)
     verdict = await gateway.limiter.admit(
         key,
