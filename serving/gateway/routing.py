@@ -47,7 +47,7 @@ class Composite:
     kind: str  # router | cascade | vote
     # router: ask ``classifier`` (with ``system`` before the last user message, ``label_tokens`` at most)
     classifier: str = ""
-    table: dict[str, str] = field(default_factory=dict)  # normalised label -> specialist endpoint
+    table: dict[str, str] = field(default_factory=dict, hash=False)  # normalised label -> specialist
     default: str = ""
     system: str = ""
     label_tokens: int = 4

@@ -161,3 +161,9 @@ def test_only_who_manages_the_team_configures_its_endpoints(org, team, plain):
             kind="vote",
             config={"endpoint": "large", "n": 2},
         )
+
+
+def test_a_composite_has_no_routes_to_roll_out_on(owner, team, deployment, plain):
+    vote = create(owner, team, "vote", {"endpoint": "small", "n": 2})
+    with pytest.raises(Invalid, match="smart is a vote endpoint, with no routes to roll out on"):
+        services.start_rollout(actor=owner, endpoint=vote, deployment=deployment.name)
