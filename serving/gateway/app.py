@@ -8,7 +8,8 @@ event to a Redis stream in a single round trip. PostgreSQL is never touched per 
 
 An endpoint's fallbacks are followed only while the key may call them too (same team, in the key's
 scopes, same kind of model, n within the hop's cap); a request is reserved for the costliest hop it may
-take, and priced and metered by the endpoint that answered. Every error a client gets, the engine's
+take, and priced and metered by the endpoint that answered. A composite endpoint (router, cascade, vote)
+takes one branch, to composite.py, once its body is checked; plain endpoints pay nothing more for them. Every error a client gets, the engine's
 included, is in OpenAI's shape with the gateway's request id; requests refused by the gateway itself are
 counted in ``/metrics`` by reason.
 """
