@@ -179,21 +179,38 @@ class EndpointOut(Schema):
     max_n: int = Field(description="Most completions per prompt (n, best_of) one request may ask for")
     sticky_by: str = Field(description="none (random by weight), api_key or header")
     sticky_header: str = Field(description="With sticky_by=header: the header whose value picks the variant")
+    kind: str = Field(description="plain (weighted routes), router, cascade or vote")
+    config: dict[str, Any] = Field(description="A router's, cascade's or vote's settings (empty when plain)")
 
     @staticmethod
     def resolve_routes(obj) -> list[dict[str, Any]]:
         return obj.route_list()
 
 
+CONFIG_HELP = (
+    "router: {classifier, routes: {label: endpoint} (at most 32), default, system?, max_tokens? (1-16)}; "
+    "cascade: {small, large, threshold (mean token log-probability, -20..0)}; "
+    "vote: {endpoint, n (2-16), method? (majority | best_of_n), temperature? (0-2)}. "
+    "Every endpoint named is a plain endpoint of the same team."
+)
+
+
 class EndpointIn(Schema):
     name: str
     team_id: int
     description: str = ""
-    routes: list[RouteIn]
+    routes: list[RouteIn] = Field([], max_length=64, description="A plain endpoint's weighted routes")
     fallback: str | None = None
     max_n: int = Field(
         8, ge=1, le=128, description="Most completions per prompt (n, best_of) one request may ask for"
     )
+    kind: Literal["plain", "router", "cascade", "vote"] = "plain"
+    config: dict[str, Any] = Field({}, description=CONFIG_HELP)
+
+
+class ConfigIn(Schema):
+    kind: Literal["plain", "router", "cascade", "vote"]
+    config: dict[str, Any] = Field({}, description=CONFIG_HELP)
 
 
 class RoutesIn(Schema):
@@ -381,6 +398,8 @@ def create_endpoint(request, payload: EndpointIn):
         routes=[r.dict() for r in payload.routes],
         fallback=_fallback(request, payload.fallback),
         max_n=payload.max_n,
+        kind=payload.kind,
+        config=payload.config,
     )
     return Status(201, endpoint)
 
@@ -402,6 +421,15 @@ def set_routes(request, endpoint: str, payload: RoutesIn):
         max_n=payload.max_n,
         sticky_by=payload.sticky_by,
         sticky_header=payload.sticky_header,
+    )
+
+
+@router.put("/endpoints/{endpoint}/config", response=EndpointOut)
+def configure_endpoint(request, endpoint: str, payload: ConfigIn):
+    """Make the endpoint a router, cascade or vote (or plain again); audited with before and after."""
+    target = gate.get_visible(request.auth, Endpoint, name=endpoint)
+    return services.configure_endpoint(
+        actor=request.auth, endpoint=target, kind=payload.kind, config=payload.config
     )
 
 

@@ -69,6 +69,15 @@ class RolloutState(models.TextChoices):
     ABORTED = "aborted", "Aborted"
 
 
+class EndpointKind(models.TextChoices):
+    """What an endpoint does with a request: route it by weight, or compose other (plain) endpoints."""
+
+    PLAIN = "plain", "Weighted routes"
+    ROUTER = "router", "Router (a classifier picks a specialist)"
+    CASCADE = "cascade", "Cascade (escalate on low confidence)"
+    VOTE = "vote", "Test-time compute (n samples, one answer)"
+
+
 class StickyBy(models.TextChoices):
     """How the gateway picks among an endpoint's weighted routes for one request."""
 

@@ -12,6 +12,7 @@ from portfolio.registry.models import ModelVersion
 from serving.choices import (
     DeploymentStatus,
     DesiredState,
+    EndpointKind,
     NodeState,
     PoolKind,
     ReplicaState,
@@ -257,6 +258,10 @@ class Endpoint(models.Model):
     sticky_header = models.CharField(
         max_length=64, blank=True, help_text="The request header whose value picks the variant (lower case)"
     )
+    # A composite kind (router, cascade, vote) answers by calling plain endpoints of the same team, named in
+    # ``config`` (validated by serving/services/composite.py); a plain endpoint routes by weight.
+    kind = models.CharField(max_length=10, choices=EndpointKind.choices, default=EndpointKind.PLAIN)
+    config = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = EndpointQuerySet.as_manager()
@@ -278,6 +283,8 @@ class Endpoint(models.Model):
             "max_n": self.max_n,
             "sticky_by": self.sticky_by,
             "sticky_header": self.sticky_header,
+            "kind": self.kind,
+            "config": self.config,
             "routes": self.route_list(),
             "shares": sorted(share.target for share in self.shares.select_related("team", "department"))
             if self.pk

@@ -26,6 +26,7 @@ urlpatterns = [
     path("endpoints/new/", views.endpoint_create, name="endpoint-create"),
     path("endpoints/<str:name>/", views.endpoint_detail, name="endpoint-detail"),
     path("endpoints/<str:name>/routes/", views.endpoint_routes, name="endpoint-routes"),
+    path("endpoints/<str:name>/config/", views.endpoint_config, name="endpoint-config"),
     path("endpoints/<str:name>/delete/", views.endpoint_delete, name="endpoint-delete"),
     path("endpoints/<str:name>/shares/", views.endpoint_share, name="endpoint-share"),
     path("endpoints/<str:name>/rollouts/", views.rollout_start, name="endpoint-rollout-start"),

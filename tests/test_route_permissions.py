@@ -205,6 +205,8 @@ API_ROUTES: dict[str, Rule] = {
     "PUT /endpoints/{endpoint}/routes": rest(
         "team", "deployment.manage", "PUT", routes=[{"deployment": "smol"}]
     ),
+    # The world's endpoint is plain with routes: made plain again (allowed), or refused before anything changes.
+    "PUT /endpoints/{endpoint}/config": rest("team", "deployment.manage", "PUT", kind="plain"),
     "DELETE /endpoints/{endpoint}": rest("team", "deployment.manage", "DELETE"),
     "GET /endpoints/{endpoint}/shares": rest("team", "team.view"),
     "POST /endpoints/{endpoint}/shares": rest("team", "endpoint.share", "POST", organisation=True),

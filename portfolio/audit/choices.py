@@ -67,6 +67,7 @@ class AuditAction(models.TextChoices):
     DEPLOYMENT_DELETE = "deployment.delete", "Deployment deleted"
     ENDPOINT_CREATE = "endpoint.create", "Endpoint created"
     ENDPOINT_ROUTES = "endpoint.routes", "Endpoint's routes changed"
+    ENDPOINT_CONFIGURE = "endpoint.configure", "Endpoint's kind or composite configuration changed"
     ENDPOINT_DELETE = "endpoint.delete", "Endpoint deleted"
     ENDPOINT_SHARE = "endpoint.share", "Endpoint shared"
     ENDPOINT_UNSHARE = "endpoint.unshare", "Endpoint's share withdrawn"

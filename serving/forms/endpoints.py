@@ -8,7 +8,7 @@ from django import forms
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Department, Team
-from serving.choices import StickyBy
+from serving.choices import EndpointKind, StickyBy
 from serving.forms.base import NAME_ATTRS, NAME_HELP, clean_name, managed_teams
 from serving.models import Deployment, Endpoint
 
@@ -214,3 +214,25 @@ class ShareForm(forms.Form):
         if kind == "department":
             return {"department": Department.objects.get(pk=pk)}
         return {"organisation": True}
+
+
+class CompositeForm(forms.Form):
+    """An endpoint's kind and, for a router, cascade or vote, its settings as JSON (validated by the service)."""
+
+    kind = forms.ChoiceField(choices=EndpointKind.choices)
+    config = forms.JSONField(
+        required=False,
+        max_length=20_000,
+        widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false", "class": "mono"}),
+        help_text=(
+            'Router: {"classifier": "…", "routes": {"label": "endpoint"}, "default": "…", "system": "…", '
+            '"max_tokens": 4}. Cascade: {"small": "…", "large": "…", "threshold": -1.0} (mean token '
+            'log-probability). Vote: {"endpoint": "…", "n": 5, "method": "majority" or "best_of_n"}. '
+            "Each names a plain endpoint of this team."
+        ),
+    )
+
+    def __init__(self, *args, endpoint: Endpoint, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["kind"].initial = endpoint.kind
+        self.fields["config"].initial = endpoint.config or {}

@@ -8,7 +8,8 @@ event to a Redis stream in a single round trip. PostgreSQL is never touched per 
 
 An endpoint's fallbacks are followed only while the key may call them too (same team, in the key's
 scopes, same kind of model, n within the hop's cap); a request is reserved for the costliest hop it may
-take, and priced and metered by the endpoint that answered. Every error a client gets, the engine's
+take, and priced and metered by the endpoint that answered. A composite endpoint (router, cascade, vote)
+takes one branch, to composite.py, once its body is checked; plain endpoints pay nothing more for them. Every error a client gets, the engine's
 included, is in OpenAI's shape with the gateway's request id; requests refused by the gateway itself are
 counted in ``/metrics`` by reason.
 """
@@ -32,6 +33,7 @@ from serving.gateway import (
     access,
     admission,
     authentication,
+    composite,
     errors,
     inflight,
     intake,
@@ -277,6 +279,20 @@ class Gateway:
                 else access.endpoint(self.snapshot, key, name)
             )
             shape = intake.check(kind, payload, len(body), first, name)
+            if first.composite is not None:  # a router, cascade or vote: its hops are plain endpoints
+                return await composite.serve(
+                    self,
+                    receive,
+                    send,
+                    request_id,
+                    kind,
+                    (key, headers),
+                    payload,
+                    shape,
+                    first,
+                    event_id,
+                    started,
+                )
             chain = (
                 [first]
                 if ticket
@@ -447,6 +463,12 @@ class Gateway:
             department_micros=department_micros,
         )
         commands.append(("XADD", USAGE_STREAM, "*", "e", orjson.dumps(event)))
+        await self._write(commands)
+        self._observe(key, outcome, latency)
+
+    async def _write(self, commands: list[tuple]) -> None:
+        """Send a settlement and its usage events in one round trip; log the events whole if that fails."""
+        assert self.pipe is not None, "set by start()"
         try:
             # One round trip for the settlement and the event, as a pipeline; the first error is raised.
             replies = await self.pipe.execute(*commands)
@@ -458,8 +480,11 @@ class Gateway:
                 if isinstance(reply, Exception):
                     raise reply
         except Exception:
-            # The response has gone out; losing the Redis write would lose the event: log it whole.
-            logger.exception("gateway: could not record usage event %s", orjson.dumps(event).decode())
+            # The response has gone out; losing the Redis write would lose the events: log them whole.
+            events = b", ".join(c[4] for c in commands if c[0] == "XADD")
+            logger.exception("gateway: could not record usage events %s", events.decode())
+
+    def _observe(self, key: KeyRecord, outcome: Outcome, latency: float) -> None:
         labels = (outcome.endpoint, key.team)
         self._metric(metrics.REQUESTS, *labels, str(outcome.status)).inc()
         self._metric(metrics.LATENCY, *labels).observe(latency)

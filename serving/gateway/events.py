@@ -37,6 +37,7 @@ class Outcome:
         "shape",
         "answered",
         "first",
+        "via",
     )
 
     def __init__(
@@ -59,6 +60,7 @@ class Outcome:
         self.sent = False
         self.answered: EndpointInfo | None = None
         self.first = first  # the endpoint called: metered by it until another one of the chain answers
+        self.via = ""  # the composite endpoint (router, cascade, vote) this request is a hop of
 
     def take_usage(self, usage) -> None:
         if isinstance(usage, dict):
@@ -83,6 +85,7 @@ def usage_event(key: KeyRecord, outcome: Outcome, latency: float, cost: int, *, 
         "team": key.team_id,
         "department": key.department_id,
         "endpoint": outcome.endpoint,
+        "via": outcome.via,
         "endpoint_id": info.id if info else None,
         "owner_team": info.team_id if info else None,
         "owner_department": owner_department,

@@ -151,6 +151,8 @@ class UsageEvent(models.Model):
     team_id = models.BigIntegerField(null=True)
     department_id = models.BigIntegerField(null=True)
     endpoint = models.CharField(max_length=63)
+    # The composite endpoint (router, cascade, vote) the client called, when this event is one of its hops.
+    via = models.CharField(max_length=63, blank=True, default="")
     # For billing's ledger: the endpoint's row (none for the prompt box) and its owners when called.
     endpoint_id = models.BigIntegerField(null=True)
     owner_team_id = models.BigIntegerField(null=True)

@@ -12,6 +12,7 @@ choice is least outstanding requests among healthy replicas, random among ties.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from decimal import Decimal
 
 from serving.agent import engine_key
 from serving.gateway import fingerprint
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,57 @@ class Route:
     adapter: str
     version_id: int
     chat: bool = True  # the version has a chat template (the engine refuses chat calls to one without)
+
+
+@dataclass(frozen=True)
+class Composite:
+    """A router, cascade or vote endpoint's configuration (Endpoint.config, validated by
+    serving/services/composite.py): the plain endpoints it calls, by name, and how it decides."""
+
+    kind: str  # router | cascade | vote
+    # router: ask ``classifier`` (with ``system`` before the last user message, ``label_tokens`` at most)
+    classifier: str = ""
+    table: dict[str, str] = field(default_factory=dict, hash=False)  # normalised label -> specialist
+    default: str = ""
+    system: str = ""
+    label_tokens: int = 4
+    # cascade: ``small`` first; under ``threshold`` (mean token log-probability) escalate to ``large``
+    small: str = ""
+    large: str = ""
+    threshold: float = -1.0
+    # vote: ``n`` samples of ``sampler``, one answer by ``method`` (majority | best_of_n)
+    sampler: str = ""
+    n: int = 5
+    method: str = "majority"
+    temperature: float = 0.8
+
+    def hops(self) -> tuple[str, ...]:
+        """Every endpoint it may call, each once, in the order it may call them."""
+        names = (self.classifier, *self.table.values(), self.default, self.small, self.large, self.sampler)
+        return tuple(dict.fromkeys(name for name in names if name))
+
+
+def composite_of(kind: str, config: dict) -> Composite:
+    if kind == "router":
+        return Composite(
+            kind,
+            classifier=config["classifier"],
+            table=dict(config["routes"]),
+            default=config["default"],
+            system=config.get("system", ""),
+            label_tokens=int(config.get("max_tokens", 4)),
+        )
+    if kind == "cascade":
+        return Composite(
+            kind, small=config["small"], large=config["large"], threshold=float(config["threshold"])
+        )
+    return Composite(
+        kind,
+        sampler=config["endpoint"],
+        n=int(config["n"]),
+        method=config.get("method", "majority"),
+        temperature=float(config.get("temperature", 0.8)),
+    )
 
 
 @dataclass(frozen=True)
@@ -61,6 +115,7 @@ class EndpointInfo:
     # Sticky A/B (Endpoint.sticky_by): "none", "api_key" or "header" (by the header named, lower case).
     sticky_by: str = "none"
     sticky_header: bytes = b""
+    composite: Composite | None = None  # a router, cascade or vote endpoint (no routes of its own)
 
 
 @dataclass(frozen=True)
@@ -156,6 +211,15 @@ def _read_snapshot() -> Snapshot:
                 )
             )
         price_in, price_out = prices.get(endpoint.pk, (0, 0))
+        composite = None
+        if endpoint.kind != "plain":
+            try:
+                composite = composite_of(endpoint.kind, endpoint.config)
+            except (KeyError, TypeError, ValueError):  # validated when written: a row edited by hand
+                logger.error(
+                    "gateway: endpoint %s has an unreadable %s config; skipped", endpoint.name, endpoint.kind
+                )
+                continue
         snapshot.endpoints[endpoint.name] = EndpointInfo(
             name=endpoint.name,
             team_id=endpoint.owner_team_id,
@@ -164,7 +228,7 @@ def _read_snapshot() -> Snapshot:
             input_micros_per_token=float(price_in),
             output_micros_per_token=float(price_out),
             max_model_len=max_len or 2048,
-            max_n=endpoint.max_n,
+            max_n=endpoint.max_n if composite is None else 1,  # a composite returns one answer
             embedding=embedding,
             no_chat="" if any(r.chat for r in routes) or not routes else without_chat[routes[0].version_id],
             **_sharing(endpoint),
@@ -172,6 +236,7 @@ def _read_snapshot() -> Snapshot:
             department_id=endpoint.owner_team.department_id,
             sticky_by=endpoint.sticky_by,
             sticky_header=endpoint.sticky_header.encode("ascii"),
+            composite=composite,
         )
     for replica in Replica.objects.filter(state=ReplicaState.READY).select_related("deployment"):
         snapshot.replicas.setdefault(replica.deployment.name, []).append(

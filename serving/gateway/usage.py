@@ -65,6 +65,7 @@ def _event(fields: dict) -> UsageEvent:
         team_id=e["team"] or None,
         department_id=e["department"] or None,
         endpoint=e["endpoint"],
+        via=e.get("via") or "",  # absent from events of gateways older than composite endpoints
         # Absent from events of gateways older than billing's ledger.
         endpoint_id=e.get("endpoint_id") or None,
         owner_team_id=e.get("owner_team") or None,

@@ -1,6 +1,7 @@
 """Every serving change goes through here, with its audit row in the same transaction; the reconcile
 that acts on it is enqueued on commit. One module per topic; callers use this package's names."""
 
+from serving.services.composite import configure_endpoint
 from serving.services.deployments import (
     add_adapter,
     create_deployment,
@@ -26,6 +27,7 @@ __all__ = [
     "MAX_N_CEILING",
     "MAX_N_DEFAULT",
     "add_adapter",
+    "configure_endpoint",
     "create_deployment",
     "create_endpoint",
     "create_pool",

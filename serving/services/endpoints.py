@@ -14,6 +14,7 @@ from portfolio.accounts.models import Department, Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid, NotFound
 from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, EndpointShare
+from serving.services import composite
 from serving.services.shared import _check_name
 
 
@@ -54,6 +55,11 @@ def _fallback(actor: Actor, team: Team, fallback: Endpoint | None) -> Endpoint |
     if fallback is None:
         return None
     fallback = gate.get_visible(actor, Endpoint, pk=fallback.pk)
+    if fallback.kind != "plain":
+        raise Invalid(
+            f"fallback: {fallback.name} is a {fallback.kind} endpoint; a fallback is a plain endpoint.",
+            fields={"fallback": ["Choose a plain endpoint."]},
+        )
     if fallback.owner_team_id != team.pk:
         raise Invalid(
             f"fallback: {fallback.name} belongs to another team; an endpoint falls back to an endpoint of its "
@@ -114,9 +120,22 @@ def create_endpoint(
     description: str = "",
     fallback: Endpoint | None = None,
     max_n: int = MAX_N_DEFAULT,
+    kind: str = "plain",
+    config: dict | None = None,
 ) -> Endpoint:
+    """A plain endpoint routing by weight to ``routes``, or (``kind`` router, cascade or vote) a composite
+    one calling the plain endpoints its ``config`` names (composite.check_config), with no routes of its own."""
     gate.require(actor, "deployment.manage", team)
-    resolved = _routes(actor, team, routes)
+    checked = composite.check_config(team, name, kind, config or {})
+    if kind == "plain":
+        resolved = _routes(actor, team, routes)
+    elif routes or fallback is not None:
+        raise Invalid(
+            f"routes: a {kind} endpoint calls the endpoints its config names; it has no routes or fallback.",
+            fields={"routes": ["Leave empty for a composite endpoint."]},
+        )
+    else:
+        resolved = []
     fallback = _fallback(actor, team, fallback)
     endpoint = Endpoint(
         name=_check_name(name),
@@ -124,6 +143,8 @@ def create_endpoint(
         description=description,
         fallback=fallback,
         max_n=_check_max_n(max_n),
+        kind=kind,
+        config=checked,
     )
     try:
         with transaction.atomic():
@@ -151,6 +172,11 @@ def set_routes(
     (``None``: unchanged); audited with before and after."""
     gate.require(actor, "deployment.manage", endpoint)
     endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+    if endpoint.kind != "plain":
+        raise Invalid(
+            f"routes: {endpoint.name} is a {endpoint.kind} endpoint: change its config instead "
+            "(PUT .../config), or make it plain there first."
+        )
     resolved = _routes(actor, endpoint.owner_team, routes)
     fallback = _fallback(actor, endpoint.owner_team, fallback)
     if fallback is not None:
@@ -178,6 +204,7 @@ def set_routes(
 @transaction.atomic
 def delete_endpoint(*, actor: Actor, endpoint: Endpoint) -> None:
     gate.require(actor, "deployment.manage", endpoint)
+    composite.require_not_called(endpoint, "delete it")
     audit.record(actor, "endpoint.delete", endpoint, before=endpoint.snapshot())
     endpoint.delete()
 

@@ -117,6 +117,11 @@ def start_rollout(
     and start watching it; one active rollout per endpoint. ``why`` starts the first step's reason."""
     gate.require(actor, "deployment.manage", endpoint)
     endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+    if endpoint.kind != "plain":
+        raise Invalid(
+            f"{endpoint.name} is a {endpoint.kind} endpoint, with no routes to roll out on: roll out on the "
+            "plain endpoints it calls."
+        )
     policy = {
         "canary_percent": _bounded("canary_percent", canary_percent, CANARY_PERCENT, whole=True),
         "window_seconds": _bounded("window_seconds", window_seconds, WINDOW_SECONDS, whole=True),

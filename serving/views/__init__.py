@@ -22,6 +22,7 @@ from serving.views.deployment_actions import (
 )
 from serving.views.deployments import deployment_create, deployment_detail, deployment_list
 from serving.views.endpoints import (
+    endpoint_config,
     endpoint_create,
     endpoint_delete,
     endpoint_detail,
@@ -45,6 +46,7 @@ __all__ = [
     "deployment_stop",
     "deployment_try",
     "deployment_update",
+    "endpoint_config",
     "endpoint_create",
     "endpoint_delete",
     "endpoint_detail",

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db.models import Count, Prefetch, Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from portfolio import buttons, listing
@@ -18,9 +19,10 @@ from portfolio.accounts.models import Team
 from portfolio.billing import costs
 from portfolio.formviews import submit
 from serving import services
+from serving.cascade_savings import cascade_savings
 from serving.choices import DesiredState, ReplicaState
 from serving.forms.base import apply_serving_error, managed_teams
-from serving.forms.endpoints import EndpointForm, FallbackForm, ShareForm, route_formset
+from serving.forms.endpoints import CompositeForm, EndpointForm, FallbackForm, ShareForm, route_formset
 from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute
 from serving.views.display import percent
 from serving.views.rollouts import rollout_context
@@ -124,8 +126,29 @@ def endpoint_create(request):
     return render(request, "serving/endpoint_form.html", {"form": form, "routes": routes})
 
 
+def _composite(endpoint: Endpoint) -> dict:
+    """What the page shows of a router, cascade or vote: its settings, and a cascade's savings this month."""
+    if endpoint.kind == "plain":
+        return {}
+    config = endpoint.config or {}
+    names = {config.get(k) for k in ("classifier", "default", "small", "large", "endpoint")}
+    names.update((config.get("routes") or {}).values())
+    context: dict = {"composite_config": config, "composite_hops": sorted(n for n in names if n)}
+    if endpoint.kind == "cascade":
+        month = timezone.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        context["savings"] = cascade_savings(endpoint, month)
+    return context
+
+
 def _endpoint_page(
-    request, actor: Actor, endpoint: Endpoint, *, routes_form=None, fallback_form=None, share_form=None
+    request,
+    actor: Actor,
+    endpoint: Endpoint,
+    *,
+    routes_form=None,
+    fallback_form=None,
+    share_form=None,
+    composite_form=None,
 ):
     current = _with_shares(
         list(
@@ -156,6 +179,8 @@ def _endpoint_page(
             deployments=_route_deployments(actor, [endpoint.owner_team]), initial=initial
         )
         fallback_form = FallbackForm(actor=actor, endpoint=endpoint)
+    if can_manage and composite_form is None:
+        composite_form = CompositeForm(endpoint=endpoint)
     can_share = gate.can(actor, "endpoint.share", endpoint)
     if can_share and share_form is None:
         share_form = ShareForm(endpoint=endpoint)
@@ -180,6 +205,8 @@ def _endpoint_page(
             "gateway_url": request.build_absolute_uri("/v1/chat/completions"),
             "cost": costs.endpoint_this_month(endpoint.pk),
             "currency": settings.BILLING_CURRENCY,
+            "composite_form": composite_form,
+            **_composite(endpoint),
             **rollout_context(actor, endpoint, can_manage, current),
         },
     )
@@ -221,6 +248,30 @@ def endpoint_routes(request, name: str):
             return saved
     endpoint.refresh_from_db()
     return _endpoint_page(request, actor, endpoint, routes_form=routes, fallback_form=fallback_form)
+
+
+@require_POST
+def endpoint_config(request, name: str):
+    """Permission: visible (else 404) and ``deployment.manage`` (else 403). Makes the endpoint a router,
+    cascade or vote (or plain again); audited with before and after."""
+    actor, endpoint = _managed(request, name)
+    form = CompositeForm(request.POST, endpoint=endpoint)
+    saved = submit(
+        request,
+        form,
+        lambda: services.configure_endpoint(
+            actor=actor,
+            endpoint=endpoint,
+            kind=form.cleaned_data["kind"],
+            config=form.cleaned_data["config"] or {},
+        ),
+        success=f"{endpoint.name} configured.",
+        then=lambda _: redirect("endpoint-detail", name=endpoint.name),
+    )
+    if saved is not None:
+        return saved
+    endpoint.refresh_from_db()
+    return _endpoint_page(request, actor, endpoint, composite_form=form)
 
 
 @require_POST

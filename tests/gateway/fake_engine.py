@@ -14,6 +14,9 @@ completion runs to its limit (as with ``ignore_eos``), so a test sees the most a
 - errors in vLLM's shape (``{"error": {..., "code": 400}}``), and FastAPI's ``{"detail": "Not Found"}``
   for a path it does not serve (it serves no embeddings).
 Its tokenizer: a chat conversation is always 10 tokens; a text prompt is one token per word plus one.
+Its answers: "word word ..." to the limit; or, given ``answer(body, choice index)``, that text's words (one
+token each, up to the limit). Asked for ``logprobs``, each token gets ``logprob`` (a number, or a function of
+the choice index).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import json
 import socket
 import threading
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -37,7 +41,10 @@ class FakeEngine:
         delay: float = 0.0,
         close_reused_connections: bool = False,
         max_model_len: int = 512,
+        answer: Callable[[dict, int], str] | None = None,
+        logprob: float | Callable[[int], float] = -0.1,
     ):
+        self.answer, self.logprob = answer, logprob
         self.expected_key = expected_key
         self.chunk_delay = chunk_delay
         self.delay = delay
@@ -125,17 +132,21 @@ class FakeEngine:
         ]
         if body.get("stream"):
             return await self._stream(request, kind, body, prompts, lengths, n)
-        self.produced += sum(lengths) * n
         choices = []
+        completion = 0
         for prompt_index, length in enumerate(lengths):
             for j in range(n):
-                text = "word " * length
+                tokens = self._tokens(body, prompt_index * n + j, length)
+                completion += len(tokens)
+                text = "".join(tokens)
                 choice = {"index": prompt_index * n + j, "finish_reason": "length"}
                 choice.update(
                     {"message": {"role": "assistant", "content": text}} if kind == "chat" else {"text": text}
                 )
+                if body.get("logprobs") or (kind == "completion" and body.get("logprobs") is not None):
+                    choice["logprobs"] = self._logprobs(kind, tokens, prompt_index * n + j)
                 choices.append(choice)
-        completion = sum(lengths) * n
+        self.produced += completion
         return web.json_response(
             {
                 "id": "cmpl-1",
@@ -151,6 +162,24 @@ class FakeEngine:
             }
         )
 
+    def _tokens(self, body: dict, index: int, length: int) -> list[str]:
+        if self.answer is None:
+            return ["word "] * length
+        return [w + " " for w in self.answer(body, index).split()[:length]]
+
+    def _logprobs(self, kind: str, tokens: list[str], index: int) -> dict:
+        value = self.logprob(index) if callable(self.logprob) else self.logprob
+        if kind == "chat":
+            return {
+                "content": [{"token": t, "logprob": value, "bytes": None, "top_logprobs": []} for t in tokens]
+            }
+        return {
+            "tokens": tokens,
+            "token_logprobs": [value] * len(tokens),
+            "top_logprobs": None,
+            "text_offset": [],
+        }
+
     async def _stream(self, request, kind, body, prompts, lengths, n) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -159,6 +188,12 @@ class FakeEngine:
         continuous = include_usage and bool(options.get("continuous_usage_stats"))
         kind_name = "chat.completion.chunk" if kind == "chat" else "text_completion"
         produced = [0] * (len(prompts) * n)
+        texts = {
+            p * n + j: self._tokens(body, p * n + j, length)
+            for p, length in enumerate(lengths)
+            for j in range(n)
+        }
+        lengths = [max((len(texts[p * n + j]) for j in range(n)), default=0) for p in range(len(lengths))]
         # As vLLM steps: one token of every unfinished choice per step, each in a chunk of its own.
         for step in range(max(lengths)):
             for prompt_index, length in enumerate(lengths):
@@ -166,9 +201,12 @@ class FakeEngine:
                     continue
                 for j in range(n):
                     index = prompt_index * n + j
+                    if step >= len(texts[index]):
+                        continue
                     produced[index] += 1
                     self.produced += 1
-                    delta = {"delta": {"content": "word "}} if kind == "chat" else {"text": "word "}
+                    token = texts[index][step]
+                    delta = {"delta": {"content": token}} if kind == "chat" else {"text": token}
                     chunk = {
                         "id": "cmpl-1",
                         "object": kind_name,

@@ -67,6 +67,7 @@ UI_ROUTES: dict[str, Rule] = {
     ),
     "endpoint-detail": ui("team", "model.view"),
     "endpoint-routes": ui("team", "deployment.manage", "POST", **ROUTE_ROWS),
+    "endpoint-config": ui("team", "deployment.manage", "POST", kind="plain"),
     "endpoint-delete": ui("team", "deployment.manage", "POST"),
     "endpoint-share": ui("team", "endpoint.share", "POST", target="organisation"),
     "endpoint-unshare": ui("team", "endpoint.share", "POST"),
@@ -97,6 +98,7 @@ UI_KWARGS: dict[str, dict[str, str]] = {
         for route in (
             "endpoint-detail",
             "endpoint-routes",
+            "endpoint-config",
             "endpoint-delete",
             "endpoint-share",
             "endpoint-rollout-start",

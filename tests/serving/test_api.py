@@ -177,3 +177,36 @@ def test_the_completions_cap_is_bounded_in_the_service_too(org, team, world):
             services.create_endpoint(
                 actor=engineer, name="support-x", team=team, max_n=bad, routes=[{"deployment": "support-bot"}]
             )
+
+
+def test_a_cascade_is_created_and_reconfigured_through_the_api(client, org, team, world):
+    client.force_login(org["engineer"])
+    for name in ("support-small", "support-large"):
+        services.create_endpoint(
+            actor=actor_for(org["engineer"]), name=name, team=team, routes=[{"deployment": "support-bot"}]
+        )
+    config = {"small": "support-small", "large": "support-large", "threshold": -0.5}
+    response = client.post(
+        "/api/v1/endpoints",
+        {"name": "support-smart", "team_id": team.pk, "kind": "cascade", "config": config},
+        content_type="application/json",
+    )
+    assert response.status_code == 201, response.content
+    assert (response.json()["kind"], response.json()["config"], response.json()["routes"]) == (
+        "cascade",
+        config,
+        [],
+    )
+    changed = client.put(
+        "/api/v1/endpoints/support-smart/config",
+        {"kind": "cascade", "config": {**config, "threshold": -3}},
+        content_type="application/json",
+    )
+    assert changed.status_code == 200 and changed.json()["config"]["threshold"] == -3.0
+    refused = client.put(
+        "/api/v1/endpoints/support-smart/config",
+        {"kind": "router", "config": {"classifier": "support-smart", "routes": {}, "default": "support"}},
+        content_type="application/json",
+    )
+    assert refused.status_code == 400, refused.content
+    assert "cannot call itself" in refused.json()["error"]["message"]

@@ -171,3 +171,78 @@ def test_the_route_editor_changes_the_completions_cap_and_refuses_one_out_of_ran
     assert response.status_code == 200 and "less than or equal to 128" in response.content.decode()
     endpoint.refresh_from_db()
     assert endpoint.max_n == 3
+
+
+def _hop(cascade: str, request: str, hop: int, endpoint: str, tokens: tuple[int, int], cost: str):
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from serving.gateway.models import UsageEvent
+
+    UsageEvent.objects.create(
+        event_id=f"{request}-{hop}",
+        at=timezone.now(),
+        endpoint=endpoint,
+        via=cascade,
+        kind="chat",
+        input_tokens=tokens[0],
+        output_tokens=tokens[1],
+        status=200,
+        cost=Decimal(cost),
+    )
+
+
+def test_a_cascades_page_shows_its_config_escalation_rate_and_cost_saved(
+    signed_in, org, owner, team, endpoint
+):
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from portfolio.billing.choices import PriceKind
+    from portfolio.billing.models import Price
+
+    large = services.create_endpoint(
+        actor=owner, name="large", team=team, routes=[{"deployment": "support-bot"}]
+    )
+    Price.objects.create(
+        kind=PriceKind.ENDPOINT,
+        subject_id=str(large.pk),
+        subject_name="large",
+        effective_from=datetime(2000, 1, 1, tzinfo=UTC),
+        input_per_million=Decimal("10"),
+        output_per_million=Decimal("10"),
+    )
+    services.create_endpoint(
+        actor=owner,
+        name="smart",
+        team=team,
+        routes=[],
+        kind="cascade",
+        config={"small": "support", "large": "large", "threshold": -0.5},
+    )
+    # Four requests: three kept small answers of 100,000 tokens (1 each), one escalated (2 there).
+    for request in ("a", "b", "c"):
+        _hop("smart", request, 1, "support", (90_000, 10_000), "0.1")
+    _hop("smart", "d", 1, "support", (90_000, 10_000), "0.1")
+    _hop("smart", "d", 2, "large", (90_000, 10_000), "1")
+    page = signed_in(org["viewer"]).get(reverse("endpoint-detail", args=["smart"])).content.decode()
+    assert "Cascade (escalate on low confidence)" in page and "under -0.5" in page
+    assert 'data-testid="escalation-rate">25%' in page
+    # Always large: 4 x 1 = 4; the cascade paid 4 x 0.1 + 1 = 1.4; saved 2.6.
+    assert 'data-testid="cost-saved">2.6000' in page
+    assert "Edit routes" not in page
+
+
+def test_an_engineer_makes_an_endpoint_a_vote_from_its_page_and_bad_settings_come_back(
+    signed_in, org, owner, team, endpoint
+):
+    services.create_endpoint(actor=owner, name="spare", team=team, routes=[{"deployment": "support-bot"}])
+    client = signed_in(org["engineer"])
+    url = reverse("endpoint-config", args=["spare"])
+    refused = client.post(url, {"kind": "vote", "config": '{"endpoint": "support", "n": 99}'})
+    assert refused.status_code == 200 and "from 2 to 16" in refused.content.decode()
+    response = client.post(url, {"kind": "vote", "config": '{"endpoint": "support", "n": 3}'})
+    assert response.status_code == 302
+    assert Endpoint.objects.get(name="spare").config["n"] == 3
+    assert audited("endpoint.configure", Endpoint.objects.get(name="spare")) is not None

@@ -1,0 +1,458 @@
+"""Composite endpoints on the hot path: a router, a cascade and test-time compute, behind the one name a
+client calls (their decisions are voting.py's pure functions; their configs, serving/services/composite.py).
+
+Contract, as for plain endpoints (app.py): PostgreSQL is never touched per request, the config rides in the
+routing table. Every hop is a plain endpoint the key must be allowed to call itself (team, shares, scopes):
+one it may not is refused before anything runs, naming it. Admission reserves the worst case of all the
+hops a request may make (the sum of its steps, each step its costliest choice); each hop is then metered
+as a usage event of its own (``via`` the composite), priced by the endpoint that answered, and the
+reservation is settled once with their sum. The final hop streams as a plain call does; an answer the
+gateway picked itself (a cascade's small answer kept, a vote's winner) is sent whole, or as a valid
+server-sent-event stream when the client asked for one. Response headers say which endpoint answered and
+why: ``x-portfolio-answered-by``, ``x-portfolio-route-label``, ``x-portfolio-escalated`` (with
+``x-portfolio-confidence``), ``x-portfolio-votes``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from serving.gateway import access, admission, keystate, payloads, voting
+from serving.gateway.errors import GatewayError
+from serving.gateway.events import USAGE_STREAM, Outcome, usage_event
+from serving.gateway.keycache import KeyRecord
+from serving.gateway.limits import SpendCaps
+from serving.gateway.relay import respond
+from serving.gateway.routing import Composite, EndpointInfo, price_micros
+
+LABEL_PROMPT_MAX = 16_000  # bytes of the last user message a router's classifier is asked with
+
+
+def hops(snapshot, key: KeyRecord, first: EndpointInfo, kind: str) -> dict[str, EndpointInfo]:
+    """The plain endpoints ``first`` may call, each checked as the key's own call would be."""
+    composite = first.composite
+    assert composite is not None, "a composite endpoint"
+    found = {}
+    for name in composite.hops():
+        hop = snapshot.endpoints.get(name)
+        if hop is None or hop.composite is not None or hop.embedding:
+            raise GatewayError(
+                503,
+                f"`{first.name}` calls `{name}`, which is not a plain text endpoint right now; ask its owners.",
+                "composite_misconfigured",
+            )
+        if not access.may_call(key, hop):
+            raise GatewayError(
+                403,
+                f"`{first.name}` calls `{name}`, which this key may not call: add `{name}` to the key's scopes "
+                f"(or share it with the key's team) to call `{first.name}`.",
+                "model_not_allowed",
+                param="model",
+            )
+        if kind == "chat" and hop.no_chat and name != composite.classifier:
+            raise GatewayError(
+                400,
+                f"`{first.name}` calls `{name}`, which has no chat template ({hop.no_chat}): call "
+                "/v1/completions with it.",
+                "unsupported_endpoint",
+                param="model",
+            )
+        found[name] = hop
+    return found
+
+
+def last_user_text(kind: str, payload: dict) -> str:
+    """What a router's classifier is asked: the last user message (its text parts), or a text prompt."""
+    if kind != "chat":
+        prompt = payload.get("prompt")
+        return prompt[:LABEL_PROMPT_MAX] if isinstance(prompt, str) else ""
+    for message in reversed(payload.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                content = " ".join(
+                    part.get("text", "")
+                    for part in content
+                    if isinstance(part, dict) and part.get("type") == "text"
+                )
+            return content[:LABEL_PROMPT_MAX] if isinstance(content, str) else ""
+    return ""
+
+
+def classifier_request(composite: Composite, classifier: EndpointInfo, text: str) -> tuple[str, dict]:
+    """(kind, body) of the question put to a router's classifier: short, at temperature 0."""
+    common = {"max_tokens": composite.label_tokens, "temperature": 0}
+    if classifier.no_chat:  # a base model without a chat template: a plain text prompt
+        prompt = f"{composite.system}\n\n{text}\n" if composite.system else f"{text}\n"
+        return "completion", {"prompt": prompt, **common}
+    messages = [{"role": "system", "content": composite.system}] if composite.system else []
+    return "chat", {"messages": [*messages, {"role": "user", "content": text}], **common}
+
+
+def reservation(
+    composite: Composite, found: dict[str, EndpointInfo], shape: payloads.Shape, text: str
+) -> tuple[int, int, list[tuple[EndpointInfo, int]]]:
+    """Tokens and money (micros) for the worst case of every step, and each step's costliest hop and its
+    money (for the spend caps)."""
+    steps: list[list[tuple[EndpointInfo, payloads.Shape]]] = []
+    if composite.kind == "router":
+        asked = payloads.Shape(
+            prompts=(len(text.encode()) + len(composite.system.encode()) + payloads.CHAT_TEMPLATE_TOKENS,),
+            choices=1,
+            per_choice=composite.label_tokens,
+        )
+        steps.append([(found[composite.classifier], asked)])
+        steps.append([(found[name], shape) for name in {*composite.table.values(), composite.default}])
+    elif composite.kind == "cascade":
+        steps += [[(found[composite.small], shape)], [(found[composite.large], shape)]]
+    else:
+        steps.append([(found[composite.sampler], shape._replace(choices=composite.n, n=composite.n))])
+    tokens = money = 0
+    costliest = []
+    for step in steps:
+        worst = [
+            (
+                hop,
+                *payloads.worst_case(
+                    s, hop.max_model_len, hop.input_micros_per_token, hop.output_micros_per_token
+                ),
+            )
+            for hop, s in step
+        ]
+        tokens += max(t for _, t, _ in worst)
+        hop, _, hop_money = max(worst, key=lambda w: w[2])
+        money += hop_money
+        costliest.append((hop, hop_money))
+    return tokens, money, costliest
+
+
+def spend_caps(snapshot, key: KeyRecord, costliest: list[tuple[EndpointInfo, int]]) -> SpendCaps | None:
+    """As admission.spend_caps, summed over the steps (own team's hops cost the team nothing)."""
+    team = snapshot.caps.get(("team", key.team_id))
+    department = snapshot.caps.get(("department", key.department_id))
+    if team is None and department is None:
+        return None
+    team_reserve = sum(money for hop, money in costliest if hop.team_id != key.team_id)
+    department_reserve = sum(
+        money
+        for hop, money in costliest
+        if hop.team_id != key.team_id and hop.department_id != key.department_id
+    )
+    return SpendCaps(key.team_id, key.department_id, team, department, team_reserve, department_reserve)
+
+
+class Capture:
+    """An ASGI ``send`` that keeps a whole response instead of sending it (an intermediate hop's answer)."""
+
+    def __init__(self):
+        self.status, self.body = 0, b""
+
+    async def __call__(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        else:
+            self.body += message.get("body", b"")
+
+
+def with_headers(send, extra: list[tuple[bytes, bytes]]):
+    """``send``, adding ``extra`` headers to the response's start."""
+
+    async def wrapped(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            message = dict(message, headers=[*message["headers"], *extra])
+        await send(message)
+
+    return wrapped
+
+
+async def _never_disconnects() -> dict:  # an intermediate hop is read whole: nothing listens to the client
+    raise AssertionError("an intermediate hop does not stream")
+
+
+class Run:
+    """One request to a composite endpoint: its hops in order, each with its outcome."""
+
+    def __init__(self, gateway, request_id: str, caller, first: EndpointInfo, event_id: str, started: float):
+        self.gateway, self.request_id, self.caller, self.first = gateway, request_id, caller, first
+        self.event_id, self.started = event_id, started
+        self.outcomes: list[Outcome] = []
+        self.begun: list[float] = []  # when each hop began (perf_counter): its latency runs to the next's
+
+    def _outcome(self, hop: EndpointInfo, kind: str, shape: payloads.Shape) -> Outcome:
+        outcome = Outcome(
+            endpoint=hop.name,
+            kind=kind,
+            shape=shape,
+            event_id=f"{self.event_id}-{len(self.outcomes) + 1}",
+            first=hop,
+        )
+        outcome.via = self.first.name
+        self.outcomes.append(outcome)
+        self.begun.append(time.perf_counter())
+        return outcome
+
+    async def ask(self, hop: EndpointInfo, kind: str, body: dict, shape: payloads.Shape) -> dict:
+        """An intermediate hop's answer, read whole (its errors become the client's, naming the hop)."""
+        outcome = self._outcome(hop, kind, shape._replace(stream=False))
+        capture = Capture()
+        await self.gateway._dispatch(
+            _never_disconnects,
+            capture,
+            self.request_id,
+            [hop],
+            hop.name,
+            body,
+            outcome,
+            self.started,
+            self.caller,
+        )
+        if capture.status != 200:
+            try:
+                message = orjson.loads(capture.body)["error"]["message"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                message = capture.body[:200].decode(errors="replace")
+            raise GatewayError(
+                502 if capture.status >= 500 else capture.status,
+                f"`{hop.name}` (called by `{self.first.name}`) answered {capture.status}: {message}",
+                "upstream_error",
+            )
+        try:
+            parsed = orjson.loads(capture.body)
+            choices = parsed["choices"]
+            if not isinstance(choices, list) or not choices:
+                raise TypeError
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise GatewayError(
+                502,
+                f"`{hop.name}` (called by `{self.first.name}`) sent an unreadable answer.",
+                "upstream_error",
+            ) from None
+        return parsed
+
+    async def final(
+        self, receive, send, hop: EndpointInfo, kind: str, payload: dict, shape: payloads.Shape, extra: list
+    ) -> None:
+        """The last hop: answered to the client as a plain call is (streaming included)."""
+        outcome = self._outcome(hop, kind, shape)
+        await self.gateway._dispatch(
+            receive,
+            with_headers(send, [(b"x-portfolio-answered-by", hop.name.encode()), *extra]),
+            self.request_id,
+            [hop],
+            self.first.name,
+            payload,
+            outcome,
+            self.started,
+            self.caller,
+        )
+
+
+def _strip_logprobs(choice: dict, asked: bool) -> dict:
+    return choice if asked else {k: v for k, v in choice.items() if k != "logprobs"}
+
+
+def _asked_logprobs(kind: str, payload: dict) -> bool:
+    value = payload.get("logprobs")
+    return bool(value) if kind == "chat" else value is not None
+
+
+def with_logprobs(kind: str, payload: dict) -> dict:
+    """``payload`` asking the engine for each token's log-probability (as the client asked, if it did)."""
+    if _asked_logprobs(kind, payload):
+        return payload
+    return dict(payload, logprobs=True) if kind == "chat" else dict(payload, logprobs=1)
+
+
+async def send_answer(
+    send, request_id: str, kind: str, answer: dict, shape: payloads.Shape, extra: list[tuple[bytes, bytes]]
+) -> None:
+    """An answer the gateway picked, whole or (the client asked to stream) as server-sent events."""
+    if not shape.stream:
+        await respond(send, 200, orjson.dumps(answer), request_id, extra=extra)
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"text/event-stream"),
+                (b"cache-control", b"no-cache"),
+                (b"x-request-id", request_id.encode()),
+                *extra,
+            ],
+        }
+    )
+    head = {k: answer.get(k) for k in ("id", "created", "model")}
+    events = []
+    for choice in answer["choices"]:
+        index, finish = choice.get("index", 0), choice.get("finish_reason")
+        if kind == "chat":
+            message = choice.get("message") or {}
+            delta = {k: v for k, v in message.items() if v is not None}
+            first = {
+                "index": index,
+                "delta": delta,
+                "logprobs": choice.get("logprobs"),
+                "finish_reason": None,
+            }
+            last = {"index": index, "delta": {}, "finish_reason": finish}
+        else:
+            first = {
+                "index": index,
+                "text": choice.get("text", ""),
+                "logprobs": choice.get("logprobs"),
+                "finish_reason": None,
+            }
+            last = {"index": index, "text": "", "finish_reason": finish}
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        events += [{**head, "object": obj, "choices": [first]}, {**head, "object": obj, "choices": [last]}]
+    if shape.include_usage:
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        events.append({**head, "object": obj, "choices": [], "usage": answer.get("usage")})
+    body = b"".join(b"data: " + orjson.dumps(event) + b"\n\n" for event in events) + b"data: [DONE]\n\n"
+    await send({"type": "http.response.body", "body": body})
+
+
+async def serve(
+    gateway,
+    receive,
+    send,
+    request_id: str,
+    kind: str,
+    caller: tuple[KeyRecord, dict],
+    payload: dict,
+    shape: payloads.Shape,
+    first: EndpointInfo,
+    event_id: str,
+    started: float,
+) -> None:
+    """Answer one request to a composite endpoint (admitted, run hop by hop, settled)."""
+    key, headers = caller
+    composite = first.composite
+    assert composite is not None and gateway.limiter is not None, "a composite endpoint, a started gateway"
+    snapshot = gateway.snapshot
+    found = hops(snapshot, key, first, kind)
+    text = last_user_text(kind, payload) if composite.kind == "router" else ""
+    tokens, money, costliest = reservation(composite, found, shape, text)
+    whole = Outcome(endpoint=first.name, kind=kind, shape=shape, event_id=event_id, first=first)
+    verdict = await gateway.limiter.admit(
+        key,
+        tokens=tokens,
+        money_micros=money,
+        revoked_set=keystate.REVOKED_SET,
+        ledger=gateway.ledger,
+        lost_event=usage_event(key, whole, 0.0, 0, lost=True),
+        caps=spend_caps(snapshot, key, costliest),
+    )
+    if not verdict.ok:
+        if verdict.reason == "revoked":
+            gateway.keys.evict(key.key_id)
+        raise admission.refusal(key, verdict, tokens, money, playground=False)
+    run = Run(gateway, request_id, (key.key_id, headers), first, event_id, started)
+    try:
+        if composite.kind == "router":
+            await _route(run, receive, send, composite, found, kind, payload, shape, text)
+        elif composite.kind == "cascade":
+            await _cascade(run, receive, send, composite, found, kind, payload, shape)
+        else:
+            await _vote(run, send, composite, found, kind, payload, shape)
+    except GatewayError as exc:
+        if run.outcomes and not run.outcomes[-1].status:
+            run.outcomes[-1].status, run.outcomes[-1].error = exc.status, exc.code
+        exc.metered = bool(run.outcomes)
+        raise
+    except Exception:
+        if run.outcomes and not run.outcomes[-1].status:
+            run.outcomes[-1].status, run.outcomes[-1].error = 500, "internal"
+        raise
+    finally:
+        await settle(gateway, key, verdict.reservation, run)
+
+
+async def _route(run: Run, receive, send, composite: Composite, found, kind, payload, shape, text) -> None:
+    if text:
+        classifier = found[composite.classifier]
+        asked_kind, asked = classifier_request(composite, classifier, text)
+        answer = await run.ask(classifier, asked_kind, asked, shape)
+        label, target = voting.route(
+            voting.answer_text(answer["choices"][0]), composite.table, composite.default
+        )
+    else:
+        label, target = "", composite.default  # nothing to classify: the default answers
+    extra = [(b"x-portfolio-route-label", label.encode() or b"-")]
+    await run.final(receive, send, found[target], kind, payload, shape, extra)
+
+
+async def _cascade(run: Run, receive, send, composite: Composite, found, kind, payload, shape) -> None:
+    small = found[composite.small]
+    body = {k: v for k, v in with_logprobs(kind, payload).items() if k not in ("stream", "stream_options")}
+    answer = await run.ask(small, kind, body, shape)
+    confidence = voting.mean_logprob(answer["choices"][0])
+    shown = b"none" if confidence is None else f"{confidence:.4f}".encode()
+    if voting.escalate(confidence, composite.threshold):
+        extra = [(b"x-portfolio-escalated", b"true"), (b"x-portfolio-confidence", shown)]
+        await run.final(receive, send, found[composite.large], kind, payload, shape, extra)
+        return
+    asked = _asked_logprobs(kind, payload)
+    answer = dict(
+        answer, model=run.first.name, choices=[_strip_logprobs(c, asked) for c in answer["choices"]]
+    )
+    extra = [
+        (b"x-portfolio-answered-by", small.name.encode()),
+        (b"x-portfolio-escalated", b"false"),
+        (b"x-portfolio-confidence", shown),
+    ]
+    await send_answer(send, run.request_id, kind, answer, shape, extra)
+
+
+async def _vote(run: Run, send, composite: Composite, found, kind, payload, shape) -> None:
+    sampler = found[composite.sampler]
+    body = {k: v for k, v in payload.items() if k not in ("stream", "stream_options", "n", "best_of")}
+    body["n"] = composite.n
+    body.setdefault("temperature", composite.temperature)
+    if composite.method == "best_of_n":
+        body = with_logprobs(kind, body)
+    answer = await run.ask(sampler, kind, body, shape._replace(choices=composite.n, n=composite.n))
+    choices = answer["choices"]
+    index = voting.best_of_n(choices) if composite.method == "best_of_n" else voting.majority(choices)
+    votes = round(voting.agreement(choices, index) * len(choices))
+    chosen = dict(_strip_logprobs(choices[index], _asked_logprobs(kind, payload)), index=0)
+    # The usage shown is every sample's: each was billed.
+    answer = dict(answer, model=run.first.name, choices=[chosen])
+    extra = [
+        (b"x-portfolio-answered-by", sampler.name.encode()),
+        (b"x-portfolio-votes", f"{votes}/{len(choices)}".encode()),
+    ]
+    await send_answer(send, run.request_id, kind, answer, shape, extra)
+
+
+async def settle(gateway, key: KeyRecord, reservation, run: Run) -> None:
+    """Give back what was not used of the reservation, and write every hop's usage event, in one round trip."""
+    ended = time.perf_counter()
+    # A hop's latency: from its start (the first's: the request's) to the next hop's start.
+    latencies = [
+        end - begin for begin, end in zip([run.started, *run.begun[1:]], [*run.begun[1:], ended], strict=True)
+    ]
+    events, tokens, money, team_micros, department_micros = [], 0, 0, 0, 0
+    for outcome, latency in zip(run.outcomes, latencies, strict=True):
+        hop = outcome.answered or outcome.first
+        assert hop is not None, "every hop names its endpoint"
+        cost = price_micros(hop, outcome.input_tokens, outcome.output_tokens)
+        events.append(usage_event(key, outcome, latency, cost))
+        tokens += outcome.input_tokens + outcome.output_tokens
+        money += cost
+        team, department = admission.charged(key, hop, cost)
+        team_micros, department_micros = team_micros + team, department_micros + department
+    commands = gateway.limiter.settle(
+        reservation,
+        tokens=tokens,
+        money_micros=money,
+        team_micros=team_micros,
+        department_micros=department_micros,
+    )
+    commands += [("XADD", USAGE_STREAM, "*", "e", orjson.dumps(event)) for event in events]
+    await gateway._write(commands)
+    for outcome, latency in zip(run.outcomes, latencies, strict=True):
+        gateway._observe(key, outcome, latency)

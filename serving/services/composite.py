@@ -1,0 +1,182 @@
+"""Composite endpoints: a router (a classifier endpoint picks a specialist), a cascade (a small endpoint
+first, a large one when it is unsure) and test-time compute (n samples of one endpoint, one answer by vote).
+
+Their ``config`` names plain endpoints of the same team only: no composite calls a composite, so there is no
+cycle and a request makes a bounded number of hops (a router 2, a cascade 2, a vote 1 call of n samples).
+Every number and list here is bounded; the gateway reads the validated config from its routing table.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from django.db import transaction
+
+from portfolio.accounts import gate
+from portfolio.accounts.actor import Actor
+from portfolio.accounts.models import Team
+from portfolio.audit import services as audit
+from portfolio.errors import Conflict, Invalid
+from portfolio.registry.choices import Task
+from serving.choices import EndpointKind
+from serving.gateway.voting import LABEL
+from serving.models import Endpoint
+
+ROUTER_MAX_LABELS = 32
+ROUTER_MAX_LABEL_TOKENS = 16
+ROUTER_MAX_SYSTEM = 4000  # characters of the classifier's system prompt
+THRESHOLD_RANGE = (-20.0, 0.0)  # a mean token log-probability: 0 is certain, -20 hopeless
+VOTE_MAX_N = 16
+KEYS: dict[str, set[str]] = {
+    EndpointKind.ROUTER: {"classifier", "routes", "default", "system", "max_tokens"},
+    EndpointKind.CASCADE: {"small", "large", "threshold"},
+    EndpointKind.VOTE: {"endpoint", "n", "method", "temperature"},
+}
+
+
+def _invalid(field: str, message: str) -> Invalid:
+    return Invalid(f"config.{field}: {message}", fields={"config": [f"{field}: {message}"]})
+
+
+def _number(config: dict, field: str, default, low, high, *, whole: bool) -> Any:
+    value = config.get(field, default)
+    kinds = int if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        raise _invalid(field, f"a {'whole ' if whole else ''}number from {low} to {high}.")
+    if not low <= value <= high:
+        raise _invalid(field, f"from {low} to {high} (got {value}).")
+    return value if whole else float(value)
+
+
+def _hop(team: Team, field: str, name: object, own: str) -> Endpoint:
+    """A plain endpoint of ``team`` serving text generation: what a composite may call."""
+    if not isinstance(name, str) or not name:
+        raise _invalid(field, "the name of an endpoint.")
+    if name == own:
+        raise _invalid(field, f"{own} cannot call itself.")
+    endpoint = (
+        Endpoint.objects.filter(name=name, owner_team=team)
+        .prefetch_related("routes__deployment__version__model")
+        .first()
+    )
+    if endpoint is None:
+        raise _invalid(field, f"no endpoint {name!r} of team {team.name}; a composite calls its own team's.")
+    if endpoint.kind != EndpointKind.PLAIN:
+        raise _invalid(
+            field,
+            f"{name} is a {endpoint.kind} endpoint; a composite calls plain endpoints only (no cycles, bounded hops).",
+        )
+    if any(r.deployment.version.model.task == Task.EMBEDDING for r in endpoint.routes.all()):
+        raise _invalid(field, f"{name} serves embeddings; a composite needs text generation.")
+    return endpoint
+
+
+def check_config(team: Team, own: str, kind: str, config: object) -> dict:
+    """The config as stored: known keys only, every name a plain endpoint of ``team``, every number in range."""
+    if kind == EndpointKind.PLAIN:
+        if config:
+            raise _invalid("kind", "a plain endpoint has routes, not a config.")
+        return {}
+    if kind not in KEYS:
+        raise Invalid(
+            "kind: plain, router, cascade or vote.", fields={"kind": ["plain, router, cascade or vote."]}
+        )
+    if not isinstance(config, dict):
+        raise _invalid("config", "an object.")
+    unknown = sorted(set(config) - KEYS[kind])
+    if unknown:
+        raise _invalid(
+            unknown[0], f"not a setting of a {kind} endpoint (known: {', '.join(sorted(KEYS[kind]))})."
+        )
+    if kind == EndpointKind.ROUTER:
+        return _router(team, own, config)
+    if kind == EndpointKind.CASCADE:
+        small = _hop(team, "small", config.get("small"), own).name
+        large = _hop(team, "large", config.get("large"), own).name
+        if small == large:
+            raise _invalid("large", "another endpoint than small.")
+        threshold = _number(config, "threshold", None, *THRESHOLD_RANGE, whole=False)
+        return {"small": small, "large": large, "threshold": threshold}
+    sampler = _hop(team, "endpoint", config.get("endpoint"), own)
+    n = _number(config, "n", 5, 2, VOTE_MAX_N, whole=True)
+    if n > sampler.max_n:
+        raise _invalid(
+            "n", f"{sampler.name} allows at most {sampler.max_n} completions per request (its max_n)."
+        )
+    method = config.get("method", "majority")
+    if method not in ("majority", "best_of_n"):
+        raise _invalid("method", "majority or best_of_n.")
+    temperature = _number(config, "temperature", 0.8, 0, 2, whole=False)
+    return {"endpoint": sampler.name, "n": n, "method": method, "temperature": temperature}
+
+
+def _router(team: Team, own: str, config: dict) -> dict:
+    classifier = _hop(team, "classifier", config.get("classifier"), own).name
+    table = config.get("routes")
+    if not isinstance(table, dict) or not 1 <= len(table) <= ROUTER_MAX_LABELS:
+        raise _invalid("routes", f"an object of 1 to {ROUTER_MAX_LABELS} labels, each naming an endpoint.")
+    routes = {}
+    for raw, name in table.items():
+        label = raw.strip().lower() if isinstance(raw, str) else ""
+        if len(label) > 40 or not LABEL.fullmatch(label):
+            raise _invalid(
+                "routes", f"label {raw!r}: 1 to 40 of a-z, 0-9, _ and - (as the classifier's answer is read)."
+            )
+        if label in routes:
+            raise _invalid("routes", f"label {label!r} given twice.")
+        routes[label] = _hop(team, f"routes.{label}", name, own).name
+    default = _hop(team, "default", config.get("default"), own).name
+    system = config.get("system", "")
+    if not isinstance(system, str) or len(system) > ROUTER_MAX_SYSTEM:
+        raise _invalid("system", f"text of at most {ROUTER_MAX_SYSTEM} characters.")
+    max_tokens = _number(config, "max_tokens", 4, 1, ROUTER_MAX_LABEL_TOKENS, whole=True)
+    out = {"classifier": classifier, "routes": routes, "default": default, "max_tokens": max_tokens}
+    if system:
+        out["system"] = system
+    return out
+
+
+def called_by(endpoint: Endpoint) -> list[str]:
+    """The composite endpoints of its team that call ``endpoint``, by name."""
+    names = []
+    for composite in Endpoint.objects.filter(owner_team_id=endpoint.owner_team_id).exclude(
+        kind=EndpointKind.PLAIN
+    ):
+        config = composite.config or {}
+        hops = {config.get(k) for k in ("classifier", "default", "small", "large", "endpoint")}
+        hops.update((config.get("routes") or {}).values())
+        if endpoint.name in hops:
+            names.append(composite.name)
+    return sorted(names)
+
+
+def require_not_called(endpoint: Endpoint, doing: str) -> None:
+    callers = called_by(endpoint)
+    if callers:
+        raise Conflict(
+            f"{endpoint.name} is called by {', '.join(callers)}; change {'them' if len(callers) > 1 else 'it'} "
+            f"first, then {doing}."
+        )
+
+
+@transaction.atomic
+def configure_endpoint(
+    *, actor: Actor, endpoint: Endpoint, kind: str, config: dict | None = None
+) -> Endpoint:
+    """Make an endpoint a router, cascade or vote with ``config`` (or a plain one again, routing by its
+    weights); audited with the config before and after."""
+    gate.require(actor, "deployment.manage", endpoint)
+    endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+    checked = check_config(endpoint.owner_team, endpoint.name, kind, config or {})
+    if kind != EndpointKind.PLAIN:
+        require_not_called(endpoint, f"make it a {kind}")
+        if endpoint.fallback_id:
+            raise _invalid("kind", "a composite endpoint has no fallback; remove it first.")
+    elif not endpoint.routes.exists():
+        raise _invalid("kind", "a plain endpoint needs routes: set them (PUT .../routes) and then the kind.")
+    before = endpoint.snapshot()
+    endpoint.kind, endpoint.config = kind, checked
+    endpoint.save(update_fields=["kind", "config"])
+    audit.record(actor, "endpoint.configure", endpoint, before=before, after=endpoint.snapshot())
+    return endpoint

@@ -1,0 +1,264 @@
+"""Composite endpoints through a real gateway and fake engines: a router asks its classifier and sends the
+request to a specialist, a cascade keeps a confident small answer or escalates, a vote returns one of n
+samples; each hop is checked against the key, metered as its own usage event and priced by its endpoint,
+and the final hop streams."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import httpx
+import orjson
+import pytest
+from django.db import transaction
+
+from serving.gateway import usage
+from serving.gateway.models import UsageEvent
+from serving.models import Endpoint
+from tests.gateway.conftest import wait_for_model
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def chat(base: str, secret: str, model: str, text: str = "hello", **extra) -> httpx.Response:
+    return httpx.post(
+        f"{base}/v1/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 8, **extra},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=20,
+    )
+
+
+def events(response: httpx.Response) -> list:
+    """A server-sent-event stream's data, parsed, and checked to end with [DONE]."""
+    data = [line[6:] for line in response.text.split("\n\n") if line.startswith("data: ")]
+    assert data[-1] == "[DONE]", "a valid stream ends with [DONE]"
+    return [orjson.loads(d) for d in data[:-1]]
+
+
+def streamed_text(response: httpx.Response) -> str:
+    return "".join(c["choices"][0]["delta"].get("content", "") for c in events(response) if c["choices"])
+
+
+def composite(name: str, kind: str, config: dict, owner) -> Endpoint:
+    with (
+        transaction.atomic()
+    ):  # as the service stores it (validated there: tests/serving/test_composite_endpoints.py)
+        return Endpoint.objects.create(name=name, owner_team=owner, kind=kind, config=config)
+
+
+def ticket_label(body: dict, index: int) -> str:
+    """The fake classifier: 'Billing.' for a message about money, else 'Tech'."""
+    return "Billing." if "charged" in body["messages"][-1]["content"] else "Tech"
+
+
+@pytest.fixture
+def router(stack, team):
+    classifier, classifier_engines = stack["deployment"]("labeller-dep", answer=ticket_label)
+    stack["endpoint"]("labeller", classifier, price=("1000000", "1000000"))
+    billing, billing_engines = stack["deployment"]("billing-dep", answer=lambda b, i: "refund on its way")
+    stack["endpoint"]("billing", billing, price=("2000000", "2000000"))
+    tech, tech_engines = stack["deployment"]("tech-dep")
+    stack["endpoint"]("tech", tech)
+    general, general_engines = stack["deployment"]("general-dep")
+    stack["endpoint"]("general", general)
+    config = {
+        "classifier": "labeller",
+        "routes": {"billing": "billing", "tech": "tech"},
+        "default": "general",
+        "max_tokens": 4,
+        "system": "Name the queue.",
+    }
+    composite("support", "router", config, team)
+    engines = {"labeller": classifier_engines, "billing": billing_engines, "tech": tech_engines}
+    return engines | {"general": general_engines}
+
+
+def test_a_router_sends_each_request_to_the_specialist_its_label_names(gateway_url, stack, router):
+    secret = stack["key"](monthly_budget=Decimal("1000"))
+    wait_for_model(gateway_url, secret, "support")
+    money = chat(gateway_url, secret, "support", "I was charged twice")
+    assert money.status_code == 200, money.text
+    assert money.headers["x-portfolio-answered-by"] == "billing"
+    assert money.headers["x-portfolio-route-label"] == "billing"
+    assert money.json()["model"] == "support", "the client sees the name it called"
+    assert money.json()["choices"][0]["message"]["content"].strip() == "refund on its way"
+    asked = router["labeller"][0].requests[0]
+    assert asked["messages"] == [
+        {"role": "system", "content": "Name the queue."},
+        {"role": "user", "content": "I was charged twice"},
+    ]
+    assert (asked["max_tokens"], asked["temperature"]) == (4, 0)
+    crash = chat(gateway_url, secret, "support", "the app crashes")
+    assert crash.headers["x-portfolio-answered-by"] == "tech" and len(router["tech"][0].requests) == 1
+    assert router["general"][0].requests == []
+
+
+def test_a_label_the_table_lacks_goes_to_the_default(gateway_url, stack, router, team):
+    Endpoint.objects.filter(name="support").update(
+        config={
+            "classifier": "labeller",
+            "routes": {"billing": "billing"},
+            "default": "general",
+            "max_tokens": 4,
+        }
+    )
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "support")
+    time.sleep(1.2)  # the routing table's next refresh
+    response = chat(gateway_url, secret, "support", "the app crashes")
+    assert response.headers["x-portfolio-route-label"] == "tech"
+    assert response.headers["x-portfolio-answered-by"] == "general"
+
+
+def test_a_routed_request_streams_from_the_specialist(gateway_url, stack, router):
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "support")
+    response = chat(gateway_url, secret, "support", "charged again", stream=True)
+    assert response.status_code == 200 and response.headers["content-type"] == "text/event-stream"
+    assert response.headers["x-portfolio-answered-by"] == "billing"
+    assert streamed_text(response).strip() == "refund on its way"
+    assert {c["model"] for c in events(response)} == {"support"}
+    assert router["billing"][0].requests[0]["stream"] is True
+
+
+def test_each_hop_is_metered_via_the_router_and_priced_by_its_endpoint(gateway_url, stack, router):
+    secret = stack["key"](monthly_budget=Decimal("1000"))
+    wait_for_model(gateway_url, secret, "support")
+    assert chat(gateway_url, secret, "support", "I was charged twice").status_code == 200
+    usage.flush()
+    rows = {e.endpoint: e for e in UsageEvent.objects.all()}
+    assert set(rows) == {"labeller", "billing"}
+    assert {e.via for e in rows.values()} == {"support"}
+    labeller, billing = rows["labeller"], rows["billing"]
+    assert labeller.output_tokens == 1 and labeller.cost == Decimal(labeller.input_tokens + 1)
+    assert billing.cost == 2 * Decimal(billing.input_tokens + billing.output_tokens)
+    assert labeller.event_id != billing.event_id
+
+
+def test_a_hop_the_key_may_not_call_is_refused_naming_it(gateway_url, stack, router):
+    scoped = stack["key"](scopes=["support", "labeller", "billing", "general"])
+    wait_for_model(gateway_url, scoped, "support")
+    response = chat(gateway_url, scoped, "support", "I was charged twice")
+    assert response.status_code == 403
+    error = response.json()["error"]
+    assert error["code"] == "model_not_allowed" and "`tech`" in error["message"]
+    assert router["labeller"][0].requests == [], "refused before any hop ran"
+
+
+@pytest.fixture
+def cascade(stack, team):
+    def make(name: str, small_logprob: float, threshold: float = -1.0, small_price: str = "1000000"):
+        small, small_engines = stack["deployment"](
+            f"{name}-small-dep", answer=lambda b, i: "Paris is the capital", logprob=small_logprob
+        )
+        stack["endpoint"](f"{name}-small", small, price=(small_price, small_price))
+        large, large_engines = stack["deployment"](f"{name}-large-dep", answer=lambda b, i: "Paris, France")
+        stack["endpoint"](f"{name}-large", large, price=("10000000", "10000000"))
+        config = {"small": f"{name}-small", "large": f"{name}-large", "threshold": threshold}
+        composite(name, "cascade", config, team)
+        return small_engines[0], large_engines[0]
+
+    return make
+
+
+def test_a_confident_small_answer_is_kept_and_the_large_one_never_called(gateway_url, stack, cascade):
+    small, large = cascade("sure", small_logprob=-0.2)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "sure")
+    response = chat(gateway_url, secret, "sure")
+    assert response.status_code == 200, response.text
+    assert response.headers["x-portfolio-escalated"] == "false"
+    assert response.headers["x-portfolio-answered-by"] == "sure-small"
+    assert response.headers["x-portfolio-confidence"] == "-0.2000"
+    body = response.json()
+    assert (
+        body["model"] == "sure" and body["choices"][0]["message"]["content"].strip() == "Paris is the capital"
+    )
+    assert "logprobs" not in body["choices"][0], "the client did not ask for them"
+    assert small.requests[0]["logprobs"] is True and "stream" not in small.requests[0]
+    assert large.requests == []
+
+
+def test_a_kept_small_answer_is_sent_as_a_valid_stream_when_one_was_asked(gateway_url, stack, cascade):
+    cascade("sure", small_logprob=-0.2)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "sure")
+    response = chat(gateway_url, secret, "sure", stream=True, stream_options={"include_usage": True})
+    assert response.headers["content-type"] == "text/event-stream"
+    chunks = events(response)
+    assert streamed_text(response).strip() == "Paris is the capital"
+    assert chunks[0]["object"] == "chat.completion.chunk" and chunks[0]["model"] == "sure"
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
+
+
+def test_an_unsure_small_answer_escalates_and_the_large_one_streams(gateway_url, stack, cascade):
+    small, large = cascade("unsure", small_logprob=-2.5)
+    secret = stack["key"](monthly_budget=Decimal("10000"))
+    wait_for_model(gateway_url, secret, "unsure")
+    response = chat(gateway_url, secret, "unsure", stream=True)
+    assert response.headers["x-portfolio-escalated"] == "true"
+    assert response.headers["x-portfolio-answered-by"] == "unsure-large"
+    assert streamed_text(response).strip() == "Paris, France"
+    assert len(small.requests) == 1 and large.requests[0]["stream"] is True
+    usage.flush()
+    rows = {e.endpoint: e for e in UsageEvent.objects.all()}
+    assert set(rows) == {"unsure-small", "unsure-large"} and {e.via for e in rows.values()} == {"unsure"}
+    assert rows["unsure-large"].cost == 10 * Decimal(rows["unsure-large"].input_tokens + 2)
+    assert rows["unsure-large"].stream and not rows["unsure-small"].stream
+
+
+def test_a_cascade_reserves_both_hops_so_a_budget_for_either_alone_is_refused(gateway_url, stack, cascade):
+    cascade("sure", small_logprob=-0.2, small_price="10000000")
+    # Both hops cost 10 per token: the worst case of either call (some 130 tokens) fits the budget, that of
+    # the cascade (both calls) does not.
+    secret = stack["key"](monthly_budget=Decimal("2000"))
+    wait_for_model(gateway_url, secret, "sure")
+    response = chat(gateway_url, secret, "sure")
+    assert response.status_code == 429 and response.json()["error"]["code"] == "insufficient_quota"
+    assert chat(gateway_url, secret, "sure-small").status_code == 200
+    assert chat(gateway_url, secret, "sure-large").status_code == 200
+
+
+def test_a_vote_returns_the_majority_answer_and_bills_every_sample(gateway_url, stack, team):
+    answers = ["Lyon", "Paris.", "paris", "Rome", "PARIS"]
+    dep, engines = stack["deployment"]("sampler-dep", answer=lambda b, i: answers[i])
+    stack["endpoint"]("sampler", dep)
+    composite("wise", "vote", {"endpoint": "sampler", "n": 5, "method": "majority", "temperature": 0.7}, team)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "wise")
+    response = chat(gateway_url, secret, "wise")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [c["message"]["content"].strip() for c in body["choices"]] == ["Paris."]
+    assert body["choices"][0]["index"] == 0 and body["model"] == "wise"
+    assert response.headers["x-portfolio-votes"] == "3/5"
+    assert body["usage"]["completion_tokens"] == 5, "every sample is billed"
+    assert (engines[0].requests[0]["n"], engines[0].requests[0]["temperature"]) == (5, 0.7)
+    usage.flush()
+    event = UsageEvent.objects.get()
+    assert (event.endpoint, event.via, event.output_tokens) == ("sampler", "wise", 5)
+
+
+def test_best_of_n_returns_the_most_confident_sample_even_as_a_stream(gateway_url, stack, team):
+    dep, _ = stack["deployment"](
+        "sampler-dep", answer=lambda b, i: f"answer{i}", logprob=lambda i: -1.0 if i != 2 else -0.1
+    )
+    stack["endpoint"]("sampler", dep)
+    composite("best", "vote", {"endpoint": "sampler", "n": 4, "method": "best_of_n"}, team)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "best")
+    response = chat(gateway_url, secret, "best", stream=True)
+    assert streamed_text(response).strip() == "answer2"
+
+
+def test_a_composite_asked_for_several_choices_is_refused(gateway_url, stack, team):
+    dep, _ = stack["deployment"]("sampler-dep")
+    stack["endpoint"]("sampler", dep)
+    composite("wise", "vote", {"endpoint": "sampler", "n": 3}, team)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "wise")
+    response = chat(gateway_url, secret, "wise", n=2)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "n"

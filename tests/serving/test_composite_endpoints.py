@@ -1,0 +1,169 @@
+"""Composite endpoints (router, cascade, vote) through their service functions: a config is validated,
+bounded and audited, names plain endpoints of its own team only (no cycles), and the endpoints it calls
+cannot be deleted or made composite from under it."""
+
+from __future__ import annotations
+
+import pytest
+
+from portfolio.errors import Conflict, Forbidden, Invalid
+from serving import services
+from serving.models import Endpoint
+from tests.conftest import actor_for
+from tests.serving.conftest import audited
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def plain(owner, team, deployment):
+    """Three plain endpoints of the team, all on the one deployment."""
+
+    def make(name: str, max_n: int = 8) -> Endpoint:
+        return services.create_endpoint(
+            actor=owner, name=name, team=team, routes=[{"deployment": deployment.name}], max_n=max_n
+        )
+
+    return {name: make(name) for name in ("small", "large", "labeller")} | {"make": make}
+
+
+ROUTER = {"classifier": "labeller", "routes": {"Billing": "small", "tech": "large"}, "default": "large"}
+
+
+def create(owner, team, kind: str, config: dict, name: str = "smart") -> Endpoint:
+    return services.create_endpoint(actor=owner, name=name, team=team, routes=[], kind=kind, config=config)
+
+
+def test_a_router_is_created_with_its_normalised_table_and_audited(owner, team, plain):
+    router = create(owner, team, "router", {**ROUTER, "system": "Answer with one word."})
+    assert router.kind == "router" and not router.routes.exists()
+    assert router.config == {
+        "classifier": "labeller",
+        "routes": {"billing": "small", "tech": "large"},
+        "default": "large",
+        "max_tokens": 4,
+        "system": "Answer with one word.",
+    }
+    event = audited("endpoint.create", router)
+    assert event.after["kind"] == "router" and event.after["config"]["routes"]["billing"] == "small"
+
+
+def test_a_cascade_keeps_its_threshold_in_range(owner, team, plain):
+    cascade = create(owner, team, "cascade", {"small": "small", "large": "large", "threshold": -0.7})
+    assert cascade.config == {"small": "small", "large": "large", "threshold": -0.7}
+    for threshold in (0.5, -21, "high", True, float("nan")):
+        with pytest.raises(Invalid, match="config.threshold"):
+            create(owner, team, "cascade", {"small": "small", "large": "large", "threshold": threshold}, "c2")
+    with pytest.raises(Invalid, match="config.large: another endpoint than small"):
+        create(owner, team, "cascade", {"small": "small", "large": "small", "threshold": -1}, "c3")
+
+
+def test_a_vote_is_capped_by_its_own_ceiling_and_by_the_sampled_endpoints_max_n(owner, team, plain):
+    plain["make"]("narrow", max_n=3)
+    vote = create(owner, team, "vote", {"endpoint": "small", "n": 5})
+    assert vote.config == {"endpoint": "small", "n": 5, "method": "majority", "temperature": 0.8}
+    with pytest.raises(Invalid, match="config.n: narrow allows at most 3"):
+        create(owner, team, "vote", {"endpoint": "narrow", "n": 5}, "v2")
+    with pytest.raises(Invalid, match="config.n: from 2 to 16"):
+        create(owner, team, "vote", {"endpoint": "small", "n": 17}, "v3")
+    with pytest.raises(Invalid, match="config.method"):
+        create(owner, team, "vote", {"endpoint": "small", "n": 3, "method": "loudest"}, "v4")
+
+
+def test_a_composite_may_not_call_a_composite(owner, team, plain):
+    create(owner, team, "cascade", {"small": "small", "large": "large", "threshold": -1}, "cascade")
+    with pytest.raises(
+        Invalid, match="cascade is a cascade endpoint; a composite calls plain endpoints only"
+    ):
+        create(owner, team, "router", {**ROUTER, "default": "cascade"})
+    with pytest.raises(Invalid, match="cannot call itself"):
+        create(owner, team, "vote", {"endpoint": "loop", "n": 2}, "loop")
+
+
+def test_a_composite_calls_its_own_teams_endpoints_only(org, owner, team, other_team, plain):
+    outsider = actor_for(org["outsider"])
+    with pytest.raises(Invalid, match="no endpoint 'small' of team Contracts"):
+        services.create_endpoint(
+            actor=outsider,
+            name="theirs",
+            team=other_team,
+            routes=[],
+            kind="vote",
+            config={"endpoint": "small", "n": 2},
+        )
+
+
+def test_a_router_table_is_bounded_and_its_labels_readable(owner, team, plain):
+    too_many = {f"label{i}": "small" for i in range(33)}
+    with pytest.raises(Invalid, match="1 to 32 labels"):
+        create(owner, team, "router", {**ROUTER, "routes": too_many})
+    with pytest.raises(Invalid, match="label 'two words'"):
+        create(owner, team, "router", {**ROUTER, "routes": {"two words": "small"}})
+    with pytest.raises(Invalid, match="config.max_tokens"):
+        create(owner, team, "router", {**ROUTER, "max_tokens": 500})
+    with pytest.raises(Invalid, match="config.temperature: not a setting of a router"):
+        create(owner, team, "router", {**ROUTER, "temperature": 1})
+
+
+def test_a_composite_has_no_routes_and_its_routes_cannot_be_set(owner, team, deployment, plain):
+    with pytest.raises(Invalid, match="it has no routes or fallback"):
+        services.create_endpoint(
+            actor=owner,
+            name="smart",
+            team=team,
+            routes=[{"deployment": deployment.name}],
+            kind="vote",
+            config={"endpoint": "small", "n": 2},
+        )
+    vote = create(owner, team, "vote", {"endpoint": "small", "n": 2})
+    with pytest.raises(Invalid, match="smart is a vote endpoint: change its config"):
+        services.set_routes(actor=owner, endpoint=vote, routes=[{"deployment": deployment.name}])
+
+
+def test_an_endpoint_a_composite_calls_cannot_be_deleted_or_made_composite(owner, team, plain):
+    create(owner, team, "router", ROUTER)
+    with pytest.raises(Conflict, match="small is called by smart"):
+        services.delete_endpoint(actor=owner, endpoint=plain["small"])
+    with pytest.raises(Conflict, match="labeller is called by smart"):
+        services.configure_endpoint(
+            actor=owner, endpoint=plain["labeller"], kind="vote", config={"endpoint": "large", "n": 2}
+        )
+    with pytest.raises(Invalid, match="fallback: smart is a router endpoint"):
+        services.set_routes(
+            actor=owner,
+            endpoint=plain["large"],
+            routes=plain["large"].route_list(),
+            fallback=Endpoint.objects.get(name="smart"),
+        )
+
+
+def test_configuring_an_endpoint_is_audited_with_the_config_before_and_after(owner, team, plain):
+    spare = plain["make"]("spare")
+    services.configure_endpoint(
+        actor=owner,
+        endpoint=spare,
+        kind="cascade",
+        config={"small": "small", "large": "large", "threshold": -1},
+    )
+    event = audited("endpoint.configure", spare)
+    assert event.before["kind"] == "plain" and event.before["config"] == {}
+    assert event.after["kind"] == "cascade" and event.after["config"]["threshold"] == -1.0
+    services.configure_endpoint(actor=owner, endpoint=spare, kind="plain")
+    spare.refresh_from_db()
+    assert (spare.kind, spare.config) == ("plain", {}), "back to its weighted routes, which it kept"
+
+
+def test_only_who_manages_the_team_configures_its_endpoints(org, team, plain):
+    with pytest.raises(Forbidden, match="does not allow deployment.manage"):
+        services.configure_endpoint(
+            actor=actor_for(org["developer"]),
+            endpoint=plain["small"],
+            kind="vote",
+            config={"endpoint": "large", "n": 2},
+        )
+
+
+def test_a_composite_has_no_routes_to_roll_out_on(owner, team, deployment, plain):
+    vote = create(owner, team, "vote", {"endpoint": "small", "n": 2})
+    with pytest.raises(Invalid, match="smart is a vote endpoint, with no routes to roll out on"):
+        services.start_rollout(actor=owner, endpoint=vote, deployment=deployment.name)
