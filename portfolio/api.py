@@ -227,6 +227,7 @@ def _register_routers() -> None:
     from serving.gateway.api import router as gateway_router
     from training.api import router as training_router
     from training.evals.api import router as evals_router
+    from training.evals.portfolio_api import router as portfolio_router
     from training.jobs_api import router as jobs_router
 
     api.add_router("/", accounts_router)
@@ -240,6 +241,7 @@ def _register_routers() -> None:
     api.add_router("/", training_router)
     api.add_router("/training", jobs_router)
     api.add_router("/", evals_router)
+    api.add_router("/", portfolio_router)
 
 
 _register_routers()

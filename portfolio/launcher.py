@@ -8,7 +8,8 @@ The terminal shows the start-up, then one line per event a person waits for (``m
 an engine ready or failed, an adapter loaded, a fine-tune finished; and the demo's first answer). Each process logs to ``<data>/logs/<process>.log``; ``--verbose``
 follows them live (``portfolio.runlogs``). "ready" is said once the web server listens and the demo
 endpoint answers, with a summary: where to sign in, the endpoints, the API docs, billing, and a call to copy with a
-fresh demo API key. Ctrl-C (or SIGTERM) stops everything it started, the embedded servers last. Data is
+fresh demo API key, and the portfolio page (where the demo's ticket-routing task shows its candidates once the
+demo fine-tune has finished and its eval runs have scored them). Ctrl-C (or SIGTERM) stops everything it started, the embedded servers last. Data is
 kept for next time; the replicas of the last run start again (``manage.py requeue_engines``).
 """
 
@@ -148,6 +149,10 @@ def run_all(*, host: str, port: int, demo: bool = True, verbose: bool = False) -
                     _ready(url, data_dir, demo_key=False)
                 elif name == "finetune" and oneshot.returncode != 0:
                     _say("the demo fine-tune did not finish (see above); the platform keeps running")
+                elif name == "finetune":
+                    _say(
+                        f"portfolio: {url}portfolio/ shows the ticket-routing task, its candidates and a hint"
+                    )
                 elif name == "events":
                     _say("the event lines stopped (see above); the platform keeps running")
             time.sleep(0.5)
@@ -205,3 +210,6 @@ def _ready(url: str, data_dir: Path, *, demo_key: bool) -> None:
     summary = subprocess.run([*MANAGE, *args], stdout=subprocess.PIPE, text=True)
     _say(f"ready: {url}  (Ctrl-C stops everything)")
     print(summary.stdout, end="", flush=True)
+    print(
+        f"  portfolio: {url}portfolio/ (each task's production endpoint, quality, latency, cost)", flush=True
+    )

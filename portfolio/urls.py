@@ -25,6 +25,7 @@ urlpatterns = [
     path("billing/", include("portfolio.billing.urls")),
     path("models/", include("portfolio.registry.urls")),
     path("training/", include("training.urls")),
+    path("portfolio/", include("training.portfolio_urls")),
     path("", include("serving.urls")),
     path("", include("serving.gateway.urls")),
 ]

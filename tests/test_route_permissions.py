@@ -266,6 +266,11 @@ API_ROUTES: dict[str, Rule] = {
     "GET /tasks/{task_id}/compare": rest("team", "model.view", run="{eval_run_id}"),
     "GET /eval-runs/{run_id}": rest("team", "model.view"),
     "POST /eval-runs/{run_id}/cancel": rest("team", "training.run", "POST"),
+    # The portfolio: the world's task is served by smol-ep; a canary of smol-ep itself is refused as
+    # invalid (it has no finished run), after the permission decision.
+    "GET /portfolio": rest("signed_in"),
+    "PUT /portfolio/{task_id}/production": rest("team", "training.run", "PUT", endpoint_id="{endpoint_id}"),
+    "POST /portfolio/{task_id}/canary": rest("team", "deployment.manage", "POST", candidate="smol-ep"),
     # Training data
     "GET /datasets": rest("signed_in"),
     "POST /datasets": rest(

@@ -46,6 +46,7 @@ NAVIGATION: tuple[tuple[str, tuple[NavItem, ...]], ...] = (
     (
         "Models and serving",
         (
+            NavItem("Portfolio", "portfolio", "model.view", planned=True),
             NavItem("Models", "model-list", "model.view", planned=True),
             NavItem("Training", "training-list", "model.view", planned=True),
             NavItem("Deployments", "deployment-list", "model.view", planned=True),

@@ -105,6 +105,7 @@ class AuditAction(models.TextChoices):
     TRAINING_JOB_CANCELLED = "training.job_cancelled", "Job ended as cancelled"
     TRAINING_EVAL_RUN = "training.eval_run", "Evaluation recorded"
     TASK_CREATE = "task.create", "Task created"
+    TASK_SET_PRODUCTION = "task.set_production", "Task's production endpoint set"
     EVAL_SET_CREATE = "eval_set.create", "Eval set registered"
     EVAL_RUN_START = "eval.run_start", "Endpoint eval run started"
     EVAL_RUN_CANCEL = "eval.run_cancel", "Endpoint eval run cancel requested"

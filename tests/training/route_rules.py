@@ -4,7 +4,7 @@ pages act on (``build_world``) and where their URL arguments come from (``UI_KWA
 The world values the rules use: ``slug`` (the team), ``dataset`` (its name), ``dataset_id``, ``number`` (1,
 the dataset's first version), ``filename`` (a file of that version) and ``ingest_id`` (the upload that made it); for the task
 pages ``task_id`` (a classification task of the team), ``eval_set_id`` (all rows of that version), ``endpoint_id``
-(``smol-ep``) and ``eval_run_id`` (a queued run of it); for the fine-tuning pages, from
+(``smol-ep``, also the task's production endpoint) and ``eval_run_id`` (a queued run of it); for the fine-tuning pages, from
 tests/test_route_permissions.py's ``world``: ``job_id`` (a queued job of the team), ``version_id`` (a ready
 base version), ``dataset_version_id``, the pool ``local-cpu`` and the team's endpoint ``smol-ep`` (the
 distillation's teacher)."""
@@ -18,7 +18,7 @@ from serving.models import Endpoint
 from tests.permissions import Rule, ui
 from training import ingest, services
 from training.choices import DatasetKind
-from training.evals import catalogue, runs
+from training.evals import catalogue, portfolio, runs
 
 ROWS = [
     {
@@ -91,6 +91,11 @@ UI_ROUTES: dict[str, Rule] = {
     "eval-run-detail": ui("team", "model.view"),
     # The world's run is queued: cancelling it ends it at once.
     "eval-run-cancel": ui("team", "training.run", "POST"),
+    # The portfolio: the world's task is served by smol-ep in production. A canary of smol-ep itself is
+    # refused as invalid (it has no finished run), after the permission decision.
+    "portfolio": ui("signed_in"),
+    "portfolio-production": ui("team", "training.run", "POST", endpoint="{endpoint_id}"),
+    "portfolio-canary": ui("team", "deployment.manage", "POST", candidate="smol-ep"),
 }
 
 # URL keyword argument -> the world value it takes, per route (routes not named here take none).
@@ -107,6 +112,8 @@ UI_KWARGS: dict[str, dict[str, str]] = {
     "task-compare": {"task_id": "task_id"},
     "eval-run-detail": {"run_id": "eval_run_id"},
     "eval-run-cancel": {"run_id": "eval_run_id"},
+    "portfolio-production": {"task_id": "task_id"},
+    "portfolio-canary": {"task_id": "task_id"},
 }
 
 
@@ -131,6 +138,7 @@ def build_world(*, actor, team) -> dict:
     task = catalogue.create_task(actor=actor, owner_team=team, name="Ticket routing", kind="classification")
     eval_set = catalogue.add_eval_set(actor=actor, task=task, dataset_version=version, source="all")
     endpoint = Endpoint.objects.get(name="smol-ep")  # the world's endpoint of the team
+    portfolio.set_production_endpoint(actor=actor, task=task, endpoint=endpoint)
     run = runs.start_run(
         actor=actor, task=task, eval_set=eval_set, endpoint=endpoint, row_limit=5, enqueue=False
     )

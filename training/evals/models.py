@@ -25,6 +25,11 @@ class Task(models.Model):
     slug = models.SlugField(max_length=80)
     kind = models.CharField(max_length=16, choices=TaskKind.choices)
     description = models.TextField(blank=True)
+    # The endpoint that serves the task in production (the portfolio page's row): named by people, through
+    # ``portfolio.set_production_endpoint`` (audited), not guessed from the leaderboard.
+    production_endpoint = models.ForeignKey(
+        "serving.Endpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -46,7 +51,13 @@ class Task(models.Model):
         return self.owner_team
 
     def snapshot(self) -> dict:
-        return {"name": self.name, "slug": self.slug, "kind": self.kind, "owner_team": self.owner_team.slug}
+        return {
+            "name": self.name,
+            "slug": self.slug,
+            "kind": self.kind,
+            "owner_team": self.owner_team.slug,
+            "production_endpoint": self.production_endpoint.name if self.production_endpoint else None,
+        }
 
 
 class EvalSetQuerySet(TeamScopedQuerySet):

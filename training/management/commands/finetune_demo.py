@@ -8,12 +8,18 @@ from portfolio.registry.choices import VersionStatus
 from portfolio.registry.demo_model import MODEL_NAME
 from portfolio.registry.models import ModelVersion
 from serving import services as serving_services
-from serving.models import ComputePool, Deployment, Endpoint
+from serving.choices import ReplicaState
+from serving.management.commands.deploy_demo import DEMO_ENDPOINT as GENERAL_ENDPOINT
+from serving.management.commands.deploy_demo import set_demo_prices
+from serving.models import ComputePool, Deployment, DeploymentAdapter, Endpoint, Replica
 from training import finetune
 from training.choices import JobStatus
+from training.evals import portfolio, runs
+from training.evals.models import EndpointEvalRun, Task
 from training.models import Dataset, FineTuneJob
 
 DEMO_ENDPOINT = "ticket-router"
+ADAPTER_LOAD_TIMEOUT = 180  # seconds: the agent hot-loads the adapter on its next reconcile
 
 
 class Command(BaseCommand):
@@ -70,8 +76,9 @@ class Command(BaseCommand):
         attached = target.adapters.filter(version=adapter).first() or serving_services.add_adapter(
             actor=actor, deployment=target, adapter=adapter, name="ticket-router-lora"
         )
-        if not Endpoint.objects.filter(name=DEMO_ENDPOINT).exists():
-            serving_services.create_endpoint(
+        tuned = Endpoint.objects.filter(name=DEMO_ENDPOINT).first()
+        if tuned is None:
+            tuned = serving_services.create_endpoint(
                 actor=actor,
                 name=DEMO_ENDPOINT,
                 team=target.owner_team,
@@ -84,3 +91,46 @@ class Command(BaseCommand):
                 f"Demo adapter {adapter.label} serves as model 'ticket-router' (held-out accuracy {accuracy})."
             )
         )
+        self.evaluate(actor, tuned, attached, pool)
+
+    def evaluate(self, actor: Actor, tuned: Endpoint, attached: DeploymentAdapter, pool: ComputePool) -> None:
+        """The demo task's leaderboard: the general endpoint (the task's production endpoint) and the tuned
+        one, each scored on the held-out rows through the gateway by the worker, once the adapter is loaded.
+        A candidate already scored (or being scored) is not scored again."""
+        task = Task.objects.filter(owner_team=tuned.owner_team, slug="ticket-routing").first()
+        general = Endpoint.objects.filter(name=GENERAL_ENDPOINT).first()
+        eval_set = task.eval_sets.order_by("-created_at", "-id").first() if task else None
+        if task is None or general is None or eval_set is None:
+            self.stdout.write("No demo task to evaluate on (run seed_demo_dataset and deploy_demo first).")
+            return
+        if task.production_endpoint_id is None:
+            portfolio.set_production_endpoint(actor=actor, task=task, endpoint=general)
+        set_demo_prices(actor, endpoint=tuned, pool=pool)  # so that the hint compares costs
+        deadline = time.monotonic() + ADAPTER_LOAD_TIMEOUT
+        while not Replica.objects.filter(
+            deployment=attached.deployment,
+            state=ReplicaState.READY,
+            loaded_adapters__contains=[attached.name],
+        ).exists():
+            if time.monotonic() > deadline:
+                self.stdout.write(
+                    f"The adapter {attached.name} was not loaded within {ADAPTER_LOAD_TIMEOUT}s: start the demo "
+                    "task's eval runs from its page once it is."
+                )
+                return
+            time.sleep(2)
+        started = []
+        for endpoint in (general, tuned):
+            scored = EndpointEvalRun.objects.filter(eval_set=eval_set, endpoint=endpoint).exclude(
+                status__in=[JobStatus.FAILED, JobStatus.ERRORED, JobStatus.CANCELLED]
+            )
+            if not scored.exists():
+                runs.start_run(
+                    actor=actor, task=task, eval_set=eval_set, endpoint=endpoint, concurrency=2, max_tokens=8
+                )
+                started.append(endpoint.name)
+        if started:
+            self.stdout.write(
+                f"Scoring {' and '.join(started)} on {task.name} ({eval_set.row_count} held-out tickets): "
+                "the portfolio page compares them in a minute."
+            )

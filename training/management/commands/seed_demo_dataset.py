@@ -8,11 +8,15 @@ from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.demo_model import MODEL_NAME
 from portfolio.registry.models import ModelVersion
 from training import ingest, services
-from training.choices import DatasetKind
-from training.models import Dataset
+from training.choices import DatasetKind, EvalSetSource, TaskKind
+from training.evals import catalogue
+from training.evals.models import Task
+from training.models import Dataset, DatasetVersion
 
 DEMO_FILE = Path(__file__).resolve().parents[2] / "demo_data" / "ticket_routing.jsonl"
 DATASET_NAME = "ticket-routing"
+TASK_NAME = "Ticket routing"
+TASK_DESCRIPTION = "Route each customer-support ticket to its queue: billing, technical, account or shipping."
 DESCRIPTION = (
     "Customer-support tickets routed to one of four queues (billing, technical, account, shipping): "
     "the demo fine-tuning set for smollm2-135m-instruct."
@@ -22,7 +26,8 @@ DESCRIPTION = (
 class Command(BaseCommand):
     help = (
         "Register the demo ticket-routing dataset (80 support tickets in chat shape, four queues) for the demo "
-        "team, measured with the demo model's tokenizer when it is ready. Idempotent."
+        "team, measured with the demo model's tokenizer when it is ready, and the task 'Ticket routing' with "
+        "the dataset's held-out rows as its eval set. Idempotent."
     )
 
     def add_arguments(self, parser):
@@ -45,6 +50,7 @@ class Command(BaseCommand):
         latest = dataset.versions.order_by("-number").first()
         if latest is not None:
             self.stdout.write(f"Demo dataset ready: {dataset} v{latest.number}.")
+            self.ensure_task(actor, owner, latest)
             return
         base = (
             ModelVersion.objects.filter(
@@ -70,3 +76,18 @@ class Command(BaseCommand):
                 f"({version.train_count} train, {version.eval_count} eval), lengths in {measured}."
             )
         )
+        self.ensure_task(actor, owner, version)
+
+    def ensure_task(self, actor: Actor, owner: Team, version: DatasetVersion) -> None:
+        """The demo task, scored on the held-out rows the demo fine-tune never sees."""
+        task = Task.objects.filter(owner_team=owner, slug="ticket-routing").first() or catalogue.create_task(
+            actor=actor,
+            owner_team=owner,
+            name=TASK_NAME,
+            kind=TaskKind.CLASSIFICATION,
+            description=TASK_DESCRIPTION,
+        )
+        eval_set = catalogue.add_eval_set(
+            actor=actor, task=task, dataset_version=version, source=EvalSetSource.EVAL_ROWS
+        )
+        self.stdout.write(f"Demo task ready: {task.name}, eval set {eval_set.label}.")

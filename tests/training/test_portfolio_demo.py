@@ -1,0 +1,70 @@
+"""The demo of `make run` for the portfolio: seed_demo_dataset registers the task "Ticket routing" with the
+demo set's held-out rows as its eval set; finetune_demo, once its adapter is loaded, names the general demo
+endpoint the task's production endpoint and queues an eval run of it and of the tuned endpoint (once)."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import call_command
+
+from serving.choices import ReplicaState
+from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, Replica
+from training.evals import runs
+from training.evals.models import EndpointEvalRun, Task
+from training.management.commands.finetune_demo import Command as FinetuneDemo
+from training.models import Dataset
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def demo_team(team):
+    team.slug = "demo"
+    team.save(update_fields=["slug"])
+    return team
+
+
+def test_the_demo_dataset_comes_with_its_task_and_eval_set_once(demo_team):
+    call_command("seed_demo_dataset")
+    call_command("seed_demo_dataset")
+    task = Task.objects.get(owner_team=demo_team, slug="ticket-routing")
+    (eval_set,) = task.eval_sets.all()
+    assert task.name == "Ticket routing" and task.kind == "classification"
+    assert eval_set.dataset_version.dataset == Dataset.objects.get(name="ticket-routing")
+    assert eval_set.row_count == 8  # the held-out rows, which the demo fine-tune never sees
+
+
+@pytest.fixture
+def served(demo_team, base, cpu_pool):
+    """The demo's endpoints: smollm2 (the base) and ticket-router (its adapter, loaded on a ready replica)."""
+    call_command("seed_demo_dataset")
+    deployment = Deployment.objects.create(
+        name="smollm2-demo", owner_team=demo_team, version=base, pool=cpu_pool
+    )
+    adapter = DeploymentAdapter.objects.create(deployment=deployment, version=base, name="ticket-router-lora")
+    general = Endpoint.objects.create(name="smollm2", owner_team=demo_team)
+    EndpointRoute.objects.create(endpoint=general, deployment=deployment, weight=100)
+    tuned = Endpoint.objects.create(name="ticket-router", owner_team=demo_team)
+    EndpointRoute.objects.create(endpoint=tuned, deployment=deployment, adapter=adapter, weight=100)
+    Replica.objects.create(
+        deployment=deployment, generation=1, state=ReplicaState.READY, loaded_adapters=[adapter.name]
+    )
+    return tuned, adapter
+
+
+def test_the_demo_fine_tune_queues_the_leaderboard_once(
+    served, cpu_pool, monkeypatch, system_actor, django_capture_on_commit_callbacks
+):
+    queued: list[int] = []
+    monkeypatch.setattr(runs, "enqueue_run", queued.append)
+    tuned, adapter = served
+    with django_capture_on_commit_callbacks(execute=True):
+        FinetuneDemo().evaluate(system_actor, tuned, adapter, cpu_pool)
+        FinetuneDemo().evaluate(system_actor, tuned, adapter, cpu_pool)
+    task = Task.objects.get(slug="ticket-routing")
+    assert task.production_endpoint.name == "smollm2"
+    assert sorted(EndpointEvalRun.objects.values_list("endpoint_name", flat=True)) == [
+        "smollm2",
+        "ticket-router",
+    ]
+    assert len(queued) == 2
