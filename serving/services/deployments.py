@@ -74,6 +74,7 @@ def create_deployment(
     replicas: int = 1,
     args: dict | None = None,
     store_prompts: bool = False,
+    update_strategy: str = UpdateStrategy.SURGE,
 ) -> Deployment:
     gate.require(actor, "deployment.manage", team)
     pool = gate.get_visible(actor, ComputePool, pk=pool.pk)
@@ -82,6 +83,7 @@ def create_deployment(
     require_usable_by(team, version)
     if not 0 <= replicas <= 64:
         raise Invalid("replicas: between 0 and 64.")
+    _check_strategy(update_strategy)
     resolved = engine_args.validate(args or {}, pool.kind)
     _fits_model(version, resolved)
     if replicas:
@@ -95,6 +97,7 @@ def create_deployment(
         replicas=replicas,
         engine_args=args or {},
         store_prompts=store_prompts,
+        update_strategy=update_strategy,
         created_by=actor.user,
     )
     try:
@@ -179,14 +182,18 @@ def restart(
     return deployment
 
 
+def _check_strategy(strategy: str) -> None:
+    if strategy not in UpdateStrategy.values:
+        raise Invalid(f"update_strategy: one of {', '.join(UpdateStrategy.values)}.")
+
+
 @transaction.atomic
 def set_update_strategy(*, actor: Actor, deployment: Deployment, strategy: str) -> Deployment:
     """How the deployment's rolling changes replace replicas: ``surge`` (a new replica first, needs room for
     one more) or ``replace`` (in place: one old replica stops, then its successor starts)."""
     gate.require(actor, "deployment.manage", deployment)
     deployment = _locked(deployment)
-    if strategy not in UpdateStrategy.values:
-        raise Invalid(f"update_strategy: one of {', '.join(UpdateStrategy.values)}.")
+    _check_strategy(strategy)
     if strategy == deployment.update_strategy:
         return deployment
     before = {"update_strategy": deployment.update_strategy}
