@@ -150,6 +150,8 @@ def _start(replica: Replica, node: Node) -> None:
         gpu_indices=replica.gpu_indices,
         api_key=engine_key(replica.pk),
         task=deployment.version.model.task,
+        cpu_ids=replica.cpu_ids,
+        kv_cache_bytes=replica.kv_cache_bytes,
     )
     pid = processes.start(launch.argv, launch.env, replica.pk, _log_path(replica))
     _set(
@@ -165,7 +167,9 @@ def _start(replica: Replica, node: Node) -> None:
     )
     replica_meter.started(replica)
     # Where it listens (host, port, pid) is for pool managers: the timeline is read by every team member.
-    event(replica, "started", f"Engine started on {node.name}.")
+    bound = launch.env.get("VLLM_CPU_OMP_THREADS_BIND") if replica.cpu_ids else None
+    pinned = f", threads bound to cores {bound}" if bound else ""
+    event(replica, "started", f"Engine started on {node.name}{pinned}.")
 
 
 def _crashed(replica: Replica, why: str) -> None:

@@ -115,6 +115,7 @@ class DeploymentOut(Schema):
     replicas: int
     engine_args: dict[str, Any]
     generation: int
+    update_strategy: str
     status: str
     status_detail: str
     created_at: datetime
@@ -140,10 +141,17 @@ class DeploymentIn(Schema):
     pool: str
     replicas: int = 1
     engine_args: dict[str, Any] = {}
+    update_strategy: str = Field(
+        "surge", description="surge or replace: how rolling changes replace replicas"
+    )
 
 
 class ScaleIn(Schema):
     replicas: int
+
+
+class UpdateStrategyIn(Schema):
+    update_strategy: str = Field(description="surge (a new replica first) or replace (in place)")
 
 
 class RestartIn(Schema):
@@ -306,6 +314,7 @@ def create_deployment(request, payload: DeploymentIn):
         pool=pool,
         replicas=payload.replicas,
         args=payload.engine_args,
+        update_strategy=payload.update_strategy[:16],
     )
     return Status(201, deployment)
 
@@ -334,6 +343,23 @@ def restart(request, deployment: str, payload: RestartIn):
         version=version,
         args=payload.engine_args,
     )
+
+
+@router.post("/deployments/{deployment}/update-strategy", response=DeploymentDetail)
+def update_strategy(request, deployment: str, payload: UpdateStrategyIn):
+    """How the deployment's rolling changes replace replicas: `surge` or `replace` (in place)."""
+    return services.set_update_strategy(
+        actor=request.auth,
+        deployment=_deployment(request, deployment),
+        strategy=payload.update_strategy[:16],
+    )
+
+
+@router.post("/deployments/{deployment}/replace-in-place", response=DeploymentDetail)
+def replace_in_place(request, deployment: str):
+    """The rolling change under way goes on without a surge replica (no room for one): one old replica
+    stops, then its successor starts."""
+    return services.replace_in_place(actor=request.auth, deployment=_deployment(request, deployment))
 
 
 @router.delete("/deployments/{deployment}", response={204: None})

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from serving.choices import ReplicaState
 from serving.models import ComputePool, Node, Replica
-from serving.scheduler import GpuFree, NodeFree
+from serving.scheduler import GpuFree, NodeFree, cpu_list
 
 
 @dataclass(frozen=True)
@@ -32,12 +32,15 @@ def pool_capacity(
     reserved_ram: dict[int, int] = defaultdict(int)
     reserved_cores: dict[int, int] = defaultdict(int)
     reserved_gpu: dict[tuple[int, int], int] = defaultdict(int)
+    held_cores: dict[int, set[int]] = defaultdict(set)
     replicas = Replica.objects.filter(node__in=nodes, state__in=ReplicaState.active()).values(
-        "id", "node_id", "gpu_indices", "reserved_memory_bytes", "reserved_cores"
+        "id", "node_id", "gpu_indices", "reserved_memory_bytes", "reserved_cores", "cpu_ids"
     )
     for replica in replicas:
         if exclude_replica_ids and replica["id"] in exclude_replica_ids:
             continue
+        # Replicas placed before cores were pinned hold a count only (their engines bind where vLLM chooses).
+        held_cores[replica["node_id"]].update(replica["cpu_ids"] or ())
         if replica["gpu_indices"]:
             for index in replica["gpu_indices"]:
                 reserved_gpu[(replica["node_id"], index)] += replica["reserved_memory_bytes"]
@@ -71,9 +74,33 @@ def pool_capacity(
                 )
                 for g in node.gpus
             ],
+            free_core_ids=[i for i in range(node.cpu_cores) if i not in held_cores[node.pk]],
         )
         for node in nodes
     ]
+
+
+@dataclass(frozen=True)
+class CoreHold:
+    """Cores of a node pinned to one replica, for the pools page."""
+
+    cores: str  # "0-1"
+    replica_id: int
+    deployment: str
+    deployment_id: int
+
+
+def core_holds(nodes: Iterable[Node]) -> dict[int, list[CoreHold]]:
+    """Which active replica holds which cores, by node id (replicas without pinned cores are left out)."""
+    holds: dict[int, list[CoreHold]] = defaultdict(list)
+    replicas = (
+        Replica.objects.filter(node__in=list(nodes), state__in=ReplicaState.active())
+        .exclude(cpu_ids=[])
+        .values_list("node_id", "id", "cpu_ids", "deployment__name", "deployment_id")
+    )
+    for node_id, replica_id, cpu_ids, name, deployment_id in sorted(replicas, key=lambda r: min(r[2])):
+        holds[node_id].append(CoreHold(cpu_list(cpu_ids), replica_id, name, deployment_id))
+    return holds
 
 
 def node_usage(node: Node) -> dict:

@@ -49,6 +49,13 @@ class ReplicaState(models.TextChoices):
         return frozenset({cls.PENDING, cls.STARTING, cls.READY, cls.UNHEALTHY, cls.BACKOFF, cls.STOPPING})
 
 
+class UpdateStrategy(models.TextChoices):
+    """How a rolling change (restart, version update) replaces a deployment's replicas."""
+
+    SURGE = "surge", "Surge: start a new replica before stopping an old one"
+    REPLACE = "replace", "Replace in place: stop an old replica, then start a new one"
+
+
 class DesiredState(models.TextChoices):
     RUNNING = "running", "Running"
     STOPPED = "stopped", "Stopped"

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portfolio.errors import Invalid
+from portfolio.templatetags.formatting import GIB
 from serving.choices import PoolKind
+from serving.scheduler import cpu_list
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,12 @@ def build(
     gpu_indices: list[int],
     api_key: str,
     task: str = "chat",
+    cpu_ids: list[int] | tuple[int, ...] = (),
+    kv_cache_bytes: int = 0,
 ) -> EngineLaunch:
-    """The command and environment of one vLLM OpenAI-compatible server process."""
+    """The command and environment of one vLLM OpenAI-compatible server process. On CPU, ``cpu_ids`` are the
+    cores the scheduler gave the replica (its OpenMP threads are bound to them) and ``kv_cache_bytes`` the
+    KV cache it reserved; a replica placed before cores were pinned has none and binds as vLLM chooses."""
     argv = [
         python,
         "-m",
@@ -176,5 +182,10 @@ def build(
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_indices)
     else:
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(args["kv_cache_space_gib"])
+        # vLLM reads whole GiB.
+        kv_gib = kv_cache_bytes // GIB if kv_cache_bytes else args["kv_cache_space_gib"]
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, kv_gib))
+        if cpu_ids:
+            # One list for the single rank, as "0-1,4" (vllm.utils.ompmultiprocessing reads it).
+            env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_list(cpu_ids)
     return EngineLaunch(argv=argv, env=env)

@@ -18,6 +18,7 @@ from serving.choices import (
     ReplicaState,
     RolloutState,
     StickyBy,
+    UpdateStrategy,
 )
 
 name_validator = RegexValidator(
@@ -117,6 +118,12 @@ class Deployment(models.Model):
         max_length=10, choices=DeploymentStatus.choices, default=DeploymentStatus.PENDING
     )
     status_detail = models.TextField(blank=True)
+    # How a rolling change replaces replicas: a surge replica first, or (no room for one) in place.
+    update_strategy = models.CharField(
+        max_length=10, choices=UpdateStrategy.choices, default=UpdateStrategy.SURGE
+    )
+    # The generation a person chose to replace in place when no room was left for a surge replica.
+    in_place_generation = models.PositiveIntegerField(null=True, blank=True)
     store_prompts = models.BooleanField(default=False, help_text="Opt-in: keep prompt and completion text")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
@@ -183,6 +190,10 @@ class Replica(models.Model):
     # What the scheduler reserved on the node for this replica (bytes of RAM or per GPU, cores).
     reserved_memory_bytes = models.BigIntegerField(default=0)
     reserved_cores = models.PositiveIntegerField(default=0)
+    # The cores of its node a CPU replica's engine binds its threads to, and the KV cache it allocates (part
+    # of the reserved RAM). Empty and 0 for GPU replicas and for those placed before cores were pinned.
+    cpu_ids = models.JSONField(default=list, blank=True)
+    kv_cache_bytes = models.BigIntegerField(default=0)
     restarts = models.PositiveIntegerField(default=0)
     next_start_at = models.DateTimeField(null=True, blank=True)
     last_health_at = models.DateTimeField(null=True, blank=True)

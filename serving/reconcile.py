@@ -16,7 +16,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from serving import engine_args, planning, replica_meter, scheduler
 from serving.capacity import pool_capacity
-from serving.choices import DeploymentStatus, DesiredState, NodeState, PoolKind, ReplicaState
+from serving.choices import DeploymentStatus, DesiredState, NodeState, ReplicaState, UpdateStrategy
 from serving.models import ComputePool, Deployment, DeploymentEvent, Node, Replica
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,18 @@ def mark_lost_nodes() -> list[str]:
     return lost
 
 
+# How the status of a deployment begins when a rolling change cannot place its surge replica.
+SURGE_BLOCKED = "Cannot place a surge replica"
+
+
+def surges(deployment: Deployment) -> bool:
+    """Whether the deployment's rolling change starts a new replica before stopping an old one."""
+    return (
+        deployment.update_strategy == UpdateStrategy.SURGE
+        and deployment.in_place_generation != deployment.generation
+    )
+
+
 def _adapter_parameters(deployment: Deployment) -> int:
     return sum(a.version.parameter_count or 0 for a in deployment.adapters.select_related("version"))
 
@@ -62,7 +74,7 @@ def reconcile_deployment(deployment_id: int) -> set[str]:
             planning.ReplicaView(r.pk, r.generation, r.state, r.desired, r.node.state if r.node else None)
             for r in replicas
         ]
-        plan = planning.plan(deployment.replicas, deployment.generation, views)
+        plan = planning.plan(deployment.replicas, deployment.generation, views, surge=surges(deployment))
         by_id = {r.pk: r for r in replicas}
         for replica_id in plan.forget:
             replica = by_id[replica_id]
@@ -89,9 +101,9 @@ def reconcile_deployment(deployment_id: int) -> set[str]:
                 args=args,
                 adapter_parameters=_adapter_parameters(deployment),
             )
-            if deployment.pool.kind == PoolKind.GPU:
-                # Fine-tune jobs claim GPUs under the same lock (training.finetune): never both on one GPU.
-                ComputePool.objects.select_for_update().filter(pk=deployment.pool_id).first()
+            # Placements in a pool take turns: never two replicas on one core (CPU) or GPU; fine-tune jobs claim
+            # GPUs under the same lock (training.finetune).
+            ComputePool.objects.select_for_update().filter(pk=deployment.pool_id).first()
             for _ in range(plan.start):
                 used_nodes = {r.node.name for r in replicas if r.node and r.desired == DesiredState.RUNNING}
                 try:
@@ -103,7 +115,12 @@ def reconcile_deployment(deployment_id: int) -> set[str]:
                         avoid=used_nodes,
                     )
                 except scheduler.Unschedulable as exc:
-                    detail = f"Cannot place a replica: {exc}"
+                    detail = (
+                        f"{SURGE_BLOCKED}: {exc} The old replicas keep serving. Replace in place (stop one old "
+                        "replica, then start its successor) or free room in the pool."
+                        if plan.surging
+                        else f"Cannot place a replica: {exc}"
+                    )
                     break
                 node = Node.objects.get(pool=deployment.pool, name=placement.node)
                 replica = Replica.objects.create(
@@ -114,13 +131,16 @@ def reconcile_deployment(deployment_id: int) -> set[str]:
                     gpu_indices=placement.gpu_indices,
                     reserved_memory_bytes=placement.reserved_memory_bytes,
                     reserved_cores=placement.reserved_cores,
+                    cpu_ids=list(placement.cpu_ids),
+                    kv_cache_bytes=placement.kv_cache_bytes,
                 )
                 replicas.append(replica)
                 DeploymentEvent.objects.create(
                     deployment=deployment,
                     replica=replica,
                     kind="scheduled",
-                    message=f"Replica #{replica.pk} scheduled on {node.name}.",
+                    message=f"Replica #{replica.pk} scheduled on {node.name}"
+                    + (f", cores {scheduler.cpu_list(placement.cpu_ids)}." if placement.cpu_ids else "."),
                 )
                 touched.add(node.name)
         status = plan.status

@@ -1,7 +1,8 @@
 """Placing replicas: an explicit memory estimate (weights + KV cache), matched against free capacity.
 
 GPU nodes are matched per GPU (a replica needs ``tensor_parallel_size`` GPUs on one node, each with its
-share free); CPU nodes by RAM and cores. Refusals say what was needed and the best that was available,
+share free); CPU nodes by RAM and cores, and a CPU replica gets concrete core ids that no other replica
+holds (its engine binds its threads to them). Refusals say what was needed and the best that was available,
 so a person can act on them.
 """
 
@@ -96,6 +97,11 @@ class NodeFree:
     ram_free: int
     cores_free: int
     gpus: list[GpuFree] = field(default_factory=list)
+    # Core ids no pinned replica holds; None: not known, the first ``cores_free`` ids.
+    free_core_ids: list[int] | None = None
+
+    def core_ids(self) -> list[int]:
+        return sorted(self.free_core_ids) if self.free_core_ids is not None else list(range(self.cores_free))
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,8 @@ class Placement:
     gpu_indices: list[int]
     reserved_memory_bytes: int
     reserved_cores: int
+    cpu_ids: tuple[int, ...] = ()  # the cores a CPU replica's engine binds its threads to
+    kv_cache_bytes: int = 0  # the KV cache a CPU replica's engine allocates (part of the reserved RAM)
 
 
 def place(
@@ -122,12 +130,39 @@ def place(
     return _place_gpu(estimate_, ordered, args)
 
 
+def choose_cores(free: list[int], count: int) -> tuple[int, ...]:
+    """``count`` of the free core ids: the first run of neighbouring ids long enough, else the lowest ids."""
+    free = sorted(free)
+    for start in range(len(free) - count + 1):
+        run = free[start : start + count]
+        if run[-1] - run[0] == count - 1:
+            return tuple(run)
+    return tuple(free[:count])
+
+
+def cpu_list(ids: list[int] | tuple[int, ...]) -> str:
+    """Core ids as vLLM's ``VLLM_CPU_OMP_THREADS_BIND`` (and a person) reads them: ``0-3,6``."""
+    parts: list[str] = []
+    ordered = sorted(ids)
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
 def _place_cpu(est: Estimate, nodes: list[NodeFree], avoid: set[str]) -> Placement:
-    fits = [n for n in nodes if n.ram_free >= est.ram_bytes and n.cores_free >= est.cores]
+    fits = [
+        n for n in nodes if n.ram_free >= est.ram_bytes and min(n.cores_free, len(n.core_ids())) >= est.cores
+    ]
     if fits:
         # Not-avoided first, then most free RAM: spreads replicas of a deployment and keeps room for big ones.
         best = max(fits, key=lambda n: (n.name not in avoid, n.ram_free, -nodes.index(n)))
-        return Placement(best.name, [], est.ram_bytes, est.cores)
+        cores = choose_cores(best.core_ids(), est.cores)
+        return Placement(best.name, [], est.ram_bytes, est.cores, cores, est.kv_bytes)
     roomiest = max(nodes, key=lambda n: n.ram_free)
     raise Unschedulable(
         f"needs {fmt_gib(est.ram_bytes)} of RAM ({est.describe()}) and {est.cores} core(s) on one node; "

@@ -15,6 +15,16 @@ urlpatterns = [
     path("deployments/<str:name>/restart/", views.deployment_restart, name="deployment-restart"),
     path("deployments/<str:name>/update/", views.deployment_update, name="deployment-update"),
     path("deployments/<str:name>/delete/", views.deployment_delete, name="deployment-delete"),
+    path(
+        "deployments/<str:name>/update-strategy/",
+        views.deployment_update_strategy,
+        name="deployment-update-strategy",
+    ),
+    path(
+        "deployments/<str:name>/replace-in-place/",
+        views.deployment_replace_in_place,
+        name="deployment-replace-in-place",
+    ),
     path("deployments/<str:name>/adapters/", views.adapter_add, name="deployment-adapter-add"),
     path(
         "deployments/<str:name>/adapters/<str:adapter>/remove/",

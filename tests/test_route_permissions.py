@@ -185,6 +185,11 @@ API_ROUTES: dict[str, Rule] = {
     "GET /deployments/{deployment}": rest("team", "team.view"),
     "POST /deployments/{deployment}/scale": rest("team", "deployment.manage", "POST", replicas=0),
     "POST /deployments/{deployment}/restart": rest("team", "deployment.manage", "POST"),
+    "POST /deployments/{deployment}/update-strategy": rest(
+        "team", "deployment.manage", "POST", update_strategy="replace"
+    ),
+    # No rolling change under way in the world: the allowed answer is a 409 saying so.
+    "POST /deployments/{deployment}/replace-in-place": rest("team", "deployment.manage", "POST"),
     "DELETE /deployments/{deployment}": rest("team", "deployment.manage", "DELETE"),
     "POST /deployments/{deployment}/adapters": rest(
         "team", "deployment.manage", "POST", version_id="{version_id}"

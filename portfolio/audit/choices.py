@@ -62,6 +62,8 @@ class AuditAction(models.TextChoices):
     DEPLOYMENT_STOP = "deployment.stop", "Deployment stopped"
     DEPLOYMENT_RESTART = "deployment.restart", "Deployment restarted"
     DEPLOYMENT_UPDATE = "deployment.update", "Deployment's version or arguments changed"
+    DEPLOYMENT_UPDATE_STRATEGY = "deployment.update_strategy", "Deployment's update strategy changed"
+    DEPLOYMENT_REPLACE_IN_PLACE = "deployment.replace_in_place", "Rolling change switched to replace in place"
     DEPLOYMENT_ADAPTER_ADD = "deployment.adapter_add", "Adapter added"
     DEPLOYMENT_ADAPTER_REMOVE = "deployment.adapter_remove", "Adapter removed"
     DEPLOYMENT_DELETE = "deployment.delete", "Deployment deleted"

@@ -18,7 +18,9 @@ from portfolio.registry.choices import Task, VersionKind, VersionStatus
 from portfolio.registry.models import ModelVersion
 from serving import engine_args, scheduler
 from serving.capacity import pool_capacity
+from serving.choices import DesiredState, UpdateStrategy
 from serving.models import ComputePool, Deployment, DeploymentAdapter, DeploymentEvent
+from serving.reconcile import surges
 from serving.services.shared import _after_commit_reconcile, _check_name
 from serving.services.sharing import require_pool_open_to, require_usable_by
 
@@ -72,6 +74,7 @@ def create_deployment(
     replicas: int = 1,
     args: dict | None = None,
     store_prompts: bool = False,
+    update_strategy: str = UpdateStrategy.SURGE,
 ) -> Deployment:
     gate.require(actor, "deployment.manage", team)
     pool = gate.get_visible(actor, ComputePool, pk=pool.pk)
@@ -80,6 +83,7 @@ def create_deployment(
     require_usable_by(team, version)
     if not 0 <= replicas <= 64:
         raise Invalid("replicas: between 0 and 64.")
+    _check_strategy(update_strategy)
     resolved = engine_args.validate(args or {}, pool.kind)
     _fits_model(version, resolved)
     if replicas:
@@ -93,6 +97,7 @@ def create_deployment(
         replicas=replicas,
         engine_args=args or {},
         store_prompts=store_prompts,
+        update_strategy=update_strategy,
         created_by=actor.user,
     )
     try:
@@ -172,6 +177,68 @@ def restart(
         deployment=deployment,
         kind="rollout",
         message=f"Rolling to generation {deployment.generation} ({deployment.version.label}).",
+    )
+    _after_commit_reconcile(deployment.pk)
+    return deployment
+
+
+def _check_strategy(strategy: str) -> None:
+    if strategy not in UpdateStrategy.values:
+        raise Invalid(f"update_strategy: one of {', '.join(UpdateStrategy.values)}.")
+
+
+@transaction.atomic
+def set_update_strategy(*, actor: Actor, deployment: Deployment, strategy: str) -> Deployment:
+    """How the deployment's rolling changes replace replicas: ``surge`` (a new replica first, needs room for
+    one more) or ``replace`` (in place: one old replica stops, then its successor starts)."""
+    gate.require(actor, "deployment.manage", deployment)
+    deployment = _locked(deployment)
+    _check_strategy(strategy)
+    if strategy == deployment.update_strategy:
+        return deployment
+    before = {"update_strategy": deployment.update_strategy}
+    deployment.update_strategy, deployment.updated_at = strategy, timezone.now()
+    deployment.save(update_fields=["update_strategy", "updated_at"])
+    audit.record(
+        actor, "deployment.update_strategy", deployment, before=before, after={"update_strategy": strategy}
+    )
+    DeploymentEvent.objects.create(
+        deployment=deployment,
+        kind="update_strategy",
+        message=f"Update strategy: {UpdateStrategy(strategy).label}.",
+    )
+    _after_commit_reconcile(deployment.pk)
+    return deployment
+
+
+@transaction.atomic
+def replace_in_place(*, actor: Actor, deployment: Deployment) -> Deployment:
+    """Finish the rolling change under way without a surge replica: one old replica stops, then its successor
+    starts in the room it leaves, one at a time (a Kubernetes rollout with maxSurge 0). For this change only;
+    the next one surges again, unless the deployment's update strategy is ``replace``."""
+    gate.require(actor, "deployment.manage", deployment)
+    deployment = _locked(deployment)
+    old = deployment.replica_set.filter(desired=DesiredState.RUNNING).exclude(
+        generation=deployment.generation
+    )
+    if not old.exists():
+        raise Conflict("No rolling change is under way: every running replica is of the current generation.")
+    if not surges(deployment):
+        raise Conflict(f"{deployment.name} already replaces its replicas in place.")
+    deployment.in_place_generation = deployment.generation
+    deployment.updated_at = timezone.now()
+    deployment.save(update_fields=["in_place_generation", "updated_at"])
+    audit.record(
+        actor,
+        "deployment.replace_in_place",
+        deployment,
+        after={"generation": deployment.generation, "old_replicas": old.count()},
+    )
+    DeploymentEvent.objects.create(
+        deployment=deployment,
+        kind="rollout",
+        message=f"Replacing in place (generation {deployment.generation}): one old replica stops, then its "
+        "successor starts where it ran.",
     )
     _after_commit_reconcile(deployment.pk)
     return deployment

@@ -14,11 +14,13 @@ from serving.views.deployment_actions import (
     adapter_add,
     adapter_remove,
     deployment_delete,
+    deployment_replace_in_place,
     deployment_restart,
     deployment_scale,
     deployment_stop,
     deployment_try,
     deployment_update,
+    deployment_update_strategy,
 )
 from serving.views.deployments import deployment_create, deployment_detail, deployment_list
 from serving.views.endpoints import (
@@ -41,12 +43,14 @@ __all__ = [
     "deployment_delete",
     "deployment_detail",
     "deployment_list",
+    "deployment_replace_in_place",
     "deployment_restart",
     "deployment_scale",
     "deployment_stop",
     "deployment_try",
     "deployment_update",
     "endpoint_config",
+    "deployment_update_strategy",
     "endpoint_create",
     "endpoint_delete",
     "endpoint_detail",

@@ -88,6 +88,37 @@ def deployment_update(request, name: str):
 
 
 @require_POST
+def deployment_update_strategy(request, name: str):
+    """Permission: visible (else 404) and ``deployment.manage`` (else 403). How rolling changes replace
+    replicas: ``surge`` (a new one first) or ``replace`` (in place, for a pool with no room for one more)."""
+    actor, deployment, back = _managed(request, name)
+    strategy = request.POST.get("update_strategy", "")[:16]
+    return buttons.press(
+        request,
+        lambda: services.set_update_strategy(actor=actor, deployment=deployment, strategy=strategy),
+        success=lambda changed: (
+            f"Rolling changes of {changed.name}: {changed.get_update_strategy_display()}."
+        ),
+        back=back,
+    )
+
+
+@require_POST
+def deployment_replace_in_place(request, name: str):
+    """Permission: visible (else 404) and ``deployment.manage`` (else 403). The rolling change under way goes
+    on without a surge replica: one old replica stops, then its successor starts where it ran."""
+    actor, deployment, back = _managed(request, name)
+    return buttons.press(
+        request,
+        lambda: services.replace_in_place(actor=actor, deployment=deployment),
+        success=lambda replacing: (
+            f"Replacing {replacing.name}'s replicas in place: one old replica stops, then its successor starts."
+        ),
+        back=back,
+    )
+
+
+@require_POST
 def deployment_delete(request, name: str):
     """Permission: visible (else 404) and ``deployment.manage`` (else 403). Only a stopped deployment with
     no replicas left and no endpoint routing to it can be deleted."""

@@ -18,8 +18,8 @@ from portfolio.billing import costs
 from portfolio.errors import DomainError, Invalid
 from portfolio.formviews import submit
 from portfolio.templatetags.formatting import age_label
-from serving import engine_args, services
-from serving.choices import DeploymentStatus, DesiredState, ReplicaState
+from serving import engine_args, reconcile, scheduler, services
+from serving.choices import DeploymentStatus, DesiredState, ReplicaState, UpdateStrategy
 from serving.forms.base import apply_serving_error
 from serving.forms.deployment_actions import AdapterAddForm, ScaleForm, TryForm, UpdateVersionForm
 from serving.forms.deployments import DeploymentForm
@@ -43,6 +43,7 @@ EVENT_TONES = {
     "rollout": "info",
     "adapter_added": "info",
     "adopt": "info",
+    "update_strategy": "info",
     "crashed": "warn",
     "unhealthy": "warn",
     "failed": "danger",
@@ -163,6 +164,7 @@ def _live_context(actor: Actor, deployment: Deployment) -> dict:
             age_label((now - replica.last_health_at).total_seconds()) if replica.last_health_at else ""
         )
         replica.is_old = replica.generation != deployment.generation
+        replica.cores = scheduler.cpu_list(replica.cpu_ids)
     ready = sum(r.state == ReplicaState.READY and r.desired == DesiredState.RUNNING for r in replicas)
     events = list(deployment.events.order_by("-at", "-id")[:TIMELINE_LENGTH])
     for event in events:
@@ -178,6 +180,10 @@ def _live_context(actor: Actor, deployment: Deployment) -> dict:
         "can_see_logs": gate.can(actor, "deployment.manage", deployment),
         # Where engines listen (host, port) and their pids: for pool managers only.
         "can_see_addresses": gate.can(actor, "pool.manage"),
+        # A rolling change with no room for its surge replica: the way out, for those who run the deployment.
+        "can_replace_in_place": deployment.status_detail.startswith(reconcile.SURGE_BLOCKED)
+        and reconcile.surges(deployment)
+        and gate.can(actor, "deployment.manage", deployment),
     }
 
 
@@ -212,6 +218,7 @@ def deployment_page(request, actor: Actor, deployment: Deployment, *, status: in
         "month_cost": costs.deployment_this_month(deployment.name),
         "currency": settings.BILLING_CURRENCY,
         "can_manage": can_manage,
+        "update_strategies": UpdateStrategy.choices,
         "can_call": can_call,
         "can_delete": deployment.replicas == 0 and not context["replicas"],
         "scale_form": ScaleForm(initial={"replicas": deployment.replicas or 1}),

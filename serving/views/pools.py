@@ -23,11 +23,11 @@ from portfolio.errors import Conflict, Invalid
 from portfolio.formviews import submit
 from portfolio.templatetags.formatting import age_label, gib
 from serving import services
-from serving.capacity import pool_usage
+from serving.capacity import core_holds, pool_usage
 from serving.choices import NodeState, ReplicaState
 from serving.forms.base import apply_serving_error
 from serving.forms.pools import NodeStateForm, PoolCreateForm
-from serving.models import ComputePool, Node
+from serving.models import ComputePool, Deployment, Node
 from serving.views.display import bar, rate
 
 POOLS_POLL_SECONDS = 5
@@ -41,8 +41,9 @@ NODE_ACTIONS = {
 }
 
 
-def _node_rows(pool: ComputePool, now) -> list[dict]:
+def _node_rows(pool: ComputePool, now, visible_deployments: set[int]) -> list[dict]:
     usage = pool_usage(pool)
+    holds = core_holds(pool.nodes.all())
     stale_after = settings.NODE_HEARTBEAT_SECONDS * 2
     rows = []
     for node in pool.nodes.all():
@@ -86,6 +87,17 @@ def _node_rows(pool: ComputePool, now) -> list[dict]:
                 "stale": age is None or age > stale_after,
                 "replica_count": node.replica_count,
                 "actions": actions,
+                # Which replica's engine is bound to which cores; another team's deployment is not named.
+                "core_holds": [
+                    {
+                        "cores": hold.cores,
+                        "holder": f"{hold.deployment} #{hold.replica_id}"
+                        if hold.deployment_id in visible_deployments
+                        else "another team's replica",
+                        "deployment": hold.deployment if hold.deployment_id in visible_deployments else "",
+                    }
+                    for hold in holds.get(node.pk, [])
+                ],
             }
         )
     return rows
@@ -106,8 +118,9 @@ def _pools_response(request, actor: Actor, *, notice: str = "", error: str = "")
     )
     now = timezone.now()
     book = PriceBook.load(kinds=[PriceKind.POOL], until=now + timedelta(seconds=1))  # versions in force now
+    visible_deployments = set(gate.visible(actor, Deployment).values_list("pk", flat=True))
     for pool in pools:
-        pool.node_rows = _node_rows(pool, now)
+        pool.node_rows = _node_rows(pool, now, visible_deployments)
         price = book.at(PriceKind.POOL, pool.pk, now)
         pool.price = (
             {name: rate(value) for name, value in price.rates().items()} if price is not None else None

@@ -56,6 +56,9 @@ UI_ROUTES: dict[str, Rule] = {
     "deployment-restart": ui("team", "deployment.manage", "POST"),
     "deployment-update": ui("team", "deployment.manage", "POST", version="{version_id}"),
     "deployment-delete": ui("team", "deployment.manage", "POST"),
+    "deployment-update-strategy": ui("team", "deployment.manage", "POST", update_strategy="replace"),
+    # No rolling change under way in the world: the allowed answer is a message saying so.
+    "deployment-replace-in-place": ui("team", "deployment.manage", "POST"),
     "deployment-adapter-add": ui("team", "deployment.manage", "POST", adapter="{adapter_version_id}"),
     "deployment-adapter-remove": ui("team", "deployment.manage", "POST"),
     "deployment-try": ui(
@@ -88,6 +91,8 @@ UI_KWARGS: dict[str, dict[str, str]] = {
             "deployment-restart",
             "deployment-update",
             "deployment-delete",
+            "deployment-update-strategy",
+            "deployment-replace-in-place",
             "deployment-adapter-add",
             "deployment-try",
         )

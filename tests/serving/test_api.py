@@ -210,3 +210,29 @@ def test_a_cascade_is_created_and_reconfigured_through_the_api(client, org, team
     )
     assert refused.status_code == 400, refused.content
     assert "cannot call itself" in refused.json()["error"]["message"]
+
+
+def test_scripts_set_the_update_strategy_and_replace_in_place_through_the_api(client, org, world):
+    client.force_login(org["engineer"])
+    response = client.post(
+        "/api/v1/deployments/support-bot/update-strategy",
+        {"update_strategy": "replace"},
+        content_type="application/json",
+    )
+    assert response.status_code == 200 and response.json()["update_strategy"] == "replace"
+    refused = client.post(
+        "/api/v1/deployments/support-bot/update-strategy",
+        {"update_strategy": "sideways"},
+        content_type="application/json",
+    )
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid"
+    nothing = client.post("/api/v1/deployments/support-bot/replace-in-place")
+    assert nothing.status_code == 409 and "No rolling change" in nothing.json()["error"]["message"]
+    client.post("/api/v1/deployments/support-bot/restart", {}, content_type="application/json")
+    client.post(
+        "/api/v1/deployments/support-bot/update-strategy",
+        {"update_strategy": "surge"},
+        content_type="application/json",
+    )
+    replacing = client.post("/api/v1/deployments/support-bot/replace-in-place")
+    assert replacing.status_code == 200 and replacing.json()["generation"] == 2

@@ -197,3 +197,60 @@ def test_a_rolling_restart_surges_by_one_replica_at_a_time():
     assert (first.start, first.stop) == (1, [])
     second = plan(4, 2, [*old, replica(5, READY, generation=2)])
     assert len(second.stop) == 1 and second.start == 1, "one old stops per ready new, one more new starts"
+
+
+# --- Replacing in place (no surge) ----------------------------------------------------------------
+STOPPING = ReplicaState.STOPPING
+
+
+def test_a_rolling_change_that_surges_says_its_new_replica_needs_extra_room():
+    decided = plan(2, 2, [replica(1), replica(2)])
+    assert decided.start == 1 and decided.stop == [] and decided.surging
+
+
+def test_filling_a_missing_replica_is_not_a_surge():
+    assert not plan(2, 1, [replica(1)]).surging
+
+
+def test_in_place_one_old_replica_stops_first_and_nothing_starts_while_it_holds_its_room():
+    decided = plan(2, 2, [replica(1), replica(2)], surge=False)
+    assert decided.stop == [2] and decided.start == 0 and not decided.surging
+
+
+def test_in_place_the_successor_starts_once_the_old_replica_has_stopped():
+    still_stopping = [replica(1), replica(2, STOPPING, desired=DesiredState.STOPPED)]
+    assert plan(2, 2, still_stopping, surge=False).start == 0
+    stopped = [replica(1), replica(2, ReplicaState.STOPPED, desired=DesiredState.STOPPED)]
+    decided = plan(2, 2, stopped, surge=False)
+    assert decided.start == 1 and decided.stop == [] and decided.forget == [2]
+
+
+def test_in_place_the_next_old_replica_stops_only_once_the_new_one_is_ready():
+    starting = [replica(1), replica(3, STARTING, generation=2)]
+    decided = plan(2, 2, starting, surge=False)
+    assert decided.stop == [] and decided.start == 0
+    ready = [replica(1), replica(3, generation=2)]
+    decided = plan(2, 2, ready, surge=False)
+    assert decided.stop == [1] and decided.start == 0
+
+
+def test_in_place_never_runs_more_replicas_than_desired_and_keeps_all_but_one_serving():
+    replicas = [replica(1), replica(2), replica(3)]
+    next_id = 4
+    for _ in range(30):
+        decided = plan(3, 2, replicas, surge=False)
+        live = [r for r in replicas if r.desired == DesiredState.RUNNING and r.state != ReplicaState.STOPPED]
+        assert len(live) <= 3
+        assert sum(r.state == READY for r in live) >= 2
+        # The agent acts: stopped ones stop, forgotten ones go, started ones become ready, in one round.
+        replicas = [
+            ReplicaView(r.id, r.generation, ReplicaState.STOPPED, DesiredState.STOPPED)
+            if r.id in decided.stop or r.desired == DesiredState.STOPPED
+            else ReplicaView(r.id, r.generation, READY)
+            for r in replicas
+            if r.id not in decided.forget
+        ]
+        for _ in range(decided.start):
+            replicas.append(ReplicaView(next_id, 2, STARTING))
+            next_id += 1
+    assert sorted((r.generation, r.state) for r in replicas) == [(2, READY)] * 3

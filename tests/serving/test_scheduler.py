@@ -14,6 +14,8 @@ from serving.scheduler import (
     NodeFree,
     Placement,
     Unschedulable,
+    choose_cores,
+    cpu_list,
     estimate,
     place,
 )
@@ -144,10 +146,38 @@ def test_a_cpu_replica_goes_to_the_node_with_the_most_free_ram():
     assert chosen.node == "cpu-02"
 
 
-def test_a_cpu_placement_reserves_the_estimated_ram_and_cores():
-    est = smollm2_on_cpu(cpu_cores=2)
+def test_a_cpu_placement_reserves_the_estimated_ram_and_cores_and_names_the_cores_and_kv_cache():
+    est = smollm2_on_cpu(cpu_cores=2, kv_cache_space_gib=3)
     chosen = place(est, [cpu_node("cpu-01", 8)], pool_kind=PoolKind.CPU, args=cpu_args(cpu_cores=2))
-    assert chosen == Placement("cpu-01", [], est.ram_bytes, 2)
+    assert chosen == Placement("cpu-01", [], est.ram_bytes, 2, cpu_ids=(0, 1), kv_cache_bytes=3 * GIB)
+
+
+def test_a_cpu_replica_gets_only_cores_no_other_replica_holds():
+    node = NodeFree("cpu-01", NodeState.READY, 64 * GIB, cores_free=4, free_core_ids=[1, 4, 5, 7])
+    chosen = place(smollm2_on_cpu(cpu_cores=2), [node], pool_kind=PoolKind.CPU, args=cpu_args(cpu_cores=2))
+    assert chosen.cpu_ids == (4, 5)  # the first neighbouring pair among the free ones
+
+
+def test_without_neighbouring_free_cores_the_lowest_free_ones_are_given():
+    assert choose_cores([6, 0, 3], 2) == (0, 3)
+    assert choose_cores([0, 1, 2, 3], 3) == (0, 1, 2)
+
+
+def test_a_node_with_the_count_free_but_too_few_free_core_ids_is_passed_over():
+    # Replicas placed before pinning hold a count only; pinned ones hold ids: both must leave room.
+    short = NodeFree("cpu-01", NodeState.READY, 64 * GIB, cores_free=4, free_core_ids=[3])
+    roomy = NodeFree("cpu-02", NodeState.READY, 8 * GIB, cores_free=2, free_core_ids=[0, 1])
+    chosen = place(
+        smollm2_on_cpu(cpu_cores=2), [short, roomy], pool_kind=PoolKind.CPU, args=cpu_args(cpu_cores=2)
+    )
+    assert (chosen.node, chosen.cpu_ids) == ("cpu-02", (0, 1))
+
+
+@pytest.mark.parametrize(
+    ("ids", "text"), [([0], "0"), ([0, 1], "0-1"), ([3, 0, 1, 2, 6], "0-3,6"), ([1, 3, 5], "1,3,5")]
+)
+def test_core_ids_are_written_as_vllm_reads_them(ids, text):
+    assert cpu_list(ids) == text
 
 
 @pytest.mark.parametrize("state", [NodeState.LOST, NodeState.CORDONED, NodeState.DRAINING])

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from serving import services
+from serving import reconcile, services
 from serving.models import Deployment
-from tests.serving.views.conftest import HTMX, audited, make_version
+from tests.serving.views.conftest import HTMX, add_replica, audited, make_version
 
 pytestmark = pytest.mark.django_db
 
@@ -116,3 +116,61 @@ def test_a_developer_sees_the_prompt_box_but_not_the_manage_actions(signed_in, o
     )
     assert 'id="try"' in page
     assert "Rolling restart" not in page
+
+
+# --- No room for a surge replica -------------------------------------------------------------------
+def blocked_by_surge(deployment, node):
+    """A rolling restart whose surge replica found no room (as the reconcile says it)."""
+    add_replica(deployment, node, generation=deployment.generation)
+    deployment.generation += 1
+    deployment.status_detail = f"{reconcile.SURGE_BLOCKED}: needs 1 core(s); the most free is 0 core(s)."
+    deployment.save(update_fields=["generation", "status_detail"])
+
+
+def test_a_surge_with_no_room_offers_replace_in_place_to_those_who_run_the_deployment(
+    signed_in, org, deployment, node
+):
+    blocked_by_surge(deployment, node)
+    url = reverse("deployment-detail", args=[deployment.name])
+    engineer_page = signed_in(org["engineer"]).get(url).content.decode()
+    assert "Cannot place a surge replica" in engineer_page
+    assert reverse("deployment-replace-in-place", args=[deployment.name]) in engineer_page
+    viewer_page = signed_in(org["viewer"]).get(url).content.decode()
+    assert "Cannot place a surge replica" in viewer_page
+    assert reverse("deployment-replace-in-place", args=[deployment.name]) not in viewer_page
+
+
+def test_an_engineer_replaces_in_place_and_it_is_audited(signed_in, org, deployment, node):
+    blocked_by_surge(deployment, node)
+    response = signed_in(org["engineer"]).post(
+        reverse("deployment-replace-in-place", args=[deployment.name]), follow=True
+    )
+    assert "replicas in place" in response.content.decode()
+    deployment.refresh_from_db()
+    assert deployment.in_place_generation == deployment.generation
+    assert audited("deployment.replace_in_place", deployment) is not None
+
+
+def test_a_viewer_gets_403_on_replace_in_place_and_an_outsider_404(signed_in, org, deployment, node):
+    blocked_by_surge(deployment, node)
+    url = reverse("deployment-replace-in-place", args=[deployment.name])
+    assert signed_in(org["viewer"]).post(url).status_code == 403
+    assert signed_in(org["outsider"]).post(url).status_code == 404
+    deployment.refresh_from_db()
+    assert deployment.in_place_generation is None
+
+
+def test_an_owner_sets_the_update_strategy_and_it_is_shown(signed_in, org, deployment):
+    client = signed_in(org["owner"])
+    response = client.post(
+        reverse("deployment-update-strategy", args=[deployment.name]),
+        {"update_strategy": "replace"},
+        follow=True,
+    )
+    assert "Replace in place: stop an old replica" in response.content.decode()
+    deployment.refresh_from_db()
+    assert deployment.update_strategy == "replace"
+    refused = client.post(
+        reverse("deployment-update-strategy", args=[deployment.name]), {"update_strategy": "x"}, follow=True
+    )
+    assert "update_strategy: one of surge, replace." in refused.content.decode()

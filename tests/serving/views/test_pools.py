@@ -147,3 +147,16 @@ def test_the_pools_page_shows_the_price_in_force_from_the_price_book(signed_in, 
         )
     page = signed_in(org["viewer"]).get(reverse("pool-list")).content.decode()
     assert "CPU core-hour" in page and ">0.03<" in page and "9" not in page.split("CPU core-hour")[1][:60]
+
+
+def test_the_pools_page_says_which_replica_holds_which_cores(signed_in, org, deployment, node):
+    add_replica(deployment, node, cpu_ids=[0, 1])
+    page = signed_in(org["viewer"]).get(reverse("pool-list")).content.decode()
+    assert "<code>0-1</code>" in page and "support-bot #" in page
+
+
+def test_cores_held_by_another_teams_replica_are_shown_without_its_name(signed_in, org, deployment, node):
+    add_replica(deployment, node, cpu_ids=[1])
+    page = signed_in(org["outsider"]).get(reverse("pool-list")).content.decode()
+    assert "<code>1</code>" in page and "another team&#x27;s replica" in page
+    assert "support-bot" not in page
