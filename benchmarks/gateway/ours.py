@@ -158,6 +158,7 @@ def seed(json_port: int, sse_port: int) -> dict:
                 "output_per_million": Decimal("1.50"),
             },
         )
+    composites = _composites(actor, team)
     # Limits and budgets on, set far above what the run can use: they are checked, never tripped.
     limits = {
         "rpm_limit": 100_000_000,
@@ -169,7 +170,7 @@ def seed(json_port: int, sse_port: int) -> dict:
         actor=actor,
         team=team,
         name=f"bench {timezone.now():%Y-%m-%d %H:%M:%S}",
-        scopes=["bench-chat", "bench-stream"],
+        scopes=["bench-chat", "bench-stream", *composites],
         **limits,
     )
     _, limited = key_services.create_key(actor=actor, team=team, name="bench rpm check", rpm_limit=3)
@@ -185,6 +186,40 @@ def seed(json_port: int, sse_port: int) -> dict:
         "team": team.slug,
         "department": department.cost_center,
     }
+
+
+def _composites(actor, team) -> list[str]:
+    """A second plain endpoint on the JSON upstream, and a router and a cascade over the two: each of their
+    requests makes two hops (nginx's answer carries no log-probabilities, so the cascade always escalates,
+    its costlier path). Made through the services, as a user would."""
+    from decimal import Decimal as D
+
+    from portfolio.billing.choices import PriceKind
+    from portfolio.billing.models import Price
+    from serving import services
+    from serving.models import Endpoint
+
+    def endpoint(name: str, **kwargs) -> Endpoint:
+        return Endpoint.objects.filter(name=name).first() or services.create_endpoint(
+            actor=actor, name=name, team=team, **kwargs
+        )
+
+    second = endpoint("bench-chat-b", routes=[{"deployment": "bench-chat"}])
+    Price.objects.update_or_create(
+        kind=PriceKind.ENDPOINT,
+        subject_id=str(second.pk),
+        effective_from=datetime(2000, 1, 1, tzinfo=UTC),
+        defaults={
+            "subject_name": second.name,
+            "input_per_million": D("0.50"),
+            "output_per_million": D("1.50"),
+        },
+    )
+    router = {"classifier": "bench-chat", "routes": {"billing": "bench-chat-b"}, "default": "bench-chat-b"}
+    endpoint("bench-router", routes=[], kind="router", config=router)
+    cascade = {"small": "bench-chat", "large": "bench-chat-b", "threshold": -1.0}
+    endpoint("bench-cascade", routes=[], kind="cascade", config=cascade)
+    return ["bench-chat-b", "bench-router", "bench-cascade"]
 
 
 def flusher_main() -> None:

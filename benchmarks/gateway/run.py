@@ -50,7 +50,7 @@ from benchmarks.gateway.ours import (  # noqa: E402
     setup_django,
 )
 from benchmarks.gateway.peer import LITELLM_VENV, litellm_version, probe_litellm_virtual_keys, start_litellm  # noqa: E402
-from benchmarks.gateway.report import print_table, report  # noqa: E402
+from benchmarks.gateway.report import composite_figures, print_table, report  # noqa: E402
 
 
 def main() -> int:
@@ -274,6 +274,34 @@ def main() -> int:
             p99s = [r["p99_us"] / 1000 for r in c1[target.name]]
             log(f"  {target.name:>9}: p50 {p50s} ms, p99 {p99s} ms")
 
+        # Router and cascade: each request makes two hops through the gateway; what composing them costs is
+        # their latency less the two direct calls to the engine (added), and less two calls of a plain
+        # endpoint through the gateway (the overhead of composing, goal <= 1 ms).
+        log("router and cascade at concurrency 1, interleaved with direct and plain calls ...")
+        composites = [
+            Target(
+                name,
+                portfolio.url,
+                seeded["secret"],
+                f"bench-{name}",
+                portfolio.url,
+                f"bench-{name}",
+                ours.pid,
+            )
+            for name in ("router", "cascade")
+        ]
+        for target in composites:
+            status, body = post(target.url, target.body(), target.token)
+            if status != 200:
+                raise RuntimeError(f"{target.name} answered {status}: {body[:300]!r}")
+            run_wrk(target, 2, load_core, workdir)
+        composite_c1 = {t.name: [] for t in (direct, portfolio, *composites)}
+        for _ in range(rounds):
+            for target in (direct, portfolio, *composites):
+                composite_c1[target.name].append(run_wrk(target, c1_seconds, load_core, workdir))
+        for target in composites:
+            log(f"  {target.name:>9}: p50 {[r['p50_us'] / 1000 for r in composite_c1[target.name]]} ms")
+
         log("time to first streamed event at concurrency 1 ...")
         for target in targets:
             ttft(target, 20)
@@ -342,6 +370,7 @@ def main() -> int:
             args.quick,
             time.monotonic() - began,
         )
+        results["composites"] = composite_figures(composite_c1, ("router", "cascade"), hops=2)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print_table(results)

@@ -119,3 +119,20 @@ def test_the_search_doubles_until_a_step_fails_then_bisects_and_reports_the_rate
     )
     assert result["sustained_offered_rps"] == 3000 and result["sustained_rps"] == 2940.0
     assert result["cpu_ms_per_request"] == 0.25
+
+
+def test_a_composite_overhead_is_its_latency_less_the_hops_it_makes_round_by_round():
+    from benchmarks.gateway.report import composite_figures
+
+    def rounds(*p50s):
+        return [{"p50_us": p * 1000, "p99_us": p * 2000} for p in p50s]
+
+    c1 = {
+        "direct": rounds(0.1, 0.1, 0.1),
+        "portfolio": rounds(0.5, 0.6, 0.5),
+        "router": rounds(1.3, 1.5, 1.2),
+    }
+    figures = composite_figures(c1, ("router",), hops=2)["router"]
+    assert figures["p50_ms"] == 1.3
+    assert figures["added_over_direct_calls_p50_ms"] == 1.1, "1.3 - 2 x 0.1, the median round"
+    assert figures["overhead_over_plain_calls_p50_ms"] == 0.3, "rounds: 0.3, 0.3, 0.2"
