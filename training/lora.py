@@ -92,6 +92,19 @@ class Architecture:
         )
 
 
+def architecture_of(base_dir: Path) -> Architecture | None:
+    """The base's architecture, or None (and the defaults for an unknown one) when transformers cannot
+    build it from its config (a model type it does not know, a config that needs remote code)."""
+    try:
+        return Architecture.read(base_dir)
+    except (ValueError, KeyError, OSError, ImportError, TypeError) as exc:
+        print(
+            f"could not read the base's architecture ({exc.__class__.__name__}: {exc}); default modules",
+            flush=True,
+        )
+        return None
+
+
 def target_modules_for(architecture: Architecture | None, train_rows: int) -> list[str]:
     """The layers LoRA adapts: the attention projections and, from ``MLP_FROM_ROWS`` training rows on or
     on a base of under 1B parameters, the MLP's too (cheap there, and what a small base needs to learn a
@@ -439,6 +452,7 @@ def train(
                 on_checkpoint(checkpoint, step)
         if stopped_at is not None:
             break
+    trained_for = time.monotonic() - started
     restored_best = stopping.restore(model)
     model.save_pretrained(output_dir, safe_serialization=True)
     if hp.method == "full":
@@ -455,6 +469,8 @@ def train(
         "resumed_with_optimizer_state": bool(restored),
         "steps_trained": max((stopped_at or total) - resume_step, 0),  # by this attempt
         "stopped_early_at_step": stopped_at,
+        # The training loop's own time, eval-loss measurements included (not loading or saving).
+        "train_seconds": round(trained_for, 1),
         "best_eval_step": stopping.best_step,
         "restored_best": restored_best,
         "device": loading.device,

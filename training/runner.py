@@ -42,10 +42,10 @@ def run(job_id: int) -> int:
     from training.evaluation import score
     from training.lora import (
         Accelerator,
-        Architecture,
         Cancelled,
         Hyperparameters,
         Progress,
+        architecture_of,
         inference_loading,
         loading_for,
         train,
@@ -86,7 +86,7 @@ def run(job_id: int) -> int:
         base_dir = materialize_version(job.base_version)
         # The job's method, also over hyperparameters stored before QLoRA was told apart from LoRA.
         hp = Hyperparameters(**{**job.hyperparameters, "method": job.method}).resolved(
-            len(train_rows), Architecture.read(base_dir)
+            len(train_rows), architecture_of(base_dir)
         )
         jobs.update(hyperparameters=dict(hp.__dict__), heartbeat_at=timezone.now())
         resume_dir, resume_step = None, 0

@@ -30,6 +30,7 @@ Writes ``benchmarks/results/portfolio.json`` and prints the table. The data fold
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -158,9 +159,12 @@ def dataset_version(team: Team, base: ModelVersion) -> DatasetVersion:
 
 
 # --- 2-3. Processes, training, deployments ----------------------------------------------------------------
-def start_platform(procs: Processes, data: Path) -> str:
+def start_platform(procs: Processes, data: Path, threads: int | None) -> str:
     env = {
         **os.environ,
+        # --threads: the trainer's and engines' threads per process (on cores shared with other work, one
+        # thread does not wait on a descheduled sibling at every operation).
+        **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}),
         "DATABASE_URL": database_url(connection.settings_dict),
         "REDIS_URL": settings.REDIS_URL,
         "DJANGO_SECRET_KEY": settings.SECRET_KEY,
@@ -258,7 +262,9 @@ def training_figures(job: FineTuneJob) -> dict:
         "stopped_early_at_step": m.get("stopped_early_at_step"),
         "best_eval_step": m.get("best_eval_step"),
         "eval_loss": m.get("eval_loss"),
-        "wall_seconds": job.compute_seconds,
+        "train_seconds": m.get("train_seconds"),  # the loop, eval-loss measurements included
+        "tokens_per_second": job.tokens_per_second,
+        "job_wall_seconds": job.compute_seconds,  # loading, training, saving, scoring base and adapter
         "in_job_heldout_accuracy": (m.get("eval") or {}).get("accuracy"),
     }
 
@@ -388,6 +394,11 @@ def score_cascade(evals: EvalSet) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--threads", type=int, default=None, help="threads per process (default: torch's own)"
+    )
+    args = parser.parse_args()
     data = Path(settings.DATA_DIR).resolve()
     if "bench" not in data.name:
         sys.exit(f"Use a data folder of its own for the benchmark (its name holding 'bench'), not {data}.")
@@ -404,10 +415,11 @@ def main() -> None:
     procs = Processes()
     logs = data / "bench-logs"
     try:
-        settings.GATEWAY_INTERNAL_URL = start_platform(procs, data)
+        settings.GATEWAY_INTERNAL_URL = start_platform(procs, data, args.threads)
+        joined = timezone.now()
         wait(
             "the node agent",
-            lambda: Node.objects.filter(name=NODE, state=NodeState.READY).first(),
+            lambda: Node.objects.filter(name=NODE, state=NodeState.READY, heartbeat_at__gt=joined).first(),
             180,
             [logs / "agent.log"],
         )

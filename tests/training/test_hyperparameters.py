@@ -108,3 +108,16 @@ def test_architecture_is_read_from_the_config_without_loading_weights(tmp_path):
     assert architecture.model_type == "llama"
     assert architecture.linear_modules == LLAMA.linear_modules
     assert 0 < architecture.parameters < 100_000
+
+
+def test_a_base_whose_config_transformers_cannot_build_gets_the_default_modules(tmp_path):
+    from training.lora import architecture_of
+
+    (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    assert architecture_of(tmp_path) is None
+    assert Hyperparameters().resolved(60, architecture_of(tmp_path)).target_modules == [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+    ]
