@@ -556,13 +556,15 @@ def load_model(base_dir: Path, hp: Hyperparameters, loading: Loading, resume_dir
         model.config.use_cache = False  # no KV cache under gradient checkpointing
     if resume_dir is not None:
         return PeftModel.from_pretrained(model, resume_dir, is_trainable=True)
+    # Settings left unresolved (a caller that skipped ``resolved``): those of an unknown architecture.
+    rank = hp.lora_r or rank_for(0)
     return get_peft_model(
         model,
         LoraConfig(
-            r=hp.lora_r,
-            lora_alpha=hp.lora_alpha,
+            r=rank,
+            lora_alpha=hp.lora_alpha or 2 * rank,
             lora_dropout=hp.lora_dropout,
-            target_modules=hp.target_modules,
+            target_modules=hp.target_modules or list(FALLBACK_MODULES),
             task_type="CAUSAL_LM",
         ),
     )
