@@ -264,7 +264,6 @@ def training_figures(job: FineTuneJob) -> dict:
         "eval_loss": m.get("eval_loss"),
         "train_seconds": m.get("train_seconds"),  # the loop, eval-loss measurements included
         "tokens_per_second": job.tokens_per_second,
-        "job_wall_seconds": job.compute_seconds,  # loading, training, saving, scoring base and adapter
         "in_job_heldout_accuracy": (m.get("eval") or {}).get("accuracy"),
     }
 
@@ -425,7 +424,8 @@ def main() -> None:
         )
         train_started = time.monotonic()
         job = fine_tune(team, smol, version, pool, logs / "agent.log")
-        say(f"fine-tune done in {time.monotonic() - train_started:.0f}s: {job.output_version.label}")
+        fine_tune_seconds = round(time.monotonic() - train_started)
+        say(f"fine-tune done in {fine_tune_seconds}s: {job.output_version.label}")
         smol_dep = deploy(
             team,
             pool,
@@ -471,6 +471,7 @@ def main() -> None:
             "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": {
                 "cpus": os.cpu_count(),
+                "threads_per_process": args.threads,
                 "python": platform.python_version(),
                 "load_average_at_end": [round(x, 2) for x in load],
             },
@@ -481,7 +482,8 @@ def main() -> None:
                 "heldout_rows": version.eval_count,
                 "eval_fraction": EVAL_FRACTION,
             },
-            "training": training_figures(job),
+            # From queued to registered: loading, the loop, saving, the job's own scoring of base and adapter.
+            "training": {**training_figures(job), "job_seconds_queued_to_done": fine_tune_seconds},
             "prices_per_million_tokens": {
                 "smollm2 endpoints": {k: str(v) for k, v in SMOL_PRICE.items()},
                 "gemma endpoint": {k: str(v) for k, v in GEMMA_PRICE.items()},
