@@ -2,7 +2,8 @@
 q/k/v/o and of one on all seven linear layers, on the demo ticket-routing prompts (3 tokens each, greedy).
 
     .venv/bin/python -m benchmarks.portfolio.lora_serving make BASE_DIR WORK_DIR          # the two adapters
-    .venv-engine/bin/python -m benchmarks.portfolio.lora_serving serve BASE_DIR WORK_DIR  # vLLM, in-process
+    VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=1 VLLM_CPU_OMP_THREADS_BIND=nobind \
+        .venv-engine/bin/python -m benchmarks.portfolio.lora_serving serve BASE_DIR WORK_DIR  # vLLM, in-process
 
 BASE_DIR is a SmolLM2-135M-Instruct safetensors folder (the demo model as the GGUF importer converts it).
 The adapters' weights are random: latency does not depend on what an adapter learned.
