@@ -110,3 +110,13 @@ BENCH_BILLING_DATA := $(CURDIR)/.portfolio-bench-billing
 bench-billing: venv
 	@trap '$(BIN)/python -c "import sys; from pathlib import Path; from portfolio import embedded; embedded.stop_all(Path(sys.argv[1]))" $(BENCH_BILLING_DATA)' EXIT; \
 	PORTFOLIO_DATA_DIR=$(BENCH_BILLING_DATA) $(BIN)/python -m benchmarks.billing.run $(ARGS)
+
+# The thesis, measured in the product: on the demo ticket-routing task, the base SmolLM2-135M, its LoRA
+# adapter trained with the default hyperparameters and Gemma 3 270M few-shot, scored through the gateway
+# on real vLLM CPU engines; writes benchmarks/results/portfolio.json (benchmarks/README.md). 15-30 minutes.
+BENCH_PORTFOLIO_DATA := $(CURDIR)/.portfolio-bench-portfolio
+
+.PHONY: bench-portfolio
+bench-portfolio: venv engine
+	@trap '$(BIN)/python -c "import sys; from pathlib import Path; from portfolio import embedded; embedded.stop_all(Path(sys.argv[1]))" $(BENCH_PORTFOLIO_DATA)' EXIT; \
+	PORTFOLIO_DATA_DIR=$(BENCH_PORTFOLIO_DATA) $(BIN)/python -m benchmarks.portfolio.run $(ARGS)

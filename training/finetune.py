@@ -40,7 +40,10 @@ ALLOWED_HYPERPARAMETERS = {
     "max_length",
     "seed",
     "checkpoint_every",
+    "early_stopping_patience",
 }
+# Left out of a job's stored settings until its run chooses them (training.lora.Hyperparameters.resolved).
+AUTOMATIC_WHEN_UNSET = ("lora_r", "lora_alpha", "target_modules")
 
 
 def _hyperparameters(values: dict, method: str) -> dict:
@@ -60,13 +63,14 @@ def _hyperparameters(values: dict, method: str) -> dict:
         "max_length": (16, 131072),
         "seed": (0, 2**31),
         "checkpoint_every": (0, 100000),
+        "early_stopping_patience": (0, 100),
     }
     for name, value in values.items():
         low, high = limits[name]
         if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
             raise Invalid(f"hyperparameters.{name}: a number in {low}..{high}.")
-    hp = Hyperparameters(method=method, **values)
-    return dict(hp.__dict__)
+    hp = dict(Hyperparameters(method=method, **values).__dict__)
+    return {name: value for name, value in hp.items() if value or name not in AUTOMATIC_WHEN_UNSET}
 
 
 # A trainer holds a whole GPU: placed as the scheduler places a one-GPU replica that claims all of it

@@ -45,6 +45,7 @@ def run(job_id: int) -> int:
         Cancelled,
         Hyperparameters,
         Progress,
+        architecture_of,
         inference_loading,
         loading_for,
         train,
@@ -84,7 +85,9 @@ def run(job_id: int) -> int:
         train_rows, eval_rows = _rows(files.train), _rows(files.eval)
         base_dir = materialize_version(job.base_version)
         # The job's method, also over hyperparameters stored before QLoRA was told apart from LoRA.
-        hp = Hyperparameters(**{**job.hyperparameters, "method": job.method}).resolved(len(train_rows))
+        hp = Hyperparameters(**{**job.hyperparameters, "method": job.method}).resolved(
+            len(train_rows), architecture_of(base_dir)
+        )
         jobs.update(hyperparameters=dict(hp.__dict__), heartbeat_at=timezone.now())
         resume_dir, resume_step = None, 0
         if job.checkpoint_id:

@@ -111,7 +111,8 @@ def test_a_job_given_a_gpu_that_torch_cannot_use_is_refused_rather_than_run_on_t
 
 
 def test_qlora_keeps_the_lora_learning_rate_and_records_its_own_method():
-    assert Hyperparameters(method="qlora").resolved(48).learning_rate == 1e-3
+    lora_rate = Hyperparameters(method="lora").resolved(48).learning_rate
+    assert Hyperparameters(method="qlora").resolved(48).learning_rate == lora_rate == 2e-3
     assert finetune._hyperparameters({}, Method.QLORA)["method"] == "qlora"
 
 

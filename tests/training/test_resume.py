@@ -61,7 +61,14 @@ def job(org, team, engineer, enqueued) -> FineTuneJob:
         dataset_version=version,
         pool=pool,
         target_model=target,
-        hyperparameters={"epochs": 3, "batch_size": 4, "checkpoint_every": 2, "max_length": 128},
+        # Every step trained (no early stopping), so that each attempt's steps are known in advance.
+        hyperparameters={
+            "epochs": 3,
+            "batch_size": 4,
+            "checkpoint_every": 2,
+            "max_length": 128,
+            "early_stopping_patience": 0,
+        },
     )
 
 

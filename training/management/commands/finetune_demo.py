@@ -56,7 +56,7 @@ class Command(BaseCommand):
                 base_version=base,
                 dataset_version=version,
                 pool=pool,
-                hyperparameters={"epochs": 3},
+                hyperparameters={},  # the defaults: chosen from the rows and the base (training.lora)
             )
             self.stdout.write(
                 f"Fine-tuning {base.label} on ticket-routing v{version.number} (job #{job.pk})…"
