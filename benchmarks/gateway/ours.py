@@ -78,6 +78,16 @@ def database_url() -> str:
     return url
 
 
+# Limits and budgets on, set far above what the run can use (within what a key may have): they are checked,
+# never tripped.
+KEY_LIMITS = {
+    "rpm_limit": 100_000_000,
+    "tpm_limit": 1_000_000_000,
+    "monthly_token_budget": 10**13,
+    "monthly_budget": Decimal("1000000.00"),
+}
+
+
 def seed(json_port: int, sse_port: int) -> dict:
     """A department and team, two endpoints on deployments whose ready replica is nginx, keys with limits."""
     from django.utils import timezone
@@ -159,27 +169,28 @@ def seed(json_port: int, sse_port: int) -> dict:
             },
         )
     composites = _composites(actor, team)
-    # Limits and budgets on, set far above what the run can use: they are checked, never tripped.
-    limits = {
-        "rpm_limit": 100_000_000,
-        "tpm_limit": 2_000_000_000,
-        "monthly_token_budget": 10**13,
-        "monthly_budget": Decimal("1000000.00"),
-    }
+    limits = dict(KEY_LIMITS)
     key, secret = key_services.create_key(
         actor=actor,
         team=team,
         name=f"bench {timezone.now():%Y-%m-%d %H:%M:%S}",
-        scopes=["bench-chat", "bench-stream", *composites],
+        scopes=["bench-chat", "bench-stream"],
         **limits,
     )
     _, limited = key_services.create_key(actor=actor, team=team, name="bench rpm check", rpm_limit=3)
     _, broke = key_services.create_key(
         actor=actor, team=team, name="bench budget check", monthly_token_budget=100
     )
+    # The router and cascade are called with a key of their own, so that each key's usage rows can be
+    # counted against the requests its clients completed (a composite's request writes one row per hop).
+    composite_key, composite_secret = key_services.create_key(
+        actor=actor, team=team, name="bench composites", scopes=["bench-chat", *composites], **limits
+    )
     return {
         "key_pk": key.pk,
         "secret": secret,
+        "composite_key_pk": composite_key.pk,
+        "composite_secret": composite_secret,
         "limited_secret": limited,
         "budget_secret": broke,
         "limits": {k: (str(v) if isinstance(v, Decimal) else v) for k, v in limits.items()},

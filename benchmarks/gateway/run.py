@@ -282,7 +282,7 @@ def main() -> int:
             Target(
                 name,
                 portfolio.url,
-                seeded["secret"],
+                seeded["composite_secret"],
                 f"bench-{name}",
                 portfolio.url,
                 f"bench-{name}",
@@ -294,6 +294,7 @@ def main() -> int:
             status, body = post(target.url, target.body(), target.token)
             if status != 200:
                 raise RuntimeError(f"{target.name} answered {status}: {body[:300]!r}")
+            target.requests += 1
             run_wrk(target, 2, load_core, workdir)
         composite_c1 = {t.name: [] for t in (direct, portfolio, *composites)}
         for _ in range(rounds):
@@ -345,6 +346,11 @@ def main() -> int:
             "usage_events_streamed": events.filter(stream=True).count(),
             "usage_events_non_200": events.exclude(status=200).count(),
             "note": "events can exceed client-counted requests by the few in flight when wrk stops",
+            # Their own key: one row per hop, two hops a request.
+            "composite_requests_completed_by_clients": sum(t.requests for t in composites),
+            "composite_usage_events_written": UsageEvent.objects.filter(
+                api_key_id=seeded["composite_key_pk"]
+            ).count(),
         }
         log(f"metering: {metering}")
 

@@ -13,14 +13,14 @@ reads is missing below.
 
 from __future__ import annotations
 
-from django.db import connection
+from django.db import connection, models
 from django.utils import timezone
 
 # The gateway rebuilds its table at least this often even when the fingerprint has not moved.
 FULL_REFRESH_SECONDS = 60.0
 
 
-def _sources() -> list[type]:
+def _sources() -> list[type[models.Model]]:
     """Every model the routing table (routing._read_snapshot) reads, directly or through billing."""
     from portfolio.accounts.models import Department, Team
     from portfolio.billing.models import Budget, Price
