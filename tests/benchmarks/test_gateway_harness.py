@@ -136,3 +136,13 @@ def test_a_composite_overhead_is_its_latency_less_the_hops_it_makes_round_by_rou
     assert figures["p50_ms"] == 1.3
     assert figures["added_over_direct_calls_p50_ms"] == 1.1, "1.3 - 2 x 0.1, the median round"
     assert figures["overhead_over_plain_calls_p50_ms"] == 0.3, "rounds: 0.3, 0.3, 0.2"
+
+
+def test_the_benchmark_key_has_limits_a_key_may_have():
+    """The bench's key was refused once the service bounded limits (tpm 2e9 > 1e9): `make bench-gateway`
+    failed at its seed."""
+    from benchmarks.gateway.ours import KEY_LIMITS
+    from serving.gateway.services import _check_limit
+
+    for name, value in KEY_LIMITS.items():
+        assert _check_limit(name, value) == value
