@@ -141,18 +141,24 @@ class Snapshot:
 
 def build_snapshot(unless: str = "") -> Snapshot | None:
     """Synchronous: read the routing state (runs in a worker thread), or None when its fingerprint is still
-    ``unless`` (nothing it is read from has changed). Each query commits on its own (a transaction held
-    across them would hold its table locks, in the way of migrations): the services write an endpoint with
-    its routes in one transaction, and replicas are read last, so nothing is seen half-made. The fingerprint
-    is read first, so a change made while the table is read shows at the next check."""
-    from django.db import close_old_connections
+    ``unless`` (nothing it is read from has changed).
+
+    The table and its fingerprint are read in one read-only REPEATABLE READ transaction, so the fingerprint
+    is exactly that of the state read: one read a moment before the table would let a change committed in
+    between into the table but not into the fingerprint, and undoing that change later (a share added, then
+    removed) would bring back the old fingerprint with a table that still shows it. The transaction lasts
+    the few milliseconds of the read (its share locks wait only for a migration's ALTER TABLE)."""
+    from django.db import close_old_connections, connection, transaction
 
     close_old_connections()
     try:
-        seen = fingerprint.read()
-        if unless and seen == unless:
+        if unless and fingerprint.read() == unless:
             return None
-        snapshot = _read_snapshot()
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            seen = fingerprint.read()
+            snapshot = _read_snapshot()
         snapshot.fingerprint = seen
         return snapshot
     finally:

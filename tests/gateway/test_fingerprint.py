@@ -85,3 +85,36 @@ def test_the_fingerprint_covers_every_table_the_routing_table_reads(stack):
     covered = {model._meta.db_table for model in fingerprint._sources()}
     assert read, "the capture saw the table's queries"
     assert read <= covered, f"read by the routing table but not in the fingerprint: {sorted(read - covered)}"
+
+
+def test_a_change_committed_while_the_table_is_read_is_in_neither_or_both(stack, monkeypatch):
+    """Read a moment apart, the table could show a share committed after its fingerprint was taken; once the
+    share was removed, the fingerprint matched again and the gateway kept routing to an unshared endpoint
+    (test_sharing's unsharing test failed now and then)."""
+    import threading
+
+    from django.db import connections
+
+    dep, _ = stack["deployment"]("fp-dep")
+    endpoint = stack["endpoint"]("fp", dep)
+    read = fingerprint.read
+
+    def read_then_share() -> str:
+        seen = read()
+
+        def share() -> None:
+            EndpointShare.objects.create(endpoint=endpoint, organisation=True)
+            connections.close_all()
+
+        worker = threading.Thread(target=share)
+        worker.start()
+        worker.join()
+        return seen
+
+    monkeypatch.setattr(fingerprint, "read", read_then_share)
+    table = build_snapshot()
+    monkeypatch.setattr(fingerprint, "read", read)
+    assert table is not None and not table.endpoints["fp"].shared_organisation, "the share came after"
+    assert build_snapshot(unless=table.fingerprint) is not None, "and the next check sees it"
+    EndpointShare.objects.filter(endpoint=endpoint).delete()
+    assert build_snapshot(unless=table.fingerprint) is None, "unshared: the table read is right again"
