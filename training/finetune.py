@@ -27,7 +27,7 @@ from serving.choices import NodeState, PoolKind
 from serving.models import ComputePool, Endpoint, Node
 from training import metering, services
 from training.choices import EvalStatus, JobStatus, Method
-from training.lora import Hyperparameters
+from training.defaults import Hyperparameters
 from training.models import DatasetVersion, EvalRun, FineTuneJob
 
 ALLOWED_HYPERPARAMETERS = {
@@ -42,7 +42,7 @@ ALLOWED_HYPERPARAMETERS = {
     "checkpoint_every",
     "early_stopping_patience",
 }
-# Left out of a job's stored settings until its run chooses them (training.lora.Hyperparameters.resolved).
+# Left out of a job's stored settings until its run chooses them (training.defaults.Hyperparameters.resolved).
 AUTOMATIC_WHEN_UNSET = ("lora_r", "lora_alpha", "target_modules")
 
 

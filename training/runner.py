@@ -39,17 +39,9 @@ def run(job_id: int) -> int:
     from portfolio.registry.stores import default_store
     from training import finetune
     from training.choices import JobStatus
+    from training.defaults import Hyperparameters, architecture_of
     from training.evaluation import score
-    from training.lora import (
-        Accelerator,
-        Cancelled,
-        Hyperparameters,
-        Progress,
-        architecture_of,
-        inference_loading,
-        loading_for,
-        train,
-    )
+    from training.lora import Accelerator, Cancelled, Progress, inference_loading, loading_for, train
     from training.models import EvalRun, FineTuneJob
     from training.services import dataset_files
     from training.serving_speed import serving_speed

@@ -11,7 +11,7 @@ node-agent`, a Celery worker) that runs the fine-tune job and starts the vLLM CP
    package registry, through the GGUF importer) are registered; the demo ticket-routing rows are uploaded as
    a dataset version holding out a quarter of them (20 of 80 rows, ``EVAL_FRACTION``).
 2. A LoRA fine-tune job of SmolLM2 on the other 60 rows with the platform's default hyperparameters (no
-   value set: ``training.lora.Hyperparameters.resolved`` chooses them), run by the node agent.
+   value set: ``training.defaults.Hyperparameters.resolved`` chooses them), run by the node agent.
 3. Two deployments on the node: SmolLM2 with the job's adapter hot-loaded, and Gemma. Three endpoints:
    the base, the adapter, and Gemma; prices from billing's price book (the demo's token prices for both
    SmolLM2 endpoints, twice them for Gemma, which has twice the parameters).

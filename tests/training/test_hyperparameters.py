@@ -7,7 +7,7 @@ import pytest
 
 from training import finetune
 from training.choices import Method
-from training.lora import Architecture, Hyperparameters, epochs_for, learning_rate_for, target_modules_for
+from training.defaults import Architecture, Hyperparameters, epochs_for, learning_rate_for, target_modules_for
 
 LLAMA = Architecture(
     "llama",
@@ -111,7 +111,7 @@ def test_architecture_is_read_from_the_config_without_loading_weights(tmp_path):
 
 
 def test_a_base_whose_config_transformers_cannot_build_gets_the_default_modules(tmp_path):
-    from training.lora import architecture_of
+    from training.defaults import architecture_of
 
     (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
     assert architecture_of(tmp_path) is None

@@ -72,7 +72,7 @@ def test_an_engineer_starts_a_job_from_the_form_and_it_is_queued_audited_and_enq
         "node-a",
         base.model,
     )
-    # Blank: chosen when the run starts, from the rows and the base (training.lora.Hyperparameters.resolved).
+    # Blank: chosen when the run starts, from the rows and the base (training.defaults.Hyperparameters.resolved).
     assert job.hyperparameters["epochs"] == 3 and "lora_r" not in job.hyperparameters
     assert AuditEvent.objects.filter(action="training.job_start", object_id=str(job.pk)).exists()
     assert [queued.pk for queued in enqueued] == [job.pk]

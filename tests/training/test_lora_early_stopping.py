@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from training import lora
-from training.lora import Architecture, EarlyStopping, Hyperparameters
+from training.defaults import Architecture, Hyperparameters
+from training.early_stopping import EarlyStopping
 
 
 class Weights:

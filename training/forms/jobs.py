@@ -13,7 +13,7 @@ from serving.forms.base import PoolSelect, ready_bases
 from serving.forms.base import VersionChoiceField as ServingVersionChoiceField
 from serving.models import ComputePool
 from training.choices import DatasetVersionStatus, JobStatus, Method
-from training.lora import Hyperparameters
+from training.defaults import Hyperparameters
 from training.models import DatasetVersion
 
 
@@ -85,7 +85,7 @@ def _number(placeholder, **attrs) -> forms.NumberInput:
 
 class HyperparametersForm(forms.Form):
     """The hyperparameters a start form offers, with the limits the service enforces; blank ones are
-    left to the automatic defaults (training.lora.Hyperparameters.resolved)."""
+    left to the automatic defaults (training.defaults.Hyperparameters.resolved)."""
 
     epochs = forms.IntegerField(
         min_value=0,
