@@ -6,6 +6,7 @@ can never smuggle a flag (a different host, a chat template from disk, remote co
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ class Spec:
     choices: tuple = ()
     pools: tuple[str, ...] = (PoolKind.GPU, PoolKind.CPU)
     help: str = ""
+    # The architecture families (portfolio.registry.inspection) the argument means something for; empty: all.
+    families: tuple[str, ...] = ()
 
 
 SPECS: dict[str, Spec] = {
@@ -42,7 +45,19 @@ SPECS: dict[str, Spec] = {
     "quantization": Spec(str, "", choices=("", "awq", "gptq", "fp8", "bitsandbytes"), pools=(PoolKind.GPU,)),
     "kv_cache_space_gib": Spec(int, 1, 1, 1024, pools=(PoolKind.CPU,), help="KV cache size on CPU (GiB)"),
     "cpu_cores": Spec(int, 1, 1, 512, pools=(PoolKind.CPU,), help="Cores reserved for the replica"),
+    "enable_expert_parallel": Spec(
+        bool,
+        False,
+        pools=(PoolKind.GPU,),
+        families=("moe",),
+        help="Spread the experts over the replica's GPUs instead of slicing each one (tensor_parallel_size >= 2)",
+    ),
+    "images_per_prompt": Spec(
+        int, 1, 0, 16, families=("vision_language",), help="Images one request may carry (0: text only)"
+    ),
 }
+# What a version whose registration recorded no family is taken to be.
+DEFAULT_FAMILY = "dense"
 
 
 def _coerce(name: str, spec: Spec, value):
@@ -66,8 +81,9 @@ def _coerce(name: str, spec: Spec, value):
     return value
 
 
-def validate(args: dict, pool_kind: str) -> dict:
-    """Return the full argument set (defaults filled in) or raise ``Invalid`` naming the argument."""
+def validate(args: dict, pool_kind: str, family: str = DEFAULT_FAMILY) -> dict:
+    """Return the full argument set (defaults filled in) or raise ``Invalid`` naming the argument. ``family``
+    is the served version's architecture family: arguments of other families are refused by name."""
     if not isinstance(args, dict):
         raise Invalid("engine_args: expected an object of argument names to values.")
     unknown = sorted(set(args) - set(SPECS))
@@ -82,7 +98,19 @@ def validate(args: dict, pool_kind: str) -> dict:
             if name in args:
                 raise Invalid(f"engine_args.{name} applies to {'/'.join(spec.pools)} pools only.")
             continue
+        if spec.families and family not in spec.families:
+            if name in args:
+                raise Invalid(
+                    f"engine_args.{name} applies to {' / '.join(spec.families)} models only; "
+                    f"this version is {family}."
+                )
+            continue
         resolved[name] = _coerce(name, spec, args[name]) if name in args else spec.default
+    if resolved.get("enable_expert_parallel") and resolved["tensor_parallel_size"] < 2:
+        raise Invalid(
+            "engine_args.enable_expert_parallel spreads experts over a replica's GPUs: "
+            "set tensor_parallel_size to 2 or more."
+        )
     if pool_kind == PoolKind.CPU and resolved["dtype"] == "float16":
         raise Invalid("engine_args.dtype: float16 is not supported by vLLM on CPU; use bfloat16 or float32.")
     return resolved
@@ -153,6 +181,9 @@ def build(
         # Serves /v1/embeddings: a pooling model (BERT-like ones are detected anyway; decoder-based embedding
         # models are not).
         argv += ["--runner", "pooling"]
+    if "images_per_prompt" in args:
+        # A vision-language version: vLLM reserves memory for this many images a prompt, and refuses more.
+        argv += ["--limit-mm-per-prompt", json.dumps({"image": args["images_per_prompt"]})]
     if args["enable_prefix_caching"]:
         argv.append("--enable-prefix-caching")
     if args["enforce_eager"]:
@@ -177,6 +208,8 @@ def build(
         ]
         if args["quantization"]:
             argv += ["--quantization", args["quantization"]]
+        if args.get("enable_expert_parallel"):
+            argv.append("--enable-expert-parallel")
         # The indices the node agent reported come from nvidia-smi, which numbers GPUs by PCI bus id; CUDA's
         # own default order (fastest first) can differ on a machine with mixed GPUs.
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"

@@ -41,6 +41,8 @@ ARG_LABELS = {
     "quantization": "Quantization",
     "kv_cache_space_gib": "KV cache (GiB)",
     "cpu_cores": "CPU cores",
+    "enable_expert_parallel": "Expert parallelism",
+    "images_per_prompt": "Images a prompt",
 }
 ARG_PASSED_AS = {"kv_cache_space_gib": "VLLM_CPU_KVCACHE_SPACE", "cpu_cores": "reserved by the scheduler"}
 
@@ -54,7 +56,8 @@ def _arg_field(name: str, spec: Spec) -> forms.Field:
     label = ARG_LABELS.get(name, name.replace("_", " ").capitalize())
     pools = "" if len(spec.pools) > 1 else f" {'/'.join(p.upper() for p in spec.pools)} pools only."
     default = "on" if spec.default is True else "off" if spec.default is False else (spec.default or "none")
-    help_text = f"{spec.help + '. ' if spec.help else ''}Default {default}.{pools}"
+    families = f" {' / '.join(spec.families)} models only." if spec.families else ""
+    help_text = f"{spec.help + '. ' if spec.help else ''}Default {default}.{pools}{families}"
     common: dict[str, Any] = {
         "label": label,
         "required": False,

@@ -219,3 +219,53 @@ def test_quantization_is_passed_only_when_set():
 def test_an_embedding_model_runs_as_a_pooling_engine_and_a_chat_model_does_not():
     assert value_after(launch(PoolKind.CPU, task="embedding").argv, "--runner") == "pooling"
     assert "--runner" not in launch(PoolKind.CPU).argv
+
+
+# --- Per architecture family ----------------------------------------------------------------------
+def family_launch(pool_kind: str, family: str, args: dict) -> list[str]:
+    return engine_args.build(
+        python="/opt/engine/bin/python",
+        pool_kind=pool_kind,
+        args=engine_args.validate(args, pool_kind, family),
+        model_dir=Path("/models/tiny"),
+        served_name="tiny",
+        host="127.0.0.1",
+        port=8101,
+        adapters={},
+        gpu_indices=[0, 1],
+        api_key=SECRET,
+    ).argv
+
+
+def test_expert_parallel_spreads_a_moe_models_experts_over_the_replicas_gpus():
+    argv = family_launch(PoolKind.GPU, "moe", {"enable_expert_parallel": True, "tensor_parallel_size": 2})
+    assert "--enable-expert-parallel" in argv and value_after(argv, "--tensor-parallel-size") == "2"
+    assert "--enable-expert-parallel" not in family_launch(PoolKind.GPU, "moe", {})
+
+
+def test_expert_parallel_is_refused_on_a_dense_model_and_on_one_gpu():
+    with pytest.raises(Invalid, match="applies to moe models only; this version is dense"):
+        engine_args.validate({"enable_expert_parallel": True, "tensor_parallel_size": 2}, PoolKind.GPU)
+    with pytest.raises(Invalid, match="tensor_parallel_size to 2 or more"):
+        engine_args.validate({"enable_expert_parallel": True}, PoolKind.GPU, "moe")
+    with pytest.raises(Invalid, match="applies to gpu pools only"):
+        engine_args.validate({"enable_expert_parallel": True}, PoolKind.CPU, "moe")
+
+
+def test_a_vision_model_is_limited_to_one_image_a_prompt_unless_told_otherwise():
+    argv = family_launch(PoolKind.CPU, "vision_language", {})
+    assert value_after(argv, "--limit-mm-per-prompt") == '{"image": 1}'
+    argv = family_launch(PoolKind.CPU, "vision_language", {"images_per_prompt": 4})
+    assert value_after(argv, "--limit-mm-per-prompt") == '{"image": 4}'
+
+
+@pytest.mark.parametrize("count", [-1, 17, True, "2"])
+def test_images_per_prompt_is_bounded(count):
+    with pytest.raises(Invalid, match="images_per_prompt"):
+        engine_args.validate({"images_per_prompt": count}, PoolKind.CPU, "vision_language")
+
+
+def test_images_per_prompt_is_refused_on_a_text_model_and_absent_from_its_command():
+    with pytest.raises(Invalid, match="applies to vision_language models only"):
+        engine_args.validate({"images_per_prompt": 2}, PoolKind.CPU)
+    assert "--limit-mm-per-prompt" not in family_launch(PoolKind.CPU, "dense", {})
