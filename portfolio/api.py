@@ -223,6 +223,7 @@ def _register_routers() -> None:
     from portfolio.billing.api_exports import router as billing_exports_router
     from portfolio.registry.api import router as registry_router
     from serving.api import router as serving_router
+    from serving.api_endpoints import router as endpoints_router
     from serving.api_rollouts import router as rollouts_router
     from serving.gateway.api import router as gateway_router
     from training.api import router as training_router
@@ -236,6 +237,7 @@ def _register_routers() -> None:
     api.add_router("/billing", billing_router)
     api.add_router("/", registry_router)
     api.add_router("/", serving_router)
+    api.add_router("/", endpoints_router)
     api.add_router("/", rollouts_router)
     api.add_router("/", gateway_router)
     api.add_router("/", training_router)

@@ -95,8 +95,6 @@ def seed(json_port: int, sse_port: int) -> dict:
     from portfolio.accounts import services as accounts
     from portfolio.accounts.actor import Actor
     from portfolio.accounts.models import Department, Team
-    from portfolio.billing.choices import PriceKind
-    from portfolio.billing.models import Price
     from portfolio.registry.models import Artifact, Model, ModelVersion
     from serving.choices import PoolKind, ReplicaState
     from serving.gateway import services as key_services
@@ -157,17 +155,7 @@ def seed(json_port: int, sse_port: int) -> dict:
         EndpointRoute.objects.get_or_create(
             endpoint=endpoint, deployment=deployment, defaults={"weight": 100}
         )
-        # A price, so that the money budget is reserved and settled on every request too.
-        Price.objects.update_or_create(
-            kind=PriceKind.ENDPOINT,
-            subject_id=str(endpoint.pk),
-            effective_from=datetime(2000, 1, 1, tzinfo=UTC),
-            defaults={
-                "subject_name": endpoint.name,
-                "input_per_million": Decimal("0.50"),
-                "output_per_million": Decimal("1.50"),
-            },
-        )
+        _price(endpoint)
     composites = _composites(actor, team)
     limits = dict(KEY_LIMITS)
     key, secret = key_services.create_key(
@@ -203,10 +191,6 @@ def _composites(actor, team) -> list[str]:
     """A second plain endpoint on the JSON upstream, and a router and a cascade over the two: each of their
     requests makes two hops (nginx's answer carries no log-probabilities, so the cascade always escalates,
     its costlier path). Made through the services, as a user would."""
-    from decimal import Decimal as D
-
-    from portfolio.billing.choices import PriceKind
-    from portfolio.billing.models import Price
     from serving import services
     from serving.models import Endpoint
 
@@ -215,22 +199,30 @@ def _composites(actor, team) -> list[str]:
             actor=actor, name=name, team=team, **kwargs
         )
 
-    second = endpoint("bench-chat-b", routes=[{"deployment": "bench-chat"}])
-    Price.objects.update_or_create(
-        kind=PriceKind.ENDPOINT,
-        subject_id=str(second.pk),
-        effective_from=datetime(2000, 1, 1, tzinfo=UTC),
-        defaults={
-            "subject_name": second.name,
-            "input_per_million": D("0.50"),
-            "output_per_million": D("1.50"),
-        },
-    )
+    _price(endpoint("bench-chat-b", routes=[{"deployment": "bench-chat"}]))
     router = {"classifier": "bench-chat", "routes": {"billing": "bench-chat-b"}, "default": "bench-chat-b"}
     endpoint("bench-router", routes=[], kind="router", config=router)
     cascade = {"small": "bench-chat", "large": "bench-chat-b", "threshold": -1.0}
     endpoint("bench-cascade", routes=[], kind="cascade", config=cascade)
     return ["bench-chat-b", "bench-router", "bench-cascade"]
+
+
+def _price(endpoint) -> None:
+    """The same price on every endpoint of the run, so that the money budget is reserved and settled on every
+    request too."""
+    from portfolio.billing.choices import PriceKind
+    from portfolio.billing.models import Price
+
+    Price.objects.update_or_create(
+        kind=PriceKind.ENDPOINT,
+        subject_id=str(endpoint.pk),
+        effective_from=datetime(2000, 1, 1, tzinfo=UTC),
+        defaults={
+            "subject_name": endpoint.name,
+            "input_per_million": Decimal("0.50"),
+            "output_per_million": Decimal("1.50"),
+        },
+    )
 
 
 def flusher_main() -> None:

@@ -8,6 +8,7 @@ from django.db.models import Q
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
+from portfolio.formfields import optional_choice
 from portfolio.registry.chat_templates import MAX_CHAT_TEMPLATE_BYTES
 from portfolio.registry.choices import Source, Task, VersionKind, VersionStatus, Visibility
 from portfolio.registry.models import Alias, Model, ModelVersion
@@ -159,10 +160,10 @@ class ImportForm(forms.Form):
             }
         ),
     )
-    base_version = VersionChoiceField(
+    base_version = optional_choice(
+        ModelVersion,
+        field=VersionChoiceField,
         label="Base version",
-        queryset=ModelVersion.objects.none(),
-        required=False,
         empty_label="None: these are base weights",
         help_text="Only for a LoRA adapter: the ready base version it was trained on.",
     )

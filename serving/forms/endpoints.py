@@ -8,6 +8,7 @@ from django import forms
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Department, Team
+from portfolio.formfields import optional_choice
 from serving.choices import EndpointKind, StickyBy
 from serving.forms.base import NAME_ATTRS, NAME_HELP, clean_name, managed_teams
 from serving.models import Deployment, Endpoint
@@ -114,9 +115,9 @@ class EndpointForm(forms.Form):
     )
     team = forms.ModelChoiceField(queryset=Team.objects.none(), empty_label="Choose a team")
     description = forms.CharField(max_length=2000, required=False, widget=forms.Textarea(attrs={"rows": 2}))
-    fallback = FallbackField(
-        queryset=Endpoint.objects.none(),
-        required=False,
+    fallback = optional_choice(
+        Endpoint,
+        field=FallbackField,
         empty_label="No fallback",
         help_text="Called instead when no replica behind this endpoint is ready.",
     )
@@ -143,9 +144,9 @@ class EndpointForm(forms.Form):
 
 
 class FallbackForm(forms.Form):
-    fallback = FallbackField(
-        queryset=Endpoint.objects.none(),
-        required=False,
+    fallback = optional_choice(
+        Endpoint,
+        field=FallbackField,
         empty_label="No fallback",
         help_text="Called instead when no replica behind this endpoint is ready.",
     )

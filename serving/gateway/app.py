@@ -12,12 +12,17 @@ take, and priced and metered by the endpoint that answered. A composite endpoint
 takes one branch, to composite.py, once its body is checked; plain endpoints pay nothing more for them. Every error a client gets, the engine's
 included, is in OpenAI's shape with the gateway's request id; requests refused by the gateway itself are
 counted in ``/metrics`` by reason.
+
+What keeps its in-memory state current runs beside the requests, never in them: the routing table's refresh
+(table_refresh.py), this process's liveness in Redis (liveness.py), key invalidations (keycache.py). The
+paths it serves are listed in one place, ``routes()``; a new one is a handler and a line there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import itertools
 import logging
@@ -39,21 +44,22 @@ from serving.gateway import (
     intake,
     keystate,
     limits,
+    liveness,
     metrics,
     redis_pipe,
+    table_refresh,
 )
 from serving.gateway.errors import GatewayError
 from serving.gateway.events import USAGE_STREAM, Outcome, usage_event
-from serving.gateway.fingerprint import FULL_REFRESH_SECONDS
-from serving.gateway.keycache import KeyCache, KeyRecord
+from serving.gateway.keycache import KeyCache, KeyRecord, listen_for_invalidations
 from serving.gateway.limits import Limiter
+from serving.gateway.paths import ANY, Routes
 from serving.gateway.relay import PATHS, Renamer, read_body, relay_stream, relay_whole, respond
 from serving.gateway.routing import (
     Balancer,
     EndpointInfo,
     ReplicaInfo,
     Snapshot,
-    build_snapshot,
     choose_route,
     price_micros,
     sticky_key,
@@ -70,8 +76,8 @@ class Gateway:
         self.keys = KeyCache(settings.GATEWAY_KEY_CACHE_SIZE)
         self.balancer = Balancer()
         self.snapshot = Snapshot()
-        self.table_version = 0  # how many routing tables this process has loaded, the current one included
-        self._loaded_at = 0.0  # time.time() of the last full read of the routing table
+        self.table_version = 0  # kept by table_refresh.py, as is table_loaded_at
+        self.table_loaded_at = 0.0
         self.session: aiohttp.ClientSession | None = None
         self.redis = None
         self.pipe: redis_pipe.RedisPipe | redis_pipe.ClientPipe | None = None
@@ -85,6 +91,7 @@ class Gateway:
         self._series: dict[tuple, object] = {}  # metric children by (metric, labels)
         self._renamers: dict[tuple[str, str], Renamer] = {}
         self._cut_fallbacks: set[tuple[str, str]] = set()  # logged once per process
+        self.routes = routes()
 
     # --- Life cycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -102,12 +109,13 @@ class Gateway:
             ),
             auto_decompress=False,
         )
-        await self.refresh()
-        await self._register()
+        await table_refresh.refresh(self)
+        await liveness.register(self.pipe, self.process_id)
+        # Off the request path: the routing table's upkeep, this process's liveness, key invalidations.
         self._tasks = [
-            asyncio.create_task(self._refresh_loop()),
-            asyncio.create_task(self._listen_for_keys()),
-            asyncio.create_task(self._stay_alive()),
+            asyncio.create_task(table_refresh.keep_refreshing(self)),
+            asyncio.create_task(liveness.stay_alive(self.pipe, self.process_id)),
+            asyncio.create_task(listen_for_invalidations(self.redis, self.keys)),
         ]
         self._started = True
         # What is loaded by now (Django, the ASGI apps, the routing table) lives as long as the process: keep
@@ -138,58 +146,6 @@ class Gateway:
             if not self._started:
                 await self.start()
 
-    async def refresh(self) -> None:
-        """Load the routing table, unless its fingerprint says nothing changed since the one loaded (then
-        only its age is reset); a full read at least every FULL_REFRESH_SECONDS all the same."""
-        now = time.time()
-        current = self.snapshot
-        full = now - self._loaded_at >= FULL_REFRESH_SECONDS
-        snapshot = await asyncio.to_thread(build_snapshot, "" if full else current.fingerprint)
-        if snapshot is None:
-            current.built_at = now
-            return
-        self.snapshot = snapshot
-        self._loaded_at = now
-        self.table_version += 1
-
-    async def _refresh_loop(self) -> None:
-        while True:
-            await asyncio.sleep(settings.GATEWAY_REFRESH_SECONDS)
-            try:
-                await self.refresh()
-            except Exception:
-                logger.exception("gateway: routing refresh failed; keeping the previous table")
-
-    async def _register(self) -> None:
-        assert self.pipe is not None, "set by start()"
-        for reply in await self.pipe.execute(*inflight.register_commands(self.process_id)):
-            if isinstance(reply, Exception):
-                raise reply
-
-    async def _stay_alive(self) -> None:
-        while True:
-            await asyncio.sleep(inflight.ALIVE_SECONDS / 6)
-            try:
-                await self._register()
-            except Exception:
-                logger.exception("gateway: could not renew this process's liveness in Redis")
-
-    async def _listen_for_keys(self) -> None:
-        assert self.redis is not None, "set by start()"
-        while True:
-            try:
-                pubsub = self.redis.pubsub()
-                await pubsub.subscribe(keystate.INVALIDATE_CHANNEL)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        self.keys.evict(message["data"].decode())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("gateway: key invalidation listener failed; retrying")
-                self.keys.clear()  # messages may have been missed: start from a cold cache
-                await asyncio.sleep(1)
-
     # --- ASGI --------------------------------------------------------------------------------------
     async def lifespan(self, scope, receive, send) -> None:
         while True:
@@ -215,33 +171,10 @@ class Gateway:
         path, method = scope["path"], scope["method"]
         try:
             await self._ensure_started()
-            if path == "/metrics":
-                allowed = metrics.authorized(headers.get(b"authorization", b""), settings.METRICS_TOKEN)
-                if allowed is None:
-                    raise GatewayError(404, f"Unknown path {method} {path}.", "not_found")
-                if not allowed:
-                    raise GatewayError(
-                        401,
-                        "Send the scrape token: `Authorization: Bearer <PORTFOLIO_METRICS_TOKEN>`.",
-                        "invalid_metrics_token",
-                    )
-                data, content_type = metrics.render()
-                await respond(send, 200, data, request_id, content_type.encode())
-            elif path == "/v1/models" and method == "GET":
-                key = await authentication.authenticate_listing(self.keys, self.pipe, headers, scope)
-                await respond(send, 200, access.models(self.snapshot, key), request_id)
-            elif path.startswith("/v1/models/") and method == "GET":
-                key = await authentication.authenticate_listing(self.keys, self.pipe, headers, scope)
-                try:
-                    model = access.model(self.snapshot, key, path[len("/v1/models/") :])
-                except GatewayError as exc:
-                    exc.team = key.team
-                    raise
-                await respond(send, 200, model, request_id)
-            elif path in KINDS and method == "POST":
-                await self._proxy(scope, receive, send, headers, request_id, KINDS[path], own_id)
-            else:
+            handler = self.routes.find(method, path)
+            if handler is None:
                 raise GatewayError(404, f"Unknown path {method} {path}.", "not_found")
+            await handler(self, scope, receive, send, headers, request_id, own_id)
         except GatewayError as exc:
             if not exc.metered:
                 self._metric(metrics.REFUSED, exc.code, str(exc.status), exc.team).inc()
@@ -266,7 +199,36 @@ class Gateway:
                 request_id,
             )
 
-    async def _proxy(self, scope, receive, send, headers, request_id: str, kind: str, event_id: str) -> None:
+    # --- Routes (see routes() below) ---------------------------------------------------------------
+    async def _metrics(self, scope, receive, send, headers, request_id: str, event_id: str) -> None:
+        allowed = metrics.authorized(headers.get(b"authorization", b""), settings.METRICS_TOKEN)
+        if allowed is None:
+            raise GatewayError(404, f"Unknown path {scope['method']} {scope['path']}.", "not_found")
+        if not allowed:
+            raise GatewayError(
+                401,
+                "Send the scrape token: `Authorization: Bearer <PORTFOLIO_METRICS_TOKEN>`.",
+                "invalid_metrics_token",
+            )
+        data, content_type = metrics.render()
+        await respond(send, 200, data, request_id, content_type.encode())
+
+    async def _list_models(self, scope, receive, send, headers, request_id: str, event_id: str) -> None:
+        key = await authentication.authenticate_listing(self.keys, self.pipe, headers, scope)
+        await respond(send, 200, access.models(self.snapshot, key), request_id)
+
+    async def _describe_model(self, scope, receive, send, headers, request_id: str, event_id: str) -> None:
+        key = await authentication.authenticate_listing(self.keys, self.pipe, headers, scope)
+        try:
+            model = access.model(self.snapshot, key, scope["path"][len("/v1/models/") :])
+        except GatewayError as exc:
+            exc.team = key.team
+            raise
+        await respond(send, 200, model, request_id)
+
+    async def _proxy(
+        self, scope, receive, send, headers, request_id: str, event_id: str, *, kind: str
+    ) -> None:
         started = time.perf_counter()
         assert self.limiter is not None, "set by start()"
         key, ticket = await authentication.authenticate(self.keys, headers, scope, tickets_allowed=True)
@@ -440,7 +402,7 @@ class Gateway:
             first.name,
             ", ".join(hop.name for hop in chain),
             ", ".join(r.deployment for r in first.routes),
-            describe_table(snapshot, self.table_version, time.time()),
+            table_refresh.describe_table(snapshot, self.table_version, time.time()),
             {name: len(rs) for name, rs in snapshot.replicas.items()},
         )
         raise GatewayError(
@@ -505,6 +467,18 @@ class Gateway:
         return child
 
 
+def routes() -> Routes:
+    """Every path the gateway serves. A route served by another module joins here, one line each; its
+    handler takes the gateway first, as these methods do."""
+    table = Routes()
+    table.add(ANY, "/metrics", Gateway._metrics)
+    table.add("GET", "/v1/models", Gateway._list_models)
+    table.add("GET", "/v1/models/", Gateway._describe_model, prefix=True)
+    for path, kind in KINDS.items():
+        table.add("POST", path, functools.partial(Gateway._proxy, kind=kind))
+    return table
+
+
 def _passed_over(request_id: str, replica: ReplicaInfo, exc: Exception) -> None:
     # For operators (the client only learns that no replica answered): which replica failed, and how.
     logger.warning(
@@ -515,11 +489,3 @@ def _passed_over(request_id: str, replica: ReplicaInfo, exc: Exception) -> None:
         type(exc).__name__,
         exc,
     )
-
-
-def describe_table(snapshot: Snapshot, version: int, now: float) -> str:
-    """The routing table as an operator reads it in a log line: how old it is, and which of this process's
-    loads (a table older than a few refresh periods means the refresh loop is failing)."""
-    if not snapshot.built_at:
-        return "routing table not loaded yet"
-    return f"routing table loaded {max(0.0, now - snapshot.built_at):.1f} s ago (version {version})"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import re
 import time
 from collections import OrderedDict
@@ -23,6 +24,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from portfolio.accounts import secrets_hashing
+from serving.gateway import keystate
+
+logger = logging.getLogger(__name__)
 
 TTL = 60.0
 NEGATIVE_TTL = 10.0
@@ -181,3 +185,21 @@ class KeyCache:
         else:
             self._known.put(key_id, (record, time.monotonic() + TTL))
         return record
+
+
+async def listen_for_invalidations(redis, keys: KeyCache) -> None:
+    """Evict a key from ``keys`` as soon as a process publishes that it changed: a background task, off the
+    request path. After a lost subscription the whole cache is dropped, since messages may have been missed."""
+    while True:
+        try:
+            pubsub = redis.pubsub()
+            await pubsub.subscribe(keystate.INVALIDATE_CHANNEL)
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    keys.evict(message["data"].decode())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("gateway: key invalidation listener failed; retrying")
+            keys.clear()  # messages may have been missed: start from a cold cache
+            await asyncio.sleep(1)

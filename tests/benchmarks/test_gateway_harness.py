@@ -5,6 +5,9 @@ the highest rate with p99 under 20 ms doubles, then bisects, and reports what wa
 from __future__ import annotations
 
 import subprocess
+from decimal import Decimal
+
+import pytest
 
 from benchmarks.gateway import load
 
@@ -146,3 +149,19 @@ def test_the_benchmark_key_has_limits_a_key_may_have():
 
     for name, value in KEY_LIMITS.items():
         assert _check_limit(name, value) == value
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_benchmark_seed_prices_every_plain_endpoint_once():
+    """Each plain endpoint of the run carries one price, so that money is reserved and settled on every
+    request (composites are priced by the endpoints that answer)."""
+    from benchmarks.gateway.ours import seed
+    from portfolio.billing.models import Price
+    from serving.models import Endpoint
+
+    seed(json_port=18001, sse_port=18002)
+    priced = {p.subject_name: (p.input_per_million, p.output_per_million) for p in Price.objects.all()}
+    plain = set(Endpoint.objects.filter(kind="plain").values_list("name", flat=True))
+    assert plain == {"bench-chat", "bench-stream", "bench-chat-b"}
+    assert priced == dict.fromkeys(plain, (Decimal("0.50"), Decimal("1.50")))
+    assert Price.objects.count() == 3

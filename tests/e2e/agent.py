@@ -1,5 +1,6 @@
 """The node agent of the end-to-end tests: a real `portfolio node-agent` process (a Celery worker) against
-the test database and Redis, and waiting on what it does, with its logs shown when it does not."""
+the test database and Redis, waiting on what it does (with its logs shown when it does not), and the demo
+model deployed on it."""
 
 from __future__ import annotations
 
@@ -11,10 +12,15 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 
-from serving import processes, reconcile
-from serving.choices import ReplicaState
-from serving.models import Deployment, Replica
+from portfolio.accounts.models import Team
+from portfolio.registry.choices import VersionStatus
+from portfolio.registry.demo_model import MODEL_NAME
+from portfolio.registry.models import ModelVersion
+from serving import processes, reconcile, services
+from serving.choices import PoolKind, ReplicaState
+from serving.models import Deployment, Node, Replica
 from tests.gateway.process import database_url
 from tests.processes import stop_group
 
@@ -68,3 +74,37 @@ def wait(what: str, check, timeout: float, logs: list[Path], interval: float = 1
 def ready_replica(deployment: Deployment) -> Replica | None:
     reconcile.reconcile_deployment(deployment.pk)
     return Replica.objects.filter(deployment=deployment, state=ReplicaState.READY).first()
+
+
+def deploy_demo_model(admin, test_settings, tmp_path, agent_log: Path, engine_args: dict) -> Deployment:
+    """The demo portfolio seeded and its model imported for real from its GGUF, a CPU pool the node agent
+    registers in, and a deployment ``smol`` of one replica of the model there, owned by ``support-ai``.
+    Its replica is only starting: wait_until_ready waits for it, once the caller has set up the rest."""
+    test_settings.IMPORT_ROOTS = [(tmp_path / "imports").resolve()]
+    test_settings.IMPORT_ROOTS[0].mkdir()
+    call_command("seed_demo")
+    call_command("import_demo_model")
+    base = ModelVersion.objects.get(model__name=MODEL_NAME, status=VersionStatus.READY)
+    services.create_pool(actor=admin, name="local-cpu", kind=PoolKind.CPU)
+    node = wait(
+        "the node agent to register", lambda: Node.objects.filter(name=NODE).first(), 120, [agent_log]
+    )
+    return services.create_deployment(
+        actor=admin,
+        name="smol",
+        team=Team.objects.get(slug="support-ai"),
+        version=base,
+        pool=node.pool,
+        replicas=1,
+        args=engine_args,
+    )
+
+
+def wait_until_ready(deployment: Deployment, tmp_path, agent_log: Path) -> Replica:
+    return wait(
+        "the replica to become ready",
+        lambda: ready_replica(deployment),
+        ENGINE_READY_TIMEOUT,
+        [agent_log, *(tmp_path / "node-data" / "engines" / deployment.name).glob("*.log")],
+        interval=3,
+    )

@@ -6,17 +6,10 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from django.core.management import call_command
 
-from portfolio.accounts.models import Team
-from portfolio.registry.choices import VersionStatus
-from portfolio.registry.demo_model import MODEL_NAME
-from portfolio.registry.models import ModelVersion
 from serving import services
-from serving.choices import PoolKind
-from serving.models import Node
 from tests.conftest import actor_for
-from tests.e2e.agent import ENGINE_READY_TIMEOUT, NODE, ready_replica, wait
+from tests.e2e.agent import deploy_demo_model, wait, wait_until_ready
 
 # An engine start takes minutes on two shared cores: more than the suite's default timeout of 600 s.
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.timeout(1800)]
@@ -33,32 +26,9 @@ def test_calls_with_several_completions_bill_no_more_than_was_reserved(org, node
 
     _, agent_log = node_agent
     admin = actor_for(org["admin"])
-    team = Team.objects.get(slug="support-ai")
-    settings.IMPORT_ROOTS = [(tmp_path / "imports").resolve()]
-    settings.IMPORT_ROOTS[0].mkdir()
-    call_command("seed_demo")
-    call_command("import_demo_model")
-    base = ModelVersion.objects.get(model__name=MODEL_NAME, status=VersionStatus.READY)
-    services.create_pool(actor=admin, name="local-cpu", kind=PoolKind.CPU)
-    node = wait(
-        "the node agent to register", lambda: Node.objects.filter(name=NODE).first(), 120, [agent_log]
-    )
-    deployment = services.create_deployment(
-        actor=admin,
-        name="smol",
-        team=team,
-        version=base,
-        pool=node.pool,
-        replicas=1,
-        args={"max_model_len": CONTEXT},
-    )
-    wait(
-        "the replica to become ready",
-        lambda: ready_replica(deployment),
-        ENGINE_READY_TIMEOUT,
-        [agent_log, *(tmp_path / "node-data" / "engines" / "smol").glob("*.log")],
-        interval=3,
-    )
+    deployment = deploy_demo_model(admin, settings, tmp_path, agent_log, {"max_model_len": CONTEXT})
+    team = deployment.owner_team
+    wait_until_ready(deployment, tmp_path, agent_log)
     services.create_endpoint(actor=admin, name="budgeted", team=team, routes=[{"deployment": "smol"}])
 
     question = [{"role": "user", "content": "Write a short poem about the sea."}]

@@ -13,20 +13,24 @@ import urllib.error
 import urllib.request
 
 import pytest
-from django.core.management import call_command
 
-from portfolio.accounts.models import Team
 from portfolio.registry import services as registry_services
 from portfolio.registry.artifacts import materialize_version
 from portfolio.registry.choices import Source, VersionStatus
-from portfolio.registry.demo_model import MODEL_NAME
-from portfolio.registry.models import ModelVersion
 from portfolio.registry.tasks import import_version
 from serving import agent, processes, reconcile, services
-from serving.choices import DeploymentStatus, PoolKind, ReplicaState
+from serving.choices import DeploymentStatus, ReplicaState
 from serving.models import Node, Replica
 from tests.conftest import actor_for
-from tests.e2e.agent import ENGINE_READY_TIMEOUT, NODE, ready_replica, start_agent, stop_agent, wait
+from tests.e2e.agent import (
+    ENGINE_READY_TIMEOUT,
+    NODE,
+    deploy_demo_model,
+    start_agent,
+    stop_agent,
+    wait,
+    wait_until_ready,
+)
 from tests.e2e.lora import make_adapter
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -265,36 +269,18 @@ def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(
 ):
     agents, agent_log = node_agent
     admin, engineer = actor_for(org["admin"]), actor_for(org["engineer"])
-    team = Team.objects.get(slug="support-ai")
-    settings.IMPORT_ROOTS = [(tmp_path / "imports").resolve()]
-    settings.IMPORT_ROOTS[0].mkdir()
-
-    # The demo base model, imported for real from its GGUF.
-    call_command("seed_demo")
-    call_command("import_demo_model")
-    base = ModelVersion.objects.get(model__name=MODEL_NAME, status=VersionStatus.READY)
-    services.create_pool(actor=admin, name="local-cpu", kind=PoolKind.CPU)
-    node = wait(
-        "the node agent to register", lambda: Node.objects.filter(name=NODE).first(), 120, [agent_log]
+    # The demo base model, imported for real from its GGUF, and one replica of it on the node agent.
+    deployment = deploy_demo_model(
+        admin,
+        settings,
+        tmp_path,
+        agent_log,
+        {"max_model_len": 1024, "enable_lora": True, "max_loras": 2, "max_lora_rank": 8},
     )
+    team, base = deployment.owner_team, deployment.version
+    node = Node.objects.get(name=NODE)
     assert node.cpu_cores >= 1 and node.memory_bytes > 0
-
-    deployment = services.create_deployment(
-        actor=admin,
-        name="smol",
-        team=team,
-        version=base,
-        pool=node.pool,
-        replicas=1,
-        args={"max_model_len": 1024, "enable_lora": True, "max_loras": 2, "max_lora_rank": 8},
-    )
-    replica = wait(
-        "the replica to become ready",
-        lambda: ready_replica(deployment),
-        ENGINE_READY_TIMEOUT,
-        [agent_log, *(tmp_path / "node-data" / "engines" / "smol").glob("*.log")],
-        interval=3,
-    )
+    replica = wait_until_ready(deployment, tmp_path, agent_log)
     answer = _chat(replica, "smol", "What is the capital of France?")
     assert answer["choices"][0]["message"]["content"]
     assert answer["usage"]["completion_tokens"] > 0

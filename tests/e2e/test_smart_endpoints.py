@@ -10,17 +10,11 @@ from __future__ import annotations
 import httpx
 import orjson
 import pytest
-from django.core.management import call_command
 
-from portfolio.accounts.models import Team
-from portfolio.registry.choices import VersionStatus
-from portfolio.registry.demo_model import MODEL_NAME
-from portfolio.registry.models import ModelVersion
 from serving import services
-from serving.choices import PoolKind
-from serving.models import Endpoint, Node
+from serving.models import Endpoint
 from tests.conftest import actor_for
-from tests.e2e.agent import ENGINE_READY_TIMEOUT, NODE, ready_replica, wait
+from tests.e2e.agent import deploy_demo_model, wait, wait_until_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.timeout(1800)]
 PROMPTS = ["What is the capital of France?", "Invent a new word and explain it.", "Write ten random letters."]
@@ -45,34 +39,11 @@ def test_a_cascade_escalates_an_unsure_request_and_a_router_picks_two_specialist
 
     _, agent_log = node_agent
     admin = actor_for(org["admin"])
-    settings.IMPORT_ROOTS = [(tmp_path / "imports").resolve()]
-    settings.IMPORT_ROOTS[0].mkdir()
-    call_command("seed_demo")
-    call_command("import_demo_model")
-    team = Team.objects.get(slug="support-ai")
-    base = ModelVersion.objects.get(model__name=MODEL_NAME, status=VersionStatus.READY)
-    services.create_pool(actor=admin, name="local-cpu", kind=PoolKind.CPU)
-    node = wait(
-        "the node agent to register", lambda: Node.objects.filter(name=NODE).first(), 120, [agent_log]
-    )
-    deployment = services.create_deployment(
-        actor=admin,
-        name="smol",
-        team=team,
-        version=base,
-        pool=node.pool,
-        replicas=1,
-        args={"max_model_len": 1024},
-    )
+    deployment = deploy_demo_model(admin, settings, tmp_path, agent_log, {"max_model_len": 1024})
+    team = deployment.owner_team
     for name in ("small", "large", "labeller", "spec-a", "spec-b"):
         services.create_endpoint(actor=admin, name=name, team=team, routes=[{"deployment": "smol"}])
-    wait(
-        "the replica to become ready",
-        lambda: ready_replica(deployment),
-        ENGINE_READY_TIMEOUT,
-        [agent_log, *(tmp_path / "node-data" / "engines" / "smol").glob("*.log")],
-        interval=3,
-    )
+    wait_until_ready(deployment, tmp_path, agent_log)
     log = tmp_path / "gateway.log"
     gateway, base_url = start_gateway(log)
     _, secret = key_services.create_key(actor=admin, team=team, name="e2e smart")

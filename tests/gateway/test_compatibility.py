@@ -142,6 +142,18 @@ def test_every_listed_model_can_be_retrieved_and_no_other(gateway_url, stack, ot
         assert excinfo.value.body["code"] == "model_not_found"
 
 
+def test_an_unknown_path_or_method_is_a_404_in_openais_shape(gateway_url, stack):
+    for method, path in [("POST", "/v1/nothing"), ("GET", "/v1/chat/completions"), ("POST", "/v1/models")]:
+        response = httpx.request(method, f"{gateway_url}{path}")
+        assert response.status_code == 404, (method, path)
+        assert response.json()["error"] == {
+            "message": f"Unknown path {method} {path}.",
+            "type": "not_found_error",
+            "param": None,
+            "code": "not_found",
+        }
+
+
 # --- /metrics ---------------------------------------------------------------------------------------
 def test_metrics_need_the_scrape_token(gateway_url, stack):
     assert httpx.get(f"{gateway_url}/metrics").status_code == 401

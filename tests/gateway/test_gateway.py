@@ -304,8 +304,8 @@ def test_the_503_warning_says_how_old_the_routing_table_is_not_when_in_epoch_sec
 
 
 def test_the_routing_table_is_described_by_its_age_and_version():
-    from serving.gateway.app import describe_table
     from serving.gateway.routing import Snapshot
+    from serving.gateway.table_refresh import describe_table
 
     table = Snapshot(built_at=1796104532.891)
     assert describe_table(table, 41, now=1796104535.941) == "routing table loaded 3.0 s ago (version 41)"

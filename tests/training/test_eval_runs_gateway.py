@@ -22,21 +22,35 @@ gateway_url = gateway_fixtures.gateway_url
 stack = gateway_fixtures.stack
 
 
-def test_an_eval_run_asks_the_endpoint_through_the_gateway_metered_to_the_tasks_team(
-    stack,
-    gateway_url,
-    settings,
-    engineer,
-    team,
-):
+@pytest.fixture
+def serve(stack, gateway_url, settings):
+    """Eval runs call the test's gateway; ``serve(name)`` is an endpoint ``<name>-ep`` on a deployment of
+    its own, listed by the gateway, and the deployment's engines."""
     settings.GATEWAY_INTERNAL_URL = gateway_url
-    deployment, engines = stack["deployment"]("scorer")
-    endpoint = stack["endpoint"]("scorer-ep", deployment, price=("1.00", "2.00"))
-    gateway_fixtures.wait_for_model(gateway_url, stack["key"](), endpoint.name)
+
+    def served(name: str, **endpoint_options):
+        deployment, engines = stack["deployment"](name)
+        endpoint = stack["endpoint"](f"{name}-ep", deployment, **endpoint_options)
+        gateway_fixtures.wait_for_model(gateway_url, stack["key"](), endpoint.name)
+        return endpoint, engines
+
+    return served
+
+
+@pytest.fixture
+def routing_task(engineer, team):
+    """A classification task of the team and its eval set of 12 tickets."""
     dataset = services.create_dataset(actor=engineer, owner_team=team, name="tickets", kind=DatasetKind.CHAT)
     version, _ = upload(engineer, dataset, jsonl(*tickets(12)))
     task = catalogue.create_task(actor=engineer, owner_team=team, name="Routing", kind="classification")
-    eval_set = catalogue.add_eval_set(actor=engineer, task=task, dataset_version=version, source="all")
+    return task, catalogue.add_eval_set(actor=engineer, task=task, dataset_version=version, source="all")
+
+
+def test_an_eval_run_asks_the_endpoint_through_the_gateway_metered_to_the_tasks_team(
+    serve, routing_task, engineer, team
+):
+    endpoint, engines = serve("scorer", price=("1.00", "2.00"))
+    task, eval_set = routing_task
 
     run = runs.start_run(
         actor=engineer,
@@ -69,23 +83,11 @@ def test_an_eval_run_asks_the_endpoint_through_the_gateway_metered_to_the_tasks_
 
 
 def test_a_judge_scores_each_answer_through_the_gateway_metered_to_the_tasks_team(
-    stack,
-    gateway_url,
-    settings,
-    engineer,
-    team,
+    serve, routing_task, engineer, team
 ):
-    settings.GATEWAY_INTERNAL_URL = gateway_url
-    deployment, _ = stack["deployment"]("scorer")
-    endpoint = stack["endpoint"]("scorer-ep", deployment)
-    judge_deployment, judge_engines = stack["deployment"]("judge")
-    judge = stack["endpoint"]("judge-ep", judge_deployment)
-    for name in (endpoint.name, judge.name):
-        gateway_fixtures.wait_for_model(gateway_url, stack["key"](), name)
-    dataset = services.create_dataset(actor=engineer, owner_team=team, name="tickets", kind=DatasetKind.CHAT)
-    version, _ = upload(engineer, dataset, jsonl(*tickets(12)))
-    task = catalogue.create_task(actor=engineer, owner_team=team, name="Routing", kind="classification")
-    eval_set = catalogue.add_eval_set(actor=engineer, task=task, dataset_version=version, source="all")
+    endpoint, _ = serve("scorer")
+    judge, judge_engines = serve("judge")
+    task, eval_set = routing_task
 
     run = runs.start_run(
         actor=engineer,

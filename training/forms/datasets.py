@@ -8,6 +8,7 @@ from django import forms
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
+from portfolio.formfields import optional_choice
 from portfolio.registry.choices import VersionStatus
 from portfolio.registry.forms import VersionChoiceField
 from portfolio.registry.models import ModelVersion
@@ -103,10 +104,10 @@ class DatasetUploadForm(forms.Form):
             attrs={"accept": ".jsonl,.json,.ndjson,application/jsonl,application/x-ndjson"}
         ),
     )
-    base_version = VersionChoiceField(
+    base_version = optional_choice(
+        ModelVersion,
+        field=VersionChoiceField,
         label="Tokenizer of",
-        queryset=ModelVersion.objects.none(),
-        required=False,
         empty_label="None: measure rows in characters",
         help_text="The base model you will fine-tune: rows are measured in its tokens and checked against its "
         "context length.",

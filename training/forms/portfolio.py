@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from django import forms
 
+from portfolio.formfields import optional_choice
 from serving.models import Endpoint
 from training.evals.models import Task
 
 
 class ProductionForm(forms.Form):
-    endpoint = forms.ModelChoiceField(
+    endpoint = optional_choice(
+        Endpoint,
         label="Production endpoint",
-        queryset=Endpoint.objects.none(),
-        required=False,
         empty_label="None (not in production)",
         help_text="The endpoint that serves this task's calls: one its team may call.",
     )

@@ -8,6 +8,7 @@ from django import forms
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
+from portfolio.formfields import optional_choice
 from serving.models import Endpoint
 from training.choices import EvalSetSource, TaskKind
 from training.evals import judging, runs
@@ -63,10 +64,9 @@ class EvalRunForm(forms.Form):
         label="Requests in flight", min_value=1, max_value=runs.MAX_CONCURRENCY, initial=4
     )
     max_tokens = forms.IntegerField(label="Max tokens per answer", min_value=1, max_value=4096, initial=64)
-    judge = forms.ModelChoiceField(
+    judge = optional_choice(
+        Endpoint,
         label="Judge endpoint (optional)",
-        queryset=Endpoint.objects.none(),
-        required=False,
         empty_label="No judge",
         help_text="Scores each answer 1-5 against the rubric, through the gateway: billed to the task's team.",
     )
