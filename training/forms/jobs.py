@@ -131,9 +131,7 @@ class HyperparametersForm(forms.Form):
         max_value=256,
         required=False,
         widget=_number("auto"),
-        help_text="Blank: 8 under 1,000 rows, else 16. The layers adapted are chosen from the base's "
-        "architecture: its attention projections, and its MLP too on bases under 1B parameters or from "
-        "1,000 rows.",
+        help_text="Blank: 8 under 1,000 rows, else 16. The layers adapted: see LoRA layers below.",
     )
     lora_alpha = forms.IntegerField(
         label="LoRA alpha",
