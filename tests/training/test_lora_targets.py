@@ -313,3 +313,18 @@ def test_the_preview_of_a_base_the_actor_may_not_see_is_not_found(client, org, m
     assert client.get(reverse("job-targets"), {"base_version": moe_base.pk}).status_code == 404
     client.force_login(org["viewer"])
     assert client.get(reverse("job-targets"), {"base_version": moe_base.pk}).status_code == 403
+
+
+@pytest.mark.django_db
+def test_a_jobs_page_shows_its_target_choice_and_the_modules_it_resolved(client, org, make_job):
+    job = make_job(
+        hyperparameters={
+            "method": "lora",
+            "lora_r": 8,
+            "lora_targets": "attention+experts",
+            "target_modules": ATTENTION + EXPERTS,
+        }
+    )
+    client.force_login(org["viewer"])
+    html = client.get(reverse("job-detail", kwargs={"job_id": job.pk})).content.decode()
+    assert "attention+experts" in html and "experts.gate_up_proj" in html

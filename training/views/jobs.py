@@ -215,6 +215,7 @@ HYPERPARAMETER_ORDER = (
     "lora_r",
     "lora_alpha",
     "lora_dropout",
+    "lora_targets",
     "seed",
     "checkpoint_every",
 )
@@ -226,6 +227,8 @@ def _hp_value(name: str, value) -> str:
         return "auto"
     if name == "learning_rate":
         return f"{value:g}"
+    if name == "lora_targets":
+        return value or "by the base's family"
     if name == "checkpoint_every" and not value:
         return "never"
     return str(value)
