@@ -11,6 +11,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training import lora_targets
+from training.lora_targets import ATTENTION, HYBRID, MLP, MOE, STATE, STATE_SPACE, TARGET_CHOICES
+
 LORA_METHODS = frozenset({"lora", "qlora"})
 
 # The linear layers LoRA may adapt, by the names architectures give them: attention first, then the MLP.
@@ -41,34 +44,58 @@ FALLBACK_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 @dataclass(frozen=True)
 class Architecture:
     """What the defaults need to know of a base: its ``model_type``, its parameter count and the names of
-    its linear layers (the last part of each module's name, the head and embeddings left out)."""
+    the layers LoRA may adapt (the head, embeddings and any vision tower left out); read from a config, also
+    its family and those names grouped by what they do, with the full names of the layers
+    (``training.lora_targets``)."""
 
     model_type: str
     parameters: int
     linear_modules: frozenset[str]
+    family: str = lora_targets.DENSE
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    paths: frozenset[str] = frozenset()
 
     @classmethod
     def read(cls, base_dir: Path) -> Architecture:
         """From the base's ``config.json``: the model is built on the meta device (no weights are read or
         allocated) and its modules listed."""
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(base_dir)
+        layers = lora_targets.layer_count(config)
+        if layers > lora_targets.MAX_LAYERS:
+            raise ValueError(f"the config declares {layers} layers (more than {lora_targets.MAX_LAYERS})")
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-        names = set()
-        for name, module in model.named_modules():
-            leaf = name.rsplit(".", 1)[-1]
-            # Linear layers, and GPT-2's Conv1D (a linear layer with transposed weights), which peft adapts.
-            if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
-                names.add(leaf)
-        names -= {"lm_head", "embed_out", "score", "classifier"}
+            model = lora_targets.model_class_for(config).from_config(config)
+        found = lora_targets.survey(model, config)
         return cls(
             model_type=str(getattr(config, "model_type", "")),
             parameters=sum(p.numel() for p in model.parameters()),
-            linear_modules=frozenset(names),
+            linear_modules=frozenset(name for names in found.groups.values() for name in names),
+            family=found.family,
+            groups=found.groups,
+            paths=found.paths,
         )
+
+    def grouped(self) -> dict[str, tuple[str, ...]]:
+        """The names by group; an architecture known only by its names (no survey) grouped by the names
+        architectures give their attention and MLP layers."""
+        if self.groups:
+            return self.groups
+        present = self.linear_modules
+        attention = next((group for group in ATTENTION_MODULES if set(group) <= present), ())
+        mlp = next((group for group in MLP_MODULES if set(group) <= present), ())
+        return {ATTENTION: attention, MLP: tuple(name for name in mlp if name not in attention)}
+
+    def choices(self) -> list[str]:
+        """The ``lora_targets`` choices this base offers: those whose last group it has."""
+        grouped = self.grouped()
+        return [choice for choice, groups in TARGET_CHOICES.items() if grouped.get(groups[-1])]
+
+    def unknown(self, names: list[str]) -> list[str]:
+        """The names that are no layer LoRA may adapt in this base."""
+        return lora_targets.unknown_targets(names, self.paths or self.linear_modules)
 
 
 def architecture_of(base_dir: Path) -> Architecture | None:
@@ -84,18 +111,32 @@ def architecture_of(base_dir: Path) -> Architecture | None:
         return None
 
 
-def target_modules_for(architecture: Architecture | None, train_rows: int) -> list[str]:
-    """The layers LoRA adapts: the attention projections and, from ``MLP_FROM_ROWS`` training rows on or
-    on a base of under 1B parameters, the MLP's too (cheap there, and what a small base needs to learn a
-    new output format fast). Only names the base has; an unknown architecture gets q/k/v/o."""
+def target_modules_for(architecture: Architecture | None, train_rows: int, choice: str = "") -> list[str]:
+    """The layers LoRA adapts. ``choice`` (a ``TARGET_CHOICES`` key) names the groups; without one, by
+    family: a dense base (a vision-language model's language model, a speech model) its attention
+    projections and, from ``MLP_FROM_ROWS`` training rows on or on a base of under 1B parameters, its MLP's
+    too (cheap there, and what a small base needs to learn a new output format fast); a mixture of experts
+    its attention only (every expert would get an adapter of its own); a state-space model its state
+    projections; a hybrid its attention and state projections. Only names the base has; an unknown
+    architecture gets q/k/v/o."""
     if architecture is None:
         return list(FALLBACK_MODULES)
-    present = architecture.linear_modules
-    attention = next((list(group) for group in ATTENTION_MODULES if set(group) <= present), [])
-    chosen = list(attention)
-    if train_rows >= MLP_FROM_ROWS or architecture.parameters < SMALL_BASE:
-        mlp = next((list(group) for group in MLP_MODULES if set(group) <= present), [])
-        chosen += [name for name in mlp if name not in chosen]
+    grouped = architecture.grouped()
+    if choice:
+        wanted = TARGET_CHOICES[choice]
+    elif architecture.family == MOE:
+        wanted = (ATTENTION,)
+    elif architecture.family == STATE_SPACE:
+        wanted = (STATE,)
+    elif architecture.family == HYBRID:
+        wanted = (ATTENTION, STATE)
+    elif train_rows >= MLP_FROM_ROWS or architecture.parameters < SMALL_BASE:
+        wanted = (ATTENTION, MLP)
+    else:
+        wanted = (ATTENTION,)
+    chosen: list[str] = []
+    for group in wanted:
+        chosen += [name for name in grouped.get(group, ()) if name not in chosen]
     return chosen or list(FALLBACK_MODULES)
 
 
@@ -146,6 +187,7 @@ class Hyperparameters:
     lora_alpha: int = 0  # 0: twice the rank
     lora_dropout: float = 0.05
     target_modules: list[str] = field(default_factory=list)  # empty: chosen from the architecture
+    lora_targets: str = ""  # a TARGET_CHOICES key, or "": chosen from the architecture's family
     max_length: int = 512
     seed: int = 0
     checkpoint_every: int = 50
@@ -165,6 +207,7 @@ class Hyperparameters:
                 ),
                 "lora_r": rank,
                 "lora_alpha": self.lora_alpha or 2 * rank,
-                "target_modules": list(self.target_modules) or target_modules_for(architecture, train_rows),
+                "target_modules": list(self.target_modules)
+                or target_modules_for(architecture, train_rows, self.lora_targets),
             }
         )

@@ -25,7 +25,7 @@ from serving import scheduler
 from serving.capacity import GpuHold, pool_capacity
 from serving.choices import NodeState, PoolKind
 from serving.models import ComputePool, Endpoint, Node
-from training import metering, services
+from training import architectures, metering, services
 from training.choices import EvalStatus, JobStatus, Method
 from training.defaults import Hyperparameters
 from training.models import DatasetVersion, EvalRun, FineTuneJob
@@ -41,9 +41,13 @@ ALLOWED_HYPERPARAMETERS = {
     "seed",
     "checkpoint_every",
     "early_stopping_patience",
+    "lora_targets",
+    "target_modules",
 }
 # Left out of a job's stored settings until its run chooses them (training.defaults.Hyperparameters.resolved).
-AUTOMATIC_WHEN_UNSET = ("lora_r", "lora_alpha", "target_modules")
+AUTOMATIC_WHEN_UNSET = ("lora_r", "lora_alpha", "target_modules", "lora_targets")
+# Hyperparameters that are not numbers: checked by training.architectures (and against the base at start).
+NAMED = {"lora_targets": architectures.check_choice, "target_modules": architectures.check_names}
 
 
 def _hyperparameters(values: dict, method: str) -> dict:
@@ -65,7 +69,10 @@ def _hyperparameters(values: dict, method: str) -> dict:
         "checkpoint_every": (0, 100000),
         "early_stopping_patience": (0, 100),
     }
+    values = {name: NAMED[name](value) if name in NAMED else value for name, value in values.items()}
     for name, value in values.items():
+        if name in NAMED:
+            continue
         low, high = limits[name]
         if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
             raise Invalid(f"hyperparameters.{name}: a number in {low}..{high}.")
@@ -162,6 +169,9 @@ def start_job(
     gate.require(actor, "model.register", target)
     services.require_job_inputs(team=team, base_version=base_version, pool=pool, target_model=target)
     budgets.check_can_spend(team)  # the job's compute is the team's: not past a hard-limited budget
+    chosen = _hyperparameters(hyperparameters or {}, method)
+    # A layer the base does not have would fail the run once it loaded the base: refused here instead.
+    architectures.check_targets(base_version, chosen, method)
     node, gpu_indices = _placement(pool)
     job = FineTuneJob.objects.create(
         owner_team=team,
@@ -169,7 +179,7 @@ def start_job(
         dataset_version=dataset_version,
         target_model=target,
         method=method,
-        hyperparameters=_hyperparameters(hyperparameters or {}, method),
+        hyperparameters=chosen,
         pool=pool,
         node=node,
         gpu_indices=gpu_indices,

@@ -54,7 +54,13 @@ class JobIn(Schema):
     dataset_version_id: int
     pool: str
     method: Method = Method.LORA
-    hyperparameters: dict[str, float] = {}
+    hyperparameters: dict[str, float | str | list[str]] = Field(
+        {},
+        description="Numbers (epochs, learning_rate, lora_r, ...); for LoRA also lora_targets (attention, "
+        "attention+mlp, attention+experts, attention+state) and target_modules (a list of layer names, "
+        "checked against the base's config before the job is queued). Blank ones are chosen when the run "
+        "starts.",
+    )
     target_model: str | None = Field(
         None, description="Register the result under this model (default: the base's)"
     )

@@ -320,12 +320,15 @@ def train(
 def load_model(base_dir: Path, hp: Hyperparameters, loading: Loading, resume_dir: Path | None) -> Any:
     """The model to train: the base (4-bit for QLoRA) with a new or resumed adapter, or all weights
     (from the checkpoint when resuming a full fine-tune)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig
+
+    from training.lora_targets import model_class_for, peft_targets
 
     kwargs = loading.from_pretrained_kwargs()
     source = resume_dir if hp.method == "full" and resume_dir is not None else base_dir
-    # A transformers model, then perhaps its peft wrapper: both train alike, which no stub says.
-    model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    # A transformers model, then perhaps its peft wrapper: both train alike, which no stub says. Loaded by
+    # the class its config calls for (a vision-language model with its vision tower, left frozen).
+    model: Any = model_class_for(AutoConfig.from_pretrained(source)).from_pretrained(source, **kwargs)
     if hp.method not in LORA_METHODS:
         return model
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -341,14 +344,20 @@ def load_model(base_dir: Path, hp: Hyperparameters, loading: Loading, resume_dir
         return PeftModel.from_pretrained(model, resume_dir, is_trainable=True)
     # Settings left unresolved (a caller that skipped ``resolved``): those of an unknown architecture.
     rank = hp.lora_r or rank_for(0)
+    targets = peft_targets(model, hp.target_modules or list(FALLBACK_MODULES))
+    dropout = hp.lora_dropout
+    if targets.get("target_parameters") and dropout:
+        # peft adapts fused expert weights (3-D parameters) only without dropout.
+        print(f"experts adapted ({', '.join(targets['target_parameters'])}): LoRA dropout 0", flush=True)
+        dropout = 0.0
     return get_peft_model(
         model,
         LoraConfig(
             r=rank,
             lora_alpha=hp.lora_alpha or 2 * rank,
-            lora_dropout=hp.lora_dropout,
-            target_modules=hp.target_modules or list(FALLBACK_MODULES),
+            lora_dropout=dropout,
             task_type="CAUSAL_LM",
+            **targets,
         ),
     )
 

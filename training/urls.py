@@ -15,6 +15,7 @@ urlpatterns = [
     path("datasets/<slug:team>/<str:name>/v<int:number>/", datasets.dataset_version, name="dataset-version"),
     path("jobs/", jobs.job_list, name="job-list"),
     path("jobs/new/", jobs.job_create, name="job-create"),
+    path("jobs/new/targets/", jobs.job_targets, name="job-targets"),
     path("jobs/<int:job_id>/", jobs.job_detail, name="job-detail"),
     path("jobs/<int:job_id>/cancel/", jobs.job_cancel, name="job-cancel"),
     path("distillations/new/", distillation.distillation_create, name="distillation-create"),

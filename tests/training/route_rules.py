@@ -53,6 +53,11 @@ UI_ROUTES: dict[str, Rule] = {
             "method": "lora",
         },
     ),
+    # The start form's preview of the layers LoRA adapts: the world's base is the team's, so an outsider
+    # (who may train in their own team) gets 404, a member who may not train 403.
+    "job-targets": ui(
+        "team", "training.run", base_version="{version_id}", dataset_version="{dataset_version_id}"
+    ),
     "job-detail": ui("team", "model.view"),
     # The world's job is queued: cancelling it ends it at once.
     "job-cancel": ui("team", "training.run", "POST"),

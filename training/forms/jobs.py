@@ -8,12 +8,15 @@ from django.db.models import QuerySet
 
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
+from portfolio.errors import Invalid
 from portfolio.registry.models import Model, ModelVersion
 from serving.forms.base import PoolSelect, ready_bases
 from serving.forms.base import VersionChoiceField as ServingVersionChoiceField
 from serving.models import ComputePool
+from training import architectures
 from training.choices import DatasetVersionStatus, JobStatus, Method
 from training.defaults import Hyperparameters
+from training.lora_targets import CHOICE_LABELS, MAX_NAME_LENGTH, MAX_TARGETS
 from training.models import DatasetVersion
 
 
@@ -75,8 +78,10 @@ HYPERPARAMETER_FIELDS = (
     "seed",
     "checkpoint_every",
     "early_stopping_patience",
+    "lora_targets",
+    "target_modules",
 )
-LORA_ONLY = frozenset({"lora_r", "lora_alpha"})
+LORA_ONLY = frozenset({"lora_r", "lora_alpha", "lora_targets", "target_modules"})
 
 
 def _number(placeholder, **attrs) -> forms.NumberInput:
@@ -126,9 +131,7 @@ class HyperparametersForm(forms.Form):
         max_value=256,
         required=False,
         widget=_number("auto"),
-        help_text="Blank: 8 under 1,000 rows, else 16. The layers adapted are chosen from the base's "
-        "architecture: its attention projections, and its MLP too on bases under 1B parameters or from "
-        "1,000 rows.",
+        help_text="Blank: 8 under 1,000 rows, else 16. The layers adapted: see LoRA layers below.",
     )
     lora_alpha = forms.IntegerField(
         label="LoRA alpha",
@@ -166,6 +169,32 @@ class HyperparametersForm(forms.Form):
         f"Blank: {DEFAULTS.early_stopping_patience}.",
     )
 
+    lora_targets = forms.ChoiceField(
+        label="LoRA layers",
+        required=False,
+        choices=[("", "Chosen from the base's family"), *CHOICE_LABELS.items()],
+        help_text="Which layers get adapters. Blank: a dense base its attention (and MLP on small bases or "
+        "from 1,000 rows); a mixture of experts its attention; a state-space model its Mamba projections; a "
+        "hybrid both; a vision-language model its language model only. Adapting experts turns LoRA "
+        "dropout off (peft adapts their fused weights only without it).",
+    )
+    target_modules = forms.CharField(
+        label="Target modules",
+        required=False,
+        max_length=MAX_TARGETS * (MAX_NAME_LENGTH + 2),
+        widget=forms.TextInput(attrs={"placeholder": "auto", "spellcheck": "false"}),
+        help_text="Layer names, separated by commas (q_proj, v_proj, experts.gate_up_proj): overrides the "
+        "choice above. A name the base does not have is refused before the job is queued.",
+    )
+
+    def clean_target_modules(self) -> list[str]:
+        text = self.cleaned_data.get("target_modules") or ""
+        names = [name for name in text.replace(",", " ").split() if name]
+        try:
+            return architectures.check_names(names)
+        except Invalid as exc:
+            raise forms.ValidationError(exc.message.partition(": ")[2]) from None
+
     def hyperparameter_fields(self) -> list[dict]:
         return [
             {"field": self[name], "methods": "lora qlora" if name in LORA_ONLY else ""}
@@ -177,7 +206,7 @@ class HyperparametersForm(forms.Form):
         return {
             name: self.cleaned_data[name]
             for name in HYPERPARAMETER_FIELDS
-            if self.cleaned_data.get(name) is not None
+            if self.cleaned_data.get(name) not in (None, "", [])
         }
 
     def hyperparameters_open(self) -> bool:

@@ -16,8 +16,9 @@ from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.billing import costs
 from portfolio.errors import Conflict, Invalid, NotFound
 from portfolio.formviews import submit
+from portfolio.registry.models import ModelVersion
 from portfolio.templatetags.formatting import compute_hours, duration_label
-from training import charts, finetune
+from training import architectures, charts, finetune
 from training.choices import JobStatus, Method
 from training.forms.jobs import HYPERPARAMETER_FIELDS, JobFilterForm, JobStartForm
 from training.models import DatasetVersion, FineTuneJob
@@ -142,7 +143,34 @@ def job_create(request):
     )
     if queued is not None:
         return queued
-    return render(request, "training/job_form.html", {"form": form})
+    try:
+        targets = _targets_context(actor, form.data if form.is_bound else form.initial)
+    except NotFound:
+        targets = {"base": None}  # a base or dataset version the form refuses as an invalid choice
+    return render(request, "training/job_form.html", {"form": form, **targets})
+
+
+def _targets_context(actor: Actor, values) -> dict:
+    """The preview of the layers LoRA adapts for the base, dataset version and choice in ``values``."""
+    base_id, dataset_id = str(values.get("base_version") or ""), str(values.get("dataset_version") or "")
+    if not base_id.isdigit():
+        return {"base": None}
+    base = gate.get_visible(actor, ModelVersion, pk=int(base_id))
+    rows = None
+    if dataset_id.isdigit():
+        rows = gate.get_visible(actor, DatasetVersion, pk=int(dataset_id)).train_count
+    choice = str(values.get("lora_targets") or "")
+    return {"base": base, "rows": rows, "preview": architectures.preview(base, rows or 0, choice)}
+
+
+@require_GET
+def job_targets(request):
+    """The start form's preview of the layers LoRA adapts for the chosen base (``base_version``), dataset
+    version (its train rows) and ``lora_targets`` choice, read from the base's config.json. Permission:
+    ``training.run`` in some team, as the form; a base or dataset version the actor may not see answers 404."""
+    actor = actor_of(request)
+    gate.require(actor, "training.run")
+    return render(request, "training/partials/job_targets.html", _targets_context(actor, request.GET))
 
 
 def _job_live_context(actor: Actor, job: FineTuneJob) -> dict:
@@ -187,6 +215,7 @@ HYPERPARAMETER_ORDER = (
     "lora_r",
     "lora_alpha",
     "lora_dropout",
+    "lora_targets",
     "seed",
     "checkpoint_every",
 )
@@ -198,6 +227,8 @@ def _hp_value(name: str, value) -> str:
         return "auto"
     if name == "learning_rate":
         return f"{value:g}"
+    if name == "lora_targets":
+        return value or "by the base's family"
     if name == "checkpoint_every" and not value:
         return "never"
     return str(value)
