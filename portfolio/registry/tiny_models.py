@@ -37,15 +37,21 @@ FAMILY_ARCHITECTURES = {
     Family.VISION_LANGUAGE: "gemma3",
     Family.SPEECH: "whisper",
 }
+# Gemma 3 marks where an image starts and ends and holds a place per image token: added to the tokenizer.
+GEMMA3_IMAGE_TOKENS = {
+    "boi_token": "<start_of_image>",
+    "eoi_token": "<end_of_image>",
+    "image_token": "<image_soft_token>",
+}
 # Tokenizer files copied next to the weights; the config and weights are the tiny model's own.
 TOKENIZER_SKIP = ("config.json", "generation_config.json")
 
 
-def _llama(t, vocab: int):
+def _llama(t, vocab: int, tokenizer):
     return t.LlamaForCausalLM(t.LlamaConfig(vocab_size=vocab, num_hidden_layers=2, **ATTENTION))
 
 
-def _qwen3_moe(t, vocab: int):
+def _qwen3_moe(t, vocab: int, tokenizer):
     config = t.Qwen3MoeConfig(
         vocab_size=vocab,
         num_hidden_layers=2,
@@ -57,14 +63,14 @@ def _qwen3_moe(t, vocab: int):
     return t.Qwen3MoeForCausalLM(config)
 
 
-def _mixtral(t, vocab: int):
+def _mixtral(t, vocab: int, tokenizer):
     config = t.MixtralConfig(
         vocab_size=vocab, num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2, **ATTENTION
     )
     return t.MixtralForCausalLM(config)
 
 
-def _mamba2(t, vocab: int):
+def _mamba2(t, vocab: int, tokenizer):
     config = t.Mamba2Config(
         vocab_size=vocab,
         hidden_size=HIDDEN,
@@ -79,7 +85,7 @@ def _mamba2(t, vocab: int):
     return t.Mamba2ForCausalLM(config)
 
 
-def _granitemoehybrid(t, vocab: int):
+def _granitemoehybrid(t, vocab: int, tokenizer):
     config = t.GraniteMoeHybridConfig(
         vocab_size=vocab,
         num_hidden_layers=4,
@@ -97,7 +103,7 @@ def _granitemoehybrid(t, vocab: int):
     return t.GraniteMoeHybridForCausalLM(config)
 
 
-def _gemma3(t, vocab: int):
+def _gemma3(t, vocab: int, tokenizer):
     text = {"model_type": "gemma3_text", "vocab_size": vocab, "num_hidden_layers": 2, **ATTENTION}
     vision = {
         "model_type": "siglip_vision_model",
@@ -112,14 +118,14 @@ def _gemma3(t, vocab: int):
         text_config=text,
         vision_config=vision,
         mm_tokens_per_image=4,  # 4x4 patches pooled to 2x2
-        boi_token_index=vocab - 3,
-        eoi_token_index=vocab - 2,
-        image_token_index=vocab - 1,
+        boi_token_index=tokenizer.convert_tokens_to_ids(GEMMA3_IMAGE_TOKENS["boi_token"]),
+        eoi_token_index=tokenizer.convert_tokens_to_ids(GEMMA3_IMAGE_TOKENS["eoi_token"]),
+        image_token_index=tokenizer.convert_tokens_to_ids(GEMMA3_IMAGE_TOKENS["image_token"]),
     )
     return t.Gemma3ForConditionalGeneration(config)
 
 
-def _whisper(t, vocab: int):
+def _whisper(t, vocab: int, tokenizer):
     config = t.WhisperConfig(
         vocab_size=vocab,
         d_model=HIDDEN,
@@ -168,10 +174,12 @@ def build(name: str, directory: Path, tokenizer_dir: Path, *, seed: int = 0) -> 
 
     architecture = architecture_for(name)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    # A multiple of 64 above the tokenizer's size: room for the image tokens, and kernels like round sizes.
-    vocab = (len(tokenizer) + 3 + 63) // 64 * 64
+    if architecture == "gemma3":
+        tokenizer.add_special_tokens({"additional_special_tokens": list(GEMMA3_IMAGE_TOKENS.values())})
+    # A multiple of 64 at or above the tokenizer's size: kernels like round sizes.
+    vocab = (len(tokenizer) + 63) // 64 * 64
     torch.manual_seed(seed)
-    model = BUILDERS[architecture](transformers, vocab).to(torch.bfloat16)
+    model = BUILDERS[architecture](transformers, vocab, tokenizer).to(torch.bfloat16)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     for path in Path(tokenizer_dir).iterdir():
@@ -180,6 +188,24 @@ def build(name: str, directory: Path, tokenizer_dir: Path, *, seed: int = 0) -> 
     if architecture == "whisper":
         # Speech is read as log-mel features: the feature extractor is part of a Whisper model's files.
         transformers.WhisperFeatureExtractor(feature_size=80).save_pretrained(directory)
+    if architecture == "gemma3":
+        # Engines read images through the model's processor: image size and tokens per image.
+        tokenizer = AutoTokenizer.from_pretrained(
+            _saved(tokenizer, directory), extra_special_tokens=GEMMA3_IMAGE_TOKENS
+        )
+        images = transformers.Gemma3ImageProcessorPil(size={"height": 64, "width": 64})
+        processor = transformers.Gemma3Processor(
+            image_processor=images,
+            tokenizer=tokenizer,
+            image_seq_length=4,
+            chat_template=tokenizer.chat_template,
+        )
+        processor.save_pretrained(directory)
+    return directory
+
+
+def _saved(tokenizer, directory: Path) -> Path:
+    tokenizer.save_pretrained(directory)
     return directory
 
 

@@ -70,6 +70,14 @@ def test_a_vision_language_model_measures_its_vision_tower_and_reads_its_decoder
     # The decoder's settings are nested under text_config: read there, the KV estimate is not zero.
     assert facts.shape["num_hidden_layers"] == 2 and facts.shape["num_key_value_heads"] == 1
     assert facts.context_length == 2048
+    # Engines read images through its processor, whose image token is the one the weights expect.
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_models["vision_language"])
+    config = config_of(tiny_models["vision_language"])
+    assert processor.tokenizer.image_token_id == config["image_token_index"]
+    assert processor.tokenizer.boi_token_id == config["boi_token_index"]
+    assert config["image_token_index"] < config["text_config"]["vocab_size"]
 
 
 def test_a_speech_model_is_an_encoder_decoder_with_cross_attention(tiny_models):
@@ -234,3 +242,5 @@ def test_an_imported_hybrid_stores_its_facts_and_its_page_shows_them(
     assert "State layers 3 of 4: 0,2-3" in text
     assert "Attention layers 1: 1" in text
     assert "4 experts, 2 active per token" in text
+    row = client.get(f"/api/v1/models/{model.name}/versions/{version.number}").json()
+    assert row["family"] == "hybrid" and row["architecture_facts"]["attention_layers"] == [1]
