@@ -92,7 +92,7 @@ def state_bytes_per_sequence(facts: dict) -> int:
     return int(len(facts.get("state_layers") or ()) * facts.get("state_elements_per_layer", 0) * 4)
 
 
-def _notes(facts: dict) -> tuple[str, ...]:
+def _notes(facts: dict, bytes_per_param: float) -> tuple[str, ...]:
     notes = []
     if facts.get("experts"):
         notes.append(
@@ -105,7 +105,7 @@ def _notes(facts: dict) -> tuple[str, ...]:
         )
     vision = facts.get("vision")
     if vision:
-        notes.append(f"vision tower {fmt_gib(int(vision['parameters'] * 2))}")
+        notes.append(f"vision tower {fmt_gib(int(vision['parameters'] * bytes_per_param))}")
     if facts.get("cross_attention_tokens"):
         notes.append(
             f"encoder-decoder: cross-attention over {facts['cross_attention_tokens']} encoder positions"
@@ -139,22 +139,20 @@ def estimate(
     state_per_sequence = state_bytes_per_sequence(facts)
     # At least one full-length sequence must fit in the cache for vLLM to start.
     one_sequence = kv_per_token * args["max_model_len"] + cross + state_per_sequence
-    notes = _notes(facts)
+    notes = _notes(facts, bytes_per_param)
     if pool_kind == PoolKind.CPU:
         kv = int(args["kv_cache_space_gib"] * GIB)
-        ram = weights + kv + CPU_RUNTIME_OVERHEAD
         return Estimate(
-            weights,
-            kv,
-            CPU_RUNTIME_OVERHEAD,
-            0,
-            0,
-            ram,
-            args["cpu_cores"],
-            0,
-            one_sequence,
-            kv_per_token,
-            notes,
+            weights_bytes=weights,
+            kv_bytes=kv,
+            overhead_bytes=CPU_RUNTIME_OVERHEAD,
+            per_gpu_bytes=0,
+            gpus=0,
+            ram_bytes=weights + kv + CPU_RUNTIME_OVERHEAD,
+            cores=args["cpu_cores"],
+            sequence_cache_bytes=one_sequence,
+            kv_bytes_per_token=kv_per_token,
+            notes=notes,
         )
     tp = args["tensor_parallel_size"]
     kv = kv_per_token * args["max_model_len"] + cross
@@ -162,7 +160,17 @@ def estimate(
     state = state_per_sequence * args.get("max_num_seqs", 1)
     per_gpu = (weights + kv + state) // tp + GPU_RUNTIME_OVERHEAD
     return Estimate(
-        weights, kv, GPU_RUNTIME_OVERHEAD, per_gpu, tp, 0, 0, state, one_sequence, kv_per_token, notes
+        weights_bytes=weights,
+        kv_bytes=kv,
+        overhead_bytes=GPU_RUNTIME_OVERHEAD,
+        per_gpu_bytes=per_gpu,
+        gpus=tp,
+        ram_bytes=0,
+        cores=0,
+        state_bytes=state,
+        sequence_cache_bytes=one_sequence,
+        kv_bytes_per_token=kv_per_token,
+        notes=notes,
     )
 
 
@@ -285,6 +293,11 @@ def _place_gpu(est: Estimate, nodes: list[NodeFree], args: dict) -> Placement:
     hint = ""
     if biggest_claim < est.per_gpu_bytes:
         hint = " Raise gpu_memory_utilization, use tensor_parallel_size, or a quantised version."
+        if est.state_bytes > est.kv_bytes:
+            # A state-space model's state is held for every running sequence: fewer at once need less.
+            hint += (
+                f" Or lower max_num_seqs ({args.get('max_num_seqs')}): each running sequence holds its state."
+            )
     raise Unschedulable(
         f"needs {fmt_gib(est.per_gpu_bytes)} on {where} ({est.describe()}); "
         f"the largest free is {fmt_gib(gpu.free_bytes)} on {node.name}:{gpu.index}.{hint}"

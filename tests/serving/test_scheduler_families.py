@@ -139,6 +139,17 @@ def test_a_state_space_model_needs_no_kv_cache_and_its_state_does_not_grow_with_
     assert long.per_gpu_bytes == long.weights_bytes + long.state_bytes + GPU_RUNTIME_OVERHEAD
 
 
+def test_a_state_space_model_refused_for_its_state_is_told_to_run_fewer_sequences_at_once():
+    args = gpu_args(max_num_seqs=1024)
+    # 64 layers x (5120 x 128 + 5376 x 3) numbers x 4 bytes: 164 MiB per sequence, 164 GiB for 1,024.
+    est = on(PoolKind.GPU, MAMBA2_2_7B, 2_700_000_000, args)
+    assert est.state_bytes == 64 * (5120 * 128 + 5376 * 3) * 4 * 1024
+    with pytest.raises(Unschedulable) as refused:
+        place(est, [gpu_node("gpu-01", gpu(0, 80, total_gib=80))], pool_kind=PoolKind.GPU, args=args)
+    assert "Or lower max_num_seqs (1024): each running sequence holds its state." in str(refused.value)
+    assert "KV cache 0.0 GiB + state" in str(refused.value)
+
+
 def test_on_cpu_a_cache_too_small_for_one_full_sequence_is_refused_with_both_ways_out():
     args = cpu_args(max_model_len=131072, kv_cache_space_gib=1)
     dense = on(PoolKind.CPU, QWEN3_30B_A3B, 30_532_122_624, args)
