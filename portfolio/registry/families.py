@@ -23,7 +23,9 @@ MAMBA1_TYPES = ("mamba", "falcon_mamba", "jamba")
 # Tensors that hold experts: one per expert (``.experts.3.``), stacked (``.experts.gate_up_proj``), or
 # Granite's stacked ``block_sparse_moe.input_linear``. Shared experts are always active and not matched.
 EXPERT_TENSOR = re.compile(r"\.experts\.|block_sparse_moe\.(input|output)_linear")
-VISION_TENSOR = re.compile(r"(^|\.)(vision_tower|vision_model|visual|multi_modal_projector|mm_projector)\.")
+VISION_TENSOR = re.compile(
+    r"(^|\.)(vision_tower|vision_model|visual|multi_modal_projector|mm_projector|connector)\."
+)
 
 
 def _int(config: dict, *keys: str) -> int:
@@ -128,7 +130,10 @@ def _numel(shape: list[int]) -> int:
 def _vision(config: dict, tensors: dict[str, list[int]]) -> dict:
     vision = config["vision_config"]
     size, patch = _int(vision, "image_size"), _int(vision, "patch_size")
-    tokens = _int(config, "mm_tokens_per_image") or ((size // patch) ** 2 if size and patch else 0)
+    # Idefics3 / SmolVLM merge scale x scale patches into one token (pixel shuffle).
+    scale = _int(config, "scale_factor") or 1
+    patches = (size // patch) ** 2 if size and patch else 0
+    tokens = _int(config, "mm_tokens_per_image", "image_seq_length") or patches // (scale * scale)
     parameters = sum(_numel(shape) for name, shape in tensors.items() if VISION_TENSOR.search(name))
     # A GGUF's vision tower lives in a separate projector file: then the weights hold none of it.
     in_weights = bool(parameters)

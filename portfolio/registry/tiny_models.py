@@ -11,6 +11,7 @@ multiple of 32), so an engine can load them.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,15 +35,25 @@ FAMILY_ARCHITECTURES = {
     Family.MOE: "qwen3_moe",
     Family.STATE_SPACE: "mamba2",
     Family.HYBRID: "granitemoehybrid",
-    Family.VISION_LANGUAGE: "gemma3",
+    # SmolVLM's architecture: vLLM CPU serves it here; its Gemma 3 and LLaVA code needs torchvision.
+    Family.VISION_LANGUAGE: "idefics3",
     Family.SPEECH: "whisper",
 }
-# Gemma 3 marks where an image starts and ends and holds a place per image token: added to the tokenizer.
+# Vision-language models mark where an image starts and ends and hold a place per image token: tokens added
+# to the tokenizer. Gemma 3 names them; Idefics3 (SmolVLM) also tags the tiles of a split image.
 GEMMA3_IMAGE_TOKENS = {
     "boi_token": "<start_of_image>",
     "eoi_token": "<end_of_image>",
     "image_token": "<image_soft_token>",
 }
+IDEFICS3_IMAGE_TOKENS = [
+    "<fake_token_around_image>",
+    "<image>",
+    "<end_of_utterance>",
+    "<global-img>",
+    *(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)),
+]
+IMAGE_TOKENS = {"gemma3": list(GEMMA3_IMAGE_TOKENS.values()), "idefics3": IDEFICS3_IMAGE_TOKENS}
 # Tokenizer files copied next to the weights; the config and weights are the tiny model's own.
 TOKENIZER_SKIP = ("config.json", "generation_config.json")
 
@@ -125,6 +136,27 @@ def _gemma3(t, vocab: int, tokenizer):
     return t.Gemma3ForConditionalGeneration(config)
 
 
+def _idefics3(t, vocab: int, tokenizer):
+    text = {"model_type": "llama", "vocab_size": vocab, "num_hidden_layers": 2, **ATTENTION}
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 1,
+        "image_size": 64,
+        "patch_size": 16,
+    }
+    config = t.Idefics3Config(
+        text_config=text,
+        vision_config=vision,
+        scale_factor=2,  # 4x4 patches shuffled into 2x2 tokens
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=True,
+        pad_token_id=0,
+    )
+    return t.Idefics3ForConditionalGeneration(config)
+
+
 def _whisper(t, vocab: int, tokenizer):
     config = t.WhisperConfig(
         vocab_size=vocab,
@@ -152,6 +184,7 @@ BUILDERS: dict[str, Callable] = {
     "mamba2": _mamba2,
     "granitemoehybrid": _granitemoehybrid,
     "gemma3": _gemma3,
+    "idefics3": _idefics3,
     "whisper": _whisper,
 }
 
@@ -174,8 +207,8 @@ def build(name: str, directory: Path, tokenizer_dir: Path, *, seed: int = 0) -> 
 
     architecture = architecture_for(name)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    if architecture == "gemma3":
-        tokenizer.add_special_tokens({"additional_special_tokens": list(GEMMA3_IMAGE_TOKENS.values())})
+    if architecture in IMAGE_TOKENS:
+        tokenizer.add_special_tokens({"additional_special_tokens": IMAGE_TOKENS[architecture]})
     # A multiple of 64 at or above the tokenizer's size: kernels like round sizes.
     vocab = (len(tokenizer) + 63) // 64 * 64
     torch.manual_seed(seed)
@@ -188,25 +221,28 @@ def build(name: str, directory: Path, tokenizer_dir: Path, *, seed: int = 0) -> 
     if architecture == "whisper":
         # Speech is read as log-mel features: the feature extractor is part of a Whisper model's files.
         transformers.WhisperFeatureExtractor(feature_size=80).save_pretrained(directory)
+    if architecture in IMAGE_TOKENS:
+        # Engines read images through the model's processor (image size, tokens per image): saved with it.
+        _image_processor(transformers, architecture, tokenizer).save_pretrained(directory)
+    return directory
+
+
+def _image_processor(t, architecture: str, tokenizer):
+    # The PIL image processors: the default ones need torchvision, which has no CPU build here.
     if architecture == "gemma3":
-        # Engines read images through the model's processor: image size and tokens per image.
-        tokenizer = AutoTokenizer.from_pretrained(
-            _saved(tokenizer, directory), extra_special_tokens=GEMMA3_IMAGE_TOKENS
+        with tempfile.TemporaryDirectory() as scratch:
+            tokenizer.save_pretrained(scratch)  # reloaded so that it knows which added token is which
+            named = t.AutoTokenizer.from_pretrained(scratch, extra_special_tokens=GEMMA3_IMAGE_TOKENS)
+        images = t.Gemma3ImageProcessorPil(size={"height": 64, "width": 64})
+        return t.Gemma3Processor(
+            image_processor=images, tokenizer=named, image_seq_length=4, chat_template=named.chat_template
         )
-        images = transformers.Gemma3ImageProcessorPil(size={"height": 64, "width": 64})
-        processor = transformers.Gemma3Processor(
-            image_processor=images,
-            tokenizer=tokenizer,
-            image_seq_length=4,
-            chat_template=tokenizer.chat_template,
-        )
-        processor.save_pretrained(directory)
-    return directory
-
-
-def _saved(tokenizer, directory: Path) -> Path:
-    tokenizer.save_pretrained(directory)
-    return directory
+    images = t.Idefics3ImageProcessorPil(
+        size={"longest_edge": 64}, max_image_size={"longest_edge": 64}, do_image_splitting=False
+    )
+    return t.Idefics3Processor(
+        image_processor=images, tokenizer=tokenizer, image_seq_len=4, chat_template=tokenizer.chat_template
+    )
 
 
 def save_demo_tokenizer(directory: Path) -> Path:

@@ -108,7 +108,7 @@ def store(request):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """One tiny random-weight model per family (and Mixtral), built once per run by the registry's own
+    """One tiny random-weight model per family (and Mixtral, Gemma 3), built once per run by the registry's own
     builder, with the SmolLM2 demo model's tokenizer: name -> folder."""
     from portfolio.registry import tiny_models as builder
 
@@ -116,5 +116,5 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     tokenizer = builder.save_demo_tokenizer(root / "tokenizer")
     return {
         name: builder.build(name, root / name, tokenizer)
-        for name in [*builder.FAMILY_ARCHITECTURES, "mixtral"]
+        for name in [*builder.FAMILY_ARCHITECTURES, "mixtral", "gemma3"]
     }

@@ -61,8 +61,9 @@ def test_a_hybrid_names_its_state_layers_and_its_attention_layers(tiny_models):
     assert arch["active_parameters"] < arch["total_parameters"] == facts.parameter_count
 
 
-def test_a_vision_language_model_measures_its_vision_tower_and_reads_its_decoder_shape(tiny_models):
-    facts = inspect_directory(tiny_models["vision_language"])
+@pytest.mark.parametrize("name", ["vision_language", "gemma3"])
+def test_a_vision_language_model_measures_its_vision_tower_and_reads_its_decoder_shape(tiny_models, name):
+    facts = inspect_directory(tiny_models[name])
     vision = facts.architecture_facts["vision"]
     assert facts.family == Family.VISION_LANGUAGE
     assert vision["in_weights"] and vision["layers"] == 1 and vision["tokens_per_image"] == 4
@@ -70,13 +71,17 @@ def test_a_vision_language_model_measures_its_vision_tower_and_reads_its_decoder
     # The decoder's settings are nested under text_config: read there, the KV estimate is not zero.
     assert facts.shape["num_hidden_layers"] == 2 and facts.shape["num_key_value_heads"] == 1
     assert facts.context_length == 2048
-    # Engines read images through its processor, whose image token is the one the weights expect.
+
+
+def test_a_vision_language_models_processor_knows_the_image_tokens_its_weights_expect(tiny_models):
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(tiny_models["vision_language"])
-    config = config_of(tiny_models["vision_language"])
-    assert processor.tokenizer.image_token_id == config["image_token_index"]
-    assert processor.tokenizer.boi_token_id == config["boi_token_index"]
+    smolvlm = AutoProcessor.from_pretrained(tiny_models["vision_language"])
+    assert smolvlm.image_token_id == config_of(tiny_models["vision_language"])["image_token_id"]
+    gemma = AutoProcessor.from_pretrained(tiny_models["gemma3"])
+    config = config_of(tiny_models["gemma3"])
+    assert gemma.tokenizer.image_token_id == config["image_token_index"]
+    assert gemma.tokenizer.boi_token_id == config["boi_token_index"]
     assert config["image_token_index"] < config["text_config"]["vocab_size"]
 
 
