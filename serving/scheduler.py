@@ -67,9 +67,11 @@ class Estimate:
 
 def kv_bytes_per_token(shape: dict, dtype_bytes: float = 2.0, facts: dict | None = None) -> int:
     """Keys and values of one token in every attention layer: only the attention layers of a hybrid (its
-    state layers keep no KV cache), none for a pure state-space model."""
+    state layers keep no KV cache), none for a pure state-space model, a compressed latent for DeepSeek's
+    multi-head latent attention."""
     if facts and "attention_layers" in facts:
-        return int(2 * len(facts["attention_layers"]) * facts["kv_heads"] * facts["head_dim"] * dtype_bytes)
+        per_layer = facts.get("kv_elements_per_layer") or 2 * facts["kv_heads"] * facts["head_dim"]
+        return int(len(facts["attention_layers"]) * per_layer * dtype_bytes)
     layers = int(shape.get("num_hidden_layers") or 0)
     heads = int(shape.get("num_attention_heads") or 0)
     kv_heads = int(shape.get("num_key_value_heads") or heads)

@@ -59,7 +59,8 @@ def layer_kinds(text: dict) -> list[str]:
     model_type = str(text.get("model_type", ""))
     for key in ("layer_types", "layers_block_type"):
         value = text.get(key)
-        if isinstance(value, list) and len(value) == n:
+        # Nemotron-H has no layer count of its own: its list of blocks is the count.
+        if isinstance(value, list) and len(value) == (n or len(value)):
             return [_kind_of(v) for v in value]
     pattern = text.get("hybrid_override_pattern")
     if isinstance(pattern, str) and len(pattern) == n:
@@ -170,6 +171,7 @@ def read(
             "state_layers": [],
             "kv_heads": heads,
             "head_dim": d_model // heads if heads else 0,
+            "kv_elements_per_layer": 2 * d_model,
             "encoder_layers": _int(config, "encoder_layers"),
             "decoder_layers": decoder_layers,
             "num_mel_bins": _int(config, "num_mel_bins"),
@@ -189,6 +191,12 @@ def read(
         "head_dim": _int(text, "head_dim") or (hidden // heads if heads else 0),
         "hidden_size": hidden,
     }
+    # Numbers cached per token in each attention layer: keys and values, or (multi-head latent attention,
+    # DeepSeek) one compressed latent and the rotary part of the key.
+    if _int(text, "kv_lora_rank"):
+        facts["kv_elements_per_layer"] = _int(text, "kv_lora_rank") + _int(text, "qk_rope_head_dim")
+    else:
+        facts["kv_elements_per_layer"] = 2 * facts["kv_heads"] * facts["head_dim"]
     if facts["state_layers"]:
         facts["state_elements_per_layer"] = state_elements_per_layer(text)
     experts = _int(text, "num_local_experts", "num_experts", "n_routed_experts")

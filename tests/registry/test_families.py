@@ -176,6 +176,8 @@ def test_falcon_h1_runs_attention_and_state_side_by_side_in_every_layer():
             [2],
             [0, 1],
         ),
+        # Nemotron-H in transformers' own form: the list of blocks is the layer count.
+        ({"layers_block_type": ["linear_attention", "moe", "full_attention", "mlp"]}, [2], [0]),
         # Gemma 3: sliding-window attention is still attention.
         ({"layer_types": ["sliding_attention", "full_attention"], "num_hidden_layers": 2}, [0, 1], []),
         ({"model_type": "mamba", "num_hidden_layers": 2, "state_size": 16}, [], [0, 1]),

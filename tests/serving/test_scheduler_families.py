@@ -100,6 +100,25 @@ def test_a_moe_holds_every_expert_in_memory_not_only_the_active_ones():
     assert "all 128 experts resident, 8 active per token" in est.describe()
 
 
+def test_deepseeks_latent_attention_caches_one_compressed_latent_per_token_and_layer():
+    config = {
+        "model_type": "deepseek_v3",
+        "num_hidden_layers": 61,
+        "hidden_size": 7168,
+        "num_attention_heads": 128,
+        "num_key_value_heads": 128,
+        "kv_lora_rank": 512,
+        "qk_rope_head_dim": 64,
+        "n_routed_experts": 256,
+        "num_experts_per_tok": 8,
+        "first_k_dense_replace": 3,
+        "moe_intermediate_size": 2048,
+    }
+    est = on(PoolKind.GPU, config, 671_000_000_000, gpu_args(max_model_len=4096))
+    assert est.kv_bytes == 61 * (512 + 64) * 2 * 4096  # not 61 x 2 x 128 heads x 56 per token
+    assert families.read(config)["expert_parameters"] == 58 * 256 * 3 * 7168 * 2048
+
+
 def test_a_moe_too_big_for_one_gpu_is_refused_with_what_to_change():
     est = on(PoolKind.GPU, QWEN3_30B_A3B, 30_532_122_624, gpu_args())
     with pytest.raises(Unschedulable) as refused:
