@@ -14,6 +14,7 @@ import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from portfolio.registry import families, jsonfiles
 
@@ -73,16 +74,21 @@ SHAPE_KEYS = (
 
 def safetensors_header(path: Path) -> dict:
     with path.open("rb") as handle:
-        raw = handle.read(8)
-        if len(raw) != 8:
-            raise InspectionError(f"{path.name}: not a safetensors file (too short)")
-        (length,) = struct.unpack("<Q", raw)
-        if length > MAX_HEADER_BYTES:
-            raise InspectionError(f"{path.name}: safetensors header of {length} bytes is implausible")
-        try:
-            return json.loads(handle.read(length))
-        except ValueError as exc:
-            raise InspectionError(f"{path.name}: safetensors header is not valid JSON") from exc
+        return read_safetensors_header(handle, path.name)
+
+
+def read_safetensors_header(handle: BinaryIO, name: str) -> dict:
+    """The JSON header at the start of a safetensors stream (a file, or a blob in the artifact store)."""
+    raw = handle.read(8)
+    if len(raw) != 8:
+        raise InspectionError(f"{name}: not a safetensors file (too short)")
+    (length,) = struct.unpack("<Q", raw)
+    if length > MAX_HEADER_BYTES:
+        raise InspectionError(f"{name}: safetensors header of {length} bytes is implausible")
+    try:
+        return json.loads(handle.read(length))
+    except ValueError as exc:
+        raise InspectionError(f"{name}: safetensors header is not valid JSON") from exc
 
 
 def _read_json(path: Path) -> dict:

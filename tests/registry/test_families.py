@@ -10,7 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from portfolio.registry import families
-from portfolio.registry.choices import Family
+from portfolio.registry.choices import Family, Source, VersionStatus
 from portfolio.registry.inspection import inspect_directory
 
 
@@ -205,17 +205,12 @@ def test_an_odd_config_value_is_ignored_not_trusted():
 
 
 # --- Stored with the version, shown on its page ----------------------------------------------------
-@pytest.mark.django_db
-def test_an_imported_hybrid_stores_its_facts_and_its_page_shows_them(
-    tiny_models, org, team, settings, tmp_path, client
-):
-    import re
+@pytest.fixture
+def imported(tiny_models, org, team, settings, tmp_path):
+    """Import a tiny model of ``name`` as a ready version, through the importer and the artifact store."""
     import shutil
 
-    from django.urls import reverse
-
     from portfolio.registry import services
-    from portfolio.registry.choices import Source, VersionStatus
     from portfolio.registry.stores import default_store
     from portfolio.registry.tasks import import_version
     from tests.conftest import actor_for
@@ -224,30 +219,73 @@ def test_an_imported_hybrid_stores_its_facts_and_its_page_shows_them(
     settings.ARTIFACT_ROOT = tmp_path / "artifacts"
     settings.ARTIFACT_CACHE = tmp_path / "cache"
     default_store.cache_clear()
-    try:
-        shutil.copytree(tiny_models["hybrid"], settings.IMPORT_ROOTS[0] / "granite-tiny")
+
+    def import_(name: str):
+        folder = shutil.copytree(tiny_models[name], settings.IMPORT_ROOTS[0] / name)
         engineer = actor_for(org["engineer"])
-        model = services.create_model(actor=engineer, name="granite-tiny", owner_team=team)
+        model = services.create_model(actor=engineer, name=f"tiny-{name}".replace("_", "-"), owner_team=team)
         version = services.start_import(
-            actor=engineer,
-            model=model,
-            source=Source.LOCAL,
-            ref=str(settings.IMPORT_ROOTS[0] / "granite-tiny"),
-            enqueue=False,
+            actor=engineer, model=model, source=Source.LOCAL, ref=str(folder), enqueue=False
         )
         import_version(version.pk)
         version.refresh_from_db()
-    finally:
-        default_store.cache_clear()
-    assert version.status == VersionStatus.READY, version.status_detail
+        assert version.status == VersionStatus.READY, version.status_detail
+        return version
+
+    yield import_
+    default_store.cache_clear()
+
+
+@pytest.mark.django_db
+def test_an_imported_hybrid_stores_its_facts_and_its_page_shows_them(imported, org, client):
+    import re
+
+    from django.urls import reverse
+
+    version = imported("hybrid")
     assert version.family == Family.HYBRID
     assert version.architecture_facts["state_layers"] == [0, 2, 3]
     client.force_login(org["viewer"])
-    page = client.get(reverse("version-detail", args=[model.name, version.number])).content.decode()
+    page = client.get(reverse("version-detail", args=[version.model.name, version.number])).content.decode()
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
     assert "Hybrid (attention + state-space)" in text
     assert "State layers 3 of 4: 0,2-3" in text
     assert "Attention layers 1: 1" in text
     assert "4 experts, 2 active per token" in text
-    row = client.get(f"/api/v1/models/{model.name}/versions/{version.number}").json()
+    row = client.get(f"/api/v1/models/{version.model.name}/versions/{version.number}").json()
     assert row["family"] == "hybrid" and row["architecture_facts"]["attention_layers"] == [1]
+
+
+@pytest.mark.django_db
+def test_versions_imported_before_families_are_read_from_their_stored_headers_once(imported, org, team):
+    from portfolio.audit.models import AuditEvent
+    from portfolio.registry import services
+    from portfolio.registry.choices import VersionKind
+    from portfolio.registry.models import ModelVersion
+    from tests.conftest import actor_for
+
+    vlm = imported("vision_language")
+    expected = (vlm.family, vlm.architecture_facts, vlm.shape)
+    adapter_model = services.create_model(actor=actor_for(org["engineer"]), name="vlm-tone", owner_team=team)
+    adapter = ModelVersion.objects.create(
+        model=adapter_model,
+        number=1,
+        kind=VersionKind.ADAPTER,
+        base_version=vlm,
+        source=Source.FINE_TUNE,
+        artifact=vlm.artifact,
+        status=VersionStatus.READY,
+    )
+    # As an earlier release left them: no family, and a vision-language shape read from the wrong level.
+    ModelVersion.objects.filter(pk__in=[vlm.pk, adapter.pk]).update(
+        family="", architecture_facts={}, shape={}
+    )
+
+    call_command("read_architectures")
+    vlm.refresh_from_db()
+    adapter.refresh_from_db()
+    assert (vlm.family, vlm.architecture_facts, vlm.shape) == expected
+    assert (adapter.family, adapter.architecture_facts) == (Family.VISION_LANGUAGE, vlm.architecture_facts)
+    assert AuditEvent.objects.filter(action="model_version.architecture").count() == 2
+    call_command("read_architectures")
+    assert AuditEvent.objects.filter(action="model_version.architecture").count() == 2
