@@ -100,6 +100,7 @@ def reconcile_deployment(deployment_id: int) -> set[str]:
                 shape=deployment.version.shape,
                 args=args,
                 adapter_parameters=_adapter_parameters(deployment),
+                facts=deployment.version.architecture_facts,
             )
             # Placements in a pool take turns: never two replicas on one core (CPU) or GPU; fine-tune jobs claim
             # GPUs under the same lock (training.finetune).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from portfolio.templatetags.formatting import GIB, gib
+from portfolio.templatetags.formatting import GIB, gib, index_ranges
 from serving.choices import NodeState, PoolKind
 
 BYTES_PER_PARAM = {
@@ -47,15 +47,31 @@ class Estimate:
     gpus: int
     ram_bytes: int  # what the node's RAM must hold (CPU pools)
     cores: int
+    # State-space layers' fixed state per sequence, for every sequence served at once (GPU pools; on CPU
+    # it lives in the fixed cache space, with the KV cache).
+    state_bytes: int = 0
+    # What one sequence of ``max_model_len`` tokens needs in the cache (KV of the attention layers, their
+    # cross-attention, state): a CPU engine refuses to start when its cache space holds less.
+    sequence_cache_bytes: int = 0
+    kv_bytes_per_token: int = 0
+    notes: tuple[str, ...] = ()  # what the architecture changed, in words
 
     def describe(self) -> str:
+        state = f" + state {fmt_gib(self.state_bytes)}" if self.state_bytes else ""
+        notes = f" ({'; '.join(self.notes)})" if self.notes else ""
         return (
-            f"weights {fmt_gib(self.weights_bytes)} + KV cache {fmt_gib(self.kv_bytes)} + "
-            f"runtime {fmt_gib(self.overhead_bytes)}"
+            f"weights {fmt_gib(self.weights_bytes)} + KV cache {fmt_gib(self.kv_bytes)}{state} + "
+            f"runtime {fmt_gib(self.overhead_bytes)}{notes}"
         )
 
 
-def kv_bytes_per_token(shape: dict, dtype_bytes: float = 2.0) -> int:
+def kv_bytes_per_token(shape: dict, dtype_bytes: float = 2.0, facts: dict | None = None) -> int:
+    """Keys and values of one token in every attention layer: only the attention layers of a hybrid (its
+    state layers keep no KV cache), none for a pure state-space model, a compressed latent for DeepSeek's
+    multi-head latent attention."""
+    if facts and "attention_layers" in facts:
+        per_layer = facts.get("kv_elements_per_layer") or 2 * facts["kv_heads"] * facts["head_dim"]
+        return int(len(facts["attention_layers"]) * per_layer * dtype_bytes)
     layers = int(shape.get("num_hidden_layers") or 0)
     heads = int(shape.get("num_attention_heads") or 0)
     kv_heads = int(shape.get("num_key_value_heads") or heads)
@@ -64,22 +80,100 @@ def kv_bytes_per_token(shape: dict, dtype_bytes: float = 2.0) -> int:
     return int(2 * layers * kv_heads * head_dim * dtype_bytes)
 
 
+def cross_attention_bytes(facts: dict, dtype_bytes: float = 2.0) -> int:
+    """An encoder-decoder's (Whisper's) per-sequence KV of the encoder output, in every decoder layer."""
+    tokens = facts.get("cross_attention_tokens") or 0
+    return int(
+        2 * facts.get("decoder_layers", 0) * facts["kv_heads"] * facts["head_dim"] * tokens * dtype_bytes
+    )
+
+
+def state_bytes_per_sequence(facts: dict) -> int:
+    """The fixed state of one sequence in every state layer, whatever its length. Counted in float32:
+    vLLM keeps SSM state in float32 on CPU and by default for most hybrids on GPU."""
+    return int(len(facts.get("state_layers") or ()) * facts.get("state_elements_per_layer", 0) * 4)
+
+
+def _notes(facts: dict, bytes_per_param: float) -> tuple[str, ...]:
+    notes = []
+    if facts.get("experts"):
+        notes.append(
+            f"all {facts['experts']} experts resident, {facts['experts_per_token']} active per token"
+        )
+    layers, attention = facts.get("layers", 0), len(facts.get("attention_layers") or ())
+    if facts.get("state_layers"):
+        notes.append(
+            f"KV cache for {attention} of {layers} layers; {len(facts['state_layers'])} keep a fixed state"
+        )
+    vision = facts.get("vision")
+    if vision:
+        notes.append(f"vision tower {fmt_gib(int(vision['parameters'] * bytes_per_param))}")
+    if facts.get("cross_attention_tokens"):
+        notes.append(
+            f"encoder-decoder: cross-attention over {facts['cross_attention_tokens']} encoder positions"
+        )
+    return tuple(notes)
+
+
 def estimate(
-    *, pool_kind: str, parameter_count: int, shape: dict, args: dict, adapter_parameters: int = 0
+    *,
+    pool_kind: str,
+    parameter_count: int,
+    shape: dict,
+    args: dict,
+    adapter_parameters: int = 0,
+    facts: dict | None = None,
 ) -> Estimate:
+    """What a replica needs. ``facts``: the version's architecture facts (``registry.families``); without
+    them (versions imported before they were read) every layer is taken to be attention."""
+    facts = facts or {}
     dtype = args.get("quantization") or args.get("dtype", "bfloat16")
-    weights = int((parameter_count + adapter_parameters) * BYTES_PER_PARAM.get(dtype, 2.0))
+    bytes_per_param = BYTES_PER_PARAM.get(dtype, 2.0)
+    # Every expert is resident, however few run per token: a MoE's weights are its total parameters.
+    parameters = parameter_count + adapter_parameters
+    vision = facts.get("vision") or {}
+    if vision and not vision.get("in_weights"):
+        parameters += vision.get("parameters", 0)  # the tower is a separate file (a GGUF's projector)
+    weights = int(parameters * bytes_per_param)
+    kv_dtype_bytes = 4.0 if args.get("dtype") == "float32" else 2.0
+    kv_per_token = kv_bytes_per_token(shape, kv_dtype_bytes, facts)
+    cross = cross_attention_bytes(facts, kv_dtype_bytes) if facts.get("cross_attention_tokens") else 0
+    state_per_sequence = state_bytes_per_sequence(facts)
+    # At least one full-length sequence must fit in the cache for vLLM to start.
+    one_sequence = kv_per_token * args["max_model_len"] + cross + state_per_sequence
+    notes = _notes(facts, bytes_per_param)
     if pool_kind == PoolKind.CPU:
         kv = int(args["kv_cache_space_gib"] * GIB)
         return Estimate(
-            weights, kv, CPU_RUNTIME_OVERHEAD, 0, 0, weights + kv + CPU_RUNTIME_OVERHEAD, args["cpu_cores"]
+            weights_bytes=weights,
+            kv_bytes=kv,
+            overhead_bytes=CPU_RUNTIME_OVERHEAD,
+            per_gpu_bytes=0,
+            gpus=0,
+            ram_bytes=weights + kv + CPU_RUNTIME_OVERHEAD,
+            cores=args["cpu_cores"],
+            sequence_cache_bytes=one_sequence,
+            kv_bytes_per_token=kv_per_token,
+            notes=notes,
         )
     tp = args["tensor_parallel_size"]
-    # At least one full-length sequence must fit in the KV cache for vLLM to start.
-    kv_dtype_bytes = 4.0 if args.get("dtype") == "float32" else 2.0
-    kv = kv_bytes_per_token(shape, kv_dtype_bytes) * args["max_model_len"]
-    per_gpu = (weights + kv) // tp + GPU_RUNTIME_OVERHEAD
-    return Estimate(weights, kv, GPU_RUNTIME_OVERHEAD, per_gpu, tp, 0, 0)
+    kv = kv_per_token * args["max_model_len"] + cross
+    # State does not grow with length but is held for every sequence running at once.
+    state = state_per_sequence * args.get("max_num_seqs", 1)
+    per_gpu = (weights + kv + state) // tp + GPU_RUNTIME_OVERHEAD
+    return Estimate(
+        weights_bytes=weights,
+        kv_bytes=kv,
+        overhead_bytes=GPU_RUNTIME_OVERHEAD,
+        per_gpu_bytes=per_gpu,
+        gpus=tp,
+        ram_bytes=0,
+        cores=0,
+        state_bytes=state,
+        sequence_cache_bytes=one_sequence,
+        kv_bytes_per_token=kv_per_token,
+        notes=notes,
+    )
 
 
 @dataclass
@@ -126,6 +220,7 @@ def place(
     avoid = avoid or set()
     ordered = sorted(usable, key=lambda n: (n.name in avoid, n.name))
     if pool_kind == PoolKind.CPU:
+        _refuse_a_cache_too_small(estimate_, args)
         return _place_cpu(estimate_, ordered, avoid)
     return _place_gpu(estimate_, ordered, args)
 
@@ -142,16 +237,24 @@ def choose_cores(free: list[int], count: int) -> tuple[int, ...]:
 
 def cpu_list(ids: list[int] | tuple[int, ...]) -> str:
     """Core ids as vLLM's ``VLLM_CPU_OMP_THREADS_BIND`` (and a person) reads them: ``0-3,6``."""
-    parts: list[str] = []
-    ordered = sorted(ids)
-    i = 0
-    while i < len(ordered):
-        j = i
-        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
-            j += 1
-        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
-        i = j + 1
-    return ",".join(parts)
+    return index_ranges(ids)
+
+
+def _refuse_a_cache_too_small(est: Estimate, args: dict) -> None:
+    """vLLM CPU refuses to start when its cache space cannot hold one ``max_model_len`` sequence: say so
+    before a replica is started, with the two ways out."""
+    if est.sequence_cache_bytes <= est.kv_bytes:
+        return
+    length = args["max_model_len"]
+    per_token = est.kv_bytes_per_token
+    fixed = est.sequence_cache_bytes - per_token * length  # cross-attention and state: not per token
+    fits = max(0, (est.kv_bytes - fixed) // per_token) if per_token else 0
+    shorter = f" or lower max_model_len to {fits}" if fits >= 64 else ""
+    raise Unschedulable(
+        f"one sequence of max_model_len {length} tokens needs {fmt_gib(est.sequence_cache_bytes)} of KV cache, "
+        f"more than kv_cache_space_gib {args['kv_cache_space_gib']}: raise kv_cache_space_gib to "
+        f"{-(-est.sequence_cache_bytes // GIB)}{shorter}."
+    )
 
 
 def _place_cpu(est: Estimate, nodes: list[NodeFree], avoid: set[str]) -> Placement:
@@ -192,6 +295,11 @@ def _place_gpu(est: Estimate, nodes: list[NodeFree], args: dict) -> Placement:
     hint = ""
     if biggest_claim < est.per_gpu_bytes:
         hint = " Raise gpu_memory_utilization, use tensor_parallel_size, or a quantised version."
+        if est.state_bytes > est.kv_bytes:
+            # A state-space model's state is held for every running sequence: fewer at once need less.
+            hint += (
+                f" Or lower max_num_seqs ({args.get('max_num_seqs')}): each running sequence holds its state."
+            )
     raise Unschedulable(
         f"needs {fmt_gib(est.per_gpu_bytes)} on {where} ({est.describe()}); "
         f"the largest free is {fmt_gib(gpu.free_bytes)} on {node.name}:{gpu.index}.{hint}"

@@ -48,6 +48,7 @@ class AuditAction(models.TextChoices):
     MODEL_VERSION_CHAT_TEMPLATE = "model_version.chat_template", "Chat template set"
     MODEL_VERSION_ARCHIVE = "model_version.archive", "Version archived"
     MODEL_VERSION_CORRUPT = "model_version.corrupt", "Version's files found corrupt"
+    MODEL_VERSION_ARCHITECTURE = "model_version.architecture", "Version's architecture read from its files"
     # Serving: pools, nodes, deployments, endpoints
     POOL_CREATE = "pool.create", "Pool created"
     POOL_UPDATE = "pool.update", "Pool changed"

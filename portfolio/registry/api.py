@@ -84,6 +84,8 @@ class VersionOut(Schema):
     dtype: str
     quantization: str
     has_chat_template: bool
+    family: str
+    architecture_facts: dict[str, Any]
     metrics: dict[str, Any]
     health: str | None = None
     created_at: datetime

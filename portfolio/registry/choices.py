@@ -56,3 +56,14 @@ class Health(models.TextChoices):
     UNKNOWN = "unknown", "Not verified yet"
     OK = "ok", "Verified"
     CORRUPT = "corrupt", "Corrupted"
+
+
+class Family(models.TextChoices):
+    """What a base model is built of, which decides its memory, LoRA targets and engine arguments."""
+
+    DENSE = "dense", "Dense decoder"
+    MOE = "moe", "Mixture of experts"
+    STATE_SPACE = "state_space", "State-space"
+    HYBRID = "hybrid", "Hybrid (attention + state-space)"
+    VISION_LANGUAGE = "vision_language", "Vision-language"
+    SPEECH = "speech", "Speech (encoder-decoder)"

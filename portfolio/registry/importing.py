@@ -182,6 +182,9 @@ def complete_import(
     base = version.base_version
     version.has_chat_template = base.has_chat_template if base is not None else facts.has_chat_template
     version.shape = facts.shape
+    # An adapter is served on its base: its family and architecture are the base's.
+    version.family = base.family if base is not None else facts.family
+    version.architecture_facts = base.architecture_facts if base is not None else facts.architecture_facts
     if facts.adapter:
         version.metrics = {**version.metrics, "adapter": facts.adapter}
     if not version.model_card:
@@ -202,6 +205,8 @@ def complete_import(
             "quantization",
             "has_chat_template",
             "shape",
+            "family",
+            "architecture_facts",
             "metrics",
             "model_card",
             "status",

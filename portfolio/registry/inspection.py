@@ -14,8 +14,9 @@ import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
-from portfolio.registry import jsonfiles
+from portfolio.registry import families, jsonfiles
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 CODE_SUFFIXES = (".py",)
@@ -53,6 +54,10 @@ class ModelFacts:
     pickle_files: list[str] = field(default_factory=list)
     # The shape facts the scheduler's memory estimate needs (KV cache size per token).
     shape: dict = field(default_factory=dict)
+    # Dense / MoE / state-space / hybrid / vision-language / speech, with what serving needs of each
+    # (``families.read``); empty for adapters, which serve on their base.
+    family: str = ""
+    architecture_facts: dict = field(default_factory=dict)
 
 
 SHAPE_KEYS = (
@@ -69,16 +74,21 @@ SHAPE_KEYS = (
 
 def safetensors_header(path: Path) -> dict:
     with path.open("rb") as handle:
-        raw = handle.read(8)
-        if len(raw) != 8:
-            raise InspectionError(f"{path.name}: not a safetensors file (too short)")
-        (length,) = struct.unpack("<Q", raw)
-        if length > MAX_HEADER_BYTES:
-            raise InspectionError(f"{path.name}: safetensors header of {length} bytes is implausible")
-        try:
-            return json.loads(handle.read(length))
-        except ValueError as exc:
-            raise InspectionError(f"{path.name}: safetensors header is not valid JSON") from exc
+        return read_safetensors_header(handle, path.name)
+
+
+def read_safetensors_header(handle: BinaryIO, name: str) -> dict:
+    """The JSON header at the start of a safetensors stream (a file, or a blob in the artifact store)."""
+    raw = handle.read(8)
+    if len(raw) != 8:
+        raise InspectionError(f"{name}: not a safetensors file (too short)")
+    (length,) = struct.unpack("<Q", raw)
+    if length > MAX_HEADER_BYTES:
+        raise InspectionError(f"{name}: safetensors header of {length} bytes is implausible")
+    try:
+        return json.loads(handle.read(length))
+    except ValueError as exc:
+        raise InspectionError(f"{name}: safetensors header is not valid JSON") from exc
 
 
 def _read_json(path: Path) -> dict:
@@ -107,6 +117,7 @@ def inspect_directory(directory: Path) -> ModelFacts:
     weights = sorted(p for p in files if p.suffix == ".safetensors")
     counts: Counter[str] = Counter()
     parameters = 0
+    tensors: dict[str, list[int]] = {}
     for path in weights:
         for name, tensor in safetensors_header(path).items():
             if name == "__metadata__":
@@ -114,6 +125,7 @@ def inspect_directory(directory: Path) -> ModelFacts:
             n = math.prod(tensor.get("shape") or [1])
             parameters += n
             counts[tensor.get("dtype", "")] += n
+            tensors[name] = list(tensor.get("shape") or [])
     if weights:
         facts.parameter_count = parameters
         facts.dtype = SAFETENSORS_DTYPES.get(counts.most_common(1)[0][0], counts.most_common(1)[0][0].lower())
@@ -142,17 +154,28 @@ def inspect_directory(directory: Path) -> ModelFacts:
             facts.needs_remote_code = True
         architectures = config.get("architectures") or []
         facts.architecture = architectures[0] if architectures else config.get("model_type", "")
-        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-            if isinstance(config.get(key), int):
-                facts.context_length = config[key]
-                break
+        text = families.text_config(config)
+        # A vision-language model's length is its decoder's; Whisper's is its decoder's too.
+        keys = (
+            "max_position_embeddings",
+            "n_positions",
+            "max_sequence_length",
+            "seq_length",
+            "max_target_positions",
+        )
+        facts.context_length = next(
+            (c[k] for c in (config, text) for k in keys if isinstance(c.get(k), int)), None
+        )
         facts.dtype = facts.dtype or str(config.get("torch_dtype") or config.get("dtype") or "")
         quantization = config.get("quantization_config") or {}
         facts.quantization = (
             str(quantization.get("quant_method", "")) if isinstance(quantization, dict) else ""
         )
         facts.format = "safetensors" if weights else ("pickle" if facts.pickle_files else "")
-        facts.shape = {key: config[key] for key in SHAPE_KEYS if key in config}
+        facts.shape = {key: text[key] for key in SHAPE_KEYS if key in text}
+        if config:
+            facts.architecture_facts = families.read(config, tensors, facts.parameter_count)
+            facts.family = facts.architecture_facts["family"]
     tokenizer_config = _read_json(directory / "tokenizer_config.json")
     facts.has_chat_template = (
         bool(tokenizer_config.get("chat_template")) or (directory / "chat_template.jinja").exists()

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from portfolio.accounts.models import Team
 from portfolio.accounts.scoping import TeamScopedQuerySet
-from portfolio.registry.choices import Health, Source, Task, VersionKind, VersionStatus, Visibility
+from portfolio.registry.choices import Family, Health, Source, Task, VersionKind, VersionStatus, Visibility
 
 if TYPE_CHECKING:
     from portfolio.registry.hashing import Manifest
@@ -182,6 +182,12 @@ class ModelVersion(models.Model):
     has_chat_template = models.BooleanField(default=True)
     shape = models.JSONField(
         default=dict, blank=True, help_text="Layers, heads, hidden size: for memory estimates"
+    )
+    family = models.CharField(max_length=20, choices=Family.choices, blank=True)
+    architecture_facts = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Experts, state and attention layers, vision tower: read from the config at import",
     )
     metrics = models.JSONField(default=dict, blank=True)
     model_card = models.TextField(blank=True)

@@ -289,6 +289,8 @@ def _register_derived(
         quantization=parent.quantization,
         has_chat_template=True,
         shape=parent.shape,
+        family=parent.family,
+        architecture_facts=parent.architecture_facts,
         model_card=parent.model_card,
         # Eval scores are not carried over: a new template changes every chat prompt the model sees.
         status=VersionStatus.READY,
@@ -444,6 +446,9 @@ def register_trained_version(
         dtype=facts.dtype,
         has_chat_template=base_version.has_chat_template,
         shape=facts.shape or base_version.shape,
+        # A full fine-tune has its own config; an adapter serves on its base and is what the base is.
+        family=facts.family or base_version.family,
+        architecture_facts=facts.architecture_facts or base_version.architecture_facts,
         metrics={**metrics, **({"adapter": facts.adapter} if facts.adapter else {})},
         model_card=model_card,
         status=VersionStatus.READY,

@@ -77,3 +77,18 @@ def compute_hours(seconds: float) -> str:
     """Compute hours with enough digits to show a short job: "0.012", "1.50"."""
     value = seconds / 3600
     return f"{value:.3f}" if 0 < value < 0.1 else f"{value:,.2f}"
+
+
+@register.filter
+def index_ranges(ids) -> str:
+    """Numbers as runs: ``[0, 1, 2, 3, 6]`` -> ``0-3,6`` (cores of a replica, layers of a model)."""
+    parts: list[str] = []
+    ordered = sorted(ids or ())
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)

@@ -33,6 +33,7 @@ def _preflight(version: ModelVersion, pool: ComputePool, args: dict, adapter_par
         shape=version.shape,
         args=args,
         adapter_parameters=adapter_parameters,
+        facts=version.architecture_facts,
     )
     try:
         scheduler.place(estimate, pool_capacity(pool), pool_kind=pool.kind, args=args)

