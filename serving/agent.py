@@ -137,7 +137,7 @@ def _start(replica: Replica, node: Node) -> None:
         event(replica, "failed", f"Cannot start: stored files are corrupted ({exc}).")
         return
     port = processes.free_port(node.address)
-    args = engine_args.validate(deployment.engine_args, deployment.pool.kind)
+    args = engine_args.for_deployment(deployment)
     launch = engine_args.build(
         python=settings.ENGINE_PYTHON[deployment.pool.kind],
         pool_kind=deployment.pool.kind,

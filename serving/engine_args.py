@@ -116,6 +116,11 @@ def validate(args: dict, pool_kind: str, family: str = DEFAULT_FAMILY) -> dict:
     return resolved
 
 
+def for_deployment(deployment) -> dict:
+    """A deployment's full argument set, checked against its pool kind and its version's family."""
+    return validate(deployment.engine_args, deployment.pool.kind, deployment.version.family or DEFAULT_FAMILY)
+
+
 # The middleware that keeps every engine path behind the replica's key (vLLM's own check covers /v1 and a
 # few other prefixes only): a standard-library module in this folder, put on the engine's PYTHONPATH.
 GUARD_DIR = Path(__file__).resolve().parent / "engines"

@@ -93,7 +93,7 @@ def reconcile_deployment(deployment_id: int) -> set[str]:
                 touched.add(replica.node.name)
         detail = ""
         if plan.start:
-            args = engine_args.validate(deployment.engine_args, deployment.pool.kind)
+            args = engine_args.for_deployment(deployment)
             estimate = scheduler.estimate(
                 pool_kind=deployment.pool.kind,
                 parameter_count=deployment.version.parameter_count or 0,

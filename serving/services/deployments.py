@@ -85,7 +85,7 @@ def create_deployment(
     if not 0 <= replicas <= 64:
         raise Invalid("replicas: between 0 and 64.")
     _check_strategy(update_strategy)
-    resolved = engine_args.validate(args or {}, pool.kind)
+    resolved = engine_args.validate(args or {}, pool.kind, version.family or engine_args.DEFAULT_FAMILY)
     _fits_model(version, resolved)
     if replicas:
         _preflight(version, pool, resolved)
@@ -164,7 +164,7 @@ def restart(
         deployment.version = version
     if args is not None:
         deployment.engine_args = args
-    _fits_model(deployment.version, engine_args.validate(deployment.engine_args, deployment.pool.kind))
+    _fits_model(deployment.version, engine_args.for_deployment(deployment))
     deployment.generation += 1
     deployment.updated_at = timezone.now()
     deployment.save(update_fields=["version", "engine_args", "generation", "updated_at"])
@@ -260,7 +260,7 @@ def add_adapter(
         raise Conflict(f"{adapter.label} is {adapter.status}.")
     if deployment.version.model.task == Task.EMBEDDING:
         raise Invalid("Adapters are served on chat and completion models, not on an embedding model.")
-    args = engine_args.validate(deployment.engine_args, deployment.pool.kind)
+    args = engine_args.for_deployment(deployment)
     rank = (adapter.metrics.get("adapter") or {}).get("r")
     if rank and rank > args["max_lora_rank"]:
         raise Invalid(

@@ -141,7 +141,7 @@ def adapter_add(request, name: str):
     if not form.is_valid():
         problems = " ".join(str(error) for errors in form.errors.values() for error in errors)
         return buttons.refuse(request, f"The adapter was not added: {problems}", back)
-    enabled = engine_args.validate(deployment.engine_args, deployment.pool.kind)["enable_lora"]
+    enabled = engine_args.for_deployment(deployment)["enable_lora"]
     how = (
         "running replicas load it without a restart"
         if enabled

@@ -198,7 +198,7 @@ def deployment_page(request, actor: Actor, deployment: Deployment, *, status: in
     for adapter in adapters:
         adapter.version_url = version_url(adapter.version)
     try:
-        resolved_args = engine_args.validate(deployment.engine_args, deployment.pool.kind)
+        resolved_args = engine_args.for_deployment(deployment)
     except Invalid:
         resolved_args = deployment.engine_args
     routes = (

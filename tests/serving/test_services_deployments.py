@@ -180,3 +180,19 @@ def test_replicas_on_a_gpu_pool_each_claim_their_own_gpu(admin, owner, team, bas
     placed = list(Replica.objects.filter(deployment=deployment).order_by("id"))
     assert [r.gpu_indices for r in placed] == [[0], [1]]
     assert {r.reserved_memory_bytes for r in placed} == {int(24 * GIB * 0.9)}
+
+
+# --- Engine arguments by the version's family ------------------------------------------------------
+def test_a_family_argument_is_checked_against_the_deployed_versions_family(
+    owner, team, base_version, pool, node
+):
+    with pytest.raises(
+        Invalid, match="images_per_prompt applies to vision_language models only; this version is dense"
+    ):
+        deploy(owner, team, base_version, pool, args={"images_per_prompt": 2})
+    base_version.family = "vision_language"
+    base_version.save(update_fields=["family"])
+    deployment = deploy(owner, team, base_version, pool, args={"images_per_prompt": 2})
+    from serving import engine_args
+
+    assert engine_args.for_deployment(deployment)["images_per_prompt"] == 2
