@@ -10,14 +10,18 @@ in a couple of tokens at temperature 0, and anything but a yes vouches for nothi
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from serving.gateway import payloads, voting
 from serving.gateway.errors import GatewayError
 from serving.gateway.routing import Composite, EndpointInfo
 
-if TYPE_CHECKING:
-    from serving.gateway.composite import Run
+
+class Run(Protocol):
+    """What is asked of composite.Run (not imported: composite imports this module)."""
+
+    async def ask(self, hop: EndpointInfo, kind: str, body: dict, shape: payloads.Shape) -> dict: ...
+
 
 QUESTION_MAX = 16_000  # bytes of the request shown to the verifier
 ANSWER_MAX = 8_000  # bytes of the candidate answer shown to it
