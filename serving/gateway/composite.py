@@ -20,7 +20,7 @@ import time
 
 import orjson
 
-from serving.gateway import access, admission, keystate, payloads, verifier, voting
+from serving.gateway import access, admission, base_prompts, keystate, payloads, verifier, voting
 from serving.gateway.answers import Capture, never_disconnects, send_answer, with_headers
 from serving.gateway.errors import GatewayError
 from serving.gateway.events import USAGE_STREAM, Outcome, usage_event
@@ -52,7 +52,14 @@ def hops(snapshot, key: KeyRecord, first: EndpointInfo, kind: str) -> dict[str, 
                 "model_not_allowed",
                 param="model",
             )
-        if kind == "chat" and hop.no_chat and name not in (composite.classifier, composite.verifier):
+        # A classifier, a verifier and a templated large endpoint are asked with plain prompts.
+        templated = name == composite.large and composite.large_template
+        if (
+            kind == "chat"
+            and hop.no_chat
+            and name not in (composite.classifier, composite.verifier)
+            and not templated
+        ):
             raise GatewayError(
                 400,
                 f"`{first.name}` calls `{name}`, which has no chat template ({hop.no_chat}): call "
@@ -93,7 +100,7 @@ def classifier_request(composite: Composite, classifier: EndpointInfo, text: str
 
 
 def reservation(
-    composite: Composite, found: dict[str, EndpointInfo], shape: payloads.Shape, text: str
+    composite: Composite, found: dict[str, EndpointInfo], shape: payloads.Shape, text: str, kind: str = "chat"
 ) -> tuple[int, int, list[tuple[EndpointInfo, int]]]:
     """Tokens and money (micros) for the worst case of every step, and each step's costliest hop and its
     money (for the spend caps)."""
@@ -110,7 +117,13 @@ def reservation(
         steps.append([(found[composite.small], shape)])
         if composite.verifier:
             steps.append([(found[composite.verifier], verifier.shape(composite, text))])
-        steps.append([(found[composite.large], shape)])
+        large = found[composite.large]
+        asked = (
+            base_prompts.shape(composite, text, shape)
+            if base_prompts.applies(composite, kind, large.no_chat)
+            else shape
+        )
+        steps.append([(large, asked)])
     else:
         steps.append([(found[composite.sampler], shape._replace(choices=composite.n, n=composite.n))])
         if composite.verifier:  # at worst every sample a distinct answer, each asked about
@@ -268,8 +281,9 @@ async def serve(
     assert composite is not None and gateway.limiter is not None, "a composite endpoint, a started gateway"
     snapshot = gateway.snapshot
     found = hops(snapshot, key, first, kind)
-    text = last_user_text(kind, payload) if composite.kind == "router" or composite.verifier else ""
-    tokens, money, costliest = reservation(composite, found, shape, text)
+    asks_text = composite.kind == "router" or composite.verifier or composite.large_template
+    text = last_user_text(kind, payload) if asks_text else ""
+    tokens, money, costliest = reservation(composite, found, shape, text, kind)
     whole = Outcome(endpoint=first.name, kind=kind, shape=shape, event_id=event_id, first=first)
     verdict = await gateway.limiter.admit(
         key,
@@ -343,7 +357,15 @@ async def _cascade(
         escalate, told = voting.escalate(confidence, composite.threshold), (b"x-portfolio-confidence", shown)
     if escalate:
         extra = [(b"x-portfolio-escalated", b"true"), told]
-        await run.final(receive, send, found[composite.large], kind, payload, shape, extra)
+        large = found[composite.large]
+        if base_prompts.applies(composite, kind, large.no_chat):
+            body = base_prompts.completion_body(composite, payload, text)
+            answer = await run.ask(large, "completion", body, base_prompts.shape(composite, text, shape))
+            extra.append((b"x-portfolio-answered-by", large.name.encode()))
+            chat = base_prompts.as_chat(answer, run.first.name)
+            await send_answer(send, run.request_id, kind, chat, shape, extra)
+            return
+        await run.final(receive, send, large, kind, payload, shape, extra)
         return
     kept = _asked_logprobs(kind, payload)
     answer = dict(answer, model=run.first.name, choices=[_strip_logprobs(c, kept) for c in answer["choices"]])

@@ -59,6 +59,10 @@ class Composite:
     large: str = ""
     threshold: float = -1.0
     confidence: str = "logprob"  # logprob | verifier
+    # a chat request escalated to a ``large`` without a chat template: asked as this plain prompt
+    # (``{input}``: the last user message) through /v1/completions, cut at ``large_stop``
+    large_template: str = ""
+    large_stop: tuple[str, ...] = ()
     # vote: ``n`` samples of ``sampler``, one answer by ``method`` (majority | best_of_n | verifier)
     sampler: str = ""
     n: int = 5
@@ -101,6 +105,8 @@ def composite_of(kind: str, config: dict) -> Composite:
             large=config["large"],
             threshold=float(config.get("threshold", -1.0)),
             confidence=config.get("confidence", "logprob"),
+            large_template=config.get("large_template", ""),
+            large_stop=tuple(config.get("large_stop", ())),
             **verifier,
         )
     return Composite(

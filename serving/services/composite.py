@@ -30,10 +30,22 @@ ROUTER_MAX_SYSTEM = 4000  # characters of the classifier's system prompt
 THRESHOLD_RANGE = (-20.0, 0.0)  # a mean token log-probability: 0 is certain, -20 hopeless
 VOTE_MAX_N = 16
 VERIFIER_MAX_PROMPT = 4000  # characters of a verifier's instructions
+LARGE_TEMPLATE_MAX = (
+    8000  # characters of a cascade's plain prompt for a large endpoint without a chat template
+)
+LARGE_STOP_MAX = (4, 16)  # stop strings, characters each
 VERIFIER_KEYS = {"verifier", "verifier_prompt"}
 KEYS: dict[str, set[str]] = {
     EndpointKind.ROUTER: {"classifier", "routes", "default", "system", "max_tokens"},
-    EndpointKind.CASCADE: {"small", "large", "threshold", "confidence", *VERIFIER_KEYS},
+    EndpointKind.CASCADE: {
+        "small",
+        "large",
+        "threshold",
+        "confidence",
+        "large_template",
+        "large_stop",
+        *VERIFIER_KEYS,
+    },
     EndpointKind.VOTE: {"endpoint", "n", "method", "temperature", *VERIFIER_KEYS},
 }
 HOP_KEYS = ("classifier", "default", "small", "large", "endpoint", "verifier")
@@ -133,7 +145,30 @@ def _cascade(team: Team, own: str, config: dict) -> dict:
         raise _invalid("threshold", "a log-probability threshold; a verifier's yes or no needs none.")
     else:
         out["confidence"] = "verifier"
-    return out | _verifier(team, own, config, wanted=confidence == "verifier", why="confidence verifier")
+    return (
+        out
+        | _verifier(team, own, config, wanted=confidence == "verifier", why="confidence verifier")
+        | _template(config)
+    )
+
+
+def _template(config: dict) -> dict:
+    """A cascade's plain prompt for a large endpoint without a chat template (few-shot examples, say)."""
+    template, stop = config.get("large_template", ""), config.get("large_stop", [])
+    if not isinstance(template, str) or len(template) > LARGE_TEMPLATE_MAX:
+        raise _invalid("large_template", f"text of at most {LARGE_TEMPLATE_MAX} characters.")
+    if template and "{input}" not in template:
+        raise _invalid("large_template", "needs {input} where the last user message goes.")
+    count, chars = LARGE_STOP_MAX
+    if (
+        not isinstance(stop, list)
+        or len(stop) > count
+        or not all(isinstance(s, str) and 1 <= len(s) <= chars for s in stop)
+    ):
+        raise _invalid("large_stop", f"a list of at most {count} strings of 1 to {chars} characters.")
+    if stop and not template:
+        raise _invalid("large_stop", "only with large_template.")
+    return ({"large_template": template} if template else {}) | ({"large_stop": stop} if stop else {})
 
 
 def _verifier(team: Team, own: str, config: dict, *, wanted: bool, why: str) -> dict:
@@ -178,18 +213,19 @@ def _router(team: Team, own: str, config: dict) -> dict:
     return out
 
 
+def hop_names(endpoint: Endpoint) -> list[str]:
+    """The plain endpoints a composite endpoint calls, by name (none for a plain one)."""
+    config = endpoint.config or {}
+    hops = {config.get(k) for k in HOP_KEYS} | set((config.get("routes") or {}).values())
+    return sorted(name for name in hops if isinstance(name, str) and name)
+
+
 def called_by(endpoint: Endpoint) -> list[str]:
     """The composite endpoints of its team that call ``endpoint``, by name."""
-    names = []
-    for composite in Endpoint.objects.filter(owner_team_id=endpoint.owner_team_id).exclude(
+    composites = Endpoint.objects.filter(owner_team_id=endpoint.owner_team_id).exclude(
         kind=EndpointKind.PLAIN
-    ):
-        config = composite.config or {}
-        hops = {config.get(k) for k in HOP_KEYS}
-        hops.update((config.get("routes") or {}).values())
-        if endpoint.name in hops:
-            names.append(composite.name)
-    return sorted(names)
+    )
+    return sorted(c.name for c in composites if endpoint.name in hop_names(c))
 
 
 def require_not_called(endpoint: Endpoint, doing: str) -> None:

@@ -344,3 +344,38 @@ def test_a_vote_by_a_verifier_returns_the_accepted_answer_and_bills_each_questio
     rows = list(UsageEvent.objects.order_by("event_id"))
     assert [e.endpoint for e in rows] == ["sampler", "checker", "checker"]
     assert {e.via for e in rows} == {"judged"} and len({e.event_id for e in rows}) == 3
+
+
+def test_a_chat_request_escalated_to_a_base_model_is_asked_with_the_cascades_plain_prompt(
+    gateway_url, stack, team
+):
+    small, _ = stack["deployment"]("t-small-dep", answer=lambda b, i: "maybe billing", logprob=-3.0)
+    stack["endpoint"]("t-small", small)
+    large, large_engines = stack["deployment"]("t-base-dep", answer=lambda b, i: "billing")
+    large.version.has_chat_template = False
+    large.version.save(update_fields=["has_chat_template"])
+    stack["endpoint"]("t-base", large, price=("10000000", "10000000"))
+    template = "Ticket: my card was charged\nQueue: billing\n\nTicket: {input}\nQueue:"
+    config = {"small": "t-small", "large": "t-base", "threshold": -1.0, "large_template": template}
+    composite("templated", "cascade", {**config, "large_stop": ["\n"]}, team)
+    secret = stack["key"](monthly_budget=Decimal("10000"))
+    wait_for_model(gateway_url, secret, "templated")
+    response = chat(gateway_url, secret, "templated", "charged {twice}", stream=True)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-portfolio-escalated"] == "true"
+    assert response.headers["x-portfolio-answered-by"] == "t-base"
+    assert streamed_text(response).strip() == "billing"
+    assert {c["object"] for c in events(response)} == {"chat.completion.chunk"}
+    asked = large_engines[0].requests[0]
+    assert asked["prompt"] == template.replace("{input}", "charged {twice}") and asked["stop"] == ["\n"]
+    assert asked["max_tokens"] == 8 and "messages" not in asked
+    usage.flush()
+    rows = {e.endpoint: e for e in UsageEvent.objects.all()}
+    assert rows["t-base"].kind == "completion" and rows["t-base"].via == "templated"
+    Endpoint.objects.filter(name="templated").update(config=config | {"large_template": ""})
+    time.sleep(1.2)  # the routing table's next refresh
+    refused = chat(gateway_url, secret, "templated", "charged twice")
+    assert (
+        refused.status_code == 400
+        and "`t-base`, which has no chat template" in refused.json()["error"]["message"]
+    )

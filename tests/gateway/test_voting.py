@@ -181,3 +181,15 @@ def test_a_verifier_is_asked_by_chat_or_by_a_plain_prompt_when_it_has_no_chat_te
         and body["prompt"].endswith("Verdict:")
     )
     assert len(body["prompt"]) < 20_000, "the answer shown is cut to its bound"
+
+
+def test_a_templated_large_hop_reserves_its_plain_prompt_not_the_chat_request():
+    shape = payloads.Shape(prompts=(20,), choices=1, per_choice=10)
+    large = EndpointInfo(**{**_endpoint("l", 10, 10_000).__dict__, "no_chat": "a base model"})
+    cascade = Composite("cascade", small="s", large="l", threshold=-1, large_template="x" * 100 + "{input}")
+    found = {"s": _endpoint("s", 1, 10_000), "l": large}
+    tokens, money, _ = composite.reservation(cascade, found, shape, "hello", "chat")
+    assert (tokens, money) == (30 + (107 + 5 + 10), 30 + (107 + 5 + 10) * 10)
+    assert composite.reservation(cascade, found, shape, "hello", "completion")[0] == 60, (
+        "a prompt is passed as is"
+    )

@@ -228,3 +228,18 @@ def test_a_verifier_is_a_plain_endpoint_of_the_team_and_cannot_be_deleted_from_u
         )
     with pytest.raises(Invalid, match="config.verifier: no endpoint 'elsewhere' of team"):
         create(owner, team, "cascade", {**config, "verifier": "elsewhere"}, "c2")
+
+
+def test_a_cascade_may_ask_a_large_base_model_with_a_bounded_plain_prompt(owner, team, plain):
+    config = {"small": "small", "large": "large", "threshold": -1}
+    few_shot = "Ticket: charged twice\nQueue: billing\n\nTicket: {input}\nQueue:"
+    cascade = create(owner, team, "cascade", {**config, "large_template": few_shot, "large_stop": ["\n"]})
+    assert cascade.config == {**config, "threshold": -1.0, "large_template": few_shot, "large_stop": ["\n"]}
+    with pytest.raises(Invalid, match="config.large_template: needs {input}"):
+        create(owner, team, "cascade", {**config, "large_template": "no placeholder"}, "c2")
+    with pytest.raises(Invalid, match="config.large_template: text of at most 8000"):
+        create(owner, team, "cascade", {**config, "large_template": "{input}" + "x" * 8000}, "c3")
+    with pytest.raises(Invalid, match="config.large_stop: a list of at most 4"):
+        create(owner, team, "cascade", {**config, "large_template": few_shot, "large_stop": ["a"] * 5}, "c4")
+    with pytest.raises(Invalid, match="config.large_stop: only with large_template"):
+        create(owner, team, "cascade", {**config, "large_stop": ["\n"]}, "c5")
