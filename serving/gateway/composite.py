@@ -20,15 +20,13 @@ import time
 
 import orjson
 
-from serving.gateway import access, admission, base_prompts, keystate, payloads, verifier, voting
+from serving.gateway import access, admission, hop_prompts, keystate, payloads, verifier, voting
 from serving.gateway.answers import Capture, never_disconnects, send_answer, with_headers
 from serving.gateway.errors import GatewayError
 from serving.gateway.events import USAGE_STREAM, Outcome, usage_event
 from serving.gateway.keycache import KeyRecord
 from serving.gateway.limits import SpendCaps
 from serving.gateway.routing import Composite, EndpointInfo, price_micros
-
-LABEL_PROMPT_MAX = 16_000  # bytes of the last user message a router's classifier is asked with
 
 
 def hops(snapshot, key: KeyRecord, first: EndpointInfo, kind: str) -> dict[str, EndpointInfo]:
@@ -71,34 +69,6 @@ def hops(snapshot, key: KeyRecord, first: EndpointInfo, kind: str) -> dict[str, 
     return found
 
 
-def last_user_text(kind: str, payload: dict) -> str:
-    """What a router's classifier is asked: the last user message (its text parts), or a text prompt."""
-    if kind != "chat":
-        prompt = payload.get("prompt")
-        return prompt[:LABEL_PROMPT_MAX] if isinstance(prompt, str) else ""
-    for message in reversed(payload.get("messages") or []):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, list):
-                content = " ".join(
-                    part.get("text", "")
-                    for part in content
-                    if isinstance(part, dict) and part.get("type") == "text"
-                )
-            return content[:LABEL_PROMPT_MAX] if isinstance(content, str) else ""
-    return ""
-
-
-def classifier_request(composite: Composite, classifier: EndpointInfo, text: str) -> tuple[str, dict]:
-    """(kind, body) of the question put to a router's classifier: short, at temperature 0."""
-    common = {"max_tokens": composite.label_tokens, "temperature": 0}
-    if classifier.no_chat:  # a base model without a chat template: a plain text prompt
-        prompt = f"{composite.system}\n\n{text}\n" if composite.system else f"{text}\n"
-        return "completion", {"prompt": prompt, **common}
-    messages = [{"role": "system", "content": composite.system}] if composite.system else []
-    return "chat", {"messages": [*messages, {"role": "user", "content": text}], **common}
-
-
 def reservation(
     composite: Composite, found: dict[str, EndpointInfo], shape: payloads.Shape, text: str, kind: str = "chat"
 ) -> tuple[int, int, list[tuple[EndpointInfo, int]]]:
@@ -119,8 +89,8 @@ def reservation(
             steps.append([(found[composite.verifier], verifier.shape(composite, text))])
         large = found[composite.large]
         asked = (
-            base_prompts.shape(composite, text, shape)
-            if base_prompts.applies(composite, kind, large.no_chat)
+            hop_prompts.shape(composite, text, shape)
+            if hop_prompts.applies(composite, kind, large.no_chat)
             else shape
         )
         steps.append([(large, asked)])
@@ -282,7 +252,7 @@ async def serve(
     snapshot = gateway.snapshot
     found = hops(snapshot, key, first, kind)
     asks_text = composite.kind == "router" or composite.verifier or composite.large_template
-    text = last_user_text(kind, payload) if asks_text else ""
+    text = hop_prompts.last_user_text(kind, payload) if asks_text else ""
     tokens, money, costliest = reservation(composite, found, shape, text, kind)
     whole = Outcome(endpoint=first.name, kind=kind, shape=shape, event_id=event_id, first=first)
     verdict = await gateway.limiter.admit(
@@ -327,7 +297,7 @@ def _failed(run: Run, status: int, code: str) -> None:
 async def _route(run: Run, receive, send, composite: Composite, found, kind, payload, shape, text) -> None:
     if text:
         classifier = found[composite.classifier]
-        asked_kind, asked = classifier_request(composite, classifier, text)
+        asked_kind, asked = hop_prompts.classifier_request(composite, classifier, text)
         answer = await run.ask(classifier, asked_kind, asked, shape)
         label, target = voting.route(
             voting.answer_text(answer["choices"][0]), composite.table, composite.default
@@ -358,11 +328,11 @@ async def _cascade(
     if escalate:
         extra = [(b"x-portfolio-escalated", b"true"), told]
         large = found[composite.large]
-        if base_prompts.applies(composite, kind, large.no_chat):
-            body = base_prompts.completion_body(composite, payload, text)
-            answer = await run.ask(large, "completion", body, base_prompts.shape(composite, text, shape))
+        if hop_prompts.applies(composite, kind, large.no_chat):
+            body = hop_prompts.completion_body(composite, payload, text)
+            answer = await run.ask(large, "completion", body, hop_prompts.shape(composite, text, shape))
             extra.append((b"x-portfolio-answered-by", large.name.encode()))
-            chat = base_prompts.as_chat(answer, run.first.name)
+            chat = hop_prompts.as_chat(answer, run.first.name)
             await send_answer(send, run.request_id, kind, chat, shape, extra)
             return
         await run.final(receive, send, large, kind, payload, shape, extra)

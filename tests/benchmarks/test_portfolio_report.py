@@ -53,9 +53,9 @@ def test_the_result_holds_every_candidate_the_ratios_and_the_cascade_place_as_js
 
 
 def test_the_cascade_asks_gemma_the_same_few_shot_prompt_it_is_scored_with():
-    from serving.gateway import base_prompts
+    from serving.gateway import hop_prompts
 
     shots = [("I was charged twice", "billing"), ("The app crashes", "technical")]
     template = report.few_shot_prompt(shots, "{input}", "Route it.")
     ticket = "Where is my parcel? {order 12}"
-    assert base_prompts.render(template, ticket) == report.few_shot_prompt(shots, ticket, "Route it.")
+    assert hop_prompts.render(template, ticket) == report.few_shot_prompt(shots, ticket, "Route it.")
