@@ -167,7 +167,6 @@ def score_cascade(name: str, cascade: Endpoint, evals: EvalSet) -> tuple[report.
     candidate = report.Candidate(**{**candidate.__dict__, "cost_per_1k_requests": per_1k})
     say(f"cascade escalated {savings.escalated} of {savings.requests}")
     return candidate, {
-        "measured": True,
         "endpoint": cascade.name,
         "small": cascade.config["small"],
         "large": cascade.config["large"],
