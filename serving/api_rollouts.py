@@ -13,8 +13,12 @@ from serving import services
 from serving.models import Endpoint
 from serving.services.rollouts import (
     CANARY_PERCENT,
+    JUDGE_FRACTION,
     MAX_ERROR_RATE_INCREASE,
+    MAX_JUDGE_RUBRIC,
     MAX_LATENCY_RATIO,
+    MIN_JUDGE_SAMPLES,
+    MIN_JUDGE_SCORE,
     MIN_REQUESTS,
     WINDOW_SECONDS,
 )
@@ -49,6 +53,30 @@ class RolloutIn(Schema):
         le=MAX_LATENCY_RATIO[2],
         description="Canary's p95 latency over the baseline's, at most",
     )
+    judge: str | None = Field(
+        None,
+        max_length=63,
+        description="A judge endpoint scoring a sample of the canary's answers (optional)",
+    )
+    judge_rubric: str = Field("", max_length=MAX_JUDGE_RUBRIC, description="What the judge scores them on")
+    judge_fraction: float | None = Field(
+        None,
+        ge=JUDGE_FRACTION[1],
+        le=JUDGE_FRACTION[2],
+        description=f"Share of canary requests matched by a judged sample (default {JUDGE_FRACTION[0]})",
+    )
+    min_judge_score: float | None = Field(
+        None,
+        ge=MIN_JUDGE_SCORE[1],
+        le=MIN_JUDGE_SCORE[2],
+        description=f"The judge's mean score (0-1) needed (default {MIN_JUDGE_SCORE[0]})",
+    )
+    min_judge_samples: int | None = Field(
+        None,
+        ge=MIN_JUDGE_SAMPLES[1],
+        le=MIN_JUDGE_SAMPLES[2],
+        description=f"Scored samples before the judge decides (default {MIN_JUDGE_SAMPLES[0]})",
+    )
 
 
 class AbortIn(Schema):
@@ -67,6 +95,12 @@ class RolloutOut(Schema):
     min_requests: int
     max_error_rate_increase: float
     max_latency_ratio: float
+    judge_endpoint_name: str
+    judge_rubric: str
+    judge_fraction: float
+    min_judge_score: float | None
+    min_judge_samples: int
+    judged: dict[str, Any]
     baseline: list[dict[str, Any]]
     figures: dict[str, Any]
     steps: list[dict[str, Any]]

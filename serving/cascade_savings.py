@@ -2,9 +2,11 @@
 always calling the large endpoint would have cost instead.
 
 A cascade's request leaves a usage row per hop (``via`` the cascade): the small endpoint's (event id
-``<request>-1``) and, when it escalated, the large one's (``<request>-2``). Always calling the large one
-would have cost what the escalated requests paid it, plus, for each request whose small answer was kept,
-that request's tokens at the large endpoint's price in force now (the same prompt, an answer about as long).
+``<request>-1``), its verifier's when it has one (``<request>-2``), and, when it escalated, the large
+one's (the last). Always calling the large one would have cost what the escalated requests paid it, plus,
+for each request whose small answer was kept, that request's tokens at the large endpoint's price in force
+now (the same prompt, an answer about as long). A verifier is its own endpoint (the service refuses small
+or large as one), so its rows are told from the escalations by name.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def _request_ids(rows):
 
 
 def cascade_savings(endpoint: Endpoint, since: datetime) -> CascadeSavings:
-    """Four aggregate queries over the usage rows since ``since`` (they use the endpoint-and-time index)."""
+    """Four aggregate queries (five with a verifier) over the usage rows since ``since`` (they use the
+    endpoint-and-time index)."""
     from portfolio.billing.pricing import current_token_rates
     from serving.gateway.models import UsageEvent
 
@@ -54,6 +57,11 @@ def cascade_savings(endpoint: Endpoint, since: datetime) -> CascadeSavings:
     money = Coalesce(Sum("cost"), ZERO)
     small_totals = small.aggregate(requests=Count("event_id"), cost=money)
     large_totals = large.aggregate(escalated=Count("event_id"), cost=money)
+    verifier_name = config.get("verifier", "")
+    # A verifier's questions are part of what the cascade cost.
+    verifier_cost = (
+        rows.filter(endpoint=verifier_name).aggregate(cost=money)["cost"] if verifier_name else ZERO
+    )
     kept = (
         _request_ids(small)
         .exclude(request__in=_request_ids(large).values("request"))
@@ -66,7 +74,7 @@ def cascade_savings(endpoint: Endpoint, since: datetime) -> CascadeSavings:
     kept_at_large = (
         Decimal(kept["tokens_in"]) * Decimal(price_in) + Decimal(kept["tokens_out"]) * Decimal(price_out)
     ) / Decimal(1_000_000)
-    cost = small_totals["cost"] + large_totals["cost"]
+    cost = small_totals["cost"] + large_totals["cost"] + verifier_cost
     return CascadeSavings(
         requests=small_totals["requests"],
         escalated=large_totals["escalated"],

@@ -421,6 +421,18 @@ class Rollout(models.Model):
         default=0.02, help_text="Canary's error rate minus baseline's"
     )
     max_latency_ratio = models.FloatField(default=1.5, help_text="Canary's p95 latency over baseline's")
+    # Optional: a judge endpoint scores a sample of the canary's answers (serving/rollout_judge.py).
+    judge_endpoint = models.ForeignKey(
+        Endpoint, null=True, blank=True, on_delete=models.SET_NULL, related_name="judged_rollouts"
+    )
+    judge_endpoint_name = models.CharField(max_length=63, blank=True)
+    judge_rubric = models.TextField(blank=True, help_text="What the judge scores the canary's answers on")
+    judge_fraction = models.FloatField(
+        default=0.0, help_text="Share of canary requests matched by a judged sample"
+    )
+    min_judge_score = models.FloatField(null=True, blank=True, help_text="Judge's mean score (0-1) needed")
+    min_judge_samples = models.PositiveIntegerField(default=5)
+    judged = models.JSONField(default=dict, blank=True, help_text="The judge's tally so far (Judged.as_dict)")
     state = models.CharField(max_length=12, choices=RolloutState.choices, default=RolloutState.CANARY)
     reason = models.TextField(blank=True)
     figures = models.JSONField(default=dict, blank=True, help_text="The last check's baseline and canary")
@@ -466,6 +478,11 @@ class Rollout(models.Model):
             "min_requests": self.min_requests,
             "max_error_rate_increase": self.max_error_rate_increase,
             "max_latency_ratio": self.max_latency_ratio,
+            "judge": self.judge_endpoint_name,
+            "judge_rubric": self.judge_rubric,
+            "judge_fraction": self.judge_fraction,
+            "min_judge_score": self.min_judge_score,
+            "min_judge_samples": self.min_judge_samples,
             "state": self.state,
             "reason": self.reason,
         }

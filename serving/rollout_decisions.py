@@ -8,6 +8,9 @@ its policy and the time, whether to promote the canary, hold (watch on), or roll
 - Window not over: hold.
 - Window over: promote when healthy; roll back when the canary answered nothing at all (giving all traffic
   to a target that took none, a deployment with no ready replica say, would turn the endpoint off).
+- With a judge (optional): a sample of the canary's answers is scored by a judge endpoint (0-1). Once
+  ``min_judge_samples`` are scored, a mean under ``min_judge_score`` rolls back, window over or not; at the
+  window's end, fewer scored samples than that is too little evidence to promote on: roll back, saying so.
 """
 
 from __future__ import annotations
@@ -41,11 +44,46 @@ class Stats:
 
 
 @dataclass(frozen=True)
+class Judged:
+    """The judge's scores (0-1) of the canary answers sampled so far: how many it scored, their sum, and how
+    many replies it gave that said no readable score (not counted in the mean)."""
+
+    samples: int = 0
+    total: float = 0.0
+    unreadable: int = 0
+
+    @property
+    def score(self) -> float | None:
+        return self.total / self.samples if self.samples else None
+
+    def plus(self, scores: list[float | None]) -> Judged:
+        read = [s for s in scores if s is not None]
+        return Judged(
+            self.samples + len(read), self.total + sum(read), self.unreadable + len(scores) - len(read)
+        )
+
+    def as_dict(self) -> dict:
+        score = self.score
+        return {
+            "samples": self.samples,
+            "total": self.total,
+            "unreadable": self.unreadable,
+            "score": None if score is None else round(score, 4),
+        }
+
+    @classmethod
+    def of(cls, data: dict) -> Judged:
+        return cls(int(data.get("samples", 0)), float(data.get("total", 0.0)), int(data.get("unreadable", 0)))
+
+
+@dataclass(frozen=True)
 class Policy:
     ends_at: datetime  # the watch window's end
     min_requests: int = 20  # canary requests needed to roll back before the window ends
     max_error_rate_increase: float = 0.02  # 0.02: two percentage points above the baseline's error rate
     max_latency_ratio: float = 1.5  # canary p95 / baseline p95
+    min_judge_score: float | None = None  # the judge's mean score the canary needs (None: no judge)
+    min_judge_samples: int = 5  # scored samples needed before the judge's mean decides anything
 
 
 def _percent(rate: float) -> str:
@@ -74,30 +112,63 @@ def breach(baseline: Stats, canary: Stats, policy: Policy) -> str | None:
     return None
 
 
-def decide(baseline: Stats, canary: Stats, policy: Policy, now: datetime) -> tuple[str, str]:
+def judge_breach(judged: Judged, policy: Policy) -> str | None:
+    """Why the judge's mean score is too low, with the figures; None when it is not, or not yet known."""
+    score = judged.score
+    if policy.min_judge_score is None or score is None or judged.samples < policy.min_judge_samples:
+        return None
+    if score < policy.min_judge_score - 1e-9:  # (a score at the threshold is within it)
+        return (
+            f"judge score {score:.2f} over {judged.samples} sampled canary answers, under the "
+            f"{policy.min_judge_score:.2f} required"
+        )
+    return None
+
+
+def _judge_note(judged: Judged, policy: Policy) -> str:
+    if policy.min_judge_score is None:
+        return ""
+    if judged.score is None:
+        return f" No sampled canary answer judged yet (of the {policy.min_judge_samples} needed)."
+    return f" Judge score {judged.score:.2f} over {judged.samples} sampled answers (of {policy.min_judge_samples} needed)."
+
+
+def decide(
+    baseline: Stats, canary: Stats, policy: Policy, now: datetime, judged: Judged | None = None
+) -> tuple[str, str]:
     """``(promote | hold | rollback, reason)``."""
+    judged = judged or Judged()
     window_over = now >= policy.ends_at
     enough = canary.requests >= policy.min_requests
     if enough or window_over:
         why = breach(baseline, canary, policy)
         if why is not None:
             return ROLLBACK, f"Rolled back: {why}."
+    why = judge_breach(judged, policy)
+    if why is not None:
+        return ROLLBACK, f"Rolled back: {why}."
+    note = _judge_note(judged, policy)
     if not window_over:
         if not enough:
             return HOLD, (
                 f"Watching: {canary.requests} of the {policy.min_requests} canary requests needed so far; "
-                "the window is not over."
+                f"the window is not over.{note}"
             )
         return (
             HOLD,
-            f"Watching: healthy so far over {canary.requests} canary requests; the window is not over.",
+            f"Watching: healthy so far over {canary.requests} canary requests; the window is not over.{note}",
         )
     if not canary.requests:
         return ROLLBACK, (
             "Rolled back: the canary answered no request in the watch window (is its deployment ready?)."
         )
+    if policy.min_judge_score is not None and judged.samples < policy.min_judge_samples:
+        return ROLLBACK, (
+            f"Rolled back: the window is over and the judge scored {judged.samples} sampled canary answers, "
+            f"fewer than the {policy.min_judge_samples} needed to promote on."
+        )
     return PROMOTE, (
         f"Promoted: the window is over and the canary is healthy over {canary.requests} requests "
         f"(error rate {_percent(canary.error_rate)} against {_percent(baseline.error_rate)}, p95 "
-        f"{canary.p95_ms:.0f} ms against {baseline.p95_ms:.0f} ms)."
+        f"{canary.p95_ms:.0f} ms against {baseline.p95_ms:.0f} ms).{note}"
     )

@@ -4,7 +4,8 @@ canary started, from the gateway's usage events of the endpoint per route target
 
 What counts: the requests the endpoint itself answered (a fallback's are its own), split into the
 candidate (its deployment and adapter) and everything else (the baseline); an error is a 5xx (the engine
-failing, timing out, or not reachable), not a client's 4xx.
+failing, timing out, or not reachable), not a client's 4xx. A judged rollout's sampled scores
+(rollout_judge.py) are taken before the rows are locked, added to its tally, audited, and decide too.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
+from portfolio.audit import services as audit
+from serving import rollout_judge
 from serving.choices import RolloutState
 from serving.models import Endpoint, Rollout
-from serving.rollout_decisions import HOLD, PROMOTE, Policy, Stats, decide
+from serving.rollout_decisions import HOLD, PROMOTE, Judged, Policy, Stats, decide
 from serving.services import rollouts as services
 
 logger = logging.getLogger(__name__)
@@ -53,6 +56,8 @@ def policy_of(rollout: Rollout) -> Policy:
         min_requests=rollout.min_requests,
         max_error_rate_increase=rollout.max_error_rate_increase,
         max_latency_ratio=rollout.max_latency_ratio,
+        min_judge_score=rollout.min_judge_score if rollout.judge_endpoint_name else None,
+        min_judge_samples=rollout.min_judge_samples,
     )
 
 
@@ -63,11 +68,54 @@ def _canary_gone(rollout: Rollout) -> bool:
     return not routes.exists()
 
 
+def _sample_judge(rollout_id: int, now: datetime) -> tuple[list[float | None], str]:
+    """The judge's scores of the canary answers due now, taken with no lock held (it calls endpoints)."""
+    rollout = (
+        Rollout.objects.filter(pk=rollout_id, state=RolloutState.CANARY)
+        .exclude(judge_endpoint_name="")
+        .select_related("endpoint", "judge_endpoint")
+        .first()
+    )
+    if rollout is None:
+        return [], ""
+    return rollout_judge.judge(rollout, measure(rollout, now)[1].requests)
+
+
+def _record_judged(rollout: Rollout, scores: list[float | None], trouble: str, actor: Actor) -> Judged:
+    """Add this check's scores to the rollout's tally, as a step of its timeline, audited."""
+    judged = Judged.of(rollout.judged)
+    if not scores and not trouble:
+        return judged
+    if trouble:
+        rollout.figures["judge_trouble"] = trouble
+        return judged
+    before = rollout.snapshot() | {"judged": rollout.judged}
+    judged = judged.plus(scores)
+    rollout.judged = {**judged.as_dict(), "asked": int(rollout.judged.get("asked", 0)) + len(scores)}
+    mean = judged.score
+    services.add_step(
+        rollout,
+        "judge",
+        f"{rollout.judge_endpoint_name} judged {len(scores)} sampled canary answers"
+        + (f"; {len(scores) - sum(s is not None for s in scores)} unreadable" if None in scores else "")
+        + (
+            f"; mean {mean:.2f} over {judged.samples} so far." if mean is not None else "; none readable yet."
+        ),
+        actor,
+    )
+    rollout.save(update_fields=["judged", "steps"])
+    audit.record(
+        actor, "rollout.judge", rollout, before=before, after=rollout.snapshot() | {"judged": rollout.judged}
+    )
+    return judged
+
+
 def step(rollout_id: int, now: datetime | None = None) -> str | None:
     """One check of one rollout: ``promote``, ``hold``, ``rollback``, ``abort``; None when it is not under
     way any more or is being changed right now (the next tick looks again)."""
     now = now or timezone.now()
     actor = Actor.for_system("rollouts")
+    scores, trouble = _sample_judge(rollout_id, now)
     with transaction.atomic():
         endpoint_id = Rollout.objects.filter(pk=rollout_id).values_list("endpoint_id", flat=True).first()
         if endpoint_id is None:
@@ -90,13 +138,17 @@ def step(rollout_id: int, now: datetime | None = None) -> str | None:
             )
             return "abort"
         baseline, canary = measure(rollout, now)
-        verdict, reason = decide(baseline, canary, policy_of(rollout), now)
-        rollout.figures = {
+        rollout.figures = {}
+        judged = _record_judged(rollout, scores, trouble, actor)
+        verdict, reason = decide(baseline, canary, policy_of(rollout), now, judged)
+        rollout.figures |= {
             "baseline": baseline.as_dict(),
             "canary": canary.as_dict(),
             "decision": verdict,
             "reason": reason,
         }
+        if rollout.judge_endpoint_name:
+            rollout.figures["judge"] = judged.as_dict()
         rollout.checked_at = now
         if verdict == HOLD:
             rollout.save(update_fields=["figures", "checked_at"])

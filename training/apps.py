@@ -8,12 +8,17 @@ class TrainingConfig(AppConfig):
     def ready(self) -> None:
         from portfolio.registry import services as registry_services
         from portfolio.registry import storage_meter
-        from serving import capacity
+        from serving import capacity, rollout_judge
         from training import tasks  # noqa: F401 - registers its Celery tasks, which finetune sends by name
+        from training.evals import canary_judging
         from training.finetune import gpu_holds
         from training.metering import kept_artifacts
         from training.promotion import score_regressions
 
         registry_services.PROMOTION_CHECKS.append(score_regressions)
+        # Serving asks training to judge a rollout's canary (it cannot import training itself).
+        rollout_judge.SAMPLERS.append(
+            rollout_judge.JudgeSampler(check=canary_judging.check, sample=canary_judging.sample)
+        )
         capacity.GPU_HOLDERS.append(gpu_holds)
         storage_meter.ARTIFACT_OWNERS.append(kept_artifacts)

@@ -78,6 +78,7 @@ class AuditAction(models.TextChoices):
     ROLLOUT_PROMOTE = "rollout.promote", "Rollout promoted"
     ROLLOUT_ROLLBACK = "rollout.rollback", "Rollout rolled back"
     ROLLOUT_ABORT = "rollout.abort", "Rollout aborted"
+    ROLLOUT_JUDGE = "rollout.judge", "Rollout's canary answers judged"
     # Gateway
     APIKEY_CREATE = "apikey.create", "API key created"
     APIKEY_UPDATE = "apikey.update", "API key changed"

@@ -228,7 +228,9 @@ class CompositeForm(forms.Form):
         help_text=(
             'Router: {"classifier": "…", "routes": {"label": "endpoint"}, "default": "…", "system": "…", '
             '"max_tokens": 4}. Cascade: {"small": "…", "large": "…", "threshold": -1.0} (mean token '
-            'log-probability). Vote: {"endpoint": "…", "n": 5, "method": "majority" or "best_of_n"}. '
+            'log-probability), or {"small": "…", "large": "…", "confidence": "verifier", "verifier": "…"} '
+            '(its yes or no). Vote: {"endpoint": "…", "n": 5, "method": "majority", "best_of_n" or '
+            '"verifier" (with "verifier": "…")}; a verifier may have "verifier_prompt". '
             "Each names a plain endpoint of this team."
         ),
     )

@@ -8,8 +8,12 @@ from django import forms
 from serving.models import Deployment
 from serving.services.rollouts import (
     CANARY_PERCENT,
+    JUDGE_FRACTION,
     MAX_ERROR_RATE_INCREASE,
+    MAX_JUDGE_RUBRIC,
     MAX_LATENCY_RATIO,
+    MIN_JUDGE_SAMPLES,
+    MIN_JUDGE_SCORE,
     MIN_REQUESTS,
     WINDOW_SECONDS,
 )
@@ -49,6 +53,39 @@ class RolloutForm(forms.Form):
         max_value=MAX_LATENCY_RATIO[2],
         initial=MAX_LATENCY_RATIO[0],
     )
+    judge = forms.CharField(
+        label="Judge endpoint (optional)",
+        required=False,
+        max_length=63,
+        help_text="Scores a sample of the canary's answers (questions from the task's eval set); none: no judge.",
+    )
+    judge_rubric = forms.CharField(
+        label="Judge's rubric",
+        required=False,
+        max_length=MAX_JUDGE_RUBRIC,
+        widget=forms.Textarea(attrs={"rows": 2}),
+    )
+    judge_percent = forms.FloatField(
+        label="Canary requests judged, %",
+        required=False,
+        min_value=100 * JUDGE_FRACTION[1],
+        max_value=100 * JUDGE_FRACTION[2],
+        initial=100 * JUDGE_FRACTION[0],
+    )
+    min_judge_score = forms.FloatField(
+        label="Judge's mean score needed (0-1)",
+        required=False,
+        min_value=MIN_JUDGE_SCORE[1],
+        max_value=MIN_JUDGE_SCORE[2],
+        initial=MIN_JUDGE_SCORE[0],
+    )
+    min_judge_samples = forms.IntegerField(
+        label="Judged samples before it decides",
+        required=False,
+        min_value=MIN_JUDGE_SAMPLES[1],
+        max_value=MIN_JUDGE_SAMPLES[2],
+        initial=MIN_JUDGE_SAMPLES[0],
+    )
 
     def __init__(self, *args, deployments: list[Deployment], **kwargs):
         super().__init__(*args, **kwargs)
@@ -73,4 +110,16 @@ class RolloutForm(forms.Form):
             "min_requests": data["min_requests"],
             "max_error_rate_increase": data["max_error_points"] / 100,
             "max_latency_ratio": data["max_latency_ratio"],
+        } | self._judge()
+
+    def _judge(self) -> dict:
+        data = self.cleaned_data
+        if not data.get("judge"):
+            return {}  # the judge's numbers keep their initial values in the form: without a judge, unused
+        return {
+            "judge": data["judge"].strip(),
+            "judge_rubric": data.get("judge_rubric") or "",
+            "judge_fraction": None if data.get("judge_percent") is None else data["judge_percent"] / 100,
+            "min_judge_score": data.get("min_judge_score"),
+            "min_judge_samples": data.get("min_judge_samples"),
         }

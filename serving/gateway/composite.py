@@ -10,7 +10,8 @@ reservation is settled once with their sum. The final hop streams as a plain cal
 gateway picked itself (a cascade's small answer kept, a vote's winner) is sent whole, or as a valid
 server-sent-event stream when the client asked for one. Response headers say which endpoint answered and
 why: ``x-portfolio-answered-by``, ``x-portfolio-route-label``, ``x-portfolio-escalated`` (with
-``x-portfolio-confidence``), ``x-portfolio-votes``.
+``x-portfolio-confidence``, or ``x-portfolio-verdict`` when a verifier judged), ``x-portfolio-votes``. A
+verifier's questions (verifier.py) are hops like the others; a vote's run at once.
 """
 
 from __future__ import annotations
@@ -19,15 +20,13 @@ import time
 
 import orjson
 
-from serving.gateway import access, admission, keystate, payloads, voting
+from serving.gateway import access, admission, hop_prompts, keystate, payloads, verifier, voting
+from serving.gateway.answers import Capture, never_disconnects, send_answer, with_headers
 from serving.gateway.errors import GatewayError
 from serving.gateway.events import USAGE_STREAM, Outcome, usage_event
 from serving.gateway.keycache import KeyRecord
 from serving.gateway.limits import SpendCaps
-from serving.gateway.relay import respond
 from serving.gateway.routing import Composite, EndpointInfo, price_micros
-
-LABEL_PROMPT_MAX = 16_000  # bytes of the last user message a router's classifier is asked with
 
 
 def hops(snapshot, key: KeyRecord, first: EndpointInfo, kind: str) -> dict[str, EndpointInfo]:
@@ -51,7 +50,14 @@ def hops(snapshot, key: KeyRecord, first: EndpointInfo, kind: str) -> dict[str, 
                 "model_not_allowed",
                 param="model",
             )
-        if kind == "chat" and hop.no_chat and name != composite.classifier:
+        # A classifier, a verifier and a templated large endpoint are asked with plain prompts.
+        templated = name == composite.large and composite.large_template
+        if (
+            kind == "chat"
+            and hop.no_chat
+            and name not in (composite.classifier, composite.verifier)
+            and not templated
+        ):
             raise GatewayError(
                 400,
                 f"`{first.name}` calls `{name}`, which has no chat template ({hop.no_chat}): call "
@@ -63,36 +69,8 @@ def hops(snapshot, key: KeyRecord, first: EndpointInfo, kind: str) -> dict[str, 
     return found
 
 
-def last_user_text(kind: str, payload: dict) -> str:
-    """What a router's classifier is asked: the last user message (its text parts), or a text prompt."""
-    if kind != "chat":
-        prompt = payload.get("prompt")
-        return prompt[:LABEL_PROMPT_MAX] if isinstance(prompt, str) else ""
-    for message in reversed(payload.get("messages") or []):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, list):
-                content = " ".join(
-                    part.get("text", "")
-                    for part in content
-                    if isinstance(part, dict) and part.get("type") == "text"
-                )
-            return content[:LABEL_PROMPT_MAX] if isinstance(content, str) else ""
-    return ""
-
-
-def classifier_request(composite: Composite, classifier: EndpointInfo, text: str) -> tuple[str, dict]:
-    """(kind, body) of the question put to a router's classifier: short, at temperature 0."""
-    common = {"max_tokens": composite.label_tokens, "temperature": 0}
-    if classifier.no_chat:  # a base model without a chat template: a plain text prompt
-        prompt = f"{composite.system}\n\n{text}\n" if composite.system else f"{text}\n"
-        return "completion", {"prompt": prompt, **common}
-    messages = [{"role": "system", "content": composite.system}] if composite.system else []
-    return "chat", {"messages": [*messages, {"role": "user", "content": text}], **common}
-
-
 def reservation(
-    composite: Composite, found: dict[str, EndpointInfo], shape: payloads.Shape, text: str
+    composite: Composite, found: dict[str, EndpointInfo], shape: payloads.Shape, text: str, kind: str = "chat"
 ) -> tuple[int, int, list[tuple[EndpointInfo, int]]]:
     """Tokens and money (micros) for the worst case of every step, and each step's costliest hop and its
     money (for the spend caps)."""
@@ -106,9 +84,20 @@ def reservation(
         steps.append([(found[composite.classifier], asked)])
         steps.append([(found[name], shape) for name in {*composite.table.values(), composite.default}])
     elif composite.kind == "cascade":
-        steps += [[(found[composite.small], shape)], [(found[composite.large], shape)]]
+        steps.append([(found[composite.small], shape)])
+        if composite.verifier:
+            steps.append([(found[composite.verifier], verifier.shape(composite, text))])
+        large = found[composite.large]
+        asked = (
+            hop_prompts.shape(composite, text, shape)
+            if hop_prompts.applies(composite, kind, large.no_chat)
+            else shape
+        )
+        steps.append([(large, asked)])
     else:
         steps.append([(found[composite.sampler], shape._replace(choices=composite.n, n=composite.n))])
+        if composite.verifier:  # at worst every sample a distinct answer, each asked about
+            steps.append([(found[composite.verifier], verifier.shape(composite, text, composite.n))])
     tokens = money = 0
     costliest = []
     for step in steps:
@@ -143,34 +132,6 @@ def spend_caps(snapshot, key: KeyRecord, costliest: list[tuple[EndpointInfo, int
     return SpendCaps(key.team_id, key.department_id, team, department, team_reserve, department_reserve)
 
 
-class Capture:
-    """An ASGI ``send`` that keeps a whole response instead of sending it (an intermediate hop's answer)."""
-
-    def __init__(self):
-        self.status, self.body = 0, b""
-
-    async def __call__(self, message: dict) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-        else:
-            self.body += message.get("body", b"")
-
-
-def with_headers(send, extra: list[tuple[bytes, bytes]]):
-    """``send``, adding ``extra`` headers to the response's start."""
-
-    async def wrapped(message: dict) -> None:
-        if message["type"] == "http.response.start":
-            message = dict(message, headers=[*message["headers"], *extra])
-        await send(message)
-
-    return wrapped
-
-
-async def _never_disconnects() -> dict:  # an intermediate hop is read whole: nothing listens to the client
-    raise AssertionError("an intermediate hop does not stream")
-
-
 class Run:
     """One request to a composite endpoint: its hops in order, each with its outcome."""
 
@@ -178,7 +139,9 @@ class Run:
         self.gateway, self.request_id, self.caller, self.first = gateway, request_id, caller, first
         self.event_id, self.started = event_id, started
         self.outcomes: list[Outcome] = []
-        self.begun: list[float] = []  # when each hop began (perf_counter): its latency runs to the next's
+        # When each hop began and ended (perf_counter; 0: it is the final hop, or was cut short): hops may
+        # overlap (a vote's verifier questions), so each one's latency is its own span.
+        self.spans: list[list[float]] = []
 
     def _outcome(self, hop: EndpointInfo, kind: str, shape: payloads.Shape) -> Outcome:
         outcome = Outcome(
@@ -190,15 +153,18 @@ class Run:
         )
         outcome.via = self.first.name
         self.outcomes.append(outcome)
-        self.begun.append(time.perf_counter())
+        # The first hop's span starts with the request: the gateway's own work is billed to it, as a plain
+        # call's is.
+        self.spans.append([self.started if len(self.spans) == 0 else time.perf_counter(), 0.0])
         return outcome
 
     async def ask(self, hop: EndpointInfo, kind: str, body: dict, shape: payloads.Shape) -> dict:
         """An intermediate hop's answer, read whole (its errors become the client's, naming the hop)."""
         outcome = self._outcome(hop, kind, shape._replace(stream=False))
+        span = self.spans[-1]
         capture = Capture()
         await self.gateway._dispatch(
-            _never_disconnects,
+            never_disconnects,
             capture,
             self.request_id,
             [hop],
@@ -208,6 +174,7 @@ class Run:
             self.started,
             self.caller,
         )
+        span[1] = time.perf_counter()
         if capture.status != 200:
             try:
                 message = orjson.loads(capture.body)["error"]["message"]
@@ -265,56 +232,6 @@ def with_logprobs(kind: str, payload: dict) -> dict:
     return dict(payload, logprobs=True) if kind == "chat" else dict(payload, logprobs=1)
 
 
-async def send_answer(
-    send, request_id: str, kind: str, answer: dict, shape: payloads.Shape, extra: list[tuple[bytes, bytes]]
-) -> None:
-    """An answer the gateway picked, whole or (the client asked to stream) as server-sent events."""
-    if not shape.stream:
-        await respond(send, 200, orjson.dumps(answer), request_id, extra=extra)
-        return
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", b"text/event-stream"),
-                (b"cache-control", b"no-cache"),
-                (b"x-request-id", request_id.encode()),
-                *extra,
-            ],
-        }
-    )
-    head = {k: answer.get(k) for k in ("id", "created", "model")}
-    events = []
-    for choice in answer["choices"]:
-        index, finish = choice.get("index", 0), choice.get("finish_reason")
-        if kind == "chat":
-            message = choice.get("message") or {}
-            delta = {k: v for k, v in message.items() if v is not None}
-            first = {
-                "index": index,
-                "delta": delta,
-                "logprobs": choice.get("logprobs"),
-                "finish_reason": None,
-            }
-            last = {"index": index, "delta": {}, "finish_reason": finish}
-        else:
-            first = {
-                "index": index,
-                "text": choice.get("text", ""),
-                "logprobs": choice.get("logprobs"),
-                "finish_reason": None,
-            }
-            last = {"index": index, "text": "", "finish_reason": finish}
-        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
-        events += [{**head, "object": obj, "choices": [first]}, {**head, "object": obj, "choices": [last]}]
-    if shape.include_usage:
-        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
-        events.append({**head, "object": obj, "choices": [], "usage": answer.get("usage")})
-    body = b"".join(b"data: " + orjson.dumps(event) + b"\n\n" for event in events) + b"data: [DONE]\n\n"
-    await send({"type": "http.response.body", "body": body})
-
-
 async def serve(
     gateway,
     receive,
@@ -334,8 +251,9 @@ async def serve(
     assert composite is not None and gateway.limiter is not None, "a composite endpoint, a started gateway"
     snapshot = gateway.snapshot
     found = hops(snapshot, key, first, kind)
-    text = last_user_text(kind, payload) if composite.kind == "router" else ""
-    tokens, money, costliest = reservation(composite, found, shape, text)
+    asks_text = composite.kind == "router" or composite.verifier or composite.large_template
+    text = hop_prompts.last_user_text(kind, payload) if asks_text else ""
+    tokens, money, costliest = reservation(composite, found, shape, text, kind)
     whole = Outcome(endpoint=first.name, kind=kind, shape=shape, event_id=event_id, first=first)
     verdict = await gateway.limiter.admit(
         key,
@@ -355,26 +273,31 @@ async def serve(
         if composite.kind == "router":
             await _route(run, receive, send, composite, found, kind, payload, shape, text)
         elif composite.kind == "cascade":
-            await _cascade(run, receive, send, composite, found, kind, payload, shape)
+            await _cascade(run, receive, send, composite, found, kind, payload, shape, text)
         else:
-            await _vote(run, send, composite, found, kind, payload, shape)
+            await _vote(run, send, composite, found, kind, payload, shape, text)
     except GatewayError as exc:
-        if run.outcomes and not run.outcomes[-1].status:
-            run.outcomes[-1].status, run.outcomes[-1].error = exc.status, exc.code
+        _failed(run, exc.status, exc.code)
         exc.metered = bool(run.outcomes)
         raise
     except Exception:
-        if run.outcomes and not run.outcomes[-1].status:
-            run.outcomes[-1].status, run.outcomes[-1].error = 500, "internal"
+        _failed(run, 500, "internal")
         raise
     finally:
         await settle(gateway, key, verdict.reservation, run)
 
 
+def _failed(run: Run, status: int, code: str) -> None:
+    """Mark the hops that did not finish (the last, or a vote's verifier questions cut short) as failed."""
+    for outcome in run.outcomes:
+        if not outcome.status:
+            outcome.status, outcome.error = status, code
+
+
 async def _route(run: Run, receive, send, composite: Composite, found, kind, payload, shape, text) -> None:
     if text:
         classifier = found[composite.classifier]
-        asked_kind, asked = classifier_request(composite, classifier, text)
+        asked_kind, asked = hop_prompts.classifier_request(composite, classifier, text)
         answer = await run.ask(classifier, asked_kind, asked, shape)
         label, target = voting.route(
             voting.answer_text(answer["choices"][0]), composite.table, composite.default
@@ -385,29 +308,42 @@ async def _route(run: Run, receive, send, composite: Composite, found, kind, pay
     await run.final(receive, send, found[target], kind, payload, shape, extra)
 
 
-async def _cascade(run: Run, receive, send, composite: Composite, found, kind, payload, shape) -> None:
+async def _cascade(
+    run: Run, receive, send, composite: Composite, found, kind, payload, shape, text: str
+) -> None:
     small = found[composite.small]
-    body = {k: v for k, v in with_logprobs(kind, payload).items() if k not in ("stream", "stream_options")}
+    judged = composite.confidence == "verifier"
+    asked = payload if judged else with_logprobs(kind, payload)
+    body = {k: v for k, v in asked.items() if k not in ("stream", "stream_options")}
     answer = await run.ask(small, kind, body, shape)
-    confidence = voting.mean_logprob(answer["choices"][0])
-    shown = b"none" if confidence is None else f"{confidence:.4f}".encode()
-    if voting.escalate(confidence, composite.threshold):
-        extra = [(b"x-portfolio-escalated", b"true"), (b"x-portfolio-confidence", shown)]
-        await run.final(receive, send, found[composite.large], kind, payload, shape, extra)
+    if judged:
+        said = await verifier.verdicts(
+            run, found[composite.verifier], composite, text, [voting.answer_text(answer["choices"][0])]
+        )
+        escalate, told = said[0] is not True, (b"x-portfolio-verdict", verifier.shown(said[0]))
+    else:
+        confidence = voting.mean_logprob(answer["choices"][0])
+        shown = b"none" if confidence is None else f"{confidence:.4f}".encode()
+        escalate, told = voting.escalate(confidence, composite.threshold), (b"x-portfolio-confidence", shown)
+    if escalate:
+        extra = [(b"x-portfolio-escalated", b"true"), told]
+        large = found[composite.large]
+        if hop_prompts.applies(composite, kind, large.no_chat):
+            body = hop_prompts.completion_body(composite, payload, text)
+            answer = await run.ask(large, "completion", body, hop_prompts.shape(composite, text, shape))
+            extra.append((b"x-portfolio-answered-by", large.name.encode()))
+            chat = hop_prompts.as_chat(answer, run.first.name)
+            await send_answer(send, run.request_id, kind, chat, shape, extra)
+            return
+        await run.final(receive, send, large, kind, payload, shape, extra)
         return
-    asked = _asked_logprobs(kind, payload)
-    answer = dict(
-        answer, model=run.first.name, choices=[_strip_logprobs(c, asked) for c in answer["choices"]]
-    )
-    extra = [
-        (b"x-portfolio-answered-by", small.name.encode()),
-        (b"x-portfolio-escalated", b"false"),
-        (b"x-portfolio-confidence", shown),
-    ]
+    kept = _asked_logprobs(kind, payload)
+    answer = dict(answer, model=run.first.name, choices=[_strip_logprobs(c, kept) for c in answer["choices"]])
+    extra = [(b"x-portfolio-answered-by", small.name.encode()), (b"x-portfolio-escalated", b"false"), told]
     await send_answer(send, run.request_id, kind, answer, shape, extra)
 
 
-async def _vote(run: Run, send, composite: Composite, found, kind, payload, shape) -> None:
+async def _vote(run: Run, send, composite: Composite, found, kind, payload, shape, text: str) -> None:
     sampler = found[composite.sampler]
     body = {k: v for k, v in payload.items() if k not in ("stream", "stream_options", "n", "best_of")}
     body["n"] = composite.n
@@ -416,7 +352,18 @@ async def _vote(run: Run, send, composite: Composite, found, kind, payload, shap
         body = with_logprobs(kind, body)
     answer = await run.ask(sampler, kind, body, shape._replace(choices=composite.n, n=composite.n))
     choices = answer["choices"]
-    index = voting.best_of_n(choices) if composite.method == "best_of_n" else voting.majority(choices)
+    judged = []
+    if composite.method == "verifier":
+        firsts = voting.distinct_answers(choices)
+        said = await verifier.verdicts(
+            run, found[composite.verifier], composite, text, [voting.answer_text(choices[i]) for i in firsts]
+        )
+        index, accepted = voting.verified_pick(choices, dict(zip(firsts, said, strict=True)))
+        judged = [(b"x-portfolio-verdict", verifier.shown(accepted))]
+    elif composite.method == "best_of_n":
+        index = voting.best_of_n(choices)
+    else:
+        index = voting.majority(choices)
     votes = round(voting.agreement(choices, index) * len(choices))
     chosen = dict(_strip_logprobs(choices[index], _asked_logprobs(kind, payload)), index=0)
     # The usage shown is every sample's: each was billed.
@@ -424,6 +371,7 @@ async def _vote(run: Run, send, composite: Composite, found, kind, payload, shap
     extra = [
         (b"x-portfolio-answered-by", sampler.name.encode()),
         (b"x-portfolio-votes", f"{votes}/{len(choices)}".encode()),
+        *judged,
     ]
     await send_answer(send, run.request_id, kind, answer, shape, extra)
 
@@ -431,10 +379,7 @@ async def _vote(run: Run, send, composite: Composite, found, kind, payload, shap
 async def settle(gateway, key: KeyRecord, reservation, run: Run) -> None:
     """Give back what was not used of the reservation, and write every hop's usage event, in one round trip."""
     ended = time.perf_counter()
-    # A hop's latency: from its start (the first's: the request's) to the next hop's start.
-    latencies = [
-        end - begin for begin, end in zip([run.started, *run.begun[1:]], [*run.begun[1:], ended], strict=True)
-    ]
+    latencies = [(end or ended) - begin for begin, end in run.spans]
     events, tokens, money, team_micros, department_micros = [], 0, 0, 0, 0
     for outcome, latency in zip(run.outcomes, latencies, strict=True):
         hop = outcome.answered or outcome.first

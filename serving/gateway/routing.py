@@ -53,19 +53,37 @@ class Composite:
     default: str = ""
     system: str = ""
     label_tokens: int = 4
-    # cascade: ``small`` first; under ``threshold`` (mean token log-probability) escalate to ``large``
+    # cascade: ``small`` first; under ``threshold`` (mean token log-probability), or when ``confidence`` is
+    # "verifier" and the verifier does not say yes, escalate to ``large``
     small: str = ""
     large: str = ""
     threshold: float = -1.0
-    # vote: ``n`` samples of ``sampler``, one answer by ``method`` (majority | best_of_n)
+    confidence: str = "logprob"  # logprob | verifier
+    # a chat request escalated to a ``large`` without a chat template: asked as this plain prompt
+    # (``{input}``: the last user message) through /v1/completions, cut at ``large_stop``
+    large_template: str = ""
+    large_stop: tuple[str, ...] = ()
+    # vote: ``n`` samples of ``sampler``, one answer by ``method`` (majority | best_of_n | verifier)
     sampler: str = ""
     n: int = 5
     method: str = "majority"
     temperature: float = 0.8
+    # a cascade's or vote's ``verifier``: asked (with ``verifier_prompt`` as instructions) whether an answer
+    # is right, yes or no
+    verifier: str = ""
+    verifier_prompt: str = ""
 
     def hops(self) -> tuple[str, ...]:
         """Every endpoint it may call, each once, in the order it may call them."""
-        names = (self.classifier, *self.table.values(), self.default, self.small, self.large, self.sampler)
+        names = (
+            self.classifier,
+            *self.table.values(),
+            self.default,
+            self.small,
+            self.verifier,
+            self.large,
+            self.sampler,
+        )
         return tuple(dict.fromkeys(name for name in names if name))
 
 
@@ -79,9 +97,17 @@ def composite_of(kind: str, config: dict) -> Composite:
             system=config.get("system", ""),
             label_tokens=int(config.get("max_tokens", 4)),
         )
+    verifier = {"verifier": config.get("verifier", ""), "verifier_prompt": config.get("verifier_prompt", "")}
     if kind == "cascade":
         return Composite(
-            kind, small=config["small"], large=config["large"], threshold=float(config["threshold"])
+            kind,
+            small=config["small"],
+            large=config["large"],
+            threshold=float(config.get("threshold", -1.0)),
+            confidence=config.get("confidence", "logprob"),
+            large_template=config.get("large_template", ""),
+            large_stop=tuple(config.get("large_stop", ())),
+            **verifier,
         )
     return Composite(
         kind,
@@ -89,6 +115,7 @@ def composite_of(kind: str, config: dict) -> Composite:
         n=int(config["n"]),
         method=config.get("method", "majority"),
         temperature=float(config.get("temperature", 0.8)),
+        **verifier,
     )
 
 

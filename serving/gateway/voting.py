@@ -1,5 +1,5 @@
 """The decisions of composite endpoints, as pure functions: a router's label, a cascade's confidence and
-whether to escalate, and a test-time-compute endpoint's vote over its samples.
+whether to escalate, a test-time-compute endpoint's vote over its samples, and a verifier's yes or no.
 
 Contract: no I/O and nothing slower than a pass over one answer; every input came from an engine (or a
 client) and may be missing, the wrong type or absurd, so each function answers something sane for any JSON.
@@ -110,3 +110,36 @@ def agreement(choices: list, index: int) -> float:
         return 0.0
     chosen = normalise_answer(answer_text(choices[index]))
     return sum(normalise_answer(answer_text(c)) == chosen for c in choices) / len(choices)
+
+
+YES = frozenset({"yes", "y", "true", "correct", "right", "valid"})
+NO = frozenset({"no", "n", "false", "incorrect", "wrong", "invalid"})
+
+
+def verdict(text: object) -> bool | None:
+    """A verifier's answer as a verdict: its first word yes (True) or no (False), read as labels are
+    ("Yes." and " yes\\n" are yes); None for anything else (a verifier that rambles vouches for nothing)."""
+    word = label(text)
+    return True if word in YES else False if word in NO else None
+
+
+def distinct_answers(choices: list) -> list[int]:
+    """The index of the first sample of each normalised answer, in order: what a verifier is asked about
+    (the same answer twice needs one verdict, and is billed once)."""
+    seen: dict[str, int] = {}
+    for index, choice in enumerate(choices):
+        seen.setdefault(normalise_answer(answer_text(choice)), index)
+    return list(seen.values())
+
+
+def verified_pick(choices: list, verdicts: Mapping[int, bool | None]) -> tuple[int, bool]:
+    """Best-of-n by a verifier: (the index of the first sample of the most frequent answer the verifier
+    accepted, True); when it accepted none, (the majority answer's, False). ``verdicts`` maps each distinct
+    answer's first index (distinct_answers) to its verdict."""
+    accepted = {normalise_answer(answer_text(choices[i])) for i, ok in verdicts.items() if ok}
+    if not accepted:
+        return majority(choices), False
+    answers = [normalise_answer(answer_text(c)) for c in choices]
+    counts = Counter(a for a in answers if a in accepted)
+    best = max(counts.values())
+    return next(i for i, a in enumerate(answers) if a in accepted and counts[a] == best), True

@@ -2,7 +2,8 @@
 first, a large one when it is unsure) and test-time compute (n samples of one endpoint, one answer by vote).
 
 Their ``config`` names plain endpoints of the same team only: no composite calls a composite, so there is no
-cycle and a request makes a bounded number of hops (a router 2, a cascade 2, a vote 1 call of n samples).
+cycle and a request makes a bounded number of hops (a router 2, a cascade 2, or 3 with a verifier, a vote 1
+call of n samples, plus with a verifier one question per distinct answer: at most n).
 Every number and list here is bounded; the gateway reads the validated config from its routing table.
 """
 
@@ -28,11 +29,26 @@ ROUTER_MAX_LABEL_TOKENS = 16
 ROUTER_MAX_SYSTEM = 4000  # characters of the classifier's system prompt
 THRESHOLD_RANGE = (-20.0, 0.0)  # a mean token log-probability: 0 is certain, -20 hopeless
 VOTE_MAX_N = 16
+VERIFIER_MAX_PROMPT = 4000  # characters of a verifier's instructions
+LARGE_TEMPLATE_MAX = (
+    8000  # characters of a cascade's plain prompt for a large endpoint without a chat template
+)
+LARGE_STOP_MAX = (4, 16)  # stop strings, characters each
+VERIFIER_KEYS = {"verifier", "verifier_prompt"}
 KEYS: dict[str, set[str]] = {
     EndpointKind.ROUTER: {"classifier", "routes", "default", "system", "max_tokens"},
-    EndpointKind.CASCADE: {"small", "large", "threshold"},
-    EndpointKind.VOTE: {"endpoint", "n", "method", "temperature"},
+    EndpointKind.CASCADE: {
+        "small",
+        "large",
+        "threshold",
+        "confidence",
+        "large_template",
+        "large_stop",
+        *VERIFIER_KEYS,
+    },
+    EndpointKind.VOTE: {"endpoint", "n", "method", "temperature", *VERIFIER_KEYS},
 }
+HOP_KEYS = ("classifier", "default", "small", "large", "endpoint", "verifier")
 
 
 def _invalid(field: str, message: str) -> Invalid:
@@ -92,12 +108,7 @@ def check_config(team: Team, own: str, kind: str, config: object) -> dict:
     if kind == EndpointKind.ROUTER:
         return _router(team, own, config)
     if kind == EndpointKind.CASCADE:
-        small = _hop(team, "small", config.get("small"), own).name
-        large = _hop(team, "large", config.get("large"), own).name
-        if small == large:
-            raise _invalid("large", "another endpoint than small.")
-        threshold = _number(config, "threshold", None, *THRESHOLD_RANGE, whole=False)
-        return {"small": small, "large": large, "threshold": threshold}
+        return _cascade(team, own, config)
     sampler = _hop(team, "endpoint", config.get("endpoint"), own)
     n = _number(config, "n", 5, 2, VOTE_MAX_N, whole=True)
     if n > sampler.max_n:
@@ -105,10 +116,75 @@ def check_config(team: Team, own: str, kind: str, config: object) -> dict:
             "n", f"{sampler.name} allows at most {sampler.max_n} completions per request (its max_n)."
         )
     method = config.get("method", "majority")
-    if method not in ("majority", "best_of_n"):
-        raise _invalid("method", "majority or best_of_n.")
+    if method not in ("majority", "best_of_n", "verifier"):
+        raise _invalid(
+            "method", "majority, best_of_n (by log-probability) or verifier (best-of-n by a verifier)."
+        )
     temperature = _number(config, "temperature", 0.8, 0, 2, whole=False)
-    return {"endpoint": sampler.name, "n": n, "method": method, "temperature": temperature}
+    out = {"endpoint": sampler.name, "n": n, "method": method, "temperature": temperature}
+    return out | _verifier(team, own, config, wanted=method == "verifier", why="method verifier")
+
+
+def _cascade(team: Team, own: str, config: dict) -> dict:
+    small = _hop(team, "small", config.get("small"), own).name
+    large = _hop(team, "large", config.get("large"), own).name
+    if small == large:
+        raise _invalid("large", "another endpoint than small.")
+    confidence = config.get("confidence", "logprob")
+    if confidence not in ("logprob", "verifier"):
+        raise _invalid("confidence", "logprob (mean token log-probability) or verifier (its yes or no).")
+    out: dict = {"small": small, "large": large}
+    if confidence == "verifier" and config.get("verifier") in (small, large):
+        # Its questions must be told from the small answers and the escalations in the usage rows.
+        raise _invalid(
+            "verifier", "another endpoint than small and large (one on the same deployment will do)."
+        )
+    if confidence == "logprob":
+        out["threshold"] = _number(config, "threshold", None, *THRESHOLD_RANGE, whole=False)
+    elif "threshold" in config:
+        raise _invalid("threshold", "a log-probability threshold; a verifier's yes or no needs none.")
+    else:
+        out["confidence"] = "verifier"
+    return (
+        out
+        | _verifier(team, own, config, wanted=confidence == "verifier", why="confidence verifier")
+        | _template(config)
+    )
+
+
+def _template(config: dict) -> dict:
+    """A cascade's plain prompt for a large endpoint without a chat template (few-shot examples, say)."""
+    template, stop = config.get("large_template", ""), config.get("large_stop", [])
+    if not isinstance(template, str) or len(template) > LARGE_TEMPLATE_MAX:
+        raise _invalid("large_template", f"text of at most {LARGE_TEMPLATE_MAX} characters.")
+    if template and "{input}" not in template:
+        raise _invalid("large_template", "needs {input} where the last user message goes.")
+    count, chars = LARGE_STOP_MAX
+    if (
+        not isinstance(stop, list)
+        or len(stop) > count
+        or not all(isinstance(s, str) and 1 <= len(s) <= chars for s in stop)
+    ):
+        raise _invalid("large_stop", f"a list of at most {count} strings of 1 to {chars} characters.")
+    if stop and not template:
+        raise _invalid("large_stop", "only with large_template.")
+    return ({"large_template": template} if template else {}) | ({"large_stop": stop} if stop else {})
+
+
+def _verifier(team: Team, own: str, config: dict, *, wanted: bool, why: str) -> dict:
+    """The verifier settings: a plain endpoint of the team (and its instructions) when ``wanted``, else none."""
+    if not wanted:
+        given = sorted(VERIFIER_KEYS & set(config))
+        if given:
+            raise _invalid(given[0], f"only with {why}.")
+        return {}
+    out = {"verifier": _hop(team, "verifier", config.get("verifier"), own).name}
+    prompt = config.get("verifier_prompt", "")
+    if not isinstance(prompt, str) or len(prompt) > VERIFIER_MAX_PROMPT:
+        raise _invalid("verifier_prompt", f"text of at most {VERIFIER_MAX_PROMPT} characters.")
+    if prompt:
+        out["verifier_prompt"] = prompt
+    return out
 
 
 def _router(team: Team, own: str, config: dict) -> dict:
@@ -137,18 +213,19 @@ def _router(team: Team, own: str, config: dict) -> dict:
     return out
 
 
+def hop_names(endpoint: Endpoint) -> list[str]:
+    """The plain endpoints a composite endpoint calls, by name (none for a plain one)."""
+    config = endpoint.config or {}
+    hops = {config.get(k) for k in HOP_KEYS} | set((config.get("routes") or {}).values())
+    return sorted(name for name in hops if isinstance(name, str) and name)
+
+
 def called_by(endpoint: Endpoint) -> list[str]:
     """The composite endpoints of its team that call ``endpoint``, by name."""
-    names = []
-    for composite in Endpoint.objects.filter(owner_team_id=endpoint.owner_team_id).exclude(
+    composites = Endpoint.objects.filter(owner_team_id=endpoint.owner_team_id).exclude(
         kind=EndpointKind.PLAIN
-    ):
-        config = composite.config or {}
-        hops = {config.get(k) for k in ("classifier", "default", "small", "large", "endpoint")}
-        hops.update((config.get("routes") or {}).values())
-        if endpoint.name in hops:
-            names.append(composite.name)
-    return sorted(names)
+    )
+    return sorted(c.name for c in composites if endpoint.name in hop_names(c))
 
 
 def require_not_called(endpoint: Endpoint, doing: str) -> None:

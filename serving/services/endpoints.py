@@ -13,6 +13,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Department, Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid, NotFound
+from serving.choices import RolloutState
 from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, EndpointShare
 from serving.services import composite
 from serving.services.shared import _check_name
@@ -205,6 +206,12 @@ def set_routes(
 def delete_endpoint(*, actor: Actor, endpoint: Endpoint) -> None:
     gate.require(actor, "deployment.manage", endpoint)
     composite.require_not_called(endpoint, "delete it")
+    judged = endpoint.judged_rollouts.filter(state=RolloutState.CANARY).select_related("endpoint").first()
+    if judged is not None:
+        raise Conflict(
+            f"{endpoint.name} judges the rollout under way on {judged.endpoint.name}; let it finish or abort it "
+            "first, then delete it."
+        )
     audit.record(actor, "endpoint.delete", endpoint, before=endpoint.snapshot())
     endpoint.delete()
 

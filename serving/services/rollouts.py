@@ -20,6 +20,7 @@ from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, DomainError, Forbidden, Invalid
+from serving import rollout_judge
 from serving.choices import RolloutState
 from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, Rollout
 
@@ -32,6 +33,10 @@ WINDOW_SECONDS = (600, 60, 86_400)
 MIN_REQUESTS = (20, 1, 100_000)
 MAX_ERROR_RATE_INCREASE = (0.02, 0.0, 1.0)
 MAX_LATENCY_RATIO = (1.5, 1.0, 100.0)
+JUDGE_FRACTION = (0.1, 0.01, 1.0)
+MIN_JUDGE_SCORE = (0.6, 0.0, 1.0)
+MIN_JUDGE_SAMPLES = (5, 1, 200)
+MAX_JUDGE_RUBRIC = 2000
 
 
 def _bounded(name: str, value, bounds: tuple, *, whole: bool):
@@ -76,11 +81,55 @@ def _candidate(
     return target, attached
 
 
+def _judge(
+    endpoint: Endpoint,
+    judge: str | None,
+    rubric: str,
+    fraction: float | None,
+    min_score: float | None,
+    min_samples: int | None,
+) -> dict:
+    """The rollout's judge settings, checked: a plain endpoint the endpoint's team may call (its calls are
+    billed to that team), a rubric, and bounded numbers; none without a judge."""
+    if not judge:
+        if rubric or fraction is not None or min_score is not None or min_samples is not None:
+            raise Invalid(
+                "judge: the judge settings need a judge endpoint.",
+                fields={"judge": ["Choose a judge endpoint."]},
+            )
+        return {}
+    found = Endpoint.objects.callable_by(endpoint.owner_team).filter(name=judge).first()
+    if found is None or found.pk == endpoint.pk or found.kind != "plain":
+        raise Invalid(
+            f"judge: no plain endpoint {judge[:63]!r} that {endpoint.owner_team.name} may call (other than "
+            f"{endpoint.name}).",
+            fields={"judge": ["Choose a plain endpoint the team may call."]},
+        )
+    if not isinstance(rubric, str) or len(rubric) > MAX_JUDGE_RUBRIC:
+        raise Invalid(
+            f"judge_rubric: at most {MAX_JUDGE_RUBRIC} characters.",
+            fields={"judge_rubric": [f"At most {MAX_JUDGE_RUBRIC} characters."]},
+        )
+    sampler = rollout_judge.sampler()
+    why = "no judge sampler is installed" if sampler is None else sampler.check(endpoint)
+    if why:
+        raise Invalid(f"judge: {endpoint.name}'s canary cannot be judged: {why}.", fields={"judge": [why]})
+    return {
+        "judge_endpoint": found,
+        "judge_endpoint_name": found.name,
+        "judge_rubric": rubric.strip(),
+        "judge_fraction": float(_bounded("judge_fraction", fraction, JUDGE_FRACTION, whole=False)),
+        "min_judge_score": float(_bounded("min_judge_score", min_score, MIN_JUDGE_SCORE, whole=False)),
+        "min_judge_samples": _bounded("min_judge_samples", min_samples, MIN_JUDGE_SAMPLES, whole=True),
+    }
+
+
 def _key(route: EndpointRoute) -> tuple[str, str]:
     return route.deployment.name, route.adapter.name if route.adapter else ""
 
 
-def _step(rollout: Rollout, kind: str, reason: str, actor: Actor) -> None:
+def add_step(rollout: Rollout, kind: str, reason: str, actor: Actor) -> None:
+    """One more entry of the rollout's timeline (shown on the endpoint's page); saved by the caller."""
     rollout.steps = [
         *rollout.steps,
         {"at": timezone.now().isoformat(), "kind": kind, "reason": reason, "by": actor.label},
@@ -111,10 +160,17 @@ def start_rollout(
     min_requests: int | None = None,
     max_error_rate_increase: float | None = None,
     max_latency_ratio: float | None = None,
+    judge: str | None = None,
+    judge_rubric: str = "",
+    judge_fraction: float | None = None,
+    min_judge_score: float | None = None,
+    min_judge_samples: int | None = None,
     why: str = "",
 ) -> Rollout:
     """Give the candidate (a deployment of the endpoint's team, or one of its adapters) the canary weight
-    and start watching it; one active rollout per endpoint. ``why`` starts the first step's reason."""
+    and start watching it; one active rollout per endpoint. ``why`` starts the first step's reason. A
+    ``judge`` endpoint scores a ``judge_fraction`` sample of the canary's answers on ``judge_rubric``; a mean
+    under ``min_judge_score`` (over ``min_judge_samples`` at least) rolls back."""
     gate.require(actor, "deployment.manage", endpoint)
     endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
     if endpoint.kind != "plain":
@@ -133,6 +189,7 @@ def start_rollout(
             _bounded("max_latency_ratio", max_latency_ratio, MAX_LATENCY_RATIO, whole=False)
         ),
     }
+    judged = _judge(endpoint, judge, judge_rubric, judge_fraction, min_judge_score, min_judge_samples)
     if Rollout.objects.filter(endpoint=endpoint, state=RolloutState.CANARY).exists():
         raise Conflict(f"{endpoint.name} has a rollout under way: let it finish or abort it first.")
     target, attached = _candidate(actor, endpoint, deployment, adapter)
@@ -163,12 +220,19 @@ def start_rollout(
         started_at=now,
         started_by=actor.user,
         **policy,
+        **judged,
     )
-    _step(
+    add_step(
         rollout,
         "start",
         f"{why + ' ' if why else ''}Canary {label} at {policy['canary_percent']}% of the traffic, watched for "
-        f"{policy['window_seconds'] // 60} min.",
+        f"{policy['window_seconds'] // 60} min."
+        + (
+            f" {judged['judge_endpoint_name']} judges {judged['judge_fraction']:.0%} of its answers; a mean under "
+            f"{judged['min_judge_score']:.2f} rolls back."
+            if judged
+            else ""
+        ),
         actor,
     )
     try:
@@ -206,7 +270,7 @@ def finish(rollout: Rollout, state: str, reason: str, actor: Actor, *, full: boo
         RolloutState.ROLLED_BACK: "rollout.rollback",
         RolloutState.ABORTED: "rollout.abort",
     }
-    _step(rollout, actions[state].split(".", 1)[1], reason, actor)
+    add_step(rollout, actions[state].split(".", 1)[1], reason, actor)
     rollout.save(update_fields=["state", "reason", "finished_at", "steps", "figures", "checked_at"])
     audit.record(actor, actions[state], rollout, before=before, after=_after(rollout, endpoint))
     return rollout

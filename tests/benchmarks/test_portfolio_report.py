@@ -50,3 +50,12 @@ def test_the_result_holds_every_candidate_the_ratios_and_the_cascade_place_as_js
     assert result["task"] == {"rows": 80}
     lines = report.table([TUNED, UNKNOWN]).splitlines()
     assert "100.0%" in lines[2] and "0.0500" in lines[2] and lines[3].count("n/a") == 3
+
+
+def test_the_cascade_asks_gemma_the_same_few_shot_prompt_it_is_scored_with():
+    from serving.gateway import hop_prompts
+
+    shots = [("I was charged twice", "billing"), ("The app crashes", "technical")]
+    template = report.few_shot_prompt(shots, "{input}", "Route it.")
+    ticket = "Where is my parcel? {order 12}"
+    assert hop_prompts.render(template, ticket) == report.few_shot_prompt(shots, ticket, "Route it.")

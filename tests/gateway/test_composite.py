@@ -262,3 +262,120 @@ def test_a_composite_asked_for_several_choices_is_refused(gateway_url, stack, te
     wait_for_model(gateway_url, secret, "wise")
     response = chat(gateway_url, secret, "wise", n=2)
     assert response.status_code == 400 and response.json()["error"]["param"] == "n"
+
+
+def checks_paris(body: dict, index: int) -> str:
+    """The fake verifier: yes to an answer naming Paris, no to any other."""
+    shown = body["messages"][-1]["content"]
+    answer = shown.split("Answer:\n", 1)[1].split("\n\n", 1)[0]
+    return "Yes." if "paris" in answer.lower() else "No"
+
+
+@pytest.fixture
+def verified_cascade(stack, team):
+    def make(small_answer: str):
+        small, small_engines = stack["deployment"]("v-small-dep", answer=lambda b, i: small_answer)
+        stack["endpoint"]("v-small", small, price=("1000000", "1000000"))
+        large, large_engines = stack["deployment"]("v-large-dep", answer=lambda b, i: "Paris, France")
+        stack["endpoint"]("v-large", large, price=("10000000", "10000000"))
+        checker, checker_engines = stack["deployment"]("checker-dep", answer=checks_paris)
+        stack["endpoint"]("checker", checker, price=("3000000", "3000000"))
+        config = {"small": "v-small", "large": "v-large", "confidence": "verifier", "verifier": "checker"}
+        composite("verified", "cascade", config, team)
+        return small_engines[0], checker_engines[0], large_engines[0]
+
+    return make
+
+
+def test_a_cascade_keeps_the_small_answer_its_verifier_says_yes_to(gateway_url, stack, verified_cascade):
+    small, checker, large = verified_cascade("Paris is the capital")
+    secret = stack["key"](monthly_budget=Decimal("10000"))
+    wait_for_model(gateway_url, secret, "verified")
+    response = chat(gateway_url, secret, "verified", "What is the capital of France?")
+    assert response.status_code == 200, response.text
+    assert response.headers["x-portfolio-verdict"] == "yes"
+    assert response.headers["x-portfolio-escalated"] == "false"
+    assert response.headers["x-portfolio-answered-by"] == "v-small"
+    assert response.json()["choices"][0]["message"]["content"].strip() == "Paris is the capital"
+    assert "logprobs" not in small.requests[0], "a verifier, not log-probabilities, vouches for it"
+    asked = checker.requests[0]["messages"][-1]["content"]
+    assert "What is the capital of France?" in asked and "Paris is the capital" in asked
+    assert large.requests == []
+
+
+def test_a_cascade_escalates_when_its_verifier_says_no_and_meters_the_verifier_as_a_hop(
+    gateway_url, stack, verified_cascade
+):
+    small, checker, large = verified_cascade("Lyon")
+    secret = stack["key"](monthly_budget=Decimal("10000"))
+    wait_for_model(gateway_url, secret, "verified")
+    response = chat(gateway_url, secret, "verified", "What is the capital of France?", stream=True)
+    assert response.headers["x-portfolio-verdict"] == "no"
+    assert response.headers["x-portfolio-escalated"] == "true"
+    assert response.headers["x-portfolio-answered-by"] == "v-large"
+    assert streamed_text(response).strip() == "Paris, France"
+    usage.flush()
+    rows = {e.endpoint: e for e in UsageEvent.objects.all()}
+    assert set(rows) == {"v-small", "checker", "v-large"} and {e.via for e in rows.values()} == {"verified"}
+    verdict = rows["checker"]
+    assert verdict.cost == 3 * Decimal(verdict.input_tokens + verdict.output_tokens)
+    assert sorted(e.event_id[-2:] for e in rows.values()) == ["-1", "-2", "-3"]
+    assert rows["checker"].event_id.endswith("-2") and rows["v-large"].event_id.endswith("-3")
+
+
+def test_a_vote_by_a_verifier_returns_the_accepted_answer_and_bills_each_question(gateway_url, stack, team):
+    answers = ["Lyon", "Paris.", "lyon", "Lyon", "paris"]
+    dep, _ = stack["deployment"]("sampler-dep", answer=lambda b, i: answers[i])
+    stack["endpoint"]("sampler", dep)
+    checker, checker_engines = stack["deployment"]("checker-dep", answer=checks_paris)
+    stack["endpoint"]("checker", checker)
+    composite(
+        "judged", "vote", {"endpoint": "sampler", "n": 5, "method": "verifier", "verifier": "checker"}, team
+    )
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "judged")
+    response = chat(gateway_url, secret, "judged", "What is the capital of France?")
+    assert response.status_code == 200, response.text
+    assert [c["message"]["content"].strip() for c in response.json()["choices"]] == ["Paris."]
+    assert response.headers["x-portfolio-verdict"] == "yes"
+    assert response.headers["x-portfolio-votes"] == "2/5", "the majority (Lyon) was outvoted by the verifier"
+    assert len(checker_engines[0].requests) == 2, "one question per distinct answer"
+    usage.flush()
+    rows = list(UsageEvent.objects.order_by("event_id"))
+    assert [e.endpoint for e in rows] == ["sampler", "checker", "checker"]
+    assert {e.via for e in rows} == {"judged"} and len({e.event_id for e in rows}) == 3
+
+
+def test_a_chat_request_escalated_to_a_base_model_is_asked_with_the_cascades_plain_prompt(
+    gateway_url, stack, team
+):
+    small, _ = stack["deployment"]("t-small-dep", answer=lambda b, i: "maybe billing", logprob=-3.0)
+    stack["endpoint"]("t-small", small)
+    large, large_engines = stack["deployment"]("t-base-dep", answer=lambda b, i: "billing")
+    large.version.has_chat_template = False
+    large.version.save(update_fields=["has_chat_template"])
+    stack["endpoint"]("t-base", large, price=("10000000", "10000000"))
+    template = "Ticket: my card was charged\nQueue: billing\n\nTicket: {input}\nQueue:"
+    config = {"small": "t-small", "large": "t-base", "threshold": -1.0, "large_template": template}
+    composite("templated", "cascade", {**config, "large_stop": ["\n"]}, team)
+    secret = stack["key"](monthly_budget=Decimal("10000"))
+    wait_for_model(gateway_url, secret, "templated")
+    response = chat(gateway_url, secret, "templated", "charged {twice}", stream=True)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-portfolio-escalated"] == "true"
+    assert response.headers["x-portfolio-answered-by"] == "t-base"
+    assert streamed_text(response).strip() == "billing"
+    assert {c["object"] for c in events(response)} == {"chat.completion.chunk"}
+    asked = large_engines[0].requests[0]
+    assert asked["prompt"] == template.replace("{input}", "charged {twice}") and asked["stop"] == ["\n"]
+    assert asked["max_tokens"] == 8 and "messages" not in asked
+    usage.flush()
+    rows = {e.endpoint: e for e in UsageEvent.objects.all()}
+    assert rows["t-base"].kind == "completion" and rows["t-base"].via == "templated"
+    Endpoint.objects.filter(name="templated").update(config=config | {"large_template": ""})
+    time.sleep(1.2)  # the routing table's next refresh
+    refused = chat(gateway_url, secret, "templated", "charged twice")
+    assert (
+        refused.status_code == 400
+        and "`t-base`, which has no chat template" in refused.json()["error"]["message"]
+    )

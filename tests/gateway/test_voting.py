@@ -1,5 +1,5 @@
 """The decisions of composite endpoints, as pure functions: a router's label, a cascade's confidence and
-escalation, a vote's winner; and what a composite request reserves."""
+escalation, a vote's winner, a verifier's verdict and what it is asked; and what a composite request reserves."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from serving.gateway import composite, payloads, voting
+from serving.gateway import composite, payloads, verifier, voting
 from serving.gateway.routing import Composite, EndpointInfo
 
 
@@ -113,3 +113,83 @@ def test_a_router_reserves_its_question_and_its_costliest_specialist():
     question = 5 + payloads.CHAT_TEMPLATE_TOKENS + 4
     assert tokens == question + 30 and money == 30 * 5
     assert [hop.name for hop, _ in costliest] == ["c", "b"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("Yes.", True),
+        (" yes\n", True),
+        ("No", False),
+        ("no, it is wrong", False),
+        ("Maybe", None),
+        (None, None),
+    ],
+)
+def test_a_verifiers_answer_is_read_as_yes_no_or_unclear(answer, expected):
+    assert voting.verdict(answer) is expected
+
+
+def test_best_of_n_by_a_verifier_asks_about_each_distinct_answer_once():
+    samples = [chat_choice(t) for t in ["Lyon", "Paris.", "paris", "Rome", "Lyon", "lyon"]]
+    assert voting.distinct_answers(samples) == [0, 1, 3]
+
+
+def test_best_of_n_by_a_verifier_takes_the_most_frequent_accepted_answer():
+    samples = [chat_choice(t) for t in ["Lyon", "Paris.", "paris", "Rome", "Lyon", "lyon"]]
+    # Lyon is the majority, but the verifier accepts only Paris and Rome: the more frequent of those wins.
+    assert voting.verified_pick(samples, {0: False, 1: True, 3: True}) == (1, True)
+    assert voting.verified_pick(samples, {0: True, 1: None, 3: True}) == (0, True)
+
+
+def test_when_the_verifier_accepts_no_answer_the_majority_stands_unverified():
+    samples = [chat_choice(t) for t in ["Lyon", "Paris", "Lyon"]]
+    assert voting.verified_pick(samples, {0: False, 1: None}) == (0, False)
+
+
+def test_a_verifier_reserves_its_question_per_sample_at_worst():
+    shape = payloads.Shape(prompts=(20,), choices=1, per_choice=10)
+    found = {"s": _endpoint("s", 1, 10_000), "l": _endpoint("l", 10, 10_000), "v": _endpoint("v", 2, 10_000)}
+    cascade = Composite("cascade", small="s", large="l", confidence="verifier", verifier="v")
+    question = verifier.shape(cascade, "hello")
+    (bound,) = question.prompts
+    assert bound >= len(b"hello") + verifier.ANSWER_MAX, "the question and the whole answer shown to it"
+    tokens, money, costliest = composite.reservation(cascade, found, shape, "hello")
+    asked = bound + verifier.VERDICT_TOKENS
+    assert (tokens, money) == (30 + asked + 30, 30 * 1 + asked * 2 + 30 * 10)
+    assert [hop.name for hop, _ in costliest] == ["s", "v", "l"]
+    vote = Composite("vote", sampler="s", n=4, method="verifier", verifier="v")
+    tokens, money, _ = composite.reservation(vote, found, shape, "hello")
+    assert (tokens, money) == (20 + 4 * 10 + 4 * asked, 60 + 4 * asked * 2)
+
+
+def test_a_verifier_is_asked_by_chat_or_by_a_plain_prompt_when_it_has_no_chat_template():
+    cascade = Composite(
+        "cascade", small="s", large="l", confidence="verifier", verifier="v", verifier_prompt="Be strict."
+    )
+    kind, body = verifier.request(cascade, _endpoint("v", 1), "Capital of France?", "Paris")
+    assert kind == "chat" and body["messages"][0] == {"role": "system", "content": "Be strict."}
+    assert (
+        "Capital of France?" in body["messages"][1]["content"] and "Paris" in body["messages"][1]["content"]
+    )
+    assert (body["max_tokens"], body["temperature"]) == (verifier.VERDICT_TOKENS, 0)
+    base = EndpointInfo(**{**_endpoint("v", 1).__dict__, "no_chat": "a base model"})
+    kind, body = verifier.request(cascade, base, "Capital of France?", "x" * 20_000)
+    assert (
+        kind == "completion"
+        and body["prompt"].startswith("Be strict.")
+        and body["prompt"].endswith("Verdict:")
+    )
+    assert len(body["prompt"]) < 20_000, "the answer shown is cut to its bound"
+
+
+def test_a_templated_large_hop_reserves_its_plain_prompt_not_the_chat_request():
+    shape = payloads.Shape(prompts=(20,), choices=1, per_choice=10)
+    large = EndpointInfo(**{**_endpoint("l", 10, 10_000).__dict__, "no_chat": "a base model"})
+    cascade = Composite("cascade", small="s", large="l", threshold=-1, large_template="x" * 100 + "{input}")
+    found = {"s": _endpoint("s", 1, 10_000), "l": large}
+    tokens, money, _ = composite.reservation(cascade, found, shape, "hello", "chat")
+    assert (tokens, money) == (30 + (107 + 5 + 10), 30 + (107 + 5 + 10) * 10)
+    assert composite.reservation(cascade, found, shape, "hello", "completion")[0] == 60, (
+        "a prompt is passed as is"
+    )

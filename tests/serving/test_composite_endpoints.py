@@ -167,3 +167,79 @@ def test_a_composite_has_no_routes_to_roll_out_on(owner, team, deployment, plain
     vote = create(owner, team, "vote", {"endpoint": "small", "n": 2})
     with pytest.raises(Invalid, match="smart is a vote endpoint, with no routes to roll out on"):
         services.start_rollout(actor=owner, endpoint=vote, deployment=deployment.name)
+
+
+def test_a_cascade_may_take_a_verifiers_yes_or_no_as_its_confidence(owner, team, plain):
+    plain["make"]("checker")
+    config = {"small": "small", "large": "large", "confidence": "verifier", "verifier": "checker"}
+    cascade = create(owner, team, "cascade", {**config, "verifier_prompt": "Is it one queue name?"})
+    assert cascade.config == {**config, "verifier_prompt": "Is it one queue name?"}
+    with pytest.raises(Invalid, match="config.threshold: a log-probability threshold; a verifier"):
+        create(owner, team, "cascade", {**config, "threshold": -1}, "c2")
+    with pytest.raises(Invalid, match="config.verifier: another endpoint than small and large"):
+        create(owner, team, "cascade", {**config, "verifier": "large"}, "c3")
+    with pytest.raises(Invalid, match="config.verifier: only with confidence verifier"):
+        create(
+            owner,
+            team,
+            "cascade",
+            {"small": "small", "large": "large", "threshold": -1, "verifier": "checker"},
+            "c4",
+        )
+    with pytest.raises(Invalid, match="config.confidence: logprob"):
+        create(owner, team, "cascade", {**config, "confidence": "vibes"}, "c5")
+    with pytest.raises(Invalid, match="config.verifier_prompt: text of at most 4000"):
+        create(owner, team, "cascade", {**config, "verifier_prompt": "x" * 4001}, "c6")
+    with pytest.raises(Invalid, match="config.verifier: the name of an endpoint"):
+        create(owner, team, "cascade", {**config, "verifier": None}, "c7")
+
+
+def test_a_vote_may_pick_best_of_n_by_a_verifier(owner, team, plain):
+    plain["make"]("checker")
+    vote = create(
+        owner, team, "vote", {"endpoint": "small", "n": 4, "method": "verifier", "verifier": "checker"}
+    )
+    assert vote.config == {
+        "endpoint": "small",
+        "n": 4,
+        "method": "verifier",
+        "temperature": 0.8,
+        "verifier": "checker",
+    }
+    with pytest.raises(Invalid, match="config.verifier: the name of an endpoint"):
+        create(owner, team, "vote", {"endpoint": "small", "n": 4, "method": "verifier"}, "v2")
+    with pytest.raises(Invalid, match="config.verifier: only with method verifier"):
+        create(owner, team, "vote", {"endpoint": "small", "n": 4, "verifier": "checker"}, "v3")
+
+
+def test_a_verifier_is_a_plain_endpoint_of_the_team_and_cannot_be_deleted_from_under_it(owner, team, plain):
+    checker = plain["make"]("checker")
+    config = {"small": "small", "large": "large", "confidence": "verifier", "verifier": "checker"}
+    create(owner, team, "cascade", config)
+    with pytest.raises(Conflict, match="checker is called by smart"):
+        services.delete_endpoint(actor=owner, endpoint=checker)
+    with pytest.raises(Conflict, match="checker is called by smart"):
+        services.configure_endpoint(
+            actor=owner, endpoint=checker, kind="vote", config={"endpoint": "large", "n": 2}
+        )
+    with pytest.raises(Invalid, match="config.verifier: smart is a cascade endpoint"):
+        create(
+            owner, team, "vote", {"endpoint": "small", "n": 2, "method": "verifier", "verifier": "smart"}, "v"
+        )
+    with pytest.raises(Invalid, match="config.verifier: no endpoint 'elsewhere' of team"):
+        create(owner, team, "cascade", {**config, "verifier": "elsewhere"}, "c2")
+
+
+def test_a_cascade_may_ask_a_large_base_model_with_a_bounded_plain_prompt(owner, team, plain):
+    config = {"small": "small", "large": "large", "threshold": -1}
+    few_shot = "Ticket: charged twice\nQueue: billing\n\nTicket: {input}\nQueue:"
+    cascade = create(owner, team, "cascade", {**config, "large_template": few_shot, "large_stop": ["\n"]})
+    assert cascade.config == {**config, "threshold": -1.0, "large_template": few_shot, "large_stop": ["\n"]}
+    with pytest.raises(Invalid, match="config.large_template: needs {input}"):
+        create(owner, team, "cascade", {**config, "large_template": "no placeholder"}, "c2")
+    with pytest.raises(Invalid, match="config.large_template: text of at most 8000"):
+        create(owner, team, "cascade", {**config, "large_template": "{input}" + "x" * 8000}, "c3")
+    with pytest.raises(Invalid, match="config.large_stop: a list of at most 4"):
+        create(owner, team, "cascade", {**config, "large_template": few_shot, "large_stop": ["a"] * 5}, "c4")
+    with pytest.raises(Invalid, match="config.large_stop: only with large_template"):
+        create(owner, team, "cascade", {**config, "large_stop": ["\n"]}, "c5")

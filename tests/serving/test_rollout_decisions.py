@@ -1,6 +1,6 @@
 """A rollout's decision, pure: hold while the window runs and too few canary requests came, roll back past
 the error-rate or latency threshold (with the figures in the reason), promote when the window is over and
-the canary is healthy, and never promote a canary that answered nothing."""
+the canary is healthy, never promote a canary that answered nothing; and with a judge, roll back on a low sampled judge score."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from serving.rollout_decisions import HOLD, PROMOTE, ROLLBACK, Policy, Stats, breach, decide
+from serving.rollout_decisions import HOLD, PROMOTE, ROLLBACK, Judged, Policy, Stats, breach, decide
 
 START = datetime(2026, 12, 2, 1, 0, tzinfo=UTC)
 POLICY = Policy(ends_at=START + timedelta(minutes=10), min_requests=20)
@@ -112,3 +112,45 @@ def test_stats_as_shown():
         "error_percent": "12.5",
         "p95_ms": 123.5,
     }
+
+
+JUDGED = Policy(
+    ends_at=START + timedelta(minutes=10), min_requests=20, min_judge_score=0.6, min_judge_samples=4
+)
+HEALTHY = Stats(requests=60, errors=0, p95_ms=190.0)
+
+
+def test_a_judged_canary_holds_until_the_judge_has_scored_enough_samples():
+    verdict, reason = decide(BASELINE, HEALTHY, JUDGED, DURING, Judged().plus([0.0, 0.0, None]))
+    assert verdict == HOLD, "two scores (one reply unreadable) of the four needed decide nothing"
+    assert "over 2 sampled answers (of 4 needed)" in reason
+
+
+def test_a_judge_score_under_the_threshold_rolls_back_early_with_the_figures():
+    judged = Judged().plus([0.25, 0.5, 0.75, 0.5])
+    verdict, reason = decide(BASELINE, HEALTHY, JUDGED, DURING, judged)
+    assert verdict == ROLLBACK
+    assert reason == "Rolled back: judge score 0.50 over 4 sampled canary answers, under the 0.60 required."
+
+
+def test_a_judge_score_at_or_over_the_threshold_promotes_when_the_window_ends():
+    judged = Judged().plus([0.5, 0.75, 0.5, 0.65])  # 0.60: at the threshold is within it
+    assert decide(BASELINE, HEALTHY, JUDGED, DURING, judged)[0] == HOLD
+    verdict, reason = decide(BASELINE, HEALTHY, JUDGED, AFTER, judged)
+    assert verdict == PROMOTE and "Judge score 0.60 over 4 sampled answers" in reason
+
+
+def test_a_judged_canary_is_not_promoted_on_too_few_scored_samples():
+    verdict, reason = decide(BASELINE, HEALTHY, JUDGED, AFTER, Judged().plus([1.0, 1.0]))
+    assert verdict == ROLLBACK
+    assert "the judge scored 2 sampled canary answers, fewer than the 4 needed" in reason
+
+
+def test_without_a_judge_its_scores_decide_nothing():
+    assert decide(BASELINE, HEALTHY, POLICY, AFTER, Judged().plus([0.0] * 10))[0] == PROMOTE
+
+
+def test_the_judges_tally_keeps_unreadable_replies_out_of_the_mean():
+    judged = Judged().plus([1.0, None]).plus([0.5])
+    assert (judged.samples, judged.unreadable, judged.score) == (2, 1, 0.75)
+    assert Judged.of(judged.as_dict()) == judged

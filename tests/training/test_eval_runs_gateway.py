@@ -117,3 +117,46 @@ def test_a_judge_scores_each_answer_through_the_gateway_metered_to_the_tasks_tea
     usage.flush()
     events = UsageEvent.objects.filter(endpoint="judge-ep", api_key=key)
     assert events.count() == 4 and {event.team_id for event in events} == {team.pk}
+
+
+def test_an_eval_run_of_a_cascade_may_call_the_endpoints_it_calls(
+    stack, gateway_url, settings, engineer, team
+):
+    from django.db import transaction
+
+    from serving.models import Endpoint
+
+    settings.GATEWAY_INTERNAL_URL = gateway_url
+    small, _ = stack["deployment"]("small-dep", answer=lambda body, i: "billing", logprob=-0.1)
+    stack["endpoint"]("small-ep", small)
+    large, large_engines = stack["deployment"]("large-dep")
+    stack["endpoint"]("large-ep", large)
+    with transaction.atomic():
+        cascade = Endpoint.objects.create(
+            name="cascade-ep",
+            owner_team=team,
+            kind="cascade",
+            config={"small": "small-ep", "large": "large-ep", "threshold": -1.0},
+        )
+    gateway_fixtures.wait_for_model(gateway_url, stack["key"](), cascade.name)
+    dataset = services.create_dataset(actor=engineer, owner_team=team, name="tickets", kind=DatasetKind.CHAT)
+    version, _ = upload(engineer, dataset, jsonl(*tickets(12)))
+    task = catalogue.create_task(actor=engineer, owner_team=team, name="Routing", kind="classification")
+    eval_set = catalogue.add_eval_set(actor=engineer, task=task, dataset_version=version, source="all")
+    run = runs.start_run(
+        actor=engineer,
+        task=task,
+        eval_set=eval_set,
+        endpoint=cascade,
+        row_limit=3,
+        max_tokens=4,
+        enqueue=False,
+    )
+    runs.execute(run.pk)
+    run.refresh_from_db()
+    assert run.status == JobStatus.SUCCEEDED, run.status_detail
+    key = ApiKey.objects.get(name=f"eval run #{run.pk}")
+    assert sorted(key.scopes) == ["cascade-ep", "large-ep", "small-ep"]
+    usage.flush()
+    assert UsageEvent.objects.filter(via="cascade-ep", endpoint="small-ep").count() == 3
+    assert large_engines[0].requests == [], "confident small answers were kept"

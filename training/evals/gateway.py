@@ -16,6 +16,8 @@ from django.db import transaction
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from serving.gateway import services as key_services
+from serving.models import Endpoint
+from serving.services import composite
 
 SYSTEM = Actor.for_system("training.evals")
 
@@ -34,10 +36,13 @@ class Answer:
 
 @contextlib.contextmanager
 def client_for(team: Team, endpoint_name: str, label: str) -> Iterator[httpx.Client]:
-    """An HTTP client of the gateway holding a service key of ``team`` for ``endpoint_name``, revoked after."""
+    """An HTTP client of the gateway holding a service key of ``team`` for ``endpoint_name``, revoked after.
+    A composite endpoint's key may call the endpoints it calls too (the gateway checks every hop)."""
+    found = Endpoint.objects.filter(name=endpoint_name).first()
+    scopes = [endpoint_name, *(composite.hop_names(found) if found is not None else [])]
     with transaction.atomic():
         key, secret = key_services.create_key(
-            actor=SYSTEM, team=team, name=label[:100], scopes=[endpoint_name], service=True
+            actor=SYSTEM, team=team, name=label[:100], scopes=scopes, service=True
         )
     try:
         with httpx.Client(

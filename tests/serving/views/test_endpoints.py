@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from decimal import Decimal
+
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from serving import services
+from serving.cascade_savings import cascade_savings
 from serving.models import Endpoint
 from tests.serving.views.conftest import audited
 
@@ -232,6 +237,32 @@ def test_a_cascades_page_shows_its_config_escalation_rate_and_cost_saved(
     # Always large: 4 x 1 = 4; the cascade paid 4 x 0.1 + 1 = 1.4; saved 2.6.
     assert 'data-testid="cost-saved">2.6000' in page
     assert "Edit routes" not in page
+
+
+def test_a_verified_cascades_page_names_its_verifier_and_counts_its_questions_in_the_cost(
+    signed_in, org, owner, team, endpoint
+):
+    for name in ("large", "checker"):
+        services.create_endpoint(actor=owner, name=name, team=team, routes=[{"deployment": "support-bot"}])
+    config = {"small": "support", "large": "large", "confidence": "verifier", "verifier": "checker"}
+    services.create_endpoint(
+        actor=owner,
+        name="smart",
+        team=team,
+        routes=[],
+        kind="cascade",
+        config={**config, "verifier_prompt": "Strict."},
+    )
+    _hop("smart", "a", 1, "support", (10, 1), "0.1")
+    _hop("smart", "a", 2, "checker", (10, 1), "0.05")
+    _hop("smart", "b", 1, "support", (10, 1), "0.1")
+    _hop("smart", "b", 2, "checker", (10, 1), "0.05")
+    _hop("smart", "b", 3, "large", (10, 1), "1")
+    page = signed_in(org["viewer"]).get(reverse("endpoint-detail", args=["smart"])).content.decode()
+    assert "unless" in page and ">checker</a> says the first answer is right" in page and "Strict." in page
+    assert 'data-testid="escalation-rate">50%' in page
+    savings = cascade_savings(Endpoint.objects.get(name="smart"), timezone.now() - timedelta(hours=1))
+    assert savings.cost == Decimal("1.3"), "both small answers, both questions, one escalation"
 
 
 def test_an_engineer_makes_an_endpoint_a_vote_from_its_page_and_bad_settings_come_back(

@@ -1,0 +1,98 @@
+"""What a composite endpoint's hops are asked, besides the client's own request: the text a router's
+classifier labels (the last user message), and a chat request escalated by a cascade to a base model (no
+chat template) as a plain prompt: the cascade's ``large_template`` with the last user message in place of
+``{input}`` (few-shot examples, say), asked through /v1/completions, and the completion given back to the
+client as a chat completion.
+
+Contract, as composite.py's: no I/O here; the rendered prompt is bounded (the template by the service, the
+message by LABEL_PROMPT_MAX), so the reservation knows its size before the call.
+"""
+
+from __future__ import annotations
+
+from serving.gateway import payloads, voting
+from serving.gateway.routing import Composite, EndpointInfo
+
+PLACEHOLDER = "{input}"
+LABEL_PROMPT_MAX = 16_000  # bytes of the last user message a router's classifier is asked with
+
+
+def last_user_text(kind: str, payload: dict) -> str:
+    """What a router's classifier is asked: the last user message (its text parts), or a text prompt."""
+    if kind != "chat":
+        prompt = payload.get("prompt")
+        return prompt[:LABEL_PROMPT_MAX] if isinstance(prompt, str) else ""
+    for message in reversed(payload.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                content = " ".join(
+                    part.get("text", "")
+                    for part in content
+                    if isinstance(part, dict) and part.get("type") == "text"
+                )
+            return content[:LABEL_PROMPT_MAX] if isinstance(content, str) else ""
+    return ""
+
+
+def classifier_request(composite: Composite, classifier: EndpointInfo, text: str) -> tuple[str, dict]:
+    """(kind, body) of the question put to a router's classifier: short, at temperature 0."""
+    common = {"max_tokens": composite.label_tokens, "temperature": 0}
+    if classifier.no_chat:  # a base model without a chat template: a plain text prompt
+        prompt = f"{composite.system}\n\n{text}\n" if composite.system else f"{text}\n"
+        return "completion", {"prompt": prompt, **common}
+    messages = [{"role": "system", "content": composite.system}] if composite.system else []
+    return "chat", {"messages": [*messages, {"role": "user", "content": text}], **common}
+
+
+def applies(composite: Composite, kind: str, large_no_chat: str) -> bool:
+    """A chat request whose large endpoint takes completions only, and a template to ask it with."""
+    return kind == "chat" and bool(large_no_chat) and bool(composite.large_template)
+
+
+def render(template: str, text: str) -> str:
+    # Not str.format: a message's own braces stay as they are.
+    return template.replace(PLACEHOLDER, text)
+
+
+def completion_body(composite: Composite, payload: dict, text: str) -> dict:
+    """The completion request: the rendered prompt, with the client's limits and sampling."""
+    body: dict = {"prompt": render(composite.large_template, text)}
+    limit = payload.get("max_completion_tokens")
+    limit = payload.get("max_tokens") if limit is None else limit
+    if limit is not None:
+        body["max_tokens"] = limit
+    for name in ("temperature", "top_p", "seed"):
+        if name in payload:
+            body[name] = payload[name]
+    stop = list(composite.large_stop) or payload.get("stop")
+    if stop:
+        body["stop"] = stop
+    return body
+
+
+def shape(composite: Composite, text: str, asked: payloads.Shape) -> payloads.Shape:
+    """What the completion asks of the engine at most (bytes bound tokens), one choice, unstreamed."""
+    bound = len(composite.large_template.encode()) + len(text.encode())
+    return asked._replace(prompts=(bound,), choices=1, n=1, stream=False)
+
+
+def as_chat(answer: dict, model: str) -> dict:
+    """A completion answer in a chat completion's shape (the client called chat)."""
+    choices = [
+        {
+            "index": choice.get("index", 0) if isinstance(choice, dict) else 0,
+            "message": {"role": "assistant", "content": voting.answer_text(choice)},
+            "logprobs": None,
+            "finish_reason": choice.get("finish_reason") if isinstance(choice, dict) else None,
+        }
+        for choice in answer.get("choices") or []
+    ]
+    return {
+        "id": answer.get("id"),
+        "object": "chat.completion",
+        "created": answer.get("created"),
+        "model": model,
+        "choices": choices,
+        "usage": answer.get("usage"),
+    }

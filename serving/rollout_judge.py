@@ -1,0 +1,68 @@
+"""A rollout's judge (optional): during the watch window, a sample of the canary's answers is scored by a
+judge endpoint with a rubric, and rollout_decisions.decide rolls back when the mean is under the threshold.
+
+How many: at each check, enough that the samples judged keep up with ``judge_fraction`` of the canary's
+requests so far (at least one once it answered any), at most JUDGE_PER_CHECK per check (a beat tick stays
+short) and JUDGE_MAX_SAMPLES per rollout. Sampling runs before the rollout's rows are locked (it calls
+endpoints), so a slow judge never holds up a route edit.
+
+The judging itself (which questions, the judge's prompt, reading its reply) lives in training, which serving
+cannot import: training registers a JudgeSampler in its AppConfig.ready, as it does PROMOTION_FOLLOWERS.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from serving.models import Endpoint, Rollout
+
+JUDGE_PER_CHECK = 16
+JUDGE_MAX_SAMPLES = 200
+
+
+class JudgeUnavailable(Exception):
+    """The judge (or the canary it samples) did not answer this time: the check goes on without scores."""
+
+
+@dataclass(frozen=True)
+class JudgeSampler:
+    # Why the canaries of this endpoint cannot be judged (no eval set to sample questions from, say); None
+    # when they can. Asked when a judged rollout starts.
+    check: Callable[[Endpoint], str | None]
+    # Ask ``count`` sampled questions of the rollout's canary and the judge: each answer's score from 0 to 1,
+    # None where the judge's reply said no readable score. Raises JudgeUnavailable.
+    sample: Callable[[Rollout, int], list[float | None]]
+
+
+SAMPLERS: list[JudgeSampler] = []
+
+
+def sampler() -> JudgeSampler | None:
+    return SAMPLERS[0] if SAMPLERS else None
+
+
+def due(rollout: Rollout, canary_requests: int) -> int:
+    """How many canary answers to judge now."""
+    if not rollout.judge_endpoint_name or rollout.judge_fraction <= 0:
+        return 0
+    asked = int(rollout.judged.get("asked", 0))
+    owed = math.ceil(rollout.judge_fraction * canary_requests - 1e-9) - asked
+    return max(0, min(owed, JUDGE_PER_CHECK, JUDGE_MAX_SAMPLES - asked))
+
+
+def judge(rollout: Rollout, canary_requests: int) -> tuple[list[float | None], str]:
+    """(the scores of the canary answers judged now, why none could be when some were due)."""
+    count = due(rollout, canary_requests)
+    if not count:
+        return [], ""
+    found = sampler()
+    if found is None:
+        return [], "no judge sampler is installed (the training app is not loaded)"
+    if rollout.judge_endpoint_id is None:
+        return [], f"the judge endpoint {rollout.judge_endpoint_name} was deleted"
+    try:
+        return found.sample(rollout, count), ""
+    except JudgeUnavailable as exc:
+        return [], str(exc)

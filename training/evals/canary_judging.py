@@ -1,0 +1,101 @@
+"""The rollout judge's sampler (serving/rollout_judge.py asks; TrainingConfig.ready registers it): questions
+sampled from the eval set of the task whose production endpoint is rolling out, put to the canary, and
+each answer scored by the rollout's judge endpoint on its rubric (judging.py, as eval runs score).
+
+Why the eval set's questions and not the canary's own requests: the gateway keeps no prompt or answer text
+(metadata only, see DESIGN.md), so live requests cannot be read back; questions of the task, asked at the
+rate of the canary's traffic, stand in for them, and bring reference answers the judge compares with.
+The canary is asked on one of its ready replicas, as the gateway would ask it (the gateway routes by the
+endpoint's weights and cannot be told to pick the canary; the replica's time is billed as replica-hours);
+the judge is asked through the gateway with a short-lived key of the endpoint's team, metered and billed
+like any call.
+"""
+
+from __future__ import annotations
+
+import random
+
+import httpx
+from django.conf import settings
+
+from serving import agent
+from serving.choices import ReplicaState
+from serving.models import Endpoint, Replica, Rollout
+from serving.rollout_judge import JudgeUnavailable
+from training import evaluation
+from training.evals import gateway, judging, runs
+from training.evals.models import EvalSet
+
+CANARY_MAX_TOKENS = 128  # an answer long enough to judge, short enough for a beat tick
+
+
+def eval_set_of(endpoint: Endpoint) -> EvalSet | None:
+    """The newest eval set of a task whose production endpoint ``endpoint`` is."""
+    return EvalSet.objects.filter(task__production_endpoint=endpoint).order_by("-created_at", "-id").first()
+
+
+def check(endpoint: Endpoint) -> str | None:
+    if eval_set_of(endpoint) is None:
+        return (
+            f"no task has {endpoint.name} as its production endpoint and an eval set to sample questions from"
+        )
+    return None
+
+
+def canary_answer(rollout: Rollout, messages: list[dict], pick: random.Random) -> str:
+    """The canary's greedy answer to one question, from one of its ready replicas."""
+    replicas = list(
+        Replica.objects.filter(deployment__name=rollout.deployment, state=ReplicaState.READY).exclude(
+            port=None
+        )
+    )
+    if not replicas:
+        raise JudgeUnavailable(f"the canary {rollout.target} has no ready replica to ask")
+    replica = pick.choice(replicas)
+    body = {
+        "model": rollout.adapter or rollout.deployment,
+        "messages": messages,
+        "max_tokens": CANARY_MAX_TOKENS,
+        "temperature": 0,
+    }
+    try:
+        response = httpx.post(
+            f"{replica.base_url}/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {agent.engine_key(replica.pk)}"},
+            timeout=settings.GATEWAY_UPSTREAM_TIMEOUT,
+        )
+        response.raise_for_status()
+        return str(response.json()["choices"][0]["message"]["content"] or "")
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise JudgeUnavailable(
+            f"the canary {rollout.target} did not answer: {exc.__class__.__name__}"
+        ) from None
+
+
+def sample(rollout: Rollout, count: int) -> list[float | None]:
+    """``count`` questions (drawn with replacement, reproducibly per rollout and check) put to the canary,
+    each answer's score by the judge (None: its reply said no readable score)."""
+    eval_set = eval_set_of(rollout.endpoint)
+    rows = runs.rows_of(eval_set, runs.MAX_ROWS) if eval_set is not None else []
+    if not rows:
+        raise JudgeUnavailable(f"no eval set rows to sample questions from for {rollout.endpoint.name}")
+    pick = random.Random(f"{rollout.pk}:{rollout.judged.get('asked', 0)}")  # noqa: S311 - sampling, not secrets
+    chosen = [rows[pick.randrange(len(rows))] for _ in range(count)]
+    questions = [evaluation.prompt_messages(row) for row in chosen]
+    answers = [canary_answer(rollout, question, pick) for question in questions]
+    label = f"rollout #{rollout.pk} (judge)"
+    try:
+        with gateway.client_for(rollout.endpoint.owner_team, rollout.judge_endpoint_name, label) as client:
+            replies = [
+                gateway.ask(
+                    client,
+                    rollout.judge_endpoint_name,
+                    judging.messages(rollout.judge_rubric, question, evaluation.expected_answer(row), answer),
+                    judging.JUDGE_MAX_TOKENS,
+                )
+                for row, question, answer in zip(chosen, questions, answers, strict=True)
+            ]
+    except gateway.GatewayRefused as exc:
+        raise JudgeUnavailable(f"the judge did not answer: {exc}") from None
+    return [judging.score(reply.text) for reply in replies]
