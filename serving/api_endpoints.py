@@ -47,8 +47,9 @@ class EndpointOut(Schema):
 
 CONFIG_HELP = (
     "router: {classifier, routes: {label: endpoint} (at most 32), default, system?, max_tokens? (1-16)}; "
-    "cascade: {small, large, threshold (mean token log-probability, -20..0)}; "
-    "vote: {endpoint, n (2-16), method? (majority | best_of_n), temperature? (0-2)}. "
+    "cascade: {small, large, threshold (mean token log-probability, -20..0) or confidence: verifier with "
+    "verifier and verifier_prompt?, large_template? ({input}) and large_stop? for a large base model}; "
+    "vote: {endpoint, n (2-16), method? (majority | best_of_n | verifier), verifier?, temperature? (0-2)}. "
     "Every endpoint named is a plain endpoint of the same team."
 )
 
