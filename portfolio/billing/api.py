@@ -79,7 +79,7 @@ class PriceOut(Schema):
 
 class PriceIn(Schema):
     """A new version of a subject's prices. Rates left out keep the value in force at ``effective_from``.
-    Endpoints: input/output per million tokens; pools: per GPU-, CPU-core-, memory-GiB-hour; stores: per
+    Endpoints: input/output per million tokens, per second of audio; pools: per GPU-, CPU-core-, memory-GiB-hour; stores: per
     GiB-month."""
 
     kind: PriceKind
@@ -90,6 +90,7 @@ class PriceIn(Schema):
     note: str = Field("", max_length=200)
     input_per_million: Rate | None = None
     output_per_million: Rate | None = None
+    audio_second: Rate | None = None
     gpu_hour: Rate | None = None
     cpu_core_hour: Rate | None = None
     memory_gib_hour: Rate | None = None

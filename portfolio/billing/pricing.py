@@ -82,3 +82,15 @@ def current_token_rates(now: datetime | None = None) -> dict[int, tuple[Decimal,
         if price is not None and subject_id.isdigit():
             rates[int(subject_id)] = (price.input_per_million, price.output_per_million)
     return rates
+
+
+def current_audio_rates(now: datetime | None = None) -> dict[int, Decimal]:
+    """For the gateway's routing table: each endpoint's price per second of audio now (those priced)."""
+    book = PriceBook.load(kinds=[PriceKind.ENDPOINT], until=None)
+    now = now or timezone.now()
+    rates = {}
+    for subject_id in book.subjects(PriceKind.ENDPOINT):
+        price = book.at(PriceKind.ENDPOINT, subject_id, now)
+        if price is not None and subject_id.isdigit() and price.audio_second:
+            rates[int(subject_id)] = price.audio_second
+    return rates

@@ -10,6 +10,8 @@ class Task(models.TextChoices):
     SUMMARIZATION = "summarization", "Summarization"
     CODE = "code", "Code"
     EMBEDDING = "embedding", "Embeddings"
+    SPEECH = "speech", "Speech to text (transcription, translation)"
+    RERANK = "rerank", "Reranking / scoring (cross-encoder)"
     OTHER = "other", "Other"
 
 

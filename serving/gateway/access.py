@@ -80,7 +80,12 @@ def chain(
             break
         if chat and hop.no_chat:
             break
-        if not may_call(key, hop) or hop.embedding != first.embedding or hop.max_n < choices:
+        if (
+            not may_call(key, hop)
+            or hop.embedding != first.embedding
+            or hop.serves != first.serves
+            or hop.max_n < choices
+        ):
             if (current.name, hop.name) not in cut_fallbacks and hop.team_id != current.team_id:
                 cut_fallbacks.add((current.name, hop.name))
                 logger.warning(
@@ -125,4 +130,5 @@ def ticket_endpoint(snapshot: Snapshot, ticket: tickets.Ticket, name) -> Endpoin
         max_n=1,
         embedding=deployment.embedding,
         no_chat=no_chat,
+        serves=deployment.serves,
     )

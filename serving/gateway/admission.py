@@ -6,6 +6,8 @@ along an endpoint's fallbacks); limits.Limiter admits it against the key's limit
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from serving.gateway import payloads
 from serving.gateway.errors import GatewayError
 from serving.gateway.keycache import KeyRecord
@@ -24,11 +26,18 @@ def reservation(shape: payloads.Shape, chain: list[EndpointInfo]) -> tuple[int, 
     return bound_tokens, bound_money
 
 
-def spend_caps(snapshot: Snapshot, key: KeyRecord, shape: payloads.Shape, chain: list[EndpointInfo]):
+def spend_caps(
+    snapshot: Snapshot,
+    key: KeyRecord,
+    shape: payloads.Shape,
+    chain: list[EndpointInfo],
+    cost_of: Callable[[EndpointInfo], int] | None = None,
+):
     """The hard limits of the key's team and department (None when neither has one), each reserving the
     worst case of the hops its statement charges: the team's, those to another team's endpoints (own
     calls are free); the department's, those to another department's (a call between two of its teams
-    charges one and credits the other the same)."""
+    charges one and credits the other the same). ``cost_of``: a hop's worst case in money where it is not
+    the shape's tokens (an audio upload's seconds)."""
     team = snapshot.caps.get(("team", key.team_id))
     department = snapshot.caps.get(("department", key.department_id))
     if team is None and department is None:
@@ -37,9 +46,12 @@ def spend_caps(snapshot: Snapshot, key: KeyRecord, shape: payloads.Shape, chain:
     for hop in chain:
         if hop.team_id == key.team_id:
             continue
-        _, hop_money = payloads.worst_case(
-            shape, hop.max_model_len, hop.input_micros_per_token, hop.output_micros_per_token
-        )
+        if cost_of is not None:
+            hop_money = cost_of(hop)
+        else:
+            _, hop_money = payloads.worst_case(
+                shape, hop.max_model_len, hop.input_micros_per_token, hop.output_micros_per_token
+            )
         team_reserve = max(team_reserve, hop_money)
         if hop.department_id != key.department_id:
             department_reserve = max(department_reserve, hop_money)

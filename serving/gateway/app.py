@@ -37,6 +37,7 @@ from django.conf import settings
 from serving.gateway import (
     access,
     admission,
+    audio,
     authentication,
     composite,
     errors,
@@ -67,7 +68,13 @@ from serving.gateway.routing import (
 
 logger = logging.getLogger(__name__)
 
-KINDS = {"/v1/chat/completions": "chat", "/v1/completions": "completion", "/v1/embeddings": "embedding"}
+KINDS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completion",
+    "/v1/embeddings": "embedding",
+    "/v1/rerank": "rerank",
+    "/v1/score": "score",
+}
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -317,6 +324,7 @@ class Gateway:
         outcome: Outcome,
         started,
         caller: tuple[str, dict[bytes, bytes]] = ("", {}),
+        encode=None,  # upstream body -> (bytes, content type), when not JSON (audio.py's multipart form)
     ) -> None:
         assert self.session is not None, "set by start()"
         for current in chain:
@@ -339,14 +347,17 @@ class Gateway:
                 if outcome.stream:
                     # Always asked of the engine, to meter from its counts; passed on only as the client asked.
                     upstream["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+                data, content_type = (
+                    encode(upstream) if encode else (orjson.dumps(upstream), "application/json")
+                )
                 self.balancer.acquire(replica)
                 try:
                     response = await self.session.post(
                         f"{replica.base_url}{PATHS[outcome.kind]}",
-                        data=orjson.dumps(upstream),
+                        data=data,
                         headers={
                             "Authorization": replica.auth,
-                            "Content-Type": "application/json",
+                            "Content-Type": content_type,
                             "X-Request-ID": request_id,
                         },
                     )
@@ -414,7 +425,7 @@ class Gateway:
     async def _settle(self, key: KeyRecord, endpoint: EndpointInfo, reservation, outcome, started) -> None:
         assert self.limiter is not None and self.pipe is not None, "set by start()"
         latency = time.perf_counter() - started
-        cost = price_micros(endpoint, outcome.input_tokens, outcome.output_tokens)
+        cost = price_micros(endpoint, outcome.input_tokens, outcome.output_tokens, outcome.audio_ms)
         event = usage_event(key, outcome, latency, cost)
         team_micros, department_micros = admission.charged(key, endpoint, cost)
         commands = self.limiter.settle(
@@ -476,6 +487,8 @@ def routes() -> Routes:
     table.add("GET", "/v1/models/", Gateway._describe_model, prefix=True)
     for path, kind in KINDS.items():
         table.add("POST", path, functools.partial(Gateway._proxy, kind=kind))
+    for path, kind in audio.ROUTES.items():  # multipart uploads, not JSON
+        table.add("POST", path, functools.partial(audio.serve, kind=kind))
     return table
 
 

@@ -38,6 +38,7 @@ class Outcome:
         "answered",
         "first",
         "via",
+        "audio_ms",
     )
 
     def __init__(
@@ -61,8 +62,10 @@ class Outcome:
         self.answered: EndpointInfo | None = None
         self.first = first  # the endpoint called: metered by it until another one of the chain answers
         self.via = ""  # the composite endpoint (router, cascade, vote) this request is a hop of
+        self.audio_ms = 0  # an upload's duration (audio.py), priced per second
 
     def take_usage(self, usage) -> None:
+        # Rerank and score answers count their pairs' tokens as prompt tokens too (vLLM's RerankUsage).
         if isinstance(usage, dict):
             self.input_tokens = int(usage.get("prompt_tokens") or 0)
             self.output_tokens = int(usage.get("completion_tokens") or 0)
@@ -97,6 +100,7 @@ def usage_event(key: KeyRecord, outcome: Outcome, latency: float, cost: int, *, 
         "stream": int(outcome.stream),
         "in": outcome.input_tokens,
         "out": outcome.output_tokens,
+        "audio_ms": outcome.audio_ms,
         "latency_ms": int(latency * 1000),
         "ttft_ms": None if outcome.ttft is None else int(outcome.ttft * 1000),
         "status": inflight.LOST_STATUS if lost else outcome.status,

@@ -1,14 +1,38 @@
 """A request's body as the gateway takes it in: a JSON object that names a model, called on the path for
-that kind of model, and within the route's allow-list (payloads.py)."""
+that kind of model, and within the route's allow-list (payloads.py; rerank.py for rerank and score; chat's
+image parts in images.py)."""
 
 from __future__ import annotations
 
 import orjson
 from django.conf import settings
 
-from serving.gateway import payloads
+from serving.gateway import images, payloads, rerank
 from serving.gateway.errors import GatewayError
 from serving.gateway.routing import EndpointInfo
+
+# What a model must serve (EndpointInfo.serves) to be called on each route, and where else to call it.
+SERVES = {
+    "chat": "text",
+    "completion": "text",
+    "embedding": "embedding",
+    "rerank": "score",
+    "score": "score",
+    "transcription": "speech",
+    "translation": "speech",
+}
+ROUTES_OF = {
+    "text": "/v1/chat/completions or /v1/completions",
+    "embedding": "/v1/embeddings",
+    "score": "/v1/rerank or /v1/score",
+    "speech": "/v1/audio/transcriptions or /v1/audio/translations",
+}
+WHAT = {
+    "text": "a text generation",
+    "embedding": "an embedding",
+    "score": "a reranking",
+    "speech": "a speech",
+}
 
 
 def parse(body: bytes) -> tuple[dict, object]:
@@ -27,9 +51,10 @@ def parse(body: bytes) -> tuple[dict, object]:
     return payload, name
 
 
-def check(kind: str, payload: dict, size: int, first: EndpointInfo, name) -> payloads.Shape:
-    """The request's shape, once the model it names is found to serve this kind of call."""
-    if first.embedding != (kind == "embedding"):
+def check_serves(kind: str, first: EndpointInfo, name) -> None:
+    """Refuse a call on a route the model does not serve, naming the routes it does."""
+    serves = first.serves
+    if first.embedding != (kind == "embedding") and serves in ("text", "embedding"):
         use = "/v1/embeddings" if first.embedding else "/v1/chat/completions or /v1/completions"
         raise GatewayError(
             400,
@@ -38,6 +63,19 @@ def check(kind: str, payload: dict, size: int, first: EndpointInfo, name) -> pay
             "unsupported_endpoint",
             param="model",
         )
+    if serves != SERVES[kind]:
+        raise GatewayError(
+            400,
+            f"The model `{name}` is {WHAT.get(serves, 'another kind of')} model: call "
+            f"{ROUTES_OF.get(serves, 'another route')} with it.",
+            "unsupported_endpoint",
+            param="model",
+        )
+
+
+def check(kind: str, payload: dict, size: int, first: EndpointInfo, name) -> payloads.Shape:
+    """The request's shape, once the model it names is found to serve this kind of call."""
+    check_serves(kind, first, name)
     if kind == "chat" and first.no_chat:
         raise GatewayError(
             400,
@@ -48,12 +86,21 @@ def check(kind: str, payload: dict, size: int, first: EndpointInfo, name) -> pay
             param="model",
         )
     try:
-        return payloads.check(
+        if kind in rerank.FIELDS:
+            return rerank.check(kind, payload)
+        shape = payloads.check(
             kind,
             payload,
             size,
             max_n=min(first.max_n, settings.GATEWAY_MAX_N),
             max_inputs=settings.GATEWAY_MAX_INPUTS,
         )
+        if kind == "chat":
+            found = images.inspect(payload["messages"])
+            if found.number:
+                # An image costs the engine a bounded number of tokens, not one per byte of its URL.
+                bound = shape.prompts[0] - found.url_chars + found.number * settings.GATEWAY_IMAGE_TOKENS
+                shape = shape._replace(prompts=(bound,))
+        return shape
     except payloads.PayloadError as exc:
         raise GatewayError(400, exc.message, exc.code, param=exc.param) from None

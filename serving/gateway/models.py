@@ -161,10 +161,14 @@ class UsageEvent(models.Model):
     model_version_id = models.BigIntegerField(null=True)
     adapter = models.CharField(max_length=63, blank=True)
     replica_id = models.BigIntegerField(null=True)
-    kind = models.CharField(max_length=20, help_text="chat, completion, embedding")
+    kind = models.CharField(
+        max_length=20, help_text="chat, completion, embedding, rerank, score, transcription, translation"
+    )
     stream = models.BooleanField(default=False)
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
+    # Speech models: the uploaded audio's duration (read from its header by the gateway), priced per second.
+    audio_ms = models.PositiveIntegerField(default=0)
     latency_ms = models.PositiveIntegerField(default=0)
     ttft_ms = models.PositiveIntegerField(null=True)
     status = models.PositiveSmallIntegerField()
@@ -205,6 +209,7 @@ class UsageHourly(models.Model):
     errors = models.PositiveIntegerField(default=0)
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
+    audio_ms = models.BigIntegerField(default=0)
     latency_ms_sum = models.BigIntegerField(default=0)
     latency_p50_ms = models.PositiveIntegerField(default=0)
     latency_p95_ms = models.PositiveIntegerField(default=0)

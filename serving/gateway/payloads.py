@@ -163,6 +163,10 @@ def _list(longest: int, item: type | tuple[type, ...] | None = None) -> Check:
     return check
 
 
+# The checks the other routes' allow-lists are made of too (rerank.py, audio.py).
+text_check, integer_check, number_check, boolean_check = _text, _integer, _number, _boolean
+
+
 def _stop(name: str, value: object) -> None:
     if value is None or isinstance(value, str):
         return

@@ -16,7 +16,15 @@ from serving.gateway import errors, payloads
 from serving.gateway.errors import GatewayError
 from serving.gateway.events import Outcome
 
-PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "embedding": "/v1/embeddings"}
+PATHS = {
+    "chat": "/v1/chat/completions",
+    "completion": "/v1/completions",
+    "embedding": "/v1/embeddings",
+    "rerank": "/v1/rerank",
+    "score": "/v1/score",
+    "transcription": "/v1/audio/transcriptions",
+    "translation": "/v1/audio/translations",
+}
 
 
 class Renamer:

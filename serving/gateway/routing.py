@@ -143,6 +143,9 @@ class EndpointInfo:
     sticky_by: str = "none"
     sticky_header: bytes = b""
     composite: Composite | None = None  # a router, cascade or vote endpoint (no routes of its own)
+    # Which routes its models answer (SERVES): text (chat, completions), embedding, speech (audio), score.
+    serves: str = "text"
+    audio_micros_per_second: float = 0.0  # the price book's audio_second, for speech models
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,11 @@ class DeploymentInfo:
     max_model_len: int
     embedding: bool
     without_chat: dict[str, str] = field(default_factory=dict)  # served name -> "model vN" lacking a template
+    serves: str = "text"
+
+
+# What a model of each registry task answers (a task not named: text, i.e. chat and completions).
+SERVES = {"embedding": "embedding", "speech": "speech", "rerank": "score"}
 
 
 @dataclass
@@ -194,13 +202,14 @@ def build_snapshot(unless: str = "") -> Snapshot | None:
 
 def _read_snapshot() -> Snapshot:
     from portfolio.billing.budgets import hard_limits
-    from portfolio.billing.pricing import current_token_rates
+    from portfolio.billing.pricing import current_audio_rates, current_token_rates
     from portfolio.registry.choices import Task
     from serving.choices import ReplicaState
     from serving.models import Deployment, Endpoint, Replica
 
     snapshot = Snapshot(built_at=time.time())
     prices = current_token_rates()  # endpoint id -> per million input and output tokens, in force now
+    audio_prices = current_audio_rates()  # endpoint id -> per second of audio, in force now
     without_chat: dict[int, str] = {}  # version id -> "model vN", for versions without a chat template
     for deployment in Deployment.objects.select_related("version__model").prefetch_related(
         "adapters__version__model"
@@ -219,6 +228,7 @@ def _read_snapshot() -> Snapshot:
             max_model_len=int(deployment.engine_args.get("max_model_len", 2048)),
             embedding=deployment.version.model.task == Task.EMBEDDING,
             without_chat={name: without_chat[v.pk] for name, v in served if v.pk in without_chat},
+            serves=SERVES.get(deployment.version.model.task, "text"),
         )
     endpoints = Endpoint.objects.select_related("fallback", "owner_team").prefetch_related(
         "routes__deployment", "routes__adapter", "shares"
@@ -227,11 +237,13 @@ def _read_snapshot() -> Snapshot:
         routes = []
         max_len = 0
         embedding = False
+        serves = ""
         for route in endpoint.routes.all():
             deployment = route.deployment
             max_len = max(max_len, int(deployment.engine_args.get("max_model_len", 2048)))
             known = snapshot.deployments.get(deployment.name)
             embedding = embedding or bool(known and known.embedding)
+            serves = serves or (known.serves if known else "")
             version_id = route.adapter.version_id if route.adapter else deployment.version_id
             routes.append(
                 Route(
@@ -270,6 +282,8 @@ def _read_snapshot() -> Snapshot:
             sticky_by=endpoint.sticky_by,
             sticky_header=endpoint.sticky_header.encode("ascii"),
             composite=composite,
+            serves=serves or "text",
+            audio_micros_per_second=float(audio_prices.get(endpoint.pk, 0)) * 1_000_000,
         )
     for replica in Replica.objects.filter(state=ReplicaState.READY).select_related("deployment"):
         snapshot.replicas.setdefault(replica.deployment.name, []).append(
@@ -356,11 +370,14 @@ def sticky_route(routes: list[Route], salt: str, key: bytes) -> Route:
     return ordered[-1]
 
 
-def price_micros(endpoint: EndpointInfo, input_tokens: int, output_tokens: int) -> int:
-    """Cost in micro-units of money (prices are per million tokens, so micro-units per token)."""
+def price_micros(endpoint: EndpointInfo, input_tokens: int, output_tokens: int, audio_ms: int = 0) -> int:
+    """Cost in micro-units of money (prices are per million tokens, so micro-units per token; audio is
+    priced per second)."""
     return int(
         round(
-            endpoint.input_micros_per_token * input_tokens + endpoint.output_micros_per_token * output_tokens
+            endpoint.input_micros_per_token * input_tokens
+            + endpoint.output_micros_per_token * output_tokens
+            + endpoint.audio_micros_per_second * audio_ms / 1000
         )
     )
 

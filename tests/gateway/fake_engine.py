@@ -43,7 +43,9 @@ class FakeEngine:
         max_model_len: int = 512,
         answer: Callable[[dict, int], str] | None = None,
         logprob: float | Callable[[int], float] = -0.1,
+        media: bool = False,
     ):
+        self.media = media  # also serve the audio, rerank and score routes (tests/gateway/media_engine.py)
         self.answer, self.logprob = answer, logprob
         self.expected_key = expected_key
         self.chunk_delay = chunk_delay
@@ -263,6 +265,10 @@ class FakeEngine:
             app.router.add_post("/v1/chat/completions", self.generate)
             app.router.add_post("/v1/completions", self.generate)
             app.router.add_get("/health", self.health)
+            if self.media:
+                from tests.gateway.media_engine import add_routes
+
+                add_routes(self, app)
             app.router.add_route("*", "/{tail:.*}", self.not_found)
             self._runner = web.AppRunner(app)
             self._loop.run_until_complete(self._runner.setup())

@@ -28,6 +28,7 @@ class Price(models.Model):
     effective_from = models.DateTimeField()
     input_per_million = rate("Per million input tokens")
     output_per_million = rate("Per million output tokens")
+    audio_second = rate("Per second of audio (speech models: transcription, translation)")
     gpu_hour = rate("Per GPU-hour held")
     cpu_core_hour = rate("Per CPU-core-hour held")
     memory_gib_hour = rate("Per GiB-hour of memory held")
@@ -54,7 +55,7 @@ class Price(models.Model):
         return f"{self.get_kind_display()} {self.subject_name} from {self.effective_from:%Y-%m-%d %H:%M}"
 
     RATE_FIELDS = {
-        PriceKind.ENDPOINT: ("input_per_million", "output_per_million"),
+        PriceKind.ENDPOINT: ("input_per_million", "output_per_million", "audio_second"),
         PriceKind.POOL: ("gpu_hour", "cpu_core_hour", "memory_gib_hour"),
         PriceKind.STORE: ("gib_month",),
     }

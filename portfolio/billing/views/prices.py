@@ -22,6 +22,7 @@ from portfolio.formviews import submit
 RATE_LABELS = {
     "input_per_million": "Input, per million tokens",
     "output_per_million": "Output, per million tokens",
+    "audio_second": "Per second of audio",
     "gpu_hour": "Per GPU-hour",
     "cpu_core_hour": "Per CPU-core-hour",
     "memory_gib_hour": "Per GiB-hour of memory",
@@ -41,6 +42,7 @@ class PriceForm(forms.Form):
     subject = forms.ChoiceField(help_text="What is priced: an endpoint, a pool or an artifact store.")
     input_per_million = forms.DecimalField(required=False, min_value=0, max_digits=16, decimal_places=6)
     output_per_million = forms.DecimalField(required=False, min_value=0, max_digits=16, decimal_places=6)
+    audio_second = forms.DecimalField(required=False, min_value=0, max_digits=16, decimal_places=6)
     gpu_hour = forms.DecimalField(required=False, min_value=0, max_digits=16, decimal_places=6)
     cpu_core_hour = forms.DecimalField(required=False, min_value=0, max_digits=16, decimal_places=6)
     memory_gib_hour = forms.DecimalField(required=False, min_value=0, max_digits=16, decimal_places=6)

@@ -26,7 +26,11 @@ DEMO_ENDPOINT = "smollm2"
 # What the demo charges, so that its billing pages show money rather than zeros: the demo endpoint's tokens,
 # the pool's reservations and the artifact store's bytes.
 DEMO_PRICES = {
-    PriceKind.ENDPOINT: {"input_per_million": Decimal("0.50"), "output_per_million": Decimal("1.50")},
+    PriceKind.ENDPOINT: {
+        "input_per_million": Decimal("0.50"),
+        "output_per_million": Decimal("1.50"),
+        "audio_second": Decimal("0.0001"),  # 0.006 a minute
+    },
     PriceKind.POOL: {
         "gpu_hour": Decimal("2.50"),
         "cpu_core_hour": Decimal("0.05"),

@@ -1,0 +1,152 @@
+"""Image content parts of a chat call: what an engine may be asked to look at, and what admission reserves.
+
+Contract: the engine never fetches an arbitrary URL on a client's behalf (SSRF). An ``image_url`` is either
+a ``data:`` URI of an allowed image type, checked by its magic bytes and bounded in decoded size, or an
+``http(s)`` URL whose host is, exactly, one of the internal hosts on the allow-list
+(``PORTFOLIO_GATEWAY_IMAGE_HOSTS``); the URL must be plain (no user info, no escapes, no backslashes, no
+fragment) so that the engine's URL parser cannot read another host out of it than the gateway did. Every
+other URL (``file:``, the cloud metadata address, ``localhost`` and its disguises) is refused, and so are
+the content parts by which vLLM would fetch audio or video. A request carries at most
+``PORTFOLIO_GATEWAY_MAX_IMAGES`` images, and admission reserves ``PORTFOLIO_GATEWAY_IMAGE_TOKENS`` for
+each instead of its bytes (the engine turns an image into a bounded number of tokens, not one per byte).
+Plain text conversations pay only a type test per message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import NamedTuple
+
+from django.conf import settings
+
+from serving.gateway.payloads import PayloadError
+
+# Content part types a chat message may hold: text, and images checked here. vLLM also takes audio_url,
+# video_url, input_audio and embeddings parts: refused, as they fetch URLs or bypass these checks.
+TEXT_PARTS = {"text", "refusal"}
+MAGIC = {
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/gif": (b"GIF87a", b"GIF89a"),
+    "image/webp": (b"RIFF",),  # and "WEBP" at offset 8, checked below
+}
+_DATA_URI = re.compile(r"data:(image/[a-z0-9.+-]{1,40});base64,", re.ASCII)
+# A plain absolute URL: scheme, host[:port], then a path and query of unreserved and sub-delimiter
+# characters only ('%' escapes too, but never in the host). No '@' before the path, no '\\', no '#'.
+_PLAIN_URL = re.compile(
+    r"(https?)://([a-z0-9.-]{1,253}(?::[0-9]{1,5})?)(/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?"
+    r"(\?[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?",
+    re.ASCII,
+)
+MAX_URL = 2048
+
+
+class Images(NamedTuple):
+    """The images of a conversation: how many, and the characters of their URLs in the body."""
+
+    number: int
+    url_chars: int
+
+
+def inspect(messages: list) -> Images:
+    """Check every content part of ``messages`` (already a list of objects); PayloadError names the part."""
+    count = url_chars = 0
+    limit = settings.GATEWAY_MAX_IMAGES
+    for m, message in enumerate(messages):
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue  # a string (or none): no parts
+        for p, part in enumerate(content):
+            where = f"messages[{m}].content[{p}]"
+            if not isinstance(part, dict):
+                raise PayloadError(f"`{where}` must be a content part object.", where, "invalid_type")
+            kind = part.get("type")
+            if kind in TEXT_PARTS:
+                continue
+            if kind != "image_url":
+                shown = kind if isinstance(kind, str) and len(kind) <= 40 else "…"
+                raise PayloadError(
+                    f"`{where}.type` {shown!r} is not accepted: send text and image_url parts only.",
+                    f"{where}.type",
+                    "unsupported_content",
+                )
+            count += 1
+            if count > limit:
+                raise PayloadError(f"A request may hold at most {limit} images.", where, "too_many_images")
+            url_chars += _check_image(part.get("image_url"), f"{where}.image_url")
+    return Images(count, url_chars)
+
+
+def _check_image(image, where: str) -> int:
+    """The URL's length, once it is found acceptable."""
+    if not isinstance(image, dict):
+        raise PayloadError(f"`{where}` must be an object with a `url`.", where, "invalid_type")
+    unknown = set(image) - {"url", "detail"}
+    if unknown:
+        name = sorted(unknown)[0][:40]
+        raise PayloadError(f"Unrecognized field `{where}.{name}`.", f"{where}.{name}", "unknown_parameter")
+    detail = image.get("detail")
+    if detail is not None and detail not in ("auto", "low", "high"):
+        raise PayloadError(f"`{where}.detail` must be auto, low or high.", f"{where}.detail")
+    url = image.get("url")
+    if not isinstance(url, str) or not url:
+        raise PayloadError(f"`{where}.url` must be a non-empty string.", f"{where}.url", "invalid_type")
+    if url[:5].lower() == "data:":
+        _check_data_uri(url, f"{where}.url")
+    else:
+        _check_internal_url(url, f"{where}.url")
+    return len(url)
+
+
+def _check_data_uri(url: str, where: str) -> None:
+    found = _DATA_URI.match(url)
+    if found is None:
+        raise PayloadError(
+            f"`{where}`: a data URI must be `data:image/<type>;base64,<data>`.", where, "invalid_image"
+        )
+    declared = found.group(1)
+    if declared not in MAGIC:
+        raise PayloadError(
+            f"`{where}`: {declared} is not accepted; send one of {', '.join(sorted(MAGIC))}.",
+            where,
+            "invalid_image",
+        )
+    encoded = url[found.end() :]
+    most = settings.GATEWAY_MAX_IMAGE_BYTES
+    if len(encoded) > (most + 2) // 3 * 4:  # refused before decoding anything
+        raise PayloadError(f"`{where}`: an image may be at most {most} bytes.", where, "image_too_large")
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise PayloadError(f"`{where}`: the image is not valid base64.", where, "invalid_image") from None
+    if len(data) > most:
+        raise PayloadError(f"`{where}`: an image may be at most {most} bytes.", where, "image_too_large")
+    if not _is(declared, data):
+        raise PayloadError(
+            f"`{where}`: the data is not a {declared} image (its first bytes say otherwise).",
+            where,
+            "invalid_image",
+        )
+
+
+def _is(declared: str, data: bytes) -> bool:
+    if not any(data.startswith(magic) for magic in MAGIC[declared]):
+        return False
+    return declared != "image/webp" or data[8:12] == b"WEBP"
+
+
+def _check_internal_url(url: str, where: str) -> None:
+    hosts = settings.GATEWAY_IMAGE_HOSTS
+    plain = _PLAIN_URL.fullmatch(url) if len(url) <= MAX_URL else None
+    # The host is compared as written, lower case: no resolution, no normalisation the engine might
+    # undo differently (a trailing dot, an IP in another notation, percent escapes are all not on the list).
+    if plain is None or plain.group(2) not in hosts:
+        allowed = ", ".join(hosts) if hosts else "none are configured"
+        raise PayloadError(
+            f"`{where}`: images are taken as data URIs, or from the internal image hosts ({allowed}); "
+            "the engine fetches no other URL.",
+            where,
+            "image_url_not_allowed",
+        )

@@ -1,0 +1,189 @@
+"""/v1/audio/transcriptions and /v1/audio/translations through a real gateway process, with the official
+openai SDK, against the stand-in engine (tests/gateway/media_engine.py: no Whisper weights here): keys,
+scopes, limits and budgets as for chat, metering in audio seconds priced from the price book, and hostile
+uploads refused in OpenAI's error shape before the engine sees them."""
+
+from __future__ import annotations
+
+import struct
+from decimal import Decimal
+
+import httpx
+import openai
+import pytest
+
+from serving.gateway import usage
+from serving.gateway.models import UsageEvent
+from tests.gateway.conftest import wait_for_model
+from tests.gateway.media import client, error_of, media_gateway, price_audio, sine_wav, speech_wav
+
+pytestmark = pytest.mark.django_db(transaction=True)
+__all__ = ["media_gateway"]
+
+
+@pytest.fixture
+def whisper(media_gateway, stack):
+    """A speech endpoint priced 0.01 per second of audio, an engine behind it, and a key of its team."""
+    dep, engines = stack["deployment"]("whisper-dep", task="speech", media=True)
+    endpoint = stack["endpoint"]("whisper", dep)
+    price_audio(endpoint, "0.01")
+    secret = stack["key"]()
+    wait_for_model(media_gateway, secret, "whisper")
+    return {"base": media_gateway, "secret": secret, "engine": engines[0], "stack": stack}
+
+
+def post(whisper, files, data, path="/v1/audio/transcriptions", secret=None) -> httpx.Response:
+    return httpx.post(
+        f"{whisper['base']}{path}",
+        files=files,
+        data=data,
+        headers={"Authorization": f"Bearer {secret or whisper['secret']}"},
+        timeout=20,
+    )
+
+
+# --- Happy paths ------------------------------------------------------------------------------------
+def test_a_transcription_through_the_sdk_is_forwarded_whole_and_metered_in_audio_seconds(whisper, tmp_path):
+    audio, made_by = speech_wav("The invoice was paid twice.", tmp_path)
+    path = tmp_path / "call.wav"
+    path.write_bytes(audio)
+    with path.open("rb") as file:
+        answer = client(whisper["base"], whisper["secret"]).audio.transcriptions.create(
+            model="whisper", file=file, language="en", temperature=0.0
+        )
+    assert answer.text == f"heard {len(audio)} bytes", made_by
+    sent = whisper["engine"].requests[-1]
+    assert sent["path"] == "/v1/audio/transcriptions" and sent["file"] == audio
+    assert sent["fields"]["model"] == ["whisper-dep"], "the engine gets its own name for the model"
+    assert sent["fields"]["language"] == ["en"]
+    usage.flush()
+    event = UsageEvent.objects.get()
+    (channels, rate), bits = struct.unpack_from("<HI", audio, 22), struct.unpack_from("<H", audio, 34)[0]
+    data_bytes = len(audio) - 44
+    expected_ms = -(-data_bytes // (channels * bits // 8) * 1000 // rate)
+    assert (event.kind, event.status, event.audio_ms) == ("transcription", 200, expected_ms)
+    assert event.cost == (Decimal(expected_ms) / 100_000).quantize(Decimal("0.000001"))  # 0.01 a second
+
+
+def test_a_translation_through_the_sdk_answers_text_when_asked(whisper):
+    answer = client(whisper["base"], whisper["secret"]).audio.translations.create(
+        model="whisper", file=("clip.wav", sine_wav(1.0), "audio/wav"), response_format="text"
+    )
+    assert str(answer).strip() == f"heard {len(sine_wav(1.0))} bytes"
+    assert whisper["engine"].requests[-1]["path"] == "/v1/audio/translations"
+    usage.flush()
+    assert UsageEvent.objects.get().audio_ms == 1000
+
+
+# --- Keys and scopes ------------------------------------------------------------------------------------
+def test_audio_calls_need_a_key_that_may_call_the_endpoint(whisper, other_team):
+    stack = whisper["stack"]
+    dep, _ = stack["deployment"]("elsewhere-dep")
+    stack["endpoint"]("somewhere-else", dep)
+    other = stack["key"](owner=other_team)
+    scoped = stack["key"](scopes=["somewhere-else"])
+    files = {"file": ("a.wav", sine_wav(0.5), "audio/wav")}
+    assert post(whisper, files, {"model": "whisper"}, secret="slm_nope_nope").status_code == 401
+    for secret in (other, scoped):
+        response = post(whisper, files, {"model": "whisper"}, secret=secret)
+        assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+    assert whisper["engine"].requests == []
+
+
+def test_a_chat_model_is_not_asked_to_transcribe_and_a_speech_model_not_to_chat(whisper):
+    stack = whisper["stack"]
+    dep, engines = stack["deployment"]("chatty-dep")
+    stack["endpoint"]("chatty", dep)
+    wait_for_model(whisper["base"], whisper["secret"], "chatty")
+    response = post(whisper, {"file": ("a.wav", sine_wav(0.5), "audio/wav")}, {"model": "chatty"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "unsupported_endpoint"
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        client(whisper["base"], whisper["secret"]).chat.completions.create(
+            model="whisper", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert "/v1/audio/transcriptions" in error_of(excinfo)["message"]
+    assert engines[0].requests == [] and whisper["engine"].requests == []
+
+
+# --- Limits and budgets ---------------------------------------------------------------------------------
+def test_the_requests_per_minute_limit_counts_audio_calls(whisper):
+    secret = whisper["stack"]["key"](rpm_limit=1)
+    files = {"file": ("a.wav", sine_wav(0.5), "audio/wav")}
+    assert post(whisper, files, {"model": "whisper"}, secret=secret).status_code == 200
+    refused = post(whisper, files, {"model": "whisper"}, secret=secret)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert len(whisper["engine"].requests) == 1
+
+
+def test_an_upload_that_could_pass_the_keys_budget_is_refused_before_the_engine(whisper):
+    secret = whisper["stack"]["key"](monthly_budget=Decimal("0.03"))  # 3 s at 0.01 a second
+    files = {"file": ("a.wav", sine_wav(4.0), "audio/wav")}
+    refused = post(whisper, files, {"model": "whisper"}, secret=secret)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+    assert whisper["engine"].requests == []
+    short = {"file": ("a.wav", sine_wav(2.0), "audio/wav")}
+    assert post(whisper, short, {"model": "whisper"}, secret=secret).status_code == 200
+    usage.flush()
+    assert UsageEvent.objects.get().cost == Decimal("0.02")
+
+
+# --- Hostile uploads ------------------------------------------------------------------------------------
+def _wav_claiming(rate: int, byte_rate: int, block: int = 2) -> bytes:
+    wav = bytearray(sine_wav(1.0))
+    struct.pack_into("<IIH", wav, 24, rate, byte_rate, block)
+    return bytes(wav)
+
+
+def _truncated_header_claiming_an_hour() -> bytes:
+    wav = bytearray(sine_wav(0.5))
+    struct.pack_into("<I", wav, 40, 16000 * 2 * 3600)  # the data chunk claims an hour; half a second came
+    return bytes(wav)
+
+
+HOSTILE = [
+    ("too long", {"file": ("a.wav", sine_wav(6.0), "audio/wav")}, {"model": "whisper"}, 400, "audio_too_long"),
+    ("too big", {"file": ("a.wav", b"RIFF" + b"\0" * 450_000, "audio/wav")}, {"model": "whisper"}, 413,
+     "request_too_large"),
+    ("no model", {"file": ("a.wav", sine_wav(0.5), "audio/wav")}, {}, 400, "missing_required_parameter"),
+    ("no file", None, {"model": "whisper"}, 400, "invalid_content_type"),
+    ("two files", [("file", ("a.wav", sine_wav(0.2), "audio/wav")), ("file", ("b.wav", sine_wav(0.2), "audio/wav"))],
+     {"model": "whisper"}, 400, "invalid_multipart"),
+    ("another file field", {"file": ("a.wav", sine_wav(0.2), "audio/wav"), "extra": ("x", b"x", "a/b")},
+     {"model": "whisper"}, 400, "invalid_multipart"),
+    ("mp3", {"file": ("a.mp3", b"ID3\x04" + b"\0" * 500, "audio/mpeg")}, {"model": "whisper"}, 400, "invalid_audio"),
+    ("a rate that lies", {"file": ("a.wav", _wav_claiming(16000, 16000 * 2 * 1000), "audio/wav")},
+     {"model": "whisper"}, 400, "invalid_audio"),
+    ("a tiny rate", {"file": ("a.wav", _wav_claiming(1, 2), "audio/wav")}, {"model": "whisper"}, 400, "invalid_audio"),
+    ("streaming", {"file": ("a.wav", sine_wav(0.5), "audio/wav")}, {"model": "whisper", "stream": "true"}, 400,
+     "unknown_parameter"),
+    ("negative temperature", {"file": ("a.wav", sine_wav(0.5), "audio/wav")},
+     {"model": "whisper", "temperature": "-1"}, 400, "invalid_value"),
+    ("huge temperature", {"file": ("a.wav", sine_wav(0.5), "audio/wav")},
+     {"model": "whisper", "temperature": "1e309"}, 400, "invalid_value"),
+    ("NaN temperature", {"file": ("a.wav", sine_wav(0.5), "audio/wav")},
+     {"model": "whisper", "temperature": "nan"}, 400, "invalid_value"),
+    ("a bad format", {"file": ("a.wav", sine_wav(0.5), "audio/wav")},
+     {"model": "whisper", "response_format": "exe"}, 400, "invalid_value"),
+    ("a long prompt", {"file": ("a.wav", sine_wav(0.5), "audio/wav")},
+     {"model": "whisper", "prompt": "x" * 5000}, 400, "invalid_value"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "status", "code"), [case[1:] for case in HOSTILE], ids=[case[0] for case in HOSTILE]
+)
+def test_hostile_uploads_are_refused_in_openais_shape_before_the_engine(whisper, files, data, status, code):
+    response = post(whisper, files, data)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and error["type"] == "invalid_request_error", error
+    assert whisper["engine"].requests == []
+
+
+def test_a_header_that_claims_an_hour_is_billed_for_what_was_sent(whisper):
+    response = post(
+        whisper, {"file": ("a.wav", _truncated_header_claiming_an_hour(), "audio/wav")}, {"model": "whisper"}
+    )
+    assert response.status_code == 200, response.text
+    usage.flush()
+    assert UsageEvent.objects.get().audio_ms == 500
