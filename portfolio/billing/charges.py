@@ -103,7 +103,7 @@ def _rate(price, name: str) -> Decimal:
 TOKENS_BY_PRICE = """
 WITH {periods}
 SELECT endpoint_id, endpoint, deployment, team_id, department_id, owner_team_id, owner_department_id, price_id,
-       sum(input_tokens), sum(output_tokens)
+       sum(input_tokens), sum(output_tokens), sum(audio_ms)
 FROM periods
 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
 """
@@ -139,12 +139,15 @@ def _tokens(ledger: Ledger, book: PriceBook, departments: Scope, start: datetime
         price_id,
         tokens_in,
         tokens_out,
+        audio_ms,
     ) in rows:
         tokens_in, tokens_out = int(tokens_in), int(tokens_out)  # sum() of bigint is numeric in PostgreSQL
         price = book.version(price_id) if endpoint_id is not None else None
         rates = (_rate(price, "input_per_million"), _rate(price, "output_per_million"))
         own = team is not None and team == owner
-        if not own and not any(rates):
+        if audio_ms:
+            _audio(ledger, departments, (dept, team, endpoint, owner, owner_dept), int(audio_ms), price, own)
+        if not own and not any(rates) and not _rate(price, "audio_second"):  # unpriced: at cost
             if deployment:
                 unpriced[(deployment, team, dept, owner, owner_dept)] += tokens_in + tokens_out
             continue
@@ -163,6 +166,22 @@ def _tokens(ledger: Ledger, book: PriceBook, departments: Scope, start: datetime
         ledger.add(dept, team, kind, endpoint, detail, "M tokens", unit_price, millions,
                    millions * Fraction(unit_price), called)  # fmt: skip
     return unpriced
+
+
+def _audio(ledger: Ledger, departments: Scope, who: tuple, audio_ms: int, price, own: bool) -> None:
+    """Audio seconds of calls to a speech model: charged to the caller and credited to the owner at the
+    endpoint's ``audio_second`` (own calls at 0, as own tokens)."""
+    dept, team, endpoint, owner, owner_dept = who
+    rate = _rate(price, "audio_second")
+    seconds = Fraction(audio_ms, 1000)
+    if _in(departments, dept) and (own or rate):
+        detail = "audio seconds" + (" (own endpoint: its compute is charged)" if own else "")
+        unit_price = Decimal(0) if own else rate
+        ledger.add(dept, team, LineKind.TOKENS, endpoint, detail, "seconds", unit_price, seconds,
+                   seconds * Fraction(unit_price), owner_dept)  # fmt: skip
+    if _in(departments, owner_dept) and not own and rate:
+        ledger.add(owner_dept, owner, LineKind.CREDIT, endpoint, "audio seconds called by other teams", "seconds",
+                   -rate, seconds, -seconds * Fraction(rate), None)  # fmt: skip
 
 
 def _intervals(departments: Scope, start: datetime, end: datetime, *, subjects: Iterable[str] = ()):

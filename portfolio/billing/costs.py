@@ -98,7 +98,10 @@ def endpoint_this_month(endpoint_id: int, as_of: datetime | None = None) -> Endp
     usage = TokenUsage.objects.filter(endpoint_id=endpoint_id, hour__gte=start, hour__lt=end)
     hours = list(
         usage.values_list("hour", "deployment").annotate(
-            calls=Sum("requests"), tokens_in=Sum("input_tokens"), tokens_out=Sum("output_tokens")
+            calls=Sum("requests"),
+            tokens_in=Sum("input_tokens"),
+            tokens_out=Sum("output_tokens"),
+            audio_ms=Sum("audio_ms"),
         )
     )
     requests = sum(row[2] or 0 for row in hours)
@@ -108,11 +111,12 @@ def endpoint_this_month(endpoint_id: int, as_of: datetime | None = None) -> Endp
         book.at(PriceKind.ENDPOINT, endpoint_id, as_of)
     )
     if priced:
-        for hour, _deployment, _calls, tokens_in, tokens_out in hours:
+        for hour, _deployment, _calls, tokens_in, tokens_out, audio_ms in hours:
             price = book.at(PriceKind.ENDPOINT, endpoint_id, hour)
             if price is not None:
                 cost += Fraction(tokens_in or 0, money.MILLION) * Fraction(price.input_per_million)
                 cost += Fraction(tokens_out or 0, money.MILLION) * Fraction(price.output_per_million)
+                cost += Fraction(audio_ms or 0, 1000) * Fraction(price.audio_second)
     else:
         # Unpriced: each deployment's replica cost, this endpoint's share by requests it sent there.
         mine: dict[str, int] = {}

@@ -151,7 +151,8 @@ priced AS (
     SELECT (at AT TIME ZONE 'UTC')::date - %s::date AS day, team_id, department_id, owner_team_id, owner_department_id,
            input_tokens + output_tokens AS tokens,
            CASE WHEN team_id = owner_team_id THEN 0
-                ELSE input_tokens * input_per_million + output_tokens * output_per_million END AS charged
+                ELSE input_tokens * input_per_million + output_tokens * output_per_million
+                     + audio_ms * audio_second * 1000 END AS charged
     FROM periods
 )
 SELECT GROUPING(team_id, department_id), day, team_id, department_id, owner_team_id, owner_department_id,

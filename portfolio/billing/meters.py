@@ -34,6 +34,7 @@ class TokenHour:
     requests: int
     input_tokens: int
     output_tokens: int
+    audio_ms: int = 0  # speech models' audio, priced per second
 
 
 @transaction.atomic
@@ -53,9 +54,9 @@ def _midnight(when: datetime) -> datetime:
 
 DAYS_FROM_HOURS = """
 INSERT INTO billing_tokenday (day, endpoint_id, endpoint, owner_team_id, owner_department_id, deployment,
-    team_id, department_id, requests, input_tokens, output_tokens)
+    team_id, department_id, requests, input_tokens, output_tokens, audio_ms)
 SELECT date_trunc('day', hour, 'UTC'), endpoint_id, endpoint, owner_team_id, owner_department_id, deployment,
-    team_id, department_id, sum(requests), sum(input_tokens), sum(output_tokens)
+    team_id, department_id, sum(requests), sum(input_tokens), sum(output_tokens), sum(audio_ms)
 FROM billing_tokenusage WHERE hour >= %s AND hour < %s
 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
 """

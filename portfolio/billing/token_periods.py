@@ -10,8 +10,8 @@ force at ``at`` prices the whole period.
 ``periods(...)`` gives the SQL of those rows, each with the endpoint's price version in force at its start,
 to be used as ``WITH {periods SQL} SELECT ... FROM periods``; the columns are ``at, endpoint_id, endpoint,
 deployment, team_id, department_id, owner_team_id, owner_department_id, requests, input_tokens,
-output_tokens, price_id, input_per_million, output_per_million`` (the last three null where the
-endpoint had no price).
+output_tokens, audio_ms, price_id, input_per_million, output_per_million, audio_second`` (the last four
+null where the endpoint had no price).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from portfolio.billing.pricing import PriceBook
 
 COLUMNS = (
     "endpoint_id, endpoint, deployment, team_id, department_id, owner_team_id, owner_department_id, "
-    "requests, input_tokens, output_tokens"
+    "requests, input_tokens, output_tokens, audio_ms"
 )
 
 PERIODS = """
 versions AS (
-    SELECT id, subject_id, effective_from, input_per_million, output_per_million,
+    SELECT id, subject_id, effective_from, input_per_million, output_per_million, audio_second,
            lead(effective_from) OVER (PARTITION BY subject_id ORDER BY effective_from) AS until
     FROM billing_price WHERE kind = 'endpoint'
 ),
@@ -47,7 +47,7 @@ CROSS JOIN LATERAL (  -- each split day by the (endpoint_id, hour) index, never 
 ) t
 ),
 periods AS (
-    SELECT u.*, v.id AS price_id, v.input_per_million, v.output_per_million
+    SELECT u.*, v.id AS price_id, v.input_per_million, v.output_per_million, v.audio_second
     FROM usage u
     LEFT JOIN versions v ON v.subject_id = u.endpoint_id::text AND v.effective_from <= u.at
          AND (v.until IS NULL OR u.at < v.until)

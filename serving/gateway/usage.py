@@ -156,7 +156,7 @@ ON CONFLICT (hour, api_key_id, endpoint) DO UPDATE SET
 # Billing's ledger: every event of the span, errors included (they carry the tokens the engine reported).
 TOKEN_HOURS_SQL = """
 SELECT date_trunc('hour', at), max(endpoint_id), endpoint, max(owner_team_id), max(owner_department_id),
-    deployment, team_id, max(department_id), count(*), sum(input_tokens), sum(output_tokens)
+    deployment, team_id, max(department_id), count(*), sum(input_tokens), sum(output_tokens), sum(audio_ms)
 FROM gateway_usageevent
 WHERE at >= %s AND at < %s
 GROUP BY 1, endpoint, deployment, team_id
@@ -182,6 +182,7 @@ def _recompute(cursor, start: datetime, end: datetime) -> None:
             requests=requests,
             input_tokens=int(input_tokens or 0),
             output_tokens=int(output_tokens or 0),
+            audio_ms=int(audio_ms or 0),
         )
         for (
             hour,
@@ -195,6 +196,7 @@ def _recompute(cursor, start: datetime, end: datetime) -> None:
             requests,
             input_tokens,
             output_tokens,
+            audio_ms,
         ) in cursor.fetchall()
     ]
     meters.replace_token_hours(start, end, rows)

@@ -27,6 +27,9 @@ class TokenUsage(models.Model):
     requests = models.BigIntegerField(default=0)
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
+    audio_ms = models.BigIntegerField(
+        default=0, help_text="Speech models: milliseconds of audio, priced per second"
+    )
 
     class Meta:
         ordering = ["-hour"]
@@ -67,6 +70,7 @@ class TokenDay(models.Model):
     requests = models.BigIntegerField(default=0)
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
+    audio_ms = models.BigIntegerField(default=0)
 
     class Meta:
         ordering = ["-day"]
