@@ -182,9 +182,9 @@ def build(
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": str(GUARD_DIR),
     }
-    if task == "embedding":
-        # Serves /v1/embeddings: a pooling model (BERT-like ones are detected anyway; decoder-based embedding
-        # models are not).
+    if task in ("embedding", "rerank"):
+        # Serves /v1/embeddings, or /v1/rerank and /v1/score: a pooling model (BERT-like ones are detected
+        # anyway; decoder-based embedding models and rerankers are not).
         argv += ["--runner", "pooling"]
     if "images_per_prompt" in args:
         # A vision-language version: vLLM reserves memory for this many images a prompt, and refuses more.

@@ -269,3 +269,8 @@ def test_images_per_prompt_is_refused_on_a_text_model_and_absent_from_its_comman
     with pytest.raises(Invalid, match="applies to vision_language models only"):
         engine_args.validate({"images_per_prompt": 2}, PoolKind.CPU)
     assert "--limit-mm-per-prompt" not in family_launch(PoolKind.CPU, "dense", {})
+
+
+def test_a_reranker_runs_as_a_pooling_engine_and_a_speech_model_as_a_generating_one():
+    assert value_after(launch(PoolKind.CPU, task="rerank").argv, "--runner") == "pooling"
+    assert "--runner" not in launch(PoolKind.CPU, task="speech").argv
