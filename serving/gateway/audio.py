@@ -141,7 +141,11 @@ async def serve(gateway, scope, receive, send, headers, request_id: str, event_i
         if not verdict.ok:
             if verdict.reason == "revoked":
                 gateway.keys.evict(key.key_id)
-            raise admission.refusal(key, verdict, 0, money, playground=False)
+            refused = admission.refusal(key, verdict, 0, money, playground=False)
+            if refused.param == "max_tokens":  # what the client can change here is the audio, not max_tokens
+                refused.message = refused.message.split(": lower max_tokens")[0] + ": send shorter audio."
+                refused.param = "file"
+            raise refused
     except GatewayError as exc:
         exc.team = key.team
         raise

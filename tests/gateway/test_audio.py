@@ -120,6 +120,9 @@ def test_an_upload_that_could_pass_the_keys_budget_is_refused_before_the_engine(
     files = {"file": ("a.wav", sine_wav(4.0), "audio/wav")}
     refused = post(whisper, files, {"model": "whisper"}, secret=secret)
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+    assert (
+        refused.json()["error"]["param"] == "file" and "shorter audio" in refused.json()["error"]["message"]
+    )
     assert whisper["engine"].requests == []
     short = {"file": ("a.wav", sine_wav(2.0), "audio/wav")}
     assert post(whisper, short, {"model": "whisper"}, secret=secret).status_code == 200
