@@ -49,6 +49,10 @@ def test_the_gateway_serves_the_openai_paths_and_its_metrics():
         ("POST", "/v1/chat/completions"),
         ("POST", "/v1/completions"),
         ("POST", "/v1/embeddings"),
+        ("POST", "/v1/rerank"),
+        ("POST", "/v1/score"),
+        ("POST", "/v1/audio/transcriptions"),
+        ("POST", "/v1/audio/translations"),
         ("GET", "/v1/models"),
         ("GET", "/v1/models/some-endpoint"),
         ("GET", "/metrics"),
@@ -56,3 +60,4 @@ def test_the_gateway_serves_the_openai_paths_and_its_metrics():
         assert table.find(method, path) is not None, (method, path)
     assert table.find("GET", "/v1/chat/completions") is None
     assert table.find("POST", "/v1/models") is None
+    assert table.find("GET", "/v1/audio/transcriptions") is None
