@@ -14,6 +14,7 @@ from portfolio.accounts.models import Department, Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid, NotFound
 from serving.choices import RolloutState
+from serving.gateway.routing import SERVES
 from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, EndpointShare
 from serving.services import composite
 from serving.services.shared import _check_name
@@ -46,6 +47,12 @@ def _routes(
         resolved.append((deployment, adapter, weight))
     if not any(weight for _, _, weight in resolved):
         raise Invalid("routes: at least one route needs a weight above 0.")
+    # One endpoint, one kind of call: the gateway picks a route by weight after checking the call's route
+    # (chat, embeddings, audio, rerank) against the endpoint's models.
+    kinds = {SERVES.get(deployment.version.model.task, "text"): deployment for deployment, _, _ in resolved}
+    if len(kinds) > 1:
+        named = ", ".join(f"{d.name} ({kind})" for kind, d in sorted(kinds.items()))
+        raise Invalid(f"routes: an endpoint's deployments must all serve one kind of model; got {named}.")
     return resolved
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from portfolio.errors import Invalid
+from portfolio.registry import services as registry_services
 from portfolio.registry.choices import Source, VersionStatus
 from portfolio.registry.models import ModelVersion
 from serving import services
@@ -115,6 +116,31 @@ def test_a_fallback_loop_is_refused(owner, team, deployment):
         services.set_routes(actor=owner, endpoint=primary, routes=routes, fallback=backup)
     with pytest.raises(Invalid, match="fallback loop"):
         services.set_routes(actor=owner, endpoint=primary, routes=routes, fallback=primary)
+
+
+def test_an_endpoint_routes_to_one_kind_of_model(owner, team, deployment, pool, base_version):
+    speech = ModelVersion.objects.create(
+        model=registry_services.create_model(
+            actor=owner, name="whisper-tiny", owner_team=team, task="speech"
+        ),
+        number=1,
+        kind=base_version.kind,
+        source=Source.LOCAL,
+        artifact=base_version.artifact,
+        status=VersionStatus.READY,
+        parameter_count=1_000_000,
+    )
+    whisper = deploy(owner, team, speech, pool, name="whisper")
+    with pytest.raises(Invalid, match=r"one kind of model; got whisper \(speech\), support-bot \(text\)"):
+        services.create_endpoint(
+            actor=owner,
+            name="mixed",
+            team=team,
+            routes=[{"deployment": deployment.name}, {"deployment": "whisper"}],
+        )
+    assert services.create_endpoint(
+        actor=owner, name="speech", team=team, routes=[{"deployment": whisper.name}]
+    )
 
 
 def test_routes_need_a_weight_above_zero(owner, team, deployment):
