@@ -5,32 +5,18 @@ started once for the module, without the node agent (tests/e2e/test_serving.py c
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import time
-import urllib.request
-from datetime import UTC, datetime
 from decimal import Decimal
 
 import httpx
 import pytest
-from django.conf import settings
-from django.utils import timezone
 
-from portfolio.billing.choices import PriceKind
-from portfolio.billing.models import Price
-from portfolio.registry.models import Artifact, Model, ModelVersion
-from serving.choices import PoolKind, ReplicaState
 from serving.gateway import services as key_services
 from serving.gateway import usage
 from serving.gateway.models import UsageEvent
-from serving.models import ComputePool, Deployment, Endpoint, EndpointRoute, Node, Replica
 from tests.conftest import actor_for
-from tests.e2e import cross_encoder
-from tests.e2e.agent import ENGINE_READY_TIMEOUT
+from tests.e2e import cross_encoder, direct_engine
 from tests.gateway.process import start_gateway, stop_gateway
-from tests.processes import stop_group
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -40,86 +26,21 @@ def engine(tmp_path_factory):
     """A vLLM CPU engine serving the tiny cross-encoder as ``ranker-dep``; its port."""
     root = tmp_path_factory.mktemp("cross-encoder")
     model = cross_encoder.build(root / "model")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = root / "engine.log"
-    process = subprocess.Popen(  # noqa: S603
-        [
-            settings.ENGINE_PYTHON["cpu"],
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(model),
-            "--served-model-name",
-            "ranker-dep",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--max-model-len",
-            "512",
-            "--dtype",
-            "float32",
-            "--runner",
-            "pooling",
-        ],
-        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"},
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + ENGINE_READY_TIMEOUT
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)  # noqa: S310
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"the engine did not start:\n{log.read_text()[-4000:]}") from None
-                time.sleep(2)
+    with direct_engine.running(
+        model, "ranker-dep", root / "engine.log", "--max-model-len", "512", "--runner", "pooling"
+    ) as port:
         yield port
-    finally:
-        stop_group(process, grace=20)
 
 
 def test_rerank_and_score_reach_a_real_engine_and_are_metered_by_its_tokens(engine, org, team, tmp_path):
-    pool = ComputePool.objects.create(name="cpu", kind=PoolKind.CPU)
-    node = Node.objects.create(
-        name="n1",
-        pool=pool,
-        address="127.0.0.1",
-        cpu_cores=2,
-        memory_bytes=2**34,
-        heartbeat_at=timezone.now(),
-    )
-    artifact = Artifact.objects.create(
-        id="c" * 64, store_uri="file:///x", size_bytes=1, file_count=0, files=[]
-    )
-    model = Model.objects.create(name="tiny-ranker", owner_team=team, task="rerank")
-    version = ModelVersion.objects.create(
-        model=model, number=1, source="local", artifact=artifact, status="ready", parameter_count=357_377
-    )
-    deployment = Deployment.objects.create(
-        name="ranker-dep", owner_team=team, version=version, pool=pool, engine_args={"max_model_len": 512}
-    )
-    Replica.objects.create(
-        deployment=deployment,
-        node=node,
-        generation=1,
-        state=ReplicaState.READY,
-        host="127.0.0.1",
+    direct_engine.route(
+        team,
+        task="rerank",
+        deployment="ranker-dep",
+        endpoint="ranker",
         port=engine,
-    )
-    endpoint = Endpoint.objects.create(name="ranker", owner_team=team)
-    EndpointRoute.objects.create(endpoint=endpoint, deployment=deployment, weight=100)
-    Price.objects.create(
-        kind=PriceKind.ENDPOINT,
-        subject_id=str(endpoint.pk),
-        subject_name="ranker",
-        effective_from=datetime(2000, 1, 1, tzinfo=UTC),
-        input_per_million=Decimal("2.0"),
+        max_model_len=512,
+        input_per_million="2.0",
     )
     _, secret = key_services.create_key(actor=actor_for(org["admin"]), team=team, name="e2e rerank")
 
