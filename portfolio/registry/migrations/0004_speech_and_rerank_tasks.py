@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('registry', '0002_chat_templates_and_derived_versions'),
+        ("registry", "0003_version_family"),
     ]
 
     operations = [
