@@ -152,6 +152,7 @@ def _start(replica: Replica, node: Node) -> None:
         task=deployment.version.model.task,
         cpu_ids=replica.cpu_ids,
         kv_cache_bytes=replica.kv_cache_bytes,
+        media_hosts=settings.GATEWAY_IMAGE_HOSTS,
     )
     pid = processes.start(launch.argv, launch.env, replica.pk, _log_path(replica))
     _set(

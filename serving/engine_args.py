@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from portfolio.errors import Invalid
 from portfolio.templatetags.formatting import GIB
@@ -92,7 +94,7 @@ def validate(args: dict, pool_kind: str, family: str = DEFAULT_FAMILY) -> dict:
             f"engine_args.{unknown[0]} is not an allowed engine argument "
             f"(allowed: {', '.join(sorted(SPECS))})."
         )
-    resolved = {}
+    resolved: dict[str, Any] = {}
     for name, spec in SPECS.items():
         if pool_kind not in spec.pools:
             if name in args:
@@ -114,6 +116,10 @@ def validate(args: dict, pool_kind: str, family: str = DEFAULT_FAMILY) -> dict:
     if pool_kind == PoolKind.CPU and resolved["dtype"] == "float16":
         raise Invalid("engine_args.dtype: float16 is not supported by vLLM on CPU; use bfloat16 or float32.")
     return resolved
+
+
+# RFC 2606's reserved top-level name: matches no URL an engine could fetch.
+NO_MEDIA_DOMAIN = "no-media.invalid"
 
 
 def for_deployment(deployment) -> dict:
@@ -148,6 +154,7 @@ def build(
     task: str = "chat",
     cpu_ids: list[int] | tuple[int, ...] = (),
     kv_cache_bytes: int = 0,
+    media_hosts: list[str] | tuple[str, ...] = (),
 ) -> EngineLaunch:
     """The command and environment of one vLLM OpenAI-compatible server process. On CPU, ``cpu_ids`` are the
     cores the scheduler gave the replica (its OpenMP threads are bound to them) and ``kv_cache_bytes`` the
@@ -189,6 +196,10 @@ def build(
     if "images_per_prompt" in args:
         # A vision-language version: vLLM reserves memory for this many images a prompt, and refuses more.
         argv += ["--limit-mm-per-prompt", json.dumps({"image": args["images_per_prompt"]})]
+        # Defence in depth behind the gateway's own check (serving/gateway/images.py): the engine fetches image
+        # URLs only from the internal hosts allowed there, and from none (a reserved name) when none is.
+        domains = sorted({urlsplit(f"//{host}").hostname or "" for host in media_hosts} - {""})
+        argv += ["--allowed-media-domains", *(domains or [NO_MEDIA_DOMAIN])]
     if args["enable_prefix_caching"]:
         argv.append("--enable-prefix-caching")
     if args["enforce_eager"]:

@@ -2,15 +2,13 @@
 small byte-level BPE tokenizer that holds Whisper's special tokens: no Whisper weights are on the package
 registry. Its transcripts are noise; what it proves is that vLLM serves the audio routes for the
 architecture, from the form the gateway sends. Built by the engine's own Python (it reads vLLM's language
-list). The engine environment has no audio decoder (vLLM's audio extras), so ``soundfile`` is put on the
-engine's path from a folder of its own (``decoder_path``), never into the environment."""
+list); the engine decodes the upload with ``soundfile`` (serving/engines/requirements-cpu.txt)."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
-SOUNDFILE = "soundfile==0.14.0"
 BUILD = r"""
 import sys
 from pathlib import Path
@@ -52,15 +50,3 @@ def build(python: str, into: Path) -> Path:
     into.mkdir(parents=True, exist_ok=True)
     subprocess.run([python, "-c", BUILD, str(into)], check=True, capture_output=True, timeout=300)  # noqa: S603
     return into
-
-
-def decoder_path(python: str, cache: Path) -> Path:
-    """A folder holding ``soundfile`` for ``python`` (installed there once, then reused)."""
-    folder = cache / "soundfile-0.14.0"
-    if not (folder / "soundfile.py").exists():
-        subprocess.run(  # noqa: S603
-            [python, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(folder), SOUNDFILE],
-            check=True,
-            timeout=300,
-        )
-    return folder

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal
-from pathlib import Path
 
 import openai
 import pytest
@@ -29,10 +28,7 @@ def engine(tmp_path_factory):
     root = tmp_path_factory.mktemp("whisper")
     python = settings.ENGINE_PYTHON["cpu"]
     model = speech_model.build(python, root / "model")
-    decoder = speech_model.decoder_path(python, Path(settings.DATA_DIR) / "cache")
-    with direct_engine.running(
-        model, "whisper-dep", root / "engine.log", "--max-model-len", "448", env={"PYTHONPATH": str(decoder)}
-    ) as port:
+    with direct_engine.running(model, "whisper-dep", root / "engine.log", "--max-model-len", "448") as port:
         yield port
 
 

@@ -274,3 +274,26 @@ def test_images_per_prompt_is_refused_on_a_text_model_and_absent_from_its_comman
 def test_a_reranker_runs_as_a_pooling_engine_and_a_speech_model_as_a_generating_one():
     assert value_after(launch(PoolKind.CPU, task="rerank").argv, "--runner") == "pooling"
     assert "--runner" not in launch(PoolKind.CPU, task="speech").argv
+
+
+def test_a_vision_engine_fetches_image_urls_only_from_the_gateways_internal_hosts():
+    def domains(media_hosts) -> list[str]:
+        argv = engine_args.build(
+            python="/opt/engine/bin/python",
+            pool_kind=PoolKind.CPU,
+            args=engine_args.validate({}, PoolKind.CPU, "vision_language"),
+            model_dir=Path("/models/tiny"),
+            served_name="tiny",
+            host="127.0.0.1",
+            port=8101,
+            adapters={},
+            gpu_indices=[],
+            api_key=SECRET,
+            media_hosts=media_hosts,
+        ).argv
+        return argv[argv.index("--allowed-media-domains") + 1 :][:2]
+
+    assert domains(["images.internal:8443", "cdn.corp"]) == ["cdn.corp", "images.internal"]
+    # None allowed at the gateway: a reserved name no URL matches (vLLM allows every domain when unset).
+    assert domains([]) == [engine_args.NO_MEDIA_DOMAIN]
+    assert "--allowed-media-domains" not in family_launch(PoolKind.CPU, "dense", {})
