@@ -111,6 +111,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  created partition {name}")
         for name in partitions.drop_expired():
             print(f"  dropped partition {name} (past PORTFOLIO_USAGE_RETENTION_MONTHS)")
+        # Versions imported before imports read the architecture get it from their stored headers (a few KB
+        # each), so an upgrade needs no extra step; those already read are not touched.
+        from portfolio.registry.reinspection import read_missing_architectures
+
+        read_missing_architectures(log=lambda line: print(f"  {line}"))
     if args.command == "manage":
         from django.core.management import execute_from_command_line
 
