@@ -17,7 +17,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$(pwd)
-PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3.12 || command -v python3)}
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3.12 || command -v python3 || true)}
 ENGINE_VENV=$ROOT/.venv-engine-gpu
 PLATFORM_VENV=${PLATFORM_VENV:-$ROOT/.venv-gpu}
 DATA=$ROOT/.portfolio-gpu-verify
