@@ -279,7 +279,7 @@ def set_chat_template(request, name: str, number: int, payload: ChatTemplateIn):
 
 
 class MergeOut(Schema):
-    id: int = Field(description="The merge job: GET /merges/{id} follows it")
+    id: int = Field(description="The merge job: GET /api/v1/training/merges/{id} follows it")
     status: str
     message: str
 

@@ -19,7 +19,7 @@ from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.errors import NotFound
 from portfolio.formviews import submit
 from portfolio.registry import cards, merging, services
-from portfolio.registry.choices import VersionStatus
+from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.forms import SUGGESTED_ALIASES, ChatTemplateForm, PromoteForm
 from portfolio.registry.models import Model, ModelVersion
 from portfolio.registry.views.display import decorate
@@ -122,7 +122,7 @@ def _version_page(
             "next_number": (model.versions.order_by("-number").values_list("number", flat=True).first() or 0)
             + 1,
             "is_importing": version.status == VersionStatus.IMPORTING,
-            "merge_notes": merging.merge_notes(version) if version.kind == "adapter" else [],
+            "merge_notes": merging.merge_notes(version) if version.kind == VersionKind.ADAPTER else [],
         },
         status=status,
     )
