@@ -204,6 +204,8 @@ def measured(replica: Replica, models: list[str]) -> dict:
     url = f"http://{replica.host}:{replica.port}"
     figures = load.throughput(url, engine_key(replica.pk), models).as_dict()
     figures["rss_gib"] = round(load.tree_rss_bytes(replica.pid) / GIB, 2)
+    # The machine is shared: each figure carries the load it was measured under.
+    figures["load_average_1m"] = round(os.getloadavg()[0], 2)
     say(f"  {', '.join(models)}: {figures['tokens_per_second']} tokens/s, RSS {figures['rss_gib']} GiB")
     return figures
 
