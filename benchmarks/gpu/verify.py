@@ -97,6 +97,17 @@ def gpu_memory_mib(pids: set[int]) -> int:
     return sum(int(used) for pid, used in rows if int(pid) in pids)
 
 
+def gpu_memory_used_mib() -> int:
+    """All memory in use on the GPU: in a container nvidia-smi may not name the engine's processes."""
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sum(int(line) for line in out.split() if line.strip().isdigit())
+
+
 def tree(pid: int) -> set[int]:
     import psutil
 
@@ -237,6 +248,7 @@ def main() -> None:
             return {
                 "base_tokens_per_second": figures["tokens_per_second"],
                 "gpu_memory_mib": gpu_memory_mib(tree(replica.pid)),
+                "gpu_memory_used_mib": gpu_memory_used_mib(),
             }
 
         def hot_load() -> dict:
