@@ -123,7 +123,7 @@ bench-portfolio: venv engine
 
 # Adapters served fast: on vLLM CPU with the demo SmolLM2, tokens/s at 8 concurrent requests and RSS for the base
 # without and with LoRA enabled, one adapter, four mixed, the merged adapter; seconds from "training done" to the
-# first answer through the gateway, hot-loaded and merged. Writes benchmarks/results/serving.json. 10-25 minutes.
+# first answer through the gateway, hot-loaded and merged. Writes benchmarks/results/serving.json. 10-30 minutes.
 BENCH_SERVING_DATA := $(CURDIR)/.portfolio-bench-serving
 
 .PHONY: bench-serving
