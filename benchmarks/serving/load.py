@@ -55,10 +55,18 @@ def complete(client: httpx.Client, url: str, model: str, prompt: str, max_tokens
 
 
 def throughput(
-    url: str, key: str, models: list[str], *, concurrency: int = 8, waves: int = 3, max_tokens: int = 32
+    url: str,
+    key: str,
+    models: list[str],
+    *,
+    concurrency: int = 8,
+    waves: int = 3,
+    max_tokens: int = 32,
+    warm_up: int = 3,
 ) -> Throughput:
     """``waves`` rounds of ``concurrency`` requests at once, the ``models`` taken in turn (one: the base or
-    one adapter; several: adapters mixed), after one unmeasured warm-up round."""
+    one adapter; several: adapters mixed), after ``warm_up`` unmeasured rounds (a fresh vLLM CPU engine is
+    slow for its first batches: one round was not enough)."""
     headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(headers=headers, timeout=600) as client, ThreadPoolExecutor(concurrency) as pool:
 
@@ -71,7 +79,8 @@ def throughput(
             ]
             return sum(call.result() for call in calls)
 
-        wave()  # warm-up: first requests of an adapter load it into the engine's LoRA slots
+        for _ in range(warm_up):  # also loads an adapter into the engine's LoRA slots
+            wave()
         started = time.monotonic()
         tokens = sum(wave() for _ in range(waves))
         seconds = time.monotonic() - started

@@ -44,7 +44,7 @@ def engine():
 def test_throughput_counts_the_measured_waves_and_spreads_requests_over_the_models(engine):
     url, seen = engine
     result = load.throughput(
-        url, "engine-key", ["a1", "a2", "a3", "a4"], concurrency=8, waves=2, max_tokens=5
+        url, "engine-key", ["a1", "a2", "a3", "a4"], concurrency=8, waves=2, max_tokens=5, warm_up=1
     )
     assert (result.requests, result.completion_tokens) == (16, 80)  # the warm-up wave is not counted
     assert result.tokens_per_second == pytest.approx(80 / result.seconds)
