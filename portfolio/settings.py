@@ -291,6 +291,7 @@ CELERY_BEAT_SCHEDULE = {
     "training-reap-jobs": {"task": "training.reap_stale_jobs", "schedule": 30.0},
     "training-reap-ingests": {"task": "training.reap_stale_ingests", "schedule": 60.0},
     "training-reap-eval-runs": {"task": "training.reap_stale_eval_runs", "schedule": 60.0},
+    "training-reap-merges": {"task": "training.reap_stale_merges", "schedule": 60.0},
     "gateway-flush-usage": {"task": "gateway.flush_usage", "schedule": 2.0},
     "gateway-rollup-usage": {"task": "gateway.rollup_usage", "schedule": 60.0},
     "serving-reconcile": {"task": "serving.reconcile_all", "schedule": float(NODE_HEARTBEAT_SECONDS * 2)},

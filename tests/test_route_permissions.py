@@ -33,7 +33,7 @@ from tests.conftest import actor_for
 from tests.permissions import Rule, rest, ui
 from tests.registry.conftest import make_model_folder
 from tests.training import route_rules as training_rules
-from training.models import DatasetVersion, FineTuneJob
+from training.models import DatasetVersion, FineTuneJob, MergeJob
 
 User = get_user_model()
 ROLES = ["anonymous", "outsider", "owner", "engineer", "developer", "viewer", "auditor", "admin"]
@@ -105,6 +105,8 @@ UI_ROUTES: dict[str, Rule] = {
     "version-promote": ui("team", "model.promote", "POST", alias="staging"),
     "version-archive": ui("team", "model.register", "POST"),
     "version-verify": ui("team", "model.register", "POST"),
+    # The world's version is a base: a permitted caller is refused with the reason (not an adapter).
+    "version-merge": ui("team", "model.register", "POST"),
     "version-chat-template": ui(
         "team", "model.register", "POST", chat_template="{% for m in messages %}{% endfor %}"
     ),
@@ -161,6 +163,7 @@ API_ROUTES: dict[str, Rule] = {
     "POST /models/{name}/versions/{number}/archive": rest("team", "model.register", "POST"),
     "GET /models/{name}/versions/{number}/files/{path:path}": rest("team", "model.view"),
     "POST /models/{name}/versions/{number}/verify": rest("team", "model.register", "POST"),
+    "POST /models/{name}/versions/{number}/merge": rest("team", "model.register", "POST"),
     "POST /models/{name}/versions/{number}/chat-template": rest(
         "team", "model.register", "POST", chat_template="{% for m in messages %}{% endfor %}"
     ),
@@ -258,6 +261,7 @@ API_ROUTES: dict[str, Rule] = {
     ),
     "GET /training/jobs/{job_id}": rest("team", "team.view"),
     "POST /training/jobs/{job_id}/cancel": rest("team", "training.run", "POST"),
+    "GET /training/merges/{merge_id}": rest("team", "team.view"),
     "GET /training/evals": rest("signed_in"),
     # Tasks, their eval sets and leaderboards, eval runs of endpoints (the world's run is queued)
     "GET /tasks": rest("signed_in"),
@@ -416,7 +420,9 @@ def world(org, team, department, make_user, settings, tmp_path):
     job = FineTuneJob.objects.create(
         owner_team=team, base_version=version, dataset_version=dataset_version, target_model=model, pool=pool
     )
+    merge = MergeJob.objects.create(adapter=version, owner_team=team)
     yield {
+        "merge_id": merge.pk,
         "department_id": department.pk,
         "pk_department": department.pk,
         "month": timezone.now().strftime("%Y-%m"),  # billing: the department's draft of this month
@@ -493,6 +499,7 @@ def _ui_url(name: str, values: dict, own_token_pk: int | None) -> str:
                 "version-archive",
                 "version-verify",
                 "version-chat-template",
+                "version-merge",
             )
         },
     }

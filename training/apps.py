@@ -6,12 +6,13 @@ class TrainingConfig(AppConfig):
     label = "training"
 
     def ready(self) -> None:
+        from portfolio.registry import merging, storage_meter
         from portfolio.registry import services as registry_services
-        from portfolio.registry import storage_meter
         from serving import capacity, rollout_judge
         from training import tasks  # noqa: F401 - registers its Celery tasks, which finetune sends by name
         from training.evals import canary_judging
         from training.finetune import gpu_holds
+        from training.merges import services as merges
         from training.metering import kept_artifacts
         from training.promotion import score_regressions
 
@@ -22,3 +23,5 @@ class TrainingConfig(AppConfig):
         )
         capacity.GPU_HOLDERS.append(gpu_holds)
         storage_meter.ARTIFACT_OWNERS.append(kept_artifacts)
+        merging.ADAPTER_MERGERS.append(merges.start_merge)
+        merging.MERGE_NOTES.append(merges.notes)

@@ -1,4 +1,4 @@
-"""REST endpoints for fine-tuning jobs and evaluation runs."""
+"""REST endpoints for fine-tuning jobs, evaluation runs and adapter merges."""
 
 from datetime import datetime
 from typing import Any
@@ -12,7 +12,7 @@ from portfolio.registry.models import Model, ModelVersion
 from serving.models import ComputePool, Endpoint
 from training import finetune
 from training.choices import Method
-from training.models import DatasetVersion, EvalRun, FineTuneJob
+from training.models import DatasetVersion, EvalRun, FineTuneJob, MergeJob
 
 router = Router(tags=["training"])
 
@@ -147,3 +147,22 @@ def list_evals(request, version_id: int | None = None, dataset_version_id: int |
     if dataset_version_id is not None:
         runs = runs.filter(dataset_version_id=dataset_version_id)
     return runs.order_by("-created_at", "-id")
+
+
+class MergeJobOut(Schema):
+    id: int
+    owner_team_id: int
+    adapter: str = Field(alias="adapter.label")
+    status: str
+    status_detail: str
+    output_version: str | None = Field(None, alias="output_version.label")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@router.get("/merges/{merge_id}", response=MergeJobOut)
+def get_merge(request, merge_id: int):
+    """A merge started with POST /models/{name}/versions/{number}/merge: its state and, once it succeeded,
+    the merged version."""
+    return gate.get_visible(request.auth, MergeJob, pk=merge_id)

@@ -381,6 +381,7 @@ class EvalRun(models.Model):
 
 # Tasks, eval sets and endpoint eval runs live in their own module; imported here so that Django finds them.
 from training.evals.models import EndpointEvalRun, EvalSet, Task  # noqa: E402
+from training.merges.models import MergeJob  # noqa: E402
 
 __all__ = [
     "Dataset",
@@ -390,5 +391,6 @@ __all__ = [
     "EvalRun",
     "EvalSet",
     "FineTuneJob",
+    "MergeJob",
     "Task",
 ]

@@ -1,6 +1,6 @@
 """Training work: the node task that runs a job's child process and watches it; the control reaper; the
 control task that ingests an uploaded dataset file; the control task that runs an endpoint's eval run, and
-its reaper."""
+its reaper; the control task that merges an adapter into a full version, and its reaper."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from serving.processes import log_tail
 from training import finetune, ingest, metering
 from training.choices import JobStatus
 from training.evals import runs as eval_runs
+from training.merges import services as merges
 from training.models import DatasetIngest, FineTuneJob
 
 logger = logging.getLogger(__name__)
@@ -272,3 +273,14 @@ def run_endpoint_eval(run_id: int) -> None:
 @shared_task(name="training.reap_stale_eval_runs")
 def reap_stale_eval_runs() -> int:
     return len(eval_runs.reap_stale(timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS)))
+
+
+@shared_task(name="training.merge_adapter", acks_late=True)
+def merge_adapter(job_id: int) -> str | None:
+    """Merge an adapter into a full version (``training.merges``); a redelivery finds the job claimed."""
+    return merges.run(job_id)
+
+
+@shared_task(name="training.reap_stale_merges")
+def reap_stale_merges() -> int:
+    return len(merges.reap_stale(timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS)))

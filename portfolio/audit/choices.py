@@ -49,6 +49,9 @@ class AuditAction(models.TextChoices):
     MODEL_VERSION_ARCHIVE = "model_version.archive", "Version archived"
     MODEL_VERSION_CORRUPT = "model_version.corrupt", "Version's files found corrupt"
     MODEL_VERSION_ARCHITECTURE = "model_version.architecture", "Version's architecture read from its files"
+    MODEL_VERSION_MERGE_START = "model_version.merge_start", "Adapter merge started"
+    MODEL_VERSION_MERGE = "model_version.merge", "Merged version registered"
+    MODEL_VERSION_MERGE_FAILED = "model_version.merge_failed", "Adapter merge failed"
     # Serving: pools, nodes, deployments, endpoints
     POOL_CREATE = "pool.create", "Pool created"
     POOL_UPDATE = "pool.update", "Pool changed"

@@ -13,7 +13,7 @@ from pydantic import Field
 from portfolio.accounts import gate
 from portfolio.accounts.models import Team
 from portfolio.errors import Invalid, NotFound
-from portfolio.registry import artifacts, chat_templates, lineage, services
+from portfolio.registry import artifacts, chat_templates, lineage, merging, services
 from portfolio.registry.choices import Source, Task, VersionStatus, Visibility
 from portfolio.registry.models import Model, ModelVersion
 from portfolio.registry.storage import CorruptArtifact, check_relative_path
@@ -278,6 +278,18 @@ def set_chat_template(request, name: str, number: int, payload: ChatTemplateIn):
         201,
         services.set_chat_template(actor=request.auth, version=version, chat_template=payload.chat_template),
     )
+
+
+class MergeOut(Schema):
+    id: int = Field(description="The merge job: GET /api/v1/training/merges/{id} follows it")
+    status: str
+    message: str
+
+
+@router.post("/models/{name}/versions/{number}/merge", response={202: MergeOut})
+def merge(request, name: str, number: int):
+    """Merge an adapter into its base: a new full version of the adapter's model, served without LoRA."""
+    return Status(202, merging.request_merge(actor=request.auth, version=_version(request, name, number)))
 
 
 @router.post("/models/{name}/versions/{number}/archive", response=VersionOut)

@@ -34,6 +34,7 @@ class Source(models.TextChoices):
     FINE_TUNE = "fine_tune", "Fine-tune"
     DISTILLATION = "distillation", "Distillation"
     DERIVED = "derived", "Derived from another version"
+    MERGE = "merge", "Adapter merged into its base"
 
 
 @badges.toned("version", ready="ok", importing="warn", failed="danger")

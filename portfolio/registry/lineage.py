@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from portfolio.registry.choices import Source
 from portfolio.registry.models import Model, ModelVersion
 
 
@@ -21,7 +22,7 @@ class Node:
 class Edge:
     source: str
     target: str
-    relation: str  # "adapter of", "derived from"
+    relation: str  # "adapter of", "derived from", "merged from" (a merged version: from its adapter)
 
 
 def _node(version: ModelVersion) -> Node:
@@ -45,7 +46,7 @@ def graph_for(model: Model, visible_versions) -> tuple[list[Node], list[Edge]]:
     for version in versions:
         for other, relation in (
             (version.base_version, "adapter of"),
-            (version.parent_version, "derived from"),
+            (version.parent_version, "merged from" if version.source == Source.MERGE else "derived from"),
         ):
             if other is None:
                 continue

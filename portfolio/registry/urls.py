@@ -16,6 +16,7 @@ urlpatterns = [
     path("<str:name>/v<int:number>/promote/", views.version_promote, name="version-promote"),
     path("<str:name>/v<int:number>/archive/", views.version_archive, name="version-archive"),
     path("<str:name>/v<int:number>/verify/", views.version_verify, name="version-verify"),
+    path("<str:name>/v<int:number>/merge/", views.version_merge, name="version-merge"),
     path(
         "<str:name>/v<int:number>/chat-template/", views.version_chat_template, name="version-chat-template"
     ),

@@ -1,5 +1,6 @@
 """A version's page (files, lineage, metrics, card, aliases), its import progress, and its buttons:
-promote to an alias, archive, verify the stored files, give it a chat template (as a new version)."""
+promote to an alias, archive, verify the stored files, give it a chat template (as a new version), merge an
+adapter into a full version."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.errors import NotFound
 from portfolio.formviews import submit
-from portfolio.registry import cards, services
-from portfolio.registry.choices import VersionStatus
+from portfolio.registry import cards, merging, services
+from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.forms import SUGGESTED_ALIASES, ChatTemplateForm, PromoteForm
 from portfolio.registry.models import Model, ModelVersion
 from portfolio.registry.views.display import decorate
@@ -121,6 +122,7 @@ def _version_page(
             "next_number": (model.versions.order_by("-number").values_list("number", flat=True).first() or 0)
             + 1,
             "is_importing": version.status == VersionStatus.IMPORTING,
+            "merge_notes": merging.merge_notes(version) if version.kind == VersionKind.ADAPTER else [],
         },
         status=status,
     )
@@ -244,3 +246,19 @@ def version_verify(request, name: str, number: int):
                 request, f"All {count} file{'s' if count != 1 else ''} match their sha256 checksums."
             )
     return redirect("version-detail", name=version.model.name, number=version.number)
+
+
+@require_POST
+def version_merge(request, name: str, number: int):
+    """Permission: visible (else 404) and ``model.register`` (owner or engineer, else 403). Starts merging
+    the adapter into a full version (training's job, through ``merging.ADAPTER_MERGERS``); a version that
+    is not a ready adapter, or one already merging, is refused with the reason."""
+    actor = actor_of(request)
+    version = visible_version(actor, name, number)
+    gate.require(actor, "model.register", version.model)
+    return buttons.press(
+        request,
+        lambda: merging.request_merge(actor=actor, version=version),
+        success=lambda started: started.message,
+        back=reverse("version-detail", kwargs={"name": version.model.name, "number": version.number}),
+    )
