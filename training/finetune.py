@@ -19,7 +19,7 @@ from portfolio.audit import services as audit
 from portfolio.billing import budgets
 from portfolio.errors import Conflict, Invalid
 from portfolio.registry import services as registry_services
-from portfolio.registry.choices import VersionKind, VersionStatus
+from portfolio.registry.choices import Family, VersionKind, VersionStatus
 from portfolio.registry.models import Model, ModelVersion
 from serving import scheduler
 from serving.capacity import GpuHold, pool_capacity
@@ -165,6 +165,12 @@ def start_job(
         )
     if base_version.kind != VersionKind.BASE or base_version.status != VersionStatus.READY:
         raise Invalid("base_version: fine-tune a ready base version.")
+    if base_version.family == Family.SPEECH:
+        # Its training examples are audio with transcripts; datasets hold chat or text rows.
+        raise Invalid(
+            f"base_version: {base_version.label} is a speech model (encoder-decoder over audio); "
+            "datasets hold text, so it cannot be fine-tuned here. Fine-tune a text or vision-language base."
+        )
     target = target_model or base_version.model
     gate.require(actor, "model.register", target)
     services.require_job_inputs(team=team, base_version=base_version, pool=pool, target_model=target)

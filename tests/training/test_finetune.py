@@ -145,6 +145,20 @@ def test_qlora_is_refused_on_a_cpu_pool(setup):
         )
 
 
+def test_a_speech_base_is_refused_before_any_job_exists(setup):
+    setup["base"].family = "speech"
+    setup["base"].save(update_fields=["family"])
+    with pytest.raises(Invalid, match="is a speech model"):
+        finetune.start_job(
+            actor=setup["engineer"],
+            base_version=setup["base"],
+            pool=setup["pool"],
+            dataset_version=setup["dataset_version"],
+            method=Method.LORA,
+        )
+    assert not FineTuneJob.objects.exists()
+
+
 def test_a_job_past_its_teams_hard_limited_budget_is_refused_with_the_reason(setup, org, team):
     from portfolio.billing import budgets
     from portfolio.errors import Conflict
