@@ -36,15 +36,14 @@ django.setup()
 
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
-from django.db import connection  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from benchmarks.gateway.harness import Processes, free_port, wait_http  # noqa: E402
+from benchmarks.gateway.harness import Processes  # noqa: E402
+from benchmarks.platform_processes import base_env, start_gateway, start_node_agent, wait  # noqa: E402
 from benchmarks.serving import load  # noqa: E402
 from benchmarks.serving.adapters import register_adapter, write_adapter  # noqa: E402
 from portfolio.accounts.actor import Actor  # noqa: E402
 from portfolio.accounts.models import Team  # noqa: E402
-from portfolio.envparse import database_url  # noqa: E402
 from portfolio.registry.artifacts import materialize_version  # noqa: E402
 from portfolio.registry.choices import Source, VersionStatus  # noqa: E402
 from portfolio.registry.demo_model import MODEL_NAME  # noqa: E402
@@ -73,16 +72,6 @@ NODE, POOL, DEPLOYMENT, ADAPTER, ENDPOINT = (
 ENGINE_ARGS = {"max_model_len": 2048, "gpu_memory_utilization": 0.5, "enable_lora": True, "max_lora_rank": 16}
 ACTOR = Actor.for_system("gpu-verify")
 MIB = 2**20
-
-
-def wait(what: str, check, timeout: float, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def gpu_memory_mib(pids: set[int]) -> int:
@@ -116,47 +105,11 @@ def tree(pid: int) -> set[int]:
 
 
 def start_platform(procs: Processes, data: Path) -> str:
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(connection.settings_dict),
-        "REDIS_URL": settings.REDIS_URL,
-        "DJANGO_SECRET_KEY": settings.SECRET_KEY,
-        "PORTFOLIO_ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = base_env()
     logs = data / "verify-logs"
     logs.mkdir(exist_ok=True)
-    cli = [sys.executable, "-m", "portfolio.cli"]
-    agent_env = {
-        **env,
-        "PORTFOLIO_DATA_DIR": str(data / "node"),
-        "PORTFOLIO_ARTIFACT_CACHE": str(data / "node-cache"),
-        "PORTFOLIO_NODE_POOL": POOL,
-        "PORTFOLIO_NODE_NAME": NODE,
-    }
-    procs.start(
-        "node-agent", [*cli, "node-agent", "--name", NODE], log=logs / "agent.log", cwd=ROOT, env=agent_env
-    )
-    port = free_port()
-    gateway = procs.start(
-        "gateway",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "portfolio.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        log=logs / "gateway.log",
-        cwd=ROOT,
-        env={**env, "PORTFOLIO_GATEWAY_REFRESH_MS": "500"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/healthz", gateway, logs / "gateway.log", timeout=120)
-    return url
+    start_node_agent(procs, data, logs, env, pool=POOL, node=NODE)
+    return start_gateway(procs, logs, env, fast=False)
 
 
 def first_answer(team: Team, endpoint: str, timeout: float = 120) -> None:
@@ -242,7 +195,7 @@ def main() -> None:
                 reconcile.reconcile_deployment(deployment.pk)
                 return Replica.objects.filter(deployment=deployment, state=ReplicaState.READY).first()
 
-            replica = wait("the engine on the GPU", ready, 420, 2)
+            replica = wait("the engine on the GPU", ready, 420, interval=2)
             url = f"http://{replica.host}:{replica.port}"
             figures = load.throughput(url, engine_key(replica.pk), [DEPLOYMENT]).as_dict()
             return {
@@ -280,7 +233,7 @@ def main() -> None:
                     deployment=deployment, state__in=ReplicaState.active()
                 ).exists()
 
-            wait("the engine to stop", stopped, 120, 2)
+            wait("the engine to stop", stopped, 120, interval=2)
             dataset = Dataset.objects.filter(
                 owner_team=team, name="gpu-verify"
             ).first() or training.create_dataset(actor=ACTOR, owner_team=team, name="gpu-verify", kind="chat")
@@ -308,7 +261,7 @@ def main() -> None:
                 "the QLoRA job",
                 lambda: FineTuneJob.objects.filter(pk=job.pk, status__in=JobStatus.finished()).first(),
                 420,
-                3,
+                interval=3,
             )
             if job.status != JobStatus.SUCCEEDED:
                 raise RuntimeError(f"the QLoRA job {job.status}: {job.status_detail[-1500:]}")

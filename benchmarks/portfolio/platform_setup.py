@@ -6,31 +6,28 @@
 from __future__ import annotations
 
 import os
-import sys
-import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 from django.conf import settings
 from django.core.management import call_command
-from django.db import connection
 from django.utils import timezone
 
-from benchmarks.gateway.harness import Processes, free_port, wait_http
+from benchmarks.gateway.harness import Processes
+from benchmarks.platform_processes import base_env, start_gateway, start_node_agent, wait
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.billing import subjects
 from portfolio.billing.choices import PriceKind
 from portfolio.billing.models import Price
 from portfolio.billing.services import set_price
-from portfolio.envparse import database_url
 from portfolio.registry import services as registry
 from portfolio.registry.choices import Source, VersionStatus
 from portfolio.registry.demo_model import MODEL_NAME
 from portfolio.registry.models import Model, ModelVersion
 from portfolio.registry.tasks import import_version
-from serving import processes, reconcile
+from serving import reconcile
 from serving import services as serving
 from serving.choices import ReplicaState
 from serving.models import ComputePool, Deployment, Endpoint, Replica
@@ -53,17 +50,6 @@ ACTOR = Actor.for_system("benchmark")
 
 def say(message: str) -> None:
     print(f"[bench-portfolio {datetime.now(UTC):%H:%M:%S}] {message}", flush=True)
-
-
-def wait(what: str, check, timeout: float, logs: list[Path], interval: float = 2.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(interval)
-    tails = "\n".join(f"--- {p} ---\n{processes.log_tail(p, 60)}" for p in logs if p.exists())
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}\n{tails}")
 
 
 # --- 1. Models and the dataset ---------------------------------------------------------------------------
@@ -118,54 +104,11 @@ def dataset_version(team: Team, base: ModelVersion) -> DatasetVersion:
 
 # --- 2-3. Processes, training, deployments ----------------------------------------------------------------
 def start_platform(procs: Processes, data: Path, threads: int | None) -> str:
-    env = {
-        **os.environ,
-        # --threads: the trainer's and engines' threads per process (on cores shared with other work, one
-        # thread does not wait on a descheduled sibling at every operation).
-        **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}),
-        "DATABASE_URL": database_url(connection.settings_dict),
-        "REDIS_URL": settings.REDIS_URL,
-        "DJANGO_SECRET_KEY": settings.SECRET_KEY,
-        "PORTFOLIO_ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = base_env(threads)
     logs = data / "bench-logs"
     logs.mkdir(exist_ok=True)
-    agent_env = {
-        **env,
-        "PORTFOLIO_DATA_DIR": str(data / "node"),
-        "PORTFOLIO_ARTIFACT_CACHE": str(data / "node-cache"),
-        "PORTFOLIO_NODE_POOL": POOL,
-        "PORTFOLIO_NODE_NAME": NODE,
-    }
-    procs.start(
-        "node-agent",
-        [sys.executable, "-m", "portfolio.cli", "node-agent", "--name", NODE, "--concurrency", "1"],
-        log=logs / "agent.log",
-        cwd=ROOT,
-        env=agent_env,
-    )
-    port = free_port()
-    gateway_process = procs.start(
-        "gateway",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "portfolio.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-        + ["--loop", "uvloop", "--http", "httptools", "--no-access-log"],
-        log=logs / "gateway.log",
-        cwd=ROOT,
-        env={**env, "PORTFOLIO_GATEWAY_REFRESH_MS": "500"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/healthz", gateway_process, logs / "gateway.log", timeout=120)
-    return url
+    start_node_agent(procs, data, logs, env, pool=POOL, node=NODE, concurrency=1)
+    return start_gateway(procs, logs, env)
 
 
 def fine_tune(

@@ -44,15 +44,14 @@ django.setup()
 import httpx  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
-from django.db import connection  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from benchmarks.gateway.harness import Processes, free_port, wait_http  # noqa: E402
+from benchmarks.gateway.harness import Processes  # noqa: E402
+from benchmarks.platform_processes import base_env, start_gateway, start_node_agent, start_worker, wait  # noqa: E402
 from benchmarks.serving import load  # noqa: E402
 from benchmarks.serving.adapters import register_adapter, write_adapter  # noqa: E402
 from portfolio.accounts.actor import Actor  # noqa: E402
 from portfolio.accounts.models import Team  # noqa: E402
-from portfolio.envparse import database_url  # noqa: E402
 from portfolio.registry import merging  # noqa: E402
 from portfolio.registry.artifacts import materialize_version  # noqa: E402
 from portfolio.registry.choices import Source, VersionStatus  # noqa: E402
@@ -81,69 +80,14 @@ def say(message: str) -> None:
     print(f"[bench-serving {datetime.now(UTC):%H:%M:%S}] {message}", flush=True)
 
 
-def wait(what: str, check, timeout: float, logs: list[Path], interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(interval)
-    tails = "\n".join(f"--- {p} ---\n{processes.log_tail(p, 60)}" for p in logs if p.exists())
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}\n{tails}")
-
-
 # --- Processes and engines --------------------------------------------------------------------------------
 def start_platform(procs: Processes, data: Path) -> str:
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(connection.settings_dict),
-        "REDIS_URL": settings.REDIS_URL,
-        "DJANGO_SECRET_KEY": settings.SECRET_KEY,
-        "PORTFOLIO_ARTIFACT_ROOT": str(settings.ARTIFACT_ROOT),
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = base_env()
     logs = data / "bench-logs"
     logs.mkdir(exist_ok=True)
-    agent_env = {
-        **env,
-        "PORTFOLIO_DATA_DIR": str(data / "node"),
-        "PORTFOLIO_ARTIFACT_CACHE": str(data / "node-cache"),
-        "PORTFOLIO_NODE_POOL": POOL,
-        "PORTFOLIO_NODE_NAME": NODE,
-    }
-    cli = [sys.executable, "-m", "portfolio.cli"]
-    procs.start(
-        "node-agent", [*cli, "node-agent", "--name", NODE], log=logs / "agent.log", cwd=ROOT, env=agent_env
-    )
-    control_env = {
-        **env,
-        "PORTFOLIO_DATA_DIR": str(data / "control"),
-        "PORTFOLIO_ARTIFACT_CACHE": str(data / "cache"),
-    }
-    procs.start(
-        "worker", [*cli, "worker", "--concurrency", "1"], log=logs / "worker.log", cwd=ROOT, env=control_env
-    )
-    port = free_port()
-    gateway = procs.start(
-        "gateway",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "portfolio.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-        + ["--loop", "uvloop", "--http", "httptools", "--no-access-log"],
-        log=logs / "gateway.log",
-        cwd=ROOT,
-        env={**env, "PORTFOLIO_GATEWAY_REFRESH_MS": "500"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/healthz", gateway, logs / "gateway.log", timeout=120)
-    return url
+    start_node_agent(procs, data, logs, env, pool=POOL, node=NODE)
+    start_worker(procs, data, logs, env)
+    return start_gateway(procs, logs, env)
 
 
 def engine_logs(data: Path) -> list[Path]:
