@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 ENGINE_VENV := .venv-engine
 ENGINE_STAMP := $(ENGINE_VENV)/.installed-$(shell cat serving/engines/requirements-cpu.txt | sha256sum | cut -c1-12)
 
-.PHONY: run test venv engine lint format check browser oidc-provider clean-data
+.PHONY: run test venv engine lint format check browser speech oidc-provider clean-data
 
 venv: $(STAMP)
 
@@ -36,7 +36,7 @@ run: venv engine
 TEST_DATA := $(CURDIR)/.portfolio-test
 STOP_TEST_SERVERS := $(BIN)/python -c "import sys; from pathlib import Path; from portfolio import embedded; embedded.stop_all(Path(sys.argv[1]))" $(TEST_DATA)
 
-test: venv engine browser oidc-provider
+test: venv engine browser speech oidc-provider
 	@trap '$(STOP_TEST_SERVERS)' EXIT; set -ex; \
 	$(BIN)/ruff check .; \
 	$(BIN)/ruff format --check .; \
@@ -51,6 +51,13 @@ browser:
 	  echo "Installing Debian's chromium for the browser tests"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+# Debian's espeak-ng: real speech (WAV) for the transcription tests.
+speech:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  echo "Installing Debian's espeak-ng for the transcription tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng >/dev/null; }
 
 # The tests' stand-in for Keycloak: npm `oidc-provider`, pinned by its package-lock.json, run with Node 20+.
 OIDC_PROVIDER := tests/sso/provider

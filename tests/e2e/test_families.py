@@ -170,3 +170,32 @@ def test_a_vision_language_model_reads_an_image_part_through_the_gateway(org, no
         image_tokens = version.architecture_facts["vision"]["tokens_per_image"]
         assert image_tokens == 4
         assert answer.usage.prompt_tokens - text_only.usage.prompt_tokens >= image_tokens
+
+
+@pytest.mark.parametrize(
+    ("family", "state_layers", "attention_layers"),
+    [(Family.HYBRID, [0, 2, 3], [1]), (Family.STATE_SPACE, [0, 1], [])],
+    ids=["hybrid-granite4", "state-space-mamba2"],
+)
+def test_a_model_that_keeps_state_answers_through_the_gateway(
+    family, state_layers, attention_layers, org, node_agent, settings, tmp_path
+):
+    """Granite 4 (Mamba-2 layers around one attention layer) and Mamba-2 alone: vLLM CPU keeps their per-sequence state
+    where a dense model grows a KV cache."""
+    _, agent_log = node_agent
+    team = Team.objects.get(slug="support-ai")
+    version = _import_tiny(
+        family, f"tiny-{family}".replace("_", "-"), actor_for(org["engineer"]), team, settings, tmp_path
+    )
+    facts = version.architecture_facts
+    assert (facts["state_layers"], facts["attention_layers"]) == (state_layers, attention_layers)
+
+    with _served(org, team, version, "stateful", agent_log, tmp_path) as (sdk, log):
+        answer = sdk.chat.completions.create(
+            model="stateful",
+            messages=[{"role": "user", "content": "Route this ticket: my parcel never arrived."}],
+            max_tokens=6,
+            temperature=0,
+        )
+        assert answer.model == "stateful" and answer.usage.completion_tokens == 6
+        _metered("stateful", answer, log)

@@ -1,11 +1,12 @@
 """/v1/audio/transcriptions and /v1/audio/translations with the official openai SDK, through a real gateway,
 to a real vLLM CPU engine serving a tiny random Whisper (tests/e2e/speech_model.py): the engine decodes the
 WAV the gateway re-sends, and the usage event carries the audio's seconds from its header, priced from the
-price book. The audio is a generated tone: no espeak-ng on these machines."""
+price book. The audio is real speech from Debian's espeak-ng (installed by ``make speech``)."""
 
 from __future__ import annotations
 
 import time
+import wave
 from decimal import Decimal
 
 import openai
@@ -17,7 +18,7 @@ from serving.gateway import usage
 from serving.gateway.models import UsageEvent
 from tests.conftest import actor_for
 from tests.e2e import direct_engine, speech_model
-from tests.gateway.media import sine_wav
+from tests.gateway.media import speech_wav
 from tests.gateway.process import start_gateway, stop_gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -51,8 +52,12 @@ def test_a_wav_is_transcribed_and_translated_by_a_real_engine_and_metered_in_aud
         deadline = time.monotonic() + 30
         while "whisper" not in {m.id for m in sdk.models.list()} and time.monotonic() < deadline:
             time.sleep(0.3)
-        audio = tmp_path / "tone.wav"
-        audio.write_bytes(sine_wav(2.0))
+        # Real speech (Debian's espeak-ng); its length, to the millisecond, is what is metered.
+        audio = tmp_path / "speech.wav"
+        audio.write_bytes(speech_wav("I was charged twice for my subscription.", tmp_path))
+        with wave.open(str(audio)) as spoken:
+            ms = -(-spoken.getnframes() * 1000 // spoken.getframerate())
+        assert 1000 < ms < 10_000
         with audio.open("rb") as file:
             heard = sdk.audio.transcriptions.create(model="whisper", file=file, language="en", temperature=0)
         assert isinstance(heard.text, str) and heard.text, "random weights: any text, but an answer"
@@ -63,9 +68,10 @@ def test_a_wav_is_transcribed_and_translated_by_a_real_engine_and_metered_in_aud
         usage.flush()
         events = sorted(UsageEvent.objects.all(), key=lambda e: e.kind)
         assert [(e.kind, e.status, e.audio_ms) for e in events] == [
-            ("transcription", 200, 2000),
-            ("translation", 200, 2000),
+            ("transcription", 200, ms),
+            ("translation", 200, ms),
         ]
-        assert all(e.cost == Decimal("0.02") for e in events)
+        cost = (Decimal(ms) / 1000 * Decimal("0.01")).quantize(Decimal("0.000001"))
+        assert all(e.cost == cost for e in events), [e.cost for e in events]
     finally:
         stop_gateway(gateway)

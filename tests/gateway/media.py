@@ -62,7 +62,7 @@ def price_audio(endpoint: Endpoint, per_second: str, per_million: str = "0") -> 
 
 
 def sine_wav(seconds: float, rate: int = 16000) -> bytes:
-    """A 440 Hz tone as 16-bit mono WAV (no espeak-ng on this machine: see speech_wav)."""
+    """A 440 Hz tone as 16-bit mono WAV: a duration exact to the sample, for the metering tests."""
     frames = int(seconds * rate)
     samples = (int(8000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(frames))
     buffer = io.BytesIO()
@@ -74,13 +74,12 @@ def sine_wav(seconds: float, rate: int = 16000) -> bytes:
     return buffer.getvalue()
 
 
-def speech_wav(text: str, tmp_path) -> tuple[bytes, str]:
-    """Real speech from espeak-ng where it is installed, else a tone; and which it is."""
-    if shutil.which("espeak-ng") is None:
-        return sine_wav(2.5), "sine"
+def speech_wav(text: str, tmp_path) -> bytes:
+    """Real speech, spoken by Debian's espeak-ng (``make test`` installs it: ``make speech``)."""
+    assert shutil.which("espeak-ng"), "espeak-ng is missing: `make speech` installs it"
     path = tmp_path / "speech.wav"
     subprocess.run(["espeak-ng", "-w", str(path), text], check=True, timeout=30)  # noqa: S603, S607
-    return path.read_bytes(), "espeak-ng"
+    return path.read_bytes()
 
 
 def error_of(excinfo) -> dict:
