@@ -7,9 +7,10 @@ proven is that the family's path works and the tokens flow and are metered."""
 from __future__ import annotations
 
 import base64
-import io
 import shutil
+import struct
 import time
+import zlib
 from contextlib import contextmanager
 
 import pytest
@@ -108,6 +109,22 @@ def _metered(endpoint: str, answer, log):
     )
 
 
+def _png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A one-colour RGB PNG, written with the standard library."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\0" + bytes(rgb) * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
 def test_a_mixture_of_experts_registers_its_experts_and_answers_through_the_gateway(
     org, node_agent, settings, tmp_path
 ):
@@ -131,8 +148,6 @@ def test_a_mixture_of_experts_registers_its_experts_and_answers_through_the_gate
 
 
 def test_a_vision_language_model_reads_an_image_part_through_the_gateway(org, node_agent, settings, tmp_path):
-    from PIL import Image
-
     _, agent_log = node_agent
     team = Team.objects.get(slug="support-ai")
     version = _import_tiny(
@@ -140,9 +155,7 @@ def test_a_vision_language_model_reads_an_image_part_through_the_gateway(org, no
     )
     assert version.architecture_facts["vision"]["parameters"] > 0
 
-    png = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 30, 30)).save(png, format="PNG")
-    image = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+    image = "data:image/png;base64," + base64.b64encode(_png(64, 64, (200, 30, 30))).decode()
     with _served(org, team, version, "vision", agent_log, tmp_path) as (sdk, log):
         answer = sdk.chat.completions.create(
             model="vision",
