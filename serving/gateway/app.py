@@ -2,9 +2,9 @@
 
 Per request it authenticates the key from memory, checks the body against the route's allow-list and
 works out the most the engine can bill for it (payloads.py), admits that worst case against limits and
-budgets with one Redis script, picks a replica (least outstanding requests), proxies over a keep-alive pool
-(streaming event by event), and after the response is sent settles the reservation and appends one usage
-event to a Redis stream in a single round trip. PostgreSQL is never touched per request.
+budgets with one Redis script, sends it on to a replica (forwarding.py: least outstanding requests, over
+the keep-alive connections of upstream.py, streaming event by event), and after the response is sent
+settles the reservation and appends one usage event to a Redis stream in a single round trip. PostgreSQL is never touched per request.
 
 An endpoint's fallbacks are followed only while the key may call them too (same team, in the key's
 scopes, same kind of model, n within the hop's cap); a request is reserved for the costliest hop it may
@@ -30,7 +30,6 @@ import re
 import time
 import uuid
 
-import aiohttp
 import orjson
 from django.conf import settings
 
@@ -41,6 +40,7 @@ from serving.gateway import (
     authentication,
     composite,
     errors,
+    forwarding,
     inflight,
     intake,
     keystate,
@@ -55,16 +55,9 @@ from serving.gateway.events import USAGE_STREAM, Outcome, usage_event
 from serving.gateway.keycache import KeyCache, KeyRecord, listen_for_invalidations
 from serving.gateway.limits import Limiter
 from serving.gateway.paths import ANY, Routes
-from serving.gateway.relay import PATHS, Renamer, read_body, relay_stream, relay_whole, respond
-from serving.gateway.routing import (
-    Balancer,
-    EndpointInfo,
-    ReplicaInfo,
-    Snapshot,
-    choose_route,
-    price_micros,
-    sticky_key,
-)
+from serving.gateway.relay import Renamer, read_body, respond
+from serving.gateway.routing import Balancer, EndpointInfo, Snapshot, price_micros
+from serving.gateway.upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +78,7 @@ class Gateway:
         self.snapshot = Snapshot()
         self.table_version = 0  # kept by table_refresh.py, as is table_loaded_at
         self.table_loaded_at = 0.0
-        self.session: aiohttp.ClientSession | None = None
+        self.upstream: Upstream | None = None
         self.redis = None
         self.pipe: redis_pipe.RedisPipe | redis_pipe.ClientPipe | None = None
         self.limiter: Limiter | None = None
@@ -96,7 +89,7 @@ class Gateway:
         self._id_prefix, self._ids = self.process_id[:20], itertools.count(1)
         self.ledger = inflight.ledger_key(self.process_id)
         self._series: dict[tuple, object] = {}  # metric children by (metric, labels)
-        self._renamers: dict[tuple[str, str], Renamer] = {}
+        self.renamers: dict[tuple[str, str], Renamer] = {}  # by (engine model, public name)
         self._cut_fallbacks: set[tuple[str, str]] = set()  # logged once per process
         self.routes = routes()
 
@@ -107,14 +100,8 @@ class Gateway:
         self.redis = aioredis.Redis.from_url(settings.REDIS_URL)
         self.pipe = redis_pipe.connect(settings.REDIS_URL, self.redis)
         self.limiter = Limiter(self.pipe)
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                sock_connect=settings.GATEWAY_CONNECT_TIMEOUT,
-                sock_read=settings.GATEWAY_UPSTREAM_TIMEOUT,
-            ),
-            auto_decompress=False,
+        self.upstream = Upstream(
+            connect_timeout=settings.GATEWAY_CONNECT_TIMEOUT, read_timeout=settings.GATEWAY_UPSTREAM_TIMEOUT
         )
         await table_refresh.refresh(self)
         await liveness.register(self.pipe, self.process_id)
@@ -133,8 +120,8 @@ class Gateway:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        if self.session:
-            await self.session.close()
+        if self.upstream:
+            await self.upstream.close()
         if self.pipe:
             # Requests have drained by now; the flusher reaps whatever is left in the ledger at once.
             with contextlib.suppress(Exception):
@@ -313,114 +300,8 @@ class Gateway:
         finally:
             await self._settle(key, outcome.answered or first, verdict.reservation, outcome, started)
 
-    async def _dispatch(
-        self,
-        receive,
-        send,
-        request_id,
-        chain: list[EndpointInfo],
-        public: str,
-        payload: dict,
-        outcome: Outcome,
-        started,
-        caller: tuple[str, dict[bytes, bytes]] = ("", {}),
-        encode=None,  # upstream body -> (bytes, content type), when not JSON (audio.py's multipart form)
-    ) -> None:
-        assert self.session is not None, "set by start()"
-        for current in chain:
-            # Sticky A/B: the caller's key id or a header's value picks the route (routing.sticky_key).
-            sticky = sticky_key(current, *caller) if current.sticky_by != "none" else b""
-            route = choose_route(current, self.snapshot, chat=outcome.kind == "chat", sticky=sticky)
-            if route is None:
-                continue
-            replicas = self.snapshot.replicas.get(route.deployment, [])
-            excluded: set[int] = set()
-            retried: set[int] = set()
-            while (replica := self.balancer.pick(replicas, excluded)) is not None:
-                outcome.deployment, outcome.adapter, outcome.version_id = (
-                    route.deployment,
-                    route.adapter,
-                    route.version_id,
-                )
-                outcome.replica_id = replica.id
-                upstream = dict(payload, model=route.upstream_model)
-                if outcome.stream:
-                    # Always asked of the engine, to meter from its counts; passed on only as the client asked.
-                    upstream["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
-                data, content_type = (
-                    encode(upstream) if encode else (orjson.dumps(upstream), "application/json")
-                )
-                self.balancer.acquire(replica)
-                try:
-                    response = await self.session.post(
-                        f"{replica.base_url}{PATHS[outcome.kind]}",
-                        data=data,
-                        headers={
-                            "Authorization": replica.auth,
-                            "Content-Type": content_type,
-                            "X-Request-ID": request_id,
-                        },
-                    )
-                except (aiohttp.SocketTimeoutError, TimeoutError) as exc:
-                    self.balancer.release(replica)
-                    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-                        _passed_over(request_id, replica, exc)
-                        excluded.add(replica.id)  # could not even connect: another replica may answer
-                        continue
-                    raise GatewayError(504, "The model did not answer in time.", "upstream_timeout") from None
-                except (aiohttp.ClientConnectorError, ConnectionRefusedError) as exc:
-                    # Could not connect; nothing reached the client yet: another replica may answer.
-                    self.balancer.release(replica)
-                    _passed_over(request_id, replica, exc)
-                    excluded.add(replica.id)
-                    continue
-                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
-                    # Most often a pooled keep-alive connection that the engine had closed (restarted on
-                    # the same port, or idle too long): one more try on a fresh connection before the
-                    # replica is passed over. Inference has no side effects, so a retry is safe.
-                    self.balancer.release(replica)
-                    if replica.id in retried:
-                        _passed_over(request_id, replica, exc)
-                        excluded.add(replica.id)
-                    retried.add(replica.id)
-                    continue
-                # Metered and priced by the endpoint that answered.
-                outcome.answered, outcome.endpoint = current, current.name
-                try:
-                    rename = self._renamers.get((route.upstream_model, public))
-                    if rename is None:
-                        rename = self._renamers[(route.upstream_model, public)] = Renamer(
-                            route.upstream_model, public
-                        )
-                    if outcome.stream and response.status == 200:
-                        await relay_stream(receive, send, response, request_id, rename, outcome, started)
-                    else:
-                        await relay_whole(send, response, request_id, rename, outcome)
-                except TimeoutError:
-                    if outcome.sent:
-                        outcome.status, outcome.error = 504, "upstream_timeout"
-                        return
-                    raise GatewayError(504, "The model did not answer in time.", "upstream_timeout") from None
-                finally:
-                    response.release()
-                    self.balancer.release(replica)
-                return
-        first, snapshot = chain[0], self.snapshot
-        logger.warning(
-            "gateway: request %s: no replica of endpoint %s answered (tried %s; routes to %s; ready "
-            "replicas per deployment in the %s: %s)",
-            request_id,
-            first.name,
-            ", ".join(hop.name for hop in chain),
-            ", ".join(r.deployment for r in first.routes),
-            table_refresh.describe_table(snapshot, self.table_version, time.time()),
-            {name: len(rs) for name, rs in snapshot.replicas.items()},
-        )
-        raise GatewayError(
-            503,
-            f"No replica of `{public}` is ready to serve (or all failed to connect).",
-            "no_replica_available",
-        )
+    # Sends an admitted request on to an engine; composite.py and audio.py call it too.
+    _dispatch = forwarding.forward
 
     async def _settle(self, key: KeyRecord, endpoint: EndpointInfo, reservation, outcome, started) -> None:
         assert self.limiter is not None and self.pipe is not None, "set by start()"
@@ -490,15 +371,3 @@ def routes() -> Routes:
     for path, kind in audio.ROUTES.items():  # multipart uploads, not JSON
         table.add("POST", path, functools.partial(audio.serve, kind=kind))
     return table
-
-
-def _passed_over(request_id: str, replica: ReplicaInfo, exc: Exception) -> None:
-    # For operators (the client only learns that no replica answered): which replica failed, and how.
-    logger.warning(
-        "gateway: request %s: replica %s at %s failed before answering (%s: %s); passing it over",
-        request_id,
-        replica.id,
-        replica.base_url,
-        type(exc).__name__,
-        exc,
-    )

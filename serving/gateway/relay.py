@@ -9,12 +9,12 @@ import contextlib
 import re
 import time
 
-import aiohttp
 import orjson
 
 from serving.gateway import errors, payloads
 from serving.gateway.errors import GatewayError
 from serving.gateway.events import Outcome
+from serving.gateway.upstream import Response
 
 PATHS = {
     "chat": "/v1/chat/completions",
@@ -105,12 +105,10 @@ async def respond(
     await send({"type": "http.response.body", "body": body})
 
 
-async def relay_whole(
-    send, response: aiohttp.ClientResponse, request_id: str, rename: Renamer, outcome: Outcome
-) -> None:
+async def relay_whole(send, response: Response, request_id: str, rename: Renamer, outcome: Outcome) -> None:
     data = await response.read()
     outcome.status = response.status
-    content_type = response.headers.get("Content-Type", "application/json").encode()
+    content_type = response.headers.get(b"content-type", b"application/json")
     if response.status == 200:
         with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
             parsed = orjson.loads(data)
@@ -157,7 +155,7 @@ def pass_event(event: bytes, rename: Renamer, shape: payloads.Shape, usage: Stre
 async def relay_stream(
     receive,
     send,
-    response: aiohttp.ClientResponse,
+    response: Response,
     request_id: str,
     rename: Renamer,
     outcome: Outcome,
@@ -190,7 +188,7 @@ async def relay_stream(
     usage = StreamUsage(outcome.shape.n)
     pending = b""
     try:
-        async for chunk in response.content.iter_any():
+        async for chunk in response.chunks():
             if outcome.ttft is None:
                 outcome.ttft = time.perf_counter() - started
             pending += chunk

@@ -1,0 +1,150 @@
+"""One admitted request sent on to an engine: the endpoint's route (weighted or sticky), a replica (least
+outstanding requests), the body with the engine's model name, and the answer relayed to the client whole
+or as server-sent events (relay.py).
+
+A replica that cannot be reached is passed over for another of the same route, then the chain's next
+endpoint (its fallbacks); a pooled connection the engine had closed is tried once more on a fresh one.
+Nothing is retried once the engine has the request and answers, even with an error: that answer is the
+client's. Metered and priced by the endpoint that answered (``outcome.answered``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import orjson
+
+from serving.gateway import table_refresh
+from serving.gateway.errors import GatewayError
+from serving.gateway.events import Outcome
+from serving.gateway.relay import PATHS, Renamer, relay_stream, relay_whole
+from serving.gateway.routing import EndpointInfo, ReplicaInfo, choose_route, sticky_key
+from serving.gateway.upstream import ConnectFailed, ReadTimeout
+
+if TYPE_CHECKING:
+    from serving.gateway.app import Gateway
+
+logger = logging.getLogger(__name__)
+
+JSON = b"application/json"
+
+
+async def forward(
+    gateway: Gateway,
+    receive,
+    send,
+    request_id: str,
+    chain: list[EndpointInfo],
+    public: str,
+    payload: dict,
+    outcome: Outcome,
+    started: float,
+    caller: tuple[str, dict[bytes, bytes]] = ("", {}),
+    encode=None,  # upstream body -> (bytes, content type), when not JSON (audio.py's multipart form)
+) -> None:
+    """Answer the client from the first endpoint of ``chain`` with a replica that takes the request;
+    ``public`` is the model name the client sees."""
+    assert gateway.upstream is not None, "set by start()"
+    snapshot = gateway.snapshot
+    for current in chain:
+        # Sticky A/B: the caller's key id or a header's value picks the route (routing.sticky_key).
+        sticky = sticky_key(current, *caller) if current.sticky_by != "none" else b""
+        route = choose_route(current, snapshot, chat=outcome.kind == "chat", sticky=sticky)
+        if route is None:
+            continue
+        replicas = snapshot.replicas.get(route.deployment, [])
+        excluded: set[int] = set()
+        retried: set[int] = set()
+        while (replica := gateway.balancer.pick(replicas, excluded)) is not None:
+            outcome.deployment, outcome.adapter, outcome.version_id = (
+                route.deployment,
+                route.adapter,
+                route.version_id,
+            )
+            outcome.replica_id = replica.id
+            upstream = dict(payload, model=route.upstream_model)
+            if outcome.stream:
+                # Always asked of the engine, to meter from its counts; passed on only as the client asked.
+                upstream["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+            if encode:
+                data, content_type = encode(upstream)
+                content_type = content_type.encode()
+            else:
+                data, content_type = orjson.dumps(upstream), JSON
+            headers = [
+                (b"Authorization", replica.auth.encode()),
+                (b"Content-Type", content_type),
+                (b"X-Request-ID", request_id.encode()),
+            ]
+            gateway.balancer.acquire(replica)
+            try:
+                response = await gateway.upstream.post(replica.base_url, PATHS[outcome.kind], data, headers)
+            except ConnectFailed as exc:
+                # Nothing reached the engine: another replica may answer.
+                gateway.balancer.release(replica)
+                _passed_over(request_id, replica, exc)
+                excluded.add(replica.id)
+                continue
+            except ReadTimeout:
+                gateway.balancer.release(replica)
+                raise GatewayError(504, "The model did not answer in time.", "upstream_timeout") from None
+            except OSError as exc:
+                # Most often a pooled keep-alive connection that the engine had closed (restarted on the
+                # same port, or idle too long): one more try on a fresh connection before the replica is
+                # passed over. Inference has no side effects, so a retry is safe.
+                gateway.balancer.release(replica)
+                if replica.id in retried:
+                    _passed_over(request_id, replica, exc)
+                    excluded.add(replica.id)
+                retried.add(replica.id)
+                continue
+            outcome.answered, outcome.endpoint = current, current.name
+            try:
+                rename = gateway.renamers.get((route.upstream_model, public))
+                if rename is None:
+                    rename = gateway.renamers[(route.upstream_model, public)] = Renamer(
+                        route.upstream_model, public
+                    )
+                if outcome.stream and response.status == 200:
+                    await relay_stream(receive, send, response, request_id, rename, outcome, started)
+                else:
+                    await relay_whole(send, response, request_id, rename, outcome)
+            except TimeoutError:
+                if outcome.sent:
+                    outcome.status, outcome.error = 504, "upstream_timeout"
+                    return
+                raise GatewayError(504, "The model did not answer in time.", "upstream_timeout") from None
+            finally:
+                response.release()
+                gateway.balancer.release(replica)
+            return
+    first = chain[0]
+    logger.warning(
+        "gateway: request %s: no replica of endpoint %s answered (tried %s; routes to %s; ready "
+        "replicas per deployment in the %s: %s)",
+        request_id,
+        first.name,
+        ", ".join(hop.name for hop in chain),
+        ", ".join(r.deployment for r in first.routes),
+        table_refresh.describe_table(snapshot, gateway.table_version, time.time()),
+        {name: len(rs) for name, rs in snapshot.replicas.items()},
+    )
+    raise GatewayError(
+        503,
+        f"No replica of `{public}` is ready to serve (or all failed to connect).",
+        "no_replica_available",
+    )
+
+
+def _passed_over(request_id: str, replica: ReplicaInfo, exc: Exception) -> None:
+    # For operators (the client only learns that no replica answered): which replica failed, and how.
+    logger.warning(
+        "gateway: request %s: replica %s at %s failed before answering (%s: %s); passing it over",
+        request_id,
+        replica.id,
+        replica.base_url,
+        type(exc).__name__,
+        exc,
+    )
