@@ -131,4 +131,6 @@ def ticket_endpoint(snapshot: Snapshot, ticket: tickets.Ticket, name) -> Endpoin
         embedding=deployment.embedding,
         no_chat=no_chat,
         serves=deployment.serves,
+        image_tokens=deployment.image_tokens,
+        decoder_len=deployment.decoder_len,
     )

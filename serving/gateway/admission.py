@@ -65,9 +65,27 @@ def charged(key: KeyRecord, endpoint: EndpointInfo, cost: int) -> tuple[int, int
     return team, team if endpoint.department_id != key.department_id else 0
 
 
-def refusal(key: KeyRecord, verdict: Verdict, tokens: int, money: int, *, playground: bool) -> GatewayError:
+# What a client can change to make a refused request smaller: the field to name, and what to do.
+LOWER_MAX_TOKENS = ("max_tokens", "lower max_tokens (or n, or the prompt)")
+# An upload's reservation grows with its duration: its seconds, and the decoder's limit per 30 s (audio.py).
+SHORTER_AUDIO = (
+    "file",
+    "send shorter audio (each 30 s of it may be transcribed to the model's decoder limit)",
+)
+
+
+def refusal(
+    key: KeyRecord,
+    verdict: Verdict,
+    tokens: int,
+    money: int,
+    *,
+    playground: bool,
+    remedy: tuple[str, str] = LOWER_MAX_TOKENS,
+) -> GatewayError:
     """Why admission said no, in words a client can act on (the caller evicts a key found revoked)."""
     subject = "the prompt box (per user)" if playground else "this key"
+    param, change = remedy
     if verdict.reason == "revoked":
         return GatewayError(401, "Invalid, expired or revoked API key.", "invalid_api_key")
     if verdict.reason == "rpm":
@@ -83,7 +101,7 @@ def refusal(key: KeyRecord, verdict: Verdict, tokens: int, money: int, *, playgr
             429,
             f"The monthly budget of {whose} is a hard limit and this request could pass it "
             f"({_money(max(0, verdict.remaining))} left, up to {_money(money)} asked; requests in flight "
-            "hold part of it). Lower max_tokens, or ask for a higher budget.",
+            f"hold part of it). {change[0].upper()}{change[1:]}, or ask for a higher budget.",
             "budget_exceeded",
             retry_after=verdict.retry_after,
         )
@@ -92,10 +110,9 @@ def refusal(key: KeyRecord, verdict: Verdict, tokens: int, money: int, *, playgr
             return GatewayError(
                 429,
                 f"This request could use up to {tokens} tokens, more than the limit of "
-                f"{key.tpm_limit} tokens per minute on {subject}: lower max_tokens (or n, or "
-                "the prompt).",
+                f"{key.tpm_limit} tokens per minute on {subject}: {change}.",
                 "rate_limit_exceeded",
-                param="max_tokens",
+                param=param,
             )
         return GatewayError(
             429,
@@ -117,9 +134,9 @@ def refusal(key: KeyRecord, verdict: Verdict, tokens: int, money: int, *, playgr
         cost = f"could cost up to {_money(money)}, more than the {_money(verdict.remaining)} left"
     return GatewayError(
         429,
-        f"This request {cost} of the monthly budget of {subject}: lower max_tokens (or n, or the prompt).",
+        f"This request {cost} of the monthly budget of {subject}: {change}.",
         "insufficient_quota",
-        param="max_tokens",
+        param=param,
     )
 
 

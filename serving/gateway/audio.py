@@ -3,9 +3,12 @@ both OpenAI routes for Whisper), with the same keys, scopes, limits, budgets and
 
 Contract: the body is a multipart form read whole up to ``PORTFOLIO_GATEWAY_MAX_AUDIO_BYTES`` (uploads.py),
 with one WAV file whose duration, read from its header, is at most ``PORTFOLIO_GATEWAY_MAX_AUDIO_SECONDS``,
-and text fields on the route's allow-list (``model`` required). Admission reserves the upload's price
-(seconds times the price book's ``audio_second`` of the costliest hop) and no tokens; the call is metered
-in audio milliseconds on its usage event and priced per second when it settles. The engine gets the form
+and text fields on the route's allow-list (``model`` required). Admission reserves, as for chat, the worst
+case of the costliest hop: the most tokens the decoder can produce for that duration (``reservation``) and
+the most money (the seconds at the price book's ``audio_second``, plus those tokens at its token prices),
+so that the key's tokens-per-minute limit, token and money budgets and the team's and department's hard
+limits refuse an upload that could pass them. The call settles to what was metered: audio milliseconds on
+its usage event, priced per second, and whatever tokens the engine reports. The engine gets the form
 rebuilt from the checked fields, the model renamed to the route's, never the client's own bytes around
 the file. Streaming is not offered (``stream`` is not on the allow-list). PostgreSQL is never touched.
 """
@@ -22,7 +25,14 @@ from django.conf import settings
 from serving.gateway import access, admission, authentication, intake, keystate, uploads
 from serving.gateway.errors import GatewayError
 from serving.gateway.events import Outcome, usage_event
-from serving.gateway.payloads import PayloadError, Shape, number_check, text_check
+from serving.gateway.payloads import (
+    SPECIAL_TOKENS,
+    PayloadError,
+    Shape,
+    number_check,
+    text_check,
+    worst_case,
+)
 from serving.gateway.relay import read_body
 from serving.gateway.routing import EndpointInfo
 
@@ -67,7 +77,16 @@ FIELDS: dict[str, dict[str, Callable]] = {
     "transcription": {**_COMMON, "timestamp_granularities[]": _granularities},
     "translation": _COMMON,
 }
-NO_TOKENS = Shape(prompts=(), choices=0, per_choice=0)
+NO_TOKENS = Shape(prompts=(), choices=0, per_choice=0)  # the outcome's shape: no stream, no choices to count
+
+# How vLLM 0.32 decodes an upload (entrypoints/speech_to_text/base/serving.py, multimodal/audio.py:
+# split_audio; Whisper's feature extractor sets the 30 s): audio up to ``max_audio_clip_s`` (30 s) is one
+# chunk; longer audio is cut at the quietest point of the last ``overlap_chunk_second`` (1 s) of each 30 s
+# window, so every chunk but the last is at least 29 s long. Each chunk is a sequence of its own: a decoder
+# prompt (special tokens and the request's ``prompt``) and a transcript that stops when both reach
+# ``max_model_len`` (Whisper's decoder limit, its config's ``max_target_positions``: 448).
+CLIP_MS = 30_000
+SHORTEST_CUT_MS = 29_000
 
 
 def check_fields(kind: str, fields: dict) -> None:
@@ -103,8 +122,25 @@ def read_upload(kind: str, headers: dict, body: bytes) -> tuple[uploads.Upload, 
 
 
 def audio_cost(hop: EndpointInfo, audio_ms: int) -> int:
-    """The most an upload of ``audio_ms`` can cost on ``hop``, in micro-units (up, as a reservation)."""
+    """What the seconds of an upload of ``audio_ms`` cost on ``hop``, in micro-units (up, as a reservation)."""
     return math.ceil(hop.audio_micros_per_second * audio_ms / 1000)
+
+
+def chunks(audio_ms: int) -> int:
+    """The most sequences the engine decodes for ``audio_ms`` of audio (n chunks need over (n-1) x 29 s)."""
+    return 1 if audio_ms <= CLIP_MS else audio_ms // SHORTEST_CUT_MS + 1
+
+
+def reservation(hop: EndpointInfo, audio_ms: int, prompt: str = "") -> tuple[int, int]:
+    """The most tokens, and money in micro-units, an upload of ``audio_ms`` with this ``prompt`` field can be
+    billed on ``hop``: per chunk, a decoder prompt (the field's bytes and the special tokens around it) and a
+    transcript that together stop at the decoder's limit, at the hop's token prices; plus the seconds at its
+    audio price."""
+    limit = hop.decoder_len or hop.max_model_len
+    prompt_bound = len(prompt.encode("utf-8", "surrogatepass")) + SPECIAL_TOKENS
+    shape = Shape(prompts=(prompt_bound,) * chunks(audio_ms), choices=1, per_choice=None)
+    tokens, money = worst_case(shape, limit, hop.input_micros_per_token, hop.output_micros_per_token)
+    return tokens, money + audio_cost(hop, audio_ms)
 
 
 async def serve(gateway, scope, receive, send, headers, request_id: str, event_id: str, *, kind: str) -> None:
@@ -124,28 +160,32 @@ async def serve(gateway, scope, receive, send, headers, request_id: str, event_i
         chain = access.chain(
             gateway.snapshot, key, first, 0, chat=False, cut_fallbacks=gateway._cut_fallbacks
         )
-        money = max(audio_cost(hop, duration) for hop in chain)
+        prompt = form.fields.get("prompt") or ""
+        assert isinstance(prompt, str), "checked: not a list field"
+        # Reserve for the costliest hop the upload may take (decoder limits and prices differ).
+        worst = {hop.name: reservation(hop, duration, prompt) for hop in chain}
+        tokens = max(t for t, _ in worst.values())
+        money = max(m for _, m in worst.values())
         outcome = Outcome(endpoint=first.name, kind=kind, shape=NO_TOKENS, event_id=event_id, first=first)
         outcome.audio_ms = duration
         verdict = await gateway.limiter.admit(
             key,
-            tokens=0,
+            tokens=tokens,
             money_micros=money,
             revoked_set=keystate.REVOKED_SET,
             ledger=gateway.ledger,
             lost_event=usage_event(key, outcome, 0.0, 0, lost=True),
             caps=admission.spend_caps(
-                gateway.snapshot, key, NO_TOKENS, chain, cost_of=lambda hop: audio_cost(hop, duration)
+                gateway.snapshot, key, NO_TOKENS, chain, cost_of=lambda hop: worst[hop.name][1]
             ),
         )
         if not verdict.ok:
             if verdict.reason == "revoked":
                 gateway.keys.evict(key.key_id)
-            refused = admission.refusal(key, verdict, 0, money, playground=False)
-            if refused.param == "max_tokens":  # what the client can change here is the audio, not max_tokens
-                refused.message = refused.message.split(": lower max_tokens")[0] + ": send shorter audio."
-                refused.param = "file"
-            raise refused
+            # What the client can change here is the audio, not max_tokens.
+            raise admission.refusal(
+                key, verdict, tokens, money, playground=False, remedy=admission.SHORTER_AUDIO
+            )
     except GatewayError as exc:
         exc.team = key.team
         raise

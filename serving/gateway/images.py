@@ -7,9 +7,11 @@ a ``data:`` URI of an allowed image type, checked by its magic bytes and bounded
 fragment) so that the engine's URL parser cannot read another host out of it than the gateway did. Every
 other URL (``file:``, the cloud metadata address, ``localhost`` and its disguises) is refused, and so are
 the content parts by which vLLM would fetch audio or video. A request carries at most
-``PORTFOLIO_GATEWAY_MAX_IMAGES`` images, and admission reserves ``PORTFOLIO_GATEWAY_IMAGE_TOKENS`` for
-each instead of its bytes (the engine turns an image into a bounded number of tokens, not one per byte).
-Plain text conversations pay only a type test per message.
+``PORTFOLIO_GATEWAY_MAX_IMAGES`` images, and admission reserves a bounded number of prompt tokens for each
+instead of its bytes (the engine turns an image into a bounded number of tokens, not one per byte): the
+figure of the model behind the endpoint where the registry knows it (``tokens_per_image``, carried in the
+routing table), else ``PORTFOLIO_GATEWAY_IMAGE_TOKENS``. Plain text conversations pay only a type test per
+message.
 """
 
 from __future__ import annotations
@@ -41,6 +43,32 @@ _PLAIN_URL = re.compile(
     re.ASCII,
 )
 MAX_URL = 2048
+
+
+# Architectures whose processor makes every image, whatever its size, into the same number of placeholder
+# tokens: the registry's ``vision.tokens_per_image`` (families.py, from the config's ``mm_tokens_per_image``
+# or ``image_seq_length``) is then the whole image. Gemma 3 (pan-and-scan is off unless its processor config
+# turns it on, and requests cannot: ``mm_processor_kwargs`` is not on the allow-list) and PaliGemma. Models
+# that tile an image (Idefics3/SmolVLM, LLaVA-NeXT, InternVL, Phi-3-vision) or size it dynamically (Qwen2-VL,
+# Pixtral, which is also served as LlavaForConditionalGeneration) record a tile's figure or none: for them
+# the fixed bound stays, raised to the recorded figure where that is larger.
+ONE_TILE_ARCHITECTURES = frozenset({"Gemma3ForConditionalGeneration", "PaliGemmaForConditionalGeneration"})
+# What the processor puts around an image's placeholders (Gemma 3: "\n\n", <start_of_image>, <end_of_image>,
+# "\n\n"), with room to spare; the content part's own JSON (some 40 bytes) is counted in the prompt too.
+IMAGE_MARKER_TOKENS = 16
+
+
+def tokens_per_image(architecture: str, facts: dict, fixed: int) -> int:
+    """The most prompt tokens the engine counts for one image on a version of ``architecture`` with these
+    architecture facts (ModelVersion.architecture_facts, from families.read); ``fixed``: the configured
+    bound (PORTFOLIO_GATEWAY_IMAGE_TOKENS), for a model whose figure is not known to be the whole image."""
+    vision = facts.get("vision") if isinstance(facts, dict) else None
+    recorded = vision.get("tokens_per_image") if isinstance(vision, dict) else None
+    if type(recorded) is not int or recorded <= 0:
+        return fixed
+    if architecture in ONE_TILE_ARCHITECTURES:
+        return recorded + IMAGE_MARKER_TOKENS
+    return max(fixed, recorded + IMAGE_MARKER_TOKENS)
 
 
 class Images(NamedTuple):

@@ -98,8 +98,10 @@ def check(kind: str, payload: dict, size: int, first: EndpointInfo, name) -> pay
         if kind == "chat":
             found = images.inspect(payload["messages"])
             if found.number:
-                # An image costs the engine a bounded number of tokens, not one per byte of its URL.
-                bound = shape.prompts[0] - found.url_chars + found.number * settings.GATEWAY_IMAGE_TOKENS
+                # An image costs the engine a bounded number of tokens, not one per byte of its URL: the
+                # figure of the costliest model the call may reach (routing.py), else the fixed bound.
+                per_image = first.image_tokens or settings.GATEWAY_IMAGE_TOKENS
+                bound = shape.prompts[0] - found.url_chars + found.number * per_image
                 shape = shape._replace(prompts=(bound,))
         return shape
     except payloads.PayloadError as exc:

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from serving.agent import engine_key
@@ -146,6 +146,12 @@ class EndpointInfo:
     # Which routes its models answer (SERVES): text (chat, completions), embedding, speech (audio), score.
     serves: str = "text"
     audio_micros_per_second: float = 0.0  # the price book's audio_second, for speech models
+    # The most prompt tokens one image costs on the costliest model it may reach (its routes, fallbacks and a
+    # composite's hops; images.tokens_per_image); 0: not known, PORTFOLIO_GATEWAY_IMAGE_TOKENS.
+    image_tokens: int = 0
+    # A speech model's decoder tokens per 30 s chunk: min(max_model_len, the config's max_target_positions)
+    # over its routes; 0: max_model_len (audio.py).
+    decoder_len: int = 0
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,8 @@ class DeploymentInfo:
     embedding: bool
     without_chat: dict[str, str] = field(default_factory=dict)  # served name -> "model vN" lacking a template
     serves: str = "text"
+    image_tokens: int = 0  # the most prompt tokens one image costs on its base version (images.py)
+    decoder_len: int = 0  # a speech model's decoder limit per chunk (max_model_len, or less)
 
 
 # What a model of each registry task answers (a task not named: text, i.e. chat and completions).
@@ -201,6 +209,8 @@ def build_snapshot(unless: str = "") -> Snapshot | None:
 
 
 def _read_snapshot() -> Snapshot:
+    from django.conf import settings
+
     from portfolio.billing.budgets import hard_limits
     from portfolio.billing.pricing import current_audio_rates, current_token_rates
     from portfolio.registry.choices import Task
@@ -229,13 +239,14 @@ def _read_snapshot() -> Snapshot:
             embedding=deployment.version.model.task == Task.EMBEDDING,
             without_chat={name: without_chat[v.pk] for name, v in served if v.pk in without_chat},
             serves=SERVES.get(deployment.version.model.task, "text"),
+            **_model_limits(deployment, settings.GATEWAY_IMAGE_TOKENS),
         )
     endpoints = Endpoint.objects.select_related("fallback", "owner_team").prefetch_related(
         "routes__deployment", "routes__adapter", "shares"
     )
     for endpoint in endpoints:
         routes = []
-        max_len = 0
+        max_len = image_tokens = decoder_len = 0
         embedding = False
         serves = ""
         for route in endpoint.routes.all():
@@ -244,6 +255,9 @@ def _read_snapshot() -> Snapshot:
             known = snapshot.deployments.get(deployment.name)
             embedding = embedding or bool(known and known.embedding)
             serves = serves or (known.serves if known else "")
+            # An adapter is served on its deployment's base: the base's vision tower and decoder.
+            image_tokens = max(image_tokens, known.image_tokens if known else settings.GATEWAY_IMAGE_TOKENS)
+            decoder_len = max(decoder_len, known.decoder_len if known else max_len)
             version_id = route.adapter.version_id if route.adapter else deployment.version_id
             routes.append(
                 Route(
@@ -284,13 +298,54 @@ def _read_snapshot() -> Snapshot:
             composite=composite,
             serves=serves or "text",
             audio_micros_per_second=float(audio_prices.get(endpoint.pk, 0)) * 1_000_000,
+            image_tokens=image_tokens,
+            decoder_len=decoder_len,
         )
+    _reach_image_tokens(snapshot.endpoints)
     for replica in Replica.objects.filter(state=ReplicaState.READY).select_related("deployment"):
         snapshot.replicas.setdefault(replica.deployment.name, []).append(
             ReplicaInfo(replica.pk, replica.base_url, f"Bearer {engine_key(replica.pk)}")
         )
     snapshot.caps = hard_limits()  # one query: the spend is stored by billing.check_budgets
     return snapshot
+
+
+def _model_limits(deployment, fixed_image_tokens: int) -> dict:
+    """A deployment's per-model bounds for admission, from its base version's architecture facts (what the
+    registry read from the config: families.py): an image's tokens, and a speech decoder's limit."""
+    from serving.gateway.images import tokens_per_image
+
+    version = deployment.version
+    facts = version.architecture_facts if isinstance(version.architecture_facts, dict) else {}
+    max_len = int(deployment.engine_args.get("max_model_len", 2048))
+    target = facts.get("max_target_positions")
+    decoder = min(max_len, target) if type(target) is int and target > 0 else max_len
+    return {
+        "image_tokens": tokens_per_image(version.architecture, facts, fixed_image_tokens),
+        "decoder_len": decoder,
+    }
+
+
+def _reach_image_tokens(endpoints: dict[str, EndpointInfo]) -> None:
+    """Give each endpoint the largest image figure of what a request to it may reach: its fallbacks (the
+    request is reserved before a hop is known) and a composite's hops with theirs; 0 (the fixed bound)
+    where nothing is known."""
+
+    def reached(name: str, seen: set[str]) -> int:
+        info = endpoints.get(name)
+        if info is None or name in seen:
+            return 0
+        seen.add(name)
+        most = info.image_tokens
+        for hop in (*(info.composite.hops() if info.composite else ()), info.fallback):
+            if hop:
+                most = max(most, reached(hop, seen))
+        return most
+
+    for name, info in list(endpoints.items()):
+        most = reached(name, set())
+        if most != info.image_tokens:
+            endpoints[name] = replace(info, image_tokens=most)
 
 
 def _sharing(endpoint) -> dict:

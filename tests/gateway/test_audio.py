@@ -130,6 +130,57 @@ def test_an_upload_that_could_pass_the_keys_budget_is_refused_before_the_engine(
     assert UsageEvent.objects.get().cost == Decimal("0.02")
 
 
+def test_a_key_whose_tokens_per_minute_cannot_hold_the_decoders_worst_case_is_refused_a_transcription(
+    whisper,
+):
+    # No Whisper config here: the decoder's limit per 30 s chunk is the context, 512 tokens.
+    files = {"file": ("a.wav", sine_wav(2.0), "audio/wav")}
+    tight = whisper["stack"]["key"](tpm_limit=500)
+    refused = post(whisper, files, {"model": "whisper"}, secret=tight)
+    error = refused.json()["error"]
+    assert refused.status_code == 429 and error["code"] == "rate_limit_exceeded", refused.text
+    assert (
+        error["param"] == "file" and "512 tokens" in error["message"] and "shorter audio" in error["message"]
+    )
+    assert whisper["engine"].requests == []
+    roomy = whisper["stack"]["key"](tpm_limit=600)
+    for _ in range(2):  # settled to the engine's count (none) each time: the next one fits again
+        assert post(whisper, files, {"model": "whisper"}, secret=roomy).status_code == 200
+
+
+def test_a_key_whose_token_budget_cannot_hold_the_decoders_worst_case_is_refused_a_translation(whisper):
+    secret = whisper["stack"]["key"](monthly_token_budget=300)
+    refused = post(
+        whisper,
+        {"file": ("a.wav", sine_wav(1.0), "audio/wav")},
+        {"model": "whisper"},
+        "/v1/audio/translations",
+        secret=secret,
+    )
+    error = refused.json()["error"]
+    assert refused.status_code == 429 and error["code"] == "insufficient_quota", refused.text
+    assert error["param"] == "file" and "up to 512 tokens" in error["message"]
+    assert whisper["engine"].requests == []
+
+
+def test_the_money_reserved_for_an_upload_covers_its_tokens_price_as_well_as_its_seconds(whisper):
+    stack = whisper["stack"]
+    dep, _ = stack["deployment"]("priced-dep", task="speech", media=True)
+    price_audio(stack["endpoint"]("priced-whisper", dep), "0.01", per_million="30")  # 30 micro-units a token
+    secret = stack["key"](monthly_budget=Decimal("0.03"))
+    wait_for_model(whisper["base"], secret, "priced-whisper")
+    # 2 s cost 0.02 and fit the budget; their transcript could cost 512 tokens at 30 micro-units more.
+    two_seconds = {"file": ("a.wav", sine_wav(2.0), "audio/wav")}
+    refused = post(whisper, two_seconds, {"model": "priced-whisper"}, secret=secret)
+    error = refused.json()["error"]
+    assert refused.status_code == 429 and error["code"] == "insufficient_quota", refused.text
+    assert "0.03536" in error["message"] and error["param"] == "file"
+    one_second = {"file": ("a.wav", sine_wav(1.0), "audio/wav")}
+    assert post(whisper, one_second, {"model": "priced-whisper"}, secret=secret).status_code == 200
+    usage.flush()
+    assert UsageEvent.objects.get().cost == Decimal("0.01"), "billed for what was metered: a second"
+
+
 # --- Hostile uploads ------------------------------------------------------------------------------------
 def _wav_claiming(rate: int, byte_rate: int, block: int = 2) -> bytes:
     wav = bytearray(sine_wav(1.0))

@@ -6,13 +6,17 @@ engine sees the request."""
 from __future__ import annotations
 
 import base64
+import json
 
 import httpx
 import openai
 import pytest
 
+from portfolio.registry.models import ModelVersion
 from serving.gateway import usage
+from serving.gateway.images import IMAGE_MARKER_TOKENS
 from serving.gateway.models import UsageEvent
+from serving.gateway.payloads import CHAT_TEMPLATE_TOKENS
 from tests.gateway.conftest import wait_for_model
 from tests.gateway.media import client, error_of, media_gateway
 
@@ -46,7 +50,7 @@ def vision(media_gateway, stack):
 def chat(vision, messages, secret: str | None = None, **extra) -> httpx.Response:
     return httpx.post(
         f"{vision['base']}/v1/chat/completions",
-        json={"model": "vision", "messages": messages, "max_completion_tokens": 4, **extra},
+        json={"model": "vision", "messages": messages, "max_completion_tokens": 4} | extra,
         headers={"Authorization": f"Bearer {secret or vision['secret']}"},
         timeout=20,
     )
@@ -75,6 +79,34 @@ def test_an_image_reserves_its_bounded_tokens_not_one_per_byte_of_its_data(visio
     assert response.status_code == 200, response.text
     refused = chat(vision, [{"role": "user", "content": "x" * 4000}], secret=secret)
     assert refused.status_code == 429, "text still reserves a token per byte"
+
+
+def test_an_image_reserves_the_tokens_of_the_model_behind_the_endpoint_when_the_registry_knows_them(vision):
+    # Gemma 3 makes every image the same number of tokens: its recorded figure (plus markers) is reserved,
+    # below the fixed bound (100 here) for a small tower and above it for a large one; a model the registry
+    # knows nothing of ("vision") keeps the fixed bound.
+    stack = vision["stack"]
+    for name, tokens in (("small-tower", 4), ("large-tower", 400)):
+        dep, _ = stack["deployment"](f"{name}-dep")
+        ModelVersion.objects.filter(pk=dep.version_id).update(
+            architecture="Gemma3ForConditionalGeneration",
+            architecture_facts={"vision": {"tokens_per_image": tokens}},
+        )
+        stack["endpoint"](name, dep)
+        wait_for_model(vision["base"], vision["secret"], name)
+    messages = looking_at(data_uri(PNG), data_uri(PNG))
+    urls = sum(len(part["image_url"]["url"]) for part in messages[0]["content"][1:])
+    text = len(json.dumps({"model": "small-tower", "messages": messages, "max_completion_tokens": 4})) - urls
+    per_image = 4 + IMAGE_MARKER_TOKENS
+    # Room for the small tower's two images and 80 tokens more: not for two images at the fixed bound.
+    secret = stack["key"](tpm_limit=text + CHAT_TEMPLATE_TOKENS + 2 * per_image + 4 + 80)
+    assert 2 * (100 - per_image) > 80 + 40, "the margin is wider than the body's spacing can move it"
+    assert chat(vision, messages, secret=secret, model="small-tower").status_code == 200
+    refused = chat(vision, messages, secret=secret)
+    assert refused.status_code == 429, "the fixed bound, where nothing is known"
+    refused = chat(vision, looking_at(data_uri(PNG)), secret=stack["key"](tpm_limit=400), model="large-tower")
+    assert refused.status_code == 429 and "tokens per minute" in refused.json()["error"]["message"]
+    assert chat(vision, looking_at(data_uri(PNG)), secret=stack["key"](tpm_limit=400)).status_code == 200
 
 
 def test_at_most_the_configured_number_of_images_per_request(vision):
