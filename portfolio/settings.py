@@ -266,6 +266,9 @@ GATEWAY_INTERNAL_URL = env.text("PORTFOLIO_GATEWAY_URL") or "http://127.0.0.1:80
 TRAINING_MAX_ATTEMPTS = env.integer("PORTFOLIO_TRAINING_MAX_ATTEMPTS", 3, minimum=1)
 TRAINING_HEARTBEAT_SECONDS = env.integer("PORTFOLIO_TRAINING_HEARTBEAT_SECONDS", 5, minimum=1)
 TRAINING_STALE_AFTER_SECONDS = env.integer("PORTFOLIO_TRAINING_STALE_AFTER_SECONDS", 120, minimum=5)
+# A merge process still running after this long is stopped and its job failed (loading and saving a 17B
+# model on CPU takes tens of minutes).
+MERGE_TIMEOUT_SECONDS = env.integer("PORTFOLIO_MERGE_TIMEOUT_SECONDS", 3 * 3600, minimum=10)
 # The portfolio page hints at a candidate that scores within this many points (of 100) of production's
 # quality while costing less per 1,000 requests or being smaller (2: 0.02 of quality).
 PORTFOLIO_HINT_MARGIN_POINTS = env.integer("PORTFOLIO_HINT_MARGIN_POINTS", 2, minimum=0, maximum=100)

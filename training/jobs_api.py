@@ -1,6 +1,7 @@
 """REST endpoints for fine-tuning jobs, evaluation runs and adapter merges."""
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from ninja import Router, Schema, Status
@@ -8,6 +9,7 @@ from ninja.pagination import PageNumberPagination, paginate
 from pydantic import Field
 
 from portfolio.accounts import gate
+from portfolio.billing import costs
 from portfolio.registry.models import Model, ModelVersion
 from serving.models import ComputePool, Endpoint
 from training import finetune
@@ -156,9 +158,17 @@ class MergeJobOut(Schema):
     status: str
     status_detail: str
     output_version: str | None = Field(None, alias="output_version.label")
+    node: str | None = Field(None, alias="node.name", description="Where its merge process ran (a node)")
+    compute_seconds: float = Field(description="Wall time of its merge process")
+    cpu_core_seconds: float
+    compute_cost: Decimal = Field(description="Its compute at its node's pool price (the statement's line)")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+    @staticmethod
+    def resolve_compute_cost(job: MergeJob) -> Decimal:
+        return costs.job_compute(job.pk, kinds=("merge",)).cost
 
 
 @router.get("/merges/{merge_id}", response=MergeJobOut)

@@ -9,6 +9,10 @@ it) is one interval of billing's ledger, charged to the job's owning team on its
   ``job:<kind>:<id>:<attempt>``.
 - What is held: on a GPU pool the GPUs it claims (whole, no replica shares them); on a CPU pool its
   node's cores (the trainer's threads use them all, as the job's own ``cpu_core_seconds`` counts).
+- A merge (``training.merges``) is one interval too, ``job:merge:<id>:1``, from its claim to its process's
+  end (or its last heartbeat), charged the same way on the pool of the node its control worker runs on:
+  its cores (peft merges on the CPU). A control worker on a machine that is no node of a pool has no
+  price to charge at: the merge's ``compute_seconds`` is still recorded on the job.
 
 Storage: the registry's storage meter charges artifacts to the teams that keep them; dataset versions and
 job checkpoints are training's (``kept_artifacts``, registered in ``TrainingConfig.ready``).
@@ -22,7 +26,7 @@ from datetime import datetime
 from portfolio.billing import meters
 from portfolio.billing.choices import ComputeKind
 from serving.choices import PoolKind
-from training.models import DatasetVersion, FineTuneJob
+from training.models import DatasetVersion, FineTuneJob, MergeJob
 
 
 def kind(job: FineTuneJob) -> str:
@@ -59,6 +63,35 @@ def attempt_started(job: FineTuneJob, at: datetime) -> None:
 def attempt_ended(job: FineTuneJob, at: datetime, attempt: int | None = None) -> bool:
     """The attempt (the job's current one unless named) ended at ``at``; False if it was not open."""
     return meters.close_interval(key(job, attempt), at)
+
+
+def merge_key(job_id: int) -> str:
+    return f"job:merge:{job_id}:1"
+
+
+def merge_started(job: MergeJob, at: datetime) -> bool:
+    """The merge's process starts at ``at`` on ``job.node``; False (nothing metered) if it runs on no node."""
+    node = job.node
+    if node is None:
+        return False
+    meters.open_interval(
+        key=merge_key(job.pk),
+        kind=ComputeKind.JOB,
+        team_id=job.owner_team_id,
+        department_id=job.owner_team.department_id,
+        subject=f"merge #{job.pk}",
+        pool_id=node.pool_id,
+        pool=node.pool.name,
+        gpus=0,
+        cpu_cores=node.cpu_cores,
+        memory_bytes=0,
+        started_at=at,
+    )
+    return True
+
+
+def merge_ended(job_id: int, at: datetime) -> bool:
+    return meters.close_interval(merge_key(job_id), at)
 
 
 def kept_artifacts() -> Iterable[tuple[str, int, datetime]]:

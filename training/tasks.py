@@ -1,6 +1,7 @@
 """Training work: the node task that runs a job's child process and watches it; the control reaper; the
 control task that ingests an uploaded dataset file; the control task that runs an endpoint's eval run, and
-its reaper; the control task that merges an adapter into a full version, and its reaper."""
+its reaper; the control task that merges an adapter into a full version in a child process started the
+same way (``_start_child``), and its reaper."""
 
 from __future__ import annotations
 
@@ -106,6 +107,27 @@ def _trainer_env(job: FineTuneJob | None = None) -> dict[str, str]:
     return env
 
 
+def _start_child(module: str, job_id: int, log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """A job's heavy work as ``python -m <module> <job id>``: in a process group of its own (``_kill`` stops
+    all of it), its output appended to ``log``. Fine-tunes (``training.runner``) and merges
+    (``training.merges.runner``) both run so."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as handle:
+        return subprocess.Popen(
+            [sys.executable, "-m", module, str(job_id)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+            cwd=log.parent,
+        )
+
+
+def _exit_reason(code: int | None) -> str:
+    return f"signal {-code}" if code is not None and code < 0 else f"code {code}"
+
+
 def _alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -143,18 +165,7 @@ def run_job(job_id: int) -> None:
             if job.started_at is None:
                 FineTuneJob.objects.filter(pk=job_id).update(started_at=began)
             metering.attempt_started(job, began)
-            log = _log_path(job_id)
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with log.open("ab") as handle:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "training.runner", str(job_id)],
-                    stdout=handle,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                    env=_trainer_env(job),
-                    cwd=log.parent,
-                )
+            process = _start_child("training.runner", job_id, _log_path(job_id), _trainer_env(job))
             FineTuneJob.objects.filter(pk=job_id).update(pid=process.pid)
             _watch(job_id, process.pid, process, lease, job.attempt)
     elif job.status == JobStatus.RUNNING and job.pid and _alive(job.pid):
@@ -217,7 +228,7 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
     if job.status != JobStatus.RUNNING:
         return  # the trainer finished (or was cancelled) and said so
     code = process.returncode if process else None
-    why = f"the trainer exited ({'signal ' + str(-code) if code and code < 0 else 'code ' + str(code)})"
+    why = f"the trainer exited ({_exit_reason(code)})"
     if job.attempt < settings.TRAINING_MAX_ATTEMPTS:
         requeued = FineTuneJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
             status=JobStatus.QUEUED,
@@ -275,10 +286,49 @@ def reap_stale_eval_runs() -> int:
     return len(eval_runs.reap_stale(timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS)))
 
 
+def _merge_log_path(job_id: int) -> Path:
+    return Path(settings.DATA_DIR) / "training" / f"merge-{job_id}.log"
+
+
 @shared_task(name="training.merge_adapter", acks_late=True)
 def merge_adapter(job_id: int) -> str | None:
-    """Merge an adapter into a full version (``training.merges``); a redelivery finds the job claimed."""
-    return merges.run(job_id)
+    """Merge an adapter into a full version (``training.merges``): claim the job, run the merge in a child
+    process as a fine-tune's trainer runs, watch it to its end. Its final status (None: a redelivery found
+    the job claimed and left it alone)."""
+    job = merges.claim(job_id)
+    if job is None:
+        return None
+    began = timezone.now()
+    metering.merge_started(job, began)
+    env = _trainer_env()
+    env["CUDA_VISIBLE_DEVICES"] = ""  # it holds no GPU: peft merges on the CPU, billed as the node's cores
+    log = _merge_log_path(job_id)
+    process = _start_child("training.merges.runner", job_id, log, env)
+    return _watch_merge(job_id, process, log)
+
+
+def _watch_merge(job_id: int, process: subprocess.Popen, log: Path) -> str:
+    """Beat while the merge process runs; stop it past ``MERGE_TIMEOUT_SECONDS``; then record how it ended
+    (``merges.ended``: a process that died without ending its job fails it, with the reason)."""
+    started = time.monotonic()
+    last_beat = started
+    why = None
+    while process.poll() is None:
+        now = time.monotonic()
+        if now - started > settings.MERGE_TIMEOUT_SECONDS:
+            _kill(process.pid)
+            process.wait()
+            why = (
+                f"The merge process ran past {settings.MERGE_TIMEOUT_SECONDS}s "
+                "(PORTFOLIO_MERGE_TIMEOUT_SECONDS) and was stopped."
+            )
+            break
+        if now - last_beat >= settings.TRAINING_HEARTBEAT_SECONDS:
+            last_beat = now
+            merges.beat(job_id)
+        time.sleep(0.5)
+    why = why or f"The merge process exited ({_exit_reason(process.returncode)}) without finishing the job."
+    return merges.ended(job_id, time.monotonic() - started, why, log_tail(log, 30))
 
 
 @shared_task(name="training.reap_stale_merges")

@@ -13,7 +13,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.registry.choices import Health
 from portfolio.registry.models import Artifact, ModelVersion
-from portfolio.registry.storage import CorruptArtifact, materialize, verify
+from portfolio.registry.storage import ArtifactStore, CorruptArtifact, Written, materialize, verify
 from portfolio.registry.stores import default_store
 
 
@@ -27,6 +27,20 @@ def materialize_version(version: ModelVersion) -> Path:
     except CorruptArtifact as exc:
         mark_artifact_health(artifact.id, [str(exc)])
         raise
+
+
+def discard_unrecorded(store: ArtifactStore, written: Written) -> list[str]:
+    """Delete from ``store`` what a failed registration wrote (``written``), except what a recorded artifact
+    refers to (blobs are shared by content: the same tokenizer file in many versions). Returns the blobs
+    deleted. Run after the registering transaction has rolled back, so its own rows no longer count."""
+    deleted = []
+    for digest in written.blobs:
+        if not Artifact.objects.filter(files__contains=[{"sha256": digest}]).exists():
+            store.delete_blob(digest)
+            deleted.append(digest)
+    if written.manifest and not Artifact.objects.filter(pk=written.manifest).exists():
+        store.delete_manifest(written.manifest)
+    return deleted
 
 
 def verify_artifact(artifact_id: str) -> list[str]:

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, cast
@@ -51,6 +52,14 @@ class ArtifactStore(ABC):
 
     @abstractmethod
     def read_manifest(self, artifact_id: str) -> Manifest: ...
+
+    # Deleting: only for what a failed registration wrote and nothing recorded refers to
+    # (``portfolio.registry.artifacts.discard_unrecorded``); a missing object is no error.
+    @abstractmethod
+    def delete_blob(self, sha256: str) -> None: ...
+
+    @abstractmethod
+    def delete_manifest(self, artifact_id: str) -> None: ...
 
     def download_url(self, sha256: str, filename: str, expires: timedelta) -> str | None:
         """A time-limited URL clients can fetch the blob from directly, where the backend has one."""
@@ -128,6 +137,12 @@ class LocalStore(ArtifactStore):
 
     def read_manifest(self, artifact_id: str) -> Manifest:
         return Manifest.from_json((self.root / "manifests" / f"{artifact_id}.json").read_text())
+
+    def delete_blob(self, sha256: str) -> None:
+        self.blob_path(sha256).unlink(missing_ok=True)
+
+    def delete_manifest(self, artifact_id: str) -> None:
+        (self.root / "manifests" / f"{artifact_id}.json").unlink(missing_ok=True)
 
 
 # --- S3 / MinIO backend ----------------------------------------------------------------------------
@@ -211,6 +226,12 @@ class S3Store(ArtifactStore):
             response.close()
             response.release_conn()
 
+    def delete_blob(self, sha256: str) -> None:
+        self.client.remove_object(self.bucket, _blob_key(sha256))  # S3 deletes are idempotent
+
+    def delete_manifest(self, artifact_id: str) -> None:
+        self.client.remove_object(self.bucket, f"manifests/{artifact_id}.json")
+
     def download_url(self, sha256: str, filename: str, expires: timedelta) -> str | None:
         return self.client.presigned_get_object(
             self.bucket,
@@ -250,16 +271,46 @@ def iter_files(directory: Path) -> Iterator[tuple[str, Path]]:
             yield check_relative_path(path.relative_to(directory).as_posix()), path
 
 
-def store_directory(store: ArtifactStore, directory: Path, progress: Progress | None = None) -> Manifest:
+@dataclass
+class Written:
+    """What one ``store_directory`` call adds to the store: the blobs it uploads (not those already there) and
+    its manifest. Told to ``before_write`` before each write, so a caller that must undo a failed
+    registration knows what to delete even if it dies halfway."""
+
+    blobs: list[str] = field(default_factory=list)
+    manifest: str | None = None
+
+    def as_json(self) -> dict:
+        return {"blobs": list(self.blobs), "manifest": self.manifest}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Written:
+        return cls(blobs=[str(b) for b in data.get("blobs", [])], manifest=data.get("manifest"))
+
+
+def store_directory(
+    store: ArtifactStore,
+    directory: Path,
+    progress: Progress | None = None,
+    *,
+    before_write: Callable[[Written], None] | None = None,
+) -> Manifest:
     """Hash and store every file under ``directory``; blobs already present are not uploaded again."""
     entries = []
+    written = Written()
     for relative, path in iter_files(directory):
         size = path.stat().st_size
         digest = sha256_file(path, progress)
         if not store.has_blob(digest):
+            if before_write is not None and digest not in written.blobs:
+                written.blobs.append(digest)
+                before_write(written)
             store.put_blob(digest, path, size)
         entries.append(FileEntry(relative, size, digest))
     manifest = Manifest.of(entries)
+    if before_write is not None:
+        written.manifest = manifest.artifact_id
+        before_write(written)
     store.put_manifest(manifest)
     return manifest
 

@@ -42,6 +42,26 @@ def test_the_same_files_stored_twice_are_stored_once(store, model_folder, tmp_pa
     assert uploads == []
 
 
+def test_what_a_store_call_writes_is_told_before_each_write_and_can_be_deleted_again(
+    store, model_folder, tmp_path
+):
+    first = store_directory(store, model_folder)
+    (model_folder / "model.safetensors").write_bytes(b"other weights")
+    told = []
+    second = store_directory(store, model_folder, before_write=lambda w: told.append(w.as_json()))
+    new = second.get("model.safetensors").sha256
+    # Only the new blob (the others were stored already), told before it was written; then the manifest.
+    assert told == [{"blobs": [new], "manifest": None}, {"blobs": [new], "manifest": second.artifact_id}]
+    store.delete_blob(new)
+    store.delete_manifest(second.artifact_id)
+    store.delete_blob(new)  # a second delete is no error
+    assert not store.has_blob(new)
+    assert all(store.has_blob(entry.sha256) for entry in first.files)
+    with pytest.raises(Exception):  # noqa: B017 (FileNotFoundError locally, S3Error on S3)
+        store.read_manifest(second.artifact_id)
+    assert store.read_manifest(first.artifact_id) == first
+
+
 def test_materialize_writes_a_verified_copy(store, model_folder, tmp_path):
     manifest = store_directory(store, model_folder)
     copy = materialize(store, manifest, tmp_path / "copy")

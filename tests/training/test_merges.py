@@ -1,26 +1,38 @@
 """Merging an adapter into a full version: started from the adapter's page or the API (a hook the training
-app registers), run by a control task, registered with lineage in one transaction with the job's end."""
+app registers), computed in a child process the control task starts and watches, registered with lineage in
+one transaction with the job's end; a failure leaves nothing in the store; its compute is billed."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
 
 import pytest
+from django.db import DatabaseError
 from django.utils import timezone
 
 from portfolio.audit.models import AuditEvent
+from portfolio.billing import charges, money
+from portfolio.billing.choices import ComputeKind, LineKind, PriceKind
+from portfolio.billing.models import ComputeInterval, Price
 from portfolio.errors import Conflict, Forbidden, Invalid
 from portfolio.registry import lineage, merging
 from portfolio.registry import services as registry
 from portfolio.registry.choices import Source, VersionKind, VersionStatus
 from portfolio.registry.models import ModelVersion
+from portfolio.registry.storage import store_directory, verify
 from portfolio.registry.stores import default_store
 from portfolio.registry.tasks import import_version
 from serving import engine_args
 from serving import services as serving_services
 from tests.conftest import actor_for
 from tests.training.tiny_lora import make_adapter, make_base
-from training import tasks
+from training import metering, tasks
 from training.choices import JobStatus
 from training.merges import services as merges
 from training.models import MergeJob
@@ -56,6 +68,13 @@ def versions(settings, tmp_path, engineer, team):
     return base, adapter
 
 
+def merge_here(job_id: int) -> str | None:
+    """The task's claim, then what its merge process (``training.merges.runner``) runs, in this process: the
+    test's rows are in its transaction, which a child process could not see."""
+    assert merges.claim(job_id) is not None
+    return merges.compute(job_id)
+
+
 def actions() -> list[str]:
     return list(AuditEvent.objects.order_by("sequence").values_list("action", flat=True))
 
@@ -70,7 +89,7 @@ def test_an_engineer_merges_an_adapter_into_a_full_version_derived_from_it(versi
         f"Merge #{job.pk} is queued: the merged version appears here when it is ready."
     ]
 
-    assert tasks.merge_adapter(job.pk) == JobStatus.SUCCEEDED
+    assert merge_here(job.pk) == JobStatus.SUCCEEDED
 
     job.refresh_from_db()
     merged = job.output_version
@@ -128,7 +147,7 @@ def test_a_merge_of_damaged_files_fails_with_the_reason_and_registers_nothing(ve
             blob.write_bytes(b"not the weights")
     count = ModelVersion.objects.count()
 
-    assert tasks.merge_adapter(job_id) == JobStatus.FAILED
+    assert merge_here(job_id) == JobStatus.FAILED
 
     job = MergeJob.objects.get(pk=job_id)
     assert job.status == JobStatus.FAILED and "CorruptArtifact" in job.status_detail
@@ -152,7 +171,7 @@ def test_a_merge_ended_by_the_reaper_while_it_ran_registers_nothing(versions, en
     monkeypatch.setattr(weights, "merge_directory", slow_worker_reaped_meanwhile)
     count = ModelVersion.objects.count()
 
-    assert tasks.merge_adapter(job_id) is None
+    assert merge_here(job_id) is None
 
     job = MergeJob.objects.get(pk=job_id)
     assert job.status == JobStatus.FAILED and "worker stopped" in job.status_detail
@@ -167,7 +186,7 @@ def test_a_bug_in_the_merge_ends_the_job_errored_not_running(versions, engineer,
 
     monkeypatch.setattr(weights, "merge_directory", lambda *args: 1 / 0)
 
-    assert tasks.merge_adapter(job_id) == JobStatus.ERRORED
+    assert merge_here(job_id) == JobStatus.ERRORED
 
     job = MergeJob.objects.get(pk=job_id)
     assert job.status == JobStatus.ERRORED and "ZeroDivisionError" in job.status_detail
@@ -187,7 +206,7 @@ def test_a_redelivered_merge_task_leaves_the_claimed_job_alone(versions, enginee
 def test_a_deployment_of_the_merged_version_runs_without_lora(versions, engineer, org, cpu_pool, team):
     _, adapter = versions
     job_id = merging.request_merge(actor=engineer, version=adapter).id
-    tasks.merge_adapter(job_id)
+    merge_here(job_id)
     merged = MergeJob.objects.get(pk=job_id).output_version
     deployment = serving_services.create_deployment(
         actor=actor_for(org["admin"]),
@@ -227,7 +246,7 @@ def test_the_api_starts_a_merge_and_follows_it(versions, client, org):
     assert response.status_code == 202, response.content
     body = response.json()
     assert body["status"] == "queued" and adapter.label in body["message"]
-    tasks.merge_adapter(body["id"])
+    merge_here(body["id"])
     followed = client.get(f"/api/v1/training/merges/{body['id']}").json()
     assert followed["status"] == "succeeded"
     assert followed["output_version"] == f"{adapter.model.name}:v2"
@@ -245,3 +264,221 @@ def test_the_adapter_page_has_the_merge_button_and_says_how_it_went(versions, cl
     assert f"Merging {adapter.label} into {base.label}" in response.content.decode()
     response = client.post(f"/models/{adapter.model.name}/v{adapter.number}/merge/", follow=True)
     assert "is already queued" in response.content.decode()
+
+
+def _stored(digest: str) -> bool:
+    return default_store().has_blob(digest)
+
+
+def test_a_merge_whose_registration_fails_leaves_no_weights_in_the_store(versions, engineer, monkeypatch):
+    base, adapter = versions
+    job_id = merging.request_merge(actor=engineer, version=adapter).id
+    real = merging.register_merged_version
+    seen = {}
+
+    def registered_then_the_transaction_fails(**kwargs):
+        real(**kwargs)
+        seen["manifest"] = kwargs["manifest"]
+        raise DatabaseError("could not serialize access due to concurrent update")
+
+    monkeypatch.setattr(merging, "register_merged_version", registered_then_the_transaction_fails)
+    count = ModelVersion.objects.count()
+
+    assert merge_here(job_id) == JobStatus.ERRORED
+
+    job = MergeJob.objects.get(pk=job_id)
+    assert "DatabaseError" in job.status_detail
+    assert ModelVersion.objects.count() == count
+    manifest = seen["manifest"]
+    shared = {entry["sha256"] for entry in base.artifact.files + adapter.artifact.files}
+    written = [entry.sha256 for entry in manifest.files if entry.sha256 not in shared]
+    assert any(entry.path == "model.safetensors" and entry.sha256 in written for entry in manifest.files)
+    assert not [digest for digest in written if _stored(digest)]  # the merged weights are gone
+    assert not (default_store().root / "manifests" / f"{manifest.artifact_id}.json").exists()
+    # What the merged version shared with its base (the tokenizer file) is the base's: kept.
+    assert any(entry.sha256 in shared for entry in manifest.files)
+    assert verify(default_store(), base.artifact.manifest()) == []
+    assert job.upload == {}
+
+
+def test_a_merge_process_that_died_after_writing_weights_leaves_none_but_what_others_use(
+    versions, engineer, tmp_path
+):
+    base, adapter = versions
+    job_id = merging.request_merge(actor=engineer, version=adapter).id
+    assert merges.claim(job_id) is not None
+    half = tmp_path / "half-written"
+    half.mkdir()
+    (half / "model-00001-of-00002.safetensors").write_bytes(b"the first shard of a merged model")
+    store_directory(default_store(), half, before_write=lambda written: merges._note_upload(job_id, written))
+    upload = MergeJob.objects.get(pk=job_id).upload
+    (written,) = upload["blobs"]
+    assert _stored(written)
+    # A blob the process noted just before a recorded artifact (the base) stored the same bytes: kept.
+    shared = base.artifact.files[0]["sha256"]
+    MergeJob.objects.filter(pk=job_id).update(upload={**upload, "blobs": [written, shared]})
+
+    status = merges.ended(
+        job_id, 3.0, "The merge process exited (signal 9) without finishing the job.", "loading"
+    )
+
+    job = MergeJob.objects.get(pk=job_id)
+    assert status == job.status == JobStatus.FAILED
+    assert job.status_detail.splitlines() == [
+        "loading",
+        "The merge process exited (signal 9) without finishing the job.",
+    ]
+    assert merging.merge_notes(adapter) == [
+        f"Merge #{job_id} failed: The merge process exited (signal 9) without finishing the job."
+    ]
+    assert actions()[-1] == "model_version.merge_failed"
+    assert not _stored(written) and _stored(shared)
+    assert job.compute_seconds == 3.0 and job.cpu_core_seconds >= 3.0
+
+
+def _process(tmp_path, code: str) -> tuple[subprocess.Popen, Path]:
+    log = tmp_path / "merge.log"
+    with log.open("ab") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-c", code], stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return process, log
+
+
+def test_the_watcher_fails_a_merge_whose_process_exits_without_ending_it(versions, engineer, tmp_path):
+    _, adapter = versions
+    job_id = merging.request_merge(actor=engineer, version=adapter).id
+    assert merges.claim(job_id) is not None
+    process, log = _process(tmp_path, "import sys; print('out of memory?', flush=True); sys.exit(3)")
+
+    assert tasks._watch_merge(job_id, process, log) == JobStatus.FAILED
+
+    job = MergeJob.objects.get(pk=job_id)
+    assert job.status_detail.splitlines() == [
+        "out of memory?",
+        "The merge process exited (code 3) without finishing the job.",
+    ]
+    assert job.finished_at is not None and job.compute_seconds > 0
+
+
+def test_the_watcher_stops_a_merge_process_past_its_time_and_fails_the_job(
+    versions, engineer, tmp_path, settings
+):
+    _, adapter = versions
+    settings.MERGE_TIMEOUT_SECONDS = 1
+    job_id = merging.request_merge(actor=engineer, version=adapter).id
+    assert merges.claim(job_id) is not None
+    process, log = _process(tmp_path, "import time; time.sleep(120)")
+    began = time.monotonic()
+
+    assert tasks._watch_merge(job_id, process, log) == JobStatus.FAILED
+
+    assert time.monotonic() - began < 30 and process.returncode == -signal.SIGTERM
+    job = MergeJob.objects.get(pk=job_id)
+    assert job.status_detail.endswith("ran past 1s (PORTFOLIO_MERGE_TIMEOUT_SECONDS) and was stopped.")
+
+
+def test_a_merge_is_billed_as_training_compute_on_the_pool_of_the_node_it_ran_on(
+    versions, engineer, cpu_pool, settings, client, org, team
+):
+    _, adapter = versions
+    node = cpu_pool.nodes.get()
+    settings.NODE_NAME = node.name  # this control worker runs on a node of the pool
+    Price.objects.create(
+        kind=PriceKind.POOL,
+        subject_id=str(cpu_pool.pk),
+        subject_name=cpu_pool.name,
+        effective_from=timezone.now() - timedelta(days=400),
+        cpu_core_hour=Decimal("0.60"),
+    )
+    job_id = merging.request_merge(actor=engineer, version=adapter).id
+    job = merges.claim(job_id)
+    assert job is not None and job.node == node
+    began = timezone.now() - timedelta(minutes=6)
+    assert metering.merge_started(job, began)
+    assert merges.compute(job_id) == JobStatus.SUCCEEDED
+    # Its process ended six minutes after it began (the task closes the interval when it sees that).
+    assert metering.merge_ended(job_id, began + timedelta(minutes=6))
+    assert merges.ended(job_id, 360.0, "exited") == JobStatus.SUCCEEDED
+
+    run = ComputeInterval.objects.get(key=f"job:merge:{job_id}:1")
+    assert (run.kind, run.team_id, run.department_id, run.subject) == (
+        ComputeKind.JOB,
+        team.pk,
+        team.department_id,
+        f"merge #{job_id}",
+    )
+    assert (run.pool_id, run.gpus, run.cpu_cores, run.ended_at) == (
+        cpu_pool.pk,
+        0,
+        4,
+        began + timedelta(minutes=6),
+    )
+    lines = [
+        line
+        for line in charges.charges(team.department_id, money.month_start(began), timezone.now())
+        if line.subject == f"merge #{job_id}"
+    ]
+    assert [(line.kind, line.detail, line.unit, line.quantity, line.amount) for line in lines] == [
+        (LineKind.JOB, "on cpu", "core-hours", Decimal("0.4"), Decimal("0.24"))
+    ]
+    job.refresh_from_db()
+    assert (job.compute_seconds, job.cpu_core_seconds) == (360.0, 1440.0)
+    client.force_login(org["engineer"])
+    shown = client.get(f"/api/v1/training/merges/{job_id}").json()
+    assert (shown["node"], shown["compute_seconds"], shown["compute_cost"]) == (node.name, 360.0, "0.24")
+
+
+def test_a_merge_on_a_machine_that_is_no_node_records_its_time_and_bills_nothing(
+    versions, engineer, settings
+):
+    _, adapter = versions
+    settings.NODE_NAME = "control-only"
+    job_id = merging.request_merge(actor=engineer, version=adapter).id
+    job = merges.claim(job_id)
+    assert job is not None and job.node is None
+    assert not metering.merge_started(job, timezone.now())
+    assert merges.compute(job_id) == JobStatus.SUCCEEDED
+    merges.ended(job_id, 12.5, "exited")
+    assert MergeJob.objects.get(pk=job_id).compute_seconds == 12.5
+    assert not ComputeInterval.objects.filter(key__startswith=f"job:merge:{job_id}:").exists()
+
+
+def test_the_reaper_bills_a_merge_to_its_last_heartbeat_and_deletes_what_it_wrote(
+    versions, engineer, cpu_pool, settings, tmp_path
+):
+    _, adapter = versions
+    settings.NODE_NAME = cpu_pool.nodes.get().name
+    job_id = merging.request_merge(actor=engineer, version=adapter).id
+    job = merges.claim(job_id)
+    metering.merge_started(job, timezone.now() - timedelta(hours=1))
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"weights of a merge whose worker died")
+    store_directory(default_store(), half, before_write=lambda written: merges._note_upload(job_id, written))
+    (written,) = MergeJob.objects.get(pk=job_id).upload["blobs"]
+    last_beat = timezone.now() - timedelta(minutes=30)
+    MergeJob.objects.filter(pk=job_id).update(heartbeat_at=last_beat)
+
+    assert merges.reap_stale(timedelta(minutes=2)) == [job_id]
+
+    assert MergeJob.objects.get(pk=job_id).status == JobStatus.FAILED
+    assert ComputeInterval.objects.get(key=f"job:merge:{job_id}:1").ended_at == last_beat
+    assert not _stored(written)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_merge_task_merges_in_a_child_process_not_in_the_control_worker(versions, engineer, monkeypatch):
+    _, adapter = versions
+    job_id = merging.request_merge(actor=engineer, version=adapter).id
+    from training.merges import weights
+
+    # Were the weights merged in this process, this would fail the job.
+    monkeypatch.setattr(weights, "merge_directory", lambda *args: 1 / 0)
+
+    assert tasks.merge_adapter(job_id) == JobStatus.SUCCEEDED, MergeJob.objects.get(pk=job_id).status_detail
+
+    job = MergeJob.objects.get(pk=job_id)
+    assert job.output_version.source == Source.MERGE and job.compute_seconds > 0
+    log = tasks._merge_log_path(job_id).read_text()
+    assert f"merging {adapter.label} into" in log and f"registered {job.output_version.label}" in log

@@ -31,6 +31,17 @@ class MergeJob(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # Where its process ran, when that machine is a node of a pool (its compute is billed on that pool).
+    node = models.ForeignKey(
+        "serving.Node", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    compute_seconds = models.FloatField(default=0, help_text="Wall time of its merge process")
+    cpu_core_seconds = models.FloatField(default=0)
+    upload = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="What its process wrote to the artifact store ({blobs, manifest}), deleted if it fails",
+    )
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

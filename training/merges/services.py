@@ -1,22 +1,26 @@
 """Merge jobs: started from the adapter's page or the API (through ``portfolio.registry.merging``, which
-this app hooks into in ``TrainingConfig.ready``), run by a control worker, reaped when their worker dies.
+this app hooks into in ``TrainingConfig.ready``), claimed and watched by a control task, computed in a
+child process (``training.merges.runner``, started as a fine-tune's trainer is), reaped when their
+watcher dies.
 
-Contract: a merge ends registered and succeeded in one transaction, or failed/errored with the reason and
-nothing registered; a job is never left running (``reap_stale``)."""
+Contract: a merge ends registered and succeeded in one transaction, or failed/errored with the reason,
+nothing registered and nothing left in the artifact store that no recorded artifact uses; a job is never
+left running (the watcher fails it when its process exits, is killed or runs past
+``MERGE_TIMEOUT_SECONDS``; ``reap_stale`` when the watcher itself is gone). Its process's wall time is
+recorded on the job and billed as a training job's compute on the pool of the node it ran on."""
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
-import threading
 import traceback
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import psutil
 from celery import current_app
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
@@ -25,7 +29,7 @@ from portfolio.errors import Conflict, DomainError
 from portfolio.registry import merging
 from portfolio.registry.inspection import InspectionError
 from portfolio.registry.models import ModelVersion
-from portfolio.registry.storage import CorruptArtifact
+from portfolio.registry.storage import CorruptArtifact, Written
 from training.choices import JobStatus
 from training.merges.models import IN_FLIGHT, MergeJob
 
@@ -91,88 +95,138 @@ def _finish(job_id: int, status: str, detail: str, output_version: ModelVersion 
     return bool(updated)
 
 
-@contextlib.contextmanager
-def _heartbeat(job_id: int) -> Iterator[None]:
-    """Beat while the weights are loaded and merged (minutes for a big model), so the reaper leaves it."""
-    stop = threading.Event()
+def claim(job_id: int) -> MergeJob | None:
+    """Queued -> running, for the control task about to start the merge process; None if it was not queued
+    (a redelivered task finds it claimed). Notes this machine's node, when it is one: billed on its pool."""
+    from serving.models import Node
 
-    def beat() -> None:
-        try:
-            while not stop.wait(settings.TRAINING_HEARTBEAT_SECONDS):
-                MergeJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
-                    heartbeat_at=timezone.now()
-                )
-        finally:
-            connection.close()  # this thread's own connection
-
-    thread = threading.Thread(target=beat, name=f"merge-{job_id}-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    now = timezone.now()
+    node = Node.objects.filter(name=settings.NODE_NAME).first()
+    claimed = MergeJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
+        status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, node=node
+    )
+    if not claimed:
+        return None
+    return MergeJob.objects.select_related("owner_team", "node__pool").get(pk=job_id)
 
 
-def run(job_id: int) -> str | None:
-    """Claim a queued merge and run it to its end; its final status (None: not claimed, a redelivery)."""
+def beat(job_id: int) -> bool:
+    """The watcher's heartbeat while the merge process runs; False once the job has ended."""
+    return bool(
+        MergeJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(heartbeat_at=timezone.now())
+    )
+
+
+def _note_upload(job_id: int, written: Written) -> None:
+    """Before each write to the store, what the merge has written so far: a failure deletes it, even one
+    that killed the process halfway."""
+    MergeJob.objects.filter(pk=job_id).update(upload=written.as_json())
+
+
+def discard_upload(job_id: int) -> list[str]:
+    """Delete from the store what a merge that did not succeed wrote there (unless a recorded artifact uses
+    it); the blobs deleted. Idempotent: the merge process, its watcher and the reaper may each call it."""
+    from portfolio.registry.artifacts import discard_unrecorded
+    from portfolio.registry.stores import default_store
+
+    unfinished = MergeJob.objects.filter(pk=job_id).exclude(status=JobStatus.SUCCEEDED)
+    written = Written.from_json(unfinished.values_list("upload", flat=True).first() or {})
+    if not written.blobs and not written.manifest:
+        return []
+    deleted = discard_unrecorded(default_store(), written)
+    unfinished.update(upload={})
+    return deleted
+
+
+def compute(job_id: int) -> str | None:
+    """The merge itself, in the merge process: load, merge, store, register; its final status (None: ended
+    by someone else meanwhile, nothing registered). Nothing it wrote to the store stays unless it is
+    registered."""
     from portfolio.registry.artifacts import materialize_version
     from portfolio.registry.inspection import inspect_directory
     from portfolio.registry.storage import store_directory
     from portfolio.registry.stores import default_store
     from training.merges.weights import merge_directory
 
-    now = timezone.now()
-    claimed = MergeJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
-        status=JobStatus.RUNNING, started_at=now, heartbeat_at=now
-    )
-    if not claimed:
-        return None
     job = MergeJob.objects.select_related("adapter__model", "adapter__base_version").get(pk=job_id)
+    if job.status != JobStatus.RUNNING:
+        return None
     adapter = job.adapter
     try:
-        with _heartbeat(job_id):
-            base = merging.check_mergeable(adapter)
-            base_dir, adapter_dir = materialize_version(base), materialize_version(adapter)
-            work_root = Path(settings.DATA_DIR) / "work"
-            work_root.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=work_root, prefix=f"merge-{job_id}-") as work:
-                output = Path(work) / "merged"
-                merge_directory(base_dir, adapter_dir, output)
-                facts = inspect_directory(output)
-                store = default_store()
-                manifest = store_directory(store, output)
-            with transaction.atomic():
-                version = merging.register_merged_version(
-                    actor=Actor.for_system(SYSTEM),
-                    adapter=adapter,
-                    manifest=manifest,
-                    facts=facts,
-                    store_uri=store.uri(manifest.artifact_id),
-                    job_ref=f"merge:{job_id}",
-                )
-                if not _finish(job_id, JobStatus.SUCCEEDED, f"Registered {version.label}.", version):
-                    raise _Abandoned
+        base = merging.check_mergeable(adapter)
+        base_dir, adapter_dir = materialize_version(base), materialize_version(adapter)
+        work_root = Path(settings.DATA_DIR) / "work"
+        work_root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=work_root, prefix=f"merge-{job_id}-") as work:
+            output = Path(work) / "merged"
+            print(f"merging {adapter.label} into {base.label}", flush=True)
+            merge_directory(base_dir, adapter_dir, output)
+            facts = inspect_directory(output)
+            store = default_store()
+            manifest = store_directory(
+                store, output, before_write=lambda written: _note_upload(job_id, written)
+            )
+        with transaction.atomic():
+            version = merging.register_merged_version(
+                actor=Actor.for_system(SYSTEM),
+                adapter=adapter,
+                manifest=manifest,
+                facts=facts,
+                store_uri=store.uri(manifest.artifact_id),
+                job_ref=f"merge:{job_id}",
+            )
+            if not _finish(job_id, JobStatus.SUCCEEDED, f"Registered {version.label}.", version):
+                raise _Abandoned
+        print(f"registered {version.label}", flush=True)
         return JobStatus.SUCCEEDED
     except _Abandoned:
+        discard_upload(job_id)
         return None
     except (DomainError, CorruptArtifact, InspectionError, ValueError, OSError) as exc:
         # Known refusals (the adapter archived meanwhile, damaged files, an adapter peft cannot load).
         _finish(job_id, JobStatus.FAILED, f"{exc.__class__.__name__}: {exc}")
+        discard_upload(job_id)
         return JobStatus.FAILED
     except Exception:
         _finish(job_id, JobStatus.ERRORED, traceback.format_exc()[-4000:])
+        discard_upload(job_id)
         return JobStatus.ERRORED
 
 
+def ended(job_id: int, seconds: float, why: str, log: str = "") -> str:
+    """The merge process is gone after ``seconds``: its compute recorded on the job and billed; the job
+    failed with ``why`` (the log's tail above it) unless the process ended it; what it wrote to the store
+    deleted unless it succeeded. The job's final status."""
+    from training import metering
+
+    job = MergeJob.objects.select_related("node").get(pk=job_id)
+    cores = job.node.cpu_cores if job.node else (psutil.cpu_count() or 1)
+    MergeJob.objects.filter(pk=job_id).update(
+        compute_seconds=F("compute_seconds") + seconds,
+        cpu_core_seconds=F("cpu_core_seconds") + seconds * cores,
+    )
+    metering.merge_ended(job_id, timezone.now())
+    # The reason last: the adapter's page shows a failed merge's last line.
+    _finish(job_id, JobStatus.FAILED, f"{log.rstrip()[-3000:]}\n{why}".lstrip())
+    status = MergeJob.objects.values_list("status", flat=True).get(pk=job_id)
+    if status != JobStatus.SUCCEEDED:
+        discard_upload(job_id)
+    return status
+
+
 def reap_stale(silence: timedelta) -> list[int]:
-    """Running merges whose worker stopped beating are failed with the reason: never left running."""
+    """Running merges whose watcher stopped beating are failed with the reason, never left running; their
+    compute is billed up to the last beat and what they wrote to the store is deleted."""
+    from training import metering
+
     cutoff = timezone.now() - silence
     reaped = []
-    for job_id in MergeJob.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff).values_list(
-        "pk", flat=True
-    ):
+    for job_id, last_seen in MergeJob.objects.filter(
+        status=JobStatus.RUNNING, heartbeat_at__lt=cutoff
+    ).values_list("pk", "heartbeat_at"):
         seconds = int(silence.total_seconds())
         if _finish(job_id, JobStatus.FAILED, f"Its worker stopped for over {seconds}s; merge again."):
+            metering.merge_ended(job_id, last_seen or timezone.now())
+            discard_upload(job_id)
             reaped.append(job_id)
     return reaped
