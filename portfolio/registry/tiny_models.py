@@ -2,7 +2,8 @@
 
 Real MoE, state-space, vision-language and speech weights are not on the package registry, so tests and
 demos build them from each architecture's ``transformers`` config with tiny sizes: a few MB of safetensors
-in bfloat16, with a tokenizer copied from a folder (the SmolLM2 demo model's, by default). They answer
+in bfloat16, with a tokenizer copied from a folder (the SmolLM2 demo model's, by default; Whisper's with its
+control and language tokens added, as engines build its prompts from them). They answer
 nonsense, but they import, register, fine-tune and serve like the real thing: the same config keys, the
 same tensor names, the same engine code paths. Sizes respect vLLM CPU's limits (attention head size a
 multiple of 32), so an engine can load them.
@@ -10,6 +11,7 @@ multiple of 32), so an engine can load them.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -54,6 +56,9 @@ IDEFICS3_IMAGE_TOKENS = [
     *(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)),
 ]
 IMAGE_TOKENS = {"gemma3": list(GEMMA3_IMAGE_TOKENS.values()), "idefics3": IDEFICS3_IMAGE_TOKENS}
+# Whisper's end of text (also its padding) and the token every transcript starts with.
+WHISPER_END = "<|endoftext|>"
+WHISPER_START = "<|startoftranscript|>"
 # Tokenizer files copied next to the weights; the config and weights are the tiny model's own.
 TOKENIZER_SKIP = ("config.json", "generation_config.json")
 
@@ -158,6 +163,7 @@ def _idefics3(t, vocab: int, tokenizer):
 
 
 def _whisper(t, vocab: int, tokenizer):
+    end, start = (tokenizer.convert_tokens_to_ids(token) for token in (WHISPER_END, WHISPER_START))
     config = t.WhisperConfig(
         vocab_size=vocab,
         d_model=HIDDEN,
@@ -168,13 +174,50 @@ def _whisper(t, vocab: int, tokenizer):
         encoder_ffn_dim=128,
         decoder_ffn_dim=128,
         num_mel_bins=80,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        decoder_start_token_id=1,
+        pad_token_id=end,
+        bos_token_id=end,
+        eos_token_id=end,
+        decoder_start_token_id=start,
+        suppress_tokens=[],
         begin_suppress_tokens=None,
     )
-    return t.WhisperForConditionalGeneration(config)
+    model = t.WhisperForConditionalGeneration(config)
+    model.generation_config.forced_decoder_ids = None  # engines write the prompt (language, task) themselves
+    return model
+
+
+def _whisper_special_tokens() -> list[str]:
+    """Whisper's control tokens after ``<|endoftext|>``, in a real Whisper vocabulary's order: a transcript
+    starts with ``<|startoftranscript|><|en|><|transcribe|><|notimestamps|>``, and an engine detects the
+    language by letting the model pick one of the language tokens."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    return [
+        WHISPER_START,
+        *(f"<|{code}|>" for code in LANGUAGES),
+        "<|translate|>",
+        "<|transcribe|>",
+        "<|startoflm|>",
+        "<|startofprev|>",
+        "<|prev|>",
+        "<|nocaptions|>",
+        "<|notimestamps|>",
+    ]
+
+
+def _whisper_tokenizer(t, tokenizer):
+    """``tokenizer``'s byte-level BPE as a Whisper tokenizer, each control token one token: engines look them
+    up by name (vLLM detects a translation's language by letting the model pick among the language tokens,
+    and answered 500 when they were missing)."""
+    whisper = t.WhisperTokenizerFast(
+        tokenizer_object=copy.deepcopy(tokenizer.backend_tokenizer),
+        bos_token=WHISPER_END,
+        eos_token=WHISPER_END,
+        unk_token=WHISPER_END,
+        pad_token=WHISPER_END,
+    )
+    whisper.add_special_tokens({"additional_special_tokens": _whisper_special_tokens()})
+    return whisper
 
 
 BUILDERS: dict[str, Callable] = {
@@ -209,18 +252,23 @@ def build(name: str, directory: Path, tokenizer_dir: Path, *, seed: int = 0) -> 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     if architecture in IMAGE_TOKENS:
         tokenizer.add_special_tokens({"additional_special_tokens": IMAGE_TOKENS[architecture]})
+    if architecture == "whisper":
+        tokenizer = _whisper_tokenizer(transformers, tokenizer)
     # A multiple of 64 at or above the tokenizer's size: kernels like round sizes.
     vocab = (len(tokenizer) + 63) // 64 * 64
     torch.manual_seed(seed)
     model = BUILDERS[architecture](transformers, vocab, tokenizer).to(torch.bfloat16)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
+    if architecture == "whisper":
+        # Speech is read as log-mel features: the feature extractor is part of a Whisper model's files, next
+        # to its own tokenizer (as in a real Whisper's folder).
+        transformers.WhisperFeatureExtractor(feature_size=80).save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        return directory
     for path in Path(tokenizer_dir).iterdir():
         if path.is_file() and path.name not in TOKENIZER_SKIP and path.suffix != ".safetensors":
             shutil.copy2(path, directory / path.name)
-    if architecture == "whisper":
-        # Speech is read as log-mel features: the feature extractor is part of a Whisper model's files.
-        transformers.WhisperFeatureExtractor(feature_size=80).save_pretrained(directory)
     if architecture in IMAGE_TOKENS:
         # Engines read images through the model's processor (image size, tokens per image): saved with it.
         _image_processor(transformers, architecture, tokenizer).save_pretrained(directory)

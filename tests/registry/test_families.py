@@ -95,6 +95,27 @@ def test_a_speech_model_is_an_encoder_decoder_with_cross_attention(tiny_models):
     assert (tiny_models["speech"] / "preprocessor_config.json").exists()
 
 
+def test_a_speech_models_tokenizer_holds_whispers_prompt_and_language_tokens_its_config_names(tiny_models):
+    """vLLM writes a transcription's prompt as ``<|startoftranscript|><|en|><|transcribe|><|notimestamps|>`` and
+    detects a translation's language among the ``<|xx|>`` tokens: each must be one token of the vocabulary."""
+    from transformers import AutoProcessor
+
+    tokenizer = AutoProcessor.from_pretrained(tiny_models["speech"]).tokenizer
+    config = config_of(tiny_models["speech"])
+    prompt = tokenizer.encode(
+        "<|startoftranscript|><|de|><|translate|><|notimestamps|>", add_special_tokens=False
+    )
+    named = [
+        tokenizer.convert_tokens_to_ids(t)
+        for t in ("<|startoftranscript|>", "<|de|>", "<|translate|>", "<|notimestamps|>")
+    ]
+    assert prompt == named and len(set(named)) == 4
+    assert config["decoder_start_token_id"] == named[0]
+    assert tokenizer.convert_ids_to_tokens(config["eos_token_id"]) == "<|endoftext|>"
+    languages = [tokenizer.convert_tokens_to_ids(f"<|{code}|>") for code in ("en", "fr", "ja", "yue")]
+    assert len(set(languages)) == 4 and max(languages) < config["vocab_size"]
+
+
 def test_tiny_models_are_a_few_megabytes_of_safetensors_with_a_tokenizer(tiny_models):
     for folder in tiny_models.values():
         files = {p.name: p.stat().st_size for p in folder.iterdir()}
