@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import orjson
 
@@ -20,15 +20,22 @@ from serving.gateway import table_refresh
 from serving.gateway.errors import GatewayError
 from serving.gateway.events import Outcome
 from serving.gateway.relay import PATHS, Renamer, relay_stream, relay_whole
-from serving.gateway.routing import EndpointInfo, ReplicaInfo, choose_route, sticky_key
-from serving.gateway.upstream import ConnectFailed, ReadTimeout
-
-if TYPE_CHECKING:
-    from serving.gateway.app import Gateway
+from serving.gateway.routing import Balancer, EndpointInfo, ReplicaInfo, Snapshot, choose_route, sticky_key
+from serving.gateway.upstream import ConnectFailed, ReadTimeout, Upstream
 
 logger = logging.getLogger(__name__)
 
 JSON = b"application/json"
+
+
+class Gateway(Protocol):
+    """What forwarding uses of the gateway (app.py)."""
+
+    upstream: Upstream | None
+    balancer: Balancer
+    snapshot: Snapshot
+    table_version: int
+    renamers: dict[tuple[str, str], Renamer]
 
 
 async def forward(
