@@ -15,7 +15,7 @@ import pytest
 from django.utils import timezone
 
 from portfolio.registry import services as registry
-from portfolio.registry.choices import Health, Source, VersionKind, VersionStatus
+from portfolio.registry.choices import Source, VersionKind, VersionStatus
 from portfolio.registry.models import Artifact, ModelVersion
 from portfolio.registry.storage import store_directory
 from portfolio.registry.stores import default_store
@@ -111,27 +111,34 @@ def smollm2_tokenizer_dir(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture
-def smollm2(smollm2_tokenizer_dir, engineer, team) -> ModelVersion:
-    """A ready base version holding only the tokenizer, with a short context length (48) to flag rows."""
-    manifest = store_directory(default_store(), smollm2_tokenizer_dir)
-    artifact = Artifact.objects.create(
-        id=manifest.artifact_id,
-        store_uri=default_store().uri(manifest.artifact_id),
-        size_bytes=manifest.total_size,
-        file_count=len(manifest.files),
-        files=[{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
-        health=Health.OK,
-        verified_at=timezone.now(),
-    )
-    model = registry.create_model(actor=engineer, name="smollm2-135m-instruct", owner_team=team)
+def stored(folder: Path) -> Artifact:
+    """The files of ``folder`` in the artifact store, as an artifact whose checksums were just checked."""
+    manifest = store_directory(default_store(), folder)
+    return Artifact.objects.record(manifest, default_store().uri(manifest.artifact_id))
+
+
+def ready_base(engineer, team, name: str, artifact: Artifact, **fields) -> ModelVersion:
+    """Version 1 of a new model ``name`` of ``team``: a ready base version of ``artifact``."""
+    model = registry.create_model(actor=engineer, name=name, owner_team=team)
     return ModelVersion.objects.create(
         model=model,
         number=1,
         kind=VersionKind.BASE,
-        source=Source.GGUF,
         artifact=artifact,
         status=VersionStatus.READY,
+        **({"source": Source.HUB} | fields),
+    )
+
+
+@pytest.fixture
+def smollm2(smollm2_tokenizer_dir, engineer, team) -> ModelVersion:
+    """A ready base version holding only the tokenizer, with a short context length (48) to flag rows."""
+    return ready_base(
+        engineer,
+        team,
+        "smollm2-135m-instruct",
+        stored(smollm2_tokenizer_dir),
+        source=Source.GGUF,
         context_length=48,
         has_chat_template=True,
     )
@@ -148,15 +155,7 @@ def base(engineer, team) -> ModelVersion:
         file_count=1,
         files=[{"path": "config.json", "size": 10, "sha256": "0" * 64}],
     )
-    model = registry.create_model(actor=engineer, name="smol-base", owner_team=team)
-    return ModelVersion.objects.create(
-        model=model,
-        number=1,
-        kind=VersionKind.BASE,
-        source=Source.HUB,
-        artifact=artifact,
-        status=VersionStatus.READY,
-    )
+    return ready_base(engineer, team, "smol-base", artifact)
 
 
 @pytest.fixture
