@@ -13,14 +13,8 @@ from serving import services
 from serving.choices import PoolKind
 from serving.models import Deployment
 from tests.conftest import actor_for
-from tests.serving.conftest import (
-    SMOLLM2_SHAPE,
-    add_node,
-    audited,
-    deploy,
-    make_adapter,
-    share_with_everyone,
-)
+from tests.serving.conftest import SMOLLM2_SHAPE, audited, deploy, make_adapter, share_with_everyone
+from tests.serving.nodes import add_node
 
 pytestmark = pytest.mark.django_db
 

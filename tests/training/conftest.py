@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import pytest
-from django.utils import timezone
 
 from portfolio.registry import services as registry
 from portfolio.registry.choices import Source, VersionKind, VersionStatus
@@ -20,8 +19,9 @@ from portfolio.registry.models import Artifact, ModelVersion
 from portfolio.registry.storage import store_directory
 from portfolio.registry.stores import default_store
 from serving.choices import PoolKind
-from serving.models import ComputePool, Node
+from serving.models import ComputePool
 from tests.conftest import actor_for
+from tests.serving.nodes import add_node
 from training import finetune, ingest, services, tasks
 from training.choices import DatasetKind, JobStatus
 from training.models import DatasetIngest, FineTuneJob
@@ -167,14 +167,7 @@ def dataset_version(engineer, chat_set):
 @pytest.fixture
 def cpu_pool(db) -> ComputePool:
     pool = ComputePool.objects.create(name="cpu", kind=PoolKind.CPU)
-    Node.objects.create(
-        name="node-a",
-        pool=pool,
-        address="127.0.0.1",
-        cpu_cores=4,
-        memory_bytes=2**34,
-        heartbeat_at=timezone.now(),
-    )
+    add_node(pool, "node-a", memory_bytes=2**34, cores=4)
     return pool
 
 

@@ -11,11 +11,11 @@ from portfolio.registry import services as registry
 from portfolio.registry.choices import Source, VersionKind, VersionStatus
 from portfolio.registry.models import Artifact, ModelVersion
 from serving import services
-from serving.choices import NodeState, PoolKind, ReplicaState
-from serving.models import Node, Replica
+from serving.choices import PoolKind, ReplicaState
+from serving.models import Replica
 from tests.conftest import actor_for
+from tests.serving.nodes import GIB, add_node
 
-GIB = 1024**3
 HTMX = {"HTTP_HX_REQUEST": "true"}
 SMOLLM2_SHAPE = {
     "num_hidden_layers": 30,
@@ -61,19 +61,6 @@ def owner(org):
 @pytest.fixture
 def pool(admin):
     return services.create_pool(actor=admin, name="cpu-pool", kind=PoolKind.CPU)
-
-
-def add_node(pool, name: str = "cpu-01", *, memory_bytes: int = 24 * GIB, cores: int = 2, **fields) -> Node:
-    return Node.objects.create(
-        name=name,
-        pool=pool,
-        cpu_cores=cores,
-        memory_bytes=memory_bytes,
-        state=NodeState.READY,
-        heartbeat_at=timezone.now(),
-        address="127.0.0.1",
-        **fields,
-    )
 
 
 @pytest.fixture
