@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 from django.db import transaction
 
@@ -127,6 +128,16 @@ def stack(org, team, other_team, transactional_db):
     yield {"deployment": deployment, "endpoint": endpoint, "key": key, "node": node}
     for engine in engines:
         engine.stop()
+
+
+def chat(base: str, secret: str, model: str, *, max_tokens: int = 10) -> httpx.Response:
+    """A one-word chat completion of ``model`` through the gateway at ``base``, with API key ``secret``."""
+    return httpx.post(
+        f"{base}/v1/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": max_tokens},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=20,
+    )
 
 
 def wait_for_model(base: str, secret: str, name: str, timeout: float = 10) -> None:

@@ -1,5 +1,5 @@
 """Registry fixtures: a tiny real safetensors model folder, stores on a local folder and on S3, an import root
-and artifact store of a test's own, and imports run here as a worker runs them."""
+and artifact store of a test's own, imports run here as a worker runs them, and ready base versions."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from portfolio.registry import services
-from portfolio.registry.models import ModelVersion
+from portfolio.registry.choices import Source, VersionKind, VersionStatus
+from portfolio.registry.models import Artifact, ModelVersion
 from portfolio.registry.storage import LocalStore, S3Store
 from portfolio.registry.stores import default_store
 from portfolio.registry.tasks import import_version
@@ -65,6 +66,14 @@ def make_adapter_folder(root: Path) -> Path:
     )
     write_safetensors(root / "adapter_model.safetensors", {"lora_A": [8, 8], "lora_B": [8, 8]}, dtype="F32")
     return root
+
+
+def ready_base(actor, team, name: str, artifact: Artifact, **fields) -> ModelVersion:
+    """Version 1 of a new model ``name`` of ``team``: a ready base version of ``artifact``, from a server
+    folder unless ``fields`` say otherwise."""
+    model = services.create_model(actor=actor, name=name, owner_team=team)
+    values = {"kind": VersionKind.BASE, "source": Source.LOCAL, "status": VersionStatus.READY}
+    return ModelVersion.objects.create(model=model, number=1, artifact=artifact, **(values | fields))
 
 
 def import_here(actor, model, source: str, ref: str, **options) -> ModelVersion:

@@ -26,15 +26,6 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("imports")]
 HTMX = {"HTTP_HX_REQUEST": "true"}
 
 
-@pytest.fixture
-def signed_in(client):
-    def sign_in(user):
-        client.force_login(user)
-        return client
-
-    return sign_in
-
-
 def _import(actor, model, folder) -> ModelVersion:
     return import_here(actor, model, Source.LOCAL, str(folder))
 

@@ -18,6 +18,7 @@ from serving import agent, engine_args, processes, services
 from serving.choices import DesiredState, PoolKind, ReplicaState
 from serving.models import ComputePool, Deployment, Replica
 from tests.conftest import actor_for
+from tests.registry.conftest import ready_base
 from tests.serving.nodes import add_node
 
 SMOLLM2_SHAPE = {
@@ -58,14 +59,11 @@ def artifact():
 
 @pytest.fixture
 def base_version(org, team, artifact):
-    model = registry.create_model(actor=actor_for(org["engineer"]), name="smollm2-135m", owner_team=team)
-    return ModelVersion.objects.create(
-        model=model,
-        number=1,
-        kind=VersionKind.BASE,
-        source=Source.LOCAL,
-        artifact=artifact,
-        status=VersionStatus.READY,
+    return ready_base(
+        actor_for(org["engineer"]),
+        team,
+        "smollm2-135m",
+        artifact,
         parameter_count=134_515_008,
         shape=SMOLLM2_SHAPE,
         dtype="bfloat16",

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from portfolio.registry import services as registry
-from portfolio.registry.choices import Source, VersionKind, VersionStatus
+from portfolio.registry.choices import Source
 from portfolio.registry.models import Artifact, ModelVersion
 from portfolio.registry.storage import store_directory
 from portfolio.registry.stores import default_store
 from serving.choices import PoolKind
 from serving.models import ComputePool
 from tests.conftest import actor_for
+from tests.registry.conftest import ready_base
 from tests.serving.nodes import add_node
 from training import finetune, ingest, services, tasks
 from training.choices import DatasetKind, JobStatus
@@ -117,19 +117,6 @@ def stored(folder: Path) -> Artifact:
     return Artifact.objects.record(manifest, default_store().uri(manifest.artifact_id))
 
 
-def ready_base(engineer, team, name: str, artifact: Artifact, **fields) -> ModelVersion:
-    """Version 1 of a new model ``name`` of ``team``: a ready base version of ``artifact``."""
-    model = registry.create_model(actor=engineer, name=name, owner_team=team)
-    return ModelVersion.objects.create(
-        model=model,
-        number=1,
-        kind=VersionKind.BASE,
-        artifact=artifact,
-        status=VersionStatus.READY,
-        **({"source": Source.HUB} | fields),
-    )
-
-
 @pytest.fixture
 def smollm2(smollm2_tokenizer_dir, engineer, team) -> ModelVersion:
     """A ready base version holding only the tokenizer, with a short context length (48) to flag rows."""
@@ -155,7 +142,7 @@ def base(engineer, team) -> ModelVersion:
         file_count=1,
         files=[{"path": "config.json", "size": 10, "sha256": "0" * 64}],
     )
-    return ready_base(engineer, team, "smol-base", artifact)
+    return ready_base(engineer, team, "smol-base", artifact, source=Source.HUB)
 
 
 @pytest.fixture

@@ -8,9 +8,11 @@ import pytest
 from django.urls import reverse
 
 from portfolio.errors import Invalid
+from portfolio.registry.choices import Source
 from portfolio.registry.models import ModelVersion
+from tests.registry.conftest import ready_base
 from tests.training import tiny_configs
-from tests.training.conftest import ready_base, stored
+from tests.training.conftest import stored
 from training import finetune
 from training.defaults import Architecture, Hyperparameters, architecture_of, target_modules_for
 from training.lora_targets import MAX_LISTED, listed
@@ -145,7 +147,7 @@ def stored_base(engineer, team, config, tmp_path, name: str) -> ModelVersion:
     """A ready base version whose stored files are a tiny family's config.json (no weights)."""
     folder = tmp_path / name
     config.save_pretrained(folder)
-    return ready_base(engineer, team, name, stored(folder))
+    return ready_base(engineer, team, name, stored(folder), source=Source.HUB)
 
 
 @pytest.fixture
