@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
-from portfolio.registry.choices import Source
+from portfolio.registry.choices import Source, VersionKind, VersionStatus
 from portfolio.registry.models import Artifact, ModelVersion
 from portfolio.registry.storage import store_directory
 from portfolio.registry.stores import default_store
@@ -179,3 +180,17 @@ def make_job(team, base, dataset_version, cpu_pool):
         return FineTuneJob.objects.create(**(values | fields))
 
     return make
+
+
+@pytest.fixture
+def finished_job(make_job, base) -> FineTuneJob:
+    """A succeeded job whose output is a ready adapter: version 2 of its base's model."""
+    tuned = ModelVersion.objects.create(
+        model=base.model,
+        number=2,
+        kind=VersionKind.ADAPTER,
+        base_version=base,
+        source=Source.FINE_TUNE,
+        status=VersionStatus.READY,
+    )
+    return make_job(status=JobStatus.SUCCEEDED, output_version=tuned, finished_at=timezone.now())
