@@ -174,6 +174,27 @@ def org(make_user, team, other_team):
     return users
 
 
+@pytest.fixture
+def signed_in(client):
+    """``signed_in(user)``: the test client, signed in as ``user``."""
+
+    def sign_in(user):
+        client.force_login(user)
+        return client
+
+    return sign_in
+
+
+@pytest.fixture
+def member_of_both(make_user, team, other_team) -> Actor:
+    """An engineer of ``team`` and of ``other_team``: sees the other team's private models and pools, which
+    ``team`` may not use."""
+    user = make_user("both")
+    Membership.objects.create(user=user, team=team, role=TeamRole.ENGINEER)
+    Membership.objects.create(user=user, team=other_team, role=TeamRole.ENGINEER)
+    return actor_for(user)
+
+
 def actor_for(user) -> Actor:
     return Actor(user=user, ip="127.0.0.1", user_agent="pytest", request_id="test")
 

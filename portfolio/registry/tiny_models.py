@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from portfolio.registry.choices import Family
 
@@ -30,6 +31,15 @@ ATTENTION = {
     "head_dim": HEAD_DIM,
     "max_position_embeddings": 2048,
     "tie_word_embeddings": True,
+}
+# Vision towers: 64-pixel images in 16-pixel patches, 4x4 patches.
+VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 1,
+    "image_size": 64,
+    "patch_size": 16,
 }
 # The architecture each family is built as when only the family is named.
 FAMILY_ARCHITECTURES = {
@@ -63,31 +73,39 @@ WHISPER_START = "<|startoftranscript|>"
 TOKENIZER_SKIP = ("config.json", "generation_config.json")
 
 
+def text_layers(vocab: int, *, layers: int = 2, head_dim: bool = True) -> dict[str, Any]:
+    """The text layers' settings of a tiny model; ``head_dim=False`` for configs that derive the head size."""
+    settings = {"vocab_size": vocab, "num_hidden_layers": layers, **ATTENTION}
+    if not head_dim:
+        del settings["head_dim"]
+    return settings
+
+
+def _token_ids(tokenizer, ids: dict[str, str]) -> dict[str, int]:
+    """The ids of a vision-language model's image tokens in ``tokenizer``; none without one (a config only
+    read, never served, keeps its architecture's defaults)."""
+    if tokenizer is None:
+        return {}
+    return {key: tokenizer.convert_tokens_to_ids(token) for key, token in ids.items()}
+
+
 def _llama(t, vocab: int, tokenizer):
-    return t.LlamaForCausalLM(t.LlamaConfig(vocab_size=vocab, num_hidden_layers=2, **ATTENTION))
+    return t.LlamaConfig(**text_layers(vocab))
 
 
 def _qwen3_moe(t, vocab: int, tokenizer):
-    config = t.Qwen3MoeConfig(
-        vocab_size=vocab,
-        num_hidden_layers=2,
-        num_experts=4,
-        num_experts_per_tok=2,
-        moe_intermediate_size=64,
-        **ATTENTION,
+    """Qwen3-MoE (as Qwen3.5-35B-A3B): 4 experts, 2 per token, experts fused into 3-D weights."""
+    return t.Qwen3MoeConfig(
+        **text_layers(vocab), num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64
     )
-    return t.Qwen3MoeForCausalLM(config)
 
 
 def _mixtral(t, vocab: int, tokenizer):
-    config = t.MixtralConfig(
-        vocab_size=vocab, num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2, **ATTENTION
-    )
-    return t.MixtralForCausalLM(config)
+    return t.MixtralConfig(**text_layers(vocab), num_local_experts=4, num_experts_per_tok=2)
 
 
 def _mamba2(t, vocab: int, tokenizer):
-    config = t.Mamba2Config(
+    return t.Mamba2Config(
         vocab_size=vocab,
         hidden_size=HIDDEN,
         num_hidden_layers=2,
@@ -98,13 +116,12 @@ def _mamba2(t, vocab: int, tokenizer):
         state_size=16,
         tie_word_embeddings=True,
     )
-    return t.Mamba2ForCausalLM(config)
 
 
 def _granitemoehybrid(t, vocab: int, tokenizer):
-    config = t.GraniteMoeHybridConfig(
-        vocab_size=vocab,
-        num_hidden_layers=4,
+    """Granite 4: Mamba-2 layers and an attention layer, experts and a shared MLP."""
+    return t.GraniteMoeHybridConfig(
+        **text_layers(vocab, layers=4, head_dim=False),
         layer_types=["mamba", "attention", "mamba", "mamba"],
         num_local_experts=4,
         num_experts_per_tok=2,
@@ -114,57 +131,39 @@ def _granitemoehybrid(t, vocab: int, tokenizer):
         mamba_d_state=16,
         mamba_n_groups=1,
         mamba_expand=2,
-        **{k: v for k, v in ATTENTION.items() if k != "head_dim"},
     )
-    return t.GraniteMoeHybridForCausalLM(config)
 
 
 def _gemma3(t, vocab: int, tokenizer):
-    text = {"model_type": "gemma3_text", "vocab_size": vocab, "num_hidden_layers": 2, **ATTENTION}
-    vision = {
-        "model_type": "siglip_vision_model",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 1,
-        "image_size": 64,
-        "patch_size": 16,
-    }
-    config = t.Gemma3Config(
-        text_config=text,
-        vision_config=vision,
+    """Gemma 3 with its SigLIP vision tower (whose attention is named as the language model's: q_proj)."""
+    return t.Gemma3Config(
+        text_config={"model_type": "gemma3_text", **text_layers(vocab)},
+        vision_config={"model_type": "siglip_vision_model", **VISION},
         mm_tokens_per_image=4,  # 4x4 patches pooled to 2x2
-        boi_token_index=tokenizer.convert_tokens_to_ids(GEMMA3_IMAGE_TOKENS["boi_token"]),
-        eoi_token_index=tokenizer.convert_tokens_to_ids(GEMMA3_IMAGE_TOKENS["eoi_token"]),
-        image_token_index=tokenizer.convert_tokens_to_ids(GEMMA3_IMAGE_TOKENS["image_token"]),
+        **_token_ids(tokenizer, {f"{key}_index": token for key, token in GEMMA3_IMAGE_TOKENS.items()}),
     )
-    return t.Gemma3ForConditionalGeneration(config)
 
 
 def _idefics3(t, vocab: int, tokenizer):
-    text = {"model_type": "llama", "vocab_size": vocab, "num_hidden_layers": 2, **ATTENTION}
-    vision = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 1,
-        "image_size": 64,
-        "patch_size": 16,
-    }
-    config = t.Idefics3Config(
-        text_config=text,
-        vision_config=vision,
+    return t.Idefics3Config(
+        text_config={"model_type": "llama", **text_layers(vocab)},
+        vision_config=VISION,
         scale_factor=2,  # 4x4 patches shuffled into 2x2 tokens
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         tie_word_embeddings=True,
         pad_token_id=0,
+        **_token_ids(tokenizer, {"image_token_id": "<image>"}),
     )
-    return t.Idefics3ForConditionalGeneration(config)
 
 
 def _whisper(t, vocab: int, tokenizer):
-    end, start = (tokenizer.convert_tokens_to_ids(token) for token in (WHISPER_END, WHISPER_START))
-    config = t.WhisperConfig(
+    # Its end of text (also its padding) and start of transcript: the tokenizer's, or the first two ids in a
+    # config only read.
+    end, start = (
+        (tokenizer.convert_tokens_to_ids(token) for token in (WHISPER_END, WHISPER_START))
+        if tokenizer is not None
+        else (0, 1)
+    )
+    return t.WhisperConfig(
         vocab_size=vocab,
         d_model=HIDDEN,
         encoder_layers=1,
@@ -181,9 +180,6 @@ def _whisper(t, vocab: int, tokenizer):
         suppress_tokens=[],
         begin_suppress_tokens=None,
     )
-    model = t.WhisperForConditionalGeneration(config)
-    model.generation_config.forced_decoder_ids = None  # engines write the prompt (language, task) themselves
-    return model
 
 
 def _whisper_special_tokens() -> list[str]:
@@ -220,6 +216,7 @@ def _whisper_tokenizer(t, tokenizer):
     return whisper
 
 
+# Each architecture's config builder and the transformers class of its model.
 BUILDERS: dict[str, Callable] = {
     "llama": _llama,
     "qwen3_moe": _qwen3_moe,
@@ -230,6 +227,16 @@ BUILDERS: dict[str, Callable] = {
     "idefics3": _idefics3,
     "whisper": _whisper,
 }
+MODELS = {
+    "llama": "LlamaForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "mamba2": "Mamba2ForCausalLM",
+    "granitemoehybrid": "GraniteMoeHybridForCausalLM",
+    "gemma3": "Gemma3ForConditionalGeneration",
+    "idefics3": "Idefics3ForConditionalGeneration",
+    "whisper": "WhisperForConditionalGeneration",
+}
 
 
 def architecture_for(name: str) -> str:
@@ -239,6 +246,15 @@ def architecture_for(name: str) -> str:
         known = ", ".join([*FAMILY_ARCHITECTURES, *BUILDERS])
         raise ValueError(f"{name!r} is not a family or architecture tiny models are built for ({known}).")
     return architecture
+
+
+def config(name: str, vocab: int, tokenizer: Any = None) -> Any:
+    """The ``transformers`` config of the tiny model of family or architecture ``name``: what ``build``
+    gives random weights, and what tests read on the meta device. ``tokenizer`` names a vision-language
+    model's image tokens (``build`` adds them to it first)."""
+    import transformers
+
+    return BUILDERS[architecture_for(name)](transformers, vocab, tokenizer)
 
 
 def build(name: str, directory: Path, tokenizer_dir: Path, *, seed: int = 0) -> Path:
@@ -257,7 +273,11 @@ def build(name: str, directory: Path, tokenizer_dir: Path, *, seed: int = 0) -> 
     # A multiple of 64 at or above the tokenizer's size: kernels like round sizes.
     vocab = (len(tokenizer) + 63) // 64 * 64
     torch.manual_seed(seed)
-    model = BUILDERS[architecture](transformers, vocab, tokenizer).to(torch.bfloat16)
+    model = getattr(transformers, MODELS[architecture])(config(architecture, vocab, tokenizer))
+    if architecture == "whisper":
+        # Engines write the prompt (language, task) themselves.
+        model.generation_config.forced_decoder_ids = None
+    model = model.to(torch.bfloat16)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     if architecture == "whisper":

@@ -8,15 +8,6 @@ from portfolio.audit.models import AuditEvent
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def as_user(client):
-    def login(user):
-        client.force_login(user)
-        return client
-
-    return login
-
-
 def test_anonymous_calls_get_401_in_the_error_shape(client):
     response = client.get("/api/v1/teams")
     assert response.status_code == 401
@@ -24,22 +15,22 @@ def test_anonymous_calls_get_401_in_the_error_shape(client):
     assert body["code"] == "unauthenticated" and body["request_id"] == response["X-Request-ID"]
 
 
-def test_team_lists_are_paginated_and_show_only_visible_teams(as_user, org, team):
-    response = as_user(org["viewer"]).get("/api/v1/teams")
+def test_team_lists_are_paginated_and_show_only_visible_teams(signed_in, org, team):
+    response = signed_in(org["viewer"]).get("/api/v1/teams")
     assert response.status_code == 200
     assert response.json() == {"items": [response.json()["items"][0]], "count": 1}
     assert response.json()["items"][0]["slug"] == team.slug
 
 
-def test_another_teams_object_is_404_not_403(as_user, org, other_team):
-    response = as_user(org["owner"]).get(f"/api/v1/teams/{other_team.pk}")
+def test_another_teams_object_is_404_not_403(signed_in, org, other_team):
+    response = signed_in(org["owner"]).get(f"/api/v1/teams/{other_team.pk}")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
     assert "Contracts" not in response.content.decode()
 
 
-def test_a_viewer_changing_the_team_gets_403(as_user, org, team):
-    response = as_user(org["viewer"]).patch(
+def test_a_viewer_changing_the_team_gets_403(signed_in, org, team):
+    response = signed_in(org["viewer"]).patch(
         f"/api/v1/teams/{team.pk}", {"name": "Renamed"}, content_type="application/json"
     )
     assert response.status_code == 403
@@ -56,8 +47,8 @@ def test_the_session_api_needs_a_csrf_token_for_changes(org, team):
     assert Team.objects.get(pk=team.pk).name == team.name
 
 
-def test_validation_errors_name_the_field(as_user, org):
-    response = as_user(org["admin"]).post(
+def test_validation_errors_name_the_field(signed_in, org):
+    response = signed_in(org["admin"]).post(
         "/api/v1/departments", {"name": ""}, content_type="application/json"
     )
     assert response.status_code == 422
@@ -65,17 +56,17 @@ def test_validation_errors_name_the_field(as_user, org):
     assert error["code"] == "invalid" and "cost_center" in error["fields"]
 
 
-def test_admin_creates_a_team_through_the_api_and_it_is_audited(as_user, org, department):
-    response = as_user(org["admin"]).post(
+def test_admin_creates_a_team_through_the_api_and_it_is_audited(signed_in, org, department):
+    response = signed_in(org["admin"]).post(
         "/api/v1/teams", {"department_id": department.pk, "name": "Voice"}, content_type="application/json"
     )
     assert response.status_code == 201
     assert AuditEvent.objects.filter(action="team.create", object_id=str(response.json()["id"])).exists()
 
 
-def test_owner_adds_a_member_by_username(as_user, org, team, make_user):
+def test_owner_adds_a_member_by_username(signed_in, org, team, make_user):
     make_user("erin")
-    response = as_user(org["owner"]).post(
+    response = signed_in(org["owner"]).post(
         f"/api/v1/teams/{team.pk}/members",
         {"username": "erin", "role": "developer"},
         content_type="application/json",
@@ -83,14 +74,14 @@ def test_owner_adds_a_member_by_username(as_user, org, team, make_user):
     assert response.status_code == 201 and response.json()["username"] == "erin"
 
 
-def test_audit_events_are_for_auditors_only(as_user, org, team):
-    assert as_user(org["owner"]).get("/api/v1/audit/events").status_code == 403
-    response = as_user(org["auditor"]).get("/api/v1/audit/events?action=team.")
+def test_audit_events_are_for_auditors_only(signed_in, org, team):
+    assert signed_in(org["owner"]).get("/api/v1/audit/events").status_code == 403
+    response = signed_in(org["auditor"]).get("/api/v1/audit/events?action=team.")
     assert response.status_code == 200 and "items" in response.json()
 
 
-def test_the_api_export_downloads_a_zip(as_user, org):
-    response = as_user(org["auditor"]).get("/api/v1/audit/export?format=csv")
+def test_the_api_export_downloads_a_zip(signed_in, org):
+    response = signed_in(org["auditor"]).get("/api/v1/audit/export?format=csv")
     assert response.status_code == 200
     assert response["Content-Disposition"].startswith("attachment;")
     assert b"".join(response.streaming_content)[:2] == b"PK"

@@ -26,15 +26,6 @@ def _no_failed_logins_left_over():
     cache.clear()
 
 
-@pytest.fixture
-def signed_in(client):
-    def sign_in(user):
-        client.force_login(user)
-        return client
-
-    return sign_in
-
-
 def _login(client, username, password, **extra):
     return client.post(reverse("login"), {"username": username, "password": password, **extra})
 

@@ -19,15 +19,6 @@ HTMX = {"HTTP_HX_REQUEST": "true"}
 
 
 @pytest.fixture
-def signed_in(client):
-    def sign_in(user):
-        client.force_login(user)
-        return client
-
-    return sign_in
-
-
-@pytest.fixture
 def history(org, department, other_department):
     admin = actor_for(org["admin"])
     search = services.create_team(actor=admin, department=department, name="Search")

@@ -18,6 +18,7 @@ from serving.gateway.keycache import KeyRecord
 from serving.gateway.models import UsageEvent
 from serving.gateway.routing import EndpointInfo
 from tests.conftest import actor_for
+from tests.gateway.key_records import key_record
 
 pytestmark = pytest.mark.django_db
 
@@ -141,22 +142,7 @@ def test_a_rollup_since_a_time_rewrites_the_ledger_from_then_on(org, team):
 
 
 def _key(team: Team) -> KeyRecord:
-    return KeyRecord(
-        pk=1,
-        key_id="k" * 12,
-        secret_hash="",
-        team_id=team.pk,
-        team=team.slug,
-        department_id=team.department_id,
-        scopes=frozenset(),
-        networks=(),
-        rpm_limit=None,
-        tpm_limit=None,
-        monthly_token_budget=None,
-        monthly_budget_micros=None,
-        expires_at=None,
-        revoked=False,
-    )
+    return key_record(key_id="k" * 12, team_id=team.pk, team=team.slug, department_id=team.department_id)
 
 
 def _endpoint(name: str, team: Team, endpoint_id: int | None, department_id: int | None) -> EndpointInfo:

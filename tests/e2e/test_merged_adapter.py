@@ -9,22 +9,17 @@ import json
 import urllib.request
 
 import pytest
-from django.core.management import call_command
 
-from portfolio.accounts.models import Team
 from portfolio.registry import merging
 from portfolio.registry import services as registry_services
 from portfolio.registry.artifacts import materialize_version
 from portfolio.registry.choices import Source, VersionStatus
-from portfolio.registry.demo_model import MODEL_NAME
-from portfolio.registry.models import ModelVersion
-from portfolio.registry.tasks import import_version
 from serving import agent, services
-from serving.choices import PoolKind
-from serving.models import Node, Replica
+from serving.models import Replica
 from tests.conftest import actor_for
-from tests.e2e.agent import ENGINE_READY_TIMEOUT, NODE, ready_replica, wait
+from tests.e2e.agent import deploy_demo_model, ready_replica, wait, wait_until_ready
 from tests.e2e.lora import make_adapter
+from tests.registry.conftest import import_here
 from training import tasks
 from training.choices import JobStatus
 from training.models import MergeJob
@@ -67,16 +62,14 @@ def answers(replica: Replica, model: str) -> list[str]:
 def test_the_merged_version_answers_as_the_dynamic_adapter(org, node_agent, settings, tmp_path):
     _, agent_log = node_agent
     admin, engineer = actor_for(org["admin"]), actor_for(org["engineer"])
-    team = Team.objects.get(slug="support-ai")
-    settings.IMPORT_ROOTS = [(tmp_path / "imports").resolve()]
-    settings.IMPORT_ROOTS[0].mkdir()
-    call_command("seed_demo")
-    call_command("import_demo_model")
-    base = ModelVersion.objects.get(model__name=MODEL_NAME, status=VersionStatus.READY)
-    services.create_pool(actor=admin, name="local-cpu", kind=PoolKind.CPU)
-    node = wait(
-        "the node agent to register", lambda: Node.objects.filter(name=NODE).first(), 120, [agent_log]
+    dynamic = deploy_demo_model(
+        admin,
+        settings,
+        tmp_path,
+        agent_log,
+        {**ARGS, "enable_lora": True, "max_loras": 1, "max_lora_rank": 8},
     )
+    team, base = dynamic.owner_team, dynamic.version
     adapter_dir = make_adapter(
         materialize_version(base),
         settings.IMPORT_ROOTS[0] / "router",
@@ -84,16 +77,7 @@ def test_the_merged_version_answers_as_the_dynamic_adapter(org, node_agent, sett
         target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
     )
     model = registry_services.create_model(actor=engineer, name="merge-router", owner_team=team)
-    adapter = registry_services.start_import(
-        actor=engineer,
-        model=model,
-        source=Source.LOCAL,
-        ref=str(adapter_dir),
-        base_version=base,
-        enqueue=False,
-    )
-    import_version(adapter.pk)
-    adapter.refresh_from_db()
+    adapter = import_here(engineer, model, Source.LOCAL, str(adapter_dir), base_version=base)
     assert adapter.status == VersionStatus.READY, adapter.status_detail
 
     # The adapter merged by the platform's job (run here: the test has no control worker).
@@ -101,30 +85,20 @@ def test_the_merged_version_answers_as_the_dynamic_adapter(org, node_agent, sett
     assert tasks.merge_adapter(job_id) == JobStatus.SUCCEEDED, MergeJob.objects.get(pk=job_id).status_detail
     merged = MergeJob.objects.get(pk=job_id).output_version
 
-    dynamic = services.create_deployment(
-        actor=admin,
-        name="smol-lora",
-        team=team,
-        version=base,
-        pool=node.pool,
-        args={**ARGS, "enable_lora": True, "max_loras": 1, "max_lora_rank": 8},
-    )
     services.add_adapter(actor=admin, deployment=dynamic, adapter=adapter, name="smol-router")
     full = services.create_deployment(
-        actor=admin, name="smol-merged", team=team, version=merged, pool=node.pool, args=ARGS
+        actor=admin, name="smol-merged", team=team, version=merged, pool=dynamic.pool, args=ARGS
     )
-    logs = [agent_log, *(tmp_path / "node-data" / "engines").glob("*/*.log")]
+    merged_replica = wait_until_ready(full, tmp_path, agent_log)
+    wait_until_ready(dynamic, tmp_path, agent_log)
 
     def loaded() -> Replica | None:
         replica = ready_replica(dynamic)
         return replica if replica is not None and "smol-router" in replica.loaded_adapters else None
 
-    lora_replica = wait("the LoRA engine with its adapter", loaded, ENGINE_READY_TIMEOUT, logs, interval=3)
-    merged_replica = wait(
-        "the merged engine", lambda: ready_replica(full), ENGINE_READY_TIMEOUT, logs, interval=3
-    )
+    lora_replica = wait("the LoRA engine to load its adapter", loaded, 120, [agent_log], interval=3)
 
     dynamic_answers = answers(lora_replica, "smol-router")
     assert answers(merged_replica, "smol-merged") == dynamic_answers
     # The adapter changes what is decoded: a merge that lost it would not pass the comparison above.
-    assert answers(lora_replica, "smol-lora") != dynamic_answers
+    assert answers(lora_replica, "smol") != dynamic_answers

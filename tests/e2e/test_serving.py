@@ -17,7 +17,6 @@ import pytest
 from portfolio.registry import services as registry_services
 from portfolio.registry.artifacts import materialize_version
 from portfolio.registry.choices import Source, VersionStatus
-from portfolio.registry.tasks import import_version
 from serving import agent, processes, reconcile, services
 from serving.choices import DeploymentStatus, ReplicaState
 from serving.models import Node, Replica
@@ -32,6 +31,7 @@ from tests.e2e.agent import (
     wait_until_ready,
 )
 from tests.e2e.lora import make_adapter
+from tests.registry.conftest import import_here
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -292,16 +292,7 @@ def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(
     # An adapter of the base, registered through the importer, hot-loaded without a restart.
     adapter_dir = make_adapter(materialize_version(base), settings.IMPORT_ROOTS[0] / "support-adapter")
     model = registry_services.create_model(actor=engineer, name="support-router", owner_team=team)
-    adapter = registry_services.start_import(
-        actor=engineer,
-        model=model,
-        source=Source.LOCAL,
-        ref=str(adapter_dir),
-        base_version=base,
-        enqueue=False,
-    )
-    import_version(adapter.pk)
-    adapter.refresh_from_db()
+    adapter = import_here(engineer, model, Source.LOCAL, str(adapter_dir), base_version=base)
     assert adapter.status == VersionStatus.READY, adapter.status_detail
     services.add_adapter(actor=admin, deployment=deployment, adapter=adapter, name="smol-support")
     wait("the adapter to be hot-loaded", lambda: "smol-support" in _models(replica), 120, [agent_log])

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 from django.db import transaction
-from django.utils import timezone
 
 from portfolio.billing.choices import PriceKind
 from portfolio.billing.models import Price
@@ -18,10 +18,11 @@ from portfolio.registry.models import Artifact, Model, ModelVersion
 from serving import agent
 from serving.choices import PoolKind, ReplicaState
 from serving.gateway import services as key_services
-from serving.models import ComputePool, Deployment, Endpoint, EndpointRoute, Node, Replica
+from serving.models import ComputePool, Deployment, Endpoint, EndpointRoute, Replica
 from tests.conftest import actor_for
 from tests.gateway.fake_engine import FakeEngine
 from tests.gateway.process import start_gateway, stop_gateway
+from tests.serving.nodes import add_node
 
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)  # prices the tests set are in force for all their usage
 
@@ -67,14 +68,7 @@ def stack(org, team, other_team, transactional_db):
     engines: list[FakeEngine] = []
     admin = actor_for(org["admin"])
     pool = ComputePool.objects.create(name="cpu", kind=PoolKind.CPU)
-    node = Node.objects.create(
-        name="n1",
-        pool=pool,
-        address="127.0.0.1",
-        cpu_cores=2,
-        memory_bytes=2**34,
-        heartbeat_at=timezone.now(),
-    )
+    node = add_node(pool, "n1", memory_bytes=2**34)
     artifact = Artifact.objects.create(
         id="a" * 64, store_uri="file:///x", size_bytes=1, file_count=0, files=[]
     )
@@ -134,6 +128,16 @@ def stack(org, team, other_team, transactional_db):
     yield {"deployment": deployment, "endpoint": endpoint, "key": key, "node": node}
     for engine in engines:
         engine.stop()
+
+
+def chat(base: str, secret: str, model: str, *, max_tokens: int = 10) -> httpx.Response:
+    """A one-word chat completion of ``model`` through the gateway at ``base``, with API key ``secret``."""
+    return httpx.post(
+        f"{base}/v1/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": max_tokens},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=20,
+    )
 
 
 def wait_for_model(base: str, secret: str, name: str, timeout: float = 10) -> None:

@@ -27,25 +27,11 @@ from serving.gateway.routing import EndpointInfo, Route, Snapshot, build_snapsho
 from serving.services import deployments
 from tests.conftest import actor_for
 from tests.gateway.conftest import wait_for_model
+from tests.gateway.key_records import key_record
 
 
 def record(team_id: int, department_id: int) -> KeyRecord:
-    return KeyRecord(
-        pk=1,
-        key_id=uuid.uuid4().hex[:12],
-        secret_hash="",
-        team_id=team_id,
-        team=f"team-{team_id}",
-        department_id=department_id,
-        scopes=frozenset(),
-        networks=(),
-        rpm_limit=None,
-        tpm_limit=None,
-        monthly_token_budget=None,
-        monthly_budget_micros=None,
-        expires_at=None,
-        revoked=False,
-    )
+    return key_record(team_id=team_id, team=f"team-{team_id}", department_id=department_id)
 
 
 def ids() -> tuple[int, int]:

@@ -13,19 +13,9 @@ from serving.gateway import keystate
 from serving.gateway import services as key_services
 from serving.gateway.models import ApiKey
 from tests.conftest import actor_for
-from tests.gateway.conftest import wait_for_model
+from tests.gateway.conftest import chat, wait_for_model
 
 pytestmark = pytest.mark.django_db(transaction=True)
-BODY = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
-
-
-def chat(base: str, secret: str, model: str) -> httpx.Response:
-    return httpx.post(
-        f"{base}/v1/chat/completions",
-        json={**BODY, "model": model},
-        headers={"Authorization": f"Bearer {secret}"},
-        timeout=20,
-    )
 
 
 def models(base: str, secret: str) -> httpx.Response:

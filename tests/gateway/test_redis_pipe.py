@@ -19,8 +19,8 @@ from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from serving.gateway import redis_pipe
-from serving.gateway.keycache import KeyRecord
 from serving.gateway.limits import Limiter
+from tests.gateway.key_records import key_record
 
 
 def run(coroutine):
@@ -171,22 +171,7 @@ def test_password_and_database_in_the_url_are_used(password_redis):
 
 
 def test_the_limiter_loads_its_script_again_after_a_script_flush():
-    record = KeyRecord(
-        pk=1,
-        key_id=uuid.uuid4().hex[:12],
-        secret_hash="",
-        team_id=1,
-        team="t",
-        department_id=1,
-        scopes=frozenset(),
-        networks=(),
-        rpm_limit=2,
-        tpm_limit=None,
-        monthly_token_budget=None,
-        monthly_budget_micros=None,
-        expires_at=None,
-        revoked=False,
-    )
+    record = key_record(rpm_limit=2)
 
     async def main():
         pipe = redis_pipe.connect(settings.REDIS_URL)

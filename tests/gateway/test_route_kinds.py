@@ -8,25 +8,10 @@ import pytest
 
 from serving.gateway import access, audio, intake
 from serving.gateway.errors import GatewayError
-from serving.gateway.keycache import KeyRecord
 from serving.gateway.routing import SERVES, EndpointInfo, Snapshot, price_micros
+from tests.gateway.key_records import key_record
 
-KEY = KeyRecord(
-    pk=1,
-    key_id="k",
-    secret_hash="",
-    team_id=1,
-    team="t",
-    department_id=1,
-    scopes=frozenset(),
-    networks=(),
-    rpm_limit=None,
-    tpm_limit=None,
-    monthly_token_budget=None,
-    monthly_budget_micros=None,
-    expires_at=None,
-    revoked=False,
-)
+KEY = key_record(key_id="k")
 
 
 def endpoint(name: str, serves: str = "text", fallback: str | None = None, **extra) -> EndpointInfo:

@@ -15,19 +15,9 @@ from serving.gateway import usage
 from serving.gateway.models import UsageEvent
 from serving.models import Replica
 from tests.conftest import actor_for
-from tests.gateway.conftest import wait_for_model
+from tests.gateway.conftest import chat, wait_for_model
 
 pytestmark = pytest.mark.django_db(transaction=True)
-BODY = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 10}
-
-
-def chat(base: str, secret: str, model: str) -> httpx.Response:
-    return httpx.post(
-        f"{base}/v1/chat/completions",
-        json={**BODY, "model": model},
-        headers={"Authorization": f"Bearer {secret}"},
-        timeout=20,
-    )
 
 
 def listed(base: str, secret: str) -> dict[str, str]:

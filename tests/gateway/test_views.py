@@ -37,15 +37,6 @@ def _no_gateway_processes(monkeypatch):
 
 
 @pytest.fixture
-def signed_in(client):
-    def sign_in(user):
-        client.force_login(user)
-        return client
-
-    return sign_in
-
-
-@pytest.fixture
 def endpoints(team, other_team):
     return {
         "support": Endpoint.objects.create(name="support-bot", owner_team=team),

@@ -1,4 +1,5 @@
-"""Registry fixtures: a tiny real safetensors model folder, stores on a local folder and on S3."""
+"""Registry fixtures: a tiny real safetensors model folder, stores on a local folder and on S3, an import root
+and artifact store of a test's own, imports run here as a worker runs them, and ready base versions."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from portfolio.registry import services
+from portfolio.registry.choices import Source, VersionKind, VersionStatus
+from portfolio.registry.models import Artifact, ModelVersion
 from portfolio.registry.storage import LocalStore, S3Store
+from portfolio.registry.stores import default_store
+from portfolio.registry.tasks import import_version
 
 
 def write_safetensors(path: Path, tensors: dict[str, list[int]], dtype: str = "BF16") -> None:
@@ -60,6 +66,37 @@ def make_adapter_folder(root: Path) -> Path:
     )
     write_safetensors(root / "adapter_model.safetensors", {"lora_A": [8, 8], "lora_B": [8, 8]}, dtype="F32")
     return root
+
+
+def ready_base(actor, team, name: str, artifact: Artifact, **fields) -> ModelVersion:
+    """Version 1 of a new model ``name`` of ``team``: a ready base version of ``artifact``, from a server
+    folder unless ``fields`` say otherwise."""
+    model = services.create_model(actor=actor, name=name, owner_team=team)
+    values = {"kind": VersionKind.BASE, "source": Source.LOCAL, "status": VersionStatus.READY}
+    return ModelVersion.objects.create(model=model, number=1, artifact=artifact, **(values | fields))
+
+
+def import_here(actor, model, source: str, ref: str, **options) -> ModelVersion:
+    """A version of ``model`` registered from ``ref`` and imported here, as a worker would: as it ended."""
+    version = services.start_import(
+        actor=actor, model=model, source=source, ref=ref, enqueue=False, **options
+    )
+    import_version(version.pk)
+    version.refresh_from_db()
+    return version
+
+
+@pytest.fixture
+def imports(settings, tmp_path):
+    """The import root (created) and artifact store of this test alone: the root's path."""
+    settings.IMPORT_ROOTS = [(tmp_path / "imports").resolve()]
+    settings.ARTIFACT_ROOT = tmp_path / "artifacts"
+    settings.ARTIFACT_CACHE = tmp_path / "cache"
+    settings.DATA_DIR = tmp_path / "data"
+    settings.IMPORT_ROOTS[0].mkdir()
+    default_store.cache_clear()
+    yield settings.IMPORT_ROOTS[0]
+    default_store.cache_clear()
 
 
 @pytest.fixture

@@ -13,32 +13,16 @@ from portfolio.registry.models import ModelVersion
 from portfolio.registry.stores import default_store
 from portfolio.registry.tasks import import_version
 from tests.conftest import actor_for
-from tests.registry.conftest import make_adapter_folder, make_model_folder
+from tests.registry.conftest import import_here, make_adapter_folder, make_model_folder
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def isolated_store(settings, tmp_path):
-    settings.IMPORT_ROOTS = [(tmp_path / "imports").resolve()]
-    settings.IMPORT_ROOTS[0].mkdir()
-    settings.ARTIFACT_ROOT = tmp_path / "artifacts"
-    settings.DATA_DIR = tmp_path / "data"
-    default_store.cache_clear()
-    yield
-    default_store.cache_clear()
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("imports")]
 
 
 @pytest.fixture
 def ready(org, team, settings):
     model = services.create_model(actor=actor_for(org["engineer"]), name="router", owner_team=team)
     folder = make_model_folder(settings.IMPORT_ROOTS[0] / "tiny")
-    version = services.start_import(
-        actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL, ref=str(folder), enqueue=False
-    )
-    import_version(version.pk)
-    version.refresh_from_db()
-    return version
+    return import_here(actor_for(org["engineer"]), model, Source.LOCAL, str(folder))
 
 
 def test_an_engineer_registers_a_model_and_queues_an_import(

@@ -19,10 +19,8 @@ from portfolio.registry import chat_templates, lineage, services
 from portfolio.registry.artifacts import materialize_version
 from portfolio.registry.choices import Source, VersionKind, VersionStatus
 from portfolio.registry.models import ModelVersion
-from portfolio.registry.stores import default_store
-from portfolio.registry.tasks import import_version
 from tests.conftest import actor_for
-from tests.registry.conftest import make_adapter_folder, make_model_folder
+from tests.registry.conftest import import_here, make_adapter_folder, make_model_folder
 from tests.registry.gguf_files import BOS, PROMPT, PROMPT_IDS_WITH_PREFIX, write_tiny_gguf
 
 pytestmark = pytest.mark.django_db
@@ -41,16 +39,8 @@ def conversion_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def isolated_store(settings, tmp_path, conversion_cache):
-    settings.IMPORT_ROOTS = [(tmp_path / "imports").resolve()]
-    settings.ARTIFACT_ROOT = tmp_path / "artifacts"
-    settings.ARTIFACT_CACHE = tmp_path / "cache"
-    settings.DATA_DIR = tmp_path / "data"
+def isolated_store(imports, settings, conversion_cache):
     settings.GGUF_CONVERSION_CACHE = conversion_cache
-    settings.IMPORT_ROOTS[0].mkdir()
-    default_store.cache_clear()
-    yield
-    default_store.cache_clear()
 
 
 @pytest.fixture
@@ -58,13 +48,8 @@ def model(org, team):
     return services.create_model(actor=actor_for(org["engineer"]), name="gemma-like", owner_team=team)
 
 
-def _import(org, model, source, ref, **kwargs) -> ModelVersion:
-    version = services.start_import(
-        actor=actor_for(org["engineer"]), model=model, source=source, ref=ref, enqueue=False, **kwargs
-    )
-    import_version(version.pk)
-    version.refresh_from_db()
-    return version
+def _import(org, model, source, ref, **options) -> ModelVersion:
+    return import_here(actor_for(org["engineer"]), model, source, ref, **options)
 
 
 @pytest.fixture

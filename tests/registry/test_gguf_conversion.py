@@ -130,21 +130,16 @@ def test_the_real_gemma_gguf_converts_to_a_tokenizer_that_starts_prompts_with_bo
 
 
 @pytest.mark.django_db
-def test_a_conversion_an_older_converter_cached_is_not_reused(org, team, settings, tmp_path):
+def test_a_conversion_an_older_converter_cached_is_not_reused(org, team, settings, tmp_path, imports):
     from portfolio.registry import services
     from portfolio.registry.artifacts import materialize_version
     from portfolio.registry.choices import Source, VersionStatus
     from portfolio.registry.hashing import sha256_file
-    from portfolio.registry.stores import default_store
-    from portfolio.registry.tasks import import_version
     from tests.conftest import actor_for
-    from tests.registry.conftest import make_model_folder
+    from tests.registry.conftest import import_here, make_model_folder
 
-    settings.IMPORT_ROOTS = [(tmp_path / "imports").resolve()]
-    settings.ARTIFACT_ROOT, settings.ARTIFACT_CACHE = tmp_path / "artifacts", tmp_path / "cache"
-    settings.DATA_DIR, settings.GGUF_CONVERSION_CACHE = tmp_path / "data", tmp_path / "conversions"
-    default_store.cache_clear()
-    source = write_tiny_gguf(settings.IMPORT_ROOTS[0] / "tiny.gguf", add_bos=True)
+    settings.GGUF_CONVERSION_CACHE = tmp_path / "conversions"
+    source = write_tiny_gguf(imports / "tiny.gguf", add_bos=True)
     # What the converter before the tokenizer flags left in the cache, under the key it used.
     stale = make_model_folder(settings.GGUF_CONVERSION_CACHE / sha256_file(source))
     (stale / "written-by-the-old-converter.txt").write_text("no BOS in here")
@@ -152,14 +147,7 @@ def test_a_conversion_an_older_converter_cached_is_not_reused(org, team, setting
 
     engineer = actor_for(org["engineer"])
     model = services.create_model(actor=engineer, name="tiny", owner_team=team)
-    version = services.start_import(
-        actor=engineer, model=model, source=Source.GGUF, ref=str(source), enqueue=False
-    )
-    import_version(version.pk)
-    version.refresh_from_db()
-    try:
-        assert version.status == VersionStatus.READY, version.status_detail
-        assert "written-by-the-old-converter.txt" not in {f["path"] for f in version.artifact.files}
-        assert _tokenizer(materialize_version(version))(PROMPT)["input_ids"] == [BOS, *PROMPT_IDS_WITH_PREFIX]
-    finally:
-        default_store.cache_clear()
+    version = import_here(engineer, model, Source.GGUF, str(source))
+    assert version.status == VersionStatus.READY, version.status_detail
+    assert "written-by-the-old-converter.txt" not in {f["path"] for f in version.artifact.files}
+    assert _tokenizer(materialize_version(version))(PROMPT)["input_ids"] == [BOS, *PROMPT_IDS_WITH_PREFIX]

@@ -14,24 +14,11 @@ from portfolio.errors import Forbidden, Invalid
 from portfolio.registry import services
 from portfolio.registry.choices import Source, VersionKind, VersionStatus, Visibility
 from portfolio.registry.models import Artifact, ModelVersion
-from portfolio.registry.stores import default_store
-from portfolio.registry.tasks import import_version, reap_stale_imports
+from portfolio.registry.tasks import reap_stale_imports
 from tests.conftest import actor_for
-from tests.registry.conftest import make_adapter_folder, make_model_folder
+from tests.registry.conftest import import_here, make_adapter_folder, make_model_folder
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def isolated_store(settings, tmp_path):
-    settings.IMPORT_ROOTS = [(tmp_path / "imports").resolve()]
-    settings.ARTIFACT_ROOT = tmp_path / "artifacts"
-    settings.ARTIFACT_CACHE = tmp_path / "cache"
-    settings.DATA_DIR = tmp_path / "data"
-    settings.IMPORT_ROOTS[0].mkdir()
-    default_store.cache_clear()
-    yield
-    default_store.cache_clear()
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("imports")]
 
 
 @pytest.fixture
@@ -39,13 +26,8 @@ def model(org, team):
     return services.create_model(actor=actor_for(org["engineer"]), name="ticket-router", owner_team=team)
 
 
-def _import(org, model, source, ref, **kwargs) -> ModelVersion:
-    version = services.start_import(
-        actor=actor_for(org["engineer"]), model=model, source=source, ref=ref, enqueue=False, **kwargs
-    )
-    import_version(version.pk)
-    version.refresh_from_db()
-    return version
+def _import(org, model, source, ref, **options) -> ModelVersion:
+    return import_here(actor_for(org["engineer"]), model, source, ref, **options)
 
 
 def test_a_server_folder_imports_as_a_ready_version_with_its_facts(org, model, settings):

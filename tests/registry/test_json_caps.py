@@ -18,10 +18,8 @@ from portfolio.registry import jsonfiles, safety, services
 from portfolio.registry.choices import Source, VersionStatus
 from portfolio.registry.jsonfiles import MAX_JSON_BYTES, MAX_VOCABULARY_BYTES, FileTooLarge, read_json
 from portfolio.registry.models import Artifact, Model, ModelVersion
-from portfolio.registry.stores import default_store
-from portfolio.registry.tasks import import_version
 from tests.conftest import actor_for
-from tests.registry.conftest import make_adapter_folder, make_model_folder
+from tests.registry.conftest import import_here, make_adapter_folder, make_model_folder
 
 
 def sparse(path: Path, size: int) -> Path:
@@ -71,29 +69,12 @@ def test_every_file_transformers_reads_whole_is_checked_against_its_cap(tmp_path
 
 # --- Imports ----------------------------------------------------------------------------------------------
 @pytest.fixture
-def imports(settings, tmp_path):
-    settings.IMPORT_ROOTS = [(tmp_path / "imports").resolve()]
-    settings.ARTIFACT_ROOT = tmp_path / "artifacts"
-    settings.ARTIFACT_CACHE = tmp_path / "cache"
-    settings.DATA_DIR = tmp_path / "data"
-    settings.IMPORT_ROOTS[0].mkdir()
-    default_store.cache_clear()
-    yield settings.IMPORT_ROOTS[0]
-    default_store.cache_clear()
-
-
-@pytest.fixture
 def model(db, org, team, imports):
     return services.create_model(actor=actor_for(org["engineer"]), name="ticket-router", owner_team=team)
 
 
-def run_import(org, model, source, ref, **kwargs) -> ModelVersion:
-    version = services.start_import(
-        actor=actor_for(org["engineer"]), model=model, source=source, ref=ref, enqueue=False, **kwargs
-    )
-    import_version(version.pk)
-    version.refresh_from_db()
-    return version
+def run_import(org, model, source, ref, **options) -> ModelVersion:
+    return import_here(actor_for(org["engineer"]), model, source, ref, **options)
 
 
 @pytest.mark.parametrize(

@@ -17,25 +17,12 @@ from portfolio.envparse import database_url
 from portfolio.registry import services
 from portfolio.registry.choices import Source, VersionKind, VersionStatus
 from portfolio.registry.models import ModelVersion
-from portfolio.registry.stores import default_store
 from portfolio.registry.tasks import import_version
 from tests.celery_worker import VISIBILITY_TIMEOUT, deliveries, start_worker, stop_worker, wait_for
 from tests.conftest import actor_for
 from tests.registry.conftest import make_adapter_folder, make_model_folder
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def isolated_store(settings, tmp_path):
-    settings.IMPORT_ROOTS = [(tmp_path / "imports").resolve()]
-    settings.ARTIFACT_ROOT = tmp_path / "artifacts"
-    settings.ARTIFACT_CACHE = tmp_path / "cache"
-    settings.DATA_DIR = tmp_path / "data"
-    settings.IMPORT_ROOTS[0].mkdir()
-    default_store.cache_clear()
-    yield
-    default_store.cache_clear()
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("imports")]
 
 
 def importing_runs(version_id: int) -> int:

@@ -11,11 +11,10 @@ from django.conf import settings
 from django.utils import timezone
 
 from portfolio.billing.models import StorageDay
-from portfolio.registry import services as registry
-from portfolio.registry.choices import Source, VersionKind, VersionStatus
 from portfolio.registry.models import Artifact, ModelVersion
 from portfolio.registry.tasks import meter_storage
 from tests.conftest import actor_for
+from tests.registry.conftest import ready_base
 
 pytestmark = pytest.mark.django_db
 EARLIER = timezone.now() - timedelta(days=30)
@@ -28,16 +27,7 @@ def _artifact(letter: str, size: int) -> Artifact:
 
 
 def _version(org, team, name: str, artifact: Artifact, *, created_at=None) -> ModelVersion:
-    model = registry.create_model(actor=actor_for(org["admin"]), name=name, owner_team=team)
-    return ModelVersion.objects.create(
-        model=model,
-        number=1,
-        kind=VersionKind.BASE,
-        source=Source.LOCAL,
-        artifact=artifact,
-        status=VersionStatus.READY,
-        created_at=created_at or timezone.now(),
-    )
+    return ready_base(actor_for(org["admin"]), team, name, artifact, created_at=created_at or timezone.now())
 
 
 def _stored() -> dict:

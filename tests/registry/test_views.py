@@ -19,40 +19,15 @@ from portfolio.registry.stores import default_store
 from portfolio.registry.tasks import import_version
 from portfolio.templatetags.formatting import human_count
 from tests.conftest import actor_for
-from tests.registry.conftest import make_adapter_folder, make_model_folder
+from tests.registry.conftest import import_here, make_adapter_folder, make_model_folder
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("imports")]
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
 
 
-@pytest.fixture(autouse=True)
-def isolated_store(settings, tmp_path):
-    settings.IMPORT_ROOTS = [(tmp_path / "imports").resolve()]
-    settings.IMPORT_ROOTS[0].mkdir()
-    settings.ARTIFACT_ROOT = tmp_path / "artifacts"
-    settings.DATA_DIR = tmp_path / "data"
-    default_store.cache_clear()
-    yield
-    default_store.cache_clear()
-
-
-@pytest.fixture
-def signed_in(client):
-    def sign_in(user):
-        client.force_login(user)
-        return client
-
-    return sign_in
-
-
 def _import(actor, model, folder) -> ModelVersion:
-    version = services.start_import(
-        actor=actor, model=model, source=Source.LOCAL, ref=str(folder), enqueue=False
-    )
-    import_version(version.pk)
-    version.refresh_from_db()
-    return version
+    return import_here(actor, model, Source.LOCAL, str(folder))
 
 
 @pytest.fixture

@@ -9,18 +9,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.utils import timezone
 
 from portfolio.audit.models import AuditEvent
 from portfolio.registry import services as registry
 from portfolio.registry.choices import Source, VersionKind, VersionStatus, Visibility
 from portfolio.registry.models import Artifact, ModelVersion
 from serving import agent, engine_args, processes, services
-from serving.choices import DesiredState, NodeState, PoolKind, ReplicaState
-from serving.models import ComputePool, Deployment, Node, Replica
+from serving.choices import DesiredState, PoolKind, ReplicaState
+from serving.models import ComputePool, Deployment, Replica
 from tests.conftest import actor_for
+from tests.registry.conftest import ready_base
+from tests.serving.nodes import add_node
 
-GIB = 1024**3
 SMOLLM2_SHAPE = {
     "num_hidden_layers": 30,
     "num_attention_heads": 9,
@@ -45,18 +45,6 @@ def pool(admin):
     return services.create_pool(actor=admin, name="cpu-pool", kind=PoolKind.CPU)
 
 
-def add_node(pool, name: str, *, memory_bytes: int = 24 * GIB) -> Node:
-    return Node.objects.create(
-        name=name,
-        pool=pool,
-        cpu_cores=2,
-        memory_bytes=memory_bytes,
-        state=NodeState.READY,
-        heartbeat_at=timezone.now(),
-        address="127.0.0.1",
-    )
-
-
 @pytest.fixture
 def node(pool):
     return add_node(pool, "cpu-01")
@@ -71,14 +59,11 @@ def artifact():
 
 @pytest.fixture
 def base_version(org, team, artifact):
-    model = registry.create_model(actor=actor_for(org["engineer"]), name="smollm2-135m", owner_team=team)
-    return ModelVersion.objects.create(
-        model=model,
-        number=1,
-        kind=VersionKind.BASE,
-        source=Source.LOCAL,
-        artifact=artifact,
-        status=VersionStatus.READY,
+    return ready_base(
+        actor_for(org["engineer"]),
+        team,
+        "smollm2-135m",
+        artifact,
         parameter_count=134_515_008,
         shape=SMOLLM2_SHAPE,
         dtype="bfloat16",
@@ -161,15 +146,7 @@ def engines(settings, tmp_path, monkeypatch):
 @pytest.fixture
 def replica(org, team):
     pool = ComputePool.objects.create(name="cpu-pool", kind=PoolKind.CPU)
-    node = Node.objects.create(
-        name="keys-node",
-        pool=pool,
-        address="127.0.0.1",
-        cpu_cores=2,
-        memory_bytes=2**34,
-        state=NodeState.READY,
-        heartbeat_at=timezone.now(),
-    )
+    node = add_node(pool, "keys-node", memory_bytes=2**34)
     model = registry.create_model(actor=actor_for(org["engineer"]), name="smollm2", owner_team=team)
     artifact = Artifact.objects.create(
         id="a" * 64, store_uri="file:///x", size_bytes=1, file_count=1, files=[]

@@ -11,7 +11,8 @@ from serving import services
 from serving.choices import PoolKind
 from serving.models import Endpoint
 from tests.conftest import actor_for
-from tests.serving.views.conftest import add_node, add_replica, make_version
+from tests.serving.nodes import add_node
+from tests.serving.views.conftest import add_replica, make_version
 
 pytestmark = pytest.mark.django_db
 

@@ -10,7 +10,8 @@ import pytest
 from serving import agent, capacity, engine_args, processes, reconcile, services
 from serving.choices import DesiredState, PoolKind, ReplicaState
 from serving.models import Replica
-from tests.serving.conftest import GIB, live
+from tests.serving.conftest import live
+from tests.serving.nodes import GIB
 
 pytestmark = pytest.mark.django_db
 

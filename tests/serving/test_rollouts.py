@@ -17,7 +17,8 @@ from serving.choices import PoolKind, RolloutState
 from serving.gateway.models import UsageEvent
 from serving.models import Endpoint, EndpointRoute, Rollout
 from tests.conftest import actor_for
-from tests.serving.views.conftest import add_node, add_replica, make_version
+from tests.serving.nodes import add_node
+from tests.serving.views.conftest import add_replica, make_version
 
 pytestmark = pytest.mark.django_db
 

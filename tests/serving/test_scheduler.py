@@ -19,15 +19,9 @@ from serving.scheduler import (
     estimate,
     place,
 )
+from tests.serving.conftest import SMOLLM2_SHAPE
 
 SMOLLM2 = 134_515_008
-SMOLLM2_SHAPE = {
-    "num_hidden_layers": 30,
-    "num_attention_heads": 9,
-    "num_key_value_heads": 3,
-    "hidden_size": 576,
-    "head_dim": 64,
-}
 LLAMA3_8B = 8_030_261_248
 LLAMA3_8B_SHAPE = {
     "num_hidden_layers": 32,

@@ -14,13 +14,8 @@ from serving import reconcile, services
 from serving.choices import DeploymentStatus, NodeState, PoolKind
 from serving.models import Deployment, Node, Replica
 from tests.conftest import actor_for
-from tests.serving.conftest import (
-    GIB,
-    add_node,
-    audited,
-    deploy,
-    make_adapter,
-)
+from tests.serving.conftest import audited, deploy, make_adapter
+from tests.serving.nodes import GIB, add_node
 
 pytestmark = pytest.mark.django_db
 

@@ -6,50 +6,27 @@ from __future__ import annotations
 import pytest
 
 from portfolio.errors import Invalid
-from portfolio.registry import services as registry
-from portfolio.registry.choices import Source, VersionKind, VersionStatus, Visibility
-from portfolio.registry.models import ModelVersion
+from portfolio.registry.choices import Visibility
 from serving import services
 from serving.choices import PoolKind
 from serving.models import Deployment
 from tests.conftest import actor_for
-from tests.serving.conftest import (
-    SMOLLM2_SHAPE,
-    add_node,
-    audited,
-    deploy,
-    make_adapter,
-    share_with_everyone,
-)
+from tests.registry.conftest import ready_base
+from tests.serving.conftest import SMOLLM2_SHAPE, audited, deploy, make_adapter, share_with_everyone
+from tests.serving.nodes import add_node
 
 pytestmark = pytest.mark.django_db
 
 
 # --- Isolation: what a team's deployment and endpoint may use, whoever acts ------------------------
 @pytest.fixture
-def member_of_both(make_user, team, other_team):
-    """An engineer of both teams: sees the other team's private models and pools, which its team may not use."""
-    from portfolio.accounts.models import Membership
-
-    user = make_user("both")
-    Membership.objects.create(user=user, team=team, role="engineer")
-    Membership.objects.create(user=user, team=other_team, role="engineer")
-    return actor_for(user)
-
-
-@pytest.fixture
 def their_version(org, other_team, artifact):
     """A ready base version of the other team's own (team-visible) model."""
-    model = registry.create_model(
-        actor=actor_for(org["outsider"]), name="contracts-base", owner_team=other_team
-    )
-    return ModelVersion.objects.create(
-        model=model,
-        number=1,
-        kind=VersionKind.BASE,
-        source=Source.LOCAL,
-        artifact=artifact,
-        status=VersionStatus.READY,
+    return ready_base(
+        actor_for(org["outsider"]),
+        other_team,
+        "contracts-base",
+        artifact,
         parameter_count=134_515_008,
         shape=SMOLLM2_SHAPE,
     )

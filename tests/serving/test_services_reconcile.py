@@ -12,13 +12,8 @@ from portfolio.errors import Conflict, Forbidden
 from serving import engine_args, reconcile, scheduler, services
 from serving.choices import DeploymentStatus, DesiredState, NodeState, PoolKind, ReplicaState
 from serving.models import DeploymentEvent, Node, Replica
-from tests.serving.conftest import (
-    SMOLLM2_SHAPE,
-    add_node,
-    audited,
-    live,
-    mark_ready,
-)
+from tests.serving.conftest import SMOLLM2_SHAPE, audited, live, mark_ready
+from tests.serving.nodes import add_node
 
 pytestmark = pytest.mark.django_db
 

@@ -14,14 +14,15 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from portfolio.registry import services as registry
-from portfolio.registry.choices import Health, Source, VersionKind, VersionStatus
+from portfolio.registry.choices import Source, VersionKind, VersionStatus
 from portfolio.registry.models import Artifact, ModelVersion
 from portfolio.registry.storage import store_directory
 from portfolio.registry.stores import default_store
 from serving.choices import PoolKind
-from serving.models import ComputePool, Node
+from serving.models import ComputePool
 from tests.conftest import actor_for
+from tests.registry.conftest import ready_base
+from tests.serving.nodes import add_node
 from training import finetune, ingest, services, tasks
 from training.choices import DatasetKind, JobStatus
 from training.models import DatasetIngest, FineTuneJob
@@ -111,27 +112,21 @@ def smollm2_tokenizer_dir(tmp_path_factory) -> Path:
     return folder
 
 
+def stored(folder: Path) -> Artifact:
+    """The files of ``folder`` in the artifact store, as an artifact whose checksums were just checked."""
+    manifest = store_directory(default_store(), folder)
+    return Artifact.objects.record(manifest, default_store().uri(manifest.artifact_id))
+
+
 @pytest.fixture
 def smollm2(smollm2_tokenizer_dir, engineer, team) -> ModelVersion:
     """A ready base version holding only the tokenizer, with a short context length (48) to flag rows."""
-    manifest = store_directory(default_store(), smollm2_tokenizer_dir)
-    artifact = Artifact.objects.create(
-        id=manifest.artifact_id,
-        store_uri=default_store().uri(manifest.artifact_id),
-        size_bytes=manifest.total_size,
-        file_count=len(manifest.files),
-        files=[{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
-        health=Health.OK,
-        verified_at=timezone.now(),
-    )
-    model = registry.create_model(actor=engineer, name="smollm2-135m-instruct", owner_team=team)
-    return ModelVersion.objects.create(
-        model=model,
-        number=1,
-        kind=VersionKind.BASE,
+    return ready_base(
+        engineer,
+        team,
+        "smollm2-135m-instruct",
+        stored(smollm2_tokenizer_dir),
         source=Source.GGUF,
-        artifact=artifact,
-        status=VersionStatus.READY,
         context_length=48,
         has_chat_template=True,
     )
@@ -148,15 +143,7 @@ def base(engineer, team) -> ModelVersion:
         file_count=1,
         files=[{"path": "config.json", "size": 10, "sha256": "0" * 64}],
     )
-    model = registry.create_model(actor=engineer, name="smol-base", owner_team=team)
-    return ModelVersion.objects.create(
-        model=model,
-        number=1,
-        kind=VersionKind.BASE,
-        source=Source.HUB,
-        artifact=artifact,
-        status=VersionStatus.READY,
-    )
+    return ready_base(engineer, team, "smol-base", artifact, source=Source.HUB)
 
 
 @pytest.fixture
@@ -168,14 +155,7 @@ def dataset_version(engineer, chat_set):
 @pytest.fixture
 def cpu_pool(db) -> ComputePool:
     pool = ComputePool.objects.create(name="cpu", kind=PoolKind.CPU)
-    Node.objects.create(
-        name="node-a",
-        pool=pool,
-        address="127.0.0.1",
-        cpu_cores=4,
-        memory_bytes=2**34,
-        heartbeat_at=timezone.now(),
-    )
+    add_node(pool, "node-a", memory_bytes=2**34, cores=4)
     return pool
 
 
@@ -200,3 +180,17 @@ def make_job(team, base, dataset_version, cpu_pool):
         return FineTuneJob.objects.create(**(values | fields))
 
     return make
+
+
+@pytest.fixture
+def finished_job(make_job, base) -> FineTuneJob:
+    """A succeeded job whose output is a ready adapter: version 2 of its base's model."""
+    tuned = ModelVersion.objects.create(
+        model=base.model,
+        number=2,
+        kind=VersionKind.ADAPTER,
+        base_version=base,
+        source=Source.FINE_TUNE,
+        status=VersionStatus.READY,
+    )
+    return make_job(status=JobStatus.SUCCEEDED, output_version=tuned, finished_at=timezone.now())

@@ -9,9 +9,6 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from portfolio.registry.choices import Source, VersionKind, VersionStatus
-from portfolio.registry.models import ModelVersion
-from training.choices import JobStatus
 from training.models import EvalRun
 
 pytestmark = pytest.mark.django_db
@@ -33,17 +30,9 @@ NOT_DEPLOYED = {"deployed": False, "note": "smol-base:v2 was not deployed (no re
 
 
 @pytest.fixture
-def evaluated(make_job, base, dataset_version):
+def evaluated(finished_job, base, dataset_version):
     """A finished job whose base was timed on a replica and whose result was not deployed."""
-    tuned = ModelVersion.objects.create(
-        model=base.model,
-        number=2,
-        kind=VersionKind.ADAPTER,
-        base_version=base,
-        source=Source.FINE_TUNE,
-        status=VersionStatus.READY,
-    )
-    job = make_job(status=JobStatus.SUCCEEDED, output_version=tuned, finished_at=timezone.now())
+    job, tuned = finished_job, finished_job.output_version
     for version, accuracy, serving in ((base, 0.25, MEASURED), (tuned, 0.9, NOT_DEPLOYED)):
         EvalRun.objects.create(
             version=version,

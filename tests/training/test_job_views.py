@@ -13,8 +13,6 @@ from django.urls import reverse
 from django.utils import timezone
 
 from portfolio.audit.models import AuditEvent
-from portfolio.registry.choices import Source, VersionKind, VersionStatus
-from portfolio.registry.models import ModelVersion
 from training import finetune
 from training.choices import JobStatus, Method
 from training.models import EvalRun, FineTuneJob
@@ -190,16 +188,8 @@ def test_an_outsider_does_not_find_a_job(client, org, running_job):
     assert f"#{running_job.pk}" not in client.get(reverse("job-list")).content.decode()
 
 
-def test_the_produced_version_links_to_the_registry(client, org, engineer, make_job, base):
-    tuned = ModelVersion.objects.create(
-        model=base.model,
-        number=2,
-        kind=VersionKind.ADAPTER,
-        base_version=base,
-        source=Source.FINE_TUNE,
-        status=VersionStatus.READY,
-    )
-    job = make_job(status=JobStatus.SUCCEEDED, output_version=tuned, finished_at=timezone.now())
+def test_the_produced_version_links_to_the_registry(client, org, finished_job):
+    job = finished_job
     client.force_login(org["viewer"])
     html = client.get(job_url(job)).content.decode()
     assert f'href="{reverse("version-detail", kwargs={"name": "smol-base", "number": 2})}"' in html
@@ -232,17 +222,9 @@ def test_cancelling_a_queued_job_ends_it_at_once_and_a_viewer_may_not(client, or
 
 # --- Eval results ----------------------------------------------------------------------------------
 def test_eval_results_show_base_and_tuned_accuracy_side_by_side_with_the_change(
-    client, org, make_job, base, dataset_version
+    client, org, make_job, base, dataset_version, finished_job
 ):
-    tuned = ModelVersion.objects.create(
-        model=base.model,
-        number=2,
-        kind=VersionKind.ADAPTER,
-        base_version=base,
-        source=Source.FINE_TUNE,
-        status=VersionStatus.READY,
-    )
-    job = make_job(status=JobStatus.SUCCEEDED, output_version=tuned, finished_at=timezone.now())
+    job, tuned = finished_job, finished_job.output_version
     # The base was scored by an earlier job on the same dataset version: its run is reused.
     earlier = make_job(status=JobStatus.SUCCEEDED, finished_at=timezone.now())
     EvalRun.objects.create(

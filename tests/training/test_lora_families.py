@@ -42,7 +42,7 @@ def adapted(out) -> set[str]:
 def test_a_mixture_of_experts_trains_adapters_on_its_attention_and_its_experts(
     smollm2_tokenizer_dir, tmp_path
 ):
-    base = tiny_model(smollm2_tokenizer_dir, tmp_path / "moe", tiny_configs.qwen3_moe(49152))
+    base = tiny_model(smollm2_tokenizer_dir, tmp_path / "moe", tiny_configs.config("qwen3_moe", 49152))
     architecture = Architecture.read(base)
     assert architecture.family == "moe"
     hp = Hyperparameters(
@@ -72,7 +72,7 @@ def test_a_mixture_of_experts_trains_adapters_on_its_attention_and_its_experts(
 
 
 def test_a_mamba_model_trains_adapters_on_its_state_space_projections(smollm2_tokenizer_dir, tmp_path):
-    base = tiny_model(smollm2_tokenizer_dir, tmp_path / "mamba", tiny_configs.mamba(49152))
+    base = tiny_model(smollm2_tokenizer_dir, tmp_path / "mamba", tiny_configs.config("mamba", 49152))
     hp = Hyperparameters(
         epochs=2, learning_rate=1e-2, checkpoint_every=0, early_stopping_patience=0
     ).resolved(8, Architecture.read(base))
@@ -84,7 +84,7 @@ def test_a_mamba_model_trains_adapters_on_its_state_space_projections(smollm2_to
 
 
 def test_a_hybrid_trains_adapters_on_its_attention_and_its_mamba_layers(smollm2_tokenizer_dir, tmp_path):
-    base = tiny_model(smollm2_tokenizer_dir, tmp_path / "hybrid", tiny_configs.falcon_h1(49152))
+    base = tiny_model(smollm2_tokenizer_dir, tmp_path / "hybrid", tiny_configs.config("falcon_h1", 49152))
     hp = Hyperparameters(
         epochs=2, learning_rate=1e-2, checkpoint_every=0, early_stopping_patience=0
     ).resolved(8, Architecture.read(base))
@@ -98,7 +98,7 @@ def test_a_hybrid_trains_adapters_on_its_attention_and_its_mamba_layers(smollm2_
 
 
 def test_a_vision_language_model_trains_adapters_on_its_language_model_only(smollm2_tokenizer_dir, tmp_path):
-    base = tiny_model(smollm2_tokenizer_dir, tmp_path / "vlm", tiny_configs.gemma3_vision(49152))
+    base = tiny_model(smollm2_tokenizer_dir, tmp_path / "vlm", tiny_configs.config("gemma3", 49152))
     hp = Hyperparameters(
         epochs=1, learning_rate=1e-2, checkpoint_every=0, early_stopping_patience=0, lora_targets="attention"
     ).resolved(8, Architecture.read(base))

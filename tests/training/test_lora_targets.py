@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import pytest
 from django.urls import reverse
-from django.utils import timezone
 
 from portfolio.errors import Invalid
-from portfolio.registry import services as registry
-from portfolio.registry.choices import Health, Source, VersionKind, VersionStatus
-from portfolio.registry.models import Artifact, ModelVersion
-from portfolio.registry.storage import store_directory
-from portfolio.registry.stores import default_store
+from portfolio.registry.choices import Source
+from portfolio.registry.models import ModelVersion
+from tests.registry.conftest import ready_base
 from tests.training import tiny_configs
+from tests.training.conftest import stored
 from training import finetune
 from training.defaults import Architecture, Hyperparameters, architecture_of, target_modules_for
 from training.lora_targets import MAX_LISTED, listed
@@ -46,7 +44,7 @@ FAMILIES = [
     ),
     ("falcon_h1", "hybrid", [*ATTENTION, "in_proj"], ["attention", "attention+mlp", "attention+state"]),
     (
-        "granite4",
+        "granitemoehybrid",
         "hybrid",
         [*ATTENTION, "in_proj"],
         ["attention", "attention+mlp", "attention+experts", "attention+state"],
@@ -57,7 +55,7 @@ FAMILIES = [
         ["q_proj", "k_proj", "v_proj", "self_attn.out_proj", "in_proj", "conv.out_proj"],
         ["attention", "attention+mlp", "attention+state"],
     ),
-    ("gemma3_vision", "vision-language", ATTENTION + MLP, ["attention", "attention+mlp"]),
+    ("gemma3", "vision-language", ATTENTION + MLP, ["attention", "attention+mlp"]),
     ("llava", "vision-language", ATTENTION + MLP, ["attention", "attention+mlp"]),
     (
         "whisper",
@@ -70,7 +68,7 @@ FAMILIES = [
 
 @pytest.mark.parametrize(("config", "family", "default", "choices"), FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_each_family_gets_its_own_default_targets_and_choices(config, family, default, choices, tmp_path):
-    architecture = read(getattr(tiny_configs, config)(), tmp_path)
+    architecture = read(tiny_configs.config(config), tmp_path)
     assert architecture.family == family
     assert Hyperparameters().resolved(60, architecture).target_modules == default
     assert architecture.choices() == choices
@@ -78,7 +76,7 @@ def test_each_family_gets_its_own_default_targets_and_choices(config, family, de
 
 
 def test_a_mixture_of_experts_adapts_its_experts_only_when_asked(tmp_path):
-    architecture = read(tiny_configs.qwen3_moe(), tmp_path)
+    architecture = read(tiny_configs.config("qwen3_moe"), tmp_path)
     assert target_modules_for(architecture, 5_000) == ATTENTION  # many rows: still attention only
     assert target_modules_for(architecture, 60, "attention+experts") == ATTENTION + EXPERTS
     # Its experts are fused 3-D weights, no linear layers: named with their module.
@@ -86,25 +84,25 @@ def test_a_mixture_of_experts_adapts_its_experts_only_when_asked(tmp_path):
 
 
 def test_a_shared_expert_is_the_dense_mlp_of_a_mixture_of_experts(tmp_path):
-    architecture = read(tiny_configs.qwen2_moe(), tmp_path)
+    architecture = read(tiny_configs.config("qwen2_moe"), tmp_path)
     assert target_modules_for(architecture, 60, "attention+mlp") == ATTENTION + MLP
     assert architecture.grouped()["router"] == ("shared_expert_gate",)  # never chosen
 
 
 def test_a_hybrid_may_adapt_its_attention_only_or_its_experts(tmp_path):
-    architecture = read(tiny_configs.jamba(), tmp_path)
+    architecture = read(tiny_configs.config("jamba"), tmp_path)
     assert target_modules_for(architecture, 60, "attention") == ATTENTION
     assert target_modules_for(architecture, 60, "attention+experts") == ATTENTION + EXPERTS
 
 
 def test_a_mamba_mixers_output_projection_is_not_offered(tmp_path):
     # The Mamba kernels read out_proj's weight directly, and peft refuses it on Mamba models.
-    architecture = read(tiny_configs.mamba(), tmp_path)
+    architecture = read(tiny_configs.config("mamba"), tmp_path)
     assert architecture.unknown(["out_proj", "in_proj"]) == ["out_proj"]
 
 
 def test_a_vision_language_model_offers_its_language_model_not_its_vision_tower(tmp_path):
-    architecture = read(tiny_configs.gemma3_vision(), tmp_path)
+    architecture = read(tiny_configs.config("gemma3"), tmp_path)
     assert not any("vision_tower" in path or "multi_modal_projector" in path for path in architecture.paths)
     assert any(path.startswith("model.language_model.") for path in architecture.paths)
     # The tower's own layers (SigLIP's out_proj, fc1) are not layers LoRA may adapt here.
@@ -116,7 +114,7 @@ def test_a_vision_language_model_offers_its_language_model_not_its_vision_tower(
 
 
 def test_names_match_the_end_of_a_layers_full_name_as_peft_matches_them(tmp_path):
-    architecture = read(tiny_configs.llama(), tmp_path)
+    architecture = read(tiny_configs.config("llama"), tmp_path)
     assert (
         architecture.unknown(
             ["self_attn.q_proj", "layers.0.mlp.down_proj", "model.layers.1.self_attn.o_proj"]
@@ -132,7 +130,7 @@ def test_names_match_the_end_of_a_layers_full_name_as_peft_matches_them(tmp_path
 
 
 def test_a_config_declaring_more_layers_than_any_model_is_not_built(tmp_path):
-    config = tiny_configs.llama()
+    config = tiny_configs.config("llama")
     config.num_hidden_layers = 100_000
     config.save_pretrained(tmp_path)
     assert architecture_of(tmp_path) is None
@@ -149,35 +147,17 @@ def stored_base(engineer, team, config, tmp_path, name: str) -> ModelVersion:
     """A ready base version whose stored files are a tiny family's config.json (no weights)."""
     folder = tmp_path / name
     config.save_pretrained(folder)
-    manifest = store_directory(default_store(), folder)
-    artifact = Artifact.objects.create(
-        id=manifest.artifact_id,
-        store_uri=default_store().uri(manifest.artifact_id),
-        size_bytes=manifest.total_size,
-        file_count=len(manifest.files),
-        files=[{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
-        health=Health.OK,
-        verified_at=timezone.now(),
-    )
-    model = registry.create_model(actor=engineer, name=name, owner_team=team)
-    return ModelVersion.objects.create(
-        model=model,
-        number=1,
-        kind=VersionKind.BASE,
-        source=Source.HUB,
-        artifact=artifact,
-        status=VersionStatus.READY,
-    )
+    return ready_base(engineer, team, name, stored(folder), source=Source.HUB)
 
 
 @pytest.fixture
 def moe_base(engineer, team, tmp_path) -> ModelVersion:
-    return stored_base(engineer, team, tiny_configs.qwen3_moe(), tmp_path, "tiny-moe")
+    return stored_base(engineer, team, tiny_configs.config("qwen3_moe"), tmp_path, "tiny-moe")
 
 
 @pytest.fixture
 def llama_base(engineer, team, tmp_path) -> ModelVersion:
-    return stored_base(engineer, team, tiny_configs.llama(), tmp_path, "tiny-llama")
+    return stored_base(engineer, team, tiny_configs.config("llama"), tmp_path, "tiny-llama")
 
 
 def start(engineer, base, dataset_version, pool, **hyperparameters) -> FineTuneJob:

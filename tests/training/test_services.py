@@ -12,6 +12,7 @@ from portfolio.audit.models import AuditEvent
 from portfolio.errors import Conflict, Forbidden, Invalid, NotFound
 from portfolio.registry.models import Artifact
 from tests.conftest import actor_for
+from tests.registry.conftest import ready_base
 from tests.training.conftest import chat, jsonl, tickets, upload
 from training import services
 from training.choices import DatasetKind
@@ -248,27 +249,10 @@ def test_a_better_scoring_candidate_is_promoted_without_ceremony(org, team):
 
 # --- Isolation: what a team's job uses is checked against the team, not only the person ------------
 @pytest.fixture
-def member_of_both(make_user, team, other_team):
-    """An engineer of both teams: sees the other team's private models and pools, which this team may not use."""
-    from portfolio.accounts.models import Membership
-
-    user = make_user("both")
-    Membership.objects.create(user=user, team=team, role="engineer")
-    Membership.objects.create(user=user, team=other_team, role="engineer")
-    return actor_for(user)
-
-
-@pytest.fixture
 def their_base(org, other_team, base):
     """A ready base version of the other team's own (team-visible) model."""
-    from portfolio.registry import services as registry
-    from portfolio.registry.models import ModelVersion
-
-    model = registry.create_model(
-        actor=actor_for(org["outsider"]), name="contracts-base", owner_team=other_team
-    )
-    return ModelVersion.objects.create(
-        model=model, number=1, kind=base.kind, source=base.source, artifact=base.artifact, status=base.status
+    return ready_base(
+        actor_for(org["outsider"]), other_team, "contracts-base", base.artifact, source=base.source
     )
 
 

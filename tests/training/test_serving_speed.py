@@ -5,14 +5,14 @@ checks the engine key and answers with OpenAI usage). Real vLLM is timed in test
 from __future__ import annotations
 
 import pytest
-from django.utils import timezone
 
 from portfolio.registry.choices import VersionKind
 from portfolio.registry.models import Artifact, Model, ModelVersion
 from serving.agent import engine_key
 from serving.choices import PoolKind, ReplicaState
-from serving.models import ComputePool, Deployment, DeploymentAdapter, Node, Replica
+from serving.models import ComputePool, Deployment, DeploymentAdapter, Replica
 from tests.gateway.fake_engine import FakeEngine
+from tests.serving.nodes import add_node
 from tests.training.conftest import tickets
 from training.serving_speed import serving_speed
 
@@ -51,14 +51,7 @@ def serving(team):
         status="ready",
     )
     pool = ComputePool.objects.create(name="cpu", kind=PoolKind.CPU)
-    node = Node.objects.create(
-        name="n1",
-        pool=pool,
-        address="127.0.0.1",
-        cpu_cores=2,
-        memory_bytes=2**34,
-        heartbeat_at=timezone.now(),
-    )
+    node = add_node(pool, "n1", memory_bytes=2**34)
     deployment = Deployment.objects.create(name="smol-dep", owner_team=team, version=base, pool=pool)
     replica = Replica.objects.create(
         deployment=deployment, node=node, generation=1, state=ReplicaState.READY, host="127.0.0.1"

@@ -1,5 +1,6 @@
-"""Fixtures of the serving pages' tests: a CPU pool with one node, a ready base version and an adapter of
-it, a deployment of the base, an endpoint routing to it; no Celery worker (reconciles are recorded)."""
+"""Fixtures of the serving pages' tests, on top of tests/serving/conftest.py's pool, node and artifact: a
+ready base version and an adapter of it, a deployment of the base, an endpoint routing to it; no Celery
+worker (reconciles are recorded)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,15 @@ from django.utils import timezone
 from portfolio.audit.models import AuditEvent
 from portfolio.registry import services as registry
 from portfolio.registry.choices import Source, VersionKind, VersionStatus
-from portfolio.registry.models import Artifact, ModelVersion
+from portfolio.registry.models import ModelVersion
 from serving import services
-from serving.choices import NodeState, PoolKind, ReplicaState
-from serving.models import Node, Replica
+from serving.choices import ReplicaState
+from serving.models import Replica
 from tests.conftest import actor_for
+from tests.serving.conftest import SMOLLM2_SHAPE
+from tests.serving.nodes import GIB
 
-GIB = 1024**3
 HTMX = {"HTTP_HX_REQUEST": "true"}
-SMOLLM2_SHAPE = {
-    "num_hidden_layers": 30,
-    "num_attention_heads": 9,
-    "num_key_value_heads": 3,
-    "hidden_size": 576,
-    "head_dim": 64,
-}
 
 
 @pytest.fixture(autouse=True)
@@ -37,55 +32,6 @@ def enqueued(monkeypatch):
     )
     monkeypatch.setattr(tasks, "poke_node", lambda name: None)
     return calls
-
-
-@pytest.fixture
-def signed_in(client):
-    def sign_in(user):
-        client.force_login(user)
-        return client
-
-    return sign_in
-
-
-@pytest.fixture
-def admin(org):
-    return actor_for(org["admin"])
-
-
-@pytest.fixture
-def owner(org):
-    return actor_for(org["owner"])
-
-
-@pytest.fixture
-def pool(admin):
-    return services.create_pool(actor=admin, name="cpu-pool", kind=PoolKind.CPU)
-
-
-def add_node(pool, name: str = "cpu-01", *, memory_bytes: int = 24 * GIB, cores: int = 2, **fields) -> Node:
-    return Node.objects.create(
-        name=name,
-        pool=pool,
-        cpu_cores=cores,
-        memory_bytes=memory_bytes,
-        state=NodeState.READY,
-        heartbeat_at=timezone.now(),
-        address="127.0.0.1",
-        **fields,
-    )
-
-
-@pytest.fixture
-def node(pool):
-    return add_node(pool)
-
-
-@pytest.fixture
-def artifact():
-    return Artifact.objects.create(
-        id="a" * 64, store_uri="file:///store/a", size_bytes=269_060_232, file_count=1, files=[]
-    )
 
 
 def make_version(model, artifact, number: int = 1, **fields) -> ModelVersion:

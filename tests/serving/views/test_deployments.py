@@ -13,7 +13,8 @@ from portfolio.registry.choices import VersionStatus
 from serving import services
 from serving.choices import DeploymentStatus, DesiredState, ReplicaState
 from serving.models import Deployment, DeploymentEvent, Replica
-from tests.serving.views.conftest import GIB, HTMX, add_node, add_replica, audited, make_version
+from tests.serving.nodes import GIB, add_node
+from tests.serving.views.conftest import HTMX, add_replica, audited, make_version
 
 pytestmark = pytest.mark.django_db
 

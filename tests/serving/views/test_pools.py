@@ -11,7 +11,8 @@ from django.urls import reverse
 from serving import services
 from serving.choices import NodeState, PoolKind
 from serving.models import ComputePool, Node
-from tests.serving.views.conftest import GIB, HTMX, add_node, add_replica, audited
+from tests.serving.nodes import GIB, add_node
+from tests.serving.views.conftest import HTMX, add_replica, audited
 
 pytestmark = pytest.mark.django_db
 
