@@ -179,3 +179,32 @@ def test_a_long_backlog_is_rolled_up_oldest_first_a_bounded_number_of_hours_per_
     assert sorted(UsageHourly.objects.values_list("hour", flat=True)) == [start, start + timedelta(hours=1)]
     assert usage.rollup() == 2 and usage.rollup() == 0
     assert UsageHourly.objects.count() == 4 and _dirty_hours() == {}
+
+
+def test_an_event_with_a_malformed_figure_is_set_aside_alone_and_a_redelivered_one_is_stored_once(org, team):
+    """Numbers are checked per entry: one bad count must not fail the whole batch's insert (it used to: the
+    batch stayed pending and was retried, and failed, for ever); an event flushed twice is one row."""
+    key, _ = key_services.create_key(actor=actor_for(org["owner"]), team=team, name="k")
+    at = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+    _stream_event(key, team, "fine-1", at)
+    _stream_event(key, team, "bad-tokens", at, **{"in": "many"})
+    _stream_event(key, team, "fine-2", at, **{"out": 7, "ttft_ms": 12, "stream": 1})
+    _stream_event(key, team, "fine-1", at)  # redelivered: the same id and time
+    assert usage.flush() == 4
+    assert usage.flush() == 0, "nothing is left pending"
+    stored = {e.event_id: e for e in UsageEvent.objects.all()}
+    assert sorted(stored) == ["fine-1", "fine-2"]
+    second = stored["fine-2"]
+    assert (second.output_tokens, second.ttft_ms, second.stream, second.cost) == (
+        7,
+        12,
+        True,
+        Decimal("0.001"),
+    )
+    assert (second.api_key_id, second.team_id, second.at) == (key.pk, team.pk, at)
+    from serving.gateway import keystate
+
+    ((_, fields),) = keystate.client().xrange(usage.DEAD_LETTERS)
+    assert b"bad-tokens" in fields[b"e"] and b"ValueError" in fields[b"unreadable"]
+    key.refresh_from_db()
+    assert key.last_used_at == at
