@@ -98,10 +98,11 @@ INCOMING = "usage_incoming"  # a temporary table of the session: a batch, copied
 def _insert(events: list[dict]) -> None:
     """A batch into the events table, skipping events already stored (a redelivery): copied into a temporary
     table (COPY: rows written by psycopg's C code) and inserted from there, as COPY itself cannot skip
-    conflicts. Django's cursor binds parameters in Python, some 40 µs an event for a batch passed as
+    conflicts. Django's cursor binds parameters in Python, about 30 µs an event for a batch passed as
     arrays, and model instances for ``bulk_create`` cost more still (benchmarks/README.md)."""
     table = UsageEvent._meta.db_table
-    columns = [f.column for f in UsageEvent._meta.concrete_fields if not f.primary_key]  # _event gives each
+    # _event gives each of them.
+    columns = [f.column for f in UsageEvent._meta.concrete_fields if f.column and not f.primary_key]
     names = ", ".join(columns)
     with connection.cursor() as cursor:
         # The names are the model's own; the values go by COPY.
