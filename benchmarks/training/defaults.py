@@ -9,11 +9,10 @@ package registry, converted as the GGUF importer converts it) is LoRA-tuned on t
 platform's own training loop (``training.lora.train``), once per seed with every hyperparameter left blank
 (``Hyperparameters.resolved`` chooses them), and once with a recipe common in LoRA tutorials for comparison
 (rank 8 on q/k/v/o, learning rate 2e-4, 3 epochs, no early stopping). Each adapter is scored on the held-out
-rows as a job scores it
-(``training.evaluation.score``: greedy decoding, float32 on the CPU).
+rows as a job scores it (``training.evaluation.score``: greedy decoding, float32 on the CPU).
 
 Everything runs in this process, without the platform's services: this measures the rule, not the job
-around it (``make bench-portfolio`` runs one such job through the platform). One seed takes 2-3 minutes on
+around it (``make bench-portfolio`` runs one such job through the platform). One seed takes 1.5-2 minutes on
 two cores. Writes ``benchmarks/results/training_defaults.json``.
 """
 
@@ -34,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 DATASET = ROOT / "training" / "demo_data" / "ticket_routing.jsonl"
-EVAL_FRACTION = 0.25  # as make bench-portfolio uploads it
+EVAL_FRACTION = 0.25  # bench-portfolio's (platform_setup.EVAL_FRACTION, which needs Django to import)
 DATA = ROOT / "benchmarks" / ".data" / "training-defaults"
 # A recipe common in LoRA tutorials (and peft's examples), for comparison: fixed whatever the data.
 COMMON_RECIPE = {
@@ -53,13 +52,15 @@ def split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     from training.validation import canonical
 
     splitter = splitting.Splitter(splitting.DEFAULT_SEED, EVAL_FRACTION)
-    for row in rows:
-        splitter.add(row.get("label", ""), canonical(row))
+    keyed = [(row.get("label", ""), canonical(row), row) for row in rows]
+    for group, key, _ in keyed:
+        splitter.add(group, key)
     splitter.finish()
-    held = [splitter.is_eval(row.get("label", ""), canonical(row)) for row in rows]
-    return [r for r, h in zip(rows, held, strict=True) if not h], [
-        r for r, h in zip(rows, held, strict=True) if h
-    ]
+    train_rows: list[dict] = []
+    held_out: list[dict] = []
+    for group, key, row in keyed:
+        (held_out if splitter.is_eval(group, key) else train_rows).append(row)
+    return train_rows, held_out
 
 
 def base_model() -> Path:

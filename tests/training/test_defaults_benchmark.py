@@ -15,17 +15,22 @@ from training import services
 pytestmark = pytest.mark.django_db
 
 
-def _rows(content: bytes) -> list[str]:
-    return sorted(
-        json.dumps(json.loads(line), sort_keys=True) for line in content.splitlines() if line.strip()
-    )
+def _canonical(rows: list[dict]) -> list[str]:
+    return sorted(json.dumps(row, sort_keys=True) for row in rows)
+
+
+def _file_rows(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_bytes().splitlines() if line.strip()]
 
 
 def test_the_benchmark_splits_the_demo_rows_as_an_upload_holding_out_a_quarter_does(engineer, chat_set):
+    from benchmarks.portfolio import platform_setup
+
+    assert bench.EVAL_FRACTION == platform_setup.EVAL_FRACTION
     content = bench.DATASET.read_bytes()
     version, _ = upload(engineer, chat_set, content, eval_fraction=bench.EVAL_FRACTION)
     files = services.dataset_files(version)
     train_rows, held_out = bench.split([json.loads(line) for line in content.splitlines()])
     assert len(held_out) == 20 and len(train_rows) == 60
-    assert _rows(Path(files.eval).read_bytes()) == sorted(json.dumps(r, sort_keys=True) for r in held_out)
-    assert _rows(Path(files.train).read_bytes()) == sorted(json.dumps(r, sort_keys=True) for r in train_rows)
+    assert _canonical(_file_rows(files.eval)) == _canonical(held_out)
+    assert _canonical(_file_rows(files.train)) == _canonical(train_rows)
