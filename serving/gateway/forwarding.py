@@ -81,7 +81,7 @@ async def forward(
             else:
                 data, content_type = orjson.dumps(upstream), JSON
             headers = [
-                (b"Authorization", replica.auth.encode()),
+                (b"Authorization", replica.auth),
                 (b"Content-Type", content_type),
                 (b"X-Request-ID", request_id.encode()),
             ]

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 class ReplicaInfo:
     id: int
     base_url: str
-    auth: str
+    auth: bytes  # the Authorization header's value for the engine, encoded once per routing refresh
 
 
 @dataclass(frozen=True)
@@ -304,7 +304,7 @@ def _read_snapshot() -> Snapshot:
     _reach_image_tokens(snapshot.endpoints)
     for replica in Replica.objects.filter(state=ReplicaState.READY).select_related("deployment"):
         snapshot.replicas.setdefault(replica.deployment.name, []).append(
-            ReplicaInfo(replica.pk, replica.base_url, f"Bearer {engine_key(replica.pk)}")
+            ReplicaInfo(replica.pk, replica.base_url, f"Bearer {engine_key(replica.pk)}".encode())
         )
     snapshot.caps = hard_limits()  # one query: the spend is stored by billing.check_budgets
     return snapshot

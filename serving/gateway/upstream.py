@@ -44,7 +44,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, pool: Upstream, address: tuple[str, int]):
         self.pool, self.address = pool, address
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        self.parser: httptools.HttpResponseParser  # a new one for each request (Upstream.post)
         self.closed = False
         self.response: Response | None = None
         self.idle_timer: asyncio.TimerHandle | None = None

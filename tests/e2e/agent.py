@@ -61,13 +61,17 @@ def stop_agent(process: subprocess.Popen) -> None:
 
 
 def wait(what: str, check, timeout: float, logs: list[Path], interval: float = 1.0):
+    """Poll ``check`` until it answers; on a time-out fail with the tails of ``logs``. A folder among them
+    stands for the ``*.log`` files in it when the time-out comes (an engine's log is written after the
+    wait began)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = check()
         if result:
             return result
         time.sleep(interval)
-    dump = "\n".join(f"--- {p.name} ---\n{processes.log_tail(p, 80)}" for p in logs if p.exists())
+    files = [f for p in logs for f in (sorted(p.glob("*.log")) if p.is_dir() else [p])]
+    dump = "\n".join(f"--- {p.name} ---\n{processes.log_tail(p, 80)}" for p in files if p.exists())
     pytest.fail(f"timed out after {timeout}s waiting for {what}\n{dump}")
 
 
@@ -105,6 +109,6 @@ def wait_until_ready(deployment: Deployment, tmp_path, agent_log: Path) -> Repli
         "the replica to become ready",
         lambda: ready_replica(deployment),
         ENGINE_READY_TIMEOUT,
-        [agent_log, *(tmp_path / "node-data" / "engines" / deployment.name).glob("*.log")],
+        [agent_log, tmp_path / "node-data" / "engines" / deployment.name],
         interval=3,
     )

@@ -97,7 +97,7 @@ def served(
         f"the {name} replica to become ready",
         lambda: ready_replica(deployment),
         ENGINE_READY_TIMEOUT,
-        [agent_log, *(tmp_path / "node-data" / "engines" / name).glob("*.log")],
+        [agent_log, tmp_path / "node-data" / "engines" / name],
         interval=3,
     )
     print(f"{version.family} ({version.model.task}) engine ready after {time.monotonic() - started:.0f} s")

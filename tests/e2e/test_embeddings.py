@@ -69,7 +69,7 @@ def test_an_embedding_model_is_served_through_the_gateway(org, node_agent, setti
         pool=node.pool,
         args={"max_model_len": 256},
     )
-    engine_logs = [agent_log, *(tmp_path / "node-data" / "engines" / "embedder").glob("*.log")]
+    engine_logs = [agent_log, tmp_path / "node-data" / "engines" / "embedder"]
     wait(
         "the embedding replica to become ready",
         lambda: ready_replica(deployment),

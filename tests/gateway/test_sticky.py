@@ -46,7 +46,9 @@ def endpoint(*routes: Route, sticky_by: str = "none", header: bytes = b"") -> En
     )
 
 
-SNAPSHOT = Snapshot(replicas={name: [ReplicaInfo(1, "http://x", "")] for name in ("base", "canary", "other")})
+SNAPSHOT = Snapshot(
+    replicas={name: [ReplicaInfo(1, "http://x", b"")] for name in ("base", "canary", "other")}
+)
 
 
 def test_one_key_always_gets_the_same_route():
