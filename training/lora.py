@@ -24,8 +24,8 @@ from typing import Any
 
 from training.defaults import FALLBACK_MODULES, LORA_METHODS, Hyperparameters, rank_for
 from training.early_stopping import EVALS_PER_EPOCH, EarlyStopping
+from training.losses import IGNORE, answer_loss
 
-IGNORE = -100
 # Saved beside the weights in each checkpoint: what a resumed run needs to continue as if never stopped.
 TRAINER_STATE = "trainer_state.pt"
 
@@ -256,6 +256,7 @@ def train(
     step, losses = 0, []
     started, tokens = time.monotonic(), 0
     stopped_at: int | None = None
+    current_eval: float | None = None  # the eval loss of the weights as they are now, once measured
     for epoch in range(hp.epochs):
         for batch in _batches(examples, hp.batch_size, rng):
             step += 1
@@ -276,9 +277,9 @@ def train(
             tokens += int(attention.sum())
             losses.append(loss.item())  # one device sync per step
             rate = tokens / max(time.monotonic() - started, 1e-6)
-            eval_loss = None
+            eval_loss = current_eval = None
             if step in eval_steps:
-                eval_loss = evaluate_loss(model, eval_examples, pad_id, hp.batch_size, loading)
+                eval_loss = current_eval = evaluate_loss(model, eval_examples, pad_id, hp.batch_size, loading)
                 if eval_loss is not None and stopping.measured(eval_loss, step, model):
                     stopped_at = step
             on_progress(Progress(step, total, epoch + 1, losses[-1], rate, eval_loss))
@@ -293,13 +294,17 @@ def train(
             break
     trained_for = time.monotonic() - started
     restored_best = stopping.restore(model)
+    if restored_best:
+        current_eval = stopping.best_loss  # measured on the very weights put back
+    if current_eval is None:
+        current_eval = evaluate_loss(model, eval_examples, pad_id, hp.batch_size, loading)
     model.save_pretrained(output_dir, safe_serialization=True)
     if hp.method == "full":
         tokenizer.save_pretrained(output_dir)
     return {
         "train_loss_first": losses[0] if losses else None,
         "train_loss_last": losses[-1] if losses else None,
-        "eval_loss": evaluate_loss(model, eval_examples, pad_id, hp.batch_size, loading),
+        "eval_loss": current_eval,
         "steps": total,
         "epochs": hp.epochs,
         "learning_rate": hp.learning_rate,
@@ -360,37 +365,6 @@ def load_model(base_dir: Path, hp: Hyperparameters, loading: Loading, resume_dir
             **targets,
         ),
     )
-
-
-def answer_loss(model, input_ids, attention, labels):
-    """The mean cross-entropy over the answer tokens, as the model's own loss computes it, but with the
-    vocabulary projection (the head) run only at the positions that predict an answer token: on a
-    classification row that is 2-3 positions of about 55, and the head of a small model is a fifth of its
-    compute (49,152 x 576 in SmolLM2-135M), forward and backward. Models whose forward takes no
-    ``logits_to_keep``, and mixtures of experts whose own loss adds the router's balancing loss, get their own
-    loss over every position."""
-    import torch
-
-    if not _keeps_logits(model):
-        return model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
-    # Position p predicts token p + 1: keep the positions whose next token is labelled in any row.
-    targets = labels[:, 1:]
-    keep = (targets != IGNORE).any(dim=0).nonzero().flatten()
-    logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep).logits
-    return torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), targets[:, keep].reshape(-1), ignore_index=IGNORE
-    )
-
-
-def _keeps_logits(model) -> bool:
-    """Whether the (base) model's forward selects the positions it computes logits for, and its own loss is
-    the answer's cross-entropy alone (no router loss added)."""
-    import inspect
-
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(getattr(inner, "config", None), "output_router_logits", False):
-        return False
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def _autocast(loading: Loading):
