@@ -44,7 +44,8 @@ def answer_loss(model, input_ids, attention, labels):
     computes it."""
     if not keeps_logits(model):
         return model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
-    packed = pack(model, input_ids, attention, labels)
+    # A model already found to give another loss packed is not packed again (pack builds a tokens^2 mask).
+    packed = None if _PACKS.get(model) is False else pack(model, input_ids, attention, labels)
     if packed is not None and _packs(model, packed, input_ids, attention, labels):
         return _packed_loss(model, packed)
     return _padded_loss(model, input_ids, attention, labels)
@@ -142,20 +143,21 @@ def _packs(model, packed: dict, input_ids, attention, labels) -> bool:
 
 def _packed_loss(model, packed: dict):
     targets = packed["targets"]
+    keep = _kept(targets)
     output = model(
         input_ids=packed["input_ids"],
         position_ids=packed["position_ids"],
         attention_mask=packed["attention_mask"],
-        logits_to_keep=_kept(targets),
+        logits_to_keep=keep,
     )
-    return _tail_loss(output, targets)
+    return _tail_loss(output.logits, targets[:, keep])
 
 
 def _padded_loss(model, input_ids, attention, labels):
     targets = labels[:, 1:]
-    return _tail_loss(
-        model(input_ids=input_ids, attention_mask=attention, logits_to_keep=_kept(targets)), targets
-    )
+    keep = _kept(targets)
+    output = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep)
+    return _tail_loss(output.logits, targets[:, keep])
 
 
 def _kept(targets):
@@ -163,13 +165,12 @@ def _kept(targets):
     return (targets != IGNORE).any(dim=0).nonzero().flatten()
 
 
-def _tail_loss(output, targets):
+def _tail_loss(logits, targets):
+    """The cross-entropy of the kept positions' logits against their targets."""
     import torch
 
-    logits = output.logits
-    keep = _kept(targets)
     return torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), targets[:, keep].reshape(-1), ignore_index=IGNORE
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE
     )
 
 

@@ -158,7 +158,7 @@ def test_a_sliding_window_model_trains_unpacked(tmp_path):
     assert shapes == [tuple(input_ids.shape)]
 
 
-def test_a_model_whose_packed_loss_differs_trains_unpacked(tmp_path):
+def test_a_model_whose_packed_loss_differs_trains_unpacked(tmp_path, monkeypatch):
     import torch
 
     model, _ = model_and_batch(tmp_path)
@@ -175,6 +175,8 @@ def test_a_model_whose_packed_loss_differs_trains_unpacked(tmp_path):
     own = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
     assert losses.pack(model, input_ids, attention, labels) is not None
     assert torch.allclose(losses.answer_loss(model, input_ids, attention, labels), own, atol=1e-6)
-    shapes = embedded_shapes(model)
+    shapes, packs = embedded_shapes(model), []
+    monkeypatch.setattr(losses, "pack", lambda *batch: packs.append(batch))
     assert torch.allclose(losses.answer_loss(model, input_ids, attention, labels), own, atol=1e-6)
     assert shapes == [tuple(input_ids.shape)]  # checked once: from then on, the padded batch alone
+    assert packs == []  # and its packed mask is no longer built
