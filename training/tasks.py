@@ -26,7 +26,7 @@ from portfolio.envparse import CONNECTION_KEYS, Env, database_url
 from portfolio.errors import Invalid
 from portfolio.leases import Lease
 from serving.processes import log_tail
-from training import finetune, ingest, metering
+from training import finetune, ingest, metering, orphans
 from training.choices import JobStatus
 from training.evals import runs as eval_runs
 from training.merges import services as merges
@@ -302,6 +302,7 @@ def merge_adapter(job_id: int) -> str | None:
     metering.merge_started(job, began)
     env = _trainer_env()
     env["CUDA_VISIBLE_DEVICES"] = ""  # it holds no GPU: peft merges on the CPU, billed as the node's cores
+    env[orphans.PARENT_ENV] = str(os.getpid())  # it stops when this process dies (training.orphans)
     log = _merge_log_path(job_id)
     process = _start_child("training.merges.runner", job_id, log, env)
     return _watch_merge(job_id, process, log)

@@ -1,7 +1,8 @@
 """One merge, in its own process (``python -m training.merges.runner JOB_ID``), started by the control task
 ``training.merge_adapter`` as a fine-tune's trainer is started by its node task (``training.tasks``), so a
 model loaded for merging never sits in a control worker. It writes its own outcome to the database; the
-task watches it, stops it past its time, and fails the job if it dies without saying how it went."""
+task watches it, stops it past its time, and fails the job if it dies without saying how it went. It stops
+when that task's process dies (``training.orphans``): the reaper fails the job then."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ CODES = {"succeeded": 0, "failed": 2, "errored": 1, None: 4}
 
 
 def main() -> None:
+    from training.orphans import exit_with_parent
+
+    exit_with_parent()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portfolio.settings")
     import django
 
