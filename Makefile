@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 ENGINE_VENV := .venv-engine
 ENGINE_STAMP := $(ENGINE_VENV)/.installed-$(shell cat serving/engines/requirements-cpu.txt | sha256sum | cut -c1-12)
 
-.PHONY: run test venv engine lint format check browser speech oidc-provider clean-data
+.PHONY: run test venv engine lint format check browser speech shellcheck oidc-provider clean-data
 
 venv: $(STAMP)
 
@@ -36,7 +36,7 @@ run: venv engine
 TEST_DATA := $(CURDIR)/.portfolio-test
 STOP_TEST_SERVERS := $(BIN)/python -c "import sys; from pathlib import Path; from portfolio import embedded; embedded.stop_all(Path(sys.argv[1]))" $(TEST_DATA)
 
-test: venv engine browser speech oidc-provider
+test: venv engine browser speech shellcheck oidc-provider
 	@trap '$(STOP_TEST_SERVERS)' EXIT; set -ex; \
 	$(BIN)/ruff check .; \
 	$(BIN)/ruff format --check .; \
@@ -58,6 +58,13 @@ speech:
 	  echo "Installing Debian's espeak-ng for the transcription tests"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng >/dev/null; }
+
+# Debian's shellcheck: lints benchmarks/gpu/verify.sh, the GPU check no test machine can run.
+shellcheck:
+	@command -v shellcheck >/dev/null 2>&1 || { \
+	  echo "Installing Debian's shellcheck for the GPU check's lint test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq shellcheck >/dev/null; }
 
 # The tests' stand-in for Keycloak: npm `oidc-provider`, pinned by its package-lock.json, run with Node 20+.
 OIDC_PROVIDER := tests/sso/provider
