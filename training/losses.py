@@ -31,7 +31,7 @@ IGNORE = -100
 # The most tokens a packed batch may hold: its mask is tokens x tokens.
 MAX_PACKED = 4096
 # How close packed and unpacked must be on a model's first batch: float32 differs by rounding (1e-6 on the
-# demo model), bfloat16 by its 8 bits of mantissa.
+# demo model), bfloat16 (weights, autocast, or a quantized base's compute dtype) by its 8 bits of mantissa.
 AGREE_FLOAT32 = (1e-4, 1e-5)  # relative, absolute
 AGREE_REDUCED = (1e-2, 1e-3)
 
@@ -129,8 +129,11 @@ def _packs(model, packed: dict, input_ids, attention, labels) -> bool:
                 got, own = _packed_loss(model, packed), _padded_loss(model, input_ids, attention, labels)
         finally:
             model.train(training)
-        reduced = torch.is_autocast_enabled(input_ids.device.type) or any(
-            p.dtype != torch.float32 for p in model.parameters() if p.is_floating_point()
+        reduced = (
+            torch.is_autocast_enabled(input_ids.device.type)
+            # A quantized base (QLoRA's 4-bit) computes in its compute dtype, whatever its adapters hold.
+            or getattr(_inner(model), "hf_quantizer", None) is not None
+            or any(p.dtype != torch.float32 for p in model.parameters() if p.is_floating_point())
         )
         rtol, atol = AGREE_REDUCED if reduced else AGREE_FLOAT32
         _PACKS[model] = bool(torch.isclose(got, own, rtol=rtol, atol=atol))

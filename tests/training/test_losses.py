@@ -180,3 +180,39 @@ def test_a_model_whose_packed_loss_differs_trains_unpacked(tmp_path, monkeypatch
     assert torch.allclose(losses.answer_loss(model, input_ids, attention, labels), own, atol=1e-6)
     assert shapes == [tuple(input_ids.shape)]  # checked once: from then on, the padded batch alone
     assert packs == []  # and its packed mask is no longer built
+
+
+def _packed_a_little_off(model) -> None:
+    """The model's packed forwards (those given positions) raise one vocabulary entry's logit: a packed loss
+    about 1e-3 off the padded one (the demo's tiny model is near uniform over 96 tokens), as a base that
+    computes in bfloat16 gives, and more than float32's rounding."""
+    import torch
+
+    inner = model.get_base_model()
+    forward = inner.forward
+
+    def raised(*args, position_ids=None, logits_to_keep=0, **kwargs):
+        output = forward(*args, position_ids=position_ids, logits_to_keep=logits_to_keep, **kwargs)
+        if position_ids is not None:
+            output.logits = (
+                output.logits + torch.nn.functional.one_hot(torch.tensor(0), output.logits.shape[-1]) * 0.4
+            )
+        return output
+
+    inner.forward = raised
+
+
+def test_a_quantized_base_is_held_to_reduced_precision_when_packing_is_checked(tmp_path):
+    input_ids, labels, attention = lora._collate(SHARING_ROWS, pad_id=0)
+    rows = {}
+    for quantized in (False, True):
+        model, _ = model_and_batch(tmp_path / str(quantized))
+        _packed_a_little_off(model)
+        if quantized:  # as transformers marks a base loaded with a quantization config (QLoRA's 4-bit)
+            model.get_base_model().hf_quantizer = object()
+        losses.answer_loss(model, input_ids, attention, labels)  # the first batch checks packing
+        shapes = embedded_shapes(model)
+        losses.answer_loss(model, input_ids, attention, labels)
+        rows[quantized] = shapes[0][0]
+    # Float32 weights with no quantizer: held to float32's tolerance, so padded (one row per example).
+    assert rows == {False: input_ids.shape[0], True: 1}
