@@ -70,7 +70,8 @@ LOWER_MAX_TOKENS = ("max_tokens", "lower max_tokens (or n, or the prompt)")
 # An upload's reservation grows with its duration: its seconds, and the decoder's limit per 30 s (audio.py).
 SHORTER_AUDIO = (
     "file",
-    "send shorter audio (each 30 s of it may be transcribed to the model's decoder limit)",
+    "send shorter audio, or set max_completion_tokens (each 30 s of it may be transcribed to the model's "
+    "decoder limit)",
 )
 
 

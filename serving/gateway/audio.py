@@ -4,7 +4,8 @@ both OpenAI routes for Whisper), with the same keys, scopes, limits, budgets and
 Contract: the body is a multipart form read whole up to ``PORTFOLIO_GATEWAY_MAX_AUDIO_BYTES`` (uploads.py),
 with one WAV file whose duration, read from its header, is at most ``PORTFOLIO_GATEWAY_MAX_AUDIO_SECONDS``,
 and text fields on the route's allow-list (``model`` required). Admission reserves, as for chat, the worst
-case of the costliest hop: the most tokens the decoder can produce for that duration (``reservation``) and
+case of the costliest hop: the most tokens the decoder can produce for that duration (``reservation``: its
+limit a chunk, or the client's ``max_completion_tokens``, which the engine then stops each chunk at) and
 the most money (the seconds at the price book's ``audio_second``, plus those tokens at its token prices),
 so that the key's tokens-per-minute limit, token and money budgets and the team's and department's hard
 limits refuse an upload that could pass them. The call settles to what was metered: audio milliseconds on
@@ -29,6 +30,7 @@ from serving.gateway.payloads import (
     SPECIAL_TOKENS,
     PayloadError,
     Shape,
+    integer_check,
     number_check,
     text_check,
     worst_case,
@@ -61,6 +63,20 @@ def _temperature(name: str, value: str) -> None:
     number_check(0, 1)(name, number)
 
 
+# The most a client may ask for: far above any speech decoder's limit (Whisper's is 448), which bounds it.
+MOST_COMPLETION_TOKENS = 65_536
+
+
+def _completion_tokens(name: str, value: str) -> None:
+    """``max_completion_tokens``: each chunk's transcript stops there (vLLM takes it), and the call reserves
+    that many tokens a chunk instead of the decoder's whole limit."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise PayloadError(f"`{name}` must be an integer.", name, "invalid_type") from None
+    integer_check(1, MOST_COMPLETION_TOKENS)(name, number)
+
+
 def _granularities(name: str, value: list[str]) -> None:
     if len(value) > 2 or any(item not in ("word", "segment") for item in value):
         raise PayloadError(f"`{name}` may hold `word` and `segment`.", name)
@@ -72,6 +88,7 @@ _COMMON: dict[str, Callable] = {
     "prompt": text_check(4096),
     "response_format": _format,
     "temperature": _temperature,
+    "max_completion_tokens": _completion_tokens,
 }
 FIELDS: dict[str, dict[str, Callable]] = {
     "transcription": {**_COMMON, "timestamp_granularities[]": _granularities},
@@ -131,14 +148,16 @@ def chunks(audio_ms: int) -> int:
     return 1 if audio_ms <= CLIP_MS else audio_ms // SHORTEST_CUT_MS + 1
 
 
-def reservation(hop: EndpointInfo, audio_ms: int, prompt: str = "") -> tuple[int, int]:
+def reservation(
+    hop: EndpointInfo, audio_ms: int, prompt: str = "", most_tokens: int | None = None
+) -> tuple[int, int]:
     """The most tokens, and money in micro-units, an upload of ``audio_ms`` with this ``prompt`` field can be
     billed on ``hop``: per chunk, a decoder prompt (the field's bytes and the special tokens around it) and a
-    transcript that together stop at the decoder's limit, at the hop's token prices; plus the seconds at its
-    audio price."""
+    transcript of at most ``most_tokens`` (``max_completion_tokens``) that together stop at the decoder's
+    limit, at the hop's token prices; plus the seconds at its audio price."""
     limit = hop.decoder_len or hop.max_model_len
     prompt_bound = len(prompt.encode("utf-8", "surrogatepass")) + SPECIAL_TOKENS
-    shape = Shape(prompts=(prompt_bound,) * chunks(audio_ms), choices=1, per_choice=None)
+    shape = Shape(prompts=(prompt_bound,) * chunks(audio_ms), choices=1, per_choice=most_tokens)
     tokens, money = worst_case(shape, limit, hop.input_micros_per_token, hop.output_micros_per_token)
     return tokens, money + audio_cost(hop, audio_ms)
 
@@ -161,9 +180,11 @@ async def serve(gateway, scope, receive, send, headers, request_id: str, event_i
             gateway.snapshot, key, first, 0, chat=False, cut_fallbacks=gateway._cut_fallbacks
         )
         prompt = form.fields.get("prompt") or ""
-        assert isinstance(prompt, str), "checked: not a list field"
+        asked = form.fields.get("max_completion_tokens")
+        assert isinstance(prompt, str) and not isinstance(asked, list), "checked: not list fields"
+        most = int(asked) if asked else None
         # Reserve for the costliest hop the upload may take (decoder limits and prices differ).
-        worst = {hop.name: reservation(hop, duration, prompt) for hop in chain}
+        worst = {hop.name: reservation(hop, duration, prompt, most) for hop in chain}
         tokens = max(t for t, _ in worst.values())
         money = max(m for _, m in worst.values())
         outcome = Outcome(endpoint=first.name, kind=kind, shape=NO_TOKENS, event_id=event_id, first=first)

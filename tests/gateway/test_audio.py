@@ -148,6 +148,23 @@ def test_a_key_whose_tokens_per_minute_cannot_hold_the_decoders_worst_case_is_re
         assert post(whisper, files, {"model": "whisper"}, secret=roomy).status_code == 200
 
 
+def test_a_key_too_tight_for_the_decoders_limit_transcribes_by_capping_the_transcript(whisper):
+    # A 2 s clip is one chunk: its decoder prompt (8 special tokens) and, without a cap, up to the limit of
+    # 512 tokens; with max_completion_tokens 40, 8 + 40 tokens, which fit a key of 100 a minute.
+    files = {"file": ("a.wav", sine_wav(2.0), "audio/wav")}
+    tight = whisper["stack"]["key"](tpm_limit=100)
+    refused = post(whisper, files, {"model": "whisper"}, secret=tight)
+    assert refused.status_code == 429 and "max_completion_tokens" in refused.json()["error"]["message"]
+    capped = post(whisper, files, {"model": "whisper", "max_completion_tokens": "40"}, secret=tight)
+    assert capped.status_code == 200, capped.text
+    assert whisper["engine"].requests[-1]["fields"]["max_completion_tokens"] == ["40"], (
+        "the engine stops there"
+    )
+    over = post(whisper, files, {"model": "whisper", "max_completion_tokens": "93"}, secret=tight)
+    assert over.status_code == 429 and "up to 101 tokens" in over.json()["error"]["message"], over.text
+    assert len(whisper["engine"].requests) == 1
+
+
 def test_a_key_whose_token_budget_cannot_hold_the_decoders_worst_case_is_refused_a_translation(whisper):
     secret = whisper["stack"]["key"](monthly_token_budget=300)
     refused = post(
@@ -220,6 +237,12 @@ HOSTILE = [
      {"model": "whisper", "response_format": "exe"}, 400, "invalid_value"),
     ("a long prompt", {"file": ("a.wav", sine_wav(0.5), "audio/wav")},
      {"model": "whisper", "prompt": "x" * 5000}, 400, "invalid_value"),
+    ("no transcript", {"file": ("a.wav", sine_wav(0.5), "audio/wav")},
+     {"model": "whisper", "max_completion_tokens": "0"}, 400, "invalid_value"),
+    ("a huge transcript", {"file": ("a.wav", sine_wav(0.5), "audio/wav")},
+     {"model": "whisper", "max_completion_tokens": "9" * 30}, 400, "invalid_value"),
+    ("a transcript of words", {"file": ("a.wav", sine_wav(0.5), "audio/wav")},
+     {"model": "whisper", "max_completion_tokens": "ten"}, 400, "invalid_type"),
 ]  # fmt: skip
 
 
