@@ -17,9 +17,9 @@ from training.merges import runner
 
 # A watcher (the middle process) starts a child in a session of its own, as ``training.tasks._start_child``
 # does, prints the child's id and waits; the child guards itself, then sleeps far longer than the test.
-WATCHER = """
+WATCHER = f"""
 import os, subprocess, sys
-env = {**os.environ, "PORTFOLIO_PARENT_PID": str(os.getpid())}
+env = {{**os.environ, "{orphans.PARENT_ENV}": str(os.getpid())}}
 child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], start_new_session=True, env=env)
 print(child.pid, flush=True)
 child.wait()
@@ -33,15 +33,17 @@ time.sleep(120)
 
 
 def gone(pid: int, within: float) -> bool:
+    """Whether ``pid`` has exited (or is a zombie) by ``within`` seconds from now; looked at least once."""
     deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
+    while True:
         try:
             if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
                 return True
         except psutil.NoSuchProcess:
             return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.05)
-    return False
 
 
 def test_a_guarded_child_stops_when_its_watcher_is_killed():
@@ -51,7 +53,7 @@ def test_a_guarded_child_stops_when_its_watcher_is_killed():
     child = int(watcher.stdout.readline())
     try:
         time.sleep(1.0)  # the guard is running (the child imported it and started its thread)
-        assert psutil.pid_exists(child) and not gone(child, 0)
+        assert not gone(child, 0), "the child did not start, or stopped with its watcher alive"
         watcher.send_signal(signal.SIGKILL)
         watcher.wait(timeout=10)
         assert gone(child, 10), "the child ran on after its watcher was killed"
