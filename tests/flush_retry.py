@@ -12,8 +12,10 @@ one transaction that the failure rolled back, so running it again is safe.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 
+import pytest
 from psycopg.errors import DeadlockDetected
 
 # A flush is tried this many times in all before its deadlock is let through.
@@ -42,6 +44,13 @@ def retrying_on_deadlock(teardown: Callable[..., None]) -> Callable[..., None]:
             except Exception as error:
                 if attempt == FLUSH_TRIES or not deadlocked(error):
                     raise
+                # In the run's warnings summary: how often this happens stays visible.
+                warnings.warn(
+                    pytest.PytestWarning(
+                        f"the flush lost a deadlock on try {attempt} of {FLUSH_TRIES}: run again"
+                    ),
+                    stacklevel=2,
+                )
 
     flush.unwrapped = teardown  # type: ignore[attr-defined]
     return flush
