@@ -137,6 +137,8 @@ bench-portfolio: venv engine
 
 # The fine-tune defaults on the demo task over three seeds, beside a common fixed recipe: held-out accuracy and
 # training seconds, in this process (no services); writes benchmarks/results/training_defaults.json. ~10 minutes.
+# ARGS="--folds 4 --seeds 0 1 --no-common --out benchmarks/results/training_defaults_cv.json" also scores the
+# defaults on every demo row, each quarter held out once (~25 minutes).
 .PHONY: bench-defaults
 bench-defaults: venv
 	$(BIN)/python -m benchmarks.training.defaults $(ARGS)

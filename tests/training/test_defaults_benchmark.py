@@ -11,6 +11,7 @@ import pytest
 from benchmarks.training import defaults as bench
 from tests.training.conftest import upload
 from training import services
+from training.evaluation import expected_answer
 
 pytestmark = pytest.mark.django_db
 
@@ -34,3 +35,23 @@ def test_the_benchmark_splits_the_demo_rows_as_an_upload_holding_out_a_quarter_d
     assert len(held_out) == 20 and len(train_rows) == 60
     assert _canonical(_file_rows(files.eval)) == _canonical(held_out)
     assert _canonical(_file_rows(files.train)) == _canonical(train_rows)
+
+
+def test_the_cross_validation_folds_hold_every_demo_row_once_with_each_label_spread_evenly():
+    rows = _file_rows(bench.DATASET)
+    cut = bench.folds(rows, 4)
+    assert [len(fold) for fold in cut] == [20, 20, 20, 20]
+    assert _canonical([row for fold in cut for row in fold]) == _canonical(rows)
+    queues = {expected_answer(row) for row in rows}
+    assert len(queues) == 4
+    for fold in cut:
+        # 20 rows of each of the 4 queues: 5 of each in every fold.
+        assert sorted(expected_answer(row) for row in fold) == sorted(q for q in queues for _ in range(5))
+    # The folds depend on the rows, not on their order in the file.
+    assert [_canonical(fold) for fold in bench.folds(list(reversed(rows)), 4)] == [_canonical(f) for f in cut]
+
+
+@pytest.mark.parametrize("k", [0, 1, 81])
+def test_a_fold_count_outside_two_to_the_row_count_is_refused(k):
+    with pytest.raises(ValueError, match="folds must be 2 to 80"):
+        bench.folds(_file_rows(bench.DATASET), k)
