@@ -272,7 +272,7 @@ def prepare(ingest: DatasetIngest, progress=_quiet) -> Prepared:
             for row in validation.scan(source, report, shape=dataset.kind):
                 out.write(row.canonical + b"\n")
                 digest.update(row.canonical + b"\n")
-                splitter.add(row.label, row.canonical)
+                splitter.add(row.label, row.canonical, splitting.answer_of(row.data))
                 line_numbers.append(row.line)
                 if report.rows % CHECK_EVERY_ROWS == 0:
                     done = source.tell()
@@ -335,12 +335,13 @@ def _write_splits(
         while batch := list(itertools.islice(source, tokens.BATCH)):
             rows = [json.loads(line) for line in batch]
             for line, row, length in zip(batch, rows, tokens.lengths(rows, shape, measure), strict=True):
-                group = row.get("label", "")
-                split = Split.EVAL if splitter.is_eval(group, line.rstrip(b"\n")) else Split.TRAIN
+                group, answer = row.get("label", ""), splitting.answer_of(row)
+                split = Split.EVAL if splitter.is_eval(group, line.rstrip(b"\n"), answer) else Split.TRAIN
                 (evaluation if split == Split.EVAL else train).write(line)
                 counts[split] += 1
-                if shape == DatasetKind.CLASSIFICATION:
-                    by_label.setdefault(group, {Split.TRAIN: 0, Split.EVAL: 0})[split] += 1
+                if splitter.stratified_by:  # the label's, or the answer's when the answers are classes
+                    key = answer if splitter.stratified_by == "answer" else group
+                    by_label.setdefault(key or "", {Split.TRAIN: 0, Split.EVAL: 0})[split] += 1
                 values.append(length)
                 if limit and length > limit:
                     over += 1
@@ -359,15 +360,11 @@ def _write_splits(
         "empty_line_numbers": report.empty_line_numbers,
         "duplicates": report.duplicates,
         "duplicate_lines": [list(pair) for pair in report.duplicate_lines],
+        "stratified_by": splitter.stratified_by,
     }
     labels = [
-        {
-            "label": label,
-            "count": n,
-            "train": by_label[label][Split.TRAIN],
-            "eval": by_label[label][Split.EVAL],
-        }
-        for label, n in sorted(report.labels.items(), key=lambda item: (-item[1], item[0]))
+        {"label": label, "count": sum(n.values()), "train": n[Split.TRAIN], "eval": n[Split.EVAL]}
+        for label, n in sorted(by_label.items(), key=lambda item: (-sum(item[1].values()), item[0]))
     ]
     return _Written(counts[Split.TRAIN], counts[Split.EVAL], stats, labels)
 

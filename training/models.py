@@ -84,7 +84,10 @@ class DatasetVersion(models.Model):
     split_seed = models.BigIntegerField()
     stats = models.JSONField(default=dict, blank=True, help_text="Token lengths, duplicates, empty lines")
     labels = models.JSONField(
-        default=list, blank=True, help_text="Classification: [{label, count, train, eval}] by count"
+        default=list,
+        blank=True,
+        help_text="[{label, count, train, eval}] by count: a classification set's labels, or a chat or completion "
+        "set's answers when they are classes (stats.stratified_by)",
     )
     tokenizer_version = models.ForeignKey(
         ModelVersion,

@@ -58,14 +58,14 @@ def split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     from training.validation import canonical
 
     splitter = splitting.Splitter(splitting.DEFAULT_SEED, EVAL_FRACTION)
-    keyed = [(row.get("label", ""), canonical(row), row) for row in rows]
-    for group, key, _ in keyed:
-        splitter.add(group, key)
+    keyed = [(row.get("label", ""), canonical(row), splitting.answer_of(row), row) for row in rows]
+    for group, key, answer, _ in keyed:
+        splitter.add(group, key, answer)
     splitter.finish()
     train_rows: list[dict] = []
     held_out: list[dict] = []
-    for group, key, row in keyed:
-        (held_out if splitter.is_eval(group, key) else train_rows).append(row)
+    for group, key, answer, row in keyed:
+        (held_out if splitter.is_eval(group, key, answer) else train_rows).append(row)
     return train_rows, held_out
 
 

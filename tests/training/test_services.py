@@ -176,6 +176,11 @@ def test_the_demo_command_registers_the_ticket_routing_set_once(org, team, setti
     assert version.row_count == 80 and (version.train_count, version.eval_count) == (72, 8)
     answers = [row["messages"][-1]["content"] for row in read_rows(services.dataset_files(version).train)]
     assert set(answers) == {"billing", "technical", "account", "shipping"}
+    # Chat rows whose answers are four queues: the split holds out each queue's share.
+    assert version.stats["stratified_by"] == "answer"
+    assert {item["label"]: (item["train"], item["eval"]) for item in version.labels} == {
+        queue: (18, 2) for queue in ("billing", "technical", "account", "shipping")
+    }
 
 
 # --- Promotion guarded by evaluation ---------------------------------------------------------------

@@ -124,6 +124,55 @@ def test_classification_splits_are_stratified_by_label():
     assert quotas == {"billing": 10, "technical": 6, "account": 3, "rare": 0}
 
 
+def _split_by_answer(rows: list[dict], fraction: float) -> tuple[splitting.Splitter, list[dict]]:
+    splitter = splitting.Splitter(42, fraction)
+    keyed = [(json.dumps(row).encode(), splitting.answer_of(row), row) for row in rows]
+    for key, answer, _ in keyed:
+        splitter.add("", key, answer)
+    splitter.finish()
+    return splitter, [row for key, answer, row in keyed if splitter.is_eval("", key, answer)]
+
+
+def test_a_chat_set_whose_answers_are_a_few_classes_is_stratified_by_answer():
+    # 36 billing, 6 technical, 3 account: a fifth of each answer to eval, never all of a rare one.
+    rows = [
+        chat(f"ticket {i}", queue)
+        for queue, n in (("billing", 36), ("technical", 6), ("account", 3))
+        for i in range(n)
+    ]
+    splitter, held_out = _split_by_answer(rows, 0.2)
+    assert splitter.stratified_by == "answer"
+    assert Counter(row["messages"][-1]["content"] for row in held_out) == {
+        "billing": 7,
+        "technical": 1,
+        "account": 1,
+    }
+
+
+def test_answers_that_are_not_a_few_classes_leave_one_group():
+    many = [chat(f"q {i}", f"answer {i % 21}") for i in range(84)]  # 21 distinct answers
+    splitter, held_out = _split_by_answer(many, 0.1)
+    # The rows counted by answer before the 21st answer came are back in the one group: 8 of 84 held out.
+    assert splitter.stratified_by == "" and len(held_out) == 8
+    sparse = [chat(f"q {i}", f"answer {i % 4}") for i in range(11)]  # fewer than 3 rows an answer
+    assert _split_by_answer(sparse, 0.1)[0].stratified_by == ""
+    long = [chat(f"q {i}", ("billing " * 13) + str(i % 2)) for i in range(40)]  # over 100 characters
+    assert _split_by_answer(long, 0.1)[0].stratified_by == ""
+    completions = [{"prompt": f"2+{i % 3}=", "completion": f" {2 + i % 3} "} for i in range(30)]
+    assert _split_by_answer(completions, 0.1)[0].stratified_by == "answer"  # stripped answers, 3 classes
+
+
+def test_stratified_quotas_add_up_to_the_fraction_of_all_rows_by_the_largest_remainders():
+    # 13, 13, 12, 12 rows at a tenth: 1.3, 1.3, 1.2, 1.2 make 5 rows, not 1 + 1 + 1 + 1.
+    quotas = splitting.eval_quotas({"billing": 13, "technical": 13, "account": 12, "shipping": 12}, 0.1)
+    assert quotas == {"billing": 2, "technical": 1, "account": 1, "shipping": 1}
+    # 8, 8, 7, 7 at a tenth: 3 rows, to the three largest remainders (ties by name).
+    quotas = splitting.eval_quotas({"billing": 8, "technical": 8, "account": 7, "shipping": 7}, 0.1)
+    assert quotas == {"billing": 1, "technical": 1, "account": 1, "shipping": 0}
+    # A group never gives its last row, even when its remainder is the largest.
+    assert splitting.eval_quotas({"a": 1, "b": 9}, 0.5) == {"a": 0, "b": 5}
+
+
 def test_ten_rows_keep_at_least_one_eval_row_and_fewer_may_have_none():
     assert sum(splitting.eval_quotas({"": 10}, 0.01).values()) == 1
     assert sum(splitting.eval_quotas({"a": 5, "b": 5}, 0.05).values()) == 1

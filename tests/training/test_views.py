@@ -110,17 +110,22 @@ def test_a_viewer_cannot_open_the_upload_page_and_an_outsider_does_not_find_the_
 
 
 def test_the_version_page_shows_statistics_a_histogram_and_chat_bubbles(client, org, engineer, chat_set):
-    upload(engineer, chat_set, jsonl(*tickets(30)))
+    version, _ = upload(engineer, chat_set, jsonl(*tickets(30)))
     client.force_login(org["viewer"])
     html = client.get(page_url(chat_set, "dataset-version", number=1)).content.decode()
     assert 'class="histogram"' in html and html.count('class="hist-bar') >= 1
+    # Four queues as answers: the page says the split was stratified by them, and counts them.
+    assert "stratified by answer (the answers are 4 classes)" in html and ">Answers <span" in html
     assert "bubble bubble--assistant" in html and "bubble bubble--system" in html
     assert "in characters: no tokenizer was chosen" in html
     assert "train.jsonl" in html and "eval.jsonl" in html
 
     fragment = client.get(page_url(chat_set, "dataset-version", number=1) + "?split=eval", **HTMX)
     text = fragment.content.decode()
-    assert text.lstrip().startswith('<section id="dataset-rows"') and text.count('class="dataset-row"') == 3
+    assert (
+        text.lstrip().startswith('<section id="dataset-rows"')
+        and text.count('class="dataset-row"') == version.eval_count == 3
+    )
 
 
 def test_classification_rows_show_their_label_and_the_distribution(client, org, engineer, labels_set):
