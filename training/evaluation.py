@@ -17,7 +17,7 @@ from typing import Any, cast
 from training.lora import Loading
 
 
-def _normalise(text: str) -> str:
+def normalise(text: str) -> str:
     """Compared as people read them: case, runs of whitespace and surrounding spaces, full stops,
     exclamation marks and quotes do not count."""
     return re.sub(r"\s+", " ", text.strip().lower()).strip(" .!\"'")
@@ -70,6 +70,20 @@ def f1_by_label(pairs: list[tuple[str, str]]) -> dict[str, float]:
     return scores
 
 
+OTHER = "(other)"  # the confusion matrix's column for an answer that names no expected label
+
+
+def confusion(pairs: list[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    """Expected label -> the labels answered for its rows, with counts (the misses as well as the hits);
+    an answer that names no expected label counts under ``OTHER``, so the table is at most labels x
+    (labels + 1) whatever the model says."""
+    labels = {expected for expected, _ in pairs}
+    table: dict[str, Counter[str]] = {}
+    for expected, predicted in pairs:
+        table.setdefault(expected, Counter())[predicted if predicted in labels else OTHER] += 1
+    return {expected: dict(sorted(counts.items())) for expected, counts in sorted(table.items())}
+
+
 def answer_metrics(expected: list[str], answers: list[str]) -> dict[str, Any]:
     """How generated ``answers`` compare with the ``expected`` ones, row by row, both normalised: the share
     that match exactly and that contain the expected answer; when the expected answers are few distinct
@@ -77,8 +91,8 @@ def answer_metrics(expected: list[str], answers: list[str]) -> dict[str, Any]:
     counts. No rows: no score (None), not 0%."""
     if len(expected) != len(answers):
         raise ValueError(f"{len(answers)} answers for {len(expected)} rows")
-    truths = [_normalise(text) for text in expected]
-    said = [_normalise(text) for text in answers]
+    truths = [normalise(text) for text in expected]
+    said = [normalise(text) for text in answers]
     n = len(truths)
     if n == 0:
         return {"rows": 0, "exact_match": None, "contains": None}
@@ -95,6 +109,7 @@ def answer_metrics(expected: list[str], answers: list[str]) -> dict[str, Any]:
         metrics["accuracy"] = sum(truth == predicted for truth, predicted in pairs) / n
         metrics["f1_by_label"] = f1_by_label(pairs)
         metrics["label_counts"] = dict(Counter(truths))
+        metrics["confusion"] = confusion(pairs)
     return metrics
 
 
@@ -105,9 +120,11 @@ def score(
     rows: list[dict],
     max_new_tokens: int = 16,
     loading: Loading | None = None,
+    keep_answers: bool = False,
 ) -> dict:
     """Greedy generation on every row; the metrics of the issue's eval run. On the CPU in float32 unless
-    ``loading`` says otherwise (the job's GPU, see ``training.lora.inference_loading``)."""
+    ``loading`` says otherwise (the job's GPU, see ``training.lora.inference_loading``). ``keep_answers``:
+    the generated answers too, in the rows' order (a benchmark's; a job stores only the metrics)."""
     from portfolio.registry.jsonfiles import refuse_oversized
 
     # transformers and peft read configs and the tokenizer whole: one past its cap is refused first.
@@ -154,4 +171,6 @@ def score(
             answer_tokens += answer_ids.shape[1]
     metrics = answer_metrics([expected_answer(row) for row in rows], answers)
     metrics["perplexity"] = math.exp(nll / answer_tokens) if answer_tokens else None
+    if keep_answers:
+        metrics["answers"] = answers
     return metrics

@@ -280,7 +280,8 @@ def train(
             eval_loss = current_eval = None
             if step in eval_steps:
                 eval_loss = current_eval = evaluate_loss(model, eval_examples, pad_id, hp.batch_size, loading)
-                if eval_loss is not None and stopping.measured(eval_loss, step, model):
+                # Patience running out at the last step cuts nothing short: the run ends there anyway.
+                if eval_loss is not None and stopping.measured(eval_loss, step, model) and step < total:
                     stopped_at = step
             on_progress(Progress(step, total, epoch + 1, losses[-1], rate, eval_loss))
             if stopped_at is not None:

@@ -11,7 +11,7 @@ import pytest
 from benchmarks.training import defaults as bench
 from tests.training.conftest import upload
 from training import services
-from training.evaluation import expected_answer
+from training.evaluation import expected_answer, normalise
 
 pytestmark = pytest.mark.django_db
 
@@ -55,3 +55,27 @@ def test_the_cross_validation_folds_hold_every_demo_row_once_with_each_label_spr
 def test_a_fold_count_outside_two_to_the_row_count_is_refused(k):
     with pytest.raises(ValueError, match="folds must be 2 to 80"):
         bench.folds(_file_rows(bench.DATASET), k)
+
+
+def _chat(ticket: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": ticket}, {"role": "assistant", "content": answer}]}
+
+
+def test_the_folds_group_answers_as_the_evaluation_compares_them():
+    # "Shipping" and "shipping" are one label to the evaluation, so one label to deal round the folds: one
+    # in each fold. Dealt as two labels, sorted apart ("Shipping" < "billing" < "shipping"), both would land
+    # in the first fold and the second would hold out no shipping row at all.
+    rows = [_chat("Where is my parcel?", "Shipping"), _chat("Charged twice", "billing")]
+    rows.append(_chat("The parcel is late", "shipping"))
+    cut = bench.folds(rows, 2)
+    assert [sum(normalise(expected_answer(row)) == "shipping" for row in fold) for fold in cut] == [1, 1]
+
+
+def test_the_misses_name_the_ticket_what_it_expected_and_what_was_answered():
+    rows = [_chat("I was charged twice", "billing"), _chat("Where is my parcel?", "shipping")]
+    rows.append({"text": "Reset my password", "label": "account"})
+    answers = ["Billing.", "The billing queue", "no idea"]
+    assert bench.misses(rows, answers) == [
+        {"ticket": "Where is my parcel?", "expected": "shipping", "answered": "The billing queue"},
+        {"ticket": "Reset my password", "expected": "account", "answered": "no idea"},
+    ]

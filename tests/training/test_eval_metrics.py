@@ -74,6 +74,11 @@ def test_answer_scores_by_task_kind():
     assert classification["quality"] == classification["accuracy"]
     assert classification["f1_by_label"]["billing"] == pytest.approx(2 / 3)
     assert classification["macro_f1"] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
+    assert classification["confusion"] == {
+        "account": {"account": 1},
+        "billing": {"account": 1, "billing": 1},
+        "technical": {"technical": 1},
+    }
     extraction = metrics.answer_scores("extraction", expected, answers)
     assert "accuracy" not in extraction and extraction["quality"] == extraction["exact_match"] == 0.5
     generation = metrics.answer_scores("generation", expected, answers)

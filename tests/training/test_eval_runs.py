@@ -109,6 +109,7 @@ def test_a_run_scores_the_endpoint_on_the_eval_set_and_prices_it(engineer, task,
     # billing: every row predicted billing, 6 right: precision 0.25, recall 1.
     assert scores["f1_by_label"]["billing"] == pytest.approx(2 * 0.25 / 1.25)
     assert scores["f1_by_label"]["technical"] == 0.0
+    assert scores["confusion"] == {queue: {"billing": 6} for queue in QUEUES}
     assert scores["latency_p50_ms"] == pytest.approx(50) and scores["latency_p95_ms"] == pytest.approx(50)
     assert scores["tokens_per_second"] == pytest.approx(40)  # 2 tokens in 50 ms
     # (10 x 1.00 + 2 x 3.00) per million, per request, times 1,000.
@@ -116,6 +117,17 @@ def test_a_run_scores_the_endpoint_on_the_eval_set_and_prices_it(engineer, task,
     assert Decimal(scores["price"]["input_per_million"]) == 1
     audit = list(AuditEvent.objects.filter(action__startswith="eval.").values_list("action", flat=True))
     assert sorted(audit) == ["eval.run_finish", "eval.run_start"]
+
+
+def test_the_run_page_shows_where_each_labels_rows_went(client, org, engineer, task, endpoint, answers):
+    run = start(engineer, task, endpoint, row_limit=30)  # all 24 rows, 6 a queue
+    runs.execute(run.pk)
+    client.force_login(org["engineer"])
+    page = client.get(reverse("eval-run-detail", args=[run.pk])).content.decode()
+    assert "Confusion: rows are the expected labels" in page
+    # Every answer was billing: billing's 6 rows on the diagonal, the other queues' 6 each missed to billing.
+    assert page.count('class="num confusion--hit">6<') == 1
+    assert page.count('class="num confusion--miss">6<') == 3
 
 
 def test_an_unpriced_endpoint_has_no_cost_and_a_second_delivery_changes_nothing(

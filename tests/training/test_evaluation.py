@@ -21,6 +21,11 @@ def test_case_whitespace_and_surrounding_punctuation_do_not_count():
         "accuracy": 1.0,  # the second answer names the label "technical"
         "f1_by_label": {"billing": 1.0, "technical": 1.0, "the capital of france is paris": 1.0},
         "label_counts": {"billing": 1, "technical": 1, "the capital of france is paris": 1},
+        "confusion": {
+            "billing": {"billing": 1},
+            "technical": {"technical": 1},
+            "the capital of france is paris": {"the capital of france is paris": 1},
+        },
     }
 
 
@@ -43,6 +48,12 @@ def test_accuracy_and_f1_per_label_count_each_label_exactly():
     }
     assert (metrics["accuracy"], metrics["exact_match"], metrics["contains"]) == (0.5, 0.5, 0.5)
     assert metrics["label_counts"] == {"billing": 3, "shipping": 2, "account": 1}
+    # Where each label's rows went: the misses by what was answered, an answer naming no label as "(other)".
+    assert metrics["confusion"] == {
+        "account": {"billing": 1},
+        "billing": {"billing": 2, "shipping": 1},
+        "shipping": {"(other)": 1, "shipping": 1},
+    }
 
 
 def test_an_answer_naming_no_known_label_is_wrong_for_its_row_and_credits_no_label():
@@ -158,3 +169,8 @@ def test_score_generates_an_answer_per_row_and_compares_them_as_answer_metrics_d
     )
     assert {key: value for key, value in metrics.items() if key != "perplexity"} == real(expected, answers)
     assert metrics["rows"] == 2 and metrics["perplexity"] > 1.0
+    assert "answers" not in metrics  # a job stores the metrics, not every answer
+    kept = evaluation.score(
+        base_dir=tmp_path, adapter_dir=None, rows=rows, max_new_tokens=4, keep_answers=True
+    )
+    assert kept["answers"] == answers  # greedy: the same answers again, in the rows' order

@@ -255,6 +255,7 @@ def test_eval_results_show_base_and_tuned_accuracy_side_by_side_with_the_change(
             "perplexity": 1.8,
             "f1_by_label": {"billing": 0.95, "shipping": 0.05},
             "label_counts": {"billing": 25, "shipping": 15},
+            "confusion": {"billing": {"billing": 25}, "shipping": {"(other)": 2, "billing": 13}},
         },
     )
     client.force_login(org["viewer"])
@@ -266,6 +267,23 @@ def test_eval_results_show_base_and_tuned_accuracy_side_by_side_with_the_change(
     assert '<span class="delta delta--better">−38.70</span>' in evals  # perplexity fell: better
     assert '<span class="delta delta--worse">−0.05</span>' in evals  # shipping F1 got worse
     assert "smol-base:v1" in evals and "smol-base:v2" in evals
+    # The fine-tuned model's confusion: billing's 25 right, shipping's 13 answered billing and 2 no label.
+    confusion = evals[evals.index("Where the fine-tuned model") :]
+    header = re.search(r"<thead>(.*?)</thead>", confusion, re.S).group(1)
+    assert re.findall(r'<th scope="col" class="num">([^<]+)</th>', header) == [
+        "billing",
+        "shipping",
+        "(other)",
+    ]
+    cells = re.findall(r'<td class="num([^"]*)">(\d+)</td>', confusion.split("</table>")[0])
+    assert cells == [
+        (" confusion--hit", "25"),
+        ("", "0"),
+        ("", "0"),
+        (" confusion--miss", "13"),
+        ("", "0"),
+        (" confusion--miss", "2"),
+    ]
 
 
 # --- The list --------------------------------------------------------------------------------------

@@ -108,16 +108,40 @@ def remeasured(base, adapter, rows) -> float | None:
     return lora.evaluate_loss(model, examples, tokenizer.eos_token_id, 4)
 
 
-def test_without_patience_the_run_trains_every_step(tiny_llama, tmp_path):
+def train_against_the_held_out(base, out, epochs: int, patience: int, measured: list | None = None) -> dict:
+    """Eight billing rows trained for ``epochs`` (two steps each), measured on four that want shipping."""
     hp = Hyperparameters(
-        epochs=3, learning_rate=1e-2, checkpoint_every=0, early_stopping_patience=0
-    ).resolved(8, Architecture.read(tiny_llama))
-    metrics = lora.train(
-        base_dir=tiny_llama,
-        output_dir=tmp_path / "out",
+        epochs=epochs, learning_rate=1e-2, checkpoint_every=0, early_stopping_patience=patience
+    ).resolved(8, Architecture.read(base))
+    return lora.train(
+        base_dir=base,
+        output_dir=out,
         train_rows=[ticket(i, "billing") for i in range(8)],
         eval_rows=[ticket(i, "shipping") for i in range(4)],
         hp=hp,
+        on_progress=lambda p: (
+            measured.append((p.step, p.eval_loss))
+            if measured is not None and p.eval_loss is not None
+            else None
+        ),
     )
+
+
+def test_without_patience_the_run_trains_every_step(tiny_llama, tmp_path):
+    metrics = train_against_the_held_out(tiny_llama, tmp_path / "out", epochs=3, patience=0)
     assert metrics["stopped_early_at_step"] is None and metrics["steps_trained"] == 6
     assert metrics["restored_best"] is False
+
+
+def test_patience_running_out_at_the_last_step_is_no_early_stop(tiny_llama, tmp_path):
+    # One epoch of two steps, patience 1: the eval loss is measured at both, and rises at the second (the
+    # held-out rows want the opposite answer), so patience runs out at the run's last step.
+    measured: list = []
+    metrics = train_against_the_held_out(
+        tiny_llama, tmp_path / "out", epochs=1, patience=1, measured=measured
+    )
+    assert [step for step, _ in measured] == [1, 2]
+    assert measured[1][1] > measured[0][1] * 0.99  # no new best at the last step
+    assert metrics["stopped_early_at_step"] is None and metrics["steps_trained"] == 2
+    # The better adapter of step 1 is still the one saved.
+    assert metrics["best_eval_step"] == 1 and metrics["restored_best"] is True

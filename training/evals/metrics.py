@@ -14,7 +14,7 @@ from typing import Any
 from training import evaluation
 from training.choices import TaskKind
 
-normalise = evaluation._normalise  # one notion of "the same answer" for every eval
+normalise = evaluation.normalise  # one notion of "the same answer" for every eval
 
 
 def accuracy(pairs: Sequence[tuple[str, str]]) -> float | None:
@@ -82,6 +82,7 @@ def answer_scores(kind: str, expected: Sequence[str], answers: Sequence[str]) ->
         scores["accuracy"] = accuracy(pairs)
         scores["f1_by_label"] = f1_by_label(pairs)
         scores["macro_f1"] = macro_f1(scores["f1_by_label"])
+        scores["confusion"] = evaluation.confusion(pairs)
         scores["quality"] = scores["accuracy"]
     else:
         scores["quality"] = scores["exact_match" if kind == TaskKind.EXTRACTION else "contains"]

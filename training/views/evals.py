@@ -12,6 +12,7 @@ from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of
 from portfolio.htmx import page_or_fragment
+from training.evaluation import OTHER
 from training.models import EvalRun, FineTuneJob
 
 
@@ -71,7 +72,39 @@ def eval_comparison(actor: Actor, job: FineTuneJob) -> dict | None:
     for run in columns:
         run.role = "Base" if run is base else "Fine-tuned"
         run.serving_note = serving_note(run.metrics)
-    return {"columns": columns, "rows": rows, "f1_rows": f1_rows, "compare": compare, "measured": measured}
+    return {
+        "columns": columns,
+        "rows": rows,
+        "f1_rows": f1_rows,
+        "compare": compare,
+        "measured": measured,
+        # Where the fine-tuned model's answers went, label by label (the base's answers rarely name one).
+        "confusion": confusion_table(last.metrics.get("confusion") or {}) if own else None,
+    }
+
+
+def confusion_table(confusion: dict[str, dict[str, int]]) -> dict | None:
+    """A classification run's confusion counts as a table: a row per expected label, a column per label
+    answered (the expected labels, then "(other)" when some answer named none), right answers and misses
+    marked (an empty cell is neither)."""
+    if not confusion:
+        return None
+    labels = sorted(confusion)
+    answered = labels + ([OTHER] if any(OTHER in counts for counts in confusion.values()) else [])
+    return {
+        "columns": answered,
+        "rows": [
+            {
+                "label": label,
+                "cells": [_cell(confusion[label].get(column, 0), column == label) for column in answered],
+            }
+            for label in labels
+        ],
+    }
+
+
+def _cell(count: int, diagonal: bool) -> dict:
+    return {"count": count, "tone": ("hit" if diagonal else "miss") if count else ""}
 
 
 # (metrics key, label, unit, whether higher is better), in the order the comparison lists them.

@@ -21,6 +21,7 @@ from training.evals import catalogue, runs, side_by_side
 from training.evals.leaderboard import figures, leaderboard, quality_cost_chart
 from training.evals.models import EndpointEvalRun, Task
 from training.forms.tasks import EvalRunForm, EvalSetForm, TaskForm
+from training.views.evals import confusion_table
 
 RUN_POLL_SECONDS = 2
 COMPARE_PAGE_ROWS = 50
@@ -220,6 +221,7 @@ def eval_run_detail(request, run_id: int):
         "poll_seconds": RUN_POLL_SECONDS,
         "can_run": gate.can(actor, "training.run", run),
         "f1_rows": sorted((run.metrics.get("f1_by_label") or {}).items()),
+        "confusion": confusion_table(run.metrics.get("confusion") or {}),
         "figures": figures(run.metrics),
         "currency": settings.BILLING_CURRENCY,
     }
