@@ -83,11 +83,15 @@ def eval_comparison(actor: Actor, job: FineTuneJob) -> dict | None:
     }
 
 
+# The table is labels x (labels + 1) cells: past this many labels it would not be read, only sent.
+CONFUSION_LABELS = 20
+
+
 def confusion_table(confusion: dict[str, dict[str, int]]) -> dict | None:
     """A classification run's confusion counts as a table: a row per expected label, a column per label
     answered (the expected labels, then "(other)" when some answer named none), right answers and misses
-    marked (an empty cell is neither)."""
-    if not confusion:
+    marked (an empty cell is neither); None past ``CONFUSION_LABELS`` labels (the F1 table lists them)."""
+    if not confusion or len(confusion) > CONFUSION_LABELS:
         return None
     labels = sorted(confusion)
     answered = labels + ([OTHER] if any(OTHER in counts for counts in confusion.values()) else [])
