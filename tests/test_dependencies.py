@@ -65,3 +65,52 @@ def test_every_imported_third_party_package_is_declared():
     assert not missing, "Imported but not declared in pyproject.toml (module: first importer): " + str(
         missing
     )
+
+
+def core() -> set[str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return {_normalise(re.match(r"[A-Za-z0-9_.-]+", r).group()) for r in project["dependencies"]}
+
+
+def imported_on_load(sources=("portfolio", "serving", "training")) -> dict[str, str]:
+    """Third-party modules the application imports when its modules load (statements of a module's body,
+    try blocks included; imports inside functions, which load only when called, and those for type checkers
+    are left out) -> the first file."""
+    found: dict[str, str] = {}
+    for source in sources:
+        for path in sorted((REPO / source).rglob("*.py")):
+            if "migrations" in path.parts:
+                continue
+            body = list(ast.parse(path.read_text(), str(path)).body)
+            while body:
+                node = body.pop(0)
+                if isinstance(node, ast.Try):
+                    body += [*node.body, *(s for h in node.handlers for s in h.body), *node.orelse]
+                    continue
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.partition(".")[0]
+                    if top not in sys.stdlib_module_names and top not in OURS and top != "__future__":
+                        found.setdefault(top, str(path.relative_to(REPO)))
+    return found
+
+
+def test_what_the_application_imports_on_load_is_a_core_dependency_not_an_extra():
+    # Found on a GPU machine: the gateway's URLs import the SSO client, whose python-keycloak was an optional
+    # extra, so an install without that extra served nothing but errors.
+    distributions = packages_distributions()
+    names = core()
+    missing = {
+        module: where
+        for module, where in imported_on_load().items()
+        if module not in ELSEWHERE
+        and not any(_normalise(dist) in names for dist in distributions.get(module, []))
+    }
+    assert not missing, "Loaded with the application but only in an extra (module: first importer): " + str(
+        missing
+    )

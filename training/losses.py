@@ -80,30 +80,32 @@ def pack(model, input_ids, attention, labels) -> dict | None:
     total = shared + sum(n - shared for n in lengths)
     if rows < 2 or total > MAX_PACKED or kind not in ("sdpa", "eager") or _windowed(config):
         return None
-    ids, positions, targets, segments = [input_ids[0, :shared]], [torch.arange(shared)], [], [-1] * shared
+    # Built where the batch is (a GPU's tensors cannot be joined with the CPU's), whatever torch's default.
+    device = input_ids.device
+    ids, positions = [input_ids[0, :shared]], [torch.arange(shared, device=device)]
+    targets, segments = [], [-1] * shared
     # The shared tokens predict nothing: the first row's own token after them is no answer (shared_length).
-    targets.append(torch.full((shared,), IGNORE, dtype=labels.dtype))
+    targets.append(torch.full((shared,), IGNORE, dtype=labels.dtype, device=device))
     for row, length in enumerate(lengths):
         ids.append(input_ids[row, shared:length])
-        positions.append(torch.arange(shared, length))
-        ending = torch.full((1,), IGNORE, dtype=labels.dtype)
+        positions.append(torch.arange(shared, length, device=device))
+        ending = torch.full((1,), IGNORE, dtype=labels.dtype, device=device)
         targets.append(torch.cat([labels[row, shared + 1 : length], ending]))
         segments += [row] * (length - shared)
-    segment = torch.tensor(segments)
-    index = torch.arange(total)
+    segment = torch.tensor(segments, device=device)
+    index = torch.arange(total, device=device)
     # Token i sees token j at or before it that is shared or of its own row.
     sees = (index[None, :] <= index[:, None]) & (
         (segment[None, :] == -1) | (segment[None, :] == segment[:, None])
     )
     if kind == "eager":  # added to the scores
         dtype = _inner(model).get_input_embeddings().weight.dtype
-        sees = torch.zeros(sees.shape, dtype=dtype).masked_fill(~sees, torch.finfo(dtype).min)
-    device = input_ids.device
+        sees = torch.zeros(sees.shape, dtype=dtype, device=device).masked_fill(~sees, torch.finfo(dtype).min)
     return {
-        "input_ids": torch.cat(ids)[None].to(device),
-        "position_ids": torch.cat(positions)[None].to(device),
-        "attention_mask": sees[None, None].to(device),
-        "targets": torch.cat(targets)[None].to(device),
+        "input_ids": torch.cat(ids)[None],
+        "position_ids": torch.cat(positions)[None],
+        "attention_mask": sees[None, None],
+        "targets": torch.cat(targets)[None],
     }
 
 

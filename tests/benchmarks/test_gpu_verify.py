@@ -42,3 +42,17 @@ def test_an_unknown_argument_is_refused_in_one_json_line():
     result = subprocess.run(["bash", str(SCRIPT), "--fast"], capture_output=True, text=True)
     assert result.returncode == 2
     assert json.loads(result.stdout)["error"] == "unknown argument: --fast"
+
+
+def test_an_image_python_needs_the_wheels_the_image_lacks():
+    result = subprocess.run(["bash", str(SCRIPT), "--python", "python3"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "--python needs --wheels" in json.loads(result.stdout)["error"]
+
+
+def test_a_python_that_is_not_there_is_refused():
+    result = subprocess.run(
+        ["bash", str(SCRIPT), "--python", "no-such-python3"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert json.loads(result.stdout)["error"] == "--python needs a Python interpreter"

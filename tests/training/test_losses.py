@@ -216,3 +216,22 @@ def test_a_quantized_base_is_held_to_reduced_precision_when_packing_is_checked(t
         rows[quantized] = shapes[0][0]
     # Float32 weights with no quantizer: held to float32's tolerance, so padded (one row per example).
     assert rows == {False: input_ids.shape[0], True: 1}
+
+
+def test_a_packed_batch_is_built_where_the_batch_is_whatever_torchs_default_device(tmp_path):
+    # Found on an H200: the rows' ends were made on the CPU and joined with a GPU batch's labels. Torch's
+    # default device set to "meta" stands in for a batch that lives elsewhere than where new tensors go.
+    import torch
+
+    model, _ = model_and_batch(tmp_path)
+    input_ids, labels, attention = lora._collate(SHARING_ROWS, pad_id=0)
+    expected = losses.pack(model, input_ids, attention, labels)
+    torch.set_default_device("meta")
+    try:
+        packed = losses.pack(model, input_ids, attention, labels)
+    finally:
+        torch.set_default_device(None)
+    assert expected is not None and packed is not None and packed.keys() == expected.keys()
+    for name, tensor in packed.items():
+        assert tensor.device == input_ids.device, name
+        assert torch.equal(tensor, expected[name]), name
