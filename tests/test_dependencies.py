@@ -33,35 +33,47 @@ def declared() -> set[str]:
     return {_normalise(re.match(r"[A-Za-z0-9_.-]+", requirement).group()) for requirement in requirements}
 
 
+def third_party(nodes) -> list[str]:
+    """The third-party top-level modules these statements import."""
+    tops = []
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            top = name.partition(".")[0]
+            if top not in sys.stdlib_module_names and top not in OURS and top != "__future__":
+                tops.append(top)
+    return tops
+
+
 def imported() -> dict[str, str]:
     """Top-level third-party module -> the first file that imports it."""
     found: dict[str, str] = {}
     for source in SOURCES:
         paths = [REPO / source] if source.endswith(".py") else sorted((REPO / source).rglob("*.py"))
         for path in paths:
-            for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                if isinstance(node, ast.Import):
-                    names = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-                    names = [node.module]
-                else:
-                    continue
-                for name in names:
-                    top = name.partition(".")[0]
-                    if top not in sys.stdlib_module_names and top not in OURS and top != "__future__":
-                        found.setdefault(top, str(path.relative_to(REPO)))
+            for top in third_party(ast.walk(ast.parse(path.read_text(), str(path)))):
+                found.setdefault(top, str(path.relative_to(REPO)))
     return found
 
 
-def test_every_imported_third_party_package_is_declared():
+def outside(found: dict[str, str], names: set[str]) -> dict[str, str]:
+    """The modules of ``found`` that no distribution among ``names`` provides."""
     distributions = packages_distributions()
-    names = declared()
-    missing = {
+    return {
         module: where
-        for module, where in imported().items()
+        for module, where in found.items()
         if module not in ELSEWHERE
         and not any(_normalise(dist) in names for dist in distributions.get(module, []))
     }
+
+
+def test_every_imported_third_party_package_is_declared():
+    missing = outside(imported(), declared())
     assert not missing, "Imported but not declared in pyproject.toml (module: first importer): " + str(
         missing
     )
@@ -81,36 +93,22 @@ def imported_on_load(sources=("portfolio", "serving", "training")) -> dict[str, 
         for path in sorted((REPO / source).rglob("*.py")):
             if "migrations" in path.parts:
                 continue
-            body = list(ast.parse(path.read_text(), str(path)).body)
+            body, statements = list(ast.parse(path.read_text(), str(path)).body), []
             while body:
                 node = body.pop(0)
                 if isinstance(node, ast.Try):
                     body += [*node.body, *(s for h in node.handlers for s in h.body), *node.orelse]
-                    continue
-                if isinstance(node, ast.Import):
-                    names = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-                    names = [node.module]
                 else:
-                    continue
-                for name in names:
-                    top = name.partition(".")[0]
-                    if top not in sys.stdlib_module_names and top not in OURS and top != "__future__":
-                        found.setdefault(top, str(path.relative_to(REPO)))
+                    statements.append(node)
+            for top in third_party(statements):
+                found.setdefault(top, str(path.relative_to(REPO)))
     return found
 
 
 def test_what_the_application_imports_on_load_is_a_core_dependency_not_an_extra():
     # Found on a GPU machine: the gateway's URLs import the SSO client, whose python-keycloak was an optional
     # extra, so an install without that extra served nothing but errors.
-    distributions = packages_distributions()
-    names = core()
-    missing = {
-        module: where
-        for module, where in imported_on_load().items()
-        if module not in ELSEWHERE
-        and not any(_normalise(dist) in names for dist in distributions.get(module, []))
-    }
+    missing = outside(imported_on_load(), core())
     assert not missing, "Loaded with the application but only in an extra (module: first importer): " + str(
         missing
     )
