@@ -24,13 +24,18 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def declared() -> set[str]:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    requirements = [
-        *project["dependencies"],
-        *(r for extra in project["optional-dependencies"].values() for r in extra),
-    ]
+def _project() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+def _names(requirements) -> set[str]:
     return {_normalise(re.match(r"[A-Za-z0-9_.-]+", requirement).group()) for requirement in requirements}
+
+
+def declared() -> set[str]:
+    project = _project()
+    extras = (r for extra in project["optional-dependencies"].values() for r in extra)
+    return _names([*project["dependencies"], *extras])
 
 
 def third_party(nodes) -> list[str]:
@@ -80,8 +85,7 @@ def test_every_imported_third_party_package_is_declared():
 
 
 def core() -> set[str]:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return {_normalise(re.match(r"[A-Za-z0-9_.-]+", r).group()) for r in project["dependencies"]}
+    return _names(_project()["dependencies"])
 
 
 def imported_on_load(sources=("portfolio", "serving", "training")) -> dict[str, str]:

@@ -224,14 +224,17 @@ def test_a_packed_batch_is_built_where_the_batch_is_whatever_torchs_default_devi
     import torch
 
     model, _ = model_and_batch(tmp_path)
+    config = model.get_base_model().config
     input_ids, labels, attention = lora._collate(SHARING_ROWS, pad_id=0)
-    expected = losses.pack(model, input_ids, attention, labels)
-    torch.set_default_device("meta")
-    try:
-        packed = losses.pack(model, input_ids, attention, labels)
-    finally:
-        torch.set_default_device(None)
-    assert expected is not None and packed is not None and packed.keys() == expected.keys()
-    for name, tensor in packed.items():
-        assert tensor.device == input_ids.device, name
-        assert torch.equal(tensor, expected[name]), name
+    for kind in ("sdpa", "eager"):  # a boolean mask, or one added to the scores
+        config._attn_implementation = kind
+        expected = losses.pack(model, input_ids, attention, labels)
+        torch.set_default_device("meta")
+        try:
+            packed = losses.pack(model, input_ids, attention, labels)
+        finally:
+            torch.set_default_device(None)
+        assert expected is not None and packed is not None and packed.keys() == expected.keys()
+        for name, tensor in packed.items():
+            assert tensor.device == input_ids.device, (kind, name)
+            assert torch.equal(tensor, expected[name]), (kind, name)
