@@ -70,7 +70,20 @@ def f1_by_label(pairs: list[tuple[str, str]]) -> dict[str, float]:
     return scores
 
 
-OTHER = "(other)"  # the confusion matrix's column for an answer that names no expected label
+def label_pairs(expected: list[str], answers: list[str]) -> list[tuple[str, str]]:
+    """(expected label, label answered) of each row, both as compared (``normalise``): the label an answer
+    names among the expected ones (``predicted_label``), else the answer itself."""
+    truths = [normalise(text) for text in expected]
+    labels = set(truths)
+    return [
+        (truth, predicted_label(normalise(answer), labels))
+        for truth, answer in zip(truths, answers, strict=True)
+    ]
+
+
+# The confusion matrix's column for an answer that names no expected label. Labels are compared lower-cased
+# (``normalise``), so a key with a capital letter is none of them: not even a label written "(other)".
+OTHER = "(Other)"
 
 
 def confusion(pairs: list[tuple[str, str]]) -> dict[str, dict[str, int]]:
@@ -103,9 +116,8 @@ def answer_metrics(expected: list[str], answers: list[str]) -> dict[str, Any]:
         # An empty expected answer is contained in everything: it counts as contained in nothing.
         "contains": sum(bool(truth) and truth in answer for truth, answer in rows) / n,
     }
-    labels = set(truths)
-    if len(labels) <= max(20, n // 3):  # few distinct answers: a classification task
-        pairs = [(truth, predicted_label(answer, labels)) for truth, answer in rows]
+    if len(set(truths)) <= max(20, n // 3):  # few distinct answers: a classification task
+        pairs = label_pairs(expected, answers)
         metrics["accuracy"] = sum(truth == predicted for truth, predicted in pairs) / n
         metrics["f1_by_label"] = f1_by_label(pairs)
         metrics["label_counts"] = dict(Counter(truths))

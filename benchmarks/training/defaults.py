@@ -154,13 +154,12 @@ def run_once(name: str, base: Path, train_rows: list, held_out: list, values: di
 
 def misses(rows: list[dict], answers: list[str]) -> list[dict]:
     """The rows whose answer names another label than the expected one: the ticket, expected, answered."""
-    from training.evaluation import expected_answer, normalise, predicted_label
+    from training.evaluation import expected_answer, label_pairs
 
-    labels = {normalise(expected_answer(row)) for row in rows}
+    pairs = label_pairs([expected_answer(row) for row in rows], answers)
     wrong = []
-    for row, answer in zip(rows, answers, strict=True):
-        expected = normalise(expected_answer(row))
-        if predicted_label(normalise(answer), labels) != expected:
+    for row, answer, (expected, answered) in zip(rows, answers, pairs, strict=True):
+        if answered != expected:
             asked = (
                 row["messages"][-2]["content"] if "messages" in row else row.get("prompt") or row.get("text")
             )

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from training.evaluation import answer_metrics, expected_answer, f1_by_label, predicted_label, prompt_messages
+from training.evaluation import (
+    OTHER,
+    answer_metrics,
+    expected_answer,
+    f1_by_label,
+    predicted_label,
+    prompt_messages,
+)
 
 
 def test_case_whitespace_and_surrounding_punctuation_do_not_count():
@@ -48,12 +55,29 @@ def test_accuracy_and_f1_per_label_count_each_label_exactly():
     }
     assert (metrics["accuracy"], metrics["exact_match"], metrics["contains"]) == (0.5, 0.5, 0.5)
     assert metrics["label_counts"] == {"billing": 3, "shipping": 2, "account": 1}
-    # Where each label's rows went: the misses by what was answered, an answer naming no label as "(other)".
+    # Where each label's rows went: the misses by what was answered, an answer naming no label as OTHER.
     assert metrics["confusion"] == {
         "account": {"billing": 1},
         "billing": {"billing": 2, "shipping": 1},
-        "shipping": {"(other)": 1, "shipping": 1},
+        "shipping": {OTHER: 1, "shipping": 1},
     }
+
+
+def test_an_answer_naming_no_label_is_a_miss_even_of_a_label_written_like_the_catch_all_column():
+    # A task may well have a queue called "other" or "(other)"; what names no label is not its hit.
+    pairs = ["(other)", "(Other)", "(other)", "billing"], ["(other)", "(OTHER).", "refund", "billing"]
+    metrics = answer_metrics(*pairs)
+    assert metrics["accuracy"] == 0.75
+    assert metrics["confusion"] == {"(other)": {"(other)": 2, OTHER: 1}, "billing": {"billing": 1}}
+
+    from training.views.evals import confusion_table
+
+    table = confusion_table(metrics["confusion"])
+    assert table["columns"] == ["(other)", "billing", OTHER]
+    assert [[(c["count"], c["tone"]) for c in row["cells"]] for row in table["rows"]] == [
+        [(2, "hit"), (0, ""), (1, "miss")],
+        [(0, ""), (1, "hit"), (0, "")],
+    ]
 
 
 def test_an_answer_naming_no_known_label_is_wrong_for_its_row_and_credits_no_label():

@@ -273,7 +273,7 @@ def test_eval_results_show_base_and_tuned_accuracy_side_by_side_with_the_change(
     assert re.findall(r'<th scope="col" class="num">([^<]+)</th>', header) == [
         "billing",
         "shipping",
-        "(other)",
+        "(Other)",  # the run's stored "(other)" column: it was scored before OTHER was capitalised
     ]
     cells = re.findall(r'<td class="num([^"]*)">(\d+)</td>', confusion.split("</table>")[0])
     assert cells == [

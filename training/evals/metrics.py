@@ -73,12 +73,7 @@ def answer_scores(kind: str, expected: Sequence[str], answers: Sequence[str]) ->
         "contains": containment(expected, answers),
     }
     if kind == TaskKind.CLASSIFICATION:
-        truths = [normalise(e) for e in expected]
-        labels = set(truths)
-        pairs = [
-            (t, evaluation.predicted_label(normalise(a), labels))
-            for t, a in zip(truths, answers, strict=True)
-        ]
+        pairs = evaluation.label_pairs(list(expected), list(answers))
         scores["accuracy"] = accuracy(pairs)
         scores["f1_by_label"] = f1_by_label(pairs)
         scores["macro_f1"] = macro_f1(scores["f1_by_label"])

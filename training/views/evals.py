@@ -83,17 +83,25 @@ def eval_comparison(actor: Actor, job: FineTuneJob) -> dict | None:
     }
 
 
+# The catch-all column's key in runs scored before 2026-12-04, when no label could be told from it.
+LEGACY_OTHER = "(other)"
+
 # The table is labels x (labels + 1) cells: past this many labels it would not be read, only sent.
 CONFUSION_LABELS = 20
 
 
 def confusion_table(confusion: dict[str, dict[str, int]]) -> dict | None:
     """A classification run's confusion counts as a table: a row per expected label, a column per label
-    answered (the expected labels, then "(other)" when some answer named none), right answers and misses
+    answered (the expected labels, then ``OTHER`` when some answer named none), right answers and misses
     marked (an empty cell is neither); None past ``CONFUSION_LABELS`` labels (the F1 table lists them)."""
     if not confusion or len(confusion) > CONFUSION_LABELS:
         return None
     labels = sorted(confusion)
+    if LEGACY_OTHER not in confusion:  # a run scored before OTHER was capitalised: its catch-all column
+        confusion = {
+            label: {OTHER if column == LEGACY_OTHER else column: count for column, count in counts.items()}
+            for label, counts in confusion.items()
+        }
     answered = labels + ([OTHER] if any(OTHER in counts for counts in confusion.values()) else [])
     return {
         "columns": answered,
