@@ -311,7 +311,7 @@ class Gateway:
         team_micros, department_micros = admission.charged(key, endpoint, cost)
         commands = self.limiter.settle(
             reservation,
-            tokens=outcome.input_tokens + outcome.output_tokens,
+            tokens=outcome.input_tokens + outcome.output_tokens + audio.audio_tokens(outcome.audio_ms),
             money_micros=cost,
             team_micros=team_micros,
             department_micros=department_micros,

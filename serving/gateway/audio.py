@@ -4,12 +4,14 @@ both OpenAI routes for Whisper), with the same keys, scopes, limits, budgets and
 Contract: the body is a multipart form read whole up to ``PORTFOLIO_GATEWAY_MAX_AUDIO_BYTES`` (uploads.py),
 with one WAV file whose duration, read from its header, is at most ``PORTFOLIO_GATEWAY_MAX_AUDIO_SECONDS``,
 and text fields on the route's allow-list (``model`` required). Admission reserves, as for chat, the worst
-case of the costliest hop: the most tokens the decoder can produce for that duration (``reservation``: its
-limit a chunk, or the client's ``max_completion_tokens``, which the engine then stops each chunk at) and
-the most money (the seconds at the price book's ``audio_second``, plus those tokens at its token prices),
-so that the key's tokens-per-minute limit, token and money budgets and the team's and department's hard
-limits refuse an upload that could pass them. The call settles to what was metered: audio milliseconds on
-its usage event, priced per second, and whatever tokens the engine reports. The engine gets the form
+case of the costliest hop: the audio's seconds as tokens (``audio_tokens``, 50 a second) and the most
+tokens the decoder can produce for that duration (``reservation``: its limit a chunk, or the client's
+``max_completion_tokens``, which the engine then stops each chunk at), and the most money (the seconds at
+the price book's ``audio_second``, plus the decoder's tokens at its token prices), so that the key's
+tokens-per-minute limit, token and money budgets and the team's and department's hard limits refuse an
+upload that could pass them. The call settles to what was metered: audio milliseconds on its usage event,
+priced per second and counted against the token limits as ``audio_tokens``, and whatever tokens the
+engine reports (vLLM reports none for a transcription). The engine gets the form
 rebuilt from the checked fields, the model renamed to the route's, never the client's own bytes around
 the file. Streaming is not offered (``stream`` is not on the allow-list). PostgreSQL is never touched.
 """
@@ -105,6 +107,17 @@ NO_TOKENS = Shape(prompts=(), choices=0, per_choice=0)  # the outcome's shape: n
 CLIP_MS = 30_000
 SHORTEST_CUT_MS = 29_000
 
+# What an upload's seconds weigh against the key's token limits (tokens per minute, the monthly token budget):
+# the positions a speech encoder reads for them, Whisper's 1,500 per 30 s. The engine reports a transcription's
+# duration and no tokens, so without this a key's token limits would not bound its audio at all. Billing
+# prices the seconds themselves (``audio_cost``), not these tokens.
+AUDIO_TOKENS_PER_SECOND = 50
+
+
+def audio_tokens(audio_ms: int) -> int:
+    """The tokens an upload of ``audio_ms`` counts against token limits (up: a started 20 ms is a position)."""
+    return -(-audio_ms * AUDIO_TOKENS_PER_SECOND // 1000)
+
 
 def check_fields(kind: str, fields: dict) -> None:
     allowed = FIELDS[kind]
@@ -154,12 +167,12 @@ def reservation(
     """The most tokens, and money in micro-units, an upload of ``audio_ms`` with this ``prompt`` field can be
     billed on ``hop``: per chunk, a decoder prompt (the field's bytes and the special tokens around it) and a
     transcript of at most ``most_tokens`` (``max_completion_tokens``) that together stop at the decoder's
-    limit, at the hop's token prices; plus the seconds at its audio price."""
+    limit, at the hop's token prices; plus the seconds, as ``audio_tokens`` and at the hop's audio price."""
     limit = hop.decoder_len or hop.max_model_len
     prompt_bound = len(prompt.encode("utf-8", "surrogatepass")) + SPECIAL_TOKENS
     shape = Shape(prompts=(prompt_bound,) * chunks(audio_ms), choices=1, per_choice=most_tokens)
     tokens, money = worst_case(shape, limit, hop.input_micros_per_token, hop.output_micros_per_token)
-    return tokens, money + audio_cost(hop, audio_ms)
+    return tokens + audio_tokens(audio_ms), money + audio_cost(hop, audio_ms)
 
 
 async def serve(gateway, scope, receive, send, headers, request_id: str, event_id: str, *, kind: str) -> None:

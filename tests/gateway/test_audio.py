@@ -133,26 +133,43 @@ def test_an_upload_that_could_pass_the_keys_budget_is_refused_before_the_engine(
 def test_a_key_whose_tokens_per_minute_cannot_hold_the_decoders_worst_case_is_refused_a_transcription(
     whisper,
 ):
-    # No Whisper config here: the decoder's limit per 30 s chunk is the context, 512 tokens.
+    # No Whisper config here: the decoder's limit per 30 s chunk is the context, 512 tokens; the 2 s
+    # themselves count as 100 tokens (50 a second).
     files = {"file": ("a.wav", sine_wav(2.0), "audio/wav")}
-    tight = whisper["stack"]["key"](tpm_limit=500)
+    tight = whisper["stack"]["key"](tpm_limit=600)
     refused = post(whisper, files, {"model": "whisper"}, secret=tight)
     error = refused.json()["error"]
     assert refused.status_code == 429 and error["code"] == "rate_limit_exceeded", refused.text
     assert (
-        error["param"] == "file" and "512 tokens" in error["message"] and "shorter audio" in error["message"]
+        error["param"] == "file" and "612 tokens" in error["message"] and "shorter audio" in error["message"]
     )
     assert whisper["engine"].requests == []
-    roomy = whisper["stack"]["key"](tpm_limit=600)
-    for _ in range(2):  # settled to the engine's count (none) each time: the next one fits again
-        assert post(whisper, files, {"model": "whisper"}, secret=roomy).status_code == 200
+
+
+def test_the_seconds_of_each_transcription_count_against_the_tokens_per_minute(whisper):
+    # The engine reports a duration and no tokens: each call settles to its 2 s as 100 tokens, so a key of
+    # 800 a minute holds two worst cases of 612 one after the other, and not a third.
+    files = {"file": ("a.wav", sine_wav(2.0), "audio/wav")}
+    secret = whisper["stack"]["key"](tpm_limit=800)
+    for _ in range(2):
+        assert post(whisper, files, {"model": "whisper"}, secret=secret).status_code == 200
+    refused = post(whisper, files, {"model": "whisper"}, secret=secret)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded", (
+        refused.text
+    )
+    assert len(whisper["engine"].requests) == 2
+    usage.flush()
+    assert [(e.input_tokens, e.output_tokens, e.audio_ms) for e in UsageEvent.objects.filter(status=200)] == [
+        (0, 0, 2000),
+        (0, 0, 2000),
+    ], "the usage rows keep what the engine reported: the seconds are billed as seconds"
 
 
 def test_a_key_too_tight_for_the_decoders_limit_transcribes_by_capping_the_transcript(whisper):
-    # A 2 s clip is one chunk: its decoder prompt (8 special tokens) and, without a cap, up to the limit of
-    # 512 tokens; with max_completion_tokens 40, 8 + 40 tokens, which fit a key of 100 a minute.
+    # A 2 s clip (100 tokens) is one chunk: its decoder prompt (8 special tokens) and, without a cap, up to
+    # the limit of 512 tokens; with max_completion_tokens 40, 100 + 8 + 40 tokens, which fit a key of 150.
     files = {"file": ("a.wav", sine_wav(2.0), "audio/wav")}
-    tight = whisper["stack"]["key"](tpm_limit=100)
+    tight = whisper["stack"]["key"](tpm_limit=150)
     refused = post(whisper, files, {"model": "whisper"}, secret=tight)
     assert refused.status_code == 429 and "max_completion_tokens" in refused.json()["error"]["message"]
     capped = post(whisper, files, {"model": "whisper", "max_completion_tokens": "40"}, secret=tight)
@@ -161,7 +178,7 @@ def test_a_key_too_tight_for_the_decoders_limit_transcribes_by_capping_the_trans
         "the engine stops there"
     )
     over = post(whisper, files, {"model": "whisper", "max_completion_tokens": "93"}, secret=tight)
-    assert over.status_code == 429 and "up to 101 tokens" in over.json()["error"]["message"], over.text
+    assert over.status_code == 429 and "up to 201 tokens" in over.json()["error"]["message"], over.text
     assert len(whisper["engine"].requests) == 1
 
 
@@ -176,7 +193,7 @@ def test_a_key_whose_token_budget_cannot_hold_the_decoders_worst_case_is_refused
     )
     error = refused.json()["error"]
     assert refused.status_code == 429 and error["code"] == "insufficient_quota", refused.text
-    assert error["param"] == "file" and "up to 512 tokens" in error["message"]
+    assert error["param"] == "file" and "up to 562 tokens" in error["message"]  # 1 s: 50, and the 512
     assert whisper["engine"].requests == []
 
 

@@ -65,21 +65,25 @@ def test_an_upload_reserves_the_decoders_limit_per_chunk_and_its_seconds_and_tok
         decoder_len=448, audio_micros_per_second=10_000, input_micros_per_token=3, output_micros_per_token=5
     )
     tokens, money = audio.reservation(whisper, 10_000)
-    assert tokens == 448, "one chunk: a prompt and a transcript that stop at the decoder's limit"
-    assert money == 10 * 10_000 + 448 * 5, "the seconds, and the dearest way to spend the tokens"
+    assert tokens == 10 * 50 + 448, "the seconds as tokens; one chunk: a prompt and a transcript to the limit"
+    assert money == 10 * 10_000 + 448 * 5, "the seconds, and the dearest way to spend the decoder's tokens"
     tokens, money = audio.reservation(whisper, 90_000)
-    assert tokens == 4 * 448 and money == 90 * 10_000 + 4 * 448 * 5
+    assert tokens == 90 * 50 + 4 * 448 and money == 90 * 10_000 + 4 * 448 * 5
+
+
+def test_an_uploads_seconds_count_as_fifty_tokens_each_a_started_position_whole():
+    assert [audio.audio_tokens(ms) for ms in (0, 1, 20, 21, 1_000, 29_999)] == [0, 1, 1, 2, 50, 1_500]
 
 
 def test_a_prompt_dearer_than_the_transcript_is_reserved_at_its_price():
     whisper = hop(decoder_len=100, input_micros_per_token=7, output_micros_per_token=1)
     tokens, money = audio.reservation(whisper, 1_000, prompt="x" * 40)
-    assert tokens == 100
+    assert tokens == 50 + 100
     assert money == (40 + SPECIAL_TOKENS) * 7 + (100 - 40 - SPECIAL_TOKENS) * 1
 
 
 def test_without_a_known_decoder_limit_the_context_bounds_a_chunk():
-    assert audio.reservation(hop(max_model_len=512), 5_000) == (512, 0)
+    assert audio.reservation(hop(max_model_len=512), 5_000) == (250 + 512, 0)
 
 
 # --- Images: the model's figure ------------------------------------------------------------------------
