@@ -227,6 +227,23 @@ def composite_figures(c1: dict, names: tuple[str, ...], hops: int) -> dict:
     return figures
 
 
+def bare_relay_figures(c1: dict) -> dict:
+    """The naive baseline (``bare_relay.py``: the same server and HTTP client, nothing else) at concurrency 1:
+    what it adds over the direct calls, round by round, and what our gateway adds over it (keys, limits,
+    metering, routing), so that the gateway's own share of its added latency is told from the floor that
+    serving a relay from Python on this host costs."""
+    rounds = list(zip(c1["bare_relay"], c1["direct"], c1["portfolio"], strict=True))
+    figures = {}
+    for quantile in ("p50", "p99"):
+        field = f"{quantile}_us"
+        figures[f"added_{quantile}_ms"] = _median([(b[field] - d[field]) / 1000 for b, d, _ in rounds])
+        figures[f"portfolio_over_bare_{quantile}_ms"] = _median(
+            [(o[field] - b[field]) / 1000 for b, _, o in rounds]
+        )
+    figures["c1_rounds"] = c1["bare_relay"]
+    return figures
+
+
 def print_table(results: dict) -> None:
     ours, peer, ratios = results["portfolio"], results["litellm"], results["ratios"]
     rows = [
@@ -281,6 +298,13 @@ def print_table(results: dict) -> None:
         f"{targets['added_p99_ms_at_most']} ms: {targets['added_p99_met']}; >= "
         f"{targets['rps_per_gateway_core_at_least']} req/s per core: {targets['rps_per_gateway_core_met']}"
     )
+    bare = results.get("bare_relay")
+    if bare:
+        print(
+            f"bare relay (same server and client, no keys, limits or metering): added p50 {bare['added_p50_ms']} "
+            f"ms, p99 {bare['added_p99_ms']} ms; ours over it: p50 {bare['portfolio_over_bare_p50_ms']} ms, "
+            f"p99 {bare['portfolio_over_bare_p99_ms']} ms"
+        )
     for name, figures in results.get("composites", {}).items():
         if isinstance(figures, dict) and "hops" in figures:
             print(

@@ -50,7 +50,7 @@ from benchmarks.gateway.ours import (  # noqa: E402
     setup_django,
 )
 from benchmarks.gateway.peer import LITELLM_VENV, litellm_version, probe_litellm_virtual_keys, start_litellm  # noqa: E402
-from benchmarks.gateway.report import composite_figures, print_table, report  # noqa: E402
+from benchmarks.gateway.report import bare_relay_figures, composite_figures, print_table, report  # noqa: E402
 
 
 def main() -> int:
@@ -154,26 +154,7 @@ def main() -> int:
         ours_log = workdir / "portfolio-gateway.log"
         ours = procs.start(
             "portfolio",
-            [
-                "taskset",
-                "-c",
-                str(gateway_core),
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "portfolio.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(ours_port),
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--workers",
-                "1",
-                "--no-access-log",
-            ],
+            [*uvicorn_on(gateway_core), "portfolio.asgi:application", "--port", str(ours_port)],
             log=ours_log,
             env=env,
             cwd=ROOT,
@@ -201,6 +182,19 @@ def main() -> int:
             f"our gateway on :{ours_port}, LiteLLM {litellm_version()} on {litellm_base} (both on core {gateway_core})"
         )
 
+        # The naive baseline: the least a Python gateway can do, served the same way on the same core.
+        bare_port = free_port()
+        bare_log = workdir / "bare-relay.log"
+        bare_process = procs.start(
+            "bare-relay",
+            [*uvicorn_on(gateway_core), "benchmarks.gateway.bare_relay:app", "--port", str(bare_port)],
+            log=bare_log,
+            env={**env, "BARE_RELAY_UPSTREAM": f"http://127.0.0.1:{json_port}"},
+            cwd=ROOT,
+        )
+        bare_base = f"http://127.0.0.1:{bare_port}"
+        wait_http(f"{bare_base}/v1/models", bare_process, bare_log)
+
         direct = Target(
             "direct",
             f"http://127.0.0.1:{json_port}/v1/chat/completions",
@@ -226,6 +220,15 @@ def main() -> int:
             f"{litellm_base}/v1/chat/completions",
             "bench-stream",
             sid=litellm_process.pid,
+        )
+        bare = Target(
+            "bare_relay",
+            f"{bare_base}/v1/chat/completions",
+            None,
+            "bench-chat",
+            f"{bare_base}/v1/chat/completions",
+            "bench-stream",
+            sid=bare_process.pid,
         )
         targets = (direct, portfolio, litellm)
         if args.hold:
@@ -263,13 +266,13 @@ def main() -> int:
         log(f"limits enforced: {limits_check}")
 
         log("latency at concurrency 1 (wrk -t1 -c1), warm-up then interleaved rounds ...")
-        for target in targets:
+        for target in (*targets, bare):
             run_wrk(target, 2, load_core, workdir)
-        c1 = {t.name: [] for t in targets}
+        c1 = {t.name: [] for t in (*targets, bare)}
         for _ in range(rounds):
-            for target in targets:
+            for target in (*targets, bare):
                 c1[target.name].append(run_wrk(target, c1_seconds, load_core, workdir))
-        for target in targets:
+        for target in (*targets, bare):
             p50s = [r["p50_us"] / 1000 for r in c1[target.name]]
             p99s = [r["p99_us"] / 1000 for r in c1[target.name]]
             log(f"  {target.name:>9}: p50 {p50s} ms, p99 {p99s} ms")
@@ -377,6 +380,7 @@ def main() -> int:
             time.monotonic() - began,
         )
         results["composites"] = composite_figures(composite_c1, ("router", "cascade"), hops=2)
+        results["bare_relay"] = bare_relay_figures(c1)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print_table(results)
@@ -387,6 +391,14 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
         if settings.EMBEDDED_SERVICES and not embedded_before:
             embedded.stop_all(settings.DATA_DIR)
+
+
+def uvicorn_on(core: int) -> list[str]:
+    """A one-worker uvicorn on ``core``, as production runs the gateway (the app and port to follow)."""
+    return [
+        *("taskset", "-c", str(core), sys.executable, "-m", "uvicorn", "--host", "127.0.0.1"),
+        *("--loop", "uvloop", "--http", "httptools", "--workers", "1", "--no-access-log"),
+    ]
 
 
 if __name__ == "__main__":

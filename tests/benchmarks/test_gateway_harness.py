@@ -141,6 +141,68 @@ def test_a_composite_overhead_is_its_latency_less_the_hops_it_makes_round_by_rou
     assert figures["overhead_over_plain_calls_p50_ms"] == 0.3, "rounds: 0.3, 0.3, 0.2"
 
 
+def test_the_bare_relay_splits_our_added_latency_into_its_floor_and_the_gateways_own_round_by_round():
+    from benchmarks.gateway.report import bare_relay_figures
+
+    def rounds(*pairs):
+        return [{"p50_us": p50 * 1000, "p99_us": p99 * 1000} for p50, p99 in pairs]
+
+    c1 = {
+        "direct": rounds((0.1, 0.2), (0.1, 0.3), (0.1, 0.2)),
+        "bare_relay": rounds((0.3, 2.2), (0.3, 2.8), (0.4, 2.0)),
+        "portfolio": rounds((0.5, 3.0), (0.6, 3.6), (0.6, 3.2)),
+    }
+    figures = bare_relay_figures(c1)
+    assert figures["added_p50_ms"] == 0.2, "rounds: 0.2, 0.2, 0.3"
+    assert figures["added_p99_ms"] == 2.0, "rounds: 2.0, 2.5, 1.8"
+    assert figures["portfolio_over_bare_p50_ms"] == 0.2, "rounds: 0.2, 0.3, 0.2"
+    assert figures["portfolio_over_bare_p99_ms"] == 0.8, "rounds: 0.8, 0.8, 1.2"
+
+
+def test_the_bare_relay_relays_a_post_with_the_gateways_client(tmp_path):
+    """The baseline answers what the upstream answered, so that what it measures is a relay."""
+    import asyncio
+
+    from aiohttp import web
+
+    from benchmarks.gateway import bare_relay
+
+    async def scenario():
+        async def engine(request):
+            return web.json_response({"echo": (await request.read()).decode(), "path": request.path})
+
+        server = web.Application()
+        server.router.add_post("/{tail:.*}", engine)
+        runner = web.AppRunner(server)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        bare_relay.UPSTREAM, bare_relay._client = f"http://127.0.0.1:{port}", None
+        body = [
+            {"type": "http.request", "body": b'{"a": ', "more_body": True},
+            {"type": "http.request", "body": b"1}"},
+        ]
+        sent = []
+
+        async def receive():
+            return body.pop(0)
+
+        async def send(message):
+            sent.append(message)
+
+        await bare_relay.app({"type": "http", "path": "/v1/chat/completions"}, receive, send)
+        await bare_relay._client.close()
+        await runner.cleanup()
+        return sent
+
+    start, answer = asyncio.run(scenario())
+    assert start["status"] == 200 and start["headers"] == [
+        (b"content-type", b"application/json; charset=utf-8")
+    ]
+    assert answer["body"] == b'{"echo": "{\\"a\\": 1}", "path": "/v1/chat/completions"}'
+
+
 def test_the_benchmark_key_has_limits_a_key_may_have():
     """The bench's key was refused once the service bounded limits (tpm 2e9 > 1e9): `make bench-gateway`
     failed at its seed."""
