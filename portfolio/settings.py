@@ -241,12 +241,13 @@ GATEWAY_MAX_N = env.integer("PORTFOLIO_GATEWAY_MAX_N", 16, minimum=1, maximum=12
 GATEWAY_MAX_INPUTS = env.integer("PORTFOLIO_GATEWAY_MAX_INPUTS", 2048, minimum=1, maximum=100_000)
 GATEWAY_KEY_CACHE_SIZE = env.integer("PORTFOLIO_GATEWAY_KEY_CACHE_SIZE", 10_000, minimum=16)
 # Images in a chat call (serving/gateway/images.py): how many, how big decoded, the tokens admission reserves
-# for each where the registry does not know the model's own figure (an engine's per-image tokens must stay
-# under it: cap the image size in its engine arguments), and
+# for each where the registry does not know the model's own figure (0, the default: the model's context, the
+# only bound an engine keeps whatever the image's size; set a figure only where every engine's image size is
+# capped below it in its engine arguments), and
 # the internal hosts (host or host:port) whose image URLs an engine may fetch; any other URL is refused.
 GATEWAY_MAX_IMAGES = env.integer("PORTFOLIO_GATEWAY_MAX_IMAGES", 8, minimum=0, maximum=256)
 GATEWAY_MAX_IMAGE_BYTES = env.integer("PORTFOLIO_GATEWAY_MAX_IMAGE_BYTES", 2 * 1024 * 1024, minimum=1024)
-GATEWAY_IMAGE_TOKENS = env.integer("PORTFOLIO_GATEWAY_IMAGE_TOKENS", 2048, minimum=1, maximum=1_000_000)
+GATEWAY_IMAGE_TOKENS = env.integer("PORTFOLIO_GATEWAY_IMAGE_TOKENS", 0, minimum=0, maximum=1_000_000)
 GATEWAY_IMAGE_HOSTS = [h.lower() for h in env.csv_list("PORTFOLIO_GATEWAY_IMAGE_HOSTS", [])]
 # Audio uploads (serving/gateway/audio.py): the multipart body, and the WAV's duration read from its header.
 GATEWAY_MAX_AUDIO_BYTES = env.integer("PORTFOLIO_GATEWAY_MAX_AUDIO_BYTES", 25 * 1024 * 1024, minimum=1024)

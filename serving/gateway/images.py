@@ -10,8 +10,9 @@ the content parts by which vLLM would fetch audio or video. A request carries at
 ``PORTFOLIO_GATEWAY_MAX_IMAGES`` images, and admission reserves a bounded number of prompt tokens for each
 instead of its bytes (the engine turns an image into a bounded number of tokens, not one per byte): the
 figure of the model behind the endpoint where the registry knows it (``tokens_per_image``, carried in the
-routing table), else ``PORTFOLIO_GATEWAY_IMAGE_TOKENS``. Plain text conversations pay only a type test per
-message.
+routing table), else ``PORTFOLIO_GATEWAY_IMAGE_TOKENS`` where an operator set it, else the model's context: a
+model that tiles an image or sizes it by its pixels may turn one image into thousands of tokens, and only
+the context bounds them all. Plain text conversations pay only a type test per message.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ MAX_URL = 2048
 # turns it on, and requests cannot: ``mm_processor_kwargs`` is not on the allow-list) and PaliGemma. Models
 # that tile an image (Idefics3/SmolVLM, LLaVA-NeXT, InternVL, Phi-3-vision) or size it dynamically (Qwen2-VL,
 # Pixtral, which is also served as LlavaForConditionalGeneration) record a tile's figure or none: for them
-# the fixed bound stays, raised to the recorded figure where that is larger.
+# the fixed bound stays (the configured one, else the context), raised to the recorded figure where larger.
 ONE_TILE_ARCHITECTURES = frozenset({"Gemma3ForConditionalGeneration", "PaliGemmaForConditionalGeneration"})
 # What the processor puts around an image's placeholders (Gemma 3: "\n\n", <start_of_image>, <end_of_image>,
 # "\n\n"), with room to spare; the content part's own JSON (some 40 bytes) is counted in the prompt too.
@@ -60,8 +61,9 @@ IMAGE_MARKER_TOKENS = 16
 
 def tokens_per_image(architecture: str, facts: dict, fixed: int) -> int:
     """The most prompt tokens the engine counts for one image on a version of ``architecture`` with these
-    architecture facts (ModelVersion.architecture_facts, from families.read); ``fixed``: the configured
-    bound (PORTFOLIO_GATEWAY_IMAGE_TOKENS), for a model whose figure is not known to be the whole image."""
+    architecture facts (ModelVersion.architecture_facts, from families.read); ``fixed``: the bound for a
+    model whose figure is not known to be the whole image (PORTFOLIO_GATEWAY_IMAGE_TOKENS, else the
+    deployment's context: routing._model_limits)."""
     vision = facts.get("vision") if isinstance(facts, dict) else None
     recorded = vision.get("tokens_per_image") if isinstance(vision, dict) else None
     if type(recorded) is not int or recorded <= 0:

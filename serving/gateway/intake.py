@@ -99,8 +99,9 @@ def check(kind: str, payload: dict, size: int, first: EndpointInfo, name) -> pay
             found = images.inspect(payload["messages"])
             if found.number:
                 # An image costs the engine a bounded number of tokens, not one per byte of its URL: the
-                # figure of the costliest model the call may reach (routing.py), else the fixed bound.
-                per_image = first.image_tokens or settings.GATEWAY_IMAGE_TOKENS
+                # figure of the costliest model the call may reach (routing.py), else the configured bound,
+                # else the context (which worst_case caps the prompt at anyway).
+                per_image = first.image_tokens or settings.GATEWAY_IMAGE_TOKENS or first.max_model_len
                 bound = shape.prompts[0] - found.url_chars + found.number * per_image
                 shape = shape._replace(prompts=(bound,))
         return shape

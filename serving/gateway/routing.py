@@ -256,7 +256,8 @@ def _read_snapshot() -> Snapshot:
             embedding = embedding or bool(known and known.embedding)
             serves = serves or (known.serves if known else "")
             # An adapter is served on its deployment's base: the base's vision tower and decoder.
-            image_tokens = max(image_tokens, known.image_tokens if known else settings.GATEWAY_IMAGE_TOKENS)
+            fixed = settings.GATEWAY_IMAGE_TOKENS or max_len
+            image_tokens = max(image_tokens, known.image_tokens if known else fixed)
             decoder_len = max(decoder_len, known.decoder_len if known else max_len)
             version_id = route.adapter.version_id if route.adapter else deployment.version_id
             routes.append(
@@ -312,7 +313,8 @@ def _read_snapshot() -> Snapshot:
 
 def _model_limits(deployment, fixed_image_tokens: int) -> dict:
     """A deployment's per-model bounds for admission, from its base version's architecture facts (what the
-    registry read from the config: families.py): an image's tokens, and a speech decoder's limit."""
+    registry read from the config: families.py): an image's tokens (where the model's own figure is not
+    the whole image, ``fixed_image_tokens`` when configured, else the context), and a speech decoder's limit."""
     from serving.gateway.images import tokens_per_image
 
     version = deployment.version
@@ -321,7 +323,7 @@ def _model_limits(deployment, fixed_image_tokens: int) -> dict:
     target = facts.get("max_target_positions")
     decoder = min(max_len, target) if type(target) is int and target > 0 else max_len
     return {
-        "image_tokens": tokens_per_image(version.architecture, facts, fixed_image_tokens),
+        "image_tokens": tokens_per_image(version.architecture, facts, fixed_image_tokens or max_len),
         "decoder_len": decoder,
     }
 

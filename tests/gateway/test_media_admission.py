@@ -124,6 +124,14 @@ def test_the_prompt_reserves_the_endpoints_figure_per_image_and_the_fixed_bound_
     assert unknown.prompts == (size + CHAT_TEMPLATE_TOKENS - urls + 2 * 1000,)
 
 
+def test_without_a_configured_bound_an_image_of_unknown_cost_may_fill_the_context():
+    """The default: nothing caps what a tiling model makes of one image (Idefics3 at its largest size, 17
+    tiles of 169 tokens; Qwen2-VL by its pixels) but the context, so that is what admission reserves."""
+    payload, size = _image_call(1)
+    shape = intake.check("chat", payload, size, hop(serves="text", max_model_len=8192), "vision")
+    assert shape.prompts[0] >= 8192
+
+
 # --- The routing table carries the figures ----------------------------------------------------------------
 @pytest.mark.django_db(transaction=True)
 def test_the_routing_table_carries_each_models_image_and_decoder_figures(stack, settings):
@@ -164,3 +172,29 @@ def test_the_routing_table_carries_each_models_image_and_decoder_figures(stack, 
     assert table[router.name].image_tokens == 1000, "a composite's hops count"
     assert table["whisper"].decoder_len == 448, "Whisper's decoder limit, below the context configured"
     assert table["long-whisper"].decoder_len == 1024
+
+
+@pytest.mark.django_db(transaction=True)
+def test_by_default_a_tiling_models_image_reserves_its_context_not_a_fixed_figure(stack, settings):
+    """Idefics3-8B makes an image of its largest size into 17 tiles of 169 tokens (2,873): above the 2,048
+    that used to be reserved whatever the model, so a key's limits could be overrun by what was not
+    reserved. Unless an operator configures a bound (having capped the engines' image size), an image on a
+    model whose figure is a tile's, or unknown, may cost up to the deployment's context."""
+    assert settings.GATEWAY_IMAGE_TOKENS == 0, "the shipped default"
+    smol, _ = stack["deployment"]("idefics-dep", task="chat")
+    smol.engine_args = {"max_model_len": 8192}
+    smol.save(update_fields=["engine_args"])
+    smol.version.architecture = "Idefics3ForConditionalGeneration"
+    smol.version.architecture_facts = {"vision": {"tokens_per_image": 169}}
+    smol.version.save(update_fields=["architecture", "architecture_facts"])
+    gemma, _ = stack["deployment"]("gemma-dep", task="chat")
+    gemma.engine_args = {"max_model_len": 8192}
+    gemma.save(update_fields=["engine_args"])
+    gemma.version.architecture, gemma.version.architecture_facts = GEMMA3, {"vision": {"tokens_per_image": 256}}
+    gemma.version.save(update_fields=["architecture", "architecture_facts"])
+    stack["endpoint"]("idefics", smol)
+    stack["endpoint"]("gemma", gemma)
+
+    table = _read_snapshot().endpoints
+    assert table["idefics"].image_tokens == 8192, "a tile's figure bounds nothing: the context does"
+    assert table["gemma"].image_tokens == 256 + IMAGE_MARKER_TOKENS, "one tile per image: its own figure"
