@@ -38,7 +38,7 @@ def test_the_canary_is_asked_eval_questions_and_the_judge_scores_its_answers(
     grader, grader_engines = stack["deployment"]("grader-dep", answer=lambda body, i: "2")
     stack["endpoint"]("grader", grader)
     gateway_fixtures.wait_for_model(gateway_url, stack["key"](), "grader")
-    assert "no task has support as its production endpoint" in canary_judging.check(endpoint)
+    assert "no task of support's team has it as its production endpoint" in canary_judging.check(endpoint)
     dataset = services.create_dataset(actor=engineer, owner_team=team, name="tickets", kind=DatasetKind.CHAT)
     version, _ = upload(engineer, dataset, jsonl(*tickets(12)))
     task = catalogue.create_task(actor=engineer, owner_team=team, name="Routing", kind="classification")

@@ -20,11 +20,11 @@ from portfolio.registry.choices import Source, VersionKind, VersionStatus
 from portfolio.registry.models import ModelVersion
 from serving.choices import RolloutState
 from serving.gateway.models import UsageHourly
-from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, Rollout
+from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, EndpointShare, Rollout
 from tests.conftest import actor_for
 from tests.training.conftest import jsonl, upload
 from training.choices import JobStatus
-from training.evals import catalogue, portfolio
+from training.evals import canary_judging, catalogue, portfolio
 from training.evals.models import EndpointEvalRun, Task
 from training.evals.portfolio import Figures, pick_candidate
 
@@ -228,6 +228,24 @@ def test_only_an_endpoint_the_team_may_call_can_serve_its_task(world, engineer, 
     foreign = Endpoint.objects.create(name="foreign", owner_team=other_team)
     with pytest.raises(NotFound):
         portfolio.set_production_endpoint(actor=engineer, task=world["task"], endpoint=foreign)
+
+
+@pytest.mark.django_db
+def test_a_team_naming_a_shared_endpoint_its_production_lends_its_eval_rows_to_no_rollout_of_the_owner(
+    world, engineer, other_team
+):
+    """A task may be served by an endpoint another team shares with its team; the owner's judged rollouts on
+    that endpoint must not sample the task's eval rows (questions and reference answers) for the owner's
+    canary and judge."""
+    foreign = Endpoint.objects.create(name="foreign", owner_team=other_team)
+    EndpointShare.objects.create(endpoint=foreign, team=world["task"].owner_team)
+    portfolio.set_production_endpoint(actor=engineer, task=world["task"], endpoint=foreign)
+
+    assert canary_judging.eval_set_of(foreign) is None
+    assert "no task of foreign's team" in canary_judging.check(foreign)
+    assert canary_judging.eval_set_of(world["general"]) is None, "no longer its task's production endpoint"
+    portfolio.set_production_endpoint(actor=engineer, task=world["task"], endpoint=world["general"])
+    assert canary_judging.eval_set_of(world["general"]) == world["eval_set"]
 
 
 @pytest.mark.django_db

@@ -30,14 +30,21 @@ CANARY_MAX_TOKENS = 128  # an answer long enough to judge, short enough for a be
 
 
 def eval_set_of(endpoint: Endpoint) -> EvalSet | None:
-    """The newest eval set of a task whose production endpoint ``endpoint`` is."""
-    return EvalSet.objects.filter(task__production_endpoint=endpoint).order_by("-created_at", "-id").first()
+    """The newest eval set of a task of the endpoint's own team whose production endpoint ``endpoint`` is.
+    Another team may name an endpoint shared with it as its task's production endpoint: its eval rows and
+    their reference answers stay its own, never sent to the owner's canary and judge."""
+    return (
+        EvalSet.objects.filter(task__production_endpoint=endpoint, task__owner_team_id=endpoint.owner_team_id)
+        .order_by("-created_at", "-id")
+        .first()
+    )
 
 
 def check(endpoint: Endpoint) -> str | None:
     if eval_set_of(endpoint) is None:
         return (
-            f"no task has {endpoint.name} as its production endpoint and an eval set to sample questions from"
+            f"no task of {endpoint.name}'s team has it as its production endpoint and an eval set to sample "
+            "questions from"
         )
     return None
 
