@@ -24,7 +24,7 @@ from training import tasks
 from training.choices import DatasetKind, JobStatus
 from training.evals import catalogue, gateway, runs
 from training.evals.leaderboard import leaderboard
-from training.evals.models import EndpointEvalRun
+from training.evals.models import EndpointEvalRun, EvalSet, Task
 from training.models import Dataset
 
 pytestmark = pytest.mark.django_db
@@ -373,6 +373,30 @@ def test_the_api_answers_404_for_other_teams_objects_and_bounds_inputs(
     body = {"endpoint_id": endpoint.pk, "eval_set_id": eval_set.pk}
     assert client.post(url, body, content_type="application/json").status_code == 403
     assert [t["id"] for t in client.get("/api/v1/tasks").json()["items"]] == [task.pk]
+
+
+def test_a_task_whose_eval_set_is_refused_is_not_created_half_and_can_be_sent_again(
+    client, org, team, other_team, version
+):
+    """The admin sees every team's dataset versions, so the API's lookup takes another team's; the eval set
+    is then refused (400) after the task was made: nothing of the call may stay."""
+    admin_actor = actor_for(org["admin"])
+    foreign_set = Dataset.objects.create(name="theirs", owner_team=other_team, kind=DatasetKind.CLASSIFICATION)
+    foreign_version, _ = upload(admin_actor, foreign_set, jsonl(*labelled(8)))
+    client.force_login(org["admin"])
+    body = {
+        "owner_team_id": team.pk,
+        "name": "Ticket routing",
+        "kind": "classification",
+        "eval_sets": [{"dataset_version_id": version.pk}, {"dataset_version_id": foreign_version.pk}],
+    }
+    response = client.post("/api/v1/tasks", body, content_type="application/json")
+    assert response.status_code == 400 and "task's team" in response.json()["error"]["message"]
+    assert not Task.objects.exists() and not EvalSet.objects.exists()
+    assert not AuditEvent.objects.filter(action__in=["task.create", "eval_set.create"]).exists()
+    body["eval_sets"] = body["eval_sets"][:1]
+    response = client.post("/api/v1/tasks", body, content_type="application/json")
+    assert response.status_code == 201, response.content
 
 
 def test_the_run_page_shows_the_scores_or_the_reason_it_failed(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from django.db import transaction
 from ninja import Query, Router, Schema, Status
 from ninja.pagination import PageNumberPagination, paginate
 from pydantic import Field
@@ -139,22 +140,23 @@ def list_tasks(request, kind: str = "", team_id: int | None = None):
 @router.post("/tasks", response={201: TaskDetail})
 def create_task(request, payload: TaskIn):
     """Permission: ``training.run`` in the team (a team not visible: 404); each eval set a dataset version
-    of that team (else 404 / 400)."""
+    of that team (else 404 / 400). All or nothing: an eval set refused leaves no task behind."""
     team = gate.get_visible(request.auth, Team, pk=payload.owner_team_id)
     versions = [
         (gate.get_visible(request.auth, DatasetVersion, pk=item.dataset_version_id), item.source)
         for item in payload.eval_sets
     ]
-    task = catalogue.create_task(
-        actor=request.auth,
-        owner_team=team,
-        name=payload.name,
-        slug=payload.slug,
-        kind=payload.kind,
-        description=payload.description,
-    )
-    for version, source in versions:
-        catalogue.add_eval_set(actor=request.auth, task=task, dataset_version=version, source=source)
+    with transaction.atomic():
+        task = catalogue.create_task(
+            actor=request.auth,
+            owner_team=team,
+            name=payload.name,
+            slug=payload.slug,
+            kind=payload.kind,
+            description=payload.description,
+        )
+        for version, source in versions:
+            catalogue.add_eval_set(actor=request.auth, task=task, dataset_version=version, source=source)
     return Status(201, task)
 
 
