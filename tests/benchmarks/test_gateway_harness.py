@@ -177,7 +177,7 @@ def test_the_bare_relay_relays_a_post_with_the_gateways_client(tmp_path):
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]
+        port = runner.addresses[0][1]
         bare_relay.UPSTREAM, bare_relay._client = f"http://127.0.0.1:{port}", None
         body = [
             {"type": "http.request", "body": b'{"a": ', "more_body": True},
