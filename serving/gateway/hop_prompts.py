@@ -72,8 +72,11 @@ def completion_body(composite: Composite, payload: dict, text: str) -> dict:
 
 
 def shape(composite: Composite, text: str, asked: payloads.Shape) -> payloads.Shape:
-    """What the completion asks of the engine at most (bytes bound tokens), one choice, unstreamed."""
-    bound = len(composite.large_template.encode()) + len(text.encode())
+    """What the completion asks of the engine at most (bytes bound tokens), one choice, unstreamed: the
+    message counts once per placeholder render() fills (the service allows one; a row edited by hand may
+    hold more)."""
+    template = composite.large_template
+    bound = len(template.encode()) + template.count(PLACEHOLDER) * len(text.encode())
     return asked._replace(prompts=(bound,), choices=1, n=1, stream=False)
 
 

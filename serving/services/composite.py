@@ -157,8 +157,8 @@ def _template(config: dict) -> dict:
     template, stop = config.get("large_template", ""), config.get("large_stop", [])
     if not isinstance(template, str) or len(template) > LARGE_TEMPLATE_MAX:
         raise _invalid("large_template", f"text of at most {LARGE_TEMPLATE_MAX} characters.")
-    if template and "{input}" not in template:
-        raise _invalid("large_template", "needs {input} where the last user message goes.")
+    if template and template.count("{input}") != 1:
+        raise _invalid("large_template", "needs {input}, once, where the last user message goes.")
     count, chars = LARGE_STOP_MAX
     if (
         not isinstance(stop, list)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from serving.gateway import composite, payloads, verifier, voting
+from serving.gateway import composite, hop_prompts, payloads, verifier, voting
 from serving.gateway.routing import Composite, EndpointInfo
 
 
@@ -193,3 +193,16 @@ def test_a_templated_large_hop_reserves_its_plain_prompt_not_the_chat_request():
     assert composite.reservation(cascade, found, shape, "hello", "completion")[0] == 60, (
         "a prompt is passed as is"
     )
+
+
+def test_a_template_repeating_the_placeholder_reserves_the_message_each_time_it_is_filled_in():
+    """The service takes one {input}; a config row edited by hand may hold more, and render() fills every
+    one: the engine then bills the message that many times, and so must the reservation."""
+    shape = payloads.Shape(prompts=(20,), choices=1, per_choice=10)
+    large = EndpointInfo(**{**_endpoint("l", 10, 100_000).__dict__, "no_chat": "a base model"})
+    template = "{input}\n" * 10
+    cascade = Composite("cascade", small="s", large="l", threshold=-1, large_template=template)
+    found = {"s": _endpoint("s", 1, 10_000), "l": large}
+    text = "x" * 1200
+    tokens, _, _ = composite.reservation(cascade, found, shape, text, "chat")
+    assert tokens >= 30 + len(hop_prompts.render(template, text)) + 10

@@ -235,8 +235,10 @@ def test_a_cascade_may_ask_a_large_base_model_with_a_bounded_plain_prompt(owner,
     few_shot = "Ticket: charged twice\nQueue: billing\n\nTicket: {input}\nQueue:"
     cascade = create(owner, team, "cascade", {**config, "large_template": few_shot, "large_stop": ["\n"]})
     assert cascade.config == {**config, "threshold": -1.0, "large_template": few_shot, "large_stop": ["\n"]}
-    with pytest.raises(Invalid, match="config.large_template: needs {input}"):
+    with pytest.raises(Invalid, match="config.large_template: needs {input}, once"):
         create(owner, team, "cascade", {**config, "large_template": "no placeholder"}, "c2")
+    with pytest.raises(Invalid, match="config.large_template: needs {input}, once"):
+        create(owner, team, "cascade", {**config, "large_template": "{input} {input}"}, "c2")
     with pytest.raises(Invalid, match="config.large_template: text of at most 8000"):
         create(owner, team, "cascade", {**config, "large_template": "{input}" + "x" * 8000}, "c3")
     with pytest.raises(Invalid, match="config.large_stop: a list of at most 4"):
