@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 
 import orjson
+from django.conf import settings
 
 from serving.gateway import access, admission, hop_prompts, keystate, payloads, verifier, voting
 from serving.gateway.answers import Capture, never_disconnects, send_answer, with_headers
@@ -64,6 +65,15 @@ def hops(snapshot, key: KeyRecord, first: EndpointInfo, kind: str) -> dict[str, 
                 "/v1/completions with it.",
                 "unsupported_endpoint",
                 param="model",
+            )
+        if name == composite.sampler and composite.n > min(hop.max_n, settings.GATEWAY_MAX_N):
+            # The service keeps a sampler's cap at its votes' n; a cap lowered since (or a row edited by
+            # hand) must not let a vote ask for more completions than the sampler's own callers may.
+            raise GatewayError(
+                503,
+                f"`{first.name}` asks `{name}` for {composite.n} completions, more than it allows per request; "
+                "ask its owners.",
+                "composite_misconfigured",
             )
         found[name] = hop
     return found

@@ -228,6 +228,23 @@ def called_by(endpoint: Endpoint) -> list[str]:
     return sorted(c.name for c in composites if endpoint.name in hop_names(c))
 
 
+def require_max_n_for_votes(endpoint: Endpoint, max_n: int) -> None:
+    """A vote asks its sampler for its ``n`` completions in one request: the sampler's cap may not fall
+    below what a vote of its team asks."""
+    votes = Endpoint.objects.filter(owner_team_id=endpoint.owner_team_id, kind=EndpointKind.VOTE)
+    wanting = sorted(
+        f"{v.name} (n={v.config.get('n')})"
+        for v in votes
+        if (v.config or {}).get("endpoint") == endpoint.name and int(v.config.get("n", 0)) > max_n
+    )
+    if wanting:
+        message = (
+            f"{', '.join(wanting)} {'ask' if len(wanting) > 1 else 'asks'} {endpoint.name} for more "
+            f"completions per request; lower {'their' if len(wanting) > 1 else 'its'} n first."
+        )
+        raise Invalid(f"max_n: {message}", fields={"max_n": [message]})
+
+
 def require_not_called(endpoint: Endpoint, doing: str) -> None:
     callers = called_by(endpoint)
     if callers:

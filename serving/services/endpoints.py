@@ -202,6 +202,7 @@ def set_routes(
     endpoint.fallback = fallback
     if max_n is not None:
         endpoint.max_n = _check_max_n(max_n)
+        composite.require_max_n_for_votes(endpoint, endpoint.max_n)
     if sticky_by is not None:
         endpoint.sticky_by, endpoint.sticky_header = _check_sticky(sticky_by, sticky_header)
     endpoint.save(update_fields=["fallback", "max_n", "sticky_by", "sticky_header"])

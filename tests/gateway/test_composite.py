@@ -242,6 +242,25 @@ def test_a_vote_returns_the_majority_answer_and_bills_every_sample(gateway_url, 
     assert (event.endpoint, event.via, event.output_tokens) == ("sampler", "wise", 5)
 
 
+def test_a_vote_asking_more_completions_than_its_sampler_allows_now_is_refused_unsampled(
+    gateway_url, stack, team
+):
+    """The sampler's cap lowered under the vote's n (a row edited by hand; the service refuses it): the
+    vote may not ask for more completions per request than a caller of the sampler may."""
+    dep, engines = stack["deployment"]("sampler-dep", answer=lambda b, i: "Paris")
+    stack["endpoint"]("sampler", dep)
+    composite("wise", "vote", {"endpoint": "sampler", "n": 5, "method": "majority"}, team)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "wise")
+    Endpoint.objects.filter(name="sampler").update(max_n=2)
+    time.sleep(1.2)  # the routing table's next refresh
+    response = chat(gateway_url, secret, "wise")
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "composite_misconfigured" and "for 5 completions" in error["message"]
+    assert not engines[0].requests
+
+
 def test_best_of_n_returns_the_most_confident_sample_even_as_a_stream(gateway_url, stack, team):
     dep, _ = stack["deployment"](
         "sampler-dep", answer=lambda b, i: f"answer{i}", logprob=lambda i: -1.0 if i != 2 else -0.1

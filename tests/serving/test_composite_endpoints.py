@@ -70,6 +70,16 @@ def test_a_vote_is_capped_by_its_own_ceiling_and_by_the_sampled_endpoints_max_n(
         create(owner, team, "vote", {"endpoint": "small", "n": 3, "method": "loudest"}, "v4")
 
 
+def test_a_samplers_cap_may_not_fall_below_the_n_its_votes_ask_for(owner, team, plain, deployment):
+    create(owner, team, "vote", {"endpoint": "small", "n": 5})
+    routes = [{"deployment": deployment.name}]
+    with pytest.raises(Invalid, match=r"max_n: smart \(n=5\) asks small for more completions"):
+        services.set_routes(actor=owner, endpoint=plain["small"], routes=routes, max_n=4)
+    assert Endpoint.objects.get(name="small").max_n == 8, "nothing changed"
+    assert services.set_routes(actor=owner, endpoint=plain["small"], routes=routes, max_n=5).max_n == 5
+    assert services.set_routes(actor=owner, endpoint=plain["large"], routes=routes, max_n=1).max_n == 1
+
+
 def test_a_composite_may_not_call_a_composite(owner, team, plain):
     create(owner, team, "cascade", {"small": "small", "large": "large", "threshold": -1}, "cascade")
     with pytest.raises(
