@@ -151,9 +151,9 @@ def cascade_endpoint(team: Team, small: Endpoint, large: Endpoint, version: Data
 
 
 def score_cascade(name: str, cascade: Endpoint, evals: EvalSet) -> tuple[report.Candidate, dict]:
-    """An endpoint eval run of the cascade (chat completions, as the tuned 135M is scored); its cost per 1,000
-    requests and escalation rate from its usage rows (each hop priced by billing at its own endpoint's price).
-    The eval run's own cost is None: the cascade has no price of its own, its hops have."""
+    """An endpoint eval run of the cascade (chat completions, as the tuned 135M is scored): its cost per 1,000
+    requests is the run's own, what billing charged for every hop at its own endpoint's price (a composite
+    has no price of its own); the escalation rate from its usage rows."""
     since = timezone.now()
     time.sleep(1)  # usage rows are stamped by the gateway's clock: nothing of an earlier run counts
     candidate = score_chat(name, cascade, evals, note=f"threshold {cascade.config['threshold']}")
@@ -163,8 +163,7 @@ def score_cascade(name: str, cascade: Endpoint, evals: EvalSet) -> tuple[report.
     savings = cascade_savings(cascade, since)
     if savings.requests != candidate.rows:
         say(f"warning: {savings.requests} usage rows of the cascade's first hop for {candidate.rows} rows")
-    per_1k = float(savings.cost / savings.requests * 1000) if savings.requests else None
-    candidate = report.Candidate(**{**candidate.__dict__, "cost_per_1k_requests": per_1k})
+    per_1k = candidate.cost_per_1k_requests
     say(f"cascade escalated {savings.escalated} of {savings.requests}")
     return candidate, {
         "endpoint": cascade.name,

@@ -190,7 +190,10 @@ def test_by_default_a_tiling_models_image_reserves_its_context_not_a_fixed_figur
     gemma, _ = stack["deployment"]("gemma-dep", task="chat")
     gemma.engine_args = {"max_model_len": 8192}
     gemma.save(update_fields=["engine_args"])
-    gemma.version.architecture, gemma.version.architecture_facts = GEMMA3, {"vision": {"tokens_per_image": 256}}
+    gemma.version.architecture, gemma.version.architecture_facts = (
+        GEMMA3,
+        {"vision": {"tokens_per_image": 256}},
+    )
     gemma.version.save(update_fields=["architecture", "architecture_facts"])
     stack["endpoint"]("idefics", smol)
     stack["endpoint"]("gemma", gemma)

@@ -381,7 +381,9 @@ def test_a_task_whose_eval_set_is_refused_is_not_created_half_and_can_be_sent_ag
     """The admin sees every team's dataset versions, so the API's lookup takes another team's; the eval set
     is then refused (400) after the task was made: nothing of the call may stay."""
     admin_actor = actor_for(org["admin"])
-    foreign_set = Dataset.objects.create(name="theirs", owner_team=other_team, kind=DatasetKind.CLASSIFICATION)
+    foreign_set = Dataset.objects.create(
+        name="theirs", owner_team=other_team, kind=DatasetKind.CLASSIFICATION
+    )
     foreign_version, _ = upload(admin_actor, foreign_set, jsonl(*labelled(8)))
     client.force_login(org["admin"])
     body = {

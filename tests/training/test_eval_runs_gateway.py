@@ -160,3 +160,53 @@ def test_an_eval_run_of_a_cascade_may_call_the_endpoints_it_calls(
     usage.flush()
     assert UsageEvent.objects.filter(via="cascade-ep", endpoint="small-ep").count() == 3
     assert large_engines[0].requests == [], "confident small answers were kept"
+
+
+def test_an_eval_run_of_a_cascade_costs_what_billing_charged_for_every_hop(
+    stack, gateway_url, settings, engineer, team, routing_task
+):
+    """A composite has no price of its own and its answer's usage names the last hop only: the run's cost
+    is what billing charged its key for every hop, each at its own endpoint's price."""
+    from decimal import Decimal
+
+    from django.db import transaction
+
+    from serving.models import Endpoint
+
+    settings.GATEWAY_INTERNAL_URL = gateway_url
+    small, _ = stack["deployment"]("small-dep", answer=lambda body, i: "billing", logprob=-3.0)
+    stack["endpoint"]("small-ep", small, price=("1.00", "2.00"))
+    large, large_engines = stack["deployment"]("large-dep")
+    stack["endpoint"]("large-ep", large, price=("10.00", "20.00"))
+    with transaction.atomic():
+        cascade = Endpoint.objects.create(
+            name="cascade-ep",
+            owner_team=team,
+            kind="cascade",
+            config={"small": "small-ep", "large": "large-ep", "threshold": -1.0},
+        )
+    gateway_fixtures.wait_for_model(gateway_url, stack["key"](), cascade.name)
+    task, eval_set = routing_task
+    run = runs.start_run(
+        actor=engineer,
+        task=task,
+        eval_set=eval_set,
+        endpoint=cascade,
+        row_limit=4,
+        max_tokens=4,
+        enqueue=False,
+    )
+    runs.execute(run.pk)
+    run.refresh_from_db()
+
+    assert run.status == JobStatus.SUCCEEDED, run.status_detail
+    assert len(large_engines[0].requests) == 4, "every unsure answer escalated"
+    key = ApiKey.objects.get(name=f"eval run #{run.pk}")
+    usage.flush()
+    events = UsageEvent.objects.filter(api_key=key, via="cascade-ep")
+    assert sorted(e.endpoint for e in events) == ["large-ep"] * 4 + ["small-ep"] * 4
+    charged = sum((e.cost for e in events), Decimal(0))
+    large_only = sum((e.cost for e in events if e.endpoint == "large-ep"), Decimal(0))
+    assert charged > large_only > 0
+    assert run.metrics["billed"] == str(charged)
+    assert run.metrics["cost_per_1k_requests"] == pytest.approx(float(charged / 4 * 1000))

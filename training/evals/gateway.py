@@ -8,14 +8,18 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 
 import httpx
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Sum
 
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from serving.gateway import services as key_services
+from serving.gateway import usage
+from serving.gateway.models import UsageEvent
 from serving.models import Endpoint
 from serving.services import composite
 
@@ -34,8 +38,14 @@ class Answer:
     output_tokens: int
 
 
+class KeyedClient(httpx.Client):
+    """An HTTP client of the gateway, with the id of the service key it calls with."""
+
+    key_id: int = 0
+
+
 @contextlib.contextmanager
-def client_for(team: Team, endpoint_name: str, label: str) -> Iterator[httpx.Client]:
+def client_for(team: Team, endpoint_name: str, label: str) -> Iterator[KeyedClient]:
     """An HTTP client of the gateway holding a service key of ``team`` for ``endpoint_name``, revoked after.
     A composite endpoint's key may call the endpoints it calls too (the gateway checks every hop)."""
     found = Endpoint.objects.filter(name=endpoint_name).first()
@@ -45,11 +55,12 @@ def client_for(team: Team, endpoint_name: str, label: str) -> Iterator[httpx.Cli
             actor=SYSTEM, team=team, name=label[:100], scopes=scopes, service=True
         )
     try:
-        with httpx.Client(
+        with KeyedClient(
             base_url=settings.GATEWAY_INTERNAL_URL,
             timeout=settings.GATEWAY_UPSTREAM_TIMEOUT,
             headers={"Authorization": f"Bearer {secret}"},
         ) as client:
+            client.key_id = key.pk
             yield client
     finally:
         with transaction.atomic():
@@ -81,3 +92,27 @@ def ask(client: httpx.Client, endpoint_name: str, messages: list[dict], max_toke
         )
     except (ValueError, KeyError, IndexError, TypeError):
         raise GatewayRefused(f"{endpoint_name} answered something that is not a chat completion.") from None
+
+
+def metered_cost(key_id: int, via: str, requests: int, *, settle_seconds: float = 10.0) -> Decimal | None:
+    """What billing charged for the calls a key made to the composite endpoint ``via``: every hop's usage
+    event priced at its own endpoint's price (a composite has no price of its own, and the answer's usage
+    names only the last hop). The gateway writes an event just after its answer, and the flusher moves
+    events into PostgreSQL in batches: this moves them itself and waits until each of the ``requests``
+    has its first hop's event and the count holds still (at most ``settle_seconds``). None when no event
+    arrived."""
+    rows = UsageEvent.objects.filter(api_key_id=key_id, via=via)
+    deadline, seen = time.monotonic() + settle_seconds, -1
+    while True:
+        while usage.flush():
+            pass
+        count = rows.count()
+        # A hop's event id is its request's and "-<hop>", the first "-1": one per request.
+        requests_seen = rows.filter(event_id__endswith="-1").count()
+        if (requests_seen >= requests and count == seen) or time.monotonic() > deadline:
+            break
+        seen = count
+        time.sleep(0.25)
+    if not count:
+        return None
+    return rows.aggregate(cost=Sum("cost"))["cost"] or Decimal(0)

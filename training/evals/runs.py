@@ -18,6 +18,7 @@ from portfolio.audit import services as audit
 from portfolio.billing.choices import PriceKind
 from portfolio.billing.pricing import PriceBook
 from portfolio.errors import Conflict, Invalid, NotFound
+from serving.choices import EndpointKind
 from serving.models import Endpoint
 from training import evaluation, services
 from training.choices import EvalSetSource, JobStatus, Split
@@ -260,6 +261,10 @@ def _score(run: EndpointEvalRun) -> None:
     questions = [evaluation.prompt_messages(row) for row in rows]
     with gateway.client_for(run.owner_team, run.endpoint_name, f"eval run #{run.pk}") as client:
         answers = _answer_all(run, questions, client, run.endpoint_name, run.max_tokens)
+    metered = None
+    if answers is not None and run.endpoint.kind != EndpointKind.PLAIN:
+        # A router, cascade or vote bills its hops, each at its own price: what its key was charged.
+        metered = gateway.metered_cost(client.key_id, run.endpoint_name, len(answers))
     verdicts: list[float | None] | None = None
     if answers is not None and run.judge_endpoint_name and not _cancelled(run.pk):
         verdicts = _judge(run, rows, questions, answers)
@@ -271,7 +276,7 @@ def _score(run: EndpointEvalRun) -> None:
     finish(
         run.pk,
         JobStatus.SUCCEEDED,
-        scores=summarise(kind, rows, answers, price, verdicts),
+        scores=summarise(kind, rows, answers, price, verdicts, metered=metered),
         answers=answer_rows(kind, rows, answers, verdicts),
     )
 
@@ -323,9 +328,13 @@ def summarise(
     answers: list[gateway.Answer],
     price,
     verdicts: list[float | None] | None = None,
+    *,
+    metered=None,
 ) -> dict:
     """A run's metrics from its rows and the endpoint's answers; ``price``: the endpoint's price in force
-    (billing's), None when it has none; ``verdicts``: the judge's scores, when the run has a judge."""
+    (billing's), None when it has none; ``verdicts``: the judge's scores, when the run has a judge;
+    ``metered``: what billing charged for the rows' calls in all (a composite endpoint: its hops, each at
+    its own price), which then gives the cost instead of ``price``."""
     scores = metrics.answer_scores(
         kind, [evaluation.expected_answer(row) for row in rows], [a.text for a in answers]
     )
@@ -333,11 +342,15 @@ def summarise(
     seconds = sum(a.latency_s for a in answers)
     output = sum(a.output_tokens for a in answers)
     tokens = [(a.input_tokens, a.output_tokens) for a in answers]
-    cost = (
-        metrics.cost_per_1k_requests(tokens, price.input_per_million, price.output_per_million)
-        if price is not None
-        else None
-    )
+    if metered is not None:
+        cost = metered / len(answers) * 1000 if answers else None
+        price = None  # the hops' prices, not one of the endpoint's own
+    else:
+        cost = (
+            metrics.cost_per_1k_requests(tokens, price.input_per_million, price.output_per_million)
+            if price is not None
+            else None
+        )
     scores.update(
         latency_p50_ms=metrics.percentile(latencies, 50),
         latency_p95_ms=metrics.percentile(latencies, 95),
@@ -345,6 +358,7 @@ def summarise(
         input_tokens=sum(i for i, _ in tokens),
         output_tokens=output,
         cost_per_1k_requests=float(round(cost, 6)) if cost is not None else None,
+        **({"billed": str(metered)} if metered is not None else {}),
         price=(
             {
                 "id": price.pk,
