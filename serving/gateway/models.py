@@ -205,6 +205,8 @@ class UsageHourly(models.Model):
     team_id = models.BigIntegerField(null=True)
     department_id = models.BigIntegerField(null=True)
     endpoint = models.CharField(max_length=63)
+    # The composite endpoint (router, cascade, vote) whose hop these calls were; blank: called by name.
+    via = models.CharField(max_length=63, blank=True, default="")
     requests = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)
     input_tokens = models.BigIntegerField(default=0)
@@ -219,8 +221,8 @@ class UsageHourly(models.Model):
         ordering = ["-hour"]
         constraints = [
             models.UniqueConstraint(
-                fields=["hour", "api_key", "endpoint"],
-                name="one_rollup_per_hour_key_endpoint",
+                fields=["hour", "api_key", "endpoint", "via"],
+                name="one_rollup_per_hour_key_endpoint_via",
                 nulls_distinct=False,
             ),
         ]

@@ -168,16 +168,16 @@ def flush(batch: int = 2000, consumer: str | None = None) -> int:
 
 
 ROLLUP_SQL = """
-INSERT INTO gateway_usagehourly (hour, api_key_id, team_id, department_id, endpoint, requests, errors,
+INSERT INTO gateway_usagehourly (hour, api_key_id, team_id, department_id, endpoint, via, requests, errors,
     input_tokens, output_tokens, audio_ms, latency_ms_sum, latency_p50_ms, latency_p95_ms, cost)
-SELECT date_trunc('hour', at) AS hour, api_key_id, max(team_id), max(department_id), endpoint, count(*),
+SELECT date_trunc('hour', at) AS hour, api_key_id, max(team_id), max(department_id), endpoint, via, count(*),
     count(*) FILTER (WHERE status >= 400), sum(input_tokens), sum(output_tokens), sum(audio_ms), sum(latency_ms),
     percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms), percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms),
     sum(cost)
 FROM gateway_usageevent
 WHERE at >= %s AND at < %s
-GROUP BY 1, api_key_id, endpoint
-ON CONFLICT (hour, api_key_id, endpoint) DO UPDATE SET
+GROUP BY 1, api_key_id, endpoint, via
+ON CONFLICT (hour, api_key_id, endpoint, via) DO UPDATE SET
     requests = EXCLUDED.requests, errors = EXCLUDED.errors, input_tokens = EXCLUDED.input_tokens,
     output_tokens = EXCLUDED.output_tokens, audio_ms = EXCLUDED.audio_ms, latency_ms_sum = EXCLUDED.latency_ms_sum,
     latency_p50_ms = EXCLUDED.latency_p50_ms, latency_p95_ms = EXCLUDED.latency_p95_ms, cost = EXCLUDED.cost,

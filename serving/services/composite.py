@@ -49,6 +49,12 @@ KEYS: dict[str, set[str]] = {
     EndpointKind.VOTE: {"endpoint", "n", "method", "temperature", *VERIFIER_KEYS},
 }
 HOP_KEYS = ("classifier", "default", "small", "large", "endpoint", "verifier")
+# The hop every call of a composite asks first, once: its calls are that hop's calls via it.
+FIRST_HOP_KEY = {
+    EndpointKind.ROUTER: "classifier",
+    EndpointKind.CASCADE: "small",
+    EndpointKind.VOTE: "endpoint",
+}
 
 
 def _invalid(field: str, message: str) -> Invalid:
@@ -218,6 +224,12 @@ def hop_names(endpoint: Endpoint) -> list[str]:
     config = endpoint.config or {}
     hops = {config.get(k) for k in HOP_KEYS} | set((config.get("routes") or {}).values())
     return sorted(name for name in hops if isinstance(name, str) and name)
+
+
+def first_hop(endpoint: Endpoint) -> str:
+    """The endpoint a composite asks first on every call, by name ("" for a plain one)."""
+    name = (endpoint.config or {}).get(FIRST_HOP_KEY.get(endpoint.kind, ""))
+    return name if isinstance(name, str) else ""
 
 
 def called_by(endpoint: Endpoint) -> list[str]:

@@ -19,7 +19,8 @@ from portfolio.errors import Conflict, Forbidden, Invalid, NotFound
 from portfolio.registry.choices import Source, VersionKind, VersionStatus
 from portfolio.registry.models import ModelVersion
 from serving.choices import RolloutState
-from serving.gateway.models import UsageHourly
+from serving.gateway import usage
+from serving.gateway.models import UsageEvent, UsageHourly
 from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, EndpointShare, Rollout
 from tests.conftest import actor_for
 from tests.training.conftest import jsonl, upload
@@ -174,6 +175,32 @@ def test_a_row_shows_production_figures_traffic_and_the_hint(world, org):
     assert row.hint.text == "tuned (134.5M): 0.94 at 0.02/1k vs general (268.1M): 0.44 at 0.05/1k"
     assert row.hint.blocked == ""
     assert row.hint.candidate.target == ("small-dep", "tuned-lora")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_composite_in_production_counts_its_calls_not_zero_and_its_hops_count_theirs(world, engineer):
+    """A cascade is billed only through its hops (each event names the hop, ``via`` the cascade): its
+    traffic is its first hop's calls via it, read from the hourly rollups the flusher's rollup writes."""
+    cascade = Endpoint.objects.create(
+        name="smart",
+        owner_team=world["task"].owner_team,
+        kind="cascade",
+        config={"small": "tuned", "large": "general", "threshold": -1.0},
+    )
+    at = timezone.now() - timedelta(minutes=1)
+    calls = [("a-1", "tuned", "smart"), ("a-2", "general", "smart"), ("b-1", "tuned", "smart")]
+    calls += [("c", "tuned", ""), ("d", "general", ""), ("e", "general", "")]
+    UsageEvent.objects.bulk_create(
+        UsageEvent(event_id=e, at=at, endpoint=name, via=via, kind="chat", status=200, latency_ms=5)
+        for e, name, via in calls
+    )
+    usage.rollup()
+    portfolio.set_production_endpoint(actor=engineer, task=world["task"], endpoint=cascade)
+    (row,) = rows()
+    assert row.requests_per_day == pytest.approx(2 / 7), "two calls of the cascade"
+    portfolio.set_production_endpoint(actor=engineer, task=world["task"], endpoint=world["general"])
+    (row,) = rows()
+    assert row.requests_per_day == pytest.approx(3 / 7), "general's own calls and the one escalated to it"
 
 
 @pytest.mark.django_db

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Prefetch, QuerySet, Sum
+from django.db.models import Prefetch, Q, QuerySet, Sum
 from django.utils import timezone
 
 from portfolio.accounts import gate
@@ -29,9 +29,10 @@ from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid, NotFound
 from portfolio.templatetags.formatting import human_count
 from serving import services as serving_services
-from serving.choices import RolloutState
+from serving.choices import EndpointKind, RolloutState
 from serving.gateway.models import UsageHourly
 from serving.models import Endpoint, EndpointRoute, Rollout
+from serving.services import composite
 from training.choices import JobStatus
 from training.evals.models import EndpointEvalRun, EvalSet, Task
 
@@ -228,17 +229,31 @@ def _version(endpoint: Endpoint) -> str | None:
     return route.adapter.version.label if route.adapter else route.deployment.version.label
 
 
-def _traffic(names: set[str], now: datetime) -> dict[str, float]:
-    """Requests per day of each endpoint over the last ``TRAFFIC_DAYS`` days, from the hourly rollups."""
-    if not names:
+def _traffic(endpoints: Sequence[Endpoint], now: datetime) -> dict[str, float]:
+    """Requests per day of each endpoint over the last ``TRAFFIC_DAYS`` days, from the hourly rollups: a
+    plain endpoint's calls (as a composite's hop too), a composite's the calls of its first hop via it (a
+    composite bills only its hops, each call's first hop once)."""
+    if not endpoints:
         return {}
     since = now - timedelta(days=TRAFFIC_DAYS)
+    plain = {e.name for e in endpoints if e.kind == EndpointKind.PLAIN}
+    first_hops = {e.name: composite.first_hop(e) for e in endpoints if e.kind != EndpointKind.PLAIN}
+    wanted = Q(endpoint__in=plain)
+    for name, hop in first_hops.items():
+        wanted |= Q(via=name, endpoint=hop)
     sums = (
-        UsageHourly.objects.filter(endpoint__in=names, hour__gte=since)
-        .values("endpoint")
+        UsageHourly.objects.filter(wanted, hour__gte=since)
+        .values("endpoint", "via")
         .annotate(requests=Sum("requests"))
     )
-    return {item["endpoint"]: (item["requests"] or 0) / TRAFFIC_DAYS for item in sums}
+    traffic: dict[str, float] = {}
+    for item in sums:
+        per_day = (item["requests"] or 0) / TRAFFIC_DAYS
+        if item["endpoint"] in plain:
+            traffic[item["endpoint"]] = traffic.get(item["endpoint"], 0.0) + per_day
+        if item["via"] and first_hops.get(item["via"]) == item["endpoint"]:
+            traffic[item["via"]] = traffic.get(item["via"], 0.0) + per_day
+    return traffic
 
 
 def build_rows(
@@ -272,7 +287,7 @@ def build_rows(
     }
     endpoints = _endpoints(endpoint_ids)
     production_ids = {row.task.production_endpoint_id for row in rows}
-    traffic = _traffic({e.name for pk, e in endpoints.items() if pk in production_ids}, now)
+    traffic = _traffic([e for pk, e in endpoints.items() if pk in production_ids], now)
     for row in rows:
         production = endpoints.get(row.task.production_endpoint_id or 0)
         sets = eval_sets.get(row.task.pk, [])
