@@ -50,7 +50,7 @@ KEYS: dict[str, set[str]] = {
 }
 HOP_KEYS = ("classifier", "default", "small", "large", "endpoint", "verifier")
 # The hop every call of a composite asks first, once: its calls are that hop's calls via it.
-FIRST_HOP_KEY = {
+FIRST_HOP_KEY: dict[str, str] = {
     EndpointKind.ROUTER: "classifier",
     EndpointKind.CASCADE: "small",
     EndpointKind.VOTE: "endpoint",

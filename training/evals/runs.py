@@ -262,7 +262,7 @@ def _score(run: EndpointEvalRun) -> None:
     with gateway.client_for(run.owner_team, run.endpoint_name, f"eval run #{run.pk}") as client:
         answers = _answer_all(run, questions, client, run.endpoint_name, run.max_tokens)
     metered = None
-    if answers is not None and run.endpoint.kind != EndpointKind.PLAIN:
+    if answers is not None and run.endpoint is not None and run.endpoint.kind != EndpointKind.PLAIN:
         # A router, cascade or vote bills its hops, each at its own price: what its key was charged.
         metered = gateway.metered_cost(client.key_id, run.endpoint_name, len(answers))
     verdicts: list[float | None] | None = None
