@@ -147,6 +147,10 @@ def wav_duration_ms(data: bytes) -> int:
         )
         start = position + 8
         if chunk == b"fmt ":
+            if rate:
+                # Decoders keep the first format chunk (libsndfile, ffmpeg); figures read from another
+                # would bound a duration the engine never decodes.
+                raise PayloadError("The WAV file has more than one format chunk.", "file", "invalid_audio")
             if size < 16 or start + 16 > len(data):
                 raise PayloadError("The WAV file's format chunk is truncated.", "file", "invalid_audio")
             kind, channels, rate, byte_rate, block, bits = struct.unpack_from("<HHIIHH", data, start)

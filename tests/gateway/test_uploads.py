@@ -114,6 +114,18 @@ def test_files_that_are_no_wav_we_can_bound_are_refused(data):
     assert refusal(uploads.wav_duration_ms, data).code == "invalid_audio"
 
 
+def test_a_second_format_chunk_is_refused_since_decoders_keep_the_first():
+    """libsndfile and ffmpeg decode by the first format chunk: a later one (16 channels of 64-bit samples
+    at 384 kHz, say) would make the gateway read 128 bytes a frame where the engine reads 1, so a 7-hour
+    upload would be bounded, reserved and billed as half a second."""
+    slow = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, 1, 1000, 1000, 1, 8)
+    fast = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, 16, 384_000, 384_000 * 128, 128, 64)
+    audio = b"\x80" * 65_536
+    wav = b"RIFF\0\0\0\0WAVE" + slow + fast + b"data" + struct.pack("<I", len(audio)) + audio
+    assert refusal(uploads.wav_duration_ms, wav).code == "invalid_audio"
+    assert uploads.wav_duration_ms(b"RIFF\0\0\0\0WAVE" + slow + b"data" + wav[-len(audio) - 4 :]) == 65_536
+
+
 @pytest.mark.parametrize(
     "kind", [2, 0x55, 0x11]
 )  # ADPCM, MP3 and IMA ADPCM in a WAV: durations not from the header
