@@ -201,7 +201,6 @@ async def serve(gateway, scope, receive, send, headers, request_id: str, event_i
         tokens = max(t for t, _ in worst.values())
         money = max(m for _, m in worst.values())
         outcome = Outcome(endpoint=first.name, kind=kind, shape=NO_TOKENS, event_id=event_id, first=first)
-        outcome.audio_ms = duration
         verdict = await gateway.limiter.admit(
             key,
             tokens=tokens,
@@ -220,6 +219,8 @@ async def serve(gateway, scope, receive, send, headers, request_id: str, event_i
             raise admission.refusal(
                 key, verdict, tokens, money, playground=False, remedy=admission.SHORTER_AUDIO
             )
+        # After admission: the in-flight ledger's event (a process lost mid-call) bills nothing, as for text.
+        outcome.audio_ms = duration
     except GatewayError as exc:
         exc.team = key.team
         raise

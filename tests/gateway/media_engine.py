@@ -12,6 +12,7 @@ gateway's part, against these shapes.
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 from aiohttp import web
@@ -48,6 +49,8 @@ def add_routes(engine, app: web.Application) -> None:
                 "file": content,
             }
         )
+        if engine.delay:
+            await asyncio.sleep(engine.delay)
         text = f"heard {len(content)} bytes"
         seconds = math.ceil(max(0, len(content) - 44) / 32000)  # 16 kHz mono 16-bit, as the tests send
         if form.get("response_format") == "text":

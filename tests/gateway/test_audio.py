@@ -6,13 +6,16 @@ uploads refused in OpenAI's error shape before the engine sees them."""
 from __future__ import annotations
 
 import struct
+import threading
+import time
 from decimal import Decimal
 
 import httpx
 import openai
+import orjson
 import pytest
 
-from serving.gateway import usage
+from serving.gateway import inflight, keystate, usage
 from serving.gateway.models import UsageEvent
 from tests.gateway.conftest import wait_for_model
 from tests.gateway.media import client, error_of, media_gateway, price_audio, sine_wav, speech_wav
@@ -163,6 +166,30 @@ def test_the_seconds_of_each_transcription_count_against_the_tokens_per_minute(w
         (0, 0, 2000),
         (0, 0, 2000),
     ], "the usage rows keep what the engine reported: the seconds are billed as seconds"
+
+
+def test_the_ledgers_event_for_a_transcription_lost_mid_call_bills_no_seconds(whisper):
+    """What the flusher writes if the gateway dies during the call (the in-flight ledger's event) bills
+    nothing, as for a text call: the seconds are billed only when transcribed."""
+    stack = whisper["stack"]
+    dep, _ = stack["deployment"]("slow-whisper-dep", task="speech", media=True, delay=2.0)
+    price_audio(stack["endpoint"]("slow-whisper", dep), "0.01")
+    wait_for_model(whisper["base"], whisper["secret"], "slow-whisper")
+    files = {"file": ("a.wav", sine_wav(2.0), "audio/wav")}
+    answers: list[httpx.Response] = []
+    call = threading.Thread(target=lambda: answers.append(post(whisper, files, {"model": "slow-whisper"})))
+    call.start()
+    redis, found = keystate.client(), []
+    deadline = time.monotonic() + 10
+    while not found and time.monotonic() < deadline:
+        for ledger in redis.scan_iter(inflight.ledger_key("*")):  # the set of processes may be flushed
+            found += redis.hvals(ledger)
+        time.sleep(0.02)
+    call.join(20)
+    assert answers[0].status_code == 200, answers[0].text
+    assert found, "the call was in its gateway's ledger while the engine worked"
+    lost = orjson.loads(found[0])["event"]
+    assert (lost["endpoint"], lost["audio_ms"], lost["cost_micros"]) == ("slow-whisper", 0, 0)
 
 
 def test_a_key_too_tight_for_the_decoders_limit_transcribes_by_capping_the_transcript(whisper):
