@@ -18,6 +18,8 @@ class Actor:
 
     user: User | None = None
     token_id: int | None = None
+    # Signed in by the realm's access token (a bearer JWT; sso/access_tokens.py), not by a session.
+    access_token: bool = False
     api_key_id: int | None = None
     system: str | None = None
     ip: str | None = None
@@ -50,6 +52,8 @@ class Actor:
             return "api_key"
         if self.token_id:
             return "token"
+        if self.access_token:
+            return "access_token"
         return "user"
 
     @property

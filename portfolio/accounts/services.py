@@ -409,8 +409,9 @@ def create_personal_token(
     *, actor: Actor, name: str, expires_in_days: int | None = 90
 ) -> tuple[PersonalToken, str]:
     """Return the token row and its plaintext, which is never stored and never shown again."""
-    if actor.user is None or actor.token_id is not None:
-        # A token cannot mint more tokens: a leaked one must not be able to outlive its revocation.
+    if actor.user is None or actor.token_id is not None or actor.access_token:
+        # A token cannot mint more tokens: a leaked one (a personal token, or the realm's access token of a
+        # few minutes) must not be able to outlive its revocation, its expiry or the account's deactivation.
         raise Invalid("Personal tokens are created by a signed-in user, not with another token.")
     name = name.strip()
     if not name or len(name) > 100:

@@ -19,7 +19,7 @@ from django.test.utils import CaptureQueriesContext
 
 from portfolio.accounts import services as accounts
 from portfolio.accounts.choices import TeamRole
-from portfolio.accounts.models import ExternalIdentity, Membership
+from portfolio.accounts.models import ExternalIdentity, Membership, PersonalToken
 from portfolio.accounts.sso import client as oidc
 from portfolio.audit.models import AuditEvent
 from tests.conftest import actor_for
@@ -97,6 +97,21 @@ def test_a_service_account_token_acts_as_its_user_made_just_in_time(client, sso,
     assert call(client, token).json()["teams"] == {str(team.pk): TeamRole.DEVELOPER}
     client.force_login(robot)
     assert client.get("/api/v1/teams").json() == by_token.json()
+
+
+def test_a_realm_access_token_cannot_mint_a_personal_token_that_would_outlive_it(client, sso):
+    """A few minutes' access token, leaked from a CI log, must not become a personal token of up to
+    PERSONAL_TOKEN_MAX_DAYS that survives the realm disabling the account or rotating the client."""
+    token = service_token(sso)
+    assert call(client, token).status_code == 200
+    response = client.post(
+        "/api/v1/tokens",
+        {"name": "child"},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+    )
+    assert response.status_code == 400 and "signed-in user" in response.json()["error"]["message"]
+    assert not PersonalToken.objects.exists()
 
 
 def test_alices_access_token_from_the_code_flow_answers_as_her_session(client, sso, monkeypatch):

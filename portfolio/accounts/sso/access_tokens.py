@@ -134,4 +134,6 @@ def authenticate(request, token: str) -> Actor:
             logger.info("API access token refused: %s", refusal.reason)
             raise Unauthenticated(f"The access token was refused. {refusal.message}") from refusal
     request.user = user
-    return Actor.for_request(request)
+    actor = Actor.for_request(request)
+    actor.access_token = True  # audited as such, and no personal token can be minted with it
+    return actor
