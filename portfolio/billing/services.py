@@ -56,8 +56,10 @@ def set_price(
     effective_from = effective_from or now.replace(minute=0, second=0, microsecond=0)
     if timezone.is_naive(effective_from):
         raise Invalid("effective_from needs a time zone.")
+    # On the hour in UTC, where the hourly token ledger is cut (10:00+05:30 is 04:30 UTC, inside an hour).
+    effective_from = effective_from.astimezone(UTC)
     if effective_from != effective_from.replace(minute=0, second=0, microsecond=0):
-        raise Invalid("Prices change on the hour: use a time with no minutes or seconds.")
+        raise Invalid("Prices change on the hour (UTC): use a time with no minutes or seconds in UTC.")
     if Statement.objects.filter(month__gte=money.month_start(effective_from.astimezone(UTC))).exists():
         raise Invalid(
             f"The month of {effective_from:%Y-%m-%d} is already closed: a price may only change from a "

@@ -211,6 +211,9 @@ def test_a_revision_that_does_not_exist_is_404(world, call):
         ({"kind": "pool", "subject": "local-cpu", "cpu_core_hour": "NaN"}, 422, "cpu_core_hour"),
         ({"kind": "pool", "subject": "local-cpu", "effective_from": "{half_past}", "gpu_hour": "1"}, 400,
          "on the hour"),
+        # 10:00 in India is 04:30 UTC: inside the hour the token ledger is cut by.
+        ({"kind": "pool", "subject": "local-cpu", "effective_from": "{on_the_hour_in_india}", "gpu_hour": "1"},
+         400, "on the hour"),
         ({"kind": "pool", "subject": "local-cpu", "effective_from": "{closed}", "gpu_hour": "1"}, 400,
          "already closed"),
         ({"kind": "pool", "subject": "no-such-pool", "gpu_hour": "1"}, 400, "no-such-pool"),
@@ -224,6 +227,9 @@ def test_hostile_prices_are_refused_and_change_nothing(world, call, settings, bo
     hour = timezone.now().replace(minute=0, second=0, microsecond=0)
     values = {
         "{half_past}": (hour + timedelta(minutes=30)).isoformat(),
+        "{on_the_hour_in_india}": (hour + timedelta(minutes=30))
+        .astimezone(timezone.get_fixed_timezone(330))
+        .isoformat(),
         "{closed}": money.month_bounds(world.closed_month)[0].isoformat(),
         "{store}": settings.ARTIFACT_STORE,
     }
