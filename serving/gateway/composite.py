@@ -82,8 +82,8 @@ def hops(snapshot, key: KeyRecord, first: EndpointInfo, kind: str) -> dict[str, 
 def reservation(
     composite: Composite, found: dict[str, EndpointInfo], shape: payloads.Shape, text: str, kind: str = "chat"
 ) -> tuple[int, int, list[tuple[EndpointInfo, int]]]:
-    """Tokens and money (micros) for the worst case of every step, and each step's costliest hop and its
-    money (for the spend caps)."""
+    """Tokens and money (micros) for the worst case of every step, and each step's hops with their money
+    (for the spend caps, which count another team's hops only: the costliest of a step may be free)."""
     steps: list[list[tuple[EndpointInfo, payloads.Shape]]] = []
     if composite.kind == "router":
         asked = payloads.Shape(
@@ -109,7 +109,7 @@ def reservation(
         if composite.verifier:  # at worst every sample a distinct answer, each asked about
             steps.append([(found[composite.verifier], verifier.shape(composite, text, composite.n))])
     tokens = money = 0
-    costliest = []
+    priced: list[list[tuple[EndpointInfo, int]]] = []
     for step in steps:
         worst = [
             (
@@ -121,24 +121,25 @@ def reservation(
             for hop, s in step
         ]
         tokens += max(t for _, t, _ in worst)
-        hop, _, hop_money = max(worst, key=lambda w: w[2])
-        money += hop_money
-        costliest.append((hop, hop_money))
-    return tokens, money, costliest
+        money += max(m for _, _, m in worst)
+        priced.append([(hop, hop_money) for hop, _, hop_money in worst])
+    return tokens, money, priced
 
 
-def spend_caps(snapshot, key: KeyRecord, costliest: list[tuple[EndpointInfo, int]]) -> SpendCaps | None:
-    """As admission.spend_caps, summed over the steps (own team's hops cost the team nothing)."""
+def spend_caps(snapshot, key: KeyRecord, steps: list[list[tuple[EndpointInfo, int]]]) -> SpendCaps | None:
+    """As admission.spend_caps, summed over the steps: in each, the costliest hop the team's (or the
+    department's) statement would charge; its own team's hops cost the team nothing."""
     team = snapshot.caps.get(("team", key.team_id))
     department = snapshot.caps.get(("department", key.department_id))
     if team is None and department is None:
         return None
-    team_reserve = sum(money for hop, money in costliest if hop.team_id != key.team_id)
-    department_reserve = sum(
-        money
-        for hop, money in costliest
-        if hop.team_id != key.team_id and hop.department_id != key.department_id
-    )
+    team_reserve = department_reserve = 0
+    for step in steps:
+        team_reserve += max((m for hop, m in step if hop.team_id != key.team_id), default=0)
+        department_reserve += max(
+            (m for hop, m in step if hop.team_id != key.team_id and hop.department_id != key.department_id),
+            default=0,
+        )
     return SpendCaps(key.team_id, key.department_id, team, department, team_reserve, department_reserve)
 
 
@@ -263,7 +264,7 @@ async def serve(
     found = hops(snapshot, key, first, kind)
     asks_text = composite.kind == "router" or composite.verifier or composite.large_template
     text = hop_prompts.last_user_text(kind, payload) if asks_text else ""
-    tokens, money, costliest = reservation(composite, found, shape, text, kind)
+    tokens, money, priced = reservation(composite, found, shape, text, kind)
     whole = Outcome(endpoint=first.name, kind=kind, shape=shape, event_id=event_id, first=first)
     verdict = await gateway.limiter.admit(
         key,
@@ -272,7 +273,7 @@ async def serve(
         revoked_set=keystate.REVOKED_SET,
         ledger=gateway.ledger,
         lost_event=usage_event(key, whole, 0.0, 0, lost=True),
-        caps=spend_caps(snapshot, key, costliest),
+        caps=spend_caps(snapshot, key, priced),
     )
     if not verdict.ok:
         if verdict.reason == "revoked":

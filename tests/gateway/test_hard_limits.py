@@ -207,6 +207,26 @@ def test_only_hops_to_other_teams_reserve_on_the_hard_limits():
     assert admission.charged(key, own, 1234) == (0, 0) and admission.charged(key, shared, 1234)[0] == 1234
 
 
+def test_a_routers_shared_specialist_reserves_on_the_hard_limit_even_when_its_own_is_dearer():
+    """A router's second step may reach its team's own endpoint (dearer, and free to the team) or another
+    team's shared one: the cap must hold the shared one's worst case, not the step's costliest hop's."""
+    from serving.gateway import composite, payloads
+    from serving.gateway.routing import Composite
+
+    classifier = EndpointInfo("labeller", 1, (Route(1, "c", "c", "", 1),), None, 0.0, 0.0, 100)
+    own = EndpointInfo("own", 1, (Route(1, "d", "d", "", 1),), None, 20.0, 20.0, 100)
+    shared = EndpointInfo("shared", 2, (Route(1, "e", "e", "", 2),), None, 15.0, 15.0, 100)
+    router = Composite("router", classifier="labeller", table={"a": "own", "b": "shared"}, default="own")
+    found = {"labeller": classifier, "own": own, "shared": shared}
+    shape = payloads.Shape(prompts=(10,), choices=1, per_choice=10)
+    snapshot = Snapshot(caps={("team", 1): (5_000_000, 0)})
+    _, money, steps = composite.reservation(router, found, shape, "hello")
+    caps = composite.spend_caps(snapshot, record(1, 7), steps)
+    shared_worst = payloads.worst_case(shape, 100, 15.0, 15.0)[1]
+    assert caps.team_reserve == shared_worst > 0
+    assert money >= payloads.worst_case(shape, 100, 20.0, 20.0)[1], "the key's own budget: the dearest"
+
+
 async def call(snapshot: Snapshot, key: KeyRecord, hop: EndpointInfo, shape, tokens: tuple[int, int]):
     """What the gateway does for one call answered by ``hop``: admit with its caps, then settle to the
     cost of ``tokens`` (input, output) as charged to the team and to the department."""
