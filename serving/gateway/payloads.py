@@ -149,7 +149,9 @@ def _object(name: str, value: object) -> None:
         raise _kind(name, "an object")
 
 
-def _list(longest: int, item: type | tuple[type, ...] | None = None) -> Check:
+def _list(longest: int, item: type | tuple[type, ...] | None = None, chars: int | None = None) -> Check:
+    """An array of at most ``longest`` items of type ``item``, strings of at most ``chars`` each."""
+
     def check(name: str, value: object) -> None:
         if value is None:
             return
@@ -159,8 +161,15 @@ def _list(longest: int, item: type | tuple[type, ...] | None = None) -> Check:
             raise PayloadError(f"`{name}` may have at most {longest} items.", name)
         if item is not None and not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
             raise _kind(name, "an array of " + ("integers" if item is int else "strings"))
+        if chars is not None and any(len(v) > chars for v in value):
+            raise PayloadError(f"Each item of `{name}` may have at most {chars} characters.", name)
 
     return check
+
+
+# A stop string is matched against the text's tail and a bad word against the tokens at every decoding
+# step, inside an engine other teams share: short phrases, not pages.
+WORD_CHARS = 1000
 
 
 # The checks the other routes' allow-lists are made of too (rerank.py, audio.py).
@@ -168,9 +177,9 @@ text_check, integer_check, number_check, boolean_check = _text, _integer, _numbe
 
 
 def _stop(name: str, value: object) -> None:
-    if value is None or isinstance(value, str):
+    if value is None:
         return
-    _list(16, str)(name, value)
+    _list(16, str, WORD_CHARS)(name, [value] if isinstance(value, str) else value)
 
 
 def _tool_choice(name: str, value: object) -> None:
@@ -210,7 +219,7 @@ _SAMPLING: dict[str, Check] = {
     "spaces_between_special_tokens": _boolean,
     "use_beam_search": _boolean,
     "truncate_prompt_tokens": _integer(-1, INT32),
-    "bad_words": _list(256, str),
+    "bad_words": _list(256, str, WORD_CHARS),
     "allowed_token_ids": _list(10_000, int),
     "structured_outputs": _object,
     "prompt_logprobs": _integer(0, MAX_LOGPROBS),

@@ -148,6 +148,10 @@ def test_prompt_embeddings_are_refused_on_completions():
         ("stream", "yes"),
         ("top_logprobs", 21),
         ("stop", ["a"] * 17),
+        # Matched at every decoding step in a shared engine: each a phrase, not a page.
+        ("stop", "x" * 1001),
+        ("stop", ["ok", "x" * 1001]),
+        ("bad_words", ["x" * 1001]),
         ("logit_bias", [1]),
         ("seed", 2**64),
         ("cache_salt", ""),
