@@ -83,7 +83,9 @@ async def forward(
             headers = [
                 (b"Authorization", replica.auth),
                 (b"Content-Type", content_type),
-                (b"X-Request-ID", request_id.encode()),
+                # The gateway's own id, unique: a client's X-Request-ID becomes vLLM's request id, so a
+                # client choosing another's (or guessing the next) could collide with it on a shared engine.
+                (b"X-Request-ID", outcome.event_id.encode()),
             ]
             gateway.balancer.acquire(replica)
             try:

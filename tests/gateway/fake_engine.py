@@ -57,6 +57,7 @@ class FakeEngine:
         self._used_connections: set[int] = set()
         self.hung_up = 0
         self.requests: list[dict] = []
+        self.request_ids: list[str] = []  # the X-Request-ID each generation request came with
         self.produced = 0  # completion tokens written, over all requests
         self.port = 0
         self._loop = None
@@ -102,6 +103,7 @@ class FakeEngine:
             self._used_connections.add(connection)
         body = await request.json()
         self.requests.append(body)
+        self.request_ids.append(request.headers.get("X-Request-ID", ""))
         if self.delay:
             await asyncio.sleep(self.delay)
         if body.get("stream_options") and not body.get("stream"):

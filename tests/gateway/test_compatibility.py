@@ -47,6 +47,24 @@ def test_embeddings_on_a_chat_endpoint_is_an_openai_error_not_the_engines_bare_a
     assert engines[0].requests == []
 
 
+def test_a_clients_request_id_is_echoed_but_the_engine_gets_the_gateways_own(gateway_url, stack):
+    """vLLM makes the X-Request-ID it receives its request id: a client naming another's (or the next of
+    the gateway's counter) must not collide with it on a shared engine."""
+    dep, engines = stack["deployment"]("ids-dep")
+    stack["endpoint"]("ids", dep)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "ids")
+    for _ in range(2):
+        response = httpx.post(
+            f"{gateway_url}/v1/chat/completions",
+            json={"model": "ids", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2},
+            headers={"Authorization": f"Bearer {secret}", "X-Request-ID": "victim-1"},
+        )
+        assert response.status_code == 200 and response.headers["x-request-id"] == "victim-1"
+    ids = engines[0].request_ids
+    assert len(ids) == 2 and "victim-1" not in ids and ids[0] != ids[1] and all(ids)
+
+
 def test_an_engine_error_in_any_shape_reaches_the_client_in_openais(gateway_url, stack):
     # An endpoint registered as an embedding model, on an engine that serves no embeddings: the engine
     # answers FastAPI's {"detail": "Not Found"}.
