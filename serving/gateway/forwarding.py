@@ -21,7 +21,7 @@ from serving.gateway.errors import GatewayError
 from serving.gateway.events import Outcome
 from serving.gateway.relay import PATHS, Renamer, relay_stream, relay_whole
 from serving.gateway.routing import Balancer, EndpointInfo, ReplicaInfo, Snapshot, choose_route, sticky_key
-from serving.gateway.upstream import ConnectFailed, ReadTimeout, Upstream
+from serving.gateway.upstream import ConnectFailed, Dropped, ReadTimeout, Upstream
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,15 @@ async def forward(
                     outcome.status, outcome.error = 504, "upstream_timeout"
                     return
                 raise GatewayError(504, "The model did not answer in time.", "upstream_timeout") from None
+            except Dropped:
+                # The engine went away mid-answer (restarted, out of memory): not a gateway fault. A stream
+                # under way ends there, what it produced metered; else the client gets a 502.
+                if outcome.sent:
+                    outcome.status, outcome.error = 502, "upstream_error"
+                    return
+                raise GatewayError(
+                    502, "The model's connection closed before its answer was complete.", "upstream_error"
+                ) from None
             finally:
                 response.release()
                 gateway.balancer.release(replica)

@@ -44,7 +44,10 @@ class FakeEngine:
         answer: Callable[[dict, int], str] | None = None,
         logprob: float | Callable[[int], float] = -0.1,
         media: bool = False,
+        drop_after: int | None = None,
     ):
+        # Hang up after this many streamed chunks (or mid-body, unstreamed): an engine lost mid-answer.
+        self.drop_after = drop_after
         self.media = media  # also serve the audio, rerank and score routes (tests/gateway/media_engine.py)
         self.answer, self.logprob = answer, logprob
         self.expected_key = expected_key
@@ -136,6 +139,14 @@ class FakeEngine:
         ]
         if body.get("stream"):
             return await self._stream(request, kind, body, prompts, lengths, n)
+        if self.drop_after is not None:  # a body announced, cut short
+            response = web.StreamResponse(
+                headers={"Content-Type": "application/json", "Content-Length": "4096"}
+            )
+            await response.prepare(request)
+            await response.write(b'{"id": "cmpl-1", "choices": [')
+            request.transport.close()
+            return response
         choices = []
         completion = 0
         for prompt_index, length in enumerate(lengths):
@@ -224,6 +235,9 @@ class FakeEngine:
                             "completion_tokens": produced[index],
                             "total_tokens": prompts[prompt_index] + produced[index],
                         }
+                    if self.drop_after is not None and sum(produced) > self.drop_after:
+                        request.transport.close()
+                        return response
                     try:
                         await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     except (ConnectionResetError, RuntimeError):

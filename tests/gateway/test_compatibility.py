@@ -4,6 +4,7 @@ errors in OpenAI's shape (the engine's too), the final usage chunk only when ask
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import httpx
@@ -63,6 +64,36 @@ def test_a_clients_request_id_is_echoed_but_the_engine_gets_the_gateways_own(gat
         assert response.status_code == 200 and response.headers["x-request-id"] == "victim-1"
     ids = engines[0].request_ids
     assert len(ids) == 2 and "victim-1" not in ids and ids[0] != ids[1] and all(ids)
+
+
+def test_an_engine_lost_mid_answer_is_a_502_or_the_streams_end_never_a_gateway_500(gateway_url, stack):
+    """An engine restarted or killed mid-answer closes its connection: a stream under way ends where it was
+    (what was produced is metered), and an unstreamed call gets 502 upstream_error in OpenAI's shape; the
+    usage rows say upstream_error, not the gateway's own 500."""
+    dep, _ = stack["deployment"]("lost-dep", drop_after=2)
+    stack["endpoint"]("lost", dep)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "lost")
+    body = {"model": "lost", "messages": [{"role": "user", "content": "x"}], "max_tokens": 8}
+    headers = {"Authorization": f"Bearer {secret}"}
+    whole = httpx.post(f"{gateway_url}/v1/chat/completions", json=body, headers=headers)
+    assert whole.status_code == 502 and whole.json()["error"]["code"] == "upstream_error", whole.text
+    received = b""
+    with httpx.stream(
+        "POST", f"{gateway_url}/v1/chat/completions", json={**body, "stream": True}, headers=headers
+    ) as stream:
+        assert stream.status_code == 200
+        with contextlib.suppress(httpx.HTTPError):  # the stream may end cut, as the engine's did
+            for chunk in stream.iter_bytes():
+                received += chunk
+    assert received.count(b"data: {") == 2, received
+    usage.flush()
+    events = sorted(UsageEvent.objects.filter(endpoint="lost"), key=lambda e: e.stream)
+    assert [(e.stream, e.status, e.error) for e in events] == [
+        (False, 502, "upstream_error"),
+        (True, 502, "upstream_error"),
+    ]
+    assert events[1].output_tokens == 2, "what was produced is metered"
 
 
 def test_an_engine_error_in_any_shape_reaches_the_client_in_openais(gateway_url, stack):
