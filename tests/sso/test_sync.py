@@ -105,6 +105,18 @@ def test_a_user_deleted_in_keycloak_is_deactivated_and_a_second_sync_changes_not
     assert keycloak_audit("user.deactivate").count() == 1
 
 
+def test_a_service_account_the_directory_does_not_list_is_not_deactivated(alice, client, realm):
+    """Keycloak's GET /users leaves service-account users out (as the stand-in realm does): the account a
+    client's access token made here just in time must not be taken for deleted at every sync."""
+    from tests.sso.test_access_tokens import SERVICE_ACCOUNT, call, service_token
+
+    token = service_token(realm)
+    assert call(client, token).status_code == 200
+    assert sync_directory()["deactivated"] == 0
+    assert User.objects.get(username=SERVICE_ACCOUNT).is_active
+    assert call(client, token).status_code == 200
+
+
 def test_a_sync_that_cannot_read_keycloak_changes_nothing_and_says_so(
     alice, keycloak, settings, admin_client
 ):

@@ -29,6 +29,9 @@ from portfolio.errors import Conflict
 
 logger = logging.getLogger("portfolio.accounts.sso.sync")
 KEEP_RUNS = 100
+# Keycloak's user of a client's service account. Its admin API lists users without them (GET /users, and
+# since 26.7 GET /users/{id}): absent from the listing is then no sign of being deleted or disabled.
+SERVICE_ACCOUNT_PREFIX = "service-account-"
 
 
 def wanted() -> directory.Wanted:
@@ -48,6 +51,8 @@ def _apply(config: OidcConfig, issuer: str, found: directory.Directory, run: Dir
     identities = ExternalIdentity.objects.filter(issuer=issuer).select_related("user").order_by("pk")
     for identity in identities:
         user = identity.user
+        if identity.subject not in found.enabled and user.username.startswith(SERVICE_ACCOUNT_PREFIX):
+            continue  # not listed, so not known to be gone: its client's tokens end with the client
         if not found.enabled.get(identity.subject, False):
             if user.is_active:
                 try:
