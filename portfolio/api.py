@@ -220,6 +220,7 @@ def _register_routers() -> None:
     from portfolio.accounts.api import router as accounts_router
     from portfolio.audit.api import router as audit_router
     from portfolio.billing.api import router as billing_router
+    from portfolio.billing.api_budgets import router as billing_budgets_router
     from portfolio.billing.api_exports import router as billing_exports_router
     from portfolio.registry.api import router as registry_router
     from serving.api import router as serving_router
@@ -234,6 +235,7 @@ def _register_routers() -> None:
     api.add_router("/", accounts_router)
     api.add_router("/audit", audit_router)
     api.add_router("/billing", billing_exports_router)
+    api.add_router("/billing", billing_budgets_router)
     api.add_router("/billing", billing_router)
     api.add_router("/", registry_router)
     api.add_router("/", serving_router)

@@ -81,7 +81,7 @@ def hops(snapshot, key: KeyRecord, first: EndpointInfo, kind: str) -> dict[str, 
 
 def reservation(
     composite: Composite, found: dict[str, EndpointInfo], shape: payloads.Shape, text: str, kind: str = "chat"
-) -> tuple[int, int, list[tuple[EndpointInfo, int]]]:
+) -> tuple[int, int, list[list[tuple[EndpointInfo, int]]]]:
     """Tokens and money (micros) for the worst case of every step, and each step's hops with their money
     (for the spend caps, which count another team's hops only: the costliest of a step may be free)."""
     steps: list[list[tuple[EndpointInfo, payloads.Shape]]] = []

@@ -40,4 +40,9 @@ API_ROUTES: dict[str, Rule] = {
     "GET /billing/statements": BILLING,
     "GET /billing/statements/{department}/{month}": BILLING,
     "POST /billing/statements/{statement_id}/reissue": BILLING,
+    "GET /billing/budgets": BILLING,
+    "PUT /billing/budgets/teams/{team_id}": BILLING,
+    "DELETE /billing/budgets/teams/{team_id}": BILLING,
+    "PUT /billing/budgets/departments/{department_id}": BILLING,
+    "DELETE /billing/budgets/departments/{department_id}": BILLING,
 }

@@ -26,6 +26,11 @@ GET /billing/spend                                   200   200     200     200  
 GET /billing/statements                              200   200     200     200           200   403      403       403    401
 GET /billing/statements/{department}/{month}         200   200     200     404           200   404      404       404    401
 POST /billing/statements/{statement_id}/reissue      201   403     403     404           403   404      404       404    401
+GET /billing/budgets                                 200   200     200     200           200   403      403       403    401
+PUT /billing/budgets/teams/{team_id}                 200   403     200     404           200   403      403       404    401
+DELETE /billing/budgets/teams/{team_id}              204   403     204     404           403   403      403       404    401
+PUT /billing/budgets/departments/{department_id}     200   403     403     404           403   404      404       404    401
+DELETE /billing/budgets/departments/{department_id}  204   403     403     404           403   404      404       404    401
 GET /departments/{department_id}/roles               200   200     200     404           200   200      200       404    401
 POST /departments/{department_id}/roles              201   403     403     404           403   403      403       404    401
 DELETE /departments/{department_id}/roles/{user_id}  204   403     403     404           403   403      403       404    401
@@ -45,6 +50,18 @@ REQUESTS: dict[str, tuple[str, dict | None]] = {
     "POST /billing/statements/{statement_id}/reissue": (
         "/billing/statements/{statement}/reissue",
         {"reason": "Replica hours recorded late."},
+    ),
+    # Budgets: a team's owners lower its amount within the ceiling; its department's managers set all of it.
+    "GET /billing/budgets": ("/billing/budgets", None),
+    "PUT /billing/budgets/teams/{team_id}": ("/billing/budgets/teams/{team}", {"amount": "400"}),
+    "DELETE /billing/budgets/teams/{team_id}": ("/billing/budgets/teams/{team}", None),
+    "PUT /billing/budgets/departments/{department_id}": (
+        "/billing/budgets/departments/{department}",
+        {"amount": "4000"},
+    ),
+    "DELETE /billing/budgets/departments/{department_id}": (
+        "/billing/budgets/departments/{department}",
+        None,
     ),
     # Department roles: the department is seen by its teams' members, its managers and org-wide roles.
     "GET /departments/{department_id}/roles": ("/departments/{department}/roles", None),
@@ -84,6 +101,7 @@ def test_route_answers_each_role_as_the_matrix_says(world, call, route):
         past=label(world.past),
         statement=world.statement.pk,
         department=world.department.pk,
+        team=world.team.pk,
         manager=world.users["manager"].pk,
     )
     mismatches = []

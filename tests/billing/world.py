@@ -15,8 +15,8 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.choices import OrgRole, TeamRole
 from portfolio.accounts.models import DepartmentRole, Membership, Team
 from portfolio.billing import meters, money, subjects
-from portfolio.billing.choices import ComputeKind, PriceKind
-from portfolio.billing.models import Statement
+from portfolio.billing.choices import BudgetScope, ComputeKind, PriceKind
+from portfolio.billing.models import Budget, Statement
 from portfolio.billing.services import set_price
 from portfolio.billing.statements import close, previous_month
 from serving import services as serving_services
@@ -102,6 +102,9 @@ def world(make_user, department, other_department, team, other_team) -> World:
     )
     closed_month = previous_month(past)
     statement = close(Actor.for_system("tests"), department, closed_month)
+    # Budgets of the team and of its department, set by an admin (the budgets' routes change them).
+    Budget.objects.create(scope=BudgetScope.TEAM, team=team, amount=Decimal("500"), ceiling=Decimal("800"))
+    Budget.objects.create(scope=BudgetScope.DEPARTMENT, department=department, amount=Decimal("5000"))
     return World(
         users, department, other_department, team, voice, other_team, pool, past, closed_month, statement
     )
