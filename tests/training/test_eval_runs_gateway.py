@@ -119,41 +119,55 @@ def test_a_judge_scores_each_answer_through_the_gateway_metered_to_the_tasks_tea
     assert events.count() == 4 and {event.team_id for event in events} == {team.pk}
 
 
-def test_an_eval_run_of_a_cascade_may_call_the_endpoints_it_calls(
-    stack, gateway_url, settings, engineer, team
-):
+@pytest.fixture
+def cascade_of(stack, gateway_url, settings, team):
+    """``cascade_of(small_logprob, prices)``: a cascade ``cascade-ep`` of ``small-ep`` (answering "billing"
+    with that log-probability) and ``large-ep``, priced (input, output per million) when given, and the
+    large endpoint's engines."""
     from django.db import transaction
 
     from serving.models import Endpoint
 
     settings.GATEWAY_INTERNAL_URL = gateway_url
-    small, _ = stack["deployment"]("small-dep", answer=lambda body, i: "billing", logprob=-0.1)
-    stack["endpoint"]("small-ep", small)
-    large, large_engines = stack["deployment"]("large-dep")
-    stack["endpoint"]("large-ep", large)
-    with transaction.atomic():
-        cascade = Endpoint.objects.create(
-            name="cascade-ep",
-            owner_team=team,
-            kind="cascade",
-            config={"small": "small-ep", "large": "large-ep", "threshold": -1.0},
-        )
-    gateway_fixtures.wait_for_model(gateway_url, stack["key"](), cascade.name)
-    dataset = services.create_dataset(actor=engineer, owner_team=team, name="tickets", kind=DatasetKind.CHAT)
-    version, _ = upload(engineer, dataset, jsonl(*tickets(12)))
-    task = catalogue.create_task(actor=engineer, owner_team=team, name="Routing", kind="classification")
-    eval_set = catalogue.add_eval_set(actor=engineer, task=task, dataset_version=version, source="all")
+
+    def make(small_logprob: float, prices: dict | None = None):
+        prices = prices or {}
+        small, _ = stack["deployment"]("small-dep", answer=lambda body, i: "billing", logprob=small_logprob)
+        stack["endpoint"]("small-ep", small, **({"price": prices["small"]} if "small" in prices else {}))
+        large, large_engines = stack["deployment"]("large-dep")
+        stack["endpoint"]("large-ep", large, **({"price": prices["large"]} if "large" in prices else {}))
+        with transaction.atomic():
+            cascade = Endpoint.objects.create(
+                name="cascade-ep",
+                owner_team=team,
+                kind="cascade",
+                config={"small": "small-ep", "large": "large-ep", "threshold": -1.0},
+            )
+        gateway_fixtures.wait_for_model(gateway_url, stack["key"](), cascade.name)
+        return cascade, large_engines
+
+    return make
+
+
+def run_on(engineer, routing_task, endpoint, rows: int):
+    task, eval_set = routing_task
     run = runs.start_run(
         actor=engineer,
         task=task,
         eval_set=eval_set,
-        endpoint=cascade,
-        row_limit=3,
+        endpoint=endpoint,
+        row_limit=rows,
         max_tokens=4,
         enqueue=False,
     )
     runs.execute(run.pk)
     run.refresh_from_db()
+    return run
+
+
+def test_an_eval_run_of_a_cascade_may_call_the_endpoints_it_calls(cascade_of, engineer, routing_task):
+    cascade, large_engines = cascade_of(small_logprob=-0.1)
+    run = run_on(engineer, routing_task, cascade, rows=3)
     assert run.status == JobStatus.SUCCEEDED, run.status_detail
     key = ApiKey.objects.get(name=f"eval run #{run.pk}")
     assert sorted(key.scopes) == ["cascade-ep", "large-ep", "small-ep"]
@@ -163,41 +177,15 @@ def test_an_eval_run_of_a_cascade_may_call_the_endpoints_it_calls(
 
 
 def test_an_eval_run_of_a_cascade_costs_what_billing_charged_for_every_hop(
-    stack, gateway_url, settings, engineer, team, routing_task
+    cascade_of, engineer, routing_task
 ):
     """A composite has no price of its own and its answer's usage names the last hop only: the run's cost
     is what billing charged its key for every hop, each at its own endpoint's price."""
     from decimal import Decimal
 
-    from django.db import transaction
-
-    from serving.models import Endpoint
-
-    settings.GATEWAY_INTERNAL_URL = gateway_url
-    small, _ = stack["deployment"]("small-dep", answer=lambda body, i: "billing", logprob=-3.0)
-    stack["endpoint"]("small-ep", small, price=("1.00", "2.00"))
-    large, large_engines = stack["deployment"]("large-dep")
-    stack["endpoint"]("large-ep", large, price=("10.00", "20.00"))
-    with transaction.atomic():
-        cascade = Endpoint.objects.create(
-            name="cascade-ep",
-            owner_team=team,
-            kind="cascade",
-            config={"small": "small-ep", "large": "large-ep", "threshold": -1.0},
-        )
-    gateway_fixtures.wait_for_model(gateway_url, stack["key"](), cascade.name)
-    task, eval_set = routing_task
-    run = runs.start_run(
-        actor=engineer,
-        task=task,
-        eval_set=eval_set,
-        endpoint=cascade,
-        row_limit=4,
-        max_tokens=4,
-        enqueue=False,
-    )
-    runs.execute(run.pk)
-    run.refresh_from_db()
+    prices = {"small": ("1.00", "2.00"), "large": ("10.00", "20.00")}
+    cascade, large_engines = cascade_of(small_logprob=-3.0, prices=prices)
+    run = run_on(engineer, routing_task, cascade, rows=4)
 
     assert run.status == JobStatus.SUCCEEDED, run.status_detail
     assert len(large_engines[0].requests) == 4, "every unsure answer escalated"
