@@ -15,9 +15,10 @@ from django.db.models import Q
 from ninja import Field, Router, Schema, Status
 from ninja.pagination import paginate
 
+from portfolio.accounts import gate
 from portfolio.accounts.models import Department, Team
-from portfolio.billing import budgets
-from portfolio.billing.api import Pages, _reader
+from portfolio.billing import access, budgets
+from portfolio.billing.api import Pages
 from portfolio.billing.models import Budget
 from portfolio.errors import NotFound
 
@@ -75,7 +76,8 @@ def _changes(payload: BudgetIn) -> dict:
 def list_budgets(request):
     """Whoever reads billing: the budgets of the departments and teams they read (all for admins and
     auditors)."""
-    reader = _reader(request)
+    gate.require(request.auth, "billing.view")  # a reader of no billing: 403, as the other lists
+    reader = access.reader(request.auth)
     found = Budget.objects.select_related("team", "department")
     if not reader.everything:
         found = found.filter(
