@@ -38,6 +38,9 @@ class Gateway(Protocol):
     renamers: dict[tuple[str, str], Renamer]
 
 
+SALTED = frozenset({"chat", "completion"})  # the kinds whose prompts fill the engine's prefix cache
+
+
 async def forward(
     gateway: Gateway,
     receive,
@@ -72,6 +75,12 @@ async def forward(
             )
             outcome.replica_id = replica.id
             upstream = dict(payload, model=route.upstream_model)
+            if caller[0] and outcome.kind in SALTED:
+                # An engine's prefix cache serves every caller: each key's prompts get a salt of their own
+                # (vLLM's cache_salt), so that no caller can time its way to another's prompts; a client's
+                # own salt stays within its key's.
+                own = payload.get("cache_salt")
+                upstream["cache_salt"] = f"{caller[0]}:{own}" if own else caller[0]
             if outcome.stream:
                 # Always asked of the engine, to meter from its counts; passed on only as the client asked.
                 upstream["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}

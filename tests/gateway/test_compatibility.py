@@ -66,6 +66,28 @@ def test_a_clients_request_id_is_echoed_but_the_engine_gets_the_gateways_own(gat
     assert len(ids) == 2 and "victim-1" not in ids and ids[0] != ids[1] and all(ids)
 
 
+def test_each_keys_prompts_get_a_prefix_cache_salt_of_their_own_that_no_client_can_choose(gateway_url, stack):
+    """vLLM shares an engine's prefix cache between requests with the same salt: a caller able to hit the
+    cache with another's prompt prefix could time its way to that prompt. The gateway salts every chat and
+    completion with the key's id; a client's own salt is kept, inside its key's."""
+    dep, engines = stack["deployment"]("salted-dep")
+    stack["endpoint"]("salted", dep)
+    first, second = stack["key"](), stack["key"]()
+    wait_for_model(gateway_url, first, "salted")
+    body = {"model": "salted", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    for secret, extra in ((first, {}), (second, {}), (second, {"cache_salt": "chosen"})):
+        response = httpx.post(
+            f"{gateway_url}/v1/chat/completions",
+            json={**body, **extra},
+            headers={"Authorization": f"Bearer {secret}"},
+        )
+        assert response.status_code == 200, response.text
+    salts = [request["cache_salt"] for request in engines[0].requests]
+    assert len(set(salts)) == 3 and all(salts)
+    assert salts[2].startswith(salts[1] + ":"), "the client's salt within its key's"
+    assert not salts[2].startswith(salts[0]), "never another key's"
+
+
 def test_an_engine_lost_mid_answer_is_a_502_or_the_streams_end_never_a_gateway_500(gateway_url, stack):
     """An engine restarted or killed mid-answer closes its connection: a stream under way ends where it was
     (what was produced is metered), and an unstreamed call gets 502 upstream_error in OpenAI's shape; the
