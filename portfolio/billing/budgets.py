@@ -4,8 +4,9 @@ routing table reads, and the check that refuses a job or a scale-up once a hard 
 Who sets what:
 - department budgets: platform admins only;
 - team budgets: admins and the department's managers, everything including ``ceiling`` and ``hard_limit``;
-  the team's owners only ``amount`` (at or below the ceiling, and the department's amount) and the alert
-  settings; they cannot touch ``ceiling`` or ``hard_limit``.
+  the team's owners only ``amount`` (at or below the ceiling, and the department's amount; a hard limit
+  without a ceiling caps it at its amount, so they lower it only) and the alert settings; they cannot touch
+  ``ceiling`` or ``hard_limit``.
 """
 
 from __future__ import annotations
@@ -169,6 +170,13 @@ def set_budget(
             )
         if budget.ceiling is not None and new_amount > budget.ceiling:
             raise Forbidden(f"amount: at most the ceiling of {budget.ceiling} an admin or manager set.")
+        if budget.hard_limit and budget.ceiling is None and new_amount > budget.amount:
+            # A hard limit set without a ceiling caps the team at its amount: its owners may lower it, and
+            # only whoever set the limit raises it (or sets a ceiling to raise it to).
+            raise Forbidden(
+                f"amount: this budget's hard limit has no ceiling, so its owners may lower it from "
+                f"{budget.amount} but not raise it; ask an admin or a department manager."
+            )
         above = Budget.objects.filter(department_id=team.department_id).first()
         if above is not None and new_amount > above.amount:
             raise Forbidden(f"amount: at most the department's budget of {above.amount}.")

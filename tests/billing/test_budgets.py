@@ -73,6 +73,19 @@ def test_an_owner_may_not_go_above_the_ceiling(org, team, ceilinged):
     assert Budget.objects.get().amount == Decimal("500")
 
 
+def test_an_owner_may_not_raise_a_hard_limit_set_without_a_ceiling(org, team, manager):
+    budgets.set_budget(actor=manager, team=team, amount="300", hard_limit=True)
+    owner = actor_for(org["owner"])
+    with pytest.raises(Forbidden, match="hard limit has no ceiling"):
+        budgets.set_budget(actor=owner, team=team, amount="300.01")
+    assert Budget.objects.get().amount == Decimal("300")
+    assert budgets.set_budget(actor=owner, team=team, amount="250").amount == Decimal("250")
+    with pytest.raises(Forbidden):  # lowered, the cap is the new amount: not back up to the manager's 300
+        budgets.set_budget(actor=owner, team=team, amount="300")
+    budgets.set_budget(actor=manager, team=team, amount="300", hard_limit=False)
+    assert budgets.set_budget(actor=owner, team=team, amount="900").amount == Decimal("900")  # soft: free
+
+
 def test_an_owner_may_not_go_above_the_department_budget(org, team, department):
     budgets.set_budget(actor=actor_for(org["admin"]), department=department, amount="100")
     with pytest.raises(Forbidden):
