@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from keycloak import KeycloakAdmin, KeycloakOpenIDConnection
 
 from portfolio.accounts import services
-from portfolio.accounts.models import DirectorySync, Membership, SsoMappingRule
+from portfolio.accounts.models import DirectorySync, Membership, OrgRoleGrant, SsoMappingRule
 from portfolio.accounts.sso import sync
 from portfolio.accounts.tasks import sync_directory
 from portfolio.audit.models import AuditEvent
@@ -202,3 +202,35 @@ def test_a_user_removed_from_a_group_in_keycloak_loses_the_team_at_the_next_sign
     assert browser.session.get("_auth_user_id") == str(alice.pk)
     assert not Membership.objects.filter(user=alice, team=team).exists()
     assert keycloak_audit("membership.delete").get().before["team"] == team.slug
+
+
+def test_a_role_given_through_a_parent_group_is_kept_by_the_sync_and_lost_with_the_group_mapping(
+    client, realm, keycloak, team, other_team
+):
+    """Tokens carry effective realm roles (a user's own and those of the groups they are in or under);
+    Keycloak's /roles/{name}/users lists direct holders only. The sync reads the same roles a token
+    carries, so a role held through a group is not gained at sign-in and lost at each sync."""
+    SsoMappingRule.objects.create(
+        kind="realm_role", value="support-leads", team=other_team, team_role="owner"
+    )
+    parent = keycloak.get_group_by_path("customer-ops")  # alice is in /customer-ops/support-ai, under it
+    keycloak.assign_group_realm_roles(parent["id"], [{"id": "support-leads", "name": "support-leads"}])
+    client.get(sign_in_at_realm(start(client), "alice"))
+    alice = User.objects.get(username="alice")
+    assert Membership.objects.get(user=alice, team=other_team, source="sso").role == "owner"
+
+    assert sync_directory() == {"ok": True, "error": "", "deactivated": 0, "changed": 0}
+    assert Membership.objects.filter(user=alice, team=other_team).exists()
+
+    keycloak.delete_group_realm_roles(parent["id"], [{"id": "support-leads", "name": "support-leads"}])
+    assert sync_directory() == {"ok": True, "error": "", "deactivated": 0, "changed": 1}
+    assert not Membership.objects.filter(user=alice, team=other_team).exists()
+
+
+def test_a_role_held_directly_is_kept_by_the_sync(client, realm):
+    SsoMappingRule.objects.create(kind="realm_role", value="portfolio-admin", org_role="admin")
+    client.get(sign_in_at_realm(start(client), "bob"))
+    bob = User.objects.get(username="bob")
+    assert OrgRoleGrant.objects.get(user=bob, role="admin").source == "sso"
+    assert sync_directory() == {"ok": True, "error": "", "deactivated": 0, "changed": 0}
+    assert OrgRoleGrant.objects.filter(user=bob, role="admin").exists()

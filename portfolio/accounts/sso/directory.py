@@ -1,15 +1,17 @@
 """Reading the realm's directory through Keycloak's admin REST API (python-keycloak's ``KeycloakAdmin``),
 with a service-account client that holds read-only realm rights (``view-users``).
 
-Only what the mapping rules can use is read: every user (id, name, enabled), and the members of each group
-path, realm role and client role a rule names. That is one request per hundred users plus one per named
-group or role, however many groups a person is in. Reading is all or nothing: any failure raises
+Only what the mapping rules can use is read: every user (id, name, enabled), the members of each group
+path a rule names, and, when a rule names a role, the effective roles of each person who has signed in here
+(as their tokens carry them). That is one request per hundred users, one per named group, and one or two
+per signed-in person when rules name roles. Reading is all or nothing: any failure raises
 ``Unavailable`` and the caller changes nothing.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,8 +87,45 @@ def _members_or_none(read) -> set[str]:
         raise
 
 
-def read(config: OidcConfig, *, client_id: str, client_secret: str, wanted: Wanted) -> Directory:
-    """The directory as the rules need it, read in full, or ``Unavailable``."""
+def _read_roles(
+    admin: KeycloakAdmin, config: OidcConfig, directory: Directory, wanted: Wanted, subjects: Iterable[str]
+) -> None:
+    """Who of ``subjects`` holds each wanted role, as their tokens would say: effective roles (their own,
+    their groups' and their parent groups', and what composite roles contain), one request per person
+    and kind of role. Keycloak's ``/roles/{name}/users`` lists direct holders only: read from it, a role
+    given through a group would be gained at each sign-in and lost at the next sync."""
+    client_uuid = admin.get_client_id(config.client_id) if wanted.client_roles else None
+    for subject in sorted(subjects):
+        if not directory.enabled.get(subject):
+            continue  # disabled or not listed: nothing of theirs is applied
+        try:
+            if wanted.realm_roles:
+                for role in admin.get_composite_realm_roles_of_user(subject, brief_representation=True):
+                    if role["name"] in wanted.realm_roles:
+                        directory.realm_roles[role["name"]].add(subject)
+            if client_uuid:
+                held = admin.get_composite_client_roles_of_user(
+                    subject, client_uuid, brief_representation=True
+                )
+                for role in held:
+                    if role["name"] in wanted.client_roles:
+                        directory.client_roles[role["name"]].add(subject)
+        except KeycloakError as exc:
+            if getattr(exc, "response_code", None) != NOT_FOUND:
+                raise
+            directory.enabled.pop(subject)  # deleted since the listing: gone, as if not listed
+
+
+def read(
+    config: OidcConfig,
+    *,
+    client_id: str,
+    client_secret: str,
+    wanted: Wanted,
+    subjects: Iterable[str] = (),
+) -> Directory:
+    """The directory as the rules need it, read in full, or ``Unavailable``; roles are read for
+    ``subjects`` only (the people who have signed in here)."""
     directory = Directory()
     try:
         admin = _admin(config, client_id, client_secret)
@@ -99,18 +138,8 @@ def read(config: OidcConfig, *, client_id: str, client_secret: str, wanted: Want
                 return admin.get_group_members(group["id"], {"briefRepresentation": True})
 
             directory.groups[path] = _members_or_none(group_members)
-        for role in sorted(wanted.realm_roles):
-            directory.realm_roles[role] = _members_or_none(
-                lambda role=role: admin.get_realm_role_members(role, {"briefRepresentation": True})
-            )
-        if wanted.client_roles:
-            client_uuid = admin.get_client_id(config.client_id)
-            for role in sorted(wanted.client_roles):
-                directory.client_roles[role] = (
-                    _members_or_none(lambda role=role: admin.get_client_role_members(client_uuid, role))
-                    if client_uuid
-                    else set()
-                )
+        if wanted.realm_roles or wanted.client_roles:
+            _read_roles(admin, config, directory, wanted, subjects)
     except KeycloakError as exc:
         code = getattr(exc, "response_code", None)
         raise Unavailable(

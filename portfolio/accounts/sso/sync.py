@@ -77,6 +77,7 @@ def run_once(config: OidcConfig, sync: dict[str, Any]) -> DirectorySync:
             client_id=sync["client_id"],
             client_secret=sync["client_secret"],
             wanted=wanted(),
+            subjects=ExternalIdentity.objects.filter(issuer=issuer).values_list("subject", flat=True),
         )
         run.users_read = len(found.enabled)
         with transaction.atomic():

@@ -1,5 +1,6 @@
 // A stand-in for the part of Keycloak's admin REST API that the directory sync reads (and that the tests
-// use to change the realm): users, groups, realm and client role members, under /admin/realms/REALM.
+// use to change the realm): users, groups, realm and client role members, each user's effective roles (their
+// own and their groups'), and groups' realm roles, under /admin/realms/REALM.
 // No Keycloak server can run on these machines; the shapes are Keycloak's (UserRepresentation,
 // GroupRepresentation, paging with `first` and `max`), the calls are the ones python-keycloak makes.
 //
@@ -42,6 +43,18 @@ export function adminApi({ realm, users, provider, signingKey, clients, clientId
   }
   const groupById = (id) => [...groups.values()].find((group) => group.id === id);
   const clientUuid = uuidOf(`client:${clientId}`);
+  const groupRoles = new Map(); // path -> Set of realm roles mapped to the group (and so to its subgroups)
+
+  // A user's effective realm roles, as Keycloak puts them into tokens and lists them under
+  // /users/ID/role-mappings/realm/composite: their own and those of every group they are in or under.
+  function effectiveRealmRoles(user) {
+    const roles = new Set(user.realm_roles ?? []);
+    for (const path of user.groups ?? []) {
+      for (const parent of parentsOf(path)) for (const role of groupRoles.get(parent) ?? []) roles.add(role);
+    }
+    return [...roles].sort();
+  }
+  const roleOf = (name, containerId) => ({ id: uuidOf(`role:${containerId}:${name}`), name, composite: false, containerId });
 
   const represent = (user) => ({
     id: user.sub,
@@ -118,6 +131,19 @@ export function adminApi({ realm, users, provider, signingKey, clients, clientId
         return holders.length || role.startsWith("default-roles") ? [200, page(holders.map(represent), q)] : [404, { error: "Could not find role" }];
       },
     ],
+    [
+      "GET", /^\/users\/([^/]+)\/role-mappings\/realm\/composite$/, "read",
+      (m) => (users.has(m[1]) ? [200, effectiveRealmRoles(users.get(m[1])).map((name) => ({ ...roleOf(name, realm), clientRole: false }))] : [404, { error: "User not found" }]),
+    ],
+    [
+      "GET", /^\/users\/([^/]+)\/role-mappings\/clients\/([^/]+)\/composite$/, "read",
+      (m) => {
+        if (!users.has(m[1])) return [404, { error: "User not found" }];
+        if (m[2] !== clientUuid) return [404, { error: "Could not find client" }];
+        const roles = users.get(m[1]).client_roles?.[clientId] ?? [];
+        return [200, roles.map((name) => ({ ...roleOf(name, clientUuid), clientRole: true }))];
+      },
+    ],
     ["GET", /^\/clients$/, "read", (m, q) => [200, q.get("clientId") === clientId ? [{ id: clientUuid, clientId }] : []]],
     [
       "GET", /^\/clients\/([^/]+)\/roles\/([^/]+)\/users$/, "read",
@@ -158,10 +184,31 @@ export function adminApi({ realm, users, provider, signingKey, clients, clientId
         return [204];
       },
     ],
+    [
+      "POST", /^\/groups\/([^/]+)\/role-mappings\/realm$/, "write",
+      async (m, q, req) => {
+        const group = groupById(m[1]);
+        if (!group) return [404, { error: "Could not find group by id" }];
+        const held = groupRoles.get(group.path) ?? new Set();
+        for (const role of await readJson(req)) held.add(role.name);
+        groupRoles.set(group.path, held);
+        return [204];
+      },
+    ],
+    [
+      "DELETE", /^\/groups\/([^/]+)\/role-mappings\/realm$/, "write",
+      async (m, q, req) => {
+        const group = groupById(m[1]);
+        if (!group) return [404, { error: "Could not find group by id" }];
+        for (const role of await readJson(req)) groupRoles.get(group.path)?.delete(role.name);
+        return [204];
+      },
+    ],
   ];
 
   return {
     prefix,
+    effectiveRealmRoles,
     async handle(req, res) {
       const url = new URL(req.url, "http://stand-in");
       const path = url.pathname.slice(prefix.length);

@@ -65,7 +65,8 @@ const active = (user) => user && user.enabled !== false ? user : undefined;
 const byName = (username) => active([...bySub.values()].find((user) => user.username === username));
 const services = serviceClients(args["service-client"]);
 
-// What Keycloak's default mappers put into tokens (the `groups` mapper with full paths, realm roles).
+// What Keycloak's default mappers put into tokens (the `groups` mapper with full paths, effective realm
+// roles: a user's own and their groups').
 function keycloakClaims(user) {
   return {
     sub: user.sub,
@@ -74,7 +75,7 @@ function keycloakClaims(user) {
     email: user.email,
     email_verified: true,
     groups: user.groups,
-    realm_access: { roles: user.realm_roles },
+    realm_access: { roles: admin.effectiveRealmRoles(user) },
   };
 }
 
