@@ -18,6 +18,7 @@ from decimal import Decimal
 from django.db.models import Count, F, Sum
 from django.db.models.functions import Coalesce, Left, Length
 
+from serving.gateway import hop_ids
 from serving.models import Endpoint
 
 ZERO = Decimal(0)
@@ -40,7 +41,8 @@ class CascadeSavings:
 
 
 def _request_ids(rows):
-    return rows.annotate(request=Left("event_id", Length("event_id") - 2))
+    """Each row's request id: its event id less the hop's one-digit suffix (a cascade has at most 3 hops)."""
+    return rows.annotate(request=Left("event_id", Length("event_id") - len(hop_ids.suffix(1))))
 
 
 def cascade_savings(endpoint: Endpoint, since: datetime) -> CascadeSavings:

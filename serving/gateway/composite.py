@@ -21,7 +21,7 @@ import time
 import orjson
 from django.conf import settings
 
-from serving.gateway import access, admission, hop_prompts, keystate, payloads, verifier, voting
+from serving.gateway import access, admission, hop_ids, hop_prompts, keystate, payloads, verifier, voting
 from serving.gateway.answers import Capture, never_disconnects, send_answer, with_headers
 from serving.gateway.errors import GatewayError
 from serving.gateway.events import USAGE_STREAM, Outcome, usage_event
@@ -159,7 +159,7 @@ class Run:
             endpoint=hop.name,
             kind=kind,
             shape=shape,
-            event_id=f"{self.event_id}-{len(self.outcomes) + 1}",
+            event_id=hop_ids.of_hop(self.event_id, len(self.outcomes) + 1),
             first=hop,
         )
         outcome.via = self.first.name

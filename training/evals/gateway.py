@@ -17,8 +17,8 @@ from django.db.models import Sum
 
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
+from serving.gateway import hop_ids, usage
 from serving.gateway import services as key_services
-from serving.gateway import usage
 from serving.gateway.models import UsageEvent
 from serving.models import Endpoint
 from serving.services import composite
@@ -107,8 +107,7 @@ def metered_cost(key_id: int, via: str, requests: int, *, settle_seconds: float 
         while usage.flush():
             pass
         count = rows.count()
-        # A hop's event id is its request's and "-<hop>", the first "-1": one per request.
-        requests_seen = rows.filter(event_id__endswith="-1").count()
+        requests_seen = rows.filter(event_id__endswith=hop_ids.suffix(1)).count()  # one first hop a request
         if (requests_seen >= requests and count == seen) or time.monotonic() > deadline:
             break
         seen = count
