@@ -11,13 +11,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 
-from django.db.models import Q
 from ninja import Field, Router, Schema, Status
 from ninja.pagination import paginate
 
 from portfolio.accounts import gate
 from portfolio.accounts.models import Department, Team
-from portfolio.billing import access, budgets
+from portfolio.billing import budgets
 from portfolio.billing.api import Pages
 from portfolio.billing.models import Budget
 from portfolio.errors import NotFound
@@ -77,15 +76,7 @@ def list_budgets(request):
     """Whoever reads billing: the budgets of the departments and teams they read (all for admins and
     auditors)."""
     gate.require(request.auth, "billing.view")  # a reader of no billing: 403, as the other lists
-    reader = access.reader(request.auth)
-    found = Budget.objects.select_related("team", "department")
-    if not reader.everything:
-        found = found.filter(
-            Q(department_id__in=reader.departments)
-            | Q(team_id__in=reader.teams)
-            | Q(team__department_id__in=reader.departments)
-        )
-    return found.order_by("scope", "id")
+    return budgets.readable(request.auth)
 
 
 @router.put("/budgets/teams/{team_id}", response=BudgetOut)

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
+from portfolio.accounts.choices import TeamRole
 from portfolio.accounts.models import Department, Team
 from portfolio.audit import services as audit
 from portfolio.audit.choices import AuditAction
@@ -49,9 +50,10 @@ def _amount(name: str, value, *, required: bool = True) -> Decimal | None:
         raise Invalid(f"{name}: {value!r} is not a number.") from None
     if not amount.is_finite() or amount < 0 or amount > MAX_AMOUNT:
         raise Invalid(f"{name}: use an amount from 0 to {MAX_AMOUNT}.")
-    if amount != amount.quantize(Decimal("0.01")):
+    cents = amount.quantize(Decimal("0.01"))
+    if amount != cents:
         raise Invalid(f"{name}: use at most 2 decimal places.")
-    return amount
+    return cents  # as stored: the audit row says 400.00 whether 400 or 400.00 was sent
 
 
 def _thresholds(values) -> list[int]:
@@ -123,9 +125,34 @@ def _team_to_manage(actor: Actor, team: Team) -> Team:
     return team
 
 
-def _team_privileged(actor: Actor, team: Team) -> bool:
+def sets_all(actor: Actor, team: Team) -> bool:
     """Admins and the department's managers set all of a team's budget; owners only lower it."""
     return actor.is_admin or team.department_id in actor.managed_department_ids
+
+
+def readable(actor: Actor):
+    """The budgets of the departments and teams ``actor`` reads the billing of (all for admins and
+    auditors)."""
+    reader = access.reader(actor)
+    found = Budget.objects.select_related("team", "department")
+    if not reader.everything:
+        found = found.filter(
+            Q(department_id__in=reader.departments)
+            | Q(team_id__in=reader.teams)
+            | Q(team__department_id__in=reader.departments)
+        )
+    return found.order_by("scope", "id")
+
+
+def settable_teams(actor: Actor):
+    """The teams whose budget ``actor`` may set (admins: all; managers: their departments'; owners:
+    theirs)."""
+    if actor.is_admin:
+        return Team.objects.order_by("name")
+    owned = [team_id for team_id, role in actor.team_roles.items() if role == TeamRole.OWNER]
+    return Team.objects.filter(Q(department_id__in=actor.managed_department_ids) | Q(pk__in=owned)).order_by(
+        "name"
+    )
 
 
 @transaction.atomic
@@ -159,7 +186,7 @@ def set_budget(
     budget = budget or fresh
     new_amount = _amount("amount", amount)
     assert new_amount is not None
-    if team is not None and not _team_privileged(actor, team):
+    if team is not None and not sets_all(actor, team):
         if ceiling is not UNCHANGED and _amount("ceiling", ceiling, required=False) != budget.ceiling:
             raise Forbidden(
                 "A team's owners cannot change its ceiling; ask an admin or a department manager."
@@ -212,7 +239,7 @@ def delete_budget(*, actor: Actor, budget: Budget) -> None:
     budget = Budget.objects.select_related("team", "department").get(pk=budget.pk)
     if budget.team is not None:
         _team_to_manage(actor, budget.team)
-        if not _team_privileged(actor, budget.team):
+        if not sets_all(actor, budget.team):
             raise Forbidden("Only admins and the department's managers remove a team's budget.")
     else:
         access.department(actor, budget.department_id)

@@ -1,6 +1,6 @@
 from django.urls import path, register_converter
 
-from portfolio.billing.views import exports, prices, spend, statements
+from portfolio.billing.views import budgets, exports, prices, spend, statements
 
 
 class MonthConverter:
@@ -29,6 +29,21 @@ urlpatterns = [
         name="billing-statement-reissue",
     ),
     path("prices/", prices.price_book, name="billing-prices"),
+    path("budgets/", budgets.budget_list, name="billing-budgets"),
+    path("budgets/teams/<int:team_id>/", budgets.team_budget, name="billing-team-budget"),
+    path(
+        "budgets/teams/<int:team_id>/remove/", budgets.team_budget_delete, name="billing-team-budget-delete"
+    ),
+    path(
+        "budgets/departments/<int:department_id>/",
+        budgets.department_budget,
+        name="billing-department-budget",
+    ),
+    path(
+        "budgets/departments/<int:department_id>/remove/",
+        budgets.department_budget_delete,
+        name="billing-department-budget-delete",
+    ),
     path("prices/new/", prices.price_set, name="billing-price-set"),
     path(
         "departments/<int:department_id>/statements/<str:month>/export/<str:fmt>/",

@@ -18,16 +18,36 @@ UI_ROUTES: dict[str, Rule] = {
     "billing-statement": ui("team", "billing.view"),
     "billing-statement-reissue": ui("team", "statement.reissue", "POST", reason="a correction of the price"),
     "billing-price-set": ui("org", "price.manage", "POST", kind="store", subject="store:local"),
+    # Budgets: the list, whoever reads billing; a team's form, budget.manage over it; a department's, admins.
+    "billing-budgets": ui("any_team", "billing.view"),
+    "billing-team-budget": ui("team", "budget.manage", "POST", amount="100", thresholds="50, 100"),
+    "billing-team-budget-delete": ui("team", "budget.manage", "POST"),
+    "billing-department-budget": ui("team", "department.change", "POST", amount="1000", thresholds="80"),
+    "billing-department-budget-delete": ui("team", "department.change", "POST"),
 }
 
 
 def ui_kwargs(route: str, values: dict) -> dict:
     if route in ("billing-statement", "billing-statement-reissue"):
         return {"cost_center": "CC-100", "month": timezone.now().strftime("%Y-%m")}
+    if route.startswith("billing-team-budget"):
+        return {"team_id": values["team_id"]}
+    if route.startswith("billing-department-budget"):
+        return {"department_id": values["department_id"]}
     return {}
 
 
-UI_KWARGS: dict[str, dict[str, str]] = {"billing-statement": {}, "billing-statement-reissue": {}}
+UI_KWARGS: dict[str, dict[str, str]] = {
+    name: {}
+    for name in (
+        "billing-statement",
+        "billing-statement-reissue",
+        "billing-team-budget",
+        "billing-team-budget-delete",
+        "billing-department-budget",
+        "billing-department-budget-delete",
+    )
+}
 
 
 BILLING = Rule("billing")

@@ -3,7 +3,9 @@ of Customer Operations' endpoint on the price book page; a key of Legal's Contra
 department the endpoint is shared, calls it through the gateway (served by the gateway tests' stand-in
 engine, which answers and counts tokens like vLLM); the usage pipeline runs as Celery beat runs it (the
 flush from the Redis stream into PostgreSQL, then the hourly rollup into billing's ledger); and the admin
-sees the call on Legal's draft statement, at the price set and for the tokens the call really used."""
+sees the call on Legal's draft statement, at the price set and for the tokens the call really used. And a
+department manager sets a team's budget on the budgets page, which the team's owner may lower but not raise
+past its ceiling."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from decimal import ROUND_HALF_UP, Decimal
 import openai
 import pytest
 
-from portfolio.billing.models import Price
+from portfolio.accounts.models import DepartmentRole
+from portfolio.billing.models import Budget, Price
 from serving import services
 from serving.gateway import tasks
 from serving.gateway.models import UsageEvent
@@ -111,3 +114,55 @@ def test_an_admin_sets_a_price_makes_a_call_and_sees_it_on_the_draft_statement(
     assert total > 0
     assert page.get_by_test_id("statement-total").inner_text() == f"{total} EUR"
     page.screenshot(path=str(tmp_path / "statement.png"), full_page=True)
+
+
+def sign_in(page, base: str, username: str) -> None:
+    page.goto(f"{base}/login/")
+    page.get_by_label("User name").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{base}/")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_manager_sets_a_teams_budget_and_its_owner_may_only_lower_it(
+    live_server, org, make_user, team, department, browser_page
+):
+    manager = make_user("manager")
+    DepartmentRole.objects.create(user=manager, department=department, role="manager")
+    page, base = browser_page, live_server.url
+
+    sign_in(page, base, "manager")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Billing", exact=True).click()
+    page.wait_for_url(f"{base}/billing/")
+    page.get_by_role("link", name="Budgets").click()
+    page.wait_for_url(f"{base}/billing/budgets/")
+    page.get_by_role("link", name=f"Set a budget for team {team.name}").click()
+    page.get_by_label("Amount").fill("300")
+    page.get_by_label("Ceiling").fill("400")
+    page.get_by_label("Hard limit").check()
+    page.get_by_label("Thresholds").fill("50, 90")
+    page.get_by_role("button", name="Save budget").click()
+    page.wait_for_url(f"{base}/billing/budgets/")
+    assert page.get_by_text(f"Budget of {team.name} saved.").is_visible()
+    row = page.get_by_role("row", name=team.name)
+    assert row.locator("td").all_inner_texts()[:3] == ["300.00", "400.00", "50%, 90%"]
+
+    page.context.clear_cookies()
+    sign_in(page, base, "owner")
+    page.goto(f"{base}/billing/budgets/")
+    page.get_by_role("row", name=team.name).get_by_role("link", name="Change").click()
+    assert page.get_by_label("Ceiling").count() == 0 and page.get_by_label("Hard limit").count() == 0
+    page.get_by_label("Amount").fill("450")
+    page.get_by_role("button", name="Save budget").click()
+    assert page.get_by_text("at most the ceiling of 400.00").is_visible()
+    page.get_by_label("Amount").fill("350")
+    page.get_by_role("button", name="Save budget").click()
+    page.wait_for_url(f"{base}/billing/budgets/")
+    budget = Budget.objects.get(team=team)
+    assert (budget.amount, budget.ceiling, budget.hard_limit, budget.thresholds) == (
+        Decimal("350"),
+        Decimal("400"),
+        True,
+        [50, 90],
+    )

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from django.db.models import Q
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from portfolio.billing import access, money
+from portfolio.billing import access, budgets, money
 from portfolio.billing.choices import LineKind
-from portfolio.billing.models import Budget
 from portfolio.billing.overview import month_spend
 from portfolio.billing.statements import ZERO, label
 from portfolio.billing.views import billing_reader
@@ -70,16 +68,8 @@ def overview(request):
     for row in spend.subjects:
         if row.kind in ENDPOINT_KINDS:
             by_endpoint[row.name] = by_endpoint.get(row.name, ZERO) + row.spend
-    if reader.everything:
-        budgets = Budget.objects.all()
-    else:
-        budgets = Budget.objects.filter(
-            Q(department_id__in=reader.departments)
-            | Q(team_id__in=reader.teams)
-            | Q(team__department_id__in=reader.departments)
-        )
     budget_rows = []
-    for budget in budgets.select_related("team", "department").order_by("scope", "pk"):
+    for budget in budgets.readable(actor):
         spent = (
             by_department.get(budget.department_id, ZERO)
             if budget.department_id
