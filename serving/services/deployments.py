@@ -124,6 +124,14 @@ def _locked(deployment: Deployment) -> Deployment:
     )
 
 
+def _may_start_replicas(deployment: Deployment) -> None:
+    """What new replicas need, as at creation: the pool still open to the team (closed since: no new ones),
+    the model still shared with it, and no hard-limited budget used up (more replicas, more compute)."""
+    require_pool_open_to(deployment.owner_team, deployment.pool)
+    require_usable_by(deployment.owner_team, deployment.version)
+    budgets.check_can_spend(deployment.owner_team)
+
+
 @transaction.atomic
 def scale(*, actor: Actor, deployment: Deployment, replicas: int) -> Deployment:
     gate.require(actor, "deployment.manage", deployment)
@@ -131,8 +139,7 @@ def scale(*, actor: Actor, deployment: Deployment, replicas: int) -> Deployment:
     if not 0 <= replicas <= 64:
         raise Invalid("replicas: between 0 and 64.")
     if replicas > deployment.replicas:
-        require_pool_open_to(deployment.owner_team, deployment.pool)  # closed to the team since: no new ones
-        budgets.check_can_spend(deployment.owner_team)  # more replicas, more compute: not past a hard limit
+        _may_start_replicas(deployment)
     before = deployment.snapshot()
     deployment.replicas, deployment.updated_at = replicas, timezone.now()
     deployment.save(update_fields=["replicas", "updated_at"])
@@ -150,7 +157,8 @@ def restart(
     *, actor: Actor, deployment: Deployment, version: ModelVersion | None = None, args: dict | None = None
 ) -> Deployment:
     """A rolling restart, optionally to another version or engine arguments: each new replica is ready
-    before an old one stops."""
+    before an old one stops. New replicas are new compute: refused, as a scale-up is, on a pool closed to
+    the team, for a model no longer shared with it, or past a hard-limited budget."""
     gate.require(actor, "deployment.manage", deployment)
     deployment = _locked(deployment)
     before = deployment.snapshot()
@@ -165,6 +173,8 @@ def restart(
     if args is not None:
         deployment.engine_args = args
     _fits_model(deployment.version, engine_args.for_deployment(deployment))
+    if deployment.replicas:
+        _may_start_replicas(deployment)  # a rolling restart starts new replicas, maybe larger ones
     deployment.generation += 1
     deployment.updated_at = timezone.now()
     deployment.save(update_fields=["version", "engine_args", "generation", "updated_at"])

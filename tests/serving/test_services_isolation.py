@@ -170,3 +170,28 @@ def test_scaling_up_on_a_pool_closed_to_the_team_since_is_refused_but_scaling_do
     with pytest.raises(Invalid, match="pool: cpu-pool is not open to Support AI"):
         services.scale(actor=admin, deployment=deployment, replicas=2)
     assert services.scale(actor=admin, deployment=deployment, replicas=0).replicas == 0
+
+
+def test_a_rolling_restart_starts_no_new_replicas_on_a_pool_closed_to_the_team_or_past_a_hard_limit(
+    admin, owner, other_team, team, deployment, pool
+):
+    """A restart (or an update to larger engine arguments) starts new replicas: the checks of a scale-up
+    apply to it, and a refused one changes nothing."""
+    from portfolio.billing import budgets
+    from portfolio.errors import Conflict
+
+    generation = deployment.generation
+    budgets.set_budget(actor=admin, team=team, amount="0", hard_limit=True)
+    with pytest.raises(Conflict, match="hard limit"):
+        services.restart(actor=owner, deployment=deployment, args={"max_model_len": 1024})
+    budgets.set_budget(actor=admin, team=team, amount="100", hard_limit=False)
+    services.update_pool(actor=admin, pool=pool, description="", teams=[other_team])
+    with pytest.raises(Invalid, match="pool: cpu-pool is not open to Support AI"):
+        services.restart(actor=owner, deployment=deployment)
+    deployment.refresh_from_db()
+    assert deployment.generation == generation and deployment.engine_args == {}
+    assert (
+        audited("deployment.update", deployment) is None and audited("deployment.restart", deployment) is None
+    )
+    assert services.scale(actor=admin, deployment=deployment, replicas=0).replicas == 0
+    assert services.restart(actor=owner, deployment=deployment).generation == generation + 1  # stopped: free
