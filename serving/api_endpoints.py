@@ -17,6 +17,7 @@ from portfolio.accounts.models import Department, Team
 from portfolio.errors import NotFound
 from serving import services
 from serving.models import Endpoint
+from serving.services.endpoints import MAX_DESCRIPTION, MAX_ROUTES
 
 router = Router(tags=["serving"])
 
@@ -57,8 +58,8 @@ CONFIG_HELP = (
 class EndpointIn(Schema):
     name: str
     team_id: int
-    description: str = ""
-    routes: list[RouteIn] = Field([], max_length=64, description="A plain endpoint's weighted routes")
+    description: str = Field("", max_length=MAX_DESCRIPTION)
+    routes: list[RouteIn] = Field([], max_length=MAX_ROUTES, description="A plain endpoint's weighted routes")
     fallback: str | None = None
     max_n: int = Field(
         8, ge=1, le=128, description="Most completions per prompt (n, best_of) one request may ask for"
@@ -73,7 +74,7 @@ class ConfigIn(Schema):
 
 
 class RoutesIn(Schema):
-    routes: list[RouteIn]
+    routes: list[RouteIn] = Field(..., max_length=MAX_ROUTES, description="The weighted routes")
     fallback: str | None = None
     max_n: int | None = Field(
         None, ge=1, le=128, description="Completions cap per prompt; omitted: unchanged"

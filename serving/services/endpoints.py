@@ -19,12 +19,17 @@ from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRout
 from serving.services import composite
 from serving.services.shared import _check_name
 
+MAX_ROUTES = 64  # weighted routes of one endpoint (the page's form offers 32)
+MAX_DESCRIPTION = 2000
+
 
 def _routes(
     actor: Actor, team: Team, routes: list[dict]
 ) -> list[tuple[Deployment, DeploymentAdapter | None, int]]:
     if not routes:
         raise Invalid("routes: an endpoint needs at least one route.")
+    if len(routes) > MAX_ROUTES:  # each is read here and on every rebuild of the gateway's routing table
+        raise Invalid(f"routes: at most {MAX_ROUTES} routes.")
     resolved = []
     for index, route in enumerate(routes):
         deployment = Deployment.objects.visible_to(actor).filter(name=route.get("deployment")).first()
@@ -134,6 +139,8 @@ def create_endpoint(
     """A plain endpoint routing by weight to ``routes``, or (``kind`` router, cascade or vote) a composite
     one calling the plain endpoints its ``config`` names (composite.check_config), with no routes of its own."""
     gate.require(actor, "deployment.manage", team)
+    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
+        raise Invalid(f"description: at most {MAX_DESCRIPTION} characters.")
     checked = composite.check_config(team, name, kind, config or {})
     if kind == "plain":
         resolved = _routes(actor, team, routes)

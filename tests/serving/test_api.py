@@ -180,6 +180,32 @@ def test_the_completions_cap_is_bounded_in_the_service_too(org, team, world):
             )
 
 
+def test_an_endpoints_routes_and_description_are_bounded_before_anything_is_read(client, org, team, world):
+    """Every route is looked up here and on each rebuild of the gateway's routing table: 300,000 of them in
+    one 10 MiB body would load the gateway every team shares."""
+    from portfolio.errors import Invalid
+    from serving.services.endpoints import MAX_ROUTES
+
+    client.force_login(org["engineer"])
+    many = {"routes": [{"deployment": "support-bot", "weight": 1}] * (MAX_ROUTES + 1)}
+    response = client.put("/api/v1/endpoints/support/routes", many, content_type="application/json")
+    assert response.status_code == 422 and "routes" in response.json()["error"]["fields"]
+    long = {"name": "wordy", "team_id": team.pk, "description": "x" * 2001, "routes": many["routes"][:1]}
+    response = client.post("/api/v1/endpoints", long, content_type="application/json")
+    assert response.status_code == 422 and "description" in response.json()["error"]["fields"]
+    engineer = actor_for(org["engineer"])
+    with pytest.raises(Invalid, match=f"routes: at most {MAX_ROUTES} routes"):
+        services.set_routes(actor=engineer, endpoint=Endpoint.objects.get(name="support"), **many)
+    with pytest.raises(Invalid, match="description: at most 2000 characters"):
+        services.create_endpoint(
+            actor=engineer, name="wordy", team=team, description="x" * 2001, routes=many["routes"][:1]
+        )
+    assert (
+        Endpoint.objects.get(name="support").routes.count() == 1
+        and not Endpoint.objects.filter(name="wordy").exists()
+    )
+
+
 def test_a_cascade_is_created_and_reconfigured_through_the_api(client, org, team, world):
     client.force_login(org["engineer"])
     for name in ("support-small", "support-large"):
