@@ -346,9 +346,14 @@ class FineTuneJob(models.Model):
 
 class EvalRunQuerySet(models.QuerySet):
     def visible_to(self, actor) -> EvalRunQuerySet:
+        """Runs of a version the actor sees on a dataset the actor sees: a team's run of a shared base on its
+        own private data (its labels, their counts, its confusion matrix) is that team's alone."""
         from portfolio.registry.models import ModelVersion as Version
 
-        return self.filter(version__in=Version.objects.visible_to(actor))
+        return self.filter(
+            version__in=Version.objects.visible_to(actor),
+            dataset_version__in=DatasetVersion.objects.visible_to(actor),
+        )
 
 
 class EvalRun(models.Model):

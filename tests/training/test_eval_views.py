@@ -105,3 +105,20 @@ def test_the_evaluations_list_shows_each_runs_score_and_speed_to_its_team_only(
     client.force_login(org["outsider"])
     html = client.get(reverse("eval-list")).content.decode()
     assert "0 eval runs" in html and "smol-base" not in html
+
+
+def test_a_teams_runs_of_a_shared_base_on_its_own_data_are_not_shown_to_other_teams(
+    client, org, base, evaluated
+):
+    """The base is shared with the whole organisation; the runs of it were on the team's private dataset:
+    their labels, counts and confusion are the team's, not every team's that sees the base."""
+    from tests.serving.conftest import share_with_everyone
+
+    share_with_everyone(base)
+    client.force_login(org["outsider"])  # owner of another team, who sees the base
+    listed = client.get("/api/v1/training/evals", {"version_id": base.pk})
+    assert listed.status_code == 200 and listed.json()["items"] == []
+    page = client.get(reverse("eval-list"))
+    assert page.status_code == 200 and b"412" not in page.content and b"support" not in page.content.lower()
+    client.force_login(org["viewer"])  # the team's own still see them
+    assert len(client.get("/api/v1/training/evals", {"version_id": base.pk}).json()["items"]) == 1
