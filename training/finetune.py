@@ -76,8 +76,20 @@ def _hyperparameters(values: dict, method: str) -> dict:
         low, high = limits[name]
         if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
             raise Invalid(f"hyperparameters.{name}: a number in {low}..{high}.")
+        if name in WHOLE_NUMBERS:
+            # JSON clients (and the API's schema) may send 1 as 1.0; the trainer counts with them.
+            if isinstance(value, float) and not value.is_integer():
+                raise Invalid(f"hyperparameters.{name}: a whole number in {low}..{high}.")
+            values[name] = int(value)
     hp = dict(Hyperparameters(method=method, **values).__dict__)
     return {name: value for name, value in hp.items() if value or name not in AUTOMATIC_WHEN_UNSET}
+
+
+# Counts the trainer uses as such (range(epochs), slices of max_length): 1.0 is taken as 1, 0.5 refused.
+WHOLE_NUMBERS = frozenset(
+    {"epochs", "batch_size", "lora_r", "lora_alpha", "max_length", "seed", "checkpoint_every",
+     "early_stopping_patience"}
+)  # fmt: skip
 
 
 # A trainer holds a whole GPU: placed as the scheduler places a one-GPU replica that claims all of it

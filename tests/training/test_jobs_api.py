@@ -56,3 +56,31 @@ def test_a_teacher_the_caller_may_not_see_is_not_found(
         content_type="application/json",
     )
     assert response.status_code == 404 and not FineTuneJob.objects.exists()
+
+
+def test_whole_number_hyperparameters_sent_as_json_are_stored_as_whole_numbers_and_halves_refused(
+    client, org, base, dataset_version, cpu_pool, enqueued
+):
+    """The API's schema reads every number as a float: 1 arrived as 1.0, passed the range check, and the
+    trainer's range(epochs) raised once the job held its node and had loaded the base."""
+    client.force_login(org["engineer"])
+    job = {"base_version_id": base.pk, "dataset_version_id": dataset_version.pk, "pool": "cpu"}
+    sent = {"epochs": 2, "batch_size": 4, "lora_r": 8, "max_length": 256, "learning_rate": 0.0005}
+    response = client.post(
+        "/api/v1/training/jobs", {**job, "hyperparameters": sent}, content_type="application/json"
+    )
+    assert response.status_code == 201, response.content
+    stored = FineTuneJob.objects.get().hyperparameters
+    assert {name: (stored[name], type(stored[name])) for name in sent} == {
+        "epochs": (2, int),
+        "batch_size": (4, int),
+        "lora_r": (8, int),
+        "max_length": (256, int),
+        "learning_rate": (0.0005, float),
+    }
+    for half in ({"epochs": 0.5}, {"batch_size": 2.5}, {"lora_r": 7.9}):
+        response = client.post(
+            "/api/v1/training/jobs", {**job, "hyperparameters": half}, content_type="application/json"
+        )
+        assert response.status_code == 400 and "a whole number" in response.json()["error"]["message"]
+    assert FineTuneJob.objects.count() == 1
