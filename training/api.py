@@ -179,8 +179,8 @@ def upload_dataset_version(
     gate.require(request.auth, "training.run", dataset)
     base = None
     if base_version_id is not None:
-        base = ModelVersion.objects.filter(pk=base_version_id).first()
-        if base is None:
+        base = ModelVersion.objects.visible_to(request.auth).filter(pk=base_version_id).first()
+        if base is None:  # none, or another team's: alike, so that ids tell nothing
             raise Invalid("base_version_id: No such version.")
     upload = services.upload_version(
         actor=request.auth,

@@ -212,7 +212,9 @@ def start_import(request, name: str, payload: ImportIn):
         raise Invalid("source: upload adapters with POST /models/{name}/uploads.")
     model = _model(request, name)
     base = (
-        ModelVersion.objects.filter(pk=payload.base_version_id).first() if payload.base_version_id else None
+        ModelVersion.objects.visible_to(request.auth).filter(pk=payload.base_version_id).first()
+        if payload.base_version_id
+        else None
     )
     if payload.base_version_id and base is None:
         raise Invalid("base_version_id: No such version.")
@@ -235,8 +237,8 @@ def upload_adapter(request, name: str, base_version_id: Form[int], file: File[Up
     """Upload a LoRA adapter: a .zip with adapter_config.json and safetensors weights."""
     model = _model(request, name)
     gate.require(request.auth, "model.register", model)
-    base = ModelVersion.objects.filter(pk=base_version_id).first()
-    if base is None:
+    base = ModelVersion.objects.visible_to(request.auth).filter(pk=base_version_id).first()
+    if base is None:  # none, or another team's: alike, so that ids tell nothing
         raise Invalid("base_version_id: No such version.")
     saved = services.save_upload(file.chunks(), file.name or "")
     try:

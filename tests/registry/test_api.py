@@ -92,6 +92,37 @@ def test_an_adapter_zip_uploads_through_the_api(client, org, ready, tmp_path):
     assert version.status == VersionStatus.READY and version.base_version == ready
 
 
+def test_another_teams_version_id_is_refused_as_one_that_does_not_exist(
+    client, org, other_team, ready, tmp_path
+):
+    """A 400 for an id that names nothing and a 404 for one of another team's versions told an outsider
+    which ids exist: both are now the same refusal."""
+    services.create_model(actor=actor_for(org["outsider"]), name="theirs", owner_team=other_team)
+    client.force_login(org["outsider"])
+    answers = []
+    for version_id in (ready.pk, 10**9):
+        body = {"source": "local", "ref": str(tmp_path), "base_version_id": version_id}
+        response = client.post("/api/v1/models/theirs/imports", body, content_type="application/json")
+        upload = io.BytesIO(b"PK")
+        upload.name = "adapter.zip"
+        uploaded = client.post(
+            "/api/v1/models/theirs/uploads", {"base_version_id": version_id, "file": upload}
+        )
+        answers.append(
+            (
+                response.status_code,
+                response.json()["error"]["message"],
+                uploaded.status_code,
+                uploaded.json()["error"]["message"],
+            )
+        )
+    assert (
+        answers[0]
+        == answers[1]
+        == (400, "base_version_id: No such version.", 400, "base_version_id: No such version.")
+    )
+
+
 def test_promotion_and_lineage_and_compare(client, org, ready):
     client.force_login(org["owner"])
     assert client.post(
