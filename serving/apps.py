@@ -13,11 +13,21 @@ class ServingConfig(AppConfig):
         from serving.services.rollouts import follow_promotion
 
         def deployed(version) -> str | None:
-            names = list(Deployment.objects.filter(version=version).values_list("name", flat=True))
-            names += [
-                f"{a.deployment.name} (adapter {a.name})"
+            """Names the model's own team's deployments (whoever archives holds model.register over it) and
+            counts other teams' (a shared model's users are not the archiver's to learn of)."""
+            team_id = version.model.owner_team_id
+            names, others = [], 0
+            serving = [(d, d.name) for d in Deployment.objects.filter(version=version)] + [
+                (a.deployment, f"{a.deployment.name} (adapter {a.name})")
                 for a in DeploymentAdapter.objects.filter(version=version).select_related("deployment")
             ]
+            for deployment, name in serving:
+                if deployment.owner_team_id == team_id:
+                    names.append(name)
+                else:
+                    others += 1
+            if others:
+                names.append(f"{others} deployment{'s' if others > 1 else ''} of other teams")
             return f"it is deployed by {', '.join(names)}" if names else None
 
         registry_services.VERSION_IN_USE_CHECKS.append(deployed)

@@ -17,6 +17,7 @@ class TrainingConfig(AppConfig):
         from training.promotion import score_regressions
 
         registry_services.PROMOTION_CHECKS.append(score_regressions)
+        registry_services.VERSION_IN_USE_CHECKS.append(in_training)
         # Serving asks training to judge a rollout's canary (it cannot import training itself).
         rollout_judge.SAMPLERS.append(
             rollout_judge.JudgeSampler(check=canary_judging.check, sample=canary_judging.sample)
@@ -25,3 +26,23 @@ class TrainingConfig(AppConfig):
         storage_meter.ARTIFACT_OWNERS.append(kept_artifacts)
         merging.ADAPTER_MERGERS.append(merges.start_merge)
         merging.MERGE_NOTES.append(merges.notes)
+
+
+def in_training(version) -> str | None:
+    """A version a queued or running fine-tune trains on, or a merge in flight reads (as the adapter or its
+    base), is in use: archived under it, the job would register a ready version on an archived base."""
+    from django.db.models import Q
+
+    from training.merges.models import IN_FLIGHT, MergeJob
+    from training.models import FineTuneJob
+
+    jobs = list(
+        FineTuneJob.objects.filter(base_version=version, status__in=IN_FLIGHT).values_list("pk", flat=True)
+    )
+    merges = list(
+        MergeJob.objects.filter(
+            Q(adapter=version) | Q(adapter__base_version=version), status__in=IN_FLIGHT
+        ).values_list("pk", flat=True)
+    )
+    named = [f"fine-tune #{pk}" for pk in jobs] + [f"merge #{pk}" for pk in merges]
+    return f"{', '.join(named)} {'is' if len(named) == 1 else 'are'} using it" if named else None

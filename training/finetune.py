@@ -165,6 +165,8 @@ def start_job(
     target_model: Model | None = None,
 ) -> FineTuneJob:
     base_version = gate.get_visible(actor, ModelVersion, pk=base_version.pk)
+    # Locked as archive_version locks it: the base is not archived between this check and the job's row.
+    base_version = ModelVersion.objects.select_for_update().get(pk=base_version.pk)
     dataset_version = gate.get_visible(actor, DatasetVersion, pk=dataset_version.pk)
     team = dataset_version.dataset.owner_team
     gate.require(actor, "training.run", team)

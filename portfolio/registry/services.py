@@ -342,6 +342,8 @@ def promote(
     serving starts a rollout on ``endpoint`` if one is named, else (for ``production``) on every endpoint
     whose routes served the previous holder."""
     gate.require(actor, "model.promote", version.model)
+    # Locked as archive_version locks it: a version archived since the caller read it is not promoted.
+    version = ModelVersion.objects.select_for_update(of=("self",)).select_related("model").get(pk=version.pk)
     alias = _check(alias_validator, alias.strip().lower(), "alias")
     endpoint = endpoint.strip()
     if len(endpoint) > MAX_ENDPOINT_NAME:

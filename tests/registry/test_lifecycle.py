@@ -7,7 +7,7 @@ import pytest
 from portfolio.audit.models import AuditEvent
 from portfolio.errors import Conflict, Forbidden
 from portfolio.registry import services
-from portfolio.registry.choices import Source, VersionStatus
+from portfolio.registry.choices import Source, VersionKind, VersionStatus
 from portfolio.registry.models import Alias, Artifact, ModelVersion
 from tests.conftest import actor_for
 
@@ -107,3 +107,63 @@ def test_archiving_is_audited(org, versions):
     versions[1].refresh_from_db()
     assert versions[1].status == VersionStatus.ARCHIVED
     assert AuditEvent.objects.filter(action="model_version.archive", object_id=str(versions[1].pk)).exists()
+
+
+def test_a_version_archived_since_it_was_read_is_not_promoted(org, versions):
+    """Promote and archive at once: archive saw no alias and committed; promote held the version as read
+    before, READY, and pointed an alias at an archived version. Promote now reads it under archive's lock."""
+    read_before = ModelVersion.objects.get(pk=versions[1].pk)
+    services.archive_version(actor=actor_for(org["owner"]), version=versions[1])
+    with pytest.raises(Conflict, match="is archived; only a ready version"):
+        services.promote(actor=actor_for(org["owner"]), version=read_before, alias="production")
+    assert not Alias.objects.exists()
+
+
+def test_another_teams_deployments_of_a_shared_version_are_counted_not_named(org, team, other_team, versions):
+    from serving.models import ComputePool, Deployment
+
+    pool = ComputePool.objects.create(name="cpu-pool", kind="cpu")
+    Deployment.objects.create(name="support-bot", owner_team=team, version=versions[1], pool=pool, replicas=0)
+    for name in ("contracts-secret-bot", "contracts-other"):
+        Deployment.objects.create(
+            name=name, owner_team=other_team, version=versions[1], pool=pool, replicas=0
+        )
+    with pytest.raises(Conflict) as refused:
+        services.archive_version(actor=actor_for(org["owner"]), version=versions[1])
+    assert "it is deployed by support-bot, 2 deployments of other teams" in refused.value.message
+    assert "contracts" not in refused.value.message
+
+
+def test_a_base_a_fine_tune_or_merge_is_using_cannot_be_archived(org, team, versions):
+    """Archived under a queued or running job, the job would register a ready adapter on an archived base."""
+    from serving.models import ComputePool
+    from training.choices import JobStatus
+    from training.merges.models import MergeJob
+    from training.models import Dataset, DatasetVersion, FineTuneJob
+
+    dataset = Dataset.objects.create(name="tickets", owner_team=team)
+    rows = DatasetVersion.objects.create(
+        dataset=dataset, number=1, shape="chat", artifact=versions[0].artifact, content_sha256="0" * 64,
+        row_count=1, train_count=1, eval_count=0, eval_fraction=0.0, split_seed=1, size_bytes=1,
+    )  # fmt: skip
+    pool = ComputePool.objects.create(name="cpu-pool", kind="cpu")
+    job = FineTuneJob.objects.create(
+        owner_team=team,
+        base_version=versions[0],
+        dataset_version=rows,
+        target_model=versions[0].model,
+        pool=pool,
+    )
+    owner = actor_for(org["owner"])
+    with pytest.raises(Conflict, match=f"fine-tune #{job.pk} is using it"):
+        services.archive_version(actor=owner, version=versions[0])
+    FineTuneJob.objects.filter(pk=job.pk).update(status=JobStatus.FAILED)
+    adapter = ModelVersion.objects.create(
+        model=versions[0].model, number=3, kind=VersionKind.ADAPTER, source=Source.FINE_TUNE, base_version=versions[0],
+        artifact=versions[0].artifact, status=VersionStatus.ARCHIVED,
+    )  # fmt: skip
+    merge = MergeJob.objects.create(adapter=adapter, owner_team=team, status=JobStatus.RUNNING)
+    with pytest.raises(Conflict, match=f"merge #{merge.pk} is using it"):
+        services.archive_version(actor=owner, version=versions[0])
+    MergeJob.objects.filter(pk=merge.pk).update(status=JobStatus.SUCCEEDED)
+    assert services.archive_version(actor=owner, version=versions[0]).status == VersionStatus.ARCHIVED
