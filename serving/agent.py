@@ -125,17 +125,24 @@ def _set(replica: Replica, **fields) -> None:
 
 
 def _start(replica: Replica, node: Node) -> None:
-    deployment = replica.deployment
     try:
-        model_dir = materialize_version(deployment.version)
-        adapters = {
-            a.name: materialize_version(a.version) for a in deployment.adapters.select_related("version")
-        }
+        _launch(replica, node)
     except CorruptArtifact as exc:
         _set(replica, state=ReplicaState.FAILED, state_detail=f"artifact corrupted: {exc}")
         replica_meter.stopped(replica.pk)
         event(replica, "failed", f"Cannot start: stored files are corrupted ({exc}).")
-        return
+    except Exception as exc:  # noqa: BLE001 - any other failure to start: backed off, then failed
+        # (a missing engine Python, no free port, the store unreachable): retried with back-off and said on
+        # the timeline, never a replica left pending and re-tried at every heartbeat.
+        logger.exception("starting replica %s on %s failed", replica.pk, node.name)
+        replica.pid = None  # a pid it still names is an earlier engine's, gone: not one to signal
+        _crashed(replica, f"Cannot start the engine: {type(exc).__name__}: {str(exc)[:200]}")
+
+
+def _launch(replica: Replica, node: Node) -> None:
+    deployment = replica.deployment
+    model_dir = materialize_version(deployment.version)
+    adapters = {a.name: materialize_version(a.version) for a in deployment.adapters.select_related("version")}
     port = processes.free_port(node.address)
     args = engine_args.for_deployment(deployment)
     launch = engine_args.build(

@@ -107,6 +107,33 @@ def test_a_crash_ends_the_run_and_the_restart_after_back_off_is_a_new_run(engine
     assert second.started_at == replica.started_at and second.key != first.key
 
 
+def test_an_engine_that_cannot_be_started_backs_off_then_fails_never_pending_for_ever(
+    engines, replica, settings, monkeypatch
+):
+    """Only corrupted files were handled: any other failure to start (here: no engine Python on the node)
+    left the replica pending, re-materialised and re-tried at every heartbeat, with nothing on its
+    timeline and the restart limit never reached."""
+    from serving.models import DeploymentEvent
+
+    settings.ENGINE_MAX_RESTARTS = 1
+
+    def missing(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", "/opt/engine/bin/python")
+
+    monkeypatch.setattr(agent.processes, "start", missing)
+    agent.reconcile_node("keys-node")
+    replica.refresh_from_db()
+    assert (replica.state, replica.restarts) == (ReplicaState.BACKOFF, 1)
+    assert "Cannot start the engine: FileNotFoundError" in replica.state_detail
+    Replica.objects.filter(pk=replica.pk).update(next_start_at=timezone.now() - timedelta(seconds=1))
+    agent.reconcile_node("keys-node")
+    replica.refresh_from_db()
+    assert replica.state == ReplicaState.FAILED and "gave up after 1 restarts" in replica.state_detail
+    kinds = list(DeploymentEvent.objects.filter(deployment=replica.deployment).values_list("kind", flat=True))
+    assert kinds.count("crashed") == 1 and kinds.count("failed") == 1
+    assert not _runs(replica), "nothing ran, so nothing is metered"
+
+
 # --- Control plane: lost nodes and forgotten replicas ---------------------------------------------
 def test_a_lost_nodes_replicas_stop_being_metered_at_its_last_heartbeat(replica):
     replica = _started(replica)
