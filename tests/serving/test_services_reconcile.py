@@ -193,3 +193,13 @@ def test_a_node_that_heartbeats_is_not_marked_lost(node):
     assert reconcile.mark_lost_nodes() == []
     node.refresh_from_db()
     assert node.state == NodeState.READY
+
+
+def test_a_node_lost_since_the_admin_read_it_is_not_made_ready_again(admin, node):
+    """The reconcile marked it lost between the page's read and the admin's click: the stale copy said
+    ready, and the save put a dead node back in the scheduler's choices."""
+    read_before = Node.objects.get(pk=node.pk)
+    Node.objects.filter(pk=node.pk).update(state=NodeState.LOST)
+    with pytest.raises(Conflict, match="is lost"):
+        services.set_node_state(actor=admin, node=read_before, state=NodeState.READY)
+    assert Node.objects.get(pk=node.pk).state == NodeState.LOST
