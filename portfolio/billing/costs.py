@@ -45,18 +45,22 @@ def _compute(intervals, start: datetime | None, end: datetime, as_of: datetime) 
     return ComputeCost(money.to_decimal(hours, Decimal("0.01")), money.cents(cost), count)
 
 
-def subject_this_month(kind: str, subject: str, as_of: datetime | None = None) -> ComputeCost:
-    """Replica-hours (or job hours) of ``subject`` (a deployment's name) this month, and their cost."""
+def deployment_this_month(
+    name: str, *, team_id: int, created_at: datetime, as_of: datetime | None = None
+) -> ComputeCost:
+    """Replica-hours of a deployment this month, and their cost. Names are unique among the deployments
+    that exist: the intervals are this team's under the name since this deployment was created, not those
+    of an earlier one of the name, this team's or another's, deleted since."""
     as_of = as_of or timezone.now()
     start, end = money.month_bounds(money.month_start(as_of))
-    intervals = ComputeInterval.objects.filter(kind=kind, subject=subject, started_at__lt=end).filter(
-        Q(ended_at__isnull=True) | Q(ended_at__gt=start)
-    )
+    intervals = ComputeInterval.objects.filter(
+        kind=ComputeKind.REPLICA,
+        subject=name,
+        team_id=team_id,
+        started_at__gte=created_at,
+        started_at__lt=end,
+    ).filter(Q(ended_at__isnull=True) | Q(ended_at__gt=start))
     return _compute(intervals, start, end, as_of)
-
-
-def deployment_this_month(name: str, as_of: datetime | None = None) -> ComputeCost:
-    return subject_this_month(ComputeKind.REPLICA, name, as_of)
 
 
 JOB_KINDS = ("finetune", "distillation")  # the training meter's key kinds of a FineTuneJob row

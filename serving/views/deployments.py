@@ -215,7 +215,9 @@ def deployment_page(request, actor: Actor, deployment: Deployment, *, status: in
             for name, value in resolved_args.items()
         ],
         "routes": routes,
-        "month_cost": costs.deployment_this_month(deployment.name),
+        "month_cost": costs.deployment_this_month(
+            deployment.name, team_id=deployment.owner_team_id, created_at=deployment.created_at
+        ),
         "currency": settings.BILLING_CURRENCY,
         "can_manage": can_manage,
         "update_strategies": UpdateStrategy.choices,

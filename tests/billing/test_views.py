@@ -165,9 +165,29 @@ def test_the_overview_shows_an_earlier_month_and_refuses_a_month_not_begun(clien
 def test_a_deployments_month_cost_is_its_replica_hours_at_the_pools_price(world):
     interval = ComputeInterval.objects.get(key="replica:1")
     hours = Fraction((interval.ended_at - interval.started_at) // timedelta(microseconds=1), 3_600_000_000)
-    cost = costs.deployment_this_month("dep-support-ai")
+    created = interval.started_at - timedelta(minutes=1)
+    cost = costs.deployment_this_month("dep-support-ai", team_id=interval.team_id, created_at=created)
     assert cost.intervals == 1
     assert cost.cost == money.cents(2 * hours) and cost.hours == money.to_decimal(hours, Decimal("0.01"))
+
+
+@pytest.mark.django_db
+def test_a_deployment_named_as_one_deleted_before_it_does_not_show_that_ones_cost(world, team, other_team):
+    """Another team ran dep-support-ai earlier this month and deleted it: the name's intervals are not the
+    new deployment's (nor are its own team's from before it was created)."""
+    interval = ComputeInterval.objects.get(key="replica:1")
+    assert (
+        costs.deployment_this_month(
+            "dep-support-ai", team_id=other_team.pk, created_at=interval.started_at - timedelta(minutes=1)
+        ).intervals
+        == 0
+    )
+    assert (
+        costs.deployment_this_month(
+            "dep-support-ai", team_id=team.pk, created_at=interval.started_at + timedelta(seconds=1)
+        ).intervals
+        == 0
+    )
 
 
 @pytest.mark.django_db

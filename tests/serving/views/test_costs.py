@@ -86,6 +86,7 @@ def test_the_deployment_page_shows_its_replica_hours_and_cost_this_month(
         cpu_core_hour="0.5",
     )  # fmt: skip
     began = _an_hour_this_month()
+    type(deployment).objects.filter(pk=deployment.pk).update(created_at=began - timedelta(minutes=1))
     meters.record_interval(
         key="replica:9", kind=ComputeKind.REPLICA, team_id=team.pk, department_id=team.department_id,
         subject=deployment.name, pool_id=pool.pk, pool=pool.name, gpus=0, cpu_cores=2, memory_bytes=0,
