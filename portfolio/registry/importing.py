@@ -30,11 +30,12 @@ from portfolio.audit import services as audit
 from portfolio.errors import DomainError
 from portfolio.leases import Lease
 from portfolio.registry import cards, importers
+from portfolio.registry.artifacts import discard_unrecorded
 from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.inspection import InspectionError, ModelFacts, inspect_directory
 from portfolio.registry.models import Artifact, ModelVersion
-from portfolio.registry.storage import store_directory
+from portfolio.registry.storage import Written, store_directory
 from portfolio.registry.stores import default_store
 
 logger = logging.getLogger(__name__)
@@ -120,8 +121,20 @@ def _import(version: ModelVersion) -> None:
                 report(percent, f"storing {stored // 2**20} / {total // 2**20} MiB")
 
             store = default_store()
-            manifest = store_directory(store, folder, on_bytes)
-            complete_import(version_id, manifest, facts, store.uri(manifest.artifact_id))
+            written = Written()
+
+            def remember(so_far: Written) -> None:
+                nonlocal written
+                written = so_far
+
+            try:
+                manifest = store_directory(store, folder, on_bytes, before_write=remember)
+                done = complete_import(version_id, manifest, facts, store.uri(manifest.artifact_id))
+            except BaseException:
+                discard_unrecorded(store, written)
+                raise
+            if done is None:  # failed (the reaper, a cancel) while its files were stored: none kept
+                discard_unrecorded(store, written)
     except (importers.ImportFailed, InspectionError, DomainError, ValueError) as exc:
         fail_import(version_id, str(getattr(exc, "message", exc)))
     except Exception as exc:
@@ -227,6 +240,9 @@ def complete_import(
 def _fail(version: ModelVersion, reason: str) -> None:
     version.status, version.status_detail, version.progress_detail = VersionStatus.FAILED, reason, "failed"
     version.save(update_fields=["status", "status_detail", "progress_detail"])
+    upload = version.import_options.get("upload_path")
+    if upload:  # an uploaded archive (up to MAX_UPLOAD_BYTES) goes with the import, whoever ends it
+        transaction.on_commit(lambda: Path(upload).unlink(missing_ok=True))
     audit.record(
         Actor.for_system("registry.import"),
         "model_version.failed",

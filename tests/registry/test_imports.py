@@ -229,3 +229,51 @@ def test_visibility_decides_who_sees_a_model(org, model, other_team):
 def test_a_viewer_cannot_register_versions(org, model):
     with pytest.raises(Forbidden):
         services.start_import(actor=actor_for(org["viewer"]), model=model, source=Source.HUB, ref="a/b")
+
+
+def test_an_upload_whose_import_the_reaper_fails_is_deleted_with_it(
+    org, model, base, tmp_path, django_capture_on_commit_callbacks
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    archive = _zip(tmp_path / "a.zip", _adapter_members(tmp_path))
+    with archive.open("rb") as handle:
+        saved = services.save_upload(iter(lambda: handle.read(65536), b""), archive.name)
+    version = services.start_import(
+        actor=actor_for(org["engineer"]), model=model, source=Source.UPLOAD, ref=archive.name,
+        base_version=base, upload_path=saved, enqueue=False,
+    )  # fmt: skip
+    ModelVersion.objects.filter(pk=version.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    assert Path(saved).exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert reap_stale_imports() == 1
+    assert not Path(saved).exists(), "the worker that would have deleted it is gone"
+
+
+def test_files_stored_by_an_import_failed_meanwhile_are_not_kept(org, model, settings, monkeypatch):
+    """The reaper failed the import while its (stalled) worker still stored the files: completing finds it
+    failed and records nothing, so what it wrote is deleted, except blobs other artifacts hold."""
+    from portfolio.registry import importing
+    from portfolio.registry.stores import default_store
+
+    folder = make_model_folder(settings.IMPORT_ROOTS[0] / "late")
+    (folder / "only-here.txt").write_bytes(b"written by the late import alone")
+    completing = importing.complete_import
+
+    def failed_meanwhile(version_id, *args):
+        importing.fail_import(version_id, "The import stopped reporting progress (its worker died?).")
+        return completing(version_id, *args)
+
+    monkeypatch.setattr(importing, "complete_import", failed_meanwhile)
+    version = _import(org, model, Source.LOCAL, str(folder))
+    assert version.status == VersionStatus.FAILED and "stopped reporting" in version.status_detail
+    assert version.artifact is None
+    import hashlib
+
+    store = default_store()
+    assert not store.has_blob(hashlib.sha256(b"written by the late import alone").hexdigest())
+    monkeypatch.setattr(importing, "complete_import", completing)
+    again = _import(org, model, Source.LOCAL, str(folder))
+    assert again.status == VersionStatus.READY, again.status_detail
