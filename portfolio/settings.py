@@ -270,6 +270,9 @@ TRAINING_STALE_AFTER_SECONDS = env.integer("PORTFOLIO_TRAINING_STALE_AFTER_SECON
 # A merge process still running after this long is stopped and its job failed (loading and saving a 17B
 # model on CPU takes tens of minutes).
 MERGE_TIMEOUT_SECONDS = env.integer("PORTFOLIO_MERGE_TIMEOUT_SECONDS", 3 * 3600, minimum=10)
+# A merge no control worker has taken up after this long (its message lost) is failed: a queued merge
+# refuses every other merge of its adapter.
+MERGE_QUEUED_AFTER_SECONDS = env.integer("PORTFOLIO_MERGE_QUEUED_AFTER_SECONDS", 2 * 3600, minimum=60)
 # The portfolio page hints at a candidate that scores within this many points (of 100) of production's
 # quality while costing less per 1,000 requests or being smaller (2: 0.02 of quality).
 PORTFOLIO_HINT_MARGIN_POINTS = env.integer("PORTFOLIO_HINT_MARGIN_POINTS", 2, minimum=0, maximum=100)

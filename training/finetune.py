@@ -359,7 +359,27 @@ def reap_stale_jobs(silence: timedelta) -> int:
                 # A job moving to another machine is a change an auditor must see, like its start and end.
                 audit.record(Actor.for_system("training"), "training.job_requeued", job, after=job.snapshot())
                 transaction.on_commit(partial(enqueue, job))
-    return count
+    return count + _fail_queued_on_lost_nodes()
+
+
+def _fail_queued_on_lost_nodes() -> int:
+    """A queued job waits for its node's worker: on a node marked lost it would wait for ever, holding its
+    GPUs from every replica and job. It is failed (its claim given back); started again, it is placed anew.
+    A worker coming back with its message finds it no longer queued."""
+    failed = 0
+    lost = FineTuneJob.objects.filter(status=JobStatus.QUEUED, node__state=NodeState.LOST).select_related(
+        "node"
+    )
+    for job in lost:
+        with transaction.atomic():
+            detail = f"Its node {job.node.name} was lost before the job started; start it again."
+            if FineTuneJob.objects.filter(pk=job.pk, status=JobStatus.QUEUED, node=job.node).update(
+                status=JobStatus.FAILED, status_detail=detail, finished_at=timezone.now()
+            ):
+                job.refresh_from_db()
+                audit.record(Actor.for_system("training"), "training.job_failed", job, after=job.snapshot())
+                failed += 1
+    return failed
 
 
 def register_output(job: FineTuneJob, manifest, facts, store_uri: str, metrics: dict) -> ModelVersion:

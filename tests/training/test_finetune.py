@@ -169,6 +169,25 @@ def test_a_job_past_its_teams_hard_limited_budget_is_refused_with_the_reason(set
     assert not FineTuneJob.objects.exists()
 
 
+def test_a_job_queued_on_a_node_lost_before_it_started_is_failed_not_left_holding_its_claim(setup):
+    """Only running jobs were reaped: one queued on a node that never came back stayed queued, its claim on
+    the node's GPUs standing, until someone cancelled it."""
+    from datetime import timedelta
+
+    from portfolio.audit.models import AuditEvent
+    from serving.choices import NodeState
+    from serving.models import Node
+
+    job = _start(setup, epochs=1)
+    assert finetune.reap_stale_jobs(timedelta(minutes=2)) == 0  # its node is alive: it waits
+    Node.objects.filter(pk=job.node_id).update(state=NodeState.LOST)
+    assert finetune.reap_stale_jobs(timedelta(minutes=2)) == 1
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and "was lost before the job started" in job.status_detail
+    failed = AuditEvent.objects.get(action="training.job_failed")
+    assert (failed.object_id, failed.actor_label) == (str(job.pk), "system:training")
+
+
 def test_a_job_on_a_silent_node_is_resumed_elsewhere_or_failed_never_left_running(setup, settings):
     from datetime import timedelta
 

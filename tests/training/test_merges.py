@@ -138,6 +138,22 @@ def test_a_second_merge_of_an_adapter_while_one_is_under_way_is_refused(versions
         merging.request_merge(actor=engineer, version=adapter)
 
 
+def test_a_merge_no_worker_took_up_is_failed_and_the_adapter_may_be_merged_again(versions, engineer, settings):
+    """Its message lost, a queued merge stayed queued for good, and refused every later merge of its adapter
+    (there is no cancel): the reaper fails it after MERGE_QUEUED_AFTER_SECONDS."""
+    _, adapter = versions
+    job_id = merging.request_merge(actor=engineer, version=adapter).id
+    assert merges.reap_stale(timedelta(minutes=2)) == []  # just queued: left alone
+    MergeJob.objects.filter(pk=job_id).update(
+        created_at=timezone.now() - timedelta(seconds=settings.MERGE_QUEUED_AFTER_SECONDS + 1)
+    )
+    assert merges.reap_stale(timedelta(minutes=2)) == [job_id]
+    job = MergeJob.objects.get(pk=job_id)
+    assert job.status == JobStatus.FAILED and "No control worker took it up" in job.status_detail
+    assert actions()[-1] == "model_version.merge_failed"
+    assert merging.request_merge(actor=engineer, version=adapter).id != job_id
+
+
 def test_a_merge_of_damaged_files_fails_with_the_reason_and_registers_nothing(versions, engineer, settings):
     base, adapter = versions
     job_id = merging.request_merge(actor=engineer, version=adapter).id

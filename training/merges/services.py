@@ -78,10 +78,17 @@ def notes(adapter: ModelVersion) -> list[str]:
     ]
 
 
-def _finish(job_id: int, status: str, detail: str, output_version: ModelVersion | None = None) -> bool:
-    """Compare-and-swap from running, with the audit row of a failure in the same transaction."""
+def _finish(
+    job_id: int,
+    status: str,
+    detail: str,
+    output_version: ModelVersion | None = None,
+    *,
+    was: str = JobStatus.RUNNING,
+) -> bool:
+    """Compare-and-swap from ``was`` (running), with the audit row of a failure in the same transaction."""
     with transaction.atomic():
-        updated = MergeJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+        updated = MergeJob.objects.filter(pk=job_id, status=was).update(
             status=status,
             status_detail=detail[:4000],
             finished_at=timezone.now(),
@@ -216,7 +223,8 @@ def ended(job_id: int, seconds: float, why: str, log: str = "") -> str:
 
 def reap_stale(silence: timedelta) -> list[int]:
     """Running merges whose watcher stopped beating are failed with the reason, never left running; their
-    compute is billed up to the last beat and what they wrote to the store is deleted."""
+    compute is billed up to the last beat and what they wrote to the store is deleted. Queued ones no
+    worker took up within ``MERGE_QUEUED_AFTER_SECONDS`` are failed too."""
     from training import metering
 
     cutoff = timezone.now() - silence
@@ -228,5 +236,16 @@ def reap_stale(silence: timedelta) -> list[int]:
         if _finish(job_id, JobStatus.FAILED, f"Its worker stopped for over {seconds}s; merge again."):
             metering.merge_ended(job_id, last_seen or timezone.now())
             discard_upload(job_id)
+            reaped.append(job_id)
+    # Never taken up (its message lost, its worker gone before it started): it would refuse every other
+    # merge of its adapter for good.
+    queued_after = settings.MERGE_QUEUED_AFTER_SECONDS
+    lost = MergeJob.objects.filter(
+        status=JobStatus.QUEUED, created_at__lt=timezone.now() - timedelta(seconds=queued_after)
+    )
+    for job_id in lost.values_list("pk", flat=True):
+        minutes = queued_after // 60
+        detail = f"No control worker took it up in {minutes} min (its message was lost?); merge again."
+        if _finish(job_id, JobStatus.FAILED, detail, was=JobStatus.QUEUED):
             reaped.append(job_id)
     return reaped
