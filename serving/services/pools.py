@@ -62,7 +62,8 @@ def set_node_state(*, actor: Actor, node: Node, state: str) -> Node:
     gate.require(actor, "pool.manage")
     if state not in (NodeState.READY, NodeState.CORDONED, NodeState.DRAINING):
         raise Invalid("state: a node can be made ready, cordoned or drained.")
-    node = Node.objects.select_for_update().get(pk=node.pk)  # as stored now: lost since it was read, kept lost
+    # As stored now, under a lock: a node lost since the caller read it stays lost.
+    node = Node.objects.select_for_update().get(pk=node.pk)
     if node.state == NodeState.LOST:
         raise Conflict(f"{node.name} is lost; it becomes ready again when its agent reports back.")
     before = node.snapshot()

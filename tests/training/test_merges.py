@@ -138,7 +138,9 @@ def test_a_second_merge_of_an_adapter_while_one_is_under_way_is_refused(versions
         merging.request_merge(actor=engineer, version=adapter)
 
 
-def test_a_merge_no_worker_took_up_is_failed_and_the_adapter_may_be_merged_again(versions, engineer, settings):
+def test_a_merge_no_worker_took_up_is_failed_and_the_adapter_may_be_merged_again(
+    versions, engineer, settings
+):
     """Its message lost, a queued merge stayed queued for good, and refused every later merge of its adapter
     (there is no cancel): the reaper fails it after MERGE_QUEUED_AFTER_SECONDS."""
     _, adapter = versions
