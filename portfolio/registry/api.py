@@ -350,9 +350,7 @@ def verify_version(request, name: str, number: int):
     gate.require(request.auth, "model.register", version.model)
     if version.artifact is None:
         raise Invalid("This version has no stored files yet.")
-    from portfolio.registry.tasks import verify_artifact
-
-    verify_artifact(version.artifact_id)
+    artifacts.verify_on_request(version.artifact_id)
     version.artifact.refresh_from_db()
     return version
 

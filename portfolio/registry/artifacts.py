@@ -11,6 +11,8 @@ from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
+from portfolio.errors import Conflict
+from portfolio.leases import Lease
 from portfolio.registry.choices import Health
 from portfolio.registry.models import Artifact, ModelVersion
 from portfolio.registry.storage import ArtifactStore, CorruptArtifact, Written, materialize, verify
@@ -49,6 +51,16 @@ def verify_artifact(artifact_id: str) -> list[str]:
     problems = [str(p) for p in verify(default_store(), artifact.manifest())]
     mark_artifact_health(artifact_id, problems)
     return problems
+
+
+def verify_on_request(artifact_id: str) -> list[str]:
+    """``verify_artifact`` for a person's click or call, which re-hashes every file (up to the import
+    limit) in their request: one at a time per artifact, a second asker is told to wait for the first."""
+    lease = Lease(f"registry.verify:{artifact_id}")
+    if not lease.acquire(wait=False):
+        raise Conflict("These files are being checked already; the result shows on the version when it ends.")
+    with lease.kept():
+        return verify_artifact(artifact_id)
 
 
 @transaction.atomic

@@ -6,6 +6,7 @@ import io
 import zipfile
 
 import pytest
+from django.urls import reverse
 
 from portfolio.registry import services
 from portfolio.registry.choices import Source, VersionStatus
@@ -74,6 +75,30 @@ def test_verify_marks_a_corrupted_version_unhealthy_naming_the_file(client, org,
     assert response.status_code == 200 and response.json()["health"] == "corrupt"
     ready.artifact.refresh_from_db()
     assert "config.json" in ready.artifact.health_detail
+
+
+def test_a_second_verify_of_the_same_files_while_one_runs_is_told_to_wait_not_run(
+    client, org, ready, monkeypatch
+):
+    """Each verify re-hashes every stored file (up to the import limit) in its request: many at once on one
+    large version would tie up the web workers and the disk for minutes each."""
+    from portfolio.leases import Lease
+    from portfolio.registry import artifacts
+
+    hashed = []
+    monkeypatch.setattr(artifacts, "verify", lambda store, manifest: hashed.append(1) or [])
+    running = Lease(f"registry.verify:{ready.artifact_id}")
+    assert running.acquire(wait=False)
+    client.force_login(org["engineer"])
+    try:
+        response = client.post("/api/v1/models/router/versions/1/verify")
+        assert response.status_code == 409 and "being checked already" in response.json()["error"]["message"]
+        page = client.post(reverse("version-verify", args=["router", 1]), follow=True)
+        assert b"being checked already" in page.content
+        assert hashed == []
+    finally:
+        running.release()
+    assert client.post("/api/v1/models/router/versions/1/verify").status_code == 200 and hashed == [1]
 
 
 def test_an_adapter_zip_uploads_through_the_api(client, org, ready, tmp_path):

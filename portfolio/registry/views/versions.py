@@ -16,9 +16,9 @@ from portfolio import buttons, htmx
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
-from portfolio.errors import NotFound
+from portfolio.errors import Conflict, NotFound
 from portfolio.formviews import submit
-from portfolio.registry import cards, merging, services
+from portfolio.registry import artifacts, cards, merging, services
 from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.forms import SUGGESTED_ALIASES, ChatTemplateForm, PromoteForm
 from portfolio.registry.models import Model, ModelVersion
@@ -228,15 +228,17 @@ def version_archive(request, name: str, number: int):
 def version_verify(request, name: str, number: int):
     """Permission: visible (else 404) and ``model.register`` (else 403). Re-hashes every stored file now,
     in this request, and records the artifact's health."""
-    from portfolio.registry.tasks import verify_artifact
-
     actor = actor_of(request)
     version = visible_version(actor, name, number)
     gate.require(actor, "model.register", version.model)
     if version.artifact_id is None:
         messages.error(request, f"{version.label} has no stored files yet.")
     else:
-        problems = verify_artifact(version.artifact_id)
+        try:
+            problems = artifacts.verify_on_request(version.artifact_id)
+        except Conflict as exc:
+            messages.error(request, exc.message)
+            return redirect("version-detail", name=version.model.name, number=version.number)
         if problems:
             shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
             messages.error(request, f"{len(problems)} file(s) do not match their checksums: {shown}.")
