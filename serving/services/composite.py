@@ -257,6 +257,14 @@ def require_max_n_for_votes(endpoint: Endpoint, max_n: int) -> None:
         raise Invalid(f"max_n: {message}", fields={"max_n": [message]})
 
 
+def lock_calls_of(team_id: int) -> None:
+    """Changes to who calls whom in a team (a composite configured or created, an endpoint deleted) run one
+    at a time: each checks the endpoints it names or is named by, and two at once could each pass against
+    the other's uncommitted change (a router calling an endpoint made a vote meanwhile, or deleted). The
+    team's row, locked without blocking the inserts that refer to it, is their mutex."""
+    list(Team.objects.select_for_update(no_key=True).filter(pk=team_id).values_list("pk", flat=True))
+
+
 def require_not_called(endpoint: Endpoint, doing: str) -> None:
     callers = called_by(endpoint)
     if callers:
@@ -273,6 +281,7 @@ def configure_endpoint(
     """Make an endpoint a router, cascade or vote with ``config`` (or a plain one again, routing by its
     weights); audited with the config before and after."""
     gate.require(actor, "deployment.manage", endpoint)
+    lock_calls_of(endpoint.owner_team_id)
     endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
     checked = check_config(endpoint.owner_team, endpoint.name, kind, config or {})
     if kind != EndpointKind.PLAIN:

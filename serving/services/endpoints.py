@@ -141,6 +141,8 @@ def create_endpoint(
     gate.require(actor, "deployment.manage", team)
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
         raise Invalid(f"description: at most {MAX_DESCRIPTION} characters.")
+    if kind != "plain":
+        composite.lock_calls_of(team.pk)
     checked = composite.check_config(team, name, kind, config or {})
     if kind == "plain":
         resolved = _routes(actor, team, routes)
@@ -220,6 +222,7 @@ def set_routes(
 @transaction.atomic
 def delete_endpoint(*, actor: Actor, endpoint: Endpoint) -> None:
     gate.require(actor, "deployment.manage", endpoint)
+    composite.lock_calls_of(endpoint.owner_team_id)
     composite.require_not_called(endpoint, "delete it")
     judged = endpoint.judged_rollouts.filter(state=RolloutState.CANARY).select_related("endpoint").first()
     if judged is not None:
