@@ -194,6 +194,13 @@ def start_import(
         base_version = gate.get_visible(actor, ModelVersion, pk=base_version.pk)
         if base_version.kind != VersionKind.BASE or base_version.status != VersionStatus.READY:
             raise Invalid("base_version: An adapter's base must be a ready base version.")
+        team = model.owner_team
+        if not ModelVersion.objects.shared_with_team(team).filter(pk=base_version.pk).exists():
+            # Seen by the actor (a member of two teams) is not usable by the model's team: served on it, the
+            # adapter would run another team's private base and copy its facts.
+            raise Invalid(
+                f"base_version: {base_version.label} is not shared with {team.name}, which owns {model.name}."
+            )
         kind = VersionKind.ADAPTER
     elif source == Source.UPLOAD:
         raise Invalid("base_version: Say which base version the adapter was trained on.")

@@ -277,3 +277,30 @@ def test_files_stored_by_an_import_failed_meanwhile_are_not_kept(org, model, set
     monkeypatch.setattr(importing, "complete_import", completing)
     again = _import(org, model, Source.LOCAL, str(folder))
     assert again.status == VersionStatus.READY, again.status_detail
+
+
+def test_an_adapter_is_not_put_on_a_base_only_its_uploader_sees(
+    org, model, other_team, member_of_both, tmp_path, settings
+):
+    """A member of two teams sees the other team's private base; the adapter's model is this team's, which
+    may not serve that base."""
+    from portfolio.errors import Invalid
+
+    theirs = services.create_model(
+        actor=actor_for(org["outsider"]), name="contracts-base", owner_team=other_team
+    )
+    their_base = import_here(
+        actor_for(org["outsider"]),
+        theirs,
+        Source.LOCAL,
+        str(make_model_folder(settings.IMPORT_ROOTS[0] / "theirs")),
+    )
+    archive = _zip(tmp_path / "a.zip", _adapter_members(tmp_path))
+    with archive.open("rb") as handle:
+        saved = services.save_upload(iter(lambda: handle.read(65536), b""), archive.name)
+    with pytest.raises(Invalid, match="contracts-base:v1 is not shared with Support AI"):
+        services.start_import(
+            actor=member_of_both, model=model, source=Source.UPLOAD, ref=archive.name,
+            base_version=their_base, upload_path=saved, enqueue=False,
+        )  # fmt: skip
+    assert not model.versions.exists()
