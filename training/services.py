@@ -141,6 +141,8 @@ def upload_version(
     gate.require(actor, "training.run", dataset)
     if not 0 <= eval_fraction <= splitting.MAX_EVAL_FRACTION:
         raise Invalid(f"eval_fraction: Use a fraction from 0 to {splitting.MAX_EVAL_FRACTION}.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= splitting.MAX_SEED:
+        raise Invalid(f"seed: a whole number from 0 to {splitting.MAX_SEED}.")
     tokenizer_version = _tokenizer_version(actor, dataset.owner_team, base_version)
     path, size = _save_upload(chunks)
     try:

@@ -37,6 +37,9 @@ def answer_of(row: dict) -> str | None:
     return answer if len(answer) <= ANSWER_CHARS else None
 
 
+MAX_SEED = 2**63 - 1  # the version's split_seed column (a bigint)
+
+
 def score(seed: int, canonical_row: bytes) -> int:
     digest = hashlib.blake2b(canonical_row, digest_size=8, key=str(seed).encode()[:64]).digest()
     return int.from_bytes(digest, "big")

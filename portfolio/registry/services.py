@@ -79,6 +79,7 @@ def create_model(
     license: str = "",
 ) -> Model:
     gate.require(actor, "model.register", owner_team)
+    description, license = _texts(description, license)
     name = _check(model_name_validator, name.strip().lower(), "name")
     if name in RESERVED_MODEL_NAMES:
         raise Invalid(f"name: {name!r} is reserved by the web UI; choose another name.")
@@ -106,11 +107,25 @@ def create_model(
     return model
 
 
+MAX_DESCRIPTION, MAX_LICENSE = 5000, 100  # as the model form's fields
+
+
+def _texts(description: str, license: str) -> tuple[str, str]:
+    """A model's description and license, stripped and within their bounds (the license's column holds
+    100 characters: past it the save failed with a 500)."""
+    if len(description.strip()) > MAX_DESCRIPTION:
+        raise Invalid(f"description: at most {MAX_DESCRIPTION} characters.")
+    if len(license.strip()) > MAX_LICENSE:
+        raise Invalid(f"license: at most {MAX_LICENSE} characters (an SPDX identifier, e.g. Apache-2.0).")
+    return description.strip(), license.strip()
+
+
 @transaction.atomic
 def update_model(
     *, actor: Actor, model: Model, description: str, visibility: str, tags: list[str], license: str, task: str
 ) -> Model:
     gate.require(actor, "model.register", model)
+    description, license = _texts(description, license)
     before = model.snapshot()
     if visibility not in Visibility.values or task not in Task.values:
         raise Invalid("visibility/task: not a known value.")

@@ -10,7 +10,7 @@ from django.urls import reverse
 
 from portfolio.registry import services
 from portfolio.registry.choices import Source, VersionStatus
-from portfolio.registry.models import ModelVersion
+from portfolio.registry.models import Model, ModelVersion
 from portfolio.registry.stores import default_store
 from portfolio.registry.tasks import import_version
 from tests.conftest import actor_for
@@ -99,6 +99,20 @@ def test_a_second_verify_of_the_same_files_while_one_runs_is_told_to_wait_not_ru
     finally:
         running.release()
     assert client.post("/api/v1/models/router/versions/1/verify").status_code == 200 and hashed == [1]
+
+
+def test_a_models_license_and_description_are_bounded_not_a_500(client, org, team, ready):
+    client.force_login(org["engineer"])
+    new = {"name": "summarizer", "owner_team_id": team.pk, "license": "x" * 101}
+    response = client.post("/api/v1/models", new, content_type="application/json")
+    assert (
+        response.status_code == 400
+        and "license: at most 100 characters" in response.json()["error"]["message"]
+    )
+    patch = {"task": "chat", "visibility": "team", "description": "x" * 5001}
+    response = client.put("/api/v1/models/router", patch, content_type="application/json")
+    assert response.status_code == 400 and "description: at most 5000" in response.json()["error"]["message"]
+    assert not Model.objects.filter(name="summarizer").exists()
 
 
 def test_an_adapter_zip_uploads_through_the_api(client, org, ready, tmp_path):

@@ -104,3 +104,21 @@ def test_rows_are_paginated_per_split_and_files_download(client, org, engineer, 
     assert response.status_code == 200
     assert len(b"".join(response.streaming_content).splitlines()) == 5
     assert client.get(f"/api/v1/datasets/{chat_set.pk}/versions/1/files/secret.txt").status_code == 404
+
+
+def test_a_split_seed_past_its_column_is_refused_before_anything_is_stored(client, org, engineer, chat_set):
+    """A seed past the bigint column failed the ingest's insert: a 500, or an ingest failed for no reason
+    a person could act on."""
+    from training.models import DatasetIngest
+
+    client.force_login(org["engineer"])
+    for seed in (2**63, -1):
+        response = client.post(
+            f"/api/v1/datasets/{chat_set.pk}/versions",
+            {"file": as_file(jsonl(*tickets(3))), "seed": str(seed)},
+        )
+        assert (
+            response.status_code == 400
+            and "seed: a whole number from 0" in response.json()["error"]["message"]
+        )
+    assert not DatasetIngest.objects.exists()
