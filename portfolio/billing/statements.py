@@ -20,7 +20,7 @@ from fractions import Fraction
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from portfolio.accounts import gate
@@ -60,7 +60,8 @@ def _billed(closed: dict[int, Statement], before: date) -> dict[int, dict[int | 
     month = next(iter(closed.values())).month
     own = (
         StatementLine.objects.filter(statement_id__in=[s.pk for s in closed.values()])
-        .exclude(kind=LineKind.ADJUSTMENT)
+        # Its adjustments for earlier months are those months' (a re-issue's credit for itself is its own).
+        .exclude(Q(kind=LineKind.ADJUSTMENT) & ~Q(subject=label(month)))
         .values_list("statement__department_id", "team_id")
         .annotate(total=Sum("amount"))
     )
@@ -224,8 +225,9 @@ def _header(department: Department, month: date, revision: int, total: Decimal) 
     }
 
 
-def _write(actor: Actor, department: Department, month: date, revision: int, reason: str) -> Statement:
-    lines = compute(department, month)
+def _write(
+    actor: Actor, department: Department, month: date, revision: int, reason: str, lines: list
+) -> Statement:
     total = sum((line.amount for line in lines), ZERO)
     statement = Statement.objects.create(
         department=department,
@@ -265,14 +267,72 @@ def close(actor: Actor, department: Department, month: date) -> Statement:
     Department.objects.select_for_update().get(pk=department.pk)  # one closer per department at a time
     if Statement.objects.filter(department=department, month=month).exists():
         raise Conflict(f"{label(month)} of {department.cost_center} is already closed.")
-    statement = _write(actor, department, month, 1, "")
+    statement = _write(actor, department, month, 1, "", compute(department, month))
     audit.record(actor, AuditAction.STATEMENT_CLOSE, statement, after=statement.snapshot())
     return statement
 
 
+def _reissued_lines(current: Statement) -> list[Line]:
+    """A re-issued month's lines: its charges as the ledger has them now; its adjustments for earlier months
+    as it billed them (they belong to the month it closed, and later statements have adjusted those months
+    since: computed again, they would be billed twice); and, per team, a credit for what later closed
+    statements already billed for this month as adjustments (late usage the new charges now hold too).
+    With them, what was billed for the month (``_billed``) still meets the ledger: no double charge, and
+    nothing left for the next draft to correct."""
+    month, department_id = current.month, current.department_id
+    lines = [line for line in compute(current.department, month) if line.kind != LineKind.ADJUSTMENT]
+    for kept in (
+        current.lines.filter(kind=LineKind.ADJUSTMENT).exclude(subject=label(month)).order_by("position")
+    ):
+        lines.append(
+            Line(
+                department_id,
+                kept.team_id,
+                kept.kind,
+                kept.subject,
+                kept.detail,
+                kept.unit,
+                kept.unit_price,
+                Fraction(kept.quantity),
+                Fraction(kept.amount),
+                team=kept.team,
+            )  # fmt: skip
+        )
+    later = (
+        StatementLine.objects.filter(
+            statement__department_id=department_id,
+            statement__status=StatementStatus.CLOSED,
+            statement__month__gt=month,
+            kind=LineKind.ADJUSTMENT,
+            subject=label(month),
+        )
+        .values_list("team_id", "team")
+        .annotate(total=Sum("amount"))
+        .order_by("team_id")
+    )
+    for team_id, team, amount in later:
+        if amount:
+            lines.append(
+                Line(
+                    department_id,
+                    team_id,
+                    LineKind.ADJUSTMENT,
+                    label(month),
+                    "billed already as adjustments on later statements",
+                    "month",
+                    -amount,
+                    Fraction(1),
+                    Fraction(-amount),
+                    team=team,
+                )  # fmt: skip
+            )
+    return lines
+
+
 @transaction.atomic
 def reissue(actor: Actor, statement: Statement, reason: str) -> Statement:
-    """A new revision of a closed statement, computed from the ledger now; the old one is kept, superseded."""
+    """A new revision of a closed statement, its charges computed from the ledger now; the old one is kept,
+    superseded. See ``_reissued_lines`` for what it carries besides."""
     gate.require(actor, "statement.reissue")
     reason = (reason or "").strip()
     if not 10 <= len(reason) <= 2000:
@@ -284,8 +344,9 @@ def reissue(actor: Actor, statement: Statement, reason: str) -> Statement:
     )
     if current is None or current.pk != statement.pk:
         raise Conflict("Only the revision in force can be re-issued.")
+    lines = _reissued_lines(current)
     Statement.objects.filter(pk=current.pk).update(status=StatementStatus.SUPERSEDED)
-    fresh = _write(actor, statement.department, statement.month, current.revision + 1, reason)
+    fresh = _write(actor, statement.department, statement.month, current.revision + 1, reason, lines)
     audit.record(
         actor, AuditAction.STATEMENT_REISSUE, fresh, before=current.snapshot(), after=fresh.snapshot()
     )

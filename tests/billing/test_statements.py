@@ -192,6 +192,54 @@ def test_an_admin_reissues_a_closed_statement_as_a_new_revision_with_a_reason(oc
         statements.reissue(actor_for(org["admin"]), first, "once more for good measure")
 
 
+def test_reissuing_a_month_whose_late_usage_a_later_statement_adjusted_bills_it_once(
+    october, org, team, other_team
+):
+    """October closed; late October usage went onto November's statement as an adjustment; then October is
+    re-issued. Computed again from the ledger its charges hold that usage too: the re-issue credits what
+    November already billed for October, and December finds nothing left to adjust."""
+    first = statements.close(BILLING, other_team.department, OCTOBER)
+    tokens("2026-10-31 23:00", endpoint_id=11, endpoint="router", owner=team, caller=other_team,
+           tokens_in=100_000)  # fmt: skip
+    november = statements.close(BILLING, other_team.department, NOVEMBER)
+    assert november.lines.get(kind="adjustment").amount == Decimal("0.05")
+
+    second = statements.reissue(actor_for(org["admin"]), first, "a price corrected by finance")
+
+    credit = second.lines.get(kind="adjustment")
+    assert (credit.team_id, credit.subject, credit.amount) == (other_team.pk, "2026-10", Decimal("-0.05"))
+    assert second.total == first.total == Decimal("10.75")  # 10.80 of charges now, 0.05 billed in November
+    billed = second.total + november.lines.get(kind="adjustment").amount
+    assert billed == sum(line.amount for line in statements.compute(other_team.department, OCTOBER)
+                         if line.kind != LineKind.ADJUSTMENT)  # fmt: skip
+    december = statements.compute(other_team.department, date(2026, 12, 1))
+    assert [line for line in december if line.kind == "adjustment"] == []
+
+
+def test_a_reissue_keeps_the_adjustments_for_earlier_months_its_month_billed(october, org, team, other_team):
+    """October carried September's late usage; November then carried more of it. Re-issuing October keeps
+    its own adjustment for September as billed: computed again it would take in November's as well."""
+    september = date(2026, 9, 1)
+    statements.close(BILLING, other_team.department, september)
+    compute("job:finetune:8:1", other_team, "2026-09-30 20:00", "2026-09-30 21:00", gpus=1,
+            kind=ComputeKind.JOB, subject="fine-tune #8")  # fmt: skip
+    first = statements.close(BILLING, other_team.department, OCTOBER)
+    adjusted = first.lines.get(kind="adjustment")
+    compute("job:finetune:9:1", other_team, "2026-09-30 21:00", "2026-09-30 23:00", gpus=1,
+            kind=ComputeKind.JOB, subject="fine-tune #9")  # fmt: skip
+    november = statements.close(BILLING, other_team.department, NOVEMBER)
+    assert november.lines.get(kind="adjustment").amount == 2 * adjusted.amount
+
+    again = statements.reissue(actor_for(org["admin"]), first, "a price corrected by finance")
+
+    assert [(line.subject, line.amount) for line in again.lines.filter(kind="adjustment")] == [
+        ("2026-09", adjusted.amount)
+    ]
+    assert again.total == first.total
+    december = statements.compute(other_team.department, date(2026, 12, 1))
+    assert [line for line in december if line.kind == "adjustment"] == []
+
+
 @pytest.mark.parametrize("role", ["owner", "auditor", "engineer", "outsider"])
 def test_only_admins_reissue(october, org, other_team, role):
     statement = statements.close(BILLING, other_team.department, OCTOBER)
