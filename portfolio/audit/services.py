@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
@@ -17,11 +18,23 @@ from portfolio.audit.models import AuditEvent
 _CHAIN_LOCK_ID = 0x5F0A_0D17
 
 
+def _as_stored(text: str) -> float | int:
+    """A JSON float as it reads back from PostgreSQL's jsonb: a number written with a positive exponent (what
+    Python writes for floats from 1e16 up) is stored as a numeric with no fraction and read back as an
+    integer, so it is hashed as that integer (1e+20 as 100000000000000000000), not as a float."""
+    if "e+" in text.lower():
+        exact = Decimal(text)
+        if exact == exact.to_integral_value():
+            return int(exact)
+    return float(text)
+
+
 def _plain(value):
-    """Snapshots may hold dates, decimals or UUIDs: store exactly what the hash will cover."""
+    """Snapshots may hold dates, decimals or UUIDs: store exactly what the hash will cover, as it will read
+    back from the database."""
     if value is None:
         return None
-    return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+    return json.loads(json.dumps(value, cls=DjangoJSONEncoder), parse_float=_as_stored)
 
 
 def _scope_of(obj) -> tuple[int | None, int | None]:

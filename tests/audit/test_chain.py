@@ -358,3 +358,24 @@ def test_an_export_manifests_head_is_an_anchor(org, capsys):
         call_command("audit_verify", "--anchor", anchor)
     with pytest.raises(CommandError, match="not SEQUENCE:HASH"):
         call_command("audit_verify", "--anchor", "3:nothex")
+
+
+@pytest.mark.django_db
+def test_a_snapshot_holding_very_large_floats_verifies_as_stored():
+    """jsonb keeps 1e+20 as the numeric 100000000000000000000 and reads it back as an integer: hashed as the
+    float, every such row was reported tampered with (a false alarm, not a pass)."""
+    actor = Actor.for_system("tests")
+    with transaction.atomic():
+        event = audit.record(
+            actor, "team.update", object_type="test", object_id="1",
+            after={"big": 1e20, "odd": 1.2345678901234568e17, "neg": -3e16, "small": 1e-7, "plain": 2.5},
+        )  # fmt: skip
+    stored = AuditEvent.objects.get(pk=event.pk).after
+    assert stored == {
+        "big": 10**20,
+        "odd": 123456789012345680,
+        "neg": -3 * 10**16,
+        "small": 1e-7,
+        "plain": 2.5,
+    }
+    assert verify_database().ok
