@@ -9,13 +9,17 @@ from training.models import EvalRun
 
 
 def score_regressions(candidate: ModelVersion, holder: ModelVersion) -> list[str]:
-    """Eval sets both versions were scored on where the candidate scores lower (latest run of each)."""
+    """Eval sets of the model's own team both versions were scored on where the candidate scores lower
+    (latest run of each). Another team's runs of a shared base, on its private data, neither block the
+    owner's promotion nor name that team's datasets in the refusal."""
+    team_id = candidate.model.owner_team_id
 
     def latest(version: ModelVersion) -> dict:
         runs = {}
-        for run in EvalRun.objects.filter(version=version, status=EvalStatus.SUCCEEDED).order_by(
-            "created_at"
-        ):
+        own = EvalRun.objects.filter(
+            version=version, status=EvalStatus.SUCCEEDED, dataset_version__dataset__owner_team_id=team_id
+        )
+        for run in own.order_by("created_at"):
             runs[run.dataset_version_id] = run
         return runs
 

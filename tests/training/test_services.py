@@ -184,7 +184,9 @@ def test_the_demo_command_registers_the_ticket_routing_set_once(org, team, setti
 
 
 # --- Promotion guarded by evaluation ---------------------------------------------------------------
-def _scored_versions(org, team, score_old: float, score_new: float):
+def _scored_versions(
+    org, team, score_old: float, score_new: float, *, scored_by: str = "engineer", data_team=None
+):
     from django.utils import timezone as tz
 
     from portfolio.registry import services as registry_services
@@ -200,8 +202,11 @@ def _scored_versions(org, team, score_old: float, score_new: float):
         ModelVersion.objects.create(model=model, number=n, source="local", artifact=artifact, status="ready")
         for n in (1, 2)
     )
-    dataset = services.create_dataset(actor=engineer, owner_team=team, name="eval-set", kind="chat")
-    version, _ = upload(engineer, dataset, jsonl(*tickets(20)))
+    scorer = actor_for(org[scored_by])
+    dataset = services.create_dataset(
+        actor=scorer, owner_team=data_team or team, name="eval-set", kind="chat"
+    )
+    version, _ = upload(scorer, dataset, jsonl(*tickets(20)))
     for v, score in ((old, score_old), (new, score_new)):
         EvalRun.objects.create(
             version=v,
@@ -221,6 +226,18 @@ def test_promotion_to_production_is_refused_when_the_candidate_scores_lower(org,
     _, new = _scored_versions(org, team, 0.9, 0.6)
     with pytest.raises(Conflict, match=r"scores below the current production guarded:v1 \(0.600 vs 0.900"):
         registry_services.promote(actor=actor_for(org["engineer"]), version=new, alias="production")
+
+
+def test_another_teams_runs_on_its_own_data_neither_block_a_promotion_nor_name_its_dataset(
+    org, team, other_team
+):
+    """Another team fine-tuning a shared base scores its versions on its private data: those runs are not
+    the owner's yardstick, and a refusal naming them told the owner the other team's dataset names."""
+    from portfolio.registry import services as registry_services
+
+    _, new = _scored_versions(org, team, 0.9, 0.6, scored_by="outsider", data_team=other_team)
+    promoted = registry_services.promote(actor=actor_for(org["engineer"]), version=new, alias="production")
+    assert promoted.alias.version == new
 
 
 def test_an_owner_may_force_a_lower_scoring_promotion_with_a_reason_kept_in_the_audit(org, team):
