@@ -276,6 +276,45 @@ def test_a_team_naming_a_shared_endpoint_its_production_lends_its_eval_rows_to_n
 
 
 @pytest.mark.django_db
+def test_a_task_served_by_another_teams_shared_endpoint_shows_only_its_own_teams_calls(
+    world, engineer, other_team, org
+):
+    """The endpoint's owner sees every caller's traffic; a task of another team served by it, only its own
+    team's calls (the other callers' volumes are theirs). Nor does the page load the runs' kept answers."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    team = world["task"].owner_team
+    foreign = Endpoint.objects.create(name="foreign", owner_team=other_team)
+    EndpointShare.objects.create(endpoint=foreign, team=team)
+    at = timezone.now() - timedelta(minutes=1)
+    from serving.gateway import services as key_services
+
+    admin = actor_for(org["admin"])
+    keys = {t.pk: key_services.create_key(actor=admin, team=t, name="k")[0] for t in (team, other_team)}
+    calls = [("m-1", team.pk), ("o-1", other_team.pk), ("o-2", other_team.pk), ("o-3", other_team.pk)]
+    UsageEvent.objects.bulk_create(
+        UsageEvent(
+            event_id=e,
+            at=at,
+            endpoint="foreign",
+            team_id=t,
+            api_key=keys[t],
+            kind="chat",
+            status=200,
+            latency_ms=5,
+        )  # fmt: skip
+        for e, t in calls
+    )
+    usage.rollup()
+    portfolio.set_production_endpoint(actor=engineer, task=world["task"], endpoint=foreign)
+    with CaptureQueriesContext(connection) as queries:
+        (row,) = rows()
+    assert row.requests_per_day == pytest.approx(1 / 7), "its team's one call, not the owner's three"
+    assert not any('"answers"' in query["sql"] for query in queries.captured_queries)
+
+
+@pytest.mark.django_db
 def test_a_viewer_cannot_name_the_production_endpoint(world, org):
     with pytest.raises(Forbidden):
         portfolio.set_production_endpoint(actor=actor_for(org["viewer"]), task=world["task"], endpoint=None)

@@ -229,10 +229,10 @@ def _version(endpoint: Endpoint) -> str | None:
     return route.adapter.version.label if route.adapter else route.deployment.version.label
 
 
-def _traffic(endpoints: Sequence[Endpoint], now: datetime) -> dict[str, float]:
-    """Requests per day of each endpoint over the last ``TRAFFIC_DAYS`` days, from the hourly rollups: a
-    plain endpoint's calls (as a composite's hop too), a composite's the calls of its first hop via it (a
-    composite bills only its hops, each call's first hop once)."""
+def _traffic(endpoints: Sequence[Endpoint], now: datetime) -> dict[str, dict[int | None, float]]:
+    """Requests per day of each endpoint over the last ``TRAFFIC_DAYS`` days, by calling team, from the
+    hourly rollups: a plain endpoint's calls (as a composite's hop too), a composite's the calls of its
+    first hop via it (a composite bills only its hops, each call's first hop once)."""
     if not endpoints:
         return {}
     since = now - timedelta(days=TRAFFIC_DAYS)
@@ -243,17 +243,30 @@ def _traffic(endpoints: Sequence[Endpoint], now: datetime) -> dict[str, float]:
         wanted |= Q(via=name, endpoint=hop)
     sums = (
         UsageHourly.objects.filter(wanted, hour__gte=since)
-        .values("endpoint", "via")
+        .values("endpoint", "via", "team_id")
         .annotate(requests=Sum("requests"))
     )
-    traffic: dict[str, float] = {}
+    traffic: dict[str, dict[int | None, float]] = {}
+
+    def add(name: str, team_id: int | None, per_day: float) -> None:
+        teams = traffic.setdefault(name, {})
+        teams[team_id] = teams.get(team_id, 0.0) + per_day
+
     for item in sums:
         per_day = (item["requests"] or 0) / TRAFFIC_DAYS
         if item["endpoint"] in plain:
-            traffic[item["endpoint"]] = traffic.get(item["endpoint"], 0.0) + per_day
+            add(item["endpoint"], item["team_id"], per_day)
         if item["via"] and first_hops.get(item["via"]) == item["endpoint"]:
-            traffic[item["via"]] = traffic.get(item["via"], 0.0) + per_day
+            add(item["via"], item["team_id"], per_day)
     return traffic
+
+
+def _requests_per_day(by_team: dict[int | None, float], task: Task, endpoint: Endpoint) -> float:
+    """An endpoint's owner sees all its calls; a task served by another team's shared endpoint, only its
+    own team's calls to it (the other teams' traffic is theirs)."""
+    if endpoint.owner_team_id == task.owner_team_id:
+        return sum(by_team.values())
+    return by_team.get(task.owner_team_id, 0.0)
 
 
 def build_rows(
@@ -276,6 +289,7 @@ def build_rows(
     # The latest finished run of each endpoint on each eval set (PostgreSQL's DISTINCT ON: one query).
     latest = list(
         EndpointEvalRun.objects.filter(eval_set_id__in=set_ids, status=JobStatus.SUCCEEDED)
+        .defer("answers")  # up to 2,000 kept answers a run: the figures need none of them
         .order_by("eval_set_id", "endpoint_name", "-created_at", "-id")
         .distinct("eval_set_id", "endpoint_name")
     )
@@ -300,7 +314,7 @@ def build_rows(
             continue
         row.endpoint = production
         row.version = _version(production)
-        row.requests_per_day = traffic.get(production.name, 0.0)
+        row.requests_per_day = _requests_per_day(traffic.get(production.name, {}), row.task, production)
         row.production = next((f for f in figures if f.endpoint == production.name), None)
         row.candidates = [f for f in figures if f.endpoint != production.name]
         if row.production is not None:
