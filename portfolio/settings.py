@@ -273,6 +273,9 @@ MERGE_TIMEOUT_SECONDS = env.integer("PORTFOLIO_MERGE_TIMEOUT_SECONDS", 3 * 3600,
 # A merge no control worker has taken up after this long (its message lost) is failed: a queued merge
 # refuses every other merge of its adapter.
 MERGE_QUEUED_AFTER_SECONDS = env.integer("PORTFOLIO_MERGE_QUEUED_AFTER_SECONDS", 2 * 3600, minimum=60)
+# Eval runs of endpoints a team may have queued or running at once: they share the control workers with the
+# platform's own periodic work.
+EVAL_RUNS_PER_TEAM = env.integer("PORTFOLIO_EVAL_RUNS_PER_TEAM", 3, minimum=1, maximum=100)
 # The portfolio page hints at a candidate that scores within this many points (of 100) of production's
 # quality while costing less per 1,000 requests or being smaller (2: 0.02 of quality).
 PORTFOLIO_HINT_MARGIN_POINTS = env.integer("PORTFOLIO_HINT_MARGIN_POINTS", 2, minimum=0, maximum=100)

@@ -16,7 +16,7 @@ from django.utils import timezone
 from portfolio.audit.models import AuditEvent
 from portfolio.billing.choices import PriceKind
 from portfolio.billing.models import Price
-from portfolio.errors import Invalid
+from portfolio.errors import Conflict, Invalid
 from serving.models import Deployment, Endpoint, EndpointRoute
 from tests.conftest import actor_for
 from tests.training.conftest import jsonl, upload
@@ -419,3 +419,16 @@ def test_the_run_page_shows_the_scores_or_the_reason_it_failed(
     fragment = client.get(reverse("eval-run-detail", args=[failed.pk]), HTTP_HX_REQUEST="true")
     assert "router-ep answered 503: no replica is ready" in fragment.content.decode()
     assert "<html" not in fragment.content.decode()
+
+
+def test_a_team_keeps_a_bounded_number_of_runs_in_flight(engineer, task, endpoint, settings):
+    """Runs share the control workers with the usage flush, the rollups and the reapers: ten long runs of one
+    team would have filled every slot and stalled them all."""
+    settings.EVAL_RUNS_PER_TEAM = 2
+    first = start(engineer, task, endpoint)
+    start(engineer, task, endpoint)
+    with pytest.raises(Conflict, match="2 eval runs queued or running, the most at once"):
+        start(engineer, task, endpoint)
+    assert EndpointEvalRun.objects.count() == 2
+    runs.cancel_run(actor=engineer, run=first)
+    assert start(engineer, task, endpoint).status == JobStatus.QUEUED

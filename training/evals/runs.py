@@ -9,11 +9,13 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import timedelta
 
 from celery import current_app
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
+from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.billing.choices import PriceKind
 from portfolio.billing.pricing import PriceBook
@@ -73,6 +75,17 @@ def start_run(
     if rubric and judge is None:
         raise Invalid(
             "judge: a rubric needs a judge endpoint.", fields={"judge": ["Choose a judge endpoint."]}
+        )
+    # Runs share the control workers with the platform's own beat work (the usage flush, rollups, budget
+    # checks, the reapers): a team keeps at most a few in flight, checked under its row's lock.
+    Team.objects.select_for_update(no_key=True).filter(pk=task.owner_team_id).first()
+    in_flight = EndpointEvalRun.objects.filter(
+        owner_team_id=task.owner_team_id, status__in=(JobStatus.QUEUED, JobStatus.RUNNING)
+    ).count()
+    if in_flight >= settings.EVAL_RUNS_PER_TEAM:
+        raise Conflict(
+            f"{task.owner_team.name} has {in_flight} eval runs queued or running, the most at once "
+            f"({settings.EVAL_RUNS_PER_TEAM}); start this one when one of them ends, or cancel one."
         )
     run = EndpointEvalRun.objects.create(
         owner_team=task.owner_team,
