@@ -199,10 +199,10 @@ def add_member(*, actor: Actor, team: Team, user, role: str) -> Membership:
 def _would_leave_no_owner(membership: Membership) -> bool:
     if membership.role != TeamRole.OWNER:
         return False
-    others = Membership.objects.filter(team_id=membership.team_id, role=TeamRole.OWNER).exclude(
-        pk=membership.pk
-    )
-    return not others.exists()
+    others = Membership.objects.filter(
+        team_id=membership.team_id, role=TeamRole.OWNER, user__is_active=True
+    ).exclude(pk=membership.pk)
+    return not others.exists()  # a deactivated owner (memberships are kept) answers for nothing
 
 
 def _refuse_sso_membership(membership: Membership) -> None:
@@ -422,6 +422,10 @@ def create_personal_token(
             f"expires_in_days: Choose between 1 and {limit} days.",
             fields={"expires_in_days": ["Out of range."]},
         )
+    # Locked as deactivate_user locks it: a token made while the account is deactivated would be missed by
+    # the revocation and come back alive with a reactivation.
+    if not list(User.objects.select_for_update().filter(pk=actor.user.pk, is_active=True).values_list("pk")):
+        raise Invalid("This account is deactivated.")
     issued = secrets_hashing.issue(TOKEN_PREFIX)
     token = PersonalToken.objects.create(
         user=actor.user,

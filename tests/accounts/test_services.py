@@ -87,6 +87,33 @@ def test_the_last_owner_cannot_be_removed_or_demoted(org, team):
         )
 
 
+def test_a_deactivated_owner_does_not_count_as_the_owner_left(org, team, make_user):
+    """Memberships are kept on deactivation: counting the deactivated owner let the last active one leave,
+    and nobody could manage the team's members, keys or budget."""
+    gone = make_user("gone-owner")
+    Membership.objects.create(user=gone, team=team, role=TeamRole.OWNER)
+    services.deactivate_user(actor=actor_for(org["admin"]), user=gone)
+    membership = Membership.objects.get(team=team, user=org["owner"])
+    with pytest.raises(Conflict, match="at least one owner"):
+        services.change_member_role(
+            actor=actor_for(org["owner"]), membership=membership, role=TeamRole.VIEWER
+        )
+    with pytest.raises(Conflict, match="at least one owner"):
+        services.remove_member(actor=actor_for(org["owner"]), membership=membership)
+
+
+def test_a_deactivated_account_makes_no_personal_token(org):
+    """Deactivation locks the account and revokes its tokens: one made at the same moment (it waited for that
+    lock) would have been missed, and back alive with a reactivation."""
+    from portfolio.errors import Invalid
+
+    actor = actor_for(org["viewer"])
+    services.deactivate_user(actor=actor_for(org["admin"]), user=org["viewer"])
+    with pytest.raises(Invalid, match="deactivated"):
+        services.create_personal_token(actor=actor, name="late")
+    assert not org["viewer"].personal_tokens.exists()
+
+
 def test_adding_someone_twice_is_a_conflict(org, team):
     with pytest.raises(Conflict, match="already a member"):
         services.add_member(
