@@ -175,6 +175,31 @@ def test_a_well_formed_token_from_a_trusted_key_is_accepted(client, sso):
 
 
 @pytest.mark.usefixtures("trusted")
+def test_a_service_accounts_roles_follow_each_new_token_not_only_its_first(client, sso):
+    """A service account never signs in and the directory sync cannot see it: the rules were applied at its
+    first call only, so a role taken from it in the realm stayed here for good (an admin could not remove an
+    SSO grant either). Each new token's claims are now applied at its first call."""
+    from portfolio.accounts.models import OrgRoleGrant, SsoMappingRule
+
+    SsoMappingRule.objects.create(kind="realm_role", value="portfolio-admin", org_role="admin")
+    admin_token = signed(crafted(sso, jti="first", realm_access={"roles": ["portfolio-admin"]}))
+    assert call(client, admin_token).json()["org_roles"] == ["admin"]
+    robot = User.objects.get(username=SERVICE_ACCOUNT)
+    assert OrgRoleGrant.objects.get(user=robot).source == "sso"
+
+    plain = signed(crafted(sso, jti="second", realm_access={"roles": []}))
+    assert call(client, plain).json()["org_roles"] == []
+    assert not OrgRoleGrant.objects.filter(user=robot).exists()
+    revoked = AuditEvent.objects.get(action="org_role.revoke")
+    assert revoked.actor_label == "system:keycloak"
+    events = AuditEvent.objects.count()
+    with CaptureQueriesContext(connection) as queries:
+        assert call(client, plain).status_code == 200  # the same token again: read, not applied again
+    writes = [q["sql"] for q in queries if q["sql"].split(" ", 1)[0] in ("INSERT", "UPDATE", "DELETE")]
+    assert writes == [] and AuditEvent.objects.count() == events
+
+
+@pytest.mark.usefixtures("trusted")
 @pytest.mark.parametrize(
     ("changes", "says"),
     [

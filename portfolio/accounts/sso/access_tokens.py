@@ -15,9 +15,12 @@ No audit row and no write per call. A refusal is a 401 that says why, never repe
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+import time
 
+from django.core.cache import cache
 from django.db import IntegrityError
 
 from portfolio.accounts.actor import Actor
@@ -101,6 +104,15 @@ def _first_call(request, config: sso_config.OidcConfig, issuer: str, claims: dic
         return identity.user
 
 
+def _first_use(issuer: str, claims: dict) -> bool:
+    """Whether this is the first call with this token (its subject's, by its ``jti``, else its issue time),
+    remembered until it expires: later calls with it read the account as it is, with no write."""
+    token_id = f"{issuer}\n{claims['sub']}\n{claims.get('jti') or claims.get('iat') or ''}"
+    key = "sso:token-mapped:" + hashlib.sha256(token_id.encode()).hexdigest()
+    lifetime = int(claims.get("exp", 0)) - int(time.time())
+    return cache.add(key, 1, timeout=max(1, min(lifetime, 86_400)))
+
+
 def authenticate(request, token: str) -> Actor:
     """The caller of an API request bearing the realm's access token; ``Unauthenticated`` otherwise."""
     config = sso_config.current()
@@ -119,20 +131,24 @@ def authenticate(request, token: str) -> Actor:
         .filter(issuer=issuer, subject=str(claims["sub"]))
         .first()
     )
-    if identity is not None:
-        user = identity.user
-        if not user.is_active:
-            logger.info("API access token refused: user_inactive")
-            raise Unauthenticated(
-                "The access token was refused: its account is deactivated here. Ask a platform admin."
-            )
-    else:
-        # First call of this subject: made just in time, as a first sign-in would (and audited so).
+    if identity is not None and not identity.user.is_active:
+        logger.info("API access token refused: user_inactive")
+        raise Unauthenticated(
+            "The access token was refused: its account is deactivated here. Ask a platform admin."
+        )
+    first_use = _first_use(issuer, claims)
+    if identity is None or first_use:
+        # The first call of this subject makes its account just in time, as a first sign-in would (and
+        # audited so); the first call of each later token applies the mapping rules to its claims, as each
+        # sign-in does. A service account never signs in and the directory sync cannot see it: without
+        # this, roles taken from it in the realm would stay here for good.
         try:
             user = _first_call(request, config, issuer, claims)
         except client.Refused as refusal:
             logger.info("API access token refused: %s", refusal.reason)
             raise Unauthenticated(f"The access token was refused. {refusal.message}") from refusal
+    else:
+        user = identity.user
     request.user = user
     actor = Actor.for_request(request)
     actor.access_token = True  # audited as such, and no personal token can be minted with it
