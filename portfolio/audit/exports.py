@@ -83,8 +83,50 @@ def _row(event: AuditEvent) -> dict:
     return row
 
 
-def _write_events(events: Iterator[AuditEvent], fmt: str, out) -> dict:
-    """Write rows to a binary file; return count, first/last sequence and the file's sha256."""
+class ChainLinks:
+    """Checks, as an export streams, that each row is what the chain holds: its own hash, the hash of the
+    event before it (its ``prev_hash``) and the ``prev_hash`` of the event after it. A row rewritten with
+    its own hash recomputed breaks the next event's link, which a filtered export (or one ending there) does
+    not carry: it is looked up, so the signature never vouches for a row the database's verify would refuse."""
+
+    def __init__(self, head_sequence: int):
+        self.head, self.previous = head_sequence, None
+
+    def _hash_at(self, sequence: int) -> str | None:
+        if sequence < 1:
+            return chain.GENESIS_HASH
+        return AuditEvent.objects.filter(sequence=sequence).values_list("hash", flat=True).first()
+
+    def _prev_hash_at(self, sequence: int) -> str | None:
+        return AuditEvent.objects.filter(sequence=sequence).values_list("prev_hash", flat=True).first()
+
+    def check(self, row: dict) -> None:
+        sequence = row["sequence"]
+        if chain.compute_hash(row) != row["hash"]:
+            self._broken(sequence, "its hash does not match its contents")
+        before = self.previous[1] if self.previous and self.previous[0] == sequence - 1 else None
+        if (before or self._hash_at(sequence - 1)) != row["prev_hash"]:
+            self._broken(sequence, "its previous hash does not match the event before")
+        self.previous = (sequence, row["hash"])
+
+    def check_after(self, row: dict, next_sequence: int | None) -> None:
+        """The link out of ``row``, unless the next row streamed is its successor (checked as that row)."""
+        sequence = row["sequence"]
+        successor_elsewhere = sequence < self.head and next_sequence != sequence + 1
+        if successor_elsewhere and self._prev_hash_at(sequence + 1) != row["hash"]:
+            self._broken(sequence, "the event after it does not link to it")
+
+    @staticmethod
+    def _broken(sequence: int, why: str):
+        raise Conflict(
+            f"The audit trail does not verify at event #{sequence} ({why}): nothing was exported or signed. "
+            "Run `manage.py audit_verify` and investigate."
+        )
+
+
+def _write_events(events: Iterator[AuditEvent], fmt: str, out, links: ChainLinks) -> dict:
+    """Write rows to a binary file, each checked against the chain; return count, first/last sequence and
+    the file's sha256."""
     digest, count, first, last = hashlib.sha256(), 0, None, None
     text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
 
@@ -99,12 +141,18 @@ def _write_events(events: Iterator[AuditEvent], fmt: str, out) -> dict:
 
     if fmt == "csv":
         emit(csv_line(exportformat.COLUMNS))
+    previous = None
     for event in events:
         row = _row(event)
+        links.check(row)
+        if previous is not None:
+            links.check_after(previous, row["sequence"])
         emit(csv_line(exportformat.csv_cells(row)) if fmt == "csv" else chain.canonical_json(row) + "\n")
         count += 1
         first = row["sequence"] if first is None else first
-        last = row["sequence"]
+        last, previous = row["sequence"], row
+    if previous is not None:
+        links.check_after(previous, None)
     text.detach()
     return {"count": count, "first_sequence": first, "last_sequence": last, "sha256": digest.hexdigest()}
 
@@ -116,14 +164,10 @@ class Export:
     manifest: dict = field(default_factory=dict)
 
 
-def build_export(*, actor: Actor, selection: AuditFilter, fmt: str) -> Export:
-    """Write the export to a temporary zip file (streamed from the database, never all in memory)."""
-    gate.require(actor, "audit.export")
-    if fmt not in FORMATS:
-        raise Invalid(f"format: choose one of {', '.join(FORMATS)}.")
-    private_key = _private_key()
-    events_name = exportformat.EVENT_FILES[fmt]
-    handle = tempfile.NamedTemporaryFile(prefix="audit-export-", suffix=".zip", delete=False)  # noqa: SIM115
+def _write_archive(
+    handle, actor: Actor, selection: AuditFilter, fmt: str, private_key, events_name: str
+) -> dict:
+    """The events and the signed manifest into ``handle``'s zip, from one snapshot of the trail."""
     with transaction.atomic():
         # The trail is append-only, so "everything up to the head read now" is a consistent snapshot.
         head = AuditEvent.objects.order_by("-sequence").values("sequence", "hash").first()
@@ -131,7 +175,10 @@ def build_export(*, actor: Actor, selection: AuditFilter, fmt: str) -> Export:
         events = selected.order_by("sequence").iterator(chunk_size=2000)
         with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             with archive.open(events_name, "w", force_zip64=True) as out:
-                summary = _write_events(events, fmt, out)
+                try:
+                    summary = _write_events(events, fmt, out, ChainLinks(head["sequence"] if head else 0))
+                finally:
+                    events.close()  # its server-side cursor, closed inside the transaction even on a refusal
             manifest = {
                 "kind": exportformat.EVENTS_KIND,
                 "version": exportformat.FORMAT_VERSION,
@@ -154,6 +201,23 @@ def build_export(*, actor: Actor, selection: AuditFilter, fmt: str) -> Export:
                 manifest["csv_cells"] = exportformat.CSV_CELLS_NOTE
             manifest["signature"] = signing.sign(exportformat.signed_payload(manifest), private_key)
             archive.writestr(exportformat.MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest
+
+
+def build_export(*, actor: Actor, selection: AuditFilter, fmt: str) -> Export:
+    """Write the export to a temporary zip file (streamed from the database, never all in memory)."""
+    gate.require(actor, "audit.export")
+    if fmt not in FORMATS:
+        raise Invalid(f"format: choose one of {', '.join(FORMATS)}.")
+    private_key = _private_key()
+    events_name = exportformat.EVENT_FILES[fmt]
+    handle = tempfile.NamedTemporaryFile(prefix="audit-export-", suffix=".zip", delete=False)  # noqa: SIM115
+    try:
+        manifest = _write_archive(handle, actor, selection, fmt, private_key, events_name)
+    except BaseException:
+        handle.close()
+        Path(handle.name).unlink(missing_ok=True)  # a refused or failed export leaves no file behind
+        raise
     handle.close()
     with transaction.atomic():
         audit.record(

@@ -97,6 +97,38 @@ def test_a_filtered_export_holds_only_the_selection(history):
     assert verify_export(export.path, server_public_keys()).ok
 
 
+@pytest.mark.parametrize(
+    "selection",
+    [AuditFilter(action="department."), AuditFilter()],
+    ids=["filtered: the next event not in the export", "everything"],
+)
+def test_a_row_rewritten_with_its_own_hash_recomputed_is_not_exported_or_signed(history, selection):
+    """Who can switch off the append-only trigger rewrites event #3 and recomputes its hash: the row checks
+    out alone, and a filtered export (or one ending there) carries no next event to break. The export
+    checks every row against its neighbours in the database before it signs."""
+    import tempfile
+
+    from django.db import connection
+
+    from portfolio.errors import Conflict
+
+    audit.record(Actor.for_system("tests"), "team.update", object_type="test", object_id="4", after={})
+    forged = AuditEvent.objects.get(sequence=3)
+    fields = {**chain.fields_of(forged), "after": {**forged.after, "cost_center": "CC-999"}}
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER audit_event_no_update_delete")
+        cursor.execute(
+            "UPDATE audit_auditevent SET after = %s::jsonb, hash = %s WHERE sequence = 3",
+            [json.dumps(fields["after"]), chain.compute_hash(fields)],
+        )
+        cursor.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER audit_event_no_update_delete")
+    left = set(Path(tempfile.gettempdir()).glob("audit-export-*.zip"))
+    with pytest.raises(Conflict, match=r"does not verify at event #[34] "):  # #4: the break is its link
+        _export(history, selection=selection)
+    assert set(Path(tempfile.gettempdir()).glob("audit-export-*.zip")) == left, "no file left behind"
+    assert not AuditEvent.objects.filter(action="audit.export").exists()
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_an_edited_row_fails_verification_even_with_a_recomputed_file_hash(history, fmt):
     export = _export(history, fmt)
