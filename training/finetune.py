@@ -372,6 +372,7 @@ def _fail_queued_on_lost_nodes() -> int:
     )
     for job in lost:
         with transaction.atomic():
+            assert job.node is not None  # selected by its node's state
             detail = f"Its node {job.node.name} was lost before the job started; start it again."
             if FineTuneJob.objects.filter(pk=job.pk, status=JobStatus.QUEUED, node=job.node).update(
                 status=JobStatus.FAILED, status_detail=detail, finished_at=timezone.now()

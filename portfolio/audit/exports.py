@@ -15,9 +15,10 @@ import io
 import json
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from django.conf import settings
 from django.db import transaction
@@ -90,7 +91,8 @@ class ChainLinks:
     not carry: it is looked up, so the signature never vouches for a row the database's verify would refuse."""
 
     def __init__(self, head_sequence: int):
-        self.head, self.previous = head_sequence, None
+        self.head = head_sequence
+        self.previous: tuple[int, str] | None = None
 
     def _hash_at(self, sequence: int) -> str | None:
         if sequence < 1:
@@ -172,7 +174,9 @@ def _write_archive(
         # The trail is append-only, so "everything up to the head read now" is a consistent snapshot.
         head = AuditEvent.objects.order_by("-sequence").values("sequence", "hash").first()
         selected = selection.apply(AuditEvent.objects.filter(sequence__lte=head["sequence"] if head else 0))
-        events = selected.order_by("sequence").iterator(chunk_size=2000)
+        events = cast(
+            Generator[AuditEvent, None, None], selected.order_by("sequence").iterator(chunk_size=2000)
+        )
         with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             with archive.open(events_name, "w", force_zip64=True) as out:
                 try:
