@@ -8,9 +8,11 @@ unexpired, valid already (``nbf``) and, when it says what it is (Keycloak's ``ty
 browser session would: a Keycloak service account (``service-account-<client>``) is such a user too, made
 just in time on its first call, to which admins give teams like anyone else.
 
-Each call costs the cached keys' verification and one query: the identity is looked up, and only a subject
-seen for the first time goes through ``services.account_for`` (which creates the user and its audit row).
-No audit row and no write per call. A refusal is a 401 that says why, never repeating the token.
+Each call costs the cached keys' verification, one query (the identity) and one cache write. The first call
+of a subject goes through ``services.account_for`` (which creates the user and its audit row), and so does
+the first call of each later token, which applies the mapping rules to its claims as a sign-in does; other
+calls with a token write nothing and audit nothing. A refusal is a 401 that says why, never repeating the
+token.
 """
 
 from __future__ import annotations
