@@ -10,6 +10,7 @@ overall at most ``AUDIT_BUDGET`` such rows, then one row saying the rest of the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 
@@ -49,9 +50,9 @@ def is_locked(username: str | None, ip: str | None) -> bool:
     return any(counts.get(key, 0) >= limit[kind] for kind, key in keys.items())
 
 
-def _increment(key: str, *, slide: bool) -> int:
+def _increment(key: str, *, slide: bool, window: int | None = None) -> int:
     """Add one to a counter that lives for a lockout window (from its last increment when ``slide``)."""
-    window = settings.LOGIN_LOCKOUT_SECONDS
+    window = window or settings.LOGIN_LOCKOUT_SECONDS
     cache.add(key, 0, timeout=window)
     try:
         value = cache.incr(key)
@@ -61,6 +62,35 @@ def _increment(key: str, *, slide: bool) -> int:
     if slide:
         cache.touch(key, window)
     return value
+
+
+# An attempt under way holds its place for at most this long (a web process killed mid-attempt frees it).
+ATTEMPT_SECONDS = 60
+
+
+def reserve(username: str | None, ip: str | None) -> bool:
+    """Hold a place for an attempt about to check a password: refused (False, nothing held) when the
+    failures counted plus the attempts under way reach a limit. Checking the count first and counting a
+    failure only after the slow password hash let many guesses sent at once all pass the check."""
+    limit, held = limits(), []
+    for kind, key in _keys(username, ip).items():
+        held.append(key)
+        under_way = _increment(f"{key}:under-way", slide=True, window=ATTEMPT_SECONDS)
+        if (cache.get(key) or 0) + under_way > limit[kind]:
+            _release(held)
+            return False
+    return True
+
+
+def release(username: str | None, ip: str | None) -> None:
+    """The attempt ``reserve`` held a place for has ended (its failure, if any, counted)."""
+    _release(list(_keys(username, ip).values()))
+
+
+def _release(keys: list[str]) -> None:
+    for key in keys:
+        with contextlib.suppress(ValueError):  # expired meanwhile: nothing held any more
+            cache.decr(f"{key}:under-way")
 
 
 @dataclass(frozen=True)

@@ -102,3 +102,41 @@ def test_failed_sign_ins_below_the_limits_are_all_audited(client, org):
         "viewer",
         "nobody",
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_guesses_sent_at_once_reach_the_password_check_no_more_often_than_the_limit(org, monkeypatch):
+    """The lock was read before the slow password hash and a failure counted after it: twenty guesses sent
+    at once all passed the read. Each attempt now holds a place while it runs."""
+    import threading
+
+    from django.db import connection
+    from django.test import Client
+
+    from portfolio.accounts.views import auth
+
+    real, reached, lock = auth.authenticate, [], threading.Lock()
+
+    def slow(request, **credentials):
+        with lock:
+            reached.append(1)
+        time.sleep(0.5)  # every guess is under way at once
+        return real(request, **credentials)
+
+    monkeypatch.setattr(auth, "authenticate", slow)
+    statuses, start = [], threading.Barrier(20)
+
+    def guess():
+        try:
+            start.wait(30)
+            statuses.append(_login(Client(), "owner").status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=guess) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(reached) == 5 and sorted(statuses) == [200] * 5 + [429] * 15
+    assert _login(Client(), "owner", password=PASSWORD).status_code == 429  # locked: five failures

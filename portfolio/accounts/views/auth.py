@@ -168,15 +168,21 @@ def login_view(request):
     elif form.is_valid():
         username, password = form.cleaned_data["username"], form.cleaned_data["password"]
         ip = client_ip(request)
-        if lockout.is_locked(username, ip):
-            # Refused before the password is looked at, so a locked account cannot be probed. Not audited:
-            # the lock was, once, when it started.
+        if lockout.is_locked(username, ip) or not lockout.reserve(username, ip):
+            # Refused before the password is looked at, so a locked account cannot be probed; so is one more
+            # attempt than the limit leaves while others are under way. Not audited: the lock was, once,
+            # when it started.
             form.add_error(None, TOO_MANY_ATTEMPTS)
             status = 429
         else:
-            user = authenticate(request, username=username, password=password)
+            try:
+                user = authenticate(request, username=username, password=password)
+                failure = lockout.register_failure(username, ip) if user is None else None
+            finally:
+                lockout.release(username, ip)
             if user is None:
-                audit_failure(request, username, ip, lockout.register_failure(username, ip))
+                assert failure is not None
+                audit_failure(request, username, ip, failure)
                 form.add_error(None, "Wrong user name or password.")
             elif not _password_allowed(user):
                 # The password was right: not a failure to count, but not a way in for this account either.
