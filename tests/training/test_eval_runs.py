@@ -432,3 +432,25 @@ def test_a_team_keeps_a_bounded_number_of_runs_in_flight(engineer, task, endpoin
     assert EndpointEvalRun.objects.count() == 2
     runs.cancel_run(actor=engineer, run=first)
     assert start(engineer, task, endpoint).status == JobStatus.QUEUED
+
+
+def test_a_dead_workers_service_keys_lapse_and_the_reaper_revokes_them(engineer, task, endpoint, team):
+    """A worker killed mid-run never reached the revocation in client_for: its key stayed active, with no
+    expiry and no limits (the system made it). Keys now lapse after a day, and the reaper revokes them."""
+    from serving.gateway.models import ApiKey
+
+    run = start(engineer, task, endpoint)
+    with gateway.client_for(team, endpoint.name, f"eval run #{run.pk}") as client:
+        key = ApiKey.objects.get(pk=client.key_id)
+        assert key.expires_at is not None
+        assert key.expires_at <= timezone.now() + gateway.SERVICE_KEY_LIFETIME
+    ApiKey.objects.filter(pk=key.pk).update(revoked_at=None)  # as if the worker had died in the block
+    other = ApiKey.objects.create(
+        team=team, name="eval run #999999", key_id="x" * 12, secret_hash="-", service=True
+    )
+    old = timezone.now() - timedelta(minutes=10)
+    EndpointEvalRun.objects.filter(pk=run.pk).update(status=JobStatus.RUNNING, heartbeat_at=old)
+    assert runs.reap_stale(timedelta(minutes=2)) == [run.pk]
+    key.refresh_from_db()
+    other.refresh_from_db()
+    assert key.revoked_at is not None and other.revoked_at is None

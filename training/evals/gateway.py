@@ -8,18 +8,20 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 
 import httpx
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Sum
+from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from serving.gateway import hop_ids, usage
 from serving.gateway import services as key_services
-from serving.gateway.models import UsageEvent
+from serving.gateway.models import ApiKey, UsageEvent
 from serving.models import Endpoint
 from serving.services import composite
 
@@ -44,6 +46,11 @@ class KeyedClient(httpx.Client):
     key_id: int = 0
 
 
+# A service key lapses on its own after this long, should its run's worker die before revoking it (the
+# reaper revokes an ended run's keys too); a run still going then loses its remaining calls.
+SERVICE_KEY_LIFETIME = timedelta(hours=24)
+
+
 @contextlib.contextmanager
 def client_for(team: Team, endpoint_name: str, label: str) -> Iterator[KeyedClient]:
     """An HTTP client of the gateway holding a service key of ``team`` for ``endpoint_name``, revoked after.
@@ -52,7 +59,12 @@ def client_for(team: Team, endpoint_name: str, label: str) -> Iterator[KeyedClie
     scopes = [endpoint_name, *(composite.hop_names(found) if found is not None else [])]
     with transaction.atomic():
         key, secret = key_services.create_key(
-            actor=SYSTEM, team=team, name=label[:100], scopes=scopes, service=True
+            actor=SYSTEM,
+            team=team,
+            name=label[:100],
+            scopes=scopes,
+            service=True,
+            expires_at=timezone.now() + SERVICE_KEY_LIFETIME,
         )
     try:
         with KeyedClient(
@@ -65,6 +77,18 @@ def client_for(team: Team, endpoint_name: str, label: str) -> Iterator[KeyedClie
     finally:
         with transaction.atomic():
             key_services.revoke_key(actor=SYSTEM, key=key)
+
+
+def revoke_left_keys(team_id: int, labels: list[str]) -> int:
+    """Revoke the service keys named ``labels`` still active: those of a run whose worker died before its
+    ``client_for`` could revoke them."""
+    left = ApiKey.objects.filter(team_id=team_id, service=True, revoked_at__isnull=True, name__in=labels)
+    revoked = 0
+    for key in left:
+        with transaction.atomic():
+            key_services.revoke_key(actor=SYSTEM, key=key)
+        revoked += 1
+    return revoked
 
 
 def ask(client: httpx.Client, endpoint_name: str, messages: list[dict], max_tokens: int) -> Answer:

@@ -162,16 +162,18 @@ def reap_stale(after: timedelta, queued_after: timedelta = QUEUED_AT_MOST) -> li
     cutoff = now - after
     stale = list(
         EndpointEvalRun.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff).values_list(
-            "pk", "cancel_requested"
+            "pk", "cancel_requested", "owner_team_id"
         )
     )
     ended = []
-    for pk, cancel_requested in stale:
+    for pk, cancel_requested, team_id in stale:
         if cancel_requested:
             done = finish(pk, JobStatus.CANCELLED, "Cancelled (its worker had stopped answering).")
         else:
             done = finish(pk, JobStatus.FAILED, "Its worker stopped answering; start the run again.")
         if done:
+            # The dead worker could not revoke the service keys it called with.
+            gateway.revoke_left_keys(team_id, [f"eval run #{pk}", f"eval run #{pk} (judge)"])
             ended.append(pk)
     lost = EndpointEvalRun.objects.filter(status=JobStatus.QUEUED, created_at__lt=now - queued_after)
     minutes = round(queued_after.total_seconds() / 60)
