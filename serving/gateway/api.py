@@ -18,6 +18,7 @@ from pydantic import Field
 
 from portfolio.accounts import gate
 from portfolio.accounts.models import Team
+from portfolio.errors import Invalid
 from serving.gateway import services
 from serving.gateway.models import ApiKey, KeyPolicy, UsageHourly
 from serving.gateway.services import LIMIT_BOUNDS, MAX_ALLOWED_IPS, MAX_SCOPES
@@ -214,6 +215,9 @@ class UsageDay(Schema):
     cost: Decimal
 
 
+MAX_USAGE_ROWS = 20_000  # (day, group) rows one answer of /usage holds
+
+
 @router.get("/usage", response=list[UsageDay])
 def usage(request, team_id: int | None = None, days: int = 30, group_by: str = "endpoint"):
     """Daily usage from the hourly rollups, for the teams the caller may see, grouped by endpoint, team or key."""
@@ -223,8 +227,7 @@ def usage(request, team_id: int | None = None, days: int = 30, group_by: str = "
     if team_id is not None:
         rows = rows.filter(team_id=team_id)
     field = {"endpoint": "endpoint", "team": "team_id", "key": "api_key_id"}.get(group_by, "endpoint")
-    result: list[dict[str, Any]] = []
-    for row in (
+    grouped = (
         rows.annotate(day=TruncDay("hour"))
         .values("day", field)
         .annotate(
@@ -235,6 +238,13 @@ def usage(request, team_id: int | None = None, days: int = 30, group_by: str = "
             cost=Sum("cost"),
         )
         .order_by("day", field)
-    ):
-        result.append({**row, "group": str(row[field])})
-    return result
+    )
+    found = list(grouped[: MAX_USAGE_ROWS + 1])
+    if len(found) > MAX_USAGE_ROWS:
+        # A year by key of a large organisation is hundreds of thousands of rows: built in memory and sent
+        # in one answer. Refused whole rather than cut short, so no total reads as complete when it is not.
+        raise Invalid(
+            f"More than {MAX_USAGE_ROWS} days x {group_by} rows: ask for fewer days, one team (team_id) or "
+            "a coarser group_by, or use the billing exports."
+        )
+    return [{**row, "group": str(row[field])} for row in found]

@@ -306,3 +306,20 @@ def test_another_teams_usage_never_comes_from_the_usage_api(api, org, team, othe
     # The team's own members and the org-wide roles do see it.
     assert {row["requests"] for row in api(org["viewer"], "get", "/usage").json()} == {4242}
     assert {row["requests"] for row in api(org["auditor"], "get", "/usage").json()} == {4242, 17}
+
+
+def test_a_usage_answer_too_large_to_hold_is_refused_whole_not_cut_short(api, org, team, monkeypatch):
+    """A year by key of a large organisation was built in memory and sent in one answer; past the bound the
+    caller is told to narrow it, and no partial total reads as complete."""
+    from serving.gateway import api as usage_api
+
+    monkeypatch.setattr(usage_api, "MAX_USAGE_ROWS", 2)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    for name in ("a", "b", "c"):
+        UsageHourly.objects.create(hour=hour, team_id=team.pk, endpoint=name, requests=1)
+    refused = api(org["owner"], "get", "/usage?days=366")
+    assert (
+        refused.status_code == 400
+        and "More than 2 days x endpoint rows" in refused.json()["error"]["message"]
+    )
+    assert len(api(org["owner"], "get", "/usage?group_by=team").json()) == 1
