@@ -10,6 +10,7 @@ from collections.abc import Callable
 import httpx
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
 from serving.gateway import services as key_services
@@ -42,6 +43,7 @@ def ask_teacher(
             name=f"distillation job #{job.pk}",
             scopes=[endpoint.name],
             service=True,
+            expires_at=timezone.now() + key_services.SERVICE_KEY_LIFETIME,
         )
     answered = []
     try:

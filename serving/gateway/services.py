@@ -13,7 +13,7 @@ Who controls spend (capabilities ``apikey.manage`` and ``apikey.limits``):
 from __future__ import annotations
 
 import ipaddress
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -127,6 +127,11 @@ def _within_policy(policy: KeyPolicy, limits: dict) -> dict:
             )
         result[name] = value
     return result
+
+
+# The platform's own keys (an eval run's, a distillation's) lapse on their own after this long, should
+# their worker die before revoking them; work still going then loses its remaining calls.
+SERVICE_KEY_LIFETIME = timedelta(hours=24)
 
 
 @transaction.atomic

@@ -437,13 +437,14 @@ def test_a_team_keeps_a_bounded_number_of_runs_in_flight(engineer, task, endpoin
 def test_a_dead_workers_service_keys_lapse_and_the_reaper_revokes_them(engineer, task, endpoint, team):
     """A worker killed mid-run never reached the revocation in client_for: its key stayed active, with no
     expiry and no limits (the system made it). Keys now lapse after a day, and the reaper revokes them."""
+    from serving.gateway import services as key_services
     from serving.gateway.models import ApiKey
 
     run = start(engineer, task, endpoint)
     with gateway.client_for(team, endpoint.name, f"eval run #{run.pk}") as client:
         key = ApiKey.objects.get(pk=client.key_id)
         assert key.expires_at is not None
-        assert key.expires_at <= timezone.now() + gateway.SERVICE_KEY_LIFETIME
+        assert key.expires_at <= timezone.now() + key_services.SERVICE_KEY_LIFETIME
     ApiKey.objects.filter(pk=key.pk).update(revoked_at=None)  # as if the worker had died in the block
     other = ApiKey.objects.create(
         team=team, name="eval run #999999", key_id="x" * 12, secret_hash="-", service=True

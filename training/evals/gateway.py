@@ -8,7 +8,6 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from decimal import Decimal
 
 import httpx
@@ -46,11 +45,6 @@ class KeyedClient(httpx.Client):
     key_id: int = 0
 
 
-# A service key lapses on its own after this long, should its run's worker die before revoking it (the
-# reaper revokes an ended run's keys too); a run still going then loses its remaining calls.
-SERVICE_KEY_LIFETIME = timedelta(hours=24)
-
-
 @contextlib.contextmanager
 def client_for(team: Team, endpoint_name: str, label: str) -> Iterator[KeyedClient]:
     """An HTTP client of the gateway holding a service key of ``team`` for ``endpoint_name``, revoked after.
@@ -64,7 +58,7 @@ def client_for(team: Team, endpoint_name: str, label: str) -> Iterator[KeyedClie
             name=label[:100],
             scopes=scopes,
             service=True,
-            expires_at=timezone.now() + SERVICE_KEY_LIFETIME,
+            expires_at=timezone.now() + key_services.SERVICE_KEY_LIFETIME,
         )
     try:
         with KeyedClient(
