@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 import tempfile
 import zipfile
@@ -84,39 +85,73 @@ def _row(event: AuditEvent) -> dict:
     return row
 
 
+CHUNK_ROWS = 2000
+
+
 class ChainLinks:
     """Checks, as an export streams, that each row is what the chain holds: its own hash, the hash of the
     event before it (its ``prev_hash``) and the ``prev_hash`` of the event after it. A row rewritten with
     its own hash recomputed breaks the next event's link, which a filtered export (or one ending there) does
-    not carry: it is looked up, so the signature never vouches for a row the database's verify would refuse."""
+    not carry: it is looked up, so the signature never vouches for a row the database's verify would refuse.
+
+    Rows come in chunks (``check``, then ``finish``); the neighbours a chunk does not carry are read in one
+    query per chunk, so a filtered export of a million rows costs hundreds of queries, not millions."""
 
     def __init__(self, head_sequence: int):
         self.head = head_sequence
-        self.previous: tuple[int, str] | None = None
+        self.previous: tuple[int, str] | None = None  # the last row checked: (sequence, hash)
+        self.pending: dict | None = None  # the last row checked, whose link out waits for the next chunk
 
-    def _hash_at(self, sequence: int) -> str | None:
-        if sequence < 1:
-            return chain.GENESIS_HASH
-        return AuditEvent.objects.filter(sequence=sequence).values_list("hash", flat=True).first()
+    def check(self, rows: list[dict]) -> None:
+        """A chunk of rows in sequence order, following the chunk checked before it."""
+        if not rows:
+            return
+        befores = []
+        previous = self.previous[0] if self.previous else None
+        for row in rows:
+            if row["sequence"] - 1 != previous:
+                befores.append(row["sequence"] - 1)
+            previous = row["sequence"]
+        outgoing = ([self.pending] if self.pending else []) + rows  # each row with the one streamed after it
+        afters = [row for row, after in itertools.pairwise(outgoing) if self._leaves(row, after["sequence"])]
+        stored = self._stored(befores + [row["sequence"] + 1 for row in afters])
+        for row in rows:
+            sequence = row["sequence"]
+            if chain.compute_hash(row) != row["hash"]:
+                self._broken(sequence, "its hash does not match its contents")
+            if self.previous and self.previous[0] == sequence - 1:
+                before = self.previous[1]
+            else:
+                before = chain.GENESIS_HASH if sequence <= 1 else stored.get(sequence - 1, (None, None))[0]
+            if before != row["prev_hash"]:
+                self._broken(sequence, "its previous hash does not match the event before")
+            self.previous = (sequence, row["hash"])
+        for row in afters:
+            self._check_link_out(row, stored)
+        self.pending = rows[-1]
 
-    def _prev_hash_at(self, sequence: int) -> str | None:
-        return AuditEvent.objects.filter(sequence=sequence).values_list("prev_hash", flat=True).first()
+    def finish(self) -> None:
+        """The link out of the last row of the stream."""
+        if self.pending and self._leaves(self.pending, None):
+            self._check_link_out(self.pending, self._stored([self.pending["sequence"] + 1]))
+        self.pending = None
 
-    def check(self, row: dict) -> None:
-        sequence = row["sequence"]
-        if chain.compute_hash(row) != row["hash"]:
-            self._broken(sequence, "its hash does not match its contents")
-        before = self.previous[1] if self.previous and self.previous[0] == sequence - 1 else None
-        if (before or self._hash_at(sequence - 1)) != row["prev_hash"]:
-            self._broken(sequence, "its previous hash does not match the event before")
-        self.previous = (sequence, row["hash"])
+    def _leaves(self, row: dict, next_sequence: int | None) -> bool:
+        """Whether ``row``'s successor is in the chain but not the next row streamed (checked as that row)."""
+        return row["sequence"] < self.head and next_sequence != row["sequence"] + 1
 
-    def check_after(self, row: dict, next_sequence: int | None) -> None:
-        """The link out of ``row``, unless the next row streamed is its successor (checked as that row)."""
-        sequence = row["sequence"]
-        successor_elsewhere = sequence < self.head and next_sequence != sequence + 1
-        if successor_elsewhere and self._prev_hash_at(sequence + 1) != row["hash"]:
-            self._broken(sequence, "the event after it does not link to it")
+    def _check_link_out(self, row: dict, stored: dict[int, tuple[str, str]]) -> None:
+        if stored.get(row["sequence"] + 1, (None, None))[1] != row["hash"]:
+            self._broken(row["sequence"], "the event after it does not link to it")
+
+    @staticmethod
+    def _stored(sequences: list[int]) -> dict[int, tuple[str, str]]:
+        """(hash, prev_hash) of the events at ``sequences``, in one query."""
+        wanted = [sequence for sequence in sequences if sequence >= 1]
+        if not wanted:
+            return {}
+        rows = AuditEvent.objects.filter(sequence__in=wanted).values_list("sequence", "hash", "prev_hash")
+        return {sequence: (hash_, prev_hash) for sequence, hash_, prev_hash in rows}
 
     @staticmethod
     def _broken(sequence: int, why: str):
@@ -127,8 +162,8 @@ class ChainLinks:
 
 
 def _write_events(events: Iterator[AuditEvent], fmt: str, out, links: ChainLinks) -> dict:
-    """Write rows to a binary file, each checked against the chain; return count, first/last sequence and
-    the file's sha256."""
+    """Write rows to a binary file, each chunk checked against the chain before it is written; return count,
+    first/last sequence and the file's sha256."""
     digest, count, first, last = hashlib.sha256(), 0, None, None
     text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
 
@@ -141,20 +176,25 @@ def _write_events(events: Iterator[AuditEvent], fmt: str, out, links: ChainLinks
         csv.writer(buffer).writerow(cells)
         return buffer.getvalue()
 
+    def write(rows: list[dict]) -> None:
+        links.check(rows)
+        for row in rows:
+            emit(csv_line(exportformat.csv_cells(row)) if fmt == "csv" else chain.canonical_json(row) + "\n")
+
     if fmt == "csv":
         emit(csv_line(exportformat.COLUMNS))
-    previous = None
+    chunk: list[dict] = []
     for event in events:
         row = _row(event)
-        links.check(row)
-        if previous is not None:
-            links.check_after(previous, row["sequence"])
-        emit(csv_line(exportformat.csv_cells(row)) if fmt == "csv" else chain.canonical_json(row) + "\n")
+        chunk.append(row)
         count += 1
         first = row["sequence"] if first is None else first
-        last, previous = row["sequence"], row
-    if previous is not None:
-        links.check_after(previous, None)
+        last = row["sequence"]
+        if len(chunk) == CHUNK_ROWS:
+            write(chunk)
+            chunk = []
+    write(chunk)
+    links.finish()
     text.detach()
     return {"count": count, "first_sequence": first, "last_sequence": last, "sha256": digest.hexdigest()}
 
@@ -175,7 +215,7 @@ def _write_archive(
         head = AuditEvent.objects.order_by("-sequence").values("sequence", "hash").first()
         selected = selection.apply(AuditEvent.objects.filter(sequence__lte=head["sequence"] if head else 0))
         events = cast(
-            Generator[AuditEvent, None, None], selected.order_by("sequence").iterator(chunk_size=2000)
+            Generator[AuditEvent, None, None], selected.order_by("sequence").iterator(chunk_size=CHUNK_ROWS)
         )
         with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             with archive.open(events_name, "w", force_zip64=True) as out:

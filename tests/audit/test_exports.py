@@ -129,6 +129,23 @@ def test_a_row_rewritten_with_its_own_hash_recomputed_is_not_exported_or_signed(
     assert not AuditEvent.objects.filter(action="audit.export").exists()
 
 
+def test_a_filtered_exports_neighbour_lookups_do_not_grow_with_its_rows(history):
+    """Every row of a filtered export has neighbours outside it, each looked up: per chunk, not per row."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries_for_export_of(rows: int) -> int:
+        for number in range(rows):
+            audit.record(Actor.for_system("tests"), "team.update", object_type="test", object_id=str(number))
+            audit.record(Actor.for_system("tests"), "department.update", object_type="test", object_id=str(number))
+        with CaptureQueriesContext(connection) as captured:
+            export = _export(history, selection=AuditFilter(action="team.update"))
+        assert verify_export(export.path, server_public_keys()).ok
+        return len(captured.captured_queries)
+
+    assert queries_for_export_of(5) == queries_for_export_of(40)
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_an_edited_row_fails_verification_even_with_a_recomputed_file_hash(history, fmt):
     export = _export(history, fmt)

@@ -123,7 +123,8 @@ def budget_list(request):
     set one."""
     actor, _reader = billing_reader(request)
     shown = list(budgets.readable(actor))
-    settable = {team.pk for team in budgets.settable_teams(actor)}
+    settable_teams = list(budgets.settable_teams(actor))
+    settable = {team.pk for team in settable_teams}
     rows = [
         {
             "budget": budget,
@@ -138,7 +139,7 @@ def budget_list(request):
         "billing/budgets.html",
         {
             "rows": rows,
-            "teams_without": [team for team in budgets.settable_teams(actor) if team.pk not in with_budget],
+            "teams_without": [team for team in settable_teams if team.pk not in with_budget],
             "departments_without": (
                 Department.objects.filter(budget__isnull=True).order_by("name") if actor.is_admin else []
             ),
