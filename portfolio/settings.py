@@ -276,6 +276,9 @@ MERGE_QUEUED_AFTER_SECONDS = env.integer("PORTFOLIO_MERGE_QUEUED_AFTER_SECONDS",
 # Eval runs of endpoints a team may have queued or running at once: they share the control workers with the
 # platform's own periodic work.
 EVAL_RUNS_PER_TEAM = env.integer("PORTFOLIO_EVAL_RUNS_PER_TEAM", 3, minimum=1, maximum=100)
+# Usable keys (not revoked, not expired) a team may hold: per-key ceilings bound it only as far as keys are
+# counted.
+KEYS_PER_TEAM = env.integer("PORTFOLIO_KEYS_PER_TEAM", 100, minimum=1, maximum=10_000)
 # The portfolio page hints at a candidate that scores within this many points (of 100) of production's
 # quality while costing less per 1,000 requests or being smaller (2: 0.02 of quality).
 PORTFOLIO_HINT_MARGIN_POINTS = env.integer("PORTFOLIO_HINT_MARGIN_POINTS", 2, minimum=0, maximum=100)

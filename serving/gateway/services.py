@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -134,6 +135,24 @@ def _within_policy(policy: KeyPolicy, limits: dict) -> dict:
 SERVICE_KEY_LIFETIME = timedelta(hours=24)
 
 
+def _check_room_for_a_key(team: Team) -> None:
+    """Per-key ceilings (requests and tokens a minute, a month's tokens) bound a team only as far as its
+    keys are counted: a team holds at most ``PORTFOLIO_KEYS_PER_TEAM`` usable keys of its own, counted
+    under its row's lock. The platform's service keys are bounded by the jobs that make them."""
+    Team.objects.select_for_update(no_key=True).filter(pk=team.pk).first()
+    usable = (
+        ApiKey.objects.filter(team=team, service=False, revoked_at__isnull=True)
+        .exclude(expires_at__lte=timezone.now())
+        .count()
+    )
+    if usable >= settings.KEYS_PER_TEAM:
+        raise Conflict(
+            f"{team.name} holds {usable} usable keys, the most a team may ({settings.KEYS_PER_TEAM}); "
+            "revoke one it no longer uses first.",
+            code="too_many_keys",
+        )
+
+
 @transaction.atomic
 def create_key(
     *,
@@ -171,6 +190,8 @@ def create_key(
         limits = {field: limits.get(field) for field in LIMIT_FIELDS}
     else:
         limits = _within_policy(policy_for(team), limits)
+    if not service:
+        _check_room_for_a_key(team)
     issued = secrets_hashing.issue(KEY_PREFIX)
     key = ApiKey.objects.create(
         team=team,
@@ -186,6 +207,17 @@ def create_key(
     )
     audit.record(actor, "apikey.create", key, after=key.snapshot())
     return key, issued.plaintext
+
+
+def revoke_service_keys(*, actor: Actor, team_id: int, names: list[str]) -> int:
+    """Revoke the team's active service keys named ``names``: those a job's worker, killed, could not revoke
+    itself. Each revocation is audited in its own transaction."""
+    revoked = 0
+    for key in ApiKey.objects.filter(team_id=team_id, service=True, revoked_at__isnull=True, name__in=names):
+        with transaction.atomic():
+            revoke_key(actor=actor, key=key)
+        revoked += 1
+    return revoked
 
 
 @transaction.atomic

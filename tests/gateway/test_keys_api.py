@@ -323,3 +323,22 @@ def test_a_usage_answer_too_large_to_hold_is_refused_whole_not_cut_short(api, or
         and "More than 2 days x endpoint rows" in refused.json()["error"]["message"]
     )
     assert len(api(org["owner"], "get", "/usage?group_by=team").json()) == 1
+
+
+def test_a_team_holds_a_bounded_number_of_usable_keys(api, org, team, settings):
+    """Per-key ceilings bound a team only as far as its keys are counted: past the bound a new key is a
+    409 until one is revoked; revoked and expired keys and the platform's service keys do not count."""
+    settings.KEYS_PER_TEAM = 2
+    developer = actor_for(org["developer"])
+    services.create_key(actor=developer, team=team, name="one")
+    lapsed, _ = services.create_key(actor=developer, team=team, name="lapsed")
+    ApiKey.objects.filter(pk=lapsed.pk).update(expires_at=datetime.now(UTC) - timedelta(minutes=1))
+    services.create_key(actor=developer, team=team, name="service", service=True)
+    second = api(org["developer"], "post", f"/teams/{team.pk}/keys", {"name": "two"})
+    assert second.status_code in (200, 201), second.content
+    refused = api(org["developer"], "post", f"/teams/{team.pk}/keys", {"name": "three"})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "too_many_keys"
+    assert ApiKey.objects.filter(team=team, name="three").count() == 0
+    services.revoke_key(actor=developer, key=ApiKey.objects.get(team=team, name="one"))
+    again = api(org["developer"], "post", f"/teams/{team.pk}/keys", {"name": "three"})
+    assert again.status_code in (200, 201)
