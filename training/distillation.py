@@ -28,6 +28,20 @@ def teacher_of(job: FineTuneJob) -> Endpoint:
     return job.teacher_endpoint
 
 
+def teacher_key_name(job_id: int) -> str:
+    return f"distillation job #{job_id}"
+
+
+def revoke_teacher_keys(job: FineTuneJob) -> int:
+    """The job's teacher keys still active: its trainer, killed (cancelled, a failed attempt, a lost node),
+    could not revoke them itself."""
+    if job.teacher_endpoint_id is None:
+        return 0
+    return key_services.revoke_service_keys(
+        actor=SYSTEM, team_id=job.owner_team_id, names=[teacher_key_name(job.pk)]
+    )
+
+
 def ask_teacher(
     job: FineTuneJob,
     rows: list[dict],
@@ -36,11 +50,12 @@ def ask_teacher(
     on_progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> list[dict]:
     endpoint = teacher_of(job)
+    revoke_teacher_keys(job)  # an earlier attempt's, killed before it could
     with transaction.atomic():
         key, secret = key_services.create_key(
             actor=SYSTEM,
             team=job.owner_team,
-            name=f"distillation job #{job.pk}",
+            name=teacher_key_name(job.pk),
             scopes=[endpoint.name],
             service=True,
             expires_at=timezone.now() + key_services.SERVICE_KEY_LIFETIME,

@@ -25,7 +25,7 @@ from serving import scheduler
 from serving.capacity import GpuHold, pool_capacity
 from serving.choices import NodeState, PoolKind
 from serving.models import ComputePool, Endpoint, Node
-from training import architectures, metering, services
+from training import architectures, distillation, metering, services
 from training.choices import EvalStatus, JobStatus, Method
 from training.defaults import Hyperparameters
 from training.models import DatasetVersion, EvalRun, FineTuneJob
@@ -285,6 +285,7 @@ def finish(job_id: int, status: str, detail: str = "", **fields) -> bool:
             # The attempt's compute ends with it (unless its watcher or the reaper already ended it).
             metering.attempt_ended(job, job.finished_at)
             audit.record(Actor.for_system("training"), f"training.job_{status}", job, after=job.snapshot())
+            distillation.revoke_teacher_keys(job)
     return bool(updated)
 
 

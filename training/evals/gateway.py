@@ -20,7 +20,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from serving.gateway import hop_ids, usage
 from serving.gateway import services as key_services
-from serving.gateway.models import ApiKey, UsageEvent
+from serving.gateway.models import UsageEvent
 from serving.models import Endpoint
 from serving.services import composite
 
@@ -76,13 +76,7 @@ def client_for(team: Team, endpoint_name: str, label: str) -> Iterator[KeyedClie
 def revoke_left_keys(team_id: int, labels: list[str]) -> int:
     """Revoke the service keys named ``labels`` still active: those of a run whose worker died before its
     ``client_for`` could revoke them."""
-    left = ApiKey.objects.filter(team_id=team_id, service=True, revoked_at__isnull=True, name__in=labels)
-    revoked = 0
-    for key in left:
-        with transaction.atomic():
-            key_services.revoke_key(actor=SYSTEM, key=key)
-        revoked += 1
-    return revoked
+    return key_services.revoke_service_keys(actor=SYSTEM, team_id=team_id, names=labels)
 
 
 def ask(client: httpx.Client, endpoint_name: str, messages: list[dict], max_tokens: int) -> Answer:
