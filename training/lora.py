@@ -236,11 +236,17 @@ def train(
     rng = random.Random(hp.seed)  # noqa: S311 - batch order, not security
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    examples = [e for e in (encode(tokenizer, r, hp.max_length) for r in train_rows) if e]
+    eval_examples = [e for e in (encode(tokenizer, r, hp.max_length) for r in eval_rows) if e]
+    if not examples:
+        # Registered, an adapter trained on nothing would be its base under a new name.
+        raise ValueError(
+            f"No training row keeps any of its answer within max_length={hp.max_length} tokens: every "
+            "prompt fills it. Raise max_length or shorten the prompts."
+        )
     model = load_model(base_dir, hp, loading, resume_dir)
     model.train()
     device = torch.device(loading.device)
-    examples = [e for e in (encode(tokenizer, r, hp.max_length) for r in train_rows) if e]
-    eval_examples = [e for e in (encode(tokenizer, r, hp.max_length) for r in eval_rows) if e]
     steps_per_epoch = math.ceil(len(examples) / hp.batch_size)
     total = steps_per_epoch * hp.epochs
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.learning_rate)
@@ -276,6 +282,11 @@ def train(
             optimizer.zero_grad()
             tokens += int(attention.sum())
             losses.append(loss.item())  # one device sync per step
+            if not math.isfinite(losses[-1]):
+                raise ValueError(
+                    f"The training loss diverged ({losses[-1]}) at step {step}; lower the learning rate "
+                    f"({hp.learning_rate})."
+                )
             rate = tokens / max(time.monotonic() - started, 1e-6)
             eval_loss = current_eval = None
             if step in eval_steps:

@@ -9,6 +9,7 @@ tokenizer files and a config with the context length.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,23 @@ def finished_job(make_job, base) -> FineTuneJob:
         status=VersionStatus.READY,
     )
     return make_job(status=JobStatus.SUCCEEDED, output_version=tuned, finished_at=timezone.now())
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(smollm2_tokenizer_dir, tmp_path_factory):
+    """A one-layer Llama with random weights and SmolLM2's tokenizer (a few MB): trains in seconds."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base = tmp_path_factory.mktemp("tiny") / "base"
+    shutil.copytree(smollm2_tokenizer_dir, base)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+    )
+    LlamaForCausalLM(config).save_pretrained(base)
+    return base

@@ -3,8 +3,6 @@ its eval loss stops falling and saves the adapter of its best measurement."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from training import lora
@@ -38,26 +36,6 @@ def test_a_change_under_one_percent_is_not_a_new_best():
 
 def test_patience_zero_never_stops():
     assert stops_at([1.0, 2.0, 3.0, 4.0, 5.0], patience=0) is None
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(smollm2_tokenizer_dir, tmp_path_factory):
-    """A one-layer Llama with random weights and SmolLM2's tokenizer (a few MB): trains in seconds."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    base = tmp_path_factory.mktemp("tiny") / "base"
-    shutil.copytree(smollm2_tokenizer_dir, base)
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-    )
-    LlamaForCausalLM(config).save_pretrained(base)
-    return base
 
 
 def ticket(i: int, answer: str) -> dict:
