@@ -314,6 +314,9 @@ def scan(
         except RecursionError:
             report.add_error(number, "invalid_json", "not valid JSON: nested too deeply")
             continue
+        except ValueError:  # an integer of more digits than Python converts (4,300)
+            report.add_error(number, "invalid_json", "not valid JSON: a number too long to read")
+            continue
         if not isinstance(obj, dict):
             report.add_error(number, "not_object", f"{_json_type(obj)} where an object was expected")
             continue

@@ -78,6 +78,15 @@ def test_invalid_utf8_overlong_lines_and_non_objects_are_errors():
     assert report.duplicates == 1 and len(rows) == 1
 
 
+def test_a_number_too_long_to_read_is_an_error_on_its_line_not_a_crash():
+    """Python reads at most 4,300 digits of an integer and raises a plain ValueError beyond, in any field."""
+    good = jsonl(chat("fine", "billing", system=None))
+    content = good + b'{"text": "a", "label": "b", "x": ' + b"1" * 5000 + b"}\n"
+    report, rows = run(content)
+    assert [(e.line, e.kind) for e in report.errors] == [(2, "invalid_json")]
+    assert "a number too long to read" in report.errors[0].message and len(rows) == 1
+
+
 def test_the_shape_is_detected_from_the_first_valid_row_when_not_declared():
     content = jsonl("garbage", {"prompt": "2+2=", "completion": "4"}, {"text": "hi", "label": "greeting"})
     report, rows = run(content, shape=None)
