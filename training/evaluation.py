@@ -16,6 +16,14 @@ from typing import Any, cast
 
 from training.lora import Loading
 
+# A job scores the held-out rows twice (its base once per dataset version, then the new version) after it
+# trained, on the node it holds: bounded as an endpoint eval run is. Rows past MAX_SCORED_ROWS (in file
+# order) are not scored; a prompt keeps its last MAX_PROMPT_TOKENS tokens (its question is at its end), an
+# expected answer its first MAX_ANSWER_TOKENS for the perplexity.
+MAX_SCORED_ROWS = 2000
+MAX_PROMPT_TOKENS = 2048
+MAX_ANSWER_TOKENS = 512
+
 
 def normalise(text: str) -> str:
     """Compared as people read them: case, runs of whitespace and surrounding spaces, full stops,
@@ -155,6 +163,8 @@ def score(
 
         model = PeftModel.from_pretrained(model, adapter_dir)
     model.eval()
+    held_out = len(rows)
+    rows = rows[:MAX_SCORED_ROWS]
     answers: list[str] = []
     nll, answer_tokens = 0.0, 0
     with torch.no_grad():
@@ -162,6 +172,7 @@ def score(
             prompt_ids = tokenizer(_prompt(tokenizer, row), return_tensors="pt", add_special_tokens=False).to(
                 model.device
             )
+            prompt_ids = {name: ids[:, -MAX_PROMPT_TOKENS:] for name, ids in prompt_ids.items()}
             output = model.generate(
                 **prompt_ids,
                 max_new_tokens=max_new_tokens,
@@ -174,7 +185,7 @@ def score(
             # Perplexity of the expected answer given the prompt.
             answer_ids = tokenizer(expected_answer(row), return_tensors="pt", add_special_tokens=False)[
                 "input_ids"
-            ].to(model.device)
+            ][:, :MAX_ANSWER_TOKENS].to(model.device)
             full = torch.cat([prompt_ids["input_ids"], answer_ids], dim=1)
             targets = full.clone()
             targets[:, : prompt_ids["input_ids"].shape[1]] = -100
@@ -183,6 +194,8 @@ def score(
             answer_tokens += answer_ids.shape[1]
     metrics = answer_metrics([expected_answer(row) for row in rows], answers)
     metrics["perplexity"] = math.exp(nll / answer_tokens) if answer_tokens else None
+    if held_out > len(rows):
+        metrics["rows_not_scored"] = held_out - len(rows)
     if keep_answers:
         metrics["answers"] = answers
     return metrics

@@ -27,6 +27,42 @@ def _downsample(points: list, limit: int = 500) -> list:
     return [points[int(i * stride)] for i in range(limit - 1)] + [points[-1]]
 
 
+def _score(
+    job, version, base_dir: Path, output: Path, eval_rows: list[dict], accelerator, jobs
+) -> dict | None:
+    """The held-out split scored for the new version and (once per dataset version) for its base; each also
+    timed on a serving replica when the version is deployed (else the run says so). A run an earlier
+    attempt recorded is not scored again."""
+    from django.utils import timezone
+
+    from portfolio.registry.choices import VersionKind
+    from training import finetune
+    from training.evaluation import score
+    from training.lora import inference_loading
+    from training.models import EvalRun
+    from training.serving_speed import serving_speed
+
+    if not eval_rows:
+        return None
+    scoring = inference_loading(accelerator)
+    recorded = EvalRun.objects.filter(dataset_version=job.training_data, status="succeeded")
+    if not recorded.filter(version=job.base_version).exists():
+        base_metrics = score(base_dir=base_dir, adapter_dir=None, rows=eval_rows, loading=scoring)
+        base_metrics["serving"] = serving_speed(job.base_version, eval_rows)
+        finetune.record_eval_run(job, job.base_version, base_metrics)
+    jobs.update(heartbeat_at=timezone.now())
+    earlier = recorded.filter(version=version, job=job).first()
+    if earlier is not None:
+        return earlier.metrics
+    adapter_dir = output if version.kind == VersionKind.ADAPTER else None
+    tuned = score(
+        base_dir=base_dir if adapter_dir else output, adapter_dir=adapter_dir, rows=eval_rows, loading=scoring
+    )
+    tuned["serving"] = serving_speed(version, eval_rows)
+    finetune.record_eval_run(job, version, tuned)
+    return tuned
+
+
 def run(job_id: int) -> int:
     from django.conf import settings
     from django.db.models import F
@@ -40,14 +76,12 @@ def run(job_id: int) -> int:
     from training import finetune
     from training.choices import JobStatus
     from training.defaults import Hyperparameters, architecture_of
-    from training.evaluation import score
-    from training.lora import Accelerator, Cancelled, Progress, inference_loading, loading_for, train
-    from training.models import EvalRun, FineTuneJob
+    from training.lora import Accelerator, Cancelled, Progress, loading_for, train
+    from training.models import FineTuneJob
     from training.services import dataset_files
-    from training.serving_speed import serving_speed
 
     job = FineTuneJob.objects.select_related(
-        "base_version", "dataset_version__dataset", "target_model", "teacher_endpoint"
+        "base_version", "dataset_version__dataset", "target_model", "teacher_endpoint", "output_version"
     ).get(pk=job_id)
     jobs = FineTuneJob.objects.filter(pk=job_id, status=JobStatus.RUNNING)
     store = default_store()
@@ -82,7 +116,7 @@ def run(job_id: int) -> int:
         )
         jobs.update(hyperparameters=dict(hp.__dict__), heartbeat_at=timezone.now())
         resume_dir, resume_step = None, 0
-        if job.checkpoint_id:
+        if job.checkpoint_id and job.output_version_id is None:
             resume_dir = materialize(
                 store, job.checkpoint.manifest(), Path(settings.ARTIFACT_CACHE) / job.checkpoint_id
             )
@@ -127,50 +161,48 @@ def run(job_id: int) -> int:
         with tempfile.TemporaryDirectory(
             dir=Path(settings.DATA_DIR) / "work", prefix=f"train-{job_id}-"
         ) as work:
-            output = Path(work) / "output"
-            metrics = train(
-                base_dir=base_dir,
-                output_dir=output,
-                train_rows=train_rows,
-                eval_rows=eval_rows,
-                hp=hp,
-                on_progress=on_progress,
-                on_checkpoint=on_checkpoint,
-                resume_dir=resume_dir,
-                resume_step=resume_step,
-                should_stop=lambda: cancel[0],
-                loading=loading,
-            )
-            facts = inspect_directory(output)
-            manifest = store_directory(store, output)
-            version = finetune.register_output(job, manifest, facts, store.uri(manifest.artifact_id), metrics)
-            jobs.update(output_version=version, heartbeat_at=timezone.now())
-            # The held-out split, scored for the new version and (once per dataset version) for its base;
-            # each also timed on a serving replica when the version is deployed (else the run says so).
-            if eval_rows:
-                scoring = inference_loading(accelerator)
-                base_run = EvalRun.objects.filter(
-                    version=job.base_version, dataset_version=job.training_data, status="succeeded"
-                ).first()
-                if base_run is None:
-                    base_metrics = score(base_dir=base_dir, adapter_dir=None, rows=eval_rows, loading=scoring)
-                    base_metrics["serving"] = serving_speed(job.base_version, eval_rows)
-                    finetune.record_eval_run(job, job.base_version, base_metrics)
-                jobs.update(heartbeat_at=timezone.now())
-                adapter_dir = output if facts.is_adapter else None
-                tuned = score(
-                    base_dir=base_dir if adapter_dir else output,
-                    adapter_dir=adapter_dir,
-                    rows=eval_rows,
-                    loading=scoring,
+            if job.output_version_id is not None:
+                # An earlier attempt registered its version and was killed before the job ended: the
+                # version stands; what is left is scoring it (what that attempt had not) and the end.
+                version = job.output_version
+                output = materialize_version(version)
+                metrics = dict(job.metrics)
+                print(f"attempt {job.attempt}: {version.label} was registered before; scoring it", flush=True)
+            else:
+                output = Path(work) / "output"
+                metrics = train(
+                    base_dir=base_dir,
+                    output_dir=output,
+                    train_rows=train_rows,
+                    eval_rows=eval_rows,
+                    hp=hp,
+                    on_progress=on_progress,
+                    on_checkpoint=on_checkpoint,
+                    resume_dir=resume_dir,
+                    resume_step=resume_step,
+                    should_stop=lambda: cancel[0],
+                    loading=loading,
                 )
-                tuned["serving"] = serving_speed(version, eval_rows)
-                finetune.record_eval_run(job, version, tuned)
-                metrics["eval"] = tuned
+                facts = inspect_directory(output)
+                manifest = store_directory(store, output)
+                version = finetune.register_output(
+                    job, manifest, facts, store.uri(manifest.artifact_id), metrics
+                )
+                # With its metrics: a later attempt (this one killed) scores and ends it without training.
+                jobs.update(output_version=version, metrics=metrics, heartbeat_at=timezone.now())
+            detail = f"Registered {version.label}."
+            try:
+                scored = _score(job, version, base_dir, output, eval_rows, accelerator, jobs)
+            except Exception as exc:  # the version stands and is usable; its scores are what is missing
+                traceback.print_exc()
+                detail += f" Scoring its held-out rows failed ({exc.__class__.__name__}: {str(exc)[:300]})."
+            else:
+                if scored is not None:
+                    metrics["eval"] = scored
         finetune.finish(
             job_id,
             JobStatus.SUCCEEDED,
-            f"Registered {version.label}.",
+            detail,
             metrics=metrics,
             step=F("total_steps"),
         )

@@ -198,3 +198,26 @@ def test_score_generates_an_answer_per_row_and_compares_them_as_answer_metrics_d
         base_dir=tmp_path, adapter_dir=None, rows=rows, max_new_tokens=4, keep_answers=True
     )
     assert kept["answers"] == answers  # greedy: the same answers again, in the rows' order
+
+
+def test_score_is_bounded_in_rows_and_in_each_prompts_tokens(tiny_llama, monkeypatch):
+    """A job scores its held-out rows on the node it holds: rows past the cap are not scored (and counted),
+    and a prompt of a 1 MiB row keeps only its last tokens, where its question is."""
+    from transformers import LlamaForCausalLM
+
+    from training import evaluation
+
+    monkeypatch.setattr(evaluation, "MAX_SCORED_ROWS", 2)
+    monkeypatch.setattr(evaluation, "MAX_PROMPT_TOKENS", 8)
+    lengths = []
+    real_generate = LlamaForCausalLM.generate
+
+    def generate(self, *args, **kwargs):
+        lengths.append(kwargs["input_ids"].shape[1])
+        return real_generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaForCausalLM, "generate", generate)
+    rows = [{"prompt": "the parcel never came " * 50, "completion": "shipping"} for _ in range(3)]
+    metrics = evaluation.score(base_dir=tiny_llama, adapter_dir=None, rows=rows, max_new_tokens=2)
+    assert lengths == [8, 8]
+    assert metrics["rows"] == 2 and metrics["rows_not_scored"] == 1
