@@ -16,13 +16,13 @@ the rows known) is written at most once a second, never per row.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import shutil
 import tempfile
 import time
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -53,6 +53,9 @@ CHECK_EVERY_ROWS = 1024  # the clock is read this often, not per row
 # An unfinished ingest with no sign of life for this long is sent again (its message was lost, or its worker
 # died); one still unfinished after a day is given up.
 RESEND_AFTER = timedelta(minutes=10)
+# A file whose ingest kills its worker (out of memory) would be sent again every RESEND_AFTER for a day;
+# after this many resends it is errored instead.
+MAX_RESENDS = 3
 GIVE_UP_AFTER = timedelta(hours=24)
 # Share of the progress bar per pass: reading and checking, measuring and splitting, storing.
 VALIDATE, MEASURE = 45, 50
@@ -156,10 +159,24 @@ def reap_stale(
     silent = unfinished.filter(created_at__gte=now - give_up_after).filter(
         Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
     )
-    resent = list(silent.order_by("pk").values_list("pk", flat=True))
-    for ingest_id in resent:
-        logger.warning("ingest #%s has been silent since before %s: sent again", ingest_id, cutoff)
-        current_app.signature("training.ingest_dataset", args=[ingest_id]).apply_async()
+    resent = []
+    for ingest_id, resends, upload_path in silent.order_by("pk").values_list("pk", "resends", "upload_path"):
+        if resends >= MAX_RESENDS:
+            detail = (
+                f"The ingest was started {resends + 1} times and its worker fell silent each time (a file too "
+                "large for the worker's memory?). Upload a smaller file, or ask an admin to check the workers."
+            )
+            if unfinished.filter(pk=ingest_id, resends=resends).update(
+                status=JobStatus.ERRORED, status_detail=detail, finished_at=now, progress_detail="errored"
+            ):
+                Path(upload_path).unlink(missing_ok=True)
+                given_up.append(ingest_id)
+            continue
+        # Counted from now: sent again, it has RESEND_AFTER to start before the next resend.
+        if unfinished.filter(pk=ingest_id, resends=resends).update(resends=resends + 1, heartbeat_at=now):
+            logger.warning("ingest #%s has been silent since before %s: sent again", ingest_id, cutoff)
+            current_app.signature("training.ingest_dataset", args=[ingest_id]).apply_async()
+            resent.append(ingest_id)
     return resent, given_up
 
 
@@ -308,6 +325,48 @@ def prepare(ingest: DatasetIngest, progress=_quiet) -> Prepared:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+# Rows are measured a batch at a time: tokens.BATCH rows, or fewer that make this many bytes (2,000 rows of
+# 1 MiB each, rendered and tokenized at once, would take tens of GB).
+BATCH_BYTES = 32 * 2**20
+
+
+def _batches(source) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    size = 0
+    for line in source:
+        batch.append(line)
+        size += len(line)
+        if len(batch) == tokens.BATCH or size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _lengths(rows: list[dict], shape: str, measure: tokens.Measure, numbers, report: validation.Report):
+    """The batch's lengths. A row the base's chat template refuses (Gemma's refuses a system turn, Llama
+    2's two user turns in a row) is an error on its line, as the trainer would meet it, not an internal
+    error of the whole ingest."""
+    from jinja2 import TemplateError
+
+    try:
+        return tokens.lengths(rows, shape, measure)
+    except TemplateError as batch_error:
+        refused = batch_error
+    for row, number in zip(rows, numbers, strict=True):
+        try:
+            tokens.lengths([row], shape, measure)
+        except TemplateError as exc:
+            report.add_error(
+                number,
+                "chat_template",
+                f"the chat template of {measure.version_label} refuses it: {exc}"[:500],
+            )
+    if report.ok:
+        raise refused
+    raise DatasetInvalid(report)
+
+
 def _write_splits(
     report: validation.Report,
     normalized: Path,
@@ -332,9 +391,10 @@ def _write_splits(
         (folder / EVAL_FILE).open("wb") as evaluation,
     ):
         index = 0
-        while batch := list(itertools.islice(source, tokens.BATCH)):
+        for batch in _batches(source):
             rows = [json.loads(line) for line in batch]
-            for line, row, length in zip(batch, rows, tokens.lengths(rows, shape, measure), strict=True):
+            measured = _lengths(rows, shape, measure, line_numbers[index : index + len(rows)], report)
+            for line, row, length in zip(batch, rows, measured, strict=True):
                 group, answer = row.get("label", ""), splitting.answer_of(row)
                 split = Split.EVAL if splitter.is_eval(group, line.rstrip(b"\n"), answer) else Split.TRAIN
                 (evaluation if split == Split.EVAL else train).write(line)

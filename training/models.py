@@ -187,6 +187,9 @@ class DatasetIngest(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    resends = models.PositiveSmallIntegerField(
+        default=0, help_text="Times the reaper sent it again after its worker fell silent"
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

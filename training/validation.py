@@ -48,6 +48,7 @@ ERROR_KINDS = {
     "invalid_unicode": "not valid Unicode",
     "control_character": "control character",
     "no_assistant_answer": "does not end with the assistant",
+    "chat_template": "refused by the chat template",
 }
 
 

@@ -13,7 +13,7 @@ from django.urls import reverse
 from portfolio.audit.models import AuditEvent
 from portfolio.leases import Lease
 from portfolio.registry.models import Artifact
-from tests.training.conftest import chat, jsonl, tickets
+from tests.training.conftest import chat, jsonl, tickets, upload
 from training import ingest, services, tasks
 from training.choices import JobStatus
 from training.models import DatasetIngest, DatasetVersion
@@ -89,6 +89,21 @@ def test_a_refused_file_fails_its_ingest_with_the_lines_kept_and_nothing_else(en
     assert not DatasetVersion.objects.exists() and not Artifact.objects.exists()
     assert not Path(pending.upload_path).exists()
     assert list((Path(settings.DATA_DIR) / "work").iterdir()) == []
+
+
+def test_rows_are_measured_in_batches_bounded_in_bytes_as_well_as_rows(engineer, chat_set, monkeypatch):
+    """Big rows are measured a few at a time: a batch of 1,024 rows of 1 MiB each, rendered and tokenized
+    at once, would take the worker's memory."""
+    from training import tokens
+
+    monkeypatch.setattr(ingest, "BATCH_BYTES", 300)
+    batches = []
+    real = tokens.lengths
+    monkeypatch.setattr(tokens, "lengths", lambda rows, *args: batches.append(len(rows)) or real(rows, *args))
+    rows = [chat(f"ticket {i} " + "words " * 20, "billing") for i in range(6)]
+    version, _ = upload(engineer, chat_set, jsonl(*rows))
+    assert version.train_count + version.eval_count == 6
+    assert sum(batches) == 6 and max(batches) < 6, batches
 
 
 def test_a_bug_during_the_ingest_marks_it_errored_and_keeps_no_version(engineer, chat_set, monkeypatch):

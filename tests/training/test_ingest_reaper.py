@@ -93,3 +93,18 @@ def test_an_ingest_unfinished_after_a_day_is_given_up_with_the_reason_and_its_up
 
 def test_the_reaper_runs_on_the_beat(settings):
     assert settings.CELERY_BEAT_SCHEDULE["training-reap-ingests"]["task"] == "training.reap_stale_ingests"
+
+
+def test_an_ingest_whose_worker_keeps_dying_is_given_up_after_its_resends(engineer, chat_set, sent):
+    """A file that kills its worker (out of memory) was sent again every ten minutes for a day; each resend
+    now counts from its own time, and after MAX_RESENDS the ingest is errored with the reason."""
+    dying = upload(engineer, chat_set, age=timedelta(hours=2), status=JobStatus.RUNNING)
+    for _ in range(ingest.MAX_RESENDS):
+        DatasetIngest.objects.filter(pk=dying.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=11))
+        assert ingest.reap_stale() == ([dying.pk], [])
+        assert ingest.reap_stale() == ([], []), "a minute later: not sent again before it could start"
+    DatasetIngest.objects.filter(pk=dying.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=11))
+    assert ingest.reap_stale() == ([], [dying.pk])
+    dying.refresh_from_db()
+    assert dying.status == JobStatus.ERRORED and "started 4 times" in dying.status_detail
+    assert not Path(dying.upload_path).exists() and len(sent) == ingest.MAX_RESENDS

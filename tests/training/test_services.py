@@ -145,6 +145,29 @@ def test_token_statistics_use_the_base_versions_tokenizer_and_flag_rows_over_its
     assert version.tokenizer_version == smollm2 and version.context_length == 48
 
 
+def test_a_row_the_bases_chat_template_refuses_is_an_error_on_its_line(
+    engineer, chat_set, smollm2, monkeypatch
+):
+    """Templates refuse rows with raise_exception (Gemma's a system turn): the upload is refused with the
+    line, as the trainer would meet it, not an internal error of the whole ingest."""
+    from training import tokens
+    from training.ingest import DatasetInvalid
+
+    tokenizer = tokens.measure_for(smollm2).tokenizer
+    refusing = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}{{ m['content'] }}{% endfor %}"
+    )
+    monkeypatch.setattr(tokenizer, "chat_template", refusing)
+    rows = jsonl(
+        chat("no system", "billing", system=None), chat("with one", "billing"), chat("x", "y", system=None)
+    )
+    with pytest.raises(DatasetInvalid) as refused:
+        upload(engineer, chat_set, rows, base_version=smollm2)
+    assert [(error.line, error.kind) for error in refused.value.report.errors] == [(2, "chat_template")]
+    assert "refuses it: System role not supported" in refused.value.report.errors[0].message
+
+
 def test_only_owners_and_engineers_create_datasets_and_upload(org, team, chat_set):
     viewer, outsider = actor_for(org["viewer"]), actor_for(org["outsider"])
     with pytest.raises(Forbidden):
