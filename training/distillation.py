@@ -5,9 +5,9 @@ answers become a new dataset version that the student is fine-tuned on in stage 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
-import httpx
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -16,6 +16,7 @@ from portfolio.accounts.actor import Actor
 from serving.gateway import services as key_services
 from serving.models import Endpoint
 from training import ingest, services
+from training.evals.gateway import KeyedClient
 from training.evaluation import prompt_messages
 from training.models import Dataset, DatasetVersion, FineTuneJob
 
@@ -62,13 +63,17 @@ def ask_teacher(
         )
     answered = []
     try:
-        with httpx.Client(
+        with KeyedClient(
             base_url=settings.GATEWAY_INTERNAL_URL,
             timeout=settings.GATEWAY_UPSTREAM_TIMEOUT,
             headers={"Authorization": f"Bearer {secret}"},
         ) as client:
+            client.key_id, client.renewed_at = key.pk, time.monotonic()
             for index, row in enumerate(rows, start=1):
                 messages = prompt_messages(row)
+                if not any(str(message.get("content") or "").strip() for message in messages):
+                    on_progress(index, len(rows))
+                    continue  # a row that asks nothing (an answer alone): no call, nothing to learn
                 response = client.post(
                     "/v1/chat/completions",
                     json={

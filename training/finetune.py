@@ -210,6 +210,9 @@ def start_job(
     return job
 
 
+MAX_DISTILLATION_PROMPTS = 10_000
+
+
 @transaction.atomic
 def start_distillation(
     *,
@@ -229,6 +232,14 @@ def start_distillation(
     prompts = gate.get_visible(actor, DatasetVersion, pk=prompts.pk)
     if teacher.owner_team_id != prompts.dataset.owner_team_id:
         raise Invalid("teacher: the teacher endpoint must belong to the dataset's team (it is billed to it).")
+    asked = prompts.train_count + prompts.eval_count
+    if asked > MAX_DISTILLATION_PROMPTS:
+        # Each prompt is a billed call of the teacher, one after another, while the job holds its node.
+        raise Invalid(
+            f"prompts: {prompts} holds {asked:,} rows; a distillation asks the teacher at most "
+            f"{MAX_DISTILLATION_PROMPTS:,}. Upload a sample of the prompts as a dataset version.",
+            fields={"prompts": [f"At most {MAX_DISTILLATION_PROMPTS:,} rows."]},
+        )
     job = start_job(
         actor=actor,
         base_version=student,

@@ -209,6 +209,30 @@ def create_key(
     return key, issued.plaintext
 
 
+# A service key in use has its expiry moved a lifetime ahead at most this often, so that work longer than
+# SERVICE_KEY_LIFETIME keeps its key while a dead worker's key still lapses a lifetime after its last use.
+SERVICE_KEY_RENEW_AFTER = timedelta(hours=1)
+
+
+@transaction.atomic
+def renew_service_key(*, actor: Actor, key_pk: int) -> bool:
+    """Move an active service key's expiry to a lifetime from now (audited); False if it is revoked."""
+    key = (
+        ApiKey.objects.select_for_update()
+        .select_related("team")
+        .filter(pk=key_pk, service=True, revoked_at__isnull=True)
+        .first()
+    )
+    if key is None:
+        return False
+    before = key.snapshot()
+    key.expires_at = timezone.now() + SERVICE_KEY_LIFETIME
+    key.save(update_fields=["expires_at"])
+    audit.record(actor, "apikey.update", key, before=before, after=key.snapshot())
+    transaction.on_commit(lambda: keystate.invalidate(key.key_id))
+    return True
+
+
 def revoke_service_keys(*, actor: Actor, team_id: int, names: list[str]) -> int:
     """Revoke the team's active service keys named ``names``: those a job's worker, killed, could not revoke
     itself. Each revocation is audited in its own transaction."""

@@ -40,9 +40,19 @@ class Answer:
 
 
 class KeyedClient(httpx.Client):
-    """An HTTP client of the gateway, with the id of the service key it calls with."""
+    """An HTTP client of the gateway, with the id of the service key it calls with. A call made after
+    ``SERVICE_KEY_RENEW_AFTER`` since the key's last renewal renews it first: work of any length keeps its
+    key, which lapses a lifetime after the worker stops calling."""
 
     key_id: int = 0
+    renewed_at: float = 0.0
+
+    def request(self, *args, **kwargs):
+        renew_after = key_services.SERVICE_KEY_RENEW_AFTER.total_seconds()
+        if self.key_id and time.monotonic() - self.renewed_at >= renew_after:
+            key_services.renew_service_key(actor=SYSTEM, key_pk=self.key_id)
+            self.renewed_at = time.monotonic()
+        return super().request(*args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -66,7 +76,7 @@ def client_for(team: Team, endpoint_name: str, label: str) -> Iterator[KeyedClie
             timeout=settings.GATEWAY_UPSTREAM_TIMEOUT,
             headers={"Authorization": f"Bearer {secret}"},
         ) as client:
-            client.key_id = key.pk
+            client.key_id, client.renewed_at = key.pk, time.monotonic()
             yield client
     finally:
         with transaction.atomic():
