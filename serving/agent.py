@@ -18,13 +18,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
 import psutil
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
@@ -162,22 +163,28 @@ def _launch(replica: Replica, node: Node) -> None:
         media_hosts=settings.GATEWAY_IMAGE_HOSTS,
     )
     pid = processes.start(launch.argv, launch.env, replica.pk, _log_path(replica))
-    _set(
-        replica,
-        pid=pid,
-        port=port,
-        host=node.address,
-        state=ReplicaState.STARTING,
-        started_at=timezone.now(),
-        state_detail="",
-        loaded_adapters=sorted(adapters),
-        next_start_at=None,
-    )
-    replica_meter.started(replica)
-    # Where it listens (host, port, pid) is for pool managers: the timeline is read by every team member.
-    bound = launch.env.get("VLLM_CPU_OMP_THREADS_BIND") if replica.cpu_ids else None
-    pinned = f", threads bound to cores {bound}" if bound else ""
-    event(replica, "started", f"Engine started on {node.name}{pinned}.")
+    try:
+        _set(
+            replica,
+            pid=pid,
+            port=port,
+            host=node.address,
+            state=ReplicaState.STARTING,
+            started_at=timezone.now(),
+            state_detail="",
+            loaded_adapters=sorted(adapters),
+            next_start_at=None,
+        )
+        replica_meter.started(replica)
+        # Where it listens (host, port, pid) is for pool managers: the timeline is read by every team member.
+        bound = launch.env.get("VLLM_CPU_OMP_THREADS_BIND") if replica.cpu_ids else None
+        pinned = f", threads bound to cores {bound}" if bound else ""
+        event(replica, "started", f"Engine started on {node.name}{pinned}.")
+    except BaseException:
+        # The engine runs but the database may not say so: the failed start is retried after back-off, and
+        # an engine nobody knows of would keep its port, memory and GPUs beside the one started then.
+        processes.kill(pid)
+        raise
 
 
 def _crashed(replica: Replica, why: str) -> None:
@@ -257,6 +264,9 @@ def _sync_adapters(replica: Replica) -> None:
         _set(replica, loaded_adapters=sorted(loaded))
 
 
+# How long a replica stays ready before its earlier restarts stop counting towards ENGINE_MAX_RESTARTS.
+STABLE_AFTER = timedelta(minutes=10)
+
 # Nodes this agent process has reconciled at least once: before that, a missing engine is not a crash
 # this agent saw (the machine rebooted, or `make run` stopped it) and is started again without counting.
 _seen_nodes: set[str] = set()
@@ -293,6 +303,10 @@ def _ensure_running(replica: Replica, node: Node) -> None:
         if replica.state != ReplicaState.READY:
             _set(replica, state=ReplicaState.READY, ready_at=now, last_health_at=now, state_detail="")
             event(replica, "ready", "Replica ready.")
+        elif replica.restarts and replica.ready_at and now - replica.ready_at >= STABLE_AFTER:
+            # Ready long enough: earlier crashes are forgiven, so the restart limit counts crashes in a row
+            # (a replica that crashes once a week is not given up on) and the next back-off starts short.
+            _set(replica, last_health_at=now, restarts=0)
         else:
             _set(replica, last_health_at=now)
         _sync_adapters(replica)
@@ -386,16 +400,54 @@ def heartbeat(name: str) -> None:
     lock = acquire_node_lock(name)
     if lock is not None:
         try:
-            reconcile_node(name)
+            with _kept_alive(name, lock):
+                reconcile_node(name)
         finally:
             with contextlib.suppress(Exception):
                 lock.release()
+
+
+def beat(name: str) -> None:
+    """Only the heartbeat, cheap: a lost node comes back through ``register``, which audits it."""
+    Node.objects.filter(name=name).exclude(state=NodeState.LOST).update(heartbeat_at=timezone.now())
+
+
+@contextlib.contextmanager
+def _kept_alive(name: str, lock):
+    """While a reconcile runs, beat and keep the reconcile lock from another thread.
+
+    A reconcile can take minutes (a model downloaded, engines stopped with a grace, slow probes): a node
+    silent for NODE_LOST_AFTER_SECONDS is marked lost, its replicas are forgotten and their engines then
+    killed as orphans; and a lock that timed out would let a second reconcile start the same engines."""
+    done = threading.Event()
+
+    def keep() -> None:
+        try:
+            while not done.wait(settings.NODE_HEARTBEAT_SECONDS):
+                try:
+                    beat(name)
+                    lock.reacquire()  # its full timeout again, from now
+                except Exception:
+                    logger.exception("node %s: heartbeat during the reconcile failed", name)
+        finally:
+            connection.close()  # this thread's own connection
+
+    keeper = threading.Thread(target=keep, name=f"node-heartbeat-{name}", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        done.set()
+        keeper.join()
 
 
 # Compare-and-delete: the lock is removed only if the dead holder's token is still the one in it.
 _DROP_IF_HELD_BY = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 )
+
+
+LOCK_TIMEOUT = 600  # seconds a reconcile lock outlives its last extension
 
 
 def acquire_node_lock(name: str):
@@ -407,7 +459,8 @@ def acquire_node_lock(name: str):
 
     client = redis.Redis.from_url(settings.REDIS_URL)
     key = f"portfolio:node-reconcile:{name}"
-    lock = client.lock(key, timeout=600)
+    # Not thread-local: the heartbeat thread of a long reconcile extends it (``_kept_alive``).
+    lock = client.lock(key, timeout=LOCK_TIMEOUT, thread_local=False)
     token = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(8).hex()}"
     if lock.acquire(blocking=False, token=token):
         return lock

@@ -139,6 +139,18 @@ def stop(process: psutil.Process, grace: float = 20.0) -> None:
         os.waitpid(process.pid, os.WNOHANG)
 
 
+def kill(pid: int) -> None:
+    """SIGKILL a just-started engine's whole process group at once, and reap it."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except PermissionError:
+        return  # not ours to kill, nor to wait for
+    except ProcessLookupError:
+        pass  # already exited: reaped below if it is still a zombie
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, 0)
+
+
 # What a health check found (``probe``).
 HEALTHY, WRONG_KEY, DOWN = "healthy", "wrong_key", "down"
 

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand
+from django.db import transaction
 
-from serving import processes
+from serving import processes, replica_meter
 from serving.agent import event
 from serving.choices import DesiredState, ReplicaState
 from serving.models import Replica
@@ -24,15 +25,19 @@ class Command(BaseCommand):
         requeued = 0
         stale = Replica.objects.filter(
             node__name=node, desired=DesiredState.RUNNING, state__in=CLAIMS_AN_ENGINE
-        ).select_related("deployment")
+        ).select_related("deployment", "node")
         for replica in stale:
             if processes.find(replica.pid, replica.pk) is not None:
                 continue
-            # Compare-and-swap: a replica whose state changed meanwhile is left to whoever changed it.
-            if Replica.objects.filter(pk=replica.pk, state=replica.state, pid=replica.pid).update(
-                state=ReplicaState.PENDING, pid=None, state_detail=""
-            ):
-                event(replica, "requeued", "Its engine stopped with this machine; it starts again.")
-                requeued += 1
+            with transaction.atomic():
+                # Compare-and-swap: a replica whose state changed meanwhile is left to whoever changed it.
+                if Replica.objects.filter(pk=replica.pk, state=replica.state, pid=replica.pid).update(
+                    state=ReplicaState.PENDING, pid=None, state_detail=""
+                ):
+                    # Its engine was last seen running at the node's last heartbeat: the downtime since then
+                    # is not billed (a later close, by the agent or the sweep, would say now).
+                    replica_meter.stopped(replica.pk, at=replica.node.heartbeat_at)
+                    event(replica, "requeued", "Its engine stopped with this machine; it starts again.")
+                    requeued += 1
         if requeued:
             self.stdout.write(f"{requeued} replica(s) on {node} start again (their engines had stopped).")

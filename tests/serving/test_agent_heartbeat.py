@@ -1,0 +1,57 @@
+"""A long reconcile (a model of many GB downloaded, engines stopped with a grace, slow probes) must not make the
+node look silent: it would be marked lost, its replicas forgotten and their healthy engines killed as orphans
+when the agent came back. Nor may the reconcile lock time out under it, letting a second reconcile start the
+same engines. The agent beats and keeps its lock from another thread while it reconciles."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from serving import agent, reconcile
+from serving.choices import NodeState, PoolKind
+from serving.models import ComputePool, Node
+
+pytestmark = pytest.mark.django_db(transaction=True)  # the heartbeat thread has its own connection
+
+
+@pytest.fixture
+def quick_heartbeat(settings):
+    settings.NODE_HEARTBEAT_SECONDS = 1
+    settings.NODE_LOST_AFTER_SECONDS = 3
+    settings.NODE_POOL = "cpu-pool"
+    settings.NODE_ADDRESS = "127.0.0.1"
+    ComputePool.objects.create(name="cpu-pool", kind=PoolKind.CPU)
+
+
+def test_a_reconcile_longer_than_the_lost_after_time_does_not_get_the_node_marked_lost(
+    quick_heartbeat, monkeypatch
+):
+    lost_meanwhile = []
+
+    def slow_reconcile(name: str) -> None:
+        time.sleep(5)  # past NODE_LOST_AFTER_SECONDS
+        lost_meanwhile.extend(reconcile.mark_lost_nodes())  # what the control plane's beat runs
+
+    monkeypatch.setattr(agent, "reconcile_node", slow_reconcile)
+    agent.heartbeat("slow-node")
+    assert lost_meanwhile == []
+    assert Node.objects.get(name="slow-node").state == NodeState.READY
+
+
+def test_a_reconcile_longer_than_its_lock_keeps_the_lock(quick_heartbeat, monkeypatch, settings):
+    monkeypatch.setattr(agent, "LOCK_TIMEOUT", 2)
+    taken_meanwhile = []
+
+    def slow_reconcile(name: str) -> None:
+        time.sleep(4)  # past LOCK_TIMEOUT
+        taken_meanwhile.append(agent.acquire_node_lock(name))
+
+    monkeypatch.setattr(agent, "reconcile_node", slow_reconcile)
+    try:
+        agent.heartbeat("slow-lock-node")
+    finally:
+        redis.Redis.from_url(settings.REDIS_URL).delete("portfolio:node-reconcile:slow-lock-node")
+    assert taken_meanwhile == [None], "a second reconcile got the lock of one still running"
