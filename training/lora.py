@@ -16,6 +16,7 @@ import importlib.metadata
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -223,7 +224,10 @@ def train(
     should_stop: Callable[[], bool] = lambda: False,
     loading: Loading | None = None,
 ) -> dict:
-    """Fine-tune and save the adapter (or full model) to ``output_dir``; return final metrics."""
+    """Fine-tune and save the adapter (or full model) to ``output_dir``; return final metrics.
+
+    Every ``checkpoint_every`` steps a checkpoint is saved beside ``output_dir`` and handed to
+    ``on_checkpoint``, which stores it: its folder is removed once the callback returns."""
     from portfolio.registry.jsonfiles import refuse_oversized
 
     # transformers reads the configs and the tokenizer whole: one past its cap fails the job, not the node.
@@ -302,6 +306,9 @@ def train(
                 model.save_pretrained(checkpoint, safe_serialization=True)
                 _save_state(checkpoint / TRAINER_STATE, optimizer, scheduler, step, stopping)
                 on_checkpoint(checkpoint, step)
+                # Stored by on_checkpoint, and a resume reads it from the store: kept here, each checkpoint
+                # (a full fine-tune's weights and optimizer state) would fill the node's disk for the run.
+                shutil.rmtree(checkpoint)
         if stopped_at is not None:
             break
     trained_for = time.monotonic() - started

@@ -8,11 +8,23 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
+
+
+def work_prefix(job_id: int, attempt: int) -> str:
+    """How an attempt's work folder (under ``DATA_DIR/work``) is named: its watcher removes what a killed
+    trainer left there, and only that (another attempt of the job may be running on this node)."""
+    return f"train-{job_id}-{attempt}-"
+
+
+def _stop(signum, frame) -> None:
+    # Unwinds like an exception: the work folder is removed on the way out. Python's default would not.
+    sys.exit(128 + signum)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -159,7 +171,7 @@ def run(job_id: int) -> int:
 
         (Path(settings.DATA_DIR) / "work").mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(
-            dir=Path(settings.DATA_DIR) / "work", prefix=f"train-{job_id}-"
+            dir=Path(settings.DATA_DIR) / "work", prefix=work_prefix(job_id, job.attempt)
         ) as work:
             if job.output_version_id is not None:
                 # An earlier attempt registered its version and was killed before the job ended: the
@@ -219,6 +231,8 @@ def run(job_id: int) -> int:
 
 
 def main() -> None:
+    # A cancelled job's process group is sent SIGTERM (``training.tasks._kill``), then SIGKILL after a grace.
+    signal.signal(signal.SIGTERM, _stop)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portfolio.settings")
     import django
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from portfolio.envparse import CONNECTION_KEYS, Env, database_url
 from portfolio.errors import Invalid
 from portfolio.leases import Lease
 from serving.processes import log_tail
-from training import finetune, ingest, metering, orphans
+from training import finetune, ingest, metering, orphans, runner
 from training.choices import JobStatus
 from training.evals import runs as eval_runs
 from training.merges import services as merges
@@ -223,6 +224,7 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
     )
     if lost:
         return  # the trainer and its outcome belong to the new watcher
+    _remove_work(job_id, attempt)
     job = FineTuneJob.objects.get(pk=job_id)
     metering.attempt_ended(job, timezone.now(), attempt)
     if job.status != JobStatus.RUNNING:
@@ -241,6 +243,13 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
         finetune.finish(
             job_id, JobStatus.FAILED, f"{why} on attempt {job.attempt}; giving up.\n{job.log_tail}"
         )
+
+
+def _remove_work(job_id: int, attempt: int) -> None:
+    """The work folder of an attempt whose trainer has exited: one killed outright (SIGKILL after the grace of
+    ``_kill``, the kernel's OOM killer) leaves it on the node's disk, with the checkpoint or output it wrote."""
+    for folder in (Path(settings.DATA_DIR) / "work").glob(f"{runner.work_prefix(job_id, attempt)}*"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @shared_task(name="training.reap_stale_jobs")
