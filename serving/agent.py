@@ -267,17 +267,13 @@ def _sync_adapters(replica: Replica) -> None:
 # How long a replica stays ready before its earlier restarts stop counting towards ENGINE_MAX_RESTARTS.
 STABLE_AFTER = timedelta(minutes=10)
 
-# Nodes this agent process has reconciled at least once: before that, a missing engine is not a crash
-# this agent saw (the machine rebooted, or `make run` stopped it) and is started again without counting.
-_seen_nodes: set[str] = set()
 
-
-def _ensure_running(replica: Replica, node: Node) -> None:
+def _ensure_running(replica: Replica, node: Node, *, agent_start: bool = False) -> None:
     now = timezone.now()
     process = processes.find(replica.pid, replica.pk)
     if (
         process is None
-        and node.name not in _seen_nodes
+        and agent_start
         and replica.state
         in (ReplicaState.STARTING, ReplicaState.READY, ReplicaState.UNHEALTHY, ReplicaState.BACKOFF)
     ):
@@ -362,7 +358,11 @@ def _stop(replica: Replica) -> None:
     replica_meter.stopped(replica.pk)
 
 
-def reconcile_node(name: str) -> None:
+def reconcile_node(name: str, *, agent_start: bool = False) -> None:
+    """``agent_start``: the agent loop's first reconcile since its worker started. An engine missing then is not
+    a crash the agent saw (the machine rebooted, or `make run` stopped it) and is started again without counting,
+    back-off or not. Never from a task: a pool child of the worker is new too, and an engine it finds dead has
+    crashed."""
     node = Node.objects.select_related("pool").filter(name=name).first()
     if node is None:
         return
@@ -378,12 +378,11 @@ def reconcile_node(name: str) -> None:
                 _stop(replica)
             elif replica.state != ReplicaState.FAILED:
                 wanted_ids.add(replica.pk)
-                _ensure_running(replica, node)
+                _ensure_running(replica, node, agent_start=agent_start)
             else:
                 wanted_ids.add(replica.pk)
         except Exception:
             logger.exception("reconciling replica %s on %s failed", replica.pk, name)
-    _seen_nodes.add(name)
     for replica_id, process in processes.engines_on_this_machine(under=Path(settings.DATA_DIR)).items():
         if (
             replica_id not in wanted_ids
@@ -395,16 +394,19 @@ def reconcile_node(name: str) -> None:
             processes.stop(process)
 
 
-def heartbeat(name: str) -> None:
+def heartbeat(name: str, *, agent_start: bool = False) -> bool:
+    """Register, then reconcile unless another process holds the node's lock; whether it reconciled."""
     register(name, settings.NODE_POOL, settings.NODE_ADDRESS)
     lock = acquire_node_lock(name)
-    if lock is not None:
-        try:
-            with _kept_alive(name, lock):
-                reconcile_node(name)
-        finally:
-            with contextlib.suppress(Exception):
-                lock.release()
+    if lock is None:
+        return False
+    try:
+        with _kept_alive(name, lock):
+            reconcile_node(name, agent_start=agent_start)
+    finally:
+        with contextlib.suppress(Exception):
+            lock.release()
+    return True
 
 
 def beat(name: str) -> None:

@@ -23,10 +23,11 @@ def _loop(name: str) -> None:
     from serving import agent
 
     logger.info("node agent %s: heartbeat every %ss", name, settings.NODE_HEARTBEAT_SECONDS)
+    started = False  # until this loop's first reconcile has run (a task of the worker may hold the lock)
     while not _stop.is_set():
         try:
             close_old_connections()
-            agent.heartbeat(name)
+            started = agent.heartbeat(name, agent_start=not started) or started
         except Exception:
             logger.exception("node agent %s: heartbeat failed", name)
         _stop.wait(settings.NODE_HEARTBEAT_SECONDS)

@@ -38,11 +38,14 @@ def plan(desired: int, generation: int, replicas: list[ReplicaView], *, surge: b
     for replica in replicas:
         gone = replica.node_state in (None, NodeState.LOST)
         finished = replica.state == ReplicaState.STOPPED
-        if finished or (gone and replica.state != ReplicaState.STOPPING):
+        if finished or gone:
+            # On a lost or deleted node, whatever its state, one stopping too: no agent is left to say it stopped
+            # (a scale to 0 could never end, nor the deployment be deleted), and an agent that comes back kills
+            # the engines of replicas it no longer has as orphans.
             result.forget.append(replica.id)
         elif replica.desired == DesiredState.RUNNING:
             live.append(replica)
-        elif not gone:
+        else:
             stopping += 1  # on its way out: still holds its room on the node
     current = [r for r in live if r.generation == generation and r.node_state != NodeState.DRAINING]
     leaving = [r for r in live if r not in current]

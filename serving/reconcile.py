@@ -82,7 +82,11 @@ def reconcile_deployment(deployment_id: int) -> set[str]:
                 DeploymentEvent.objects.create(
                     deployment=deployment,
                     kind="replica_lost",
-                    message=f"Replica #{replica_id} lost with its node; replacing it.",
+                    message=(
+                        f"Replica #{replica_id} lost with its node; replacing it."
+                        if replica.desired == DesiredState.RUNNING
+                        else f"Replica #{replica_id} lost with its node while it stopped."
+                    ),
                 )
             replica_meter.stopped(replica_id)
             Replica.objects.filter(pk=replica_id).delete()

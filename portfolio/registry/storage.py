@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -361,8 +362,9 @@ def materialize(store: ArtifactStore, manifest: Manifest, destination: Path) -> 
     """Write the artifact's files under ``destination`` (for engines and trainers), verified.
 
     Written to a sibling temporary folder and renamed into place, so a half-written copy is never used;
-    a destination that already exists is taken as complete.
+    a destination that already exists is taken as complete, one written meanwhile by a concurrent copy too.
     """
+    _remove_abandoned_copies(destination)
     if destination.exists():
         return destination
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -373,11 +375,34 @@ def materialize(store: ArtifactStore, manifest: Manifest, destination: Path) -> 
             target.parent.mkdir(parents=True, exist_ok=True)
             with target.open("wb") as out:
                 copy_verified(store, entry, out)
-        os.replace(staging, destination)
+        try:
+            os.replace(staging, destination)
+        except OSError:
+            if not destination.exists():
+                raise
+            # Another process (a second engine or trainer of the same artifact) renamed its copy first.
+            shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return destination
+
+
+# A temporary copy untouched for this long was left by a process killed mid-copy (no copy of a live one
+# goes an hour without a byte written): it is removed, or every retry would leave one more, never pruned.
+ABANDONED_AFTER = timedelta(hours=1)
+
+
+def _remove_abandoned_copies(destination: Path) -> None:
+    cutoff = time.time() - ABANDONED_AFTER.total_seconds()
+    for staging in destination.parent.glob(f".{destination.name}-*"):
+        try:
+            # Writes touch the file written, not its folder: the newest change anywhere in the copy counts.
+            touched = max(p.lstat().st_mtime for p in [staging, *staging.rglob("*")])
+        except OSError:
+            continue  # removed meanwhile (renamed into place, or pruned by another process)
+        if touched < cutoff:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 class _NullSink:

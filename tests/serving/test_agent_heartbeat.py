@@ -31,7 +31,7 @@ def test_a_reconcile_longer_than_the_lost_after_time_does_not_get_the_node_marke
 ):
     lost_meanwhile = []
 
-    def slow_reconcile(name: str) -> None:
+    def slow_reconcile(name: str, **options) -> None:
         time.sleep(5)  # past NODE_LOST_AFTER_SECONDS
         lost_meanwhile.extend(reconcile.mark_lost_nodes())  # what the control plane's beat runs
 
@@ -45,7 +45,7 @@ def test_a_reconcile_longer_than_its_lock_keeps_the_lock(quick_heartbeat, monkey
     monkeypatch.setattr(agent, "LOCK_TIMEOUT", 2)
     taken_meanwhile = []
 
-    def slow_reconcile(name: str) -> None:
+    def slow_reconcile(name: str, **options) -> None:
         time.sleep(4)  # past LOCK_TIMEOUT
         taken_meanwhile.append(agent.acquire_node_lock(name))
 

@@ -171,9 +171,29 @@ def test_a_replica_whose_node_is_gone_is_forgotten_and_replaced():
     assert decided.forget == [1] and decided.start == 1
 
 
-def test_a_replica_stopping_on_a_lost_node_is_kept_until_it_stops():
+def test_a_replica_stopping_on_a_lost_node_is_forgotten_as_no_agent_will_say_it_stopped():
     decided = plan(
         1, 1, [replica(1, ReplicaState.STOPPING, node=NodeState.LOST, desired=DesiredState.STOPPED)]
+    )
+    assert decided.forget == [1] and decided.start == 1
+
+
+def test_a_deployment_scaled_to_zero_whose_node_died_while_it_stopped_is_stopped():
+    stopping = ReplicaState.STOPPING
+    decided = plan(
+        0,
+        1,
+        [
+            replica(1, stopping, node=NodeState.LOST, desired=DesiredState.STOPPED),
+            replica(2, stopping, node=None, desired=DesiredState.STOPPED),
+        ],
+    )
+    assert decided.forget == [1, 2] and decided.status == DeploymentStatus.STOPPED
+
+
+def test_a_replica_stopping_on_a_draining_node_is_kept_until_it_stops():
+    decided = plan(
+        1, 1, [replica(1, ReplicaState.STOPPING, node=NodeState.DRAINING, desired=DesiredState.STOPPED)]
     )
     assert decided.forget == [] and decided.start == 1
 
