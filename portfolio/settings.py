@@ -240,6 +240,9 @@ GATEWAY_MAX_N = env.integer("PORTFOLIO_GATEWAY_MAX_N", 16, minimum=1, maximum=12
 # Prompts in one /v1/completions call, or inputs in one /v1/embeddings call.
 GATEWAY_MAX_INPUTS = env.integer("PORTFOLIO_GATEWAY_MAX_INPUTS", 2048, minimum=1, maximum=100_000)
 GATEWAY_KEY_CACHE_SIZE = env.integer("PORTFOLIO_GATEWAY_KEY_CACHE_SIZE", 10_000, minimum=16)
+# Log-probabilities of prompt tokens one call may ask for (`prompt_logprobs`, `echo` with `logprobs`): the
+# prompt's tokens at most, times 1 + k, per choice; each is some 70 bytes of the answer, read whole.
+GATEWAY_MAX_PROMPT_LOGPROBS = env.integer("PORTFOLIO_GATEWAY_MAX_PROMPT_LOGPROBS", 2_000_000, minimum=0)
 # Images in a chat call (serving/gateway/images.py): how many, how big decoded, the tokens admission reserves
 # for each where the registry does not know the model's own figure (0, the default: the model's context, the
 # only bound an engine keeps whatever the image's size; set a figure only where every engine's image size is
@@ -358,6 +361,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "portfolio.dataerrors.DataErrorMiddleware",  # a NUL in a URL or filter is a 400, not a 500
 ]
 
 ROOT_URLCONF = "portfolio.urls"

@@ -1,13 +1,27 @@
-"""Model cards: Markdown rendered to HTML that is safe to show (no scripts, no event handlers, no styles)."""
+"""Model cards: Markdown rendered to HTML that is safe to show (no scripts, no event handlers, no styles).
+
+Images are not rendered at all, only their alt text: the CSP lets a page load images from its own site
+only, so the one image a card could show is a URL of this site, and the browser fetches it with the
+viewer's session the moment the page opens. ``![x](/audit/export/?format=csv)`` would run an audit
+export in the name of whoever looked at the model. Links stay: following one takes a click.
+"""
 
 from __future__ import annotations
 
 import nh3
 from markdown_it import MarkdownIt
+from markdown_it.common.utils import escapeHtml
+
+
+def _image_as_alt_text(renderer, tokens, idx, options, env) -> str:
+    """``![alt](url)`` becomes just ``alt``; the URL is never fetched (see the module docstring)."""
+    return escapeHtml(renderer.renderInlineAsText(tokens[idx].children, options, env))
+
 
 _markdown = (
     MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table").enable("strikethrough")
 )
+_markdown.add_render_rule("image", _image_as_alt_text)
 
 ALLOWED_TAGS = {
     "p",
@@ -36,11 +50,9 @@ ALLOWED_TAGS = {
     "br",
     "s",
     "del",
-    "img",
 }
 ALLOWED_ATTRIBUTES = {
     "a": {"href", "title"},
-    "img": {"src", "alt", "title"},
     "th": {"align"},
     "td": {"align"},
 }

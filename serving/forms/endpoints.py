@@ -4,6 +4,7 @@ with. They only parse input: every change goes through serving.services."""
 from __future__ import annotations
 
 from django import forms
+from django.forms.fields import InvalidJSONInput
 
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
@@ -217,11 +218,36 @@ class ShareForm(forms.Form):
         return {"organisation": True}
 
 
+class BoundedJSONField(forms.JSONField):
+    """Django's ``JSONField`` parses first and checks ``max_length`` after, and turns only a syntax error
+    into a form error: a megabyte is parsed in full, and 5,000 ``[`` overflow the parser into a
+    ``RecursionError`` (a 500). This one measures before it parses, and a too-deep nesting is an error."""
+
+    def to_python(self, value):
+        if isinstance(value, str) and self.max_length is not None and len(value) > self.max_length:
+            raise forms.ValidationError(
+                f"At most {self.max_length:,} characters (this has {len(value):,}).", code="max_length"
+            )
+        try:
+            return super().to_python(value)
+        except RecursionError:
+            raise forms.ValidationError("The JSON is nested too deeply.", code="invalid") from None
+
+    def bound_data(self, data, initial):
+        # Redisplaying the refused input parses it again.
+        if isinstance(data, str) and self.max_length is not None and len(data) > self.max_length:
+            return InvalidJSONInput(data)
+        try:
+            return super().bound_data(data, initial)
+        except RecursionError:
+            return InvalidJSONInput(data)
+
+
 class CompositeForm(forms.Form):
     """An endpoint's kind and, for a router, cascade or vote, its settings as JSON (validated by the service)."""
 
     kind = forms.ChoiceField(choices=EndpointKind.choices)
-    config = forms.JSONField(
+    config = BoundedJSONField(
         required=False,
         max_length=20_000,
         widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false", "class": "mono"}),

@@ -325,7 +325,7 @@ def key_policy(request, slug: str):
         if not can_set_limits:
             for field in form.fields.values():
                 field.disabled = True
-    exceeding = _exceeding(team, policy)
+    exceeding = _exceeding(actor, team, policy)
     return render(
         request,
         "gateway/key_policy.html",
@@ -340,15 +340,17 @@ def key_policy(request, slug: str):
     )
 
 
-def _exceeding(team: Team, policy: KeyPolicy) -> list[ApiKey]:
-    """The team's usable keys with more than the policy allows (set by an owner, or made before it)."""
+def _exceeding(actor: Actor, team: Team, policy: KeyPolicy) -> list[ApiKey]:
+    """The team's usable keys with more than the policy allows (set by an owner, or made before it), of
+    those the actor may see: a department manager sees the team's page but not its keys."""
     over = Q()
     for name, ceiling in policy.ceilings().items():
         if ceiling is not None:
             over |= Q(**{f"{name}__isnull": True}) | Q(**{f"{name}__gt": ceiling})
     if not over:
         return []
-    return list(ApiKey.objects.filter(over, team=team, revoked_at__isnull=True).order_by("name", "id"))
+    keys = gate.visible(actor, ApiKey).filter(over, team=team, revoked_at__isnull=True)
+    return list(keys.order_by("name", "id"))
 
 
 # --- Usage -----------------------------------------------------------------------------------------
@@ -416,7 +418,9 @@ def _usage_context(actor: Actor, form: UsageFilterForm) -> dict:
     for row in teams:
         row["team"] = names.get(row["group"])
     keys = _by(rows, "api_key_id")
-    key_objects = ApiKey.objects.select_related("team").in_bulk([r["group"] for r in keys if r["group"]])
+    # Named only where the actor sees the key: a department manager sees its teams' usage, not their keys.
+    seen_keys = gate.visible(actor, ApiKey).select_related("team")
+    key_objects = seen_keys.in_bulk([r["group"] for r in keys if r["group"]])
     for row in keys:
         row["key"] = key_objects.get(row["group"])
     daily = _daily(rows, _days(first, today))

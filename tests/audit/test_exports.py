@@ -137,7 +137,9 @@ def test_a_filtered_exports_neighbour_lookups_do_not_grow_with_its_rows(history)
     def queries_for_export_of(rows: int) -> int:
         for number in range(rows):
             audit.record(Actor.for_system("tests"), "team.update", object_type="test", object_id=str(number))
-            audit.record(Actor.for_system("tests"), "department.update", object_type="test", object_id=str(number))
+            audit.record(
+                Actor.for_system("tests"), "department.update", object_type="test", object_id=str(number)
+            )
         with CaptureQueriesContext(connection) as captured:
             export = _export(history, selection=AuditFilter(action="team.update"))
         assert verify_export(export.path, server_public_keys()).ok

@@ -89,6 +89,7 @@ def test_an_owner_sees_no_ceiling_or_hard_limit_and_is_held_to_the_ceiling(signe
         ({"amount": "1e12"}, b"less than or equal to"),
         ({"amount": "10.001"}, b"decimal places"),
         ({"thresholds": "fifty"}, b"Whole percentages"),
+        ({"thresholds": "80, ²"}, b"Whole percentages"),  # "²".isdigit(), but int() refuses it
         ({"thresholds": "0"}, b"whole percentages from 1 to 200"),
         ({"notify_emails": "not-an-address"}, b"is not an e-mail address"),
         ({"notify_emails": ",".join(f"u{i}@example.com" for i in range(21))}, b"at most 20 addresses"),

@@ -326,6 +326,27 @@ def test_a_bad_month_in_the_address_is_not_found(client, world, department):
     assert client.get(url).status_code == 404
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("month", ["9999-12", "0001-01", "1999-12", "3000-01"])
+def test_a_month_outside_the_years_of_statements_is_not_found(client, world, department, month):
+    client.force_login(world["admin"])
+    client.raise_request_exception = False  # 9999-12 and 0001-01 once overflowed into a 500
+    url = reverse("billing-statement", kwargs={"cost_center": department.cost_center, "month": month})
+    assert client.get(url).status_code == 404
+    assert client.post(url + "reissue/", {"reason": "a price was fixed after the close"}).status_code == 404
+
+
+@pytest.mark.django_db
+def test_a_revision_that_is_a_digit_but_not_a_number_is_ignored(client, world, department):
+    statement = _closed(world, department)
+    client.force_login(world["admin"])
+    client.raise_request_exception = False
+    url = reverse(
+        "billing-statement", kwargs={"cost_center": department.cost_center, "month": statement.month}
+    )
+    assert client.get(url, {"revision": "²"}).status_code == 200  # "²".isdigit(), but int("²") fails
+
+
 # --- Query counts -----------------------------------------------------------------------------------
 def _queries(client, url) -> int:
     with CaptureQueriesContext(connection) as queries:

@@ -437,6 +437,27 @@ def test_a_department_manager_sees_the_usage_of_its_teams_and_not_of_others(
     assert "clause-finder" not in response.content.decode()
 
 
+def test_a_department_manager_outside_the_team_sees_no_key_name_on_the_policy_or_usage_page(
+    signed_in, org, team, key, make_user, department
+):
+    from portfolio.accounts.models import DepartmentRole
+
+    services.update_key_policy(actor=actor_for(org["owner"]), team=team, rpm_limit=30)  # the key has 60
+    rollup(key, this_hour(), requests=4242)
+    manager = make_user("cc100-manager")
+    DepartmentRole.objects.create(user=manager, department=department)
+    client = signed_in(manager)
+    assert client.get(reverse("apikey-edit", args=[key.pk])).status_code == 404
+    for url in (reverse("apikey-policy", args=[team.slug]), reverse("usage")):
+        page = client.get(url)
+        assert page.status_code == 200
+        assert key.name not in page.content.decode() and key.display_prefix not in page.content.decode()
+    assert "4,242" in page.content.decode()  # the team's usage itself is the manager's to see
+    assert "a key you cannot see" in page.content.decode()
+    owner_page = signed_in(org["owner"]).get(reverse("apikey-policy", args=[team.slug])).content.decode()
+    assert key.name in owner_page and key.display_prefix in owner_page
+
+
 def test_the_charts_render_svg(signed_in, org, key):
     for day in range(10):
         rollup(key, this_hour(24 * day), requests=10 + day, input_tokens=100 * day, output_tokens=50)

@@ -365,6 +365,18 @@ def test_a_model_card_with_a_script_renders_escaped(signed_in, org, router):
     assert "<script>alert" not in page
 
 
+def test_a_model_card_image_is_shown_as_its_alt_text_and_never_fetched(signed_in, org, router):
+    # An image of this site's own URL would be fetched with the viewer's session on page load.
+    router.versions.update(
+        model_card="Eval ![the chart](/audit/export/?format=csv) and ![bill](https://x.example/b.png)."
+    )
+    client = signed_in(org["viewer"])
+    for url in (reverse("version-detail", args=["router", 1]), reverse("model-detail", args=["router"])):
+        card = _text(client.get(url)).split('<div class="model-card">', 1)[1].split("</div>", 1)[0]
+        assert "<img" not in card and "/audit/export" not in card and "x.example" not in card
+        assert "Eval the chart and bill." in card
+
+
 def test_the_version_page_lists_files_with_checksums_and_download_links(signed_in, org, router):
     version = router.versions.get(number=1)
     entry = version.artifact.manifest().get("config.json")
@@ -390,6 +402,19 @@ def test_compare_shows_both_versions_and_marks_the_differences(signed_in, org, r
     assert 'href="/models/router/v1/"' in page and 'href="/models/router/v2/"' in page
     assert re.search(r'<tr class="differs">\s*<th scope="row">Parameters', page)
     assert not re.search(r'<tr class="differs">\s*<th scope="row">Architecture', page)
+
+
+def test_compare_does_not_name_a_base_the_viewer_may_not_see(signed_in, org, router, public_model, settings):
+    # Adapters shared with the whole organisation, on a base kept to its own team.
+    outsider = actor_for(org["outsider"])
+    for folder in ("one", "two"):
+        _import(outsider, public_model, make_model_folder(settings.IMPORT_ROOTS[0] / folder))
+    public_model.versions.update(kind=VersionKind.ADAPTER, base_version=router.versions.get(number=1))
+    compare = reverse("model-compare", args=["clause-extractor"])
+    page = _text(signed_in(org["outsider"]).get(compare, {"a": 1, "b": 2}))
+    assert "router" not in page and "a version you cannot see" in page
+    page = _text(signed_in(org["viewer"]).get(compare, {"a": 1, "b": 2}))
+    assert "router:v1" in page
 
 
 def test_compare_shows_how_a_metric_moved(signed_in, org, router):

@@ -7,6 +7,8 @@ a prompt set is bounded when the job starts, and a row that asks nothing is not 
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 
 import httpx
@@ -46,6 +48,14 @@ def _left_key(job: FineTuneJob) -> ApiKey:
     return key
 
 
+def _teacher(monkeypatch, answer) -> None:
+    """The gateway the teacher's calls reach, answering with ``answer(request)``."""
+    from training.evals.gateway import KeyedClient
+
+    transport = httpx.MockTransport(answer)
+    monkeypatch.setattr(distillation, "KeyedClient", functools.partial(KeyedClient, transport=transport))
+
+
 @pytest.mark.parametrize("status", [JobStatus.CANCELLED, JobStatus.FAILED])
 def test_a_distillation_ending_revokes_the_teacher_key_its_killed_trainer_left(distilling, team, status):
     key = _left_key(distilling)
@@ -61,22 +71,10 @@ def test_a_distillation_ending_revokes_the_teacher_key_its_killed_trainer_left(d
 def test_a_new_attempt_revokes_its_predecessors_teacher_key_before_making_its_own(distilling, monkeypatch):
     left = _left_key(distilling)
 
-    class Refusing:
-        """The gateway, as the new attempt's first call meets it; the keys are what is checked."""
+    def refusing(request):
+        raise RuntimeError("stop here")  # the gateway, as the new attempt's first call meets it
 
-        def __init__(self, **kwargs):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def post(self, *args, **kwargs):
-            raise RuntimeError("stop here")
-
-    monkeypatch.setattr(distillation, "KeyedClient", Refusing)
+    _teacher(monkeypatch, refusing)
     with pytest.raises(RuntimeError, match="stop here"):
         distillation.ask_teacher(distilling, [{"prompt": "hi", "completion": "?"}])
     left.refresh_from_db()
@@ -109,21 +107,11 @@ def test_a_prompt_set_past_the_bound_is_refused_before_any_call(
 def test_a_row_that_asks_nothing_is_not_sent_to_the_teacher(distilling, monkeypatch):
     sent = []
 
-    class Teacher:
-        def __init__(self, **kwargs):
-            pass
+    def teacher(request):
+        sent.append(json.loads(request.content)["messages"])
+        return httpx.Response(200, json={"choices": [{"message": {"content": "billing"}}]})
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def post(self, path, json):
-            sent.append(json["messages"])
-            return httpx.Response(200, json={"choices": [{"message": {"content": "billing"}}]})
-
-    monkeypatch.setattr(distillation, "KeyedClient", Teacher)
+    _teacher(monkeypatch, teacher)
     rows = [
         {"messages": [{"role": "assistant", "content": "an answer alone"}]},
         {"prompt": "   ", "completion": "x"},

@@ -296,6 +296,15 @@ def test_the_preview_of_a_base_the_actor_may_not_see_is_not_found(client, org, m
 
 
 @pytest.mark.django_db
+def test_a_base_or_dataset_that_is_a_digit_but_not_a_number_previews_nothing(client, org, moe_base):
+    client.force_login(org["engineer"])
+    client.raise_request_exception = False  # "²".isdigit() once let int("²") fail into a 500
+    for url in (reverse("job-targets"), reverse("job-create")):
+        assert client.get(url, {"base_version": "²"}).status_code == 200
+        assert client.get(url, {"base_version": moe_base.pk, "dataset_version": "²"}).status_code == 200
+
+
+@pytest.mark.django_db
 def test_a_jobs_page_shows_its_target_choice_and_the_modules_it_resolved(client, org, make_job):
     job = make_job(
         hyperparameters={

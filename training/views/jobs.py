@@ -153,11 +153,11 @@ def job_create(request):
 def _targets_context(actor: Actor, values) -> dict:
     """The preview of the layers LoRA adapts for the base, dataset version and choice in ``values``."""
     base_id, dataset_id = str(values.get("base_version") or ""), str(values.get("dataset_version") or "")
-    if not base_id.isdigit():
+    if not base_id.isdecimal():  # not isdigit(): "²" is a digit that int() refuses
         return {"base": None}
     base = gate.get_visible(actor, ModelVersion, pk=int(base_id))
     rows = None
-    if dataset_id.isdigit():
+    if dataset_id.isdecimal():
         rows = gate.get_visible(actor, DatasetVersion, pk=int(dataset_id)).train_count
     choice = str(values.get("lora_targets") or "")
     return {"base": base, "rows": rows, "preview": architectures.preview(base, rows or 0, choice)}

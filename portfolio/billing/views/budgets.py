@@ -73,7 +73,7 @@ class BudgetForm(forms.Form):
 
     def clean_thresholds(self) -> list[int]:
         values = _items(self.cleaned_data["thresholds"])
-        if not all(value.isdigit() for value in values):
+        if not all(value.isdecimal() for value in values):  # "²".isdigit(), but int() refuses it
             raise forms.ValidationError("Whole percentages, comma-separated (50, 80, 100).")
         return [int(value) for value in values]
 

@@ -47,11 +47,12 @@ def plain(value: Decimal) -> str:
 
 
 def _month(value: str) -> date:
-    try:
-        year, month = (int(part) for part in value.split("-"))
-        return date(year, month, 1)
-    except ValueError:
-        raise NotFound("Statement not found.") from None
+    """The month in a statement's address; outside the years ``money.parse_month`` accepts (2000-2999) there
+    is no statement, and 0001-01 or 9999-12 would overflow the month arithmetic behind the page."""
+    found = money.MONTH.match(value)
+    if found is None or not 2000 <= int(found.group(1)) <= 2999:
+        raise NotFound("Statement not found.")
+    return date(int(found.group(1)), int(found.group(2)), 1)
 
 
 def _department(actor, cost_center: str) -> Department:
@@ -142,7 +143,7 @@ def _statement_page(request, actor, reader, department: Department, month: date,
     shown = draft.statement
     lines = draft.lines
     asked = request.GET.get("revision", "")
-    if asked.isdigit() and len(asked) < 6:
+    if asked.isdecimal() and len(asked) < 6:  # not isdigit(): "²" is a digit that int() refuses
         # An earlier (superseded) revision, read as it was written.
         shown = next((r for r in revisions if r.revision == int(asked)), None)
         if shown is None:

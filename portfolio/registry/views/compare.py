@@ -13,15 +13,24 @@ from portfolio.accounts.context import actor_of
 from portfolio.registry.choices import VersionStatus
 from portfolio.registry.forms import CompareForm
 from portfolio.registry.models import Model
-from portfolio.registry.views.versions import visible_version
+from portfolio.registry.views.versions import visible_or_none, visible_version
 from portfolio.templatetags.formatting import human_count
+
+
+def _base(version) -> str:
+    """The base's label only if the viewer may see it (``seen_base``, set by the view), as on the version's
+    page: an adapter shared org-wide must not name a base kept to its own team."""
+    if not version.base_version_id:
+        return "—"
+    return version.seen_base.label if version.seen_base else "a version you cannot see"
+
 
 COMPARED_FIELDS = [
     ("Kind", lambda v: v.get_kind_display()),
     ("Status", lambda v: v.get_status_display()),
     ("Source", lambda v: v.get_source_display()),
     ("Reference", lambda v: v.source_ref or "—"),
-    ("Base version", lambda v: v.base_version.label if v.base_version_id else "—"),
+    ("Base version", _base),
     ("Format", lambda v: v.format or "—"),
     ("Architecture", lambda v: v.architecture or "—"),
     ("Parameters", lambda v: _params(v.parameter_count)),
@@ -78,6 +87,8 @@ def model_compare(request, name: str):
             visible_version(actor, name, form.cleaned_data["a"]),
             visible_version(actor, name, form.cleaned_data["b"]),
         )
+        for version in pair:
+            version.seen_base = visible_or_none(actor, version.base_version)
         for label, read in COMPARED_FIELDS:
             left, right = read(pair[0]), read(pair[1])
             rows.append(

@@ -42,7 +42,7 @@ def visible_version(actor: Actor, name: str, number: int) -> ModelVersion:
     return version
 
 
-def _visible_or_none(actor: Actor, version: ModelVersion | None) -> ModelVersion | None:
+def visible_or_none(actor: Actor, version: ModelVersion | None) -> ModelVersion | None:
     """A related version (a base in another team's model, say) only if the actor may see it."""
     if version is None or not gate.visible(actor, ModelVersion).filter(pk=version.pk).exists():
         return None
@@ -101,8 +101,8 @@ def _version_page(
             "version": version,
             "artifact": artifact,
             "files": files,
-            "base": _visible_or_none(actor, version.base_version),
-            "parent": _visible_or_none(actor, version.parent_version),
+            "base": visible_or_none(actor, version.base_version),
+            "parent": visible_or_none(actor, version.parent_version),
             "adapters": list(visible_versions.filter(base_version=version).order_by("model__name", "number")),
             "derived": list(
                 visible_versions.filter(parent_version=version).order_by("model__name", "number")

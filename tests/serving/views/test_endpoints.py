@@ -277,3 +277,18 @@ def test_an_engineer_makes_an_endpoint_a_vote_from_its_page_and_bad_settings_com
     assert response.status_code == 302
     assert Endpoint.objects.get(name="spare").config["n"] == 3
     assert audited("endpoint.configure", Endpoint.objects.get(name="spare")) is not None
+
+
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [("[" * 5_000, "nested too deeply"), ("[" + "1," * 15_000 + "1]", "At most 20,000 characters")],
+)
+def test_a_config_too_deep_or_too_long_comes_back_on_the_form(
+    signed_in, org, owner, team, endpoint, config, error
+):
+    services.create_endpoint(actor=owner, name="spare", team=team, routes=[{"deployment": "support-bot"}])
+    client = signed_in(org["engineer"])
+    client.raise_request_exception = False  # 5,000 "[" once overflowed json.loads into a 500
+    response = client.post(reverse("endpoint-config", args=["spare"]), {"kind": "vote", "config": config})
+    assert response.status_code == 200 and error in response.content.decode()
+    assert Endpoint.objects.get(name="spare").kind != "vote"
