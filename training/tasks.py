@@ -40,11 +40,16 @@ def _log_path(job_id: int) -> Path:
     return Path(settings.DATA_DIR) / "training" / f"job-{job_id}.log"
 
 
-def _kill(pid: int, grace: float = 10.0) -> None:
+def _kill(pid: int, grace: float = 10.0, process: subprocess.Popen | None = None) -> None:
+    """SIGTERM the process group of ``pid``, SIGKILL what is left after ``grace``. ``process``: the group's
+    leader when it is this process's child, reaped as soon as it exits (unreaped, it keeps the group alive
+    to ``killpg`` and every stop would wait the whole grace)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
+        if process is not None:
+            process.poll()
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:
@@ -205,7 +210,7 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
             if FineTuneJob.objects.filter(
                 pk=job_id, status=JobStatus.RUNNING, cancel_requested=True
             ).exists():
-                _kill(pid)
+                _kill(pid, process=process)
                 finetune.finish(
                     job_id, JobStatus.CANCELLED, "Cancelled: the trainer's process group was stopped."
                 )
@@ -326,7 +331,7 @@ def _watch_merge(job_id: int, process: subprocess.Popen, log: Path) -> str:
     while process.poll() is None:
         now = time.monotonic()
         if now - started > settings.MERGE_TIMEOUT_SECONDS:
-            _kill(process.pid)
+            _kill(process.pid, process=process)
             process.wait()
             why = (
                 f"The merge process ran past {settings.MERGE_TIMEOUT_SECONDS}s "

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -56,9 +57,11 @@ def test_a_trainer_stopped_by_sigterm_removes_its_work_folder(tmp_path):
     try:
         assert trainer.stdout.readline() == "working\n"
         assert len(list(tmp_path.glob("train-7-1-*"))) == 1
-        # As a cancel stops it: SIGTERM to its group, SIGKILL after a grace (shorter here: it waits it out
-        # whenever the trainer, exited but not yet reaped, is a zombie).
-        tasks._kill(trainer.pid, grace=2.0)
+        # As a cancel stops it: SIGTERM to its group, SIGKILL after a grace. Its watcher reaps it as it
+        # exits, so the stop does not wait out the grace (a zombie leader kept the group alive to killpg).
+        started = time.monotonic()
+        tasks._kill(trainer.pid, grace=60.0, process=trainer)
+        assert time.monotonic() - started < 30, "the stop waited out the grace"
         assert trainer.wait(timeout=10) == 128 + signal.SIGTERM
     finally:
         if trainer.poll() is None:
