@@ -261,6 +261,16 @@ async def serve(
     composite = first.composite
     assert composite is not None and gateway.limiter is not None, "a composite endpoint, a started gateway"
     snapshot = gateway.snapshot
+    if len(shape.prompts) > 1:
+        # A composite answers one question: its classifier, verifier and vote read one prompt, and its
+        # reservation counts one prompt's questions (a list would ask the verifier once per answer of each).
+        raise GatewayError(
+            400,
+            f"`{first.name}` answers one prompt per request: send `prompt` as one string (or one array of "
+            "token ids).",
+            "invalid_value",
+            param="prompt",
+        )
     found = hops(snapshot, key, first, kind)
     asks_text = composite.kind == "router" or composite.verifier or composite.large_template
     text = hop_prompts.last_user_text(kind, payload) if asks_text else ""

@@ -5,7 +5,8 @@ or as server-sent events (relay.py).
 A replica that cannot be reached is passed over for another of the same route, then the chain's next
 endpoint (its fallbacks); a pooled connection the engine had closed is tried once more on a fresh one.
 Nothing is retried once the engine has the request and answers, even with an error: that answer is the
-client's. Metered and priced by the endpoint that answered (``outcome.answered``).
+client's. Metered and priced by the endpoint that answered (``outcome.answered``); one that had the request
+and sent no answer in time, at the worst case the request was admitted for (the engine's work is not known).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Protocol
 
 import orjson
 
-from serving.gateway import table_refresh
+from serving.gateway import payloads, table_refresh
 from serving.gateway.errors import GatewayError
 from serving.gateway.events import Outcome
 from serving.gateway.relay import PATHS, Renamer, relay_stream, relay_whole
@@ -107,6 +108,7 @@ async def forward(
                 continue
             except ReadTimeout:
                 gateway.balancer.release(replica)
+                _timed_out(outcome, current)
                 raise GatewayError(504, "The model did not answer in time.", "upstream_timeout") from None
             except OSError as exc:
                 # Most often a pooled keep-alive connection that the engine had closed (restarted on the
@@ -133,6 +135,7 @@ async def forward(
                 if outcome.sent:
                     outcome.status, outcome.error = 504, "upstream_timeout"
                     return
+                _timed_out(outcome, current)
                 raise GatewayError(504, "The model did not answer in time.", "upstream_timeout") from None
             except Dropped:
                 # The engine went away mid-answer (restarted, out of memory): not a gateway fault. A stream
@@ -162,6 +165,16 @@ async def forward(
         503,
         f"No replica of `{public}` is ready to serve (or all failed to connect).",
         "no_replica_available",
+    )
+
+
+def _timed_out(outcome: Outcome, hop: EndpointInfo) -> None:
+    """An engine that had the request and sent no answer in time may have worked to the end of it: billed
+    the worst case it was admitted for on ``hop`` (what it produced is not known), so that no one can have
+    engine time for free by asking for more than the timeout allows. The usage event says upstream_timeout."""
+    outcome.answered, outcome.endpoint = hop, hop.name
+    outcome.input_tokens, outcome.output_tokens = payloads.worst_usage(
+        outcome.shape, hop.max_model_len, hop.input_micros_per_token, hop.output_micros_per_token
     )
 
 

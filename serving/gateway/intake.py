@@ -104,6 +104,7 @@ def check(kind: str, payload: dict, size: int, first: EndpointInfo, name) -> pay
                 per_image = first.image_tokens or settings.GATEWAY_IMAGE_TOKENS or first.max_model_len
                 bound = shape.prompts[0] - found.url_chars + found.number * per_image
                 shape = shape._replace(prompts=(bound,))
+        payloads.check_logprob_entries(kind, payload, shape, settings.GATEWAY_MAX_PROMPT_LOGPROBS)
         return shape
     except payloads.PayloadError as exc:
         raise GatewayError(400, exc.message, exc.code, param=exc.param) from None

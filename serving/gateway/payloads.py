@@ -86,6 +86,34 @@ def worst_case(
     return tokens, math.ceil(money)  # up: a reservation never falls short of the (rounded) bill
 
 
+def worst_usage(
+    shape: Shape, max_model_len: int, input_micros: float = 0.0, output_micros: float = 0.0
+) -> tuple[int, int]:
+    """The prompt and completion tokens of ``worst_case``'s bill (per prompt, the costlier of its two
+    points, by money where priced, else by tokens): what a request is billed when an engine had it and what
+    it produced is not known (forwarding.py: it did not answer in time)."""
+    length = max_model_len
+    per_choice = length if shape.per_choice is None else min(shape.per_choice, length)
+    n = shape.choices
+    floor = max(0, length - per_choice)
+    priced = input_micros or output_micros
+    prompt = completion = 0
+    for bound in shape.prompts:
+        top = min(bound, length)
+        low = min(top, floor)
+        out_low, out_top = n * per_choice, n * min(per_choice, length - top)
+        if priced:
+            at_low = (
+                input_micros * low + output_micros * out_low >= input_micros * top + output_micros * out_top
+            )
+        else:
+            at_low = low + out_low >= top + out_top
+        prompt, completion = (
+            (prompt + low, completion + out_low) if at_low else (prompt + top, completion + out_top)
+        )
+    return prompt, completion
+
+
 # --- Field checks ---------------------------------------------------------------------------------
 Check = Callable[[str, object], None]
 
@@ -348,6 +376,33 @@ def check(kind: str, payload: dict, body_size: int, *, max_n: int, max_inputs: i
         include_usage=include_usage,
         continuous_usage=continuous,
     )
+
+
+def check_logprob_entries(kind: str, payload: dict, shape: Shape, most: int) -> None:
+    """Refuse a request whose prompt log-probabilities could make an answer of more than ``most`` entries.
+
+    vLLM answers ``prompt_logprobs`` (chat: once; completions: in every choice) and a completion's ``echo``
+    with ``logprobs`` (in every choice) with 1 + k log-probabilities for every prompt token: a long prompt
+    makes an answer of gigabytes, read whole by the gateway. The prompts' bounds are not clipped to a
+    context: the endpoint's fallbacks may have longer ones.
+    """
+    prompt = payload.get("prompt_logprobs")
+    per_token = 0 if prompt is None else 1 + prompt
+    echoed = kind == "completion" and payload.get("echo") and payload.get("logprobs") is not None
+    if echoed:
+        per_token += 1 + payload["logprobs"]
+    if not per_token:
+        return
+    copies = 1 if kind == "chat" else shape.choices
+    entries = sum(shape.prompts) * per_token * copies
+    if entries > most:
+        name = "prompt_logprobs" if prompt is not None else "echo"
+        raise PayloadError(
+            f"`{name}` could return up to {entries:,} log-probabilities for a prompt this long (1 + k per "
+            f"prompt token, per choice), more than the {most:,} a request may ask for: ask for fewer, or "
+            "send a shorter prompt.",
+            name,
+        )
 
 
 def _text_bound(text: str) -> int:

@@ -14,7 +14,7 @@ import orjson
 from serving.gateway import errors, payloads
 from serving.gateway.errors import GatewayError
 from serving.gateway.events import Outcome
-from serving.gateway.upstream import Response
+from serving.gateway.upstream import Response, TooLarge
 
 PATHS = {
     "chat": "/v1/chat/completions",
@@ -25,6 +25,9 @@ PATHS = {
     "transcription": "/v1/audio/transcriptions",
     "translation": "/v1/audio/translations",
 }
+# The most of an engine's answer read whole (and parsed): the largest a call may ask for is under it
+# (2,048 embeddings of 4,096 floats, or PORTFOLIO_GATEWAY_MAX_PROMPT_LOGPROBS log-probabilities).
+MAX_ANSWER_BYTES = 256 * 1024 * 1024
 
 
 class Renamer:
@@ -106,7 +109,14 @@ async def respond(
 
 
 async def relay_whole(send, response: Response, request_id: str, rename: Renamer, outcome: Outcome) -> None:
-    data = await response.read()
+    try:
+        data = await response.read(MAX_ANSWER_BYTES)
+    except TooLarge:
+        raise GatewayError(
+            502,
+            f"The model's answer is larger than the gateway relays ({MAX_ANSWER_BYTES} bytes).",
+            "upstream_error",
+        ) from None
     outcome.status = response.status
     content_type = response.headers.get(b"content-type", b"application/json")
     if response.status == 200:

@@ -5,8 +5,8 @@ Contract: the body is already in memory and bounded (audio.py); parsing it makes
 beyond one slice, refuses more than ``MAX_PARTS`` parts or a second file, and every refusal is a
 ``PayloadError`` naming the part. The duration is what the engine will decode: the samples of the first
 ``data`` chunk that were really sent (a header that claims more counts only what came), at the rate of a
-``fmt `` chunk whose figures agree with each other (PCM or float), so that it cannot be made to look
-shorter than it plays.
+``fmt `` chunk whose figures agree with each other (PCM or float, an extensible one's SubFormat too), so
+that it cannot be made to look shorter than it plays.
 """
 
 from __future__ import annotations
@@ -126,6 +126,10 @@ def encode_form(fields: dict[str, str | list[str]], filename: str, content: byte
 
 # --- WAV --------------------------------------------------------------------------------------------
 PCM, FLOAT, EXTENSIBLE = 1, 3, 0xFFFE
+# WAVE_FORMAT_EXTENSIBLE names its coding by a SubFormat GUID (KSDATAFORMAT_SUBTYPE_*), which decoders
+# follow (ffmpeg decodes MP3 or ADPCM from it): only PCM's and float's are taken.
+_GUID_TAIL = bytes.fromhex("000000001000800000aa00389b71")
+SUB_FORMATS = {PCM.to_bytes(2, "little") + _GUID_TAIL, FLOAT.to_bytes(2, "little") + _GUID_TAIL}
 
 
 def wav_duration_ms(data: bytes) -> int:
@@ -167,6 +171,8 @@ def wav_duration_ms(data: bytes) -> int:
                     "file",
                     "invalid_audio",
                 )
+            if kind == EXTENSIBLE:
+                _check_extensible(data, start, size, bits)
         elif chunk == b"data":
             if not rate:
                 raise PayloadError("The WAV file has audio before its format chunk.", "file", "invalid_audio")
@@ -175,3 +181,20 @@ def wav_duration_ms(data: bytes) -> int:
             return -(-samples * 1000 // rate)
         position = start + size + (size & 1)  # chunks are padded to an even length
     raise PayloadError("The WAV file has no audio data chunk.", "file", "invalid_audio")
+
+
+def _check_extensible(data: bytes, start: int, size: int, bits: int) -> None:
+    """A WAVE_FORMAT_EXTENSIBLE chunk whose SubFormat is PCM or float, its valid bits within the sample's."""
+    if size < 40 or start + 40 > len(data):
+        raise PayloadError(
+            "The WAV file's extensible format chunk is truncated (it has no SubFormat).",
+            "file",
+            "invalid_audio",
+        )
+    extra, valid = struct.unpack_from("<HH", data, start + 16)
+    if extra < 22 or data[start + 24 : start + 40] not in SUB_FORMATS or valid > bits:
+        raise PayloadError(
+            "The WAV file's extensible format is not uncompressed PCM or float (its SubFormat says otherwise).",
+            "file",
+            "invalid_audio",
+        )

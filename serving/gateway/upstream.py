@@ -8,7 +8,8 @@ needs is a POST with a few headers of its own to an engine it knows. Errors say 
 - ``ConnectFailed``: nothing was sent (refused, unreachable, connect timeout): another replica may answer;
 - ``Dropped``: the connection closed before the whole response came (most often a pooled keep-alive
   connection the engine had closed): the request may be tried again on a fresh connection;
-- ``ReadTimeout`` (a ``TimeoutError``): the engine sent nothing for ``read_timeout`` seconds.
+- ``ReadTimeout`` (a ``TimeoutError``): the engine sent nothing for ``read_timeout`` seconds;
+- ``TooLarge``: a body read whole is longer than the reader allows.
 
 Connections idle longer than ``keepalive`` seconds are closed. A streamed response stops reading from the
 socket while ``HIGH_WATER`` bytes wait for a slow client, and goes on when they are taken.
@@ -36,6 +37,10 @@ class Dropped(ConnectionError):
 
 class ReadTimeout(TimeoutError):
     """The engine sent nothing for the read timeout."""
+
+
+class TooLarge(Exception):
+    """A body read whole was longer than the reader's limit."""
 
 
 class _Connection(asyncio.Protocol):
@@ -211,10 +216,26 @@ class Response:
             self.connection.transport.resume_reading()
         return data
 
-    async def read(self) -> bytes:
-        while not self.complete:
-            await self._wait()
-        return self._take_buffer()
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body; ``TooLarge`` past ``limit`` bytes (said by its length, or once that much came)."""
+        length = self.headers.get(b"content-length", b"")
+        if limit is not None and length.isdigit() and int(length) > limit:
+            raise TooLarge(f"The body is {int(length)} bytes, over {limit}.")
+        parts: list[bytes] = []
+        size = 0
+        # Taken as it comes, not once complete: past HIGH_WATER the socket stops being read until it is.
+        # (No async generator: this is every non-streamed answer's path, most often one piece.)
+        while True:
+            if self._buffer:
+                piece = self._take_buffer()
+                size += len(piece)
+                if limit is not None and size > limit:
+                    raise TooLarge(f"The body is over {limit} bytes.")
+                parts.append(piece)
+            elif self.complete:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            else:
+                await self._wait()
 
     async def chunks(self):
         """The body as it comes: each piece read from the socket since the last one (never empty)."""

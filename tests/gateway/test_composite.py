@@ -365,6 +365,38 @@ def test_a_vote_by_a_verifier_returns_the_accepted_answer_and_bills_each_questio
     assert {e.via for e in rows} == {"judged"} and len({e.event_id for e in rows}) == 3
 
 
+def test_a_composite_asked_with_a_list_of_prompts_is_refused_before_any_hop(gateway_url, stack, team):
+    """A vote's reservation and its verifier's questions count one prompt: a list would have the sampler
+    answer every prompt n times and the verifier be asked about each distinct answer, unreserved."""
+    dep, engines = stack["deployment"]("sampler-dep", answer=lambda b, i: f"answer{i}")
+    stack["endpoint"]("sampler", dep)
+    checker, checker_engines = stack["deployment"]("checker-dep", answer=checks_paris)
+    stack["endpoint"]("checker", checker)
+    composite(
+        "judged", "vote", {"endpoint": "sampler", "n": 3, "method": "verifier", "verifier": "checker"}, team
+    )
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "judged")
+    for prompt in (["one", "two"], [[1, 2], [3, 4]]):
+        response = httpx.post(
+            f"{gateway_url}/v1/completions",
+            json={"model": "judged", "prompt": prompt, "max_tokens": 4},
+            headers={"Authorization": f"Bearer {secret}"},
+            timeout=20,
+        )
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == "prompt" and "one prompt per request" in error["message"]
+    assert engines[0].requests == [] and checker_engines[0].requests == []
+    single = httpx.post(
+        f"{gateway_url}/v1/completions",
+        json={"model": "judged", "prompt": ["What is the capital of France?"], "max_tokens": 4},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=20,
+    )
+    assert single.status_code == 200, single.text
+
+
 def test_a_chat_request_escalated_to_a_base_model_is_asked_with_the_cascades_plain_prompt(
     gateway_url, stack, team
 ):

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import time
+from decimal import Decimal
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from portfolio.accounts.actor import Actor
 from serving.gateway import services as key_services
 from serving.gateway import usage
 from serving.gateway.models import ApiKey, UsageEvent
-from serving.models import Endpoint
+from serving.gateway.payloads import CHAT_TEMPLATE_TOKENS
+from serving.models import Endpoint, Replica
 from tests.gateway.conftest import METRICS_TOKEN, wait_for_model
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -325,6 +329,37 @@ def test_an_upstream_that_does_not_answer_in_time_gives_504(gateway_process, sta
     assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout", (
         f"{response.status_code} {response.text}\n--- gateway log ---\n{log.read_text()[-3000:]}"
     )
+
+
+def test_a_request_an_engine_had_and_did_not_answer_in_time_is_billed_its_worst_case(gateway_url, stack):
+    """The engine may have worked to the end: a timeout must not make its work free and repeatable. A
+    request that never reached an engine is not billed."""
+    dep, engines = stack["deployment"]("t-dep", delay=3.5)
+    stack["endpoint"]("sleepy", dep, price=("1000000", "2000000"))
+    gone, _ = stack["deployment"]("gone-dep")
+    stack["endpoint"]("gone", gone, price=("1000000", "2000000"))
+    with socket.socket() as unused:  # a port nothing listens on: refused before reaching an engine
+        unused.bind(("127.0.0.1", 0))
+        Replica.objects.filter(deployment=gone).update(port=unused.getsockname()[1])
+    secret = stack["key"](monthly_budget=Decimal("100000"))
+    wait_for_model(gateway_url, secret, "gone")
+    body = orjson.dumps({"model": "sleepy", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10})
+    headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+    response = httpx.post(f"{gateway_url}/v1/chat/completions", content=body, headers=headers, timeout=20)
+    assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout"
+    assert len(engines[0].requests) == 1
+    refused = httpx.post(
+        f"{gateway_url}/v1/chat/completions", content=body.replace(b"sleepy", b"gone"), headers=headers
+    )
+    assert refused.status_code == 503, refused.text
+    usage.flush()
+    rows = {e.endpoint: e for e in UsageEvent.objects.all()}
+    timed_out = rows["sleepy"]
+    assert (timed_out.status, timed_out.error) == (504, "upstream_timeout")
+    # Its worst case: the prompt's bound (its bytes and the chat template) and every completion token asked.
+    assert (timed_out.input_tokens, timed_out.output_tokens) == (len(body) + CHAT_TEMPLATE_TOKENS, 10)
+    assert timed_out.cost == Decimal(len(body) + CHAT_TEMPLATE_TOKENS + 2 * 10)
+    assert (rows["gone"].status, rows["gone"].cost, rows["gone"].input_tokens) == (503, 0, 0)
 
 
 def test_metrics_are_labelled_by_endpoint_and_team_never_by_key(gateway_url, stack):

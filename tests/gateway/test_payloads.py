@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import itertools
 
+import orjson
 import pytest
 
+from serving.gateway import intake
+from serving.gateway.errors import GatewayError
 from serving.gateway.payloads import (
     CHAT_TEMPLATE_TOKENS,
     SPECIAL_TOKENS,
@@ -14,7 +17,9 @@ from serving.gateway.payloads import (
     Shape,
     check,
     worst_case,
+    worst_usage,
 )
+from serving.gateway.routing import EndpointInfo, Route
 
 
 def shape_of(kind: str, body: dict, size: int = 100, max_n: int = 8, max_inputs: int = 2048) -> Shape:
@@ -61,6 +66,21 @@ def test_money_is_reserved_for_the_costliest_prompt_length_whichever_price_is_hi
                 for p in range(min(bound, 64) + 1)
             )
             assert exact <= money < exact + 1, (input_price, output_price, bound, n, limit)
+
+
+def test_a_timed_out_request_is_billed_the_split_of_its_worst_case():
+    """forwarding.py bills an engine that did not answer in time at worst_usage: its tokens, priced, are
+    worst_case's (the reservation) exactly, whichever price is higher."""
+    for prices in ((0.0, 0.0), (1.0, 5.0), (50.0, 1.0)):
+        for bounds, n, limit in itertools.product(((5,), (40, 90), (100,)), (1, 3), (None, 8, 30)):
+            shape = Shape(prompts=bounds, choices=n, per_choice=limit)
+            tokens, money = worst_case(shape, 64, *prices)
+            prompt, completion = worst_usage(shape, 64, *prices)
+            if prices == (0.0, 0.0):
+                assert prompt + completion == tokens, (bounds, n, limit)
+            else:
+                assert prices[0] * prompt + prices[1] * completion == money, (prices, bounds, n, limit)
+                assert prompt + completion <= tokens
 
 
 def test_n_completions_of_48_tokens_reserve_n_times_48():
@@ -204,4 +224,37 @@ def test_embeddings_take_only_their_own_fields():
     assert (
         refusal("embedding", {"model": "e", "input": "x", "encoding_format": "npy"}).param
         == "encoding_format"
+    )
+
+
+def test_prompt_logprobs_or_an_echo_with_logprobs_past_the_bound_are_refused_before_the_engine(settings):
+    """vLLM answers 1 + k log-probabilities per prompt token (completions: in every choice): a long prompt
+    would make an answer of gigabytes, read whole by the gateway."""
+    settings.GATEWAY_MAX_PROMPT_LOGPROBS = 10_000
+    endpoint = EndpointInfo("m", 1, (Route(1, "d", "d", "", 1),), None, 0.0, 0.0, 4096)
+    long = "word " * 1000  # a bound of 5,000 + special tokens
+
+    def shape(kind: str, body: dict):
+        data = orjson.dumps({"model": "m", **body})
+        return intake.check(kind, orjson.loads(data), len(data), endpoint, "m")
+
+    def refused(kind: str, body: dict) -> dict:
+        with pytest.raises(GatewayError) as excinfo:
+            shape(kind, body)
+        error = excinfo.value
+        assert error.status == 400 and "log-probabilities" in error.message
+        return error.param
+
+    assert shape("completion", {"prompt": long, "prompt_logprobs": 0}).choices == 1, "1 per token: within"
+    assert refused("completion", {"prompt": long, "prompt_logprobs": 1}) == "prompt_logprobs"
+    assert refused("completion", {"prompt": long, "prompt_logprobs": 0, "n": 2}) == "prompt_logprobs"
+    assert refused("completion", {"prompt": [long, long], "prompt_logprobs": 0}) == "prompt_logprobs"
+    assert refused("completion", {"prompt": long, "echo": True, "logprobs": 1}) == "echo"
+    assert shape("completion", {"prompt": long, "echo": True}).choices == 1, "no logprobs: only the text"
+    assert shape("completion", {"prompt": long, "logprobs": 5}).choices == 1, "the completion's only"
+    messages = [{"role": "user", "content": long}]
+    assert refused("chat", {"messages": messages, "prompt_logprobs": 1}) == "prompt_logprobs"
+    assert shape("chat", {"messages": messages, "prompt_logprobs": 0}).choices == 1
+    assert (
+        shape("chat", {"messages": [{"role": "user", "content": "hi"}], "prompt_logprobs": 20}).choices == 1
     )

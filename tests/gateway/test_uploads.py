@@ -136,6 +136,38 @@ def test_compressed_wavs_are_refused(kind):
 
 
 # --- Images ---------------------------------------------------------------------------------------
+def extensible_wav(sub_format: int, *, extra: int = 22, valid: int = 16, size: int = 40) -> bytes:
+    """A 1 s 16 kHz 16-bit mono WAV whose format chunk is WAVE_FORMAT_EXTENSIBLE naming ``sub_format``."""
+    guid = struct.pack("<I", sub_format) + bytes.fromhex("00001000800000aa00389b71")
+    fmt = struct.pack("<HHIIHHHHI", 0xFFFE, 1, 16000, 32000, 2, 16, extra, valid, 4) + guid
+    audio = b"\0\0" * 16000
+    return (
+        b"RIFF\0\0\0\0WAVE"
+        + b"fmt "
+        + struct.pack("<I", size)
+        + fmt[:size]
+        + b"data"
+        + struct.pack("<I", len(audio))
+        + audio
+    )
+
+
+def test_an_extensible_wav_is_taken_only_when_its_sub_format_is_pcm_or_float():
+    """ffmpeg decodes an extensible WAV by its SubFormat GUID: one naming MP3 (0x55) would be billed as a
+    second of PCM while minutes of audio decode."""
+    assert uploads.wav_duration_ms(extensible_wav(1)) == 1000
+    assert uploads.wav_duration_ms(extensible_wav(3)) == 1000
+    for wav in (
+        extensible_wav(0x55),  # MP3
+        extensible_wav(2),  # ADPCM
+        extensible_wav(1, size=16),  # no SubFormat at all
+        extensible_wav(1, extra=0),
+        extensible_wav(1, valid=24),  # more valid bits than a sample holds
+    ):
+        error = refusal(uploads.wav_duration_ms, wav)
+        assert (error.code, error.param) == ("invalid_audio", "file") and "format" in error.message
+
+
 def test_plain_text_conversations_have_no_images(settings):
     assert images.inspect([{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]) == (
         0,

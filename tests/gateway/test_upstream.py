@@ -10,7 +10,11 @@ import socket
 
 import pytest
 
-from serving.gateway.upstream import HIGH_WATER, ConnectFailed, Dropped, ReadTimeout, Upstream
+from serving.gateway import relay
+from serving.gateway.errors import GatewayError
+from serving.gateway.events import Outcome
+from serving.gateway.payloads import Shape
+from serving.gateway.upstream import HIGH_WATER, ConnectFailed, Dropped, ReadTimeout, TooLarge, Upstream
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
 
@@ -321,3 +325,75 @@ async def test_a_response_released_before_its_end_closes_its_connection():
         response.release()  # the client went away mid-stream
         assert response.connection.closed and not any(upstream._idle.values())
         await upstream.close()
+
+
+def _big(size: int, chunked: bool = False):
+    async def answer(writer):
+        if chunked:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for _ in range(size // 65536):
+                writer.write(b"10000\r\n" + b"x" * 65536 + b"\r\n")
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size)
+        await writer.drain()
+
+    return answer
+
+
+@in_loop
+async def test_a_body_past_the_high_water_mark_is_still_read_whole():
+    """Reading stops past HIGH_WATER until the buffer is taken: a whole read must take it as it comes."""
+    size = 16 * HIGH_WATER
+    for chunked in (False, True):
+        async with Server([_big(size, chunked)]) as base:
+            upstream = _client(read_timeout=1)
+            response = await _post(upstream, base)
+            assert len(await response.read(limit=size)) == size
+            response.release()
+            await upstream.close()
+
+
+@in_loop
+async def test_a_body_read_whole_past_its_limit_is_too_large_said_or_sent():
+    size = 16 * HIGH_WATER
+    for chunked in (False, True):
+        async with Server([_big(size, chunked)]) as base:
+            upstream = _client(read_timeout=1)
+            response = await _post(upstream, base)
+            with pytest.raises(TooLarge):
+                await response.read(limit=size // 2)
+            response.release()
+            assert response.connection.closed, "a body not read to its end leaves bytes on the connection"
+            await upstream.close()
+
+
+@in_loop
+async def test_an_answer_larger_than_the_gateway_relays_is_a_502_not_read_on():
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    original = relay.MAX_ANSWER_BYTES
+    relay.MAX_ANSWER_BYTES = 4 * HIGH_WATER
+    try:
+        async with Server([_big(16 * HIGH_WATER, chunked=True)]) as base:
+            upstream = _client(read_timeout=1)
+            response = await _post(upstream, base)
+            outcome = Outcome(
+                endpoint="m", kind="chat", shape=Shape(prompts=(1,), choices=1, per_choice=1), event_id="e"
+            )
+            with pytest.raises(GatewayError) as excinfo:
+                await relay.relay_whole(send, response, "r", relay.Renamer("m", "m"), outcome)
+            response.release()
+            await upstream.close()
+    finally:
+        relay.MAX_ANSWER_BYTES = original
+    error = excinfo.value
+    assert (error.status, error.code) == (
+        502,
+        "upstream_error",
+    ) and "larger than the gateway relays" in error.message
+    assert sent == [], "nothing of it reaches the client: the gateway answers the 502 in OpenAI's shape"
