@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 from django.conf import settings
 
+from serving.gateway import image_sizes
 from serving.gateway.payloads import PayloadError
 
 # Content part types a chat message may hold: text, and images checked here. vLLM also takes audio_url,
@@ -158,6 +159,14 @@ def _check_data_uri(url: str, where: str) -> None:
             f"`{where}`: the data is not a {declared} image (its first bytes say otherwise).",
             where,
             "invalid_image",
+        )
+    size = image_sizes.dimensions(declared, data)
+    most_pixels = settings.GATEWAY_MAX_IMAGE_PIXELS
+    if size is not None and size[0] * size[1] > most_pixels:
+        raise PayloadError(
+            f"`{where}`: the image is {size[0]} x {size[1]} pixels; at most {most_pixels:,} pixels.",
+            where,
+            "image_too_large",
         )
 
 
