@@ -36,6 +36,7 @@ from django.utils import timezone
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.errors import Invalid
+from portfolio.leases import Lease
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.models import Artifact
 from portfolio.registry.storage import store_directory
@@ -160,11 +161,17 @@ def reap_stale(
         Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
     )
     resent = []
-    for ingest_id, resends, upload_path in silent.order_by("pk").values_list("pk", "resends", "upload_path"):
-        if resends >= MAX_RESENDS:
+    rows = silent.order_by("pk").values_list("pk", "status", "resends", "upload_path")
+    for ingest_id, status, resends, upload_path in rows:
+        if lease_of(ingest_id).holder() is not None:
+            continue  # a live run, silent a while (storing a large file says nothing): left alone
+        # A run that started and fell silent without its lease: its worker died. One still queued (its
+        # message lost, or the workers busy with long tasks) is sent again without counting.
+        died = status == JobStatus.RUNNING
+        if died and resends >= MAX_RESENDS:
             detail = (
-                f"The ingest was started {resends + 1} times and its worker fell silent each time (a file too "
-                "large for the worker's memory?). Upload a smaller file, or ask an admin to check the workers."
+                f"The ingest was started {resends + 1} times and its worker died each time (a file too large "
+                "for the worker's memory?). Upload a smaller file, or ask an admin to check the workers."
             )
             if unfinished.filter(pk=ingest_id, resends=resends).update(
                 status=JobStatus.ERRORED, status_detail=detail, finished_at=now, progress_detail="errored"
@@ -173,11 +180,17 @@ def reap_stale(
                 given_up.append(ingest_id)
             continue
         # Counted from now: sent again, it has RESEND_AFTER to start before the next resend.
-        if unfinished.filter(pk=ingest_id, resends=resends).update(resends=resends + 1, heartbeat_at=now):
+        counted = resends + 1 if died else resends
+        if unfinished.filter(pk=ingest_id, resends=resends).update(resends=counted, heartbeat_at=now):
             logger.warning("ingest #%s has been silent since before %s: sent again", ingest_id, cutoff)
             current_app.signature("training.ingest_dataset", args=[ingest_id]).apply_async()
             resent.append(ingest_id)
     return resent, given_up
+
+
+def lease_of(ingest_id: int) -> Lease:
+    """The lease its run holds: a redelivery, or the reaper, finds a live run by it and leaves it alone."""
+    return Lease(f"training.ingest_dataset:{ingest_id}")
 
 
 def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:

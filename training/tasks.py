@@ -276,7 +276,7 @@ def ingest_dataset(ingest_id: int) -> None:
     if not DatasetIngest.objects.filter(pk=ingest_id).exists():
         logger.warning("ingest #%s does not exist (its upload was never committed?)", ingest_id)
         return
-    lease = Lease(f"training.ingest_dataset:{ingest_id}")
+    lease = ingest.lease_of(ingest_id)
     if not lease.acquire():
         logger.info(
             "ingest #%s is run by a live delivery (%s); this redelivery leaves it alone",

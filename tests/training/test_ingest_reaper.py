@@ -10,6 +10,7 @@ import pytest
 from celery.app.task import Task
 from django.utils import timezone
 
+from portfolio.leases import Lease
 from tests.training.conftest import jsonl, tickets
 from training import ingest, services, tasks
 from training.choices import JobStatus
@@ -108,3 +109,24 @@ def test_an_ingest_whose_worker_keeps_dying_is_given_up_after_its_resends(engine
     dying.refresh_from_db()
     assert dying.status == JobStatus.ERRORED and "started 4 times" in dying.status_detail
     assert not Path(dying.upload_path).exists() and len(sent) == ingest.MAX_RESENDS
+
+
+def test_a_queued_ingest_waiting_for_busy_workers_or_a_live_silent_run_is_not_given_up(
+    engineer, chat_set, sent
+):
+    """Only a run that died counts: one still queued (the workers busy with a long fine-tune) is sent again
+    without counting, and a run whose lease is live (storing a large file says nothing) is left alone."""
+    waiting = upload(engineer, chat_set, age=timedelta(hours=2))
+    live = upload(engineer, chat_set, age=timedelta(hours=2), status=JobStatus.RUNNING)
+    lease = Lease(f"training.ingest_dataset:{live.pk}")  # as the running task holds it
+    assert lease.acquire(wait=False)
+    try:
+        for _ in range(ingest.MAX_RESENDS + 2):
+            silent = timezone.now() - timedelta(minutes=11)
+            DatasetIngest.objects.filter(pk__in=[waiting.pk, live.pk]).update(heartbeat_at=silent)
+            assert ingest.reap_stale() == ([waiting.pk], [])
+    finally:
+        lease.release()
+    waiting.refresh_from_db()
+    live.refresh_from_db()
+    assert (waiting.status, waiting.resends, live.status) == (JobStatus.QUEUED, 0, JobStatus.RUNNING)
