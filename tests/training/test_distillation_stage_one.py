@@ -146,3 +146,30 @@ def test_a_service_key_in_use_past_its_renewal_time_is_renewed_before_the_call(d
     assert key.expires_at >= timezone.now() + key_services.SERVICE_KEY_LIFETIME - timedelta(minutes=1)
     assert seen == ["/v1/models", "/v1/models"]
     assert AuditEvent.objects.filter(action="apikey.update", object_id=str(key.pk)).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_threads_calling_when_the_renewal_is_due_renew_once(team):
+    """An eval run calls from a pool of threads: when the renewal falls due, one of them renews."""
+    import threading
+
+    from portfolio.audit.models import AuditEvent
+    from training.evals.gateway import KeyedClient
+
+    key, _ = key_services.create_key(actor=distillation.SYSTEM, team=team, name="eval run #1", service=True)
+    transport = httpx.MockTransport(lambda request: httpx.Response(200))
+    ready = threading.Barrier(4)
+    with KeyedClient(base_url="http://gateway", transport=transport) as client:
+        renew_after = key_services.SERVICE_KEY_RENEW_AFTER.total_seconds()
+        client.key_id, client.renewed_at = key.pk, time.monotonic() - renew_after  # due
+
+        def call():
+            ready.wait()
+            client.get("/v1/models")
+
+        threads = [threading.Thread(target=call) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert AuditEvent.objects.filter(action="apikey.update", object_id=str(key.pk)).count() == 1

@@ -5,6 +5,7 @@ billed to that team like any other call."""
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from decimal import Decimal
 
 import httpx
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -47,12 +48,25 @@ class KeyedClient(httpx.Client):
     key_id: int = 0
     renewed_at: float = 0.0
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._renewing = threading.Lock()  # an eval run calls from a pool of threads: one renews
+
     def request(self, *args, **kwargs):
         renew_after = key_services.SERVICE_KEY_RENEW_AFTER.total_seconds()
         if self.key_id and time.monotonic() - self.renewed_at >= renew_after:
-            key_services.renew_service_key(actor=SYSTEM, key_pk=self.key_id)
-            self.renewed_at = time.monotonic()
+            with self._renewing:
+                if time.monotonic() - self.renewed_at >= renew_after:
+                    self._renew()
         return super().request(*args, **kwargs)
+
+    def _renew(self) -> None:
+        try:
+            key_services.renew_service_key(actor=SYSTEM, key_pk=self.key_id)
+        finally:
+            if threading.current_thread() is not threading.main_thread():
+                connection.close()  # a pool thread's own connection, opened for the renewal
+        self.renewed_at = time.monotonic()
 
 
 @contextlib.contextmanager
