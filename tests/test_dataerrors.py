@@ -26,3 +26,26 @@ def test_the_api_keeps_its_own_json_answer_to_a_nul_character(admin_client):
     response = admin_client.get("/api/v1/models/a%00")
     assert response.status_code == 400
     assert response["Content-Type"].startswith("application/json")
+
+
+def test_only_what_a_callers_value_causes_is_a_bad_request_a_bug_of_ours_stays_a_500(rf):
+    """A value too long for its column (22001) is our write's fault: it stays an error reported as one."""
+    from django.db import DataError
+
+    from portfolio.dataerrors import DataErrorMiddleware
+
+    class Cause(Exception):
+        def __init__(self, sqlstate):
+            super().__init__()
+            self.sqlstate = sqlstate
+
+    def raised(sqlstate, message="") -> DataError:
+        error = DataError(message)
+        error.__cause__ = Cause(sqlstate)
+        return error
+
+    middleware = DataErrorMiddleware(lambda request: None)
+    request = rf.get("/models/x/")
+    assert middleware.process_exception(request, raised("22001", "value too long")) is None
+    assert middleware.process_exception(request, raised(None)).status_code == 400  # an empty message too
+    assert middleware.process_exception(request, raised("22003", "integer out of range")).status_code == 400
