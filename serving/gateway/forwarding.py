@@ -20,9 +20,9 @@ import orjson
 from serving.gateway import payloads, table_refresh
 from serving.gateway.errors import GatewayError
 from serving.gateway.events import Outcome
-from serving.gateway.relay import PATHS, Renamer, relay_stream, relay_whole
+from serving.gateway.relay import MAX_ANSWER_BYTES, PATHS, Renamer, relay_stream, relay_whole
 from serving.gateway.routing import Balancer, EndpointInfo, ReplicaInfo, Snapshot, choose_route, sticky_key
-from serving.gateway.upstream import ConnectFailed, Dropped, ReadTimeout, Upstream
+from serving.gateway.upstream import ConnectFailed, Dropped, ReadTimeout, TooLarge, Upstream
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ async def forward(
                 continue
             except ReadTimeout:
                 gateway.balancer.release(replica)
-                _timed_out(outcome, current)
+                if _still_served(gateway.snapshot, route.deployment, replica.id):
+                    _billed_worst_case(outcome, current)
                 raise GatewayError(504, "The model did not answer in time.", "upstream_timeout") from None
             except OSError as exc:
                 # Most often a pooled keep-alive connection that the engine had closed (restarted on the
@@ -135,8 +136,19 @@ async def forward(
                 if outcome.sent:
                     outcome.status, outcome.error = 504, "upstream_timeout"
                     return
-                _timed_out(outcome, current)
+                if _still_served(gateway.snapshot, route.deployment, replica.id):
+                    _billed_worst_case(outcome, current)
                 raise GatewayError(504, "The model did not answer in time.", "upstream_timeout") from None
+            except TooLarge:
+                # Worked to the end of an answer larger than the gateway relays (log-probabilities of every
+                # token of n long completions): the work was done, so it is billed.
+                _billed_worst_case(outcome, current)
+                raise GatewayError(
+                    502,
+                    f"The model's answer is larger than the gateway relays ({MAX_ANSWER_BYTES} bytes); ask "
+                    "for fewer log-probabilities or tokens.",
+                    "upstream_error",
+                ) from None
             except Dropped:
                 # The engine went away mid-answer (restarted, out of memory): not a gateway fault. A stream
                 # under way ends there, what it produced metered; else the client gets a 502.
@@ -168,10 +180,17 @@ async def forward(
     )
 
 
-def _timed_out(outcome: Outcome, hop: EndpointInfo) -> None:
-    """An engine that had the request and sent no answer in time may have worked to the end of it: billed
-    the worst case it was admitted for on ``hop`` (what it produced is not known), so that no one can have
-    engine time for free by asking for more than the timeout allows. The usage event says upstream_timeout."""
+def _still_served(snapshot, deployment: str, replica_id: int) -> bool:
+    """Whether the replica a request timed out on is still in the routing table: one dropped meanwhile (its
+    node lost, its engine gone) did not work on it, and the platform's outage is not billed."""
+    return any(replica.id == replica_id for replica in snapshot.replicas.get(deployment, ()))
+
+
+def _billed_worst_case(outcome: Outcome, hop: EndpointInfo) -> None:
+    """An engine that had the request and sent no answer in time may have worked to the end of it (one whose
+    answer was too large to relay did): billed the worst case it was admitted for on ``hop`` (what it
+    produced is not known), so that no one can have engine time for free by asking for more than the
+    timeout or the relay allows. The usage event says upstream_timeout or upstream_error."""
     outcome.answered, outcome.endpoint = hop, hop.name
     outcome.input_tokens, outcome.output_tokens = payloads.worst_usage(
         outcome.shape, hop.max_model_len, hop.input_micros_per_token, hop.output_micros_per_token

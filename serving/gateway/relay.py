@@ -14,7 +14,7 @@ import orjson
 from serving.gateway import errors, payloads
 from serving.gateway.errors import GatewayError
 from serving.gateway.events import Outcome
-from serving.gateway.upstream import Response, TooLarge
+from serving.gateway.upstream import Response
 
 PATHS = {
     "chat": "/v1/chat/completions",
@@ -109,14 +109,7 @@ async def respond(
 
 
 async def relay_whole(send, response: Response, request_id: str, rename: Renamer, outcome: Outcome) -> None:
-    try:
-        data = await response.read(MAX_ANSWER_BYTES)
-    except TooLarge:
-        raise GatewayError(
-            502,
-            f"The model's answer is larger than the gateway relays ({MAX_ANSWER_BYTES} bytes).",
-            "upstream_error",
-        ) from None
+    data = await response.read(MAX_ANSWER_BYTES)  # TooLarge past it: billed and answered by forwarding
     outcome.status = response.status
     content_type = response.headers.get(b"content-type", b"application/json")
     if response.status == 200:
