@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
@@ -420,12 +421,23 @@ def _kept_alive(name: str, lock):
 
     A reconcile can take minutes (a model downloaded, engines stopped with a grace, slow probes): a node
     silent for NODE_LOST_AFTER_SECONDS is marked lost, its replicas are forgotten and their engines then
-    killed as orphans; and a lock that timed out would let a second reconcile start the same engines."""
+    killed as orphans; and a lock that timed out would let a second reconcile start the same engines.
+    Kept for ``RECONCILE_KEPT_FOR`` at most: a reconcile hung past it (a read that never ends) stops beating,
+    so the node is marked lost and its replicas placed elsewhere, and its lock lapses."""
     done = threading.Event()
+    until = time.monotonic() + RECONCILE_KEPT_FOR.total_seconds()
 
     def keep() -> None:
         try:
             while not done.wait(settings.NODE_HEARTBEAT_SECONDS):
+                if time.monotonic() >= until:
+                    logger.error(
+                        "node %s: a reconcile has run for %s; no longer beating for it (the node will be "
+                        "marked lost)",
+                        name,
+                        RECONCILE_KEPT_FOR,
+                    )
+                    return
                 try:
                     beat(name)
                     lock.reacquire()  # its full timeout again, from now
@@ -450,6 +462,8 @@ _DROP_IF_HELD_BY = (
 
 
 LOCK_TIMEOUT = 600  # seconds a reconcile lock outlives its last extension
+# The longest a reconcile is kept alive by its heartbeat thread (a large model downloaded on a slow link).
+RECONCILE_KEPT_FOR = timedelta(hours=2)
 
 
 def acquire_node_lock(name: str):

@@ -55,3 +55,22 @@ def test_a_reconcile_longer_than_its_lock_keeps_the_lock(quick_heartbeat, monkey
     finally:
         redis.Redis.from_url(settings.REDIS_URL).delete("portfolio:node-reconcile:slow-lock-node")
     assert taken_meanwhile == [None], "a second reconcile got the lock of one still running"
+
+
+def test_a_reconcile_hung_past_its_longest_stops_being_kept_alive_so_the_node_fails_over(
+    quick_heartbeat, monkeypatch
+):
+    """A reconcile that never ends (a read without a timeout) must not keep its node looking alive for ever:
+    past RECONCILE_KEPT_FOR the heartbeat stops and the node is marked lost, its replicas placed elsewhere."""
+    from datetime import timedelta
+
+    monkeypatch.setattr(agent, "RECONCILE_KEPT_FOR", timedelta(seconds=1))
+    lost_meanwhile = []
+
+    def hung_reconcile(name: str, **options) -> None:
+        time.sleep(6)  # past RECONCILE_KEPT_FOR, then NODE_LOST_AFTER_SECONDS of silence
+        lost_meanwhile.extend(reconcile.mark_lost_nodes())
+
+    monkeypatch.setattr(agent, "reconcile_node", hung_reconcile)
+    agent.heartbeat("hung-node")
+    assert lost_meanwhile == ["hung-node"]
