@@ -119,6 +119,7 @@ class ChainLinks:
             sequence = row["sequence"]
             if chain.compute_hash(row) != row["hash"]:
                 self._broken(sequence, "its hash does not match its contents")
+            before: str | None
             if self.previous and self.previous[0] == sequence - 1:
                 before = self.previous[1]
             else:

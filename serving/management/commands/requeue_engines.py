@@ -36,7 +36,10 @@ class Command(BaseCommand):
                 ):
                     # Its engine was last seen running at the node's last heartbeat: the downtime since then
                     # is not billed (a later close, by the agent or the sweep, would say now).
-                    replica_meter.stopped(replica.pk, at=replica.node.heartbeat_at)
+                    last_seen = (
+                        replica.node.heartbeat_at if replica.node else None
+                    )  # on this node, by the filter
+                    replica_meter.stopped(replica.pk, at=last_seen)
                     event(replica, "requeued", "Its engine stopped with this machine; it starts again.")
                     requeued += 1
         if requeued:
