@@ -31,5 +31,7 @@ RUN mkdir -p /var/lib/portfolio/uploads /var/lib/portfolio/imports && chown -R p
        PORTFOLIO_AUDIT_SIGNER=false DATABASE_URL=postgresql://x@localhost/x REDIS_URL=redis://localhost:6379/0 \
        python manage.py collectstatic --noinput
 USER portfolio
+# `portfolio web` listens on loopback by default; in the container, on the compose network.
+ENV PORTFOLIO_HOST=0.0.0.0
 EXPOSE 8000
 CMD ["portfolio", "web"]

@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     web = sub.add_parser("web", help="the ASGI web server")
-    web.add_argument("--host", default=os.environ.get("PORTFOLIO_HOST", "0.0.0.0"))  # noqa: S104 - in a container
+    # Loopback unless told otherwise: on a bare machine `/v1` would otherwise take API keys in clear text on
+    # every interface, past the TLS proxy. The image sets PORTFOLIO_HOST=0.0.0.0 (its network is the compose one).
+    web.add_argument("--host", default=os.environ.get("PORTFOLIO_HOST", "127.0.0.1"))
     web.add_argument("--port", type=int, default=int(os.environ.get("PORTFOLIO_PORT", "8000")))
     web.add_argument("--workers", type=int, default=int(os.environ.get("PORTFOLIO_WEB_WORKERS", "2")))
 

@@ -71,6 +71,16 @@ def test_the_dockerfile_installs_the_project_and_defaults_to_the_web_server():
     assert 'CMD ["portfolio", "web"]' in dockerfile
 
 
+def test_the_web_server_listens_on_loopback_unless_told_and_the_image_tells_it(monkeypatch):
+    """On a bare machine `portfolio web` would take API keys in clear text on every interface, past the TLS
+    proxy; only the image (whose network is compose's) listens on all of them."""
+    from portfolio.cli import build_parser
+
+    monkeypatch.delenv("PORTFOLIO_HOST", raising=False)
+    assert build_parser().parse_args(["web"]).host == "127.0.0.1"
+    assert "ENV PORTFOLIO_HOST=0.0.0.0" in (ROOT / "Dockerfile").read_text()
+
+
 @pytest.mark.parametrize(("service", "engine"), [("node-cpu", "cpu"), ("node-gpu", "gpu")])
 def test_node_agents_carry_their_engine_and_join_a_pool(compose, service, engine):
     spec = compose["services"][service]
