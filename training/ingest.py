@@ -94,15 +94,22 @@ def _finish(ingest_id: int, status: str, detail: str = "", **fields) -> bool:
     )
 
 
+class Superseded(Exception):
+    """The ingest was ended by someone else (given up by the reaper) while this run worked on it."""
+
+
 def _succeed(ingest_id: int, version: DatasetVersion, created: bool) -> None:
-    _finish(
+    """running -> succeeded; raises ``Superseded`` when the ingest is no longer running, which rolls back
+    the transaction it is called in (the version it would have named)."""
+    if not _finish(
         ingest_id,
         JobStatus.SUCCEEDED,
         version=version,
         created_version=created,
         progress=100,
         progress_detail="done",
-    )
+    ):
+        raise Superseded(f"ingest #{ingest_id} was ended meanwhile")
 
 
 def _problems(report: validation.Report) -> dict:
@@ -206,6 +213,8 @@ def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:
         actor = Actor(user=ingest.created_by) if ingest.created_by else Actor.for_system("training.ingest")
     try:
         record(ingest, prepare(ingest, _Progress(ingest_id)), actor)
+    except Superseded:
+        logger.warning("ingest #%s was ended while it ran: its version was not recorded", ingest_id)
     except Invalid as exc:
         problems = _problems(exc.report) if isinstance(exc, DatasetInvalid) else {}
         _finish(ingest_id, JobStatus.FAILED, exc.message, problems=problems, progress_detail="failed")

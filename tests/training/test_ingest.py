@@ -119,6 +119,25 @@ def test_a_bug_during_the_ingest_marks_it_errored_and_keeps_no_version(engineer,
     assert not DatasetVersion.objects.exists() and not Artifact.objects.exists()
 
 
+def test_an_ingest_given_up_while_it_ran_records_no_version(engineer, chat_set, monkeypatch):
+    pending = queue_upload(engineer, chat_set, jsonl(*tickets(12)))
+    prepare = ingest.prepare
+
+    def given_up_meanwhile(*args, **kwargs):
+        prepared = prepare(*args, **kwargs)
+        # The reaper gave it up while this run, silent too long, was still storing.
+        DatasetIngest.objects.filter(pk=pending.pk).update(status=JobStatus.ERRORED, status_detail="given up")
+        return prepared
+
+    monkeypatch.setattr(ingest, "prepare", given_up_meanwhile)
+    tasks.ingest_dataset(pending.pk)
+    pending.refresh_from_db()
+    assert pending.status == JobStatus.ERRORED and pending.status_detail == "given up"
+    assert pending.version is None
+    assert not DatasetVersion.objects.exists()
+    assert not AuditEvent.objects.filter(action="dataset_version.create").exists()
+
+
 def test_progress_is_written_about_once_a_second_never_per_row(engineer, chat_set, monkeypatch):
     pending = queue_upload(engineer, chat_set, jsonl(*tickets(5000)))
     with CaptureQueriesContext(connection) as queries:
