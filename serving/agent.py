@@ -18,22 +18,20 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
-import time
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
 import psutil
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.registry.artifacts import materialize_version
 from portfolio.registry.storage import CorruptArtifact
-from serving import engine_args, processes, replica_meter
+from serving import agent_lock, engine_args, processes, replica_meter
 from serving.choices import DesiredState, NodeState, ReplicaState
 from serving.models import ComputePool, DeploymentEvent, Node, Replica
 
@@ -398,105 +396,16 @@ def reconcile_node(name: str, *, agent_start: bool = False) -> None:
 def heartbeat(name: str, *, agent_start: bool = False) -> bool:
     """Register, then reconcile unless another process holds the node's lock; whether it reconciled."""
     register(name, settings.NODE_POOL, settings.NODE_ADDRESS)
-    lock = acquire_node_lock(name)
+    lock = agent_lock.acquire_node_lock(name)
     if lock is None:
         return False
     try:
-        with _kept_alive(name, lock):
+        with agent_lock.kept_alive(name, lock):
             reconcile_node(name, agent_start=agent_start)
     finally:
         with contextlib.suppress(Exception):
             lock.release()
     return True
-
-
-def beat(name: str) -> None:
-    """Only the heartbeat, cheap: a lost node comes back through ``register``, which audits it."""
-    Node.objects.filter(name=name).exclude(state=NodeState.LOST).update(heartbeat_at=timezone.now())
-
-
-@contextlib.contextmanager
-def _kept_alive(name: str, lock):
-    """While a reconcile runs, beat and keep the reconcile lock from another thread.
-
-    A reconcile can take minutes (a model downloaded, engines stopped with a grace, slow probes): a node
-    silent for NODE_LOST_AFTER_SECONDS is marked lost, its replicas are forgotten and their engines then
-    killed as orphans; and a lock that timed out would let a second reconcile start the same engines.
-    Kept for ``RECONCILE_KEPT_FOR`` at most: a reconcile hung past it (a read that never ends) stops beating,
-    so the node is marked lost and its replicas placed elsewhere, and its lock lapses."""
-    done = threading.Event()
-    until = time.monotonic() + RECONCILE_KEPT_FOR.total_seconds()
-
-    def keep() -> None:
-        try:
-            while not done.wait(settings.NODE_HEARTBEAT_SECONDS):
-                if time.monotonic() >= until:
-                    logger.error(
-                        "node %s: a reconcile has run for %s; no longer beating for it (the node will be "
-                        "marked lost)",
-                        name,
-                        RECONCILE_KEPT_FOR,
-                    )
-                    return
-                try:
-                    beat(name)
-                    lock.reacquire()  # its full timeout again, from now
-                except Exception:
-                    logger.exception("node %s: heartbeat during the reconcile failed", name)
-        finally:
-            connection.close()  # this thread's own connection
-
-    keeper = threading.Thread(target=keep, name=f"node-heartbeat-{name}", daemon=True)
-    keeper.start()
-    try:
-        yield
-    finally:
-        done.set()
-        keeper.join()
-
-
-# Compare-and-delete: the lock is removed only if the dead holder's token is still the one in it.
-_DROP_IF_HELD_BY = (
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-)
-
-
-LOCK_TIMEOUT = 600  # seconds a reconcile lock outlives its last extension
-# The longest a reconcile is kept alive by its heartbeat thread (a large model downloaded on a slow link).
-RECONCILE_KEPT_FOR = timedelta(hours=2)
-
-
-def acquire_node_lock(name: str):
-    """The node's reconcile lock (one reconcile at a time per node), or None while a live process holds it.
-
-    Its token names the holder (host and pid), so that an agent killed mid-reconcile does not keep the
-    next one on this machine from reconciling until the lock times out."""
-    import redis
-
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    key = f"portfolio:node-reconcile:{name}"
-    # Not thread-local: the heartbeat thread of a long reconcile extends it (``_kept_alive``).
-    lock = client.lock(key, timeout=LOCK_TIMEOUT, thread_local=False)
-    token = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(8).hex()}"
-    if lock.acquire(blocking=False, token=token):
-        return lock
-    held = client.get(key)
-    holder = held.decode(errors="replace") if isinstance(held, bytes) else str(held or "")
-    if held and _holder_is_gone(holder) and client.eval(_DROP_IF_HELD_BY, 1, key, held):
-        logger.warning(
-            "node %s: took over the reconcile lock of a process that no longer runs (%s)", name, holder
-        )
-        if lock.acquire(blocking=False, token=token):
-            return lock
-    return None
-
-
-def _holder_is_gone(token: str) -> bool:
-    host, _, rest = token.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False  # another machine's process (or a token of an older agent): its lock times out by itself
-    return not psutil.pid_exists(int(pid))
 
 
 def hostname() -> str:

@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from serving import agent, reconcile
+from serving import agent, agent_lock, reconcile
 from serving.choices import NodeState, PoolKind
 from serving.models import ComputePool, Node
 
@@ -42,18 +42,18 @@ def test_a_reconcile_longer_than_the_lost_after_time_does_not_get_the_node_marke
 
 
 def test_a_reconcile_longer_than_its_lock_keeps_the_lock(quick_heartbeat, monkeypatch, settings):
-    monkeypatch.setattr(agent, "LOCK_TIMEOUT", 2)
+    monkeypatch.setattr(agent_lock, "LOCK_TIMEOUT", 2)
     taken_meanwhile = []
 
     def slow_reconcile(name: str, **options) -> None:
         time.sleep(4)  # past LOCK_TIMEOUT
-        taken_meanwhile.append(agent.acquire_node_lock(name))
+        taken_meanwhile.append(agent_lock.acquire_node_lock(name))
 
     monkeypatch.setattr(agent, "reconcile_node", slow_reconcile)
     try:
         agent.heartbeat("slow-lock-node")
     finally:
-        redis.Redis.from_url(settings.REDIS_URL).delete("portfolio:node-reconcile:slow-lock-node")
+        redis.Redis.from_url(settings.REDIS_URL).delete("portfolio:lease:node-reconcile:slow-lock-node")
     assert taken_meanwhile == [None], "a second reconcile got the lock of one still running"
 
 
@@ -64,7 +64,7 @@ def test_a_reconcile_hung_past_its_longest_stops_being_kept_alive_so_the_node_fa
     past RECONCILE_KEPT_FOR the heartbeat stops and the node is marked lost, its replicas placed elsewhere."""
     from datetime import timedelta
 
-    monkeypatch.setattr(agent, "RECONCILE_KEPT_FOR", timedelta(seconds=1))
+    monkeypatch.setattr(agent_lock, "RECONCILE_KEPT_FOR", timedelta(seconds=1))
     lost_meanwhile = []
 
     def hung_reconcile(name: str, **options) -> None:

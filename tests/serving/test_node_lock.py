@@ -11,11 +11,11 @@ import sys
 import redis
 from django.conf import settings
 
-from serving import agent
+from serving import agent_lock
 
 
 def lock_key(name: str) -> str:
-    return f"portfolio:node-reconcile:{name}"
+    return f"portfolio:lease:node-reconcile:{name}"
 
 
 def dead_pid() -> int:
@@ -28,7 +28,7 @@ def test_a_lock_held_by_a_running_process_is_respected():
     client = redis.Redis.from_url(settings.REDIS_URL)
     client.set(lock_key("n-live"), f"{socket.gethostname()}:{os.getpid()}:abc", ex=600)
     try:
-        assert agent.acquire_node_lock("n-live") is None
+        assert agent_lock.acquire_node_lock("n-live") is None
     finally:
         client.delete(lock_key("n-live"))
 
@@ -37,7 +37,7 @@ def test_a_lock_left_by_a_killed_agent_of_this_machine_is_taken_over():
     client = redis.Redis.from_url(settings.REDIS_URL)
     client.set(lock_key("n-dead"), f"{socket.gethostname()}:{dead_pid()}:abc", ex=600)
     try:
-        lock = agent.acquire_node_lock("n-dead")
+        lock = agent_lock.acquire_node_lock("n-dead")
         assert lock is not None
         assert client.get(lock_key("n-dead")).decode().startswith(f"{socket.gethostname()}:{os.getpid()}:")
         lock.release()
@@ -50,13 +50,13 @@ def test_a_lock_of_another_machine_is_left_to_time_out():
     client = redis.Redis.from_url(settings.REDIS_URL)
     client.set(lock_key("n-other"), f"elsewhere.example:{dead_pid()}:abc", ex=600)
     try:
-        assert agent.acquire_node_lock("n-other") is None
+        assert agent_lock.acquire_node_lock("n-other") is None
     finally:
         client.delete(lock_key("n-other"))
 
 
 def test_only_one_of_two_callers_gets_a_free_lock():
-    first, second = agent.acquire_node_lock("n-free"), agent.acquire_node_lock("n-free")
+    first, second = agent_lock.acquire_node_lock("n-free"), agent_lock.acquire_node_lock("n-free")
     try:
         assert first is not None and second is None, "the second caller is this very (live) process"
     finally:
