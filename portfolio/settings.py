@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import socket
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from portfolio import embedded
+from portfolio import embedded, privatefiles
 from portfolio.envparse import Env, database_settings
 
 env = Env()
@@ -35,24 +34,7 @@ def _development_secret(path: Path) -> str:
     if path.exists() and (value := path.read_text().strip()):
         return value
     embedded.private_folder(path.parent)
-    value = secrets.token_urlsafe(50)
-    # Written 0600 under a temporary name, then linked into place (as the audit signing key): a crash leaves
-    # no empty file behind, and processes starting together (web, worker, beat) all use the first one's.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.unlink(missing_ok=True)  # left by a process of the same pid that died mid-write
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value)
-    try:
-        os.link(temporary, path)
-    except FileExistsError:  # another process of this installation was first: use its secret
-        if existing := path.read_text().strip():
-            return existing
-        os.replace(temporary, path)  # an empty file, left by a crash of an earlier version
-        return path.read_text().strip()
-    finally:
-        temporary.unlink(missing_ok=True)
-    return value
+    return privatefiles.create_once(path, secrets.token_urlsafe(50).encode()).decode().strip()
 
 
 if PRODUCTION:
@@ -244,42 +226,8 @@ ENGINE_KEY_SECRET: bytes = (
     if PRODUCTION
     else (env.text("PORTFOLIO_ENGINE_KEY_SECRET") or "").encode() or _derived_key("engine-keys")
 )
-# --- Gateway ---------------------------------------------------------------------------------------
-GATEWAY_CONNECT_TIMEOUT = env.integer("PORTFOLIO_GATEWAY_CONNECT_TIMEOUT", 3, minimum=1)
-GATEWAY_UPSTREAM_TIMEOUT = env.integer("PORTFOLIO_GATEWAY_UPSTREAM_TIMEOUT", 300, minimum=1)
-GATEWAY_REFRESH_SECONDS = float(env.integer("PORTFOLIO_GATEWAY_REFRESH_MS", 1000, minimum=100)) / 1000
-GATEWAY_MAX_BODY_BYTES = env.integer("PORTFOLIO_GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
-USAGE_FLUSH_BATCH = env.integer("PORTFOLIO_USAGE_FLUSH_BATCH", 2000, minimum=1)
-# Completions per prompt (n, best_of) no endpoint may exceed, whatever its own cap (Endpoint.max_n).
-GATEWAY_MAX_N = env.integer("PORTFOLIO_GATEWAY_MAX_N", 16, minimum=1, maximum=128)
-# Prompts in one /v1/completions call, or inputs in one /v1/embeddings call.
-GATEWAY_MAX_INPUTS = env.integer("PORTFOLIO_GATEWAY_MAX_INPUTS", 2048, minimum=1, maximum=100_000)
-GATEWAY_KEY_CACHE_SIZE = env.integer("PORTFOLIO_GATEWAY_KEY_CACHE_SIZE", 10_000, minimum=16)
-# Log-probabilities of prompt tokens one call may ask for (`prompt_logprobs`, `echo` with `logprobs`): the
-# prompt's tokens at most, times 1 + k, per choice; each is some 70 bytes of the answer, read whole.
-GATEWAY_MAX_PROMPT_LOGPROBS = env.integer("PORTFOLIO_GATEWAY_MAX_PROMPT_LOGPROBS", 2_000_000, minimum=0)
-# Images in a chat call (serving/gateway/images.py): how many, how big decoded, the tokens admission reserves
-# for each where the registry does not know the model's own figure (0, the default: the model's context, the
-# only bound an engine keeps whatever the image's size; set a figure only where every engine's image size is
-# capped below it in its engine arguments), and
-# the internal hosts (host or host:port) whose image URLs an engine may fetch; any other URL is refused.
-GATEWAY_MAX_IMAGES = env.integer("PORTFOLIO_GATEWAY_MAX_IMAGES", 8, minimum=0, maximum=256)
-GATEWAY_MAX_IMAGE_BYTES = env.integer("PORTFOLIO_GATEWAY_MAX_IMAGE_BYTES", 2 * 1024 * 1024, minimum=1024)
-# Pixels an image's header may declare (width x height): its bytes do not bound what the engine decodes.
-GATEWAY_MAX_IMAGE_PIXELS = env.integer("PORTFOLIO_GATEWAY_MAX_IMAGE_PIXELS", 36_000_000, minimum=1)
-GATEWAY_IMAGE_TOKENS = env.integer("PORTFOLIO_GATEWAY_IMAGE_TOKENS", 0, minimum=0, maximum=1_000_000)
-GATEWAY_IMAGE_HOSTS = [h.lower() for h in env.csv_list("PORTFOLIO_GATEWAY_IMAGE_HOSTS", [])]
-# Audio uploads (serving/gateway/audio.py): the multipart body, and the WAV's duration read from its header.
-GATEWAY_MAX_AUDIO_BYTES = env.integer("PORTFOLIO_GATEWAY_MAX_AUDIO_BYTES", 25 * 1024 * 1024, minimum=1024)
-GATEWAY_MAX_AUDIO_SECONDS = env.integer("PORTFOLIO_GATEWAY_MAX_AUDIO_SECONDS", 600, minimum=1, maximum=86_400)
-# Rerank and score calls (serving/gateway/rerank.py): documents per call, characters per text.
-GATEWAY_MAX_DOCUMENTS = env.integer("PORTFOLIO_GATEWAY_MAX_DOCUMENTS", 256, minimum=1, maximum=10_000)
-GATEWAY_MAX_DOCUMENT_CHARS = env.integer("PORTFOLIO_GATEWAY_MAX_DOCUMENT_CHARS", 32_768, minimum=1)
-# Bearer token Prometheus presents on /metrics; with none, /metrics answers 404.
-METRICS_TOKEN = env.text("PORTFOLIO_METRICS_TOKEN")
-# The deployment page's prompt box, through the gateway: per user, across deployments.
-PLAYGROUND_RPM = env.integer("PORTFOLIO_PLAYGROUND_RPM", 20, minimum=1)
-PLAYGROUND_TPM = env.integer("PORTFOLIO_PLAYGROUND_TPM", 50_000, minimum=1)
+# --- Gateway: portfolio/gatewaysettings.py -----------------------------------------------------------
+from portfolio.gatewaysettings import *  # noqa: E402, F403 - a block of settings of its own
 
 # --- Training ---------------------------------------------------------------------------------------
 # Where jobs reach the gateway (distillation asks a teacher endpoint through it, metered and billed).

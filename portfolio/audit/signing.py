@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from portfolio import privatefiles
 
 ALGORITHM = "Ed25519"
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
@@ -158,27 +159,16 @@ def published(current: Ed25519PrivateKey | None, previous: list[Ed25519PublicKey
 # --- Settings ------------------------------------------------------------------------------------------
 def development_key(path: Path) -> Ed25519PrivateKey:
     """A per-installation key kept in the data folder, readable by its owner only (like the secret key)."""
-    if path.exists():
-        return load_private_key(path.read_text())
+    if path.exists() and (text := path.read_text().strip()):
+        return load_private_key(text)
     path.parent.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    # Written 0600 under a temporary name, then linked into place: the key is never readable by others,
-    # and a process starting alongside (web, worker, beat) sees either no file or the whole key.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.unlink(missing_ok=True)  # left by a process of the same pid that died mid-write
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
-    try:
-        os.link(temporary, path)
-    except FileExistsError:  # another process of this installation was first: use its key
-        return load_private_key(path.read_text())
-    finally:
-        temporary.unlink()
-    return key
+    # Readable by its owner only; a process starting alongside (web, worker, beat) uses the first one's key.
+    written = privatefiles.create_once(path, pem)
+    return key if written == pem else load_private_key(written.decode())
 
 
 def signing_key_setting(
