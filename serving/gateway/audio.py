@@ -252,6 +252,8 @@ async def serve(gateway, scope, receive, send, headers, request_id: str, event_i
         error.team, error.metered = key.team, True
         raise error from None
     finally:
-        if outcome.status != 200:
-            outcome.audio_ms = 0  # billed only when transcribed
+        if outcome.status != 200 and not outcome.worst_case:
+            # Billed when transcribed, or when an engine had the upload and did not answer in time: it may
+            # have decoded all of it (the text is billed its worst case, the seconds are known).
+            outcome.audio_ms = 0
         await gateway._settle(key, outcome.answered or first, verdict.reservation, outcome, started)

@@ -39,6 +39,7 @@ class Outcome:
         "first",
         "via",
         "audio_ms",
+        "worst_case",
     )
 
     def __init__(
@@ -63,6 +64,7 @@ class Outcome:
         self.first = first  # the endpoint called: metered by it until another one of the chain answers
         self.via = ""  # the composite endpoint (router, cascade, vote) this request is a hop of
         self.audio_ms = 0  # an upload's duration (audio.py), priced per second
+        self.worst_case = False  # billed the worst case it was admitted for (an engine had it, sent nothing)
 
     def take_usage(self, usage) -> None:
         # Rerank and score answers count their pairs' tokens as prompt tokens too (vLLM's RerankUsage).

@@ -191,7 +191,7 @@ def _billed_worst_case(outcome: Outcome, hop: EndpointInfo) -> None:
     answer was too large to relay did): billed the worst case it was admitted for on ``hop`` (what it
     produced is not known), so that no one can have engine time for free by asking for more than the
     timeout or the relay allows. The usage event says upstream_timeout or upstream_error."""
-    outcome.answered, outcome.endpoint = hop, hop.name
+    outcome.answered, outcome.endpoint, outcome.worst_case = hop, hop.name, True
     outcome.input_tokens, outcome.output_tokens = payloads.worst_usage(
         outcome.shape, hop.max_model_len, hop.input_micros_per_token, hop.output_micros_per_token
     )

@@ -192,6 +192,23 @@ def test_the_ledgers_event_for_a_transcription_lost_mid_call_bills_no_seconds(wh
     assert (lost["endpoint"], lost["audio_ms"], lost["cost_micros"]) == ("slow-whisper", 0, 0)
 
 
+def test_an_upload_an_engine_had_and_did_not_transcribe_in_time_is_billed_its_seconds(whisper):
+    """As for text: a timeout must not make the engine's work free and repeatable. The seconds are known."""
+    stack = whisper["stack"]
+    dep, engines = stack["deployment"]("sleepy-whisper-dep", task="speech", media=True, delay=6.0)
+    price_audio(stack["endpoint"]("sleepy-whisper", dep), "0.01")
+    wait_for_model(whisper["base"], whisper["secret"], "sleepy-whisper")
+    response = post(whisper, {"file": ("a.wav", sine_wav(2.0), "audio/wav")}, {"model": "sleepy-whisper"})
+    assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout", (
+        response.text
+    )
+    assert len(engines[0].requests) == 1
+    usage.flush()
+    event = UsageEvent.objects.get()
+    assert (event.status, event.error, event.audio_ms) == (504, "upstream_timeout", 2000)
+    assert event.cost == Decimal("0.02")
+
+
 def test_a_key_too_tight_for_the_decoders_limit_transcribes_by_capping_the_transcript(whisper):
     # A 2 s clip (100 tokens) is one chunk: its decoder prompt (8 special tokens) and, without a cap, up to
     # the limit of 512 tokens; with max_completion_tokens 40, 100 + 8 + 40 tokens, which fit a key of 150.
