@@ -39,6 +39,22 @@ def _downsample(points: list, limit: int = 500) -> list:
     return [points[int(i * stride)] for i in range(limit - 1)] + [points[-1]]
 
 
+def _store_checkpoint(store, jobs, attempt: int, path: Path, step: int) -> str:
+    """Store a checkpoint and make it the running attempt's; the one it supersedes is deleted from the store,
+    since a resume only ever starts from the last (each holds the adapter and the optimizer's state)."""
+    from portfolio.registry.artifacts import discard_if_unused
+    from portfolio.registry.models import Artifact
+    from portfolio.registry.storage import store_directory
+
+    manifest = store_directory(store, path)
+    artifact = Artifact.objects.record(manifest, store.uri(manifest.artifact_id), verified=False)
+    mine = jobs.filter(attempt=attempt)  # a later attempt may be resuming from the previous one
+    previous = mine.values_list("checkpoint_id", flat=True).first()
+    if mine.update(checkpoint=artifact, checkpoint_step=step) and previous and previous != artifact.id:
+        discard_if_unused(store, previous)
+    return artifact.id
+
+
 def _score(
     job, version, base_dir: Path, output: Path, eval_rows: list[dict], accelerator, jobs
 ) -> dict | None:
@@ -80,9 +96,8 @@ def run(job_id: int) -> int:
     from django.db.models import F
     from django.utils import timezone
 
-    from portfolio.registry.artifacts import materialize_version
+    from portfolio.registry.artifacts import discard_if_unused, materialize_version
     from portfolio.registry.inspection import inspect_directory
-    from portfolio.registry.models import Artifact
     from portfolio.registry.storage import materialize, store_directory
     from portfolio.registry.stores import default_store
     from training import finetune
@@ -164,10 +179,8 @@ def run(job_id: int) -> int:
                 cancel[0] = FineTuneJob.objects.filter(pk=job_id, cancel_requested=True).exists()
 
         def on_checkpoint(path: Path, step: int) -> None:
-            manifest = store_directory(store, path)
-            artifact = Artifact.objects.record(manifest, store.uri(manifest.artifact_id), verified=False)
-            jobs.update(checkpoint=artifact, checkpoint_step=step)
-            print(f"checkpoint of step {step} stored ({manifest.artifact_id[:12]})", flush=True)
+            artifact_id = _store_checkpoint(store, jobs, job.attempt, path, step)
+            print(f"checkpoint of step {step} stored ({artifact_id[:12]})", flush=True)
 
         (Path(settings.DATA_DIR) / "work").mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(
@@ -218,6 +231,11 @@ def run(job_id: int) -> int:
             metrics=metrics,
             step=F("total_steps"),
         )
+        # Its version is registered: nothing resumes from its last checkpoint any more.
+        ended = FineTuneJob.objects.filter(pk=job_id, status=JobStatus.SUCCEEDED)
+        checkpoint = ended.values_list("checkpoint_id", flat=True).first()
+        if checkpoint and ended.update(checkpoint=None):
+            discard_if_unused(store, checkpoint)
         return 0
     except Cancelled:
         finetune.finish(job_id, JobStatus.CANCELLED, "Cancelled while training.")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import ProtectedError
 from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
@@ -43,6 +44,23 @@ def discard_unrecorded(store: ArtifactStore, written: Written) -> list[str]:
     if written.manifest and not Artifact.objects.filter(pk=written.manifest).exists():
         store.delete_manifest(written.manifest)
     return deleted
+
+
+def discard_if_unused(store: ArtifactStore, artifact_id: str) -> bool:
+    """Delete an artifact nothing refers to any more (a fine-tune's superseded checkpoint): its row, then its
+    manifest and the blobs no other recorded artifact holds. Whether it was deleted: one still referred to
+    (every reference protects its artifact) is kept."""
+    try:
+        with transaction.atomic():
+            artifact = Artifact.objects.select_for_update().filter(pk=artifact_id).first()
+            if artifact is None:
+                return False
+            digests = [entry["sha256"] for entry in artifact.files]
+            artifact.delete()
+    except ProtectedError:
+        return False
+    discard_unrecorded(store, Written(blobs=digests, manifest=artifact_id))
+    return True
 
 
 def verify_artifact(artifact_id: str) -> list[str]:

@@ -23,12 +23,13 @@ from django.utils import timezone
 from portfolio.registry import services as registry
 from portfolio.registry.choices import Source, VersionKind, VersionStatus
 from portfolio.registry.demo_model import MODEL_NAME
-from portfolio.registry.models import ModelVersion
+from portfolio.registry.models import Artifact, ModelVersion
 from serving.choices import PoolKind
 from serving.models import ComputePool, Node
 from tests.training.conftest import upload
 from training import finetune, services, tasks
 from training.choices import JobStatus
+from training.lora import TRAINER_STATE
 from training.models import EvalRun, FineTuneJob
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -159,6 +160,9 @@ def test_an_interrupted_job_resumes_from_its_last_checkpoint_until_it_registers_
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED, f"{job.status_detail}\n{job.log_tail}"
     assert job.attempt == 3 and job.step == total
+    # Every checkpoint was deleted from the store once superseded, the last once the adapter was registered.
+    assert job.checkpoint_id is None
+    assert not Artifact.objects.filter(files__contains=[{"path": TRAINER_STATE}]).exists()
     training = job.metrics
     assert (training["resumed_from_step"], training["steps_trained"]) == (second, total - second)
     assert training["resumed_with_optimizer_state"] is True

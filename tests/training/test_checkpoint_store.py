@@ -1,0 +1,71 @@
+"""A fine-tune stores a checkpoint every few steps, and a resume only ever starts from the last: each one
+stored makes the one before it garbage (an adapter and its optimizer's state, billed as the team's storage),
+and a job that succeeded needs none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from portfolio.registry.models import Artifact
+from portfolio.registry.stores import default_store
+from training import runner
+from training.choices import JobStatus
+from training.models import FineTuneJob
+
+pytestmark = pytest.mark.django_db
+
+
+def checkpoint_folder(root: Path, step: int) -> Path:
+    folder = root / f"checkpoint-{step}"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(f"weights of step {step}".encode())
+    (folder / "optimizer.pt").write_bytes(f"optimizer state of step {step}".encode())
+    (folder / "adapter_config.json").write_text('{"r": 8}')  # the same in every checkpoint
+    return folder
+
+
+def blobs_in_store(artifact: Artifact) -> dict[str, bool]:
+    store = default_store()
+    return {entry["path"]: store.has_blob(entry["sha256"]) for entry in artifact.files}
+
+
+def test_each_checkpoint_stored_deletes_the_one_it_supersedes(make_job, tmp_path):
+    job = make_job(status=JobStatus.RUNNING, attempt=1)
+    jobs = FineTuneJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING)
+    store = default_store()
+    first = runner._store_checkpoint(store, jobs, 1, checkpoint_folder(tmp_path, 10), 10)
+    first_files = Artifact.objects.get(pk=first)
+    second = runner._store_checkpoint(store, jobs, 1, checkpoint_folder(tmp_path, 20), 20)
+    job.refresh_from_db()
+    assert (job.checkpoint_id, job.checkpoint_step) == (second, 20)
+    assert not Artifact.objects.filter(pk=first).exists()
+    assert blobs_in_store(first_files) == {
+        "adapter_model.safetensors": False,
+        "optimizer.pt": False,
+        "adapter_config.json": True,  # the second checkpoint holds it too
+    }
+    assert all(blobs_in_store(Artifact.objects.get(pk=second)).values())
+
+
+def test_a_checkpoint_of_an_attempt_taken_over_keeps_the_one_the_new_attempt_resumes_from(make_job, tmp_path):
+    job = make_job(status=JobStatus.RUNNING, attempt=1)
+    jobs = FineTuneJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING)
+    store = default_store()
+    first = runner._store_checkpoint(store, jobs, 1, checkpoint_folder(tmp_path, 10), 10)
+    FineTuneJob.objects.filter(pk=job.pk).update(attempt=2)  # attempt 1 went silent; attempt 2 resumes
+    runner._store_checkpoint(store, jobs, 1, checkpoint_folder(tmp_path, 20), 20)  # attempt 1, still alive
+    job.refresh_from_db()
+    assert (job.checkpoint_id, job.checkpoint_step) == (first, 10)
+    assert all(blobs_in_store(Artifact.objects.get(pk=first)).values())
+
+
+def test_an_artifact_still_referred_to_is_not_discarded(make_job, tmp_path):
+    from portfolio.registry.artifacts import discard_if_unused
+
+    job = make_job(status=JobStatus.RUNNING, attempt=1)
+    jobs = FineTuneJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING)
+    held = runner._store_checkpoint(default_store(), jobs, 1, checkpoint_folder(tmp_path, 10), 10)
+    assert not discard_if_unused(default_store(), held)
+    assert all(blobs_in_store(Artifact.objects.get(pk=held)).values())
