@@ -83,8 +83,9 @@ UI_ROUTES: dict[str, Rule] = {
     "token-create": ui("signed_in", method="POST", name="ci", expires_in_days="30"),
     "token-revoke": ui("own", method="POST"),
     "audit-log": ui("org", "audit.view"),
-    "audit-export": ui("org", "audit.export"),
-    "billing-statement-export": ui("billing", "billing.view"),
+    # Exports are POSTs (with the CSRF token): each writes an audit row in the caller's name.
+    "audit-export": ui("org", "audit.export", "POST"),
+    "billing-statement-export": ui("billing", "billing.view", "POST"),
     "model-list": ui("signed_in"),
     "model-create": ui(
         "team",
@@ -147,8 +148,10 @@ API_ROUTES: dict[str, Rule] = {
     "DELETE /tokens/{token_id}": rest("own", method="DELETE"),
     "GET /audit/events": rest("org", "audit.view"),
     "GET /audit/signing-keys": rest("org", "audit.view"),
-    "GET /audit/export": rest("org", "audit.export"),
-    "GET /billing/departments/{department_id}/statements/{month}/export": rest("billing", "billing.view"),
+    "POST /audit/export": rest("org", "audit.export", "POST"),
+    "POST /billing/departments/{department_id}/statements/{month}/export": rest(
+        "billing", "billing.view", "POST"
+    ),
     "GET /models": rest("signed_in"),
     "POST /models": rest("team", "model.register", "POST", name="new-model", owner_team_id="{team_id}"),
     "GET /models/{name}": rest("team", "model.view"),

@@ -71,9 +71,12 @@ def list_events(request, filters: Query[AuditQuery]):
     return filters.selection().apply(gate.visible(request.auth, AuditEvent)).order_by("-sequence")
 
 
-@router.get("/export", response={200: None})
+# POST, not GET: an export writes an audit row in the caller's name, and a browser session on a GET is not
+# CSRF-checked (a cross-site link would run it); on POST the session must send the token (portfolio.api).
+@router.post("/export", response={200: None})
 def export_events(request, filters: Query[AuditQuery], format: str = "jsonl"):
-    """A zip with the events (JSONL or CSV) and a signed manifest; verify with `audit_verify_export`."""
+    """A zip with the events (JSONL or CSV) and a signed manifest; verify with `audit_verify_export`.
+    The filters and ``format`` are query parameters; the body is ignored."""
     export = build_export(actor=request.auth, selection=filters.selection(), fmt=format)
     response = FileResponse(open(export.path, "rb"), as_attachment=True, filename=export.filename)  # noqa: SIM115
     export.path.unlink()  # the open handle keeps the data readable until the response is sent

@@ -7,7 +7,7 @@ import json
 from django import forms
 from django.http import FileResponse
 from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
 from portfolio import htmx, listing
 from portfolio.accounts import gate
@@ -139,7 +139,10 @@ def audit_log(request):
         "form": form,
         "page": page,
         "query": listing.query_without(request, "page"),
-        "export_query": listing.query_without(request, "page", "format"),
+        # The export form carries the filters as hidden inputs: it is a POST, never a link to follow.
+        "export_filters": [
+            (name, value) for name in form.fields for value in request.GET.getlist(name) if value
+        ],
         "can_export": gate.can(actor, "audit.export"),
         "formats": FORMATS,
         "signing_keys": signing_keys(),
@@ -148,13 +151,17 @@ def audit_log(request):
     return htmx.page_or_fragment(request, "audit/log.html", "audit/partials/results.html", context)
 
 
-@require_GET
+@require_POST
 def audit_export(request):
-    """Permission: ``audit.export`` (auditor or platform admin). A signed zip of the filtered events."""
+    """Permission: ``audit.export`` (auditor or platform admin). A signed zip of the filtered events.
+
+    POST with the CSRF token, never GET: an export writes an audit row in the caller's name and builds a
+    zip, and a top-level cross-site navigation carries the (SameSite=Lax) session cookie, so a GET could
+    be run by any site the auditor visits."""
     actor = actor_of(request)
     gate.require(actor, "audit.export")
-    form = AuditFilterForm(request.GET, actor=actor)
-    fmt = request.GET.get("format", "jsonl")
+    form = AuditFilterForm(request.POST, actor=actor)
+    fmt = request.POST.get("format", "jsonl")
     error = ""
     if not form.is_valid():
         error = "The filters are not valid; correct them on the audit log page and export again."

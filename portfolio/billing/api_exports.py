@@ -19,7 +19,9 @@ class ExportQuery(Schema):
     )
 
 
-@router.get("/departments/{department_id}/statements/{month}/export", response={200: None})
+# POST, not GET: each export is audited in the caller's name, and a browser session on a GET is not
+# CSRF-checked (a cross-site link would run it); on POST the session must send the token (portfolio.api).
+@router.post("/departments/{department_id}/statements/{month}/export", response={200: None})
 def export_statement(request, department_id: int, month: str, query: Query[ExportQuery]):
     """A department's statement for ``month`` (YYYY-MM) as a file: the revision in force, the given
     revision, or the open month's draft (marked DRAFT). Team owners get only their teams' lines (marked

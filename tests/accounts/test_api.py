@@ -1,6 +1,7 @@
 """The REST API: one error shape, paginated ordered lists, the same gate as everything else."""
 
 import pytest
+from django.urls import reverse
 
 from portfolio.accounts.models import Team
 from portfolio.audit.models import AuditEvent
@@ -81,10 +82,30 @@ def test_audit_events_are_for_auditors_only(signed_in, org, team):
 
 
 def test_the_api_export_downloads_a_zip(signed_in, org):
-    response = signed_in(org["auditor"]).get("/api/v1/audit/export?format=csv")
+    response = signed_in(org["auditor"]).post("/api/v1/audit/export?format=csv")
     assert response.status_code == 200
     assert response["Content-Disposition"].startswith("attachment;")
     assert b"".join(response.streaming_content)[:2] == b"PK"
+
+
+def test_the_api_export_is_a_post_the_session_sends_with_its_csrf_token(org):
+    # A GET would let any site's link export in the signed-in auditor's name (the Lax cookie goes along).
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(org["auditor"])
+    last = AuditEvent.objects.order_by("-sequence").values_list("sequence", flat=True).first() or 0
+    assert client.get("/api/v1/audit/export?format=csv").status_code == 405
+    assert client.post("/api/v1/audit/export?format=csv").status_code == 403
+    assert not AuditEvent.objects.filter(sequence__gt=last).exists()
+    client.get(reverse("audit-log"))  # a page sets the csrftoken cookie
+    response = client.post(
+        "/api/v1/audit/export?format=csv", HTTP_X_CSRFTOKEN=client.cookies["csrftoken"].value
+    )
+    assert response.status_code == 200 and b"".join(response.streaming_content)[:2] == b"PK"
+    assert list(AuditEvent.objects.filter(sequence__gt=last).values_list("action", flat=True)) == [
+        "audit.export"
+    ]
 
 
 def test_openapi_docs_are_served(client):

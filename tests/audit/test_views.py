@@ -1,10 +1,12 @@
 """The audit log page: auditors only, filters that narrow the trail, exports that verify offline."""
 
 import io
+import re
 from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.test import Client
 from django.urls import reverse
 
 from portfolio.accounts import services
@@ -38,7 +40,7 @@ def _actions(response) -> list[str]:
 
 def test_audit_page_is_403_for_a_team_owner(signed_in, org):
     assert signed_in(org["owner"]).get(reverse("audit-log")).status_code == 403
-    assert signed_in(org["owner"]).get(reverse("audit-export")).status_code == 403
+    assert signed_in(org["owner"]).post(reverse("audit-export")).status_code == 403
 
 
 def test_auditor_sees_the_newest_events_first(signed_in, history):
@@ -150,13 +152,15 @@ def test_the_log_is_paginated_by_fifty(signed_in, org, department):
 
 def test_export_buttons_carry_the_filters_and_are_shown_to_exporters(signed_in, history):
     text = _text(signed_in(history["auditor"]).get(reverse("audit-log"), {"action": "team.", "page": 1}))
-    assert "/audit/export/?format=jsonl&amp;action=team." in text
-    assert "/audit/export/?format=csv&amp;action=team." in text
+    form = re.search(r'<form method="post" action="/audit/export/".*?</form>', text, re.S).group(0)
+    assert 'name="csrfmiddlewaretoken"' in form
+    assert '<input type="hidden" name="action" value="team.">' in form and 'name="page"' not in form
+    assert 'name="format" value="jsonl"' in form and 'name="format" value="csv"' in form
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_an_export_downloaded_from_the_page_verifies_offline(signed_in, history, tmp_path, fmt):
-    response = signed_in(history["auditor"]).get(reverse("audit-export"), {"format": fmt, "action": "team."})
+    response = signed_in(history["auditor"]).post(reverse("audit-export"), {"format": fmt, "action": "team."})
     assert response.status_code == 200
     assert response["Content-Disposition"].startswith("attachment; filename=")
     path = Path(tmp_path / "export.zip")
@@ -169,13 +173,32 @@ def test_an_export_downloaded_from_the_page_verifies_offline(signed_in, history,
 
 def test_an_export_leaves_no_temporary_file_behind(signed_in, history, monkeypatch, tmp_path):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    response = signed_in(history["auditor"]).get(reverse("audit-export"), {"format": "csv"})
+    response = signed_in(history["auditor"]).post(reverse("audit-export"), {"format": "csv"})
     io.BytesIO(b"".join(response.streaming_content))
     response.close()
     assert list(tmp_path.iterdir()) == []
 
 
 def test_an_unknown_export_format_is_a_400(signed_in, history):
-    response = signed_in(history["auditor"]).get(reverse("audit-export"), {"format": "xml"})
+    response = signed_in(history["auditor"]).post(reverse("audit-export"), {"format": "xml"})
     assert response.status_code == 400
     assert "choose one of" in _text(response)
+
+
+def test_an_export_is_a_post_with_the_csrf_token_so_no_other_site_can_start_one(history):
+    # A link or redirect from another site (a GET carrying the Lax session cookie), or its form (a POST
+    # without the token), would otherwise export in the auditor's name: a false audit row and a zip built.
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(history["auditor"])
+    last = AuditEvent.objects.order_by("-sequence").values_list("sequence", flat=True).first() or 0
+    assert client.get(reverse("audit-export"), {"format": "csv"}).status_code == 405
+    assert client.post(reverse("audit-export"), {"format": "csv"}).status_code == 403
+    assert not AuditEvent.objects.filter(sequence__gt=last).exists()
+
+    page = _text(client.get(reverse("audit-log")))
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    response = client.post(reverse("audit-export"), {"format": "csv", "csrfmiddlewaretoken": token})
+    assert response.status_code == 200 and b"".join(response.streaming_content)[:2] == b"PK"
+    assert list(AuditEvent.objects.filter(sequence__gt=last).values_list("action", flat=True)) == [
+        "audit.export"
+    ]

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -18,6 +19,7 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 from pypdf import PdfReader
@@ -284,13 +286,13 @@ def test_a_refused_export_leaves_no_audit_row(world):
 # --- Who may export -----------------------------------------------------------------------------------
 def _ui(client, world, fmt="csv", month=None):
     month = month or statements.label(world["statement"].month)
-    return client.get(reverse("billing-statement-export", args=[world["department"].pk, month, fmt]))
+    return client.post(reverse("billing-statement-export", args=[world["department"].pk, month, fmt]))
 
 
 def _api(client, world, fmt="csv", month=None):
     month = month or statements.label(world["statement"].month)
-    return client.get(f"/api/v1/billing/departments/{world['department'].pk}/statements/{month}/export",
-                      {"format": fmt})  # fmt: skip
+    return client.post(f"/api/v1/billing/departments/{world['department'].pk}/statements/{month}/export"
+                       f"?format={fmt}")  # fmt: skip
 
 
 @pytest.mark.parametrize("route", [_ui, _api])
@@ -332,6 +334,44 @@ def test_a_bad_month_or_format_is_refused_with_a_reason(client, world, route):
     assert route(client, world, month="2026-13").status_code in (400, 422)
     assert route(client, world, month="9999-01").status_code == 400
     assert route(client, world, fmt="xlsx").status_code in (400, 422)
+
+
+def test_an_export_is_a_post_with_the_csrf_token_so_no_other_site_can_start_one(world):
+    # A link or redirect from another site (a GET carrying the Lax session cookie), or its form (a POST
+    # without the token), would otherwise export in the manager's name: a false audit row, a file built.
+    month = statements.label(world["statement"].month)
+    ui = reverse("billing-statement-export", args=[world["department"].pk, month, "csv"])
+    api = f"/api/v1/billing/departments/{world['department'].pk}/statements/{month}/export?format=csv"
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(world["users"]["manager"])
+    last = AuditEvent.objects.order_by("-sequence").values_list("sequence", flat=True).first() or 0
+    assert client.get(ui).status_code == 405 and client.get(api).status_code == 405
+    assert client.post(ui).status_code == 403 and client.post(api).status_code == 403
+    assert not AuditEvent.objects.filter(sequence__gt=last).exists()
+
+    page = client.get(reverse("billing-statement", args=["CC-100", month])).content.decode()
+    assert f'action="{ui}"' in page
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    response = client.post(ui, {"csrfmiddlewaretoken": token})
+    assert response.status_code == 200 and len(_lines(_rows(response.content))) == 2
+    assert list(AuditEvent.objects.filter(sequence__gt=last).values_list("action", flat=True)) == [
+        "statement.export"
+    ]
+
+
+def test_the_download_forms_of_a_superseded_revision_export_that_revision(client, world):
+    statements.reissue(BILLING, world["statement"], "Corrected the GPU price after review.")
+    client.force_login(world["users"]["manager"])
+    month = statements.label(world["statement"].month)
+    page = client.get(reverse("billing-statement", args=["CC-100", month]), {"revision": 1}).content.decode()
+    assert page.count('<input type="hidden" name="revision" value="1">') == len(exports.FORMATS)
+    carried = client.post(
+        reverse("billing-statement-export", args=[world["department"].pk, month, "csv"]), {"revision": "1"}
+    )
+    header = {row[0]: row[1] for row in _rows(carried.content)[:10]}
+    assert header["revision"] == "1" and header["status"] == "superseded"
+    current = client.get(reverse("billing-statement", args=["CC-100", month])).content.decode()
+    assert 'name="revision"' not in current
 
 
 def test_the_ui_serves_the_signed_bundle(client, world, tmp_path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.http import HttpResponse, HttpResponseBadRequest
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_POST
 
 from portfolio.accounts.context import actor_of
 from portfolio.billing import exports
@@ -17,12 +17,15 @@ def attachment(export: exports.Export) -> HttpResponse:
     return response
 
 
-@require_GET
+@require_POST
 def statement_export(request, department_id: int, month: str, fmt: str):
     """Permission: ``billing.view`` through ``billing.access`` (404 for a department the user reads nothing
-    of; a team owner's file holds only their teams' lines, marked partial). ``?revision=N`` for a
-    superseded revision; without it the revision in force, or the draft of an open month."""
-    revision_text = request.GET.get("revision", "")
+    of; a team owner's file holds only their teams' lines, marked partial). A ``revision=N`` field for a
+    superseded revision; without it the revision in force, or the draft of an open month.
+
+    POST with the CSRF token, never GET: each export is audited in the caller's name, and a top-level
+    cross-site navigation carries the (SameSite=Lax) session cookie, so a GET could be run by any site."""
+    revision_text = request.POST.get("revision", "")
     try:
         revision = int(revision_text) if revision_text else None
         if revision_text and len(revision_text) > 6:

@@ -122,7 +122,7 @@ def statement_list(request):
 
 
 def _exports(department_id: int, month: str) -> list[dict]:
-    """Download links of the statement: CSV, PDF and the signed bundle that verifies offline."""
+    """Where the statement's download forms POST: CSV, PDF and the signed bundle that verifies offline."""
     return [
         {
             "format": fmt,
@@ -142,6 +142,7 @@ def _statement_page(request, actor, reader, department: Department, month: date,
     revisions = list(Statement.objects.filter(department=department, month=month).order_by("-revision"))
     shown = draft.statement
     lines = draft.lines
+    superseded = None  # the revision asked for, which the download forms then export too
     asked = request.GET.get("revision", "")
     if asked.isdecimal() and len(asked) < 6:  # not isdigit(): "²" is a digit that int() refuses
         # An earlier (superseded) revision, read as it was written.
@@ -149,6 +150,7 @@ def _statement_page(request, actor, reader, department: Department, month: date,
         if shown is None:
             raise NotFound("Statement not found.")
         lines = list(shown.lines.all())
+        superseded = shown.revision
     teams = reader.team_filter(department.pk)
     if teams is not None:
         lines = [line for line in lines if line.team_id in teams]
@@ -183,6 +185,7 @@ def _statement_page(request, actor, reader, department: Department, month: date,
             "can_reissue": can_reissue,
             "form": form or (ReissueForm() if can_reissue else None),
             "exports": _exports(department.pk, label(month)) if shown is not None else [],
+            "export_revision": superseded,
         },
         status=status,
     )
