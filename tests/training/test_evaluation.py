@@ -155,25 +155,9 @@ def test_the_expected_answer_and_the_prompt_of_each_row_shape():
 
 
 # --- score(): generation on a real (tiny, random) model feeds the same comparison -------------------------
-def test_score_generates_an_answer_per_row_and_compares_them_as_answer_metrics_does(
-    smollm2_tokenizer_dir, tmp_path, monkeypatch
-):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
+def test_score_generates_an_answer_per_row_and_compares_them_as_answer_metrics_does(tiny_llama, monkeypatch):
     from training import evaluation
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-    )
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
     rows = [
         {
             "messages": [
@@ -186,7 +170,7 @@ def test_score_generates_an_answer_per_row_and_compares_them_as_answer_metrics_d
     compared = []
     real = evaluation.answer_metrics
     monkeypatch.setattr(evaluation, "answer_metrics", lambda e, a: compared.append((e, a)) or real(e, a))
-    metrics = evaluation.score(base_dir=tmp_path, adapter_dir=None, rows=rows, max_new_tokens=4)
+    metrics = evaluation.score(base_dir=tiny_llama, adapter_dir=None, rows=rows, max_new_tokens=4)
     ((expected, answers),) = compared
     assert (
         expected == ["billing", "shipping"] and len(answers) == 2 and all(isinstance(a, str) for a in answers)
@@ -195,7 +179,7 @@ def test_score_generates_an_answer_per_row_and_compares_them_as_answer_metrics_d
     assert metrics["rows"] == 2 and metrics["perplexity"] > 1.0
     assert "answers" not in metrics  # a job stores the metrics, not every answer
     kept = evaluation.score(
-        base_dir=tmp_path, adapter_dir=None, rows=rows, max_new_tokens=4, keep_answers=True
+        base_dir=tiny_llama, adapter_dir=None, rows=rows, max_new_tokens=4, keep_answers=True
     )
     assert kept["answers"] == answers  # greedy: the same answers again, in the rows' order
 
