@@ -16,10 +16,10 @@ from ninja.pagination import paginate
 
 from portfolio.accounts import gate
 from portfolio.accounts.models import Department, Team
-from portfolio.billing import budgets
+from portfolio.billing import access, budgets
 from portfolio.billing.api import Pages
 from portfolio.billing.models import Budget
-from portfolio.errors import NotFound
+from portfolio.errors import Forbidden, NotFound
 
 router = Router(tags=["billing"])
 
@@ -106,6 +106,9 @@ def set_department_budget(request, department_id: int, payload: BudgetIn):
 @router.delete("/budgets/teams/{team_id}", response={204: None})
 def delete_team_budget(request, team_id: int):
     """Admins and the team's department managers (a team not visible, or without a budget: 404)."""
+    # Who may act on the team is settled before its budget is looked up: the answer must not tell a caller
+    # who may not budget the team whether it has a budget.
+    gate.require(request.auth, "budget.manage", gate.get_visible(request.auth, Team, pk=team_id))
     budget = Budget.objects.filter(team_id=team_id).select_related("team").first()
     if budget is None:
         raise NotFound("No budget of that team.")
@@ -116,6 +119,9 @@ def delete_team_budget(request, team_id: int):
 @router.delete("/budgets/departments/{department_id}", response={204: None})
 def delete_department_budget(request, department_id: int):
     """Platform admins (a department without a budget: 404)."""
+    access.department(request.auth, department_id)  # before the budget, as for teams
+    if not request.auth.is_admin:
+        raise Forbidden("Only platform admins remove a department's budget.")
     budget = Budget.objects.filter(department_id=department_id).first()
     if budget is None:
         raise NotFound("No budget of that department.")

@@ -102,3 +102,24 @@ def test_an_outsider_finds_no_team_and_only_a_manager_removes_a_teams_budget(cli
     assert client.delete(f"{API}/teams/{team.pk}").status_code == 204
     assert not Budget.objects.exists() and AuditEvent.objects.filter(action="budget.delete").count() == 1
     assert client.delete(f"{API}/teams/{team.pk}").status_code == 404
+
+
+def test_removing_a_budget_tells_a_caller_who_may_not_remove_it_nothing_of_whether_there_is_one(
+    client, org, team, manager
+):
+    """An outsider is told the same of a team with a budget as of one without (here: none at all)."""
+
+    def answer(response) -> tuple:
+        return response.status_code, response.json()["error"]["code"], response.json()["error"]["message"]
+
+    assert put(client, manager, f"{API}/teams/{team.pk}", {"amount": "300"}).status_code == 200
+    assert (
+        put(client, org["admin"], f"{API}/departments/{team.department_id}", {"amount": "900"}).status_code
+        == 200
+    )
+    client.force_login(org["outsider"])
+    assert answer(client.delete(f"{API}/teams/{team.pk}")) == answer(client.delete(f"{API}/teams/999999"))
+    assert answer(client.delete(f"{API}/departments/{team.department_id}")) == answer(
+        client.delete(f"{API}/departments/999999")
+    )
+    assert Budget.objects.count() == 2
