@@ -57,7 +57,10 @@ def set_price(
     if timezone.is_naive(effective_from):
         raise Invalid("effective_from needs a time zone.")
     # On the hour in UTC, where the hourly token ledger is cut (10:00+05:30 is 04:30 UTC, inside an hour).
-    effective_from = effective_from.astimezone(UTC)
+    try:
+        effective_from = effective_from.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00-05:00 is in the year 10000 in UTC
+        raise Invalid("effective_from is out of range.") from None
     if effective_from != effective_from.replace(minute=0, second=0, microsecond=0):
         raise Invalid("Prices change on the hour (UTC): use a time with no minutes or seconds in UTC.")
     if Statement.objects.filter(month__gte=money.month_start(effective_from.astimezone(UTC))).exists():

@@ -75,6 +75,18 @@ def test_prices_change_on_the_hour_and_not_more_than_a_year_ahead(org):
             minute=0, second=0, microsecond=0))  # fmt: skip
 
 
+@pytest.mark.parametrize("moment", ["9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+05:00"])
+def test_a_time_beyond_the_calendar_in_utc_is_refused_not_an_internal_error(org, moment):
+    with pytest.raises(Invalid, match="out of range"):
+        services.set_price(
+            actor=actor_for(org["admin"]),
+            subject=POOL,
+            effective_from=datetime.fromisoformat(moment),
+            gpu_hour="1",
+        )
+    assert not Price.objects.exists()
+
+
 def test_a_closed_month_keeps_its_prices(org, department):
     statements.close(Actor.for_system("billing"), department, date(2026, 10, 1))
     with pytest.raises(Invalid, match="closed"):
