@@ -15,7 +15,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from serving.forms.base import managed_teams
 from serving.gateway.models import ApiKey, KeyPolicy
-from serving.gateway.services import LIMIT_BOUNDS, LIMIT_FIELDS
+from serving.gateway.services import LIMIT_BOUNDS, LIMIT_FIELDS, MAX_KEY_LIFETIME
 from serving.models import Endpoint, EndpointShare
 
 PERIODS = [(7, "Last 7 days"), (30, "Last 30 days"), (90, "Last 90 days")]
@@ -191,6 +191,10 @@ class KeyCreateForm(KeyLimitsForm):
         day = self.cleaned_data["expires_on"]
         if day is not None and day < timezone.now().date():
             raise forms.ValidationError("Choose today or a later day.")
+        if day is not None and day - timezone.now().date() >= MAX_KEY_LIFETIME:
+            raise forms.ValidationError(
+                "Choose a day within ten years, or none for a key that does not expire."
+            )
         return day
 
     def clean(self):

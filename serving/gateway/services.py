@@ -47,6 +47,8 @@ LIMIT_LABELS = {
 }
 MAX_SCOPES = 100
 MAX_ALLOWED_IPS = 100
+# The furthest a key's expiry may be set: ten years (no expiry at all is the empty value).
+MAX_KEY_LIFETIME = timedelta(days=3653)
 
 
 class _Unchanged:
@@ -179,6 +181,12 @@ def create_key(
     expires_at = _aware(expires_at)
     if expires_at is not None and expires_at <= timezone.now():
         raise Invalid("expires_at: must be in the future.")
+    if expires_at is not None and expires_at - timezone.now() > MAX_KEY_LIFETIME:
+        # Past the year 9999 in UTC, PostgreSQL stores it and psycopg cannot read it back: the team's keys
+        # could no longer be listed or revoked.
+        raise Invalid(
+            f"expires_at: at most {MAX_KEY_LIFETIME.days // 365} years ahead; leave it out for no expiry."
+        )
     given = {
         "rpm_limit": rpm_limit,
         "tpm_limit": tpm_limit,

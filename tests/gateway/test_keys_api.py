@@ -291,6 +291,17 @@ def test_an_expiry_without_a_zone_is_taken_as_utc(api, org, team):
     assert ApiKey.objects.get(name="naive").expires_at == moment.replace(tzinfo=UTC)
 
 
+@pytest.mark.parametrize("moment", ["9999-12-31T23:00:00-05:00", "2099-01-01T00:00:00Z"])
+def test_an_expiry_further_than_ten_years_is_refused_and_the_keys_stay_readable(api, org, team, moment):
+    """9999-12-31T23:00-05:00 is in the year 10000 in UTC: PostgreSQL stores it, psycopg cannot read it back,
+    and the team's keys could no longer be listed or revoked."""
+    response = api(org["owner"], "post", f"/teams/{team.pk}/keys", {"name": "forever", "expires_at": moment})
+    assert response.status_code == 400, response.content
+    assert "years ahead" in response.json()["error"]["message"]
+    assert not ApiKey.objects.filter(name="forever").exists()
+    assert api(org["owner"], "get", f"/teams/{team.pk}/keys").status_code == 200
+
+
 # --- Usage never crosses teams ----------------------------------------------------------------------
 def test_another_teams_usage_never_comes_from_the_usage_api(api, org, team, other_team):
     hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)

@@ -87,6 +87,15 @@ def this_hour(hours_ago: int = 0) -> datetime:
 
 
 # --- Creating a key --------------------------------------------------------------------------------
+def test_a_key_expiring_past_ten_years_is_a_form_error_not_an_internal_error(signed_in, org, team, endpoints):
+    client = signed_in(org["developer"])
+    response = client.post(
+        reverse("apikey-create"), {"name": "forever", "team": team.pk, "expires_on": "9999-12-31"}
+    )
+    assert response.status_code == 200 and "within ten years" in response.content.decode()
+    assert not ApiKey.objects.filter(name="forever").exists()
+
+
 def test_a_developer_creates_a_key_and_sees_the_secret_once(signed_in, org, team, endpoints):
     client = signed_in(org["developer"])
     response = client.post(
