@@ -16,6 +16,7 @@ from serving import services
 from serving.capacity import node_usage
 from serving.choices import PoolKind
 from serving.models import ComputePool, Deployment, DeploymentAdapter, Node
+from serving.services.pools import MAX_DESCRIPTION as MAX_POOL_DESCRIPTION
 
 router = Router(tags=["serving"])
 
@@ -33,10 +34,10 @@ class PoolOut(Schema):
 
 
 class PoolIn(Schema):
-    name: str
+    name: str = Field(max_length=100)
     kind: PoolKind
-    description: str = ""
-    allowed_team_ids: list[int] = []
+    description: str = Field("", max_length=MAX_POOL_DESCRIPTION)
+    allowed_team_ids: list[int] = Field([], max_length=1000)
 
 
 def _pool_manager(context) -> bool:
@@ -181,6 +182,7 @@ def list_pools(request):
 
 @router.post("/pools", response={201: PoolOut})
 def create_pool(request, payload: PoolIn):
+    gate.require(request.auth, "pool.manage")  # before the teams named are looked up
     teams = list(Team.objects.filter(pk__in=payload.allowed_team_ids))
     data = payload.dict(exclude={"allowed_team_ids"})
     return Status(201, services.create_pool(actor=request.auth, teams=teams, **data))

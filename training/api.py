@@ -38,7 +38,7 @@ class DatasetIn(Schema):
     name: str = Field(min_length=2, max_length=80)
     owner_team_id: int
     kind: DatasetKind = DatasetKind.CHAT
-    description: str = ""
+    description: str = Field("", max_length=services.MAX_DESCRIPTION)
 
 
 class DatasetVersionOut(Schema):

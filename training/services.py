@@ -46,12 +46,17 @@ def _check_name(name: str) -> str:
 
 
 # --- Datasets --------------------------------------------------------------------------------------
+MAX_DESCRIPTION = 5000  # as the form's
+
+
 @transaction.atomic
 def create_dataset(
     *, actor: Actor, owner_team: Team, name: str, kind: str = DatasetKind.CHAT, description: str = ""
 ) -> Dataset:
     gate.require(actor, "training.run", owner_team)
     name = _check_name(name)
+    if len(description) > MAX_DESCRIPTION:
+        raise Invalid(f"description: at most {MAX_DESCRIPTION:,} characters.")
     if kind not in DatasetKind.values:
         raise Invalid(f"kind: choose one of {', '.join(DatasetKind.values)}.")
     dataset = Dataset(

@@ -111,7 +111,7 @@ class ImportIn(Schema):
     base_version_id: int | None = None
     allow_pickle: bool = False
     trust_remote_code: bool = False
-    model_card: str = ""
+    model_card: str = Field("", max_length=services.MAX_MODEL_CARD_CHARS)
     chat_template: str = Field(
         "",
         max_length=chat_templates.MAX_CHAT_TEMPLATE_BYTES,

@@ -43,6 +43,8 @@ PROMOTION_CHECKS: list[Callable[[ModelVersion, ModelVersion], list[str]]] = []
 # it did, one sentence per endpoint. Raising a DomainError undoes the promotion.
 PROMOTION_FOLLOWERS: list[Callable[[Actor, ModelVersion, ModelVersion | None, str, str], list[str]]] = []
 IMPORTABLE_SOURCES = (Source.HUB, Source.LOCAL, Source.GGUF, Source.UPLOAD)
+# A card given with an import: as much as an imported folder's README.md is read (``inspection``).
+MAX_MODEL_CARD_CHARS = 512 * 1024
 # Model names that would collide with UI routes under /models/.
 RESERVED_MODEL_NAMES = frozenset({"new"})
 MAX_TAGS, MAX_TAG_LENGTH = 20, 40
@@ -188,6 +190,8 @@ def start_import(
     (``enqueue=False`` when the caller runs the import itself). A ``chat_template`` given here is written
     into the imported tokenizer (for files that have none, or the wrong one)."""
     gate.require(actor, "model.register", model)
+    if len(model_card) > MAX_MODEL_CARD_CHARS:
+        raise Invalid(f"model_card: at most {MAX_MODEL_CARD_CHARS:,} characters.")
     if source not in IMPORTABLE_SOURCES:
         raise Invalid(f"source: imports come from {', '.join(IMPORTABLE_SOURCES)}.")
     if (allow_pickle or trust_remote_code) and not actor.is_admin:

@@ -13,6 +13,8 @@ from serving.choices import NodeState, PoolKind
 from serving.models import ComputePool, Node
 from serving.services.shared import _after_commit_reconcile, _check_name
 
+MAX_DESCRIPTION = 5000
+
 
 @transaction.atomic
 def create_pool(
@@ -24,6 +26,8 @@ def create_pool(
     teams: list[Team] | None = None,
 ) -> ComputePool:
     gate.require(actor, "pool.manage")
+    if len(description) > MAX_DESCRIPTION:
+        raise Invalid(f"description: at most {MAX_DESCRIPTION:,} characters.")
     if kind not in PoolKind.values:
         raise Invalid(f"kind: choose {' or '.join(PoolKind.values)}.")
     # Its prices are billing's (the price book, set by admins there), not the pool's.
@@ -48,6 +52,8 @@ def update_pool(
     teams: list[Team],
 ) -> ComputePool:
     gate.require(actor, "pool.manage")
+    if len(description) > MAX_DESCRIPTION:
+        raise Invalid(f"description: at most {MAX_DESCRIPTION:,} characters.")
     before = pool.snapshot()
     pool.description = description
     pool.save(update_fields=["description"])

@@ -47,6 +47,29 @@ def test_an_engineer_registers_a_model_and_queues_an_import(
     assert len(callbacks) == 1, "the import task is enqueued once, on commit"
 
 
+def test_a_card_given_with_an_import_is_bounded_as_a_read_readme_is(client, org, ready, settings):
+    from portfolio.errors import Invalid
+    from portfolio.registry import services
+    from portfolio.registry.models import Model
+
+    client.force_login(org["engineer"])
+    folder = make_model_folder(settings.IMPORT_ROOTS[0] / "carded")
+    body = {"source": "local", "ref": str(folder), "model_card": "x" * (services.MAX_MODEL_CARD_CHARS + 1)}
+    response = client.post("/api/v1/models/router/imports", body, content_type="application/json")
+    assert response.status_code == 422 and "model_card" in response.json()["error"]["fields"], (
+        response.content
+    )
+    with pytest.raises(Invalid, match="model_card: at most"):
+        services.start_import(
+            actor=actor_for(org["engineer"]),
+            model=Model.objects.get(name="router"),
+            source=Source.LOCAL,
+            ref=str(folder),
+            model_card=body["model_card"],
+            enqueue=False,
+        )
+
+
 def test_an_import_outside_the_roots_answers_400_with_the_reason(client, org, ready):
     client.force_login(org["engineer"])
     response = client.post(

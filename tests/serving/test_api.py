@@ -9,7 +9,7 @@ from portfolio.accounts.models import Membership
 from portfolio.registry import services as registry
 from serving import services
 from serving.choices import PoolKind
-from serving.models import Endpoint
+from serving.models import ComputePool, Endpoint
 from tests.conftest import actor_for
 from tests.serving.nodes import add_node
 from tests.serving.views.conftest import add_replica, make_version
@@ -204,6 +204,29 @@ def test_an_endpoints_routes_and_description_are_bounded_before_anything_is_read
         Endpoint.objects.get(name="support").routes.count() == 1
         and not Endpoint.objects.filter(name="wordy").exists()
     )
+
+
+def test_a_pools_fields_are_bounded_and_its_permission_checked_before_its_teams_are_read(
+    client, org, team, django_assert_max_num_queries
+):
+    from portfolio.errors import Invalid
+    from serving.services.pools import MAX_DESCRIPTION
+
+    client.force_login(org["engineer"])
+    many = {"name": "big", "kind": "cpu", "allowed_team_ids": list(range(1, 1000))}
+    with django_assert_max_num_queries(6):  # the session and the caller's roles; no team is looked up
+        response = client.post("/api/v1/pools", many, content_type="application/json")
+    assert response.status_code == 403, response.content
+    client.force_login(org["admin"])
+    too_many = {**many, "allowed_team_ids": list(range(1, 1002))}
+    response = client.post("/api/v1/pools", too_many, content_type="application/json")
+    assert response.status_code == 422 and "allowed_team_ids" in response.json()["error"]["fields"]
+    wordy = {"name": "wordy", "kind": "cpu", "description": "x" * (MAX_DESCRIPTION + 1)}
+    response = client.post("/api/v1/pools", wordy, content_type="application/json")
+    assert response.status_code == 422 and "description" in response.json()["error"]["fields"]
+    with pytest.raises(Invalid, match="description: at most"):
+        services.create_pool(actor=actor_for(org["admin"]), name="wordy", kind="cpu", description="x" * 5001)
+    assert not ComputePool.objects.filter(name__in=["big", "wordy"]).exists()
 
 
 def test_a_cascade_is_created_and_reconfigured_through_the_api(client, org, team, world):

@@ -25,6 +25,16 @@ def ingested(client, dataset_id: int, accepted: dict) -> dict:
     return client.get(f"/api/v1/datasets/{dataset_id}/ingests/{accepted['id']}").json()
 
 
+def test_a_datasets_description_is_bounded_as_the_forms_is(client, org, team):
+    client.force_login(org["engineer"])
+    wordy = {"name": "tickets", "owner_team_id": team.pk, "description": "x" * 5001}
+    response = client.post("/api/v1/datasets", wordy, content_type="application/json")
+    assert response.status_code == 422 and "description" in response.json()["error"]["fields"], (
+        response.content
+    )
+    assert client.get("/api/v1/datasets").json()["count"] == 0
+
+
 def test_an_engineer_creates_a_dataset_and_uploads_a_version(client, org, team):
     client.force_login(org["engineer"])
     response = client.post(
