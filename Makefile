@@ -85,9 +85,14 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Deletes the data folder (PORTFOLIO_DATA_DIR, else .portfolio) after stopping what a crashed `make run` left
+# running in it; refused while a `make run` uses it. Without .venv nothing of this checkout can be running:
+# a folder that exists all the same (.venv deleted, a shared PORTFOLIO_DATA_DIR) gets the venv made first.
 clean-data:
-	$(BIN)/python -c "from pathlib import Path; from portfolio import embedded; embedded.stop_all(Path('.portfolio').resolve())" || true
-	rm -rf .portfolio
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m portfolio.cli clean-data; \
+	elif [ -e "$${PORTFOLIO_DATA_DIR:-.portfolio}" ]; then \
+	  $(MAKE) --no-print-directory venv && $(BIN)/python -m portfolio.cli clean-data; \
+	else echo "nothing to clean: $${PORTFOLIO_DATA_DIR:-.portfolio} does not exist"; fi
 
 # The gateway benchmark: nginx as a fixed-response engine, direct calls, our gateway and LiteLLM's proxy
 # side by side on the same cores; writes benchmarks/results/gateway.json (see benchmarks/README.md).

@@ -6,7 +6,8 @@ portfolio worker       a Celery worker for the "control" queue
 portfolio node-agent   a Celery worker for this machine's "node.<name>" queue
 portfolio beat         the Celery beat scheduler
 portfolio migrate      migrations as the database owner, then the application role's grants
-portfolio manage ...   Django's manage.py
+portfolio clean-data   stop what a crashed `portfolio run` left running, then delete its data folder
+portfolio manage ...   Django's manage.py (everything after `manage` is Django's, `--help` included)
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+
+from django.core.exceptions import ImproperlyConfigured
 
 from portfolio import commands
+from portfolio.envparse import Env
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portfolio.settings")
 
@@ -35,13 +40,38 @@ def _prepare_shared_metrics() -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
 
+def _bounded(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from ``minimum`` to ``maximum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum or maximum is not None and value > maximum:
+            bounds = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range: {bounds}")
+        return value
+
+    return parse
+
+
+def _env_option(
+    parser: argparse.ArgumentParser, name: str, variable: str, default: int, maximum: int | None = None
+) -> None:
+    """``--name``, from 1 to ``maximum``, defaulting to ``variable`` (else ``default``). `parse_args` reads the
+    variable only for the sub-command that takes the option: a bad PORTFOLIO_PORT stops `web`, not `migrate`."""
+    parser.add_argument(f"--{name}", type=_bounded(1, maximum), help=f"default: {variable}, else {default}")
+    parser.set_defaults(**{f"_env_{name}": (variable, default, maximum)})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="portfolio", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the whole platform on this machine (embedded defaults)")
     run.add_argument("--host", default=os.environ.get("PORTFOLIO_HOST", "127.0.0.1"))
-    run.add_argument("--port", type=int, default=int(os.environ.get("PORTFOLIO_PORT", "8000")))
+    _env_option(run, "port", "PORTFOLIO_PORT", 8000, maximum=65535)
     run.add_argument("--no-demo", action="store_true", help="skip the demo portfolio")
     run.add_argument(
         "--verbose",
@@ -53,31 +83,49 @@ def build_parser() -> argparse.ArgumentParser:
     # Loopback unless told otherwise: on a bare machine `/v1` would otherwise take API keys in clear text on
     # every interface, past the TLS proxy. The image sets PORTFOLIO_HOST=0.0.0.0 (its network is the compose one).
     web.add_argument("--host", default=os.environ.get("PORTFOLIO_HOST", "127.0.0.1"))
-    web.add_argument("--port", type=int, default=int(os.environ.get("PORTFOLIO_PORT", "8000")))
-    web.add_argument("--workers", type=int, default=int(os.environ.get("PORTFOLIO_WEB_WORKERS", "2")))
+    _env_option(web, "port", "PORTFOLIO_PORT", 8000, maximum=65535)
+    _env_option(web, "workers", "PORTFOLIO_WEB_WORKERS", 2)
 
     worker = sub.add_parser("worker", help="Celery worker for the control queue")
-    worker.add_argument(
-        "--concurrency", type=int, default=int(os.environ.get("PORTFOLIO_WORKER_CONCURRENCY", "2"))
-    )
+    _env_option(worker, "concurrency", "PORTFOLIO_WORKER_CONCURRENCY", 2)
 
     agent = sub.add_parser("node-agent", help="Celery worker for this machine's node queue")
     agent.add_argument("--name", default=None, help="node name (default: PORTFOLIO_NODE_NAME or host name)")
-    agent.add_argument(
-        "--concurrency", type=int, default=int(os.environ.get("PORTFOLIO_AGENT_CONCURRENCY", "2"))
-    )
+    _env_option(agent, "concurrency", "PORTFOLIO_AGENT_CONCURRENCY", 2)
 
     sub.add_parser("beat", help="Celery beat scheduler")
     sub.add_parser("migrate", help="apply migrations (as the owner role), then grant the application role")
-    manage = sub.add_parser("manage", help="Django management commands", add_help=False)
-    manage.add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser(
+        "clean-data", help="stop what a crashed `portfolio run` left running, delete its data folder"
+    )
+    # Listed for --help only: `main` hands everything after `manage` to Django before argparse sees it.
+    sub.add_parser("manage", help="Django management commands", add_help=False)
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The sub-command's options, those left unset read from the environment (ImproperlyConfigured if bad)."""
     args = build_parser().parse_args(argv)
+    for key, (variable, default, maximum) in [(k, v) for k, v in vars(args).items() if k.startswith("_env_")]:
+        name = key.removeprefix("_env_")
+        if getattr(args, name) is None:
+            setattr(args, name, Env().integer(variable, default, minimum=1, maximum=maximum))
+        delattr(args, key)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["manage"]:  # `portfolio manage --help` is Django's help, not argparse's refusal
+        from django.core.management import execute_from_command_line
+
+        execute_from_command_line(["portfolio manage", *argv[1:]])
+        return
+    try:
+        args = parse_args(argv)
+    except ImproperlyConfigured as exc:
+        sys.exit(f"portfolio: {exc}")  # one line, no traceback
     if args.command == "run":
-        from portfolio.envparse import Env
         from portfolio.launcher import run_all
 
         verbose = args.verbose or Env().flag("PORTFOLIO_VERBOSE", False)
@@ -118,10 +166,10 @@ def main(argv: list[str] | None = None) -> None:
         from portfolio.registry.reinspection import read_missing_architectures
 
         read_missing_architectures(log=lambda line: print(f"  {line}"))
-    if args.command == "manage":
-        from django.core.management import execute_from_command_line
+    if args.command == "clean-data":
+        from portfolio import cleandata
 
-        execute_from_command_line(["portfolio manage", *args.args])
+        sys.exit(cleandata.main())
 
 
 if __name__ == "__main__":

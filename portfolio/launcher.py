@@ -11,10 +11,15 @@ endpoint answers, with a summary: where to sign in, the endpoints, the API docs,
 fresh demo API key, and the portfolio page (where the demo's ticket-routing task shows its candidates once the
 demo fine-tune has finished and its eval runs have scored them). Ctrl-C (or SIGTERM) stops everything it started, the embedded servers last. Data is
 kept for next time; the replicas of the last run start again (``manage.py requeue_engines``).
+
+Its exit status says how it ended: 0 when the person stopped it (Ctrl-C or SIGTERM once the servers run: the
+normal way to end it); 1 when a start-up step failed or the web server, worker or beat exited on its own
+(a port in use, a crash); 130 when Ctrl-C interrupted the start-up steps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -22,6 +27,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -35,6 +41,41 @@ MANAGE = [sys.executable, "-m", "portfolio.cli", "manage"]
 
 class StartupFailed(Exception):
     pass
+
+
+class FolderInUse(Exception):
+    """Another `portfolio run` holds the data folder's run lock; its pid (or "?") is the message."""
+
+
+@contextlib.contextmanager
+def run_lock(data_dir: Path) -> Iterator[None]:
+    """The data folder's run lock, held (with this pid in it) for the block; `FolderInUse` if another has it.
+
+    One launcher per data folder: a second one would attach to the first one's servers, then stop them, and
+    its engines and trainers, as it exits; `make clean-data` would stop them and delete the folder under it.
+    """
+    with open(data_dir / "run.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise FolderInUse(lock.read().strip() or "?") from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
+
+
+def stop_work_under(data_dir: Path) -> None:
+    """Stop the engines and fine-tune trainers working in ``data_dir`` (each in a process group of its own).
+    The launcher does it as it exits (it owns this machine's engines: they start again next time; a trainer's
+    job resumes from its checkpoint); `make clean-data` does it for those a crashed launcher left behind."""
+    from serving import processes
+
+    for engine in processes.engines_on_this_machine(under=data_dir).values():
+        processes.stop(engine, grace=15)
+    for trainer in processes.trainers_under(data_dir):
+        processes.stop(trainer, grace=10)
 
 
 def _say(message: str) -> None:
@@ -61,37 +102,21 @@ def run_all(*, host: str, port: int, demo: bool = True, verbose: bool = False) -
         return 1
     data_dir = commands.data_dir()
     embedded.private_folder(data_dir)  # uploaded datasets, model weights, logs: this user's only
-    # One launcher per data folder: a second one would attach to the first one's servers, then stop them,
-    # and its engines and trainers, as it exits.
-    with open(data_dir / "run.lock", "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            _say(
-                f"already running on {data_dir} (pid {lock.read().strip() or '?'}): stop it first, or set "
-                "PORTFOLIO_DATA_DIR to another folder"
-            )
-            return 1
-        lock.truncate(0)
-        lock.write(str(os.getpid()))
-        lock.flush()
-        return _run(data_dir, host=host, port=port, demo=demo, verbose=verbose)
+    try:
+        with run_lock(data_dir):
+            return _run(data_dir, host=host, port=port, demo=demo, verbose=verbose)
+    except FolderInUse as exc:
+        _say(
+            f"already running on {data_dir} (pid {exc}): stop it first, or set PORTFOLIO_DATA_DIR to another "
+            "folder"
+        )
+        return 1
 
 
 def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> int:
     os.environ["PORTFOLIO_DATA_DIR"] = str(data_dir)
     logs = data_dir / "logs"
     started_embedded = []
-    if not os.environ.get("DATABASE_URL"):
-        _say(f"starting embedded PostgreSQL in {data_dir / 'pgdata'}")
-        os.environ["DATABASE_URL"] = embedded.ensure_postgres(data_dir)
-        started_embedded.append("postgres")
-    if not os.environ.get("REDIS_URL"):
-        _say(f"starting embedded Redis in {data_dir / 'redis'}")
-        os.environ["REDIS_URL"] = embedded.ensure_redis(data_dir)
-        started_embedded.append("redis")
-
     setup_log = runlogs.open_log(logs, "setup")
     log_files: list[IO[bytes]] = [setup_log]
     follower = runlogs.Follower(sys.stdout)
@@ -109,14 +134,26 @@ def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> 
 
     children: dict[str, subprocess.Popen] = {}  # web, worker, beat: any of them exiting stops everything
     oneshots: dict[str, subprocess.Popen] = {}  # the demo's steps: a failure is reported, not fatal
-    stopping = False
+    stopping = False  # SIGINT or SIGTERM: the person stops the platform (exit status 0)
+    status = 0
 
     def stop(*_):
         nonlocal stopping
         stopping = True
 
+    previous_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, stop)
     try:
+        # Inside the try, each noted before it starts: one that fails (Redis) or is interrupted half-way still
+        # has the launcher stop what came up on the way out (stopping one that is not up does nothing).
+        if not os.environ.get("DATABASE_URL"):
+            _say(f"starting embedded PostgreSQL in {data_dir / 'pgdata'}")
+            started_embedded.append("postgres")
+            os.environ["DATABASE_URL"] = embedded.ensure_postgres(data_dir)
+        if not os.environ.get("REDIS_URL"):
+            _say(f"starting embedded Redis in {data_dir / 'redis'}")
+            started_embedded.append("redis")
+            os.environ["REDIS_URL"] = embedded.ensure_redis(data_dir)
         _say("migrating the database")
         manage("migrate", "--noinput")
         manage("bootstrap_admin", show=True)
@@ -151,12 +188,15 @@ def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> 
         listening, listen_deadline = False, time.monotonic() + LISTEN_TIMEOUT
         while not stopping:
             follower.pump()
-            for name, child in children.items():
-                if child.poll() is not None:
-                    _say(f"{name} exited with status {child.returncode}; stopping everything")
+            exited = [name for name, child in children.items() if child.poll() is not None]
+            # Ctrl-C reaches the children too: one that exits on it is not a failure.
+            if exited and not stopping:
+                for name in exited:
+                    _say(f"{name} exited with status {children[name].returncode}; stopping everything")
                     if not verbose:
                         print(runlogs.tail(logs / f"{name}.log"), flush=True)
-                    stopping = True
+                status = 1
+                break
             if not listening and _answers(url):
                 listening = True
                 oneshots["events"] = _console_step("watch_events")
@@ -187,15 +227,16 @@ def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> 
                 elif name == "events":
                     _say("the event lines stopped (see above); the platform keeps running")
             time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:  # Ctrl-C before the servers run (then it only sets `stopping`)
+        status = 130
     except StartupFailed as exc:
         _say(f"start-up step failed: {exc}")
         if not verbose:
             print(runlogs.tail(logs / "setup.log"), flush=True)
             _say(f"the whole output is in {logs / 'setup.log'}")
-        return 1
+        status = 1
     finally:
+        signal.signal(signal.SIGINT, stop)  # a second Ctrl-C does not cut the stopping short
         _say("stopping")
         running = [*oneshots.values(), *children.values()]
         for child in running:
@@ -210,19 +251,16 @@ def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> 
         follower.close()
         for log in log_files:
             log.close()
-        # `portfolio run` owns this machine's engines: they stop with it (they start again next time).
-        from serving import processes
-
-        for engine in processes.engines_on_this_machine(under=data_dir).values():
-            processes.stop(engine, grace=15)
-        for trainer in processes.trainers_under(data_dir):
-            processes.stop(trainer, grace=10)  # its job resumes from its checkpoint next time
+        stop_work_under(data_dir)
         if "redis" in started_embedded:
             embedded.stop_redis(data_dir)
         if "postgres" in started_embedded:
             embedded.stop_postgres(data_dir)
+        for sig, handler in previous_handlers.items():
+            if handler is not None:  # None: not installed from Python, nothing to put back
+                signal.signal(sig, handler)
         _say("stopped")
-    return 0
+    return status
 
 
 def _console_step(*args: str) -> subprocess.Popen:

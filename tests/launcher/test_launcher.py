@@ -1,12 +1,19 @@
 """`portfolio run` guards what it owns: one launcher per data folder, never in production, and a data folder
-that only its user can read. The embedded servers are stubbed: these tests start nothing."""
+that only its user can read; it stops all it started however it ends, and its exit status says how it ended.
+The embedded servers and start-up steps are stubbed: these tests start no server."""
 
 import fcntl
+import os
+import signal
 import stat
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import pytest
 
-from portfolio import embedded, launcher
+from portfolio import commands, embedded, launcher
+from serving.processes import free_port
 
 
 class ServerStarted(Exception):
@@ -15,20 +22,27 @@ class ServerStarted(Exception):
 
 @pytest.fixture
 def data_dir(monkeypatch, tmp_path):
-    """A fresh data folder whose embedded servers, were they asked for, would stop the launcher at once."""
+    """A fresh data folder whose embedded servers, were they asked for, would stop the launcher at once (which
+    then stops the one it was starting, as it would one interrupted half-way; stopping any other is refused)."""
     folder = tmp_path / "data"
     monkeypatch.setenv("PORTFOLIO_DATA_DIR", str(folder))
     monkeypatch.delenv("PORTFOLIO_ENV", raising=False)
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.delenv("REDIS_URL", raising=False)
+    asked = []
 
     def refuse(root, *args, **kwargs):
+        asked.append(root)
         raise ServerStarted(root)
+
+    def stop(root, *args, **kwargs):
+        if not asked:
+            raise ServerStarted(root)
 
     monkeypatch.setattr(embedded, "ensure_postgres", refuse)
     monkeypatch.setattr(embedded, "ensure_redis", refuse)
-    monkeypatch.setattr(embedded, "stop_postgres", refuse)
-    monkeypatch.setattr(embedded, "stop_redis", refuse)
+    monkeypatch.setattr(embedded, "stop_postgres", stop)
+    monkeypatch.setattr(embedded, "stop_redis", stop)
     return folder
 
 
@@ -85,3 +99,92 @@ def test_a_data_folder_left_open_to_others_is_closed(data_dir):
     with pytest.raises(ServerStarted):
         _run()
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+
+
+# --- How the run ends: its exit status, and everything it started stopped --------------------------------
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+
+@pytest.fixture
+def started(data_dir, monkeypatch):
+    """A launcher whose embedded servers start and stop on paper (``calls``), whose start-up steps succeed at
+    once, and whose web server, worker and beat run until stopped; each process it starts is in ``processes``.
+    A test changes ``commands`` (a crash) or the steps (``launcher.MANAGE``) to end the run its way."""
+    calls: list[str] = []
+    for server, url in (("postgres", "postgresql://stub"), ("redis", "redis://stub")):
+        monkeypatch.setattr(
+            embedded, f"ensure_{server}", lambda root, s=server, u=url: calls.append(f"start {s}") or u
+        )
+        monkeypatch.setattr(embedded, f"stop_{server}", lambda root, s=server: calls.append(f"stop {s}"))
+    monkeypatch.setattr(launcher, "MANAGE", [sys.executable, "-c", "pass"])
+    monkeypatch.setattr(commands, "node_name", lambda: "launcher-test")
+    monkeypatch.setattr(commands, "web_command", lambda *args: SLEEPER)
+    monkeypatch.setattr(commands, "worker_command", lambda *args: SLEEPER)
+    monkeypatch.setattr(commands, "beat_command", lambda *args: SLEEPER)
+    processes: list[subprocess.Popen] = []
+    real_popen = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        processes.append(real_popen(*args, **kwargs))
+        return processes[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    saved_environ = os.environ.copy()  # the launcher sets DATABASE_URL, REDIS_URL, PORTFOLIO_NODE_NAME...
+    yield SimpleNamespace(calls=calls, processes=processes)
+    os.environ.clear()
+    os.environ.update(saved_environ)
+
+
+def _serve(port=None):
+    return launcher.run_all(host="127.0.0.1", port=port or free_port("127.0.0.1"), demo=False)
+
+
+@pytest.mark.parametrize("crashed", ["web", "worker", "beat"])
+def test_a_server_that_exits_on_its_own_fails_the_run_and_everything_is_stopped(
+    started, monkeypatch, capsys, crashed
+):
+    """`make run` on a port in use: the web server exits at once, and `make run` with it, failing."""
+    monkeypatch.setattr(commands, f"{crashed}_command", lambda *args: [sys.executable, "-c", "exit(3)"])
+    assert _serve() == 1
+    assert f"{crashed} exited with status 3; stopping everything" in capsys.readouterr().out
+    assert all(process.poll() is not None for process in started.processes)
+    stopped = [process.returncode for process in started.processes if process.args == SLEEPER]
+    assert stopped == [-signal.SIGTERM, -signal.SIGTERM]  # the other two servers
+    assert started.calls == ["start postgres", "start redis", "stop redis", "stop postgres"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_while_serving_is_a_normal_stop(started, monkeypatch, sig):
+    """The person's way to end `make run`: exit status 0, everything stopped, the signal handlers put back."""
+    handlers = {each: signal.getsignal(each) for each in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(launcher, "_answers", lambda url: os.kill(os.getpid(), sig) or False)  # while serving
+    assert _serve() == 0
+    assert all(process.poll() is not None for process in started.processes)
+    assert started.calls[-2:] == ["stop redis", "stop postgres"]
+    assert {each: signal.getsignal(each) for each in handlers} == handlers
+
+
+def test_ctrl_c_during_the_start_up_steps_exits_130_and_stops_the_embedded_servers(started, monkeypatch):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "node_name", interrupted)
+    assert _serve() == 130
+    assert started.calls == ["start postgres", "start redis", "stop redis", "stop postgres"]
+
+
+def test_a_failed_start_up_step_fails_the_run_and_stops_the_embedded_servers(started, monkeypatch, capsys):
+    monkeypatch.setattr(launcher, "MANAGE", [sys.executable, "-c", "exit(1)"])
+    assert _serve() == 1
+    assert "start-up step failed: migrate --noinput" in capsys.readouterr().out
+    assert started.calls == ["start postgres", "start redis", "stop redis", "stop postgres"]
+
+
+def test_an_embedded_redis_that_cannot_start_stops_the_postgresql_already_started(started, monkeypatch):
+    def broken(root):
+        raise RuntimeError("embedded Redis did not start within 15s")
+
+    monkeypatch.setattr(embedded, "ensure_redis", broken)
+    with pytest.raises(RuntimeError):
+        _serve()
+    assert started.calls == ["start postgres", "stop redis", "stop postgres"]
