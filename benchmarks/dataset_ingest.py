@@ -18,6 +18,7 @@ import platform
 import random
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portfolio.settings")
@@ -166,6 +167,7 @@ def main() -> None:
         raise SystemExit(f"the ingest {done.status}: {done.status_detail}")
     lengths = done.version.stats["lengths"]
     result = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "rows": options.rows,
         "bytes": len(content),
         "measured_in": lengths["unit"],

@@ -78,7 +78,8 @@ def start_worker(procs: Processes, data: Path, logs: Path, env: dict) -> None:
 
 def start_gateway(procs: Processes, logs: Path, env: dict, *, fast: bool = True) -> str:
     """The gateway on a free port (uvloop and httptools unless ``fast`` is off); its URL once it is healthy.
-    It refreshes its routing table every 0.5 s, so new endpoints route at once."""
+    It refreshes its routing table at the product's default interval (1 s, unless the caller's environment
+    sets ``PORTFOLIO_GATEWAY_REFRESH_MS``), so a time to first answer includes the wait a deployment sees."""
     port = free_port()
     argv = [
         sys.executable,
@@ -97,7 +98,7 @@ def start_gateway(procs: Processes, logs: Path, env: dict, *, fast: bool = True)
         argv,
         log=logs / "gateway.log",
         cwd=ROOT,
-        env={**env, "PORTFOLIO_GATEWAY_REFRESH_MS": "500"},
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/healthz", gateway, logs / "gateway.log", timeout=120)

@@ -14,7 +14,10 @@ measures, each against the naive query over the raw events in the same run:
   keeps per event (its hour and day ledgers), which outlive the raw events' retention.
 
 ``--reuse`` measures again on the month an earlier run generated, when it holds that many events (the
-generation takes most of the run: about half an hour for 10 million on two cores).
+generation takes most of the run: about half an hour for 10 million on two cores). Its results carry the
+full run's date and its generation and rollup seconds forward (from a record the full run leaves in the
+data folder, else from the results file it wrote), so that what a statement's ratio leaves out stays in the
+file.
 
 Writes ``benchmarks/results/billing.json``. The data folder must be one of its own (its name holds
 "bench"): the run empties the usage and ledger tables there first.
@@ -48,6 +51,7 @@ from portfolio.billing import statements  # noqa: E402
 from serving.gateway import usage  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent.parent / "results" / "billing.json"
+MONTH_RECORD = "bench-billing-month.json"  # in the data folder, beside the month it describes
 MONTH = date(2026, 10, 1)
 GOALS = {"statement_s": 1.0, "page_s": 0.3, "bytes_per_event": 500}
 
@@ -132,6 +136,20 @@ def sizes(events: int) -> dict:
     }
 
 
+def earlier_month(events: int) -> dict:
+    """When the month being measured again was generated, and how long its generation and rollup took: from
+    the data folder's record of the full run, else from the results file it wrote; nulls when neither
+    describes a month of ``events`` events."""
+    for path in (Path(settings.DATA_DIR) / MONTH_RECORD, RESULT):
+        try:
+            known = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if known.get("events") == events and known.get("generate_s") is not None:
+            return {key: known.get(key) for key in ("month_generated_at", "generate_s", "rollup_s")}
+    return {"month_generated_at": None, "generate_s": None, "rollup_s": None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000_000)
@@ -153,13 +171,20 @@ def main() -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM gateway_usageevent")
         reuse = options.reuse and cursor.fetchone()[0] == options.events
-    generated = rolled = None
-    if not reuse:
+    if reuse:
+        month = earlier_month(options.events)
+    else:
         seed.events(world, options.events, start, end)
         generated = round(time.perf_counter() - began, 1)
         began = time.perf_counter()
         usage.rollup(since=start)
-        rolled = round(time.perf_counter() - began, 1)
+        month = {
+            "month_generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "generate_s": generated,
+            "rollup_s": round(time.perf_counter() - began, 1),
+        }
+        record = {"events": options.events, **month}
+        (Path(settings.DATA_DIR) / MONTH_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     with connection.cursor() as cursor:  # what autovacuum would do soon after such a bulk write
         cursor.execute("ANALYZE billing_tokenusage, billing_tokenday, billing_storageday")
 
@@ -180,13 +205,16 @@ def main() -> None:
     naive_page_s, _ = timed(naive(NAIVE_PAGE, [start, end]), rounds=3)
 
     result = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "reused_month": reuse,
         "events": options.events,
         "departments": len(world.departments),
         "teams": world.teams,
         "keys": world.keys,
         "endpoints": world.endpoints,
-        "generate_s": generated,  # null: measured again on an earlier run's month (--reuse)
-        "rollup_s": rolled,
+        # The month's generation and its one rollup (outside every ratio below: the statement and the page
+        # read the ledger the rollup wrote); with --reuse, the full run's figures, null when unknown.
+        **month,
         "statement": {
             "ours_s": round(statement_s, 4),
             "naive_s": round(naive_statement_s, 4),

@@ -80,6 +80,26 @@ def test_hey_report_is_read_into_rate_percentiles_and_statuses(monkeypatch):
     assert (step["p50_ms"], step["p99_ms"]) == (4.5, 11.9)
     assert step["workers"] == 4 and not step["errors"]
     assert load.step_ok(step), "all 200, p99 under 20 ms, more than 95% of the offered rate"
+    assert step["p99_is_slowest"] is False
+
+
+def test_under_100_samples_the_p99_is_the_slowest_request_and_the_step_says_so(monkeypatch):
+    """hey prints no p99 below 100 samples (LiteLLM's one step at 5/s is 30 requests)."""
+    few = HEY_REPORT.replace("  99% in 0.0119 secs\n", "").replace(
+        "[200]\t200 responses", "[200]\t30 responses"
+    )
+    monkeypatch.setattr(subprocess, "run", lambda argv, **_: subprocess.CompletedProcess(argv, 0, few, ""))
+    step = load.run_hey(target(), rate=5, seconds=6, core=0)
+    assert step["p99_ms"] == 14.5 and step["p99_is_slowest"] is True
+
+
+def test_cpu_per_request_is_compared_over_the_concurrency_1_rounds_both_gateways_run():
+    """gateway.json of 2026-12-04: ours 3.82 s of CPU for 8,186 requests, LiteLLM 4.96 s for 439."""
+    ours = [{"requests": 8186, "gateway_cpu_s": 3.82}, {"requests": 7036, "gateway_cpu_s": 3.85}]
+    peer = [{"requests": 439, "gateway_cpu_s": 4.96}, {"requests": 339, "gateway_cpu_s": 4.94}]
+    assert load.cpu_ms_per_request(ours) == 0.504, "7.67 s over 15,222 requests"
+    assert load.cpu_ms_per_request(peer) == 12.725, "9.9 s over 778 requests"
+    assert load.cpu_ms_per_request([]) is None
 
 
 def test_a_step_fails_on_a_slow_p99_a_short_rate_or_any_error():
