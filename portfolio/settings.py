@@ -170,7 +170,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 BROKER_VISIBILITY_TIMEOUT = env.integer("PORTFOLIO_BROKER_VISIBILITY_TIMEOUT", 7 * 24 * 3600, minimum=1)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": BROKER_VISIBILITY_TIMEOUT}
 TASK_LEASE_SECONDS = env.integer("PORTFOLIO_TASK_LEASE_SECONDS", 30, minimum=1, maximum=3600)
+# Development only: tasks run inline in the process that sends them (a fine-tune inside a web request).
 CELERY_TASK_ALWAYS_EAGER = env.flag("CELERY_TASK_ALWAYS_EAGER", False)
+if PRODUCTION and CELERY_TASK_ALWAYS_EAGER:
+    raise ImproperlyConfigured("CELERY_TASK_ALWAYS_EAGER runs tasks inside web requests: not in production.")
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 # The machine this process runs on: its node agent consumes the queue "node.<NODE_NAME>".
 NODE_NAME = env.text("PORTFOLIO_NODE_NAME") or socket.gethostname()

@@ -123,6 +123,13 @@ def test_production_settings_pass_check_deploy_with_no_warnings(tmp_path):
     assert "no issues" in result.stdout
 
 
+def test_production_refuses_to_run_tasks_inside_web_requests(tmp_path):
+    result = _settings_in(
+        _production_env(tmp_path, CELERY_TASK_ALWAYS_EAGER="true"), "CELERY_TASK_ALWAYS_EAGER"
+    )
+    assert result.returncode != 0 and "not in production" in result.stderr, result.stdout + result.stderr
+
+
 def test_production_refuses_to_start_without_a_database_url(tmp_path):
     env = _production_env(tmp_path)
     del env["DATABASE_URL"]
