@@ -14,7 +14,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from portfolio import embedded, privatefiles
+from portfolio import atomicwrites, embedded
 from portfolio.envparse import Env, database_settings
 
 env = Env()
@@ -34,7 +34,7 @@ def _development_secret(path: Path) -> str:
     if path.exists() and (value := path.read_text().strip()):
         return value
     embedded.private_folder(path.parent)
-    return privatefiles.create_once(path, secrets.token_urlsafe(50).encode()).decode().strip()
+    return atomicwrites.create_once(path, secrets.token_urlsafe(50).encode()).decode().strip()
 
 
 if PRODUCTION:

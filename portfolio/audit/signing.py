@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from portfolio import privatefiles
+from portfolio import atomicwrites
 
 ALGORITHM = "Ed25519"
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
@@ -167,7 +167,7 @@ def development_key(path: Path) -> Ed25519PrivateKey:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     # Readable by its owner only; a process starting alongside (web, worker, beat) uses the first one's key.
-    written = privatefiles.create_once(path, pem)
+    written = atomicwrites.create_once(path, pem)
     return key if written == pem else load_private_key(written.decode())
 
 

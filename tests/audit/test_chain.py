@@ -343,6 +343,12 @@ def test_a_history_rehashed_to_the_head_passes_its_own_links_but_not_an_earlier_
 
 
 @pytest.mark.django_db
+def test_an_anchor_log_that_cannot_be_read_is_refused_plainly(tmp_path):
+    with pytest.raises(CommandError, match="--anchors-from: cannot read .*missing.log"):
+        call_command("audit_verify", "--anchors-from", str(tmp_path / "missing.log"))
+
+
+@pytest.mark.django_db
 def test_an_export_manifests_head_is_an_anchor(org, capsys):
     from portfolio.audit.exports import build_export
     from portfolio.audit.filters import AuditFilter

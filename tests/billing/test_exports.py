@@ -252,6 +252,34 @@ def test_the_export_command_writes_a_bundle_the_audit_command_verifies(world, tm
         call_command("export_statement", "--department", "CC-999", "--month", month, "--out", str(tmp_path))
 
 
+def test_the_export_command_refuses_an_out_that_is_a_file_and_audits_nothing(world, tmp_path):
+    month = statements.label(world["statement"].month)
+    (tmp_path / "out").write_text("not a folder")
+    with pytest.raises(CommandError, match="output folder"):
+        call_command(
+            "export_statement", "--department", "CC-100", "--month", month, "--out", str(tmp_path / "out")
+        )
+    assert not AuditEvent.objects.filter(action="statement.export").exists()
+
+
+def test_a_bundle_that_cannot_be_written_leaves_no_audit_row_and_no_partial_file(world, tmp_path):
+    month = statements.label(world["statement"].month)
+    (tmp_path / f"statement-CC-100-{month}-r1.zip").mkdir()  # os.replace cannot put a file over a folder
+    with pytest.raises(CommandError, match="Cannot write the statement"):
+        call_command("export_statement", "--department", "CC-100", "--month", month, "--out", str(tmp_path))
+    assert not AuditEvent.objects.filter(action="statement.export").exists()
+    assert [path.name for path in tmp_path.iterdir()] == [f"statement-CC-100-{month}-r1.zip"]
+
+
+def test_exporting_again_replaces_the_bundle_whole_and_says_so(world, tmp_path, capsys):
+    month = statements.label(world["statement"].month)
+    bundle = tmp_path / f"statement-CC-100-{month}-r1.zip"
+    bundle.write_bytes(b"an older bundle")
+    call_command("export_statement", "--department", "CC-100", "--month", month, "--out", str(tmp_path))
+    assert f"Replaced {bundle}" in capsys.readouterr().out
+    assert zipfile.is_zipfile(bundle) and [path.name for path in tmp_path.iterdir()] == [bundle.name]
+
+
 def test_a_superseded_revision_is_exported_as_such(world):
     statements.reissue(BILLING, world["statement"], "Corrected the GPU price after review.")
     old = _export(world, revision=1)

@@ -7,14 +7,20 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from portfolio.audit.models import AuditEvent
 from portfolio.billing import subjects
 from portfolio.billing.choices import PriceKind
 from portfolio.billing.models import Price
 from portfolio.billing.services import set_price
+from portfolio.errors import Conflict
 from portfolio.registry.demo_model import MODEL_NAME
+from serving.choices import ReplicaState
+from serving.management.commands import deploy_demo as command
 from serving.management.commands.deploy_demo import DEMO_PRICES
+from serving.models import Deployment, Replica
+from serving.playground import TryResult
 
 pytestmark = pytest.mark.django_db
 
@@ -60,3 +66,49 @@ def test_a_price_set_before_is_kept(demo, admin):
     deploy_demo()
     assert list(Price.objects.filter(kind=PriceKind.POOL)) == [mine]
     assert Price.objects.filter(note="demo prices").count() == 2
+
+
+def ready_replica(node) -> None:
+    """The demo deployed and its replica found healthy by the agent."""
+    deploy_demo()
+    deployment = Deployment.objects.get(name=command.DEMO_DEPLOYMENT)
+    Replica.objects.create(
+        deployment=deployment, node=node, generation=1, host=node.address, state=ReplicaState.READY
+    )
+
+
+def test_a_refused_prompt_is_waited_out_in_a_sentence_and_the_answer_still_counts(demo, node, monkeypatch):
+    ready_replica(node)
+    answers = [
+        Conflict("The gateway did not answer: connection refused"),
+        TryResult("Paris", 8, 2, 40, "", ""),
+    ]
+
+    def try_prompt(**kwargs):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(command, "try_prompt", try_prompt)
+    monkeypatch.setattr(command.time, "sleep", lambda seconds: None)
+    out, err = StringIO(), StringIO()
+    call_command("deploy_demo", "--wait-ready", "60", stdout=out, stderr=err)
+    assert "The demo did not answer yet: The gateway did not answer" in err.getvalue()
+    assert "Demo ready: smollm2-demo answered in 40 ms: 'Paris'" in out.getvalue()
+
+
+def test_a_demo_that_never_answers_fails_naming_the_last_refusal(demo, node, monkeypatch):
+    ready_replica(node)
+
+    def try_prompt(**kwargs):
+        raise Conflict("Budget exceeded for team demo.")
+
+    clock = iter(range(0, 10_000, 5))
+    monkeypatch.setattr(command, "try_prompt", try_prompt)
+    monkeypatch.setattr(command.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(command.time, "monotonic", lambda: next(clock))
+    err = StringIO()
+    with pytest.raises(CommandError, match=r"not ready within 30s \(last answer: Budget exceeded"):
+        call_command("deploy_demo", "--wait-ready", "30", stdout=StringIO(), stderr=err)
+    assert err.getvalue().count("Budget exceeded") == 1

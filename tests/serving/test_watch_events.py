@@ -3,6 +3,8 @@ person waits for (an engine ready or failed, an adapter loaded, a fine-tune fini
 the timeline, and nothing from before it started."""
 
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
@@ -56,3 +58,9 @@ def test_events_from_before_the_start_are_not_told_again(replica):
     timeline(replica, "ready", "Replica ready.")
     job_finished("succeeded", "ticket-router:v1")
     assert new_lines(Cursor.now()) == []
+
+
+@pytest.mark.parametrize("interval", ["-1", "0", "nan", "inf", "soon"])
+def test_an_interval_that_is_not_a_positive_number_of_seconds_is_refused_before_watching(interval):
+    with pytest.raises(CommandError, match="--interval"):
+        call_command("watch_events", "--interval", interval)

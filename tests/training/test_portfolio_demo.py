@@ -4,11 +4,17 @@ endpoint the task's production endpoint and queues an eval run of it and of the 
 
 from __future__ import annotations
 
+from io import StringIO
+
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
+from portfolio.errors import Invalid
+from portfolio.registry.demo_model import MODEL_NAME
 from serving.choices import ReplicaState
 from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, Replica
+from training import finetune
 from training.evals import runs
 from training.evals.models import EndpointEvalRun, Task
 from training.management.commands.finetune_demo import Command as FinetuneDemo
@@ -68,3 +74,30 @@ def test_the_demo_fine_tune_queues_the_leaderboard_once(
         "ticket-router",
     ]
     assert len(queued) == 2
+
+
+@pytest.fixture
+def demo_base(demo_team, base, cpu_pool, settings):
+    """What finetune_demo finds after `make run`'s earlier steps: the demo base model and this machine's pool."""
+    base.model.name = MODEL_NAME
+    base.model.save(update_fields=["name"])
+    settings.NODE_POOL = cpu_pool.name
+    return base
+
+
+def test_the_demo_fine_tune_refuses_a_dataset_without_a_version_in_a_sentence(demo_base, demo_team):
+    Dataset.objects.create(name="ticket-routing", owner_team=demo_team)
+    with pytest.raises(CommandError, match="has no version to fine-tune on; run seed_demo_dataset"):
+        call_command("finetune_demo", stdout=StringIO())
+
+
+def test_the_demo_fine_tune_says_why_a_job_could_not_start(demo_base, dataset_version, monkeypatch):
+    dataset_version.dataset.name = "ticket-routing"
+    dataset_version.dataset.save(update_fields=["name"])
+
+    def start_job(**kwargs):
+        raise Invalid("pool: cpu has no node with the memory smol-base needs.")
+
+    monkeypatch.setattr(finetune, "start_job", start_job)
+    with pytest.raises(CommandError, match="could not start: pool: cpu has no node"):
+        call_command("finetune_demo", stdout=StringIO())

@@ -12,7 +12,7 @@ from portfolio.billing import subjects
 from portfolio.billing.choices import PriceKind
 from portfolio.billing.models import Price
 from portfolio.billing.services import set_price
-from portfolio.errors import Invalid
+from portfolio.errors import DomainError, Invalid
 from portfolio.registry.choices import VersionStatus
 from portfolio.registry.demo_model import MODEL_NAME
 from portfolio.registry.models import ModelVersion
@@ -106,25 +106,36 @@ class Command(BaseCommand):
         if not wait_ready:
             return
         deadline = time.monotonic() + wait_ready
+        refusal = ""
         while time.monotonic() < deadline:
             # Only a replica the node agent found healthy in this run is ready (requeue_engines).
             if deployment.replica_set.filter(state=ReplicaState.READY).exists():
-                result = try_prompt(
-                    actor=actor,
-                    deployment=deployment,
-                    prompt="What is the capital of France?",
-                    max_tokens=24,
-                    temperature=0,
-                )
-                self.stdout.write(
-                    self.style.SUCCESS(
-                        f"Demo ready: {deployment.name} answered in {result.latency_ms} ms: {result.text.strip()!r}"
+                try:
+                    result = try_prompt(
+                        actor=actor,
+                        deployment=deployment,
+                        prompt="What is the capital of France?",
+                        max_tokens=24,
+                        temperature=0,
                     )
-                )
-                return
+                except DomainError as exc:
+                    # A replica healthy to its agent may not be routable yet (the gateway's view lags) or
+                    # may refuse: keep waiting for an answer until the deadline, saying why once.
+                    if exc.message != refusal:
+                        refusal = exc.message
+                        self.stderr.write(f"The demo did not answer yet: {refusal}")
+                else:
+                    self.stdout.write(
+                        self.style.SUCCESS(
+                            f"Demo ready: {deployment.name} answered in {result.latency_ms} ms: "
+                            f"{result.text.strip()!r}"
+                        )
+                    )
+                    return
             time.sleep(2)
+        last = f" (last answer: {refusal})" if refusal else ""
         raise CommandError(
-            f"The demo deployment was not ready within {wait_ready}s; see its page for the log."
+            f"The demo deployment was not ready within {wait_ready}s{last}; see its page for the log."
         )
 
 

@@ -1,3 +1,5 @@
+import argparse
+import math
 import time
 from dataclasses import dataclass
 
@@ -51,6 +53,17 @@ def new_lines(cursor: Cursor) -> list[str]:
     return [f"{timezone.localtime(when):%H:%M:%S} {text}" for when, text in sorted(told, key=lambda t: t[0])]
 
 
+def positive_seconds(text: str) -> float:
+    """An ``--interval``: a finite number of seconds above zero (time.sleep refuses the rest mid-loop)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
+    return seconds
+
+
 class Command(BaseCommand):
     help = (
         "`portfolio run`'s terminal: from now on, one line per event a person waits for (an engine ready, "
@@ -58,7 +71,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--interval", type=float, default=2.0, help="seconds between looks")
+        parser.add_argument("--interval", type=positive_seconds, default=2.0, help="seconds between looks")
 
     def handle(self, *args, interval: float, **options):
         cursor = Cursor.now()

@@ -4,6 +4,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from portfolio.accounts.actor import Actor
+from portfolio.errors import DomainError
 from portfolio.registry.choices import VersionStatus
 from portfolio.registry.demo_model import MODEL_NAME
 from portfolio.registry.models import ModelVersion
@@ -44,6 +45,10 @@ class Command(BaseCommand):
         if base is None or dataset is None or pool is None:
             raise CommandError("Run seed_demo, import_demo_model, seed_demo_dataset and deploy_demo first.")
         version = dataset.versions.order_by("-number").first()
+        if version is None:
+            raise CommandError(
+                f"The dataset {dataset} has no version to fine-tune on; run seed_demo_dataset."
+            )
         job = (
             FineTuneJob.objects.filter(dataset_version=version, base_version=base)
             .exclude(status__in=[JobStatus.FAILED, JobStatus.ERRORED, JobStatus.CANCELLED])
@@ -51,13 +56,16 @@ class Command(BaseCommand):
             .first()
         )
         if job is None:
-            job = finetune.start_job(
-                actor=actor,
-                base_version=base,
-                dataset_version=version,
-                pool=pool,
-                hyperparameters={},  # the defaults: chosen from the rows and the base (training.lora)
-            )
+            try:
+                job = finetune.start_job(
+                    actor=actor,
+                    base_version=base,
+                    dataset_version=version,
+                    pool=pool,
+                    hyperparameters={},  # the defaults: chosen from the rows and the base (training.lora)
+                )
+            except DomainError as exc:  # the pool too small for the base, a quota: said, not a traceback
+                raise CommandError(f"The demo fine-tune could not start: {exc.message}") from exc
             self.stdout.write(
                 f"Fine-tuning {base.label} on ticket-routing v{version.number} (job #{job.pk})…"
             )

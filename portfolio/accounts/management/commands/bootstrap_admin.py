@@ -4,9 +4,10 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from portfolio import atomicwrites
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 
@@ -28,19 +29,27 @@ class Command(BaseCommand):
             self.stdout.write(f"Admin account exists{where}.")
             return
         password = secrets.token_urlsafe(18)
-        with transaction.atomic():
-            user = User.objects.create_superuser(username=username, email="", password=password)
-            audit.record(
-                Actor.for_system("bootstrap"),
-                "user.create",
-                user,
-                object_repr=user.username,
-                after={"username": user.username, "org_role": "admin"},
-            )
-        password_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(password + "\n")
+        # The password file is put in place before the superuser commits: if it cannot be written, no admin
+        # is left behind with a password nobody saw, and a rerun starts over.
+        try:
+            with transaction.atomic():
+                try:
+                    user = User.objects.create_superuser(username=username, email="", password=password)
+                except ValueError as exc:  # "The given username must be set"
+                    raise CommandError(f"--username: {exc}") from exc
+                audit.record(
+                    Actor.for_system("bootstrap"),
+                    "user.create",
+                    user,
+                    object_repr=user.username,
+                    after={"username": user.username, "org_role": "admin"},
+                )
+                password_file.parent.mkdir(parents=True, exist_ok=True)
+                atomicwrites.replace(password_file, (password + "\n").encode(), private=True)
+        except OSError as exc:
+            raise CommandError(
+                f"Cannot write the admin password to {password_file}: {exc.strerror or exc}. No admin was created."
+            ) from exc
         self.stdout.write(self.style.SUCCESS(f"Created admin account '{username}'."))
         self.stdout.write(f"  password: {password}")
         self.stdout.write(

@@ -33,8 +33,13 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(f"--anchor: {exc}") from exc
         if options["anchors_from"]:
-            with options["anchors_from"].open(errors="replace") as lines:
-                anchors += anchors_in(lines)
+            try:
+                with options["anchors_from"].open(errors="replace") as lines:
+                    anchors += anchors_in(lines)
+            except OSError as exc:  # missing, a folder, unreadable
+                raise CommandError(
+                    f"--anchors-from: cannot read {options['anchors_from']}: {exc.strerror or exc}."
+                ) from exc
         verdict = verify_database()
         if not verdict.ok:
             raise CommandError(

@@ -1,7 +1,9 @@
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
+from portfolio import atomicwrites
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Department
 from portfolio.billing import exports
@@ -27,20 +29,31 @@ class Command(BaseCommand):
         department = Department.objects.filter(cost_center=options["department"]).first()
         if department is None:
             raise CommandError(f"No department with cost center {options['department']!r}.")
+        out: Path = options["out"]
         try:
-            export = exports.export(
-                actor=Actor.for_system("billing"),
-                department_id=department.pk,
-                month=options["month"],
-                fmt="zip",
-                revision=options["revision"],
-            )
+            out.mkdir(parents=True, exist_ok=True)  # a regular file there, or no write permission: OSError
+        except OSError as exc:
+            raise CommandError(f"Cannot use {out} as the output folder: {exc.strerror or exc}.") from exc
+        # The export's audit row (naming the file's sha256) commits only once the file is in place: the
+        # signature is computed from settings' key, nothing outside the database to undo if the write fails.
+        try:
+            with transaction.atomic():
+                export = exports.export(
+                    actor=Actor.for_system("billing"),
+                    department_id=department.pk,
+                    month=options["month"],
+                    fmt="zip",
+                    revision=options["revision"],
+                )
+                path = out / export.filename
+                replaced = path.exists()
+                atomicwrites.replace(path, export.data)
         except DomainError as exc:
             raise CommandError(exc.message) from exc
-        options["out"].mkdir(parents=True, exist_ok=True)
-        path = options["out"] / export.filename
-        path.write_bytes(export.data)
+        except OSError as exc:
+            raise CommandError(f"Cannot write the statement into {out}: {exc.strerror or exc}.") from exc
         kind = "draft" if export.sheet.draft else f"revision {export.sheet.revision}"
+        verb = "Replaced" if replaced else "Wrote"
         self.stdout.write(
-            self.style.SUCCESS(f"Wrote {path} ({kind}, total {export.sheet.total} {export.sheet.currency}).")
+            self.style.SUCCESS(f"{verb} {path} ({kind}, total {export.sheet.total} {export.sheet.currency}).")
         )
