@@ -3,6 +3,7 @@ node task and the reaper do. The training itself runs in training/runner.py, in 
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
@@ -29,6 +30,8 @@ from training import architectures, distillation, metering, services
 from training.choices import EvalStatus, JobStatus, Method
 from training.defaults import Hyperparameters
 from training.models import DatasetVersion, EvalRun, FineTuneJob
+
+logger = logging.getLogger(__name__)
 
 ALLOWED_HYPERPARAMETERS = {
     "epochs",
@@ -276,6 +279,8 @@ def cancel_job(*, actor: Actor, job: FineTuneJob) -> FineTuneJob:
             f"Cancelled by {actor.label}.",
         )
         job.save(update_fields=["status", "finished_at", "status_detail"])
+        # Queued again after a lost attempt, it may hold a checkpoint: deleted once the cancel commits.
+        transaction.on_commit(partial(drop_checkpoint, job.pk))
     else:
         job.cancel_requested = True
         job.save(update_fields=["cancel_requested"])
@@ -297,7 +302,26 @@ def finish(job_id: int, status: str, detail: str = "", **fields) -> bool:
             metering.attempt_ended(job, job.finished_at)
             audit.record(Actor.for_system("training"), f"training.job_{status}", job, after=job.snapshot())
             distillation.revoke_teacher_keys(job)
+    if updated:
+        drop_checkpoint(job_id)
     return bool(updated)
+
+
+def drop_checkpoint(job_id: int) -> None:
+    """An ended job's checkpoint leaves the store: nothing resumes from it (a job that ended is not started
+    again; a new job trains from step 0). A store that fails to delete it is logged: the job has ended."""
+    from portfolio.registry.artifacts import discard_if_unused
+    from portfolio.registry.stores import default_store
+
+    ended = FineTuneJob.objects.filter(pk=job_id, status__in=JobStatus.finished())
+    checkpoint = ended.values_list("checkpoint_id", flat=True).first()
+    if checkpoint and ended.update(checkpoint=None):
+        try:
+            discard_if_unused(default_store(), checkpoint)
+        except Exception:
+            logger.exception(
+                "job #%s: its checkpoint %s could not be deleted from the store", job_id, checkpoint
+            )
 
 
 @transaction.atomic
@@ -392,6 +416,7 @@ def _fail_queued_on_lost_nodes() -> int:
                 job.refresh_from_db()
                 audit.record(Actor.for_system("training"), "training.job_failed", job, after=job.snapshot())
                 failed += 1
+        drop_checkpoint(job.pk)  # a job requeued from a checkpoint, then its new node lost
     return failed
 
 

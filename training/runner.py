@@ -50,8 +50,15 @@ def _store_checkpoint(store, jobs, attempt: int, path: Path, step: int) -> str:
     artifact = Artifact.objects.record(manifest, store.uri(manifest.artifact_id), verified=False)
     mine = jobs.filter(attempt=attempt)  # a later attempt may be resuming from the previous one
     previous = mine.values_list("checkpoint_id", flat=True).first()
-    if mine.update(checkpoint=artifact, checkpoint_step=step) and previous and previous != artifact.id:
-        discard_if_unused(store, previous)
+    if mine.update(checkpoint=artifact, checkpoint_step=step):
+        garbage = previous if previous != artifact.id else None
+    else:  # not this attempt's job any more (taken over, cancelled): the checkpoint just stored is nobody's
+        garbage = artifact.id
+    if garbage:  # one still referred to is kept by discard_if_unused
+        try:
+            discard_if_unused(store, garbage)
+        except Exception:  # a store's hiccup leaves garbage behind, never fails the training
+            traceback.print_exc()
     return artifact.id
 
 
@@ -96,7 +103,7 @@ def run(job_id: int) -> int:
     from django.db.models import F
     from django.utils import timezone
 
-    from portfolio.registry.artifacts import discard_if_unused, materialize_version
+    from portfolio.registry.artifacts import materialize_version
     from portfolio.registry.inspection import inspect_directory
     from portfolio.registry.storage import materialize, store_directory
     from portfolio.registry.stores import default_store
@@ -231,11 +238,6 @@ def run(job_id: int) -> int:
             metrics=metrics,
             step=F("total_steps"),
         )
-        # Its version is registered: nothing resumes from its last checkpoint any more.
-        ended = FineTuneJob.objects.filter(pk=job_id, status=JobStatus.SUCCEEDED)
-        checkpoint = ended.values_list("checkpoint_id", flat=True).first()
-        if checkpoint and ended.update(checkpoint=None):
-            discard_if_unused(store, checkpoint)
         return 0
     except Cancelled:
         finetune.finish(job_id, JobStatus.CANCELLED, "Cancelled while training.")

@@ -2,8 +2,8 @@
 
 Images are not rendered at all, only their alt text: the CSP lets a page load images from its own site
 only, so the one image a card could show is a URL of this site, and the browser fetches it with the
-viewer's session the moment the page opens. ``![x](/audit/export/?format=csv)`` would run an audit
-export in the name of whoever looked at the model. Links stay: following one takes a click.
+viewer's session the moment the page opens: a GET with side effects (exports were, until they became
+POSTs) would run in the name of whoever looked at the model. Links stay: following one takes a click.
 """
 
 from __future__ import annotations

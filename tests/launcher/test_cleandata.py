@@ -105,3 +105,14 @@ def test_a_folder_that_does_not_exist_is_nothing_to_clean(data_dir, capsys):
     data_dir.rmdir()
     assert _clean() == 0
     assert "nothing to clean" in capsys.readouterr().out
+
+
+def test_production_and_a_folder_portfolio_run_did_not_make_are_refused(data_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("PORTFOLIO_ENV", "production")
+    assert _clean() == 1 and (data_dir / "pgdata").exists()
+    monkeypatch.delenv("PORTFOLIO_ENV")
+    documents = tmp_path / "documents"
+    documents.mkdir()
+    (documents / "thesis.tex").write_text("years of work")
+    monkeypatch.setenv("PORTFOLIO_DATA_DIR", str(documents))
+    assert _clean() == 1 and (documents / "thesis.tex").exists()

@@ -55,9 +55,10 @@ def test_a_checkpoint_of_an_attempt_taken_over_keeps_the_one_the_new_attempt_res
     store = default_store()
     first = runner._store_checkpoint(store, jobs, 1, checkpoint_folder(tmp_path, 10), 10)
     FineTuneJob.objects.filter(pk=job.pk).update(attempt=2)  # attempt 1 went silent; attempt 2 resumes
-    runner._store_checkpoint(store, jobs, 1, checkpoint_folder(tmp_path, 20), 20)  # attempt 1, still alive
+    late = runner._store_checkpoint(store, jobs, 1, checkpoint_folder(tmp_path, 20), 20)  # attempt 1, alive
     job.refresh_from_db()
     assert (job.checkpoint_id, job.checkpoint_step) == (first, 10)
+    assert not Artifact.objects.filter(pk=late).exists(), "the late checkpoint is nobody's: deleted"
     assert all(blobs_in_store(Artifact.objects.get(pk=first)).values())
 
 
@@ -69,3 +70,51 @@ def test_an_artifact_still_referred_to_is_not_discarded(make_job, tmp_path):
     held = runner._store_checkpoint(default_store(), jobs, 1, checkpoint_folder(tmp_path, 10), 10)
     assert not discard_if_unused(default_store(), held)
     assert all(blobs_in_store(Artifact.objects.get(pk=held)).values())
+
+
+@pytest.mark.parametrize(
+    "status", [JobStatus.FAILED, JobStatus.ERRORED, JobStatus.CANCELLED, JobStatus.SUCCEEDED]
+)
+def test_a_job_that_ends_however_it_ends_leaves_no_checkpoint_in_the_store(make_job, tmp_path, status):
+    from training import finetune
+
+    job = make_job(status=JobStatus.RUNNING, attempt=1)
+    jobs = FineTuneJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING)
+    held = runner._store_checkpoint(default_store(), jobs, 1, checkpoint_folder(tmp_path, 10), 10)
+    files = Artifact.objects.get(pk=held)
+    assert finetune.finish(job.pk, status, "ended")
+    job.refresh_from_db()
+    assert job.checkpoint_id is None and not Artifact.objects.filter(pk=held).exists()
+    assert not any(blobs_in_store(files).values())
+
+
+def test_a_queued_job_cancelled_with_a_checkpoint_leaves_none(
+    make_job, tmp_path, org, django_capture_on_commit_callbacks
+):
+    from tests.conftest import actor_for
+    from training import finetune
+
+    job = make_job(status=JobStatus.RUNNING, attempt=1)
+    jobs = FineTuneJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING)
+    held = runner._store_checkpoint(default_store(), jobs, 1, checkpoint_folder(tmp_path, 10), 10)
+    FineTuneJob.objects.filter(pk=job.pk).update(status=JobStatus.QUEUED)  # requeued after a lost attempt
+    with django_capture_on_commit_callbacks(execute=True):
+        finetune.cancel_job(actor=actor_for(org["admin"]), job=job)
+    assert not Artifact.objects.filter(pk=held).exists()
+
+
+def test_a_store_that_fails_to_delete_a_superseded_checkpoint_does_not_fail_the_training(
+    make_job, tmp_path, monkeypatch
+):
+    from portfolio.registry import artifacts
+
+    def broken(*args, **kwargs):
+        raise OSError("the store is away")
+
+    monkeypatch.setattr(artifacts, "discard_if_unused", broken)
+    job = make_job(status=JobStatus.RUNNING, attempt=1)
+    jobs = FineTuneJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING)
+    runner._store_checkpoint(default_store(), jobs, 1, checkpoint_folder(tmp_path, 10), 10)
+    second = runner._store_checkpoint(default_store(), jobs, 1, checkpoint_folder(tmp_path, 20), 20)
+    job.refresh_from_db()
+    assert job.checkpoint_id == second
