@@ -50,7 +50,7 @@ def production_database(tmp_path_factory):
 
 
 def _set_up_as_in_production(root: Path, socket_dir: str, bin_path: Path):
-    for name in ("db_owner_password", "db_app_password"):
+    for name in ("db_owner_password", "db_app_password", "keycloak_db_password"):
         (root / name).write_text(f"{name}-not-checked-by-this-server\n")
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PORTFOLIO_", "DATABASE_"))}
     init = subprocess.run(
@@ -62,6 +62,7 @@ def _set_up_as_in_production(root: Path, socket_dir: str, bin_path: Path):
             "POSTGRES_USER": "postgres",
             "DB_OWNER_PASSWORD_FILE": str(root / "db_owner_password"),
             "DB_APP_PASSWORD_FILE": str(root / "db_app_password"),
+            "KEYCLOAK_DB_PASSWORD_FILE": str(root / "keycloak_db_password"),
         },
         capture_output=True,
         text=True,
@@ -95,6 +96,7 @@ def _set_up_as_in_production(root: Path, socket_dir: str, bin_path: Path):
         return psycopg.connect(host=socket_dir, user=role, dbname="portfolio", autocommit=True)
 
     connect.env_as = env_as  # type: ignore[attr-defined]
+    connect.socket_dir = socket_dir  # type: ignore[attr-defined]
     yield connect
 
 
@@ -179,3 +181,14 @@ def test_the_owner_or_a_superuser_is_refused_as_the_application_role(db):
 def test_without_an_application_role_migrate_grants_nothing(db, settings):
     settings.DATABASE_APP_ROLE = None
     assert dbroles.grant_app_role() == []
+
+
+def test_keycloak_and_the_platform_cannot_enter_each_others_database(production_database):
+    """Keycloak's role owns the database it keeps its realm in, and nothing else."""
+    with pytest.raises(psycopg.OperationalError, match="permission denied"):
+        production_database("keycloak").close()  # into portfolio
+    for role in (OWNER, APP):
+        with pytest.raises(psycopg.OperationalError, match="permission denied"):
+            psycopg.connect(
+                host=production_database.socket_dir, user=role, dbname="keycloak", autocommit=True
+            ).close()
