@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -37,9 +37,11 @@ from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.errors import Invalid
 from portfolio.leases import Lease
+from portfolio.registry import blobclaims
+from portfolio.registry.artifacts import discard_unrecorded
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.models import Artifact
-from portfolio.registry.storage import store_directory
+from portfolio.registry.storage import Written, store_directory
 from portfolio.registry.stores import default_store
 from training import splitting, tokens, validation
 from training.choices import DatasetKind, JobStatus, Split
@@ -211,8 +213,23 @@ def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:
         return ingest  # idempotent: already finished
     if actor is None:
         actor = Actor(user=ingest.created_by) if ingest.created_by else Actor.for_system("training.ingest")
+    stored = Written()
+
+    def remember(so_far: Written) -> None:
+        nonlocal stored
+        stored = so_far
+
     try:
-        record(ingest, prepare(ingest, _Progress(ingest_id)), actor)
+        with blobclaims.registering():  # what it finds stored stays there until its version is recorded
+            try:
+                _, created = record(
+                    ingest, prepare(ingest, _Progress(ingest_id), before_write=remember), actor
+                )
+            except BaseException:
+                _discard(stored)
+                raise
+            if not created:  # the same rows were recorded meanwhile: what this run stored is nobody's
+                _discard(stored)
     except Superseded:
         logger.warning("ingest #%s was ended while it ran: its version was not recorded", ingest_id)
     except Invalid as exc:
@@ -232,6 +249,19 @@ def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:
         Path(ingest.upload_path).unlink(missing_ok=True)
     ingest.refresh_from_db()
     return ingest
+
+
+def _discard(stored: Written) -> None:
+    """Delete from the store what an ingest that recorded nothing wrote there (what no artifact refers to);
+    a store that fails to delete is logged, never raised over the ingest's own outcome."""
+    if not stored.blobs and not stored.manifest:
+        return
+    try:
+        discard_unrecorded(default_store(), stored)
+    except Exception:
+        logger.exception(
+            "could not delete from the store what an unrecorded ingest wrote: %s", stored.as_json()
+        )
 
 
 def run_here(ingest_id: int, *, actor: Actor | None = None) -> tuple[DatasetVersion, bool]:
@@ -289,8 +319,11 @@ def _quiet(percent: int, detail: str, **fields) -> None:
     pass
 
 
-def prepare(ingest: DatasetIngest, progress=_quiet) -> Prepared:
-    """The work: check every line, split, measure, store the files. Raises ``Invalid`` for a refused file."""
+def prepare(
+    ingest: DatasetIngest, progress=_quiet, *, before_write: Callable[[Written], None] | None = None
+) -> Prepared:
+    """The work: check every line, split, measure, store the files. Raises ``Invalid`` for a refused file.
+    ``before_write`` is told what it is about to write to the store (``store_directory``)."""
     dataset = ingest.dataset
     work_root = Path(settings.DATA_DIR) / "work"
     work_root.mkdir(parents=True, exist_ok=True)
@@ -334,7 +367,7 @@ def prepare(ingest: DatasetIngest, progress=_quiet) -> Prepared:
         normalized.unlink()
         progress(VALIDATE + MEASURE, "storing the files", force=True, rows_done=report.rows)
         store = default_store()
-        manifest = store_directory(store, files)
+        manifest = store_directory(store, files, before_write=before_write)
         return Prepared(
             manifest=manifest,
             store_uri=store.uri(manifest.artifact_id),

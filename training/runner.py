@@ -42,12 +42,14 @@ def _downsample(points: list, limit: int = 500) -> list:
 def _store_checkpoint(store, jobs, attempt: int, path: Path, step: int) -> str:
     """Store a checkpoint and make it the running attempt's; the one it supersedes is deleted from the store,
     since a resume only ever starts from the last (each holds the adapter and the optimizer's state)."""
+    from portfolio.registry import blobclaims
     from portfolio.registry.artifacts import discard_if_unused
     from portfolio.registry.models import Artifact
     from portfolio.registry.storage import store_directory
 
-    manifest = store_directory(store, path)
-    artifact = Artifact.objects.record(manifest, store.uri(manifest.artifact_id), verified=False)
+    with blobclaims.registering():  # what it finds stored stays there until the artifact is recorded
+        manifest = store_directory(store, path)
+        artifact = Artifact.objects.record(manifest, store.uri(manifest.artifact_id), verified=False)
     mine = jobs.filter(attempt=attempt)  # a later attempt may be resuming from the previous one
     previous = mine.values_list("checkpoint_id", flat=True).first()
     if mine.update(checkpoint=artifact, checkpoint_step=step):
@@ -103,6 +105,7 @@ def run(job_id: int) -> int:
     from django.db.models import F
     from django.utils import timezone
 
+    from portfolio.registry import blobclaims
     from portfolio.registry.artifacts import materialize_version
     from portfolio.registry.inspection import inspect_directory
     from portfolio.registry.storage import materialize, store_directory
@@ -216,10 +219,11 @@ def run(job_id: int) -> int:
                     loading=loading,
                 )
                 facts = inspect_directory(output)
-                manifest = store_directory(store, output)
-                version = finetune.register_output(
-                    job, manifest, facts, store.uri(manifest.artifact_id), metrics
-                )
+                with blobclaims.registering():  # what it finds stored stays until the version is recorded
+                    manifest = store_directory(store, output)
+                    version = finetune.register_output(
+                        job, manifest, facts, store.uri(manifest.artifact_id), metrics
+                    )
                 # With its metrics: a later attempt (this one killed) scores and ends it without training.
                 jobs.update(output_version=version, metrics=metrics, heartbeat_at=timezone.now())
             detail = f"Registered {version.label}."

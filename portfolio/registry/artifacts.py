@@ -14,6 +14,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict
 from portfolio.leases import Lease
+from portfolio.registry import blobclaims
 from portfolio.registry.choices import Health
 from portfolio.registry.models import Artifact, ModelVersion
 from portfolio.registry.storage import ArtifactStore, CorruptArtifact, Written, materialize, verify
@@ -34,15 +35,25 @@ def materialize_version(version: ModelVersion) -> Path:
 
 def discard_unrecorded(store: ArtifactStore, written: Written) -> list[str]:
     """Delete from ``store`` what a failed registration wrote (``written``), except what a recorded artifact
-    refers to (blobs are shared by content: the same tokenizer file in many versions). Returns the blobs
+    refers to (blobs are shared by content: the same tokenizer file in many versions) and what a registration
+    in flight has claimed (``blobclaims``: it found the blob stored and will refer to it). Returns the blobs
     deleted. Run after the registering transaction has rolled back, so its own rows no longer count."""
     deleted = []
     for digest in written.blobs:
-        if not Artifact.objects.filter(files__contains=[{"sha256": digest}]).exists():
-            store.delete_blob(digest)
-            deleted.append(digest)
-    if written.manifest and not Artifact.objects.filter(pk=written.manifest).exists():
-        store.delete_manifest(written.manifest)
+        with transaction.atomic():  # the claim is checked, and the blob deleted, under one lock
+            if (
+                blobclaims.free(digest)
+                and not Artifact.objects.filter(files__contains=[{"sha256": digest}]).exists()
+            ):
+                store.delete_blob(digest)
+                deleted.append(digest)
+    if written.manifest:
+        with transaction.atomic():
+            if (
+                blobclaims.free(written.manifest)
+                and not Artifact.objects.filter(pk=written.manifest).exists()
+            ):
+                store.delete_manifest(written.manifest)
     return deleted
 
 

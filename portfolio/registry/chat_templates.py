@@ -21,7 +21,7 @@ from pathlib import Path
 
 from portfolio.errors import Invalid
 from portfolio.registry.hashing import Manifest
-from portfolio.registry.storage import ArtifactStore, read_text, store_bytes
+from portfolio.registry.storage import ArtifactStore, claim, read_text, store_bytes
 
 # The largest real templates (tool calling, reasoning) are around 20 KB.
 MAX_CHAT_TEMPLATE_BYTES = 64 * 1024
@@ -140,5 +140,6 @@ def derive_manifest(store: ArtifactStore, manifest: Manifest, template: str) -> 
     config = store_bytes(store, TOKENIZER_CONFIG, _with_template(raw, template))
     kept = [f for f in manifest.files if f.path != TOKENIZER_CONFIG and f.path not in OVERRIDING_FILES]
     derived = Manifest.of([*kept, config])
+    claim(derived.artifact_id)
     store.put_manifest(derived)
     return derived

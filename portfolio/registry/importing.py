@@ -29,7 +29,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.errors import DomainError
 from portfolio.leases import Lease
-from portfolio.registry import cards, importers
+from portfolio.registry import blobclaims, cards, importers
 from portfolio.registry.artifacts import discard_unrecorded
 from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.hashing import Manifest
@@ -127,12 +127,13 @@ def _import(version: ModelVersion) -> None:
                 nonlocal written
                 written = so_far
 
-            try:
-                manifest = store_directory(store, folder, on_bytes, before_write=remember)
-                done = complete_import(version_id, manifest, facts, store.uri(manifest.artifact_id))
-            except BaseException:
-                discard_unrecorded(store, written)
-                raise
+            with blobclaims.registering():  # what it finds stored stays there until it is recorded
+                try:
+                    manifest = store_directory(store, folder, on_bytes, before_write=remember)
+                    done = complete_import(version_id, manifest, facts, store.uri(manifest.artifact_id))
+                except BaseException:
+                    discard_unrecorded(store, written)
+                    raise
             if done is None:  # failed (the reaper, a cancel) while its files were stored: none kept
                 discard_unrecorded(store, written)
     except (importers.ImportFailed, InspectionError, DomainError, ValueError) as exc:

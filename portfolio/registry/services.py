@@ -17,7 +17,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Forbidden, Invalid
-from portfolio.registry import chat_templates, importers, safety
+from portfolio.registry import blobclaims, chat_templates, importers, safety
 from portfolio.registry.choices import Source, Task, VersionKind, VersionStatus, Visibility
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.inspection import ModelFacts
@@ -282,13 +282,14 @@ def set_chat_template(*, actor: Actor, version: ModelVersion, chat_template: str
             f"{version.label} is {version.status}; a chat template is set on a ready version only."
         )
     store = default_store()
-    try:
-        manifest = chat_templates.derive_manifest(store, version.artifact.manifest(), chat_template)
-    except CorruptArtifact as exc:
-        raise Conflict(
-            f"{version.label}'s stored files are damaged ({exc}); verify it and import it again."
-        ) from None
-    return _register_derived(actor, version, manifest, store.uri(manifest.artifact_id), chat_template)
+    with blobclaims.registering():  # the rewritten tokenizer file stays stored until it is recorded
+        try:
+            manifest = chat_templates.derive_manifest(store, version.artifact.manifest(), chat_template)
+        except CorruptArtifact as exc:
+            raise Conflict(
+                f"{version.label}'s stored files are damaged ({exc}); verify it and import it again."
+            ) from None
+        return _register_derived(actor, version, manifest, store.uri(manifest.artifact_id), chat_template)
 
 
 @transaction.atomic

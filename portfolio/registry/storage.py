@@ -9,6 +9,7 @@ against the manifest: a corrupted file is reported with its path, never served s
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import shutil
 import tempfile
@@ -23,6 +24,28 @@ from typing import BinaryIO, cast
 from portfolio.registry.hashing import CHUNK, FileEntry, Manifest, sha256_file, sha256_stream
 
 Progress = Callable[[int], None]
+
+# Who is told of each blob and manifest a registration is about to look up or write
+# (``portfolio.registry.blobclaims``: so that no delete takes one it counts on); nobody by default.
+_claimant: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar(
+    "artifact_claimant", default=None
+)
+
+
+@contextlib.contextmanager
+def claiming(claimant: Callable[[str], None]) -> Iterator[None]:
+    token = _claimant.set(claimant)
+    try:
+        yield
+    finally:
+        _claimant.reset(token)
+
+
+def claim(digest: str) -> None:
+    """Tell the block's claimant (if any) a blob or manifest is about to be looked up or written."""
+    claimant = _claimant.get()
+    if claimant is not None:
+        claimant(digest)
 
 
 class CorruptArtifact(Exception):
@@ -302,6 +325,7 @@ def store_directory(
     for relative, path in iter_files(directory):
         size = path.stat().st_size
         digest = sha256_file(path, progress)
+        claim(digest)
         if not store.has_blob(digest):
             if before_write is not None and digest not in written.blobs:
                 written.blobs.append(digest)
@@ -312,6 +336,7 @@ def store_directory(
     if before_write is not None:
         written.manifest = manifest.artifact_id
         before_write(written)
+    claim(manifest.artifact_id)
     store.put_manifest(manifest)
     return manifest
 
@@ -321,6 +346,7 @@ def store_bytes(store: ArtifactStore, path: str, data: bytes) -> FileEntry:
     import hashlib
 
     digest = hashlib.sha256(data).hexdigest()
+    claim(digest)
     if not store.has_blob(digest):
         handle, temp = tempfile.mkstemp(prefix=".bytes-")
         try:

@@ -13,6 +13,7 @@ from django.urls import reverse
 from portfolio.audit.models import AuditEvent
 from portfolio.leases import Lease
 from portfolio.registry.models import Artifact
+from portfolio.registry.stores import default_store
 from tests.training.conftest import chat, jsonl, tickets, upload
 from training import ingest, services, tasks
 from training.choices import JobStatus
@@ -136,6 +137,45 @@ def test_an_ingest_given_up_while_it_ran_records_no_version(engineer, chat_set, 
     assert pending.version is None
     assert not DatasetVersion.objects.exists()
     assert not AuditEvent.objects.filter(action="dataset_version.create").exists()
+
+
+def test_what_an_ingest_that_recorded_nothing_stored_leaves_the_store(engineer, chat_set, monkeypatch):
+    pending = queue_upload(engineer, chat_set, jsonl(*tickets(12)))
+    prepare, made = ingest.prepare, []
+
+    def given_up_meanwhile(*args, **kwargs):
+        made.append(prepared := prepare(*args, **kwargs))
+        DatasetIngest.objects.filter(pk=pending.pk).update(status=JobStatus.ERRORED, status_detail="given up")
+        return prepared
+
+    monkeypatch.setattr(ingest, "prepare", given_up_meanwhile)
+    tasks.ingest_dataset(pending.pk)
+    store = default_store()
+    manifest = made[0].manifest
+    assert manifest is not None and manifest.files
+    assert not any(store.has_blob(entry.sha256) for entry in manifest.files)
+    assert not (store.root / "manifests" / f"{manifest.artifact_id}.json").exists()
+
+
+def test_an_upload_of_rows_recorded_meanwhile_leaves_only_the_recorded_files(engineer, chat_set, monkeypatch):
+    first = queue_upload(engineer, chat_set, jsonl(*tickets(12)))
+    again = queue_upload(engineer, chat_set, jsonl(*tickets(12)), eval_fraction=0.5)  # other split files
+    prepare = ingest.prepare
+
+    def first_recorded_meanwhile(pending, *args, **kwargs):
+        prepared = prepare(pending, *args, **kwargs)
+        if pending.pk == again.pk:  # stored; the same rows' other upload is recorded before this one is
+            tasks.ingest_dataset(first.pk)
+        return prepared
+
+    monkeypatch.setattr(ingest, "prepare", first_recorded_meanwhile)
+    tasks.ingest_dataset(again.pk)
+    again.refresh_from_db()
+    assert again.status == JobStatus.SUCCEEDED and not again.created_version
+    recorded = {entry["sha256"] for artifact in Artifact.objects.all() for entry in artifact.files}
+    store = default_store()
+    stored = {path.name for path in (store.root / "blobs").rglob("*") if path.is_file()}
+    assert stored == recorded
 
 
 def test_progress_is_written_about_once_a_second_never_per_row(engineer, chat_set, monkeypatch):

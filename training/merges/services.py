@@ -149,6 +149,7 @@ def compute(job_id: int) -> str | None:
     """The merge itself, in the merge process: load, merge, store, register; its final status (None: ended
     by someone else meanwhile, nothing registered). Nothing it wrote to the store stays unless it is
     registered."""
+    from portfolio.registry import blobclaims
     from portfolio.registry.artifacts import materialize_version
     from portfolio.registry.inspection import inspect_directory
     from portfolio.registry.storage import store_directory
@@ -164,26 +165,28 @@ def compute(job_id: int) -> str | None:
         base_dir, adapter_dir = materialize_version(base), materialize_version(adapter)
         work_root = Path(settings.DATA_DIR) / "work"
         work_root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=work_root, prefix=f"merge-{job_id}-") as work:
-            output = Path(work) / "merged"
-            print(f"merging {adapter.label} into {base.label}", flush=True)
-            merge_directory(base_dir, adapter_dir, output)
-            facts = inspect_directory(output)
-            store = default_store()
-            manifest = store_directory(
-                store, output, before_write=lambda written: _note_upload(job_id, written)
-            )
-        with transaction.atomic():
-            version = merging.register_merged_version(
-                actor=Actor.for_system(SYSTEM),
-                adapter=adapter,
-                manifest=manifest,
-                facts=facts,
-                store_uri=store.uri(manifest.artifact_id),
-                job_ref=f"merge:{job_id}",
-            )
-            if not _finish(job_id, JobStatus.SUCCEEDED, f"Registered {version.label}.", version):
-                raise _Abandoned
+        # What it finds stored stays there until its version is recorded (or it fails).
+        with blobclaims.registering():
+            with tempfile.TemporaryDirectory(dir=work_root, prefix=f"merge-{job_id}-") as work:
+                output = Path(work) / "merged"
+                print(f"merging {adapter.label} into {base.label}", flush=True)
+                merge_directory(base_dir, adapter_dir, output)
+                facts = inspect_directory(output)
+                store = default_store()
+                manifest = store_directory(
+                    store, output, before_write=lambda written: _note_upload(job_id, written)
+                )
+            with transaction.atomic():
+                version = merging.register_merged_version(
+                    actor=Actor.for_system(SYSTEM),
+                    adapter=adapter,
+                    manifest=manifest,
+                    facts=facts,
+                    store_uri=store.uri(manifest.artifact_id),
+                    job_ref=f"merge:{job_id}",
+                )
+                if not _finish(job_id, JobStatus.SUCCEEDED, f"Registered {version.label}.", version):
+                    raise _Abandoned
         print(f"registered {version.label}", flush=True)
         return JobStatus.SUCCEEDED
     except _Abandoned:
