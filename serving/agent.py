@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
+from portfolio.leases import Lease
 from portfolio.registry.artifacts import materialize_version
 from portfolio.registry.storage import CorruptArtifact
 from serving import agent_lock, engine_args, processes, replica_meter
@@ -124,9 +125,11 @@ def _set(replica: Replica, **fields) -> None:
     replica.save(update_fields=list(fields))
 
 
-def _start(replica: Replica, node: Node) -> None:
+def _start(replica: Replica, node: Node, lock: Lease | None = None) -> None:
     try:
-        _launch(replica, node)
+        _launch(replica, node, lock)
+    except agent_lock.LockLost:
+        raise  # not this start's failure: the replica is the new lock holder's to start
     except CorruptArtifact as exc:
         _set(replica, state=ReplicaState.FAILED, state_detail=f"artifact corrupted: {exc}")
         replica_meter.stopped(replica.pk)
@@ -139,7 +142,7 @@ def _start(replica: Replica, node: Node) -> None:
         _crashed(replica, f"Cannot start the engine: {type(exc).__name__}: {str(exc)[:200]}")
 
 
-def _launch(replica: Replica, node: Node) -> None:
+def _launch(replica: Replica, node: Node, lock: Lease | None) -> None:
     deployment = replica.deployment
     model_dir = materialize_version(deployment.version)
     adapters = {a.name: materialize_version(a.version) for a in deployment.adapters.select_related("version")}
@@ -161,6 +164,7 @@ def _launch(replica: Replica, node: Node) -> None:
         kv_cache_bytes=replica.kv_cache_bytes,
         media_hosts=settings.GATEWAY_IMAGE_HOSTS,
     )
+    agent_lock.ensure_held(lock)  # the download above may have outlasted the lock
     pid = processes.start(launch.argv, launch.env, replica.pk, _log_path(replica))
     try:
         _set(
@@ -267,7 +271,9 @@ def _sync_adapters(replica: Replica) -> None:
 STABLE_AFTER = timedelta(minutes=10)
 
 
-def _ensure_running(replica: Replica, node: Node, *, agent_start: bool = False) -> None:
+def _ensure_running(
+    replica: Replica, node: Node, *, agent_start: bool = False, lock: Lease | None = None
+) -> None:
     now = timezone.now()
     process = processes.find(replica.pid, replica.pk)
     if (
@@ -277,13 +283,13 @@ def _ensure_running(replica: Replica, node: Node, *, agent_start: bool = False) 
         in (ReplicaState.STARTING, ReplicaState.READY, ReplicaState.UNHEALTHY, ReplicaState.BACKOFF)
     ):
         event(replica, "adopt", "Engine was not running when the agent started; starting it.")
-        _start(replica, node)
+        _start(replica, node, lock)
         return
     if process is None:
         if replica.state == ReplicaState.PENDING or (
             replica.state == ReplicaState.BACKOFF and replica.next_start_at and replica.next_start_at <= now
         ):
-            _start(replica, node)
+            _start(replica, node, lock)
         elif replica.state in (ReplicaState.STARTING, ReplicaState.READY, ReplicaState.UNHEALTHY):
             _crashed(replica, "Engine process exited")
         return
@@ -292,7 +298,7 @@ def _ensure_running(replica: Replica, node: Node, *, agent_start: bool = False) 
         _set(replica, log_tail=tail)  # for the deployment page's log view
     health = processes.probe(replica.base_url, engine_key(replica.pk))
     if health == processes.WRONG_KEY:
-        _rekey(replica, node, process)
+        _rekey(replica, node, process, lock)
         return
     if health == processes.HEALTHY:
         if replica.state != ReplicaState.READY:
@@ -326,7 +332,7 @@ def _ensure_running(replica: Replica, node: Node, *, agent_start: bool = False) 
 REKEYED = "restarted with the current engine key"
 
 
-def _rekey(replica: Replica, node: Node, process) -> None:
+def _rekey(replica: Replica, node: Node, process, lock: Lease | None) -> None:
     """The engine refuses the key derived now: PORTFOLIO_ENGINE_KEY_SECRET was rotated after it started, so
     neither this agent nor the gateway (which derives the same key) can use it. Restart it with the current
     key; this is how a rotation reaches running engines, so it is not counted as a crash, unless the engine
@@ -341,7 +347,7 @@ def _rekey(replica: Replica, node: Node, process) -> None:
         "The engine refused the current engine key (the engine key secret was rotated); "
         "restarting it with the current key.",
     )
-    _start(replica, node)
+    _start(replica, node, lock)
     if replica.state == ReplicaState.STARTING:
         _set(replica, state_detail=REKEYED)
 
@@ -357,11 +363,14 @@ def _stop(replica: Replica) -> None:
     replica_meter.stopped(replica.pk)
 
 
-def reconcile_node(name: str, *, agent_start: bool = False) -> None:
+def reconcile_node(name: str, *, agent_start: bool = False, lock: Lease | None = None) -> None:
     """``agent_start``: the agent loop's first reconcile since its worker started. An engine missing then is not
     a crash the agent saw (the machine rebooted, or `make run` stopped it) and is started again without counting,
     back-off or not. Never from a task: a pool child of the worker is new too, and an engine it finds dead has
-    crashed."""
+    crashed.
+
+    ``lock``: the node's reconcile lock held for this pass; once it is lost, ``agent_lock.LockLost`` is raised
+    before the next replica is touched, engine started or orphan killed, so two agents never act at once."""
     node = Node.objects.select_related("pool").filter(name=name).first()
     if node is None:
         return
@@ -372,14 +381,17 @@ def reconcile_node(name: str, *, agent_start: bool = False) -> None:
     )
     wanted_ids = set()
     for replica in mine:
+        agent_lock.ensure_held(lock)
         try:
             if replica.desired == DesiredState.STOPPED:
                 _stop(replica)
             elif replica.state != ReplicaState.FAILED:
                 wanted_ids.add(replica.pk)
-                _ensure_running(replica, node, agent_start=agent_start)
+                _ensure_running(replica, node, agent_start=agent_start, lock=lock)
             else:
                 wanted_ids.add(replica.pk)
+        except agent_lock.LockLost:
+            raise
         except Exception:
             logger.exception("reconciling replica %s on %s failed", replica.pk, name)
     for replica_id, process in processes.engines_on_this_machine(under=Path(settings.DATA_DIR)).items():
@@ -389,19 +401,24 @@ def reconcile_node(name: str, *, agent_start: bool = False) -> None:
             .exclude(state=ReplicaState.STOPPED)
             .exists()
         ):
+            agent_lock.ensure_held(lock)
             logger.warning("stopping orphan engine of replica %s (pid %s)", replica_id, process.pid)
             processes.stop(process)
 
 
 def heartbeat(name: str, *, agent_start: bool = False) -> bool:
-    """Register, then reconcile unless another process holds the node's lock; whether it reconciled."""
+    """Register, then reconcile unless another process holds the node's lock; whether it reconciled (not when
+    the lock was lost mid-pass: the next heartbeat takes it again and does the rest)."""
     register(name, settings.NODE_POOL, settings.NODE_ADDRESS)
     lock = agent_lock.acquire_node_lock(name)
     if lock is None:
         return False
     try:
         with agent_lock.kept_alive(name, lock):
-            reconcile_node(name, agent_start=agent_start)
+            reconcile_node(name, agent_start=agent_start, lock=lock)
+    except agent_lock.LockLost:
+        logger.error("node %s: reconcile lock lost to another process; this reconcile stopped midway", name)
+        return False
     finally:
         with contextlib.suppress(Exception):
             lock.release()

@@ -28,10 +28,22 @@ LOCK_TIMEOUT = 600  # seconds a reconcile lock outlives its last renewal
 RECONCILE_KEPT_FOR = timedelta(hours=2)
 
 
+class LockLost(Exception):
+    """The node's reconcile lock went to another process: this reconcile must not act on the node any more."""
+
+
 def acquire_node_lock(name: str) -> Lease | None:
     """The node's reconcile lock, or None while a live process holds it."""
     lock = Lease(f"node-reconcile:{name}", seconds=LOCK_TIMEOUT)
     return lock if lock.acquire(wait=False) else None
+
+
+def ensure_held(lock: Lease | None) -> None:
+    """Raise ``LockLost`` before a reconcile's next action once its lock is known lost (``None``: a reconcile
+    run without the lock, as tests do). Unrenewed for its whole timeout counts as lost: another agent may
+    have taken it without this one's renewals noticing (Redis unreachable, or no longer kept alive)."""
+    if lock is not None and (lock.lost.is_set() or time.monotonic() - lock.renewed_at >= lock.seconds):
+        raise LockLost(lock.key)
 
 
 def beat(name: str) -> None:
@@ -64,8 +76,14 @@ def kept_alive(name: str, lock: Lease) -> Iterator[None]:
                     return
                 try:
                     beat(name)
-                    if not lock.renew():  # its full timeout again, from now
-                        logger.error("node %s: the reconcile lock went to %s", name, lock.holder())
+                    # Its full timeout again, from now; once lost, never taken back by this reconcile, which
+                    # stops before its next action (``ensure_held``).
+                    if not lock.lost.is_set() and not lock.renew():
+                        logger.error(
+                            "node %s: the reconcile lock went to %s; this reconcile stops before its next action",
+                            name,
+                            lock.holder(),
+                        )
                 except Exception:
                     logger.exception("node %s: heartbeat during the reconcile failed", name)
         finally:

@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from serving import agent, agent_lock, reconcile
-from serving.choices import NodeState, PoolKind
-from serving.models import ComputePool, Node
+from serving.choices import NodeState, PoolKind, ReplicaState
+from serving.models import ComputePool, DeploymentEvent, Node
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the heartbeat thread has its own connection
 
@@ -74,3 +74,43 @@ def test_a_reconcile_hung_past_its_longest_stops_being_kept_alive_so_the_node_fa
     monkeypatch.setattr(agent, "reconcile_node", hung_reconcile)
     agent.heartbeat("hung-node")
     assert lost_meanwhile == ["hung-node"]
+
+
+def test_a_reconcile_whose_lock_is_taken_over_midway_starts_no_engine_and_the_next_one_does(
+    engines, replica, monkeypatch, settings, caplog
+):
+    """Paused past its lock's timeout (here: while it downloads the model), a reconcile finds the lock taken by
+    another agent: it must not start the engine that agent may be starting too, nor record a failed start."""
+    settings.NODE_HEARTBEAT_SECONDS = 1
+    settings.NODE_POOL, settings.NODE_ADDRESS = "cpu-pool", "127.0.0.1"
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    key = "portfolio:lease:node-reconcile:keys-node"
+    locks = []
+    real_acquire, ready_model = agent_lock.acquire_node_lock, agent.materialize_version
+
+    def acquire(name: str):
+        locks.append(real_acquire(name))
+        return locks[-1]
+
+    def download_meanwhile_taken_over(version):
+        client.set(key, "elsewhere.example:1:other", ex=600)  # its lease lapsed; another agent took it
+        assert locks[-1].lost.wait(5), "the heartbeat thread never noticed"
+        return ready_model(version)
+
+    monkeypatch.setattr(agent_lock, "acquire_node_lock", acquire)
+    monkeypatch.setattr(agent, "materialize_version", download_meanwhile_taken_over)
+    try:
+        reconciled = agent.heartbeat("keys-node")
+        replica.refresh_from_db()
+        assert (replica.state, replica.pid, replica.restarts) == (ReplicaState.PENDING, None, 0)
+        assert not DeploymentEvent.objects.filter(replica=replica).exists()
+        assert reconciled is False
+        assert "reconcile lock lost to another process" in caplog.text
+
+        client.delete(key)  # the other agent's reconcile is over
+        monkeypatch.setattr(agent, "materialize_version", ready_model)
+        assert agent.heartbeat("keys-node") is True
+        replica.refresh_from_db()
+        assert replica.state == ReplicaState.STARTING and replica.pid
+    finally:
+        client.delete(key)
