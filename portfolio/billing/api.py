@@ -180,6 +180,10 @@ class DepartmentSpendOut(Schema):
     partial: bool = Field(description="Only the caller's own teams' part of the department.")
     days: list[Decimal] = Field(description="Per day of `days`: priced tokens, compute and storage.")
     tokens: list[int] = Field(description="Tokens its teams called per day of `days`.")
+    audio_seconds: list[Decimal] = Field(
+        description="Seconds of audio its teams sent to speech models per day of `days` (billed by the "
+        "second: those calls have no tokens)."
+    )
 
 
 class TeamSpendOut(Schema):
@@ -190,6 +194,7 @@ class TeamSpendOut(Schema):
     forecast: Decimal | None
     days: list[Decimal]
     tokens: list[int]
+    audio_seconds: list[Decimal]
 
 
 class SubjectSpendOut(Schema):
@@ -217,6 +222,7 @@ class SpendOut(Schema):
     days: list[date]
     day_totals: list[Decimal]
     day_tokens: list[int]
+    day_audio_seconds: list[Decimal]
     not_in_days: Decimal
     departments: list[DepartmentSpendOut]
     teams: list[TeamSpendOut]
@@ -239,6 +245,7 @@ def get_spend(request, month: str | None = Query(None, max_length=7, description
         "days": spend.days,
         "day_totals": spend.day_totals,
         "day_tokens": spend.day_tokens,
+        "day_audio_seconds": spend.day_audio_seconds,
         "not_in_days": spend.total - sum(spend.day_totals, Decimal("0.00")),
         "departments": [_spend_row(row, id=row.key[0]) for row in spend.departments],
         "teams": [_spend_row(row, id=row.key[0], department_id=row.department_id) for row in spend.teams],
@@ -257,6 +264,7 @@ def _spend_row(row: overview.Row, **extra: Any) -> dict:
         "partial": row.partial,
         "days": row.days,
         "tokens": row.tokens,
+        "audio_seconds": row.audio_seconds,
         **extra,
     }
 

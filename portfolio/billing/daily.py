@@ -59,13 +59,15 @@ def _cents(scaled: int, denominator: int) -> Decimal:
 
 @dataclass
 class Days:
-    """Exact amounts and tokens per (department, team) and day of ``days``. An amount is kept as a whole
-    number of 1/``denominator`` (exact, and integer sums are fast); it is rounded only when read."""
+    """Exact amounts, tokens and audio per (department, team) and day of ``days``. An amount is kept as a
+    whole number of 1/``denominator`` (exact, and integer sums are fast); it is rounded only when read."""
 
     days: list[date]
     denominator: int = 1
     amounts: dict[Cell, list[int]] = field(default_factory=dict)
     tokens: dict[Cell, list[int]] = field(default_factory=dict)
+    # Speech calls report no tokens: their usage is the audio's length, as they are billed.
+    audio_ms: dict[Cell, list[int]] = field(default_factory=dict)
     compute: dict[Cell, list[int]] = field(default_factory=dict)  # compute and storage: their part
 
     def scaled(self, numerator: int, denominator: int) -> int:
@@ -81,13 +83,24 @@ class Days:
             row = table[cell] = [0] * len(self.days)
         return row
 
-    def add(self, cell: Cell, index: int, amount: int = 0, tokens: int = 0, *, compute: bool = False) -> None:
-        """Add ``amount`` (in 1/``denominator``) and ``tokens`` to the cell's day."""
+    def add(
+        self,
+        cell: Cell,
+        index: int,
+        amount: int = 0,
+        tokens: int = 0,
+        audio_ms: int = 0,
+        *,
+        compute: bool = False,
+    ) -> None:
+        """Add ``amount`` (in 1/``denominator``), ``tokens`` and ``audio_ms`` to the cell's day."""
         self._row(self.amounts, cell)[index] += amount
         if compute:
             self._row(self.compute, cell)[index] += amount
         if tokens:
             self._row(self.tokens, cell)[index] += tokens
+        if audio_ms:
+            self._row(self.audio_ms, cell)[index] += audio_ms
 
     def _sum(self, table: dict, cells: Iterable[Cell]) -> list[int]:
         sums = [0] * len(self.days)
@@ -101,6 +114,10 @@ class Days:
         cells = list(cells)
         amounts = self._sum(self.amounts, cells)
         return [_cents(value, self.denominator) for value in amounts], self._sum(self.tokens, cells)
+
+    def audio_seconds(self, cells: Iterable[Cell]) -> list[Decimal]:
+        """The seconds of audio of the days of ``cells`` together (exact: the ledger counts milliseconds)."""
+        return [Decimal(value).scaleb(-3) for value in self._sum(self.audio_ms, cells)]
 
     def compute_total(self, cells: Iterable[Cell]) -> list[Decimal]:
         """The compute and storage part of the days of ``cells``, rounded to the cent per day."""
@@ -141,22 +158,22 @@ def series(month: date, as_of: datetime, department_ids: Iterable[int]) -> Days:
     return result
 
 
-# One row per day and caller (grouping set 0) and per day and owner (1): tokens the callers used, and what
-# calls by other teams than the owner cost at the price in force in their period, times a million
-# (``input x price + output x price``: exact in numeric; divided once in Python). Own calls cost 0;
-# unpriced calls are null (the month's at-cost rule).
+# One row per day and caller (grouping set 0) and per day and owner (1): the tokens and audio milliseconds
+# the callers used, and what calls by other teams than the owner cost at the price in force in their
+# period, times a million (``input x price + output x price + audio``: exact in numeric; divided once in
+# Python). Own calls cost 0; unpriced calls are null (the month's at-cost rule).
 TOKENS_BY_DAY = """
 WITH {periods},
 priced AS (
     SELECT (at AT TIME ZONE 'UTC')::date - %s::date AS day, team_id, department_id, owner_team_id, owner_department_id,
-           input_tokens + output_tokens AS tokens,
+           input_tokens + output_tokens AS tokens, audio_ms,
            CASE WHEN team_id = owner_team_id THEN 0
                 ELSE input_tokens * input_per_million + output_tokens * output_per_million
                      + audio_ms * audio_second * 1000 END AS charged
     FROM periods
 )
 SELECT GROUPING(team_id, department_id), day, team_id, department_id, owner_team_id, owner_department_id,
-       sum(tokens), sum(charged)
+       sum(tokens), sum(audio_ms), sum(charged)
 FROM priced
 GROUP BY GROUPING SETS ((day, team_id, department_id), (day, owner_team_id, owner_department_id))
 """
@@ -167,13 +184,13 @@ def _tokens(result: Days, book: PriceBook, departments: set[int], start: datetim
     with connection.cursor() as cursor:
         cursor.execute(TOKENS_BY_DAY.format(periods=sql), [*params, start.date()])
         rows = cursor.fetchall()
-    for owners, index, team, dept, owner, owner_dept, tokens, charged in rows:
+    for owners, index, team, dept, owner, owner_dept, tokens, audio_ms, charged in rows:
         if not 0 <= index < len(result.days):
             continue
         numerator, denominator_ = (charged or Decimal(0)).as_integer_ratio()
         amount = result.scaled(numerator, denominator_ * money.MILLION)
         if not owners and dept in departments:
-            result.add((dept, team), index, amount, int(tokens or 0))
+            result.add((dept, team), index, amount, int(tokens or 0), int(audio_ms or 0))
         elif owners and owner_dept in departments and amount:
             result.add((owner_dept, owner), index, -amount)
 

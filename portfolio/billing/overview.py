@@ -67,6 +67,7 @@ class Row:
     tokens: list[int] = field(default_factory=list)
     department_id: int | None = None
     kind: str = ""
+    audio_seconds: list[Decimal] = field(default_factory=list)  # speech calls: billed by the second
 
 
 @dataclass
@@ -81,6 +82,7 @@ class MonthSpend:
     days: list[date]
     day_totals: list[Decimal]
     day_tokens: list[int]
+    day_audio_seconds: list[Decimal]
     day_compute: list[Decimal]  # the compute and storage part of each day's total
     departments: list[Row]
     teams: list[Row]
@@ -122,6 +124,7 @@ def month_spend(reader: Reader, month: date, now: datetime, *, team_days: bool =
                 amounts,
                 tokens,
                 department.pk,
+                audio_seconds=days.audio_seconds(cells),
             )  # fmt: skip
         )
         for line in lines:
@@ -145,7 +148,9 @@ def month_spend(reader: Reader, month: date, now: datetime, *, team_days: bool =
     for team in rows_t.values():
         team.forecast = forecast(team.spend, month, as_of)
         if team_days:
-            team.days, team.tokens = days.total([(team.department_id or 0, team.key[0])])
+            cell = (team.department_id or 0, team.key[0])
+            team.days, team.tokens = days.total([cell])
+            team.audio_seconds = days.audio_seconds([cell])
     total = sum((row.spend for row in rows_d), ZERO)
     day_totals, day_tokens = days.total(all_cells)
     return MonthSpend(
@@ -159,6 +164,7 @@ def month_spend(reader: Reader, month: date, now: datetime, *, team_days: bool =
         days=days.days,
         day_totals=day_totals,
         day_tokens=day_tokens,
+        day_audio_seconds=days.audio_seconds(all_cells),
         day_compute=days.compute_total(all_cells),
         departments=rows_d,
         teams=sorted(rows_t.values(), key=lambda r: (-r.spend, r.name)),

@@ -101,3 +101,22 @@ def test_the_daily_chart_counts_the_audio_charge(transcribed, other_team):
     days = daily.series(money.month_start(transcribed), datetime.now(UTC), [other_team.department_id])
     charged, _ = days.total([(other_team.department_id, other_team.pk)])
     assert sum(charged) == Decimal("0.03")
+
+
+def test_the_spend_api_shows_a_speech_teams_days_in_seconds_of_audio_not_zero_tokens(
+    transcribed, client, org, team, other_team
+):
+    client.force_login(org["admin"])
+    response = client.get("/api/v1/billing/spend")
+    assert response.status_code == 200, response.content[:500]
+    spend = response.json()
+
+    def seconds(row) -> Decimal:
+        return sum((Decimal(value) for value in row["audio_seconds"]), Decimal(0))
+
+    teams = {row["id"]: row for row in spend["teams"]}
+    assert (seconds(teams[other_team.pk]), sum(teams[other_team.pk]["tokens"])) == (Decimal(3), 0)
+    assert seconds(teams[team.pk]) == Decimal(4), "own calls: used, though not charged"
+    departments = {row["id"]: seconds(row) for row in spend["departments"]}
+    assert departments == {team.department_id: Decimal(4), other_team.department_id: Decimal(3)}
+    assert sum(Decimal(value) for value in spend["day_audio_seconds"]) == Decimal(7)
