@@ -37,6 +37,23 @@ def create_once(path: Path, content: bytes) -> bytes:
     return content
 
 
+def current_umask() -> int:
+    """The process's umask, read without setting it: ``os.umask`` can only be read by changing it, and for
+    that moment every other thread's new files would get the temporary mask. Linux has it in
+    /proc/self/status; elsewhere it is swapped with the strictest mask, so another thread's file is at worst
+    private for that moment, never open to all."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def replace(path: Path, data: bytes, *, private: bool = False) -> None:
     """``data`` in ``path``, replacing what was there: written and synced under a temporary name in the same
     folder, then renamed over it. ``private``: readable by its owner only (whatever mode an older file had);
@@ -48,9 +65,7 @@ def replace(path: Path, data: bytes, *, private: bool = False) -> None:
             file.flush()
             os.fsync(file.fileno())
         if not private:  # mkstemp's 0600 otherwise
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temporary, 0o666 & ~umask)
+            os.chmod(temporary, 0o666 & ~current_umask())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -45,3 +45,21 @@ def test_replace_writes_whole_files_private_or_by_the_umask_and_leaves_no_tempor
         os.umask(umask)
     assert stat.S_IMODE(bundle.stat().st_mode) == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["admin-password", "statement.zip"]
+
+
+def test_the_umask_is_read_without_being_changed_under_other_threads(tmp_path, monkeypatch):
+    """Reading the umask with ``os.umask`` sets it for a moment: another thread's file made then would be
+    open to all (umask 0)."""
+    umask = os.umask(0o027)
+    os.umask(umask)
+    calls = []
+    real_umask = os.umask
+    monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or real_umask(mask))
+    try:
+        real_umask(0o027)
+        atomicwrites.replace(tmp_path / "statement.zip", b"zip")
+        assert calls == [], "the umask was changed to be read"
+        assert atomicwrites.current_umask() == 0o027
+    finally:
+        real_umask(umask)
+    assert stat.S_IMODE((tmp_path / "statement.zip").stat().st_mode) == 0o640
