@@ -111,6 +111,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, Env().integer(variable, default, minimum=1, maximum=maximum))
         delattr(args, key)
+    if args.command == "run":
+        args.verbose = args.verbose or Env().flag("PORTFOLIO_VERBOSE", False)
     return args
 
 
@@ -128,8 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "run":
         from portfolio.launcher import run_all
 
-        verbose = args.verbose or Env().flag("PORTFOLIO_VERBOSE", False)
-        sys.exit(run_all(host=args.host, port=args.port, demo=not args.no_demo, verbose=verbose))
+        try:
+            status = run_all(host=args.host, port=args.port, demo=not args.no_demo, verbose=args.verbose)
+        except ImproperlyConfigured as exc:  # a bad setting (PORTFOLIO_ENV...); what started is stopped
+            sys.exit(f"portfolio: {exc}")
+        sys.exit(status)
     if args.command == "web":
         if args.workers > 1:
             _prepare_shared_metrics()

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 logger = logging.getLogger(__name__)
 
 DATABASE_NAME = "portfolio"
@@ -83,25 +85,37 @@ def ensure_postgres(root: Path) -> str:
     return server.get_uri(DATABASE_NAME)
 
 
+def _postmaster(root: Path) -> psutil.Process | None:
+    """The embedded PostgreSQL server of ``root``, as its ``postmaster.pid`` names it; None when there is none
+    or the file is stale: after a crash and a reboot its PID may be an unrelated process's, never signalled.
+    It is ours only if it runs ``postgres`` in our data folder (the postmaster works in it: its cwd, ``-D``)."""
+    pgdata = postgres_dir(root).resolve()
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+        process = psutil.Process(pid)
+        argv = process.cmdline()
+        if not {process.name(), Path(argv[0]).name if argv else ""} & {"postgres", "postmaster"}:
+            return None
+        folders = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "-D"]
+        with contextlib.suppress(psutil.AccessDenied):  # another user's: -D tells
+            folders.append(process.cwd())
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return None
+    return process if any(Path(folder).resolve() == pgdata for folder in folders) else None
+
+
 def stop_postgres(root: Path, timeout: float = 60.0) -> None:
     """Fast shutdown (SIGINT to the postmaster: roll back open transactions, checkpoint, exit)."""
-    pid_file = postgres_dir(root) / "postmaster.pid"
-    try:
-        pid = int(pid_file.read_text().splitlines()[0])
-    except (OSError, ValueError, IndexError):
+    process = _postmaster(root)
+    if process is None:
         return
     try:
-        os.kill(pid, signal.SIGINT)
-    except ProcessLookupError:
+        process.send_signal(signal.SIGINT)  # psutil refuses a PID reused since (its start time differs)
+        process.wait(timeout)
+    except psutil.NoSuchProcess:
         return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    logger.warning("embedded PostgreSQL (pid %s) did not stop within %ss", pid, timeout)
+    except psutil.TimeoutExpired:
+        logger.warning("embedded PostgreSQL (pid %s) did not stop within %ss", process.pid, timeout)
 
 
 def redis_socket(root: Path) -> Path:

@@ -14,7 +14,8 @@ kept for next time; the replicas of the last run start again (``manage.py requeu
 
 Its exit status says how it ended: 0 when the person stopped it (Ctrl-C or SIGTERM once the servers run: the
 normal way to end it); 1 when a start-up step failed or the web server, worker or beat exited on its own
-(a port in use, a crash); 130 when Ctrl-C interrupted the start-up steps.
+(a port in use, a crash); 130 when Ctrl-C interrupted the start-up steps, 143 when SIGTERM did (128 + the
+signal, as a shell reports a process the signal ended).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ MANAGE = [sys.executable, "-m", "portfolio.cli", "manage"]
 
 class StartupFailed(Exception):
     pass
+
+
+class Terminated(Exception):
+    """SIGTERM during the start-up steps: they are cut short, as Ctrl-C cuts them (`KeyboardInterrupt`)."""
 
 
 class FolderInUse(Exception):
@@ -134,12 +139,16 @@ def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> 
 
     children: dict[str, subprocess.Popen] = {}  # web, worker, beat: any of them exiting stops everything
     oneshots: dict[str, subprocess.Popen] = {}  # the demo's steps: a failure is reported, not fatal
-    stopping = False  # SIGINT or SIGTERM: the person stops the platform (exit status 0)
+    stopping = False  # SIGINT or SIGTERM: the person stops the platform (exit status 0 once it serves)
+    starting = True  # until the servers run, SIGTERM cuts the start-up short (`Terminated`)
     status = 0
 
     def stop(*_):
         nonlocal stopping
+        cut_short = starting and not stopping
         stopping = True
+        if cut_short:
+            raise Terminated
 
     previous_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, stop)
@@ -183,6 +192,7 @@ def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> 
             if verbose:
                 follower.follow(name, logs / f"{name}.log")
         _say(f"logs: {logs}/" + ("" if verbose else " (`portfolio run --verbose` shows them live)"))
+        starting = False  # the servers run: SIGTERM, as Ctrl-C, now ends the loop below (exit status 0)
         # Ctrl-C ends the loop below even where the shell started us with SIGINT ignored (in the background).
         signal.signal(signal.SIGINT, stop)
         listening, listen_deadline = False, time.monotonic() + LISTEN_TIMEOUT
@@ -228,15 +238,20 @@ def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> 
                     _say("the event lines stopped (see above); the platform keeps running")
             time.sleep(0.5)
     except KeyboardInterrupt:  # Ctrl-C before the servers run (then it only sets `stopping`)
+        starting = False
         status = 130
+    except Terminated:
+        status = 143
     except StartupFailed as exc:
+        starting = False
         _say(f"start-up step failed: {exc}")
         if not verbose:
             print(runlogs.tail(logs / "setup.log"), flush=True)
             _say(f"the whole output is in {logs / 'setup.log'}")
         status = 1
     finally:
-        signal.signal(signal.SIGINT, stop)  # a second Ctrl-C does not cut the stopping short
+        starting = False  # a SIGTERM now (or a second one) does not cut the stopping short
+        signal.signal(signal.SIGINT, stop)  # nor does a second Ctrl-C
         _say("stopping")
         running = [*oneshots.values(), *children.values()]
         for child in running:

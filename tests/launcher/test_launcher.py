@@ -8,6 +8,8 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -170,6 +172,30 @@ def test_ctrl_c_during_the_start_up_steps_exits_130_and_stops_the_embedded_serve
 
     monkeypatch.setattr(commands, "node_name", interrupted)
     assert _serve() == 130
+    assert started.calls == ["start postgres", "start redis", "stop redis", "stop postgres"]
+
+
+def test_sigterm_during_the_start_up_steps_exits_143_and_starts_no_server(started, monkeypatch):
+    def terminated():
+        os.kill(os.getpid(), signal.SIGTERM)
+        return "launcher-test"
+
+    handlers = {each: signal.getsignal(each) for each in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(commands, "node_name", terminated)
+    assert _serve() == 143
+    assert not [process for process in started.processes if process.args == SLEEPER]
+    assert started.calls == ["start postgres", "start redis", "stop redis", "stop postgres"]
+    assert {each: signal.getsignal(each) for each in handlers} == handlers
+
+
+def test_sigterm_cuts_a_long_start_up_step_short(started, monkeypatch):
+    """A migration that takes minutes is not waited for: the step is stopped with the rest."""
+    monkeypatch.setattr(launcher, "MANAGE", [sys.executable, "-c", "import time; time.sleep(20)"])
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    began = time.monotonic()
+    assert _serve() == 143
+    assert time.monotonic() - began < 10
+    assert all(process.poll() is not None for process in started.processes)
     assert started.calls == ["start postgres", "start redis", "stop redis", "stop postgres"]
 
 
