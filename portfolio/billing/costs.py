@@ -1,6 +1,7 @@
 """What one thing costs, for the pages of the things billing prices: an endpoint's cost per 1,000
-requests and per million tokens this month, a deployment's replica-hours and cost this month, a job's
-compute. Read from billing's own ledger and price book; the apps above pass plain names and ids."""
+requests and per million tokens (or hour of audio, for speech models) this month, a deployment's
+replica-hours and cost this month, a job's compute. Read from billing's own ledger and price book; the
+apps above pass plain names and ids."""
 
 from __future__ import annotations
 
@@ -85,6 +86,8 @@ class EndpointCost:
     tokens: int
     cost: Decimal
     priced: bool
+    # Speech calls have no tokens: their usage is the audio's length, as they are billed.
+    audio_seconds: Decimal = Decimal(0)
 
     @property
     def per_thousand_requests(self) -> Decimal | None:
@@ -93,6 +96,12 @@ class EndpointCost:
     @property
     def per_million_tokens(self) -> Decimal | None:
         return money.cents(Fraction(self.cost) * money.MILLION / self.tokens) if self.tokens else None
+
+    @property
+    def per_audio_hour(self) -> Decimal | None:
+        """What an hour of audio cost (a second's price rounds to nothing in cents)."""
+        seconds = Fraction(self.audio_seconds)
+        return money.cents(Fraction(self.cost) * 3600 / seconds) if seconds else None
 
 
 def endpoint_this_month(endpoint_id: int, as_of: datetime | None = None) -> EndpointCost:
@@ -110,6 +119,7 @@ def endpoint_this_month(endpoint_id: int, as_of: datetime | None = None) -> Endp
     )
     requests = sum(row[2] or 0 for row in hours)
     tokens = sum((row[3] or 0) + (row[4] or 0) for row in hours)
+    audio_total_ms = sum(row[5] or 0 for row in hours)
     cost = Fraction(0)
     priced = any(book.at(PriceKind.ENDPOINT, endpoint_id, hour) for hour, *_ in hours) or bool(
         book.at(PriceKind.ENDPOINT, endpoint_id, as_of)
@@ -136,4 +146,4 @@ def endpoint_this_month(endpoint_id: int, as_of: datetime | None = None) -> Endp
         for deployment, calls in mine.items():
             if served.get(deployment):
                 cost += costs.get(deployment, Fraction(0)) * Fraction(calls, served[deployment])
-    return EndpointCost(requests, tokens, money.cents(cost), priced)
+    return EndpointCost(requests, tokens, money.cents(cost), priced, Decimal(audio_total_ms).scaleb(-3))

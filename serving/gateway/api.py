@@ -212,6 +212,10 @@ class UsageDay(Schema):
     errors: int
     input_tokens: int
     output_tokens: int
+    audio_seconds: Decimal = Field(
+        description="Seconds of audio sent to speech models (billed by the second: those calls have no "
+        "tokens)."
+    )
     cost: Decimal
 
 
@@ -235,6 +239,7 @@ def usage(request, team_id: int | None = None, days: int = 30, group_by: str = "
             errors=Sum("errors"),
             input_tokens=Sum("input_tokens"),
             output_tokens=Sum("output_tokens"),
+            audio_ms=Sum("audio_ms"),
             cost=Sum("cost"),
         )
         .order_by("day", field)
@@ -247,4 +252,7 @@ def usage(request, team_id: int | None = None, days: int = 30, group_by: str = "
             f"More than {MAX_USAGE_ROWS} days x {group_by} rows: ask for fewer days, one team (team_id) or "
             "a coarser group_by, or use the billing exports."
         )
-    return [{**row, "group": str(row[field])} for row in found]
+    return [
+        {**row, "group": str(row[field]), "audio_seconds": Decimal(row["audio_ms"] or 0).scaleb(-3)}
+        for row in found
+    ]

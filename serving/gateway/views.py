@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.contrib import messages
@@ -59,6 +60,7 @@ def _aggregates() -> dict:
         "errors_sum": Sum("errors"),
         "input_sum": Sum("input_tokens"),
         "output_sum": Sum("output_tokens"),
+        "audio_sum": Sum("audio_ms"),
         "latency_sum": Sum("latency_ms_sum"),
         "cost_sum": Sum("cost"),
         **{
@@ -69,7 +71,8 @@ def _aggregates() -> dict:
 
 
 def _figures(row: dict) -> dict:
-    """Sums as people read them: tokens together, an error rate, latencies averaged over requests."""
+    """Sums as people read them: tokens together, seconds of audio (speech calls have no tokens: they are
+    billed by the second), an error rate, latencies averaged over requests."""
     requests = row.get("requests_sum") or 0
     errors = row.get("errors_sum") or 0
     input_tokens, output_tokens = row.get("input_sum") or 0, row.get("output_sum") or 0
@@ -84,6 +87,7 @@ def _figures(row: dict) -> dict:
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
         "tokens": input_tokens + output_tokens,
+        "audio_seconds": Decimal(row.get("audio_sum") or 0).scaleb(-3),  # exact: the rollups count ms
         "latency_avg": per_request(row.get("latency_sum")),
         "p50": per_request(row.get("p50_weighted")),
         "p95": per_request(row.get("p95_weighted")),
@@ -409,7 +413,15 @@ def _usage_context(actor: Actor, form: UsageFilterForm) -> dict:
     if data["key"]:
         rows = rows.filter(api_key_id=data["key"].pk)
     totals = _figures(rows.aggregate(**_aggregates()))
-    context = {"period": period, "first": first, "last": today, "totals": totals, "filtered": _filtered(data)}
+    context = {
+        "period": period,
+        "first": first,
+        "last": today,
+        "totals": totals,
+        "filtered": _filtered(data),
+        # The audio column only where speech models were called: text-only usage keeps its tables.
+        "show_audio": bool(totals["audio_seconds"]),
+    }
     if not totals["requests"]:
         context["ever_used"] = visible.exists()
         return context

@@ -319,6 +319,22 @@ def test_another_teams_usage_never_comes_from_the_usage_api(api, org, team, othe
     assert {row["requests"] for row in api(org["auditor"], "get", "/usage").json()} == {4242, 17}
 
 
+def test_the_usage_api_gives_speech_calls_seconds_of_audio_beside_their_zero_tokens(api, org, team):
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    UsageHourly.objects.create(hour=hour, team_id=team.pk, endpoint="whisper", requests=2, audio_ms=3_500)
+    UsageHourly.objects.create(hour=hour, team_id=team.pk, endpoint="support-bot", requests=1, input_tokens=9)
+    response = api(org["owner"], "get", "/usage")
+    assert response.status_code == 200, response.content
+    rows = {row["group"]: row for row in response.json()}
+    whisper = rows["whisper"]
+    assert (Decimal(whisper["audio_seconds"]), whisper["input_tokens"], whisper["output_tokens"]) == (
+        Decimal("3.5"),
+        0,
+        0,
+    )
+    assert Decimal(rows["support-bot"]["audio_seconds"]) == 0
+
+
 def test_a_usage_answer_too_large_to_hold_is_refused_whole_not_cut_short(api, org, team, monkeypatch):
     """A year by key of a large organisation was built in memory and sent in one answer; past the bound the
     caller is told to narrow it, and no partial total reads as complete."""

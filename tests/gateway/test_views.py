@@ -411,6 +411,27 @@ def test_the_usage_page_shows_rolled_up_numbers(signed_in, org, key):
     assert sum(day["requests"] for day in response.context["daily"]) == 1500
 
 
+def test_the_usage_page_shows_speech_calls_in_seconds_of_audio_not_as_zero_tokens(signed_in, org, key):
+    rollup(key, this_hour(), endpoint="whisper", requests=3, input_tokens=0, output_tokens=0, audio_ms=7_500)
+    rollup(key, this_hour(), requests=5)
+    response = signed_in(org["viewer"]).get(reverse("usage"))
+    assert response.context["totals"]["audio_seconds"] == Decimal("7.5")
+    by_endpoint = {row["group"]: row["audio_seconds"] for row in response.context["by_endpoint"]}
+    assert by_endpoint == {"whisper": Decimal("7.5"), "support-bot": 0}
+    assert response.context["daily"][-1]["audio_seconds"] == Decimal("7.5")
+    page = response.content.decode()
+    assert re.search(r'data-testid="audio-seconds">7\.5 s<', page)
+    # By team, endpoint and key, and per day.
+    assert page.count('<th scope="col" class="num">Audio</th>') == 4
+    assert page.count('<td class="num">7.5 s</td>') == 4
+
+
+def test_a_page_of_text_only_usage_gets_no_audio_column(signed_in, org, key):
+    rollup(key, this_hour())
+    page = signed_in(org["viewer"]).get(reverse("usage")).content.decode()
+    assert ">Audio</th>" not in page and 'data-testid="audio-seconds"' not in page
+
+
 def test_daily_latency_percentiles_are_weighted_by_requests(signed_in, org, key):
     rollup(key, this_hour(), requests=30, latency_p50_ms=100, latency_p95_ms=300)
     rollup(key, this_hour(), endpoint="ticket-triage", requests=10, latency_p50_ms=500, latency_p95_ms=900)

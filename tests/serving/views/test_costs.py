@@ -10,7 +10,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from portfolio.billing import meters, money
+from portfolio.billing import costs, meters, money
 from portfolio.billing import services as billing_services
 from portfolio.billing.choices import ComputeKind, PriceKind
 from portfolio.billing.meters import TokenHour
@@ -25,14 +25,16 @@ def _an_hour_this_month():
     return max(start, now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1))
 
 
-def _calls(endpoint, team, *, requests: int, tokens_in: int, tokens_out: int, caller=None) -> None:
+def _calls(
+    endpoint, team, *, requests: int, tokens_in: int, tokens_out: int, audio_ms: int = 0, caller=None
+) -> None:
     hour = _an_hour_this_month()
     caller = caller or team
     meters.replace_token_hours(
         hour,
         hour + timedelta(hours=1),
         [TokenHour(hour, endpoint.pk, endpoint.name, team.pk, team.department_id, "support-bot", caller.pk,
-                   caller.department_id, requests, tokens_in, tokens_out)],
+                   caller.department_id, requests, tokens_in, tokens_out, audio_ms)],
     )  # fmt: skip
 
 
@@ -48,6 +50,27 @@ def test_a_priced_endpoint_shows_its_cost_per_thousand_requests_and_per_million_
     page = signed_in(org["viewer"]).get(reverse("endpoint-detail", args=[endpoint.name])).content.decode()
     # 2.00 for the input, 2.00 for the output: 4.00 a thousand requests, 4.00 / 1.5 per million tokens.
     assert "Per 1,000 requests" in page and "4.00 EUR" in page and "2.67 EUR" in page
+
+
+def test_a_speech_endpoint_shows_its_seconds_of_audio_and_cost_per_hour_of_audio_not_zero_tokens(
+    signed_in, org, admin, team, endpoint
+):
+    start = money.month_bounds(money.month_start(timezone.now()))[0]
+    billing_services.set_price(
+        actor=admin, subject=Subject(PriceKind.ENDPOINT, str(endpoint.pk), endpoint.name), effective_from=start,
+        audio_second="0.01",
+    )  # fmt: skip
+    _calls(endpoint, team, requests=3, tokens_in=0, tokens_out=0, audio_ms=90_000)
+    cost = costs.endpoint_this_month(endpoint.pk)
+    assert (cost.audio_seconds, cost.cost, cost.per_audio_hour) == (
+        Decimal(90),
+        Decimal("0.90"),
+        Decimal("36.00"),
+    )
+    page = signed_in(org["viewer"]).get(reverse("endpoint-detail", args=[endpoint.name])).content.decode()
+    # 90 s at 0.01: 0.90, which is 36.00 an hour of audio; no "0 tokens", no "per million tokens —".
+    assert "90.0 s of audio" in page and "Per hour of audio" in page and "36.00 EUR" in page
+    assert "Per million tokens" not in page and "0 tokens" not in page
 
 
 def test_an_unpriced_endpoint_shares_its_deployments_compute_by_requests(
