@@ -109,12 +109,16 @@ def _budget_bar(used, budget) -> dict | None:
 
 
 def _with_month_usage(keys: list[ApiKey]) -> None:
-    """Each key's use this calendar month (requests, tokens, cost), in one query over the rollups."""
+    """Each key's use this calendar month (requests, tokens, seconds of audio, cost), in one query over the
+    rollups."""
     rows = (
         UsageHourly.objects.filter(api_key_id__in=[k.pk for k in keys], hour__gte=month_start())
         .values("api_key_id")
         .annotate(
-            requests=Sum("requests"), tokens=Sum(F("input_tokens") + F("output_tokens")), cost=Sum("cost")
+            requests=Sum("requests"),
+            tokens=Sum(F("input_tokens") + F("output_tokens")),
+            audio_ms=Sum("audio_ms"),
+            cost=Sum("cost"),
         )
     )
     usage = {row["api_key_id"]: row for row in rows}
@@ -122,6 +126,7 @@ def _with_month_usage(keys: list[ApiKey]) -> None:
         row: Mapping[str, Any] = usage.get(key.pk, {})
         key.month_requests = row.get("requests") or 0
         key.month_tokens = row.get("tokens") or 0
+        key.month_audio_seconds = Decimal(row.get("audio_ms") or 0).scaleb(-3)  # speech calls: no tokens
         key.month_cost = row.get("cost") or 0
         key.status = _key_status(key)
         key.token_bar = _budget_bar(key.month_tokens, key.monthly_token_budget)

@@ -411,6 +411,16 @@ def test_the_usage_page_shows_rolled_up_numbers(signed_in, org, key):
     assert sum(day["requests"] for day in response.context["daily"]) == 1500
 
 
+def test_a_speech_keys_month_shows_its_seconds_of_audio_on_the_list_and_its_page(signed_in, org, key):
+    rollup(key, this_hour(), endpoint="whisper", requests=3, input_tokens=0, output_tokens=0, audio_ms=90_500)
+    client = signed_in(org["developer"])
+    listed = client.get(reverse("apikey-list"))
+    assert re.search(r'data-testid="key-audio"[^>]*>90\.5 s audio<', listed.content.decode())
+    assert listed.context["sections"][0]["keys"][0].month_audio_seconds == Decimal("90.5")
+    page = client.get(reverse("apikey-edit", args=[key.pk])).content.decode()
+    assert re.search(r'data-testid="key-audio">90\.5 s<', page)
+
+
 def test_the_usage_page_shows_speech_calls_in_seconds_of_audio_not_as_zero_tokens(signed_in, org, key):
     rollup(key, this_hour(), endpoint="whisper", requests=3, input_tokens=0, output_tokens=0, audio_ms=7_500)
     rollup(key, this_hour(), requests=5)
