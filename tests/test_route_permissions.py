@@ -149,9 +149,6 @@ API_ROUTES: dict[str, Rule] = {
     "GET /audit/events": rest("org", "audit.view"),
     "GET /audit/signing-keys": rest("org", "audit.view"),
     "POST /audit/export": rest("org", "audit.export", "POST"),
-    "POST /billing/departments/{department_id}/statements/{month}/export": rest(
-        "billing", "billing.view", "POST"
-    ),
     "GET /models": rest("signed_in"),
     "POST /models": rest("team", "model.register", "POST", name="new-model", owner_team_id="{team_id}"),
     "GET /models/{name}": rest("team", "model.view"),

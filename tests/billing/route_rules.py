@@ -60,6 +60,7 @@ API_ROUTES: dict[str, Rule] = {
     "GET /billing/statements": BILLING,
     "GET /billing/statements/{department}/{month}": BILLING,
     "POST /billing/statements/{statement_id}/reissue": BILLING,
+    "POST /billing/departments/{department_id}/statements/{month}/export": BILLING,
     "GET /billing/budgets": BILLING,
     "PUT /billing/budgets/teams/{team_id}": BILLING,
     "DELETE /billing/budgets/teams/{team_id}": BILLING,

@@ -26,6 +26,7 @@ GET /billing/spend                                   200   200     200     200  
 GET /billing/statements                              200   200     200     200           200   403      403       403    401
 GET /billing/statements/{department}/{month}         200   200     200     404           200   404      404       404    401
 POST /billing/statements/{statement_id}/reissue      201   403     403     404           403   404      404       404    401
+POST /billing/departments/{department_id}/statements/{month}/export 200 200 200 404   200   404      404       404    401
 GET /billing/budgets                                 200   200     200     200           200   403      403       403    401
 PUT /billing/budgets/teams/{team_id}                 200   403     200     404           200   403      403       404    401
 DELETE /billing/budgets/teams/{team_id}              204   403     204     404           403   403      403       404    401
@@ -50,6 +51,11 @@ REQUESTS: dict[str, tuple[str, dict | None]] = {
     "POST /billing/statements/{statement_id}/reissue": (
         "/billing/statements/{statement}/reissue",
         {"reason": "Replica hours recorded late."},
+    ),
+    # The export reads the statement as its page does: an owner gets their teams' lines (marked partial).
+    "POST /billing/departments/{department_id}/statements/{month}/export": (
+        "/billing/departments/{department}/statements/{past}/export?format=csv",
+        None,
     ),
     # Budgets: a team's owners lower its amount within the ceiling; its department's managers set all of it.
     "GET /billing/budgets": ("/billing/budgets", None),
@@ -89,7 +95,11 @@ MATRIX = _matrix(STATUSES)
 
 
 def test_every_billing_route_is_in_the_matrix():
+    """Every operation the route matrix leaves to this file (scope "billing"), wherever it is declared."""
+    from tests.test_route_permissions import API_ROUTES as ALL_ROUTES
+
     assert set(API_ROUTES) <= set(MATRIX)
+    assert {route for route, rule in ALL_ROUTES.items() if rule.scope == "billing"} <= set(MATRIX)
     assert set(MATRIX) == set(REQUESTS)
 
 
