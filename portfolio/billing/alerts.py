@@ -58,16 +58,8 @@ def check(as_of: datetime | None = None) -> list[BudgetAlert]:
     spend = month_to_date(as_of, department_ids=departments)
     sent: list[BudgetAlert] = []
     for budget in budgets:
-        if budget.team_id is not None:
-            total = spend.of_team(budget.team_id)
-            tokens = spend.team_tokens.get(budget.team_id, Decimal(0))
-        else:
-            assert budget.department_id is not None
-            total = spend.of_department(budget.department_id)
-            tokens = spend.department_tokens.get(budget.department_id, Decimal(0))
-        Budget.objects.filter(pk=budget.pk).update(
-            spend_month=spend.month, token_spend=tokens, other_spend=total - tokens, spend_as_of=as_of
-        )
+        total, _ = spend.of_budget(budget)
+        Budget.objects.filter(pk=budget.pk).update(**spend.stored(budget))
         for threshold in sorted(set(budget.thresholds)):
             if not crossed(total, budget.amount, threshold):
                 continue

@@ -224,6 +224,10 @@ def set_budget(
     if webhook_url is not UNCHANGED:
         budget.webhook_url = _webhook(webhook_url)
     budget.updated_at, budget.updated_by = timezone.now(), actor.user
+    if budget.hard_limit and not (before and before["hard_limit"]):
+        # A hard limit made or turned on mid-month: the gateway's counters start from the month's spend
+        # from its first call, not only once billing.check_budgets next measures it (alerts.py).
+        _measure(budget, team.department_id if team is not None else budget.department_id)
     try:
         with transaction.atomic():
             budget.save()
@@ -231,6 +235,15 @@ def set_budget(
         raise Conflict("The budget was set at the same moment by someone else; try again.") from None
     audit.record(actor, AuditAction.BUDGET_SET, budget, before=before, after=budget.snapshot())
     return budget
+
+
+def _measure(budget: Budget, department_id: int | None) -> None:
+    """Store the month's spend on the budget as billing.check_budgets does (alerts.check)."""
+    from portfolio.billing.spend import month_to_date
+
+    spend = month_to_date(budget.updated_at, department_ids=[department_id])
+    for name, value in spend.stored(budget).items():
+        setattr(budget, name, value)
 
 
 @transaction.atomic
@@ -255,7 +268,8 @@ def hard_limits(now=None) -> dict[tuple[str, int], tuple[int, int]]:
     calls may reach this month, the token spend already on the ledger), both in micro-units.
 
     The limit is the amount less what the month's compute and storage have already spent (as the alert
-    task last measured it); the token spend seeds the gateway's counter when Redis has none."""
+    task last measured it, or set_budget when it turned the limit on); the token spend is the least the
+    gateway's counter holds (a counter Redis lost, or one made before the spend was measured)."""
     month = money.month_start(now or timezone.now())
     caps: dict[tuple[str, int], tuple[int, int]] = {}
     for row in Budget.objects.filter(hard_limit=True).values(

@@ -8,12 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from django.utils import timezone
 
 from portfolio.billing import money
 from portfolio.billing.charges import charges_of
 from portfolio.billing.choices import LineKind
+
+if TYPE_CHECKING:
+    from portfolio.billing.models import Budget
 
 ZERO = Decimal("0.00")
 
@@ -35,6 +39,25 @@ class Spend:
 
     def of_department(self, department_id: int) -> Decimal:
         return self.departments.get(department_id, ZERO)
+
+    def of_budget(self, budget: Budget) -> tuple[Decimal, Decimal]:
+        """The spend of a budget's team or department: the total, and its token part."""
+        if budget.team_id is not None:
+            return self.of_team(budget.team_id), self.team_tokens.get(budget.team_id, ZERO)
+        assert budget.department_id is not None
+        return self.of_department(budget.department_id), self.department_tokens.get(
+            budget.department_id, ZERO
+        )
+
+    def stored(self, budget: Budget) -> dict:
+        """The budget's spend fields as of this measure (what the gateway's hard limits read)."""
+        total, tokens = self.of_budget(budget)
+        return {
+            "spend_month": self.month,
+            "token_spend": tokens,
+            "other_spend": total - tokens,
+            "spend_as_of": self.as_of,
+        }
 
 
 TOKEN_KINDS = {LineKind.TOKENS, LineKind.AT_COST}

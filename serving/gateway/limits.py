@@ -39,7 +39,7 @@ ADMIT = """
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {'revoked', 0, 0} end
 local minute_left, month_left = tonumber(ARGV[8]), tonumber(ARGV[9])
 local reserve = tonumber(ARGV[4])
--- {reason, counter, amount, limit, time to live of a new counter, retry after, seed of a lost counter}
+-- {reason, counter, amount, limit, time to live of a new counter, retry after, the least the counter holds}
 local checks = {
   {'rpm', KEYS[2], 1, tonumber(ARGV[2]), minute_left + 1, minute_left},
   {'tpm', KEYS[3], reserve, tonumber(ARGV[3]), minute_left + 1, minute_left},
@@ -51,8 +51,16 @@ local checks = {
 for i, check in ipairs(checks) do
   local reason, key, amount, limit, ttl, retry, seed = unpack(check)
   if limit >= 0 then
-    -- A hard-limit counter Redis lost (restart, eviction) starts from the month's spend on the ledger.
-    if seed and redis.call('EXISTS', key) == 0 then redis.call('SET', key, seed, 'EX', month_left + 86400) end
+    -- A hard-limit counter is never below the month's spend on the ledger (the seed): one Redis lost
+    -- (restart, eviction) starts from it, and one made before the seed was measured (a budget set
+    -- mid-month) is raised to it. Raised, never added to: the ledger has only settled calls, and those
+    -- counted here since the counter was made are among them. (What was in flight at a raise is then
+    -- under-counted until the ledger has it, a few minutes.)
+    if seed then
+      local held = redis.call('GET', key)
+      if not held then redis.call('SET', key, seed, 'EX', month_left + 86400)
+      elseif tonumber(held) < tonumber(seed) then redis.call('INCRBY', key, tonumber(seed) - tonumber(held)) end
+    end
     local now = redis.call('INCRBY', key, amount)
     if now == amount and ttl then redis.call('EXPIRE', key, ttl) end  -- created by this call
     if now > limit then
@@ -106,7 +114,7 @@ class Reservation:
 @dataclass(frozen=True)
 class SpendCaps:
     """The hard limits of the caller's team and department this month (micro-units; None: none) and the
-    token spend already on the ledger, to seed a counter Redis lost; ``team_reserve`` and
+    token spend already on the ledger, the least its counter holds (the seed); ``team_reserve`` and
     ``department_reserve`` are what this call may add to each: what their statements may charge for it
     (a call to the team's own endpoints costs neither; one to another team of the same department costs
     the team, and the department nothing, as the owning team is credited what the caller pays)."""

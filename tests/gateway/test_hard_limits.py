@@ -166,6 +166,25 @@ def test_a_lost_counter_starts_from_the_ledgers_token_spend():
     assert counter(f"gw:tm:{team_id}") == seed + reserve
 
 
+def test_a_counter_made_before_the_ledgers_spend_was_known_is_raised_to_it():
+    """A hard limit set mid-month: the first call made the counter from a seed of 0; once the ledger's
+    spend reaches the gateway, the counter is never below it (raised to it, not added to)."""
+    team_id, department_id = ids()
+    limit, reserve = 1_000_000, 60_000
+    key = record(team_id, department_id)
+
+    def admit(seed: int):
+        caps = SpendCaps(team_id, department_id, team=(limit, seed), team_reserve=reserve)
+        return run(admit_many(lambda k: caps, [key], reserve, reserve))
+
+    assert admit(0)[0] == 1 and counter(f"gw:tm:{team_id}") == reserve
+    admitted, refused = admit(950_000)
+    assert admitted == 0 and refused[0].reason == "team_budget"
+    assert refused[0].remaining == limit - 950_000 and counter(f"gw:tm:{team_id}") == 950_000
+    # A seed below the counter changes nothing: what the counter holds is on the ledger too.
+    assert admit(10_000)[1][0].remaining == limit - 950_000
+
+
 def test_calls_to_the_teams_own_endpoints_are_never_refused_by_its_hard_limit():
     team_id, department_id = ids()
     keys = [record(team_id, department_id) for _ in range(5)]
@@ -367,6 +386,115 @@ def test_the_routing_table_carries_the_hard_limits(org, team, department):
     budgets.set_budget(actor=admin, team=team, amount="12.50", hard_limit=True)
     budgets.set_budget(actor=admin, department=department, amount="100")  # no hard limit: not carried
     assert build_snapshot().caps == {("team", team.pk): (12_500_000, 0)}
+
+
+CONTRACTS_ID = 4242  # other_team's endpoint: its calls are charged to the caller
+
+
+def spent_on_the_ledger(team, other_team, money: int) -> None:
+    """``team`` has spent ``money`` this month calling other_team's endpoint (one unit an input token)."""
+    from datetime import UTC, datetime, timedelta
+    from decimal import Decimal
+
+    from portfolio.billing import meters
+    from portfolio.billing.choices import PriceKind
+    from portfolio.billing.meters import TokenHour
+    from portfolio.billing.models import Price
+
+    Price.objects.get_or_create(
+        kind=PriceKind.ENDPOINT,
+        subject_id=str(CONTRACTS_ID),
+        defaults={
+            "subject_name": "contracts-llm",
+            "effective_from": datetime(2000, 1, 1, tzinfo=UTC),
+            "input_per_million": Decimal("1000000"),
+            "output_per_million": Decimal("0"),
+        },
+    )
+    hour = timezone.now().replace(minute=0, second=0, microsecond=0)
+    meters.replace_token_hours(
+        hour,
+        hour + timedelta(hours=1),
+        [TokenHour(hour, CONTRACTS_ID, "contracts-llm", other_team.pk, other_team.department_id, "contracts-dep",
+                   team.pk, team.department_id, 1, money, 0)],
+    )  # fmt: skip
+
+
+@pytest.fixture
+def fresh_counters(team):
+    """The team's and its department's counters, emptied: database ids repeat across tests."""
+    import redis
+
+    month = timezone.now().strftime("%Y%m")
+    names = (f"gw:tm:{team.pk}:{month}", f"gw:dm:{team.department_id}:{month}")
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.delete(*names)
+    yield
+    client.delete(*names)
+    client.close()
+
+
+def call_contracts(team, other_team):
+    """A call from ``team`` to other_team's endpoint that may cost 20 (a unit a token), admitted against
+    the hard limits the routing table reads now; it costs 15."""
+    from serving.gateway import payloads
+
+    hop = EndpointInfo(
+        "contracts-llm",
+        other_team.pk,
+        (Route(1, "contracts-dep", "contracts-dep", "", 1),),
+        None,
+        1_000_000.0,
+        1_000_000.0,
+        100,
+        department_id=other_team.department_id,
+    )
+    shape = payloads.Shape(prompts=(10,), choices=1, per_choice=10)
+    snapshot = Snapshot(caps=budgets.hard_limits())
+    return run(call(snapshot, record(team.pk, team.department_id), hop, shape, (10, 5)))
+
+
+@pytest.mark.django_db
+def test_a_hard_limit_set_below_the_months_spend_refuses_the_next_call(org, team, other_team, fresh_counters):
+    """The budget is set mid-month, before billing.check_budgets has measured anything for it: the
+    gateway's counter must still start from the 900 already spent, not from 0."""
+    spent_on_the_ledger(team, other_team, 900)
+    budgets.set_budget(actor=actor_for(org["admin"]), team=team, amount="910", hard_limit=True)
+    refused = call_contracts(team, other_team)
+    assert not refused.ok and refused.reason == "team_budget"
+    assert refused.remaining == 10_000_000
+
+
+@pytest.mark.django_db
+def test_turning_a_hard_limit_off_and_on_measures_the_spend_again(org, team, other_team):
+    from decimal import Decimal
+
+    admin = actor_for(org["admin"])
+    budgets.set_budget(actor=admin, team=team, amount="910", hard_limit=True)
+    spent_on_the_ledger(team, other_team, 900)
+    budgets.set_budget(actor=admin, team=team, amount="910", hard_limit=False)
+    assert Budget.objects.get(team=team).token_spend == 0, "measured only when a hard limit starts"
+    budgets.set_budget(actor=admin, team=team, amount="910", hard_limit=True)
+    assert Budget.objects.get(team=team).token_spend == Decimal("900.00")
+    assert budgets.hard_limits()[("team", team.pk)] == (910_000_000, 900_000_000)
+
+
+@pytest.mark.django_db
+def test_a_counter_made_before_the_spend_was_measured_catches_up_with_the_ledger(
+    org, team, other_team, fresh_counters
+):
+    """The gateway's first call made the counter from no spend; the ledger then shows 900 spent (calls
+    through other gateway processes, a counter Redis lost) and billing.check_budgets stores it: from
+    then on the counter holds it too, though it already existed."""
+    from portfolio.billing import alerts
+
+    budgets.set_budget(actor=actor_for(org["admin"]), team=team, amount="910", hard_limit=True)
+    assert call_contracts(team, other_team).ok
+    spent_on_the_ledger(team, other_team, 900)  # the 15 just settled among them
+    alerts.check()
+    refused = call_contracts(team, other_team)
+    assert not refused.ok and refused.reason == "team_budget"
+    assert counter(f"gw:tm:{team.pk}") == 900_000_000
 
 
 @pytest.mark.django_db(transaction=True)
