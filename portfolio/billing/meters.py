@@ -39,7 +39,8 @@ class TokenHour:
 
 @transaction.atomic
 def replace_token_hours(start: datetime, end: datetime, rows: Iterable[TokenHour]) -> int:
-    """Make the ledger's rows of the hours in ``[start, end)`` exactly ``rows`` (the rollup's sums)."""
+    """Make the ledger's rows of the hours in ``[start, end)`` exactly ``rows`` (the rollup's sums). One caller
+    at a time (the usage rollup holds its lock): a second one's DELETE cannot see the first's new rows."""
     TokenUsage.objects.filter(hour__gte=start, hour__lt=end).delete()
     made = TokenUsage.objects.bulk_create(
         [TokenUsage(**row.__dict__) for row in rows if start <= row.hour < end], batch_size=2000

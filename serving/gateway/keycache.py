@@ -7,8 +7,9 @@ Contract, since every unauthenticated request reaches this code:
 - loads run on a small executor of their own, never the default one the routing refresh uses, and at most
   ``MAX_PENDING`` distinct ids wait for one: past that a lookup is refused (``LookupBusy``) instead of
   queueing without end;
-- updates and revocations are published on Redis and evict a key at once in every process (and
-  revocations are also checked atomically at admission, so a missed message cannot let a revoked key through).
+- updates and revocations are published on Redis and evict a key at once in every process, a load in flight
+  included (it may have read the row before the change committed, so it caches nothing); revocations are
+  also checked atomically at admission, so a missed message cannot let a revoked key through.
 """
 
 from __future__ import annotations
@@ -145,10 +146,14 @@ class KeyCache:
     def evict(self, key_id: str) -> None:
         self._known.pop(key_id)
         self._unknown.pop(key_id)
+        # A load in flight may have read the row before the change committed: forget it, so that it caches
+        # nothing when it ends and the next request loads afresh (its pending future is its generation).
+        self._loading.pop(key_id, None)
 
     def clear(self) -> None:
         self._known.entries.clear()
         self._unknown.entries.clear()
+        self._loading.clear()
 
     async def authenticate(self, presented: str) -> KeyRecord | None:
         """The key for a presented secret if it is well-formed, known, matching, unexpired and unrevoked."""
@@ -179,7 +184,11 @@ class KeyCache:
         try:
             record = await pending
         finally:
-            self._loading.pop(key_id, None)
+            current = self._loading.get(key_id) is pending
+            if current:
+                del self._loading[key_id]
+        if not current:
+            return record  # evicted while loading: may predate the change, so serve this request but keep nothing
         if record is None:
             self._unknown.put(key_id, (None, time.monotonic() + NEGATIVE_TTL))
         else:

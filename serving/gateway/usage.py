@@ -13,6 +13,11 @@ rollup read, so an hour marked again while its rollup ran stays marked for the n
 Each recomputed span of hours is also handed to billing's ledger in the same transaction
 (``billing.meters.replace_token_hours``): the ledger's rows of those hours become the new sums per hour,
 endpoint, deployment and calling team, so a late event changes its hour's row and nothing is counted twice.
+
+One rollup at a time: each deletes and inserts the ledger's rows again, and two at once would leave a day's
+rows twice (or fail on an hour's). A rollup's transaction starts by taking an advisory lock; the periodic
+rollup skips its run if another holds it (its marks stay, and the next run a minute later does the hours),
+a rollup ``since`` a time waits for it.
 """
 
 from __future__ import annotations
@@ -194,6 +199,8 @@ GROUP BY 1, endpoint, deployment, team_id
 """
 
 HOUR = timedelta(hours=1)
+# Held by a rollup until its transaction ends (audit's chain lock and the registry's blob locks are others).
+ROLLUP_LOCK_ID = 0x7573_6167  # "usag"
 
 
 def _recompute(cursor, start: datetime, end: datetime) -> None:
@@ -258,10 +265,12 @@ def _spans(hours: list[int]) -> list[tuple[int, int]]:
 
 def rollup(since: datetime | None = None) -> int:
     """Recompute the hourly rollups of every hour the flusher marked, and of the previous and the current
-    hour; with ``since``, of every hour from then on. Returns how many marked hours were recomputed."""
+    hour; with ``since``, of every hour from then on. Returns how many marked hours were recomputed (none when
+    another rollup was running: see the module's docstring)."""
     now = datetime.now(UTC)
     if since is not None:
         with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ROLLUP_LOCK_ID])
             _recompute(
                 cursor,
                 since.replace(minute=0, second=0, microsecond=0),
@@ -275,6 +284,12 @@ def rollup(since: datetime | None = None) -> int:
     recent = (_hour_of(now - HOUR), _hour_of(now) + 3600)
     spans = [recent, *_spans([hour for hour in hours if not recent[0] <= hour < recent[1]])]
     with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [ROLLUP_LOCK_ID])
+        if not cursor.fetchone()[0]:
+            logger.info(
+                "usage: a rollup is already running; this one is skipped (the next run does its hours)"
+            )
+            return 0
         for start, end in spans:
             _recompute(cursor, datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC))
     if hours:

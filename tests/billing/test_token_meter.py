@@ -4,6 +4,8 @@ event recomputes its hour, a redelivered one is counted once."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -191,3 +193,70 @@ def test_a_playground_call_is_owned_by_the_callers_own_team(team):
         team.pk,
         team.department_id,
     )
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("periodic", [True, False], ids=["periodic", "since"])
+def test_two_rollups_at_once_leave_a_day_s_rows_once(team, monkeypatch, periodic):
+    """Beat queues a rollup a minute and busy workers may start several together: the second one must not
+    write a day's rows beside the first one's (its DELETE cannot see rows the first has not committed)."""
+    from django.db import connection
+
+    from portfolio.billing import meters
+    from portfolio.billing.models import TokenDay
+
+    day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=10)
+    # A quiet day: no events, one hour already in the ledger, outside the recomputed hours but in their day.
+    TokenUsage.objects.create(
+        hour=day + timedelta(hours=5),
+        endpoint="shared-router",
+        deployment="router-a",
+        team_id=team.pk,
+        requests=9,
+    )
+    if periodic:
+        usage._mark_hours(keystate.client(), {int((day + timedelta(hours=12)).timestamp())})
+    written, release = threading.Event(), threading.Event()
+    real = meters._rewrite_days
+
+    def rewrite_days(start, end):
+        real(start, end)
+        if (
+            threading.current_thread() is holder
+            and start >= day + timedelta(hours=12)
+            and start < day + timedelta(days=1)
+        ):
+            written.set()  # the first rollup has rewritten the day and holds its transaction open
+            release.wait(10)
+
+    monkeypatch.setattr(meters, "_rewrite_days", rewrite_days)
+    failures: list[BaseException] = []
+
+    def run_rollup() -> None:
+        try:
+            usage.rollup() if periodic else usage.rollup(since=day + timedelta(hours=12))
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=run_rollup)
+    holder.start()
+    assert written.wait(10)
+    other = threading.Thread(target=run_rollup)
+    other.start()
+    deadline = time.monotonic() + 10
+    while other.is_alive() and time.monotonic() < deadline:  # until it finished, or waits on the first
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if cursor.fetchone()[0]:
+                break
+        time.sleep(0.02)
+    release.set()
+    holder.join(10)
+    other.join(10)
+    assert failures == []
+    rows = list(TokenDay.objects.filter(day=day).values_list("endpoint", "team_id", "requests"))
+    assert rows == [("shared-router", team.pk, 9)]

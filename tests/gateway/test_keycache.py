@@ -140,3 +140,43 @@ def test_a_flood_of_distinct_unknown_ids_is_refused_past_the_pending_limit(monke
         return await asyncio.gather(*waiting)
 
     assert run(main(KeyCache())) == [None] * 4
+
+
+def test_a_change_committed_while_its_key_loads_is_not_hidden_by_the_stale_load(monkeypatch, org, team):
+    """The load reads the row, the change commits and its eviction arrives, then the load ends: it must not
+    cache the row it read, or the old addresses would hold for ``TTL`` seconds."""
+    key, secret = key_services.create_key(actor=actor_for(org["owner"]), team=team, name="k")
+    read, release = threading.Event(), threading.Event()
+    seen: list[str] = []
+    real = keycache.load
+
+    def load(key_id: str):
+        seen.append(key_id)
+        record = real(key_id)
+        if len(seen) == 1:
+            read.set()
+            release.wait(5)
+        return record
+
+    monkeypatch.setattr(keycache, "load", load)
+
+    def narrow() -> None:
+        from django.db import connection
+
+        try:
+            key_services.update_key(actor=actor_for(org["owner"]), key=key, allowed_ips=["10.0.0.0/8"])
+        finally:
+            connection.close()
+
+    async def main(cache: KeyCache):
+        loading = asyncio.ensure_future(cache.authenticate(secret))
+        assert await asyncio.to_thread(read.wait, 5)
+        await asyncio.to_thread(narrow)
+        cache.evict(key.key_id)  # what listen_for_invalidations does with the message the commit published
+        release.set()
+        await loading
+        return await cache.authenticate(secret)
+
+    record = run(main(KeyCache()))
+    assert seen == [key.key_id, key.key_id], "the next request loaded the key again"
+    assert record is not None and not record.allows_ip("192.0.2.1") and record.allows_ip("10.1.2.3")

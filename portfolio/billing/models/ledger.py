@@ -74,6 +74,23 @@ class TokenDay(models.Model):
 
     class Meta:
         ordering = ["-day"]
+        constraints = [
+            # The columns the meter sums by: a day written twice (two rollups at once) fails, not bills twice.
+            models.UniqueConstraint(
+                fields=[
+                    "day",
+                    "endpoint_id",
+                    "endpoint",
+                    "owner_team_id",
+                    "owner_department_id",
+                    "deployment",
+                    "team_id",
+                    "department_id",
+                ],
+                name="one_token_day_row_per_sum",
+                nulls_distinct=False,
+            )
+        ]
         indexes = [
             models.Index(fields=["day"], name="token_days_day"),
             models.Index(fields=["department_id", "day"], name="token_days_department_day"),
