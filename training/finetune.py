@@ -288,11 +288,15 @@ def cancel_job(*, actor: Actor, job: FineTuneJob) -> FineTuneJob:
     return job
 
 
-def finish(job_id: int, status: str, detail: str = "", **fields) -> bool:
-    """Compare-and-swap from running: a job cancelled or taken over meanwhile is left alone. The transition
-    and its audit row commit together: a job never ends without its row."""
+def finish(job_id: int, status: str, detail: str = "", *, attempt: int | None = None, **fields) -> bool:
+    """Compare-and-swap from running (as ``attempt``, when an attempt's trainer or watcher ends it): a job
+    cancelled or taken over meanwhile is left alone. The transition and its audit row commit together: a
+    job never ends without its row."""
+    running = FineTuneJob.objects.filter(pk=job_id, status=JobStatus.RUNNING)
+    if attempt is not None:
+        running = running.filter(attempt=attempt)
     with transaction.atomic():
-        updated = FineTuneJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+        updated = running.update(
             status=status, status_detail=detail[:4000], finished_at=timezone.now(), pid=None, **fields
         )
         if updated:
@@ -369,6 +373,7 @@ def reap_stale_jobs(silence: timedelta) -> int:
                 JobStatus.FAILED,
                 f"The node stopped reporting for {int(silence.total_seconds())}s "
                 f"{job.attempt} times; giving up.",
+                attempt=job.attempt,  # the silent attempt, not a successor claimed meanwhile
             )
             continue
         with transaction.atomic():
@@ -377,7 +382,8 @@ def reap_stale_jobs(silence: timedelta) -> int:
                 node, gpu_indices = _placement(job.pool, job=job)
             except Conflict as exc:
                 metering.attempt_ended(job, last_seen)
-                finish(job.pk, JobStatus.FAILED, f"The node went silent and the job cannot move: {exc}")
+                detail = f"The node went silent and the job cannot move: {exc}"
+                finish(job.pk, JobStatus.FAILED, detail, attempt=job.attempt)
                 continue
             job.node, job.gpu_indices = node, gpu_indices
             requeued = FineTuneJob.objects.filter(
@@ -420,7 +426,23 @@ def _fail_queued_on_lost_nodes() -> int:
     return failed
 
 
-def register_output(job: FineTuneJob, manifest, facts, store_uri: str, metrics: dict) -> ModelVersion:
+def register_output(job: FineTuneJob, manifest, facts, store_uri: str, metrics: dict) -> ModelVersion | None:
+    """The trained output as a version of the job's target model, made the job's output (with its metrics)
+    in the same transaction, while the job's row, locked, still runs as the attempt ``job`` was read by.
+    None when that attempt was taken over or the job ended meanwhile: it registers nothing."""
+    with transaction.atomic():
+        mine = FineTuneJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempt=job.attempt)
+        if not mine.select_for_update().exists():
+            return None
+        version = _register_trained_version(job, manifest, facts, store_uri, metrics)
+        # With its metrics: a later attempt (this one killed) scores and ends it without training.
+        mine.update(output_version=version, metrics=metrics, heartbeat_at=timezone.now())
+    return version
+
+
+def _register_trained_version(
+    job: FineTuneJob, manifest, facts, store_uri: str, metrics: dict
+) -> ModelVersion:
     from portfolio.registry.choices import Source
 
     endpoint = job.teacher_endpoint

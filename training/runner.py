@@ -22,6 +22,17 @@ def work_prefix(job_id: int, attempt: int) -> str:
     return f"train-{job_id}-{attempt}-"
 
 
+class Replaced(Exception):
+    """This attempt's job no longer runs as it: a later attempt took it over (its node went silent, say),
+    or the job ended meanwhile. The attempt stops; what is left of the job is the other's."""
+
+
+def _write(jobs, **fields) -> None:
+    """Update the running attempt's job row (``jobs``); stop the attempt once no row is its own any more."""
+    if not jobs.update(**fields):
+        raise Replaced()
+
+
 def _stop(signum, frame) -> None:
     # Unwinds like an exception: the work folder is removed on the way out. Python's default would not.
     sys.exit(128 + signum)
@@ -87,7 +98,7 @@ def _score(
         base_metrics = score(base_dir=base_dir, adapter_dir=None, rows=eval_rows, loading=scoring)
         base_metrics["serving"] = serving_speed(job.base_version, eval_rows)
         finetune.record_eval_run(job, job.base_version, base_metrics)
-    jobs.update(heartbeat_at=timezone.now())
+    _write(jobs, heartbeat_at=timezone.now())
     earlier = recorded.filter(version=version, job=job).first()
     if earlier is not None:
         return earlier.metrics
@@ -120,7 +131,8 @@ def run(job_id: int) -> int:
     job = FineTuneJob.objects.select_related(
         "base_version", "dataset_version__dataset", "target_model", "teacher_endpoint", "output_version"
     ).get(pk=job_id)
-    jobs = FineTuneJob.objects.filter(pk=job_id, status=JobStatus.RUNNING)
+    # Every write of this process is this attempt's: one taken over while it still runs changes nothing.
+    jobs = FineTuneJob.objects.filter(pk=job_id, status=JobStatus.RUNNING, attempt=job.attempt)
     store = default_store()
     try:
         # Before anything is asked or loaded: a job this process cannot run as asked fails at once.
@@ -135,14 +147,16 @@ def run(job_id: int) -> int:
 
             def asked(done: int, total: int) -> None:
                 detail = f"Stage 1: {job.teacher_endpoint.name} answered {done}/{total} prompts."
-                jobs.update(heartbeat_at=timezone.now(), status_detail=detail)
+                _write(jobs, heartbeat_at=timezone.now(), status_detail=detail)
 
             answered = distillation.ask_teacher(
                 job, _rows(prompts.train) + _rows(prompts.eval), on_progress=asked
             )
             job.distilled_dataset_version = distillation.record_answers(job, answered)
-            jobs.update(
-                distilled_dataset_version=job.distilled_dataset_version, status_detail="Stage 2: training."
+            _write(
+                jobs,
+                distilled_dataset_version=job.distilled_dataset_version,
+                status_detail="Stage 2: training.",
             )
         files = dataset_files(job.training_data)
         train_rows, eval_rows = _rows(files.train), _rows(files.eval)
@@ -151,7 +165,7 @@ def run(job_id: int) -> int:
         hp = Hyperparameters(**{**job.hyperparameters, "method": job.method}).resolved(
             len(train_rows), architecture_of(base_dir)
         )
-        jobs.update(hyperparameters=dict(hp.__dict__), heartbeat_at=timezone.now())
+        _write(jobs, hyperparameters=dict(hp.__dict__), heartbeat_at=timezone.now())
         resume_dir, resume_step = None, 0
         if job.checkpoint_id and job.output_version_id is None:
             resume_dir = materialize(
@@ -178,7 +192,8 @@ def run(job_id: int) -> int:
             now = time.monotonic()
             if now - last_write[0] >= 1.0 or p.eval_loss is not None or p.step == p.total_steps:
                 last_write[0] = now
-                jobs.update(
+                _write(
+                    jobs,
                     step=p.step,
                     total_steps=p.total_steps,
                     tokens_per_second=round(p.tokens_per_second, 1),
@@ -224,11 +239,13 @@ def run(job_id: int) -> int:
                     version = finetune.register_output(
                         job, manifest, facts, store.uri(manifest.artifact_id), metrics
                     )
-                # With its metrics: a later attempt (this one killed) scores and ends it without training.
-                jobs.update(output_version=version, metrics=metrics, heartbeat_at=timezone.now())
+                if version is None:  # taken over meanwhile: the files it stored are recorded as nothing
+                    raise Replaced()
             detail = f"Registered {version.label}."
             try:
                 scored = _score(job, version, base_dir, output, eval_rows, accelerator, jobs)
+            except Replaced:
+                raise
             except Exception as exc:  # the version stands and is usable; its scores are what is missing
                 traceback.print_exc()
                 detail += f" Scoring its held-out rows failed ({exc.__class__.__name__}: {str(exc)[:300]})."
@@ -239,18 +256,22 @@ def run(job_id: int) -> int:
             job_id,
             JobStatus.SUCCEEDED,
             detail,
+            attempt=job.attempt,
             metrics=metrics,
             step=F("total_steps"),
         )
         return 0
+    except Replaced:
+        print(f"attempt {job.attempt}: the job no longer runs as this attempt; stopping", flush=True)
+        return 4
     except Cancelled:
-        finetune.finish(job_id, JobStatus.CANCELLED, "Cancelled while training.")
+        finetune.finish(job_id, JobStatus.CANCELLED, "Cancelled while training.", attempt=job.attempt)
         return 3
     except (ValueError, KeyError) as exc:
-        finetune.finish(job_id, JobStatus.FAILED, f"{exc.__class__.__name__}: {exc}")
+        finetune.finish(job_id, JobStatus.FAILED, f"{exc.__class__.__name__}: {exc}", attempt=job.attempt)
         return 2
     except Exception:
-        finetune.finish(job_id, JobStatus.ERRORED, traceback.format_exc()[-4000:])
+        finetune.finish(job_id, JobStatus.ERRORED, traceback.format_exc()[-4000:], attempt=job.attempt)
         return 1
 
 

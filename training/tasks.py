@@ -193,6 +193,9 @@ def run_job(job_id: int) -> None:
 
 
 def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease, attempt: int) -> None:
+    # What it writes is its attempt's: once a later attempt has the job (this node went silent, say), the job
+    # is that attempt's watcher's to beat, requeue or fail.
+    mine = FineTuneJob.objects.filter(pk=job_id, status=JobStatus.RUNNING, attempt=attempt)
     started = time.monotonic()
     last_beat = 0.0
     while True:
@@ -204,15 +207,14 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
         now = time.monotonic()
         if now - last_beat >= settings.TRAINING_HEARTBEAT_SECONDS:
             last_beat = now
-            FineTuneJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
-                heartbeat_at=timezone.now(), log_tail=log_tail(_log_path(job_id), 30)
-            )
-            if FineTuneJob.objects.filter(
-                pk=job_id, status=JobStatus.RUNNING, cancel_requested=True
-            ).exists():
+            mine.update(heartbeat_at=timezone.now(), log_tail=log_tail(_log_path(job_id), 30))
+            if mine.filter(cancel_requested=True).exists():
                 _kill(pid, process=process)
                 finetune.finish(
-                    job_id, JobStatus.CANCELLED, "Cancelled: the trainer's process group was stopped."
+                    job_id,
+                    JobStatus.CANCELLED,
+                    "Cancelled: the trainer's process group was stopped.",
+                    attempt=attempt,
                 )
         time.sleep(0.5)
     lost = lease.lost.is_set()
@@ -232,12 +234,12 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
     _remove_work(job_id, attempt)
     job = FineTuneJob.objects.get(pk=job_id)
     metering.attempt_ended(job, timezone.now(), attempt)
-    if job.status != JobStatus.RUNNING:
-        return  # the trainer finished (or was cancelled) and said so
+    if job.status != JobStatus.RUNNING or job.attempt != attempt:
+        return  # the trainer finished (or was cancelled) and said so, or a later attempt has the job
     code = process.returncode if process else None
     why = f"the trainer exited ({_exit_reason(code)})"
     if job.attempt < settings.TRAINING_MAX_ATTEMPTS:
-        requeued = FineTuneJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+        requeued = mine.update(
             status=JobStatus.QUEUED,
             pid=None,
             status_detail=f"{why}; resuming from step {job.checkpoint_step}.",
@@ -246,7 +248,10 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
             finetune.enqueue(job)
     else:
         finetune.finish(
-            job_id, JobStatus.FAILED, f"{why} on attempt {job.attempt}; giving up.\n{job.log_tail}"
+            job_id,
+            JobStatus.FAILED,
+            f"{why} on attempt {attempt}; giving up.\n{job.log_tail}",
+            attempt=attempt,
         )
 
 

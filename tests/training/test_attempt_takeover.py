@@ -1,0 +1,94 @@
+"""A job whose node went silent is requeued by the reaper and claimed again (attempt 2), while attempt 1's
+trainer and watcher may still run: from then on the job is attempt 2's. Attempt 1 writes nothing to it,
+registers no version, neither ends nor requeues it, and its trainer stops at its next write."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from portfolio.leases import Lease
+from portfolio.registry import artifacts, inspection
+from portfolio.registry.models import ModelVersion
+from training import finetune, lora, runner, tasks
+from training.choices import JobStatus
+from training.models import FineTuneJob
+
+pytestmark = pytest.mark.django_db
+
+
+def taken_over(job: FineTuneJob) -> None:
+    """Attempt 1 went silent; the reaper requeued the job and another node claimed it as attempt 2."""
+    FineTuneJob.objects.filter(pk=job.pk).update(attempt=2, status_detail="attempt 2 resumes")
+
+
+@pytest.fixture
+def attempt_one(make_job, monkeypatch, tmp_path) -> FineTuneJob:
+    """A job running as attempt 1, its trainer's base a stand-in folder."""
+    job = make_job(status=JobStatus.RUNNING, attempt=1, heartbeat_at=timezone.now())
+    monkeypatch.setattr(artifacts, "materialize_version", lambda version: tmp_path)
+    return job
+
+
+def assert_left_to_attempt_two(job: FineTuneJob) -> None:
+    job.refresh_from_db()
+    assert (job.status, job.attempt, job.finished_at) == (JobStatus.RUNNING, 2, None)
+    assert job.status_detail == "attempt 2 resumes" and job.output_version is None
+
+
+@pytest.mark.parametrize("max_attempts", [3, 2], ids=["would-requeue", "would-give-up"])
+def test_the_watcher_of_an_attempt_taken_over_leaves_the_job_to_the_new_one(
+    make_job, enqueued, settings, max_attempts
+):
+    settings.TRAINING_MAX_ATTEMPTS = max_attempts
+    settings.TRAINING_HEARTBEAT_SECONDS = 0  # it beats once while its trainer still runs
+    beaten = timezone.now() - timedelta(minutes=1)
+    job = make_job(status=JobStatus.RUNNING, attempt=1, heartbeat_at=beaten)
+    taken_over(job)
+    trainer = subprocess.Popen(["sleep", "0.3"])  # attempt 1's trainer, exiting without ending the job
+    tasks._watch(job.pk, trainer.pid, trainer, Lease(f"test:{job.pk}:1"), attempt=1)
+    assert_left_to_attempt_two(job)
+    assert job.heartbeat_at == beaten and enqueued == []
+
+
+def test_a_trainer_taken_over_before_it_registers_registers_nothing_and_ends_nothing(
+    attempt_one, monkeypatch
+):
+    job = attempt_one
+
+    def trained(*, output_dir, **kwargs):
+        output_dir.mkdir()
+        (output_dir / "adapter_model.safetensors").write_bytes(b"weights")
+        taken_over(job)  # while it trained
+        return {"train_loss_last": 0.1}
+
+    monkeypatch.setattr(lora, "train", trained)
+    adapter = inspection.ModelFacts(format="safetensors", is_adapter=True, adapter={"r": 8})
+    monkeypatch.setattr(inspection, "inspect_directory", lambda folder: adapter)
+    versions = ModelVersion.objects.filter(model=job.target_model).count()
+    assert runner.run(job.pk) == 4
+    assert ModelVersion.objects.filter(model=job.target_model).count() == versions
+    assert_left_to_attempt_two(job)
+    assert not finetune.finish(job.pk, JobStatus.SUCCEEDED, "attempt 1 is done", attempt=1)
+    assert_left_to_attempt_two(job)
+
+
+def test_a_trainer_taken_over_stops_at_its_next_progress_write(attempt_one, monkeypatch):
+    job = attempt_one
+    steps = []
+
+    def trained(*, on_progress, **kwargs):
+        taken_over(job)
+        for step in range(1, 11):
+            on_progress(lora.Progress(step, 10, 1, 0.5, 100.0))
+            steps.append(step)
+        raise AssertionError("trained on after it was taken over")
+
+    monkeypatch.setattr(lora, "train", trained)
+    assert runner.run(job.pk) == 4
+    assert steps == []
+    assert_left_to_attempt_two(job)
+    assert job.step == 0 and job.loss_curve == []
