@@ -38,7 +38,7 @@ from portfolio.audit import services as audit
 from portfolio.errors import Invalid
 from portfolio.leases import Lease
 from portfolio.registry import blobclaims
-from portfolio.registry.artifacts import discard_unrecorded
+from portfolio.registry.artifacts import discard_unrecorded_quietly
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.models import Artifact
 from portfolio.registry.storage import Written, store_directory
@@ -226,10 +226,10 @@ def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:
                     ingest, prepare(ingest, _Progress(ingest_id), before_write=remember), actor
                 )
             except BaseException:
-                _discard(stored)
+                discard_unrecorded_quietly(default_store(), stored)
                 raise
             if not created:  # the same rows were recorded meanwhile: what this run stored is nobody's
-                _discard(stored)
+                discard_unrecorded_quietly(default_store(), stored)
     except Superseded:
         logger.warning("ingest #%s was ended while it ran: its version was not recorded", ingest_id)
     except Invalid as exc:
@@ -249,19 +249,6 @@ def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:
         Path(ingest.upload_path).unlink(missing_ok=True)
     ingest.refresh_from_db()
     return ingest
-
-
-def _discard(stored: Written) -> None:
-    """Delete from the store what an ingest that recorded nothing wrote there (what no artifact refers to);
-    a store that fails to delete is logged, never raised over the ingest's own outcome."""
-    if not stored.blobs and not stored.manifest:
-        return
-    try:
-        discard_unrecorded(default_store(), stored)
-    except Exception:
-        logger.exception(
-            "could not delete from the store what an unrecorded ingest wrote: %s", stored.as_json()
-        )
 
 
 def run_here(ingest_id: int, *, actor: Actor | None = None) -> tuple[DatasetVersion, bool]:

@@ -117,9 +117,9 @@ def run(job_id: int) -> int:
     from django.utils import timezone
 
     from portfolio.registry import blobclaims
-    from portfolio.registry.artifacts import materialize_version
+    from portfolio.registry.artifacts import discard_unrecorded_quietly, materialize_version
     from portfolio.registry.inspection import inspect_directory
-    from portfolio.registry.storage import materialize, store_directory
+    from portfolio.registry.storage import Written, materialize, store_directory
     from portfolio.registry.stores import default_store
     from training import finetune
     from training.choices import JobStatus
@@ -234,12 +234,24 @@ def run(job_id: int) -> int:
                     loading=loading,
                 )
                 facts = inspect_directory(output)
+                stored = Written()
+
+                def remember(so_far: Written) -> None:
+                    nonlocal stored
+                    stored = so_far
+
                 with blobclaims.registering():  # what it finds stored stays until the version is recorded
-                    manifest = store_directory(store, output)
-                    version = finetune.register_output(
-                        job, manifest, facts, store.uri(manifest.artifact_id), metrics
-                    )
-                if version is None:  # taken over meanwhile: the files it stored are recorded as nothing
+                    try:
+                        manifest = store_directory(store, output, before_write=remember)
+                        version = finetune.register_output(
+                            job, manifest, facts, store.uri(manifest.artifact_id), metrics
+                        )
+                    except BaseException:  # nothing recorded: what it stored is nobody's
+                        discard_unrecorded_quietly(store, stored)
+                        raise
+                    if version is None:  # taken over meanwhile: likewise
+                        discard_unrecorded_quietly(store, stored)
+                if version is None:
                     raise Replaced()
             detail = f"Registered {version.label}."
             try:

@@ -3,6 +3,7 @@ of an artifact as verification (or a download, or a copy) finds it."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from django.conf import settings
@@ -19,6 +20,8 @@ from portfolio.registry.choices import Health
 from portfolio.registry.models import Artifact, ModelVersion
 from portfolio.registry.storage import ArtifactStore, CorruptArtifact, Written, materialize, verify
 from portfolio.registry.stores import default_store
+
+logger = logging.getLogger(__name__)
 
 
 def materialize_version(version: ModelVersion) -> Path:
@@ -55,6 +58,19 @@ def discard_unrecorded(store: ArtifactStore, written: Written) -> list[str]:
             ):
                 store.delete_manifest(written.manifest)
     return deleted
+
+
+def discard_unrecorded_quietly(store: ArtifactStore, written: Written) -> None:
+    """``discard_unrecorded`` for a job whose outcome is already settled (failed, taken over): a store that
+    fails to delete is logged, never raised over that outcome."""
+    if not written.blobs and not written.manifest:
+        return
+    try:
+        discard_unrecorded(store, written)
+    except Exception:
+        logger.exception(
+            "could not delete from the store what an unrecorded registration wrote: %s", written.as_json()
+        )
 
 
 def discard_if_unused(store: ArtifactStore, artifact_id: str) -> bool:

@@ -4,6 +4,7 @@ registers no version, neither ends nor requeues it, and its trainer stops at its
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from datetime import timedelta
 
@@ -13,6 +14,7 @@ from django.utils import timezone
 from portfolio.leases import Lease
 from portfolio.registry import artifacts, inspection
 from portfolio.registry.models import ModelVersion
+from portfolio.registry.stores import default_store
 from training import finetune, lora, runner, tasks
 from training.choices import JobStatus
 from training.models import FineTuneJob
@@ -71,9 +73,31 @@ def test_a_trainer_taken_over_before_it_registers_registers_nothing_and_ends_not
     versions = ModelVersion.objects.filter(model=job.target_model).count()
     assert runner.run(job.pk) == 4
     assert ModelVersion.objects.filter(model=job.target_model).count() == versions
+    assert not default_store().has_blob(hashlib.sha256(b"weights").hexdigest()), "its output stays stored"
     assert_left_to_attempt_two(job)
     assert not finetune.finish(job.pk, JobStatus.SUCCEEDED, "attempt 1 is done", attempt=1)
     assert_left_to_attempt_two(job)
+
+
+def test_a_trainer_whose_registration_fails_leaves_nothing_of_its_output_stored(attempt_one, monkeypatch):
+    job = attempt_one
+
+    def trained(*, output_dir, **kwargs):
+        output_dir.mkdir()
+        (output_dir / "adapter_model.safetensors").write_bytes(b"other weights")
+        return {"train_loss_last": 0.1}
+
+    def refused(*args, **kwargs):
+        raise ValueError("the target model was archived meanwhile")
+
+    monkeypatch.setattr(lora, "train", trained)
+    adapter = inspection.ModelFacts(format="safetensors", is_adapter=True, adapter={"r": 8})
+    monkeypatch.setattr(inspection, "inspect_directory", lambda folder: adapter)
+    monkeypatch.setattr(finetune, "register_output", refused)
+    assert runner.run(job.pk) == 2
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and "archived meanwhile" in job.status_detail
+    assert not default_store().has_blob(hashlib.sha256(b"other weights").hexdigest())
 
 
 def test_a_trainer_taken_over_stops_at_its_next_progress_write(attempt_one, monkeypatch):
