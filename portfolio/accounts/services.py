@@ -196,6 +196,12 @@ def add_member(*, actor: Actor, team: Team, user, role: str) -> Membership:
     return membership
 
 
+def _lock_owners(membership: Membership) -> None:
+    """The team's row, before the membership's: two owners leaving at once would each find the other still
+    owner and leave the team with none; the second now waits for the first and finds itself the last."""
+    Team.objects.select_for_update(no_key=True).filter(pk=membership.team_id).first()
+
+
 def _would_leave_no_owner(membership: Membership) -> bool:
     if membership.role != TeamRole.OWNER:
         return False
@@ -213,6 +219,7 @@ def _refuse_sso_membership(membership: Membership) -> None:
 @transaction.atomic
 def change_member_role(*, actor: Actor, membership: Membership, role: str) -> Membership:
     gate.require(actor, "member.manage", membership.team)
+    _lock_owners(membership)
     membership = Membership.objects.select_for_update().select_related("team", "user").get(pk=membership.pk)
     _refuse_sso_membership(membership)
     before = membership.snapshot()
@@ -227,6 +234,7 @@ def change_member_role(*, actor: Actor, membership: Membership, role: str) -> Me
 @transaction.atomic
 def remove_member(*, actor: Actor, membership: Membership) -> None:
     gate.require(actor, "member.manage", membership.team)
+    _lock_owners(membership)
     membership = Membership.objects.select_for_update().select_related("team", "user").get(pk=membership.pk)
     _refuse_sso_membership(membership)
     if _would_leave_no_owner(membership):

@@ -337,6 +337,9 @@ def reissue(actor: Actor, statement: Statement, reason: str) -> Statement:
     reason = (reason or "").strip()
     if not 10 <= len(reason) <= 2000:
         raise Invalid("Say why the statement is re-issued (10 to 2,000 characters).")
+    # Locked as close locks it, first: a later month closing meanwhile would read this month as billed
+    # before the re-issue and adjust it for late usage the re-issue bills as well.
+    Department.objects.select_for_update().get(pk=statement.department_id)
     current = (
         Statement.objects.select_for_update()
         .filter(department_id=statement.department_id, month=statement.month, status=StatementStatus.CLOSED)

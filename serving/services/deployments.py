@@ -55,7 +55,16 @@ def _fits_model(version: ModelVersion, args: dict) -> None:
         )
 
 
+def _lock_version(version: ModelVersion) -> None:
+    """Lock the version's row as archive_version locks it, so that it is not archived between a check of its
+    status here and this transaction's commit (nor this deployment missed by the archive's check of its use).
+    Taken before the deployment's row: ``_locked`` also locks the deployment's team, and archive_version
+    locks its model's team after the version."""
+    list(ModelVersion.objects.select_for_update().filter(pk=version.pk).order_by().values_list("pk"))
+
+
 def _deployable(actor: Actor, version: ModelVersion) -> ModelVersion:
+    _lock_version(version)  # its status is read under the lock
     version = gate.get_visible(actor, ModelVersion, pk=version.pk)
     if version.kind != VersionKind.BASE:
         raise Invalid("version: deploy a base version; adapters are added to a deployment of their base.")
@@ -160,6 +169,8 @@ def restart(
     before an old one stops. New replicas are new compute: refused, as a scale-up is, on a pool closed to
     the team, for a model no longer shared with it, or past a hard-limited budget."""
     gate.require(actor, "deployment.manage", deployment)
+    if version is not None:
+        _lock_version(version)  # before the deployment's row: see _lock_version
     deployment = _locked(deployment)
     before = deployment.snapshot()
     if version is not None and version.pk != deployment.version_id:
@@ -261,6 +272,7 @@ def add_adapter(
 ) -> DeploymentAdapter:
     """Serve an adapter of the deployment's base: running replicas hot-load it without a restart."""
     gate.require(actor, "deployment.manage", deployment)
+    _lock_version(adapter)  # before the deployment's row (see _lock_version); its status is read under it
     deployment = _locked(deployment)
     adapter = gate.get_visible(actor, ModelVersion, pk=adapter.pk)
     require_usable_by(deployment.owner_team, adapter, "adapter")

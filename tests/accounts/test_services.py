@@ -9,6 +9,7 @@ from portfolio.accounts.models import Department, Membership, Team
 from portfolio.audit.models import AuditEvent
 from portfolio.errors import Conflict, Forbidden, Invalid
 from tests.conftest import actor_for
+from tests.interleave import Pause, interleave
 
 pytestmark = pytest.mark.django_db
 
@@ -100,6 +101,34 @@ def test_a_deactivated_owner_does_not_count_as_the_owner_left(org, team, make_us
         )
     with pytest.raises(Conflict, match="at least one owner"):
         services.remove_member(actor=actor_for(org["owner"]), membership=membership)
+
+
+LEAVE = {
+    "remove": lambda actor, membership: services.remove_member(actor=actor, membership=membership),
+    "demote": lambda actor, membership: services.change_member_role(
+        actor=actor, membership=membership, role=TeamRole.ENGINEER
+    ),
+}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("first", "second"), [("remove", "remove"), ("demote", "remove"), ("remove", "demote")]
+)
+def test_two_owners_leaving_at_once_leave_one_owner(org, team, make_user, monkeypatch, first, second):
+    """The first has found another owner left and not committed yet when the second asks the same: it waits
+    for the first, then finds itself the last owner."""
+    Membership.objects.create(user=make_user("co-owner"), team=team, role=TeamRole.OWNER)
+    one, two = Membership.objects.filter(team=team, role=TeamRole.OWNER).order_by("pk")
+    admin = actor_for(org["admin"])
+    pause = Pause()
+    monkeypatch.setattr(services, "_would_leave_no_owner", pause.hook(services._would_leave_no_owner))
+
+    left, refused = interleave(pause, lambda: LEAVE[first](admin, one), lambda: LEAVE[second](admin, two))
+
+    assert left.error is None
+    assert isinstance(refused.error, Conflict) and "at least one owner" in str(refused.error)
+    assert list(Membership.objects.filter(team=team, role=TeamRole.OWNER)) == [two]
 
 
 def test_a_deactivated_account_makes_no_personal_token(org):

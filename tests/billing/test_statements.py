@@ -16,6 +16,7 @@ from portfolio.billing.models import Statement, StatementLine
 from portfolio.errors import Conflict, Forbidden, Invalid
 from tests.billing.conftest import compute, tokens
 from tests.conftest import actor_for
+from tests.interleave import Pause, interleave
 
 OCTOBER, NOVEMBER = date(2026, 10, 1), date(2026, 11, 1)
 BILLING = Actor.for_system("billing")
@@ -349,3 +350,32 @@ def test_a_call_between_two_teams_of_one_department_is_token_spend_of_the_team_n
     assert spend.team_tokens[sibling.pk] == Decimal("2.00")  # the team pays its sister team
     assert team.department_id not in spend.department_tokens  # ...which its department gets back
     assert spend.department_tokens[other_team.department_id] == Decimal("1.00")  # another department pays
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reissue_and_the_next_months_close_at_once_bill_late_usage_once(
+    october, org, team, other_team, monkeypatch
+):
+    """The re-issue has computed October with its late usage (and found no later adjustment to credit) when
+    November closes: November waits for it, then finds October billed and adjusts nothing. Without the
+    department's lock November would adjust October for that usage too, billed twice."""
+    first = statements.close(BILLING, other_team.department, OCTOBER)
+    tokens("2026-10-31 23:00", endpoint_id=11, endpoint="router", owner=team, caller=other_team,
+           tokens_in=100_000)  # fmt: skip
+    pause = Pause()
+    monkeypatch.setattr(statements, "_reissued_lines", pause.hook(statements._reissued_lines))
+
+    reissued, closed = interleave(
+        pause,
+        lambda: statements.reissue(actor_for(org["admin"]), first, "a price corrected by finance"),
+        lambda: statements.close(BILLING, other_team.department, NOVEMBER),
+    )
+
+    assert reissued.error is None and closed.error is None, (reissued.error, closed.error)
+    october_now = Statement.objects.current().get(department=other_team.department, month=OCTOBER)
+    adjusted = StatementLine.objects.filter(statement__month=NOVEMBER, kind="adjustment", subject="2026-10")
+    billed = october_now.total + sum((line.amount for line in adjusted), Decimal(0))
+    charges = [
+        line for line in statements.compute(other_team.department, OCTOBER) if line.kind != "adjustment"
+    ]
+    assert billed == sum(line.amount for line in charges) == Decimal("10.80")

@@ -10,11 +10,14 @@ from portfolio.accounts import gate
 from portfolio.errors import Conflict, Forbidden, Invalid, NotFound
 from portfolio.registry import services as registry
 from portfolio.registry.choices import VersionStatus
+from portfolio.registry.models import ModelVersion
 from serving import reconcile, services
 from serving.choices import DeploymentStatus, NodeState, PoolKind
 from serving.models import Deployment, Node, Replica
 from tests.conftest import actor_for
-from tests.serving.conftest import audited, deploy, make_adapter
+from tests.interleave import Pause, interleave
+from tests.registry.conftest import ready_base
+from tests.serving.conftest import SMOLLM2_SHAPE, audited, deploy, make_adapter, share_with_everyone
 from tests.serving.nodes import GIB, add_node
 
 pytestmark = pytest.mark.django_db
@@ -191,3 +194,93 @@ def test_a_family_argument_is_checked_against_the_deployed_versions_family(
     from serving import engine_args
 
     assert engine_args.for_deployment(deployment)["images_per_prompt"] == 2
+
+
+# --- Archiving a version while it is being deployed -----------------------------------------------
+# The versions restart and add_adapter put to use are of another team's model, shared: archiving one locks
+# its model's team, not the deployment's, so nothing but the version's own row stands between the two.
+def _shared_base(w) -> ModelVersion:
+    version = ready_base(actor_for(w["org"]["outsider"]), w["other_team"], "shared-base", w["artifact"],
+                         parameter_count=134_515_008, shape=SMOLLM2_SHAPE)  # fmt: skip
+    return share_with_everyone(version)
+
+
+def _shared_adapter(w) -> ModelVersion:
+    adapter = make_adapter(w["org"], w["other_team"], w["artifact"], w["base_version"], creator="outsider")
+    return share_with_everyone(adapter)
+
+
+USES = {
+    # name: (the version it puts to use, given the world; the call that does)
+    "create_deployment": (
+        lambda w: w["base_version"],
+        lambda w, version: deploy(w["owner"], w["team"], version, w["pool"], name="second-bot"),
+    ),
+    "restart": (
+        _shared_base,
+        lambda w, version: services.restart(actor=w["owner"], deployment=w["deployment"], version=version),
+    ),
+    "add_adapter": (
+        _shared_adapter,
+        lambda w, version: services.add_adapter(
+            actor=w["owner"], deployment=w["deployment"], adapter=version
+        ),
+    ),
+}
+
+
+@pytest.fixture
+def world(org, owner, team, other_team, pool, node, artifact, base_version, monkeypatch):
+    from serving import tasks
+
+    monkeypatch.setattr(tasks.reconcile_deployment_task, "delay", lambda *args: None)
+    return {"org": org, "owner": owner, "team": team, "other_team": other_team, "pool": pool,
+            "artifact": artifact, "base_version": base_version}  # fmt: skip
+
+
+def _version_to_use(world, use) -> ModelVersion:
+    if use != "create_deployment":
+        world["deployment"] = deploy(world["owner"], world["team"], world["base_version"], world["pool"])
+    return USES[use][0](world)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("use", USES)
+def test_a_version_archived_meanwhile_is_not_deployed(use, world, admin, monkeypatch):
+    """The archive has found the version unused and not committed yet when a deployment puts it to use: that
+    waits for the archive, then finds the version archived."""
+    version = _version_to_use(world, use)
+    pause = Pause()
+    monkeypatch.setattr(registry, "in_use_reasons", pause.hook(registry.in_use_reasons))
+
+    archived, used = interleave(
+        pause,
+        lambda: registry.archive_version(actor=admin, version=version),
+        lambda: USES[use][1](world, version),
+    )
+
+    assert archived.error is None
+    assert isinstance(used.error, Conflict) and "archived" in str(used.error), used.error
+    assert registry.in_use_reasons(ModelVersion.objects.get(pk=version.pk)) == []
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("use", USES)
+def test_a_version_being_deployed_is_not_archived_meanwhile(use, world, admin, monkeypatch):
+    """The other way round: the deployment has found the version ready and not committed yet when the archive
+    asks whether it is in use; the archive waits for it, then finds it deployed (and neither deadlocks)."""
+    from serving.services import deployments
+
+    version = _version_to_use(world, use)
+    pause = Pause()
+    monkeypatch.setattr(deployments, "require_usable_by", pause.hook(deployments.require_usable_by))
+
+    used, archived = interleave(
+        pause,
+        lambda: USES[use][1](world, version),
+        lambda: registry.archive_version(actor=admin, version=version),
+    )
+
+    assert used.error is None
+    assert isinstance(archived.error, Conflict) and "deployed" in str(archived.error), archived.error
+    assert ModelVersion.objects.get(pk=version.pk).status == VersionStatus.READY
