@@ -176,13 +176,15 @@ class KeyCache:
             return entry[0]
         pending = self._loading.get(key_id)
         if pending is not None:
-            return await pending  # one load per key however many requests wait for it
+            # One load per key however many requests wait for it; shielded: a waiter that goes away (its
+            # client hung up) cancels its own wait, never the load the others wait for.
+            return await asyncio.shield(pending)
         if len(self._loading) >= MAX_PENDING:
             raise LookupBusy
         pending = asyncio.get_running_loop().run_in_executor(self._executor, load, key_id)
         self._loading[key_id] = pending
         try:
-            record = await pending
+            record = await asyncio.shield(pending)
         finally:
             current = self._loading.get(key_id) is pending
             if current:

@@ -180,3 +180,21 @@ def test_a_change_committed_while_its_key_loads_is_not_hidden_by_the_stale_load(
     record = run(main(KeyCache()))
     assert seen == [key.key_id, key.key_id], "the next request loaded the key again"
     assert record is not None and not record.allows_ip("192.0.2.1") and record.allows_ip("10.1.2.3")
+
+
+def test_a_request_that_goes_away_does_not_cancel_the_load_others_wait_for(monkeypatch):
+    """The first request for a key starts its load; when its client hangs up, the requests waiting on the
+    same load still get their answer, not a cancellation."""
+    gate = threading.Event()
+    monkeypatch.setattr(keycache, "load", lambda key_id: gate.wait(5) and None)
+
+    async def main(cache: KeyCache):
+        first = asyncio.ensure_future(cache.authenticate(unknown(1)))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(cache.authenticate(unknown(1)))
+        await asyncio.sleep(0.05)
+        first.cancel()  # its client hung up
+        gate.set()
+        return await second
+
+    assert run(main(KeyCache())) is None
