@@ -41,7 +41,7 @@ from portfolio.registry import blobclaims
 from portfolio.registry.artifacts import discard_unrecorded_quietly
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.models import Artifact
-from portfolio.registry.storage import Written, store_directory
+from portfolio.registry.storage import WriteLog, Written, store_directory
 from portfolio.registry.stores import default_store
 from training import splitting, tokens, validation
 from training.choices import DatasetKind, JobStatus, Split
@@ -213,23 +213,16 @@ def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:
         return ingest  # idempotent: already finished
     if actor is None:
         actor = Actor(user=ingest.created_by) if ingest.created_by else Actor.for_system("training.ingest")
-    stored = Written()
-
-    def remember(so_far: Written) -> None:
-        nonlocal stored
-        stored = so_far
-
+    log = WriteLog()
     try:
         with blobclaims.registering():  # what it finds stored stays there until its version is recorded
             try:
-                _, created = record(
-                    ingest, prepare(ingest, _Progress(ingest_id), before_write=remember), actor
-                )
+                _, created = record(ingest, prepare(ingest, _Progress(ingest_id), before_write=log), actor)
             except BaseException:
-                discard_unrecorded_quietly(default_store(), stored)
+                discard_unrecorded_quietly(default_store(), log.written)
                 raise
             if not created:  # the same rows were recorded meanwhile: what this run stored is nobody's
-                discard_unrecorded_quietly(default_store(), stored)
+                discard_unrecorded_quietly(default_store(), log.written)
     except Superseded:
         logger.warning("ingest #%s was ended while it ran: its version was not recorded", ingest_id)
     except Invalid as exc:

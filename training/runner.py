@@ -119,7 +119,7 @@ def run(job_id: int) -> int:
     from portfolio.registry import blobclaims
     from portfolio.registry.artifacts import discard_unrecorded_quietly, materialize_version
     from portfolio.registry.inspection import inspect_directory
-    from portfolio.registry.storage import Written, materialize, store_directory
+    from portfolio.registry.storage import WriteLog, materialize, store_directory
     from portfolio.registry.stores import default_store
     from training import finetune
     from training.choices import JobStatus
@@ -234,23 +234,18 @@ def run(job_id: int) -> int:
                     loading=loading,
                 )
                 facts = inspect_directory(output)
-                stored = Written()
-
-                def remember(so_far: Written) -> None:
-                    nonlocal stored
-                    stored = so_far
-
+                log = WriteLog()
                 with blobclaims.registering():  # what it finds stored stays until the version is recorded
                     try:
-                        manifest = store_directory(store, output, before_write=remember)
+                        manifest = store_directory(store, output, before_write=log)
                         version = finetune.register_output(
                             job, manifest, facts, store.uri(manifest.artifact_id), metrics
                         )
                     except BaseException:  # nothing recorded: what it stored is nobody's
-                        discard_unrecorded_quietly(store, stored)
+                        discard_unrecorded_quietly(store, log.written)
                         raise
                     if version is None:  # taken over meanwhile: likewise
-                        discard_unrecorded_quietly(store, stored)
+                        discard_unrecorded_quietly(store, log.written)
                 if version is None:
                     raise Replaced()
             detail = f"Registered {version.label}."

@@ -35,7 +35,7 @@ from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.inspection import InspectionError, ModelFacts, inspect_directory
 from portfolio.registry.models import Artifact, ModelVersion
-from portfolio.registry.storage import Written, store_directory
+from portfolio.registry.storage import WriteLog, store_directory
 from portfolio.registry.stores import default_store
 
 logger = logging.getLogger(__name__)
@@ -121,21 +121,16 @@ def _import(version: ModelVersion) -> None:
                 report(percent, f"storing {stored // 2**20} / {total // 2**20} MiB")
 
             store = default_store()
-            written = Written()
-
-            def remember(so_far: Written) -> None:
-                nonlocal written
-                written = so_far
-
+            log = WriteLog()
             with blobclaims.registering():  # what it finds stored stays there until it is recorded
                 try:
-                    manifest = store_directory(store, folder, on_bytes, before_write=remember)
+                    manifest = store_directory(store, folder, on_bytes, before_write=log)
                     done = complete_import(version_id, manifest, facts, store.uri(manifest.artifact_id))
                 except BaseException:
-                    discard_unrecorded(store, written)
+                    discard_unrecorded(store, log.written)
                     raise
             if done is None:  # failed (the reaper, a cancel) while its files were stored: none kept
-                discard_unrecorded(store, written)
+                discard_unrecorded(store, log.written)
     except (importers.ImportFailed, InspectionError, DomainError, ValueError) as exc:
         fail_import(version_id, str(getattr(exc, "message", exc)))
     except Exception as exc:

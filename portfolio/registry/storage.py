@@ -312,6 +312,17 @@ class Written:
         return cls(blobs=[str(b) for b in data.get("blobs", [])], manifest=data.get("manifest"))
 
 
+class WriteLog:
+    """A ``before_write`` for ``store_directory`` that keeps what it is about to have written (``written``):
+    what to delete if the registration then fails."""
+
+    def __init__(self) -> None:
+        self.written = Written()
+
+    def __call__(self, so_far: Written) -> None:
+        self.written = so_far
+
+
 def store_directory(
     store: ArtifactStore,
     directory: Path,
