@@ -215,14 +215,14 @@ def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:
         actor = Actor(user=ingest.created_by) if ingest.created_by else Actor.for_system("training.ingest")
     log = WriteLog()
     try:
-        with blobclaims.registering():  # what it finds stored stays there until its version is recorded
-            try:
+        try:
+            with blobclaims.registering():  # what it finds stored stays there until its version is recorded
                 _, created = record(ingest, prepare(ingest, _Progress(ingest_id), before_write=log), actor)
-            except BaseException:
-                discard_unrecorded_quietly(default_store(), log.written)
-                raise
-            if not created:  # the same rows were recorded meanwhile: what this run stored is nobody's
-                discard_unrecorded_quietly(default_store(), log.written)
+        except BaseException:  # deleted once its own claims are released (``blobclaims.registering``)
+            discard_unrecorded_quietly(default_store(), log.written)
+            raise
+        if not created:  # the same rows were recorded meanwhile: what this run stored is nobody's
+            discard_unrecorded_quietly(default_store(), log.written)
     except Superseded:
         logger.warning("ingest #%s was ended while it ran: its version was not recorded", ingest_id)
     except Invalid as exc:

@@ -235,18 +235,17 @@ def run(job_id: int) -> int:
                 )
                 facts = inspect_directory(output)
                 log = WriteLog()
-                with blobclaims.registering():  # what it finds stored stays until the version is recorded
-                    try:
+                try:
+                    with blobclaims.registering():  # what it finds stored stays until the version is recorded
                         manifest = store_directory(store, output, before_write=log)
                         version = finetune.register_output(
                             job, manifest, facts, store.uri(manifest.artifact_id), metrics
                         )
-                    except BaseException:  # nothing recorded: what it stored is nobody's
-                        discard_unrecorded_quietly(store, log.written)
-                        raise
-                    if version is None:  # taken over meanwhile: likewise
-                        discard_unrecorded_quietly(store, log.written)
-                if version is None:
+                except BaseException:  # nothing recorded: what it stored is nobody's (once unclaimed)
+                    discard_unrecorded_quietly(store, log.written)
+                    raise
+                if version is None:  # taken over meanwhile: likewise
+                    discard_unrecorded_quietly(store, log.written)
                     raise Replaced()
             detail = f"Registered {version.label}."
             try:

@@ -26,6 +26,7 @@ from portfolio.registry import storage
 NAMESPACE = 0x626C6F62  # "blob"
 WAIT_SECONDS = 2.0
 LOCK_NOT_AVAILABLE = "55P03"
+DEADLOCK_DETECTED = "40P01"
 
 
 def _key(digest: str) -> int:
@@ -58,7 +59,8 @@ class Claims:
 @contextlib.contextmanager
 def registering() -> Iterator[Claims]:
     """Claim every blob and manifest the store is asked about in this block; released when it ends. Commit
-    the artifact inside the block (not in a transaction that outlives it)."""
+    the artifact inside the block (not in a transaction that outlives it), and delete what a failed
+    registration wrote after it: its own claims would keep what another failed registration also wrote."""
     claims = Claims()
     with storage.claiming(claims):
         try:
@@ -84,7 +86,9 @@ def free(digest: str, wait: float = WAIT_SECONDS) -> bool:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [NAMESPACE, _key(digest)])
             cursor.execute("SELECT set_config('lock_timeout', %s, true)", [before])
     except OperationalError as exc:
-        if getattr(exc.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+        # Held past the wait; or held by another registration that is itself waiting to delete it while
+        # holding its claim (two failed registrations that both wrote it): PostgreSQL then ends one wait.
+        if getattr(exc.__cause__, "sqlstate", None) in (LOCK_NOT_AVAILABLE, DEADLOCK_DETECTED):
             return False
         raise
     return True

@@ -30,7 +30,7 @@ from portfolio.audit import services as audit
 from portfolio.errors import DomainError
 from portfolio.leases import Lease
 from portfolio.registry import blobclaims, cards, importers
-from portfolio.registry.artifacts import discard_unrecorded
+from portfolio.registry.artifacts import discard_unrecorded, discard_unrecorded_quietly
 from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.inspection import InspectionError, ModelFacts, inspect_directory
@@ -122,13 +122,13 @@ def _import(version: ModelVersion) -> None:
 
             store = default_store()
             log = WriteLog()
-            with blobclaims.registering():  # what it finds stored stays there until it is recorded
-                try:
+            try:
+                with blobclaims.registering():  # what it finds stored stays there until it is recorded
                     manifest = store_directory(store, folder, on_bytes, before_write=log)
                     done = complete_import(version_id, manifest, facts, store.uri(manifest.artifact_id))
-                except BaseException:
-                    discard_unrecorded(store, log.written)
-                    raise
+            except BaseException:
+                discard_unrecorded_quietly(store, log.written)
+                raise
             if done is None:  # failed (the reaper, a cancel) while its files were stored: none kept
                 discard_unrecorded(store, log.written)
     except (importers.ImportFailed, InspectionError, DomainError, ValueError) as exc:

@@ -177,3 +177,25 @@ def test_a_superseded_checkpoint_keeps_a_blob_another_registration_counts_on(sto
     assert store.has_blob(digest)
     assert (store.root / "manifests" / f"{manifest.artifact_id}.json").exists()
     assert Artifact.objects.filter(pk=old.id).exists()  # recorded again by the registration
+
+
+def test_two_registrations_deleting_a_blob_both_still_claim_neither_fails(store, folder):
+    """Two failed imports of the same files both wrote a blob; each deleting it while still holding its
+    own claim waits for the other's: PostgreSQL ends one wait as a deadlock, which means "held", not an
+    error over the import's own."""
+    store_directory(store, folder)
+    digest = sha256_file(folder / "adapter_config.json")
+    both_claim = threading.Barrier(2, timeout=WAIT)
+    kept: list[list[str]] = []
+
+    def fail_and_clean_up() -> None:
+        with blobclaims.registering() as claims:
+            claims(digest)
+            both_claim.wait()
+            kept.append(discard_unrecorded(store, Written(blobs=[digest])))
+
+    threads = [_in_thread(fail_and_clean_up) for _ in range(2)]
+    for thread, _ in threads:
+        thread.join(WAIT)
+    assert [errors for _, errors in threads] == [[], []]
+    assert len(kept) == 2
