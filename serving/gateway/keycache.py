@@ -137,7 +137,8 @@ class KeyCache:
     def __init__(self, size: int = 10_000, *, negative_size: int = NEGATIVE_SIZE, loaders: int = LOADERS):
         self._known = _Lru(size)
         self._unknown = _Lru(negative_size)
-        self._loading: dict[str, asyncio.Future] = {}
+        self._loading: dict[str, asyncio.Future] = {}  # the load new requests for a key wait on
+        self._in_flight = 0  # loads not yet ended, those an eviction detached from their key included
         self._executor = ThreadPoolExecutor(max_workers=loaders, thread_name_prefix="gateway-keys")
 
     def __len__(self) -> int:
@@ -146,8 +147,8 @@ class KeyCache:
     def evict(self, key_id: str) -> None:
         self._known.pop(key_id)
         self._unknown.pop(key_id)
-        # A load in flight may have read the row before the change committed: forget it, so that it caches
-        # nothing when it ends and the next request loads afresh (its pending future is its generation).
+        # A load in flight may have read the row before the change committed: detached from the key, it
+        # caches nothing when it ends (still counted against MAX_PENDING), and the next request loads afresh.
         self._loading.pop(key_id, None)
 
     def clear(self) -> None:
@@ -175,27 +176,31 @@ class KeyCache:
         if entry is not None:
             return entry[0]
         pending = self._loading.get(key_id)
-        if pending is not None:
-            # One load per key however many requests wait for it; shielded: a waiter that goes away (its
-            # client hung up) cancels its own wait, never the load the others wait for.
-            return await asyncio.shield(pending)
-        if len(self._loading) >= MAX_PENDING:
-            raise LookupBusy
-        pending = asyncio.get_running_loop().run_in_executor(self._executor, load, key_id)
-        self._loading[key_id] = pending
-        try:
-            record = await asyncio.shield(pending)
-        finally:
-            current = self._loading.get(key_id) is pending
-            if current:
-                del self._loading[key_id]
-        if not current:
-            return record  # evicted while loading: may predate the change, so serve this request but keep nothing
+        if pending is None:
+            if self._in_flight >= MAX_PENDING:
+                raise LookupBusy
+            pending = asyncio.get_running_loop().run_in_executor(self._executor, load, key_id)
+            self._in_flight += 1
+            self._loading[key_id] = pending
+            pending.add_done_callback(lambda done: self._loaded(key_id, done))
+        # One load per key however many requests wait for it; shielded: a waiter cancelled (the server
+        # shutting down) cancels its own wait, never the load the others wait for.
+        return await asyncio.shield(pending)
+
+    def _loaded(self, key_id: str, done: asyncio.Future) -> None:
+        """A load ended (before any of its waiters resumes): its record cached, unless an eviction detached
+        it from its key meanwhile (it may have read the row before the change committed)."""
+        self._in_flight -= 1
+        if self._loading.get(key_id) is not done:
+            return
+        del self._loading[key_id]
+        if done.cancelled() or done.exception() is not None:
+            return
+        record = done.result()
         if record is None:
             self._unknown.put(key_id, (None, time.monotonic() + NEGATIVE_TTL))
         else:
             self._known.put(key_id, (record, time.monotonic() + TTL))
-        return record
 
 
 async def listen_for_invalidations(redis, keys: KeyCache) -> None:

@@ -198,3 +198,22 @@ def test_a_request_that_goes_away_does_not_cancel_the_load_others_wait_for(monke
         return await second
 
     assert run(main(KeyCache())) is None
+
+
+def test_a_load_an_eviction_detached_still_counts_against_the_pending_limit(monkeypatch):
+    """Evicting a key while it loads detaches the load (it caches nothing), but it still runs on the
+    loaders: a flood of evictions must not let more than MAX_PENDING loads pile up."""
+    monkeypatch.setattr(keycache, "MAX_PENDING", 2)
+    gate = threading.Event()
+    monkeypatch.setattr(keycache, "load", lambda key_id: gate.wait(5) and None)
+
+    async def main(cache: KeyCache):
+        waiting = [asyncio.ensure_future(cache.authenticate(unknown(i))) for i in range(2)]
+        await asyncio.sleep(0.05)
+        cache.evict(f"{1:012d}")
+        with pytest.raises(keycache.LookupBusy):
+            await cache.authenticate(unknown(99))
+        gate.set()
+        return await asyncio.gather(*waiting)
+
+    assert run(main(KeyCache())) == [None, None]
