@@ -220,7 +220,11 @@ def _refuse_sso_membership(membership: Membership) -> None:
 def change_member_role(*, actor: Actor, membership: Membership, role: str) -> Membership:
     gate.require(actor, "member.manage", membership.team)
     _lock_owners(membership)
-    membership = Membership.objects.select_for_update().select_related("team", "user").get(pk=membership.pk)
+    membership = (
+        Membership.objects.select_for_update(of=("self",))
+        .select_related("team", "user")
+        .get(pk=membership.pk)
+    )
     _refuse_sso_membership(membership)
     before = membership.snapshot()
     if role != TeamRole.OWNER and _would_leave_no_owner(membership):
@@ -235,7 +239,11 @@ def change_member_role(*, actor: Actor, membership: Membership, role: str) -> Me
 def remove_member(*, actor: Actor, membership: Membership) -> None:
     gate.require(actor, "member.manage", membership.team)
     _lock_owners(membership)
-    membership = Membership.objects.select_for_update().select_related("team", "user").get(pk=membership.pk)
+    membership = (
+        Membership.objects.select_for_update(of=("self",))
+        .select_related("team", "user")
+        .get(pk=membership.pk)
+    )
     _refuse_sso_membership(membership)
     if _would_leave_no_owner(membership):
         raise Conflict("A team keeps at least one owner: make someone else owner first.")

@@ -341,7 +341,7 @@ def reissue(actor: Actor, statement: Statement, reason: str) -> Statement:
     # before the re-issue and adjust it for late usage the re-issue bills as well.
     Department.objects.select_for_update().get(pk=statement.department_id)
     current = (
-        Statement.objects.select_for_update()
+        Statement.objects.select_for_update(of=("self",))  # its department is locked above, on purpose
         .filter(department_id=statement.department_id, month=statement.month, status=StatementStatus.CLOSED)
         .first()
     )

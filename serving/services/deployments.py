@@ -55,12 +55,14 @@ def _fits_model(version: ModelVersion, args: dict) -> None:
         )
 
 
-def _lock_version(version: ModelVersion) -> None:
+def _lock_version(version: ModelVersion, *others: int) -> None:
     """Lock the version's row as archive_version locks it, so that it is not archived between a check of its
     status here and this transaction's commit (nor this deployment missed by the archive's check of its use).
     Taken before the deployment's row: ``_locked`` also locks the deployment's team, and archive_version
-    locks its model's team after the version."""
-    list(ModelVersion.objects.select_for_update().filter(pk=version.pk).order_by().values_list("pk"))
+    locks its model's team after the version. ``others``: versions ``_locked`` will lock too (a restart's
+    current one), taken with it in id order, so two restarts swapping versions do not wait on each other."""
+    ids = sorted({version.pk, *others})
+    list(ModelVersion.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk"))
 
 
 def _deployable(actor: Actor, version: ModelVersion) -> ModelVersion:
@@ -170,7 +172,7 @@ def restart(
     the team, for a model no longer shared with it, or past a hard-limited budget."""
     gate.require(actor, "deployment.manage", deployment)
     if version is not None:
-        _lock_version(version)  # before the deployment's row: see _lock_version
+        _lock_version(version, deployment.version_id)  # before the deployment's row: see _lock_version
     deployment = _locked(deployment)
     before = deployment.snapshot()
     if version is not None and version.pk != deployment.version_id:

@@ -284,3 +284,27 @@ def test_a_version_being_deployed_is_not_archived_meanwhile(use, world, admin, m
     assert used.error is None
     assert isinstance(archived.error, Conflict) and "deployed" in str(archived.error), archived.error
     assert ModelVersion.objects.get(pk=version.pk).status == VersionStatus.READY
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_restarts_swapping_versions_do_not_deadlock(world, monkeypatch):
+    """One deployment restarts onto the other's version while the other restarts onto its: each locks the
+    version it moves to and (through its deployment) the one it leaves, so they take both in one order."""
+    from serving.services import deployments
+
+    first = deploy(world["owner"], world["team"], world["base_version"], world["pool"])
+    shared = _shared_base(world)
+    second = deploy(world["owner"], world["team"], shared, world["pool"], name="second-bot")
+    pause = Pause()
+    monkeypatch.setattr(deployments, "_lock_version", pause.hook(deployments._lock_version))
+
+    one, two = interleave(
+        pause,
+        lambda: services.restart(actor=world["owner"], deployment=first, version=shared),
+        lambda: services.restart(actor=world["owner"], deployment=second, version=world["base_version"]),
+    )
+
+    assert (one.error, two.error) == (None, None)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.version_id, second.version_id) == (shared.pk, world["base_version"].pk)
