@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.template import Context, Template
 
 from portfolio import charts
 from portfolio.templatetags.formatting import (
     age_label,
+    audio_seconds,
     compute_hours,
     duration_label,
     gib,
@@ -70,3 +73,12 @@ def test_chart_steps_are_round():
         and charts.coordinate(40.0) == "40"
         and charts.coordinate(3.04) == "3"
     )
+
+
+def test_audio_reads_in_seconds_to_a_tenth():
+    assert [audio_seconds(v) for v in (Decimal("7.5"), 3600, None, Decimal("0.0005"))] == [
+        "7.5 s",
+        "3,600.0 s",
+        "0.0 s",
+        "0.0 s",
+    ]

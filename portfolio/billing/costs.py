@@ -146,4 +146,4 @@ def endpoint_this_month(endpoint_id: int, as_of: datetime | None = None) -> Endp
         for deployment, calls in mine.items():
             if served.get(deployment):
                 cost += costs.get(deployment, Fraction(0)) * Fraction(calls, served[deployment])
-    return EndpointCost(requests, tokens, money.cents(cost), priced, Decimal(audio_total_ms).scaleb(-3))
+    return EndpointCost(requests, tokens, money.cents(cost), priced, money.seconds(audio_total_ms))

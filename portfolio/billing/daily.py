@@ -117,7 +117,7 @@ class Days:
 
     def audio_seconds(self, cells: Iterable[Cell]) -> list[Decimal]:
         """The seconds of audio of the days of ``cells`` together (exact: the ledger counts milliseconds)."""
-        return [Decimal(value).scaleb(-3) for value in self._sum(self.audio_ms, cells)]
+        return [money.seconds(value) for value in self._sum(self.audio_ms, cells)]
 
     def compute_total(self, cells: Iterable[Cell]) -> list[Decimal]:
         """The compute and storage part of the days of ``cells``, rounded to the cent per day."""

@@ -28,6 +28,11 @@ def to_decimal(value: Fraction, places: Decimal) -> Decimal:
         return exact.quantize(places, rounding=ROUND_HALF_UP)
 
 
+def seconds(milliseconds: int | None) -> Decimal:
+    """Milliseconds (as the meters count audio) as seconds, exactly."""
+    return Decimal(milliseconds or 0).scaleb(-3)
+
+
 def cents(value: Fraction) -> Decimal:
     """The amount of a line: its exact sum rounded once, to the cent, half away from zero."""
     return to_decimal(value, CENT)

@@ -1,12 +1,14 @@
 """How numbers, sizes and spans of time read on every page: ``{% load formatting %}``, then
 ``{{ version.parameter_count|human_count }}``, ``{{ tokens|short_number }}``, ``{{ bytes|gib }}``,
-``{{ seconds|duration_label }}``, ``{{ seconds|age_label }}``.
+``{{ seconds|duration_label }}``, ``{{ seconds|age_label }}``, ``{{ seconds|audio_seconds }}``.
 
 The filters are plain functions too: views, forms and error messages that must write a figure in a
 sentence import them from here, so that a figure reads the same wherever it is shown.
 """
 
 from __future__ import annotations
+
+from decimal import Decimal
 
 from django import template
 
@@ -24,6 +26,13 @@ def human_count(n: int | None) -> str:
         if n >= factor * 0.9995:  # 999,960 is "1.0M", not "1000.0K"
             return f"{n / factor:.1f}{suffix}"
     return str(n)
+
+
+@register.filter
+def audio_seconds(seconds: Decimal | int | None) -> str:
+    """Decimal("7.5") -> "7.5 s", 3600 -> "3,600.0 s": audio sent to speech models, which are billed by the
+    second (their calls have no tokens)."""
+    return f"{Decimal(seconds or 0):,.1f} s"
 
 
 @register.filter

@@ -18,6 +18,7 @@ from pydantic import Field
 
 from portfolio.accounts import gate
 from portfolio.accounts.models import Team
+from portfolio.billing import money
 from portfolio.errors import Invalid
 from serving.gateway import services
 from serving.gateway.models import ApiKey, KeyPolicy, UsageHourly
@@ -253,6 +254,5 @@ def usage(request, team_id: int | None = None, days: int = 30, group_by: str = "
             "a coarser group_by, or use the billing exports."
         )
     return [
-        {**row, "group": str(row[field]), "audio_seconds": Decimal(row["audio_ms"] or 0).scaleb(-3)}
-        for row in found
+        {**row, "group": str(row[field]), "audio_seconds": money.seconds(row["audio_ms"])} for row in found
     ]

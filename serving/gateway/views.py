@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from django.contrib import messages
@@ -32,6 +31,7 @@ from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of
 from portfolio.accounts.models import Team
+from portfolio.billing import money
 from portfolio.errors import Conflict, Invalid
 from portfolio.formviews import submit
 from serving.forms.base import apply_serving_error
@@ -87,7 +87,7 @@ def _figures(row: dict) -> dict:
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
         "tokens": input_tokens + output_tokens,
-        "audio_seconds": Decimal(row.get("audio_sum") or 0).scaleb(-3),  # exact: the rollups count ms
+        "audio_seconds": money.seconds(row.get("audio_sum")),  # exact: the rollups count ms
         "latency_avg": per_request(row.get("latency_sum")),
         "p50": per_request(row.get("p50_weighted")),
         "p95": per_request(row.get("p95_weighted")),
@@ -126,7 +126,7 @@ def _with_month_usage(keys: list[ApiKey]) -> None:
         row: Mapping[str, Any] = usage.get(key.pk, {})
         key.month_requests = row.get("requests") or 0
         key.month_tokens = row.get("tokens") or 0
-        key.month_audio_seconds = Decimal(row.get("audio_ms") or 0).scaleb(-3)  # speech calls: no tokens
+        key.month_audio_seconds = money.seconds(row.get("audio_ms"))  # speech calls: no tokens
         key.month_cost = row.get("cost") or 0
         key.status = _key_status(key)
         key.token_bar = _budget_bar(key.month_tokens, key.monthly_token_budget)
