@@ -223,12 +223,13 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
     elapsed = max(0.0, (lease.renewed_at if lost else time.monotonic()) - started)
     cores = psutil.cpu_count() or 1
     gpus = len(FineTuneJob.objects.values_list("gpu_indices", flat=True).get(pk=job_id))
-    FineTuneJob.objects.filter(pk=job_id).update(
+    FineTuneJob.objects.filter(pk=job_id).update(  # every attempt's compute counts
         compute_seconds=F("compute_seconds") + elapsed,
         cpu_core_seconds=F("cpu_core_seconds") + elapsed * cores,
         gpu_seconds=F("gpu_seconds") + elapsed * gpus,
-        log_tail=log_tail(_log_path(job_id), 30),
     )
+    # The log shown is the attempt's that has the job (a later one's may be on another node).
+    FineTuneJob.objects.filter(pk=job_id, attempt=attempt).update(log_tail=log_tail(_log_path(job_id), 30))
     if lost:
         return  # the trainer and its outcome belong to the new watcher
     _remove_work(job_id, attempt)

@@ -24,7 +24,9 @@ pytestmark = pytest.mark.django_db
 
 def taken_over(job: FineTuneJob) -> None:
     """Attempt 1 went silent; the reaper requeued the job and another node claimed it as attempt 2."""
-    FineTuneJob.objects.filter(pk=job.pk).update(attempt=2, status_detail="attempt 2 resumes")
+    FineTuneJob.objects.filter(pk=job.pk).update(
+        attempt=2, status_detail="attempt 2 resumes", log_tail="attempt 2's log"
+    )
 
 
 @pytest.fixture
@@ -39,6 +41,7 @@ def assert_left_to_attempt_two(job: FineTuneJob) -> None:
     job.refresh_from_db()
     assert (job.status, job.attempt, job.finished_at) == (JobStatus.RUNNING, 2, None)
     assert job.status_detail == "attempt 2 resumes" and job.output_version is None
+    assert job.log_tail == "attempt 2's log"
 
 
 @pytest.mark.parametrize("max_attempts", [3, 2], ids=["would-requeue", "would-give-up"])
