@@ -14,6 +14,7 @@ from portfolio.accounts.sso import mapping, rules
 from portfolio.audit.models import AuditEvent
 from portfolio.errors import Conflict, Invalid
 from tests.conftest import actor_for
+from tests.interleave import Pause, interleave
 
 pytestmark = pytest.mark.django_db
 CLIENT = "portfolio"
@@ -312,3 +313,25 @@ def test_local_edits_of_sso_rows_are_refused_with_where_they_come_from(
     # Adding a local role beside the single sign-on one is fine.
     services.set_org_roles(actor=admin, user=person, roles=["auditor", "admin"])
     assert rows(person)["org"] == {("auditor", "sso"), ("admin", "local")}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sign_in_taking_over_a_membership_being_removed_waits_for_it_and_neither_deadlocks(
+    org, admin, person, team, monkeypatch
+):
+    """An owner removes a person's local membership while their sign-in maps the same team: both lock the
+    team, then the membership, in that order."""
+    owner = actor_for(org["owner"])
+    membership = services.add_member(actor=owner, team=team, user=person, role="engineer")
+    rules.create_rule(actor=admin, kind="group", value="/support", team=team, team_role="engineer")
+    pause = Pause()
+    monkeypatch.setattr(services, "_lock_owners", pause.hook(services._lock_owners))
+
+    removed, signed_in = interleave(
+        pause,
+        lambda: services.remove_member(actor=owner, membership=membership),
+        lambda: mapping.apply(person, claims(groups=["/support"]), actor=KEYCLOAK, client_id=CLIENT),
+    )
+
+    assert (removed.error, signed_in.error) == (None, None)
+    assert rows(person)["teams"] == {("support-ai", "engineer", "sso")}

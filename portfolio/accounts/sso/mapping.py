@@ -25,7 +25,7 @@ from django.db.models import Q
 
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.choices import GrantSource, SsoSourceKind, TeamRole
-from portfolio.accounts.models import DepartmentRole, Membership, OrgRoleGrant, SsoMappingRule
+from portfolio.accounts.models import DepartmentRole, Membership, OrgRoleGrant, SsoMappingRule, Team
 from portfolio.audit import services as audit
 
 User = get_user_model()
@@ -145,9 +145,20 @@ def _with_source(snapshot: dict, row) -> dict:
 
 
 def _apply_teams(user, wanted: dict[int, str], actor: Actor, summary: Summary) -> None:
+    # The teams first, in id order, then the memberships: the order in which a person removing or demoting
+    # an owner takes them (``services.remove_member``), so the two wait for each other, never deadlock.
+    held = set(Membership.objects.filter(user=user).values_list("team_id", flat=True))
+    list(
+        Team.objects.select_for_update(no_key=True)
+        .filter(pk__in=held | set(wanted))
+        .order_by("pk")
+        .values_list("pk")
+    )
     rows = {
         m.team_id: m
-        for m in Membership.objects.select_for_update().filter(user=user).select_related("team", "user")
+        for m in Membership.objects.select_for_update(of=("self",))
+        .filter(user=user)
+        .select_related("team", "user")
     }
     for team_id, role in sorted(wanted.items()):
         membership = rows.get(team_id)
