@@ -55,7 +55,15 @@ def spend_caps(
         team_reserve = max(team_reserve, hop_money)
         if hop.department_id != key.department_id:
             department_reserve = max(department_reserve, hop_money)
-    return SpendCaps(key.team_id, key.department_id, team, department, team_reserve, department_reserve)
+    return SpendCaps(
+        key.team_id,
+        key.department_id,
+        team,
+        department,
+        team_reserve,
+        department_reserve,
+        snapshot.caps_month,
+    )
 
 
 def charged(key: KeyRecord, endpoint: EndpointInfo, cost: int) -> tuple[int, int]:

@@ -140,7 +140,15 @@ def spend_caps(snapshot, key: KeyRecord, steps: list[list[tuple[EndpointInfo, in
             (m for hop, m in step if hop.team_id != key.team_id and hop.department_id != key.department_id),
             default=0,
         )
-    return SpendCaps(key.team_id, key.department_id, team, department, team_reserve, department_reserve)
+    return SpendCaps(
+        key.team_id,
+        key.department_id,
+        team,
+        department,
+        team_reserve,
+        department_reserve,
+        snapshot.caps_month,
+    )
 
 
 class Run:

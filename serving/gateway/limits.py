@@ -125,6 +125,9 @@ class SpendCaps:
     department: tuple[int, int] | None = None
     team_reserve: int = 0
     department_reserve: int = 0
+    # The month ("YYYYMM") the seeds were measured for; a call in another (the routing table not yet rebuilt
+    # after midnight on the 1st) uses none: last month's spend must not start this month's counter.
+    month: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,8 @@ class Limiter:
         dept_key = f"gw:dm:{caps.department_id}:{month}" if caps is not None and dept_spend else None
         team_cap = (caps.team if caps and team_key else None) or (-1, 0)
         dept_cap = (caps.department if caps and dept_key else None) or (-1, 0)
+        if caps is not None and caps.month not in (None, month):
+            team_cap, dept_cap = (team_cap[0], 0), (dept_cap[0], 0)
         field, lost = "", b""
         if ledger is not None and lost_event is not None:
             field = lost_event["id"]

@@ -16,6 +16,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from serving.agent import engine_key
@@ -180,6 +181,7 @@ class Snapshot:
     fingerprint: str = ""  # of what it was read from (fingerprint.py)
     # Hard-limited budgets: ("team"|"department", id) -> (limit, token spend seed), micro-units (budgets.py)
     caps: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    caps_month: str | None = None  # "YYYYMM" in UTC: the month the caps' seeds are of
 
 
 def build_snapshot(unless: str = "") -> Snapshot | None:
@@ -307,7 +309,9 @@ def _read_snapshot() -> Snapshot:
         snapshot.replicas.setdefault(replica.deployment.name, []).append(
             ReplicaInfo(replica.pk, replica.base_url, f"Bearer {engine_key(replica.pk)}".encode())
         )
-    snapshot.caps = hard_limits()  # one query: the spend is stored by billing.check_budgets
+    now = datetime.now(UTC)
+    snapshot.caps = hard_limits(now)  # one query: the spend is stored by billing.check_budgets
+    snapshot.caps_month = now.strftime("%Y%m")
     return snapshot
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import orjson
@@ -183,6 +184,25 @@ def test_a_counter_made_before_the_ledgers_spend_was_known_is_raised_to_it():
     assert refused[0].remaining == limit - 950_000 and counter(f"gw:tm:{team_id}") == 950_000
     # A seed below the counter changes nothing: what the counter holds is on the ledger too.
     assert admit(10_000)[1][0].remaining == limit - 950_000
+
+
+def test_a_seed_measured_for_last_month_does_not_start_this_months_counter():
+    """Just after midnight on the 1st the routing table still holds last month's spend as the seed until its
+    next rebuild: a call then must not start the new month's counter from it (it would hold for the month)."""
+    team_id, department_id = ids()
+    limit, reserve = 1_000_000, 60_000
+    key = record(team_id, department_id)
+    this_month = datetime.now(UTC).strftime("%Y%m")
+    last_month = (datetime.now(UTC).replace(day=1) - timedelta(days=1)).strftime("%Y%m")
+
+    def admit(month: str):
+        caps = SpendCaps(team_id, department_id, team=(limit, 950_000), team_reserve=reserve, month=month)
+        return run(admit_many(lambda k: caps, [key], reserve, reserve))
+
+    assert admit(last_month)[0] == 1 and counter(f"gw:tm:{team_id}") == reserve
+    # Once the table is rebuilt for this month, its seed applies.
+    admitted, refused = admit(this_month)
+    assert admitted == 0 and refused[0].reason == "team_budget"
 
 
 def test_calls_to_the_teams_own_endpoints_are_never_refused_by_its_hard_limit():
