@@ -20,7 +20,7 @@ import psutil
 from celery import shared_task
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from portfolio.envparse import CONNECTION_KEYS, Env, database_url
@@ -207,7 +207,18 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
         now = time.monotonic()
         if now - last_beat >= settings.TRAINING_HEARTBEAT_SECONDS:
             last_beat = now
-            mine.update(heartbeat_at=timezone.now(), log_tail=log_tail(_log_path(job_id), 30))
+            if not mine.update(heartbeat_at=timezone.now(), log_tail=log_tail(_log_path(job_id), 30)) and (
+                FineTuneJob.objects.filter(pk=job_id)
+                .filter(Q(status=JobStatus.QUEUED) | ~Q(attempt=attempt))
+                .exists()
+            ):
+                # Requeued (this node went silent), or another attempt has the job: this trainer would only
+                # hold its GPUs (and race the next attempt) until its own next write.
+                logger.warning(
+                    "fine-tune #%s attempt %s was taken over; stopping its trainer", job_id, attempt
+                )
+                _kill(pid, process=process)
+                break
             if mine.filter(cancel_requested=True).exists():
                 _kill(pid, process=process)
                 finetune.finish(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import time
 from datetime import timedelta
 
 import pytest
@@ -57,6 +58,25 @@ def test_the_watcher_of_an_attempt_taken_over_leaves_the_job_to_the_new_one(
     tasks._watch(job.pk, trainer.pid, trainer, Lease(f"test:{job.pk}:1"), attempt=1)
     assert_left_to_attempt_two(job)
     assert job.heartbeat_at == beaten and enqueued == []
+
+
+def test_the_watcher_of_an_attempt_taken_over_stops_its_trainer_at_its_next_beat(
+    make_job, enqueued, settings
+):
+    """Its trainer would otherwise hold the GPUs (and race attempt 2) until its own next write."""
+    settings.TRAINING_HEARTBEAT_SECONDS = 0
+    job = make_job(status=JobStatus.RUNNING, attempt=1, heartbeat_at=timezone.now())
+    taken_over(job)
+    trainer = subprocess.Popen(["sleep", "30"], start_new_session=True)  # attempt 1's, still training
+    try:
+        started = time.monotonic()
+        tasks._watch(job.pk, trainer.pid, trainer, Lease(f"test:{job.pk}:1"), attempt=1)
+        # Stopped, not waited for: left alone, the trainer would have run its 30 s.
+        assert trainer.poll() is not None and time.monotonic() - started < 20
+    finally:
+        trainer.kill()
+    assert_left_to_attempt_two(job)
+    assert enqueued == []
 
 
 def test_a_trainer_taken_over_before_it_registers_registers_nothing_and_ends_nothing(
