@@ -13,7 +13,7 @@ from django.contrib.auth.password_validation import validate_password
 from django.contrib.sessions.models import Session
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -387,9 +387,22 @@ def deactivate_user(*, actor: Actor, user):
         **user_snapshot(user),
         "tokens_revoked": [f"pat_{key_id}_…" for key_id in revoked],
         "sessions_ended": ended,
+        # Not refused (offboarding is never blocked), but said: these teams need an owner named.
+        "teams_left_without_an_active_owner": [team.slug for team in teams_without_active_owner(user)],
     }
     audit.record(actor, "user.deactivate", user, before=before, after=after, object_repr=user.username)
     return user
+
+
+def teams_without_active_owner(user) -> list[Team]:
+    """The teams ``user`` owns where no other owner has an active account: after offboarding ``user``,
+    nobody there manages members, budgets or key limits until a platform admin names an owner."""
+    active_owner = Membership.objects.filter(team=OuterRef("pk"), role=TeamRole.OWNER, user__is_active=True)
+    return list(
+        Team.objects.filter(memberships__user=user, memberships__role=TeamRole.OWNER)
+        .exclude(Exists(active_owner))
+        .order_by("name")
+    )
 
 
 @transaction.atomic

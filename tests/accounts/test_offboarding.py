@@ -210,3 +210,27 @@ def test_a_failed_audit_write_leaves_the_user_active_with_sessions_and_tokens(or
     assert leaver["user"].is_active
     assert _sessions_of(leaver["user"]) == 2
     assert PersonalToken.objects.active().filter(user=leaver["user"]).count() == 1
+
+
+def test_deactivating_a_teams_last_active_owner_says_so_and_records_it(client, org, team):
+    """Offboarding is never refused for it, but the admin is told which teams need an owner named."""
+    owner = org["owner"]
+    assert list(Membership.objects.filter(team=team, role="owner").values_list("user", flat=True)) == [
+        owner.pk
+    ]
+    client.force_login(org["admin"])
+    response = client.post(reverse("user-deactivate", args=[owner.pk]), follow=True)
+    page = response.content.decode()
+    assert "owner is deactivated" in page
+    assert f"{team.name} now has no active owner" in page
+    event = AuditEvent.objects.get(action="user.deactivate")
+    assert event.after["teams_left_without_an_active_owner"] == [team.slug]
+
+
+def test_a_team_with_another_active_owner_is_not_named(org, team, make_user):
+    second = make_user("second-owner")
+    services.add_member(actor=actor_for(org["owner"]), team=team, user=second, role="owner")
+    services.deactivate_user(actor=actor_for(org["admin"]), user=org["owner"])
+    assert AuditEvent.objects.get(action="user.deactivate").after["teams_left_without_an_active_owner"] == []
+    services.deactivate_user(actor=actor_for(org["admin"]), user=second)
+    assert services.teams_without_active_owner(second) == [team]

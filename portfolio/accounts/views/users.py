@@ -130,6 +130,16 @@ def user_roles(request, pk: int):
     )
 
 
+def _ownerless(user) -> str:
+    teams = services.teams_without_active_owner(user)
+    if not teams:
+        return ""
+    names = ", ".join(team.name for team in teams)
+    return (
+        f" {names} now {'has' if len(teams) == 1 else 'have'} no active owner: name one on the team's page."
+    )
+
+
 @require_POST
 def user_deactivate(request, pk: int):
     """Permission: ``user.manage`` (platform admin). Offboarding: sign-in refused, sessions ended and
@@ -140,7 +150,10 @@ def user_deactivate(request, pk: int):
     return buttons.press(
         request,
         lambda: services.deactivate_user(actor=actor, user=person),
-        success=f"{person.username} is deactivated: signed out everywhere, personal tokens revoked.",
+        success=lambda user: (
+            f"{person.username} is deactivated: signed out everywhere, personal tokens revoked."
+            + _ownerless(user)
+        ),
         back=reverse("user-detail", args=[person.pk]),
     )
 
