@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
+from portfolio.leases import Lease
 from serving import rollout_judge
 from serving.choices import RolloutState
 from serving.models import Endpoint, Rollout
@@ -112,7 +113,16 @@ def _record_judged(rollout: Rollout, scores: list[float | None], trouble: str, a
 
 def step(rollout_id: int, now: datetime | None = None) -> str | None:
     """One check of one rollout: ``promote``, ``hold``, ``rollback``, ``abort``; None when it is not under
-    way any more or is being changed right now (the next tick looks again)."""
+    way any more, is being changed right now, or another check of it is under way (two at once would each
+    judge the answers due, twice as many): the next tick looks again."""
+    lease = Lease(f"rollouts.step:{rollout_id}")
+    if not lease.acquire(wait=False):
+        return None
+    with lease.kept():
+        return _step(rollout_id, now)
+
+
+def _step(rollout_id: int, now: datetime | None) -> str | None:
     now = now or timezone.now()
     actor = Actor.for_system("rollouts")
     scores, trouble = _sample_judge(rollout_id, now)

@@ -104,6 +104,28 @@ def test_a_canary_that_cannot_be_judged_is_refused_with_the_samplers_reason(clie
     assert "support's canary cannot be judged: no task has support" in response.json()["error"]["message"]
 
 
+def test_a_check_overlapping_another_of_the_same_rollout_judges_nothing(client, org, world, judge):
+    """Two checks at once (a slow judge outlasting a beat tick) would each judge the answers due."""
+    recording = judge(scores=[0.9] * 10)
+    start(client, org, **JUDGED)
+    rollout = Rollout.objects.get()
+    served(rollout, "support-bot", 100)
+    served(rollout, "support-next", 12)  # 2 samples due
+    later = rollout.started_at + timedelta(minutes=1)
+    overlapping = []
+    sample = recording.sample
+
+    def slow_judge(checked, count):
+        overlapping.append(rollouts.step(rollout.pk, now=later))  # the next tick, while this one judges
+        return sample(checked, count)
+
+    rollout_judge.SAMPLERS[:] = [rollout_judge.JudgeSampler(check=lambda endpoint: None, sample=slow_judge)]
+    assert rollouts.step(rollout.pk, now=later) == "hold"
+    assert overlapping == [None] and recording.asked == [2]
+    rollout.refresh_from_db()
+    assert rollout.judged["asked"] == 2
+
+
 def test_a_low_judge_score_rolls_the_canary_back_with_the_figures_audited(client, org, world, judge):
     recording = judge(scores=[0.25, 0.5, 0.25, 1.0])
     start(client, org, **JUDGED)
