@@ -20,9 +20,12 @@ import psutil
 from celery import shared_task
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from portfolio.accounts.actor import Actor
+from portfolio.audit import services as audit
 from portfolio.envparse import CONNECTION_KEYS, Env, database_url
 from portfolio.errors import Invalid
 from portfolio.leases import Lease
@@ -251,11 +254,15 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
     code = process.returncode if process else None
     why = f"the trainer exited ({_exit_reason(code)})"
     if job.attempt < settings.TRAINING_MAX_ATTEMPTS:
-        requeued = mine.update(
-            status=JobStatus.QUEUED,
-            pid=None,
-            status_detail=f"{why}; resuming from step {job.checkpoint_step}.",
-        )
+        with transaction.atomic():  # audited as the reaper's requeue is: an auditor sees every restart
+            requeued = mine.update(
+                status=JobStatus.QUEUED,
+                pid=None,
+                status_detail=f"{why}; resuming from step {job.checkpoint_step}.",
+            )
+            if requeued:
+                job.refresh_from_db()
+                audit.record(Actor.for_system("training"), "training.job_requeued", job, after=job.snapshot())
         if requeued:
             finetune.enqueue(job)
     else:

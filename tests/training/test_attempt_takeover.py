@@ -139,3 +139,21 @@ def test_a_trainer_taken_over_stops_at_its_next_progress_write(attempt_one, monk
     assert steps == []
     assert_left_to_attempt_two(job)
     assert job.step == 0 and job.loss_curve == []
+
+
+def test_a_watcher_requeuing_its_own_attempt_audits_it_as_the_reaper_does(make_job, enqueued, settings):
+    """The trainer died without ending the job: the next attempt resumes it, a restart an auditor sees."""
+    from portfolio.audit.models import AuditEvent
+
+    settings.TRAINING_MAX_ATTEMPTS = 3
+    job = make_job(status=JobStatus.RUNNING, attempt=1, heartbeat_at=timezone.now())
+    trainer = subprocess.Popen(["sleep", "0.1"])
+    tasks._watch(job.pk, trainer.pid, trainer, Lease(f"test:{job.pk}:1"), attempt=1)
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED and len(enqueued) == 1
+    moved = AuditEvent.objects.get(action="training.job_requeued")
+    assert (moved.object_id, moved.actor_label, moved.after["status"]) == (
+        str(job.pk),
+        "system:training",
+        "queued",
+    )
