@@ -73,7 +73,7 @@ class PersonalTokenAuth(HttpBearer):
     realm (a JWT; refused with its reason, a 401)."""
 
     def authenticate(self, request, token: str):
-        from portfolio.accounts.services import authenticate_token
+        from portfolio.accounts.personal_tokens import authenticate_token
         from portfolio.accounts.sso import access_tokens
 
         if access_tokens.looks_like_jwt(token):

@@ -9,6 +9,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from portfolio.accounts import personal_tokens
 from portfolio.accounts import services as accounts
 from portfolio.accounts.choices import OrgRole, TeamRole
 from portfolio.accounts.models import ExternalIdentity, Membership, PersonalToken, SsoMappingRule
@@ -135,12 +136,12 @@ CASES: dict[str, list[Case]] = {
         Case(
             "create_personal_token",
             "token.create",
-            lambda w: accounts.create_personal_token(actor=w.owner, name="ci"),
+            lambda w: personal_tokens.create_personal_token(actor=w.owner, name="ci"),
         ),
         Case(
             "revoke_personal_token",
             "token.revoke",
-            lambda w: accounts.revoke_personal_token(
+            lambda w: personal_tokens.revoke_personal_token(
                 actor=w.owner, token=PersonalToken.objects.get(pk=w.token.pk)
             ),
         ),

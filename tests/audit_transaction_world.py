@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from django.db.models import Max
 from django.utils import timezone
 
-from portfolio.accounts import services as accounts
+from portfolio.accounts import personal_tokens
 from portfolio.registry import services as registry
 from portfolio.registry.choices import Source, VersionKind, VersionStatus
 from portfolio.registry.hashing import FileEntry, Manifest
@@ -168,7 +168,7 @@ class World:
 
     @cached_property
     def token(self):
-        return accounts.create_personal_token(actor=self.owner, name="laptop")[0]
+        return personal_tokens.create_personal_token(actor=self.owner, name="laptop")[0]
 
     @cached_property
     def dataset(self):

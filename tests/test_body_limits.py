@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 from django.urls import reverse
 
-from portfolio.accounts import services as account_services
+from portfolio.accounts import personal_tokens
 from portfolio.bodylimit import limit_for
 from tests.conftest import actor_for
 from tests.gateway.process import start_gateway, stop_gateway
@@ -185,7 +185,7 @@ def test_an_upload_route_takes_files_up_to_the_upload_limit_and_refuses_past_it_
     dataset = training_services.create_dataset(
         actor=owner, owner_team=team, name="tickets", kind="completion"
     )
-    _, token = account_services.create_personal_token(actor=owner, name="ci", expires_in_days=1)
+    _, token = personal_tokens.create_personal_token(actor=owner, name="ci", expires_in_days=1)
     row = json.dumps({"prompt": "2+2=", "completion": "4"})
     rows = "\n".join(row.replace("2+2", f"{i}+2") for i in range(3000)).encode()
     assert DEFAULT < len(rows) < UPLOAD

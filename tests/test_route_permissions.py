@@ -18,7 +18,7 @@ from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 
-from portfolio.accounts import services as account_services
+from portfolio.accounts import personal_tokens
 from portfolio.accounts.capabilities import role_allows
 from portfolio.accounts.models import DepartmentRole, Membership, SsoMappingRule
 from portfolio.api import api
@@ -529,7 +529,7 @@ def _call(client, role, org, rule: Rule, url: str, values: dict):
 def _own_token(org, role) -> int | None:
     if role == "anonymous":
         return 999999
-    token, _ = account_services.create_personal_token(
+    token, _ = personal_tokens.create_personal_token(
         actor=actor_for(org[role]), name="mine", expires_in_days=5
     )
     return token.pk

@@ -15,8 +15,7 @@ import urllib.request
 import pytest
 from django.test import Client
 
-from portfolio.accounts import secrets_hashing
-from portfolio.accounts import services as account_services
+from portfolio.accounts import personal_tokens, secrets_hashing
 from portfolio.accounts.models import PersonalToken
 from serving.gateway import services as key_services
 from tests.conftest import PASSWORD, actor_for
@@ -45,8 +44,8 @@ def test_personal_tokens_work_through_a_token_hash_key_rotation_and_new_ones_use
     client, org, settings
 ):
     settings.TOKEN_HASH_KEY, settings.TOKEN_HASH_KEY_PREVIOUS = OLD_HASH_KEY.encode(), []
-    used, old_token = account_services.create_personal_token(actor=actor_for(org["engineer"]), name="ci")
-    _idle, idle_token = account_services.create_personal_token(actor=actor_for(org["viewer"]), name="cron")
+    used, old_token = personal_tokens.create_personal_token(actor=actor_for(org["engineer"]), name="ci")
+    _idle, idle_token = personal_tokens.create_personal_token(actor=actor_for(org["viewer"]), name="cron")
     bearer = {"HTTP_AUTHORIZATION": f"Bearer {old_token}"}
     settings.TOKEN_HASH_KEY, settings.TOKEN_HASH_KEY_PREVIOUS = NEW_HASH_KEY.encode(), [OLD_HASH_KEY.encode()]
     assert client.get("/api/v1/me", **bearer).status_code == 200
@@ -54,7 +53,7 @@ def test_personal_tokens_work_through_a_token_hash_key_rotation_and_new_ones_use
     assert PersonalToken.objects.get(pk=used.pk).secret_hash == secrets_hashing.keyed_hash(
         old_token, NEW_HASH_KEY.encode()
     )
-    new, new_token = account_services.create_personal_token(actor=actor_for(org["developer"]), name="ci")
+    new, new_token = personal_tokens.create_personal_token(actor=actor_for(org["developer"]), name="ci")
     assert PersonalToken.objects.get(pk=new.pk).secret_hash == secrets_hashing.keyed_hash(
         new_token, NEW_HASH_KEY.encode()
     )

@@ -16,13 +16,12 @@ the rows known) is written at most once a second, never per row.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 import tempfile
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -43,13 +42,14 @@ from portfolio.registry.hashing import Manifest
 from portfolio.registry.models import Artifact
 from portfolio.registry.storage import WriteLog, Written, store_directory
 from portfolio.registry.stores import default_store
-from training import splitting, tokens, validation
-from training.choices import DatasetKind, JobStatus, Split
+from training import ingest_splits, splitting, tokens, validation
+from training.choices import JobStatus, Split
+from training.ingest_splits import EVAL_FILE, MEASURE, TRAIN_FILE, VALIDATE, DatasetInvalid
 from training.models import Dataset, DatasetIngest, DatasetVersion
 
 logger = logging.getLogger(__name__)
 
-TRAIN_FILE, EVAL_FILE, ORIGINAL_FILE = "train.jsonl", "eval.jsonl", "original.jsonl"
+ORIGINAL_FILE = "original.jsonl"
 SPLIT_FILES = {Split.TRAIN: TRAIN_FILE, Split.EVAL: EVAL_FILE}
 REPORT_EVERY_SECONDS = 1.0
 CHECK_EVERY_ROWS = 1024  # the clock is read this often, not per row
@@ -60,19 +60,6 @@ RESEND_AFTER = timedelta(minutes=10)
 # after this many resends it is errored instead.
 MAX_RESENDS = 3
 GIVE_UP_AFTER = timedelta(hours=24)
-# Share of the progress bar per pass: reading and checking, measuring and splitting, storing.
-VALIDATE, MEASURE = 45, 50
-
-
-class DatasetInvalid(Invalid):
-    """An upload with line-numbered problems; ``report`` has them all (the first 50) with their counts."""
-
-    code = "invalid_dataset"
-
-    def __init__(self, report: validation.Report):
-        message = f"file: {report.summary()}. No version was created."
-        super().__init__(message, fields={"file": [str(error) for error in report.errors]})
-        self.report = report
 
 
 # --- The life cycle -------------------------------------------------------------------------------
@@ -274,14 +261,6 @@ class _Progress:
 
 # --- The work -------------------------------------------------------------------------------------
 @dataclass
-class _Written:
-    train: int
-    eval: int
-    stats: dict
-    labels: list[dict]
-
-
-@dataclass
 class Prepared:
     """What an ingest made before recording anything: the version's stored files and what was measured, or
     the existing version that holds the same rows."""
@@ -290,7 +269,7 @@ class Prepared:
     manifest: Manifest | None = None
     store_uri: str = ""
     content_sha256: str = ""
-    written: _Written | None = None
+    written: ingest_splits.Written | None = None
     report: validation.Report | None = None
     context_length: int | None = None
 
@@ -343,7 +322,7 @@ def prepare(
         except tokens.TokenizerUnavailable as exc:
             raise Invalid(f"base_version: {exc}") from None
         progress(VALIDATE, f"measuring {report.rows:,} rows", force=True, rows_total=report.rows)
-        written = _write_splits(report, normalized, line_numbers, splitter, measure, files, progress)
+        written = ingest_splits.write(report, normalized, line_numbers, splitter, measure, files, progress)
         normalized.unlink()
         progress(VALIDATE + MEASURE, "storing the files", force=True, rows_done=report.rows)
         store = default_store()
@@ -358,110 +337,6 @@ def prepare(
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-# Rows are measured a batch at a time: tokens.BATCH rows, or fewer that make this many bytes (2,000 rows of
-# 1 MiB each, rendered and tokenized at once, would take tens of GB).
-BATCH_BYTES = 32 * 2**20
-
-
-def _batches(source) -> Iterator[list[bytes]]:
-    batch: list[bytes] = []
-    size = 0
-    for line in source:
-        batch.append(line)
-        size += len(line)
-        if len(batch) == tokens.BATCH or size >= BATCH_BYTES:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
-
-
-def _lengths(rows: list[dict], shape: str, measure: tokens.Measure, numbers, report: validation.Report):
-    """The batch's lengths. A row the base's chat template refuses (Gemma's refuses a system turn, Llama
-    2's two user turns in a row) is an error on its line, as the trainer would meet it, not an internal
-    error of the whole ingest."""
-    from jinja2 import TemplateError
-
-    try:
-        return tokens.lengths(rows, shape, measure)
-    except TemplateError as batch_error:
-        refused = batch_error
-    for row, number in zip(rows, numbers, strict=True):
-        try:
-            tokens.lengths([row], shape, measure)
-        except TemplateError as exc:
-            report.add_error(
-                number,
-                "chat_template",
-                f"the chat template of {measure.version_label} refuses it: {exc}"[:500],
-            )
-    if report.ok:
-        raise refused
-    raise DatasetInvalid(report)
-
-
-def _write_splits(
-    report: validation.Report,
-    normalized: Path,
-    line_numbers: array,
-    splitter: splitting.Splitter,
-    measure: tokens.Measure,
-    folder: Path,
-    progress: _Progress,
-) -> _Written:
-    """Second pass over the normalized rows: measure them (a batch at a time), send each to train or eval."""
-    counts = {Split.TRAIN: 0, Split.EVAL: 0}
-    by_label: dict[str, dict[str, int]] = {}
-    values: array = array("I")
-    over_lines: list[int] = []
-    over = 0
-    limit = measure.context_length if measure.tokenizer is not None else None
-    shape = report.shape or DatasetKind.CHAT
-    total = max(report.rows, 1)
-    with (
-        normalized.open("rb") as source,
-        (folder / TRAIN_FILE).open("wb") as train,
-        (folder / EVAL_FILE).open("wb") as evaluation,
-    ):
-        index = 0
-        for batch in _batches(source):
-            rows = [json.loads(line) for line in batch]
-            measured = _lengths(rows, shape, measure, line_numbers[index : index + len(rows)], report)
-            for line, row, length in zip(batch, rows, measured, strict=True):
-                group, answer = row.get("label", ""), splitting.answer_of(row)
-                split = Split.EVAL if splitter.is_eval(group, line.rstrip(b"\n"), answer) else Split.TRAIN
-                (evaluation if split == Split.EVAL else train).write(line)
-                counts[split] += 1
-                if splitter.stratified_by:  # the label's, or the answer's when the answers are classes
-                    key = answer if splitter.stratified_by == "answer" else group
-                    by_label.setdefault(key or "", {Split.TRAIN: 0, Split.EVAL: 0})[split] += 1
-                values.append(length)
-                if limit and length > limit:
-                    over += 1
-                    if len(over_lines) < tokens.MAX_FLAGGED:
-                        over_lines.append(line_numbers[index])
-                index += 1
-            progress(
-                VALIDATE + MEASURE * index // total,
-                f"measured {index:,} of {report.rows:,} rows",
-                rows_done=index,
-            )
-    stats = {
-        "lengths": tokens.summarize(values, measure, shape, over_lines, over),
-        "lines": report.lines,
-        "empty_lines": report.empty_lines,
-        "empty_line_numbers": report.empty_line_numbers,
-        "duplicates": report.duplicates,
-        "duplicate_lines": [list(pair) for pair in report.duplicate_lines],
-        "stratified_by": splitter.stratified_by,
-    }
-    labels = [
-        {"label": label, "count": sum(n.values()), "train": n[Split.TRAIN], "eval": n[Split.EVAL]}
-        for label, n in sorted(by_label.items(), key=lambda item: (-sum(item[1].values()), item[0]))
-    ]
-    return _Written(counts[Split.TRAIN], counts[Split.EVAL], stats, labels)
 
 
 def _next_number(dataset: Dataset) -> int:

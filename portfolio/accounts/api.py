@@ -8,7 +8,7 @@ from ninja import Router, Schema, Status
 from ninja.pagination import PageNumberPagination, paginate
 from pydantic import Field
 
-from portfolio.accounts import gate, services
+from portfolio.accounts import gate, personal_tokens, services
 from portfolio.accounts.choices import DepartmentRoleName, GrantSource, OrgRole, TeamRole
 from portfolio.accounts.models import Department, DepartmentRole, Membership, PersonalToken, Team
 from portfolio.accounts.sso.api import router as sso_router
@@ -362,7 +362,7 @@ def list_tokens(request):
 
 @router.post("/tokens", response={201: TokenCreated}, tags=["tokens"])
 def create_token(request, payload: TokenIn):
-    token, plaintext = services.create_personal_token(
+    token, plaintext = personal_tokens.create_personal_token(
         actor=request.auth, name=payload.name, expires_in_days=payload.expires_in_days
     )
     token.token = plaintext
@@ -374,4 +374,4 @@ def revoke_token(request, token_id: int):
     token = PersonalToken.objects.visible_to(request.auth).filter(pk=token_id).first()
     if token is None:
         raise NotFound("Token not found.")
-    return services.revoke_personal_token(actor=request.auth, token=token)
+    return personal_tokens.revoke_personal_token(actor=request.auth, token=token)

@@ -4,7 +4,7 @@ CSRF; an anonymous call is a 401; a browser session's unsafe call keeps Django's
 import pytest
 from django.test import Client
 
-from portfolio.accounts import services
+from portfolio.accounts import personal_tokens
 from portfolio.accounts.models import Team
 from tests.conftest import actor_for
 
@@ -26,10 +26,10 @@ def browser():
 
 @pytest.fixture
 def revoked_token(org):
-    token, plaintext = services.create_personal_token(
+    token, plaintext = personal_tokens.create_personal_token(
         actor=actor_for(org["admin"]), name="old", expires_in_days=5
     )
-    services.revoke_personal_token(actor=actor_for(org["admin"]), token=token)
+    personal_tokens.revoke_personal_token(actor=actor_for(org["admin"]), token=token)
     return plaintext
 
 
@@ -64,7 +64,7 @@ def test_an_unsafe_call_without_a_valid_token_is_401_not_a_csrf_failure(
 def test_a_valid_token_changes_things_without_any_csrf_token(
     browser, org, team, department, method, url, data
 ):
-    token, plaintext = services.create_personal_token(
+    token, plaintext = personal_tokens.create_personal_token(
         actor=actor_for(org["admin"]), name="ci", expires_in_days=5
     )
     response = _call(

@@ -3,7 +3,7 @@ error shape (never a 500), and every operation's OpenAPI entry declares the erro
 
 import pytest
 
-from portfolio.accounts import services
+from portfolio.accounts import personal_tokens
 from portfolio.api import api
 from tests.conftest import actor_for
 
@@ -15,7 +15,9 @@ ERRORS = ("400", "401", "403", "404", "409", "422")
 
 @pytest.fixture
 def bearer(org):
-    _, plaintext = services.create_personal_token(actor=actor_for(org["admin"]), name="ci", expires_in_days=5)
+    _, plaintext = personal_tokens.create_personal_token(
+        actor=actor_for(org["admin"]), name="ci", expires_in_days=5
+    )
     return {"HTTP_AUTHORIZATION": f"Bearer {plaintext}"}
 
 

@@ -7,7 +7,7 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from portfolio.accounts import services
+from portfolio.accounts import personal_tokens
 from portfolio.accounts.models import PersonalToken
 from portfolio.audit.models import AuditEvent
 
@@ -24,7 +24,7 @@ def test_the_token_is_printed_alone_on_stdout_and_signs_its_user_in(org):
     out, err = _create("--user", "engineer", "--name", "nightly eval", "--expires-days", "7")
     plaintext = out.strip()
     assert out.count("\n") == 1 and plaintext.startswith("pat_")
-    token = services.authenticate_token(plaintext)
+    token = personal_tokens.authenticate_token(plaintext)
     assert token is not None and token.user == org["engineer"] and token.name == "nightly eval"
     assert round((token.expires_at - token.created_at).total_seconds() / 86400) == 7
     assert plaintext not in err and "nightly eval" in err

@@ -7,7 +7,7 @@ from django.contrib.sessions.models import Session
 from django.test import Client
 from django.urls import reverse
 
-from portfolio.accounts import services
+from portfolio.accounts import personal_tokens, services
 from portfolio.accounts.choices import OrgRole
 from portfolio.accounts.models import Membership, OrgRoleGrant, PersonalToken
 from portfolio.audit.models import AuditEvent
@@ -31,7 +31,7 @@ def _bearer(plaintext: str) -> dict:
 def leaver(org):
     """The developer, signed in on two browsers and with a personal token for scripts."""
     laptop, phone = _signed_in(org["developer"]), _signed_in(org["developer"])
-    _, plaintext = services.create_personal_token(
+    _, plaintext = personal_tokens.create_personal_token(
         actor=actor_for(org["developer"]), name="ci", expires_in_days=30
     )
     assert laptop.get("/api/v1/me").status_code == 200

@@ -3,7 +3,7 @@
 import pytest
 from django.db import transaction
 
-from portfolio.accounts import services
+from portfolio.accounts import personal_tokens, services
 from portfolio.accounts.choices import TeamRole
 from portfolio.accounts.models import Department, Membership, Team
 from portfolio.audit.models import AuditEvent
@@ -139,7 +139,7 @@ def test_a_deactivated_account_makes_no_personal_token(org):
     actor = actor_for(org["viewer"])
     services.deactivate_user(actor=actor_for(org["admin"]), user=org["viewer"])
     with pytest.raises(Invalid, match="deactivated"):
-        services.create_personal_token(actor=actor, name="late")
+        personal_tokens.create_personal_token(actor=actor, name="late")
     assert not org["viewer"].personal_tokens.exists()
 
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from portfolio.accounts import services
+from portfolio.accounts import personal_tokens
 from portfolio.accounts.models import PersonalToken
 from portfolio.audit.models import AuditEvent
 from portfolio.errors import Invalid
@@ -17,7 +17,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def issued(org):
-    return services.create_personal_token(actor=actor_for(org["engineer"]), name="ci", expires_in_days=30)
+    return personal_tokens.create_personal_token(
+        actor=actor_for(org["engineer"]), name="ci", expires_in_days=30
+    )
 
 
 def _bearer(token: str) -> dict:
@@ -67,7 +69,7 @@ def _formatted(caplog) -> list[str]:
 def test_a_revoked_token_is_refused_at_once(client, org, issued):
     token, plaintext = issued
     assert client.get("/api/v1/me", **_bearer(plaintext)).status_code == 200
-    services.revoke_personal_token(actor=actor_for(org["engineer"]), token=token)
+    personal_tokens.revoke_personal_token(actor=actor_for(org["engineer"]), token=token)
     assert client.get("/api/v1/me", **_bearer(plaintext)).status_code == 401
     assert AuditEvent.objects.filter(action="token.revoke").exists()
 
@@ -95,7 +97,9 @@ def test_someone_elses_token_cannot_be_revoked(client, org, issued):
 
 def test_expiry_beyond_the_limit_is_refused(org):
     with pytest.raises(Invalid, match="expires_in_days"):
-        services.create_personal_token(actor=actor_for(org["viewer"]), name="forever", expires_in_days=10_000)
+        personal_tokens.create_personal_token(
+            actor=actor_for(org["viewer"]), name="forever", expires_in_days=10_000
+        )
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.urls import reverse
 
-from portfolio.accounts import services
+from portfolio.accounts import personal_tokens, services
 from portfolio.accounts.choices import TeamRole
 from portfolio.accounts.models import Department, Membership, PersonalToken, Team
 from portfolio.audit.models import AuditEvent
@@ -434,7 +434,9 @@ def test_token_expiry_beyond_the_limit_is_a_form_error(signed_in, org):
 
 
 def test_revoking_a_token_asks_first_and_is_audited(signed_in, org):
-    token, _ = services.create_personal_token(actor=actor_for(org["developer"]), name="ci", expires_in_days=7)
+    token, _ = personal_tokens.create_personal_token(
+        actor=actor_for(org["developer"]), name="ci", expires_in_days=7
+    )
     client = signed_in(org["developer"])
     confirm = client.get(reverse("token-revoke", args=[token.pk]))
     assert confirm.status_code == 200 and "Revoke token" in _text(confirm)
@@ -448,7 +450,9 @@ def test_revoking_a_token_asks_first_and_is_audited(signed_in, org):
 
 
 def test_someone_elses_token_is_404(signed_in, org):
-    token, _ = services.create_personal_token(actor=actor_for(org["developer"]), name="ci", expires_in_days=7)
+    token, _ = personal_tokens.create_personal_token(
+        actor=actor_for(org["developer"]), name="ci", expires_in_days=7
+    )
     assert signed_in(org["admin"]).post(reverse("token-revoke", args=[token.pk])).status_code == 404
     token.refresh_from_db()
     assert token.revoked_at is None

@@ -30,8 +30,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from portfolio.accounts import secrets_hashing
-from portfolio.accounts import services as account_services
+from portfolio.accounts import personal_tokens, secrets_hashing
 from portfolio.accounts.choices import TeamRole
 from portfolio.accounts.models import Membership, PersonalToken
 from serving.choices import PoolKind
@@ -116,7 +115,7 @@ def tokens(make_user, team, other_team, wsgi_in_test_transaction):
     )
     plaintexts = {}
     for offset, (who, user) in enumerate((("admin", admin), ("owner", owner))):
-        issued = secrets_hashing.issue(account_services.TOKEN_PREFIX)
+        issued = secrets_hashing.issue(personal_tokens.TOKEN_PREFIX)
         # Far from the small ids fuzzing tries first, so that no generated path names the token itself;
         # used just now, so that authenticating does not write its last use on every request.
         PersonalToken.objects.create(

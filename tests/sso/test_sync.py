@@ -8,7 +8,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from keycloak import KeycloakAdmin, KeycloakOpenIDConnection
 
-from portfolio.accounts import services
+from portfolio.accounts import personal_tokens
 from portfolio.accounts.models import DirectorySync, Membership, OrgRoleGrant, SsoMappingRule
 from portfolio.accounts.sso import sync
 from portfolio.accounts.tasks import sync_directory
@@ -81,7 +81,7 @@ def test_a_user_removed_from_a_group_in_keycloak_loses_the_team_at_the_next_sync
 def test_a_user_disabled_in_keycloak_is_deactivated_and_their_personal_token_stops_working(
     alice, keycloak, client
 ):
-    _, token = services.create_personal_token(actor=actor_for(alice), name="ci")
+    _, token = personal_tokens.create_personal_token(actor=actor_for(alice), name="ci")
     api = "/api/v1/me"
     headers = {"Authorization": f"Bearer {token}"}
     assert client.get(api, headers=headers).status_code == 200

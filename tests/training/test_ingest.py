@@ -15,7 +15,7 @@ from portfolio.leases import Lease
 from portfolio.registry.models import Artifact
 from portfolio.registry.stores import default_store
 from tests.training.conftest import chat, jsonl, tickets, upload
-from training import ingest, services, tasks
+from training import ingest, ingest_splits, services, tasks
 from training.choices import JobStatus
 from training.models import DatasetIngest, DatasetVersion
 
@@ -97,7 +97,7 @@ def test_rows_are_measured_in_batches_bounded_in_bytes_as_well_as_rows(engineer,
     at once, would take the worker's memory."""
     from training import tokens
 
-    monkeypatch.setattr(ingest, "BATCH_BYTES", 300)
+    monkeypatch.setattr(ingest_splits, "BATCH_BYTES", 300)
     batches = []
     real = tokens.lengths
     monkeypatch.setattr(tokens, "lengths", lambda rows, *args: batches.append(len(rows)) or real(rows, *args))

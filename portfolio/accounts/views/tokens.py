@@ -9,7 +9,7 @@ from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET, require_http_methods
 
 from portfolio import buttons, listing
-from portfolio.accounts import gate, services
+from portfolio.accounts import gate, personal_tokens
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of
 from portfolio.accounts.forms import TokenCreateForm
@@ -48,7 +48,7 @@ def token_create(request):
     created = submit(
         request,
         form,
-        lambda: services.create_personal_token(actor=actor, **form.cleaned_data),
+        lambda: personal_tokens.create_personal_token(actor=actor, **form.cleaned_data),
         # Rendered straight into this response: never the session, messages or logs.
         then=lambda result: render(
             request, "accounts/token_created.html", {"token": result[0], "plaintext": result[1]}
@@ -67,7 +67,7 @@ def token_revoke(request, pk: int):
     if request.method == "POST":
         return buttons.press(
             request,
-            lambda: services.revoke_personal_token(actor=actor, token=token),
+            lambda: personal_tokens.revoke_personal_token(actor=actor, token=token),
             success=f"Token “{token.name}” revoked; scripts using it are refused from now on.",
             back="token-list",
         )

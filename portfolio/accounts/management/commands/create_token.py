@@ -2,7 +2,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from portfolio.accounts import services
+from portfolio.accounts import personal_tokens
 from portfolio.accounts.actor import Actor
 from portfolio.errors import DomainError
 
@@ -32,7 +32,7 @@ class Command(BaseCommand):
             raise CommandError(f"No active user {user!r}.")
         actor = Actor(user=owner, user_agent=SOURCE)
         try:
-            token, plaintext = services.create_personal_token(
+            token, plaintext = personal_tokens.create_personal_token(
                 actor=actor, name=name, expires_in_days=expires_days
             )
         except DomainError as exc:
