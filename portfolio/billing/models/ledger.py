@@ -92,7 +92,6 @@ class TokenDay(models.Model):
             )
         ]
         indexes = [
-            models.Index(fields=["day"], name="token_days_day"),
             models.Index(fields=["department_id", "day"], name="token_days_department_day"),
             models.Index(fields=["owner_department_id", "day"], name="token_days_owner_day"),
         ]
