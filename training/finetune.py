@@ -357,7 +357,8 @@ def record_eval_run(job: FineTuneJob, version: ModelVersion, metrics: dict) -> E
 
 def reap_stale_jobs(silence: timedelta) -> int:
     """Running jobs whose node went silent are resumed elsewhere from their checkpoint, or failed with the
-    reason after ``TRAINING_MAX_ATTEMPTS``: never left running."""
+    reason after ``TRAINING_MAX_ATTEMPTS``, or cancelled if a cancel was asked meanwhile: never left
+    running."""
     cutoff = timezone.now() - silence
     count = 0
     for job in FineTuneJob.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff).select_related(
@@ -366,6 +367,11 @@ def reap_stale_jobs(silence: timedelta) -> int:
         count += 1
         # The silent node's attempt is metered up to the last time the job was seen alive.
         last_seen = job.heartbeat_at or timezone.now()
+        if job.cancel_requested:  # asked while its node was silent: nothing is left to stop, nor to move
+            metering.attempt_ended(job, last_seen)
+            detail = "Cancelled; its node had stopped reporting, so the job was not moved."
+            finish(job.pk, JobStatus.CANCELLED, detail, attempt=job.attempt)
+            continue
         if job.attempt >= settings.TRAINING_MAX_ATTEMPTS:
             metering.attempt_ended(job, last_seen)
             finish(
@@ -387,7 +393,7 @@ def reap_stale_jobs(silence: timedelta) -> int:
                 continue
             job.node, job.gpu_indices = node, gpu_indices
             requeued = FineTuneJob.objects.filter(
-                pk=job.pk, status=JobStatus.RUNNING, heartbeat_at__lt=cutoff
+                pk=job.pk, status=JobStatus.RUNNING, heartbeat_at__lt=cutoff, cancel_requested=False
             ).update(
                 status=JobStatus.QUEUED,
                 node=node,

@@ -65,8 +65,16 @@ def attempt_ended(job: FineTuneJob, at: datetime, attempt: int | None = None) ->
     return meters.close_interval(key(job, attempt), at)
 
 
+MERGE_KEYS = "job:merge:"
+
+
 def merge_key(job_id: int) -> str:
-    return f"job:merge:{job_id}:1"
+    return f"{MERGE_KEYS}{job_id}:1"
+
+
+def open_merges() -> set[int]:
+    """The merge jobs whose interval is still open."""
+    return {int(key.split(":")[2]) for key in meters.open_keys(ComputeKind.JOB) if key.startswith(MERGE_KEYS)}
 
 
 def merge_started(job: MergeJob, at: datetime) -> bool:

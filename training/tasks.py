@@ -253,9 +253,12 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
         return  # the trainer finished (or was cancelled) and said so, or a later attempt has the job
     code = process.returncode if process else None
     why = f"the trainer exited ({_exit_reason(code)})"
-    if job.attempt < settings.TRAINING_MAX_ATTEMPTS:
+    if job.cancel_requested:  # asked before it exited: not started again
+        finetune.finish(job_id, JobStatus.CANCELLED, f"Cancelled; {why}.", attempt=attempt)
+    elif job.attempt < settings.TRAINING_MAX_ATTEMPTS:
         with transaction.atomic():  # audited as the reaper's requeue is: an auditor sees every restart
-            requeued = mine.update(
+            # A cancel committed since it was read: the job stays running, its silence then the reaper's.
+            requeued = mine.filter(cancel_requested=False).update(
                 status=JobStatus.QUEUED,
                 pid=None,
                 status_detail=f"{why}; resuming from step {job.checkpoint_step}.",
@@ -352,20 +355,26 @@ def _watch_merge(job_id: int, process: subprocess.Popen, log: Path) -> str:
     started = time.monotonic()
     last_beat = started
     why = None
-    while process.poll() is None:
-        now = time.monotonic()
-        if now - started > settings.MERGE_TIMEOUT_SECONDS:
-            _kill(process.pid, process=process)
-            process.wait()
-            why = (
-                f"The merge process ran past {settings.MERGE_TIMEOUT_SECONDS}s "
-                "(PORTFOLIO_MERGE_TIMEOUT_SECONDS) and was stopped."
-            )
-            break
-        if now - last_beat >= settings.TRAINING_HEARTBEAT_SECONDS:
-            last_beat = now
-            merges.beat(job_id)
-        time.sleep(0.5)
+    try:
+        while process.poll() is None:
+            now = time.monotonic()
+            if now - started > settings.MERGE_TIMEOUT_SECONDS:
+                _kill(process.pid, process=process)
+                process.wait()
+                why = (
+                    f"The merge process ran past {settings.MERGE_TIMEOUT_SECONDS}s "
+                    "(PORTFOLIO_MERGE_TIMEOUT_SECONDS) and was stopped."
+                )
+                break
+            if now - last_beat >= settings.TRAINING_HEARTBEAT_SECONDS:
+                last_beat = now
+                merges.beat(job_id)
+            time.sleep(0.5)
+    except BaseException:
+        # A beat that failed (the database gone a moment), the task stopped: the process does not run on
+        # unwatched, past its time limit. The job, no longer beaten, is the reaper's.
+        _kill(process.pid, process=process)
+        raise
     why = why or f"The merge process exited ({_exit_reason(process.returncode)}) without finishing the job."
     return merges.ended(job_id, time.monotonic() - started, why, log_tail(log, 30))
 

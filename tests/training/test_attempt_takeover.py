@@ -157,3 +157,37 @@ def test_a_watcher_requeuing_its_own_attempt_audits_it_as_the_reaper_does(make_j
         "system:training",
         "queued",
     )
+
+
+@pytest.mark.parametrize("max_attempts", [3, 1], ids=["would-requeue", "would-give-up"])
+def test_a_job_cancelled_while_its_node_was_silent_is_cancelled_not_moved(
+    make_job, enqueued, settings, max_attempts
+):
+    """The user cancels a job that looks stuck (its node silent): the reaper ends it cancelled. Before, it
+    moved the job to another node (a new, billed attempt that its watcher then killed) or failed it."""
+    from portfolio.accounts.actor import Actor
+    from portfolio.audit.models import AuditEvent
+
+    settings.TRAINING_MAX_ATTEMPTS = max_attempts
+    job = make_job(status=JobStatus.RUNNING, attempt=1, heartbeat_at=timezone.now() - timedelta(hours=1))
+    finetune.cancel_job(actor=Actor.for_system("test"), job=job)
+
+    assert finetune.reap_stale_jobs(timedelta(minutes=2)) == 1
+
+    job.refresh_from_db()
+    assert (job.status, job.attempt, enqueued) == (JobStatus.CANCELLED, 1, [])
+    assert "not moved" in job.status_detail
+    assert not AuditEvent.objects.filter(action="training.job_requeued").exists()
+    assert AuditEvent.objects.filter(action="training.job_cancelled", object_id=str(job.pk)).exists()
+
+
+def test_a_watcher_whose_trainer_died_after_a_cancel_does_not_start_it_again(make_job, enqueued, settings):
+    settings.TRAINING_MAX_ATTEMPTS = 3
+    job = make_job(status=JobStatus.RUNNING, attempt=1, heartbeat_at=timezone.now(), cancel_requested=True)
+    settings.TRAINING_HEARTBEAT_SECONDS = (
+        10**9
+    )  # it does not beat (nor see the cancel) before its trainer exits
+    trainer = subprocess.Popen(["sleep", "0.1"])
+    tasks._watch(job.pk, trainer.pid, trainer, Lease(f"test:{job.pk}:1"), attempt=1)
+    job.refresh_from_db()
+    assert (job.status, enqueued) == (JobStatus.CANCELLED, [])

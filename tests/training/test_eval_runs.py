@@ -215,6 +215,24 @@ def test_cancelling_a_running_run_stops_it_before_its_next_rows(
     assert run.status_detail == "Cancelled after 4 of 20 rows."
 
 
+def test_a_cancel_asked_as_the_last_rows_came_back_is_not_overwritten_by_a_success(
+    engineer, task, endpoint, answers, monkeypatch
+):
+    """Cancel is asked (and audited) after the run's last check and before its result is written: the run
+    ends cancelled, as the person was told, not succeeded."""
+    run = start(engineer, task, endpoint, row_limit=4)
+    real = runs.summarise
+
+    def summarise_while_cancelled(*args, **kwargs):
+        runs.cancel_run(actor=engineer, run=EndpointEvalRun.objects.get(pk=run.pk))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "summarise", summarise_while_cancelled)
+    runs.execute(run.pk)
+    run.refresh_from_db()
+    assert run.status == JobStatus.CANCELLED and run.status_detail == "Cancelled after 4 of 4 rows."
+
+
 def test_cancel_ends_a_queued_run_at_once_and_marks_a_running_one(engineer, task, endpoint):
     queued = start(engineer, task, endpoint)
     assert runs.cancel_run(actor=engineer, run=queued).status == JobStatus.CANCELLED

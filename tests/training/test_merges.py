@@ -396,6 +396,48 @@ def test_the_watcher_stops_a_merge_process_past_its_time_and_fails_the_job(
     assert job.status_detail.endswith("ran past 1s (PORTFOLIO_MERGE_TIMEOUT_SECONDS) and was stopped.")
 
 
+def test_a_watcher_whose_beat_fails_stops_the_merge_process_rather_than_leave_it_unwatched(
+    versions, engineer, tmp_path, settings, monkeypatch
+):
+    """Its beat raised (the database gone a moment) and the task ended: the process ran on with nobody to
+    hold it to its time limit. It is stopped; the job, no longer beaten, is left to the reaper."""
+    _, adapter = versions
+    settings.TRAINING_HEARTBEAT_SECONDS = 0
+    job_id = merging.request_merge(actor=engineer, version=adapter).id
+    assert merges.claim(job_id) is not None
+    process, log = _process(tmp_path, "import time; time.sleep(120)")
+
+    def beat_fails(job_id):
+        raise DatabaseError("the database went away")
+
+    monkeypatch.setattr(merges, "beat", beat_fails)
+    with pytest.raises(DatabaseError):
+        tasks._watch_merge(job_id, process, log)
+
+    assert process.poll() == -signal.SIGTERM
+    assert MergeJob.objects.get(pk=job_id).status == JobStatus.RUNNING
+
+
+def test_a_merge_its_process_ended_with_no_watcher_left_is_billed_to_its_end_not_for_ever(
+    versions, engineer, cpu_pool, settings
+):
+    """The merge process registered its version and ended the job, but its watcher was gone (its worker
+    killed in between): nothing closed its compute, which was billed up to now, every month."""
+    _, adapter = versions
+    settings.NODE_NAME = cpu_pool.nodes.get().name
+    job_id = merging.request_merge(actor=engineer, version=adapter).id
+    job = merges.claim(job_id)
+    metering.merge_started(job, timezone.now() - timedelta(hours=1))
+    assert merges.compute(job_id) == JobStatus.SUCCEEDED  # no merges.ended: its watcher died
+    ended_at = timezone.now() - timedelta(minutes=30)
+    MergeJob.objects.filter(pk=job_id).update(finished_at=ended_at)
+
+    assert merges.reap_stale(timedelta(minutes=2)) == []
+
+    assert ComputeInterval.objects.get(key=f"job:merge:{job_id}:1").ended_at == ended_at
+    assert MergeJob.objects.get(pk=job_id).status == JobStatus.SUCCEEDED
+
+
 def test_a_merge_is_billed_as_training_compute_on_the_pool_of_the_node_it_ran_on(
     versions, engineer, cpu_pool, settings, client, org, team
 ):

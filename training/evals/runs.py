@@ -139,13 +139,18 @@ def finish(
     answers: list[dict] | None = None,
     *,
     was: str = JobStatus.RUNNING,
+    unless_cancelled: bool = False,
 ) -> bool:
-    """Compare-and-swap from running (or ``was``), with its audit row in the same transaction."""
+    """Compare-and-swap from running (or ``was``; and not asked to cancel, ``unless_cancelled``), with its
+    audit row in the same transaction."""
     fields: dict = {"metrics": scores} if scores is not None else {}
     if answers is not None:
         fields["answers"] = answers
+    ending = EndpointEvalRun.objects.filter(pk=run_id, status=was)
+    if unless_cancelled:
+        ending = ending.filter(cancel_requested=False)
     with transaction.atomic():
-        updated = EndpointEvalRun.objects.filter(pk=run_id, status=was).update(
+        updated = ending.update(
             status=status, status_detail=detail[:4000], finished_at=timezone.now(), **fields
         )
         if updated:
@@ -288,12 +293,15 @@ def _score(run: EndpointEvalRun) -> None:
         finish(run.pk, JobStatus.CANCELLED, f"Cancelled after {done} of {len(rows)} rows.")
         return
     kind = run.eval_set.task.kind
-    finish(
+    succeeded = finish(
         run.pk,
         JobStatus.SUCCEEDED,
         scores=summarise(kind, rows, answers, price, verdicts, metered=metered),
         answers=answer_rows(kind, rows, answers, verdicts),
+        unless_cancelled=True,  # a cancel asked since the check above is not overwritten by a success
     )
+    if not succeeded:
+        finish(run.pk, JobStatus.CANCELLED, f"Cancelled after {len(rows)} of {len(rows)} rows.")
 
 
 def _judge(

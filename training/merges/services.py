@@ -226,8 +226,9 @@ def ended(job_id: int, seconds: float, why: str, log: str = "") -> str:
 
 def reap_stale(silence: timedelta) -> list[int]:
     """Running merges whose watcher stopped beating are failed with the reason, never left running; their
-    compute is billed up to the last beat and what they wrote to the store is deleted. Queued ones no
-    worker took up within ``MERGE_QUEUED_AFTER_SECONDS`` are failed too."""
+    compute is billed up to the last beat and what they wrote to the store is deleted. A merge its process
+    ended with no watcher left has its compute closed at its end. Queued ones no worker took up within
+    ``MERGE_QUEUED_AFTER_SECONDS`` are failed too."""
     from training import metering
 
     cutoff = timezone.now() - silence
@@ -240,6 +241,11 @@ def reap_stale(silence: timedelta) -> list[int]:
             metering.merge_ended(job_id, last_seen or timezone.now())
             discard_upload(job_id)
             reaped.append(job_id)
+    # Ended by its process with no watcher left to see the process end (its worker died, or a beat failed
+    # and ended the task): billed up to its end, not for ever.
+    ended = MergeJob.objects.filter(pk__in=metering.open_merges(), finished_at__lt=cutoff)
+    for job_id, finished_at in ended.values_list("pk", "finished_at"):
+        metering.merge_ended(job_id, finished_at)
     # Never taken up (its message lost, its worker gone before it started): it would refuse every other
     # merge of its adapter for good.
     queued_after = settings.MERGE_QUEUED_AFTER_SECONDS
