@@ -62,7 +62,7 @@ def reconcile_deployment(deployment_id: int) -> set[str]:
     touched: set[str] = set()
     with transaction.atomic():
         deployment = (
-            Deployment.objects.select_for_update()
+            Deployment.objects.select_for_update(of=("self",))
             .select_related("version", "pool")
             .filter(pk=deployment_id)
             .first()

@@ -12,11 +12,12 @@ from django.db import connection
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.choices import OrgRole, TeamRole
 from portfolio.accounts.models import Department, Membership, OrgRoleGrant, Team
-from tests import flush_retry
+from tests import flush_retry, row_locks
 
 PASSWORD = "correct-horse-battery-staple"
 
 flush_retry.install()
+row_locks.install()
 
 
 # A process a test started (gateway, `portfolio web`, Celery worker, node agent) may hold its database

@@ -349,7 +349,9 @@ def record(ingest: DatasetIngest, prepared: Prepared, actor: Actor) -> tuple[Dat
     """Record the version (with its artifact and audit row) and end the running ingest, in one transaction:
     ``(version, created)``; an existing version holding the same rows is the outcome instead."""
     dataset = ingest.dataset
-    Dataset.objects.select_for_update().filter(pk=dataset.pk).first()  # serialise numbering per dataset
+    Dataset.objects.select_for_update(of=("self",)).filter(
+        pk=dataset.pk
+    ).first()  # serialise numbering per dataset
     existing = prepared.existing or dataset.versions.filter(content_sha256=prepared.content_sha256).first()
     if existing is not None:  # known before, or the same rows arrived from another upload meanwhile
         _succeed(ingest.pk, existing, False)

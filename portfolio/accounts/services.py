@@ -163,7 +163,7 @@ def revoke_department_role(
     """Take the department role back; revoking one the user does not hold is a no-op, not audited."""
     gate.require(actor, "department.change", department)
     grant = (
-        DepartmentRole.objects.select_for_update()
+        DepartmentRole.objects.select_for_update(of=("self",))
         .select_related("user", "department")
         .filter(user=user, department=department, role=_department_role(role))
         .first()

@@ -7,7 +7,11 @@ it ends in one of two ways:
 
 - ``ready``: ``complete_import``, the files stored and checked, audited ``model_version.ready``;
 - ``failed``: ``fail_import``, a refusal or an error with its reason, audited ``model_version.failed``
-  (``reap_stale_imports`` fails an import whose worker went silent).
+  (``reap_stale_imports`` fails an import whose worker died, and one that no worker took up in a day).
+
+Silence alone does not mean death: a run holds its lease while it lives, and a GGUF conversion or a Hub
+download says nothing for as long as it takes. A silent import still queued (the control workers busy with
+long tasks, or its message lost) is sent again.
 
 Every transition is a compare-and-swap on ``status == importing``: a version finished, failed or archived
 meanwhile is left alone.
@@ -21,6 +25,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -40,6 +45,10 @@ from portfolio.registry.stores import default_store
 
 logger = logging.getLogger(__name__)
 STALE_IMPORT_AFTER = timedelta(minutes=15)
+# A queued import no worker took up in this long is failed rather than sent again once more.
+GIVE_UP_QUEUED_AFTER = timedelta(hours=24)
+# The progress line of an import no run has started yet (``start_import`` writes it; ``run`` replaces it).
+QUEUED = "queued"
 # The import's last progress line when the files have no chat template: what it means, where it shows.
 NO_CHAT_TEMPLATE = (
     "ready, without a chat template: chat calls are refused (completions work) until a version "
@@ -55,7 +64,7 @@ def run(version_id: int) -> None:
         return  # idempotent: already finished, failed or archived
     # One run per import: a redelivery of this task (the broker's visibility timeout, a worker process that
     # died) finds the live run's lease and leaves the version, and its uploaded archive, alone.
-    lease = Lease(f"registry.import_version:{version_id}")
+    lease = lease_of(version_id)
     if not lease.acquire():
         logger.info(
             "import of version %s is run by a live delivery (%s); this redelivery leaves it alone",
@@ -66,7 +75,14 @@ def run(version_id: int) -> None:
     with lease.kept():
         version.refresh_from_db(fields=["status"])
         if version.status == VersionStatus.IMPORTING:
+            # No longer queued: from here the reaper tells a live run from a dead one by the lease.
+            report_progress(version_id, 0, "starting")
             _import(version)
+
+
+def lease_of(version_id: int) -> Lease:
+    """The lease its run holds: a redelivery, or the reaper, finds a live run by it and leaves it alone."""
+    return Lease(f"registry.import_version:{version_id}")
 
 
 class Reporter:
@@ -172,7 +188,11 @@ def facts_problems(version: ModelVersion, facts: ModelFacts) -> str | None:
 def complete_import(
     version_id: int, manifest: Manifest, facts: ModelFacts, store_uri: str
 ) -> ModelVersion | None:
-    version = ModelVersion.objects.select_for_update().select_related("model__owner_team").get(pk=version_id)
+    version = (
+        ModelVersion.objects.select_for_update(of=("self",))
+        .select_related("model__owner_team")
+        .get(pk=version_id)
+    )
     if version.status != VersionStatus.IMPORTING:
         return None  # cancelled or finished by another run meanwhile
     problem = facts_problems(version, facts)
@@ -249,21 +269,50 @@ def _fail(version: ModelVersion, reason: str) -> None:
 
 @transaction.atomic
 def fail_import(version_id: int, reason: str) -> None:
-    version = ModelVersion.objects.select_for_update().select_related("model__owner_team").get(pk=version_id)
+    version = (
+        ModelVersion.objects.select_for_update(of=("self",))
+        .select_related("model__owner_team")
+        .get(pk=version_id)
+    )
     if version.status == VersionStatus.IMPORTING:
         _fail(version, reason)
 
 
-def reap_stale_imports(max_silence: timedelta = STALE_IMPORT_AFTER) -> int:
-    """Imports whose worker went silent are failed with the reason, never left 'importing'."""
-    cutoff = timezone.now() - max_silence
-    stale = ModelVersion.objects.filter(status=VersionStatus.IMPORTING, heartbeat_at__lt=cutoff)
-    count = 0
-    for version_id in stale.values_list("pk", flat=True):
-        fail_import(
-            version_id,
-            f"The import stopped reporting progress for {int(max_silence.total_seconds())}s "
-            "(its worker died?). Start it again.",
-        )
-        count += 1
-    return count
+def reap_stale_imports(
+    max_silence: timedelta = STALE_IMPORT_AFTER, give_up_after: timedelta = GIVE_UP_QUEUED_AFTER
+) -> int:
+    """No import stays 'importing' for ever. One silent for ``max_silence`` whose run holds its lease is
+    alive (converting or downloading says nothing) and left alone; one still queued is sent again (``run``
+    is idempotent), unless no worker took it up within ``give_up_after``; one started whose lease is gone
+    (its worker died) is failed with the reason. Returns how many were failed."""
+    now = timezone.now()
+    cutoff = now - max_silence
+    silent = ModelVersion.objects.filter(status=VersionStatus.IMPORTING, heartbeat_at__lt=cutoff)
+    failed = 0
+    rows = silent.order_by("pk").values_list("pk", "progress_detail", "created_at")
+    for version_id, progress_detail, created_at in rows:
+        if lease_of(version_id).holder() is not None:
+            continue  # a live run
+        if progress_detail != QUEUED:
+            fail_import(
+                version_id,
+                f"The import stopped reporting progress for {int(max_silence.total_seconds())}s "
+                "(its worker died?). Start it again.",
+            )
+            failed += 1
+        elif created_at < now - give_up_after:
+            hours = int(give_up_after.total_seconds() // 3600)
+            fail_import(
+                version_id,
+                f"No worker took the import up within {hours} h (the workers busy or stopped?). Start it "
+                "again, or ask an admin to check the workers.",
+            )
+            failed += 1
+        elif silent.filter(pk=version_id, progress_detail=QUEUED).update(heartbeat_at=now):
+            # Counted from now: sent again, it has ``max_silence`` to start before the next resend.
+            logger.warning(
+                "import of version %s still queued since before %s: sent again", version_id, cutoff
+            )
+            # By the task's name: the task module builds on this one.
+            current_app.signature("registry.import_version", args=[version_id]).apply_async()
+    return failed

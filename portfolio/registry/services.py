@@ -17,7 +17,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Forbidden, Invalid
-from portfolio.registry import blobclaims, chat_templates, importers, safety
+from portfolio.registry import blobclaims, chat_templates, importers, importing, safety
 from portfolio.registry.choices import Source, Task, VersionKind, VersionStatus, Visibility
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.inspection import ModelFacts
@@ -210,7 +210,9 @@ def start_import(
         raise Invalid("file: Attach the adapter archive.")
     kind = VersionKind.BASE
     if base_version is not None:
-        base_version = gate.get_visible(actor, ModelVersion, pk=base_version.pk)
+        gate.get_visible(actor, ModelVersion, pk=base_version.pk)
+        # Read under the lock archive_version takes: a base archived meanwhile gets no new adapter.
+        base_version = ModelVersion.objects.select_for_update().get(pk=base_version.pk)
         if base_version.kind != VersionKind.BASE or base_version.status != VersionStatus.READY:
             raise Invalid("base_version: An adapter's base must be a ready base version.")
         team = model.owner_team
@@ -247,7 +249,7 @@ def start_import(
         model_card=model_card,
         created_by=actor.user,
         heartbeat_at=timezone.now(),
-        progress_detail="queued",
+        progress_detail=importing.QUEUED,  # the reaper sends it again while no run has started it
     )
     audited = dict(options)
     if "chat_template" in audited:
@@ -296,7 +298,11 @@ def set_chat_template(*, actor: Actor, version: ModelVersion, chat_template: str
 def _register_derived(
     actor: Actor, version: ModelVersion, manifest: Manifest, store_uri: str, chat_template: str
 ) -> ModelVersion:
-    parent = ModelVersion.objects.select_for_update().select_related("model__owner_team").get(pk=version.pk)
+    parent = (
+        ModelVersion.objects.select_for_update(of=("self",))
+        .select_related("model__owner_team")
+        .get(pk=version.pk)
+    )
     if parent.status != VersionStatus.READY:
         raise Conflict(f"{parent.label} is {parent.status}; a chat template is set on a ready version only.")
     artifact = Artifact.objects.record(manifest, store_uri)
@@ -377,7 +383,7 @@ def promote(
         raise Invalid("endpoint: an endpoint's name.", fields={"endpoint": ["Too long."]})
     if version.status != VersionStatus.READY:
         raise Conflict(f"{version.label} is {version.status}; only a ready version can be promoted.")
-    existing = Alias.objects.select_for_update().filter(model=version.model, name=alias).first()
+    existing = Alias.objects.select_for_update(of=("self",)).filter(model=version.model, name=alias).first()
     previous = existing.version if existing else None
     force_reason = force_reason.strip()
     if alias in GUARDED_ALIASES and previous is not None and previous.pk != version.pk:
@@ -429,7 +435,11 @@ def in_use_reasons(version: ModelVersion) -> list[str]:
 @transaction.atomic
 def archive_version(*, actor: Actor, version: ModelVersion) -> ModelVersion:
     gate.require(actor, "model.register", version.model)
-    version = ModelVersion.objects.select_for_update().select_related("model__owner_team").get(pk=version.pk)
+    version = (
+        ModelVersion.objects.select_for_update(of=("self",))
+        .select_related("model__owner_team")
+        .get(pk=version.pk)
+    )
     reasons = in_use_reasons(version)
     if reasons:
         raise Conflict(f"{version.label} cannot be archived: {'; '.join(reasons)}.")

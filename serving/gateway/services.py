@@ -226,7 +226,7 @@ SERVICE_KEY_RENEW_AFTER = timedelta(hours=1)
 def renew_service_key(*, actor: Actor, key_pk: int) -> bool:
     """Move an active service key's expiry to a lifetime from now (audited); False if it is revoked."""
     key = (
-        ApiKey.objects.select_for_update()
+        ApiKey.objects.select_for_update(of=("self",))
         .select_related("team")
         .filter(pk=key_pk, service=True, revoked_at__isnull=True)
         .first()
@@ -267,7 +267,7 @@ def update_key(
     """Change what is given, keep what is left out (``None`` is "no limit"). Changing a limit or budget
     needs ``apikey.limits`` (an owner or admin); scopes and addresses need ``apikey.manage``."""
     gate.require(actor, "apikey.manage", key)
-    key = ApiKey.objects.select_for_update().select_related("team").get(pk=key.pk)
+    key = ApiKey.objects.select_for_update(of=("self",)).select_related("team").get(pk=key.pk)
     if key.revoked_at is not None:
         raise Conflict("This key is revoked; its settings can no longer be changed.")
     before = key.snapshot()
@@ -331,7 +331,9 @@ def update_key_policy(
     Existing keys keep their limits: an owner changes those on each key."""
     gate.require(actor, "apikey.limits", team)
     # A team without a row has no ceilings, exactly as a row without values: creating one changes nothing.
-    policy, _ = KeyPolicy.objects.select_for_update().select_related("team").get_or_create(team=team)
+    policy, _ = (
+        KeyPolicy.objects.select_for_update(of=("self",)).select_related("team").get_or_create(team=team)
+    )
     before = policy.snapshot()
     given = {
         "rpm_limit": rpm_limit,

@@ -58,16 +58,20 @@ def _fits_model(version: ModelVersion, args: dict) -> None:
 def _lock_version(version: ModelVersion, *others: int) -> None:
     """Lock the version's row as archive_version locks it, so that it is not archived between a check of its
     status here and this transaction's commit (nor this deployment missed by the archive's check of its use).
-    Taken before the deployment's row: ``_locked`` also locks the deployment's team, and archive_version
-    locks its model's team after the version. ``others``: versions ``_locked`` will lock too (a restart's
-    current one), taken with it in id order, so two restarts swapping versions do not wait on each other."""
+    Taken before the deployment's row. ``others``: a restart's current version, locked with it in id order,
+    so two restarts swapping versions do not wait on each other. Only versions the actor sees are locked
+    (``_visible`` first): a row of another team's is neither waited on nor revealed by a wait."""
     ids = sorted({version.pk, *others})
     list(ModelVersion.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk"))
 
 
+def _visible(actor: Actor, version: ModelVersion) -> ModelVersion:
+    return gate.get_visible(actor, ModelVersion, pk=version.pk)
+
+
 def _deployable(actor: Actor, version: ModelVersion) -> ModelVersion:
-    _lock_version(version)  # its status is read under the lock
-    version = gate.get_visible(actor, ModelVersion, pk=version.pk)
+    _lock_version(_visible(actor, version))
+    version = ModelVersion.objects.get(pk=version.pk)  # its status read under the lock
     if version.kind != VersionKind.BASE:
         raise Invalid("version: deploy a base version; adapters are added to a deployment of their base.")
     if version.status != VersionStatus.READY or version.artifact is None:
@@ -129,7 +133,7 @@ def create_deployment(
 
 def _locked(deployment: Deployment) -> Deployment:
     return (
-        Deployment.objects.select_for_update()
+        Deployment.objects.select_for_update(of=("self",))
         .select_related("version", "pool", "owner_team")
         .get(pk=deployment.pk)
     )
@@ -172,7 +176,7 @@ def restart(
     the team, for a model no longer shared with it, or past a hard-limited budget."""
     gate.require(actor, "deployment.manage", deployment)
     if version is not None:
-        _lock_version(version, deployment.version_id)  # before the deployment's row: see _lock_version
+        _lock_version(_visible(actor, version), deployment.version_id)  # before the deployment's row
     deployment = _locked(deployment)
     before = deployment.snapshot()
     if version is not None and version.pk != deployment.version_id:
@@ -274,9 +278,9 @@ def add_adapter(
 ) -> DeploymentAdapter:
     """Serve an adapter of the deployment's base: running replicas hot-load it without a restart."""
     gate.require(actor, "deployment.manage", deployment)
-    _lock_version(adapter)  # before the deployment's row (see _lock_version); its status is read under it
+    _lock_version(_visible(actor, adapter))  # before the deployment's row (see _lock_version)
     deployment = _locked(deployment)
-    adapter = gate.get_visible(actor, ModelVersion, pk=adapter.pk)
+    adapter = ModelVersion.objects.get(pk=adapter.pk)  # its status read under the lock
     require_usable_by(deployment.owner_team, adapter, "adapter")
     if adapter.kind != VersionKind.ADAPTER or adapter.base_version_id != deployment.version_id:
         raise Invalid(f"{adapter.label} is not an adapter of {deployment.version.label}.")

@@ -290,7 +290,7 @@ def abort_rollout(*, actor: Actor, endpoint: Endpoint, reason: str = "") -> Roll
     gate.require(actor, "deployment.manage", endpoint)
     endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
     rollout = (
-        Rollout.objects.select_for_update()
+        Rollout.objects.select_for_update(of=("self",))
         .filter(endpoint=endpoint, state=RolloutState.CANARY)
         .select_related("endpoint")
         .first()

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from celery.app.task import Task
+from django.utils import timezone
 
 from portfolio.audit.models import AuditEvent
 from portfolio.errors import Forbidden, Invalid
-from portfolio.registry import services
+from portfolio.registry import importing, services
 from portfolio.registry.choices import Source, VersionKind, VersionStatus, Visibility
 from portfolio.registry.models import Artifact, ModelVersion
-from portfolio.registry.tasks import reap_stale_imports
+from portfolio.registry.tasks import import_version, reap_stale_imports
 from tests.conftest import actor_for
 from tests.registry.conftest import import_here, make_adapter_folder, make_model_folder
 
@@ -28,6 +31,32 @@ def model(org, team):
 
 def _import(org, model, source, ref, **options) -> ModelVersion:
     return import_here(actor_for(org["engineer"]), model, source, ref, **options)
+
+
+@pytest.fixture
+def sent(monkeypatch) -> list[tuple]:
+    calls: list[tuple] = []
+
+    def record(task, args=None, kwargs=None, **options):
+        calls.append((task.name, tuple(args or ())))
+
+    monkeypatch.setattr(Task, "apply_async", record)
+    return calls
+
+
+def _silent(org, model, settings, *, started: bool, age: timedelta = timedelta(hours=1)) -> ModelVersion:
+    """An import of a server folder registered ``age`` ago and silent for an hour: queued, or its run started."""
+    folder = make_model_folder(settings.IMPORT_ROOTS[0] / "tiny")
+    version = services.start_import(
+        actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL, ref=str(folder), enqueue=False
+    )
+    if started:
+        importing.report_progress(version.pk, 10, "converting tiny.gguf to safetensors")
+    now = timezone.now()
+    ModelVersion.objects.filter(pk=version.pk).update(
+        created_at=now - age, heartbeat_at=now - timedelta(hours=1)
+    )
+    return version
 
 
 def test_a_server_folder_imports_as_a_ready_version_with_its_facts(org, model, settings):
@@ -188,19 +217,63 @@ def test_a_hub_repository_imports_offline_from_the_local_cache(org, model, setti
     assert missing.status == VersionStatus.FAILED and "not in the local Hub cache" in missing.status_detail
 
 
-def test_a_silent_import_is_failed_by_the_reaper_never_left_importing(org, model, settings):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    folder = make_model_folder(settings.IMPORT_ROOTS[0] / "tiny")
-    version = services.start_import(
-        actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL, ref=str(folder), enqueue=False
-    )
-    ModelVersion.objects.filter(pk=version.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+def test_a_silent_import_is_failed_by_the_reaper_never_left_importing(org, model, settings, sent):
+    """Its run started and fell silent without its lease: its worker died."""
+    version = _silent(org, model, settings, started=True)
     assert reap_stale_imports() == 1
     version.refresh_from_db()
     assert version.status == VersionStatus.FAILED and "stopped reporting progress" in version.status_detail
+    assert sent == []
+
+
+def test_a_silent_import_whose_run_holds_its_lease_is_left_alone(org, model, settings, sent):
+    """A GGUF conversion or a Hub download says nothing for as long as it takes; its run is alive."""
+    version = _silent(org, model, settings, started=True)
+    lease = importing.lease_of(version.pk)  # as the running task holds it
+    assert lease.acquire(wait=False)
+    try:
+        assert reap_stale_imports() == 0
+    finally:
+        lease.release()
+    version.refresh_from_db()
+    assert version.status == VersionStatus.IMPORTING and sent == []
+
+
+def test_a_queued_import_waiting_for_busy_workers_is_sent_again_and_made_by_the_next_run(
+    org, model, settings, sent
+):
+    version = _silent(org, model, settings, started=False)
+    assert reap_stale_imports() == 0
+    assert sent == [("registry.import_version", (version.pk,))]
+    version.refresh_from_db()
+    assert version.status == VersionStatus.IMPORTING
+    assert version.heartbeat_at > timezone.now() - timedelta(minutes=1)
+    # A minute later: not sent again before it could start.
+    assert reap_stale_imports() == 0 and len(sent) == 1
+    import_version(version.pk)
+    version.refresh_from_db()
+    assert version.status == VersionStatus.READY, version.status_detail
+
+
+def test_a_run_that_died_before_its_first_progress_report_is_failed_not_sent_again(
+    org, model, settings, sent, monkeypatch
+):
+    """Taken up, an import is no longer queued, whatever the importer said so far."""
+    version = _silent(org, model, settings, started=False)
+    monkeypatch.setattr(importing, "_import", lambda version: None)  # its worker died at once
+    import_version(version.pk)
+    ModelVersion.objects.filter(pk=version.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    assert reap_stale_imports() == 1
+    version.refresh_from_db()
+    assert version.status == VersionStatus.FAILED and sent == []
+
+
+def test_an_import_no_worker_took_up_in_a_day_is_failed_with_the_reason(org, model, settings, sent):
+    version = _silent(org, model, settings, started=False, age=timedelta(hours=25))
+    assert reap_stale_imports() == 1
+    version.refresh_from_db()
+    assert version.status == VersionStatus.FAILED and "No worker took the import up" in version.status_detail
+    assert sent == []
 
 
 def test_visibility_decides_who_sees_a_model(org, model, other_team):
@@ -234,10 +307,6 @@ def test_a_viewer_cannot_register_versions(org, model):
 def test_an_upload_whose_import_the_reaper_fails_is_deleted_with_it(
     org, model, base, tmp_path, django_capture_on_commit_callbacks
 ):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     archive = _zip(tmp_path / "a.zip", _adapter_members(tmp_path))
     with archive.open("rb") as handle:
         saved = services.save_upload(iter(lambda: handle.read(65536), b""), archive.name)
@@ -245,6 +314,8 @@ def test_an_upload_whose_import_the_reaper_fails_is_deleted_with_it(
         actor=actor_for(org["engineer"]), model=model, source=Source.UPLOAD, ref=archive.name,
         base_version=base, upload_path=saved, enqueue=False,
     )  # fmt: skip
+    # Its run started, then its worker died.
+    importing.report_progress(version.pk, 10, "extracting the archive")
     ModelVersion.objects.filter(pk=version.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
     assert Path(saved).exists()
     with django_capture_on_commit_callbacks(execute=True):
@@ -304,3 +375,36 @@ def test_an_adapter_is_not_put_on_a_base_only_its_uploader_sees(
             base_version=their_base, upload_path=saved, enqueue=False,
         )  # fmt: skip
     assert not model.versions.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_base_archived_meanwhile_gets_no_new_adapter(org, model, base, tmp_path, monkeypatch):
+    """The archive has found the base unused and not committed yet when an adapter's import is registered on
+    it: the import waits for the archive, then finds the base archived. (Before, it checked the base's status
+    without a lock and registered an adapter of an archived base.)"""
+    from tests.interleave import Pause, interleave
+
+    archive = _zip(tmp_path / "a.zip", _adapter_members(tmp_path))
+    with archive.open("rb") as handle:
+        saved = services.save_upload(iter(lambda: handle.read(65536), b""), archive.name)
+    engineer = actor_for(org["engineer"])
+    pause = Pause()
+    monkeypatch.setattr(services, "in_use_reasons", pause.hook(services.in_use_reasons))
+
+    archived, imported = interleave(
+        pause,
+        lambda: services.archive_version(actor=engineer, version=base),
+        lambda: services.start_import(
+            actor=engineer,
+            model=model,
+            source=Source.UPLOAD,
+            ref=archive.name,
+            base_version=base,
+            upload_path=saved,
+            enqueue=False,
+        ),  # fmt: skip
+    )
+
+    assert archived.error is None
+    assert isinstance(imported.error, Invalid) and "ready base" in str(imported.error), imported.error
+    assert not ModelVersion.objects.filter(base_version=base).exists()

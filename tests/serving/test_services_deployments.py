@@ -3,7 +3,10 @@ refused and why), and the registry and permission gate in front of them."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
+from django.db import connection, transaction
 from django.utils import timezone
 
 from portfolio.accounts import gate
@@ -284,6 +287,54 @@ def test_a_version_being_deployed_is_not_archived_meanwhile(use, world, admin, m
     assert used.error is None
     assert isinstance(archived.error, Conflict) and "deployed" in str(archived.error), archived.error
     assert ModelVersion.objects.get(pk=version.pk).status == VersionStatus.READY
+
+
+PRIVATE = {
+    # name: another team's version, unshared, that the call of USES would put to use
+    "create_deployment": lambda w: _private_base(w),
+    "restart": lambda w: _private_base(w),
+    "add_adapter": lambda w: make_adapter(
+        w["org"], w["other_team"], w["artifact"], w["base_version"], creator="outsider"
+    ),  # fmt: skip
+}
+
+
+def _private_base(w) -> ModelVersion:
+    return ready_base(actor_for(w["org"]["outsider"]), w["other_team"], "private-base", w["artifact"],
+                      parameter_count=134_515_008, shape=SMOLLM2_SHAPE)  # fmt: skip
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("use", USES)
+def test_a_version_one_cannot_see_is_not_waited_on(use, world):
+    """Another team's unshared version is refused as not found before its row is locked: a call naming it
+    neither waits on that team's work (here, a lock held on it) nor learns from a wait that it exists."""
+    version = PRIVATE[use](world)
+    if use != "create_deployment":
+        world["deployment"] = deploy(world["owner"], world["team"], world["base_version"], world["pool"])
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                ModelVersion.objects.select_for_update().get(pk=version.pk)
+                held.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    try:
+        assert held.wait(10)
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '2s'")  # a wait would end in an error, not NotFound
+            with pytest.raises(NotFound):
+                USES[use][1](world, version)
+    finally:
+        release.set()
+        holder.join(10)
 
 
 @pytest.mark.django_db(transaction=True)

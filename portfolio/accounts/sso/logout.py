@@ -129,7 +129,7 @@ def verify_logout_token(config: OidcConfig, token: str) -> dict[str, Any]:
 def end_sessions(*, actor: Actor, issuer: str, claims: dict[str, Any]) -> int:
     """Delete every session a verified logout token names (by ``sid``, else by ``sub``), each audited as
     ``user.logout`` by the realm; how many were still open."""
-    sessions = SsoSession.objects.select_for_update().select_related("user").filter(issuer=issuer)
+    sessions = SsoSession.objects.select_for_update(of=("self",)).select_related("user").filter(issuer=issuer)
     if claims.get("sid"):
         sessions = sessions.filter(sid=str(claims["sid"]))
     if claims.get("sub"):

@@ -193,7 +193,9 @@ def _org_change(actor: Actor, action: str, user, role: str, before: dict) -> Non
 
 
 def _apply_org_roles(user, wanted: set[str], actor: Actor, summary: Summary) -> None:
-    rows = {grant.role: grant for grant in OrgRoleGrant.objects.select_for_update().filter(user=user)}
+    rows = {
+        grant.role: grant for grant in OrgRoleGrant.objects.select_for_update(of=("self",)).filter(user=user)
+    }
     for role in sorted(wanted):
         grant = rows.get(role)
         before = {"user": user.username, "org_roles": _org_roles(user)}
@@ -218,7 +220,7 @@ def _apply_department_roles(user, wanted: Iterable[tuple[int, str]], actor: Acto
     wanted = set(wanted)
     rows = {
         (grant.department_id, grant.role): grant
-        for grant in DepartmentRole.objects.select_for_update()
+        for grant in DepartmentRole.objects.select_for_update(of=("self",))
         .filter(user=user)
         .select_related("department", "user")
     }

@@ -46,7 +46,8 @@ def _username(claims: dict[str, Any]) -> str:
 
 def _identity(issuer: str, subject: str) -> ExternalIdentity | None:
     return (
-        ExternalIdentity.objects.select_for_update()
+        # The user's row too, on purpose: its is_active is read under the lock deactivate_user takes.
+        ExternalIdentity.objects.select_for_update(of=("self", "user"))
         .select_related("user")
         .filter(issuer=issuer, subject=subject)
         .first()
