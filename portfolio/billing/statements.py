@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -34,6 +35,7 @@ from portfolio.billing.choices import LineKind, StatementStatus
 from portfolio.billing.models import Statement, StatementLine
 from portfolio.errors import Conflict, Invalid
 
+logger = logging.getLogger(__name__)
 ZERO = Decimal("0.00")
 
 
@@ -371,11 +373,17 @@ def months_to_close(department: Department, now: datetime) -> list[date]:
 
 
 def close_finished(now: datetime | None = None) -> list[Statement]:
-    """The beat task's work: close every finished month of every department, oldest first."""
+    """The beat task's work: close every finished month of every department, oldest first; what was closed.
+    Each department closes on its own: one whose close fails (a concurrent close, lines that cannot be
+    computed) is logged and retried by the next run, and the departments after it still close."""
     now = now or timezone.now()
     actor = Actor.for_system("billing")
     closed = []
     for department in Department.objects.order_by("pk"):
         for month in months_to_close(department, now):
-            closed.append(close(actor, department, month))
+            try:
+                closed.append(close(actor, department, month))
+            except Exception:
+                logger.exception("billing: closing %s of %s failed", label(month), department.cost_center)
+                break  # its later months wait for this one: a department's months close oldest first
     return closed

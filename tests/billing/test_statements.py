@@ -267,6 +267,35 @@ def test_the_beat_task_closes_every_finished_month_oldest_first_and_only_after_t
     assert statements.close_finished(datetime(2026, 12, 1, 8, tzinfo=UTC)) == []
 
 
+def test_a_department_whose_close_fails_does_not_stop_the_departments_after_it(
+    october, team, other_team, settings, monkeypatch, caplog
+):
+    from datetime import UTC, datetime
+
+    from portfolio.accounts.models import Department
+
+    Department.objects.filter(pk__in=[team.department_id, other_team.department_id]).update(
+        created_at=datetime(2026, 10, 3, tzinfo=UTC)
+    )
+    settings.BILLING_CLOSE_AFTER_HOURS = 6
+    close = statements.close
+
+    def failing_for_the_first(actor, department, month):
+        if department.pk == team.department_id:
+            raise ValueError("lines cannot be computed")
+        return close(actor, department, month)
+
+    monkeypatch.setattr(statements, "close", failing_for_the_first)
+    closed = statements.close_finished(datetime(2026, 12, 1, 7, tzinfo=UTC))
+    assert [(s.department.cost_center, s.month) for s in closed] == [
+        ("CC-200", OCTOBER),
+        ("CC-200", NOVEMBER),
+    ]
+    assert not Statement.objects.filter(department_id=team.department_id).exists()
+    assert "closing 2026-10 of CC-100 failed" in caplog.text
+    assert "lines cannot be computed" in caplog.text
+
+
 def test_calls_to_an_endpoint_without_a_token_price_pay_their_share_of_its_compute_at_cost(
     priced, team, other_team
 ):
