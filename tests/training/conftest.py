@@ -15,15 +15,18 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
+from portfolio.registry import services as registry
 from portfolio.registry.choices import Source, VersionKind, VersionStatus
 from portfolio.registry.models import Artifact, ModelVersion
 from portfolio.registry.storage import store_directory
 from portfolio.registry.stores import default_store
+from portfolio.registry.tasks import import_version
 from serving.choices import PoolKind
 from serving.models import ComputePool
 from tests.conftest import actor_for
 from tests.registry.conftest import ready_base
 from tests.serving.nodes import add_node
+from tests.training import tiny_lora
 from training import finetune, ingest, services, tasks
 from training.choices import DatasetKind, JobStatus
 from training.models import DatasetIngest, FineTuneJob
@@ -215,3 +218,31 @@ def tiny_llama(smollm2_tokenizer_dir, tmp_path_factory):
     )
     LlamaForCausalLM(config).save_pretrained(base)
     return base
+
+
+@pytest.fixture
+def versions(settings, tmp_path, engineer, team):
+    """A tiny base and a random LoRA adapter on it, imported from a server folder as people import them."""
+    root = (tmp_path / "imports").resolve()
+    settings.IMPORT_ROOTS = [root]
+    base_dir = tiny_lora.make_base(root / "base")
+    adapter_dir = tiny_lora.make_adapter(base_dir, root / "adapter")
+    base_model = registry.create_model(actor=engineer, name="tiny-base", owner_team=team)
+    base = registry.start_import(
+        actor=engineer, model=base_model, source=Source.LOCAL, ref=str(base_dir), enqueue=False
+    )
+    import_version(base.pk)
+    base.refresh_from_db()
+    router = registry.create_model(actor=engineer, name="tiny-router", owner_team=team)
+    adapter = registry.start_import(
+        actor=engineer,
+        model=router,
+        source=Source.LOCAL,
+        ref=str(adapter_dir),
+        base_version=base,
+        enqueue=False,
+    )
+    import_version(adapter.pk)
+    adapter.refresh_from_db()
+    assert (base.status, adapter.status, adapter.kind) == ("ready", "ready", VersionKind.ADAPTER)
+    return base, adapter
