@@ -113,6 +113,20 @@ def test_a_token_with_a_bad_claim_is_refused(realm_client, monkeypatch, trusted,
     assert not User.objects.filter(username="alice").exists()
 
 
+def test_a_refusal_for_another_nonce_keeps_the_expected_one_out_of_the_audit_trail(
+    realm_client, monkeypatch, trusted
+):
+    expected = {}
+
+    def with_another_nonce(claims):
+        expected["nonce"] = claims["nonce"]
+        return signed({**claims, "nonce": "another-sign-in"})
+
+    response = answer(realm_client, monkeypatch, with_another_nonce)
+    reason = assert_refused(realm_client, response, "id_token_invalid").after["reason"]
+    assert "nonce" in reason and expected["nonce"][:8] not in reason, reason
+
+
 def test_a_token_signed_by_a_key_the_realm_does_not_have_is_refused(realm_client, monkeypatch):
     response = answer(realm_client, monkeypatch, signed)
     assert_refused(realm_client, response, "id_token_invalid: signed by an unknown key")

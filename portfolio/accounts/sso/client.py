@@ -226,7 +226,9 @@ def verify_jwt(config: OidcConfig, token: str, check: dict[str, Any], refuse) ->
                 raise refuse("signed by an unknown key") from exc
             continue
         except JWException as exc:
-            raise refuse(str(exc)[:80] or type(exc).__name__) from exc
+            # jwcrypto's text goes on to the value it expected (the sign-in's nonce): the audit row, which
+            # auditors read, gets the claim it is about, not the value.
+            raise refuse(str(exc).split(" Expected ")[0][:80] or type(exc).__name__) from exc
         except ValueError as exc:
             raise refuse("malformed") from exc
     raise refuse("signed by an unknown key")  # not reached: the second pass returns or raises
