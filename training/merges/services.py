@@ -245,7 +245,7 @@ def reap_stale(silence: timedelta) -> list[int]:
     # and ended the task): billed up to its end, not for ever.
     ended = MergeJob.objects.filter(pk__in=metering.open_merges(), finished_at__lt=cutoff)
     for job_id, finished_at in ended.values_list("pk", "finished_at"):
-        metering.merge_ended(job_id, finished_at)
+        metering.merge_ended(job_id, finished_at or timezone.now())  # never None: filtered on it
     # Never taken up (its message lost, its worker gone before it started): it would refuse every other
     # merge of its adapter for good.
     queued_after = settings.MERGE_QUEUED_AFTER_SECONDS
