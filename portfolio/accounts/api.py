@@ -4,6 +4,8 @@ sign-on mapping rules."""
 from datetime import datetime
 
 from django.contrib.auth import get_user_model
+from django.http import HttpResponse
+from django.utils.cache import add_never_cache_headers
 from ninja import Router, Schema, Status
 from ninja.pagination import PageNumberPagination, paginate
 from pydantic import Field
@@ -309,7 +311,8 @@ def list_users(request):
 
 
 @router.post("/users", response={201: UserCreated})
-def create_user(request, payload: UserIn):
+def create_user(request, payload: UserIn, response: HttpResponse):
+    add_never_cache_headers(response)  # the answer holds the initial password: no cache may keep it
     user, password = services.create_user(
         actor=request.auth, username=payload.username, email=payload.email, org_role=payload.org_role or ""
     )
@@ -361,7 +364,8 @@ def list_tokens(request):
 
 
 @router.post("/tokens", response={201: TokenCreated}, tags=["tokens"])
-def create_token(request, payload: TokenIn):
+def create_token(request, payload: TokenIn, response: HttpResponse):
+    add_never_cache_headers(response)  # the answer holds the token: no cache may keep it
     token, plaintext = personal_tokens.create_personal_token(
         actor=request.auth, name=payload.name, expires_in_days=payload.expires_in_days
     )

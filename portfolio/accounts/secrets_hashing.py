@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import secrets
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 
@@ -25,8 +25,8 @@ KEY_ID_LENGTH = 12
 @dataclass(frozen=True)
 class IssuedSecret:
     key_id: str
-    plaintext: str
-    hash: str
+    plaintext: str = field(repr=False)  # shown once to its owner, never in a log or a traceback
+    hash: str = field(repr=False)
 
 
 def keyed_hash(plaintext: str, key: bytes | None = None) -> str:

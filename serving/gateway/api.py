@@ -11,7 +11,9 @@ from typing import Annotated, Any
 
 from django.db.models import Sum
 from django.db.models.functions import TruncDay
+from django.http import HttpResponse
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 from ninja import Router, Schema, Status
 from ninja.pagination import PageNumberPagination, paginate
 from pydantic import Field
@@ -168,7 +170,8 @@ def list_keys(request, team_id: int):
 
 
 @router.post("/teams/{team_id}/keys", response={201: KeyCreated})
-def create_key(request, team_id: int, payload: KeyIn):
+def create_key(request, team_id: int, payload: KeyIn, response: HttpResponse):
+    add_never_cache_headers(response)  # the answer holds the key: no cache may keep it
     team = gate.get_visible(request.auth, Team, pk=team_id)
     key, secret = services.create_key(actor=request.auth, team=team, **_given(payload))
     key.key = secret  # type: ignore[attr-defined]  # the secret, shown once: read by KeyCreated, never stored

@@ -21,7 +21,7 @@ import re
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from portfolio.accounts import secrets_hashing
@@ -46,7 +46,7 @@ class LookupBusy(Exception):
 class KeyRecord:
     pk: int
     key_id: str
-    secret_hash: str
+    secret_hash: str = field(repr=False)  # a keyed hash, but keep it out of logs and tracebacks all the same
     team_id: int
     team: str
     department_id: int

@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 class ReplicaInfo:
     id: int
     base_url: str
-    auth: bytes  # the Authorization header's value for the engine, encoded once per routing refresh
+    # the Authorization header's value for the engine, encoded once per routing refresh; a secret, so not in repr
+    auth: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)

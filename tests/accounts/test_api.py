@@ -65,6 +65,14 @@ def test_admin_creates_a_team_through_the_api_and_it_is_audited(signed_in, org, 
     assert AuditEvent.objects.filter(action="team.create", object_id=str(response.json()["id"])).exists()
 
 
+def test_the_answer_with_an_initial_password_is_kept_by_no_cache(signed_in, org):
+    response = signed_in(org["admin"]).post(
+        "/api/v1/users", {"username": "newcomer"}, content_type="application/json"
+    )
+    assert response.status_code == 201 and response.json()["initial_password"]
+    assert "no-store" in response["Cache-Control"]
+
+
 def test_owner_adds_a_member_by_username(signed_in, org, team, make_user):
     make_user("erin")
     response = signed_in(org["owner"]).post(

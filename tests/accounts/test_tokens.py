@@ -4,6 +4,7 @@ import logging
 from datetime import timedelta
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
 from portfolio.accounts import personal_tokens
@@ -110,3 +111,33 @@ def test_garbage_in_the_authorization_header_gets_401(client, header):
     response = client.get("/api/v1/me", HTTP_AUTHORIZATION=header)
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthenticated"
+
+
+def test_the_api_answer_with_a_new_token_is_kept_by_no_cache(client, org):
+    client.force_login(org["engineer"])
+    response = client.post("/api/v1/tokens", {"name": "ci"}, content_type="application/json")
+    assert response.status_code == 201 and response.json()["token"].startswith("pat_")
+    assert "no-store" in response["Cache-Control"]
+
+
+def test_a_crash_after_issuing_a_token_keeps_it_out_of_the_error_report(client, org, monkeypatch):
+    """Django's error report (mailed to admins) shows each frame's locals: no frame below the view may show
+    the token, wherever it sits (``result``, the form helper's locals)."""
+    from django.views.debug import ExceptionReporter
+
+    from portfolio.accounts.views import tokens as token_views
+
+    issued = []
+    create = personal_tokens.create_personal_token
+    monkeypatch.setattr(
+        personal_tokens, "create_personal_token", lambda **kw: issued.append(create(**kw)) or issued[0]
+    )
+    monkeypatch.setattr(token_views, "render", lambda *args: 1 / 0)  # fails while showing the token
+    client.force_login(org["engineer"])
+    with pytest.raises(ZeroDivisionError) as crash:
+        client.post(reverse("token-create"), {"name": "ci", "expires_in_days": 30})
+    secret = issued[0][1].split("_", 2)[2]
+    frames = ExceptionReporter(None, crash.type, crash.value, crash.tb).get_traceback_frames()
+    assert {"token_create", "submit"} <= {frame["function"] for frame in frames}
+    for frame in frames[1:]:  # the first is this test's own
+        assert secret not in str(frame["vars"]), frame["function"]

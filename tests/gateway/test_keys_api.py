@@ -228,6 +228,12 @@ def test_a_developers_key_above_a_ceiling_is_refused(api, org, team, policy, ask
     assert not ApiKey.objects.filter(name="greedy").exists()
 
 
+def test_the_answer_with_a_new_key_is_kept_by_no_cache(api, org, team):
+    response = api(org["owner"], "post", f"/teams/{team.pk}/keys", {"name": "shown-once"})
+    assert response.status_code == 201 and response.json()["key"].startswith("slm_")
+    assert "no-store" in response["Cache-Control"]
+
+
 def test_an_owner_sets_any_limit_and_no_limit_is_the_default_for_owners(api, org, team, policy):
     response = api(org["owner"], "post", f"/teams/{team.pk}/keys", {"name": "big", "rpm_limit": 5000})
     assert response.status_code == 201
