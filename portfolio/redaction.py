@@ -20,10 +20,13 @@ TICKET_PATTERN = re.compile(r"\bslmt_[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]*)?")
 BEARER_PATTERN = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]{8,}(?![A-Za-z0-9._\-\[])")
 # name=value, name: value, "name": "value", --name value, where the name says it is a credential.
 CREDENTIAL_PATTERN = re.compile(
-    r"(?i)(\b[\w-]*(?:(?:api|engine|access)[_-]?key|secret(?:[_-]?key)?|password|passwd"
+    # The name starts a run of word characters, at most 40 before the credential word: each run is scanned
+    # from its start only (linear on long lines).
+    r"(?i)((?<![\w-])[\w-]{0,40}(?:(?:api|engine|access)[_-]?key|secret(?:[_-]?key)?|password|passwd"
     r"|(?:access|refresh|id|api|auth)[_-]?token)"
     r"(?:[\"']?\s*[:=]\s*b?[\"']?|\s+(?=[^\s\[]*\d)))"
-    r"[^\s\"'&,;()\[\]{}<>]+"
+    # A token or key the patterns above redacted keeps its public key id.
+    r"(?!(?:pat|slm|slmt)_)[^\s\"'&,;()\[\]{}<>]+"
 )
 # scheme://user:password@host
 URL_PASSWORD_PATTERN = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s:/@]*:)[^\s/@]+@")

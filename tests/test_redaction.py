@@ -56,6 +56,13 @@ def test_a_gateway_key_keeps_its_key_id_and_loses_its_secret():
     assert redact(f"caller sent Bearer {GATEWAY_KEY}") == "caller sent Bearer slm_abcdefghijkl_[redacted]"
 
 
+@pytest.mark.parametrize(
+    "line", [f"api_key={GATEWAY_KEY}", f"--api-key {GATEWAY_KEY}", f"secret: {GATEWAY_KEY}"]
+)
+def test_a_gateway_key_after_a_credential_name_keeps_its_key_id_too(line):
+    assert redact(line).endswith("slm_abcdefghijkl_[redacted]"), redact(line)
+
+
 def test_a_playground_ticket_is_redacted_whole():
     ticket = tickets.mint(deployment="chat", model="base", team_id=1, team="t", department_id=1, user_id=1)
     cleaned = redact(f"upstream said no to Bearer {ticket} (retrying)")

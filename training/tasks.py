@@ -268,6 +268,8 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
                 audit.record(Actor.for_system("training"), "training.job_requeued", job, after=job.snapshot())
         if requeued:
             finetune.enqueue(job)
+        elif mine.filter(cancel_requested=True).exists():  # a cancel committed since the job was read
+            finetune.finish(job_id, JobStatus.CANCELLED, f"Cancelled; {why}.", attempt=attempt)
     else:
         finetune.finish(
             job_id,

@@ -283,16 +283,25 @@ def reap_stale_imports(
 ) -> int:
     """No import stays 'importing' for ever. One silent for ``max_silence`` whose run holds its lease is
     alive (converting or downloading says nothing) and left alone; one still queued is sent again (``run``
-    is idempotent), unless no worker took it up within ``give_up_after``; one started whose lease is gone
-    (its worker died) is failed with the reason. Returns how many were failed."""
+    is idempotent; resends at least a quarter of its age apart, about 16 in a day), unless no worker took it
+    up within ``give_up_after``; one started whose lease is gone (its worker died) is failed with the
+    reason. Returns how many were failed."""
     now = timezone.now()
     cutoff = now - max_silence
     silent = ModelVersion.objects.filter(status=VersionStatus.IMPORTING, heartbeat_at__lt=cutoff)
     failed = 0
-    rows = silent.order_by("pk").values_list("pk", "progress_detail", "created_at")
-    for version_id, progress_detail, created_at in rows:
+    rows = silent.order_by("pk").values_list("pk", "progress_detail", "created_at", "heartbeat_at")
+    for version_id, progress_detail, created_at, heartbeat_at in rows:
         if lease_of(version_id).holder() is not None:
             continue  # a live run
+        if (
+            progress_detail == QUEUED
+            and created_at >= now - give_up_after
+            and heartbeat_at > now - ((now - created_at) / 4)
+        ):
+            # Backing off: the longer it has waited, the longer between resends (the workers are busy, and
+            # each copy a worker takes up while a run is live waits on its lease).
+            continue
         if progress_detail != QUEUED:
             fail_import(
                 version_id,
@@ -309,7 +318,7 @@ def reap_stale_imports(
             )
             failed += 1
         elif silent.filter(pk=version_id, progress_detail=QUEUED).update(heartbeat_at=now):
-            # Counted from now: sent again, it has ``max_silence`` to start before the next resend.
+            # Counted from now: sent again, it has at least ``max_silence`` to start before the next resend.
             logger.warning(
                 "import of version %s still queued since before %s: sent again", version_id, cutoff
             )

@@ -211,8 +211,9 @@ def start_import(
     kind = VersionKind.BASE
     if base_version is not None:
         gate.get_visible(actor, ModelVersion, pk=base_version.pk)
-        # Read under the lock archive_version takes: a base archived meanwhile gets no new adapter.
-        base_version = ModelVersion.objects.select_for_update().get(pk=base_version.pk)
+        # Read under a lock archive_version's waits for: a base archived meanwhile gets no new adapter. A
+        # no-key lock: rows that refer to the base (a fine-tune's output registered meanwhile) are let through.
+        base_version = ModelVersion.objects.select_for_update(no_key=True).get(pk=base_version.pk)
         if base_version.kind != VersionKind.BASE or base_version.status != VersionStatus.READY:
             raise Invalid("base_version: An adapter's base must be a ready base version.")
         team = model.owner_team

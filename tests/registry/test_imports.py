@@ -4,6 +4,7 @@ Unsafe input is refused with a clear reason and nothing is written."""
 from __future__ import annotations
 
 import json
+import threading
 import zipfile
 from datetime import timedelta
 from pathlib import Path
@@ -253,6 +254,48 @@ def test_a_queued_import_waiting_for_busy_workers_is_sent_again_and_made_by_the_
     import_version(version.pk)
     version.refresh_from_db()
     assert version.status == VersionStatus.READY, version.status_detail
+
+
+def test_resends_of_a_queued_import_back_off_as_it_waits(org, model, settings, sent):
+    """Eight hours queued, last sent an hour ago: not yet (a quarter of its age apart); three hours ago: sent."""
+    version = _silent(org, model, settings, started=False, age=timedelta(hours=8))
+    assert reap_stale_imports() == 0 and sent == []
+    ModelVersion.objects.filter(pk=version.pk).update(heartbeat_at=timezone.now() - timedelta(hours=3))
+    assert reap_stale_imports() == 0 and sent == [("registry.import_version", (version.pk,))]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_adapters_import_lets_rows_referring_to_its_base_through(org, model, base, tmp_path):
+    """Its lock on the base (against an archive meanwhile) lets other rows refer to the base: a fine-tune's
+    output registered into the same model at that moment would otherwise deadlock with it."""
+    from django.db import connection, transaction
+
+    archive = _zip(tmp_path / "a.zip", _adapter_members(tmp_path))
+    with archive.open("rb") as handle:
+        saved = services.save_upload(iter(lambda: handle.read(65536), b""), archive.name)
+    outcome = {}
+
+    def refer_to_the_base() -> None:
+        try:
+            with connection.cursor() as cursor:  # what a foreign key's check takes
+                cursor.execute(
+                    "SELECT 1 FROM registry_modelversion WHERE id = %s FOR KEY SHARE NOWAIT", [base.pk]
+                )
+                outcome["referred"] = True
+        except Exception as exc:  # noqa: BLE001 - handed to the assertion
+            outcome["error"] = exc
+        finally:
+            connection.close()
+
+    with transaction.atomic():
+        services.start_import(
+            actor=actor_for(org["engineer"]), model=model, source=Source.UPLOAD, ref=archive.name,
+            base_version=base, upload_path=saved, enqueue=False,
+        )  # fmt: skip
+        other = threading.Thread(target=refer_to_the_base)
+        other.start()
+        other.join(10)
+    assert outcome == {"referred": True}, outcome
 
 
 def test_a_run_that_died_before_its_first_progress_report_is_failed_not_sent_again(

@@ -191,3 +191,24 @@ def test_a_watcher_whose_trainer_died_after_a_cancel_does_not_start_it_again(mak
     tasks._watch(job.pk, trainer.pid, trainer, Lease(f"test:{job.pk}:1"), attempt=1)
     job.refresh_from_db()
     assert (job.status, enqueued) == (JobStatus.CANCELLED, [])
+
+
+def test_a_cancel_committed_just_before_the_watchers_requeue_ends_the_job_cancelled(
+    make_job, enqueued, settings, monkeypatch
+):
+    """The cancel lands after the watcher read the job and before its requeue: the requeue (a compare-and-swap
+    on no cancel) does nothing, and the job is cancelled then, not left running with a dead trainer."""
+    settings.TRAINING_MAX_ATTEMPTS = 3
+    settings.TRAINING_HEARTBEAT_SECONDS = 10**9
+    job = make_job(status=JobStatus.RUNNING, attempt=1, heartbeat_at=timezone.now())
+    ended = tasks.metering.attempt_ended
+
+    def cancelled_meanwhile(job, *args):
+        FineTuneJob.objects.filter(pk=job.pk).update(cancel_requested=True)
+        return ended(job, *args)
+
+    monkeypatch.setattr(tasks.metering, "attempt_ended", cancelled_meanwhile)
+    trainer = subprocess.Popen(["sleep", "0.1"])
+    tasks._watch(job.pk, trainer.pid, trainer, Lease(f"test:{job.pk}:1"), attempt=1)
+    job.refresh_from_db()
+    assert (job.status, enqueued) == (JobStatus.CANCELLED, [])
