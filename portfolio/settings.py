@@ -462,5 +462,9 @@ LOGGING = {
         },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        # Django's own console handler (DEBUG only) has no redacting filter: its records go to the root's.
+        "django": {"handlers": []},
+        "django.db.backends": {"level": "WARNING"},
+    },
 }

@@ -150,3 +150,16 @@ def test_a_replica_prints_without_its_engine_key():
 def test_a_key_record_prints_without_its_secret_hash():
     record = key_record(secret_hash=ARTIFACT_ID)
     assert record.key_id in repr(record) and ARTIFACT_ID not in repr(record)
+
+
+def test_every_handler_a_django_record_reaches_redacts():
+    """Django's default logging gives its ``django`` logger a console handler of its own (DEBUG only), without
+    the filter; LOGGING takes it away, so Django's records reach the root's handlers only."""
+    logging.config.dictConfig(settings.LOGGING)
+    logger, handlers = logging.getLogger("django.request"), []
+    while logger is not None:
+        handlers += logger.handlers
+        logger = logger.parent if logger.propagate else None
+    assert handlers and all(
+        any(isinstance(f, RedactSecretsFilter) for f in handler.filters) for handler in handlers
+    ), handlers
