@@ -131,6 +131,20 @@ def restores_latest_schema():
 
 
 @pytest.fixture
+def sent(monkeypatch) -> list[tuple]:
+    """Celery tasks sent, as (name, args): recorded instead of reaching a broker."""
+    from celery.app.task import Task
+
+    calls: list[tuple] = []
+
+    def record(task, args=None, kwargs=None, **options):
+        calls.append((task.name, tuple(args or ())))
+
+    monkeypatch.setattr(Task, "apply_async", record)
+    return calls
+
+
+@pytest.fixture
 def make_user(db):
     def make(username: str, *, superuser: bool = False, org_role: str | None = None):
         User = get_user_model()

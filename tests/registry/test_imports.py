@@ -10,7 +10,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from celery.app.task import Task
 from django.utils import timezone
 
 from portfolio.audit.models import AuditEvent
@@ -32,17 +31,6 @@ def model(org, team):
 
 def _import(org, model, source, ref, **options) -> ModelVersion:
     return import_here(actor_for(org["engineer"]), model, source, ref, **options)
-
-
-@pytest.fixture
-def sent(monkeypatch) -> list[tuple]:
-    calls: list[tuple] = []
-
-    def record(task, args=None, kwargs=None, **options):
-        calls.append((task.name, tuple(args or ())))
-
-    monkeypatch.setattr(Task, "apply_async", record)
-    return calls
 
 
 def _silent(org, model, settings, *, started: bool, age: timedelta = timedelta(hours=1)) -> ModelVersion:

@@ -7,7 +7,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from celery.app.task import Task
 from django.utils import timezone
 
 from portfolio.leases import Lease
@@ -17,17 +16,6 @@ from training.choices import JobStatus
 from training.models import DatasetIngest, DatasetVersion
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def sent(monkeypatch) -> list[tuple]:
-    calls: list[tuple] = []
-
-    def record(task, args=None, kwargs=None, **options):
-        calls.append((task.name, tuple(args or ())))
-
-    monkeypatch.setattr(Task, "apply_async", record)
-    return calls
 
 
 def upload(engineer, chat_set, *, age: timedelta, **state) -> DatasetIngest:
