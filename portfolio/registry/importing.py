@@ -297,6 +297,7 @@ def reap_stale_imports(
         if (
             progress_detail == QUEUED
             and created_at >= now - give_up_after
+            and heartbeat_at is not None  # never None: filtered on it
             and heartbeat_at > now - ((now - created_at) / 4)
         ):
             # Backing off: the longer it has waited, the longer between resends (the workers are busy, and
