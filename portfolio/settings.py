@@ -285,6 +285,12 @@ CELERY_BEAT_SCHEDULE = {
     # Rollouts: a canary's figures since it started, judged; promoted or rolled back (serving/rollouts.py).
     "serving-step-rollouts": {"task": "serving.step_rollouts", "schedule": 30.0},
     "registry-reap-imports": {"task": "registry.reap_stale_imports", "schedule": 60.0},
+    # What registrations killed mid-way (imports, ingests, fine-tunes) left in the artifact store.
+    "registry-sweep-pending-writes": {
+        "task": "registry.sweep_pending_writes",
+        "schedule": 900.0,
+        "options": {"expires": 900},  # one queued behind long control tasks is dropped, not run twice over
+    },
     # Billing's storage meter: a figure per UTC day, refreshed hourly so that no day is ever missed.
     "registry-meter-storage": {"task": "registry.meter_storage", "schedule": 3600.0},
     # The chain head into the logs, which leave this machine: a later rewrite of history is detectable.

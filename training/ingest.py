@@ -37,10 +37,10 @@ from portfolio.audit import services as audit
 from portfolio.errors import Invalid
 from portfolio.leases import Lease
 from portfolio.registry import blobclaims
-from portfolio.registry.artifacts import discard_unrecorded_quietly
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.models import Artifact
-from portfolio.registry.storage import WriteLog, Written, store_directory
+from portfolio.registry.pending_writes import PendingWrites
+from portfolio.registry.storage import Written, store_directory
 from portfolio.registry.stores import default_store
 from training import ingest_splits, splitting, tokens, validation
 from training.choices import JobStatus, Split
@@ -200,16 +200,18 @@ def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:
         return ingest  # idempotent: already finished
     if actor is None:
         actor = Actor(user=ingest.created_by) if ingest.created_by else Actor.for_system("training.ingest")
-    log = WriteLog()
+    log = PendingWrites(f"ingest #{ingest_id}")  # what a killed run wrote is the sweep's
     try:
         try:
             with blobclaims.registering():  # what it finds stored stays there until its version is recorded
                 _, created = record(ingest, prepare(ingest, _Progress(ingest_id), before_write=log), actor)
         except BaseException:  # deleted once its own claims are released (``blobclaims.registering``)
-            discard_unrecorded_quietly(default_store(), log.written)
+            log.discard(default_store())
             raise
-        if not created:  # the same rows were recorded meanwhile: what this run stored is nobody's
-            discard_unrecorded_quietly(default_store(), log.written)
+        if created:
+            log.recorded()
+        else:  # the same rows were recorded meanwhile: what this run stored is nobody's
+            log.discard(default_store())
     except Superseded:
         logger.warning("ingest #%s was ended while it ran: its version was not recorded", ingest_id)
     except Invalid as exc:

@@ -50,17 +50,24 @@ def _downsample(points: list, limit: int = 500) -> list:
     return [points[int(i * stride)] for i in range(limit - 1)] + [points[-1]]
 
 
-def _store_checkpoint(store, jobs, attempt: int, path: Path, step: int) -> str:
+def _store_checkpoint(store, jobs, attempt: int, path: Path, step: int, owner: str = "a checkpoint") -> str:
     """Store a checkpoint and make it the running attempt's; the one it supersedes is deleted from the store,
     since a resume only ever starts from the last (each holds the adapter and the optimizer's state)."""
     from portfolio.registry import blobclaims
     from portfolio.registry.artifacts import discard_if_unused
     from portfolio.registry.models import Artifact
+    from portfolio.registry.pending_writes import PendingWrites
     from portfolio.registry.storage import store_directory
 
-    with blobclaims.registering():  # what it finds stored stays there until the artifact is recorded
-        manifest = store_directory(store, path)
-        artifact = Artifact.objects.record(manifest, store.uri(manifest.artifact_id), verified=False)
+    log = PendingWrites(f"{owner} at step {step}")  # what a trainer killed while storing wrote: the sweep's
+    try:
+        with blobclaims.registering():  # what it finds stored stays there until the artifact is recorded
+            manifest = store_directory(store, path, before_write=log)
+            artifact = Artifact.objects.record(manifest, store.uri(manifest.artifact_id), verified=False)
+    except BaseException:
+        log.discard(store)
+        raise
+    log.recorded()
     mine = jobs.filter(attempt=attempt)  # a later attempt may be resuming from the previous one
     previous = mine.values_list("checkpoint_id", flat=True).first()
     if mine.update(checkpoint=artifact, checkpoint_step=step):
@@ -117,9 +124,10 @@ def run(job_id: int) -> int:
     from django.utils import timezone
 
     from portfolio.registry import blobclaims
-    from portfolio.registry.artifacts import discard_unrecorded_quietly, materialize_version
+    from portfolio.registry.artifacts import materialize_version
     from portfolio.registry.inspection import inspect_directory
-    from portfolio.registry.storage import WriteLog, materialize, store_directory
+    from portfolio.registry.pending_writes import PendingWrites
+    from portfolio.registry.storage import materialize, store_directory
     from portfolio.registry.stores import default_store
     from training import finetune
     from training.choices import JobStatus
@@ -204,7 +212,14 @@ def run(job_id: int) -> int:
                 cancel[0] = FineTuneJob.objects.filter(pk=job_id, cancel_requested=True).exists()
 
         def on_checkpoint(path: Path, step: int) -> None:
-            artifact_id = _store_checkpoint(store, jobs, job.attempt, path, step)
+            artifact_id = _store_checkpoint(
+                store,
+                jobs,
+                job.attempt,
+                path,
+                step,
+                f"the checkpoint of fine-tune #{job_id}, attempt {job.attempt},",
+            )
             print(f"checkpoint of step {step} stored ({artifact_id[:12]})", flush=True)
 
         (Path(settings.DATA_DIR) / "work").mkdir(parents=True, exist_ok=True)
@@ -234,7 +249,8 @@ def run(job_id: int) -> int:
                     loading=loading,
                 )
                 facts = inspect_directory(output)
-                log = WriteLog()
+                # What a trainer killed while storing wrote is the sweep's (registry/pending_writes.py).
+                log = PendingWrites(f"fine-tune #{job_id}, attempt {job.attempt}")
                 try:
                     with blobclaims.registering():  # what it finds stored stays until the version is recorded
                         manifest = store_directory(store, output, before_write=log)
@@ -242,11 +258,12 @@ def run(job_id: int) -> int:
                             job, manifest, facts, store.uri(manifest.artifact_id), metrics
                         )
                 except BaseException:  # nothing recorded: what it stored is nobody's (once unclaimed)
-                    discard_unrecorded_quietly(store, log.written)
+                    log.discard(store)
                     raise
                 if version is None:  # taken over meanwhile: likewise
-                    discard_unrecorded_quietly(store, log.written)
+                    log.discard(store)
                     raise Replaced()
+                log.recorded()
             detail = f"Registered {version.label}."
             try:
                 scored = _score(job, version, base_dir, output, eval_rows, accelerator, jobs)

@@ -60,19 +60,6 @@ def discard_unrecorded(store: ArtifactStore, written: Written) -> list[str]:
     return deleted
 
 
-def discard_unrecorded_quietly(store: ArtifactStore, written: Written) -> None:
-    """``discard_unrecorded`` for a job whose outcome is already settled (failed, taken over): a store that
-    fails to delete is logged, never raised over that outcome."""
-    if not written.blobs and not written.manifest:
-        return
-    try:
-        discard_unrecorded(store, written)
-    except Exception:
-        logger.exception(
-            "could not delete from the store what an unrecorded registration wrote: %s", written.as_json()
-        )
-
-
 def discard_if_unused(store: ArtifactStore, artifact_id: str) -> bool:
     """Delete an artifact nothing refers to any more (a fine-tune's superseded checkpoint): its row, then its
     manifest and the blobs no other recorded artifact holds. Whether it was deleted: one still referred to

@@ -35,12 +35,12 @@ from portfolio.audit import services as audit
 from portfolio.errors import DomainError
 from portfolio.leases import Lease
 from portfolio.registry import blobclaims, cards, importers
-from portfolio.registry.artifacts import discard_unrecorded, discard_unrecorded_quietly
 from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.inspection import InspectionError, ModelFacts, inspect_directory
 from portfolio.registry.models import Artifact, ModelVersion
-from portfolio.registry.storage import WriteLog, store_directory
+from portfolio.registry.pending_writes import PendingWrites
+from portfolio.registry.storage import store_directory
 from portfolio.registry.stores import default_store
 
 logger = logging.getLogger(__name__)
@@ -137,16 +137,18 @@ def _import(version: ModelVersion) -> None:
                 report(percent, f"storing {stored // 2**20} / {total // 2**20} MiB")
 
             store = default_store()
-            log = WriteLog()
+            log = PendingWrites(f"the import of version {version_id}")  # a killed run's: the sweep's
             try:
                 with blobclaims.registering():  # what it finds stored stays there until it is recorded
                     manifest = store_directory(store, folder, on_bytes, before_write=log)
                     done = complete_import(version_id, manifest, facts, store.uri(manifest.artifact_id))
             except BaseException:
-                discard_unrecorded_quietly(store, log.written)
+                log.discard(store)
                 raise
             if done is None:  # failed (the reaper, a cancel) while its files were stored: none kept
-                discard_unrecorded(store, log.written)
+                log.discard(store)
+            else:
+                log.recorded()
     except (importers.ImportFailed, InspectionError, DomainError, ValueError) as exc:
         fail_import(version_id, str(getattr(exc, "message", exc)))
     except Exception as exc:

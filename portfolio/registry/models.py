@@ -260,3 +260,21 @@ class Alias(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model.name}@{self.name} -> v{self.version.number}"
+
+
+class PendingWrite(models.Model):
+    """What a registration in flight has written to the artifact store and not yet recorded: deleted by
+    ``pending_writes.sweep`` if its run died before recording it or deleting it (registry/pending_writes.py)."""
+
+    token = models.CharField(max_length=32, unique=True)
+    owner = models.CharField(max_length=200, help_text="The run that wrote it, for people")
+    written = models.JSONField(default=dict, help_text="{blobs: [sha256], manifest}")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["updated_at"]
+        # The sweep's query: the rows quiet for a while, oldest first.
+        indexes = [models.Index(fields=["updated_at"], name="pending_write_updated_idx")]
+
+    def __str__(self) -> str:
+        return f"pending write of {self.owner}"

@@ -1,11 +1,11 @@
-"""Registry work on the control queue: imports (with progress), artifact verification, the reaper, and
-billing's storage meter."""
+"""Registry work on the control queue: imports (with progress), artifact verification, the reaper, the
+sweep of what dead registrations wrote, and billing's storage meter."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from portfolio.registry import artifacts, importing, storage_meter
+from portfolio.registry import artifacts, importing, pending_writes, storage_meter
 
 
 @shared_task(name="registry.import_version", acks_late=True)
@@ -21,6 +21,11 @@ def verify_artifact(artifact_id: str) -> list[str]:
 @shared_task(name="registry.reap_stale_imports")
 def reap_stale_imports() -> int:
     return importing.reap_stale_imports(importing.STALE_IMPORT_AFTER)
+
+
+@shared_task(name="registry.sweep_pending_writes")
+def sweep_pending_writes() -> int:
+    return pending_writes.sweep()
 
 
 @shared_task(name="registry.meter_storage")

@@ -16,7 +16,7 @@ from portfolio.audit.models import AuditEvent
 from portfolio.errors import Forbidden, Invalid
 from portfolio.registry import importing, services
 from portfolio.registry.choices import Source, VersionKind, VersionStatus, Visibility
-from portfolio.registry.models import Artifact, ModelVersion
+from portfolio.registry.models import Artifact, ModelVersion, PendingWrite
 from portfolio.registry.tasks import import_version, reap_stale_imports
 from tests.conftest import actor_for
 from tests.registry.conftest import import_here, make_adapter_folder, make_model_folder
@@ -58,6 +58,7 @@ def test_a_server_folder_imports_as_a_ready_version_with_its_facts(org, model, s
     assert version.artifact.file_count == 4
     events = AuditEvent.objects.filter(object_type="registry.modelversion", object_id=str(version.pk))
     assert list(events.values_list("action", flat=True)) == ["model_version.ready", "model_version.import"]
+    assert not PendingWrite.objects.exists(), "recorded: nothing left for the sweep"
 
 
 def test_the_same_files_imported_twice_share_one_artifact(org, model, settings):
@@ -376,6 +377,7 @@ def test_files_stored_by_an_import_failed_meanwhile_are_not_kept(org, model, set
 
     store = default_store()
     assert not store.has_blob(hashlib.sha256(b"written by the late import alone").hexdigest())
+    assert not PendingWrite.objects.exists()
     monkeypatch.setattr(importing, "complete_import", completing)
     again = _import(org, model, Source.LOCAL, str(folder))
     assert again.status == VersionStatus.READY, again.status_detail
@@ -439,3 +441,42 @@ def test_a_base_archived_meanwhile_gets_no_new_adapter(org, model, base, tmp_pat
     assert archived.error is None
     assert isinstance(imported.error, Invalid) and "ready base" in str(imported.error), imported.error
     assert not ModelVersion.objects.filter(base_version=base).exists()
+
+
+def test_what_an_import_killed_while_storing_wrote_is_left_named_for_the_sweep(
+    org, model, settings, monkeypatch
+):
+    """A worker killed mid-upload runs no clean-up (here: the write raises, and the clean-up is skipped as
+    a kill skips it); its row names what it wrote, and the sweep deletes it."""
+    import hashlib
+    from datetime import timedelta
+
+    from portfolio.registry import pending_writes
+    from portfolio.registry.pending_writes import PendingWrites
+    from portfolio.registry.storage import LocalStore
+
+    folder = make_model_folder(settings.IMPORT_ROOTS[0] / "killed")
+    (folder / "zz-last.txt").write_bytes(b"the file the worker died storing")
+    put = LocalStore.put_blob
+
+    def die_at_the_last(store, digest, source, size):
+        if Path(source).name == "zz-last.txt":
+            raise SystemExit("killed")
+        put(store, digest, source, size)
+
+    monkeypatch.setattr(LocalStore, "put_blob", die_at_the_last)
+    monkeypatch.setattr(PendingWrites, "discard", lambda log, store: None)
+    with pytest.raises(SystemExit):
+        _import(org, model, Source.LOCAL, str(folder))
+    row = PendingWrite.objects.get()
+    version = ModelVersion.objects.get(model=model)
+    assert row.owner == f"the import of version {version.pk}"
+    assert len(row.written["blobs"]) == 5 and row.written["manifest"] is None
+    from portfolio.registry.stores import default_store
+
+    store = default_store()
+    stored = [digest for digest in row.written["blobs"] if store.has_blob(digest)]
+    assert len(stored) == 4
+    assert hashlib.sha256(b"the file the worker died storing").hexdigest() not in stored
+    assert pending_writes.sweep(timedelta(0)) == 1
+    assert not any(store.has_blob(digest) for digest in stored)

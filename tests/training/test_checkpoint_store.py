@@ -118,3 +118,29 @@ def test_a_store_that_fails_to_delete_a_superseded_checkpoint_does_not_fail_the_
     second = runner._store_checkpoint(default_store(), jobs, 1, checkpoint_folder(tmp_path, 20), 20)
     job.refresh_from_db()
     assert job.checkpoint_id == second
+
+
+def test_a_checkpoint_whose_store_fails_midway_leaves_nothing_of_it_stored(make_job, tmp_path, monkeypatch):
+    """The store refuses the second file: the first one, already written and recorded by nothing, is
+    deleted (it used to stay, billed as storage), and no row is left for the sweep."""
+    from portfolio.registry.models import PendingWrite
+    from portfolio.registry.storage import LocalStore
+
+    job = make_job(status=JobStatus.RUNNING, attempt=1)
+    jobs = FineTuneJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING)
+    store = default_store()
+    put, puts = LocalStore.put_blob, []
+
+    def full_after_one(self, digest, source, size):
+        puts.append(digest)
+        if len(puts) == 2:
+            raise OSError("no space left on the store")
+        put(self, digest, source, size)
+
+    monkeypatch.setattr(LocalStore, "put_blob", full_after_one)
+    with pytest.raises(OSError):
+        runner._store_checkpoint(store, jobs, 1, checkpoint_folder(tmp_path, 10), 10)
+    assert not store.has_blob(puts[0])
+    assert not PendingWrite.objects.exists()
+    job.refresh_from_db()
+    assert job.checkpoint_id is None

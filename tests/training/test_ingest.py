@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from portfolio.audit.models import AuditEvent
 from portfolio.leases import Lease
-from portfolio.registry.models import Artifact
+from portfolio.registry.models import Artifact, PendingWrite
 from portfolio.registry.stores import default_store
 from tests.training.conftest import chat, jsonl, tickets, upload
 from training import ingest, ingest_splits, services, tasks
@@ -155,6 +155,7 @@ def test_what_an_ingest_that_recorded_nothing_stored_leaves_the_store(engineer, 
     assert manifest is not None and manifest.files
     assert not any(store.has_blob(entry.sha256) for entry in manifest.files)
     assert not (store.root / "manifests" / f"{manifest.artifact_id}.json").exists()
+    assert not PendingWrite.objects.exists(), "deleted by the run itself: nothing left for the sweep"
 
 
 def test_an_upload_of_rows_recorded_meanwhile_leaves_only_the_recorded_files(engineer, chat_set, monkeypatch):
