@@ -20,7 +20,7 @@ import psutil
 from celery import shared_task
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -153,15 +153,28 @@ def _lease(job: FineTuneJob) -> Lease:
     return Lease(f"training.run_job:{job.pk}:{job.attempt}")
 
 
+def _placed_here() -> Q:
+    """In a node agent, the jobs placed on this machine. A copy of a job's message can outlive its place: a
+    worker killed mid-task has it redelivered to its node's queue, and the job may have been moved to
+    another node meanwhile (the reaper's requeue). That copy must not start it here, on GPUs it holds
+    there, nor adopt a pid of that machine. Elsewhere (a test calling the task) every job."""
+    if os.environ.get("PORTFOLIO_NODE_AGENT") != "1":
+        return Q()
+    return Q(node__name=settings.NODE_NAME)
+
+
 @shared_task(name="training.run_job", acks_late=True)
 def run_job(job_id: int) -> None:
     """Claim a queued job, start its trainer process (own process group), and watch it to the end."""
-    claimed = FineTuneJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
-        status=JobStatus.RUNNING,
-        attempt=F("attempt") + 1,
-        heartbeat_at=timezone.now(),
+    claimed = (
+        FineTuneJob.objects.filter(pk=job_id, status=JobStatus.QUEUED)
+        .filter(_placed_here())
+        .update(status=JobStatus.RUNNING, attempt=F("attempt") + 1, heartbeat_at=timezone.now())
     )
     job = FineTuneJob.objects.get(pk=job_id)
+    if not claimed and not FineTuneJob.objects.filter(pk=job_id).filter(_placed_here()).exists():
+        logger.warning("fine-tune #%s is placed on another node: this copy of its message leaves it", job_id)
+        return
     if claimed:
         lease = _lease(job)
         if not lease.acquire(wait=False):  # a new attempt's lease is free: another claimed it, somehow
@@ -210,26 +223,17 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
         now = time.monotonic()
         if now - last_beat >= settings.TRAINING_HEARTBEAT_SECONDS:
             last_beat = now
-            if not mine.update(heartbeat_at=timezone.now(), log_tail=log_tail(_log_path(job_id), 30)) and (
-                FineTuneJob.objects.filter(pk=job_id)
-                .filter(Q(status=JobStatus.QUEUED) | ~Q(attempt=attempt))
-                .exists()
-            ):
-                # Requeued (this node went silent), or another attempt has the job: this trainer would only
-                # hold its GPUs (and race the next attempt) until its own next write.
-                logger.warning(
-                    "fine-tune #%s attempt %s was taken over; stopping its trainer", job_id, attempt
-                )
-                _kill(pid, process=process)
-                break
-            if mine.filter(cancel_requested=True).exists():
-                _kill(pid, process=process)
-                finetune.finish(
-                    job_id,
-                    JobStatus.CANCELLED,
-                    "Cancelled: the trainer's process group was stopped.",
-                    attempt=attempt,
-                )
+            try:
+                if _beat(job_id, mine, attempt, pid, process):
+                    break
+            except (DatabaseError, OSError):
+                # The database gone a moment: the trainer goes on, and so does its watcher, which counts its
+                # compute and ends the attempt; if the job went to another attempt meanwhile, a later beat
+                # finds out and stops the trainer.
+                logger.exception("fine-tune #%s attempt %s: heartbeat failed; trying again", job_id, attempt)
+                if not connection.in_atomic_block:  # a lost connection is made again by the next query
+                    with contextlib.suppress(Exception):
+                        connection.close_if_unusable_or_obsolete()
         time.sleep(0.5)
     lost = lease.lost.is_set()
     # Paused past its lease's expiry, this watcher was replaced by a redelivery, which counts from its own start:
@@ -277,6 +281,29 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
             f"{why} on attempt {attempt}; giving up.\n{job.log_tail}",
             attempt=attempt,
         )
+
+
+def _beat(job_id: int, mine, attempt: int, pid: int, process: subprocess.Popen | None) -> bool:
+    """One heartbeat of the watcher: whether its trainer was stopped, the job being another attempt's."""
+    if not mine.update(heartbeat_at=timezone.now(), log_tail=log_tail(_log_path(job_id), 30)) and (
+        FineTuneJob.objects.filter(pk=job_id)
+        .filter(Q(status=JobStatus.QUEUED) | ~Q(attempt=attempt))
+        .exists()
+    ):
+        # Requeued (this node went silent), or another attempt has the job: this trainer would only hold its
+        # GPUs (and race the next attempt) until its own next write.
+        logger.warning("fine-tune #%s attempt %s was taken over; stopping its trainer", job_id, attempt)
+        _kill(pid, process=process)
+        return True
+    if mine.filter(cancel_requested=True).exists():
+        _kill(pid, process=process)
+        finetune.finish(
+            job_id,
+            JobStatus.CANCELLED,
+            "Cancelled: the trainer's process group was stopped.",
+            attempt=attempt,
+        )
+    return False
 
 
 def _remove_work(job_id: int, attempt: int) -> None:

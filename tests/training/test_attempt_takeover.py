@@ -5,6 +5,7 @@ registers no version, neither ends nor requeues it, and its trainer stops at its
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import time
 from datetime import timedelta
@@ -212,3 +213,51 @@ def test_a_cancel_committed_just_before_the_watchers_requeue_ends_the_job_cancel
     tasks._watch(job.pk, trainer.pid, trainer, Lease(f"test:{job.pk}:1"), attempt=1)
     job.refresh_from_db()
     assert (job.status, enqueued) == (JobStatus.CANCELLED, [])
+
+
+def test_a_heartbeat_that_fails_once_does_not_end_the_watch(make_job, enqueued, settings, monkeypatch):
+    """The database gone a moment at one beat: the watcher used to end there, its trainer left unwatched
+    and the attempt's compute never counted; it beats again and ends the attempt as usual."""
+    from django.db import OperationalError
+
+    settings.TRAINING_MAX_ATTEMPTS = 3
+    settings.TRAINING_HEARTBEAT_SECONDS = 0
+    job = make_job(status=JobStatus.RUNNING, attempt=1, heartbeat_at=timezone.now())
+    read, failed = tasks.log_tail, []
+
+    def fails_once(*args):
+        if not failed:
+            failed.append(True)
+            raise OperationalError("server closed the connection unexpectedly")
+        return read(*args)
+
+    monkeypatch.setattr(tasks, "log_tail", fails_once)
+    trainer = subprocess.Popen(["sleep", "1.5"])
+    tasks._watch(job.pk, trainer.pid, trainer, Lease(f"test:{job.pk}:1"), attempt=1)
+    job.refresh_from_db()
+    assert failed and job.compute_seconds >= 1
+    assert job.status == JobStatus.QUEUED and len(enqueued) == 1, "ended as a trainer that exited is"
+
+
+def test_a_copy_of_the_message_on_a_node_the_job_left_does_not_start_it_there(
+    make_job, settings, monkeypatch
+):
+    """Attempt 1's worker on node-b was killed, its message redelivered to node-b's queue; the reaper has
+    moved the job to node-a meanwhile. Node-b's agent gets the copy: it must not claim the job and train it
+    on node-b with node-a's GPUs (nor adopt a pid of node-a's)."""
+    job = make_job(status=JobStatus.QUEUED, attempt=1)
+    assert job.node is not None and job.node.name == "node-a"
+    monkeypatch.setenv("PORTFOLIO_NODE_AGENT", "1")
+    settings.NODE_NAME = "node-b"
+
+    def started(*args, **kwargs):
+        raise AssertionError("a trainer was started on the wrong node")
+
+    monkeypatch.setattr(tasks, "_start_child", started)
+    tasks.run_job(job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.attempt) == (JobStatus.QUEUED, 1)
+    FineTuneJob.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, pid=os.getpid())
+    monkeypatch.setattr(tasks, "_alive", lambda pid: True)  # a pid of node-a's that happens to live here
+    monkeypatch.setattr(tasks, "_watch", started)
+    tasks.run_job(job.pk)
