@@ -54,6 +54,17 @@ def web_command(host: str, port: int, workers: int, proxies: list[str] | None = 
     ]
 
 
+LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
+
+
+def log_level() -> str:
+    """PORTFOLIO_LOG_LEVEL, read as settings read it: the Celery processes' ``--loglevel``, which decides
+    their level over the settings' (``portfolio/celery.py``)."""
+    from portfolio.envparse import Env
+
+    return Env().choice("PORTFOLIO_LOG_LEVEL", "INFO", LOG_LEVELS)
+
+
 def worker_command(queues: list[str], concurrency: int, hostname: str) -> list[str]:
     return [
         sys.executable,
@@ -69,14 +80,14 @@ def worker_command(queues: list[str], concurrency: int, hostname: str) -> list[s
         "--hostname",
         hostname,
         "--loglevel",
-        "INFO",
+        log_level(),
         "--without-gossip",
         "--without-mingle",
     ]
 
 
 def beat_command(schedule_file: str | None = None) -> list[str]:
-    command = [sys.executable, "-m", "celery", "-A", "portfolio", "beat", "--loglevel", "INFO"]
+    command = [sys.executable, "-m", "celery", "-A", "portfolio", "beat", "--loglevel", log_level()]
     if schedule_file:
         command += ["--schedule", schedule_file]
     return command

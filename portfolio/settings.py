@@ -15,6 +15,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from portfolio import atomicwrites, embedded
+from portfolio.commands import LOG_LEVELS
 from portfolio.envparse import Env, database_settings
 
 env = Env()
@@ -449,7 +450,7 @@ CONTENT_SECURITY_POLICY = {
 }
 
 # --- Logging --------------------------------------------------------------------------------------
-LOG_LEVEL = env.choice("PORTFOLIO_LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})
+LOG_LEVEL = env.choice("PORTFOLIO_LOG_LEVEL", "INFO", LOG_LEVELS)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

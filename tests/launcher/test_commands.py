@@ -41,3 +41,13 @@ def test_the_web_command_believes_forwarded_headers_only_from_the_given_proxies(
 def test_the_data_folder_follows_portfolio_data_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("PORTFOLIO_DATA_DIR", str(tmp_path / "data"))
     assert commands.data_dir() == (tmp_path / "data").resolve()
+
+
+def test_the_celery_processes_log_at_portfolio_log_level(monkeypatch):
+    """Their --loglevel decides over the settings' level: it used to be INFO whatever the setting said."""
+    monkeypatch.setenv("PORTFOLIO_LOG_LEVEL", "WARNING")
+    worker = commands.worker_command(["control"], 2, "control@here")
+    beat = commands.beat_command()
+    assert worker[worker.index("--loglevel") + 1] == beat[beat.index("--loglevel") + 1] == "WARNING"
+    monkeypatch.delenv("PORTFOLIO_LOG_LEVEL")
+    assert commands.beat_command()[commands.beat_command().index("--loglevel") + 1] == "INFO"
