@@ -208,3 +208,50 @@ def test_an_event_with_a_malformed_figure_is_set_aside_alone_and_a_redelivered_o
     assert b"bad-tokens" in fields[b"e"] and b"ValueError" in fields[b"unreadable"]
     key.refresh_from_db()
     assert key.last_used_at == at
+
+
+def test_the_flusher_holds_redis_a_chunk_at_a_time_and_still_moves_its_whole_batch(org, team, monkeypatch):
+    """Redis runs every gateway's admission on its one thread: a read of a whole batch (2,000 events) held it
+    about 5 ms, a wait for every request that came in meanwhile. Claims, reads, acknowledgements and
+    deletions go a chunk at a time; the batch is still one insert, and its size is still the bound."""
+    import redis as redis_lib
+    from django.conf import settings
+
+    from serving.gateway import keystate
+    from serving.gateway.events import USAGE_STREAM
+
+    key, _ = key_services.create_key(actor=actor_for(org["owner"]), team=team, name="k")
+    at = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+    client = redis_lib.Redis.from_url(settings.REDIS_URL)
+    usage._ensure_group(client)
+    for i in range(6):
+        _stream_event(key, team, f"left-{i}", at)
+    client.xreadgroup(usage.GROUP, "dead-flusher", {USAGE_STREAM: ">"}, count=6)  # read, never acknowledged
+    for i in range(9):
+        _stream_event(key, team, f"new-{i}", at)
+    sizes: list[tuple[str, int]] = []
+    execute = client.execute_command
+
+    def recording(*args, **options):
+        reply = execute(*args, **options)
+        name = str(args[0]).upper()
+        if name == "XAUTOCLAIM":
+            sizes.append((name, len(reply[1])))
+        elif name == "XREADGROUP":
+            sizes.append((name, sum(len(items) for _stream, items in reply or [])))
+        elif name in ("XACK", "XDEL"):
+            sizes.append((name, len(args) - 3 if name == "XACK" else len(args) - 2))
+        return reply
+
+    client.execute_command = recording  # type: ignore[method-assign]
+    monkeypatch.setattr(keystate, "client", lambda: client)
+    monkeypatch.setattr(usage, "CLAIM_IDLE_MS", 0)
+    monkeypatch.setattr(usage, "REDIS_CHUNK", 4)
+
+    assert usage.flush(batch=10) == 10, "the batch is still the bound"
+    assert usage.flush(batch=10) == 5
+    assert usage.flush(batch=10) == 0
+    assert UsageEvent.objects.count() == 15
+    assert client.xpending(USAGE_STREAM, usage.GROUP)["pending"] == 0
+    assert max(size for _name, size in sizes) == 4, sizes
+    assert {name for name, _size in sizes} == {"XAUTOCLAIM", "XREADGROUP", "XACK", "XDEL"}
