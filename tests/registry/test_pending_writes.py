@@ -177,3 +177,56 @@ def test_a_store_that_fails_the_delete_leaves_the_row_to_the_sweep(tmp_path, fol
     monkeypatch.undo()
     assert pending_writes.sweep(timedelta(0), store) == 1
     assert not any(store.has_blob(digest) for digest in _digests(folder))
+
+
+def test_a_row_the_sweep_cannot_finish_goes_behind_the_others(tmp_path, folder, monkeypatch):
+    """A store that refuses one row's delete must not hold the sweep on that row, run after run."""
+    store = LocalStore(tmp_path / "store")
+    refused, other = PendingWrites("ingest #5"), PendingWrites("ingest #6")
+    with blobclaims.registering():
+        store_directory(store, folder, before_write=refused)
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "c.bin").write_bytes(b"only the other one wrote this")
+    with blobclaims.registering():
+        store_directory(store, tmp_path / "more", before_write=other)
+    long_ago = timezone.now() - timedelta(hours=3)
+    PendingWrite.objects.filter(token=refused.token).update(updated_at=long_ago)
+    PendingWrite.objects.filter(token=other.token).update(updated_at=long_ago + timedelta(minutes=1))
+    monkeypatch.setattr(pending_writes, "ROWS_PER_SWEEP", 1)
+    refusing = set(refused.written.blobs)
+    delete = store.delete_blob
+
+    def refuse_some(digest):
+        if digest in refusing:
+            raise OSError("object locked")
+        delete(digest)
+
+    monkeypatch.setattr(store, "delete_blob", refuse_some)
+    assert pending_writes.sweep(timedelta(hours=1), store) == 0  # the first row in line: refused
+    assert pending_writes.sweep(timedelta(hours=1), store) == 1, "the next run gets to the row behind it"
+    assert not store.has_blob(other.written.blobs[0])
+    assert list(PendingWrite.objects.values_list("token", flat=True)) == [refused.token]
+    assert pending_writes.sweep(timedelta(hours=1), store) == 0, "the refused row waits another quiet period"
+    assert PendingWrite.objects.get().updated_at > timezone.now() - timedelta(minutes=1)
+
+
+def test_a_row_that_cannot_be_deleted_does_not_fail_the_registration(tmp_path, folder, monkeypatch):
+    """The artifact is recorded: a database hiccup deleting the row must not turn that into an error."""
+    from django.db import OperationalError
+    from django.db.models import QuerySet
+
+    store = LocalStore(tmp_path / "store")
+    log = PendingWrites("fine-tune #9, attempt 1")
+    with blobclaims.registering():
+        manifest = store_directory(store, folder, before_write=log)
+        Artifact.objects.record(manifest, store.uri(manifest.artifact_id))
+
+    def gone(self):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(QuerySet, "delete", gone)
+    log.recorded()
+    monkeypatch.undo()
+    assert PendingWrite.objects.count() == 1, "left to the sweep, which finds the files recorded"
+    assert pending_writes.sweep(timedelta(0), store) == 1
+    assert all(store.has_blob(digest) for digest in _digests(folder))
