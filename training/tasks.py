@@ -231,14 +231,56 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
                 # compute and ends the attempt; if the job went to another attempt meanwhile, a later beat
                 # finds out and stops the trainer.
                 logger.exception("fine-tune #%s attempt %s: heartbeat failed; trying again", job_id, attempt)
-                if not connection.in_atomic_block:  # a lost connection is made again by the next query
-                    with contextlib.suppress(Exception):
-                        connection.close_if_unusable_or_obsolete()
+                _reconnect()
         time.sleep(0.5)
     lost = lease.lost.is_set()
     # Paused past its lease's expiry, this watcher was replaced by a redelivery, which counts from its own start:
     # this one counts up to its last renewal only, so no second is counted twice.
     elapsed = max(0.0, (lease.renewed_at if lost else time.monotonic()) - started)
+    # The database gone a moment now would end the task: the compute uncounted, the job left to the reaper.
+    # Each write is tried again on its own, so that one that went through is not made twice.
+    _retried(job_id, attempt, "count its compute", lambda: _count_compute(job_id, elapsed))
+    # The log shown is the attempt's that has the job (a later one's may be on another node).
+    _retried(
+        job_id,
+        attempt,
+        "keep its log",
+        lambda: FineTuneJob.objects.filter(pk=job_id, attempt=attempt).update(
+            log_tail=log_tail(_log_path(job_id), 30)
+        ),
+    )
+    if lost:
+        return  # the trainer and its outcome belong to the new watcher
+    _remove_work(job_id, attempt)
+    _retried(job_id, attempt, "end the attempt", lambda: _end_attempt(job_id, attempt, process, mine))
+
+
+# Waits (seconds) between tries of a write at the end of an attempt: about a minute in all.
+END_RETRY_WAITS = (1, 2, 4, 8, 16, 32)
+
+
+def _retried(job_id: int, attempt: int, what: str, write):
+    """``write()``, tried again over ``END_RETRY_WAITS`` while the database (or a file) fails."""
+    for wait in (*END_RETRY_WAITS, None):
+        try:
+            return write()
+        except (DatabaseError, OSError):
+            if wait is None:
+                raise
+            logger.exception("fine-tune #%s attempt %s: could not %s; trying again", job_id, attempt, what)
+            _reconnect()
+            time.sleep(wait)
+    return None
+
+
+def _reconnect() -> None:
+    """Drop a connection the database closed, so that the next query makes a new one."""
+    if not connection.in_atomic_block:
+        with contextlib.suppress(Exception):
+            connection.close_if_unusable_or_obsolete()
+
+
+def _count_compute(job_id: int, elapsed: float) -> None:
     cores = psutil.cpu_count() or 1
     gpus = len(FineTuneJob.objects.values_list("gpu_indices", flat=True).get(pk=job_id))
     FineTuneJob.objects.filter(pk=job_id).update(  # every attempt's compute counts
@@ -246,11 +288,11 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
         cpu_core_seconds=F("cpu_core_seconds") + elapsed * cores,
         gpu_seconds=F("gpu_seconds") + elapsed * gpus,
     )
-    # The log shown is the attempt's that has the job (a later one's may be on another node).
-    FineTuneJob.objects.filter(pk=job_id, attempt=attempt).update(log_tail=log_tail(_log_path(job_id), 30))
-    if lost:
-        return  # the trainer and its outcome belong to the new watcher
-    _remove_work(job_id, attempt)
+
+
+def _end_attempt(job_id: int, attempt: int, process: subprocess.Popen | None, mine) -> None:
+    """The trainer has exited: its attempt's meter closes, and the job is requeued, failed or cancelled
+    unless the trainer said how it ended. Tried again as a whole: each step checks what is done."""
     job = FineTuneJob.objects.get(pk=job_id)
     metering.attempt_ended(job, timezone.now(), attempt)
     if job.status != JobStatus.RUNNING or job.attempt != attempt:

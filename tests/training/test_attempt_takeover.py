@@ -239,6 +239,75 @@ def test_a_heartbeat_that_fails_once_does_not_end_the_watch(make_job, enqueued, 
     assert job.status == JobStatus.QUEUED and len(enqueued) == 1, "ended as a trainer that exited is"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_the_database_ended_is_made_again(make_job, enqueued, settings, monkeypatch):
+    """The watcher's connection is ended by the server between two beats (a restart, a failover): the beat
+    fails, the dead connection is dropped, and the next beat and the end of the attempt go through a new
+    one. Kept open, the dead connection would fail every later query and the attempt would end unaccounted."""
+    from django.db import connection, connections
+
+    settings.TRAINING_MAX_ATTEMPTS = 3
+    settings.TRAINING_HEARTBEAT_SECONDS = 0
+    job = make_job(status=JobStatus.RUNNING, attempt=1, heartbeat_at=timezone.now())
+    read, ended = tasks.log_tail, []
+
+    def end_the_connection_once(*args):
+        if not ended:
+            connection.ensure_connection()
+            ended.append(connection.connection.info.backend_pid)
+            other = connections.create_connection("default")
+            try:
+                with other.cursor() as cursor:
+                    cursor.execute("SELECT pg_terminate_backend(%s)", [ended[0]])
+            finally:
+                other.close()
+        return read(*args)
+
+    monkeypatch.setattr(tasks, "log_tail", end_the_connection_once)
+    trainer = subprocess.Popen(["sleep", "1.5"])
+    tasks._watch(job.pk, trainer.pid, trainer, Lease(f"test:{job.pk}:1"), attempt=1)
+    job.refresh_from_db()
+    assert ended and connection.connection.info.backend_pid != ended[0], "a new connection"
+    assert job.compute_seconds >= 1
+    assert job.status == JobStatus.QUEUED and len(enqueued) == 1
+
+
+def test_a_database_gone_a_moment_when_the_trainer_exits_does_not_end_the_watch(
+    make_job, enqueued, settings, monkeypatch
+):
+    """Each write at the end of an attempt (its compute, its log, the requeue) fails once, as it would with
+    the database restarting: the watcher used to end there with the attempt's compute never counted and the
+    job left running for the reaper; it tries each write again, and counts the compute once."""
+    from django.db import OperationalError
+
+    settings.TRAINING_MAX_ATTEMPTS = 3
+    settings.TRAINING_HEARTBEAT_SECONDS = 3600  # one beat, at the start
+    monkeypatch.setattr(tasks, "END_RETRY_WAITS", (0, 0, 0), raising=False)
+    job = make_job(status=JobStatus.RUNNING, attempt=1, heartbeat_at=timezone.now())
+    trainer = subprocess.Popen(["sleep", "0.5"])
+    failed: list[str] = []
+
+    def once(name, call):
+        def failing(*args, **kwargs):
+            if trainer.poll() is not None and name not in failed:
+                failed.append(name)
+                raise OperationalError("server closed the connection unexpectedly")
+            return call(*args, **kwargs)
+
+        return failing
+
+    monkeypatch.setattr(tasks.psutil, "cpu_count", once("compute", tasks.psutil.cpu_count))
+    monkeypatch.setattr(tasks, "log_tail", once("log", tasks.log_tail))
+    monkeypatch.setattr(tasks.metering, "attempt_ended", once("meter", tasks.metering.attempt_ended))
+    started = time.monotonic()
+    tasks._watch(job.pk, trainer.pid, trainer, Lease(f"test:{job.pk}:1"), attempt=1)
+    took = time.monotonic() - started
+    job.refresh_from_db()
+    assert failed == ["compute", "log", "meter"]
+    assert 0.4 <= job.compute_seconds <= took, "counted once"
+    assert job.status == JobStatus.QUEUED and len(enqueued) == 1, "ended as a trainer that exited is"
+
+
 def test_a_copy_of_the_message_on_a_node_the_job_left_does_not_start_it_there(
     make_job, settings, monkeypatch
 ):
