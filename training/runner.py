@@ -53,6 +53,8 @@ def _downsample(points: list, limit: int = 500) -> list:
 def _store_checkpoint(store, jobs, attempt: int, path: Path, step: int, owner: str = "a checkpoint") -> str:
     """Store a checkpoint and make it the running attempt's; the one it supersedes is deleted from the store,
     since a resume only ever starts from the last (each holds the adapter and the optimizer's state)."""
+    from django.db import transaction
+
     from portfolio.registry import blobclaims
     from portfolio.registry.artifacts import discard_if_unused
     from portfolio.registry.models import Artifact
@@ -60,20 +62,22 @@ def _store_checkpoint(store, jobs, attempt: int, path: Path, step: int, owner: s
     from portfolio.registry.storage import store_directory
 
     log = PendingWrites(f"{owner} at step {step}")  # what a trainer killed while storing wrote: the sweep's
+    mine = jobs.filter(attempt=attempt)  # a later attempt may be resuming from the previous one
     try:
         with blobclaims.registering():  # what it finds stored stays there until the artifact is recorded
             manifest = store_directory(store, path, before_write=log)
-            artifact = Artifact.objects.record(manifest, store.uri(manifest.artifact_id), verified=False)
+            # Recorded and made the attempt's at once: a trainer killed between the two would leave a
+            # recorded checkpoint that nothing refers to, which the sweep keeps as it keeps every artifact.
+            with transaction.atomic():
+                artifact = Artifact.objects.record(manifest, store.uri(manifest.artifact_id), verified=False)
+                previous = mine.values_list("checkpoint_id", flat=True).first()
+                made_mine = mine.update(checkpoint=artifact, checkpoint_step=step)
     except BaseException:
         log.discard(store)
         raise
     log.recorded()
-    mine = jobs.filter(attempt=attempt)  # a later attempt may be resuming from the previous one
-    previous = mine.values_list("checkpoint_id", flat=True).first()
-    if mine.update(checkpoint=artifact, checkpoint_step=step):
-        garbage = previous if previous != artifact.id else None
-    else:  # not this attempt's job any more (taken over, cancelled): the checkpoint just stored is nobody's
-        garbage = artifact.id
+    # The one it supersedes; or, not this attempt's job any more (taken over, cancelled), the one just stored.
+    garbage = (previous if previous != artifact.id else None) if made_mine else artifact.id
     if garbage:  # one still referred to is kept by discard_if_unused
         try:
             discard_if_unused(store, garbage)

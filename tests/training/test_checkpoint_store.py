@@ -144,3 +144,39 @@ def test_a_checkpoint_whose_store_fails_midway_leaves_nothing_of_it_stored(make_
     assert not PendingWrite.objects.exists()
     job.refresh_from_db()
     assert job.checkpoint_id is None
+
+
+def test_a_trainer_killed_as_its_checkpoint_is_recorded_leaves_it_to_the_sweep(make_job, tmp_path, monkeypatch):
+    """Killed between recording the checkpoint and making it the job's (here: the update raises, and the
+    clean-up is skipped as a kill skips it): the checkpoint used to stay recorded, referred to by nothing,
+    and kept for ever, as the sweep keeps every recorded artifact. Nothing is recorded now, and the sweep
+    deletes what was stored."""
+    from datetime import timedelta
+
+    from portfolio.registry import pending_writes
+    from portfolio.registry.pending_writes import PendingWrites
+
+    job = make_job(status=JobStatus.RUNNING, attempt=1)
+    jobs = FineTuneJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING)
+    store = default_store()
+    artifacts_before = set(Artifact.objects.values_list("pk", flat=True))  # the base's, the dataset's
+    update = type(jobs).update
+
+    def killed(queryset, **fields):
+        if "checkpoint" in fields:
+            raise SystemExit("killed")
+        return update(queryset, **fields)
+
+    monkeypatch.setattr(type(jobs), "update", killed)
+    monkeypatch.setattr(PendingWrites, "discard", lambda log, store: None)
+    with pytest.raises(SystemExit):
+        runner._store_checkpoint(store, jobs, 1, checkpoint_folder(tmp_path, 10), 10)
+    monkeypatch.undo()
+    assert set(Artifact.objects.values_list("pk", flat=True)) == artifacts_before, "nothing recorded"
+    row = pending_writes.PendingWrite.objects.get()
+    stored = row.written["blobs"]
+    assert len(stored) == 3 and all(store.has_blob(digest) for digest in stored)
+    assert pending_writes.sweep(timedelta(0)) == 1
+    assert not any(store.has_blob(digest) for digest in stored)
+    job.refresh_from_db()
+    assert job.checkpoint_id is None
