@@ -134,9 +134,15 @@ def _judge_note(judged: Judged, policy: Policy) -> str:
 
 
 def decide(
-    baseline: Stats, canary: Stats, policy: Policy, now: datetime, judged: Judged | None = None
+    baseline: Stats,
+    canary: Stats,
+    policy: Policy,
+    now: datetime,
+    judged: Judged | None = None,
+    canary_ready: bool = True,
 ) -> tuple[str, str]:
-    """``(promote | hold | rollback, reason)``."""
+    """``(promote | hold | rollback, reason)``. ``canary_ready``: whether the canary has a replica ready to
+    take calls now (the gateway routes to no other); one without is never promoted."""
     judged = judged or Judged()
     window_over = now >= policy.ends_at
     enough = canary.requests >= policy.min_requests
@@ -161,6 +167,11 @@ def decide(
     if not canary.requests:
         return ROLLBACK, (
             "Rolled back: the canary answered no request in the watch window (is its deployment ready?)."
+        )
+    if not canary_ready:
+        return ROLLBACK, (
+            "Rolled back: the window is over and the canary has no replica ready to take calls now (its "
+            "replicas stopped or failed); promoted, it would leave the endpoint's calls nowhere to go."
         )
     if policy.min_judge_score is not None and judged.samples < policy.min_judge_samples:
         return ROLLBACK, (

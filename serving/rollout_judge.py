@@ -12,14 +12,23 @@ cannot import: training registers a JudgeSampler in its AppConfig.ready, as it d
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from serving.models import Endpoint, Rollout
 
+logger = logging.getLogger(__name__)
+
 JUDGE_PER_CHECK = 16
 JUDGE_MAX_SAMPLES = 200
+CHECK_SECONDS = 30  # how often serving.step_rollouts runs (its beat schedule in portfolio/settings.py)
+
+
+def most_samples(window_seconds: int) -> int:
+    """The most canary answers a watch window of ``window_seconds`` can have judged."""
+    return min(JUDGE_MAX_SAMPLES, JUDGE_PER_CHECK * max(1, window_seconds // CHECK_SECONDS))
 
 
 class JudgeUnavailable(Exception):
@@ -66,3 +75,6 @@ def judge(rollout: Rollout, canary_requests: int) -> tuple[list[float | None], s
         return found.sample(rollout, count), ""
     except JudgeUnavailable as exc:
         return [], str(exc)
+    except Exception as exc:  # raised at every check, it would hold the rollout in its canary for ever
+        logger.exception("rollout #%s: judging its canary failed", rollout.pk)
+        return [], f"judging failed: {exc}"

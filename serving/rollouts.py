@@ -20,7 +20,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.leases import Lease
 from serving import rollout_judge
-from serving.choices import RolloutState
+from serving.choices import ReplicaState, RolloutState
 from serving.models import Endpoint, Rollout
 from serving.rollout_decisions import HOLD, PROMOTE, Judged, Policy, Stats, decide
 from serving.services import rollouts as services
@@ -67,6 +67,16 @@ def _canary_gone(rollout: Rollout) -> bool:
     routes = rollout.endpoint.routes.filter(deployment__name=rollout.deployment, weight__gt=0)
     routes = routes.filter(adapter__name=rollout.adapter) if rollout.adapter else routes.filter(adapter=None)
     return not routes.exists()
+
+
+def _canary_ready(rollout: Rollout) -> bool:
+    """Whether the canary's deployment has a ready replica: the gateway routes to no other
+    (routing.choose_route), so a canary without one takes no calls and logs no errors."""
+    routes = rollout.endpoint.routes.filter(
+        deployment__name=rollout.deployment, deployment__replica_set__state=ReplicaState.READY
+    )
+    routes = routes.filter(adapter__name=rollout.adapter) if rollout.adapter else routes.filter(adapter=None)
+    return routes.exists()
 
 
 def _sample_judge(rollout_id: int, now: datetime) -> tuple[list[float | None], str]:
@@ -150,7 +160,7 @@ def _step(rollout_id: int, now: datetime | None) -> str | None:
         baseline, canary = measure(rollout, now)
         rollout.figures = {}
         judged = _record_judged(rollout, scores, trouble, actor)
-        verdict, reason = decide(baseline, canary, policy_of(rollout), now, judged)
+        verdict, reason = decide(baseline, canary, policy_of(rollout), now, judged, _canary_ready(rollout))
         rollout.figures |= {
             "baseline": baseline.as_dict(),
             "canary": canary.as_dict(),

@@ -136,16 +136,22 @@ def add_step(rollout: Rollout, kind: str, reason: str, actor: Actor) -> None:
     ]
 
 
+def _scaled(weights: dict[tuple[str, str], int], candidate: tuple[str, str], percent: int) -> dict:
+    """The weights a canary of ``percent`` sets, by route: the other routes' scaled to share ``100 - percent``
+    percent, the candidate's ``percent`` percent."""
+    total = sum(weight for key, weight in weights.items() if key != candidate)
+    scaled = {
+        key: max(1, round(weight * (100 - percent) * 100 / total)) if weight else 0
+        for key, weight in weights.items()
+        if key != candidate
+    }
+    return scaled | {candidate: percent * 100}
+
+
 def _canary_weights(routes: list[EndpointRoute], candidate: tuple[str, str], percent: int) -> None:
-    """Scale the other routes' weights to share ``100 - percent`` percent; the candidate's to ``percent``."""
-    others = [r for r in routes if _key(r) != candidate]
-    total = sum(r.weight for r in others)
-    for route in others:
-        if route.weight:
-            route.weight = max(1, round(route.weight * (100 - percent) * 100 / total))
+    set_to = _scaled({_key(r): r.weight for r in routes}, candidate, percent)
     for route in routes:
-        if _key(route) == candidate:
-            route.weight = percent * 100
+        route.weight = set_to[_key(route)]
 
 
 @transaction.atomic
@@ -190,6 +196,15 @@ def start_rollout(
         ),
     }
     judged = _judge(endpoint, judge, judge_rubric, judge_fraction, min_judge_score, min_judge_samples)
+    most = rollout_judge.most_samples(policy["window_seconds"])
+    if judged and judged["min_judge_samples"] > most:
+        # Otherwise every canary, healthy or not, would be rolled back at the window's end for too few.
+        raise Invalid(
+            f"min_judge_samples: a watch window of {policy['window_seconds']} s has at most {most} canary "
+            f"answers judged ({rollout_judge.JUDGE_PER_CHECK} a check every {rollout_judge.CHECK_SECONDS} s, "
+            f"{rollout_judge.JUDGE_MAX_SAMPLES} in all): ask for fewer, or watch longer.",
+            fields={"min_judge_samples": [f"At most {most} with this window."]},
+        )
     if Rollout.objects.filter(endpoint=endpoint, state=RolloutState.CANARY).exists():
         raise Conflict(f"{endpoint.name} has a rollout under way: let it finish or abort it first.")
     target, attached = _candidate(actor, endpoint, deployment, adapter)
@@ -250,20 +265,20 @@ def _after(rollout: Rollout, endpoint: Endpoint) -> dict:
 
 def finish(rollout: Rollout, state: str, reason: str, actor: Actor, *, full: bool) -> Rollout:
     """Locked by the caller (endpoint, then rollout): promote (``full``: the candidate gets all the
-    traffic, the other routes 0) or take the canary out (its weight 0, the baseline's weights back)."""
+    traffic, the other routes 0) or take the canary out (``_taken_out``)."""
     endpoint = rollout.endpoint
     before = endpoint.snapshot()
     candidate = (rollout.deployment, rollout.adapter)
-    baseline = {(r["deployment"], r["adapter"] or ""): r["weight"] for r in rollout.baseline}
-    for route in endpoint.routes.select_related("deployment", "adapter"):
-        key = _key(route)
-        if full:
-            route.weight = 100 if key == candidate else 0
-        elif key == candidate:
-            route.weight = baseline.get(key, 0)
-        elif key in baseline:
-            route.weight = baseline[key]
-        route.save(update_fields=["weight"])
+    routes = list(endpoint.routes.select_related("deployment", "adapter"))
+    if full:
+        weights = {_key(route): 100 if _key(route) == candidate else 0 for route in routes}
+    else:
+        weights, kept = _taken_out(rollout, {_key(route): route.weight for route in routes})
+        reason += kept
+    for route in routes:
+        if route.weight != weights[_key(route)]:
+            route.weight = weights[_key(route)]
+            route.save(update_fields=["weight"])
     rollout.state, rollout.reason, rollout.finished_at = state, reason, timezone.now()
     actions: dict[str, str] = {
         RolloutState.PROMOTED: "rollout.promote",
@@ -276,6 +291,30 @@ def finish(rollout: Rollout, state: str, reason: str, actor: Actor, *, full: boo
     return rollout
 
 
+def _taken_out(rollout: Rollout, now: dict[tuple[str, str], int]) -> tuple[dict, str]:
+    """The routes' weights once the canary is taken out (rolled back, aborted), and a note for the reason:
+    the canary's weight back to what it was before, and the other routes' too where they still have the
+    weights the canary gave them. A route edited since the canary started keeps the edit (an operator who
+    drained a route meant it). Should no route be left with traffic, the canary keeps its weight: a
+    rollback never leaves the endpoint with nowhere to send its calls."""
+    candidate = (rollout.deployment, rollout.adapter)
+    baseline = {(r["deployment"], r["adapter"] or ""): r["weight"] for r in rollout.baseline}
+    given = _scaled(baseline, candidate, rollout.canary_percent)
+    weights = {
+        key: baseline.get(key, 0)
+        if key == candidate
+        else baseline[key]
+        if key in baseline and weight == given.get(key)
+        else weight
+        for key, weight in now.items()
+    }
+    if any(weights.values()) or not now.get(candidate):
+        return weights, ""
+    return weights | {candidate: now[candidate]}, (
+        " The canary keeps its weight: no other route of the endpoint takes traffic now."
+    )
+
+
 def promote(*, actor: Actor, rollout: Rollout, reason: str) -> Rollout:
     return finish(rollout, RolloutState.PROMOTED, reason, actor, full=True)
 
@@ -286,7 +325,7 @@ def roll_back(*, actor: Actor, rollout: Rollout, reason: str) -> Rollout:
 
 @transaction.atomic
 def abort_rollout(*, actor: Actor, endpoint: Endpoint, reason: str = "") -> Rollout:
-    """Stop the endpoint's rollout under way: the canary's weight back to what it had, the baseline's too."""
+    """Stop the endpoint's rollout under way: the weights as ``_taken_out`` leaves them."""
     gate.require(actor, "deployment.manage", endpoint)
     endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
     rollout = (

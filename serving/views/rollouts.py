@@ -85,7 +85,8 @@ def rollout_start(request, name: str):
 @require_POST
 def rollout_abort(request, name: str):
     """Permission: visible (else 404) and ``deployment.manage`` (else 403). Takes the canary's traffic
-    away and restores the baseline's weights; audited as ``rollout.abort``."""
+    away and gives the other routes their weights back (``services.rollouts._taken_out``); audited as
+    ``rollout.abort``."""
     actor, endpoint = _managed(request, name)
     back = reverse("endpoint-detail", kwargs={"name": endpoint.name})
     reason = request.POST.get("reason", "").strip()[:500]

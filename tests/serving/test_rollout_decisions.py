@@ -154,3 +154,11 @@ def test_the_judges_tally_keeps_unreadable_replies_out_of_the_mean():
     judged = Judged().plus([1.0, None]).plus([0.5])
     assert (judged.samples, judged.unreadable, judged.score) == (2, 1, 0.75)
     assert Judged.of(judged.as_dict()) == judged
+
+
+def test_a_healthy_canary_with_no_replica_ready_is_never_promoted():
+    canary = Stats(requests=60, errors=0, p95_ms=190.0)
+    assert decide(BASELINE, canary, POLICY, DURING, canary_ready=False)[0] == HOLD, "it may come back"
+    verdict, reason = decide(BASELINE, canary, POLICY, AFTER, canary_ready=False)
+    assert verdict == ROLLBACK and "no replica ready" in reason
+    assert decide(BASELINE, canary, POLICY, AFTER)[0] == PROMOTE

@@ -100,3 +100,27 @@ def test_a_canary_without_a_ready_replica_cannot_be_judged_this_time(stack, gate
         import random
 
         canary_judging.canary_answer(rollout, [{"role": "user", "content": "hi"}], random.Random(1))
+
+
+def test_a_judge_the_team_can_no_longer_call_is_unavailable_this_time(team, monkeypatch):
+    """The judge unshared (or gone) since the rollout started: no key can be made for it. That used to raise
+    Invalid out of the rollout's step at every check; it is the judge not answering, said as such."""
+    from serving.models import Endpoint, Rollout
+
+    rollout = Rollout(
+        pk=1,
+        endpoint=Endpoint(name="support", owner_team=team),
+        judge_endpoint_name="grader",
+        judge_rubric="Is the queue right?",
+        judged={},
+    )
+    row = {
+        "messages": [{"role": "user", "content": "Refund me"}, {"role": "assistant", "content": "billing"}]
+    }
+    monkeypatch.setattr(canary_judging, "eval_set_of", lambda endpoint: object())
+    monkeypatch.setattr(canary_judging.runs, "rows_of", lambda eval_set, limit: [row])
+    monkeypatch.setattr(canary_judging, "canary_answer", lambda rollout, question, pick: "billing")
+    with pytest.raises(
+        rollout_judge.JudgeUnavailable, match="the judge cannot be called: scopes: .* 'grader'"
+    ):
+        canary_judging.sample(rollout, 1)

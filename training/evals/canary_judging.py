@@ -18,6 +18,7 @@ import random
 import httpx
 from django.conf import settings
 
+from portfolio.errors import Invalid
 from serving import agent
 from serving.choices import ReplicaState
 from serving.models import Endpoint, Replica, Rollout
@@ -105,4 +106,6 @@ def sample(rollout: Rollout, count: int) -> list[float | None]:
             ]
     except gateway.GatewayRefused as exc:
         raise JudgeUnavailable(f"the judge did not answer: {exc}") from None
+    except Invalid as exc:  # the judge unshared, or gone, since the rollout started: no key for it
+        raise JudgeUnavailable(f"the judge cannot be called: {exc}") from None
     return [judging.score(reply.text) for reply in replies]
