@@ -86,12 +86,7 @@ def reservation(
     (for the spend caps, which count another team's hops only: the costliest of a step may be free)."""
     steps: list[list[tuple[EndpointInfo, payloads.Shape]]] = []
     if composite.kind == "router":
-        asked = payloads.Shape(
-            prompts=(len(text.encode()) + len(composite.system.encode()) + payloads.CHAT_TEMPLATE_TOKENS,),
-            choices=1,
-            per_choice=composite.label_tokens,
-        )
-        steps.append([(found[composite.classifier], asked)])
+        steps.append([(found[composite.classifier], hop_prompts.classifier_shape(composite, text))])
         steps.append([(found[name], shape) for name in {*composite.table.values(), composite.default}])
     elif composite.kind == "cascade":
         steps.append([(found[composite.small], shape)])
@@ -279,6 +274,17 @@ async def serve(
             "invalid_value",
             param="prompt",
         )
+    for name in ("echo", "prompt_logprobs"):
+        if payload.get(name) not in (None, False):
+            # Log-probabilities of the prompt: a vote would get them n times over (unbounded by the check
+            # of the client's request), and a cascade's or best-of-n's scores would count the prompt's.
+            raise GatewayError(
+                400,
+                f"`{first.name}` is a composite endpoint, which answers with one answer it chose: `{name}` is "
+                "not accepted there; call a plain endpoint for the prompt's log-probabilities.",
+                "invalid_value",
+                param=name,
+            )
     found = hops(snapshot, key, first, kind)
     asks_text = composite.kind == "router" or composite.verifier or composite.large_template
     text = hop_prompts.last_user_text(kind, payload) if asks_text else ""
@@ -327,7 +333,9 @@ async def _route(run: Run, receive, send, composite: Composite, found, kind, pay
     if text:
         classifier = found[composite.classifier]
         asked_kind, asked = hop_prompts.classifier_request(composite, classifier, text)
-        answer = await run.ask(classifier, asked_kind, asked, shape)
+        # Billed as reserved: its own small question, not the client's request (whose worst case, should
+        # the classifier fail, would be billed at the classifier's price).
+        answer = await run.ask(classifier, asked_kind, asked, hop_prompts.classifier_shape(composite, text))
         label, target = voting.route(
             voting.answer_text(answer["choices"][0]), composite.table, composite.default
         )
@@ -358,7 +366,7 @@ async def _cascade(
         extra = [(b"x-portfolio-escalated", b"true"), told]
         large = found[composite.large]
         if hop_prompts.applies(composite, kind, large.no_chat):
-            body = hop_prompts.completion_body(composite, payload, text)
+            body = hop_prompts.completion_body(composite, payload, text, large.max_model_len)
             answer = await run.ask(large, "completion", body, hop_prompts.shape(composite, text, shape))
             extra.append((b"x-portfolio-answered-by", large.name.encode()))
             chat = hop_prompts.as_chat(answer, run.first.name)

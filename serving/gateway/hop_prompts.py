@@ -45,6 +45,16 @@ def classifier_request(composite: Composite, classifier: EndpointInfo, text: str
     return "chat", {"messages": [*messages, {"role": "user", "content": text}], **common}
 
 
+def classifier_shape(composite: Composite, text: str) -> payloads.Shape:
+    """What the classifier's question asks of the engine at most (bytes bound tokens): reserved and billed
+    as such."""
+    return payloads.Shape(
+        prompts=(len(text.encode()) + len(composite.system.encode()) + payloads.CHAT_TEMPLATE_TOKENS,),
+        choices=1,
+        per_choice=composite.label_tokens,
+    )
+
+
 def applies(composite: Composite, kind: str, large_no_chat: str) -> bool:
     """A chat request whose large endpoint takes completions only, and a template to ask it with."""
     return kind == "chat" and bool(large_no_chat) and bool(composite.large_template)
@@ -55,13 +65,14 @@ def render(template: str, text: str) -> str:
     return template.replace(PLACEHOLDER, text)
 
 
-def completion_body(composite: Composite, payload: dict, text: str) -> dict:
-    """The completion request: the rendered prompt, with the client's limits and sampling."""
+def completion_body(composite: Composite, payload: dict, text: str, context: int) -> dict:
+    """The completion request: the rendered prompt, with the client's limits and sampling. Without a limit
+    from the client, a chat call's: up to the ``context`` (the engine stops at what the prompt leaves), not
+    the completions route's default of 16 tokens."""
     body: dict = {"prompt": render(composite.large_template, text)}
     limit = payload.get("max_completion_tokens")
     limit = payload.get("max_tokens") if limit is None else limit
-    if limit is not None:
-        body["max_tokens"] = limit
+    body["max_tokens"] = context if limit is None else limit
     for name in ("temperature", "top_p", "seed"):
         if name in payload:
             body[name] = payload[name]

@@ -95,6 +95,10 @@ def inspect(messages: list) -> Images:
                 raise PayloadError(f"`{where}` must be a content part object.", where, "invalid_type")
             kind = part.get("type")
             if kind in TEXT_PARTS:
+                if not isinstance(part.get(kind), str):  # {"type": "text", "text": ...}, and a refusal's own
+                    raise PayloadError(
+                        f"`{where}.{kind}` must be a string.", f"{where}.{kind}", "invalid_type"
+                    )
                 continue
             if kind != "image_url":
                 shown = kind if isinstance(kind, str) and len(kind) <= 40 else "…"
