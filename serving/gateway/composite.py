@@ -86,12 +86,14 @@ def reservation(
     (for the spend caps, which count another team's hops only: the costliest of a step may be free)."""
     steps: list[list[tuple[EndpointInfo, payloads.Shape]]] = []
     if composite.kind == "router":
-        steps.append([(found[composite.classifier], hop_prompts.classifier_shape(composite, text))])
+        classifier = found[composite.classifier]
+        steps.append([(classifier, hop_prompts.classifier_shape(composite, classifier, text))])
         steps.append([(found[name], shape) for name in {*composite.table.values(), composite.default}])
     elif composite.kind == "cascade":
         steps.append([(found[composite.small], shape)])
         if composite.verifier:
-            steps.append([(found[composite.verifier], verifier.shape(composite, text))])
+            checker = found[composite.verifier]
+            steps.append([(checker, verifier.shape(composite, checker, text))])
         large = found[composite.large]
         asked = (
             hop_prompts.shape(composite, text, shape)
@@ -102,7 +104,8 @@ def reservation(
     else:
         steps.append([(found[composite.sampler], shape._replace(choices=composite.n, n=composite.n))])
         if composite.verifier:  # at worst every sample a distinct answer, each asked about
-            steps.append([(found[composite.verifier], verifier.shape(composite, text, composite.n))])
+            checker = found[composite.verifier]
+            steps.append([(checker, verifier.shape(composite, checker, text, composite.n))])
     tokens = money = 0
     priced: list[list[tuple[EndpointInfo, int]]] = []
     for step in steps:
@@ -335,7 +338,8 @@ async def _route(run: Run, receive, send, composite: Composite, found, kind, pay
         asked_kind, asked = hop_prompts.classifier_request(composite, classifier, text)
         # Billed as reserved: its own small question, not the client's request (whose worst case, should
         # the classifier fail, would be billed at the classifier's price).
-        answer = await run.ask(classifier, asked_kind, asked, hop_prompts.classifier_shape(composite, text))
+        asked_shape = hop_prompts.classifier_shape(composite, classifier, text)
+        answer = await run.ask(classifier, asked_kind, asked, asked_shape)
         label, target = voting.route(
             voting.answer_text(answer["choices"][0]), composite.table, composite.default
         )
@@ -366,7 +370,8 @@ async def _cascade(
         extra = [(b"x-portfolio-escalated", b"true"), told]
         large = found[composite.large]
         if hop_prompts.applies(composite, kind, large.no_chat):
-            body = hop_prompts.completion_body(composite, payload, text, large.max_model_len)
+            context = hop_prompts.smallest_context(large, run.gateway.snapshot.deployments)
+            body = hop_prompts.completion_body(composite, payload, text, context)
             answer = await run.ask(large, "completion", body, hop_prompts.shape(composite, text, shape))
             extra.append((b"x-portfolio-answered-by", large.name.encode()))
             chat = hop_prompts.as_chat(answer, run.first.name)

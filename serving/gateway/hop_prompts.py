@@ -5,7 +5,8 @@ chat template) as a plain prompt: the cascade's ``large_template`` with the last
 client as a chat completion.
 
 Contract, as composite.py's: no I/O here; the rendered prompt is bounded (the template by the service, the
-message by LABEL_PROMPT_MAX), so the reservation knows its size before the call.
+message by LABEL_PROMPT_MAX, and the classifier's by its context), so the reservation knows its size
+before the call.
 """
 
 from __future__ import annotations
@@ -35,8 +36,26 @@ def last_user_text(kind: str, payload: dict) -> str:
     return ""
 
 
+def cut(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8 (a character cut in two is dropped)."""
+    return text.encode()[: max(0, limit)].decode(errors="ignore")
+
+
+def classifier_text(composite: Composite, classifier: EndpointInfo, text: str) -> str:
+    """The start of ``text``, as much of it as the classifier's context leaves room for after the system
+    prompt and the label (bytes bound tokens): a long message is labelled by its start, not refused."""
+    room = (
+        classifier.max_model_len
+        - len(composite.system.encode())
+        - payloads.CHAT_TEMPLATE_TOKENS
+        - composite.label_tokens
+    )
+    return cut(text, room)
+
+
 def classifier_request(composite: Composite, classifier: EndpointInfo, text: str) -> tuple[str, dict]:
     """(kind, body) of the question put to a router's classifier: short, at temperature 0."""
+    text = classifier_text(composite, classifier, text)
     common = {"max_tokens": composite.label_tokens, "temperature": 0}
     if classifier.no_chat:  # a base model without a chat template: a plain text prompt
         prompt = f"{composite.system}\n\n{text}\n" if composite.system else f"{text}\n"
@@ -45,11 +64,12 @@ def classifier_request(composite: Composite, classifier: EndpointInfo, text: str
     return "chat", {"messages": [*messages, {"role": "user", "content": text}], **common}
 
 
-def classifier_shape(composite: Composite, text: str) -> payloads.Shape:
+def classifier_shape(composite: Composite, classifier: EndpointInfo, text: str) -> payloads.Shape:
     """What the classifier's question asks of the engine at most (bytes bound tokens): reserved and billed
     as such."""
+    asked = classifier_text(composite, classifier, text)
     return payloads.Shape(
-        prompts=(len(text.encode()) + len(composite.system.encode()) + payloads.CHAT_TEMPLATE_TOKENS,),
+        prompts=(len(asked.encode()) + len(composite.system.encode()) + payloads.CHAT_TEMPLATE_TOKENS,),
         choices=1,
         per_choice=composite.label_tokens,
     )
@@ -63,6 +83,13 @@ def applies(composite: Composite, kind: str, large_no_chat: str) -> bool:
 def render(template: str, text: str) -> str:
     # Not str.format: a message's own braces stay as they are.
     return template.replace(PLACEHOLDER, text)
+
+
+def smallest_context(hop: EndpointInfo, deployments: dict) -> int:
+    """The context of the smallest deployment ``hop`` routes to (``Snapshot.deployments``): any of them may
+    answer, and an engine refuses a ``max_tokens`` above its own."""
+    known = [deployments[r.deployment].max_model_len for r in hop.routes if r.deployment in deployments]
+    return min(known, default=hop.max_model_len)
 
 
 def completion_body(composite: Composite, payload: dict, text: str, context: int) -> dict:

@@ -3,8 +3,9 @@ vote's best-of-n. What it is asked, the most asking may cost, and the asking its
 its own, metered ``via`` the composite like every hop).
 
 Contract, as composite.py's: PostgreSQL is never touched. The verifier sees the request's last user message
-(or prompt) and the candidate answer, each cut to a bound, never the rest of the conversation; it answers
-in a couple of tokens at temperature 0, and anything but a yes vouches for nothing (voting.verdict).
+(or prompt) and the candidate answer, each cut to a bound (and together to its context), never the rest of
+the conversation; it answers in a couple of tokens at temperature 0, and anything but a yes vouches for
+nothing (voting.verdict).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Protocol
 
 from serving.gateway import payloads, voting
 from serving.gateway.errors import GatewayError
+from serving.gateway.hop_prompts import cut
 from serving.gateway.routing import Composite, EndpointInfo
 
 
@@ -30,15 +32,29 @@ INSTRUCTIONS = "You check answers. Reply with one word: yes if the answer is rig
 FRAME_BYTES = 96  # the "Request:" / "Answer:" / question lines around the two texts
 
 
-def _cut(text: str, limit: int) -> str:
-    return text.encode()[:limit].decode(errors="ignore")
+def _limits(composite: Composite, verifier: EndpointInfo, question: str) -> tuple[int, int]:
+    """Bytes of the request and of the answer shown to the verifier: at most QUESTION_MAX and ANSWER_MAX,
+    and together what its context leaves after the instructions and the verdict (bytes bound tokens), the
+    answer keeping at least a third of that room. A long request is judged by its start, not refused."""
+    instructions = composite.verifier_prompt or INSTRUCTIONS
+    room = max(
+        0,
+        verifier.max_model_len
+        - len(instructions.encode())
+        - FRAME_BYTES
+        - payloads.CHAT_TEMPLATE_TOKENS
+        - VERDICT_TOKENS,
+    )
+    asked = min(len(question.encode()), QUESTION_MAX, room - min(ANSWER_MAX, room // 3))
+    return asked, min(ANSWER_MAX, room - asked)
 
 
 def request(composite: Composite, verifier: EndpointInfo, question: str, answer: str) -> tuple[str, dict]:
     """(kind, body) of the question put to the verifier about one answer."""
     instructions = composite.verifier_prompt or INSTRUCTIONS
+    asked, answered = _limits(composite, verifier, question)
     shown = (
-        f"Request:\n{_cut(question, QUESTION_MAX)}\n\nAnswer:\n{_cut(answer, ANSWER_MAX)}\n\n"
+        f"Request:\n{cut(question, asked)}\n\nAnswer:\n{cut(answer, answered)}\n\n"
         "Is the answer right? Reply yes or no."
     )
     common = {"max_tokens": VERDICT_TOKENS, "temperature": 0}
@@ -48,16 +64,11 @@ def request(composite: Composite, verifier: EndpointInfo, question: str, answer:
     return "chat", {"messages": messages, **common}
 
 
-def shape(composite: Composite, question: str, questions: int = 1) -> payloads.Shape:
+def shape(composite: Composite, verifier: EndpointInfo, question: str, questions: int = 1) -> payloads.Shape:
     """What ``questions`` questions to the verifier ask of its engine, at most (bytes bound tokens)."""
     instructions = composite.verifier_prompt or INSTRUCTIONS
-    bound = (
-        min(len(question.encode()), QUESTION_MAX)
-        + ANSWER_MAX
-        + len(instructions.encode())
-        + FRAME_BYTES
-        + payloads.CHAT_TEMPLATE_TOKENS
-    )
+    asked, answered = _limits(composite, verifier, question)
+    bound = asked + answered + len(instructions.encode()) + FRAME_BYTES + payloads.CHAT_TEMPLATE_TOKENS
     return payloads.Shape(prompts=(bound,) * questions, choices=1, per_choice=VERDICT_TOKENS)
 
 
@@ -71,7 +82,7 @@ async def verdicts(
 ) -> list[bool | None]:
     """The verifier's verdict on each answer, asked at once (a vote's distinct answers: at most n). One
     failing question fails the request, and the questions still running are cancelled."""
-    one_shape = shape(composite, question)
+    one_shape = shape(composite, verifier, question)
 
     async def ask(answer: str) -> bool | None:
         kind, body = request(composite, verifier, question, answer)

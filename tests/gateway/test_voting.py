@@ -151,7 +151,7 @@ def test_a_verifier_reserves_its_question_per_sample_at_worst():
     shape = payloads.Shape(prompts=(20,), choices=1, per_choice=10)
     found = {"s": _endpoint("s", 1, 10_000), "l": _endpoint("l", 10, 10_000), "v": _endpoint("v", 2, 10_000)}
     cascade = Composite("cascade", small="s", large="l", confidence="verifier", verifier="v")
-    question = verifier.shape(cascade, "hello")
+    question = verifier.shape(cascade, found["v"], "hello")
     (bound,) = question.prompts
     assert bound >= len(b"hello") + verifier.ANSWER_MAX, "the question and the whole answer shown to it"
     tokens, money, steps = composite.reservation(cascade, found, shape, "hello")
@@ -167,13 +167,13 @@ def test_a_verifier_is_asked_by_chat_or_by_a_plain_prompt_when_it_has_no_chat_te
     cascade = Composite(
         "cascade", small="s", large="l", confidence="verifier", verifier="v", verifier_prompt="Be strict."
     )
-    kind, body = verifier.request(cascade, _endpoint("v", 1), "Capital of France?", "Paris")
+    kind, body = verifier.request(cascade, _endpoint("v", 1, 4096), "Capital of France?", "Paris")
     assert kind == "chat" and body["messages"][0] == {"role": "system", "content": "Be strict."}
     assert (
         "Capital of France?" in body["messages"][1]["content"] and "Paris" in body["messages"][1]["content"]
     )
     assert (body["max_tokens"], body["temperature"]) == (verifier.VERDICT_TOKENS, 0)
-    base = EndpointInfo(**{**_endpoint("v", 1).__dict__, "no_chat": "a base model"})
+    base = EndpointInfo(**{**_endpoint("v", 1, 100_000).__dict__, "no_chat": "a base model"})
     kind, body = verifier.request(cascade, base, "Capital of France?", "x" * 20_000)
     assert (
         kind == "completion"
@@ -206,3 +206,39 @@ def test_a_template_repeating_the_placeholder_reserves_the_message_each_time_it_
     text = "x" * 1200
     tokens, _, _ = composite.reservation(cascade, found, shape, text, "chat")
     assert tokens >= 30 + len(hop_prompts.render(template, text)) + 10
+
+
+def test_a_classifier_is_asked_the_start_of_a_message_its_context_cannot_hold():
+    """A 2,000-token classifier before specialists of 32k: a long ticket made the classifier's engine refuse
+    the question (400), and the router the whole request, though any specialist could have answered it."""
+    router = Composite(
+        "router", classifier="c", table={"x": "a"}, default="a", label_tokens=4, system="Name it."
+    )
+    small = _endpoint("c", 1, 300)
+    text = "é" + "word " * 400
+    kind, body = hop_prompts.classifier_request(router, small, text)
+    shown = body["messages"][-1]["content"]
+    assert (
+        text.startswith(shown)
+        and len(shown.encode()) == 300 - len(b"Name it.") - payloads.CHAT_TEMPLATE_TOKENS - 4
+    )
+    (prompt,) = hop_prompts.classifier_shape(router, small, text).prompts
+    assert prompt + 4 <= 300, "the question and its label fit the context (bytes bound tokens)"
+    assert (
+        hop_prompts.classifier_request(router, _endpoint("c", 1, 100_000), text)[1]["messages"][-1]["content"]
+        == text
+    )
+
+
+def test_a_verifier_is_shown_what_its_context_can_hold():
+    cascade = Composite("cascade", small="s", large="l", confidence="verifier", verifier="v")
+    small = _endpoint("v", 1, 1_000)
+    question, answer = "q" * 5_000, "a" * 5_000
+    kind, body = verifier.request(cascade, small, question, answer)
+    shown = body["messages"][1]["content"]
+    (bound,) = verifier.shape(cascade, small, question).prompts
+    assert bound + verifier.VERDICT_TOKENS <= 1_000, "the question and its verdict fit the context"
+    assert len(shown.encode()) + len(verifier.INSTRUCTIONS.encode()) <= bound, "reserved as asked"
+    assert "q" * 200 in shown and "a" * 200 in shown, "both the request and the answer are shown, cut"
+    roomy = verifier.request(cascade, _endpoint("v", 1, 100_000), "short question", answer)[1]
+    assert "short question" in roomy["messages"][1]["content"] and answer in roomy["messages"][1]["content"]
