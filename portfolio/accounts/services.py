@@ -283,11 +283,18 @@ def user_snapshot(user) -> dict:
     }
 
 
+def _active_admins():
+    """The active platform admins (superusers count as admins)."""
+    return User.objects.filter(is_active=True).filter(Q(is_superuser=True) | Q(org_roles__role=OrgRole.ADMIN))
+
+
+def active_admins_exist() -> bool:
+    return _active_admins().exists()
+
+
 def _is_last_active_admin(user) -> bool:
-    """Whether ``user`` is the only active platform admin left (superusers count as admins)."""
-    admins = User.objects.filter(is_active=True).filter(
-        Q(is_superuser=True) | Q(org_roles__role=OrgRole.ADMIN)
-    )
+    """Whether ``user`` is the only active platform admin left."""
+    admins = _active_admins()
     # Locked, so that two admins removing each other at once cannot both succeed.
     ids = set(
         User.objects.select_for_update().filter(pk__in=admins.values("pk")).values_list("pk", flat=True)
@@ -360,17 +367,20 @@ def _end_sessions(user) -> int:
 
 
 @transaction.atomic
-def deactivate_user(*, actor: Actor, user):
+def deactivate_user(*, actor: Actor, user, directory: bool = False):
     """Offboarding: the account can no longer sign in, its sessions end and its personal tokens are revoked,
     at once. Its memberships and org roles are kept for the record (and come back with a reactivation);
-    the team API keys it created belong to the teams and are left to their owners."""
+    the team API keys it created belong to the teams and are left to their owners. The last active platform
+    admin is kept, unless the ``directory`` (the identity provider, which has the last word on who may work
+    here) disabled them: their tokens and sessions must not outlive it."""
     gate.require(actor, "user.manage")
     user = User.objects.select_for_update().get(pk=user.pk)
     if actor.user is not None and actor.user.pk == user.pk:
         raise Conflict("You cannot deactivate your own account; ask another platform admin.")
     if not user.is_active:
         return user
-    if _is_last_active_admin(user):
+    last_admin = _is_last_active_admin(user)
+    if last_admin and not directory:
         raise Conflict(
             "The organisation keeps at least one active platform admin: make someone else admin first."
         )
@@ -387,6 +397,7 @@ def deactivate_user(*, actor: Actor, user):
         "sessions_ended": ended,
         # Not refused (offboarding is never blocked), but said: these teams need an owner named.
         "teams_left_without_an_active_owner": [team.slug for team in teams_without_active_owner(user)],
+        **({"left_without_an_active_admin": True} if last_admin else {}),
     }
     audit.record(actor, "user.deactivate", user, before=before, after=after, object_repr=user.username)
     return user

@@ -189,7 +189,7 @@ def test_the_organisation_keeps_one_active_admin(org, make_user, system_actor):
     with pytest.raises(Conflict, match="at least one active platform admin"):
         services.set_org_roles(actor=actor_for(ops), user=ops, roles=[])
     with pytest.raises(Conflict, match="at least one active platform admin"):
-        services.deactivate_user(actor=system_actor, user=ops)  # as a directory sync would
+        services.deactivate_user(actor=system_actor, user=ops)  # a system task other than the directory
     assert OrgRoleGrant.objects.filter(user=ops, role=OrgRole.ADMIN).exists()
     # With a second admin, stepping down is fine.
     services.set_org_roles(actor=actor_for(ops), user=org["auditor"], roles=[OrgRole.ADMIN])

@@ -234,3 +234,27 @@ def test_a_role_held_directly_is_kept_by_the_sync(client, realm):
     assert OrgRoleGrant.objects.get(user=bob, role="admin").source == "sso"
     assert sync_directory() == {"ok": True, "error": "", "deactivated": 0, "changed": 0}
     assert OrgRoleGrant.objects.filter(user=bob, role="admin").exists()
+
+
+def test_the_last_admin_disabled_in_keycloak_is_deactivated_all_the_same(client, realm, keycloak):
+    """Bob is the only active platform admin (by a realm role), and leaves: disabled in Keycloak. The sync
+    used to keep him, to keep an admin, and with him his personal token (a year of admin rights) and his
+    browser sessions; the directory's word stands, and the run says the organisation has no admin now."""
+    SsoMappingRule.objects.create(kind="realm_role", value="portfolio-admin", org_role="admin")
+    client.get(sign_in_at_realm(start(client), "bob"))
+    bob = User.objects.get(username="bob")
+    User.objects.exclude(pk=bob.pk).update(is_active=False)  # the bootstrap admin, retired as advised
+    OrgRoleGrant.objects.exclude(user=bob).delete()
+    _, token = personal_tokens.create_personal_token(actor=actor_for(bob), name="ci")
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/v1/me", headers=headers).status_code == 200
+
+    keycloak.update_user(USERS["bob"]["sub"], {"enabled": False})
+    outcome = sync_directory()
+
+    assert outcome["deactivated"] == 1 and "was the last active platform admin" in outcome["error"]
+    bob.refresh_from_db()
+    assert not bob.is_active
+    assert client.get("/api/v1/me", headers=headers).status_code == 401
+    assert client.get("/").status_code == 302, "his browser session ended"
+    assert keycloak_audit("user.deactivate").get().after["left_without_an_active_admin"] is True

@@ -25,7 +25,6 @@ from portfolio.accounts.models import DirectorySync, ExternalIdentity, SsoMappin
 from portfolio.accounts.sso import client, directory
 from portfolio.accounts.sso import mapping as sso_mapping
 from portfolio.accounts.sso.config import OidcConfig
-from portfolio.errors import Conflict
 
 logger = logging.getLogger("portfolio.accounts.sso.sync")
 KEEP_RUNS = 100
@@ -55,11 +54,14 @@ def _apply(config: OidcConfig, issuer: str, found: directory.Directory, run: Dir
             continue  # not listed, so not known to be gone: its client's tokens end with the client
         if not found.enabled.get(identity.subject, False):
             if user.is_active:
-                try:
-                    services.deactivate_user(actor=actor, user=user)
-                    run.deactivated += 1
-                except Conflict as exc:  # the last platform admin: kept, and said
-                    run.error = f"{user.username} was not deactivated: {exc}"[:300]
+                # Even the last platform admin: kept, their tokens and sessions would outlive the directory.
+                services.deactivate_user(actor=actor, user=user, directory=True)
+                run.deactivated += 1
+                if not services.active_admins_exist():
+                    run.error = (
+                        f"{user.username}, disabled in the directory, was the last active platform admin: "
+                        "there is none until the directory names one (an admin group or role rule)."
+                    )[:300]
             continue
         if user.is_active:
             claims: dict[str, Any] = found.claims_of(identity.subject, config.client_id)
