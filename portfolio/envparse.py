@@ -24,6 +24,7 @@ _FALSE = {"0", "false", "no", "off"}
 
 # Who may sign in with a password: everyone, only platform admins (break-glass), or nobody.
 LOCAL_SIGN_IN = ("everyone", "admins", "off")
+MAX_API_CLIENTS = 32
 
 
 class Env:
@@ -137,12 +138,13 @@ class Env:
         url = self.text("DATABASE_URL")
         return None if url is None else database_settings(url, self.text("DATABASE_PASSWORD"))
 
-    def oidc(self, *, production: bool) -> dict[str, str] | None:
+    def oidc(self, *, production: bool) -> dict[str, Any] | None:
         """Single sign-on's OpenID Connect client: the server's base URL (Keycloak's, without ``/realms``),
         the realm, the client id and its secret (or ``_FILE``), all four or none; None: sign-on is off.
         ``PORTFOLIO_OIDC_ORGANISATION`` names the button ("Sign in with ..."), the realm by default;
         ``PORTFOLIO_OIDC_API_AUDIENCE`` is the audience the realm's access tokens for the REST API must
-        name, the client id by default (Keycloak's audience mapper puts it there)."""
+        name, the client id by default (Keycloak's audience mapper puts it there); ``_API_CLIENTS`` the
+        clients whose tokens it takes."""
         names = ("SERVER_URL", "REALM", "CLIENT_ID", "CLIENT_SECRET")
         values = {name: self.text(f"PORTFOLIO_OIDC_{name}") for name in names}
         if not any(values.values()):
@@ -171,7 +173,20 @@ class Env:
             "client_secret": values["CLIENT_SECRET"] or "",
             "organisation": self.text("PORTFOLIO_OIDC_ORGANISATION") or realm,
             "api_audience": (self.text("PORTFOLIO_OIDC_API_AUDIENCE") or values["CLIENT_ID"] or "").strip(),
+            "api_clients": self._api_clients(values["CLIENT_ID"] or ""),
         }
+
+    def _api_clients(self, client_id: str) -> tuple[str, ...]:
+        """``PORTFOLIO_OIDC_API_CLIENTS``: the realm's clients (comma-separated ids) whose access tokens the
+        REST API takes, by their ``azp``; this platform's client alone by default."""
+        raw = self.text("PORTFOLIO_OIDC_API_CLIENTS") or client_id
+        names = tuple(dict.fromkeys(name.strip() for name in raw.split(",") if name.strip()))
+        if not names or len(names) > MAX_API_CLIENTS or any(len(name) > 255 for name in names):
+            raise ImproperlyConfigured(
+                f"PORTFOLIO_OIDC_API_CLIENTS={raw[:80]!r} is not valid: expected 1 to {MAX_API_CLIENTS} client "
+                "ids of the realm, comma-separated."
+            )
+        return names
 
     def local_sign_in(self, *, oidc: Mapping[str, str] | None) -> str:
         """Who may sign in with a password (``PORTFOLIO_LOCAL_SIGN_IN``): ``everyone`` (the default), only

@@ -101,6 +101,7 @@ def switch_on(settings, realm: Realm) -> None:
         "client_id": CLIENT_ID,
         "client_secret": CLIENT_SECRET,
         "organisation": "Acme",
+        "api_clients": (CLIENT_ID, SERVICE_CLIENT_ID),  # as docker-compose.yml names ci-runner
     }
 
 

@@ -175,6 +175,20 @@ def test_a_well_formed_token_from_a_trusted_key_is_accepted(client, sso):
 
 
 @pytest.mark.usefixtures("trusted")
+def test_a_token_of_a_client_the_api_does_not_take_tokens_from_is_refused(client, sso):
+    """Any client of the realm can name this API's audience and hard-code claims in its tokens (a realm
+    role, a group, a subject): such a token used to act, with the admin role its claims gave it."""
+    from portfolio.accounts.models import SsoMappingRule
+
+    SsoMappingRule.objects.create(kind="realm_role", value="portfolio-admin", org_role="admin")
+    forged = signed(crafted(sso, azp="team-x-client", realm_access={"roles": ["portfolio-admin"]}))
+    assert_refused(call(client, forged), forged, "it was issued to 'team-x-client', not to a client this API")
+    nameless = signed(crafted(sso, azp=None))
+    assert_refused(call(client, nameless), nameless, "it was issued to no client (azp)")
+    assert not User.objects.filter(username=SERVICE_ACCOUNT).exists()
+
+
+@pytest.mark.usefixtures("trusted")
 def test_a_service_accounts_roles_follow_each_new_token_not_only_its_first(client, sso):
     """A service account never signs in and the directory sync cannot see it: the rules were applied at its
     first call only, so a role taken from it in the realm stayed here for good (an admin could not remove an

@@ -27,6 +27,7 @@ def test_a_full_configuration_names_the_realm_and_the_organisation():
         "client_secret": "s3cret",
         "organisation": "Acme Corp",
         "api_audience": "portfolio",
+        "api_clients": ("portfolio",),
     }
     assert Env(FULL).oidc(production=False)["organisation"] == "acme"
 
@@ -37,6 +38,17 @@ def test_the_api_audience_is_the_client_id_unless_set():
     assert OidcConfig(**Env(FULL).oidc(production=True)).audience == "portfolio"
     environ = {**FULL, "PORTFOLIO_OIDC_API_AUDIENCE": "portfolio-api"}
     assert OidcConfig(**Env(environ).oidc(production=True)).audience == "portfolio-api"
+
+
+def test_the_clients_whose_tokens_the_api_takes_are_this_one_unless_named():
+    from portfolio.accounts.sso.config import OidcConfig
+
+    assert OidcConfig(**Env(FULL).oidc(production=True)).token_clients == {"portfolio"}
+    environ = {**FULL, "PORTFOLIO_OIDC_API_CLIENTS": " portfolio, ci-runner,ci-runner "}
+    assert OidcConfig(**Env(environ).oidc(production=True)).token_clients == {"portfolio", "ci-runner"}
+    for bad in (",", ",".join(f"c{i}" for i in range(33)), "x" * 256):
+        with pytest.raises(ImproperlyConfigured, match="PORTFOLIO_OIDC_API_CLIENTS"):
+            Env({**FULL, "PORTFOLIO_OIDC_API_CLIENTS": bad}).oidc(production=True)
 
 
 def test_a_partial_configuration_stops_start_up_naming_what_is_missing():

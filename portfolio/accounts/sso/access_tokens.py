@@ -3,8 +3,10 @@
 Contract: a token is accepted only when ``client.verify_jwt`` finds it signed by one of the realm's keys with
 an asymmetric algorithm (``alg: none`` and shared-secret algorithms are refused), issued by the realm, for
 the API's audience (``PORTFOLIO_OIDC_API_AUDIENCE``, the client id by default; it may be one of several),
-unexpired, valid already (``nbf``) and, when it says what it is (Keycloak's ``typ``), a ``Bearer`` token
-(not an ID or refresh token). It then acts as the user of its issuer and subject, exactly as that user's
+unexpired, valid already (``nbf``), when it says what it is (Keycloak's ``typ``) a ``Bearer`` token (not an
+ID or refresh token), and issued to one of the clients the API takes tokens from (``azp``,
+``PORTFOLIO_OIDC_API_CLIENTS``: any client of the realm can name this API's audience and put any claim in
+its tokens, so the clients whose claims are believed are named). It then acts as the user of its issuer and subject, exactly as that user's
 browser session would: a Keycloak service account (``service-account-<client>``) is such a user too, made
 just in time on its first call, to which admins give teams like anyone else.
 
@@ -85,6 +87,12 @@ def claims_of(config: sso_config.OidcConfig, token: str, issuer: str) -> dict:
     token_type = claims.get("typ")
     if token_type is not None and token_type != ACCESS_TOKEN_TYPE:
         raise _refused(f"it is not an access token (typ {str(token_type)[:20]!r})")
+    party = claims.get("azp")
+    if party not in config.token_clients:
+        shown = repr(party[:64]) if isinstance(party, str) else "no client (azp)"
+        raise _refused(
+            f"it was issued to {shown}, not to a client this API takes tokens from (PORTFOLIO_OIDC_API_CLIENTS)"
+        )
     return claims
 
 
