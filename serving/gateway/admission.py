@@ -52,6 +52,7 @@ def spend_caps(
             _, hop_money = payloads.worst_case(
                 shape, hop.max_model_len, hop.input_micros_per_token, hop.output_micros_per_token
             )
+        hop_money = max(hop_money, AT_COST_RESERVE)
         team_reserve = max(team_reserve, hop_money)
         if hop.department_id != key.department_id:
             department_reserve = max(department_reserve, hop_money)
@@ -64,6 +65,12 @@ def spend_caps(
         department_reserve,
         snapshot.caps_month,
     )
+
+
+# What a call to another team's endpoint reserves on a hard limit at least: one without a token price is
+# charged at cost on the statements (its share of the compute, known at the month's end), so it must be
+# refused once the counter is spent, though it adds nothing to it now. Settling gives it back.
+AT_COST_RESERVE = 1
 
 
 def charged(key: KeyRecord, endpoint: EndpointInfo, cost: int) -> tuple[int, int]:

@@ -133,10 +133,11 @@ def spend_caps(snapshot, key: KeyRecord, steps: list[list[tuple[EndpointInfo, in
         return None
     team_reserve = department_reserve = 0
     for step in steps:
-        team_reserve += max((m for hop, m in step if hop.team_id != key.team_id), default=0)
+        # Another team's hop reserves at least admission.AT_COST_RESERVE: unpriced, it is charged at cost.
+        others = [(hop, max(m, admission.AT_COST_RESERVE)) for hop, m in step if hop.team_id != key.team_id]
+        team_reserve += max((m for _, m in others), default=0)
         department_reserve += max(
-            (m for hop, m in step if hop.team_id != key.team_id and hop.department_id != key.department_id),
-            default=0,
+            (m for hop, m in others if hop.department_id != key.department_id), default=0
         )
     return SpendCaps(
         key.team_id,

@@ -246,6 +246,51 @@ def test_only_hops_to_other_teams_reserve_on_the_hard_limits():
     assert admission.charged(key, own, 1234) == (0, 0) and admission.charged(key, shared, 1234)[0] == 1234
 
 
+def test_a_spent_hard_limit_refuses_calls_to_another_teams_unpriced_endpoint():
+    """Such a call is charged at cost on the statements (its share of the compute) but costs 0 at admission:
+    reserving nothing, it skipped the team's counter, so a team past its hard limit called on unchecked."""
+    from serving.gateway import payloads
+
+    team_id, department_id = ids()
+    unpriced = EndpointInfo("free", team_id + 7, (Route(1, "f", "f", "", 2),), None, 0.0, 0.0, 100)
+    snapshot = Snapshot(caps={("team", team_id): (1_000_000, 1_000_000)})  # the month's spend: all of it
+    shape = payloads.Shape(prompts=(10,), choices=1, per_choice=10)
+    key = record(team_id, department_id)
+    caps = admission.spend_caps(snapshot, key, shape, [unpriced])
+    assert caps.team_reserve > 0, "reserves something, so that the spent counter is looked at"
+    from serving.gateway import composite
+
+    assert composite.spend_caps(snapshot, key, [[(unpriced, 0)]]).team_reserve > 0, "and a composite's hop"
+
+    async def admit_one(caps: SpendCaps):
+        pipe = redis_pipe.connect(settings.REDIS_URL)
+        try:
+            revoked = f"test:revoked:{uuid.uuid4().hex}"
+            return await Limiter(pipe).admit(key, tokens=10, money_micros=0, revoked_set=revoked, caps=caps)
+        finally:
+            await pipe.close()
+
+    refused = run(admit_one(caps))
+    assert (refused.ok, refused.reason) == (False, "team_budget")
+    room = SpendCaps(team_id + 2, department_id, team=(1_000_000, 0), team_reserve=caps.team_reserve)
+    admitted = run(admit_one(room))
+    assert admitted.ok
+    run(settle_all(limiter_settle(admitted, team_micros=0)))
+    assert counter(f"gw:tm:{team_id + 2}") == 0, "settled at 0: what was reserved is given back"
+
+
+def limiter_settle(verdict, *, team_micros: int) -> list[tuple]:
+    return Limiter(None).settle(verdict.reservation, tokens=10, money_micros=0, team_micros=team_micros)
+
+
+async def settle_all(commands: list[tuple]) -> None:
+    pipe = redis_pipe.connect(settings.REDIS_URL)
+    try:
+        await settle(pipe, commands)
+    finally:
+        await pipe.close()
+
+
 def test_a_routers_shared_specialist_reserves_on_the_hard_limit_even_when_its_own_is_dearer():
     """A router's second step may reach its team's own endpoint (dearer, and free to the team) or another
     team's shared one: the cap must hold the shared one's worst case, not the step's costliest hop's."""
