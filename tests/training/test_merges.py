@@ -97,6 +97,20 @@ def test_a_viewer_may_not_merge(versions, org):
         merging.request_merge(actor=actor_for(org["viewer"]), version=adapter)
 
 
+def test_a_merge_past_its_teams_hard_limited_budget_is_refused_with_the_reason(versions, engineer, org):
+    """A merge runs on a node whose cores are billed to the team, as a fine-tune's are: it used to start
+    whatever the team's hard limit, where a fine-tune, a deployment or a scale-up is refused."""
+    from portfolio.billing import budgets
+
+    _, adapter = versions
+    budgets.set_budget(
+        actor=actor_for(org["admin"]), team=adapter.model.owner_team, amount="0", hard_limit=True
+    )
+    with pytest.raises(Conflict, match="hard limit"):
+        merging.request_merge(actor=engineer, version=adapter)
+    assert not MergeJob.objects.exists()
+
+
 def test_a_second_merge_of_an_adapter_while_one_is_under_way_is_refused(versions, engineer):
     _, adapter = versions
     first = merging.request_merge(actor=engineer, version=adapter)

@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
+from portfolio.billing import budgets
 from portfolio.errors import Conflict, DomainError
 from portfolio.registry import merging
 from portfolio.registry.inspection import InspectionError
@@ -46,6 +47,7 @@ def start_merge(actor: Actor, adapter: ModelVersion) -> merging.MergeStarted:
     in_flight = MergeJob.objects.filter(adapter=adapter, status__in=IN_FLIGHT).first()
     if in_flight is not None:
         raise Conflict(f"Merge #{in_flight.pk} of {adapter.label} is already {in_flight.status}.")
+    budgets.check_can_spend(adapter.model.owner_team)  # its node's cores are billed: not past a hard limit
     job = MergeJob.objects.create(adapter=adapter, owner_team=adapter.model.owner_team, created_by=actor.user)
     audit.record(actor, "model_version.merge_start", job, after=job.snapshot())
     transaction.on_commit(lambda: enqueue(job.pk))
