@@ -121,9 +121,9 @@ def _token_rows(departments: Scope, book: PriceBook, start: datetime, end: datet
 def _tokens(ledger: Ledger, book: PriceBook, departments: Scope, start: datetime, end: datetime) -> dict:
     """Token lines of the departments' callers and credits of their owning teams; returns the unpriced
     usage by other teams, for the at-cost rule: {(deployment, caller team, caller department,
-    owner team, owner department): tokens}."""
+    owner team, owner department): [tokens, audio milliseconds]}."""
     rows = _token_rows(departments, book, start, end)
-    unpriced: dict[tuple, int] = defaultdict(int)
+    unpriced: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])  # [tokens, audio milliseconds]
     # Tokens per line first (a line has one unit price: pricing its sum is pricing each row), then lines.
     per_line: dict[tuple, int] = defaultdict(
         int
@@ -149,7 +149,9 @@ def _tokens(ledger: Ledger, book: PriceBook, departments: Scope, start: datetime
             _audio(ledger, departments, (dept, team, endpoint, owner, owner_dept), int(audio_ms), price, own)
         if not own and not any(rates) and not _rate(price, "audio_second"):  # unpriced: at cost
             if deployment:
-                unpriced[(deployment, team, dept, owner, owner_dept)] += tokens_in + tokens_out
+                used = unpriced[(deployment, team, dept, owner, owner_dept)]
+                used[0] += tokens_in + tokens_out
+                used[1] += int(audio_ms or 0)
             continue
         for direction, tokens, rate in (("input", tokens_in, rates[0]), ("output", tokens_out, rates[1])):
             if not tokens:
@@ -239,35 +241,52 @@ def interval_cost(book: PriceBook, interval: ComputeInterval, begin: datetime, f
 
 
 def compute_cost(
-    book: PriceBook, deployments: Iterable[str], start: datetime, end: datetime, as_of: datetime
-) -> dict[str, Fraction]:
-    """The exact replica cost of each deployment in ``[start, end)`` (for the at-cost rule)."""
-    costs: dict[str, Fraction] = defaultdict(Fraction)
-    for interval in _intervals(None, start, end, subjects=deployments):
+    book: PriceBook, deployments: Iterable[tuple[str, int]], start: datetime, end: datetime, as_of: datetime
+) -> dict[tuple[str, int], Fraction]:
+    """The exact replica cost of each deployment, named with its owning team (a name a deletion freed may
+    be another team's since), in ``[start, end)`` (for the at-cost rule)."""
+    wanted = set(deployments)
+    costs: dict[tuple[str, int], Fraction] = defaultdict(Fraction)
+    for interval in _intervals(None, start, end, subjects={name for name, _ in wanted}):
+        key = (interval.subject, interval.team_id)
         begin, finish = max(interval.started_at, start), min(interval.ended_at or as_of, end, as_of)
-        if finish > begin:
-            costs[interval.subject] += interval_cost(book, interval, begin, finish)[1]
+        if key in wanted and finish > begin:
+            costs[key] += interval_cost(book, interval, begin, finish)[1]
     return costs
 
 
 def _at_cost(ledger: Ledger, book: PriceBook, departments: Scope, unpriced: dict, start, end, as_of) -> None:
+    """Other teams' calls to an endpoint without a price pay their share of its deployment's replica cost
+    this month, the owning team credited the same: by tokens, or by audio for a speech model (which reports
+    no tokens). A deployment is its owning team's: the endpoints of a team route to its own deployments."""
     if not unpriced:
         return
-    deployments = {key[0] for key in unpriced}
+    deployments = {(key[0], key[3]) for key in unpriced}
     costs = compute_cost(book, deployments, start, end, as_of)
-    served = dict(
-        TokenDay.objects.filter(day__gte=start, day__lt=end, deployment__in=deployments)
-        .values_list("deployment")
-        .annotate(tokens=Sum("input_tokens") + Sum("output_tokens"))
-    )
-    for (deployment, team, dept, owner, owner_dept), tokens in unpriced.items():
-        total = served.get(deployment) or 0
-        cost = costs.get(deployment, Fraction(0))
-        if not total or not cost:
+    served = {
+        (deployment, owner): (int(tokens or 0), int(audio or 0))
+        for deployment, owner, tokens, audio in TokenDay.objects.filter(
+            day__gte=start, day__lt=end, deployment__in={name for name, _ in deployments}
+        )
+        .values_list("deployment", "owner_team_id")
+        .annotate(tokens=Sum("input_tokens") + Sum("output_tokens"), audio=Sum("audio_ms"))
+    }
+    for (deployment, team, dept, owner, owner_dept), (tokens, audio_ms) in unpriced.items():
+        total_tokens, total_audio = served.get((deployment, owner), (0, 0))
+        cost = costs.get((deployment, owner), Fraction(0))
+        if total_tokens:
+            share, detail = (
+                Fraction(tokens, total_tokens),
+                f"{tokens:,} of its {total_tokens:,} tokens this month",
+            )
+        elif total_audio:
+            share = Fraction(audio_ms, total_audio)
+            detail = f"{audio_ms / 1000:,.1f} of its {total_audio / 1000:,.1f} audio seconds this month"
+        else:
             continue
-        share = Fraction(tokens, total)
+        if not share or not cost:
+            continue
         unit_price = money.to_decimal(cost, Decimal("0.000001"))
-        detail = f"{tokens:,} of its {total:,} tokens this month"
         if _in(departments, dept):
             ledger.add(dept, team, LineKind.AT_COST, deployment, detail, "share", unit_price, share, cost * share,
                        owner_dept)  # fmt: skip

@@ -132,18 +132,24 @@ def endpoint_this_month(endpoint_id: int, as_of: datetime | None = None) -> Endp
                 cost += Fraction(tokens_out or 0, money.MILLION) * Fraction(price.output_per_million)
                 cost += Fraction(audio_ms or 0, 1000) * Fraction(price.audio_second)
     else:
-        # Unpriced: each deployment's replica cost, this endpoint's share by requests it sent there.
+        # Unpriced: each deployment's replica cost, this endpoint's share by requests it sent there. The
+        # deployments are the endpoint's team's (a name a deletion freed may be another team's since).
+        owner = usage.values_list("owner_team_id", flat=True).first()
         mine: dict[str, int] = {}
         for _hour, deployment, calls, *_ in hours:
             if deployment:
                 mine[deployment] = mine.get(deployment, 0) + (calls or 0)
         served = dict(
-            TokenUsage.objects.filter(hour__gte=start, hour__lt=end, deployment__in=list(mine))
+            TokenUsage.objects.filter(
+                hour__gte=start, hour__lt=end, deployment__in=list(mine), owner_team_id=owner
+            )
             .values_list("deployment")
             .annotate(calls=Sum("requests"))
         )
-        costs = compute_cost(book, list(mine), start, end, as_of)
-        for deployment, calls in mine.items():
+        owned = [(name, owner) for name in mine] if owner is not None else []
+        costs = compute_cost(book, owned, start, end, as_of)
+        for deployment, owner_id in owned:
             if served.get(deployment):
-                cost += costs.get(deployment, Fraction(0)) * Fraction(calls, served[deployment])
+                calls = mine[deployment]
+                cost += costs.get((deployment, owner_id), Fraction(0)) * Fraction(calls, served[deployment])
     return EndpointCost(requests, tokens, money.cents(cost), priced, money.seconds(audio_total_ms))

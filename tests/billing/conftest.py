@@ -29,7 +29,8 @@ def price(kind: str, subject_id, name: str, since: datetime = LONG_AGO, **rates)
     )
 
 
-def tokens(hour: str, *, endpoint_id, endpoint, owner, caller, tokens_in=0, tokens_out=0, deployment="dep"):
+def tokens(hour: str, *, endpoint_id, endpoint, owner, caller, tokens_in=0, tokens_out=0, deployment="dep",
+           audio_ms=0):  # fmt: skip
     """One hour of calls by ``caller`` (a Team) to an endpoint owned by ``owner`` (a Team), into the ledger."""
     when = at(hour)
     row = TokenHour(
@@ -44,6 +45,7 @@ def tokens(hour: str, *, endpoint_id, endpoint, owner, caller, tokens_in=0, toke
         requests=1,
         input_tokens=tokens_in,
         output_tokens=tokens_out,
+        audio_ms=audio_ms,
     )
     # The rollup hands over whole hours: keep the other rows of the hour.
     from portfolio.billing.models import TokenUsage

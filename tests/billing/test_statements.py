@@ -315,6 +315,46 @@ def test_calls_to_an_endpoint_without_a_token_price_pay_their_share_of_its_compu
     assert [line.amount for line in owner if line.kind == "replica"] == [Decimal("25.00")]
 
 
+def test_a_deployment_name_another_team_used_earlier_in_the_month_is_not_its_cost(priced, team, other_team):
+    """``other_team`` ran "chat" for 19 GPU-hours (47.50), deleted it, and ``team`` made a new "chat" for 1
+    GPU-hour (2.50), behind an unpriced endpoint another team called for all of its tokens. The at-cost
+    share was of both "chat"s' cost and tokens: the caller paid for compute the owner never ran, and the
+    owner was credited it."""
+    from portfolio.accounts.models import Department, Team
+
+    legal = Department.objects.create(name="Finance", cost_center="CC-300")
+    third = Team.objects.create(department=legal, name="Ledger", slug="ledger")
+    compute("replica:20", other_team, "2026-10-01 00:00", "2026-10-01 19:00", gpus=1, subject="chat")
+    tokens("2026-10-01 01:00", endpoint_id=30, endpoint="their-chat", owner=other_team, caller=other_team,
+           tokens_in=900_000, deployment="chat")  # fmt: skip
+    compute("replica:21", team, "2026-10-11 00:00", "2026-10-11 01:00", gpus=1, subject="chat")
+    tokens("2026-10-11 00:00", endpoint_id=31, endpoint="free", owner=team, caller=third,
+           tokens_in=100_000, deployment="chat")  # fmt: skip
+    caller = [line for line in statements.compute(third.department, OCTOBER) if line.kind == "at_cost"]
+    assert [(line.subject, line.quantity, line.amount) for line in caller] == [
+        ("chat", Decimal("1.000000000"), Decimal("2.50"))
+    ]
+    owner = statements.compute(team.department, OCTOBER)
+    assert [line.amount for line in owner if line.kind == "credit" and line.team_id == team.pk] == [
+        Decimal("-2.50")
+    ]
+
+
+def test_calls_to_a_speech_endpoint_without_a_price_pay_their_share_by_audio(priced, team, other_team):
+    """A speech model reports no tokens: the share was 0 of 0 tokens, and other teams' transcriptions were
+    free while the owner paid the whole replica. They share it by audio seconds."""
+    compute("replica:22", team, "2026-10-04 00:00", "2026-10-04 04:00", gpus=1, subject="whisper-dep")
+    tokens("2026-10-04 01:00", endpoint_id=32, endpoint="whisper", owner=team, caller=other_team,
+           audio_ms=60_000, deployment="whisper-dep")  # fmt: skip
+    tokens("2026-10-04 02:00", endpoint_id=32, endpoint="whisper", owner=team, caller=team,
+           audio_ms=180_000, deployment="whisper-dep")  # fmt: skip
+    caller = [line for line in statements.compute(other_team.department, OCTOBER) if line.kind == "at_cost"]
+    assert [(line.subject, line.quantity, line.amount) for line in caller] == [
+        ("whisper-dep", Decimal("0.250000000"), Decimal("2.50"))
+    ]
+    assert "60.0 of its 240.0 audio seconds" in caller[0].detail
+
+
 def test_the_month_to_date_spend_adds_up_the_same_lines_as_the_drafts(october, team, other_team):
     from datetime import UTC, datetime
 
