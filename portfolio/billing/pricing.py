@@ -13,6 +13,20 @@ from django.utils import timezone
 from portfolio.billing.choices import PriceKind
 from portfolio.billing.models import Price
 
+# A statement written (closed or re-issued) holds it shared, a new price version exclusively: a version
+# that starts inside a month cannot commit while that month's statement is written (the check of closed
+# months would not see it yet), nor appear between a statement's price book and its token rows.
+PRICE_BOOK_LOCK_ID = 0x5052494345  # "PRICE"
+
+
+def hold_price_book(*, exclusive: bool) -> None:
+    """Take the price book's transaction lock (see PRICE_BOOK_LOCK_ID); it ends with the transaction."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        call = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        cursor.execute(f"SELECT {call}(%s)", [PRICE_BOOK_LOCK_ID])  # noqa: S608 - one of two names
+
 
 class PriceBook:
     """Every version of the prices it was given, by subject, in time order."""

@@ -12,7 +12,7 @@ from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.audit.choices import AuditAction
-from portfolio.billing import money
+from portfolio.billing import money, pricing
 from portfolio.billing.choices import PriceKind, StatementStatus
 from portfolio.billing.models import Price, Statement
 from portfolio.billing.subjects import Subject
@@ -63,6 +63,7 @@ def set_price(
         raise Invalid("effective_from is out of range.") from None
     if effective_from != effective_from.replace(minute=0, second=0, microsecond=0):
         raise Invalid("Prices change on the hour (UTC): use a time with no minutes or seconds in UTC.")
+    pricing.hold_price_book(exclusive=True)  # a month's statement being written is seen as closed here
     if Statement.objects.filter(month__gte=money.month_start(effective_from.astimezone(UTC))).exists():
         raise Invalid(
             f"The month of {effective_from:%Y-%m-%d} is already closed: a price may only change from a "

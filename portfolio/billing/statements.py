@@ -29,7 +29,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Department, Team
 from portfolio.audit import services as audit
 from portfolio.audit.choices import AuditAction
-from portfolio.billing import money
+from portfolio.billing import money, pricing
 from portfolio.billing.charges import Line, charges_of
 from portfolio.billing.choices import LineKind, StatementStatus
 from portfolio.billing.models import Statement, StatementLine
@@ -267,6 +267,7 @@ def close(actor: Actor, department: Department, month: date) -> Statement:
     if month >= money.month_start(timezone.now()):
         raise Invalid(f"{label(month)} has not ended yet.")
     Department.objects.select_for_update().get(pk=department.pk)  # one closer per department at a time
+    pricing.hold_price_book(exclusive=False)  # no price version of the month commits while it closes
     if Statement.objects.filter(department=department, month=month).exists():
         raise Conflict(f"{label(month)} of {department.cost_center} is already closed.")
     statement = _write(actor, department, month, 1, "", compute(department, month))
@@ -342,6 +343,7 @@ def reissue(actor: Actor, statement: Statement, reason: str) -> Statement:
     # Locked as close locks it, first: a later month closing meanwhile would read this month as billed
     # before the re-issue and adjust it for late usage the re-issue bills as well.
     Department.objects.select_for_update().get(pk=statement.department_id)
+    pricing.hold_price_book(exclusive=False)
     current = (
         Statement.objects.select_for_update(of=("self",))  # its department is locked above, on purpose
         .filter(department_id=statement.department_id, month=statement.month, status=StatementStatus.CLOSED)

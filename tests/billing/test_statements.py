@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
@@ -11,7 +11,7 @@ from django.db import DatabaseError, connection, transaction
 from portfolio.accounts.actor import Actor
 from portfolio.audit.models import AuditEvent
 from portfolio.billing import statements
-from portfolio.billing.choices import ComputeKind, LineKind, StatementStatus
+from portfolio.billing.choices import ComputeKind, LineKind, PriceKind, StatementStatus
 from portfolio.billing.models import Statement, StatementLine
 from portfolio.errors import Conflict, Forbidden, Invalid
 from tests.billing.conftest import compute, tokens
@@ -448,3 +448,28 @@ def test_a_reissue_and_the_next_months_close_at_once_bill_late_usage_once(
         line for line in statements.compute(other_team.department, OCTOBER) if line.kind != "adjustment"
     ]
     assert billed == sum(line.amount for line in charges) == Decimal("10.80")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_price_set_inside_a_month_as_it_closes_waits_and_is_refused(october, org, other_team, monkeypatch):
+    """The close has computed October when an admin sets a price from 20 October: the price used to commit
+    (its check of closed months could not see the statement not yet committed), leaving a version inside a
+    closed month, billed later as an adjustment the close never saw coming. It waits, then is refused."""
+    from portfolio.billing import services
+    from portfolio.billing.models import Price
+    from portfolio.billing.subjects import Subject
+
+    pause = Pause()
+    monkeypatch.setattr(statements, "compute", pause.hook(statements.compute))
+    router = Subject(PriceKind.ENDPOINT, "11", "router")
+    when = datetime(2026, 10, 20, tzinfo=UTC)
+    closed, priced = interleave(
+        pause,
+        lambda: statements.close(BILLING, other_team.department, OCTOBER),
+        lambda: services.set_price(
+            actor=actor_for(org["admin"]), subject=router, effective_from=when, input_per_million="9.00"
+        ),
+    )
+    assert closed.error is None, closed.error
+    assert isinstance(priced.error, Invalid) and "already closed" in str(priced.error)
+    assert not Price.objects.filter(effective_from=when).exists()
