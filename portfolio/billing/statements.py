@@ -196,25 +196,42 @@ def month_of(department: Department, month: date, as_of: datetime | None = None)
     return drafts_of([department], month, as_of)[department.pk]
 
 
+def _fixed(value, places: int) -> str:
+    """A number as its column stores it, whatever the exponent it was computed with (1.5 and 1.500000 are
+    "1.50" as an amount), and no negative zero: what is read back from the table hashes the same."""
+    return f"{Decimal(value) + 0:.{places}f}"
+
+
 def digest(header: dict, lines: list) -> str:
-    """sha256 of the canonical JSON of a statement's header and lines (what its audit row and exports carry)."""
+    """sha256 of the canonical JSON of a statement's header and lines (what its audit row and exports carry),
+    numbers at their columns' places: recomputed from the stored statement, it is the same (``verify``)."""
     body = {
         **header,
+        "total": _fixed(header["total"], 2),
         "lines": [
             {
                 "team": line.team,
                 "kind": str(line.kind),
                 "subject": line.subject,
                 "detail": line.detail,
-                "quantity": str(line.quantity),
+                "quantity": _fixed(line.quantity, 9),
                 "unit": line.unit,
-                "unit_price": str(line.unit_price),
-                "amount": str(line.amount),
+                "unit_price": _fixed(line.unit_price, 6),
+                "amount": _fixed(line.amount, 2),
             }
             for line in lines
         ],
     }
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def verify(statement: Statement) -> bool:
+    """Whether a stored statement's lines and header still hash to its ``sha256`` (as an auditor would check
+    it from an export). Statements closed before 2026-12-05 hashed numbers as computed, and may not."""
+    header = _header(statement.department, statement.month, statement.revision, statement.total)
+    return digest(header | {"currency": statement.currency}, list(statement.lines.order_by("position"))) == (
+        statement.sha256
+    )
 
 
 def _header(department: Department, month: date, revision: int, total: Decimal) -> dict:

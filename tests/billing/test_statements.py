@@ -136,6 +136,27 @@ def test_late_usage_of_a_closed_month_goes_to_an_adjustment_line_of_the_next_one
     assert [line for line in december if line.kind == "adjustment"] == []
 
 
+def test_a_closed_statements_hash_is_recomputed_from_what_is_stored(october, team, other_team):
+    """An auditor recomputes the hash from the stored lines (or an export of them): it used to hash numbers
+    as computed ("0", "1.5"), which read back at their columns' places ("0.000000", "1.50"), so no one
+    could check it. Tampering with a stored line is then seen."""
+    for department in (team.department, other_team.department):
+        closed = statements.close(BILLING, department, OCTOBER)
+        stored = Statement.objects.get(pk=closed.pk)
+        header = {
+            "department": department.cost_center,
+            "month": "2026-10",
+            "revision": 1,
+            "currency": stored.currency,
+            "total": str(stored.total),
+        }
+        assert statements.digest(header, list(stored.lines.order_by("position"))) == stored.sha256
+        assert statements.verify(stored)
+        tampered = list(stored.lines.order_by("position"))
+        tampered[0].amount += Decimal("0.01")
+        assert statements.digest(header, tampered) != stored.sha256
+
+
 def test_a_month_closes_once(october, other_team):
     statements.close(BILLING, other_team.department, OCTOBER)
     with pytest.raises(Conflict):
