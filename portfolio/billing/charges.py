@@ -128,6 +128,9 @@ def _tokens(ledger: Ledger, book: PriceBook, departments: Scope, start: datetime
     per_line: dict[tuple, int] = defaultdict(
         int
     )  # (department, team, kind, endpoint, detail, unit price, owner)
+    # Tokens other teams paid for, per (owner's department, owner, endpoint, direction, unit price, caller's
+    # department, caller): each caller's line as charged, for the owner's credit.
+    paid: dict[tuple, int] = defaultdict(int)
     for (
         endpoint_id,
         endpoint,
@@ -161,13 +164,23 @@ def _tokens(ledger: Ledger, book: PriceBook, departments: Scope, start: datetime
                 unit_price = Decimal(0) if own else rate
                 per_line[(dept, team, LineKind.TOKENS, endpoint, detail, unit_price, owner_dept)] += tokens
             if _in(departments, owner_dept) and not own:
-                detail = f"{direction} tokens called by other teams"
-                per_line[(owner_dept, owner, LineKind.CREDIT, endpoint, detail, -rate, None)] += tokens
+                paid[(owner_dept, owner, endpoint, direction, rate, dept, team)] += tokens
     for (dept, team, kind, endpoint, detail, unit_price, called), tokens in per_line.items():
         millions = Fraction(tokens, money.MILLION)
         ledger.add(dept, team, kind, endpoint, detail, "M tokens", unit_price, millions,
                    millions * Fraction(unit_price), called)  # fmt: skip
+    _credits(ledger, paid)
     return unpriced
+
+
+def _credits(ledger: Ledger, paid: dict) -> None:
+    """The owning teams' credits: what each calling team's line was charged, rounded as that line is, summed
+    (rounding the credit's own total instead would credit the owner more or less than the callers paid)."""
+    for (owner_dept, owner, endpoint, direction, rate, _dept, _team), tokens in paid.items():
+        millions = Fraction(tokens, money.MILLION)
+        charged = Fraction(money.cents(millions * Fraction(rate)))
+        ledger.add(owner_dept, owner, LineKind.CREDIT, endpoint, f"{direction} tokens called by other teams (as each was charged)",
+                   "M tokens", -rate, millions, -charged)  # fmt: skip
 
 
 def _audio(ledger: Ledger, departments: Scope, who: tuple, audio_ms: int, price, own: bool) -> None:

@@ -123,8 +123,10 @@ def test_every_line_is_its_events_and_intervals_priced_one_by_one_and_rounded_on
             started_at=START + timedelta(minutes=start), ended_at=START + timedelta(minutes=start + minutes),
         )  # fmt: skip
 
-    # The reference: each call and each interval priced on its own, then summed per line and rounded once.
+    # The reference: each call and each interval priced on its own, then summed per line and rounded once;
+    # an owner's credit is each calling team's line as charged (rounded), summed.
     expected: dict[int, dict[tuple, Fraction]] = defaultdict(lambda: defaultdict(Fraction))
+    credited: dict[int, dict[tuple, Fraction]] = defaultdict(lambda: defaultdict(Fraction))
     for minute, endpoint, caller, tokens_in, tokens_out in events:
         when = START + timedelta(minutes=minute)
         prices = version_at(books[f"e{endpoint}"], when)
@@ -139,7 +141,7 @@ def test_every_line_is_its_events_and_intervals_priced_one_by_one_and_rounded_on
             line = (calling.pk, "tokens", endpoint, direction, Decimal(0) if own else rate)
             expected[calling.department_id][line] += paid
             if not own:
-                expected[owner.department_id][(owner.pk, "credit", endpoint, direction, -rate)] -= paid
+                credited[owner.department_id][(owner.pk, endpoint, direction, rate, calling.pk)] += paid
     for number, (start, minutes, team, gpus, cores, memory, kind) in enumerate(held):
         begin = max(START + timedelta(minutes=start), START)
         finish = min(START + timedelta(minutes=start + minutes), END)
@@ -164,4 +166,5 @@ def test_every_line_is_its_events_and_intervals_priced_one_by_one_and_rounded_on
     for department in {team.department for team in teams}:
         lines = statements.compute(department, MONTH, as_of=END)
         reference = sum((cents(amount) for amount in expected[department.pk].values()), Decimal("0.00"))
+        reference -= sum((cents(amount) for amount in credited[department.pk].values()), Decimal("0.00"))
         assert sum((line.amount for line in lines), Decimal("0.00")) == reference

@@ -376,6 +376,30 @@ def test_calls_to_a_speech_endpoint_without_a_price_pay_their_share_by_audio(pri
     assert "60.0 of its 240.0 audio seconds" in caller[0].detail
 
 
+def test_the_owner_is_credited_what_its_callers_lines_were_charged_to_the_cent(priced, team, other_team):
+    """Three teams each call 10,000 tokens at 0.50 per million: each line is 0.005, charged 0.01, 0.03 in
+    all. The owner's credit was its own total rounded, 0.015 to 0.02: credited less than its callers paid
+    (with 200 callers of 8,000 tokens each, 0.80 credited for nothing charged)."""
+    from portfolio.accounts.models import Department, Team
+
+    callers = [other_team]
+    for n in (3, 4):
+        department = Department.objects.create(name=f"Dept {n}", cost_center=f"CC-{n}00")
+        callers.append(Team.objects.create(department=department, name=f"Team {n}", slug=f"team-{n}"))
+    for caller in callers:
+        tokens("2026-10-20 10:00", endpoint_id=11, endpoint="router", owner=team, caller=caller,
+               tokens_in=10_000)  # fmt: skip
+    charged = [
+        line.amount
+        for caller in callers
+        for line in statements.compute(caller.department, OCTOBER)
+        if line.kind == "tokens"
+    ]
+    assert charged == [Decimal("0.01")] * 3
+    credits = [line.amount for line in statements.compute(team.department, OCTOBER) if line.kind == "credit"]
+    assert credits == [Decimal("-0.03")]
+
+
 def test_the_month_to_date_spend_adds_up_the_same_lines_as_the_drafts(october, team, other_team):
     from datetime import UTC, datetime
 
