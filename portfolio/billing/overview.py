@@ -22,7 +22,7 @@ from django.db.models import Sum
 from portfolio.accounts.models import Department, Team
 from portfolio.billing import daily, money
 from portfolio.billing.access import Reader
-from portfolio.billing.choices import StatementStatus
+from portfolio.billing.choices import LineKind, StatementStatus
 from portfolio.billing.models import Statement, StatementLine
 from portfolio.billing.statements import ZERO, Draft, drafts_of, label, month_of
 
@@ -30,14 +30,22 @@ DRAFT = "draft"
 MICROSECOND = timedelta(microseconds=1)
 
 
-def forecast(spend: Decimal, month: date, as_of: datetime) -> Decimal | None:
+def forecast(spend: Decimal, month: date, as_of: datetime, adjustments: Decimal = ZERO) -> Decimal | None:
+    """The month's spend at its end, at the rate so far. ``adjustments`` (part of ``spend``: corrections of
+    earlier months) do not grow with the month: they are added as they are, not extrapolated."""
     start, end = money.month_bounds(month)
     if as_of >= end:
         return spend
     elapsed = (as_of - start) // MICROSECOND
     if elapsed < timedelta(hours=1) // MICROSECOND:
         return None
-    return money.cents(Fraction(spend) * Fraction((end - start) // MICROSECOND, elapsed))
+    return money.cents(Fraction(spend - adjustments) * Fraction((end - start) // MICROSECOND, elapsed)) + (
+        adjustments
+    )
+
+
+def _adjustments(lines) -> Decimal:
+    return sum((line.amount for line in lines if line.kind == LineKind.ADJUSTMENT), ZERO)
 
 
 def readable_departments(reader: Reader):
@@ -68,6 +76,7 @@ class Row:
     department_id: int | None = None
     kind: str = ""
     audio_seconds: list[Decimal] = field(default_factory=list)  # speech calls: billed by the second
+    adjustments: Decimal = ZERO  # of ``spend``: corrections of earlier months, not extrapolated
 
 
 @dataclass
@@ -119,12 +128,13 @@ def month_spend(reader: Reader, month: date, now: datetime, *, team_days: bool =
                 (department.pk,),
                 department.name,
                 spend,
-                forecast(spend, month, as_of),
+                forecast(spend, month, as_of, _adjustments(lines)),
                 partial,
                 amounts,
                 tokens,
                 department.pk,
                 audio_seconds=days.audio_seconds(cells),
+                adjustments=_adjustments(lines),
             )  # fmt: skip
         )
         for line in lines:
@@ -134,6 +144,7 @@ def month_spend(reader: Reader, month: date, now: datetime, *, team_days: bool =
                 name = team_names.get(line.team_id, line.team)
                 team = rows_t[key] = Row((line.team_id,), name, department_id=department.pk)
             team.spend += line.amount
+            team.adjustments += _adjustments([line])
             about = (department.pk, line.kind, line.subject)
             subject = rows_s.get(about)
             if subject is None:
@@ -146,7 +157,7 @@ def month_spend(reader: Reader, month: date, now: datetime, *, team_days: bool =
                 name = team_names.get(team_id or 0, "no team")
                 rows_t[(department.pk, team_id)] = Row((team_id,), name, department_id=department.pk)
     for team in rows_t.values():
-        team.forecast = forecast(team.spend, month, as_of)
+        team.forecast = forecast(team.spend, month, as_of, team.adjustments)
         if team_days:
             cell = (team.department_id or 0, team.key[0])
             team.days, team.tokens = days.total([cell])
@@ -159,7 +170,7 @@ def month_spend(reader: Reader, month: date, now: datetime, *, team_days: bool =
         elapsed=min(1.0, (as_of - start) / (end - start)),
         currency=settings.BILLING_CURRENCY,
         total=total,
-        forecast=forecast(total, month, as_of),
+        forecast=forecast(total, month, as_of, sum((row.adjustments for row in rows_d), ZERO)),
         partial=any(row.partial for row in rows_d),
         days=days.days,
         day_totals=day_totals,

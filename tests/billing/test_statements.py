@@ -518,3 +518,20 @@ def test_a_price_set_inside_a_month_as_it_closes_waits_and_is_refused(october, o
     assert closed.error is None, closed.error
     assert isinstance(priced.error, Invalid) and "already closed" in str(priced.error)
     assert not Price.objects.filter(effective_from=when).exists()
+
+
+def test_the_forecast_does_not_extrapolate_adjustments_for_earlier_months(october, team, other_team):
+    """On 2 November a 1.00 adjustment for October's late usage is in November's draft: it used to be
+    projected over the month with the month's own charges (30.00 from 1.00), as if it recurred."""
+    from portfolio.billing import overview
+    from portfolio.billing.access import Reader
+
+    statements.close(BILLING, other_team.department, OCTOBER)
+    tokens("2026-10-25 10:00", endpoint_id=11, endpoint="router", owner=team, caller=other_team,
+           tokens_in=2_000_000)  # fmt: skip
+    spend = overview.month_spend(
+        Reader(True, frozenset(), frozenset()), NOVEMBER, datetime(2026, 11, 2, tzinfo=UTC)
+    )
+    (row,) = [row for row in spend.departments if row.key == (other_team.department_id,)]
+    assert row.spend == Decimal("1.00"), "the adjustment: November has no charges of its own yet"
+    assert row.forecast == Decimal("1.00"), "not projected over the month"
