@@ -87,12 +87,17 @@ def ensure(now: datetime | None = None, ahead: int = 2) -> list[str]:
     return made
 
 
+def kept_from(now: datetime) -> date:
+    """The first month whose raw events are kept: the partitions of earlier ones are dropped."""
+    return _month(now.year, now.month - settings.USAGE_RETENTION_MONTHS)
+
+
 def drop_expired(now: datetime | None = None) -> list[str]:
     """Drop the partitions of months that ended more than the retention ago; returns their names."""
     from django.utils import timezone
 
     now = now or timezone.now()
-    keep_from = _month(now.year, now.month - settings.USAGE_RETENTION_MONTHS)
+    keep_from = kept_from(now)
     dropped = []
     for name, month in sorted(partitions().items(), key=lambda item: item[1]):
         if month < keep_from:

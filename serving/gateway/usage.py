@@ -33,7 +33,7 @@ from django.db import connection, transaction
 from django.db.models import Max
 
 from portfolio.billing import meters
-from serving.gateway import keystate
+from serving.gateway import keystate, partitions
 from serving.gateway.events import USAGE_STREAM
 from serving.gateway.models import ApiKey, UsageEvent
 
@@ -294,21 +294,35 @@ def rollup(since: datetime | None = None) -> int:
     hour; with ``since``, of every hour from then on. Returns how many marked hours were recomputed (none when
     another rollup was running: see the module's docstring)."""
     now = datetime.now(UTC)
+    # Hours of months whose raw events retention has dropped are not recomputed: from what is left (a late
+    # event at most) they would be rewritten, and what was billed for them lost.
+    kept = partitions.kept_from(now)
+    horizon = datetime(kept.year, kept.month, 1, tzinfo=UTC)
     if since is not None:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ROLLUP_LOCK_ID])
             _recompute(
                 cursor,
-                since.replace(minute=0, second=0, microsecond=0),
+                max(since.replace(minute=0, second=0, microsecond=0), horizon),
                 datetime.fromtimestamp(_hour_of(now) + 3600, UTC),
             )
         return 0
     client = keystate.client()
     marked = {int(hour): count for hour, count in client.hgetall(DIRTY_HOURS).items()}
     hours = sorted(marked)[:MAX_HOURS_PER_ROLLUP]
+    expired = [hour for hour in hours if hour < horizon.timestamp()]
+    if expired:
+        logger.warning(
+            "usage: late events of %s hour(s) before %s, whose raw events are past retention "
+            "(PORTFOLIO_USAGE_RETENTION_MONTHS), are not billed: the first is %s",
+            len(expired),
+            kept,
+            datetime.fromtimestamp(expired[0], UTC),
+        )
     # The previous and the current hour always (as events arrive), and every marked hour outside them.
     recent = (_hour_of(now - HOUR), _hour_of(now) + 3600)
-    spans = [recent, *_spans([hour for hour in hours if not recent[0] <= hour < recent[1]])]
+    kept_hours = [hour for hour in hours if hour >= horizon.timestamp() and not recent[0] <= hour < recent[1]]
+    spans = [recent, *_spans(kept_hours)]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [ROLLUP_LOCK_ID])
         if not cursor.fetchone()[0]:

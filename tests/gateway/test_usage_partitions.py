@@ -70,11 +70,12 @@ def test_rows_in_the_default_partition_move_into_their_months_partition_when_it_
 
 
 def test_a_month_past_retention_is_dropped_whole_and_its_rollups_and_ledger_rows_stay(settings):
-    settings.USAGE_RETENTION_MONTHS = 2
+    settings.USAGE_RETENTION_MONTHS = 100  # rolled up while its raw events were kept
     old = datetime(2025, 1, 10, 9, 30, tzinfo=UTC)
     partitions.create(old.date().replace(day=1))
     UsageEvent.objects.bulk_create([event("req-old", old, team_id=7, endpoint_id=3)])
     usage.rollup(since=old)
+    settings.USAGE_RETENTION_MONTHS = 2
     assert UsageHourly.objects.filter(hour__year=2025).count() == 1
     assert TokenUsage.objects.filter(hour__year=2025).count() == 1
 
@@ -86,3 +87,31 @@ def test_a_month_past_retention_is_dropped_whole_and_its_rollups_and_ledger_rows
     # A month still inside the retention stays.
     partitions.create(datetime(2025, 2, 1, tzinfo=UTC).date())
     assert partitions.drop_expired(datetime(2025, 4, 2, tzinfo=UTC)) == []
+
+
+def test_a_late_event_of_a_month_past_retention_does_not_rewrite_what_was_billed(settings):
+    """The month's raw events are dropped; an event of an hour of it arrives late (a gateway's clock far
+    off) and its hour is marked: the rollup rewrote the hour from what is left, the late event alone, and
+    the ledger lost the hour's billed tokens (credited back on the next statement as an adjustment)."""
+    from serving.gateway import keystate
+
+    settings.USAGE_RETENTION_MONTHS = 100
+    old = datetime(2025, 1, 10, 9, 30, tzinfo=UTC)
+    partitions.create(old.date().replace(day=1))
+    UsageEvent.objects.bulk_create([event(f"req-{n}", old, team_id=7, endpoint_id=3) for n in range(3)])
+    usage.rollup(since=old)
+    settings.USAGE_RETENTION_MONTHS = 2
+    assert partitions.drop_expired() == ["gateway_usageevent_y2025m01"]
+    billed = TokenUsage.objects.get(hour__year=2025)
+    assert (billed.requests, billed.input_tokens) == (3, 30)
+
+    UsageEvent.objects.bulk_create([event("req-late", old, team_id=7, endpoint_id=3)])
+    client = keystate.client()
+    hour = int(old.timestamp()) // 3600 * 3600
+    usage._mark_hours(client, {hour})
+    usage.rollup()
+    usage.rollup(since=old)
+    kept = TokenUsage.objects.get(hour__year=2025)
+    assert (kept.requests, kept.input_tokens) == (3, 30)
+    assert UsageHourly.objects.get(hour__year=2025).requests == 3
+    assert not client.hexists(usage.DIRTY_HOURS, str(hour)), "the mark is cleared, not kept for ever"
