@@ -126,6 +126,20 @@ def _set(replica: Replica, **fields) -> None:
 
 
 def _start(replica: Replica, node: Node, lock: Lease | None = None) -> None:
+    if replica.generation != replica.deployment.generation:
+        # A replica of the previous generation (a restart or a version change under way) is not started
+        # again: it would start the deployment's new version and engine arguments in the room reserved for
+        # the old ones (a larger model in a smaller reservation, another GPU share). It stops; the
+        # deployment's plan starts one of the current generation in its place.
+        _set(replica, desired=DesiredState.STOPPED, state=ReplicaState.STOPPED, pid=None, next_start_at=None)
+        replica_meter.stopped(replica.pk)
+        event(
+            replica,
+            "stopped",
+            f"Not started again: it is of generation {replica.generation}, the deployment has moved to "
+            f"{replica.deployment.generation}; a replica of the new one replaces it.",
+        )
+        return
     try:
         _launch(replica, node, lock)
     except agent_lock.LockLost:

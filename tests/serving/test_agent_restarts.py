@@ -59,3 +59,28 @@ def test_a_replica_ready_only_briefly_keeps_counting_its_restarts(engines, repli
     agent.reconcile_node("keys-node")
     ready.refresh_from_db()
     assert (ready.state, ready.restarts) == (ReplicaState.READY, 5)
+
+
+def test_a_replica_of_the_previous_generation_is_not_started_again_with_the_new_one(
+    engines, replica, monkeypatch
+):
+    """A version change is under way and its surge cannot be placed, so the old replica keeps serving; it
+    crashes. It used to be started again with the deployment's new version and engine arguments, inside the
+    room reserved for the old ones (a larger model in a smaller reservation). It stops, for the plan to
+    replace it with one of the new generation."""
+    from django.db.models import F
+
+    from serving.choices import DesiredState
+    from serving.models import Deployment
+
+    spawned = []
+    monkeypatch.setattr(processes, "start", lambda *args, **kwargs: spawned.append(args) or 0)
+    earlier = timezone.now() - timedelta(seconds=1)
+    Replica.objects.filter(pk=replica.pk).update(
+        state=ReplicaState.BACKOFF, restarts=1, next_start_at=earlier
+    )
+    Deployment.objects.filter(pk=replica.deployment_id).update(generation=F("generation") + 1)
+    agent.reconcile_node("keys-node")
+    replica.refresh_from_db()
+    assert spawned == [], "no engine of the new version in the old reservation"
+    assert (replica.state, replica.desired) == (ReplicaState.STOPPED, DesiredState.STOPPED)
