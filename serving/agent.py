@@ -106,9 +106,10 @@ def register(name: str, pool_name: str, address: str, capacity: dict | None = No
         for key, value in capacity.items():
             setattr(node, key, value)
         node.address, node.heartbeat_at, node.agent_version = address, timezone.now(), AGENT_VERSION
-        if recovered:
-            node.state = NodeState.READY
-        node.save(update_fields=["address", "heartbeat_at", "agent_version", "state", *capacity])
+        if recovered:  # as an operator left it (cordoned, draining), else ready
+            node.state, node.state_before_lost = node.state_before_lost or NodeState.READY, ""
+        fields = ["address", "heartbeat_at", "agent_version", "state", "state_before_lost", *capacity]
+        node.save(update_fields=fields)
         if recovered:
             audit.record(Actor.for_system(f"agent:{name}"), "node.recover", node, after=node.snapshot())
     return node
@@ -123,6 +124,13 @@ def _set(replica: Replica, **fields) -> None:
     for key, value in fields.items():
         setattr(replica, key, value)
     replica.save(update_fields=list(fields))
+
+
+def _taken_by_another(replica: Replica) -> bool:
+    """Whether the engine's pid now names a live process that is not that engine (the number reused since it
+    exited): its process group is another's, perhaps another replica's engine, and must not be killed."""
+    # find first: it reaps the engine's own zombie, which would otherwise pass for a live process.
+    return processes.find(replica.pid, replica.pk) is None and psutil.pid_exists(replica.pid)
 
 
 def _start(replica: Replica, node: Node, lock: Lease | None = None) -> None:
@@ -205,7 +213,7 @@ def _launch(replica: Replica, node: Node, lock: Lease | None) -> None:
 
 
 def _crashed(replica: Replica, why: str) -> None:
-    if replica.pid:
+    if replica.pid and not _taken_by_another(replica):
         # The engine led its own process group: take down what is left of it (workers of a killed server).
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(replica.pid, signal.SIGKILL)

@@ -75,6 +75,9 @@ class Node(models.Model):
     name = models.CharField(max_length=63, unique=True)
     pool = models.ForeignKey(ComputePool, on_delete=models.PROTECT, related_name="nodes")
     state = models.CharField(max_length=10, choices=NodeState.choices, default=NodeState.READY)
+    # What an operator had set (cordoned, draining) when the node went silent: its state again once its
+    # agent reports back, not ready.
+    state_before_lost = models.CharField(max_length=10, choices=NodeState.choices, blank=True)
     address = models.CharField(max_length=255, help_text="Where engines on this node listen (gateway side)")
     cpu_cores = models.PositiveIntegerField(default=0)
     memory_bytes = models.BigIntegerField(default=0)

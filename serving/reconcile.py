@@ -22,6 +22,10 @@ from serving.models import ComputePool, Deployment, DeploymentEvent, Node, Repli
 logger = logging.getLogger(__name__)
 
 
+# States an operator sets on a node, kept through a silence (``Node.state_before_lost``).
+OPERATOR_STATES = (NodeState.CORDONED, NodeState.DRAINING)
+
+
 def mark_lost_nodes() -> list[str]:
     cutoff = timezone.now() - timedelta(seconds=settings.NODE_LOST_AFTER_SECONDS)
     lost = []
@@ -31,7 +35,10 @@ def mark_lost_nodes() -> list[str]:
             updated = (
                 Node.objects.filter(silent, pk=node.pk)
                 .exclude(state=NodeState.LOST)
-                .update(state=NodeState.LOST)
+                .update(
+                    state=NodeState.LOST,
+                    state_before_lost=node.state if node.state in OPERATOR_STATES else "",
+                )
             )
             if updated:
                 node.refresh_from_db()

@@ -114,3 +114,30 @@ def test_a_reconcile_whose_lock_is_taken_over_midway_starts_no_engine_and_the_ne
         assert replica.state == ReplicaState.STARTING and replica.pid
     finally:
         client.delete(key)
+
+
+@pytest.mark.parametrize("held", [NodeState.CORDONED, NodeState.DRAINING])
+def test_a_cordoned_node_that_went_silent_comes_back_cordoned(org, held):
+    """An admin cordons a node and stops its agent for maintenance: the node is marked lost, and its agent's
+    return used to make it ready, new replicas and fine-tunes placed on it within seconds."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from serving.services import pools
+    from tests.conftest import actor_for
+
+    pool = ComputePool.objects.create(name="maint-pool", kind=PoolKind.CPU)
+    node = Node.objects.create(name="maint-node", pool=pool, address="127.0.0.1", heartbeat_at=timezone.now())
+    pools.set_node_state(actor=actor_for(org["admin"]), node=node, state=held)
+    Node.objects.filter(pk=node.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+    assert reconcile.mark_lost_nodes() == ["maint-node"]
+    agent.register("maint-node", "maint-pool", "127.0.0.1", {"cpu_cores": 2, "memory_bytes": 2**32})
+    node.refresh_from_db()
+    assert (node.state, node.state_before_lost) == (held, "")
+    Node.objects.filter(pk=node.pk).update(
+        state=NodeState.READY, heartbeat_at=timezone.now() - timedelta(minutes=5)
+    )
+    reconcile.mark_lost_nodes()
+    agent.register("maint-node", "maint-pool", "127.0.0.1", {"cpu_cores": 2, "memory_bytes": 2**32})
+    assert Node.objects.get(pk=node.pk).state == NodeState.READY, "a ready one comes back ready"

@@ -84,3 +84,21 @@ def test_a_replica_of_the_previous_generation_is_not_started_again_with_the_new_
     replica.refresh_from_db()
     assert spawned == [], "no engine of the new version in the old reservation"
     assert (replica.state, replica.desired) == (ReplicaState.STOPPED, DesiredState.STOPPED)
+
+
+def test_an_engine_whose_pid_was_reused_has_nothing_of_the_new_owner_killed(engines, replica):
+    """The engine exited while the agent was busy, and its pid now names another process leading its own
+    process group (another replica's engine, started with a session of its own): the crash's clean-up used
+    to kill that whole group."""
+    import subprocess
+
+    other = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        Replica.objects.filter(pk=replica.pk).update(state=ReplicaState.READY, pid=other.pid)
+        agent.reconcile_node("keys-node")
+        replica.refresh_from_db()
+        assert replica.state == ReplicaState.BACKOFF, "the replica's own engine is gone: a crash"
+        assert other.poll() is None, "the process now holding the pid lives on"
+    finally:
+        other.kill()
+        other.wait()
