@@ -324,7 +324,12 @@ def prepare(
         except tokens.TokenizerUnavailable as exc:
             raise Invalid(f"base_version: {exc}") from None
         progress(VALIDATE, f"measuring {report.rows:,} rows", force=True, rows_total=report.rows)
-        written = ingest_splits.write(report, normalized, line_numbers, splitter, measure, files, progress)
+        try:
+            written = ingest_splits.write(
+                report, normalized, line_numbers, splitter, measure, files, progress
+            )
+        except tokens.TemplateTooSlow as exc:
+            raise Invalid(f"base_version: {exc}") from None
         normalized.unlink()
         progress(VALIDATE + MEASURE, "storing the files", force=True, rows_done=report.rows)
         store = default_store()

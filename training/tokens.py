@@ -7,8 +7,12 @@ trainer will see them: rendered with the model's chat template when it has one.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -40,6 +44,37 @@ TOKENIZER_FILES = frozenset(
 BATCH = 1024
 HISTOGRAM_BINS = 20
 MAX_FLAGGED = 50
+
+
+# A chat template renders a row in microseconds; one that takes this long is looping on purpose.
+RENDER_SECONDS, RENDER_SECONDS_PER_ROW = 2.0, 0.1
+
+
+class TemplateTooSlow(Exception):
+    """A chat template that ran past its render budget (``render_budget``)."""
+
+
+@contextlib.contextmanager
+def render_budget(seconds: float, label: str) -> Iterator[None]:
+    """Raise ``TemplateTooSlow`` in the block once it has run ``seconds`` (a timer signal, so only in the
+    main thread, where a Celery worker's prefork child and the solo pool run tasks; elsewhere unbounded)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum, frame):
+        raise TemplateTooSlow(
+            f"The chat template of {label} took more than {seconds:.1f}s to render a batch of rows (its own "
+            "loops, not the rows): fix the template, or upload against another base."
+        )
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class TokenizerUnavailable(Exception):
@@ -109,8 +144,12 @@ def _plain_chat(messages: list[dict]) -> str:
 def _texts(rows: list[dict], shape: str, measure: Measure) -> list[str]:
     if shape == DatasetKind.CHAT:
         if measure.uses_chat_template:
-            # One call for the batch: the template is compiled once, not checked again per row.
-            return measure.tokenizer.apply_chat_template([row["messages"] for row in rows], tokenize=False)  # type: ignore[union-attr]
+            # One call for the batch: the template is compiled once, not checked again per row. Within a
+            # budget: a template is code its team wrote, and its loops could hold this worker for days.
+            with render_budget(RENDER_SECONDS + RENDER_SECONDS_PER_ROW * len(rows), measure.version_label):
+                return measure.tokenizer.apply_chat_template(
+                    [row["messages"] for row in rows], tokenize=False
+                )  # type: ignore[union-attr]
         return [_plain_chat(row["messages"]) for row in rows]
     if shape == DatasetKind.COMPLETION:
         return [row["prompt"] + row["completion"] for row in rows]

@@ -168,6 +168,26 @@ def test_a_row_the_bases_chat_template_refuses_is_an_error_on_its_line(
     assert "refuses it: System role not supported" in refused.value.report.errors[0].message
 
 
+def test_a_chat_template_that_loops_for_ever_fails_the_upload_instead_of_holding_the_worker(
+    engineer, chat_set, smollm2, monkeypatch
+):
+    """A template is code its team wrote (set on a version, or given at an import): nested loops of
+    Jinja's largest range made a one-row upload's measuring run for days on a control worker, which every
+    import, rollup and statement shares. The rendering has a budget; past it, the upload fails saying so."""
+    import time
+
+    from portfolio.errors import Invalid
+    from training import tokens
+
+    tokenizer = tokens.measure_for(smollm2).tokenizer
+    looping = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}{{ messages }}"
+    monkeypatch.setattr(tokenizer, "chat_template", looping)
+    started = time.monotonic()
+    with pytest.raises(Invalid, match="took more than 2.1s to render"):
+        upload(engineer, chat_set, jsonl(chat("hi", "billing")), base_version=smollm2)
+    assert time.monotonic() - started < 60
+
+
 def test_only_owners_and_engineers_create_datasets_and_upload(org, team, chat_set):
     viewer, outsider = actor_for(org["viewer"]), actor_for(org["outsider"])
     with pytest.raises(Forbidden):
