@@ -30,6 +30,11 @@ from training.choices import DatasetKind
 
 MAX_LINE_BYTES = 1024 * 1024
 MAX_KEPT = 50  # errors (and empty or duplicate line numbers) kept to show; all are counted
+# What one upload may hold. The scan keeps a fingerprint of every row and the split a score (about 200 bytes a
+# row): 5 million rows is about 1 GB on the worker, where 2 GiB of short rows would be 13 GB. A
+# classification set's labels are its classes, stored with the version and drawn on its page.
+MAX_ROWS = 5_000_000
+MAX_LABELS = 1_000
 ROLES = ("system", "user", "assistant")
 BOM = b"\xef\xbb\xbf"
 
@@ -340,6 +345,20 @@ def scan(
             report.duplicates += 1
             if len(report.duplicate_lines) < MAX_KEPT:
                 report.duplicate_lines.append((number, first))
+            continue
+        if report.rows >= MAX_ROWS:
+            report.add_error(
+                number, "too_many_rows", f"an upload holds at most {MAX_ROWS:,} rows; split the file"
+            )
+            return
+        if (
+            report.shape == DatasetKind.CLASSIFICATION
+            and data["label"] not in report.labels
+            and len(report.labels) >= MAX_LABELS
+        ):
+            report.add_error(
+                number, "too_many_labels", f"more than {MAX_LABELS:,} distinct labels (a label is a class)"
+            )
             continue
         seen[fingerprint] = number
         report.rows += 1

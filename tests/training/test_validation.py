@@ -434,3 +434,23 @@ def test_a_surrogate_pair_is_one_character_and_is_accepted():
         jsonl('{"prompt": "smile \\ud83d\\ude00", "completion": "ok"}'), shape=DatasetKind.COMPLETION
     )
     assert report.ok and rows[0].data["prompt"] == "smile \U0001f600"
+
+
+def test_a_classification_set_of_more_than_a_thousand_labels_is_refused():
+    """A label is a class: a file of a million distinct labels (40 MB) used to be accepted, its labels kept
+    with the version, sent whole with every read of it and drawn as a million bars on its page."""
+    content = jsonl(*({"text": f"row {n}", "label": f"label-{n}"} for n in range(1_001)))
+    report, rows = run(content, DatasetKind.CLASSIFICATION)
+    assert not report.ok and [(e.line, e.kind) for e in report.errors] == [(1_001, "too_many_labels")]
+    assert len(report.labels) == 1_000 and len(rows) == 1_000
+
+
+def test_an_upload_of_more_rows_than_a_worker_should_hold_is_refused(monkeypatch):
+    """Every row's fingerprint and split score stay in memory while the file is read (about 200 bytes a
+    row): 2 GiB of short rows needed 13 GB on a control worker. The scan stops at the limit, refused."""
+    from training import validation
+
+    monkeypatch.setattr(validation, "MAX_ROWS", 3)
+    report, rows = run(jsonl(*(chat(f"ticket {n}", "billing") for n in range(10))))
+    assert not report.ok and [(e.line, e.kind) for e in report.errors] == [(4, "too_many_rows")]
+    assert len(rows) == 3 and report.lines == 4, "reading stopped there"
