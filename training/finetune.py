@@ -440,6 +440,13 @@ def register_output(job: FineTuneJob, manifest, facts, store_uri: str, metrics: 
         mine = FineTuneJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING, attempt=job.attempt)
         if not mine.select_for_update().exists():
             return None
+        if not ModelVersion.objects.shared_with_team(job.owner_team).filter(pk=job.base_version_id).exists():
+            # Its owners stopped sharing it while the job trained: a full fine-tune's output is a copy of its
+            # weights, an adapter useless without them (as a merge is refused, registry/merging.py).
+            raise Conflict(
+                f"Its base {job.base_version.label} is no longer shared with {job.owner_team.name}: the "
+                "trained version is not registered."
+            )
         version = _register_trained_version(job, manifest, facts, store_uri, metrics)
         # With its metrics: a later attempt (this one killed) scores and ends it without training.
         mine.update(output_version=version, metrics=metrics, heartbeat_at=timezone.now())

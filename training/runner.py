@@ -127,6 +127,7 @@ def run(job_id: int) -> int:
     from django.db.models import F
     from django.utils import timezone
 
+    from portfolio.errors import DomainError
     from portfolio.registry import blobclaims
     from portfolio.registry.artifacts import materialize_version
     from portfolio.registry.inspection import inspect_directory
@@ -294,6 +295,9 @@ def run(job_id: int) -> int:
     except Cancelled:
         finetune.finish(job_id, JobStatus.CANCELLED, "Cancelled while training.", attempt=job.attempt)
         return 3
+    except DomainError as exc:  # a refusal said to people (the base withdrawn while it trained)
+        finetune.finish(job_id, JobStatus.FAILED, exc.message, attempt=job.attempt)
+        return 2
     except (ValueError, KeyError) as exc:
         finetune.finish(job_id, JobStatus.FAILED, f"{exc.__class__.__name__}: {exc}", attempt=job.attempt)
         return 2

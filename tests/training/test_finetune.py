@@ -213,3 +213,23 @@ def test_a_job_on_a_silent_node_is_resumed_elsewhere_or_failed_never_left_runnin
     finetune.reap_stale_jobs(timedelta(minutes=2))
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED and "giving up" in job.status_detail
+
+
+def test_a_trained_version_is_not_registered_once_its_base_is_no_longer_shared(
+    make_job, base, team, other_team, engineer
+):
+    """Another team's base, shared with the organisation when the job started, made private by its owners
+    while the job trained: the job used to register its output anyway (a full fine-tune's is a copy of the
+    base's weights), where a merge of an adapter is refused for the same reason."""
+    from portfolio.errors import Conflict
+    from portfolio.registry import services as registry
+    from portfolio.registry.choices import Visibility
+    from portfolio.registry.models import Model
+
+    target = registry.create_model(actor=engineer, name="tuned-router", owner_team=team)
+    Model.objects.filter(pk=base.model_id).update(owner_team=other_team, visibility=Visibility.ORGANISATION)
+    job = make_job(status=JobStatus.RUNNING, attempt=1, target_model=target)
+    Model.objects.filter(pk=base.model_id).update(visibility=Visibility.TEAM)
+    with pytest.raises(Conflict, match="no longer shared with"):
+        finetune.register_output(job, manifest=None, facts=None, store_uri="file:///x", metrics={})
+    assert not ModelVersion.objects.filter(model=target).exists()
