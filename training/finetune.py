@@ -193,6 +193,12 @@ def start_job(
     services.require_job_inputs(team=team, base_version=base_version, pool=pool, target_model=target)
     budgets.check_can_spend(team)  # the job's compute is the team's: not past a hard-limited budget
     chosen = _hyperparameters(hyperparameters or {}, method)
+    if base_version.context_length and chosen.get("max_length", 0) > base_version.context_length:
+        # Rows that long would index past the base's position embeddings: the run would fail once loaded.
+        limit = f"{base_version.label}'s context, {base_version.context_length:,} tokens"
+        raise Invalid(
+            f"hyperparameters.max_length: more than {limit}.", fields={"max_length": [f"At most {limit}."]}
+        )
     # A layer the base does not have would fail the run once it loaded the base: refused here instead.
     architectures.check_targets(base_version, chosen, method)
     node, gpu_indices = _placement(pool)

@@ -169,6 +169,19 @@ def test_a_job_past_its_teams_hard_limited_budget_is_refused_with_the_reason(set
     assert not FineTuneJob.objects.exists()
 
 
+def test_a_max_length_past_the_bases_context_is_refused_before_the_job_is_queued(setup):
+    """Rows longer than the base's context index past its position embeddings (GPT-2, OPT): the job used
+    to be queued, load the base on a node and end errored there."""
+    from portfolio.registry.models import ModelVersion
+
+    ModelVersion.objects.filter(pk=setup["base"].pk).update(context_length=64)
+    setup["base"].refresh_from_db()
+    with pytest.raises(Invalid, match="max_length: more than .*'s context, 64 tokens"):
+        _start(setup, max_length=4096)
+    assert not FineTuneJob.objects.exists()
+    assert _start(setup, max_length=64, epochs=1).status == JobStatus.QUEUED
+
+
 def test_a_job_queued_on_a_node_lost_before_it_started_is_failed_not_left_holding_its_claim(setup):
     """Only running jobs were reaped: one queued on a node that never came back stayed queued, its claim on
     the node's GPUs standing, until someone cancelled it."""
