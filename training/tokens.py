@@ -146,10 +146,10 @@ def _texts(rows: list[dict], shape: str, measure: Measure) -> list[str]:
         if measure.uses_chat_template:
             # One call for the batch: the template is compiled once, not checked again per row. Within a
             # budget: a template is code its team wrote, and its loops could hold this worker for days.
-            with render_budget(RENDER_SECONDS + RENDER_SECONDS_PER_ROW * len(rows), measure.version_label):
-                return measure.tokenizer.apply_chat_template(
-                    [row["messages"] for row in rows], tokenize=False
-                )  # type: ignore[union-attr]
+            budget = RENDER_SECONDS + RENDER_SECONDS_PER_ROW * len(rows)
+            conversations = [row["messages"] for row in rows]
+            with render_budget(budget, measure.version_label or "the base"):
+                return measure.tokenizer.apply_chat_template(conversations, tokenize=False)  # type: ignore[union-attr]
         return [_plain_chat(row["messages"]) for row in rows]
     if shape == DatasetKind.COMPLETION:
         return [row["prompt"] + row["completion"] for row in rows]

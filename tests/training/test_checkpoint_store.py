@@ -146,7 +146,9 @@ def test_a_checkpoint_whose_store_fails_midway_leaves_nothing_of_it_stored(make_
     assert job.checkpoint_id is None
 
 
-def test_a_trainer_killed_as_its_checkpoint_is_recorded_leaves_it_to_the_sweep(make_job, tmp_path, monkeypatch):
+def test_a_trainer_killed_as_its_checkpoint_is_recorded_leaves_it_to_the_sweep(
+    make_job, tmp_path, monkeypatch
+):
     """Killed between recording the checkpoint and making it the job's (here: the update raises, and the
     clean-up is skipped as a kill skips it): the checkpoint used to stay recorded, referred to by nothing,
     and kept for ever, as the sweep keeps every recorded artifact. Nothing is recorded now, and the sweep
