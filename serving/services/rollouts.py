@@ -300,14 +300,14 @@ def _taken_out(rollout: Rollout, now: dict[tuple[str, str], int]) -> tuple[dict,
     candidate = (rollout.deployment, rollout.adapter)
     baseline = {(r["deployment"], r["adapter"] or ""): r["weight"] for r in rollout.baseline}
     given = _scaled(baseline, candidate, rollout.canary_percent)
-    weights = {
-        key: baseline.get(key, 0)
-        if key == candidate
-        else baseline[key]
-        if key in baseline and weight == given.get(key)
-        else weight
-        for key, weight in now.items()
-    }
+    weights = {}
+    for key, weight in now.items():
+        if key == candidate:
+            weights[key] = baseline.get(key, 0)
+        elif key in baseline and weight == given.get(key):  # as the canary left it: back to before
+            weights[key] = baseline[key]
+        else:  # edited since the canary started, or added since: the edit stands
+            weights[key] = weight
     if any(weights.values()) or not now.get(candidate):
         return weights, ""
     return weights | {candidate: now[candidate]}, (

@@ -54,7 +54,7 @@ def _apply(config: OidcConfig, issuer: str, found: directory.Directory, run: Dir
             continue  # not listed, so not known to be gone: its client's tokens end with the client
         if not found.enabled.get(identity.subject, False):
             if user.is_active:
-                # Even the last platform admin: kept, their tokens and sessions would outlive the directory.
+                # The last platform admin too: kept, their tokens and sessions would outlive their leaving.
                 services.deactivate_user(actor=actor, user=user, directory=True)
                 run.deactivated += 1
                 if not services.active_admins_exist():
