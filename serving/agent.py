@@ -32,7 +32,7 @@ from portfolio.audit import services as audit
 from portfolio.leases import Lease
 from portfolio.registry.artifacts import materialize_version
 from portfolio.registry.storage import CorruptArtifact
-from serving import agent_lock, engine_args, processes, replica_meter
+from serving import agent_lock, engine_args, heartbeats, processes, replica_meter
 from serving.choices import DesiredState, NodeState, ReplicaState
 from serving.models import ComputePool, DeploymentEvent, Node, Replica
 
@@ -95,21 +95,23 @@ def register(name: str, pool_name: str, address: str, capacity: dict | None = No
                 "pool": pool,
                 "address": address,
                 **capacity,
-                "heartbeat_at": timezone.now(),
+                "heartbeat_at": heartbeats.now(),
                 "agent_version": AGENT_VERSION,
             },
         )
         if created:
+            node.refresh_from_db(fields=["heartbeat_at"])  # the database's time, written as Now()
             audit.record(Actor.for_system(f"agent:{name}"), "node.register", node, after=node.snapshot())
             return node
         recovered = node.state == NodeState.LOST
         for key, value in capacity.items():
             setattr(node, key, value)
-        node.address, node.heartbeat_at, node.agent_version = address, timezone.now(), AGENT_VERSION
+        node.address, node.heartbeat_at, node.agent_version = address, heartbeats.now(), AGENT_VERSION
         if recovered:  # as an operator left it (cordoned, draining), else ready
             node.state, node.state_before_lost = node.state_before_lost or NodeState.READY, ""
         fields = ["address", "heartbeat_at", "agent_version", "state", "state_before_lost", *capacity]
         node.save(update_fields=fields)
+        node.refresh_from_db(fields=["heartbeat_at"])
         if recovered:
             audit.record(Actor.for_system(f"agent:{name}"), "node.recover", node, after=node.snapshot())
     return node

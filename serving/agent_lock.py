@@ -15,9 +15,9 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection
-from django.utils import timezone
 
 from portfolio.leases import Lease
+from serving import heartbeats
 from serving.choices import NodeState
 from serving.models import Node
 
@@ -48,7 +48,7 @@ def ensure_held(lock: Lease | None) -> None:
 
 def beat(name: str) -> None:
     """Only the heartbeat, cheap: a lost node comes back through ``register``, which audits it."""
-    Node.objects.filter(name=name).exclude(state=NodeState.LOST).update(heartbeat_at=timezone.now())
+    Node.objects.filter(name=name).exclude(state=NodeState.LOST).update(heartbeat_at=heartbeats.now())
 
 
 @contextlib.contextmanager

@@ -5,16 +5,13 @@ commit after each change); idempotent, one deployment at a time under a row lock
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
-from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
-from serving import engine_args, planning, replica_meter, scheduler
+from serving import engine_args, heartbeats, planning, replica_meter, scheduler
 from serving.capacity import pool_capacity
 from serving.choices import DeploymentStatus, DesiredState, NodeState, ReplicaState, UpdateStrategy
 from serving.models import ComputePool, Deployment, DeploymentEvent, Node, Replica
@@ -27,9 +24,8 @@ OPERATOR_STATES = (NodeState.CORDONED, NodeState.DRAINING)
 
 
 def mark_lost_nodes() -> list[str]:
-    cutoff = timezone.now() - timedelta(seconds=settings.NODE_LOST_AFTER_SECONDS)
     lost = []
-    silent = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True)
+    silent = Q(heartbeat_at__lt=heartbeats.silent_before()) | Q(heartbeat_at__isnull=True)
     for node in Node.objects.exclude(state=NodeState.LOST).filter(silent):
         with transaction.atomic():
             updated = (

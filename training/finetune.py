@@ -22,7 +22,7 @@ from portfolio.errors import Conflict, Invalid
 from portfolio.registry import services as registry_services
 from portfolio.registry.choices import Family, VersionKind, VersionStatus
 from portfolio.registry.models import Model, ModelVersion
-from serving import scheduler
+from serving import heartbeats, scheduler
 from serving.capacity import GpuHold, pool_capacity
 from serving.choices import NodeState, PoolKind
 from serving.models import ComputePool, Endpoint, Node
@@ -120,8 +120,8 @@ def gpu_holds(nodes: list[Node]) -> Iterator[GpuHold]:
 def _placement(pool: ComputePool, *, job: FineTuneJob | None = None) -> tuple[Node, list[int]]:
     """The node a job runs on (the least busy ready one) and, on a GPU pool, the free GPU it claims there;
     ``job``'s own claim (a job being moved) does not count against it."""
-    cutoff = timezone.now() - timedelta(seconds=settings.NODE_LOST_AFTER_SECONDS)
-    nodes = list(pool.nodes.filter(state=NodeState.READY, heartbeat_at__gte=cutoff).order_by("name"))
+    ready = pool.nodes.filter(state=NodeState.READY, heartbeat_at__gte=heartbeats.silent_before())
+    nodes = list(ready.order_by("name"))
     if not nodes:
         raise Conflict(
             f"No ready node in pool {pool.name} to run the job (nodes lost, cordoned or none joined)."

@@ -141,3 +141,23 @@ def test_a_cordoned_node_that_went_silent_comes_back_cordoned(org, held):
     reconcile.mark_lost_nodes()
     agent.register("maint-node", "maint-pool", "127.0.0.1", {"cpu_cores": 2, "memory_bytes": 2**32})
     assert Node.objects.get(pk=node.pk).state == NodeState.READY, "a ready one comes back ready"
+
+
+def test_a_node_whose_clock_is_behind_is_not_marked_lost_while_it_beats(monkeypatch):
+    """The agent wrote its heartbeat with its own clock and the control plane compared with its own: a node
+    20 s behind looked silent at every pass, was marked lost, its replicas forgotten, and its healthy
+    engines killed as orphans when it came back. Both sides use the database's clock."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from django.utils import timezone
+
+    behind = SimpleNamespace(now=lambda: timezone.now() - timedelta(seconds=20))
+    monkeypatch.setattr(agent, "timezone", behind)
+    monkeypatch.setattr(agent_lock, "timezone", behind, raising=False)
+    ComputePool.objects.create(name="skewed-pool", kind=PoolKind.CPU)
+    agent.register("skewed-node", "skewed-pool", "127.0.0.1", {"cpu_cores": 2, "memory_bytes": 2**32})
+    assert reconcile.mark_lost_nodes() == []
+    agent_lock.beat("skewed-node")
+    assert reconcile.mark_lost_nodes() == []
+    assert Node.objects.get(name="skewed-node").state == NodeState.READY
