@@ -103,7 +103,11 @@ class DatasetIngestOut(Schema):
 
 class RowOut(Schema):
     index: int = Field(description="1-based position of the row in its split")
-    row: dict[str, Any]
+    row: dict[str, Any] | None = Field(
+        description="The row; null past the page's 4 MiB of rows (a page's first row is always whole: read "
+        "it with a smaller page_size, or from the split's file)"
+    )
+    bytes: int = Field(description="The size of the row's line in the split's file")
 
 
 def _dataset(request, dataset_id: int) -> Dataset:
@@ -211,8 +215,9 @@ def get_dataset_version(request, dataset_id: int, number: int):
 @router.get("/datasets/{dataset_id}/versions/{number}/rows", response=list[RowOut])
 @paginate(PageNumberPagination, page_size=20, max_page_size=200)
 def list_dataset_rows(request, dataset_id: int, number: int, split: Split = Split.TRAIN):
-    """The normalized rows of the train or eval split, in stored order."""
-    return services.split_rows(_version(request, dataset_id, number), split)
+    """The normalized rows of the train or eval split, in stored order. A page holds at most 4 MiB of
+    rows: each row after that is given with ``row`` null and its size (``files/train.jsonl`` has it)."""
+    return services.split_rows(_version(request, dataset_id, number), split, services.PAGE_BYTES)
 
 
 @router.get("/datasets/{dataset_id}/versions/{number}/files/{filename}", response={200: None})

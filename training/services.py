@@ -200,11 +200,17 @@ def dataset_files(version: DatasetVersion) -> DatasetFiles:
 
 
 class SplitRows(Sequence):
-    """The rows of one split as a lazily read sequence, for paginators: slicing reads only that window."""
+    """The rows of one split as a lazily read sequence, for paginators: slicing reads only that window.
 
-    def __init__(self, path: Path, count: int):
+    With ``page_bytes`` (a listing's pages: the API's and the version page's), a window parses its rows only
+    until their lines add up to that many bytes (its first row whole, whatever its size); each row after is
+    given as ``row`` None with its size in ``bytes``, so that a page of rows of up to 1 MiB each does not become a response of hundreds of MiB
+    (the split's file has them whole)."""
+
+    def __init__(self, path: Path, count: int, page_bytes: int | None = None):
         self.path = path
         self._count = count
+        self.page_bytes = page_bytes
 
     def __len__(self) -> int:
         return self._count
@@ -218,16 +224,28 @@ class SplitRows(Sequence):
         start, stop, _ = item.indices(self._count)
         if start >= stop:
             return []
+        left = self.page_bytes
+        rows = []
         with self.path.open("rb") as handle:
-            window = itertools.islice(handle, start, stop)
-            return [{"index": start + i + 1, "row": json.loads(line)} for i, line in enumerate(window)]
+            for index, line in enumerate(itertools.islice(handle, start, stop), start + 1):
+                if left is not None and len(line) > left and rows:  # a page's first row is always whole
+                    rows.append({"index": index, "row": None, "bytes": len(line)})
+                    left = 0  # the rows keep their order: none after a row left out is shown
+                    continue
+                rows.append({"index": index, "row": json.loads(line), "bytes": len(line)})
+                left = None if left is None else left - len(line)
+        return rows
 
 
-def split_rows(version: DatasetVersion, split: str) -> SplitRows:
+# What one page of a listing of rows parses and sends at most (SplitRows).
+PAGE_BYTES = 4 * 2**20
+
+
+def split_rows(version: DatasetVersion, split: str, page_bytes: int | None = None) -> SplitRows:
     if split not in SPLIT_FILES:
         raise Invalid(f"split: Use {' or '.join(SPLIT_FILES)}.")
     count = version.train_count if split == Split.TRAIN else version.eval_count
-    return SplitRows(dataset_files(version).split(split), count)
+    return SplitRows(dataset_files(version).split(split), count, page_bytes)
 
 
 def version_file_entry(version: DatasetVersion, path: str):

@@ -7,6 +7,7 @@ to data files (weights as safetensors, configs, tokenizers) unless an admin allo
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from portfolio.registry import chat_templates, safety
 from portfolio.registry.choices import Source
 from portfolio.registry.models import ModelVersion
 
+logger = logging.getLogger(__name__)
 Report = Callable[[int, str], None]  # (percent, what is happening)
 
 SAFE_PATTERNS = ["*.safetensors", "*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "*.md", "LICENSE*"]
@@ -77,6 +79,12 @@ def fetch_hub(version: ModelVersion, workdir: Path, report: Report) -> Path:
     if version.import_options.get("trust_remote_code"):
         patterns += CODE_PATTERNS
     report(5, f"fetching {repo} from the Hub mirror")
+    size = hub_size(repo, revision, patterns)
+    if size is not None and size > settings.MAX_IMPORT_BYTES:
+        raise ImportFailed(
+            f"{repo}@{revision or 'main'} holds {size} bytes of files this import would take, over the import "
+            f"limit of {settings.MAX_IMPORT_BYTES}; nothing was downloaded."
+        )
     try:
         snapshot = Path(
             snapshot_download(
@@ -111,6 +119,32 @@ def fetch_hub(version: ModelVersion, workdir: Path, report: Report) -> Path:
     if not out.exists():
         raise ImportFailed(f"{repo}@{revision or 'main'} has no files this import may take.")
     return out
+
+
+def hub_size(repo: str, revision: str | None, patterns: list[str]) -> int | None:
+    """The bytes of the files of ``repo`` the patterns take, from the Hub's listing of the revision, so that
+    a repository over the import limit is refused before its download fills the disk (and the Hub cache,
+    which keeps what it downloaded). None where the listing cannot be had (offline, the mirror unreachable
+    or refusing): the download then decides, from the cache or with its own error, and the size of what
+    it fetched is checked after it (``importing._import``)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+    from huggingface_hub.utils import filter_repo_objects
+
+    try:
+        files = [
+            entry
+            for entry in HfApi().list_repo_tree(repo, revision=revision, recursive=True)
+            if isinstance(entry, RepoFile)
+        ]
+    except Exception as exc:  # whatever keeps the listing from us, the download meets it and says so
+        logger.info("import: no file listing of %s@%s from the Hub (%r)", repo, revision or "main", exc)
+        return None
+    return sum(entry.size or 0 for entry in filter_repo_objects(files, allow_patterns=patterns, key=_path))
+
+
+def _path(entry) -> str:
+    return entry.path
 
 
 def fetch_local(version: ModelVersion, workdir: Path, report: Report) -> Path:

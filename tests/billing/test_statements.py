@@ -535,3 +535,20 @@ def test_the_forecast_does_not_extrapolate_adjustments_for_earlier_months(octobe
     (row,) = [row for row in spend.departments if row.key == (other_team.department_id,)]
     assert row.spend == Decimal("1.00"), "the adjustment: November has no charges of its own yet"
     assert row.forecast == Decimal("1.00"), "not projected over the month"
+
+
+def test_a_budgets_bar_leaves_out_adjustments_for_earlier_months(october, org, team, other_team, client):
+    """November's draft holds a 1.00 adjustment for October's late usage. A budget measures the month's own
+    spend (its alerts and hard limit leave adjustments out), so the overview's bar must too: it showed 1.00
+    spent, half of a 2.00 budget, for a month with no spend of its own."""
+    from portfolio.billing import budgets
+
+    statements.close(BILLING, other_team.department, OCTOBER)
+    tokens("2026-10-25 10:00", endpoint_id=11, endpoint="router", owner=team, caller=other_team,
+           tokens_in=2_000_000)  # fmt: skip
+    budgets.set_budget(actor=actor_for(org["admin"]), department=other_team.department, amount="2.00")
+    client.force_login(org["admin"])
+    page = client.get("/billing/?month=2026-11").content.decode()
+    budgets_part = page[page.index('id="budgets-heading"') :]
+    assert 'aria-label="0% of the budget used"' in budgets_part
+    assert "1.00" not in budgets_part[: budgets_part.index("</table>")]

@@ -207,6 +207,74 @@ def test_a_hub_repository_imports_offline_from_the_local_cache(org, model, setti
     assert missing.status == VersionStatus.FAILED and "not in the local Hub cache" in missing.status_detail
 
 
+class HubListing:
+    """A Hub mirror that lists one repository's files (``acme/huge``: a 50 GB safetensors file the import's
+    patterns take, a 90 GB pickle file they do not) and records every request it is sent."""
+
+    FILES = [
+        {"type": "file", "oid": "1" * 40, "size": 50 * 10**9, "path": "model.safetensors"},
+        {"type": "file", "oid": "2" * 40, "size": 90 * 10**9, "path": "pytorch_model.bin"},
+        {"type": "file", "oid": "3" * 40, "size": 700, "path": "config.json"},
+    ]
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        requests = self.requests = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the standard library's name
+                requests.append(("GET", self.path))
+                listed = self.path.startswith("/api/models/acme/huge/tree/")
+                body = json.dumps(HubListing.FILES if listed else {"error": "no"}).encode()
+                self.send_response(200 if listed else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_HEAD(self):  # noqa: N802
+                requests.append(("HEAD", self.path))
+                self.send_response(404)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_a_hub_repository_over_the_import_limit_is_refused_before_its_download(
+    org, model, settings, tmp_path, monkeypatch
+):
+    """Its size was measured once downloaded: a repository of 500 GB filled the worker's disk first, and
+    the Hub cache kept it after the refusal. The Hub's listing of the revision is asked first; what the
+    import's patterns take (not the pickle file) is measured against the limit, and nothing is fetched."""
+    import huggingface_hub.constants as hf_constants
+
+    hub = HubListing()
+    try:
+        monkeypatch.setattr(hf_constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+        settings.HF_CACHE_DIR = str(tmp_path / "hf-cache")
+        settings.MAX_IMPORT_BYTES = 60 * 10**9  # the safetensors file alone is under it: not refused by size
+        allowed = _import(org, model, Source.HUB, "acme/huge@main")
+        asked_before = len(hub.requests)
+        settings.MAX_IMPORT_BYTES = 40 * 10**9
+        refused = _import(org, model, Source.HUB, "acme/huge@main")
+    finally:
+        hub.server.shutdown()
+    assert refused.status == VersionStatus.FAILED
+    assert "50000000700 bytes" in refused.status_detail and "nothing was downloaded" in refused.status_detail
+    refusal = hub.requests[asked_before:]
+    assert len(refusal) == 1 and refusal[0][0] == "GET" and "/tree/main" in refusal[0][1], refusal
+    # Under the limit the download went on (this mirror serves no files, so it failed there, not by size).
+    assert allowed.status == VersionStatus.FAILED and "import limit" not in allowed.status_detail
+    assert len(hub.requests[:asked_before]) > 1
+
+
 def test_a_silent_import_is_failed_by_the_reaper_never_left_importing(org, model, settings, sent):
     """Its run started and fell silent without its lease: its worker died."""
     version = _silent(org, model, settings, started=True)

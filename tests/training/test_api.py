@@ -116,6 +116,25 @@ def test_rows_are_paginated_per_split_and_files_download(client, org, engineer, 
     assert client.get(f"/api/v1/datasets/{chat_set.pk}/versions/1/files/secret.txt").status_code == 404
 
 
+def test_a_page_of_rows_holds_at_most_4_mib_of_them(client, org, engineer, chat_set):
+    """Rows of up to 1 MiB each, 200 to a page, made responses of 200 MiB (parsed whole in memory first).
+    A page parses rows until 4 MiB; those after are given without their content, with their size, and a
+    page's first row is always whole (page_size=1 reads any row)."""
+    big = [chat(f"Ticket {i}: " + "word " * 180_000, ["billing", "technical"][i % 2]) for i in range(8)]
+    upload(engineer, chat_set, jsonl(*big, *tickets(12)))
+    client.force_login(org["viewer"])
+    url = f"/api/v1/datasets/{chat_set.pk}/versions/1/rows"
+    page = client.get(f"{url}?page_size=20").json()
+    sizes = [item["bytes"] for item in page["items"]]
+    shown = [item for item in page["items"] if item["row"] is not None]
+    assert 0 < sum(item["bytes"] for item in shown) <= 4 * 2**20 < sum(sizes)
+    cut = next(i for i, item in enumerate(page["items"]) if item["row"] is None)
+    assert all(item["row"] is None for item in page["items"][cut:]), "in order: nothing shown past the cut"
+    alone = client.get(f"{url}?page_size=1&page={cut + 1}").json()["items"]
+    assert alone[0]["row"]["messages"] and alone[0]["bytes"] == sizes[cut]
+
+
+
 def test_a_split_seed_past_its_column_is_refused_before_anything_is_stored(client, org, engineer, chat_set):
     """A seed past the bigint column failed the ingest's insert: a 500, or an ingest failed for no reason
     a person could act on."""

@@ -128,6 +128,18 @@ def test_the_version_page_shows_statistics_a_histogram_and_chat_bubbles(client, 
     )
 
 
+def test_a_page_of_rows_shows_at_most_4_mib_of_them(client, org, engineer, chat_set):
+    """A page read and parsed its 20 rows whole (up to 20 MiB) to show 1,200 characters of each; rows past
+    4 MiB say their size instead, and a system prompt's one-line preview is cut as its text is."""
+    big = [chat(f"Ticket {i}: " + "word " * 180_000, ["billing", "technical"][i % 2]) for i in range(8)]
+    upload(engineer, chat_set, jsonl(*big, *tickets(12)))
+    client.force_login(org["viewer"])
+    response = client.get(page_url(chat_set, "dataset-version", number=1))
+    html = response.content.decode()
+    assert response.status_code == 200 and len(html) < 5 * 2**20
+    assert "more than this page shows; the train file, above, has it whole." in html
+
+
 def test_classification_rows_show_their_label_and_the_distribution(client, org, engineer, labels_set):
     rows = [{"text": f"text {i}", "label": label} for label in ("refund", "bug") for i in range(10)]
     upload(engineer, labels_set, jsonl(*rows))

@@ -237,7 +237,7 @@ def _rows_context(request, version: DatasetVersion) -> dict:
     if split not in (Split.TRAIN, Split.EVAL):
         split = Split.TRAIN
     try:
-        rows = services.split_rows(version, split)
+        rows = services.split_rows(version, split, services.PAGE_BYTES)
         error = ""
     except CorruptArtifact as exc:
         rows, error = [], f"The stored rows could not be read: {exc}"

@@ -51,14 +51,18 @@ def overview(request):
         raise NotFound("No such month.") from None
     spend = month_spend(reader, month, now, team_days=False)
     cost_centers = dict(access.departments(actor).values_list("pk", "cost_center"))
-    by_department = {row.department_id: row.spend for row in spend.departments if not row.partial}
+    # A budget is of the month's own spend, as its alerts and hard limit measure it (billing.spend): the
+    # adjustments for earlier months on the draft are left out of its bar.
+    by_department = {
+        row.department_id: row.spend - row.adjustments for row in spend.departments if not row.partial
+    }
     department_rows = [
         {"key": row.department_id, "name": row.name, "amount": row.spend, "forecast": row.forecast,
          "cost_center": cost_centers.get(row.department_id, "")}
         for row in spend.departments
         if not row.partial
     ]  # fmt: skip
-    by_team = {row.key[0]: row.spend for row in spend.teams}
+    by_team = {row.key[0]: row.spend - row.adjustments for row in spend.teams}
     team_rows = [
         {"key": row.key[0], "name": row.name, "amount": row.spend, "forecast": row.forecast,
          "cost_center": cost_centers.get(row.department_id or 0, "")}
