@@ -124,6 +124,37 @@ def test_a_trainer_whose_registration_fails_leaves_nothing_of_its_output_stored(
     assert not default_store().has_blob(hashlib.sha256(b"other weights").hexdigest())
 
 
+def test_a_trainer_whose_base_stopped_being_shared_fails_the_job_saying_why(
+    make_job, base, team, other_team, engineer, monkeypatch, tmp_path
+):
+    """Another team's base, shared with the organisation when the job started, made private by its owners
+    while the job trained: the runner's registration is refused (a DomainError), the job FAILED with that
+    message rather than ERRORED with a traceback, and its output is not kept."""
+    from portfolio.registry import services as registry
+    from portfolio.registry.choices import Visibility
+    from portfolio.registry.models import Model
+
+    target = registry.create_model(actor=engineer, name="tuned-router", owner_team=team)
+    Model.objects.filter(pk=base.model_id).update(owner_team=other_team, visibility=Visibility.ORGANISATION)
+    job = make_job(status=JobStatus.RUNNING, attempt=1, heartbeat_at=timezone.now(), target_model=target)
+    monkeypatch.setattr(artifacts, "materialize_version", lambda version: tmp_path)
+
+    def trained(*, output_dir, **kwargs):
+        output_dir.mkdir()
+        (output_dir / "adapter_model.safetensors").write_bytes(b"weights of a withdrawn base")
+        Model.objects.filter(pk=base.model_id).update(visibility=Visibility.TEAM)  # while it trained
+        return {"train_loss_last": 0.1}
+
+    monkeypatch.setattr(lora, "train", trained)
+    adapter = inspection.ModelFacts(format="safetensors", is_adapter=True, adapter={"r": 8})
+    monkeypatch.setattr(inspection, "inspect_directory", lambda folder: adapter)
+    assert runner.run(job.pk) == 2
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and "no longer shared with" in job.status_detail, job.status_detail
+    assert not ModelVersion.objects.filter(model=target).exists()
+    assert not default_store().has_blob(hashlib.sha256(b"weights of a withdrawn base").hexdigest())
+
+
 def test_a_trainer_taken_over_stops_at_its_next_progress_write(attempt_one, monkeypatch):
     job = attempt_one
     steps = []
