@@ -103,6 +103,28 @@ def _read_json(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _check_shard_indexes(directory: Path, files: list[Path], names: set[str]) -> None:
+    """A sharded checkpoint's index (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``)
+    names the file of each weight, and transformers joins that name to the model's folder as it is: an
+    absolute path or a ``../`` would have a trainer, a merge or an evaluation load any file of the node
+    (another model's weights, published as this one's). Each name must be a file of this folder."""
+    for path in files:
+        if not path.name.endswith(".index.json"):
+            continue
+        weight_map = _read_json(path).get("weight_map")
+        if weight_map is None:
+            continue
+        if not isinstance(weight_map, dict):
+            raise InspectionError(f"{path.name}: weight_map is not an object of weight names and files")
+        folder = path.parent.relative_to(directory)
+        for shard in set(weight_map.values()):
+            named = (folder / shard).as_posix() if isinstance(shard, str) else None
+            if named is None or shard.startswith("/") or "\\" in shard or ".." in Path(shard).parts:
+                raise InspectionError(f"{path.name}: {shard!r} is not the name of a file in the model's folder")
+            if named not in names:
+                raise InspectionError(f"{path.name}: names {shard!r}, which is not among the model's files")
+
+
 def inspect_directory(directory: Path) -> ModelFacts:
     try:
         jsonfiles.refuse_oversized(directory)
@@ -114,6 +136,7 @@ def inspect_directory(directory: Path) -> ModelFacts:
     facts.pickle_files = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
     facts.needs_remote_code = any(n.endswith(CODE_SUFFIXES) for n in names)
 
+    _check_shard_indexes(directory, files, names)
     weights = sorted(p for p in files if p.suffix == ".safetensors")
     counts: Counter[str] = Counter()
     parameters = 0

@@ -275,6 +275,26 @@ def test_a_hub_repository_over_the_import_limit_is_refused_before_its_download(
     assert len(hub.requests[:asked_before]) > 1
 
 
+@pytest.mark.parametrize(
+    "shard",
+    ["../other/model.safetensors", "/var/lib/portfolio/cache/abc/model.safetensors", "missing.safetensors"],
+    ids=["outside", "absolute", "absent"],
+)
+def test_a_sharded_checkpoints_index_may_name_only_files_of_its_folder(org, model, settings, shard):
+    """transformers joins an index's file names to the folder as they are: a weight_map naming
+    ``../x`` or an absolute path would have a trainer, merge or evaluation load another file of the node."""
+    folder = make_model_folder(settings.IMPORT_ROOTS[0] / "sharded")
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
+    index = {"weight_map": {"embed": "model-00001-of-00002.safetensors", "layer.weight": shard}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    version = _import(org, model, Source.LOCAL, str(folder))
+    assert version.status == VersionStatus.FAILED and repr(shard) in version.status_detail
+    assert version.artifact is None
+    index["weight_map"]["layer.weight"] = "./model-00001-of-00002.safetensors"  # its own files: imported
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert _import(org, model, Source.LOCAL, str(folder)).status == VersionStatus.READY
+
+
 def test_a_silent_import_is_failed_by_the_reaper_never_left_importing(org, model, settings, sent):
     """Its run started and fell silent without its lease: its worker died."""
     version = _silent(org, model, settings, started=True)
