@@ -26,7 +26,9 @@ def _as_stored(text: str) -> float | int:
         exact = Decimal(text)
         if exact == exact.to_integral_value():
             return int(exact)
-    return float(text)
+    value = float(text)
+    # A numeric zero has no sign: -0.0 reads back as 0.0, and hashing "-0.0" would break the chain for good.
+    return 0.0 if value == 0 else value
 
 
 def _plain(value):
@@ -72,13 +74,17 @@ def record(
         # A programming error, like an unknown capability: the trail keeps one vocabulary.
         raise ValueError(f"audit: {action!r} is not an AuditAction (portfolio/audit/choices.py)")
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_ID])
-    last = AuditEvent.objects.order_by("-sequence").values("sequence", "hash").first()
+        # The time is the database's, read once the chain is this writer's, and never before the last
+        # event's: writers on other machines (node agents) have clocks of their own, and a time-range export
+        # is signed as contiguous on the understanding that time rises with the sequence.
+        cursor.execute("SELECT pg_advisory_xact_lock(%s), clock_timestamp()", [_CHAIN_LOCK_ID])
+        now = cursor.fetchone()[1]
+    last = AuditEvent.objects.order_by("-sequence").values("sequence", "hash", "occurred_at").first()
     department_id, team_id = _scope_of(obj) if obj is not None else (None, None)
     user = actor.user
     event = AuditEvent(
         sequence=(last["sequence"] + 1) if last else 1,
-        occurred_at=timezone.now(),
+        occurred_at=max(now, last["occurred_at"]) if last else now,
         actor_kind=actor.kind,
         actor_label=actor.label[:150],
         actor_user_id=user.pk if user is not None else None,

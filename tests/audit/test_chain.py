@@ -385,3 +385,31 @@ def test_a_snapshot_holding_very_large_floats_verifies_as_stored():
         "plain": 2.5,
     }
     assert verify_database().ok
+
+
+@pytest.mark.django_db
+def test_a_snapshot_holding_negative_zero_verifies_as_stored():
+    """jsonb's numeric zero has no sign: -0.0 (a rollout's max_error_rate_increase, given by any engineer)
+    read back as 0.0 while "-0.0" was hashed, and verification failed at that row for ever after."""
+    actor = Actor.for_system("tests")
+    with transaction.atomic():
+        audit.record(actor, "team.update", object_type="test", object_id="1", after={"x": -0.0, "y": [-0.0]})
+    _record_some(1)
+    result = verify_database()
+    assert result.ok, result
+
+
+@pytest.mark.django_db
+def test_an_events_time_never_goes_back_along_the_chain(monkeypatch):
+    """A writer with its own clock (a node agent on another machine) ahead of the others wrote its row an
+    hour later than the next one: a time-range export between them was signed as contiguous and then failed
+    its own verification with a gap. Times are the database's now, and never before the last event's."""
+    from django.utils import timezone as django_timezone
+
+    real_now = django_timezone.now
+    monkeypatch.setattr(django_timezone, "now", lambda: real_now() + timedelta(hours=1))  # a fast clock
+    _record_some(1)
+    monkeypatch.setattr(django_timezone, "now", real_now)
+    _record_some(2)
+    times = list(AuditEvent.objects.order_by("sequence").values_list("occurred_at", flat=True))
+    assert times == sorted(times)
