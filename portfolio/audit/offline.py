@@ -134,7 +134,7 @@ def verify_export(path: Path, public_keys: Iterable[Ed25519PublicKey]) -> Export
             return ExportVerdict(False, [f"manifest missing or unreadable: {exc}"])
         verdict = ExportVerdict(
             True,
-            _signature_problems(manifest, keys),
+            _signature_problems(manifest, keys) + _duplicate_names(archive),
             key_id=str(manifest.get("key_id", "")),
             head_sequence=manifest.get("head_sequence"),
             head_hash=str(manifest.get("head_hash", "")),
@@ -152,6 +152,7 @@ def verify_export(path: Path, public_keys: Iterable[Ed25519PublicKey]) -> Export
                 _check_events(archive, events_name, fmt, manifest, verdict)
             except (zipfile.BadZipFile, OSError, EOFError) as exc:
                 verdict.problems.append(f"{events_name} cannot be read from the archive: {exc}")
+            _check_nothing_else(archive, {events_name}, verdict)
     verdict.ok = not verdict.problems
     return verdict
 
@@ -176,10 +177,24 @@ def _check_files(archive: zipfile.ZipFile, manifest: dict, verdict: ExportVerdic
             continue
         if digest.hexdigest() != expected:
             verdict.problems.append(f"{name} does not match the sha256 in the manifest: it was altered")
-    unnamed = sorted(set(archive.namelist()) - set(files) - {exportformat.MANIFEST_NAME})
+    _check_nothing_else(archive, set(files), verdict)
+    verdict.files = sorted(files)
+
+
+def _check_nothing_else(archive: zipfile.ZipFile, named: set[str], verdict: ExportVerdict) -> None:
+    """A file the manifest does not name (a forged events.csv beside the signed events.jsonl) is refused:
+    a person or another tool may read it as the export."""
+    unnamed = sorted(set(archive.namelist()) - named - {exportformat.MANIFEST_NAME})
     if unnamed:
         verdict.problems.append(f"the archive holds files the manifest does not name: {', '.join(unnamed)}")
-    verdict.files = sorted(files)
+
+
+def _duplicate_names(archive: zipfile.ZipFile) -> list[str]:
+    """Python reads the last of two members of one name, other tools the first: a forged copy placed beside
+    the signed one would be what some readers see."""
+    names = archive.namelist()
+    twice = sorted({name for name in names if names.count(name) > 1})
+    return [f"the archive holds more than one file named {name}" for name in twice]
 
 
 def _check_events(

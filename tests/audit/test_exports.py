@@ -158,6 +158,25 @@ def test_an_edited_row_fails_verification_even_with_a_recomputed_file_hash(histo
     assert any("event sequence 1" in problem for problem in verdict.problems)
 
 
+@pytest.mark.parametrize("forged", ["events.csv", "events.jsonl"], ids=["another-file", "a-second-copy"])
+def test_an_export_with_a_file_beside_its_signed_events_fails(history, forged):
+    """A forged events.csv beside the signed events.jsonl, or a second events.jsonl (Python reads the last
+    of two members of one name, other tools the first), passed as "Export verified"."""
+    import warnings
+
+    export = _export(history)
+    with zipfile.ZipFile(export.path) as archive:
+        members = [(name, archive.read(name)) for name in archive.namelist()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name it is asked to write
+        with zipfile.ZipFile(export.path, "w") as archive:
+            archive.writestr(forged, b'{"sequence": 1, "action": "forged"}\n')  # first: what most tools read
+            for name, data in members:
+                archive.writestr(name, data)
+    verdict = verify_export(export.path, server_public_keys())
+    assert not verdict.ok and forged in " ".join(verdict.problems), verdict.problems
+
+
 def test_an_altered_manifest_fails_its_signature(history):
     export = _export(history)
 
