@@ -66,6 +66,28 @@ def test_login_works_and_is_audited(client, org):
     assert event.actor_user_id == org["owner"].pk
 
 
+def test_a_sign_in_whose_audit_row_fails_leaves_no_sign_in(client, org, monkeypatch):
+    """The sign-in's last_login was committed on its own, then the audit row written in a transaction of its
+    own: a failed audit write left a sign-in the trail does not hold."""
+    from django.db import DatabaseError
+
+    from portfolio.audit import services as audit
+
+    def failing(actor, action, *args, **kwargs):
+        if action == "user.login":
+            raise DatabaseError("the audit table is unwritable")
+        return real(actor, action, *args, **kwargs)
+
+    real = audit.record
+    monkeypatch.setattr(audit, "record", failing)
+    client.raise_request_exception = False
+    response = _login(client, "owner", PASSWORD)
+    assert response.status_code == 500
+    org["owner"].refresh_from_db()
+    assert org["owner"].last_login is None
+    assert client.get("/").status_code == 302, "not signed in"
+
+
 def test_login_follows_next_only_within_the_site(client, org):
     assert _login(client, "owner", PASSWORD, next="/teams/")["Location"] == "/teams/"
     client.logout()

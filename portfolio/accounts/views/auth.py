@@ -10,6 +10,7 @@ from django.contrib.auth import authenticate, update_session_auth_hash
 from django.contrib.auth import login as auth_login
 from django.contrib.auth import logout as auth_logout
 from django.contrib.auth.decorators import login_not_required
+from django.db import transaction
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -202,14 +203,15 @@ def login_view(request):
                 status = 403
             else:
                 lockout.clear(username)
-                auth_login(request, user)
-                audit.record_standalone(
-                    actor_of(request),
-                    "user.login",
-                    user,
-                    after={"method": "password"},
-                    object_repr=user.get_username(),
-                )
+                with transaction.atomic():  # the sign-in (its last_login) and its audit row, or neither
+                    auth_login(request, user)
+                    audit.record(
+                        actor_of(request),
+                        "user.login",
+                        user,
+                        after={"method": "password"},
+                        object_repr=user.get_username(),
+                    )
                 return redirect(next_url)
     return login_page(request, form, next_url, status=status)
 
