@@ -85,6 +85,19 @@ def verify_artifact(artifact_id: str) -> list[str]:
     return problems
 
 
+def damaged_blobs() -> frozenset[str]:
+    """The blobs of every artifact found damaged: an import of the same files stores them again
+    (``storage.store_directory``'s ``rewrite``), as the damaged version's page asks."""
+    files = Artifact.objects.filter(health=Health.CORRUPT).values_list("files", flat=True)
+    return frozenset(entry["sha256"] for listing in files for entry in listing)
+
+
+def verify_if_damaged(artifact_id: str) -> None:
+    """Checks again, after its files were stored again, an artifact found damaged before."""
+    if Artifact.objects.filter(pk=artifact_id, health=Health.CORRUPT).exists():
+        verify_artifact(artifact_id)
+
+
 def verify_on_request(artifact_id: str) -> list[str]:
     """``verify_artifact`` for a person's click or call, which re-hashes every file (up to the import
     limit) in their request: one at a time per artifact, a second asker is told to wait for the first."""

@@ -34,7 +34,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.errors import DomainError
 from portfolio.leases import Lease
-from portfolio.registry import blobclaims, cards, importers
+from portfolio.registry import artifacts, blobclaims, cards, importers
 from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.inspection import InspectionError, ModelFacts, inspect_directory
@@ -140,7 +140,9 @@ def _import(version: ModelVersion) -> None:
             log = PendingWrites(f"the import of version {version_id}")  # a killed run's: the sweep's
             try:
                 with blobclaims.registering():  # what it finds stored stays there until it is recorded
-                    manifest = store_directory(store, folder, on_bytes, before_write=log)
+                    manifest = store_directory(
+                        store, folder, on_bytes, before_write=log, rewrite=artifacts.damaged_blobs()
+                    )
                     done = complete_import(version_id, manifest, facts, store.uri(manifest.artifact_id))
             except BaseException:
                 log.discard(store)
@@ -149,6 +151,7 @@ def _import(version: ModelVersion) -> None:
                 log.discard(store)
             else:
                 log.recorded()
+                artifacts.verify_if_damaged(manifest.artifact_id)  # the same files, found damaged before
     except (importers.ImportFailed, InspectionError, DomainError, ValueError) as exc:
         fail_import(version_id, str(getattr(exc, "message", exc)))
     except Exception as exc:

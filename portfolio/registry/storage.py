@@ -329,16 +329,19 @@ def store_directory(
     progress: Progress | None = None,
     *,
     before_write: Callable[[Written], None] | None = None,
+    rewrite: frozenset[str] = frozenset(),
 ) -> Manifest:
-    """Hash and store every file under ``directory``; blobs already present are not uploaded again."""
+    """Hash and store every file under ``directory``; blobs already present are not uploaded again, but
+    for those in ``rewrite`` (blobs of files found damaged: stored again from this good copy)."""
     entries = []
     written = Written()
     for relative, path in iter_files(directory):
         size = path.stat().st_size
         digest = sha256_file(path, progress)
         claim(digest)
-        if not store.has_blob(digest):
-            if before_write is not None and digest not in written.blobs:
+        present = store.has_blob(digest)
+        if not present or digest in rewrite:
+            if not present and before_write is not None and digest not in written.blobs:
                 written.blobs.append(digest)
                 before_write(written)
             store.put_blob(digest, path, size)

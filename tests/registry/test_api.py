@@ -100,6 +100,29 @@ def test_verify_marks_a_corrupted_version_unhealthy_naming_the_file(client, org,
     assert "config.json" in ready.artifact.health_detail
 
 
+def test_importing_the_same_files_again_repairs_a_damaged_version(client, org, ready, settings):
+    """The damaged version's page says "verify it and import it again"; the import found each blob already
+    stored and did not write it, recorded the new version on the same damaged artifact, and called it ready."""
+    import hashlib
+
+    from portfolio.registry.choices import VersionStatus
+
+    store = default_store()
+    entry = ready.artifact.manifest().get("config.json")
+    blob = store.blob_path(entry.sha256)
+    blob.chmod(0o644)
+    blob.write_bytes(b"{}")
+    client.force_login(org["engineer"])
+    assert client.post("/api/v1/models/router/versions/1/verify").json()["health"] == "corrupt"
+    again = import_here(
+        actor_for(org["engineer"]), ready.model, Source.LOCAL, str(settings.IMPORT_ROOTS[0] / "tiny")
+    )
+    assert again.status == VersionStatus.READY and again.artifact_id == ready.artifact_id
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == entry.sha256
+    ready.artifact.refresh_from_db()
+    assert ready.artifact.health == "ok", ready.artifact.health_detail
+
+
 def test_a_second_verify_of_the_same_files_while_one_runs_is_told_to_wait_not_run(
     client, org, ready, monkeypatch
 ):
