@@ -79,11 +79,16 @@ def fetch_hub(version: ModelVersion, workdir: Path, report: Report) -> Path:
     if version.import_options.get("trust_remote_code"):
         patterns += CODE_PATTERNS
     report(5, f"fetching {repo} from the Hub mirror")
-    size = hub_size(repo, revision, patterns)
-    if size is not None and size > settings.MAX_IMPORT_BYTES:
+    listed = hub_listing(repo, revision, patterns)
+    if listed is not None and listed[0] > settings.MAX_IMPORT_BYTES:
         raise ImportFailed(
-            f"{repo}@{revision or 'main'} holds {size} bytes of files this import would take, over the import "
-            f"limit of {settings.MAX_IMPORT_BYTES}; nothing was downloaded."
+            f"{repo}@{revision or 'main'} holds {listed[0]} bytes of files this import would take, over the "
+            f"import limit of {settings.MAX_IMPORT_BYTES}; nothing was downloaded."
+        )
+    if listed is not None and listed[1] > safety.MAX_IMPORT_FILES:
+        raise ImportFailed(
+            f"{repo}@{revision or 'main'} holds {listed[1]} files this import would take; a version holds at "
+            f"most {safety.MAX_IMPORT_FILES:,}. Nothing was downloaded."
         )
     try:
         snapshot = Path(
@@ -121,12 +126,12 @@ def fetch_hub(version: ModelVersion, workdir: Path, report: Report) -> Path:
     return out
 
 
-def hub_size(repo: str, revision: str | None, patterns: list[str]) -> int | None:
-    """The bytes of the files of ``repo`` the patterns take, from the Hub's listing of the revision, so that
-    a repository over the import limit is refused before its download fills the disk (and the Hub cache,
-    which keeps what it downloaded). None where the listing cannot be had (offline, the mirror unreachable
-    or refusing): the download then decides, from the cache or with its own error, and the size of what
-    it fetched is checked after it (``importing._import``)."""
+def hub_listing(repo: str, revision: str | None, patterns: list[str]) -> tuple[int, int] | None:
+    """The bytes and the number of the files of ``repo`` the patterns take, from the Hub's listing of the
+    revision, so that a repository over the import limits is refused before its download fills the disk
+    (and the Hub cache, which keeps what it downloaded). None where the listing cannot be had (offline, the
+    mirror unreachable or refusing): the download then decides, from the cache or with its own error, and
+    what it fetched is measured after it (``importing._import``)."""
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.utils import filter_repo_objects
@@ -140,7 +145,8 @@ def hub_size(repo: str, revision: str | None, patterns: list[str]) -> int | None
     except Exception as exc:  # whatever keeps the listing from us, the download meets it and says so
         logger.info("import: no file listing of %s@%s from the Hub (%r)", repo, revision or "main", exc)
         return None
-    return sum(entry.size or 0 for entry in filter_repo_objects(files, allow_patterns=patterns, key=_path))
+    taken = list(filter_repo_objects(files, allow_patterns=patterns, key=_path))
+    return sum(entry.size or 0 for entry in taken), len(taken)
 
 
 def _path(entry) -> str:

@@ -34,7 +34,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.errors import DomainError
 from portfolio.leases import Lease
-from portfolio.registry import artifacts, blobclaims, cards, importers
+from portfolio.registry import artifacts, blobclaims, cards, importers, safety
 from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.inspection import InspectionError, ModelFacts, inspect_directory
@@ -107,8 +107,10 @@ def report_progress(version_id: int, percent: int, detail: str) -> None:
     )
 
 
-def _folder_size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+def _folder_size(folder: Path) -> tuple[int, int]:
+    """The bytes and the number of the files under ``folder``."""
+    sizes = [p.stat().st_size for p in folder.rglob("*") if p.is_file()]
+    return sum(sizes), len(sizes)
 
 
 def _import(version: ModelVersion) -> None:
@@ -119,10 +121,15 @@ def _import(version: ModelVersion) -> None:
     try:
         with tempfile.TemporaryDirectory(dir=work_root, prefix=f"import-{version_id}-") as workdir:
             folder = importers.fetch(version, Path(workdir), report)
-            total = _folder_size(folder)
+            total, count = _folder_size(folder)
             if total > settings.MAX_IMPORT_BYTES:
                 raise importers.ImportFailed(
                     f"{total} bytes exceeds the import limit of {settings.MAX_IMPORT_BYTES}."
+                )
+            if count > safety.MAX_IMPORT_FILES:
+                raise importers.ImportFailed(
+                    f"{count} files: a version holds at most {safety.MAX_IMPORT_FILES:,} (each is hashed, stored "
+                    "and listed on its page)."
                 )
             facts = inspect_directory(folder)
             problem = facts_problems(version, facts)

@@ -13,6 +13,7 @@ from portfolio.errors import Invalid
 from portfolio.registry import jsonfiles
 
 MAX_ZIP_ENTRIES = 10_000
+MAX_IMPORT_FILES = MAX_ZIP_ENTRIES  # the files of a version, from whichever source
 MAX_COMPRESSION_RATIO = 200
 
 

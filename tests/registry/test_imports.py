@@ -216,6 +216,7 @@ class HubListing:
         {"type": "file", "oid": "2" * 40, "size": 90 * 10**9, "path": "pytorch_model.bin"},
         {"type": "file", "oid": "3" * 40, "size": 700, "path": "config.json"},
     ]
+    MANY = [{"type": "file", "oid": "4" * 40, "size": 2, "path": f"parts/{i}.json"} for i in range(10_001)]
 
     def __init__(self):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -226,7 +227,10 @@ class HubListing:
             def do_GET(self):  # noqa: N802 - the standard library's name
                 requests.append(("GET", self.path))
                 listed = self.path.startswith("/api/models/acme/huge/tree/")
-                body = json.dumps(HubListing.FILES if listed else {"error": "no"}).encode()
+                many = self.path.startswith("/api/models/acme/many/tree/")
+                files = HubListing.FILES if listed else HubListing.MANY if many else {"error": "no"}
+                listed = listed or many
+                body = json.dumps(files).encode()
                 self.send_response(200 if listed else 404)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -273,6 +277,32 @@ def test_a_hub_repository_over_the_import_limit_is_refused_before_its_download(
     # Under the limit the download went on (this mirror serves no files, so it failed there, not by size).
     assert allowed.status == VersionStatus.FAILED and "import limit" not in allowed.status_detail
     assert len(hub.requests[:asked_before]) > 1
+
+
+def test_a_version_of_more_than_10000_files_is_refused_before_they_are_hashed(
+    org, model, settings, tmp_path, monkeypatch
+):
+    """Only bytes were bounded: a million empty files passed, each hashed, looked up in the store and
+    listed on the version's page. A Hub repository is refused from its listing, a folder once fetched."""
+    import huggingface_hub.constants as hf_constants
+
+    hub = HubListing()
+    try:
+        monkeypatch.setattr(hf_constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+        settings.HF_CACHE_DIR = str(tmp_path / "hf-cache")
+        from_hub = _import(org, model, Source.HUB, "acme/many@main")
+    finally:
+        hub.server.shutdown()
+    assert from_hub.status == VersionStatus.FAILED and "10001 files" in from_hub.status_detail
+    assert not [r for r in hub.requests if "/tree/" not in r[1]], "nothing but the listing asked for"
+    folder = make_model_folder(settings.IMPORT_ROOTS[0] / "many")
+    (folder / "parts").mkdir()
+    for i in range(10_000):
+        (folder / "parts" / f"{i}.json").write_bytes(b"{}")
+    from_folder = _import(org, model, Source.LOCAL, str(folder))
+    assert from_folder.status == VersionStatus.FAILED and "10004 files" in from_folder.status_detail
+    assert from_folder.artifact is None
 
 
 @pytest.mark.parametrize(
