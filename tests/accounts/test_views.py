@@ -166,6 +166,31 @@ def test_password_change_refuses_a_wrong_current_password_and_a_weak_one(signed_
     assert org["engineer"].check_password(PASSWORD)
 
 
+def test_guesses_of_the_current_password_on_the_change_form_are_counted_and_lock(signed_in, org, settings):
+    """A session (left open, or stolen) could guess the current password at full speed, nothing counted
+    and nothing audited; the guesses count as failed sign-ins, lock the account at the limit and are
+    audited as they are."""
+    from portfolio.accounts import lockout
+
+    client = signed_in(org["engineer"])
+    guess = {"old_password": "nope", "new_password1": "x" * 20, "new_password2": "x" * 20}
+    codes = [
+        client.post(reverse("password-change"), guess).status_code for _ in range(lockout.limits()["user"])
+    ]
+    assert codes == [200] * lockout.limits()["user"]
+    failed = AuditEvent.objects.filter(action="user.login_failed", object_id="engineer")
+    assert failed.count() == lockout.limits()["user"] and failed.first().after == {
+        "method": "password_change"
+    }
+    assert AuditEvent.objects.filter(action="user.login_locked", object_id="engineer").count() == 1
+    right = {"old_password": PASSWORD, "new_password1": "a-much-longer-passphrase-42"}
+    right["new_password2"] = right["new_password1"]
+    locked = client.post(reverse("password-change"), right)
+    assert locked.status_code == 429 and "Too many failed attempts" in _text(locked)
+    org["engineer"].refresh_from_db()
+    assert org["engineer"].check_password(PASSWORD), "refused before the password was looked at"
+
+
 # --- Dashboard and navigation ----------------------------------------------------------------------
 def test_dashboard_shows_my_teams_with_my_role_and_the_billing_link(signed_in, org):
     response = signed_in(org["owner"]).get("/")

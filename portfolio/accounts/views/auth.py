@@ -255,9 +255,25 @@ def logout_view(request):
 @never_cache
 @require_http_methods(["GET", "POST"])
 def password_change(request):
-    """Permission: any signed-in user, for their own account."""
+    """Permission: any signed-in user, for their own account. The current password it asks for is
+    throttled, counted and audited as a sign-in's (``accounts.lockout``): a session left open, or stolen,
+    must not be a way to guess it at full speed."""
     actor = actor_of(request)
     form = PasswordChangeForm(request.user, request.POST if request.method == "POST" else None)
+    if request.method == "POST":
+        username, ip = request.user.get_username(), client_ip(request)
+        if lockout.is_locked(username, ip) or not lockout.reserve(username, ip):
+            form = PasswordChangeForm(request.user)
+            form.cleaned_data = {}  # an unbound form has none; add_error reads it
+            form.add_error(None, TOO_MANY_ATTEMPTS)
+            return render(request, "registration/password_change.html", {"form": form}, status=429)
+        try:
+            form.is_valid()  # checks the current password: the slow hash, while the place is held
+            failure = lockout.register_failure(username, ip) if "old_password" in form.errors else None
+        finally:
+            lockout.release(username, ip)
+        if failure is not None:
+            audit_failure(request, username, ip, failure, after={"method": "password_change"})
 
     def changed(_):
         update_session_auth_hash(request, request.user)
