@@ -12,7 +12,7 @@ from portfolio.accounts import gate
 from portfolio.billing import costs
 from portfolio.registry.models import Model, ModelVersion
 from serving.models import ComputePool, Endpoint
-from training import finetune
+from training import finetune, services
 from training.choices import Method
 from training.models import DatasetVersion, EvalRun, FineTuneJob, MergeJob
 
@@ -33,7 +33,9 @@ class JobOut(Schema):
     node: str | None = Field(None, alias="node.name")
     gpu_indices: list[int] = Field(description="GPUs of its node the job holds (GPU pools)")
     status: str
-    status_detail: str
+    status_detail: str = Field(
+        description="What happened; an errored job's traceback only for those who run the team's fine-tunes"
+    )
     attempt: int
     step: int
     total_steps: int
@@ -49,6 +51,10 @@ class JobOut(Schema):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+    @staticmethod
+    def resolve_status_detail(job: FineTuneJob, context) -> str:
+        return services.job_detail_for(context["request"].auth, job)
 
 
 class JobIn(Schema):

@@ -29,7 +29,7 @@ from portfolio.registry.stores import default_store
 from serving import services as serving_services
 from serving.models import ComputePool
 from training import splitting
-from training.choices import DatasetKind, Split
+from training.choices import DatasetKind, JobStatus, Split
 from training.ingest import EVAL_FILE, ORIGINAL_FILE, SPLIT_FILES, TRAIN_FILE
 from training.models import Dataset, DatasetIngest, DatasetVersion, dataset_name_validator
 
@@ -254,3 +254,18 @@ def version_file_entry(version: DatasetVersion, path: str):
         return version.artifact.manifest().get(check_relative_path(path))
     except ValueError:
         return None
+
+
+# An errored job's detail is its trainer's traceback (node paths, library versions); its log tail can carry
+# rows of the data. As an engine's logs are only for those who run the deployment, these are only for those
+# who run the team's fine-tunes (``training.run``); the other readers of the job are told it errored.
+ERRORED_FOR_READERS = (
+    "The job errored: a bug, not a problem of the data or settings. Its traceback is shown to those who run "
+    "the team's fine-tunes."
+)
+
+
+def job_detail_for(actor: Actor, job) -> str:
+    if job.status == JobStatus.ERRORED and not gate.can(actor, "training.run", job):
+        return ERRORED_FOR_READERS
+    return job.status_detail

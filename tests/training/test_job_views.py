@@ -142,11 +142,36 @@ def test_a_running_job_page_polls_and_shows_its_progress_and_loss_chart(client, 
     assert "<svg" in html and 'class="chart-line chart-line--train"' in html
     assert "chart-dot--eval" in html  # eval loss points
     assert "812" in html  # tokens per second
-    assert "step 40/160 loss 0.0625" in html  # the log tail
+    assert "step 40/160 loss 0.0625" not in html  # the log tail: for those who run the team's fine-tunes
     assert "Cancel job" not in html  # a viewer may not cancel
 
     client.force_login(org["engineer"])
-    assert "Cancel job" in client.get(job_url(running_job)).content.decode()
+    html = client.get(job_url(running_job)).content.decode()
+    assert "Cancel job" in html and "step 40/160 loss 0.0625" in html
+
+
+def test_an_errored_jobs_traceback_and_log_are_only_for_those_who_run_the_teams_fine_tunes(
+    client, org, make_job
+):
+    """A viewer (and an auditor) read the trainer's traceback (node paths) and its last log lines (which can
+    carry rows of the data), where an engine's logs are kept to those who run the deployment."""
+    job = make_job(
+        status=JobStatus.ERRORED,
+        finished_at=timezone.now(),
+        status_detail='Traceback: File "/srv/node-7/portfolio/training/lora.py", line 3',
+        log_tail="row 17: my card number is 4111",
+    )
+    for reader in ("viewer", "auditor"):
+        client.force_login(org[reader])
+        html = client.get(job_url(job)).content.decode()
+        assert "node-7" not in html and "4111" not in html, reader
+        assert "Its traceback is shown to those who run the team" in html
+        detail = client.get(f"/api/v1/training/jobs/{job.pk}").json()["status_detail"]
+        assert "node-7" not in detail and "traceback is shown" in detail
+    client.force_login(org["engineer"])
+    html = client.get(job_url(job)).content.decode()
+    assert "node-7" in html and "4111" in html
+    assert "node-7" in client.get(f"/api/v1/training/jobs/{job.pk}").json()["status_detail"]
 
 
 def test_the_poll_answers_the_live_parts_and_a_finished_job_stops_polling(client, org, running_job):
@@ -174,11 +199,14 @@ def test_a_failed_job_shows_its_reason_and_log_in_a_red_callout(client, org, mak
         log_tail="Killed\n",
         finished_at=timezone.now(),
     )
-    client.force_login(org["viewer"])
+    client.force_login(org["engineer"])
     html = client.get(job_url(job)).content.decode()
     callout = html[html.index('class="alert alert--error callout"') :]
     assert callout.index("signal 9") < callout.index("Killed") < callout.index("</div>")
     assert "hx-trigger" not in html
+    client.force_login(org["viewer"])  # the reason, not the trainer's log
+    callout = client.get(job_url(job)).content.decode().split('class="alert alert--error callout"')[1]
+    assert "signal 9" in callout.split("</div>")[0] and "Killed" not in callout.split("</div>")[0]
 
 
 def test_an_outsider_does_not_find_a_job(client, org, running_job):

@@ -18,7 +18,7 @@ from portfolio.errors import Conflict, Invalid, NotFound
 from portfolio.formviews import submit
 from portfolio.registry.models import ModelVersion
 from portfolio.templatetags.formatting import compute_hours, duration_label
-from training import architectures, charts, finetune
+from training import architectures, charts, finetune, services
 from training.choices import JobStatus, Method
 from training.forms.jobs import HYPERPARAMETER_FIELDS, JobFilterForm, JobStartForm
 from training.models import DatasetVersion, FineTuneJob
@@ -203,6 +203,9 @@ def _job_live_context(actor: Actor, job: FineTuneJob) -> dict:
             "wall": duration_label(job.compute_seconds),
         },
         "can_run": gate.can(actor, "training.run", job),
+        # The trainer's log and an errored job's traceback: only for those who run the team's fine-tunes.
+        "can_see_logs": gate.can(actor, "training.run", job),
+        "status_detail": services.job_detail_for(actor, job),
         "is_problem": job.status in (JobStatus.FAILED, JobStatus.ERRORED),
     }
 
