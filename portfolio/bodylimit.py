@@ -9,8 +9,10 @@ disk with one request. Here, ahead of Django:
   so no more than the limit is ever spooled.
 
 Upload routes (a model's adapter, a dataset's version: UI and REST) take ``MAX_UPLOAD_BYTES`` plus
-``MAX_REQUEST_BODY_BYTES`` for their form fields; every other route ``MAX_REQUEST_BODY_BYTES``. The services
-check an upload's exact size afterwards. The refusal is in the route's error shape: JSON
+``MAX_REQUEST_BODY_BYTES`` for their form fields, from a caller with a credential of an active account (a
+signed-in session, a personal token, an access token of the realm whose signature holds: ``credentialed``);
+every other route, and an upload route from anyone else, ``MAX_REQUEST_BODY_BYTES``. Who may upload what is
+the view's to say; the services check an upload's exact size afterwards. The refusal is in the route's error shape: JSON
 ``{"error": {...}}`` under ``/api/``, a plain page elsewhere, and closes the connection so a client still
 sending is not read further. The gateway's ``/v1`` never comes here (``GATEWAY_MAX_BODY_BYTES``).
 """
@@ -19,8 +21,11 @@ from __future__ import annotations
 
 import re
 import uuid
+from http.cookies import CookieError, SimpleCookie
+from importlib import import_module
 
 import orjson
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.urls import Resolver404, resolve
 
@@ -45,6 +50,41 @@ def limit_for(path_info: str) -> int:
     except Resolver404:
         return default
     return settings.MAX_UPLOAD_BYTES + default if route in UPLOAD_ROUTES else default
+
+
+def credentialed(scope) -> bool:
+    """Whether the request carries a credential of an active account (see the module). Runs in a thread:
+    it reads the session or token from the database."""
+    from django.contrib.auth import get_user_model
+
+    from portfolio.accounts.personal_tokens import authenticate_token
+    from portfolio.accounts.sso import access_tokens
+
+    headers = dict(scope["headers"])
+    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    if scheme.lower() == "bearer" and token:
+        if access_tokens.looks_like_jwt(token):
+            return access_tokens.signature_holds(token)
+        return authenticate_token(token) is not None
+    cookies = SimpleCookie()
+    try:
+        cookies.load(headers.get(b"cookie", b"").decode("latin-1"))
+    except CookieError:
+        return False
+    morsel = cookies.get(settings.SESSION_COOKIE_NAME)
+    if morsel is None or not morsel.value:
+        return False
+    session = import_module(settings.SESSION_ENGINE).SessionStore(morsel.value)
+    user_id = session.get("_auth_user_id")
+    return user_id is not None and get_user_model().objects.filter(pk=user_id, is_active=True).exists()
+
+
+async def _limit(scope) -> int:
+    """The route's limit for this caller: an upload route's only with a credential."""
+    limit = limit_for(_path_info(scope))
+    if limit > settings.MAX_REQUEST_BODY_BYTES and not await sync_to_async(credentialed)(scope):
+        return settings.MAX_REQUEST_BODY_BYTES
+    return limit
 
 
 def _path_info(scope) -> str:
@@ -76,7 +116,7 @@ class BodyLimit:
         limit: int | None = None
         declared = _content_length(scope)
         if declared is not None and declared > default:
-            limit = limit_for(_path_info(scope))
+            limit = await _limit(scope)
             if declared > limit:
                 return await _refuse(scope, send, limit)
         received = 0
@@ -91,7 +131,7 @@ class BodyLimit:
                 return message
             received += len(message.get("body", b""))
             if received > default:
-                limit = limit if limit is not None else limit_for(_path_info(scope))
+                limit = limit if limit is not None else await _limit(scope)
                 if received > limit:
                     refused = True
                     await _refuse(scope, send, limit)
@@ -106,6 +146,8 @@ async def _refuse(scope, send, limit: int) -> None:
     supplied = next((value for name, value in scope["headers"] if name == b"x-request-id"), b"")
     request_id = supplied.decode() if _VALID_REQUEST_ID.match(supplied) else uuid.uuid4().hex
     message = f"The request body is larger than this route accepts ({limit:,} bytes)."
+    if limit_for(_path_info(scope)) > limit:
+        message += " Uploads are taken from a signed-in session or a request with a valid token only."
     if _path_info(scope).startswith("/api/"):
         body = orjson.dumps(
             {"error": {"code": "request_too_large", "message": message, "request_id": request_id}}

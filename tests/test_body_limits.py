@@ -212,3 +212,35 @@ def test_an_upload_route_takes_files_up_to_the_upload_limit_and_refuses_past_it_
     assert status == 413 and seconds < QUICK, answer
     assert DatasetVersion.objects.filter(dataset=dataset).count() == 1
     assert files_under(data_dir / "work") == [] and files_under(data_dir / "uploads") == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_upload_route_takes_more_than_the_default_only_from_a_caller_with_a_credential(
+    server, org, team, client
+):
+    """Django reads a whole body before it looks at who sent it: an anonymous client, or one with a made-up
+    token or session cookie, could send 2 GiB to an upload route, spooled to the disk, before being told to
+    sign in. Without a valid credential an upload route takes the default limit."""
+    base, data_dir, _ = server
+    owner = actor_for(org["owner"])
+    dataset = training_services.create_dataset(
+        actor=owner, owner_team=team, name="tickets", kind="completion"
+    )
+    content_type, body = multipart({}, "rows.jsonl", b"x" * (DEFAULT + 1024))
+    declared = f"Content-Type: {content_type}\nContent-Length: {len(body)}\n"
+    api = f"POST /api/v1/datasets/{dataset.pk}/versions HTTP/1.1\nHost: 127.0.0.1\n"
+    ui = f"POST /models/router/upload/ HTTP/1.1\nHost: 127.0.0.1\n"
+    for head in (
+        api,
+        api + "Authorization: Bearer pat_madeup_0123456789abcdef\n",
+        api + "Authorization: Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln\n",
+        ui,
+        ui + "Cookie: sessionid=madeupmadeupmadeupmadeupmadeup12\n",
+    ):
+        status, _, answer, seconds = exchange(base, head + declared)  # and not one byte of the body
+        assert status == 413 and seconds < QUICK, (head, answer)
+        assert b"signed-in session or a request with a valid token" in answer
+    client.force_login(org["engineer"])
+    session = client.cookies["sessionid"].value
+    status, _, answer, _ = exchange(base, ui + f"Cookie: sessionid={session}\n" + declared, body)
+    assert status != 413, answer  # read, and answered by the view

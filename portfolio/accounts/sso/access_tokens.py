@@ -123,6 +123,19 @@ def _first_use(issuer: str, claims: dict) -> bool:
     return cache.add(key, 1, timeout=max(1, min(lifetime, 86_400)))
 
 
+def signature_holds(token: str) -> bool:
+    """Whether ``token`` is an access token of the realm, signed, current and for an allowed client: no
+    account is made or changed (``authenticate`` does that), for checks made before the request is read."""
+    config = sso_config.current()
+    if config is None:
+        return False
+    try:
+        claims_of(config, token, client.discovery(config)["issuer"])
+    except (Unauthenticated, Unavailable, client.Refused):
+        return False
+    return True
+
+
 def authenticate(request, token: str) -> Actor:
     """The caller of an API request bearing the realm's access token; ``Unauthenticated`` otherwise."""
     config = sso_config.current()
