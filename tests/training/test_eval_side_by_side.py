@@ -116,3 +116,19 @@ def test_the_leaderboard_and_the_task_page_read_runs_without_their_answers(clien
     page = client.get(reverse("task-detail", args=[task.pk]))
     assert page.status_code == 200
     assert all("answers" in run.get_deferred_fields() for run in page.context["runs"])
+
+
+def test_the_leaderboard_reads_one_run_per_endpoint_however_many_it_has(task):
+    """It read every finished run of the eval set (with its metrics: confusion counts of up to 1,000 labels)
+    to keep each endpoint's latest; runs started from CI pile up without bound."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    for _ in range(5):
+        kept(task, "small", ["billing"] * 4)
+    kept(task, "large", ["billing"] * 4)
+    with CaptureQueriesContext(connection) as queries:
+        entries = leaderboard(task.eval_sets.get())
+    assert sorted(entry.endpoint for entry in entries) == ["large", "small"]
+    [query] = [q["sql"] for q in queries.captured_queries if "evalrun" in q["sql"].lower()]
+    assert "DISTINCT ON" in query

@@ -52,11 +52,14 @@ def figures(scores: dict) -> dict[str, str]:
 
 
 def leaderboard(eval_set: EvalSet) -> list[Entry]:
-    latest: dict[str, EndpointEvalRun] = {}
-    # Every finished run is read to find each endpoint's latest: without the rows' answers (megabytes).
-    succeeded = EndpointEvalRun.objects.filter(eval_set=eval_set, status=JobStatus.SUCCEEDED).defer("answers")
-    for run in succeeded.order_by("created_at", "id"):
-        latest[run.endpoint_name] = run  # later runs replace earlier ones
+    # The latest finished run of each endpoint (PostgreSQL's DISTINCT ON: one row each, however many runs
+    # a CI pipeline has piled up), without the rows' answers (megabytes).
+    latest = (
+        EndpointEvalRun.objects.filter(eval_set=eval_set, status=JobStatus.SUCCEEDED)
+        .defer("answers")
+        .order_by("endpoint_name", "-created_at", "-id")
+        .distinct("endpoint_name")
+    )
     entries = [
         Entry(
             run=run,
@@ -65,7 +68,7 @@ def leaderboard(eval_set: EvalSet) -> list[Entry]:
             cost_per_1k=run.metrics.get("cost_per_1k_requests"),
             judge_score=run.metrics.get("judge_score"),
         )
-        for run in latest.values()
+        for run in latest
     ]
     best = metrics.front([(e.endpoint, e.quality, e.cost_per_1k) for e in entries])
     for entry in entries:
