@@ -1,7 +1,9 @@
 """The storage meter: artifact bytes per owning team, written into billing's ledger once a day.
 
-Artifacts are content-addressed, so one set of files may back versions of several teams: each artifact is
-charged once, to the team that kept it first, so that a day's rows add up to what the store holds. The
+Artifacts are content-addressed, and so are the files in them (blobs): one set of files may back versions of
+several teams, and one file several artifacts (a version with a new chat template shares every file of its
+parent but one). Each blob is charged once, to the team that kept an artifact holding it first, so that a
+day's rows add up to what the store holds. The
 registry sees model versions; the apps above it tell it who else keeps artifacts (training: dataset
 versions and job checkpoints) through ``ARTIFACT_OWNERS``, registered in their ``AppConfig.ready``.
 Artifacts nothing refers to any longer are charged to nobody.
@@ -30,8 +32,8 @@ def _model_versions() -> Iterable[tuple[str, int, datetime]]:
     )
 
 
-def owners() -> dict[str, int]:
-    """Artifact id -> the team charged for it: the one that kept it first (ties: the lowest team id)."""
+def keepers() -> dict[str, tuple[datetime, int]]:
+    """Artifact id -> (since when, team) of the team that kept it first (ties: the lowest team id)."""
     first: dict[str, tuple[datetime, int]] = {}
     for source in (_model_versions, *ARTIFACT_OWNERS):
         for artifact_id, team_id, since in source():
@@ -41,15 +43,23 @@ def owners() -> dict[str, int]:
                 and (artifact_id not in first or (since, team_id) < first[artifact_id])
             ):
                 first[artifact_id] = (since, team_id)
-    return {artifact_id: team_id for artifact_id, (_, team_id) in first.items()}
+    return first
 
 
 def usage() -> list[tuple[int, int, str, int]]:
     """(team id, department id, store, bytes) of every team that keeps artifacts, ordered by team."""
-    charged = owners()
+    kept = keepers()
+    blobs: dict[str, tuple[tuple[datetime, int], int]] = {}  # sha256 -> (its first keeper, its size)
+    listed = Artifact.objects.filter(pk__in=list(kept)).values_list("pk", "files")
+    for artifact_id, files in listed.iterator(chunk_size=200):
+        keeper = kept[artifact_id]
+        for entry in files:
+            found = blobs.get(entry["sha256"])
+            if found is None or keeper < found[0]:
+                blobs[entry["sha256"]] = (keeper, int(entry["size"]))
     per_team: dict[int, int] = defaultdict(int)
-    for artifact_id, size in Artifact.objects.filter(pk__in=list(charged)).values_list("pk", "size_bytes"):
-        per_team[charged[artifact_id]] += size
+    for (_, team_id), size in blobs.values():
+        per_team[team_id] += size
     departments = dict(Team.objects.filter(pk__in=list(per_team)).values_list("pk", "department_id"))
     return [
         (team_id, departments[team_id], settings.ARTIFACT_STORE, size)

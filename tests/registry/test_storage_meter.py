@@ -1,6 +1,6 @@
 """The storage meter: each day, the bytes of the artifacts each team keeps (model versions, and through
-training's registered hook its dataset versions and job checkpoints), each artifact charged once, to the
-team that kept it first, in the configured store."""
+training's registered hook its dataset versions and job checkpoints), each stored file charged once, to the
+team that kept an artifact holding it first, in the configured store."""
 
 from __future__ import annotations
 
@@ -20,9 +20,16 @@ pytestmark = pytest.mark.django_db
 EARLIER = timezone.now() - timedelta(days=30)
 
 
-def _artifact(letter: str, size: int) -> Artifact:
+def _artifact(letter: str, size: int, *shared: tuple[str, int]) -> Artifact:
+    """An artifact of one file of its own (``size`` bytes) and ``shared`` files (sha256 letter, size)."""
+    files = [{"path": "own", "size": size, "sha256": letter * 64}]
+    files += [{"path": f"shared-{sha}", "size": n, "sha256": sha * 64} for sha, n in shared]
     return Artifact.objects.create(
-        id=letter * 64, store_uri="file:///x", size_bytes=size, file_count=1, files=[]
+        id=letter * 64,
+        store_uri="file:///x",
+        size_bytes=sum(f["size"] for f in files),
+        file_count=len(files),
+        files=files,
     )
 
 
@@ -49,6 +56,20 @@ def test_each_team_is_charged_once_a_day_for_the_artifacts_it_keeps_each_artifac
     assert _stored() == {
         (today, team.pk): (team.department_id, settings.ARTIFACT_STORE, 1000),
         (today, other_team.pk): (other_team.department_id, settings.ARTIFACT_STORE, 250),
+    }
+
+
+def test_a_file_two_artifacts_share_is_charged_once_to_its_first_keeper(org, team, other_team):
+    """A version with a new chat template shares every file of its parent but its tokenizer config: each
+    artifact's whole size was charged, a 17B model twice for one template change."""
+    _version(org, team, "base", _artifact("a", 10, ("w", 5000)), created_at=EARLIER)
+    _version(org, team, "base-with-template", _artifact("b", 20, ("w", 5000)))  # the same weights
+    _version(org, other_team, "theirs", _artifact("c", 30, ("w", 5000)))  # kept later by another team
+    today = timezone.now().date()
+    meter_storage()
+    assert _stored() == {
+        (today, team.pk): (team.department_id, settings.ARTIFACT_STORE, 10 + 20 + 5000),
+        (today, other_team.pk): (other_team.department_id, settings.ARTIFACT_STORE, 30),
     }
 
 
