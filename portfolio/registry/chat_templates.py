@@ -21,7 +21,7 @@ from pathlib import Path
 
 from portfolio.errors import Invalid
 from portfolio.registry.hashing import Manifest
-from portfolio.registry.storage import ArtifactStore, claim, read_text, store_bytes
+from portfolio.registry.storage import ArtifactStore, WriteLog, Written, claim, read_text, store_bytes
 
 # The largest real templates (tool calling, reasoning) are around 20 KB.
 MAX_CHAT_TEMPLATE_BYTES = 64 * 1024
@@ -130,16 +130,21 @@ def write_into(folder: Path, template: str) -> None:
         (folder / name).unlink(missing_ok=True)
 
 
-def derive_manifest(store: ArtifactStore, manifest: Manifest, template: str) -> Manifest:
+def derive_manifest(
+    store: ArtifactStore, manifest: Manifest, template: str, log: WriteLog | None = None
+) -> Manifest:
     """The files of ``manifest`` with ``template`` in their tokenizer, stored: only the rewritten
-    tokenizer_config.json is a new blob, every other file is shared with the original."""
+    tokenizer_config.json is a new blob, every other file is shared with the original. ``log`` is told of
+    what is written before it is (``pending_writes``), for a registration that fails to delete it."""
     entry = manifest.get(TOKENIZER_CONFIG)
     if entry is not None and entry.size > MAX_TOKENIZER_CONFIG_BYTES:
         raise _too_large()
     raw = read_text(store, manifest, TOKENIZER_CONFIG, limit=MAX_TOKENIZER_CONFIG_BYTES) if entry else None
-    config = store_bytes(store, TOKENIZER_CONFIG, _with_template(raw, template))
+    config = store_bytes(store, TOKENIZER_CONFIG, _with_template(raw, template), before_write=log)
     kept = [f for f in manifest.files if f.path != TOKENIZER_CONFIG and f.path not in OVERRIDING_FILES]
     derived = Manifest.of([*kept, config])
     claim(derived.artifact_id)
+    if log is not None:
+        log(Written(blobs=list(log.written.blobs), manifest=derived.artifact_id))
     store.put_manifest(derived)
     return derived

@@ -270,6 +270,7 @@ def set_chat_template(*, actor: Actor, version: ModelVersion, chat_template: str
 
     Only the rewritten tokenizer_config.json is stored anew (the weights are shared blobs), so this runs
     in the request. The audit row keeps the template's digest; the text is in the new version's files."""
+    from portfolio.registry.pending_writes import PendingWrites
     from portfolio.registry.storage import CorruptArtifact
     from portfolio.registry.stores import default_store
 
@@ -285,14 +286,24 @@ def set_chat_template(*, actor: Actor, version: ModelVersion, chat_template: str
             f"{version.label} is {version.status}; a chat template is set on a ready version only."
         )
     store = default_store()
+    # What it writes is deleted if the registration fails (the parent archived meanwhile), and by the sweep
+    # if the request dies first.
+    log = PendingWrites(f"the chat template of {version.label}")
     with blobclaims.registering():  # the rewritten tokenizer file stays stored until it is recorded
         try:
-            manifest = chat_templates.derive_manifest(store, version.artifact.manifest(), chat_template)
-        except CorruptArtifact as exc:
-            raise Conflict(
-                f"{version.label}'s stored files are damaged ({exc}); verify it and import it again."
-            ) from None
-        return _register_derived(actor, version, manifest, store.uri(manifest.artifact_id), chat_template)
+            manifest = chat_templates.derive_manifest(store, version.artifact.manifest(), chat_template, log)
+            derived = _register_derived(
+                actor, version, manifest, store.uri(manifest.artifact_id), chat_template
+            )
+        except BaseException as exc:
+            log.discard(store)
+            if isinstance(exc, CorruptArtifact):
+                raise Conflict(
+                    f"{version.label}'s stored files are damaged ({exc}); verify it and import it again."
+                ) from None
+            raise
+    log.recorded()
+    return derived
 
 
 @transaction.atomic

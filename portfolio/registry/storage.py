@@ -355,13 +355,18 @@ def store_directory(
     return manifest
 
 
-def store_bytes(store: ArtifactStore, path: str, data: bytes) -> FileEntry:
-    """One small file made in memory (a rewritten config) stored as a blob; its manifest entry."""
+def store_bytes(
+    store: ArtifactStore, path: str, data: bytes, *, before_write: Callable[[Written], None] | None = None
+) -> FileEntry:
+    """One small file made in memory (a rewritten config) stored as a blob; its manifest entry.
+    ``before_write`` is told of the blob before it is written (as ``store_directory``'s)."""
     import hashlib
 
     digest = hashlib.sha256(data).hexdigest()
     claim(digest)
     if not store.has_blob(digest):
+        if before_write is not None:
+            before_write(Written(blobs=[digest]))
         handle, temp = tempfile.mkstemp(prefix=".bytes-")
         try:
             with os.fdopen(handle, "wb") as out:

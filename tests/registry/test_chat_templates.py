@@ -325,6 +325,29 @@ def test_an_archived_version_gets_no_derived_version(org, model, settings):
         services.set_chat_template(actor=actor_for(org["engineer"]), version=version, chat_template=CHATML)
 
 
+def test_a_template_whose_version_was_archived_meanwhile_leaves_nothing_stored(
+    org, model, settings, monkeypatch
+):
+    """The version archived between the check and the registration's lock: the rewritten tokenizer file and
+    the new manifest stayed in the store, referred to by nothing, and no sweep knew of them."""
+    from portfolio.registry.models import PendingWrite
+
+    version = _import(org, model, Source.LOCAL, str(_folder_without_template(settings.IMPORT_ROOTS[0] / "t")))
+    blobs = _blob_count(settings)
+    derive = chat_templates.derive_manifest
+
+    def archived_meanwhile(*args, **kwargs):
+        derived = derive(*args, **kwargs)
+        services.archive_version(actor=actor_for(org["engineer"]), version=version)
+        return derived
+
+    monkeypatch.setattr(chat_templates, "derive_manifest", archived_meanwhile)
+    with pytest.raises(Conflict, match="archived"):
+        services.set_chat_template(actor=actor_for(org["engineer"]), version=version, chat_template=CHATML)
+    assert _blob_count(settings) == blobs, "the rewritten tokenizer file is deleted"
+    assert not PendingWrite.objects.exists()
+
+
 # --- The version page --------------------------------------------------------------------------------
 def test_the_version_pages_form_makes_the_derived_version_or_says_what_is_wrong(org, model, settings, client):
     _import(org, model, Source.LOCAL, str(_folder_without_template(settings.IMPORT_ROOTS[0] / "t")))
