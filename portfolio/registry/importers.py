@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -175,11 +176,36 @@ def _link_tree(source: Path, target: Path) -> None:
                 shutil.copyfile(path, destination)
 
 
+def _cache(out: Path, cached: Path) -> None:
+    """Keeps a conversion: made whole beside the cache's entry, then renamed into place, so that another
+    import reusing it never copies a tree half written (one whose files were being deleted, or not all
+    there yet). Of two conversions of one GGUF at once the first renamed stays."""
+    incoming = cached.with_name(f"{cached.name}.incoming-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        _link_tree(out, incoming)
+        (incoming / ".complete").touch()
+        if cached.exists() and not (cached / ".complete").exists():
+            shutil.rmtree(cached, ignore_errors=True)  # a run killed before this change wrote it in place
+        try:
+            incoming.rename(cached)
+        except OSError:
+            pass  # another conversion of the same file is in place already
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+
+
 def convert_gguf(gguf: Path, workdir: Path, report: Report) -> Path:
     from portfolio.registry.hashing import sha256_file
 
     if not gguf.is_file() or gguf.suffix != ".gguf":
         raise ImportFailed(f"{gguf.name} is not a .gguf file.")
+    size = gguf.stat().st_size
+    if size > settings.MAX_IMPORT_BYTES:
+        # The version keeps the GGUF itself beside its conversion: over the limit before converting it
+        # (which takes up to half an hour, and writes several times the GGUF's size).
+        raise ImportFailed(
+            f"{gguf.name} is {size} bytes, over the import limit of {settings.MAX_IMPORT_BYTES}; not converted."
+        )
     out = workdir / "converted"
     from portfolio.registry.gguf_convert import CONVERTER_VERSION
 
@@ -203,9 +229,7 @@ def convert_gguf(gguf: Path, workdir: Path, report: Report) -> Path:
             raise ImportFailed(
                 f"Could not convert {gguf.name}: {tail or 'converter exited ' + str(result.returncode)}"
             )
-        shutil.rmtree(cached, ignore_errors=True)
-        _link_tree(out, cached)
-        (cached / ".complete").touch()
+        _cache(out, cached)
     original = out / "original"
     original.mkdir()
     try:

@@ -151,3 +151,50 @@ def test_a_conversion_an_older_converter_cached_is_not_reused(org, team, setting
     assert version.status == VersionStatus.READY, version.status_detail
     assert "written-by-the-old-converter.txt" not in {f["path"] for f in version.artifact.files}
     assert _tokenizer(materialize_version(version))(PROMPT)["input_ids"] == [BOS, *PROMPT_IDS_WITH_PREFIX]
+
+
+def test_a_gguf_over_the_import_limit_is_refused_before_it_is_converted(org, team, settings, tmp_path, imports):
+    """The version keeps the GGUF beside its conversion, so one over the limit can never import: it was
+    converted first (up to half an hour, several times its size written, and the conversion cached)."""
+    from portfolio.registry import services
+    from portfolio.registry.choices import Source, VersionStatus
+    from tests.conftest import actor_for
+    from tests.registry.conftest import import_here
+
+    settings.GGUF_CONVERSION_CACHE = tmp_path / "conversions"
+    source = write_tiny_gguf(imports / "tiny.gguf", add_bos=True)
+    settings.MAX_IMPORT_BYTES = source.stat().st_size - 1
+    engineer = actor_for(org["engineer"])
+    model = services.create_model(actor=engineer, name="tiny", owner_team=team)
+    version = import_here(engineer, model, Source.GGUF, str(source))
+    assert version.status == VersionStatus.FAILED and "not converted" in version.status_detail
+    assert not settings.GGUF_CONVERSION_CACHE.exists() or not any(settings.GGUF_CONVERSION_CACHE.iterdir())
+
+
+def test_a_conversion_is_cached_whole_and_renamed_into_place(
+    org, team, settings, tmp_path, imports, monkeypatch
+):
+    """The cache's entry was deleted and written again in place: an import reusing it meanwhile (it had
+    seen .complete) could copy a tree missing its tokenizer or a shard. Now nothing is written in place."""
+    from portfolio.registry import importers, services
+    from portfolio.registry.choices import Source, VersionStatus
+    from tests.conftest import actor_for
+    from tests.registry.conftest import import_here
+
+    settings.GGUF_CONVERSION_CACHE = tmp_path / "conversions"
+    source = write_tiny_gguf(imports / "tiny.gguf", add_bos=True)
+    written_to: list[Path] = []
+    link_tree = importers._link_tree
+
+    def watched(source_dir, target):
+        written_to.append(target)
+        return link_tree(source_dir, target)
+
+    engineer = actor_for(org["engineer"])
+    model = services.create_model(actor=engineer, name="tiny", owner_team=team)
+    monkeypatch.setattr(importers, "_link_tree", watched)
+    version = import_here(engineer, model, Source.GGUF, str(source))
+    assert version.status == VersionStatus.READY, version.status_detail
+    [entry] = list(settings.GGUF_CONVERSION_CACHE.iterdir())
+    assert (entry / ".complete").exists() and (entry / "config.json").exists()
+    assert entry not in written_to and any(".incoming-" in p.name for p in written_to)
