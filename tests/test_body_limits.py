@@ -229,7 +229,7 @@ def test_an_upload_route_takes_more_than_the_default_only_from_a_caller_with_a_c
     content_type, body = multipart({}, "rows.jsonl", b"x" * (DEFAULT + 1024))
     declared = f"Content-Type: {content_type}\nContent-Length: {len(body)}\n"
     api = f"POST /api/v1/datasets/{dataset.pk}/versions HTTP/1.1\nHost: 127.0.0.1\n"
-    ui = f"POST /models/router/upload/ HTTP/1.1\nHost: 127.0.0.1\n"
+    ui = "POST /models/router/upload/ HTTP/1.1\nHost: 127.0.0.1\n"
     for head in (
         api,
         api + "Authorization: Bearer pat_madeup_0123456789abcdef\n",

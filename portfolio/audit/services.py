@@ -7,7 +7,6 @@ from decimal import Decimal
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
-from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
 from portfolio.audit import chain

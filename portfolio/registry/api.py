@@ -13,7 +13,7 @@ from pydantic import Field
 from portfolio.accounts import gate
 from portfolio.accounts.models import Team
 from portfolio.errors import Invalid, NotFound
-from portfolio.registry import artifacts, chat_templates, lineage, merging, services
+from portfolio.registry import artifacts, chat_templates, derived_versions, lineage, merging, services
 from portfolio.registry.choices import Source, Task, VersionStatus, Visibility
 from portfolio.registry.models import Model, ModelVersion
 from portfolio.registry.storage import CorruptArtifact, check_relative_path
@@ -278,7 +278,9 @@ def set_chat_template(request, name: str, number: int, payload: ChatTemplateIn):
     version = _version(request, name, number)
     return Status(
         201,
-        services.set_chat_template(actor=request.auth, version=version, chat_template=payload.chat_template),
+        derived_versions.set_chat_template(
+            actor=request.auth, version=version, chat_template=payload.chat_template
+        ),
     )
 
 

@@ -7,6 +7,7 @@ to data files (weights as safetensors, configs, tokenizers) unless an admin allo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -186,10 +187,8 @@ def _cache(out: Path, cached: Path) -> None:
         (incoming / ".complete").touch()
         if cached.exists() and not (cached / ".complete").exists():
             shutil.rmtree(cached, ignore_errors=True)  # a run killed before this change wrote it in place
-        try:
+        with contextlib.suppress(OSError):  # another conversion of the same file is in place already
             incoming.rename(cached)
-        except OSError:
-            pass  # another conversion of the same file is in place already
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
 

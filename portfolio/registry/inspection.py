@@ -120,7 +120,9 @@ def _check_shard_indexes(directory: Path, files: list[Path], names: set[str]) ->
         for shard in set(weight_map.values()):
             named = (folder / shard).as_posix() if isinstance(shard, str) else None
             if named is None or shard.startswith("/") or "\\" in shard or ".." in Path(shard).parts:
-                raise InspectionError(f"{path.name}: {shard!r} is not the name of a file in the model's folder")
+                raise InspectionError(
+                    f"{path.name}: {shard!r} is not the name of a file in the model's folder"
+                )
             if named not in names:
                 raise InspectionError(f"{path.name}: names {shard!r}, which is not among the model's files")
 

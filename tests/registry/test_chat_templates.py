@@ -15,7 +15,7 @@ from django.urls import reverse
 
 from portfolio.audit.models import AuditEvent
 from portfolio.errors import Conflict, Forbidden, Invalid, NotFound
-from portfolio.registry import chat_templates, lineage, services
+from portfolio.registry import chat_templates, derived_versions, lineage, services
 from portfolio.registry.artifacts import materialize_version
 from portfolio.registry.choices import Source, VersionKind, VersionStatus
 from portfolio.registry.models import ModelVersion
@@ -165,7 +165,7 @@ def test_an_adapter_import_cannot_bring_its_own_template(org, model, settings):
 # --- As a derived version --------------------------------------------------------------------------
 def test_a_template_given_later_makes_a_derived_version_sharing_the_weights(org, templateless, settings):
     weights_blobs = _blob_count(settings)
-    derived = services.set_chat_template(
+    derived = derived_versions.set_chat_template(
         actor=actor_for(org["engineer"]), version=templateless, chat_template=CHATML
     )
     assert (derived.number, derived.status, derived.kind) == (2, VersionStatus.READY, VersionKind.BASE)
@@ -207,7 +207,9 @@ def test_a_template_replaces_one_the_version_has_and_the_old_jinja_file_goes(org
     folder = make_model_folder(settings.IMPORT_ROOTS[0] / "tiny")
     (folder / "chat_template.jinja").write_text("{{ 'the old one' }}")
     version = _import(org, model, Source.LOCAL, str(folder))
-    derived = services.set_chat_template(actor=actor_for(org["owner"]), version=version, chat_template=CHATML)
+    derived = derived_versions.set_chat_template(
+        actor=actor_for(org["owner"]), version=version, chat_template=CHATML
+    )
     paths = {f["path"] for f in derived.artifact.files}
     assert "chat_template.jinja" not in paths and "chat_template.jinja" in {
         f["path"] for f in version.artifact.files
@@ -227,9 +229,13 @@ def test_only_owners_and_engineers_give_a_template_others_are_refused(org, model
             assert response.json()["error"]["code"] in ("forbidden", "not_found")
     assert sorted(version.model.versions.values_list("number", flat=True)) == [1, 2, 3]
     with pytest.raises(NotFound):
-        services.set_chat_template(actor=actor_for(org["outsider"]), version=version, chat_template=CHATML)
+        derived_versions.set_chat_template(
+            actor=actor_for(org["outsider"]), version=version, chat_template=CHATML
+        )
     with pytest.raises(Forbidden):
-        services.set_chat_template(actor=actor_for(org["developer"]), version=version, chat_template=CHATML)
+        derived_versions.set_chat_template(
+            actor=actor_for(org["developer"]), version=version, chat_template=CHATML
+        )
 
 
 @pytest.mark.parametrize(
@@ -313,7 +319,7 @@ def test_an_adapter_has_a_chat_template_exactly_when_its_base_has_one(org, model
     assert (on_templated.status, on_templateless.status) == (VersionStatus.READY, VersionStatus.READY)
     assert (on_templated.has_chat_template, on_templateless.has_chat_template) == (True, False)
     with pytest.raises(Invalid, match="set the template on the base version"):
-        services.set_chat_template(
+        derived_versions.set_chat_template(
             actor=actor_for(org["engineer"]), version=on_templateless, chat_template=CHATML
         )
 
@@ -322,7 +328,9 @@ def test_an_archived_version_gets_no_derived_version(org, model, settings):
     version = _import(org, model, Source.LOCAL, str(_folder_without_template(settings.IMPORT_ROOTS[0] / "t")))
     services.archive_version(actor=actor_for(org["engineer"]), version=version)
     with pytest.raises(Conflict, match="archived"):
-        services.set_chat_template(actor=actor_for(org["engineer"]), version=version, chat_template=CHATML)
+        derived_versions.set_chat_template(
+            actor=actor_for(org["engineer"]), version=version, chat_template=CHATML
+        )
 
 
 def test_a_template_whose_version_was_archived_meanwhile_leaves_nothing_stored(
@@ -343,7 +351,9 @@ def test_a_template_whose_version_was_archived_meanwhile_leaves_nothing_stored(
 
     monkeypatch.setattr(chat_templates, "derive_manifest", archived_meanwhile)
     with pytest.raises(Conflict, match="archived"):
-        services.set_chat_template(actor=actor_for(org["engineer"]), version=version, chat_template=CHATML)
+        derived_versions.set_chat_template(
+            actor=actor_for(org["engineer"]), version=version, chat_template=CHATML
+        )
     assert _blob_count(settings) == blobs, "the rewritten tokenizer file is deleted"
     assert not PendingWrite.objects.exists()
 

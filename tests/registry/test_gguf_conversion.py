@@ -153,7 +153,9 @@ def test_a_conversion_an_older_converter_cached_is_not_reused(org, team, setting
     assert _tokenizer(materialize_version(version))(PROMPT)["input_ids"] == [BOS, *PROMPT_IDS_WITH_PREFIX]
 
 
-def test_a_gguf_over_the_import_limit_is_refused_before_it_is_converted(org, team, settings, tmp_path, imports):
+def test_a_gguf_over_the_import_limit_is_refused_before_it_is_converted(
+    org, team, settings, tmp_path, imports
+):
     """The version keeps the GGUF beside its conversion, so one over the limit can never import: it was
     converted first (up to half an hour, several times its size written, and the conversion cached)."""
     from portfolio.registry import services

@@ -134,7 +134,6 @@ def test_a_page_of_rows_holds_at_most_4_mib_of_them(client, org, engineer, chat_
     assert alone[0]["row"]["messages"] and alone[0]["bytes"] == sizes[cut]
 
 
-
 def test_a_split_seed_past_its_column_is_refused_before_anything_is_stored(client, org, engineer, chat_set):
     """A seed past the bigint column failed the ingest's insert: a 500, or an ingest failed for no reason
     a person could act on."""

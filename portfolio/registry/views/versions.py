@@ -18,7 +18,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.errors import Conflict, NotFound
 from portfolio.formviews import submit
-from portfolio.registry import artifacts, cards, merging, services
+from portfolio.registry import artifacts, cards, derived_versions, merging, services
 from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.forms import SUGGESTED_ALIASES, ChatTemplateForm, PromoteForm
 from portfolio.registry.models import Model, ModelVersion
@@ -195,7 +195,7 @@ def version_chat_template(request, name: str, number: int):
     made = submit(
         request,
         form,
-        lambda: services.set_chat_template(
+        lambda: derived_versions.set_chat_template(
             actor=actor, version=version, chat_template=form.cleaned_data["chat_template"]
         ),
         success=lambda derived: (
