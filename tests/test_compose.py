@@ -212,8 +212,10 @@ def volume_is_named(compose: dict, volume: str) -> bool:
     return volume in compose["volumes"]
 
 
-@pytest.mark.parametrize("service", ["node-cpu", "node-gpu"])
-def test_node_agents_reach_the_gateway_of_the_web_service(compose, service):
+@pytest.mark.parametrize("service", ["node-cpu", "node-gpu", "worker"])
+def test_node_agents_and_the_worker_reach_the_gateway_of_the_web_service(compose, service):
+    """Distillation jobs (node agents), eval runs and a rollout's canary judge (the worker) call endpoints
+    through the gateway; the worker had no address for it and tried 127.0.0.1:8000 in its own container."""
     url = urlsplit(env_of(compose, service)["PORTFOLIO_GATEWAY_URL"])
     web_port = compose["services"]["web"]["ports"][0].split(":")[-1]
     assert (url.scheme, url.hostname, str(url.port)) == ("http", "web", web_port)
