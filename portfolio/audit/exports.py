@@ -259,11 +259,17 @@ def build_export(*, actor: Actor, selection: AuditFilter, fmt: str) -> Export:
     handle = tempfile.NamedTemporaryFile(prefix="audit-export-", suffix=".zip", delete=False)  # noqa: SIM115
     try:
         manifest = _write_archive(handle, actor, selection, fmt, private_key, events_name)
+        handle.close()
+        _record_export(actor, fmt, manifest)
     except BaseException:
         handle.close()
-        Path(handle.name).unlink(missing_ok=True)  # a refused or failed export leaves no file behind
+        Path(handle.name).unlink(missing_ok=True)  # a refused, failed or unaudited export leaves no file
         raise
-    handle.close()
+    stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
+    return Export(path=Path(handle.name), filename=f"audit-export-{stamp}.zip", manifest=manifest)
+
+
+def _record_export(actor: Actor, fmt: str, manifest: dict) -> None:
     with transaction.atomic():
         audit.record(
             actor,
@@ -286,5 +292,3 @@ def build_export(*, actor: Actor, selection: AuditFilter, fmt: str) -> Export:
                 )
             },
         )
-    stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
-    return Export(path=Path(handle.name), filename=f"audit-export-{stamp}.zip", manifest=manifest)

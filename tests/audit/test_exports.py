@@ -177,6 +177,26 @@ def test_an_export_with_a_file_beside_its_signed_events_fails(history, forged):
     assert not verdict.ok and forged in " ".join(verdict.problems), verdict.problems
 
 
+def test_an_export_whose_audit_row_fails_leaves_no_file_behind(history, monkeypatch, tmp_path):
+    """Only a failure while writing removed the file: an export whose own audit row then failed left the
+    whole trail, unaudited, in the temporary folder."""
+    import tempfile
+
+    from django.db import DatabaseError
+
+    from portfolio.audit import services as audit_services
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def failing(actor, action, *args, **kwargs):
+        raise DatabaseError("the audit table is unwritable")
+
+    monkeypatch.setattr(audit_services, "record", failing)
+    with pytest.raises(DatabaseError):
+        _export(history)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_altered_manifest_fails_its_signature(history):
     export = _export(history)
 
