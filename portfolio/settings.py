@@ -216,7 +216,10 @@ NODE_POOL = env.text("PORTFOLIO_NODE_POOL") or "local-cpu"
 # Where this node's engines listen: loopback on one machine, a private interface the gateway reaches else.
 NODE_ADDRESS = env.text("PORTFOLIO_NODE_ADDRESS") or "127.0.0.1"
 NODE_HEARTBEAT_SECONDS = env.integer("PORTFOLIO_NODE_HEARTBEAT_SECONDS", 5, minimum=1)
-NODE_LOST_AFTER_SECONDS = 3 * NODE_HEARTBEAT_SECONDS
+# A node silent this long is lost (its replicas forgotten): three heartbeats unless set, at least two.
+NODE_LOST_AFTER_SECONDS = env.integer(
+    "PORTFOLIO_NODE_LOST_AFTER_SECONDS", 3 * NODE_HEARTBEAT_SECONDS, minimum=2 * NODE_HEARTBEAT_SECONDS
+)
 ENGINE_PYTHON = {
     "cpu": env.text("PORTFOLIO_ENGINE_PYTHON_CPU") or str(BASE_DIR / ".venv-engine" / "bin" / "python"),
     "gpu": env.text("PORTFOLIO_ENGINE_PYTHON_GPU") or str(BASE_DIR / ".venv-engine-gpu" / "bin" / "python"),

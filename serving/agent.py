@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
@@ -52,7 +53,23 @@ def event(replica: Replica, kind: str, message: str) -> None:
 
 
 # --- Capacity and heartbeat ------------------------------------------------------------------------
+# A heartbeat reports the node's capacity, but asks nvidia-smi (up to 20 s on a busy or failing driver) at
+# most this often: asked on every beat, a slow driver held the beats past the lost window and the node
+# was called lost while it ran.
+GPU_RESCAN_SECONDS = 300
+_gpus_seen: tuple[float, list[dict]] | None = None
+
+
 def detect_gpus() -> list[dict]:
+    global _gpus_seen
+    if _gpus_seen is not None and time.monotonic() - _gpus_seen[0] < GPU_RESCAN_SECONDS:
+        return [dict(gpu) for gpu in _gpus_seen[1]]
+    gpus = _ask_nvidia_smi()
+    _gpus_seen = (time.monotonic(), gpus)
+    return [dict(gpu) for gpu in gpus]
+
+
+def _ask_nvidia_smi() -> list[dict]:
     if not shutil.which("nvidia-smi"):
         return []
     try:

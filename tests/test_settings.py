@@ -313,3 +313,16 @@ def test_the_development_secret_and_its_folder_are_readable_by_their_owner_only(
     _development_secret(secret)
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert stat.S_IMODE(secret.parent.stat().st_mode) == 0o700
+
+
+def test_the_lost_window_of_a_node_is_set_but_never_under_two_heartbeats(tmp_path):
+    """It was three heartbeats, fixed: a node on a slow network had no way to be given longer."""
+    env = _production_env(tmp_path, PORTFOLIO_NODE_LOST_AFTER_SECONDS="60")
+    result = _settings_in(env, "NODE_LOST_AFTER_SECONDS")
+    assert result.returncode == 0 and json.loads(result.stdout) == {"NODE_LOST_AFTER_SECONDS": 60}, (
+        result.stderr
+    )
+    refused = _settings_in(
+        _production_env(tmp_path, PORTFOLIO_NODE_LOST_AFTER_SECONDS="9"), "NODE_LOST_AFTER_SECONDS"
+    )
+    assert refused.returncode != 0 and "PORTFOLIO_NODE_LOST_AFTER_SECONDS" in refused.stderr
