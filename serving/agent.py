@@ -131,7 +131,19 @@ def register(name: str, pool_name: str, address: str, capacity: dict | None = No
         node.refresh_from_db(fields=["heartbeat_at"])
         if recovered:
             audit.record(Actor.for_system(f"agent:{name}"), "node.recover", node, after=node.snapshot())
+            _meter_again(node)
     return node
+
+
+def _meter_again(node: Node) -> None:
+    """A node back before its replicas were forgotten: their runs were closed at its last heartbeat when it
+    was lost (``replica_meter.node_lost``), and reopening a closed run does nothing, so they ran unmetered
+    until their engines restarted. Each running replica's run starts again now, under a key of its own."""
+    running = Replica.objects.filter(node=node, state__in=replica_meter.RUNNING, started_at__isnull=False)
+    for replica in running.select_related("deployment__owner_team", "deployment__pool"):
+        replica.started_at = node.heartbeat_at
+        replica.save(update_fields=["started_at"])
+        replica_meter.started(replica)
 
 
 # --- Reconcile -------------------------------------------------------------------------------------

@@ -145,6 +145,22 @@ def test_a_lost_nodes_replicas_stop_being_metered_at_its_last_heartbeat(replica)
     assert run.ended_at == last_seen
 
 
+def test_a_lost_node_back_before_its_replicas_were_forgotten_has_them_metered_again(replica):
+    """Their runs closed at the last heartbeat; the sweep's reopening of a closed run does nothing, so
+    the replicas ran unmetered until their engines restarted. A recovery starts each run again."""
+    replica = _started(replica)
+    replica_meter.started(replica)
+    node = replica.node
+    last_seen = timezone.now() - timedelta(seconds=settings.NODE_LOST_AFTER_SECONDS + 60)
+    node.__class__.objects.filter(pk=node.pk).update(heartbeat_at=last_seen)
+    assert reconcile.mark_lost_nodes() == ["keys-node"]
+    agent.register(node.name, node.pool.name, node.address, capacity={"cpu_cores": 4})
+    meter_replicas()
+    first, again = _runs(replica)
+    assert first.ended_at == last_seen
+    assert again.ended_at is None and again.started_at > last_seen
+
+
 def test_a_replica_forgotten_by_the_reconcile_stops_being_metered(replica):
     replica = _started(replica)
     replica_meter.started(replica)
