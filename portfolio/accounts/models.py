@@ -233,6 +233,9 @@ class ExternalIdentity(models.Model):
     username = models.CharField(max_length=150)  # `preferred_username` at the last sign-in
     created_at = models.DateTimeField(default=timezone.now)
     last_login_at = models.DateTimeField(null=True, blank=True)
+    # When the realm issued the newest claims applied to this account (a token's `iat`; a directory sync's
+    # time): claims issued before it are older news, and must not grant back a role taken away since.
+    claims_issued_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

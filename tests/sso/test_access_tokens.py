@@ -214,6 +214,24 @@ def test_a_service_accounts_roles_follow_each_new_token_not_only_its_first(clien
 
 
 @pytest.mark.usefixtures("trusted")
+def test_an_older_token_first_used_late_does_not_grant_back_a_role_taken_since(client, sso):
+    """Each token's claims are applied at its first call: a token issued before a role was taken away, first
+    used after a newer token had applied the removal, granted the role back for the rest of its lifetime."""
+    from portfolio.accounts.models import OrgRoleGrant, SsoMappingRule
+
+    SsoMappingRule.objects.create(kind="realm_role", value="portfolio-admin", org_role="admin")
+    now = int(time.time())
+    old_admin = signed(crafted(sso, jti="old", iat=now - 120, realm_access={"roles": ["portfolio-admin"]}))
+    newer_plain = signed(crafted(sso, jti="newer", iat=now - 10, realm_access={"roles": []}))
+    assert call(client, newer_plain).json()["org_roles"] == []
+    assert call(client, old_admin).json()["org_roles"] == [], "the older token's role is older news"
+    robot = User.objects.get(username=SERVICE_ACCOUNT)
+    assert not OrgRoleGrant.objects.filter(user=robot).exists()
+    newest_admin = signed(crafted(sso, jti="newest", iat=now, realm_access={"roles": ["portfolio-admin"]}))
+    assert call(client, newest_admin).json()["org_roles"] == ["admin"], "a newer grant is applied"
+
+
+@pytest.mark.usefixtures("trusted")
 @pytest.mark.parametrize(
     ("changes", "says"),
     [

@@ -11,12 +11,14 @@ decide their teams and roles through the single sign-on mapping rules (``account
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
@@ -142,6 +144,10 @@ def account_for(*, actor: Actor, issuer: str, claims: dict[str, Any], organisati
             identity = _identity(issuer, subject)  # made by a racing sign-in, committed since
             if identity is None:  # the name was taken by another account meanwhile
                 raise _taken(username, organisation)
+        else:
+            ExternalIdentity.objects.filter(issuer=issuer, subject=subject).update(
+                claims_issued_at=_issued(claims)
+            )
     if user is None:
         assert identity is not None
         user = identity.user
@@ -154,11 +160,31 @@ def account_for(*, actor: Actor, issuer: str, claims: dict[str, Any], organisati
         identity.username, identity.last_login_at = username, timezone.now()
         identity.save(update_fields=["username", "last_login_at"])
         _update_profile(user, claims, actor)
+        if not _newer_claims(identity, claims):
+            # An older token first used late: its groups and roles may be ones taken away since.
+            return user
     config = sso_config.current()
     mapping.apply(
         user, claims, actor=mapping.system_actor(actor), client_id=config.client_id if config else ""
     )
     return user
+
+
+def _newer_claims(identity: ExternalIdentity, claims: dict[str, Any]) -> bool:
+    """Whether ``claims`` were issued no earlier than the newest applied to the account; if so they become
+    the newest (a claim set without ``iat`` counts as issued now)."""
+    issued = _issued(claims)
+    updated = ExternalIdentity.objects.filter(pk=identity.pk).filter(
+        Q(claims_issued_at__isnull=True) | Q(claims_issued_at__lte=issued)
+    )
+    return updated.update(claims_issued_at=issued) == 1
+
+
+def _issued(claims: dict[str, Any]) -> datetime:
+    try:
+        return datetime.fromtimestamp(int(claims["iat"]), UTC)
+    except (KeyError, TypeError, ValueError, OverflowError, OSError):
+        return timezone.now()
 
 
 @transaction.atomic

@@ -66,6 +66,8 @@ def _apply(config: OidcConfig, issuer: str, found: directory.Directory, run: Dir
         if user.is_active:
             claims: dict[str, Any] = found.claims_of(identity.subject, config.client_id)
             summary = sso_mapping.apply(user, claims, actor=actor, client_id=config.client_id)
+            # The directory as it is now: a token issued before this run may not grant back what it took.
+            ExternalIdentity.objects.filter(pk=identity.pk).update(claims_issued_at=timezone.now())
             run.memberships_changed += len(summary.created) + len(summary.updated) + len(summary.removed)
 
 
