@@ -31,7 +31,7 @@ RESEND_AFTER = timedelta(hours=1)
 def resend(now: datetime | None = None) -> list[int]:
     """Send again the queued jobs not taken up since they were last sent (at least ``RESEND_AFTER``, and a
     quarter of their age: about 10 copies in a day); the ids sent. Jobs on a lost node are failed by the
-    reaper instead (``finetune.reap_stale_jobs``)."""
+    reaper instead (``job_reaper.reap_stale_jobs``)."""
     now = now or timezone.now()
     waiting = FineTuneJob.objects.filter(
         status=JobStatus.QUEUED, node__isnull=False, created_at__lt=now - RESEND_AFTER

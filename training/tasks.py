@@ -30,7 +30,7 @@ from portfolio.envparse import CONNECTION_KEYS, Env, database_url
 from portfolio.errors import Invalid
 from portfolio.leases import Lease
 from serving.processes import log_tail
-from training import finetune, ingest, lost_messages, metering, orphans, runner
+from training import finetune, ingest, job_reaper, lost_messages, metering, orphans, runner
 from training.choices import JobStatus
 from training.evals import runs as eval_runs
 from training.merges import services as merges
@@ -357,7 +357,7 @@ def _remove_work(job_id: int, attempt: int) -> None:
 
 @shared_task(name="training.reap_stale_jobs")
 def reap_stale_jobs() -> int:
-    moved = finetune.reap_stale_jobs(timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS))
+    moved = job_reaper.reap_stale_jobs(timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS))
     return moved + len(lost_messages.resend())  # queued ones whose message never reached their node
 
 

@@ -17,7 +17,7 @@ from portfolio.leases import Lease
 from portfolio.registry import artifacts, inspection
 from portfolio.registry.models import ModelVersion
 from portfolio.registry.stores import default_store
-from training import finetune, lora, runner, tasks
+from training import finetune, job_reaper, lora, runner, tasks
 from training.choices import JobStatus
 from training.models import FineTuneJob
 
@@ -204,7 +204,7 @@ def test_a_job_cancelled_while_its_node_was_silent_is_cancelled_not_moved(
     job = make_job(status=JobStatus.RUNNING, attempt=1, heartbeat_at=timezone.now() - timedelta(hours=1))
     finetune.cancel_job(actor=Actor.for_system("test"), job=job)
 
-    assert finetune.reap_stale_jobs(timedelta(minutes=2)) == 1
+    assert job_reaper.reap_stale_jobs(timedelta(minutes=2)) == 1
 
     job.refresh_from_db()
     assert (job.status, job.attempt, enqueued) == (JobStatus.CANCELLED, 1, [])

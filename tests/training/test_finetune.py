@@ -23,7 +23,7 @@ from serving.choices import PoolKind
 from serving.models import ComputePool, Node
 from tests.conftest import actor_for
 from tests.training.conftest import upload
-from training import finetune, services
+from training import finetune, job_reaper, services
 from training.choices import JobStatus, Method
 from training.models import EvalRun, FineTuneJob
 from training.tasks import run_job
@@ -192,9 +192,9 @@ def test_a_job_queued_on_a_node_lost_before_it_started_is_failed_not_left_holdin
     from serving.models import Node
 
     job = _start(setup, epochs=1)
-    assert finetune.reap_stale_jobs(timedelta(minutes=2)) == 0  # its node is alive: it waits
+    assert job_reaper.reap_stale_jobs(timedelta(minutes=2)) == 0  # its node is alive: it waits
     Node.objects.filter(pk=job.node_id).update(state=NodeState.LOST)
-    assert finetune.reap_stale_jobs(timedelta(minutes=2)) == 1
+    assert job_reaper.reap_stale_jobs(timedelta(minutes=2)) == 1
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED and "was lost before the job started" in job.status_detail
     failed = AuditEvent.objects.get(action="training.job_failed")
@@ -208,7 +208,7 @@ def test_a_job_on_a_silent_node_is_resumed_elsewhere_or_failed_never_left_runnin
     FineTuneJob.objects.filter(pk=job.pk).update(
         status=JobStatus.RUNNING, attempt=1, heartbeat_at=timezone.now() - timedelta(hours=1)
     )
-    finetune.reap_stale_jobs(timedelta(minutes=2))
+    job_reaper.reap_stale_jobs(timedelta(minutes=2))
     job.refresh_from_db()
     assert job.status == JobStatus.QUEUED and "resuming from step" in job.status_detail
     from portfolio.audit.models import AuditEvent
@@ -223,7 +223,7 @@ def test_a_job_on_a_silent_node_is_resumed_elsewhere_or_failed_never_left_runnin
     FineTuneJob.objects.filter(pk=job.pk).update(
         status=JobStatus.RUNNING, heartbeat_at=timezone.now() - timedelta(hours=1)
     )
-    finetune.reap_stale_jobs(timedelta(minutes=2))
+    job_reaper.reap_stale_jobs(timedelta(minutes=2))
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED and "giving up" in job.status_detail
 

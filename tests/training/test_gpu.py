@@ -22,7 +22,7 @@ from serving.capacity import pool_capacity
 from serving.choices import NodeState, PoolKind
 from serving.models import ComputePool, Node, Replica
 from serving.reconcile import reconcile_deployment
-from training import finetune, lora, tasks
+from training import finetune, job_reaper, lora, tasks
 from training.choices import JobStatus, Method
 from training.lora import Accelerator, Hyperparameters, Unsupported, loading_for
 from training.models import FineTuneJob
@@ -321,7 +321,7 @@ def test_a_gpu_job_on_a_silent_node_moves_with_a_gpu_claim_on_a_ready_one(gpu_po
     FineTuneJob.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, attempt=1, heartbeat_at=stale)
     Node.objects.filter(name="gpu-01").update(heartbeat_at=stale)
     add_gpu_node(gpu_pool, "gpu-02", gpus=1)
-    finetune.reap_stale_jobs(timedelta(minutes=2))
+    job_reaper.reap_stale_jobs(timedelta(minutes=2))
     job.refresh_from_db()
     assert (job.status, job.node.name, job.gpu_indices) == (JobStatus.QUEUED, "gpu-02", [0])
     assert "on gpu-02 (GPU 0)" in job.status_detail
@@ -334,7 +334,7 @@ def test_a_gpu_job_reaped_on_a_node_that_is_back_may_keep_its_own_gpu(start):
     FineTuneJob.objects.filter(pk=job.pk).update(
         status=JobStatus.RUNNING, attempt=1, heartbeat_at=timezone.now() - timedelta(hours=1)
     )
-    finetune.reap_stale_jobs(timedelta(minutes=2))
+    job_reaper.reap_stale_jobs(timedelta(minutes=2))
     job.refresh_from_db()
     assert (job.status, job.gpu_indices) == (JobStatus.QUEUED, [0])
 

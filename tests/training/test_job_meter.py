@@ -13,7 +13,7 @@ from portfolio.billing.choices import ComputeKind
 from portfolio.billing.models import ComputeInterval
 from serving.choices import PoolKind
 from serving.models import ComputePool, Endpoint, Node
-from training import finetune, metering
+from training import finetune, job_reaper, metering
 from training.choices import JobStatus
 from training.models import FineTuneJob
 from training.tasks import run_job
@@ -67,7 +67,7 @@ def test_an_attempt_on_a_node_gone_silent_is_metered_to_its_last_heartbeat_and_t
 ):
     job = _running(make_job(), silent_for=timedelta(minutes=30))
     metering.attempt_started(job, job.heartbeat_at - timedelta(hours=1))
-    assert finetune.reap_stale_jobs(timedelta(minutes=5)) == 1
+    assert job_reaper.reap_stale_jobs(timedelta(minutes=5)) == 1
     job.refresh_from_db()
     assert job.status == JobStatus.QUEUED
     (first,) = _intervals(job)
@@ -84,7 +84,7 @@ def test_an_attempt_on_a_node_gone_silent_is_metered_to_its_last_heartbeat_and_t
 def test_a_job_given_up_after_its_last_attempt_is_metered_to_its_last_heartbeat(make_job, settings):
     job = _running(make_job(), attempt=settings.TRAINING_MAX_ATTEMPTS, silent_for=timedelta(minutes=30))
     metering.attempt_started(job, job.heartbeat_at - timedelta(hours=1))
-    finetune.reap_stale_jobs(timedelta(minutes=5))
+    job_reaper.reap_stale_jobs(timedelta(minutes=5))
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED
     (run,) = _intervals(job)

@@ -27,7 +27,7 @@ from portfolio.registry.models import Artifact, ModelVersion
 from serving.choices import PoolKind
 from serving.models import ComputePool, Node
 from tests.training.conftest import upload
-from training import finetune, services, tasks
+from training import finetune, job_reaper, services, tasks
 from training.choices import JobStatus
 from training.lora import TRAINER_STATE
 from training.models import EvalRun, FineTuneJob
@@ -149,7 +149,7 @@ def test_an_interrupted_job_resumes_from_its_last_checkpoint_until_it_registers_
     job.refresh_from_db()
     second = job.checkpoint_step
     assert job.status == JobStatus.RUNNING and 0 < job.step < total
-    assert finetune.reap_stale_jobs(timedelta(seconds=1)) == 1
+    assert job_reaper.reap_stale_jobs(timedelta(seconds=1)) == 1
     job.refresh_from_db()
     assert job.status == JobStatus.QUEUED and job.node.name == "node-b"
     assert job.status_detail == f"Node went silent; resuming from step {second} on node-b."
