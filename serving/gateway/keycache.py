@@ -7,6 +7,9 @@ Contract, since every unauthenticated request reaches this code:
 - loads run on a small executor of their own, never the default one the routing refresh uses, and at most
   ``MAX_PENDING`` distinct ids wait for one: past that a lookup is refused (``LookupBusy``) instead of
   queueing without end;
+- a known key whose record expired keeps it, at most ``STALE_GRACE`` seconds more, while it cannot be
+  reloaded (every load slot taken, by a flood of made-up ids say, or the load failed): a flood cannot lock
+  out valid keys, and revocations do not wait for a reload (they are checked at admission);
 - updates and revocations are published on Redis and evict a key at once in every process, a load in flight
   included (it may have read the row before the change committed, so it caches nothing); revocations are
   also checked atomically at admission, so a missed message cannot let a revoked key through.
@@ -31,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 TTL = 60.0
 NEGATIVE_TTL = 10.0
+# How long past its TTL a known key's record may still be used when it cannot be reloaded (see the module's
+# docstring): a change whose invalidation message was lost could hold this much longer.
+STALE_GRACE = 600.0
 NEGATIVE_SIZE = 4096
 MAX_PENDING = 64
 LOADERS = 2
@@ -172,12 +178,18 @@ class KeyCache:
 
     async def _get(self, key_id: str) -> KeyRecord | None:
         now = time.monotonic()
-        entry = self._known.get(key_id, now) or self._unknown.get(key_id, now)
+        known = self._known.get(key_id, now - STALE_GRACE)  # kept STALE_GRACE past its expiry
+        if known is not None and known[1] > now:
+            return known[0]
+        stale = known[0] if known is not None else None
+        entry = None if stale is not None else self._unknown.get(key_id, now)
         if entry is not None:
             return entry[0]
         pending = self._loading.get(key_id)
         if pending is None:
             if self._in_flight >= MAX_PENDING:
+                if stale is not None:
+                    return stale
                 raise LookupBusy
             pending = asyncio.get_running_loop().run_in_executor(self._executor, load, key_id)
             self._in_flight += 1
@@ -185,7 +197,12 @@ class KeyCache:
             pending.add_done_callback(lambda done: self._loaded(key_id, done))
         # One load per key however many requests wait for it; shielded: a waiter cancelled (the server
         # shutting down) cancels its own wait, never the load the others wait for.
-        return await asyncio.shield(pending)
+        if stale is None:
+            return await asyncio.shield(pending)
+        try:
+            return await asyncio.shield(pending)
+        except Exception:
+            return stale  # the database out of reach: the key's last record, within STALE_GRACE
 
     def _loaded(self, key_id: str, done: asyncio.Future) -> None:
         """A load ended (before any of its waiters resumes): its record cached, unless an eviction detached
@@ -198,6 +215,7 @@ class KeyCache:
             return
         record = done.result()
         if record is None:
+            self._known.pop(key_id)  # its row is gone: no last record to fall back on
             self._unknown.put(key_id, (None, time.monotonic() + NEGATIVE_TTL))
         else:
             self._known.put(key_id, (record, time.monotonic() + TTL))

@@ -94,6 +94,18 @@ add(KEYS[6], tonumber(ARGV[5]))
 return 1
 """
 
+# KEYS: a key's monthly counters to start from its spend (the token counter, the money counter, or both)
+# ARGV: the spend for each, in the same order, then the time to live of a counter made here
+RAISE = """
+local ttl = tonumber(ARGV[#ARGV])
+for i, key in ipairs(KEYS) do
+  local seed, held = tonumber(ARGV[i]), redis.call('GET', key)
+  if not held then redis.call('SET', key, seed, 'EX', ttl)
+  elseif tonumber(held) < seed then redis.call('INCRBY', key, seed - tonumber(held)) end
+end
+return 1
+"""
+
 
 @dataclass(frozen=True)
 class Reservation:
@@ -310,6 +322,25 @@ class Limiter:
                 department_micros - reservation.department_micros,
             )
         ]
+
+
+def raise_key_budgets(
+    client, key_id: str, now_ts: float, *, tokens: int | None = None, money_micros: int | None = None
+) -> None:
+    """Raise a key's monthly budget counters (those given) to what it spent this month, as ADMIT raises a
+    team's to its seed: a budget set or changed mid-month starts from the month's spend, not from nothing.
+    Raised, never added to: what the counter counted is among that spend. Called when a budget changes,
+    never per request."""
+    month, month_left = _Month().at(now_ts)
+    counters = [
+        (f"gw:{name}:{key_id}:{month}", spend)  # named as admit names them
+        for name, spend in (("bt", tokens), ("bm", money_micros))
+        if spend is not None
+    ]
+    if counters:
+        client.eval(
+            RAISE, len(counters), *(c for c, _ in counters), *(n for _, n in counters), month_left + 86400
+        )
 
 
 def _limit(value) -> int:

@@ -198,7 +198,7 @@ class UsageEvent(models.Model):
 
 
 class UsageHourly(models.Model):
-    """Hourly rollup of usage events per key and endpoint (the source of charts and statements)."""
+    """Hourly rollup of usage events per key, team and endpoint (the source of charts and statements)."""
 
     hour = models.DateTimeField()
     api_key = models.ForeignKey(ApiKey, null=True, on_delete=models.SET_NULL, related_name="+")
@@ -220,9 +220,10 @@ class UsageHourly(models.Model):
     class Meta:
         ordering = ["-hour"]
         constraints = [
+            # Per team too: the prompt box's calls have no key, and each team sees only its own.
             models.UniqueConstraint(
-                fields=["hour", "api_key", "endpoint", "via"],
-                name="one_rollup_per_hour_key_endpoint_via",
+                fields=["hour", "api_key", "team_id", "endpoint", "via"],
+                name="one_rollup_per_hour_key_team_endpoint_via",
                 nulls_distinct=False,
             ),
         ]

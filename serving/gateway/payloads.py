@@ -33,6 +33,10 @@ COMPLETION_DEFAULT_MAX_TOKENS = 16  # vLLM's CompletionRequest default
 MAX_LOGPROBS = 20  # vLLM's --max-logprobs default
 INT64 = 2**63 - 1
 INT32 = 2**31 - 1
+# The most tokens of each kind a usage event stores (UsageEvent.input_tokens and output_tokens: PostgreSQL
+# integers). A worst case billed for a timed-out request can be more (2,048 prompts of n completions on a
+# long context), and an event past its columns would never be stored: it is billed at this.
+USAGE_TOKENS_MAX = INT32
 
 
 class PayloadError(ValueError):
@@ -91,7 +95,7 @@ def worst_usage(
 ) -> tuple[int, int]:
     """The prompt and completion tokens of ``worst_case``'s bill (per prompt, the costlier of its two
     points, by money where priced, else by tokens): what a request is billed when an engine had it and what
-    it produced is not known (forwarding.py: it did not answer in time)."""
+    it produced is not known (forwarding.py: it did not answer in time). Each at most USAGE_TOKENS_MAX."""
     length = max_model_len
     per_choice = length if shape.per_choice is None else min(shape.per_choice, length)
     n = shape.choices
@@ -111,7 +115,7 @@ def worst_usage(
         prompt, completion = (
             (prompt + low, completion + out_low) if at_low else (prompt + top, completion + out_top)
         )
-    return prompt, completion
+    return min(prompt, USAGE_TOKENS_MAX), min(completion, USAGE_TOKENS_MAX)
 
 
 # --- Field checks ---------------------------------------------------------------------------------

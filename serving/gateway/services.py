@@ -13,12 +13,15 @@ Who controls spend (capabilities ``apikey.manage`` and ``apikey.limits``):
 from __future__ import annotations
 
 import ipaddress
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import BigIntegerField, Sum
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from portfolio.accounts import gate, secrets_hashing
@@ -26,8 +29,9 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Forbidden, Invalid
-from serving.gateway import keystate
-from serving.gateway.models import ApiKey, KeyPolicy
+from serving.gateway import keystate, limits
+from serving.gateway.audio import AUDIO_TOKENS_PER_SECOND
+from serving.gateway.models import ApiKey, KeyPolicy, UsageEvent
 from serving.models import Endpoint
 
 KEY_PREFIX = "slm"
@@ -45,6 +49,7 @@ LIMIT_LABELS = {
     "monthly_token_budget": "tokens per month",
     "monthly_budget": "money per month",
 }
+MICROS = Decimal(1_000_000)  # money in the gateway's counters: micro-units
 MAX_SCOPES = 100
 MAX_ALLOWED_IPS = 100
 # The furthest a key's expiry may be set: ten years (no expiry at all is the empty value).
@@ -299,8 +304,32 @@ def update_key(
     if changed:
         key.save(update_fields=changed)
         audit.record(actor, "apikey.update", key, before=before, after=key.snapshot())
+        if {"monthly_token_budget", "monthly_budget"} & set(changed):
+            _raise_budget_counters(key)
         transaction.on_commit(lambda: keystate.invalidate(key.key_id))
     return key
+
+
+def _raise_budget_counters(key: ApiKey) -> None:
+    """Start the gateway's counters of the key's monthly budgets from its usage this month, as a team's hard
+    limit starts from the month's spend (billing.budgets.set_budget): a budget set mid-month must not
+    forget what the key already spent. Written before the commit, as a revocation is: a counter only ever
+    rises to what was spent, so a rolled-back change leaves nothing wrong."""
+    now = time.time()
+    start = datetime.fromtimestamp(now, UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    # As the gateway counts a call against the token budget: its tokens and its audio's (audio.audio_tokens).
+    audio = (Cast("audio_ms", BigIntegerField()) * AUDIO_TOKENS_PER_SECOND + 999) / 1000
+    spent = UsageEvent.objects.filter(api_key=key, at__gte=start).aggregate(
+        input=Sum("input_tokens"), output=Sum("output_tokens"), audio=Sum(audio), cost=Sum("cost")
+    )
+    tokens = sum(spent[name] or 0 for name in ("input", "output", "audio"))
+    limits.raise_key_budgets(
+        keystate.client(),
+        key.key_id,
+        now,
+        tokens=tokens if key.monthly_token_budget is not None else None,
+        money_micros=int((spent["cost"] or 0) * MICROS) if key.monthly_budget is not None else None,
+    )
 
 
 @transaction.atomic

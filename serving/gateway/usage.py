@@ -26,10 +26,11 @@ import logging
 import socket
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import cache
 from typing import cast
 
 import orjson
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.db.models import Max
 
 from portfolio.billing import meters
@@ -69,7 +70,7 @@ def _event(fields: dict) -> dict:
     """A stream entry (one field ``e``: the event as JSON, see events.usage_event) as a row to insert, by
     column; numbers are checked here, so a malformed entry is set aside alone, not with its whole batch."""
     e = orjson.loads(fields[b"e"])
-    return {
+    row = {
         "event_id": str(e["id"]),
         "at": datetime.fromtimestamp(float(e["at"]), UTC),
         "api_key_id": _id(e["key"]),
@@ -96,10 +97,40 @@ def _event(fields: dict) -> dict:
         "error": str(e["error"]),
         "cost": Decimal(int(e["cost_micros"])) / Decimal(1_000_000),
     }
+    return _fitting(row)
 
 
 def _id(value) -> int | None:
     return int(value) if value else None
+
+
+def _fitting(row: dict) -> dict:
+    """``row``, if every value fits its column: COPY refuses the whole batch for one that does not (a number
+    past an integer column, say), which would then be claimed again and refused for ever."""
+    for column, low, high in _ranges():
+        value = row[column]
+        if value is not None and not low <= value <= high:
+            raise ValueError(f"{column}: {value} is outside its column's range, {low} to {high}")
+    return row
+
+
+@cache
+def _ranges() -> list[tuple[str, int | Decimal, int | Decimal]]:
+    """(column, least, most) of each number column of the events table, as the model declares them."""
+    ranges: list[tuple[str, int | Decimal, int | Decimal]] = []
+    for f in UsageEvent._meta.concrete_fields:
+        column, target = f.column, getattr(f, "target_field", f)  # a key's id: as the key's primary key
+        if not column or f.primary_key:
+            continue
+        if isinstance(target, models.DecimalField):
+            most = (
+                Decimal(10) ** (target.max_digits - target.decimal_places)
+                - Decimal(10) ** -target.decimal_places
+            )
+            ranges.append((column, -most, most))
+        elif isinstance(target, models.IntegerField):
+            ranges.append((column, *connection.ops.integer_field_range(target.get_internal_type())))
+    return ranges
 
 
 INCOMING = "usage_incoming"  # a temporary table of the session: a batch, copied in, before it is inserted
@@ -141,9 +172,13 @@ def flush(batch: int = 2000, consumer: str | None = None) -> int:
         try:
             events.append(_event(fields))
         except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
-            # One unreadable entry must not hold up every later one: set it aside, whole, for a person to see.
+            # One unreadable entry (or one past its columns) must not hold up every later one: set it aside,
+            # whole, for a person to see.
             logger.error(
-                "usage: stream entry %s is not a usage event (%r); moved to %s", entry_id, exc, DEAD_LETTERS
+                "usage: stream entry %s is not a usage event that can be stored (%r); moved to %s",
+                entry_id,
+                exc,
+                DEAD_LETTERS,
             )
             client.xadd(DEAD_LETTERS, {**fields, b"unreadable": repr(exc).encode()})
     with transaction.atomic():
@@ -198,21 +233,22 @@ def _read(client, consumer: str | None, batch: int) -> list[tuple[bytes, dict | 
     return entries
 
 
+# Grouped by team as well as key: the prompt box's events have no key, and a team sees only its own rows.
 ROLLUP_SQL = """
 INSERT INTO gateway_usagehourly (hour, api_key_id, team_id, department_id, endpoint, via, requests, errors,
     input_tokens, output_tokens, audio_ms, latency_ms_sum, latency_p50_ms, latency_p95_ms, cost)
-SELECT date_trunc('hour', at) AS hour, api_key_id, max(team_id), max(department_id), endpoint, via, count(*),
+SELECT date_trunc('hour', at) AS hour, api_key_id, team_id, max(department_id), endpoint, via, count(*),
     count(*) FILTER (WHERE status >= 400), sum(input_tokens), sum(output_tokens), sum(audio_ms), sum(latency_ms),
     percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms), percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms),
     sum(cost)
 FROM gateway_usageevent
 WHERE at >= %s AND at < %s
-GROUP BY 1, api_key_id, endpoint, via
-ON CONFLICT (hour, api_key_id, endpoint, via) DO UPDATE SET
+GROUP BY 1, api_key_id, team_id, endpoint, via
+ON CONFLICT (hour, api_key_id, team_id, endpoint, via) DO UPDATE SET
     requests = EXCLUDED.requests, errors = EXCLUDED.errors, input_tokens = EXCLUDED.input_tokens,
     output_tokens = EXCLUDED.output_tokens, audio_ms = EXCLUDED.audio_ms, latency_ms_sum = EXCLUDED.latency_ms_sum,
     latency_p50_ms = EXCLUDED.latency_p50_ms, latency_p95_ms = EXCLUDED.latency_p95_ms, cost = EXCLUDED.cost,
-    team_id = EXCLUDED.team_id, department_id = EXCLUDED.department_id
+    department_id = EXCLUDED.department_id
 """
 
 # Billing's ledger: every event of the span, errors included (they carry the tokens the engine reported).
