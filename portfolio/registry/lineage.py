@@ -31,13 +31,21 @@ def _node(version: ModelVersion) -> Node:
     )
 
 
+MAX_FOREIGN_ADAPTERS = 40
+
+
 def graph_for(model: Model, visible_versions) -> tuple[list[Node], list[Edge]]:
     """The model's versions plus the versions they hang from (other models' bases), as a graph."""
     versions = list(model.versions.select_related("model", "base_version__model", "parent_version__model"))
     nodes = {f"v{v.pk}": _node(v) for v in versions}
     edges: list[Edge] = []
+    # Other models' adapters on these versions: the visible ones only, and at most MAX_FOREIGN_ADAPTERS (an
+    # organisation-wide base may carry hundreds, every one read and drawn on each page of the model).
     foreign_adapters = list(
-        ModelVersion.objects.filter(base_version__in=versions).exclude(model=model).select_related("model")
+        visible_versions.filter(base_version__in=versions)
+        .exclude(model=model)
+        .select_related("model")
+        .order_by("-created_at", "-pk")[:MAX_FOREIGN_ADAPTERS]
     )
     candidates = {v.base_version_id for v in versions} | {v.parent_version_id for v in versions}
     candidates |= {a.pk for a in foreign_adapters}

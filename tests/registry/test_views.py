@@ -428,3 +428,23 @@ def test_compare_shows_how_a_metric_moved(signed_in, org, router):
 def test_compare_of_a_version_of_another_model_is_not_possible(signed_in, org, router):
     response = signed_in(org["viewer"]).get(reverse("model-compare", args=["router"]), {"a": 1, "b": 99})
     assert response.status_code == 200 and "Select a valid choice" in _text(response)
+
+
+def test_a_base_with_many_adapters_lists_some_and_says_how_many_drawing_at_most_40(
+    signed_in, org, router, public_model
+):
+    """Every adapter of every model on a base was read and drawn on each of its pages: an organisation-wide
+    base with hundreds of adapters made pages of hundreds of links and a graph nobody could read."""
+    from portfolio.registry import lineage
+
+    base = router.versions.get(number=1)
+    ModelVersion.objects.bulk_create(
+        ModelVersion(model=public_model, number=n, kind=VersionKind.ADAPTER, base_version=base,
+                     source=Source.LOCAL, status=VersionStatus.READY)
+        for n in range(1, 61)
+    )  # fmt: skip
+    html = _text(signed_in(org["engineer"]).get(reverse("version-detail", args=["router", 1])))
+    adapters = html[html.index("<dt>Adapters</dt>") :].split("</dd>")[0]
+    assert adapters.count("clause-extractor:v") == 50 and "60 in all" in adapters
+    nodes, edges = lineage.graph_for(router, ModelVersion.objects.all())
+    assert sum(1 for edge in edges if edge.relation == "adapter of") == 40

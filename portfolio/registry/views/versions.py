@@ -103,10 +103,9 @@ def _version_page(
             "files": files,
             "base": visible_or_none(actor, version.base_version),
             "parent": visible_or_none(actor, version.parent_version),
-            "adapters": list(visible_versions.filter(base_version=version).order_by("model__name", "number")),
-            "derived": list(
-                visible_versions.filter(parent_version=version).order_by("model__name", "number")
-            ),
+            # At most LISTED of each (an organisation-wide base can carry hundreds), and how many there are.
+            "adapters": _listed(visible_versions.filter(base_version=version)),
+            "derived": _listed(visible_versions.filter(parent_version=version)),
             "lineage": lineage_svg(model, actor, current=version),
             "metrics": _metric_rows(version.metrics or {}),
             # Sanitised by cards.render (raw HTML is never rendered; nh3 cleans the result again).
@@ -264,3 +263,12 @@ def version_merge(request, name: str, number: int):
         success=lambda started: started.message,
         back=reverse("version-detail", kwargs={"name": version.model.name, "number": version.number}),
     )
+
+
+LISTED = 50
+
+
+def _listed(versions) -> dict:
+    """The first LISTED of ``versions`` by model and number, and how many there are in all."""
+    shown = list(versions.select_related("model").order_by("model__name", "number")[:LISTED])
+    return {"shown": shown, "total": versions.count() if len(shown) == LISTED else len(shown)}
