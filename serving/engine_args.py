@@ -7,6 +7,7 @@ can never smuggle a flag (a different host, a chat template from disk, remote co
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,8 @@ def _coerce(name: str, spec: Spec, value):
         if isinstance(value, bool) or not isinstance(value, int):
             raise Invalid(f"engine_args.{name}: expected a whole number.")
     elif spec.kind is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        # NaN and infinity pass every comparison below as false, then break the scheduler's arithmetic.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise Invalid(f"engine_args.{name}: expected a number.")
         value = float(value)
     elif not isinstance(value, str):

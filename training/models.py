@@ -231,6 +231,17 @@ class FineTuneJobQuerySet(TeamScopedQuerySet):
         return self.filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).exclude(gpu_indices=[])
 
 
+def keep_teacher_while_asked(collector, field, sub_objs, using) -> None:
+    """``on_delete`` of a job's teacher endpoint: refused (``ProtectedError``, which the endpoint's deletion
+    turns into a refusal naming the jobs) while a queued or running distillation still asks it; a finished
+    job forgets it (``SET_NULL``): the version it registered keeps the teacher's name in its card and metrics.
+    Named by the migrations: keep it here."""
+    asking = list(sub_objs.filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING]))
+    if asking:
+        raise models.ProtectedError("A queued or running distillation asks this endpoint.", set(asking))
+    models.SET_NULL(collector, field, sub_objs, using)
+
+
 class FineTuneJob(models.Model):
     """Fine-tuning of a base version on a dataset version, run on a node of a pool in a child process."""
 
@@ -248,7 +259,7 @@ class FineTuneJob(models.Model):
     method = models.CharField(max_length=8, choices=Method.choices, default=Method.LORA)
     # Distillation: stage one asks this endpoint (through the gateway) to answer the dataset's prompts.
     teacher_endpoint = models.ForeignKey(
-        "serving.Endpoint", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        "serving.Endpoint", null=True, blank=True, on_delete=keep_teacher_while_asked, related_name="+"
     )
     distilled_dataset_version = models.ForeignKey(
         DatasetVersion,
@@ -315,7 +326,9 @@ class FineTuneJob(models.Model):
 
     @property
     def is_distillation(self) -> bool:
-        return self.teacher_endpoint_id is not None
+        # A finished distillation whose teacher was deleted since still has the dataset its teacher answered
+        # (one that failed before that reads as a fine-tune; the audit row of its start names the teacher).
+        return self.teacher_endpoint_id is not None or self.distilled_dataset_version_id is not None
 
     @property
     def training_data(self) -> DatasetVersion:

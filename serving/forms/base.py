@@ -14,11 +14,10 @@ from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.models import ModelVersion
 from portfolio.templatetags.formatting import human_count
 from serving.engine_args import SPECS
+from serving.services.shared import RESERVED_NAMES
 
 NAME_HELP = "2-63 lower-case letters, digits and dashes."
 NAME_ATTRS = {"autocomplete": "off", "autocapitalize": "none", "spellcheck": "false"}
-# Names that collide with the pages under /pools/, /deployments/ and /endpoints/.
-RESERVED_NAMES = frozenset({"new"})
 ARG_PREFIX = "arg_"
 # A refused engine argument ("engine_args.dtype: ...") goes next to its own field on the form.
 ENGINE_ARG_FIELDS = {f"engine_args.{name}": ARG_PREFIX + name for name in SPECS}

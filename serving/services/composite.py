@@ -288,6 +288,13 @@ def configure_endpoint(
         require_not_called(endpoint, f"make it a {kind}")
         if endpoint.fallback_id:
             raise _invalid("kind", "a composite endpoint has no fallback; remove it first.")
+        falling_back = sorted(Endpoint.objects.filter(fallback=endpoint).values_list("name", flat=True))
+        if falling_back:
+            raise Conflict(
+                f"{', '.join(falling_back)} {'fall' if len(falling_back) > 1 else 'falls'} back to "
+                f"{endpoint.name}, and a fallback is a plain endpoint; change "
+                f"{'their' if len(falling_back) > 1 else 'its'} fallback first, then make it a {kind}."
+            )
     elif not endpoint.routes.exists():
         raise _invalid("kind", "a plain endpoint needs routes: set them (PUT .../routes) and then the kind.")
     before = endpoint.snapshot()

@@ -19,8 +19,9 @@ from portfolio.registry.models import ModelVersion
 from serving import engine_args, scheduler
 from serving.capacity import pool_capacity
 from serving.choices import DesiredState, UpdateStrategy
-from serving.models import ComputePool, Deployment, DeploymentAdapter, DeploymentEvent
+from serving.models import ComputePool, Deployment, DeploymentAdapter, DeploymentEvent, Endpoint
 from serving.reconcile import surges
+from serving.services.route_kinds import require_one_kind
 from serving.services.shared import _after_commit_reconcile, _check_name
 from serving.services.sharing import require_pool_open_to, require_usable_by
 
@@ -53,6 +54,22 @@ def _fits_model(version: ModelVersion, args: dict) -> None:
             "engine_args.enable_lora: adapters are served on chat and completion models, not on an "
             "embedding model."
         )
+
+
+def _rank(adapter: ModelVersion) -> int | None:
+    """The LoRA rank an adapter was trained with, as its registration recorded it."""
+    return (adapter.metrics.get("adapter") or {}).get("r")
+
+
+def _fits_adapters(deployment: Deployment, args: dict) -> None:
+    """Refuse engine arguments its adapters cannot be loaded with: its replicas would fail to start, again."""
+    for attached in deployment.adapters.select_related("version__model").order_by("name"):
+        rank = _rank(attached.version)
+        if rank and rank > args["max_lora_rank"]:
+            raise Invalid(
+                f"engine_args.max_lora_rank: {args['max_lora_rank']} is below the rank of its adapter "
+                f"{attached.name} ({attached.version.label}, rank {rank}); remove the adapter first."
+            )
 
 
 def _lock_version(version: ModelVersion, *others: int) -> None:
@@ -187,9 +204,19 @@ def restart(
                 "Its adapters were trained on the current base; remove them before changing version."
             )
         deployment.version = version
+        for endpoint in Endpoint.objects.filter(routes__deployment=deployment).distinct():
+            others = Deployment.objects.filter(routes__endpoint=endpoint).exclude(pk=deployment.pk).distinct()
+            require_one_kind(
+                [deployment, *others.select_related("version__model")],
+                field="version",
+                endpoint=endpoint.name,
+            )
     if args is not None:
         deployment.engine_args = args
-    _fits_model(deployment.version, engine_args.for_deployment(deployment))
+    resolved = engine_args.for_deployment(deployment)
+    _fits_model(deployment.version, resolved)
+    if args is not None:
+        _fits_adapters(deployment, resolved)
     if deployment.replicas:
         _may_start_replicas(deployment)  # a rolling restart starts new replicas, maybe larger ones
     deployment.generation += 1
@@ -289,11 +316,13 @@ def add_adapter(
     if deployment.version.model.task == Task.EMBEDDING:
         raise Invalid("Adapters are served on chat and completion models, not on an embedding model.")
     args = engine_args.for_deployment(deployment)
-    rank = (adapter.metrics.get("adapter") or {}).get("r")
+    rank = _rank(adapter)
     if rank and rank > args["max_lora_rank"]:
         raise Invalid(
             f"{adapter.label} has rank {rank}; the deployment allows up to max_lora_rank={args['max_lora_rank']}."
         )
+    if not args["enable_lora"] and deployment.replicas:
+        _may_start_replicas(deployment)  # turning LoRA on rolls every replica: new ones start
     # Model names may hold dots and underscores, which deployment-scoped names do not.
     default = re.sub(r"[^a-z0-9-]+", "-", f"{deployment.name}-{adapter.model.name}-v{adapter.number}")
     name = _check_name(name or default[:63].rstrip("-"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 from django.db import IntegrityError, transaction
+from django.db.models import ProtectedError
 
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
@@ -14,9 +15,9 @@ from portfolio.accounts.models import Department, Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid, NotFound
 from serving.choices import RolloutState
-from serving.gateway.routing import SERVES
 from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, EndpointShare
 from serving.services import composite
+from serving.services.route_kinds import require_one_kind
 from serving.services.shared import _check_name
 
 MAX_ROUTES = 64  # weighted routes of one endpoint (the page's form offers 32)
@@ -52,12 +53,7 @@ def _routes(
         resolved.append((deployment, adapter, weight))
     if not any(weight for _, _, weight in resolved):
         raise Invalid("routes: at least one route needs a weight above 0.")
-    # One endpoint, one kind of call: the gateway picks a route by weight after checking the call's route
-    # (chat, embeddings, audio, rerank) against the endpoint's models.
-    kinds = {SERVES.get(deployment.version.model.task, "text"): deployment for deployment, _, _ in resolved}
-    if len(kinds) > 1:
-        named = ", ".join(f"{d.name} ({kind})" for kind, d in sorted(kinds.items()))
-        raise Invalid(f"routes: an endpoint's deployments must all serve one kind of model; got {named}.")
+    require_one_kind(deployment for deployment, _, _ in resolved)
     return resolved
 
 
@@ -230,8 +226,19 @@ def delete_endpoint(*, actor: Actor, endpoint: Endpoint) -> None:
             f"{endpoint.name} judges the rollout under way on {judged.endpoint.name}; let it finish or abort it "
             "first, then delete it."
         )
+    # Deleting it would quietly take their fallback away (SET_NULL), with no audit row for them.
+    falling_back = sorted(Endpoint.objects.filter(fallback=endpoint).values_list("name", flat=True))
+    if falling_back:
+        raise Conflict(
+            f"{', '.join(falling_back)} {'fall' if len(falling_back) > 1 else 'falls'} back to {endpoint.name}; "
+            f"change {'their' if len(falling_back) > 1 else 'its'} fallback first, then delete it."
+        )
     audit.record(actor, "endpoint.delete", endpoint, before=endpoint.snapshot())
-    endpoint.delete()
+    try:
+        endpoint.delete()
+    except ProtectedError as exc:  # rows of other apps that still need it (a distillation asking its teacher)
+        users = ", ".join(sorted(str(row) for row in exc.protected_objects))
+        raise Conflict(f"{endpoint.name} is in use by {users}; delete it once that has finished.") from None
 
 
 def _share_target(

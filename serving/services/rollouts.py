@@ -23,6 +23,7 @@ from portfolio.errors import Conflict, DomainError, Forbidden, Invalid
 from serving import rollout_judge
 from serving.choices import RolloutState
 from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, Rollout
+from serving.services.route_kinds import require_one_kind
 
 if TYPE_CHECKING:
     from portfolio.registry.models import ModelVersion
@@ -70,6 +71,9 @@ def _candidate(
             "deployment: an endpoint routes to its own team's deployments only.",
             fields={"deployment": ["Choose a deployment of the endpoint's team."]},
         )
+    # A canary of another kind of model would have the gateway refuse the endpoint's calls.
+    routed = [r.deployment for r in endpoint.routes.select_related("deployment__version__model")]
+    require_one_kind([*routed, target], field="deployment", endpoint=endpoint.name)
     if not adapter:
         return target, None
     attached = target.adapters.filter(name=adapter).first() if len(adapter) <= 63 else None

@@ -6,6 +6,9 @@ from django.db import transaction
 
 from portfolio.errors import Invalid
 
+# Names that collide with the pages under /pools/, /deployments/ and /endpoints/ ("new" is the create form).
+RESERVED_NAMES = frozenset({"new"})
+
 
 def _check_name(name: str, field: str = "name") -> str:
     from django.core.exceptions import ValidationError
@@ -16,6 +19,8 @@ def _check_name(name: str, field: str = "name") -> str:
         name_validator(name)
     except ValidationError as exc:
         raise Invalid(f"{field}: {exc.messages[0]}") from None
+    if name in RESERVED_NAMES:
+        raise Invalid(f"{field}: {name!r} is reserved by the web UI; choose another name.")
     return name
 
 
