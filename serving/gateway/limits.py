@@ -17,6 +17,7 @@ time), as this script runs on every request (benchmarks/README.md, "Where the re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from dataclasses import dataclass
@@ -89,6 +90,22 @@ end
 add(KEYS[2], tokens)
 add(KEYS[3], tokens)
 add(KEYS[4], money)
+add(KEYS[5], tonumber(ARGV[4]))
+add(KEYS[6], tonumber(ARGV[5]))
+return 1
+"""
+
+# An admission whose reply was lost (the connection dropped, the reply late past the pipe's watchdog) may
+# have reserved or not: its in-flight entry says which. KEYS as SETTLE's; ARGV: the entry's field, then the
+# amounts to give back (negative). Only a reservation still entered is given back, and only once.
+RELEASE = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+local function add(key, amount)
+  if key ~= 'gw:-' and amount ~= 0 and redis.call('EXISTS', key) == 1 then redis.call('INCRBY', key, amount) end
+end
+add(KEYS[2], tonumber(ARGV[2]))
+add(KEYS[3], tonumber(ARGV[2]))
+add(KEYS[4], tonumber(ARGV[3]))
 add(KEYS[5], tonumber(ARGV[4]))
 add(KEYS[6], tonumber(ARGV[5]))
 return 1
@@ -264,9 +281,16 @@ class Limiter:
             team_spend,
             dept_spend,
         )
-        (reply,) = await self.pipe.execute(("EVALSHA", ADMIT_SHA, *keys_and_args))
-        if unknown_script(reply):
-            (reply,) = await self.pipe.execute(("EVAL", ADMIT, *keys_and_args))  # loads it for next time
+        try:
+            (reply,) = await self.pipe.execute(("EVALSHA", ADMIT_SHA, *keys_and_args))
+            if unknown_script(reply):
+                (reply,) = await self.pipe.execute(("EVAL", ADMIT, *keys_and_args))  # loads it for next time
+        except Exception:
+            if field:  # the script may have run: what it reserved must not stay held until this process ends
+                ledger_key = ledger or "gw:-"
+                keys = (tpm_key, token_key, money_key, team_key, dept_key)
+                await self._release(ledger_key, field, keys, tokens, money_micros, team_spend, dept_spend)
+            raise
         if isinstance(reply, Exception):
             raise reply
         reason, retry, remaining = reply
@@ -288,6 +312,16 @@ class Limiter:
                 dept_spend,
             ),
         )
+
+    async def _release(self, ledger: str, field: str, keys: tuple, tokens, money, team, department) -> None:
+        """Give back an admission's reservation if its script ran (see RELEASE); best effort: with Redis
+        out of reach too, the entry stays, and the in-flight reaper settles it when this process ends."""
+        tpm_key, token_key, money_key, team_key, dept_key = (k or "gw:-" for k in keys)
+        with contextlib.suppress(Exception):  # the admission's own error is the one raised
+            await self.pipe.execute(
+                ("EVAL", RELEASE, 6, ledger, tpm_key, token_key, money_key, team_key, dept_key,
+                 field, -tokens, -money, -team, -department)
+            )  # fmt: skip
 
     def settle(
         self,
