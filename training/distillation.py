@@ -15,12 +15,16 @@ from django.utils import timezone
 from portfolio.accounts.actor import Actor
 from serving.gateway import services as key_services
 from serving.models import Endpoint
+from serving.services import composite
 from training import ingest, services
+from training.choices import DatasetKind
+from training.defaults import Hyperparameters
 from training.evals.gateway import KeyedClient
 from training.evaluation import prompt_messages
 from training.models import Dataset, DatasetVersion, FineTuneJob
 
 SYSTEM = Actor.for_system("training.distillation")
+ANSWERS_SUFFIX = "-distilled"
 
 
 def teacher_of(job: FineTuneJob) -> Endpoint:
@@ -43,25 +47,34 @@ def revoke_teacher_keys(job: FineTuneJob) -> int:
     )
 
 
+def answer_tokens(job: FineTuneJob) -> int:
+    """The most tokens the teacher may answer with: the job's ``max_length``, all a training row holds (the
+    prompt's share of it is counted by the student's tokenizer, not known in stage one). A longer answer
+    could not be trained on whole in any row."""
+    return int(job.hyperparameters.get("max_length") or Hyperparameters.max_length)
+
+
 def ask_teacher(
     job: FineTuneJob,
     rows: list[dict],
     *,
-    max_tokens: int = 256,
     on_progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> list[dict]:
     endpoint = teacher_of(job)
+    answers_dataset(job)  # one the answers cannot go to is refused before the first (billed) call
+    max_tokens = answer_tokens(job)
     revoke_teacher_keys(job)  # an earlier attempt's, killed before it could
     with transaction.atomic():
         key, secret = key_services.create_key(
             actor=SYSTEM,
             team=job.owner_team,
             name=teacher_key_name(job.pk),
-            scopes=[endpoint.name],
+            # A composite teacher (router, cascade, vote) calls other endpoints: the gateway checks every hop.
+            scopes=[endpoint.name, *composite.hop_names(endpoint)],
             service=True,
             expires_at=timezone.now() + key_services.SERVICE_KEY_LIFETIME,
         )
-    answered = []
+    answered, cut = [], []
     try:
         with KeyedClient(
             base_url=settings.GATEWAY_INTERNAL_URL,
@@ -87,8 +100,12 @@ def ask_teacher(
                     raise ValueError(
                         f"The teacher {endpoint.name} answered {response.status_code}: {response.text[:300]}"
                     )
-                answer = response.json()["choices"][0]["message"]["content"] or ""
-                if answer.strip():
+                choice = response.json()["choices"][0]
+                answer = choice["message"]["content"] or ""
+                if choice.get("finish_reason") == "length":
+                    # Cut mid-answer: the student would learn to stop there. Left out, never trained on.
+                    cut.append(index)
+                elif answer.strip():
                     answered.append(
                         {"messages": [*messages, {"role": "assistant", "content": answer.strip()}]}
                     )
@@ -96,18 +113,50 @@ def ask_teacher(
     finally:
         with transaction.atomic():
             key_services.revoke_key(actor=SYSTEM, key=key)
+    if cut:
+        shown = ", ".join(str(index) for index in cut[:20]) + (" ..." if len(cut) > 20 else "")
+        print(
+            f"{len(cut)} answers cut at {max_tokens} tokens (max_length) left out: rows {shown}", flush=True
+        )
+    if not answered:
+        raise ValueError(
+            f"The teacher {endpoint.name} answered none of the {len(rows)} prompts whole ({len(cut)} answers were "
+            f"cut at {max_tokens} tokens): raise hyperparameters.max_length, or ask for shorter answers."
+        )
     return answered
+
+
+def answers_dataset_name(source_name: str) -> str:
+    """``<source>-distilled``, the source's name cut to fit 80 characters: never the source's own name (its
+    answers would become a version of the prompts)."""
+    name = source_name[: 80 - len(ANSWERS_SUFFIX)] + ANSWERS_SUFFIX
+    if name == source_name:  # an 80-character "<...>-distilled" source, cut back to itself
+        name = source_name[: 79 - len(ANSWERS_SUFFIX)] + ANSWERS_SUFFIX
+    return name
+
+
+def answers_dataset(job: FineTuneJob) -> Dataset | None:
+    """The team's dataset the answers become a version of, if it exists; one of another kind is refused
+    (chat answers would fail its ingest, after every call was billed)."""
+    name = answers_dataset_name(job.dataset_version.dataset.name)
+    dataset = Dataset.objects.filter(owner_team=job.owner_team, name=name).first()
+    if dataset is not None and dataset.kind != DatasetKind.CHAT:
+        raise ValueError(
+            f"The teacher's answers go to the dataset {name}, which holds {dataset.kind} rows, not chat: "
+            "rename it, or distill from a copy of the prompts under another name."
+        )
+    return dataset
 
 
 def record_answers(job: FineTuneJob, rows: list[dict]) -> DatasetVersion:
     """The teacher's answers as a version of the dataset ``<source>-distilled`` (lineage in its description)."""
     source, teacher = job.dataset_version, teacher_of(job)
-    name = f"{source.dataset.name}-distilled"[:80]
-    dataset = Dataset.objects.filter(owner_team=job.owner_team, name=name).first() or services.create_dataset(
+    name = answers_dataset_name(source.dataset.name)
+    dataset = answers_dataset(job) or services.create_dataset(
         actor=SYSTEM,
         owner_team=job.owner_team,
         name=name,
-        kind="chat",
+        kind=DatasetKind.CHAT,
         description=f"Answers of the teacher endpoint {teacher.name} to the prompts of "
         f"{source.dataset.name} v{source.number} (distillation job #{job.pk}).",
     )

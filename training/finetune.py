@@ -285,6 +285,8 @@ def cancel_job(*, actor: Actor, job: FineTuneJob) -> FineTuneJob:
         job.save(update_fields=["status", "finished_at", "status_detail"])
         # Queued again after a lost attempt, it may hold a checkpoint: deleted once the cancel commits.
         transaction.on_commit(partial(drop_checkpoint, job.pk))
+        # And the teacher key a killed stage-one attempt left: ``finish`` revokes it only from running.
+        distillation.revoke_teacher_keys(job)
     else:
         job.cancel_requested = True
         job.save(update_fields=["cancel_requested"])

@@ -14,7 +14,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict
 from serving.choices import NodeState
-from training import finetune, metering
+from training import distillation, finetune, metering
 from training.choices import JobStatus
 from training.models import FineTuneJob
 
@@ -91,6 +91,7 @@ def _fail_queued_on_lost_nodes() -> int:
             ):
                 job.refresh_from_db()
                 audit.record(Actor.for_system("training"), "training.job_failed", job, after=job.snapshot())
+                distillation.revoke_teacher_keys(job)  # a killed stage-one attempt's, as ``finish`` does
                 failed += 1
         finetune.drop_checkpoint(job.pk)  # a job requeued from a checkpoint, then its new node lost
     return failed

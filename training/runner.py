@@ -161,6 +161,9 @@ def run(job_id: int) -> int:
             def asked(done: int, total: int) -> None:
                 detail = f"Stage 1: {job.teacher_endpoint.name} answered {done}/{total} prompts."
                 _write(jobs, heartbeat_at=timezone.now(), status_detail=detail)
+                # Each prompt is a billed call: a cancel stops them here, watched by its node's task or not.
+                if FineTuneJob.objects.filter(pk=job_id, cancel_requested=True).exists():
+                    raise Cancelled()
 
             answered = distillation.ask_teacher(
                 job, _rows(prompts.train) + _rows(prompts.eval), on_progress=asked
@@ -293,7 +296,12 @@ def run(job_id: int) -> int:
         print(f"attempt {job.attempt}: the job no longer runs as this attempt; stopping", flush=True)
         return 4
     except Cancelled:
-        finetune.finish(job_id, JobStatus.CANCELLED, "Cancelled while training.", attempt=job.attempt)
+        stage = (
+            "asking the teacher"
+            if job.is_distillation and job.distilled_dataset_version is None
+            else "training"
+        )
+        finetune.finish(job_id, JobStatus.CANCELLED, f"Cancelled while {stage}.", attempt=job.attempt)
         return 3
     except DomainError as exc:  # a refusal said to people (the base withdrawn while it trained)
         finetune.finish(job_id, JobStatus.FAILED, exc.message, attempt=job.attempt)
