@@ -34,16 +34,16 @@ run: venv engine
 # Tests run on PostgreSQL: DATABASE_URL if set, otherwise an embedded server under .portfolio-test/.
 # The embedded servers the checks start are stopped however they end: `make test` leaves nothing running.
 TEST_DATA := $(CURDIR)/.portfolio-test
-STOP_TEST_SERVERS := $(BIN)/python -c "import sys; from pathlib import Path; from portfolio import embedded; embedded.stop_all(Path(sys.argv[1]))" $(TEST_DATA)
+STOP_TEST_SERVERS := $(BIN)/python -c "import sys; from pathlib import Path; from portfolio import embedded; embedded.stop_all(Path(sys.argv[1]))" "$(TEST_DATA)"
 
 test: venv engine browser speech shellcheck oidc-provider
 	@trap '$(STOP_TEST_SERVERS)' EXIT; set -ex; \
 	$(BIN)/ruff check .; \
 	$(BIN)/ruff format --check .; \
-	PORTFOLIO_DATA_DIR=$(TEST_DATA) $(BIN)/mypy; \
-	PORTFOLIO_DATA_DIR=$(TEST_DATA) $(BIN)/python manage.py check; \
-	PORTFOLIO_DATA_DIR=$(TEST_DATA) $(BIN)/python manage.py makemigrations --check --dry-run; \
-	PORTFOLIO_DATA_DIR=$(TEST_DATA) $(BIN)/pytest
+	PORTFOLIO_DATA_DIR="$(TEST_DATA)" $(BIN)/mypy; \
+	PORTFOLIO_DATA_DIR="$(TEST_DATA)" $(BIN)/python manage.py check; \
+	PORTFOLIO_DATA_DIR="$(TEST_DATA)" $(BIN)/python manage.py makemigrations --check --dry-run; \
+	PORTFOLIO_DATA_DIR="$(TEST_DATA)" $(BIN)/pytest
 
 # Debian's Chromium for the browser tests (Playwright's own browser download cannot run offline).
 browser:
@@ -127,8 +127,8 @@ BENCH_BILLING_DATA := $(CURDIR)/.portfolio-bench-billing
 
 .PHONY: bench-billing
 bench-billing: venv
-	@trap '$(BIN)/python -c "import sys; from pathlib import Path; from portfolio import embedded; embedded.stop_all(Path(sys.argv[1]))" $(BENCH_BILLING_DATA)' EXIT; \
-	PORTFOLIO_DATA_DIR=$(BENCH_BILLING_DATA) $(BIN)/python -m benchmarks.billing.run $(ARGS)
+	@trap '$(BIN)/python -c "import sys; from pathlib import Path; from portfolio import embedded; embedded.stop_all(Path(sys.argv[1]))" "$(BENCH_BILLING_DATA)"' EXIT; \
+	PORTFOLIO_DATA_DIR="$(BENCH_BILLING_DATA)" $(BIN)/python -m benchmarks.billing.run $(ARGS)
 
 # The thesis, measured in the product: on the demo ticket-routing task, the base SmolLM2-135M, its LoRA
 # adapter trained with the default hyperparameters and Gemma 3 270M few-shot, scored through the gateway
@@ -137,8 +137,8 @@ BENCH_PORTFOLIO_DATA := $(CURDIR)/.portfolio-bench-portfolio
 
 .PHONY: bench-portfolio
 bench-portfolio: venv engine
-	@trap '$(BIN)/python -c "import sys; from pathlib import Path; from portfolio import embedded; embedded.stop_all(Path(sys.argv[1]))" $(BENCH_PORTFOLIO_DATA)' EXIT; \
-	PORTFOLIO_DATA_DIR=$(BENCH_PORTFOLIO_DATA) $(BIN)/python -m benchmarks.portfolio.run $(ARGS)
+	@trap '$(BIN)/python -c "import sys; from pathlib import Path; from portfolio import embedded; embedded.stop_all(Path(sys.argv[1]))" "$(BENCH_PORTFOLIO_DATA)"' EXIT; \
+	PORTFOLIO_DATA_DIR="$(BENCH_PORTFOLIO_DATA)" $(BIN)/python -m benchmarks.portfolio.run $(ARGS)
 
 # The fine-tune defaults on the demo task over three seeds, beside a common fixed recipe: held-out accuracy and
 # training seconds, in this process (no services); writes benchmarks/results/training_defaults.json. ~10 minutes.
@@ -155,5 +155,5 @@ BENCH_SERVING_DATA := $(CURDIR)/.portfolio-bench-serving
 
 .PHONY: bench-serving
 bench-serving: venv engine
-	@trap '$(BIN)/python -c "import sys; from pathlib import Path; from portfolio import embedded; embedded.stop_all(Path(sys.argv[1]))" $(BENCH_SERVING_DATA)' EXIT; \
-	PORTFOLIO_DATA_DIR=$(BENCH_SERVING_DATA) $(BIN)/python -m benchmarks.serving.run $(ARGS)
+	@trap '$(BIN)/python -c "import sys; from pathlib import Path; from portfolio import embedded; embedded.stop_all(Path(sys.argv[1]))" "$(BENCH_SERVING_DATA)"' EXIT; \
+	PORTFOLIO_DATA_DIR="$(BENCH_SERVING_DATA)" $(BIN)/python -m benchmarks.serving.run $(ARGS)

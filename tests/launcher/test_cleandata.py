@@ -27,6 +27,7 @@ def data_dir(monkeypatch, tmp_path):
     folder = (tmp_path / "data").resolve()
     folder.mkdir()
     (folder / "pgdata").mkdir()
+    (folder / "run.lock").touch()  # what `make run` writes first: a folder of this platform's
     monkeypatch.setenv("PORTFOLIO_DATA_DIR", str(folder))
     return folder
 
@@ -102,6 +103,7 @@ def test_engines_and_trainers_a_crashed_run_left_are_stopped_then_the_folder_is_
 
 def test_a_folder_that_does_not_exist_is_nothing_to_clean(data_dir, capsys):
     (data_dir / "pgdata").rmdir()
+    (data_dir / "run.lock").unlink()
     data_dir.rmdir()
     assert _clean() == 0
     assert "nothing to clean" in capsys.readouterr().out

@@ -85,6 +85,14 @@ class Command(BaseCommand):
             replicas=1,
             args={"max_model_len": 2048, "enable_lora": True, "max_loras": 4, "max_lora_rank": 16},
         )
+        if deployment.replicas == 0:
+            # Scaled to zero since (by a person, or a stopped demo): waiting for a replica would be waiting
+            # --wait-ready seconds for nothing. One replica again, through the service (audited).
+            try:
+                deployment = services.scale(actor=actor, deployment=deployment, replicas=1)
+            except DomainError as exc:
+                raise CommandError(f"The demo deployment has no replica and cannot get one: {exc}") from exc
+            self.stdout.write(f"Demo deployment {deployment.name} had no replica: scaled to one.")
         endpoint = Endpoint.objects.filter(name=DEMO_ENDPOINT).first() or services.create_endpoint(
             actor=actor,
             name=DEMO_ENDPOINT,

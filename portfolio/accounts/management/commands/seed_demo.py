@@ -12,10 +12,16 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         actor = Actor.for_system("demo")
-        department = Department.objects.filter(cost_center="CC-DEMO").first() or services.create_department(
-            actor=actor, name="Demo Department", cost_center="CC-DEMO"
+        # Found through the demo team first: an admin may have changed its department's cost centre (or name),
+        # and a second "Demo Department" would be refused (names are unique) on every later `make run`.
+        team = Team.objects.select_related("department").filter(slug="demo").first()
+        department = (
+            (team.department if team else None)
+            or Department.objects.filter(cost_center="CC-DEMO").first()
+            or Department.objects.filter(name="Demo Department").first()
+            or services.create_department(actor=actor, name="Demo Department", cost_center="CC-DEMO")
         )
-        team = Team.objects.filter(slug="demo").first() or services.create_team(
+        team = team or services.create_team(
             actor=actor,
             department=department,
             name="Demo team",
