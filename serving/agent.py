@@ -160,8 +160,15 @@ def _set(replica: Replica, **fields) -> None:
 def _taken_by_another(replica: Replica) -> bool:
     """Whether the engine's pid now names a live process that is not that engine (the number reused since it
     exited): its process group is another's, perhaps another replica's engine, and must not be killed."""
-    # find first: it reaps the engine's own zombie, which would otherwise pass for a live process.
-    return processes.find(replica.pid, replica.pk) is None and psutil.pid_exists(replica.pid)
+    # find first: it reaps the engine's own zombie, when this process started the engine.
+    if processes.find(replica.pid, replica.pk) is not None:
+        return False
+    try:
+        # A zombie is the dead engine still: another agent process started it and has not reaped it, and a
+        # pid is not reused before it is. Its group is the engine's: what is left of it must be stopped.
+        return psutil.Process(replica.pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _start(replica: Replica, node: Node, lock: Lease | None = None) -> None:

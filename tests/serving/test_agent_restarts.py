@@ -102,3 +102,46 @@ def test_an_engine_whose_pid_was_reused_has_nothing_of_the_new_owner_killed(engi
     finally:
         other.kill()
         other.wait()
+
+
+def test_an_engine_another_process_started_and_did_not_reap_has_what_is_left_of_its_group_stopped(
+    engines, replica, tmp_path
+):
+    """The reconcile runs in any of the agent's processes, and only the one that started an engine can reap
+    it: a crashed engine stayed a zombie, which passed for a process that had taken its pid, and the rest of
+    its group (a resource tracker, a worker) was left running for good after every crash."""
+    import contextlib
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    pids = tmp_path / "pids"
+    engine = f"import subprocess, time; open({str(pids)!r}, 'w').write(str(subprocess.Popen(['sleep', '60']).pid)); time.sleep(0.3)"
+    starter = subprocess.Popen(  # an agent process: starts the engine, then never waits for it
+        [sys.executable, "-c", f"import subprocess, sys, time; print(subprocess.Popen([sys.executable, '-c', {engine!r}], start_new_session=True).pid, flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        engine_pid = int(starter.stdout.readline())
+        deadline = time.monotonic() + 20
+        while (
+            not (pids.exists() and pids.read_text())
+            or psutil.Process(engine_pid).status() != psutil.STATUS_ZOMBIE
+        ):
+            assert time.monotonic() < deadline, "the engine did not exit"
+            time.sleep(0.05)
+        left = psutil.Process(int(pids.read_text()))
+        Replica.objects.filter(pk=replica.pk).update(state=ReplicaState.READY, pid=engine_pid)
+        agent.reconcile_node("keys-node")
+        replica.refresh_from_db()
+        assert replica.state == ReplicaState.BACKOFF
+        left.wait(timeout=10)  # raises TimeoutExpired if the rest of the group still runs
+    finally:
+        starter.kill()
+        starter.wait()
+        if pids.exists() and pids.read_text():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(int(pids.read_text())).kill()  # left by a failing run, not for 60 s
