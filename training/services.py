@@ -204,8 +204,8 @@ class SplitRows(Sequence):
 
     With ``page_bytes`` (a listing's pages: the API's and the version page's), a window parses its rows only
     until their lines add up to that many bytes (its first row whole, whatever its size); each row after is
-    given as ``row`` None with its size in ``bytes``, so that a page of rows of up to 1 MiB each does not become a response of hundreds of MiB
-    (the split's file has them whole)."""
+    given as ``row`` None with its size in ``bytes``, so that a page of rows of up to 1 MiB each does not
+    become a response of hundreds of MiB (the split's file has them whole)."""
 
     def __init__(self, path: Path, count: int, page_bytes: int | None = None):
         self.path = path

@@ -264,12 +264,19 @@ class UsageFilterForm(forms.Form):
         label="API key", queryset=ApiKey.objects.none(), required=False, empty_label="All keys"
     )
 
-    def __init__(self, *args, actor: Actor, endpoints: list[str], **kwargs):
+    def __init__(self, *args, actor: Actor, endpoints: list[str], keys: list[int], **kwargs):
+        """``endpoints`` and ``keys``: those with usage lately (the view's window); a key asked for by a
+        link stays a valid choice while the actor may see it."""
         super().__init__(*args, **kwargs)
         self.fields["team"].queryset = gate.visible(actor, Team).order_by("name")
         self.fields["endpoint"].choices = [("", "All endpoints"), *((name, name) for name in endpoints)]
+        asked = str(self.data.get("key") or "")
+        shown = Q(pk__in=keys) | (Q(pk=int(asked)) if asked.isdigit() and len(asked) < 19 else Q(pk__in=[]))
         self.fields["key"].queryset = (
-            gate.visible(actor, ApiKey).select_related("team").order_by("team__name", "name", "id")
+            gate.visible(actor, ApiKey)
+            .filter(shown)
+            .select_related("team")
+            .order_by("team__name", "name", "id")
         )
 
     def clean_days(self) -> int:

@@ -43,6 +43,7 @@ from serving.views.display import fill
 
 TABLE_ROWS = 50
 ENDPOINT_CHOICE_DAYS = 90
+KEY_CHOICES = 200
 EXCEEDING_SHOWN = 20
 GET_POST = require_http_methods(["GET", "POST"])
 
@@ -463,15 +464,20 @@ def usage(request):
     ``gate.visible`` shows them (their own teams; every team to org-wide roles). htmx gets the results."""
     actor = actor_of(request)
     since = timezone.now() - timedelta(days=ENDPOINT_CHOICE_DAYS)
-    endpoints = list(
-        UsageHourly.objects.filter(team_id__in=gate.visible(actor, Team).values("pk"), hour__gte=since)
-        .order_by("endpoint")
-        .values_list("endpoint", flat=True)
-        .distinct()
+    recent = UsageHourly.objects.filter(team_id__in=gate.visible(actor, Team).values("pk"), hour__gte=since)
+    endpoints = list(recent.order_by("endpoint").values_list("endpoint", flat=True).distinct())
+    # The keys to filter by: those that called in the window, the busiest first (an organisation's every
+    # key, revoked and idle ones too, made a select of thousands).
+    keys = list(
+        recent.filter(api_key__isnull=False)
+        .values("api_key")
+        .annotate(calls=Sum("requests"))
+        .order_by("-calls", "api_key")
+        .values_list("api_key", flat=True)[:KEY_CHOICES]
     )
     data = request.GET.copy()
     data.setdefault("days", str(DEFAULT_PERIOD))
-    form = UsageFilterForm(data, actor=actor, endpoints=endpoints)
+    form = UsageFilterForm(data, actor=actor, endpoints=endpoints, keys=keys)
     context = {"form": form}
     if form.is_valid():
         context |= _usage_context(actor, form)

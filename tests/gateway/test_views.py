@@ -525,6 +525,19 @@ def test_filters_narrow_the_figures_and_htmx_gets_only_the_results(signed_in, or
     assert "<html" not in page
 
 
+def test_the_key_filter_offers_the_keys_that_called_lately_not_every_key(signed_in, org, team, key):
+    """The key filter listed every key the actor could see, revoked and idle ones too: thousands of options
+    in an organisation's page. It offers those with usage in the window, and a key a link names."""
+    idle, _ = services.create_key(actor=actor_for(org["owner"]), team=team, name="idle")
+    rollup(key, this_hour(), requests=5)
+    client = signed_in(org["owner"])
+    offered = list(client.get(reverse("usage")).context["form"].fields["key"].queryset)
+    assert offered == [key]
+    linked = client.get(reverse("usage"), {"key": idle.pk})
+    assert linked.status_code == 200 and linked.context["form"].is_valid()
+    assert set(linked.context["form"].fields["key"].queryset) == {idle, key}
+
+
 def test_with_no_usage_the_page_says_when_it_will_appear(signed_in, org, key):
     page = signed_in(org["developer"]).get(reverse("usage")).content.decode()
     assert "No usage yet" in page
