@@ -39,7 +39,7 @@ class RolloutIn(Schema):
         MIN_REQUESTS[0],
         ge=MIN_REQUESTS[1],
         le=MIN_REQUESTS[2],
-        description="Canary requests needed to roll back before the window ends",
+        description="Canary requests needed to judge it: to roll back before the window ends, and to promote",
     )
     max_error_rate_increase: float = Field(
         MAX_ERROR_RATE_INCREASE[0],

@@ -6,8 +6,9 @@ its policy and the time, whether to promote the canary, hold (watch on), or roll
   ends this needs ``min_requests`` canary requests (a first unlucky call decides nothing); once it has ended,
   whatever the canary answered counts.
 - Window not over: hold.
-- Window over: promote when healthy; roll back when the canary answered nothing at all (giving all traffic
-  to a target that took none, a deployment with no ready replica say, would turn the endpoint off).
+- Window over: promote when healthy over at least ``min_requests`` canary requests; roll back when it
+  answered fewer (one healthy call is no evidence; none at all, a deployment with no ready replica say,
+  and all traffic given to it would turn the endpoint off).
 - With a judge (optional): a sample of the canary's answers is scored by a judge endpoint (0-1). Once
   ``min_judge_samples`` are scored, a mean under ``min_judge_score`` rolls back, window over or not; at the
   window's end, fewer scored samples than that is too little evidence to promote on: roll back, saying so.
@@ -79,7 +80,7 @@ class Judged:
 @dataclass(frozen=True)
 class Policy:
     ends_at: datetime  # the watch window's end
-    min_requests: int = 20  # canary requests needed to roll back before the window ends
+    min_requests: int = 20  # canary requests needed to judge it: to roll back early, and to promote
     max_error_rate_increase: float = 0.02  # 0.02: two percentage points above the baseline's error rate
     max_latency_ratio: float = 1.5  # canary p95 / baseline p95
     min_judge_score: float | None = None  # the judge's mean score the canary needs (None: no judge)
@@ -172,6 +173,12 @@ def decide(
         return ROLLBACK, (
             "Rolled back: the window is over and the canary has no replica ready to take calls now (its "
             "replicas stopped or failed); promoted, it would leave the endpoint's calls nowhere to go."
+        )
+    if not enough:
+        return ROLLBACK, (
+            f"Rolled back: the window is over and the canary answered {canary.requests} of the "
+            f"{policy.min_requests} requests needed to promote on (a longer window, a larger canary share or "
+            "a lower minimum would give it enough)."
         )
     if policy.min_judge_score is not None and judged.samples < policy.min_judge_samples:
         return ROLLBACK, (

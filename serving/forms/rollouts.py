@@ -36,7 +36,7 @@ class RolloutForm(forms.Form):
         initial=WINDOW_SECONDS[0] // 60,
     )
     min_requests = forms.IntegerField(
-        label="Canary requests before an early rollback",
+        label="Canary requests needed to judge it (early rollback, promotion)",
         min_value=MIN_REQUESTS[1],
         max_value=MIN_REQUESTS[2],
         initial=MIN_REQUESTS[0],

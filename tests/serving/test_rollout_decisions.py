@@ -1,6 +1,7 @@
 """A rollout's decision, pure: hold while the window runs and too few canary requests came, roll back past
 the error-rate or latency threshold (with the figures in the reason), promote when the window is over and
-the canary is healthy, never promote a canary that answered nothing; and with a judge, roll back on a low sampled judge score."""
+the canary is healthy over enough requests, never promote a canary that answered too few; and with a
+judge, roll back on a low sampled judge score."""
 
 from __future__ import annotations
 
@@ -59,9 +60,13 @@ def test_latency_exactly_at_the_ratio_is_healthy():
     assert decide(BASELINE, Stats(requests=30, errors=0, p95_ms=300.0), POLICY, AFTER)[0] == PROMOTE
 
 
-def test_at_the_windows_end_what_the_canary_answered_counts_even_under_min_requests():
+def test_at_the_windows_end_a_canary_under_min_requests_is_rolled_back_not_promoted():
+    """A canary promoted to all the traffic on one healthy request (min_requests gated early rollbacks
+    only): too little evidence, as too few judged samples are."""
     assert decide(BASELINE, Stats(requests=3, errors=1, p95_ms=190.0), POLICY, AFTER)[0] == ROLLBACK
-    assert decide(BASELINE, Stats(requests=3, errors=0, p95_ms=190.0), POLICY, AFTER)[0] == PROMOTE
+    verdict, reason = decide(BASELINE, Stats(requests=1, errors=0, p95_ms=190.0), POLICY, AFTER)
+    assert verdict == ROLLBACK and "answered 1 of the 20 requests needed to promote on" in reason
+    assert decide(BASELINE, Stats(requests=20, errors=0, p95_ms=190.0), POLICY, AFTER)[0] == PROMOTE
 
 
 def test_a_canary_that_answered_nothing_is_rolled_back_at_the_windows_end_not_promoted():
