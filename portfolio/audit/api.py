@@ -76,7 +76,8 @@ def list_events(request, filters: Query[AuditQuery]):
 @router.post("/export", response={200: None})
 def export_events(request, filters: Query[AuditQuery], format: str = "jsonl"):
     """A zip with the events (JSONL or CSV) and a signed manifest; verify with `audit_verify_export`.
-    The filters and ``format`` are query parameters; the body is ignored."""
+    The filters and ``format`` are query parameters; the body is ignored. A selection of more than
+    1,000,000 events (``MAX_EXPORT_EVENTS``) is refused with 400 ``export_too_large``: export by time range."""
     export = build_export(actor=request.auth, selection=filters.selection(), fmt=format)
     response = FileResponse(open(export.path, "rb"), as_attachment=True, filename=export.filename)  # noqa: SIM115
     export.path.unlink()  # the open handle keeps the data readable until the response is sent

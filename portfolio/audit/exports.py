@@ -16,13 +16,14 @@ import itertools
 import json
 import tempfile
 import zipfile
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from portfolio.accounts import gate
@@ -34,6 +35,12 @@ from portfolio.audit.models import AuditEvent
 from portfolio.errors import Conflict, Invalid
 
 FORMATS = tuple(exportformat.EVENT_FILES)
+
+# The most events one export may hold. An export streams from one transaction (its server-side cursor), and
+# while a transaction is open PostgreSQL's VACUUM can clean no row that died after it began, on any table:
+# a million events take minutes to read, check and zip. A larger selection is refused before anything is
+# read or written; export it in parts by time range (each part is signed on its own).
+MAX_EXPORT_EVENTS = 1_000_000
 
 
 def signing_keys() -> list[signing.PublishedKey]:
@@ -207,14 +214,41 @@ class Export:
     manifest: dict = field(default_factory=dict)
 
 
+def _selected(selection: AuditFilter, head: Mapping[str, Any] | None) -> QuerySet[AuditEvent]:
+    """The selection's events up to ``head``: the trail is append-only and a sequence is committed only after
+    every one below it, so this set never changes once the head is read (a consistent snapshot)."""
+    return selection.apply(AuditEvent.objects.filter(sequence__lte=head["sequence"] if head else 0))
+
+
+def _refuse_oversized(selection: AuditFilter, head: Mapping[str, Any] | None) -> None:
+    """Refuse, before any file or transaction is opened, a selection of more than ``MAX_EXPORT_EVENTS``.
+
+    Counted no further than one past the bound (a LIMIT in a subquery), so the check costs at most what the
+    export itself would have read."""
+    limit = MAX_EXPORT_EVENTS
+    if _selected(selection, head).order_by()[: limit + 1].count() > limit:
+        raise Invalid(
+            f"This export would hold more than {limit:,} events, the most one export may hold. Narrow the "
+            "time range (since/until) or the other filters, and export the rest in further parts.",
+            code="export_too_large",
+        )
+
+
 def _write_archive(
-    handle, actor: Actor, selection: AuditFilter, fmt: str, private_key, events_name: str
+    handle,
+    actor: Actor,
+    selection: AuditFilter,
+    fmt: str,
+    private_key,
+    events_name: str,
+    head: Mapping[str, Any] | None,
 ) -> dict:
     """The events and the signed manifest into ``handle``'s zip, from one snapshot of the trail."""
+    # The transaction is what a server-side cursor needs (outside one, Django declares it WITH HOLD and
+    # PostgreSQL copies the whole result when the statement commits); its length is what MAX_EXPORT_EVENTS
+    # bounds. It takes no lock: the chain's lock is taken only by the audit row written after it.
     with transaction.atomic():
-        # The trail is append-only, so "everything up to the head read now" is a consistent snapshot.
-        head = AuditEvent.objects.order_by("-sequence").values("sequence", "hash").first()
-        selected = selection.apply(AuditEvent.objects.filter(sequence__lte=head["sequence"] if head else 0))
+        selected = _selected(selection, head)
         events = cast(
             Generator[AuditEvent, None, None], selected.order_by("sequence").iterator(chunk_size=CHUNK_ROWS)
         )
@@ -250,15 +284,19 @@ def _write_archive(
 
 
 def build_export(*, actor: Actor, selection: AuditFilter, fmt: str) -> Export:
-    """Write the export to a temporary zip file (streamed from the database, never all in memory)."""
+    """Write the export to a temporary zip file (streamed from the database, never all in memory).
+
+    A selection of more than ``MAX_EXPORT_EVENTS`` events is refused (``export_too_large``) up front."""
     gate.require(actor, "audit.export")
     if fmt not in FORMATS:
         raise Invalid(f"format: choose one of {', '.join(FORMATS)}.")
     private_key = _private_key()
     events_name = exportformat.EVENT_FILES[fmt]
+    head = AuditEvent.objects.order_by("-sequence").values("sequence", "hash").first()
+    _refuse_oversized(selection, head)
     handle = tempfile.NamedTemporaryFile(prefix="audit-export-", suffix=".zip", delete=False)  # noqa: SIM115
     try:
-        manifest = _write_archive(handle, actor, selection, fmt, private_key, events_name)
+        manifest = _write_archive(handle, actor, selection, fmt, private_key, events_name, head)
         handle.close()
         _record_export(actor, fmt, manifest)
     except BaseException:

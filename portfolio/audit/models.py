@@ -42,9 +42,17 @@ class AuditEvent(models.Model):
             models.Index(fields=["occurred_at"], name="audit_occurred_at"),
             # "Everything that happened to this object".
             models.Index(fields=["object_type", "object_id"], name="audit_object"),
-            # Filters by action, actor, team and department.
-            models.Index(fields=["action", "sequence"], name="audit_action"),
-            models.Index(fields=["actor_user_id", "sequence"], name="audit_actor"),
+            # The action filter, exact (`team.create`) or a prefix (`team.`: LIKE 'team.%'), newest first. A
+            # pattern_ops index serves both (`=` and the prefix's range); under a locale collation a plain one
+            # cannot serve LIKE at all.
+            models.Index(
+                fields=["action", "sequence"],
+                opclasses=["varchar_pattern_ops", "int8_ops"],
+                name="audit_action_prefix",
+            ),
+            # The actor filter (the actor's label, as the page and API take it), newest first.
+            models.Index(fields=["actor_label", "sequence"], name="audit_actor_label"),
+            # Filters by team and department.
             models.Index(fields=["team_id", "sequence"], name="audit_team"),
             models.Index(fields=["department_id", "sequence"], name="audit_department"),
         ]
