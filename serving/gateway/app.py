@@ -47,6 +47,7 @@ from serving.gateway import (
     limits,
     liveness,
     metrics,
+    payloads,
     redis_pipe,
     table_refresh,
 )
@@ -311,7 +312,7 @@ class Gateway:
         team_micros, department_micros = admission.charged(key, endpoint, cost)
         commands = self.limiter.settle(
             reservation,
-            tokens=outcome.input_tokens + outcome.output_tokens + audio.audio_tokens(outcome.audio_ms),
+            tokens=outcome.input_tokens + outcome.output_tokens + payloads.audio_tokens(outcome.audio_ms),
             money_micros=cost,
             team_micros=team_micros,
             department_micros=department_micros,

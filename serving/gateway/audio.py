@@ -32,6 +32,7 @@ from serving.gateway.payloads import (
     SPECIAL_TOKENS,
     PayloadError,
     Shape,
+    audio_tokens,
     integer_check,
     number_check,
     text_check,
@@ -106,17 +107,6 @@ NO_TOKENS = Shape(prompts=(), choices=0, per_choice=0)  # the outcome's shape: n
 # ``max_model_len`` (Whisper's decoder limit, its config's ``max_target_positions``: 448).
 CLIP_MS = 30_000
 SHORTEST_CUT_MS = 29_000
-
-# What an upload's seconds weigh against the key's token limits (tokens per minute, the monthly token budget):
-# the positions a speech encoder reads for them, Whisper's 1,500 per 30 s. The engine reports a transcription's
-# duration and no tokens, so without this a key's token limits would not bound its audio at all. Billing
-# prices the seconds themselves (``audio_cost``), not these tokens.
-AUDIO_TOKENS_PER_SECOND = 50
-
-
-def audio_tokens(audio_ms: int) -> int:
-    """The tokens an upload of ``audio_ms`` counts against token limits (up: a started 20 ms is a position)."""
-    return -(-audio_ms * AUDIO_TOKENS_PER_SECOND // 1000)
 
 
 def check_fields(kind: str, fields: dict) -> None:

@@ -4,6 +4,8 @@ Contract, since every unauthenticated request reaches this code:
 - a presented key is checked against the token syntax (ASCII only) before anything is looked up;
 - a key is loaded from PostgreSQL on first use and kept for ``TTL`` seconds, an unknown id for
   ``NEGATIVE_TTL`` seconds, each in a bounded LRU of its own (unknown ids cannot push known keys out);
+- a key with a monthly budget is loaded with what it spent this month (one more query, at load only):
+  admission starts a budget counter Redis lost from it, so a lost counter cannot spend a budget twice;
 - loads run on a small executor of their own, never the default one the routing refresh uses, and at most
   ``MAX_PENDING`` distinct ids wait for one: past that a lookup is refused (``LookupBusy``) instead of
   queueing without end;
@@ -25,10 +27,12 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 
 from portfolio.accounts import secrets_hashing
-from serving.gateway import keystate
+from serving.gateway import keystate, limits
+from serving.gateway.payloads import AUDIO_TOKENS_PER_SECOND
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +44,7 @@ STALE_GRACE = 600.0
 NEGATIVE_SIZE = 4096
 MAX_PENDING = 64
 LOADERS = 2
+MICROS = Decimal(1_000_000)  # money in the gateway's counters: micro-units
 # slm_<key id>_<secret>: as secrets_hashing.issue makes them (12 of [a-z0-9], then token_urlsafe).
 SYNTAX = re.compile(r"slm_([a-z0-9]{12})_[A-Za-z0-9_-]{16,183}")
 
@@ -64,6 +69,11 @@ class KeyRecord:
     monthly_budget_micros: int | None
     expires_at: float | None
     revoked: bool
+    # A key with a budget: its spend this month on the ledger when loaded, the least its budget counters
+    # hold (limits.ADMIT), and the month ("YYYYMM", UTC) it was measured for (None: not measured).
+    spend_month: str | None = None
+    token_spend: int = 0
+    money_spend_micros: int = 0
 
     def allows_ip(self, address: str | None) -> bool:
         if not self.networks:
@@ -90,6 +100,10 @@ def load(key_id: str) -> KeyRecord | None:
         if key is None:
             return None
         budget = key.monthly_budget
+        spend_month, tokens, money = None, 0, 0
+        if key.monthly_token_budget is not None or budget is not None:
+            spend_month, start = limits.month_of(time.time())
+            tokens, money = month_spend(key.pk, start)
         return KeyRecord(
             pk=key.pk,
             key_id=key.key_id,
@@ -102,12 +116,32 @@ def load(key_id: str) -> KeyRecord | None:
             rpm_limit=key.rpm_limit,
             tpm_limit=key.tpm_limit,
             monthly_token_budget=key.monthly_token_budget,
-            monthly_budget_micros=int(budget * Decimal(1_000_000)) if budget is not None else None,
+            monthly_budget_micros=int(budget * MICROS) if budget is not None else None,
             expires_at=key.expires_at.timestamp() if key.expires_at else None,
             revoked=key.revoked_at is not None,
+            spend_month=spend_month,
+            token_spend=tokens,
+            money_spend_micros=money,
         )
     finally:
         connection.close()
+
+
+def month_spend(key_pk: int, since: datetime) -> tuple[int, int]:
+    """What a key spent from ``since`` (the month's start) on the ledger: tokens as admission counts them
+    against its token budget (with an upload's audio tokens, payloads.audio_tokens) and money in micro-units.
+    One query, on the key's index over the month's partition."""
+    from django.db.models import BigIntegerField, Sum
+    from django.db.models.functions import Cast
+
+    from serving.gateway.models import UsageEvent
+
+    audio = (Cast("audio_ms", BigIntegerField()) * AUDIO_TOKENS_PER_SECOND + 999) / 1000
+    spent = UsageEvent.objects.filter(api_key_id=key_pk, at__gte=since).aggregate(
+        input=Sum("input_tokens"), output=Sum("output_tokens"), audio=Sum(audio), cost=Sum("cost")
+    )
+    tokens = sum(spent[name] or 0 for name in ("input", "output", "audio"))
+    return tokens, int((spent["cost"] or 0) * MICROS)
 
 
 class _Lru:
@@ -197,11 +231,11 @@ class KeyCache:
             pending.add_done_callback(lambda done: self._loaded(key_id, done))
         # One load per key however many requests wait for it; shielded: a waiter cancelled (the server
         # shutting down) cancels its own wait, never the load the others wait for.
-        if stale is None:
-            return await asyncio.shield(pending)
         try:
             return await asyncio.shield(pending)
         except Exception:
+            if stale is None:
+                raise
             return stale  # the database out of reach: the key's last record, within STALE_GRACE
 
     def _loaded(self, key_id: str, done: asyncio.Future) -> None:

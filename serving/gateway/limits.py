@@ -13,6 +13,7 @@ Admission reserves on each counter and compares what it got with the limit, givi
 when one refuses, and sets a counter's time to live only when it creates it: six Redis commands a request
 with every limit set, not fourteen (reading each counter before adding to it, and a time to live every
 time), as this script runs on every request (benchmarks/README.md, "Where the remaining tail comes from").
+A counter given a seed (the month's spend on the ledger, measured off the request path) is read first too.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from serving.gateway.redis_pipe import ClientPipe, RedisPipe
 # ARGV: key id, rpm limit, tpm limit, tokens to reserve, token budget, money budget, money to reserve,
 #       seconds to the end of the minute, seconds to the end of the month (a limit of -1 means none),
 #       the request's ledger field and entry, the team's limit and seed, the department's limit and seed,
-#       money to reserve on the team's counter and on the department's (0: free on that statement)
+#       money to reserve on the team's counter and on the department's (0: free on that statement), the
+#       key's token spend and money spend this month, the seeds of its budget counters ('': none)
 ADMIT = """
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {'revoked', 0, 0} end
 local minute_left, month_left = tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -44,20 +46,20 @@ local reserve = tonumber(ARGV[4])
 local checks = {
   {'rpm', KEYS[2], 1, tonumber(ARGV[2]), minute_left + 1, minute_left},
   {'tpm', KEYS[3], reserve, tonumber(ARGV[3]), minute_left + 1, minute_left},
-  {'budget', KEYS[4], reserve, tonumber(ARGV[5]), month_left + 86400, month_left},
-  {'money', KEYS[5], tonumber(ARGV[7]), tonumber(ARGV[6]), month_left + 86400, month_left},
+  {'budget', KEYS[4], reserve, tonumber(ARGV[5]), month_left + 86400, month_left, ARGV[18]},
+  {'money', KEYS[5], tonumber(ARGV[7]), tonumber(ARGV[6]), month_left + 86400, month_left, ARGV[19]},
   {'team_budget', KEYS[7], tonumber(ARGV[16]), tonumber(ARGV[12]), nil, month_left, ARGV[13]},
   {'department_budget', KEYS[8], tonumber(ARGV[17]), tonumber(ARGV[14]), nil, month_left, ARGV[15]},
 }
 for i, check in ipairs(checks) do
   local reason, key, amount, limit, ttl, retry, seed = unpack(check)
   if limit >= 0 then
-    -- A hard-limit counter is never below the month's spend on the ledger (the seed): one Redis lost
-    -- (restart, eviction) starts from it, and one made before the seed was measured (a budget set
-    -- mid-month) is raised to it. Raised, never added to: the ledger has only settled calls, and those
+    -- A budget counter is never below the month's spend on the ledger (the seed): one Redis lost
+    -- (restart, eviction, FLUSHDB) starts from it, and one made before the seed was measured (a budget
+    -- set mid-month) is raised to it. Raised, never added to: the ledger has only settled calls, and those
     -- counted here since the counter was made are among them. (What was in flight at a raise is then
     -- under-counted until the ledger has it, a few minutes.)
-    if seed then
+    if seed and seed ~= '' then
       local held = redis.call('GET', key)
       if not held then redis.call('SET', key, seed, 'EX', month_left + 86400)
       elseif tonumber(held) < tonumber(seed) then redis.call('INCRBY', key, tonumber(seed) - tonumber(held)) end
@@ -185,6 +187,13 @@ class _Month:
         return self.name, int(self.end - now_ts)
 
 
+def month_of(now_ts: float) -> tuple[str, datetime]:
+    """The UTC month of ``now_ts`` ("YYYYMM", as admission names its counters) and the moment it began."""
+    month = _Month()
+    name, _ = month.at(now_ts)
+    return name, datetime.fromtimestamp(month.start, UTC)
+
+
 ADMIT_SHA = hashlib.sha1(ADMIT.encode()).hexdigest()  # noqa: S324 - the name Redis gives the script
 SETTLE_SHA = hashlib.sha1(SETTLE.encode()).hexdigest()  # noqa: S324
 
@@ -236,6 +245,11 @@ class Limiter:
         dept_cap = (caps.department if caps and dept_key else None) or (-1, 0)
         if caps is not None and caps.month not in (None, month):
             team_cap, dept_cap = (team_cap[0], 0), (dept_cap[0], 0)
+        # The key's spend when its record was loaded, if of this month (last month's must not start this
+        # month's counters); none is sent for nothing spent, which would raise nothing.
+        this_month = key.spend_month == month
+        token_seed = key.token_spend if this_month and key.token_spend > 0 else ""
+        money_seed = key.money_spend_micros if this_month and key.money_spend_micros > 0 else ""
         field, lost = "", b""
         if ledger is not None and lost_event is not None:
             field = lost_event["id"]
@@ -280,6 +294,8 @@ class Limiter:
             dept_cap[1],
             team_spend,
             dept_spend,
+            token_seed,
+            money_seed,
         )
         try:
             (reply,) = await self.pipe.execute(("EVALSHA", ADMIT_SHA, *keys_and_args))
@@ -361,10 +377,10 @@ class Limiter:
 def raise_key_budgets(
     client, key_id: str, now_ts: float, *, tokens: int | None = None, money_micros: int | None = None
 ) -> None:
-    """Raise a key's monthly budget counters (those given) to what it spent this month, as ADMIT raises a
-    team's to its seed: a budget set or changed mid-month starts from the month's spend, not from nothing.
-    Raised, never added to: what the counter counted is among that spend. Called when a budget changes,
-    never per request."""
+    """Raise a key's monthly budget counters (those given) to what it spent this month, as ADMIT raises
+    them to the spend the key's cached record carries, but at once, before the gateways reload the key: a
+    budget set or changed mid-month starts from the month's spend, not from nothing. Raised, never added
+    to: what the counter counted is among that spend. Called when a budget changes, never per request."""
     month, month_left = _Month().at(now_ts)
     counters = [
         (f"gw:{name}:{key_id}:{month}", spend)  # named as admit names them

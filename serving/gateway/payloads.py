@@ -442,3 +442,15 @@ def _prompt_bounds(name: str, value: object, extra: int, max_inputs: int) -> tup
         f"`{name}` must be a string, an array of strings or token ids, or an array of arrays of token ids.",
         name,
     )
+
+
+# What an upload's seconds weigh against the key's token limits (tokens per minute, the monthly token budget):
+# the positions a speech encoder reads for them, Whisper's 1,500 per 30 s. The engine reports a transcription's
+# duration and no tokens, so without this a key's token limits would not bound its audio at all. Billing
+# prices the seconds themselves (``audio_cost``), not these tokens.
+AUDIO_TOKENS_PER_SECOND = 50
+
+
+def audio_tokens(audio_ms: int) -> int:
+    """The tokens an upload of ``audio_ms`` counts against token limits (up: a started 20 ms is a position)."""
+    return -(-audio_ms * AUDIO_TOKENS_PER_SECOND // 1000)

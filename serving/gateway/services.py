@@ -20,8 +20,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import BigIntegerField, Sum
-from django.db.models.functions import Cast
 from django.utils import timezone
 
 from portfolio.accounts import gate, secrets_hashing
@@ -29,9 +27,8 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Forbidden, Invalid
-from serving.gateway import keystate, limits
-from serving.gateway.audio import AUDIO_TOKENS_PER_SECOND
-from serving.gateway.models import ApiKey, KeyPolicy, UsageEvent
+from serving.gateway import keycache, keystate, limits
+from serving.gateway.models import ApiKey, KeyPolicy
 from serving.models import Endpoint
 
 KEY_PREFIX = "slm"
@@ -49,7 +46,6 @@ LIMIT_LABELS = {
     "monthly_token_budget": "tokens per month",
     "monthly_budget": "money per month",
 }
-MICROS = Decimal(1_000_000)  # money in the gateway's counters: micro-units
 MAX_SCOPES = 100
 MAX_ALLOWED_IPS = 100
 # The furthest a key's expiry may be set: ten years (no expiry at all is the empty value).
@@ -316,19 +312,14 @@ def _raise_budget_counters(key: ApiKey) -> None:
     forget what the key already spent. Written before the commit, as a revocation is: a counter only ever
     rises to what was spent, so a rolled-back change leaves nothing wrong."""
     now = time.time()
-    start = datetime.fromtimestamp(now, UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    # As the gateway counts a call against the token budget: its tokens and its audio's (audio.audio_tokens).
-    audio = (Cast("audio_ms", BigIntegerField()) * AUDIO_TOKENS_PER_SECOND + 999) / 1000
-    spent = UsageEvent.objects.filter(api_key=key, at__gte=start).aggregate(
-        input=Sum("input_tokens"), output=Sum("output_tokens"), audio=Sum(audio), cost=Sum("cost")
-    )
-    tokens = sum(spent[name] or 0 for name in ("input", "output", "audio"))
+    _, start = limits.month_of(now)
+    tokens, money = keycache.month_spend(key.pk, start)  # as the gateway measures it when loading the key
     limits.raise_key_budgets(
         keystate.client(),
         key.key_id,
         now,
         tokens=tokens if key.monthly_token_budget is not None else None,
-        money_micros=int((spent["cost"] or 0) * MICROS) if key.monthly_budget is not None else None,
+        money_micros=money if key.monthly_budget is not None else None,
     )
 
 

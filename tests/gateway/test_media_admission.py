@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.gateway import audio, intake
+from serving.gateway import audio, intake, payloads
 from serving.gateway.images import IMAGE_MARKER_TOKENS, tokens_per_image
 from serving.gateway.payloads import CHAT_TEMPLATE_TOKENS, SPECIAL_TOKENS
 from serving.gateway.routing import EndpointInfo, _read_snapshot
@@ -72,7 +72,7 @@ def test_an_upload_reserves_the_decoders_limit_per_chunk_and_its_seconds_and_tok
 
 
 def test_an_uploads_seconds_count_as_fifty_tokens_each_a_started_position_whole():
-    assert [audio.audio_tokens(ms) for ms in (0, 1, 20, 21, 1_000, 29_999)] == [0, 1, 1, 2, 50, 1_500]
+    assert [payloads.audio_tokens(ms) for ms in (0, 1, 20, 21, 1_000, 29_999)] == [0, 1, 1, 2, 50, 1_500]
 
 
 def test_a_prompt_dearer_than_the_transcript_is_reserved_at_its_price():
