@@ -33,7 +33,7 @@ from portfolio.audit import services as audit
 from portfolio.leases import Lease
 from portfolio.registry.artifacts import materialize_version
 from portfolio.registry.storage import CorruptArtifact
-from serving import agent_lock, engine_args, heartbeats, processes, replica_meter
+from serving import agent_lock, engine_args, engine_sweep, heartbeats, processes, replica_meter
 from serving.choices import DesiredState, NodeState, ReplicaState
 from serving.models import ComputePool, DeploymentEvent, Node, Replica
 
@@ -439,6 +439,7 @@ def reconcile_node(name: str, *, agent_start: bool = False, lock: Lease | None =
             state=ReplicaState.STOPPED
         )
     )
+    engine_sweep.stop_unrecorded(mine, lock)
     wanted_ids = set()
     for replica in mine:
         agent_lock.ensure_held(lock)
@@ -454,16 +455,7 @@ def reconcile_node(name: str, *, agent_start: bool = False, lock: Lease | None =
             raise
         except Exception:
             logger.exception("reconciling replica %s on %s failed", replica.pk, name)
-    for replica_id, process in processes.engines_on_this_machine(under=Path(settings.DATA_DIR)).items():
-        if (
-            replica_id not in wanted_ids
-            and not Replica.objects.filter(pk=replica_id, node=node, desired=DesiredState.RUNNING)
-            .exclude(state=ReplicaState.STOPPED)
-            .exists()
-        ):
-            agent_lock.ensure_held(lock)
-            logger.warning("stopping orphan engine of replica %s (pid %s)", replica_id, process.pid)
-            processes.stop(process)
+    engine_sweep.stop_orphans(node, wanted_ids, lock)
 
 
 def heartbeat(name: str, *, agent_start: bool = False) -> bool:

@@ -87,9 +87,16 @@ def find(pid: int | None, replica_id: int) -> psutil.Process | None:
 
 
 def engines_on_this_machine(under: Path | None = None) -> dict[int, psutil.Process]:
-    """Every engine process group leader started by an agent, by replica id; with ``under``, only those
-    whose working folder (the engine log folder of a data directory) lies there."""
-    found = {}
+    """Every engine process group leader started by an agent, by replica id (one of them where a replica
+    has two: ``all_engines`` lists both); with ``under``, only those whose working folder (the engine log
+    folder of a data directory) lies there."""
+    return dict(all_engines(under))
+
+
+def all_engines(under: Path | None = None) -> list[tuple[int, psutil.Process]]:
+    """``engines_on_this_machine`` as (replica id, process) pairs, two engines of one replica included (an
+    agent killed between starting an engine and recording it leaves one the replica does not name)."""
+    found = []
     for process in psutil.process_iter(["pid"]):
         replica = replica_of(process)
         if replica is None:
@@ -99,7 +106,7 @@ def engines_on_this_machine(under: Path | None = None) -> dict[int, psutil.Proce
                 continue
             if under is not None and not Path(process.cwd()).is_relative_to(under):
                 continue
-            found[replica] = process
+            found.append((replica, process))
     return found
 
 
