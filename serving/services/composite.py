@@ -23,6 +23,7 @@ from portfolio.registry.choices import Task
 from serving.choices import EndpointKind
 from serving.gateway.voting import LABEL
 from serving.models import Endpoint
+from serving.services import locks
 
 ROUTER_MAX_LABELS = 32
 ROUTER_MAX_LABEL_TOKENS = 16
@@ -258,10 +259,11 @@ def require_max_n_for_votes(endpoint: Endpoint, max_n: int) -> None:
 
 
 def lock_calls_of(team_id: int) -> None:
-    """Changes to who calls whom in a team (a composite configured or created, an endpoint deleted) run one
-    at a time: each checks the endpoints it names or is named by, and two at once could each pass against
-    the other's uncommitted change (a router calling an endpoint made a vote meanwhile, or deleted). The
-    team's row, locked without blocking the inserts that refer to it, is their mutex."""
+    """Changes to who calls whom in a team (a composite configured or created, an endpoint deleted, routes or
+    a fallback set) run one at a time: each checks the endpoints it names or is named by, and two at once
+    could each pass against the other's uncommitted change (a router calling an endpoint made a vote
+    meanwhile, or deleted; a fallback loop set from both ends). The team's row, locked without blocking the
+    inserts that refer to it, is their mutex; taken before any endpoint's row."""
     list(Team.objects.select_for_update(no_key=True).filter(pk=team_id).values_list("pk", flat=True))
 
 
@@ -282,7 +284,7 @@ def configure_endpoint(
     weights); audited with the config before and after."""
     gate.require(actor, "deployment.manage", endpoint)
     lock_calls_of(endpoint.owner_team_id)
-    endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+    endpoint = locks.endpoint(endpoint.pk)
     checked = check_config(endpoint.owner_team, endpoint.name, kind, config or {})
     if kind != EndpointKind.PLAIN:
         require_not_called(endpoint, f"make it a {kind}")

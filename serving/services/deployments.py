@@ -13,7 +13,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.billing import budgets
-from portfolio.errors import Conflict, Invalid
+from portfolio.errors import Conflict, Invalid, NotFound
 from portfolio.registry.choices import Task, VersionKind, VersionStatus
 from portfolio.registry.models import ModelVersion
 from serving import engine_args, scheduler
@@ -149,11 +149,17 @@ def create_deployment(
 
 
 def _locked(deployment: Deployment) -> Deployment:
-    return (
+    """The deployment's row as stored now, locked; NotFound (as the caller's lookup would now say) when a
+    delete committed since that lookup, or while this waited for the lock (see services/locks.py)."""
+    found = (
         Deployment.objects.select_for_update(of=("self",))
         .select_related("version", "pool", "owner_team")
-        .get(pk=deployment.pk)
+        .filter(pk=deployment.pk)
+        .first()
     )
+    if found is None:
+        raise NotFound("Deployment not found.")
+    return found
 
 
 def _may_start_replicas(deployment: Deployment) -> None:
@@ -355,8 +361,14 @@ def add_adapter(
 
 @transaction.atomic
 def remove_adapter(*, actor: Actor, attached: DeploymentAdapter) -> None:
-    deployment = attached.deployment
-    gate.require(actor, "deployment.manage", deployment)
+    gate.require(actor, "deployment.manage", attached.deployment)
+    # Under the deployment's lock, which a route edit naming it also takes: no route is added meanwhile. One
+    # removed since the caller looked it up is refused as the routes refuse an adapter never served.
+    deployment = _locked(attached.deployment)
+    found = deployment.adapters.filter(pk=attached.pk).first()
+    if found is None:
+        raise Invalid(f"{deployment.name} serves no adapter {attached.name!r}.")
+    attached = found
     if attached.routes.exists():
         raise Conflict(
             f"Endpoint(s) {', '.join(r.endpoint.name for r in attached.routes.all())} route to {attached.name}."

@@ -16,7 +16,7 @@ from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid, NotFound
 from serving.choices import RolloutState
 from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, EndpointShare
-from serving.services import composite
+from serving.services import composite, locks
 from serving.services.route_kinds import require_one_kind
 from serving.services.shared import _check_name
 
@@ -33,7 +33,14 @@ def _routes(
         raise Invalid(f"routes: at most {MAX_ROUTES} routes.")
     resolved = []
     for index, route in enumerate(routes):
-        deployment = Deployment.objects.visible_to(actor).filter(name=route.get("deployment")).first()
+        # Locked as it is read (as scale and delete lock it, but letting other reads and references by): not
+        # deleted, nor its adapter removed, before the route to it commits; one deleted meanwhile is not found.
+        deployment = (
+            Deployment.objects.visible_to(actor)
+            .select_for_update(no_key=True, of=("self",))
+            .filter(name=route.get("deployment"))
+            .first()
+        )
         if deployment is None:
             raise Invalid(
                 f"routes[{index}].deployment: no deployment {route.get('deployment')!r} visible to you."
@@ -63,7 +70,14 @@ def _fallback(actor: Actor, team: Team, fallback: Endpoint | None) -> Endpoint |
     actor merely sees, as a viewer there) would hand that team's models to this team's keys."""
     if fallback is None:
         return None
-    fallback = gate.get_visible(actor, Endpoint, pk=fallback.pk)
+    # Read again under the team's lock (set_routes, create_endpoint): as stored now, not as the caller saw it.
+    found = gate.visible(actor, Endpoint).filter(pk=fallback.pk).first()
+    if found is None:  # deleted since the caller chose it: the edited endpoint is there, its fallback is not
+        raise Invalid(
+            f"fallback: no endpoint {fallback.name!r} visible to you.",
+            fields={"fallback": ["Choose an endpoint that still exists."]},
+        )
+    fallback = found
     if fallback.kind != "plain":
         raise Invalid(
             f"fallback: {fallback.name} is a {fallback.kind} endpoint; a fallback is a plain endpoint.",
@@ -137,8 +151,7 @@ def create_endpoint(
     gate.require(actor, "deployment.manage", team)
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
         raise Invalid(f"description: at most {MAX_DESCRIPTION} characters.")
-    if kind != "plain":
-        composite.lock_calls_of(team.pk)
+    composite.lock_calls_of(team.pk)  # its config's hops, or its fallback, checked as they stay
     checked = composite.check_config(team, name, kind, config or {})
     if kind == "plain":
         resolved = _routes(actor, team, routes)
@@ -184,7 +197,11 @@ def set_routes(
     """Change an endpoint's weights (canary, A/B), fallback, completions cap and sticky assignment
     (``None``: unchanged); audited with before and after."""
     gate.require(actor, "deployment.manage", endpoint)
-    endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+    # The team's lock, as configure_endpoint and delete_endpoint take it, before the endpoint's: the fallback
+    # chain is checked against no other uncommitted edit (two fallbacks set at once made a loop), and the
+    # fallback is not made composite or deleted meanwhile; then max_n against the votes that ask it.
+    composite.lock_calls_of(endpoint.owner_team_id)
+    endpoint = locks.endpoint(endpoint.pk)
     if endpoint.kind != "plain":
         raise Invalid(
             f"routes: {endpoint.name} is a {endpoint.kind} endpoint: change its config instead "
@@ -219,6 +236,7 @@ def set_routes(
 def delete_endpoint(*, actor: Actor, endpoint: Endpoint) -> None:
     gate.require(actor, "deployment.manage", endpoint)
     composite.lock_calls_of(endpoint.owner_team_id)
+    endpoint = locks.endpoint(endpoint.pk)  # deleted meanwhile: not found, not audited as deleted twice
     composite.require_not_called(endpoint, "delete it")
     judged = endpoint.judged_rollouts.filter(state=RolloutState.CANARY).select_related("endpoint").first()
     if judged is not None:
@@ -281,7 +299,7 @@ def share_endpoint(
     organisation's to name: any that exists may be chosen, not only those the actor is a member of."""
     gate.require(actor, "endpoint.share", endpoint)
     # Serialises changes to one endpoint's shares: the audit's before and after are then each whole.
-    endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+    endpoint = locks.endpoint(endpoint.pk)
     lookup, named = _share_target(endpoint, team, department, organisation)
     before = endpoint.snapshot()
     share = EndpointShare(endpoint=endpoint, created_by=actor.user, **lookup)
@@ -305,7 +323,7 @@ def unshare_endpoint(
 ) -> None:
     """Withdraw one share: the gateway refuses those callers from its next routing refresh (a second)."""
     gate.require(actor, "endpoint.share", endpoint)
-    endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+    endpoint = locks.endpoint(endpoint.pk)
     lookup, named = _share_target(endpoint, team, department, organisation)
     share = EndpointShare.objects.filter(endpoint=endpoint, **lookup).first()
     if share is None:

@@ -23,6 +23,7 @@ from portfolio.errors import Conflict, DomainError, Forbidden, Invalid
 from serving import rollout_judge
 from serving.choices import RolloutState
 from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, Rollout
+from serving.services import locks
 from serving.services.route_kinds import require_one_kind
 
 if TYPE_CHECKING:
@@ -60,7 +61,13 @@ def _candidate(
     (Not services.endpoints._routes: the beat task's module would then import the reconcile's, a loop.)"""
     if not isinstance(deployment, str) or not deployment or len(deployment) > 63:
         raise Invalid("deployment: name the candidate's deployment.", fields={"deployment": ["Required."]})
-    target = Deployment.objects.visible_to(actor).filter(name=deployment).first()
+    # Locked as services.endpoints._routes locks it: not deleted before the canary's route to it commits.
+    target = (
+        Deployment.objects.visible_to(actor)
+        .select_for_update(no_key=True, of=("self",))
+        .filter(name=deployment)
+        .first()
+    )
     if target is None:
         raise Invalid(
             f"deployment: no deployment {deployment!r} visible to you.",
@@ -182,7 +189,7 @@ def start_rollout(
     ``judge`` endpoint scores a ``judge_fraction`` sample of the canary's answers on ``judge_rubric``; a mean
     under ``min_judge_score`` (over ``min_judge_samples`` at least) rolls back."""
     gate.require(actor, "deployment.manage", endpoint)
-    endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+    endpoint = locks.endpoint(endpoint.pk)
     if endpoint.kind != "plain":
         raise Invalid(
             f"{endpoint.name} is a {endpoint.kind} endpoint, with no routes to roll out on: roll out on the "
@@ -331,7 +338,7 @@ def roll_back(*, actor: Actor, rollout: Rollout, reason: str) -> Rollout:
 def abort_rollout(*, actor: Actor, endpoint: Endpoint, reason: str = "") -> Rollout:
     """Stop the endpoint's rollout under way: the weights as ``_taken_out`` leaves them."""
     gate.require(actor, "deployment.manage", endpoint)
-    endpoint = Endpoint.objects.select_for_update().get(pk=endpoint.pk)
+    endpoint = locks.endpoint(endpoint.pk)
     rollout = (
         Rollout.objects.select_for_update(of=("self",))
         .filter(endpoint=endpoint, state=RolloutState.CANARY)

@@ -54,6 +54,11 @@ def _managed(request, name: str) -> tuple[Actor, Endpoint]:
     return actor, endpoint
 
 
+def _as_stored(actor: Actor, endpoint: Endpoint) -> Endpoint:
+    """The endpoint read again for the page shown after a refusal: 404 when deleted meanwhile."""
+    return gate.get_visible(actor, Endpoint, pk=endpoint.pk)
+
+
 @require_GET
 def endpoint_list(request):
     """Permission: any signed-in user; ``gate.visible`` shows their teams' endpoints (all to org-wide roles)."""
@@ -246,7 +251,7 @@ def endpoint_routes(request, name: str):
         )
         if saved is not None:
             return saved
-    endpoint.refresh_from_db()
+    endpoint = _as_stored(actor, endpoint)
     return _endpoint_page(request, actor, endpoint, routes_form=routes, fallback_form=fallback_form)
 
 
@@ -270,7 +275,7 @@ def endpoint_config(request, name: str):
     )
     if saved is not None:
         return saved
-    endpoint.refresh_from_db()
+    endpoint = _as_stored(actor, endpoint)
     return _endpoint_page(request, actor, endpoint, composite_form=form)
 
 
