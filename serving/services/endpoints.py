@@ -17,10 +17,9 @@ from portfolio.errors import Conflict, Invalid, NotFound
 from serving.choices import RolloutState
 from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, EndpointShare
 from serving.services import composite, locks
-from serving.services.route_kinds import require_one_kind
+from serving.services.route_kinds import MAX_ROUTES, require_one_kind
 from serving.services.shared import _check_name
 
-MAX_ROUTES = 64  # weighted routes of one endpoint (the page's form offers 32)
 MAX_DESCRIPTION = 2000
 
 

@@ -24,7 +24,7 @@ from serving import rollout_judge
 from serving.choices import RolloutState
 from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, Rollout
 from serving.services import locks
-from serving.services.route_kinds import require_one_kind
+from serving.services.route_kinds import MAX_ROUTES, require_one_kind
 
 if TYPE_CHECKING:
     from portfolio.registry.models import ModelVersion
@@ -232,6 +232,11 @@ def start_rollout(
         raise Invalid(f"{endpoint.name} has no route with traffic to compare the canary with.")
     before = endpoint.snapshot()
     if not any(_key(r) == candidate for r in routes):
+        if len(routes) >= MAX_ROUTES:  # a rolled-back canary keeps its route, at weight 0
+            raise Invalid(
+                f"{endpoint.name} has {len(routes)} routes, the most an endpoint may have: remove routes at "
+                "weight 0 (earlier canaries) before a canary of another target."
+            )
         routes.append(EndpointRoute(endpoint=endpoint, deployment=target, adapter=attached, weight=0))
     _canary_weights(routes, candidate, policy["canary_percent"])
     for route in routes:

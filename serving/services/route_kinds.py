@@ -1,6 +1,6 @@
-"""One endpoint, one kind of model: the check every change of what an endpoint routes to makes (its routes, a
-deployment's version, a rollout's canary). A module of its own: rollouts cannot import ``shared`` (it reaches
-serving.tasks, which imports the rollouts)."""
+"""What every change of what an endpoint routes to checks (its routes, a deployment's version, a rollout's
+canary): one kind of model behind one endpoint, and at most ``MAX_ROUTES`` routes. A module of its own:
+rollouts cannot import ``shared`` (it reaches serving.tasks, which imports the rollouts)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from serving.gateway.routing import SERVES
 
 if TYPE_CHECKING:
     from serving.models import Deployment
+
+MAX_ROUTES = 64  # weighted routes of one endpoint (the page's form offers 32)
 
 
 def require_one_kind(deployments: Iterable[Deployment], field: str = "routes", endpoint: str = "") -> None:

@@ -131,6 +131,24 @@ def test_bad_input_is_refused_clearly(client, org, world, body, status, words):
     assert not Rollout.objects.exists() and weights(world) == {"support-bot": 100}
 
 
+def test_a_canary_that_would_take_the_endpoint_past_its_most_routes_is_refused(client, org, world):
+    """A rolled-back canary keeps its route at weight 0: canaries of ever new targets added routes past the
+    most an endpoint may have (every route edit then refused), as a route edit may not."""
+    from serving.models import Deployment
+    from serving.services.route_kinds import MAX_ROUTES
+
+    bot = Deployment.objects.get(name="support-bot")
+    for number in range(MAX_ROUTES - 1):
+        tried = Deployment.objects.create(
+            name=f"tried-{number}", owner_team=bot.owner_team, version=bot.version, pool=bot.pool
+        )
+        EndpointRoute.objects.create(endpoint=world, deployment=tried, weight=0)
+    response = start(client, org)
+    assert response.status_code == 400, response.content
+    assert f"{MAX_ROUTES} routes, the most an endpoint may have" in response.content.decode()
+    assert not Rollout.objects.exists() and EndpointRoute.objects.filter(endpoint=world).count() == MAX_ROUTES
+
+
 def test_a_healthy_canary_is_promoted_when_the_window_ends(client, org, world):
     start(client, org, min_requests=10)
     rollout = Rollout.objects.get()
