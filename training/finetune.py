@@ -47,6 +47,9 @@ ALLOWED_HYPERPARAMETERS = {
 }
 # Left out of a job's stored settings until its run chooses them (training.defaults.Hyperparameters.resolved).
 AUTOMATIC_WHEN_UNSET = ("lora_r", "lora_alpha", "target_modules", "lora_targets")
+# The fewest steps between two checkpoints (0: none): each one saves the weights (a full fine-tune's all of
+# them) and the optimizer state, and uploads them to the store; one a step would cost more than the training.
+CHECKPOINT_EVERY_MIN = 10
 # Hyperparameters that are not numbers: checked by training.architectures (and against the base at start).
 NAMED = {"lora_targets": architectures.check_choice, "target_modules": architectures.check_names}
 
@@ -82,6 +85,12 @@ def _hyperparameters(values: dict, method: str) -> dict:
             if isinstance(value, float) and not value.is_integer():
                 raise Invalid(f"hyperparameters.{name}: a whole number in {low}..{high}.")
             values[name] = int(value)
+    every = values.get("checkpoint_every")
+    if every and every < CHECKPOINT_EVERY_MIN:
+        raise Invalid(
+            f"hyperparameters.checkpoint_every: 0 (no checkpoints) or {CHECKPOINT_EVERY_MIN}..100000 steps: "
+            "each checkpoint saves the weights and optimizer state to the store."
+        )
     hp = dict(Hyperparameters(method=method, **values).__dict__)
     return {name: value for name, value in hp.items() if value or name not in AUTOMATIC_WHEN_UNSET}
 

@@ -56,21 +56,20 @@ def job(org, team, engineer, enqueued) -> FineTuneJob:
             heartbeat_at=timezone.now(),
         )
     target = registry.create_model(actor=engineer, name="router", owner_team=team)
-    return finetune.start_job(
+    job = finetune.start_job(
         actor=engineer,
         base_version=base,
         dataset_version=version,
         pool=pool,
         target_model=target,
         # Every step trained (no early stopping), so that each attempt's steps are known in advance.
-        hyperparameters={
-            "epochs": 3,
-            "batch_size": 4,
-            "checkpoint_every": 2,
-            "max_length": 128,
-            "early_stopping_patience": 0,
-        },
+        hyperparameters={"epochs": 3, "batch_size": 4, "max_length": 128, "early_stopping_patience": 0},
     )
+    # A checkpoint every 2 steps, under what a client may ask for (``finetune.CHECKPOINT_EVERY_MIN``): the
+    # 12 steps would hold one at most, and the test interrupts the job after two.
+    job.hyperparameters["checkpoint_every"] = 2
+    job.save(update_fields=["hyperparameters"])
+    return job
 
 
 def wait_for(what: str, check, job_id: int):

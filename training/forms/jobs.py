@@ -154,7 +154,7 @@ class HyperparametersForm(forms.Form):
         max_value=100000,
         required=False,
         widget=_number(DEFAULTS.checkpoint_every),
-        help_text=f"Steps between checkpoints a resumed job restarts from; 0: none. "
+        help_text=f"Steps between checkpoints a resumed job restarts from: 0 (none) or at least 10. "
         f"Blank: {DEFAULTS.checkpoint_every}.",
     )
 

@@ -1,0 +1,169 @@
+"""Stage one of a distillation rides out a passing failure of the gateway or the teacher: a prompt whose call
+meets a connection dropped, 502, 503 or 429 is asked again (a few times, after a short wait, as long as the
+answer's Retry-After asks, capped), and the stage goes on with the answers already billed. A refusal that
+another try would not change (400, 401, 403, 404) still fails the stage at once, and a cancel asked during
+a wait stops it at once.
+
+A real HTTP server on 127.0.0.1 stands in for the gateway."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections import Counter
+from email.utils import formatdate
+
+import httpx
+import pytest
+from django.utils import timezone
+
+from serving.gateway.models import ApiKey
+from serving.models import Endpoint
+from training import distillation, lora, runner
+from training.choices import JobStatus
+from training.models import FineTuneJob
+
+pytestmark = pytest.mark.django_db
+
+ANSWER = {"choices": [{"message": {"content": "billing"}, "finish_reason": "stop"}]}
+
+
+class Gateway:
+    """Answers ``first(count)`` to the first call of each prompt (None: drops the connection unanswered),
+    ``then(count)`` to the next ones; every call's prompt is counted."""
+
+    def __init__(self, first, then=lambda count: (200, {}, ANSWER)):
+        self.calls: Counter[str] = Counter()
+        gateway = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = body["messages"][-1]["content"]
+                gateway.calls[prompt] += 1
+                reply = (first if gateway.calls[prompt] == 1 else then)(gateway.calls[prompt])
+                if reply is None:
+                    self.close_connection = True  # no status line: the client meets a dropped connection
+                    return
+                status, headers, payload = reply
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def gateway(settings):
+    started: list[Gateway] = []
+
+    def start(first, then=lambda count: (200, {}, ANSWER)) -> Gateway:
+        server = Gateway(first, then)
+        started.append(server)
+        settings.GATEWAY_INTERNAL_URL = server.url
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.fixture
+def distilling(make_job, team) -> FineTuneJob:
+    teacher = Endpoint.objects.create(name="big-teacher", owner_team=team)
+    return make_job(
+        teacher_endpoint=teacher, status=JobStatus.RUNNING, attempt=1, heartbeat_at=timezone.now()
+    )
+
+
+PROMPTS = [{"prompt": f"ticket {i}", "completion": "?"} for i in range(3)]
+PASSING = {
+    "503 with Retry-After": lambda count: (503, {"Retry-After": "0"}, {"error": "restarting"}),
+    "429 with a Retry-After date": lambda count: (429, {"Retry-After": formatdate(usegmt=True)}, {}),
+    "502 without Retry-After": lambda count: (502, {}, {"error": "bad gateway"}),
+    "connection dropped": lambda count: None,
+}
+
+
+@pytest.mark.parametrize("failure", PASSING, ids=list(PASSING))
+def test_a_prompt_whose_call_meets_a_passing_failure_is_asked_again(
+    distilling, gateway, monkeypatch, failure
+):
+    monkeypatch.setattr(distillation, "TEACHER_BACKOFF_S", 0.2, raising=False)
+    server = gateway(PASSING[failure])
+    progress = []
+    answered = distillation.ask_teacher(distilling, PROMPTS, on_progress=lambda *p: progress.append(p))
+    assert len(answered) == 3 and all(a["messages"][-1]["content"] == "billing" for a in answered)
+    assert dict(server.calls) == {"ticket 0": 2, "ticket 1": 2, "ticket 2": 2}
+    # Each prompt's wait reported the count so far (the runner's heartbeat and cancel check), then its answer.
+    assert list(dict.fromkeys(progress)) == [(0, 3), (1, 3), (2, 3), (3, 3)]
+
+
+def test_a_teacher_still_failing_after_the_last_try_fails_the_stage_saying_so(
+    distilling, gateway, monkeypatch
+):
+    monkeypatch.setattr(distillation, "TEACHER_BACKOFF_S", 0.05, raising=False)
+    failing = lambda count: (503, {}, {"error": "down"})  # noqa: E731
+    server = gateway(failing, failing)
+    with pytest.raises(ValueError, match=rf"big-teacher answered 503 \({distillation.TEACHER_TRIES} tries\)"):
+        distillation.ask_teacher(distilling, PROMPTS)
+    assert dict(server.calls) == {"ticket 0": distillation.TEACHER_TRIES}
+    assert not ApiKey.objects.filter(
+        name=distillation.teacher_key_name(distilling.pk), revoked_at__isnull=True
+    ).exists()
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404])
+def test_a_refusal_another_try_would_not_change_fails_the_stage_at_once(distilling, gateway, status):
+    server = gateway(lambda count: (status, {"Retry-After": "0"}, {"error": "refused"}))
+    with pytest.raises(ValueError, match=f"big-teacher answered {status}: "):
+        distillation.ask_teacher(distilling, PROMPTS)
+    assert dict(server.calls) == {"ticket 0": 1}
+
+
+def test_a_cancel_asked_while_a_call_waits_to_be_tried_again_stops_the_stage_at_once(
+    distilling, gateway, monkeypatch
+):
+    """The job is run by its trainer as on a node; the cancel is asked while the first call is on its way,
+    and the teacher asks for a long wait: the trainer stops without waiting it out, and asks nothing more."""
+    monkeypatch.setattr(lora, "train", lambda **kwargs: pytest.fail("stage two started"))
+    server = gateway(lambda count: (503, {"Retry-After": "25"}, {"error": "overloaded"}))
+    FineTuneJob.objects.filter(pk=distilling.pk).update(cancel_requested=True)
+    started = time.monotonic()
+    assert runner.run(distilling.pk) == 3
+    assert time.monotonic() - started < 10
+    distilling.refresh_from_db()
+    assert (distilling.status, distilling.status_detail) == (
+        JobStatus.CANCELLED,
+        "Cancelled while asking the teacher.",
+    )
+    assert sum(server.calls.values()) == 1
+
+
+@pytest.mark.parametrize(
+    "headers, expected",
+    [
+        ({"Retry-After": "3600"}, "the cap"),
+        ({"Retry-After": "2"}, 2.0),
+        ({"Retry-After": "soon"}, "the backoff"),
+        ({}, "the backoff"),
+    ],
+)
+def test_the_wait_before_another_try_follows_retry_after_capped(headers, expected):
+    named = {"the cap": distillation.TEACHER_WAIT_CAP_S, "the backoff": distillation.TEACHER_BACKOFF_S}
+    assert distillation.retry_delay(httpx.Response(503, headers=headers), 1) == named.get(expected, expected)
