@@ -16,7 +16,8 @@ server, worker and beat also get SIGTERM if the launcher itself is killed (SIGKI
 
 Its exit status says how it ended: 0 when the person stopped it (Ctrl-C, SIGTERM or SIGHUP once the servers
 run: the normal way to end it); 1 when a start-up step failed or the web server, worker or beat exited on its
-own (a port in use, a crash), or when the data folder's path holds a space (the embedded PostgreSQL's
+own (a crash), when the port is taken (checked before anything starts: another `make run` there would answer
+the health check in this one's place), or when the data folder's path holds a space (the embedded PostgreSQL's
 ``pg_ctl`` cannot take one); 130 when Ctrl-C interrupted the start-up steps, 143 when SIGTERM did, 129 when
 SIGHUP did (128 + the signal, as a shell reports a process the signal ended).
 """
@@ -25,9 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +38,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
+
+import psutil
 
 from portfolio import commands, embedded, runlogs
 from portfolio.envparse import Env
@@ -129,12 +134,51 @@ def start_server(command: list[str], log: IO[bytes]) -> subprocess.Popen:
     )
 
 
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the web server could not listen on ``host:port`` (another server has the port), for the person; None
+    if it can. Bound as uvicorn binds it (SO_REUSEADDR: a port the last run left in TIME_WAIT is free), then let
+    go. The web server itself would find out only once Django is loaded, and until then the health check would
+    have another server's answer: another `make run`'s, on another data folder, taken for this one's."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:  # socket.gaierror included: a host name that does not resolve
+        other = port + 1 if port < 65535 else 8000
+        how = f"pick another port with PORTFOLIO_PORT (`make run PORTFOLIO_PORT={other}`, `portfolio run --port {other}`)"
+        if exc.errno == errno.EADDRINUSE:
+            return (
+                f"port {port} on {host} is in use (another `make run`, or another program): stop it, or {how}"
+            )
+        return f"cannot listen on {host} port {port} ({exc.strerror or exc}): set PORTFOLIO_HOST, or {how}"
+    return None
+
+
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}healthz", timeout=2) as response:  # noqa: S310 - our own server
             return response.status == 200
     except OSError:
         return False
+
+
+def _listens(server: subprocess.Popen, port: int) -> bool:
+    """Whether ``server`` (or a process it started) listens on ``port``: the answer on the port is this run's,
+    not that of a server that took the port after the check (which this one then failed to bind)."""
+    try:
+        process = psutil.Process(server.pid)
+        for each in (process, *process.children(recursive=True)):
+            for connection in each.net_connections(kind="tcp"):
+                if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port:
+                    return True
+    except psutil.NoSuchProcess:
+        return False  # it exited: the loop says so
+    except psutil.AccessDenied:
+        return True  # where a platform does not show a process's sockets, the answer is trusted as before
+    return False
 
 
 def run_all(*, host: str, port: int, demo: bool = True, verbose: bool = False) -> int:
@@ -157,6 +201,9 @@ def run_all(*, host: str, port: int, demo: bool = True, verbose: bool = False) -
     embedded.private_folder(data_dir)  # uploaded datasets, model weights, logs: this user's only
     try:
         with run_lock(data_dir):
+            if (why := _cannot_listen(host, port)) is not None:  # checked before anything starts
+                _say(f"{why}; nothing was started")
+                return 1
             return _run(data_dir, host=host, port=port, demo=demo, verbose=verbose)
     except FolderInUse as exc:
         _say(
@@ -256,7 +303,7 @@ def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> 
                         print(runlogs.tail(logs / f"{name}.log"), flush=True)
                 status = 1
                 break
-            if not listening and _answers(url):
+            if not listening and _answers(url) and _listens(children["web"], port):
                 listening = True
                 oneshots["events"] = _console_step("watch_events")
                 if demo:

@@ -49,7 +49,7 @@ def data_dir(monkeypatch, tmp_path):
 
 
 def _run():
-    return launcher.run_all(host="127.0.0.1", port=8000, demo=False)
+    return launcher.run_all(host="127.0.0.1", port=free_port("127.0.0.1"), demo=False)
 
 
 def test_a_second_launcher_on_the_same_data_folder_refuses_and_touches_nothing(data_dir, capsys):
@@ -145,7 +145,8 @@ def _serve(port=None):
 def test_a_server_that_exits_on_its_own_fails_the_run_and_everything_is_stopped(
     started, monkeypatch, capsys, crashed
 ):
-    """`make run` on a port in use: the web server exits at once, and `make run` with it, failing."""
+    """A web server that crashes as it starts (a broken setting, a port taken since the check): `make run`
+    stops with it, failing."""
     monkeypatch.setattr(commands, f"{crashed}_command", lambda *args: [sys.executable, "-c", "exit(3)"])
     assert _serve() == 1
     assert f"{crashed} exited with status 3; stopping everything" in capsys.readouterr().out

@@ -396,36 +396,3 @@ def test_a_dataset_is_measured_only_with_a_tokenizer_shared_with_its_team(
     with pytest.raises(Invalid, match=r"base_version: contracts-base:v1 is not shared with Support AI"):
         upload(member_of_both, chat_set, jsonl(*tickets(10)), base_version=their_base)
     assert not DatasetVersion.objects.exists()
-
-
-def test_a_page_far_into_a_split_seeks_to_it_instead_of_reading_every_row_before(tmp_path, monkeypatch):
-    """?page=999999999 is clamped to the last page, and every click on it read the whole split file (up to
-    the upload limit) from its first line. Every 1,024th line's offset is known after one pass."""
-    import json
-
-    from training import services as training_services
-
-    path = tmp_path / "train.jsonl"
-    path.write_bytes(
-        b"".join(
-            json.dumps({"text": f"row {i}", "label": "x" * (i % 7)}).encode() + b"\n" for i in range(5000)
-        )
-    )
-    rows = training_services.SplitRows(path, 5000)
-    reads = []
-    original = training_services._offsets
-
-    def counted(p):
-        reads.append(p)
-        return original(p)
-
-    monkeypatch.setattr(training_services, "_offsets", counted)
-    for start in (0, 1023, 1024, 1025, 2047, 4990):
-        page = rows[start : start + 10]
-        assert [item["row"]["text"] for item in page] == [
-            f"row {i}" for i in range(start, min(start + 10, 5000))
-        ]
-        assert [item["index"] for item in page] == list(range(start + 1, min(start + 10, 5000) + 1))
-    assert len(reads) == 4 and len(training_services._OFFSETS) >= 1
-    key = next(k for k in training_services._OFFSETS if k[0] == str(path))
-    assert len(training_services._OFFSETS[key]) == 5  # lines 0, 1024, 2048, 3072, 4096: one pass made them
