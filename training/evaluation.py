@@ -78,11 +78,15 @@ def f1_by_label(pairs: list[tuple[str, str]]) -> dict[str, float]:
     return scores
 
 
-def label_pairs(expected: list[str], answers: list[str]) -> list[tuple[str, str]]:
+def label_pairs(
+    expected: list[str], answers: list[str], *, labels: Collection[str] | None = None
+) -> list[tuple[str, str]]:
     """(expected label, label answered) of each row, both as compared (``normalise``): the label an answer
-    names among the expected ones (``predicted_label``), else the answer itself."""
+    names among the expected ones (``predicted_label``), else the answer itself. ``labels``: the whole
+    label set (normalised) the rows were drawn from, when these rows are only some of them: an answer naming
+    a label none of these rows expects is then wrong, however few rows were scored."""
     truths = [normalise(text) for text in expected]
-    labels = set(truths)
+    labels = set(truths) | set(labels or ())
     return [
         (truth, predicted_label(normalise(answer), labels))
         for truth, answer in zip(truths, answers, strict=True)

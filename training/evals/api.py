@@ -68,6 +68,13 @@ class LeaderboardEntryOut(Schema):
         description="Mean score of the run's judge endpoint, 0-1; None without one"
     )
     on_front: bool = Field(description="No other candidate beats it on both quality and cost")
+    rows: int = Field(description="Rows the run scored")
+    max_tokens: int = Field(alias="run.max_tokens")
+    comparable: bool = Field(
+        description="Scored on as many rows (or the eval set whole) and with the same max_tokens as the "
+        "reference run (the task's production endpoint's, else the one over the most rows); else on no front"
+    )
+    incomparable: str = Field(description="Why it is not comparable; empty when it is")
 
 
 class EvalSetDetail(EvalSetOut):

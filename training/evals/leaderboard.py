@@ -1,5 +1,7 @@
 """The leaderboard of an eval set: each candidate endpoint's latest finished run on it, best quality first,
-with the front marked (candidates no other beats on both quality and cost per 1,000 requests)."""
+with the front marked (candidates no other beats on both quality and cost per 1,000 requests). A run
+scored under other settings than the reference run (the task's production endpoint's, else the one over
+the most rows: ``comparability``) is listed, marked not comparable with why, and is on no front."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from dataclasses import dataclass
 
 from portfolio.charts import coordinate, nice_step, tick_label
 from training.choices import JobStatus
-from training.evals import metrics
+from training.evals import comparability, metrics
 from training.evals.models import EndpointEvalRun, EvalSet
 
 
@@ -19,10 +21,21 @@ class Entry:
     cost_per_1k: float | None
     judge_score: float | None = None
     on_front: bool = False
+    # Why the run is not ranked beside the reference run ("" when it is).
+    incomparable: str = ""
 
     @property
     def endpoint(self) -> str:
         return self.run.endpoint_name
+
+    @property
+    def rows(self) -> int:
+        """The rows the run scored."""
+        return self.run.rows_total
+
+    @property
+    def comparable(self) -> bool:
+        return not self.incomparable
 
     @property
     def cells(self) -> dict[str, str]:
@@ -70,11 +83,22 @@ def leaderboard(eval_set: EvalSet) -> list[Entry]:
         )
         for run in latest
     ]
-    best = metrics.front([(e.endpoint, e.quality, e.cost_per_1k) for e in entries])
+    reference = comparability.reference_run([e.run for e in entries], eval_set.task.production_endpoint_id)
+    if reference is not None:
+        for entry in entries:
+            entry.incomparable = comparability.incomparable(entry.run, reference, eval_set.row_count)
+    best = metrics.front([(e.endpoint, e.quality, e.cost_per_1k) for e in entries if e.comparable])
     for entry in entries:
         entry.on_front = entry.endpoint in best
     return sorted(
-        entries, key=lambda e: (e.quality is None, -(e.quality or 0), e.cost_per_1k or 0, e.endpoint)
+        entries,
+        key=lambda e: (
+            not e.comparable,
+            e.quality is None,
+            -(e.quality or 0),
+            e.cost_per_1k or 0,
+            e.endpoint,
+        ),
     )
 
 
@@ -88,7 +112,7 @@ def quality_cost_chart(entries: list[Entry], currency: str) -> dict | None:
     """The candidates with a quality and a cost as points (quality 0-100% up, cost per 1,000 requests
     right), the front's points marked and joined from the cheapest; None with fewer than one such point.
     Laid out for ``training/includes/quality_cost_chart.html`` (inline SVG, no script)."""
-    drawn = [e for e in entries if e.quality is not None and e.cost_per_1k is not None]
+    drawn = [e for e in entries if e.comparable and e.quality is not None and e.cost_per_1k is not None]
     if not drawn:
         return None
     plot_width, plot_height = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
@@ -114,7 +138,8 @@ def quality_cost_chart(entries: list[Entry], currency: str) -> dict | None:
     ]
     front = sorted((e for e in drawn if e.on_front), key=lambda e: (e.cost_per_1k, e.quality))
     line = " ".join(f"{coordinate(x(e.cost_per_1k or 0))},{coordinate(y(e.quality or 0))}" for e in front)
-    unpriced = sum(1 for e in entries if e.cost_per_1k is None)
+    unpriced = sum(1 for e in entries if e.comparable and e.cost_per_1k is None)
+    apart = sum(1 for e in entries if not e.comparable)
     summary = f"{len(drawn)} candidate{'s' if len(drawn) != 1 else ''} by quality and cost per 1,000 requests"
     if front:
         summary += "; on the front: " + ", ".join(
@@ -122,6 +147,8 @@ def quality_cost_chart(entries: list[Entry], currency: str) -> dict | None:
         )
     if unpriced:
         summary += f"; {unpriced} not priced, not drawn"
+    if apart:
+        summary += f"; {apart} not comparable (other rows or max_tokens), not drawn"
     return {
         "width": WIDTH,
         "height": HEIGHT,

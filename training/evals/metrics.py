@@ -7,7 +7,7 @@ Answers and expected answers are compared normalised as the fine-tune's evaluati
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -64,16 +64,19 @@ def cost_per_1k_requests(
     return total / Decimal(1_000_000) / len(tokens) * 1000
 
 
-def answer_scores(kind: str, expected: Sequence[str], answers: Sequence[str]) -> dict[str, Any]:
+def answer_scores(
+    kind: str, expected: Sequence[str], answers: Sequence[str], *, labels: Collection[str] | None = None
+) -> dict[str, Any]:
     """The scores of a task's kind, and ``quality``, the one number the leaderboard ranks: accuracy for
-    classification, exact match for extraction, containment for generation."""
+    classification, exact match for extraction, containment for generation. ``labels``: every label of the
+    eval set (normalised) an answer may name, not only those of these rows."""
     scores: dict[str, Any] = {
         "rows": len(expected),
         "exact_match": exact_match(expected, answers),
         "contains": containment(expected, answers),
     }
     if kind == TaskKind.CLASSIFICATION:
-        pairs = evaluation.label_pairs(list(expected), list(answers))
+        pairs = evaluation.label_pairs(list(expected), list(answers), labels=labels)
         scores["accuracy"] = accuracy(pairs)
         scores["f1_by_label"] = f1_by_label(pairs)
         scores["macro_f1"] = macro_f1(scores["f1_by_label"])
@@ -84,10 +87,13 @@ def answer_scores(kind: str, expected: Sequence[str], answers: Sequence[str]) ->
     return scores
 
 
-def row_verdicts(kind: str, expected: Sequence[str], answers: Sequence[str]) -> list[bool]:
-    """Each row right or wrong by the measure ``quality`` counts for the kind (a side-by-side's marks)."""
+def row_verdicts(
+    kind: str, expected: Sequence[str], answers: Sequence[str], *, labels: Collection[str] | None = None
+) -> list[bool]:
+    """Each row right or wrong by the measure ``quality`` counts for the kind (a side-by-side's marks);
+    ``labels`` as ``answer_scores`` takes them."""
     truths = [normalise(e) for e in expected]
-    labels = set(truths)
+    labels = set(truths) | set(labels or ())
     verdicts = []
     for truth, answer in zip(truths, (normalise(a) for a in answers), strict=True):
         if kind == TaskKind.CLASSIFICATION:

@@ -1,8 +1,11 @@
 """The portfolio: one row per task the actor sees, with the endpoint that serves it in production, that
 endpoint's figures on the task's eval set (quality, p50 latency, cost per 1,000 requests from its latest
 finished run), its traffic (requests per day over the last 7 days, from the hourly usage rollups), and a
-hint when another candidate on the same eval set would do as well for less. One action starts a canary of
-that candidate on the production endpoint, through serving's rollout service (which gates and audits it).
+hint when another candidate on the same eval set would do as well for less: one measured as it serves now,
+on at least as many rows as production's run and with the same ``max_tokens`` (``comparability``). One
+action starts a canary of that candidate on the production endpoint, through serving's rollout service
+(which gates and audits it). A version or size is shown only of a model the reader may see in the registry
+(``visible_tasks``).
 
 Contract: a page of rows costs a fixed number of queries, however many tasks, eval sets, runs and
 endpoints it shows (``Rows`` builds a page at once; tests pin the count). The raw usage events are never
@@ -19,21 +22,25 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.contrib.postgres.expressions import ArraySubquery
+from django.contrib.postgres.fields import ArrayField
 from django.db import transaction
-from django.db.models import Prefetch, Q, QuerySet, Sum
+from django.db.models import BigIntegerField, Prefetch, Q, QuerySet, Sum, Value
 from django.utils import timezone
 
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid, NotFound
+from portfolio.registry.models import Model as RegistryModel
 from portfolio.templatetags.formatting import human_count
 from serving import services as serving_services
 from serving.choices import EndpointKind, RolloutState
 from serving.gateway.models import UsageHourly
-from serving.models import Endpoint, EndpointRoute, Rollout
+from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, Rollout
 from serving.services import composite
 from training.choices import JobStatus
+from training.evals import comparability
 from training.evals.models import EndpointEvalRun, EvalSet, Task
 
 TRAFFIC_DAYS = 7
@@ -58,6 +65,8 @@ class Figures:
     # The route target a canary would send traffic to: (deployment, adapter or ""), and its team.
     target: tuple[str, str] | None = None
     target_team_id: int | None = None
+    # The endpoint routes elsewhere now than when the run measured it: its figures are not of what it serves.
+    repointed: bool = False
 
     @property
     def label(self) -> str:
@@ -151,7 +160,8 @@ class Hint:
 
 @dataclass
 class Row:
-    """One task on the portfolio page."""
+    """One task on the portfolio page. ``incomparable``: candidates not ranked beside production (hinted
+    at), each with why: scored on fewer rows or with another ``max_tokens`` than production's run."""
 
     task: Task
     eval_set: EvalSet | None = None
@@ -162,6 +172,7 @@ class Row:
     requests_per_day: float | None = None
     last_evaluated: datetime | None = None
     hint: Hint | None = None
+    incomparable: dict[str, str] = field(default_factory=dict)
 
 
 def _routes(endpoint: Endpoint) -> list[EndpointRoute]:
@@ -175,25 +186,33 @@ def _main_route(endpoint: Endpoint) -> EndpointRoute | None:
     return routes[0] if routes else None
 
 
-def _figures(run: EndpointEvalRun, endpoint: Endpoint | None) -> Figures:
+def _figures(run: EndpointEvalRun, endpoint: Endpoint | None, readable: set[int]) -> Figures:
+    """``readable``: the models the reader may see in the registry; another's size is not shown."""
     route = _main_route(endpoint) if endpoint is not None else None
+    seen = route is not None and route.deployment.version.model_id in readable
     return Figures(
         endpoint=run.endpoint_name,
         quality=run.metrics.get("quality"),
         latency_p50_ms=run.metrics.get("latency_p50_ms"),
         cost_per_1k=run.metrics.get("cost_per_1k_requests"),
         # What serves the endpoint runs the deployment's base, adapter or not: that is its size.
-        parameters=route.deployment.version.parameter_count if route else None,
+        parameters=route.deployment.version.parameter_count if route and seen else None,
         run_id=run.pk,
         finished_at=run.finished_at,
         target=(route.deployment.name, route.adapter.name if route.adapter else "") if route else None,
         target_team_id=route.deployment.owner_team_id if route else None,
+        repointed=endpoint is not None and comparability.repointed(run, endpoint, _routes(endpoint)),
     )
 
 
 def _blocked(candidate: Figures, endpoint: Endpoint) -> str:
     """Why serving's rollout service would refuse a canary of ``candidate`` on ``endpoint``, as far as the
     rows already read tell ("" when it would start it)."""
+    if candidate.repointed:
+        return (
+            f"{candidate.endpoint} routes elsewhere than when eval run #{candidate.run_id} measured it: "
+            "evaluate it again."
+        )
     if candidate.target is None:
         return f"{candidate.endpoint} routes nowhere now."
     if candidate.target_team_id != endpoint.owner_team_id:
@@ -222,11 +241,13 @@ def _endpoints(ids: set[int]) -> dict[int, Endpoint]:
     return {endpoint.pk: endpoint for endpoint in found}
 
 
-def _version(endpoint: Endpoint) -> str | None:
+def _version(endpoint: Endpoint, readable: set[int]) -> str | None:
+    """The version the endpoint mainly serves, if the reader may see its model in the registry."""
     route = _main_route(endpoint)
     if route is None:
         return None
-    return route.adapter.version.label if route.adapter else route.deployment.version.label
+    version = route.adapter.version if route.adapter else route.deployment.version
+    return version.label if version.model_id in readable else None
 
 
 def _traffic(endpoints: Sequence[Endpoint], now: datetime) -> dict[str, dict[int | None, float]]:
@@ -273,7 +294,8 @@ def build_rows(
     tasks: Sequence[Task], *, margin: float | None = None, now: datetime | None = None
 ) -> list[Row]:
     """The rows of ``tasks`` (already visible to the reader, with ``owner_team`` and
-    ``production_endpoint`` selected), in a fixed number of queries."""
+    ``production_endpoint`` selected), in a fixed number of queries. Tasks not read by ``visible_tasks``
+    (without ``readable_model_ids``) show no model's version or size."""
     margin = hint_margin() if margin is None else margin
     now = now or timezone.now()
     rows = [Row(task=task) for task in tasks]
@@ -303,27 +325,39 @@ def build_rows(
     production_ids = {row.task.production_endpoint_id for row in rows}
     traffic = _traffic([e for pk, e in endpoints.items() if pk in production_ids], now)
     for row in rows:
+        readable = set(getattr(row.task, "readable_model_ids", None) or ())
         production = endpoints.get(row.task.production_endpoint_id or 0)
         sets = eval_sets.get(row.task.pk, [])
         row.eval_set = _chosen_set(sets, runs_by_set, production)
         runs = runs_by_set.get(row.eval_set.pk, []) if row.eval_set else []
-        figures = [_figures(run, endpoints.get(run.endpoint_id or 0)) for run in runs]
+        figures = [_figures(run, endpoints.get(run.endpoint_id or 0), readable) for run in runs]
         row.last_evaluated = max((run.finished_at for run in runs if run.finished_at), default=None)
         if production is None:
             row.candidates = figures
             continue
         row.endpoint = production
-        row.version = _version(production)
+        row.version = _version(production, readable)
         row.requests_per_day = _requests_per_day(traffic.get(production.name, {}), row.task, production)
         row.production = next((f for f in figures if f.endpoint == production.name), None)
         row.candidates = [f for f in figures if f.endpoint != production.name]
-        if row.production is not None:
-            candidate = pick_candidate(row.production, row.candidates, margin)
+        if row.production is not None and row.eval_set is not None:
+            row.incomparable = _incomparable(runs, production.pk, row.eval_set.row_count)
+            # Only what was measured as it serves now, under production's run's settings, is hinted at.
+            hintable = [c for c in row.candidates if not c.repointed and c.endpoint not in row.incomparable]
+            candidate = pick_candidate(row.production, hintable, margin)
             if candidate is not None:
                 row.hint = Hint(
                     candidate=candidate, production=row.production, blocked=_blocked(candidate, production)
                 )
     return rows
+
+
+def _incomparable(runs: list[EndpointEvalRun], production: int, eval_set_rows: int) -> dict[str, str]:
+    reference = comparability.reference_run(runs, production)
+    if reference is None:
+        return {}
+    found = {run.endpoint_name: comparability.incomparable(run, reference, eval_set_rows) for run in runs}
+    return {name: why for name, why in found.items() if why}
 
 
 def _chosen_set(
@@ -337,10 +371,23 @@ def _chosen_set(
 
 
 def visible_tasks(actor: Actor) -> QuerySet[Task]:
-    """The tasks the actor sees, in the page's order."""
+    """The tasks the actor sees, in the page's order, each with ``readable_model_ids``: the deployed models
+    the actor may see in the registry (``gate.visible``), whose versions and sizes the rows may show (a task
+    served by another team's shared endpoint does not show that team's private model). In the tasks' own
+    query: the page costs no query more."""
+    deployed = Q(pk__in=Deployment.objects.values("version__model_id")) | Q(
+        pk__in=DeploymentAdapter.objects.values("version__model_id")
+    )
+    models = gate.visible(actor, RegistryModel).filter(deployed).values("pk")
+    readable = (
+        Value([], output_field=ArrayField(BigIntegerField()))
+        if models.query.is_empty()
+        else ArraySubquery(models)
+    )
     return (
         gate.visible(actor, Task)
         .select_related("owner_team", "production_endpoint")
+        .annotate(readable_model_ids=readable)
         .order_by("owner_team__slug", "slug", "id")
     )
 
@@ -397,7 +444,8 @@ def set_production_endpoint(*, actor: Actor, task: Task, endpoint: Endpoint | No
 def start_canary(*, actor: Actor, task: Task, candidate: str, canary_percent: int | None = None) -> Rollout:
     """Start a canary of ``candidate`` (an endpoint with a finished run on the task's eval set) on the task's
     production endpoint: its heaviest route target gets the canary weight. Serving's rollout service decides
-    whether the actor may change the endpoint (403), and audits the start."""
+    whether the actor may change the endpoint (403), and audits the start. A candidate that routes elsewhere
+    now than when its latest run measured it is refused (409): what it serves was never evaluated."""
     row = row_for(actor, task.pk)
     if row.endpoint is None:
         raise Invalid(f"{task.name} has no production endpoint: name one first.")

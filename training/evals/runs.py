@@ -23,8 +23,8 @@ from portfolio.errors import Conflict, Invalid, NotFound
 from serving.choices import EndpointKind
 from serving.models import Endpoint
 from training import evaluation, services
-from training.choices import EvalSetSource, JobStatus, Split
-from training.evals import gateway, judging, metrics
+from training.choices import EvalSetSource, JobStatus, Split, TaskKind
+from training.evals import comparability, gateway, judging, metrics
 from training.evals.models import EndpointEvalRun, EvalSet, Task
 
 logger = logging.getLogger(__name__)
@@ -199,11 +199,20 @@ def rows_of(eval_set: EvalSet, limit: int) -> list[dict]:
     return rows[:limit]
 
 
+def labels_of(eval_set: EvalSet) -> set[str]:
+    """The labels (expected answers, normalised) of every row a run of the eval set may score: an answer is
+    matched against all of them, so a short run scores its rows as a long one does."""
+    return {metrics.normalise(evaluation.expected_answer(row)) for row in rows_of(eval_set, MAX_ROWS)}
+
+
 def execute(run_id: int) -> None:
     """The worker's part: claim a queued run, score it, and end it whatever happens."""
     now = timezone.now()
+    endpoint_id = EndpointEvalRun.objects.filter(pk=run_id).values_list("endpoint_id", flat=True).first()
+    # What the endpoint routes to as its rows are sent: what the run measures (a canary of it checks it).
+    measured = comparability.routes_of(endpoint_id) if endpoint_id else []
     claimed = EndpointEvalRun.objects.filter(pk=run_id, status=JobStatus.QUEUED).update(
-        status=JobStatus.RUNNING, started_at=now, heartbeat_at=now
+        status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, measured_routes=measured
     )
     if not claimed:
         return  # cancelled before it started, or run by another delivery
@@ -293,11 +302,12 @@ def _score(run: EndpointEvalRun) -> None:
         finish(run.pk, JobStatus.CANCELLED, f"Cancelled after {done} of {len(rows)} rows.")
         return
     kind = run.eval_set.task.kind
+    labels = labels_of(run.eval_set) if kind == TaskKind.CLASSIFICATION else None
     succeeded = finish(
         run.pk,
         JobStatus.SUCCEEDED,
-        scores=summarise(kind, rows, answers, price, verdicts, metered=metered),
-        answers=answer_rows(kind, rows, answers, verdicts),
+        scores=summarise(kind, rows, answers, price, verdicts, metered=metered, labels=labels),
+        answers=answer_rows(kind, rows, answers, verdicts, labels=labels),
         unless_cancelled=True,  # a cancel asked since the check above is not overwritten by a success
     )
     if not succeeded:
@@ -324,12 +334,18 @@ MAX_STORED_PROMPT, MAX_STORED_ANSWER = 500, 1000
 
 
 def answer_rows(
-    kind: str, rows: list[dict], answers: list[gateway.Answer], verdicts: list[float | None] | None
+    kind: str,
+    rows: list[dict],
+    answers: list[gateway.Answer],
+    verdicts: list[float | None] | None,
+    *,
+    labels: set[str] | None = None,
 ) -> list[dict]:
     """What the run keeps per row for the side-by-side: the question's last message, the expected and the
-    given answer (cut short), right or not by the task's measure, and the judge's score."""
+    given answer (cut short), right or not by the task's measure (``labels``: the eval set's, ``labels_of``),
+    and the judge's score."""
     expected = [evaluation.expected_answer(row) for row in rows]
-    right = metrics.row_verdicts(kind, expected, [a.text for a in answers])
+    right = metrics.row_verdicts(kind, expected, [a.text for a in answers], labels=labels)
     kept = []
     for i, (row, answer) in enumerate(zip(rows, answers, strict=True)):
         question = evaluation.prompt_messages(row)
@@ -353,13 +369,15 @@ def summarise(
     verdicts: list[float | None] | None = None,
     *,
     metered=None,
+    labels: set[str] | None = None,
 ) -> dict:
     """A run's metrics from its rows and the endpoint's answers; ``price``: the endpoint's price in force
     (billing's), None when it has none; ``verdicts``: the judge's scores, when the run has a judge;
     ``metered``: what billing charged for the rows' calls in all (a composite endpoint: its hops, each at
-    its own price), which then gives the cost instead of ``price``."""
+    its own price), which then gives the cost instead of ``price``; ``labels``: the eval set's labels
+    (``labels_of``) a classification answer is matched against."""
     scores = metrics.answer_scores(
-        kind, [evaluation.expected_answer(row) for row in rows], [a.text for a in answers]
+        kind, [evaluation.expected_answer(row) for row in rows], [a.text for a in answers], labels=labels
     )
     latencies = [a.latency_s * 1000 for a in answers]
     seconds = sum(a.latency_s for a in answers)
