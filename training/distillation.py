@@ -4,14 +4,11 @@ answers become a new dataset version that the student is fine-tuned on in stage 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import time
 from collections.abc import Callable
-from email.utils import parsedate_to_datetime
 
-import httpx
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -20,7 +17,7 @@ from portfolio.accounts.actor import Actor
 from serving.gateway import services as key_services
 from serving.models import Endpoint
 from serving.services import composite
-from training import ingest, services
+from training import gateway_retries, ingest, services
 from training.choices import DatasetKind
 from training.defaults import Hyperparameters
 from training.evals.gateway import KeyedClient
@@ -29,17 +26,6 @@ from training.models import Dataset, DatasetVersion, FineTuneJob
 
 SYSTEM = Actor.for_system("training.distillation")
 ANSWERS_SUFFIX = "-distilled"
-
-# A teacher call that meets a passing failure (the gateway or the teacher's replica unreachable, rate limited,
-# overloaded, restarting) is tried again, a bounded number of times: failing the stage would lose every answer
-# before it, each one billed. Constants, never a client's choice: each try may be a billed call.
-TEACHER_TRIES = 4  # the first call and three more
-TEACHER_BACKOFF_S = 1.0  # the wait before the second try, doubled before each further one
-TEACHER_WAIT_CAP_S = 30.0  # the longest wait between two tries, a Retry-After included
-TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
-# Refused connections, resets, a connection dropped before the answer. Not a read timeout: the teacher
-# already had the gateway's whole upstream timeout, and the gateway answers 504 before it.
-TRANSIENT_ERRORS = (httpx.NetworkError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 
 
 def teacher_of(job: FineTuneJob) -> Endpoint:
@@ -76,7 +62,7 @@ def ask_teacher(
     on_progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> list[dict]:
     """The teacher's whole answers to ``rows``' prompts. ``on_progress(done, total)`` is called after each
-    prompt, and while a call waits to be tried again (``call_teacher``): it may raise to stop the stage."""
+    prompt, and while a call waits to be tried again (``gateway_retries.post``): it may raise to stop the stage."""
     endpoint = teacher_of(job)
     answers_dataset(job)  # one the answers cannot go to is refused before the first (billed) call
     max_tokens = answer_tokens(job)
@@ -104,15 +90,17 @@ def ask_teacher(
                 if not any(str(message.get("content") or "").strip() for message in messages):
                     on_progress(index, len(rows))
                     continue  # a row that asks nothing (an answer alone): no call, nothing to learn
-                response = call_teacher(
+                response = gateway_retries.post(
                     client,
-                    endpoint.name,
+                    "/v1/chat/completions",
                     {
                         "model": endpoint.name,
                         "messages": messages,
                         "max_tokens": max_tokens,
                         "temperature": 0,
                     },
+                    endpoint=endpoint.name,
+                    who=f"The teacher {endpoint.name}",
                     # While a call waits to be tried again: nothing more answered, the trainer still alive.
                     waiting=functools.partial(on_progress, index - 1, len(rows)),
                 )
@@ -140,54 +128,6 @@ def ask_teacher(
             f"cut at {max_tokens} tokens): raise hyperparameters.max_length, or ask for shorter answers."
         )
     return answered
-
-
-def retry_delay(response: httpx.Response | None, tried: int) -> float:
-    """Seconds to wait before the try after ``tried``: the answer's Retry-After (seconds or an HTTP date)
-    where it gives one, else a backoff doubling from ``TEACHER_BACKOFF_S``; at most ``TEACHER_WAIT_CAP_S``."""
-    delay = TEACHER_BACKOFF_S * 2 ** (tried - 1)
-    given = (response.headers.get("retry-after") or "").strip() if response is not None else ""
-    if given.isdigit():
-        delay = float(given)
-    elif given:
-        with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):  # else the backoff
-            delay = parsedate_to_datetime(given).timestamp() - time.time()
-    return min(max(delay, 0.0), TEACHER_WAIT_CAP_S)
-
-
-def call_teacher(
-    client: httpx.Client, name: str, body: dict, *, waiting: Callable[[], object] = lambda: None
-) -> httpx.Response:
-    """The teacher's 200 answer to one prompt. A passing failure is tried again up to ``TEACHER_TRIES`` times
-    in all; any other refusal (400, 401, 403, 404...), or the last try's, raises ``ValueError`` at once.
-    ``waiting`` is called before and about once a second during each wait: the trainer's heartbeat and
-    cancel check, which stops the waits by raising."""
-    for tried in range(1, TEACHER_TRIES + 1):
-        response: httpx.Response | None = None
-        try:
-            response = client.post("/v1/chat/completions", json=body)
-        except TRANSIENT_ERRORS as exc:
-            if tried == TEACHER_TRIES:
-                raise ValueError(
-                    f"The gateway did not answer the teacher {name}'s call, {tried} times: "
-                    f"{exc.__class__.__name__}."
-                ) from None
-        else:
-            if response.status_code == 200:
-                return response
-            if response.status_code not in TRANSIENT_STATUSES or tried == TEACHER_TRIES:
-                times = f" ({tried} tries)" if tried > 1 else ""
-                raise ValueError(
-                    f"The teacher {name} answered {response.status_code}{times}: {response.text[:300]}"
-                )
-        deadline = time.monotonic() + retry_delay(response, tried)
-        while True:
-            waiting()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            time.sleep(min(left, 1.0))
-    raise AssertionError("unreachable: the last try returns or raises")
 
 
 def answers_dataset_name(source_name: str) -> str:

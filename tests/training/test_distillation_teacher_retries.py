@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from serving.gateway.models import ApiKey
 from serving.models import Endpoint
-from training import distillation, lora, runner
+from training import distillation, gateway_retries, lora, runner
 from training.choices import JobStatus
 from training.models import FineTuneJob
 
@@ -104,7 +104,7 @@ PASSING = {
 def test_a_prompt_whose_call_meets_a_passing_failure_is_asked_again(
     distilling, gateway, monkeypatch, failure
 ):
-    monkeypatch.setattr(distillation, "TEACHER_BACKOFF_S", 0.2, raising=False)
+    monkeypatch.setattr(gateway_retries, "BACKOFF_S", 0.2)
     server = gateway(PASSING[failure])
     progress = []
     answered = distillation.ask_teacher(distilling, PROMPTS, on_progress=lambda *p: progress.append(p))
@@ -117,12 +117,12 @@ def test_a_prompt_whose_call_meets_a_passing_failure_is_asked_again(
 def test_a_teacher_still_failing_after_the_last_try_fails_the_stage_saying_so(
     distilling, gateway, monkeypatch
 ):
-    monkeypatch.setattr(distillation, "TEACHER_BACKOFF_S", 0.05, raising=False)
+    monkeypatch.setattr(gateway_retries, "BACKOFF_S", 0.05)
     failing = lambda count: (503, {}, {"error": "down"})  # noqa: E731
     server = gateway(failing, failing)
-    with pytest.raises(ValueError, match=rf"big-teacher answered 503 \({distillation.TEACHER_TRIES} tries\)"):
+    with pytest.raises(ValueError, match=rf"big-teacher answered 503 \({gateway_retries.TRIES} tries\)"):
         distillation.ask_teacher(distilling, PROMPTS)
-    assert dict(server.calls) == {"ticket 0": distillation.TEACHER_TRIES}
+    assert dict(server.calls) == {"ticket 0": gateway_retries.TRIES}
     assert not ApiKey.objects.filter(
         name=distillation.teacher_key_name(distilling.pk), revoked_at__isnull=True
     ).exists()
@@ -165,5 +165,5 @@ def test_a_cancel_asked_while_a_call_waits_to_be_tried_again_stops_the_stage_at_
     ],
 )
 def test_the_wait_before_another_try_follows_retry_after_capped(headers, expected):
-    named = {"the cap": distillation.TEACHER_WAIT_CAP_S, "the backoff": distillation.TEACHER_BACKOFF_S}
-    assert distillation.retry_delay(httpx.Response(503, headers=headers), 1) == named.get(expected, expected)
+    named = {"the cap": gateway_retries.WAIT_CAP_S, "the backoff": gateway_retries.BACKOFF_S}
+    assert gateway_retries.retry_delay(httpx.Response(503, headers=headers), 1) == named.get(expected, expected)

@@ -24,6 +24,7 @@ from serving.gateway import services as key_services
 from serving.gateway.models import UsageEvent
 from serving.models import Endpoint
 from serving.services import composite
+from training import gateway_retries
 
 SYSTEM = Actor.for_system("training.evals")
 
@@ -104,18 +105,18 @@ def revoke_left_keys(team_id: int, labels: list[str]) -> int:
 
 
 def ask(client: httpx.Client, endpoint_name: str, messages: list[dict], max_tokens: int) -> Answer:
-    """One row's chat completion, greedy, timed from request to full answer."""
-    started = time.monotonic()
+    """One row's chat completion, greedy, timed from request to full answer. A passing failure (429, 502-504,
+    a dropped connection) is tried again (``gateway_retries``): one would fail the whole run, every row
+    before it billed. The latency is the answered try's: a wait to try again is the gateway's refusal, not
+    the endpoint's speed."""
+    body = {"model": endpoint_name, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
     try:
-        response = client.post(
-            "/v1/chat/completions",
-            json={"model": endpoint_name, "messages": messages, "max_tokens": max_tokens, "temperature": 0},
-        )
-    except httpx.HTTPError as exc:
+        response = gateway_retries.post(client, "/v1/chat/completions", body, endpoint=endpoint_name)
+    except gateway_retries.CallFailed as exc:
+        raise GatewayRefused(str(exc)) from None
+    except httpx.HTTPError as exc:  # a read timeout: the endpoint had the gateway's whole upstream timeout
         raise GatewayRefused(f"The gateway did not answer: {exc.__class__.__name__}.") from None
-    latency = time.monotonic() - started
-    if response.status_code != 200:
-        raise GatewayRefused(f"{endpoint_name} answered {response.status_code}: {response.text[:300]}")
+    latency = response.elapsed.total_seconds()  # from sending to the whole answer read
     try:
         body = response.json()
         text = body["choices"][0]["message"]["content"] or ""
