@@ -166,4 +166,6 @@ def test_a_cancel_asked_while_a_call_waits_to_be_tried_again_stops_the_stage_at_
 )
 def test_the_wait_before_another_try_follows_retry_after_capped(headers, expected):
     named = {"the cap": gateway_retries.WAIT_CAP_S, "the backoff": gateway_retries.BACKOFF_S}
-    assert gateway_retries.retry_delay(httpx.Response(503, headers=headers), 1) == named.get(expected, expected)
+    assert gateway_retries.retry_delay(httpx.Response(503, headers=headers), 1) == named.get(
+        expected, expected
+    )
