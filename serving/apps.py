@@ -49,9 +49,13 @@ class ServingConfig(AppConfig):
             return find
 
         def lister(model, kind):
-            return lambda: [
-                subjects.Subject(kind, str(pk), name) for pk, name in model.objects.values_list("pk", "name")
-            ]
+            def listing(actor=None):
+                # What the actor may see, as everywhere (another team's private endpoint's name is not theirs
+                # to learn); all of them without one (the admins' price form).
+                found = model.objects.all() if actor is None else model.objects.visible_to(actor)
+                return [subjects.Subject(kind, str(pk), name) for pk, name in found.values_list("pk", "name")]
+
+            return listing
 
         for model, kind in ((Endpoint, PriceKind.ENDPOINT), (ComputePool, PriceKind.POOL)):
             subjects.register(kind, find=finder(model, kind), listing=lister(model, kind))

@@ -85,7 +85,8 @@ class PriceIn(Schema):
     kind: PriceKind
     subject: str = Field(min_length=1, max_length=100, description="The endpoint's, pool's or store's name.")
     effective_from: datetime | None = Field(
-        None, description="On the hour, in a month still open; without a zone, UTC. Default: this hour."
+        None,
+        description="On the hour, in a month still open; without a zone, UTC. Default: the start of the next hour.",
     )
     note: str = Field("", max_length=200)
     input_per_million: Rate | None = None
@@ -150,14 +151,19 @@ def create_price(request, payload: PriceIn):
 @router.get("/prices/subjects", response=list[SubjectOut])
 @paginate(Pages, page_size=100)
 def list_subjects(request, kind: PriceKind | None = None):
-    """What can be priced (endpoints, pools, stores), by kind and name, with the price in force now."""
+    """What can be priced (endpoints, pools, stores), by kind and name, with the price in force now: those
+    the caller may see (their teams' endpoints, the pools open to them; everything for org-wide roles), and
+    every subject with a price, as the price book shows every reader (the organisation's list)."""
     _reader(request)
     kinds = [kind] if kind else list(PriceKind.values)
     book = PriceBook.load(kinds=kinds)
     now = timezone.now()
     found = []
     for each in kinds:
+        shown = set(book.subjects(each)) | {s.id for s in subjects.listing(each, request.auth)}
         for subject in subjects.listing(each):
+            if subject.id not in shown:
+                continue  # another team's, unpriced: not even its name is the caller's to learn
             price = book.at(each, subject.id, now)
             found.append(
                 {

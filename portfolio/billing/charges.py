@@ -128,9 +128,9 @@ def _tokens(ledger: Ledger, book: PriceBook, departments: Scope, start: datetime
     per_line: dict[tuple, int] = defaultdict(
         int
     )  # (department, team, kind, endpoint, detail, unit price, owner)
-    # Tokens other teams paid for, per (owner's department, owner, endpoint, direction, unit price, caller's
-    # department, caller): each caller's line as charged, for the owner's credit.
-    paid: dict[tuple, int] = defaultdict(int)
+    # Tokens (M) and audio seconds other teams paid for, per (owner's department, owner, endpoint, what, unit,
+    # unit price, caller's department, caller): each caller's line as charged, for the owner's credit.
+    paid: dict[tuple, Fraction] = defaultdict(Fraction)
     for (
         endpoint_id,
         endpoint,
@@ -149,7 +149,8 @@ def _tokens(ledger: Ledger, book: PriceBook, departments: Scope, start: datetime
         rates = (_rate(price, "input_per_million"), _rate(price, "output_per_million"))
         own = team is not None and team == owner
         if audio_ms:
-            _audio(ledger, departments, (dept, team, endpoint, owner, owner_dept), int(audio_ms), price, own)
+            who = (dept, team, endpoint, owner, owner_dept)
+            _audio(ledger, paid, departments, who, int(audio_ms), price, own)
         if not own and not any(rates) and not _rate(price, "audio_second"):  # unpriced: at cost
             if deployment:
                 used = unpriced[(deployment, team, dept, owner, owner_dept)]
@@ -164,7 +165,10 @@ def _tokens(ledger: Ledger, book: PriceBook, departments: Scope, start: datetime
                 unit_price = Decimal(0) if own else rate
                 per_line[(dept, team, LineKind.TOKENS, endpoint, detail, unit_price, owner_dept)] += tokens
             if _in(departments, owner_dept) and not own:
-                paid[(owner_dept, owner, endpoint, direction, rate, dept, team)] += tokens
+                what = f"{direction} tokens"
+                paid[(owner_dept, owner, endpoint, what, "M tokens", rate, dept, team)] += Fraction(
+                    tokens, money.MILLION
+                )
     for (dept, team, kind, endpoint, detail, unit_price, called), tokens in per_line.items():
         millions = Fraction(tokens, money.MILLION)
         ledger.add(dept, team, kind, endpoint, detail, "M tokens", unit_price, millions,
@@ -174,18 +178,20 @@ def _tokens(ledger: Ledger, book: PriceBook, departments: Scope, start: datetime
 
 
 def _credits(ledger: Ledger, paid: dict) -> None:
-    """The owning teams' credits: what each calling team's line was charged, rounded as that line is, summed
-    (rounding the credit's own total instead would credit the owner more or less than the callers paid)."""
-    for (owner_dept, owner, endpoint, direction, rate, _dept, _team), tokens in paid.items():
-        millions = Fraction(tokens, money.MILLION)
-        charged = Fraction(money.cents(millions * Fraction(rate)))
-        ledger.add(owner_dept, owner, LineKind.CREDIT, endpoint, f"{direction} tokens called by other teams (as each was charged)",
-                   "M tokens", -rate, millions, -charged)  # fmt: skip
+    """The owning teams' credits of tokens and audio: what each calling team's line was charged, rounded as
+    that line is, summed (rounding the credit's own total instead would credit the owner more or less than
+    the callers paid)."""
+    for (owner_dept, owner, endpoint, what, unit, rate, _dept, _team), qty in paid.items():
+        charged = Fraction(money.cents(qty * Fraction(rate)))
+        ledger.add(owner_dept, owner, LineKind.CREDIT, endpoint, f"{what} called by other teams (as each was charged)",
+                   unit, -rate, qty, -charged)  # fmt: skip
 
 
-def _audio(ledger: Ledger, departments: Scope, who: tuple, audio_ms: int, price, own: bool) -> None:
-    """Audio seconds of calls to a speech model: charged to the caller and credited to the owner at the
-    endpoint's ``audio_second`` (own calls at 0, as own tokens)."""
+def _audio(
+    ledger: Ledger, paid: dict, departments: Scope, who: tuple, audio_ms: int, price, own: bool
+) -> None:
+    """Audio seconds of calls to a speech model: charged to the caller at the endpoint's ``audio_second``
+    (own calls at 0, as own tokens), and counted in ``paid`` for the owner's credit (``_credits``)."""
     dept, team, endpoint, owner, owner_dept = who
     rate = _rate(price, "audio_second")
     seconds = Fraction(audio_ms, 1000)
@@ -195,8 +201,7 @@ def _audio(ledger: Ledger, departments: Scope, who: tuple, audio_ms: int, price,
         ledger.add(dept, team, LineKind.TOKENS, endpoint, detail, "seconds", unit_price, seconds,
                    seconds * Fraction(unit_price), owner_dept)  # fmt: skip
     if _in(departments, owner_dept) and not own and rate:
-        ledger.add(owner_dept, owner, LineKind.CREDIT, endpoint, "audio seconds called by other teams", "seconds",
-                   -rate, seconds, -seconds * Fraction(rate), None)  # fmt: skip
+        paid[(owner_dept, owner, endpoint, "audio seconds", "seconds", rate, dept, team)] += seconds
 
 
 def _intervals(departments: Scope, start: datetime, end: datetime, *, subjects: Iterable[str] = ()):
@@ -304,8 +309,11 @@ def _at_cost(ledger: Ledger, book: PriceBook, departments: Scope, unpriced: dict
             ledger.add(dept, team, LineKind.AT_COST, deployment, detail, "share", unit_price, share, cost * share,
                        owner_dept)  # fmt: skip
         if _in(departments, owner_dept):
+            # As the caller's line is charged, rounded on its own: credits of callers with the same detail
+            # share a line, and rounding their sum once would credit more or less than they paid.
+            charged = Fraction(money.cents(cost * share))
             ledger.add(owner_dept, owner, LineKind.CREDIT, deployment, f"at-cost share recovered: {detail}",
-                       "share", -unit_price, share, -cost * share)  # fmt: skip
+                       "share", -unit_price, share, -charged)  # fmt: skip
 
 
 # The month's stored bytes per (department, team, store, the store's price version in force at each

@@ -64,7 +64,7 @@ def _csv_bytes(sheet_: Sheet) -> bytes:
     writer.writerows(
         [
             ["department", _text(sheet_.department.name)],
-            ["cost center", _text(sheet_.department.cost_center)],
+            ["cost center", _text(sheet_.cost_center)],
             ["month", sheet_.label],
             ["revision", "draft" if sheet_.draft else str(sheet_.revision)],
             ["status", status],
@@ -175,7 +175,7 @@ def export(
 
 def _about(sheet_: Sheet) -> dict:
     return {
-        "department": sheet_.department.cost_center,
+        "department": sheet_.cost_center,
         "month": sheet_.label,
         "revision": sheet_.revision,
         "status": sheet_.status,
@@ -200,6 +200,6 @@ def _record(actor: Actor, sheet_: Sheet, fmt: str, data: bytes, manifest: dict) 
             sheet_.department,
             object_type="billing.draft",
             object_id=f"{sheet_.department.pk}:{sheet_.label}",
-            object_repr=f"{sheet_.department.cost_center} {sheet_.label} draft",
+            object_repr=f"{sheet_.cost_center} {sheet_.label} draft",
             after=after,
         )

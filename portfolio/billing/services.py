@@ -33,6 +33,11 @@ def _rate(name: str, value) -> Decimal:
     return rate.quantize(Decimal("0.000001"))  # as stored, so the audit row says what the table holds
 
 
+def next_hour(now: datetime) -> datetime:
+    """The first hour boundary (UTC) after ``now``: where a price set now takes effect by default."""
+    return now.astimezone(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+
+
 @transaction.atomic
 def set_price(
     *,
@@ -42,10 +47,12 @@ def set_price(
     note: str = "",
     **rates,
 ) -> Price:
-    """A new version of ``subject``'s prices from ``effective_from`` (default: the start of this hour).
+    """A new version of ``subject``'s prices from ``effective_from`` (default: the start of the next hour).
 
     Versions start on the hour and never inside a month already closed for any department; rates not
-    given keep the value of the version in force then.
+    given keep the value of the version in force then. The default is never in the past: calls of this
+    hour were admitted and budgeted at the price in force, and keep it. An earlier hour of an open month
+    may still be given explicitly (a correction: it re-prices what was used since).
     """
     gate.require(actor, "price.manage")
     allowed = Price.RATE_FIELDS[PriceKind(subject.kind)]
@@ -53,7 +60,7 @@ def set_price(
     if unknown:
         raise Invalid(f"A {subject.kind} price has {', '.join(allowed)}; not {', '.join(sorted(unknown))}.")
     now = timezone.now()
-    effective_from = effective_from or now.replace(minute=0, second=0, microsecond=0)
+    effective_from = effective_from or next_hour(now)
     if timezone.is_naive(effective_from):
         raise Invalid("effective_from needs a time zone.")
     # On the hour in UTC, where the hourly token ledger is cut (10:00+05:30 is 04:30 UTC, inside an hour).

@@ -31,6 +31,8 @@ class Sheet:
     partial: bool
     as_of: datetime
     statement: Statement | None = None
+    # A closed statement's own (the one its sha256 covers), a draft's the department's now.
+    cost_center: str = ""
 
     @property
     def draft(self) -> bool:
@@ -57,7 +59,7 @@ class Sheet:
     def filename(self, extension: str) -> str:
         revision = "draft" if self.draft else f"r{self.revision}"
         partial = "-partial" if self.partial else ""
-        return f"statement-{self.department.cost_center}-{self.label}-{revision}{partial}.{extension}"
+        return f"statement-{self.cost_center}-{self.label}-{revision}{partial}.{extension}"
 
 
 def sheet(source: Draft | Statement, teams: frozenset[int] | None = None) -> Sheet:
@@ -70,7 +72,7 @@ def sheet(source: Draft | Statement, teams: frozenset[int] | None = None) -> She
         result = Sheet(
             department=source.department, month=source.month, revision=source.revision, status=source.status,
             currency=source.currency, sha256=source.sha256, lines=lines, partial=False, as_of=source.closed_at,
-            statement=source,
+            statement=source, cost_center=source.cost_center,
         )  # fmt: skip
     else:
         lines = list(source.lines)
@@ -85,7 +87,7 @@ def sheet(source: Draft | Statement, teams: frozenset[int] | None = None) -> She
         result = Sheet(
             department=source.department, month=source.month, revision=0, status="draft",
             currency=settings.BILLING_CURRENCY, sha256=statements.digest(header, lines), lines=lines,
-            partial=False, as_of=timezone.now(),
+            partial=False, as_of=timezone.now(), cost_center=source.department.cost_center,
         )  # fmt: skip
     if teams is not None:
         result.lines = [line for line in lines if line.team_id in teams]

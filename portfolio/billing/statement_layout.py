@@ -58,8 +58,8 @@ def render(sheet: Sheet, verify_hint: str) -> bytes:
     pdf = _Page(orientation="portrait", unit="mm", format="A4")
     pdf.draft = sheet.draft
     revision = "draft" if sheet.draft else f"revision {sheet.revision}"
-    pdf.footer_text = f"{sheet.department.cost_center} {sheet.label} {revision}"
-    pdf.set_title(_latin1(f"Statement {sheet.department.cost_center} {sheet.label} {revision}"))
+    pdf.footer_text = f"{sheet.cost_center} {sheet.label} {revision}"
+    pdf.set_title(_latin1(f"Statement {sheet.cost_center} {sheet.label} {revision}"))
     pdf.set_author("Portfolio billing")
     pdf.set_creation_date(sheet.as_of)  # the same statement gives the same bytes whenever it is exported
     pdf.set_margins(15, 15, 15)
@@ -69,7 +69,7 @@ def render(sheet: Sheet, verify_hint: str) -> bytes:
     pdf.set_font(FONT, "B", 16)
     title = f"{'DRAFT statement' if sheet.draft else 'Statement'} {sheet.label}"
     pdf.cell(0, 9, _latin1(title), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-    _pair(pdf, "Department", f"{sheet.department.name} ({sheet.department.cost_center})")
+    _pair(pdf, "Department", f"{sheet.department.name} ({sheet.cost_center})")
     _pair(pdf, "Month", sheet.label)
     _pair(pdf, "Revision", "draft" if sheet.draft else str(sheet.revision))
     status = "DRAFT (live, computed from the ledger now)" if sheet.draft else sheet.status

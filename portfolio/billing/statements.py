@@ -228,15 +228,16 @@ def digest(header: dict, lines: list) -> str:
 def verify(statement: Statement) -> bool:
     """Whether a stored statement's lines and header still hash to its ``sha256`` (as an auditor would check
     it from an export). Statements closed before 2026-12-05 hashed numbers as computed, and may not."""
-    header = _header(statement.department, statement.month, statement.revision, statement.total)
+    # The cost center stored with it, not the department's now: a renamed one leaves it as it was closed.
+    header = _header(statement.cost_center, statement.month, statement.revision, statement.total)
     return digest(header | {"currency": statement.currency}, list(statement.lines.order_by("position"))) == (
         statement.sha256
     )
 
 
-def _header(department: Department, month: date, revision: int, total: Decimal) -> dict:
+def _header(cost_center: str, month: date, revision: int, total: Decimal) -> dict:
     return {
-        "department": department.cost_center,
+        "department": cost_center,
         "month": label(month),
         "revision": revision,
         "currency": settings.BILLING_CURRENCY,
@@ -250,13 +251,15 @@ def _write(
     total = sum((line.amount for line in lines), ZERO)
     statement = Statement.objects.create(
         department=department,
+        cost_center=department.cost_center,
         month=month,
         revision=revision,
         currency=settings.BILLING_CURRENCY,
         total=total,
-        sha256=digest(_header(department, month, revision, total), lines),
+        sha256=digest(_header(department.cost_center, month, revision, total), lines),
         closed_by=actor.label,
         reason=reason,
+        line_count=len(lines),  # PostgreSQL refuses any line past these (migration 0009)
     )
     StatementLine.objects.bulk_create(
         StatementLine(
@@ -283,7 +286,8 @@ def close(actor: Actor, department: Department, month: date) -> Statement:
     gate.require(actor, "statement.reissue")  # only the system (and admins) close months
     if month >= money.month_start(timezone.now()):
         raise Invalid(f"{label(month)} has not ended yet.")
-    Department.objects.select_for_update().get(pk=department.pk)  # one closer per department at a time
+    # One closer per department at a time; its cost center as it is now, locked (a rename waits for it).
+    department = Department.objects.select_for_update().get(pk=department.pk)
     pricing.hold_price_book(exclusive=False)  # no price version of the month commits while it closes
     if Statement.objects.filter(department=department, month=month).exists():
         raise Conflict(f"{label(month)} of {department.cost_center} is already closed.")
@@ -359,7 +363,7 @@ def reissue(actor: Actor, statement: Statement, reason: str) -> Statement:
         raise Invalid("Say why the statement is re-issued (10 to 2,000 characters).")
     # Locked as close locks it, first: a later month closing meanwhile would read this month as billed
     # before the re-issue and adjust it for late usage the re-issue bills as well.
-    Department.objects.select_for_update().get(pk=statement.department_id)
+    department = Department.objects.select_for_update().get(pk=statement.department_id)
     pricing.hold_price_book(exclusive=False)
     current = (
         Statement.objects.select_for_update(of=("self",))  # its department is locked above, on purpose
@@ -370,7 +374,7 @@ def reissue(actor: Actor, statement: Statement, reason: str) -> Statement:
         raise Conflict("Only the revision in force can be re-issued.")
     lines = _reissued_lines(current)
     Statement.objects.filter(pk=current.pk).update(status=StatementStatus.SUPERSEDED)
-    fresh = _write(actor, statement.department, statement.month, current.revision + 1, reason, lines)
+    fresh = _write(actor, department, statement.month, current.revision + 1, reason, lines)
     audit.record(
         actor, AuditAction.STATEMENT_REISSUE, fresh, before=current.snapshot(), after=fresh.snapshot()
     )

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from portfolio.accounts.actor import Actor
 from portfolio.billing.choices import PriceKind
 
 
@@ -19,20 +20,22 @@ class Subject:
     name: str
 
 
-# kind -> a function from a name to its subject (None: no such thing), and one listing them all
+# kind -> a function from a name to its subject (None: no such thing), and one listing those an actor may
+# see (None: all of them, for the price book's form, which only admins get)
 FINDERS: dict[str, Callable[[str], Subject | None]] = {}
-LISTERS: dict[str, Callable[[], list[Subject]]] = {}
+LISTERS: dict[str, Callable[[Actor | None], list[Subject]]] = {}
 
 
 def register(
-    kind: str, *, find: Callable[[str], Subject | None], listing: Callable[[], list[Subject]]
+    kind: str, *, find: Callable[[str], Subject | None], listing: Callable[[Actor | None], list[Subject]]
 ) -> None:
     FINDERS[kind] = find
     LISTERS[kind] = listing
 
 
-def stores() -> list[Subject]:
-    """The artifact stores this installation writes to (the configured one; billing prices per store)."""
+def stores(actor: Actor | None = None) -> list[Subject]:
+    """The artifact stores this installation writes to (the configured one; billing prices per store):
+    every team's artifacts are in it, so every reader may see it."""
     return [Subject(PriceKind.STORE, settings.ARTIFACT_STORE, settings.ARTIFACT_STORE)]
 
 
@@ -48,6 +51,7 @@ def find(kind: str, name: str) -> Subject | None:
     return finder(name) if finder else None
 
 
-def listing(kind: str) -> list[Subject]:
+def listing(kind: str, actor: Actor | None = None) -> list[Subject]:
+    """The subjects of ``kind`` that ``actor`` may see (its ``visible_to``), or all of them (None)."""
     lister = LISTERS.get(kind)
-    return lister() if lister else []
+    return lister(actor) if lister else []

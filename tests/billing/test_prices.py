@@ -22,21 +22,23 @@ ROUTER = Subject(PriceKind.ENDPOINT, "11", "router")
 POOL = Subject(PriceKind.POOL, "5", "gpu-a")
 
 
-def test_a_price_version_is_in_force_from_this_hour_and_audited_with_before_and_after(org):
+def test_a_price_version_is_in_force_from_the_next_hour_and_audited_with_before_and_after(org):
     admin = actor_for(org["admin"])
     first = services.set_price(
         actor=admin, subject=ROUTER, effective_from=datetime(2026, 1, 1, tzinfo=UTC),
         input_per_million="0.40", output_per_million="1.20",
     )  # fmt: skip
     second = services.set_price(actor=admin, subject=ROUTER, output_per_million="1.50", note="new hardware")
-    assert second.effective_from == timezone.now().replace(minute=0, second=0, microsecond=0)
+    this_hour = timezone.now().replace(minute=0, second=0, microsecond=0)
+    assert second.effective_from == this_hour + timedelta(hours=1)
     assert (second.input_per_million, second.output_per_million) == (Decimal("0.40"), Decimal("1.50"))
     event = AuditEvent.objects.filter(action="price.set").order_by("-sequence").first()
     assert (
         event.before["output_per_million"] == "1.200000" and event.after["output_per_million"] == "1.500000"
     )
     assert event.actor_label == "admin"
-    assert current_token_rates() == {11: (Decimal("0.40"), Decimal("1.50"))}
+    assert current_token_rates() == {11: (Decimal("0.40"), Decimal("1.20"))}  # this hour's calls keep it
+    assert current_token_rates(this_hour + timedelta(hours=1)) == {11: (Decimal("0.40"), Decimal("1.50"))}
     book = PriceBook.load()
     assert book.at(PriceKind.ENDPOINT, 11, datetime(2026, 2, 1, tzinfo=UTC)) == first
 

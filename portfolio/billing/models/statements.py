@@ -22,10 +22,13 @@ class Statement(models.Model):
     """One revision of a department's closed bill for a calendar month; immutable once written.
 
     The open month is a draft computed from the ledger on demand and never stored. PostgreSQL refuses any
-    change to a stored statement but marking it superseded, and any change to its lines (migration 0003).
+    change to a stored statement but marking it superseded, and any change to its lines (migration 0003),
+    and any line beyond the ``line_count`` it was written with (migration 0009).
     """
 
     department = models.ForeignKey(Department, on_delete=models.PROTECT, related_name="statements")
+    # A renamed cost center leaves the statements already written as they were: their hash covers this one.
+    cost_center = models.CharField(max_length=32, help_text="The department's cost center when written")
     month = models.DateField(help_text="The first day of the month billed")
     revision = models.PositiveSmallIntegerField(default=1)
     status = models.CharField(max_length=10, choices=StatementStatus.choices, default=StatementStatus.CLOSED)
@@ -37,6 +40,9 @@ class Statement(models.Model):
     closed_at = models.DateTimeField(default=timezone.now)
     closed_by = models.CharField(max_length=150, help_text="The actor that closed or re-issued it")
     reason = models.TextField(blank=True, help_text="Why a revision after the first was issued")
+    line_count = models.PositiveIntegerField(
+        default=0, help_text="The lines it was written with: PostgreSQL refuses any other line"
+    )
 
     objects = StatementQuerySet.as_manager()
 
@@ -55,11 +61,11 @@ class Statement(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.department.cost_center} {self.month:%Y-%m} r{self.revision}"
+        return f"{self.cost_center} {self.month:%Y-%m} r{self.revision}"
 
     def snapshot(self) -> dict:
         return {
-            "department": self.department.cost_center,
+            "department": self.cost_center,
             "month": self.month.strftime("%Y-%m"),
             "revision": self.revision,
             "status": self.status,

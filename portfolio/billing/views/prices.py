@@ -31,8 +31,8 @@ RATE_LABELS = {
 HISTORY_SHOWN = 20  # versions per subject on the page (the audit log keeps every one)
 
 
-def _on_the_hour():
-    return timezone.now().astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+def _next_hour():
+    return services.next_hour(timezone.now())
 
 
 class PriceForm(forms.Form):
@@ -48,7 +48,7 @@ class PriceForm(forms.Form):
     memory_gib_hour = forms.DecimalField(required=False, min_value=0, max_digits=16, decimal_places=6)
     gib_month = forms.DecimalField(required=False, min_value=0, max_digits=16, decimal_places=6)
     effective_from = forms.DateTimeField(
-        help_text="UTC, on the hour; from the start of this hour by default.",
+        help_text="UTC, on the hour; from the start of the next hour by default.",
         widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": 3600}, format="%Y-%m-%dT%H:%M"),
     )
     note = forms.CharField(required=False, max_length=200)
@@ -62,7 +62,7 @@ class PriceForm(forms.Form):
         self.fields["subject"].choices = [
             (label, [(f"{kind}:{s.id}", s.name) for s in listed[kind]]) for kind, label in PriceKind.choices
         ]
-        self.fields["effective_from"].initial = _on_the_hour()
+        self.fields["effective_from"].initial = _next_hour()
         for name, text in RATE_LABELS.items():
             self.fields[name].label = text
 
