@@ -94,7 +94,7 @@ def stop_work_under(data_dir: Path) -> None:
     job resumes from its checkpoint); `make clean-data` does it for those a crashed launcher left behind."""
     from serving import processes
 
-    for engine in processes.engines_on_this_machine(under=data_dir).values():
+    for _, engine in processes.all_engines(under=data_dir):  # two of one replica included
         processes.stop(engine, grace=15)
     for trainer in processes.trainers_under(data_dir):
         processes.stop(trainer, grace=10)

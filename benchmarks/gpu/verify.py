@@ -315,7 +315,7 @@ def main() -> None:
                 step(result, "lora_job", lora)
     finally:
         procs.stop_all()
-        for engine in processes.engines_on_this_machine(under=data).values():
+        for _, engine in processes.all_engines(under=data):
             processes.stop(engine, grace=15)
     result["ok"] = all(s.get("ok") for s in result["steps"].values()) and len(result["steps"]) == 5
     RESULT.write_text(json.dumps(result, indent=2) + "\n")

@@ -173,7 +173,7 @@ def main() -> None:
             cascade["thresholds"].append(figures)
     finally:
         procs.stop_all()
-        for engine in processes.engines_on_this_machine(under=data).values():
+        for _, engine in processes.all_engines(under=data):
             processes.stop(engine, grace=15)
     load = os.getloadavg()
     result = report.result(

@@ -280,7 +280,7 @@ def main() -> None:
         stop(replica.deployment, data)
     finally:
         procs.stop_all()
-        for engine in processes.engines_on_this_machine(under=data).values():
+        for _, engine in processes.all_engines(under=data):
             processes.stop(engine, grace=15)
     # Contention only slows an engine down: the base's better figure of its two is the nearer to its own speed.
     base_tps = max(

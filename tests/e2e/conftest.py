@@ -17,5 +17,5 @@ def node_agent(tmp_path):
     for process in agents:
         if process.poll() is None:
             stop_agent(process)
-    for engine in processes.engines_on_this_machine(under=tmp_path).values():
+    for _, engine in processes.all_engines(under=tmp_path):
         processes.stop(engine, grace=10)

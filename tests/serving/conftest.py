@@ -139,7 +139,7 @@ def engines(settings, tmp_path, monkeypatch):
     monkeypatch.setattr(engine_args, "build", stand_in)
     monkeypatch.setattr(agent, "materialize_version", lambda version: tmp_path)
     yield
-    for process in processes.engines_on_this_machine(under=tmp_path).values():
+    for _, process in processes.all_engines(under=tmp_path):
         processes.stop(process, grace=5)
 
 
