@@ -4,23 +4,21 @@ admission starts a lost counter from that spend instead of from nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from decimal import Decimal
 
 import pytest
-from django.conf import settings
 from django.utils import timezone
 
-from serving.gateway import keycache, keystate, redis_pipe, usage
+from serving.gateway import keycache, keystate, usage
 from serving.gateway import services as key_services
-from serving.gateway.limits import Limiter
 from serving.gateway.models import ApiKey, UsageEvent
 from tests.conftest import actor_for
 from tests.gateway.conftest import chat, wait_for_model
 from tests.gateway.key_records import key_record
 from tests.gateway.process import start_gateway, stop_gateway
+from tests.gateway.test_key_budget_seeding import admit
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -41,22 +39,6 @@ def stored_calls(key: ApiKey, count: int) -> None:
         assert time.monotonic() < deadline, "the calls' usage events never reached the ledger"
         usage.flush()
         time.sleep(0.05)
-
-
-def admit(record, *, tokens: int = 0, money_micros: int = 0):
-    async def main():
-        pipe = redis_pipe.connect(settings.REDIS_URL)
-        try:
-            return await Limiter(pipe).admit(
-                record,
-                tokens=tokens,
-                money_micros=money_micros,
-                revoked_set=f"test:revoked:{uuid.uuid4().hex}",
-            )
-        finally:
-            await pipe.close()
-
-    return asyncio.run(main())
 
 
 def test_a_key_that_spent_its_token_budget_is_still_refused_after_redis_loses_its_counters(
