@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from django.utils import timezone
+
 from portfolio.accounts.models import Team
 from portfolio.billing import services as billing_services
 from portfolio.billing import subjects
@@ -105,7 +107,10 @@ def served(
     if price:
         subject = subjects.find(PriceKind.ENDPOINT, name)
         assert subject is not None
-        billing_services.set_price(actor=admin, subject=subject, **price)
+        # From this hour's start (a price set without a time starts at the next hour): the calls below are
+        # priced by it.
+        this_hour = timezone.now().replace(minute=0, second=0, microsecond=0)
+        billing_services.set_price(actor=admin, subject=subject, effective_from=this_hour, **price)
     _, secret = key_services.create_key(
         actor=admin, team=team, name=f"e2e {name}", monthly_token_budget=100_000
     )
