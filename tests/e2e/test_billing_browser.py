@@ -9,10 +9,12 @@ past its ceiling."""
 
 from __future__ import annotations
 
+from datetime import UTC
 from decimal import ROUND_HALF_UP, Decimal
 
 import openai
 import pytest
+from django.utils import timezone
 
 from portfolio.accounts.models import DepartmentRole
 from portfolio.billing.models import Budget, Price
@@ -65,15 +67,19 @@ def test_an_admin_sets_a_price_makes_a_call_and_sees_it_on_the_draft_statement(
     page.get_by_label("Subject").select_option(f"endpoint:{endpoint.pk}")
     page.get_by_label("Input, per million tokens").fill(INPUT_PRICE)
     page.get_by_label("Output, per million tokens").fill(OUTPUT_PRICE)
+    # A price starts at the next hour unless told: this one is set from this hour's start, so the call is priced.
+    this_hour = timezone.now().astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    page.get_by_label("Effective from").fill(f"{this_hour:%Y-%m-%dT%H:%M}")
     page.get_by_label("Note").fill("launch price")
     page.get_by_role("button", name="Set price").click()
     page.wait_for_url(f"{live_server.url}/billing/prices/")
     assert page.get_by_text("New price of support").is_visible()
     price = Price.objects.get(kind="endpoint", subject_id=str(endpoint.pk))
-    assert (price.input_per_million, price.output_per_million, price.note) == (
+    assert (price.input_per_million, price.output_per_million, price.note, price.effective_from) == (
         Decimal(INPUT_PRICE),
         Decimal(OUTPUT_PRICE),
         "launch price",
+        this_hour,
     )
 
     # The Contracts team calls the shared endpoint through the gateway, with the official SDK.
