@@ -8,11 +8,7 @@ A real HTTP server on 127.0.0.1 stands in for the gateway."""
 
 from __future__ import annotations
 
-import http.server
-import json
-import threading
 import time
-from collections import Counter
 from email.utils import formatdate
 
 import httpx
@@ -21,6 +17,7 @@ from django.utils import timezone
 
 from serving.gateway.models import ApiKey
 from serving.models import Endpoint
+from tests.training.stand_in_gateway import stand_in_gateway as stand_in_gateway  # noqa: F401 - the fixture
 from training import distillation, gateway_retries, lora, runner
 from training.choices import JobStatus
 from training.models import FineTuneJob
@@ -30,57 +27,14 @@ pytestmark = pytest.mark.django_db
 ANSWER = {"choices": [{"message": {"content": "billing"}, "finish_reason": "stop"}]}
 
 
-class Gateway:
-    """Answers ``first(count)`` to the first call of each prompt (None: drops the connection unanswered),
-    ``then(count)`` to the next ones; every call's prompt is counted."""
-
-    def __init__(self, first, then=lambda count: (200, {}, ANSWER)):
-        self.calls: Counter[str] = Counter()
-        gateway = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body["messages"][-1]["content"]
-                gateway.calls[prompt] += 1
-                reply = (first if gateway.calls[prompt] == 1 else then)(gateway.calls[prompt])
-                if reply is None:
-                    self.close_connection = True  # no status line: the client meets a dropped connection
-                    return
-                status, headers, payload = reply
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for name, value in {"Content-Type": "application/json", **headers}.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def gateway(settings):
-    started: list[Gateway] = []
+def gateway(stand_in_gateway):
+    """A stand-in gateway answering ``first(count)`` to each prompt's first call, ``then(count)`` to the next."""
 
-    def start(first, then=lambda count: (200, {}, ANSWER)) -> Gateway:
-        server = Gateway(first, then)
-        started.append(server)
-        settings.GATEWAY_INTERNAL_URL = server.url
-        return server
+    def start(first, then=lambda count: (200, {}, ANSWER)):
+        return stand_in_gateway(lambda prompt, count: (first if count == 1 else then)(count))
 
-    yield start
-    for server in started:
-        server.close()
+    return start
 
 
 @pytest.fixture

@@ -4,13 +4,9 @@ asked again (training.gateway_retries) and the run ends scored; a lasting refusa
 
 from __future__ import annotations
 
-import http.server
-import json
-import threading
-from collections import Counter
-
 import pytest
 
+from tests.training.stand_in_gateway import stand_in_gateway as stand_in_gateway  # noqa: F401 - the fixture
 from tests.training.test_eval_runs import endpoint as endpoint  # noqa: F401 - the shared fixture
 from tests.training.test_eval_runs import start
 from tests.training.test_eval_runs import task as task  # noqa: F401 - the shared fixture
@@ -22,64 +18,26 @@ from training.evals import runs
 pytestmark = pytest.mark.django_db
 
 
-class Gateway(http.server.ThreadingHTTPServer):
-    """Answers "billing" to every chat completion; the first call of each row whose ticket contains
-    ``flaky`` gets ``status`` first (every call, when ``lasting``)."""
-
-    def __init__(self, status: int, flaky: str, lasting: bool = False):
-        self.status, self.flaky, self.lasting = status, flaky, lasting
-        self.calls: Counter[str] = Counter()
-        super().__init__(("127.0.0.1", 0), Handler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    server: Gateway
-
-    def do_POST(self) -> None:  # noqa: N802 - the standard library's name
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        ticket = body["messages"][-1]["content"]
-        self.server.calls[ticket] += 1
-        if self.server.flaky in ticket and (self.server.lasting or self.server.calls[ticket] == 1):
-            self._send(self.server.status, {"error": {"message": "busy"}}, {"Retry-After": "0"})
-            return
-        answer = {
-            "choices": [{"message": {"role": "assistant", "content": "billing"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 1},
-        }
-        self._send(200, answer, {})
-
-    def _send(self, status: int, body: dict, headers: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        for name, value in {"Content-Type": "application/json", **headers}.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
+ANSWER = {
+    "choices": [{"message": {"role": "assistant", "content": "billing"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 10, "completion_tokens": 1},
+}
 
 
 @pytest.fixture
-def gateway_at(settings):
-    servers = []
+def gateway_at(stand_in_gateway):
+    """A stand-in gateway answering "billing" to every row; the first call of each row whose ticket contains
+    ``flaky`` gets ``status`` first (every call, when ``lasting``)."""
 
-    def serve(status: int, flaky: str, lasting: bool = False) -> Gateway:
-        server = Gateway(status, flaky, lasting)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        settings.GATEWAY_INTERNAL_URL = server.url
-        servers.append(server)
-        return server
+    def serve(status: int, flaky: str, lasting: bool = False):
+        def reply(ticket: str, count: int):
+            if flaky in ticket and (lasting or count == 1):
+                return status, {"Retry-After": "0"}, {"error": {"message": "busy"}}
+            return 200, {}, ANSWER
 
-    yield serve
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+        return stand_in_gateway(reply)
+
+    return serve
 
 
 @pytest.mark.parametrize("status", [503, 429, 502])
