@@ -25,7 +25,7 @@ from tests.training.test_eval_runs import version as version  # noqa: F401
 from tests.training.test_portfolio import finished
 from tests.training.test_portfolio import world as world  # noqa: F401
 from training.choices import JobStatus
-from training.evals import gateway, portfolio, runs, side_by_side
+from training.evals import comparability, gateway, portfolio, runs, side_by_side
 from training.evals.leaderboard import leaderboard
 from training.evals.models import EndpointEvalRun
 
@@ -68,6 +68,59 @@ def test_a_candidate_repointed_after_its_run_is_not_hinted_and_its_canary_is_ref
     assert AuditEvent.objects.count() == before
     assert [(r.deployment.name, r.weight) for r in world["general"].routes.all()] == [("big-dep", 100)]
     assert the_row(org).hint is None
+
+
+def test_production_repointed_after_its_run_is_compared_with_nothing_and_says_so(client, world, org):
+    """Production's figures measured what it served then: a hint against them compares the candidate with
+    something no longer served."""
+    general = world["general"]
+    measured = comparability.measured_now(general.pk)
+    EndpointEvalRun.objects.filter(endpoint=general).update(measured_routes=measured)
+    assert the_row(org).hint is not None
+    small = Deployment.objects.get(name="small-dep")
+    EndpointRoute.objects.filter(endpoint=general).update(deployment=small)
+
+    row = the_row(org)
+    assert row.production is not None and row.production.repointed and row.hint is None
+    client.force_login(org["viewer"])
+    page = client.get(reverse("portfolio")).content.decode()
+    assert 'data-testid="portfolio-repointed"' in page and 'data-testid="portfolio-hint"' not in page
+    (item,) = client.get("/api/v1/portfolio").json()["items"]
+    assert item["production"]["repointed"] is True and item["hint"] is None
+    board = {e.endpoint: e for e in leaderboard(world["eval_set"])}
+    assert not board["general"].comparable and not board["general"].on_front
+    assert "evaluate it again" in board["general"].incomparable
+    assert board["tuned"].on_front
+
+
+def test_a_composite_candidate_reconfigured_after_its_run_is_not_hinted(world, org):
+    """A cascade has no routes of its own: what its run measured is its configuration."""
+    smart = Endpoint.objects.create(
+        name="smart",
+        owner_team=world["task"].owner_team,
+        kind="cascade",
+        config={"small": "tuned", "large": "general", "threshold": -1.0},
+    )
+    run = finished(world["eval_set"], smart, quality=0.99, cost=0.01, p50=90.0, ago=timedelta(minutes=1))
+    EndpointEvalRun.objects.filter(pk=run.pk).update(measured_routes=comparability.measured_now(smart.pk))
+    run.refresh_from_db()
+    assert not comparability.repointed(run, smart, [])
+    hint = the_row(org).hint
+    assert hint is not None and hint.candidate.endpoint == "smart"
+
+    Endpoint.objects.filter(pk=smart.pk).update(
+        config={"small": "tuned", "large": "general", "threshold": -9.0}
+    )
+    smart.refresh_from_db()
+    assert comparability.repointed(run, smart, [])
+    assert the_row(org).hint.candidate.endpoint == "tuned"
+    board = {e.endpoint: e for e in leaderboard(world["eval_set"])}
+    assert not board["smart"].comparable and not board["smart"].on_front
+
+    # A composite's run recorded before configurations were ([]) measures what it serves now.
+    EndpointEvalRun.objects.filter(pk=run.pk).update(measured_routes=[])
+    run.refresh_from_db()
+    assert not comparability.repointed(run, smart, [])
 
 
 # --- Runs under other settings are not ranked -------------------------------------------------------

@@ -1,9 +1,11 @@
 """When two eval runs, or a run and what an endpoint serves now, may be compared.
 
-- What a run measured: the endpoint's serving routes when the worker took the run up (``routes_of``, kept
-  as ``EndpointEvalRun.measured_routes``): deployment, its version, adapter and its version, weight. An
-  endpoint repointed since (another deployment, a new version in place, other weights) is not what was
-  measured: its run's scores say nothing of it (``repointed``).
+- What a run measured: the endpoint's serving routes when the worker took the run up (``measured_now``,
+  kept as ``EndpointEvalRun.measured_routes``): deployment, its version, adapter and its version, weight;
+  a composite endpoint's (router, cascade, vote: no routes of its own) kind and configuration. An endpoint
+  repointed or reconfigured since (another deployment, a new version in place, other weights, another
+  threshold or hop) is not what was measured: its run's scores say nothing of it (``repointed``). A
+  composite's hops repointed since are not followed.
 - Runs of one eval set compared side by side on a leaderboard, a front or a hint: a run that covered fewer
   rows than the reference run (unless it covered the eval set whole), or answered with another
   ``max_tokens``, was measured under other settings (``incomparable``).
@@ -13,6 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from django.db.models import Prefetch
+
+from serving.choices import EndpointKind
 from serving.models import Endpoint, EndpointRoute
 from training.evals.models import EndpointEvalRun
 
@@ -35,18 +40,46 @@ def serving(routes: Iterable[EndpointRoute]) -> list[dict]:
     return sorted(found, key=lambda r: (r["deployment_id"], r["adapter_id"] or 0, r["weight"]))
 
 
-def routes_of(endpoint_id: int) -> list[dict]:
-    """What the endpoint serves now (a composite endpoint has no routes of its own: [])."""
-    routes = EndpointRoute.objects.filter(endpoint_id=endpoint_id).select_related("deployment", "adapter")
+def measured(endpoint: Endpoint, routes: Iterable[EndpointRoute]) -> list[dict]:
+    """What a run of ``endpoint`` measures, given its ``routes``: they, or a composite's kind and
+    configuration (it has no routes of its own)."""
+    if endpoint.kind != EndpointKind.PLAIN:
+        return [{"kind": endpoint.kind, "config": endpoint.config}]
     return serving(routes)
 
 
+def measured_now(endpoint_id: int) -> list[dict]:
+    """What the endpoint serves now, as a run records it ([] when it is gone)."""
+    endpoint = Endpoint.objects.filter(pk=endpoint_id).first()
+    if endpoint is None:
+        return []
+    routes = EndpointRoute.objects.filter(endpoint_id=endpoint_id).select_related("deployment", "adapter")
+    return measured(endpoint, routes)
+
+
 def repointed(run: EndpointEvalRun, endpoint: Endpoint, current: Iterable[EndpointRoute]) -> bool:
-    """Whether ``endpoint`` routes elsewhere than when ``run`` measured it. A run taken up before routes
-    were recorded (None) is taken as measuring what the endpoint serves now."""
-    if run.measured_routes is None:
+    """Whether ``endpoint`` routes elsewhere, or is configured otherwise, than when ``run`` measured it. A
+    run taken up before routes were recorded (None), or a composite's run taken up before configurations
+    were ([]), is taken as measuring what the endpoint serves now."""
+    if run.measured_routes is None or (run.measured_routes == [] and endpoint.kind != EndpointKind.PLAIN):
         return False
-    return run.endpoint_id != endpoint.pk or run.measured_routes != serving(current)
+    return run.endpoint_id != endpoint.pk or run.measured_routes != measured(endpoint, current)
+
+
+def repointed_runs(runs: Iterable[EndpointEvalRun]) -> set[int]:
+    """The ids of ``runs`` whose endpoint, still there, is ``repointed`` since (two queries)."""
+    runs = [run for run in runs if run.endpoint_id and run.measured_routes is not None]
+    routes = EndpointRoute.objects.select_related("deployment", "adapter")
+    endpoints = Endpoint.objects.filter(pk__in={run.endpoint_id for run in runs}).prefetch_related(
+        Prefetch("routes", queryset=routes)
+    )
+    by_id = {endpoint.pk: endpoint for endpoint in endpoints}
+    return {
+        run.pk
+        for run in runs
+        if (endpoint := by_id.get(run.endpoint_id)) is not None
+        and repointed(run, endpoint, endpoint.routes.all())
+    }
 
 
 def incomparable(run: EndpointEvalRun, reference: EndpointEvalRun, eval_set_rows: int) -> str:

@@ -1,7 +1,8 @@
 """The leaderboard of an eval set: each candidate endpoint's latest finished run on it, best quality first,
 with the front marked (candidates no other beats on both quality and cost per 1,000 requests). A run
 scored under other settings than the reference run (the task's production endpoint's, else the one over
-the most rows: ``comparability``) is listed, marked not comparable with why, and is on no front."""
+the most rows: ``comparability``), or of an endpoint repointed since, is listed, marked not comparable with
+why, and is on no front."""
 
 from __future__ import annotations
 
@@ -87,6 +88,12 @@ def leaderboard(eval_set: EvalSet) -> list[Entry]:
     if reference is not None:
         for entry in entries:
             entry.incomparable = comparability.incomparable(entry.run, reference, eval_set.row_count)
+    repointed = comparability.repointed_runs(e.run for e in entries)
+    for entry in entries:
+        if entry.run.pk in repointed:
+            entry.incomparable = (
+                "measured before its endpoint was repointed or reconfigured: evaluate it again"
+            )
     best = metrics.front([(e.endpoint, e.quality, e.cost_per_1k) for e in entries if e.comparable])
     for entry in entries:
         entry.on_front = entry.endpoint in best

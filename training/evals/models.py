@@ -147,8 +147,9 @@ class EndpointEvalRun(models.Model):
     rubric = models.TextField(blank=True, max_length=2000, help_text="What the judge scores answers on")
     rows_done = models.PositiveIntegerField(default=0)
     rows_total = models.PositiveIntegerField(default=0)
-    # What the endpoint routed to when the worker took the run up (``measured.routes_of``): a candidate whose
-    # routes differ now is not what was measured. None: a run taken up before routes were recorded.
+    # What the endpoint routed to (a composite: its configuration) when the worker took the run up
+    # (``comparability.measured_now``): a candidate whose routes differ now is not what was measured. None: a
+    # run taken up before routes were recorded.
     measured_routes = models.JSONField(null=True, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
     # Per row, in the eval set's order: the prompt and answer (cut short), expected, right or not, the judge's

@@ -340,7 +340,8 @@ def build_rows(
         row.requests_per_day = _requests_per_day(traffic.get(production.name, {}), row.task, production)
         row.production = next((f for f in figures if f.endpoint == production.name), None)
         row.candidates = [f for f in figures if f.endpoint != production.name]
-        if row.production is not None and row.eval_set is not None:
+        # Production's own figures measured what it served then: compared with nothing, said on the row.
+        if row.production is not None and row.eval_set is not None and not row.production.repointed:
             row.incomparable = _incomparable(runs, production.pk, row.eval_set.row_count)
             # Only what was measured as it serves now, under production's run's settings, is hinted at.
             hintable = [c for c in row.candidates if not c.repointed and c.endpoint not in row.incomparable]

@@ -26,6 +26,10 @@ class FiguresOut(Schema):
     cost_per_1k_requests: float | None = Field(alias="cost_per_1k")
     parameters: int | None = Field(description="Parameters of the base model that serves it")
     run_id: int | None = Field(description="The eval run these figures come from")
+    repointed: bool = Field(
+        description="The endpoint routes elsewhere (or is configured otherwise) than when the run measured it: "
+        "the figures are not of what it serves now, and it is compared with nothing until evaluated again"
+    )
 
 
 class HintOut(Schema):

@@ -210,7 +210,7 @@ def execute(run_id: int) -> None:
     now = timezone.now()
     endpoint_id = EndpointEvalRun.objects.filter(pk=run_id).values_list("endpoint_id", flat=True).first()
     # What the endpoint routes to as its rows are sent: what the run measures (a canary of it checks it).
-    measured = comparability.routes_of(endpoint_id) if endpoint_id else []
+    measured = comparability.measured_now(endpoint_id) if endpoint_id else []
     claimed = EndpointEvalRun.objects.filter(pk=run_id, status=JobStatus.QUEUED).update(
         status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, measured_routes=measured
     )
