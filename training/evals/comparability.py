@@ -77,7 +77,7 @@ def repointed_runs(runs: Iterable[EndpointEvalRun]) -> set[int]:
     return {
         run.pk
         for run in runs
-        if (endpoint := by_id.get(run.endpoint_id)) is not None
+        if (endpoint := by_id.get(run.endpoint_id or 0)) is not None
         and repointed(run, endpoint, endpoint.routes.all())
     }
 
