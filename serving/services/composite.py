@@ -10,6 +10,7 @@ Every number and list here is bounded; the gateway reads the validated config fr
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from django.db import transaction
@@ -22,7 +23,7 @@ from portfolio.errors import Conflict, Invalid
 from portfolio.registry.choices import Task
 from serving.choices import EndpointKind
 from serving.gateway.voting import LABEL
-from serving.models import Endpoint
+from serving.models import Deployment, Endpoint
 from serving.services import locks
 
 ROUTER_MAX_LABELS = 32
@@ -90,9 +91,35 @@ def _hop(team: Team, field: str, name: object, own: str) -> Endpoint:
             field,
             f"{name} is a {endpoint.kind} endpoint; a composite calls plain endpoints only (no cycles, bounded hops).",
         )
-    if any(r.deployment.version.model.task == Task.EMBEDDING for r in endpoint.routes.all()):
-        raise _invalid(field, f"{name} serves embeddings; a composite needs text generation.")
+    served = no_text(r.deployment for r in endpoint.routes.all())
+    if served:
+        raise _invalid(field, f"{name} serves {served}; a composite needs text generation.")
     return endpoint
+
+
+# What a deployment of these models answers instead of chat and completions.
+NO_TEXT: dict[str, str] = {
+    Task.EMBEDDING: "embeddings",
+    Task.SPEECH: "speech to text",
+    Task.RERANK: "reranking",
+}
+
+
+def no_text(deployments: Iterable[Deployment]) -> str:
+    """What one of ``deployments`` serves that is not text generation ("" when all generate text)."""
+    return next((NO_TEXT[d.version.model.task] for d in deployments if d.version.model.task in NO_TEXT), "")
+
+
+def require_text_for_callers(endpoint: Endpoint, deployments: Iterable[Deployment]) -> None:
+    """The composites calling ``endpoint`` ask it for chat completions: its routes must generate text."""
+    served = no_text(deployments)
+    callers = called_by(endpoint) if served else []
+    if callers:
+        message = (
+            f"{', '.join(callers)} {'call' if len(callers) > 1 else 'calls'} {endpoint.name} for text "
+            f"generation, and this route serves {served}; change {'them' if len(callers) > 1 else 'it'} first."
+        )
+        raise Invalid(f"routes: {message}", fields={"routes": [message]})
 
 
 def check_config(team: Team, own: str, kind: str, config: object) -> dict:

@@ -207,6 +207,7 @@ def set_routes(
             "(PUT .../config), or make it plain there first."
         )
     resolved = _routes(actor, endpoint.owner_team, routes)
+    composite.require_text_for_callers(endpoint, (deployment for deployment, _, _ in resolved))
     fallback = _fallback(actor, endpoint.owner_team, fallback)
     if fallback is not None:
         chain: set[int] = {endpoint.pk}

@@ -7,8 +7,10 @@ from __future__ import annotations
 import pytest
 
 from portfolio.errors import Conflict, Forbidden, Invalid
+from portfolio.registry.choices import Source, VersionKind, VersionStatus
+from portfolio.registry.models import Model, ModelVersion
 from serving import services
-from serving.models import Endpoint
+from serving.models import Deployment, Endpoint
 from tests.conftest import actor_for
 from tests.serving.conftest import audited
 
@@ -298,3 +300,37 @@ def test_changes_to_who_calls_whom_in_a_team_wait_for_each_other(owner, team, pl
         release.set()
         other.join(30)
     assert Endpoint.objects.filter(kind="plain").count() == 3 and not Endpoint.objects.exclude(kind="plain")
+
+
+@pytest.mark.parametrize(
+    "task, served", [("embedding", "embeddings"), ("rerank", "reranking"), ("speech", "speech to text")]
+)
+def test_an_endpoint_a_composite_calls_keeps_generating_text(
+    owner, team, plain, base_version, pool, task, served
+):
+    """A composite asks its hops for chat completions: neither can it name an endpoint of embeddings,
+    reranking or speech, nor can an endpoint it names be routed to one afterwards."""
+    model = Model.objects.create(name=f"{task}-model", owner_team=team, task=task)
+    version = ModelVersion.objects.create(
+        model=model,
+        number=1,
+        kind=VersionKind.BASE,
+        source=Source.LOCAL,
+        status=VersionStatus.READY,
+        artifact=base_version.artifact,
+    )
+    other = Deployment.objects.create(name=f"{task}-dep", owner_team=team, version=version, pool=pool)
+    router = create(owner, team, "router", ROUTER)
+    before = plain["small"].route_list()
+    with pytest.raises(
+        Invalid, match=f"smart calls small for text generation, and this route serves {served}"
+    ):
+        services.set_routes(actor=owner, endpoint=plain["small"], routes=[{"deployment": other.name}])
+    assert plain["small"].route_list() == before
+    # One no composite calls may route there; a composite may not then name it.
+    free = plain["make"]("free")
+    services.set_routes(actor=owner, endpoint=free, routes=[{"deployment": other.name}])
+    with pytest.raises(Invalid, match=f"free serves {served}; a composite needs text generation"):
+        services.configure_endpoint(
+            actor=owner, endpoint=router, kind="router", config=ROUTER | {"default": "free"}
+        )
