@@ -8,9 +8,14 @@ from portfolio.errors import NotFound
 from serving.models import Endpoint
 
 
-def endpoint(pk: int) -> Endpoint:
-    """The endpoint's row, locked for the rest of the transaction; NotFound once it is deleted."""
-    found = Endpoint.objects.select_for_update().filter(pk=pk).first()
-    if found is None:
+def endpoint(pk: int, *, also: int | None = None) -> Endpoint:
+    """The endpoint's row, locked for the rest of the transaction; NotFound once it is deleted. ``also``:
+    another endpoint's row locked with it (if it is still there), the two in id order, so two changes that
+    lock the same pair from either end wait for each other instead of deadlocking."""
+    ids = sorted({pk} | ({also} if also is not None else set()))
+    rows = {
+        found.pk: found for found in Endpoint.objects.select_for_update().filter(pk__in=ids).order_by("pk")
+    }
+    if pk not in rows:
         raise NotFound("Endpoint not found.")
-    return found
+    return rows[pk]

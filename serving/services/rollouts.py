@@ -189,7 +189,11 @@ def start_rollout(
     ``judge`` endpoint scores a ``judge_fraction`` sample of the canary's answers on ``judge_rubric``; a mean
     under ``min_judge_score`` (over ``min_judge_samples`` at least) rolls back."""
     gate.require(actor, "deployment.manage", endpoint)
-    endpoint = locks.endpoint(endpoint.pk)
+    # The judge's row is locked with the endpoint's: it is not deleted before this rollout, which names it,
+    # commits (delete_endpoint refuses to delete the judge of a canary under way), and one deleted meanwhile is
+    # not found. In id order: two rollouts judged by each other's endpoint wait, not deadlock.
+    named = Endpoint.objects.filter(name=judge).values_list("pk", flat=True).first() if judge else None
+    endpoint = locks.endpoint(endpoint.pk, also=named)
     if endpoint.kind != "plain":
         raise Invalid(
             f"{endpoint.name} is a {endpoint.kind} endpoint, with no routes to roll out on: roll out on the "

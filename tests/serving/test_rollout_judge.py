@@ -9,12 +9,14 @@ from datetime import timedelta
 
 import pytest
 
+from portfolio.audit import services as audit
 from portfolio.audit.models import AuditEvent
-from portfolio.errors import Conflict
+from portfolio.errors import Conflict, Invalid
 from serving import rollout_judge, rollouts, services
 from serving.choices import RolloutState
-from serving.models import Rollout
+from serving.models import Endpoint, Rollout
 from tests.conftest import actor_for
+from tests.interleave import Pause, interleave
 from tests.serving.test_rollouts import served, start, weights
 from tests.serving.test_rollouts import world as world  # noqa: PLC0414 - the fixture, used by name
 
@@ -235,3 +237,52 @@ def test_the_endpoint_pages_form_starts_a_judged_rollout(client, org, judge):
     assert (rollout.min_judge_samples, rollout.judge_rubric) == (4, "Names the queue.")
     page = client.get("/endpoints/support/").content.decode()
     assert "a mean judge score under 0.70 from grader over 4+ sampled answers (25% of the canary" in page
+
+
+# --- A judge deleted while a rollout that names it starts ----------------------------------------------
+@pytest.mark.django_db(transaction=True)
+def test_a_judge_deleted_while_a_rollout_naming_it_starts_is_not_found(
+    client, org, world, judge, monkeypatch
+):
+    """The delete has passed its checks (no canary under way names the judge) and holds the judge's row: the
+    rollout waits for it, then finds the judge gone (a 400 naming it), instead of failing at commit."""
+    judge()
+    grader = Endpoint.objects.get(name="grader")
+    pause = Pause()
+    monkeypatch.setattr(audit, "record", pause.hook(audit.record))
+
+    deleted, started = interleave(
+        pause,
+        lambda: services.delete_endpoint(actor=actor_for(org["admin"]), endpoint=grader),
+        lambda: services.start_rollout(
+            actor=actor_for(org["engineer"]), endpoint=world, deployment="support-next", **JUDGED
+        ),
+    )
+
+    assert deleted.error is None
+    assert isinstance(started.error, Invalid) and "no plain endpoint 'grader'" in str(started.error), (
+        started.error
+    )
+    assert not Rollout.objects.exists() and not Endpoint.objects.filter(name="grader").exists()
+    assert weights(world) == {"support-bot": 100}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_judge_is_not_deleted_while_a_rollout_naming_it_starts(client, org, world, judge, monkeypatch):
+    """The rollout holds the judge's row until it commits: the delete then sees the canary it judges."""
+    judge()
+    grader = Endpoint.objects.get(name="grader")
+    pause = Pause()
+    monkeypatch.setattr(audit, "record", pause.hook(audit.record))
+
+    started, deleted = interleave(
+        pause,
+        lambda: services.start_rollout(
+            actor=actor_for(org["engineer"]), endpoint=world, deployment="support-next", **JUDGED
+        ),
+        lambda: services.delete_endpoint(actor=actor_for(org["admin"]), endpoint=grader),
+    )
+
+    assert started.error is None
+    assert isinstance(deleted.error, Conflict) and "grader judges the rollout under way" in str(deleted.error)
+    assert Rollout.objects.get().judge_endpoint_id == grader.pk
