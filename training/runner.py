@@ -107,7 +107,7 @@ def _score(
     recorded = EvalRun.objects.filter(dataset_version=job.training_data, status="succeeded")
     if not recorded.filter(version=job.base_version).exists():
         base_metrics = score(base_dir=base_dir, adapter_dir=None, rows=eval_rows, loading=scoring)
-        base_metrics["serving"] = serving_speed(job.base_version, eval_rows)
+        base_metrics["serving"] = serving_speed(job.base_version, eval_rows, job.owner_team)
         finetune.record_eval_run(job, job.base_version, base_metrics)
     _write(jobs, heartbeat_at=timezone.now())
     earlier = recorded.filter(version=version, job=job).first()
@@ -117,7 +117,7 @@ def _score(
     tuned = score(
         base_dir=base_dir if adapter_dir else output, adapter_dir=adapter_dir, rows=eval_rows, loading=scoring
     )
-    tuned["serving"] = serving_speed(version, eval_rows)
+    tuned["serving"] = serving_speed(version, eval_rows, job.owner_team)
     finetune.record_eval_run(job, version, tuned)
     return tuned
 

@@ -6,6 +6,10 @@ production. When the version is deployed (a ready replica serves it, as its depl
 adapter the replica has loaded), some of the eval prompts are sent to that replica one at a time, the way
 one client would see it. When it is not deployed the run says so and holds no figures: numbers measured
 anywhere else (the trainer's own process, another version's replica) would not be the serving speed.
+
+Only the job's own team's deployments are timed: the prompts are the team's held-out rows, sent straight to
+the engine (no gateway, no metering), and the figures name the deployment, its node and replica. Another
+team's replica of the same version is neither sent those rows nor named.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 
 from django.utils import timezone
 
+from portfolio.accounts.models import Team
 from portfolio.registry.models import ModelVersion
 from serving.agent import engine_key
 from serving.choices import ReplicaState
@@ -46,10 +51,11 @@ class ServingTarget:
         }
 
 
-def serving_target(version: ModelVersion) -> ServingTarget | None:
-    """A ready replica serving ``version`` (as its deployment's base, else as a loaded adapter), or None."""
+def serving_target(version: ModelVersion, team: Team) -> ServingTarget | None:
+    """A ready replica of ``team`` serving ``version`` (as its deployment's base, else as a loaded adapter),
+    or None."""
     ready = (
-        Replica.objects.filter(state=ReplicaState.READY, port__isnull=False)
+        Replica.objects.filter(state=ReplicaState.READY, port__isnull=False, deployment__owner_team=team)
         .exclude(host="")
         .select_related("deployment", "node")
         .order_by("id")
@@ -125,12 +131,13 @@ def measure(
     }
 
 
-def serving_speed(version: ModelVersion, rows: list[dict]) -> dict:
-    """The ``serving`` part of an eval run's metrics: measured on a replica, or why there is none."""
-    target = serving_target(version)
+def serving_speed(version: ModelVersion, rows: list[dict], team: Team) -> dict:
+    """The ``serving`` part of an eval run's metrics: measured on a replica of ``team`` (the job's), or why
+    there is none."""
+    target = serving_target(version, team)
     if target is None:
         return {
             "deployed": False,
-            "note": f"{version.label} was not deployed (no ready replica) when evaluated.",
+            "note": f"{version.label} was not deployed by {team.name} (no ready replica) when evaluated.",
         }
     return measure(target, rows)

@@ -63,7 +63,8 @@ def serving(team):
         Replica.objects.filter(pk=replica.pk).update(port=engine.port)
         return engine
 
-    yield {"base": base, "adapter": adapter, "deployment": deployment, "replica": replica, "engine": engine}
+    yield {"base": base, "adapter": adapter, "deployment": deployment, "replica": replica, "engine": engine,
+           "team": team, "pool": pool, "node": node}  # fmt: skip
     for started in engines:
         started.stop()
 
@@ -75,7 +76,7 @@ def test_a_deployed_version_is_timed_on_its_replica_one_request_at_a_time(servin
     delays = [0.0, 0.05, 1.0, 0.05, 0.05, 0.05, 1.0, 0.05, 0.05]
     engine = serving["engine"](UnevenEngine(engine_key(replica.pk), delays))
     rows = tickets(5)
-    measured = serving_speed(serving["base"], rows)
+    measured = serving_speed(serving["base"], rows, serving["team"])
 
     assert measured["deployed"] is True
     assert (measured["replica"], measured["deployment"], measured["node"], measured["model"]) == (
@@ -103,12 +104,12 @@ def test_an_adapter_is_timed_under_its_own_name_once_its_replica_has_loaded_it(s
     DeploymentAdapter.objects.create(
         deployment=serving["deployment"], version=serving["adapter"], name="smol-ft"
     )
-    not_loaded = serving_speed(serving["adapter"], tickets(3))
+    not_loaded = serving_speed(serving["adapter"], tickets(3), serving["team"])
     assert not_loaded["deployed"] is False and "latency_p50_ms" not in not_loaded
     assert not engine.requests
 
     Replica.objects.filter(pk=replica.pk).update(loaded_adapters=["smol-ft"])
-    measured = serving_speed(serving["adapter"], tickets(3))
+    measured = serving_speed(serving["adapter"], tickets(3), serving["team"])
     assert measured["deployed"] is True and measured["model"] == "smol-ft" and measured["requests"] == 8
     assert {request["model"] for request in engine.requests} == {"smol-ft"}
 
@@ -116,16 +117,34 @@ def test_an_adapter_is_timed_under_its_own_name_once_its_replica_has_loaded_it(s
 def test_a_version_without_a_ready_replica_says_so_and_gets_no_figures(serving):
     engine = serving["engine"](FakeEngine(engine_key(serving["replica"].pk)))
     Replica.objects.filter(pk=serving["replica"].pk).update(state=ReplicaState.STARTING)
-    measured = serving_speed(serving["base"], tickets(3))
+    measured = serving_speed(serving["base"], tickets(3), serving["team"])
     assert measured == {
         "deployed": False,
-        "note": "smol:v1 was not deployed (no ready replica) when evaluated.",
+        "note": f"smol:v1 was not deployed by {serving['team'].name} (no ready replica) when evaluated.",
     }
     assert not engine.requests
 
 
 def test_a_replica_that_refuses_the_call_gives_the_reason_and_no_figures(serving):
     serving["engine"](FakeEngine("the key of another replica"))
-    measured = serving_speed(serving["base"], tickets(3))
+    measured = serving_speed(serving["base"], tickets(3), serving["team"])
     assert measured["deployed"] is True and "401" in measured["error"]
     assert not {"latency_p50_ms", "tokens_per_second"} & set(measured)
+
+
+def test_another_teams_replica_of_the_version_is_neither_sent_the_rows_nor_named(serving, other_team):
+    """The model is shared, and another team deploys the same version: the job's held-out rows would go
+    straight to that team's engine, unmetered, and its deployment's name into the job's figures."""
+    replica = serving["replica"]
+    Deployment.objects.filter(pk=serving["deployment"].pk).update(owner_team=other_team)
+    engine = serving["engine"](FakeEngine(engine_key(replica.pk)))
+
+    measured = serving_speed(serving["base"], tickets(3), serving["team"])
+
+    assert measured["deployed"] is False and "smol-dep" not in str(measured)
+    assert not engine.requests
+    # The team's own deployment of it is timed.
+    own = Deployment.objects.create(name="own-dep", owner_team=serving["team"], version=serving["base"],
+                                    pool=serving["pool"])  # fmt: skip
+    Replica.objects.filter(pk=replica.pk).update(deployment=own)
+    assert serving_speed(serving["base"], tickets(3), serving["team"])["deployment"] == "own-dep"
