@@ -320,7 +320,9 @@ def _end_attempt(job_id: int, attempt: int, process: subprocess.Popen | None, mi
         finetune.finish(
             job_id,
             JobStatus.FAILED,
-            f"{why} on attempt {attempt}; giving up.\n{job.log_tail}",
+            # Not the log's tail: it can carry rows of the data and the node's paths, and the detail is for
+            # every reader of the job (the log is for those who run the team's fine-tunes).
+            f"{why} on attempt {attempt}; giving up. Its last lines are in the job's log.",
             attempt=attempt,
         )
 
