@@ -73,6 +73,11 @@ def add_eval_set(
             f"dataset_version: {dataset_version.label} has no {'held-out ' if source == 'eval' else ''}rows.",
             fields={"dataset_version": ["No rows to evaluate on."]},
         )
-    eval_set.save(force_insert=True)
+    try:
+        with transaction.atomic():
+            eval_set.save(force_insert=True)
+    except IntegrityError:
+        # The same registration at once, committed first (eval_set_unique_per_task): its row, as above.
+        return EvalSet.objects.get(task=task, dataset_version=dataset_version, source=source)
     audit.record(actor, "eval_set.create", eval_set, after=eval_set.snapshot())
     return eval_set
