@@ -19,9 +19,12 @@ from training.models import EvalRun, FineTuneJob
 def eval_comparison(actor: Actor, job: FineTuneJob) -> dict | None:
     """This job's eval runs side by side, the base first: the headline metrics, F1 per label, and the
     change from the base to the fine-tuned version (green where it improved, red where it got worse)."""
+    # The version the job's runs are scored on (``FineTuneJob.training_data``, by id): a distillation's are on
+    # its teacher's answers, not on the prompts, so the base's run there is the one to compare with.
+    scored_on = job.distilled_dataset_version_id or job.dataset_version_id
     runs = list(
         gate.visible(actor, EvalRun)
-        .filter(Q(job=job) | Q(version_id=job.base_version_id, dataset_version_id=job.dataset_version_id))
+        .filter(Q(job=job) | Q(version_id=job.base_version_id, dataset_version_id=scored_on))
         .select_related("version__model")
         .order_by("created_at", "id")
     )
