@@ -22,9 +22,10 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid
+from portfolio.registry.artifacts import mark_artifact_health
 from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.models import Model, ModelVersion
-from portfolio.registry.storage import check_relative_path, materialize
+from portfolio.registry.storage import CorruptArtifact, check_relative_path, materialize
 from portfolio.registry.stores import default_store
 from serving import services as serving_services
 from serving.models import ComputePool
@@ -191,11 +192,29 @@ class DatasetFiles:
         return self.train if split == Split.TRAIN else self.eval
 
 
+class DamagedDataset(CorruptArtifact, Conflict):
+    """A version's stored files are missing or do not match their manifest: a refusal (409 in the API), and
+    still a ``CorruptArtifact`` to the callers that catch one (the version page shows it beside the rows)."""
+
+    def __init__(self, version: DatasetVersion, damage: CorruptArtifact):
+        Conflict.__init__(
+            self,
+            f"The stored files of {version.dataset.name} v{version.number} are damaged ({damage}); "
+            "its rows cannot be read until they are stored again.",
+        )
+        self.path, self.reason = damage.path, damage.reason
+
+
 def dataset_files(version: DatasetVersion) -> DatasetFiles:
-    """A verified local copy of a version's JSONL files (trainers read them from here); cached per artifact."""
-    folder = materialize(
-        default_store(), version.artifact.manifest(), Path(settings.ARTIFACT_CACHE) / version.artifact_id
-    )
+    """A verified local copy of a version's JSONL files (trainers read them from here); cached per artifact.
+    Damaged files mark the artifact corrupt, as the registry does a model's, and are refused with a 409."""
+    try:
+        folder = materialize(
+            default_store(), version.artifact.manifest(), Path(settings.ARTIFACT_CACHE) / version.artifact_id
+        )
+    except CorruptArtifact as exc:
+        mark_artifact_health(version.artifact_id, [str(exc)])
+        raise DamagedDataset(version, exc) from exc
     return DatasetFiles(folder, folder / TRAIN_FILE, folder / EVAL_FILE, folder / ORIGINAL_FILE)
 
 
