@@ -11,6 +11,7 @@ and sent no answer in time, at the worst case the request was admitted for (the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Protocol
@@ -121,6 +122,12 @@ async def forward(
                     excluded.add(replica.id)
                 retried.add(replica.id)
                 continue
+            except asyncio.CancelledError:
+                # Cancelled while the engine works on it (a verifier's questions are asked at once, and one
+                # failing cancels the others): its place in the replica's count is given back, or the balancer
+                # would pass a healthy replica over for as long as the process lives.
+                gateway.balancer.release(replica)
+                raise
             outcome.answered, outcome.endpoint = current, current.name
             try:
                 rename = gateway.renamers.get((route.upstream_model, public))
