@@ -19,9 +19,12 @@ LABEL_PROMPT_MAX = 16_000  # bytes of the last user message a router's classifie
 
 
 def last_user_text(kind: str, payload: dict) -> str:
-    """What a router's classifier is asked: the last user message (its text parts), or a text prompt."""
+    """What a router's classifier is asked: the last user message (its text parts), or a text prompt (a
+    list of one text prompt included: a composite takes one prompt per request)."""
     if kind != "chat":
         prompt = payload.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
         return prompt[:LABEL_PROMPT_MAX] if isinstance(prompt, str) else ""
     for message in reversed(payload.get("messages") or []):
         if isinstance(message, dict) and message.get("role") == "user":

@@ -395,6 +395,10 @@ def test_a_composite_asked_with_a_list_of_prompts_is_refused_before_any_hop(gate
         timeout=20,
     )
     assert single.status_code == 200, single.text
+    # The verifier is asked about that prompt, not about an empty request.
+    assert checker_engines[0].requests and all(
+        "capital of France" in str(asked) for asked in checker_engines[0].requests
+    ), checker_engines[0].requests
 
 
 def test_a_chat_request_escalated_to_a_base_model_is_asked_with_the_cascades_plain_prompt(
