@@ -37,6 +37,8 @@ class ServingConfig(AppConfig):
     @staticmethod
     def _register_priced_subjects() -> None:
         """Tell billing's price book how to find what serving owns: endpoints (tokens) and pools (compute)."""
+        from django.db.models import Q
+
         from portfolio.billing import subjects
         from portfolio.billing.choices import PriceKind
         from serving.models import ComputePool, Endpoint
@@ -51,8 +53,14 @@ class ServingConfig(AppConfig):
         def lister(model, kind):
             def listing(actor=None):
                 # What the actor may see, as everywhere (another team's private endpoint's name is not theirs
-                # to learn); all of them without one (the admins' price form).
+                # to learn); all of them without one (the admins' price form). A department manager reads the
+                # billing of their departments' teams, in none of which they may be: those teams' endpoints.
                 found = model.objects.all() if actor is None else model.objects.visible_to(actor)
+                if actor is not None and model is Endpoint and actor.managed_department_ids:
+                    found = Endpoint.objects.filter(
+                        Q(pk__in=found.values("pk"))
+                        | Q(owner_team__department_id__in=actor.managed_department_ids)
+                    )
                 return [subjects.Subject(kind, str(pk), name) for pk, name in found.values_list("pk", "name")]
 
             return listing

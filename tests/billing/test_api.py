@@ -294,7 +294,7 @@ def _more_prices_and_statements(world):
     ("url", "role", "pinned"),
     [
         ("/prices", "auditor", 6),
-        ("/prices/subjects", "manager", 8),  # and what of them the manager may see (a manager is in no team)
+        ("/prices/subjects", "manager", 9),  # what a manager (in no team) may see, their departments' too
         ("/statements?status=closed", "owner", 9),  # one more: the totals of the owner's teams' lines
         ("/statements?status=closed", "admin", 5),
     ],

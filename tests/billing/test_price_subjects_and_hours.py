@@ -44,6 +44,12 @@ def test_a_team_owner_lists_its_own_and_the_priced_endpoints_not_another_teams_p
     assert _names(call, world, "owner") == ["contracts-listed", "support-ep"]
 
 
+def test_a_department_manager_lists_the_endpoints_of_their_departments_teams(world, call, endpoints):
+    """A manager reads the billing of every team of their department, in none of which they are: its
+    teams' endpoints, priced or not, and not another department's unpriced private one."""
+    assert _names(call, world, "manager") == ["contracts-listed", "support-ep"]
+
+
 def test_org_wide_readers_list_every_endpoint(world, call, endpoints):
     everything = ["contracts-listed", "contracts-private", "support-ep"]
     assert _names(call, world, "admin") == everything
