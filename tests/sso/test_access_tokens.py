@@ -294,6 +294,21 @@ def test_a_deactivated_users_token_is_refused(client, sso, make_user):
     assert_refused(call(client, token), token, "its account is deactivated here")
 
 
+def test_a_deactivated_users_token_gets_no_upload_allowance(client, sso, make_user):
+    """The body limit grants the upload size to a credential of an active account only (bodylimit.py): a
+    realm token of an account deactivated here would have its 2 GiB spooled before the API refused it."""
+    from portfolio.bodylimit import credentialed
+
+    token = service_token(sso)
+    scope = {"headers": [(b"authorization", f"Bearer {token}".encode())]}
+    assert credentialed(scope), "a subject with no account yet: its first call makes one"
+    assert call(client, token).status_code == 200
+    assert credentialed(scope)
+    robot = User.objects.get(username=SERVICE_ACCOUNT)
+    accounts.deactivate_user(actor=actor_for(make_user("root", superuser=True)), user=robot)
+    assert not credentialed(scope)
+
+
 def test_two_first_calls_at_once_find_the_one_account(client, sso, monkeypatch):
     """Two CI jobs of a new service account start together: the second one's insert hits the unique
     identity, and it acts as the account the first one made."""

@@ -124,16 +124,20 @@ def _first_use(issuer: str, claims: dict) -> bool:
 
 
 def signature_holds(token: str) -> bool:
-    """Whether ``token`` is an access token of the realm, signed, current and for an allowed client: no
-    account is made or changed (``authenticate`` does that), for checks made before the request is read."""
+    """Whether ``token`` is an access token of the realm, signed, current and for an allowed client, and not
+    of an account deactivated here: no account is made or changed (``authenticate`` does that), for checks
+    made before the request is read. A subject with no account yet passes (its first call makes one)."""
     config = sso_config.current()
     if config is None:
         return False
     try:
-        claims_of(config, token, client.discovery(config)["issuer"])
+        issuer = client.discovery(config)["issuer"]
+        claims = claims_of(config, token, issuer)
     except (Unauthenticated, Unavailable, client.Refused):
         return False
-    return True
+    return not ExternalIdentity.objects.filter(
+        issuer=issuer, subject=str(claims["sub"]), user__is_active=False
+    ).exists()
 
 
 def authenticate(request, token: str) -> Actor:
