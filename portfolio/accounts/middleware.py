@@ -29,8 +29,12 @@ class LoginRequiredMiddleware(auth_middleware.LoginRequiredMiddleware):
             # An htmx call from a page whose session expired: send the whole page to the login form
             # instead of swapping the login form into a fragment.
             login_url = resolve_url(self.get_login_url(view_func))
-            current = urlsplit(request.headers.get("HX-Current-URL", ""))
-            next_path = urlunsplit(("", "", current.path, current.query, "")) or request.get_full_path()
+            try:
+                current = urlsplit(request.headers.get("HX-Current-URL", ""))
+                next_path = urlunsplit(("", "", current.path, current.query, ""))
+            except ValueError:  # a header no browser sends ("http://[" is no URL): this request's own path
+                next_path = ""
+            next_path = next_path or request.get_full_path()
             redirect = redirect_to_login(next_path, login_url, self.get_redirect_field_name(view_func))
             return HttpResponseClientRedirect(redirect.url)
         return super().handle_no_permission(request, view_func)

@@ -57,6 +57,15 @@ def test_an_expired_session_sends_htmx_calls_to_the_login_page(client, org, team
     assert response["HX-Redirect"] == "/login/?next=/teams/support-ai/"
 
 
+def test_a_malformed_current_url_header_sends_htmx_calls_to_the_login_page_too(client, org, team):
+    """``HX-Current-URL`` is the client's to send: one that is no URL is not a 500."""
+    response = client.post(
+        reverse("member-add", args=[team.slug]), {}, HTTP_HX_CURRENT_URL="http://[", **HTMX
+    )
+    assert response.status_code == 200
+    assert response["HX-Redirect"] == f"/login/?next={reverse('member-add', args=[team.slug])}"
+
+
 def test_login_works_and_is_audited(client, org):
     response = _login(client, "owner", PASSWORD)
     assert response.status_code == 302 and response["Location"] == "/"
