@@ -5,10 +5,14 @@ For every person who has signed in from the realm (an ``ExternalIdentity``):
   personal tokens revoked), within one interval of the change;
 - otherwise: their memberships and roles made what the mapping rules give for their groups and roles, as at
   sign-in (``accounts.sso.mapping.apply``).
-Every change is an audit row by ``system:keycloak``. The directory is read in full before anything changes,
-and the changes are one transaction: a sync that cannot read Keycloak, or fails half way, changes nothing and
-says so in its ``DirectorySync`` row, which the single sign-on page shows. A user deactivated here by an admin
-is left alone, and one whom Keycloak enables again is not reactivated by the sync: an admin decides.
+Every change is an audit row by ``system:keycloak``. The directory is read in full before anything changes: a
+sync that cannot read Keycloak changes nothing and says so in its ``DirectorySync`` row (not ok), which the
+single sign-on page shows. Each person's changes and audit rows are then one transaction of their own, taking
+their identity and user, then their teams, as a sign-in does: one transaction for the whole run held every
+team it had touched while it went on to the next person, and deadlocked with that person's sign-in. A person
+whose changes fail is left as they were and named in the run's error; the others' stand (the run is ok, as it
+changed something). A user deactivated here by an admin is left alone, and one whom Keycloak enables again is
+not reactivated by the sync: an admin decides.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from portfolio.accounts import services
+from portfolio.accounts.actor import Actor
 from portfolio.accounts.choices import SsoSourceKind
 from portfolio.accounts.models import DirectorySync, ExternalIdentity, SsoMappingRule
 from portfolio.accounts.sso import client, directory
@@ -46,29 +51,57 @@ def wanted() -> directory.Wanted:
 
 
 def _apply(config: OidcConfig, issuer: str, found: directory.Directory, run: DirectorySync) -> None:
+    """Each person in their own transaction; ``run`` counts what was committed."""
     actor = sso_mapping.system_actor()
-    identities = ExternalIdentity.objects.filter(issuer=issuer).select_related("user").order_by("pk")
-    for identity in identities:
-        user = identity.user
-        if identity.subject not in found.enabled and user.username.startswith(SERVICE_ACCOUNT_PREFIX):
-            continue  # not listed, so not known to be gone: its client's tokens end with the client
-        if not found.enabled.get(identity.subject, False):
-            if user.is_active:
-                # The last platform admin too: kept, their tokens and sessions would outlive their leaving.
-                services.deactivate_user(actor=actor, user=user, directory=True)
-                run.deactivated += 1
-                if not services.active_admins_exist():
-                    run.error = (
-                        f"{user.username}, disabled in the directory, was the last active platform admin: "
-                        "there is none until the directory names one (an admin group or role rule)."
-                    )[:300]
-            continue
+    failed: list[str] = []
+    identities = ExternalIdentity.objects.filter(issuer=issuer).order_by("pk")
+    for pk, username in list(identities.values_list("pk", "user__username")):
+        counted = run.deactivated, run.memberships_changed, run.error
+        try:
+            with transaction.atomic():
+                _apply_person(config, pk, found, run, actor)
+        except Exception:
+            run.deactivated, run.memberships_changed, run.error = counted  # rolled back: not done
+            logger.exception("directory sync left %s as they were", username)
+            failed.append(username)
+    if failed:
+        left = f"Not applied (an error, logged), so left as they were: {', '.join(failed)}."
+        run.error = f"{left} {run.error}".strip()[:300]
+
+
+def _apply_person(
+    config: OidcConfig, pk: int, found: directory.Directory, run: DirectorySync, actor: Actor
+) -> None:
+    # The identity and user under the locks a sign-in takes first (``sso.services._identity``), so the two
+    # take the same rows in the same order; is_active is read under the lock deactivate_user takes.
+    identity = (
+        ExternalIdentity.objects.select_for_update(of=("self", "user"))
+        .select_related("user")
+        .filter(pk=pk)
+        .first()
+    )
+    if identity is None:
+        return  # the user was deleted meanwhile
+    user = identity.user
+    if identity.subject not in found.enabled and user.username.startswith(SERVICE_ACCOUNT_PREFIX):
+        return  # not listed, so not known to be gone: its client's tokens end with the client
+    if not found.enabled.get(identity.subject, False):
         if user.is_active:
-            claims: dict[str, Any] = found.claims_of(identity.subject, config.client_id)
-            summary = sso_mapping.apply(user, claims, actor=actor, client_id=config.client_id)
-            # The directory as it is now: a token issued before this run may not grant back what it took.
-            ExternalIdentity.objects.filter(pk=identity.pk).update(claims_issued_at=timezone.now())
-            run.memberships_changed += len(summary.created) + len(summary.updated) + len(summary.removed)
+            # The last platform admin too: kept, their tokens and sessions would outlive their leaving.
+            services.deactivate_user(actor=actor, user=user, directory=True)
+            run.deactivated += 1
+            if not services.active_admins_exist():
+                run.error = (
+                    f"{user.username}, disabled in the directory, was the last active platform admin: "
+                    "there is none until the directory names one (an admin group or role rule)."
+                )[:300]
+        return
+    if user.is_active:
+        claims: dict[str, Any] = found.claims_of(identity.subject, config.client_id)
+        summary = sso_mapping.apply(user, claims, actor=actor, client_id=config.client_id)
+        # The directory as it is now: a token issued before this run may not grant back what it took.
+        ExternalIdentity.objects.filter(pk=identity.pk).update(claims_issued_at=timezone.now())
+        run.memberships_changed += len(summary.created) + len(summary.updated) + len(summary.removed)
 
 
 def run_once(config: OidcConfig, sync: dict[str, Any]) -> DirectorySync:
@@ -84,8 +117,7 @@ def run_once(config: OidcConfig, sync: dict[str, Any]) -> DirectorySync:
             subjects=ExternalIdentity.objects.filter(issuer=issuer).values_list("subject", flat=True),
         )
         run.users_read = len(found.enabled)
-        with transaction.atomic():
-            _apply(config, issuer, found, run)
+        _apply(config, issuer, found, run)
         run.ok = True
     except (directory.Unavailable, client.Refused) as exc:
         run.error = str(exc if isinstance(exc, directory.Unavailable) else exc.message)[:300]
