@@ -183,10 +183,21 @@ def _check_role(role: str) -> str:
     return role
 
 
+def _lock_for_new_membership(team: Team, user) -> None:
+    """The person's row, then the team's, before their membership is added: the order in which a sign-in or
+    the directory sync maps them (``sso.mapping.apply``). The insert's own reference to the person is checked
+    only at commit (a deferred key), so it waited there for a sign-in holding the person, while the sign-in's
+    insert waited for this uncommitted membership: a deadlock. Now one waits for the other, then finds its
+    membership."""
+    User.objects.select_for_update(no_key=True).filter(pk=user.pk).first()
+    Team.objects.select_for_update(no_key=True).filter(pk=team.pk).first()
+
+
 @transaction.atomic
 def add_member(*, actor: Actor, team: Team, user, role: str) -> Membership:
     gate.require(actor, "member.manage", team)
     membership = Membership(team=team, user=user, role=_check_role(role))
+    _lock_for_new_membership(team, user)
     _save_new(
         membership, f"{user.get_username()} is already a member of {team.name}; change the role instead."
     )
