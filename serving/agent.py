@@ -14,10 +14,8 @@ import hmac
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import time
 import urllib.request
 from datetime import timedelta
@@ -33,9 +31,9 @@ from portfolio.audit import services as audit
 from portfolio.leases import Lease
 from portfolio.registry.artifacts import materialize_version
 from portfolio.registry.storage import CorruptArtifact
-from serving import agent_lock, engine_args, engine_sweep, heartbeats, processes, replica_meter
+from serving import agent_lock, engine_args, engine_sweep, gpu_scan, heartbeats, processes, replica_meter
 from serving.choices import DesiredState, NodeState, ReplicaState
-from serving.models import ComputePool, DeploymentEvent, Node, Replica
+from serving.models import ComputePool, DeploymentAdapter, DeploymentEvent, Node, Replica
 
 logger = logging.getLogger(__name__)
 AGENT_VERSION = "1"
@@ -57,45 +55,33 @@ def event(replica: Replica, kind: str, message: str) -> None:
 # most this often: asked on every beat, a slow driver held the beats past the lost window and the node
 # was called lost while it ran.
 GPU_RESCAN_SECONDS = 300
-_gpus_seen: tuple[float, list[dict]] | None = None
+_gpus_seen: tuple[float, list[dict] | None] | None = None
 
 
-def detect_gpus() -> list[dict]:
+def detect_gpus() -> list[dict] | None:
+    """This machine's GPUs; ``None`` while unknown (nvidia-smi failed at its first scan): the node keeps the
+    GPUs it has on record. A failed rescan keeps the GPUs last seen: reported as none, the node refused
+    placements and fine-tunes until the next rescan."""
     global _gpus_seen
-    if _gpus_seen is not None and time.monotonic() - _gpus_seen[0] < GPU_RESCAN_SECONDS:
-        return [dict(gpu) for gpu in _gpus_seen[1]]
-    gpus = _ask_nvidia_smi()
-    _gpus_seen = (time.monotonic(), gpus)
-    return [dict(gpu) for gpu in gpus]
-
-
-def _ask_nvidia_smi() -> list[dict]:
-    if not shutil.which("nvidia-smi"):
-        return []
-    try:
-        output = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
-    except (subprocess.SubprocessError, OSError):
-        logger.warning("nvidia-smi failed; reporting no GPUs")
-        return []
-    gpus = []
-    for line in output.strip().splitlines():
-        index, name, mib = (part.strip() for part in line.split(","))
-        gpus.append({"index": int(index), "name": name, "memory_bytes": int(float(mib)) * 1024 * 1024})
-    return gpus
+    seen = _gpus_seen
+    fresh = seen is not None and time.monotonic() - seen[0] < GPU_RESCAN_SECONDS
+    if seen is None or not fresh:
+        known = seen[1] if seen else None
+        timeout = gpu_scan.FIRST_SCAN_TIMEOUT if known is None else gpu_scan.rescan_timeout()
+        scanned = gpu_scan.ask_nvidia_smi(timeout)
+        seen = _gpus_seen = (time.monotonic(), known if scanned is None else scanned)
+    return None if seen[1] is None else [dict(gpu) for gpu in seen[1]]
 
 
 def detect_capacity() -> dict:
-    return {
+    capacity = {
         "cpu_cores": psutil.cpu_count(logical=True) or 1,
         "memory_bytes": psutil.virtual_memory().total,
-        "gpus": detect_gpus(),
     }
+    gpus = detect_gpus()
+    if gpus is not None:  # else ``register`` leaves the node's GPUs as they are
+        capacity["gpus"] = gpus
+    return capacity
 
 
 def register(name: str, pool_name: str, address: str, capacity: dict | None = None) -> Node | None:
@@ -302,17 +288,21 @@ def _sync_adapters(replica: Replica) -> None:
     """Hot-load adapters added to the deployment and unload removed ones, without a restart."""
     wanted = {a.name: a for a in replica.deployment.adapters.select_related("version")}
     loaded = set(replica.loaded_adapters)
-    if set(wanted) == loaded:
+    # A replica of an older generation is being replaced, and may run an engine started without LoRA (adding
+    # an adapter turns it on with a new generation): asked to load, it answered 404 on every pass. Its
+    # successor starts with the adapters; what it must no longer serve is still unloaded.
+    to_load = set(wanted) - loaded if replica.generation == replica.deployment.generation else set()
+    if not to_load and loaded <= set(wanted):
         return
     changed = False
-    for name in sorted(set(wanted) - loaded):
+    for name in sorted(to_load):
         try:
             path = materialize_version(wanted[name].version)
             _engine_request(
                 replica, "POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)}
             )
         except Exception as exc:  # noqa: BLE001 - reported on the timeline; retried next round
-            event(replica, "adapter_failed", f"Could not load adapter {name}: {exc}")
+            _load_failed(replica, wanted[name], f"Could not load adapter {name}: {exc}")
             continue
         loaded.add(name)
         changed = True
@@ -325,6 +315,17 @@ def _sync_adapters(replica: Replica) -> None:
         event(replica, "adapter_unloaded", f"Adapter {name} unloaded.")
     if changed:
         _set(replica, loaded_adapters=sorted(loaded))
+
+
+def _load_failed(replica: Replica, adapter: DeploymentAdapter, message: str) -> None:
+    """Said once, not at every pass the load is retried: again only when the engine says something else."""
+    said = replica.events.filter(
+        kind="adapter_failed",
+        at__gte=adapter.added_at,
+        message__startswith=f"Could not load adapter {adapter.name}: ",
+    ).first()  # the latest (events are ordered newest first)
+    if said is None or said.message != message:
+        event(replica, "adapter_failed", message)
 
 
 # How long a replica stays ready before its earlier restarts stop counting towards ENGINE_MAX_RESTARTS.
