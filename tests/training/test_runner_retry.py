@@ -37,7 +37,7 @@ def registered_then_killed(make_job, base, monkeypatch, tmp_path):
         metrics={"train_loss_last": 0.12},
     )
     monkeypatch.setattr(artifacts, "materialize_version", lambda version: tmp_path)
-    monkeypatch.setattr(serving_speed, "serving_speed", lambda version, rows: {"measured": False})
+    monkeypatch.setattr(serving_speed, "serving_speed", lambda version, rows, team: {"measured": False})
 
     def trained_again(**kwargs):
         raise AssertionError("trained and registered a second time")
