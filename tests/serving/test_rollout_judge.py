@@ -240,23 +240,35 @@ def test_the_endpoint_pages_form_starts_a_judged_rollout(client, org, judge):
 
 
 # --- A judge deleted while a rollout that names it starts ----------------------------------------------
-@pytest.mark.django_db(transaction=True)
-def test_a_judge_deleted_while_a_rollout_naming_it_starts_is_not_found(
-    client, org, world, judge, monkeypatch
-):
-    """The delete has passed its checks (no canary under way names the judge) and holds the judge's row: the
-    rollout waits for it, then finds the judge gone (a 400 naming it), instead of failing at commit."""
+def _judge_deleted_as_a_rollout_starts(org, world, judge, monkeypatch, *, rollout_first: bool):
+    """The delete of the judge and a rollout naming it, the first paused at its audit write (its checks
+    passed, its rows locked) while the other runs: (the rollout's outcome, the delete's), and the judge."""
     judge()
     grader = Endpoint.objects.get(name="grader")
     pause = Pause()
     monkeypatch.setattr(audit, "record", pause.hook(audit.record))
 
-    deleted, started = interleave(
-        pause,
-        lambda: services.delete_endpoint(actor=actor_for(org["admin"]), endpoint=grader),
-        lambda: services.start_rollout(
+    def start():
+        return services.start_rollout(
             actor=actor_for(org["engineer"]), endpoint=world, deployment="support-next", **JUDGED
-        ),
+        )
+
+    def delete():
+        return services.delete_endpoint(actor=actor_for(org["admin"]), endpoint=grader)
+
+    if rollout_first:
+        started, deleted = interleave(pause, start, delete)
+    else:
+        deleted, started = interleave(pause, delete, start)
+    return started, deleted, grader
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_judge_deleted_while_a_rollout_naming_it_starts_is_not_found(org, world, judge, monkeypatch):
+    """The delete has passed its checks (no canary under way names the judge) and holds the judge's row: the
+    rollout waits for it, then finds the judge gone (a 400 naming it), instead of failing at commit."""
+    started, deleted, _ = _judge_deleted_as_a_rollout_starts(
+        org, world, judge, monkeypatch, rollout_first=False
     )
 
     assert deleted.error is None
@@ -268,19 +280,10 @@ def test_a_judge_deleted_while_a_rollout_naming_it_starts_is_not_found(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_judge_is_not_deleted_while_a_rollout_naming_it_starts(client, org, world, judge, monkeypatch):
+def test_a_judge_is_not_deleted_while_a_rollout_naming_it_starts(org, world, judge, monkeypatch):
     """The rollout holds the judge's row until it commits: the delete then sees the canary it judges."""
-    judge()
-    grader = Endpoint.objects.get(name="grader")
-    pause = Pause()
-    monkeypatch.setattr(audit, "record", pause.hook(audit.record))
-
-    started, deleted = interleave(
-        pause,
-        lambda: services.start_rollout(
-            actor=actor_for(org["engineer"]), endpoint=world, deployment="support-next", **JUDGED
-        ),
-        lambda: services.delete_endpoint(actor=actor_for(org["admin"]), endpoint=grader),
+    started, deleted, grader = _judge_deleted_as_a_rollout_starts(
+        org, world, judge, monkeypatch, rollout_first=True
     )
 
     assert started.error is None
