@@ -4,8 +4,10 @@ the deployment's owning team on its pool.
 - A run opens when the agent starts the engine (``started``: a crash restart or a re-key is a new run, under
   a key of its own: ``replica:<id>:<start in µs>``) and closes when the engine stops, crashes, gives up, is
   forgotten with its replica, or its node is lost (``stopped``).
-- What is held: the replica's GPUs (on a GPU pool its reserved memory is GPU memory, inside the GPU-hour,
-  so no memory is metered there), or on a CPU pool its reserved cores and RAM.
+- What is held: on a GPU pool, the share of each of its GPUs' memory the replica's engine claims
+  (``gpu_memory_utilization``: two replicas at 0.45 on one GPU hold 0.45 GPU each, so a shared GPU is not
+  billed twice; its reserved memory is GPU memory, inside that share, so no memory is metered there); on a
+  CPU pool, its reserved cores and RAM.
 - ``sweep`` (beat, every minute) closes the open runs whose replica is gone or no longer running and opens
   those of running replicas that have none, so a missed transition costs at most one sweep interval.
 """
@@ -13,6 +15,8 @@ the deployment's owning team on its pool.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+from fractions import Fraction
 
 from django.db.models import Q
 from django.utils import timezone
@@ -20,16 +24,29 @@ from django.utils import timezone
 from portfolio.billing import meters
 from portfolio.billing.choices import ComputeKind
 from serving.choices import NodeState, PoolKind, ReplicaState
-from serving.models import Replica
+from serving.models import Node, Replica
 
 # States in which the replica's engine process runs (stopping: until the agent has stopped it).
 RUNNING = (ReplicaState.STARTING, ReplicaState.READY, ReplicaState.UNHEALTHY, ReplicaState.STOPPING)
+SHARE_STEP = Decimal("0.0001")  # the ledger's GPU column keeps four decimals
 
 
 def key(replica: Replica) -> str:
     """The interval of the replica's current run (its engine's start time tells runs apart)."""
     assert replica.started_at is not None, "only a started engine is metered"
     return f"replica:{replica.pk}:{int(replica.started_at.timestamp() * 1_000_000)}"
+
+
+def gpu_share(replica: Replica) -> Decimal:
+    """The GPUs the replica holds, each counted by the share of its memory the replica reserves (at most one
+    whole GPU); a GPU its node no longer reports counts whole."""
+    sizes = {gpu["index"]: gpu.get("memory_bytes") for gpu in (replica.node.gpus if replica.node else [])}
+    held = Fraction(0)
+    for index in replica.gpu_indices or []:
+        size = sizes.get(index)
+        held += min(Fraction(1), Fraction(replica.reserved_memory_bytes, size)) if size else Fraction(1)
+    # The claim is the GPU's memory times the fraction, rounded down to a byte: 0.45 reads back as 0.45.
+    return (Decimal(held.numerator) / Decimal(held.denominator)).quantize(SHARE_STEP, rounding=ROUND_HALF_UP)
 
 
 def _prefix(replica_id: int) -> str:
@@ -49,7 +66,7 @@ def _open(replica: Replica) -> None:
         subject=deployment.name,
         pool_id=pool.pk,
         pool=pool.name,
-        gpus=len(replica.gpu_indices or []),
+        gpus=gpu_share(replica) if on_gpus else Decimal(0),
         cpu_cores=0 if on_gpus else replica.reserved_cores,
         memory_bytes=0 if on_gpus else replica.reserved_memory_bytes,
         started_at=replica.started_at,
@@ -83,6 +100,17 @@ def node_lost(node_id: int, last_heartbeat: datetime | None) -> int:
     return sum(stopped(pk, at) for pk in Replica.objects.filter(node_id=node_id).values_list("pk", flat=True))
 
 
+def node_back(node: Node) -> None:
+    """A node back before its replicas were forgotten: their runs were closed at its last heartbeat when it
+    was lost (``node_lost``), and reopening a closed run does nothing, so they ran unmetered
+    until their engines restarted. Each running replica's run starts again now, under a key of its own."""
+    running = Replica.objects.filter(node=node, state__in=RUNNING, started_at__isnull=False)
+    for replica in running.select_related("deployment__owner_team", "deployment__pool", "node"):
+        replica.started_at = node.heartbeat_at
+        replica.save(update_fields=["started_at"])
+        started(replica)
+
+
 def sweep(now: datetime | None = None) -> tuple[int, int]:
     """Make the open replica intervals exactly the runs of the running replicas: (closed, opened)."""
     now = now or timezone.now()
@@ -92,7 +120,7 @@ def sweep(now: datetime | None = None) -> tuple[int, int]:
         key(replica): replica
         for replica in Replica.objects.filter(state__in=RUNNING, started_at__isnull=False)
         .exclude(Q(node__isnull=True) | Q(node__state=NodeState.LOST))
-        .select_related("deployment__owner_team", "deployment__pool")
+        .select_related("deployment__owner_team", "deployment__pool", "node")
     }
     closed = sum(meters.close_interval(gone, now) for gone in sorted(open_keys - running.keys()))
     missing = [replica for run, replica in running.items() if run not in open_keys]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 
 from django.db import connection, transaction
 
@@ -80,7 +81,7 @@ def open_interval(
     subject: str,
     pool_id: int,
     pool: str,
-    gpus: int,
+    gpus: Decimal | int,
     cpu_cores: int,
     memory_bytes: int,
     started_at: datetime,

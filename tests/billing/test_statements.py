@@ -336,6 +336,15 @@ def test_calls_to_an_endpoint_without_a_token_price_pay_their_share_of_its_compu
     assert [line.amount for line in owner if line.kind == "replica"] == [Decimal("25.00")]
 
 
+def test_a_replica_holding_part_of_a_gpu_pays_its_share_of_the_gpu_hour(priced, team):
+    """Ten hours of a replica holding 0.45 of a GPU at 2.50 a GPU-hour: 4.5 GPU-hours, 11.25."""
+    compute("replica:30", team, "2026-10-03 00:00", "2026-10-03 10:00", gpus=Decimal("0.45"), subject="half")
+    lines = [line for line in statements.compute(team.department, OCTOBER) if line.kind == LineKind.REPLICA]
+    assert [(line.unit, line.quantity, line.amount) for line in lines] == [
+        ("GPU-hours", Decimal("4.500000000"), Decimal("11.25"))
+    ]
+
+
 def test_a_deployment_name_another_team_used_earlier_in_the_month_is_not_its_cost(priced, team, other_team):
     """``other_team`` ran "chat" for 19 GPU-hours (47.50), deleted it, and ``team`` made a new "chat" for 1
     GPU-hour (2.50), behind an unpriced endpoint another team called for all of its tokens. The at-cost

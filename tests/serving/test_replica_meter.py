@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.conf import settings
@@ -204,6 +205,39 @@ def test_a_replica_on_a_gpu_pool_is_metered_by_its_gpus_its_memory_is_inside_the
     meter_replicas()
     (run,) = _runs(replica)
     assert (run.pool, run.gpus, run.cpu_cores, run.memory_bytes) == ("gpu-pool", 2, 0, 0)
+
+
+def test_replicas_sharing_a_gpu_each_hold_the_share_of_its_memory_they_claim(replica):
+    """Two replicas placed on one 24 GiB GPU at gpu_memory_utilization 0.45 were each metered as a whole GPU:
+    the pool billed two GPU-hours for every hour of one GPU, possibly to two teams."""
+    pool = ComputePool.objects.create(name="gpu-pool", kind=PoolKind.GPU)
+    replica.deployment.__class__.objects.filter(pk=replica.deployment_id).update(pool=pool)
+    replica.node.__class__.objects.filter(pk=replica.node_id).update(
+        gpus=[
+            {"index": 0, "name": "NVIDIA L4", "memory_bytes": 24 * GIB},
+            {"index": 1, "name": "NVIDIA L4", "memory_bytes": 24 * GIB},
+        ]  # fmt: skip
+    )
+    claim = int(24 * GIB * 0.45)  # what the scheduler reserves on each GPU it places the replica on
+    first = _started(replica, gpu_indices=[0], reserved_memory_bytes=claim)
+    second = _started(
+        Replica.objects.create(
+            deployment=replica.deployment, node=replica.node, generation=1, host="127.0.0.1"
+        ),
+        gpu_indices=[0],
+        reserved_memory_bytes=claim,
+    )
+    both = _started(
+        Replica.objects.create(
+            deployment=replica.deployment, node=replica.node, generation=1, host="127.0.0.1"
+        ),
+        gpu_indices=[0, 1],
+        reserved_memory_bytes=int(24 * GIB * 0.9),
+    )
+    meter_replicas()
+    assert [run.gpus for run in _runs(first) + _runs(second) + _runs(both)] == [
+        Decimal("0.45"), Decimal("0.45"), Decimal("1.8")
+    ]  # fmt: skip
 
 
 def test_the_sweep_runs_every_minute():

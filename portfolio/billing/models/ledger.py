@@ -110,7 +110,12 @@ class ComputeInterval(models.Model):
     subject = models.CharField(max_length=100, help_text="The deployment's name, or the job's label")
     pool_id = models.BigIntegerField()
     pool = models.CharField(max_length=63)
-    gpus = models.PositiveIntegerField(default=0)
+    gpus = models.DecimalField(
+        max_digits=8,
+        decimal_places=4,
+        default=0,
+        help_text="GPUs held: a shared GPU counts by the share claimed",
+    )
     cpu_cores = models.PositiveIntegerField(default=0)
     memory_bytes = models.BigIntegerField(default=0)
     started_at = models.DateTimeField()
@@ -125,6 +130,7 @@ class ComputeInterval(models.Model):
             # Open intervals, for the replica meter's sweep.
             models.Index(fields=["kind"], condition=Q(ended_at__isnull=True), name="compute_open"),
         ]
+        constraints = [models.CheckConstraint(condition=Q(gpus__gte=0), name="compute_gpus_not_negative")]
 
     def __str__(self) -> str:
         return f"{self.key} on {self.pool}"
