@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import time
 import urllib.request
 from datetime import timedelta
@@ -29,9 +28,17 @@ from django.utils import timezone
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.leases import Lease
-from portfolio.registry.artifacts import materialize_version
 from portfolio.registry.storage import CorruptArtifact
-from serving import agent_lock, engine_args, engine_sweep, gpu_scan, heartbeats, processes, replica_meter
+from serving import (
+    agent_lock,
+    engine_args,
+    engine_sweep,
+    gpu_scan,
+    heartbeats,
+    prefetch,
+    processes,
+    replica_meter,
+)
 from serving.choices import DesiredState, NodeState, ReplicaState
 from serving.models import ComputePool, DeploymentAdapter, DeploymentEvent, Node, Replica
 
@@ -117,19 +124,8 @@ def register(name: str, pool_name: str, address: str, capacity: dict | None = No
         node.refresh_from_db(fields=["heartbeat_at"])
         if recovered:
             audit.record(Actor.for_system(f"agent:{name}"), "node.recover", node, after=node.snapshot())
-            _meter_again(node)
+            replica_meter.node_back(node)
     return node
-
-
-def _meter_again(node: Node) -> None:
-    """A node back before its replicas were forgotten: their runs were closed at its last heartbeat when it
-    was lost (``replica_meter.node_lost``), and reopening a closed run does nothing, so they ran unmetered
-    until their engines restarted. Each running replica's run starts again now, under a key of its own."""
-    running = Replica.objects.filter(node=node, state__in=replica_meter.RUNNING, started_at__isnull=False)
-    for replica in running.select_related("deployment__owner_team", "deployment__pool"):
-        replica.started_at = node.heartbeat_at
-        replica.save(update_fields=["started_at"])
-        replica_meter.started(replica)
 
 
 # --- Reconcile -------------------------------------------------------------------------------------
@@ -190,8 +186,12 @@ def _start(replica: Replica, node: Node, lock: Lease | None = None) -> None:
 
 def _launch(replica: Replica, node: Node, lock: Lease | None) -> None:
     deployment = replica.deployment
-    model_dir = materialize_version(deployment.version)
-    adapters = {a.name: materialize_version(a.version) for a in deployment.adapters.select_related("version")}
+    versions = {a.name: a.version for a in deployment.adapters.select_related("version")}
+    copies = prefetch.local_copies({"": deployment.version, **versions})
+    if copies is None:
+        _copying(replica, node)
+        return
+    model_dir, adapters = copies.pop(""), copies
     port = processes.free_port(node.address)
     args = engine_args.for_deployment(deployment)
     launch = engine_args.build(
@@ -234,6 +234,17 @@ def _launch(replica: Replica, node: Node, lock: Lease | None) -> None:
         # an engine nobody knows of would keep its port, memory and GPUs beside the one started then.
         processes.kill(pid)
         raise
+
+
+def _copying(replica: Replica, node: Node) -> None:
+    """Its files are still being copied to the node (``prefetch``): pending until a later pass starts it."""
+    detail = f"Copying the model's files to {node.name}; the engine starts once they are here."
+    if replica.state != ReplicaState.PENDING or replica.state_detail != detail:
+        _set(replica, state=ReplicaState.PENDING, state_detail=detail, pid=None)
+        replica_meter.stopped(
+            replica.pk
+        )  # an engine adopted after a reboot waits too: not running, not billed
+        event(replica, "copying", detail)
 
 
 def _crashed(replica: Replica, why: str) -> None:
@@ -297,7 +308,9 @@ def _sync_adapters(replica: Replica) -> None:
     changed = False
     for name in sorted(to_load):
         try:
-            path = materialize_version(wanted[name].version)
+            path = prefetch.local_copy(wanted[name].version)
+            if path is None:
+                continue  # still being copied: loaded on a later pass
             _engine_request(
                 replica, "POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)}
             )
@@ -476,12 +489,3 @@ def heartbeat(name: str, *, agent_start: bool = False) -> bool:
         with contextlib.suppress(Exception):
             lock.release()
     return True
-
-
-def hostname() -> str:
-    return settings.NODE_NAME or socket.gethostname()
-
-
-def engine_python_ok(kind: str) -> bool:
-    python = settings.ENGINE_PYTHON.get(kind, "")
-    return bool(python) and os.path.exists(python)

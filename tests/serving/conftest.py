@@ -14,7 +14,7 @@ from portfolio.audit.models import AuditEvent
 from portfolio.registry import services as registry
 from portfolio.registry.choices import Source, VersionKind, VersionStatus, Visibility
 from portfolio.registry.models import Artifact, ModelVersion
-from serving import agent, engine_args, processes, services
+from serving import engine_args, prefetch, processes, services
 from serving.choices import DesiredState, PoolKind, ReplicaState
 from serving.models import ComputePool, Deployment, Replica
 from tests.conftest import actor_for
@@ -137,7 +137,7 @@ def engines(settings, tmp_path, monkeypatch):
         )
 
     monkeypatch.setattr(engine_args, "build", stand_in)
-    monkeypatch.setattr(agent, "materialize_version", lambda version: tmp_path)
+    monkeypatch.setattr(prefetch, "local_copy", lambda version, wait=None: tmp_path)
     yield
     for _, process in processes.all_engines(under=tmp_path):
         processes.stop(process, grace=5)

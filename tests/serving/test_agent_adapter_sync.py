@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from serving import agent, processes, services
+from serving import agent, prefetch, processes, services
 from serving.choices import ReplicaState
 from serving.models import Deployment, DeploymentEvent, Replica
 from tests.gateway.fake_engine import FakeEngine
@@ -24,7 +24,7 @@ def serve(settings, tmp_path, monkeypatch, node):
     """Puts a ready replica of a deployment on the node: a live process marked as its engine (what the agent
     looks for), listening where the stand-in vLLM listens."""
     settings.DATA_DIR = tmp_path / "data"
-    monkeypatch.setattr(agent, "materialize_version", lambda version: tmp_path)
+    monkeypatch.setattr(prefetch, "local_copy", lambda version, wait=None: tmp_path)
     engine = FakeEngine().start()
     started: list[tuple[int, int]] = []
 

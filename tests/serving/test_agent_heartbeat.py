@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from serving import agent, agent_lock, reconcile
+from serving import agent, agent_lock, prefetch, reconcile
 from serving.choices import NodeState, PoolKind, ReplicaState
 from serving.models import ComputePool, DeploymentEvent, Node
 
@@ -86,19 +86,19 @@ def test_a_reconcile_whose_lock_is_taken_over_midway_starts_no_engine_and_the_ne
     client = redis.Redis.from_url(settings.REDIS_URL)
     key = "portfolio:lease:node-reconcile:keys-node"
     locks = []
-    real_acquire, ready_model = agent_lock.acquire_node_lock, agent.materialize_version
+    real_acquire, ready_model = agent_lock.acquire_node_lock, prefetch.local_copy
 
     def acquire(name: str):
         locks.append(real_acquire(name))
         return locks[-1]
 
-    def download_meanwhile_taken_over(version):
+    def download_meanwhile_taken_over(version, wait=None):
         client.set(key, "elsewhere.example:1:other", ex=600)  # its lease lapsed; another agent took it
         assert locks[-1].lost.wait(5), "the heartbeat thread never noticed"
-        return ready_model(version)
+        return ready_model(version, wait=wait)
 
     monkeypatch.setattr(agent_lock, "acquire_node_lock", acquire)
-    monkeypatch.setattr(agent, "materialize_version", download_meanwhile_taken_over)
+    monkeypatch.setattr(prefetch, "local_copy", download_meanwhile_taken_over)
     try:
         reconciled = agent.heartbeat("keys-node")
         replica.refresh_from_db()
@@ -108,7 +108,7 @@ def test_a_reconcile_whose_lock_is_taken_over_midway_starts_no_engine_and_the_ne
         assert "reconcile lock lost to another process" in caplog.text
 
         client.delete(key)  # the other agent's reconcile is over
-        monkeypatch.setattr(agent, "materialize_version", ready_model)
+        monkeypatch.setattr(prefetch, "local_copy", ready_model)
         assert agent.heartbeat("keys-node") is True
         replica.refresh_from_db()
         assert replica.state == ReplicaState.STARTING and replica.pid

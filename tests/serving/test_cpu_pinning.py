@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import agent, capacity, engine_args, processes, reconcile, services
+from serving import agent, capacity, engine_args, prefetch, processes, reconcile, services
 from serving.choices import DesiredState, PoolKind, ReplicaState
 from serving.models import Replica
 from tests.serving.conftest import live
@@ -105,7 +105,7 @@ def test_the_agent_starts_a_replica_bound_to_the_cores_the_scheduler_gave_it(
         started[replica_id] = env
         return 4242
 
-    monkeypatch.setattr(agent, "materialize_version", lambda version: tmp_path)
+    monkeypatch.setattr(prefetch, "local_copy", lambda version, wait=None: tmp_path)
     monkeypatch.setattr(processes, "start", fake_start)
     monkeypatch.setattr(processes, "free_port", lambda host: 8100)
     for replica in live(deployment).select_related("deployment__version__model", "deployment__pool"):
