@@ -14,6 +14,10 @@ from pathlib import Path
 from benchmarks.gateway.harness import session_cpu_seconds
 
 P99_LIMIT_MS = 20.0
+# A step serves at least this many requests, so that hey reports a p99 (it prints none below 100).
+MIN_STEP_REQUESTS = 100
+# Where even the first step fails, the search halves the rate down to this one, then reports 0.
+MIN_RATE = 0.5
 SATURATION_CONNECTIONS = 32
 # A request of the shape the portfolio serves (a ticket router): a short prompt, a short answer.
 PROMPT = "Route this support ticket to billing, technical, account or sales: I was charged twice this month."
@@ -205,8 +209,9 @@ def run_hey(target: Target, rate: float, seconds: float, core: int) -> dict:
 
 def cpu_ms_per_request(rounds: list[dict]) -> float | None:
     """The gateway's own CPU milliseconds per request over wrk rounds. LiteLLM against ours is compared over
-    the concurrency-1 rounds, which both run alike; not over the sustained steps, where LiteLLM's one step
-    serves 30 requests at 5/s (its idle CPU spread over few) and ours about 100,000 at up to 4,000/s."""
+    the concurrency-1 rounds, which both run alike; not over the sustained steps, which differ by two orders
+    of magnitude in rate (LiteLLM's served 30 requests at 5/s in the runs so far, its idle CPU spread over
+    few; ours about 100,000 at up to 4,000/s)."""
     served = sum(r["requests"] for r in rounds)
     return round(1000 * sum(r["gateway_cpu_s"] for r in rounds) / served, 3) if served else None
 
@@ -222,34 +227,50 @@ def step_ok(step: dict) -> bool:
     )
 
 
+def step_seconds_for(rate: float, seconds: float) -> float:
+    """How long a step at ``rate`` runs: ``seconds``, or longer where that would serve under
+    MIN_STEP_REQUESTS (hey prints no p99 below 100 requests, and its paced workers fall a tick or two short
+    of rate x seconds, hence the 10% margin)."""
+    return max(seconds, math.ceil(MIN_STEP_REQUESTS * 11 / 10 / rate))
+
+
 def sustained(target: Target, start: float, seconds: float, core: int, log) -> dict:
-    """The highest offered rate served with p99 under 20 ms: double until a step fails, then bisect."""
-    steps, best, failed = [], None, None
+    """The highest offered rate served with p99 under 20 ms: double until a step fails, then bisect. Where
+    the first step fails already, halve the rate until a step passes (none below MIN_RATE: then 0), and
+    bisect between that one and the last failure. Each step serves at least MIN_STEP_REQUESTS, so that its
+    p99 is hey's p99, not its slowest request."""
+    steps, best, low, failed = [], None, 0.0, None
+
+    def step_at(rate: float) -> dict:
+        step = run_hey(target, rate, step_seconds_for(rate, seconds), core)
+        step["ok"] = step_ok(step)
+        steps.append(step)
+        log(
+            f"  {target.name}: {step['offered_rps']:>8.1f}/s offered -> {step['achieved_rps']:>8.1f}/s, "
+            f"p99 {step['p99_ms']} ms {'ok' if step['ok'] else 'FAIL'}"
+        )
+        return step
+
     rate = start
     while failed is None and len(steps) < 12:
-        step = run_hey(target, rate, seconds, core)
-        step["ok"] = step_ok(step)
-        steps.append(step)
-        log(
-            f"  {target.name}: {step['offered_rps']:>8.0f}/s offered -> {step['achieved_rps']:>8.0f}/s, "
-            f"p99 {step['p99_ms']} ms {'ok' if step['ok'] else 'FAIL'}"
-        )
+        step = step_at(rate)
         if step["ok"]:
-            best, rate = step, rate * 2
+            best, low, rate = step, rate, rate * 2
         else:
             failed = rate
-    low = best["offered_rps"] if best else 0.0
-    for _ in range(3 if failed else 0):
-        if failed - low < max(25.0, 0.05 * failed) or low == 0:
+    while best is None and failed is not None and failed / 2 >= MIN_RATE:
+        rate = failed / 2
+        step = step_at(rate)
+        if step["ok"]:
+            best, low = step, rate
+        else:
+            failed = rate
+    for _ in range(3 if failed and best is not None else 0):
+        # Stop within 5% (or 25/s); below 100/s, within a quarter of the failed rate.
+        if failed - low < max(min(25.0, 0.25 * failed), 0.05 * failed):
             break
         rate = (low + failed) / 2
-        step = run_hey(target, rate, seconds, core)
-        step["ok"] = step_ok(step)
-        steps.append(step)
-        log(
-            f"  {target.name}: {step['offered_rps']:>8.0f}/s offered -> {step['achieved_rps']:>8.0f}/s, "
-            f"p99 {step['p99_ms']} ms {'ok' if step['ok'] else 'FAIL'}"
-        )
+        step = step_at(rate)
         if step["ok"]:
             best, low = step, rate
         else:

@@ -144,6 +144,81 @@ def test_the_search_doubles_until_a_step_fails_then_bisects_and_reports_the_rate
     assert result["cpu_ms_per_request"] == 0.25
 
 
+def fake_hey_passing_up_to(limit: float, offered: list):
+    """hey against a gateway that keeps p99 under 20 ms up to ``limit`` offered and serves all it is offered;
+    it records each step's (rate, seconds)."""
+
+    def fake_hey(_target, rate, seconds, _core):
+        offered.append((rate, seconds))
+        served = int(rate * seconds)
+        return {
+            "offered_rps": round(rate, 1),
+            "workers": 2,
+            "achieved_rps": round(rate, 1),
+            "p50_ms": 10.0,
+            "p99_ms": 15.0 if rate <= limit else 30.0,
+            "p99_is_slowest": served < 100,
+            "statuses": {200: served},
+            "errors": "",
+            "gateway_cpu_s": served * 0.01,
+        }
+
+    return fake_hey
+
+
+def test_where_the_first_step_fails_the_search_halves_the_rate_until_one_passes(monkeypatch):
+    """LiteLLM's one step at 5/s failed and the search stopped there, reporting no rate at all."""
+    offered = []
+    monkeypatch.setattr(load, "run_hey", fake_hey_passing_up_to(2.5, offered))
+    result = load.sustained(target(), 5, 6, 0, log=lambda _message: None)
+    rates = [rate for rate, _ in offered]
+    assert rates[:2] == [5, 2.5], "halved after the first failure"
+    assert rates[2:] == [3.75, 3.125], (
+        "then bisected between the pass and the failure, until within a quarter of the failed rate"
+    )
+    assert result["sustained_offered_rps"] == 2.5 and result["sustained_rps"] == 2.5
+    assert result["p99_ms_at_sustained"] == 15.0
+
+
+def test_each_step_serves_at_least_100_requests_so_that_its_p99_is_a_p99(monkeypatch):
+    offered = []
+    monkeypatch.setattr(load, "run_hey", fake_hey_passing_up_to(2.5, offered))
+    load.sustained(target(), 5, 6, 0, log=lambda _message: None)
+    assert all(rate * seconds >= 100 for rate, seconds in offered), offered
+    assert offered[0] == (5, 22), "5/s for 22 s (100 requests and a margin), not 6 s (30 requests)"
+    assert load.step_seconds_for(1000, 6) == 6, "fast steps keep their length"
+
+
+def test_a_gateway_that_passes_at_no_rate_is_reported_at_0_after_halving_to_the_floor(monkeypatch):
+    offered = []
+    monkeypatch.setattr(load, "run_hey", fake_hey_passing_up_to(0.1, offered))
+    result = load.sustained(target(), 50, 6, 0, log=lambda _message: None)
+    rates = [rate for rate, _ in offered]
+    assert rates == [50, 25, 12.5, 6.25, 3.125, 1.5625, 0.78125], "halving stops above 0.5/s"
+    assert result["sustained_rps"] == 0.0 and result["p99_ms_at_sustained"] is None
+
+
+def test_nothing_is_timed_unless_the_limits_bite():
+    from benchmarks.gateway.run import check_limits_bite
+
+    # gateway.json of 2026-12-05: what a run whose limits bite records.
+    check_limits_bite(
+        {
+            "portfolio_rpm": [200, 200, 200, 429],
+            "portfolio_budget": [429],
+            "litellm_rpm": [200, 200, 429, 429],
+        }
+    )
+    with pytest.raises(RuntimeError, match="rpm limit of 3.*token budget.*LiteLLM"):
+        check_limits_bite({"portfolio_rpm": [200] * 4, "portfolio_budget": [200], "litellm_rpm": [200] * 4})
+    with pytest.raises(RuntimeError, match="LiteLLM's deployment rpm limit of 3"):
+        check_limits_bite(
+            {"portfolio_rpm": [200, 200, 200, 429], "portfolio_budget": [429], "litellm_rpm": [200] * 4}
+        )
+    with pytest.raises(RuntimeError, match="token budget"):
+        check_limits_bite({"portfolio_rpm": [429] * 4, "portfolio_budget": [200], "litellm_rpm": [429] * 4})
+
+
 def test_a_composite_overhead_is_its_latency_less_the_hops_it_makes_round_by_round():
     from benchmarks.gateway.report import composite_figures
 
@@ -158,7 +233,36 @@ def test_a_composite_overhead_is_its_latency_less_the_hops_it_makes_round_by_rou
     figures = composite_figures(c1, ("router",), hops=2)["router"]
     assert figures["p50_ms"] == 1.3
     assert figures["added_over_direct_calls_p50_ms"] == 1.1, "1.3 - 2 x 0.1, the median round"
-    assert figures["overhead_over_plain_calls_p50_ms"] == 0.3, "rounds: 0.3, 0.3, 0.2"
+    assert figures["overhead_over_plain_calls_p50_ms"] == 0.7, (
+        "one plain call and one more direct hop: rounds 1.3 - 0.5 - 0.1, 1.5 - 0.6 - 0.1, 1.2 - 0.5 - 0.1"
+    )
+
+
+def test_a_composite_that_costs_one_plain_call_and_one_engine_call_has_no_overhead():
+    """The client's round trip and admission are paid once by a composite, as by a plain call: subtracting
+    two plain calls (the earlier formula) made the overhead negative by construction (-0.25 ms published)."""
+    from benchmarks.gateway.report import composite_figures
+
+    direct = [{"p50_us": 20, "p99_us": 170}, {"p50_us": 25, "p99_us": 450}, {"p50_us": 20, "p99_us": 160}]
+    plain = [
+        {"p50_us": 360, "p99_us": 3300},
+        {"p50_us": 390, "p99_us": 3320},
+        {"p50_us": 410, "p99_us": 3900},
+    ]
+    router = [
+        {"p50_us": p["p50_us"] + d["p50_us"], "p99_us": p["p99_us"] + d["p99_us"]}
+        for p, d in zip(plain, direct, strict=True)
+    ]
+    c1 = {"direct": direct, "portfolio": plain, "router": router}
+    figures = composite_figures(c1, ("router",), hops=2)["router"]
+    assert figures["overhead_over_plain_calls_p50_ms"] == pytest.approx(0.0, abs=1e-9)
+    assert figures["overhead_over_plain_calls_p99_ms"] == pytest.approx(0.0, abs=1e-9)
+    three_hops = composite_figures(
+        {**c1, "cascade": [{"p50_us": r["p50_us"] + 20, "p99_us": r["p99_us"] + 160} for r in router]},
+        ("cascade",),
+        hops=3,
+    )["cascade"]
+    assert three_hops["overhead_over_plain_calls_p50_ms"] == pytest.approx(0.0, abs=1e-9), "median round"
 
 
 def test_the_bare_relay_splits_our_added_latency_into_its_floor_and_the_gateways_own_round_by_round():
