@@ -29,7 +29,7 @@ from pathlib import Path
 from celery import current_app
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
@@ -56,8 +56,8 @@ CHECK_EVERY_ROWS = 1024  # the clock is read this often, not per row
 # An unfinished ingest with no sign of life for this long is sent again (its message was lost, or its worker
 # died); one still unfinished after a day is given up.
 RESEND_AFTER = timedelta(minutes=10)
-# A file whose ingest kills its worker (out of memory) would be sent again every RESEND_AFTER for a day;
-# after this many resends it is errored instead.
+# A file whose ingest kills its worker (out of memory) would be started again at once (Celery requeues a
+# dead worker's task) or every RESEND_AFTER, for a day; after this many restarts it is errored instead.
 MAX_RESENDS = 3
 GIVE_UP_AFTER = timedelta(hours=24)
 
@@ -65,13 +65,43 @@ GIVE_UP_AFTER = timedelta(hours=24)
 # --- The life cycle -------------------------------------------------------------------------------
 def claim(ingest_id: int) -> bool:
     """queued -> running. A running one is claimed again: only a redelivery under the task's lease gets
-    here, after the run that held it died (nothing is recorded before the end, so it starts over)."""
+    here, after the run that held it died (nothing is recorded before the end, so it starts over). Each such
+    restart is counted in ``resends``; past MAX_RESENDS the ingest is errored and its upload deleted."""
     now = timezone.now()
-    return bool(
-        DatasetIngest.objects.filter(pk=ingest_id, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).update(
-            status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, progress=0, rows_done=0
-        )
+    started = {
+        "status": JobStatus.RUNNING,
+        "started_at": now,
+        "heartbeat_at": now,
+        "progress": 0,
+        "rows_done": 0,
+    }
+    unfinished = DatasetIngest.objects.filter(pk=ingest_id)
+    if unfinished.filter(status=JobStatus.QUEUED).update(**started):
+        return True
+    # Counted here, not by the reaper: whether the broker requeued it at once or the reaper sent it again,
+    # each death of a run is counted once, by the start that follows it.
+    dying = unfinished.filter(status=JobStatus.RUNNING)
+    if dying.filter(resends__lt=MAX_RESENDS).update(resends=F("resends") + 1, **started):
+        return True
+    ingest = dying.only("resends", "upload_path").first()
+    if ingest is not None:
+        _give_up_dying(ingest.pk, ingest.resends, ingest.upload_path)
+    return False
+
+
+def _give_up_dying(ingest_id: int, resends: int, upload_path: str) -> bool:
+    """running -> errored, for an ingest whose worker died at each of its ``resends + 1`` starts."""
+    detail = (
+        f"The ingest was started {resends + 1} times and its worker died each time (a file too large "
+        "for the worker's memory?). Upload a smaller file, or ask an admin to check the workers."
     )
+    if not DatasetIngest.objects.filter(pk=ingest_id, status=JobStatus.RUNNING, resends=resends).update(
+        status=JobStatus.ERRORED, status_detail=detail, finished_at=timezone.now(), progress_detail="errored"
+    ):
+        return False
+    Path(upload_path).unlink(missing_ok=True)
+    remove_work(ingest_id)
+    return True
 
 
 def _finish(ingest_id: int, status: str, detail: str = "", **fields) -> bool:
@@ -151,6 +181,8 @@ def reap_stale(
             status=JobStatus.ERRORED, status_detail=detail, finished_at=now, progress_detail="errored"
         ):
             Path(ingest.upload_path).unlink(missing_ok=True)
+            if lease_of(ingest.pk).holder() is None:  # a live run's folder is its own to remove
+                remove_work(ingest.pk)
             given_up.append(ingest.pk)
     cutoff = now - resend_after
     silent = unfinished.filter(created_at__gte=now - give_up_after).filter(
@@ -161,23 +193,15 @@ def reap_stale(
     for ingest_id, status, resends, upload_path in rows:
         if lease_of(ingest_id).holder() is not None:
             continue  # a live run, silent a while (storing a large file says nothing): left alone
-        # A run that started and fell silent without its lease: its worker died. One still queued (its
-        # message lost, or the workers busy with long tasks) is sent again without counting.
-        died = status == JobStatus.RUNNING
-        if died and resends >= MAX_RESENDS:
-            detail = (
-                f"The ingest was started {resends + 1} times and its worker died each time (a file too large "
-                "for the worker's memory?). Upload a smaller file, or ask an admin to check the workers."
-            )
-            if unfinished.filter(pk=ingest_id, resends=resends).update(
-                status=JobStatus.ERRORED, status_detail=detail, finished_at=now, progress_detail="errored"
-            ):
-                Path(upload_path).unlink(missing_ok=True)
+        # A run that started and fell silent without its lease: its worker died. Out of restarts, it is given
+        # up here (its next start would be refused); otherwise it, like one still queued (its message lost, or
+        # the workers busy with long tasks), is sent again, and ``claim`` counts the restart when it comes.
+        if status == JobStatus.RUNNING and resends >= MAX_RESENDS:
+            if _give_up_dying(ingest_id, resends, upload_path):
                 given_up.append(ingest_id)
             continue
-        # Counted from now: sent again, it has RESEND_AFTER to start before the next resend.
-        counted = resends + 1 if died else resends
-        if unfinished.filter(pk=ingest_id, resends=resends).update(resends=counted, heartbeat_at=now):
+        # Silent from now: sent again, it has RESEND_AFTER to start before the next resend.
+        if unfinished.filter(pk=ingest_id, resends=resends).update(heartbeat_at=now):
             logger.warning("ingest #%s has been silent since before %s: sent again", ingest_id, cutoff)
             current_app.signature("training.ingest_dataset", args=[ingest_id]).apply_async()
             resent.append(ingest_id)
@@ -196,8 +220,9 @@ def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:
     ingest = DatasetIngest.objects.select_related(
         "dataset__owner_team", "created_by", "tokenizer_version"
     ).get(pk=ingest_id)
-    if not claim(ingest_id):
-        return ingest  # idempotent: already finished
+    if not claim(ingest_id):  # idempotent: already finished (or just given up, its worker dying each time)
+        ingest.refresh_from_db()
+        return ingest
     if actor is None:
         actor = Actor(user=ingest.created_by) if ingest.created_by else Actor.for_system("training.ingest")
     log = PendingWrites(f"ingest #{ingest_id}")  # what a killed run wrote is the sweep's
@@ -280,15 +305,31 @@ def _quiet(percent: int, detail: str, **fields) -> None:
     pass
 
 
+def _work_root() -> Path:
+    return Path(settings.DATA_DIR) / "work"
+
+
+def _work_prefix(ingest_id: int) -> str:
+    return f"dataset-ingest-{ingest_id}-"
+
+
+def remove_work(ingest_id: int) -> None:
+    """The ingest's work folders (a full copy of its upload, and more): ``prepare`` removes its own when it
+    ends, but a run killed outright (SIGKILL, the OOM killer) leaves them behind."""
+    for folder in _work_root().glob(f"{_work_prefix(ingest_id)}*"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def prepare(
     ingest: DatasetIngest, progress=_quiet, *, before_write: Callable[[Written], None] | None = None
 ) -> Prepared:
     """The work: check every line, split, measure, store the files. Raises ``Invalid`` for a refused file.
     ``before_write`` is told what it is about to write to the store (``store_directory``)."""
     dataset = ingest.dataset
-    work_root = Path(settings.DATA_DIR) / "work"
+    remove_work(ingest.pk)  # what a killed run left; the task's lease lets no other run be live
+    work_root = _work_root()
     work_root.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(dir=work_root, prefix=f"dataset-ingest-{ingest.pk}-"))
+    workdir = Path(tempfile.mkdtemp(dir=work_root, prefix=_work_prefix(ingest.pk)))
     try:
         files = workdir / "files"
         files.mkdir()

@@ -188,7 +188,7 @@ class DatasetIngest(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     resends = models.PositiveSmallIntegerField(
-        default=0, help_text="Times the reaper sent it again after its worker fell silent"
+        default=0, help_text="Times it was started again after its worker died (a redelivery or a resend)"
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

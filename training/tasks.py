@@ -372,13 +372,18 @@ def reap_stale_ingests() -> int:
 @shared_task(name="training.ingest_dataset", acks_late=True)
 def ingest_dataset(ingest_id: int) -> None:
     """Validate, split and measure an uploaded file into a dataset version (``training.ingest``)."""
-    # One run per ingest: a redelivery (the broker's visibility timeout, a worker process that died) finds
-    # the live run's lease and leaves the ingest, and its uploaded file, alone.
-    if not DatasetIngest.objects.filter(pk=ingest_id).exists():
+    # One run per ingest: a redelivery (the broker's visibility timeout, a worker process that died) or a
+    # duplicate resend finds the live run's lease and leaves the ingest, and its uploaded file, alone.
+    status = DatasetIngest.objects.filter(pk=ingest_id).values_list("status", flat=True).first()
+    if status is None:
         logger.warning("ingest #%s does not exist (its upload was never committed?)", ingest_id)
         return
+    if status in JobStatus.finished():
+        return  # a duplicate message of one already ended
     lease = ingest.lease_of(ingest_id)
-    if not lease.acquire():
+    # Not waiting out a holder elsewhere: a live one renews its lease, and a dead one's silent ingest is sent
+    # again by the reaper, so a duplicate need not hold a worker for a lease's expiry to find out which.
+    if not lease.acquire(wait=False):
         logger.info(
             "ingest #%s is run by a live delivery (%s); this redelivery leaves it alone",
             ingest_id,

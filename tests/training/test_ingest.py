@@ -196,7 +196,7 @@ def test_a_redelivered_ingest_leaves_a_live_run_alone(engineer, chat_set):
     live = Lease(f"training.ingest_dataset:{pending.pk}", seconds=3)
     assert live.acquire(wait=False)
     with live.kept():
-        tasks.ingest_dataset(pending.pk)  # waits out one expiry of the lease, which the live holder renews
+        tasks.ingest_dataset(pending.pk)  # finds the lease held by a live holder and leaves at once
     pending.refresh_from_db()
     assert pending.status == JobStatus.QUEUED and Path(pending.upload_path).exists()
     assert not DatasetVersion.objects.exists()

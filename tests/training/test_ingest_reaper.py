@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
 
 from portfolio.leases import Lease
@@ -86,17 +87,24 @@ def test_the_reaper_runs_on_the_beat(settings):
 
 def test_an_ingest_whose_worker_keeps_dying_is_given_up_after_its_resends(engineer, chat_set, sent):
     """A file that kills its worker (out of memory) was sent again every ten minutes for a day; each resend
-    now counts from its own time, and after MAX_RESENDS the ingest is errored with the reason."""
+    now counts from its own time, each restart it brings is counted, and after MAX_RESENDS the ingest is
+    errored with the reason."""
     dying = upload(engineer, chat_set, age=timedelta(hours=2), status=JobStatus.RUNNING)
-    for _ in range(ingest.MAX_RESENDS):
+    for n in range(ingest.MAX_RESENDS):
         DatasetIngest.objects.filter(pk=dying.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=11))
         assert ingest.reap_stale() == ([dying.pk], [])
         assert ingest.reap_stale() == ([], []), "a minute later: not sent again before it could start"
+        assert ingest.claim(dying.pk)  # the resend is delivered, and its worker dies again
+        dying.refresh_from_db()
+        assert dying.resends == n + 1, "the reaper and the restart it brought count one death once"
     DatasetIngest.objects.filter(pk=dying.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=11))
+    leftover = Path(settings.DATA_DIR) / "work" / f"dataset-ingest-{dying.pk}-killed"
+    leftover.mkdir(parents=True)  # what the last killed run left
     assert ingest.reap_stale() == ([], [dying.pk])
     dying.refresh_from_db()
     assert dying.status == JobStatus.ERRORED and "started 4 times" in dying.status_detail
     assert not Path(dying.upload_path).exists() and len(sent) == ingest.MAX_RESENDS
+    assert not leftover.exists()
 
 
 def test_a_queued_ingest_waiting_for_busy_workers_or_a_live_silent_run_is_not_given_up(
