@@ -337,6 +337,19 @@ def test_a_month_outside_the_years_of_statements_is_not_found(client, world, dep
 
 
 @pytest.mark.django_db
+def test_a_month_not_begun_has_no_statement_page_as_the_api_refuses_it(client, world, department):
+    _closed(world, department)  # last month closed: a "draft" of next month would carry its adjustments
+    client.force_login(world["admin"])
+    this_month = money.month_start(timezone.now())
+    url = reverse("billing-statement", kwargs={"cost_center": department.cost_center, "month": this_month})
+    assert client.get(url).status_code == 200
+    following = money.next_month(this_month)
+    url = reverse("billing-statement", kwargs={"cost_center": department.cost_center, "month": following})
+    assert client.get(url).status_code == 404
+    assert client.post(url + "reissue/", {"reason": "a price was fixed after the close"}).status_code == 404
+
+
+@pytest.mark.django_db
 def test_a_revision_that_is_a_digit_but_not_a_number_is_ignored(client, world, department):
     statement = _closed(world, department)
     client.force_login(world["admin"])

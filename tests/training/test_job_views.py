@@ -108,6 +108,23 @@ def test_a_viewer_may_not_start_a_job_and_an_outsider_does_not_find_the_dataset_
     assert not FineTuneJob.objects.exists()
 
 
+def test_an_id_too_long_for_a_number_is_refused_or_ignored_not_a_server_error(
+    client, org, base, dataset_version, cpu_pool, enqueued
+):
+    client.force_login(org["engineer"])
+    client.raise_request_exception = False  # int() refuses a string over 4,300 digits: once a 500
+    huge = "1" * 5000
+    response = client.post(
+        reverse("job-create"), start_data(base, dataset_version, cpu_pool, base_version=huge)
+    )
+    assert response.status_code == 200 and "Select a valid choice" in response.content.decode()
+    assert client.get(reverse("job-create"), {"base_version": huge}).status_code == 200
+    targets = client.get(reverse("job-targets"), {"base_version": base.pk, "dataset_version": huge})
+    assert targets.status_code == 200
+    assert client.get(reverse("job-targets"), {"base_version": "9" * 19}).status_code == 200
+    assert not FineTuneJob.objects.exists()
+
+
 def test_fine_tune_on_this_version_opens_the_form_prefilled(client, org, base, dataset_version, cpu_pool):
     client.force_login(org["engineer"])
     page = client.get(

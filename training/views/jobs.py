@@ -150,15 +150,22 @@ def job_create(request):
     return render(request, "training/job_form.html", {"form": form, **targets})
 
 
+def _pk(value) -> int | None:
+    """A row id from the query or form, else None. Not isdigit(): "²" is a digit that int() refuses; and at
+    most 18 digits, as a bigint holds, since int() refuses a string over 4,300 digits with a ValueError."""
+    text = str(value or "")
+    return int(text) if text.isdecimal() and len(text) <= 18 else None
+
+
 def _targets_context(actor: Actor, values) -> dict:
     """The preview of the layers LoRA adapts for the base, dataset version and choice in ``values``."""
-    base_id, dataset_id = str(values.get("base_version") or ""), str(values.get("dataset_version") or "")
-    if not base_id.isdecimal():  # not isdigit(): "²" is a digit that int() refuses
+    base_id, dataset_id = _pk(values.get("base_version")), _pk(values.get("dataset_version"))
+    if base_id is None:
         return {"base": None}
-    base = gate.get_visible(actor, ModelVersion, pk=int(base_id))
+    base = gate.get_visible(actor, ModelVersion, pk=base_id)
     rows = None
-    if dataset_id.isdecimal():
-        rows = gate.get_visible(actor, DatasetVersion, pk=int(dataset_id)).train_count
+    if dataset_id is not None:
+        rows = gate.get_visible(actor, DatasetVersion, pk=dataset_id).train_count
     choice = str(values.get("lora_targets") or "")
     return {"base": base, "rows": rows, "preview": architectures.preview(base, rows or 0, choice)}
 

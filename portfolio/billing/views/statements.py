@@ -24,7 +24,7 @@ from portfolio.billing.choices import LineKind
 from portfolio.billing.models import Statement
 from portfolio.billing.statements import ZERO, drafts_of, label, month_of
 from portfolio.billing.views import billing_reader
-from portfolio.errors import NotFound
+from portfolio.errors import Invalid, NotFound
 from portfolio.formviews import submit
 
 PER_PAGE = listing.PAGE_SIZE
@@ -47,12 +47,13 @@ def plain(value: Decimal) -> str:
 
 
 def _month(value: str) -> date:
-    """The month in a statement's address; outside the years ``money.parse_month`` accepts (2000-2999) there
-    is no statement, and 0001-01 or 9999-12 would overflow the month arithmetic behind the page."""
-    found = money.MONTH.match(value)
-    if found is None or not 2000 <= int(found.group(1)) <= 2999:
-        raise NotFound("Statement not found.")
-    return date(int(found.group(1)), int(found.group(2)), 1)
+    """The month in a statement's address, refused as ``money.parse_month`` refuses it for the API: outside
+    2000-2999 (0001-01 or 9999-12 would overflow the month arithmetic behind the page), or not begun yet (its
+    "draft" would show only the adjustments of closed months)."""
+    try:  # never "" (which parse_month reads as this month): the address's converter needs YYYY-MM
+        return money.parse_month(value, timezone.now())
+    except Invalid:
+        raise NotFound("Statement not found.") from None
 
 
 def _department(actor, cost_center: str) -> Department:
