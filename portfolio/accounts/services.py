@@ -198,6 +198,10 @@ def add_member(*, actor: Actor, team: Team, user, role: str) -> Membership:
     gate.require(actor, "member.manage", team)
     membership = Membership(team=team, user=user, role=_check_role(role))
     _lock_for_new_membership(team, user)
+    # Read under the person's lock: a deactivation committed meanwhile is seen (the routes look up active
+    # people only, before this transaction).
+    if not User.objects.filter(pk=user.pk, is_active=True).exists():
+        raise Invalid("username: The account is deactivated.", fields={"username": ["Deactivated."]})
     _save_new(
         membership, f"{user.get_username()} is already a member of {team.name}; change the role instead."
     )

@@ -143,6 +143,16 @@ def test_a_deactivated_account_makes_no_personal_token(org):
     assert not org["viewer"].personal_tokens.exists()
 
 
+def test_a_deactivated_person_cannot_be_added_to_a_team(org, team, make_user):
+    """The routes look people up among active accounts; the service itself refused no one, so a deactivation
+    committed between the lookup and the add left a deactivated account a new member."""
+    leaver = make_user("leaver")
+    services.deactivate_user(actor=actor_for(org["admin"]), user=leaver)
+    with pytest.raises(Invalid, match="deactivated"):
+        services.add_member(actor=actor_for(org["owner"]), team=team, user=leaver, role=TeamRole.VIEWER)
+    assert not team.memberships.filter(user=leaver).exists()
+
+
 def test_adding_someone_twice_is_a_conflict(org, team):
     with pytest.raises(Conflict, match="already a member"):
         services.add_member(
