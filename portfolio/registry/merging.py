@@ -45,16 +45,45 @@ ADAPTER_MERGERS: list[Callable[[Actor, ModelVersion], MergeStarted]] = []
 MERGE_NOTES: list[Callable[[ModelVersion], list[str]]] = []
 
 
-def merge_notes(version: ModelVersion) -> list[str]:
-    return [note for notes in MERGE_NOTES for note in notes(version)]
+class MergeNotes(list[str]):
+    """The adapter page's lines about its merges, and the version it is merged as (no merge button then)."""
+
+    merged_as: ModelVersion | None = None
+
+
+def merge_notes(version: ModelVersion) -> MergeNotes:
+    notes = MergeNotes(note for notes in MERGE_NOTES for note in notes(version))
+    notes.merged_as = merged_as(version)
+    if notes.merged_as is not None:
+        label = notes.merged_as.label
+        notes.append(f"Merged as {label}, a full version; archive {label} to merge this adapter again.")
+    return notes
+
+
+def merged_as(adapter: ModelVersion) -> ModelVersion | None:
+    """The live (not archived or failed) version ``adapter`` was merged into, if any: merging again would
+    only spend hours of a node's cores on a second copy of the same weights."""
+    return (
+        ModelVersion.objects.filter(parent_version=adapter, source=Source.MERGE)
+        .exclude(status__in=VersionStatus.terminal())
+        .select_related("model")
+        .order_by("-number")
+        .first()
+    )
 
 
 def check_mergeable(version: ModelVersion) -> ModelVersion:
-    """The adapter's base, if ``version`` can be merged into it now; else why not."""
+    """The adapter's base, if ``version`` can be merged into it now; else why not. Asked when the merge is
+    requested and when it registers (under the adapter's row lock), and before its process merges."""
     if version.kind != VersionKind.ADAPTER or version.base_version is None:
         raise Invalid(f"{version.label} is not an adapter: only an adapter can be merged into its base.")
     if version.status != VersionStatus.READY:
         raise Conflict(f"{version.label} is {version.status}; only a ready adapter can be merged.")
+    merged = merged_as(version)
+    if merged is not None:
+        raise Conflict(
+            f"{version.label} is already merged as {merged.label}; archive {merged.label} to merge it again."
+        )
     base = version.base_version
     if base.status != VersionStatus.READY:
         raise Conflict(f"Its base {base.label} is {base.status}; merging needs a ready base.")

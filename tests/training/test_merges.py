@@ -78,7 +78,9 @@ def test_an_engineer_merges_an_adapter_into_a_full_version_derived_from_it(versi
     relations = {(e.source, e.target, e.relation) for e in edges}
     assert (f"v{merged.pk}", f"v{adapter.pk}", "merged from") in relations
     assert (f"v{adapter.pk}", f"v{base.pk}", "adapter of") in relations
-    assert merging.merge_notes(adapter) == []
+    assert merging.merge_notes(adapter) == [
+        f"Merged as {merged.label}, a full version; archive {merged.label} to merge this adapter again."
+    ]
 
 
 def test_only_a_ready_adapter_is_merged(versions, engineer):
