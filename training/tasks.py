@@ -137,12 +137,17 @@ def _exit_reason(code: int | None) -> str:
     return f"signal {-code}" if code is not None and code < 0 else f"code {code}"
 
 
-def _alive(pid: int | None) -> bool:
+def _alive(pid: int | None, job_id: int) -> bool:
+    """Whether ``pid`` is job ``job_id``'s trainer (``_start_child``'s argv ends ``training.runner <id>``):
+    after a restart a pid can be reused by another job's trainer, which must not be adopted (nor killed)."""
     if not pid:
         return False
     try:
         process = psutil.Process(pid)
-        return process.status() != psutil.STATUS_ZOMBIE and "training.runner" in " ".join(process.cmdline())
+        return process.status() != psutil.STATUS_ZOMBIE and process.cmdline()[-2:] == [
+            "training.runner",
+            str(job_id),
+        ]
     except psutil.NoSuchProcess:
         return False
 
@@ -190,7 +195,7 @@ def run_job(job_id: int) -> None:
             process = _start_child("training.runner", job_id, _log_path(job_id), _trainer_env(job))
             FineTuneJob.objects.filter(pk=job_id).update(pid=process.pid)
             _watch(job_id, process.pid, process, lease, job.attempt)
-    elif job.status == JobStatus.RUNNING and job.pid and _alive(job.pid):
+    elif job.status == JobStatus.RUNNING and job.pid and _alive(job.pid, job_id):
         lease = _lease(job)
         if not lease.acquire():
             logger.info(
@@ -204,7 +209,7 @@ def run_job(job_id: int) -> None:
             # Redelivered after its watcher died: adopt the trainer, if it still runs the same attempt.
             if FineTuneJob.objects.filter(
                 pk=job_id, status=JobStatus.RUNNING, attempt=job.attempt, pid=job.pid
-            ).exists() and _alive(job.pid):
+            ).exists() and _alive(job.pid, job_id):
                 _watch(job_id, job.pid, None, lease, job.attempt)
 
 
@@ -217,7 +222,7 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
     while True:
         if lease.lost.is_set():
             break
-        exited = process.poll() is not None if process else not _alive(pid)
+        exited = process.poll() is not None if process else not _alive(pid, job_id)
         if exited:
             break
         now = time.monotonic()

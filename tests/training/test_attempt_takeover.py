@@ -358,6 +358,7 @@ def test_a_copy_of_the_message_on_a_node_the_job_left_does_not_start_it_there(
     job.refresh_from_db()
     assert (job.status, job.attempt) == (JobStatus.QUEUED, 1)
     FineTuneJob.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, pid=os.getpid())
-    monkeypatch.setattr(tasks, "_alive", lambda pid: True)  # a pid of node-a's that happens to live here
+    # A pid of node-a's that happens to live here, running a trainer of this job.
+    monkeypatch.setattr(tasks, "_alive", lambda pid, job_id: True)
     monkeypatch.setattr(tasks, "_watch", started)
     tasks.run_job(job.pk)
