@@ -28,6 +28,13 @@ PATHS = {
 # The most of an engine's answer read whole (and parsed): the largest a call may ask for is under it
 # (2,048 embeddings of 4,096 floats, or PORTFOLIO_GATEWAY_MAX_PROMPT_LOGPROBS log-probabilities).
 MAX_ANSWER_BYTES = 256 * 1024 * 1024
+# Past this, a 200 answer is not parsed: parsing and re-encoding 2,048 embeddings of 4,096 floats (~150 MB)
+# took several times its size again, per request. The model is renamed on the bytes and only the small
+# `usage` object is parsed; an ordinary answer (a few KB) keeps the parse.
+PARSED_ANSWER_BYTES = 1024 * 1024
+# A `usage` key and its object: numbers, and objects of numbers one level down (prompt_tokens_details).
+# A key inside a JSON string cannot match: its quotes are escaped there.
+USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*(\{[^{}]*(?:\{[^{}]*\}[^{}]*)*\})')
 
 
 class Renamer:
@@ -112,7 +119,9 @@ async def relay_whole(send, response: Response, request_id: str, rename: Renamer
     data = await response.read(MAX_ANSWER_BYTES)  # TooLarge past it: billed and answered by forwarding
     outcome.status = response.status
     content_type = response.headers.get(b"content-type", b"application/json")
-    if response.status == 200:
+    if response.status == 200 and len(data) > PARSED_ANSWER_BYTES:
+        data = _relay_large(data, rename, outcome)
+    elif response.status == 200:
         with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
             parsed = orjson.loads(data)
             outcome.take_usage(parsed.get("usage"))
@@ -127,6 +136,27 @@ async def relay_whole(send, response: Response, request_id: str, rename: Renamer
         )
     await respond(send, response.status, data, request_id, content_type)
     outcome.sent = True
+
+
+def _relay_large(data: bytes, rename: Renamer, outcome: Outcome) -> bytes:
+    """A large answer as the client gets it, with no parse of the whole: usage from its last ``usage``
+    object (the top level's comes after the data in vLLM's answers), the model renamed on the bytes."""
+    end = len(data)
+    while (at := data.rfind(b'"usage"', 0, end)) >= 0:  # from the end: most often found at once
+        found = USAGE_OBJECT.match(data, at)
+        if found is not None:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                outcome.take_usage(orjson.loads(found.group(1)))
+            break
+        end = at
+    view, pieces, start = memoryview(data), [], 0
+    for match in rename.pattern.finditer(data):
+        pieces += (view[start : match.start()], rename.replacement)
+        start = match.end()
+    if not pieces:
+        return data
+    # Joined from views of the answer: one copy of it, not one per slice as re.sub makes.
+    return b"".join((*pieces, view[start:]))
 
 
 def pass_event(event: bytes, rename: Renamer, shape: payloads.Shape, usage: StreamUsage) -> bytes | None:
