@@ -5,14 +5,22 @@ Admission adds an entry to its process's ledger (in the same Lua script that res
 money) and settlement removes it (in the same pipeline that writes the usage event). Each process keeps
 an ``alive`` key with a time to live while it runs. The usage flusher reaps the ledgers of processes
 whose key has expired: each entry becomes a usage event with status 502 and error ``gateway_lost``
-(what the engine produced is not known, so no tokens are billed) and its reservation is released.
+(what the engine produced is not known, so no tokens are billed) and its reservation is released. A
+process only cut off from Redis that long may still settle a reaped request: settling then adds the actual
+usage (limits.SETTLE), and the flusher stores its real event in place of the lost one (usage.py).
 """
 
 from __future__ import annotations
 
+import time
+
 import orjson
 
 PROCESSES = "portfolio:gw:processes"
+# Event ids reaped (score: when), kept a day: a request reaped while its process was only cut off from
+# Redis may still settle, and the flusher then stores its real event instead of the lost one (usage.py).
+REAPED = "portfolio:gw:reaped"
+REAPED_SECONDS = 86_400
 ALIVE_SECONDS = 60  # far above any pause of a live gateway; a reaped live process would bill twice
 LOST_STATUS, LOST_ERROR = 502, "gateway_lost"
 
@@ -36,8 +44,9 @@ def entry(event: dict, releases: list[tuple[str, int]]) -> bytes:
     return orjson.dumps({"event": event, "release": releases})
 
 
-# KEYS: the dead process's ledger, the usage stream, the set of processes; ARGV: the process id.
-# Atomic, so that two flushers reaping at once cannot both write an entry's event.
+# KEYS: the dead process's ledger, the usage stream, the set of processes, REAPED (optional); ARGV: the
+# process id, the time now, the time before which REAPED forgets. Atomic, so that two flushers reaping at
+# once cannot both write an entry's event.
 REAP = """
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 2, #entries, 2 do
@@ -46,7 +55,9 @@ for i = 2, #entries, 2 do
     if redis.call('EXISTS', release[1]) == 1 then redis.call('DECRBY', release[1], release[2]) end
   end
   redis.call('XADD', KEYS[2], '*', 'e', cjson.encode(lost.event))
+  if KEYS[4] then redis.call('ZADD', KEYS[4], ARGV[2], lost.event.id) end
 end
+if KEYS[4] then redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[3]) end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[3], ARGV[1])
 return #entries / 2
@@ -61,5 +72,18 @@ def reap(client, stream: str) -> int:
         process_id = member.decode() if isinstance(member, bytes) else member
         if client.exists(alive_key(process_id)):
             continue
-        found += int(client.eval(REAP, 3, ledger_key(process_id), stream, PROCESSES, process_id))
+        now = int(time.time())
+        found += int(
+            client.eval(
+                REAP,
+                4,
+                ledger_key(process_id),
+                stream,
+                PROCESSES,
+                REAPED,
+                process_id,
+                now,
+                now - REAPED_SECONDS,
+            )
+        )
     return found

@@ -82,18 +82,21 @@ return {'ok', 0, 0}
 # KEYS: the in-flight ledger, tpm counter, monthly token counter, monthly money counter, the team's and
 #       the department's money counters ('gw:-': none)
 # ARGV: the request's ledger field, tokens to add (negative: to give back), money to add, money to add
-#       to the team's counter, money to add to the department's
+#       to the team's counter, money to add to the department's, then what was reserved of each (the same
+#       order). An entry no longer in the ledger was reaped (inflight.py), its reservation given back
+#       then: the actual amounts are added, not the difference.
 SETTLE = """
-if KEYS[1] ~= 'gw:-' then redis.call('HDEL', KEYS[1], ARGV[1]) end
-local tokens, money = tonumber(ARGV[2]), tonumber(ARGV[3])
-local function add(key, amount)
+local reaped = KEYS[1] ~= 'gw:-' and redis.call('HDEL', KEYS[1], ARGV[1]) == 0
+local function add(key, i)
+  local amount = tonumber(ARGV[i])
+  if reaped then amount = amount + tonumber(ARGV[i + 4]) end
   if key ~= 'gw:-' and amount ~= 0 and redis.call('EXISTS', key) == 1 then redis.call('INCRBY', key, amount) end
 end
-add(KEYS[2], tokens)
-add(KEYS[3], tokens)
-add(KEYS[4], money)
-add(KEYS[5], tonumber(ARGV[4]))
-add(KEYS[6], tonumber(ARGV[5]))
+add(KEYS[2], 2)
+add(KEYS[3], 2)
+add(KEYS[4], 3)
+add(KEYS[5], 4)
+add(KEYS[6], 5)
 return 1
 """
 
@@ -370,6 +373,10 @@ class Limiter:
                 money_micros - reservation.money_micros,
                 team_micros - reservation.team_micros,
                 department_micros - reservation.department_micros,
+                reservation.tokens,
+                reservation.money_micros,
+                reservation.team_micros,
+                reservation.department_micros,
             )
         ]
 

@@ -34,7 +34,7 @@ from django.db import connection, models, transaction
 from django.db.models import Max
 
 from portfolio.billing import meters
-from serving.gateway import keystate, partitions
+from serving.gateway import inflight, keystate, partitions
 from serving.gateway.events import USAGE_STREAM
 from serving.gateway.models import ApiKey, UsageEvent
 
@@ -181,7 +181,9 @@ def flush(batch: int = 2000, consumer: str | None = None) -> int:
                 DEAD_LETTERS,
             )
             client.xadd(DEAD_LETTERS, {**fields, b"unreadable": repr(exc).encode()})
+    events, replaced = _real_over_lost(client, events)
     with transaction.atomic():
+        hours = _delete_lost(replaced)
         _insert(events)
         last_used: dict[int, datetime] = {}
         for event in events:
@@ -192,13 +194,42 @@ def flush(batch: int = 2000, consumer: str | None = None) -> int:
             ApiKey.objects.filter(pk=key_id).exclude(last_used_at__gte=at).update(last_used_at=at)
     # After the commit (so a rollup that reads the mark sees the rows), before the acknowledgement (so a
     # flusher killed in between has the entries claimed again, and marked again, by the next run).
-    _mark_hours(client, {_hour_of(event["at"]) for event in events})
+    _mark_hours(client, hours | {_hour_of(event["at"]) for event in events})
     ids = [entry_id for entry_id, _ in entries]
     for start in range(0, len(ids), REDIS_CHUNK):
         chunk = ids[start : start + REDIS_CHUNK]
         client.xack(USAGE_STREAM, GROUP, *chunk)
         client.xdel(USAGE_STREAM, *chunk)
     return len(entries)
+
+
+def _real_over_lost(client, events: list[dict]) -> tuple[list[dict], list[str]]:
+    """The batch with one event per request, and the ids whose stored lost event the real one replaces. A
+    request reaped (inflight.py) while its process was only cut off from Redis can still settle: it then
+    has a lost event (at its admission) and a real one, and the real one, with its usage, is stored."""
+    reaped = {m.decode() for m in client.zrange(inflight.REAPED, 0, -1)}  # most often none
+    if not reaped:
+        return events, []
+    lost = inflight.LOST_ERROR
+    real = {e["event_id"] for e in events if e["error"] != lost and e["event_id"] in reaped}
+    lost_ids = [e["event_id"] for e in events if e["error"] == lost and e["event_id"] in reaped]
+    if lost_ids:  # the real one came first (settled between its event and the ledger's removal)
+        real_stored = UsageEvent.objects.filter(event_id__in=lost_ids).exclude(error=lost)
+        real |= set(real_stored.values_list("event_id", flat=True))
+    events = [e for e in events if e["error"] != lost or e["event_id"] not in real]
+    return events, sorted(real)
+
+
+def _delete_lost(event_ids: list[str]) -> set[int]:
+    """Delete the stored lost events of these requests; the hours they were in, for the rollup."""
+    if not event_ids:
+        return set()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {UsageEvent._meta.db_table} WHERE event_id = ANY(%s) AND error = %s RETURNING at",  # noqa: S608
+            [event_ids, inflight.LOST_ERROR],
+        )
+        return {_hour_of(at) for (at,) in cursor.fetchall()}
 
 
 def _read(client, consumer: str | None, batch: int) -> list[tuple[bytes, dict | None]]:
