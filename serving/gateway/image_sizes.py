@@ -1,15 +1,26 @@
 """An image's width and height read from its header, without decoding it: the gateway bounds the pixels a
 client may make an engine decode (a 2 MB PNG of one colour can declare 13,000 x 13,000 pixels, half a GB of
-RGB in the engine's process per image). Read as the decoders read them: PNG's IHDR (the first chunk),
-GIF's logical screen, JPEG's first start-of-frame segment, WebP's VP8/VP8L/VP8X header. ``None`` where the
-header is not one of these; such a file is left to the engine, which cannot decode it either."""
+RGB in the engine's process per image). Read as the engine's decoder (Pillow) reads them, stray bytes and all:
+PNG's IHDR (the first chunk), GIF's logical screen grown to every frame's extent, the largest of JPEG's
+start-of-frame segments before its scan, WebP's VP8/VP8L/VP8X header. ``None`` where no size can be read;
+the caller refuses such a file. Parsing is bounded: a walk of more segments than any encoder writes gives up
+(``None``) rather than spend the gateway's time on a crafted file."""
 
 from __future__ import annotations
 
+import re
 import struct
 
-# Start-of-frame markers (baseline, progressive, lossless...): not DHT (C4), JPG (C8) nor DAC (CC).
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+# Start-of-frame markers whose segment Pillow reads a size from (baseline, progressive, lossless..., and DHP,
+# which Pillow reads as one too): not DHT (C4), JPG (C8) nor DAC (CC).
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xDE}
+# Markers Pillow takes without a length: JPG (C8), RSTn, SOI, EOI, JPGn (F0-FD).
+_BARE = {0xC8, *range(0xD0, 0xDA), *range(0xF0, 0xFE)}
+# Markers Pillow skips by their length: DHT, DAC, SOS, DQT, DNL, DRI, EXP, APPn, COM.
+_SKIPPED = {0xC4, 0xCC, 0xDA, 0xDB, 0xDC, 0xDD, 0xDF, *range(0xE0, 0xF0), 0xFE}
+_JPEG_SEGMENTS = 1024  # a real header has a few dozen before its scan
+_FF_RUN = re.compile(rb"\xff+")
+_GIF_BLOCK = re.compile(rb"[!,;]")  # Pillow skips any other byte between a GIF's blocks
 
 
 def dimensions(declared: str, data: bytes) -> tuple[int, int] | None:
@@ -17,7 +28,7 @@ def dimensions(declared: str, data: bytes) -> tuple[int, int] | None:
     if declared == "image/png":
         return _png(data)
     if declared == "image/gif":
-        return struct.unpack("<HH", data[6:10]) if len(data) >= 10 else None
+        return _gif(data)
     if declared == "image/jpeg":
         return _jpeg(data)
     if declared == "image/webp":
@@ -31,26 +42,97 @@ def _png(data: bytes) -> tuple[int, int] | None:
     return struct.unpack(">II", data[16:24])
 
 
-def _jpeg(data: bytes) -> tuple[int, int] | None:
-    at = 2
-    while at + 9 <= len(data):
-        if data[at] != 0xFF:
-            return None
-        marker = data[at + 1]
-        if marker == 0xFF:  # fill byte
-            at += 1
+def _gif(data: bytes) -> tuple[int, int] | None:
+    """The logical screen, grown as Pillow grows it to each frame's extent (x0 + w, y0 + h): a 1 x 1 screen
+    may hold a 9000 x 9000 frame. Blocks are walked as Pillow walks them, quirks included, so that no
+    descriptor it reads is hidden from this walk."""
+    if len(data) < 13:
+        return None
+    width, height = struct.unpack("<HH", data[6:10])
+    at = 13 + (3 << (data[10] & 7) + 1 if data[10] & 0x80 else 0)  # after the global colour table
+    walk = _Walk(data, 4096 + len(data) // 128)  # an encoder writes 255-byte sub-blocks: far fewer steps
+    frame = 0
+    while walk.steps > 0:
+        found = _GIF_BLOCK.search(data, at)
+        if found is None or data[at := found.start()] == 0x3B:  # the trailer
+            break
+        if data[at] == 0x21:  # an extension: its label, then sub-blocks
+            if at + 1 >= len(data):
+                return None
+            label = data[at + 1]
+            block, at = walk.block(at + 2)
+            if label == 0xFE:  # a comment: its sub-blocks up to an empty one, and no further
+                if block:
+                    at = walk.chain(at)
+                continue
+            if label == 0xFF and frame == 0 and block is not None and block.startswith(b"NETSCAPE2.0"):
+                block, at = walk.block(at)
+            at = walk.chain(at)  # Pillow reads a further chain here even after an empty first sub-block
             continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+        if at + 10 > len(data):
+            return None
+        x0, y0, w, h, flags = struct.unpack("<HHHHB", data[at + 1 : at + 10])
+        width, height = max(width, x0 + w), max(height, y0 + h)
+        at += 10 + (3 << (flags & 7) + 1 if flags & 0x80 else 0) + 1  # local colour table, LZW code size
+        at = walk.chain(at)  # the image data
+        frame += 1
+    return (width, height) if walk.steps > 0 else None
+
+
+class _Walk:
+    """GIF sub-blocks read as Pillow's ``GifImageFile.data`` reads them, counting the steps left."""
+
+    def __init__(self, data: bytes, steps: int):
+        self.data, self.steps = data, steps
+
+    def block(self, at: int) -> tuple[bytes | None, int]:
+        """One sub-block at ``at``: its bytes (None for an empty one, or at the end), and where it ends."""
+        self.steps -= 1
+        if at >= len(self.data) or not self.data[at]:
+            return None, min(at + 1, len(self.data))
+        return self.data[at + 1 : at + 1 + self.data[at]], at + 1 + self.data[at]
+
+    def chain(self, at: int) -> int:
+        """Past sub-blocks up to an empty one."""
+        block, at = self.block(at)
+        while block and self.steps > 0:
+            block, at = self.block(at)
+        return at
+
+
+def _jpeg(data: bytes) -> tuple[int, int] | None:
+    """The largest size of the start-of-frame segments before the scan: Pillow keeps the last one it reads
+    (libjpeg the first), and allocates it before decoding; non-0xFF bytes between segments are skipped."""
+    width = height = 0
+    found = False
+    at = 2
+    for _ in range(_JPEG_SEGMENTS):
+        at = data.find(b"\xff", at)
+        if at < 0:
+            break
+        at = _FF_RUN.match(data, at).end() - 1  # fill bytes: the last 0xFF of a run starts the marker
+        if at + 1 >= len(data):
+            break
+        marker = data[at + 1]
+        if marker == 0x00 or marker in _BARE:  # an escaped 0xFF, or a marker without a length
             at += 2
             continue
+        if marker not in _SOF and marker not in _SKIPPED:
+            return None  # Pillow cannot read this file either
+        if at + 4 > len(data):
+            break
         (length,) = struct.unpack(">H", data[at + 2 : at + 4])
         if marker in _SOF:
-            height, width = struct.unpack(">HH", data[at + 5 : at + 9])
-            return width, height
-        if marker == 0xDA or length < 2:  # the image data starts before any frame: not decodable
-            return None
-        at += 2 + length
-    return None
+            if at + 9 > len(data):
+                return None
+            frame_height, frame_width = struct.unpack(">HH", data[at + 5 : at + 9])
+            width, height, found = max(width, frame_width), max(height, frame_height), True
+        if marker == 0xDA:  # the scan: Pillow reads no further header
+            return (width, height) if found else None
+        at += 2 + max(length, 2)
+    else:
+        return None  # more segments than any encoder writes: not worth walking
+    return (width, height) if found else None
 
 
 def _webp(data: bytes) -> tuple[int, int] | None:

@@ -1,18 +1,20 @@
 """Image content parts of a chat call: what an engine may be asked to look at, and what admission reserves.
 
-Contract: the engine never fetches an arbitrary URL on a client's behalf (SSRF). An ``image_url`` is either
-a ``data:`` URI of an allowed image type, checked by its magic bytes and bounded in decoded size, or an
+Contract: the engine never fetches an arbitrary URL on a client's behalf (SSRF). An ``image_url`` is either a
+``data:`` URI of an allowed image type, checked by its magic bytes and bounded in decoded size, or an
 ``http(s)`` URL whose host is, exactly, one of the internal hosts on the allow-list
 (``PORTFOLIO_GATEWAY_IMAGE_HOSTS``); the URL must be plain (no user info, no escapes, no backslashes, no
-fragment) so that the engine's URL parser cannot read another host out of it than the gateway did. Every
-other URL (``file:``, the cloud metadata address, ``localhost`` and its disguises) is refused, and so are
-the content parts by which vLLM would fetch audio or video. A request carries at most
+fragment) so that the engine's URL parser cannot read another host out of it than the gateway did. Every other
+URL (``file:``, the cloud metadata address, ``localhost`` and its disguises) is refused, and so are the
+content parts by which vLLM would fetch audio or video, and any key on a part beyond its type and its kind's
+own (vLLM takes a part with a ``uuid`` for media, whatever its type). A data URI's width and height are read
+from its header, never by decoding it, and one whose size cannot be read is refused. A request carries at most
 ``PORTFOLIO_GATEWAY_MAX_IMAGES`` images, and admission reserves a bounded number of prompt tokens for each
-instead of its bytes (the engine turns an image into a bounded number of tokens, not one per byte): the
-figure of the model behind the endpoint where the registry knows it (``tokens_per_image``, carried in the
-routing table), else ``PORTFOLIO_GATEWAY_IMAGE_TOKENS`` where an operator set it, else the model's context: a
-model that tiles an image or sizes it by its pixels may turn one image into thousands of tokens, and only
-the context bounds them all. Plain text conversations pay only a type test per message.
+instead of its bytes (the engine turns an image into a bounded number of tokens, not one per byte): the figure
+of the model behind the endpoint where the registry knows it (``tokens_per_image``, carried in the routing
+table), else ``PORTFOLIO_GATEWAY_IMAGE_TOKENS`` where an operator set it, else the model's context: a model
+that tiles an image or sizes it by its pixels may turn one image into thousands of tokens, and only the
+context bounds them all. Plain text conversations pay only a type test per message.
 """
 
 from __future__ import annotations
@@ -99,6 +101,8 @@ def inspect(messages: list) -> Images:
                     raise PayloadError(
                         f"`{where}.{kind}` must be a string.", f"{where}.{kind}", "invalid_type"
                     )
+                if len(part) != 2:
+                    _refuse_extra(part, kind, where)
                 continue
             if kind != "image_url":
                 shown = kind if isinstance(kind, str) and len(kind) <= 40 else "…"
@@ -107,11 +111,24 @@ def inspect(messages: list) -> Images:
                     f"{where}.type",
                     "unsupported_content",
                 )
+            if len(part) != 2:
+                _refuse_extra(part, kind, where)
             count += 1
             if count > limit:
                 raise PayloadError(f"A request may hold at most {limit} images.", where, "too_many_images")
             url_chars += _check_image(part.get("image_url"), f"{where}.image_url")
     return Images(count, url_chars)
+
+
+def _refuse_extra(part: dict, kind: str, where: str) -> None:
+    """A part holds its type and its kind's own key, nothing else: vLLM reads a part with a ``uuid`` as
+    media whatever its type (an ``image_url``, ``audio_url`` or ``video_url`` beside a text is fetched),
+    keys its multimodal cache by that uuid across callers, and passes a text part's other keys to the chat
+    template."""
+    unknown = set(part) - {"type", kind}
+    if unknown:
+        name = sorted(map(str, unknown))[0][:40]
+        raise PayloadError(f"Unrecognized field `{where}.{name}`.", f"{where}.{name}", "unknown_parameter")
 
 
 def _check_image(image, where: str) -> int:
@@ -165,8 +182,14 @@ def _check_data_uri(url: str, where: str) -> None:
             "invalid_image",
         )
     size = image_sizes.dimensions(declared, data)
+    if size is None:  # its pixels cannot be bounded, and the engine's decoder may read a size out of it
+        raise PayloadError(
+            f"`{where}`: the image's dimensions are unreadable (no {declared} header found).",
+            where,
+            "invalid_image",
+        )
     most_pixels = settings.GATEWAY_MAX_IMAGE_PIXELS
-    if size is not None and size[0] * size[1] > most_pixels:
+    if size[0] * size[1] > most_pixels:
         raise PayloadError(
             f"`{where}`: the image is {size[0]} x {size[1]} pixels; at most {most_pixels:,} pixels.",
             where,

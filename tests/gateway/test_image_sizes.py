@@ -71,3 +71,64 @@ def test_an_image_declaring_more_pixels_than_allowed_is_refused_before_the_engin
     with pytest.raises(PayloadError) as refused:
         images.inspect(looking_at(kind, make(13_000, 13_000)))
     assert refused.value.code == "image_too_large" and "13000 x 13000 pixels" in str(refused.value)
+
+
+# Crafted headers that Pillow reads as far more pixels than a stricter reading finds.
+def sof(width: int, height: int) -> bytes:
+    return b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\1\x11\0"
+
+
+APP0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\0" + b"\1\1\0\0\1\0\1\0\0"
+SCREEN_1X1 = b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0, 0, 0)
+
+
+def frame(width: int, height: int) -> bytes:
+    """A GIF image descriptor at (0, 0), then a minimal LZW stream."""
+    return b"," + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x02\x4c\x01\x00"
+
+
+CRAFTED = [
+    # Pillow skips a stray non-0xFF byte between segments and reads on to the frame.
+    ("jpeg-stray-byte", "image/jpeg", b"\xff\xd8" + APP0 + b"\x00" + sof(12_000, 12_000) + b"\xff\xd9"),
+    # Pillow keeps the last start-of-frame it reads, and allocates it before libjpeg refuses the second.
+    ("jpeg-two-frames", "image/jpeg", b"\xff\xd8" + APP0 + sof(100, 100) + sof(12_000, 12_000) + b"\xff\xd9"),
+    # Pillow grows a 1 x 1 logical screen to its first frame's extent.
+    ("gif-frame-beyond-screen", "image/gif", SCREEN_1X1 + frame(12_000, 12_000) + b";"),
+    # After an extension whose first sub-block is empty Pillow reads one more chain: here it swallows what
+    # a by-the-book walk takes for a 1 x 1 frame, and the frame Pillow reads next is hidden from that walk.
+    ("gif-pillow-extension-quirk", "image/gif",
+     SCREEN_1X1 + b"!\xf9\x00" + b"\x0a" + frame(1, 1)[:10] + b"\x00" + frame(12_000, 12_000) + b";"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kind", "data"), [c[1:] for c in CRAFTED], ids=[c[0] for c in CRAFTED])
+def test_a_crafted_header_is_read_at_the_size_the_engines_decoder_reads(kind, data, settings):
+    settings.GATEWAY_MAX_IMAGE_PIXELS = 36_000_000
+    assert image_sizes.dimensions(kind, data) == (12_000, 12_000)
+    with pytest.raises(PayloadError) as refused:
+        images.inspect(looking_at(kind, data))
+    assert refused.value.code == "image_too_large" and "12000 x 12000 pixels" in str(refused.value)
+
+
+UNREADABLE = [
+    ("png-without-ihdr", "image/png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64),
+    ("gif-without-screen", "image/gif", b"GIF89a"),
+    ("jpeg-without-frame", "image/jpeg", b"\xff\xd8" + APP0 + b"\xff\xd9"),
+    ("jpeg-unknown-marker", "image/jpeg", b"\xff\xd8\xff\x01" + sof(10, 10)),
+    ("webp-without-header", "image/webp", b"RIFF\0\0\0\0WEBPVP8 "),
+]
+
+
+@pytest.mark.parametrize(("kind", "data"), [c[1:] for c in UNREADABLE], ids=[c[0] for c in UNREADABLE])
+def test_an_image_whose_dimensions_cannot_be_read_is_refused(kind, data):
+    with pytest.raises(PayloadError) as refused:
+        images.inspect(looking_at(kind, data))
+    assert refused.value.code == "invalid_image" and "dimensions are unreadable" in str(refused.value)
+
+
+def test_a_walk_longer_than_any_encoder_writes_is_given_up_not_followed():
+    # 2 MB of one-byte GIF sub-blocks, or of bare JPEG markers: each would cost the gateway a million steps.
+    gif_data = SCREEN_1X1 + b"!\xfe" + b"\x01a" * 1_000_000 + b"\x00" + frame(9, 9) + b";"
+    assert image_sizes.dimensions("image/gif", gif_data) is None
+    jpeg_data = b"\xff\xd8" + b"\xff\xd0" * 1_000_000 + sof(9, 9)
+    assert image_sizes.dimensions("image/jpeg", jpeg_data) is None

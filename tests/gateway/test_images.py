@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import struct
 
 import httpx
 import openai
@@ -22,7 +23,7 @@ from tests.gateway.media import client, error_of, media_gateway
 
 pytestmark = pytest.mark.django_db(transaction=True)
 __all__ = ["media_gateway"]
-PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0\0\0\x0dIHDR" + struct.pack(">II", 8, 8) + b"\0" * 48  # its size readable
 GIF = b"GIF89a" + b"\0" * 64
 
 
@@ -195,4 +196,36 @@ def test_hostile_content_parts_are_refused_in_openais_shape(vision, messages, co
     error = response.json()["error"]
     assert error["code"] == code and error["type"] == "invalid_request_error", error
     assert error["param"].startswith("messages[0].content[")
+    assert vision["engine"].requests == []
+
+
+METADATA = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
+# vLLM takes any part with a ``uuid`` for media, whatever its type: it fetches the media key it finds (the
+# image's own checks, the image cap and the refusal of audio and video all passed by), and keys its
+# multimodal cache by that uuid across every caller of the engine.
+SMUGGLING_PARTS = [
+    ("a text carrying an image", {"type": "text", "text": "x", "uuid": "1", "image_url": METADATA},
+     "image_url"),
+    ("a text carrying audio", {"type": "text", "text": "x", "uuid": "1", "audio_url": {"url": METADATA}},
+     "audio_url"),
+    ("a text carrying a video", {"type": "text", "text": "x", "uuid": "1", "video_url": {"url": METADATA}},
+     "uuid"),
+    ("a text carrying input audio", {"type": "text", "text": "x", "input_audio": {"data": "AAAA"}},
+     "input_audio"),
+    ("a refusal carrying a uuid", {"type": "refusal", "refusal": "no", "uuid": "1"}, "uuid"),
+    ("an image carrying a cache key", {"type": "image_url", "image_url": {"url": data_uri(PNG)}, "uuid": "x"},
+     "uuid"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("part", "field"), [c[1:] for c in SMUGGLING_PARTS], ids=[c[0] for c in SMUGGLING_PARTS]
+)
+def test_a_part_holding_more_than_its_type_and_its_own_key_is_refused_before_the_engine(vision, part, field):
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Look:"}, part]}]
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        client(vision["base"], vision["secret"]).chat.completions.create(model="vision", messages=messages)
+    error = error_of(excinfo)
+    assert error["code"] == "unknown_parameter" and error["type"] == "invalid_request_error", error
+    assert error["param"] == f"messages[0].content[1].{field}"
     assert vision["engine"].requests == []

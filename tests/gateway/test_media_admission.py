@@ -107,9 +107,12 @@ def test_a_model_that_tiles_or_is_not_known_keeps_the_fixed_bound_or_its_larger_
     assert tokens_per_image("", {"vision": "junk"}, 2048) == 2048
 
 
+GIF_1X1 = "data:image/gif;base64,R0lGODlhAQABAAAAADs="  # a 1 x 1 logical screen: its size is readable
+
+
 def _image_call(images: int) -> tuple[dict, int]:
     parts: list[dict] = [{"type": "text", "text": "What is this?"}]
-    parts += [{"type": "image_url", "image_url": {"url": "data:image/gif;base64,R0lGODlh"}}] * images
+    parts += [{"type": "image_url", "image_url": {"url": GIF_1X1}}] * images
     payload = {"model": "vision", "messages": [{"role": "user", "content": parts}], "max_tokens": 4}
     return payload, len(str(payload).encode())
 
@@ -117,7 +120,7 @@ def _image_call(images: int) -> tuple[dict, int]:
 def test_the_prompt_reserves_the_endpoints_figure_per_image_and_the_fixed_bound_when_unknown(settings):
     settings.GATEWAY_IMAGE_TOKENS = 1000
     payload, size = _image_call(2)
-    urls = 2 * len("data:image/gif;base64,R0lGODlh")
+    urls = 2 * len(GIF_1X1)
     known = intake.check("chat", payload, size, hop(serves="text", image_tokens=300), "vision")
     assert known.prompts == (size + CHAT_TEMPLATE_TOKENS - urls + 2 * 300,)
     unknown = intake.check("chat", payload, size, hop(serves="text"), "vision")

@@ -190,6 +190,6 @@ def test_webp_needs_its_second_signature_too(settings):
     fake = base64.b64encode(b"RIFF\0\0\0\0WAVEfmt ").decode()
     part = {"type": "image_url", "image_url": {"url": f"data:image/webp;base64,{fake}"}}
     assert refusal(images.inspect, [{"role": "user", "content": [part]}]).code == "invalid_image"
-    real = base64.b64encode(b"RIFF\0\0\0\0WEBPVP8 ").decode()
+    real = base64.b64encode(b"RIFF\0\0\0\0WEBPVP8L\0\0\0\0\x2f\0\0\0\0").decode()  # a 1 x 1 lossless header
     part["image_url"]["url"] = f"data:image/webp;base64,{real}"
     assert images.inspect([{"role": "user", "content": [part]}]).number == 1
