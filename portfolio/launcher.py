@@ -198,7 +198,10 @@ def run_all(*, host: str, port: int, demo: bool = True, verbose: bool = False) -
             "take: set PORTFOLIO_DATA_DIR to a folder without one"
         )
         return 1
-    embedded.private_folder(data_dir)  # uploaded datasets, model weights, logs: this user's only
+    if not os.environ.get("DATABASE_URL") and (why := embedded.postgres_refusal(data_dir)) is not None:
+        _say(why)
+        return 1
+    embedded.data_folder(data_dir)  # uploaded datasets, model weights, logs: this user's only
     try:
         with run_lock(data_dir):
             if (why := _cannot_listen(host, port)) is not None:  # checked before anything starts
