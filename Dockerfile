@@ -16,7 +16,7 @@ COPY serving/engines ./serving/engines
 ARG ENGINE=""
 RUN if [ "$ENGINE" = "cpu" ]; then \
         python -m venv /opt/engine-cpu && /opt/engine-cpu/bin/pip install -r serving/engines/requirements-cpu.txt \
-        && /opt/engine-cpu/bin/pip uninstall -y torchvision torchaudio torchcodec || true; \
+        && { /opt/engine-cpu/bin/pip uninstall -y torchvision torchaudio torchcodec || true; }; \
     elif [ "$ENGINE" = "gpu" ]; then \
         python -m venv /opt/engine-gpu && /opt/engine-gpu/bin/pip install -r serving/engines/requirements-gpu.txt; \
     fi

@@ -73,6 +73,44 @@ def test_the_dockerfile_installs_the_project_and_defaults_to_the_web_server():
     assert 'CMD ["portfolio", "web"]' in dockerfile
 
 
+def _engine_step() -> str:
+    """The Dockerfile's RUN that installs a node's engine, as its shell gets it (continuations joined)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", "")
+    (line,) = [line for line in text.splitlines() if line.startswith("RUN ") and "$ENGINE" in line]
+    return line.removeprefix("RUN ")
+
+
+@pytest.mark.parametrize(
+    "engine, failing, builds",
+    [
+        ("cpu", "venv", False),
+        ("cpu", "install", False),
+        ("cpu", "uninstall", True),
+        ("gpu", "install", False),
+    ],
+)
+def test_a_failed_engine_install_fails_the_image_build_and_only_the_uninstall_may_fail(
+    tmp_path, engine, failing, builds
+):
+    """Run with stand-ins for python and pip: a node image without its engine must not build."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    pip = f'#!/bin/sh\n[ "$1" = {failing} ] && exit 1\nexit 0\n'
+    python = bin_dir / "python"  # `python -m venv DIR`: DIR/bin/pip made, unless venv is what fails
+    python.write_text(
+        "#!/bin/sh\n"
+        f"[ {failing} = venv ] && exit 1\n"
+        'mkdir -p "$3/bin"\n'
+        f'printf %s \'{pip}\' > "$3/bin/pip" && chmod +x "$3/bin/pip"\n'
+    )
+    python.chmod(0o755)
+    step = _engine_step().replace("/opt/", f"{tmp_path}/opt/")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "ENGINE": engine}
+    done = subprocess.run(["/bin/sh", "-c", step], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert (done.returncode == 0) == builds, done.stderr
+    assert (tmp_path / "opt" / f"engine-{engine}" / "bin" / "pip").exists() == (failing != "venv")
+
+
 def test_the_web_server_listens_on_loopback_unless_told_and_the_image_tells_it(monkeypatch):
     """On a bare machine `portfolio web` would take API keys in clear text on every interface, past the TLS
     proxy; only the image (whose network is compose's) listens on all of them."""
