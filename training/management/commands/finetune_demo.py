@@ -17,6 +17,7 @@ from training import finetune
 from training.choices import JobStatus
 from training.evals import portfolio, runs
 from training.evals.models import EndpointEvalRun, Task
+from training.management.commands.seed_demo_dataset import demo_version
 from training.models import Dataset, FineTuneJob
 
 DEMO_ENDPOINT = "ticket-router"
@@ -44,7 +45,12 @@ class Command(BaseCommand):
         pool = ComputePool.objects.filter(name=settings.NODE_POOL).first()
         if base is None or dataset is None or pool is None:
             raise CommandError("Run seed_demo, import_demo_model, seed_demo_dataset and deploy_demo first.")
-        version = dataset.versions.order_by("-number").first()
+        version = demo_version(dataset)  # the one whose held-out rows the demo task scores
+        if version is None and dataset.versions.exists():
+            raise CommandError(
+                f"The dataset {dataset} has no version with held-out rows to fine-tune on: upload one with "
+                "an eval fraction above 0."
+            )
         if version is None:
             raise CommandError(
                 f"The dataset {dataset} has no version to fine-tune on; run seed_demo_dataset."
