@@ -20,7 +20,7 @@ from django.db import connection, transaction
 
 # Tables the application may only read and append to.
 APPEND_ONLY_TABLES = ("audit_auditevent",)
-_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}\Z")
 
 
 def grant_app_role(role: str | None = None) -> list[str]:

@@ -22,7 +22,7 @@ from serving.choices import (
 )
 
 name_validator = RegexValidator(
-    r"^[a-z0-9][a-z0-9-]{1,62}$", "Use 2-63 lower-case letters, digits and dashes."
+    r"^[a-z0-9][a-z0-9-]{1,62}\Z", "Use 2-63 lower-case letters, digits and dashes."
 )
 
 

@@ -11,7 +11,7 @@ from portfolio.registry.models import Artifact, ModelVersion
 from training.choices import DatasetKind, DatasetVersionStatus, EvalStatus, JobStatus, Method
 
 dataset_name_validator = RegexValidator(
-    r"^[a-z0-9][a-z0-9._-]{1,79}$", "Use 2-80 lower-case letters, digits, dots, dashes or underscores."
+    r"^[a-z0-9][a-z0-9._-]{1,79}\Z", "Use 2-80 lower-case letters, digits, dots, dashes or underscores."
 )
 
 

@@ -9,7 +9,7 @@ from portfolio.accounts.choices import DepartmentRoleName, GrantSource, OrgRole,
 from portfolio.accounts.scoping import TeamScopedQuerySet
 
 cost_center_validator = RegexValidator(
-    r"^[A-Z0-9][A-Z0-9\-]{1,31}$", "Use 2-32 capital letters, digits or dashes."
+    r"^[A-Z0-9][A-Z0-9\-]{1,31}\Z", "Use 2-32 capital letters, digits or dashes."
 )
 
 

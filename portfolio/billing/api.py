@@ -33,7 +33,7 @@ router = Router(tags=["billing"])
 MAX_PAGE_SIZE = 200
 MAX_PAGE = 1_000_000
 TOP_SUBJECTS = 100  # the spend's largest subjects; the statements have every line
-COST_CENTER = re.compile(r"^[A-Z0-9][A-Z0-9\-]{1,31}$")
+COST_CENTER = re.compile(r"^[A-Z0-9][A-Z0-9\-]{1,31}\Z")
 
 
 class Pages(PageNumberPagination):

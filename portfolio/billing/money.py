@@ -18,7 +18,7 @@ CENT = Decimal("0.01")
 QUANTITY = Decimal("0.000000001")
 GIB = 2**30
 MILLION = 1_000_000
-MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])\Z")
 
 
 def to_decimal(value: Fraction, places: Decimal) -> Decimal:

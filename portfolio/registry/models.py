@@ -17,9 +17,9 @@ if TYPE_CHECKING:
     from portfolio.registry.hashing import Manifest
 
 model_name_validator = RegexValidator(
-    r"^[a-z0-9][a-z0-9._-]{1,79}$", "Use 2-80 lower-case letters, digits, dots, dashes or underscores."
+    r"^[a-z0-9][a-z0-9._-]{1,79}\Z", "Use 2-80 lower-case letters, digits, dots, dashes or underscores."
 )
-alias_validator = RegexValidator(r"^[a-z][a-z0-9-]{0,31}$", "Use lower-case letters, digits and dashes.")
+alias_validator = RegexValidator(r"^[a-z][a-z0-9-]{0,31}\Z", "Use lower-case letters, digits and dashes.")
 
 
 def _shared_with(team_ids, department_ids) -> Q:

@@ -105,7 +105,7 @@ def _check_max_n(value: int) -> int:
 
 
 # An HTTP header name (RFC 9110 token characters), bounded; headers that carry credentials pick no variant.
-STICKY_HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
+STICKY_HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}\Z")
 STICKY_REFUSED = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key"})
 
 
