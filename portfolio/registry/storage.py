@@ -106,7 +106,8 @@ def check_relative_path(path: str) -> str:
     pure = PurePosixPath(path)
     if pure.is_absolute() or not pure.parts or any(part in ("..", ".", "") for part in pure.parts):
         raise ValueError(f"unsafe path in artifact: {path!r}")
-    if "\\" in path or "\x00" in path:
+    # Control characters too: a newline cannot be in a URL path (the file's download link), nor in a log line.
+    if "\\" in path or any(ord(c) < 32 or ord(c) == 127 for c in path):
         raise ValueError(f"unsafe path in artifact: {path!r}")
     return str(pure)
 

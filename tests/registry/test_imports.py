@@ -106,6 +106,16 @@ def test_a_symlink_inside_the_folder_fails_the_import_and_stores_nothing(org, mo
     )
 
 
+def test_a_file_whose_name_holds_a_newline_fails_the_import_and_stores_nothing(org, model, settings):
+    """Stored, its name had no download link (a URL path holds no newline): the version's page was a 500
+    for everyone who opened it."""
+    folder = make_model_folder(settings.IMPORT_ROOTS[0] / "newline")
+    (folder / "notes\n.txt").write_text("hello")
+    version = _import(org, model, Source.LOCAL, str(folder))
+    assert version.status == VersionStatus.FAILED and "unsafe path" in version.status_detail
+    assert version.artifact is None and not Artifact.objects.exists()
+
+
 def test_pickle_weights_are_refused_unless_an_admin_allows_them(org, model, settings):
     folder = make_model_folder(settings.IMPORT_ROOTS[0] / "pickled")
     (folder / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
