@@ -388,6 +388,16 @@ def test_the_version_page_lists_files_with_checksums_and_download_links(signed_i
     assert client.get(href).status_code == 200
 
 
+def test_a_file_stored_with_a_newline_in_its_name_is_listed_without_a_link(signed_in, org, router):
+    """Stored before such names were refused: the page was a 500 for every reader (no URL holds it)."""
+    artifact = router.versions.get(number=1).artifact
+    artifact.files = [*artifact.files, {"path": "notes\n.txt", "size": 5, "sha256": "0" * 64}]
+    artifact.save(update_fields=["files"])
+    response = signed_in(org["viewer"]).get(reverse("version-detail", args=["router", 1]))
+    assert response.status_code == 200
+    assert 'href="/api/v1/models/router/versions/1/files/config.json"' in _text(response)
+
+
 def test_parameter_counts_read_like_people_quote_them(signed_in, org, router):
     page = _text(signed_in(org["viewer"]).get(reverse("model-detail", args=["router"])))
     assert 'title="320 parameters">320<' in page  # v1: 32x8 + 8x8

@@ -4,11 +4,12 @@ adapter into a full version."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from django.contrib import messages
 from django.shortcuts import redirect, render
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
@@ -79,15 +80,15 @@ def _version_page(
     if artifact is not None:
         downloadable = version.status in (VersionStatus.READY, VersionStatus.ARCHIVED)
         for entry in sorted(artifact.files, key=lambda f: f["path"]):
-            href = (
-                reverse(
+            href = ""
+            # A path stored before control characters were refused (storage.check_relative_path) has no
+            # URL: listed without a link rather than the page failing.
+            with contextlib.suppress(NoReverseMatch):
+                href = downloadable and reverse(
                     "api:download_file",
                     kwargs={"name": model.name, "number": version.number, "path": entry["path"]},
                 )
-                if downloadable
-                else ""
-            )
-            files.append({**entry, "href": href})
+            files.append({**entry, "href": href or ""})
     decorate([version])
     version.alias_names = [alias.name for alias in aliases if alias.version_id == version.pk]
     held = {alias.name: alias for alias in aliases}
