@@ -7,13 +7,14 @@ nor its compute interval closed, and stops waited). Here a copy runs in a thread
 for it ``WAIT_SECONDS`` at most (a small model's copy is done by then, as before), then leaves the replica
 pending and goes on. A later pass finds the copy done and starts the engine, or gets the copy's error.
 
-Contract: one copy per destination at a time in this process (``materialize`` itself is safe against copies
-in other processes: it writes aside and renames); the copy's thread touches only files and the store, never
+Contract: one copy per destination at a time on the node (a thread per destination in this process, and a
+file lock across the agent's processes; ``materialize`` writes aside and renames); the copy's thread touches only files and the store, never
 the database (a corrupt artifact is marked by the caller, in its own thread).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
 import time
@@ -45,7 +46,12 @@ _guard = threading.Lock()
 
 def _run(copy: _Copy, manifest: Manifest, destination: Path) -> None:
     try:
-        materialize(default_store(), manifest, destination)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with (destination.parent / f".{destination.name}.lock").open("w") as lock:
+            # Passes run in the agent's loop and in its pool children: a copy another of them is making is
+            # waited for, then found in place, not made a second time beside it (twice the bandwidth and disk).
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            materialize(default_store(), manifest, destination)
     except BaseException as exc:  # noqa: BLE001 - handed to the pass that asks next, which reports it
         copy.error = exc
     finally:

@@ -136,14 +136,27 @@ def stop(process: psutil.Process, grace: float = 20.0) -> None:
             os.killpg(group, 0)
         except ProcessLookupError:
             break
-        with contextlib.suppress(ChildProcessError):
+        try:
             os.waitpid(-group, os.WNOHANG)
+        except ChildProcessError:
+            # Started by another process of the agent (a pass in a pool child): its exited engine stays a
+            # zombie, which the group signal still finds, until that process reaps it. Exited is enough.
+            if _only_zombies_in(group):
+                break
         time.sleep(0.2)
     else:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(process.pid, os.WNOHANG)
+
+
+def _only_zombies_in(group: int) -> bool:
+    for process in psutil.process_iter(["status"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if process.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(process.pid) == group:
+                return False
+    return True
 
 
 def kill(pid: int) -> None:

@@ -6,8 +6,9 @@ Contract: no HTTP request and no WebSocket reaches vLLM without ``Authorization:
 key in ``VLLM_API_KEY``, whatever its path or method. vLLM's own check of that key covers only /v1, /v2,
 /inference and /cohere; /invocations, /tokenize, /detokenize, /pooling, /score, /rerank, /classify,
 /metrics, /health, /load and whatever a later vLLM adds answer anyone who reaches the port. With this guard
-the engine answers only the two holders of the key (derived per replica from
-PORTFOLIO_ENGINE_KEY_SECRET): the gateway and the node agent, whose health checks send it too.
+the engine answers only the holders of the key (derived per replica from PORTFOLIO_ENGINE_KEY_SECRET): the
+gateway, the node agent (whose health checks send it too), a fine-tune's trainer timing its team's replica
+and the control worker's rollout judge.
 
 It runs inside the engine's Python (vLLM's environment, not the platform's), so it needs only the standard
 library. An engine started without a key refuses to start (the constructor raises while vLLM builds its app)

@@ -130,3 +130,23 @@ def test_a_copy_that_found_the_files_damaged_raises_once_and_marks_the_artifact_
     assert not copied(version).exists()
     with pytest.raises(storage.CorruptArtifact):  # the next call copies again (the store may be repaired)
         prefetch.local_copy(version, wait=20)
+
+
+def test_a_copy_another_process_of_the_agent_is_making_is_waited_for_not_made_twice(
+    store, held_copy, tmp_path, org, team
+):
+    """The agent's loop and its pool children each reconcile the node: each had its own record of copies
+    under way, so a second process started a second full copy of the same model beside the first."""
+    go, copying = held_copy
+    version = stored_version(store, tmp_path, org, team)
+    assert prefetch.local_copy(version, wait=0) is None
+    deadline = time.monotonic() + 10
+    while not copying:
+        assert time.monotonic() < deadline, "the first copy did not start"
+        time.sleep(0.05)
+    prefetch._copies.clear()  # noqa: SLF001 - what another process of the agent knows of this one's copy
+    assert prefetch.local_copy(version, wait=0.5) is None
+    go.set()
+    assert prefetch.local_copy(version, wait=20) == copied(version)
+    time.sleep(0.5)  # the first copy's thread ends too
+    assert copying == ["config.json"], "the file was copied once"
