@@ -4,7 +4,8 @@ canary started, from the gateway's usage events of the endpoint per route target
 
 What counts: the requests the endpoint itself answered (a fallback's are its own), split into the
 candidate (its deployment and adapter) and everything else (the baseline); an error is a 5xx (the engine
-failing, timing out, or not reachable), not a client's 4xx. A judged rollout's sampled scores
+failing, timing out, or not reachable), or the engine's own 404 (relayed as ``upstream_error``: it does
+not serve the model, an adapter its replica never loaded), not a client's 4xx. A judged rollout's sampled scores
 (rollout_judge.py) are taken before the rows are locked, added to its tally, audited, and decide too.
 """
 
@@ -28,7 +29,8 @@ from serving.services import rollouts as services
 logger = logging.getLogger(__name__)
 
 FIGURES_SQL = """
-SELECT (deployment = %s AND adapter = %s) AS canary, count(*), count(*) FILTER (WHERE status >= 500),
+SELECT (deployment = %s AND adapter = %s) AS canary, count(*),
+    count(*) FILTER (WHERE status >= 500 OR (status = 404 AND error = 'upstream_error')),
     coalesce(percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms), 0)
 FROM {table}
 WHERE endpoint = %s AND at >= %s AND at < %s AND deployment <> ''
@@ -70,11 +72,15 @@ def _canary_gone(rollout: Rollout) -> bool:
 
 
 def _canary_ready(rollout: Rollout) -> bool:
-    """Whether the canary's deployment has a ready replica: the gateway routes to no other
-    (routing.choose_route), so a canary without one takes no calls and logs no errors."""
-    routes = rollout.endpoint.routes.filter(
-        deployment__name=rollout.deployment, deployment__replica_set__state=ReplicaState.READY
-    )
+    """Whether the canary's deployment has a ready replica (for an adapter, one that loaded it): the gateway
+    routes to no other (routing.choose_route), so a canary without one takes no calls and logs no errors.
+    A replica without the adapter (a load that failed, files still copying, an older generation) answers
+    every call to it with a 404."""
+    replicas: dict = {"deployment__replica_set__state": ReplicaState.READY}
+    if rollout.adapter:
+        replicas["deployment__replica_set__loaded_adapters__contains"] = [rollout.adapter]
+    # One filter() call: both conditions hold of the same replica.
+    routes = rollout.endpoint.routes.filter(deployment__name=rollout.deployment, **replicas)
     routes = routes.filter(adapter__name=rollout.adapter) if rollout.adapter else routes.filter(adapter=None)
     return routes.exists()
 

@@ -22,7 +22,15 @@ from serving.gateway import payloads, table_refresh
 from serving.gateway.errors import GatewayError
 from serving.gateway.events import Outcome
 from serving.gateway.relay import MAX_ANSWER_BYTES, PATHS, Renamer, relay_stream, relay_whole
-from serving.gateway.routing import Balancer, EndpointInfo, ReplicaInfo, Snapshot, choose_route, sticky_key
+from serving.gateway.routing import (
+    Balancer,
+    EndpointInfo,
+    ReplicaInfo,
+    Snapshot,
+    choose_route,
+    replicas_for,
+    sticky_key,
+)
 from serving.gateway.upstream import ConnectFailed, Dropped, ReadTimeout, TooLarge, Upstream
 
 logger = logging.getLogger(__name__)
@@ -66,7 +74,7 @@ async def forward(
         route = choose_route(current, snapshot, chat=outcome.kind == "chat", sticky=sticky)
         if route is None:
             continue
-        replicas = snapshot.replicas.get(route.deployment, [])
+        replicas = replicas_for(route, snapshot)  # an adapter's: those that have loaded it
         excluded: set[int] = set()
         retried: set[int] = set()
         while (replica := gateway.balancer.pick(replicas, excluded)) is not None:

@@ -6,7 +6,9 @@ is read from has changed (fingerprint.py): a route edit, or a rollout's canary, 
 reaches the gateway at its next refresh. A route is picked at random by
 weight, or, on an endpoint with sticky A/B assignment, by a stable hash of the caller's key id or of a
 request header's value over the weights (``sticky_route``), so that one client keeps one variant. Replica
-choice is least outstanding requests among healthy replicas, random among ties.
+choice is least outstanding requests among healthy replicas, random among ties. An adapter's route is live
+only while a ready replica has loaded it (``replicas_for``, from the replicas' rows as the table read them):
+a replica without it answers 404 for it.
 """
 
 from __future__ import annotations
@@ -177,6 +179,8 @@ SERVES = {"embedding": "embedding", "speech": "speech", "rerank": "score"}
 class Snapshot:
     endpoints: dict[str, EndpointInfo] = field(default_factory=dict)
     replicas: dict[str, list[ReplicaInfo]] = field(default_factory=dict)  # by deployment name
+    # The ready replicas that have loaded an adapter, by (deployment name, adapter name)
+    adapter_replicas: dict[tuple[str, str], list[ReplicaInfo]] = field(default_factory=dict)
     deployments: dict[str, DeploymentInfo] = field(default_factory=dict)  # by name
     built_at: float = 0.0  # time.time() when it was read, or last found unchanged
     fingerprint: str = ""  # of what it was read from (fingerprint.py)
@@ -307,9 +311,10 @@ def _read_snapshot() -> Snapshot:
         )
     _reach_image_tokens(snapshot.endpoints)
     for replica in Replica.objects.filter(state=ReplicaState.READY).select_related("deployment"):
-        snapshot.replicas.setdefault(replica.deployment.name, []).append(
-            ReplicaInfo(replica.pk, replica.base_url, f"Bearer {engine_key(replica.pk)}".encode())
-        )
+        info = ReplicaInfo(replica.pk, replica.base_url, f"Bearer {engine_key(replica.pk)}".encode())
+        snapshot.replicas.setdefault(replica.deployment.name, []).append(info)
+        for adapter in replica.loaded_adapters or ():
+            snapshot.adapter_replicas.setdefault((replica.deployment.name, adapter), []).append(info)
     now = datetime.now(UTC)
     snapshot.caps = hard_limits(now)  # one query: the spend is stored by billing.check_budgets
     snapshot.caps_month = now.strftime("%Y%m")
@@ -386,16 +391,20 @@ class Balancer:
         self.outstanding[replica.id] = max(0, self.outstanding.get(replica.id, 1) - 1)
 
 
+def replicas_for(route: Route, snapshot: Snapshot) -> list[ReplicaInfo]:
+    """The ready replicas that serve the route: for an adapter, those that have loaded it (one whose load
+    failed, whose files are still copying, or of an older generation answers 404 for it)."""
+    if route.adapter:
+        return snapshot.adapter_replicas.get((route.deployment, route.adapter), [])
+    return snapshot.replicas.get(route.deployment, [])
+
+
 def choose_route(
     endpoint: EndpointInfo, snapshot: Snapshot, *, chat: bool = False, sticky: bytes = b""
 ) -> Route | None:
-    """A route by weight among those whose deployment has a ready replica (and, for a chat call, whose
-    version has a chat template): by ``sticky`` (see ``sticky_key``) when given, else at random."""
-    live = [
-        r
-        for r in endpoint.routes
-        if r.weight > 0 and snapshot.replicas.get(r.deployment) and (r.chat or not chat)
-    ]
+    """A route by weight among those with a ready replica that serves it (``replicas_for``; and, for a chat
+    call, whose version has a chat template): by ``sticky`` (see ``sticky_key``) when given, else at random."""
+    live = [r for r in endpoint.routes if r.weight > 0 and replicas_for(r, snapshot) and (r.chat or not chat)]
     if len(live) < 2:
         return live[0] if live else None
     if sticky:
