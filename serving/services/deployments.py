@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from portfolio.accounts import gate
@@ -18,8 +19,8 @@ from portfolio.registry.choices import Task, VersionKind, VersionStatus
 from portfolio.registry.models import ModelVersion
 from serving import engine_args, scheduler
 from serving.capacity import pool_capacity
-from serving.choices import DesiredState, UpdateStrategy
-from serving.models import ComputePool, Deployment, DeploymentAdapter, DeploymentEvent, Endpoint
+from serving.choices import DesiredState, RolloutState, UpdateStrategy
+from serving.models import ComputePool, Deployment, DeploymentAdapter, DeploymentEvent, Endpoint, Rollout
 from serving.reconcile import surges
 from serving.services.route_kinds import require_one_kind
 from serving.services.shared import _after_commit_reconcile, _check_name
@@ -170,6 +171,30 @@ def _may_start_replicas(deployment: Deployment) -> None:
     budgets.check_can_spend(deployment.owner_team)
 
 
+def _not_watched(deployment: Deployment, change: str) -> None:
+    """Refuse to change what a deployment serves (its version, its engine arguments) while a rollout under
+    way watches it: as the candidate, the figures would be the old one's and the new one promoted on them;
+    in the baseline, the canary would be compared with something else halfway. A plain restart serves the
+    same and is let through. Called under the deployment's lock, which start_rollout takes of a candidate."""
+    rollout = (
+        Rollout.objects.filter(state=RolloutState.CANARY)
+        .filter(
+            Q(deployment=deployment.name)
+            | Q(endpoint__routes__deployment=deployment, endpoint__routes__weight__gt=0)
+        )
+        .select_related("endpoint")
+        .order_by("pk")
+        .first()
+    )
+    if rollout is not None:
+        role = "the candidate" if rollout.deployment == deployment.name else "in the baseline"
+        raise Conflict(
+            f"{deployment.name} is {role} of the rollout under way on {rollout.endpoint.name}: abort the "
+            f"rollout first (or let it finish), then {change}.",
+            code="rollout_under_way",
+        )
+
+
 @transaction.atomic
 def scale(*, actor: Actor, deployment: Deployment, replicas: int) -> Deployment:
     gate.require(actor, "deployment.manage", deployment)
@@ -201,6 +226,10 @@ def restart(
     if version is not None:
         _lock_version(_visible(actor, version), deployment.version_id)  # before the deployment's row
     deployment = _locked(deployment)
+    if (version is not None and version.pk != deployment.version_id) or (
+        args is not None and args != deployment.engine_args
+    ):
+        _not_watched(deployment, "change its version or engine arguments")
     before = deployment.snapshot()
     if version is not None and version.pk != deployment.version_id:
         version = _deployable(actor, version)
@@ -327,11 +356,15 @@ def add_adapter(
         raise Invalid(
             f"{adapter.label} has rank {rank}; the deployment allows up to max_lora_rank={args['max_lora_rank']}."
         )
+    if not args["enable_lora"]:
+        _not_watched(deployment, "add the adapter (it turns LoRA on: every replica restarts)")
     if not args["enable_lora"] and deployment.replicas:
         _may_start_replicas(deployment)  # turning LoRA on rolls every replica: new ones start
     # Model names may hold dots and underscores, which deployment-scoped names do not.
     default = re.sub(r"[^a-z0-9-]+", "-", f"{deployment.name}-{adapter.model.name}-v{adapter.number}")
     name = _check_name(name or default[:63].rstrip("-"))
+    if name == deployment.name:  # vLLM refuses an adapter named like its base: every engine would exit
+        raise Invalid(f"name: {name!r} is the deployment's own model name; name the adapter otherwise.")
     before = deployment.snapshot()
     try:
         with transaction.atomic():

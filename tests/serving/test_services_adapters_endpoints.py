@@ -66,6 +66,17 @@ def test_an_adapter_gets_a_valid_default_name_even_from_a_dotted_model_name(
     assert attached.name == "support-bot-support-tone-v2-v1"
 
 
+def test_an_adapter_named_like_its_deployment_is_refused(
+    org, owner, team, deployment, artifact, base_version
+):
+    """vLLM refuses a LoRA module named like its served base: every new engine exited, the roll never ended."""
+    adapter = make_adapter(org, team, artifact, base_version)
+    with pytest.raises(Invalid, match="the deployment's own model name"):
+        services.add_adapter(actor=owner, deployment=deployment, adapter=adapter, name=deployment.name)
+    deployment.refresh_from_db()
+    assert deployment.generation == 1 and not deployment.adapters.exists()
+
+
 # --- Endpoints -------------------------------------------------------------------------------------
 def test_changing_routes_is_audited_with_the_weights_before_and_after(
     owner, team, base_version, pool, node, deployment
