@@ -181,8 +181,8 @@ def flush(batch: int = 2000, consumer: str | None = None) -> int:
                 DEAD_LETTERS,
             )
             client.xadd(DEAD_LETTERS, {**fields, b"unreadable": repr(exc).encode()})
-    events, replaced = _real_over_lost(client, events)
     with transaction.atomic():
+        events, replaced = _real_over_lost(client, events)
         hours = _delete_lost(replaced)
         _insert(events)
         last_used: dict[int, datetime] = {}
@@ -210,6 +210,10 @@ def _real_over_lost(client, events: list[dict]) -> tuple[list[dict], list[str]]:
     reaped = {m.decode() for m in client.zrange(inflight.REAPED, 0, -1)}  # most often none
     if not reaped:
         return events, []
+    # Flushes overlap (beat every 2 s, a backlog takes longer): one holding a lost event and one holding its
+    # real one each saw the other's uncommitted and kept both. Held to the end of this flush's transaction.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [REPLACING_LOCK_ID])
     lost = inflight.LOST_ERROR
     real = {e["event_id"] for e in events if e["error"] != lost and e["event_id"] in reaped}
     lost_ids = [e["event_id"] for e in events if e["error"] == lost and e["event_id"] in reaped]
@@ -294,10 +298,15 @@ GROUP BY 1, endpoint, deployment, team_id
 HOUR = timedelta(hours=1)
 # Held by a rollup until its transaction ends (audit's chain lock and the registry's blob locks are others).
 ROLLUP_LOCK_ID = 0x7573_6167  # "usag"
+# Held by a flush that may replace a lost event with its real one (``_real_over_lost``).
+REPLACING_LOCK_ID = 0x7573_6772  # "usgr"
 
 
 def _recompute(cursor, start: datetime, end: datetime) -> None:
     """The rollups of ``[start, end)`` (whole hours) and billing's ledger rows of the same hours."""
+    # Rebuilt whole: a group whose only event was deleted (a lost event its real one replaced, under
+    # another endpoint or hour) would otherwise keep its row.
+    cursor.execute("DELETE FROM gateway_usagehourly WHERE hour >= %s AND hour < %s", [start, end])
     cursor.execute(ROLLUP_SQL, [start, end])
     cursor.execute(TOKEN_HOURS_SQL, [start, end])
     rows = [

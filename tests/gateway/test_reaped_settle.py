@@ -6,6 +6,7 @@ PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import orjson
@@ -94,3 +95,77 @@ def test_a_request_settled_after_its_ledger_was_reaped_counts_its_actual_usage_o
     flush_all()
     stored = list(UsageEvent.objects.filter(event_id=event_id).values_list("status", "error", "input_tokens"))
     assert stored == [(200, "", 30)], "the real usage is stored, the lost event not"
+
+
+def test_the_hourly_rollup_keeps_no_row_of_a_lost_event_its_real_one_replaced(org, team):
+    """The real event answered by another endpoint (a fallback) than the lost one named: the rollup rebuilt
+    the hour's groups that still had events, and the lost event's group kept its row (2 requests, 1 error)."""
+    from datetime import UTC, datetime, timedelta
+
+    from serving.gateway.models import UsageHourly
+
+    key, _ = key_services.create_key(actor=actor_for(org["owner"]), team=team, name="k")
+    record = key_record(pk=key.pk, team_id=team.pk, department_id=team.department_id)
+    outcome = Outcome(endpoint="first", kind="chat", shape=Shape(prompts=(1,), choices=1, per_choice=1),
+                      event_id=uuid.uuid4().hex)  # fmt: skip
+    process = f"test-{uuid.uuid4().hex}"
+    reservation = asyncio.run(admit(record, outcome, process))
+    client = keystate.client()
+    client.sadd(inflight.PROCESSES, process)
+    inflight.reap(client, USAGE_STREAM)
+    flush_all()
+    since = datetime.now(UTC) - timedelta(hours=2)
+    usage.rollup(since=since)
+    outcome.endpoint, outcome.status, outcome.input_tokens = "fallback", 200, 30
+    asyncio.run(settle(record, outcome, reservation))
+    flush_all()
+    usage.rollup(since=since)
+    rows = UsageHourly.objects.filter(api_key_id=key.pk)
+    assert [(r.endpoint, r.requests, r.errors) for r in rows] == [("fallback", 1, 0)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_flushes_at_once_one_with_the_lost_event_one_with_the_real_one_store_only_the_real_one(
+    org, team, monkeypatch
+):
+    """Each flush decided which event wins before the other's rows were committed: both were kept."""
+    import threading
+
+    from django.db import connection
+
+    key, _ = key_services.create_key(actor=actor_for(org["owner"]), team=team, name="k")
+    record = key_record(pk=key.pk, team_id=team.pk, department_id=team.department_id)
+    event_id = uuid.uuid4().hex
+    outcome = Outcome(endpoint="e", kind="chat", shape=Shape(prompts=(1,), choices=1, per_choice=1),
+                      event_id=event_id)  # fmt: skip
+    process = f"test-{uuid.uuid4().hex}"
+    reservation = asyncio.run(admit(record, outcome, process))
+    client = keystate.client()
+    client.sadd(inflight.PROCESSES, process)
+    inflight.reap(client, USAGE_STREAM)  # the lost event is on the stream
+    outcome.status, outcome.input_tokens = 200, 30
+    asyncio.run(settle(record, outcome, reservation))  # and then the real one
+    both_read, real_insert = threading.Barrier(2), usage._insert  # noqa: SLF001
+
+    def insert_when_both_have_read(events):
+        # Without a lock between them, both get here before either commits; with it, the other flush waits
+        # for this one's transaction and the barrier gives up.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_read.wait(timeout=3)
+        real_insert(events)
+
+    monkeypatch.setattr(usage, "_insert", insert_when_both_have_read)
+
+    def flush_one(consumer: str) -> None:
+        try:
+            usage.flush(batch=1, consumer=consumer)
+        finally:
+            connection.close()
+
+    flushers = [threading.Thread(target=flush_one, args=(name,)) for name in ("one", "two")]
+    for flusher in flushers:
+        flusher.start()
+    for flusher in flushers:
+        flusher.join(20)
+    stored = list(UsageEvent.objects.filter(event_id=event_id).values_list("status", "error"))
+    assert stored == [(200, "")]
