@@ -140,6 +140,11 @@ def chat(base: str, secret: str, model: str, *, max_tokens: int = 10) -> httpx.R
     )
 
 
+# Long enough for the test gateway's routing table (rebuilt every 200 ms) to see a change to replica rows, on
+# a busy 2-core runner too, where tests cannot wait on a change it shows (a model appearing in /v1/models).
+TABLE_SEES_IT = 2.0
+
+
 def wait_for_model(base: str, secret: str, name: str, timeout: float = 10) -> None:
     import json
 

@@ -12,7 +12,7 @@ import pytest
 from serving.gateway import usage
 from serving.gateway.models import UsageEvent
 from serving.models import Replica
-from tests.gateway.conftest import chat, wait_for_model
+from tests.gateway.conftest import TABLE_SEES_IT, chat, wait_for_model
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def down(deployment) -> None:
     """The deployment's replicas stop being ready (and the routing table sees it): its endpoint falls back."""
     Replica.objects.filter(deployment=deployment).update(state="starting")
-    time.sleep(0.6)
+    time.sleep(TABLE_SEES_IT)
 
 
 def test_a_fallback_into_another_team_is_never_followed(gateway_url, stack, other_team):

@@ -153,7 +153,7 @@ def test_garbage_in_the_authorization_header_gets_401_fast(gateway_url, stack, h
     assert response.status_code == 401
     assert response.json()["error"]["type"] == "authentication_error"
     assert response.headers["x-request-id"]
-    assert elapsed < 1.0
+    assert elapsed < 2.5  # a slow path takes far longer; a busy 2-core runner may take over a second
 
 
 def test_requests_per_minute_over_the_limit_get_429_with_retry_after(gateway_url, stack):
@@ -258,31 +258,46 @@ def test_killing_the_flusher_loses_and_duplicates_nothing(gateway_url, stack, mo
     assert usage.flush() == 0
 
 
-def test_a_dead_replica_is_skipped_and_no_replica_is_503(gateway_url, stack):
+def until_no_replica(gateway_url: str, secret: str, body: dict) -> httpx.Response:
+    """The first 503 once the routing table sees no ready replica (it is rebuilt every 200 ms, later on a
+    busy machine): a fixed sleep made the test fail when the rebuild came late."""
+    deadline = time.monotonic() + 15
+    while True:
+        response = httpx.post(
+            f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}
+        )
+        if response.status_code == 503 or time.monotonic() > deadline:
+            assert response.status_code == 503, response.text
+            return response
+        time.sleep(0.1)
+
+
+def test_a_dead_replica_is_skipped_and_no_replica_is_503(gateway_process, stack):
     from serving.models import Replica
 
+    gateway_url, log = gateway_process
     dep, engines = stack["deployment"]("h-dep")
     stack["endpoint"]("healthy", dep)
     secret = stack["key"]()
     wait_for_model(gateway_url, secret, "healthy")
     live = Replica.objects.get(deployment=dep)
     # A second 'ready' replica whose engine is gone: connection refused, so the gateway tries the other one.
-    Replica.objects.create(
+    dead = Replica.objects.create(
         deployment=dep, node=live.node, generation=1, state="ready", host="127.0.0.1", port=1
     )
-    time.sleep(0.5)
     body = {"model": "healthy", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
-    for _ in range(6):
+    passed_over = f"replica {dead.pk} at http://127.0.0.1:1 failed before answering"
+    deadline = time.monotonic() + 20  # until the table holds it and the balancer has picked it once
+    while passed_over not in log.read_text():
+        assert time.monotonic() < deadline, "no call was ever sent to the dead replica"
         response = httpx.post(
             f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}
         )
-        assert response.status_code == 200
+        assert response.status_code == 200, "each call answered by the live replica"
+        time.sleep(0.05)
     Replica.objects.filter(deployment=dep).update(state="starting")
-    time.sleep(0.5)
-    response = httpx.post(
-        f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}
-    )
-    assert response.status_code == 503 and response.json()["error"]["code"] == "no_replica_available"
+    response = until_no_replica(gateway_url, secret, body)
+    assert response.json()["error"]["code"] == "no_replica_available"
 
 
 def test_the_503_warning_says_how_old_the_routing_table_is_not_when_in_epoch_seconds(gateway_process, stack):
@@ -294,12 +309,8 @@ def test_the_503_warning_says_how_old_the_routing_table_is_not_when_in_epoch_sec
     secret = stack["key"]()
     wait_for_model(gateway_url, secret, "stale")
     Replica.objects.filter(deployment=dep).update(state="starting")
-    time.sleep(0.5)
     body = {"model": "stale", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
-    response = httpx.post(
-        f"{gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}
-    )
-    assert response.status_code == 503
+    until_no_replica(gateway_url, secret, body)
     warning = next(line for line in log.read_text().splitlines() if "no replica of endpoint stale" in line)
     assert re.search(r"in the routing table loaded \d+\.\d s ago \(version \d+\): \{", warning), warning
     assert not re.search(r"\d{10}\.\d{3}", warning), "no raw epoch"

@@ -15,7 +15,7 @@ from serving.gateway import usage
 from serving.gateway.models import UsageEvent
 from serving.models import Replica
 from tests.conftest import actor_for
-from tests.gateway.conftest import chat, wait_for_model
+from tests.gateway.conftest import TABLE_SEES_IT, chat, wait_for_model
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -128,7 +128,7 @@ def test_a_shared_endpoints_fallback_is_followed_only_when_the_key_may_call_it(
     secret = stack["key"]()
     wait_for_model(gateway_url, secret, "main")
     Replica.objects.filter(deployment=main_dep).update(state="starting")
-    time.sleep(0.6)  # the routing table sees it
+    time.sleep(TABLE_SEES_IT)
     assert chat(gateway_url, secret, "main").status_code == 503, "the spare is not shared with the caller"
     assert spare_engines[0].requests == []
     services.share_endpoint(actor=admin, endpoint=spare, team=team)
