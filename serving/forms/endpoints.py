@@ -220,8 +220,9 @@ class ShareForm(forms.Form):
 
 class BoundedJSONField(forms.JSONField):
     """Django's ``JSONField`` parses first and checks ``max_length`` after, and turns only a syntax error
-    into a form error: a megabyte is parsed in full, and 5,000 ``[`` overflow the parser into a
-    ``RecursionError`` (a 500). This one measures before it parses, and a too-deep nesting is an error."""
+    into a form error: a megabyte is parsed in full, 5,000 ``[`` overflow the parser into a
+    ``RecursionError`` and a 5,000-digit number is a ``ValueError`` (500s). This one measures before it
+    parses, and both are form errors."""
 
     def to_python(self, value):
         if isinstance(value, str) and self.max_length is not None and len(value) > self.max_length:
@@ -232,6 +233,8 @@ class BoundedJSONField(forms.JSONField):
             return super().to_python(value)
         except RecursionError:
             raise forms.ValidationError("The JSON is nested too deeply.", code="invalid") from None
+        except ValueError:  # an integer over 4,300 digits, which int() refuses
+            raise forms.ValidationError("The JSON holds a number too long to read.", code="invalid") from None
 
     def bound_data(self, data, initial):
         # Redisplaying the refused input parses it again.
@@ -239,7 +242,7 @@ class BoundedJSONField(forms.JSONField):
             return InvalidJSONInput(data)
         try:
             return super().bound_data(data, initial)
-        except RecursionError:
+        except (RecursionError, ValueError):
             return InvalidJSONInput(data)
 
 

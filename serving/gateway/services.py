@@ -74,13 +74,15 @@ def _check_ips(ranges: list[str]) -> list[str]:
     return cleaned
 
 
-def _check_scopes(team: Team, scopes: list[str]) -> list[str]:
+def _check_scopes(team: Team, scopes: list[str], kept=()) -> list[str]:
+    """``kept``: names the key holds already, accepted though no longer callable (unshared or deleted since):
+    dropped, a key restricted to them would be allowed every endpoint."""
     if len(scopes) > MAX_SCOPES:
         raise Invalid(f"scopes: at most {MAX_SCOPES} endpoints; leave it empty to allow every endpoint.")
     scopes = sorted({s.strip() for s in scopes if s.strip()})
     # The team's own endpoints and those shared with it: what its keys may call (access.may_call).
     known = set(Endpoint.objects.callable_by(team).filter(name__in=scopes).values_list("name", flat=True))
-    unknown = [s for s in scopes if s not in known]
+    unknown = [s for s in scopes if s not in known and s not in kept]
     if unknown:
         raise Invalid(f"scopes: {team.name} has no endpoint {unknown[0][:63]!r}, nor one shared with it.")
     return scopes
@@ -274,7 +276,7 @@ def update_key(
     before = key.snapshot()
     changed = []
     if scopes is not UNCHANGED:
-        key.scopes = _check_scopes(key.team, scopes)
+        key.scopes = _check_scopes(key.team, scopes, kept=key.scopes)
         changed.append("scopes")
     if allowed_ips is not UNCHANGED:
         key.allowed_ips = _check_ips(allowed_ips)
