@@ -127,7 +127,6 @@ class Deployment(models.Model):
     )
     # The generation a person chose to replace in place when no room was left for a surge replica.
     in_place_generation = models.PositiveIntegerField(null=True, blank=True)
-    store_prompts = models.BooleanField(default=False, help_text="Opt-in: keep prompt and completion text")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey(

@@ -143,11 +143,6 @@ class DeploymentForm(EngineArgsMixin, forms.Form):
         widget=PoolSelect,
     )
     replicas = forms.IntegerField(min_value=0, max_value=64, initial=1, help_text="0 creates it stopped.")
-    store_prompts = forms.BooleanField(
-        label="Keep prompt and completion text",
-        required=False,
-        help_text="Off by default: only metadata (tokens, latency) is recorded for calls.",
-    )
 
     def __init__(self, *args, actor: Actor, **kwargs):
         super().__init__(*args, **kwargs)

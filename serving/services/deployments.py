@@ -107,7 +107,6 @@ def create_deployment(
     pool: ComputePool,
     replicas: int = 1,
     args: dict | None = None,
-    store_prompts: bool = False,
     update_strategy: str = UpdateStrategy.SURGE,
 ) -> Deployment:
     gate.require(actor, "deployment.manage", team)
@@ -130,7 +129,6 @@ def create_deployment(
         pool=pool,
         replicas=replicas,
         engine_args=args or {},
-        store_prompts=store_prompts,
         update_strategy=update_strategy,
         created_by=actor.user,
     )

@@ -110,7 +110,6 @@ def deployment_create(request):
             pool=data["pool"],
             replicas=data["replicas"],
             args=form.engine_args(data["pool"].kind),
-            store_prompts=data["store_prompts"],
         )
 
     created = submit(
