@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.core.exceptions import BadRequest, PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.db import DataError
 from django.http import Http404
+from django.http.multipartparser import MultiPartParserError
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
@@ -190,8 +191,12 @@ def _too_large(request, exc):
 
 
 @api.exception_handler(SuspiciousOperation)
-def _suspicious(request, exc):
-    # Django's refusals of malformed input (too many fields, a bad multipart body): the caller's to fix.
+@api.exception_handler(MultiPartParserError)
+@api.exception_handler(BadRequest)
+def _malformed(request, exc):
+    # Django's refusals of a body it cannot parse, raised where request.POST/FILES is first read (a form
+    # parameter, the CSRF check of a session call): too many fields (SuspiciousOperation), a multipart body
+    # without a valid boundary (MultiPartParserError), a form body not in UTF-8 (BadRequest). The caller's to fix.
     return error_body(request, 400, "invalid", "The request is malformed.")
 
 

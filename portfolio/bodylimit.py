@@ -23,6 +23,7 @@ import re
 import uuid
 from http.cookies import CookieError, SimpleCookie
 from importlib import import_module
+from types import SimpleNamespace
 
 import orjson
 from asgiref.sync import sync_to_async
@@ -55,7 +56,7 @@ def limit_for(path_info: str) -> int:
 def credentialed(scope) -> bool:
     """Whether the request carries a credential of an active account (see the module). Runs in a thread:
     it reads the session or token from the database."""
-    from django.contrib.auth import get_user_model
+    from django.contrib.auth import get_user
 
     from portfolio.accounts.personal_tokens import authenticate_token
     from portfolio.accounts.sso import access_tokens
@@ -75,8 +76,21 @@ def credentialed(scope) -> bool:
     if morsel is None or not morsel.value:
         return False
     session = import_module(settings.SESSION_ENGINE).SessionStore(morsel.value)
-    user_id = session.get("_auth_user_id")
-    return user_id is not None and get_user_model().objects.filter(pk=user_id, is_active=True).exists()
+    # Django's own judgement of a session, as its AuthenticationMiddleware makes it moments later: its user
+    # active, and its password unchanged since sign-in (a session of before a password change is anonymous).
+    return get_user(SimpleNamespace(session=_SessionCopy(session.items()))).is_authenticated
+
+
+class _SessionCopy(dict):
+    """A session's data for ``get_user`` to judge, its repairs not written back: a new key after a secret
+    rotation, saved here, would leave the client's cookie naming a deleted session; the request's own
+    session middleware makes them."""
+
+    def flush(self) -> None:
+        self.clear()
+
+    def cycle_key(self) -> None:
+        pass
 
 
 async def _limit(scope) -> int:

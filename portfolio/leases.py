@@ -10,8 +10,10 @@ the holder's name (``host:pid:random``) with a short expiry that a thread of the
 - Otherwise the holder may be alive elsewhere: wait out one expiry. Still held then, the holder renewed it,
   so it is alive: this delivery exits without touching the job. Lapsed: taken over.
 
-The holder's renewal thread notices when the lease has gone to someone else (``lost``): it was paused past
-the expiry and a redelivery took over; it should stop touching the job as soon as it can.
+The holder's renewal thread notices when the lease is no longer its own (``lost``): it was paused past the
+expiry, and a redelivery may have taken over, run and released it meanwhile, so the lease is never taken back.
+The run calls ``ensure_held`` before each write to its job, and stops (``LeaseLost``) without ending the job
+or deleting its files: they are the live holder's, or the reaper's.
 """
 
 from __future__ import annotations
@@ -31,17 +33,26 @@ from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
-# Extend the expiry if the lease is still ours; take it again if it lapsed meanwhile; refuse if another holds it.
-_RENEW = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if not holder then return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) and 1 or 0 end
-return 0
-"""
+# Extend the expiry only while the key still names us. A missing key is not taken back: it lapsed (or Redis lost
+# it), and another run may have held it and ended meanwhile; only an unbroken key proves nobody else ran.
+_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
 # Compare-and-delete: only the holder releases, and a dead holder is removed only if still the one named.
 _DROP_IF_HELD_BY = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 )
+
+
+class LeaseLost(Exception):
+    """The lease is no longer this run's: it must not write to its job, end it, or delete its files."""
+
+
+# The lease ``Lease.kept`` keeps in this thread: a task's run finds it without each caller passing it down.
+_kept_here = threading.local()
+
+
+def kept_here() -> Lease | None:
+    """The lease this thread keeps (inside ``Lease.kept``), or None (a run called outside a task, as tests do)."""
+    return getattr(_kept_here, "lease", None)
 
 
 def _client() -> redis.Redis:
@@ -95,13 +106,19 @@ class Lease:
         return False
 
     def renew(self) -> bool:
-        """Extend the lease (taking it again if it lapsed); False, and ``lost`` set, if another holds it."""
+        """Extend the lease; False, and ``lost`` set, once it is not ours (another holds it, or it lapsed)."""
         now = time.monotonic()
         if self._client.eval(_RENEW, 1, self.key, self.token, self._ms):
             self.renewed_at = now
             return True
         self.lost.set()
         return False
+
+    def ensure_held(self) -> None:
+        """Raise ``LeaseLost`` once the lease is known lost, or unrenewed for its whole expiry: the key may have
+        lapsed and gone to another run before the renewal thread (paused too, or Redis away) finds out."""
+        if self.lost.is_set() or time.monotonic() - self.renewed_at >= self.seconds:
+            raise LeaseLost(self.key)
 
     def release(self) -> None:
         self._client.eval(_DROP_IF_HELD_BY, 1, self.key, self.token)
@@ -123,9 +140,11 @@ class Lease:
 
         thread = threading.Thread(target=renew_until_stopped, name=f"lease {self.key}", daemon=True)
         thread.start()
+        outer, _kept_here.lease = kept_here(), self
         try:
             yield self
         finally:
+            _kept_here.lease = outer
             self._stop.set()
             thread.join(timeout=10)
             with contextlib.suppress(redis.RedisError):

@@ -35,7 +35,7 @@ from django.utils import timezone
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.errors import Invalid
-from portfolio.leases import Lease
+from portfolio.leases import Lease, LeaseLost, kept_here
 from portfolio.registry import blobclaims
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.models import Artifact
@@ -226,10 +226,15 @@ def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:
     if actor is None:
         actor = Actor(user=ingest.created_by) if ingest.created_by else Actor.for_system("training.ingest")
     log = PendingWrites(f"ingest #{ingest_id}")  # what a killed run wrote is the sweep's
+    # The lease the task keeps (``training.tasks.ingest_dataset``); None when an ingest runs inline.
+    progress = _Progress(ingest_id, kept_here())
+    lost = False
     try:
         try:
             with blobclaims.registering():  # what it finds stored stays there until its version is recorded
-                _, created = record(ingest, prepare(ingest, _Progress(ingest_id), before_write=log), actor)
+                prepared = prepare(ingest, progress, before_write=log)
+                progress.ensure_held()  # preparing took a while: still this run's to record?
+                _, created = record(ingest, prepared, actor)
         except BaseException:  # deleted once its own claims are released (``blobclaims.registering``)
             log.discard(default_store())
             raise
@@ -237,6 +242,11 @@ def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:
             log.recorded()
         else:  # the same rows were recorded meanwhile: what this run stored is nobody's
             log.discard(default_store())
+    except LeaseLost:
+        # Paused past its lease, this run may have been replaced by a redelivery: the ingest's outcome and its
+        # upload are the live run's (or the reaper's, once nobody reports).
+        lost = True
+        logger.warning("ingest #%s lost its lease: this run stops, leaving the ingest alone", ingest_id)
     except Superseded:
         logger.warning("ingest #%s was ended while it ran: its version was not recorded", ingest_id)
     except Invalid as exc:
@@ -253,7 +263,8 @@ def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:
         )
         raise
     finally:
-        Path(ingest.upload_path).unlink(missing_ok=True)
+        if not lost:
+            Path(ingest.upload_path).unlink(missing_ok=True)
     ingest.refresh_from_db()
     return ingest
 
@@ -268,13 +279,20 @@ def run_here(ingest_id: int, *, actor: Actor | None = None) -> tuple[DatasetVers
 
 
 class _Progress:
-    """Progress into the ingest row, at most once a second (it doubles as the ingest's heartbeat)."""
+    """Progress into the ingest row, at most once a second (it doubles as the ingest's heartbeat). Each report
+    first checks the run's lease: a run that lost it stops (``LeaseLost``) before writing anything."""
 
-    def __init__(self, ingest_id: int):
+    def __init__(self, ingest_id: int, lease: Lease | None = None):
         self.ingest_id = ingest_id
+        self.lease = lease
         self.last = time.monotonic()
 
+    def ensure_held(self) -> None:
+        if self.lease is not None:
+            self.lease.ensure_held()
+
     def __call__(self, percent: int, detail: str, *, force: bool = False, **fields) -> None:
+        self.ensure_held()
         now = time.monotonic()
         if force or now - self.last >= REPORT_EVERY_SECONDS:
             self.last = now

@@ -33,7 +33,7 @@ from django.utils import timezone
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.errors import DomainError
-from portfolio.leases import Lease
+from portfolio.leases import Lease, LeaseLost, kept_here
 from portfolio.registry import artifacts, blobclaims, cards, importers, safety
 from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.hashing import Manifest
@@ -86,14 +86,21 @@ def lease_of(version_id: int) -> Lease:
 
 
 class Reporter:
-    """Progress into the version row, at most twice a second (it doubles as the import's heartbeat)."""
+    """Progress into the version row, at most twice a second (it doubles as the import's heartbeat). Each
+    report first checks the run's lease: a run that lost it stops (``LeaseLost``) before writing anything."""
 
-    def __init__(self, version_id: int):
+    def __init__(self, version_id: int, lease: Lease | None = None):
         self.version_id = version_id
+        self.lease = lease
         self.last = 0.0
         self.percent = 0
 
+    def ensure_held(self) -> None:
+        if self.lease is not None:
+            self.lease.ensure_held()
+
     def __call__(self, percent: int, detail: str) -> None:
+        self.ensure_held()
         self.percent = percent
         now = time.monotonic()
         if now - self.last >= 0.5 or percent >= 100:
@@ -115,7 +122,8 @@ def _folder_size(folder: Path) -> tuple[int, int]:
 
 def _import(version: ModelVersion) -> None:
     version_id = version.pk
-    report = Reporter(version_id)
+    report = Reporter(version_id, kept_here())  # the lease ``run`` keeps; None when called outside it
+    lost = False
     work_root = Path(settings.DATA_DIR) / "work"
     work_root.mkdir(parents=True, exist_ok=True)
     try:
@@ -150,6 +158,7 @@ def _import(version: ModelVersion) -> None:
                     manifest = store_directory(
                         store, folder, on_bytes, before_write=log, rewrite=artifacts.damaged_blobs()
                     )
+                    report.ensure_held()  # the files took a while to store: still this run's to complete?
                     done = complete_import(version_id, manifest, facts, store.uri(manifest.artifact_id))
             except BaseException:
                 log.discard(store)
@@ -159,6 +168,13 @@ def _import(version: ModelVersion) -> None:
             else:
                 log.recorded()
                 artifacts.verify_if_damaged(manifest.artifact_id)  # the same files, found damaged before
+    except LeaseLost:
+        # Another run may hold the import now (a redelivery): its outcome and its uploaded archive are that
+        # run's, or the reaper's once nobody reports.
+        lost = True
+        logger.warning(
+            "import of version %s lost its lease: this run stops, leaving the version alone", version_id
+        )
     except (importers.ImportFailed, InspectionError, DomainError, ValueError) as exc:
         fail_import(version_id, str(getattr(exc, "message", exc)))
     except Exception as exc:
@@ -169,7 +185,7 @@ def _import(version: ModelVersion) -> None:
         raise
     finally:
         upload = version.import_options.get("upload_path")
-        if upload:
+        if upload and not lost:
             Path(upload).unlink(missing_ok=True)
 
 
