@@ -110,7 +110,9 @@ def _jpeg(data: bytes) -> tuple[int, int] | None:
         at = data.find(b"\xff", at)
         if at < 0:
             break
-        at = _FF_RUN.match(data, at).end() - 1  # fill bytes: the last 0xFF of a run starts the marker
+        run = _FF_RUN.match(data, at)
+        assert run is not None, "data[at] is 0xFF: the run holds it"
+        at = run.end() - 1  # fill bytes: the last 0xFF of a run starts the marker
         if at + 1 >= len(data):
             break
         marker = data[at + 1]

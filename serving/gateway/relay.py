@@ -149,7 +149,8 @@ def _relay_large(data: bytes, rename: Renamer, outcome: Outcome) -> bytes:
                 outcome.take_usage(orjson.loads(found.group(1)))
             break
         end = at
-    view, pieces, start = memoryview(data), [], 0
+    view, start = memoryview(data), 0
+    pieces: list[memoryview | bytes] = []
     for match in rename.pattern.finditer(data):
         pieces += (view[start : match.start()], rename.replacement)
         start = match.end()
