@@ -21,6 +21,19 @@ from tests.gateway.conftest import wait_for_model
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+def flush_events(count: int) -> None:
+    """Flush the usage stream until the call's ``count`` events are stored: a composite settles its hops
+    after the client has its answer (serving/gateway/composite.py), so a flush at once may find none yet."""
+    deadline = time.monotonic() + 15
+    while True:
+        usage.flush()
+        stored = UsageEvent.objects.count()
+        if stored >= count or time.monotonic() > deadline:
+            assert stored == count, f"{stored} usage events stored, {count} expected"
+            return
+        time.sleep(0.05)
+
+
 def chat(base: str, secret: str, model: str, text: str = "hello", **extra) -> httpx.Response:
     return httpx.post(
         f"{base}/v1/chat/completions",
@@ -127,7 +140,7 @@ def test_each_hop_is_metered_via_the_router_and_priced_by_its_endpoint(gateway_u
     secret = stack["key"](monthly_budget=Decimal("1000"))
     wait_for_model(gateway_url, secret, "support")
     assert chat(gateway_url, secret, "support", "I was charged twice").status_code == 200
-    usage.flush()
+    flush_events(2)
     rows = {e.endpoint: e for e in UsageEvent.objects.all()}
     assert set(rows) == {"labeller", "billing"}
     assert {e.via for e in rows.values()} == {"support"}
@@ -203,7 +216,7 @@ def test_an_unsure_small_answer_escalates_and_the_large_one_streams(gateway_url,
     assert response.headers["x-portfolio-answered-by"] == "unsure-large"
     assert streamed_text(response).strip() == "Paris, France"
     assert len(small.requests) == 1 and large.requests[0]["stream"] is True
-    usage.flush()
+    flush_events(2)
     rows = {e.endpoint: e for e in UsageEvent.objects.all()}
     assert set(rows) == {"unsure-small", "unsure-large"} and {e.via for e in rows.values()} == {"unsure"}
     assert rows["unsure-large"].cost == 10 * Decimal(rows["unsure-large"].input_tokens + 2)
@@ -237,7 +250,7 @@ def test_a_vote_returns_the_majority_answer_and_bills_every_sample(gateway_url, 
     assert response.headers["x-portfolio-votes"] == "3/5"
     assert body["usage"]["completion_tokens"] == 5, "every sample is billed"
     assert (engines[0].requests[0]["n"], engines[0].requests[0]["temperature"]) == (5, 0.7)
-    usage.flush()
+    flush_events(1)
     event = UsageEvent.objects.get()
     assert (event.endpoint, event.via, event.output_tokens) == ("sampler", "wise", 5)
 
@@ -333,7 +346,7 @@ def test_a_cascade_escalates_when_its_verifier_says_no_and_meters_the_verifier_a
     assert response.headers["x-portfolio-escalated"] == "true"
     assert response.headers["x-portfolio-answered-by"] == "v-large"
     assert streamed_text(response).strip() == "Paris, France"
-    usage.flush()
+    flush_events(3)
     rows = {e.endpoint: e for e in UsageEvent.objects.all()}
     assert set(rows) == {"v-small", "checker", "v-large"} and {e.via for e in rows.values()} == {"verified"}
     verdict = rows["checker"]
@@ -359,7 +372,7 @@ def test_a_vote_by_a_verifier_returns_the_accepted_answer_and_bills_each_questio
     assert response.headers["x-portfolio-verdict"] == "yes"
     assert response.headers["x-portfolio-votes"] == "2/5", "the majority (Lyon) was outvoted by the verifier"
     assert len(checker_engines[0].requests) == 2, "one question per distinct answer"
-    usage.flush()
+    flush_events(3)
     rows = list(UsageEvent.objects.order_by("event_id"))
     assert [e.endpoint for e in rows] == ["sampler", "checker", "checker"]
     assert {e.via for e in rows} == {"judged"} and len({e.event_id for e in rows}) == 3
@@ -424,7 +437,7 @@ def test_a_chat_request_escalated_to_a_base_model_is_asked_with_the_cascades_pla
     asked = large_engines[0].requests[0]
     assert asked["prompt"] == template.replace("{input}", "charged {twice}") and asked["stop"] == ["\n"]
     assert asked["max_tokens"] == 8 and "messages" not in asked
-    usage.flush()
+    flush_events(2)
     rows = {e.endpoint: e for e in UsageEvent.objects.all()}
     assert rows["t-base"].kind == "completion" and rows["t-base"].via == "templated"
     Endpoint.objects.filter(name="templated").update(config=config | {"large_template": ""})
