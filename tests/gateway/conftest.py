@@ -17,6 +17,7 @@ from portfolio.billing.models import Price
 from portfolio.registry.models import Artifact, Model, ModelVersion
 from serving import agent
 from serving.choices import PoolKind, ReplicaState
+from serving.gateway import inflight, keystate, usage
 from serving.gateway import services as key_services
 from serving.models import ComputePool, Deployment, Endpoint, EndpointRoute, Replica
 from tests.conftest import actor_for
@@ -159,3 +160,28 @@ def wait_for_model(base: str, secret: str, name: str, timeout: float = 10) -> No
             pass
         time.sleep(0.1)
     raise AssertionError(f"{name} never appeared in /v1/models")
+
+
+def flush_settled(timeout: float = 15) -> int:
+    """Flush the usage stream once every call a live gateway admitted has settled, and say how many events
+    moved. A gateway sends its answer first and settles after (app.py's ``_settle``, composite.py), so a
+    flush right after a response can come before its event is on the stream."""
+    client = keystate.client()
+    deadline = time.monotonic() + timeout
+    prefix = inflight.ledger_key("")
+    while True:
+        open_entries = {
+            ledger: client.hlen(ledger)
+            for ledger in client.scan_iter(match=f"{prefix}*")
+            if client.exists(inflight.alive_key(ledger.decode()[len(prefix) :]))
+        }
+        if not any(open_entries.values()):
+            break
+        assert time.monotonic() < deadline, f"calls still unsettled after {timeout} s: {open_entries}"
+        time.sleep(0.02)
+    # The settlement takes the ledger entry out one command before it appends the event (same pipeline).
+    time.sleep(0.05)
+    moved = 0
+    while batch := usage.flush():
+        moved += batch
+    return moved

@@ -15,9 +15,9 @@ import openai
 import orjson
 import pytest
 
-from serving.gateway import inflight, keystate, usage
+from serving.gateway import inflight, keystate
 from serving.gateway.models import UsageEvent
-from tests.gateway.conftest import wait_for_model
+from tests.gateway.conftest import flush_settled, wait_for_model
 from tests.gateway.media import client, error_of, media_gateway, price_audio, sine_wav, speech_wav
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -59,7 +59,7 @@ def test_a_transcription_through_the_sdk_is_forwarded_whole_and_metered_in_audio
     assert sent["path"] == "/v1/audio/transcriptions" and sent["file"] == audio
     assert sent["fields"]["model"] == ["whisper-dep"], "the engine gets its own name for the model"
     assert sent["fields"]["language"] == ["en"]
-    usage.flush()
+    flush_settled()
     event = UsageEvent.objects.get()
     (channels, rate), bits = struct.unpack_from("<HI", audio, 22), struct.unpack_from("<H", audio, 34)[0]
     data_bytes = len(audio) - 44
@@ -74,7 +74,7 @@ def test_a_translation_through_the_sdk_answers_text_when_asked(whisper):
     )
     assert str(answer).strip() == f"heard {len(sine_wav(1.0))} bytes"
     assert whisper["engine"].requests[-1]["path"] == "/v1/audio/translations"
-    usage.flush()
+    flush_settled()
     assert UsageEvent.objects.get().audio_ms == 1000
 
 
@@ -129,7 +129,7 @@ def test_an_upload_that_could_pass_the_keys_budget_is_refused_before_the_engine(
     assert whisper["engine"].requests == []
     short = {"file": ("a.wav", sine_wav(2.0), "audio/wav")}
     assert post(whisper, short, {"model": "whisper"}, secret=secret).status_code == 200
-    usage.flush()
+    flush_settled()
     assert UsageEvent.objects.get().cost == Decimal("0.02")
 
 
@@ -161,7 +161,7 @@ def test_the_seconds_of_each_transcription_count_against_the_tokens_per_minute(w
         refused.text
     )
     assert len(whisper["engine"].requests) == 2
-    usage.flush()
+    flush_settled()
     assert [(e.input_tokens, e.output_tokens, e.audio_ms) for e in UsageEvent.objects.filter(status=200)] == [
         (0, 0, 2000),
         (0, 0, 2000),
@@ -203,7 +203,7 @@ def test_an_upload_an_engine_had_and_did_not_transcribe_in_time_is_billed_its_se
         response.text
     )
     assert len(engines[0].requests) == 1
-    usage.flush()
+    flush_settled()
     event = UsageEvent.objects.get()
     assert (event.status, event.error, event.audio_ms) == (504, "upstream_timeout", 2000)
     assert event.cost == Decimal("0.02")
@@ -255,7 +255,7 @@ def test_the_money_reserved_for_an_upload_covers_its_tokens_price_as_well_as_its
     assert "0.03536" in error["message"] and error["param"] == "file"
     one_second = {"file": ("a.wav", sine_wav(1.0), "audio/wav")}
     assert post(whisper, one_second, {"model": "priced-whisper"}, secret=secret).status_code == 200
-    usage.flush()
+    flush_settled()
     assert UsageEvent.objects.get().cost == Decimal("0.01"), "billed for what was metered: a second"
 
 
@@ -323,5 +323,5 @@ def test_a_header_that_claims_an_hour_is_billed_for_what_was_sent(whisper):
         whisper, {"file": ("a.wav", _truncated_header_claiming_an_hour(), "audio/wav")}, {"model": "whisper"}
     )
     assert response.status_code == 200, response.text
-    usage.flush()
+    flush_settled()
     assert UsageEvent.objects.get().audio_ms == 500

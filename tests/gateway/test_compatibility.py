@@ -11,9 +11,8 @@ import httpx
 import openai
 import pytest
 
-from serving.gateway import usage
 from serving.gateway.models import UsageEvent
-from tests.gateway.conftest import METRICS_TOKEN, wait_for_model
+from tests.gateway.conftest import METRICS_TOKEN, flush_settled, wait_for_model
 from tests.gateway.process import start_gateway, stop_gateway
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -109,7 +108,7 @@ def test_an_engine_lost_mid_answer_is_a_502_or_the_streams_end_never_a_gateway_5
             for chunk in stream.iter_bytes():
                 received += chunk
     assert received.count(b"data: {") == 2, received
-    usage.flush()
+    flush_settled()
     events = sorted(UsageEvent.objects.filter(endpoint="lost"), key=lambda e: e.stream)
     assert [(e.stream, e.status, e.error) for e in events] == [
         (False, 502, "upstream_error"),
@@ -173,7 +172,7 @@ def test_a_stream_ends_with_a_usage_chunk_only_when_the_client_asks(gateway_url,
     assert all(chunk.usage is None for chunk in asked[:-1]) and all(
         chunk.model == "usage-stream" for chunk in asked
     )
-    usage.flush()
+    flush_settled()
     assert sorted(e.output_tokens for e in UsageEvent.objects.all()) == [6, 6], "metered either way"
 
 
@@ -188,7 +187,7 @@ def test_a_completions_stream_of_several_prompts_is_metered_whole(gateway_url, s
         )
     )
     assert len([c for c in chunks if c.choices]) == 2 * 2 * 5
-    usage.flush()
+    flush_settled()
     event = UsageEvent.objects.get()
     assert (event.input_tokens, event.output_tokens) == (3 + 2, 2 * 2 * 5)
 

@@ -10,9 +10,8 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from serving.gateway import usage
 from serving.gateway.models import UsageEvent
-from tests.gateway.conftest import wait_for_model
+from tests.gateway.conftest import flush_settled, wait_for_model
 from tests.gateway.test_composite import chat, composite, ticket_label
 from tests.gateway.test_composite import router as router  # noqa: PLC0414 - the fixture, used by name
 
@@ -74,7 +73,7 @@ def test_a_classifier_that_fails_is_billed_for_its_own_question(gateway_url, sta
         {"model": "support", "messages": [{"role": "user", "content": text}]},
     )
     assert response.status_code == 504, response.text
-    usage.flush()
+    flush_settled()
     event = UsageEvent.objects.get(endpoint="labeller")
     assert (event.status, event.via) == (504, "support")
     assert event.output_tokens == 4, "the classifier's own max_tokens"

@@ -9,10 +9,9 @@ from decimal import Decimal
 
 import pytest
 
-from serving.gateway import usage
 from serving.gateway.models import UsageEvent
 from serving.models import Replica
-from tests.gateway.conftest import TABLE_SEES_IT, chat, wait_for_model
+from tests.gateway.conftest import TABLE_SEES_IT, chat, flush_settled, wait_for_model
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -64,7 +63,7 @@ def test_a_request_is_priced_and_metered_by_the_endpoint_that_answered(gateway_u
     assert response.status_code == 200 and response.json()["model"] == "cheap", (
         "the client sees what it called"
     )
-    usage.flush()
+    flush_settled()
     event = UsageEvent.objects.get()
     assert (event.endpoint, event.deployment) == ("costly", "costly-dep")
     assert event.cost == Decimal(event.input_tokens + event.output_tokens), (

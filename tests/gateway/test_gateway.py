@@ -20,7 +20,7 @@ from serving.gateway import usage
 from serving.gateway.models import ApiKey, UsageEvent
 from serving.gateway.payloads import CHAT_TEMPLATE_TOKENS
 from serving.models import Endpoint, Replica
-from tests.gateway.conftest import METRICS_TOKEN, wait_for_model
+from tests.gateway.conftest import METRICS_TOKEN, flush_settled, wait_for_model
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,7 +40,7 @@ def test_chat_through_the_sdk_is_routed_metered_and_renamed(gateway_url, stack):
     assert answer.model == "ticket-router", "clients see the endpoint name, not the deployment"
     assert answer.usage.completion_tokens == 7
     assert engines[0].requests[-1]["model"] == "router-dep"
-    assert usage.flush() == 1
+    assert flush_settled() == 1
     event = UsageEvent.objects.get()
     assert (event.endpoint, event.deployment, event.input_tokens, event.output_tokens, event.status) == (
         "ticket-router",
@@ -72,7 +72,7 @@ def test_streaming_passes_chunks_through_and_bills_the_engine_counts(gateway_url
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "word " * 12
     assert engines[0].requests[-1]["stream_options"]["include_usage"] is True
-    usage.flush()
+    flush_settled()
     event = UsageEvent.objects.get()
     assert (event.stream, event.output_tokens, event.input_tokens) == (True, 12, 10)
     assert event.ttft_ms is not None
@@ -197,7 +197,7 @@ def test_concurrent_requests_never_overspend_a_token_budget(gateway_url, stack):
 
     statuses = asyncio.run(fire())
     assert statuses.count(200) >= 1 and statuses.count(429) >= 1
-    usage.flush()
+    flush_settled()
     billed = sum(e.input_tokens + e.output_tokens for e in UsageEvent.objects.filter(status=200))
     assert billed <= budget, f"{billed} tokens billed against a budget of {budget}"
     assert UsageEvent.objects.filter(status=200).count() == statuses.count(200)
@@ -363,7 +363,7 @@ def test_a_request_an_engine_had_and_did_not_answer_in_time_is_billed_its_worst_
         f"{gateway_url}/v1/chat/completions", content=body.replace(b"sleepy", b"gone"), headers=headers
     )
     assert refused.status_code == 503, refused.text
-    usage.flush()
+    flush_settled()
     rows = {e.endpoint: e for e in UsageEvent.objects.all()}
     timed_out = rows["sleepy"]
     assert (timed_out.status, timed_out.error) == (504, "upstream_timeout")

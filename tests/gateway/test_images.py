@@ -14,11 +14,10 @@ import openai
 import pytest
 
 from portfolio.registry.models import ModelVersion
-from serving.gateway import usage
 from serving.gateway.images import IMAGE_MARKER_TOKENS
 from serving.gateway.models import UsageEvent
 from serving.gateway.payloads import CHAT_TEMPLATE_TOKENS
-from tests.gateway.conftest import wait_for_model
+from tests.gateway.conftest import flush_settled, wait_for_model
 from tests.gateway.media import client, error_of, media_gateway
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -65,7 +64,7 @@ def test_an_image_as_a_data_uri_and_one_from_an_internal_host_reach_the_engine_a
     assert answer.choices[0].message.content.strip() == "word word word word"
     sent = vision["engine"].requests[-1]["messages"][0]["content"]
     assert [part["image_url"]["url"] for part in sent[1:]] == list(urls)
-    usage.flush()
+    flush_settled()
     assert UsageEvent.objects.get().status == 200
 
 

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from django.urls import reverse
 
-from serving.gateway import tickets, usage
+from serving.gateway import tickets
 from serving.gateway.models import UsageEvent
-from tests.gateway.conftest import wait_for_model
+from tests.gateway.conftest import flush_settled, wait_for_model
 
 pytestmark = pytest.mark.django_db(transaction=True)
 HTMX = {"HTTP_HX_REQUEST": "true"}
@@ -66,7 +66,7 @@ def test_the_prompt_box_answers_through_the_gateway_and_is_metered(prompt_box, s
     assert "10 prompt tokens" in page and "4 completion tokens" in page
     asked = engines[0].requests[-1]
     assert asked["model"] == dep.name and asked["messages"][0]["content"] == "Say hello in French"
-    usage.flush()
+    flush_settled()
     event = UsageEvent.objects.filter(output_tokens=4).get()
     assert (event.endpoint, event.deployment, event.team_id, event.api_key_id) == (
         tickets.PLAYGROUND_ENDPOINT,

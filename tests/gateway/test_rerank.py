@@ -9,9 +9,8 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from serving.gateway import usage
 from serving.gateway.models import UsageEvent
-from tests.gateway.conftest import wait_for_model
+from tests.gateway.conftest import flush_settled, wait_for_model
 from tests.gateway.media import media_gateway
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -47,7 +46,7 @@ def test_a_rerank_is_answered_under_the_endpoints_name_and_metered_by_the_engine
     assert answer["model"] == "ranker", "never the deployment's name"
     assert answer["results"][0]["index"] == 2
     assert ranker["engine"].requests[-1]["model"] == "ranker-dep"
-    usage.flush()
+    flush_settled()
     event = UsageEvent.objects.get()
     tokens = sum(2 + 2 + len(d.split()) for d in DOCUMENTS)
     assert (event.kind, event.input_tokens, event.output_tokens) == ("rerank", tokens, 0)
@@ -58,7 +57,7 @@ def test_a_score_of_one_text_against_several_is_one_score_per_pair(ranker):
     response = call(ranker, "/v1/score", {"model": "ranker", "text_1": "charged twice", "text_2": DOCUMENTS})
     assert response.status_code == 200, response.text
     assert [row["index"] for row in response.json()["data"]] == [0, 1, 2]
-    usage.flush()
+    flush_settled()
     assert UsageEvent.objects.get().kind == "score"
 
 

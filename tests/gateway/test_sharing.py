@@ -11,11 +11,10 @@ import httpx
 import pytest
 
 from serving import services
-from serving.gateway import usage
 from serving.gateway.models import UsageEvent
 from serving.models import Replica
 from tests.conftest import actor_for
-from tests.gateway.conftest import TABLE_SEES_IT, chat, wait_for_model
+from tests.gateway.conftest import TABLE_SEES_IT, chat, flush_settled, wait_for_model
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -64,7 +63,7 @@ def test_a_key_calls_an_endpoint_shared_with_its_team_its_department_or_everyone
     response = chat(gateway_url, secret, "clause-finder")
     assert response.status_code == 200, response.text
     assert len(engines[0].requests) == 1
-    usage.flush()
+    flush_settled()
     event = UsageEvent.objects.get()
     assert (event.endpoint, event.team_id, event.department_id) == ("clause-finder", team.pk, department.pk)
 

@@ -13,7 +13,7 @@ import pytest
 
 from serving.gateway import keystate, usage
 from serving.gateway.models import ApiKey, UsageEvent
-from tests.gateway.conftest import wait_for_model
+from tests.gateway.conftest import flush_settled, wait_for_model
 
 pytestmark = pytest.mark.django_db(transaction=True)
 MESSAGES = [{"role": "user", "content": "How do I reset my password?"}]
@@ -25,7 +25,7 @@ def call(base: str, secret: str, body: dict, path: str = "/v1/chat/completions")
 
 def billed() -> int:
     """Tokens billed so far, from the usage events the gateway wrote."""
-    usage.flush()
+    flush_settled()
     return sum(e.input_tokens + e.output_tokens for e in UsageEvent.objects.all())
 
 

@@ -14,9 +14,9 @@ from django.utils import timezone
 from serving import rollout_judge, rollouts
 from serving import services as serving
 from serving.choices import RolloutState
-from serving.gateway import usage
 from serving.gateway.models import ApiKey, UsageEvent
 from tests.gateway import conftest as gateway_fixtures
+from tests.gateway.conftest import flush_settled
 from tests.training.conftest import jsonl, tickets, upload
 from training import services
 from training.choices import DatasetKind
@@ -86,7 +86,7 @@ def test_the_canary_is_asked_eval_questions_and_the_judge_scores_its_answers(
     )
     key = ApiKey.objects.get(name=f"rollout #{rollout.pk} (judge)")
     assert key.team_id == team.pk and key.scopes == ["grader"] and key.revoked_at is not None
-    usage.flush()
+    flush_settled()
     assert UsageEvent.objects.filter(endpoint="grader", api_key=key).count() == 3
 
 

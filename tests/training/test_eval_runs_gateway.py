@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from serving.gateway import usage
 from serving.gateway.models import ApiKey, UsageEvent
 from tests.gateway import conftest as gateway_fixtures
+from tests.gateway.conftest import flush_settled
 from tests.training.conftest import jsonl, tickets, upload
 from training import services
 from training.choices import DatasetKind, JobStatus
@@ -77,7 +77,7 @@ def test_an_eval_run_asks_the_endpoint_through_the_gateway_metered_to_the_tasks_
     assert scores["cost_per_1k_requests"] == pytest.approx(expected)
     key = ApiKey.objects.get(name=f"eval run #{run.pk}")
     assert key.team_id == team.pk and key.revoked_at is not None
-    usage.flush()
+    flush_settled()
     events = UsageEvent.objects.filter(endpoint="scorer-ep", api_key=key)
     assert events.count() == 6 and {event.team_id for event in events} == {team.pk}
 
@@ -114,7 +114,7 @@ def test_a_judge_scores_each_answer_through_the_gateway_metered_to_the_tasks_tea
     assert (run.metrics["judge_scored"], run.metrics["judge_unreadable"]) == (0, 4)
     key = ApiKey.objects.get(name=f"eval run #{run.pk} (judge)")
     assert key.team_id == team.pk and key.scopes == ["judge-ep"] and key.revoked_at is not None
-    usage.flush()
+    flush_settled()
     events = UsageEvent.objects.filter(endpoint="judge-ep", api_key=key)
     assert events.count() == 4 and {event.team_id for event in events} == {team.pk}
 
@@ -171,7 +171,7 @@ def test_an_eval_run_of_a_cascade_may_call_the_endpoints_it_calls(cascade_of, en
     assert run.status == JobStatus.SUCCEEDED, run.status_detail
     key = ApiKey.objects.get(name=f"eval run #{run.pk}")
     assert sorted(key.scopes) == ["cascade-ep", "large-ep", "small-ep"]
-    usage.flush()
+    flush_settled()
     assert UsageEvent.objects.filter(via="cascade-ep", endpoint="small-ep").count() == 3
     assert large_engines[0].requests == [], "confident small answers were kept"
 
@@ -190,7 +190,7 @@ def test_an_eval_run_of_a_cascade_costs_what_billing_charged_for_every_hop(
     assert run.status == JobStatus.SUCCEEDED, run.status_detail
     assert len(large_engines[0].requests) == 4, "every unsure answer escalated"
     key = ApiKey.objects.get(name=f"eval run #{run.pk}")
-    usage.flush()
+    flush_settled()
     events = UsageEvent.objects.filter(api_key=key, via="cascade-ep")
     assert sorted(e.endpoint for e in events) == ["large-ep"] * 4 + ["small-ep"] * 4
     charged = sum((e.cost for e in events), Decimal(0))
