@@ -214,6 +214,28 @@ def _stop(name: str, value: object) -> None:
     _list(16, str, WORD_CHARS)(name, [value] if isinstance(value, str) else value)
 
 
+# A bias is added to its token's logit at every decoding step, and the engine rebuilds its table of every
+# running request's biases, entry by entry, each time its batch changes: a map as large as the body allows
+# (the whole vocabulary) would slow every team's calls on a shared engine.
+LOGIT_BIASES = 1024
+
+
+def _logit_bias(name: str, value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise _kind(name, "an object")
+    if len(value) > LOGIT_BIASES:
+        raise PayloadError(f"`{name}` may bias at most {LOGIT_BIASES} tokens.", name)
+    for token, bias in value.items():
+        if not (token.isascii() and token.isdecimal() and len(token) <= 10):
+            raise PayloadError(f"Each key of `{name}` must be a token id; got {token[:32]!r}.", name)
+        if type(bias) is not float and type(bias) is not int:
+            raise _kind(name, "an object of numbers")
+        if not -100 <= bias <= 100:
+            raise PayloadError(f"Each bias in `{name}` must be from -100 to 100; got {bias:g}.", name)
+
+
 def _tool_choice(name: str, value: object) -> None:
     if value is not None and not isinstance(value, str | dict):
         raise _kind(name, "a string or an object")
@@ -228,7 +250,7 @@ _SAMPLING: dict[str, Check] = {
     "model": _text(256),
     "frequency_penalty": _number(-2, 2),
     "presence_penalty": _number(-2, 2),
-    "logit_bias": _object,
+    "logit_bias": _logit_bias,
     "seed": _integer(-INT64 - 1, INT64),
     "stop": _stop,
     "stream": _boolean,

@@ -173,12 +173,23 @@ def test_prompt_embeddings_are_refused_on_completions():
         ("stop", ["ok", "x" * 1001]),
         ("bad_words", ["x" * 1001]),
         ("logit_bias", [1]),
+        # Applied at every decoding step of a shared engine, and rebuilt entry by entry on each batch change.
+        ("logit_bias", {str(token): 1 for token in range(1025)}),
+        ("logit_bias", {"the": 5}),
+        ("logit_bias", {"-1": 5}),
+        ("logit_bias", {"42": "5"}),
+        ("logit_bias", {"42": 101}),
         ("seed", 2**64),
         ("cache_salt", ""),
     ],
 )
 def test_a_cost_bearing_or_typed_field_with_a_bad_value_is_refused_naming_it(field, value):
     assert refusal("chat", {**CHAT, field: value}).param == field
+
+
+def test_a_bounded_logit_bias_of_token_ids_passes():
+    biases = {str(token): -100 if token % 2 else 100.0 for token in range(1024)}
+    assert shape_of("chat", {**CHAT, "logit_bias": biases}, size=20_000).choices == 1
 
 
 def test_n_and_best_of_above_the_cap_are_refused():
