@@ -19,7 +19,7 @@ from portfolio.registry.choices import Task, VersionKind, VersionStatus
 from portfolio.registry.models import ModelVersion
 from serving import engine_args, scheduler
 from serving.capacity import pool_capacity
-from serving.choices import DesiredState, RolloutState, UpdateStrategy
+from serving.choices import DesiredState, ReplicaState, RolloutState, UpdateStrategy
 from serving.models import ComputePool, Deployment, DeploymentAdapter, DeploymentEvent, Endpoint, Rollout
 from serving.reconcile import surges
 from serving.services.route_kinds import require_one_kind
@@ -363,6 +363,7 @@ def add_adapter(
     name = _check_name(name or default[:63].rstrip("-"))
     if name == deployment.name:  # vLLM refuses an adapter named like its base: every engine would exit
         raise Invalid(f"name: {name!r} is the deployment's own model name; name the adapter otherwise.")
+    _not_still_loaded(deployment, name)
     before = deployment.snapshot()
     try:
         with transaction.atomic():
@@ -388,6 +389,21 @@ def add_adapter(
     _after_commit_reconcile(deployment.pk)
     _poke_nodes(deployment)
     return attached
+
+
+def _not_still_loaded(deployment: Deployment, name: str) -> None:
+    """Refuse a name removed whose replicas have not unloaded it yet: the agent loads only names it has not
+    loaded, so the engine would go on answering it with the old version's weights while the gateway routes
+    and bills it as the new one. Replicas left stopped or failed run no engine and do not count."""
+    if deployment.adapters.filter(name=name).exists():
+        return  # still served: the create below refuses it as already served
+    if deployment.replica_set.filter(
+        state__in=ReplicaState.active(), loaded_adapters__contains=[name]
+    ).exists():
+        raise Conflict(
+            f"The adapter named {name!r} was removed from {deployment.name} and its replicas have not unloaded "
+            "it yet; try again in a few seconds, or choose another name."
+        )
 
 
 @transaction.atomic
