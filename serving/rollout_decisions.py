@@ -172,7 +172,8 @@ def decide(
     if not canary_ready:
         return ROLLBACK, (
             "Rolled back: the window is over and the canary has no replica ready to take calls now (its "
-            "replicas stopped or failed); promoted, it would leave the endpoint's calls nowhere to go."
+            "replicas stopped or failed, or none has loaded its adapter); promoted, it would leave the "
+            "endpoint's calls nowhere to go."
         )
     if not enough:
         return ROLLBACK, (

@@ -86,6 +86,14 @@ def engineer(org):
 
 
 @pytest.fixture
+def demo_team(team):
+    """The team the demo commands (`make run`'s portfolio) seed into."""
+    team.slug = "demo"
+    team.save(update_fields=["slug"])
+    return team
+
+
+@pytest.fixture
 def chat_set(engineer, team):
     return services.create_dataset(actor=engineer, owner_team=team, name="tickets", kind=DatasetKind.CHAT)
 

@@ -19,13 +19,6 @@ from training.models import Dataset
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def demo_team(team):
-    team.slug = "demo"
-    team.save(update_fields=["slug"])
-    return team
-
-
 def _all_training_version(engineer, dataset):
     version, _ = upload(engineer, dataset, jsonl(*tickets(12)), eval_fraction=0)
     assert version.number == 2 and version.eval_count == 0

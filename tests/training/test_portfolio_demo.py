@@ -23,13 +23,6 @@ from training.models import Dataset
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def demo_team(team):
-    team.slug = "demo"
-    team.save(update_fields=["slug"])
-    return team
-
-
 def test_the_demo_dataset_comes_with_its_task_and_eval_set_once(demo_team):
     call_command("seed_demo_dataset")
     call_command("seed_demo_dataset")
