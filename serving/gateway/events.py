@@ -1,8 +1,9 @@
 """A request's outcome as the gateway records it: the usage event appended to a Redis stream.
 
 The flusher (usage.py) moves the stream into PostgreSQL in batches. An admitted request leaves its event
-in the process's in-flight ledger too (inflight.py) in case the process dies before it ends: the same id,
-so that only one of the two is ever stored.
+in the process's in-flight ledger too (inflight.py) in case the process dies before it ends: the same id
+(a composite's hops: its id with their suffix, hop_ids.py), so that the flusher stores the lost event or
+the real ones, not both.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class Outcome:
 
 def usage_event(key: KeyRecord, outcome: Outcome, latency: float, cost: int, *, lost: bool = False) -> dict:
     """The usage event of a request: as it ended, or (``lost``) as the in-flight ledger keeps it in case
-    this process dies first: the same id, so that only one of the two is ever stored.
+    this process dies first: the same id (or, for a composite's hops, their request's: see the module's
+    docstring), so that the flusher stores the lost event or the real ones, not both.
 
     Billing's ledger needs the endpoint's id and its owning team and department (``owner_*``) beside the
     caller's: a shared endpoint's calls are charged to the caller and credited to the owner."""

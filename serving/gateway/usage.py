@@ -34,7 +34,7 @@ from django.db import connection, models, transaction
 from django.db.models import Max
 
 from portfolio.billing import meters
-from serving.gateway import inflight, keystate, partitions
+from serving.gateway import hop_ids, inflight, keystate, partitions
 from serving.gateway.events import USAGE_STREAM
 from serving.gateway.models import ApiKey, UsageEvent
 
@@ -183,7 +183,10 @@ def flush(batch: int = 2000, consumer: str | None = None) -> int:
             client.xadd(DEAD_LETTERS, {**fields, b"unreadable": repr(exc).encode()})
     with transaction.atomic():
         events, replaced = _real_over_lost(client, events)
-        hours = _delete_lost(replaced)
+        # The lost events' hours from REAPED, not only from the rows deleted: a redelivered real event finds
+        # its lost one already deleted when a flusher died between its commit and its marks.
+        hours = _delete_lost(sorted(replaced))
+        hours |= {_hour_of(datetime.fromtimestamp(at, UTC)) for at in replaced.values()}
         _insert(events)
         last_used: dict[int, datetime] = {}
         for event in events:
@@ -203,25 +206,36 @@ def flush(batch: int = 2000, consumer: str | None = None) -> int:
     return len(entries)
 
 
-def _real_over_lost(client, events: list[dict]) -> tuple[list[dict], list[str]]:
-    """The batch with one event per request, and the ids whose stored lost event the real one replaces. A
-    request reaped (inflight.py) while its process was only cut off from Redis can still settle: it then
-    has a lost event (at its admission) and a real one, and the real one, with its usage, is stored."""
-    reaped = {m.decode() for m in client.zrange(inflight.REAPED, 0, -1)}  # most often none
+def _real_over_lost(client, events: list[dict]) -> tuple[list[dict], dict[str, float]]:
+    """The batch with one outcome per request, and the ids whose lost event the real one replaces (each with
+    the lost event's time). A request reaped (inflight.py) while its process was only cut off from Redis can
+    still settle: it then has a lost event (at its admission) and a real one, and the real one, with its
+    usage, is stored. A composite's real events are its hops' (hop_ids.py), all written by its settlement
+    at once (composite.settle): its first hop's event stands for them all."""
+    reaped = inflight.reaped(client)  # most often none
     if not reaped:
-        return events, []
+        return events, {}
+    first_hops = {hop_ids.of_hop(event_id, 1): event_id for event_id in reaped}
+    lost = inflight.LOST_ERROR
+    real = {
+        reaped_id
+        for e in events
+        if e["error"] != lost
+        and (reaped_id := e["event_id"] if e["event_id"] in reaped else first_hops.get(e["event_id"]))
+    }
+    lost_ids = [e["event_id"] for e in events if e["error"] == lost and e["event_id"] in reaped]
+    if not real and not lost_ids:
+        return events, {}
     # Flushes overlap (beat every 2 s, a backlog takes longer): one holding a lost event and one holding its
     # real one each saw the other's uncommitted and kept both. Held to the end of this flush's transaction.
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [REPLACING_LOCK_ID])
-    lost = inflight.LOST_ERROR
-    real = {e["event_id"] for e in events if e["error"] != lost and e["event_id"] in reaped}
-    lost_ids = [e["event_id"] for e in events if e["error"] == lost and e["event_id"] in reaped]
     if lost_ids:  # the real one came first (settled between its event and the ledger's removal)
-        real_stored = UsageEvent.objects.filter(event_id__in=lost_ids).exclude(error=lost)
-        real |= set(real_stored.values_list("event_id", flat=True))
+        candidates = lost_ids + [hop_ids.of_hop(event_id, 1) for event_id in lost_ids]
+        real_stored = UsageEvent.objects.filter(event_id__in=candidates).exclude(error=lost)
+        real |= {first_hops.get(i, i) for i in real_stored.values_list("event_id", flat=True)}
     events = [e for e in events if e["error"] != lost or e["event_id"] not in real]
-    return events, sorted(real)
+    return events, {event_id: reaped[event_id] for event_id in real}
 
 
 def _delete_lost(event_ids: list[str]) -> set[int]:
