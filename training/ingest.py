@@ -4,7 +4,8 @@ Its life cycle lives here and only here: ``queued`` (``services.upload_version``
 enqueued the job) -> ``running`` (``run`` claims it) -> ``succeeded`` (the version is recorded, or an
 identical one found), ``failed`` (the file's problems, kept by line number, or another refusal) or
 ``errored`` (a bug; see the worker log). ``reap_stale`` sends a silent one again, and gives up on one
-that has not finished in a day.
+that has not finished in a day. Each end that records no new version is audited (``dataset.ingest_failed``
+by the system, ``dataset.ingest_reused``).
 
 A version is made whole or not at all: the upload is validated line by line, split, measured and written
 as normalized ``train.jsonl`` / ``eval.jsonl`` next to the ``original.jsonl`` in a private work folder,
@@ -60,6 +61,7 @@ RESEND_AFTER = timedelta(minutes=10)
 # dead worker's task) or every RESEND_AFTER, for a day; after this many restarts it is errored instead.
 MAX_RESENDS = 3
 GIVE_UP_AFTER = timedelta(hours=24)
+SYSTEM = Actor.for_system("training.ingest")
 
 
 # --- The life cycle -------------------------------------------------------------------------------
@@ -95,22 +97,30 @@ def _give_up_dying(ingest_id: int, resends: int, upload_path: str) -> bool:
         f"The ingest was started {resends + 1} times and its worker died each time (a file too large "
         "for the worker's memory?). Upload a smaller file, or ask an admin to check the workers."
     )
-    if not DatasetIngest.objects.filter(pk=ingest_id, status=JobStatus.RUNNING, resends=resends).update(
-        status=JobStatus.ERRORED, status_detail=detail, finished_at=timezone.now(), progress_detail="errored"
-    ):
+    dying = DatasetIngest.objects.filter(status=JobStatus.RUNNING, resends=resends)
+    if not _finish(ingest_id, JobStatus.ERRORED, detail, unfinished=dying, progress_detail="errored"):
         return False
     Path(upload_path).unlink(missing_ok=True)
     remove_work(ingest_id)
     return True
 
 
-def _finish(ingest_id: int, status: str, detail: str = "", **fields) -> bool:
-    """running -> a final state, by compare-and-swap."""
-    return bool(
-        DatasetIngest.objects.filter(pk=ingest_id, status=JobStatus.RUNNING).update(
+def _finish(ingest_id: int, status: str, detail: str = "", *, unfinished=None, **fields) -> bool:
+    """running (or one of ``unfinished``) -> a final state, by compare-and-swap. An end other than success
+    is audited (``dataset.ingest_failed``) in the same transaction: a failed ingest leaves no version behind
+    to show who or what ended it."""
+    if unfinished is None:
+        unfinished = DatasetIngest.objects.filter(status=JobStatus.RUNNING)
+    with transaction.atomic():
+        if not unfinished.filter(pk=ingest_id).update(
             status=status, status_detail=detail[:4000], finished_at=timezone.now(), **fields
-        )
-    )
+        ):
+            return False
+        if status != JobStatus.SUCCEEDED:
+            ended = DatasetIngest.objects.select_related("dataset__owner_team").get(pk=ingest_id)
+            after = {"status": status, "reason": detail[:500]}  # our own wording: no row of the file
+            audit.record(SYSTEM, "dataset.ingest_failed", ended, after=after)
+    return True
 
 
 class Superseded(Exception):
@@ -177,9 +187,7 @@ def reap_stale(
         detail = (
             f"The ingest did not finish within {hours} h (its worker kept dying?). Upload the file again."
         )
-        if unfinished.filter(pk=ingest.pk).update(
-            status=JobStatus.ERRORED, status_detail=detail, finished_at=now, progress_detail="errored"
-        ):
+        if _finish(ingest.pk, JobStatus.ERRORED, detail, unfinished=unfinished, progress_detail="errored"):
             Path(ingest.upload_path).unlink(missing_ok=True)
             if lease_of(ingest.pk).holder() is None:  # a live run's folder is its own to remove
                 remove_work(ingest.pk)
@@ -224,17 +232,18 @@ def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:
         ingest.refresh_from_db()
         return ingest
     if actor is None:
-        actor = Actor(user=ingest.created_by) if ingest.created_by else Actor.for_system("training.ingest")
+        actor = Actor(user=ingest.created_by) if ingest.created_by else SYSTEM
     log = PendingWrites(f"ingest #{ingest_id}")  # what a killed run wrote is the sweep's
     # The lease the task keeps (``training.tasks.ingest_dataset``); None when an ingest runs inline.
     progress = _Progress(ingest_id, kept_here())
-    lost = False
+    lost = ended = False  # ended: by this run, whose upload it then is to delete whatever its lease
     try:
         try:
             with blobclaims.registering():  # what it finds stored stays there until its version is recorded
                 prepared = prepare(ingest, progress, before_write=log)
                 progress.ensure_held()  # preparing took a while: still this run's to record?
                 _, created = record(ingest, prepared, actor)
+                ended = True
         except BaseException:  # deleted once its own claims are released (``blobclaims.registering``)
             log.discard(default_store())
             raise
@@ -249,21 +258,26 @@ def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:
         logger.warning("ingest #%s lost its lease: this run stops, leaving the ingest alone", ingest_id)
     except Superseded:
         logger.warning("ingest #%s was ended while it ran: its version was not recorded", ingest_id)
-    except Invalid as exc:
-        problems = _problems(exc.report) if isinstance(exc, DatasetInvalid) else {}
-        _finish(ingest_id, JobStatus.FAILED, exc.message, problems=problems, progress_detail="failed")
-        raise
     except Exception as exc:
-        logger.exception("ingest #%s of dataset %s failed", ingest_id, ingest.dataset_id)
-        _finish(
-            ingest_id,
-            JobStatus.ERRORED,
-            f"Internal error during the ingest ({exc.__class__.__name__}); see the worker log.",
-            progress_detail="errored",
-        )
-        raise
+        # A run that lost its lease may fail because of the run that replaced it (whose ``prepare`` removed
+        # this one's work folder): the outcome is not this run's to record.
+        if not progress.holds():
+            lost = True
+            logger.warning("ingest #%s failed after losing its lease: left alone", ingest_id, exc_info=True)
+        elif isinstance(exc, Invalid):
+            problems = _problems(exc.report) if isinstance(exc, DatasetInvalid) else {}
+            ended = _finish(
+                ingest_id, JobStatus.FAILED, exc.message, problems=problems, progress_detail="failed"
+            )
+            raise
+        else:
+            logger.exception("ingest #%s of dataset %s failed", ingest_id, ingest.dataset_id)
+            detail = f"Internal error during the ingest ({exc.__class__.__name__}); see the worker log."
+            ended = _finish(ingest_id, JobStatus.ERRORED, detail, progress_detail="errored")
+            raise
     finally:
-        if not lost:
+        # The upload stays for the live run once this one may have been replaced (a redelivery reads it).
+        if ended or (not lost and progress.holds()):
             Path(ingest.upload_path).unlink(missing_ok=True)
     ingest.refresh_from_db()
     return ingest
@@ -290,6 +304,14 @@ class _Progress:
     def ensure_held(self) -> None:
         if self.lease is not None:
             self.lease.ensure_held()
+
+    def holds(self) -> bool:
+        """Whether the run may still end the ingest or delete its upload: ``ensure_held`` without raising."""
+        try:
+            self.ensure_held()
+        except LeaseLost:
+            return False
+        return True
 
     def __call__(self, percent: int, detail: str, *, force: bool = False, **fields) -> None:
         self.ensure_held()
@@ -391,8 +413,16 @@ def prepare(
             raise Invalid(f"base_version: {exc}") from None
         normalized.unlink()
         progress(VALIDATE + MEASURE, "storing the files", force=True, rows_done=report.rows)
+        total, stored = sum(p.stat().st_size for p in files.rglob("*") if p.is_file()), 0
+
+        def on_bytes(n: int) -> None:  # a large file takes a while: its lease is checked as it goes
+            nonlocal stored
+            stored += n
+            percent = VALIDATE + MEASURE + (99 - VALIDATE - MEASURE) * stored // max(total, 1)
+            progress(percent, f"storing the files ({stored // 2**20} / {total // 2**20} MiB)")
+
         store = default_store()
-        manifest = store_directory(store, files, before_write=before_write)
+        manifest = store_directory(store, files, on_bytes, before_write=before_write)
         return Prepared(
             manifest=manifest,
             store_uri=store.uri(manifest.artifact_id),
@@ -421,6 +451,7 @@ def record(ingest: DatasetIngest, prepared: Prepared, actor: Actor) -> tuple[Dat
     existing = prepared.existing or dataset.versions.filter(content_sha256=prepared.content_sha256).first()
     if existing is not None:  # known before, or the same rows arrived from another upload meanwhile
         _succeed(ingest.pk, existing, False)
+        audit.record(actor, "dataset.ingest_reused", ingest, after={"version": existing.number})
         return existing, False
     manifest, written, report = prepared.manifest, prepared.written, prepared.report
     assert manifest is not None and written is not None and report is not None

@@ -100,6 +100,8 @@ class AuditAction(models.TextChoices):
     # Training
     DATASET_CREATE = "dataset.create", "Dataset created"
     DATASET_UPLOAD = "dataset.upload", "Dataset file uploaded for ingest"
+    DATASET_INGEST_FAILED = "dataset.ingest_failed", "Dataset ingest failed, errored or given up"
+    DATASET_INGEST_REUSED = "dataset.ingest_reused", "Dataset ingest matched an existing version"
     DATASET_VERSION_CREATE = "dataset_version.create", "Dataset version created"
     TRAINING_JOB_START = "training.job_start", "Fine-tune started"
     TRAINING_DISTILLATION_START = "training.distillation_start", "Distillation started"

@@ -99,6 +99,14 @@ class Reporter:
         if self.lease is not None:
             self.lease.ensure_held()
 
+    def holds(self) -> bool:
+        """Whether the run may still end the import or delete its upload: ``ensure_held`` without raising."""
+        try:
+            self.ensure_held()
+        except LeaseLost:
+            return False
+        return True
+
     def __call__(self, percent: int, detail: str) -> None:
         self.ensure_held()
         self.percent = percent
@@ -175,14 +183,22 @@ def _import(version: ModelVersion) -> None:
         logger.warning(
             "import of version %s lost its lease: this run stops, leaving the version alone", version_id
         )
-    except (importers.ImportFailed, InspectionError, DomainError, ValueError) as exc:
-        fail_import(version_id, str(getattr(exc, "message", exc)))
     except Exception as exc:
-        logger.exception("import of version %s failed", version_id)
-        fail_import(
-            version_id, f"Internal error during import ({exc.__class__.__name__}); see the worker log."
-        )
-        raise
+        # A run that lost its lease may fail because of the run that replaced it: the outcome, and the
+        # uploaded archive, are not this run's.
+        if not report.holds():
+            lost = True
+            logger.warning(
+                "import of version %s failed after losing its lease: left alone", version_id, exc_info=True
+            )
+        elif isinstance(exc, (importers.ImportFailed, InspectionError, DomainError, ValueError)):
+            fail_import(version_id, str(getattr(exc, "message", exc)))
+        else:
+            logger.exception("import of version %s failed", version_id)
+            fail_import(
+                version_id, f"Internal error during import ({exc.__class__.__name__}); see the worker log."
+            )
+            raise
     finally:
         upload = version.import_options.get("upload_path")
         if upload and not lost:
