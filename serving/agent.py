@@ -437,6 +437,7 @@ def _stop(replica: Replica) -> None:
     replica_meter.stopped(replica.pk)
 
 
+@prefetch.one_wait()  # the pass waits for copies WAIT_SECONDS in all, not per replica or adapter
 def reconcile_node(name: str, *, agent_start: bool = False, lock: Lease | None = None) -> None:
     """``agent_start``: the agent loop's first reconcile since its worker started. An engine missing then is not
     a crash the agent saw (the machine rebooted, or `make run` stopped it) and is started again without counting,
