@@ -1,12 +1,13 @@
 """Uploads as the audio routes take them in: a ``multipart/form-data`` body, read strictly, and a WAV file's
 duration read from its header.
 
-Contract: the body is already in memory and bounded (audio.py); parsing it makes no copy of the file
-beyond one slice, refuses more than ``MAX_PARTS`` parts or a second file, and every refusal is a
-``PayloadError`` naming the part. The duration is what the engine will decode: the samples of the first
-``data`` chunk that were really sent (a header that claims more counts only what came), at the rate of a
-``fmt `` chunk whose figures agree with each other (PCM or float, an extensible one's SubFormat too), so
-that it cannot be made to look shorter than it plays.
+Contract: the body is already in memory and bounded (audio.py); parsing it splits it by its delimiter (a
+copy of the body, two at the peak, bounded by its size), refuses more than ``MAX_PARTS`` parts or a second
+file, and every refusal is a ``PayloadError`` naming the part. The duration bounds what the engine will
+decode: every byte sent after the first ``data`` chunk's header (ffmpeg reads on to later data chunks; a
+header that claims more counts only what came), at the rate of a ``fmt `` chunk whose figures agree with
+each other (PCM or float, an extensible one's SubFormat too), so that it cannot be made to look shorter
+than it plays.
 """
 
 from __future__ import annotations
@@ -176,8 +177,11 @@ def wav_duration_ms(data: bytes) -> int:
         elif chunk == b"data":
             if not rate:
                 raise PayloadError("The WAV file has audio before its format chunk.", "file", "invalid_audio")
-            sent = min(size, len(data) - start)  # a header may claim more (or 0xFFFFFFFF, streamed)
-            samples = sent // block
+            # Every byte after the first data chunk's header counts as its audio, whatever the chunk's size
+            # says: ffmpeg's WAV reader (the GPU engine decodes through it) goes on to later data chunks, so a
+            # 1 ms chunk followed by a 2-minute one plays 2 minutes there. A metadata chunk after the audio
+            # (LIST) adds its few bytes' worth; a header claiming more than was sent is bounded by the file.
+            samples = (len(data) - start) // block
             return -(-samples * 1000 // rate)
         position = start + size + (size & 1)  # chunks are padded to an even length
     raise PayloadError("The WAV file has no audio data chunk.", "file", "invalid_audio")

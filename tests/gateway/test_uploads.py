@@ -96,6 +96,19 @@ def test_chunks_before_the_audio_are_skipped_and_their_padding_honoured():
     assert uploads.wav_duration_ms(wav[:36] + extra + wav[36:]) == 500
 
 
+def test_audio_after_the_first_data_chunk_counts_as_ffmpeg_decodes_it_too():
+    """ffmpeg's WAV reader (how a GPU engine decodes an upload) reads on past the first data chunk: a file
+    whose first data chunk holds 1 ms and a second one 2 s plays 2 s there, and was billed 1 ms."""
+    wav = sine_wav(2.0)  # 16 kHz, 16-bit mono: 32 bytes a millisecond
+    head, audio = wav[:36], wav[44:]
+    two = (
+        head + b"data" + struct.pack("<I", 32) + audio[:32] + b"data" + struct.pack("<I", len(audio)) + audio
+    )
+    assert uploads.wav_duration_ms(two) >= 2001
+    tagged = wav + b"LIST" + struct.pack("<I", 4) + b"INFO"  # a metadata chunk after the audio
+    assert 2000 <= uploads.wav_duration_ms(tagged) <= 2001
+
+
 @pytest.mark.parametrize(
     "data",
     [
