@@ -9,6 +9,7 @@ past its ceiling."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -92,8 +93,13 @@ def test_an_admin_sets_a_price_makes_a_call_and_sees_it_on_the_draft_statement(
     used_in, used_out = answer.usage.prompt_tokens, answer.usage.completion_tokens
     assert used_in > 0 and used_out > 0
 
-    # The pipeline, as Celery beat runs it: the stream into gateway_usageevent, then the hourly rollup.
-    assert tasks.flush_usage() == 1
+    # The pipeline, as Celery beat runs it: the stream into gateway_usageevent, then the hourly rollup. The
+    # gateway answers first and settles after, so the flush runs until the call's event has come through.
+    flushed, deadline = tasks.flush_usage(), time.monotonic() + 15
+    while flushed < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        flushed += tasks.flush_usage()
+    assert flushed == 1
     event = UsageEvent.objects.get()
     assert (event.endpoint, event.team_id, event.input_tokens, event.output_tokens) == (
         "support",

@@ -6,6 +6,7 @@ and the final hop streams."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from decimal import Decimal
 
 import httpx
@@ -41,6 +42,19 @@ def chat(base: str, secret: str, model: str, text: str = "hello", **extra) -> ht
         headers={"Authorization": f"Bearer {secret}"},
         timeout=20,
     )
+
+
+def once_the_table_shows(
+    call: Callable[[], httpx.Response], shows: Callable[[httpx.Response], bool]
+) -> httpx.Response:
+    """The first response of ``call`` that ``shows`` an edit to Endpoint rows (or the last, at 15 s): the
+    routing table is rebuilt every 200 ms, later on a busy machine, where a fixed sleep came too soon."""
+    deadline = time.monotonic() + 15
+    while True:
+        response = call()
+        if shows(response) or time.monotonic() > deadline:
+            return response
+        time.sleep(0.1)
 
 
 def events(response: httpx.Response) -> list:
@@ -119,8 +133,10 @@ def test_a_label_the_table_lacks_goes_to_the_default(gateway_url, stack, router,
     )
     secret = stack["key"]()
     wait_for_model(gateway_url, secret, "support")
-    time.sleep(1.2)  # the routing table's next refresh
-    response = chat(gateway_url, secret, "support", "the app crashes")
+    response = once_the_table_shows(
+        lambda: chat(gateway_url, secret, "support", "the app crashes"),
+        lambda r: r.headers.get("x-portfolio-answered-by") != "tech",  # the old table's route
+    )
     assert response.headers["x-portfolio-route-label"] == "tech"
     assert response.headers["x-portfolio-answered-by"] == "general"
 
@@ -266,12 +282,18 @@ def test_a_vote_asking_more_completions_than_its_sampler_allows_now_is_refused_u
     secret = stack["key"]()
     wait_for_model(gateway_url, secret, "wise")
     Endpoint.objects.filter(name="sampler").update(max_n=2)
-    time.sleep(1.2)  # the routing table's next refresh
-    response = chat(gateway_url, secret, "wise")
+    # How many requests the sampler had before each call: the calls on the old table sample it.
+    sampled: list[int] = []
+
+    def vote() -> httpx.Response:
+        sampled.append(len(engines[0].requests))
+        return chat(gateway_url, secret, "wise")
+
+    response = once_the_table_shows(vote, lambda r: r.status_code != 200)
     assert response.status_code == 503, response.text
     error = response.json()["error"]
     assert error["code"] == "composite_misconfigured" and "for 5 completions" in error["message"]
-    assert not engines[0].requests
+    assert len(engines[0].requests) == sampled[-1], "the refused vote asked the sampler nothing"
 
 
 def test_best_of_n_returns_the_most_confident_sample_even_as_a_stream(gateway_url, stack, team):
@@ -441,8 +463,9 @@ def test_a_chat_request_escalated_to_a_base_model_is_asked_with_the_cascades_pla
     rows = {e.endpoint: e for e in UsageEvent.objects.all()}
     assert rows["t-base"].kind == "completion" and rows["t-base"].via == "templated"
     Endpoint.objects.filter(name="templated").update(config=config | {"large_template": ""})
-    time.sleep(1.2)  # the routing table's next refresh
-    refused = chat(gateway_url, secret, "templated", "charged twice")
+    refused = once_the_table_shows(
+        lambda: chat(gateway_url, secret, "templated", "charged twice"), lambda r: r.status_code != 200
+    )
     assert (
         refused.status_code == 400
         and "`t-base`, which has no chat template" in refused.json()["error"]["message"]

@@ -124,11 +124,15 @@ def test_an_expired_key_is_refused(gateway_url, stack):
 
     dep, _ = stack["deployment"]("e-dep")
     stack["endpoint"]("expiring", dep)
-    secret = stack["key"](expires_at=timezone.now() + timedelta(seconds=2))
-    wait_for_model(gateway_url, secret, "expiring")
-    time.sleep(2.1)
-    with pytest.raises(openai.AuthenticationError):
+    # Waited for with a key of the same team that does not expire: the wait may take longer than the expiry.
+    wait_for_model(gateway_url, stack["key"](), "expiring")
+    expires_at = timezone.now() + timedelta(seconds=5)
+    secret = stack["key"](expires_at=expires_at)
+    client(gateway_url, secret).models.list()  # valid now, and so known to the gateway
+    time.sleep(max(0.0, (expires_at - timezone.now()).total_seconds()) + 0.1)
+    with pytest.raises(openai.AuthenticationError) as excinfo:
         client(gateway_url, secret).models.list()
+    assert excinfo.value.code == "invalid_api_key"
 
 
 @pytest.mark.parametrize(
@@ -247,6 +251,11 @@ def test_killing_the_flusher_loses_and_duplicates_nothing(gateway_url, stack, mo
             json={"model": "flushed", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2},
         )
     redis = keystate.client()
+    # Each call's event goes on the stream after its answer: the dead flusher must find all five there.
+    deadline = time.monotonic() + 15
+    while redis.xlen(USAGE_STREAM) < 5:
+        assert time.monotonic() < deadline, f"{redis.xlen(USAGE_STREAM)} of 5 events on the stream"
+        time.sleep(0.05)
     usage._ensure_group(redis)
     # A flusher that read the events and died before committing (or before acknowledging):
     taken = redis.xreadgroup(usage.GROUP, "dead-flusher", {USAGE_STREAM: ">"}, count=3)

@@ -246,8 +246,9 @@ async def test_silence_longer_than_the_read_timeout_is_a_read_timeout_before_and
 
     async def slow_but_steady(writer):
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        for _ in range(6):  # 0.9 s in all, never 0.3 s of silence
-            await asyncio.sleep(0.15)
+        # 1.8 s in all, never 1 s of silence: a wide margin, as server and client share one event loop.
+        for _ in range(6):
+            await asyncio.sleep(0.3)
             writer.write(b"1\r\nx\r\n")
             await writer.drain()
         writer.write(b"0\r\n\r\n")
@@ -255,16 +256,16 @@ async def test_silence_longer_than_the_read_timeout_is_a_read_timeout_before_and
 
     for answer in (silent, stalls):
         async with Server([answer]) as base:
-            upstream = _client(read_timeout=0.3)
+            upstream = _client(read_timeout=1.0)
             loop = asyncio.get_running_loop()
             began = loop.time()
             with pytest.raises(ReadTimeout):
                 response = await _post(upstream, base)
                 await response.read()
-            assert loop.time() - began < 2
+            assert loop.time() - began < 4  # not the server's 5 s of silence
             await upstream.close()
     async with Server([slow_but_steady]) as base:
-        upstream = _client(read_timeout=0.3)
+        upstream = _client(read_timeout=1.0)
         response = await _post(upstream, base)
         assert await response.read() == b"x" * 6
         response.release()

@@ -1,7 +1,8 @@
 """Junk in the Authorization header, on the gateway and on the REST API: oversized, non-ASCII, SQL-ish,
 other schemes, a real key's id with a forged secret. Each is a 401 in the route's error shape (OpenAI's on
-/v1), answered well under a second (bounded at 2 s here, for a loaded CI machine: what it guards against is
-a slow hash or a database round per junk token, seconds each under a flood), and nothing of it is echoed."""
+/v1), answered well under a second (bounded at 5 s here, for a loaded 2-core CI machine, after a warm-up
+request: what it guards against is a request stuck on something slow per junk token, a scan or a wait, not
+a few milliseconds), and nothing of it is echoed."""
 
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ JUNK: list[bytes] = [
     b"Bearer slm_aaaaaaaaaaaa_" + b"%00" * 10,
     b"Bearer slm_aaaaaaaaaaaa_" + b"x" * 300,
 ]
-SLOW = 2.0  # seconds
+# Seconds a round trip may take: far over a loaded runner's worst round trip, far under a request that waits
+# on a scan or a queue, which is what it guards against (test hashing is fast MD5, see tests/conftest.py).
+SLOW = 5.0
 
 
 @pytest.fixture
@@ -40,6 +43,13 @@ def warm_live_server(live_server):
     """The first request to a live server pays for its start-up; not what is measured."""
     _send(live_server.url, "GET", "/healthz", None)
     return live_server
+
+
+@pytest.fixture
+def warm_gateway(gateway_url):
+    """As for the live server: the first request a test makes of the gateway is not what is measured."""
+    _send(gateway_url, "GET", "/v1/models", None)
+    return gateway_url
 
 
 def _send(
@@ -62,7 +72,7 @@ def _send(
 
 
 @pytest.mark.parametrize("junk", JUNK, ids=lambda j: repr(j[:30]))
-def test_junk_credentials_get_a_quick_openai_shaped_401_from_the_gateway(gateway_url, junk):
+def test_junk_credentials_get_a_quick_openai_shaped_401_from_the_gateway(warm_gateway, junk):
     body = json.dumps({"model": "anything", "messages": [{"role": "user", "content": "hi"}]}).encode()
     for method, path, payload in (
         ("GET", "/v1/models", b""),
@@ -70,7 +80,7 @@ def test_junk_credentials_get_a_quick_openai_shaped_401_from_the_gateway(gateway
         ("POST", "/v1/completions", body),
         ("GET", "/v1/models/anything", b""),
     ):
-        status, answer, elapsed = _send(gateway_url, method, path, junk or None, payload)
+        status, answer, elapsed = _send(warm_gateway, method, path, junk or None, payload)
         assert status == 401, (path, status, answer)
         error = answer["error"]
         assert error["type"] == "authentication_error" and error["code"] == "invalid_api_key", error
