@@ -87,6 +87,21 @@ def test_files_download_verified_and_a_corrupted_one_is_refused(client, org, rea
     assert client.get("/api/v1/models/router/versions/1/files/../secret").status_code == 404
 
 
+def test_a_model_shared_with_the_organisation_is_downloadable_by_the_teams_it_is_shared_with(
+    client, org, ready
+):
+    """Its page shows every viewer the download links; the route refused all but the owner team (403)."""
+    from portfolio.registry.choices import Visibility
+
+    Model.objects.filter(pk=ready.model_id).update(visibility=Visibility.ORGANISATION)
+    client.force_login(org["outsider"])
+    response = client.get("/api/v1/models/router/versions/1/files/config.json")
+    assert response.status_code == 200, response.content
+    assert b"LlamaForCausalLM" in b"".join(response.streaming_content)
+    Model.objects.filter(pk=ready.model_id).update(visibility=Visibility.TEAM)
+    assert client.get("/api/v1/models/router/versions/1/files/config.json").status_code == 404
+
+
 def test_verify_marks_a_corrupted_version_unhealthy_naming_the_file(client, org, ready):
     store = default_store()
     entry = ready.artifact.manifest().get("config.json")
