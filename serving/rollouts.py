@@ -7,6 +7,8 @@ candidate (its deployment and adapter) and everything else (the baseline); an er
 failing, timing out, or not reachable), or the engine's own 404 (relayed as ``upstream_error``: it does
 not serve the model, an adapter its replica never loaded), not a client's 4xx. A judged rollout's sampled scores
 (rollout_judge.py) are taken before the rows are locked, added to its tally, audited, and decide too.
+The judge is called with a short-lived key of the endpoint's team, revoked after; one left active by a
+worker killed mid-judging is revoked at the rollout's next check, or once it has ended.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from portfolio.audit import services as audit
 from portfolio.leases import Lease
 from serving import rollout_judge
 from serving.choices import ReplicaState, RolloutState
+from serving.gateway import services as key_services
+from serving.gateway.models import ApiKey
 from serving.models import Endpoint, Rollout
 from serving.rollout_decisions import HOLD, PROMOTE, Judged, Policy, Stats, decide
 from serving.services import rollouts as services
@@ -85,6 +89,27 @@ def _canary_ready(rollout: Rollout) -> bool:
     return routes.exists()
 
 
+def judge_key_name(rollout_id: int) -> str:
+    """The name of the service key a check of the rollout calls its judge with (training's sampler)."""
+    return f"rollout #{rollout_id} (judge)"
+
+
+def revoke_ended_judge_keys(now: datetime) -> int:
+    """The judge keys still active of rollouts ended within a key's lifetime (by a check or by hand): a
+    worker killed mid-judging could not revoke its own, and no check of its rollout comes again."""
+    ended = (
+        Rollout.objects.exclude(state=RolloutState.CANARY)
+        .exclude(judge_endpoint_name="")
+        .filter(finished_at__gte=now - key_services.SERVICE_KEY_LIFETIME)
+    )
+    names = [judge_key_name(pk) for pk in ended.values_list("pk", flat=True)]
+    left = ApiKey.objects.filter(service=True, revoked_at__isnull=True, name__in=names)
+    return sum(
+        key_services.revoke_service_keys(actor=Actor.for_system("rollouts"), team_id=team_id, names=[name])
+        for team_id, name in set(left.values_list("team_id", "name"))
+    )
+
+
 def _sample_judge(rollout_id: int, now: datetime) -> tuple[list[float | None], str]:
     """The judge's scores of the canary answers due now, taken with no lock held (it calls endpoints)."""
     rollout = (
@@ -95,6 +120,12 @@ def _sample_judge(rollout_id: int, now: datetime) -> tuple[list[float | None], s
     )
     if rollout is None:
         return [], ""
+    # An earlier check's, its worker killed mid-judging (checks of a rollout never overlap: step's lease).
+    key_services.revoke_service_keys(
+        actor=Actor.for_system("rollouts"),
+        team_id=rollout.endpoint.owner_team_id,
+        names=[judge_key_name(rollout.pk)],
+    )
     return rollout_judge.judge(rollout, measure(rollout, now)[1].requests)
 
 
@@ -188,6 +219,10 @@ def _step(rollout_id: int, now: datetime | None) -> str | None:
 def step_all(now: datetime | None = None) -> dict[str, int]:
     """Every active rollout once; what was decided, counted."""
     counts: dict[str, int] = {}
+    try:
+        revoke_ended_judge_keys(now or timezone.now())
+    except Exception:  # never holds up the checks
+        logger.exception("rollouts: revoking the judge keys of ended rollouts failed")
     for rollout_id in Rollout.objects.filter(state=RolloutState.CANARY).values_list("pk", flat=True):
         try:
             verdict = step(rollout_id, now)

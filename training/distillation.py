@@ -81,7 +81,7 @@ def ask_teacher(
     try:
         with KeyedClient(
             base_url=settings.GATEWAY_INTERNAL_URL,
-            timeout=settings.GATEWAY_UPSTREAM_TIMEOUT,
+            timeout=gateway_retries.client_timeout(),  # the gateway's 504 first
             headers={"Authorization": f"Bearer {secret}"},
         ) as client:
             client.key_id, client.renewed_at = key.pk, time.monotonic()

@@ -1,8 +1,10 @@
 """A platform job's call through the gateway (distillation's teacher, an eval run's rows) that met a passing
 failure, tried again a bounded number of times: failing the job would lose every answer before it, each
 one billed. The gateway or the endpoint's replica unreachable, rate limited, overloaded or restarting is
-passing; any other refusal (400, 401, 403, 404...) is not, and neither is a read timeout: the endpoint
-already had the gateway's whole upstream timeout, and the gateway answers 504 before it.
+passing; any other refusal (400, 401, 403, 404...) is not, and neither is a timeout: the endpoint already
+had the gateway's whole upstream timeout, and the gateway bills a request it timed out at its worst case
+(504), so another try would bill it again and wait as long again. The client waits a little longer than
+the gateway (``client_timeout``), so the gateway's 504, metered and saying why, normally comes first.
 
 The limits are constants, never a client's choice: each try may be a billed call.
 """
@@ -15,17 +17,25 @@ from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 
 import httpx
+from django.conf import settings
 
 TRIES = 4  # the first call and three more
 BACKOFF_S = 1.0  # the wait before the second try, doubled before each further one
 WAIT_CAP_S = 30.0  # the longest wait between two tries, a Retry-After included
-TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+TRANSIENT_STATUSES = frozenset({429, 502, 503})  # not 504: the gateway timed the endpoint out, billed
+# The gateway's clock for the endpoint starts after the client's (the request read, a replica chosen).
+TIMEOUT_MARGIN_S = 5.0
 # Refused connections, resets, a connection dropped before the answer.
 TRANSIENT_ERRORS = (httpx.NetworkError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 
 
 class CallFailed(ValueError):
     """The call was refused for good, or failed on its last try: the message says how."""
+
+
+def client_timeout() -> float:
+    """The job's HTTP client's timeout: the gateway's upstream timeout and ``TIMEOUT_MARGIN_S`` more."""
+    return settings.GATEWAY_UPSTREAM_TIMEOUT + TIMEOUT_MARGIN_S
 
 
 def retry_delay(response: httpx.Response | None, tried: int) -> float:
@@ -64,6 +74,11 @@ def post(
                 raise CallFailed(
                     f"The gateway did not answer: {exc.__class__.__name__}, {tried} tries (calling {endpoint})."
                 ) from None
+        except httpx.TimeoutException as exc:  # a ConnectTimeout (nothing sent) is passing, caught above
+            raise CallFailed(
+                f"{who or endpoint} did not answer in time ({exc.__class__.__name__}); not asked again: "
+                "the gateway bills a request it timed out at its worst case."
+            ) from None
         else:
             if response.status_code == 200:
                 return response

@@ -19,7 +19,7 @@ import httpx
 from django.conf import settings
 
 from portfolio.errors import Invalid
-from serving import agent
+from serving import agent, rollouts
 from serving.choices import ReplicaState
 from serving.models import Endpoint, Replica, Rollout
 from serving.rollout_judge import JudgeUnavailable
@@ -92,7 +92,7 @@ def sample(rollout: Rollout, count: int) -> list[float | None]:
     chosen = [rows[pick.randrange(len(rows))] for _ in range(count)]
     questions = [evaluation.prompt_messages(row) for row in chosen]
     answers = [canary_answer(rollout, question, pick) for question in questions]
-    label = f"rollout #{rollout.pk} (judge)"
+    label = rollouts.judge_key_name(rollout.pk)  # one a killed worker left, serving.rollouts revokes
     try:
         with gateway.client_for(rollout.endpoint.owner_team, rollout.judge_endpoint_name, label) as client:
             replies = [

@@ -88,7 +88,7 @@ def client_for(team: Team, endpoint_name: str, label: str) -> Iterator[KeyedClie
     try:
         with KeyedClient(
             base_url=settings.GATEWAY_INTERNAL_URL,
-            timeout=settings.GATEWAY_UPSTREAM_TIMEOUT,
+            timeout=gateway_retries.client_timeout(),  # the gateway's 504 first
             headers={"Authorization": f"Bearer {secret}"},
         ) as client:
             client.key_id, client.renewed_at = key.pk, time.monotonic()
@@ -105,7 +105,7 @@ def revoke_left_keys(team_id: int, labels: list[str]) -> int:
 
 
 def ask(client: httpx.Client, endpoint_name: str, messages: list[dict], max_tokens: int) -> Answer:
-    """One row's chat completion, greedy, timed from request to full answer. A passing failure (429, 502-504,
+    """One row's chat completion, greedy, timed from request to full answer. A passing failure (429, 502, 503,
     a dropped connection) is tried again (``gateway_retries``): one would fail the whole run, every row
     before it billed. The latency is the answered try's: a wait to try again is the gateway's refusal, not
     the endpoint's speed."""
@@ -114,7 +114,7 @@ def ask(client: httpx.Client, endpoint_name: str, messages: list[dict], max_toke
         response = gateway_retries.post(client, "/v1/chat/completions", body, endpoint=endpoint_name)
     except gateway_retries.CallFailed as exc:
         raise GatewayRefused(str(exc)) from None
-    except httpx.HTTPError as exc:  # a read timeout: the endpoint had the gateway's whole upstream timeout
+    except httpx.HTTPError as exc:  # any other failure of the transport (a proxy, a local protocol error)
         raise GatewayRefused(f"The gateway did not answer: {exc.__class__.__name__}.") from None
     latency = response.elapsed.total_seconds()  # from sending to the whole answer read
     try:
