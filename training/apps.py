@@ -9,6 +9,7 @@ class TrainingConfig(AppConfig):
         from portfolio.registry import merging, storage_meter
         from portfolio.registry import services as registry_services
         from serving import capacity, rollout_judge
+        from serving.services import endpoints
         from training import tasks  # noqa: F401 - registers its Celery tasks, which finetune sends by name
         from training.evals import canary_judging
         from training.finetune import gpu_holds
@@ -18,6 +19,7 @@ class TrainingConfig(AppConfig):
 
         registry_services.PROMOTION_CHECKS.append(score_regressions)
         registry_services.VERSION_IN_USE_CHECKS.append(in_training)
+        endpoints.IN_USE_CHECKS.append(in_production)
         # Serving asks training to judge a rollout's canary (it cannot import training itself).
         rollout_judge.SAMPLERS.append(
             rollout_judge.JudgeSampler(check=canary_judging.check, sample=canary_judging.sample)
@@ -46,3 +48,28 @@ def in_training(version) -> str | None:
     )
     named = [f"fine-tune #{pk}" for pk in jobs] + [f"merge #{pk}" for pk in merges]
     return f"{', '.join(named)} {'is' if len(named) == 1 else 'are'} using it" if named else None
+
+
+def in_production(endpoint) -> str | None:
+    """An endpoint a task names as its production endpoint is in use: deleted, the task would lose it quietly
+    (SET_NULL), with no audit row for the task. Names the endpoint's own team's tasks and counts other teams'
+    (a shared endpoint's users are not the deleter's to learn of), as serving's ``deployed`` does for versions."""
+    from training.evals.models import Task
+
+    names: list[str] = []
+    others = 0
+    serving = Task.objects.filter(production_endpoint=endpoint).order_by("name", "pk")
+    for name, team_id in serving.values_list("name", "owner_team_id"):
+        if team_id == endpoint.owner_team_id:
+            names.append(name)
+        else:
+            others += 1
+    tasks = len(names) + others
+    if others:
+        names.append("1 task of another team" if others == 1 else f"{others} tasks of other teams")
+    if not names:
+        return None
+    return (
+        f"{endpoint.name} is the production endpoint of {', '.join(names)}; "
+        f"choose another production endpoint for {'them' if tasks > 1 else 'it'} first"
+    )

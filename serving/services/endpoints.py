@@ -5,6 +5,7 @@ whose keys may then call them (each caller's team pays for its own calls)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError
@@ -21,6 +22,11 @@ from serving.services.route_kinds import MAX_ROUTES, require_one_kind
 from serving.services.shared import _check_name
 
 MAX_DESCRIPTION = 2000
+# Other apps register "what would deleting this endpoint take from us?" checks (training: the tasks it serves
+# in production), each returning a refusal ("<endpoint> is ...; do this first") or None. Called by
+# ``delete_endpoint`` with the endpoint's row locked: a use committed before the lock is seen, and one that
+# refers to the endpoint after it waits for the delete and finds it gone.
+IN_USE_CHECKS: list[Callable[[Endpoint], str | None]] = []
 
 
 def _routes(
@@ -244,6 +250,13 @@ def delete_endpoint(*, actor: Actor, endpoint: Endpoint) -> None:
             f"{endpoint.name} judges the rollout under way on {judged.endpoint.name}; let it finish or abort it "
             "first, then delete it."
         )
+    # Deleting it would take the rollout with it (CASCADE): never aborted, with no audit row of its end.
+    canary = endpoint.rollouts.filter(state=RolloutState.CANARY).first()
+    if canary is not None:
+        raise Conflict(
+            f"{endpoint.name} has a rollout under way (a canary of {canary.target}); let it finish or abort "
+            "it first, then delete it."
+        )
     # Deleting it would quietly take their fallback away (SET_NULL), with no audit row for them.
     falling_back = sorted(Endpoint.objects.filter(fallback=endpoint).values_list("name", flat=True))
     if falling_back:
@@ -251,6 +264,9 @@ def delete_endpoint(*, actor: Actor, endpoint: Endpoint) -> None:
             f"{', '.join(falling_back)} {'fall' if len(falling_back) > 1 else 'falls'} back to {endpoint.name}; "
             f"change {'their' if len(falling_back) > 1 else 'its'} fallback first, then delete it."
         )
+    refusals = [refusal for check in IN_USE_CHECKS if (refusal := check(endpoint))]
+    if refusals:
+        raise Conflict(f"{'; '.join(refusals)}, then delete it.")
     audit.record(actor, "endpoint.delete", endpoint, before=endpoint.snapshot())
     try:
         endpoint.delete()
