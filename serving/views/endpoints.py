@@ -282,7 +282,7 @@ def endpoint_config(request, name: str):
 @require_POST
 def endpoint_delete(request, name: str):
     """Permission: visible (else 404) and ``deployment.manage`` (else 403). Clients calling it are refused
-    from then on; endpoints using it as their fallback lose it."""
+    from then on. Refused while in use (a fallback, a hop, a judge, a canary, a task's production endpoint)."""
     actor, endpoint = _managed(request, name)
     return buttons.press(
         request,

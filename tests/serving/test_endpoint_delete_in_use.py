@@ -151,3 +151,24 @@ def test_the_api_answers_409_and_the_button_says_why(client, org, owner, team, d
     assert response.redirect_chain[-1][0] == reverse("endpoint-detail", kwargs={"name": "support"})
     assert any(IN_PRODUCTION in str(message) for message in response.context["messages"])
     assert Endpoint.objects.filter(pk=support.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_named_to_an_endpoint_being_deleted_is_told_it_is_gone(owner, team, deployment, paused):
+    """Naming the endpoint did not wait for the delete's lock: it committed after the delete and failed its
+    foreign key check there (an IntegrityError, a 500)."""
+    from portfolio.errors import NotFound
+
+    support = plain(owner, team, deployment)
+    task = task_of(owner, team)
+
+    deleted, named = interleave(
+        paused,
+        lambda: services.delete_endpoint(actor=owner, endpoint=support),
+        lambda: portfolio.set_production_endpoint(actor=owner, task=task, endpoint=support),
+    )
+
+    assert deleted.error is None
+    assert isinstance(named.error, NotFound), named.error
+    task.refresh_from_db()
+    assert task.production_endpoint_id is None

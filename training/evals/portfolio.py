@@ -38,7 +38,7 @@ from serving import services as serving_services
 from serving.choices import EndpointKind, RolloutState
 from serving.gateway.models import UsageHourly
 from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, Rollout
-from serving.services import composite
+from serving.services import composite, locks
 from training.choices import JobStatus
 from training.evals import comparability
 from training.evals.models import EndpointEvalRun, EvalSet, Task
@@ -429,11 +429,12 @@ def set_production_endpoint(*, actor: Actor, task: Task, endpoint: Endpoint | No
         .select_related("owner_team", "production_endpoint")
         .get(pk=task.pk)
     )
-    if (
-        endpoint is not None
-        and not Endpoint.objects.callable_by(task.owner_team).filter(pk=endpoint.pk).exists()
-    ):
-        raise NotFound("Endpoint not found.")
+    if endpoint is not None:
+        # Locked as a delete locks it: one under way is waited for, then found gone (its foreign key would
+        # otherwise fail at commit, a 500).
+        endpoint = locks.endpoint(endpoint.pk)
+        if not Endpoint.objects.callable_by(task.owner_team).filter(pk=endpoint.pk).exists():
+            raise NotFound("Endpoint not found.")
     before = task.snapshot()
     task.production_endpoint = endpoint
     task.save(update_fields=["production_endpoint"])
