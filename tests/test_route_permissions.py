@@ -105,6 +105,7 @@ UI_ROUTES: dict[str, Rule] = {
     "version-progress": ui("team", "model.view"),
     "version-promote": ui("team", "model.promote", "POST", alias="staging"),
     "version-archive": ui("team", "model.register", "POST"),
+    "version-purge": ui("team", "model.register", "POST"),
     "version-verify": ui("team", "model.register", "POST"),
     # The world's version is a base: a permitted caller is refused with the reason (not an adapter).
     "version-merge": ui("team", "model.register", "POST"),
@@ -161,6 +162,7 @@ API_ROUTES: dict[str, Rule] = {
     ),
     "POST /models/{name}/versions/{number}/promote": rest("team", "model.promote", "POST", alias="staging"),
     "POST /models/{name}/versions/{number}/archive": rest("team", "model.register", "POST"),
+    "POST /models/{name}/versions/{number}/purge": rest("team", "model.register", "POST"),
     "GET /models/{name}/versions/{number}/files/{path:path}": rest("team", "model.view"),
     "POST /models/{name}/versions/{number}/verify": rest("team", "model.register", "POST"),
     "POST /models/{name}/versions/{number}/merge": rest("team", "model.register", "POST"),
@@ -497,6 +499,7 @@ def _ui_url(name: str, values: dict, own_token_pk: int | None) -> str:
                 "version-progress",
                 "version-promote",
                 "version-archive",
+                "version-purge",
                 "version-verify",
                 "version-chat-template",
                 "version-merge",

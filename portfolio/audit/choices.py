@@ -47,6 +47,7 @@ class AuditAction(models.TextChoices):
     MODEL_VERSION_REGISTER = "model_version.register", "Trained version registered"
     MODEL_VERSION_CHAT_TEMPLATE = "model_version.chat_template", "Chat template set"
     MODEL_VERSION_ARCHIVE = "model_version.archive", "Version archived"
+    MODEL_VERSION_PURGE = "model_version.purge", "Archived version's stored files deleted"
     MODEL_VERSION_CORRUPT = "model_version.corrupt", "Version's files found corrupt"
     MODEL_VERSION_ARCHITECTURE = "model_version.architecture", "Version's architecture read from its files"
     MODEL_VERSION_MERGE_START = "model_version.merge_start", "Adapter merge started"

@@ -301,6 +301,12 @@ def archive(request, name: str, number: int):
     return services.archive_version(actor=request.auth, version=_version(request, name, number))
 
 
+@router.post("/models/{name}/versions/{number}/purge", response=VersionOut)
+def purge(request, name: str, number: int):
+    """Delete an archived version's stored files (no longer billed); files another version holds stay."""
+    return services.purge_version(actor=request.auth, version=_version(request, name, number))
+
+
 @router.get("/models/{name}/versions/{number}/files/{path:path}", response={200: None, 302: None})
 def download_file(request, name: str, number: int, path: str):
     """One file of a version: a short-lived presigned URL on S3, or streamed and verified otherwise."""

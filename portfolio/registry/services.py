@@ -17,7 +17,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Forbidden, Invalid
-from portfolio.registry import chat_templates, importers, importing, safety
+from portfolio.registry import artifacts, chat_templates, importers, importing, safety
 from portfolio.registry.choices import Source, Task, VersionKind, VersionStatus, Visibility
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.inspection import ModelFacts
@@ -29,6 +29,7 @@ from portfolio.registry.models import (
     alias_validator,
     model_name_validator,
 )
+from portfolio.registry.stores import default_store
 
 logger = logging.getLogger(__name__)
 
@@ -367,6 +368,48 @@ def archive_version(*, actor: Actor, version: ModelVersion) -> ModelVersion:
     version.save(update_fields=["status"])
     audit.record(actor, "model_version.archive", version, before=before, after=version.snapshot())
     return version
+
+
+@transaction.atomic
+def purge_version(*, actor: Actor, version: ModelVersion) -> ModelVersion:
+    """Delete the stored files of an archived version, which are billed every day while kept: the version
+    stays listed (lineage, metrics, card) without files. Whoever may archive it may purge it, under the same
+    lock and refusals; files another artifact holds stay (``artifacts.discard_if_unused``)."""
+    gate.require(actor, "model.register", version.model)
+    version = (
+        ModelVersion.objects.select_for_update(of=("self",))
+        .select_related("model__owner_team")
+        .get(pk=version.pk)
+    )
+    if version.status != VersionStatus.ARCHIVED:
+        raise Conflict(
+            f"{version.label} is {version.status}: archive it first, then delete its stored files."
+        )
+    if version.artifact_id is None:
+        raise Conflict(f"{version.label} has no stored files.")
+    # Archived, it was not in use then; checked again as archive checks, in case something took it up since.
+    reasons = in_use_reasons(version)
+    if reasons:
+        raise Conflict(f"{version.label}'s files cannot be deleted: {'; '.join(reasons)}.")
+    before = version.snapshot()
+    artifact_id = version.artifact_id
+    version.artifact = None
+    version.save(update_fields=["artifact"])
+    audit.record(actor, "model_version.purge", version, before=before, after=version.snapshot())
+    # Deleted once the change is committed (a rollback keeps every file); the artifact goes only if nothing
+    # else refers to it (another version of the same files, a dataset), and each blob only if no other
+    # artifact holds it.
+    transaction.on_commit(lambda: _discard_purged(version, artifact_id))
+    return version
+
+
+def _discard_purged(version: ModelVersion, artifact_id: str) -> None:
+    try:
+        artifacts.discard_if_unused(default_store(), artifact_id)
+    except Exception:  # a store's hiccup leaves unreferenced files behind, billed to nobody
+        logger.exception(
+            "%s: its files (artifact %s) could not be deleted from the store", version, artifact_id
+        )
 
 
 @transaction.atomic

@@ -15,6 +15,7 @@ urlpatterns = [
     path("<str:name>/v<int:number>/progress/", views.version_progress, name="version-progress"),
     path("<str:name>/v<int:number>/promote/", views.version_promote, name="version-promote"),
     path("<str:name>/v<int:number>/archive/", views.version_archive, name="version-archive"),
+    path("<str:name>/v<int:number>/purge/", views.version_purge, name="version-purge"),
     path("<str:name>/v<int:number>/verify/", views.version_verify, name="version-verify"),
     path("<str:name>/v<int:number>/merge/", views.version_merge, name="version-merge"),
     path(

@@ -20,6 +20,7 @@ from portfolio.registry.views.versions import (
     version_merge,
     version_progress,
     version_promote,
+    version_purge,
     version_verify,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "model_import",
     "model_list",
     "version_archive",
+    "version_purge",
     "version_chat_template",
     "version_detail",
     "version_merge",

@@ -1,6 +1,6 @@
 """A version's page (files, lineage, metrics, card, aliases), its import progress, and its buttons:
-promote to an alias, archive, verify the stored files, give it a chat template (as a new version), merge an
-adapter into a full version."""
+promote to an alias, archive, delete an archived version's stored files, verify the stored files, give it a
+chat template (as a new version), merge an adapter into a full version."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from portfolio import buttons, htmx
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
+from portfolio.audit.models import AuditEvent
 from portfolio.errors import Conflict, NotFound
 from portfolio.formviews import submit
 from portfolio.registry import artifacts, cards, derived_versions, merging, services
@@ -122,6 +123,7 @@ def _version_page(
             "next_number": (model.versions.order_by("-number").values_list("number", flat=True).first() or 0)
             + 1,
             "is_importing": version.status == VersionStatus.IMPORTING,
+            "purged": _purged(version) if artifact is None else None,
             "merge_notes": merging.merge_notes(version) if version.kind == VersionKind.ADAPTER else [],
         },
         status=status,
@@ -221,6 +223,35 @@ def version_archive(request, name: str, number: int):
         lambda: services.archive_version(actor=actor, version=version),
         success=f"{version.label} archived: it can no longer be promoted or deployed.",
         back=reverse("version-detail", kwargs={"name": version.model.name, "number": version.number}),
+    )
+
+
+@require_POST
+def version_purge(request, name: str, number: int):
+    """Permission: visible (else 404) and ``model.register`` (else 403), as archiving. A version that is not
+    archived, or is in use again, is refused with the reason (``Conflict``), shown as a message."""
+    actor = actor_of(request)
+    version = visible_version(actor, name, number)
+    gate.require(actor, "model.register", version.model)
+    return buttons.press(
+        request,
+        lambda: services.purge_version(actor=actor, version=version),
+        success=f"{version.label}'s stored files were deleted: it is no longer billed for storage.",
+        back=reverse("version-detail", kwargs={"name": version.model.name, "number": version.number}),
+    )
+
+
+def _purged(version: ModelVersion) -> AuditEvent | None:
+    """The audit row of the deletion of the version's files (when and by whom), if they were deleted: part
+    of the history of a version the viewer may see, as the model page's previous alias holders."""
+    return (
+        AuditEvent.objects.filter(
+            action="model_version.purge",
+            object_type=ModelVersion._meta.label_lower,
+            object_id=str(version.pk),
+        )
+        .order_by("-sequence")
+        .first()
     )
 
 
