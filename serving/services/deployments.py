@@ -391,15 +391,19 @@ def add_adapter(
     return attached
 
 
+_ENGINE_RUNNING = frozenset(
+    {ReplicaState.STARTING, ReplicaState.READY, ReplicaState.UNHEALTHY, ReplicaState.STOPPING}
+)
+
+
 def _not_still_loaded(deployment: Deployment, name: str) -> None:
     """Refuse a name removed whose replicas have not unloaded it yet: the agent loads only names it has not
     loaded, so the engine would go on answering it with the old version's weights while the gateway routes
-    and bills it as the new one. Replicas left stopped or failed run no engine and do not count."""
+    and bills it as the new one. Only replicas running an engine count: one pending, in back-off, stopped or
+    failed has none, and its next start loads the deployment's adapters as they are then."""
     if deployment.adapters.filter(name=name).exists():
         return  # still served: the create below refuses it as already served
-    if deployment.replica_set.filter(
-        state__in=ReplicaState.active(), loaded_adapters__contains=[name]
-    ).exists():
+    if deployment.replica_set.filter(state__in=_ENGINE_RUNNING, loaded_adapters__contains=[name]).exists():
         raise Conflict(
             f"The adapter named {name!r} was removed from {deployment.name} and its replicas have not unloaded "
             "it yet; try again in a few seconds, or choose another name."

@@ -43,9 +43,13 @@ def test_the_name_is_free_again_once_its_replicas_unloaded_it(owner, removed):
     assert (attached.name, attached.version_id) == ("tone", second.pk)
 
 
-@pytest.mark.parametrize("state", [ReplicaState.STOPPED, ReplicaState.FAILED])
-def test_a_replica_left_stopped_or_failed_does_not_hold_the_name(owner, removed, state):
-    """No engine runs there, and the agent never syncs it again: its stale list would block the name forever."""
+@pytest.mark.parametrize(
+    "state", [ReplicaState.STOPPED, ReplicaState.FAILED, ReplicaState.BACKOFF, ReplicaState.PENDING]
+)
+def test_a_replica_running_no_engine_does_not_hold_the_name(owner, removed, state):
+    """No engine runs there: the agent never syncs a stopped or failed one again (its stale list would block
+    the name for good), and a crashed one (back-off) or one waiting for its files loads the deployment's
+    adapters as they are then at its next start."""
     deployment, replica, second = removed
     Replica.objects.filter(pk=replica.pk).update(state=state)
     attached = services.add_adapter(actor=owner, deployment=deployment, adapter=second, name="tone")
