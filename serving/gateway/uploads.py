@@ -4,10 +4,10 @@ duration read from its header.
 Contract: the body is already in memory and bounded (audio.py); parsing it splits it by its delimiter (a
 copy of the body, two at the peak, bounded by its size), refuses more than ``MAX_PARTS`` parts or a second
 file, and every refusal is a ``PayloadError`` naming the part. The duration bounds what the engine will
-decode: every byte sent after the first ``data`` chunk's header (ffmpeg reads on to later data chunks; a
-header that claims more counts only what came), at the rate of a ``fmt `` chunk whose figures agree with
-each other (PCM or float, an extensible one's SubFormat too), so that it cannot be made to look shorter
-than it plays.
+decode: the first ``data`` chunk's samples that were really sent and every later data chunk's (ffmpeg reads
+on to them; a first chunk sized 0, streamed, or claiming more than came counts the rest of the file), at
+the rate of a ``fmt `` chunk whose figures agree with each other (PCM or float, an extensible one's
+SubFormat too), so that it cannot be made to look shorter than it plays.
 """
 
 from __future__ import annotations
@@ -177,14 +177,34 @@ def wav_duration_ms(data: bytes) -> int:
         elif chunk == b"data":
             if not rate:
                 raise PayloadError("The WAV file has audio before its format chunk.", "file", "invalid_audio")
-            # Every byte after the first data chunk's header counts as its audio, whatever the chunk's size
-            # says: ffmpeg's WAV reader (the GPU engine decodes through it) goes on to later data chunks, so a
-            # 1 ms chunk followed by a 2-minute one plays 2 minutes there. A metadata chunk after the audio
-            # (LIST) adds its few bytes' worth; a header claiming more than was sent is bounded by the file.
-            samples = (len(data) - start) // block
+            samples = _audio_bytes(data, start, size) // block
             return -(-samples * 1000 // rate)
         position = start + size + (size & 1)  # chunks are padded to an even length
     raise PayloadError("The WAV file has no audio data chunk.", "file", "invalid_audio")
+
+
+def _audio_bytes(data: bytes, start: int, size: int) -> int:
+    """The audio bytes ffmpeg decodes (the GPU engine decodes through it) from the first data chunk, whose
+    header ends at ``start``: a first chunk of size 0 or 0xFFFFFFFF (streamed) or claiming more than was sent
+    plays to the end of the file; else ffmpeg goes on past it to every later data chunk, skipping the other
+    chunks (a 1 ms chunk followed by a 2-minute one plays 2 minutes), so those count and metadata does not.
+    Past ``MAX_CHUNKS`` more chunks, the rest of the file counts."""
+    sent = len(data) - start
+    if size == 0 or size >= sent:
+        return sent
+    total, position = size, start + size + (size & 1)
+    for _ in range(MAX_CHUNKS):
+        if position + 8 > len(data):
+            return total
+        chunk, length = (
+            data[position : position + 4],
+            int.from_bytes(data[position + 4 : position + 8], "little"),
+        )
+        position += 8
+        if chunk == b"data":
+            total += min(length, len(data) - position)
+        position += length + (length & 1)
+    return total + max(0, len(data) - position)
 
 
 def _check_extensible(data: bytes, start: int, size: int, bits: int) -> None:

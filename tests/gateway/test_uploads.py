@@ -105,8 +105,10 @@ def test_audio_after_the_first_data_chunk_counts_as_ffmpeg_decodes_it_too():
         head + b"data" + struct.pack("<I", 32) + audio[:32] + b"data" + struct.pack("<I", len(audio)) + audio
     )
     assert uploads.wav_duration_ms(two) >= 2001
-    tagged = wav + b"LIST" + struct.pack("<I", 4) + b"INFO"  # a metadata chunk after the audio
-    assert 2000 <= uploads.wav_duration_ms(tagged) <= 2001
+    covered = wav + b"id3 " + struct.pack("<I", 300_000) + bytes(300_000)  # metadata after it: not audio
+    assert uploads.wav_duration_ms(covered) == 2000
+    streamed = head + b"data" + struct.pack("<I", 0) + audio  # size 0: ffmpeg reads to the end of the file
+    assert uploads.wav_duration_ms(streamed) == 2000
 
 
 @pytest.mark.parametrize(
