@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Collection
 from pathlib import Path
@@ -25,10 +26,29 @@ MAX_PROMPT_TOKENS = 2048
 MAX_ANSWER_TOKENS = 512
 
 
+# Straight and typographic quotes alike: a model writes “Paris” as often as "Paris".
+_QUOTES = "\"'“”‘’«»„‹›"
+
+
 def normalise(text: str) -> str:
-    """Compared as people read them: case, runs of whitespace and surrounding spaces, full stops,
-    exclamation marks and quotes do not count."""
-    return re.sub(r"\s+", " ", text.strip().lower()).strip(" .!\"'")
+    """Compared as people read them: Unicode forms ("é" composed or not), case, runs of whitespace and
+    surrounding spaces, full stops, exclamation marks and quotes do not count."""
+    text = unicodedata.normalize("NFKC", text)
+    return re.sub(r"\s+", " ", text.strip().lower()).strip(" .!" + _QUOTES)
+
+
+def _mention(phrase: str) -> re.Pattern[str]:
+    """The phrase as a whole word or words: not inside a longer word ("no" is not in "know", "2" not in
+    "12"), on each side where the phrase itself ends in a word character."""
+    before = r"(?<!\w)" if re.match(r"\w", phrase) else ""
+    after = r"(?!\w)" if re.search(r"\w$", phrase) else ""
+    return re.compile(before + re.escape(phrase) + after)
+
+
+def contains(answer: str, expected: str) -> bool:
+    """Whether a normalised answer says the normalised expected one, as whole words; an empty expected
+    answer is in everything, so it counts as in nothing."""
+    return bool(expected) and _mention(expected).search(answer) is not None
 
 
 def expected_answer(row: dict) -> str:
@@ -55,11 +75,15 @@ def _prompt(tokenizer, row: dict) -> str:
 
 def predicted_label(answer: str, labels: Collection[str]) -> str:
     """The label a normalised answer names: the answer itself when it is one, else the label it mentions
-    first (of labels found at the same place, the longest: "billing" over "bill"), else the answer as it
-    is, a label no row expects (wrong for every row)."""
+    first as whole words (of labels found at the same place, the longest: "billing" over "bill"; "no" is
+    not named by "I don't know"), else the answer as it is, a label no row expects (wrong for every row)."""
     if answer in labels:
         return answer
-    found = [(answer.find(label), -len(label), label) for label in labels if label and label in answer]
+    found = []
+    for label in labels:
+        named = _mention(label).search(answer) if label else None
+        if named is not None:
+            found.append((named.start(), -len(label), label))
     return min(found)[2] if found else answer
 
 
@@ -125,8 +149,7 @@ def answer_metrics(expected: list[str], answers: list[str]) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "rows": n,
         "exact_match": sum(answer == truth for truth, answer in rows) / n,
-        # An empty expected answer is contained in everything: it counts as contained in nothing.
-        "contains": sum(bool(truth) and truth in answer for truth, answer in rows) / n,
+        "contains": sum(contains(answer, truth) for truth, answer in rows) / n,
     }
     if len(set(truths)) <= max(20, n // 3):  # few distinct answers: a classification task
         pairs = label_pairs(expected, answers)

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.django_db
         ("5", 1.0),
         ("1", 0.0),
         ("**3**", 0.5),
-        ("Score: 4/5", 0.8),
+        ("Score: 4/5", 0.75),  # "/ 5" is the prompt's 1-5 scale, as "4" is
         ("8 out of 10", 0.8),
         ("0.8", 0.8),
         ("1.0", 1.0),

@@ -33,6 +33,10 @@ def test_exact_match_and_containment_compare_normalised_answers():
     # An empty expected answer is contained in every string: it counts for none.
     assert metrics.containment(expected, answers) == 0.75
     assert metrics.exact_match([], []) is None and metrics.containment([], []) is None
+    # As whole words: "2" is not in "12 items", nor "paris" in "comparison".
+    assert metrics.containment(["2", "paris", "2"], ["12 items", "a comparison", "2 items"]) == pytest.approx(
+        1 / 3
+    )
     with pytest.raises(ValueError):
         metrics.exact_match(["a"], [])
 

@@ -40,7 +40,7 @@ def containment(expected: Sequence[str], answers: Sequence[str]) -> float | None
     rows = list(zip(expected, answers, strict=True))
     if not rows:
         return None
-    return sum(bool(normalise(e)) and normalise(e) in normalise(a) for e, a in rows) / len(rows)
+    return sum(evaluation.contains(normalise(a), normalise(e)) for e, a in rows) / len(rows)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -101,7 +101,7 @@ def row_verdicts(
         elif kind == TaskKind.EXTRACTION:
             verdicts.append(answer == truth)
         else:
-            verdicts.append(bool(truth) and truth in answer)
+            verdicts.append(evaluation.contains(answer, truth))
     return verdicts
 
 
