@@ -9,16 +9,21 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC
 from decimal import Decimal
 
 import httpx
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Sum
+from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
+from portfolio.billing.choices import PriceKind
+from portfolio.billing.models import Price
+from portfolio.billing.pricing import PriceBook
 from serving.gateway import hop_ids, usage
 from serving.gateway import services as key_services
 from serving.gateway.models import UsageEvent
@@ -137,7 +142,8 @@ def metered_cost(key_id: int, via: str, requests: int, *, settle_seconds: float 
     names only the last hop). The gateway writes an event just after its answer, and the flusher moves
     events into PostgreSQL in batches: this moves them itself and waits until each of the ``requests``
     has its first hop's event and the count holds still (at most ``settle_seconds``). None when no event
-    arrived."""
+    arrived, or when a hop had no price in force (``priced``): billing charges that hop at cost, a share of
+    its compute known at the month's end, and its events' 0 is no cost of the calls."""
     rows = UsageEvent.objects.filter(api_key_id=key_id, via=via)
     deadline, seen = time.monotonic() + settle_seconds, -1
     while True:
@@ -151,4 +157,18 @@ def metered_cost(key_id: int, via: str, requests: int, *, settle_seconds: float 
         time.sleep(0.25)
     if not count:
         return None
+    # Prices start on the hour (UTC): the version in force at an hour's start prices its calls, as billing's.
+    hours = rows.order_by().annotate(hour=TruncHour("at", tzinfo=UTC)).values_list("endpoint_id", "hour")
+    book = PriceBook.load(kinds=[PriceKind.ENDPOINT])
+    for endpoint_id, hour in hours.distinct():
+        if endpoint_id is None or not priced(book.at(PriceKind.ENDPOINT, endpoint_id, hour)):
+            return None
     return rows.aggregate(cost=Sum("cost"))["cost"] or Decimal(0)
+
+
+def priced(price: Price | None) -> bool:
+    """Whether billing prices a call at ``price`` (an endpoint's version in force): one with no rate at all
+    is charged at cost, as one with no version (portfolio/billing/charges.py's rule)."""
+    return price is not None and bool(
+        price.input_per_million or price.output_per_million or price.audio_second
+    )

@@ -287,6 +287,8 @@ def _score(run: EndpointEvalRun) -> None:
     rows = rows_of(run.eval_set, run.row_limit)
     EndpointEvalRun.objects.filter(pk=run.pk).update(rows_total=len(rows))
     price = PriceBook.load(kinds=[PriceKind.ENDPOINT]).at(PriceKind.ENDPOINT, run.endpoint_id, timezone.now())
+    if not gateway.priced(price):
+        price = None  # billing charges its calls at cost (a share of compute), not at 0
     questions = [evaluation.prompt_messages(row) for row in rows]
     with gateway.client_for(run.owner_team, run.endpoint_name, f"eval run #{run.pk}") as client:
         answers = _answer_all(run, questions, client, run.endpoint_name, run.max_tokens)
@@ -294,6 +296,7 @@ def _score(run: EndpointEvalRun) -> None:
     if answers is not None and run.endpoint is not None and run.endpoint.kind != EndpointKind.PLAIN:
         # A router, cascade or vote bills its hops, each at its own price: what its key was charged.
         metered = gateway.metered_cost(client.key_id, run.endpoint_name, len(answers))
+        price = None  # none of its own is billed: its hops' (metered), or not priced (a hop is not)
     verdicts: list[float | None] | None = None
     if answers is not None and run.judge_endpoint_name and not _cancelled(run.pk):
         verdicts = _judge(run, rows, questions, answers)
