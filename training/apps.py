@@ -32,14 +32,18 @@ class TrainingConfig(AppConfig):
 
 def in_training(version) -> str | None:
     """A version a queued or running fine-tune trains on, or a merge in flight reads (as the adapter or its
-    base), is in use: archived under it, the job would register a ready version on an archived base."""
+    base), is in use: archived under it, the job would register a ready version on an archived base. So is
+    the output a job registered and still scores (a requeued attempt reads its files again): purged, that
+    attempt would find them gone."""
     from django.db.models import Q
 
     from training.merges.models import IN_FLIGHT, MergeJob
     from training.models import FineTuneJob
 
     jobs = list(
-        FineTuneJob.objects.filter(base_version=version, status__in=IN_FLIGHT).values_list("pk", flat=True)
+        FineTuneJob.objects.filter(
+            Q(base_version=version) | Q(output_version=version), status__in=IN_FLIGHT
+        ).values_list("pk", flat=True)
     )
     merges = list(
         MergeJob.objects.filter(

@@ -14,7 +14,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
+from portfolio.errors import Conflict
 from serving.gateway import services as key_services
+from serving.gateway.models import ApiKey, UsageEvent
 from serving.models import Endpoint
 from serving.services import composite
 from training import gateway_retries, ingest, services
@@ -45,6 +47,26 @@ def revoke_teacher_keys(job: FineTuneJob) -> int:
         return 0
     return key_services.revoke_service_keys(
         actor=SYSTEM, team_id=job.owner_team_id, names=[teacher_key_name(job.pk)]
+    )
+
+
+def refuse_asking_again(job: FineTuneJob) -> None:
+    """Refused: an attempt of a distillation whose earlier attempt began asking the teacher and was killed
+    before its answers were recorded (they live only in its trainer's memory until all are asked). Asked
+    again, every call would be billed again, once per attempt, unbidden: whoever started it decides. The
+    mark is that attempt's key, made just before its first call and kept once revoked; an attempt killed
+    before asking anything made none, and its next one asks as the first would have."""
+    if job.attempt <= 1:
+        return  # the first: no earlier attempt can have asked
+    keys = ApiKey.objects.filter(team_id=job.owner_team_id, service=True, name=teacher_key_name(job.pk))
+    if not keys.exists():
+        return
+    # Usage is flushed into PostgreSQL in batches: calls of the last seconds may not be counted yet.
+    billed = UsageEvent.objects.filter(api_key__in=keys, status__lt=400).count()
+    raise Conflict(
+        f"The teacher's answers of the interrupted attempt were lost; {billed} calls were billed "
+        "(metered so far). The prompts are not asked again unbidden, each call billed again: start the "
+        "distillation again to ask again."
     )
 
 

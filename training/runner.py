@@ -156,6 +156,7 @@ def run(job_id: int) -> int:
         if job.is_distillation and job.distilled_dataset_version is None:
             from training import distillation
 
+            distillation.refuse_asking_again(job)  # an earlier attempt asked, and its answers were lost
             prompts = dataset_files(job.dataset_version)
 
             def asked(done: int, total: int) -> None:
