@@ -304,6 +304,11 @@ CELERY_BEAT_SCHEDULE = {
     # Alerts, and the spend the gateway's hard limits compare against (its counters cover the calls between).
     "billing-check-budgets": {"task": "billing.check_budgets", "schedule": 300.0},
 }
+# Long control tasks (eval runs, merges, imports, ingests) share the control workers: a periodic task queued
+# behind them is dropped once its next one is due, instead of piling up (a flush every 2 s: 1,800 an hour)
+# and then running back to back. Each is idempotent and comes again.
+for _entry in CELERY_BEAT_SCHEDULE.values():
+    _entry.setdefault("options", {}).setdefault("expires", _entry["schedule"])
 
 # --- Django ---------------------------------------------------------------------------------------
 INSTALLED_APPS = [

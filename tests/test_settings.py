@@ -326,3 +326,12 @@ def test_the_lost_window_of_a_node_is_set_but_never_under_two_heartbeats(tmp_pat
         _production_env(tmp_path, PORTFOLIO_NODE_LOST_AFTER_SECONDS="9"), "NODE_LOST_AFTER_SECONDS"
     )
     assert refused.returncode != 0 and "PORTFOLIO_NODE_LOST_AFTER_SECONDS" in refused.stderr
+
+
+def test_a_periodic_task_queued_behind_long_ones_expires_when_its_next_is_due():
+    """Eval runs, merges and imports share the control workers with the beat's tasks: without an expiry a
+    worker busy for an hour came back to 1,800 queued flushes, run back to back."""
+    from django.conf import settings
+
+    for name, entry in settings.CELERY_BEAT_SCHEDULE.items():
+        assert 0 < entry["options"]["expires"] <= entry["schedule"], name
