@@ -11,6 +11,7 @@ import hmac
 import secrets
 import socket
 from pathlib import Path
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -276,7 +277,7 @@ BILLING_WEBHOOK_PRIVATE_HOSTS = env.flag("PORTFOLIO_BILLING_WEBHOOK_PRIVATE_HOST
 # hourly rollups, billing's ledger and statements are separate tables and outlive them.
 USAGE_RETENTION_MONTHS = env.integer("PORTFOLIO_USAGE_RETENTION_MONTHS", 13, minimum=1)
 
-CELERY_BEAT_SCHEDULE = {
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "training-reap-jobs": {"task": "training.reap_stale_jobs", "schedule": 30.0},
     "training-reap-ingests": {"task": "training.reap_stale_ingests", "schedule": 60.0},
     "training-reap-eval-runs": {"task": "training.reap_stale_eval_runs", "schedule": 60.0},
