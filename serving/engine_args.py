@@ -72,9 +72,17 @@ def _coerce(name: str, spec: Spec, value):
         if isinstance(value, bool) or not isinstance(value, int):
             raise Invalid(f"engine_args.{name}: expected a whole number.")
     elif spec.kind is float:
-        # NaN and infinity pass every comparison below as false, then break the scheduler's arithmetic.
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        # NaN and infinity pass every comparison below as false, then break the scheduler's arithmetic. An
+        # int is finite (and math.isfinite raises OverflowError on one of 309 digits or more).
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or isinstance(value, float)
+            and not math.isfinite(value)
+        ):
             raise Invalid(f"engine_args.{name}: expected a number.")
+        if isinstance(value, int) and abs(value) > 2**53:  # float() would lose it, or overflow
+            raise Invalid(f"engine_args.{name}: the number is outside {spec.minimum}..{spec.maximum}.")
         value = float(value)
     elif not isinstance(value, str):
         raise Invalid(f"engine_args.{name}: expected text.")

@@ -66,7 +66,13 @@ def _invalid(field: str, message: str) -> Invalid:
 def _number(config: dict, field: str, default, low, high, *, whole: bool) -> Any:
     value = config.get(field, default)
     kinds = int if whole else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+    # An int is finite (math.isfinite raises OverflowError on one of 309 digits or more).
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kinds)
+        or isinstance(value, float)
+        and not math.isfinite(value)
+    ):
         raise _invalid(field, f"a {'whole ' if whole else ''}number from {low} to {high}.")
     if not low <= value <= high:
         raise _invalid(field, f"from {low} to {high} (got {value}).")

@@ -50,6 +50,13 @@ def _fits_model(version: ModelVersion, args: dict) -> None:
             f"engine_args.max_model_len: {args['max_model_len']} exceeds the context length of "
             f"{version.label} ({version.context_length} tokens)."
         )
+    heads = int((version.shape or {}).get("num_attention_heads") or 0)
+    tensor_parallel = args.get("tensor_parallel_size", 1)
+    if heads and heads % tensor_parallel:
+        raise Invalid(
+            f"engine_args.tensor_parallel_size: {tensor_parallel} does not divide {version.label}'s "
+            f"{heads} attention heads (vLLM refuses to start it); use a divisor of {heads}."
+        )
     if version.model.task == Task.EMBEDDING and args["enable_lora"]:
         raise Invalid(
             "engine_args.enable_lora: adapters are served on chat and completion models, not on an "

@@ -66,8 +66,9 @@ def test_a_vote_is_capped_by_its_own_ceiling_and_by_the_sampled_endpoints_max_n(
     assert vote.config == {"endpoint": "small", "n": 5, "method": "majority", "temperature": 0.8}
     with pytest.raises(Invalid, match="config.n: narrow allows at most 3"):
         create(owner, team, "vote", {"endpoint": "narrow", "n": 5}, "v2")
-    with pytest.raises(Invalid, match="config.n: from 2 to 16"):
-        create(owner, team, "vote", {"endpoint": "small", "n": 17}, "v3")
+    for n in (17, 10**400):  # one too large for a float was a 500 (math.isfinite overflowed)
+        with pytest.raises(Invalid, match="config.n: from 2 to 16"):
+            create(owner, team, "vote", {"endpoint": "small", "n": n}, "v3")
     with pytest.raises(Invalid, match="config.method"):
         create(owner, team, "vote", {"endpoint": "small", "n": 3, "method": "loudest"}, "v4")
 

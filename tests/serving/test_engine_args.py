@@ -87,6 +87,8 @@ def test_a_value_of_the_wrong_type_is_refused_naming_the_argument(args, message)
         ),
         ({"gpu_memory_utilization": 1}, r"engine_args\.gpu_memory_utilization: 1\.0 is outside"),
         ({"tensor_parallel_size": 16}, r"engine_args\.tensor_parallel_size: 16 is outside 1\.\.8"),
+        # A whole number too large for a float: refused by range, not a 500 (math.isfinite overflowed).
+        ({"gpu_memory_utilization": 10**400}, r"engine_args\.gpu_memory_utilization: the number is outside"),
     ],
 )
 def test_a_value_out_of_range_is_refused_naming_the_argument(args, message):

@@ -97,6 +97,26 @@ def test_a_context_longer_than_the_model_has_is_refused_before_any_engine_starts
     }
 
 
+def test_a_tensor_parallel_size_that_does_not_divide_the_heads_is_refused(admin, owner, team, base_version):
+    """vLLM refuses to start such an engine: each replica crash-looped five times, holding its GPUs."""
+    from serving.choices import PoolKind
+    from tests.serving.nodes import GIB, add_node
+
+    gpus = services.create_pool(actor=admin, name="gpu-pool", kind=PoolKind.GPU)
+    add_node(
+        gpus, "gpu-01", cores=16, gpus=[{"index": i, "name": "L4", "memory_bytes": 24 * GIB} for i in (0, 1)]
+    )
+    base_version.shape = {**(base_version.shape or {}), "num_attention_heads": 9}
+    base_version.save(update_fields=["shape"])
+    with pytest.raises(Invalid, match=r"tensor_parallel_size: 2 does not divide .* 9 attention heads"):
+        deploy(owner, team, base_version, gpus, args={"tensor_parallel_size": 2})
+    base_version.shape = {**base_version.shape, "num_attention_heads": 8}
+    base_version.save(update_fields=["shape"])
+    assert deploy(owner, team, base_version, gpus, args={"tensor_parallel_size": 2}).engine_args == {
+        "tensor_parallel_size": 2
+    }
+
+
 def test_a_restart_onto_engine_arguments_the_model_cannot_honour_is_refused(owner, base_version, deployment):
     base_version.context_length = 1024
     base_version.save(update_fields=["context_length"])
