@@ -229,7 +229,7 @@ class Run:
             self.first.name,
             payload,
             outcome,
-            self.started,
+            self.spans[-1][0],  # its time to first token is its own, as its latency is
             self.caller,
         )
 

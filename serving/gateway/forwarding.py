@@ -18,7 +18,7 @@ from typing import Protocol
 
 import orjson
 
-from serving.gateway import payloads, table_refresh
+from serving.gateway import errors, payloads, table_refresh
 from serving.gateway.errors import GatewayError
 from serving.gateway.events import Outcome
 from serving.gateway.relay import MAX_ANSWER_BYTES, PATHS, Renamer, relay_stream, relay_whole
@@ -36,6 +36,8 @@ from serving.gateway.upstream import ConnectFailed, Dropped, ReadTimeout, TooLar
 logger = logging.getLogger(__name__)
 
 JSON = b"application/json"
+TIMED_OUT = "The model did not answer in time."
+DROPPED = "The model's connection closed before its answer was complete."
 
 
 class Gateway(Protocol):
@@ -119,7 +121,7 @@ async def forward(
                 gateway.balancer.release(replica)
                 if _still_served(gateway.snapshot, route.deployment, replica.id):
                     _billed_worst_case(outcome, current)
-                raise GatewayError(504, "The model did not answer in time.", "upstream_timeout") from None
+                raise GatewayError(504, TIMED_OUT, "upstream_timeout") from None
             except OSError as exc:
                 # Most often a pooled keep-alive connection that the engine had closed (restarted on the
                 # same port, or idle too long): one more try on a fresh connection before the replica is
@@ -148,12 +150,16 @@ async def forward(
                 else:
                     await relay_whole(send, response, request_id, rename, outcome)
             except TimeoutError:
+                served = _still_served(gateway.snapshot, route.deployment, replica.id)
                 if outcome.sent:
-                    outcome.status, outcome.error = 504, "upstream_timeout"
+                    # A stream whose engine sent nothing of its answer is billed as the same call unstreamed.
+                    if served and not (outcome.input_tokens or outcome.output_tokens):
+                        _billed_worst_case(outcome, current)
+                    await _end_stream(send, outcome, GatewayError(504, TIMED_OUT, "upstream_timeout"))
                     return
-                if _still_served(gateway.snapshot, route.deployment, replica.id):
+                if served:
                     _billed_worst_case(outcome, current)
-                raise GatewayError(504, "The model did not answer in time.", "upstream_timeout") from None
+                raise GatewayError(504, TIMED_OUT, "upstream_timeout") from None
             except TooLarge:
                 # Worked to the end of an answer larger than the gateway relays (log-probabilities of every
                 # token of n long completions): the work was done, so it is billed.
@@ -166,13 +172,11 @@ async def forward(
                 ) from None
             except Dropped:
                 # The engine went away mid-answer (restarted, out of memory): not a gateway fault. A stream
-                # under way ends there, what it produced metered; else the client gets a 502.
+                # under way ends there with an error event, what it produced metered; else the client gets a 502.
                 if outcome.sent:
-                    outcome.status, outcome.error = 502, "upstream_error"
+                    await _end_stream(send, outcome, GatewayError(502, DROPPED, "upstream_error"))
                     return
-                raise GatewayError(
-                    502, "The model's connection closed before its answer was complete.", "upstream_error"
-                ) from None
+                raise GatewayError(502, DROPPED, "upstream_error") from None
             finally:
                 response.release()
                 gateway.balancer.release(replica)
@@ -199,6 +203,14 @@ def _still_served(snapshot, deployment: str, replica_id: int) -> bool:
     """Whether the replica a request timed out on is still in the routing table: one dropped meanwhile (its
     node lost, its engine gone) did not work on it, and the platform's outage is not billed."""
     return any(replica.id == replica_id for replica in snapshot.replicas.get(deployment, ()))
+
+
+async def _end_stream(send, outcome: Outcome, error: GatewayError) -> None:
+    """A stream cut short by its engine after the 200 went out: the client gets the error as its last event,
+    in OpenAI's shape (as vLLM sends its own mid-stream errors), and the body ends; the usage event says it."""
+    outcome.status, outcome.error = error.status, error.code
+    event = errors.body(error.status, error.message, error.code)
+    await send({"type": "http.response.body", "body": b"data: " + event + b"\n\ndata: [DONE]\n\n"})
 
 
 def _billed_worst_case(outcome: Outcome, hop: EndpointInfo) -> None:

@@ -34,7 +34,15 @@ MAX_ANSWER_BYTES = 256 * 1024 * 1024
 PARSED_ANSWER_BYTES = 1024 * 1024
 # A `usage` key and its object: numbers, and objects of numbers one level down (prompt_tokens_details).
 # A key inside a JSON string cannot match: its quotes are escaped there.
+# Past this, an unfinished event's next pieces are kept aside and only they are searched for its end: one
+# event of tens of MB (echo with log-probabilities of a long prompt) comes in hundreds of pieces, and adding
+# each to the whole and splitting it again took seconds of CPU. Most pieces hold whole events.
+LARGE_EVENT = 64 * 1024
 USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*(\{[^{}]*(?:\{[^{}]*\}[^{}]*)*\})')
+
+
+class ClientGone(Exception):
+    """The client went away mid-stream: ends the read of the engine's answer."""
 
 
 class Renamer:
@@ -56,13 +64,14 @@ class StreamUsage:
     first) the latest count of each choice. vLLM's per-chunk usage counts one choice: its prompt and what
     that choice has produced so far (choice i belongs to prompt i // n), not the whole request."""
 
-    __slots__ = ("completion", "final", "n", "prompt")
+    __slots__ = ("completion", "error", "final", "n", "prompt")
 
     def __init__(self, n: int):
         self.n = max(1, n)
         self.prompt: dict[int, int] = {}
         self.completion: dict[int, int] = {}
         self.final: tuple[int, int] | None = None
+        self.error = 0  # the status of an error event the engine sent mid-stream (0: none)
 
     def take(self, usage: dict, choices: list) -> None:
         counts = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
@@ -75,6 +84,14 @@ class StreamUsage:
 
     def totals(self) -> tuple[int, int]:
         return self.final or (sum(self.prompt.values()), sum(self.completion.values()))
+
+    def take_error(self, event: bytes) -> None:
+        """vLLM's error mid-stream (``data: {"error": {..., "code": 400}}``): its code, else a 502."""
+        try:
+            code = orjson.loads(event[6:])["error"]["code"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            code = None
+        self.error = code if isinstance(code, int) and 400 <= code < 600 else 502
 
 
 async def read_body(receive, limit: int) -> bytes:
@@ -166,6 +183,8 @@ def pass_event(event: bytes, rename: Renamer, shape: payloads.Shape, usage: Stre
     (``stream_options.include_usage``), and usage on the other chunks only if it also asked for that
     (``continuous_usage_stats``)."""
     if not (event.startswith(b"data: {") and b'"usage"' in event):
+        if event.startswith(b'data: {"error"'):  # only events without usage: an error has none
+            usage.take_error(event)
         return rename(event) + b"\n\n"
     try:
         parsed = orjson.loads(event[6:])
@@ -216,24 +235,43 @@ async def relay_stream(
             message = await receive()
             if message["type"] == "http.disconnect":
                 disconnected.set()
+                # Wakes a read waiting on a silent engine (queued, a long prefill): the stream ends now and
+                # the engine's slot is given back (the connection closed), not at its next chunk.
+                response.fail(ClientGone())
                 return
 
     watcher = asyncio.create_task(watch())
     usage = StreamUsage(outcome.shape.n)
-    pending = b""
+    pending = b""  # an unfinished event (events are whole before they are passed on)
+    parts: list[bytes] = []  # a large one's pieces after ``pending``, joined once it is whole
+    events: list[bytes]
     try:
         async for chunk in response.chunks():
             if outcome.ttft is None:
                 outcome.ttft = time.perf_counter() - started
-            pending += chunk
-            *events, pending = pending.split(b"\n\n")  # events are whole before they are passed on
+            if len(pending) < LARGE_EVENT:
+                pending += chunk
+                *events, pending = pending.split(b"\n\n")
+            elif b"\n\n" in chunk or (
+                chunk.startswith(b"\n") and (parts[-1] if parts else pending).endswith(b"\n")
+            ):
+                *events, pending = b"".join((pending, *parts, chunk)).split(b"\n\n")
+                parts.clear()
+            else:
+                parts.append(chunk)
+                events = []
             passed = [out for event in events if (out := pass_event(event, rename, outcome.shape, usage))]
             if disconnected.is_set():
                 outcome.status, outcome.error = 499, "client_disconnected"
                 return
             if passed:
                 await send({"type": "http.response.body", "body": b"".join(passed), "more_body": True})
-        await send({"type": "http.response.body", "body": rename(pending) if pending.strip() else b""})
+        if usage.error:
+            outcome.status, outcome.error = usage.error, "upstream_error"
+        rest = b"".join((pending, *parts))
+        await send({"type": "http.response.body", "body": rename(rest) if rest.strip() else b""})
+    except ClientGone:
+        outcome.status, outcome.error = 499, "client_disconnected"
     finally:
         watcher.cancel()
         outcome.input_tokens, outcome.output_tokens = usage.totals()
