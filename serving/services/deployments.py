@@ -27,8 +27,16 @@ from serving.services.shared import _after_commit_reconcile, _check_name
 from serving.services.sharing import require_pool_open_to, require_usable_by
 
 
-def _preflight(version: ModelVersion, pool: ComputePool, args: dict, adapter_parameters: int = 0) -> None:
-    """Refuse a deployment that could not get even one replica now, saying why."""
+def _preflight(
+    version: ModelVersion,
+    pool: ComputePool,
+    args: dict,
+    adapter_parameters: int = 0,
+    *,
+    exclude_replica_ids: set[int] | None = None,
+) -> None:
+    """Refuse a deployment that could not get even one replica now, saying why. ``exclude_replica_ids``:
+    replicas whose room counts as free (a restart's own, which its new replicas replace)."""
     estimate = scheduler.estimate(
         pool_kind=pool.kind,
         parameter_count=version.parameter_count or 0,
@@ -38,7 +46,8 @@ def _preflight(version: ModelVersion, pool: ComputePool, args: dict, adapter_par
         facts=version.architecture_facts,
     )
     try:
-        scheduler.place(estimate, pool_capacity(pool), pool_kind=pool.kind, args=args)
+        capacity = pool_capacity(pool, exclude_replica_ids=exclude_replica_ids)
+        scheduler.place(estimate, capacity, pool_kind=pool.kind, args=args)
     except scheduler.Unschedulable as exc:
         raise Conflict(f"Unschedulable on {pool.name}: {exc}", code="unschedulable") from None
 
@@ -176,6 +185,14 @@ def _may_start_replicas(deployment: Deployment) -> None:
     budgets.check_can_spend(deployment.owner_team)
 
 
+def _preflight_deployment(deployment: Deployment, args: dict, *, own_room: bool = False) -> None:
+    """The preflight of an existing deployment's new replicas, its adapters counted as the reconcile counts
+    them: without it, a replica that fits nowhere is found only after the old ones have stopped."""
+    adapters = sum(a.version.parameter_count or 0 for a in deployment.adapters.select_related("version"))
+    own = set(deployment.replica_set.values_list("pk", flat=True)) if own_room else None
+    _preflight(deployment.version, deployment.pool, args, adapters, exclude_replica_ids=own)
+
+
 def _not_watched(deployment: Deployment, change: str) -> None:
     """Refuse to change what a deployment serves (its version, its engine arguments) while a rollout under
     way watches it: as the candidate, the figures would be the old one's and the new one promoted on them;
@@ -208,6 +225,8 @@ def scale(*, actor: Actor, deployment: Deployment, replicas: int) -> Deployment:
         raise Invalid("replicas: between 0 and 64.")
     if replicas > deployment.replicas:
         _may_start_replicas(deployment)
+    if replicas and not deployment.replicas:  # from none: nothing shows its arguments fit any node
+        _preflight_deployment(deployment, engine_args.for_deployment(deployment))
     before = deployment.snapshot()
     deployment.replicas, deployment.updated_at = replicas, timezone.now()
     deployment.save(update_fields=["replicas", "updated_at"])
@@ -231,9 +250,10 @@ def restart(
     if version is not None:
         _lock_version(_visible(actor, version), deployment.version_id)  # before the deployment's row
     deployment = _locked(deployment)
-    if (version is not None and version.pk != deployment.version_id) or (
+    changes = (version is not None and version.pk != deployment.version_id) or (
         args is not None and args != deployment.engine_args
-    ):
+    )
+    if changes:
         _not_watched(deployment, "change its version or engine arguments")
     before = deployment.snapshot()
     if version is not None and version.pk != deployment.version_id:
@@ -259,6 +279,8 @@ def restart(
         _fits_adapters(deployment, resolved)
     if deployment.replicas:
         _may_start_replicas(deployment)  # a rolling restart starts new replicas, maybe larger ones
+        if changes:  # they replace its own: their room counts as free
+            _preflight_deployment(deployment, resolved, own_room=True)
     deployment.generation += 1
     deployment.updated_at = timezone.now()
     deployment.save(update_fields=["version", "engine_args", "generation", "updated_at"])
