@@ -157,3 +157,15 @@ def _holder_is_gone(token: str) -> bool:
     if host != socket.gethostname() or not pid.isdigit():
         return False  # another machine's process: only its lease's expiry tells
     return not psutil.pid_exists(int(pid))
+
+
+def still_held(lease: Lease | None) -> bool:
+    """Whether a run may still end its job or delete what its replacement would read: ``ensure_held`` without
+    raising; a run without a lease (inline) always may."""
+    if lease is None:
+        return True
+    try:
+        lease.ensure_held()
+    except LeaseLost:
+        return False
+    return True

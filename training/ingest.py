@@ -36,7 +36,7 @@ from django.utils import timezone
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.errors import Invalid
-from portfolio.leases import Lease, LeaseLost, kept_here
+from portfolio.leases import Lease, LeaseLost, kept_here, still_held
 from portfolio.registry import blobclaims
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.models import Artifact
@@ -261,7 +261,7 @@ def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:
     except Exception as exc:
         # A run that lost its lease may fail because of the run that replaced it (whose ``prepare`` removed
         # this one's work folder): the outcome is not this run's to record.
-        if not progress.holds():
+        if not still_held(progress.lease):
             lost = True
             logger.warning("ingest #%s failed after losing its lease: left alone", ingest_id, exc_info=True)
         elif isinstance(exc, Invalid):
@@ -277,7 +277,7 @@ def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:
             raise
     finally:
         # The upload stays for the live run once this one may have been replaced (a redelivery reads it).
-        if ended or (not lost and progress.holds()):
+        if ended or (not lost and still_held(progress.lease)):
             Path(ingest.upload_path).unlink(missing_ok=True)
     ingest.refresh_from_db()
     return ingest
@@ -304,14 +304,6 @@ class _Progress:
     def ensure_held(self) -> None:
         if self.lease is not None:
             self.lease.ensure_held()
-
-    def holds(self) -> bool:
-        """Whether the run may still end the ingest or delete its upload: ``ensure_held`` without raising."""
-        try:
-            self.ensure_held()
-        except LeaseLost:
-            return False
-        return True
 
     def __call__(self, percent: int, detail: str, *, force: bool = False, **fields) -> None:
         self.ensure_held()

@@ -33,7 +33,7 @@ from django.utils import timezone
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.errors import DomainError
-from portfolio.leases import Lease, LeaseLost, kept_here
+from portfolio.leases import Lease, LeaseLost, kept_here, still_held
 from portfolio.registry import artifacts, blobclaims, cards, importers, safety
 from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.hashing import Manifest
@@ -98,14 +98,6 @@ class Reporter:
     def ensure_held(self) -> None:
         if self.lease is not None:
             self.lease.ensure_held()
-
-    def holds(self) -> bool:
-        """Whether the run may still end the import or delete its upload: ``ensure_held`` without raising."""
-        try:
-            self.ensure_held()
-        except LeaseLost:
-            return False
-        return True
 
     def __call__(self, percent: int, detail: str) -> None:
         self.ensure_held()
@@ -186,7 +178,7 @@ def _import(version: ModelVersion) -> None:
     except Exception as exc:
         # A run that lost its lease may fail because of the run that replaced it: the outcome, and the
         # uploaded archive, are not this run's.
-        if not report.holds():
+        if not still_held(report.lease):
             lost = True
             logger.warning(
                 "import of version %s failed after losing its lease: left alone", version_id, exc_info=True

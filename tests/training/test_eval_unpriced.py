@@ -6,15 +6,12 @@ in for (as in test_eval_runs.py); a composite's hop events are written as the ga
 from __future__ import annotations
 
 import contextlib
-from datetime import timedelta
 from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
 from django.utils import timezone
 
-from portfolio.billing.choices import PriceKind
-from portfolio.billing.models import Price
 from serving.gateway import hop_ids
 from serving.gateway.models import ApiKey, UsageEvent
 from serving.models import Endpoint
@@ -26,17 +23,6 @@ from training.evals.leaderboard import leaderboard
 pytestmark = pytest.mark.django_db
 # test_eval_runs.py's fixtures: a classification task of 24 rows, a plain endpoint, the stand-in gateway.
 version, task, endpoint, answers = eval_runs.version, eval_runs.task, eval_runs.endpoint, eval_runs.answers
-
-
-def price(endpoint: Endpoint, input_rate: str, output_rate: str) -> None:
-    Price.objects.create(
-        kind=PriceKind.ENDPOINT,
-        subject_id=str(endpoint.pk),
-        subject_name=endpoint.name,
-        effective_from=timezone.now() - timedelta(days=1),
-        input_per_million=Decimal(input_rate),
-        output_per_million=Decimal(output_rate),
-    )
 
 
 @pytest.fixture
@@ -104,14 +90,14 @@ def test_a_composite_over_unpriced_hops_is_not_priced_and_on_no_front(engineer, 
 
 
 def test_a_composite_with_one_unpriced_hop_is_not_priced(engineer, task, cascade):
-    price(cascade.small, "1.00", "2.00")
+    eval_runs.priced(cascade.small, "1.00", "2.00")
     composite = cascade({"small-ep": "0.000014", "large-ep": "0"}, rows=4)
     assert scored(engineer, task, composite, rows=4)["cost_per_1k_requests"] is None
 
 
 def test_a_priced_composite_costs_every_hop_at_its_price(engineer, task, cascade):
-    price(cascade.small, "1.00", "2.00")
-    price(cascade.large, "10.00", "20.00")
+    eval_runs.priced(cascade.small, "1.00", "2.00")
+    eval_runs.priced(cascade.large, "10.00", "20.00")
     composite = cascade({"small-ep": "0.000014", "large-ep": "0.000140"}, rows=4)
     scores = scored(engineer, task, composite, rows=4)
     assert scores["billed"] == "0.000616"  # 4 x (0.000014 + 0.000140)
@@ -120,7 +106,7 @@ def test_a_priced_composite_costs_every_hop_at_its_price(engineer, task, cascade
 
 def test_a_price_version_with_no_rate_is_not_priced(engineer, task, endpoint, answers):
     """Billing charges the calls of a version with no rate at all at cost (a share of compute), not at 0."""
-    price(endpoint, "0", "0")
+    eval_runs.priced(endpoint, "0", "0")
     scores = scored(engineer, task, endpoint, rows=4)
     assert scores["cost_per_1k_requests"] is None and scores["price"] is None
     assert leaderboard(task.eval_sets.get())[0].cells["cost"] == "not priced"
