@@ -2,7 +2,7 @@
 
 portfolio run          everything on this machine, with embedded PostgreSQL and Redis (`make run`)
 portfolio web          the ASGI web server (UI, REST API, later the gateway)
-portfolio worker       a Celery worker for the "control" queue
+portfolio worker       a Celery worker for the "control" queue (`--long`: for "control.long", the long tasks)
 portfolio node-agent   a Celery worker for this machine's "node.<name>" queue
 portfolio beat         the Celery beat scheduler
 portfolio migrate      migrations as the database owner, then the application role's grants
@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="Celery worker for the control queue")
     _env_option(worker, "concurrency", "PORTFOLIO_WORKER_CONCURRENCY", 2, maximum=MAX_CONCURRENCY)
+    worker.add_argument(
+        "--long",
+        action="store_true",
+        help="consume the long control tasks' queue (eval runs, merges, imports, ingests) instead",
+    )
 
     agent = sub.add_parser("node-agent", help="Celery worker for this machine's node queue")
     agent.add_argument("--name", default=None, help="node name (default: PORTFOLIO_NODE_NAME or host name)")
@@ -144,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
             _prepare_shared_metrics()
         _exec(commands.web_command(args.host, args.port, args.workers))
     if args.command == "worker":
-        _exec(commands.worker_command(["control"], args.concurrency, f"control@{commands.node_name()}"))
+        queue, name = ("control.long", "long") if args.long else ("control", "control")
+        _exec(commands.worker_command([queue], args.concurrency, f"{name}@{commands.node_name()}"))
     if args.command == "node-agent":
         name = args.name or commands.node_name()
         os.environ["PORTFOLIO_NODE_NAME"] = name

@@ -2,7 +2,8 @@
 
 Starts the embedded PostgreSQL and Redis when no URLs are configured, migrates, creates the admin account
 (password printed once, kept in a file only this user can read), seeds the demo portfolio, then runs the
-web server, a Celery worker (control queue and this machine's node queue) and Celery beat.
+web server, a Celery worker (control queue and this machine's node queue), a Celery worker for the long
+control tasks (queue ``control.long``: eval runs, merges, imports, ingests) and Celery beat.
 
 The terminal shows the start-up, then one line per event a person waits for (``manage.py watch_events``:
 an engine ready or failed, an adapter loaded, a fine-tune finished; and the demo's first answer). Each process logs to ``<data>/logs/<process>.log``; ``--verbose``
@@ -12,10 +13,10 @@ fresh demo API key, and the portfolio page (where the demo's ticket-routing task
 demo fine-tune has finished and its eval runs have scored them). Ctrl-C (or SIGTERM, or SIGHUP: the terminal
 closed, the SSH session lost) stops everything it started, the embedded servers last. Data is
 kept for next time; the replicas of the last run start again (``manage.py requeue_engines``). On Linux the web
-server, worker and beat also get SIGTERM if the launcher itself is killed (SIGKILL), which leaves no clean-up.
+server, workers and beat also get SIGTERM if the launcher itself is killed (SIGKILL), which leaves no clean-up.
 
 Its exit status says how it ended: 0 when the person stopped it (Ctrl-C, SIGTERM or SIGHUP once the servers
-run: the normal way to end it); 1 when a start-up step failed or the web server, worker or beat exited on its
+run: the normal way to end it); 1 when a start-up step failed or the web server, a worker or beat exited on its
 own (a crash), when the port is taken (checked before anything starts: another `make run` there would answer
 the health check in this one's place), or when the data folder's path holds a space (the embedded PostgreSQL's
 ``pg_ctl`` cannot take one); 130 when Ctrl-C interrupted the start-up steps, 143 when SIGTERM did, 129 when
@@ -188,7 +189,7 @@ def run_all(*, host: str, port: int, demo: bool = True, verbose: bool = False) -
         _say(
             "`portfolio run` is the one-machine launcher (embedded PostgreSQL and Redis, demo data) and does not "
             "run with PORTFOLIO_ENV=production: run `portfolio migrate`, then `portfolio web`, `portfolio worker`, "
-            "`portfolio node-agent` and `portfolio beat`, with DATABASE_URL and REDIS_URL set"
+            "`portfolio worker --long`, `portfolio node-agent` and `portfolio beat`, with DATABASE_URL and REDIS_URL set"
         )
         return 1
     data_dir = commands.data_dir()
@@ -235,7 +236,7 @@ def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> 
         if step.returncode:
             raise StartupFailed(" ".join(args))
 
-    children: dict[str, subprocess.Popen] = {}  # web, worker, beat: any of them exiting stops everything
+    children: dict[str, subprocess.Popen] = {}  # web, workers, beat: any of them exiting stops everything
     oneshots: dict[str, subprocess.Popen] = {}  # the demo's steps: a failure is reported, not fatal
     stopping = False  # SIGINT, SIGTERM or SIGHUP: the person stops it (exit status 0 once it serves)
     starting = True  # until the servers run, SIGTERM or SIGHUP cuts the start-up short (`Terminated`)
@@ -281,6 +282,8 @@ def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> 
         servers = {
             "web": commands.web_command(host, port, 1),
             "worker": commands.worker_command(["control", f"node.{node}"], 2, f"local@{node}"),
+            # Eval runs, merges, imports and ingests: their own worker, so none holds up the periodic work.
+            "long-worker": commands.worker_command(["control.long"], 2, f"long@{node}"),
             "beat": commands.beat_command(str(data_dir / "celerybeat-schedule")),
         }
         for name, command in servers.items():

@@ -20,7 +20,7 @@ from portfolio.envparse import Env
 from portfolio.registry.tasks import import_version
 
 ROOT = Path(__file__).resolve().parent.parent
-PLATFORM_SERVICES = {"migrate", "web", "worker", "beat", "node-cpu", "node-gpu"}
+PLATFORM_SERVICES = {"migrate", "web", "worker", "worker-long", "beat", "node-cpu", "node-gpu"}
 INFRASTRUCTURE = {"postgres", "redis", "minio", "minio-init", "keycloak"}
 
 
@@ -225,13 +225,11 @@ def test_browser_uploads_and_import_folders_are_shared_by_the_web_server_and_the
     settings.DATA_DIR = tmp_path
     saved = save_upload([b"PK"], "adapter.zip")
     uploads = saved.parent.relative_to(tmp_path).as_posix()
-    # The import task runs on the control queue, which the worker service consumes.
-    assert (
-        import_version.name == "registry.import_version" and settings.CELERY_TASK_DEFAULT_QUEUE == "control"
-    )
-    assert compose["services"]["worker"]["command"][1] == "worker"
+    # The import task runs on the long control queue, which the worker-long service consumes.
+    assert settings.CELERY_TASK_ROUTES[import_version.name]["queue"] == "control.long"
+    assert compose["services"]["worker-long"]["command"][1:3] == ["worker", "--long"]
     mounts = {}
-    for service in ("web", "worker"):
+    for service in ("web", "worker", "worker-long"):
         data_dir = env_of(compose, service)["PORTFOLIO_DATA_DIR"]
         assert "PORTFOLIO_IMPORT_ROOTS" not in env_of(compose, service)  # the default: <data>/imports
         mounts[service] = {
@@ -240,8 +238,9 @@ def test_browser_uploads_and_import_folders_are_shared_by_the_web_server_and_the
         }
         assert volume_is_named(compose, mounts[service][uploads])
         assert volume_is_named(compose, mounts[service]["imports"])
-    assert mounts["web"][uploads] == mounts["worker"][uploads]
-    assert mounts["web"]["imports"] == mounts["worker"]["imports"]
+    for worker in ("worker", "worker-long"):
+        assert mounts["web"][uploads] == mounts[worker][uploads]
+        assert mounts["web"]["imports"] == mounts[worker]["imports"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert f"/var/lib/portfolio/{uploads}" in dockerfile and "/var/lib/portfolio/imports" in dockerfile
 
@@ -250,7 +249,7 @@ def volume_is_named(compose: dict, volume: str) -> bool:
     return volume in compose["volumes"]
 
 
-@pytest.mark.parametrize("service", ["node-cpu", "node-gpu", "worker"])
+@pytest.mark.parametrize("service", ["node-cpu", "node-gpu", "worker", "worker-long"])
 def test_node_agents_and_the_worker_reach_the_gateway_of_the_web_service(compose, service):
     """Distillation jobs (node agents), eval runs and a rollout's canary judge (the worker) call endpoints
     through the gateway; the worker had no address for it and tried 127.0.0.1:8000 in its own container."""

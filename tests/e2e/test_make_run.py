@@ -104,11 +104,11 @@ def test_run_starts_everything_serves_the_demo_and_ctrl_c_stops_everything(tmp_p
     password = password_file.read_text().strip()
     assert oct(password_file.stat().st_mode & 0o777) == "0o600"
     assert output.count(password) == 1, "the admin password is printed exactly once"
-    assert "starting worker" in output and "starting beat" in output
+    assert "starting worker" in output and "starting long-worker" in output and "starting beat" in output
     assert not (data_dir / "pgdata" / "postmaster.pid").exists(), "embedded PostgreSQL still running"
     assert not (data_dir / "redis" / "redis.sock").exists(), "embedded Redis still running"
 
-    assert (data_dir / "logs" / "worker.log").exists() and (data_dir / "logs" / "web.log").exists()
+    assert all((data_dir / "logs" / f"{name}.log").exists() for name in ("web", "worker", "long-worker"))
     assert "celery@" not in output and "Scheduler: Sending due task" not in output, "chatter goes to the logs"
     assert output.index("Demo ready:") < output.index("[portfolio] ready:")
 
