@@ -128,10 +128,10 @@ def _dying_with_this_process() -> Callable[[], None] | None:
     return set_death_signal
 
 
-def start_server(command: list[str], log: IO[bytes]) -> subprocess.Popen:
-    """The web server, worker or beat, logging to ``log``, stopped with the launcher however it ends."""
+def start_server(command: list[str], log: IO[bytes], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """The web server, a worker or beat, logging to ``log``, stopped with the launcher however it ends."""
     return subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_dying_with_this_process()
+        command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_dying_with_this_process()
     )
 
 
@@ -286,11 +286,14 @@ def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> 
             "long-worker": commands.worker_command(["control.long"], 2, f"long@{node}"),
             "beat": commands.beat_command(str(data_dir / "celerybeat-schedule")),
         }
+        # Only the local worker is this machine's node agent: a second heartbeat loop in the long worker would
+        # reconcile the same engines at the same time (and take fine-tunes placed here).
+        environments = {"long-worker": {**os.environ, "PORTFOLIO_NODE_AGENT": "0"}}
         for name, command in servers.items():
             _say(f"starting {name}")
             log = runlogs.open_log(logs, name)
             log_files.append(log)
-            children[name] = start_server(command, log)
+            children[name] = start_server(command, log, environments.get(name))
             if verbose:
                 follower.follow(name, logs / f"{name}.log")
         _say(f"logs: {logs}/" + ("" if verbose else " (`portfolio run --verbose` shows them live)"))

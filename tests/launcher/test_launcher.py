@@ -169,6 +169,27 @@ def test_ctrl_c_or_sigterm_while_serving_is_a_normal_stop(started, monkeypatch, 
     assert {each: signal.getsignal(each) for each in handlers} == handlers
 
 
+def test_only_the_local_worker_is_the_node_agent_not_the_long_worker(started, monkeypatch, tmp_path):
+    """The long worker (eval runs, merges, imports, ingests) is a Celery worker too: with the launcher's
+    PORTFOLIO_NODE_AGENT=1 it would run a second heartbeat loop reconciling this machine's engines."""
+    script = "import os, sys, time; open(sys.argv[1], 'w').write(os.environ.get('PORTFOLIO_NODE_AGENT', '')); time.sleep(120)"
+
+    def worker(queues, *args):
+        return [sys.executable, "-c", script, str(tmp_path / queues[-1])]
+
+    monkeypatch.setattr(commands, "worker_command", worker)
+    written = [tmp_path / "node.launcher-test", tmp_path / "control.long"]
+
+    def answers(url):
+        if all(path.exists() and path.read_text() for path in written):
+            os.kill(os.getpid(), signal.SIGINT)
+        return False
+
+    monkeypatch.setattr(launcher, "_answers", answers)
+    assert _serve() == 0
+    assert [path.read_text() for path in written] == ["1", "0"]
+
+
 def test_ctrl_c_during_the_start_up_steps_exits_130_and_stops_the_embedded_servers(started, monkeypatch):
     def interrupted():
         raise KeyboardInterrupt
