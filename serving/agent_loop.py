@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 
 from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
@@ -17,6 +18,9 @@ from django.db import close_old_connections
 
 logger = logging.getLogger(__name__)
 _stop = threading.Event()
+# Called with the node's name after each heartbeat: work of the layers above on this machine (training stops
+# trainers no watcher is left for, ``training.trainer_sweep``).
+PASS_HOOKS: list[Callable[[str], None]] = []
 
 
 def _loop(name: str) -> None:
@@ -30,6 +34,11 @@ def _loop(name: str) -> None:
             started = agent.heartbeat(name, agent_start=not started) or started
         except Exception:
             logger.exception("node agent %s: heartbeat failed", name)
+        for hook in PASS_HOOKS:
+            try:
+                hook(name)
+            except Exception:
+                logger.exception("node agent %s: %s failed", name, getattr(hook, "__qualname__", hook))
         _stop.wait(settings.NODE_HEARTBEAT_SECONDS)
 
 

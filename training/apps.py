@@ -8,9 +8,12 @@ class TrainingConfig(AppConfig):
     def ready(self) -> None:
         from portfolio.registry import merging, storage_meter
         from portfolio.registry import services as registry_services
-        from serving import capacity, rollout_judge
+        from serving import agent_loop, capacity, rollout_judge
         from serving.services import endpoints
-        from training import tasks  # noqa: F401 - registers its Celery tasks, which finetune sends by name
+        from training import (
+            tasks,  # noqa: F401 - registers its Celery tasks, which finetune sends by name
+            trainer_sweep,
+        )
         from training.evals import canary_judging
         from training.finetune import gpu_holds
         from training.merges import services as merges
@@ -25,6 +28,7 @@ class TrainingConfig(AppConfig):
             rollout_judge.JudgeSampler(check=canary_judging.check, sample=canary_judging.sample)
         )
         capacity.GPU_HOLDERS.append(gpu_holds)
+        agent_loop.PASS_HOOKS.append(trainer_sweep.sweep)
         storage_meter.ARTIFACT_OWNERS.append(kept_artifacts)
         merging.ADAPTER_MERGERS.append(merges.start_merge)
         merging.MERGE_NOTES.append(merges.notes)

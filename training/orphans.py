@@ -7,7 +7,8 @@ nobody left to watch it, the merge itself would run on to its end, using the nod
 nobody records. ``exit_with_parent`` ends it within a second of its watcher's death instead.
 
 Fine-tunes do not use it: a restarted node task adopts a trainer that survived its worker
-(``training.tasks._watch``), so they are meant to run on.
+(``training.tasks._watch``), so they are meant to run on; one that nobody adopts is stopped by the node agent
+(``training.trainer_sweep``).
 """
 
 from __future__ import annotations

@@ -152,7 +152,7 @@ def _alive(pid: int | None, job_id: int) -> bool:
         return False
 
 
-def _lease(job: FineTuneJob) -> Lease:
+def attempt_lease(job: FineTuneJob) -> Lease:
     """One watcher per attempt of a job: a redelivery of its task (the broker's visibility timeout, a worker
     process that died) finds the live watcher's lease and leaves the job alone."""
     return Lease(f"training.run_job:{job.pk}:{job.attempt}")
@@ -181,7 +181,7 @@ def run_job(job_id: int) -> None:
         logger.warning("fine-tune #%s is placed on another node: this copy of its message leaves it", job_id)
         return
     if claimed:
-        lease = _lease(job)
+        lease = attempt_lease(job)
         if not lease.acquire(wait=False):  # a new attempt's lease is free: another claimed it, somehow
             logger.error(
                 "fine-tune #%s attempt %s: its lease is held by %s", job_id, job.attempt, lease.holder()
@@ -196,7 +196,7 @@ def run_job(job_id: int) -> None:
             FineTuneJob.objects.filter(pk=job_id).update(pid=process.pid)
             _watch(job_id, process.pid, process, lease, job.attempt)
     elif job.status == JobStatus.RUNNING and job.pid and _alive(job.pid, job_id):
-        lease = _lease(job)
+        lease = attempt_lease(job)
         if not lease.acquire():
             logger.info(
                 "fine-tune #%s attempt %s is watched by a live delivery (%s); this redelivery leaves it alone",
