@@ -16,11 +16,14 @@ from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
 from django.db import close_old_connections
 
+from portfolio.registry import cache_eviction
+
 logger = logging.getLogger(__name__)
 _stop = threading.Event()
-# Called with the node's name after each heartbeat: work of the layers above on this machine (training stops
-# trainers no watcher is left for, ``training.trainer_sweep``).
-PASS_HOOKS: list[Callable[[str], None]] = []
+# Called with the node's name after each heartbeat, each throttling itself: copies of deleted artifacts
+# removed from this machine's cache; work of the layers above (training stops trainers no watcher is left for,
+# ``training.trainer_sweep``).
+PASS_HOOKS: list[Callable[[str], None]] = [cache_eviction.evict_due]
 
 
 def _loop(name: str) -> None:

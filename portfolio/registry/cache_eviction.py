@@ -1,0 +1,86 @@
+"""A machine's copies of artifacts that no longer exist, deleted.
+
+Engines, trainers and ingests load a version's files from a verified local copy under ``ARTIFACT_CACHE``
+(``artifacts.materialize_version``; tokenizers under ``tokenizers/``), kept for the next start. Nothing took
+a copy away: a fine-tune's superseded checkpoints, and versions whose stored files were purged, stayed on every
+machine that had loaded them, gigabytes each, for good.
+
+Once its artifact's row is deleted nobody can ask for a copy again (a copy is made from the row's manifest),
+so each node agent deletes those copies, at most every ``EVERY_SECONDS``: renamed first to a staging name
+(``storage`` never takes a half-deleted copy for a whole one, and clears what a crash leaves), then removed. A
+copy made less than ``KEEP_SECONDS`` ago is kept (a registration records its artifact after writing it), and
+so is one that a process on this machine names in its command line (an engine started from it).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+from pathlib import Path
+
+import psutil
+from django.conf import settings
+
+from portfolio.registry.models import Artifact
+
+logger = logging.getLogger(__name__)
+
+EVERY_SECONDS = 3600.0
+KEEP_SECONDS = 3600.0
+# An artifact's id: the sha256 of its manifest (``storage``); anything else in the cache is not a copy.
+_ARTIFACT_ID = re.compile(r"[0-9a-f]{64}")
+_last_pass = 0.0
+
+
+def _copies(root: Path) -> list[Path]:
+    found = []
+    for folder in (root, root / "tokenizers"):
+        if folder.is_dir():
+            found += [p for p in folder.iterdir() if _ARTIFACT_ID.fullmatch(p.name) and p.is_dir()]
+    return found
+
+
+def _named_by_processes() -> str:
+    """Every argument of this machine's processes, as one string to search."""
+    arguments = []
+    for process in psutil.process_iter(["cmdline"]):
+        arguments += process.info["cmdline"] or []
+    return "\n".join(arguments)
+
+
+def evict_deleted(root: Path | None = None, *, now: float | None = None) -> list[Path]:
+    """Delete the copies under ``root`` (``ARTIFACT_CACHE``) of artifacts whose rows are gone; those deleted."""
+    root = Path(settings.ARTIFACT_CACHE) if root is None else root
+    now = time.time() if now is None else now
+    copies = _copies(root)
+    if not copies:
+        return []
+    recorded = set(Artifact.objects.filter(pk__in={p.name for p in copies}).values_list("pk", flat=True))
+    gone = [p for p in copies if p.name not in recorded and now - p.stat().st_mtime >= KEEP_SECONDS]
+    if not gone:
+        return []
+    named = _named_by_processes()
+    evicted = []
+    for copy in gone:
+        if str(copy) in named:
+            continue
+        staging = copy.with_name(f".{copy.name}-evicting")
+        try:
+            copy.rename(staging)
+        except OSError:
+            continue  # removed meanwhile by another process
+        shutil.rmtree(staging, ignore_errors=True)
+        evicted.append(copy)
+        logger.info("artifact cache: deleted the copy of %s (its artifact no longer exists)", copy.name)
+    return evicted
+
+
+def evict_due(node_name: str) -> None:
+    """The node agent loop's hook: ``evict_deleted`` at most every ``EVERY_SECONDS``."""
+    global _last_pass
+    if time.monotonic() - _last_pass < EVERY_SECONDS and _last_pass:
+        return
+    _last_pass = time.monotonic()
+    evict_deleted()
