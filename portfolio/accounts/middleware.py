@@ -1,5 +1,6 @@
 """Sign-in for the web UI. Machine-facing paths are let through: they authenticate each request themselves
-(the REST API and the gateway answer 401 JSON) or must be reachable without a session."""
+(the REST API and the gateway answer 401 JSON) or must be reachable without a session. And a single sign-on
+session's record follows its session to a new key (``SsoSessionKeyMiddleware``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from django.shortcuts import resolve_url
 from django_htmx.http import HttpResponseClientRedirect
 
 from portfolio.accounts.sso import config as sso_config
+from portfolio.accounts.sso import logout as sso_logout
 
 OPEN_PREFIXES = ("/api/", "/v1/", "/static/", "/healthz", "/metrics")
 
@@ -38,6 +40,23 @@ class LoginRequiredMiddleware(auth_middleware.LoginRequiredMiddleware):
             redirect = redirect_to_login(next_path, login_url, self.get_redirect_field_name(view_func))
             return HttpResponseClientRedirect(redirect.url)
         return super().handle_no_permission(request, view_func)
+
+
+class SsoSessionKeyMiddleware:
+    """After the view, moves a single sign-on session's record to the session's new key when Django changed
+    it during the request (``sso.logout.follow``): ``request.user`` is read lazily, so the change made by
+    ``auth.get_user`` after a secret rotation may come as late as the view. Goes after
+    AuthenticationMiddleware and inside SessionMiddleware, which then saves the session."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        session = getattr(request, "session", None)
+        if session is not None:
+            sso_logout.follow(session)
+        return response
 
 
 class RealmFormActionCSPMiddleware(CSPMiddleware):

@@ -5,7 +5,8 @@ Only what the mapping rules can use is read: every user (id, name, enabled), the
 path a rule names, and, when a rule names a role, the effective roles of each person who has signed in here
 (as their tokens carry them). That is one request per hundred users, one per named group, and one or two
 per signed-in person when rules name roles. Reading is all or nothing: any failure raises
-``Unavailable`` and the caller changes nothing.
+``Unavailable`` and the caller changes nothing. A directory is as of the time its reading began
+(``read_at``): a token issued since may know better.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+from django.utils import timezone
 from keycloak import KeycloakAdmin, KeycloakOpenIDConnection
 from keycloak.exceptions import KeycloakError
 
@@ -39,8 +42,10 @@ class Wanted:
 
 @dataclass
 class Directory:
-    """The realm's users by id (the ``sub`` of their tokens), and who holds each wanted group or role."""
+    """The realm's users by id (the ``sub`` of their tokens), and who holds each wanted group or role, as
+    of ``read_at``: made before the first request, so no change read can be newer than it."""
 
+    read_at: datetime = field(default_factory=timezone.now)
     enabled: dict[str, bool] = field(default_factory=dict)
     groups: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     realm_roles: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
@@ -126,7 +131,7 @@ def read(
 ) -> Directory:
     """The directory as the rules need it, read in full, or ``Unavailable``; roles are read for
     ``subjects`` only (the people who have signed in here)."""
-    directory = Directory()
+    directory = Directory()  # its read_at: now, before anything is read
     try:
         admin = _admin(config, client_id, client_secret)
         for user in admin.get_users({"briefRepresentation": True}):

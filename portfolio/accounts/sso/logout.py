@@ -11,6 +11,13 @@ signed by one of the realm's keys (``client.verify_jwt``), issued by the realm f
 expired, carrying the back-channel logout event and a ``sid`` or ``sub``, no ``nonce`` (an ID token must
 not pass for one) and a ``jti`` not seen before; then every session of that ``sid`` (or, with only ``sub``,
 every single sign-on session of that person) is deleted and audited as ``user.logout`` by the realm.
+
+Django changes a session's key without telling anyone (``cycle_key``: ``auth.get_user`` does it when the
+session verifies only with a key of ``SECRET_KEY_FALLBACKS``, after a secret rotation). The session keeps the
+key its record was made under (``RECORDED_KEY``), and ``follow``, run after each request that read the
+session (``accounts.middleware.SsoSessionKeyMiddleware``), moves the record to the new key: else the realm's
+logout would name a key that no longer exists, and end nothing. It costs nothing for a session not made by
+single sign-on, and one query only when the key has changed.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ from portfolio.audit import services as audit
 # accepts an expired one as a hint).
 ID_TOKEN = "sso.id_token"
 SID = "sso.sid"
+# The session key its ``SsoSession`` is recorded under, to notice that Django has changed it.
+RECORDED_KEY = "sso.session_key"
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 # A logout token issued longer ago than this is refused; one without ``exp`` has its ``jti`` kept as long.
 MAX_AGE_SECONDS = 600
@@ -68,7 +77,25 @@ def remember(session: SessionBase, *, user, issuer: str, claims: dict[str, Any],
             "created_at": timezone.now(),
         },
     )
+    session[RECORDED_KEY] = session.session_key
     return record
+
+
+def follow(session: SessionBase) -> None:
+    """Move the ``SsoSession`` of a session whose key Django has changed to its new key. Reads nothing
+    unless the session was read in this request (so its data is loaded) and holds a recorded key other
+    than its own. A record gone meanwhile (a back-channel logout that named it while the key changed, and
+    found no session under the old key; or one outliving ``SESSION_COOKIE_AGE``) can no longer be ended by
+    the realm: the session ends here instead."""
+    if not session.accessed:
+        return
+    recorded, key = session.get(RECORDED_KEY), session.session_key
+    if not recorded or key is None or recorded == key:
+        return
+    if SsoSession.objects.filter(session_key=recorded).update(session_key=key):
+        session[RECORDED_KEY] = key
+    else:
+        session.flush()
 
 
 def forget(session_key: str | None) -> None:

@@ -11,6 +11,15 @@ owner or the organisation without an admin (a break-glass superuser stays one wh
 
 The claims are an ID token's or an access token's (``groups``, ``realm_access.roles``,
 ``resource_access.<client_id>.roles``), or the same shape built from Keycloak's admin API by a sync.
+
+A claim left out is not an empty one. Keycloak's default ``roles`` client scope puts ``realm_access`` and
+``resource_access`` into the access token only: an ID token carries them only when the client has mappers
+that add them (the realm in ``deploy/keycloak`` has both). So ``apply`` judges each kind of rule (groups,
+realm roles, client roles) only by claims that carry that kind: where the claim is absent altogether (no
+``groups``, no ``realm_access``, no ``resource_access``), it neither gives nor takes what that kind's rules
+give, and a row from single sign-on that such a rule could have given is left as it is (a team role is
+not lowered below it); the directory sync, whose claims always carry every kind, then decides. A
+``resource_access`` without this client's entry does speak: its holder has none of this client's roles.
 """
 
 from __future__ import annotations
@@ -92,6 +101,19 @@ def _roles(container: Any) -> set[str]:
     return _strings(container.get("roles")) if isinstance(container, dict) else set()
 
 
+# The claim that speaks of each kind of rule: absent, the claims say nothing of that kind.
+CLAIM_OF_KIND: dict[str, str] = {
+    SsoSourceKind.GROUP: "groups",
+    SsoSourceKind.REALM_ROLE: "realm_access",
+    SsoSourceKind.CLIENT_ROLE: "resource_access",
+}
+
+
+def silent_kinds(claims: dict[str, Any]) -> set[str]:
+    """The kinds of rule the claims say nothing about (their claim left out, not empty)."""
+    return {kind for kind, claim in CLAIM_OF_KIND.items() if claim not in claims}
+
+
 def sources(claims: dict[str, Any], client_id: str) -> dict[str, set[str]]:
     """The groups, realm roles and this client's roles the claims carry, by rule kind."""
     resource_access = claims.get("resource_access")
@@ -125,18 +147,35 @@ def desired(claims: dict[str, Any], client_id: str) -> set[Grant]:
     return grants | {TeamGrant(team_id, role) for team_id, role in teams.items()}
 
 
+def unknown(claims: dict[str, Any]) -> set[Grant]:
+    """What the rules of the kinds the claims are silent about could give: neither given nor taken."""
+    silent = silent_kinds(claims)
+    if not silent:
+        return set()
+    grants: set[Grant] = set()
+    for rule in SsoMappingRule.objects.filter(kind__in=sorted(silent)):
+        if rule.team_id is not None:
+            grants.add(TeamGrant(rule.team_id, rule.team_role))
+        elif rule.org_role:
+            grants.add(OrgGrant(rule.org_role))
+        elif rule.department_id is not None:
+            grants.add(DepartmentGrant(rule.department_id, rule.department_role))
+    return grants
+
+
 @transaction.atomic
 def apply(user, claims: dict[str, Any], *, actor: Actor, client_id: str) -> Summary:
     """Make the user's single sign-on memberships and roles what the rules give for ``claims`` (see the
-    module's contract). Idempotent: a second call with the same claims changes nothing and audits nothing."""
+    module's contract), leaving what the claims cannot speak to (``unknown``). Idempotent: a second call
+    with the same claims changes nothing and audits nothing."""
     user = User.objects.select_for_update().get(pk=user.pk)  # one apply at a time per person
-    wanted = desired(claims, client_id)
+    wanted, left = desired(claims, client_id), unknown(claims)
     summary = Summary()
-    _apply_teams(user, {g.team_id: g.role for g in wanted if isinstance(g, TeamGrant)}, actor, summary)
-    _apply_org_roles(user, {g.role for g in wanted if isinstance(g, OrgGrant)}, actor, summary)
-    _apply_department_roles(
-        user, {(g.department_id, g.role) for g in wanted if isinstance(g, DepartmentGrant)}, actor, summary
-    )
+    teams = {g.team_id: g.role for g in wanted if isinstance(g, TeamGrant)}
+    _apply_teams(user, teams, left, actor, summary)
+    _apply_org_roles(user, {g.role for g in wanted if isinstance(g, OrgGrant)}, left, actor, summary)
+    departments = {(g.department_id, g.role) for g in wanted if isinstance(g, DepartmentGrant)}
+    _apply_department_roles(user, departments, left, actor, summary)
     return summary
 
 
@@ -144,7 +183,7 @@ def _with_source(snapshot: dict, row) -> dict:
     return {**snapshot, "source": row.source}
 
 
-def _apply_teams(user, wanted: dict[int, str], actor: Actor, summary: Summary) -> None:
+def _apply_teams(user, wanted: dict[int, str], left: set[Grant], actor: Actor, summary: Summary) -> None:
     # The teams first, in id order, then the memberships: the order in which a person removing or demoting
     # an owner takes them (``services.remove_member``), so the two wait for each other, never deadlock.
     held = set(Membership.objects.filter(user=user).values_list("team_id", flat=True))
@@ -160,6 +199,11 @@ def _apply_teams(user, wanted: dict[int, str], actor: Actor, summary: Summary) -
         .filter(user=user)
         .select_related("team", "user")
     }
+    for team_id, row in rows.items():
+        if row.source == SSO and TeamGrant(team_id, row.role) in left:
+            given = wanted.get(team_id)
+            if given is None or TEAM_ROLE_STRENGTH[row.role] > TEAM_ROLE_STRENGTH[given]:
+                wanted[team_id] = row.role  # a rule the claims are silent about may give it
     for team_id, role in sorted(wanted.items()):
         membership = rows.get(team_id)
         if membership is None:
@@ -192,10 +236,11 @@ def _org_change(actor: Actor, action: str, user, role: str, before: dict) -> Non
     audit.record(actor, action, user, before=before, after=after, object_repr=user.username)
 
 
-def _apply_org_roles(user, wanted: set[str], actor: Actor, summary: Summary) -> None:
+def _apply_org_roles(user, wanted: set[str], left: set[Grant], actor: Actor, summary: Summary) -> None:
     rows = {
         grant.role: grant for grant in OrgRoleGrant.objects.select_for_update(of=("self",)).filter(user=user)
     }
+    wanted = wanted | {role for role, grant in rows.items() if grant.source == SSO and OrgGrant(role) in left}
     for role in sorted(wanted):
         grant = rows.get(role)
         before = {"user": user.username, "org_roles": _org_roles(user)}
@@ -216,13 +261,17 @@ def _apply_org_roles(user, wanted: set[str], actor: Actor, summary: Summary) -> 
             summary.removed.append(f"organisation role {role}")
 
 
-def _apply_department_roles(user, wanted: Iterable[tuple[int, str]], actor: Actor, summary: Summary) -> None:
-    wanted = set(wanted)
+def _apply_department_roles(
+    user, wanted: Iterable[tuple[int, str]], left: set[Grant], actor: Actor, summary: Summary
+) -> None:
     rows = {
         (grant.department_id, grant.role): grant
         for grant in DepartmentRole.objects.select_for_update(of=("self",))
         .filter(user=user)
         .select_related("department", "user")
+    }
+    wanted = set(wanted) | {
+        key for key, grant in rows.items() if grant.source == SSO and DepartmentGrant(*key) in left
     }
     for key in sorted(wanted):
         grant = rows.get(key)

@@ -13,6 +13,13 @@ team it had touched while it went on to the next person, and deadlocked with tha
 whose changes fail is left as they were and named in the run's error; the others' stand (the run is ok, as it
 changed something). A user deactivated here by an admin is left alone, and one whom Keycloak enables again is
 not reactivated by the sync: an admin decides.
+
+The directory is as of the time its reading began (``Directory.read_at``), and a person can sign in while the
+rest is read and applied: claims issued after that time were applied already and are newer than the
+directory, so that person's groups and roles are left as the sign-in made them, and someone whose first
+sign-in here came after it is not in the read at all (not listed is then no sign of being gone). Otherwise
+the identity's ``claims_issued_at`` becomes ``read_at``, not the time of applying: a token issued between the
+read and the apply is newer than the directory and may still be used.
 """
 
 from __future__ import annotations
@@ -82,6 +89,8 @@ def _apply_person(
     )
     if identity is None:
         return  # the user was deleted meanwhile
+    if identity.created_at > found.read_at:
+        return  # first signed in here since the directory was read: not in the read, whatever it says
     user = identity.user
     if identity.subject not in found.enabled and user.username.startswith(SERVICE_ACCOUNT_PREFIX):
         return  # not listed, so not known to be gone: its client's tokens end with the client
@@ -97,10 +106,13 @@ def _apply_person(
                 )[:300]
         return
     if user.is_active:
+        if identity.claims_issued_at is not None and identity.claims_issued_at > found.read_at:
+            return  # a sign-in since the read applied newer claims (read under the lock it takes)
         claims: dict[str, Any] = found.claims_of(identity.subject, config.client_id)
         summary = sso_mapping.apply(user, claims, actor=actor, client_id=config.client_id)
-        # The directory as it is now: a token issued before this run may not grant back what it took.
-        ExternalIdentity.objects.filter(pk=identity.pk).update(claims_issued_at=timezone.now())
+        # The directory as it was read: a token issued before the read may not grant back what it took, one
+        # issued since may.
+        ExternalIdentity.objects.filter(pk=identity.pk).update(claims_issued_at=found.read_at)
         run.memberships_changed += len(summary.created) + len(summary.updated) + len(summary.removed)
 
 
