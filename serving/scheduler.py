@@ -1,4 +1,4 @@
-"""Placing replicas: an explicit memory estimate (weights + KV cache), matched against free capacity.
+"""Placing replicas: an explicit memory estimate (weights + KV cache + LoRA slots), matched against free capacity.
 
 GPU nodes are matched per GPU (a replica needs ``tensor_parallel_size`` GPUs on one node, each with its
 share free); CPU nodes by RAM and cores, and a CPU replica gets concrete core ids that no other replica
@@ -55,12 +55,15 @@ class Estimate:
     sequence_cache_bytes: int = 0
     kv_bytes_per_token: int = 0
     notes: tuple[str, ...] = ()  # what the architecture changed, in words
+    # The LoRA slots an engine with LoRA on allocates up front (``lora_slot_bytes``).
+    lora_bytes: int = 0
 
     def describe(self) -> str:
         state = f" + state {fmt_gib(self.state_bytes)}" if self.state_bytes else ""
+        lora = f" + LoRA slots {fmt_gib(self.lora_bytes)}" if self.lora_bytes else ""
         notes = f" ({'; '.join(self.notes)})" if self.notes else ""
         return (
-            f"weights {fmt_gib(self.weights_bytes)} + KV cache {fmt_gib(self.kv_bytes)}{state} + "
+            f"weights {fmt_gib(self.weights_bytes)} + KV cache {fmt_gib(self.kv_bytes)}{state}{lora} + "
             f"runtime {fmt_gib(self.overhead_bytes)}{notes}"
         )
 
@@ -78,6 +81,36 @@ def kv_bytes_per_token(shape: dict, dtype_bytes: float = 2.0, facts: dict | None
     hidden = int(shape.get("hidden_size") or 0)
     head_dim = int(shape.get("head_dim") or (hidden // heads if heads else 0))
     return int(2 * layers * kv_heads * head_dim * dtype_bytes)
+
+
+def lora_slot_bytes(shape: dict, args: dict, parameter_count: int, dtype_bytes: float = 2.0) -> int:
+    """What an engine with LoRA on allocates before any adapter loads: ``max_loras`` slots of
+    ``max_lora_rank`` for every linear layer vLLM wraps (attention's qkv and output projections, the MLP's
+    gate/up and down), whatever rank and target modules the adapters have. Per layer and unit of rank, A holds
+    the inputs (qkv: 3 x hidden; o: the heads' width; gate/up: 2 x hidden; down: the MLP's width) and B the
+    outputs (heads + 2 x KV heads; hidden; 2 x MLP width; hidden). 64 slots of rank 256 on SmolLM2-135M:
+    about 10 GB, beside its 0.27 GB of weights.
+
+    The stored shape has no MLP width: it is worked out from the parameters that are neither embeddings nor
+    attention (3 x hidden x width per layer), at most 8 x hidden (no dense model is wider; a mixture of
+    experts' total would count every expert), 4 x hidden when unknown."""
+    layers = int(shape.get("num_hidden_layers") or 0)
+    hidden = int(shape.get("hidden_size") or 0)
+    heads = int(shape.get("num_attention_heads") or 0)
+    if not layers or not hidden or not heads:
+        return 0
+    head_dim = int(shape.get("head_dim") or hidden // heads)
+    q, kv = heads * head_dim, int(shape.get("num_key_value_heads") or heads) * head_dim
+    width = int(shape.get("intermediate_size") or 0)
+    if not width:
+        embeddings = (
+            int(shape.get("vocab_size") or 0) * hidden * (1 if shape.get("tie_word_embeddings") else 2)
+        )
+        per_layer = (parameter_count - embeddings) / layers - (2 * hidden * q + 2 * hidden * kv)
+        width = int(per_layer / (3 * hidden)) if per_layer > 0 else 4 * hidden
+    width = min(width, 8 * hidden)
+    per_rank = layers * (7 * hidden + 2 * q + 2 * kv + 3 * width)
+    return int(per_rank * args["max_lora_rank"] * args["max_loras"] * dtype_bytes)
 
 
 def cross_attention_bytes(facts: dict, dtype_bytes: float = 2.0) -> int:
@@ -142,6 +175,10 @@ def estimate(
     # At least one full-length sequence must fit in the cache for vLLM to start.
     one_sequence = kv_per_token * args["max_model_len"] + cross + state_per_sequence
     notes = _notes(facts, bytes_per_param)
+    # The engine turns LoRA on when asked, or when it serves adapters (``engine_args.argv``); the slots are in
+    # the model's own precision (float32 or 16-bit; a quantised model's are 16-bit).
+    lora_on = args.get("enable_lora") or adapter_parameters
+    lora = lora_slot_bytes(shape, args, parameter_count, kv_dtype_bytes) if lora_on else 0
     if pool_kind == PoolKind.CPU:
         kv = int(args["kv_cache_space_gib"] * GIB)
         return Estimate(
@@ -150,17 +187,18 @@ def estimate(
             overhead_bytes=CPU_RUNTIME_OVERHEAD,
             per_gpu_bytes=0,
             gpus=0,
-            ram_bytes=weights + kv + CPU_RUNTIME_OVERHEAD,
+            ram_bytes=weights + kv + lora + CPU_RUNTIME_OVERHEAD,
             cores=args["cpu_cores"],
             sequence_cache_bytes=one_sequence,
             kv_bytes_per_token=kv_per_token,
             notes=notes,
+            lora_bytes=lora,
         )
     tp = args["tensor_parallel_size"]
     kv = kv_per_token * args["max_model_len"] + cross
     # State does not grow with length but is held for every sequence running at once.
     state = state_per_sequence * args.get("max_num_seqs", 1)
-    per_gpu = (weights + kv + state) // tp + GPU_RUNTIME_OVERHEAD
+    per_gpu = (weights + kv + state + lora) // tp + GPU_RUNTIME_OVERHEAD
     return Estimate(
         weights_bytes=weights,
         kv_bytes=kv,
@@ -173,6 +211,7 @@ def estimate(
         sequence_cache_bytes=one_sequence,
         kv_bytes_per_token=kv_per_token,
         notes=notes,
+        lora_bytes=lora,
     )
 
 

@@ -284,3 +284,53 @@ def test_a_gpu_node_already_serving_the_deployment_is_avoided_when_another_fits(
         llama3_on_gpu(max_model_len=8192), nodes, pool_kind=PoolKind.GPU, args=args, avoid={"gpu-01"}
     )
     assert chosen.node == "gpu-02"
+
+
+SMOLLM2_STORED_SHAPE = {**SMOLLM2_SHAPE, "vocab_size": 49152, "tie_word_embeddings": True}
+
+
+def test_lora_slots_count_against_the_node_as_vllm_allocates_them_up_front():
+    """64 slots of rank 256 on SmolLM2-135M: about 10 GB that vLLM allocates before any adapter loads (every
+    wrapped layer, A and B, for every slot). The estimate left them out, so a node with room for the weights
+    and KV cache was given an engine that could not start (or, on CPU, ran the machine out of memory)."""
+    args = cpu_args(enable_lora=True, max_loras=64, max_lora_rank=256)
+    est = estimate(pool_kind=PoolKind.CPU, parameter_count=SMOLLM2, shape=SMOLLM2_STORED_SHAPE, args=args)
+    # 30 layers x (7 x 576 + 2 x 576 + 2 x 192 + 3 x 1536) per rank and slot, in bfloat16.
+    assert est.lora_bytes == 30 * (7 * 576 + 2 * 576 + 2 * 192 + 3 * 1536) * 256 * 64 * 2
+    assert 9.5e9 < est.lora_bytes < 10.5e9
+    assert est.ram_bytes == est.weights_bytes + est.kv_bytes + est.lora_bytes + CPU_RUNTIME_OVERHEAD
+    assert "LoRA slots" in est.describe()
+    with pytest.raises(Unschedulable, match="LoRA slots"):
+        place(est, [cpu_node("small", ram_gib=8)], pool_kind=PoolKind.CPU, args=args)
+
+
+def test_lora_slots_are_small_at_the_defaults_and_none_without_lora():
+    plain = estimate(
+        pool_kind=PoolKind.CPU, parameter_count=SMOLLM2, shape=SMOLLM2_STORED_SHAPE, args=cpu_args()
+    )
+    assert plain.lora_bytes == 0 and "LoRA" not in plain.describe()
+    on = estimate(
+        pool_kind=PoolKind.CPU,
+        parameter_count=SMOLLM2,
+        shape=SMOLLM2_STORED_SHAPE,
+        args=cpu_args(enable_lora=True),
+    )
+    assert 0 < on.lora_bytes < 50 * 10**6  # 4 slots of rank 16: ~39 MB
+    # An engine serving adapters has LoRA on whatever enable_lora says.
+    serving = estimate(
+        pool_kind=PoolKind.CPU,
+        parameter_count=SMOLLM2,
+        shape=SMOLLM2_STORED_SHAPE,
+        args=cpu_args(),
+        adapter_parameters=1_000_000,
+    )
+    assert serving.lora_bytes == on.lora_bytes
+
+
+def test_lora_slots_on_gpu_are_shared_across_tensor_parallel_gpus():
+    args = gpu_args(enable_lora=True, max_loras=32, max_lora_rank=128, tensor_parallel_size=2)
+    est = estimate(pool_kind=PoolKind.GPU, parameter_count=LLAMA3_8B, shape=LLAMA3_8B_SHAPE, args=args)
+    assert est.lora_bytes > 0
+    assert (
+        est.per_gpu_bytes == (est.weights_bytes + est.kv_bytes + est.lora_bytes) // 2 + GPU_RUNTIME_OVERHEAD
+    )
