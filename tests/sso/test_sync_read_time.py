@@ -1,6 +1,7 @@
-"""The directory sync is as of the time it began reading the directory, not the time it applies it: a sign-in
-between the two brings newer claims, which the run must neither undo nor refuse afterwards. The read here is a
-stand-in (as in test_sync_lock_order) during which alice signs in, as she could while Keycloak is read."""
+"""The directory sync is as of the time its reading of the directory ended, not the time it applies it: a
+sign-in between the two brings newer claims, which the run must neither undo nor refuse afterwards; a token
+issued while the directory was read is older than it (a removal made then may be in the read). The read here is
+a stand-in (as in test_sync_lock_order), after which alice signs in, as she could before the run applies it."""
 
 from __future__ import annotations
 
@@ -39,12 +40,13 @@ def first_signed_in_long_ago(iat: int, groups=(GROUP,)):
     return alice
 
 
-def run_sync(monkeypatch, enabled: dict[str, bool], while_reading=lambda: None):
-    """One run whose read began ``READ_SECONDS_AGO`` and found ``enabled`` (in no group), ``while_reading``
-    happening before the read is done."""
+def run_sync(monkeypatch, enabled: dict[str, bool], while_reading=lambda: None, began=READ_SECONDS_AGO):
+    """One run whose read began ``began`` seconds ago, ended ``READ_SECONDS_AGO`` ago and found ``enabled`` (in
+    no group), ``while_reading`` happening before the run applies it."""
 
     def read(config, **kwargs):
         found = directory.Directory(enabled=enabled)
+        found.started_at = datetime.now(UTC) - timedelta(seconds=began)
         found.read_at = datetime.now(UTC) - timedelta(seconds=READ_SECONDS_AGO)
         while_reading()
         return found
@@ -111,3 +113,50 @@ def test_someone_first_signed_in_during_the_read_is_not_taken_for_gone(monkeypat
     alice.refresh_from_db()
     assert alice.is_active and run.deactivated == 0
     assert Membership.objects.filter(user=alice, team=team, source="sso").exists()
+
+
+def test_a_token_issued_while_the_directory_was_read_cannot_give_back_what_the_run_removed(
+    monkeypatch, rule, team
+):
+    """Removed from the group in Keycloak while the sync read the directory, after her client had fetched a
+    token: the read saw the removal, so that token is older than the directory and must not grant it back."""
+    now = int(time.time())
+    alice = first_signed_in_long_ago(now - 120)
+    assert Membership.objects.filter(user=alice, team=team).exists()
+    run_sync(monkeypatch, {SUBJECT: True}, began=READ_SECONDS_AGO + 20)  # read from 30 s to 10 s ago
+    assert not Membership.objects.filter(user=alice).exists()
+
+    signed_in(now - READ_SECONDS_AGO - 10)  # issued while the directory was read, still in the group then
+
+    assert not Membership.objects.filter(user=alice).exists(), (
+        "a token issued during the read granted it back"
+    )
+
+
+def test_a_directory_is_as_of_the_end_of_its_reading_and_lists_users_as_of_its_start(monkeypatch):
+    """The sync compares tokens with ``read_at``: taken before the requests, a removal seen by a later
+    request of the same read was dated before it happened."""
+    calls: list[datetime] = []
+
+    class Admin:
+        def get_users(self, query):
+            calls.append(datetime.now(UTC))
+            return [{"id": SUBJECT, "enabled": True}]
+
+        def get_group_by_path(self, path):
+            return {"id": "g1"}
+
+        def get_group_members(self, group_id, query):
+            time.sleep(0.05)
+            calls.append(datetime.now(UTC))
+            return [{"id": SUBJECT}]
+
+    monkeypatch.setattr(directory, "_admin", lambda *args: Admin())
+    found = directory.read(
+        CONFIG,
+        client_id="portfolio-sync",
+        client_secret="s",
+        wanted=directory.Wanted(groups=frozenset({GROUP})),
+    )
+    assert found.started_at <= calls[0] and found.read_at >= calls[-1]
+    assert found.groups[GROUP] == {SUBJECT}

@@ -5,8 +5,9 @@ Only what the mapping rules can use is read: every user (id, name, enabled), the
 path a rule names, and, when a rule names a role, the effective roles of each person who has signed in here
 (as their tokens carry them). That is one request per hundred users, one per named group, and one or two
 per signed-in person when rules name roles. Reading is all or nothing: any failure raises
-``Unavailable`` and the caller changes nothing. A directory is as of the time its reading began
-(``read_at``): a token issued since may know better.
+``Unavailable`` and the caller changes nothing. A directory is as of the time its reading ended
+(``read_at``): a change made while it was read may be in it, so only a token issued after that may know
+better. Its users were listed when the reading began (``started_at``): someone new since is not listed.
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ class Wanted:
 @dataclass
 class Directory:
     """The realm's users by id (the ``sub`` of their tokens), and who holds each wanted group or role, as
-    of ``read_at``: made before the first request, so no change read can be newer than it."""
+    of ``read_at``, when the reading ended (a change made while it was read may be in it, so no earlier time
+    is safe), the users as listed at ``started_at``, before the first request."""
 
+    started_at: datetime = field(default_factory=timezone.now)
     read_at: datetime = field(default_factory=timezone.now)
     enabled: dict[str, bool] = field(default_factory=dict)
     groups: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
@@ -131,7 +134,7 @@ def read(
 ) -> Directory:
     """The directory as the rules need it, read in full, or ``Unavailable``; roles are read for
     ``subjects`` only (the people who have signed in here)."""
-    directory = Directory()  # its read_at: now, before anything is read
+    directory = Directory()  # started now, before anything is read
     try:
         admin = _admin(config, client_id, client_secret)
         for user in admin.get_users({"briefRepresentation": True}):
@@ -160,4 +163,5 @@ def read(
         # An empty directory is far likelier a misconfigured realm or client than an empty company: acting on
         # it would deactivate everyone.
         raise Unavailable("Keycloak's admin API listed no users; nothing was changed.")
+    directory.read_at = timezone.now()
     return directory

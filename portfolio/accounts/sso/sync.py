@@ -14,12 +14,13 @@ whose changes fail is left as they were and named in the run's error; the others
 changed something). A user deactivated here by an admin is left alone, and one whom Keycloak enables again is
 not reactivated by the sync: an admin decides.
 
-The directory is as of the time its reading began (``Directory.read_at``), and a person can sign in while the
-rest is read and applied: claims issued after that time were applied already and are newer than the
-directory, so that person's groups and roles are left as the sign-in made them, and someone whose first
-sign-in here came after it is not in the read at all (not listed is then no sign of being gone). Otherwise
-the identity's ``claims_issued_at`` becomes ``read_at``, not the time of applying: a token issued between the
-read and the apply is newer than the directory and may still be used.
+The directory is as of the time its reading ended (``Directory.read_at``: a removal made while it was read
+may be in it, so a token issued during the read is older than the directory), and a person can sign in between
+the read and the apply: claims issued after the read were applied already and are newer than the directory,
+so that person's groups and roles are left as the sign-in made them. Someone whose first sign-in here came
+after the users were listed (``Directory.started_at``) is not in the read at all (not listed is then no sign
+of being gone). Otherwise the identity's ``claims_issued_at`` becomes ``read_at``, not the time of applying: a
+token issued between the read and the apply is newer than the directory and may still be used.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def _apply_person(
     )
     if identity is None:
         return  # the user was deleted meanwhile
-    if identity.created_at > found.read_at:
+    if identity.created_at > found.started_at:
         return  # first signed in here since the directory was read: not in the read, whatever it says
     user = identity.user
     if identity.subject not in found.enabled and user.username.startswith(SERVICE_ACCOUNT_PREFIX):
