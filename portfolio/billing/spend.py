@@ -68,14 +68,15 @@ def _add(totals: dict[int, Decimal], key: int | None, amount: Decimal) -> None:
         totals[key] = totals.get(key, ZERO) + amount
 
 
-def month_to_date(as_of: datetime | None = None, department_ids=None) -> Spend:
-    """Spend of the month of ``as_of`` (default now) of the departments (default all).
+def month_to_date(as_of: datetime | None = None, department_ids=None, month: date | None = None) -> Spend:
+    """Spend of the month of ``as_of`` (default now) of the departments (default all); of an earlier
+    ``month`` if given (all of it, when ``as_of`` is past its end).
 
     The token part is what the gateway's counters count: a team's calls to other teams' endpoints; a
     department's calls to other departments' endpoints (between two of its own teams, the caller's
     charge and the owner's credit cancel out)."""
     as_of = as_of or timezone.now()
-    month = money.month_start(as_of)
+    month = month or money.month_start(as_of)
     spend = Spend(month, as_of)
     scope = None if department_ids is None else set(department_ids)
     for line in charges_of(scope, month, as_of):

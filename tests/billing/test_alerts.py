@@ -164,7 +164,7 @@ def test_a_webhook_answering_an_error_is_recorded_as_failed(org, team, other_tea
         (alert,) = alerts.check()
     finally:
         server.close()
-    assert alert.delivery == {"webhook": "failed: HTTP 500"}
+    assert alert.delivery["webhook"] == "failed: HTTP 500"
 
 
 def test_a_department_budget_alerts_on_its_teams_spend(org, department, team, other_team, priced):

@@ -39,6 +39,8 @@ class Budget(models.Model):
     notify_emails = ArrayField(models.EmailField(), default=list, blank=True)
     webhook_url = models.URLField(blank=True)
     updated_at = models.DateTimeField(default=timezone.now)
+    # A budget made in a month's first hours is not alerted on the previous month's spend (``alerts.check``).
+    created_at = models.DateTimeField(default=timezone.now)
     # The month's spend as the alert task last measured it (every few minutes): the gateway's routing table
     # reads these every second, which it could not afford to compute (statements are drafted line by line).
     spend_month = models.DateField(null=True, blank=True, help_text="The month the spend fields are of")
@@ -80,11 +82,15 @@ class Budget(models.Model):
 
 
 class BudgetAlert(models.Model):
-    """A threshold of a budget crossed in a month: sent once, by e-mail and webhook."""
+    """A threshold of a budget's amount crossed in a month: sent once, by e-mail and webhook."""
 
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
     month = models.DateField()
     threshold = models.PositiveSmallIntegerField()
+    # A threshold of an amount raised mid-month is a new alert; of one lowered and raised back, not.
+    amount = models.DecimalField(
+        max_digits=14, decimal_places=2, help_text="The budget's amount the threshold is a percentage of"
+    )
     spend = models.DecimalField(max_digits=16, decimal_places=2)
     sent_at = models.DateTimeField(default=timezone.now)
     delivery = models.JSONField(default=dict, blank=True, help_text="How each channel went")
@@ -92,8 +98,9 @@ class BudgetAlert(models.Model):
     class Meta:
         ordering = ["-sent_at"]
         constraints = [
+            # Serves the check's get_or_create, and makes two checks at once send one alert.
             models.UniqueConstraint(
-                fields=["budget", "month", "threshold"], name="one_alert_per_threshold_month"
+                fields=["budget", "month", "threshold", "amount"], name="one_alert_per_threshold_amount_month"
             )
         ]
 

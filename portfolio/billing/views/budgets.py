@@ -55,7 +55,7 @@ class BudgetForm(forms.Form):
         max_length=MAX_LIST_TEXT,
         widget=forms.Textarea(attrs={"rows": 2}),
         label="Notify e-mails",
-        help_text="Whom the alerts go to, besides the team's owners; one per line or comma-separated.",
+        help_text="Whom the alerts go to (without any: the team's owners or the department's managers); one per line or comma-separated.",
     )
     webhook_url = forms.CharField(
         required=False,
