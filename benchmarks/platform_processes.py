@@ -65,7 +65,7 @@ def start_node_agent(
 
 
 def start_worker(procs: Processes, data: Path, logs: Path, env: dict) -> None:
-    """A control worker (merge jobs, reconciles), one task at a time."""
+    """A control worker (reconciles) and a long one (merge jobs), one task at a time each."""
     control_env = {
         **env,
         "PORTFOLIO_DATA_DIR": str(data / "control"),
@@ -73,6 +73,13 @@ def start_worker(procs: Processes, data: Path, logs: Path, env: dict) -> None:
     }
     procs.start(
         "worker", [*CLI, "worker", "--concurrency", "1"], log=logs / "worker.log", cwd=ROOT, env=control_env
+    )
+    procs.start(
+        "long-worker",
+        [*CLI, "worker", "--long", "--concurrency", "1"],
+        log=logs / "long-worker.log",
+        cwd=ROOT,
+        env=control_env,
     )
 
 

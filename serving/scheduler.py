@@ -83,13 +83,19 @@ def kv_bytes_per_token(shape: dict, dtype_bytes: float = 2.0, facts: dict | None
     return int(2 * layers * kv_heads * head_dim * dtype_bytes)
 
 
-def lora_slot_bytes(shape: dict, args: dict, parameter_count: int, dtype_bytes: float = 2.0) -> int:
+def lora_slot_bytes(
+    shape: dict, args: dict, parameter_count: int, dtype_bytes: float = 2.0, *, per_gpu_of: int = 1
+) -> int:
     """What an engine with LoRA on allocates before any adapter loads: ``max_loras`` slots of
     ``max_lora_rank`` for every linear layer vLLM wraps (attention's qkv and output projections, the MLP's
     gate/up and down), whatever rank and target modules the adapters have. Per layer and unit of rank, A holds
     the inputs (qkv: 3 x hidden; o: the heads' width; gate/up: 2 x hidden; down: the MLP's width) and B the
     outputs (heads + 2 x KV heads; hidden; 2 x MLP width; hidden). 64 slots of rank 256 on SmolLM2-135M:
     about 10 GB, beside its 0.27 GB of weights.
+
+    ``per_gpu_of``: the tensor-parallel size, for what each GPU holds. Without ``--fully-sharded-loras`` (never
+    passed) only half of each pair is split: the column-parallel layers' A (qkv, gate/up: 5 x hidden) and the
+    row-parallel layers' B (o, down: 2 x hidden) are whole on every GPU.
 
     The stored shape has no MLP width: it is worked out from the parameters that are neither embeddings nor
     attention (3 x hidden x width per layer), at most 8 x hidden (no dense model is wider; a mixture of
@@ -109,7 +115,8 @@ def lora_slot_bytes(shape: dict, args: dict, parameter_count: int, dtype_bytes: 
         per_layer = (parameter_count - embeddings) / layers - (2 * hidden * q + 2 * hidden * kv)
         width = int(per_layer / (3 * hidden)) if per_layer > 0 else 4 * hidden
     width = min(width, 8 * hidden)
-    per_rank = layers * (7 * hidden + 2 * q + 2 * kv + 3 * width)
+    whole, split = 7 * hidden, 2 * q + 2 * kv + 3 * width
+    per_rank = layers * (whole + split / per_gpu_of)
     return int(per_rank * args["max_lora_rank"] * args["max_loras"] * dtype_bytes)
 
 
@@ -198,7 +205,10 @@ def estimate(
     kv = kv_per_token * args["max_model_len"] + cross
     # State does not grow with length but is held for every sequence running at once.
     state = state_per_sequence * args.get("max_num_seqs", 1)
-    per_gpu = (weights + kv + state + lora) // tp + GPU_RUNTIME_OVERHEAD
+    lora_per_gpu = (
+        lora_slot_bytes(shape, args, parameter_count, kv_dtype_bytes, per_gpu_of=tp) if lora_on else 0
+    )
+    per_gpu = (weights + kv + state) // tp + lora_per_gpu + GPU_RUNTIME_OVERHEAD
     return Estimate(
         weights_bytes=weights,
         kv_bytes=kv,

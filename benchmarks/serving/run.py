@@ -249,7 +249,7 @@ def main() -> None:
             "the merge job",
             lambda: MergeJob.objects.filter(pk=job_id, status__in=JobStatus.finished()).first(),
             MERGE_TIMEOUT,
-            [data / "bench-logs" / "worker.log"],
+            [data / "bench-logs" / "long-worker.log"],
         )
         if job.status != JobStatus.SUCCEEDED:
             raise RuntimeError(f"the merge {job.status}: {job.status_detail}")

@@ -327,10 +327,13 @@ def test_lora_slots_are_small_at_the_defaults_and_none_without_lora():
     assert serving.lora_bytes == on.lora_bytes
 
 
-def test_lora_slots_on_gpu_are_shared_across_tensor_parallel_gpus():
+def test_lora_slots_on_gpu_are_only_partly_split_across_tensor_parallel_gpus():
+    """vLLM (without --fully-sharded-loras) splits the column-parallel layers' B and the row-parallel layers'
+    A; their other halves (7 x hidden per layer and rank) are whole on every GPU. Halving it all at TP 2
+    left out about a quarter of what each GPU holds (found by review)."""
     args = gpu_args(enable_lora=True, max_loras=32, max_lora_rank=128, tensor_parallel_size=2)
     est = estimate(pool_kind=PoolKind.GPU, parameter_count=LLAMA3_8B, shape=LLAMA3_8B_SHAPE, args=args)
     assert est.lora_bytes > 0
-    assert (
-        est.per_gpu_bytes == (est.weights_bytes + est.kv_bytes + est.lora_bytes) // 2 + GPU_RUNTIME_OVERHEAD
-    )
+    lora_per_gpu = est.per_gpu_bytes - GPU_RUNTIME_OVERHEAD - (est.weights_bytes + est.kv_bytes) // 2
+    whole = 32 * 7 * 4096 * 128 * 32 * 2  # layers x 7 x hidden x rank x slots x bf16
+    assert abs(lora_per_gpu - (est.lora_bytes / 2 + whole / 2)) <= 2
