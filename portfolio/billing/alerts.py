@@ -10,16 +10,7 @@ The same pass stores each budget's month-to-date spend, which the gateway's rout
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import http.client
-import ipaddress
-import json
 import logging
-import socket
-import ssl
-import urllib.error
-import urllib.request
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -33,24 +24,17 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.choices import DepartmentRoleName, TeamRole
 from portfolio.audit import services as audit
 from portfolio.audit.choices import AuditAction
-from portfolio.billing import money
+from portfolio.billing import money, webhooks
 from portfolio.billing.models import Budget, BudgetAlert
 from portfolio.billing.spend import Spend, month_to_date
 
 logger = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "X-Portfolio-Signature"
 # Spend that lands after a month's last check (the beat runs every 5 minutes; the token rollup hands over
 # whole hours) is first seen in the next month: for these first hours of a month, its previous month is
 # checked as well, with a wide margin for a worker that was down a while.
 PREVIOUS_MONTH_GRACE = timedelta(hours=6)
 NO_RECIPIENT = "failed: no recipient (no notify e-mails, and no active owner or manager with an address)"
-
-
-def signature(body: bytes, secret: bytes | None = None) -> str:
-    """The value of the signature header: ``sha256=`` and the hex HMAC-SHA256 of the body."""
-    key = settings.WEBHOOK_SECRET if secret is None else secret
-    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
 def crossed(spent: Decimal, amount: Decimal, threshold: int) -> bool:
@@ -60,36 +44,42 @@ def crossed(spent: Decimal, amount: Decimal, threshold: int) -> bool:
 
 
 def check(as_of: datetime | None = None) -> list[BudgetAlert]:
-    """Store every budget's spend of the month so far and alert the thresholds newly crossed; in a month's
-    first hours, also those its previous month crossed after its last check."""
+    """Store every budget's spend of the month so far, then alert the thresholds newly crossed; in a month's
+    first hours, also those its previous month crossed after its last check. The spends are stored before any
+    alert is delivered: the gateway's hard limits read them, and a slow delivery must not hold them up."""
     as_of = as_of or timezone.now()
     budgets = list(Budget.objects.select_related("team", "department").order_by("pk"))
     if not budgets:
         return []
     departments = {b.department_id if b.department_id else b.team.department_id for b in budgets}  # type: ignore[union-attr]
+    spend = month_to_date(as_of, department_ids=departments)
+    for budget in budgets:
+        Budget.objects.filter(pk=budget.pk).update(**spend.stored(budget))  # the current month's, always
     sent: list[BudgetAlert] = []
-    month = money.month_start(as_of)
-    start, _ = money.month_bounds(month)
+    start, _ = money.month_bounds(money.month_start(as_of))
     if as_of - start < PREVIOUS_MONTH_GRACE:
         previous = month_to_date(
             as_of, department_ids=departments, month=money.month_start(start - timedelta(days=1))
         )
         for budget in budgets:
-            if budget.created_at < start:  # one made since was not that month's budget
+            # Only a budget as it was when that month ended (no earlier amounts or thresholds are kept): one
+            # made or changed since would judge last month by this month's terms.
+            if budget.updated_at < start:
                 sent += _alert(budget, previous)
-    spend = month_to_date(as_of, department_ids=departments)
     for budget in budgets:
-        Budget.objects.filter(pk=budget.pk).update(**spend.stored(budget))  # the current month's, always
         sent += _alert(budget, spend)
     return sent
 
 
 def _alert(budget: Budget, spend: Spend) -> list[BudgetAlert]:
     """The budget's thresholds newly crossed in the spend's month, each alerted once for the amount it is
-    measured against: a raised amount has its own thresholds; one lowered and raised back is not re-sent."""
+    measured against: a threshold already alerted at this amount or a higher one is not sent again (so a
+    lowered amount sends nothing new, however often it is changed), one of a raised amount is."""
     total, _ = spend.of_budget(budget)
     sent: list[BudgetAlert] = []
-    for threshold in sorted(set(budget.thresholds)):
+    alerted = BudgetAlert.objects.filter(budget=budget, month=spend.month, amount__gte=budget.amount)
+    done = set(alerted.values_list("threshold", flat=True))
+    for threshold in sorted(set(budget.thresholds) - done):
         if not crossed(total, budget.amount, threshold):
             continue
         alert, created = BudgetAlert.objects.get_or_create(
@@ -110,7 +100,7 @@ def _deliver(budget: Budget, alert: BudgetAlert) -> None:
     recipients = _recipients(budget)
     delivery = {"email": _email(budget, alert, payload, recipients) if recipients else NO_RECIPIENT}
     if budget.webhook_url:
-        delivery["webhook"] = _webhook(budget.webhook_url, payload)
+        delivery["webhook"] = webhooks.post(budget.webhook_url, payload)
     with transaction.atomic():
         BudgetAlert.objects.filter(pk=alert.pk).update(delivery=delivery)
         alert.delivery = delivery
@@ -170,113 +160,3 @@ def _email(budget: Budget, alert: BudgetAlert, payload: dict, recipients: list[s
         logger.warning("billing: budget alert e-mail for %s failed: %s", whose, exc)
         return f"failed: {type(exc).__name__}: {exc}"[:300]
     return "sent"
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    # A redirect could point the signed POST anywhere (an internal host the URL check refused).
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-class InternalAddress(OSError):
-    """The webhook's host resolves to an address that is not global: refused before connecting."""
-
-
-def _is_global(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%")[0])  # an IPv6 address may carry its zone
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global
-
-
-def _connect(address: tuple[str, int], timeout: object = None, source_address=None) -> socket.socket:
-    """socket.create_connection, resolving the host once: the addresses checked are the addresses
-    connected to. A name checked and then resolved again to connect could answer a public address to
-    the check and 127.0.0.1 to the connection (DNS rebinding); a name set when it pointed outside may
-    point inside by now."""
-    host, port = address
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    if not settings.BILLING_WEBHOOK_PRIVATE_HOSTS and not all(_is_global(str(i[4][0])) for i in infos):
-        raise InternalAddress(f"{host} resolves to an internal address")
-    error: OSError = OSError(f"{host} has no address")
-    for family, kind, proto, _, sockaddr in infos:
-        sock = socket.socket(family, kind, proto)
-        try:
-            if timeout is None or isinstance(timeout, int | float):  # else the default timeout stays
-                sock.settimeout(timeout)
-            if source_address:
-                sock.bind(source_address)
-            sock.connect(sockaddr)
-            return sock
-        except OSError as exc:
-            sock.close()
-            error = exc
-    raise error
-
-
-class _CheckedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._create_connection = _connect  # what connect() calls with (host, port)
-
-
-class _CheckedHTTPSConnection(http.client.HTTPSConnection):
-    # The TLS layer still verifies the certificate against the URL's host name (SNI and check_hostname
-    # use self.host), only the TCP connection goes to the checked address.
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._create_connection = _connect
-
-
-class _CheckedHTTPHandler(urllib.request.HTTPHandler):
-    def http_open(self, req):
-        return self.do_open(_CheckedHTTPConnection, req)
-
-
-class _CheckedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, context: ssl.SSLContext):
-        super().__init__(context=context)
-        self.context = context
-
-    def https_open(self, req):
-        return self.do_open(_CheckedHTTPSConnection, req, context=self.context)
-
-
-def opener(context: ssl.SSLContext) -> urllib.request.OpenerDirector:
-    """What webhooks are POSTed with: http(s) only, no redirect, each address connected to checked first;
-    certificates verified by ``context``. No proxy from the environment: through one, the address
-    connected to would be the proxy's, and the check would check the wrong host."""
-    return urllib.request.build_opener(
-        _NoRedirects,
-        urllib.request.ProxyHandler({}),
-        _CheckedHTTPHandler,
-        _CheckedHTTPSHandler(context=context),
-    )
-
-
-_OPENER = opener(ssl.create_default_context())
-
-
-def _webhook(url: str, payload: dict) -> str:
-    body = json.dumps(payload, sort_keys=True).encode()
-    request = urllib.request.Request(  # noqa: S310 - the URL was checked to be http(s) when set
-        url,
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "User-Agent": "Portfolio-Budget-Alerts",
-            SIGNATURE_HEADER: signature(body),
-        },
-    )
-    try:
-        with _OPENER.open(request, timeout=settings.BILLING_WEBHOOK_TIMEOUT) as response:
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-    except Exception as exc:  # noqa: BLE001 - refused, timed out, bad TLS: recorded, never raised
-        if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, InternalAddress):
-            return "failed: the host is an internal address; not called"
-        logger.warning("billing: budget webhook %s failed: %s", url, exc)
-        return f"failed: {type(exc).__name__}: {exc}"[:300]
-    return f"sent: HTTP {status}" if 200 <= status < 300 else f"failed: HTTP {status}"

@@ -26,7 +26,7 @@ from django.urls import reverse
 
 from portfolio.accounts.models import DepartmentRole, Membership
 from portfolio.audit.models import AuditEvent
-from portfolio.billing import alerts, budgets
+from portfolio.billing import alerts, budgets, webhooks
 from portfolio.billing.choices import PriceKind
 from tests.billing.conftest import price, tokens
 from tests.conftest import actor_for
@@ -301,7 +301,7 @@ def certificates(tmp_path, name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 def test_https_verifies_the_certificate_against_the_urls_host(org, team, spent, resolver, tmp_path,
                                                               monkeypatch, certified, delivered):  # fmt: skip
     server_tls, client_tls = certificates(tmp_path, certified)
-    monkeypatch.setattr(alerts, "_OPENER", alerts.opener(client_tls))
+    monkeypatch.setattr(webhooks, "_OPENER", webhooks.opener(client_tls))
     receiver = Receiver(tls=server_tls)
     try:
         hooked(org, team, f"https://{NAME}:{receiver.port}/hook")

@@ -42,7 +42,7 @@ def test_spend_in_a_months_last_minutes_alerts_that_month_once_in_the_next(org, 
         thresholds=[50],
         notify_emails=["fin@example.com"],
     )
-    Budget.objects.update(created_at=at("2026-10-01 00:00"))
+    Budget.objects.update(updated_at=at("2026-10-01 00:00"))
     spent(team, "2026-10-31 22:00", 40)
     assert alerts.check(at("2026-10-31 23:55")) == [], "the month's last check: 40% of the budget"
     spent(team, "2026-10-31 23:00", 20)  # recorded at 23:58, after the month's last check
@@ -58,9 +58,12 @@ def test_spend_in_a_months_last_minutes_alerts_that_month_once_in_the_next(org, 
     )
 
 
-def test_a_budget_made_in_a_months_first_hours_is_not_alerted_on_the_previous_month(org, team, spent):
-    """The previous month's spend was not against this budget: a team given its first budget at 02:00 on
-    the 1st was alerted that it had spent 100% of the month before's."""
+def test_a_budget_made_or_changed_in_a_months_first_hours_is_not_alerted_on_the_previous_month(
+    org, team, spent
+):
+    """The previous month's spend was not against these terms: a team given its first budget at 02:00 on the
+    1st was alerted that it had spent 100% of the month before's, and one whose amount was lowered on the
+    1st had last month's thresholds sent again (found by review)."""
     spent(team, "2026-10-31 23:00", 90)
     budgets.set_budget(
         actor=actor_for(org["admin"]),
@@ -69,7 +72,7 @@ def test_a_budget_made_in_a_months_first_hours_is_not_alerted_on_the_previous_mo
         thresholds=[100],
         notify_emails=["f@example.com"],
     )
-    Budget.objects.update(created_at=at("2026-11-01 02:00"))
+    Budget.objects.update(updated_at=at("2026-11-01 02:00"))
     assert alerts.check(at("2026-11-01 03:00")) == []
     assert mail.outbox == []
 
@@ -95,3 +98,20 @@ def test_a_raised_amount_alerts_its_thresholds_and_one_raised_back_does_not_agai
     budgets.set_budget(actor=admin, team=team, amount="200")
     assert alerts.check(now) == [], "and 80% of 200 too"
     assert len(mail.outbox) == 2 and BudgetAlert.objects.count() == 2
+
+
+def test_a_lowered_amount_sends_nothing_already_sent_at_a_higher_one(org, team, spent):
+    """Lowering the amount, even by a cent, sent every threshold already crossed again (a team owner may
+    always lower it: alerts on demand; found by review)."""
+    admin = actor_for(org["admin"])
+    now = at("2026-10-15 12:00")
+    budgets.set_budget(
+        actor=admin, team=team, amount="1000", thresholds=[50, 80], notify_emails=["f@example.com"]
+    )
+    spent(team, "2026-10-15 10:00", 850)
+    assert len(alerts.check(now)) == 2
+    budgets.set_budget(actor=admin, team=team, amount="999.99")
+    assert alerts.check(now) == []
+    budgets.set_budget(actor=admin, team=team, amount="500", thresholds=[50, 80, 100])
+    assert [a.threshold for a in alerts.check(now)] == [100], "only the threshold not yet crossed"
+    assert len(mail.outbox) == 3

@@ -40,3 +40,13 @@ def test_alerts_sent_get_their_budgets_amount_and_an_alert_per_amount(team, othe
         new.objects.create(
             budget_id=first.budget_id, month=october, threshold=80, amount=Decimal("100"), spend=1
         )
+
+    # And back: one alert per threshold and month again, the highest amount's kept (the old constraint was
+    # put back over two rows and failed).
+    executor = MigrationExecutor(connection)
+    executor.migrate(BEFORE)
+    back = executor.loader.project_state(BEFORE).apps.get_model("billing", "BudgetAlert")
+    assert sorted(back.objects.values_list("budget__team__slug", "spend")) == [
+        ("contracts", Decimal("90.00")),
+        ("support-ai", Decimal("1.00")),
+    ]

@@ -2,9 +2,19 @@
 # thresholds again, of the new amount. Alerts already sent are taken to be of their budget's amount now
 # (the amount they were measured against unless it changed since, which was not recorded).
 
-import django.utils.timezone
 from django.db import migrations, models
 from django.db.models import OuterRef, Subquery
+
+
+def one_per_threshold_and_month(apps, schema_editor):
+    """Back to one alert per (budget, month, threshold): the one of the highest amount is kept."""
+    BudgetAlert = apps.get_model("billing", "BudgetAlert")
+    kept: set[tuple] = set()
+    for alert in BudgetAlert.objects.order_by("budget_id", "month", "threshold", "-amount", "pk"):
+        key = (alert.budget_id, alert.month, alert.threshold)
+        if key in kept:
+            alert.delete()
+        kept.add(key)
 
 
 def amounts_of_their_budgets(apps, schema_editor):
@@ -20,12 +30,6 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        # Budgets made before this migration count as made now: none is alerted on a month before it.
-        migrations.AddField(
-            model_name='budget',
-            name='created_at',
-            field=models.DateTimeField(default=django.utils.timezone.now),
-        ),
         migrations.AddField(
             model_name='budgetalert',
             name='amount',
@@ -41,6 +45,8 @@ class Migration(migrations.Migration):
             model_name='budgetalert',
             name='one_alert_per_threshold_month',
         ),
+        # Run backwards only: before the old constraint is put back.
+        migrations.RunPython(migrations.RunPython.noop, one_per_threshold_and_month),
         migrations.AddConstraint(
             model_name='budgetalert',
             constraint=models.UniqueConstraint(fields=('budget', 'month', 'threshold', 'amount'), name='one_alert_per_threshold_amount_month'),

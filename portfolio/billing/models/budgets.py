@@ -39,8 +39,6 @@ class Budget(models.Model):
     notify_emails = ArrayField(models.EmailField(), default=list, blank=True)
     webhook_url = models.URLField(blank=True)
     updated_at = models.DateTimeField(default=timezone.now)
-    # A budget made in a month's first hours is not alerted on the previous month's spend (``alerts.check``).
-    created_at = models.DateTimeField(default=timezone.now)
     # The month's spend as the alert task last measured it (every few minutes): the gateway's routing table
     # reads these every second, which it could not afford to compute (statements are drafted line by line).
     spend_month = models.DateField(null=True, blank=True, help_text="The month the spend fields are of")

@@ -1,0 +1,185 @@
+"""Budget alert webhooks: a signed JSON POST to an address a team owner chose, which must not reach inside.
+
+The body is signed (``signature``: HMAC-SHA256 under ``WEBHOOK_SECRET``, in ``X-Portfolio-Signature``). The
+host is resolved once and every address connected to is checked to be global first (``_connect``), unless
+``BILLING_WEBHOOK_PRIVATE_HOSTS``: a name checked, then resolved again to connect, could answer a public address
+to the check and 127.0.0.1 to the connection (DNS rebinding). No redirect is followed and no proxy from the
+environment used (the address checked would be the proxy's). ``post`` bounds the whole call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import http.client
+import ipaddress
+import json
+import logging
+import socket
+import ssl
+import threading
+import urllib.error
+import urllib.request
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Portfolio-Signature"
+
+
+def signature(body: bytes, secret: bytes | None = None) -> str:
+    """The value of the signature header: ``sha256=`` and the hex HMAC-SHA256 of the body."""
+    key = settings.WEBHOOK_SECRET if secret is None else secret
+    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    # A redirect could point the signed POST anywhere (an internal host the URL check refused).
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+class InternalAddress(OSError):
+    """The webhook's host resolves to an address that is not global: refused before connecting."""
+
+
+def _is_global(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])  # an IPv6 address may carry its zone
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global
+
+
+def _connect(address: tuple[str, int], timeout: object = None, source_address=None) -> socket.socket:
+    """socket.create_connection, resolving the host once: the addresses checked are the addresses
+    connected to. A name checked and then resolved again to connect could answer a public address to
+    the check and 127.0.0.1 to the connection (DNS rebinding); a name set when it pointed outside may
+    point inside by now."""
+    host, port = address
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not settings.BILLING_WEBHOOK_PRIVATE_HOSTS and not all(_is_global(str(i[4][0])) for i in infos):
+        raise InternalAddress(f"{host} resolves to an internal address")
+    error: OSError = OSError(f"{host} has no address")
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is None or isinstance(timeout, int | float):  # else the default timeout stays
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error
+
+
+def _opened(sock: socket.socket | None) -> None:
+    sockets = getattr(_OPENED, "sockets", None)
+    if sockets is not None and sock is not None:
+        sockets.append(sock)
+
+
+class _CheckedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _connect  # what connect() calls with (host, port)
+
+    def connect(self) -> None:
+        super().connect()
+        _opened(self.sock)
+
+
+class _CheckedHTTPSConnection(http.client.HTTPSConnection):
+    # The TLS layer still verifies the certificate against the URL's host name (SNI and check_hostname
+    # use self.host), only the TCP connection goes to the checked address.
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _connect
+
+    def connect(self) -> None:
+        super().connect()
+        _opened(self.sock)  # the TLS socket: shutting it ends a read blocked in TLS too
+
+
+class _CheckedHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(_CheckedHTTPConnection, req)
+
+
+class _CheckedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, context: ssl.SSLContext):
+        super().__init__(context=context)
+        self.context = context
+
+    def https_open(self, req):
+        return self.do_open(_CheckedHTTPSConnection, req, context=self.context)
+
+
+def opener(context: ssl.SSLContext) -> urllib.request.OpenerDirector:
+    """What webhooks are POSTed with: http(s) only, no redirect, each address connected to checked first;
+    certificates verified by ``context``. No proxy from the environment: through one, the address
+    connected to would be the proxy's, and the check would check the wrong host."""
+    return urllib.request.build_opener(
+        _NoRedirects,
+        urllib.request.ProxyHandler({}),
+        _CheckedHTTPHandler,
+        _CheckedHTTPSHandler(context=context),
+    )
+
+
+_OPENER = opener(ssl.create_default_context())
+# The sockets each delivery's thread has opened, for ``post`` to shut when its deadline passes.
+_OPENED = threading.local()
+
+
+def post(url: str, payload: dict) -> str:
+    """POST ``payload`` signed; how it went, in words. The whole call, not each read, is bounded by
+    ``BILLING_WEBHOOK_TIMEOUT`` (and a second to connect): a receiver answering a byte at a time held the
+    budget check for as long as it liked. It runs in a thread whose sockets are shut at the deadline."""
+    outcome: list[str] = []
+    opened: list[socket.socket] = []
+
+    def deliver() -> None:
+        _OPENED.sockets = opened
+        outcome.append(_post(url, payload))
+
+    thread = threading.Thread(target=deliver, name="budget-webhook", daemon=True)
+    thread.start()
+    thread.join(settings.BILLING_WEBHOOK_TIMEOUT + 1)
+    if thread.is_alive():
+        for sock in list(opened):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        thread.join(5)
+        logger.warning("billing: budget webhook %s gave no whole answer in time", url)
+        return f"failed: no whole answer within {settings.BILLING_WEBHOOK_TIMEOUT} s"
+    return outcome[0] if outcome else "failed: the delivery stopped"
+
+
+def _post(url: str, payload: dict) -> str:
+    body = json.dumps(payload, sort_keys=True).encode()
+    request = urllib.request.Request(  # noqa: S310 - the URL was checked to be http(s) when set
+        url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "Portfolio-Budget-Alerts",
+            SIGNATURE_HEADER: signature(body),
+        },
+    )
+    try:
+        with _OPENER.open(request, timeout=settings.BILLING_WEBHOOK_TIMEOUT) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except Exception as exc:  # noqa: BLE001 - refused, timed out, bad TLS: recorded, never raised
+        if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, InternalAddress):
+            return "failed: the host is an internal address; not called"
+        logger.warning("billing: budget webhook %s failed: %s", url, exc)
+        return f"failed: {type(exc).__name__}: {exc}"[:300]
+    return f"sent: HTTP {status}" if 200 <= status < 300 else f"failed: HTTP {status}"
