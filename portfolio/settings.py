@@ -161,10 +161,7 @@ def _celery_broker(url: str) -> str:
 
 CELERY_BROKER_URL = env.text("CELERY_BROKER_URL") or _celery_broker(REDIS_URL)
 CELERY_TASK_DEFAULT_QUEUE = "control"
-# Long control tasks (eval runs, merges up to hours, imports, ingests, re-hashing an artifact, the directory
-# sync) have a queue and a worker of their own (`portfolio worker --long`): on the control queue a few of them
-# took every worker slot, and the reapers, the usage flush, the budget checks and the rollout steps waited
-# behind them for as long as they ran.
+# Long control tasks have their own queue and worker (`portfolio worker --long`): the periodic ones waited behind.
 CONTROL_LONG_QUEUE = "control.long"
 LONG_CONTROL_TASKS = (
     "training.run_endpoint_eval",
@@ -263,14 +260,12 @@ MERGE_TIMEOUT_SECONDS = env.integer("PORTFOLIO_MERGE_TIMEOUT_SECONDS", 3 * 3600,
 # A merge no control worker has taken up after this long (its message lost) is failed: a queued merge
 # refuses every other merge of its adapter.
 MERGE_QUEUED_AFTER_SECONDS = env.integer("PORTFOLIO_MERGE_QUEUED_AFTER_SECONDS", 2 * 3600, minimum=60)
-# Eval runs of endpoints a team may have queued or running at once: they share the long control workers with
-# every team's merges, imports and ingests.
+# Eval runs a team may have queued or running at once (they share the long workers with every team's work).
 EVAL_RUNS_PER_TEAM = env.integer("PORTFOLIO_EVAL_RUNS_PER_TEAM", 3, minimum=1, maximum=100)
 # Usable keys (not revoked, not expired) a team may hold: per-key ceilings bound it only as far as keys are
 # counted.
 KEYS_PER_TEAM = env.integer("PORTFOLIO_KEYS_PER_TEAM", 100, minimum=1, maximum=10_000)
-# The portfolio page hints at a candidate that scores within this many points (of 100) of production's
-# quality while costing less per 1,000 requests or being smaller (2: 0.02 of quality).
+# The portfolio page hints at a candidate within this many points (of 100) of production's, cheaper or smaller.
 PORTFOLIO_HINT_MARGIN_POINTS = env.integer("PORTFOLIO_HINT_MARGIN_POINTS", 2, minimum=0, maximum=100)
 
 # Chargeback: one currency for the organisation; a month closes this many hours after it ends (late usage
@@ -319,9 +314,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     # Alerts, and the spend the gateway's hard limits compare against (its counters cover the calls between).
     "billing-check-budgets": {"task": "billing.check_budgets", "schedule": 300.0},
 }
-# A periodic task queued behind others (a slow database, a control worker down for a while) is dropped once its
-# next one is due, instead of piling up (a flush every 2 s: 1,800 an hour) and then running back to back. Each
-# is idempotent and comes again.
+# A periodic task queued behind others (a control worker down a while) is dropped once its next is due, instead
+# of piling up (a flush every 2 s: 1,800 an hour) and running back to back; each is idempotent and comes again.
 for _entry in CELERY_BEAT_SCHEDULE.values():
     _entry.setdefault("options", {}).setdefault("expires", _entry["schedule"])
 

@@ -44,7 +44,7 @@ def _copies(root: Path) -> list[Path]:
 
 def _named_by_processes() -> str:
     """Every argument of this machine's processes, as one string to search."""
-    arguments = []
+    arguments: list[str] = []
     for process in psutil.process_iter(["cmdline"]):
         arguments += process.info["cmdline"] or []
     return "\n".join(arguments)
