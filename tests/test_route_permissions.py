@@ -294,6 +294,10 @@ API_ROUTES: dict[str, Rule] = {
     "GET /datasets/{dataset_id}/ingests/{ingest_id}": rest("team", "model.view"),
     "GET /datasets/{dataset_id}/versions/{number}/rows": rest("team", "model.view", split="eval"),
     "GET /datasets/{dataset_id}/versions/{number}/files/{filename}": rest("team", "model.view"),
+    # The world's version is in use (a queued job, a queued eval run) and not archived: a permitted caller is
+    # refused (409) after the permission decision.
+    "POST /datasets/{dataset_id}/versions/{number}/archive": rest("team", "training.run", "POST"),
+    "POST /datasets/{dataset_id}/versions/{number}/purge": rest("team", "training.run", "POST"),
 }
 
 # Billing's routes are declared in tests/billing/route_rules.py with the scope "billing": their readers

@@ -1,5 +1,5 @@
 """REST endpoints for training data: datasets, their versions (JSONL uploads and their ingest), statistics and
-rows."""
+rows, archiving a version and deleting an archived version's stored files."""
 
 from datetime import datetime
 from typing import Any
@@ -15,7 +15,7 @@ from portfolio.accounts import gate
 from portfolio.accounts.models import Team
 from portfolio.errors import Invalid, NotFound
 from portfolio.registry.models import ModelVersion
-from training import ingest, services, splitting
+from training import dataset_purge, ingest, services, splitting
 from training.choices import DatasetKind, Split
 from training.models import Dataset, DatasetVersion
 
@@ -48,7 +48,7 @@ class DatasetVersionOut(Schema):
     status: str
     shape: str
     content_sha256: str
-    artifact_id: str
+    artifact_id: str | None = Field(description="None once archived and its stored files deleted (purged)")
     row_count: int
     train_count: int
     eval_count: int
@@ -68,7 +68,7 @@ class DatasetVersionDetail(DatasetVersionOut):
 
     @staticmethod
     def resolve_files(obj) -> list[dict[str, Any]]:
-        return obj.artifact.files
+        return obj.artifact.files if obj.artifact is not None else []
 
 
 class DatasetIngestOut(Schema):
@@ -210,6 +210,18 @@ def get_dataset_ingest(request, dataset_id: int, ingest_id: int):
 @router.get("/datasets/{dataset_id}/versions/{number}", response=DatasetVersionDetail)
 def get_dataset_version(request, dataset_id: int, number: int):
     return _version(request, dataset_id, number)
+
+
+@router.post("/datasets/{dataset_id}/versions/{number}/archive", response=DatasetVersionOut)
+def archive_dataset_version(request, dataset_id: int, number: int):
+    """Archive a version no queued or running job, eval run or upload uses; its files can then be deleted."""
+    return dataset_purge.archive_version(actor=request.auth, version=_version(request, dataset_id, number))
+
+
+@router.post("/datasets/{dataset_id}/versions/{number}/purge", response=DatasetVersionOut)
+def purge_dataset_version(request, dataset_id: int, number: int):
+    """Delete an archived version's stored files (no longer billed); files another version holds stay."""
+    return dataset_purge.purge_version(actor=request.auth, version=_version(request, dataset_id, number))
 
 
 @router.get("/datasets/{dataset_id}/versions/{number}/rows", response=list[RowOut])

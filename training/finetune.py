@@ -24,7 +24,7 @@ from serving import heartbeats, scheduler
 from serving.capacity import GpuHold, pool_capacity
 from serving.choices import NodeState, PoolKind
 from serving.models import ComputePool, Endpoint, Node
-from training import architectures, distillation, metering, services
+from training import architectures, dataset_purge, distillation, metering, services
 from training.choices import EvalStatus, JobStatus, Method
 from training.defaults import Hyperparameters
 from training.models import DatasetVersion, EvalRun, FineTuneJob
@@ -180,6 +180,7 @@ def start_job(
     dataset_version = gate.get_visible(actor, DatasetVersion, pk=dataset_version.pk)
     team = dataset_version.dataset.owner_team
     gate.require(actor, "training.run", team)
+    dataset_version = dataset_purge.ready(dataset_version)  # not archived until the job's row is in
     pool = gate.get_visible(actor, ComputePool, pk=pool.pk)
     if method not in Method.values:
         raise Invalid(f"method: one of {', '.join(Method.values)}.")

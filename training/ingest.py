@@ -43,7 +43,7 @@ from portfolio.registry.models import Artifact
 from portfolio.registry.pending_writes import PendingWrites
 from portfolio.registry.storage import Written, store_directory
 from portfolio.registry.stores import default_store
-from training import ingest_splits, splitting, tokens, validation
+from training import ingest_reuse, ingest_splits, splitting, tokens, validation
 from training.choices import JobStatus, Split
 from training.ingest_splits import EVAL_FILE, MEASURE, TRAIN_FILE, VALIDATE, DatasetInvalid
 from training.models import Dataset, DatasetIngest, DatasetVersion
@@ -242,12 +242,12 @@ def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:
             with blobclaims.registering():  # what it finds stored stays there until its version is recorded
                 prepared = prepare(ingest, progress, before_write=log)
                 progress.ensure_held()  # preparing took a while: still this run's to record?
-                _, created = record(ingest, prepared, actor)
+                _, stored = record(ingest, prepared, actor)
                 ended = True
         except BaseException:  # deleted once its own claims are released (``blobclaims.registering``)
             log.discard(default_store())
             raise
-        if created:
+        if stored:
             log.recorded()
         else:  # the same rows were recorded meanwhile: what this run stored is nobody's
             log.discard(default_store())
@@ -389,8 +389,8 @@ def prepare(
             raise Invalid("file: The file holds no rows (only empty lines, or nothing).")
         content_sha256 = digest.hexdigest()
         existing = dataset.versions.filter(content_sha256=content_sha256).first()
-        if existing is not None:
-            return Prepared(existing=existing)
+        if existing is not None and not ingest_reuse.restorable(existing, ingest):
+            return Prepared(existing=existing)  # else its files are made again, and put back by ``record``
         splitter.finish()
         try:
             measure = tokens.measure_for(ingest.tokenizer_version)
@@ -435,16 +435,25 @@ def _next_number(dataset: Dataset) -> int:
 @transaction.atomic
 def record(ingest: DatasetIngest, prepared: Prepared, actor: Actor) -> tuple[DatasetVersion, bool]:
     """Record the version (with its artifact and audit row) and end the running ingest, in one transaction:
-    ``(version, created)``; an existing version holding the same rows is the outcome instead."""
+    ``(version, stored)``, ``stored`` False when what this run stored is nobody's: an existing version holding
+    the same rows is the outcome instead (``ingest_reuse``; a purged one gets this run's files back)."""
     dataset = ingest.dataset
     Dataset.objects.select_for_update(of=("self",)).filter(
         pk=dataset.pk
     ).first()  # serialise numbering per dataset
     existing = prepared.existing or dataset.versions.filter(content_sha256=prepared.content_sha256).first()
     if existing is not None:  # known before, or the same rows arrived from another upload meanwhile
+        existing = DatasetVersion.objects.select_for_update(of=("self",)).get(pk=existing.pk)
+        stored = prepared.manifest is not None and ingest_reuse.restorable(existing, ingest)
+        if stored:
+            assert prepared.manifest is not None
+            artifact = Artifact.objects.record(prepared.manifest, prepared.store_uri)
+            ingest_reuse.restore(existing, artifact, actor)
+        else:
+            ingest_reuse.reused(existing, ingest, actor)
         _succeed(ingest.pk, existing, False)
         audit.record(actor, "dataset.ingest_reused", ingest, after={"version": existing.number})
-        return existing, False
+        return existing, stored
     manifest, written, report = prepared.manifest, prepared.written, prepared.report
     assert manifest is not None and written is not None and report is not None
     artifact = Artifact.objects.record(manifest, prepared.store_uri)

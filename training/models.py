@@ -70,9 +70,12 @@ class DatasetVersion(models.Model):
     shape = models.CharField(max_length=16, choices=DatasetKind.choices)
     artifact = models.ForeignKey(
         Artifact,
+        null=True,
+        blank=True,
         on_delete=models.PROTECT,
         related_name="dataset_versions",
-        help_text="train.jsonl, eval.jsonl (normalized rows) and original.jsonl (the upload as sent)",
+        help_text="train.jsonl, eval.jsonl (normalized rows) and original.jsonl (the upload as sent); none: "
+        "archived and its stored files deleted (training.dataset_purge)",
     )
     content_sha256 = models.CharField(
         max_length=64, help_text="sha256 of the normalized rows in upload order, one JSON object per line"
@@ -139,6 +142,7 @@ class DatasetVersion(models.Model):
         return {
             "dataset": str(self.dataset),
             "number": self.number,
+            "status": self.status,
             "shape": self.shape,
             "artifact": self.artifact_id,
             "content_sha256": self.content_sha256,

@@ -1,5 +1,6 @@
 """What people do with training data, with its audit row in the same transaction: create a dataset,
-upload a file (stored, then ingested by a worker: ``training/ingest.py``), read a version's rows.
+upload a file (stored, then ingested by a worker: ``training/ingest.py``), read a version's rows. Archiving a
+version and deleting its stored files are in ``training/dataset_purge.py``.
 
 A dataset version is made whole or not at all, by the ingest job; see ``training.ingest``.
 """
@@ -205,15 +206,30 @@ class DamagedDataset(CorruptArtifact, Conflict):
         self.path, self.reason = damage.path, damage.reason
 
 
+class PurgedDataset(Conflict):
+    """A version whose stored files were deleted (``training.dataset_purge``): its rows are gone for good."""
+
+    def __init__(self, version: DatasetVersion):
+        super().__init__(
+            f"The stored files of {version.dataset.name} v{version.number} were deleted; "
+            "its rows can no longer be read.",
+            code="purged",
+        )
+
+
 def dataset_files(version: DatasetVersion) -> DatasetFiles:
     """A verified local copy of a version's JSONL files (trainers read them from here); cached per artifact.
-    Damaged files mark the artifact corrupt, as the registry does a model's, and are refused with a 409."""
+    Damaged files mark the artifact corrupt, as the registry does a model's, and are refused with a 409;
+    so are a purged version's (none: a job or eval run that reads it fails saying so)."""
+    artifact = version.artifact
+    if artifact is None:
+        raise PurgedDataset(version)
     try:
         folder = materialize(
-            default_store(), version.artifact.manifest(), Path(settings.ARTIFACT_CACHE) / version.artifact_id
+            default_store(), artifact.manifest(), Path(settings.ARTIFACT_CACHE) / artifact.id
         )
     except CorruptArtifact as exc:
-        mark_artifact_health(version.artifact_id, [str(exc)])
+        mark_artifact_health(artifact.id, [str(exc)])
         raise DamagedDataset(version, exc) from exc
     return DatasetFiles(folder, folder / TRAIN_FILE, folder / EVAL_FILE, folder / ORIGINAL_FILE)
 
@@ -295,7 +311,9 @@ def split_rows(version: DatasetVersion, split: str, page_bytes: int | None = Non
 
 
 def version_file_entry(version: DatasetVersion, path: str):
-    """The manifest entry of one of a version's files, or None."""
+    """The manifest entry of one of a version's files, or None; a purged version's are refused."""
+    if version.artifact is None:
+        raise PurgedDataset(version)
     try:
         return version.artifact.manifest().get(check_relative_path(path))
     except ValueError:

@@ -13,6 +13,16 @@ urlpatterns = [
         name="dataset-ingest",
     ),
     path("datasets/<slug:team>/<str:name>/v<int:number>/", datasets.dataset_version, name="dataset-version"),
+    path(
+        "datasets/<slug:team>/<str:name>/v<int:number>/archive/",
+        datasets.dataset_version_archive,
+        name="dataset-version-archive",
+    ),
+    path(
+        "datasets/<slug:team>/<str:name>/v<int:number>/purge/",
+        datasets.dataset_version_purge,
+        name="dataset-version-purge",
+    ),
     path("jobs/", jobs.job_list, name="job-list"),
     path("jobs/new/", jobs.job_create, name="job-create"),
     path("jobs/new/targets/", jobs.job_targets, name="job-targets"),

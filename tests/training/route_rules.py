@@ -39,6 +39,9 @@ UI_ROUTES: dict[str, Rule] = {
         "team", "training.run", "POST", file="<dataset.jsonl>", eval_fraction="0.1", seed="42"
     ),
     "dataset-version": ui("team", "model.view"),
+    # The world's version is in use and not archived: a permitted caller is sent back with the refusal.
+    "dataset-version-archive": ui("team", "training.run", "POST"),
+    "dataset-version-purge": ui("team", "training.run", "POST"),
     "dataset-ingest": ui("team", "model.view"),
     "job-list": ui("signed_in"),
     # Rule, not ui(): the form's "method" field would clash with ui()'s own argument.
@@ -108,6 +111,8 @@ UI_KWARGS: dict[str, dict[str, str]] = {
     "dataset-detail": {"team": "slug", "name": "dataset"},
     "dataset-upload": {"team": "slug", "name": "dataset"},
     "dataset-version": {"team": "slug", "name": "dataset", "number": "number"},
+    "dataset-version-archive": {"team": "slug", "name": "dataset", "number": "number"},
+    "dataset-version-purge": {"team": "slug", "name": "dataset", "number": "number"},
     "dataset-ingest": {"team": "slug", "name": "dataset", "ingest_id": "ingest_id"},
     "job-detail": {"job_id": "job_id"},
     "job-cancel": {"job_id": "job_id"},

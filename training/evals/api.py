@@ -14,6 +14,7 @@ from portfolio.accounts import gate
 from portfolio.accounts.models import Team
 from portfolio.errors import NotFound
 from serving.models import Endpoint
+from training import dataset_purge
 from training.choices import EvalSetSource, TaskKind
 from training.evals import catalogue, judging, runs, side_by_side
 from training.evals.leaderboard import leaderboard
@@ -154,6 +155,10 @@ def create_task(request, payload: TaskIn):
         for item in payload.eval_sets
     ]
     with transaction.atomic():
+        # Each eval set locks its version (``dataset_purge.ready``): taken in one order here, two requests
+        # naming the same versions in opposite orders would deadlock (a 500).
+        for version in sorted({version.pk: version for version, _ in versions}.values(), key=lambda v: v.pk):
+            dataset_purge.ready(version)
         task = catalogue.create_task(
             actor=request.auth,
             owner_team=team,

@@ -31,11 +31,14 @@ CANARY_MAX_TOKENS = 128  # an answer long enough to judge, short enough for a be
 
 
 def eval_set_of(endpoint: Endpoint) -> EvalSet | None:
-    """The newest eval set of a task of the endpoint's own team whose production endpoint ``endpoint`` is.
-    Another team may name an endpoint shared with it as its task's production endpoint: its eval rows and
-    their reference answers stay its own, never sent to the owner's canary and judge."""
+    """The newest eval set of a task of the endpoint's own team whose production endpoint ``endpoint`` is,
+    among those whose rows are still stored (a purged version's are gone: every sample would fail, and the
+    rollout roll back however healthy its canary). Another team may name an endpoint shared with it as its
+    task's production endpoint: its eval rows and their reference answers stay its own, never sent to the
+    owner's canary and judge."""
     return (
         EvalSet.objects.filter(task__production_endpoint=endpoint, task__owner_team_id=endpoint.owner_team_id)
+        .filter(dataset_version__artifact__isnull=False)
         .order_by("-created_at", "-id")
         .first()
     )

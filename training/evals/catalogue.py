@@ -11,6 +11,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid
+from training import dataset_purge
 from training.choices import EvalSetSource, TaskKind
 from training.evals.models import EvalSet, Task
 from training.models import DatasetVersion
@@ -59,6 +60,7 @@ def add_eval_set(
     gate.require(actor, "training.run", task)
     if source not in EvalSetSource.values:
         raise Invalid(f"source: choose one of {', '.join(EvalSetSource.values)}.")
+    dataset_version = dataset_purge.ready(dataset_version)
     if dataset_version.dataset.owner_team_id != task.owner_team_id:
         raise Invalid(
             "dataset_version: an eval set is a dataset version of the task's team.",

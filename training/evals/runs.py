@@ -22,7 +22,7 @@ from portfolio.billing.pricing import PriceBook
 from portfolio.errors import Conflict, Invalid, NotFound
 from serving.choices import EndpointKind
 from serving.models import Endpoint
-from training import evaluation, services
+from training import dataset_purge, evaluation, services
 from training.choices import EvalSetSource, JobStatus, Split, TaskKind
 from training.evals import comparability, gateway, judging, metrics
 from training.evals.models import EndpointEvalRun, EvalSet, Task
@@ -76,8 +76,10 @@ def start_run(
         raise Invalid(
             "judge: a rubric needs a judge endpoint.", fields={"judge": ["Choose a judge endpoint."]}
         )
-    # Runs share the control workers with the platform's own beat work (the usage flush, rollups, budget
-    # checks, the reapers): a team keeps at most a few in flight, checked under its row's lock.
+    # The eval set's rows: not archived (nor their files deleted) until this run's row is in.
+    dataset_purge.ready(eval_set.dataset_version, "eval_set")
+    # Runs share the long control workers with every team's merges, imports and ingests: a team keeps at
+    # most a few in flight, checked under its row's lock.
     Team.objects.select_for_update(no_key=True).filter(pk=task.owner_team_id).first()
     in_flight = EndpointEvalRun.objects.filter(
         owner_team_id=task.owner_team_id, status__in=(JobStatus.QUEUED, JobStatus.RUNNING)

@@ -1,26 +1,30 @@
 """The datasets pages: the list, a dataset with its versions, JSONL uploads and their ingest (progress,
-line-numbered errors), and a version's statistics with a preview of its rows."""
+line-numbered errors), a version's statistics with a preview of its rows, and its buttons: archive, delete an
+archived version's stored files."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from django.contrib import messages
 from django.db.models import Count, Max, OuterRef, Subquery
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from portfolio import htmx, listing
+from portfolio import buttons, htmx, listing
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of, wants_fragment
 from portfolio.accounts.models import Team
+from portfolio.audit.models import AuditEvent
 from portfolio.errors import NotFound
 from portfolio.formviews import submit
 from portfolio.registry.choices import VersionKind
 from portfolio.registry.storage import CorruptArtifact
-from training import charts, services
-from training.choices import DatasetKind, JobStatus, Split
+from training import charts, dataset_purge, services
+from training.choices import DatasetKind, DatasetVersionStatus, JobStatus, Split
 from training.forms.datasets import DatasetCreateForm, DatasetFilterForm, DatasetUploadForm
 from training.models import Dataset, DatasetVersion
 
@@ -236,11 +240,14 @@ def _rows_context(request, version: DatasetVersion) -> dict:
     split = request.GET.get("split", Split.TRAIN)
     if split not in (Split.TRAIN, Split.EVAL):
         split = Split.TRAIN
+    rows: Sequence[dict]
     try:
         rows = services.split_rows(version, split, services.PAGE_BYTES)
         error = ""
     except CorruptArtifact as exc:
         rows, error = [], f"The stored rows could not be read: {exc}"
+    except services.PurgedDataset as exc:
+        rows, error = [], exc.message
     page = listing.paginate(request, rows, per_page=ROWS_PER_PAGE)
     base = reverse(
         "dataset-version",
@@ -270,7 +277,7 @@ def dataset_version(request, team: str, name: str, number: int):
         return htmx.render(request, "training/partials/rows.html", {"version": version, **rows})
     stats = version.stats or {}
     lengths = stats.get("lengths", {})
-    files = {entry["path"]: entry for entry in version.artifact.files}
+    files = {entry["path"]: entry for entry in version.artifact.files} if version.artifact else {}
     downloads = [
         {
             "name": path,
@@ -307,7 +314,61 @@ def dataset_version(request, team: str, name: str, number: int):
             "tokenizer": visible_tokenizer,
             "newer": version.dataset.versions.filter(number__gt=version.number).order_by("-number").first(),
             "can_train": gate.can(actor, "training.run", version.dataset),
+            "is_ready": version.status == DatasetVersionStatus.READY,
+            "purged": _purged(version) if version.artifact_id is None else None,
             "finetune_query": urlencode(finetune_query),
             **rows,
         },
+    )
+
+
+def _version_url(version: DatasetVersion) -> str:
+    dataset = version.dataset
+    return reverse(
+        "dataset-version",
+        kwargs={"team": dataset.owner_team.slug, "name": dataset.name, "number": version.number},
+    )
+
+
+@require_POST
+def dataset_version_archive(request, team: str, name: str, number: int):
+    """Permission: visible (else 404) and ``training.run`` (owner or engineer, else 403). A version still in
+    use is refused with the reasons (``Conflict``), shown as a message."""
+    actor = actor_of(request)
+    version = _version(actor, team, name, number)
+    gate.require(actor, "training.run", version.dataset)
+    return buttons.press(
+        request,
+        lambda: dataset_purge.archive_version(actor=actor, version=version),
+        success=f"{version.label} archived: its stored files can now be deleted.",
+        back=_version_url(version),
+    )
+
+
+@require_POST
+def dataset_version_purge(request, team: str, name: str, number: int):
+    """Permission: visible (else 404) and ``training.run`` (else 403), as archiving. A version that is not
+    archived, or is in use again, is refused with the reason (``Conflict``), shown as a message."""
+    actor = actor_of(request)
+    version = _version(actor, team, name, number)
+    gate.require(actor, "training.run", version.dataset)
+    return buttons.press(
+        request,
+        lambda: dataset_purge.purge_version(actor=actor, version=version),
+        success=f"{version.label}'s stored files were deleted: it is no longer billed for storage.",
+        back=_version_url(version),
+    )
+
+
+def _purged(version: DatasetVersion) -> AuditEvent | None:
+    """The audit row of the deletion of the version's files (when and by whom), if they were deleted: part
+    of the history of a version the viewer may see, as a model version's page shows it."""
+    return (
+        AuditEvent.objects.filter(
+            action="dataset_version.purge",
+            object_type=DatasetVersion._meta.label_lower,
+            object_id=str(version.pk),
+        )
+        .order_by("-sequence")
+        .first()
     )

@@ -1,0 +1,137 @@
+"""A dataset version's end of life: archived, then its stored files deleted (purged), as the registry does for
+model versions (``registry.services.archive_version`` / ``purge_version``).
+
+Stored files are billed every day while kept (the storage meter charges each dataset version's artifact to its
+team: ``training.metering.kept_artifacts``). A purged version keeps its row (statistics, labels, lineage of the
+jobs and eval runs that used it, its audit trail) with ``artifact`` set to none, which the meter skips.
+
+Both changes need ``training.run`` on the dataset's team (its owners and engineers), as uploads do, and both
+are refused while something reads the version's files: a queued or running fine-tune or distillation (its
+prompts or its answers), a queued or running eval run of an eval set on it, or an upload of its dataset being
+ingested (it may turn out to hold the same rows, and name this version as its outcome). Each runs under a lock
+of the version's row, which a fine-tune recorded meanwhile waits for (its row refers to the version's). What
+starts on a purged version anyway (an eval run of an eval set on it) fails when it reads the files, saying
+they were deleted (``services.dataset_files``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+from django.db.models import Q
+
+from portfolio.accounts import gate
+from portfolio.accounts.actor import Actor
+from portfolio.audit import services as audit
+from portfolio.errors import Conflict, Invalid
+from portfolio.registry import artifacts
+from portfolio.registry.stores import default_store
+from training.choices import DatasetVersionStatus, JobStatus
+from training.models import DatasetIngest, DatasetVersion, EndpointEvalRun, FineTuneJob
+
+logger = logging.getLogger(__name__)
+
+IN_FLIGHT = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+def _named(kind: str, pks: list[int]) -> list[str]:
+    return [f"{kind} #{pk}" for pk in pks]
+
+
+def in_use_reasons(version: DatasetVersion) -> list[str]:
+    """What reads the version's files now, one reason each (empty: nothing does)."""
+    jobs = FineTuneJob.objects.filter(
+        Q(dataset_version=version) | Q(distilled_dataset_version=version), status__in=IN_FLIGHT
+    ).order_by("pk")
+    named = [f"{'distillation' if job.is_distillation else 'fine-tune'} #{job.pk}" for job in jobs]
+    evals = EndpointEvalRun.objects.filter(eval_set__dataset_version=version, status__in=IN_FLIGHT)
+    named += _named("eval run", list(evals.order_by("pk").values_list("pk", flat=True)))
+    reasons = [f"{', '.join(named)} {'is' if len(named) == 1 else 'are'} using it"] if named else []
+    ingests = DatasetIngest.objects.filter(dataset_id=version.dataset_id, status__in=IN_FLIGHT)
+    uploads = list(ingests.order_by("pk").values_list("pk", flat=True))
+    if uploads:
+        reasons.append(
+            f"{'an upload' if len(uploads) == 1 else f'{len(uploads)} uploads'} of {version.dataset.name} "
+            f"{'is' if len(uploads) == 1 else 'are'} being ingested (its rows may be this version's)"
+        )
+    return reasons
+
+
+def ready(version: DatasetVersion, field: str = "dataset_version") -> DatasetVersion:
+    """``version`` if it is ready, locked (FOR NO KEY UPDATE) until the caller's transaction ends, so that
+    archiving it waits for what the caller records; an archived or purged one is refused (a job or eval run
+    started on it read files about to go, or gone, and failed when it ran)."""
+    locked = (
+        DatasetVersion.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("dataset")
+        .get(pk=version.pk)
+    )
+    if locked.status != DatasetVersionStatus.READY or locked.artifact_id is None:
+        gone = " and its stored files deleted" if locked.artifact_id is None else ""
+        message = f"{locked.label} is archived{gone}; choose a ready version."
+        raise Invalid(f"{field}: {message}", fields={field: [message]})
+    return locked
+
+
+def _locked(version: DatasetVersion) -> DatasetVersion:
+    return (
+        DatasetVersion.objects.select_for_update(of=("self",))
+        .select_related("dataset__owner_team")
+        .get(pk=version.pk)
+    )
+
+
+@transaction.atomic
+def archive_version(*, actor: Actor, version: DatasetVersion) -> DatasetVersion:
+    """ready -> archived: kept, listed and readable, and now allowed to have its stored files deleted."""
+    gate.require(actor, "training.run", version.dataset)
+    version = _locked(version)
+    if version.status == DatasetVersionStatus.ARCHIVED:
+        raise Conflict(f"{version.label} is archived already.")
+    reasons = in_use_reasons(version)
+    if reasons:
+        raise Conflict(f"{version.label} cannot be archived: {'; '.join(reasons)}.")
+    before = version.snapshot()
+    version.status = DatasetVersionStatus.ARCHIVED
+    version.save(update_fields=["status"])
+    audit.record(actor, "dataset_version.archive", version, before=before, after=version.snapshot())
+    return version
+
+
+@transaction.atomic
+def purge_version(*, actor: Actor, version: DatasetVersion) -> DatasetVersion:
+    """Delete the stored files of an archived version: the version stays listed without files. Whoever may
+    archive it may purge it, under the same lock and refusals; files another artifact holds stay
+    (``artifacts.discard_if_unused``)."""
+    gate.require(actor, "training.run", version.dataset)
+    version = _locked(version)
+    if version.status != DatasetVersionStatus.ARCHIVED:
+        raise Conflict(
+            f"{version.label} is {version.status}: archive it first, then delete its stored files."
+        )
+    if version.artifact_id is None:
+        raise Conflict(f"{version.label} has no stored files.")
+    # Archived, it was not in use then; checked again, in case something took it up since.
+    reasons = in_use_reasons(version)
+    if reasons:
+        raise Conflict(f"{version.label}'s files cannot be deleted: {'; '.join(reasons)}.")
+    before = version.snapshot()
+    artifact_id = version.artifact_id
+    version.artifact = None
+    version.save(update_fields=["artifact"])
+    audit.record(actor, "dataset_version.purge", version, before=before, after=version.snapshot())
+    # Deleted once the change is committed (a rollback keeps every file); the artifact goes only if nothing
+    # else refers to it (another dataset's version of the same files, a model version), and each blob only
+    # if no other artifact holds it.
+    transaction.on_commit(lambda: _discard_purged(version, artifact_id))
+    return version
+
+
+def _discard_purged(version: DatasetVersion, artifact_id: str) -> None:
+    try:
+        artifacts.discard_if_unused(default_store(), artifact_id)
+    except Exception:  # a store's hiccup leaves unreferenced files behind, billed to nobody
+        logger.exception(
+            "%s: its files (artifact %s) could not be deleted from the store", version, artifact_id
+        )
