@@ -8,15 +8,14 @@ jobs and eval runs that used it, its audit trail) with ``artifact`` set to none,
 Both changes need ``training.run`` on the dataset's team (its owners and engineers), as uploads do, and both
 are refused while something reads the version's files: a queued or running fine-tune or distillation (its
 prompts or its answers), a queued or running eval run of an eval set on it, or an upload of its dataset being
-ingested (it may turn out to hold the same rows, and name this version as its outcome). Each runs under a lock
+ingested (it may turn out to hold the same rows, and name this version as its outcome). The files of a task's
+eval set are never deleted (``_evidence``): its leaderboard's scores rest on them. Each runs under a lock
 of the version's row, which a fine-tune recorded meanwhile waits for (its row refers to the version's). What
 starts on a purged version anyway (an eval run of an eval set on it) fails when it reads the files, saying
 they were deleted (``services.dataset_files``).
 """
 
 from __future__ import annotations
-
-import logging
 
 from django.db import transaction
 from django.db.models import Q
@@ -26,11 +25,8 @@ from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid
 from portfolio.registry import artifacts
-from portfolio.registry.stores import default_store
 from training.choices import DatasetVersionStatus, JobStatus
-from training.models import DatasetIngest, DatasetVersion, EndpointEvalRun, FineTuneJob
-
-logger = logging.getLogger(__name__)
+from training.models import DatasetIngest, DatasetVersion, EndpointEvalRun, EvalSet, FineTuneJob
 
 IN_FLIGHT = (JobStatus.QUEUED, JobStatus.RUNNING)
 
@@ -56,6 +52,18 @@ def in_use_reasons(version: DatasetVersion) -> list[str]:
             f"{'is' if len(uploads) == 1 else 'are'} being ingested (its rows may be this version's)"
         )
     return reasons
+
+
+def _evidence(version: DatasetVersion) -> list[str]:
+    """Why the files of a task's eval set stay: its leaderboard's scores were measured on them, and its
+    rollouts' judge samples them (a task cannot drop an eval set). Archiving is allowed: new eval runs are
+    refused on it, and the judge goes on sampling it while it is the task's newest eval set."""
+    tasks = sorted(set(EvalSet.objects.filter(dataset_version=version).values_list("task__name", flat=True)))
+    if not tasks:
+        return []
+    return [
+        f"it is an eval set of the task{'s' if len(tasks) > 1 else ''} {', '.join(tasks)}, whose scores rest on it"
+    ]
 
 
 def ready(version: DatasetVersion, field: str = "dataset_version") -> DatasetVersion:
@@ -106,32 +114,12 @@ def purge_version(*, actor: Actor, version: DatasetVersion) -> DatasetVersion:
     (``artifacts.discard_if_unused``)."""
     gate.require(actor, "training.run", version.dataset)
     version = _locked(version)
-    if version.status != DatasetVersionStatus.ARCHIVED:
-        raise Conflict(
-            f"{version.label} is {version.status}: archive it first, then delete its stored files."
-        )
-    if version.artifact_id is None:
-        raise Conflict(f"{version.label} has no stored files.")
     # Archived, it was not in use then; checked again, in case something took it up since.
-    reasons = in_use_reasons(version)
-    if reasons:
-        raise Conflict(f"{version.label}'s files cannot be deleted: {'; '.join(reasons)}.")
-    before = version.snapshot()
-    artifact_id = version.artifact_id
-    version.artifact = None
-    version.save(update_fields=["artifact"])
-    audit.record(actor, "dataset_version.purge", version, before=before, after=version.snapshot())
-    # Deleted once the change is committed (a rollback keeps every file); the artifact goes only if nothing
-    # else refers to it (another dataset's version of the same files, a model version), and each blob only
-    # if no other artifact holds it.
-    transaction.on_commit(lambda: _discard_purged(version, artifact_id))
+    artifacts.purge_files(
+        actor,
+        version,
+        archived=DatasetVersionStatus.ARCHIVED,
+        action="dataset_version.purge",
+        reasons=in_use_reasons(version) + _evidence(version),
+    )
     return version
-
-
-def _discard_purged(version: DatasetVersion, artifact_id: str) -> None:
-    try:
-        artifacts.discard_if_unused(default_store(), artifact_id)
-    except Exception:  # a store's hiccup leaves unreferenced files behind, billed to nobody
-        logger.exception(
-            "%s: its files (artifact %s) could not be deleted from the store", version, artifact_id
-        )

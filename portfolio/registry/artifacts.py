@@ -77,6 +77,39 @@ def discard_if_unused(store: ArtifactStore, artifact_id: str) -> bool:
     return True
 
 
+def purge_files(actor: Actor, version, *, archived: str, action: str, reasons: list[str]) -> None:
+    """The stored files of an archived version (a model's or a dataset's) deleted, the version kept listed
+    without them: refused unless it is ``archived`` with files, or while ``reasons`` say something still reads
+    them. The caller holds the version's row lock (it checked the reasons under it) and its gate.
+
+    The files are deleted once the change is committed (a rollback keeps every file); the artifact goes only
+    if nothing else refers to it (another version of the same files, a dataset's or a model's), and each
+    blob only if no other artifact holds it."""
+    if version.status != archived:
+        raise Conflict(
+            f"{version.label} is {version.status}: archive it first, then delete its stored files."
+        )
+    if version.artifact_id is None:
+        raise Conflict(f"{version.label} has no stored files.")
+    if reasons:
+        raise Conflict(f"{version.label}'s files cannot be deleted: {'; '.join(reasons)}.")
+    before = version.snapshot()
+    artifact_id = version.artifact_id
+    version.artifact = None
+    version.save(update_fields=["artifact"])
+    audit.record(actor, action, version, before=before, after=version.snapshot())
+    transaction.on_commit(lambda: _discard_purged(version, artifact_id))
+
+
+def _discard_purged(version, artifact_id: str) -> None:
+    try:
+        discard_if_unused(default_store(), artifact_id)
+    except Exception:  # a store's hiccup leaves unreferenced files behind, billed to nobody
+        logger.exception(
+            "%s: its files (artifact %s) could not be deleted from the store", version, artifact_id
+        )
+
+
 def verify_artifact(artifact_id: str) -> list[str]:
     """Re-hash every stored file of an artifact now and record its health: the problems found."""
     artifact = Artifact.objects.get(pk=artifact_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,9 +28,6 @@ from portfolio.registry.models import (
     alias_validator,
     model_name_validator,
 )
-from portfolio.registry.stores import default_store
-
-logger = logging.getLogger(__name__)
 
 # Other apps register "is this version in use?" checks (serving: deployments), each returning a reason.
 VERSION_IN_USE_CHECKS: list[Callable[[ModelVersion], str | None]] = []
@@ -381,35 +377,15 @@ def purge_version(*, actor: Actor, version: ModelVersion) -> ModelVersion:
         .select_related("model__owner_team")
         .get(pk=version.pk)
     )
-    if version.status != VersionStatus.ARCHIVED:
-        raise Conflict(
-            f"{version.label} is {version.status}: archive it first, then delete its stored files."
-        )
-    if version.artifact_id is None:
-        raise Conflict(f"{version.label} has no stored files.")
     # Archived, it was not in use then; checked again as archive checks, in case something took it up since.
-    reasons = in_use_reasons(version)
-    if reasons:
-        raise Conflict(f"{version.label}'s files cannot be deleted: {'; '.join(reasons)}.")
-    before = version.snapshot()
-    artifact_id = version.artifact_id
-    version.artifact = None
-    version.save(update_fields=["artifact"])
-    audit.record(actor, "model_version.purge", version, before=before, after=version.snapshot())
-    # Deleted once the change is committed (a rollback keeps every file); the artifact goes only if nothing
-    # else refers to it (another version of the same files, a dataset), and each blob only if no other
-    # artifact holds it.
-    transaction.on_commit(lambda: _discard_purged(version, artifact_id))
+    artifacts.purge_files(
+        actor,
+        version,
+        archived=VersionStatus.ARCHIVED,
+        action="model_version.purge",
+        reasons=in_use_reasons(version),
+    )
     return version
-
-
-def _discard_purged(version: ModelVersion, artifact_id: str) -> None:
-    try:
-        artifacts.discard_if_unused(default_store(), artifact_id)
-    except Exception:  # a store's hiccup leaves unreferenced files behind, billed to nobody
-        logger.exception(
-            "%s: its files (artifact %s) could not be deleted from the store", version, artifact_id
-        )
 
 
 @transaction.atomic

@@ -12,7 +12,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from portfolio.audit.models import AuditEvent
-from portfolio.errors import Invalid
+from portfolio.errors import Conflict, Invalid
 from serving.models import Endpoint
 from tests.training.conftest import jsonl, tickets, upload
 from training import dataset_purge, finetune, services
@@ -101,12 +101,23 @@ def test_a_rollout_judge_samples_only_an_eval_set_whose_rows_are_stored(engineer
     catalogue.add_eval_set(actor=engineer, task=task, dataset_version=newer, source="all")
     endpoint = Endpoint.objects.create(owner_team=team, name="support")
     Task.objects.filter(pk=task.pk).update(production_endpoint=endpoint)
-    dataset_purge.archive_version(actor=engineer, version=newer)
-    dataset_purge.purge_version(actor=engineer, version=newer)
+    # An eval set's files are no longer deleted (``dataset_purge._evidence``), but versions purged before
+    # that are still there: purged here as purge_version did.
+    DatasetVersion.objects.filter(pk=newer.pk).update(status="archived", artifact=None)
     assert canary_judging.eval_set_of(endpoint) == kept
-    dataset_purge.archive_version(actor=engineer, version=version)
-    dataset_purge.purge_version(actor=engineer, version=version)
+    DatasetVersion.objects.filter(pk=version.pk).update(status="archived", artifact=None)
     assert "an eval set to sample" in canary_judging.check(endpoint)
+
+
+def test_a_tasks_eval_set_can_be_archived_but_its_files_are_kept(engineer, team, version):
+    """Its leaderboard's scores were measured on its rows, and a task cannot drop an eval set: deleting them
+    left scores nobody could check again, and a judged rollout with nothing to sample."""
+    task = catalogue.create_task(actor=engineer, owner_team=team, name="Routing", kind="classification")
+    catalogue.add_eval_set(actor=engineer, task=task, dataset_version=version, source="all")
+    dataset_purge.archive_version(actor=engineer, version=version)
+    with pytest.raises(Conflict, match="it is an eval set of the task Routing, whose scores rest on it"):
+        dataset_purge.purge_version(actor=engineer, version=version)
+    assert DatasetVersion.objects.get(pk=version.pk).artifact_id == version.artifact_id
 
 
 def test_a_task_locks_its_eval_sets_versions_in_one_order(client, org, team, chat_set, version, engineer):
