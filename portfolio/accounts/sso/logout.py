@@ -32,6 +32,7 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
+from django.contrib.sessions.models import Session  # the platform keeps sessions in its database
 from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
@@ -55,6 +56,7 @@ LEEWAY_SECONDS = client.LEEWAY_SECONDS
 # The actor of a back-channel logout in the audit trail: "system:keycloak".
 REALM_ACTOR = "keycloak"
 METHOD = "backchannel"
+KEY_CHANGE_MARGIN = timedelta(hours=1)
 
 
 def remember(session: SessionBase, *, user, issuer: str, claims: dict[str, Any], id_token: str) -> SsoSession:
@@ -65,8 +67,7 @@ def remember(session: SessionBase, *, user, issuer: str, claims: dict[str, Any],
     session[SID] = sid
     if session.session_key is None:
         session.save()
-    stale = timezone.now() - timedelta(seconds=settings.SESSION_COOKIE_AGE)
-    SsoSession.objects.filter(created_at__lt=stale).delete()
+    _drop_ended()
     record, _ = SsoSession.objects.update_or_create(
         session_key=session.session_key,
         defaults={
@@ -81,12 +82,23 @@ def remember(session: SessionBase, *, user, issuer: str, claims: dict[str, Any],
     return record
 
 
+def _drop_ended() -> None:
+    """Drop the records of sessions that have ended: their session is gone or expired. Not by the record's
+    age: a session saved again is kept ``SESSION_COOKIE_AGE`` from then, and outlived its record, which the
+    realm could then no longer end. A record younger than ``KEY_CHANGE_MARGIN`` is kept whatever its session:
+    the one of a session whose key is being changed is moved to the new key within that request (``follow``)."""
+    live = Session.objects.filter(expire_date__gt=timezone.now()).values("session_key")
+    settled = timezone.now() - KEY_CHANGE_MARGIN
+    SsoSession.objects.filter(created_at__lt=settled).exclude(session_key__in=live).delete()
+
+
 def follow(session: SessionBase) -> None:
     """Move the ``SsoSession`` of a session whose key Django has changed to its new key. Reads nothing
     unless the session was read in this request (so its data is loaded) and holds a recorded key other
     than its own. A record gone meanwhile (a back-channel logout that named it while the key changed, and
-    found no session under the old key; or one outliving ``SESSION_COOKIE_AGE``) can no longer be ended by
-    the realm: the session ends here instead."""
+    found no session under the old key; or dropped as ended by a sign-in, the request changing the key having
+    taken longer than ``KEY_CHANGE_MARGIN``) can no longer be ended by the realm: the session ends here
+    instead."""
     if not session.accessed:
         return
     recorded, key = session.get(RECORDED_KEY), session.session_key
