@@ -5,18 +5,23 @@ webhook.
 The alert row is committed first (a unique constraint makes it exactly one even with two checks running
 at once), then delivered, then its delivery outcome recorded and audited. A delivery that fails is
 recorded and never retried: an alert sent twice is worse for its readers than one that says it failed.
+An alert whose check stopped between making its row and delivering it (a worker killed or restarted) is
+delivered once, late, by a later check, which claims it first (``_deliver_left``). Each e-mail recipient
+gets a message of their own: none sees the others' addresses.
 The same pass stores each budget's month-to-date spend, which the gateway's routing table reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.mail import send_mail
+from django.core.mail import EmailMessage, get_connection
 from django.db import transaction
 from django.utils import timezone
 
@@ -34,6 +39,17 @@ logger = logging.getLogger(__name__)
 # whole hours) is first seen in the next month: for these first hours of a month, its previous month is
 # checked as well, with a wide margin for a worker that was down a while.
 PREVIOUS_MONTH_GRACE = timedelta(hours=6)
+# A delivery ends well within UNDELIVERED_AFTER. Its e-mails: none is begun after MAIL_WINDOW, and each
+# exchange with the operator's relay (about six to open the connection, four a message, one to close it)
+# awaits an answer at most EMAIL_TIMEOUT (at most 120 s; a timeout drops the connection, and the messages
+# after it fail at once): 15 minutes at the very worst. Its webhook: BILLING_WEBHOOK_TIMEOUT (at most 30 s),
+# a second more, and 5 s to stop (webhooks.post).
+MAIL_WINDOW = timedelta(minutes=5)
+# An alert still undelivered this long after its row was made (just before its delivery) was left by a check
+# that stopped: a later check delivers it. One older than UNDELIVERED_UNTIL is no longer news; it stays
+# undelivered.
+UNDELIVERED_AFTER = timedelta(minutes=20)
+UNDELIVERED_UNTIL = timedelta(days=7)
 NO_RECIPIENT = "failed: no recipient (no notify e-mails, and no active owner or manager with an address)"
 
 
@@ -44,9 +60,10 @@ def crossed(spent: Decimal, amount: Decimal, threshold: int) -> bool:
 
 
 def check(as_of: datetime | None = None) -> list[BudgetAlert]:
-    """Store every budget's spend of the month so far, then alert the thresholds newly crossed; in a month's
-    first hours, also those its previous month crossed after its last check. The spends are stored before any
-    alert is delivered: the gateway's hard limits read them, and a slow delivery must not hold them up."""
+    """Store every budget's spend of the month so far, deliver the alerts a stopped check left undelivered,
+    then alert the thresholds newly crossed; in a month's first hours, also those its previous month crossed
+    after its last check. The spends are stored before any alert is delivered: the gateway's hard limits
+    read them, and a slow delivery must not hold them up."""
     as_of = as_of or timezone.now()
     budgets = list(Budget.objects.select_related("team", "department").order_by("pk"))
     if not budgets:
@@ -55,7 +72,7 @@ def check(as_of: datetime | None = None) -> list[BudgetAlert]:
     spend = month_to_date(as_of, department_ids=departments)
     for budget in budgets:
         Budget.objects.filter(pk=budget.pk).update(**spend.stored(budget))  # the current month's, always
-    sent: list[BudgetAlert] = []
+    sent = _deliver_left(as_of)
     start, _ = money.month_bounds(money.month_start(as_of))
     if as_of - start < PREVIOUS_MONTH_GRACE:
         previous = month_to_date(
@@ -90,26 +107,43 @@ def _alert(budget: Budget, spend: Spend) -> list[BudgetAlert]:
             defaults={"spend": total},
         )
         if created:  # only the check that made the row delivers it
-            _deliver(budget, alert)
+            _deliver(budget, alert, spend.as_of)
             sent.append(alert)
     return sent
 
 
-def _deliver(budget: Budget, alert: BudgetAlert) -> None:
+def _deliver_left(as_of: datetime) -> list[BudgetAlert]:
+    """The alerts left undelivered by a check that stopped after making their rows, delivered late. Each is
+    claimed first, its empty delivery swapped for a claim, so that two checks at once deliver it once; one
+    whose claimant stopped too stays claimed, never sent twice."""
+    left = BudgetAlert.objects.filter(
+        delivery={}, sent_at__lt=as_of - UNDELIVERED_AFTER, sent_at__gte=as_of - UNDELIVERED_UNTIL
+    )
+    sent: list[BudgetAlert] = []
+    for alert in left.select_related("budget__team", "budget__department").order_by("pk"):
+        claim = {"claimed": as_of.isoformat()}
+        if BudgetAlert.objects.filter(pk=alert.pk, delivery={}).update(delivery=claim) != 1:
+            continue  # claimed by another check meanwhile
+        logger.warning("billing: budget alert %s was left undelivered; delivering it late", alert.pk)
+        _deliver(alert.budget, alert, as_of, late=True)
+        sent.append(alert)
+    return sent
+
+
+def _deliver(budget: Budget, alert: BudgetAlert, as_of: datetime, *, late: bool = False) -> None:
     payload = _payload(budget, alert)
     recipients = _recipients(budget)
-    delivery = {"email": _email(budget, alert, payload, recipients) if recipients else NO_RECIPIENT}
+    ended = alert.month < money.month_start(as_of)
+    delivery = {"email": _email(budget, alert, payload, recipients, ended) if recipients else NO_RECIPIENT}
     if budget.webhook_url:
         delivery["webhook"] = webhooks.post(budget.webhook_url, payload)
+    after = {**payload, "delivery": delivery}
+    if late:  # its check stopped before delivering it; payload's sent_at is when the row was made
+        after["delivered_late_at"] = as_of.isoformat()
     with transaction.atomic():
         BudgetAlert.objects.filter(pk=alert.pk).update(delivery=delivery)
         alert.delivery = delivery
-        audit.record(
-            Actor.for_system("billing.check_budgets"),
-            AuditAction.BUDGET_ALERT,
-            budget,
-            after={**payload, "delivery": delivery},
-        )
+        audit.record(Actor.for_system("billing.check_budgets"), AuditAction.BUDGET_ALERT, budget, after=after)
 
 
 def _payload(budget: Budget, alert: BudgetAlert) -> dict:
@@ -145,18 +179,44 @@ def _recipients(budget: Budget) -> list[str]:
     return sorted(set(users.values_list("email", flat=True)))
 
 
-def _email(budget: Budget, alert: BudgetAlert, payload: dict, recipients: list[str]) -> str:
+def _email(budget: Budget, alert: BudgetAlert, payload: dict, recipients: list[str], ended: bool) -> str:
+    """The e-mails sent, in words. A month that has ended (one alerted early in the next) was spent, not
+    spent so far."""
     whose = f"team {payload['team']}" if payload["team"] else f"department {payload['department']}"
     subject = f"[Portfolio] {whose} has spent {alert.threshold}% of its {payload['month']} budget"
+    spent = f"was spent in {payload['month']}" if ended else f"is spent in {payload['month']} so far"
     body = (
         f"The monthly budget of {whose} is {alert.amount} {payload['currency']}; "
-        f"{alert.spend} {payload['currency']} is spent in {payload['month']} so far "
-        f"({alert.threshold}% threshold).\n"
+        f"{alert.spend} {payload['currency']} {spent} ({alert.threshold}% threshold).\n"
         + ("It is a hard limit: calls, jobs and scale-ups stop at 100%.\n" if budget.hard_limit else "")
     )
+    errors = _send_each(subject, body, recipients)
+    if not errors:
+        return "sent"
+    logger.warning("billing: budget alert e-mail for %s: %d not sent: %s", whose, len(errors), errors[0])
+    return f"failed: {len(errors)} of {len(recipients)} not sent: {errors[0]}"[:300]
+
+
+def _send_each(subject: str, body: str, recipients: list[str]) -> list[str]:
+    """A message to each recipient on its own, over one connection (one message to all showed each of them
+    the others' addresses); what went wrong with each not sent, in words. None is begun after MAIL_WINDOW."""
+    deadline = time.monotonic() + MAIL_WINDOW.total_seconds()
+    connection = get_connection(fail_silently=False)
     try:
-        send_mail(subject, body, None, recipients, fail_silently=False)
+        connection.open()
     except Exception as exc:  # noqa: BLE001 - SMTP fails in many ways; each is recorded, none crashes the task
-        logger.warning("billing: budget alert e-mail for %s failed: %s", whose, exc)
-        return f"failed: {type(exc).__name__}: {exc}"[:300]
-    return "sent"
+        return [f"{type(exc).__name__}: {exc}"] * len(recipients)
+    errors: list[str] = []
+    try:
+        for address in recipients:
+            if time.monotonic() > deadline:
+                errors.append(f"not begun within {MAIL_WINDOW.total_seconds():g} s of the first")
+                continue
+            try:
+                EmailMessage(subject, body, to=[address], connection=connection).send()
+            except Exception as exc:  # noqa: BLE001 - as above; the next recipient is still tried
+                errors.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        with contextlib.suppress(Exception):  # each message went or failed already
+            connection.close()
+    return errors

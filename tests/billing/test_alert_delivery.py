@@ -1,5 +1,6 @@
 """Where budget alerts go. E-mail: to the budget's addresses, else to the team's owners or the department's
-managers (active, with an address), else recorded as failed for want of a recipient. Webhook: the address
+managers (active, with an address), else recorded as failed for want of a recipient; each recipient gets a
+message of their own, and one not sent is recorded without stopping the others. Webhook: the address
 connected to is the address checked (a name answering a public address to the check and 127.0.0.1 to the
 connection reaches nothing inside), HTTPS still verifies the certificate against the URL's host name."""
 
@@ -7,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.server
+import smtplib
 import socket
 import ssl
-import threading
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -22,6 +23,7 @@ from cryptography.x509.oid import NameOID
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core import mail
+from django.core.mail.backends import locmem
 from django.urls import reverse
 
 from portfolio.accounts.models import DepartmentRole, Membership
@@ -29,6 +31,7 @@ from portfolio.audit.models import AuditEvent
 from portfolio.billing import alerts, budgets, webhooks
 from portfolio.billing.choices import PriceKind
 from tests.billing.conftest import price, tokens
+from tests.billing.receivers import Receiver, fixture_receiver  # noqa: F401 - the receiver fixture
 from tests.conftest import actor_for
 
 pytestmark = pytest.mark.django_db
@@ -121,6 +124,80 @@ def test_an_alert_nobody_can_be_mailed_is_recorded_as_failed(org, team, spent):
     assert alerts.check() == [], "recorded as failed, and not tried again"
 
 
+def test_each_recipient_gets_a_message_of_their_own_that_names_no_other(org, team, make_user, spent):
+    """One message to all of them showed each owner the others' addresses."""
+    with_email(org["owner"], "owner@example.com")
+    second = with_email(make_user("second"), "second@example.com")
+    Membership.objects.create(user=second, team=team, role="owner")
+    budgets.set_budget(actor=actor_for(org["admin"]), team=team, amount="10", thresholds=[50])
+    spent(team, 6)
+    (alert,) = alerts.check()
+    assert sorted(message.to for message in mail.outbox) == [["owner@example.com"], ["second@example.com"]]
+    for message in mail.outbox:
+        (other,) = {"owner@example.com", "second@example.com"} - set(message.to)
+        assert message.cc == message.bcc == [] and other not in message.message().as_string()
+    assert alert.delivery == {"email": "sent"}
+
+
+class BouncingBackend(locmem.EmailBackend):
+    """The test outbox, refusing every message to an address of bounce.example.com."""
+
+    def send_messages(self, messages):
+        for message in messages:
+            refused = [a for a in message.recipients() if a.endswith("@bounce.example.com")]
+            if refused:
+                raise smtplib.SMTPRecipientsRefused({a: (550, b"5.1.1 no such user") for a in refused})
+        return super().send_messages(messages)
+
+
+class SlowBackend(locmem.EmailBackend):
+    """The test outbox, taking 0.3 s a message."""
+
+    def send_messages(self, messages):
+        time.sleep(0.3)
+        return super().send_messages(messages)
+
+
+def notifying(org, team, *addresses: str) -> None:
+    budgets.set_budget(
+        actor=actor_for(org["admin"]), team=team, amount="10", thresholds=[50], notify_emails=list(addresses)
+    )
+
+
+def test_a_refused_recipient_is_recorded_and_the_others_are_still_mailed(org, team, spent, settings):
+    settings.EMAIL_BACKEND = "tests.billing.test_alert_delivery.BouncingBackend"
+    notifying(org, team, "a@example.com", "gone@bounce.example.com", "b@example.com")
+    spent(team, 6)
+    (alert,) = alerts.check()
+    assert [message.to for message in mail.outbox] == [["a@example.com"], ["b@example.com"]]
+    assert alert.delivery["email"].startswith("failed: 1 of 3 not sent: SMTPRecipientsRefused:")
+    assert (AuditEvent.objects.get(action="budget.alert").after or {}).get("delivery") == alert.delivery
+
+
+def test_an_unreachable_mail_server_is_recorded_for_every_recipient(org, team, spent, settings):
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_USE_TLS = "127.0.0.1", port, False
+    notifying(org, team, "a@example.com", "b@example.com")
+    spent(team, 6)
+    (alert,) = alerts.check()
+    assert alert.delivery["email"].startswith("failed: 2 of 2 not sent: ConnectionRefusedError:")
+    assert len(alert.delivery["email"]) <= 300
+
+
+def test_no_message_is_begun_after_the_mail_window(org, team, spent, settings, monkeypatch):
+    """The window bounds a delivery, which a later check must be able to tell from one left undelivered."""
+    settings.EMAIL_BACKEND = "tests.billing.test_alert_delivery.SlowBackend"
+    monkeypatch.setattr(alerts, "MAIL_WINDOW", timedelta(seconds=0.2))
+    notifying(org, team, "a@example.com", "b@example.com", "c@example.com")
+    spent(team, 6)
+    (alert,) = alerts.check()
+    assert [message.to for message in mail.outbox] == [["a@example.com"]]
+    assert alert.delivery == {"email": "failed: 2 of 3 not sent: not begun within 0.2 s of the first"}
+
+
 def test_the_pages_say_who_is_notified_without_addresses(org, department, team, signed_in):
     budgets.set_budget(actor=actor_for(org["admin"]), team=team, amount="10")
     budgets.set_budget(actor=actor_for(org["admin"]), department=department, amount="20")
@@ -132,43 +209,6 @@ def test_the_pages_say_who_is_notified_without_addresses(org, department, team, 
 
 
 # Webhook addresses
-
-
-class Receiver:
-    """A real HTTP(S) server on a free port of 127.0.0.1 that keeps what it was sent."""
-
-    def __init__(self, status: int = 204, headers: dict | None = None, tls: ssl.SSLContext | None = None):
-        self.received: list[tuple[dict, bytes]] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - the name http.server calls
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.received.append((dict(self.headers), body))
-                self.send_response(status)
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        if tls is not None:
-            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver():
-    server = Receiver()
-    yield server
-    server.close()
 
 
 @pytest.fixture

@@ -115,3 +115,25 @@ def test_a_lowered_amount_sends_nothing_already_sent_at_a_higher_one(org, team, 
     budgets.set_budget(actor=admin, team=team, amount="500", thresholds=[50, 80, 100])
     assert [a.threshold for a in alerts.check(now)] == [100], "only the threshold not yet crossed"
     assert len(mail.outbox) == 3
+
+
+def test_an_alert_of_a_month_that_has_ended_says_it_was_spent_not_spent_so_far(org, team, spent, settings):
+    budgets.set_budget(
+        actor=actor_for(org["admin"]),
+        team=team,
+        amount="100",
+        thresholds=[50, 80],
+        notify_emails=["fin@example.com"],
+    )
+    Budget.objects.update(updated_at=at("2026-10-01 00:00"))
+    spent(team, "2026-10-15 10:00", 60)
+    alerts.check(at("2026-10-15 12:00"))
+    assert (
+        f"60.00 {settings.BILLING_CURRENCY} is spent in 2026-10 so far (50% threshold)" in mail.outbox[0].body
+    )
+    spent(team, "2026-10-31 23:00", 25)
+    (alert,) = alerts.check(at("2026-11-01 00:03"))
+    assert (alert.month, alert.threshold) == (date(2026, 10, 1), 80)
+    body = mail.outbox[1].body
+    assert f"85.00 {settings.BILLING_CURRENCY} was spent in 2026-10 (80% threshold)" in body
+    assert "so far" not in body

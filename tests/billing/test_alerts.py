@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.server
 import json
 import socket
 import threading
@@ -25,6 +24,7 @@ from portfolio.billing.choices import PriceKind
 from portfolio.billing.meters import TokenHour
 from portfolio.billing.models import Budget, BudgetAlert, Price
 from portfolio.billing.tasks import check_budgets
+from tests.billing.receivers import Receiver, fixture_receiver  # noqa: F401 - the receiver fixture
 from tests.conftest import actor_for
 
 pytestmark = pytest.mark.django_db
@@ -59,39 +59,6 @@ def spend(team, other_team, tokens: int) -> None:
         [TokenHour(hour, ENDPOINT_ID, "contracts-llm", other_team.pk, other_team.department_id, "contracts-dep",
                    team.pk, team.department_id, 1, tokens, 0)],
     )  # fmt: skip
-
-
-class Receiver:
-    """A real HTTP server on a free local port that keeps what it was sent."""
-
-    def __init__(self, status: int = 204):
-        self.received: list[tuple[dict, bytes]] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - the name http.server calls
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.received.append((dict(self.headers), body))
-                self.send_response(status)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver():
-    server = Receiver()
-    yield server
-    server.close()
 
 
 @pytest.fixture
