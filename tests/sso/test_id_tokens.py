@@ -47,8 +47,9 @@ def trusted(monkeypatch):
     monkeypatch.setattr(oidc, "_keys", lambda config, refresh=False: keys)
 
 
-def answer(client, monkeypatch, make_token):
-    """Start a sign-in here, then come back with the token ``make_token(claims)`` builds."""
+def answer(client, monkeypatch, make_token, *, access_token: str | None = None):
+    """Start a sign-in here, then come back with the token ``make_token(claims)`` builds (and, where given,
+    the access token of the same exchange)."""
     query = parse_qs(urlsplit(client.get(reverse("sso-login"))["Location"]).query)
     state, nonce = query["state"][0], query["nonce"][0]
     now = int(time.time())
@@ -63,7 +64,10 @@ def answer(client, monkeypatch, make_token):
         "email": "alice@example.com",
     }
     token = make_token(claims)
-    monkeypatch.setattr(oidc, "exchange", lambda config, **kwargs: {"id_token": token})
+    tokens = (
+        {"id_token": token} if access_token is None else {"id_token": token, "access_token": access_token}
+    )
+    monkeypatch.setattr(oidc, "exchange", lambda config, **kwargs: tokens)
     return client.get(f"{reverse('sso-callback')}?state={state}&code=crafted")
 
 

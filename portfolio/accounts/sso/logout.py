@@ -35,6 +35,7 @@ from django.contrib.sessions.backends.base import SessionBase
 from django.contrib.sessions.models import Session  # the platform keeps sessions in its database
 from django.core.cache import cache
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
@@ -56,7 +57,6 @@ LEEWAY_SECONDS = client.LEEWAY_SECONDS
 # The actor of a back-channel logout in the audit trail: "system:keycloak".
 REALM_ACTOR = "keycloak"
 METHOD = "backchannel"
-KEY_CHANGE_MARGIN = timedelta(hours=1)
 
 
 def remember(session: SessionBase, *, user, issuer: str, claims: dict[str, Any], id_token: str) -> SsoSession:
@@ -83,22 +83,26 @@ def remember(session: SessionBase, *, user, issuer: str, claims: dict[str, Any],
 
 
 def _drop_ended() -> None:
-    """Drop the records of sessions that have ended: their session is gone or expired. Not by the record's
-    age: a session saved again is kept ``SESSION_COOKIE_AGE`` from then, and outlived its record, which the
-    realm could then no longer end. A record younger than ``KEY_CHANGE_MARGIN`` is kept whatever its session:
-    the one of a session whose key is being changed is moved to the new key within that request (``follow``)."""
-    live = Session.objects.filter(expire_date__gt=timezone.now()).values("session_key")
-    settled = timezone.now() - KEY_CHANGE_MARGIN
-    SsoSession.objects.filter(created_at__lt=settled).exclude(session_key__in=live).delete()
+    """Drop the records of sessions that have ended. One whose session has expired goes at once. One whose
+    session is gone goes once it is older than ``SESSION_COOKIE_AGE`` (a session signed out here takes its
+    record with it, ``forget``): while Django changes a session's key its record names a key with no session
+    until ``follow`` moves it, later in that request, and dropping it then would end a live session. Not by
+    age alone: a session saved again is kept ``SESSION_COOKIE_AGE`` from then, and outlived its record, which
+    the realm could then no longer end."""
+    now = timezone.now()
+    expired = Session.objects.filter(expire_date__lte=now).values("session_key")
+    gone = ~Q(session_key__in=Session.objects.values("session_key"))
+    settled = Q(created_at__lt=now - timedelta(seconds=settings.SESSION_COOKIE_AGE))
+    SsoSession.objects.filter(Q(session_key__in=expired) | (gone & settled)).delete()
 
 
 def follow(session: SessionBase) -> None:
     """Move the ``SsoSession`` of a session whose key Django has changed to its new key. Reads nothing
     unless the session was read in this request (so its data is loaded) and holds a recorded key other
     than its own. A record gone meanwhile (a back-channel logout that named it while the key changed, and
-    found no session under the old key; or dropped as ended by a sign-in, the request changing the key having
-    taken longer than ``KEY_CHANGE_MARGIN``) can no longer be ended by the realm: the session ends here
-    instead."""
+    found no session under the old key; or, for a session signed in longer ago than ``SESSION_COOKIE_AGE``,
+    dropped by a sign-in elsewhere while the key changed: ``_drop_ended``) can no longer be ended by the
+    realm: the session ends here instead."""
     if not session.accessed:
         return
     recorded, key = session.get(RECORDED_KEY), session.session_key

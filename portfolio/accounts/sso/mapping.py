@@ -20,6 +20,8 @@ realm roles, client roles) only by claims that carry that kind: where the claim 
 give, and a row from single sign-on that such a rule could have given is left as it is (a team role is
 not lowered below it); the directory sync, whose claims always carry every kind, then decides. A
 ``resource_access`` without this client's entry does speak: its holder has none of this client's roles.
+(A browser sign-in first takes the claims its ID token leaves out from its verified access token:
+``sign_in_claims``.)
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from portfolio.accounts import lockout
 from portfolio.accounts.context import actor_of
-from portfolio.accounts.sso import client
+from portfolio.accounts.sso import client, sign_in_claims
 from portfolio.accounts.sso import config as sso_config
 from portfolio.accounts.sso import logout as sso_logout
 from portfolio.accounts.sso import services as sso_services
@@ -106,6 +106,7 @@ def _sign_in(request, config, pending: dict | None):
     )
     id_token = str(tokens.get("id_token", ""))
     claims = client.verify_id_token(config, id_token, nonce=pending["nonce"])
+    claims = sign_in_claims.completed(config, tokens, claims, issuer)
     user = sso_services.sign_in(
         actor=actor_of(request), issuer=issuer, claims=claims, organisation=config.organisation
     )
