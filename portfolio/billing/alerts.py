@@ -5,9 +5,12 @@ webhook.
 The alert row is committed first (a unique constraint makes it exactly one even with two checks running
 at once), then delivered, then its delivery outcome recorded and audited. A delivery that fails is
 recorded and never retried: an alert sent twice is worse for its readers than one that says it failed.
-An alert whose check stopped between making its row and delivering it (a worker killed or restarted) is
-delivered once, late, by a later check, which claims it first (``_deliver_left``). Each e-mail recipient
-gets a message of their own: none sees the others' addresses.
+A row says how far its delivery got: ``{"pending": …}`` when made, ``{"sending": …}`` once a check has
+claimed it (a conditional update: one check only) and begun, then each channel's outcome. An alert whose check
+stopped before beginning (a worker killed or restarted) is delivered once, late, by a later check; one whose
+check stopped after beginning may have reached some of its recipients, so it is recorded as interrupted and
+not sent again (``_left_behind``). Each e-mail recipient gets a message of their own: none sees the others'
+addresses.
 The same pass stores each budget's month-to-date spend, which the gateway's routing table reads.
 """
 
@@ -23,6 +26,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import EmailMessage, get_connection
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
@@ -39,18 +43,21 @@ logger = logging.getLogger(__name__)
 # whole hours) is first seen in the next month: for these first hours of a month, its previous month is
 # checked as well, with a wide margin for a worker that was down a while.
 PREVIOUS_MONTH_GRACE = timedelta(hours=6)
-# A delivery ends well within UNDELIVERED_AFTER. Its e-mails: none is begun after MAIL_WINDOW, and each
-# exchange with the operator's relay (about six to open the connection, four a message, one to close it)
-# awaits an answer at most EMAIL_TIMEOUT (at most 120 s; a timeout drops the connection, and the messages
-# after it fail at once): 15 minutes at the very worst. Its webhook: BILLING_WEBHOOK_TIMEOUT (at most 30 s),
-# a second more, and 5 s to stop (webhooks.post).
+# No e-mail is begun after MAIL_WINDOW, and each read of the operator's relay waits at most EMAIL_TIMEOUT; the
+# webhook is bounded as a whole (webhooks.post). A delivery slower still than UNDELIVERED_AFTER (a relay
+# answering a byte at a time) may be recorded as interrupted by another check while it goes on: its own
+# outcome is then recorded after, and audited too. It is never sent twice.
 MAIL_WINDOW = timedelta(minutes=5)
-# An alert still undelivered this long after its row was made (just before its delivery) was left by a check
-# that stopped: a later check delivers it. One older than UNDELIVERED_UNTIL is no longer news; it stays
-# undelivered.
+# An alert still pending or sending this long after its row was made (its delivery begins at once) was left
+# by a check that stopped: a later check delivers a pending one and records a sending one as interrupted.
+# A pending one older than UNDELIVERED_UNTIL is no longer news; it stays pending.
 UNDELIVERED_AFTER = timedelta(minutes=20)
 UNDELIVERED_UNTIL = timedelta(days=7)
 NO_RECIPIENT = "failed: no recipient (no notify e-mails, and no active owner or manager with an address)"
+INTERRUPTED = (
+    "interrupted: the check delivering it stopped after it began (a worker killed or restarted), so some of "
+    "its e-mails or its webhook may have gone; it is not sent again"
+)
 
 
 def crossed(spent: Decimal, amount: Decimal, threshold: int) -> bool:
@@ -60,7 +67,7 @@ def crossed(spent: Decimal, amount: Decimal, threshold: int) -> bool:
 
 
 def check(as_of: datetime | None = None) -> list[BudgetAlert]:
-    """Store every budget's spend of the month so far, deliver the alerts a stopped check left undelivered,
+    """Store every budget's spend of the month so far, see to the alerts a stopped check left behind,
     then alert the thresholds newly crossed; in a month's first hours, also those its previous month crossed
     after its last check. The spends are stored before any alert is delivered: the gateway's hard limits
     read them, and a slow delivery must not hold them up."""
@@ -72,7 +79,7 @@ def check(as_of: datetime | None = None) -> list[BudgetAlert]:
     spend = month_to_date(as_of, department_ids=departments)
     for budget in budgets:
         Budget.objects.filter(pk=budget.pk).update(**spend.stored(budget))  # the current month's, always
-    sent = _deliver_left(as_of)
+    sent = _left_behind(as_of)
     start, _ = money.month_bounds(money.month_start(as_of))
     if as_of - start < PREVIOUS_MONTH_GRACE:
         previous = month_to_date(
@@ -104,36 +111,59 @@ def _alert(budget: Budget, spend: Spend) -> list[BudgetAlert]:
             month=spend.month,
             threshold=threshold,
             amount=budget.amount,
-            defaults={"spend": total},
+            defaults={
+                "spend": total,
+                "sent_at": spend.as_of,
+                "delivery": {"pending": spend.as_of.isoformat()},
+            },
         )
-        if created:  # only the check that made the row delivers it
-            _deliver(budget, alert, spend.as_of)
+        if created and _deliver(budget, alert, spend.as_of):  # only the check that made the row delivers it
             sent.append(alert)
     return sent
 
 
-def _deliver_left(as_of: datetime) -> list[BudgetAlert]:
-    """The alerts left undelivered by a check that stopped after making their rows, delivered late. Each is
-    claimed first, its empty delivery swapped for a claim, so that two checks at once deliver it once; one
-    whose claimant stopped too stays claimed, never sent twice."""
-    left = BudgetAlert.objects.filter(
-        delivery={}, sent_at__lt=as_of - UNDELIVERED_AFTER, sent_at__gte=as_of - UNDELIVERED_UNTIL
+def _left_behind(as_of: datetime) -> list[BudgetAlert]:
+    """The alerts of checks that stopped: those never begun are delivered late (claimed first, so that two
+    checks at once deliver each once), those begun are recorded as interrupted, never sent twice. Rows made
+    before delivery was recorded in steps (``{}`` until delivered) count as begun."""
+    old = BudgetAlert.objects.filter(sent_at__lt=as_of - UNDELIVERED_AFTER).select_related(
+        "budget__team", "budget__department"
     )
     sent: list[BudgetAlert] = []
-    for alert in left.select_related("budget__team", "budget__department").order_by("pk"):
-        claim = {"claimed": as_of.isoformat()}
-        if BudgetAlert.objects.filter(pk=alert.pk, delivery={}).update(delivery=claim) != 1:
-            continue  # claimed by another check meanwhile
+    pending = old.filter(delivery__has_key="pending", sent_at__gte=as_of - UNDELIVERED_UNTIL)
+    for alert in pending.order_by("pk"):
         logger.warning("billing: budget alert %s was left undelivered; delivering it late", alert.pk)
-        _deliver(alert.budget, alert, as_of, late=True)
-        sent.append(alert)
+        if _deliver(alert.budget, alert, as_of, late=True):
+            sent.append(alert)
+    begun = old.filter(Q(delivery__has_key="sending") | Q(delivery={})).order_by("pk")
+    for alert in begun:
+        if alert.delivery and datetime.fromisoformat(alert.delivery["sending"]) >= as_of - UNDELIVERED_AFTER:
+            continue  # claimed lately: a late delivery under way
+        delivery = {"email": INTERRUPTED}
+        with transaction.atomic():
+            if (
+                BudgetAlert.objects.filter(pk=alert.pk, delivery=alert.delivery).update(delivery=delivery)
+                != 1
+            ):
+                continue  # recorded meanwhile: by its own check, or another one
+            logger.warning("billing: budget alert %s was interrupted while being delivered", alert.pk)
+            after = {**_payload(alert.budget, alert), "delivery": delivery, "recorded_at": as_of.isoformat()}
+            audit.record(
+                Actor.for_system("billing.check_budgets"), AuditAction.BUDGET_ALERT, alert.budget, after=after
+            )
     return sent
 
 
-def _deliver(budget: Budget, alert: BudgetAlert, as_of: datetime, *, late: bool = False) -> None:
+def _deliver(budget: Budget, alert: BudgetAlert, as_of: datetime, *, late: bool = False) -> bool:
+    """Deliver a pending alert, once it is claimed: whether this check did (another may have claimed it)."""
+    claim = {"sending": as_of.isoformat()}
+    if BudgetAlert.objects.filter(pk=alert.pk, delivery=alert.delivery).update(delivery=claim) != 1:
+        return False
     payload = _payload(budget, alert)
     recipients = _recipients(budget)
-    ended = alert.month < money.month_start(as_of)
+    # A month that had ended when the row was made (a previous month's alert, early in the next) was spent;
+    # a row made within its month says what was spent by then, however late it is delivered.
+    ended = alert.month < money.month_start(alert.sent_at)
     delivery = {"email": _email(budget, alert, payload, recipients, ended) if recipients else NO_RECIPIENT}
     if budget.webhook_url:
         delivery["webhook"] = webhooks.post(budget.webhook_url, payload)
@@ -144,6 +174,7 @@ def _deliver(budget: Budget, alert: BudgetAlert, as_of: datetime, *, late: bool 
         BudgetAlert.objects.filter(pk=alert.pk).update(delivery=delivery)
         alert.delivery = delivery
         audit.record(Actor.for_system("billing.check_budgets"), AuditAction.BUDGET_ALERT, budget, after=after)
+    return True
 
 
 def _payload(budget: Budget, alert: BudgetAlert) -> dict:

@@ -1,14 +1,17 @@
-"""Alerts left undelivered: a check that stopped between making an alert's row and delivering it (a worker
-killed or restarted) left it never sent. A later check delivers it once, late, and audits it as late; two
-checks at once still deliver it once; one being delivered, claimed, failed or a week old is left alone."""
+"""Alerts left behind by a check that stopped (a worker killed or restarted). One never begun was never sent: a
+later check delivers it once, late, and audits it as late; two checks at once still deliver it once. One
+begun may have reached some recipients: it is recorded as interrupted, never sent twice (found by review: a
+check killed mid-delivery, or failing to record its outcome, had everything sent again). A failed one, or one
+a week old, is left alone."""
 
 from __future__ import annotations
 
 import threading
-from datetime import date, timedelta
+from datetime import date
 
 import pytest
 from django.core import mail
+from django.core.mail import EmailMessage
 from django.db import connection
 
 from portfolio.audit.models import AuditEvent
@@ -71,7 +74,7 @@ def test_an_alert_left_undelivered_is_delivered_once_late_by_a_later_check(
     )
     spent(team, "2026-10-15 10:00", 60)
     left_undelivered(monkeypatch, "2026-10-15 12:00")
-    assert BudgetAlert.objects.get().delivery == {} and mail.outbox == []
+    assert "pending" in BudgetAlert.objects.get().delivery and mail.outbox == []
 
     assert alerts.check(at("2026-10-15 12:15")) == [], "it may still be under way"
     (alert,) = alerts.check(at("2026-10-15 12:25"))
@@ -90,7 +93,14 @@ def test_an_alert_left_undelivered_is_delivered_once_late_by_a_later_check(
     assert len(mail.outbox) == 1 and len(receiver.received) == 1
 
 
-def test_a_left_alert_of_a_month_that_has_ended_says_it_was_spent(org, team, spent, monkeypatch):
+@pytest.mark.parametrize(
+    ("made", "says"),
+    [
+        ("2026-10-31 23:50", "is spent in 2026-10 so far"),  # found by review: it said "was spent"
+        ("2026-11-01 00:10", "was spent in 2026-10"),  # a previous month's alert, early in the next
+    ],
+)
+def test_a_late_alert_says_what_was_spent_when_its_row_was_made(org, team, spent, monkeypatch, made, says):
     budgets.set_budget(
         actor=actor_for(org["admin"]),
         team=team,
@@ -100,11 +110,10 @@ def test_a_left_alert_of_a_month_that_has_ended_says_it_was_spent(org, team, spe
     )
     Budget.objects.update(updated_at=at("2026-10-01 00:00"))
     spent(team, "2026-10-31 22:00", 60)
-    left_undelivered(monkeypatch, "2026-10-31 23:50")
-    (alert,) = alerts.check(at("2026-11-01 00:20"))
+    left_undelivered(monkeypatch, made)
+    (alert,) = alerts.check(at("2026-11-01 00:40"))
     assert alert.month == date(2026, 10, 1)
-    assert "was spent in 2026-10 (50% threshold)" in mail.outbox[0].body
-    assert "so far" not in mail.outbox[0].body
+    assert f"{says} (50% threshold)" in mail.outbox[0].body
 
 
 @pytest.mark.django_db(transaction=True)
@@ -119,7 +128,7 @@ def test_two_checks_at_once_deliver_a_left_alert_once(org, team, spent, monkeypa
     spent(team, "2026-10-15 10:00", 9)
     for _ in range(3):  # each stopped check leaves one row: the next threshold's
         left_undelivered(monkeypatch, "2026-10-15 12:00")
-    assert [a.delivery for a in BudgetAlert.objects.all()] == [{}, {}, {}]
+    assert all("pending" in a.delivery for a in BudgetAlert.objects.all())
     barrier = threading.Barrier(4)
     results: list[int] = []
 
@@ -142,12 +151,16 @@ def test_two_checks_at_once_deliver_a_left_alert_once(org, team, spent, monkeypa
 @pytest.mark.parametrize(
     ("delivery", "made"),
     [
-        ({"claimed": "2026-10-15T12:20:00+00:00"}, "2026-10-15 12:00"),  # its claimant stopped too
         ({"email": "failed: 1 of 1 not sent: SMTPServerDisconnected"}, "2026-10-15 12:00"),
-        ({}, "2026-10-08 11:00"),  # more than a week ago: no longer news
+        (
+            {"pending": "2026-10-08T11:00:00+00:00"},
+            "2026-10-08 11:00",
+        ),  # more than a week ago: no longer news
+        ({"sending": "2026-10-15T12:20:00+00:00"}, "2026-10-15 12:20"),  # under way
+        ({"sending": "2026-10-15T12:25:00+00:00"}, "2026-10-15 12:00"),  # a late delivery under way
     ],
 )
-def test_an_alert_claimed_failed_or_stale_is_not_delivered(org, team, spent, delivery, made):
+def test_an_alert_failed_stale_or_under_way_is_left_alone(org, team, spent, delivery, made):
     budget = budgets.set_budget(
         actor=actor_for(org["admin"]),
         team=team,
@@ -169,11 +182,71 @@ def test_an_alert_claimed_failed_or_stale_is_not_delivered(org, team, spent, del
     assert mail.outbox == [] and BudgetAlert.objects.get().delivery == delivery
 
 
-def test_the_margin_outlasts_the_longest_delivery():
-    """A delivery still under way must never be taken for one left undelivered (alerts.py says why), at the
-    largest EMAIL_TIMEOUT (120 s) and BILLING_WEBHOOK_TIMEOUT (30 s) the settings accept."""
-    exchange = timedelta(seconds=120)
-    webhook = timedelta(seconds=30 + 1 + 5)
-    last_message = alerts.MAIL_WINDOW + (4 + 1) * exchange  # begun as the window ends; then the goodbye
-    slow_opening = (6 + 1) * exchange  # past the window: nothing begun; then the goodbye
-    assert max(last_message, slow_opening) + webhook < alerts.UNDELIVERED_AFTER
+def stopped_while_delivering(monkeypatch, as_of: str, where: str) -> None:
+    """A check at ``as_of`` that stops after its alert's delivery began: after the first e-mail went, or while
+    recording how it went."""
+    sends = EmailMessage.send
+
+    def first_then_die(self, *args, **kwargs):
+        if mail.outbox:
+            raise WorkerKilled
+        return sends(self, *args, **kwargs)
+
+    def die(*args, **kwargs):
+        raise WorkerKilled
+
+    with monkeypatch.context() as patched:
+        if where == "mid-delivery":
+            patched.setattr(EmailMessage, "send", first_then_die)
+        else:
+            patched.setattr(alerts.audit, "record", die)
+        with pytest.raises(WorkerKilled):
+            alerts.check(at(as_of))
+    BudgetAlert.objects.update(sent_at=at(as_of))
+
+
+@pytest.mark.parametrize("where", ["mid-delivery", "recording"])
+def test_an_alert_whose_delivery_began_is_recorded_interrupted_not_sent_again(
+    org, team, spent, receiver, monkeypatch, where
+):
+    budgets.set_budget(
+        actor=actor_for(org["admin"]),
+        team=team,
+        amount="100",
+        thresholds=[50],
+        notify_emails=["a@example.com", "b@example.com"],
+        webhook_url=receiver.url,
+    )
+    spent(team, "2026-10-15 10:00", 60)
+    stopped_while_delivering(monkeypatch, "2026-10-15 12:00", where)
+    went, posted = len(mail.outbox), len(receiver.received)
+    assert went >= 1 and "sending" in BudgetAlert.objects.get().delivery
+
+    assert alerts.check(at("2026-10-15 12:25")) == []
+
+    assert (len(mail.outbox), len(receiver.received)) == (went, posted), "sent again"
+    assert BudgetAlert.objects.get().delivery == {"email": alerts.INTERRUPTED}
+    audited = AuditEvent.objects.get(action="budget.alert").after or {}
+    assert audited["delivery"] == {"email": alerts.INTERRUPTED} and audited["threshold"] == 50
+    assert (
+        alerts.check(at("2026-10-15 12:30")) == []
+        and AuditEvent.objects.filter(action="budget.alert").count() == 1
+    )
+
+
+def test_an_alert_made_before_delivery_was_recorded_in_steps_counts_as_begun(org, team, spent):
+    """``{}`` was every row's delivery until its outcome was recorded: it may have been sent in part."""
+    budget = budgets.set_budget(
+        actor=actor_for(org["admin"]),
+        team=team,
+        amount="100",
+        thresholds=[50],
+        notify_emails=["f@example.com"],
+    )
+    spent(team, "2026-10-15 10:00", 60)
+    BudgetAlert.objects.create(
+        budget=budget, month=date(2026, 10, 1), threshold=50, amount=budget.amount, spend=60,
+        sent_at=at("2026-10-15 12:00"), delivery={},
+    )  # fmt: skip
+    assert alerts.check(at("2026-10-15 12:30")) == [] and mail.outbox == []
+    assert BudgetAlert.objects.get().delivery == {"email": alerts.INTERRUPTED}
