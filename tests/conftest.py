@@ -6,6 +6,7 @@ import time
 import warnings
 
 import pytest
+import yaml
 from django.contrib.auth import get_user_model
 from django.db import connection
 
@@ -13,6 +14,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.choices import OrgRole, TeamRole
 from portfolio.accounts.models import Department, Membership, OrgRoleGrant, Team
 from tests import flush_retry, row_locks
+from tests.compose_file import ROOT
 
 PASSWORD = "correct-horse-battery-staple"
 
@@ -220,3 +222,9 @@ def actor_for(user) -> Actor:
 @pytest.fixture
 def system_actor() -> Actor:
     return Actor.for_system("tests")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    """docker-compose.yml, parsed once per module of tests/test_compose*.py."""
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())

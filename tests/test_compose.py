@@ -3,30 +3,21 @@ runs a real entry point of this project, and that the services are wired to each
 settings (secrets per service, volumes, URLs, roles)."""
 
 import ipaddress
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
 
 from portfolio import cli
 from portfolio.envparse import Env
 from portfolio.registry.tasks import import_version
+from tests.compose_file import PLATFORM_SERVICES, ROOT, env_of, interpolated
 
-ROOT = Path(__file__).resolve().parent.parent
-PLATFORM_SERVICES = {"migrate", "web", "worker", "worker-long", "beat", "node-cpu", "node-gpu"}
 INFRASTRUCTURE = {"postgres", "redis", "minio", "minio-init", "keycloak"}
-
-
-@pytest.fixture(scope="module")
-def compose() -> dict:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
 def test_compose_has_every_production_service(compose):
@@ -133,15 +124,6 @@ def test_node_agents_carry_their_engine_and_join_a_pool(compose, service, engine
 
 
 # --- Wiring: what each service is given, checked against what the code reads -------------------------------
-def interpolated(value) -> str:
-    """A value as compose gives it with none of the operator's variables set (``${NAME:-default}``)."""
-    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
-
-
-def env_of(compose: dict, service: str) -> dict[str, str]:
-    return {key: interpolated(value) for key, value in compose["services"][service]["environment"].items()}
-
-
 def secret_of(path: str) -> str:
     assert path.startswith("/run/secrets/"), path
     return path.removeprefix("/run/secrets/")
@@ -376,205 +358,6 @@ def test_the_web_server_takes_its_metrics_scrape_token_from_a_secret_of_its_own(
         "metrics_token" not in compose["services"][name].get("secrets", [])
         for name in PLATFORM_SERVICES - {"web"}
     )
-
-
-# --- Keycloak: production mode on a PostgreSQL database of its own -----------------------------------------
-def secrets_read_by(command: str) -> set[str]:
-    """The secret files a shell command reads (``"$$(< /run/secrets/NAME)"``, compose's escaped ``$``)."""
-    return set(re.findall(r"\$\$\(< /run/secrets/(\w+)\)", command))
-
-
-def test_keycloak_runs_in_production_mode_on_its_own_postgresql_database(compose):
-    """`start-dev` keeps the realm in an H2 file with development defaults; `start` refuses to run without a
-    supported database, a host name and, behind a TLS proxy, HTTP enabled explicitly."""
-    keycloak = compose["services"]["keycloak"]
-    command = " ".join(keycloak["command"])
-    assert re.search(r"kc\.sh start --import-realm$", command) and "start-dev" not in command
-    env = env_of(compose, "keycloak")
-    assert env["KC_DB"] == "postgres"
-    url = urlsplit(env["KC_DB_URL"].removeprefix("jdbc:"))
-    assert (url.scheme, url.hostname, url.port, url.path) == ("postgresql", "postgres", 5432, "/keycloak")
-    assert env["KC_DB_USERNAME"] == "keycloak" and "KC_DB_PASSWORD" not in env  # from its secret file
-    assert 'KC_DB_PASSWORD="$$(< /run/secrets/keycloak_db_password)"' in command
-    assert keycloak["depends_on"]["postgres"] == {"condition": "service_healthy"}
-    # Behind the TLS proxy, as before: plain HTTP, X-Forwarded-* believed, the public URL as its host name.
-    assert env["KC_HTTP_ENABLED"] == "true" and env["KC_PROXY_HEADERS"] == "xforwarded"
-    assert env["KC_HOSTNAME"] == "https://sso.example.internal"
-    # Nothing kept in the container but the realm file it imports.
-    assert keycloak["volumes"] == ["./deploy/keycloak:/opt/keycloak/data/import:ro"]
-    assert "keycloak-data" not in compose["volumes"]
-
-
-def test_keycloak_mounts_exactly_the_secrets_its_command_reads(compose):
-    keycloak = compose["services"]["keycloak"]
-    assert secrets_read_by(" ".join(keycloak["command"])) == set(keycloak["secrets"])
-    assert "keycloak_db_password" in keycloak["secrets"]
-    for name in keycloak["secrets"]:
-        assert compose["secrets"][name]["file"] == f"./secrets/{name}"
-
-
-def test_the_database_init_creates_keycloaks_role_and_database_from_its_secret(compose):
-    env = env_of(compose, "keycloak")
-    role, database = env["KC_DB_USERNAME"], urlsplit(env["KC_DB_URL"].removeprefix("jdbc:")).path[1:]
-    init = (ROOT / "deploy" / "postgres" / "init-roles.sh").read_text()
-    postgres = compose["services"]["postgres"]
-    assert "keycloak_db_password" in postgres["secrets"]
-    assert '"${KEYCLOAK_DB_PASSWORD_FILE:-/run/secrets/keycloak_db_password}"' in init
-    # The password reaches psql as a variable (the heredoc is quoted: the shell expands nothing in it).
-    assert "<<'SQL'" in init and "\\getenv keycloak_password KEYCLOAK_PASSWORD" in init
-    assert f"format('ALTER ROLE {role} PASSWORD %L', :'keycloak_password')" in init
-    # Created once, whatever reruns: each CREATE only where it does not exist yet.
-    assert f"'CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE'" in init
-    assert f"WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}')" in init
-    assert f"'CREATE DATABASE {database} OWNER {role}'" in init
-    assert f"WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{database}')" in init
-    # Its database is its own: nobody else connects, and the platform's database does not let it in.
-    assert f"REVOKE ALL ON DATABASE {database} FROM PUBLIC;" in init
-    assert not re.search(rf"GRANT .* TO {role}\b", init)
-    assert "REVOKE ALL ON DATABASE portfolio FROM PUBLIC;" in init
-
-
-# --- MinIO: the platform holds a user for its bucket, not the root account ---------------------------------
-def test_the_platform_signs_in_to_minio_as_its_own_user_not_as_the_root_account(compose):
-    minio = compose["services"]["minio"]
-    root_user = minio["environment"]["MINIO_ROOT_USER"]
-    assert minio["environment"]["MINIO_ROOT_PASSWORD_FILE"] == "/run/secrets/minio_root_password"
-    assert minio["secrets"] == ["minio_root_password"]
-    assert compose["secrets"]["minio_root_password"]["file"] == "./secrets/minio_root_password"
-    for service in PLATFORM_SERVICES:
-        env = env_of(compose, service)
-        assert env["MINIO_ACCESS_KEY"] != root_user, service
-        assert env["MINIO_SECRET_KEY_FILE"] != minio["environment"]["MINIO_ROOT_PASSWORD_FILE"], service
-        assert "minio_root_password" not in compose["services"][service]["secrets"], service
-
-
-def test_platform_processes_start_once_the_bucket_and_their_minio_user_exist(compose):
-    init = compose["services"]["minio-init"]
-    assert init["restart"] == "no"
-    assert init["depends_on"]["minio"] == {"condition": "service_healthy"}
-    assert compose["services"]["minio"]["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
-    # `migrate` waits for it, and every other platform process for `migrate`.
-    assert compose["services"]["migrate"]["depends_on"]["minio-init"] == {
-        "condition": "service_completed_successfully"
-    }
-    for service in PLATFORM_SERVICES - {"migrate"}:
-        assert compose["services"][service]["depends_on"]["migrate"] == {
-            "condition": "service_completed_successfully"
-        }, service
-
-
-MINIO_INIT = ROOT / "deploy" / "minio" / "init-bucket.sh"
-
-# A stand-in for mc: each call leaves its arguments and its standard input in CALLS (N.args, N.stdin), keeps
-# the policy file it is given, and remembers the attached policy for `admin user info`.
-FAKE_MC = r"""#!/bin/sh
-n=$(ls "$CALLS" | wc -l)
-n=$((n / 2))
-printf '%s\n' "$@" >"$CALLS/$n.args"
-cat >"$CALLS/$n.stdin"
-printf '%s' "$MC_CONFIG_DIR" >"$CALLS/../config-dir"
-case "$1 $2 $3" in
-"admin policy create") cp "$6" "$CALLS/../policy.json" ;;
-"admin policy attach") printf '%s' "$5" >"$CALLS/../attached" ;;
-"admin user info") printf 'AccessKey: %s\nPolicyName: %s\n' "$5" "$(cat "$CALLS/../attached" 2>/dev/null)" ;;
-esac
-"""
-
-
-def run_minio_init(compose: dict, tmp_path: Path) -> list[tuple[list[str], str]]:
-    """deploy/minio/init-bucket.sh with minio-init's environment and secrets, against the stand-in mc."""
-    init = compose["services"]["minio-init"]
-    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
-    bin_dir.mkdir(exist_ok=True)
-    shutil.rmtree(calls, ignore_errors=True)
-    calls.mkdir()
-    (bin_dir / "mc").write_text(FAKE_MC)
-    (bin_dir / "mc").chmod(0o755)
-    secrets = {name: f"{name}-value-" + "s" * 32 for name in init["secrets"]}
-    for name, value in secrets.items():
-        (tmp_path / name).write_text(value + "\n")
-    env = {
-        "PATH": f"{bin_dir}:{os.environ['PATH']}",
-        "CALLS": str(calls),
-        "TMPDIR": str(tmp_path),
-        **{key: interpolated(value) for key, value in init["environment"].items()},
-        "MINIO_ROOT_PASSWORD_FILE": str(tmp_path / "minio_root_password"),
-        "MINIO_APP_PASSWORD_FILE": str(tmp_path / "minio_secret_key"),
-    }
-    result = subprocess.run(
-        ["sh", str(MINIO_INIT)], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    recorded = []
-    for index in range(len(list(calls.glob("*.args")))):
-        args = (calls / f"{index}.args").read_text().splitlines()
-        recorded.append((args, (calls / f"{index}.stdin").read_text()))
-    for args, _ in recorded:  # no secret on a command line, where `ps` shows it
-        assert not any(value in " ".join(args) for value in secrets.values()), args
-    return recorded
-
-
-def test_the_minio_init_mounts_the_secrets_its_script_reads(compose):
-    init = compose["services"]["minio-init"]
-    assert set(re.findall(r"/run/secrets/(\w+)", MINIO_INIT.read_text())) == set(init["secrets"])
-    assert set(init["secrets"]) == {"minio_root_password", "minio_secret_key"}
-    assert f"./deploy/minio/init-bucket.sh:{init['entrypoint'][-1]}:ro" in init["volumes"]
-
-
-def test_the_minio_init_makes_the_bucket_and_a_user_allowed_only_that_buckets_objects(compose, tmp_path):
-    init_env = env_of(compose, "minio-init")
-    minio_env = compose["services"]["minio"]["environment"]
-    bucket = Env(env_of(compose, "web")).text("MINIO_BUCKET")
-    assert init_env["MINIO_BUCKET"] == bucket
-    assert init_env["MINIO_ROOT_USER"] == minio_env["MINIO_ROOT_USER"]
-    for service in PLATFORM_SERVICES:
-        assert env_of(compose, service)["MINIO_ACCESS_KEY"] == init_env["MINIO_APP_USER"], service
-        assert env_of(compose, service)["MINIO_BUCKET"] == bucket, service
-
-    calls = run_minio_init(compose, tmp_path)
-    by_command = {tuple(args[:3]): (args, stdin) for args, stdin in calls}
-    # As the root account, its password on standard input.
-    alias, stdin = by_command[("alias", "set", "minio")]
-    assert alias[3:] == ["http://minio:9000", minio_env["MINIO_ROOT_USER"]]
-    assert stdin.startswith("minio_root_password-value-")
-    assert by_command[("mb", "--ignore-existing", f"minio/{bucket}")]
-    # The platform's user, its password (the platform's minio_secret_key) on standard input.
-    user, stdin = by_command[("admin", "user", "add")]
-    assert user[3:] == ["minio", init_env["MINIO_APP_USER"]]
-    assert stdin.startswith("minio_secret_key-value-")
-    # Its policy: the bucket's objects and the bucket's listing, nothing else.
-    create, _ = by_command[("admin", "policy", "create")]
-    policy_name = create[4]
-    policy = json.loads((tmp_path / "policy.json").read_text())
-    actions = set()
-    for statement in policy["Statement"]:
-        assert statement["Effect"] == "Allow"
-        assert set(statement["Resource"]) <= {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}
-        actions |= set(statement["Action"])
-    assert all(action.startswith("s3:") and "*" not in action for action in actions), actions
-    assert "s3:CreateBucket" not in actions  # the bucket exists before the platform starts
-    # What S3Store calls: bucket_exists, presigned URLs, stat/get/put/remove of objects.
-    assert {
-        "s3:ListBucket",
-        "s3:GetBucketLocation",
-        "s3:GetObject",
-        "s3:PutObject",
-        "s3:DeleteObject",
-    } <= actions
-    attach, _ = by_command[("admin", "policy", "attach")]
-    assert attach[3:] == ["minio", policy_name, "--user", init_env["MINIO_APP_USER"]]
-    # mc's alias, with the root password, does not outlive the run.
-    assert not Path((tmp_path / "config-dir").read_text()).exists()
-
-
-def test_the_minio_init_can_run_again(compose, tmp_path):
-    """Every `docker compose up` runs it: a rerun keeps the bucket, sets the password again, attaches nothing
-    twice."""
-    run_minio_init(compose, tmp_path)
-    again = [args[:3] for args, _ in run_minio_init(compose, tmp_path)]
-    assert ["mb", "--ignore-existing", f"minio/{env_of(compose, 'minio-init')['MINIO_BUCKET']}"] in again
-    assert ["admin", "user", "add"] in again
-    assert ["admin", "policy", "attach"] not in again
 
 
 # --- Images and scripts ------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -101,6 +101,34 @@ def priced(db):
     )
     price(PriceKind.POOL, 5, "gpu-a", gpu_hour="2.50", cpu_core_hour="0.04", memory_gib_hour="0.01")
     price(PriceKind.STORE, "local", "local", gib_month="0.10")
+
+
+# The month the statement tests bill (test_statements.py, test_statement_lines.py), and the next.
+OCTOBER, NOVEMBER = date(2026, 10, 1), date(2026, 11, 1)
+
+
+@pytest.fixture
+def october(priced, team, other_team):
+    """``team`` (CC-100) owns the endpoint "router" and a GPU replica; ``other_team`` (CC-200) calls the
+    endpoint before and after its price change, runs a fine-tune and stores 10 GiB all month."""
+    tokens(
+        "2026-10-05 09:00", endpoint_id=11, endpoint="router", owner=team, caller=team, tokens_in=3_000_000
+    )
+    tokens("2026-10-10 10:00", endpoint_id=11, endpoint="router", owner=team, caller=other_team,
+           tokens_in=1_000_000, tokens_out=500_000)  # fmt: skip
+    tokens("2026-10-20 12:00", endpoint_id=11, endpoint="router", owner=team, caller=other_team,
+           tokens_in=2_000_000, tokens_out=1_000_000)  # fmt: skip
+    # From the last day of September: only October's 24 hours are October's.
+    compute("replica:1", team, "2026-09-30 12:00", "2026-10-02 00:00", gpus=1, cpu_cores=4, memory_gib=8,
+            subject="router-dep")  # fmt: skip
+    compute("job:finetune:3:1", other_team, "2026-10-12 10:00", "2026-10-12 11:30", gpus=1,
+            kind=ComputeKind.JOB, subject="fine-tune #3")  # fmt: skip
+    from portfolio.billing.meters import record_storage_day
+
+    for day in range(1, 32):
+        record_storage_day(
+            date(2026, 10, day), [(other_team.pk, other_team.department_id, "local", 10 * 2**30)]
+        )
 
 
 # A whole billing world with a user per billing role (tests/billing/world.py), for the API and its

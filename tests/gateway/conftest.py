@@ -185,3 +185,27 @@ def flush_settled(timeout: float = 15) -> int:
     while batch := usage.flush():
         moved += batch
     return moved
+
+
+# For the key and usage pages (test_views.py, test_views_usage.py).
+@pytest.fixture
+def no_gateway_processes(monkeypatch):
+    """No gateway runs in the page tests: revocations are not announced to one."""
+    monkeypatch.setattr(keystate, "mark_revoked", lambda key_id: None)
+    monkeypatch.setattr(keystate, "invalidate", lambda key_id: None)
+
+
+@pytest.fixture
+def key(org, team):
+    key, _ = key_services.create_key(
+        actor=actor_for(org["developer"]), team=team, name="router prod", rpm_limit=60
+    )
+    return key
+
+
+@pytest.fixture
+def other_key(org, other_team):
+    key, _ = key_services.create_key(
+        actor=actor_for(org["outsider"]), team=other_team, name="contracts batch"
+    )
+    return key

@@ -15,6 +15,7 @@ from portfolio.registry.models import Artifact, ModelVersion
 from portfolio.registry.storage import LocalStore, S3Store
 from portfolio.registry.stores import default_store
 from portfolio.registry.tasks import import_version
+from tests.conftest import actor_for
 
 
 def write_safetensors(path: Path, tensors: dict[str, list[int]], dtype: str = "BF16") -> None:
@@ -97,6 +98,12 @@ def imports(settings, tmp_path):
     default_store.cache_clear()
     yield settings.IMPORT_ROOTS[0]
     default_store.cache_clear()
+
+
+@pytest.fixture
+def model(org, team):
+    """The model the import tests register versions of (tests/registry/test_imports*.py)."""
+    return services.create_model(actor=actor_for(org["engineer"]), name="ticket-router", owner_team=team)
 
 
 @pytest.fixture
