@@ -54,14 +54,15 @@ def check(endpoint: Endpoint) -> str | None:
 
 
 def canary_answer(rollout: Rollout, messages: list[dict], pick: random.Random) -> str:
-    """The canary's greedy answer to one question, from one of its ready replicas."""
-    replicas = list(
-        Replica.objects.filter(deployment__name=rollout.deployment, state=ReplicaState.READY).exclude(
-            port=None
-        )
-    )
+    """The canary's greedy answer to one question, from one of its ready replicas (for an adapter, one that
+    loaded it, as the gateway routes the canary's calls: another answers 404, and the check failed with it)."""
+    ready = Replica.objects.filter(deployment__name=rollout.deployment, state=ReplicaState.READY)
+    if rollout.adapter:
+        ready = ready.filter(loaded_adapters__contains=[rollout.adapter])
+    replicas = list(ready.exclude(port=None).order_by("pk"))
     if not replicas:
-        raise JudgeUnavailable(f"the canary {rollout.target} has no ready replica to ask")
+        loaded = f" that loaded {rollout.adapter}" if rollout.adapter else ""
+        raise JudgeUnavailable(f"the canary {rollout.target} has no ready replica{loaded} to ask")
     replica = pick.choice(replicas)
     body = {
         "model": rollout.adapter or rollout.deployment,

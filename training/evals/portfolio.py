@@ -67,6 +67,8 @@ class Figures:
     target_team_id: int | None = None
     # The endpoint routes elsewhere now than when the run measured it: its figures are not of what it serves.
     repointed: bool = False
+    # A router, cascade or vote endpoint: what it measured is its composition, not a route target of its own.
+    composite: str = ""
 
     @property
     def label(self) -> str:
@@ -188,7 +190,9 @@ def _main_route(endpoint: Endpoint) -> EndpointRoute | None:
 
 def _figures(run: EndpointEvalRun, endpoint: Endpoint | None, readable: set[int]) -> Figures:
     """``readable``: the models the reader may see in the registry; another's size is not shown."""
-    route = _main_route(endpoint) if endpoint is not None else None
+    composite = endpoint.kind if endpoint is not None and endpoint.kind != EndpointKind.PLAIN else ""
+    # A composite's routes are those it kept from before it was one: it calls other endpoints, never them.
+    route = _main_route(endpoint) if endpoint is not None and not composite else None
     seen = route is not None and route.deployment.version.model_id in readable
     return Figures(
         endpoint=run.endpoint_name,
@@ -202,6 +206,7 @@ def _figures(run: EndpointEvalRun, endpoint: Endpoint | None, readable: set[int]
         target=(route.deployment.name, route.adapter.name if route.adapter else "") if route else None,
         target_team_id=route.deployment.owner_team_id if route else None,
         repointed=endpoint is not None and comparability.repointed(run, endpoint, _routes(endpoint)),
+        composite=composite,
     )
 
 
@@ -212,6 +217,11 @@ def _blocked(candidate: Figures, endpoint: Endpoint) -> str:
         return (
             f"{candidate.endpoint} routes elsewhere than when eval run #{candidate.run_id} measured it: "
             "evaluate it again."
+        )
+    if candidate.composite:
+        return (
+            f"{candidate.endpoint} is a {candidate.composite} endpoint: make it the task's production endpoint, "
+            "or roll out on the endpoints it calls."
         )
     if candidate.target is None:
         return f"{candidate.endpoint} routes nowhere now."
