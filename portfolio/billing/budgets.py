@@ -28,7 +28,7 @@ from portfolio.accounts.choices import TeamRole
 from portfolio.accounts.models import Department, Team
 from portfolio.audit import services as audit
 from portfolio.audit.choices import AuditAction
-from portfolio.billing import access, money
+from portfolio.billing import access, money, webhooks
 from portfolio.billing.choices import BudgetScope
 from portfolio.billing.models import Budget
 from portfolio.errors import Conflict, Forbidden, Invalid
@@ -114,7 +114,7 @@ def _internal(host: str) -> bool:
         address = ipaddress.ip_address(host)
     except ValueError:
         return False
-    return not address.is_global
+    return not webhooks.is_global(address)
 
 
 def _team_to_manage(actor: Actor, team: Team) -> Team:

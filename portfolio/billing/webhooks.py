@@ -45,11 +45,30 @@ class InternalAddress(OSError):
     """The webhook's host resolves to an address that is not global: refused before connecting."""
 
 
-def _is_global(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%")[0])  # an IPv6 address may carry its zone
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+# IPv6 prefixes that carry an IPv4 address a gateway on the way may translate to: the well-known NAT64 prefix
+# (RFC 6052), 6to4 (RFC 3056) and IPv4-compatible addresses. Python 3.11 counts them global whatever the IPv4
+# address they carry (64:ff9b::7f00:1 is 127.0.0.1 behind a NAT64 gateway).
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: for local use, never global
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def is_global(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``ip`` is reachable on the public internet, judging an IPv6 address that carries an IPv4 one
+    by the IPv4 address."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL:
+            return False
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and (ip in _NAT64 or ip in _IPV4_COMPATIBLE):
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return embedded.is_global
     return ip.is_global
+
+
+def _is_global(address: str) -> bool:
+    return is_global(ipaddress.ip_address(address.split("%")[0]))  # an IPv6 address may carry its zone
 
 
 def _connect(address: tuple[str, int], timeout: object = None, source_address=None) -> socket.socket:
