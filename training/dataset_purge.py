@@ -115,11 +115,7 @@ def purge_version(*, actor: Actor, version: DatasetVersion) -> DatasetVersion:
     gate.require(actor, "training.run", version.dataset)
     version = _locked(version)
     # Archived, it was not in use then; checked again, in case something took it up since.
-    artifacts.purge_files(
-        actor,
-        version,
-        archived=DatasetVersionStatus.ARCHIVED,
-        action="dataset_version.purge",
-        reasons=in_use_reasons(version) + _evidence(version),
-    )
+    reasons = in_use_reasons(version) + _evidence(version)
+    before = artifacts.purge_files(version, archived=DatasetVersionStatus.ARCHIVED, reasons=reasons)
+    audit.record(actor, "dataset_version.purge", version, before=before, after=version.snapshot())
     return version

@@ -77,10 +77,11 @@ def discard_if_unused(store: ArtifactStore, artifact_id: str) -> bool:
     return True
 
 
-def purge_files(actor: Actor, version, *, archived: str, action: str, reasons: list[str]) -> None:
+def purge_files(version, *, archived: str, reasons: list[str]) -> dict:
     """The stored files of an archived version (a model's or a dataset's) deleted, the version kept listed
     without them: refused unless it is ``archived`` with files, or while ``reasons`` say something still reads
-    them. The caller holds the version's row lock (it checked the reasons under it) and its gate.
+    them. The caller holds the version's row lock (it checked the reasons under it) and its gate, and audits
+    the change in its transaction: the version's snapshot before it is returned.
 
     The files are deleted once the change is committed (a rollback keeps every file); the artifact goes only
     if nothing else refers to it (another version of the same files, a dataset's or a model's), and each
@@ -97,8 +98,8 @@ def purge_files(actor: Actor, version, *, archived: str, action: str, reasons: l
     artifact_id = version.artifact_id
     version.artifact = None
     version.save(update_fields=["artifact"])
-    audit.record(actor, action, version, before=before, after=version.snapshot())
     transaction.on_commit(lambda: _discard_purged(version, artifact_id))
+    return before
 
 
 def _discard_purged(version, artifact_id: str) -> None:

@@ -378,13 +378,8 @@ def purge_version(*, actor: Actor, version: ModelVersion) -> ModelVersion:
         .get(pk=version.pk)
     )
     # Archived, it was not in use then; checked again as archive checks, in case something took it up since.
-    artifacts.purge_files(
-        actor,
-        version,
-        archived=VersionStatus.ARCHIVED,
-        action="model_version.purge",
-        reasons=in_use_reasons(version),
-    )
+    before = artifacts.purge_files(version, archived=VersionStatus.ARCHIVED, reasons=in_use_reasons(version))
+    audit.record(actor, "model_version.purge", version, before=before, after=version.snapshot())
     return version
 
 
