@@ -21,6 +21,7 @@ import csv
 import hashlib
 import io
 import json
+import struct
 import sys
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -134,7 +135,7 @@ def verify_export(path: Path, public_keys: Iterable[Ed25519PublicKey]) -> Export
             return ExportVerdict(False, [f"manifest missing or unreadable: {exc}"])
         verdict = ExportVerdict(
             True,
-            _signature_problems(manifest, keys) + _duplicate_names(archive),
+            _signature_problems(manifest, keys) + _duplicate_names(archive) + _unlisted_bytes(path, archive),
             key_id=str(manifest.get("key_id", "")),
             head_sequence=manifest.get("head_sequence"),
             head_hash=str(manifest.get("head_hash", "")),
@@ -195,6 +196,35 @@ def _duplicate_names(archive: zipfile.ZipFile) -> list[str]:
     names = archive.namelist()
     twice = sorted({name for name in names if names.count(name) > 1})
     return [f"the archive holds more than one file named {name}" for name in twice]
+
+
+# A local file header: signature, versions, flags, method, time, date, crc, sizes, name and extra lengths.
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+# After an entry whose sizes follow its data (flag bit 3): crc and two sizes of 4 or 8 bytes, with or without
+# their signature.
+_DESCRIPTOR_SIZES = {0, 12, 16, 20, 24}
+
+
+def _unlisted_bytes(path: Path, archive: zipfile.ZipFile) -> list[str]:
+    """Bytes of the archive that no entry of its central directory accounts for: a forged entry placed
+    between the listed ones and the directory (or bytes in front of the archive) is what tools that read
+    local headers one after another (``ZipInputStream``, ``jar``) show, while Python reads the directory."""
+    entries = sorted(archive.infolist(), key=lambda info: info.header_offset)
+    ends = [info.header_offset for info in entries[1:]] + [archive.start_dir]
+    if not entries or entries[0].header_offset != 0:
+        return ["the archive holds bytes before its first file that its directory does not list"]
+    with path.open("rb") as raw:
+        for info, following in zip(entries, ends, strict=True):
+            raw.seek(info.header_offset)
+            header = raw.read(_LOCAL_HEADER.size)
+            if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+                return [f"the archive's entry for {info.filename} is not where its directory says"]
+            fields = _LOCAL_HEADER.unpack(header)
+            data_end = info.header_offset + _LOCAL_HEADER.size + fields[10] + fields[11] + info.compress_size
+            gap = following - data_end
+            if gap != 0 and not (info.flag_bits & 0x08 and gap in _DESCRIPTOR_SIZES):
+                return [f"the archive holds bytes after {info.filename} that its directory does not list"]
+    return []
 
 
 def _check_events(
