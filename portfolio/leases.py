@@ -25,7 +25,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psutil
 import redis
@@ -70,6 +70,7 @@ class Lease:
         self.renewed_at = time.monotonic()  # when the lease was last known to be ours
         self._client = _client()
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     @property
     def _ms(self) -> int:
@@ -123,9 +124,27 @@ class Lease:
     def release(self) -> None:
         self._client.eval(_DROP_IF_HELD_BY, 1, self.key, self.token)
 
-    @contextlib.contextmanager
-    def kept(self) -> Iterator[Lease]:
-        """Renew the (acquired) lease from a thread every third of its expiry until the block ends, then release."""
+    def regain(self, still_ours: Callable[[], bool]) -> bool:
+        """Take back a lease found lost, if nobody holds it now, and go on renewing it (inside ``kept``). Only
+        for a run that can tell, with ``still_ours`` (asked once the key is taken), that nobody else ran its
+        job meanwhile: a key that lapsed (Redis away longer than its expiry, or restarted without it) proves
+        nothing by itself."""
+        if not self.acquire(wait=False):
+            return False
+        try:
+            ours = still_ours()
+        except BaseException:
+            self.release()
+            raise
+        if not ours:
+            self.release()
+            return False
+        self.lost.clear()
+        self._renew_in_background()
+        return True
+
+    def _renew_in_background(self) -> None:
+        """Renew the lease from a thread every third of its expiry until ``kept`` ends or it is lost."""
 
         def renew_until_stopped() -> None:
             while not self._stop.wait(self.seconds / 3):
@@ -138,15 +157,21 @@ class Lease:
                 except redis.RedisError as exc:  # Redis away for a moment: the next round tries again
                     logger.warning("%s: could not renew (%s)", self.key, exc)
 
-        thread = threading.Thread(target=renew_until_stopped, name=f"lease {self.key}", daemon=True)
-        thread.start()
+        self._thread = threading.Thread(target=renew_until_stopped, name=f"lease {self.key}", daemon=True)
+        self._thread.start()
+
+    @contextlib.contextmanager
+    def kept(self) -> Iterator[Lease]:
+        """Renew the (acquired) lease from a thread every third of its expiry until the block ends, then release."""
+        self._renew_in_background()
         outer, _kept_here.lease = kept_here(), self
         try:
             yield self
         finally:
             _kept_here.lease = outer
             self._stop.set()
-            thread.join(timeout=10)
+            if self._thread is not None:
+                self._thread.join(timeout=10)
             with contextlib.suppress(redis.RedisError):
                 self.release()
 

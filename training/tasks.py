@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import psutil
+import redis
 from celery import shared_task
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -213,6 +214,26 @@ def run_job(job_id: int) -> None:
                 _watch(job_id, job.pid, None, lease, job.attempt)
 
 
+def _regained(job_id: int, lease: Lease, still_mine, attempt: int) -> bool:
+    """Whether a lost lease is this watcher's again: one that lapsed only (Redis away longer than its expiry,
+    or restarted without it) is free, and is taken back while the job is still this attempt's, run by this
+    trainer (``still_mine``): nobody else watched it meanwhile, for a redelivery that adopted it holds the lease
+    or has ended the attempt. Stepping aside there would leave the trainer to be stopped as an orphan and the
+    attempt to the reaper: one Redis outage would cost every running fine-tune an attempt. A database or
+    Redis error leaves the lease lost, to be tried again at the next look."""
+    try:
+        if not lease.regain(still_mine.exists):
+            return False
+    except (DatabaseError, redis.RedisError) as exc:
+        logger.warning(
+            "fine-tune #%s attempt %s: its lease could not be taken back yet (%s)", job_id, attempt, exc
+        )
+        time.sleep(5)
+        return True  # looked at again in the next round
+    logger.warning("fine-tune #%s attempt %s: its lease had lapsed; taken back", job_id, attempt)
+    return True
+
+
 def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease, attempt: int) -> None:
     # What it writes is its attempt's: once a later attempt has the job (this node went silent, say), the job
     # is that attempt's watcher's to beat, requeue or fail.
@@ -220,7 +241,7 @@ def _watch(job_id: int, pid: int, process: subprocess.Popen | None, lease: Lease
     started = time.monotonic()
     last_beat = 0.0
     while True:
-        if lease.lost.is_set():
+        if lease.lost.is_set() and not _regained(job_id, lease, mine.filter(pid=pid), attempt):
             break
         exited = process.poll() is not None if process else not _alive(pid, job_id)
         if exited:
