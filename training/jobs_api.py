@@ -14,6 +14,7 @@ from portfolio.registry.models import Model, ModelVersion
 from serving.models import ComputePool, Endpoint
 from training import finetune, services
 from training.choices import Method
+from training.merges import services as merges
 from training.models import DatasetVersion, EvalRun, FineTuneJob, MergeJob
 
 router = Router(tags=["training"])
@@ -175,6 +176,10 @@ class MergeJobOut(Schema):
     @staticmethod
     def resolve_compute_cost(job: MergeJob) -> Decimal:
         return costs.job_compute(job.pk, kinds=("merge",)).cost
+
+    @staticmethod
+    def resolve_status_detail(job: MergeJob, context) -> str:
+        return merges.detail_for(context["request"].auth, job)
 
 
 @router.get("/merges/{merge_id}", response=MergeJobOut)

@@ -23,6 +23,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.billing import budgets
@@ -68,6 +69,28 @@ def enqueue(job_id: int) -> None:
     current_app.signature("training.merge_adapter", args=[job_id]).apply_async()
 
 
+# A merge that errored keeps its traceback, and one that failed its process's log above the reason: the
+# node's paths and the libraries' output, for those who run the team's training (``training.run``), as a
+# fine-tune's are (``services.job_detail_for``). Other readers, and every reader of a shared adapter's page,
+# get the reason only.
+ERRORED_FOR_READERS = (
+    "The merge errored: a bug, not a problem of the adapter. Its traceback is shown to those who run the "
+    "team's training."
+)
+
+
+def _reason(job: MergeJob) -> str:
+    if job.status == JobStatus.ERRORED:
+        return ERRORED_FOR_READERS
+    return job.status_detail.splitlines()[-1] if job.status_detail else ""
+
+
+def detail_for(actor: Actor, job: MergeJob) -> str:
+    if job.status in (JobStatus.ERRORED, JobStatus.FAILED) and not gate.can(actor, "training.run", job):
+        return _reason(job)
+    return job.status_detail
+
+
 def notes(adapter: ModelVersion) -> list[str]:
     """``MERGE_NOTES``: the adapter's merge under way, or its last merge if that one failed."""
     job = MergeJob.objects.filter(adapter=adapter).select_related("output_version").first()
@@ -75,9 +98,7 @@ def notes(adapter: ModelVersion) -> list[str]:
         return []
     if job.status in IN_FLIGHT:
         return [f"Merge #{job.pk} is {job.status}: the merged version appears here when it is ready."]
-    return [
-        f"Merge #{job.pk} {job.status}: {job.status_detail.splitlines()[-1] if job.status_detail else ''}"
-    ]
+    return [f"Merge #{job.pk} {job.status}: {_reason(job)}"]
 
 
 def _finish(
