@@ -31,21 +31,25 @@ from django.db import connection
 from portfolio.billing import money, token_periods
 from portfolio.billing.charges import HOUR_SECONDS, _intervals, cost_per_hour
 from portfolio.billing.choices import PriceKind
+from portfolio.billing.models import ComputeInterval
 from portfolio.billing.pricing import PriceBook
 
 Cell = tuple[int, int | None]  # (department id, team id)
 
 
 PRICE_SCALE = 10**6  # prices have six decimal places
+# A shared GPU is held by a share of four decimal places (0.9 of one at the default gpu_memory_utilization).
+GPU_SCALE = 10 ** ComputeInterval._meta.get_field("gpus").decimal_places
 
 
 def denominator(month: date) -> int:
     """A denominator every amount of the month's series is a whole multiple of: tokens x price / 10**6,
-    bytes x price / (GiB x days in the month), microseconds x held x price / (3,600 x 10**6 [x GiB])."""
+    bytes x price / (GiB x days in the month), microseconds x held x price / (3,600 x 10**6 [x GiB, or x the
+    GPU share's scale])."""
     return math.lcm(
         money.MILLION * PRICE_SCALE,
         money.GIB * money.days_in(month) * PRICE_SCALE,
-        HOUR_SECONDS * 10**6 * money.GIB * PRICE_SCALE,
+        HOUR_SECONDS * 10**6 * money.GIB * PRICE_SCALE * GPU_SCALE,
     )
 
 
