@@ -103,6 +103,31 @@ def priced(db):
     price(PriceKind.STORE, "local", "local", gib_month="0.10")
 
 
+# The endpoint of another team that the alert tests' spending calls (charged to the caller).
+SPENT_ENDPOINT_ID = 4444
+
+
+@pytest.fixture
+def spent(other_team):
+    """``spent(team, hour, money)``: ``team``'s calls to other_team's endpoint in ``hour`` cost ``money``."""
+    price(PriceKind.ENDPOINT, SPENT_ENDPOINT_ID, "contracts-llm", input_per_million=1_000_000)
+
+    def spend(team, hour: str, money: int) -> None:
+        tokens(hour, endpoint_id=SPENT_ENDPOINT_ID, endpoint="contracts-llm", owner=other_team, caller=team,
+               tokens_in=money)  # fmt: skip
+
+    return spend
+
+
+def team_budget(org, team, amount: str = "100", thresholds=(50,), emails=("fin@example.com",), **more):
+    """``team``'s monthly budget as the org's admin sets it (``more``: other ``set_budget`` arguments)."""
+    from portfolio.billing import budgets
+    from tests.conftest import actor_for
+
+    return budgets.set_budget(actor=actor_for(org["admin"]), team=team, amount=amount,
+                              thresholds=list(thresholds), notify_emails=list(emails), **more)  # fmt: skip
+
+
 # The month the statement tests bill (test_statements.py, test_statement_lines.py), and the next.
 OCTOBER, NOVEMBER = date(2026, 10, 1), date(2026, 11, 1)
 

@@ -12,26 +12,11 @@ from django.core import mail
 
 from portfolio.audit.models import AuditEvent
 from portfolio.billing import alerts, budgets
-from portfolio.billing.choices import PriceKind
 from portfolio.billing.models import Budget, BudgetAlert
-from tests.billing.conftest import at, price, tokens
+from tests.billing.conftest import at
 from tests.conftest import actor_for
 
 pytestmark = pytest.mark.django_db
-
-ENDPOINT_ID = 4444
-
-
-@pytest.fixture
-def spent(other_team):
-    """``spent(team, hour, money)``: ``team``'s calls to other_team's endpoint in ``hour`` cost ``money``."""
-    price(PriceKind.ENDPOINT, ENDPOINT_ID, "contracts-llm", input_per_million=1_000_000)
-
-    def spend(team, hour: str, money: int) -> None:
-        tokens(hour, endpoint_id=ENDPOINT_ID, endpoint="contracts-llm", owner=other_team, caller=team,
-               tokens_in=money)  # fmt: skip
-
-    return spend
 
 
 def test_spend_in_a_months_last_minutes_alerts_that_month_once_in_the_next(org, team, spent):

@@ -15,33 +15,17 @@ from django.core.mail import EmailMessage
 from django.db import connection
 
 from portfolio.audit.models import AuditEvent
-from portfolio.billing import alerts, budgets
-from portfolio.billing.choices import PriceKind
+from portfolio.billing import alerts
 from portfolio.billing.models import Budget, BudgetAlert
-from tests.billing.conftest import at, price, tokens
+from tests.billing.conftest import at, team_budget
 from tests.billing.receivers import fixture_receiver  # noqa: F401 - the receiver fixture
-from tests.conftest import actor_for
 
 pytestmark = pytest.mark.django_db
-
-ENDPOINT_ID = 4545
 
 
 @pytest.fixture(autouse=True)
 def _private_hooks(settings):
     settings.BILLING_WEBHOOK_PRIVATE_HOSTS = True  # the receiver listens on 127.0.0.1
-
-
-@pytest.fixture
-def spent(other_team):
-    """``spent(team, hour, money)``: ``team``'s calls to other_team's endpoint in ``hour`` cost ``money``."""
-    price(PriceKind.ENDPOINT, ENDPOINT_ID, "contracts-llm", input_per_million=1_000_000)
-
-    def spend(team, hour: str, money: int) -> None:
-        tokens(hour, endpoint_id=ENDPOINT_ID, endpoint="contracts-llm", owner=other_team, caller=team,
-               tokens_in=money)  # fmt: skip
-
-    return spend
 
 
 class WorkerKilled(BaseException):
@@ -64,14 +48,7 @@ def left_undelivered(monkeypatch, as_of: str) -> None:
 def test_an_alert_left_undelivered_is_delivered_once_late_by_a_later_check(
     org, team, spent, receiver, monkeypatch
 ):
-    budgets.set_budget(
-        actor=actor_for(org["admin"]),
-        team=team,
-        amount="100",
-        thresholds=[50],
-        notify_emails=["fin@example.com"],
-        webhook_url=receiver.url,
-    )
+    team_budget(org, team, webhook_url=receiver.url)
     spent(team, "2026-10-15 10:00", 60)
     left_undelivered(monkeypatch, "2026-10-15 12:00")
     assert "pending" in BudgetAlert.objects.get().delivery and mail.outbox == []
@@ -101,13 +78,7 @@ def test_an_alert_left_undelivered_is_delivered_once_late_by_a_later_check(
     ],
 )
 def test_a_late_alert_says_what_was_spent_when_its_row_was_made(org, team, spent, monkeypatch, made, says):
-    budgets.set_budget(
-        actor=actor_for(org["admin"]),
-        team=team,
-        amount="100",
-        thresholds=[50],
-        notify_emails=["fin@example.com"],
-    )
+    team_budget(org, team)
     Budget.objects.update(updated_at=at("2026-10-01 00:00"))
     spent(team, "2026-10-31 22:00", 60)
     left_undelivered(monkeypatch, made)
@@ -118,13 +89,7 @@ def test_a_late_alert_says_what_was_spent_when_its_row_was_made(org, team, spent
 
 @pytest.mark.django_db(transaction=True)
 def test_two_checks_at_once_deliver_a_left_alert_once(org, team, spent, monkeypatch):
-    budgets.set_budget(
-        actor=actor_for(org["admin"]),
-        team=team,
-        amount="10",
-        thresholds=[10, 20, 30],
-        notify_emails=["fin@example.com"],
-    )
+    team_budget(org, team, "10", (10, 20, 30))
     spent(team, "2026-10-15 10:00", 9)
     for _ in range(3):  # each stopped check leaves one row: the next threshold's
         left_undelivered(monkeypatch, "2026-10-15 12:00")
@@ -161,13 +126,7 @@ def test_two_checks_at_once_deliver_a_left_alert_once(org, team, spent, monkeypa
     ],
 )
 def test_an_alert_failed_stale_or_under_way_is_left_alone(org, team, spent, delivery, made):
-    budget = budgets.set_budget(
-        actor=actor_for(org["admin"]),
-        team=team,
-        amount="100",
-        thresholds=[50],
-        notify_emails=["fin@example.com"],
-    )
+    budget = team_budget(org, team)
     spent(team, "2026-10-15 10:00", 60)
     BudgetAlert.objects.create(
         budget=budget,
@@ -209,14 +168,7 @@ def stopped_while_delivering(monkeypatch, as_of: str, where: str) -> None:
 def test_an_alert_whose_delivery_began_is_recorded_interrupted_not_sent_again(
     org, team, spent, receiver, monkeypatch, where
 ):
-    budgets.set_budget(
-        actor=actor_for(org["admin"]),
-        team=team,
-        amount="100",
-        thresholds=[50],
-        notify_emails=["a@example.com", "b@example.com"],
-        webhook_url=receiver.url,
-    )
+    team_budget(org, team, "100", (50,), ("a@example.com", "b@example.com"), webhook_url=receiver.url)
     spent(team, "2026-10-15 10:00", 60)
     stopped_while_delivering(monkeypatch, "2026-10-15 12:00", where)
     went, posted = len(mail.outbox), len(receiver.received)
@@ -236,13 +188,7 @@ def test_an_alert_whose_delivery_began_is_recorded_interrupted_not_sent_again(
 
 def test_an_alert_made_before_delivery_was_recorded_in_steps_counts_as_begun(org, team, spent):
     """``{}`` was every row's delivery until its outcome was recorded: it may have been sent in part."""
-    budget = budgets.set_budget(
-        actor=actor_for(org["admin"]),
-        team=team,
-        amount="100",
-        thresholds=[50],
-        notify_emails=["f@example.com"],
-    )
+    budget = team_budget(org, team, "100", (50,), ("f@example.com",))
     spent(team, "2026-10-15 10:00", 60)
     BudgetAlert.objects.create(
         budget=budget, month=date(2026, 10, 1), threshold=50, amount=budget.amount, spend=60,

@@ -41,13 +41,21 @@ def watch(job: FineTuneJob, lease: Lease, trainer: subprocess.Popen) -> None:
         tasks._watch(job.pk, trainer.pid, trainer, lease, attempt=1)
 
 
-def test_a_watcher_whose_lease_lapsed_takes_it_back_and_ends_the_attempt(make_job, enqueued, settings):
+@pytest.fixture
+def running(make_job, settings):
+    """(job, its trainer, its attempt's lease, held): a running first attempt whose trainer lives 2 s."""
     settings.TRAINING_HEARTBEAT_SECONDS = 0.2
     job = make_job(status=JobStatus.RUNNING, attempt=1, heartbeat_at=timezone.now())
     trainer = subprocess.Popen(["sleep", "2"])
     FineTuneJob.objects.filter(pk=job.pk).update(pid=trainer.pid)
     lease = Lease(f"training.run_job:{job.pk}:1", seconds=EXPIRY)
     assert lease.acquire(wait=False)
+    yield job, trainer, lease
+    trainer.wait(timeout=10)
+
+
+def test_a_watcher_whose_lease_lapsed_takes_it_back_and_ends_the_attempt(running, enqueued):
+    job, trainer, lease = running
     lapsing = lapse_after(lease, 0.5)
 
     watch(job, lease, trainer)
@@ -59,13 +67,8 @@ def test_a_watcher_whose_lease_lapsed_takes_it_back_and_ends_the_attempt(make_jo
     assert job.compute_seconds > 1.5
 
 
-def test_a_watcher_whose_lease_another_run_holds_steps_aside(make_job, enqueued, settings):
-    settings.TRAINING_HEARTBEAT_SECONDS = 0.2
-    job = make_job(status=JobStatus.RUNNING, attempt=1, heartbeat_at=timezone.now())
-    trainer = subprocess.Popen(["sleep", "2"])
-    FineTuneJob.objects.filter(pk=job.pk).update(pid=trainer.pid)
-    lease = Lease(f"training.run_job:{job.pk}:1", seconds=EXPIRY)
-    assert lease.acquire(wait=False)
+def test_a_watcher_whose_lease_another_run_holds_steps_aside(running, enqueued):
+    job, trainer, lease = running
     other = Lease(f"training.run_job:{job.pk}:1", seconds=30)
     lapsing = lapse_after(lease, 0.5, taken_by=other)
     try:
@@ -76,4 +79,3 @@ def test_a_watcher_whose_lease_another_run_holds_steps_aside(make_job, enqueued,
         assert other.holder() == other.token
     finally:
         other.release()
-        trainer.wait(timeout=10)
