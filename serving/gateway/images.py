@@ -96,6 +96,8 @@ def inspect(messages: list) -> Images:
             if not isinstance(part, dict):
                 raise PayloadError(f"`{where}` must be a content part object.", where, "invalid_type")
             kind = part.get("type")
+            if not isinstance(kind, str):  # a list or an object cannot even be looked up among the kinds
+                raise PayloadError(f"`{where}.type` must be a string.", f"{where}.type", "invalid_type")
             if kind in TEXT_PARTS:
                 if not isinstance(part.get(kind), str):  # {"type": "text", "text": ...}, and a refusal's own
                     raise PayloadError(
@@ -105,7 +107,7 @@ def inspect(messages: list) -> Images:
                     _refuse_extra(part, kind, where)
                 continue
             if kind != "image_url":
-                shown = kind if isinstance(kind, str) and len(kind) <= 40 else "…"
+                shown = kind if len(kind) <= 40 else "…"
                 raise PayloadError(
                     f"`{where}.type` {shown!r} is not accepted: send text and image_url parts only.",
                     f"{where}.type",

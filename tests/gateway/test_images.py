@@ -183,6 +183,10 @@ HOSTILE_PARTS = [
     ("image embeddings", [{"role": "user", "content": [{"type": "image_embeds", "image_embeds": "AAAA"}]}],
      "unsupported_content"),
     ("a part that is not an object", [{"role": "user", "content": ["hello"]}], "invalid_type"),
+    # Found by review: a type that is a list or an object was looked up in a set and answered 500.
+    ("a type that is a list", [{"role": "user", "content": [{"type": ["text"], "text": "x"}]}], "invalid_type"),
+    ("a type that is an object", [{"role": "user", "content": [{"type": {"a": 1}, "text": "x"}]}],
+     "invalid_type"),
 ]  # fmt: skip
 
 
