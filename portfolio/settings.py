@@ -228,9 +228,15 @@ NODE_POOL = env.text("PORTFOLIO_NODE_POOL") or "local-cpu"
 # Where this node's engines listen: loopback on one machine, a private interface the gateway reaches else.
 NODE_ADDRESS = env.text("PORTFOLIO_NODE_ADDRESS") or "127.0.0.1"
 NODE_HEARTBEAT_SECONDS = env.integer("PORTFOLIO_NODE_HEARTBEAT_SECONDS", 5, minimum=1)
-# A node silent this long is lost (its replicas forgotten): three heartbeats unless set, at least two.
+# A node silent this long is lost: its replicas are forgotten (placed again elsewhere) and their engines stopped
+# as orphans when its agent returns. A minute (or three heartbeats, if longer) unless set, at least two
+# heartbeats: an agent restarted within it (a worker upgrade: stopped with a grace, started again) re-adopts
+# its engines. Found by review: three heartbeats (15 s) was shorter than such a restart, which killed every
+# engine of the node and reloaded each model from scratch.
 NODE_LOST_AFTER_SECONDS = env.integer(
-    "PORTFOLIO_NODE_LOST_AFTER_SECONDS", 3 * NODE_HEARTBEAT_SECONDS, minimum=2 * NODE_HEARTBEAT_SECONDS
+    "PORTFOLIO_NODE_LOST_AFTER_SECONDS",
+    max(60, 3 * NODE_HEARTBEAT_SECONDS),
+    minimum=2 * NODE_HEARTBEAT_SECONDS,
 )
 ENGINE_PYTHON = {
     "cpu": env.text("PORTFOLIO_ENGINE_PYTHON_CPU") or str(BASE_DIR / ".venv-engine" / "bin" / "python"),

@@ -315,6 +315,19 @@ def test_the_development_secret_and_its_folder_are_readable_by_their_owner_only(
     assert stat.S_IMODE(secret.parent.stat().st_mode) == 0o700
 
 
+def test_the_lost_window_of_a_node_outlasts_an_agent_restart_unless_set(tmp_path):
+    """Found by review: three heartbeats (15 s) unless set, shorter than an agent's restart (a worker upgrade),
+    whose node was then lost and every engine on it stopped as an orphan and loaded again from scratch."""
+    result = _settings_in(_production_env(tmp_path), "NODE_LOST_AFTER_SECONDS")
+    assert result.returncode == 0 and json.loads(result.stdout) == {"NODE_LOST_AFTER_SECONDS": 60}, (
+        result.stderr
+    )
+    slow = _settings_in(
+        _production_env(tmp_path, PORTFOLIO_NODE_HEARTBEAT_SECONDS="30"), "NODE_LOST_AFTER_SECONDS"
+    )
+    assert json.loads(slow.stdout) == {"NODE_LOST_AFTER_SECONDS": 90}, slow.stderr
+
+
 def test_the_lost_window_of_a_node_is_set_but_never_under_two_heartbeats(tmp_path):
     """It was three heartbeats, fixed: a node on a slow network had no way to be given longer."""
     env = _production_env(tmp_path, PORTFOLIO_NODE_LOST_AFTER_SECONDS="60")
