@@ -365,7 +365,8 @@ def replace_in_place(*, actor: Actor, deployment: Deployment) -> Deployment:
 def add_adapter(
     *, actor: Actor, deployment: Deployment, adapter: ModelVersion, name: str = ""
 ) -> DeploymentAdapter:
-    """Serve an adapter of the deployment's base: running replicas hot-load it without a restart."""
+    """Serve an adapter of the deployment's base: running replicas hot-load it without a restart. A replica
+    with it is larger: refused (its row rolled back) when no node could hold one, as a restart would be."""
     gate.require(actor, "deployment.manage", deployment)
     _lock_version(_visible(actor, adapter))  # before the deployment's row (see _lock_version)
     deployment = _locked(deployment)
@@ -401,9 +402,11 @@ def add_adapter(
         raise Conflict(
             f"{adapter.label} (or the name {name!r}) is already served by {deployment.name}."
         ) from None
-    if not args["enable_lora"]:
-        # Hot-loading needs an engine started with LoRA on: roll the replicas once with it enabled.
+    if not args["enable_lora"]:  # hot-loading needs an engine started with LoRA on
         deployment.engine_args = {**deployment.engine_args, "enable_lora": True}
+    if deployment.replicas:  # a replica now holds the adapter too (and LoRA's slots, when this turns it on)
+        _preflight_deployment(deployment, engine_args.for_deployment(deployment), own_room=True)
+    if not args["enable_lora"]:  # roll the replicas once with it enabled
         deployment.generation += 1
         deployment.save(update_fields=["engine_args", "generation"])
         DeploymentEvent.objects.create(
