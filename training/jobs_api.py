@@ -6,7 +6,7 @@ from typing import Any
 
 from ninja import Router, Schema, Status
 from ninja.pagination import PageNumberPagination, paginate
-from pydantic import Field
+from pydantic import Field, StrictFloat, StrictInt
 
 from portfolio.accounts import gate
 from portfolio.billing import costs
@@ -63,7 +63,8 @@ class JobIn(Schema):
     dataset_version_id: int
     pool: str
     method: Method = Method.LORA
-    hyperparameters: dict[str, float | str | list[str]] = Field(
+    # Strict numbers: a JSON true is not taken for 1 (an `epochs: true` started a one-epoch job).
+    hyperparameters: dict[str, StrictInt | StrictFloat | str | list[str]] = Field(
         {},
         description="Numbers (epochs, learning_rate, lora_r, ...); for LoRA also lora_targets (attention, "
         "attention+mlp, attention+experts, attention+state) and target_modules (a list of layer names, "

@@ -84,3 +84,18 @@ def test_whole_number_hyperparameters_sent_as_json_are_stored_as_whole_numbers_a
         )
         assert response.status_code == 400 and "a whole number" in response.json()["error"]["message"]
     assert FineTuneJob.objects.count() == 1
+
+
+@pytest.mark.parametrize("name", ["epochs", "batch_size", "seed", "learning_rate"])
+def test_a_boolean_hyperparameter_is_refused_not_read_as_one(
+    client, org, base, dataset_version, cpu_pool, enqueued, name
+):
+    """Found by review: the schema's lax numbers took a JSON ``true`` for 1.0 before the service's refusal of
+    booleans could see it (``epochs: true`` started a one-epoch job)."""
+    client.force_login(org["engineer"])
+    job = {"base_version_id": base.pk, "dataset_version_id": dataset_version.pk, "pool": "cpu"}
+    response = client.post(
+        "/api/v1/training/jobs", {**job, "hyperparameters": {name: True}}, content_type="application/json"
+    )
+    assert response.status_code in (400, 422), response.content
+    assert "hyperparameters" in response.content.decode() and not FineTuneJob.objects.exists()
