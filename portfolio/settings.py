@@ -266,6 +266,9 @@ MERGE_TIMEOUT_SECONDS = env.integer("PORTFOLIO_MERGE_TIMEOUT_SECONDS", 3 * 3600,
 # A merge no control worker has taken up after this long (its message lost) is failed: a queued merge
 # refuses every other merge of its adapter.
 MERGE_QUEUED_AFTER_SECONDS = env.integer("PORTFOLIO_MERGE_QUEUED_AFTER_SECONDS", 2 * 3600, minimum=60)
+# Merges a team may have queued or running at once: each holds a long worker for up to MERGE_TIMEOUT_SECONDS,
+# and the long workers run every team's eval runs, imports and ingests too.
+MERGES_PER_TEAM = env.integer("PORTFOLIO_MERGES_PER_TEAM", 1, minimum=1, maximum=100)
 # Eval runs a team may have queued or running at once (they share the long workers with every team's work).
 EVAL_RUNS_PER_TEAM = env.integer("PORTFOLIO_EVAL_RUNS_PER_TEAM", 3, minimum=1, maximum=100)
 # Usable keys (not revoked, not expired) a team may hold: per-key ceilings bound it only as far as keys are

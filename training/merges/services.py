@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
+from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.billing import budgets
 from portfolio.errors import Conflict, DomainError
@@ -49,6 +50,7 @@ def start_merge(actor: Actor, adapter: ModelVersion) -> merging.MergeStarted:
     if in_flight is not None:
         raise Conflict(f"Merge #{in_flight.pk} of {adapter.label} is already {in_flight.status}.")
     budgets.check_can_spend(adapter.model.owner_team)  # its node's cores are billed: not past a hard limit
+    _within_the_teams_share(adapter.model.owner_team)
     job = MergeJob.objects.create(adapter=adapter, owner_team=adapter.model.owner_team, created_by=actor.user)
     audit.record(actor, "model_version.merge_start", job, after=job.snapshot())
     transaction.on_commit(lambda: enqueue(job.pk))
@@ -62,6 +64,20 @@ def start_merge(actor: Actor, adapter: ModelVersion) -> merging.MergeStarted:
             f"{adapter.model.name}'s versions when it is ready, and is served without LoRA."
         ),
     )
+
+
+def _within_the_teams_share(team: Team) -> None:
+    """A merge holds a long control worker for hours at most, and those workers run every team's eval runs,
+    imports and ingests: a team keeps ``MERGES_PER_TEAM`` in flight, counted under its row's lock. Found by
+    review: one team merging each of its adapters filled the workers, and other teams' queued eval runs
+    and merges were failed as lost."""
+    Team.objects.select_for_update(no_key=True).filter(pk=team.pk).first()
+    in_flight = MergeJob.objects.filter(owner_team=team, status__in=IN_FLIGHT).count()
+    if in_flight >= settings.MERGES_PER_TEAM:
+        raise Conflict(
+            f"{team.name} has {in_flight} merge(s) queued or running, the most at once "
+            f"({settings.MERGES_PER_TEAM}); start this one when one of them ends."
+        )
 
 
 def enqueue(job_id: int) -> None:
