@@ -38,11 +38,12 @@ def in_training(version) -> str | None:
     """A version a queued or running fine-tune trains on, or a merge in flight reads (as the adapter or its
     base), is in use: archived under it, the job would register a ready version on an archived base. So is
     the output a job registered and still scores (a requeued attempt reads its files again): purged, that
-    attempt would find them gone."""
+    attempt would find them gone. So is the tokenizer an upload not yet ingested measures its rows with:
+    purged before it is read, the upload would fail for a reason that is not its own."""
     from django.db.models import Q
 
     from training.merges.models import IN_FLIGHT, MergeJob
-    from training.models import FineTuneJob
+    from training.models import DatasetIngest, FineTuneJob
 
     jobs = list(
         FineTuneJob.objects.filter(
@@ -54,8 +55,20 @@ def in_training(version) -> str | None:
             Q(adapter=version) | Q(adapter__base_version=version), status__in=IN_FLIGHT
         ).values_list("pk", flat=True)
     )
-    named = [f"fine-tune #{pk}" for pk in jobs] + [f"merge #{pk}" for pk in merges]
-    return f"{', '.join(named)} {'is' if len(named) == 1 else 'are'} using it" if named else None
+    uploads = list(
+        DatasetIngest.objects.filter(tokenizer_version=version, status__in=IN_FLIGHT)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    reasons = [
+        _using([f"fine-tune #{pk}" for pk in jobs] + [f"merge #{pk}" for pk in merges], "using it"),
+        _using([f"upload #{pk}" for pk in uploads], "measuring rows with it"),
+    ]
+    return "; ".join(reason for reason in reasons if reason) or None
+
+
+def _using(named: list[str], doing: str) -> str:
+    return f"{', '.join(named)} {'is' if len(named) == 1 else 'are'} {doing}" if named else ""
 
 
 def in_production(endpoint) -> str | None:

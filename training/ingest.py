@@ -37,7 +37,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.errors import Invalid
 from portfolio.leases import Lease, LeaseLost, kept_here, still_held
-from portfolio.registry import blobclaims
+from portfolio.registry import artifacts, blobclaims
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.models import Artifact
 from portfolio.registry.pending_writes import PendingWrites
@@ -127,7 +127,7 @@ class Superseded(Exception):
     """The ingest was ended by someone else (given up by the reaper) while this run worked on it."""
 
 
-def _succeed(ingest_id: int, version: DatasetVersion, created: bool) -> None:
+def _succeed(ingest_id: int, version: DatasetVersion, created: bool, detail: str = "done") -> None:
     """running -> succeeded; raises ``Superseded`` when the ingest is no longer running, which rolls back
     the transaction it is called in (the version it would have named)."""
     if not _finish(
@@ -136,7 +136,7 @@ def _succeed(ingest_id: int, version: DatasetVersion, created: bool) -> None:
         version=version,
         created_version=created,
         progress=100,
-        progress_detail="done",
+        progress_detail=detail[:200],
     ):
         raise Superseded(f"ingest #{ingest_id} was ended meanwhile")
 
@@ -242,13 +242,15 @@ def run(ingest_id: int, *, actor: Actor | None = None) -> DatasetIngest:
             with blobclaims.registering():  # what it finds stored stays there until its version is recorded
                 prepared = prepare(ingest, progress, before_write=log)
                 progress.ensure_held()  # preparing took a while: still this run's to record?
-                _, stored = record(ingest, prepared, actor)
+                version, stored = record(ingest, prepared, actor)
                 ended = True
         except BaseException:  # deleted once its own claims are released (``blobclaims.registering``)
             log.discard(default_store())
             raise
         if stored:
             log.recorded()
+            if version.artifact_id:  # files found damaged before and stored again are checked again
+                artifacts.verify_if_damaged(version.artifact_id)
         else:  # the same rows were recorded meanwhile: what this run stored is nobody's
             log.discard(default_store())
     except LeaseLost:
@@ -414,7 +416,9 @@ def prepare(
             progress(percent, f"storing the files ({stored // 2**20} / {total // 2**20} MiB)")
 
         store = default_store()
-        manifest = store_directory(store, files, on_bytes, before_write=before_write)
+        # A damaged artifact's blobs are stored again from these files (a repair: ``ingest_reuse``).
+        rewrite = artifacts.damaged_blobs()
+        manifest = store_directory(store, files, on_bytes, before_write=before_write, rewrite=rewrite)
         return Prepared(
             manifest=manifest,
             store_uri=store.uri(manifest.artifact_id),
@@ -436,7 +440,7 @@ def _next_number(dataset: Dataset) -> int:
 def record(ingest: DatasetIngest, prepared: Prepared, actor: Actor) -> tuple[DatasetVersion, bool]:
     """Record the version (with its artifact and audit row) and end the running ingest, in one transaction:
     ``(version, stored)``, ``stored`` False when what this run stored is nobody's: an existing version holding
-    the same rows is the outcome instead (``ingest_reuse``; a purged one gets this run's files back)."""
+    the same rows is the outcome instead (``ingest_reuse``; a purged or damaged one gets this run's files)."""
     dataset = ingest.dataset
     Dataset.objects.select_for_update(of=("self",)).filter(
         pk=dataset.pk
@@ -445,14 +449,17 @@ def record(ingest: DatasetIngest, prepared: Prepared, actor: Actor) -> tuple[Dat
     if existing is not None:  # known before, or the same rows arrived from another upload meanwhile
         existing = DatasetVersion.objects.select_for_update(of=("self",)).get(pk=existing.pk)
         stored = prepared.manifest is not None and ingest_reuse.restorable(existing, ingest)
+        repaired = stored and existing.artifact_id is not None
+        detail = "done"
         if stored:
             assert prepared.manifest is not None
             artifact = Artifact.objects.record(prepared.manifest, prepared.store_uri)
-            ingest_reuse.restore(existing, artifact, actor)
+            detail = ingest_reuse.restore(existing, artifact, actor)
         else:
             ingest_reuse.reused(existing, ingest, actor)
-        _succeed(ingest.pk, existing, False)
-        audit.record(actor, "dataset.ingest_reused", ingest, after={"version": existing.number})
+        _succeed(ingest.pk, existing, False, detail)
+        after = {"version": existing.number} | ({"repaired": True} if repaired else {})
+        audit.record(actor, "dataset.ingest_reused", ingest, after=after)
         return existing, stored
     manifest, written, report = prepared.manifest, prepared.written, prepared.report
     assert manifest is not None and written is not None and report is not None

@@ -127,6 +127,14 @@ def _tokenizer_version(actor: Actor, team: Team, base_version: ModelVersion | No
     return version
 
 
+def _still_ready(version: ModelVersion) -> None:
+    """Locked as ``archive_version`` locks it: not archived between the check before the upload was saved and
+    the ingest's row, which the in-use checks count from then on (``TrainingConfig.in_training``)."""
+    locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+    if locked.status != VersionStatus.READY:
+        raise Invalid(f"base_version: {locked.label} is {locked.status}; choose a ready version.")
+
+
 def upload_version(
     *,
     actor: Actor,
@@ -154,6 +162,8 @@ def upload_version(
     path, size = _save_upload(chunks)
     try:
         with transaction.atomic():
+            if tokenizer_version is not None:
+                _still_ready(tokenizer_version)
             ingest = DatasetIngest.objects.create(
                 dataset=dataset,
                 upload_path=str(path),

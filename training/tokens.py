@@ -19,10 +19,11 @@ from pathlib import Path
 
 from django.conf import settings
 
+from portfolio.registry.artifacts import mark_artifact_health
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.jsonfiles import FileTooLarge, refuse_oversized
-from portfolio.registry.models import ModelVersion
-from portfolio.registry.storage import materialize
+from portfolio.registry.models import Artifact, ModelVersion
+from portfolio.registry.storage import CorruptArtifact, materialize
 from portfolio.registry.stores import default_store
 from training.choices import DatasetKind
 
@@ -99,8 +100,12 @@ class Measure:
 
 
 def tokenizer_folder(version: ModelVersion) -> Path:
-    """A verified local copy of the tokenizer files of ``version``'s artifact."""
-    artifact = version.artifact
+    """A verified local copy of the tokenizer files of ``version``'s artifact. Files lost since the upload
+    chose the version (deleted, or found damaged) are ``TokenizerUnavailable``: the upload fails saying so."""
+    try:
+        artifact = version.artifact
+    except Artifact.DoesNotExist:  # read before its files were deleted: its artifact row went with them
+        raise TokenizerUnavailable(f"The stored files of {version.label} were deleted.") from None
     if artifact is None:
         raise TokenizerUnavailable(f"{version.label} has no stored files.")
     manifest = artifact.manifest()
@@ -110,7 +115,22 @@ def tokenizer_folder(version: ModelVersion) -> Path:
     ):
         raise TokenizerUnavailable(f"{version.label} has no tokenizer files.")
     destination = Path(settings.ARTIFACT_CACHE) / "tokenizers" / artifact.id
-    return materialize(default_store(), Manifest.of(entries), destination)
+    try:
+        return materialize(default_store(), Manifest.of(entries), destination)
+    except CorruptArtifact as exc:
+        raise _lost(version, artifact.id, exc) from exc
+
+
+def _lost(version: ModelVersion, artifact_id: str, damage: CorruptArtifact) -> TokenizerUnavailable:
+    """Why a tokenizer's files could not be read: deleted meanwhile (their artifact row is gone too), or
+    damaged, which marks the artifact corrupt as ``artifacts.materialize_version`` does for a model."""
+    if not Artifact.objects.filter(pk=artifact_id).exists():
+        return TokenizerUnavailable(f"The stored files of {version.label} were deleted.")
+    mark_artifact_health(artifact_id, [str(damage)])
+    return TokenizerUnavailable(
+        f"The stored tokenizer files of {version.label} are damaged ({damage}): import the same files "
+        "again to repair them, or upload against another base."
+    )
 
 
 @lru_cache(maxsize=4)

@@ -23,7 +23,7 @@ from portfolio.errors import NotFound
 from portfolio.formviews import submit
 from portfolio.registry.choices import VersionKind
 from portfolio.registry.storage import CorruptArtifact
-from training import charts, dataset_purge, services
+from training import charts, dataset_purge, ingest_reuse, services
 from training.choices import DatasetKind, DatasetVersionStatus, JobStatus, Split
 from training.forms.datasets import DatasetCreateForm, DatasetFilterForm, DatasetUploadForm
 from training.models import Dataset, DatasetVersion
@@ -214,6 +214,11 @@ def dataset_ingest(request, team: str, name: str, ingest_id: int):
                 request,
                 f"Version {version.number} created: {version.row_count:,} rows "
                 f"({version.train_count:,} train, {version.eval_count:,} eval).",
+            )
+        elif ingest.progress_detail.startswith(ingest_reuse.REPAIRED):
+            messages.success(
+                request,
+                f"These rows are version {version.number}'s, whose stored files were damaged: stored again.",
             )
         else:
             messages.info(
