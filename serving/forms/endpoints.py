@@ -4,6 +4,7 @@ with. They only parse input: every change goes through serving.services."""
 from __future__ import annotations
 
 from django import forms
+from django.core.validators import MaxLengthValidator
 from django.forms.fields import InvalidJSONInput
 
 from portfolio.accounts import gate
@@ -222,7 +223,12 @@ class BoundedJSONField(forms.JSONField):
     """Django's ``JSONField`` parses first and checks ``max_length`` after, and turns only a syntax error
     into a form error: a megabyte is parsed in full, 5,000 ``[`` overflow the parser into a
     ``RecursionError`` and a 5,000-digit number is a ``ValueError`` (500s). This one measures before it
-    parses, and both are form errors."""
+    parses, and both are form errors. Its inherited ``MaxLengthValidator`` is dropped: it measured the parsed
+    value, and ``len()`` of a JSON number or boolean raised (a 500; found by review)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.validators = [v for v in self.validators if not isinstance(v, MaxLengthValidator)]
 
     def to_python(self, value):
         if isinstance(value, str) and self.max_length is not None and len(value) > self.max_length:

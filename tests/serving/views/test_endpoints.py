@@ -281,9 +281,16 @@ def test_an_engineer_makes_an_endpoint_a_vote_from_its_page_and_bad_settings_com
 
 @pytest.mark.parametrize(
     ("config", "error"),
-    [("[" * 5_000, "nested too deeply"), ("[" + "1," * 15_000 + "1]", "At most 20,000 characters")],
+    [
+        ("[" * 5_000, "nested too deeply"),
+        ("[" + "1," * 15_000 + "1]", "At most 20,000 characters"),
+        # Found by review: a number or a boolean was measured with len() after parsing (a 500).
+        ("1", "an object"),
+        ("true", "an object"),
+        ("2.5", "an object"),
+    ],
 )
-def test_a_config_too_deep_or_too_long_comes_back_on_the_form(
+def test_a_config_too_deep_too_long_or_not_an_object_comes_back_on_the_form(
     signed_in, org, owner, team, endpoint, config, error
 ):
     services.create_endpoint(actor=owner, name="spare", team=team, routes=[{"deployment": "support-bot"}])
