@@ -263,8 +263,9 @@ TRAINING_STALE_AFTER_SECONDS = env.integer("PORTFOLIO_TRAINING_STALE_AFTER_SECON
 # A merge process still running after this long is stopped and its job failed (loading and saving a 17B
 # model on CPU takes tens of minutes).
 MERGE_TIMEOUT_SECONDS = env.integer("PORTFOLIO_MERGE_TIMEOUT_SECONDS", 3 * 3600, minimum=10)
-# A merge no control worker has taken up after this long (its message lost) is failed: a queued merge
-# refuses every other merge of its adapter.
+# A merge no control worker has taken up after this long (its message lost, or the long workers busy) is sent
+# again, and again each time as long; after six times as long it is failed: a queued merge refuses every other
+# merge of its adapter.
 MERGE_QUEUED_AFTER_SECONDS = env.integer("PORTFOLIO_MERGE_QUEUED_AFTER_SECONDS", 2 * 3600, minimum=60)
 # Merges a team may have queued or running at once: each holds a long worker for up to MERGE_TIMEOUT_SECONDS,
 # and the long workers run every team's eval runs, imports and ingests too.

@@ -120,20 +120,28 @@ def test_a_second_merge_of_an_adapter_while_one_is_under_way_is_refused(versions
         merging.request_merge(actor=engineer, version=adapter)
 
 
-def test_a_merge_no_worker_took_up_is_failed_and_the_adapter_may_be_merged_again(
-    versions, engineer, settings
+def test_a_merge_no_worker_took_up_is_sent_again_then_failed_and_the_adapter_may_be_merged_again(
+    versions, engineer, settings, monkeypatch
 ):
     """Its message lost, a queued merge stayed queued for good, and refused every later merge of its adapter
-    (there is no cancel): the reaper fails it after MERGE_QUEUED_AFTER_SECONDS."""
+    (there is no cancel): after MERGE_QUEUED_AFTER_SECONDS it is sent again (found by review: it was failed,
+    while it only waited behind long work that held every long worker), and failed after six times as long."""
+    sent = []
+    monkeypatch.setattr(merges, "enqueue", sent.append)
     _, adapter = versions
     job_id = merging.request_merge(actor=engineer, version=adapter).id
-    assert merges.reap_stale(timedelta(minutes=2)) == []  # just queued: left alone
+    assert merges.reap_stale(timedelta(minutes=2)) == [] and sent == []  # just queued: left alone
+    queued_after = timedelta(seconds=settings.MERGE_QUEUED_AFTER_SECONDS)
+    MergeJob.objects.filter(pk=job_id).update(created_at=timezone.now() - queued_after - timedelta(seconds=1))
+    assert merges.reap_stale(timedelta(minutes=2)) == [] and sent == [job_id]
+    assert merges.reap_stale(timedelta(minutes=2)) == [] and sent == [job_id], "once per wait"
+    assert MergeJob.objects.get(pk=job_id).status == JobStatus.QUEUED
     MergeJob.objects.filter(pk=job_id).update(
-        created_at=timezone.now() - timedelta(seconds=settings.MERGE_QUEUED_AFTER_SECONDS + 1)
+        created_at=timezone.now() - 6 * queued_after - timedelta(seconds=1)
     )
     assert merges.reap_stale(timedelta(minutes=2)) == [job_id]
     job = MergeJob.objects.get(pk=job_id)
-    assert job.status == JobStatus.FAILED and "No control worker took it up" in job.status_detail
+    assert job.status == JobStatus.FAILED and "No control worker took it up in 12 h" in job.status_detail
     assert actions()[-1] == "model_version.merge_failed"
     assert merging.request_merge(actor=engineer, version=adapter).id != job_id
 

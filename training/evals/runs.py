@@ -32,7 +32,11 @@ SYSTEM = Actor.for_system("training.evals")
 MAX_ROWS = 2000
 DEFAULT_ROWS = 200
 MAX_CONCURRENCY = 16
-QUEUED_AT_MOST = timedelta(hours=1)  # a queued run no worker took up by then is failed by the reaper
+# A queued run no worker took up within QUEUED_AT_MOST is sent again (its message lost, or the long workers busy:
+# a copy finds it claimed and leaves it), and again each QUEUED_AT_MOST; one still queued after GIVE_UP_AFTER is
+# failed (no long worker runs?).
+QUEUED_AT_MOST = timedelta(hours=1)
+GIVE_UP_AFTER = timedelta(hours=6)
 BEAT_SECONDS = 5.0  # the worker's heartbeat while rows are answered (the reaper's limit is far longer)
 
 
@@ -163,8 +167,7 @@ def finish(
 
 def reap_stale(after: timedelta, queued_after: timedelta = QUEUED_AT_MOST) -> list[int]:
     """Running runs whose worker has not beaten for ``after`` end failed (a worker that died), or cancelled
-    when cancel was asked for; runs queued for longer than ``queued_after`` end failed (their message was
-    lost: a broker restart, a purged queue), so none stays queued for ever."""
+    when cancel was asked for; queued ones are sent again or failed (``_waited_too_long``). The runs ended."""
     now = timezone.now()
     cutoff = now - after
     stale = list(
@@ -182,13 +185,29 @@ def reap_stale(after: timedelta, queued_after: timedelta = QUEUED_AT_MOST) -> li
             # The dead worker could not revoke the service keys it called with.
             gateway.revoke_left_keys(team_id, [f"eval run #{pk}", f"eval run #{pk} (judge)"])
             ended.append(pk)
-    lost = EndpointEvalRun.objects.filter(status=JobStatus.QUEUED, created_at__lt=now - queued_after)
-    minutes = round(queued_after.total_seconds() / 60)
-    for pk in lost.values_list("pk", flat=True):
-        detail = f"No worker took it up in {minutes} min (its message was lost?); start the run again."
-        if finish(pk, JobStatus.FAILED, detail, was=JobStatus.QUEUED):
-            ended.append(pk)
-    return ended
+    return ended + _waited_too_long(now, queued_after)
+
+
+def _waited_too_long(now, queued_after: timedelta) -> list[int]:
+    """Runs queued ``queued_after`` since they were last sent go to the long workers again: a message lost (a
+    broker restart, a purged queue) or one waiting behind long work, which its copy finds claimed. Found by
+    review: they were failed as lost after an hour, while two long runs or merges of another team held both
+    long workers. One no worker took up in ``GIVE_UP_AFTER`` is failed (the ids returned), so none stays
+    queued, counted against its team's runs, for ever. While queued, ``heartbeat_at`` says when last sent."""
+    queued = EndpointEvalRun.objects.filter(status=JobStatus.QUEUED, created_at__lt=now - queued_after)
+    failed = []
+    for pk, created_at, sent_at in queued.values_list("pk", "created_at", "heartbeat_at"):
+        if created_at < now - GIVE_UP_AFTER:
+            hours = round(GIVE_UP_AFTER.total_seconds() / 3600)
+            detail = f"No worker took it up in {hours} h (is a long control worker running?); start it again."
+            if finish(pk, JobStatus.FAILED, detail, was=JobStatus.QUEUED):
+                failed.append(pk)
+        elif (sent_at or created_at) < now - queued_after and queued.filter(
+            pk=pk, heartbeat_at=sent_at
+        ).update(heartbeat_at=now):
+            logger.warning("eval run #%s: not taken up since %s; sent again", pk, sent_at or created_at)
+            enqueue_run(pk)
+    return failed
 
 
 def rows_of(eval_set: EvalSet, limit: int) -> list[dict]:

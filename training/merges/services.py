@@ -11,6 +11,7 @@ recorded on the job and billed as a training job's compute on the pool of the no
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import traceback
 from datetime import timedelta
@@ -35,6 +36,8 @@ from portfolio.registry.models import ModelVersion
 from portfolio.registry.storage import CorruptArtifact, Written
 from training.choices import JobStatus
 from training.merges.models import IN_FLIGHT, MergeJob
+
+logger = logging.getLogger(__name__)
 
 SYSTEM = "training.merge"
 
@@ -285,15 +288,30 @@ def reap_stale(silence: timedelta) -> list[int]:
     ended = MergeJob.objects.filter(pk__in=metering.open_merges(), finished_at__lt=cutoff)
     for job_id, finished_at in ended.values_list("pk", "finished_at"):
         metering.merge_ended(job_id, finished_at or timezone.now())  # never None: filtered on it
-    # Never taken up (its message lost, its worker gone before it started): it would refuse every other
-    # merge of its adapter for good.
-    queued_after = settings.MERGE_QUEUED_AFTER_SECONDS
-    lost = MergeJob.objects.filter(
-        status=JobStatus.QUEUED, created_at__lt=timezone.now() - timedelta(seconds=queued_after)
-    )
-    for job_id in lost.values_list("pk", flat=True):
-        minutes = queued_after // 60
-        detail = f"No control worker took it up in {minutes} min (its message was lost?); merge again."
-        if _finish(job_id, JobStatus.FAILED, detail, was=JobStatus.QUEUED):
-            reaped.append(job_id)
-    return reaped
+    return reaped + _waited_too_long(timezone.now(), timedelta(seconds=settings.MERGE_QUEUED_AFTER_SECONDS))
+
+
+# Sent again each MERGE_QUEUED_AFTER_SECONDS while queued; failed once queued this many times as long.
+GIVE_UP_AFTER_SENDS = 6
+
+
+def _waited_too_long(now, queued_after: timedelta) -> list[int]:
+    """Merges queued ``queued_after`` since they were last sent go to the long workers again: a message lost
+    (a broker restart, a purged queue) or one waiting behind long work, which its copy finds claimed. Found by
+    review: they were failed as lost, while other merges or eval runs held every long worker. One no worker
+    took up in ``GIVE_UP_AFTER_SENDS`` times as long is failed (the ids returned): a queued merge refuses
+    every other merge of its adapter. While queued, ``heartbeat_at`` says when it was last sent."""
+    queued = MergeJob.objects.filter(status=JobStatus.QUEUED, created_at__lt=now - queued_after)
+    failed = []
+    for job_id, created_at, sent_at in queued.values_list("pk", "created_at", "heartbeat_at"):
+        if created_at < now - GIVE_UP_AFTER_SENDS * queued_after:
+            hours = round(GIVE_UP_AFTER_SENDS * queued_after.total_seconds() / 3600, 1)
+            detail = f"No control worker took it up in {hours:g} h (is a long control worker running?); merge again."
+            if _finish(job_id, JobStatus.FAILED, detail, was=JobStatus.QUEUED):
+                failed.append(job_id)
+        elif (sent_at or created_at) < now - queued_after and queued.filter(
+            pk=job_id, heartbeat_at=sent_at
+        ).update(heartbeat_at=now):
+            logger.warning("merge #%s: not taken up since %s; sent again", job_id, sent_at or created_at)
+            enqueue(job_id)
+    return failed
