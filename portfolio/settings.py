@@ -219,8 +219,7 @@ HF_CACHE_DIR = env.text("HF_HUB_CACHE")
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 # Request bodies Django serves are refused past these (413) before Django reads them (portfolio/bodylimit.py):
-# upload routes take MAX_UPLOAD_BYTES plus this much for their form fields, every other route this much.
-# The gateway's /v1 has its own limit below.
+# upload routes take MAX_UPLOAD_BYTES plus this much for their form fields, every other route this much (/v1: below).
 MAX_REQUEST_BODY_BYTES = env.integer("PORTFOLIO_MAX_REQUEST_BODY_BYTES", 1024 * 1024, minimum=1024)
 
 # --- Serving --------------------------------------------------------------------------------------
@@ -228,16 +227,10 @@ NODE_POOL = env.text("PORTFOLIO_NODE_POOL") or "local-cpu"
 # Where this node's engines listen: loopback on one machine, a private interface the gateway reaches else.
 NODE_ADDRESS = env.text("PORTFOLIO_NODE_ADDRESS") or "127.0.0.1"
 NODE_HEARTBEAT_SECONDS = env.integer("PORTFOLIO_NODE_HEARTBEAT_SECONDS", 5, minimum=1)
-# A node silent this long is lost: its replicas are forgotten (placed again elsewhere) and their engines stopped
-# as orphans when its agent returns. A minute (or three heartbeats, if longer) unless set, at least two
-# heartbeats: an agent restarted within it (a worker upgrade: stopped with a grace, started again) re-adopts
-# its engines. Found by review: three heartbeats (15 s) was shorter than such a restart, which killed every
-# engine of the node and reloaded each model from scratch.
-NODE_LOST_AFTER_SECONDS = env.integer(
-    "PORTFOLIO_NODE_LOST_AFTER_SECONDS",
-    max(60, 3 * NODE_HEARTBEAT_SECONDS),
-    minimum=2 * NODE_HEARTBEAT_SECONDS,
-)
+# Silent this long, a node is lost (replicas placed elsewhere, engines stopped when its agent returns): a minute
+# unless set, at least two beats; an agent restarted within it re-adopts its engines (review: 15 s was too short).
+_LOST_DEFAULT, _LOST_LEAST = max(60, 3 * NODE_HEARTBEAT_SECONDS), 2 * NODE_HEARTBEAT_SECONDS
+NODE_LOST_AFTER_SECONDS = env.integer("PORTFOLIO_NODE_LOST_AFTER_SECONDS", _LOST_DEFAULT, minimum=_LOST_LEAST)
 ENGINE_PYTHON = {
     "cpu": env.text("PORTFOLIO_ENGINE_PYTHON_CPU") or str(BASE_DIR / ".venv-engine" / "bin" / "python"),
     "gpu": env.text("PORTFOLIO_ENGINE_PYTHON_GPU") or str(BASE_DIR / ".venv-engine-gpu" / "bin" / "python"),
@@ -263,13 +256,10 @@ TRAINING_STALE_AFTER_SECONDS = env.integer("PORTFOLIO_TRAINING_STALE_AFTER_SECON
 # A merge process still running after this long is stopped and its job failed (loading and saving a 17B
 # model on CPU takes tens of minutes).
 MERGE_TIMEOUT_SECONDS = env.integer("PORTFOLIO_MERGE_TIMEOUT_SECONDS", 3 * 3600, minimum=10)
-# A merge no control worker has taken up after this long (its message lost, or the long workers busy) is sent
-# again, and again each time as long; after six times as long it is failed: a queued merge refuses every other
-# merge of its adapter.
+# A merge no control worker took up in this long (a lost message, busy workers) is sent again, each time as long,
+# and failed after six times as long: a queued merge refuses every other merge of its adapter.
 MERGE_QUEUED_AFTER_SECONDS = env.integer("PORTFOLIO_MERGE_QUEUED_AFTER_SECONDS", 2 * 3600, minimum=60)
-# Merges a team may have queued or running at once: each holds a long worker for up to MERGE_TIMEOUT_SECONDS,
-# and the long workers run every team's eval runs, imports and ingests too.
-MERGES_PER_TEAM = env.integer("PORTFOLIO_MERGES_PER_TEAM", 1, minimum=1, maximum=100)
+MERGES_PER_TEAM = env.integer("PORTFOLIO_MERGES_PER_TEAM", 1, minimum=1, maximum=100)  # a team's, in flight
 # Eval runs a team may have queued or running at once (they share the long workers with every team's work).
 EVAL_RUNS_PER_TEAM = env.integer("PORTFOLIO_EVAL_RUNS_PER_TEAM", 3, minimum=1, maximum=100)
 # Usable keys (not revoked, not expired) a team may hold: per-key ceilings bound it only as far as keys are

@@ -175,8 +175,10 @@ def start_job(
     target_model: Model | None = None,
 ) -> FineTuneJob:
     base_version = gate.get_visible(actor, ModelVersion, pk=base_version.pk)
-    # Locked as archive_version locks it: the base is not archived between this check and the job's row.
-    base_version = ModelVersion.objects.select_for_update().get(pk=base_version.pk)
+    # Under a lock archive_version's waits for: the base is not archived between this check and the job's row.
+    # A no-key lock: an ingest recording a version measured with the base checks its key at commit (a full
+    # lock, held while this waited for the audit chain that ingest held, deadlocked the two).
+    base_version = ModelVersion.objects.select_for_update(no_key=True).get(pk=base_version.pk)
     dataset_version = gate.get_visible(actor, DatasetVersion, pk=dataset_version.pk)
     team = dataset_version.dataset.owner_team
     gate.require(actor, "training.run", team)

@@ -128,9 +128,11 @@ def _tokenizer_version(actor: Actor, team: Team, base_version: ModelVersion | No
 
 
 def _still_ready(version: ModelVersion) -> None:
-    """Locked as ``archive_version`` locks it: not archived between the check before the upload was saved and
-    the ingest's row, which the in-use checks count from then on (``TrainingConfig.in_training``)."""
-    locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+    """Under a lock ``archive_version``'s waits for: not archived between the check before the upload was saved
+    and the ingest's row, which the in-use checks count from then on (``TrainingConfig.in_training``). A no-key
+    lock: an ingest recording a version measured with it checks its key at commit (found by review: a full
+    lock, held while this upload waited for the audit chain that ingest held, deadlocked the two)."""
+    locked = ModelVersion.objects.select_for_update(no_key=True).get(pk=version.pk)
     if locked.status != VersionStatus.READY:
         raise Invalid(f"base_version: {locked.label} is {locked.status}; choose a ready version.")
 

@@ -90,13 +90,16 @@ def _fits_adapters(deployment: Deployment, args: dict) -> None:
 
 
 def _lock_version(version: ModelVersion, *others: int) -> None:
-    """Lock the version's row as archive_version locks it, so that it is not archived between a check of its
-    status here and this transaction's commit (nor this deployment missed by the archive's check of its use).
+    """Lock the version's row under a lock archive_version's waits for, so that it is not archived between a
+    check of its status here and this transaction's commit (nor this deployment missed by the archive's check).
     Taken before the deployment's row. ``others``: a restart's current version, locked with it in id order,
     so two restarts swapping versions do not wait on each other. Only versions the actor sees are locked
-    (``_visible`` first): a row of another team's is neither waited on nor revealed by a wait."""
+    (``_visible`` first): a row of another team's is neither waited on nor revealed by a wait. A no-key lock:
+    rows referring to the version (an ingest measuring with it) check its key at commit, not waited on while
+    this transaction waits for the audit chain they hold (a deadlock, as ``finetune.start_job``'s was)."""
     ids = sorted({version.pk, *others})
-    list(ModelVersion.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk"))
+    locked = ModelVersion.objects.select_for_update(no_key=True).filter(pk__in=ids).order_by("pk")
+    list(locked.values_list("pk"))
 
 
 def _visible(actor: Actor, version: ModelVersion) -> ModelVersion:

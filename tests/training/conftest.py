@@ -29,7 +29,7 @@ from tests.serving.nodes import add_node
 from tests.training import tiny_lora
 from training import finetune, ingest, services, tasks
 from training.choices import DatasetKind, JobStatus
-from training.models import DatasetIngest, FineTuneJob
+from training.models import DatasetIngest, DatasetVersion, FineTuneJob
 
 SYSTEM = (
     "Route the ticket to one queue: billing, technical, account, shipping. Answer with the queue name only."
@@ -254,3 +254,16 @@ def versions(settings, tmp_path, engineer, team):
     adapter.refresh_from_db()
     assert (base.status, adapter.status, adapter.kind) == ("ready", "ready", VersionKind.ADAPTER)
     return base, adapter
+
+
+def damage(version: DatasetVersion, path: str, content: bytes | None) -> None:
+    """Overwrite (or, with None, remove) one of the version's stored blobs, and drop the verified local copies."""
+    from django.conf import settings
+
+    blob = default_store().blob_path(version.artifact.manifest().get(path).sha256)
+    if content is None:
+        blob.unlink()
+    else:
+        blob.chmod(0o644)
+        blob.write_bytes(content)
+    shutil.rmtree(settings.ARTIFACT_CACHE, ignore_errors=True)

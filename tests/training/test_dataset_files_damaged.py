@@ -3,35 +3,19 @@ naming the version, and its artifact is marked corrupt, as the registry does for
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
-from django.conf import settings
 from django.urls import reverse
 
 from portfolio.registry.choices import Health
-from portfolio.registry.stores import default_store
-from tests.training.conftest import jsonl, tickets, upload
-from training.models import DatasetVersion
+from tests.training.conftest import damage, jsonl, tickets, upload
 
 pytestmark = pytest.mark.django_db
-
-
-def _damage(version: DatasetVersion, path: str, content: bytes | None) -> None:
-    """Overwrite (or, with None, remove) one stored blob, and drop the verified local copy."""
-    blob = default_store().blob_path(version.artifact.manifest().get(path).sha256)
-    if content is None:
-        blob.unlink()
-    else:
-        blob.chmod(0o644)
-        blob.write_bytes(content)
-    shutil.rmtree(settings.ARTIFACT_CACHE, ignore_errors=True)
 
 
 def test_rows_of_a_version_with_a_missing_blob_are_a_409_not_a_500(client, org, engineer, chat_set):
     upload(engineer, chat_set, jsonl(*tickets(20)))
     version = chat_set.versions.get(number=1)
-    _damage(version, "train.jsonl", None)
+    damage(version, "train.jsonl", None)
     client.force_login(org["viewer"])
     response = client.get(f"/api/v1/datasets/{chat_set.pk}/versions/1/rows")
     assert response.status_code == 409, response.content
@@ -46,7 +30,7 @@ def test_rows_of_a_version_with_a_missing_blob_are_a_409_not_a_500(client, org, 
 def test_a_file_of_a_version_whose_blob_was_overwritten_is_a_409(client, org, engineer, chat_set):
     upload(engineer, chat_set, jsonl(*tickets(20)))
     version = chat_set.versions.get(number=1)
-    _damage(version, "eval.jsonl", b"{}\n")
+    damage(version, "eval.jsonl", b"{}\n")
     client.force_login(org["viewer"])
     response = client.get(f"/api/v1/datasets/{chat_set.pk}/versions/1/files/eval.jsonl")
     assert response.status_code == 409, response.content
@@ -58,7 +42,7 @@ def test_a_file_of_a_version_whose_blob_was_overwritten_is_a_409(client, org, en
 def test_the_version_page_still_shows_why_its_rows_cannot_be_read(client, org, engineer, chat_set, team):
     """The page catches ``CorruptArtifact``: the refusal is one still, so the page renders, saying why."""
     upload(engineer, chat_set, jsonl(*tickets(20)))
-    _damage(chat_set.versions.get(number=1), "train.jsonl", None)
+    damage(chat_set.versions.get(number=1), "train.jsonl", None)
     client.force_login(org["viewer"])
     response = client.get(
         reverse("dataset-version", kwargs={"team": team.slug, "name": "tickets", "number": 1})

@@ -10,34 +10,20 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 
 import pytest
-from django.conf import settings
 from django.urls import reverse
 
 from portfolio.audit.models import AuditEvent
 from portfolio.errors import Invalid
 from portfolio.registry.choices import Health
 from portfolio.registry.models import Artifact
-from portfolio.registry.stores import default_store
-from tests.training.conftest import jsonl, tickets, upload, work_off_ingests
+from tests.training.conftest import damage, jsonl, tickets, upload, work_off_ingests
 from training.models import DatasetVersion
 
 pytestmark = pytest.mark.django_db
 
 ROWS = tickets(20)
-
-
-def _damage(version: DatasetVersion, path: str, content: bytes | None) -> None:
-    """Overwrite (or, with None, remove) one stored blob, and drop the verified local copies."""
-    blob = default_store().blob_path(version.artifact.manifest().get(path).sha256)
-    if content is None:
-        blob.unlink()
-    else:
-        blob.chmod(0o644)
-        blob.write_bytes(content)
-    shutil.rmtree(settings.ARTIFACT_CACHE, ignore_errors=True)
 
 
 def _found_damaged(client, dataset_id: int) -> None:
@@ -59,7 +45,7 @@ def _uploaded(client, dataset_id: int, content: bytes, **fields) -> dict:
 def test_the_same_file_uploaded_again_stores_a_missing_file_again(client, org, engineer, chat_set):
     version, _ = upload(engineer, chat_set, jsonl(*ROWS))
     artifact_id = version.artifact_id
-    _damage(version, "train.jsonl", None)
+    damage(version, "train.jsonl", None)
     client.force_login(org["engineer"])
     _found_damaged(client, chat_set.pk)
 
@@ -83,7 +69,7 @@ def test_the_same_file_uploaded_again_stores_a_missing_file_again(client, org, e
 
 def test_an_overwritten_file_is_stored_again_whole(client, org, engineer, chat_set):
     version, _ = upload(engineer, chat_set, jsonl(*ROWS))
-    _damage(version, "eval.jsonl", b"{}\n")
+    damage(version, "eval.jsonl", b"{}\n")
     client.force_login(org["engineer"])
     assert client.get(f"/api/v1/datasets/{chat_set.pk}/versions/1/files/eval.jsonl").status_code == 409
 
@@ -101,7 +87,7 @@ def test_the_same_rows_sent_otherwise_give_a_damaged_version_the_uploads_files(
     one does, and its damaged artifact goes once nothing refers to it."""
     version, _ = upload(engineer, chat_set, jsonl(*ROWS))
     damaged_id = version.artifact_id
-    _damage(version, "original.jsonl", None)
+    damage(version, "original.jsonl", None)
     client.force_login(org["engineer"])
     assert client.get(f"/api/v1/datasets/{chat_set.pk}/versions/1/files/original.jsonl").status_code == 409
     spaced = "".join(json.dumps(row, indent=None, separators=(", ", " : ")) + "\n" for row in ROWS)
@@ -124,7 +110,7 @@ def test_the_same_rows_split_otherwise_than_a_damaged_version_are_refused_saying
     client, org, engineer, chat_set
 ):
     version, _ = upload(engineer, chat_set, jsonl(*ROWS))
-    _damage(version, "train.jsonl", None)
+    damage(version, "train.jsonl", None)
     client.force_login(org["engineer"])
     _found_damaged(client, chat_set.pk)
     with pytest.raises(Invalid, match="whose stored files are damaged. Upload them with eval fraction"):

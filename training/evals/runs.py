@@ -22,7 +22,7 @@ from portfolio.billing.pricing import PriceBook
 from portfolio.errors import Conflict, Invalid, NotFound
 from serving.choices import EndpointKind
 from serving.models import Endpoint
-from training import dataset_purge, evaluation, services
+from training import dataset_purge, evaluation, long_queue, services
 from training.choices import EvalSetSource, JobStatus, Split, TaskKind
 from training.evals import comparability, gateway, judging, metrics
 from training.evals.models import EndpointEvalRun, EvalSet, Task
@@ -189,25 +189,18 @@ def reap_stale(after: timedelta, queued_after: timedelta = QUEUED_AT_MOST) -> li
 
 
 def _waited_too_long(now, queued_after: timedelta) -> list[int]:
-    """Runs queued ``queued_after`` since they were last sent go to the long workers again: a message lost (a
-    broker restart, a purged queue) or one waiting behind long work, which its copy finds claimed. Found by
-    review: they were failed as lost after an hour, while two long runs or merges of another team held both
-    long workers. One no worker took up in ``GIVE_UP_AFTER`` is failed (the ids returned), so none stays
-    queued, counted against its team's runs, for ever. While queued, ``heartbeat_at`` says when last sent."""
-    queued = EndpointEvalRun.objects.filter(status=JobStatus.QUEUED, created_at__lt=now - queued_after)
-    failed = []
-    for pk, created_at, sent_at in queued.values_list("pk", "created_at", "heartbeat_at"):
-        if created_at < now - GIVE_UP_AFTER:
-            hours = round(GIVE_UP_AFTER.total_seconds() / 3600)
-            detail = f"No worker took it up in {hours} h (is a long control worker running?); start it again."
-            if finish(pk, JobStatus.FAILED, detail, was=JobStatus.QUEUED):
-                failed.append(pk)
-        elif (sent_at or created_at) < now - queued_after and queued.filter(
-            pk=pk, heartbeat_at=sent_at
-        ).update(heartbeat_at=now):
-            logger.warning("eval run #%s: not taken up since %s; sent again", pk, sent_at or created_at)
-            enqueue_run(pk)
-    return failed
+    """Queued runs none took up: sent again, failed after ``GIVE_UP_AFTER`` (``long_queue``); a queued run counts
+    against its team's runs in flight."""
+    return long_queue.resend_or_give_up(
+        EndpointEvalRun.objects.filter(status=JobStatus.QUEUED),
+        label="eval run",
+        now=now,
+        queued_after=queued_after,
+        give_up_after=GIVE_UP_AFTER,
+        send=enqueue_run,
+        fail=lambda pk, reason: finish(pk, JobStatus.FAILED, reason, was=JobStatus.QUEUED),
+        advice="start the run again.",
+    )
 
 
 def rows_of(eval_set: EvalSet, limit: int) -> list[dict]:

@@ -11,7 +11,6 @@ recorded on the job and billed as a training job's compute on the pool of the no
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import traceback
 from datetime import timedelta
@@ -34,10 +33,9 @@ from portfolio.registry import merging
 from portfolio.registry.inspection import InspectionError
 from portfolio.registry.models import ModelVersion
 from portfolio.registry.storage import CorruptArtifact, Written
+from training import long_queue
 from training.choices import JobStatus
 from training.merges.models import IN_FLIGHT, MergeJob
-
-logger = logging.getLogger(__name__)
 
 SYSTEM = "training.merge"
 
@@ -296,22 +294,15 @@ GIVE_UP_AFTER_SENDS = 6
 
 
 def _waited_too_long(now, queued_after: timedelta) -> list[int]:
-    """Merges queued ``queued_after`` since they were last sent go to the long workers again: a message lost
-    (a broker restart, a purged queue) or one waiting behind long work, which its copy finds claimed. Found by
-    review: they were failed as lost, while other merges or eval runs held every long worker. One no worker
-    took up in ``GIVE_UP_AFTER_SENDS`` times as long is failed (the ids returned): a queued merge refuses
-    every other merge of its adapter. While queued, ``heartbeat_at`` says when it was last sent."""
-    queued = MergeJob.objects.filter(status=JobStatus.QUEUED, created_at__lt=now - queued_after)
-    failed = []
-    for job_id, created_at, sent_at in queued.values_list("pk", "created_at", "heartbeat_at"):
-        if created_at < now - GIVE_UP_AFTER_SENDS * queued_after:
-            hours = round(GIVE_UP_AFTER_SENDS * queued_after.total_seconds() / 3600, 1)
-            detail = f"No control worker took it up in {hours:g} h (is a long control worker running?); merge again."
-            if _finish(job_id, JobStatus.FAILED, detail, was=JobStatus.QUEUED):
-                failed.append(job_id)
-        elif (sent_at or created_at) < now - queued_after and queued.filter(
-            pk=job_id, heartbeat_at=sent_at
-        ).update(heartbeat_at=now):
-            logger.warning("merge #%s: not taken up since %s; sent again", job_id, sent_at or created_at)
-            enqueue(job_id)
-    return failed
+    """Queued merges none took up: sent again, failed after ``GIVE_UP_AFTER_SENDS`` times ``queued_after``
+    (``long_queue``); a queued merge refuses every other merge of its adapter."""
+    return long_queue.resend_or_give_up(
+        MergeJob.objects.filter(status=JobStatus.QUEUED),
+        label="merge",
+        now=now,
+        queued_after=queued_after,
+        give_up_after=GIVE_UP_AFTER_SENDS * queued_after,
+        send=enqueue,
+        fail=lambda job_id, reason: _finish(job_id, JobStatus.FAILED, reason, was=JobStatus.QUEUED),
+        advice="merge again.",
+    )

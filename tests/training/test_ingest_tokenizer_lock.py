@@ -1,0 +1,125 @@
+"""An upload locks its tokenizer's version while its ingest row is written (so that it is not archived
+meanwhile), and another dataset's ingest records a version measured with the same tokenizer at that moment:
+both commit. Found by review: the upload's full row lock blocked the ingest's foreign-key check at commit while
+the upload waited for the audit chain the ingest held: PostgreSQL aborted one of them (a 500, or an ingest
+"errored" and its upload deleted)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.db import connection
+
+from tests.training.conftest import jsonl, tickets
+from tests.training.test_ingest_tokenizer_in_use import tokenizer as tokenizer  # noqa: F401 - the fixture
+from training import ingest, services
+from training.choices import DatasetKind, JobStatus
+from training.models import DatasetIngest
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def in_thread(work, errors: dict, name: str) -> threading.Thread:
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:
+            errors[name] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_an_upload_and_another_datasets_ingest_measured_with_one_tokenizer_both_commit(
+    engineer, team, tokenizer, monkeypatch
+):
+    one = services.create_dataset(actor=engineer, owner_team=team, name="one", kind=DatasetKind.CHAT)
+    two = services.create_dataset(actor=engineer, owner_team=team, name="two", kind=DatasetKind.CHAT)
+    pending = services.upload_version(actor=engineer, dataset=one, chunks=[jsonl(*tickets(20))],
+                                      filename="a.jsonl", base_version=tokenizer, enqueue=False)  # fmt: skip
+    chain_held, version_locked = threading.Event(), threading.Event()
+    succeed, still_ready = ingest._succeed, services._still_ready
+
+    def succeeding(*args, **kwargs):  # within the ingest's record: its audit row (the chain) comes next
+        chain_held.set()
+        version_locked.wait(10)
+        return succeed(*args, **kwargs)
+
+    def locking(version):  # the upload holds the version's lock; its audit row comes next
+        still_ready(version)
+        version_locked.set()
+        chain_held.wait(10)
+
+    monkeypatch.setattr(ingest, "_succeed", succeeding)
+    monkeypatch.setattr(services, "_still_ready", locking)
+    errors: dict = {}
+    threads = [
+        in_thread(lambda: ingest.run(pending.pk), errors, "ingest"),
+        in_thread(
+            lambda: services.upload_version(
+                actor=engineer,
+                dataset=two,
+                chunks=[jsonl(*tickets(7))],
+                filename="b.jsonl",
+                base_version=tokenizer,
+                enqueue=False,
+            ),  # fmt: skip
+            errors,
+            "upload",
+        ),
+    ]
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert DatasetIngest.objects.get(pk=pending.pk).status == JobStatus.SUCCEEDED
+    assert DatasetIngest.objects.filter(dataset=two).exists()
+
+
+def test_a_fine_tune_started_on_a_base_an_ingest_measures_with_and_that_ingest_both_commit(
+    engineer, team, tokenizer, dataset_version, cpu_pool, enqueued, monkeypatch
+):
+    """``start_job`` locks its base as the upload locks its tokenizer, with the same cycle when the ingest
+    records at that moment (found with the one above)."""
+    from training import dataset_purge, finetune
+
+    one = services.create_dataset(actor=engineer, owner_team=team, name="one", kind=DatasetKind.CHAT)
+    pending = services.upload_version(actor=engineer, dataset=one, chunks=[jsonl(*tickets(20))],
+                                      filename="a.jsonl", base_version=tokenizer, enqueue=False)  # fmt: skip
+    chain_held, base_locked = threading.Event(), threading.Event()
+    succeed, ready = ingest._succeed, dataset_purge.ready
+
+    def succeeding(*args, **kwargs):
+        chain_held.set()
+        base_locked.wait(10)
+        return succeed(*args, **kwargs)
+
+    def readying(version, *args, **kwargs):  # start_job holds its base's lock; its job and audit row follow
+        base_locked.set()
+        chain_held.wait(10)
+        return ready(version, *args, **kwargs)
+
+    monkeypatch.setattr(ingest, "_succeed", succeeding)
+    monkeypatch.setattr(dataset_purge, "ready", readying)
+    errors: dict = {}
+    threads = [
+        in_thread(lambda: ingest.run(pending.pk), errors, "ingest"),
+        in_thread(
+            lambda: finetune.start_job(
+                actor=engineer,
+                base_version=tokenizer,
+                dataset_version=dataset_version,
+                pool=cpu_pool,
+                hyperparameters={"max_length": 64},  # the tiny tokenizer's context
+            ),
+            errors,
+            "fine-tune",
+        ),
+    ]
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert DatasetIngest.objects.get(pk=pending.pk).status == JobStatus.SUCCEEDED
