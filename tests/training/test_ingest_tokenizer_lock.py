@@ -1,8 +1,8 @@
-"""An upload locks its tokenizer's version while its ingest row is written (so that it is not archived
-meanwhile), and another dataset's ingest records a version measured with the same tokenizer at that moment:
-both commit. Found by review: the upload's full row lock blocked the ingest's foreign-key check at commit while
-the upload waited for the audit chain the ingest held: PostgreSQL aborted one of them (a 500, or an ingest
-"errored" and its upload deleted)."""
+"""An upload (its tokenizer), a fine-tune start (its base) and a deployment change (its version) lock a model
+version so that it is not archived meanwhile, while another dataset's ingest records a version measured with it:
+both commit. Found by review: a full row lock blocked the ingest's foreign-key check at commit while the locker
+waited for the audit chain the ingest held: PostgreSQL aborted one of them (a 500, or an ingest "errored" and its
+upload deleted)."""
 
 from __future__ import annotations
 
@@ -117,6 +117,57 @@ def test_a_fine_tune_started_on_a_base_an_ingest_measures_with_and_that_ingest_b
             ),
             errors,
             "fine-tune",
+        ),
+    ]
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert DatasetIngest.objects.get(pk=pending.pk).status == JobStatus.SUCCEEDED
+
+
+def test_a_deployment_made_of_a_version_an_ingest_measures_with_and_that_ingest_both_commit(
+    org, engineer, team, tokenizer, cpu_pool, monkeypatch
+):
+    """Serving locks a version it deploys as ``start_job`` locks its base (``_lock_version``), with the same cycle
+    when the ingest records at that moment."""
+    from serving import services as serving_services
+    from serving.services import deployments
+    from tests.conftest import actor_for
+
+    one = services.create_dataset(actor=engineer, owner_team=team, name="one", kind=DatasetKind.CHAT)
+    pending = services.upload_version(actor=engineer, dataset=one, chunks=[jsonl(*tickets(20))],
+                                      filename="a.jsonl", base_version=tokenizer, enqueue=False)  # fmt: skip
+    chain_held, version_locked = threading.Event(), threading.Event()
+    succeed, lock_version = ingest._succeed, deployments._lock_version
+
+    def succeeding(*args, **kwargs):
+        chain_held.set()
+        version_locked.wait(10)
+        return succeed(*args, **kwargs)
+
+    def locking(version, *others):  # the deployment's row and audit row follow
+        lock_version(version, *others)
+        version_locked.set()
+        chain_held.wait(10)
+
+    monkeypatch.setattr(ingest, "_succeed", succeeding)
+    monkeypatch.setattr(deployments, "_lock_version", locking)
+    errors: dict = {}
+    admin = actor_for(org["admin"])
+    threads = [
+        in_thread(lambda: ingest.run(pending.pk), errors, "ingest"),
+        in_thread(
+            lambda: serving_services.create_deployment(
+                actor=admin,
+                name="words",
+                team=team,
+                version=tokenizer,
+                pool=cpu_pool,
+                replicas=0,
+                args={"max_model_len": 64},
+            ),
+            errors,
+            "deployment",
         ),
     ]
     for thread in threads:
