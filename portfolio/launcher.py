@@ -95,7 +95,8 @@ def stop_work_under(data_dir: Path) -> None:
     job resumes from its checkpoint); `make clean-data` does it for those a crashed launcher left behind."""
     from serving import processes
 
-    for _, engine in processes.all_engines(under=data_dir):  # two of one replica included
+    engines = processes.all_engines(under=data_dir) + processes.leaderless(under=data_dir)
+    for _, engine in engines:  # two of one replica included, and what dead leaders left
         processes.stop(engine, grace=15)
     for trainer in processes.trainers_under(data_dir):
         processes.stop(trainer, grace=10)

@@ -13,7 +13,7 @@ from portfolio.accounts.models import Team
 from portfolio.errors import Invalid
 from portfolio.registry.models import ModelVersion
 from serving import services
-from serving.capacity import node_usage
+from serving.capacity import node_usage, pool_usage
 from serving.choices import PoolKind
 from serving.models import ComputePool, Deployment, DeploymentAdapter, Node
 from serving.services.pools import MAX_DESCRIPTION as MAX_POOL_DESCRIPTION
@@ -59,8 +59,15 @@ class NodeOut(Schema):
     usage: dict[str, Any] = {}
 
     @staticmethod
-    def resolve_usage(obj) -> dict[str, Any]:
-        return node_usage(obj)
+    def resolve_usage(obj, context) -> dict[str, Any]:
+        # One capacity read per pool on a page of nodes, not one per node (each reads the whole pool).
+        request = (context or {}).get("request")
+        if request is None:
+            return node_usage(obj)
+        read: dict[int, dict[str, dict]] = request.__dict__.setdefault("_pool_usage", {})
+        if obj.pool_id not in read:
+            read[obj.pool_id] = pool_usage(obj.pool)
+        return read[obj.pool_id].get(obj.name) or node_usage(obj)
 
     @staticmethod
     def resolve_address(obj, context) -> str | None:

@@ -3,7 +3,8 @@
 - Before the replicas are reconciled: an engine of a replica this node runs whose pid the replica does not
   record. An agent killed between starting an engine and recording it leaves one; started again, it would
   start another beside it (its port, memory and GPUs held twice, the first unknown to everyone).
-- After: engines of replicas no longer wanted here (deleted, stopped, moved to another node).
+- After: engines of replicas no longer wanted here (deleted, stopped, moved to another node), and what is left
+  of an engine whose leader died (its engine core, holding the model's memory), wanted or not.
 
 Both run under the node's reconcile lock (``agent_lock``): one agent acts at a time.
 """
@@ -52,3 +53,11 @@ def stop_orphans(node: Node, wanted_ids: set[int], lock: Lease | None) -> None:
             agent_lock.ensure_held(lock)
             logger.warning("stopping orphan engine of replica %s (pid %s)", replica_id, process.pid)
             processes.stop(process)
+    for replica_id, process in processes.leaderless(under=Path(settings.DATA_DIR)):
+        agent_lock.ensure_held(lock)
+        logger.warning(
+            "stopping what is left of an engine of replica %s whose leader is gone (pid %s)",
+            replica_id,
+            process.pid,
+        )
+        processes.stop(process)

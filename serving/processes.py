@@ -110,6 +110,34 @@ def all_engines(under: Path | None = None) -> list[tuple[int, psutil.Process]]:
     return found
 
 
+def leaderless(under: Path | None = None) -> list[tuple[int, psutil.Process]]:
+    """Engine processes whose group leader (the engine the replica recorded) is gone, one per process group, as
+    (replica id, process): a vLLM engine core outliving its API server, killed or crashed. ``stop`` on one ends
+    its whole group; nothing else would, as every other look-up here goes by the leader."""
+    found: dict[int, tuple[int, psutil.Process]] = {}
+    for process in psutil.process_iter(["pid"]):
+        replica = replica_of(process)
+        if replica is None:
+            continue
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+            group = os.getpgid(process.pid)
+            if group == process.pid or group in found or _leads(group):
+                continue
+            if under is not None and not Path(process.cwd()).is_relative_to(under):
+                continue
+            found[group] = (replica, process)
+    return list(found.values())
+
+
+def _leads(group: int) -> bool:
+    """Whether the process ``group`` is named after still runs and leads it (not a zombie, not a reused pid)."""
+    try:
+        leader = psutil.Process(group)
+        return leader.status() != psutil.STATUS_ZOMBIE and os.getpgid(group) == group
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        return False
+
+
 def trainers_under(folder: Path) -> list[psutil.Process]:
     """Fine-tune trainer processes (training.runner) working in a data folder."""
     found = []

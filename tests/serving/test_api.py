@@ -286,3 +286,26 @@ def test_scripts_set_the_update_strategy_and_replace_in_place_through_the_api(cl
     )
     replacing = client.post("/api/v1/deployments/support-bot/replace-in-place")
     assert replacing.status_code == 200 and replacing.json()["generation"] == 2
+
+
+def test_a_page_of_nodes_reads_each_pools_capacity_once(client, org, world):
+    """Each node's usage came from a read of its whole pool's capacity, once per node: a page of 100 nodes read
+    the pool 100 times. Now once per pool on the page, whatever the number of its nodes."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.force_login(org["admin"])
+
+    def queries_listing() -> tuple[int, list[dict]]:
+        with CaptureQueriesContext(connection) as queries:
+            items = client.get("/api/v1/nodes").json()["items"]
+        return len(queries), items
+
+    few, _ = queries_listing()
+    for number in range(2, 8):
+        add_node(world["pool"], f"cpu-{number:02}")
+    many, items = queries_listing()
+    assert many == few, (few, many)
+    assert len(items) == 7
+    assert items[0]["usage"]["cores_total"] == 2 and items[0]["usage"]["ram_used"] > 0
+    assert all(item["usage"]["ram_used"] == 0 for item in items[1:])

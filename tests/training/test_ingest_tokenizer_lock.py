@@ -34,99 +34,69 @@ def in_thread(work, errors: dict, name: str) -> threading.Thread:
     return thread
 
 
-def test_an_upload_and_another_datasets_ingest_measured_with_one_tokenizer_both_commit(
-    engineer, team, tokenizer, monkeypatch
-):
+@pytest.fixture
+def pending(engineer, team, tokenizer) -> DatasetIngest:
+    """An upload measured with ``tokenizer``, not yet ingested."""
     one = services.create_dataset(actor=engineer, owner_team=team, name="one", kind=DatasetKind.CHAT)
-    two = services.create_dataset(actor=engineer, owner_team=team, name="two", kind=DatasetKind.CHAT)
-    pending = services.upload_version(actor=engineer, dataset=one, chunks=[jsonl(*tickets(20))],
-                                      filename="a.jsonl", base_version=tokenizer, enqueue=False)  # fmt: skip
+    return services.upload_version(actor=engineer, dataset=one, chunks=[jsonl(*tickets(20))],
+                                   filename="a.jsonl", base_version=tokenizer, enqueue=False)  # fmt: skip
+
+
+def race_with_ingest(monkeypatch, pending: DatasetIngest, holder, hook: str, work) -> None:
+    """Runs ``pending``'s ingest and ``work`` at once: ``work`` pauses just after ``holder.hook`` (the version locked,
+    its audit row to come) until the ingest is within its record, holding the audit chain, and the ingest waits
+    for that pause; both must commit."""
     chain_held, version_locked = threading.Event(), threading.Event()
-    succeed, still_ready = ingest._succeed, services._still_ready
+    succeed, original = ingest._succeed, getattr(holder, hook)
 
     def succeeding(*args, **kwargs):  # within the ingest's record: its audit row (the chain) comes next
         chain_held.set()
         version_locked.wait(10)
         return succeed(*args, **kwargs)
 
-    def locking(version):  # the upload holds the version's lock; its audit row comes next
-        still_ready(version)
+    def holding(*args, **kwargs):
+        result = original(*args, **kwargs)
         version_locked.set()
         chain_held.wait(10)
+        return result
 
     monkeypatch.setattr(ingest, "_succeed", succeeding)
-    monkeypatch.setattr(services, "_still_ready", locking)
+    monkeypatch.setattr(holder, hook, holding)
     errors: dict = {}
-    threads = [
-        in_thread(lambda: ingest.run(pending.pk), errors, "ingest"),
-        in_thread(
-            lambda: services.upload_version(
-                actor=engineer,
-                dataset=two,
-                chunks=[jsonl(*tickets(7))],
-                filename="b.jsonl",
-                base_version=tokenizer,
-                enqueue=False,
-            ),  # fmt: skip
-            errors,
-            "upload",
-        ),
-    ]
+    threads = [in_thread(lambda: ingest.run(pending.pk), errors, "ingest"), in_thread(work, errors, "locker")]
     for thread in threads:
         thread.join(60)
     assert not errors, errors
     assert DatasetIngest.objects.get(pk=pending.pk).status == JobStatus.SUCCEEDED
+
+
+def test_an_upload_and_another_datasets_ingest_measured_with_one_tokenizer_both_commit(
+    engineer, team, tokenizer, pending, monkeypatch
+):
+    two = services.create_dataset(actor=engineer, owner_team=team, name="two", kind=DatasetKind.CHAT)
+    race_with_ingest(monkeypatch, pending, services, "_still_ready", lambda: services.upload_version(
+        actor=engineer, dataset=two, chunks=[jsonl(*tickets(7))], filename="b.jsonl", base_version=tokenizer,
+        enqueue=False,
+    ))  # fmt: skip
     assert DatasetIngest.objects.filter(dataset=two).exists()
 
 
 def test_a_fine_tune_started_on_a_base_an_ingest_measures_with_and_that_ingest_both_commit(
-    engineer, team, tokenizer, dataset_version, cpu_pool, enqueued, monkeypatch
+    engineer, tokenizer, pending, dataset_version, cpu_pool, enqueued, monkeypatch
 ):
     """``start_job`` locks its base as the upload locks its tokenizer, with the same cycle when the ingest
-    records at that moment (found with the one above)."""
+    records at that moment (found with the one above). It pauses after ``dataset_purge.ready``, which runs
+    with the base locked and before its job and audit row."""
     from training import dataset_purge, finetune
 
-    one = services.create_dataset(actor=engineer, owner_team=team, name="one", kind=DatasetKind.CHAT)
-    pending = services.upload_version(actor=engineer, dataset=one, chunks=[jsonl(*tickets(20))],
-                                      filename="a.jsonl", base_version=tokenizer, enqueue=False)  # fmt: skip
-    chain_held, base_locked = threading.Event(), threading.Event()
-    succeed, ready = ingest._succeed, dataset_purge.ready
-
-    def succeeding(*args, **kwargs):
-        chain_held.set()
-        base_locked.wait(10)
-        return succeed(*args, **kwargs)
-
-    def readying(version, *args, **kwargs):  # start_job holds its base's lock; its job and audit row follow
-        base_locked.set()
-        chain_held.wait(10)
-        return ready(version, *args, **kwargs)
-
-    monkeypatch.setattr(ingest, "_succeed", succeeding)
-    monkeypatch.setattr(dataset_purge, "ready", readying)
-    errors: dict = {}
-    threads = [
-        in_thread(lambda: ingest.run(pending.pk), errors, "ingest"),
-        in_thread(
-            lambda: finetune.start_job(
-                actor=engineer,
-                base_version=tokenizer,
-                dataset_version=dataset_version,
-                pool=cpu_pool,
-                hyperparameters={"max_length": 64},  # the tiny tokenizer's context
-            ),
-            errors,
-            "fine-tune",
-        ),
-    ]
-    for thread in threads:
-        thread.join(60)
-    assert not errors, errors
-    assert DatasetIngest.objects.get(pk=pending.pk).status == JobStatus.SUCCEEDED
+    race_with_ingest(monkeypatch, pending, dataset_purge, "ready", lambda: finetune.start_job(
+        actor=engineer, base_version=tokenizer, dataset_version=dataset_version, pool=cpu_pool,
+        hyperparameters={"max_length": 64},  # the tiny tokenizer's context
+    ))  # fmt: skip
 
 
 def test_a_deployment_made_of_a_version_an_ingest_measures_with_and_that_ingest_both_commit(
-    org, engineer, team, tokenizer, cpu_pool, monkeypatch
+    org, team, tokenizer, pending, cpu_pool, monkeypatch
 ):
     """Serving locks a version it deploys as ``start_job`` locks its base (``_lock_version``), with the same cycle
     when the ingest records at that moment."""
@@ -134,43 +104,8 @@ def test_a_deployment_made_of_a_version_an_ingest_measures_with_and_that_ingest_
     from serving.services import deployments
     from tests.conftest import actor_for
 
-    one = services.create_dataset(actor=engineer, owner_team=team, name="one", kind=DatasetKind.CHAT)
-    pending = services.upload_version(actor=engineer, dataset=one, chunks=[jsonl(*tickets(20))],
-                                      filename="a.jsonl", base_version=tokenizer, enqueue=False)  # fmt: skip
-    chain_held, version_locked = threading.Event(), threading.Event()
-    succeed, lock_version = ingest._succeed, deployments._lock_version
-
-    def succeeding(*args, **kwargs):
-        chain_held.set()
-        version_locked.wait(10)
-        return succeed(*args, **kwargs)
-
-    def locking(version, *others):  # the deployment's row and audit row follow
-        lock_version(version, *others)
-        version_locked.set()
-        chain_held.wait(10)
-
-    monkeypatch.setattr(ingest, "_succeed", succeeding)
-    monkeypatch.setattr(deployments, "_lock_version", locking)
-    errors: dict = {}
     admin = actor_for(org["admin"])
-    threads = [
-        in_thread(lambda: ingest.run(pending.pk), errors, "ingest"),
-        in_thread(
-            lambda: serving_services.create_deployment(
-                actor=admin,
-                name="words",
-                team=team,
-                version=tokenizer,
-                pool=cpu_pool,
-                replicas=0,
-                args={"max_model_len": 64},
-            ),
-            errors,
-            "deployment",
-        ),
-    ]
-    for thread in threads:
-        thread.join(60)
-    assert not errors, errors
-    assert DatasetIngest.objects.get(pk=pending.pk).status == JobStatus.SUCCEEDED
+    race_with_ingest(monkeypatch, pending, deployments, "_lock_version", lambda: serving_services.create_deployment(
+        actor=admin, name="words", team=team, version=tokenizer, pool=cpu_pool, replicas=0,
+        args={"max_model_len": 64},
+    ))  # fmt: skip
