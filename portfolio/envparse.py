@@ -25,6 +25,10 @@ _FALSE = {"0", "false", "no", "off"}
 # Who may sign in with a password: everyone, only platform admins (break-glass), or nobody.
 LOCAL_SIGN_IN = ("everyone", "admins", "off")
 MAX_API_CLIENTS = 32
+# The most any integer setting may be unless it says otherwise (sizes in bytes do): no count or duration here
+# needs more, and a larger one overflowed a timer or a date only once running (a node's heartbeat thread died,
+# every session save failed), where start-up should have refused it (found by review).
+INTEGER_CEILING = 2**31 - 1
 
 
 class Env:
@@ -83,7 +87,8 @@ class Env:
         self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
     ) -> int:
         value = self._parse(name, default, int, "an integer")
-        if minimum is not None and value < minimum or maximum is not None and value > maximum:
+        maximum = INTEGER_CEILING if maximum is None else maximum
+        if minimum is not None and value < minimum or value > maximum:
             raise ImproperlyConfigured(f"{name}={value} is out of range [{minimum}, {maximum}].")
         return value
 

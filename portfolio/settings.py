@@ -210,8 +210,8 @@ if ARTIFACT_STORE == "s3" and not (MINIO_ENDPOINT and MINIO_ACCESS_KEY and MINIO
 IMPORT_ROOTS = [
     Path(p).resolve() for p in env.csv_list("PORTFOLIO_IMPORT_ROOTS", [str(DATA_DIR / "imports")])
 ]
-MAX_IMPORT_BYTES = env.integer("PORTFOLIO_MAX_IMPORT_BYTES", 40 * 1024**3, minimum=1)
-MAX_UPLOAD_BYTES = env.integer("PORTFOLIO_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
+MAX_IMPORT_BYTES = env.integer("PORTFOLIO_MAX_IMPORT_BYTES", 40 * 1024**3, minimum=1, maximum=1 << 50)
+MAX_UPLOAD_BYTES = env.integer("PORTFOLIO_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1, maximum=1 << 50)
 GGUF_CONVERSION_CACHE = env.path("PORTFOLIO_GGUF_CONVERSION_CACHE", DATA_DIR / "cache" / "gguf")
 GGUF_CONVERT_TIMEOUT = env.integer("PORTFOLIO_GGUF_CONVERT_TIMEOUT", 1800, minimum=10)
 # Hugging Face Hub: HF_ENDPOINT (an internal mirror) and HF_HUB_OFFLINE are read by huggingface_hub itself.
@@ -253,17 +253,17 @@ GATEWAY_INTERNAL_URL = env.text("PORTFOLIO_GATEWAY_URL") or "http://127.0.0.1:80
 TRAINING_MAX_ATTEMPTS = env.integer("PORTFOLIO_TRAINING_MAX_ATTEMPTS", 3, minimum=1)
 TRAINING_HEARTBEAT_SECONDS = env.integer("PORTFOLIO_TRAINING_HEARTBEAT_SECONDS", 5, minimum=1)
 TRAINING_STALE_AFTER_SECONDS = env.integer("PORTFOLIO_TRAINING_STALE_AFTER_SECONDS", 120, minimum=5)
-# A merge process still running after this long is stopped and its job failed (loading and saving a 17B
-# model on CPU takes tens of minutes).
+# A merge process running past this is stopped and its job failed (a 17B model on CPU takes tens of minutes).
 MERGE_TIMEOUT_SECONDS = env.integer("PORTFOLIO_MERGE_TIMEOUT_SECONDS", 3 * 3600, minimum=10)
 # A merge no control worker took up in this long (a lost message, busy workers) is sent again, each time as long,
 # and failed after six times as long: a queued merge refuses every other merge of its adapter.
 MERGE_QUEUED_AFTER_SECONDS = env.integer("PORTFOLIO_MERGE_QUEUED_AFTER_SECONDS", 2 * 3600, minimum=60)
 MERGES_PER_TEAM = env.integer("PORTFOLIO_MERGES_PER_TEAM", 1, minimum=1, maximum=100)  # a team's, in flight
-# Eval runs a team may have queued or running at once (they share the long workers with every team's work).
+# Eval runs a team may have queued or running at once, and its uploads (datasets, adapter archives) waiting on
+# disk for an ingest or import: they share the long workers with every team's work.
 EVAL_RUNS_PER_TEAM = env.integer("PORTFOLIO_EVAL_RUNS_PER_TEAM", 3, minimum=1, maximum=100)
-# Usable keys (not revoked, not expired) a team may hold: per-key ceilings bound it only as far as keys are
-# counted.
+UPLOADS_PER_TEAM = env.integer("PORTFOLIO_UPLOADS_PER_TEAM", 4, minimum=1, maximum=100)
+# Usable keys (not revoked, not expired) a team may hold: per-key ceilings bound it only as far as keys count.
 KEYS_PER_TEAM = env.integer("PORTFOLIO_KEYS_PER_TEAM", 100, minimum=1, maximum=10_000)
 # The portfolio page hints at a candidate within this many points (of 100) of production's, cheaper or smaller.
 PORTFOLIO_HINT_MARGIN_POINTS = env.integer("PORTFOLIO_HINT_MARGIN_POINTS", 2, minimum=0, maximum=100)
@@ -313,9 +313,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "gateway-usage-partitions": {"task": "gateway.maintain_usage_partitions", "schedule": 86400.0},
     # Alerts, and the spend the gateway's hard limits compare against (its counters cover the calls between).
     "billing-check-budgets": {"task": "billing.check_budgets", "schedule": 300.0},
+    "accounts-clear-sessions": {"task": "accounts.clear_sessions", "schedule": 3600.0},
 }
-# A periodic task queued behind others (a control worker down a while) is dropped once its next is due, instead
-# of piling up (a flush every 2 s: 1,800 an hour) and running back to back; each is idempotent and comes again.
+# A periodic task queued behind others is dropped once its next is due, not piled up; each is idempotent.
 for _entry in CELERY_BEAT_SCHEDULE.values():
     _entry.setdefault("options", {}).setdefault("expires", _entry["schedule"])
 

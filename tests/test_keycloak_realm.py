@@ -104,7 +104,7 @@ def test_the_sync_service_account_reads_the_realm_and_nothing_more(realm):
     assert sync["serviceAccountsEnabled"] and not sync["standardFlowEnabled"]
     assert not sync["publicClient"] and sync["secret"].startswith("${")
     account = next(user for user in realm["users"] if user.get("serviceAccountClientId") == "portfolio-sync")
-    assert account["clientRoles"] == {"realm-management": ["view-users"]}
+    assert account["clientRoles"] == {"realm-management": ["view-users", "view-clients"]}
     assert not account.get("realmRoles")
 
 

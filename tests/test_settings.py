@@ -27,6 +27,25 @@ def test_an_integer_out_of_range_is_refused():
         Env({"N": "0"}).integer("N", 5, minimum=1)
 
 
+@pytest.mark.parametrize(
+    "name, value",
+    [("PORTFOLIO_NODE_HEARTBEAT_SECONDS", "10000000000"), ("PORTFOLIO_SESSION_SECONDS", str(10**12))],
+)
+def test_an_integer_setting_too_large_to_be_meant_stops_start_up(tmp_path, name, value):
+    """Found by review: these were accepted, then overflowed a timer (the node's heartbeat thread died) or a
+    date (every session save failed) once running."""
+    result = _settings_in(_production_env(tmp_path, **{name: value}), "SESSION_COOKIE_AGE")
+    assert result.returncode != 0
+    assert f"{name}={value} is out of range" in result.stderr
+
+
+def test_sizes_in_bytes_may_be_larger_than_other_integers(tmp_path):
+    size = str(100 * 1024**3)
+    result = _settings_in(_production_env(tmp_path, PORTFOLIO_MAX_IMPORT_BYTES=size), "MAX_IMPORT_BYTES")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["MAX_IMPORT_BYTES"] == int(size)
+
+
 def test_a_secret_is_read_from_its_file(tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("s3cret-value\n")

@@ -10,6 +10,7 @@ class TrainingConfig(AppConfig):
         from portfolio.registry import services as registry_services
         from serving import agent_loop, capacity, rollout_judge
         from serving.services import endpoints
+        from training import services as training_services
         from training import (
             tasks,  # noqa: F401 - registers its Celery tasks, which finetune sends by name
             trainer_sweep,
@@ -22,6 +23,7 @@ class TrainingConfig(AppConfig):
 
         registry_services.PROMOTION_CHECKS.append(score_regressions)
         registry_services.VERSION_IN_USE_CHECKS.append(in_training)
+        registry_services.UPLOADS_WAITING.append(training_services.ingests_waiting)
         endpoints.IN_USE_CHECKS.append(in_production)
         # Serving asks training to judge a rollout's canary (it cannot import training itself).
         rollout_judge.SAMPLERS.append(

@@ -23,11 +23,11 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid
-from portfolio.registry.artifacts import mark_artifact_health
+from portfolio.registry import services as registry
+from portfolio.registry.artifacts import local_copy, mark_artifact_health
 from portfolio.registry.choices import VersionKind, VersionStatus
 from portfolio.registry.models import Model, ModelVersion
-from portfolio.registry.storage import CorruptArtifact, check_relative_path, materialize
-from portfolio.registry.stores import default_store
+from portfolio.registry.storage import CorruptArtifact, check_relative_path
 from serving import services as serving_services
 from serving.models import ComputePool
 from training import splitting
@@ -137,6 +137,15 @@ def _still_ready(version: ModelVersion) -> None:
         raise Invalid(f"base_version: {locked.label} is {locked.status}; choose a ready version.")
 
 
+def ingests_waiting(team: Team) -> int:
+    """The team's dataset uploads waiting on disk for their ingest (queued or running): counted with its
+    adapter archives against ``UPLOADS_PER_TEAM`` (``registry.require_upload_room``; the registry asks
+    through ``UPLOADS_WAITING``)."""
+    return DatasetIngest.objects.filter(
+        dataset__owner_team=team, status__in=(JobStatus.QUEUED, JobStatus.RUNNING)
+    ).count()
+
+
 def upload_version(
     *,
     actor: Actor,
@@ -152,8 +161,9 @@ def upload_version(
     records it as the dataset's next version, or refuses it with its problems by line number.
 
     What can be told without reading the rows is refused here: permissions, the split's fraction, the
-    tokenizer's version, the size. ``enqueue=False`` when the caller runs the ingest itself
-    (``ingest.run``), as workers that make a dataset do.
+    tokenizer's version, the size, and the team's share of uploads waiting for a worker (before a byte is
+    written, and again under the team's lock). ``enqueue=False`` when the caller runs the ingest itself
+    (``ingest.run``), as workers that make a dataset do: that upload waits for no worker, and is not refused.
     """
     gate.require(actor, "training.run", dataset)
     if not 0 <= eval_fraction <= splitting.MAX_EVAL_FRACTION:
@@ -161,11 +171,16 @@ def upload_version(
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= splitting.MAX_SEED:
         raise Invalid(f"seed: a whole number from 0 to {splitting.MAX_SEED}.")
     tokenizer_version = _tokenizer_version(actor, dataset.owner_team, base_version)
+    if enqueue:
+        with transaction.atomic():
+            registry.require_upload_room(dataset.owner_team, ingests_waiting)
     path, size = _save_upload(chunks)
     try:
         with transaction.atomic():
             if tokenizer_version is not None:
                 _still_ready(tokenizer_version)
+            if enqueue:  # counted again: another upload of the team may have been recorded meanwhile
+                registry.require_upload_room(dataset.owner_team, ingests_waiting)
             ingest = DatasetIngest.objects.create(
                 dataset=dataset,
                 upload_path=str(path),
@@ -237,9 +252,7 @@ def dataset_files(version: DatasetVersion) -> DatasetFiles:
     if artifact is None:
         raise PurgedDataset(version)
     try:
-        folder = materialize(
-            default_store(), artifact.manifest(), Path(settings.ARTIFACT_CACHE) / artifact.id
-        )
+        folder = local_copy(artifact.manifest(), Path(settings.ARTIFACT_CACHE) / artifact.id)
     except CorruptArtifact as exc:
         mark_artifact_health(artifact.id, [str(exc)])
         raise DamagedDataset(version, exc) from exc

@@ -19,12 +19,11 @@ from pathlib import Path
 
 from django.conf import settings
 
-from portfolio.registry.artifacts import mark_artifact_health
+from portfolio.registry.artifacts import local_copy, mark_artifact_health
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.jsonfiles import FileTooLarge, refuse_oversized
 from portfolio.registry.models import Artifact, ModelVersion
-from portfolio.registry.storage import CorruptArtifact, materialize
-from portfolio.registry.stores import default_store
+from portfolio.registry.storage import CorruptArtifact
 from training.choices import DatasetKind
 
 TOKENIZER_FILES = frozenset(
@@ -116,7 +115,7 @@ def tokenizer_folder(version: ModelVersion) -> Path:
         raise TokenizerUnavailable(f"{version.label} has no tokenizer files.")
     destination = Path(settings.ARTIFACT_CACHE) / "tokenizers" / artifact.id
     try:
-        return materialize(default_store(), Manifest.of(entries), destination)
+        return local_copy(Manifest.of(entries), destination)
     except CorruptArtifact as exc:
         raise _lost(version, artifact.id, exc) from exc
 

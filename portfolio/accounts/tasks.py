@@ -1,4 +1,4 @@
-"""Accounts' periodic work, on the control queue: the directory sync with Keycloak."""
+"""Accounts' periodic work, on the control queue: the directory sync with Keycloak; expired sessions deleted."""
 
 from __future__ import annotations
 
@@ -21,3 +21,12 @@ def sync_directory() -> dict | None:
         "deactivated": run.deactivated,
         "changed": run.memberships_changed,
     }
+
+
+@shared_task(name="accounts.clear_sessions")
+def clear_sessions() -> None:
+    """Delete expired sessions (Django's ``clearsessions``): nothing else does, and every deactivation and single
+    sign-on sign-in reads the whole table (``services._end_sessions``, ``sso.logout``)."""
+    from importlib import import_module
+
+    import_module(settings.SESSION_ENGINE).SessionStore.clear_expired()

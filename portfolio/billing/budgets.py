@@ -31,12 +31,13 @@ from portfolio.audit.choices import AuditAction
 from portfolio.billing import access, money, webhooks
 from portfolio.billing.choices import BudgetScope
 from portfolio.billing.models import Budget
+from portfolio.billing.models.budgets import WEBHOOK_URL_MAX
 from portfolio.errors import Conflict, Forbidden, Invalid
 
 MAX_AMOUNT = Decimal("10000000000")  # 10^10 a month: far above any real budget, far below the column's
 MAX_THRESHOLDS = 10
 MAX_EMAILS = 20
-MAX_URL = 500
+MAX_URL = WEBHOOK_URL_MAX  # the column's
 MICROS = Decimal(1_000_000)
 UNCHANGED = object()  # an argument not given: keep what the budget has (or the default for a new one)
 
@@ -267,9 +268,10 @@ def hard_limits(now=None) -> dict[tuple[str, int], tuple[int, int]]:
     """For the gateway's routing table, one cheap query: ("team"|"department", id) -> (the money its token
     calls may reach this month, the token spend already on the ledger), both in micro-units.
 
-    The limit is the amount less what the month's compute and storage have already spent (as the alert
-    task last measured it, or set_budget when it turned the limit on); the token spend is the least the
-    gateway's counter holds (a counter Redis lost, or one made before the spend was measured)."""
+    The limit is the amount less what the month's compute, storage and at-cost shares have already spent
+    (as the alert task last measured it, or set_budget when it turned the limit on); the token spend (priced
+    calls only: spend.TOKEN_KINDS) is the least the gateway's counter holds (a counter Redis lost, or one
+    made before the spend was measured)."""
     month = money.month_start(now or timezone.now())
     caps: dict[tuple[str, int], tuple[int, int]] = {}
     for row in Budget.objects.filter(hard_limit=True).values(

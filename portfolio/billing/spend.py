@@ -60,7 +60,11 @@ class Spend:
         }
 
 
-TOKEN_KINDS = {LineKind.TOKENS, LineKind.AT_COST}
+# What the gateway's counters count: priced calls, settled as they end. An at-cost share is not among them
+# (it is known only over the month, and such a call settles to 0): it is other spend, which lowers the hard
+# limit itself. As token spend it was the counters' seed, which they never reach live: each call raised the
+# counter to it again, dropping the priced calls settled since the spend was measured.
+TOKEN_KINDS = {LineKind.TOKENS}
 
 
 def _add(totals: dict[int, Decimal], key: int | None, amount: Decimal) -> None:
@@ -72,9 +76,9 @@ def month_to_date(as_of: datetime | None = None, department_ids=None, month: dat
     """Spend of the month of ``as_of`` (default now) of the departments (default all); of an earlier
     ``month`` if given (all of it, when ``as_of`` is past its end).
 
-    The token part is what the gateway's counters count: a team's calls to other teams' endpoints; a
-    department's calls to other departments' endpoints (between two of its own teams, the caller's
-    charge and the owner's credit cancel out)."""
+    The token part is what the gateway's counters count: a team's priced calls to other teams' endpoints;
+    a department's to other departments' endpoints (between two of its own teams, the caller's charge and
+    the owner's credit cancel out). At-cost shares are in the total only."""
     as_of = as_of or timezone.now()
     month = month or money.month_start(as_of)
     spend = Spend(month, as_of)

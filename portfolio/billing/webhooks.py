@@ -20,6 +20,7 @@ import socket
 import ssl
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from django.conf import settings
@@ -174,9 +175,15 @@ def post(url: str, payload: dict) -> str:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
         thread.join(5)
-        logger.warning("billing: budget webhook %s gave no whole answer in time", url)
+        logger.warning("billing: budget webhook to %s gave no whole answer in time", _host(url))
         return f"failed: no whole answer within {settings.BILLING_WEBHOOK_TIMEOUT} s"
     return outcome[0] if outcome else "failed: the delivery stopped"
+
+
+def _host(url: str) -> str:
+    """What a log line names of a webhook: its host. Slack's and Teams' URLs carry their credentials in the
+    path or the query, and logs are read by more people than budgets are."""
+    return urllib.parse.urlsplit(url).hostname or "(no host)"
 
 
 def _post(url: str, payload: dict) -> str:
@@ -199,6 +206,6 @@ def _post(url: str, payload: dict) -> str:
     except Exception as exc:  # noqa: BLE001 - refused, timed out, bad TLS: recorded, never raised
         if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, InternalAddress):
             return "failed: the host is an internal address; not called"
-        logger.warning("billing: budget webhook %s failed: %s", url, exc)
+        logger.warning("billing: budget webhook to %s failed: %s", _host(url), exc)
         return f"failed: {type(exc).__name__}: {exc}"[:300]
     return f"sent: HTTP {status}" if 200 <= status < 300 else f"failed: HTTP {status}"

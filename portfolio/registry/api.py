@@ -240,7 +240,7 @@ def upload_adapter(request, name: str, base_version_id: Form[int], file: File[Up
     base = ModelVersion.objects.visible_to(request.auth).filter(pk=base_version_id).first()
     if base is None:  # none, or another team's: alike, so that ids tell nothing
         raise Invalid("base_version_id: No such version.")
-    saved = services.save_upload(file.chunks(), file.name or "")
+    saved = services.save_upload(file.chunks(), file.name or "", team=model.owner_team)
     try:
         version = services.start_import(
             actor=request.auth,

@@ -15,13 +15,23 @@ from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict
 from portfolio.leases import Lease
-from portfolio.registry import blobclaims
+from portfolio.registry import blobclaims, cache_eviction
 from portfolio.registry.choices import Health
+from portfolio.registry.hashing import Manifest
 from portfolio.registry.models import Artifact, ModelVersion
 from portfolio.registry.storage import ArtifactStore, CorruptArtifact, Written, materialize, verify
 from portfolio.registry.stores import default_store
 
 logger = logging.getLogger(__name__)
+
+
+def local_copy(manifest: Manifest, destination: Path) -> Path:
+    """``materialize`` into this machine's cache (``destination`` under ``ARTIFACT_CACHE``), whose copies of
+    deleted artifacts are then deleted (``cache_eviction``, at most hourly per process): every process that
+    makes copies clears them, not only node agents (web's and the control workers' caches grew for good)."""
+    folder = materialize(default_store(), manifest, destination)
+    cache_eviction.evict_due()
+    return folder
 
 
 def materialize_version(version: ModelVersion) -> Path:
@@ -30,7 +40,7 @@ def materialize_version(version: ModelVersion) -> Path:
     if artifact is None:
         raise CorruptArtifact(version.label, "has no stored artifact")
     try:
-        return materialize(default_store(), artifact.manifest(), Path(settings.ARTIFACT_CACHE) / artifact.id)
+        return local_copy(artifact.manifest(), Path(settings.ARTIFACT_CACHE) / artifact.id)
     except CorruptArtifact as exc:
         mark_artifact_health(artifact.id, [str(exc)])
         raise

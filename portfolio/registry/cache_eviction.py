@@ -6,7 +6,7 @@ a copy away: a fine-tune's superseded checkpoints, and versions whose stored fil
 machine that had loaded them, gigabytes each, for good.
 
 Once its artifact's row is deleted nobody can ask for a copy again (a copy is made from the row's manifest),
-so each node agent deletes those copies, at most every ``EVERY_SECONDS``: renamed first to a staging name
+so each node agent, and any process as it makes a copy, deletes those copies, at most every ``EVERY_SECONDS``: renamed first to a staging name
 (``storage`` never takes a half-deleted copy for a whole one, and clears what a crash leaves), then removed. A
 copy made less than ``KEEP_SECONDS`` ago is kept (a registration records its artifact after writing it), and
 so is one that a process on this machine names in its command line (an engine started from it).
@@ -77,8 +77,9 @@ def evict_deleted(root: Path | None = None, *, now: float | None = None) -> list
     return evicted
 
 
-def evict_due(node_name: str) -> None:
-    """The node agent loop's hook: ``evict_deleted`` at most every ``EVERY_SECONDS``."""
+def evict_due(node_name: str = "") -> None:
+    """``evict_deleted`` at most every ``EVERY_SECONDS`` in this process: the node agent loop's hook, and what
+    every copy made anywhere calls (``artifacts.local_copy``)."""
     global _last_pass
     if time.monotonic() - _last_pass < EVERY_SECONDS and _last_pass:
         return

@@ -20,6 +20,7 @@ meanwhile is left alone.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from datetime import timedelta
@@ -120,14 +121,26 @@ def _folder_size(folder: Path) -> tuple[int, int]:
     return sum(sizes), len(sizes)
 
 
+def _work_prefix(version_id: int) -> str:
+    return f"import-{version_id}-"
+
+
+def remove_work(version_id: int) -> None:
+    """The import's work folders (the fetched files, up to ``MAX_IMPORT_BYTES``): a run removes its own as
+    it ends, but one killed outright (its worker's SIGKILL, the OOM killer) leaves them behind."""
+    for folder in (Path(settings.DATA_DIR) / "work").glob(f"{_work_prefix(version_id)}*"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _import(version: ModelVersion) -> None:
     version_id = version.pk
     report = Reporter(version_id, kept_here())  # the lease ``run`` keeps; None when called outside it
     lost = False
+    remove_work(version_id)  # what a killed run left; the lease lets no other run be live
     work_root = Path(settings.DATA_DIR) / "work"
     work_root.mkdir(parents=True, exist_ok=True)
     try:
-        with tempfile.TemporaryDirectory(dir=work_root, prefix=f"import-{version_id}-") as workdir:
+        with tempfile.TemporaryDirectory(dir=work_root, prefix=_work_prefix(version_id)) as workdir:
             folder = importers.fetch(version, Path(workdir), report)
             total, count = _folder_size(folder)
             if total > settings.MAX_IMPORT_BYTES:
@@ -321,7 +334,7 @@ def reap_stale_imports(
     alive (converting or downloading says nothing) and left alone; one still queued is sent again (``run``
     is idempotent; resends at least a quarter of its age apart, about 16 in a day), unless no worker took it
     up within ``give_up_after``; one started whose lease is gone (its worker died) is failed with the
-    reason. Returns how many were failed."""
+    reason, and the work folder its run left deleted. Returns how many were failed."""
     now = timezone.now()
     cutoff = now - max_silence
     silent = ModelVersion.objects.filter(status=VersionStatus.IMPORTING, heartbeat_at__lt=cutoff)
@@ -345,6 +358,7 @@ def reap_stale_imports(
                 f"The import stopped reporting progress for {int(max_silence.total_seconds())}s "
                 "(its worker died?). Start it again.",
             )
+            remove_work(version_id)  # its dead run's, when it ran on this machine
             failed += 1
         elif created_at < now - give_up_after:
             hours = int(give_up_after.total_seconds() // 3600)

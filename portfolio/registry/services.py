@@ -39,6 +39,9 @@ PROMOTION_CHECKS: list[Callable[[ModelVersion, ModelVersion], list[str]]] = []
 # transaction as (actor, version, previous holder or None, alias, endpoint name or ""); each returns what
 # it did, one sentence per endpoint. Raising a DomainError undoes the promotion.
 PROMOTION_FOLLOWERS: list[Callable[[Actor, ModelVersion, ModelVersion | None, str, str], list[str]]] = []
+# Other apps register how many of a team's uploads of theirs wait on disk for a worker (training: its dataset
+# ingests): an adapter archive is refused past ``UPLOADS_PER_TEAM`` counting them (``require_upload_room``).
+UPLOADS_WAITING: list[Callable[[Team], int]] = []
 IMPORTABLE_SOURCES = (Source.HUB, Source.LOCAL, Source.GGUF, Source.UPLOAD)
 # A card given with an import: as much as an imported folder's README.md is read (``inspection``).
 MAX_MODEL_CARD_CHARS = 512 * 1024
@@ -141,10 +144,33 @@ def update_model(
 
 
 # --- Imports ---------------------------------------------------------------------------------------
-def save_upload(chunks, filename: str) -> Path:
-    """Stream an uploaded archive to the uploads folder, refusing it past the size limit."""
+def require_upload_room(team: Team, *waiting_elsewhere: Callable[[Team], int]) -> None:
+    """An upload (up to ``MAX_UPLOAD_BYTES``) waits on disk until a long worker, which every team's merges,
+    eval runs, imports and ingests share, imports or ingests it: a team keeps ``UPLOADS_PER_TEAM`` waiting,
+    counted under its row's lock as its merges and eval runs are. Counted: its adapter archives still
+    importing, and what ``waiting_elsewhere`` counts (training's dataset ingests). Found by review: one
+    engineer had 50 uploads of up to 2 GiB each accepted, all kept on disk until a worker took them up."""
+    Team.objects.select_for_update(no_key=True).filter(pk=team.pk).first()
+    adapters = ModelVersion.objects.filter(
+        model__owner_team=team, source=Source.UPLOAD, status=VersionStatus.IMPORTING
+    )
+    waiting = adapters.count() + sum(count(team) for count in waiting_elsewhere)
+    if waiting >= settings.UPLOADS_PER_TEAM:
+        raise Conflict(
+            f"{team.name} has {waiting} upload(s) waiting to be imported or ingested, the most at once "
+            f"({settings.UPLOADS_PER_TEAM}); upload this one when one of them ends."
+        )
+
+
+def save_upload(chunks, filename: str, team: Team | None = None) -> Path:
+    """Stream an uploaded archive to the uploads folder, refusing it past the size limit. Given the model's
+    ``team``, refused before a byte is written while the team has its share of uploads waiting
+    (``start_import`` counts again under the lock, and its callers delete the file it refuses)."""
     if not filename.lower().endswith(".zip"):
         raise Invalid("file: Upload an adapter as a .zip with adapter_config.json and safetensors weights.")
+    if team is not None:
+        with transaction.atomic():
+            require_upload_room(team, *UPLOADS_WAITING)
     folder = Path(settings.DATA_DIR) / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{uuid.uuid4().hex}.zip"
@@ -230,6 +256,8 @@ def start_import(
                 "chat_template: An adapter is served with its base version's tokenizer and template; "
                 "set the template on the base version."
             )
+    if source == Source.UPLOAD and enqueue:  # one a worker imports: it waits on disk until then
+        require_upload_room(model.owner_team, *UPLOADS_WAITING)
     options: dict[str, object] = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
     if upload_path is not None:
         options["upload_path"] = str(upload_path)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -21,6 +23,7 @@ from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, cast
 
+from portfolio import atomicwrites
 from portfolio.registry.hashing import CHUNK, FileEntry, Manifest, sha256_file, sha256_stream
 
 Progress = Callable[[int], None]
@@ -97,6 +100,9 @@ class ArtifactStore(ABC):
     def location(self) -> str: ...
 
 
+_MISSING = ("NoSuchKey", "NoSuchObject", "NotFound")  # what S3 servers answer for an absent object
+
+
 def _blob_key(sha256: str) -> str:
     return f"blobs/{sha256[:2]}/{sha256}"
 
@@ -155,10 +161,8 @@ class LocalStore(ArtifactStore):
 
     def put_manifest(self, manifest: Manifest) -> None:
         target = self.root / "manifests" / f"{manifest.artifact_id}.json"
-        if not target.exists():
-            temp = target.with_suffix(".tmp")
-            temp.write_text(manifest.to_json())
-            os.replace(temp, target)
+        if not target.exists():  # a temporary name of its own: registrations of the same files race
+            atomicwrites.replace(target, manifest.to_json().encode())
 
     def read_manifest(self, artifact_id: str) -> Manifest:
         return Manifest.from_json((self.root / "manifests" / f"{artifact_id}.json").read_text())
@@ -168,6 +172,16 @@ class LocalStore(ArtifactStore):
 
     def delete_manifest(self, artifact_id: str) -> None:
         (self.root / "manifests" / f"{artifact_id}.json").unlink(missing_ok=True)
+
+    def remove_abandoned_writes(self) -> int:
+        """Remove the partial files of writers killed mid-write, untouched for ``ABANDONED_AFTER``; how many."""
+        cutoff, removed = time.time() - ABANDONED_AFTER.total_seconds(), 0
+        for temp in [*self.root.glob("blobs/*/.incoming-*"), *self.root.glob("manifests/.*.part")]:
+            with contextlib.suppress(FileNotFoundError):  # finished or removed meanwhile
+                if temp.lstat().st_mtime < cutoff:
+                    temp.unlink()
+                    removed += 1
+        return removed
 
 
 # --- S3 / MinIO backend ----------------------------------------------------------------------------
@@ -213,35 +227,33 @@ class S3Store(ArtifactStore):
         try:
             self.client.stat_object(self.bucket, _blob_key(sha256))
         except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+            if exc.code in _MISSING:
                 return False
             raise
         return True
 
     def put_blob(self, sha256: str, source: Path, size: int) -> None:
-        self.client.fput_object(
-            self.bucket,
-            _blob_key(sha256),
-            str(source),
-            metadata={"sha256": sha256},
-            part_size=64 * 1024 * 1024,
-        )
+        with source.open("rb") as handle:
+            checked = _Checked(source, handle, sha256, size)
+            if not size:
+                checked.check()  # a file of no bytes is never read by the upload: checked before it
+            key, metadata = _blob_key(sha256), {"sha256": sha256}
+            self.client.put_object(self.bucket, key, checked, size, metadata=metadata, part_size=64 << 20)
 
     def open_blob(self, sha256: str) -> BinaryIO:
-        response = self.client.get_object(self.bucket, _blob_key(sha256))
+        from minio.error import S3Error
+
+        try:
+            response = self.client.get_object(self.bucket, _blob_key(sha256))
+        except S3Error as exc:
+            if exc.code in _MISSING:  # reported as a missing file, like LocalStore's
+                raise FileNotFoundError(_blob_key(sha256)) from exc
+            raise
         return cast(BinaryIO, _S3Stream(response))
 
     def put_manifest(self, manifest: Manifest) -> None:
-        import io
-
-        data = manifest.to_json().encode()
-        self.client.put_object(
-            self.bucket,
-            f"manifests/{manifest.artifact_id}.json",
-            io.BytesIO(data),
-            len(data),
-            content_type="application/json",
-        )
+        data, key = manifest.to_json().encode(), f"manifests/{manifest.artifact_id}.json"
+        self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type="application/json")
 
     def read_manifest(self, artifact_id: str) -> Manifest:
         response = self.client.get_object(self.bucket, f"manifests/{artifact_id}.json")
@@ -264,6 +276,27 @@ class S3Store(ArtifactStore):
             expires=expires,
             response_headers={"response-content-disposition": f'attachment; filename="{filename}"'},
         )
+
+
+class _Checked:
+    """A file read for an upload through its hash. A file changed since it was hashed is refused at its last
+    byte, before the upload is completed: the object never appears, nor replaces a good one."""
+
+    def __init__(self, source: Path, handle: BinaryIO, sha256: str, size: int):
+        self.source, self.handle, self.sha256, self.left = source, handle, sha256, size
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.handle.read(self.left if size < 0 else min(size, self.left))
+        self.digest.update(chunk)
+        self.left -= len(chunk)
+        if not self.left or not chunk:  # the last byte, or the file ended early
+            self.check()
+        return chunk
+
+    def check(self) -> None:
+        if self.left or self.handle.read(1) or self.digest.hexdigest() != self.sha256:
+            raise CorruptArtifact(str(self.source), "changed while it was being stored")
 
 
 class _S3Stream:
@@ -361,8 +394,6 @@ def store_bytes(
 ) -> FileEntry:
     """One small file made in memory (a rewritten config) stored as a blob; its manifest entry.
     ``before_write`` is told of the blob before it is written (as ``store_directory``'s)."""
-    import hashlib
-
     digest = hashlib.sha256(data).hexdigest()
     claim(digest)
     if not store.has_blob(digest):
@@ -379,8 +410,9 @@ def store_bytes(
     return FileEntry(check_relative_path(path), len(data), digest)
 
 
-def copy_verified(store: ArtifactStore, entry: FileEntry, out: BinaryIO) -> None:
-    """Stream one file out of the store, failing (naming the path) if it is not what the manifest says."""
+def copy_verified(store: ArtifactStore, entry: FileEntry, out: BinaryIO | None) -> None:
+    """Stream one file out of the store (into ``out``, or only hashed), failing (naming the path) if it is not
+    what the manifest says."""
     try:
         source = store.open_blob(entry.sha256)
     except (FileNotFoundError, OSError) as exc:
@@ -398,7 +430,7 @@ def verify(store: ArtifactStore, manifest: Manifest) -> list[CorruptArtifact]:
     problems = []
     for entry in manifest.files:
         try:
-            copy_verified(store, entry, cast(BinaryIO, _NullSink()))
+            copy_verified(store, entry, None)
         except CorruptArtifact as exc:
             problems.append(exc)
     return problems
@@ -451,15 +483,8 @@ def _remove_abandoned_copies(destination: Path) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-class _NullSink:
-    def write(self, data: bytes) -> int:
-        return len(data)
-
-
 def read_text(store: ArtifactStore, manifest: Manifest, path: str, limit: int = 4 * CHUNK) -> str | None:
     """A small text file of an artifact (a config, a model card), verified; None if absent."""
-    import io
-
     entry = manifest.get(path)
     if entry is None or entry.size > limit:
         return None

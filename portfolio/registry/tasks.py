@@ -25,6 +25,12 @@ def reap_stale_imports() -> int:
 
 @shared_task(name="registry.sweep_pending_writes")
 def sweep_pending_writes() -> int:
+    from portfolio.registry.storage import LocalStore
+    from portfolio.registry.stores import default_store
+
+    store = default_store()
+    if isinstance(store, LocalStore):  # S3 writes nothing partial: an unfinished upload is no object
+        store.remove_abandoned_writes()
     return pending_writes.sweep()
 
 

@@ -275,3 +275,14 @@ async def relay_stream(
     finally:
         watcher.cancel()
         outcome.input_tokens, outcome.output_tokens = usage.totals()
+        if outcome.error == "client_disconnected" and not usage.error and usage.totals() == (0, 0):
+            # Gone before the engine's first count: it may have prefilled the whole prompt by then (seconds
+            # for a long one). Billed nothing, a key could have prefill for free, dropping each stream early.
+            outcome.input_tokens = prompt_bound(outcome)
+
+
+def prompt_bound(outcome: Outcome) -> int:
+    """The most prompt tokens of the request, as its reservation counts them (payloads.worst_case)."""
+    hop = outcome.answered or outcome.first
+    length = hop.max_model_len if hop is not None else payloads.USAGE_TOKENS_MAX
+    return min(sum(min(bound, length) for bound in outcome.shape.prompts), payloads.USAGE_TOKENS_MAX)

@@ -193,7 +193,9 @@ def flush(batch: int = 2000, consumer: str | None = None) -> int:
             key_id, at = event["api_key_id"], event["at"]
             if key_id and (key_id not in last_used or at > last_used[key_id]):
                 last_used[key_id] = at
-        for key_id, at in last_used.items():
+        # In key order: two flushes at once (their batches overlap in keys) lock the same rows in the same
+        # order, where in each batch's own order they could each hold a row the other waits for (deadlock).
+        for key_id, at in sorted(last_used.items()):
             ApiKey.objects.filter(pk=key_id).exclude(last_used_at__gte=at).update(last_used_at=at)
     # After the commit (so a rollup that reads the mark sees the rows), before the acknowledgement (so a
     # flusher killed in between has the entries claimed again, and marked again, by the next run).

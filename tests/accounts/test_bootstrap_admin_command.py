@@ -61,3 +61,22 @@ def test_a_rerun_leaves_the_existing_admin_alone(data_dir, capsys):
     call_command("bootstrap_admin")
     assert "Admin account exists" in capsys.readouterr().out
     assert (data_dir / "admin-password").read_text() == password and _superusers().count() == 1
+
+
+def test_a_name_with_spaces_around_it_is_created_as_the_sign_in_form_reads_it(data_dir, client):
+    """Found by review: ``"admin "`` (a .env file's trailing space) was created as is, and never signed in."""
+    call_command("bootstrap_admin", "--username", "admin ")
+    assert _superusers().get().username == "admin"
+    password = (data_dir / "admin-password").read_text().strip()
+    assert client.post("/login/", {"username": "admin", "password": password}).status_code == 302
+
+
+@pytest.mark.parametrize(
+    "username, why",
+    [("x" * 151, "at most 150 characters"), ("no/slashes", "Enter a valid username"), ("taken", "exists")],
+)
+def test_a_name_that_cannot_be_an_account_is_refused_plainly(data_dir, username, why):
+    get_user_model().objects.create_user(username="taken")
+    with pytest.raises(CommandError, match=why):
+        call_command("bootstrap_admin", "--username", username)
+    assert not _superusers().exists() and not (data_dir / "admin-password").exists()

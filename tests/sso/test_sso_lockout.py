@@ -20,6 +20,14 @@ ADDRESS = "198.51.100.9"
 trusted, realm_client = test_id_tokens.trusted, test_id_tokens.realm_client  # the same fixtures
 
 
+def _sign_in_under_way(client) -> None:
+    """This browser has started a sign-in (an answer to a browser with none under way is not counted)."""
+    session = client.session
+    pending = {"nonce": "n", "code_verifier": "v", "redirect_uri": "http://testserver/cb", "next": "/"}
+    session["sso.pending"] = {"started-here": pending}
+    session.save()
+
+
 def _forged_answer(client, ip: str = ADDRESS):
     """An answer to a sign-in this browser never started (a made-up state)."""
     return client.get(f"{reverse('sso-callback')}?state=made-up&code=stolen", REMOTE_ADDR=ip)
@@ -27,6 +35,7 @@ def _forged_answer(client, ip: str = ADDRESS):
 
 def test_an_address_that_keeps_sending_refused_answers_is_locked_out(client, sso):
     limit = lockout.limits()["ip"]
+    _sign_in_under_way(client)
     for _ in range(limit):
         response = _forged_answer(client)
         assert response.status_code == 302 and response["Location"] == reverse("login")

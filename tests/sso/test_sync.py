@@ -28,7 +28,7 @@ GROUP = "/customer-ops/support-ai"
 def realm(tmp_path, settings):
     extra = (
         "--service-client",
-        f"{SYNC['client_id']}:{SYNC['client_secret']}:read",
+        f"{SYNC['client_id']}:{SYNC['client_secret']}:read+view-clients",  # as the realm JSON's
         "--service-client",
         f"{WRITER[0]}:{WRITER[1]}:write",
     )

@@ -4,13 +4,15 @@ child process (``training.merges.runner``, started as a fine-tune's trainer is),
 watcher dies.
 
 Contract: a merge ends registered and succeeded in one transaction, or failed/errored with the reason,
-nothing registered and nothing left in the artifact store that no recorded artifact uses; a job is never
-left running (the watcher fails it when its process exits, is killed or runs past
-``MERGE_TIMEOUT_SECONDS``; ``reap_stale`` when the watcher itself is gone). Its process's wall time is
-recorded on the job and billed as a training job's compute on the pool of the node it ran on."""
+nothing registered and nothing left in the artifact store that no recorded artifact uses (nor its merged
+weights in ``DATA_DIR/work``: ``remove_work``); a job is never left running (the watcher fails it when its
+process exits, is killed or runs past ``MERGE_TIMEOUT_SECONDS``; ``reap_stale`` when the watcher itself is
+gone). Its process's wall time is recorded on the job and billed as a training job's compute on the pool of
+the node it ran on."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import traceback
 from datetime import timedelta
@@ -185,6 +187,19 @@ def discard_upload(job_id: int) -> list[str]:
     return deleted
 
 
+def work_prefix(job_id: int) -> str:
+    """How a merge's work folder (under ``DATA_DIR/work``) is named: ``remove_work`` finds it by this."""
+    return f"merge-{job_id}-"
+
+
+def remove_work(job_id: int) -> None:
+    """The merge's work folder (the merged full-size weights): the merge process removes its own as it ends,
+    even when stopped by SIGTERM (``training.merges.runner``), but one killed outright (SIGKILL after the
+    grace, the OOM killer, ``training.orphans``) leaves it on the disk."""
+    for folder in (Path(settings.DATA_DIR) / "work").glob(f"{work_prefix(job_id)}*"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def compute(job_id: int) -> str | None:
     """The merge itself, in the merge process: load, merge, store, register; its final status (None: ended
     by someone else meanwhile, nothing registered). Nothing it wrote to the store stays unless it is
@@ -207,7 +222,7 @@ def compute(job_id: int) -> str | None:
         work_root.mkdir(parents=True, exist_ok=True)
         # What it finds stored stays there until its version is recorded (or it fails).
         with blobclaims.registering():
-            with tempfile.TemporaryDirectory(dir=work_root, prefix=f"merge-{job_id}-") as work:
+            with tempfile.TemporaryDirectory(dir=work_root, prefix=work_prefix(job_id)) as work:
                 output = Path(work) / "merged"
                 print(f"merging {adapter.label} into {base.label}", flush=True)
                 merge_directory(base_dir, adapter_dir, output)
@@ -234,20 +249,23 @@ def compute(job_id: int) -> str | None:
         return None
     except (DomainError, CorruptArtifact, InspectionError, ValueError, OSError) as exc:
         # Known refusals (the adapter archived meanwhile, damaged files, an adapter peft cannot load).
-        _finish(job_id, JobStatus.FAILED, f"{exc.__class__.__name__}: {exc}")
-        discard_upload(job_id)
-        return JobStatus.FAILED
+        outcome = JobStatus.FAILED, f"{exc.__class__.__name__}: {exc}"
     except Exception:
-        _finish(job_id, JobStatus.ERRORED, traceback.format_exc()[-4000:])
-        discard_upload(job_id)
-        return JobStatus.ERRORED
+        outcome = JobStatus.ERRORED, traceback.format_exc()[-4000:]
+    # None when the reaper ended it meanwhile (and removed its work folder, which may be why it failed).
+    ended_here = _finish(job_id, *outcome)
+    discard_upload(job_id)
+    return outcome[0] if ended_here else None
 
 
 def ended(job_id: int, seconds: float, why: str, log: str = "") -> str:
     """The merge process is gone after ``seconds``: its compute recorded on the job and billed; the job
     failed with ``why`` (the log's tail above it) unless the process ended it; what it wrote to the store
-    deleted unless it succeeded. The job's final status."""
+    deleted unless it succeeded, and what it left in its work folder whatever its outcome. The job's final
+    status."""
     from training import metering
+
+    remove_work(job_id)  # first: the disk freed even if the database fails below
 
     job = MergeJob.objects.select_related("node").get(pk=job_id)
     cores = job.node.cpu_cores if job.node else (psutil.cpu_count() or 1)
@@ -266,9 +284,9 @@ def ended(job_id: int, seconds: float, why: str, log: str = "") -> str:
 
 def reap_stale(silence: timedelta) -> list[int]:
     """Running merges whose watcher stopped beating are failed with the reason, never left running; their
-    compute is billed up to the last beat and what they wrote to the store is deleted. A merge its process
-    ended with no watcher left has its compute closed at its end. Queued ones no worker took up within
-    ``MERGE_QUEUED_AFTER_SECONDS`` are failed too."""
+    compute is billed up to the last beat, what they wrote to the store is deleted, and so is their work
+    folder when it is on this machine. A merge its process ended with no watcher left has its compute closed
+    at its end. Queued ones no worker took up within ``MERGE_QUEUED_AFTER_SECONDS`` are failed too."""
     from training import metering
 
     cutoff = timezone.now() - silence
@@ -280,6 +298,7 @@ def reap_stale(silence: timedelta) -> list[int]:
         if _finish(job_id, JobStatus.FAILED, f"Its worker stopped for over {seconds}s; merge again."):
             metering.merge_ended(job_id, last_seen or timezone.now())
             discard_upload(job_id)
+            remove_work(job_id)  # its process stopped with its watcher (``training.orphans``), leaving it
             reaped.append(job_id)
     # Ended by its process with no watcher left to see the process end (its worker died, or a beat failed
     # and ended the task): billed up to its end, not for ever.

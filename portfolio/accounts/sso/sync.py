@@ -12,7 +12,9 @@ their identity and user, then their teams, as a sign-in does: one transaction fo
 team it had touched while it went on to the next person, and deadlocked with that person's sign-in. A person
 whose changes fail is left as they were and named in the run's error; the others' stand (the run is ok, as it
 changed something). A user deactivated here by an admin is left alone, and one whom Keycloak enables again is
-not reactivated by the sync: an admin decides.
+not reactivated by the sync: an admin decides. Keycloak lists users by position, so a listing can skip
+someone: only a person Keycloak says is disabled, or no longer knows when looked up on their own
+(``Directory.gone``), is deactivated; one neither listed nor gone is left as they were (``directory``).
 
 The directory is as of the time its reading ended (``Directory.read_at``: a removal made while it was read
 may be in it, so a token issued during the read is older than the directory), and a person can sign in between
@@ -29,12 +31,20 @@ import logging
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from portfolio.accounts import services
 from portfolio.accounts.actor import Actor
-from portfolio.accounts.choices import SsoSourceKind
-from portfolio.accounts.models import DirectorySync, ExternalIdentity, SsoMappingRule
+from portfolio.accounts.choices import GrantSource, SsoSourceKind
+from portfolio.accounts.models import (
+    DepartmentRole,
+    DirectorySync,
+    ExternalIdentity,
+    Membership,
+    OrgRoleGrant,
+    SsoMappingRule,
+)
 from portfolio.accounts.sso import client, directory
 from portfolio.accounts.sso import mapping as sso_mapping
 from portfolio.accounts.sso.config import OidcConfig
@@ -42,7 +52,7 @@ from portfolio.accounts.sso.config import OidcConfig
 logger = logging.getLogger("portfolio.accounts.sso.sync")
 KEEP_RUNS = 100
 # Keycloak's user of a client's service account. Its admin API lists users without them (GET /users, and
-# since 26.7 GET /users/{id}): absent from the listing is then no sign of being deleted or disabled.
+# since 26.7 GET /users/{id}): neither listed nor looked up, they are never taken for deleted or disabled.
 SERVICE_ACCOUNT_PREFIX = "service-account-"
 
 
@@ -56,6 +66,34 @@ def wanted() -> directory.Wanted:
         realm_roles=frozenset(named[SsoSourceKind.REALM_ROLE]),
         client_roles=frozenset(named[SsoSourceKind.CLIENT_ROLE]),
     )
+
+
+def at_stake(issuer: str) -> dict[str, set[str]]:
+    """The people active here (service accounts aside), each with the group paths whose rules give something
+    they hold from single sign-on: whom a listing that skipped them would deactivate or take it from, so whom
+    the read confirms on their own first. One query per group rule."""
+    people = ExternalIdentity.objects.filter(issuer=issuer, user__is_active=True).exclude(
+        user__username__startswith=SERVICE_ACCOUNT_PREFIX
+    )
+    subjects = dict(people.values_list("user_id", "subject"))
+    found: dict[str, set[str]] = {subject: set() for subject in subjects.values()}
+    for rule in SsoMappingRule.objects.filter(kind=SsoSourceKind.GROUP):
+        holders: QuerySet[Any]
+        if rule.team_id is not None:
+            holders = Membership.objects.filter(team_id=rule.team_id)
+        elif rule.org_role:
+            holders = OrgRoleGrant.objects.filter(role=rule.org_role)
+        elif rule.department_id is not None:
+            holders = DepartmentRole.objects.filter(
+                department_id=rule.department_id, role=rule.department_role
+            )
+        else:
+            continue
+        held = holders.filter(source=GrantSource.SSO, user__in=people.values("user_id"))
+        for user_id in held.values_list("user_id", flat=True):
+            if user_id in subjects:
+                found[subjects[user_id]].add(rule.value)
+    return found
 
 
 def _apply(config: OidcConfig, issuer: str, found: directory.Directory, run: DirectorySync) -> None:
@@ -93,8 +131,8 @@ def _apply_person(
     if identity.created_at > found.started_at:
         return  # first signed in here since the directory was read: not in the read, whatever it says
     user = identity.user
-    if identity.subject not in found.enabled and user.username.startswith(SERVICE_ACCOUNT_PREFIX):
-        return  # not listed, so not known to be gone: its client's tokens end with the client
+    if identity.subject not in found.enabled and identity.subject not in found.gone:
+        return  # skipped by a shifted page, or a service account: not known to be gone
     if not found.enabled.get(identity.subject, False):
         if user.is_active:
             # The last platform admin too: kept, their tokens and sessions would outlive their leaving.
@@ -128,6 +166,7 @@ def run_once(config: OidcConfig, sync: dict[str, Any]) -> DirectorySync:
             client_secret=sync["client_secret"],
             wanted=wanted(),
             subjects=ExternalIdentity.objects.filter(issuer=issuer).values_list("subject", flat=True),
+            at_stake=at_stake(issuer),
         )
         run.users_read = len(found.enabled)
         _apply(config, issuer, found, run)

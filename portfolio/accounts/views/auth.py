@@ -205,6 +205,8 @@ def login_view(request):
                 lockout.clear(username)
                 with transaction.atomic():  # the sign-in (its last_login) and its audit row, or neither
                     auth_login(request, user)
+                    # The usual age, not that of a single sign-on begun in this browser (``sso.PENDING_SECONDS``).
+                    request.session.set_expiry(None)
                     audit.record(
                         actor_of(request),
                         "user.login",

@@ -5,7 +5,10 @@ browser's session; ``sso_callback`` accepts only the state it sent, exchanges th
 (``accounts.sso.client``) and signs the person in (``accounts.sso.services``), keeping what signing out needs
 (``accounts.sso.logout``). A refusal creates no session, says why on the sign-in page, counts as a failed
 sign-in of the client's address (and of the user name, when one is known) for ``accounts.lockout``, and is
-audited as ``user.login_failed`` (within the sign-in audit budget); a locked address is refused at once.
+audited as ``user.login_failed`` (within the sign-in audit budget); a locked address is refused at once. An
+answer to a browser with no sign-in under way is not counted: it can guess nothing (no state of it is
+pending), and any web page can make a visitor's browser send one (an <img>, without the session cookie),
+which would lock the visitor's address, and everyone behind it, out of every sign-in.
 
 ``sso_backchannel_logout`` is the realm's back-channel logout: a logout token that ends sessions here.
 """
@@ -42,6 +45,8 @@ from portfolio.requestcontext import client_ip
 PENDING = "sso.pending"
 # Sign-ins started in other tabs of the same browser that may still come back.
 MAX_PENDING = 5
+# How long an anonymous browser's session lasts while it signs in at the realm.
+PENDING_SECONDS = 1800
 BACKEND = "django.contrib.auth.backends.ModelBackend"
 
 
@@ -79,6 +84,9 @@ def sso_login(request):
         "next": next_url,
     }
     request.session[PENDING] = waiting
+    # Anyone may start one: the session it needs lasts as long as a sign-in at the realm may take, not a day, and
+    # is deleted with the expired ones (``accounts.clear_sessions``); signed in, it gets the usual age.
+    request.session.set_expiry(PENDING_SECONDS)
     return redirect(url)
 
 
@@ -113,15 +121,14 @@ def _sign_in(request, config, pending: dict | None):
     return user, issuer, claims, id_token
 
 
-def _refused(request, config, refusal: client.Refused):
+def _refused(request, config, refusal: client.Refused, *, under_way: bool):
     """The sign-in page saying why; the refusal counted for lockout (an unreachable realm is nobody's
-    failure) and audited within the budget."""
+    failure, nor an answer to a browser with no sign-in ``under_way``) and audited within the budget."""
     ip = client_ip(request)
-    failure = (
-        lockout.NOT_COUNTED
-        if refusal.reason == "provider_unavailable"
-        else lockout.register_failure(refusal.username or None, ip)
+    uncounted = refusal.reason == "provider_unavailable" or (
+        refusal.reason == "state_mismatch" and not under_way
     )
+    failure = lockout.NOT_COUNTED if uncounted else lockout.register_failure(refusal.username or None, ip)
     audit_failure(
         request,
         refusal.username,
@@ -144,9 +151,11 @@ def sso_callback(request):
     if config is None:
         return _not_set_up(request)
     waiting = request.session.get(PENDING, {})
+    under_way = bool(waiting)  # before this answer's state is taken out
     # Taken out whatever follows: a state is good for one answer.
     pending = waiting.pop(request.GET.get("state", ""), None)
-    request.session[PENDING] = waiting
+    if under_way:  # a request with no sign-in under way (no cookie) saves no session
+        request.session[PENDING] = waiting
     if lockout.is_locked(None, client_ip(request)):
         # As the password form: refused before the answer is looked at; the lock was audited when it started.
         form = refused_form(TOO_MANY_ATTEMPTS)
@@ -154,8 +163,9 @@ def sso_callback(request):
     try:
         user, issuer, claims, id_token = _sign_in(request, config, pending)
     except client.Refused as refusal:
-        return _refused(request, config, refusal)
+        return _refused(request, config, refusal, under_way=under_way)
     auth_login(request, user, backend=BACKEND)
+    request.session.set_expiry(None)
     sso_logout.remember(request.session, user=user, issuer=issuer, claims=claims, id_token=id_token)
     return redirect(pending["next"] if pending else "dashboard")
 

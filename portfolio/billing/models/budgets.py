@@ -11,6 +11,10 @@ from django.utils import timezone
 from portfolio.accounts.models import Department, Team
 from portfolio.billing.choices import BudgetScope
 
+# The longest webhook URL a budget keeps: set_budget, the API and the form check this (budgets.MAX_URL), so
+# that a longer one is refused as such, not failed at save.
+WEBHOOK_URL_MAX = 500
+
 
 def default_thresholds() -> list[int]:
     return [50, 80, 100]
@@ -37,14 +41,17 @@ class Budget(models.Model):
     )
     hard_limit = models.BooleanField(default=False, help_text="Refuse spending past the amount")
     notify_emails = ArrayField(models.EmailField(), default=list, blank=True)
-    webhook_url = models.URLField(blank=True)
+    webhook_url = models.URLField(max_length=WEBHOOK_URL_MAX, blank=True)
     updated_at = models.DateTimeField(default=timezone.now)
     # The month's spend as the alert task last measured it (every few minutes): the gateway's routing table
     # reads these every second, which it could not afford to compute (statements are drafted line by line).
     spend_month = models.DateField(null=True, blank=True, help_text="The month the spend fields are of")
     token_spend = models.DecimalField(max_digits=16, decimal_places=2, default=Decimal("0"))
     other_spend = models.DecimalField(
-        max_digits=16, decimal_places=2, default=Decimal("0"), help_text="Compute, storage, credits"
+        max_digits=16,
+        decimal_places=2,
+        default=Decimal("0"),
+        help_text="Compute, storage, credits, at-cost shares",
     )
     spend_as_of = models.DateTimeField(null=True, blank=True)
     updated_by = models.ForeignKey(

@@ -72,7 +72,7 @@ def adapter_upload(request, name: str):
 
     def upload_and_import() -> ModelVersion:
         upload = form.cleaned_data["file"]
-        saved = services.save_upload(upload.chunks(), upload.name)
+        saved = services.save_upload(upload.chunks(), upload.name, team=model.owner_team)
         try:
             return services.start_import(
                 actor=actor,

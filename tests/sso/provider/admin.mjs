@@ -6,7 +6,9 @@
 //
 // Callers present an access token of a service-account client (client credentials grant at the realm's
 // token endpoint). A client given "read" may read (Keycloak's realm-management `view-users`); "write" may
-// also disable, delete and move users between groups (`manage-users`); anyone else gets 401 or 403.
+// also disable, delete and move users between groups (`manage-users`); anyone else gets 401 or 403. As in
+// Keycloak, GET /clients lists a client only to a caller who may view it (`view-clients`, added to either as
+// "read+view-clients"): `view-users` lets the call through (it includes `query-users`) with an empty list.
 import { createHash, createPublicKey, verify } from "node:crypto";
 
 const uuidOf = (text) => {
@@ -20,19 +22,21 @@ function parentsOf(path) {
 }
 
 export function serviceClients(specs) {
-  // "--service-client ID:SECRET:read|write", repeatable.
+  // "--service-client ID:SECRET:read|write[+view-clients]", repeatable.
   return specs.map((spec) => {
-    const [clientId, secret, access] = spec.split(":");
-    if (!clientId || !secret || !["read", "write"].includes(access)) {
-      throw new Error(`--service-client ${spec}: expected ID:SECRET:read|write`);
+    const [clientId, secret, rights = ""] = spec.split(":");
+    const [access, ...more] = rights.split("+");
+    if (!clientId || !secret || !["read", "write"].includes(access) || more.some((right) => right !== "view-clients")) {
+      throw new Error(`--service-client ${spec}: expected ID:SECRET:read|write[+view-clients]`);
     }
-    return { clientId, secret, access };
+    return { clientId, secret, access, viewClients: more.includes("view-clients") };
   });
 }
 
 export function adminApi({ realm, users, provider, signingKey, clients, clientId }) {
   const prefix = `/admin/realms/${realm}`;
   const access = new Map(clients.map((client) => [client.clientId, client.access]));
+  const viewsClients = new Set(clients.filter((client) => client.viewClients).map((client) => client.clientId));
   const publicKey = createPublicKey({ key: signingKey, format: "jwk" });
   const groups = new Map(); // path -> {id, name, path}
   for (const user of users.values()) {
@@ -80,7 +84,7 @@ export function adminApi({ realm, users, provider, signingKey, clients, clientId
       const found = await provider.ClientCredentials.find(token);
       if (found && !found.isExpired) client = found.clientId;
     }
-    return client === null ? null : access.get(client) ?? "none";
+    return client === null ? null : { granted: access.get(client) ?? "none", viewClients: viewsClients.has(client) };
   }
 
   function page(items, query) {
@@ -144,7 +148,10 @@ export function adminApi({ realm, users, provider, signingKey, clients, clientId
         return [200, roles.map((name) => ({ ...roleOf(name, clientUuid), clientRole: true }))];
       },
     ],
-    ["GET", /^\/clients$/, "read", (m, q) => [200, q.get("clientId") === clientId ? [{ id: clientUuid, clientId }] : []]],
+    [
+      "GET", /^\/clients$/, "read",
+      (m, q, req, caller) => [200, caller.viewClients && q.get("clientId") === clientId ? [{ id: clientUuid, clientId }] : []],
+    ],
     [
       "GET", /^\/clients\/([^/]+)\/roles\/([^/]+)\/users$/, "read",
       (m, q) => {
@@ -212,13 +219,14 @@ export function adminApi({ realm, users, provider, signingKey, clients, clientId
     async handle(req, res) {
       const url = new URL(req.url, "http://stand-in");
       const path = url.pathname.slice(prefix.length);
-      const granted = await callerAccess(req);
-      if (granted === null) return send(res, 401, { error: "HTTP 401 Unauthorized" });
+      const caller = await callerAccess(req);
+      if (caller === null) return send(res, 401, { error: "HTTP 401 Unauthorized" });
+      const { granted } = caller;
       for (const [method, pattern, needs, answer] of routes) {
         const match = path.match(pattern);
         if (!match || method !== req.method) continue;
         if (granted !== "write" && (granted !== "read" || needs !== "read")) return send(res, 403, { error: "HTTP 403 Forbidden" });
-        const [status, body] = await answer(match, url.searchParams, req);
+        const [status, body] = await answer(match, url.searchParams, req, caller);
         return send(res, status, body);
       }
       return send(res, 404, { error: "HTTP 404 Not Found" });

@@ -20,9 +20,9 @@
 // client_credentials grant: its tokens are a Keycloak service account's (sub a UUID, preferred_username
 // service-account-CLIENT). A token for another audience comes with resource=urn:audience:NAME (tests only).
 //
-// More service-account clients (--service-client ID:SECRET:read|write) get tokens by client credentials for
-// the admin API stand-in under /admin/realms/REALM (admin.mjs), through which tests also disable, delete and
-// regroup users.
+// More service-account clients (--service-client ID:SECRET:read|write[+view-clients]) get tokens by client
+// credentials for the admin API stand-in under /admin/realms/REALM (admin.mjs), through which tests also
+// disable, delete and regroup users; only one with +view-clients sees clients, as in Keycloak.
 import { createHash, generateKeyPairSync, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import http from "node:http";
@@ -42,7 +42,8 @@ const { values: args } = parseArgs({
     "client-secret": { type: "string", default: process.env.OIDC_CLIENT_SECRET },
     // Repeatable, or a comma list in OIDC_REDIRECT_URIS.
     "redirect-uri": { type: "string", multiple: true, default: (process.env.OIDC_REDIRECT_URIS ?? "").split(",").filter(Boolean) },
-    // Service-account clients (client credentials) and what they may do in the admin API: ID:SECRET:read|write.
+    // Service-account clients (client credentials) and what they may do in the admin API:
+    // ID:SECRET:read|write[+view-clients].
     "service-client": { type: "string", multiple: true, default: [] },
     users: { type: "string", default: join(dirname(fileURLToPath(import.meta.url)), "users.json") },
     // Where the realm POSTs back-channel logout tokens (the client's backchannel_logout_uri), if anywhere.
