@@ -13,7 +13,8 @@ fresh demo API key, and the portfolio page (where the demo's ticket-routing task
 demo fine-tune has finished and its eval runs have scored them). Ctrl-C (or SIGTERM, or SIGHUP: the terminal
 closed, the SSH session lost) stops everything it started, the embedded servers last. Data is
 kept for next time; the replicas of the last run start again (``manage.py requeue_engines``). On Linux the web
-server, workers and beat also get SIGTERM if the launcher itself is killed (SIGKILL), which leaves no clean-up.
+server, workers, beat and the start-up and console steps also get SIGTERM if the launcher itself is killed
+(SIGKILL), which leaves no clean-up.
 
 Its exit status says how it ended: 0 when the person stopped it (Ctrl-C, SIGTERM or SIGHUP once the servers
 run: the normal way to end it); 1 when a start-up step failed or the web server, a worker or beat exited on its
@@ -103,9 +104,13 @@ def stop_work_under(data_dir: Path) -> None:
 
 
 def _say(message: str) -> None:
+    _show(f"[portfolio] {message}")
+
+
+def _show(text: str, end: str = "\n") -> None:
     # After SIGHUP the terminal may be gone (EIO): what is left to say must not cut the clean-up short.
     with contextlib.suppress(OSError):
-        print(f"[portfolio] {message}", flush=True)
+        print(text, end=end, flush=True)
 
 
 def _dying_with_this_process() -> Callable[[], None] | None:
@@ -203,8 +208,12 @@ def run_all(*, host: str, port: int, demo: bool = True, verbose: bool = False) -
     if not os.environ.get("DATABASE_URL") and (why := embedded.postgres_refusal(data_dir)) is not None:
         _say(why)
         return 1
-    embedded.data_folder(data_dir)  # uploaded datasets, model weights, logs: this user's only
+    # What this run and its children make (logs; engines/, training/, uploads/ made on the way) is this user's
+    # only: the data folder's own mode closes only what exists as a server starts, and run as root, others
+    # may pass through it (0711). The embedded servers set their sockets' modes themselves.
+    umask = os.umask(0o077)
     try:
+        embedded.data_folder(data_dir)  # uploaded datasets, model weights, logs: this user's only
         with run_lock(data_dir):
             if (why := _cannot_listen(host, port)) is not None:  # checked before anything starts
                 _say(f"{why}; nothing was started")
@@ -216,6 +225,8 @@ def run_all(*, host: str, port: int, demo: bool = True, verbose: bool = False) -
             "folder"
         )
         return 1
+    finally:
+        os.umask(umask)  # put back, as the signal handlers are, for a caller that goes on (the tests)
 
 
 def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> int:
@@ -233,6 +244,7 @@ def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> 
             [*MANAGE, *args],
             stdout=setup_log if to_file else None,
             stderr=subprocess.STDOUT if to_file else None,
+            preexec_fn=_dying_with_this_process(),
         )
         if step.returncode:
             raise StartupFailed(" ".join(args))
@@ -310,7 +322,7 @@ def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> 
                 for name in exited:
                     _say(f"{name} exited with status {children[name].returncode}; stopping everything")
                     if not verbose:
-                        print(runlogs.tail(logs / f"{name}.log"), flush=True)
+                        _show(runlogs.tail(logs / f"{name}.log"))
                 status = 1
                 break
             if not listening and _answers(url) and _listens(children["web"], port):
@@ -352,7 +364,7 @@ def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> 
         starting = False
         _say(f"start-up step failed: {exc}")
         if not verbose:
-            print(runlogs.tail(logs / "setup.log"), flush=True)
+            _show(runlogs.tail(logs / "setup.log"))
             _say(f"the whole output is in {logs / 'setup.log'}")
         status = 1
     finally:
@@ -387,9 +399,12 @@ def _run(data_dir: Path, *, host: str, port: int, demo: bool, verbose: bool) -> 
 def _console_step(*args: str) -> subprocess.Popen:
     """A command that writes to the terminal only what a person waits for: the events (an engine ready, a
     fine-tune finished), the demo's first answer and adapter. In a session of its own, Ctrl-C in the
-    terminal does not reach it: it is stopped, quietly, with everything else."""
+    terminal does not reach it: it is stopped, quietly, with everything else; and as the servers, it dies
+    with a launcher killed outright (``watch_events`` would otherwise poll forever)."""
     env = {**os.environ, "PORTFOLIO_LOG_LEVEL": "WARNING"}
-    return subprocess.Popen([*MANAGE, *args], env=env, start_new_session=True)
+    return subprocess.Popen(
+        [*MANAGE, *args], env=env, start_new_session=True, preexec_fn=_dying_with_this_process()
+    )
 
 
 def _ready(url: str, data_dir: Path, *, demo_key: bool) -> None:
@@ -399,7 +414,5 @@ def _ready(url: str, data_dir: Path, *, demo_key: bool) -> None:
         args += ["--demo-key-file", str(data_dir / "demo-api-key")]
     summary = subprocess.run([*MANAGE, *args], stdout=subprocess.PIPE, text=True)
     _say(f"ready: {url}  (Ctrl-C stops everything)")
-    print(summary.stdout, end="", flush=True)
-    print(
-        f"  portfolio: {url}portfolio/ (each task's production endpoint, quality, latency, cost)", flush=True
-    )
+    _show(summary.stdout, end="")
+    _show(f"  portfolio: {url}portfolio/ (each task's production endpoint, quality, latency, cost)")

@@ -24,27 +24,37 @@ class Follower:
     """Follows log files as they grow and writes their new complete lines to ``out``, prefixed."""
 
     def __init__(self, out: TextIO) -> None:
-        self.out = out
+        self.out: TextIO | None = out
         self._files: dict[str, tuple[IO[bytes], bytearray]] = {}
 
     def follow(self, name: str, path: Path) -> None:
         self._files[name] = (open(path, "rb"), bytearray())  # noqa: SIM115 - closed in close()
 
     def pump(self) -> None:
+        """Writes the lines the files gained. A terminal gone (EIO once SIGHUP came: the SSH session lost) ends
+        the following, not the run: the launcher still has to stop what it started, and the lines are in the
+        log files."""
+        if self.out is None:
+            return
         width = max((len(name) for name in self._files), default=0)
-        for name, (handle, pending) in self._files.items():
-            pending += handle.read()
-            *lines, rest = pending.split(b"\n")
-            for line in lines:
-                self.out.write(f"{name:<{width}} | {line.decode(errors='replace').rstrip()}\n")
-            pending[:] = rest
-        self.out.flush()
+        try:
+            for name, (handle, pending) in self._files.items():
+                pending += handle.read()
+                *lines, rest = pending.split(b"\n")
+                for line in lines:
+                    self.out.write(f"{name:<{width}} | {line.decode(errors='replace').rstrip()}\n")
+                pending[:] = rest
+            self.out.flush()
+        except OSError:
+            self.out = None
 
     def close(self) -> None:
-        self.pump()
-        for handle, _ in self._files.values():
-            handle.close()
-        self._files.clear()
+        try:
+            self.pump()
+        finally:
+            for handle, _ in self._files.values():
+                handle.close()
+            self._files.clear()
 
 
 def tail(path: Path, lines: int = 20) -> str:

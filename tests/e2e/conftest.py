@@ -17,5 +17,6 @@ def node_agent(tmp_path):
     for process in agents:
         if process.poll() is None:
             stop_agent(process)
-    for _, engine in processes.all_engines(under=tmp_path):
+    # What dead leaders left too (a vLLM engine core outliving its API server): nothing else stops those.
+    for _, engine in processes.all_engines(under=tmp_path) + processes.leaderless(under=tmp_path):
         processes.stop(engine, grace=10)

@@ -59,12 +59,18 @@ def _wait_ready(process: subprocess.Popen, port: int, log: Path) -> None:
     pytest.fail(f"portfolio run not ready after {START_TIMEOUT}s:\n{log.read_text()[-5000:]}")
 
 
-def _interrupt(process: subprocess.Popen, log: Path) -> None:
+def _interrupt(process: subprocess.Popen, data_dir: Path, log: Path) -> None:
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
     try:
         assert process.wait(timeout=90) == 0, log.read_text()[-5000:]
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
+        # Killed, the launcher stops nothing: the daemonized Redis, PostgreSQL, and the engines, trainers and
+        # one-shots in sessions of their own would outlive the test run.
+        from portfolio import embedded, launcher
+
+        launcher.stop_work_under(data_dir)
+        embedded.stop_all(data_dir)
         pytest.fail(f"portfolio run did not stop on Ctrl-C:\n{log.read_text()[-5000:]}")
 
 
@@ -96,7 +102,7 @@ def test_run_starts_everything_serves_the_demo_and_ctrl_c_stops_everything(tmp_p
         _wait_for_line(process, first_log, "[portfolio] ready:", 60)
         _demo_key_answers(data_dir, port)
     finally:
-        _interrupt(process, first_log)
+        _interrupt(process, data_dir, first_log)
     assert not processes.engines_on_this_machine(under=data_dir), "an engine outlived `portfolio run`"
     assert not processes.trainers_under(data_dir), "a trainer outlived `portfolio run`"
     output = first_log.read_text()
@@ -118,7 +124,7 @@ def test_run_starts_everything_serves_the_demo_and_ctrl_c_stops_everything(tmp_p
         answer = _wait_for_line(process, second_log, "Demo ready:", DEMO_TIMEOUT)
         assert "smollm2-demo answered" in answer
     finally:
-        _interrupt(process, second_log)
+        _interrupt(process, data_dir, second_log)
     again = second_log.read_text()
     assert "Admin account exists" in again and password not in again
     assert "did not come up" not in again
