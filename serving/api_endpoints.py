@@ -8,6 +8,7 @@ generated clients name their methods by them.
 from datetime import datetime
 from typing import Any, Literal
 
+from django.db.models import Prefetch
 from ninja import Query, Router, Schema, Status
 from ninja.pagination import PageNumberPagination, paginate
 from pydantic import Field
@@ -16,7 +17,7 @@ from portfolio.accounts import gate
 from portfolio.accounts.models import Department, Team
 from portfolio.errors import NotFound
 from serving import services
-from serving.models import Endpoint
+from serving.models import Endpoint, EndpointRoute
 from serving.services.endpoints import MAX_DESCRIPTION, MAX_ROUTES
 
 router = Router(tags=["serving"])
@@ -43,7 +44,9 @@ class EndpointOut(Schema):
 
     @staticmethod
     def resolve_routes(obj) -> list[dict[str, Any]]:
-        return obj.route_list()
+        # A page's routes come in one query (``list_endpoints``), not one per endpoint (found by review).
+        prefetched = "routes" in getattr(obj, "_prefetched_objects_cache", {})
+        return obj.route_list(list(obj.routes.all()) if prefetched else None)
 
 
 CONFIG_HELP = (
@@ -115,7 +118,13 @@ def _fallback(request, name: str | None) -> Endpoint | None:
 @router.get("/endpoints", response=list[EndpointOut], operation_id="serving_api_list_endpoints")
 @paginate(PageNumberPagination, page_size=50)
 def list_endpoints(request):
-    return gate.visible(request.auth, Endpoint).select_related("fallback").order_by("name", "id")
+    routes = Prefetch("routes", EndpointRoute.objects.select_related("deployment", "adapter"))
+    return (
+        gate.visible(request.auth, Endpoint)
+        .select_related("fallback")
+        .prefetch_related(routes)
+        .order_by("name", "id")
+    )
 
 
 @router.post("/endpoints", response={201: EndpointOut}, operation_id="serving_api_create_endpoint")

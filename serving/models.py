@@ -75,8 +75,7 @@ class Node(models.Model):
     name = models.CharField(max_length=63, unique=True)
     pool = models.ForeignKey(ComputePool, on_delete=models.PROTECT, related_name="nodes")
     state = models.CharField(max_length=10, choices=NodeState.choices, default=NodeState.READY)
-    # What an operator had set (cordoned, draining) when the node went silent: its state again once its
-    # agent reports back, not ready.
+    # What an operator had set (cordoned, draining) when the node went silent: restored, not ready, on return.
     state_before_lost = models.CharField(max_length=10, choices=NodeState.choices, blank=True)
     address = models.CharField(max_length=255, help_text="Where engines on this node listen (gateway side)")
     cpu_cores = models.PositiveIntegerField(default=0)
@@ -304,8 +303,8 @@ class Endpoint(models.Model):
             else [],
         }
 
-    def route_list(self) -> list[dict]:
-        """The routes as the audit trail and the API show them."""
+    def route_list(self, routes: list[EndpointRoute] | None = None) -> list[dict]:
+        """The routes as the audit trail and the API show them (``routes``: read already, a page's at once)."""
         if not self.pk:
             return []
         return [
@@ -314,12 +313,12 @@ class Endpoint(models.Model):
                 "adapter": r.adapter.name if r.adapter else None,
                 "weight": r.weight,
             }
-            for r in self.routes.select_related("deployment", "adapter")
+            for r in (self.routes.select_related("deployment", "adapter") if routes is None else routes)
         ]
 
 
 class EndpointRoute(models.Model):
-    """One weighted target of an endpoint: a deployment's base model or one of its adapters."""
+    """One weighted target of an endpoint, listed once (rollouts key routes by it): base model or adapter."""
 
     endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="routes")
     deployment = models.ForeignKey(Deployment, on_delete=models.PROTECT, related_name="routes")
@@ -330,6 +329,11 @@ class EndpointRoute(models.Model):
 
     class Meta:
         ordering = ["endpoint__name", "-weight", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["endpoint", "deployment", "adapter"], nulls_distinct=False, name="endpoint_route_once"
+            )
+        ]
 
     def __str__(self) -> str:
         return (

@@ -1,14 +1,19 @@
 """A rollout's one decision, pure: from the baseline's and the canary's figures since the canary started,
 its policy and the time, whether to promote the canary, hold (watch on), or roll it back, and why.
 
-- Past a threshold (error rate above the baseline's by more than allowed, or p95 latency above the
-  baseline's by more than the allowed ratio): roll back, with the figures in the reason. Before the window
-  ends this needs ``min_requests`` canary requests (a first unlucky call decides nothing); once it has ended,
-  whatever the canary answered counts.
+- Past a threshold (error rate above the baseline's by more than allowed, or above ``MAX_ERROR_RATE``
+  whatever the baseline's, or p95 latency above the baseline's by more than the allowed ratio): roll back,
+  with the figures in the reason. Before the window ends this needs ``min_requests`` canary requests (a
+  first unlucky call decides nothing); once it has ended, whatever the canary answered counts. A canary
+  failing most calls is never promoted, even beside a baseline failing as many: neither is healthy.
 - Window not over: hold.
 - Window over: promote when healthy over at least ``min_requests`` canary requests; roll back when it
   answered fewer (one healthy call is no evidence; none at all, a deployment with no ready replica say,
   and all traffic given to it would turn the endpoint off).
+- No baseline traffic (its routes had no ready replica, say): the canary's latency has nothing to be
+  compared with, so it holds until the window ends and is then decided on the absolute checks alone,
+  one of which is a p95 under ``MAX_UNCOMPARED_P95_MS``: a canary that slow is rolled back, not promoted
+  on a comparison never made.
 - With a judge (optional): a sample of the canary's answers is scored by a judge endpoint (0-1). Once
   ``min_judge_samples`` are scored, a mean under ``min_judge_score`` rolls back, window over or not; at the
   window's end, fewer scored samples than that is too little evidence to promote on: roll back, saying so.
@@ -20,6 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 PROMOTE, HOLD, ROLLBACK = "promote", "hold", "rollback"
+MAX_ERROR_RATE = 0.5  # a canary failing more than half its calls is broken, whatever the baseline does
+MAX_UNCOMPARED_P95_MS = 60_000.0  # with no baseline latency to compare: a minute at p95 is broken, not slow
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,13 @@ def breach(baseline: Stats, canary: Stats, policy: Policy) -> str | None:
             f"{baseline.requests}): {_percent(increase)} higher, more than the "
             f"{_percent(policy.max_error_rate_increase)} allowed"
         )
-    if baseline.requests and baseline.p95_ms > 0:
+    if canary.error_rate > MAX_ERROR_RATE:
+        return (
+            f"error rate {_percent(canary.error_rate)} ({canary.errors} of {canary.requests} canary requests), "
+            f"over the {_percent(MAX_ERROR_RATE)} no canary may fail, whatever the baseline's "
+            f"({_percent(baseline.error_rate)})"
+        )
+    if _compared(baseline):
         ratio = canary.p95_ms / baseline.p95_ms
         if ratio > policy.max_latency_ratio + 1e-9:
             return (
@@ -111,6 +124,11 @@ def breach(baseline: Stats, canary: Stats, policy: Policy) -> str | None:
                 f"baseline: {ratio:.2f}x, more than the {policy.max_latency_ratio:g}x allowed"
             )
     return None
+
+
+def _compared(baseline: Stats) -> bool:
+    """Whether the baseline answered anything the canary's latency can be compared with."""
+    return baseline.requests > 0 and baseline.p95_ms > 0
 
 
 def judge_breach(judged: Judged, policy: Policy) -> str | None:
@@ -186,8 +204,15 @@ def decide(
             f"Rolled back: the window is over and the judge scored {judged.samples} sampled canary answers, "
             f"fewer than the {policy.min_judge_samples} needed to promote on."
         )
+    if not _compared(baseline) and canary.p95_ms > MAX_UNCOMPARED_P95_MS:
+        return ROLLBACK, (
+            f"Rolled back: the window is over, the baseline answered no request to compare the canary's latency "
+            f"with, and its p95 of {canary.p95_ms:.0f} ms is over the {MAX_UNCOMPARED_P95_MS:.0f} ms a canary "
+            "may take uncompared."
+        )
+    latency = f"{baseline.p95_ms:.0f} ms" if _compared(baseline) else "nothing: no baseline request"
     return PROMOTE, (
         f"Promoted: the window is over and the canary is healthy over {canary.requests} requests "
         f"(error rate {_percent(canary.error_rate)} against {_percent(baseline.error_rate)}, p95 "
-        f"{canary.p95_ms:.0f} ms against {baseline.p95_ms:.0f} ms).{note}"
+        f"{canary.p95_ms:.0f} ms against {latency}).{note}"
     )

@@ -207,7 +207,8 @@ def set_budget(
             )
         above = Budget.objects.filter(department_id=team.department_id).first()
         if above is not None and new_amount > above.amount:
-            raise Forbidden(f"amount: at most the department's budget of {above.amount}.")
+            # Not naming the figure: a team's owners do not see their department's budget (found by review).
+            raise Forbidden("amount: more than the department's budget allows; ask a department manager.")
     else:
         if ceiling is not UNCHANGED:
             if department is not None and ceiling is not None:

@@ -315,7 +315,8 @@ def promote(
     ``production`` refuses a candidate that scores below the current holder on a common eval set, unless
     an owner forces it with a reason (kept in the audit row). Then the registered followers act on it:
     serving starts a rollout on ``endpoint`` if one is named, else (for ``production``) on every endpoint
-    whose routes served the previous holder."""
+    whose weighted routes serve another version of the model (the previous holder, or the version traffic
+    stayed on when the last rollout was rolled back)."""
     gate.require(actor, "model.promote", version.model)
     # Locked as archive_version locks it: a version archived since the caller read it is not promoted.
     version = ModelVersion.objects.select_for_update(of=("self",)).select_related("model").get(pk=version.pk)

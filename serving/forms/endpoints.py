@@ -53,8 +53,16 @@ class BaseRouteFormSet(forms.BaseFormSet):
     def clean(self):
         if any(self.errors):
             return
-        if not self.routes():
+        routes = self.routes()
+        if not routes:
             raise forms.ValidationError("Add at least one route: choose a deployment and give it a weight.")
+        targets = [(route["deployment"], route["adapter"]) for route in routes]
+        twice = sorted({f"{d}/{a}" if a else d for d, a in targets if targets.count((d, a)) > 1})
+        if twice:  # as services refuse it: rollouts key routes by target
+            raise forms.ValidationError(
+                f"{', '.join(twice)} {'are' if len(twice) > 1 else 'is'} listed more than once: list each "
+                "target once, with its weights added up."
+            )
 
     def routes(self) -> list[dict]:
         """The rows that name a deployment and are not removed, as ``services`` takes them."""

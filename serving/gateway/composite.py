@@ -37,7 +37,9 @@ def hops(snapshot, key: KeyRecord, first: EndpointInfo, kind: str) -> dict[str, 
     found = {}
     for name in composite.hops():
         hop = snapshot.endpoints.get(name)
-        if hop is None or hop.composite is not None or hop.embedding:
+        # Every hop is asked for text: one serving embeddings, speech or scores (restarted onto such a model
+        # since, or a row edited by hand) would answer nothing a composite can use.
+        if hop is None or hop.composite is not None or hop.embedding or hop.serves != "text":
             raise GatewayError(
                 503,
                 f"`{first.name}` calls `{name}`, which is not a plain text endpoint right now; ask its owners.",

@@ -3,10 +3,10 @@ the deployments themselves, which only playground tickets reach (see tickets.py)
 
 Checked against PostgreSQL every second in the background (never per request) and rebuilt when anything it
 is read from has changed (fingerprint.py): a route edit, or a rollout's canary, promotion or rollback,
-reaches the gateway at its next refresh. A route is picked at random by
-weight, or, on an endpoint with sticky A/B assignment, by a stable hash of the caller's key id or of a
-request header's value over the weights (``sticky_route``), so that one client keeps one variant. Replica
-choice is least outstanding requests among healthy replicas, random among ties. An adapter's route is live
+reaches the gateway at its next refresh. A route is picked at random by weight, or, on an endpoint with
+sticky A/B assignment, by weighted rendezvous hashing of the caller's key id or of a request header's value
+(``sticky_route``), so that one client keeps one variant while other variants come and go. Replica choice
+is least outstanding requests among healthy replicas, random among ties. An adapter's route is live
 only while a ready replica has loaded it (``replicas_for``, from the replicas' rows as the table read them):
 a replica without it answers 404 for it.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -425,20 +426,32 @@ def sticky_key(endpoint: EndpointInfo, key_id: str, headers: dict[bytes, bytes])
     return b""
 
 
+_LN_2_53 = 53 * math.log(2)  # -ln(u) for a 53-bit draw u = (drawn + 1) / 2**53: _LN_2_53 - ln(drawn + 1)
+
+
 def sticky_route(routes: list[Route], salt: str, key: bytes) -> Route:
-    """The route whose share of the total weight holds the key's stable point: the same key gets the same
-    route while the weights stand, and over many keys each route gets its weight's share. Routes are laid
-    out by name (not by weight, which reorders them when it changes), the endpoint's name salts the hash
-    (a client's variant on one endpoint says nothing of another's)."""
-    ordered = sorted(routes, key=lambda r: (r.deployment, r.adapter))
-    total = sum(r.weight for r in ordered)
-    digest = hashlib.blake2b(salt.encode() + b"\x00" + key, digest_size=8).digest()
-    point = int.from_bytes(digest) * total >> 64
-    for route in ordered:
-        point -= route.weight
-        if point < 0:
-            return route
-    return ordered[-1]
+    """Weighted rendezvous hashing: each route draws a stable uniform u in (0, 1] from the key and its own
+    identity (deployment, adapter), and the least -ln(u) / weight wins. Those are exponential with rate the
+    weight, so over many keys each route gets its weight's share; and as no route's draw depends on the
+    others, a route added, removed or reweighted moves only keys to or from itself, never between two
+    others (a canary, or an arm briefly without a ready replica, reshuffles no one else). The endpoint's
+    name salts the hash (a client's variant on one endpoint says nothing of another's)."""
+    keyed = hashlib.blake2b(salt.encode() + b"\x00" + key + b"\x00", digest_size=8)  # copied per route
+    best, least = routes[0], math.inf
+    seen: dict[tuple[str, str], int] = {}
+    for route in routes:
+        ident = (route.deployment, route.adapter)
+        nth = seen[ident] = seen.get(ident, -1) + 1
+        draw = keyed.copy()
+        draw.update(f"{route.deployment}\x00{route.adapter}".encode())
+        if nth:  # a duplicate route draws on its own, for its own share (as random.choices gives it)
+            draw.update(b"\x00%d" % nth)
+        drawn = int.from_bytes(draw.digest()) >> 11
+        # a weight of 0 never wins
+        score = (_LN_2_53 - math.log(drawn + 1)) / route.weight if route.weight > 0 else math.inf
+        if score < least:
+            best, least = route, score
+    return best
 
 
 def price_micros(endpoint: EndpointInfo, input_tokens: int, output_tokens: int, audio_ms: int = 0) -> int:

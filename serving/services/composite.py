@@ -21,7 +21,7 @@ from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid
 from portfolio.registry.choices import Task
-from serving.choices import EndpointKind
+from serving.choices import EndpointKind, RolloutState
 from serving.gateway.voting import LABEL
 from serving.models import Deployment, Endpoint
 from serving.services import locks
@@ -321,6 +321,13 @@ def configure_endpoint(
     checked = check_config(endpoint.owner_team, endpoint.name, kind, config or {})
     if kind != EndpointKind.PLAIN:
         require_not_called(endpoint, f"make it a {kind}")
+        # A composite never calls its routes: the canary would go unwatched, and its end edit unused weights.
+        canary = endpoint.rollouts.filter(state=RolloutState.CANARY).first()
+        if canary is not None:
+            raise Conflict(
+                f"{endpoint.name} has a rollout under way (a canary of {canary.target}); let it finish or abort "
+                f"it first, then make it a {kind}."
+            )
         if endpoint.fallback_id:
             raise _invalid("kind", "a composite endpoint has no fallback; remove it first.")
         falling_back = sorted(Endpoint.objects.filter(fallback=endpoint).values_list("name", flat=True))

@@ -22,6 +22,7 @@ from serving.capacity import pool_capacity
 from serving.choices import DesiredState, ReplicaState, RolloutState, UpdateStrategy
 from serving.models import ComputePool, Deployment, DeploymentAdapter, DeploymentEvent, Endpoint, Rollout
 from serving.reconcile import surges
+from serving.services import composite
 from serving.services.route_kinds import require_one_kind
 from serving.services.shared import _after_commit_reconcile, _check_name
 from serving.services.sharing import require_pool_open_to, require_usable_by
@@ -251,6 +252,8 @@ def restart(
     the team, for a model no longer shared with it, or past a hard-limited budget."""
     gate.require(actor, "deployment.manage", deployment)
     if version is not None:
+        # The team's lock first, as set_routes takes it: no composite is pointed at its endpoints meanwhile.
+        composite.lock_calls_of(deployment.owner_team_id)
         _lock_version(_visible(actor, version), deployment.version_id)  # before the deployment's row
     deployment = _locked(deployment)
     changes = (version is not None and version.pk != deployment.version_id) or (
@@ -269,11 +272,8 @@ def restart(
         deployment.version = version
         for endpoint in Endpoint.objects.filter(routes__deployment=deployment).distinct():
             others = Deployment.objects.filter(routes__endpoint=endpoint).exclude(pk=deployment.pk).distinct()
-            require_one_kind(
-                [deployment, *others.select_related("version__model")],
-                field="version",
-                endpoint=endpoint.name,
-            )
+            require_one_kind([deployment, *others.select_related("version__model")], "version", endpoint.name)
+            composite.require_text_for_callers(endpoint, [deployment])  # a vote, router or cascade's hop
     if args is not None:
         deployment.engine_args = args
     resolved = engine_args.for_deployment(deployment)

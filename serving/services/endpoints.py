@@ -37,6 +37,7 @@ def _routes(
     if len(routes) > MAX_ROUTES:  # each is read here and on every rebuild of the gateway's routing table
         raise Invalid(f"routes: at most {MAX_ROUTES} routes.")
     resolved = []
+    listed: dict[tuple[int, int | None], int] = {}
     for index, route in enumerate(routes):
         # Locked as it is read (as scale and delete lock it, but letting other reads and references by): not
         # deleted, nor its adapter removed, before the route to it commits; one deleted meanwhile is not found.
@@ -59,6 +60,13 @@ def _routes(
                 raise Invalid(
                     f"routes[{index}].adapter: {deployment.name} serves no adapter {route['adapter']!r}."
                 )
+        # Rollouts key routes by target: a second row of one would take the canary's share, or keep its traffic.
+        first = listed.setdefault((deployment.pk, adapter.pk if adapter else None), index)
+        if first != index:
+            raise Invalid(
+                f"routes[{index}]: {deployment.name}{'/' + adapter.name if adapter else ''} is listed already "
+                f"(routes[{first}]); list each target once, with its weights added up."
+            )
         weight = route.get("weight", 100)
         if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 10_000:
             raise Invalid(f"routes[{index}].weight: a whole number 0..10000.")

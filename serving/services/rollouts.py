@@ -381,12 +381,9 @@ def _serving(version: ModelVersion, endpoint: Endpoint) -> tuple[str, str] | Non
     return min(found)[2:] if found else None
 
 
-def _serves(endpoint_routes, version: ModelVersion) -> bool:
-    return any(
-        (r.adapter.version_id if r.adapter else r.deployment.version_id) == version.pk
-        for r in endpoint_routes
-        if r.weight
-    )
+def _served(endpoint_routes) -> list[ModelVersion]:
+    """The versions the routes with traffic serve (an adapter's, else its deployment's)."""
+    return [r.adapter.version if r.adapter else r.deployment.version for r in endpoint_routes if r.weight]
 
 
 def follow_promotion(
@@ -396,8 +393,10 @@ def follow_promotion(
     endpoint starts a rollout of the version there.
 
     An endpoint named: that one; a refusal (not visible, not deployed, a rollout under way) undoes the
-    promotion. None named and the alias is ``production``: every endpoint the actor may see whose routes
-    send traffic to the previous holder; one that cannot start is left as it is, with the reason said."""
+    promotion. None named and the alias is ``production`` (moved from a previous holder): every endpoint the
+    actor may see whose routes send traffic to another version of the model, not only to the previous holder
+    (after a rolled-back rollout the alias names the rejected version while traffic stays on the one before);
+    one that cannot start is left as it is, with the reason said."""
     why = f"On promotion of {version.label} to {alias}."
     if endpoint:
         target = Endpoint.objects.visible_to(actor).filter(name=endpoint).first()
@@ -421,13 +420,17 @@ def follow_promotion(
     notes = []
     endpoints = (
         Endpoint.objects.visible_to(actor)
-        .filter(Q(routes__deployment__version=previous) | Q(routes__adapter__version=previous))
+        .filter(
+            Q(routes__deployment__version__model_id=version.model_id)
+            | Q(routes__adapter__version__model_id=version.model_id)
+        )
         .distinct()
         .order_by("name")
     )
     for target in endpoints:
-        routes = list(target.routes.select_related("deployment", "adapter"))
-        if not _serves(routes, previous) or _serves(routes, version):
+        routes = list(target.routes.select_related("deployment__version", "adapter__version"))
+        served = _served(routes)
+        if version in served or all(other.model_id != version.model_id for other in served):
             continue
         serving = _serving(version, target)
         if serving is None:

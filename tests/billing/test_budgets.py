@@ -88,8 +88,10 @@ def test_an_owner_may_not_raise_a_hard_limit_set_without_a_ceiling(org, team, ma
 
 def test_an_owner_may_not_go_above_the_department_budget(org, team, department):
     budgets.set_budget(actor=actor_for(org["admin"]), department=department, amount="100")
-    with pytest.raises(Forbidden):
+    with pytest.raises(Forbidden) as refusal:
         budgets.set_budget(actor=actor_for(org["owner"]), team=team, amount="101")
+    # Its owners do not see the department's budget: the refusal does not tell it (found by review).
+    assert "100" not in str(refusal.value) and "department's budget" in str(refusal.value)
     budgets.set_budget(actor=actor_for(org["owner"]), team=team, amount="100")
 
 

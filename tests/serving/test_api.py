@@ -309,3 +309,27 @@ def test_a_page_of_nodes_reads_each_pools_capacity_once(client, org, world):
     assert len(items) == 7
     assert items[0]["usage"]["cores_total"] == 2 and items[0]["usage"]["ram_used"] > 0
     assert all(item["usage"]["ram_used"] == 0 for item in items[1:])
+
+
+def test_a_page_of_endpoints_reads_their_routes_in_one_query(client, org, team, world):
+    """Found by review: each endpoint's routes were one more query (a page of 50: about 56 queries)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    admin = actor_for(org["admin"])
+    client.force_login(org["admin"])
+
+    def queries_listing() -> tuple[int, list[dict]]:
+        with CaptureQueriesContext(connection) as queries:
+            items = client.get("/api/v1/endpoints").json()["items"]
+        return len(queries), items
+
+    few, _ = queries_listing()
+    for number in range(5):
+        services.create_endpoint(
+            actor=admin, name=f"support-{number}", team=team, routes=[{"deployment": "support-bot"}]
+        )
+    many, items = queries_listing()
+    assert many == few, (few, many)
+    assert len(items) == 7
+    assert {item["routes"][0]["deployment"] for item in items} == {"support-bot", "contracts-bot"}
