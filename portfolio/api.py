@@ -13,17 +13,21 @@ Authentication, decided in this order:
 Every operation's OpenAPI entry declares the error statuses the handlers below can answer, with the one
 error shape ``{"error": {"code", "message", "fields"?, "request_id"}}``, so clients (and the schemathesis
 suite in tests/security/) can rely on the document.
+A path under /api/ no operation takes (404) and a method its path does not take (405) answer in the
+same shape.
 """
 
 from __future__ import annotations
 
 import logging
+from functools import wraps
 from typing import Any
 
 from django.core.exceptions import BadRequest, PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.db import DataError
-from django.http import Http404
+from django.http import Http404, HttpResponseNotAllowed
 from django.http.multipartparser import MultiPartParserError
+from django.views.defaults import page_not_found
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
@@ -110,7 +114,15 @@ class BrowserSessionAuth(SessionAuth):
 
 
 class PortfolioAPI(NinjaAPI):
-    """NinjaAPI whose OpenAPI document declares, on every operation, the errors the handlers answer."""
+    """NinjaAPI whose OpenAPI document declares, on every operation, the errors the handlers answer, and
+    whose views answer in the error shape what ninja answers outside the handlers."""
+
+    def _get_urls(self) -> list:
+        # ninja's (private) list of views: PathView._not_allowed gets no request to build the error body from.
+        urls = super()._get_urls()
+        for pattern in urls:
+            pattern.callback = _in_error_shape(pattern.callback)
+        return urls
 
     def get_openapi_schema(self, *, path_prefix: str | None = None, path_params: dict | None = None) -> Any:
         schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
@@ -142,6 +154,32 @@ def error_body(request, status: int, code: str, message: str, fields: dict | Non
     if fields:
         error["fields"] = fields
     return api.create_response(request, {"error": error}, status=status)
+
+
+def _in_error_shape(view):
+    """``view`` with ninja's plain-text 405 (a method no operation of the path takes, answered before any
+    handler) in the error shape."""
+
+    @wraps(view)  # keeps ninja's csrf_exempt
+    def in_error_shape(request, *args, **kwargs):
+        response = view(request, *args, **kwargs)
+        if isinstance(response, HttpResponseNotAllowed):
+            allowed = response["Allow"]
+            response = error_body(
+                request, 405, "method_not_allowed", f"Method not allowed; this path takes {allowed}."
+            )
+            response["Allow"] = allowed
+        return response
+
+    return in_error_shape
+
+
+def not_found(request, exception):
+    """The site's 404 (``handler404`` in portfolio.urls): in the error shape for a path under /api/ that no
+    operation takes. A handler rather than a catch-all route: it serves no URL, so it needs no permission rule."""
+    if request.path_info.startswith("/api/"):
+        return error_body(request, 404, "not_found", "No such API path; see /api/v1/docs.")
+    return page_not_found(request, exception)
 
 
 @api.exception_handler(DomainError)
@@ -210,9 +248,20 @@ def _out_of_range(request, exc: DataError):
     )
 
 
+@api.exception_handler(UnicodeEncodeError)
+def _unencodable(request, exc: UnicodeEncodeError):
+    # A lone surrogate ("\ud800") is valid JSON but no UTF-8 text: the database driver cannot send it (and
+    # raises this, not a DataError). The caller's input; any other encoding failure is our bug.
+    if "surrogates" not in exc.reason:
+        return _unexpected(request, exc)
+    logger.info("API input refused: a lone surrogate in a string")
+    return error_body(request, 400, "invalid", "A value contains characters that cannot be stored.")
+
+
 @api.exception_handler(HttpError)
 def _http_error(request, exc: HttpError):
-    return error_body(request, exc.status_code, "error", str(exc))
+    # ninja's own refusals: a body it cannot parse (400) is the caller's input, as in _malformed.
+    return error_body(request, exc.status_code, "invalid" if exc.status_code == 400 else "error", str(exc))
 
 
 @api.exception_handler(Exception)

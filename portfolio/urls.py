@@ -3,7 +3,7 @@ from django.http import JsonResponse
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from portfolio.api import api
+from portfolio.api import api, not_found
 
 
 @login_not_required
@@ -11,6 +11,8 @@ def healthz(request):
     """Liveness for load balancers and compose health checks; reveals nothing."""
     return JsonResponse({"status": "ok"})
 
+
+handler404 = not_found  # under /api/, in the API's error shape
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),

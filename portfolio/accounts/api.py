@@ -66,7 +66,7 @@ class MemberOut(Schema):
 
 
 class MemberIn(Schema):
-    username: str
+    username: str = Field(min_length=1, max_length=150)  # as User.username
     role: TeamRole
 
 

@@ -7,7 +7,7 @@ never a silent reset). Who may change what is decided in ``serving.gateway.servi
 
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from django.db.models import Sum
 from django.db.models.functions import TruncDay
@@ -227,14 +227,19 @@ MAX_USAGE_ROWS = 20_000  # (day, group) rows one answer of /usage holds
 
 
 @router.get("/usage", response=list[UsageDay])
-def usage(request, team_id: int | None = None, days: int = 30, group_by: str = "endpoint"):
+def usage(
+    request,
+    team_id: int | None = None,
+    days: int = 30,
+    group_by: Literal["endpoint", "team", "key"] = "endpoint",
+):
     """Daily usage from the hourly rollups, for the teams the caller may see, grouped by endpoint, team or key."""
     rows = UsageHourly.objects.filter(hour__gte=timezone.now() - timedelta(days=max(1, min(days, 366))))
     teams = gate.visible(request.auth, Team).values("pk")
     rows = rows.filter(team_id__in=teams)
     if team_id is not None:
         rows = rows.filter(team_id=team_id)
-    field = {"endpoint": "endpoint", "team": "team_id", "key": "api_key_id"}.get(group_by, "endpoint")
+    field = {"endpoint": "endpoint", "team": "team_id", "key": "api_key_id"}[group_by]
     grouped = (
         rows.annotate(day=TruncDay("hour"))
         .values("day", field)
