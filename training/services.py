@@ -177,10 +177,12 @@ def upload_version(
     path, size = _save_upload(chunks)
     try:
         with transaction.atomic():
-            if tokenizer_version is not None:
-                _still_ready(tokenizer_version)
+            # The team's lock before the version's, as every taker of a team's lock (restarts, composites,
+            # merges) orders them: a restart onto the tokenizer's version deadlocked with this the other way.
             if enqueue:  # counted again: another upload of the team may have been recorded meanwhile
                 registry.require_upload_room(dataset.owner_team, ingests_waiting)
+            if tokenizer_version is not None:
+                _still_ready(tokenizer_version)
             ingest = DatasetIngest.objects.create(
                 dataset=dataset,
                 upload_path=str(path),

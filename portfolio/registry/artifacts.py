@@ -30,7 +30,10 @@ def local_copy(manifest: Manifest, destination: Path) -> Path:
     deleted artifacts are then deleted (``cache_eviction``, at most hourly per process): every process that
     makes copies clears them, not only node agents (web's and the control workers' caches grew for good)."""
     folder = materialize(default_store(), manifest, destination)
-    cache_eviction.evict_due()
+    try:
+        cache_eviction.evict_due()
+    except Exception:  # the copy is made: a failed clean-up pass (a copy gone meanwhile...) must not undo it
+        logger.exception("artifact cache: the pass after a copy failed")
     return folder
 
 

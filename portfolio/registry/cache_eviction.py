@@ -50,6 +50,14 @@ def _named_by_processes() -> str:
     return "\n".join(arguments)
 
 
+def _made(copy: Path) -> float:
+    """When the copy was made; now for one gone meanwhile (another process of this machine evicted it)."""
+    try:
+        return copy.stat().st_mtime
+    except FileNotFoundError:
+        return time.time()
+
+
 def evict_deleted(root: Path | None = None, *, now: float | None = None) -> list[Path]:
     """Delete the copies under ``root`` (``ARTIFACT_CACHE``) of artifacts whose rows are gone; those deleted."""
     root = Path(settings.ARTIFACT_CACHE) if root is None else root
@@ -58,7 +66,7 @@ def evict_deleted(root: Path | None = None, *, now: float | None = None) -> list
     if not copies:
         return []
     recorded = set(Artifact.objects.filter(pk__in={p.name for p in copies}).values_list("pk", flat=True))
-    gone = [p for p in copies if p.name not in recorded and now - p.stat().st_mtime >= KEEP_SECONDS]
+    gone = [p for p in copies if p.name not in recorded and now - _made(p) >= KEEP_SECONDS]
     if not gone:
         return []
     named = _named_by_processes()

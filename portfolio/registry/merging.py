@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
+from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid
 from portfolio.registry.choices import Source, VersionKind, VersionStatus
@@ -97,6 +98,9 @@ def check_mergeable(version: ModelVersion) -> ModelVersion:
 def request_merge(*, actor: Actor, version: ModelVersion) -> MergeStarted:
     """Start merging the adapter ``version`` into a full version of its model (a job, enqueued on commit)."""
     gate.require(actor, "model.register", version.model)
+    # The team's lock (the merger counts the team's merges under it) before the version's, as every taker of a
+    # team's lock orders them: a restart onto the adapter deadlocked with this the other way.
+    Team.objects.select_for_update(no_key=True).filter(pk=version.model.owner_team_id).first()
     version = (
         ModelVersion.objects.select_for_update(of=("self",))
         .select_related("model__owner_team", "base_version__model")

@@ -231,6 +231,10 @@ def start_import(
             raise Invalid("ref: A GGUF import needs a .gguf file.")
     elif upload_path is None:
         raise Invalid("file: Attach the adapter archive.")
+    if source == Source.UPLOAD and enqueue:  # one a worker imports: it waits on disk until then
+        # The team's lock before the base version's (every taker of a team's lock orders them so: a restart
+        # onto the base deadlocked with this the other way).
+        require_upload_room(model.owner_team, *UPLOADS_WAITING)
     kind = VersionKind.BASE
     if base_version is not None:
         gate.get_visible(actor, ModelVersion, pk=base_version.pk)
@@ -256,8 +260,6 @@ def start_import(
                 "chat_template: An adapter is served with its base version's tokenizer and template; "
                 "set the template on the base version."
             )
-    if source == Source.UPLOAD and enqueue:  # one a worker imports: it waits on disk until then
-        require_upload_room(model.owner_team, *UPLOADS_WAITING)
     options: dict[str, object] = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
     if upload_path is not None:
         options["upload_path"] = str(upload_path)

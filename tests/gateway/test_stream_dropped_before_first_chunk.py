@@ -1,5 +1,5 @@
-"""A stream its client drops before the engine's first chunk is billed its prompt, as the reservation bounds
-it: the engine may have prefilled all of it by then. Billed nothing, a key could send long prompts and drop
+"""A stream its client drops before the engine's first chunk is billed its prompt as estimated from its size
+(a token per four bytes, at most the context): the engine may have prefilled all of it by then. Billed nothing, a key could send long prompts and drop
 each stream before its first token, for free prefill (found by review). A stream the engine has counted is
 billed its counts, as before."""
 
@@ -37,7 +37,7 @@ async def test_a_stream_dropped_while_its_engine_prefills_is_billed_its_prompt()
         asyncio.get_running_loop().call_later(0.1, client.gone.set)
         outcome, _ = await forward(base, client, read_timeout=5)
     assert (outcome.status, outcome.error) == (499, "client_disconnected")
-    assert (outcome.input_tokens, outcome.output_tokens) == (SHAPE.prompts[0], 0)
+    assert (outcome.input_tokens, outcome.output_tokens) == (-(-SHAPE.prompts[0] // 4), 0)
 
 
 @in_loop
@@ -56,7 +56,7 @@ async def test_each_prompt_is_billed_at_most_the_context_of_the_model():
             self.failed.set_result(error)
 
     client = Client()
-    shape = SHAPE._replace(prompts=(5_000, 100))  # the first past the context of 2,048
+    shape = SHAPE._replace(prompts=(10_000, 100))  # the first's estimate (2,500) past the context of 2,048
     outcome = Outcome(endpoint="chat", kind="completion", shape=shape, event_id="e-1", first=ENDPOINT)
     asyncio.get_running_loop().call_later(0.05, client.gone.set)
     await relay.relay_stream(
@@ -69,7 +69,7 @@ async def test_each_prompt_is_billed_at_most_the_context_of_the_model():
         0.0,
     )
     assert outcome.error == "client_disconnected"
-    assert (outcome.input_tokens, outcome.output_tokens) == (2_048 + 100, 0)
+    assert (outcome.input_tokens, outcome.output_tokens) == (2_048 + 25, 0)
 
 
 @in_loop

@@ -12,6 +12,7 @@ from portfolio.registry.models import Model, ModelVersion
 from serving import services
 from serving.models import Deployment, Endpoint
 from tests.conftest import actor_for
+from tests.serving.call_locks import each_waits_for_the_teams_call_lock
 from tests.serving.conftest import audited
 
 pytestmark = pytest.mark.django_db
@@ -265,41 +266,14 @@ def test_changes_to_who_calls_whom_in_a_team_wait_for_each_other(owner, team, pl
     """A router made to call X while X is made a vote (or deleted) at the same moment: each check passed
     against the other's uncommitted change. Such changes now hold the team's lock: one made while another
     holds it waits (here: past a short lock timeout, refused), changing nothing."""
-    import threading
-
-    from django.db import OperationalError, connection, transaction
-
-    from serving.services import composite
-
-    held, release = threading.Event(), threading.Event()
-
-    def another_change_under_way():
-        try:
-            with transaction.atomic():
-                composite.lock_calls_of(team.pk)
-                held.set()
-                release.wait(30)
-        finally:
-            connection.close()
-
-    other = threading.Thread(target=another_change_under_way)
-    other.start()
-    try:
-        assert held.wait(30)
-        for change in (
-            lambda: services.configure_endpoint(
-                actor=owner, endpoint=plain["labeller"], kind="vote", config={"endpoint": "large", "n": 2}
-            ),
-            lambda: create(owner, team, "router", ROUTER),
-            lambda: services.delete_endpoint(actor=owner, endpoint=plain["small"]),
-        ):
-            with pytest.raises(OperationalError, match="lock timeout"), transaction.atomic():
-                with connection.cursor() as cursor:
-                    cursor.execute("SET LOCAL lock_timeout = '200ms'")
-                change()
-    finally:
-        release.set()
-        other.join(30)
+    each_waits_for_the_teams_call_lock(
+        team.pk,
+        lambda: services.configure_endpoint(
+            actor=owner, endpoint=plain["labeller"], kind="vote", config={"endpoint": "large", "n": 2}
+        ),
+        lambda: create(owner, team, "router", ROUTER),
+        lambda: services.delete_endpoint(actor=owner, endpoint=plain["small"]),
+    )
     assert Endpoint.objects.filter(kind="plain").count() == 3 and not Endpoint.objects.exclude(kind="plain")
 
 

@@ -19,6 +19,7 @@ from serving.gateway.routing import Composite, EndpointInfo, Route, Snapshot
 from serving.models import Deployment
 from tests.conftest import actor_for
 from tests.gateway.key_records import key_record
+from tests.serving.call_locks import each_waits_for_the_teams_call_lock
 from tests.serving.test_rollouts import world as world  # noqa: F401  (the fixture)
 from tests.serving.views.conftest import make_version
 
@@ -66,38 +67,14 @@ def test_a_restart_onto_a_reranker_nothing_calls_for_text_goes_ahead(org, world,
 def test_a_restart_onto_another_version_waits_for_a_change_to_who_calls_whom_in_the_team(org, world, team):
     """Checked under the team's lock, as set_routes and configure_endpoint check: a vote made to call the
     endpoint meanwhile, uncommitted, would pass a check that cannot see it."""
-    import threading
-
-    from django.db import OperationalError, connection, transaction
-
-    from serving.services import composite
-
-    held, release = threading.Event(), threading.Event()
-
-    def another_change_under_way():
-        try:
-            with transaction.atomic():
-                composite.lock_calls_of(team.pk)
-                held.set()
-                release.wait(30)
-        finally:
-            connection.close()
-
-    other = threading.Thread(target=another_change_under_way)
-    other.start()
-    try:
-        assert held.wait(30)
-        with pytest.raises(OperationalError, match="lock timeout"), transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL lock_timeout = '200ms'")
-            services.restart(
-                actor=actor_for(org["admin"]),
-                deployment=Deployment.objects.get(name="support-next"),
-                version=ModelVersion.objects.get(model__name="smollm2", number=1),
-            )
-    finally:
-        release.set()
-        other.join(30)
+    each_waits_for_the_teams_call_lock(
+        team.pk,
+        lambda: services.restart(
+            actor=actor_for(org["admin"]),
+            deployment=Deployment.objects.get(name="support-next"),
+            version=ModelVersion.objects.get(model__name="smollm2", number=1),
+        ),
+    )
     assert Deployment.objects.get(name="support-next").generation == 1
 
 

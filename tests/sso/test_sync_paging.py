@@ -14,14 +14,13 @@ from keycloak import KeycloakAdmin
 
 from portfolio.accounts import personal_tokens
 from portfolio.accounts.models import ExternalIdentity, Membership, SsoMappingRule
-from portfolio.accounts.sso import client as sso_client
-from portfolio.accounts.sso import config as sso_config
 from portfolio.accounts.sso import directory, sync
+from tests.accounts.test_sso_callback_lockout import ISSUER
+from tests.accounts.test_sso_callback_lockout import oidc as oidc  # noqa: F401 - the fixture
 from tests.conftest import actor_for
 
 pytestmark = pytest.mark.django_db
 User = get_user_model()
-ISSUER = "https://sso.example.com/realms/portfolio"
 SYNC = {"client_id": "portfolio-sync", "client_secret": "x" * 20, "interval": 300}
 GROUP = "/customer-ops/support-ai"
 ZED = "sub-100"  # a hundred users sort before zed's name in Keycloak: the second page's first
@@ -94,19 +93,6 @@ def signed_in_long_ago(username: str, subject: str):
         claims_issued_at=timezone.now() - timedelta(hours=1),
     )
     return user
-
-
-@pytest.fixture
-def oidc(settings, monkeypatch):
-    settings.OIDC = {
-        "server_url": "https://sso.example.com/",
-        "realm": "portfolio",
-        "client_id": "portfolio",
-        "client_secret": "s3cret",
-        "organisation": "Acme",
-    }
-    monkeypatch.setattr(sso_client, "discovery", lambda config: {"issuer": ISSUER})
-    return sso_config.current()
 
 
 def synced(oidc, monkeypatch, realm: Realm):

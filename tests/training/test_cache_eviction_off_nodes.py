@@ -23,3 +23,22 @@ def test_reading_a_datasets_files_clears_copies_of_deleted_artifacts(dataset_ver
 
     assert files.train.exists()
     assert not gone.exists()
+
+
+def test_a_failed_pass_does_not_fail_the_copy_made_before_it(dataset_version, monkeypatch, caplog):
+    """Found by review: the pass runs after the copy is made, and its error (a copy another process evicted
+    meanwhile) failed the read (a merge, a trainer's start, a dataset page) whose copy was fine."""
+
+    def failing() -> None:
+        raise FileNotFoundError("a copy gone meanwhile")
+
+    monkeypatch.setattr(cache_eviction, "evict_due", failing)
+    assert services.dataset_files(dataset_version).train.exists()
+    assert "the pass after a copy failed" in caplog.text
+
+
+def test_a_copy_gone_between_its_listing_and_its_age_is_passed_over(monkeypatch, tmp_path):
+    gone = copy(tmp_path, DELETED)
+    real = cache_eviction._copies
+    monkeypatch.setattr(cache_eviction, "_copies", lambda root: [*real(root), root / ("d" * 64)])
+    assert cache_eviction.evict_deleted(tmp_path) == [gone]

@@ -5,11 +5,8 @@ or is reaped, and nothing of another merge."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import pytest
 from django.utils import timezone
 
 from portfolio.registry import merging
+from tests.training.work_folders import KILLED, stop_removes_its_work_folder
 from training import tasks
 from training.choices import JobStatus
 from training.merges import services as merges
@@ -45,35 +43,9 @@ from training.merges import runner
 runner.main()
 """
 
-# A merge process that writes its merged weights into its work folder and is killed outright.
-KILLED = """
-import os, signal, sys, tempfile
-work = tempfile.mkdtemp(dir=sys.argv[1], prefix=sys.argv[2])
-open(os.path.join(work, "model.safetensors"), "wb").write(b"merged weights")
-os.kill(os.getpid(), signal.SIGKILL)
-"""
-
 
 def test_a_merge_process_stopped_by_sigterm_removes_its_work_folder(tmp_path):
-    process = subprocess.Popen(
-        [sys.executable, "-c", WORKING, str(tmp_path)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=os.getcwd(),
-        start_new_session=True,
-    )
-    try:
-        assert process.stdout.readline() == "merging\n"
-        assert len(list(tmp_path.glob("merge-7-*"))) == 1
-        # As its watcher stops it past its time: SIGTERM to its group, SIGKILL after a grace.
-        started = time.monotonic()
-        tasks._kill(process.pid, grace=60.0, process=process)
-        assert time.monotonic() - started < 30, "the stop waited out the grace"
-        assert process.wait(timeout=10) == 128 + signal.SIGTERM
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert list(tmp_path.iterdir()) == []
+    stop_removes_its_work_folder(WORKING, tmp_path, "merging", "merge-7-*")
 
 
 @pytest.fixture

@@ -5,14 +5,12 @@ attempt."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
+from tests.training.work_folders import KILLED, stop_removes_its_work_folder
 from training import runner, tasks
 from training.choices import JobStatus
 
@@ -37,36 +35,9 @@ sys.argv[1:] = ["7"]
 runner.main()
 """
 
-# A trainer that writes into its work folder and is killed outright.
-KILLED = """
-import os, signal, sys, tempfile
-work = tempfile.mkdtemp(dir=sys.argv[1], prefix=sys.argv[2])
-open(os.path.join(work, "adapter_model.safetensors"), "wb").write(b"weights")
-os.kill(os.getpid(), signal.SIGKILL)
-"""
-
 
 def test_a_trainer_stopped_by_sigterm_removes_its_work_folder(tmp_path):
-    trainer = subprocess.Popen(
-        [sys.executable, "-c", WORKING, str(tmp_path)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=os.getcwd(),
-        start_new_session=True,
-    )
-    try:
-        assert trainer.stdout.readline() == "working\n"
-        assert len(list(tmp_path.glob("train-7-1-*"))) == 1
-        # As a cancel stops it: SIGTERM to its group, SIGKILL after a grace. Its watcher reaps it as it
-        # exits, so the stop does not wait out the grace (a zombie leader kept the group alive to killpg).
-        started = time.monotonic()
-        tasks._kill(trainer.pid, grace=60.0, process=trainer)
-        assert time.monotonic() - started < 30, "the stop waited out the grace"
-        assert trainer.wait(timeout=10) == 128 + signal.SIGTERM
-    finally:
-        if trainer.poll() is None:
-            trainer.kill()
-    assert list(tmp_path.iterdir()) == []
+    stop_removes_its_work_folder(WORKING, tmp_path, "working", "train-7-1-*")
 
 
 @pytest.mark.django_db
