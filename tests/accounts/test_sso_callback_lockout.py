@@ -10,25 +10,11 @@ from django.urls import reverse
 
 from portfolio.accounts import lockout
 from portfolio.accounts.sso import client as sso_client
-from portfolio.accounts.sso import config as sso_config
+from tests.accounts.sso_stand_in import oidc as oidc  # noqa: F401 - the fixture
 from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.django_db
-ISSUER = "https://sso.example.com/realms/portfolio"
 VISITOR = "10.1.2.3"
-
-
-@pytest.fixture
-def oidc(settings, monkeypatch):
-    settings.OIDC = {
-        "server_url": "https://sso.example.com/",
-        "realm": "portfolio",
-        "client_id": "portfolio",
-        "client_secret": "s3cret",
-        "organisation": "Acme",
-    }
-    monkeypatch.setattr(sso_client, "discovery", lambda config: {"issuer": ISSUER})
-    return sso_config.current()
 
 
 def password_sign_in(client):

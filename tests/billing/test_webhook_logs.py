@@ -15,10 +15,9 @@ SECRET = "T0000/B0000/XXXXsecretXXXX"
 
 def test_a_failed_delivery_logs_the_host_and_not_the_secret_in_the_url(settings, caplog):
     settings.BILLING_WEBHOOK_PRIVATE_HOSTS = True  # nothing listens on the port: the delivery fails
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
+    with socket.socket() as closed, caplog.at_level(logging.WARNING, logger="portfolio.billing.webhooks"):
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: refused, and no other process can take the port
         url = f"http://127.0.0.1:{closed.getsockname()[1]}/services/{SECRET}?sig=querysecret"
-    with caplog.at_level(logging.WARNING, logger="portfolio.billing.webhooks"):
         outcome = webhooks.post(url, {"event": "budget.alert"})
     assert outcome.startswith("failed:")
     assert "127.0.0.1" in caplog.text

@@ -38,12 +38,15 @@ def test_what_the_run_and_its_children_make_is_closed_to_other_users(data_dir, s
         return False
 
     monkeypatch.setattr(launcher, "_answers", answers)
-    umask = _umask()
-    assert _serve() == 0
+    umask = os.umask(0o022)  # a usual umask: only the launcher's can close what is made
+    try:
+        assert _serve() == 0
+        assert _umask() == 0o022  # put back for a caller that goes on
+    finally:
+        os.umask(umask)
     assert _mode(data_dir / "engines") == _mode(engine) == 0o700
     assert _mode(engine / "weights") == 0o600
     assert _mode(data_dir / "logs") == 0o700 and _mode(data_dir / "logs" / "web.log") == 0o600
-    assert _umask() == umask  # put back for a caller that goes on
 
 
 @as_root

@@ -290,7 +290,7 @@ def test_scripts_set_the_update_strategy_and_replace_in_place_through_the_api(cl
 
 def test_a_page_of_nodes_reads_each_pools_capacity_once(client, org, world):
     """Each node's usage came from a read of its whole pool's capacity, once per node: a page of 100 nodes read
-    the pool 100 times. Now once per pool on the page, whatever the number of its nodes."""
+    the pool 100 times. Now once per pool on the page, whatever the number of its nodes (here two pools)."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -301,14 +301,20 @@ def test_a_page_of_nodes_reads_each_pools_capacity_once(client, org, world):
             items = client.get("/api/v1/nodes").json()["items"]
         return len(queries), items
 
+    other = services.create_pool(actor=actor_for(org["admin"]), name="gpu-less", kind=PoolKind.CPU)
+    add_node(other, "other-01", cores=8)
     few, _ = queries_listing()
-    for number in range(2, 8):
+    for number in range(2, 6):
         add_node(world["pool"], f"cpu-{number:02}")
+    for number in range(2, 4):
+        add_node(other, f"other-{number:02}", cores=8)
     many, items = queries_listing()
     assert many == few, (few, many)
-    assert len(items) == 7
-    assert items[0]["usage"]["cores_total"] == 2 and items[0]["usage"]["ram_used"] > 0
-    assert all(item["usage"]["ram_used"] == 0 for item in items[1:])
+    usage = {item["name"]: item["usage"] for item in items}
+    assert len(usage) == 8
+    assert usage["cpu-01"]["cores_total"] == 2 and usage["cpu-01"]["ram_used"] > 0
+    assert all(usage[f"cpu-{n:02}"]["ram_used"] == 0 for n in range(2, 6))
+    assert all(usage[f"other-{n:02}"]["cores_total"] == 8 for n in range(1, 4))
 
 
 def test_a_page_of_endpoints_reads_their_routes_in_one_query(client, org, team, world):

@@ -55,7 +55,8 @@ def test_a_target_listed_twice_is_refused_on_the_route_editor(signed_in, org, wo
     assert weights(world) == {"support-bot": 100}
 
 
-def test_the_database_holds_one_row_per_target_with_or_without_an_adapter(world):
+def test_the_database_holds_one_row_per_target_even_one_without_an_adapter(world):
+    """No adapter is a null: only ``nulls_distinct=False`` makes two such rows one target."""
     bot = Deployment.objects.get(name="support-bot")
     with pytest.raises(IntegrityError), transaction.atomic():
         EndpointRoute.objects.create(endpoint=world, deployment=bot, adapter=None, weight=0)

@@ -57,7 +57,8 @@ def test_a_callback_with_no_sign_in_under_way_saves_no_session(sso):
     assert not Session.objects.exists()
 
 
-def test_expired_sessions_are_deleted_by_the_hourly_clear(sso):
+def test_expired_sessions_are_deleted_by_the_hourly_clear(sso, settings):
+    assert settings.CELERY_BEAT_SCHEDULE["accounts-clear-sessions"]["schedule"] == 3600.0
     for _ in range(3):
         Client().get(reverse("sso-login"))
     Session.objects.filter(pk=Session.objects.first().pk).update(

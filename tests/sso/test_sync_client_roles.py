@@ -12,12 +12,12 @@ from portfolio.accounts.models import Membership, SsoMappingRule
 from portfolio.accounts.sso import directory, sync
 from portfolio.accounts.tasks import sync_directory
 from portfolio.audit.models import AuditEvent
-from tests.sso import test_sync_paging
+from tests.accounts.sso_stand_in import oidc as oidc  # noqa: F401 - the fixture
 from tests.sso.conftest import REDIRECT_URI, running_realm, switch_on
 from tests.sso.test_sync_paging import ZED, Answer, Realm, realm_users, signed_in_long_ago
 
 pytestmark = pytest.mark.django_db
-oidc = test_sync_paging.oidc  # the same fixture
+
 SYNC = {"client_id": "portfolio-sync", "client_secret": "sync-secret-0123456789abcdef", "interval": 300}
 CLIENT_UUID = "0b6f3b2e-client-uuid"
 

@@ -15,8 +15,8 @@ from keycloak import KeycloakAdmin
 from portfolio.accounts import personal_tokens
 from portfolio.accounts.models import ExternalIdentity, Membership, SsoMappingRule
 from portfolio.accounts.sso import directory, sync
-from tests.accounts.test_sso_callback_lockout import ISSUER
-from tests.accounts.test_sso_callback_lockout import oidc as oidc  # noqa: F401 - the fixture
+from tests.accounts.sso_stand_in import ISSUER
+from tests.accounts.sso_stand_in import oidc as oidc  # noqa: F401 - the fixture
 from tests.conftest import actor_for
 
 pytestmark = pytest.mark.django_db

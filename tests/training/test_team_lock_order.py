@@ -87,7 +87,7 @@ def test_a_merge_of_an_adapter_locks_the_team_first(versions, engineer):
     assert team_first(rows_locked(lambda: merging.request_merge(actor=engineer, version=adapter)))
 
 
-def test_a_restart_onto_another_version_locks_the_team_first(org, team, tokenizer, cpu_pool):
+def test_a_restart_given_a_version_locks_the_team_first(org, team, tokenizer, cpu_pool):
     admin = actor_for(org["admin"])
     deployment = serving_services.create_deployment(
         actor=admin, name="words", team=team, version=tokenizer, pool=cpu_pool, replicas=0,
@@ -137,11 +137,20 @@ def test_a_dataset_upload_and_a_restart_onto_its_tokenizers_version_both_commit(
     upload = threading.Thread(target=run, args=("upload", lambda: services.upload_version(
         actor=engineer, dataset=dataset, chunks=[jsonl(*tickets(7))], filename="b.jsonl", base_version=tokenizer
     )))  # fmt: skip
-    restart = threading.Thread(target=run, args=("restart", lambda: upload_locked.wait(10) and (
-        serving_services.restart(actor=admin, deployment=deployment, version=tokenizer)
-    )))  # fmt: skip
+
+    def restarting() -> None:
+        assert upload_locked.wait(30), "the upload never held the version"
+        serving_services.restart(
+            actor=admin, deployment=deployment, version=tokenizer
+        )  # locks with a version
+        restarted.set()
+
+    restarted = threading.Event()
+    restart = threading.Thread(target=run, args=("restart", restarting))
     upload.start()
     restart.start()
     upload.join(60)
     restart.join(60)
     assert not errors, errors
+    assert not upload.is_alive() and not restart.is_alive() and restarted.is_set()
+    assert dataset.ingests.count() == 1
