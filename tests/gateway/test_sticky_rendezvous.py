@@ -10,18 +10,9 @@ from collections import Counter
 import pytest
 
 from serving.gateway.routing import Route, sticky_route
+from tests.gateway.test_sticky import route
 
 KEYS = [f"client-{i}".encode() for i in range(20_000)]
-
-
-def route(deployment: str, weight: int, adapter: str = "") -> Route:
-    return Route(
-        weight=weight,
-        deployment=deployment,
-        upstream_model=adapter or deployment,
-        adapter=adapter,
-        version_id=1,
-    )
 
 
 def assigned(routes: list[Route]) -> list[tuple[str, str]]:

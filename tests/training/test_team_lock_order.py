@@ -22,6 +22,7 @@ from serving.services import composite
 from tests.conftest import actor_for
 from tests.training.conftest import jsonl, tickets
 from tests.training.test_ingest_tokenizer_in_use import tokenizer as tokenizer  # noqa: F401 - the fixture
+from tests.training.test_ingest_tokenizer_lock import in_thread
 from training import services
 from training.choices import DatasetKind
 
@@ -125,30 +126,18 @@ def test_a_dataset_upload_and_a_restart_onto_its_tokenizers_version_both_commit(
     monkeypatch.setattr(services, "_still_ready", ready_then_wait)
     monkeypatch.setattr(composite, "lock_calls_of", calls_then_say)
     errors: dict = {}
-
-    def run(name: str, work) -> None:
-        try:
-            work()
-        except BaseException as exc:
-            errors[name] = exc
-        finally:
-            connection.close()
-
-    upload = threading.Thread(target=run, args=("upload", lambda: services.upload_version(
-        actor=engineer, dataset=dataset, chunks=[jsonl(*tickets(7))], filename="b.jsonl", base_version=tokenizer
-    )))  # fmt: skip
+    restarted = threading.Event()
 
     def restarting() -> None:
         assert upload_locked.wait(30), "the upload never held the version"
-        serving_services.restart(
-            actor=admin, deployment=deployment, version=tokenizer
-        )  # locks with a version
+        # Given a version, a restart takes its locks even onto the version it runs.
+        serving_services.restart(actor=admin, deployment=deployment, version=tokenizer)
         restarted.set()
 
-    restarted = threading.Event()
-    restart = threading.Thread(target=run, args=("restart", restarting))
-    upload.start()
-    restart.start()
+    upload = in_thread(lambda: services.upload_version(
+        actor=engineer, dataset=dataset, chunks=[jsonl(*tickets(7))], filename="b.jsonl", base_version=tokenizer
+    ), errors, "upload")  # fmt: skip
+    restart = in_thread(restarting, errors, "restart")
     upload.join(60)
     restart.join(60)
     assert not errors, errors
