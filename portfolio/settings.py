@@ -259,9 +259,10 @@ MERGE_TIMEOUT_SECONDS = env.integer("PORTFOLIO_MERGE_TIMEOUT_SECONDS", 3 * 3600,
 # and failed after six times as long: a queued merge refuses every other merge of its adapter.
 MERGE_QUEUED_AFTER_SECONDS = env.integer("PORTFOLIO_MERGE_QUEUED_AFTER_SECONDS", 2 * 3600, minimum=60)
 MERGES_PER_TEAM = env.integer("PORTFOLIO_MERGES_PER_TEAM", 1, minimum=1, maximum=100)  # a team's, in flight
-# Eval runs a team may have queued or running at once, and its uploads (datasets, adapter archives) waiting on
-# disk for an ingest or import: they share the long workers with every team's work.
+# Eval runs and imports (Hub, folders, GGUF) a team may have queued or running at once, and its uploads (datasets,
+# adapter archives) waiting on disk for an ingest or import: they share the long workers with every team's work.
 EVAL_RUNS_PER_TEAM = env.integer("PORTFOLIO_EVAL_RUNS_PER_TEAM", 3, minimum=1, maximum=100)
+IMPORTS_PER_TEAM = env.integer("PORTFOLIO_IMPORTS_PER_TEAM", 2, minimum=1, maximum=100)
 UPLOADS_PER_TEAM = env.integer("PORTFOLIO_UPLOADS_PER_TEAM", 4, minimum=1, maximum=100)
 # Usable keys (not revoked, not expired) a team may hold: per-key ceilings bound it only as far as keys count.
 KEYS_PER_TEAM = env.integer("PORTFOLIO_KEYS_PER_TEAM", 100, minimum=1, maximum=10_000)
@@ -396,8 +397,7 @@ LOGOUT_REDIRECT_URL = "login"
 LOGIN_FAILURE_LIMIT = env.integer("PORTFOLIO_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 LOGIN_LOCKOUT_SECONDS = env.integer("PORTFOLIO_LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
 PERSONAL_TOKEN_MAX_DAYS = env.integer("PORTFOLIO_PERSONAL_TOKEN_MAX_DAYS", 365, minimum=1)
-# Single sign-on with OpenID Connect (Keycloak): off unless the realm's server, realm and client are all set;
-# portfolio.accounts.sso.config reads these.
+# Single sign-on with OpenID Connect (Keycloak), read by portfolio.accounts.sso.config: off unless all are set.
 OIDC = env.oidc(production=PRODUCTION)
 # Password sign-in: "everyone", "admins" only (break-glass) or "off"; the last two need single sign-on.
 LOCAL_SIGN_IN = env.local_sign_in(oidc=OIDC)

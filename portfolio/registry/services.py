@@ -162,6 +162,24 @@ def require_upload_room(team: Team, *waiting_elsewhere: Callable[[Team], int]) -
         )
 
 
+def require_import_room(team: Team) -> None:
+    """An import from the Hub, a folder or a GGUF file holds a long worker, which every team's merges, eval
+    runs and ingests share, for as long as its download and conversion take (up to ``MAX_IMPORT_BYTES``): a
+    team keeps ``IMPORTS_PER_TEAM`` queued or running, counted under its row's lock as its merges, eval runs
+    and uploads are. Found by review: a team could queue any number, each taking a worker in turn."""
+    Team.objects.select_for_update(no_key=True).filter(pk=team.pk).first()
+    in_flight = (
+        ModelVersion.objects.filter(model__owner_team=team, status=VersionStatus.IMPORTING)
+        .exclude(source=Source.UPLOAD)
+        .count()
+    )
+    if in_flight >= settings.IMPORTS_PER_TEAM:
+        raise Conflict(
+            f"{team.name} has {in_flight} import(s) queued or running, the most at once "
+            f"({settings.IMPORTS_PER_TEAM}); start this one when one of them ends."
+        )
+
+
 def save_upload(chunks, filename: str, team: Team | None = None) -> Path:
     """Stream an uploaded archive to the uploads folder, refusing it past the size limit. Given the model's
     ``team``, refused before a byte is written while the team has its share of uploads waiting
@@ -231,10 +249,12 @@ def start_import(
             raise Invalid("ref: A GGUF import needs a .gguf file.")
     elif upload_path is None:
         raise Invalid("file: Attach the adapter archive.")
-    if source == Source.UPLOAD and enqueue:  # one a worker imports: it waits on disk until then
-        # The team's lock before the base version's (every taker of a team's lock orders them so: a restart
-        # onto the base deadlocked with this the other way).
+    # The team's lock before the base version's (every taker of a team's lock orders them so: a restart onto
+    # the base deadlocked with an upload the other way). Bounded only where a worker imports it.
+    if source == Source.UPLOAD and enqueue:  # it waits on disk until then
         require_upload_room(model.owner_team, *UPLOADS_WAITING)
+    elif enqueue:
+        require_import_room(model.owner_team)
     kind = VersionKind.BASE
     if base_version is not None:
         gate.get_visible(actor, ModelVersion, pk=base_version.pk)
