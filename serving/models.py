@@ -218,7 +218,7 @@ class Replica(models.Model):
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{f'[{self.host}]' if ':' in self.host else self.host}:{self.port}"  # IPv6 bracketed
 
 
 class DeploymentEvent(models.Model):

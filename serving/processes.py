@@ -37,8 +37,10 @@ INHERITED_ENV = (
 
 
 def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
+    """A port free on ``host``, an IPv4 or IPv6 address or a name (the family its first address has)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.bind(address)
         return sock.getsockname()[1]
 
 

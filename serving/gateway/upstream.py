@@ -345,6 +345,7 @@ class Upstream:
             parts = urlsplit(base_url)
             if parts.scheme != "http" or not parts.hostname:
                 raise ValueError(f"Engines are reached over plain HTTP inside the cluster, not {base_url!r}.")
-            port = parts.port or 80
-            found = self._addresses[base_url] = (parts.hostname, port, f"{parts.hostname}:{port}".encode())
+            port, host = parts.port or 80, parts.hostname
+            named = f"[{host}]" if ":" in host else host  # an IPv6 address is bracketed in the Host header
+            found = self._addresses[base_url] = (host, port, f"{named}:{port}".encode())
         return found
