@@ -3,10 +3,13 @@
 Celery acknowledges our tasks late, and Redis hands a task not acknowledged within its visibility timeout to
 another worker, even while the first still runs it; a worker's pool process that dies has its task
 redelivered at once. Each long task therefore takes a lease in Redis before touching its job: a key holding
-the holder's name (``host:pid:random``) with a short expiry that a thread of the live runner renews.
+the holder's name (``host:pid:start:random``, ``start`` the process's start time) with a short expiry that a
+thread of the live runner renews.
 
 - The lease is free: the delivery takes it and runs.
-- It is held by a process of this host that no longer exists (its worker died): taken over at once.
+- It is held by a process of this host that no longer runs (its worker died): taken over at once. A pid alone
+  does not tell: a container restarted without an init runs its new process as pid 1 again, as its predecessor
+  was, so the holder is gone unless its pid names a process started at the same moment.
 - Otherwise the holder may be alive elsewhere: wait out one expiry. Still held then, the holder renewed it,
   so it is alive: this delivery exits without touching the job. Lapsed: taken over.
 
@@ -55,6 +58,11 @@ def kept_here() -> Lease | None:
     return getattr(_kept_here, "lease", None)
 
 
+# The tokens this process took and has not released: a token naming this process but none of these was left by
+# a lease of it whose release failed (Redis away for a moment), and nobody here holds it any more.
+_taken_here: set[str] = set()
+
+
 def _client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10)
 
@@ -65,7 +73,7 @@ class Lease:
     def __init__(self, name: str, seconds: float | None = None) -> None:
         self.key = f"portfolio:lease:{name}"
         self.seconds = float(seconds if seconds is not None else settings.TASK_LEASE_SECONDS)
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{_started(os.getpid())}:{secrets.token_hex(8)}"
         self.lost = threading.Event()
         self.renewed_at = time.monotonic()  # when the lease was last known to be ours
         self._client = _client()
@@ -80,6 +88,7 @@ class Lease:
         now = time.monotonic()
         if self._client.set(self.key, self.token, nx=True, px=self._ms):
             self.renewed_at = now
+            _taken_here.add(self.token)
             return True
         return False
 
@@ -122,6 +131,7 @@ class Lease:
             raise LeaseLost(self.key)
 
     def release(self) -> None:
+        _taken_here.discard(self.token)  # done with it, even if Redis does not hear so now
         self._client.eval(_DROP_IF_HELD_BY, 1, self.key, self.token)
 
     def regain(self, still_ours: Callable[[], bool]) -> bool:
@@ -176,12 +186,41 @@ class Lease:
                 self.release()
 
 
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started, as a string compared by equality; None when no such process runs.
+
+    Linux: clock ticks from boot to its start (/proc/<pid>/stat, field 22), fixed for the process's life and
+    read alike by every process of the machine; psutil's ``create_time`` adds the boot time, which moves when the
+    clock is stepped, and would make a live holder look gone. Elsewhere (a developer's Mac): ``create_time``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # The command name (field 2, in parentheses) may hold spaces: count the fields after it.
+            return stat.read().rpartition(b")")[2].split()[19].decode()
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return None  # Linux, and no such process
+    except OSError:
+        return None
+    try:
+        return repr(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
 def _holder_is_gone(token: str) -> bool:
-    host, _, rest = token.partition(":")
-    pid = rest.partition(":")[0]
+    """Whether the holder named by ``token`` surely no longer runs. One naming this very process is gone unless
+    a lease of this process took it and has not released it (one of its threads may still run under it)."""
+    host, _, named = token.partition(":")
+    pid, *rest = named.split(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False  # another machine's process: only its lease's expiry tells
-    return not psutil.pid_exists(int(pid))
+    if len(rest) == 2:  # host:pid:start:random
+        if int(pid) == os.getpid() and rest[0] == _started(os.getpid()):
+            return token not in _taken_here
+        return _started(int(pid)) != rest[0]
+    # host:pid:random, from before tokens named the start time: never written by this process, so a token of
+    # our own pid is a predecessor's (pid 1 of the same container, restarted).
+    return int(pid) == os.getpid() or not psutil.pid_exists(int(pid))
 
 
 def still_held(lease: Lease | None) -> bool:

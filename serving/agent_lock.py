@@ -1,7 +1,8 @@
 """The node's reconcile lock (one reconcile at a time per node), and the heartbeat kept while one runs.
 
-The lock is a lease (``portfolio.leases``): its holder is named by host and pid, so an agent killed
-mid-reconcile does not keep the next one on this machine waiting for the lock to time out.
+The lock is a lease (``portfolio.leases``): its holder is named by host, pid and the process's start time, so
+an agent killed mid-reconcile does not keep the next one on this machine waiting for the lock to time out, nor
+does one restarted in its container (pid 1 again, on the same hostname).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import sys
 import redis
 from django.conf import settings
 
+from portfolio.leases import Lease
 from serving import agent_lock
 
 
@@ -25,12 +26,14 @@ def dead_pid() -> int:
 
 
 def test_a_lock_held_by_a_running_process_is_respected():
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    client.set(lock_key("n-live"), f"{socket.gethostname()}:{os.getpid()}:abc", ex=600)
+    """Held by a lease of a live process (this one: a token naming this process that no lease here holds is a
+    predecessor's with the same pid, tests/serving/test_agent_lock_restart.py)."""
+    held = Lease("node-reconcile:n-live")
+    assert held.acquire(wait=False)
     try:
         assert agent_lock.acquire_node_lock("n-live") is None
     finally:
-        client.delete(lock_key("n-live"))
+        held.release()
 
 
 def test_a_lock_left_by_a_killed_agent_of_this_machine_is_taken_over():
