@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import authenticate, update_session_auth_hash
+from django.contrib.auth import authenticate, get_user_model, update_session_auth_hash
 from django.contrib.auth import login as auth_login
 from django.contrib.auth import logout as auth_logout
 from django.contrib.auth.decorators import login_not_required
@@ -23,6 +25,7 @@ from portfolio.accounts import lockout, services
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of
 from portfolio.accounts.forms import LoginForm, PasswordChangeForm
+from portfolio.accounts.secrets_hashing import keyed_hash
 from portfolio.accounts.sso import config as sso_config
 from portfolio.accounts.sso import logout as sso_logout
 from portfolio.audit import services as audit
@@ -44,8 +47,8 @@ def safe_next(request) -> str:
 def audit_attempt(
     request, action: str, *, object_type: str, object_id: str, object_repr: str, after: dict | None = None
 ) -> None:
-    """A failed sign-in or a lock, audited under the name typed (never the password), within the budget
-    ``lockout`` keeps so an anonymous loop cannot flood the trail."""
+    """A failed sign-in or a lock, audited under an account's name or a fingerprint (``audited_name``, never
+    the password), within the budget ``lockout`` keeps so an anonymous loop cannot flood the trail."""
     slot = lockout.audit_slot()
     if slot == lockout.SKIP:
         return
@@ -77,6 +80,18 @@ def audit_attempt(
         object_repr=object_repr[:200],
         after=after,
     )
+
+
+def audited_name(typed: str) -> str:
+    """What a failed sign-in's audit rows name: the user name typed when it is an account's (up to case),
+    else a keyed fingerprint of it. Whatever was typed there (a password, often) reaches every auditor and
+    export otherwise; the fingerprint still shows the same unknown name tried again."""
+    users = get_user_model()._default_manager
+    if users.filter(**{f"{get_user_model().USERNAME_FIELD}__iexact": typed}).exists():
+        return typed
+    # Its own key, derived from the token hash key, so these fingerprints match no token's hash.
+    key = hmac.new(settings.TOKEN_HASH_KEY, b"audit-unknown-user-name", hashlib.sha256).digest()
+    return "unknown-name:" + keyed_hash(typed, key)[:16]
 
 
 def audit_failure(
@@ -183,7 +198,8 @@ def login_view(request):
                 lockout.release(username, ip)
             if user is None:
                 assert failure is not None
-                audit_failure(request, username, ip, failure)
+                # Counted (above) under the name typed; audited under one that cannot leak a password.
+                audit_failure(request, audited_name(username), ip, failure)
                 form.add_error(None, "Wrong user name or password.")
             elif not _password_allowed(user):
                 # The password was right: not a failure to count, but not a way in for this account either.

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import hashlib
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
@@ -14,6 +16,16 @@ from portfolio.billing.choices import BudgetScope
 # The longest webhook URL a budget keeps: set_budget, the API and the form check this (budgets.MAX_URL), so
 # that a longer one is refused as such, not failed at save.
 WEBHOOK_URL_MAX = 500
+
+
+def audited_webhook(url: str) -> str:
+    """A webhook URL as audit rows keep it: scheme and host, and a fingerprint that changes with the URL.
+    The path often is the credential (Slack-style hooks), and audit rows reach every auditor and export."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]  # set_budget refuses a user name or password; an old row may not
+    return f"{parts.scheme}://{host} (sha256:{hashlib.sha256(url.encode()).hexdigest()[:16]})"
 
 
 def default_thresholds() -> list[int]:
@@ -81,8 +93,8 @@ class Budget(models.Model):
             "ceiling": str(self.ceiling) if self.ceiling is not None else None,
             "thresholds": list(self.thresholds),
             "hard_limit": self.hard_limit,
-            "notify_emails": list(self.notify_emails),
-            "webhook_url": self.webhook_url,
+            "notify_emails": list(self.notify_emails),  # who is told, as the budget page shows them
+            "webhook_url": audited_webhook(self.webhook_url),
         }
 
 
