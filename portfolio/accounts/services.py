@@ -81,6 +81,10 @@ def create_department(*, actor: Actor, name: str, cost_center: str) -> Departmen
 @transaction.atomic
 def update_department(*, actor: Actor, department: Department, name: str, cost_center: str) -> Department:
     gate.require(actor, "department.change", department)
+    # The row as stored now, locked, into the caller's object: its "before" is what this change replaces, not
+    # a copy read before another's change. A full lock, as a renaming save takes (a unique column) and as
+    # ``billing.statements`` takes it: a rename waits for a closing statement, and it for the rename.
+    department.refresh_from_db(from_queryset=Department.objects.select_for_update())
     before = department.snapshot()
     department.name, department.cost_center = name.strip(), cost_center.strip().upper()
     _validated(department, exclude=["name", "cost_center"] if before == department.snapshot() else None)
@@ -119,6 +123,10 @@ def create_team(
 @transaction.atomic
 def update_team(*, actor: Actor, team: Team, name: str, description: str) -> Team:
     gate.require(actor, "team.change", team)
+    # The row as stored now, locked, into the caller's object: its "before" is what this change replaces, not
+    # a copy read before another's change. A full lock, as a renaming save takes (its name is in a unique
+    # key), taken first rather than upgraded from a no-key one; nothing else is locked here.
+    team.refresh_from_db(from_queryset=Team.objects.select_for_update())
     before = team.snapshot()
     team.name, team.description = name.strip(), description.strip()
     _validated(team, exclude=["slug", "department"])

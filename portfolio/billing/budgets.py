@@ -251,7 +251,11 @@ def _measure(budget: Budget, department_id: int | None) -> None:
 @transaction.atomic
 def delete_budget(*, actor: Actor, budget: Budget) -> None:
     """Remove a budget (its alerts go with it). Whoever may set all of it may remove it."""
-    budget = Budget.objects.select_related("team", "department").get(pk=budget.pk)
+    # Locked as it is read (as set_budget locks it): its "before" is the budget deleted, not one that a change
+    # committed meanwhile replaced.
+    budget = (
+        Budget.objects.select_for_update(of=("self",)).select_related("team", "department").get(pk=budget.pk)
+    )
     if budget.team is not None:
         _team_to_manage(actor, budget.team)
         if not sets_all(actor, budget.team):

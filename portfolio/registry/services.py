@@ -128,6 +128,10 @@ def update_model(
 ) -> Model:
     gate.require(actor, "model.register", model)
     description, license = _texts(description, license)
+    # The row as stored now, locked, into the caller's object: its "before" is what this change replaces
+    # (the caller's copy may predate another's change, which its audit row would then hide), and the caller
+    # sees what was saved. A no-key lock, as strong as the save's own: nothing that refers to the model waits.
+    model.refresh_from_db(from_queryset=Model.objects.select_for_update(no_key=True))
     before = model.snapshot()
     if visibility not in Visibility.values or task not in Task.values:
         raise Invalid("visibility/task: not a known value.")

@@ -54,6 +54,9 @@ def update_pool(
     gate.require(actor, "pool.manage")
     if len(description) > MAX_DESCRIPTION:
         raise Invalid(f"description: at most {MAX_DESCRIPTION:,} characters.")
+    # The row as stored now, locked, into the caller's object: two changes of its teams take turns, and each
+    # one's "before" lists the teams it replaces. A no-key lock, as strong as the save's own.
+    pool.refresh_from_db(from_queryset=ComputePool.objects.select_for_update(no_key=True))
     before = pool.snapshot()
     pool.description = description
     pool.save(update_fields=["description"])
