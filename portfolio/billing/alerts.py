@@ -10,7 +10,8 @@ claimed it (a conditional update: one check only) and begun, then each channel's
 stopped before beginning (a worker killed or restarted) is delivered once, late, by a later check; one whose
 check stopped after beginning may have reached some of its recipients, so it is recorded as interrupted and
 not sent again (``_left_behind``). Each e-mail recipient gets a message of their own: none sees the others'
-addresses.
+addresses. In production, an e-mail backend that delivers nothing (the console, Django's default without
+``EMAIL_HOST``) is no mail server: the e-mail part is recorded as failed with that reason, never as sent.
 The same pass stores each budget's month-to-date spend, which the gateway's routing table reads.
 """
 
@@ -25,9 +26,11 @@ from decimal import Decimal
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import EmailMessage, get_connection
+from django.core.mail.backends import console, dummy, locmem
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.choices import DepartmentRoleName, TeamRole
@@ -54,6 +57,13 @@ MAIL_WINDOW = timedelta(minutes=5)
 UNDELIVERED_AFTER = timedelta(minutes=20)
 UNDELIVERED_UNTIL = timedelta(days=7)
 NO_RECIPIENT = "failed: no recipient (no notify e-mails, and no active owner or manager with an address)"
+# Django's backends that reach nobody: the console writes to the log (and filebased, its subclass, to files),
+# locmem keeps messages in memory, dummy drops them. Fine in development and tests, where they are read
+# there; in production an alert "sent" through one misleads whoever trusts it went out.
+UNDELIVERING_BACKENDS = (console.EmailBackend, locmem.EmailBackend, dummy.EmailBackend)
+NO_MAIL_SERVER = (
+    "failed: not delivered: no mail server configured (set EMAIL_HOST); EMAIL_BACKEND {} sends nothing"
+)
 INTERRUPTED = (
     "interrupted: the check delivering it stopped after it began (a worker killed or restarted), so some of "
     "its e-mails or its webhook may have gone; it is not sent again"
@@ -214,6 +224,10 @@ def _email(budget: Budget, alert: BudgetAlert, payload: dict, recipients: list[s
     """The e-mails sent, in words. A month that has ended (one alerted early in the next) was spent, not
     spent so far."""
     whose = f"team {payload['team']}" if payload["team"] else f"department {payload['department']}"
+    if unsent := _no_mail_server():
+        # Final like any failure (not left pending to retry): each alert warns once, its webhook still goes.
+        logger.warning("billing: budget alert %s for %s: e-mail %s", alert.pk, whose, unsent)
+        return unsent
     subject = f"[Portfolio] {whose} has spent {alert.threshold}% of its {payload['month']} budget"
     spent = f"was spent in {payload['month']}" if ended else f"is spent in {payload['month']} so far"
     body = (
@@ -226,6 +240,19 @@ def _email(budget: Budget, alert: BudgetAlert, payload: dict, recipients: list[s
         return "sent"
     logger.warning("billing: budget alert e-mail for %s: %d not sent: %s", whose, len(errors), errors[0])
     return f"failed: {len(errors)} of {len(recipients)} not sent: {errors[0]}"[:300]
+
+
+def _no_mail_server() -> str | None:
+    """Why no e-mail can reach anyone, in production with a backend that delivers nothing; else None."""
+    if not settings.PRODUCTION:
+        return None  # make run, tests: the console's messages are read in the log, locmem's by the tests
+    try:
+        backend = import_string(settings.EMAIL_BACKEND)
+    except ImportError:
+        return None  # get_connection names the mistake when the e-mails are sent
+    if not (isinstance(backend, type) and issubclass(backend, UNDELIVERING_BACKENDS)):
+        return None
+    return NO_MAIL_SERVER.format(settings.EMAIL_BACKEND)
 
 
 def _send_each(subject: str, body: str, recipients: list[str]) -> list[str]:
