@@ -359,7 +359,7 @@ def verify_version(request, name: str, number: int):
     gate.require(request.auth, "model.register", version.model)
     if version.artifact is None:
         raise Invalid("This version has no stored files yet.")
-    artifacts.verify_on_request(version.artifact_id)
+    artifacts.verify_on_request(version.artifact_id, actor=request.auth)
     version.artifact.refresh_from_db()
     return version
 

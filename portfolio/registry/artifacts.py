@@ -23,6 +23,8 @@ from portfolio.registry.storage import ArtifactStore, CorruptArtifact, Written, 
 from portfolio.registry.stores import default_store
 
 logger = logging.getLogger(__name__)
+# Who records a health change nobody asked for: the periodic verifier, a download or a copy that found damage.
+VERIFIER = Actor.for_system("registry.verify")
 
 
 def local_copy(manifest: Manifest, destination: Path) -> Path:
@@ -124,11 +126,12 @@ def _discard_purged(version, artifact_id: str) -> None:
         )
 
 
-def verify_artifact(artifact_id: str) -> list[str]:
-    """Re-hash every stored file of an artifact now and record its health: the problems found."""
+def verify_artifact(artifact_id: str, *, actor: Actor = VERIFIER) -> list[str]:
+    """Re-hash every stored file of an artifact now and record its health: the problems found. ``actor``
+    names who asked (a person's verify click), the periodic verifier otherwise."""
     artifact = Artifact.objects.get(pk=artifact_id)
     problems = [str(p) for p in verify(default_store(), artifact.manifest())]
-    mark_artifact_health(artifact_id, problems)
+    mark_artifact_health(artifact_id, problems, actor=actor)
     return problems
 
 
@@ -145,32 +148,39 @@ def verify_if_damaged(artifact_id: str) -> None:
         verify_artifact(artifact_id)
 
 
-def verify_on_request(artifact_id: str) -> list[str]:
+def verify_on_request(artifact_id: str, *, actor: Actor) -> list[str]:
     """``verify_artifact`` for a person's click or call, which re-hashes every file (up to the import
-    limit) in their request: one at a time per artifact, a second asker is told to wait for the first."""
+    limit) in their request: one at a time per artifact, a second asker is told to wait for the first. A
+    change of health it finds is audited as ``actor``'s: the trail says who asked."""
     lease = Lease(f"registry.verify:{artifact_id}")
     if not lease.acquire(wait=False):
         raise Conflict("These files are being checked already; the result shows on the version when it ends.")
     with lease.kept():
-        return verify_artifact(artifact_id)
+        return verify_artifact(artifact_id, actor=actor)
 
 
 @transaction.atomic
-def mark_artifact_health(artifact_id: str, problems: list[str]) -> None:
+def mark_artifact_health(artifact_id: str, problems: list[str], *, actor: Actor = VERIFIER) -> None:
+    """Record an artifact's health as found now; a change of it, either way, is audited on every version
+    that holds the artifact (a model's or a dataset's), in this transaction. ``actor``: who found it."""
     artifact = Artifact.objects.select_for_update().get(pk=artifact_id)
     health = Health.CORRUPT if problems else Health.OK
-    changed = artifact.health != health
+    was = artifact.health
     artifact.health, artifact.health_detail, artifact.verified_at = (
         health,
         "\n".join(problems),
         timezone.now(),
     )
     artifact.save(update_fields=["health", "health_detail", "verified_at"])
-    if changed and problems:
-        for version in artifact.versions.select_related("model__owner_team"):
-            audit.record(
-                Actor.for_system("registry.verify"),
-                "model_version.corrupt",
-                version,
-                after={"artifact": artifact.id, "problems": problems[:20]},
-            )
+    if was == health:
+        return
+    before = {"artifact": artifact.id, "health": was}
+    after = {"artifact": artifact.id, "health": health, "problems": problems[:20]}
+    for version in artifact.versions.select_related("model__owner_team"):
+        action = "model_version.corrupt" if problems else "model_version.healthy"
+        audit.record(actor, action, version, before=before, after=after)
+    # Training's versions hold artifacts too; reached by the reverse relation's name, so the registry
+    # imports nothing of the layer above it.
+    for held in artifact.dataset_versions.select_related("dataset__owner_team"):
+        action = "dataset_version.corrupt" if problems else "dataset_version.healthy"
+        audit.record(actor, action, held, before=before, after=after)

@@ -9,7 +9,8 @@ hourly rollups, billing's ledger and closed statements, which are separate table
   due. An event outside every monthly partition (a clock far off, a year without a deploy) lands in the
   default partition: nothing is lost, and when its month's partition is created its rows move there.
 - ``drop_expired(now)`` drops the partitions of months that ended more than
-  ``PORTFOLIO_USAGE_RETENTION_MONTHS`` ago (default 13: a year and the month before it).
+  ``PORTFOLIO_USAGE_RETENTION_MONTHS`` ago (default 13: a year and the month before it). Each drop is
+  audited (``usage.drop_month``: the month, the rows dropped, the retention) in the drop's transaction.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from datetime import date, datetime
 
 from django.conf import settings
 from django.db import connection, transaction
+
+from portfolio.accounts.actor import Actor
+from portfolio.audit import services as audit
 
 logger = logging.getLogger(__name__)
 TABLE = "gateway_usageevent"
@@ -101,13 +105,34 @@ def drop_expired(now: datetime | None = None) -> list[str]:
     dropped = []
     for name, month in sorted(partitions().items(), key=lambda item: item[1]):
         if month < keep_from:
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {name}")
-                cursor.execute(f"DROP TABLE {name}")
+            rows = _drop(name, month)
             logger.info(
-                "usage: dropped the raw events of %s (retention %s months)",
+                "usage: dropped the %s raw events of %s (retention %s months)",
+                rows,
                 month,
                 settings.USAGE_RETENTION_MONTHS,
             )
             dropped.append(name)
     return dropped
+
+
+@transaction.atomic
+def _drop(name: str, month: date) -> int:
+    """Detach, count, drop and audit one month's partition, all or nothing: a failed drop (the application
+    role does not own the table) leaves the rows and no audit row. Returns the rows dropped."""
+    with connection.cursor() as cursor:
+        # A plain DETACH (not CONCURRENTLY, which refuses a transaction block) locks the partition: no event
+        # reaches it between the count and the drop, so the count is what was dropped.
+        cursor.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {name}")
+        cursor.execute(f"SELECT count(*) FROM {name}")  # noqa: S608 - our names
+        rows = cursor.fetchone()[0]
+        cursor.execute(f"DROP TABLE {name}")
+    audit.record(
+        Actor.for_system("gateway.usage_retention"),
+        "usage.drop_month",
+        object_type="gateway.usageevent",
+        object_id=name,
+        object_repr=f"usage events of {month:%Y-%m}",
+        after={"month": f"{month:%Y-%m}", "rows": rows, "retention_months": settings.USAGE_RETENTION_MONTHS},
+    )
+    return rows

@@ -266,7 +266,7 @@ def version_verify(request, name: str, number: int):
         messages.error(request, f"{version.label} has no stored files yet.")
     else:
         try:
-            problems = artifacts.verify_on_request(version.artifact_id)
+            problems = artifacts.verify_on_request(version.artifact_id, actor=actor)
         except Conflict as exc:
             messages.error(request, exc.message)
             return redirect("version-detail", name=version.model.name, number=version.number)
