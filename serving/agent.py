@@ -11,12 +11,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
 import os
 import signal
 import time
-import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from portfolio.audit import services as audit
 from portfolio.leases import Lease
 from portfolio.registry.storage import CorruptArtifact
 from serving import (
+    adapter_sync,
     agent_lock,
     engine_args,
     engine_sweep,
@@ -40,7 +39,7 @@ from serving import (
     replica_meter,
 )
 from serving.choices import DesiredState, NodeState, ReplicaState
-from serving.models import ComputePool, DeploymentAdapter, DeploymentEvent, Node, Replica
+from serving.models import ComputePool, DeploymentEvent, Node, Replica
 
 logger = logging.getLogger(__name__)
 AGENT_VERSION = "1"
@@ -92,7 +91,8 @@ def detect_capacity() -> dict:
 
 
 def register(name: str, pool_name: str, address: str, capacity: dict | None = None) -> Node | None:
-    """Create or refresh this machine's node row; a node that was lost comes back as ready."""
+    """Create or refresh this machine's node row; a node that was lost comes back as ready. ``None``: not
+    registered (its pool missing, or the node recorded in another pool), and not to be reconciled."""
     pool = ComputePool.objects.filter(name=pool_name).first()
     if pool is None:
         logger.error("node %s: pool %r does not exist; an admin must create it first", name, pool_name)
@@ -113,10 +113,24 @@ def register(name: str, pool_name: str, address: str, capacity: dict | None = No
             node.refresh_from_db(fields=["heartbeat_at"])  # the database's time, written as Now()
             audit.record(Actor.for_system(f"agent:{name}"), "node.register", node, after=node.snapshot())
             return node
+        if node.pool_id != pool.pk:  # another machine's node, or this one configured for another pool
+            # Taken over, its address and capacity moved here and its engines were started on this machine.
+            logger.error(
+                "node %s is recorded in pool %r, this agent is configured for pool %r: not registered, nothing "
+                "reconciled; fix PORTFOLIO_NODE_NAME or PORTFOLIO_NODE_POOL",
+                name,
+                node.pool.name,
+                pool_name,
+            )
+            return None
         recovered = node.state == NodeState.LOST
+        was = {"address": node.address, **{key: getattr(node, key) for key in capacity}}
         for key, value in capacity.items():
             setattr(node, key, value)
         node.address, node.heartbeat_at, node.agent_version = address, heartbeats.now(), AGENT_VERSION
+        now = {"address": node.address, **capacity}
+        if now != was:  # where the gateway sends this node's traffic, or what is placed on it: audited
+            audit.record(Actor.for_system(f"agent:{name}"), "node.update", node, before=was, after=now)
         if recovered:  # as an operator left it (cordoned, draining), else ready
             node.state, node.state_before_lost = node.state_before_lost or NodeState.READY, ""
         fields = ["address", "heartbeat_at", "agent_version", "state", "state_before_lost", *capacity]
@@ -283,64 +297,6 @@ def _crashed(replica: Replica, why: str) -> None:
     event(replica, "crashed", f"{why}. Restart {restarts} in {delay}s.")
 
 
-def _engine_request(replica: Replica, method: str, path: str, body: dict | None = None, timeout: float = 30):
-    request = urllib.request.Request(  # noqa: S310 - the engine's own loopback/private address
-        f"{replica.base_url}{path}",
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": f"Bearer {engine_key(replica.pk)}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-        data = response.read()
-    return json.loads(data) if data[:1] in (b"{", b"[") else data.decode()
-
-
-def _sync_adapters(replica: Replica) -> None:
-    """Hot-load adapters added to the deployment and unload removed ones, without a restart."""
-    wanted = {a.name: a for a in replica.deployment.adapters.select_related("version")}
-    loaded = set(replica.loaded_adapters)
-    # A replica of an older generation is being replaced, and may run an engine started without LoRA (adding
-    # an adapter turns it on with a new generation): asked to load, it answered 404 on every pass. Its
-    # successor starts with the adapters; what it must no longer serve is still unloaded.
-    to_load = set(wanted) - loaded if replica.generation == replica.deployment.generation else set()
-    if not to_load and loaded <= set(wanted):
-        return
-    changed = False
-    for name in sorted(to_load):
-        try:
-            path = prefetch.local_copy(wanted[name].version)
-            if path is None:
-                continue  # still being copied: loaded on a later pass
-            _engine_request(
-                replica, "POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)}
-            )
-        except Exception as exc:  # noqa: BLE001 - reported on the timeline; retried next round
-            _load_failed(replica, wanted[name], f"Could not load adapter {name}: {exc}")
-            continue
-        loaded.add(name)
-        changed = True
-        event(replica, "adapter_loaded", f"Adapter {name} loaded without a restart.")
-    for name in sorted(loaded - set(wanted)):
-        with contextlib.suppress(Exception):
-            _engine_request(replica, "POST", "/v1/unload_lora_adapter", {"lora_name": name})
-        loaded.discard(name)
-        changed = True
-        event(replica, "adapter_unloaded", f"Adapter {name} unloaded.")
-    if changed:
-        _set(replica, loaded_adapters=sorted(loaded))
-
-
-def _load_failed(replica: Replica, adapter: DeploymentAdapter, message: str) -> None:
-    """Said once, not at every pass the load is retried: again only when the engine says something else."""
-    said = replica.events.filter(
-        kind="adapter_failed",
-        at__gte=adapter.added_at,
-        message__startswith=f"Could not load adapter {adapter.name}: ",
-    ).first()  # the latest (events are ordered newest first)
-    if said is None or said.message != message:
-        event(replica, "adapter_failed", message)
-
-
 # How long a replica stays ready before its earlier restarts stop counting towards ENGINE_MAX_RESTARTS.
 STABLE_AFTER = timedelta(minutes=10)
 
@@ -384,7 +340,7 @@ def _ensure_running(
             _set(replica, last_health_at=now, restarts=0)
         else:
             _set(replica, last_health_at=now)
-        _sync_adapters(replica)
+        adapter_sync.sync(replica)
         return
     if replica.state == ReplicaState.STARTING:
         if replica.started_at and now - replica.started_at > timedelta(seconds=settings.ENGINE_START_TIMEOUT):
@@ -476,7 +432,8 @@ def reconcile_node(name: str, *, agent_start: bool = False, lock: Lease | None =
 def heartbeat(name: str, *, agent_start: bool = False) -> bool:
     """Register, then reconcile unless another process holds the node's lock; whether it reconciled (not when
     the lock was lost mid-pass: the next heartbeat takes it again and does the rest)."""
-    register(name, settings.NODE_POOL, settings.NODE_ADDRESS)
+    if register(name, settings.NODE_POOL, settings.NODE_ADDRESS) is None:
+        return False  # said in the log; retried at the next beat (the loop waits a beat after each)
     lock = agent_lock.acquire_node_lock(name)
     if lock is None:
         return False

@@ -21,8 +21,9 @@ def rescan_timeout() -> float:
 
 
 def ask_nvidia_smi(timeout: float) -> list[dict] | None:
-    """The GPUs nvidia-smi lists; none without nvidia-smi; ``None`` when it failed or did not answer in time
-    (a machine with GPUs and a sick driver is not a machine without GPUs)."""
+    """The GPUs nvidia-smi lists; none without nvidia-smi; ``None`` when it failed, did not answer in time or
+    answered what does not parse (a machine with GPUs and a sick driver is not a machine without GPUs)."""
+    global _failing
     if not shutil.which("nvidia-smi"):
         return []
     try:
@@ -34,10 +35,36 @@ def ask_nvidia_smi(timeout: float) -> list[dict] | None:
             check=True,
         ).stdout
     except (subprocess.SubprocessError, OSError) as exc:
-        logger.warning("nvidia-smi failed (%s); keeping the GPUs last seen", exc)
+        _failed(type(exc).__name__, f"nvidia-smi failed ({exc})")
         return None
-    gpus = []
-    for line in output.strip().splitlines():
-        index, name, mib = (part.strip() for part in line.split(","))
-        gpus.append({"index": int(index), "name": name, "memory_bytes": int(float(mib)) * 1024 * 1024})
+    try:
+        gpus = [_gpu(line) for line in output.strip().splitlines()]
+    except (ValueError, OverflowError) as exc:  # (int(float('inf')): an overflow)
+        # A field it cannot read ("[N/A]", "[Insufficient Permissions]": MIG or vGPU machines, a driver
+        # mid-reset) fails the whole scan, as a sick driver does: raised, it failed every heartbeat and the
+        # node was called lost with its engines running. A GPU is not listed with what parses: its memory is
+        # what placement fits models into and what GPU time is billed by, and a guess there is worse than
+        # the GPUs last seen.
+        _failed("unparsable", f"nvidia-smi answered what does not parse ({exc})")
+        return None
+    _failing = None
     return gpus
+
+
+def _gpu(line: str) -> dict:
+    fields = [part.strip() for part in line.split(",")]
+    if len(fields) != 3:
+        raise ValueError(f"{len(fields)} fields, not 3, in {line!r}")
+    index, name, mib = fields
+    return {"index": int(index), "name": name, "memory_bytes": int(float(mib)) * 1024 * 1024}
+
+
+# The kind of failure last said, until a scan succeeds: a lasting one is logged once, not at every rescan.
+_failing: str | None = None
+
+
+def _failed(kind: str, message: str) -> None:
+    global _failing
+    level = logging.DEBUG if kind == _failing else logging.WARNING
+    _failing = kind
+    logger.log(level, "%s; keeping the GPUs last seen", message)

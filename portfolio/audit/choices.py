@@ -59,6 +59,7 @@ class AuditAction(models.TextChoices):
     POOL_UPDATE = "pool.update", "Pool changed"
     NODE_REGISTER = "node.register", "Node registered"
     NODE_RECOVER = "node.recover", "Node recovered"
+    NODE_UPDATE = "node.update", "Node's address or capacity changed"
     NODE_LOST = "node.lost", "Node lost"
     NODE_CORDON = "node.cordon", "Node cordoned"
     NODE_DRAIN = "node.drain", "Node drained"

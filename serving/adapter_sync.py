@@ -1,0 +1,96 @@
+"""Adapters on a running engine: hot-loaded when added to the deployment and unloaded when removed, without a
+restart (vLLM's runtime LoRA routes). Part of the node agent's reconcile (``serving.agent``), which calls
+``sync`` for each ready replica of its node."""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+
+from django.db.models import Q
+
+from serving import agent, prefetch
+from serving.models import DeploymentAdapter, DeploymentEvent, Replica
+
+logger = logging.getLogger(__name__)
+
+
+def engine_request(replica: Replica, method: str, path: str, body: dict | None = None, timeout: float = 30):
+    request = urllib.request.Request(  # noqa: S310 - the engine's own loopback/private address
+        f"{replica.base_url}{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={
+            "Authorization": f"Bearer {agent.engine_key(replica.pk)}",
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        data = response.read()
+    return json.loads(data) if data[:1] in (b"{", b"[") else data.decode()
+
+
+def sync(replica: Replica) -> None:
+    """Hot-load adapters added to the deployment and unload removed ones, without a restart."""
+    wanted = {a.name: a for a in replica.deployment.adapters.select_related("version")}
+    loaded = set(replica.loaded_adapters)
+    # A replica of an older generation is being replaced, and may run an engine started without LoRA (adding
+    # an adapter turns it on with a new generation): asked to load, it answered 404 on every pass. Its
+    # successor starts with the adapters; what it must no longer serve is still unloaded.
+    to_load = set(wanted) - loaded if replica.generation == replica.deployment.generation else set()
+    if not to_load and loaded <= set(wanted):
+        return
+    changed = False
+    for name in sorted(to_load):
+        try:
+            path = prefetch.local_copy(wanted[name].version)
+            if path is None:
+                continue  # still being copied: loaded on a later pass
+            engine_request(
+                replica, "POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)}
+            )
+        except Exception as exc:  # noqa: BLE001 - reported on the timeline; retried next round
+            _load_failed(replica, wanted[name], f"Could not load adapter {name}: {exc}")
+            continue
+        loaded.add(name)
+        changed = True
+        agent.event(replica, "adapter_loaded", f"Adapter {name} loaded without a restart.")
+    for name in sorted(loaded - set(wanted)):
+        try:
+            engine_request(replica, "POST", "/v1/unload_lora_adapter", {"lora_name": name})
+        except Exception as exc:  # noqa: BLE001 - kept as loaded and retried next round; 404: not loaded
+            # Forgotten while the engine still had it, the name could be reused for another version, which
+            # the engine then refused to load ("already been loaded") until it restarted.
+            if not (isinstance(exc, urllib.error.HTTPError) and exc.code == 404):
+                _unload_failed(replica, name, f"Could not unload adapter {name}: {exc}")
+                continue
+        loaded.discard(name)
+        changed = True
+        agent.event(replica, "adapter_unloaded", f"Adapter {name} unloaded.")
+    if changed:
+        agent._set(replica, loaded_adapters=sorted(loaded))
+
+
+def _unload_failed(replica: Replica, name: str, message: str) -> None:
+    """Said once since the adapter was removed, not at every pass: again only when the engine says otherwise."""
+    said = DeploymentEvent.objects.filter(
+        Q(replica=replica, kind="adapter_failed", message__startswith=f"Could not unload adapter {name}: ")
+        | Q(kind="adapter_removed", message=f"Adapter {name} removed."),
+        deployment_id=replica.deployment_id,
+    ).first()  # the latest
+    if said is None or said.message != message:
+        logger.warning("replica %s: %s", replica.pk, message)
+        agent.event(replica, "adapter_failed", message)
+
+
+def _load_failed(replica: Replica, adapter: DeploymentAdapter, message: str) -> None:
+    """Said once, not at every pass the load is retried: again only when the engine says something else."""
+    said = replica.events.filter(
+        kind="adapter_failed",
+        at__gte=adapter.added_at,
+        message__startswith=f"Could not load adapter {adapter.name}: ",
+    ).first()  # the latest (events are ordered newest first)
+    if said is None or said.message != message:
+        agent.event(replica, "adapter_failed", message)
