@@ -316,9 +316,6 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "billing-check-budgets": {"task": "billing.check_budgets", "schedule": 300.0},
     "accounts-clear-sessions": {"task": "accounts.clear_sessions", "schedule": 3600.0},
 }
-# A periodic task queued behind others is dropped once its next is due, not piled up; each is idempotent.
-for _entry in CELERY_BEAT_SCHEDULE.values():
-    _entry.setdefault("options", {}).setdefault("expires", _entry["schedule"])
 
 # --- Django ---------------------------------------------------------------------------------------
 INSTALLED_APPS = [
@@ -408,6 +405,9 @@ if OIDC_SYNC:
         "task": "accounts.sync_directory",
         "schedule": float(OIDC_SYNC["interval"]),
     }
+# A periodic task queued behind others (the sync's too: so here) is dropped once its next is due; idempotent.
+for _entry in CELERY_BEAT_SCHEDULE.values():
+    _entry.setdefault("options", {}).setdefault("expires", _entry["schedule"])
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

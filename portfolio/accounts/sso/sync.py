@@ -23,14 +23,20 @@ so that person's groups and roles are left as the sign-in made them. Someone who
 after the users were listed (``Directory.started_at``) is not in the read at all (not listed is then no sign
 of being gone). Otherwise the identity's ``claims_issued_at`` becomes ``read_at``, not the time of applying: a
 token issued between the read and the apply is newer than the directory and may still be used.
+
+One sync runs at a time, holding a PostgreSQL advisory lock on its own session for the whole run; one that
+finds it held does nothing (the running one is reading the directory already). PostgreSQL lets go of the
+lock of a worker that died (killed, out of memory, its machine lost), so a run that holds it knows every
+unfinished row is a dead run's: it marks them interrupted, rather than leaving them "running" for good.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
-from django.db import transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -51,6 +57,12 @@ from portfolio.accounts.sso.config import OidcConfig
 
 logger = logging.getLogger("portfolio.accounts.sso.sync")
 KEEP_RUNS = 100
+LOCK_ID = 0x7379_6E63  # "sync": a session-level advisory lock, held for the whole run
+INTERRUPTED = (
+    "Interrupted: its worker stopped before it finished. What it had applied stands, though not counted "
+    "here; a later sync read the directory again."
+)
+BUSY = "Another directory sync was running: this one did nothing."
 # Keycloak's user of a client's service account. Its admin API lists users without them (GET /users, and
 # since 26.7 GET /users/{id}): neither listed nor looked up, they are never taken for deleted or disabled.
 SERVICE_ACCOUNT_PREFIX = "service-account-"
@@ -156,7 +168,24 @@ def _apply_person(
 
 
 def run_once(config: OidcConfig, sync: dict[str, Any]) -> DirectorySync:
-    """One sync; its row says what changed or why nothing did."""
+    """One sync; its row says what changed or why nothing did (an unsaved row: another sync was running)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [LOCK_ID])
+        if not cursor.fetchone()[0]:
+            logger.info("directory sync skipped: another is running")
+            return DirectorySync(finished_at=timezone.now(), error=BUSY)
+    try:
+        # Held here, so no other sync is alive: a row still unfinished is a dead worker's.
+        DirectorySync.objects.filter(finished_at__isnull=True).update(
+            finished_at=timezone.now(), ok=False, error=INTERRUPTED
+        )
+        return _run(config, sync)
+    finally:
+        with contextlib.suppress(DatabaseError), connection.cursor() as cursor:  # a lost session let go of it
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [LOCK_ID])
+
+
+def _run(config: OidcConfig, sync: dict[str, Any]) -> DirectorySync:
     run = DirectorySync.objects.create()
     try:
         issuer = client.discovery(config)["issuer"]
