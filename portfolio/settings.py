@@ -319,6 +319,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
 
 # --- Django ---------------------------------------------------------------------------------------
 INSTALLED_APPS = [
+    "portfolio.accounts",  # first: its createsuperuser and changepassword (audited) are the ones found
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -329,7 +330,6 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "django_htmx",
     "ninja",
-    "portfolio.accounts",
     "portfolio.audit",
     "portfolio.registry",
     "portfolio.billing",
