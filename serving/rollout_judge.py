@@ -6,6 +6,11 @@ requests so far (at least one once it answered any), at most JUDGE_PER_CHECK per
 short) and JUDGE_MAX_SAMPLES per rollout. Sampling runs before the rollout's rows are locked (it calls
 endpoints), so a slow judge never holds up a route edit.
 
+A judge that refuses a question (one too long for its context, say) ends the check's sampling: the scores
+taken before are kept (their calls were billed), the refused question is skipped (not counted: a judge
+that is down would otherwise spend the rollout's samples), and the next check draws other questions
+(``seed``), not the same ones to be refused again, each call before billed again, at every check.
+
 The judging itself (which questions, the judge's prompt, reading its reply) lives in training, which serving
 cannot import: training registers a JudgeSampler in its AppConfig.ready, as it does PROMOTION_FOLLOWERS.
 """
@@ -32,7 +37,23 @@ def most_samples(window_seconds: int) -> int:
 
 
 class JudgeUnavailable(Exception):
-    """The judge (or the canary it samples) did not answer this time: the check goes on without scores."""
+    """The judge (or the canary it samples) did not answer this time: the check goes on with the scores taken
+    before (``scores``), and the next draws other questions when this one asked the judge any (``redraw``)."""
+
+    def __init__(self, message: str, *, scores: list[float | None] | None = None, redraw: bool = False):
+        super().__init__(message)
+        self.scores = list(scores or [])
+        self.redraw = redraw
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """A check's judging: the scores taken (None: no readable score in the judge's reply), why it stopped
+    short (``trouble``), and whether the next check must draw other questions (``redraw``)."""
+
+    scores: list[float | None]
+    trouble: str = ""
+    redraw: bool = False
 
 
 @dataclass(frozen=True)
@@ -40,8 +61,9 @@ class JudgeSampler:
     # Why the canaries of this endpoint cannot be judged (no eval set to sample questions from, say); None
     # when they can. Asked when a judged rollout starts.
     check: Callable[[Endpoint], str | None]
-    # Ask ``count`` sampled questions of the rollout's canary and the judge: each answer's score from 0 to 1,
-    # None where the judge's reply said no readable score. Raises JudgeUnavailable.
+    # Ask ``count`` sampled questions (drawn by ``seed``) of the rollout's canary and the judge: each answer's
+    # score from 0 to 1, None where the judge's reply said no readable score. Raises JudgeUnavailable, with
+    # the scores taken before.
     sample: Callable[[Rollout, int], list[float | None]]
 
 
@@ -61,20 +83,28 @@ def due(rollout: Rollout, canary_requests: int) -> int:
     return max(0, min(owed, JUDGE_PER_CHECK, JUDGE_MAX_SAMPLES - asked))
 
 
-def judge(rollout: Rollout, canary_requests: int) -> tuple[list[float | None], str]:
-    """(the scores of the canary answers judged now, why none could be when some were due)."""
+def seed(rollout: Rollout) -> str:
+    """The seed of a check's draw of questions: another after every check that asked the judge anything
+    (``asked`` counts the scores kept, ``redrawn`` the checks a refusal cut short), so a draw refused is not
+    drawn again."""
+    asked, redrawn = int(rollout.judged.get("asked", 0)), int(rollout.judged.get("redrawn", 0))
+    return f"{rollout.pk}:{asked}" + (f":{redrawn}" if redrawn else "")
+
+
+def judge(rollout: Rollout, canary_requests: int) -> Sampled:
+    """The scores of the canary answers judged now, and why there are fewer than were due."""
     count = due(rollout, canary_requests)
     if not count:
-        return [], ""
+        return Sampled([])
     found = sampler()
     if found is None:
-        return [], "no judge sampler is installed (the training app is not loaded)"
+        return Sampled([], "no judge sampler is installed (the training app is not loaded)")
     if rollout.judge_endpoint_id is None:
-        return [], f"the judge endpoint {rollout.judge_endpoint_name} was deleted"
+        return Sampled([], f"the judge endpoint {rollout.judge_endpoint_name} was deleted")
     try:
-        return found.sample(rollout, count), ""
+        return Sampled(found.sample(rollout, count))
     except JudgeUnavailable as exc:
-        return [], str(exc)
+        return Sampled(exc.scores, str(exc), exc.redraw)
     except Exception as exc:  # raised at every check, it would hold the rollout in its canary for ever
         logger.exception("rollout #%s: judging its canary failed", rollout.pk)
-        return [], f"judging failed: {exc}"
+        return Sampled([], f"judging failed: {exc}")

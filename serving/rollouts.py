@@ -6,7 +6,8 @@ What counts: the requests the endpoint itself answered (a fallback's are its own
 candidate (its deployment and adapter) and everything else (the baseline); an error is a 5xx (the engine
 failing, timing out, or not reachable), or the engine's own 404 (relayed as ``upstream_error``: it does
 not serve the model, an adapter its replica never loaded), not a client's 4xx. A judged rollout's sampled scores
-(rollout_judge.py) are taken before the rows are locked, added to its tally, audited, and decide too.
+(rollout_judge.py) are taken before the rows are locked, added to its tally, audited, and decide too; a
+check that finds the endpoint's row locked keeps them for the next (their calls were billed).
 The judge is called with a short-lived key of the endpoint's team, revoked after; one left active by a
 worker killed mid-judging is revoked at the rollout's next check, or once it has ended.
 """
@@ -110,7 +111,7 @@ def revoke_ended_judge_keys(now: datetime) -> int:
     )
 
 
-def _sample_judge(rollout_id: int, now: datetime) -> tuple[list[float | None], str]:
+def _sample_judge(rollout_id: int, now: datetime) -> rollout_judge.Sampled:
     """The judge's scores of the canary answers due now, taken with no lock held (it calls endpoints)."""
     rollout = (
         Rollout.objects.filter(pk=rollout_id, state=RolloutState.CANARY)
@@ -119,7 +120,7 @@ def _sample_judge(rollout_id: int, now: datetime) -> tuple[list[float | None], s
         .first()
     )
     if rollout is None:
-        return [], ""
+        return rollout_judge.Sampled([])
     # An earlier check's, its worker killed mid-judging (checks of a rollout never overlap: step's lease).
     key_services.revoke_service_keys(
         actor=Actor.for_system("rollouts"),
@@ -129,17 +130,46 @@ def _sample_judge(rollout_id: int, now: datetime) -> tuple[list[float | None], s
     return rollout_judge.judge(rollout, measure(rollout, now)[1].requests)
 
 
-def _record_judged(rollout: Rollout, scores: list[float | None], trouble: str, actor: Actor) -> Judged:
-    """Add this check's scores to the rollout's tally, as a step of its timeline, audited."""
+def _counted(judged: dict, sampled: rollout_judge.Sampled) -> dict:
+    """``judged``'s counters once the check's questions are counted: ``asked`` (scores kept), ``redrawn``
+    (checks a refusal cut short), which seed the next draw (rollout_judge.seed)."""
+    redrawn = int(judged.get("redrawn", 0)) + sampled.redraw
+    return {
+        "asked": int(judged.get("asked", 0)) + len(sampled.scores),
+        **({"redrawn": redrawn} if redrawn else {}),
+    }
+
+
+def _keep_for_next_check(rollout_id: int, sampled: rollout_judge.Sampled) -> None:
+    """The scores of a check that found the endpoint's row locked (a route edit), kept as ``pending`` for the
+    next check to add to the tally, and the questions counted: not asked (and billed) again. No row lock is
+    waited for but the rollout's own, which no holder of it waits on this check to release."""
+    if not sampled.scores and not sampled.redraw:
+        return
+    judged = Rollout.objects.filter(pk=rollout_id, state=RolloutState.CANARY).values_list("judged", flat=True)
+    found = judged.first()
+    if found is None:
+        return
+    kept = {**found, **_counted(found, sampled), "pending": [*found.get("pending", []), *sampled.scores]}
+    # Compare-and-swap: checks of a rollout never overlap (step's lease), and nothing else writes judged.
+    Rollout.objects.filter(pk=rollout_id, state=RolloutState.CANARY, judged=found).update(judged=kept)
+
+
+def _record_judged(rollout: Rollout, sampled: rollout_judge.Sampled, actor: Actor) -> Judged:
+    """Add this check's scores (and those a check that found the endpoint locked kept) to the rollout's
+    tally, as a step of its timeline, audited."""
     judged = Judged.of(rollout.judged)
-    if not scores and not trouble:
-        return judged
-    if trouble:
-        rollout.figures["judge_trouble"] = trouble
+    if sampled.trouble:
+        rollout.figures["judge_trouble"] = sampled.trouble
+    scores = [*rollout.judged.get("pending", []), *sampled.scores]
+    if not scores:
+        if sampled.redraw:  # nothing to tally, but the next check draws other questions
+            rollout.judged = {**rollout.judged, **_counted(rollout.judged, sampled)}
+            rollout.save(update_fields=["judged"])
         return judged
     before = rollout.snapshot() | {"judged": rollout.judged}
     judged = judged.plus(scores)
-    rollout.judged = {**judged.as_dict(), "asked": int(rollout.judged.get("asked", 0)) + len(scores)}
+    rollout.judged = {**judged.as_dict(), **_counted(rollout.judged, sampled)}
     mean = judged.score
     services.add_step(
         rollout,
@@ -172,7 +202,7 @@ def step(rollout_id: int, now: datetime | None = None) -> str | None:
 def _step(rollout_id: int, now: datetime | None) -> str | None:
     now = now or timezone.now()
     actor = Actor.for_system("rollouts")
-    scores, trouble = _sample_judge(rollout_id, now)
+    sampled = _sample_judge(rollout_id, now)
     with transaction.atomic():
         endpoint_id = Rollout.objects.filter(pk=rollout_id).values_list("endpoint_id", flat=True).first()
         if endpoint_id is None:
@@ -180,6 +210,7 @@ def _step(rollout_id: int, now: datetime | None) -> str | None:
         # Locked as the services lock: the endpoint, then its rollout.
         endpoint = Endpoint.objects.select_for_update(skip_locked=True).filter(pk=endpoint_id).first()
         if endpoint is None:
+            _keep_for_next_check(rollout_id, sampled)
             return None
         rollout = Rollout.objects.select_for_update().filter(pk=rollout_id, state=RolloutState.CANARY).first()
         if rollout is None:
@@ -196,7 +227,7 @@ def _step(rollout_id: int, now: datetime | None) -> str | None:
             return "abort"
         baseline, canary = measure(rollout, now)
         rollout.figures = {}
-        judged = _record_judged(rollout, scores, trouble, actor)
+        judged = _record_judged(rollout, sampled, actor)
         verdict, reason = decide(baseline, canary, policy_of(rollout), now, judged, _canary_ready(rollout))
         rollout.figures |= {
             "baseline": baseline.as_dict(),

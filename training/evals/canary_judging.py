@@ -19,7 +19,7 @@ import httpx
 from django.conf import settings
 
 from portfolio.errors import Invalid
-from serving import agent, rollouts
+from serving import agent, rollout_judge, rollouts
 from serving.choices import ReplicaState
 from serving.models import Endpoint, Replica, Rollout
 from serving.rollout_judge import JudgeUnavailable
@@ -87,29 +87,31 @@ def canary_answer(rollout: Rollout, messages: list[dict], pick: random.Random) -
 
 def sample(rollout: Rollout, count: int) -> list[float | None]:
     """``count`` questions (drawn with replacement, reproducibly per rollout and check) put to the canary,
-    each answer's score by the judge (None: its reply said no readable score)."""
+    each answer's score by the judge (None: its reply said no readable score). A question the judge refuses
+    ends the sampling: JudgeUnavailable with the scores taken before, billed (rollout_judge.py)."""
     eval_set = eval_set_of(rollout.endpoint)
     rows = runs.rows_of(eval_set, runs.MAX_ROWS) if eval_set is not None else []
     if not rows:
         raise JudgeUnavailable(f"no eval set rows to sample questions from for {rollout.endpoint.name}")
-    pick = random.Random(f"{rollout.pk}:{rollout.judged.get('asked', 0)}")  # noqa: S311 - sampling, not secrets
+    pick = random.Random(rollout_judge.seed(rollout))  # noqa: S311 - sampling, not secrets
     chosen = [rows[pick.randrange(len(rows))] for _ in range(count)]
     questions = [evaluation.prompt_messages(row) for row in chosen]
     answers = [canary_answer(rollout, question, pick) for question in questions]
     label = rollouts.judge_key_name(rollout.pk)  # one a killed worker left, serving.rollouts revokes
+    scores: list[float | None] = []
     try:
         with gateway.client_for(rollout.endpoint.owner_team, rollout.judge_endpoint_name, label) as client:
-            replies = [
-                gateway.ask(
+            for row, question, answer in zip(chosen, questions, answers, strict=True):
+                reply = gateway.ask(
                     client,
                     rollout.judge_endpoint_name,
                     judging.messages(rollout.judge_rubric, question, evaluation.expected_answer(row), answer),
                     judging.JUDGE_MAX_TOKENS,
                 )
-                for row, question, answer in zip(chosen, questions, answers, strict=True)
-            ]
+                scores.append(judging.score(reply.text))
     except gateway.GatewayRefused as exc:
-        raise JudgeUnavailable(f"the judge did not answer: {exc}") from None
+        # The calls before were billed: their scores are kept, and the next check draws other questions.
+        raise JudgeUnavailable(f"the judge did not answer: {exc}", scores=scores, redraw=True) from None
     except Invalid as exc:  # the judge unshared, or gone, since the rollout started: no key for it
         raise JudgeUnavailable(f"the judge cannot be called: {exc}") from None
-    return [judging.score(reply.text) for reply in replies]
+    return scores

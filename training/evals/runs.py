@@ -271,7 +271,8 @@ def _answer_all(
     def beat(done: int) -> None:
         _beat(run.pk, done if count else None)
 
-    with ThreadPoolExecutor(max_workers=run.concurrency) as pool:
+    pool = ThreadPoolExecutor(max_workers=run.concurrency)
+    try:
         for start in range(0, len(conversations), batch):
             if _cancelled(run.pk):
                 return None
@@ -284,12 +285,17 @@ def _answer_all(
                 _, pending = wait(pending, timeout=BEAT_SECONDS, return_when=FIRST_EXCEPTION)
                 failed = next((f.exception() for f in futures if f.done() and f.exception()), None)
                 if failed is not None:
-                    for future in pending:
-                        future.cancel()  # rows not yet sent are not sent
                     raise failed
                 beat(len(answers) + sum(f.done() for f in futures))
             answers += [future.result() for future in futures]
             beat(len(answers))
+    finally:
+        # Not the pool's ``with``, whose exit waits for the calls in flight (a generation may take minutes)
+        # without beating, so the reaper would fail the run with its own reason before the real one is
+        # written. On a failure the rows not yet sent are not sent, and the run ends at once: a call still in
+        # flight finishes in its thread, its answer dropped (only this thread writes the run's results), its
+        # key revoked as the caller's ``client_for`` closes.
+        pool.shutdown(wait=False, cancel_futures=True)
     return answers
 
 
