@@ -31,6 +31,7 @@ from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
+from benchmarks.host import machine  # noqa: E402
 from portfolio.accounts.actor import Actor  # noqa: E402
 from portfolio.accounts.choices import TeamRole  # noqa: E402
 from portfolio.accounts.models import Department, Membership, Team  # noqa: E402
@@ -178,6 +179,7 @@ def main() -> None:
         "rows_per_second": round(options.rows / (ingested - stored)),
         "train_eval": [done.version.train_count, done.version.eval_count],
         "machine": {
+            **machine(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "processor": platform.machine(),

@@ -46,6 +46,7 @@ from django.db import connection  # noqa: E402
 from django.test import Client  # noqa: E402
 
 from benchmarks.billing import seed  # noqa: E402
+from benchmarks.host import machine  # noqa: E402
 from portfolio.accounts.models import Department  # noqa: E402
 from portfolio.billing import statements  # noqa: E402
 from serving.gateway import usage  # noqa: E402
@@ -230,6 +231,7 @@ def main() -> None:
         },
         "storage": {**sizes(options.events), "goal_bytes_per_event": GOALS["bytes_per_event"]},
         "machine": {
+            **machine(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "postgres": connection.pg_version,

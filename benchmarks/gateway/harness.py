@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -147,28 +146,6 @@ class Background:
 def pin(pid: int, core: int) -> None:
     """Pin a running process (all its threads) to one core; children it forks later inherit it."""
     subprocess.run(["taskset", "-a", "-p", "-c", str(core), str(pid)], check=True, capture_output=True)
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        memory = round(int(Path("/proc/meminfo").read_text().split()[1]) / 1024**2, 1)
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": memory,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "kind": "shared 2-core development machine"
-        if os.cpu_count() == 2
-        else f"{os.cpu_count()}-core machine",
-    }
 
 
 def tool_version(argv: list[str]) -> str:

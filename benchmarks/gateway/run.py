@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.gateway.harness import Background, Processes, free_port, machine, post, wait_http  # noqa: E402
+from benchmarks.gateway.harness import Background, Processes, free_port, post, wait_http  # noqa: E402
 from benchmarks.gateway.load import (  # noqa: E402
     P99_LIMIT_MS,
     SATURATION_CONNECTIONS,
@@ -51,6 +51,7 @@ from benchmarks.gateway.ours import (  # noqa: E402
 )
 from benchmarks.gateway.peer import LITELLM_VENV, litellm_version, probe_litellm_virtual_keys, start_litellm  # noqa: E402
 from benchmarks.gateway.report import bare_relay_figures, composite_figures, print_table, report  # noqa: E402
+from benchmarks.host import machine  # noqa: E402
 
 
 def main() -> int:
@@ -359,7 +360,10 @@ def main() -> int:
         }
         log(f"metering: {metering}")
 
-        machine_info = {**machine(), "background": background.report([nginx.pid, litellm_process.pid])}
+        # The bare relay still runs (stopped at the end): its CPU is this run's, not other work (it was left
+        # out before 2026-12-07, which overstated `other_work_cores`).
+        still_running = [nginx.pid, litellm_process.pid, bare_process.pid]
+        machine_info = {**machine(), "background": background.report(still_running)}
         results = report(
             machine_info,
             rounds,

@@ -55,6 +55,7 @@ from django.core.management import call_command  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from benchmarks.gateway.harness import Processes  # noqa: E402
+from benchmarks.host import machine  # noqa: E402
 from benchmarks.portfolio import report, scoring  # noqa: E402
 from benchmarks.portfolio.platform_setup import (  # noqa: E402
     ACTOR,
@@ -181,6 +182,7 @@ def main() -> None:
         context={
             "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": {
+                **machine(),
                 "cpus": os.cpu_count(),
                 "threads_per_process": args.threads,
                 "python": platform.python_version(),

@@ -47,6 +47,7 @@ from django.core.management import call_command  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from benchmarks.gateway.harness import Processes  # noqa: E402
+from benchmarks.host import machine  # noqa: E402
 from benchmarks.platform_processes import base_env, start_gateway, start_node_agent, start_worker, wait  # noqa: E402
 from benchmarks.serving import load  # noqa: E402
 from benchmarks.serving.adapters import register_adapter, write_adapter  # noqa: E402
@@ -290,6 +291,7 @@ def main() -> None:
     result = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
+            **machine(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "load_average_at_start": [round(x, 2) for x in load_at_start],
