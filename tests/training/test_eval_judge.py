@@ -33,7 +33,7 @@ pytestmark = pytest.mark.django_db
         ("Score: 4/5", 0.75),  # "/ 5" is the prompt's 1-5 scale, as "4" is
         ("8 out of 10", 0.8),
         ("0.8", 0.8),
-        ("1.0", 1.0),
+        ("1.0", 0.0),  # the 1-5 scale's worst grade, as "1" is (it read as a 0-1 rubric's top)
         ("0", 0.0),
         ("4.5", 0.875),
         ("Rating: 3 stars. The answer names the right queue.", 0.5),

@@ -96,7 +96,7 @@ def test_composed_and_decomposed_letters_are_the_same_answer():
         ("0/5", 0.0),
         ("8/10", 0.8),
         ("7 out of 10", 0.7),
-        ("1.0", 1.0),  # a 0-1 rubric's top, as it is
+        ("1.0", 0.0),  # the 1-5 scale's worst grade, as the prompt asks (it read as a 0-1 rubric's top)
     ],
 )
 def test_a_judges_reply_in_a_misleading_shape_is_read_as_its_score(reply, read):

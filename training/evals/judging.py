@@ -5,10 +5,10 @@ A reply is read leniently, as judges answer in many shapes ("4", "Score: 4/5", "
 10", reasoning first): the first number after the reasoning (what follows the last ``</think>``, as a
 reasoning model's template opens ``<think>`` in the prompt), over the scale it names (``/ N``, ``out of
 N``: "8/10" is 0.8, but "/ 5" is the 1-5 scale the prompt asks for, so "4/5" is 0.75 as "4" is, and "0/5"
-is 0), else a decimal fraction 0-1 as it is ("0.8", "1.0", "0"), else a number 1-5 on that 1-5 scale
-((n - 1) / 4: "4" is 0.75). Ranges ("1-5", "1–5", "1 to 5") are not scores. Anything else (no number, 7
-with no scale, a negative, more than its scale, reasoning cut off before its ``</think>``) is unreadable:
-None, counted by the run, never a failure.
+is 0), else a number 1-5 on that 1-5 scale ((n - 1) / 4: "4" is 0.75, "1.0" is 0 as "1" is), else a
+decimal fraction under 1 as it is ("0.8", "0"). Ranges ("1-5", "1–5", "1 to 5") are not scores. Anything
+else (no number, 7 with no scale, a negative, more than its scale, reasoning cut off before its
+``</think>``) is unreadable: None, counted by the run, never a failure.
 """
 
 from __future__ import annotations
@@ -72,8 +72,9 @@ def score(reply: str) -> float | None:
             # The prompt's 1-5 scale, so that "4/5" and "4" from one judge are one score.
             return max(value - 1, 0) / 4
         return value / out_of if out_of > 0 and value <= out_of else None
-    if "." in literal and value <= 1 or value == 0:
-        return value  # a fraction: "0.8", "1.0", "0"
+    # The prompt's 1-5 scale first: "1.0" is its worst grade, as "2.0" is 0.25, never a fraction's top.
     if 1 <= value <= 5:
         return (value - 1) / 4
+    if "." in literal and value < 1 or value == 0:
+        return value  # a fraction: "0.8", "0"
     return None

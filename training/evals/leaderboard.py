@@ -103,6 +103,8 @@ def leaderboard(eval_set: EvalSet) -> list[Entry]:
             not e.comparable,
             e.quality is None,
             -(e.quality or 0),
+            # An unpriced run is not known to be the cheapest: after the priced ones at its quality.
+            e.cost_per_1k is None,
             e.cost_per_1k or 0,
             e.endpoint,
         ),

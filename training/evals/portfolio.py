@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.postgres.expressions import ArraySubquery
@@ -114,23 +115,31 @@ def _no_dearer(candidate: Figures, production: Figures) -> bool:
     )
 
 
+def _points(value: float) -> Decimal:
+    """A quality or margin in points, exactly to a millionth of a point: in floats 0.14 - 0.02 is
+    0.12000000000000001, so a candidate exactly at the margin would fall outside it."""
+    return Decimal(f"{value * 100:.6f}")
+
+
 def pick_candidate(production: Figures, candidates: Sequence[Figures], margin: float) -> Figures | None:
     """The candidate to hint at, or None: one that scores within ``margin`` of production's quality and is
     cheaper per 1,000 requests or smaller, or that scores better by more than ``margin`` at no more cost
-    and size. The cheapest such first, then the best, then the smallest."""
+    and size. The cheapest such first, then the best, then the smallest. Qualities are compared in
+    ``_points``."""
     if production.quality is None:
         return None
-    floor = production.quality - margin
+    quality, points = _points(production.quality), _points(margin)
+    floor, ceiling = quality - points, quality + points
     fitting = [
         c
         for c in candidates
         if c.endpoint != production.endpoint
         and c.quality is not None
-        and c.quality >= floor
+        and _points(c.quality) >= floor
         and (
             _cheaper(c, production)
             or _smaller(c, production)
-            or (c.quality > production.quality + margin and _no_dearer(c, production))
+            or (_points(c.quality) > ceiling and _no_dearer(c, production))
         )
     ]
     if not fitting:
@@ -140,7 +149,7 @@ def pick_candidate(production: Figures, candidates: Sequence[Figures], margin: f
         key=lambda c: (
             c.cost_per_1k is None,
             c.cost_per_1k or 0.0,
-            -(c.quality or 0.0),
+            -_points(c.quality or 0.0),
             c.parameters or 0,
             c.endpoint,
         ),
