@@ -1,5 +1,6 @@
 """The fine-tune reaper: running jobs whose node went silent are moved, failed or ended as cancelled, and
-queued jobs on a node marked lost are failed; never left running or queued for ever."""
+queued jobs on a node marked lost are failed; never left running or queued for ever. A job whose version was
+registered ends succeeded on each of those paths, and on its watcher's (``end_unfinished``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from functools import partial
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
@@ -45,11 +47,11 @@ def _reap(job: FineTuneJob, silence: timedelta, cutoff) -> None:
     if job.cancel_requested:  # asked while its node was silent: nothing is left to stop, nor to move
         metering.attempt_ended(job, last_seen)
         detail = "Cancelled; its node had stopped reporting, so the job was not moved."
-        finetune.finish(job.pk, JobStatus.CANCELLED, detail, attempt=job.attempt)
+        end_unfinished(job.pk, JobStatus.CANCELLED, detail, attempt=job.attempt)
         return
     if job.attempt >= settings.TRAINING_MAX_ATTEMPTS:
         metering.attempt_ended(job, last_seen)
-        finetune.finish(
+        end_unfinished(
             job.pk,
             JobStatus.FAILED,
             f"The node stopped reporting for {int(silence.total_seconds())}s {job.attempt} times; giving up.",
@@ -62,7 +64,7 @@ def _reap(job: FineTuneJob, silence: timedelta, cutoff) -> None:
     except Conflict as exc:
         metering.attempt_ended(job, last_seen)
         detail = f"The node went silent and the job cannot move: {exc}"
-        finetune.finish(job.pk, JobStatus.FAILED, detail, attempt=job.attempt)
+        end_unfinished(job.pk, JobStatus.FAILED, detail, attempt=job.attempt)
         return
     job.node, job.gpu_indices = node, gpu_indices
     requeued = FineTuneJob.objects.filter(
@@ -82,26 +84,60 @@ def _reap(job: FineTuneJob, silence: timedelta, cutoff) -> None:
         transaction.on_commit(partial(finetune.enqueue, job))
 
 
+def end_unfinished(job_id: int, status: str, detail: str, *, attempt: int) -> bool:
+    """End the job as ``status`` (failed, cancelled) with ``detail``, the attempt having stopped before it
+    ended the job; unless that attempt (or an earlier one) registered its output version: then, as a trainer
+    run again after registering ends it (``runner.run``), succeeded, saying what did not finish. The version
+    stands and is usable (ready, perhaps served already); a failed job would say it is not, and a new job
+    would train it again. ``finetune.finish``'s compare-and-swap: False for a job ended or taken over."""
+    registered = (
+        FineTuneJob.objects.filter(pk=job_id, status=JobStatus.RUNNING, attempt=attempt)
+        .exclude(output_version=None)
+        .select_related("output_version__model")
+        .first()
+    )
+    if registered is None or registered.output_version is None:
+        return finetune.finish(job_id, status, detail, attempt=attempt)
+    why = detail[:1].lower() + detail[1:]
+    return finetune.finish(
+        job_id,
+        JobStatus.SUCCEEDED,
+        f"Registered {registered.output_version.label}; scoring it did not finish: {why}",
+        attempt=attempt,
+        step=F("total_steps"),  # as the trainer ends it: its training was done
+    )
+
+
 def _fail_queued_on_lost_nodes() -> int:
     """A queued job waits for its node's worker: on a node marked lost it would wait for ever, holding its
     GPUs from every replica and job. It is failed (its claim given back); started again, it is placed anew.
-    A worker coming back with its message finds it no longer queued."""
-    failed = 0
+    One requeued after it registered its version ends succeeded, as ``end_unfinished`` ends it. A worker
+    coming back with its message finds it no longer queued."""
+    ended = 0
     lost = FineTuneJob.objects.filter(status=JobStatus.QUEUED, node__state=NodeState.LOST).select_related(
-        "node"
+        "node", "output_version__model"
     )
     for job in lost:
         with transaction.atomic():
             assert job.node is not None  # selected by its node's state
+            status, fields = JobStatus.FAILED, {}
             detail = f"Its node {job.node.name} was lost before the job started; start it again."
+            if job.output_version is not None:  # only scoring it was left to do
+                status, fields = JobStatus.SUCCEEDED, {"step": F("total_steps")}
+                detail = (
+                    f"Registered {job.output_version.label}; scoring it did not finish: its node "
+                    f"{job.node.name} was lost before the job started again."
+                )
             # Its node still lost: one back (ready again) since the select keeps its job, which its worker runs.
             still = FineTuneJob.objects.filter(
                 pk=job.pk, status=JobStatus.QUEUED, node=job.node, node__state=NodeState.LOST
             )
-            if still.update(status=JobStatus.FAILED, status_detail=detail, finished_at=timezone.now()):
+            if still.update(status=status, status_detail=detail, finished_at=timezone.now(), **fields):
                 job.refresh_from_db()
-                audit.record(Actor.for_system("training"), "training.job_failed", job, after=job.snapshot())
+                audit.record(
+                    Actor.for_system("training"), f"training.job_{status}", job, after=job.snapshot()
+                )
                 distillation.revoke_teacher_keys(job)  # a killed stage-one attempt's, as ``finish`` does
-                failed += 1
+                ended += 1
         finetune.drop_checkpoint(job.pk)  # a job requeued from a checkpoint, then its new node lost
-    return failed
+    return ended

@@ -317,8 +317,9 @@ def _count_compute(job_id: int, elapsed: float) -> None:
 
 
 def _end_attempt(job_id: int, attempt: int, process: subprocess.Popen | None, mine) -> None:
-    """The trainer has exited: its attempt's meter closes, and the job is requeued, failed or cancelled
-    unless the trainer said how it ended. Tried again as a whole: each step checks what is done."""
+    """The trainer has exited: its attempt's meter closes, and the job is requeued, failed or cancelled (or,
+    its version registered, succeeded: ``job_reaper.end_unfinished``) unless the trainer said how it ended.
+    Tried again as a whole: each step checks what is done."""
     job = FineTuneJob.objects.get(pk=job_id)
     metering.attempt_ended(job, timezone.now(), attempt)
     if job.status != JobStatus.RUNNING or job.attempt != attempt:
@@ -326,7 +327,7 @@ def _end_attempt(job_id: int, attempt: int, process: subprocess.Popen | None, mi
     code = process.returncode if process else None
     why = f"the trainer exited ({_exit_reason(code)})"
     if job.cancel_requested:  # asked before it exited: not started again
-        finetune.finish(job_id, JobStatus.CANCELLED, f"Cancelled; {why}.", attempt=attempt)
+        job_reaper.end_unfinished(job_id, JobStatus.CANCELLED, f"Cancelled; {why}.", attempt=attempt)
     elif job.attempt < settings.TRAINING_MAX_ATTEMPTS:
         with transaction.atomic():  # audited as the reaper's requeue is: an auditor sees every restart
             # A cancel committed since it was read: the job stays running, its silence then the reaper's.
@@ -341,9 +342,9 @@ def _end_attempt(job_id: int, attempt: int, process: subprocess.Popen | None, mi
         if requeued:
             finetune.enqueue(job)
         elif mine.filter(cancel_requested=True).exists():  # a cancel committed since the job was read
-            finetune.finish(job_id, JobStatus.CANCELLED, f"Cancelled; {why}.", attempt=attempt)
+            job_reaper.end_unfinished(job_id, JobStatus.CANCELLED, f"Cancelled; {why}.", attempt=attempt)
     else:
-        finetune.finish(
+        job_reaper.end_unfinished(
             job_id,
             JobStatus.FAILED,
             # Not the log's tail: it can carry rows of the data and the node's paths, and the detail is for
@@ -367,7 +368,7 @@ def _beat(job_id: int, mine, attempt: int, pid: int, process: subprocess.Popen |
         return True
     if mine.filter(cancel_requested=True).exists():
         _kill(pid, process=process)
-        finetune.finish(
+        job_reaper.end_unfinished(
             job_id,
             JobStatus.CANCELLED,
             "Cancelled: the trainer's process group was stopped.",
