@@ -174,8 +174,8 @@ def score_cascade(name: str, cascade: Endpoint, evals: EvalSet) -> tuple[report.
         "requests": savings.requests,
         "escalated": savings.escalated,
         "escalation_rate": savings.escalation_rate,
-        "cost": str(savings.cost),
+        "cost": None if savings.cost is None else str(savings.cost),  # None: a hop not priced
         "cost_per_1k_requests": per_1k,
         # Kept small answers' tokens at Gemma's price: its few-shot prompt is longer, so this is a floor.
-        "always_large_estimate": str(savings.always_large),
+        "always_large_estimate": None if savings.always_large is None else str(savings.always_large),
     }

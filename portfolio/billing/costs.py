@@ -16,7 +16,7 @@ from django.utils import timezone
 from portfolio.billing import money
 from portfolio.billing.charges import compute_cost, interval_cost
 from portfolio.billing.choices import ComputeKind, PriceKind
-from portfolio.billing.models import ComputeInterval, TokenUsage
+from portfolio.billing.models import ComputeInterval, Price, TokenUsage
 from portfolio.billing.pricing import PriceBook
 
 MICRO = timedelta(microseconds=1)
@@ -77,31 +77,46 @@ def job_compute(job_id: int, as_of: datetime | None = None, *, kinds=JOB_KINDS) 
     return _compute(intervals, None, as_of, as_of)
 
 
+def priced(price: Price | None) -> bool:
+    """Whether billing charges calls at ``price`` (an endpoint's version in force): one with no rate at all
+    is charged at cost, as one with no version (charges.py's rule in ``_tokens``)."""
+    return price is not None and bool(
+        price.input_per_million or price.output_per_million or price.audio_second
+    )
+
+
 @dataclass(frozen=True)
 class EndpointCost:
-    """An endpoint's calls this month and what they cost: at its token prices, or (unpriced) its
-    deployments' compute shared out by requests."""
+    """An endpoint's calls this month and what they cost: at its token prices in the hours it had one, and
+    (the hours without) its share of its deployments' compute, as billing charges other teams' calls."""
 
     requests: int
     tokens: int
-    cost: Decimal
-    priced: bool
+    # Exact: each figure below is derived from it and rounded once (a rounded cost times 1,000 / requests
+    # multiplies the rounding).
+    exact_cost: Fraction
+    priced: bool  # some calls were at its token prices (no calls: it has a price now)
+    at_cost: bool = False  # some calls were in hours it had no price: a share of compute
     # Speech calls have no tokens: their usage is the audio's length, as they are billed.
     audio_seconds: Decimal = Decimal(0)
 
     @property
+    def cost(self) -> Decimal:
+        return money.cents(self.exact_cost)
+
+    @property
     def per_thousand_requests(self) -> Decimal | None:
-        return money.cents(Fraction(self.cost) * 1000 / self.requests) if self.requests else None
+        return money.cents(self.exact_cost * 1000 / self.requests) if self.requests else None
 
     @property
     def per_million_tokens(self) -> Decimal | None:
-        return money.cents(Fraction(self.cost) * money.MILLION / self.tokens) if self.tokens else None
+        return money.cents(self.exact_cost * money.MILLION / self.tokens) if self.tokens else None
 
     @property
     def per_audio_hour(self) -> Decimal | None:
         """What an hour of audio cost (a second's price rounds to nothing in cents)."""
         seconds = Fraction(self.audio_seconds)
-        return money.cents(Fraction(self.cost) * 3600 / seconds) if seconds else None
+        return money.cents(self.exact_cost * 3600 / seconds) if seconds else None
 
 
 def endpoint_this_month(endpoint_id: int, as_of: datetime | None = None) -> EndpointCost:
@@ -110,46 +125,62 @@ def endpoint_this_month(endpoint_id: int, as_of: datetime | None = None) -> Endp
     book = PriceBook.load(kinds=[PriceKind.ENDPOINT, PriceKind.POOL], until=end)
     usage = TokenUsage.objects.filter(endpoint_id=endpoint_id, hour__gte=start, hour__lt=end)
     hours = list(
-        usage.values_list("hour", "deployment").annotate(
+        usage.values_list("hour", "deployment", "owner_team_id").annotate(
             calls=Sum("requests"),
             tokens_in=Sum("input_tokens"),
             tokens_out=Sum("output_tokens"),
             audio_ms=Sum("audio_ms"),
         )
     )
-    requests = sum(row[2] or 0 for row in hours)
-    tokens = sum((row[3] or 0) + (row[4] or 0) for row in hours)
-    audio_total_ms = sum(row[5] or 0 for row in hours)
+    requests = sum(row[3] or 0 for row in hours)
+    tokens = sum((row[4] or 0) + (row[5] or 0) for row in hours)
+    audio_total_ms = sum(row[6] or 0 for row in hours)
     cost = Fraction(0)
-    priced = any(book.at(PriceKind.ENDPOINT, endpoint_id, hour) for hour, *_ in hours) or bool(
-        book.at(PriceKind.ENDPOINT, endpoint_id, as_of)
-    )
-    if priced:
-        for hour, _deployment, _calls, tokens_in, tokens_out, audio_ms in hours:
-            price = book.at(PriceKind.ENDPOINT, endpoint_id, hour)
-            if price is not None:
-                cost += Fraction(tokens_in or 0, money.MILLION) * Fraction(price.input_per_million)
-                cost += Fraction(tokens_out or 0, money.MILLION) * Fraction(price.output_per_million)
-                cost += Fraction(audio_ms or 0, 1000) * Fraction(price.audio_second)
-    else:
-        # Unpriced: each deployment's replica cost, this endpoint's share by requests it sent there. The
-        # deployments are the endpoint's team's (a name a deletion freed may be another team's since).
-        owner = usage.values_list("owner_team_id", flat=True).first()
-        mine: dict[str, int] = {}
-        for _hour, deployment, calls, *_ in hours:
-            if deployment:
-                mine[deployment] = mine.get(deployment, 0) + (calls or 0)
-        served = dict(
-            TokenUsage.objects.filter(
-                hour__gte=start, hour__lt=end, deployment__in=list(mine), owner_team_id=owner
-            )
-            .values_list("deployment")
-            .annotate(calls=Sum("requests"))
+    # Calls in hours without a price (none, or one with no rate): [tokens, audio ms] per (deployment, owner).
+    unpriced: dict[tuple[str, int], list[int]] = {}
+    some_priced = some_at_cost = False
+    for hour, deployment, owner, _calls, tokens_in, tokens_out, audio_ms in hours:
+        price = book.at(PriceKind.ENDPOINT, endpoint_id, hour)
+        if price is not None and priced(price):
+            some_priced = True
+            cost += Fraction(tokens_in or 0, money.MILLION) * Fraction(price.input_per_million)
+            cost += Fraction(tokens_out or 0, money.MILLION) * Fraction(price.output_per_million)
+            cost += Fraction(audio_ms or 0, 1000) * Fraction(price.audio_second)
+        else:
+            some_at_cost = True
+            if deployment and owner is not None:
+                used = unpriced.setdefault((deployment, owner), [0, 0])
+                used[0] += (tokens_in or 0) + (tokens_out or 0)
+                used[1] += audio_ms or 0
+    cost += _at_cost(book, unpriced, start, end, as_of)
+    if not hours:  # no calls yet: how the page says the next ones will be priced
+        some_priced = priced(book.at(PriceKind.ENDPOINT, endpoint_id, as_of))
+    return EndpointCost(requests, tokens, cost, some_priced, some_at_cost, money.seconds(audio_total_ms))
+
+
+def _at_cost(book: PriceBook, unpriced: dict[tuple[str, int], list[int]], start, end, as_of) -> Fraction:
+    """The compute share of the calls in unpriced hours, as charges.py's ``_at_cost`` charges other teams'
+    calls: each deployment's replica cost this month (a deployment is its owning team's) times these
+    calls' share of all the tokens it served this month, or of its audio when it served no tokens."""
+    if not unpriced:
+        return Fraction(0)
+    costs = compute_cost(book, list(unpriced), start, end, as_of)
+    served = {
+        (deployment, owner): (int(tokens or 0), int(audio or 0))
+        for deployment, owner, tokens, audio in TokenUsage.objects.filter(
+            hour__gte=start, hour__lt=end, deployment__in={name for name, _ in unpriced}
         )
-        owned = [(name, owner) for name in mine] if owner is not None else []
-        costs = compute_cost(book, owned, start, end, as_of)
-        for deployment, owner_id in owned:
-            if served.get(deployment):
-                calls = mine[deployment]
-                cost += costs.get((deployment, owner_id), Fraction(0)) * Fraction(calls, served[deployment])
-    return EndpointCost(requests, tokens, money.cents(cost), priced, money.seconds(audio_total_ms))
+        .values_list("deployment", "owner_team_id")
+        .annotate(tokens=Sum("input_tokens") + Sum("output_tokens"), audio=Sum("audio_ms"))
+    }
+    total = Fraction(0)
+    for key, (used_tokens, used_audio_ms) in unpriced.items():
+        all_tokens, all_audio_ms = served.get(key, (0, 0))
+        if all_tokens:
+            share = Fraction(used_tokens, all_tokens)
+        elif all_audio_ms:
+            share = Fraction(used_audio_ms, all_audio_ms)
+        else:
+            continue
+        total += costs.get(key, Fraction(0)) * share
+    return total

@@ -198,6 +198,22 @@ def _hop(cascade: str, request: str, hop: int, endpoint: str, tokens: tuple[int,
     )
 
 
+def _price_endpoint(name: str, per_million: Decimal) -> None:
+    from datetime import UTC, datetime
+
+    from portfolio.billing.choices import PriceKind
+    from portfolio.billing.models import Price
+
+    Price.objects.create(
+        kind=PriceKind.ENDPOINT,
+        subject_id=str(Endpoint.objects.get(name=name).pk),
+        subject_name=name,
+        effective_from=datetime(2000, 1, 1, tzinfo=UTC),
+        input_per_million=per_million,
+        output_per_million=per_million,
+    )
+
+
 def test_a_cascades_page_shows_its_config_escalation_rate_and_cost_saved(
     signed_in, org, owner, team, endpoint
 ):
@@ -226,6 +242,7 @@ def test_a_cascades_page_shows_its_config_escalation_rate_and_cost_saved(
         kind="cascade",
         config={"small": "support", "large": "large", "threshold": -0.5},
     )
+    _price_endpoint("support", Decimal("1"))  # each hop priced: an unpriced one's cost is not known
     # Four requests: three kept small answers of 100,000 tokens (1 each), one escalated (2 there).
     for request in ("a", "b", "c"):
         _hop("smart", request, 1, "support", (90_000, 10_000), "0.1")
@@ -253,6 +270,8 @@ def test_a_verified_cascades_page_names_its_verifier_and_counts_its_questions_in
         kind="cascade",
         config={**config, "verifier_prompt": "Strict."},
     )
+    for name in ("support", "checker", "large"):  # each hop priced: an unpriced one's cost is not known
+        _price_endpoint(name, Decimal("1"))
     _hop("smart", "a", 1, "support", (10, 1), "0.1")
     _hop("smart", "a", 2, "checker", (10, 1), "0.05")
     _hop("smart", "b", 1, "support", (10, 1), "0.1")
