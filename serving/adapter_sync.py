@@ -11,8 +11,11 @@ import urllib.request
 
 from django.db.models import Q
 
-from serving import agent, prefetch
+from portfolio import direct_http
+from serving import prefetch
+from serving.engine_keys import engine_key
 from serving.models import DeploymentAdapter, DeploymentEvent, Replica
+from serving.timeline import event
 
 logger = logging.getLogger(__name__)
 
@@ -23,11 +26,11 @@ def engine_request(replica: Replica, method: str, path: str, body: dict | None =
         method=method,
         data=json.dumps(body).encode() if body is not None else None,
         headers={
-            "Authorization": f"Bearer {agent.engine_key(replica.pk)}",
+            "Authorization": f"Bearer {engine_key(replica.pk)}",
             "Content-Type": "application/json",
         },
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+    with direct_http.urlopen(request, timeout=timeout) as response:  # the engine key: no proxy
         data = response.read()
     return json.loads(data) if data[:1] in (b"{", b"[") else data.decode()
 
@@ -56,7 +59,7 @@ def sync(replica: Replica) -> None:
             continue
         loaded.add(name)
         changed = True
-        agent.event(replica, "adapter_loaded", f"Adapter {name} loaded without a restart.")
+        event(replica, "adapter_loaded", f"Adapter {name} loaded without a restart.")
     for name in sorted(loaded - set(wanted)):
         try:
             engine_request(replica, "POST", "/v1/unload_lora_adapter", {"lora_name": name})
@@ -68,9 +71,10 @@ def sync(replica: Replica) -> None:
                 continue
         loaded.discard(name)
         changed = True
-        agent.event(replica, "adapter_unloaded", f"Adapter {name} unloaded.")
+        event(replica, "adapter_unloaded", f"Adapter {name} unloaded.")
     if changed:
-        agent._set(replica, loaded_adapters=sorted(loaded))
+        replica.loaded_adapters = sorted(loaded)
+        replica.save(update_fields=["loaded_adapters"])
 
 
 def _unload_failed(replica: Replica, name: str, message: str) -> None:
@@ -82,7 +86,7 @@ def _unload_failed(replica: Replica, name: str, message: str) -> None:
     ).first()  # the latest
     if said is None or said.message != message:
         logger.warning("replica %s: %s", replica.pk, message)
-        agent.event(replica, "adapter_failed", message)
+        event(replica, "adapter_failed", message)
 
 
 def _load_failed(replica: Replica, adapter: DeploymentAdapter, message: str) -> None:
@@ -93,4 +97,4 @@ def _load_failed(replica: Replica, adapter: DeploymentAdapter, message: str) -> 
         message__startswith=f"Could not load adapter {adapter.name}: ",
     ).first()  # the latest (events are ordered newest first)
     if said is None or said.message != message:
-        agent.event(replica, "adapter_failed", message)
+        event(replica, "adapter_failed", message)

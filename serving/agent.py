@@ -9,8 +9,6 @@ every few seconds from the agent's heartbeat loop and on demand from the node's 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import logging
 import os
 import signal
@@ -39,21 +37,12 @@ from serving import (
     replica_meter,
 )
 from serving.choices import DesiredState, NodeState, ReplicaState
-from serving.models import ComputePool, DeploymentEvent, Node, Replica
+from serving.engine_keys import engine_key
+from serving.models import ComputePool, Node, Replica
+from serving.timeline import event
 
 logger = logging.getLogger(__name__)
 AGENT_VERSION = "1"
-
-
-def engine_key(replica_id: int) -> str:
-    """The bearer key of one engine: derived, never stored; the gateway derives the same."""
-    return hmac.new(settings.ENGINE_KEY_SECRET, f"replica:{replica_id}".encode(), hashlib.sha256).hexdigest()
-
-
-def event(replica: Replica, kind: str, message: str) -> None:
-    DeploymentEvent.objects.create(
-        deployment_id=replica.deployment_id, replica=replica, kind=kind, message=message
-    )
 
 
 # --- Capacity and heartbeat ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import httpx
 from django.conf import settings
 
+from portfolio import direct_http
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.errors import Conflict, Invalid
@@ -80,6 +81,7 @@ def try_prompt(
             base_url=settings.GATEWAY_INTERNAL_URL,
             timeout=TIMEOUT,
             headers={"Authorization": f"Bearer {ticket}"},
+            **direct_http.httpx_options(),  # the ticket and prompt never go through a proxy
         ) as client:
             while True:
                 response = client.post("/v1/chat/completions", json=body)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psutil
 
+from portfolio import direct_http
+
 MARKER = "PORTFOLIO_REPLICA_ID"
 # What an engine inherits from the agent; everything else (database URLs, secrets) stays behind.
 INHERITED_ENV = (
@@ -213,7 +215,7 @@ def probe(base_url: str, key: str, timeout: float = 3.0) -> str:
         f"{base_url}/health", headers={"Authorization": f"Bearer {key}"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http only
+        with direct_http.urlopen(request, timeout=timeout) as response:  # the engine key: no proxy
             return HEALTHY if response.status == 200 else DOWN
     except urllib.error.HTTPError as exc:
         exc.close()

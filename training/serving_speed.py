@@ -23,10 +23,11 @@ from dataclasses import dataclass
 
 from django.utils import timezone
 
+from portfolio import direct_http
 from portfolio.accounts.models import Team
 from portfolio.registry.models import ModelVersion
-from serving.agent import engine_key
 from serving.choices import ReplicaState
+from serving.engine_keys import engine_key
 from serving.models import DeploymentAdapter, Replica
 from training.evaluation import prompt_messages
 
@@ -88,7 +89,7 @@ def _complete(target: ServingTarget, messages: list[dict], max_tokens: int) -> t
     )
     started = time.perf_counter()
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:  # noqa: S310
+        with direct_http.urlopen(request, timeout=TIMEOUT_SECONDS) as response:  # key and rows: no proxy
             answer = json.loads(response.read())
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise ReplicaUnreachable(str(exc)) from None

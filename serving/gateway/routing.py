@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from serving.agent import engine_key
+from serving.engine_keys import engine_key
 from serving.gateway import fingerprint
 
 logger = logging.getLogger(__name__)

@@ -18,9 +18,11 @@ import random
 import httpx
 from django.conf import settings
 
+from portfolio import direct_http
 from portfolio.errors import Invalid
-from serving import agent, rollout_judge, rollouts
+from serving import rollout_judge, rollouts
 from serving.choices import ReplicaState
+from serving.engine_keys import engine_key
 from serving.models import Endpoint, Replica, Rollout
 from serving.rollout_judge import JudgeUnavailable
 from training import evaluation
@@ -74,8 +76,9 @@ def canary_answer(rollout: Rollout, messages: list[dict], pick: random.Random) -
         response = httpx.post(
             f"{replica.base_url}/v1/chat/completions",
             json=body,
-            headers={"Authorization": f"Bearer {agent.engine_key(replica.pk)}"},
+            headers={"Authorization": f"Bearer {engine_key(replica.pk)}"},
             timeout=settings.GATEWAY_UPSTREAM_TIMEOUT,
+            **direct_http.httpx_options(),  # the engine key and the question never go through a proxy
         )
         response.raise_for_status()
         return str(response.json()["choices"][0]["message"]["content"] or "")

@@ -19,6 +19,7 @@ from django.db.models import Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
+from portfolio import direct_http
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.billing.choices import PriceKind
@@ -55,7 +56,8 @@ class KeyedClient(httpx.Client):
     renewed_at: float = 0.0
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+        # The key and the rows' prompts never go through a proxy of the worker's environment.
+        super().__init__(*args, **{**kwargs, **direct_http.httpx_options()})
         self._renewing = threading.Lock()  # an eval run calls from a pool of threads: one renews
 
     def request(self, *args, **kwargs):

@@ -2,9 +2,9 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from serving import processes, replica_meter
-from serving.agent import event
 from serving.choices import DesiredState, ReplicaState
 from serving.models import Replica
+from serving.timeline import event
 
 # States that claim a running engine: wrong while the engine is gone.
 CLAIMS_AN_ENGINE = (ReplicaState.STARTING, ReplicaState.READY, ReplicaState.UNHEALTHY)
