@@ -2,6 +2,8 @@
 # Pinned to a patch release (`3.11-slim` moves with each one; the Debian it is built on may move too).
 FROM python:3.11.16-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+# No usage reports from huggingface_hub (and libraries that honour DO_NOT_TRACK): nothing leaves unasked.
+ENV HF_HUB_DISABLE_TELEMETRY=1 DO_NOT_TRACK=1
 RUN useradd --create-home --uid 10001 portfolio
 WORKDIR /app
 COPY pyproject.toml README.md ./

@@ -56,9 +56,8 @@ def _derived_key(label: str) -> bytes:
 # Keys for keyed hashes of tokens and for signing audit exports; separate secrets in production are best.
 TOKEN_HASH_KEY: bytes = (env.text("PORTFOLIO_TOKEN_HASH_KEY") or "").encode() or _derived_key("token-hash")
 # Audit exports are signed with an Ed25519 private key (PEM or base64 of the raw 32 bytes; generated into the
-# data folder in development); verifiers hold only public keys, published on the audit page and the API.
-# Keys that signed earlier exports stay published after a rotation (PORTFOLIO_AUDIT_PREVIOUS_PUBLIC_KEYS).
-# Processes that never sign exports (worker, beat, node agents) set PORTFOLIO_AUDIT_SIGNER=false, no key.
+# data folder in development); verifiers hold public keys (the audit page, the API), earlier keys' too after a
+# rotation (PORTFOLIO_AUDIT_PREVIOUS_PUBLIC_KEYS). Worker, beat, nodes: PORTFOLIO_AUDIT_SIGNER=false, no key.
 from portfolio.audit import signing as audit_signing  # noqa: E402 - kept with the lines it serves
 
 AUDIT_SIGNER = env.flag("PORTFOLIO_AUDIT_SIGNER", True)
@@ -92,9 +91,8 @@ TOKEN_HASH_KEY_PREVIOUS: list[bytes] = [
     for key in env.secret_list("PORTFOLIO_TOKEN_HASH_KEY_PREVIOUS", min_length=32 if PRODUCTION else 1)
 ]
 
-# Webhooks (budget alerts) are signed with HMAC-SHA256 under this key; receivers verify with the same.
-# Set on its own (PORTFOLIO_WEBHOOK_SECRET or _FILE) so receivers keep it when DJANGO_SECRET_KEY rotates;
-# unset, it is derived from the secret key.
+# Budget alert webhooks are signed with HMAC-SHA256 under this key, set on its own (PORTFOLIO_WEBHOOK_SECRET or
+# _FILE) so that receivers keep it when DJANGO_SECRET_KEY rotates; unset, it is derived from the secret key.
 _webhook_secret = env.text("PORTFOLIO_WEBHOOK_SECRET")
 if _webhook_secret is not None and len(_webhook_secret) < 32:
     raise ImproperlyConfigured("PORTFOLIO_WEBHOOK_SECRET must be at least 32 characters.")
@@ -177,9 +175,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Redis hands a task that is not acknowledged within the visibility timeout to another worker; with late acks
-# that is any task still running then. Above the longest import or fine-tune watch; a later redelivery of a
-# long task finds the live lease of the run in progress and exits (TASK_LEASE_SECONDS, portfolio/leases.py).
+# Redis gives a task not acknowledged within this to another worker (late acks: any still running); above the
+# longest import or fine-tune watch, a long task redelivered finds its run's live lease and exits (leases.py).
 BROKER_VISIBILITY_TIMEOUT = env.integer("PORTFOLIO_BROKER_VISIBILITY_TIMEOUT", 7 * 24 * 3600, minimum=1)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": BROKER_VISIBILITY_TIMEOUT}
 TASK_LEASE_SECONDS = env.integer("PORTFOLIO_TASK_LEASE_SECONDS", 30, minimum=1, maximum=3600)
@@ -214,8 +211,9 @@ MAX_IMPORT_BYTES = env.integer("PORTFOLIO_MAX_IMPORT_BYTES", 40 * 1024**3, minim
 MAX_UPLOAD_BYTES = env.integer("PORTFOLIO_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1, maximum=1 << 50)
 GGUF_CONVERSION_CACHE = env.path("PORTFOLIO_GGUF_CONVERSION_CACHE", DATA_DIR / "cache" / "gguf")
 GGUF_CONVERT_TIMEOUT = env.integer("PORTFOLIO_GGUF_CONVERT_TIMEOUT", 1800, minimum=10)
-# Hugging Face Hub: HF_ENDPOINT (an internal mirror) and HF_HUB_OFFLINE are read by huggingface_hub itself.
+# Hub: huggingface_hub reads HF_ENDPOINT (a mirror), HF_HUB_OFFLINE; production imports need one or HUB_PUBLIC.
 HF_CACHE_DIR = env.text("HF_HUB_CACHE")
+HUB_PUBLIC = env.flag("PORTFOLIO_HUB_PUBLIC", False)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 # Request bodies Django serves are refused past these (413) before Django reads them (portfolio/bodylimit.py):
@@ -278,10 +276,13 @@ BILLING_CURRENCY = env.choice(
 )
 BILLING_CLOSE_AFTER_HOURS = env.integer("PORTFOLIO_BILLING_CLOSE_AFTER_HOURS", 6, minimum=0)
 BILLING_ADJUSTMENT_MONTHS = env.integer("PORTFOLIO_BILLING_ADJUSTMENT_MONTHS", 3, minimum=1)
-# Budget alert webhooks: a short timeout (the alert task must not hang on a slow receiver), and whether
-# a URL may name a loopback / private address (off: a team owner could make the platform call its insides).
+# Budget alert webhooks time out soon (the alert task must not hang) and call no loopback / private address (a
+# team owner could make the platform call its insides) unless allowed or listed. Set, alerts go only to these
+# hosts (".corp.example": it and its hosts) and e-mail domains; unset, production takes none typed in (README).
 BILLING_WEBHOOK_TIMEOUT = env.integer("PORTFOLIO_BILLING_WEBHOOK_TIMEOUT", 5, minimum=1, maximum=30)
 BILLING_WEBHOOK_PRIVATE_HOSTS = env.flag("PORTFOLIO_BILLING_WEBHOOK_PRIVATE_HOSTS", False)
+BILLING_WEBHOOK_HOSTS = env.csv_list("PORTFOLIO_BILLING_WEBHOOK_HOSTS", [])
+BILLING_ALERT_EMAIL_DOMAINS = env.csv_list("PORTFOLIO_BILLING_ALERT_EMAIL_DOMAINS", [])
 
 # Raw usage events are kept this many months after their month ended (monthly partitions, dropped whole);
 # hourly rollups, billing's ledger and statements are separate tables and outlive them.
@@ -449,9 +450,8 @@ if PRODUCTION:
     SECURE_HSTS_PRELOAD = True
     if env.flag("DJANGO_BEHIND_TLS_PROXY", False):
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-# The reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (`portfolio web` passes them to
-# uvicorn): requests from them carry the client's own address, which IP allow-lists and sign-in lockout use.
-# Anyone else's forwarded headers are ignored, so no client can choose its address.
+# The reverse proxies whose X-Forwarded-For / -Proto are believed (`portfolio web` passes them to uvicorn): their
+# requests carry the client's own address (IP allow-lists, sign-in lockout); anyone else's headers are ignored.
 TRUSTED_PROXIES = env.networks("PORTFOLIO_TRUSTED_PROXIES", ["127.0.0.1", "::1"])
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {

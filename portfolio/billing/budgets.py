@@ -71,6 +71,9 @@ def _thresholds(values) -> list[int]:
 
 
 def _emails(values) -> list[str]:
+    """Addresses typed in for a budget's alerts: only in the domains PORTFOLIO_BILLING_ALERT_EMAIL_DOMAINS
+    lists, and none in production until it lists some. Without any, the alerts go to the team's owners or the
+    department's managers at their own accounts' addresses (alerts._recipients), which no list bounds."""
     if not isinstance(values, list | tuple) or len(values) > MAX_EMAILS:
         raise Invalid(f"notify_emails: a list of at most {MAX_EMAILS} addresses.")
     emails: list[str] = []
@@ -81,15 +84,30 @@ def _emails(values) -> list[str]:
             validate_email(value)
         except ValidationError:
             raise Invalid(f"notify_emails: {value!r} is not an e-mail address.") from None
+        _refuse_domain(value)
         if value not in emails:
             emails.append(value)
     return emails
 
 
+def _refuse_domain(address: str) -> None:
+    domains = settings.BILLING_ALERT_EMAIL_DOMAINS
+    if domains and not webhooks.listed(address.rpartition("@")[2], domains):
+        raise Invalid(
+            f"notify_emails: {address!r} is outside the domains PORTFOLIO_BILLING_ALERT_EMAIL_DOMAINS allows."
+        )
+    if not domains and settings.PRODUCTION:
+        raise Invalid(
+            "notify_emails: alerts go to no address typed in until PORTFOLIO_BILLING_ALERT_EMAIL_DOMAINS lists "
+            "its domains; leave it empty for the owners' (or managers') own addresses."
+        )
+
+
 def _webhook(value) -> str:
-    """An http(s) URL the platform may call: no other scheme, no credentials in it, and (unless the
-    operator allows it) no loopback, link-local or private address literal, which would let a team
-    owner make the platform call its own internals."""
+    """An http(s) URL the platform may call: no other scheme, no credentials in it, a host the operator allows
+    (webhooks.refusal: PORTFOLIO_BILLING_WEBHOOK_HOSTS), and (unless allowed, or the host is listed there) no
+    loopback, link-local or private address literal, which would let a team owner make the platform call its
+    own internals."""
     if value in (None, ""):
         return ""
     if not isinstance(value, str) or len(value) > MAX_URL:
@@ -103,9 +121,16 @@ def _webhook(value) -> str:
         raise Invalid("webhook_url: use an http:// or https:// URL with a host.")
     if parts.username or parts.password:
         raise Invalid("webhook_url: no user name or password in the URL (the body is signed).")
-    if not settings.BILLING_WEBHOOK_PRIVATE_HOSTS and _internal(parts.hostname):
+    if refused := webhooks.refusal(parts.hostname):
+        raise Invalid(f"webhook_url: {refused}")
+    if not _may_be_internal(parts.hostname) and _internal(parts.hostname):
         raise Invalid("webhook_url: this host is internal; the platform does not call it.")
     return value
+
+
+def _may_be_internal(host: str) -> bool:
+    # A host an admin listed is called wherever it is: the list names the company's own receivers.
+    return settings.BILLING_WEBHOOK_PRIVATE_HOSTS or webhooks.listed(host, settings.BILLING_WEBHOOK_HOSTS)
 
 
 def _internal(host: str) -> bool:

@@ -5,6 +5,10 @@ host is resolved once and every address connected to is checked to be global fir
 ``BILLING_WEBHOOK_PRIVATE_HOSTS``: a name checked, then resolved again to connect, could answer a public address
 to the check and 127.0.0.1 to the connection (DNS rebinding). No redirect is followed and no proxy from the
 environment used (the address checked would be the proxy's). ``post`` bounds the whole call.
+
+Where alerts may go at all is the operator's (``refusal``): with ``BILLING_WEBHOOK_HOSTS`` set, only to the hosts
+it lists, which are then called even at internal addresses (an admin named them); unset, nowhere in production.
+Delivery asks again, so that a URL set before the list (or under a wider one) is not called.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import urllib.parse
 import urllib.request
 
 from django.conf import settings
+from django.utils.http import is_same_domain
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +73,30 @@ def is_global(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return ip.is_global
 
 
+def listed(host: str, entries: list[str]) -> bool:
+    """Whether ``host`` is one of ``entries``, or under one written ``.domain`` (the domain and its hosts, as
+    DJANGO_ALLOWED_HOSTS reads it); no wildcard."""
+    host = _name(host)
+    return any(is_same_domain(host, _name(entry)) for entry in entries if entry.strip(".[]"))
+
+
+def _name(host: str) -> str:
+    # As urlsplit gives a host: lower case, an IPv6 address without its brackets; and without the root's dot.
+    return host.lower().strip("[]").rstrip(".")
+
+
+def refusal(host: str) -> str | None:
+    """Why no alert is POSTed to ``host`` (in words naming the setting), or None when one may be: nothing leaves
+    for a host the operator did not list, and in production nothing at all until they list some."""
+    if settings.BILLING_WEBHOOK_HOSTS:
+        if listed(host, settings.BILLING_WEBHOOK_HOSTS):
+            return None
+        return f"{host} is not a host PORTFOLIO_BILLING_WEBHOOK_HOSTS allows alerts to go to."
+    if settings.PRODUCTION:
+        return "webhooks are off in production until PORTFOLIO_BILLING_WEBHOOK_HOSTS lists where they go."
+    return None
+
+
 def _is_global(address: str) -> bool:
     return is_global(ipaddress.ip_address(address.split("%")[0]))  # an IPv6 address may carry its zone
 
@@ -79,7 +108,8 @@ def _connect(address: tuple[str, int], timeout: object = None, source_address=No
     point inside by now."""
     host, port = address
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    if not settings.BILLING_WEBHOOK_PRIVATE_HOSTS and not all(_is_global(str(i[4][0])) for i in infos):
+    internal_allowed = settings.BILLING_WEBHOOK_PRIVATE_HOSTS or listed(host, settings.BILLING_WEBHOOK_HOSTS)
+    if not internal_allowed and not all(_is_global(str(i[4][0])) for i in infos):
         raise InternalAddress(f"{host} resolves to an internal address")
     error: OSError = OSError(f"{host} has no address")
     for family, kind, proto, _, sockaddr in infos:
@@ -160,6 +190,8 @@ def post(url: str, payload: dict) -> str:
     """POST ``payload`` signed; how it went, in words. The whole call, not each read, is bounded by
     ``BILLING_WEBHOOK_TIMEOUT`` (and a second to connect): a receiver answering a byte at a time held the
     budget check for as long as it liked. It runs in a thread whose sockets are shut at the deadline."""
+    if refused := refusal(_host(url)):
+        return f"failed: {refused} Not called."[:300]
     outcome: list[str] = []
     opened: list[socket.socket] = []
 

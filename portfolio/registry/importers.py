@@ -16,6 +16,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from django.conf import settings
 
@@ -70,11 +71,37 @@ def parse_hub_ref(ref: str) -> tuple[str, str | None]:
     return repo, revision or None
 
 
+# The public Hub's hosts: an HF_ENDPOINT naming one of them is no mirror.
+PUBLIC_HUB_HOSTS = ("huggingface.co", "hf.co")
+
+
+def public_hub_refusal() -> str | None:
+    """Why a production import may not go to the public Hub, or None. Its requests tell huggingface.co the
+    model names being evaluated and, in the user agent, this platform's Python and torch versions; in
+    production they go only to a mirror (HF_ENDPOINT), to none (HF_HUB_OFFLINE: the cache), or where an
+    admin allowed the public Hub (PORTFOLIO_HUB_PUBLIC). Asked when an import is started and again by the
+    worker that would fetch it (a version queued before, or a worker configured otherwise)."""
+    from huggingface_hub import constants
+
+    if not settings.PRODUCTION or settings.HUB_PUBLIC or constants.HF_HUB_OFFLINE:
+        return None
+    host = (urlsplit(constants.ENDPOINT).hostname or "").lower().rstrip(".")
+    if host and not any(host == public or host.endswith("." + public) for public in PUBLIC_HUB_HOSTS):
+        return None
+    return (
+        "Imports from the Hub would go to the public huggingface.co: set HF_ENDPOINT to the company's Hub "
+        "mirror (or HF_HUB_OFFLINE=1 to import from the cache), or PORTFOLIO_HUB_PUBLIC=true if an admin "
+        "allows the public Hub."
+    )
+
+
 def fetch_hub(version: ModelVersion, workdir: Path, report: Report) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     repo, revision = parse_hub_ref(version.source_ref)
+    if refused := public_hub_refusal():
+        raise ImportFailed(refused + " Nothing was downloaded.")
     patterns = list(SAFE_PATTERNS)
     if version.import_options.get("allow_pickle"):
         patterns += PICKLE_PATTERNS

@@ -247,6 +247,8 @@ def start_import(
             importers.parse_hub_ref(ref)
         except importers.ImportFailed as exc:
             raise Invalid(f"ref: {exc}") from None
+        if refused := importers.public_hub_refusal():
+            raise Invalid(f"source: {refused}")  # nothing queued, so no name leaves
     elif source in (Source.LOCAL, Source.GGUF):
         ref = str(safety.resolve_import_path(ref))
         if source == Source.GGUF and not ref.endswith(".gguf"):

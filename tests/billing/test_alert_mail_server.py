@@ -39,6 +39,7 @@ class RelayBackend(BaseEmailBackend):
 @pytest.fixture(autouse=True)
 def _private_hooks(settings):
     settings.BILLING_WEBHOOK_PRIVATE_HOSTS = True  # the receiver listens on 127.0.0.1
+    settings.BILLING_WEBHOOK_HOSTS = ["127.0.0.1"]  # production calls listed hosts only
 
 
 @pytest.fixture
