@@ -155,7 +155,7 @@ def loss_chart(loss_curve: list, eval_curve: list, *, total_steps: int = 0) -> d
                 ],
             }
         )
-        legend.append({"label": "Eval loss (held-out rows)", "tone": "eval"})
+        legend.append({"label": "Eval loss (training rows held back for early stopping)", "tone": "eval"})
     parts = []
     if train:
         parts.append(f"training loss from {train[0][1]:.3f} to {train[-1][1]:.3f}")

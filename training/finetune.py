@@ -408,7 +408,7 @@ def _register_trained_version(
         f"- **Dataset:** {job.training_data.dataset.name} v{job.training_data.number} "
         f"({job.training_data.train_count} training rows, {job.training_data.eval_count} held out)\n"
         f"- **Hyperparameters:** {', '.join(f'{k}={v}' for k, v in sorted(job.hyperparameters.items()))}\n"
-        f"- **Final training loss:** {metrics.get('train_loss_last')}\n- **Eval loss:** {metrics.get('eval_loss')}\n"
+        f"- **Final training loss:** {metrics.get('train_loss_last')}\n- **Eval loss** (training rows held back for early stopping): {metrics.get('eval_loss')}\n"
     )
     return registry_services.register_trained_version(
         actor=Actor.for_system("training"),

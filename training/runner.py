@@ -140,6 +140,7 @@ def run(job_id: int) -> int:
     from training.lora import Accelerator, Cancelled, Progress, loading_for, train
     from training.models import FineTuneJob
     from training.services import dataset_files
+    from training.validation_split import early_stopping_rows
 
     job = FineTuneJob.objects.select_related(
         "base_version", "dataset_version__dataset", "target_model", "teacher_endpoint", "output_version"
@@ -179,9 +180,11 @@ def run(job_id: int) -> int:
         train_rows, eval_rows = _rows(files.train), _rows(files.eval)
         base_dir = materialize_version(job.base_version)
         # The job's method, also over hyperparameters stored before QLoRA was told apart from LoRA.
-        hp = Hyperparameters(**{**job.hyperparameters, "method": job.method}).resolved(
-            len(train_rows), architecture_of(base_dir)
-        )
+        wanted = Hyperparameters(**{**job.hyperparameters, "method": job.method})
+        # Early stopping measures on training rows held back, never on the eval split that scores the job
+        # (the adapter it keeps would be chosen on them); by the job's seed, the same rows on a resume.
+        fit_rows, stop_rows = early_stopping_rows(train_rows, wanted.seed, wanted.early_stopping_patience)
+        hp = wanted.resolved(len(fit_rows), architecture_of(base_dir))
         _write(jobs, hyperparameters=dict(hp.__dict__), heartbeat_at=timezone.now())
         resume_dir, resume_step = None, 0
         if job.checkpoint_id and job.output_version_id is None:
@@ -244,11 +247,16 @@ def run(job_id: int) -> int:
                 print(f"attempt {job.attempt}: {version.label} was registered before; scoring it", flush=True)
             else:
                 output = Path(work) / "output"
+                print(
+                    f"training on {len(fit_rows)} rows; early stopping measures on {len(stop_rows)} "
+                    "training rows held back",
+                    flush=True,
+                )
                 metrics = train(
                     base_dir=base_dir,
                     output_dir=output,
-                    train_rows=train_rows,
-                    eval_rows=eval_rows,
+                    train_rows=fit_rows,
+                    eval_rows=stop_rows,
                     hp=hp,
                     on_progress=on_progress,
                     on_checkpoint=on_checkpoint,
@@ -257,6 +265,7 @@ def run(job_id: int) -> int:
                     should_stop=lambda: cancel[0],
                     loading=loading,
                 )
+                metrics["rows"] = {"trained": len(fit_rows), "early_stopping": len(stop_rows)}
                 facts = inspect_directory(output)
                 # What a trainer killed while storing wrote is the sweep's (registry/pending_writes.py).
                 log = PendingWrites(f"fine-tune #{job_id}, attempt {job.attempt}")

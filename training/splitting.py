@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 
 DEFAULT_SEED = 42
 DEFAULT_EVAL_FRACTION = 0.1
@@ -72,9 +73,16 @@ class Splitter:
     without a label is also counted under its answer (``answer_of``) until the answers are found to be more
     than ``ANSWER_CLASSES``; ``finish`` then chooses the groups, named in ``stratified_by``."""
 
-    def __init__(self, seed: int, fraction: float):
+    def __init__(
+        self,
+        seed: int,
+        fraction: float,
+        quotas: Callable[[dict[str, int], float], dict[str, int]] | None = None,
+    ):
         self.seed = seed
         self.fraction = fraction
+        # How many rows of each group are cut off (``eval_quotas``, the dataset's split, unless told).
+        self._quotas = quotas or eval_quotas
         self._scores: dict[str, list[int]] = {}
         # Unlabelled rows' scores by answer, while every answer so far may name a class (then they are
         # counted here only, and moved to the one group "" when the answers turn out not to be classes).
@@ -105,7 +113,7 @@ class Splitter:
         else:
             self._one_group()
             self.stratified_by = "label" if any(self._scores) else ""
-        quotas = eval_quotas({group: len(scores) for group, scores in self._scores.items()}, self.fraction)
+        quotas = self._quotas({group: len(scores) for group, scores in self._scores.items()}, self.fraction)
         self._cuts = {}
         for group, scores in self._scores.items():
             k = quotas[group]

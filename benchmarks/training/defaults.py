@@ -9,8 +9,11 @@ platform splits a dataset version holding out a quarter (the seeded hash of ``tr
 package registry, converted as the GGUF importer converts it) is LoRA-tuned on the other 60 by the
 platform's own training loop (``training.lora.train``), once per seed with every hyperparameter left blank
 (``Hyperparameters.resolved`` chooses them), and once with a recipe common in LoRA tutorials for comparison
-(rank 8 on q/k/v/o, learning rate 2e-4, 3 epochs, no early stopping). Each adapter is scored on the held-out
-rows as a job scores it (``training.evaluation.score``: greedy decoding, float32 on the CPU).
+(rank 8 on q/k/v/o, learning rate 2e-4, 3 epochs, no early stopping). As in a job, early stopping measures
+on an eighth of the training rows held back by the run's seed (``training.validation_split``: 52 rows train,
+8 measure), never on the held-out rows; the common recipe, which does not stop early, trains on all 60.
+Each adapter is scored on the held-out rows as a job scores it (``training.evaluation.score``: greedy
+decoding, float32 on the CPU).
 
 With ``--folds K`` the defaults are also measured on every row instead of one quarter: the 80 rows are cut
 into K folds, each label's rows spread evenly over them (``folds``), and each fold is held out once while
@@ -37,6 +40,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.host import machine  # noqa: E402
 
 DATASET = ROOT / "training" / "demo_data" / "ticket_routing.jsonl"
 EVAL_FRACTION = 0.25  # bench-portfolio's (platform_setup.EVAL_FRACTION, which needs Django to import)
@@ -112,15 +117,20 @@ def run_once(name: str, base: Path, train_rows: list, held_out: list, values: di
     from training.defaults import Hyperparameters, architecture_of
     from training.evaluation import score
     from training.lora import train
+    from training.validation_split import early_stopping_rows
 
-    hp = Hyperparameters(**values).resolved(len(train_rows), architecture_of(base))
+    wanted = Hyperparameters(**values)
+    # As a job: early stopping measures on training rows held back, never on the held-out rows it is
+    # scored on (the adapter it keeps would be chosen on them).
+    fit_rows, stop_rows = early_stopping_rows(train_rows, wanted.seed, wanted.early_stopping_patience)
+    hp = wanted.resolved(len(fit_rows), architecture_of(base))
     with tempfile.TemporaryDirectory(dir=DATA) as work:
         adapter = Path(work) / "adapter"
         metrics = train(
             base_dir=base,
             output_dir=adapter,
-            train_rows=train_rows,
-            eval_rows=held_out,
+            train_rows=fit_rows,
+            eval_rows=stop_rows,
             hp=hp,
         )
         scored = score(base_dir=base, adapter_dir=adapter, rows=held_out, keep_answers=True)
@@ -143,6 +153,7 @@ def run_once(name: str, base: Path, train_rows: list, held_out: list, values: di
         "confusion": scored["confusion"],
         # The rows it got wrong, to read: whether a miss is the model's or a ticket any reader could argue.
         "misses": misses(held_out, scored["answers"]),
+        "rows": {"trained": len(fit_rows), "early_stopping": len(stop_rows)},
         "steps_planned": metrics["steps"],
         "steps_trained": metrics["steps_trained"],
         "best_eval_step": metrics["best_eval_step"],
@@ -237,6 +248,7 @@ def main() -> None:
     report = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
+            **machine(),
             "cpus": os.cpu_count(),
             "threads": args.threads,
             "python": platform.python_version(),

@@ -164,8 +164,9 @@ class HyperparametersForm(forms.Form):
         max_value=100,
         required=False,
         widget=_number(DEFAULTS.early_stopping_patience),
-        help_text="The eval loss is measured twice an epoch; training stops after this many measurements "
-        "without a new best and keeps the adapter of the best one. 0: never stops early. "
+        help_text="The loss on an eighth of the training rows, held back from training (never the rows the "
+        "job is scored on), is measured twice an epoch; training stops after this many measurements without a "
+        "new best and keeps the adapter of the best one. 0: never stops early, and every row trains. "
         f"Blank: {DEFAULTS.early_stopping_patience}.",
     )
 
