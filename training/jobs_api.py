@@ -99,8 +99,10 @@ def _job(request, job_id: int) -> FineTuneJob:
 @router.get("/jobs", response=list[JobOut])
 @paginate(PageNumberPagination, page_size=50)
 def list_jobs(request, status: str = ""):
+    # The owner team joined: an errored job's detail asks ``gate.can`` of it, and a department manager's
+    # check reads the team's department.
     jobs = gate.visible(request.auth, FineTuneJob).select_related(
-        "base_version__model", "pool", "node", "target_model", "teacher_endpoint"
+        "owner_team", "base_version__model", "pool", "node", "target_model", "teacher_endpoint"
     )
     if status:
         jobs = jobs.filter(status=status)

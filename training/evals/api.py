@@ -17,7 +17,7 @@ from serving.models import Endpoint
 from training import dataset_purge
 from training.choices import EvalSetSource, TaskKind
 from training.evals import catalogue, judging, runs, side_by_side
-from training.evals.leaderboard import leaderboard
+from training.evals.leaderboard import leaderboard, leaderboards
 from training.evals.models import EndpointEvalRun, EvalSet, Task
 from training.models import DatasetVersion
 
@@ -83,7 +83,9 @@ class EvalSetDetail(EvalSetOut):
 
     @staticmethod
     def resolve_leaderboard(obj) -> list:
-        return leaderboard(obj)
+        # Built for all the task's eval sets at once by ``TaskDetail.resolve_eval_sets``.
+        board = getattr(obj, "board", None)
+        return leaderboard(obj) if board is None else board
 
 
 class TaskDetail(TaskOut):
@@ -91,7 +93,13 @@ class TaskDetail(TaskOut):
 
     @staticmethod
     def resolve_eval_sets(obj) -> list:
-        return list(obj.eval_sets.select_related("dataset_version__dataset").order_by("-created_at", "-id"))
+        eval_sets = list(
+            obj.eval_sets.select_related("dataset_version__dataset").order_by("-created_at", "-id")
+        )
+        boards = leaderboards(eval_sets)
+        for eval_set in eval_sets:
+            eval_set.board = boards[eval_set.pk]
+        return eval_sets
 
 
 class EvalRunIn(Schema):

@@ -6,6 +6,7 @@ why, and is on no front."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from portfolio.charts import coordinate, nice_step, tick_label
@@ -66,14 +67,32 @@ def figures(scores: dict) -> dict[str, str]:
 
 
 def leaderboard(eval_set: EvalSet) -> list[Entry]:
-    # The latest finished run of each endpoint (PostgreSQL's DISTINCT ON: one row each, however many runs
-    # a CI pipeline has piled up), without the rows' answers (megabytes).
+    return leaderboards([eval_set])[eval_set.pk]
+
+
+def leaderboards(eval_sets: Sequence[EvalSet]) -> dict[int, list[Entry]]:
+    """Each eval set's leaderboard by its id, in at most three queries however many eval sets (a task's page
+    and its API answer show them all)."""
+    if not eval_sets:
+        return {}
+    # The latest finished run of each endpoint on each eval set (PostgreSQL's DISTINCT ON: one row each,
+    # however many runs a CI pipeline has piled up), without the rows' answers (megabytes).
     latest = (
-        EndpointEvalRun.objects.filter(eval_set=eval_set, status=JobStatus.SUCCEEDED)
+        EndpointEvalRun.objects.filter(eval_set__in=[e.pk for e in eval_sets], status=JobStatus.SUCCEEDED)
         .defer("answers")
-        .order_by("endpoint_name", "-created_at", "-id")
-        .distinct("endpoint_name")
+        .order_by("eval_set_id", "endpoint_name", "-created_at", "-id")
+        .distinct("eval_set_id", "endpoint_name")
     )
+    by_set: dict[int, list[EndpointEvalRun]] = {e.pk: [] for e in eval_sets}
+    for run in latest:
+        by_set[run.eval_set_id].append(run)
+    # Whether a run's endpoint was repointed depends on the run alone: asked once for all of them.
+    repointed = comparability.repointed_runs(run for found in by_set.values() for run in found)
+    return {e.pk: _ranked(e, by_set[e.pk], repointed) for e in eval_sets}
+
+
+def _ranked(eval_set: EvalSet, latest: list[EndpointEvalRun], repointed: set[int]) -> list[Entry]:
+    """One eval set's latest runs (by endpoint name) as its leaderboard, best first, the front marked."""
     entries = [
         Entry(
             run=run,
@@ -88,7 +107,6 @@ def leaderboard(eval_set: EvalSet) -> list[Entry]:
     if reference is not None:
         for entry in entries:
             entry.incomparable = comparability.incomparable(entry.run, reference, eval_set.row_count)
-    repointed = comparability.repointed_runs(e.run for e in entries)
     for entry in entries:
         if entry.run.pk in repointed:
             entry.incomparable = (

@@ -251,11 +251,19 @@ def _endpoints(ids: set[int]) -> dict[int, Endpoint]:
     routes = EndpointRoute.objects.select_related(
         "deployment__version", "adapter__version__model", "deployment__version__model"
     ).order_by("-weight", "id")
-    found = Endpoint.objects.filter(pk__in=ids).prefetch_related(
-        Prefetch("routes", queryset=routes, to_attr="ordered_routes"),
-        Prefetch(
-            "rollouts", queryset=Rollout.objects.filter(state=RolloutState.CANARY), to_attr="active_rollouts"
-        ),
+    # Its team joined: the page asks ``gate.can`` on each row's endpoint, and a department manager's check
+    # reads the team's department.
+    found = (
+        Endpoint.objects.filter(pk__in=ids)
+        .select_related("owner_team")
+        .prefetch_related(
+            Prefetch("routes", queryset=routes, to_attr="ordered_routes"),
+            Prefetch(
+                "rollouts",
+                queryset=Rollout.objects.filter(state=RolloutState.CANARY),
+                to_attr="active_rollouts",
+            ),
+        )
     )
     return {endpoint.pk: endpoint for endpoint in found}
 

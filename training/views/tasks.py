@@ -18,7 +18,7 @@ from portfolio.buttons import press
 from portfolio.errors import Invalid, NotFound
 from portfolio.formviews import submit
 from training.evals import catalogue, runs, side_by_side
-from training.evals.leaderboard import figures, leaderboard, quality_cost_chart
+from training.evals.leaderboard import figures, leaderboards, quality_cost_chart
 from training.evals.models import EndpointEvalRun, Task
 from training.forms.tasks import EvalRunForm, EvalSetForm, TaskForm
 from training.views.evals import confusion_table
@@ -92,8 +92,9 @@ def task_create(request):
 def _detail_context(actor: Actor, task: Task, **forms) -> dict:
     can_run = gate.can(actor, "training.run", task)
     eval_sets = list(task.eval_sets.select_related("dataset_version__dataset").order_by("-created_at", "-id"))
+    boards = leaderboards(eval_sets)
     for eval_set in eval_sets:
-        eval_set.board = leaderboard(eval_set)
+        eval_set.board = boards[eval_set.pk]
         eval_set.chart = quality_cost_chart(eval_set.board, settings.BILLING_CURRENCY)
         eval_set.chart_id = f"quality-cost-{eval_set.pk}"
     recent = (
