@@ -251,18 +251,14 @@ def _endpoints(ids: set[int]) -> dict[int, Endpoint]:
     routes = EndpointRoute.objects.select_related(
         "deployment__version", "adapter__version__model", "deployment__version__model"
     ).order_by("-weight", "id")
-    # Its team joined: the page asks ``gate.can`` on each row's endpoint, and a department manager's check
-    # reads the team's department.
+    canaries = Rollout.objects.filter(state=RolloutState.CANARY)
+    # Its team joined: the page asks ``gate.can`` of each row's endpoint (a department manager's, its team's).
     found = (
         Endpoint.objects.filter(pk__in=ids)
         .select_related("owner_team")
         .prefetch_related(
             Prefetch("routes", queryset=routes, to_attr="ordered_routes"),
-            Prefetch(
-                "rollouts",
-                queryset=Rollout.objects.filter(state=RolloutState.CANARY),
-                to_attr="active_rollouts",
-            ),
+            Prefetch("rollouts", queryset=canaries, to_attr="active_rollouts"),
         )
     )
     return {endpoint.pk: endpoint for endpoint in found}
