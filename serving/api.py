@@ -13,7 +13,7 @@ from portfolio.accounts.models import Team
 from portfolio.errors import Invalid
 from portfolio.registry.models import ModelVersion
 from serving import services
-from serving.capacity import node_usage, pool_usage
+from serving.capacity import node_usage, nodes_usage
 from serving.choices import PoolKind
 from serving.models import ComputePool, Deployment, DeploymentAdapter, Node
 from serving.services.pools import MAX_DESCRIPTION as MAX_POOL_DESCRIPTION
@@ -60,14 +60,17 @@ class NodeOut(Schema):
 
     @staticmethod
     def resolve_usage(obj, context) -> dict[str, Any]:
-        # One capacity read per pool on a page of nodes, not one per node (each reads the whole pool).
+        # One capacity read for a whole page of nodes, whatever its number of nodes and pools: what a node has
+        # free is its own, so the nodes the caller sees are read together, once a request (the pools page reads
+        # the same every 5 s); a node not among them (made meanwhile) is read alone.
         request = (context or {}).get("request")
-        if request is None:
+        actor = getattr(request, "auth", None)
+        if actor is None:
             return node_usage(obj)
-        read: dict[int, dict[str, dict]] = request.__dict__.setdefault("_pool_usage", {})
-        if obj.pool_id not in read:
-            read[obj.pool_id] = pool_usage(obj.pool)
-        return read[obj.pool_id].get(obj.name) or node_usage(obj)
+        read: dict[int, dict] | None = request.__dict__.get("_node_usage")
+        if read is None:
+            read = request.__dict__["_node_usage"] = nodes_usage(list(gate.visible(actor, Node)))
+        return read.get(obj.pk) or node_usage(obj)
 
     @staticmethod
     def resolve_address(obj, context) -> str | None:

@@ -28,7 +28,16 @@ GPU_HOLDERS: list[Callable[[list[Node]], Iterable[GpuHold]]] = []
 def pool_capacity(
     pool: ComputePool, *, exclude_replica_ids: set[int] | None = None, exclude_holders: set[str] | None = None
 ) -> list[NodeFree]:
-    nodes = list(pool.nodes.all())
+    return nodes_capacity(
+        list(pool.nodes.all()), exclude_replica_ids=exclude_replica_ids, exclude_holders=exclude_holders
+    )
+
+
+def nodes_capacity(
+    nodes: list[Node], *, exclude_replica_ids: set[int] | None = None, exclude_holders: set[str] | None = None
+) -> list[NodeFree]:
+    """Free capacity of nodes already loaded (of one pool or many), in their order: one read of their active
+    replicas and one per GPU holder, whatever the number of pools (what a node has free is its own)."""
     reserved_ram: dict[int, int] = defaultdict(int)
     reserved_cores: dict[int, int] = defaultdict(int)
     reserved_gpu: dict[tuple[int, int], int] = defaultdict(int)
@@ -105,14 +114,20 @@ def core_holds(nodes: Iterable[Node]) -> dict[int, list[CoreHold]]:
 
 def node_usage(node: Node) -> dict:
     """Reserved vs total for the capacity bars of the pools page."""
-    free = next(n for n in pool_capacity(node.pool) if n.name == node.name)
-    return _usage(node, free)
+    return nodes_usage([node])[node.pk]
 
 
 def pool_usage(pool: ComputePool) -> dict[str, dict]:
     """``node_usage`` for every node of a pool from one capacity read: node name -> usage."""
-    nodes = {node.name: node for node in pool.nodes.all()}
-    return {free.name: _usage(nodes[free.name], free) for free in pool_capacity(pool)}
+    nodes = list(pool.nodes.all())
+    usage = nodes_usage(nodes)
+    return {node.name: usage[node.pk] for node in nodes}
+
+
+def nodes_usage(nodes: list[Node]) -> dict[int, dict]:
+    """``node_usage`` for nodes already loaded, of any number of pools, from one capacity read: node id ->
+    usage (a page of pools or of nodes costs the same queries for any number of them)."""
+    return {node.pk: _usage(node, free) for node, free in zip(nodes, nodes_capacity(nodes), strict=True)}
 
 
 def _usage(node: Node, free: NodeFree) -> dict:

@@ -23,7 +23,7 @@ from portfolio.errors import Conflict, Invalid
 from portfolio.formviews import submit
 from portfolio.templatetags.formatting import age_label, gib
 from serving import services
-from serving.capacity import core_holds, pool_usage
+from serving.capacity import CoreHold, core_holds, nodes_usage
 from serving.choices import NodeState, ReplicaState
 from serving.forms.base import apply_serving_error
 from serving.forms.pools import NodeStateForm, PoolCreateForm
@@ -41,13 +41,17 @@ NODE_ACTIONS = {
 }
 
 
-def _node_rows(pool: ComputePool, now, visible_deployments: set[int]) -> list[dict]:
-    usage = pool_usage(pool)
-    holds = core_holds(pool.nodes.all())
+def _node_rows(
+    pool: ComputePool,
+    now,
+    visible_deployments: set[int],
+    usage: dict[int, dict],
+    holds: dict[int, list[CoreHold]],
+) -> list[dict]:
     stale_after = settings.NODE_HEARTBEAT_SECONDS * 2
     rows = []
     for node in pool.nodes.all():
-        use = usage[node.name]
+        use = usage[node.pk]
         age = (now - node.heartbeat_at).total_seconds() if node.heartbeat_at else None
         bars = [
             bar(
@@ -119,8 +123,11 @@ def _pools_response(request, actor: Actor, *, notice: str = "", error: str = "")
     now = timezone.now()
     book = PriceBook.load(kinds=[PriceKind.POOL], until=now + timedelta(seconds=1))  # versions in force now
     visible_deployments = set(gate.visible(actor, Deployment).values_list("pk", flat=True))
+    # The capacity of every pool on the page from one read of their replicas, not one per pool.
+    shown = [node for pool in pools for node in pool.nodes.all()]
+    usage, holds = nodes_usage(shown), core_holds(shown)
     for pool in pools:
-        pool.node_rows = _node_rows(pool, now, visible_deployments)
+        pool.node_rows = _node_rows(pool, now, visible_deployments, usage, holds)
         price = book.at(PriceKind.POOL, pool.pk, now)
         pool.price = (
             {name: rate(value) for name, value in price.rates().items()} if price is not None else None
