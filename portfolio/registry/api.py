@@ -143,6 +143,13 @@ class PromoteIn(Schema):
 class LineageOut(Schema):
     nodes: list[dict[str, Any]]
     edges: list[dict[str, Any]]
+    versions_not_drawn: int = Field(
+        0, description="The model's versions left out: only the newest and the lineage of ?version= are given"
+    )
+
+
+class LineageQuery(Schema):
+    version: int | None = Field(None, description="A version number whose lineage is given, however old")
 
 
 def _model(request, name: str) -> Model:
@@ -365,10 +372,15 @@ def verify_version(request, name: str, number: int):
 
 
 @router.get("/models/{name}/lineage", response=LineageOut)
-def get_lineage(request, name: str):
+def get_lineage(request, name: str, query: Query[LineageQuery]):
     model = _model(request, name)
-    nodes, edges = lineage.graph_for(model, gate.visible(request.auth, ModelVersion))
-    return {"nodes": [n.__dict__ for n in nodes], "edges": [e.__dict__ for e in edges]}
+    focus = None if query.version is None else _version(request, name, query.version)
+    graph = lineage.bounded_graph(model, gate.visible(request.auth, ModelVersion), focus=focus)
+    return {
+        "nodes": [n.__dict__ for n in graph.nodes],
+        "edges": [e.__dict__ for e in graph.edges],
+        "versions_not_drawn": graph.not_drawn,
+    }
 
 
 class CompareQuery(Schema):

@@ -42,8 +42,10 @@ class SvgEdge:
 
 def lineage_svg(model: Model, actor: Actor, current: ModelVersion | None = None) -> dict | None:
     """The model's lineage laid out for the ``registry/includes/lineage.html`` SVG: bases on the left,
-    adapters and derived versions to their right; every node links to its version page."""
-    nodes, edges = lineage.graph_for(model, gate.visible(actor, ModelVersion))
+    adapters and derived versions to their right; every node links to its version page. The model's newest
+    versions only, plus the lineage of ``current``; ``not_drawn`` says how many of the model's were left out."""
+    graph = lineage.bounded_graph(model, gate.visible(actor, ModelVersion), focus=current)
+    nodes, edges = graph.nodes, graph.edges
     if not nodes:
         return None
     # Rows in creation order (graph_for sorts its ids as strings, which puts v10 before v2).
@@ -105,4 +107,7 @@ def lineage_svg(model: Model, actor: Actor, current: ModelVersion | None = None)
         "width": 2 * MARGIN + columns * width + (columns - 1) * COLUMN_GAP + 48,
         "height": 2 * MARGIN + (rows - 1) * ROW_STEP + NODE_HEIGHT,
         "node_height": NODE_HEIGHT,
+        "not_drawn": graph.not_drawn,
+        "drawn_newest": lineage.MAX_OWN_VERSIONS,
+        "focused": current is not None,
     }
