@@ -3,6 +3,8 @@ with. They only parse input: every change goes through serving.services."""
 
 from __future__ import annotations
 
+import json
+
 from django import forms
 from django.core.validators import MaxLengthValidator
 from django.forms.fields import InvalidJSONInput
@@ -244,20 +246,31 @@ class BoundedJSONField(forms.JSONField):
                 f"At most {self.max_length:,} characters (this has {len(value):,}).", code="max_length"
             )
         try:
-            return super().to_python(value)
+            parsed = super().to_python(value)
         except RecursionError:
             raise forms.ValidationError("The JSON is nested too deeply.", code="invalid") from None
         except ValueError:  # an integer over 4,300 digits, which int() refuses
             raise forms.ValidationError("The JSON holds a number too long to read.", code="invalid") from None
+        try:
+            # A lone surrogate ("\ud800") is valid JSON but no UTF-8 text: PostgreSQL refused it at save and the
+            # page redisplaying it could not be encoded (500s; found by review).
+            json.dumps(parsed, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise forms.ValidationError(
+                "The JSON holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is no text.", code="invalid"
+            ) from None
+        return parsed
 
     def bound_data(self, data, initial):
         # Redisplaying the refused input parses it again.
         if isinstance(data, str) and self.max_length is not None and len(data) > self.max_length:
             return InvalidJSONInput(data)
         try:
-            return super().bound_data(data, initial)
-        except (RecursionError, ValueError):
+            parsed = super().bound_data(data, initial)
+            json.dumps(parsed, ensure_ascii=False).encode("utf-8")  # a lone surrogate: shown as typed
+        except (RecursionError, ValueError):  # (UnicodeEncodeError is one)
             return InvalidJSONInput(data)
+        return parsed
 
 
 class CompositeForm(forms.Form):

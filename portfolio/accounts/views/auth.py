@@ -36,8 +36,11 @@ logger = logging.getLogger(__name__)
 
 
 def safe_next(request) -> str:
+    """Where to go after signing in: a path of this site. Not a bare word ("reports"): ``redirect`` takes one
+    for a view's name, and raised (a 500 after a correct password, its sign-in audited but no session saved;
+    found by review)."""
     candidate = request.POST.get("next") or request.GET.get("next") or ""
-    if candidate and url_has_allowed_host_and_scheme(
+    if candidate.startswith("/") and url_has_allowed_host_and_scheme(
         candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
     ):
         return candidate
