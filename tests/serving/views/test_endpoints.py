@@ -310,7 +310,10 @@ def test_an_engineer_makes_an_endpoint_a_vote_from_its_page_and_bad_settings_com
         # Found by review: a lone surrogate was refused by PostgreSQL at save (a router's system prompt), or
         # could not be encoded when the refused form came back (a vote's method): 500s.
         ('{"endpoint": "support", "n": 3, "method": "zz\\udc00"}', "lone UTF-16 surrogate"),
-        ('{"classifier": "support", "routes": {"x": "support"}, "system": "\\ud800"}', "lone UTF-16 surrogate"),
+        (
+            '{"classifier": "support", "routes": {"x": "support"}, "system": "\\ud800"}',
+            "lone UTF-16 surrogate",
+        ),
     ],
 )
 def test_a_config_too_deep_too_long_or_not_an_object_comes_back_on_the_form(
