@@ -56,7 +56,7 @@ def _unpriced_hops(rows, ids: dict[str, int], book) -> set[str]:
     """The hops (endpoint names) with a usage row in an hour their endpoint had no price: prices start on
     the hour (UTC), and the version in force at an hour's start prices its calls, as billing's."""
     from portfolio.billing.choices import PriceKind
-    from portfolio.billing.costs import priced
+    from portfolio.billing.pricing import priced
 
     hours = rows.order_by().annotate(hour=TruncHour("at", tzinfo=UTC)).values_list("endpoint", "hour")
     return {
@@ -72,8 +72,7 @@ def cascade_savings(endpoint: Endpoint, since: datetime) -> CascadeSavings:
     from django.utils import timezone
 
     from portfolio.billing.choices import PriceKind
-    from portfolio.billing.costs import priced
-    from portfolio.billing.pricing import PriceBook
+    from portfolio.billing.pricing import PriceBook, priced
     from serving.gateway.models import UsageEvent
 
     config = endpoint.config or {}

@@ -50,9 +50,19 @@ def _downsample(points: list, limit: int = 500) -> list:
     return [points[int(i * stride)] for i in range(limit - 1)] + [points[-1]]
 
 
-def _store_checkpoint(store, jobs, attempt: int, path: Path, step: int, owner: str = "a checkpoint") -> str:
+def _store_checkpoint(
+    store,
+    jobs,
+    attempt: int,
+    path: Path,
+    step: int,
+    owner: str = "a checkpoint",
+    progress: dict | None = None,
+) -> str:
     """Store a checkpoint and make it the running attempt's; the one it supersedes is deleted from the store,
-    since a resume only ever starts from the last (each holds the adapter and the optimizer's state)."""
+    since a resume only ever starts from the last (each holds the adapter and the optimizer's state).
+    ``progress`` (the loss curves up to ``step``) is written with it: a resume keeps the points up to its
+    checkpoint's step, which a progress write held back by its once-a-second pace would otherwise lack."""
     from django.db import transaction
 
     from portfolio.registry import blobclaims
@@ -71,7 +81,7 @@ def _store_checkpoint(store, jobs, attempt: int, path: Path, step: int, owner: s
             with transaction.atomic():
                 artifact = Artifact.objects.record(manifest, store.uri(manifest.artifact_id), verified=False)
                 previous = mine.values_list("checkpoint_id", flat=True).first()
-                made_mine = mine.update(checkpoint=artifact, checkpoint_step=step)
+                made_mine = mine.update(checkpoint=artifact, checkpoint_step=step, **(progress or {}))
     except BaseException:
         log.discard(store)
         raise
@@ -231,6 +241,7 @@ def run(job_id: int) -> int:
                 path,
                 step,
                 f"the checkpoint of fine-tune #{job_id}, attempt {job.attempt},",
+                progress={"step": step, "loss_curve": _downsample(losses), "eval_curve": evals},
             )
             print(f"checkpoint of step {step} stored ({artifact_id[:12]})", flush=True)
 

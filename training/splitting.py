@@ -128,3 +128,25 @@ class Splitter:
             raise RuntimeError("call finish() before is_eval()")
         key = (answer or "") if self.stratified_by == "answer" else group
         return score(self.seed, canonical_row) <= self._cuts.get(key, -1)
+
+
+def split_rows(
+    rows: list[dict],
+    seed: int,
+    fraction: float,
+    quotas: Callable[[dict[str, int], float], dict[str, int]] | None = None,
+) -> tuple[list[dict], list[dict]]:
+    """(the rows kept, the rows cut off), each in the order given: parsed rows split as an upload of them
+    is split (or by ``quotas``)."""
+    from training.validation import canonical
+
+    splitter = Splitter(seed, fraction, quotas=quotas)
+    keyed = [(str(row.get("label", "")), canonical(row), answer_of(row), row) for row in rows]
+    for group, key, answer, _ in keyed:
+        splitter.add(group, key, answer)
+    splitter.finish()
+    kept: list[dict] = []
+    cut: list[dict] = []
+    for group, key, answer, row in keyed:
+        (cut if splitter.is_eval(group, key, answer) else kept).append(row)
+    return kept, cut

@@ -11,7 +11,6 @@ same rows and trains on the same ones.
 from __future__ import annotations
 
 from training import splitting
-from training.validation import canonical
 
 FRACTION = 1 / 8
 MIN_ROWS = 16  # fewer training rows cannot spare any: early stopping is off, every row trains
@@ -36,13 +35,4 @@ def early_stopping_rows(train_rows: list[dict], seed: int, patience: int) -> tup
     than ``MIN_ROWS``."""
     if not patience or len(train_rows) < MIN_ROWS:
         return list(train_rows), []
-    splitter = splitting.Splitter(seed, FRACTION, quotas=slice_quotas)
-    keyed = [(str(row.get("label", "")), canonical(row), splitting.answer_of(row), row) for row in train_rows]
-    for group, key, answer, _ in keyed:
-        splitter.add(group, key, answer)
-    splitter.finish()
-    fit_rows: list[dict] = []
-    stop_rows: list[dict] = []
-    for group, key, answer, row in keyed:
-        (stop_rows if splitter.is_eval(group, key, answer) else fit_rows).append(row)
-    return fit_rows, stop_rows
+    return splitting.split_rows(train_rows, seed, FRACTION, quotas=slice_quotas)

@@ -60,18 +60,8 @@ COMMON_RECIPE = {
 def split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """(train, held out) as an upload of these rows holding out EVAL_FRACTION is split."""
     from training import splitting
-    from training.validation import canonical
 
-    splitter = splitting.Splitter(splitting.DEFAULT_SEED, EVAL_FRACTION)
-    keyed = [(row.get("label", ""), canonical(row), splitting.answer_of(row), row) for row in rows]
-    for group, key, answer, _ in keyed:
-        splitter.add(group, key, answer)
-    splitter.finish()
-    train_rows: list[dict] = []
-    held_out: list[dict] = []
-    for group, key, answer, row in keyed:
-        (held_out if splitter.is_eval(group, key, answer) else train_rows).append(row)
-    return train_rows, held_out
+    return splitting.split_rows(rows, splitting.DEFAULT_SEED, EVAL_FRACTION)
 
 
 def folds(rows: list[dict], k: int) -> list[list[dict]]:

@@ -33,7 +33,7 @@ from django.db.models import Q, Sum
 from portfolio.billing import money, token_periods
 from portfolio.billing.choices import ComputeKind, LineKind, PriceKind
 from portfolio.billing.models import ComputeInterval, TokenDay
-from portfolio.billing.pricing import PriceBook
+from portfolio.billing.pricing import PriceBook, priced
 
 HOUR_SECONDS = 3600
 RESOURCES = (  # (interval field, pool rate field, unit)
@@ -151,7 +151,7 @@ def _tokens(ledger: Ledger, book: PriceBook, departments: Scope, start: datetime
         if audio_ms:
             who = (dept, team, endpoint, owner, owner_dept)
             _audio(ledger, paid, departments, who, int(audio_ms), price, own)
-        if not own and not any(rates) and not _rate(price, "audio_second"):  # unpriced: at cost
+        if not own and not priced(price):  # unpriced: at cost
             if deployment:
                 used = unpriced[(deployment, team, dept, owner, owner_dept)]
                 used[0] += tokens_in + tokens_out

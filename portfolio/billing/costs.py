@@ -16,8 +16,8 @@ from django.utils import timezone
 from portfolio.billing import money
 from portfolio.billing.charges import compute_cost, interval_cost
 from portfolio.billing.choices import ComputeKind, PriceKind
-from portfolio.billing.models import ComputeInterval, Price, TokenUsage
-from portfolio.billing.pricing import PriceBook
+from portfolio.billing.models import ComputeInterval, TokenUsage
+from portfolio.billing.pricing import PriceBook, priced
 
 MICRO = timedelta(microseconds=1)
 
@@ -75,14 +75,6 @@ def job_compute(job_id: int, as_of: datetime | None = None, *, kinds=JOB_KINDS) 
         keys |= Q(key__startswith=f"job:{kind}:{job_id}:")
     intervals = ComputeInterval.objects.filter(keys, kind=ComputeKind.JOB)
     return _compute(intervals, None, as_of, as_of)
-
-
-def priced(price: Price | None) -> bool:
-    """Whether billing charges calls at ``price`` (an endpoint's version in force): one with no rate at all
-    is charged at cost, as one with no version (charges.py's rule in ``_tokens``)."""
-    return price is not None and bool(
-        price.input_per_million or price.output_per_million or price.audio_second
-    )
 
 
 @dataclass(frozen=True)

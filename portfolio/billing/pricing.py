@@ -19,6 +19,14 @@ from portfolio.billing.models import Price
 PRICE_BOOK_LOCK_ID = 0x5052494345  # "PRICE"
 
 
+def priced(price: Price | None) -> bool:
+    """Whether calls are charged at ``price`` (an endpoint's version in force): an endpoint with a version of
+    no rate at all is charged as one with none, other teams' calls at a share of its compute (charges.py)."""
+    return price is not None and bool(
+        price.input_per_million or price.output_per_million or price.audio_second
+    )
+
+
 def hold_price_book(*, exclusive: bool) -> None:
     """Take the price book's transaction lock (see PRICE_BOOK_LOCK_ID); it ends with the transaction."""
     from django.db import connection

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from portfolio.billing import charges, costs
+from portfolio.billing import charges, costs, pricing
 from portfolio.billing.choices import LineKind, PriceKind
 from portfolio.billing.meters import TokenHour, replace_token_hours
 from portfolio.billing.models import TokenUsage
@@ -132,5 +132,5 @@ def test_the_compute_share_is_by_tokens_as_billed_not_by_requests(team, other_te
 )
 def test_an_endpoint_is_priced_only_by_a_version_with_a_rate(rates, expected):
     version = price(PriceKind.ENDPOINT, ENDPOINT, "support", **rates)
-    assert costs.priced(version) is expected
-    assert costs.priced(None) is False
+    assert pricing.priced(version) is expected
+    assert pricing.priced(None) is False

@@ -182,3 +182,27 @@ def test_a_trainer_killed_as_its_checkpoint_is_recorded_leaves_it_to_the_sweep(
     assert not any(store.has_blob(digest) for digest in stored)
     job.refresh_from_db()
     assert job.checkpoint_id is None
+
+
+def test_a_checkpoint_is_stored_with_the_loss_points_up_to_its_step(make_job, monkeypatch, tmp_path):
+    """Progress is written at most once a second; a checkpoint stored right after a step whose write was held
+    back carried no point for that step, and a resume keeps only the points up to its checkpoint: the step
+    was missing from the job's loss curve for good (CI run of stop 48: ``test_resume``'s curve lacked step 4)."""
+    from portfolio.registry import artifacts
+    from training import lora
+
+    job = make_job(status=JobStatus.RUNNING, attempt=1)
+    monkeypatch.setattr(artifacts, "materialize_version", lambda version: tmp_path)
+    seen = {}
+
+    def trained(*, on_progress, on_checkpoint, **kwargs):
+        for step in (1, 2):  # within a second of each other: the write of step 2 is held back
+            on_progress(lora.Progress(step, 10, 1, 1.0 / step, 100.0))
+        on_checkpoint(checkpoint_folder(tmp_path, 2), 2)
+        stored = FineTuneJob.objects.get(pk=job.pk)  # what a resume would start from, were it killed now
+        seen.update(step=stored.checkpoint_step, curve=[point[0] for point in stored.loss_curve])
+        raise RuntimeError("killed after the checkpoint")
+
+    monkeypatch.setattr(lora, "train", trained)
+    runner.run(job.pk)
+    assert seen == {"step": 2, "curve": [1, 2]}

@@ -23,8 +23,7 @@ from portfolio import direct_http
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.billing.choices import PriceKind
-from portfolio.billing.models import Price
-from portfolio.billing.pricing import PriceBook
+from portfolio.billing.pricing import PriceBook, priced
 from serving.gateway import hop_ids, usage
 from serving.gateway import services as key_services
 from serving.gateway.models import UsageEvent
@@ -166,11 +165,3 @@ def metered_cost(key_id: int, via: str, requests: int, *, settle_seconds: float 
         if endpoint_id is None or not priced(book.at(PriceKind.ENDPOINT, endpoint_id, hour)):
             return None
     return rows.aggregate(cost=Sum("cost"))["cost"] or Decimal(0)
-
-
-def priced(price: Price | None) -> bool:
-    """Whether billing prices a call at ``price`` (an endpoint's version in force): one with no rate at all
-    is charged at cost, as one with no version (portfolio/billing/charges.py's rule)."""
-    return price is not None and bool(
-        price.input_per_million or price.output_per_million or price.audio_second
-    )

@@ -18,7 +18,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.billing.choices import PriceKind
-from portfolio.billing.pricing import PriceBook
+from portfolio.billing.pricing import PriceBook, priced
 from portfolio.errors import Conflict, Invalid, NotFound
 from serving.choices import EndpointKind
 from serving.models import Endpoint
@@ -307,7 +307,7 @@ def _score(run: EndpointEvalRun) -> None:
     rows = rows_of(run.eval_set, run.row_limit)
     EndpointEvalRun.objects.filter(pk=run.pk).update(rows_total=len(rows))
     price = PriceBook.load(kinds=[PriceKind.ENDPOINT]).at(PriceKind.ENDPOINT, run.endpoint_id, timezone.now())
-    if not gateway.priced(price):
+    if not priced(price):
         price = None  # billing charges its calls at cost (a share of compute), not at 0
     questions = [evaluation.prompt_messages(row) for row in rows]
     with gateway.client_for(run.owner_team, run.endpoint_name, f"eval run #{run.pk}") as client:
