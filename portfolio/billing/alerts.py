@@ -175,6 +175,8 @@ def _deliver(budget: Budget, alert: BudgetAlert, as_of: datetime, *, late: bool 
     # a row made within its month says what was spent by then, however late it is delivered.
     ended = alert.month < money.month_start(alert.sent_at)
     delivery = {"email": _email(budget, alert, payload, recipients, ended) if recipients else NO_RECIPIENT}
+    if held := sum(1 for address in budget.notify_emails or [] if webhooks.email_refusal(address)):
+        delivery["email_held"] = f"{held} address(es) typed in, outside PORTFOLIO_BILLING_ALERT_EMAIL_DOMAINS"
     if budget.webhook_url:
         delivery["webhook"] = webhooks.post(budget.webhook_url, payload)
     after = {**payload, "delivery": delivery}
@@ -204,10 +206,11 @@ def _payload(budget: Budget, alert: BudgetAlert) -> dict:
 
 
 def _recipients(budget: Budget) -> list[str]:
-    """The budget's addresses; without any, its team's owners or its department's managers (those active
-    and with an address), as the budgets page promises."""
-    if budget.notify_emails:
-        return list(budget.notify_emails)
+    """The budget's addresses the operator still allows (webhooks.email_refusal: one typed in before
+    PORTFOLIO_BILLING_ALERT_EMAIL_DOMAINS left it out gets nothing); without any, its team's owners or its
+    department's managers (those active and with an address), as the budgets page promises."""
+    if allowed := [address for address in budget.notify_emails or [] if not webhooks.email_refusal(address)]:
+        return allowed
     users = get_user_model().objects.filter(is_active=True).exclude(email="")
     if budget.team_id is not None:
         users = users.filter(memberships__team_id=budget.team_id, memberships__role=TeamRole.OWNER)

@@ -91,16 +91,8 @@ def _emails(values) -> list[str]:
 
 
 def _refuse_domain(address: str) -> None:
-    domains = settings.BILLING_ALERT_EMAIL_DOMAINS
-    if domains and not webhooks.listed(address.rpartition("@")[2], domains):
-        raise Invalid(
-            f"notify_emails: {address!r} is outside the domains PORTFOLIO_BILLING_ALERT_EMAIL_DOMAINS allows."
-        )
-    if not domains and settings.PRODUCTION:
-        raise Invalid(
-            "notify_emails: alerts go to no address typed in until PORTFOLIO_BILLING_ALERT_EMAIL_DOMAINS lists "
-            "its domains; leave it empty for the owners' (or managers') own addresses."
-        )
+    if refused := webhooks.email_refusal(address):
+        raise Invalid(f"notify_emails: {refused}")
 
 
 def _webhook(value) -> str:

@@ -97,6 +97,24 @@ def refusal(host: str) -> str | None:
     return None
 
 
+def email_refusal(address: str) -> str | None:
+    """Why no alert is e-mailed to ``address``, typed in for a budget (in words naming the setting), or None:
+    only to the domains the operator listed, and in production to none until they list some. Asked when the
+    address is set and again at each delivery (it may have been set before the list). The owners' and
+    managers' own accounts' addresses, where alerts go without any typed in, are not bound by it."""
+    domains = settings.BILLING_ALERT_EMAIL_DOMAINS
+    if domains:
+        if listed(address.rpartition("@")[2], domains):
+            return None
+        return f"{address!r} is outside the domains PORTFOLIO_BILLING_ALERT_EMAIL_DOMAINS allows."
+    if settings.PRODUCTION:
+        return (
+            "alerts go to no address typed in until PORTFOLIO_BILLING_ALERT_EMAIL_DOMAINS lists its domains; "
+            "leave it empty for the owners' (or managers') own addresses."
+        )
+    return None
+
+
 def _is_global(address: str) -> bool:
     return is_global(ipaddress.ip_address(address.split("%")[0]))  # an IPv6 address may carry its zone
 

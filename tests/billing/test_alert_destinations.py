@@ -140,6 +140,48 @@ def test_in_production_an_unset_list_takes_no_address_but_the_owners_still_get_a
     assert alerts._recipients(budget) == ["owner@company.example"]
 
 
+def test_delivery_does_not_mail_an_address_set_before_the_list_and_alerts_the_owners_instead(
+    org, team, settings
+):
+    """An address typed in while any domain was taken (or before an upgrade) gets no alert once the list
+    leaves its domain out: the delivery asks again. Without an address still allowed, the team's owners get
+    it (as a budget without addresses), and the delivery record says how many were held back."""
+    settings.BILLING_ALERT_EMAIL_DOMAINS = []
+    budget = set_emails(org, team, ["someone@gmail.com", "fin@example.com"])
+    org["owner"].email = "owner@company.example"
+    org["owner"].save(update_fields=["email"])
+    settings.BILLING_ALERT_EMAIL_DOMAINS = ["example.com"]
+    assert alerts._recipients(budget) == ["fin@example.com"]
+    settings.BILLING_ALERT_EMAIL_DOMAINS = ["company.example"]
+    assert alerts._recipients(budget) == ["owner@company.example"]
+    settings.BILLING_ALERT_EMAIL_DOMAINS, settings.PRODUCTION = [], True
+    assert alerts._recipients(budget) == ["owner@company.example"]
+
+
+def test_the_delivery_record_counts_the_addresses_held_back(org, team, settings, monkeypatch):
+    from decimal import Decimal
+
+    from django.core import mail
+    from django.utils import timezone
+
+    from portfolio.billing.models import BudgetAlert
+
+    budget = set_emails(org, team, ["someone@gmail.com", "fin@example.com"])
+    settings.BILLING_ALERT_EMAIL_DOMAINS = ["example.com"]
+    now = timezone.now()
+    alert = BudgetAlert.objects.create(
+        budget=budget, month=now.date().replace(day=1), threshold=80, spend=Decimal("8"), amount=Decimal("10"),
+        sent_at=now, delivery={"pending": True},
+    )  # fmt: skip
+    assert alerts._deliver(budget, alert, now)
+    alert.refresh_from_db()
+    assert [message.to for message in mail.outbox] == [["fin@example.com"]]
+    assert alert.delivery == {
+        "email": "sent",
+        "email_held": "1 address(es) typed in, outside PORTFOLIO_BILLING_ALERT_EMAIL_DOMAINS",
+    }
+
+
 def test_the_api_refuses_in_its_error_shape_and_the_form_next_to_the_field(client, org, team, settings):
     settings.BILLING_WEBHOOK_HOSTS = ["hooks.example.internal"]
     settings.BILLING_ALERT_EMAIL_DOMAINS = ["example.com"]

@@ -40,6 +40,7 @@ class RelayBackend(BaseEmailBackend):
 def _private_hooks(settings):
     settings.BILLING_WEBHOOK_PRIVATE_HOSTS = True  # the receiver listens on 127.0.0.1
     settings.BILLING_WEBHOOK_HOSTS = ["127.0.0.1"]  # production calls listed hosts only
+    settings.BILLING_ALERT_EMAIL_DOMAINS = ["example.com"]  # and e-mails listed domains only
 
 
 @pytest.fixture
