@@ -43,7 +43,7 @@ from typing import IO
 
 import psutil
 
-from portfolio import commands, embedded, runlogs
+from portfolio import commands, direct_http, embedded, runlogs
 from portfolio.envparse import Env
 
 STOP_GRACE_SECONDS = 20
@@ -166,7 +166,9 @@ def _cannot_listen(host: str, port: int) -> str | None:
 
 def _answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}healthz", timeout=2) as response:  # noqa: S310 - our own server
+        # Straight to it: with a corporate HTTP_PROXY set (for the Hub) and NO_PROXY not naming this host, the
+        # proxy answered instead, and the server it could not reach was never seen up.
+        with direct_http.urlopen(urllib.request.Request(f"{url}healthz"), timeout=2) as response:  # noqa: S310
             return response.status == 200
     except OSError:
         return False

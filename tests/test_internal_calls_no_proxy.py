@@ -100,6 +100,23 @@ def test_the_node_agents_health_probe_goes_straight_to_the_engine(proxy, target)
     assert proxy.seen == []
 
 
+def test_the_launchers_health_probe_goes_straight_to_the_web_server(proxy, target):
+    """``make run`` behind a corporate proxy: the proxy answered the probe, and the server was never seen up."""
+    from portfolio import launcher
+
+    assert launcher._answers(f"{target.url}/")
+    assert target.seen == [("GET /healthz HTTP/1.1", "")]
+    assert proxy.seen == []
+
+
+def test_the_benchmarks_call_the_gateway_straight(proxy, target):
+    from benchmarks.gateway import harness
+
+    assert harness.post(f"{target.url}/v1/chat/completions", "{}", "key")[0] == 200
+    assert target.seen == [("POST /v1/chat/completions HTTP/1.1", "Bearer key")]
+    assert proxy.seen == []
+
+
 def test_an_adapter_load_goes_straight_to_the_engine(proxy, target):
     replica = _replica(target.port)
 

@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from portfolio import direct_http
+
 
 class Processes:
     """Everything the run starts, stopped in reverse order whatever happens."""
@@ -57,7 +59,7 @@ def wait_http(
             raise RuntimeError(f"{url}: the process exited:\n{log.read_text()[-3000:]}")
         try:
             request = urllib.request.Request(url, headers=headers or {})  # noqa: S310 - a local process
-            with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
+            with direct_http.urlopen(request, timeout=2) as response:  # never through an env proxy
                 if response.status == 200:
                     return
         except (OSError, urllib.error.HTTPError):
@@ -72,7 +74,7 @@ def post(url: str, body: str, token: str | None) -> tuple[int, bytes]:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, data=body.encode(), headers=headers, method="POST")  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        with direct_http.urlopen(request, timeout=10) as response:  # never through an env proxy
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()

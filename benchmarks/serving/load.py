@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import httpx
 import psutil
 
+from portfolio import direct_http
+
 PROMPTS = [
     "I was charged twice for my subscription this month.",
     "The app crashes when I open the settings page.",
@@ -68,7 +70,10 @@ def throughput(
     one adapter; several: adapters mixed), after ``warm_up`` unmeasured rounds (a fresh vLLM CPU engine is
     slow for its first batches: one round was not enough)."""
     headers = {"Authorization": f"Bearer {key}"}
-    with httpx.Client(headers=headers, timeout=600) as client, ThreadPoolExecutor(concurrency) as pool:
+    with (
+        httpx.Client(headers=headers, timeout=600, **direct_http.httpx_options()) as client,
+        ThreadPoolExecutor(concurrency) as pool,
+    ):
 
         def wave() -> int:
             calls = [
@@ -102,7 +107,9 @@ def tree_rss_bytes(pid: int) -> int:
 def greedy_answers(url: str, key: str, model: str, prompts: list[str], max_tokens: int = 16) -> list[str]:
     """Temperature-0 chat answers, for comparing a merged version with its dynamic adapter."""
     answers = []
-    with httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=600) as client:
+    with httpx.Client(
+        headers={"Authorization": f"Bearer {key}"}, timeout=600, **direct_http.httpx_options()
+    ) as client:
         for prompt in prompts:
             response = client.post(
                 f"{url}/v1/completions",
