@@ -47,7 +47,9 @@ def grant_app_role(role: str | None = None) -> list[str]:
     quote = connection.ops.quote_name
     app, db, ns = quote(role), quote(database), quote(schema)
     statements = [
-        f"GRANT CONNECT ON DATABASE {db} TO {app}",
+        # TEMPORARY too: the usage flush copies each batch through a temporary table (serving/gateway/usage.py),
+        # a right every role has by default that the init script's REVOKE ALL ... FROM PUBLIC took away.
+        f"GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {app}",
         f"GRANT USAGE ON SCHEMA {ns} TO {app}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {ns} TO {app}",
         f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {ns} TO {app}",

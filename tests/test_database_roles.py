@@ -159,6 +159,30 @@ print(json.dumps({"renamed": renamed, "deleted": deleted}))
     assert changed == {"renamed": 1, "deleted": 1}
 
 
+def test_the_application_role_flushes_the_gateways_usage_events(production_database):
+    """The flush copies each batch through a temporary table; the init script's REVOKE ALL took the right to
+    make one from every role, and in production no usage event (no token spend, no budget) was ever stored."""
+    flushed = run_as_app(
+        production_database,
+        """
+import json, django
+django.setup()
+from datetime import UTC, datetime
+from django.db import transaction
+from serving.gateway import usage
+from serving.gateway.models import UsageEvent
+event = {field.column: None for field in UsageEvent._meta.concrete_fields if not field.primary_key}
+event.update(event_id="req-roles-1", at=datetime.now(UTC), endpoint="e", deployment="", adapter="", kind="chat",
+             stream=False, input_tokens=1, output_tokens=1, latency_ms=1, status=200, error="", cost=0, via="",
+             audio_ms=0)
+with transaction.atomic():
+    usage._insert([event])
+print(json.dumps({"stored": UsageEvent.objects.filter(event_id="req-roles-1").count()}))
+""",
+    )
+    assert flushed == {"stored": 1}
+
+
 def test_tables_that_later_migrations_create_are_usable_by_the_application_role_at_once(production_database):
     with production_database(OWNER) as owner:
         owner.execute(

@@ -29,7 +29,7 @@ SELECT 'CREATE DATABASE portfolio OWNER portfolio'
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'portfolio') \gexec
 ALTER DATABASE portfolio OWNER TO portfolio;
 REVOKE ALL ON DATABASE portfolio FROM PUBLIC;
-GRANT CONNECT ON DATABASE portfolio TO portfolio_app;
+GRANT CONNECT, TEMPORARY ON DATABASE portfolio TO portfolio_app;
 SELECT 'CREATE ROLE keycloak LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE'
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'keycloak') \gexec
 SELECT format('ALTER ROLE keycloak PASSWORD %L', :'keycloak_password') \gexec
