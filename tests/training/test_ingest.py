@@ -179,16 +179,38 @@ def test_an_upload_of_rows_recorded_meanwhile_leaves_only_the_recorded_files(eng
     assert stored == recorded
 
 
-def test_progress_is_written_about_once_a_second_never_per_row(engineer, chat_set, monkeypatch):
-    pending = queue_upload(engineer, chat_set, jsonl(*tickets(5000)))
+def _ingest_writes(actor, dataset, monkeypatch, every: float) -> tuple[int, list[bool]]:
+    """Ingest 5,000 rows with progress paced at one write per ``every`` seconds: the ingest row's updates, and
+    the progress reports the ingest made (each a point where it may write), whether each was forced."""
+    monkeypatch.setattr(ingest, "REPORT_EVERY_SECONDS", every)
+    reports, report = [], ingest._Progress.__call__
+
+    def noted(self, *args, **kwargs):
+        reports.append(kwargs.get("force", False))
+        return report(self, *args, **kwargs)
+
+    monkeypatch.setattr(ingest._Progress, "__call__", noted)
+    pending = queue_upload(actor, dataset, jsonl(*tickets(5000)))
     with CaptureQueriesContext(connection) as queries:
         tasks.ingest_dataset(pending.pk)
-    updates = [
-        q["sql"] for q in queries.captured_queries if q["sql"].startswith('UPDATE "training_datasetingest"')
-    ]
-    assert len(updates) < 12, len(updates)  # claim, one per phase, the end: not 5,000
     pending.refresh_from_db()
     assert pending.status == JobStatus.SUCCEEDED and pending.rows_done == pending.rows_total == 5000
+    updates = [q for q in queries.captured_queries if q["sql"].startswith('UPDATE "training_datasetingest"')]
+    return len(updates), reports
+
+
+def test_progress_between_its_paced_writes_writes_nothing(engineer, chat_set, monkeypatch):
+    """The pace never reached, whatever the runner's speed: the claim, one write per phase and the end."""
+    updates, reports = _ingest_writes(engineer, chat_set, monkeypatch, float("inf"))
+    forced = reports.count(True)
+    assert forced == 3 and updates == 1 + forced + 1 and len(reports) > forced, (updates, reports)
+
+
+def test_progress_is_written_at_most_once_per_report_point_never_per_row(engineer, chat_set, monkeypatch):
+    """The pace always reached (a slow runner at worst): a write per report point, and those come every
+    thousand rows or so, not at every row."""
+    updates, reports = _ingest_writes(engineer, chat_set, monkeypatch, 0.0)
+    assert updates == 1 + len(reports) + 1 and len(reports) < 5000 // 100, (updates, reports)
 
 
 def test_a_redelivered_ingest_leaves_a_live_run_alone(engineer, chat_set):

@@ -16,8 +16,10 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import psutil
 import pytest
 from django.core.management import call_command
+from django.db import OperationalError, transaction
 from django.utils import timezone
 
 from portfolio.registry import services as registry
@@ -72,12 +74,48 @@ def job(org, team, engineer, enqueued) -> FineTuneJob:
     return job
 
 
-def wait_for(what: str, check, job_id: int):
+def _log(job_id: int) -> str:
+    path = tasks._log_path(job_id)
+    return path.read_text() if path.exists() else ""
+
+
+def _stopped(group: int) -> None:
+    """SIGSTOP a process group and wait until its leader has stopped (a signal takes effect when the process
+    next leaves the kernel): from then on it writes nothing, to its log or to the database."""
+    os.killpg(group, signal.SIGSTOP)
+    leader = psutil.Process(group)
+    deadline = time.monotonic() + 30
+    while leader.status() != psutil.STATUS_STOPPED and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def kill_when(what: str, ready, job_id: int, groups) -> FineTuneJob:
+    """SIGKILL the process groups ``groups(job)`` once ``ready(job, log)`` holds, checked again with them
+    frozen: a trainer still running between the check and the kill can store its next checkpoint meanwhile,
+    and the test would interrupt a job that is not where it asserts it is. The job's row is read locked
+    (NOWAIT): a frozen process that holds it (a checkpoint being recorded, a commit in flight) is let go on
+    until the row is settled. Returns the job as it was killed."""
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
         job = FineTuneJob.objects.get(pk=job_id)
-        if check(job):
-            return job
+        if ready(job, _log(job_id)):
+            frozen, killed = groups(job), False
+            try:
+                for group in frozen:
+                    _stopped(group)
+                with transaction.atomic():
+                    held = FineTuneJob.objects.select_for_update(nowait=True).get(pk=job_id)
+                    if held.pid == job.pid and ready(held, _log(job_id)):
+                        for group in frozen:
+                            os.killpg(group, signal.SIGKILL)
+                        killed = True
+                        return held
+            except OperationalError:  # the row is locked by a frozen process: not a settled point
+                pass
+            finally:
+                if not killed:
+                    for group in frozen:
+                        os.killpg(group, signal.SIGCONT)
         time.sleep(0.2)
     job = FineTuneJob.objects.get(pk=job_id)
     pytest.fail(f"timed out waiting for {what}: {job.status} {job.status_detail}\n{job.log_tail}")
@@ -118,28 +156,48 @@ def test_an_interrupted_job_resumes_from_its_last_checkpoint_until_it_registers_
 
     # Attempt 1 on node-a: the trainer is killed a step after a checkpoint (that step is lost); its watcher
     # requeues the job.
+    def a_step_lost(j: FineTuneJob, log: str) -> bool:
+        # Its checkpoint stored (the one it superseded deleted) and the next step trained and logged: the step
+        # the resume trains again, whose loss is compared below.
+        step = j.checkpoint_step
+        return (
+            j.status == JobStatus.RUNNING
+            and bool(j.pid)
+            and 2 <= step < j.step
+            and re.search(rf"^checkpoint of step {step} stored ", log, re.M) is not None
+            and re.search(rf"^step {step + 1}/{total} loss [0-9.]+ .*\n", log, re.M) is not None
+        )
+
     watcher = run_in_thread(job.pk)
-    running = wait_for(
-        "a step after the first checkpoint", lambda j: 2 <= j.checkpoint_step < j.step and j.pid, job.pk
-    )
-    os.killpg(running.pid, signal.SIGKILL)
+    killed = kill_when("a step after the first checkpoint", a_step_lost, job.pk, lambda j: [j.pid])
     watcher.join(timeout=120)
     job.refresh_from_db()
     first = job.checkpoint_step
+    assert first == killed.checkpoint_step
     assert job.status == JobStatus.QUEUED and job.attempt == 1
     assert f"the trainer exited (signal 9); resuming from step {first}." == job.status_detail
     assert [queued.pk for queued in enqueued] == [job.pk, job.pk] and job.node.name == "node-a"
 
     # Attempt 2, node-a again: after one more checkpoint the whole node dies (worker and trainer); nothing
     # is left to report, the job stays "running" until the reaper notices the silence.
+    def a_checkpoint_of_attempt_2(j: FineTuneJob, log: str) -> bool:
+        # Its checkpoint stored (the one it superseded deleted, as the end asserts of every checkpoint) and the
+        # last step not yet reached: the job is still unfinished when the node dies.
+        resumed = log.partition(f"attempt 2: resuming from the checkpoint of step {first}\n")[2]
+        return (
+            j.status == JobStatus.RUNNING
+            and j.attempt == 2
+            and bool(j.pid)
+            and j.checkpoint_step > first
+            and re.search(rf"^checkpoint of step {j.checkpoint_step} stored ", resumed, re.M) is not None
+            and re.search(rf"^step {total}/", resumed, re.M) is None
+        )
+
     worker = start_node_worker(job.pk)
-    running = wait_for(
-        "a checkpoint of the second attempt",
-        lambda j: j.attempt == 2 and j.checkpoint_step > first and j.pid,
-        job.pk,
+    # The worker first, so that it cannot see its trainer die (both are frozen before either is killed).
+    kill_when(
+        "a checkpoint of the second attempt", a_checkpoint_of_attempt_2, job.pk, lambda j: [worker.pid, j.pid]
     )
-    os.killpg(worker.pid, signal.SIGKILL)
-    os.killpg(running.pid, signal.SIGKILL)
     worker.wait(timeout=30)
     # node-a stopped reporting; node-b's agent reports as usual.
     Node.objects.filter(name="node-a").update(heartbeat_at=timezone.now() - timedelta(hours=1))
