@@ -169,7 +169,9 @@ def main(argv: list[str] | None = None) -> None:
         for statement in dbroles.grant_app_role():
             print(f"  {statement}")
         # The owner keeps the usage events' monthly partitions a year ahead and drops those past retention
-        # (the application role, which runs the daily task, may not).
+        # (the application role, which runs the daily task, may not). ``ensure`` first gives each month
+        # with rows in the default partition its own (an upgrade's history, which migration 0004 put
+        # there), so that ``drop_expired`` then drops those past retention too.
         from serving.gateway import partitions
 
         for name in partitions.ensure(ahead=12):

@@ -8,6 +8,8 @@ hourly rollups, billing's ledger and closed statements, which are separate table
   works where the application owns its tables (the embedded default) and otherwise logs that a deploy is
   due. An event outside every monthly partition (a clock far off, a year without a deploy) lands in the
   default partition: nothing is lost, and when its month's partition is created its rows move there.
+  ``ensure`` first gives every month that has rows in the default partition its own partition: migration
+  0004 copied an upgraded install's whole history there, and rows left in it would never be dropped.
 - ``drop_expired(now)`` drops the partitions of months that ended more than
   ``PORTFOLIO_USAGE_RETENTION_MONTHS`` ago (default 13: a year and the month before it). Each drop is
   audited (``usage.drop_month``: the month, the rows dropped, the retention) in the drop's transaction.
@@ -78,12 +80,31 @@ def create(month: date) -> bool:
     return True
 
 
+def adopt_default() -> list[str]:
+    """A partition for every month that has rows in the default partition, which moves them into it; returns
+    those it created. Once done, ``drop_expired`` drops the months past retention among them, as it drops
+    any other: rows left in the default partition would outlive every retention.
+
+    The first run after an upgrade moves the history migration 0004 copied into the default partition, one
+    month per transaction where the caller holds none (`portfolio migrate`, the daily task): each holds off
+    inserts (the flusher's batches wait in the stream) only while its own month's rows move. Later runs find
+    the default partition empty but for a stray event or two, so its scan costs little."""
+    with connection.cursor() as cursor:
+        # In UTC, as the partitions' bounds are (Django's connection works in UTC). The table name is ours.
+        cursor.execute(
+            f"SELECT DISTINCT date_trunc('month', at AT TIME ZONE 'UTC') FROM {DEFAULT}"  # noqa: S608
+        )
+        months = sorted(row[0].date() for row in cursor.fetchall())
+    return [_name(month) for month in months if create(month)]
+
+
 def ensure(now: datetime | None = None, ahead: int = 2) -> list[str]:
-    """Partitions for the previous, current and ``ahead`` next months; returns those it created."""
+    """Partitions for the months that have rows in the default partition (``adopt_default``) and for the
+    previous, current and ``ahead`` next months; returns those it created."""
     from django.utils import timezone
 
     now = now or timezone.now()
-    made = []
+    made = adopt_default()
     for offset in range(-1, ahead + 1):
         month = _month(now.year, now.month + offset)
         if create(month):

@@ -1,6 +1,7 @@
 """Usage events in monthly partitions: a month's events land in its partition, a redelivered event is
-still stored once, rows that fell into the default partition move when their month's partition is made,
-and a month past retention is dropped whole while the rollups and billing's ledger keep it."""
+still stored once, rows that fell into the default partition move when their month's partition is made
+(and `portfolio migrate` makes it for every month left there, an upgrade's history included), and a month
+past retention is dropped whole while the rollups and billing's ledger keep it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from serving.gateway import partitions, usage
 from serving.gateway.models import UsageEvent, UsageHourly
 
 pytestmark = pytest.mark.django_db(transaction=True)
+# Half a year ago: inside the default retention, and before the months whose partitions are made ahead
+# of time (from the previous month on), so its events land in the default partition.
+_TODAY = datetime.now(UTC)
+_MONTHS = _TODAY.year * 12 + _TODAY.month - 1 - 6
+HALF_A_YEAR_AGO = datetime(_MONTHS // 12, _MONTHS % 12 + 1, 9, tzinfo=UTC)
 
 
 def event(event_id: str, at: datetime, **fields) -> UsageEvent:
@@ -32,7 +38,13 @@ def partition_of(event_id: str) -> str:
 @pytest.fixture(autouse=True)
 def _no_partitions_left_from_an_earlier_run():
     """Partitions are DDL: they outlive a test's flush (and a reused test database)."""
-    made = ["gateway_usageevent_y2031m05", "gateway_usageevent_y2025m01", "gateway_usageevent_y2025m02"]
+    made = [
+        "gateway_usageevent_y2031m05",
+        "gateway_usageevent_y2025m01",
+        "gateway_usageevent_y2025m02",
+        "gateway_usageevent_y2020m03",
+        f"gateway_usageevent_y{HALF_A_YEAR_AGO:%Y}m{HALF_A_YEAR_AGO:%m}",
+    ]
     with connection.cursor() as cursor:
         for name in made:
             cursor.execute(f"DROP TABLE IF EXISTS {name}")
@@ -67,6 +79,45 @@ def test_rows_in_the_default_partition_move_into_their_months_partition_when_it_
     assert partitions.create(far.date().replace(day=1)) is True
     assert partition_of("req-far") == "gateway_usageevent_y2031m05"
     assert partitions.create(far.date().replace(day=1)) is False  # idempotent
+
+
+def test_portfolio_migrate_gives_months_left_in_the_default_partition_their_own_and_drops_those_expired(
+    settings, monkeypatch, capsys
+):
+    """Migration 0004 copied an upgraded install's whole history into the default partition, and only the
+    months around the upgrade got partitions: the rows of earlier months stayed in the default partition,
+    which no retention drops, for ever."""
+    import django
+    from django.core import management
+
+    from portfolio import cli, dbroles
+    from portfolio.audit.models import AuditEvent
+    from portfolio.registry import reinspection
+
+    settings.USAGE_RETENTION_MONTHS = 13
+    monkeypatch.setattr(django, "setup", lambda: None)  # set up already
+    monkeypatch.setattr(management, "call_command", lambda *args, **kwargs: None)  # migrated already
+    monkeypatch.setattr(dbroles, "grant_app_role", lambda: [])
+    monkeypatch.setattr(reinspection, "read_missing_architectures", lambda log: None)
+    UsageEvent.objects.bulk_create(
+        [event("req-ancient", datetime(2020, 3, 5, tzinfo=UTC)), event("req-kept", HALF_A_YEAR_AGO)]
+    )
+    kept = f"gateway_usageevent_y{HALF_A_YEAR_AGO:%Y}m{HALF_A_YEAR_AGO:%m}"
+    assert partition_of("req-ancient") == partition_of("req-kept") == partitions.DEFAULT
+
+    cli.main(["migrate"])
+    printed = capsys.readouterr().out
+    assert "created partition gateway_usageevent_y2020m03" in printed
+    assert f"created partition {kept}" in printed
+    assert "dropped partition gateway_usageevent_y2020m03" in printed
+    assert not UsageEvent.objects.filter(event_id="req-ancient").exists()
+    assert partition_of("req-kept") == kept
+    [dropped] = AuditEvent.objects.filter(action="usage.drop_month")
+    assert dropped.object_id == "gateway_usageevent_y2020m03"
+    assert dropped.after == {"month": "2020-03", "rows": 1, "retention_months": 13}
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {partitions.DEFAULT}")  # noqa: S608 - our names
+        assert cursor.fetchone() == (0,)
 
 
 def test_a_month_past_retention_is_dropped_whole_and_its_rollups_and_ledger_rows_stay(settings):
