@@ -279,6 +279,15 @@ def test_node_agents_and_the_worker_reach_the_gateway_of_the_web_service(compose
     assert "--port" not in compose["services"]["web"]["command"]  # `portfolio web` listens on 8000
 
 
+@pytest.mark.parametrize("service", ["web", "node-cpu", "node-gpu"])
+def test_the_image_hosts_an_operator_sets_reach_the_gateway_and_the_node_agents(compose, service):
+    """README documents PORTFOLIO_GATEWAY_IMAGE_HOSTS for both (a vision engine's --allowed-media-domains);
+    the compose file passed it to neither, and image URLs stayed refused whatever .env said."""
+    given = {"PORTFOLIO_GATEWAY_IMAGE_HOSTS": "images.corp.example"}
+    value = compose["services"][service]["environment"]["PORTFOLIO_GATEWAY_IMAGE_HOSTS"]
+    assert interpolated(value, given) == "images.corp.example"
+
+
 def test_redis_requires_the_password_every_platform_service_is_given(compose):
     redis = compose["services"]["redis"]
     assert "redis_password" in redis["secrets"]
