@@ -194,11 +194,11 @@ ARTIFACT_ROOT = env.path("PORTFOLIO_ARTIFACT_ROOT", DATA_DIR / "artifacts")
 # Where engines and trainers keep verified working copies of artifacts on each node.
 ARTIFACT_CACHE = env.path("PORTFOLIO_ARTIFACT_CACHE", DATA_DIR / "cache" / "artifacts")
 MINIO_ENDPOINT = env.text("MINIO_ENDPOINT") or ""
-MINIO_ACCESS_KEY = env.text("MINIO_ACCESS_KEY") or ""
-MINIO_SECRET_KEY = env.text("MINIO_SECRET_KEY") or ""
+MINIO_ACCESS_KEY, MINIO_SECRET_KEY = env.text("MINIO_ACCESS_KEY") or "", env.text("MINIO_SECRET_KEY") or ""
 MINIO_BUCKET = env.text("MINIO_BUCKET") or "portfolio-artifacts"
 MINIO_SECURE = env.flag("MINIO_SECURE", True)
 MINIO_REGION = env.text("MINIO_REGION")
+MINIO_PUBLIC_URL = env.text("PORTFOLIO_MINIO_PUBLIC_URL") or ""  # browsers' address: downloads redirect there
 if ARTIFACT_STORE == "s3" and not (MINIO_ENDPOINT and MINIO_ACCESS_KEY and MINIO_SECRET_KEY):
     raise ImproperlyConfigured(
         "PORTFOLIO_STORAGE=s3 needs MINIO_ENDPOINT, MINIO_ACCESS_KEY and MINIO_SECRET_KEY."
@@ -348,6 +348,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "portfolio.nostore.NoStoreMiddleware",  # what a signed-in person saw is not kept for Back after sign-out
     "portfolio.accounts.middleware.SsoSessionKeyMiddleware",  # a sign-on session's record follows its key
     "portfolio.accounts.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -355,7 +356,6 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "portfolio.dataerrors.DataErrorMiddleware",  # a NUL in a URL or filter is a 400, not a 500
 ]
-
 ROOT_URLCONF = "portfolio.urls"
 ASGI_APPLICATION = "portfolio.asgi.application"
 TEMPLATES = [

@@ -252,7 +252,9 @@ def login_page(request, form, next_url: str, *, status: int = 200):
 @require_POST
 def logout_view(request):
     """Permission: any signed-in user, for their own session. A session made by single sign-on is ended at
-    the realm too: the browser goes there (with the ID token as the hint) and comes back to sign-in."""
+    the realm too: the browser goes there (with the ID token as the hint) and comes back to sign-in. Either
+    way the browser is told to drop its cache (``Clear-Site-Data``), the back/forward cache with it: the next
+    person at it must not get the pages just signed out of by pressing Back."""
     actor = actor_of(request)
     session_key = request.session.session_key
     id_token = request.session.get(sso_logout.ID_TOKEN)
@@ -263,13 +265,15 @@ def logout_view(request):
     auth_logout(request)
     sso_logout.forget(session_key)
     messages.info(request, "You are signed out.")
+    response = redirect(settings.LOGOUT_REDIRECT_URL)
     config = sso_config.current()
     if id_token is not None and config is not None:
         back = request.build_absolute_uri(reverse(settings.LOGOUT_REDIRECT_URL))
         url = sso_logout.end_session_url(config, id_token=id_token, post_logout_redirect_uri=back)
         if url:
-            return redirect(url)
-    return redirect(settings.LOGOUT_REDIRECT_URL)
+            response = redirect(url)
+    response["Clear-Site-Data"] = '"cache"'
+    return response
 
 
 @sensitive_post_parameters()
