@@ -133,7 +133,14 @@ def member_remove(request, slug: str, pk: int):
     actor, team = _team_for_members(request, slug)
     membership = _membership(team, pk)
     try:
-        services.remove_member(actor=actor, membership=membership)
+        live_keys = services.remove_member(actor=actor, membership=membership)
     except (Invalid, Conflict) as exc:
         return _refused(request, actor, team, exc.message)
-    return _changed(request, team, f"{membership.user.get_username()} removed from {team.name}.")
+    notice = f"{membership.user.get_username()} removed from {team.name}."
+    if live_keys:
+        # Their keys are the team's and keep working: the owner should know which, to revoke what must go.
+        notice += (
+            f" API keys they created are still live: {', '.join(live_keys)}; "
+            "they keep working (billed to the team) until an owner revokes them on the API keys page."
+        )
+    return _changed(request, team, notice)
