@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import import_module
 
 from django.conf import settings
@@ -256,13 +256,16 @@ def change_member_role(*, actor: Actor, membership: Membership, role: str) -> Me
     return membership
 
 
+# The team's API keys a member created that stay live when they leave it: ``(audit entries {key_id, name},
+# labels to show)``. The gateway registers its finder (it builds on accounts, not the other way).
+LIVE_KEYS_OF: list[Callable[[Membership], tuple[list[dict], list[str]]]] = []
+
+
 @transaction.atomic
 def remove_member(*, actor: Actor, membership: Membership) -> list[str]:
     """Removes the member and returns the names of the team's API keys they created that stay live: the
     keys are the team's and keep working (and billing the team) until an owner revokes them, so the
     removal's audit row lists them (their public ``key_id`` and name, never a secret)."""
-    from serving.gateway.models import ApiKey  # the gateway app builds on accounts, not the other way
-
     gate.require(actor, "member.manage", membership.team)
     _lock_owners(membership)
     membership = (
@@ -274,16 +277,15 @@ def remove_member(*, actor: Actor, membership: Membership) -> list[str]:
     if _would_leave_no_owner(membership):
         raise Conflict("A team keeps at least one owner: make someone else owner first.")
     before = membership.snapshot()
-    live = list(
-        ApiKey.objects.filter(team_id=membership.team_id, created_by_id=membership.user_id, revoked_at=None)
-        .exclude(expires_at__lte=timezone.now())
-        .order_by("created_at", "id")
-        .only("key_id", "name")
-    )
-    after = {"live_api_keys": [{"key_id": key.key_id, "name": key.name} for key in live]}
-    audit.record(actor, "membership.delete", membership, before=before, after=after)
+    entries: list[dict] = []
+    labels: list[str] = []
+    for find in LIVE_KEYS_OF:
+        found, shown = find(membership)
+        entries += found
+        labels += shown
+    audit.record(actor, "membership.delete", membership, before=before, after={"live_api_keys": entries})
     membership.delete()
-    return [f"{key.name} ({key.display_prefix})" for key in live]
+    return labels
 
 
 # --- Users -----------------------------------------------------------------------------------------
