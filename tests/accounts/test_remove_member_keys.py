@@ -82,3 +82,19 @@ def test_removing_a_member_without_keys_says_nothing_of_keys(signed_in, org, tea
         signed_in(org["owner"]).post(reverse("member-remove", args=[team.slug, membership.pk]), **HTMX)
     )
     assert "viewer removed from Support AI." in page and "still live" not in page
+
+
+def test_a_removal_by_single_sign_on_lists_the_live_keys_too(org, team, developer_keys):
+    """The directory (a sign-in's claims, the sync) removes a membership it gave without remove_member: its
+    audit row lists the keys left live as an owner's removal does."""
+    from portfolio.accounts.actor import Actor
+    from portfolio.accounts.sso import mapping
+
+    Membership.objects.filter(team=team, user=org["developer"]).update(source="sso")
+    mapping.apply(org["developer"], {}, actor=Actor.for_system("keycloak"), client_id="portfolio")
+    event = AuditEvent.objects.get(action="membership.delete", team_id=team.pk)
+    expected = [developer_keys["router prod"], developer_keys["nightly batch"]]
+    assert event.after == {
+        "source": "sso",
+        "live_api_keys": [{"key_id": k.key_id, "name": k.name} for k in expected],
+    }

@@ -224,7 +224,12 @@ def _apply_teams(user, wanted: dict[int, str], left: set[Grant], actor: Actor, s
     for team_id, membership in rows.items():
         if membership.source == SSO and team_id not in wanted:
             before = _with_source(membership.snapshot(), membership)
-            audit.record(actor, "membership.delete", membership, before=before, after={"source": SSO})
+            # The team's keys they made stay live, as at a removal by an owner (services.remove_member).
+            from portfolio.accounts.services import LIVE_KEYS_OF
+
+            live = [entry for find in LIVE_KEYS_OF for entry in find(membership)[0]]
+            after = {"source": SSO, "live_api_keys": live}
+            audit.record(actor, "membership.delete", membership, before=before, after=after)
             membership.delete()
             summary.removed.append(f"member of {membership.team.slug}")
 
