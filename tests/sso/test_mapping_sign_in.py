@@ -81,7 +81,8 @@ def test_a_person_whose_group_no_longer_maps_loses_the_team_at_the_next_sign_in(
 
     assert not Membership.objects.filter(user=alice).exists()
     removed = AuditEvent.objects.get(action="membership.delete")
-    assert removed.actor_label == "system:keycloak" and removed.after == {"source": "sso"}
+    assert removed.actor_label == "system:keycloak"
+    assert removed.after == {"source": "sso", "live_api_keys": []}
     page = client.get(reverse("dashboard"))
     assert page.status_code == 200
     assert "Your account has no team yet: your Acme groups map to none here" in page.text
