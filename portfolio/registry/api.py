@@ -4,7 +4,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db.models import Q
-from django.http import FileResponse, HttpResponseRedirect
+from django.http import HttpResponseRedirect, StreamingHttpResponse
+from django.utils.http import content_disposition_header
 from ninja import File, Form, Query, Router, Schema, Status
 from ninja.files import UploadedFile
 from ninja.pagination import PageNumberPagination, paginate
@@ -316,7 +317,8 @@ def purge(request, name: str, number: int):
 
 @router.get("/models/{name}/versions/{number}/files/{path:path}", response={200: None, 302: None})
 def download_file(request, name: str, number: int, path: str):
-    """One file of a version: a short-lived presigned URL on S3, or streamed and verified otherwise."""
+    """One file of a version, streamed and verified; or a short-lived presigned URL where an operator published
+    the object store for browsers (``PORTFOLIO_MINIO_PUBLIC_URL``): its own address is the platform's alone."""
     # Whoever may see the version may read its files (``_version`` looks it up among what the caller sees):
     # a model shared with a department or the organisation is its other teams' to deploy and fine-tune.
     version = _version(request, name, number)
@@ -328,15 +330,18 @@ def download_file(request, name: str, number: int, path: str):
         entry = None
     if entry is None:
         raise NotFound("No such file in this version.")
-    store = default_store()
-    url = store.download_url(entry.sha256, entry.path.rsplit("/", 1)[-1], timedelta(minutes=15))
+    store, filename = default_store(), entry.path.rsplit("/", 1)[-1]
+    url = store.download_url(entry.sha256, filename, timedelta(minutes=15), public=True)
     if url:
         return HttpResponseRedirect(url)
-    return FileResponse(
-        _VerifiedReader(store, entry, version.artifact_id),
-        as_attachment=True,
-        filename=entry.path.rsplit("/", 1)[-1],
+    # FileResponse sets Content-Type and Content-Disposition only for a file object, which it would read past
+    # the reader's check: they are set here. An attachment of no renderable type, or a model's README.md
+    # carrying HTML would open as a page of this origin (text/html was the default), in the reader's session.
+    response = StreamingHttpResponse(
+        _VerifiedReader(store, entry, version.artifact_id), content_type="application/octet-stream"
     )
+    response["Content-Disposition"] = content_disposition_header(True, filename)
+    return response
 
 
 class _VerifiedReader:

@@ -88,8 +88,9 @@ class ArtifactStore(ABC):
     @abstractmethod
     def delete_manifest(self, artifact_id: str) -> None: ...
 
-    def download_url(self, sha256: str, filename: str, expires: timedelta) -> str | None:
-        """A time-limited URL clients can fetch the blob from directly, where the backend has one."""
+    def download_url(self, sha256: str, filename: str, expires: timedelta, *, public=False) -> str | None:
+        """A time-limited URL to fetch the blob from directly, where the backend has one: at the store's own
+        address (only its network's processes reach it), or ``public``, where an operator published the store."""
         return None
 
     def uri(self, artifact_id: str) -> str:
@@ -195,9 +196,8 @@ class S3Store(ArtifactStore):
 
     scheme = "s3"
 
-    def __init__(self, client, bucket: str):
-        self.client = client
-        self.bucket = bucket
+    def __init__(self, client, bucket: str, public_client=None):
+        self.client, self.bucket, self.public_client = client, bucket, public_client
         if not client.bucket_exists(bucket):
             client.make_bucket(bucket)
 
@@ -211,11 +211,12 @@ class S3Store(ArtifactStore):
         bucket: str,
         secure: bool,
         region: str | None = None,
+        public_client=None,
     ) -> S3Store:
         from minio import Minio
 
         client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region)
-        return cls(client, bucket)
+        return cls(client, bucket, public_client)
 
     @property
     def location(self) -> str:
@@ -269,8 +270,9 @@ class S3Store(ArtifactStore):
     def delete_manifest(self, artifact_id: str) -> None:
         self.client.remove_object(self.bucket, f"manifests/{artifact_id}.json")
 
-    def download_url(self, sha256: str, filename: str, expires: timedelta) -> str | None:
-        return self.client.presigned_get_object(
+    def download_url(self, sha256: str, filename: str, expires: timedelta, *, public=False) -> str | None:
+        client = self.public_client if public else self.client
+        return client and client.presigned_get_object(
             self.bucket,
             _blob_key(sha256),
             expires=expires,
