@@ -6,15 +6,16 @@ class TrainingConfig(AppConfig):
     label = "training"
 
     def ready(self) -> None:
-        from portfolio.registry import merging, storage_meter
+        from portfolio.registry import inspection, merging, storage_meter
         from portfolio.registry import services as registry_services
         from serving import agent_loop, capacity, rollout_judge
         from serving.services import endpoints
-        from training import services as training_services
         from training import (
+            architectures,
             tasks,  # noqa: F401 - registers its Celery tasks, which finetune sends by name
             trainer_sweep,
         )
+        from training import services as training_services
         from training.evals import canary_judging
         from training.finetune import gpu_holds
         from training.merges import services as merges
@@ -22,6 +23,7 @@ class TrainingConfig(AppConfig):
         from training.promotion import score_regressions
 
         registry_services.PROMOTION_CHECKS.append(score_regressions)
+        inspection.LAYER_READERS.append(architectures.read_facts)
         registry_services.VERSION_IN_USE_CHECKS.append(in_training)
         registry_services.UPLOADS_WAITING.append(training_services.ingests_waiting)
         endpoints.IN_USE_CHECKS.append(in_production)

@@ -1,19 +1,25 @@
-"""A registered base's architecture (family, the layers LoRA may adapt) read from its stored ``config.json``
-alone, for the start form and the checks made before a fine-tune is queued: the model is built on the meta
-device, no weight is read. Results are kept per config (by its sha256) in this process: a form that asks
-again for the same base costs nothing.
+"""A registered base's architecture (family, the layers LoRA may adapt), for the start form and the checks
+made before a fine-tune is queued: from what the import stored with the version (``LORA_LAYERS`` in its
+architecture facts, read where torch is installed), else read from its stored ``config.json``, the model
+built on the meta device (no weight is read). Results read from a config are kept per config (by its
+sha256) in this process: a form that asks again for the same base costs nothing.
 
-A base whose architecture cannot be read (no config.json: a GGUF file; a model type transformers does not
-know; a damaged file) is "unknown": its target modules are not checked here, and the run chooses q/k/v/o.
+The web server has no torch (its image is built without the train extra): a base imported before imports
+stored its layers, and not read since by ``read_architectures`` where torch is, cannot be read there. That
+is said once in the log, and the base is treated as one whose architecture cannot be read: "unknown", its
+target modules not checked here (the start form says so). So is a base without a config.json (a GGUF
+file), of a model type transformers does not know, or with a damaged file; the run chooses q/k/v/o.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
 from portfolio.errors import Invalid
+from portfolio.registry.inspection import LORA_LAYERS
 from portfolio.registry.jsonfiles import MAX_JSON_BYTES
 from portfolio.registry.models import ModelVersion
 from portfolio.registry.storage import CorruptArtifact, read_text
@@ -28,16 +34,67 @@ from training.lora_targets import (
     MAX_TARGETS,
     NAME,
     TARGET_CHOICES,
+    facts_of,
     listed,
+    unpacked,
 )
 
 CONFIG = "config.json"
 CACHED_CONFIGS = 64
 _cache: OrderedDict[str, Architecture | None] = OrderedDict()
+_warned_without_torch = False
+logger = logging.getLogger(__name__)
+
+
+def read_facts(directory: Path) -> dict | None:
+    """``facts_of`` the model whose ``config.json`` is in ``directory``, built on the meta device from the
+    config (transformers' own classes, never the model's code; no weight allocated); ``{}`` when it cannot be
+    built (a model type transformers does not know, a config needing remote code), None without torch or
+    transformers. Registered as the registry's reader (``inspection.LAYER_READERS``) for every import."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        return None
+    try:
+        return facts_of(Architecture.read(directory))
+    # Whatever building the model raises: these facts only serve the fine-tune form's checks, and an import
+    # must not fail for them.
+    except Exception as exc:
+        logger.info("layers LoRA may adapt not read from %s: %s: %s", directory.name, type(exc).__name__, exc)
+        return {}
 
 
 def of_version(version: ModelVersion) -> Architecture | None:
-    """The architecture of ``version``'s stored config.json, or None when it cannot be read."""
+    """The architecture of ``version``: as its import stored it, else read from its stored config.json;
+    None when neither can be had."""
+    facts = version.architecture_facts if isinstance(version.architecture_facts, dict) else {}
+    layers = facts.get(LORA_LAYERS)
+    if layers == {}:
+        return None  # the import found a config transformers cannot build: not tried again here
+    stored = from_facts(layers)
+    return stored if stored is not None else _read_config(version)
+
+
+def from_facts(layers: object) -> Architecture | None:
+    """The architecture ``training.lora_targets.facts_of`` stored; None where none was (or it is not one)."""
+    if not isinstance(layers, dict) or not layers:
+        return None
+    try:
+        groups = {group: tuple(layers["groups"][group]) for group in GROUPS if group in layers["groups"]}
+        return Architecture(
+            model_type=str(layers["model_type"]),
+            parameters=int(layers["parameters"]),
+            linear_modules=frozenset(name for names in groups.values() for name in names),
+            family=str(layers["family"]),
+            groups=groups,
+            paths=unpacked(layers["paths"]),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _read_config(version: ModelVersion) -> Architecture | None:
     artifact = version.artifact
     entry = artifact.manifest().get(CONFIG) if artifact is not None else None
     if artifact is None or entry is None or entry.size > MAX_JSON_BYTES:
@@ -51,13 +108,29 @@ def of_version(version: ModelVersion) -> Architecture | None:
         with tempfile.TemporaryDirectory(prefix="config-") as folder:
             (Path(folder) / CONFIG).write_text(text or "{}", encoding="utf-8")
             architecture = Architecture.read(Path(folder))
+    except ImportError as exc:  # this process has no torch (or transformers): said in the log, once
+        _warn_without_torch(version, exc)
+        architecture = None
     # What transformers raises for a config it cannot build, and a missing or damaged stored file.
-    except (CorruptArtifact, OSError, ValueError, KeyError, TypeError, AttributeError, ImportError):
+    except (CorruptArtifact, OSError, ValueError, KeyError, TypeError, AttributeError):
         architecture = None
     _cache[entry.sha256] = architecture
     while len(_cache) > CACHED_CONFIGS:
         _cache.popitem(last=False)
     return architecture
+
+
+def _warn_without_torch(version: ModelVersion, exc: ImportError) -> None:
+    global _warned_without_torch
+    if not _warned_without_torch:
+        _warned_without_torch = True
+        logger.warning(
+            "The layers LoRA may adapt in %s (and any other base whose import did not store them) cannot be "
+            "read in this process (%s): their target modules are not checked before a job is queued. Run "
+            "`portfolio manage read_architectures` where the train extra is installed (the worker's image).",
+            version.label,
+            exc,
+        )
 
 
 def check_names(value: object) -> list[str]:
@@ -98,7 +171,8 @@ def adaptable(architecture: Architecture) -> str:
 
 def check_targets(version: ModelVersion, hyperparameters: dict, method: str) -> None:
     """Refuse names of layers ``version`` does not have, and a ``lora_targets`` choice of a group it has
-    none of, before a job is queued; an unknown architecture is not checked."""
+    none of, before a job is queued; an architecture that cannot be had (``of_version``) is not checked,
+    and the start form's preview says so."""
     names = hyperparameters.get("target_modules") or []
     choice = hyperparameters.get("lora_targets") or ""
     if method not in LORA_METHODS or not (names or choice):

@@ -12,11 +12,15 @@ A layer is named by its last part (``q_proj``); a name two groups share (``out_p
 in its convolutions, ``c_proj`` in GPT-2's attention and MLP) is qualified by its parent (``self_attn.out_proj``).
 peft matches a name against the end of each module's full name, and so does ``unknown_targets``.
 
+What a survey found is stored with a base version (``facts_of``, at import, where torch is installed) so
+that a process without torch (the web server) checks names and previews layers from it.
+
 Pure of Django; torch is imported only by the functions that walk a model.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -298,3 +302,87 @@ def peft_targets(model: Any, names: list[str]) -> dict[str, Any]:
     if towers:
         kwargs["exclude_modules"] = r"(?:{})(?:\..*)?".format("|".join(re.escape(tower) for tower in towers))
     return kwargs
+
+
+# --- Stored with the version -------------------------------------------------------------------------
+# The full names are kept as a tree of their parts in which numbered siblings with the same subtree are one
+# key ("#0-3,5"), and a name that ends where longer ones go on is marked by an empty key: an 80-layer
+# model's 560 names take under 400 bytes, where the list of them would take 20 KB in every version's row.
+NUMBERED = "#"
+END = ""
+
+
+def facts_of(architecture: Any) -> dict:
+    """What a base version stores of its ``training.defaults.Architecture``: all that the checks and the
+    start form's preview use of it."""
+    return {
+        "model_type": architecture.model_type,
+        "parameters": architecture.parameters,
+        "family": architecture.family,
+        "groups": {group: list(names) for group, names in architecture.groups.items()},
+        "paths": packed(architecture.paths),
+    }
+
+
+def packed(paths: Iterable[str]) -> dict:
+    """``paths`` (dotted names) as a tree of their parts, numbered parts with the same subtree merged."""
+    tree: dict = {}
+    for path in paths:
+        node = tree
+        for part in path.split("."):
+            node = node.setdefault(part, {})
+        node[END] = {}
+    return _merged(tree)
+
+
+def _merged(node: dict) -> dict:
+    if list(node) == [END]:
+        return {}  # a name ends here and no longer one goes on: a leaf says so
+    merged: dict = {}
+    numbered: dict[str, tuple[dict, list[int]]] = {}
+    for key, child in node.items():
+        child = _merged(child)
+        # Only numbers written as Python writes them: "007" would not come back as itself.
+        if key.isdecimal() and key == str(int(key)):
+            numbered.setdefault(json.dumps(child, sort_keys=True), (child, []))[1].append(int(key))
+        else:
+            merged[key] = child
+    for child, numbers in numbered.values():
+        merged[NUMBERED + _ranges(sorted(numbers))] = child
+    return merged
+
+
+def _ranges(numbers: list[int]) -> str:
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][1] + 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _numbers(ranges: str) -> Iterator[int]:
+    for run in ranges.split(","):
+        first, _, last = run.partition("-")
+        yield from range(int(first), int(last or first) + 1)
+
+
+def unpacked(tree: dict) -> frozenset[str]:
+    """The dotted names ``packed`` made ``tree`` of."""
+    paths: set[str] = set()
+
+    def walk(node: dict, prefix: str) -> None:
+        if not node:
+            paths.add(prefix)
+        for key, child in node.items():
+            if key == END:
+                paths.add(prefix)
+                continue
+            parts = (str(n) for n in _numbers(key[1:])) if key.startswith(NUMBERED) else (key,)
+            for part in parts:
+                walk(child, f"{prefix}.{part}" if prefix else part)
+
+    if tree:
+        walk(tree, "")
+    return frozenset(paths)

@@ -4,6 +4,11 @@ Nothing here loads weights or runs code from the model: safetensors headers are 
 ``config.json`` is read as data (``auto_map`` there means the model wants custom code). Every file read
 into memory is capped (``jsonfiles``), and a folder holding a file transformers would read whole past its
 cap is refused here, at import, so that no trainer or engine meets it later.
+
+Where torch and transformers are installed (the import worker, a node: the train extra), the layers LoRA
+may adapt are read too, from the model built from the config on the meta device (transformers' own
+classes, never the model's code; no weight allocated), and stored with the architecture facts: the web
+server, which has no torch, checks a fine-tune's target modules against them.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 import math
 import struct
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -21,6 +27,10 @@ from portfolio.registry import families, jsonfiles
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 CODE_SUFFIXES = (".py",)
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+# The key of ``architecture_facts`` holding the layers LoRA may adapt (``training.lora_targets.facts_of``),
+# and their reader: training registers it (it builds the model on the meta device where torch is installed).
+LORA_LAYERS = "lora_layers"
+LAYER_READERS: list[Callable[[Path], dict | None]] = []
 
 SAFETENSORS_DTYPES = {
     "F32": "float32",
@@ -201,6 +211,9 @@ def inspect_directory(directory: Path) -> ModelFacts:
         if config:
             facts.architecture_facts = families.read(config, tensors, facts.parameter_count)
             facts.family = facts.architecture_facts["family"]
+            layers = lora_layers(directory)
+            if layers is not None:
+                facts.architecture_facts[LORA_LAYERS] = layers
     tokenizer_config = _read_json(directory / "tokenizer_config.json")
     facts.has_chat_template = (
         bool(tokenizer_config.get("chat_template")) or (directory / "chat_template.jinja").exists()
@@ -209,3 +222,13 @@ def inspect_directory(directory: Path) -> ModelFacts:
     if readme.exists() and readme.stat().st_size < 512 * 1024:
         facts.model_card = readme.read_text(errors="replace")
     return facts
+
+
+def lora_layers(directory: Path) -> dict | None:
+    """The layers LoRA may adapt in the model whose ``config.json`` is in ``directory``, as training stores
+    them (its reader, registered in ``LAYER_READERS``); ``{}`` when the model cannot be built from its config,
+    None where they cannot be read here (no torch: nothing is stored, and a process that has it reads them
+    later)."""
+    for read in LAYER_READERS:
+        return read(directory)
+    return None
