@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
+import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -141,11 +142,6 @@ def chat(base: str, secret: str, model: str, *, max_tokens: int = 10) -> httpx.R
     )
 
 
-# Long enough for the test gateway's routing table (rebuilt every 200 ms) to see a change to replica rows, on
-# a busy 2-core runner too, where tests cannot wait on a change it shows (a model appearing in /v1/models).
-TABLE_SEES_IT = 2.0
-
-
 def wait_for_model(base: str, secret: str, name: str, timeout: float = 10) -> None:
     import json
 
@@ -162,23 +158,55 @@ def wait_for_model(base: str, secret: str, name: str, timeout: float = 10) -> No
     raise AssertionError(f"{name} never appeared in /v1/models")
 
 
-def flush_settled(timeout: float = 15) -> int:
-    """Flush the usage stream once every call a live gateway admitted has settled, and say how many events
-    moved. A gateway sends its answer first and settles after (app.py's ``_settle``, composite.py), so a
-    flush right after a response can come before its event is on the stream."""
+def wait_for_table(base: str, stack: dict, deployment: Deployment, timeout: float = 30) -> None:
+    """Return once the gateway's routing table holds every change committed before this call, however late
+    its refresh comes on a busy runner. A change such as a replica no longer ready shows in no answer a test
+    could wait on without making calls that count (usage rows, an engine's requests): an endpoint made now
+    (routed to ``deployment``, of its team) is listed by /v1/models only in a table read after it, and each
+    table is read in one REPEATABLE READ transaction (routing.build_snapshot) and replaces the last one
+    whole, so a table that lists it holds every change committed before it as well."""
+    mark = f"table-mark-{uuid.uuid4().hex[:12]}"
+    stack["endpoint"](mark, deployment, owner=deployment.owner_team)
+    wait_for_model(base, stack["key"](owner=deployment.owner_team), mark, timeout)
+
+
+def same_minute(needed: float = 10.0) -> None:
+    """Return with at least ``needed`` seconds left in this clock minute, having slept into the next minute
+    if fewer were left. A key's per-minute limits count in clock minutes (limits.py: a month begins with a
+    minute too), so a burst that straddled a minute's end would be counted in two and the call it expects
+    refused would pass. Called just before such a burst: the longest of them, to the end of its test, took
+    0.2 s on a 2-core runner at a load of 3.4, far inside the 10 s asked by default."""
+    left = 60 - time.time() % 60
+    if left < needed:
+        time.sleep(left + 0.01)
+
+
+def wait_settled(timeout: float = 15) -> None:
+    """Return once every call a gateway admitted has settled: a gateway sends its answer first and settles
+    after (app.py's ``_settle``, composite.py), so Redis read right after a response may not hold its
+    settlement yet. The settlement takes the call's entry out of its gateway's in-flight ledger in the same
+    script that corrects its counters (limits.SETTLE). Every ledger is waited on, also one whose gateway's
+    liveness key is missing: each test begins with Redis emptied (tests/conftest.py's ``_empty_cache``) and
+    a gateway renews that key only every 10 s (liveness.py), so its absence says nothing of a live gateway.
+    (A test that kills a gateway reaps its ledger itself, as test_inflight.py does.)"""
     client = keystate.client()
     deadline = time.monotonic() + timeout
-    prefix = inflight.ledger_key("")
     while True:
         open_entries = {
-            ledger: client.hlen(ledger)
-            for ledger in client.scan_iter(match=f"{prefix}*")
-            if client.exists(inflight.alive_key(ledger.decode()[len(prefix) :]))
+            ledger.decode(): count
+            for ledger in client.scan_iter(match=inflight.ledger_key("*"))
+            if (count := client.hlen(ledger))
         }
-        if not any(open_entries.values()):
-            break
+        if not open_entries:
+            return
         assert time.monotonic() < deadline, f"calls still unsettled after {timeout} s: {open_entries}"
         time.sleep(0.02)
+
+
+def flush_settled(timeout: float = 15) -> int:
+    """Flush the usage stream once every call a gateway admitted has settled (``wait_settled``), and say
+    how many events moved: a flush right after a response can come before its event is on the stream."""
+    wait_settled(timeout)
     # The settlement takes the ledger entry out one command before it appends the event (same pipeline).
     time.sleep(0.05)
     moved = 0

@@ -17,7 +17,7 @@ import pytest
 
 from serving.gateway import inflight, keystate
 from serving.gateway.models import UsageEvent
-from tests.gateway.conftest import flush_settled, wait_for_model
+from tests.gateway.conftest import flush_settled, same_minute, wait_for_model, wait_settled
 from tests.gateway.media import client, error_of, media_gateway, price_audio, sine_wav, speech_wav
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -112,6 +112,7 @@ def test_a_chat_model_is_not_asked_to_transcribe_and_a_speech_model_not_to_chat(
 def test_the_requests_per_minute_limit_counts_audio_calls(whisper):
     secret = whisper["stack"]["key"](rpm_limit=1)
     files = {"file": ("a.wav", sine_wav(0.5), "audio/wav")}
+    same_minute()
     assert post(whisper, files, {"model": "whisper"}, secret=secret).status_code == 200
     refused = post(whisper, files, {"model": "whisper"}, secret=secret)
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
@@ -151,11 +152,14 @@ def test_a_key_whose_tokens_per_minute_cannot_hold_the_decoders_worst_case_is_re
 
 def test_the_seconds_of_each_transcription_count_against_the_tokens_per_minute(whisper):
     # The engine reports a duration and no tokens: each call settles to its 2 s as 100 tokens, so a key of
-    # 800 a minute holds two worst cases of 612 one after the other, and not a third.
+    # 800 a minute holds two worst cases of 612 one after the other, and not a third. Each call is answered
+    # before it settles: the next one is sent once it has, all within one clock minute.
     files = {"file": ("a.wav", sine_wav(2.0), "audio/wav")}
     secret = whisper["stack"]["key"](tpm_limit=800)
+    same_minute()
     for _ in range(2):
         assert post(whisper, files, {"model": "whisper"}, secret=secret).status_code == 200
+        wait_settled()
     refused = post(whisper, files, {"model": "whisper"}, secret=secret)
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded", (
         refused.text

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from serving.gateway.models import UsageEvent
-from tests.gateway.conftest import METRICS_TOKEN, flush_settled, wait_for_model
+from tests.gateway.conftest import METRICS_TOKEN, flush_settled, same_minute, wait_for_model
 from tests.gateway.process import start_gateway, stop_gateway
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -258,6 +258,7 @@ def test_requests_the_gateway_refuses_are_counted_by_reason_without_key_material
     assert post(junk, {"model": "refusing"}).status_code == 401
     assert post(secret, {"model": "no-such-model", "messages": MESSAGES}).status_code == 404
     assert post(secret, {"model": "refusing", "messages": MESSAGES, "bogus": 1}).status_code == 400
+    same_minute()  # the key's one request a minute, and the next one refused within the same minute
     assert post(secret, {"model": "refusing", "messages": MESSAGES, "max_tokens": 1}).status_code == 200
     assert post(secret, {"model": "refusing", "messages": MESSAGES, "max_tokens": 1}).status_code == 429
     after = scrape(gateway_url)

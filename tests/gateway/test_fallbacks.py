@@ -4,22 +4,21 @@ is priced and metered by the endpoint that answered."""
 
 from __future__ import annotations
 
-import time
 from decimal import Decimal
 
 import pytest
 
 from serving.gateway.models import UsageEvent
 from serving.models import Replica
-from tests.gateway.conftest import TABLE_SEES_IT, chat, flush_settled, wait_for_model
+from tests.gateway.conftest import chat, flush_settled, wait_for_model, wait_for_table
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def down(deployment) -> None:
+def down(base: str, stack: dict, deployment) -> None:
     """The deployment's replicas stop being ready (and the routing table sees it): its endpoint falls back."""
     Replica.objects.filter(deployment=deployment).update(state="starting")
-    time.sleep(TABLE_SEES_IT)
+    wait_for_table(base, stack, deployment)
 
 
 def test_a_fallback_into_another_team_is_never_followed(gateway_url, stack, other_team):
@@ -29,7 +28,7 @@ def test_a_fallback_into_another_team_is_never_followed(gateway_url, stack, othe
     stack["endpoint"]("our-model", ours, fallback=their_endpoint)
     secret = stack["key"]()
     wait_for_model(gateway_url, secret, "our-model")
-    down(ours)
+    down(gateway_url, stack, ours)
     wait_for_model(gateway_url, stack["key"](owner=other_team), "their-model")
     response = chat(gateway_url, secret, "our-model")
     assert response.status_code == 503 and response.json()["error"]["code"] == "no_replica_available"
@@ -44,7 +43,7 @@ def test_a_fallback_outside_the_keys_scopes_is_not_followed(gateway_url, stack):
     scoped = stack["key"](scopes=["main"])
     open_key = stack["key"]()
     wait_for_model(gateway_url, scoped, "main")
-    down(main)
+    down(gateway_url, stack, main)
     assert chat(gateway_url, scoped, "main").status_code == 503
     assert spare_engines[0].requests == []
     assert chat(gateway_url, open_key, "main").status_code == 200, "a key that may call the spare gets it"
@@ -58,7 +57,7 @@ def test_a_request_is_priced_and_metered_by_the_endpoint_that_answered(gateway_u
     stack["endpoint"]("cheap", cheap, price=("1", "1"), fallback=costly_endpoint)
     secret = stack["key"](monthly_budget=Decimal("1000"))
     wait_for_model(gateway_url, secret, "cheap")
-    down(cheap)
+    down(gateway_url, stack, cheap)
     response = chat(gateway_url, secret, "cheap")
     assert response.status_code == 200 and response.json()["model"] == "cheap", (
         "the client sees what it called"

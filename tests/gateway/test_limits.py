@@ -14,6 +14,7 @@ from django.conf import settings
 
 from serving.gateway import redis_pipe
 from serving.gateway.limits import Limiter, SpendCaps
+from tests.gateway.conftest import same_minute
 from tests.gateway.key_records import key_record
 
 LIMITED = {
@@ -52,6 +53,7 @@ def counters(kid: str) -> dict[str, tuple[int, int]]:
 
 def test_a_refusal_gives_back_what_the_same_call_reserved_before_it():
     key = key_record(**LIMITED)
+    same_minute()
     verdicts = admit(key, 6)  # 10 tokens each against a tpm of 50: the sixth is one too many
     assert [v.ok for v in verdicts] == [True] * 5 + [False]
     assert (verdicts[-1].reason, verdicts[-1].remaining) == ("tpm", 0)
@@ -62,6 +64,7 @@ def test_a_refusal_gives_back_what_the_same_call_reserved_before_it():
 
 def test_the_first_limit_passed_is_the_reason_given():
     key = key_record(**{**LIMITED, "tpm_limit": None, "monthly_token_budget": 25})
+    same_minute()  # the two requests admitted counted in one minute's counter
     verdicts = admit(key, 3)
     assert [(v.ok, v.reason, v.remaining) for v in verdicts] == [(True, "", 0)] * 2 + [(False, "budget", 5)]
     assert counters(key.key_id)["rpm"][0] == 2
@@ -82,6 +85,7 @@ def test_admission_with_every_limit_set_is_six_redis_commands():
     """What the script runs for one request once its counters exist: the revocation check, one INCRBY per
     limit and the in-flight entry; no read before each add and no time to live set again."""
     key = key_record(**LIMITED)
+    same_minute()  # a new minute's counters would be created again, not added to
     admit(key, 1)  # creates the counters (and sets their time to live)
     seen: list[str] = []
     client = redis.Redis.from_url(settings.REDIS_URL)

@@ -14,7 +14,7 @@ from serving import services
 from serving.gateway.models import UsageEvent
 from serving.models import Replica
 from tests.conftest import actor_for
-from tests.gateway.conftest import TABLE_SEES_IT, chat, flush_settled, wait_for_model
+from tests.gateway.conftest import chat, flush_settled, wait_for_model, wait_for_table
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -132,7 +132,7 @@ def test_a_shared_endpoints_fallback_is_followed_only_when_the_key_may_call_it(
     secret = stack["key"]()
     wait_for_model(gateway_url, secret, "main")
     Replica.objects.filter(deployment=main_dep).update(state="starting")
-    time.sleep(TABLE_SEES_IT)
+    wait_for_table(gateway_url, stack, main_dep)
     assert chat(gateway_url, secret, "main").status_code == 503, "the spare is not shared with the caller"
     assert spare_engines[0].requests == []
     services.share_endpoint(actor=admin, endpoint=spare, team=team)
