@@ -244,6 +244,8 @@ API_ROUTES: dict[str, Rule] = {
     "POST /tasks/{task_id}/eval-runs": rest(
         "team", "training.run", "POST", endpoint_id="{endpoint_id}", eval_set_id="{eval_set_id}", row_limit=5
     ),
+    # The world's eval set has a queued run: a permitted caller is refused (409) after the decision.
+    "DELETE /tasks/{task_id}/eval-sets/{eval_set_id}": rest("team", "training.run", "DELETE"),
     "GET /tasks/{task_id}/compare": rest("team", "model.view", run="{eval_run_id}"),
     "GET /eval-runs/{run_id}": rest("team", "model.view"),
     "POST /eval-runs/{run_id}/cancel": rest("team", "training.run", "POST"),

@@ -9,7 +9,9 @@ Both changes need ``training.run`` on the dataset's team (its owners and enginee
 are refused while something reads the version's files: a queued or running fine-tune or distillation (its
 prompts or its answers), a queued or running eval run of an eval set on it, or an upload of its dataset being
 ingested (it may turn out to hold the same rows, and name this version as its outcome). The files of a task's
-eval set are never deleted (``_evidence``): its leaderboard's scores rest on them. Each runs under a lock
+eval set are not deleted while it is one (``_evidence``): its leaderboard's scores rest on them, and deleting the
+eval set (``catalogue.delete_eval_set``, its runs with it) lifts that. Nor are they while a distilled version
+made from it keeps its files (``_derived``): it holds every prompt of this one. Each runs under a lock
 of the version's row, which a fine-tune recorded meanwhile waits for (its row refers to the version's). What
 starts on a purged version anyway (an eval run of an eval set on it) fails when it reads the files, saying
 they were deleted (``services.dataset_files``).
@@ -56,13 +58,33 @@ def in_use_reasons(version: DatasetVersion) -> list[str]:
 
 def _evidence(version: DatasetVersion) -> list[str]:
     """Why the files of a task's eval set stay: its leaderboard's scores were measured on them, and its
-    rollouts' judge samples them (a task cannot drop an eval set). Archiving is allowed: new eval runs are
-    refused on it, and the judge goes on sampling it while it is the task's newest eval set."""
+    rollouts' judge samples them, until the eval set is deleted (with its runs). Archiving is allowed: new
+    eval runs are refused on it, and the judge goes on sampling it while it is the task's newest eval set."""
     tasks = sorted(set(EvalSet.objects.filter(dataset_version=version).values_list("task__name", flat=True)))
     if not tasks:
         return []
     return [
         f"it is an eval set of the task{'s' if len(tasks) > 1 else ''} {', '.join(tasks)}, whose scores rest on it"
+    ]
+
+
+def _derived(version: DatasetVersion) -> list[str]:
+    """Why the files stay while a distillation's answers keep theirs: each such version holds every prompt
+    of this one (``distillation.record_answers``), so deleting only these would leave its rows readable,
+    downloadable and trainable there. Its owners purge those first."""
+    made = FineTuneJob.objects.filter(dataset_version=version, distilled_dataset_version__isnull=False)
+    copies = (
+        DatasetVersion.objects.filter(pk__in=made.values("distilled_dataset_version"), artifact__isnull=False)
+        .select_related("dataset")
+        .order_by("pk")
+    )
+    labels = [copy.label for copy in copies]
+    if not labels:
+        return []
+    which = "it" if len(labels) == 1 else "them"
+    return [
+        f"its rows are copied in {', '.join(labels)} (distilled from it): archive {which} and delete "
+        f"{'its' if len(labels) == 1 else 'their'} stored files first"
     ]
 
 
@@ -115,7 +137,7 @@ def purge_version(*, actor: Actor, version: DatasetVersion) -> DatasetVersion:
     gate.require(actor, "training.run", version.dataset)
     version = _locked(version)
     # Archived, it was not in use then; checked again, in case something took it up since.
-    reasons = in_use_reasons(version) + _evidence(version)
+    reasons = in_use_reasons(version) + _evidence(version) + _derived(version)
     before = artifacts.purge_files(version, archived=DatasetVersionStatus.ARCHIVED, reasons=reasons)
     audit.record(actor, "dataset_version.purge", version, before=before, after=version.snapshot())
     return version

@@ -34,6 +34,11 @@ urlpatterns = [
     path("tasks/new/", tasks.task_create, name="task-create"),
     path("tasks/<int:task_id>/", tasks.task_detail, name="task-detail"),
     path("tasks/<int:task_id>/eval-sets/", tasks.task_eval_set_add, name="task-eval-set-add"),
+    path(
+        "tasks/<int:task_id>/eval-sets/<int:eval_set_id>/delete/",
+        tasks.task_eval_set_delete,
+        name="task-eval-set-delete",
+    ),
     path("tasks/<int:task_id>/runs/", tasks.task_run_start, name="task-run-start"),
     path("tasks/<int:task_id>/compare/", tasks.task_compare, name="task-compare"),
     path("eval-runs/<int:run_id>/", tasks.eval_run_detail, name="eval-run-detail"),

@@ -125,6 +125,7 @@ class AuditAction(models.TextChoices):
     TASK_CREATE = "task.create", "Task created"
     TASK_SET_PRODUCTION = "task.set_production", "Task's production endpoint set"
     EVAL_SET_CREATE = "eval_set.create", "Eval set registered"
+    EVAL_SET_DELETE = "eval_set.delete", "Eval set deleted, with its runs"
     EVAL_RUN_START = "eval.run_start", "Endpoint eval run started"
     EVAL_RUN_CANCEL = "eval.run_cancel", "Endpoint eval run cancel requested"
     EVAL_RUN_FINISH = "eval.run_finish", "Endpoint eval run finished"

@@ -15,10 +15,11 @@ from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict
 from portfolio.leases import Lease
-from portfolio.registry import blobclaims, cache_eviction
+from portfolio.registry import cache_eviction, importers
 from portfolio.registry.choices import Health
 from portfolio.registry.hashing import Manifest
 from portfolio.registry.models import Artifact, ModelVersion
+from portfolio.registry.pending_writes import PendingWrites
 from portfolio.registry.storage import ArtifactStore, CorruptArtifact, Written, materialize, verify
 from portfolio.registry.stores import default_store
 
@@ -51,34 +52,15 @@ def materialize_version(version: ModelVersion) -> Path:
         raise
 
 
-def discard_unrecorded(store: ArtifactStore, written: Written) -> list[str]:
-    """Delete from ``store`` what a failed registration wrote (``written``), except what a recorded artifact
-    refers to (blobs are shared by content: the same tokenizer file in many versions) and what a registration
-    in flight has claimed (``blobclaims``: it found the blob stored and will refer to it). Returns the blobs
-    deleted. Run after the registering transaction has rolled back, so its own rows no longer count."""
-    deleted = []
-    for digest in written.blobs:
-        with transaction.atomic():  # the claim is checked, and the blob deleted, under one lock
-            if (
-                blobclaims.free(digest)
-                and not Artifact.objects.filter(files__contains=[{"sha256": digest}]).exists()
-            ):
-                store.delete_blob(digest)
-                deleted.append(digest)
-    if written.manifest:
-        with transaction.atomic():
-            if (
-                blobclaims.free(written.manifest)
-                and not Artifact.objects.filter(pk=written.manifest).exists()
-            ):
-                store.delete_manifest(written.manifest)
-    return deleted
-
-
 def discard_if_unused(store: ArtifactStore, artifact_id: str) -> bool:
-    """Delete an artifact nothing refers to any more (a fine-tune's superseded checkpoint): its row, then its
-    manifest and the blobs no other recorded artifact holds. Whether it was deleted: one still referred to
-    (every reference protects its artifact) is kept."""
+    """Delete an artifact nothing refers to any more (a fine-tune's superseded checkpoint, a purged version's
+    files): its row, then its manifest and the blobs no other recorded artifact holds. Whether its row was
+    deleted: one still referred to (every reference protects its artifact) is kept.
+
+    The row goes in one transaction with a ``PendingWrite`` naming its files, deleted once they are: a store
+    that fails, or a process that dies, before they are deleted leaves them to ``pending_writes.sweep``,
+    which tries again (they were referred to by nothing, billed to nobody, and never deleted)."""
+    log = PendingWrites(f"the deletion of artifact {artifact_id}")
     try:
         with transaction.atomic():
             artifact = Artifact.objects.select_for_update().filter(pk=artifact_id).first()
@@ -86,9 +68,10 @@ def discard_if_unused(store: ArtifactStore, artifact_id: str) -> bool:
                 return False
             digests = [entry["sha256"] for entry in artifact.files]
             artifact.delete()
+            log(Written(blobs=digests, manifest=artifact_id))
     except ProtectedError:
         return False
-    discard_unrecorded(store, Written(blobs=digests, manifest=artifact_id))
+    log.discard(store)  # a store that fails is logged, and its row left to the sweep
     return True
 
 
@@ -118,12 +101,26 @@ def purge_files(version, *, archived: str, reasons: list[str]) -> dict:
 
 
 def _discard_purged(version, artifact_id: str) -> None:
+    """The purged artifact deleted, and with it this machine's copy of its files (the web host's, made for
+    the rows page, the API and downloads): the periodic eviction would keep it for up to an hour more, and
+    runs only where a copy is made next."""
     try:
-        discard_if_unused(default_store(), artifact_id)
-    except Exception:  # a store's hiccup leaves unreferenced files behind, billed to nobody
-        logger.exception(
-            "%s: its files (artifact %s) could not be deleted from the store", version, artifact_id
-        )
+        if discard_if_unused(default_store(), artifact_id):
+            cache_eviction.evict_copies_of(artifact_id)
+    except Exception:  # what the store kept is the sweep's (``discard_if_unused``); a copy, the next pass's
+        logger.exception("%s: its files (artifact %s) could not all be deleted", version, artifact_id)
+
+
+def forget_gguf_conversions(files: list[dict]) -> None:
+    """After a model version's purge (``files``: its artifact's), this machine's conversions of the GGUF it
+    was imported from (kept beside its conversion as ``original/*.gguf``) are deleted, unless a version
+    whose files are kept still holds the same GGUF: converted weights are as large as the files purged."""
+    for entry in files:
+        path, digest = entry["path"], entry["sha256"]
+        if not (path.startswith("original/") and path.endswith(".gguf")):
+            continue
+        if not ModelVersion.objects.filter(artifact__files__contains=[{"sha256": digest}]).exists():
+            importers.delete_conversions(digest)
 
 
 def verify_artifact(artifact_id: str, *, actor: Actor = VERIFIER) -> list[str]:

@@ -70,19 +70,35 @@ def evict_deleted(root: Path | None = None, *, now: float | None = None) -> list
     if not gone:
         return []
     named = _named_by_processes()
-    evicted = []
-    for copy in gone:
-        if str(copy) in named:
-            continue
-        staging = copy.with_name(f".{copy.name}-evicting")
-        try:
-            copy.rename(staging)
-        except OSError:
-            continue  # removed meanwhile by another process
-        shutil.rmtree(staging, ignore_errors=True)
-        evicted.append(copy)
-        logger.info("artifact cache: deleted the copy of %s (its artifact no longer exists)", copy.name)
-    return evicted
+    return [copy for copy in gone if str(copy) not in named and _evict(copy)]
+
+
+def evict_copies_of(artifact_id: str, root: Path | None = None) -> list[Path]:
+    """Delete this machine's copies (under ``root``, ``ARTIFACT_CACHE``) of one artifact whose row was just
+    deleted (a purge's), whatever their age: ``evict_deleted`` keeps a copy for an hour and runs at most
+    hourly, and only where a copy is made, so a purged version's files stayed on the web host that showed
+    its rows. One still recorded (stored again meanwhile) is kept, and so is one a process names."""
+    root = Path(settings.ARTIFACT_CACHE) if root is None else root
+    if not _ARTIFACT_ID.fullmatch(artifact_id):
+        return []
+    copies = [p for p in (root / artifact_id, root / "tokenizers" / artifact_id) if p.is_dir()]
+    if not copies or Artifact.objects.filter(pk=artifact_id).exists():
+        return []
+    named = _named_by_processes()
+    return [copy for copy in copies if str(copy) not in named and _evict(copy)]
+
+
+def _evict(copy: Path) -> bool:
+    """Renamed to a staging name first (``storage`` never takes a half-deleted copy for a whole one, and
+    clears what a crash leaves), then removed; whether it was this call that removed it."""
+    staging = copy.with_name(f".{copy.name}-evicting")
+    try:
+        copy.rename(staging)
+    except OSError:
+        return False  # removed meanwhile by another process
+    shutil.rmtree(staging, ignore_errors=True)
+    logger.info("artifact cache: deleted the copy of %s (its artifact no longer exists)", copy.name)
+    return True
 
 
 def evict_due(node_name: str = "") -> None:

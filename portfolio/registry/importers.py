@@ -220,6 +220,34 @@ def _cache(out: Path, cached: Path) -> None:
         shutil.rmtree(incoming, ignore_errors=True)
 
 
+def conversion_entry(digest: str) -> Path:
+    """Where this machine keeps the conversion of the GGUF whose sha256 is ``digest``. The same GGUF converts
+    to the same files: one conversion per content hash, and per converter version (an older converter's
+    output must not be reused)."""
+    from portfolio.registry.gguf_convert import CONVERTER_VERSION
+
+    return Path(settings.GGUF_CONVERSION_CACHE) / f"{digest}-v{CONVERTER_VERSION}"
+
+
+def delete_conversions(digest: str) -> None:
+    """Delete this machine's conversions of the GGUF whose sha256 is ``digest``, by every converter version
+    (and the unversioned key the first used), each renamed away first: an import reusing it never copies a
+    tree half deleted, which still has its ``.complete``. Conversions being written (``.incoming-``) are
+    another import's, which will hold the GGUF again."""
+    cache = Path(settings.GGUF_CONVERSION_CACHE)
+    if not cache.is_dir():
+        return
+    for entry in cache.iterdir():
+        name = entry.name
+        if name == digest or (name.startswith(f"{digest}-v") and name.removeprefix(f"{digest}-v").isdigit()):
+            staging = entry.with_name(f"{name}.deleting-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            with contextlib.suppress(OSError):  # deleted meanwhile by another purge of the same GGUF
+                entry.rename(staging)
+                shutil.rmtree(staging, ignore_errors=True)
+        elif name.startswith(digest) and ".deleting-" in name:
+            shutil.rmtree(entry, ignore_errors=True)  # what a purge killed while deleting left
+
+
 def convert_gguf(gguf: Path, workdir: Path, report: Report) -> Path:
     from portfolio.registry.hashing import sha256_file
 
@@ -233,11 +261,7 @@ def convert_gguf(gguf: Path, workdir: Path, report: Report) -> Path:
             f"{gguf.name} is {size} bytes, over the import limit of {settings.MAX_IMPORT_BYTES}; not converted."
         )
     out = workdir / "converted"
-    from portfolio.registry.gguf_convert import CONVERTER_VERSION
-
-    # The same GGUF converts to the same files: keep one conversion per content hash (and converter
-    # version: an older converter's output must not be reused) on this machine.
-    cached = Path(settings.GGUF_CONVERSION_CACHE) / f"{sha256_file(gguf)}-v{CONVERTER_VERSION}"
+    cached = conversion_entry(sha256_file(gguf))
     if (cached / ".complete").exists():
         report(40, f"reusing the conversion of {gguf.name}")
         _link_tree(cached, out)

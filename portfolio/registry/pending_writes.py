@@ -18,10 +18,10 @@ import logging
 import secrets
 from datetime import timedelta
 
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from portfolio.registry.artifacts import discard_unrecorded
+from portfolio.registry import blobclaims
 from portfolio.registry.models import Artifact, PendingWrite
 from portfolio.registry.storage import ArtifactStore, WriteLog, Written
 from portfolio.registry.stores import default_store
@@ -31,6 +31,30 @@ logger = logging.getLogger(__name__)
 # this only spares the sweep the rows of registrations that are under way.
 QUIET_FOR = timedelta(hours=1)
 ROWS_PER_SWEEP = 100
+
+
+def discard_unrecorded(store: ArtifactStore, written: Written) -> list[str]:
+    """Delete from ``store`` what a failed registration wrote (``written``), except what a recorded artifact
+    refers to (blobs are shared by content: the same tokenizer file in many versions) and what a registration
+    in flight has claimed (``blobclaims``: it found the blob stored and will refer to it). Returns the blobs
+    deleted. Run after the registering transaction has rolled back, so its own rows no longer count."""
+    deleted = []
+    for digest in written.blobs:
+        with transaction.atomic():  # the claim is checked, and the blob deleted, under one lock
+            if (
+                blobclaims.free(digest)
+                and not Artifact.objects.filter(files__contains=[{"sha256": digest}]).exists()
+            ):
+                store.delete_blob(digest)
+                deleted.append(digest)
+    if written.manifest:
+        with transaction.atomic():
+            if (
+                blobclaims.free(written.manifest)
+                and not Artifact.objects.filter(pk=written.manifest).exists()
+            ):
+                store.delete_manifest(written.manifest)
+    return deleted
 
 
 class PendingWrites(WriteLog):

@@ -81,7 +81,7 @@ class ArtifactStore(ABC):
     def read_manifest(self, artifact_id: str) -> Manifest: ...
 
     # Deleting: only for what a failed registration wrote and nothing recorded refers to
-    # (``portfolio.registry.artifacts.discard_unrecorded``); a missing object is no error.
+    # (``portfolio.registry.pending_writes.discard_unrecorded``); a missing object is no error.
     @abstractmethod
     def delete_blob(self, sha256: str) -> None: ...
 

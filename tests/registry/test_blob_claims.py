@@ -12,9 +12,10 @@ import pytest
 from django.db import connection, transaction
 
 from portfolio.registry import blobclaims
-from portfolio.registry.artifacts import discard_if_unused, discard_unrecorded
+from portfolio.registry.artifacts import discard_if_unused
 from portfolio.registry.hashing import sha256_file
 from portfolio.registry.models import Artifact
+from portfolio.registry.pending_writes import discard_unrecorded
 from portfolio.registry.storage import LocalStore, Written, store_directory
 
 pytestmark = pytest.mark.django_db(transaction=True)

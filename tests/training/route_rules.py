@@ -84,6 +84,8 @@ UI_ROUTES: dict[str, Rule] = {
     "task-eval-set-add": ui(
         "team", "training.run", "POST", dataset_version="{dataset_version_id}", source="all"
     ),
+    # The world's eval set has a queued run: a permitted caller is sent back with the refusal.
+    "task-eval-set-delete": ui("team", "training.run", "POST"),
     "task-run-start": ui(
         "team",
         "training.run",
@@ -118,6 +120,7 @@ UI_KWARGS: dict[str, dict[str, str]] = {
     "job-cancel": {"job_id": "job_id"},
     "task-detail": {"task_id": "task_id"},
     "task-eval-set-add": {"task_id": "task_id"},
+    "task-eval-set-delete": {"task_id": "task_id", "eval_set_id": "eval_set_id"},
     "task-run-start": {"task_id": "task_id"},
     "task-compare": {"task_id": "task_id"},
     "eval-run-detail": {"run_id": "eval_run_id"},

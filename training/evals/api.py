@@ -187,6 +187,20 @@ def get_task(request, task_id: int):
     return _task(request, task_id)
 
 
+@router.delete("/tasks/{task_id}/eval-sets/{eval_set_id}", response={204: None})
+def delete_eval_set(request, task_id: int, eval_set_id: int):
+    """Permission: the task visible (else 404) and ``training.run`` in its team (else 403); the eval set one
+    of the task's (else 404). Deletes it and its runs (audited); a run of it queued or running: 409. Its
+    dataset version may then have its stored files deleted."""
+    task = _task(request, task_id)
+    gate.require(request.auth, "training.run", task)
+    eval_set = EvalSet.objects.filter(task=task, pk=eval_set_id).first()
+    if eval_set is None:
+        raise NotFound("Eval set not found.")
+    catalogue.delete_eval_set(actor=request.auth, eval_set=eval_set)
+    return Status(204, None)
+
+
 @router.post("/tasks/{task_id}/eval-runs", response={202: EvalRunOut})
 def start_eval_run(request, task_id: int, payload: EvalRunIn):
     """Permission: the task visible (else 404) and ``training.run`` in its team (else 403); the eval set

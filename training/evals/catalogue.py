@@ -1,5 +1,6 @@
-"""The task catalogue: creating a task and registering its eval sets, each with its audit row in the same
-transaction. A task belongs to a team; its eval sets are dataset versions of that team."""
+"""The task catalogue: creating a task, registering its eval sets and deleting one (with its runs), each with
+its audit row in the same transaction. A task belongs to a team; its eval sets are dataset versions of that
+team."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid
 from training import dataset_purge
-from training.choices import EvalSetSource, TaskKind
+from training.choices import EvalSetSource, JobStatus, TaskKind
 from training.evals.models import EvalSet, Task
 from training.models import DatasetVersion
 
@@ -83,3 +84,36 @@ def add_eval_set(
         return EvalSet.objects.get(task=task, dataset_version=dataset_version, source=source)
     audit.record(actor, "eval_set.create", eval_set, after=eval_set.snapshot())
     return eval_set
+
+
+@transaction.atomic
+def delete_eval_set(*, actor: Actor, eval_set: EvalSet) -> int:
+    """Delete an eval set and its runs, whose answers keep each row's prompt and expected answer: an erasure
+    request can then purge the dataset version (``dataset_purge`` refuses while it is an eval set). Whoever
+    may register one may delete it; refused while a run of it is queued or running (it reads the rows and
+    writes its answers). Returns the number of runs deleted, which the audit row keeps with the eval set."""
+    gate.require(actor, "training.run", eval_set.task)
+    # FOR UPDATE: a run being started holds a key share of this row until it commits, so this waits for it and
+    # then sees its row below; a run started after this lock waits for it, and fails once the row is gone.
+    eval_set = (
+        EvalSet.objects.select_for_update(of=("self",))
+        .select_related("task__owner_team", "dataset_version__dataset")
+        .get(pk=eval_set.pk)
+    )
+    in_flight = list(
+        eval_set.runs.filter(status__in=(JobStatus.QUEUED, JobStatus.RUNNING))
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    if in_flight:
+        named = ", ".join(f"#{pk}" for pk in in_flight)
+        raise Conflict(
+            f"{eval_set.label} cannot be deleted: eval run{'s' if len(in_flight) > 1 else ''} {named} of it "
+            f"{'are' if len(in_flight) > 1 else 'is'} queued or running; cancel {'them' if len(in_flight) > 1 else 'it'} "
+            "or wait for the end."
+        )
+    deleted = eval_set.runs.count()
+    before = {**eval_set.snapshot(), "label": eval_set.label, "runs_deleted": deleted}
+    audit.record(actor, "eval_set.delete", eval_set, before=before)
+    eval_set.delete()  # its runs go with it (on_delete=CASCADE)
+    return deleted

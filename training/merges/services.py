@@ -175,7 +175,7 @@ def _note_upload(job_id: int, written: Written) -> None:
 def discard_upload(job_id: int) -> list[str]:
     """Delete from the store what a merge that did not succeed wrote there (unless a recorded artifact uses
     it); the blobs deleted. Idempotent: the merge process, its watcher and the reaper may each call it."""
-    from portfolio.registry.artifacts import discard_unrecorded
+    from portfolio.registry.pending_writes import discard_unrecorded
     from portfolio.registry.stores import default_store
 
     unfinished = MergeJob.objects.filter(pk=job_id).exclude(status=JobStatus.SUCCEEDED)

@@ -1,6 +1,6 @@
-"""The task pages: the catalogue of tasks, a new task, a task with its eval sets, each eval set's
-leaderboard (the front marked) and recent runs, starting an eval run of an endpoint, and a run's page
-(polled while it runs) with its cancel button, and finished runs side by side."""
+"""The task pages: the catalogue of tasks, a new task, a task with its eval sets (added or deleted), each
+eval set's leaderboard (the front marked) and recent runs, starting an eval run of an endpoint, and a run's
+page (polled while it runs) with its cancel button, and finished runs side by side."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from portfolio.errors import Invalid, NotFound
 from portfolio.formviews import submit
 from training.evals import catalogue, runs, side_by_side
 from training.evals.leaderboard import figures, leaderboards, quality_cost_chart
-from training.evals.models import EndpointEvalRun, Task
+from training.evals.models import EndpointEvalRun, EvalSet, Task
 from training.forms.tasks import EvalRunForm, EvalSetForm, TaskForm
 from training.views.evals import confusion_table
 
@@ -150,6 +150,29 @@ def task_eval_set_add(request, task_id: int):
         then=lambda eval_set: redirect("task-detail", task_id=task.pk),
     )
     return done or _task_page(request, actor, task, status=400, set_form=form)
+
+
+@require_POST
+def task_eval_set_delete(request, task_id: int, eval_set_id: int):
+    """Permission: the task visible (else 404) and ``training.run`` in its team (else 403); the eval set one
+    of the task's (else 404). Deletes it with its runs; a run of it queued or running is the refusal shown."""
+    actor = actor_of(request)
+    task = _task(actor, task_id)
+    gate.require(actor, "training.run", task)
+    eval_set = (
+        EvalSet.objects.filter(task=task, pk=eval_set_id).select_related("dataset_version__dataset").first()
+    )
+    if eval_set is None:
+        raise NotFound("Eval set not found.")
+    label = eval_set.label
+    return press(
+        request,
+        lambda: catalogue.delete_eval_set(actor=actor, eval_set=eval_set),
+        success=lambda deleted: (
+            f"Eval set {label} deleted, with its {deleted} run{'s' if deleted != 1 else ''}."
+        ),
+        back=reverse("task-detail", args=[task.pk]),
+    )
 
 
 @require_POST
