@@ -434,7 +434,7 @@ def purge_version(*, actor: Actor, version: ModelVersion) -> ModelVersion:
         .select_related("model__owner_team")
         .get(pk=version.pk)
     )
-    held = version.artifact.files if version.artifact_id else []
+    held = version.artifact.files if version.artifact is not None else []
     # Archived, it was not in use then; checked again as archive checks, in case something took it up since.
     before = artifacts.purge_files(version, archived=VersionStatus.ARCHIVED, reasons=in_use_reasons(version))
     # The conversion of the GGUF it came from, on this machine, unless another version still holds that GGUF.
