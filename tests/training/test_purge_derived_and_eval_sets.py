@@ -169,3 +169,27 @@ def test_the_task_pages_button_deletes_an_eval_set_or_says_why_not(signed_in, or
     text = client.post(delete, follow=True).content.decode()
     assert "Eval set tickets:v1 (all rows) deleted, with its 1 run." in text
     assert not EvalSet.objects.filter(pk=eval_set.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_started_while_its_eval_set_is_being_deleted_is_not_found_not_a_500(
+    engineer, team, dataset_version, eval_set, monkeypatch
+):
+    """The run's insert waited on the delete's lock and then failed on its foreign key (an IntegrityError,
+    a 500): it now reads the eval set under its lock first, and finds it gone."""
+    from portfolio.errors import NotFound
+    from serving.models import Endpoint
+    from tests.interleave import Pause, interleave
+    from training.evals import runs
+
+    endpoint = Endpoint.objects.create(owner_team=team, name="ep")
+    pause = Pause()
+    monkeypatch.setattr(catalogue.audit, "record", pause.hook(catalogue.audit.record))
+    deleting, starting = interleave(
+        pause,
+        lambda: catalogue.delete_eval_set(actor=engineer, eval_set=eval_set),
+        lambda: runs.start_run(actor=engineer, task=eval_set.task, eval_set=eval_set, endpoint=endpoint),
+    )
+    assert deleting.error is None and deleting.result == 0
+    assert isinstance(starting.error, NotFound), repr(starting.error)
+    assert not EvalSet.objects.filter(pk=eval_set.pk).exists()

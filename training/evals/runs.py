@@ -85,6 +85,10 @@ def start_run(
     # Runs share the long control workers with every team's merges, imports and ingests: a team keeps at
     # most a few in flight, checked under its row's lock.
     Team.objects.select_for_update(no_key=True).filter(pk=task.owner_team_id).first()
+    # The eval set under its lock: one deleted meanwhile (catalogue.delete_eval_set, which refuses while a run
+    # is in flight) is not found, rather than failing this run's insert on its foreign key (a 500).
+    if EvalSet.objects.select_for_update(no_key=True).filter(pk=eval_set.pk).first() is None:
+        raise NotFound("Eval set not found.")
     in_flight = EndpointEvalRun.objects.filter(
         owner_team_id=task.owner_team_id, status__in=(JobStatus.QUEUED, JobStatus.RUNNING)
     ).count()
