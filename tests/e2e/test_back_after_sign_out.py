@@ -4,13 +4,10 @@ left, which Chromium would otherwise restore from memory without asking the serv
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from django.db import connections
 
 from tests.conftest import PASSWORD
-from tests.e2e.test_browser import CHROMIUM
+from tests.e2e.browsers import chromium_page
 
 pytestmark = pytest.mark.e2e
 
@@ -25,37 +22,9 @@ SHOWN = "window.restoredFromCache !== undefined"
 
 @pytest.fixture
 def page_with_back_forward_cache():
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(
-            "Chromium is missing: `make test` installs Debian's chromium package (apt-get install chromium)"
-        )
-    from playwright.sync_api import sync_playwright
-
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = (
-        "true"  # Playwright's sync API runs an event loop in this thread
-    )
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            ignore_default_args=["--disable-back-forward-cache"],
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-            ],
-        )
-        page = browser.new_page()
-        page.set_default_timeout(20_000)
+    with chromium_page(back_forward_cache=True) as page:
         page.add_init_script(RESTORED_FLAG)
-        try:
-            yield page
-        finally:
-            # As in test_browser.py: the test's queries ran in Playwright's greenlet, on a connection of its own.
-            connections.close_all()
-            browser.close()
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        yield page
 
 
 @pytest.mark.django_db(transaction=True)

@@ -2,51 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
-from django.db import connections
 
 from portfolio.accounts.models import Department, Team
 from tests.conftest import PASSWORD
+from tests.e2e.browsers import chromium_page
 
 pytestmark = pytest.mark.e2e
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture
 def browser_page():
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(
-            "Chromium is missing: `make test` installs Debian's chromium package (apt-get install chromium)"
-        )
-    from playwright.sync_api import sync_playwright
-
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = (
-        "true"  # Playwright's sync API runs an event loop in this thread
-    )
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-            ],
-        )
-        page = browser.new_page(viewport={"width": 1366, "height": 768})
-        page.set_default_timeout(20_000)
-        try:
-            yield page
-        finally:
-            # The test's own queries ran inside Playwright's greenlet, whose database connection is its own:
-            # closed here, or its session would outlive the run and block dropping the test database.
-            connections.close_all()
-            browser.close()
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    with chromium_page(viewport={"width": 1366, "height": 768}) as page:
+        yield page
 
 
 @pytest.mark.django_db(transaction=True)
