@@ -1,6 +1,8 @@
-"""Static files under ASGI (uvicorn). WhiteNoise answers with a file read synchronously, which Django's ASGI
-handler would read whole with a warning on every request ("StreamingHttpResponse must consume synchronous
-iterators"). Under ASGI the same file is read chunk by chunk in a worker thread instead."""
+"""Static files and every other streamed answer under ASGI (uvicorn). WhiteNoise answers with a file read
+synchronously, and so do downloads (a model's weights, a dataset's rows, an audit export), which Django's ASGI
+handler would read whole into memory before sending a byte, with a warning ("StreamingHttpResponse must
+consume synchronous iterators"): a few downloads of a multi-GB weight file at once would exhaust the web
+server. Under ASGI they are read chunk by chunk in a worker thread instead."""
 
 from __future__ import annotations
 
@@ -22,10 +24,11 @@ async def _read_in_a_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
 
 
 class StaticFilesMiddleware(WhiteNoiseMiddleware):
-    """WhiteNoise, streaming its files asynchronously when the request came through ASGI."""
+    """WhiteNoise, and under ASGI every streamed answer of a synchronous iterator (its files, and the views'
+    below it) read asynchronously, a chunk at a time."""
 
-    def serve(self, static_file, request):
-        response = super().serve(static_file, request)
-        if isinstance(request, ASGIRequest):
+    def __call__(self, request):
+        response = super().__call__(request)
+        if isinstance(request, ASGIRequest) and response.streaming and not response.is_async:
             response.streaming_content = _read_in_a_thread(iter(response.streaming_content))
         return response
