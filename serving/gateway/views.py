@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from django.contrib import messages
-from django.db.models import BigIntegerField, Exists, ExpressionWrapper, F, OuterRef, Q, QuerySet, Sum
+from django.db.models import BigIntegerField, ExpressionWrapper, F, Q, Sum
 from django.db.models.functions import TruncDay
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -30,12 +30,13 @@ from portfolio import htmx, listing
 from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of
-from portfolio.accounts.models import Membership, Team
+from portfolio.accounts.models import Team
 from portfolio.billing import money
 from portfolio.errors import Conflict, Invalid, NotFound
 from portfolio.formviews import submit
 from serving.forms.base import apply_serving_error
 from serving.gateway import charts, services
+from serving.gateway.creators import with_creator
 from serving.gateway.forms import DEFAULT_PERIOD, KeyCreateForm, KeyEditForm, KeyPolicyForm, UsageFilterForm
 from serving.gateway.models import ApiKey, KeyPolicy, UsageHourly
 from serving.models import Endpoint
@@ -103,13 +104,6 @@ def _key_status(key: ApiKey) -> str:
     return "active" if key.is_active else "expired"
 
 
-def _with_creator(keys: QuerySet[ApiKey]) -> QuerySet[ApiKey]:
-    """The keys with their creator and whether they are still on the key's team, in the same query: a key
-    outlives its creator's removal from the team (or deactivation), and the pages mark them "left"."""
-    on_team = Membership.objects.filter(team=OuterRef("team"), user=OuterRef("created_by"))
-    return keys.select_related("team", "created_by").annotate(creator_on_team=Exists(on_team))
-
-
 def _budget_bar(used, budget) -> dict | None:
     if not budget:
         return None
@@ -154,7 +148,7 @@ def key_list(request):
     ``apikey.manage`` (owner or developer), and every team's keys read-only to auditors."""
     actor = actor_of(request)
     teams = _key_teams(actor)
-    keys = _with_creator(ApiKey.objects.filter(team__in=teams)).order_by(
+    keys = with_creator(ApiKey.objects.filter(team__in=teams)).order_by(
         "team__name", "team_id", "-created_at", "-id"
     )
     page = listing.paginate(request, keys)
@@ -261,7 +255,7 @@ def key_create(request):
 def _managed_key(request, pk: int) -> tuple[Actor, ApiKey]:
     actor = actor_of(request)
     try:  # gate.get_visible's 404, with the creator's standing (the edit page's "left") in the same query
-        key = _with_creator(gate.visible(actor, ApiKey)).get(pk=pk)
+        key = with_creator(gate.visible(actor, ApiKey)).get(pk=pk)
     except (ApiKey.DoesNotExist, ValueError, TypeError):
         raise NotFound("Api key not found.") from None
     gate.require(actor, "apikey.manage", key)

@@ -65,6 +65,15 @@ def test_a_creator_still_on_the_team_is_not_marked(signed_in, org, team, key, ot
     assert _badges(client.get(reverse("apikey-edit", args=[key.pk])).content.decode()) == []
 
 
+def test_a_key_a_platform_admin_made_for_a_team_they_are_not_on_is_not_marked(signed_in, org, team):
+    """Admins make keys for any team without being on it: their keys were marked "left", never true."""
+    made, _ = services.create_key(actor=actor_for(org["admin"]), team=team, name="made by the admin")
+    client = signed_in(org["owner"])
+    assert not Membership.objects.filter(team=team, user=org["admin"]).exists()
+    assert _badges(client.get(reverse("apikey-list")).content.decode()) == []
+    assert _badges(client.get(reverse("apikey-edit", args=[made.pk])).content.decode()) == []
+
+
 def test_a_creator_removed_from_another_team_is_not_marked_on_this_teams_keys(
     signed_in, org, team, other_team, key
 ):
