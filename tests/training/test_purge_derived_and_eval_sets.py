@@ -193,3 +193,23 @@ def test_a_run_started_while_its_eval_set_is_being_deleted_is_not_found_not_a_50
     assert deleting.error is None and deleting.result == 0
     assert isinstance(starting.error, NotFound), repr(starting.error)
     assert not EvalSet.objects.filter(pk=eval_set.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_deletes_of_one_eval_set_at_once_delete_it_once_and_the_second_is_not_found(
+    engineer, eval_set, monkeypatch
+):
+    """A double click: the second delete waited on the first's lock, then found no row (a DoesNotExist, a
+    500)."""
+    from portfolio.errors import NotFound
+    from tests.interleave import Pause, interleave
+
+    pause = Pause()
+    monkeypatch.setattr(catalogue.audit, "record", pause.hook(catalogue.audit.record))
+    first, second = interleave(
+        pause,
+        lambda: catalogue.delete_eval_set(actor=engineer, eval_set=eval_set),
+        lambda: catalogue.delete_eval_set(actor=engineer, eval_set=eval_set),
+    )
+    assert first.error is None and isinstance(second.error, NotFound), repr(second.error)
+    assert AuditEvent.objects.filter(action="eval_set.delete").count() == 1

@@ -11,7 +11,7 @@ from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.accounts.models import Team
 from portfolio.audit import services as audit
-from portfolio.errors import Conflict, Invalid
+from portfolio.errors import Conflict, Invalid, NotFound
 from training import dataset_purge
 from training.choices import EvalSetSource, JobStatus, TaskKind
 from training.evals.models import EvalSet, Task
@@ -98,8 +98,11 @@ def delete_eval_set(*, actor: Actor, eval_set: EvalSet) -> int:
     eval_set = (
         EvalSet.objects.select_for_update(of=("self",))
         .select_related("task__owner_team", "dataset_version__dataset")
-        .get(pk=eval_set.pk)
+        .filter(pk=eval_set.pk)
+        .first()
     )
+    if eval_set is None:  # deleted by another request while this one waited for the lock (a double click)
+        raise NotFound("Eval set not found.")
     in_flight = list(
         eval_set.runs.filter(status__in=(JobStatus.QUEUED, JobStatus.RUNNING))
         .order_by("pk")
