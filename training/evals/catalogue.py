@@ -95,14 +95,15 @@ def delete_eval_set(*, actor: Actor, eval_set: EvalSet) -> int:
     gate.require(actor, "training.run", eval_set.task)
     # FOR UPDATE: a run being started holds a key share of this row until it commits, so this waits for it and
     # then sees its row below; a run started after this lock waits for it, and fails once the row is gone.
-    eval_set = (
+    locked = (
         EvalSet.objects.select_for_update(of=("self",))
         .select_related("task__owner_team", "dataset_version__dataset")
         .filter(pk=eval_set.pk)
         .first()
     )
-    if eval_set is None:  # deleted by another request while this one waited for the lock (a double click)
+    if locked is None:  # deleted by another request while this one waited for the lock (a double click)
         raise NotFound("Eval set not found.")
+    eval_set = locked
     in_flight = list(
         eval_set.runs.filter(status__in=(JobStatus.QUEUED, JobStatus.RUNNING))
         .order_by("pk")
