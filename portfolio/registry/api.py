@@ -330,18 +330,17 @@ def download_file(request, name: str, number: int, path: str):
         entry = None
     if entry is None:
         raise NotFound("No such file in this version.")
-    store, filename = default_store(), entry.path.rsplit("/", 1)[-1]
-    url = store.download_url(entry.sha256, filename, timedelta(minutes=15), public=True)
-    if url:
+    # An attachment of no renderable type, its name quoted (a file's name may hold '"', ';' or any letter):
+    # a model's README.md carrying HTML would otherwise open as a page, here in the reader's session.
+    # FileResponse sets these only for a file object, which it would read past the reader's check.
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Content-Disposition": content_disposition_header(True, entry.path.rsplit("/", 1)[-1]),
+    }
+    store = default_store()
+    if url := store.download_url(entry.sha256, headers, timedelta(minutes=15), public=True):
         return HttpResponseRedirect(url)
-    # FileResponse sets Content-Type and Content-Disposition only for a file object, which it would read past
-    # the reader's check: they are set here. An attachment of no renderable type, or a model's README.md
-    # carrying HTML would open as a page of this origin (text/html was the default), in the reader's session.
-    response = StreamingHttpResponse(
-        _VerifiedReader(store, entry, version.artifact_id), content_type="application/octet-stream"
-    )
-    response["Content-Disposition"] = content_disposition_header(True, filename)
-    return response
+    return StreamingHttpResponse(_VerifiedReader(store, entry, version.artifact_id), headers=headers)
 
 
 class _VerifiedReader:

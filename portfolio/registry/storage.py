@@ -88,9 +88,9 @@ class ArtifactStore(ABC):
     @abstractmethod
     def delete_manifest(self, artifact_id: str) -> None: ...
 
-    def download_url(self, sha256: str, filename: str, expires: timedelta, *, public=False) -> str | None:
-        """A time-limited URL to fetch the blob from directly, where the backend has one: at the store's own
-        address (only its network's processes reach it), or ``public``, where an operator published the store."""
+    def download_url(self, sha256: str, headers: dict, expires: timedelta, *, public=False) -> str | None:
+        """A time-limited URL to fetch the blob from directly, sent with ``headers``, where the backend has one: at
+        the store's own address (only its network's processes reach it), or ``public``, where it was published."""
         return None
 
     def uri(self, artifact_id: str) -> str:
@@ -270,13 +270,13 @@ class S3Store(ArtifactStore):
     def delete_manifest(self, artifact_id: str) -> None:
         self.client.remove_object(self.bucket, f"manifests/{artifact_id}.json")
 
-    def download_url(self, sha256: str, filename: str, expires: timedelta, *, public=False) -> str | None:
+    def download_url(self, sha256: str, headers: dict, expires: timedelta, *, public=False) -> str | None:
         client = self.public_client if public else self.client
         return client and client.presigned_get_object(
             self.bucket,
             _blob_key(sha256),
             expires=expires,
-            response_headers={"response-content-disposition": f'attachment; filename="{filename}"'},
+            response_headers={f"response-{name.lower()}": value for name, value in headers.items()},
         )
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import io
 import uuid
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.urls import reverse
+from django.utils.http import content_disposition_header
 
 from portfolio.accounts import personal_tokens
 from portfolio.registry import services
@@ -146,3 +147,36 @@ def test_a_public_address_that_is_not_a_bare_http_origin_is_refused_naming_the_s
     default_store.cache_clear()
     with pytest.raises(ImproperlyConfigured, match="PORTFOLIO_MINIO_PUBLIC_URL"):
         default_store()
+
+
+ODD_NAMES = ['notes "x"; filename=evil.html', "café.txt"]
+
+
+@pytest.mark.parametrize("public", [False, True])
+def test_a_file_whose_name_holds_quotes_or_letters_past_ascii_is_named_whole_and_never_rendered(
+    client, org, team, on_s3, public
+):
+    """Before, the presigned URL's disposition was the name pasted between quotes (a '"' in a file's name
+    ended it early and the rest was read as parameters of its own) and named no content type, so the store
+    sent an HTML file as HTML; the streamed answer quoted the name already."""
+    model = services.create_model(actor=actor_for(org["engineer"]), name="router", owner_team=team)
+    folder = make_model_folder(on_s3.IMPORT_ROOTS[0] / "odd")
+    for name in ODD_NAMES:
+        (folder / name).write_text("<html><script>alert(1)</script></html>")
+    import_here(actor_for(org["engineer"]), model, Source.LOCAL, str(folder))
+    if public:
+        on_s3.MINIO_PUBLIC_URL = "https://objects.example.internal"
+        default_store.cache_clear()
+    for name in ODD_NAMES:
+        answer = client.get(f"/api/v1/models/router/versions/1/files/{quote(name)}", **_bearer(org["viewer"]))
+        expected = content_disposition_header(True, name)
+        if public:
+            assert answer.status_code == 302
+            query = parse_qs(urlsplit(answer["Location"]).query)
+            assert query["response-content-disposition"] == [expected]
+            assert query["response-content-type"] == ["application/octet-stream"]
+        else:
+            assert answer.status_code == 200
+            assert b"".join(answer.streaming_content).startswith(b"<html>")
+            assert answer["Content-Disposition"] == expected
+            assert answer["Content-Type"] == "application/octet-stream"

@@ -120,7 +120,7 @@ def test_s3_creates_its_bucket_and_gives_presigned_download_urls(s3_store, model
     assert s3_store.client.bucket_exists(s3_store.bucket)
     manifest = store_directory(s3_store, model_folder)
     entry = manifest.get("config.json")
-    url = s3_store.download_url(entry.sha256, "config.json", timedelta(minutes=5))
+    url = s3_store.download_url(entry.sha256, {"Content-Disposition": "attachment"}, timedelta(minutes=5))
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.read() == (model_folder / "config.json").read_bytes()
 
