@@ -25,7 +25,7 @@ from serving.capacity import GpuHold, pool_capacity
 from serving.choices import NodeState, PoolKind
 from serving.models import ComputePool, Endpoint, Node
 from training import architectures, dataset_purge, distillation, metering, services
-from training.choices import EvalStatus, JobStatus, Method
+from training.choices import DatasetKind, EvalStatus, JobStatus, Method
 from training.defaults import Hyperparameters
 from training.models import DatasetVersion, EvalRun, FineTuneJob
 
@@ -198,6 +198,8 @@ def start_job(
             f"base_version: {base_version.label} is a speech model (encoder-decoder over audio); "
             "datasets hold text, so it cannot be fine-tuned here. Fine-tune a text or vision-language base."
         )
+    if dataset_version.shape == DatasetKind.CHAT:
+        _require_chat_template(base_version, f"{dataset_version} holds conversations")
     target = target_model or base_version.model
     gate.require(actor, "model.register", target)
     services.require_job_inputs(team=team, base_version=base_version, pool=pool, target_model=target)
@@ -227,6 +229,16 @@ def start_job(
     audit.record(actor, "training.job_start", job, after=job.snapshot())
     transaction.on_commit(lambda: enqueue(job))
     return job
+
+
+def _require_chat_template(base_version: ModelVersion, why: str) -> None:
+    """A base with no chat template cannot be trained on conversations: the trainer renders every one with
+    it, and the run failed once it had loaded the base (after the teacher's calls, for a distillation)."""
+    if not base_version.has_chat_template:
+        raise Invalid(
+            f"base_version: {base_version.label} has no chat template, and {why}. Set one on the version's "
+            "page (a new version), or train on prompt/completion or classification rows."
+        )
 
 
 MAX_DISTILLATION_PROMPTS = 10_000
@@ -259,6 +271,9 @@ def start_distillation(
             f"{MAX_DISTILLATION_PROMPTS:,}. Upload a sample of the prompts as a dataset version.",
             fields={"prompts": [f"At most {MAX_DISTILLATION_PROMPTS:,} rows."]},
         )
+    student = gate.get_visible(actor, ModelVersion, pk=student.pk)
+    # Checked before any teacher call is bought: the teacher's answers are conversations, whatever the prompts.
+    _require_chat_template(student, "a distillation trains on the teacher's answers as conversations")
     job = start_job(
         actor=actor,
         base_version=student,
