@@ -20,10 +20,13 @@ from training.lora import Loading
 # A job scores the held-out rows twice (its base once per dataset version, then the new version) after it
 # trained, on the node it holds: bounded as an endpoint eval run is. Rows past MAX_SCORED_ROWS (in file
 # order) are not scored; a prompt keeps its last MAX_PROMPT_TOKENS tokens (its question is at its end), an
-# expected answer its first MAX_ANSWER_TOKENS for the perplexity.
+# expected answer its first MAX_ANSWER_TOKENS for the perplexity. Each answer may run to its expected
+# answer's length and ANSWER_SLACK tokens more (a lead-in such as "The answer is"): a fixed 16 scored every
+# longer answer 0 for every model. Prompt, answer and generation fit in the base's positions.
 MAX_SCORED_ROWS = 2000
 MAX_PROMPT_TOKENS = 2048
 MAX_ANSWER_TOKENS = 512
+ANSWER_SLACK = 16
 
 
 # Straight and typographic quotes alike: a model writes “Paris” as often as "Paris".
@@ -70,7 +73,26 @@ def prompt_messages(row: dict) -> list[dict]:
 def _prompt(tokenizer, row: dict) -> str:
     if "messages" in row:
         return tokenizer.apply_chat_template(row["messages"][:-1], add_generation_prompt=True, tokenize=False)
-    return row.get("prompt") or row["text"]
+    return row["prompt"] if "prompt" in row else row["text"]  # an empty prompt is a valid completion row
+
+
+def _prompt_ids(tokenizer, row: dict, room: int, device) -> dict:
+    """A row's prompt as the model's input: its last ``room`` tokens; an empty prompt (valid for completion
+    rows) starts from its beginning-of-text token: generation needs one to start from."""
+    import torch
+
+    ids = tokenizer(_prompt(tokenizer, row), return_tensors="pt", add_special_tokens=False)["input_ids"]
+    ids = ids[:, -room:]
+    if ids.shape[1] == 0:
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        ids = torch.tensor([[start]])
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+
+
+def _positions(model) -> int | None:
+    """How many positions the model's embeddings have (Llama-like and GPT-2-like configs), if it says."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
 def predicted_label(answer: str, labels: Collection[str]) -> str:
@@ -169,7 +191,8 @@ def score(
     loading: Loading | None = None,
     keep_answers: bool = False,
 ) -> dict:
-    """Greedy generation on every row; the metrics of the issue's eval run. On the CPU in float32 unless
+    """Greedy generation on every row, each answer allowed ``max_new_tokens`` tokens or, where longer, its
+    expected answer's and ANSWER_SLACK more; the metrics of the issue's eval run. On the CPU in float32 unless
     ``loading`` says otherwise (the job's GPU, see ``training.lora.inference_loading``). ``keep_answers``:
     the generated answers too, in the rows' order (a benchmark's; a job stores only the metrics)."""
     from portfolio.registry.jsonfiles import refuse_oversized
@@ -194,15 +217,18 @@ def score(
     rows = rows[:MAX_SCORED_ROWS]
     answers: list[str] = []
     nll, answer_tokens = 0.0, 0
+    positions = _positions(model) or MAX_PROMPT_TOKENS + MAX_ANSWER_TOKENS + ANSWER_SLACK
     with torch.no_grad():
         for row in rows:
-            prompt_ids = tokenizer(_prompt(tokenizer, row), return_tensors="pt", add_special_tokens=False).to(
-                model.device
-            )
-            prompt_ids = {name: ids[:, -MAX_PROMPT_TOKENS:] for name, ids in prompt_ids.items()}
+            answer_ids = tokenizer(expected_answer(row), return_tensors="pt", add_special_tokens=False)[
+                "input_ids"
+            ][:, : min(MAX_ANSWER_TOKENS, positions // 2)].to(model.device)
+            new_tokens = min(max(max_new_tokens, answer_ids.shape[1] + ANSWER_SLACK), positions // 2)
+            room = min(MAX_PROMPT_TOKENS, positions - max(new_tokens, answer_ids.shape[1]))
+            prompt_ids = _prompt_ids(tokenizer, row, room, model.device)
             output = model.generate(
                 **prompt_ids,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=new_tokens,
                 do_sample=False,
                 pad_token_id=tokenizer.eos_token_id,
             )
@@ -210,9 +236,6 @@ def score(
             generated = output[0][prompt_ids["input_ids"].shape[1] :]
             answers.append(cast(str, tokenizer.decode(generated, skip_special_tokens=True)))
             # Perplexity of the expected answer given the prompt.
-            answer_ids = tokenizer(expected_answer(row), return_tensors="pt", add_special_tokens=False)[
-                "input_ids"
-            ][:, :MAX_ANSWER_TOKENS].to(model.device)
             full = torch.cat([prompt_ids["input_ids"], answer_ids], dim=1)
             targets = full.clone()
             targets[:, : prompt_ids["input_ids"].shape[1]] = -100

@@ -205,3 +205,72 @@ def test_score_is_bounded_in_rows_and_in_each_prompts_tokens(tiny_llama, monkeyp
     metrics = evaluation.score(base_dir=tiny_llama, adapter_dir=None, rows=rows, max_new_tokens=2)
     assert lengths == [8, 8]
     assert metrics["rows"] == 2 and metrics["rows_not_scored"] == 1
+
+
+def _generation_spy(monkeypatch, model_class) -> list[dict]:
+    """The input length and token budget of each ``generate`` call of ``model_class``."""
+    calls: list[dict] = []
+    real_generate = model_class.generate
+
+    def generate(self, *args, **kwargs):
+        calls.append({"prompt": kwargs["input_ids"].shape[1], "budget": kwargs["max_new_tokens"]})
+        return real_generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(model_class, "generate", generate)
+    return calls
+
+
+def test_an_answer_longer_than_the_default_budget_may_be_generated_whole(tiny_llama, monkeypatch):
+    """Before, every answer was cut at 16 tokens: a summary's or an extraction's expected answer of 40 could
+    never match, so base and tuned version alike scored 0 and no promotion saw a regression."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from training import evaluation
+
+    calls = _generation_spy(monkeypatch, LlamaForCausalLM)
+    long_answer = " ".join(f"clause {i} applies" for i in range(20))
+    rows = [
+        {"prompt": "Summarise the contract:", "completion": long_answer},
+        {"prompt": "Route it:", "completion": "billing"},
+    ]
+    evaluation.score(base_dir=tiny_llama, adapter_dir=None, rows=rows)
+    answer_tokens = len(
+        AutoTokenizer.from_pretrained(tiny_llama)(long_answer, add_special_tokens=False).input_ids
+    )
+    assert answer_tokens > 16
+    assert calls[0]["budget"] == answer_tokens + evaluation.ANSWER_SLACK
+    assert calls[1]["budget"] == 16  # a label keeps the default
+
+
+def test_a_completion_row_with_an_empty_prompt_is_scored(tiny_llama):
+    """Validation accepts ``"prompt": ""``; scoring read the row's ``text`` instead (KeyError), and the job
+    recorded no eval run for either version."""
+    from training import evaluation
+
+    metrics = evaluation.score(
+        base_dir=tiny_llama, adapter_dir=None, rows=[{"prompt": "", "completion": "yes"}], max_new_tokens=2
+    )
+    assert metrics["rows"] == 1 and metrics["perplexity"] > 1.0
+
+
+def test_prompt_answer_and_generation_fit_in_a_base_of_few_positions(tiny_llama, tmp_path, monkeypatch):
+    """A base with learned position embeddings (GPT-2's 1,024, OPT's 2,048) indexed past its table on a long
+    held-out row (the ingest flags such rows, it does not refuse them): the whole scoring step failed."""
+    import shutil
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from training import evaluation
+
+    base = tmp_path / "gpt2-like"
+    shutil.copytree(tiny_llama, base)
+    (base / "config.json").unlink()
+    for weights in base.glob("*.safetensors"):
+        weights.unlink()
+    config = GPT2Config(vocab_size=49152, n_positions=64, n_embd=16, n_layer=1, n_head=2)
+    GPT2LMHeadModel(config).save_pretrained(base)
+    calls = _generation_spy(monkeypatch, GPT2LMHeadModel)
+    rows = [{"prompt": "the parcel never came " * 40, "completion": "it was lost " * 30}]
+    metrics = evaluation.score(base_dir=base, adapter_dir=None, rows=rows)
+    assert metrics["rows"] == 1 and metrics["perplexity"] > 1.0
+    assert calls[0]["prompt"] + calls[0]["budget"] <= 64
