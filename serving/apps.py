@@ -41,6 +41,7 @@ class ServingConfig(AppConfig):
 
         from portfolio.billing import subjects
         from portfolio.billing.choices import PriceKind
+        from serving.choices import EndpointKind
         from serving.models import ComputePool, Endpoint
 
         def finder(model, kind):
@@ -65,5 +66,17 @@ class ServingConfig(AppConfig):
 
             return listing
 
+        def composite_refusal(subject) -> str | None:
+            # Each hop of a router, cascade or vote is metered and charged at its own plain endpoint's price:
+            # no usage row ever names the composite, so a price of its own would be in force and never charged.
+            kind = Endpoint.objects.filter(pk=subject.id).values_list("kind", flat=True).first()
+            if kind in (None, EndpointKind.PLAIN):
+                return None
+            return (
+                f"{subject.name} is a {kind} endpoint: each of its calls is charged at the prices of the plain "
+                "endpoints its hops call. Price those."
+            )
+
         for model, kind in ((Endpoint, PriceKind.ENDPOINT), (ComputePool, PriceKind.POOL)):
-            subjects.register(kind, find=finder(model, kind), listing=lister(model, kind))
+            refusal = composite_refusal if model is Endpoint else None
+            subjects.register(kind, find=finder(model, kind), listing=lister(model, kind), refusal=refusal)

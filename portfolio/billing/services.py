@@ -12,7 +12,7 @@ from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.audit.choices import AuditAction
-from portfolio.billing import money, pricing
+from portfolio.billing import money, pricing, subjects
 from portfolio.billing.choices import PriceKind, StatementStatus
 from portfolio.billing.models import Price, Statement
 from portfolio.billing.subjects import Subject
@@ -55,6 +55,8 @@ def set_price(
     may still be given explicitly (a correction: it re-prices what was used since).
     """
     gate.require(actor, "price.manage")
+    if refused := subjects.refusal(subject):
+        raise Invalid(f"subject: {refused}")
     allowed = Price.RATE_FIELDS[PriceKind(subject.kind)]
     unknown = set(rates) - set(allowed)
     if unknown:

@@ -24,13 +24,27 @@ class Subject:
 # see (None: all of them, for the price book's form, which only admins get)
 FINDERS: dict[str, Callable[[str], Subject | None]] = {}
 LISTERS: dict[str, Callable[[Actor | None], list[Subject]]] = {}
+# kind -> why a subject of it takes no price of its own (None: it does), asked before a price is set
+REFUSERS: dict[str, Callable[[Subject], str | None]] = {}
 
 
 def register(
-    kind: str, *, find: Callable[[str], Subject | None], listing: Callable[[Actor | None], list[Subject]]
+    kind: str,
+    *,
+    find: Callable[[str], Subject | None],
+    listing: Callable[[Actor | None], list[Subject]],
+    refusal: Callable[[Subject], str | None] | None = None,
 ) -> None:
     FINDERS[kind] = find
     LISTERS[kind] = listing
+    if refusal is not None:
+        REFUSERS[kind] = refusal
+
+
+def refusal(subject: Subject) -> str | None:
+    """Why ``subject`` may not be priced (a price nothing would ever be charged at), or None."""
+    refuser = REFUSERS.get(subject.kind)
+    return refuser(subject) if refuser else None
 
 
 def stores(actor: Actor | None = None) -> list[Subject]:

@@ -1,0 +1,43 @@
+"""A router, cascade or vote endpoint takes no price of its own: each hop is metered and charged at the price of
+the plain endpoint it calls, so no usage row names the composite. Its price was accepted, audited and shown in
+force on the price book, and never charged to anyone."""
+
+from __future__ import annotations
+
+import pytest
+
+from portfolio.audit.models import AuditEvent
+from portfolio.billing import services, subjects
+from portfolio.billing.choices import PriceKind
+from portfolio.billing.models import Price
+from portfolio.errors import Invalid
+from serving.choices import EndpointKind
+from serving.models import Endpoint
+from tests.conftest import actor_for
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize("kind", [EndpointKind.ROUTER, EndpointKind.CASCADE, EndpointKind.VOTE])
+def test_a_composite_endpoints_own_price_is_refused_naming_what_to_price(org, team, kind):
+    Endpoint.objects.create(name="ticket-router", owner_team=team, kind=kind)
+    subject = subjects.find(PriceKind.ENDPOINT, "ticket-router")
+    with pytest.raises(Invalid, match=rf"^subject: ticket-router is a {kind} endpoint: .*Price those"):
+        services.set_price(actor=actor_for(org["admin"]), subject=subject, input_per_million="5")
+    assert not Price.objects.exists() and not AuditEvent.objects.filter(action="price.set").exists()
+
+
+def test_the_api_refuses_it_in_its_error_shape_and_a_plain_endpoint_is_priced_as_before(client, org, team):
+    Endpoint.objects.create(name="ticket-router", owner_team=team, kind=EndpointKind.CASCADE)
+    Endpoint.objects.create(name="small", owner_team=team)
+    client.force_login(org["admin"])
+
+    def price(name):
+        body = {"kind": "endpoint", "subject": name, "input_per_million": "5", "output_per_million": "15"}
+        return client.post("/api/v1/billing/prices", body, content_type="application/json")
+
+    refused = price("ticket-router")
+    assert refused.status_code == 400, refused.content
+    assert "is a cascade endpoint" in refused.json()["error"]["message"]
+    assert price("small").status_code == 201
+    assert list(Price.objects.values_list("subject_name", flat=True)) == ["small"]
