@@ -17,7 +17,7 @@ from decimal import Decimal
 from fractions import Fraction
 
 from django.conf import settings
-from django.db.models import Sum
+from django.db.models import Q, Sum
 
 from portfolio.accounts.models import Department, Team
 from portfolio.billing import daily, money
@@ -210,7 +210,8 @@ def _stored(reader: Reader, *, cost_center: str = "", month: date | None = None,
     if ids is not None:
         query = query.filter(department_id__in=ids)
     if cost_center:
-        query = query.filter(department__cost_center=cost_center)
+        # The cost center a statement was written under (what its exports and hash say), or its department's now.
+        query = query.filter(Q(cost_center=cost_center) | Q(department__cost_center=cost_center))
     if month is not None:
         query = query.filter(month=month)
     if status:
@@ -267,7 +268,7 @@ def statements(
 def stored_row(statement: Statement, *, partial: bool, total: Decimal | None = None) -> StatementRow:
     """A stored revision as a row; ``total`` replaces its own where the reader reads it only in part."""
     return StatementRow(
-        statement.pk, statement.department_id, statement.department.name, statement.department.cost_center,
+        statement.pk, statement.department_id, statement.department.name, statement.cost_center,
         label(statement.month), statement.revision, statement.status, statement.currency,
         total if partial and total is not None else statement.total, statement.sha256, statement.closed_at,
         partial,
@@ -300,7 +301,8 @@ def statement(reader: Reader, department: Department, month: date, now: datetime
     lines, partial = visible_lines(reader, draft)
     stored = draft.statement
     header = StatementRow(
-        stored.pk if stored else None, department.pk, department.name, department.cost_center,
+        stored.pk if stored else None, department.pk, department.name,
+        stored.cost_center if stored else department.cost_center,
         label(month), stored.revision if stored else None, stored.status if stored else DRAFT,
         stored.currency if stored else settings.BILLING_CURRENCY,
         sum((line.amount for line in lines), ZERO) if partial or not stored else stored.total,

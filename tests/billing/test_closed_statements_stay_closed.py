@@ -64,6 +64,24 @@ def test_a_renamed_cost_center_leaves_a_closed_statement_its_hash_and_its_export
     assert statements.verify(Statement.objects.get(pk=closed.pk))
 
 
+def test_the_api_reports_a_closed_statement_under_the_cost_center_it_was_written_under(
+    client, org, called, other_team
+):
+    """Before, the API's rows named the department's cost center of now beside a sha256 covering the old one,
+    and a filter by the cost center on the PDF finance holds found nothing."""
+    department = other_team.department
+    closed = statements.close(BILLING, department, OCTOBER)
+    update_department(
+        actor=actor_for(org["admin"]), department=department, name=department.name, cost_center="CC-999"
+    )
+    client.force_login(org["admin"])
+    for cost_center in ("CC-200", "CC-999"):  # as written, and as the department is called now
+        listed = client.get(f"/api/v1/billing/statements?month=2026-10&department={cost_center}").json()
+        assert [(row["id"], row["cost_center"]) for row in listed["items"]] == [(closed.pk, "CC-200")]
+    detail = client.get("/api/v1/billing/statements/CC-999/2026-10?revision=1").json()
+    assert (detail["cost_center"], detail["sha256"]) == ("CC-200", closed.sha256)
+
+
 def test_postgresql_refuses_a_line_added_to_a_closed_statement(called, other_team):
     statement = statements.close(BILLING, other_team.department, OCTOBER)
     count = StatementLine.objects.filter(statement=statement).count()
