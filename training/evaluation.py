@@ -26,7 +26,7 @@ from training.lora import Loading
 MAX_SCORED_ROWS = 2000
 MAX_PROMPT_TOKENS = 2048
 MAX_ANSWER_TOKENS = 512
-ANSWER_SLACK = 16
+ANSWER_SLACK = 8
 
 
 # Straight and typographic quotes alike: a model writes “Paris” as often as "Paris".
