@@ -37,14 +37,14 @@ def test_a_chat_dataset_on_a_base_with_no_chat_template_is_refused_before_any_jo
     assert not FineTuneJob.objects.exists() and enqueued == []
 
 
-def test_prompt_completion_rows_on_that_base_train_as_before(engineer, team, no_template, cpu_pool, enqueued):
+def test_prompt_completion_rows_on_that_base_train_as_before(engineer, team, no_template, cpu_pool):
     completions = services.create_dataset(
         actor=engineer, owner_team=team, name="completions", kind=DatasetKind.COMPLETION
     )
     rows = [{"prompt": f"Ticket {i}: route it to", "completion": " billing"} for i in range(20)]
     version, _ = upload(engineer, completions, jsonl(*rows))
     job = _start(engineer, no_template, version, cpu_pool)
-    assert job.status == JobStatus.QUEUED and enqueued == [job]
+    assert job.status == JobStatus.QUEUED and FineTuneJob.objects.get() == job
 
 
 def test_a_distillation_into_a_student_with_no_chat_template_is_refused_before_the_teacher_is_asked(
