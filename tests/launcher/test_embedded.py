@@ -3,6 +3,7 @@ socket) is this user's only: one another user made, or a link in its place, is n
 signals only the server their pid file names, and only while it still is that server."""
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -67,13 +68,16 @@ def test_a_runtime_folder_the_session_gives_is_kept(monkeypatch, tmp_path):
 
 # --- Stopping: only the server a pid file names, if it still is that server -----------------------------
 def _process(argv0: str, cwd, *args: str) -> subprocess.Popen:
-    """A sleeping process whose command line starts with ``argv0`` (``postgres`` looks like a postmaster)."""
+    """A sleeping process whose command line starts with ``argv0`` (``postgres`` looks like a postmaster).
+    SIGINT ends it, as it ends a postmaster (which sets its own handler): a suite started in the background
+    (``make test &``) hands its children SIGINT ignored, and the stand-in slept through the fast shutdown."""
     cwd.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         [argv0, "-c", "import time; time.sleep(60)", *args],
         executable=sys.executable,
         cwd=cwd,
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
