@@ -28,6 +28,11 @@ VISION_TENSOR = re.compile(
 )
 
 
+# More decoder layers than any model has (the largest hybrids have a few hundred blocks): a config saying
+# 2,000,000,000 would have the import build lists of that length, in the worker every team's imports share.
+MAX_LAYERS = 1024
+
+
 def _int(config: dict, *keys: str) -> int:
     for key in keys:
         value = config.get(key)
@@ -54,13 +59,19 @@ def _kind_of(name: object) -> str:
 
 
 def layer_kinds(text: dict) -> list[str]:
-    """Each decoder layer's kind: ``attention``, ``state``, ``both`` or ``none``."""
+    """Each decoder layer's kind: ``attention``, ``state``, ``both`` or ``none``. ValueError past MAX_LAYERS."""
     n = _int(text, "num_hidden_layers", "n_layer", "num_layers")
     model_type = str(text.get("model_type", ""))
     for key in ("layer_types", "layers_block_type"):
         value = text.get(key)
         # Nemotron-H has no layer count of its own: its list of blocks is the count.
         if isinstance(value, list) and len(value) == (n or len(value)):
+            n = len(value)
+    if n > MAX_LAYERS:
+        raise ValueError(f"config.json: {n:,} layers; a model has at most {MAX_LAYERS:,}")
+    for key in ("layer_types", "layers_block_type"):
+        value = text.get(key)
+        if isinstance(value, list) and len(value) == n:
             return [_kind_of(v) for v in value]
     pattern = text.get("hybrid_override_pattern")
     if isinstance(pattern, str) and len(pattern) == n:
@@ -71,7 +82,8 @@ def layer_kinds(text: dict) -> list[str]:
         return ["attention" if i % period == offset else "state" for i in range(n)]
     indices = text.get("attn_layer_indices")
     if isinstance(indices, list):
-        return ["attention" if i in indices else "state" for i in range(n)]
+        named = {i for i in indices if isinstance(i, int)}
+        return ["attention" if i in named else "state" for i in range(n)]
     if model_type in STATE_SPACE_TYPES:
         return ["state"] * n
     if model_type in PARALLEL_HYBRID_TYPES:

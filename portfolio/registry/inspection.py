@@ -96,9 +96,23 @@ def read_safetensors_header(handle: BinaryIO, name: str) -> dict:
     if length > MAX_HEADER_BYTES:
         raise InspectionError(f"{name}: safetensors header of {length} bytes is implausible")
     try:
-        return json.loads(handle.read(length))
-    except ValueError as exc:
+        header = json.loads(handle.read(length))
+    except (ValueError, RecursionError) as exc:
         raise InspectionError(f"{name}: safetensors header is not valid JSON") from exc
+    if not isinstance(header, dict):
+        raise InspectionError(f"{name}: safetensors header is not an object of tensors")
+    for tensor, entry in header.items():
+        # A shape counts the model's parameters, which size a CPU replica's memory and its bill: a negative,
+        # fractional or absurd dimension, or a dtype that is no dtype, would be believed.
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if tensor != "__metadata__" and not (
+            isinstance(entry.get("dtype") if isinstance(entry, dict) else None, str)
+            and len(entry["dtype"]) <= 16
+            and isinstance(shape, list)
+            and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape)
+        ):
+            raise InspectionError(f"{name}: tensor {tensor[:100]!r} has no valid dtype and shape")
+    return header
 
 
 def _read_json(path: Path) -> dict:
@@ -108,8 +122,8 @@ def _read_json(path: Path) -> dict:
         value = jsonfiles.read_json(path)
     except jsonfiles.FileTooLarge as exc:
         raise InspectionError(str(exc)) from exc
-    except ValueError as exc:
-        raise InspectionError(f"{path.name} is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past what the parser follows
+        raise InspectionError(f"{path.name} is not valid JSON: {str(exc)[:200]}") from exc
     return value if isinstance(value, dict) else {}
 
 
@@ -187,6 +201,7 @@ def inspect_directory(directory: Path) -> ModelFacts:
         config = _read_json(directory / "config.json")
         if config.get("auto_map"):
             facts.needs_remote_code = True
+        _check_words(config)
         architectures = config.get("architectures") or []
         facts.architecture = architectures[0] if architectures else config.get("model_type", "")
         text = families.text_config(config)
@@ -198,9 +213,7 @@ def inspect_directory(directory: Path) -> ModelFacts:
             "seq_length",
             "max_target_positions",
         )
-        facts.context_length = next(
-            (c[k] for c in (config, text) for k in keys if isinstance(c.get(k), int)), None
-        )
+        facts.context_length = next((c[k] for c in (config, text) for k in keys if _length(c.get(k))), None)
         facts.dtype = facts.dtype or str(config.get("torch_dtype") or config.get("dtype") or "")
         quantization = config.get("quantization_config") or {}
         facts.quantization = (
@@ -209,7 +222,10 @@ def inspect_directory(directory: Path) -> ModelFacts:
         facts.format = "safetensors" if weights else ("pickle" if facts.pickle_files else "")
         facts.shape = {key: text[key] for key in SHAPE_KEYS if key in text}
         if config:
-            facts.architecture_facts = families.read(config, tensors, facts.parameter_count)
+            try:
+                facts.architecture_facts = families.read(config, tensors, facts.parameter_count)
+            except ValueError as exc:  # a layer count past families.MAX_LAYERS
+                raise InspectionError(str(exc)) from exc
             facts.family = facts.architecture_facts["family"]
             layers = lora_layers(directory)
             if layers is not None:
@@ -222,6 +238,31 @@ def inspect_directory(directory: Path) -> ModelFacts:
     if readme.exists() and readme.stat().st_size < 512 * 1024:
         facts.model_card = readme.read_text(errors="replace")
     return facts
+
+
+def _length(value: object) -> bool:
+    """A context length as a version stores it: a whole positive number of positions (not ``true``)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31
+
+
+def _check_words(config: dict) -> None:
+    """The words of ``config.json`` a version stores, of the types and lengths its fields hold: a list for
+    ``architectures`` of names, short strings for the dtype and the quantization method."""
+    architectures = config.get("architectures") or []
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise InspectionError("config.json: architectures is not a list of class names")
+    quantization = config.get("quantization_config") or {}
+    words = {
+        "architectures": (architectures[0] if architectures else config.get("model_type", ""), 100),
+        "torch_dtype": (config.get("torch_dtype") or config.get("dtype") or "", 30),
+        "quantization_config.quant_method": (
+            quantization.get("quant_method", "") if isinstance(quantization, dict) else "",
+            40,
+        ),
+    }
+    for key, (value, longest) in words.items():
+        if not isinstance(value, str) or len(value) > longest:
+            raise InspectionError(f"config.json: {key} is not a name of at most {longest} characters")
 
 
 def lora_layers(directory: Path) -> dict | None:
