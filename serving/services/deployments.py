@@ -1,5 +1,4 @@
-"""Deployments: created after a preflight of what they need, scaled, restarted (rolling), given adapters,
-and deleted once stopped."""
+"""Deployments: created after a preflight, scaled, restarted (rolling), given adapters, deleted once stopped."""
 
 from __future__ import annotations
 
@@ -36,8 +35,8 @@ def _preflight(
     *,
     exclude_replica_ids: set[int] | None = None,
 ) -> None:
-    """Refuse a deployment that could not get even one replica now, saying why. ``exclude_replica_ids``:
-    replicas whose room counts as free (a restart's own, which its new replicas replace)."""
+    """Refuse a deployment that could not get even one replica now, saying why (``exclude_replica_ids``: a
+    restart's own replicas, whose room counts as free: its new replicas replace them)."""
     estimate = scheduler.estimate(
         pool_kind=pool.kind,
         parameter_count=version.parameter_count or 0,
@@ -182,10 +181,12 @@ def _locked(deployment: Deployment) -> Deployment:
 
 
 def _may_start_replicas(deployment: Deployment) -> None:
-    """What new replicas need, as at creation: the pool still open to the team (closed since: no new ones),
-    the model still shared with it, and no hard-limited budget used up (more replicas, more compute)."""
+    """What new replicas need, as at creation: the pool still open to the team, the model and every adapter
+    (each new engine loads them all) still shared with it, and no hard-limited budget used up."""
     require_pool_open_to(deployment.owner_team, deployment.pool)
     require_usable_by(deployment.owner_team, deployment.version)
+    for adapter in deployment.adapters.select_related("version__model"):
+        require_usable_by(deployment.owner_team, adapter.version, "adapter")
     budgets.check_can_spend(deployment.owner_team)
 
 

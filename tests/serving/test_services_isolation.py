@@ -158,6 +158,30 @@ def test_an_adapter_of_another_teams_private_model_is_not_added_to_this_teams_de
     assert not deployment.adapters.exists()
 
 
+def test_another_teams_adapter_made_private_since_is_loaded_onto_no_new_replica(
+    org, admin, owner, other_team, artifact, base_version, deployment
+):
+    """Adapters were checked only when added: a scale-up or a restart loaded another team's adapter, made
+    private since, onto every new engine (the base version was checked, its adapters not)."""
+    theirs = share_with_everyone(
+        make_adapter(org, other_team, artifact, base_version, model_name="contracts-tone", creator="outsider")
+    )
+    services.add_adapter(actor=owner, deployment=deployment, adapter=theirs)
+    theirs.model.visibility = Visibility.TEAM
+    theirs.model.save(update_fields=["visibility"])
+    deployment.refresh_from_db()
+    generation, replicas = deployment.generation, deployment.replicas
+    for start_more in (
+        lambda: services.scale(actor=admin, deployment=deployment, replicas=replicas + 1),
+        lambda: services.restart(actor=owner, deployment=deployment),
+    ):
+        with pytest.raises(Invalid, match="adapter: contracts-tone:v1 is not shared with Support AI"):
+            start_more()
+    deployment.refresh_from_db()
+    assert (deployment.generation, deployment.replicas) == (generation, replicas)
+    assert services.scale(actor=admin, deployment=deployment, replicas=0).replicas == 0
+
+
 def test_scaling_up_on_a_pool_closed_to_the_team_since_is_refused_but_scaling_down_is_not(
     admin, owner, other_team, deployment, pool
 ):
