@@ -8,7 +8,7 @@ here: rendering runs the template, and a hostile one (nested loops) would burn t
 
 Versions are immutable, so a template never changes a version's files: it goes into the files of a new
 import, or of a new version derived from an existing one (``derive_manifest``), and transformers reads it
-from ``tokenizer_config.json``. A ``chat_template.jinja`` beside it would take precedence, so it goes.
+from ``tokenizer_config.json``. Files that would take precedence (``overrides``) go.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -28,8 +29,15 @@ MAX_CHAT_TEMPLATE_BYTES = 64 * 1024
 # tokenizer_config.json of large vocabularies lists every added token: a few MB at most.
 MAX_TOKENIZER_CONFIG_BYTES = 16 * 1024 * 1024
 TOKENIZER_CONFIG = "tokenizer_config.json"
-# transformers reads this file in preference to tokenizer_config.json's "chat_template".
-OVERRIDING_FILES = ("chat_template.jinja",)
+# transformers reads these in preference to tokenizer_config.json's "chat_template": the template file, a
+# processor's (vision models), and named templates, which make the template a set with no default.
+OVERRIDING_FILES = ("chat_template.jinja", "chat_template.json")
+NAMED_TEMPLATES = "additional_chat_templates/"
+
+
+def overrides(path: str) -> bool:
+    """Whether a model's file would take the place of a template set in its tokenizer_config.json."""
+    return path in OVERRIDING_FILES or path.startswith(NAMED_TEMPLATES)
 
 
 def _environment():
@@ -128,6 +136,9 @@ def write_into(folder: Path, template: str) -> None:
         raise
     for name in OVERRIDING_FILES:
         (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(
+        folder / NAMED_TEMPLATES, ignore_errors=True
+    )  # links into a cache are unlinked, not emptied
 
 
 def derive_manifest(
@@ -141,7 +152,7 @@ def derive_manifest(
         raise _too_large()
     raw = read_text(store, manifest, TOKENIZER_CONFIG, limit=MAX_TOKENIZER_CONFIG_BYTES) if entry else None
     config = store_bytes(store, TOKENIZER_CONFIG, _with_template(raw, template), before_write=log)
-    kept = [f for f in manifest.files if f.path != TOKENIZER_CONFIG and f.path not in OVERRIDING_FILES]
+    kept = [f for f in manifest.files if f.path != TOKENIZER_CONFIG and not overrides(f.path)]
     derived = Manifest.of([*kept, config])
     claim(derived.artifact_id)
     if log is not None:

@@ -217,6 +217,30 @@ def test_a_template_replaces_one_the_version_has_and_the_old_jinja_file_goes(org
     assert _stored_json(derived, "tokenizer_config.json")["chat_template"] == CHATML
 
 
+@pytest.mark.parametrize("when", ["at import", "later"])
+def test_named_templates_and_a_processors_template_go_with_the_old_one(org, model, settings, when):
+    """transformers reads ``additional_chat_templates/*.jinja`` into a set of named templates that replaced
+    the one given (no default among them: every chat call failed, or a tool call took the old ``tool_use``),
+    and a vision model's processor reads ``chat_template.json`` before the tokenizer's."""
+    folder = make_model_folder(settings.IMPORT_ROOTS[0] / "tiny")
+    (folder / "additional_chat_templates").mkdir()
+    (folder / "additional_chat_templates" / "tool_use.jinja").write_text("{{ 'the old tool use' }}")
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": "{{ 'the old processor' }}"}))
+    if when == "at import":
+        version = _import(org, model, Source.LOCAL, str(folder), chat_template=CHATML)
+    else:
+        version = derived_versions.set_chat_template(
+            actor=actor_for(org["owner"]),
+            version=_import(org, model, Source.LOCAL, str(folder)),
+            chat_template=CHATML,
+        )
+    assert version.status == VersionStatus.READY, version.status_detail
+    paths = {f["path"] for f in version.artifact.files}
+    assert not {"chat_template.json", "additional_chat_templates/tool_use.jinja"} & paths
+    assert _stored_json(version, "tokenizer_config.json")["chat_template"] == CHATML
+    assert (folder / "additional_chat_templates" / "tool_use.jinja").exists()  # the folder is left as it was
+
+
 def test_only_owners_and_engineers_give_a_template_others_are_refused(org, model, settings, client):
     version = _import(org, model, Source.LOCAL, str(_folder_without_template(settings.IMPORT_ROOTS[0] / "t")))
     url = "/api/v1/models/gemma-like/versions/1/chat-template"
