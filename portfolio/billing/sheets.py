@@ -47,13 +47,15 @@ class Sheet:
         return statements.label(self.month)
 
     def by_team(self) -> list[tuple[str, list, Decimal]]:
-        """(team, its lines, their subtotal), teams in the order they first appear on the statement."""
-        groups: dict[tuple, list] = {}
+        """(team, its lines, their subtotal), teams in the order they first appear on the statement, under the
+        name of their first line: a re-issue keeps earlier lines under the name they were written with, and a
+        team renamed since is still one team."""
+        groups: dict[object, list] = {}
         for line in self.lines:
-            groups.setdefault((line.team_id, line.team), []).append(line)
+            groups.setdefault(line.team if line.team_id is None else line.team_id, []).append(line)
         return [
-            (team, lines, sum((line.amount for line in lines), statements.ZERO))
-            for (_, team), lines in groups.items()
+            (lines[0].team, lines, sum((line.amount for line in lines), statements.ZERO))
+            for lines in groups.values()
         ]
 
     def filename(self, extension: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from datetime import date
+from decimal import Decimal
 
 import pytest
 from django.db import DatabaseError, connection, transaction
@@ -114,3 +115,23 @@ def test_closing_and_reissuing_still_write_every_line(org, called, team, other_t
     assert statements.verify(fresh) and statements.verify(Statement.objects.get(pk=first.pk))
     with pytest.raises(DatabaseError, match="immutable"), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(ADD_LINE, [fresh.pk, fresh.line_count + 1])
+
+
+def test_one_team_under_two_names_is_one_group_on_a_statements_sheet(other_team):
+    """A re-issue keeps its adjustments for earlier months under the team name they were written with and
+    writes its charges under today's: the PDF showed such a team twice, each with a subtotal of its own."""
+    from types import SimpleNamespace
+
+    from django.utils import timezone
+
+    from portfolio.billing.sheets import Sheet
+
+    def line(team_id, team, amount):
+        return SimpleNamespace(team_id=team_id, team=team, amount=Decimal(amount))
+
+    lines = [line(2, "Contracts (renamed)", "5.00"), line(3, "Legal", "1.00"), line(2, "Contracts", "-2.00")]
+    sheet = Sheet(other_team.department, OCTOBER, 2, "closed", "EUR", "", lines, False, timezone.now())
+    assert [(team, subtotal) for team, _, subtotal in sheet.by_team()] == [
+        ("Contracts (renamed)", Decimal("3.00")),
+        ("Legal", Decimal("1.00")),
+    ]
