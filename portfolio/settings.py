@@ -476,9 +476,7 @@ LOGGING = {
         "request_id": {"()": "portfolio.requestcontext.RequestIdLogFilter"},
         "redact": {"()": "portfolio.redaction.RedactSecretsFilter"},
     },
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
-    },
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
@@ -491,5 +489,7 @@ LOGGING = {
         # Django's own console handler (DEBUG only) has no redacting filter: its records go to the root's.
         "django": {"handlers": []},
         "django.db.backends": {"level": "WARNING"},
+        # The audit chain's external anchor (audit.tasks.anchor_head) is logged whatever the level above.
+        "portfolio.audit.anchor": {"level": "INFO"},
     },
 }

@@ -9,6 +9,13 @@ the manifest's Ed25519 signature under the key the manifest names, the events fi
 hash, the links between consecutive events for an export filtered only by time, and the counts and range
 the manifest states. The events file is streamed, so an export of any size verifies in constant memory.
 
+A signature proves only that the server exported these rows: one whose history a database superuser
+rewrote and rehashed to the head exports, signs and verifies as well. Anchors (``anchors``: chain heads
+logged by ``tasks.anchor_head`` or stated by earlier manifests, kept where that superuser cannot reach) catch
+it: with ``--anchor SEQUENCE:HASH`` or ``--anchors-from LOGFILE``, the export's row of each anchored sequence
+(or the chain head its manifest states) must carry the anchored hash. An anchor the export does not reach
+is reported as not covered, never as a pass.
+
 The same command verifies other apps' signed exports (a manifest of kind ``exportformat.FILES_KIND``, such
 as a billing statement's CSV and PDF): the signature, each file's sha256, and that the archive holds no file
 the manifest does not name.
@@ -32,6 +39,7 @@ from typing import IO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from portfolio.audit import chain, exportformat, signing
+from portfolio.audit.anchors import Anchor, from_options
 
 MAX_MANIFEST_BYTES = 1024 * 1024  # a manifest is a few hundred bytes; refuse to inflate a hostile one
 
@@ -46,6 +54,10 @@ class ExportVerdict:
     head_hash: str = ""
     content: str = ""  # a files export: what it holds (e.g. billing.statement) and the files' names
     files: list[str] = field(default_factory=list)
+    contiguous: bool = True  # False: a filtered export, whose rows' links and completeness cannot be checked
+    filters: dict = field(default_factory=dict)
+    anchors_checked: int = 0
+    anchors_not_covered: list[int] = field(default_factory=list)  # their sequences
 
 
 class _HashingReader(io.RawIOBase):
@@ -70,18 +82,23 @@ class _HashingReader(io.RawIOBase):
 
 
 class _Tally:
-    """Counts the rows passing through and remembers the first and last, for the manifest's claims."""
+    """Counts the rows passing through and remembers the first and last, for the manifest's claims, and the
+    hashes of the rows at anchored sequences."""
 
-    def __init__(self, rows: Iterable[dict]):
+    def __init__(self, rows: Iterable[dict], anchored: frozenset[int] = frozenset()):
         self.rows, self.count = rows, 0
         self.first: dict | None = None
         self.last: dict | None = None
+        self.anchored = anchored
+        self.hashes: dict[int, str] = {}
 
     def __iter__(self) -> Iterator[dict]:
         for row in self.rows:
             self.count += 1
             self.first = row if self.first is None else self.first
             self.last = row
+            if row["sequence"] in self.anchored:
+                self.hashes[row["sequence"]] = row["hash"]
             yield row
 
 
@@ -118,8 +135,11 @@ def _signature_problems(manifest: dict, keys: dict[str, Ed25519PublicKey]) -> li
     return []
 
 
-def verify_export(path: Path, public_keys: Iterable[Ed25519PublicKey]) -> ExportVerdict:
+def verify_export(
+    path: Path, public_keys: Iterable[Ed25519PublicKey], anchors: Iterable[Anchor] = ()
+) -> ExportVerdict:
     keys = {signing.key_id(key): key for key in public_keys}
+    unique = list(dict.fromkeys(anchors))  # a quiet chain logs the same head every few minutes
     try:
         archive = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:
@@ -142,6 +162,7 @@ def verify_export(path: Path, public_keys: Iterable[Ed25519PublicKey]) -> Export
         )
         if manifest.get("kind") == exportformat.FILES_KIND:
             _check_files(archive, manifest, verdict)
+            verdict.anchors_not_covered = [anchor.sequence for anchor in unique]
             verdict.ok = not verdict.problems
             return verdict
         fmt = str(manifest.get("format"))
@@ -150,7 +171,7 @@ def verify_export(path: Path, public_keys: Iterable[Ed25519PublicKey]) -> Export
             verdict.problems.append("manifest names no events file")
         else:
             try:
-                _check_events(archive, events_name, fmt, manifest, verdict)
+                _check_events(archive, events_name, fmt, manifest, verdict, unique)
             except (zipfile.BadZipFile, OSError, EOFError) as exc:
                 verdict.problems.append(f"{events_name} cannot be read from the archive: {exc}")
             _check_nothing_else(archive, {events_name}, verdict)
@@ -228,7 +249,12 @@ def _unlisted_bytes(path: Path, archive: zipfile.ZipFile) -> list[str]:
 
 
 def _check_events(
-    archive: zipfile.ZipFile, name: str, fmt: str, manifest: dict, verdict: ExportVerdict
+    archive: zipfile.ZipFile,
+    name: str,
+    fmt: str,
+    manifest: dict,
+    verdict: ExportVerdict,
+    anchors: list[Anchor],
 ) -> None:
     try:
         member = archive.open(name)
@@ -241,9 +267,12 @@ def _check_events(
         text = io.TextIOWrapper(
             io.BufferedReader(hashed), encoding="utf-8", newline="" if fmt == "csv" else None
         )
-        tally = _Tally(_rows(text, fmt, version))
+        tally = _Tally(_rows(text, fmt, version), frozenset(anchor.sequence for anchor in anchors))
+        verdict.contiguous = bool(manifest.get("contiguous"))
+        filters = manifest.get("filters")
+        verdict.filters = filters if isinstance(filters, dict) else {}
         try:
-            result = chain.verify(tally, contiguous=bool(manifest.get("contiguous")))
+            result = chain.verify(tally, contiguous=verdict.contiguous)
         except (ValueError, KeyError, TypeError) as exc:
             result = None
             verdict.problems.append(f"{name} cannot be parsed near event {tally.count + 1}: {exc}")
@@ -270,6 +299,30 @@ def _check_events(
         and tally.last["hash"] != manifest.get("head_hash")
     ):
         verdict.problems.append("the last event's hash differs from the chain head the manifest states")
+    _check_anchors(anchors, tally.hashes, manifest, verdict)
+
+
+def _check_anchors(
+    anchors: list[Anchor], hashes: dict[int, str], manifest: dict, verdict: ExportVerdict
+) -> None:
+    """Each anchor against the export's row of its sequence, or the chain head the signed manifest states (the
+    database's at export time). Either carries the hash of the whole history up to it: another hash than the
+    anchored one means that history was rewritten after the anchor was taken."""
+    stated = dict(hashes)
+    if isinstance(manifest.get("head_sequence"), int):
+        stated.setdefault(manifest["head_sequence"], str(manifest.get("head_hash", "")))
+    for anchor in anchors:
+        if anchor.sequence == 0:
+            verdict.anchors_checked += 1  # the chain was empty when it was taken, as every chain once was
+        elif anchor.sequence not in stated:
+            verdict.anchors_not_covered.append(anchor.sequence)
+        elif stated[anchor.sequence] != anchor.hash:
+            verdict.problems.append(
+                f"anchor at sequence {anchor.sequence}: the export's event carries another hash than the "
+                "anchored one, the history up to it was rewritten"
+            )
+        else:
+            verdict.anchors_checked += 1
 
 
 # --- Command line -------------------------------------------------------------------------------------
@@ -284,13 +337,45 @@ def report(verdict: ExportVerdict) -> str:
     if not verdict.ok:
         return "Export does NOT verify:\n  - " + "\n  - ".join(verdict.problems)
     if verdict.files:
-        return (
+        text = (
             f"Export verified: {verdict.content or 'files'} ({', '.join(verdict.files)}), every file matches "
             f"its sha256, signature valid (Ed25519 key {verdict.key_id})."
         )
-    return (
-        f"Export verified: {verdict.count} events, signature valid (Ed25519 key {verdict.key_id}). "
-        f"Chain head at export: sequence {verdict.head_sequence}, hash {verdict.head_hash}."
+    else:
+        text = (
+            f"Export verified: {verdict.count} events, signature valid (Ed25519 key {verdict.key_id}). "
+            f"Chain head at export: sequence {verdict.head_sequence}, hash {verdict.head_hash}."
+        )
+    if not verdict.files and not verdict.contiguous:
+        filters = ", ".join(f"{key}={value}" for key, value in sorted(verdict.filters.items()))
+        text += (
+            f"\nFiltered export ({filters or 'no filters stated'}): its rows are genuine chain rows (each one's "
+            "hash holds), but the links between them and whether every event matching the filters is there "
+            "were NOT checked."
+        )
+    if verdict.anchors_checked or verdict.anchors_not_covered:
+        missed = verdict.anchors_not_covered
+        text += f"\nAnchors: {verdict.anchors_checked} checked and matching, {len(missed)} not covered" + (
+            f" by this export (sequence {', '.join(map(str, missed))}): not checked." if missed else "."
+        )
+    return text
+
+
+def add_anchor_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--anchor`` and ``--anchors-from``, for this command line and ``manage.py audit_verify_export``."""
+    parser.add_argument(
+        "--anchor",
+        action="append",
+        default=[],
+        metavar="SEQUENCE:HASH",
+        help="a chain head recorded earlier (an anchor log line's, an earlier manifest's "
+        "head_sequence:head_hash): the export's event of that sequence must carry that hash; repeatable",
+    )
+    parser.add_argument(
+        "--anchors-from",
+        type=Path,
+        metavar="LOGFILE",
+        help="a log file holding 'audit-anchor sequence=N hash=H' lines; every one is checked",
     )
 
 
@@ -306,13 +391,19 @@ def main(argv: list[str] | None = None) -> int:
         required=True,
         help="the signer's public key (PEM, ssh-ed25519 or base64); repeat, or put several in one file",
     )
+    add_anchor_arguments(parser)
     args = parser.parse_args(argv)
     try:
         keys = read_public_keys(args.public_key_file)
     except (OSError, signing.UnreadableKey) as exc:
         print(f"Cannot read the public key: {exc}", file=sys.stderr)
         return 2
-    verdict = verify_export(args.file, keys)
+    try:
+        anchors = from_options(args.anchor, args.anchors_from)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    verdict = verify_export(args.file, keys, anchors)
     print(report(verdict), file=sys.stdout if verdict.ok else sys.stderr)
     return 0 if verdict.ok else 1
 

@@ -1,32 +1,47 @@
 """Verifying the stored chain from the database, streaming in sequence order, and against anchors.
 
-An anchor is a chain head (sequence and hash) recorded outside the database: the periodic log line of
-``tasks.anchor_head``, or an export's manifest. The chain's own links only show that each event follows the
-one before; someone able to rewrite the table could rehash everything after an edit. An anchor taken
-before the rewrite no longer matches, which is how such a rewrite is detected later.
+An anchor (``anchors``) is a chain head recorded outside the database; the history up to it must still be
+the one that stood when it was taken.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Generator, Iterable, Iterator
+from typing import cast
+
+from django.db import transaction
 
 from portfolio.audit import chain
+from portfolio.audit.anchors import Anchor
 from portfolio.audit.models import AuditEvent
 
-ANCHOR_LINE = re.compile(r"audit-anchor sequence=(\d+) hash=([0-9a-f]{64})")
 
-
-def _rows() -> Iterator[dict]:
-    for event in AuditEvent.objects.order_by("sequence").iterator(chunk_size=5000):
-        row = chain.fields_of(event)
-        row["hash"] = event.hash
-        yield row
+def _rows() -> Generator[dict, None, None]:
+    events = cast(
+        Generator[AuditEvent, None, None], AuditEvent.objects.order_by("sequence").iterator(chunk_size=5000)
+    )
+    try:
+        for event in events:
+            row = chain.fields_of(event)
+            row["hash"] = event.hash
+            yield row
+    finally:
+        events.close()  # its server-side cursor, closed inside the transaction even when the walk stops early
 
 
 def verify_database() -> chain.Verdict:
-    rows = _rows()
+    # The transaction is what a server-side cursor needs: outside one (``audit_verify`` runs in autocommit)
+    # Django declares it WITH HOLD, and PostgreSQL copies the whole trail before the first row is checked.
+    # It takes no lock that writers wait for, and the cursor reads one snapshot of the trail.
+    with transaction.atomic():
+        rows = _rows()
+        try:
+            return _walk(rows)
+        finally:
+            rows.close()
+
+
+def _walk(rows: Iterator[dict]) -> chain.Verdict:
     first = next(rows, None)
     if first is None:
         return chain.Verdict(True, 0)
@@ -38,25 +53,6 @@ def verify_database() -> chain.Verdict:
         yield from rows
 
     return chain.verify(with_first(), contiguous=True, start_prev_hash=chain.GENESIS_HASH)
-
-
-@dataclass(frozen=True)
-class Anchor:
-    sequence: int
-    hash: str
-
-    @classmethod
-    def parse(cls, text: str) -> Anchor:
-        """``SEQUENCE:HASH`` as an operator types it."""
-        sequence, _, digest = text.strip().partition(":")
-        if not sequence.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", digest):
-            raise ValueError(f"{text!r} is not SEQUENCE:HASH (a number, a colon, 64 hex digits)")
-        return cls(int(sequence), digest)
-
-
-def anchors_in(lines: Iterable[str]) -> list[Anchor]:
-    """Every anchor logged by ``tasks.anchor_head`` in a log file."""
-    return [Anchor(int(m.group(1)), m.group(2)) for line in lines for m in ANCHOR_LINE.finditer(line)]
 
 
 def anchor_problems(anchors: Iterable[Anchor]) -> list[str]:

@@ -2,6 +2,9 @@
 
 import hashlib
 import logging
+import os
+import subprocess
+import sys
 import threading
 from datetime import datetime, timedelta, timezone
 
@@ -315,6 +318,47 @@ def test_the_anchor_task_logs_the_chain_head(caplog):
     assert f"audit-anchor sequence=3 hash={head.hash} at=" in caplog.text
 
 
+# As a worker started with PORTFOLIO_LOG_LEVEL=WARNING sets logging up (``portfolio worker`` passes the level
+# on as celery's --loglevel), then runs the anchor task, and a line of another logger at INFO.
+_QUIET_WORKER = """
+import logging
+import django
+django.setup()
+from portfolio.celery import app
+app.log.setup_logging_subsystem(loglevel="WARNING")
+from portfolio.audit.tasks import anchor_head
+anchor_head()
+logging.getLogger("portfolio.audit.tasks").info("an ordinary info line")
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_anchor_reaches_the_log_whatever_the_log_level():
+    """At PORTFOLIO_LOG_LEVEL=WARNING the anchor, logged at INFO, vanished: the external record of the chain
+    stopped without a word."""
+    from django.conf import settings
+
+    from portfolio.envparse import database_url
+
+    _record_some(2)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "portfolio.settings",
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "REDIS_URL": settings.REDIS_URL,
+        "DJANGO_SECRET_KEY": settings.SECRET_KEY,
+        "PORTFOLIO_DATA_DIR": str(settings.DATA_DIR),
+        "PORTFOLIO_LOG_LEVEL": "WARNING",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", _QUIET_WORKER], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    head = AuditEvent.objects.get(sequence=2)
+    assert f"INFO portfolio.audit.anchor [-] audit-anchor sequence=2 hash={head.hash} at=" in result.stderr
+    assert "an ordinary info line" not in result.stderr  # the level still holds for everything else
+
+
 def test_the_anchor_task_runs_on_the_beat_schedule():
     from django.conf import settings
 
@@ -364,6 +408,24 @@ def test_an_export_manifests_head_is_an_anchor(org, capsys):
         call_command("audit_verify", "--anchor", anchor)
     with pytest.raises(CommandError, match="not SEQUENCE:HASH"):
         call_command("audit_verify", "--anchor", "3:nothex")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_audit_verify_reads_the_trail_through_a_cursor_inside_a_transaction():
+    """Run in autocommit, the walk's server-side cursor was declared WITH HOLD, and PostgreSQL copied the whole
+    trail to temporary storage before the first event was checked. psycopg declares the cursor itself, so the
+    cursor Django executes the walk's query on says how it was declared."""
+    _record_some(3)
+    walks = []
+
+    def spy(execute, sql, params, many, context):
+        if "ORDER BY" in sql and "audit_auditevent" in sql:
+            walks.append(getattr(context["cursor"].cursor, "withhold", None))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(spy):
+        call_command("audit_verify")
+    assert walks == [False]  # a server-side cursor (only those have withhold), not held past a commit
 
 
 @pytest.mark.django_db

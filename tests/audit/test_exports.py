@@ -28,7 +28,7 @@ from portfolio.audit import services as audit
 from portfolio.audit.exports import build_export, signing_keys
 from portfolio.audit.filters import AuditFilter
 from portfolio.audit.models import AuditEvent
-from portfolio.audit.offline import verify_export
+from portfolio.audit.offline import report, verify_export
 from portfolio.errors import Forbidden
 from tests.conftest import actor_for
 
@@ -95,6 +95,23 @@ def test_a_filtered_export_holds_only_the_selection(history):
         rows = [json.loads(line) for line in archive.read("events.jsonl").splitlines()]
     assert [row["action"] for row in rows] == ["team.create", "team.create"]
     assert verify_export(export.path, server_public_keys()).ok
+
+
+def test_a_filtered_export_is_reported_as_one_whose_links_and_completeness_went_unchecked(history):
+    """A filtered export read "Export verified" exactly like a complete one, though offline nothing shows
+    whether an event matching its filters was left out."""
+    filtered = report(
+        verify_export(_export(history, selection=AuditFilter(action="team.")).path, server_public_keys())
+    )
+    assert filtered.startswith("Export verified: 2 events")
+    assert "\nFiltered export (action=team.): its rows are genuine chain rows" in filtered
+    assert (
+        "the links between them and whether every event matching the filters is there were NOT checked"
+        in filtered
+    )
+    for complete in (AuditFilter(), AuditFilter(since=AuditEvent.objects.get(sequence=2).occurred_at)):
+        text = report(verify_export(_export(history, selection=complete).path, server_public_keys()))
+        assert text.startswith("Export verified:") and "Filtered" not in text and "NOT checked" not in text
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from portfolio.audit.verification import Anchor, anchor_problems, anchors_in, verify_database
+from portfolio.audit.anchors import from_options
+from portfolio.audit.verification import anchor_problems, verify_database
 
 
 class Command(BaseCommand):
@@ -29,17 +30,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         try:
-            anchors = [Anchor.parse(text) for text in options["anchor"]]
+            anchors = from_options(options["anchor"], options["anchors_from"])
         except ValueError as exc:
-            raise CommandError(f"--anchor: {exc}") from exc
-        if options["anchors_from"]:
-            try:
-                with options["anchors_from"].open(errors="replace") as lines:
-                    anchors += anchors_in(lines)
-            except OSError as exc:  # missing, a folder, unreadable
-                raise CommandError(
-                    f"--anchors-from: cannot read {options['anchors_from']}: {exc.strerror or exc}."
-                ) from exc
+            raise CommandError(str(exc)) from exc
         verdict = verify_database()
         if not verdict.ok:
             raise CommandError(
