@@ -13,23 +13,21 @@ CHUNK = 1024 * 1024
 
 
 def sha256_file(path: Path, progress=None) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-            if progress:
-                progress(len(chunk))
-    return digest.hexdigest()
+        return sha256_stream(handle, progress=progress)[0]
 
 
-def sha256_stream(stream: BinaryIO, sink: BinaryIO | None = None) -> tuple[str, int]:
-    """Hash a stream chunk by chunk (optionally copying it to ``sink``); return (sha256, size)."""
+def sha256_stream(stream: BinaryIO, sink: BinaryIO | None = None, progress=None) -> tuple[str, int]:
+    """Hash a stream chunk by chunk (optionally copying it to ``sink``, telling ``progress`` of each chunk's
+    bytes); return (sha256, size)."""
     digest, size = hashlib.sha256(), 0
     while chunk := stream.read(CHUNK):
         digest.update(chunk)
         size += len(chunk)
         if sink is not None:
             sink.write(chunk)
+        if progress:
+            progress(len(chunk))
     return digest.hexdigest(), size
 
 

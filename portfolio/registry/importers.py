@@ -8,9 +8,11 @@ to data files (weights as safetensors, configs, tokenizers) unless an admin allo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import uuid
@@ -22,7 +24,9 @@ from django.conf import settings
 
 from portfolio.registry import chat_templates, safety
 from portfolio.registry.choices import Source
+from portfolio.registry.hashing import CHUNK
 from portfolio.registry.models import ModelVersion
+from portfolio.registry.storage import iter_files
 
 logger = logging.getLogger(__name__)
 Report = Callable[[int, str], None]  # (percent, what is happening)
@@ -184,24 +188,31 @@ def _path(entry) -> str:
 
 def fetch_local(version: ModelVersion, workdir: Path, report: Report) -> Path:
     path = safety.resolve_import_path(version.source_ref)
-    if path.is_file() and path.suffix == ".gguf":
+    with safety.open_unlinked(path) as opened:  # what is there, found with no link followed
+        mode = os.fstat(opened).st_mode
+    if stat.S_ISREG(mode) and path.suffix == ".gguf":
         return convert_gguf(path, workdir, report)
-    if not path.is_dir():
+    if not stat.S_ISDIR(mode):
         raise ImportFailed(f"{path} is neither a model folder nor a .gguf file.")
     safety.refuse_links_inside(path)
     report(5, f"reading {path}")
-    return path
+    return path  # read in place; storing opens it again with no link followed (``safety.open_folder``)
 
 
 def _link_tree(source: Path, target: Path) -> None:
-    for path in source.rglob("*"):
-        if path.is_file():
-            destination = target / path.relative_to(source)
+    """The files under ``source`` as hard links under ``target`` (copies where a link cannot be made), each
+    opened with no link followed below ``source`` (nor in its path, under an import root), so that a folder
+    swapped for a link once listed is refused, not followed."""
+    with safety.open_folder(source) as top:
+        for relative, _ in iter_files(source):
+            destination = target / relative
             destination.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(path, destination)
-            except OSError:
-                shutil.copyfile(path, destination)
+            with safety.open_file_beneath(top, relative) as handle:
+                try:  # the very file opened, through its descriptor
+                    os.link(f"/proc/self/fd/{handle.fileno()}", destination)
+                except OSError:
+                    with destination.open("xb") as out:
+                        shutil.copyfileobj(handle, out, CHUNK)
 
 
 def _cache(out: Path, cached: Path) -> None:
@@ -249,19 +260,12 @@ def delete_conversions(digest: str) -> None:
 
 
 def convert_gguf(gguf: Path, workdir: Path, report: Report) -> Path:
-    from portfolio.registry.hashing import sha256_file
-
-    if not gguf.is_file() or gguf.suffix != ".gguf":
+    if gguf.suffix != ".gguf":
         raise ImportFailed(f"{gguf.name} is not a .gguf file.")
-    size = gguf.stat().st_size
-    if size > settings.MAX_IMPORT_BYTES:
-        # The version keeps the GGUF itself beside its conversion: over the limit before converting it
-        # (which takes up to half an hour, and writes several times the GGUF's size).
-        raise ImportFailed(
-            f"{gguf.name} is {size} bytes, over the import limit of {settings.MAX_IMPORT_BYTES}; not converted."
-        )
+    report(5, f"copying {gguf.name}")
+    private, digest = _private_copy(gguf, workdir / "gguf")
     out = workdir / "converted"
-    cached = conversion_entry(sha256_file(gguf))
+    cached = conversion_entry(digest)
     if (cached / ".complete").exists():
         report(40, f"reusing the conversion of {gguf.name}")
         _link_tree(cached, out)
@@ -269,7 +273,7 @@ def convert_gguf(gguf: Path, workdir: Path, report: Report) -> Path:
     else:
         report(10, f"converting {gguf.name} to safetensors")
         result = subprocess.run(
-            [sys.executable, "-m", "portfolio.registry.gguf_convert", str(gguf), str(out)],
+            [sys.executable, "-m", "portfolio.registry.gguf_convert", str(private), str(out)],
             capture_output=True,
             text=True,
             timeout=settings.GGUF_CONVERT_TIMEOUT,
@@ -282,12 +286,41 @@ def convert_gguf(gguf: Path, workdir: Path, report: Report) -> Path:
         _cache(out, cached)
     original = out / "original"
     original.mkdir()
-    try:
-        os.link(gguf, original / gguf.name)
-    except OSError:
-        shutil.copyfile(gguf, original / gguf.name)
+    private.rename(original / gguf.name)  # the copy hashed and converted is the one stored
     report(50, "converted; storing")
     return out
+
+
+def _private_copy(gguf: Path, folder: Path) -> tuple[Path, str]:
+    """``gguf`` copied into this import's own ``folder``, and the sha256 of the copy, from which alone the
+    import goes on (hashed, converted, cached under that hash, stored). The GGUF's folder is the engineers' to
+    write: between two reads of the file (the converter's comes up to half an hour after the hash) it could be
+    swapped for another GGUF, whose conversion would be cached under the first one's hash for every team's
+    imports of it, or for a link to a secret of the worker's, stored as the version's original. It is opened
+    once, with no link followed at any part of its path (as ``safety.resolve_import_path`` refuses them)."""
+    with safety.open_unlinked(gguf) as source:
+        info = os.fstat(source)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImportFailed(f"{gguf.name} is not a regular file.")
+        _refuse_over_limit(gguf.name, info.st_size)
+        folder.mkdir()
+        copy, digest, size = folder / gguf.name, hashlib.sha256(), 0
+        with copy.open("xb") as sink:
+            while chunk := os.read(source, CHUNK):
+                size += len(chunk)
+                _refuse_over_limit(gguf.name, size)  # it grew while being copied
+                digest.update(chunk)
+                sink.write(chunk)
+    return copy, digest.hexdigest()
+
+
+def _refuse_over_limit(name: str, size: int) -> None:
+    # The version keeps the GGUF itself beside its conversion: over the limit before converting it
+    # (which takes up to half an hour, and writes several times the GGUF's size).
+    if size > settings.MAX_IMPORT_BYTES:
+        raise ImportFailed(
+            f"{name} is {size} bytes or more, over the import limit of {settings.MAX_IMPORT_BYTES}; not converted."
+        )
 
 
 def fetch_upload(version: ModelVersion, workdir: Path, report: Report) -> Path:

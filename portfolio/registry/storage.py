@@ -24,7 +24,8 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, cast
 
 from portfolio import atomicwrites
-from portfolio.registry.hashing import CHUNK, FileEntry, Manifest, sha256_file, sha256_stream
+from portfolio.registry import safety
+from portfolio.registry.hashing import CHUNK, FileEntry, Manifest, sha256_stream
 
 Progress = Callable[[int], None]
 
@@ -56,8 +57,7 @@ class CorruptArtifact(Exception):
 
     def __init__(self, path: str, reason: str):
         super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
+        self.path, self.reason = path, reason
 
 
 class ArtifactStore(ABC):
@@ -258,11 +258,8 @@ class S3Store(ArtifactStore):
 
     def read_manifest(self, artifact_id: str) -> Manifest:
         response = self.client.get_object(self.bucket, f"manifests/{artifact_id}.json")
-        try:
-            return Manifest.from_json(response.read().decode())
-        finally:
-            response.close()
-            response.release_conn()
+        with _S3Stream(response) as stream:  # its connection back to the pool
+            return Manifest.from_json(stream.read().decode())
 
     def delete_blob(self, sha256: str) -> None:
         self.client.remove_object(self.bucket, _blob_key(sha256))  # S3 deletes are idempotent
@@ -368,20 +365,23 @@ def store_directory(
     rewrite: frozenset[str] = frozenset(),
 ) -> Manifest:
     """Hash and store every file under ``directory``; blobs already present are not uploaded again, but
-    for those in ``rewrite`` (blobs of files found damaged: stored again from this good copy)."""
-    entries = []
+    for those in ``rewrite`` (blobs of files found damaged: stored again from this good copy). Each file is
+    hashed from a handle opened with no link followed below ``directory`` (``safety.open_folder``): a folder
+    swapped for a link once listed is refused, and a file changed since it was hashed fails ``put_blob``."""
+    entries: list[FileEntry] = []
     written = Written()
-    for relative, path in iter_files(directory):
-        size = path.stat().st_size
-        digest = sha256_file(path, progress)
-        claim(digest)
-        present = store.has_blob(digest)
-        if not present or digest in rewrite:
-            if not present and before_write is not None and digest not in written.blobs:
-                written.blobs.append(digest)
-                before_write(written)
-            store.put_blob(digest, path, size)
-        entries.append(FileEntry(relative, size, digest))
+    with safety.open_folder(directory) as top:
+        for relative, path in iter_files(directory):
+            with safety.open_file_beneath(top, relative) as handle:
+                digest, size = sha256_stream(handle, progress=progress)
+            claim(digest)
+            present = store.has_blob(digest)
+            if not present or digest in rewrite:
+                if not present and before_write is not None and digest not in written.blobs:
+                    written.blobs.append(digest)
+                    before_write(written)
+                store.put_blob(digest, path, size)
+            entries.append(FileEntry(relative, size, digest))
     manifest = Manifest.of(entries)
     if before_write is not None:
         written.manifest = manifest.artifact_id
