@@ -51,7 +51,8 @@ def imported_moe(settings, tmp_path, engineer, team) -> ModelVersion:
     settings.IMPORT_ROOTS = [root]
     folder = root / "tiny-moe"
     tiny_configs.config("qwen3_moe").save_pretrained(folder)
-    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))  # chat rows
+    # A chat template: its job trains on chat rows.
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
     header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
     (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
     model = registry.create_model(actor=engineer, name="tiny-moe", owner_team=team)
