@@ -275,14 +275,50 @@ def ensure_redis(root: Path, timeout: float = 15.0) -> str:
     return redis_url(root)
 
 
-def stop_redis(root: Path) -> None:
+def _redis_server(root: Path) -> psutil.Process | None:
+    """The embedded Redis of ``root``, as its pid file names it; None when there is none, or the pid is now
+    another process's (its title names the socket: ``redis-server unixsocket:<path>``)."""
+    sock = redis_socket(root)
+    try:
+        process = psutil.Process(int((sock.parent / "redis.pid").read_text().strip()))
+        title = " ".join(process.cmdline())
+    except (OSError, ValueError, psutil.Error):
+        return None
+    return process if "redis-server" in title and str(sock) in title else None
+
+
+def stop_redis(root: Path, timeout: float = 30.0) -> None:
+    """SHUTDOWN through its socket, then SIGTERM by its pid file to one still running: one that did not answer
+    within the ping's second (busy, or its socket gone) or refused the SHUTDOWN was left running before."""
     import redis
 
     sock = redis_socket(root)
-    if not _redis_answers(sock):
+    if _redis_answers(sock):
+        with contextlib.suppress(redis.RedisError):  # a shutdown hangs up by design; a refusal: SIGTERM below
+            redis.Redis(unix_socket_path=str(sock), socket_timeout=timeout).shutdown(nosave=False)
+    process = _redis_server(root)
+    if process is None or _exits(process, 1.0):  # exiting after the SHUTDOWN
         return
-    with contextlib.suppress(redis.ConnectionError):  # shutdown closes the connection by design
-        redis.Redis(unix_socket_path=str(sock)).shutdown(nosave=False)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        process.terminate()  # Redis shuts down as on SHUTDOWN
+    if not _exits(process, timeout):
+        logger.warning("embedded Redis (pid %s) did not stop within %ss; killed", process.pid, timeout)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+
+
+def _exits(process: psutil.Process, within: float) -> bool:
+    """Whether ``process`` (a daemon: init's child, not ours to wait for) exits within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def stop_all(root: Path) -> None:
