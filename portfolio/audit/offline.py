@@ -42,6 +42,9 @@ from portfolio.audit import chain, exportformat, signing
 from portfolio.audit.anchors import Anchor, from_options
 
 MAX_MANIFEST_BYTES = 1024 * 1024  # a manifest is a few hundred bytes; refuse to inflate a hostile one
+# An event's before/after is as long as what changed (a system prompt, a rubric): Python's csv reads no cell
+# over 131,072 characters by default. One row is held in memory at a time, so the bound is per row.
+MAX_CSV_CELL_CHARS = 64 * 1024 * 1024
 
 
 @dataclass
@@ -104,12 +107,18 @@ class _Tally:
 
 def _rows(text: IO[str], fmt: str, version: int) -> Iterator[dict]:
     if fmt == "csv":
-        reader = csv.reader(text)
-        header = next(reader, None)
-        if header is None or tuple(header) != exportformat.COLUMNS:
-            raise ValueError("the CSV header is not the export's column list")
-        for cells in reader:
-            yield exportformat.row_from_csv(cells, escaped=version >= 2)
+        limit = csv.field_size_limit(MAX_CSV_CELL_CHARS)  # process-wide: put back when the walk ends
+        try:
+            reader = csv.reader(text)
+            header = next(reader, None)
+            if header is None or tuple(header) != exportformat.COLUMNS:
+                raise ValueError("the CSV header is not the export's column list")
+            for cells in reader:
+                yield exportformat.row_from_csv(cells, escaped=version >= 2)
+        except csv.Error as exc:
+            raise ValueError(f"a row is not readable CSV: {exc}") from exc
+        finally:
+            csv.field_size_limit(limit)
     else:
         for line in text:
             if line.strip():
