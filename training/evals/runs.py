@@ -24,7 +24,7 @@ from serving.choices import EndpointKind
 from serving.models import Endpoint
 from training import dataset_purge, evaluation, long_queue, services
 from training.choices import EvalSetSource, JobStatus, Split, TaskKind
-from training.evals import comparability, gateway, judging, metrics
+from training.evals import comparability, gateway, judging, metrics, sampling
 from training.evals.models import EndpointEvalRun, EvalSet, Task
 
 logger = logging.getLogger(__name__)
@@ -207,14 +207,36 @@ def _waited_too_long(now, queued_after: timedelta) -> list[int]:
     )
 
 
-def rows_of(eval_set: EvalSet, limit: int) -> list[dict]:
-    """The first ``limit`` rows of the eval set: the held-out rows, or all rows (training rows first)."""
+def sampled_rows(eval_set: EvalSet, limit: int) -> list[tuple[int, dict]]:
+    """The rows a run of ``limit`` rows scores, with their positions in the eval set (the held-out rows, or all
+    rows, training rows first): all of them when they fit, else ``limit`` spread over the set (sampling.py)."""
     version = eval_set.dataset_version
     splits = [Split.EVAL] if eval_set.source == EvalSetSource.EVAL_ROWS else [Split.TRAIN, Split.EVAL]
-    rows: list[dict] = []
-    for split in splits:
-        rows += [item["row"] for item in services.split_rows(version, split)[: limit - len(rows)]]
-    return rows[:limit]
+    parts = [services.split_rows(version, split) for split in splits]
+    wanted = sampling.positions(sum(len(part) for part in parts), limit, eval_set.pk)
+    found: list[tuple[int, dict]] = []
+    base = 0
+    for part in parts:
+        mine = [position - base for position in wanted if base <= position < base + len(part)]
+        for start, stop in _stretches(mine):  # one read per stretch of neighbouring rows
+            found += [(base + start + i, item["row"]) for i, item in enumerate(part[start:stop])]
+        base += len(part)
+    return found
+
+
+def _stretches(positions: list[int]) -> list[tuple[int, int]]:
+    """Ascending positions as [start, stop) stretches of consecutive ones."""
+    stretches: list[tuple[int, int]] = []
+    for position in positions:
+        if stretches and stretches[-1][1] == position:
+            stretches[-1] = (stretches[-1][0], position + 1)
+        else:
+            stretches.append((position, position + 1))
+    return stretches
+
+
+def rows_of(eval_set: EvalSet, limit: int) -> list[dict]:
+    return [row for _, row in sampled_rows(eval_set, limit)]
 
 
 def labels_of(eval_set: EvalSet) -> set[str]:
@@ -308,7 +330,8 @@ def _score(run: EndpointEvalRun) -> None:
         raise gateway.GatewayRefused(f"The endpoint {run.endpoint_name} was deleted.")
     if run.judge_endpoint_name and run.judge_endpoint_id is None:
         raise gateway.GatewayRefused(f"The judge endpoint {run.judge_endpoint_name} was deleted.")
-    rows = rows_of(run.eval_set, run.row_limit)
+    sampled = sampled_rows(run.eval_set, run.row_limit)
+    rows = [row for _, row in sampled]
     EndpointEvalRun.objects.filter(pk=run.pk).update(rows_total=len(rows))
     price = PriceBook.load(kinds=[PriceKind.ENDPOINT]).at(PriceKind.ENDPOINT, run.endpoint_id, timezone.now())
     if not priced(price):
@@ -334,7 +357,7 @@ def _score(run: EndpointEvalRun) -> None:
         run.pk,
         JobStatus.SUCCEEDED,
         scores=summarise(kind, rows, answers, price, verdicts, metered=metered, labels=labels),
-        answers=answer_rows(kind, rows, answers, verdicts, labels=labels),
+        answers=answer_rows(kind, rows, answers, verdicts, labels=labels, positions=[p for p, _ in sampled]),
         unless_cancelled=True,  # a cancel asked since the check above is not overwritten by a success
     )
     if not succeeded:
@@ -367,10 +390,12 @@ def answer_rows(
     verdicts: list[float | None] | None,
     *,
     labels: set[str] | None = None,
+    positions: list[int] | None = None,
 ) -> list[dict]:
-    """What the run keeps per row for the side-by-side: the question's last message, the expected and the
-    given answer (cut short), right or not by the task's measure (``labels``: the eval set's, ``labels_of``),
-    and the judge's score."""
+    """What the run keeps per row for the side-by-side: the row's position in the eval set (``positions``,
+    sampled_rows'; the list's order without them), the question's last message, the expected and the given
+    answer (cut short), right or not by the task's measure (``labels``: the eval set's, ``labels_of``), and
+    the judge's score."""
     expected = [evaluation.expected_answer(row) for row in rows]
     right = metrics.row_verdicts(kind, expected, [a.text for a in answers], labels=labels)
     kept = []
@@ -378,6 +403,7 @@ def answer_rows(
         question = evaluation.prompt_messages(row)
         kept.append(
             {
+                "row": positions[i] if positions is not None else i,
                 "prompt": str(question[-1].get("content", "") if question else "")[:MAX_STORED_PROMPT],
                 "expected": expected[i][:MAX_STORED_ANSWER],
                 "answer": answer.text[:MAX_STORED_ANSWER],

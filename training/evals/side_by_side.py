@@ -1,6 +1,6 @@
 """Two or more eval runs of one task's eval set, side by side, row by row, the rows where the answers differ
-first: read from the answers each finished run keeps per row (``EndpointEvalRun.answers``, in the eval
-set's order). Read only: nothing here calls a model or writes."""
+first: read from the answers each finished run keeps per row (``EndpointEvalRun.answers``, each with its
+row's position in the eval set). Read only: nothing here calls a model or writes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from portfolio.accounts import gate
 from portfolio.accounts.actor import Actor
 from portfolio.errors import Invalid, NotFound
 from training.choices import JobStatus
-from training.evals import metrics
+from training.evals import metrics, sampling
 from training.evals.models import EndpointEvalRun, Task
 
 MAX_RUNS = 6
@@ -75,14 +75,17 @@ def compare(*, actor: Actor, task: Task, run_ids: list) -> Comparison:
                 f"{', or finished before runs kept their answers' if run.status == JobStatus.SUCCEEDED else ''}).",
                 fields={"run": [f"#{run.pk} has no answers."]},
             )
-    shared = min(len(run.answers) for run in runs)
+    # Paired by the row each answer is for (sampling.row_of): runs of one set with other row limits scored
+    # other rows, and only those all of them answered are compared.
+    by_row = [{sampling.row_of(kept, place): kept for place, kept in enumerate(run.answers)} for run in runs]
+    shared = sorted(set.intersection(*(set(answers) for answers in by_row)))
     rows = []
-    for i in range(shared):
-        kept = [run.answers[i] for run in runs]
+    for position in shared:
+        kept = [answers[position] for answers in by_row]
         cells = [Cell(str(k.get("answer", "")), k.get("correct"), k.get("judge")) for k in kept]
         rows.append(
             Row(
-                number=i + 1,
+                number=position + 1,
                 prompt=str(kept[0].get("prompt", "")),
                 expected=str(kept[0].get("expected", "")),
                 cells=cells,
@@ -93,5 +96,5 @@ def compare(*, actor: Actor, task: Task, run_ids: list) -> Comparison:
         runs=runs,
         rows=sorted(rows, key=lambda row: (not row.differs, row.number)),
         differing=sum(row.differs for row in rows),
-        right=[sum(bool(run.answers[i].get("correct")) for i in range(shared)) for run in runs],
+        right=[sum(bool(answers[position].get("correct")) for position in shared) for answers in by_row],
     )
