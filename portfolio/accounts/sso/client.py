@@ -17,6 +17,7 @@ import base64
 import functools
 import hashlib
 import json
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from keycloak import KeycloakOpenID
 from keycloak.exceptions import KeycloakConnectionError, KeycloakError
 
 from portfolio.accounts.sso.config import OidcConfig
+
+logger = logging.getLogger(__name__)
 
 # Keycloak signs with RS256 by default; a realm may choose another asymmetric one. Never HS* (the client
 # secret would become a signing key) and never "none".
@@ -98,26 +101,33 @@ def _cache_key(config: OidcConfig, what: str) -> str:
     return f"sso:{what}:{hashlib.sha256(config.realm_url.encode()).hexdigest()[:24]}"
 
 
-def _fetched(config: OidcConfig, what: str, fetch, *, refresh: bool = False) -> dict[str, Any]:
-    """A document of the realm (``fetch(KeycloakOpenID)``), cached ``CACHE_SECONDS`` unless ``refresh``."""
+def _fetched(
+    config: OidcConfig, what: str, fetch, needed: tuple[str, ...], *, refresh: bool = False
+) -> dict[str, Any]:
+    """A document of the realm (``fetch(KeycloakOpenID)``), cached ``CACHE_SECONDS`` unless ``refresh``.
+    One that is no JSON object with the ``needed`` keys (a proxy's or maintenance page's 200: python-keycloak
+    raises TypeError on a body that is no object) is the realm unavailable, and is not cached."""
     key = _cache_key(config, what)
     document = None if refresh else cache.get(key)
     if document is None:
         try:
             document = fetch(_openid(config))
-        except (KeycloakError, ValueError) as exc:
+        except (KeycloakError, ValueError, TypeError) as exc:
             raise _unavailable(config) from exc
+        if not isinstance(document, dict) or any(name not in document for name in needed):
+            logger.warning("the realm's %s document lacks %s: taken for the realm unavailable", what, needed)
+            raise _unavailable(config)
         cache.set(key, document, CACHE_SECONDS)
     return document
 
 
 def discovery(config: OidcConfig) -> dict[str, Any]:
     """The realm's ``.well-known/openid-configuration``, cached."""
-    return _fetched(config, "discovery", KeycloakOpenID.well_known)
+    return _fetched(config, "discovery", KeycloakOpenID.well_known, ("issuer", "authorization_endpoint"))
 
 
 def _keys(config: OidcConfig, *, refresh: bool = False) -> jwk.JWKSet:
-    document = _fetched(config, "jwks", KeycloakOpenID.certs, refresh=refresh)
+    document = _fetched(config, "jwks", KeycloakOpenID.certs, ("keys",), refresh=refresh)
     keys = jwk.JWKSet()
     for entry in document.get("keys", []):
         if entry.get("use", "sig") == "sig":
@@ -163,7 +173,7 @@ def exchange(config: OidcConfig, *, code: str, redirect_uri: str, code_verifier:
             redirect_uri=redirect_uri,
             code_verifier=code_verifier,
         )
-    except KeycloakConnectionError as exc:
+    except (KeycloakConnectionError, TypeError) as exc:  # TypeError: a 200 whose body is no JSON object
         raise _unavailable(config) from exc
     except KeycloakError as exc:
         raise Refused(

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from django.utils import timezone
 from keycloak import KeycloakAdmin, KeycloakOpenIDConnection
@@ -203,7 +204,9 @@ def read(
         for path in sorted(wanted.groups):
 
             def group_members(path=path) -> list[dict[str, Any]]:
-                group = admin.get_group_by_path(path.lstrip("/"))
+                # python-keycloak puts the path into the URL as given: a "#" or "?" in a group's name cut it
+                # there, and another group's members were read.
+                group = admin.get_group_by_path(quote(path.lstrip("/"), safe="/"))
                 return admin.get_group_members(group["id"], {"briefRepresentation": True})
 
             directory.groups[path] = _members_or_none(group_members)
