@@ -291,6 +291,15 @@ async def serve(
                 "invalid_value",
                 param=name,
             )
+    if composite.kind == "vote" and (payload.get("tools") or payload.get("functions")):
+        # Samples that call tools have no text to agree on: every tool call counted as one answer.
+        raise GatewayError(
+            400,
+            f"`{first.name}` is a vote endpoint, which chooses among its samples' text answers: `tools` is not "
+            "accepted there; call a plain endpoint (or a router or cascade) to use tools.",
+            "invalid_value",
+            param="tools",
+        )
     found = hops(snapshot, key, first, kind)
     asks_text = composite.kind == "router" or composite.verifier or composite.large_template
     text = hop_prompts.last_user_text(kind, payload) if asks_text else ""

@@ -84,13 +84,14 @@ def normalise_answer(text: str) -> str:
 
 def majority(choices: list) -> int:
     """Self-consistency: the index of the first sample of the most frequent normalised answer (ties go to
-    the answer seen first); 0 when there are none."""
+    the answer seen first); samples with no text (cut off, or no answer at all) do not vote unless none has
+    any; 0 when there are none."""
     answers = [normalise_answer(answer_text(c)) for c in choices]
     if not answers:
         return 0
-    counts = Counter(answers)
+    counts = Counter(answer for answer in answers if answer) or Counter(answers)
     best = max(counts.values())
-    return next(i for i, answer in enumerate(answers) if counts[answer] == best)
+    return next(i for i, answer in enumerate(answers) if answer in counts and counts[answer] == best)
 
 
 def best_of_n(choices: list) -> int:

@@ -126,3 +126,23 @@ def test_a_chat_request_escalated_to_a_base_model_without_a_limit_gets_the_conte
     assert large_engines[0].requests[0]["max_tokens"] == 512, "the large endpoint's context"
     limited = chat(gateway_url, secret, "templated", "charged twice")  # max_tokens 8
     assert limited.status_code == 200 and large_engines[0].requests[1]["max_tokens"] == 8
+
+
+def test_a_vote_refuses_tools_before_any_hop(gateway_url, stack, team):
+    """Samples that call tools have no text: every tool call, whatever it called, counted as one answer, and
+    the first was returned as the majority's."""
+    dep, engines = stack["deployment"]("voter-dep", answer=lambda b, i: "Paris")
+    stack["endpoint"]("voter", dep)
+    composite("polled", "vote", {"endpoint": "voter", "n": 3, "method": "majority"}, team)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "polled")
+    tool = {"type": "function", "function": {"name": "delete_all", "parameters": {"type": "object"}}}
+    body = {"model": "polled", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]}
+    response = post(gateway_url, secret, "chat/completions", {**body, "tools": [tool]})
+    assert response.status_code == 400, response.text
+    assert (
+        response.json()["error"]["param"] == "tools"
+        and "vote endpoint" in response.json()["error"]["message"]
+    )
+    assert engines[0].requests == []
+    assert post(gateway_url, secret, "chat/completions", body).status_code == 200

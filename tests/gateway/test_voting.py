@@ -72,6 +72,13 @@ def test_a_tied_vote_goes_to_the_answer_seen_first():
     assert voting.majority([]) == 0
 
 
+def test_samples_without_text_do_not_vote_unless_none_has_any():
+    """Cut off, or no answer at all: two blanks outvoted or tied one real answer and were returned."""
+    assert voting.majority([chat_choice(t) for t in ["", "Paris", "", "Paris"]]) == 1
+    assert voting.majority([chat_choice(t) for t in ["", "", "", "Paris"]]) == 3
+    assert voting.majority([chat_choice("") for _ in range(3)]) == 0
+
+
 def test_best_of_n_picks_the_most_confident_sample():
     samples = [
         chat_choice("a", [-2.0]),
