@@ -68,6 +68,8 @@ def _check_ips(ranges: list[str]) -> list[str]:
     cleaned = []
     for value in ranges:
         try:
+            if "%" in value:  # an IPv6 zone (fe80::1%eth0) names a local interface, never a client's address
+                raise ValueError(value)
             cleaned.append(str(ipaddress.ip_network(value.strip(), strict=False)))
         except ValueError:
             raise Invalid(f"allowed_ips: {value[:60]!r} is not an IP address or CIDR range.") from None
@@ -273,6 +275,8 @@ def update_key(
     key = ApiKey.objects.select_for_update(of=("self",)).select_related("team").get(pk=key.pk)
     if key.revoked_at is not None:
         raise Conflict("This key is revoked; its settings can no longer be changed.")
+    if key.service and actor.kind != "system":
+        raise Conflict(f"{key.name} is the platform's key for that job: its settings are the job's.")
     before = key.snapshot()
     changed = []
     if scopes is not UNCHANGED:
@@ -327,8 +331,15 @@ def _raise_budget_counters(key: ApiKey) -> None:
 
 @transaction.atomic
 def revoke_key(*, actor: Actor, key: ApiKey) -> ApiKey:
-    """Refused at once by every gateway process: the revocation set in Redis is checked on admission."""
+    """Refused at once by every gateway process: the revocation set in Redis is checked on admission. A job's
+    service key is revoked by the job as it ends; by a person only with ``apikey.limits`` (an owner, an admin:
+    a kill switch), as whoever else manages keys could fail a job they may not start, its calls billed."""
     gate.require(actor, "apikey.manage", key)
+    if key.service and actor.kind != "system" and not gate.can(actor, "apikey.limits", key):
+        raise Forbidden(
+            f"{key.name} is the platform's key for that job: cancel the job to stop it (only an owner of the "
+            "team, or a platform admin, revokes it by hand)."
+        )
     updated = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
     key.refresh_from_db()
     if updated:

@@ -32,7 +32,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.accounts.context import actor_of
 from portfolio.accounts.models import Team
 from portfolio.billing import money
-from portfolio.errors import Conflict, Invalid, NotFound
+from portfolio.errors import Conflict, Forbidden, Invalid, NotFound
 from portfolio.formviews import submit
 from serving.forms.base import apply_serving_error
 from serving.gateway import charts, services
@@ -302,7 +302,7 @@ def key_revoke(request, pk: int):
     if request.method == "POST":
         try:
             services.revoke_key(actor=actor, key=key)
-        except (Invalid, Conflict) as exc:
+        except (Invalid, Conflict, Forbidden) as exc:
             messages.error(request, exc.message)
         else:
             messages.success(request, f"Key “{key.name}” revoked; calls with it are refused from now on.")
