@@ -28,7 +28,7 @@ from serving.choices import ReplicaState, RolloutState
 from serving.gateway import services as key_services
 from serving.gateway.models import ApiKey
 from serving.models import Endpoint, Rollout
-from serving.rollout_decisions import HOLD, PROMOTE, Judged, Policy, Stats, decide
+from serving.rollout_decisions import HOLD, PROMOTE, Judged, Policy, Stats, breach, decide
 from serving.services import rollouts as services
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,13 @@ def _sample_judge(rollout_id: int, now: datetime) -> rollout_judge.Sampled:
         team_id=rollout.endpoint.owner_team_id,
         names=[judge_key_name(rollout.pk)],
     )
-    return rollout_judge.judge(rollout, measure(rollout, now)[1].requests)
+    baseline, canary = measure(rollout, now)
+    policy = policy_of(rollout)
+    if (canary.requests >= policy.min_requests or now >= policy.ends_at) and breach(baseline, canary, policy):
+        # Rolled back on its traffic by this check: sampling first (minutes of canary and judge calls) kept
+        # the failing canary its share of the calls all that time, and billed the judge for nothing.
+        return rollout_judge.Sampled([])
+    return rollout_judge.judge(rollout, canary.requests)
 
 
 def _counted(judged: dict, sampled: rollout_judge.Sampled) -> dict:

@@ -154,6 +154,18 @@ def test_a_low_judge_score_rolls_the_canary_back_with_the_figures_audited(client
     assert "0.33" in AuditEvent.objects.get(action="rollout.rollback").after["rollout"]["reason"]
 
 
+def test_a_canary_failing_its_calls_is_rolled_back_before_any_judging(client, org, world, judge):
+    """Sampling came first: minutes of canary and judge calls (billed) while the failing canary kept its
+    share of the traffic, and only then the rollback its errors called for."""
+    recording = judge(scores=[1.0] * 10)
+    start(client, org, **JUDGED, min_requests=10)
+    rollout = Rollout.objects.get()
+    served(rollout, "support-bot", 100)
+    served(rollout, "support-next", 40, status=500)
+    assert rollouts.step(rollout.pk, now=rollout.started_at + timedelta(minutes=1)) == "rollback"
+    assert recording.asked == []
+
+
 def test_a_well_judged_canary_is_promoted_when_the_window_ends(client, org, world, judge):
     judge(scores=[1.0, 0.75, 0.5, 1.0])
     start(client, org, **JUDGED)

@@ -22,6 +22,7 @@ from tests.serving.test_rollouts import world as world  # noqa: PLC0414 - the fi
 from training.evals import canary_judging, gateway
 
 pytestmark = pytest.mark.django_db
+CANARY_ANSWER = canary_judging.canary_answer  # the real one, which the grader fixture stands in for
 JUDGED = {"judge": "grader", "judge_fraction": 1.0, "min_judge_score": 0.6, "min_judge_samples": 3}
 ROWS = [
     {"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": "billing"}]}
@@ -117,6 +118,41 @@ def test_a_refusal_of_the_first_question_draws_others_next_time(client, org, wor
     assert judged.checks[1][0] != judged.checks[0][0]
     rollout.refresh_from_db()
     assert rollout.judged["asked"] == sum(q not in judged.refused for q in judged.checks[1])
+
+
+def test_a_question_the_canary_refuses_draws_others_next_time(client, org, world, grader, monkeypatch):
+    """Longer than the canary's context, say: its engine answers 400, before the judge is asked anything.
+    The same draw was made again at every check, and the rollout never judged, then rolled back."""
+    import httpx
+
+    from serving.models import Replica
+
+    judged = grader(refuse_call=0)  # the judge refuses nothing
+    monkeypatch.setattr(canary_judging, "canary_answer", CANARY_ANSWER)
+    Replica.objects.filter(deployment__name="support-next").update(host="127.0.0.1", port=8001)
+    asked: list[str] = []
+
+    def engine(url, json, headers, timeout, **options):
+        asked.append(json["messages"][-1]["content"])
+        request = httpx.Request("POST", url)
+        if len(asked) == 1:
+            return httpx.Response(400, json={"error": "longer than the context"}, request=request)
+        return httpx.Response(200, json={"choices": [{"message": {"content": "billing"}}]}, request=request)
+
+    monkeypatch.setattr(canary_judging.httpx, "post", engine)
+    start(client, org, **JUDGED)
+    rollout = Rollout.objects.get()
+    served(rollout, "support-bot", 100)
+    served(rollout, "support-next", 4)
+    first = rollout_judge.seed(rollout)
+    assert check(judged, rollout, 1) == "hold"
+    rollout.refresh_from_db()
+    assert rollout.judged == {"asked": 0, "redrawn": 1}
+    assert "400 (the next check asks other questions)" in rollout.figures["judge_trouble"]
+    assert rollout_judge.seed(rollout) != first, "the next check draws other questions"
+    assert check(judged, rollout, 2) == "hold"
+    rollout.refresh_from_db()
+    assert rollout.judged["asked"] >= 1
 
 
 @pytest.mark.django_db(transaction=True)

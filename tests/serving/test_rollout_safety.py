@@ -90,10 +90,13 @@ def test_a_judge_that_can_no_longer_be_called_does_not_hold_the_canary_for_ever(
     monkeypatch.setattr(rollout_judge, "SAMPLERS", [rollout_judge.JudgeSampler(lambda e: None, unshared)])
     rollout = Rollout.objects.get()
     served(rollout, "support-bot", 100)
-    served(rollout, "support-next", 40, status=500)
-    assert rollouts.step(rollout.pk, now=rollout.started_at + timedelta(minutes=1)) == "rollback"
+    # Healthy calls: only the judge can fail it (a canary failing its calls is rolled back before any
+    # judging, test_rollout_judge).
+    served(rollout, "support-next", 40)
+    assert rollouts.step(rollout.pk, now=rollout.started_at + timedelta(minutes=1)) == "hold"
     rollout.refresh_from_db()
     assert "nor one shared with it" in rollout.figures["judge_trouble"]
+    assert rollouts.step(rollout.pk, now=rollout.ends_at + timedelta(seconds=1)) == "rollback"
 
 
 def test_a_judge_needing_more_samples_than_the_window_can_judge_is_refused(client, org, judge):

@@ -83,8 +83,14 @@ def canary_answer(rollout: Rollout, messages: list[dict], pick: random.Random) -
         response.raise_for_status()
         return str(response.json()["choices"][0]["message"]["content"] or "")
     except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+        # A question the canary refuses (4xx: longer than its context, a template that rejects it) would be
+        # drawn again at every check, and the rollout never judged: the next check draws others.
+        status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else None
+        refused = status is not None and 400 <= status < 500
         raise JudgeUnavailable(
             f"the canary {rollout.target} did not answer: {exc.__class__.__name__}"
+            + (f" {status} (the next check asks other questions)" if refused else ""),
+            redraw=refused,
         ) from None
 
 
