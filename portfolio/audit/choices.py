@@ -23,6 +23,7 @@ class AuditAction(models.TextChoices):
     USER_UPDATE = "user.update", "User's name or email changed"
     USER_DEACTIVATE = "user.deactivate", "User deactivated"
     USER_REACTIVATE = "user.reactivate", "User reactivated"
+    USER_SSO_RELINK = "user.sso_relink", "User relinked to a single sign-on identity"
     USER_PASSWORD_CHANGE = "user.password_change", "Password changed"
     USER_LOGIN = "user.login", "Signed in"
     USER_LOGOUT = "user.logout", "Signed out"

@@ -60,7 +60,7 @@ def _taken(username: str, organisation: str) -> Refused:
     return Refused(
         "username_taken",
         f"An account named {username!r} already exists here and is not linked to {organisation}. "
-        "Ask a platform admin.",
+        "Ask a platform admin (who can relink it: manage.py sso_relink).",
         username=username,
     )
 
