@@ -25,13 +25,13 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
 from portfolio.accounts import secrets_hashing
 from serving.gateway import keystate, limits
+from serving.gateway.key_loaders import KeyLoaders
 from serving.gateway.payloads import AUDIO_TOKENS_PER_SECOND
 
 logger = logging.getLogger(__name__)
@@ -88,9 +88,9 @@ class KeyRecord:
 
 
 def load(key_id: str) -> KeyRecord | None:
-    """Synchronous: read one key from the database (runs in a key loader thread). The thread's connection
-    is closed after each load: loads are rare (once a minute per key), and an idle gateway holds none."""
-    from django.db import close_old_connections, connection
+    """Synchronous: read one key from the database (runs in a key loader thread, which keeps its connection
+    while loads keep coming and closes it once idle: key_loaders.py)."""
+    from django.db import close_old_connections
 
     from serving.gateway.models import ApiKey
 
@@ -124,7 +124,7 @@ def load(key_id: str) -> KeyRecord | None:
             money_spend_micros=money,
         )
     finally:
-        connection.close()
+        close_old_connections()  # one too old, or broken by an error: the next load opens another
 
 
 def month_spend(key_pk: int, since: datetime) -> tuple[int, int]:
@@ -179,7 +179,7 @@ class KeyCache:
         self._unknown = _Lru(negative_size)
         self._loading: dict[str, asyncio.Future] = {}  # the load new requests for a key wait on
         self._in_flight = 0  # loads not yet ended, those an eviction detached from their key included
-        self._executor = ThreadPoolExecutor(max_workers=loaders, thread_name_prefix="gateway-keys")
+        self._executor = KeyLoaders(loaders)
 
     def __len__(self) -> int:
         return len(self._known.entries) + len(self._unknown.entries)

@@ -143,6 +143,27 @@ def test_key_loads_do_not_wait_for_a_busy_default_executor(org, team):
     assert record is not None and elapsed < 5
 
 
+def test_distinct_unknown_ids_do_not_each_cost_a_database_connection():
+    """Made-up key ids of an unauthenticated flood: every load opened (and closed) a connection of its own."""
+    from django.db.backends.signals import connection_created
+
+    opened = []
+
+    def count(sender, connection, **kwargs):
+        opened.append(threading.get_ident())
+
+    async def main(cache: KeyCache):
+        for i in range(30):
+            assert await cache.authenticate(unknown(1000 + i)) is None
+
+    connection_created.connect(count)
+    try:
+        run(main(KeyCache(loaders=2)))
+    finally:
+        connection_created.disconnect(count)
+    assert len(opened) <= 2, f"{len(opened)} connections for 30 loads on 2 loader threads"
+
+
 def test_a_flood_of_distinct_unknown_ids_is_refused_past_the_pending_limit(monkeypatch):
     monkeypatch.setattr(keycache, "MAX_PENDING", 4)
     gate = threading.Event()
