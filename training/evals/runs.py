@@ -236,6 +236,7 @@ def _stretches(positions: list[int]) -> list[tuple[int, int]]:
 
 
 def rows_of(eval_set: EvalSet, limit: int) -> list[dict]:
+    """The rows a run of ``limit`` rows scores (sampled_rows'), without their positions."""
     return [row for _, row in sampled_rows(eval_set, limit)]
 
 

@@ -33,7 +33,7 @@ def _identities(user) -> list[dict[str, str]]:
 @transaction.atomic
 def relink(*, actor: Actor, user, issuer: str, subject: str) -> ExternalIdentity:
     """Make (``issuer``, ``subject``) the one identity of ``user``, in place of any it had. Refused when
-    another account holds that identity (relink or deactivate that one first)."""
+    another account holds that identity (relink that one first)."""
     gate.require(actor, "user.manage")
     issuer, subject = issuer.strip(), subject.strip()
     for name, value in (("issuer", issuer), ("subject", subject)):
@@ -47,7 +47,7 @@ def relink(*, actor: Actor, user, issuer: str, subject: str) -> ExternalIdentity
         return holder
     if holder is not None and holder.user_id != user.pk:
         raise Conflict(
-            f"That identity is the account {holder.user.get_username()!r}'s; relink or deactivate that one first."
+            f"That identity is the account {holder.user.get_username()!r}'s; relink that one first."
         )
     before = _identities(user)
     ExternalIdentity.objects.filter(user=user).delete()
