@@ -163,6 +163,24 @@ def test_a_run_with_another_max_tokens_is_not_compared(world, org):
     assert row.incomparable == {"tuned": "answered with max_tokens 512, not 64"}
 
 
+def test_a_run_that_scored_the_sets_first_rows_is_not_compared_with_one_that_sampled_it(world, org):
+    """Runs made before runs sampled the whole set scored its first rows: on a set written label by label,
+    other labels than a later run's of as many rows."""
+    older = finished(
+        world["eval_set"], world["tuned"], quality=0.99, cost=0.01, p50=90.0, ago=timedelta(minutes=1)
+    )
+    EndpointEvalRun.objects.update(row_limit=6, rows_done=6, rows_total=6)  # half of the set's 12 rows each
+    EndpointEvalRun.objects.filter(pk=older.pk).update(scored_first_rows=True)
+    row = the_row(org)
+    assert row.hint is None
+    assert "tuned's run scored the set's first rows" in row.incomparable["tuned"]
+    # The leaderboard's reference is the newest run of the most rows, tuned's: general's is the one set apart.
+    assert {e.endpoint: e.comparable for e in leaderboard(world["eval_set"])} == {
+        "tuned": True,
+        "general": False,
+    }
+
+
 # --- The eval set's labels, whatever the rows a run took --------------------------------------------
 def test_a_short_run_marks_an_answer_as_a_longer_run_of_the_same_eval_set_does(
     engineer, task, endpoint, answers, monkeypatch

@@ -86,6 +86,13 @@ def incomparable(run: EndpointEvalRun, reference: EndpointEvalRun, eval_set_rows
     """Why ``run`` cannot be ranked beside ``reference`` (same eval set), "" when it can."""
     if run.max_tokens != reference.max_tokens:
         return f"answered with max_tokens {run.max_tokens}, not {reference.max_tokens}"
+    partial = min(run.rows_total, reference.rows_total) < eval_set_rows
+    if partial and run.scored_first_rows != reference.scored_first_rows:
+        older = run if run.scored_first_rows else reference
+        return (
+            f"{older.endpoint_name}'s run scored the set's first rows (before runs sampled the whole set), "
+            "the other rows spread over it: run it again"
+        )
     needed = min(reference.rows_total, eval_set_rows)
     if run.rows_total < needed:
         rows = f"{run.rows_total} row{'' if run.rows_total == 1 else 's'}"

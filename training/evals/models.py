@@ -147,6 +147,9 @@ class EndpointEvalRun(models.Model):
     rubric = models.TextField(blank=True, max_length=2000, help_text="What the judge scores answers on")
     rows_done = models.PositiveIntegerField(default=0)
     rows_total = models.PositiveIntegerField(default=0)
+    # Runs before 2026-12-07 scored their eval set's first rows, later ones rows spread over it (sampling.py):
+    # two that scored part of the set each, one way and the other, scored other rows.
+    scored_first_rows = models.BooleanField(default=False)
     # What the endpoint routed to (a composite: its configuration) when the worker took the run up
     # (``comparability.measured_now``): a candidate whose routes differ now is not what was measured. None: a
     # run taken up before routes were recorded.

@@ -13,6 +13,7 @@ pairs answers by it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 
@@ -21,12 +22,17 @@ def positions(total: int, limit: int, seed: int) -> list[int]:
     """The positions (0-based, ascending) of the rows a run of ``limit`` rows scores in a set of ``total``."""
     if total <= limit:
         return list(range(total))
+    return list(_spread(total, limit, seed))
+
+
+@functools.lru_cache(maxsize=32)  # a rollout's every check draws from its set's rows: hashed once per process
+def _spread(total: int, limit: int, seed: int) -> tuple[int, ...]:
     salt = f"eval-set:{seed}:".encode()
 
     def rank(position: int) -> bytes:
         return hashlib.blake2b(salt + str(position).encode(), digest_size=8).digest()
 
-    return sorted(heapq.nsmallest(limit, range(total), key=rank))
+    return tuple(sorted(heapq.nsmallest(limit, range(total), key=rank)))
 
 
 def row_of(answer: dict, place: int) -> int:
