@@ -10,6 +10,9 @@ _env = Env()
 GATEWAY_CONNECT_TIMEOUT = _env.integer("PORTFOLIO_GATEWAY_CONNECT_TIMEOUT", 3, minimum=1)
 GATEWAY_UPSTREAM_TIMEOUT = _env.integer("PORTFOLIO_GATEWAY_UPSTREAM_TIMEOUT", 300, minimum=1)
 GATEWAY_REFRESH_SECONDS = float(_env.integer("PORTFOLIO_GATEWAY_REFRESH_MS", 1000, minimum=100)) / 1000
+# A replica to stop leaves the gateways' tables and finishes its requests in flight for at most this long
+# before its node agent stops the engine (serving/draining.py); 0 stops it at once, cutting them.
+REPLICA_DRAIN_SECONDS = _env.integer("PORTFOLIO_REPLICA_DRAIN_SECONDS", 30, minimum=0, maximum=600)
 GATEWAY_MAX_BODY_BYTES = _env.integer("PORTFOLIO_GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
 USAGE_FLUSH_BATCH = _env.integer("PORTFOLIO_USAGE_FLUSH_BATCH", 2000, minimum=1)
 # Completions per prompt (n, best_of) no endpoint may exceed, whatever its own cap (Endpoint.max_n).

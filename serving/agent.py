@@ -28,6 +28,7 @@ from portfolio.registry.storage import CorruptArtifact
 from serving import (
     adapter_sync,
     agent_lock,
+    draining,
     engine_args,
     engine_sweep,
     gpu_scan,
@@ -371,15 +372,35 @@ def _rekey(replica: Replica, node: Node, process, lock: Lease | None) -> None:
         _set(replica, state_detail=REKEYED)
 
 
-def _stop(replica: Replica) -> None:
+def _stop(replica: Replica, drained: str = "") -> None:
     process = processes.find(replica.pid, replica.pk)
     if process is not None:
         if replica.state != ReplicaState.STOPPING:
             _set(replica, state=ReplicaState.STOPPING)
         processes.stop(process)
-        event(replica, "stopped", "Engine stopped.")
+        event(replica, "stopped", f"{drained} Engine stopped.".lstrip())
     _set(replica, state=ReplicaState.STOPPED, pid=None)
     replica_meter.stopped(replica.pk)
+
+
+def _drain(mine: list[Replica], lock: Lease | None) -> dict[int, str | None]:
+    """Replicas to stop whose engines run: drained first (draining.py). Their ids, each with how its drain ended
+    (None: still draining, left running until a later pass)."""
+    now, to_drain = timezone.now(), []
+    for replica in mine:
+        if replica.desired != DesiredState.STOPPED or replica.state not in (
+            ReplicaState.READY,
+            ReplicaState.STOPPING,
+        ):
+            continue
+        if processes.find(replica.pid, replica.pk) is None:
+            continue
+        if replica.drain_started_at is None:  # serving until now, or a stop an agent restart cut short
+            detail = "Draining: out of the gateways' tables, finishing the requests in flight."
+            _set(replica, state=ReplicaState.STOPPING, state_detail=detail, drain_started_at=now)
+        to_drain.append(replica)
+    done = draining.settle(to_drain, lambda: agent_lock.ensure_held(lock)) if to_drain else {}
+    return {replica.pk: done.get(replica.pk) for replica in to_drain}
 
 
 @prefetch.one_wait()  # the pass waits for copies WAIT_SECONDS in all, not per replica or adapter
@@ -400,12 +421,17 @@ def reconcile_node(name: str, *, agent_start: bool = False, lock: Lease | None =
         )
     )
     engine_sweep.stop_unrecorded(mine, lock)
+    drained = _drain(mine, lock)
     wanted_ids = set()
     for replica in mine:
         agent_lock.ensure_held(lock)
         try:
             if replica.desired == DesiredState.STOPPED:
-                _stop(replica)
+                ended = drained.get(replica.pk, "")
+                if ended is None:  # draining still, its engine serving what it holds: no orphan
+                    wanted_ids.add(replica.pk)
+                else:
+                    _stop(replica, ended)
             elif replica.state != ReplicaState.FAILED:
                 wanted_ids.add(replica.pk)
                 _ensure_running(replica, node, agent_start=agent_start, lock=lock)

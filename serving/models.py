@@ -191,8 +191,7 @@ class Replica(models.Model):
     # What the scheduler reserved on the node for this replica (bytes of RAM or per GPU, cores).
     reserved_memory_bytes = models.BigIntegerField(default=0)
     reserved_cores = models.PositiveIntegerField(default=0)
-    # The cores of its node a CPU replica's engine binds its threads to, and the KV cache it allocates (part
-    # of the reserved RAM). Empty and 0 for GPU replicas and for those placed before cores were pinned.
+    # The cores a CPU replica's engine binds its threads to, and its KV cache (part of the reserved RAM).
     cpu_ids = models.JSONField(default=list, blank=True)
     kv_cache_bytes = models.BigIntegerField(default=0)
     restarts = models.PositiveIntegerField(default=0)
@@ -203,6 +202,8 @@ class Replica(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     ready_at = models.DateTimeField(null=True, blank=True)
+    # When its agent began draining it (serving/draining.py): its engine stops once drained or out of time.
+    drain_started_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["deployment__name", "id"]

@@ -24,7 +24,7 @@ from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.leases import Lease
 from serving import rollout_judge
-from serving.choices import ReplicaState, RolloutState
+from serving.choices import DesiredState, ReplicaState, RolloutState
 from serving.gateway import services as key_services
 from serving.gateway.models import ApiKey
 from serving.models import Endpoint, Rollout
@@ -81,7 +81,11 @@ def _canary_ready(rollout: Rollout) -> bool:
     routes to no other (routing.choose_route), so a canary without one takes no calls and logs no errors.
     A replica without the adapter (a load that failed, files still copying, an older generation) answers
     every call to it with a 404."""
-    replicas: dict = {"deployment__replica_set__state": ReplicaState.READY}
+    # Ready and not being stopped: one being drained is out of the gateways' tables already.
+    replicas: dict = {
+        "deployment__replica_set__state": ReplicaState.READY,
+        "deployment__replica_set__desired": DesiredState.RUNNING,
+    }
     if rollout.adapter:
         replicas["deployment__replica_set__loaded_adapters__contains"] = [rollout.adapter]
     # One filter() call: both conditions hold of the same replica.

@@ -26,7 +26,7 @@ from django.utils import timezone
 from portfolio import direct_http
 from portfolio.accounts.models import Team
 from portfolio.registry.models import ModelVersion
-from serving.choices import ReplicaState
+from serving.choices import DesiredState, ReplicaState
 from serving.engine_keys import engine_key
 from serving.models import DeploymentAdapter, Replica
 from training.evaluation import prompt_messages
@@ -56,7 +56,12 @@ def serving_target(version: ModelVersion, team: Team) -> ServingTarget | None:
     """A ready replica of ``team`` serving ``version`` (as its deployment's base, else as a loaded adapter),
     or None."""
     ready = (
-        Replica.objects.filter(state=ReplicaState.READY, port__isnull=False, deployment__owner_team=team)
+        Replica.objects.filter(
+            state=ReplicaState.READY,
+            desired=DesiredState.RUNNING,
+            port__isnull=False,
+            deployment__owner_team=team,
+        )
         .exclude(host="")
         .select_related("deployment", "node")
         .order_by("id")

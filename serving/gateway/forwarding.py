@@ -200,8 +200,11 @@ async def forward(
 
 
 def _still_served(snapshot, deployment: str, replica_id: int) -> bool:
-    """Whether the replica a request timed out on is still in the routing table: one dropped meanwhile (its
-    node lost, its engine gone) did not work on it, and the platform's outage is not billed."""
+    """Whether the replica a request timed out on is still in the routing table, or being drained (out of it,
+    still working on what it was sent): one dropped meanwhile (its node lost, its engine gone) did not work on
+    it, and the platform's outage is not billed."""
+    if replica_id in snapshot.draining:
+        return True
     return any(replica.id == replica_id for replica in snapshot.replicas.get(deployment, ()))
 
 

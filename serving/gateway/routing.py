@@ -183,6 +183,8 @@ class Snapshot:
     # The ready replicas that have loaded an adapter, by (deployment name, adapter name)
     adapter_replicas: dict[tuple[str, str], list[ReplicaInfo]] = field(default_factory=dict)
     deployments: dict[str, DeploymentInfo] = field(default_factory=dict)  # by name
+    # Replicas being drained (draining.py): routed to no more, still finishing what they were sent.
+    draining: frozenset[int] = frozenset()
     built_at: float = 0.0  # time.time() when it was read, or last found unchanged
     fingerprint: str = ""  # of what it was read from (fingerprint.py)
     # Hard-limited budgets: ("team"|"department", id) -> (limit, token spend seed), micro-units (budgets.py)
@@ -222,7 +224,7 @@ def _read_snapshot() -> Snapshot:
     from portfolio.billing.budgets import hard_limits
     from portfolio.billing.pricing import current_audio_rates, current_token_rates
     from portfolio.registry.choices import Task
-    from serving.choices import ReplicaState
+    from serving.choices import DesiredState, ReplicaState
     from serving.models import Deployment, Endpoint, Replica
 
     snapshot = Snapshot(built_at=time.time())
@@ -311,7 +313,13 @@ def _read_snapshot() -> Snapshot:
             decoder_len=decoder_len,
         )
     _reach_image_tokens(snapshot.endpoints)
-    for replica in Replica.objects.filter(state=ReplicaState.READY).select_related("deployment"):
+    # A replica to stop is sent nothing new: its node agent drains it (draining.py) before the engine stops.
+    ready = Replica.objects.filter(state=ReplicaState.READY, desired=DesiredState.RUNNING)
+    leaving = Replica.objects.filter(
+        desired=DesiredState.STOPPED, state__in=[ReplicaState.READY, ReplicaState.STOPPING]
+    )
+    snapshot.draining = frozenset(leaving.values_list("pk", flat=True))
+    for replica in ready.select_related("deployment"):
         info = ReplicaInfo(replica.pk, replica.base_url, f"Bearer {engine_key(replica.pk)}".encode())
         snapshot.replicas.setdefault(replica.deployment.name, []).append(info)
         for adapter in replica.loaded_adapters or ():

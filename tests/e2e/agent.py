@@ -41,6 +41,7 @@ def agent_env(tmp_path) -> dict:
         "PORTFOLIO_NODE_POOL": "local-cpu",
         "PORTFOLIO_NODE_HEARTBEAT_SECONDS": "2",
         "PORTFOLIO_ENGINE_RESTART_BACKOFF": "2",
+        "PORTFOLIO_REPLICA_DRAIN_SECONDS": "120",  # a long answer on a busy CPU finishes before its engine stops
         "PYTHONUNBUFFERED": "1",
     }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -54,6 +55,42 @@ def _chat(replica: Replica, model: str, prompt: str) -> dict:
     )
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.loads(response.read())
+
+
+def _stream_long(replica: Replica, tokens: int, got: dict, begun: threading.Event) -> None:
+    """A streamed answer of exactly ``tokens`` tokens (end of sequence ignored), read to its end into ``got``."""
+    body = {
+        "model": "smol",
+        "messages": [{"role": "user", "content": "Write a long story."}],
+        "max_tokens": tokens,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    request = urllib.request.Request(
+        f"{replica.base_url}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={
+            "Authorization": f"Bearer {agent.engine_key(replica.pk)}",
+            "Content-Type": "application/json",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            for line in response:
+                begun.set()
+                if not line.startswith(b"data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                for choice in chunk.get("choices") or ():
+                    got["finish"] = choice.get("finish_reason") or got.get("finish")
+                if chunk.get("usage"):
+                    got["tokens"] = chunk["usage"]["completion_tokens"]
+    except Exception as exc:  # the engine stopped under the stream: what the test reports
+        got["error"] = repr(exc)
+    finally:
+        begun.set()
 
 
 def _models(replica: Replica) -> set[str]:
@@ -349,8 +386,18 @@ def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(
     kinds = list(deployment.events.values_list("kind", flat=True))
     assert {"scheduled", "started", "ready", "adapter_loaded", "crashed"} <= set(kinds)
 
-    # Stop: the agent stops the engine; nothing is left running.
+    # Stop while a long answer streams: the agent drains the replica (out of the gateways' tables, its
+    # request finished) before it stops the engine, so the client gets the whole answer; nothing is left.
+    got: dict = {}
+    begun = threading.Event()
+    streaming = threading.Thread(target=_stream_long, args=(again, 400, got, begun), daemon=True)
+    streaming.start()
+    assert begun.wait(120) and "error" not in got, got
     services.scale(actor=admin, deployment=deployment, replicas=0)
     reconcile.reconcile_deployment(deployment.pk)
+    streaming.join(300)
+    assert (got.get("finish"), got.get("tokens")) == ("length", 400), got
     wait("the replica to stop", lambda: not processes.find(again.pid, again.pk), 120, [agent_log])
+    stopped = deployment.events.filter(kind="stopped").order_by("-pk").first()
+    assert stopped is not None and stopped.message.startswith("Drained in "), stopped
     assert agents[-1].poll() is None, "the agent is still running"

@@ -403,3 +403,13 @@ def test_a_timeout_on_a_replica_dropped_from_the_table_meanwhile_is_not_billed_a
     serving = Snapshot(replicas={"dep": [ReplicaInfo(7, "http://127.0.0.1:1", b"Bearer x")]})
     assert _still_served(serving, "dep", 7)
     assert not _still_served(serving, "dep", 8) and not _still_served(Snapshot(), "dep", 7)
+
+
+def test_a_timeout_on_a_replica_being_drained_is_billed_as_the_engines_work():
+    """A replica being drained left the routing table but works on what it was sent: a timeout on it is the
+    engine's work, as on a replica in the table, not an outage."""
+    from serving.gateway.forwarding import _still_served
+    from serving.gateway.routing import Snapshot
+
+    assert _still_served(Snapshot(draining=frozenset({7})), "dep", 7)
+    assert not _still_served(Snapshot(draining=frozenset({7})), "dep", 8)

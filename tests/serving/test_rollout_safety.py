@@ -12,7 +12,7 @@ from django.conf import settings
 
 from portfolio.errors import Invalid
 from serving import rollout_judge, rollouts, services
-from serving.choices import ReplicaState, RolloutState
+from serving.choices import DesiredState, ReplicaState, RolloutState
 from serving.models import Replica, Rollout
 from tests.conftest import actor_for
 from tests.serving.test_rollout_judge import JUDGED
@@ -37,6 +37,18 @@ def test_a_canary_whose_replicas_stopped_is_rolled_back_not_promoted(client, org
     assert rollouts.step(rollout.pk, now=rollout.ends_at + timedelta(seconds=1)) == "rollback"
     rollout.refresh_from_db()
     assert rollout.state == RolloutState.ROLLED_BACK and "no replica ready" in rollout.reason
+    assert weights(world) == {"support-bot": 100, "support-next": 0}
+
+
+def test_a_canary_whose_replicas_are_being_stopped_is_rolled_back_not_promoted(client, org, world):
+    """Scaled to none at the window's end: its replicas still ready while their agent drains them, but out of
+    the gateway's table already; promoted, every call was then refused with a 503."""
+    start(client, org, min_requests=10)
+    rollout = Rollout.objects.get()
+    served(rollout, "support-bot", 200)
+    served(rollout, "support-next", 30)
+    Replica.objects.filter(deployment__name="support-next").update(desired=DesiredState.STOPPED)
+    assert rollouts.step(rollout.pk, now=rollout.ends_at + timedelta(seconds=1)) == "rollback"
     assert weights(world) == {"support-bot": 100, "support-next": 0}
 
 

@@ -21,7 +21,7 @@ from django.conf import settings
 from portfolio import direct_http
 from portfolio.errors import Invalid
 from serving import rollout_judge, rollouts
-from serving.choices import ReplicaState
+from serving.choices import DesiredState, ReplicaState
 from serving.engine_keys import engine_key
 from serving.models import Endpoint, Replica, Rollout
 from serving.rollout_judge import JudgeUnavailable
@@ -58,7 +58,9 @@ def check(endpoint: Endpoint) -> str | None:
 def canary_answer(rollout: Rollout, messages: list[dict], pick: random.Random) -> str:
     """The canary's greedy answer to one question, from one of its ready replicas (for an adapter, one that
     loaded it, as the gateway routes the canary's calls: another answers 404, and the check failed with it)."""
-    ready = Replica.objects.filter(deployment__name=rollout.deployment, state=ReplicaState.READY)
+    ready = Replica.objects.filter(
+        deployment__name=rollout.deployment, state=ReplicaState.READY, desired=DesiredState.RUNNING
+    )
     if rollout.adapter:
         ready = ready.filter(loaded_adapters__contains=[rollout.adapter])
     replicas = list(ready.exclude(port=None).order_by("pk"))
