@@ -143,9 +143,15 @@ def test_key_loads_do_not_wait_for_a_busy_default_executor(org, team):
     assert record is not None and elapsed < 5
 
 
-def test_distinct_unknown_ids_do_not_each_cost_a_database_connection():
+def test_distinct_unknown_ids_do_not_each_cost_a_database_connection(monkeypatch):
     """Made-up key ids of an unauthenticated flood: every load opened (and closed) a connection of its own."""
     from django.db.backends.signals import connection_created
+
+    from serving.gateway import key_loaders
+
+    monkeypatch.setattr(
+        key_loaders, "IDLE_CLOSE_SECONDS", 30.0
+    )  # no thread idles that long between loads here
 
     opened = []
 
@@ -162,6 +168,34 @@ def test_distinct_unknown_ids_do_not_each_cost_a_database_connection():
     finally:
         connection_created.disconnect(count)
     assert len(opened) <= 2, f"{len(opened)} connections for 30 loads on 2 loader threads"
+
+
+def test_loader_threads_close_their_connections_once_idle(monkeypatch):
+    """An idle gateway holds no connection for its key loads (as when each load closed its own)."""
+    from django.db import connection
+
+    from serving.gateway import key_loaders
+
+    monkeypatch.setattr(key_loaders, "IDLE_CLOSE_SECONDS", 1.0)
+
+    def loaders_sessions() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND query LIKE 'SELECT %% FROM \"gateway_apikey\"%%'"
+            )
+            return cursor.fetchone()[0]
+
+    async def main(cache: KeyCache):
+        for i in range(5):
+            assert await cache.authenticate(unknown(2000 + i)) is None
+
+    cache = KeyCache(loaders=2)  # kept: once it is gone its threads end, closing their connections
+    run(main(cache))
+    during = loaders_sessions()
+    time.sleep(3)
+    assert during >= 1 and loaders_sessions() == 0
 
 
 def test_a_flood_of_distinct_unknown_ids_is_refused_past_the_pending_limit(monkeypatch):
