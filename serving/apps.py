@@ -12,14 +12,13 @@ class ServingConfig(AppConfig):
         from serving.models import Deployment, DeploymentAdapter
         from serving.services.rollouts import follow_promotion
 
-        def deployed(version) -> str | None:
-            """Names the model's own team's deployments (whoever archives holds model.register over it) and
-            counts other teams' (a shared model's users are not the archiver's to learn of)."""
-            team_id = version.model.owner_team_id
+        def served_by(deployments, adapters, team_id: int) -> str | None:
+            """Names the model's own team's deployments (whoever changes it holds model.register over it) and
+            counts other teams' (a shared model's users are not the changer's to learn of)."""
             names, others = [], 0
-            serving = [(d, d.name) for d in Deployment.objects.filter(version=version)] + [
+            serving = [(d, d.name) for d in deployments] + [
                 (a.deployment, f"{a.deployment.name} (adapter {a.name})")
-                for a in DeploymentAdapter.objects.filter(version=version).select_related("deployment")
+                for a in adapters.select_related("deployment")
             ]
             for deployment, name in serving:
                 if deployment.owner_team_id == team_id:
@@ -30,7 +29,22 @@ class ServingConfig(AppConfig):
                 names.append(f"{others} deployment{'s' if others > 1 else ''} of other teams")
             return f"it is deployed by {', '.join(names)}" if names else None
 
+        def deployed(version) -> str | None:
+            return served_by(
+                Deployment.objects.filter(version=version),
+                DeploymentAdapter.objects.filter(version=version),
+                version.model.owner_team_id,
+            )
+
+        def model_deployed(model) -> str | None:
+            return served_by(
+                Deployment.objects.filter(version__model=model),
+                DeploymentAdapter.objects.filter(version__model=model),
+                model.owner_team_id,
+            )
+
         registry_services.VERSION_IN_USE_CHECKS.append(deployed)
+        registry_services.MODEL_IN_USE_CHECKS.append(model_deployed)
         registry_services.PROMOTION_FOLLOWERS.append(follow_promotion)
         self._register_priced_subjects()
 

@@ -126,7 +126,9 @@ def forget_gguf_conversions(files: list[dict]) -> None:
 def verify_artifact(artifact_id: str, *, actor: Actor = VERIFIER) -> list[str]:
     """Re-hash every stored file of an artifact now and record its health: the problems found. ``actor``
     names who asked (a person's verify click), the periodic verifier otherwise."""
-    artifact = Artifact.objects.get(pk=artifact_id)
+    artifact = Artifact.objects.filter(pk=artifact_id).first()
+    if artifact is None:  # purged since it was asked for
+        return []
     problems = [str(p) for p in verify(default_store(), artifact.manifest())]
     mark_artifact_health(artifact_id, problems, actor=actor)
     return problems
@@ -153,14 +155,19 @@ def verify_on_request(artifact_id: str, *, actor: Actor) -> list[str]:
     if not lease.acquire(wait=False):
         raise Conflict("These files are being checked already; the result shows on the version when it ends.")
     with lease.kept():
-        return verify_artifact(artifact_id, actor=actor)
+        problems = verify_artifact(artifact_id, actor=actor)
+    if not Artifact.objects.filter(pk=artifact_id).exists():
+        raise Conflict("These files were deleted while they were checked: the version was purged.")
+    return problems
 
 
 @transaction.atomic
 def mark_artifact_health(artifact_id: str, problems: list[str], *, actor: Actor = VERIFIER) -> None:
     """Record an artifact's health as found now; a change of it, either way, is audited on every version
     that holds the artifact (a model's or a dataset's), in this transaction. ``actor``: who found it."""
-    artifact = Artifact.objects.select_for_update().get(pk=artifact_id)
+    artifact = Artifact.objects.select_for_update().filter(pk=artifact_id).first()
+    if artifact is None:  # purged while it was checked (a verify re-hashes for minutes): no health to record
+        return
     health = Health.CORRUPT if problems else Health.OK
     was = artifact.health
     artifact.health, artifact.health_detail, artifact.verified_at = (

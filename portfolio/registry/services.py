@@ -31,6 +31,8 @@ from portfolio.registry.models import (
 
 # Other apps register "is this version in use?" checks (serving: deployments), each returning a reason.
 VERSION_IN_USE_CHECKS: list[Callable[[ModelVersion], str | None]] = []
+# The same of any version of a model (serving: deployments of any of them), asked before its task changes.
+MODEL_IN_USE_CHECKS: list[Callable[[Model], str | None]] = []
 # Other apps register promotion checks (training: eval scores): given a candidate for a guarded alias and
 # the alias's holder, each returns where the candidate scores below it ("0.500 vs 0.700 on <eval set>").
 PROMOTION_CHECKS: list[Callable[[ModelVersion, ModelVersion], list[str]]] = []
@@ -135,12 +137,10 @@ def update_model(
     before = model.snapshot()
     if visibility not in Visibility.values or task not in Task.values:
         raise Invalid("visibility/task: not a known value.")
-    model.description, model.visibility, model.license, model.task = (
-        description.strip(),
-        visibility,
-        license,
-        task,
-    )
+    if task != model.task and (reasons := [why for check in MODEL_IN_USE_CHECKS if (why := check(model))]):
+        # Serving runs and calls a model by its task: changed under a deployment, every call to it was refused.
+        raise Conflict(f"task: {model.name}'s task cannot change while {'; '.join(reasons)}.")
+    model.description, model.visibility, model.license, model.task = description, visibility, license, task
     model.tags = _clean_tags(tags)
     model.save(update_fields=["description", "visibility", "tags", "license", "task"])
     audit.record(actor, "model.update", model, before=before, after=model.snapshot())
@@ -374,7 +374,13 @@ def promote(
         existing.save(update_fields=["version", "updated_at", "updated_by"])
         holder = existing
     else:
-        holder = Alias.objects.create(model=version.model, name=alias, version=version, updated_by=actor.user)
+        try:  # two first promotions to the alias at once: the second waits for the first's row, then fails
+            with transaction.atomic():
+                holder = Alias.objects.create(
+                    model=version.model, name=alias, version=version, updated_by=actor.user
+                )
+        except IntegrityError:
+            raise Conflict(f"{alias} was just set by someone else; reload and try again.") from None
     followed = [
         note for follow in PROMOTION_FOLLOWERS for note in follow(actor, version, previous, alias, endpoint)
     ]
@@ -398,7 +404,7 @@ def in_use_reasons(version: ModelVersion) -> list[str]:
     aliases = list(version.aliases.values_list("name", flat=True))
     if aliases:
         reasons.append(f"it holds the alias {', '.join(aliases)}: move the alias first")
-    if version.adapters.exclude(status=VersionStatus.ARCHIVED).exists():
+    if version.adapters.exclude(status__in=VersionStatus.terminal()).exists():  # a failed one holds no files
         reasons.append("adapters built on it are not archived")
     return reasons
 

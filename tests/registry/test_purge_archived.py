@@ -124,6 +124,42 @@ def test_a_base_an_adapter_still_needs_is_refused(org, ready):
     assert ModelVersion.objects.get(pk=v1.pk).artifact_id is not None
 
 
+def test_a_failed_adapter_neither_blocks_archiving_nor_purging_its_base(org, ready):
+    """A failed import holds no files and needs nothing of its base; it blocked the base for good, one of
+    another team's (on a base shared with it), which its owners can neither see nor archive, too."""
+    ModelVersion.objects.create(
+        model=ready[0].model, number=9, kind=VersionKind.ADAPTER, base_version=ready[0], source=Source.UPLOAD,
+        status=VersionStatus.FAILED,
+    )  # fmt: skip
+    v1 = _archived(org, ready[0])
+    services.purge_version(actor=actor_for(org["engineer"]), version=v1)
+    assert ModelVersion.objects.get(pk=v1.pk).artifact_id is None
+
+
+def test_a_version_purged_while_its_files_are_checked_is_a_conflict_not_a_500(
+    org, ready, monkeypatch, django_capture_on_commit_callbacks
+):
+    """A verify re-hashes every file (minutes for a large model); a purge that committed meanwhile deleted the
+    artifact's row, and recording the health found failed with DoesNotExist: a 500 on the verify button."""
+    from portfolio.registry import artifacts
+
+    v1 = _archived(org, ready[0])
+    real = artifacts.verify
+
+    def verify_while_purged(store, manifest):
+        found = real(store, manifest)
+        with django_capture_on_commit_callbacks(execute=True):
+            services.purge_version(actor=actor_for(org["engineer"]), version=v1)
+        return found
+
+    monkeypatch.setattr(artifacts, "verify", verify_while_purged)
+    with pytest.raises(Conflict, match="deleted while they were checked"):
+        artifacts.verify_on_request(v1.artifact_id, actor=actor_for(org["engineer"]))
+    artifacts.mark_artifact_health(
+        v1.artifact_id, ["gone"]
+    )  # the periodic verifier's path: nothing to record
+
+
 def test_the_api_purges_an_archived_version_and_refuses_a_ready_one(client, org, ready):
     client.force_login(org["engineer"])
     assert client.post("/api/v1/models/router/versions/2/purge").status_code == 409
