@@ -65,6 +65,12 @@ async def send_answer(
         if kind == "chat":
             message = choice.get("message") or {}
             delta = {k: v for k, v in message.items() if v is not None}
+            # A streamed tool call carries its place (the SDKs gather the deltas by it); an answer's have none.
+            if isinstance(delta.get("tool_calls"), list):
+                delta["tool_calls"] = [
+                    dict(call, index=place) if isinstance(call, dict) else call
+                    for place, call in enumerate(delta["tool_calls"])
+                ]
             first = {
                 "index": index,
                 "delta": delta,

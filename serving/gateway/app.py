@@ -176,6 +176,8 @@ class Gateway:
             extra = [(b"retry-after", str(exc.retry_after).encode())] if exc.retry_after is not None else []
             if exc.status == 401:
                 extra.append((b"www-authenticate", b"Bearer"))
+            if exc.billed:
+                extra.append((b"x-should-retry", b"false"))
             await respond(
                 send,
                 exc.status,

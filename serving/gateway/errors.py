@@ -71,6 +71,9 @@ class GatewayError(Exception):
         )
         self.team = "-"  # the key's team, once known (a metrics label)
         self.metered = False  # counted with the admitted requests already, not as a refusal
+        # Billed as the engine's work (an upstream timeout, an answer too large): the client is told not to
+        # send it again (`x-should-retry: false`), which the openai SDKs would twice by default, billed each time.
+        self.billed = False
 
 
 def no_such_model(name) -> GatewayError:

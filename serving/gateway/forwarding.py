@@ -121,7 +121,7 @@ async def forward(
                 gateway.balancer.release(replica)
                 if _still_served(gateway.snapshot, route.deployment, replica.id):
                     _billed_worst_case(outcome, current)
-                raise GatewayError(504, TIMED_OUT, "upstream_timeout") from None
+                raise _billed_if(outcome, GatewayError(504, TIMED_OUT, "upstream_timeout")) from None
             except OSError as exc:
                 # Most often a pooled keep-alive connection that the engine had closed (restarted on the
                 # same port, or idle too long): one more try on a fresh connection before the replica is
@@ -159,17 +159,18 @@ async def forward(
                     return
                 if served:
                     _billed_worst_case(outcome, current)
-                raise GatewayError(504, TIMED_OUT, "upstream_timeout") from None
+                raise _billed_if(outcome, GatewayError(504, TIMED_OUT, "upstream_timeout")) from None
             except TooLarge:
                 # Worked to the end of an answer larger than the gateway relays (log-probabilities of every
                 # token of n long completions): the work was done, so it is billed.
                 _billed_worst_case(outcome, current)
-                raise GatewayError(
+                too_large = GatewayError(
                     502,
                     f"The model's answer is larger than the gateway relays ({MAX_ANSWER_BYTES} bytes); ask "
                     "for fewer log-probabilities or tokens.",
                     "upstream_error",
-                ) from None
+                )
+                raise _billed_if(outcome, too_large) from None
             except Dropped:
                 # The engine went away mid-answer (restarted, out of memory): not a gateway fault. A stream
                 # under way ends there with an error event, what it produced metered; else the client gets a 502.
@@ -214,6 +215,12 @@ async def _end_stream(send, outcome: Outcome, error: GatewayError) -> None:
     outcome.status, outcome.error = error.status, error.code
     event = errors.body(error.status, error.message, error.code)
     await send({"type": "http.response.body", "body": b"data: " + event + b"\n\ndata: [DONE]\n\n"})
+
+
+def _billed_if(outcome: Outcome, error: GatewayError) -> GatewayError:
+    """``error``, marked billed when the outcome was (its client told not to send the call again)."""
+    error.billed = outcome.worst_case
+    return error
 
 
 def _billed_worst_case(outcome: Outcome, hop: EndpointInfo) -> None:

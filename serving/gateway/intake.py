@@ -105,6 +105,10 @@ def check(kind: str, payload: dict, size: int, first: EndpointInfo, name) -> pay
                 bound = shape.prompts[0] - found.url_chars + found.number * per_image
                 shape = shape._replace(prompts=(bound,))
         payloads.check_logprob_entries(kind, payload, shape, settings.GATEWAY_MAX_PROMPT_LOGPROBS)
+        if kind == "completion" and "max_tokens" in payload and payload["max_tokens"] is None:
+            # OpenAI's null is its default of 16, which the reservation counts; vLLM took it for "to the end of
+            # the context", for each of n choices, and then failed with a 500 that billed nothing.
+            del payload["max_tokens"]
         return shape
     except payloads.PayloadError as exc:
         raise GatewayError(400, exc.message, exc.code, param=exc.param) from None

@@ -46,6 +46,19 @@ def test_embeddings_on_a_chat_endpoint_is_an_openai_error_not_the_engines_bare_a
     assert engines[0].requests == []
 
 
+def test_a_completion_with_max_tokens_null_is_sent_with_openais_default(gateway_url, stack):
+    """The SDK sends `"max_tokens": null` for max_tokens=None: OpenAI's default of 16, which the gateway
+    reserved; vLLM took the null for "to the end of the context" for each of n choices (then failed with a
+    500 that billed nothing)."""
+    dep, engines = stack["deployment"]("nulls-dep")
+    stack["endpoint"]("nulls", dep)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "nulls")
+    answer = client(gateway_url, secret).completions.create(model="nulls", prompt="x", max_tokens=None, n=2)
+    assert len(answer.choices) == 2
+    assert "max_tokens" not in engines[0].requests[-1], engines[0].requests[-1]
+
+
 def test_a_clients_request_id_is_echoed_but_the_engine_gets_the_gateways_own(gateway_url, stack):
     """vLLM makes the X-Request-ID it receives its request id: a client naming another's (or the next of
     the gateway's counter) must not collide with it on a shared engine."""

@@ -385,10 +385,13 @@ def test_a_request_an_engine_had_and_did_not_answer_in_time_is_billed_its_worst_
     response = httpx.post(f"{gateway_url}/v1/chat/completions", content=body, headers=headers, timeout=20)
     assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout"
     assert len(engines[0].requests) == 1
+    # Billed: the openai SDKs, which send a 5xx twice more by default, are told not to (billed each time).
+    assert response.headers["x-should-retry"] == "false"
     refused = httpx.post(
         f"{gateway_url}/v1/chat/completions", content=body.replace(b"sleepy", b"gone"), headers=headers
     )
     assert refused.status_code == 503, refused.text
+    assert "x-should-retry" not in refused.headers, "not billed: a retry may find a replica"
     flush_settled()
     rows = {e.endpoint: e for e in UsageEvent.objects.all()}
     timed_out = rows["sleepy"]
