@@ -60,7 +60,10 @@ def realm_behind_a_private_ca(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
     class Realm(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            body = json.dumps({"issuer": f"https://127.0.0.1:{port}/realms/private-ca"}).encode()
+            realm = f"https://127.0.0.1:{port}/realms/private-ca"
+            body = json.dumps(
+                {"issuer": realm, "authorization_endpoint": f"{realm}/protocol/openid-connect/auth"}
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
