@@ -221,6 +221,12 @@ class Replica(models.Model):
     def base_url(self) -> str:
         return f"http://{f'[{self.host}]' if ':' in self.host else self.host}:{self.port}"  # IPv6 bracketed
 
+    @staticmethod
+    def serving(via: str = "") -> Q:
+        """Ready and still wanted (gateways route to no other: one being drained is not), as a filter on
+        replicas or, ``via`` a relation (``deployment__replica_set__``), on what holds them."""
+        return Q(**{f"{via}state": ReplicaState.READY, f"{via}desired": DesiredState.RUNNING})
+
 
 class DeploymentEvent(models.Model):
     """One entry of a deployment's timeline: scheduled, started, ready, crashed, restarted, scaled."""

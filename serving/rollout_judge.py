@@ -3,7 +3,7 @@ judge endpoint with a rubric, and rollout_decisions.decide rolls back when the m
 
 How many: at each check, enough that the samples judged keep up with ``judge_fraction`` of the canary's
 requests so far (at least one once it answered any), at most JUDGE_PER_CHECK per check (a beat tick stays
-short) and JUDGE_MAX_SAMPLES per rollout. Sampling runs before the rollout's rows are locked (it calls
+short) and JUDGE_MAX_SAMPLES per rollout, for at most SAMPLING_SECONDS a check. Sampling runs before the rollout's rows are locked (it calls
 endpoints), so a slow judge never holds up a route edit.
 
 A judge that refuses a question (one too long for its context, say) ends the check's sampling: the scores
@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 JUDGE_PER_CHECK = 16
 JUDGE_MAX_SAMPLES = 200
 CHECK_SECONDS = 30  # how often serving.step_rollouts runs (its beat schedule in portfolio/settings.py)
+# The most a check spends asking the canary and the judge: a slow canary that breaches nothing held its
+# check (and the rollout's lease) for up to JUDGE_PER_CHECK calls of the upstream timeout each. Questions
+# not asked in time are owed, and asked by the next checks (``due``).
+SAMPLING_SECONDS = 2 * CHECK_SECONDS
 
 
 def most_samples(window_seconds: int) -> int:

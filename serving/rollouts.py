@@ -18,16 +18,17 @@ import logging
 from datetime import datetime
 
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.leases import Lease
 from serving import rollout_judge
-from serving.choices import DesiredState, ReplicaState, RolloutState
+from serving.choices import RolloutState
 from serving.gateway import services as key_services
 from serving.gateway.models import ApiKey
-from serving.models import Endpoint, Rollout
+from serving.models import Endpoint, Replica, Rollout
 from serving.rollout_decisions import HOLD, PROMOTE, Judged, Policy, Stats, breach, decide
 from serving.services import rollouts as services
 
@@ -81,15 +82,11 @@ def _canary_ready(rollout: Rollout) -> bool:
     routes to no other (routing.choose_route), so a canary without one takes no calls and logs no errors.
     A replica without the adapter (a load that failed, files still copying, an older generation) answers
     every call to it with a 404."""
-    # Ready and not being stopped: one being drained is out of the gateways' tables already.
-    replicas: dict = {
-        "deployment__replica_set__state": ReplicaState.READY,
-        "deployment__replica_set__desired": DesiredState.RUNNING,
-    }
+    replicas = Replica.serving("deployment__replica_set__")
     if rollout.adapter:
-        replicas["deployment__replica_set__loaded_adapters__contains"] = [rollout.adapter]
+        replicas &= Q(deployment__replica_set__loaded_adapters__contains=[rollout.adapter])
     # One filter() call: both conditions hold of the same replica.
-    routes = rollout.endpoint.routes.filter(deployment__name=rollout.deployment, **replicas)
+    routes = rollout.endpoint.routes.filter(replicas, deployment__name=rollout.deployment)
     routes = routes.filter(adapter__name=rollout.adapter) if rollout.adapter else routes.filter(adapter=None)
     return routes.exists()
 
@@ -210,9 +207,11 @@ def step(rollout_id: int, now: datetime | None = None) -> str | None:
 
 
 def _step(rollout_id: int, now: datetime | None) -> str | None:
-    now = now or timezone.now()
     actor = Actor.for_system("rollouts")
-    sampled = _sample_judge(rollout_id, now)
+    sampled = _sample_judge(rollout_id, now or timezone.now())
+    # The check's time is after the sampling (up to rollout_judge.SAMPLING_SECONDS): the calls made while the
+    # judge was asked count now, not at the next check, and a window that ended meanwhile ends now.
+    now = now or timezone.now()
     with transaction.atomic():
         endpoint_id = Rollout.objects.filter(pk=rollout_id).values_list("endpoint_id", flat=True).first()
         if endpoint_id is None:

@@ -193,7 +193,7 @@ def test_the_rollout_judge_asks_the_canary_straight_on_its_replica(proxy, target
     endpoint = Endpoint.objects.create(name="support-bot", owner_team=team)
     rollout = Rollout(endpoint=endpoint, deployment=deployment.name, adapter="")
 
-    answer = canary_judging.canary_answer(rollout, [{"role": "user", "content": "Hi"}], random.Random(1))
+    answer = canary_judging.canary_answer(rollout, [{"role": "user", "content": "Hi"}], random.Random(1), 5)
 
     assert answer == "billing"
     replica = Replica.objects.get(deployment=deployment)

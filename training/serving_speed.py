@@ -26,7 +26,6 @@ from django.utils import timezone
 from portfolio import direct_http
 from portfolio.accounts.models import Team
 from portfolio.registry.models import ModelVersion
-from serving.choices import DesiredState, ReplicaState
 from serving.engine_keys import engine_key
 from serving.models import DeploymentAdapter, Replica
 from training.evaluation import prompt_messages
@@ -57,8 +56,7 @@ def serving_target(version: ModelVersion, team: Team) -> ServingTarget | None:
     or None."""
     ready = (
         Replica.objects.filter(
-            state=ReplicaState.READY,
-            desired=DesiredState.RUNNING,
+            Replica.serving(),
             port__isnull=False,
             deployment__owner_team=team,
         )

@@ -314,7 +314,7 @@ def _read_snapshot() -> Snapshot:
         )
     _reach_image_tokens(snapshot.endpoints)
     # A replica to stop is sent nothing new: its node agent drains it (draining.py) before the engine stops.
-    ready = Replica.objects.filter(state=ReplicaState.READY, desired=DesiredState.RUNNING)
+    ready = Replica.objects.filter(Replica.serving())
     leaving = Replica.objects.filter(
         desired=DesiredState.STOPPED, state__in=[ReplicaState.READY, ReplicaState.STOPPING]
     )

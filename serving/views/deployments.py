@@ -4,7 +4,7 @@ engine logs (polled while it settles), adapters, engine arguments, routes and th
 from __future__ import annotations
 
 from django.conf import settings
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
@@ -65,12 +65,7 @@ def deployment_list(request):
     deployments = (
         gate.visible(actor, Deployment)
         .select_related("owner_team", "version__model", "pool")
-        .annotate(
-            ready_count=Count(
-                "replica_set",
-                filter=Q(replica_set__state=ReplicaState.READY, replica_set__desired=DesiredState.RUNNING),
-            )
-        )
+        .annotate(ready_count=Count("replica_set", filter=Replica.serving("replica_set__")))
         .order_by("name", "id")
     )
     page = listing.paginate(request, deployments)

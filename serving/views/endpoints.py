@@ -5,7 +5,7 @@ whom its owners share it with."""
 from __future__ import annotations
 
 from django.conf import settings
-from django.db.models import Count, Prefetch, Q
+from django.db.models import Count, Prefetch
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -20,10 +20,9 @@ from portfolio.billing import costs
 from portfolio.formviews import submit
 from serving import services
 from serving.cascade_savings import cascade_savings
-from serving.choices import DesiredState, ReplicaState
 from serving.forms.base import apply_serving_error, managed_teams
 from serving.forms.endpoints import CompositeForm, EndpointForm, FallbackForm, ShareForm, route_formset
-from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute
+from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, Replica
 from serving.views.display import percent
 from serving.views.rollouts import rollout_context
 
@@ -160,11 +159,7 @@ def _endpoint_page(
             endpoint.routes.select_related("deployment", "adapter")
             .annotate(
                 ready_count=Count(
-                    "deployment__replica_set",
-                    filter=Q(
-                        deployment__replica_set__state=ReplicaState.READY,
-                        deployment__replica_set__desired=DesiredState.RUNNING,
-                    ),
+                    "deployment__replica_set", filter=Replica.serving("deployment__replica_set__")
                 )
             )
             .order_by("-weight", "id")

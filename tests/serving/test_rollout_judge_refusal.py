@@ -59,7 +59,7 @@ def grader(judge, monkeypatch):
     )
     monkeypatch.setattr(canary_judging, "eval_set_of", lambda endpoint: object())
     monkeypatch.setattr(canary_judging.runs, "rows_of", lambda eval_set, limit: ROWS)
-    monkeypatch.setattr(canary_judging, "canary_answer", lambda rollout, question, pick: "billing")
+    monkeypatch.setattr(canary_judging, "canary_answer", lambda rollout, question, pick, timeout: "billing")
 
     @contextlib.contextmanager
     def client_for(team, endpoint_name, label):

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from serving import rollout_judge
+from serving.choices import DesiredState
 from serving.models import Deployment, Replica, Rollout
 from tests.serving.test_rollout_canary_health import tone as tone  # noqa: PLC0414 - the fixture, used by name
 from tests.serving.test_rollouts import world as world  # noqa: PLC0414 - the fixture, used by name
@@ -44,7 +45,7 @@ def test_only_a_replica_that_loaded_the_canary_adapter_is_asked(world, tone, ask
     add_replica(bot, Replica.objects.filter(deployment=bot).first().node, port=8199, loaded_adapters=[])
     rollout = Rollout(endpoint=world, deployment="support-bot", adapter="support-tone", judged={})
 
-    answers = [canary_judging.canary_answer(rollout, QUESTION, random.Random(seed)) for seed in range(20)]
+    answers = [canary_judging.canary_answer(rollout, QUESTION, random.Random(seed), 5) for seed in range(20)]
 
     assert answers == ["billing"] * 20
     assert not any(":8199/" in url for url in asked)
@@ -55,5 +56,23 @@ def test_a_canary_adapter_no_ready_replica_loaded_cannot_be_judged_this_time(wor
     rollout = Rollout(endpoint=world, deployment="support-bot", adapter="support-tone", judged={})
 
     with pytest.raises(rollout_judge.JudgeUnavailable, match="no ready replica that loaded support-tone"):
-        canary_judging.canary_answer(rollout, QUESTION, random.Random(1))
+        canary_judging.canary_answer(rollout, QUESTION, random.Random(1), 5)
     assert asked == []
+
+
+def test_a_canary_replica_being_drained_is_not_asked(world, tone, asked):
+    """A replica to stop takes no more gateway calls (it is being drained): the judge's questions would
+    keep it busy past its drain, so another is asked, or none when it is the last."""
+    bot = Deployment.objects.get(name="support-bot")
+    Replica.objects.filter(deployment=bot).update(loaded_adapters=["support-tone"])
+    add_replica(bot, Replica.objects.filter(deployment=bot).first().node, port=8199,
+                loaded_adapters=["support-tone"], desired=DesiredState.STOPPED)  # fmt: skip
+    rollout = Rollout(endpoint=world, deployment="support-bot", adapter="support-tone", judged={})
+
+    answers = [canary_judging.canary_answer(rollout, QUESTION, random.Random(seed), 5) for seed in range(20)]
+
+    assert answers == ["billing"] * 20
+    assert not any(":8199/" in url for url in asked)
+    Replica.objects.filter(deployment=bot).update(desired=DesiredState.STOPPED)
+    with pytest.raises(rollout_judge.JudgeUnavailable, match="no ready replica"):
+        canary_judging.canary_answer(rollout, QUESTION, random.Random(1), 5)

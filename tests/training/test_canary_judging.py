@@ -99,7 +99,7 @@ def test_a_canary_without_a_ready_replica_cannot_be_judged_this_time(stack, gate
     with pytest.raises(rollout_judge.JudgeUnavailable, match="absent-dep has no ready replica"):
         import random
 
-        canary_judging.canary_answer(rollout, [{"role": "user", "content": "hi"}], random.Random(1))
+        canary_judging.canary_answer(rollout, [{"role": "user", "content": "hi"}], random.Random(1), 5)
 
 
 def test_a_judge_the_team_can_no_longer_call_is_unavailable_this_time(team, monkeypatch):
@@ -119,7 +119,7 @@ def test_a_judge_the_team_can_no_longer_call_is_unavailable_this_time(team, monk
     }
     monkeypatch.setattr(canary_judging, "eval_set_of", lambda endpoint: object())
     monkeypatch.setattr(canary_judging.runs, "rows_of", lambda eval_set, limit: [row])
-    monkeypatch.setattr(canary_judging, "canary_answer", lambda rollout, question, pick: "billing")
+    monkeypatch.setattr(canary_judging, "canary_answer", lambda rollout, question, pick, timeout: "billing")
     with pytest.raises(
         rollout_judge.JudgeUnavailable, match="the judge cannot be called: scopes: .* 'grader'"
     ):

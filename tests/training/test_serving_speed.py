@@ -9,7 +9,7 @@ import pytest
 from portfolio.registry.choices import VersionKind
 from portfolio.registry.models import Artifact, Model, ModelVersion
 from serving.agent import engine_key
-from serving.choices import PoolKind, ReplicaState
+from serving.choices import DesiredState, PoolKind, ReplicaState
 from serving.models import ComputePool, Deployment, DeploymentAdapter, Replica
 from tests.gateway.fake_engine import FakeEngine
 from tests.serving.nodes import add_node
@@ -122,6 +122,16 @@ def test_a_version_without_a_ready_replica_says_so_and_gets_no_figures(serving):
         "deployed": False,
         "note": f"smol:v1 was not deployed by {serving['team'].name} (no ready replica) when evaluated.",
     }
+    assert not engine.requests
+
+
+def test_a_replica_being_drained_is_not_timed(serving):
+    """A replica to stop is out of the gateways' tables while its agent drains it (serving/draining.py):
+    timing the job's rows on it measured an engine about to go, and added work to its drain."""
+    engine = serving["engine"](FakeEngine(engine_key(serving["replica"].pk)))
+    Replica.objects.filter(pk=serving["replica"].pk).update(desired=DesiredState.STOPPED)
+    measured = serving_speed(serving["base"], tickets(3), serving["team"])
+    assert measured["deployed"] is False and "no ready replica" in measured["note"]
     assert not engine.requests
 
 

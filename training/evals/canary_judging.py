@@ -14,6 +14,7 @@ like any call.
 from __future__ import annotations
 
 import random
+import time
 
 import httpx
 from django.conf import settings
@@ -21,7 +22,6 @@ from django.conf import settings
 from portfolio import direct_http
 from portfolio.errors import Invalid
 from serving import rollout_judge, rollouts
-from serving.choices import DesiredState, ReplicaState
 from serving.engine_keys import engine_key
 from serving.models import Endpoint, Replica, Rollout
 from serving.rollout_judge import JudgeUnavailable
@@ -55,12 +55,10 @@ def check(endpoint: Endpoint) -> str | None:
     return None
 
 
-def canary_answer(rollout: Rollout, messages: list[dict], pick: random.Random) -> str:
+def canary_answer(rollout: Rollout, messages: list[dict], pick: random.Random, timeout: float) -> str:
     """The canary's greedy answer to one question, from one of its ready replicas (for an adapter, one that
     loaded it, as the gateway routes the canary's calls: another answers 404, and the check failed with it)."""
-    ready = Replica.objects.filter(
-        deployment__name=rollout.deployment, state=ReplicaState.READY, desired=DesiredState.RUNNING
-    )
+    ready = Replica.objects.filter(Replica.serving(), deployment__name=rollout.deployment)
     if rollout.adapter:
         ready = ready.filter(loaded_adapters__contains=[rollout.adapter])
     replicas = list(ready.exclude(port=None).order_by("pk"))
@@ -79,7 +77,7 @@ def canary_answer(rollout: Rollout, messages: list[dict], pick: random.Random) -
             f"{replica.base_url}/v1/chat/completions",
             json=body,
             headers={"Authorization": f"Bearer {engine_key(replica.pk)}"},
-            timeout=settings.GATEWAY_UPSTREAM_TIMEOUT,
+            timeout=timeout,
             **direct_http.httpx_options(),  # the engine key and the question never go through a proxy
         )
         response.raise_for_status()
@@ -107,12 +105,20 @@ def sample(rollout: Rollout, count: int) -> list[float | None]:
     pick = random.Random(rollout_judge.seed(rollout))  # noqa: S311 - sampling, not secrets
     chosen = [rows[pick.randrange(len(rows))] for _ in range(count)]
     questions = [evaluation.prompt_messages(row) for row in chosen]
-    answers = [canary_answer(rollout, question, pick) for question in questions]
+    deadline = time.monotonic() + rollout_judge.SAMPLING_SECONDS
+    answers: list[str] = []
+    for question in questions:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        answers.append(canary_answer(rollout, question, pick, min(settings.GATEWAY_UPSTREAM_TIMEOUT, left)))
     label = rollouts.judge_key_name(rollout.pk)  # one a killed worker left, serving.rollouts revokes
     scores: list[float | None] = []
     try:
         with gateway.client_for(rollout.endpoint.owner_team, rollout.judge_endpoint_name, label) as client:
-            for row, question, answer in zip(chosen, questions, answers, strict=True):
+            for row, question, answer in zip(chosen, questions, answers, strict=False):
+                if scores and time.monotonic() >= deadline:
+                    break
                 reply = gateway.ask(
                     client,
                     rollout.judge_endpoint_name,
@@ -125,4 +131,9 @@ def sample(rollout: Rollout, count: int) -> list[float | None]:
         raise JudgeUnavailable(f"the judge did not answer: {exc}", scores=scores, redraw=True) from None
     except Invalid as exc:  # the judge unshared, or gone, since the rollout started: no key for it
         raise JudgeUnavailable(f"the judge cannot be called: {exc}") from None
+    if len(scores) < count:  # the rest are owed: the next checks ask them (rollout_judge.due)
+        raise JudgeUnavailable(
+            f"sampling stopped after {rollout_judge.SAMPLING_SECONDS} s: {len(scores)} of {count} judged",
+            scores=scores,
+        )
     return scores
