@@ -302,6 +302,28 @@ class SplitRows(Sequence):
                 left = None if left is None else left - len(line)
         return rows
 
+    def at(self, positions: list[int]) -> list[dict]:
+        """The rows at ``positions`` (ascending, from 0), as a slice gives them, in one pass over the file from
+        the first: a sample spread over a large split, read a slice a row, re-read up to ROW_STRIDE lines for
+        each (26 times the file for 2,000 rows of 20,000)."""
+        wanted = [position for position in positions if 0 <= position < self._count]
+        if not wanted:
+            return []
+        rows = []
+        with self.path.open("rb") as handle:
+            first = wanted[0] - wanted[0] % ROW_STRIDE
+            if first:
+                handle.seek(_offsets(self.path)[first // ROW_STRIDE])
+            following = iter(wanted)
+            target = next(following)
+            for index, line in enumerate(handle, first):
+                if index == target:
+                    rows.append({"index": index + 1, "row": json.loads(line), "bytes": len(line)})
+                    target = next(following, -1)
+                    if target < 0:
+                        break
+        return rows
+
 
 # Where every ROW_STRIDE-th line of a split file starts, per file (kept for the last 64 files a process
 # read): a page far into a split of millions of rows seeks there instead of reading every line before it.

@@ -60,3 +60,27 @@ def test_the_side_by_side_pairs_answers_by_their_row(engineer, task):  # noqa: F
     assert [cell.answer for cell in by_number[2].cells] == ["technical", "billing"]
     assert [cell.answer for cell in by_number[4].cells] == ["shipping", "billing"]
     assert done.right == [2, 0]
+
+
+def test_a_sample_of_a_large_set_is_read_in_one_pass(engineer, team, labels_set, monkeypatch):
+    """Read a slice a row, 300 rows spread over 3,000 opened the split 300 times, each read going on from the
+    nearest of every 1,024th line (2,000 of 20,000 read the file 26 times over)."""
+    from pathlib import Path
+
+    rows = [{"text": f"Ticket {i}: about {QUEUES[i % 4]}", "label": QUEUES[i % 4]} for i in range(3000)]
+    made, _ = upload(engineer, labels_set, jsonl(*rows), eval_fraction=0.1)
+    task = catalogue.create_task(actor=engineer, owner_team=team, name="Queues", kind="classification")
+    eval_set = catalogue.add_eval_set(actor=engineer, task=task, dataset_version=made, source="all")
+    whole = runs.rows_of(eval_set, 3000)
+    opened: list[str] = []
+    real_open = Path.open
+
+    def counting_open(self, *args, **kwargs):
+        if self.suffix == ".jsonl":
+            opened.append(self.name)
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    sampled = runs.sampled_rows(eval_set, 300)
+    assert len(sampled) == 300 and all(whole[position] == row for position, row in sampled)
+    assert len(opened) <= 2, f"one pass over each split (train, eval), not {len(opened)} reads"

@@ -218,21 +218,9 @@ def sampled_rows(eval_set: EvalSet, limit: int) -> list[tuple[int, dict]]:
     base = 0
     for part in parts:
         mine = [position - base for position in wanted if base <= position < base + len(part)]
-        for start, stop in _stretches(mine):  # one read per stretch of neighbouring rows
-            found += [(base + start + i, item["row"]) for i, item in enumerate(part[start:stop])]
+        found += [(base + item["index"] - 1, item["row"]) for item in part.at(mine)]  # one pass a part
         base += len(part)
     return found
-
-
-def _stretches(positions: list[int]) -> list[tuple[int, int]]:
-    """Ascending positions as [start, stop) stretches of consecutive ones."""
-    stretches: list[tuple[int, int]] = []
-    for position in positions:
-        if stretches and stretches[-1][1] == position:
-            stretches[-1] = (stretches[-1][0], position + 1)
-        else:
-            stretches.append((position, position + 1))
-    return stretches
 
 
 def rows_of(eval_set: EvalSet, limit: int) -> list[dict]:
