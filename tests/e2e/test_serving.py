@@ -37,14 +37,9 @@ from tests.registry.conftest import import_here
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-def _chat(replica: Replica, model: str, prompt: str) -> dict:
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": 16,
-        "temperature": 0,
-    }
-    request = urllib.request.Request(
+def _engine_chat(replica: Replica, body: dict) -> urllib.request.Request:
+    """A chat completion sent straight to the replica's engine, with its key."""
+    return urllib.request.Request(
         f"{replica.base_url}/v1/chat/completions",
         data=json.dumps(body).encode(),
         method="POST",
@@ -53,7 +48,16 @@ def _chat(replica: Replica, model: str, prompt: str) -> dict:
             "Content-Type": "application/json",
         },
     )
-    with urllib.request.urlopen(request, timeout=120) as response:
+
+
+def _chat(replica: Replica, model: str, prompt: str) -> dict:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": 16,
+        "temperature": 0,
+    }
+    with urllib.request.urlopen(_engine_chat(replica, body), timeout=120) as response:
         return json.loads(response.read())
 
 
@@ -67,17 +71,8 @@ def _stream_long(replica: Replica, tokens: int, got: dict, begun: threading.Even
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    request = urllib.request.Request(
-        f"{replica.base_url}/v1/chat/completions",
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={
-            "Authorization": f"Bearer {agent.engine_key(replica.pk)}",
-            "Content-Type": "application/json",
-        },
-    )
     try:
-        with urllib.request.urlopen(request, timeout=300) as response:
+        with urllib.request.urlopen(_engine_chat(replica, body), timeout=300) as response:
             for line in response:
                 begun.set()
                 if not line.startswith(b"data: {"):
