@@ -96,6 +96,9 @@ def check(kind: str, payload: dict, size: int, first: EndpointInfo, name) -> pay
             max_inputs=settings.GATEWAY_MAX_INPUTS,
         )
         if kind == "chat":
+            for field in payloads.NOT_FORWARDED:  # OpenAI's, for its own services (payloads.py)
+                if field in payload:
+                    del payload[field]
             found = images.inspect(payload["messages"])
             if found.number:
                 # An image costs the engine a bounded number of tokens, not one per byte of its URL: the

@@ -2,9 +2,10 @@
 
 Contract: every field of a ``/v1`` body is on the route's allow-list (OpenAI's fields plus the vLLM
 extensions the platform allows) and is type-checked here, with plain dict and type tests (no pydantic on
-the hot path); an unknown field is refused naming it. From what is left, ``worst_case`` works out the most
-tokens and money the engine can bill for the request, so that admission reserves enough and concurrent
-requests can never together pass a limit or a budget.
+the hot path); an unknown field is refused naming it. The values a chat template or a structured-output
+grammar reads (tools, response formats) are bounded in depth and shape by schemas.py. From what is left,
+``worst_case`` works out the most tokens and money the engine can bill for the request, so that admission
+reserves enough and concurrent requests can never together pass a limit or a budget.
 
 The cost semantics are vLLM 0.32's (vllm/entrypoints/openai/{chat_completion,completion}/ protocol.py and
 serving.py, serve/utils/api_utils.py: get_max_tokens):
@@ -23,6 +24,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from typing import NamedTuple
+
+from serving.gateway import schemas
 
 # Upper bounds on a prompt's tokens, from its size in bytes: a token is at least one byte (byte-level
 # tokenizers), plus what the engine adds: special tokens to a text prompt, the chat template's role markers
@@ -236,11 +239,6 @@ def _logit_bias(name: str, value: object) -> None:
             raise PayloadError(f"Each bias in `{name}` must be from -100 to 100; got {bias:g}.", name)
 
 
-def _tool_choice(name: str, value: object) -> None:
-    if value is not None and not isinstance(value, str | dict):
-        raise _kind(name, "a string or an object")
-
-
 def _present(name: str, value: object) -> None:
     """Checked where the shape is worked out (messages, prompt, input)."""
 
@@ -259,7 +257,7 @@ _SAMPLING: dict[str, Check] = {
     "top_p": _number(0, 1),
     "user": _text(256),
     "n": _integer(1, INT32),
-    "response_format": _object,
+    "response_format": schemas.nested,
     # vLLM's sampling extensions: none lets a request produce more than max_tokens per completion.
     "top_k": _integer(-1, INT32),
     "min_p": _number(0, 1),
@@ -275,7 +273,7 @@ _SAMPLING: dict[str, Check] = {
     "truncate_prompt_tokens": _integer(-1, INT32),
     "bad_words": _list(256, str, WORD_CHARS),
     "allowed_token_ids": _list(10_000, int),
-    "structured_outputs": _object,
+    "structured_outputs": schemas.nested,
     "prompt_logprobs": _integer(0, MAX_LOGPROBS),
     "return_token_ids": _boolean,
     "return_tokens_as_token_ids": _boolean,
@@ -290,8 +288,8 @@ CHAT: dict[str, Check] = {
     "top_logprobs": _integer(0, MAX_LOGPROBS),
     "max_tokens": _integer(1, INT32),
     "max_completion_tokens": _integer(1, INT32),
-    "tools": _list(1024),
-    "tool_choice": _tool_choice,
+    "tools": schemas.tools,
+    "tool_choice": schemas.tool_choice,
     "parallel_tool_calls": _boolean,
     "reasoning_effort": _text(16),
     "metadata": _object,
@@ -301,8 +299,16 @@ CHAT: dict[str, Check] = {
     "echo": _boolean,
     "add_generation_prompt": _boolean,
     "continue_final_message": _boolean,
-    "chat_template_kwargs": _object,
+    "chat_template_kwargs": schemas.template_kwargs,
+    # OpenAI's, for its own services: taken (its SDKs send them), never sent on (NOT_FORWARDED).
+    "safety_identifier": _text(128),
+    "prompt_cache_key": _text(64),
+    "prompt_cache_retention": _one_of("in_memory", "in-memory", "24h"),
+    "verbosity": _one_of("low", "medium", "high"),
 }
+# Dropped before the engine sees them: vLLM 0.32 has no such fields (it logs each unknown field it ignores, on
+# an engine other teams share), and a safety identifier names an end user, for OpenAI's abuse detection only.
+NOT_FORWARDED = ("safety_identifier", "prompt_cache_key", "prompt_cache_retention", "verbosity")
 
 COMPLETION: dict[str, Check] = {
     **_SAMPLING,
@@ -379,8 +385,11 @@ def check(kind: str, payload: dict, body_size: int, *, max_n: int, max_inputs: i
         limit = payload.get("max_completion_tokens")
         if limit is None:
             limit = payload.get("max_tokens")
+        bound = body_size + CHAT_TEMPLATE_TOKENS
+        if "tools" in payload or "chat_template_kwargs" in payload:
+            bound += schemas.template_growth(payload)  # what pretty-printing them adds (schemas.py)
         return Shape(
-            prompts=(body_size + CHAT_TEMPLATE_TOKENS,),
+            prompts=(bound,),
             choices=choices,
             per_choice=limit,
             n=n,

@@ -5,6 +5,7 @@ errors in OpenAI's shape (the engine's too), the final usage chunk only when ask
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import httpx
 import openai
@@ -57,6 +58,60 @@ def test_a_completion_with_max_tokens_null_is_sent_with_openais_default(gateway_
     answer = client(gateway_url, secret).completions.create(model="nulls", prompt="x", max_tokens=None, n=2)
     assert len(answer.choices) == 2
     assert "max_tokens" not in engines[0].requests[-1], engines[0].requests[-1]
+
+
+def test_openais_own_fields_and_function_tools_from_the_sdk_are_taken_and_the_fields_not_sent_on(
+    gateway_url, stack
+):
+    """Current openai SDKs send `safety_identifier`, `prompt_cache_key`, `prompt_cache_retention` and
+    `verbosity` where a caller sets them: they were refused as unknown. Taken now, and dropped: vLLM 0.32 has no
+    such fields (it logs each it ignores), and a safety identifier names an end user, for OpenAI's eyes only."""
+    dep, engines = stack["deployment"]("openai-fields-dep")
+    stack["endpoint"]("openai-fields", dep)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "openai-fields")
+    weather: Any = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "unit": {"type": ["string", "null"], "enum": ["C", "F"]},
+                },
+                "required": ["city", "unit"],
+                "additionalProperties": False,
+            },
+            "strict": True,
+        },
+    }
+    sdk: Any = client(gateway_url, secret)  # typed params aside: the SDK sends what it is given
+    answer = sdk.chat.completions.create(
+        model="openai-fields",
+        messages=MESSAGES,
+        max_tokens=2,
+        safety_identifier="a" * 64,
+        prompt_cache_key="conversation-1",
+        prompt_cache_retention="24h",
+        verbosity="low",
+        tools=[weather],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
+    assert len(answer.choices) == 1
+    sent = engines[0].requests[-1]
+    assert not {"safety_identifier", "prompt_cache_key", "prompt_cache_retention", "verbosity"} & sent.keys()
+    assert sent["tools"] == [weather] and sent["tool_choice"]["function"]["name"] == "get_weather"
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        sdk.chat.completions.create(
+            model="openai-fields",
+            messages=MESSAGES,
+            tools=[{"type": "function", "function": {"name": "x" * 65}}],
+        )
+    error: Any = excinfo.value.body
+    assert error["param"] == "tools[0].function.name"
+    assert len(engines[0].requests) == 1
 
 
 def test_a_clients_request_id_is_echoed_but_the_engine_gets_the_gateways_own(gateway_url, stack):

@@ -4,6 +4,8 @@ never more than what the gateway reserves for it, and every field is on the allo
 from __future__ import annotations
 
 import itertools
+import json
+import random
 
 import orjson
 import pytest
@@ -269,3 +271,181 @@ def test_prompt_logprobs_or_an_echo_with_logprobs_past_the_bound_are_refused_bef
     assert (
         shape("chat", {"messages": [{"role": "user", "content": "hi"}], "prompt_logprobs": 20}).choices == 1
     )
+
+
+# --- What a chat template and a grammar read ----------------------------------------------------------------
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+def tool_with(**function) -> dict:
+    return {"type": "function", "function": {"name": "f", **function}}
+
+
+@pytest.mark.parametrize(
+    ("tools", "param"),
+    [
+        ({"type": "function"}, "tools"),
+        ([TOOL] * 1025, "tools"),
+        ([1], "tools[0]"),
+        ([{"type": "custom", "custom": {"name": "f"}}], "tools[0]"),
+        ([{"function": {"name": "f"}}], "tools[0]"),
+        ([TOOL, {"type": "function"}], "tools[1]"),
+        ([{"type": "function", "function": {}}], "tools[0].function.name"),
+        ([tool_with(name="x" * 65)], "tools[0].function.name"),
+        ([tool_with(name=7)], "tools[0].function.name"),
+        ([tool_with(parameters="{}")], "tools[0].function.parameters"),
+        ([tool_with(description=["d"])], "tools[0].function.description"),
+        ([tool_with(strict="yes")], "tools[0].function.strict"),
+    ],
+)
+def test_a_tool_that_is_not_an_openai_function_tool_is_refused_naming_where(tools, param):
+    assert refusal("chat", {**CHAT, "tools": tools}).param == param
+
+
+@pytest.mark.parametrize(
+    ("choice", "param"),
+    [
+        ("sometimes", "tool_choice"),
+        ({"type": "function"}, "tool_choice"),
+        ({"type": "allowed_tools", "allowed_tools": {}}, "tool_choice"),
+        ({"type": "function", "function": {"name": 7}}, "tool_choice.function.name"),
+    ],
+)
+def test_a_tool_choice_vllm_cannot_take_is_refused_naming_it(choice, param):
+    assert refusal("chat", {**CHAT, "tools": [TOOL], "tool_choice": choice}).param == param
+
+
+def test_tools_and_tool_choices_as_the_openai_sdk_sends_them_pass():
+    full = tool_with(name="a-b_9" * 12 + "abcd", description="d", parameters={"type": "object"}, strict=True)
+    for choice in ("none", "auto", "required", {"type": "function", "function": {"name": "f"}}, None):
+        assert shape_of("chat", {**CHAT, "tools": [TOOL, full], "tool_choice": choice}).choices == 1
+
+
+def deep(levels: int) -> dict:
+    """An object nesting ``levels`` objects, itself the first."""
+    value: dict = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+# Each value nests 65 levels, its own object or array the first (64 is the most).
+TOO_DEEP = {
+    "tools": [tool_with(parameters=deep(62))],
+    "tool_choice": {"type": "function", "function": {"name": "f", "x": deep(63)}},
+    "chat_template_kwargs": {"k": deep(64)},
+    "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": deep(63)}},
+    "structured_outputs": {"json": deep(64)},
+}
+
+
+@pytest.mark.parametrize("field", sorted(TOO_DEEP))
+def test_a_json_value_nested_past_64_levels_is_refused_before_the_engine_renders_it(field):
+    error = refusal("chat", {**CHAT, field: TOO_DEEP[field]})
+    assert error.param == field and "64 levels" in error.message
+    assert shape_of("chat", {**CHAT, "tools": [tool_with(parameters=deep(61))]}).choices == 1, "64: within"
+
+
+def test_a_schema_of_openais_ten_nested_object_levels_passes_as_a_tool_and_a_response_format():
+    """OpenAI's structured outputs allow 10 nested object levels: each written with a nullable `anyOf`."""
+    schema: dict = {"type": "string", "enum": ["a", "b"]}
+    for _ in range(10):
+        schema = {
+            "type": "object",
+            "properties": {"x": {"anyOf": [schema, {"type": "null"}]}},
+            "required": ["x"],
+            "additionalProperties": False,
+        }
+    response_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}}
+    body = {**CHAT, "tools": [tool_with(parameters=schema)], "response_format": response_format}
+    assert shape_of("chat", body).choices == 1
+
+
+def vllm_tools(tools: list) -> list:
+    """The tools as vLLM hands them to the template: a function's missing description and parameters null."""
+    return [
+        {**tool, "function": {"description": None, "parameters": None, **tool["function"]}} for tool in tools
+    ]
+
+
+def pretty(value: object) -> int:
+    """Its bytes as Llama 3's template renders it: transformers' `tojson(indent=4)`."""
+    return len(json.dumps(value, indent=4, ensure_ascii=False).encode())
+
+
+def random_value(rng: random.Random, depth: int) -> object:
+    leaves = [0, -7, 10**15, 1e15, -2.2250738585072014e-308, 0.1, True, None, "", 'a"b\\n', "é€😀", "\x07"]
+    if depth <= 1 or rng.random() < 0.3:
+        return rng.choice(leaves)
+    width = rng.choice([0, 1, 2, 6] if depth < 5 else [0, 1, 1, 2])
+    if rng.random() < 0.5:
+        return [random_value(rng, depth - 1) for _ in range(width)]
+    return {
+        rng.choice(["k", "ké", "\n", f"{i}"]) + str(i): random_value(rng, depth - 1) for i in range(width)
+    }
+
+
+def test_the_prompt_bound_covers_tools_and_template_variables_as_a_template_pretty_prints_them():
+    """A template that renders `tools | tojson(indent=4)` makes a prompt larger than the body: a newline and
+    an indent per element at every level, a float in its longest form, vLLM's nulls for what was left out.
+    The bound (before the context clips it) counts all of it, so admission reserves enough."""
+    rng = random.Random(7)
+    for _ in range(300):
+        tools = [
+            tool_with(parameters={"type": "object", "properties": random_value(rng, rng.randint(1, 12))})
+            for _ in range(rng.randint(1, 3))
+        ]
+        kwargs = {"enable_thinking": True, "extra": random_value(rng, 8)}
+        body = {**CHAT, "tools": tools, "chat_template_kwargs": kwargs}
+        size = len(orjson.dumps(body))
+        shape = shape_of("chat", body, size=size)
+        grown = (
+            pretty(vllm_tools(tools)) - len(orjson.dumps(tools)) + pretty(kwargs) - len(orjson.dumps(kwargs))
+        )
+        counted = shape.prompts[0] - size - CHAT_TEMPLATE_TOKENS
+        assert grown <= counted, (tools, kwargs)
+        assert counted <= 2 * grown, "close enough that a call with tools is not reserved the whole context"
+
+
+def test_tools_that_a_template_would_render_as_hundreds_of_megabytes_are_refused():
+    """A megabyte of zeros 60 levels down renders, pretty-printed, as 125 MB: the engine would render and
+    tokenise all of it (minutes of CPU) before refusing it, unbilled, as longer than its context."""
+    wide: object = [0] * 500_000
+    for _ in range(56):
+        wide = [wide]
+    error = refusal("chat", {**CHAT, "tools": [tool_with(parameters={"type": "object", "x": wide})]})
+    assert error.param == "tools" and "chat template" in error.message
+    kwargs = refusal("chat", {**CHAT, "chat_template_kwargs": {"tools": [wide]}})
+    assert kwargs.param == "chat_template_kwargs"
+
+
+# --- OpenAI's fields for its own services ---------------------------------------------------------------------
+OPENAIS_OWN = {
+    "safety_identifier": "user-" + "9" * 123,
+    "prompt_cache_key": "k" * 64,
+    "prompt_cache_retention": "24h",
+    "verbosity": "low",
+}
+
+
+def test_openais_own_fields_are_taken_and_not_sent_to_the_engine():
+    """The openai SDK sends them; vLLM 0.32 has no such fields, and a safety identifier names an end user."""
+    endpoint = EndpointInfo("m", 1, (Route(1, "d", "d", "", 1),), None, 0.0, 0.0, 4096)
+    payload = {**CHAT, **OPENAIS_OWN, "user": "u"}
+    assert intake.check("chat", payload, 300, endpoint, "m").choices == 1
+    assert payload == {**CHAT, "user": "u"}
+    assert shape_of("chat", {**CHAT, "prompt_cache_retention": "in_memory"}).choices == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("safety_identifier", "u" * 129),
+        ("safety_identifier", 5),
+        ("prompt_cache_key", "k" * 65),
+        ("prompt_cache_retention", "1h"),
+        ("verbosity", "loud"),
+    ],
+)
+def test_openais_own_fields_past_their_bounds_are_refused_naming_them(field, value):
+    assert refusal("chat", {**CHAT, field: value}).param == field
