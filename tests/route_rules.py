@@ -71,6 +71,8 @@ UI_ROUTES: dict[str, Rule] = {
     "model-import": ui("team", "model.register", "POST", source="hub", ref="acme/tiny@main"),
     "adapter-upload": ui("team", "model.register", "POST", base_version="{version_id}", file="<adapter.zip>"),
     "model-compare": ui("team", "model.view", a="1", b="1"),
+    # The world's model has the alias staging (not guarded: engineers remove it too).
+    "alias-remove": ui("team", "model.promote", "POST"),
     "version-detail": ui("team", "model.view"),
     "version-progress": ui("team", "model.view"),
     "version-promote": ui("team", "model.promote", "POST", alias="staging"),
@@ -131,6 +133,7 @@ API_ROUTES: dict[str, Rule] = {
         "team", "model.register", "POST", base_version_id="{version_id}", file="<adapter.zip>"
     ),
     "POST /models/{name}/versions/{number}/promote": rest("team", "model.promote", "POST", alias="staging"),
+    "DELETE /models/{name}/aliases/{alias}": rest("team", "model.promote", "DELETE"),
     "POST /models/{name}/versions/{number}/archive": rest("team", "model.register", "POST"),
     "POST /models/{name}/versions/{number}/purge": rest("team", "model.register", "POST"),
     "GET /models/{name}/versions/{number}/files/{path:path}": rest("team", "model.view"),

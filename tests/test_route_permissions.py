@@ -130,6 +130,7 @@ def world(org, team, department, make_user, settings, tmp_path):
         actor=actor_for(org["engineer"]), model=model, source=Source.LOCAL, ref=str(folder), enqueue=False
     )
     import_version(version.pk)
+    registry_services.promote(actor=actor_for(org["engineer"]), version=version, alias="staging")
     admin = actor_for(org["admin"])
     pool = serving_services.create_pool(actor=admin, name="local-cpu", kind="cpu")
     Node.objects.create(
@@ -163,6 +164,7 @@ def world(org, team, department, make_user, settings, tmp_path):
         "slug": team.slug,
         "membership_id": Membership.objects.get(team=team, user=org["viewer"]).pk,
         "name": "router",
+        "alias": "staging",
         "number": 1,
         "path": "config.json",
         "version_id": version.pk,
@@ -219,6 +221,7 @@ def _ui_url(name: str, values: dict, own_token_pk: int | None) -> str:
             for route in ("user-detail", "user-roles", "user-deactivate", "user-reactivate")
         },
         "apikey-policy": {"slug": values["slug"]},
+        "alias-remove": {"name": values["name"], "alias": values["alias"]},
         **{
             route: {"name": values["name"]}
             for route in ("model-detail", "model-edit", "model-import", "adapter-upload", "model-compare")

@@ -42,6 +42,7 @@ class AuditAction(models.TextChoices):
     MODEL_CREATE = "model.create", "Model created"
     MODEL_UPDATE = "model.update", "Model changed"
     MODEL_PROMOTE = "model.promote", "Version promoted"
+    MODEL_ALIAS_REMOVE = "model.alias_remove", "Alias removed"
     MODEL_VERSION_IMPORT = "model_version.import", "Version import started"
     MODEL_VERSION_READY = "model_version.ready", "Version imported"
     MODEL_VERSION_FAILED = "model_version.failed", "Version import failed"

@@ -14,7 +14,15 @@ from pydantic import Field
 from portfolio.accounts import gate
 from portfolio.accounts.models import Team
 from portfolio.errors import Invalid, NotFound
-from portfolio.registry import artifacts, chat_templates, derived_versions, lineage, merging, services
+from portfolio.registry import (
+    aliases,
+    artifacts,
+    chat_templates,
+    derived_versions,
+    lineage,
+    merging,
+    services,
+)
 from portfolio.registry.choices import Source, Task, VersionStatus, Visibility
 from portfolio.registry.models import Model, ModelVersion
 from portfolio.registry.storage import CorruptArtifact, check_relative_path
@@ -131,13 +139,24 @@ class ChatTemplateIn(Schema):
 class PromoteIn(Schema):
     alias: str = Field(min_length=1, max_length=32)
     force_reason: str = Field(
-        "", max_length=500, description="Owners only: promote despite a lower eval score"
+        "",
+        max_length=500,
+        description="Owners only: promote to production despite a lower eval score, or none at all where "
+        "the current production version has one",
     )
     endpoint: str = Field(
         "",
         max_length=63,
         description="Start a rollout of this version on this endpoint (by default, a production promotion "
         "starts one on every endpoint that served the previous production version)",
+    )
+
+
+class AliasRemoveQuery(Schema):
+    reason: str = Field(
+        "",
+        max_length=aliases.MAX_REASON,
+        description="Why it is removed: required for production (owners only), which endpoints follow",
     )
 
 
@@ -276,6 +295,15 @@ def promote(request, name: str, number: int, payload: PromoteIn):
     )
     model = version.model
     model.followed = promotion.followed
+    return model
+
+
+@router.delete("/models/{name}/aliases/{alias}", response=ModelOut)
+def remove_alias(request, name: str, alias: str, query: Query[AliasRemoveQuery]):
+    """Remove an alias from the model (a version holding one cannot be archived); answers the model with the
+    aliases left. An alias the model does not have: 404."""
+    model = _model(request, name)
+    aliases.remove_alias(actor=request.auth, model=model, alias=alias, reason=query.reason)
     return model
 
 

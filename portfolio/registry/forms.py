@@ -238,8 +238,9 @@ class PromoteForm(forms.Form):
     force_reason = forms.CharField(
         required=False,
         max_length=500,
-        label="Reason to override a lower eval score (owners only)",
-        help_text="Promotion to production is refused when this version scores below the current holder.",
+        label="Reason to override the eval scores (owners only)",
+        help_text="Promotion to production is refused when this version scores below the current holder, or "
+        "has no score on an eval set the holder was scored on.",
     )
     endpoint = forms.CharField(
         required=False,

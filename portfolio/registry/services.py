@@ -28,14 +28,15 @@ from portfolio.registry.models import (
     alias_validator,
     model_name_validator,
 )
+from portfolio.registry.promotion_guard import PromotionCheck, require_passed
 
 # Other apps register "is this version in use?" checks (serving: deployments), each returning a reason.
 VERSION_IN_USE_CHECKS: list[Callable[[ModelVersion], str | None]] = []
 # The same of any version of a model (serving: deployments of any of them), asked before its task changes.
 MODEL_IN_USE_CHECKS: list[Callable[[Model], str | None]] = []
 # Other apps register promotion checks (training: eval scores): given a candidate for a guarded alias and
-# the alias's holder, each returns where the candidate scores below it ("0.500 vs 0.700 on <eval set>").
-PROMOTION_CHECKS: list[Callable[[ModelVersion, ModelVersion], list[str]]] = []
+# the alias's holder, each returns what it holds against the candidate (``promotion_guard.Finding``).
+PROMOTION_CHECKS: list[PromotionCheck] = []
 # Other apps register what a promotion sets in motion (serving: a rollout of the version on the endpoint
 # named, or on the endpoints that served the alias's previous holder). Called inside ``promote``'s
 # transaction as (actor, version, previous holder or None, alias, endpoint name or ""); each returns what
@@ -321,11 +322,6 @@ GUARDED_ALIASES = frozenset({"production"})
 MAX_ENDPOINT_NAME = 63
 
 
-def score_regressions(candidate: ModelVersion, holder: ModelVersion) -> list[str]:
-    """What the registered promotion checks say ``candidate`` does worse than ``holder``."""
-    return [problem for check in PROMOTION_CHECKS for problem in check(candidate, holder)]
-
-
 @dataclass(frozen=True)
 class Promotion:
     """An alias moved, and what the promotion set in motion (rollouts started, or why not)."""
@@ -340,11 +336,12 @@ def promote(
 ) -> Promotion:
     """Point ``alias`` (e.g. production) at ``version``; the audit row names the previous holder.
 
-    ``production`` refuses a candidate that scores below the current holder on a common eval set, unless
-    an owner forces it with a reason (kept in the audit row). Then the registered followers act on it:
-    serving starts a rollout on ``endpoint`` if one is named, else (for ``production``) on every endpoint
-    whose weighted routes serve another version of the model (the previous holder, or the version traffic
-    stayed on when the last rollout was rolled back)."""
+    ``production`` refuses a candidate that scores below the current holder on an eval set, or was never
+    scored on one while the holder was, unless an owner forces it with a reason (kept in the audit row;
+    ``promotion_guard``). Then the registered followers act on it: serving starts a rollout on ``endpoint``
+    if one is named, else (for ``production``) on every endpoint whose weighted routes serve another version
+    of the model (the previous holder, or the version traffic stayed on when the last rollout was rolled
+    back)."""
     gate.require(actor, "model.promote", version.model)
     # Locked as archive_version locks it: a version archived since the caller read it is not promoted.
     version = ModelVersion.objects.select_for_update(of=("self",)).select_related("model").get(pk=version.pk)
@@ -358,15 +355,14 @@ def promote(
     previous = existing.version if existing else None
     force_reason = force_reason.strip()
     if alias in GUARDED_ALIASES and previous is not None and previous.pk != version.pk:
-        regressions = score_regressions(version, previous)
-        if regressions and not force_reason:
-            raise Conflict(
-                f"{version.label} scores below the current {alias} {previous.label} ({'; '.join(regressions)}). "
-                "An owner may promote it anyway with a reason.",
-                code="score_regression",
-            )
-        if regressions:
-            gate.require(actor, "model.promote_force", version.model)
+        require_passed(
+            PROMOTION_CHECKS,
+            actor=actor,
+            version=version,
+            holder=previous,
+            alias=alias,
+            force_reason=force_reason,
+        )
     elif force_reason:
         force_reason = ""  # nothing to override
     if existing:

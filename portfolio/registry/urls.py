@@ -11,6 +11,7 @@ urlpatterns = [
     path("<str:name>/import/", views.model_import, name="model-import"),
     path("<str:name>/upload/", views.adapter_upload, name="adapter-upload"),
     path("<str:name>/compare/", views.model_compare, name="model-compare"),
+    path("<str:name>/aliases/<str:alias>/remove/", views.alias_remove, name="alias-remove"),
     path("<str:name>/v<int:number>/", views.version_detail, name="version-detail"),
     path("<str:name>/v<int:number>/progress/", views.version_progress, name="version-progress"),
     path("<str:name>/v<int:number>/promote/", views.version_promote, name="version-promote"),

@@ -84,3 +84,11 @@ def no_such_model(name) -> GatewayError:
         "model_not_found",
         param="model",
     )
+
+
+class PayloadError(ValueError):
+    """A body the gateway will not forward: a 400 naming ``param`` (payloads.py, schemas.py)."""
+
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_value"):
+        super().__init__(message)
+        self.message, self.param, self.code = message, param, code

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from serving.gateway import schemas
+from serving.gateway.errors import PayloadError
 
 # Upper bounds on a prompt's tokens, from its size in bytes: a token is at least one byte (byte-level
 # tokenizers), plus what the engine adds: special tokens to a text prompt, the chat template's role markers
@@ -40,14 +41,6 @@ INT32 = 2**31 - 1
 # integers). A worst case billed for a timed-out request can be more (2,048 prompts of n completions on a
 # long context), and an event past its columns would never be stored: it is billed at this.
 USAGE_TOKENS_MAX = INT32
-
-
-class PayloadError(ValueError):
-    """A body the gateway will not forward: a 400 naming ``param``."""
-
-    def __init__(self, message: str, param: str | None = None, code: str = "invalid_value"):
-        super().__init__(message)
-        self.message, self.param, self.code = message, param, code
 
 
 class Shape(NamedTuple):  # a tuple: made once per request, several times cheaper than a frozen dataclass

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from serving.gateway.errors import PayloadError
+
 # The deepest a value may nest, its own object or array counting as the first level. OpenAI's structured
 # outputs allow 10 nested object levels; written out, each takes up to 4 JSON levels (`properties`, the
 # property's schema, an `anyOf` array, its member), under the value's own wrappers (a tool, its `function`, its
@@ -42,8 +44,6 @@ WIDE = 32  # past this many items, a container's scalars are told apart in C
 
 
 def _refused(message: str, param: str, code: str = "invalid_value") -> Exception:
-    from serving.gateway.payloads import PayloadError  # payloads.py imports this module
-
     return PayloadError(message, param, code)
 
 

@@ -9,6 +9,7 @@ from portfolio.errors import Conflict, Forbidden
 from portfolio.registry import services
 from portfolio.registry.choices import Source, VersionKind, VersionStatus
 from portfolio.registry.models import Alias, Artifact, ModelVersion
+from portfolio.registry.promotion_guard import Finding
 from tests.conftest import actor_for
 
 pytestmark = pytest.mark.django_db
@@ -58,7 +59,7 @@ def test_a_registered_promotion_check_refuses_production_to_a_candidate_in_its_w
 ):
     v1, v2 = versions
     monkeypatch.setattr(
-        services, "PROMOTION_CHECKS", [lambda candidate, holder: ["0.100 vs 0.900 on tickets v1"]]
+        services, "PROMOTION_CHECKS", [lambda candidate, holder: [Finding("0.100 vs 0.900 on tickets v1")]]
     )
     services.promote(actor=actor_for(org["engineer"]), version=v1, alias="production")
     with pytest.raises(

@@ -1,6 +1,6 @@
 """Web pages of the model registry: the catalogue and a model's page (``catalogue``), imports and adapter
 uploads (``imports``), a version's page with its promotion, verification, archiving and chat template (``versions``),
-and two versions side by side (``compare``).
+removing an alias (``aliases``), and two versions side by side (``compare``).
 
 Every view decides access with the gate: a model the actor may not see answers 404 (``gate.get_visible``),
 a change needs its capability (``gate.require``), else 403; the docstrings say which. Changes go through
@@ -10,6 +10,7 @@ a change needs its capability (``gate.require``), else 403; the docstrings say w
 The views are named here for ``registry.urls``.
 """
 
+from portfolio.registry.views.aliases import alias_remove
 from portfolio.registry.views.catalogue import model_create, model_detail, model_edit, model_list
 from portfolio.registry.views.compare import model_compare
 from portfolio.registry.views.imports import adapter_upload, model_import
@@ -26,6 +27,7 @@ from portfolio.registry.views.versions import (
 
 __all__ = [
     "adapter_upload",
+    "alias_remove",
     "model_compare",
     "model_create",
     "model_detail",

@@ -150,6 +150,8 @@ def model_detail(request, name: str):
             "card_html": mark_safe(cards.render(card_version.model_card)) if card_version else "",  # noqa: S308
             "can_register": gate.can(actor, "model.register", model),
             "can_promote": gate.can(actor, "model.promote", model),
+            "can_force": gate.can(actor, "model.promote_force", model),
+            "guarded_aliases": services.GUARDED_ALIASES,
             "audit_url": _audit_url(model, "model.promote") if can_view_audit else "",
             "history_url": _audit_url(model) if can_view_audit else "",
         },

@@ -119,6 +119,8 @@ def _version_page(
             "moving": moving,
             "can_register": gate.can(actor, "model.register", model),
             "can_promote": gate.can(actor, "model.promote", model),
+            "can_force": gate.can(actor, "model.promote_force", model),
+            "guarded_aliases": services.GUARDED_ALIASES,
             # The number a derived version (a new chat template) would get, for the button's label.
             "next_number": (model.versions.order_by("-number").values_list("number", flat=True).first() or 0)
             + 1,
