@@ -74,6 +74,12 @@ class EndpointIn(Schema):
 class ConfigIn(Schema):
     kind: Literal["plain", "router", "cascade", "vote"]
     config: dict[str, Any] = Field({}, description=CONFIG_HELP)
+    routes: list[RouteIn] | None = Field(
+        None,
+        max_length=MAX_ROUTES,
+        description="With kind plain: its weighted routes, in place of any it has; omitted: the routes it "
+        "kept from before it was made composite (an endpoint created composite has none)",
+    )
 
 
 class RoutesIn(Schema):
@@ -168,10 +174,15 @@ def set_routes(request, endpoint: str, payload: RoutesIn):
     "/endpoints/{endpoint}/config", response=EndpointOut, operation_id="serving_api_configure_endpoint"
 )
 def configure_endpoint(request, endpoint: str, payload: ConfigIn):
-    """Make the endpoint a router, cascade or vote (or plain again); audited with before and after."""
+    """Make the endpoint a router, cascade or vote (or plain again, with ``routes``, or those it kept);
+    audited with before and after."""
     target = gate.get_visible(request.auth, Endpoint, name=endpoint)
     return services.configure_endpoint(
-        actor=request.auth, endpoint=target, kind=payload.kind, config=payload.config
+        actor=request.auth,
+        endpoint=target,
+        kind=payload.kind,
+        config=payload.config,
+        routes=None if payload.routes is None else [r.dict() for r in payload.routes],
     )
 
 

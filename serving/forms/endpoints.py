@@ -274,7 +274,8 @@ class BoundedJSONField(forms.JSONField):
 
 
 class CompositeForm(forms.Form):
-    """An endpoint's kind and, for a router, cascade or vote, its settings as JSON (validated by the service)."""
+    """An endpoint's kind and, for a router, cascade or vote, its settings as JSON; made plain, the routes it
+    should have, as JSON too (all validated by the service)."""
 
     kind = forms.ChoiceField(choices=EndpointKind.choices)
     config = BoundedJSONField(
@@ -291,7 +292,27 @@ class CompositeForm(forms.Form):
         ),
     )
 
+    routes = BoundedJSONField(
+        required=False,
+        max_length=20_000,
+        label="Routes, when made plain",
+        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "class": "mono"}),
+        help_text=(
+            'Plain: its weighted routes, e.g. [{"deployment": "…", "weight": 100}] (with "adapter": "…" for an '
+            "adapter), in place of any it has; empty: the routes it kept from before it was made composite."
+        ),
+    )
+
     def __init__(self, *args, endpoint: Endpoint, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["kind"].initial = endpoint.kind
         self.fields["config"].initial = endpoint.config or {}
+
+    def clean_routes(self) -> list[dict] | None:
+        """None (keep the routes it has), or a list of route objects as ``services`` takes them."""
+        routes = self.cleaned_data.get("routes")
+        if routes in (None, "", []):
+            return None
+        if not isinstance(routes, list) or not all(isinstance(route, dict) for route in routes):
+            raise forms.ValidationError('A list of routes, e.g. [{"deployment": "…", "weight": 100}].')
+        return routes

@@ -24,17 +24,6 @@ class Capture:
             self.body += message.get("body", b"")
 
 
-def with_headers(send, extra: list[tuple[bytes, bytes]]):
-    """``send``, adding ``extra`` headers to the response's start."""
-
-    async def wrapped(message: dict) -> None:
-        if message["type"] == "http.response.start":
-            message = dict(message, headers=[*message["headers"], *extra])
-        await send(message)
-
-    return wrapped
-
-
 async def never_disconnects() -> dict:  # an intermediate hop is read whole: nothing listens to the client
     raise AssertionError("an intermediate hop does not stream")
 

@@ -3,161 +3,53 @@ client calls (their decisions are voting.py's pure functions; their configs, ser
 
 Contract, as for plain endpoints (app.py): PostgreSQL is never touched per request, the config rides in the
 routing table. Every hop is a plain endpoint the key must be allowed to call itself (team, shares, scopes):
-one it may not is refused before anything runs, naming it. Admission reserves the worst case of all the
-hops a request may make (the sum of its steps, each step its costliest choice); each hop is then metered
-as a usage event of its own (``via`` the composite), priced by the endpoint that answered, and the
-reservation is settled once with their sum. The final hop streams as a plain call does; an answer the
-gateway picked itself (a cascade's small answer kept, a vote's winner) is sent whole, or as a valid
-server-sent-event stream when the client asked for one. Response headers say which endpoint answered and
-why: ``x-portfolio-answered-by``, ``x-portfolio-route-label``, ``x-portfolio-escalated`` (with
+one it may not is refused before anything runs, naming it; each follows its fallbacks as the key's own call
+to it would (access.chain). Admission reserves the worst case of all the hops a request may make (the sum
+of its steps, each step its costliest choice, fallbacks included: hop_admission.py); each hop is then
+metered as a usage event of its own (``via`` the composite), priced by the endpoint that answered, and the
+reservation is settled once with their sum. A failure after a hop was billed tells the client not to send
+the request again (``x-should-retry: false``): the openai SDKs would, twice, billed for those hops each
+time. The final hop streams as a plain call does; an answer the gateway picked itself (a cascade's small
+answer kept, a vote's winner) is sent whole, or as a valid server-sent-event stream when the client asked
+for one. Response headers say which endpoint answered (a hop, or a fallback of it) and why:
+``x-portfolio-answered-by``, ``x-portfolio-route-label``, ``x-portfolio-escalated`` (with
 ``x-portfolio-confidence``, or ``x-portfolio-verdict`` when a verifier judged), ``x-portfolio-votes``. A
 verifier's questions (verifier.py) are hops like the others; a vote's run at once.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
 import orjson
-from django.conf import settings
 
-from serving.gateway import access, admission, hop_ids, hop_prompts, keystate, payloads, verifier, voting
-from serving.gateway.answers import Capture, never_disconnects, send_answer, with_headers
+from serving.gateway import admission, hop_ids, hop_prompts, keystate, payloads, verifier, voting
+from serving.gateway.answers import Capture, never_disconnects, send_answer
 from serving.gateway.errors import GatewayError
 from serving.gateway.events import USAGE_STREAM, Outcome, usage_event
+from serving.gateway.hop_admission import ChainOf, alone, chains_for, hops, reservation, spend_caps
 from serving.gateway.keycache import KeyRecord
-from serving.gateway.limits import SpendCaps
 from serving.gateway.routing import Composite, EndpointInfo, price_micros
 
-
-def hops(snapshot, key: KeyRecord, first: EndpointInfo, kind: str) -> dict[str, EndpointInfo]:
-    """The plain endpoints ``first`` may call, each checked as the key's own call would be."""
-    composite = first.composite
-    assert composite is not None, "a composite endpoint"
-    found = {}
-    for name in composite.hops():
-        hop = snapshot.endpoints.get(name)
-        # Every hop is asked for text: one serving embeddings, speech or scores (restarted onto such a model
-        # since, or a row edited by hand) would answer nothing a composite can use.
-        if hop is None or hop.composite is not None or hop.embedding or hop.serves != "text":
-            raise GatewayError(
-                503,
-                f"`{first.name}` calls `{name}`, which is not a plain text endpoint right now; ask its owners.",
-                "composite_misconfigured",
-            )
-        if not access.may_call(key, hop):
-            raise GatewayError(
-                403,
-                f"`{first.name}` calls `{name}`, which this key may not call: add `{name}` to the key's scopes "
-                f"(or share it with the key's team) to call `{first.name}`.",
-                "model_not_allowed",
-                param="model",
-            )
-        # A classifier, a verifier and a templated large endpoint are asked with plain prompts.
-        templated = name == composite.large and composite.large_template
-        if (
-            kind == "chat"
-            and hop.no_chat
-            and name not in (composite.classifier, composite.verifier)
-            and not templated
-        ):
-            raise GatewayError(
-                400,
-                f"`{first.name}` calls `{name}`, which has no chat template ({hop.no_chat}): call "
-                "/v1/completions with it.",
-                "unsupported_endpoint",
-                param="model",
-            )
-        if name == composite.sampler and composite.n > min(hop.max_n, settings.GATEWAY_MAX_N):
-            # The service keeps a sampler's cap at its votes' n; a cap lowered since (or a row edited by
-            # hand) must not let a vote ask for more completions than the sampler's own callers may.
-            raise GatewayError(
-                503,
-                f"`{first.name}` asks `{name}` for {composite.n} completions, more than it allows per request; "
-                "ask its owners.",
-                "composite_misconfigured",
-            )
-        found[name] = hop
-    return found
-
-
-def reservation(
-    composite: Composite, found: dict[str, EndpointInfo], shape: payloads.Shape, text: str, kind: str = "chat"
-) -> tuple[int, int, list[list[tuple[EndpointInfo, int]]]]:
-    """Tokens and money (micros) for the worst case of every step, and each step's hops with their money
-    (for the spend caps, which count another team's hops only: the costliest of a step may be free)."""
-    steps: list[list[tuple[EndpointInfo, payloads.Shape]]] = []
-    if composite.kind == "router":
-        classifier = found[composite.classifier]
-        steps.append([(classifier, hop_prompts.classifier_shape(composite, classifier, text))])
-        steps.append([(found[name], shape) for name in {*composite.table.values(), composite.default}])
-    elif composite.kind == "cascade":
-        steps.append([(found[composite.small], shape)])
-        if composite.verifier:
-            checker = found[composite.verifier]
-            steps.append([(checker, verifier.shape(composite, checker, text))])
-        large = found[composite.large]
-        asked = (
-            hop_prompts.shape(composite, text, shape)
-            if hop_prompts.applies(composite, kind, large.no_chat)
-            else shape
-        )
-        steps.append([(large, asked)])
-    else:
-        steps.append([(found[composite.sampler], shape._replace(choices=composite.n, n=composite.n))])
-        if composite.verifier:  # at worst every sample a distinct answer, each asked about
-            checker = found[composite.verifier]
-            steps.append([(checker, verifier.shape(composite, checker, text, composite.n))])
-    tokens = money = 0
-    priced: list[list[tuple[EndpointInfo, int]]] = []
-    for step in steps:
-        worst = [
-            (
-                hop,
-                *payloads.worst_case(
-                    s, hop.max_model_len, hop.input_micros_per_token, hop.output_micros_per_token
-                ),
-            )
-            for hop, s in step
-        ]
-        tokens += max(t for _, t, _ in worst)
-        money += max(m for _, _, m in worst)
-        priced.append([(hop, hop_money) for hop, _, hop_money in worst])
-    return tokens, money, priced
-
-
-def spend_caps(snapshot, key: KeyRecord, steps: list[list[tuple[EndpointInfo, int]]]) -> SpendCaps | None:
-    """As admission.spend_caps, summed over the steps: in each, the costliest hop the team's (or the
-    department's) statement would charge; its own team's hops cost the team nothing."""
-    team = snapshot.caps.get(("team", key.team_id))
-    department = snapshot.caps.get(("department", key.department_id))
-    if team is None and department is None:
-        return None
-    team_reserve = department_reserve = 0
-    for step in steps:
-        # Another team's hop reserves at least admission.AT_COST_RESERVE: unpriced, it is charged at cost.
-        others = [(hop, max(m, admission.AT_COST_RESERVE)) for hop, m in step if hop.team_id != key.team_id]
-        team_reserve += max((m for _, m in others), default=0)
-        department_reserve += max(
-            (m for hop, m in others if hop.department_id != key.department_id), default=0
-        )
-    return SpendCaps(
-        key.team_id,
-        key.department_id,
-        team,
-        department,
-        team_reserve,
-        department_reserve,
-        snapshot.caps_month,
-    )
+logger = logging.getLogger(__name__)
 
 
 class Run:
     """One request to a composite endpoint: its hops in order, each with its outcome."""
 
-    def __init__(self, gateway, request_id: str, caller, first: EndpointInfo, event_id: str, started: float):
+    def __init__(
+        self,
+        gateway,
+        request_id: str,
+        caller,
+        first: EndpointInfo,
+        event_id: str,
+        started: float,
+        chains: ChainOf = alone,
+    ):
         self.gateway, self.request_id, self.caller, self.first = gateway, request_id, caller, first
-        self.event_id, self.started = event_id, started
+        self.event_id, self.started, self.chains = event_id, started, chains
         self.outcomes: list[Outcome] = []
         # When each hop began and ended (perf_counter; 0: it is the final hop, or was cut short): hops may
         # overlap (a vote's verifier questions), so each one's latency is its own span.
@@ -178,22 +70,44 @@ class Run:
         self.spans.append([self.started if len(self.spans) == 0 else time.perf_counter(), 0.0])
         return outcome
 
+    def billed(self) -> bool:
+        """Whether a hop was billed so far (tokens counted, or a worst case for an engine that had it)."""
+        return any(o.input_tokens or o.output_tokens or o.worst_case for o in self.outcomes)
+
+    def answered_by(self) -> bytes:
+        """The endpoint that answered the last hop asked (the hop, or one of its fallbacks: forwarding names
+        it in the outcome), for a header."""
+        return self.outcomes[-1].endpoint.encode()
+
+    def _unready(self, exc: GatewayError, hop: EndpointInfo) -> None:
+        # forwarding names the model the client sees, here the composite: the hop (and its fallbacks) had
+        # none.
+        if exc.code == "no_replica_available":
+            exc.message = (
+                f"No replica of `{hop.name}` (called by `{self.first.name}`) is ready to serve (or all "
+                "failed to connect)."
+            )
+
     async def ask(self, hop: EndpointInfo, kind: str, body: dict, shape: payloads.Shape) -> dict:
         """An intermediate hop's answer, read whole (its errors become the client's, naming the hop)."""
         outcome = self._outcome(hop, kind, shape._replace(stream=False))
         span = self.spans[-1]
         capture = Capture()
-        await self.gateway._dispatch(
-            never_disconnects,
-            capture,
-            self.request_id,
-            [hop],
-            hop.name,
-            body,
-            outcome,
-            self.started,
-            self.caller,
-        )
+        try:
+            await self.gateway._dispatch(
+                never_disconnects,
+                capture,
+                self.request_id,
+                self.chains(hop, kind, shape.choices),
+                hop.name,
+                body,
+                outcome,
+                self.started,
+                self.caller,
+            )
+        except GatewayError as exc:
+            self._unready(exc, hop)
+            raise
         span[1] = time.perf_counter()
         if capture.status != 200:
             try:
@@ -222,18 +136,33 @@ class Run:
         self, receive, send, hop: EndpointInfo, kind: str, payload: dict, shape: payloads.Shape, extra: list
     ) -> None:
         """The last hop: answered to the client as a plain call is (streaming included)."""
+        billed = self.billed()
         outcome = self._outcome(hop, kind, shape)
-        await self.gateway._dispatch(
-            receive,
-            with_headers(send, [(b"x-portfolio-answered-by", hop.name.encode()), *extra]),
-            self.request_id,
-            [hop],
-            self.first.name,
-            payload,
-            outcome,
-            self.spans[-1][0],  # its time to first token is its own, as its latency is
-            self.caller,
-        )
+
+        async def answering(message: dict) -> None:
+            # Headers said once the answering endpoint is known: the hop, or a fallback of it.
+            if message["type"] == "http.response.start":
+                said = [(b"x-portfolio-answered-by", outcome.endpoint.encode()), *extra]
+                if billed and message["status"] != 200:  # an engine's error, after billed hops
+                    said.append((b"x-should-retry", b"false"))
+                message = dict(message, headers=[*message["headers"], *said])
+            await send(message)
+
+        try:
+            await self.gateway._dispatch(
+                receive,
+                answering,
+                self.request_id,
+                self.chains(hop, kind, shape.choices),
+                self.first.name,
+                payload,
+                outcome,
+                self.spans[-1][0],  # its time to first token is its own, as its latency is
+                self.caller,
+            )
+        except GatewayError as exc:
+            self._unready(exc, hop)
+            raise
 
 
 def _strip_logprobs(choice: dict, asked: bool) -> dict:
@@ -303,7 +232,8 @@ async def serve(
     found = hops(snapshot, key, first, kind)
     asks_text = composite.kind == "router" or composite.verifier or composite.large_template
     text = hop_prompts.last_user_text(kind, payload) if asks_text else ""
-    tokens, money, priced = reservation(composite, found, shape, text, kind)
+    chain_of = chains_for(snapshot, key, gateway._cut_fallbacks)
+    tokens, money, priced = reservation(composite, found, shape, text, kind, chains=chain_of)
     whole = Outcome(endpoint=first.name, kind=kind, shape=shape, event_id=event_id, first=first)
     verdict = await gateway.limiter.admit(
         key,
@@ -318,7 +248,7 @@ async def serve(
         if verdict.reason == "revoked":
             gateway.keys.evict(key.key_id)
         raise admission.refusal(key, verdict, tokens, money, playground=False)
-    run = Run(gateway, request_id, (key.key_id, headers), first, event_id, started)
+    run = Run(gateway, request_id, (key.key_id, headers), first, event_id, started, chain_of)
     try:
         if composite.kind == "router":
             await _route(run, receive, send, composite, found, kind, payload, shape, text)
@@ -329,10 +259,17 @@ async def serve(
     except GatewayError as exc:
         _failed(run, exc.status, exc.code)
         exc.metered = bool(run.outcomes)
+        exc.billed = exc.billed or run.billed()  # (errors.py) hops billed already are not to be billed again
         raise
     except Exception:
         _failed(run, 500, "internal")
-        raise
+        if not run.billed():
+            raise
+        # As app.py answers a bug, and telling the client not to send again what it was billed for.
+        logger.exception("gateway: request %s failed", request_id)
+        error = GatewayError(500, f"Internal gateway error (request {request_id}).", "internal")
+        error.metered = error.billed = True
+        raise error from None
     finally:
         await settle(gateway, key, verdict.reservation, run)
 
@@ -369,6 +306,7 @@ async def _cascade(
     asked = payload if judged else with_logprobs(kind, payload)
     body = {k: v for k, v in asked.items() if k not in ("stream", "stream_options")}
     answer = await run.ask(small, kind, body, shape)
+    small_by = run.answered_by()
     if judged:
         said = await verifier.verdicts(
             run, found[composite.verifier], composite, text, [voting.answer_text(answer["choices"][0])]
@@ -382,10 +320,11 @@ async def _cascade(
         extra = [(b"x-portfolio-escalated", b"true"), told]
         large = found[composite.large]
         if hop_prompts.applies(composite, kind, large.no_chat):
-            context = hop_prompts.smallest_context(large, run.gateway.snapshot.deployments)
+            chain = run.chains(large, "completion", 1)
+            context = hop_prompts.smallest_context(chain, run.gateway.snapshot.deployments)
             body = hop_prompts.completion_body(composite, payload, text, context)
             answer = await run.ask(large, "completion", body, hop_prompts.shape(composite, text, shape))
-            extra.append((b"x-portfolio-answered-by", large.name.encode()))
+            extra.append((b"x-portfolio-answered-by", run.answered_by()))
             chat = hop_prompts.as_chat(answer, run.first.name)
             await send_answer(send, run.request_id, kind, chat, shape, extra)
             return
@@ -393,7 +332,7 @@ async def _cascade(
         return
     kept = _asked_logprobs(kind, payload)
     answer = dict(answer, model=run.first.name, choices=[_strip_logprobs(c, kept) for c in answer["choices"]])
-    extra = [(b"x-portfolio-answered-by", small.name.encode()), (b"x-portfolio-escalated", b"false"), told]
+    extra = [(b"x-portfolio-answered-by", small_by), (b"x-portfolio-escalated", b"false"), told]
     await send_answer(send, run.request_id, kind, answer, shape, extra)
 
 
@@ -405,6 +344,7 @@ async def _vote(run: Run, send, composite: Composite, found, kind, payload, shap
     if composite.method == "best_of_n":
         body = with_logprobs(kind, body)
     answer = await run.ask(sampler, kind, body, shape._replace(choices=composite.n, n=composite.n))
+    sampled_by = run.answered_by()
     choices = answer["choices"]
     judged = []
     if composite.method == "verifier":
@@ -423,7 +363,7 @@ async def _vote(run: Run, send, composite: Composite, found, kind, payload, shap
     # The usage shown is every sample's: each was billed.
     answer = dict(answer, model=run.first.name, choices=[chosen])
     extra = [
-        (b"x-portfolio-answered-by", sampler.name.encode()),
+        (b"x-portfolio-answered-by", sampled_by),
         (b"x-portfolio-votes", f"{votes}/{len(choices)}".encode()),
         *judged,
     ]

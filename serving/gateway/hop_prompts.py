@@ -4,9 +4,9 @@ chat template) as a plain prompt: the cascade's ``large_template`` with the last
 ``{input}`` (few-shot examples, say), asked through /v1/completions, and the completion given back to the
 client as a chat completion.
 
-Contract, as composite.py's: no I/O here; the rendered prompt is bounded (the template by the service, the
-message by LABEL_PROMPT_MAX, and the classifier's by its context), so the reservation knows its size
-before the call.
+Contract, as composite.py's: no I/O here; the rendered prompt's size is known before the call (the template
+bounded by the service, the message whole: the client's request bounds it), so the reservation counts it;
+the classifier is shown at most LABEL_PROMPT_MAX bytes of the message, and what its context holds.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ LABEL_PROMPT_MAX = 16_000  # bytes of the last user message a router's classifie
 
 
 def last_user_text(kind: str, payload: dict) -> str:
-    """What a router's classifier is asked: the last user message (its text parts), or a text prompt (a
-    list of one text prompt included: a composite takes one prompt per request)."""
+    """The last user message (its text parts), or a text prompt (a list of one text prompt included: a
+    composite takes one prompt per request), whole: each hop that is shown it cuts it to its own bound (a
+    classifier, a verifier), and a templated large endpoint is asked with all of it."""
     if kind != "chat":
         prompt = payload.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1:
             prompt = prompt[0]
-        return prompt[:LABEL_PROMPT_MAX] if isinstance(prompt, str) else ""
+        return prompt if isinstance(prompt, str) else ""
     for message in reversed(payload.get("messages") or []):
         if isinstance(message, dict) and message.get("role") == "user":
             content = message.get("content")
@@ -35,7 +36,7 @@ def last_user_text(kind: str, payload: dict) -> str:
                     for part in content
                     if isinstance(part, dict) and part.get("type") == "text"
                 )
-            return content[:LABEL_PROMPT_MAX] if isinstance(content, str) else ""
+            return content if isinstance(content, str) else ""
     return ""
 
 
@@ -45,15 +46,16 @@ def cut(text: str, limit: int) -> str:
 
 
 def classifier_text(composite: Composite, classifier: EndpointInfo, text: str) -> str:
-    """The start of ``text``, as much of it as the classifier's context leaves room for after the system
-    prompt and the label (bytes bound tokens): a long message is labelled by its start, not refused."""
+    """The start of ``text``, at most LABEL_PROMPT_MAX bytes and as much as the classifier's context leaves
+    room for after the system prompt and the label (bytes bound tokens): a long message is labelled by its
+    start, not refused."""
     room = (
         classifier.max_model_len
         - len(composite.system.encode())
         - payloads.CHAT_TEMPLATE_TOKENS
         - composite.label_tokens
     )
-    return cut(text, room)
+    return cut(text, min(room, LABEL_PROMPT_MAX))
 
 
 def classifier_request(composite: Composite, classifier: EndpointInfo, text: str) -> tuple[str, dict]:
@@ -88,21 +90,32 @@ def render(template: str, text: str) -> str:
     return template.replace(PLACEHOLDER, text)
 
 
-def smallest_context(hop: EndpointInfo, deployments: dict) -> int:
-    """The context of the smallest deployment ``hop`` routes to (``Snapshot.deployments``): any of them may
-    answer, and an engine refuses a ``max_tokens`` above its own."""
-    known = [deployments[r.deployment].max_model_len for r in hop.routes if r.deployment in deployments]
-    return min(known, default=hop.max_model_len)
+def smallest_context(chain: list[EndpointInfo], deployments: dict) -> int:
+    """The context of the smallest deployment the endpoints of ``chain`` (a hop and its fallbacks) route to
+    (``Snapshot.deployments``): any of them may answer, and an engine refuses a ``max_tokens`` above what
+    its own leaves."""
+    known = [
+        deployments[r.deployment].max_model_len
+        for hop in chain
+        for r in hop.routes
+        if r.deployment in deployments
+    ]
+    return min(known, default=min(hop.max_model_len for hop in chain))
 
 
 def completion_body(composite: Composite, payload: dict, text: str, context: int) -> dict:
     """The completion request: the rendered prompt, with the client's limits and sampling. Without a limit
-    from the client, a chat call's: up to the ``context`` (the engine stops at what the prompt leaves), not
-    the completions route's default of 16 tokens."""
+    from the client, a chat call's: the rest of the ``context`` after the prompt, not the completions route's
+    default of 16 tokens. Sent as a number: vLLM refuses a prompt and ``max_tokens`` over the context (a
+    400, the whole context asked), and takes a null for the end of the context with failures of its own
+    (intake.py). The prompt's bytes, and the special tokens an engine adds, bound its tokens: what is left
+    always fits (at least one token, should the prompt's bound fill the context)."""
     body: dict = {"prompt": render(composite.large_template, text)}
     limit = payload.get("max_completion_tokens")
     limit = payload.get("max_tokens") if limit is None else limit
-    body["max_tokens"] = context if limit is None else limit
+    if limit is None:
+        limit = max(1, context - prompt_bound(composite, text) - payloads.SPECIAL_TOKENS)
+    body["max_tokens"] = limit
     for name in ("temperature", "top_p", "seed"):
         if name in payload:
             body[name] = payload[name]
@@ -116,9 +129,13 @@ def shape(composite: Composite, text: str, asked: payloads.Shape) -> payloads.Sh
     """What the completion asks of the engine at most (bytes bound tokens), one choice, unstreamed: the
     message counts once per placeholder render() fills (the service allows one; a row edited by hand may
     hold more)."""
+    return asked._replace(prompts=(prompt_bound(composite, text),), choices=1, n=1, stream=False)
+
+
+def prompt_bound(composite: Composite, text: str) -> int:
+    """The rendered prompt's bytes at most (a bound on its tokens, less the engine's special tokens)."""
     template = composite.large_template
-    bound = len(template.encode()) + template.count(PLACEHOLDER) * len(text.encode())
-    return asked._replace(prompts=(bound,), choices=1, n=1, stream=False)
+    return len(template.encode()) + template.count(PLACEHOLDER) * len(text.encode())
 
 
 def as_chat(answer: dict, model: str) -> dict:

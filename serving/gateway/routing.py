@@ -255,11 +255,22 @@ def _read_snapshot() -> Snapshot:
         "routes__deployment", "routes__adapter", "shares"
     )
     for endpoint in endpoints:
+        composite = None
+        if endpoint.kind != "plain":
+            try:
+                composite = composite_of(endpoint.kind, endpoint.config)
+            except (KeyError, TypeError, ValueError):  # validated when written: a row edited by hand
+                logger.error(
+                    "gateway: endpoint %s has an unreadable %s config; skipped", endpoint.name, endpoint.kind
+                )
+                continue
         routes = []
         max_len = image_tokens = decoder_len = 0
         embedding = False
         serves = ""
-        for route in endpoint.routes.all():
+        # A composite calls its hops, never the routes it kept to go back to plain: what it serves, its
+        # context and its image bound are its hops' (composite.py, _reach_image_tokens), not theirs.
+        for route in endpoint.routes.all() if composite is None else ():
             deployment = route.deployment
             max_len = max(max_len, int(deployment.engine_args.get("max_model_len", 2048)))
             known = snapshot.deployments.get(deployment.name)
@@ -281,15 +292,6 @@ def _read_snapshot() -> Snapshot:
                 )
             )
         price_in, price_out = prices.get(endpoint.pk, (0, 0))
-        composite = None
-        if endpoint.kind != "plain":
-            try:
-                composite = composite_of(endpoint.kind, endpoint.config)
-            except (KeyError, TypeError, ValueError):  # validated when written: a row edited by hand
-                logger.error(
-                    "gateway: endpoint %s has an unreadable %s config; skipped", endpoint.name, endpoint.kind
-                )
-                continue
         snapshot.endpoints[endpoint.name] = EndpointInfo(
             name=endpoint.name,
             team_id=endpoint.owner_team_id,

@@ -25,6 +25,7 @@ from serving.choices import EndpointKind, RolloutState
 from serving.gateway.voting import LABEL
 from serving.models import Deployment, Endpoint
 from serving.services import locks
+from serving.services.endpoint_routes import resolve_routes, write_routes
 
 ROUTER_MAX_LABELS = 32
 ROUTER_MAX_LABEL_TOKENS = 16
@@ -311,15 +312,28 @@ def require_not_called(endpoint: Endpoint, doing: str) -> None:
 
 @transaction.atomic
 def configure_endpoint(
-    *, actor: Actor, endpoint: Endpoint, kind: str, config: dict | None = None
+    *,
+    actor: Actor,
+    endpoint: Endpoint,
+    kind: str,
+    config: dict | None = None,
+    routes: list[dict] | None = None,
 ) -> Endpoint:
-    """Make an endpoint a router, cascade or vote with ``config`` (or a plain one again, routing by its
-    weights); audited with the config before and after."""
+    """Make an endpoint a router, cascade or vote with ``config``, or a plain one again routing by weight: to
+    ``routes`` when given (in place of any it kept), else to those it kept from before it was made composite.
+    Audited once, with the kind, config and routes before and after."""
     gate.require(actor, "deployment.manage", endpoint)
     lock_calls_of(endpoint.owner_team_id)
     endpoint = locks.endpoint(endpoint.pk)
     checked = check_config(endpoint.owner_team, endpoint.name, kind, config or {})
+    resolved = None
     if kind != EndpointKind.PLAIN:
+        if routes:
+            raise Invalid(
+                f"routes: a {kind} endpoint calls the endpoints its config names; give routes only to make it "
+                "plain.",
+                fields={"routes": ["Leave empty for a composite endpoint."]},
+            )
         require_not_called(endpoint, f"make it a {kind}")
         # A composite never calls its routes: the canary would go unwatched, and its end edit unused weights.
         canary = endpoint.rollouts.filter(state=RolloutState.CANARY).first()
@@ -337,9 +351,17 @@ def configure_endpoint(
                 f"{endpoint.name}, and a fallback is a plain endpoint; change "
                 f"{'their' if len(falling_back) > 1 else 'its'} fallback first, then make it a {kind}."
             )
+    elif routes is not None:
+        resolved = resolve_routes(actor, endpoint.owner_team, routes)
+        require_text_for_callers(endpoint, (deployment for deployment, _, _ in resolved))
     elif not endpoint.routes.exists():
-        raise _invalid("kind", "a plain endpoint needs routes: set them (PUT .../routes) and then the kind.")
+        raise Invalid(
+            "routes: a plain endpoint needs routes, and this one has none: give them with the kind.",
+            fields={"routes": ["Give the routes it should have as a plain endpoint."]},
+        )
     before = endpoint.snapshot()
+    if resolved is not None:
+        write_routes(endpoint, resolved)
     endpoint.kind, endpoint.config = kind, checked
     endpoint.save(update_fields=["kind", "config"])
     audit.record(actor, "endpoint.configure", endpoint, before=before, after=endpoint.snapshot())

@@ -16,9 +16,10 @@ from portfolio.accounts.models import Department, Team
 from portfolio.audit import services as audit
 from portfolio.errors import Conflict, Invalid, NotFound
 from serving.choices import RolloutState
-from serving.models import Deployment, DeploymentAdapter, Endpoint, EndpointRoute, EndpointShare
+from serving.models import Endpoint, EndpointShare
 from serving.services import composite, locks
-from serving.services.route_kinds import MAX_ROUTES, require_one_kind
+from serving.services.endpoint_routes import resolve_routes, write_routes
+from serving.services.route_kinds import MAX_ROUTES as MAX_ROUTES  # the API's bound, long imported from here
 from serving.services.shared import _check_name
 
 MAX_DESCRIPTION = 2000
@@ -27,54 +28,6 @@ MAX_DESCRIPTION = 2000
 # ``delete_endpoint`` with the endpoint's row locked: a use committed before the lock is seen, and one that
 # refers to the endpoint after it waits for the delete and finds it gone.
 IN_USE_CHECKS: list[Callable[[Endpoint], str | None]] = []
-
-
-def _routes(
-    actor: Actor, team: Team, routes: list[dict]
-) -> list[tuple[Deployment, DeploymentAdapter | None, int]]:
-    if not routes:
-        raise Invalid("routes: an endpoint needs at least one route.")
-    if len(routes) > MAX_ROUTES:  # each is read here and on every rebuild of the gateway's routing table
-        raise Invalid(f"routes: at most {MAX_ROUTES} routes.")
-    resolved = []
-    listed: dict[tuple[int, int | None], int] = {}
-    for index, route in enumerate(routes):
-        # Locked as it is read (as scale and delete lock it, but letting other reads and references by): not
-        # deleted, nor its adapter removed, before the route to it commits; one deleted meanwhile is not found.
-        deployment = (
-            Deployment.objects.visible_to(actor)
-            .select_for_update(no_key=True, of=("self",))
-            .filter(name=route.get("deployment"))
-            .first()
-        )
-        if deployment is None:
-            raise Invalid(
-                f"routes[{index}].deployment: no deployment {route.get('deployment')!r} visible to you."
-            )
-        if deployment.owner_team_id != team.pk:
-            raise Invalid(f"routes[{index}]: an endpoint routes to its own team's deployments only.")
-        adapter = None
-        if route.get("adapter"):
-            adapter = deployment.adapters.filter(name=route["adapter"]).first()
-            if adapter is None:
-                raise Invalid(
-                    f"routes[{index}].adapter: {deployment.name} serves no adapter {route['adapter']!r}."
-                )
-        # Rollouts key routes by target: a second row of one would take the canary's share, or keep its traffic.
-        first = listed.setdefault((deployment.pk, adapter.pk if adapter else None), index)
-        if first != index:
-            raise Invalid(
-                f"routes[{index}]: {deployment.name}{'/' + adapter.name if adapter else ''} is listed already "
-                f"(routes[{first}]); list each target once, with its weights added up."
-            )
-        weight = route.get("weight", 100)
-        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 10_000:
-            raise Invalid(f"routes[{index}].weight: a whole number 0..10000.")
-        resolved.append((deployment, adapter, weight))
-    if not any(weight for _, _, weight in resolved):
-        raise Invalid("routes: at least one route needs a weight above 0.")
-    require_one_kind(deployment for deployment, _, _ in resolved)
-    return resolved
 
 
 def _fallback(actor: Actor, team: Team, fallback: Endpoint | None) -> Endpoint | None:
@@ -167,7 +120,7 @@ def create_endpoint(
     composite.lock_calls_of(team.pk)  # its config's hops, or its fallback, checked as they stay
     checked = composite.check_config(team, name, kind, config or {})
     if kind == "plain":
-        resolved = _routes(actor, team, routes)
+        resolved = resolve_routes(actor, team, routes)
     elif routes or fallback is not None:
         raise Invalid(
             f"routes: a {kind} endpoint calls the endpoints its config names; it has no routes or fallback.",
@@ -190,8 +143,7 @@ def create_endpoint(
             endpoint.save(force_insert=True)
     except IntegrityError:
         raise Conflict(f"An endpoint named {name!r} already exists.") from None
-    for deployment, adapter, weight in resolved:
-        EndpointRoute.objects.create(endpoint=endpoint, deployment=deployment, adapter=adapter, weight=weight)
+    write_routes(endpoint, resolved)
     audit.record(actor, "endpoint.create", endpoint, after=endpoint.snapshot())
     return endpoint
 
@@ -220,7 +172,7 @@ def set_routes(
             f"routes: {endpoint.name} is a {endpoint.kind} endpoint: change its config instead "
             "(PUT .../config), or make it plain there first."
         )
-    resolved = _routes(actor, endpoint.owner_team, routes)
+    resolved = resolve_routes(actor, endpoint.owner_team, routes)
     composite.require_text_for_callers(endpoint, (deployment for deployment, _, _ in resolved))
     fallback = _fallback(actor, endpoint.owner_team, fallback)
     if fallback is not None:
@@ -232,9 +184,7 @@ def set_routes(
             chain.add(current.pk)
             current = current.fallback
     before = endpoint.snapshot()
-    endpoint.routes.all().delete()
-    for deployment, adapter, weight in resolved:
-        EndpointRoute.objects.create(endpoint=endpoint, deployment=deployment, adapter=adapter, weight=weight)
+    write_routes(endpoint, resolved)
     endpoint.fallback = fallback
     if max_n is not None:
         endpoint.max_n = _check_max_n(max_n)

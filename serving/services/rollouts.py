@@ -58,10 +58,10 @@ def _candidate(
     actor: Actor, endpoint: Endpoint, deployment: str, adapter: str | None
 ) -> tuple[Deployment, DeploymentAdapter | None]:
     """A target the endpoint may route to: a deployment of its own team, or one of that one's adapters.
-    (Not services.endpoints._routes: the beat task's module would then import the reconcile's, a loop.)"""
+    (Not endpoint_routes.resolve_routes: the beat task's module would then import the reconcile's, a loop.)"""
     if not isinstance(deployment, str) or not deployment or len(deployment) > 63:
         raise Invalid("deployment: name the candidate's deployment.", fields={"deployment": ["Required."]})
-    # Locked as services.endpoints._routes locks it: not deleted before the canary's route to it commits.
+    # Locked as endpoint_routes.resolve_routes locks it: not deleted before the canary's route to it commits.
     target = (
         Deployment.objects.visible_to(actor)
         .select_for_update(no_key=True, of=("self",))

@@ -264,6 +264,7 @@ def endpoint_config(request, name: str):
             endpoint=endpoint,
             kind=form.cleaned_data["kind"],
             config=form.cleaned_data["config"] or {},
+            routes=form.cleaned_data.get("routes"),
         ),
         success=f"{endpoint.name} configured.",
         then=lambda _: redirect("endpoint-detail", name=endpoint.name),

@@ -6,9 +6,9 @@ completion runs to its limit (as with ``ignore_eos``), so a test sees the most a
 - ``n`` completions per prompt (``use_beam_search``: ``n`` beams); ``/v1/completions`` takes a string, a
   token-id list, or a list of either, each element its own prompt;
 - a completion's limit: chat prefers ``max_completion_tokens`` to ``max_tokens``, completions default to
-  16, and with no limit a chat completion runs to the end of the context; a limit above the context is
-  refused, and a completion never runs past the context (``max_model_len`` less its prompt); ``echo`` with
-  ``max_tokens: 0`` generates one token;
+  16, and with no limit a chat completion runs to the end of the context; a limit above the context, or
+  more than the context leaves after the prompt (prompt tokens + limit > ``max_model_len``), is refused
+  with a 400; ``echo`` with ``max_tokens: 0`` generates one token;
 - usage: each prompt once, plus every completion's tokens; streams carry usage per choice on each chunk
   (``continuous_usage_stats``) and a final usage chunk with no choices (``include_usage``), only as asked;
 - errors in vLLM's shape (``{"error": {..., "code": 400}}``), and FastAPI's ``{"detail": "Not Found"}``
@@ -130,6 +130,15 @@ class FakeEngine:
         if any(p > self.max_model_len for p in prompts):
             return self._error(
                 f"This model's maximum context length is {self.max_model_len} tokens.", "input_tokens"
+            )
+        longest = max(prompts)
+        if limit is not None and longest + limit > self.max_model_len:
+            # vLLM's own check (serving_engine's _validate_input): the limit must fit after the prompt.
+            return self._error(
+                f"'max_tokens' or 'max_completion_tokens' is too large: {limit}. This model's maximum "
+                f"context length is {self.max_model_len} tokens and your request has {longest} input "
+                f"tokens ({limit} > {self.max_model_len} - {longest}).",
+                "max_tokens",
             )
         n = body.get("n") or 1
         echo_only = kind == "completion" and body.get("echo") and limit == 0

@@ -1,7 +1,8 @@
 """What a composite endpoint asks of its hops is bounded by what it reserved, through a real gateway and
 fake engines: the prompt's log-probabilities are refused (a vote would get them n times over), a router's
 classifier is billed for its own small question even when it fails, a malformed text part is a 400 before
-any hop, and a chat request escalated to a base model gets a chat call's length, not 16 tokens."""
+any hop, and a chat request escalated to a base model gets a chat call's length (the rest of its context),
+not 16 tokens."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
+from serving.gateway import payloads
 from serving.gateway.models import UsageEvent
 from tests.gateway.conftest import flush_settled, wait_for_model
 from tests.gateway.test_composite import chat, composite, ticket_label
@@ -98,9 +100,12 @@ def test_a_malformed_text_part_is_refused_before_any_hop(gateway_url, stack, rou
     assert all(engines[0].requests == [] for engines in router.values())
 
 
-def test_a_chat_request_escalated_to_a_base_model_without_a_limit_gets_the_context(gateway_url, stack, team):
+def test_a_chat_request_escalated_to_a_base_model_without_a_limit_gets_the_rest_of_the_context(
+    gateway_url, stack, team
+):
     """No ``max_tokens`` from the client: the completion the base model was asked with had none either, and
-    the completions route's default (16 tokens) cut every escalated answer short."""
+    the completions route's default (16 tokens) cut every escalated answer short. Nor the whole context,
+    which vLLM refuses with the prompt (test_composite_hops.py): what the prompt leaves of it."""
     small, _ = stack["deployment"]("t-small-dep", answer=lambda b, i: "maybe", logprob=-3.0)
     stack["endpoint"]("t-small", small)
     large, large_engines = stack["deployment"]("t-base-dep", answer=lambda b, i: "billing")
@@ -123,7 +128,9 @@ def test_a_chat_request_escalated_to_a_base_model_without_a_limit_gets_the_conte
         {"model": "templated", "messages": [{"role": "user", "content": "charged twice"}]},
     )
     assert response.status_code == 200 and response.headers["x-portfolio-escalated"] == "true", response.text
-    assert large_engines[0].requests[0]["max_tokens"] == 512, "the large endpoint's context"
+    prompt = len(b"Ticket: {input}\nQueue:") + len(b"charged twice")  # bytes bound tokens
+    rest = 512 - prompt - payloads.SPECIAL_TOKENS
+    assert large_engines[0].requests[0]["max_tokens"] == rest, "the rest of the large endpoint's context"
     limited = chat(gateway_url, secret, "templated", "charged twice")  # max_tokens 8
     assert limited.status_code == 200 and large_engines[0].requests[1]["max_tokens"] == 8
 
