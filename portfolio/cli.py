@@ -127,27 +127,38 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["manage"]:  # `portfolio manage --help` is Django's help, not argparse's refusal
-        from django.core.management import execute_from_command_line
-
-        execute_from_command_line(["portfolio manage", *argv[1:]])
-        return
     try:
+        if argv[:1] == ["manage"]:  # `portfolio manage --help` is Django's help, not argparse's refusal
+            _manage(argv[1:])
+            return
         args = parse_args(argv)
-    except ImproperlyConfigured as exc:
-        sys.exit(f"portfolio: {exc}")  # one line, no traceback
-    if args.command == "run":
-        from portfolio.launcher import run_all
+        if args.command == "run":
+            from portfolio.launcher import run_all
 
-        try:
-            status = run_all(host=args.host, port=args.port, demo=not args.no_demo, verbose=args.verbose)
-        except ImproperlyConfigured as exc:  # a bad setting (PORTFOLIO_ENV...); what started is stopped
-            sys.exit(f"portfolio: {exc}")
-        sys.exit(status)
+            # What started is stopped before a bad setting (PORTFOLIO_ENV...) comes out of run_all.
+            sys.exit(run_all(host=args.host, port=args.port, demo=not args.no_demo, verbose=args.verbose))
+        _dispatch(args)
+    except ImproperlyConfigured as exc:  # a bad setting, whichever sub-command read it
+        sys.exit(f"portfolio: {exc}")  # one line, no traceback
+
+
+def _manage(argv: list[str]) -> None:
+    from django.conf import settings
+    from django.core.management import execute_from_command_line
+
+    # Loaded here, where a bad one is a line: Django's own loading would print its traceback, or for a command
+    # of the platform's apps call it unknown.
+    settings.INSTALLED_APPS  # noqa: B018
+    execute_from_command_line(["portfolio manage", *argv])
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    """Every sub-command but `run` and `manage`; the settings each reads before its exec are read strictly."""
     if args.command == "web":
+        command = commands.web_command(args.host, args.port, args.workers)  # before any folder is made
         if args.workers > 1:
             _prepare_shared_metrics()
-        _exec(commands.web_command(args.host, args.port, args.workers))
+        _exec(command)
     if args.command == "worker":
         queue, name = ("control.long", "long") if args.long else ("control", "control")
         _exec(commands.worker_command([queue], args.concurrency, f"{name}@{commands.node_name()}"))
@@ -159,34 +170,38 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "beat":
         _exec(commands.beat_command())
     if args.command == "migrate":
-        import django
-        from django.core.management import call_command
-
-        django.setup()
-        from portfolio import dbroles
-
-        call_command("migrate", interactive=False)
-        for statement in dbroles.grant_app_role():
-            print(f"  {statement}")
-        # The owner keeps the usage events' monthly partitions a year ahead and drops those past retention
-        # (the application role, which runs the daily task, may not). ``ensure`` first gives each month
-        # with rows in the default partition its own (an upgrade's history, which migration 0004 put
-        # there), so that ``drop_expired`` then drops those past retention too.
-        from serving.gateway import partitions
-
-        for name in partitions.ensure(ahead=12):
-            print(f"  created partition {name}")
-        for name in partitions.drop_expired():
-            print(f"  dropped partition {name} (past PORTFOLIO_USAGE_RETENTION_MONTHS)")
-        # Versions imported before imports read the architecture get it from their stored headers (a few KB
-        # each), so an upgrade needs no extra step; those already read are not touched.
-        from portfolio.registry.reinspection import read_missing_architectures
-
-        read_missing_architectures(log=lambda line: print(f"  {line}"))
+        _migrate()
     if args.command == "clean-data":
         from portfolio import cleandata
 
         sys.exit(cleandata.main())
+
+
+def _migrate() -> None:
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    from portfolio import dbroles
+
+    call_command("migrate", interactive=False)
+    for statement in dbroles.grant_app_role():
+        print(f"  {statement}")
+    # The owner keeps the usage events' monthly partitions a year ahead and drops those past retention
+    # (the application role, which runs the daily task, may not). ``ensure`` first gives each month
+    # with rows in the default partition its own (an upgrade's history, which migration 0004 put
+    # there), so that ``drop_expired`` then drops those past retention too.
+    from serving.gateway import partitions
+
+    for name in partitions.ensure(ahead=12):
+        print(f"  created partition {name}")
+    for name in partitions.drop_expired():
+        print(f"  dropped partition {name} (past PORTFOLIO_USAGE_RETENTION_MONTHS)")
+    # Versions imported before imports read the architecture get it from their stored headers (a few KB
+    # each), so an upgrade needs no extra step; those already read are not touched.
+    from portfolio.registry.reinspection import read_missing_architectures
+
+    read_missing_architectures(log=lambda line: print(f"  {line}"))
 
 
 if __name__ == "__main__":

@@ -274,8 +274,8 @@ BILLING_CURRENCY = env.choice(
     "EUR",
     {"EUR", "USD", "GBP", "CHF", "JPY", "SEK", "NOK", "DKK", "PLN", "CAD", "AUD", "INR"},
 )
-BILLING_CLOSE_AFTER_HOURS = env.integer("PORTFOLIO_BILLING_CLOSE_AFTER_HOURS", 6, minimum=0)
-BILLING_ADJUSTMENT_MONTHS = env.integer("PORTFOLIO_BILLING_ADJUSTMENT_MONTHS", 3, minimum=1)
+BILLING_CLOSE_AFTER_HOURS = env.integer("PORTFOLIO_BILLING_CLOSE_AFTER_HOURS", 6, minimum=0, maximum=24 * 92)
+BILLING_ADJUSTMENT_MONTHS = env.integer("PORTFOLIO_BILLING_ADJUSTMENT_MONTHS", 3, minimum=1, maximum=120)
 # Budget alert webhooks time out soon (the alert task must not hang) and call no loopback / private address (a
 # team owner could make the platform call its insides) unless allowed or listed. Set, alerts go only to these
 # hosts (".corp.example": it and its hosts) and e-mail domains; unset, production takes none typed in (README).
@@ -286,7 +286,7 @@ BILLING_ALERT_EMAIL_DOMAINS = env.csv_list("PORTFOLIO_BILLING_ALERT_EMAIL_DOMAIN
 
 # Raw usage events are kept this many months after their month ended (monthly partitions, dropped whole);
 # hourly rollups, billing's ledger and statements are separate tables and outlive them.
-USAGE_RETENTION_MONTHS = env.integer("PORTFOLIO_USAGE_RETENTION_MONTHS", 13, minimum=1)
+USAGE_RETENTION_MONTHS = env.integer("PORTFOLIO_USAGE_RETENTION_MONTHS", 13, minimum=1, maximum=1200)
 
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "training-reap-jobs": {"task": "training.reap_stale_jobs", "schedule": 30.0},
@@ -394,7 +394,7 @@ LOGOUT_REDIRECT_URL = "login"
 # Lock an account (per user name and per client address) after repeated failed logins.
 LOGIN_FAILURE_LIMIT = env.integer("PORTFOLIO_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 LOGIN_LOCKOUT_SECONDS = env.integer("PORTFOLIO_LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
-PERSONAL_TOKEN_MAX_DAYS = env.integer("PORTFOLIO_PERSONAL_TOKEN_MAX_DAYS", 365, minimum=1)
+PERSONAL_TOKEN_MAX_DAYS = env.integer("PORTFOLIO_PERSONAL_TOKEN_MAX_DAYS", 365, minimum=1, maximum=36500)
 # Single sign-on with OpenID Connect (Keycloak), read by portfolio.accounts.sso.config: off unless all are set.
 OIDC = env.oidc(production=PRODUCTION)
 # Password sign-in: "everyone", "admins" only (break-glass) or "off"; the last two need single sign-on.

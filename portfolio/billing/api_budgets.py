@@ -2,7 +2,8 @@
 
 Who may do what is budgets.py's (admins set any; a department's managers its teams'; a team's owners lower
 their team's amount within its ceiling): these routes only parse. A field left out of a PUT keeps what the
-budget has (or the default of a new one); ``ceiling: null`` removes the ceiling.
+budget has (or the default of a new one); ``ceiling: null`` removes the ceiling, ``webhook_url: ""`` the
+webhook, which is answered only as its scheme, host and a fingerprint (its path may be its credential).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from portfolio.accounts.models import Department, Team
 from portfolio.billing import access, budgets
 from portfolio.billing.api import Pages
 from portfolio.billing.models import Budget
+from portfolio.billing.models.budgets import audited_webhook
 from portfolio.errors import Forbidden, NotFound
 
 router = Router(tags=["billing"])
@@ -37,7 +39,10 @@ class BudgetOut(Schema):
     thresholds: list[int]
     hard_limit: bool
     notify_emails: list[str]
+    # As audit rows keep it (scheme, host, a fingerprint): the path is often the hook's credential, and every
+    # reader of billing (auditors, department managers) lists budgets. Whoever sets it keeps the URL itself.
     webhook_url: str
+    webhook_set: bool
     updated_at: datetime
 
     @staticmethod
@@ -46,6 +51,14 @@ class BudgetOut(Schema):
             return obj.department.cost_center
         assert obj.team is not None, "a budget is of a team or of a department"
         return obj.team.slug
+
+    @staticmethod
+    def resolve_webhook_url(obj: Budget) -> str:
+        return audited_webhook(obj.webhook_url)
+
+    @staticmethod
+    def resolve_webhook_set(obj: Budget) -> bool:
+        return bool(obj.webhook_url)
 
 
 class BudgetIn(Schema):

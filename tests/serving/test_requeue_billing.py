@@ -19,7 +19,8 @@ from serving.models import Node, Replica
 pytestmark = pytest.mark.django_db
 
 
-def test_a_requeued_replicas_run_ends_at_its_nodes_last_heartbeat_not_now(replica):
+def test_a_requeued_replicas_run_ends_at_its_nodes_last_heartbeat_not_now(replica, settings):
+    settings.NODE_NAME = "keys-node"  # this machine's node: the only one whose engines it can look for
     Replica.objects.filter(pk=replica.pk).update(
         state=ReplicaState.READY, pid=None, started_at=timezone.now() - timedelta(hours=3)
     )

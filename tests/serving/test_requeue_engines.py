@@ -16,6 +16,14 @@ from tests.serving.test_agent_keys import reconcile_until
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def _on_this_machine(settings):
+    """keys-node is this machine's node, and its agent stopped with the last run a moment ago: the command
+    waits two heartbeats (of a second here) for a beat that does not come (test_requeue_engines_node.py)."""
+    settings.NODE_NAME = "keys-node"
+    settings.NODE_HEARTBEAT_SECONDS = 1
+
+
 def requeue(node: str = "keys-node") -> str:
     out = StringIO()
     call_command("requeue_engines", "--node", node, stdout=out)
@@ -49,9 +57,10 @@ def test_an_engine_still_running_is_left_for_the_agent_to_adopt(engines, replica
     assert (replica.state, replica.pid) == (ReplicaState.READY, running)
 
 
-def test_replicas_of_other_nodes_are_not_touched(engines, replica):
+def test_replicas_of_other_nodes_are_not_touched(engines, replica, settings):
     ready = reconcile_until(replica, ReplicaState.READY)
     stop_like_portfolio_run(ready)
+    settings.NODE_NAME = "another-node"
     assert requeue("another-node") == ""
     replica.refresh_from_db()
     assert replica.state == ReplicaState.READY

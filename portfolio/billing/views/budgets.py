@@ -18,6 +18,7 @@ from portfolio.accounts.context import actor_of
 from portfolio.accounts.models import Department, Team
 from portfolio.billing import budgets
 from portfolio.billing.models import Budget
+from portfolio.billing.models.budgets import audited_webhook
 from portfolio.billing.views import billing_reader
 from portfolio.buttons import press
 from portfolio.errors import DomainError
@@ -57,19 +58,32 @@ class BudgetForm(forms.Form):
         label="Notify e-mails",
         help_text="Whom the alerts go to (without any: the team's owners or the department's managers); one per line or comma-separated.",
     )
+    # Never filled in with the URL set: its path is often the hook's credential (a Slack hook), and a page is
+    # easily shared or cached. Left empty it keeps the URL; "remove_webhook" removes it.
     webhook_url = forms.CharField(
         required=False,
         max_length=budgets.MAX_URL,
         label="Webhook URL",
         help_text="Also POST each alert here, signed.",
     )
+    remove_webhook = forms.BooleanField(required=False, label="Remove the webhook")
 
-    def __init__(self, *args, sets_all: bool, team: bool, **kwargs):
+    def __init__(self, *args, sets_all: bool, team: bool, webhook: str = "", **kwargs):
         super().__init__(*args, **kwargs)
         if not sets_all:  # a team's owners: the amount within the ceiling, alerts and notifications
             del self.fields["ceiling"], self.fields["hard_limit"]
         elif not team:  # a department's budget has no ceiling
             del self.fields["ceiling"]
+        if webhook:
+            self.fields["webhook_url"].widget.attrs["placeholder"] = (
+                f"A webhook is set: {audited_webhook(webhook)}"
+            )
+            self.fields["webhook_url"].help_text = (
+                "Leave this empty to keep it, or type a new URL to replace it; each alert is also POSTed to "
+                "it, signed."
+            )
+        else:
+            del self.fields["remove_webhook"]
 
     def clean_thresholds(self) -> list[int]:
         values = _items(self.cleaned_data["thresholds"])
@@ -80,9 +94,20 @@ class BudgetForm(forms.Form):
     def clean_notify_emails(self) -> list[str]:
         return _items(self.cleaned_data["notify_emails"])
 
+    def clean(self) -> dict | None:
+        if self.cleaned_data.get("remove_webhook") and self.cleaned_data.get("webhook_url"):
+            self.add_error("webhook_url", "Either type a new URL or remove the webhook, not both.")
+        return super().clean()
+
     def changes(self) -> dict:
-        """set_budget's arguments: what the form shows; what it does not show stays as it is."""
-        return {name: self.cleaned_data[name] for name in self.fields}
+        """set_budget's arguments: what the form shows; what it does not show stays as it is, and so does the
+        webhook left empty unless it is removed."""
+        changes = {name: self.cleaned_data[name] for name in self.fields if name != "remove_webhook"}
+        if self.cleaned_data.get("remove_webhook"):
+            changes["webhook_url"] = ""
+        elif not changes["webhook_url"]:
+            changes["webhook_url"] = budgets.UNCHANGED
+        return changes
 
 
 def _initial(budget: Budget | None) -> dict:
@@ -94,7 +119,6 @@ def _initial(budget: Budget | None) -> dict:
         "hard_limit": budget.hard_limit,
         "thresholds": ", ".join(str(value) for value in budget.thresholds),
         "notify_emails": "\n".join(budget.notify_emails),
-        "webhook_url": budget.webhook_url,
     }
 
 
@@ -153,6 +177,7 @@ def _form_page(request, *, actor, subject, budget, sets_all, team, delete_url):
         initial=_initial(budget),
         sets_all=sets_all,
         team=team,
+        webhook=budget.webhook_url if budget else "",
     )
     if request.method == "POST":
         kwargs = {"team": subject} if team else {"department": subject}
