@@ -29,9 +29,10 @@ logger = logging.getLogger(__name__)
 JUDGE_PER_CHECK = 16
 JUDGE_MAX_SAMPLES = 200
 CHECK_SECONDS = 30  # how often serving.step_rollouts runs (its beat schedule in portfolio/settings.py)
-# The most a check spends asking the canary and the judge: a slow canary that breaches nothing held its
-# check (and the rollout's lease) for up to JUDGE_PER_CHECK calls of the upstream timeout each. Questions
-# not asked in time are owed, and asked by the next checks (``due``).
+# The most a check spends asking the canary (its first half at most) and the judge: a slow canary or judge
+# that breaches nothing held its check (and the rollout's lease) for up to JUDGE_PER_CHECK calls of the
+# upstream timeout each. No call outlives it; questions not asked in time are owed, and asked by the next
+# checks (``due``).
 SAMPLING_SECONDS = 2 * CHECK_SECONDS
 
 

@@ -59,16 +59,18 @@ def post(
     endpoint: str,
     who: str = "",
     waiting: Callable[[], object] = lambda: None,
+    timeout: float | None = None,
 ) -> httpx.Response:
     """The 200 answer to ``body`` posted to ``path`` for ``endpoint``. A passing failure is tried again,
     ``TRIES`` times in all; any other refusal, or the last try's, raises ``CallFailed`` at once, naming
     ``who`` (the endpoint as the job's detail says it; its name by default). ``waiting`` is called before
     and about once a second during each wait: a job's heartbeat and cancel check, which stops the waits by
-    raising."""
+    raising. ``timeout``: each try's, in place of the client's."""
+    each_try = httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
     for tried in range(1, TRIES + 1):
         response: httpx.Response | None = None
         try:
-            response = client.post(path, json=body)
+            response = client.post(path, json=body, timeout=each_try)
         except TRANSIENT_ERRORS as exc:
             if tried == TRIES:
                 raise CallFailed(

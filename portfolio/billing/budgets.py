@@ -31,7 +31,7 @@ from portfolio.audit.choices import AuditAction
 from portfolio.billing import access, money, webhooks
 from portfolio.billing.choices import BudgetScope
 from portfolio.billing.models import Budget
-from portfolio.billing.models.budgets import WEBHOOK_URL_MAX
+from portfolio.billing.models.budgets import WEBHOOK_URL_MAX, audited_webhook
 from portfolio.errors import Conflict, Forbidden, Invalid
 
 MAX_AMOUNT = Decimal("10000000000")  # 10^10 a month: far above any real budget, far below the column's
@@ -240,7 +240,11 @@ def set_budget(
         budget.thresholds = _thresholds(thresholds)
     if notify_emails is not UNCHANGED:
         budget.notify_emails = _emails(notify_emails)
-    if webhook_url is not UNCHANGED:
+    # The URL as listings show it (scheme, host, fingerprint), sent back by a client that read, changed
+    # another field and wrote the budget back, is the one set: kept, not refused as not a URL.
+    if webhook_url is not UNCHANGED and not (
+        budget.webhook_url and webhook_url == audited_webhook(budget.webhook_url)
+    ):
         budget.webhook_url = _webhook(webhook_url)
     budget.updated_at, budget.updated_by = timezone.now(), actor.user
     if budget.hard_limit and not (before and before["hard_limit"]):

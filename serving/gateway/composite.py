@@ -28,7 +28,15 @@ from serving.gateway import admission, hop_ids, hop_prompts, keystate, payloads,
 from serving.gateway.answers import Capture, never_disconnects, send_answer
 from serving.gateway.errors import GatewayError
 from serving.gateway.events import USAGE_STREAM, Outcome, usage_event
-from serving.gateway.hop_admission import ChainOf, alone, chains_for, hops, reservation, spend_caps
+from serving.gateway.hop_admission import (
+    ChainOf,
+    alone,
+    asked_context,
+    chains_for,
+    hops,
+    reservation,
+    spend_caps,
+)
 from serving.gateway.keycache import KeyRecord
 from serving.gateway.routing import Composite, EndpointInfo, price_micros
 
@@ -47,9 +55,12 @@ class Run:
         event_id: str,
         started: float,
         chains: ChainOf = alone,
+        deployments: dict | None = None,
     ):
         self.gateway, self.request_id, self.caller, self.first = gateway, request_id, caller, first
         self.event_id, self.started, self.chains = event_id, started, chains
+        # The deployments of the table the request was admitted by (its chains'): contexts as reserved.
+        self.deployments = deployments
         self.outcomes: list[Outcome] = []
         # When each hop began and ended (perf_counter; 0: it is the final hop, or was cut short): hops may
         # overlap (a vote's verifier questions), so each one's latency is its own span.
@@ -69,6 +80,11 @@ class Run:
         # call's is.
         self.spans.append([self.started if len(self.spans) == 0 else time.perf_counter(), 0.0])
         return outcome
+
+    def asked_context(self, hop: EndpointInfo) -> int:
+        """The context a classifier's or verifier's question to ``hop`` must fit, as reserved."""
+        deployments = self.gateway.snapshot.deployments if self.deployments is None else self.deployments
+        return asked_context(hop, self.chains, deployments)
 
     def billed(self) -> bool:
         """Whether a hop was billed so far (tokens counted, or a worst case for an engine that had it)."""
@@ -233,7 +249,9 @@ async def serve(
     asks_text = composite.kind == "router" or composite.verifier or composite.large_template
     text = hop_prompts.last_user_text(kind, payload) if asks_text else ""
     chain_of = chains_for(snapshot, key, gateway._cut_fallbacks)
-    tokens, money, priced = reservation(composite, found, shape, text, kind, chains=chain_of)
+    tokens, money, priced = reservation(
+        composite, found, shape, text, kind, chains=chain_of, deployments=snapshot.deployments
+    )
     whole = Outcome(endpoint=first.name, kind=kind, shape=shape, event_id=event_id, first=first)
     verdict = await gateway.limiter.admit(
         key,
@@ -248,7 +266,9 @@ async def serve(
         if verdict.reason == "revoked":
             gateway.keys.evict(key.key_id)
         raise admission.refusal(key, verdict, tokens, money, playground=False)
-    run = Run(gateway, request_id, (key.key_id, headers), first, event_id, started, chain_of)
+    run = Run(
+        gateway, request_id, (key.key_id, headers), first, event_id, started, chain_of, snapshot.deployments
+    )
     try:
         if composite.kind == "router":
             await _route(run, receive, send, composite, found, kind, payload, shape, text)
@@ -284,10 +304,11 @@ def _failed(run: Run, status: int, code: str) -> None:
 async def _route(run: Run, receive, send, composite: Composite, found, kind, payload, shape, text) -> None:
     if text:
         classifier = found[composite.classifier]
-        asked_kind, asked = hop_prompts.classifier_request(composite, classifier, text)
+        context = run.asked_context(classifier)
+        asked_kind, asked = hop_prompts.classifier_request(composite, classifier, context, text)
         # Billed as reserved: its own small question, not the client's request (whose worst case, should
         # the classifier fail, would be billed at the classifier's price).
-        asked_shape = hop_prompts.classifier_shape(composite, classifier, text)
+        asked_shape = hop_prompts.classifier_shape(composite, context, text)
         answer = await run.ask(classifier, asked_kind, asked, asked_shape)
         label, target = voting.route(
             voting.answer_text(answer["choices"][0]), composite.table, composite.default
@@ -308,8 +329,14 @@ async def _cascade(
     answer = await run.ask(small, kind, body, shape)
     small_by = run.answered_by()
     if judged:
+        checker = found[composite.verifier]
         said = await verifier.verdicts(
-            run, found[composite.verifier], composite, text, [voting.answer_text(answer["choices"][0])]
+            run,
+            checker,
+            run.asked_context(checker),
+            composite,
+            text,
+            [voting.answer_text(answer["choices"][0])],
         )
         escalate, told = said[0] is not True, (b"x-portfolio-verdict", verifier.shown(said[0]))
     else:
@@ -349,8 +376,14 @@ async def _vote(run: Run, send, composite: Composite, found, kind, payload, shap
     judged = []
     if composite.method == "verifier":
         firsts = voting.distinct_answers(choices)
+        checker = found[composite.verifier]
         said = await verifier.verdicts(
-            run, found[composite.verifier], composite, text, [voting.answer_text(choices[i]) for i in firsts]
+            run,
+            checker,
+            run.asked_context(checker),
+            composite,
+            text,
+            [voting.answer_text(choices[i]) for i in firsts],
         )
         index, accepted = voting.verified_pick(choices, dict(zip(firsts, said, strict=True)))
         judged = [(b"x-portfolio-verdict", verifier.shown(accepted))]

@@ -39,6 +39,12 @@ def chains_for(snapshot, key: KeyRecord, cut_fallbacks: set[tuple[str, str]]) ->
     return chain_of
 
 
+def asked_context(hop: EndpointInfo, chains: ChainOf, deployments: dict) -> int:
+    """The context a classifier's or verifier's question must fit: the smallest over the hop and the
+    fallbacks it is called through (any of them may answer; the hop's own is the largest of its routes')."""
+    return hop_prompts.smallest_context(chains(hop, plain_kind(hop), 1), deployments)
+
+
 def plain_kind(hop: EndpointInfo) -> str:
     """How a classifier or a verifier is asked: by chat, or by a plain prompt where it has no chat template."""
     return "completion" if hop.no_chat else "chat"
@@ -103,21 +109,26 @@ def reservation(
     kind: str = "chat",
     *,
     chains: ChainOf = alone,
+    deployments: dict | None = None,
 ) -> tuple[int, int, list[list[tuple[EndpointInfo, int]]]]:
     """Tokens and money (micros) for the worst case of every step, and each step's hops with their money
     (for the spend caps, which count another team's hops only: the costliest of a step may be free). A
     step's hops include their fallbacks (``chains``), as a plain call's reservation does (admission.py)."""
     steps: list[list[tuple[EndpointInfo, payloads.Shape, str]]] = []
+
+    def context(hop: EndpointInfo) -> int:  # a classifier's or verifier's questions fit each of its chain
+        return asked_context(hop, chains, deployments or {})
+
     if composite.kind == "router":
         classifier = found[composite.classifier]
-        question = hop_prompts.classifier_shape(composite, classifier, text)
+        question = hop_prompts.classifier_shape(composite, context(classifier), text)
         steps.append([(classifier, question, plain_kind(classifier))])
         steps.append([(found[name], shape, kind) for name in {*composite.table.values(), composite.default}])
     elif composite.kind == "cascade":
         steps.append([(found[composite.small], shape, kind)])
         if composite.verifier:
             checker = found[composite.verifier]
-            steps.append([(checker, verifier.shape(composite, checker, text), plain_kind(checker))])
+            steps.append([(checker, verifier.shape(composite, context(checker), text), plain_kind(checker))])
         large = found[composite.large]
         if hop_prompts.applies(composite, kind, large.no_chat):
             steps.append([(large, hop_prompts.shape(composite, text, shape), "completion")])
@@ -127,7 +138,7 @@ def reservation(
         steps.append([(found[composite.sampler], shape._replace(choices=composite.n, n=composite.n), kind)])
         if composite.verifier:  # at worst every sample a distinct answer, each asked about
             checker = found[composite.verifier]
-            questions = verifier.shape(composite, checker, text, composite.n)
+            questions = verifier.shape(composite, context(checker), text, composite.n)
             steps.append([(checker, questions, plain_kind(checker))])
     tokens = money = 0
     priced: list[list[tuple[EndpointInfo, int]]] = []

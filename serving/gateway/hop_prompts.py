@@ -45,22 +45,19 @@ def cut(text: str, limit: int) -> str:
     return text.encode()[: max(0, limit)].decode(errors="ignore")
 
 
-def classifier_text(composite: Composite, classifier: EndpointInfo, text: str) -> str:
-    """The start of ``text``, at most LABEL_PROMPT_MAX bytes and as much as the classifier's context leaves
-    room for after the system prompt and the label (bytes bound tokens): a long message is labelled by its
-    start, not refused."""
-    room = (
-        classifier.max_model_len
-        - len(composite.system.encode())
-        - payloads.CHAT_TEMPLATE_TOKENS
-        - composite.label_tokens
-    )
+def classifier_text(composite: Composite, context: int, text: str) -> str:
+    """The start of ``text``, at most LABEL_PROMPT_MAX bytes and as much as ``context`` (the smallest of the
+    classifier's and its fallbacks': any may answer) leaves room for after the system prompt and the label
+    (bytes bound tokens): a long message is labelled by its start, not refused."""
+    room = context - len(composite.system.encode()) - payloads.CHAT_TEMPLATE_TOKENS - composite.label_tokens
     return cut(text, min(room, LABEL_PROMPT_MAX))
 
 
-def classifier_request(composite: Composite, classifier: EndpointInfo, text: str) -> tuple[str, dict]:
+def classifier_request(
+    composite: Composite, classifier: EndpointInfo, context: int, text: str
+) -> tuple[str, dict]:
     """(kind, body) of the question put to a router's classifier: short, at temperature 0."""
-    text = classifier_text(composite, classifier, text)
+    text = classifier_text(composite, context, text)
     common = {"max_tokens": composite.label_tokens, "temperature": 0}
     if classifier.no_chat:  # a base model without a chat template: a plain text prompt
         prompt = f"{composite.system}\n\n{text}\n" if composite.system else f"{text}\n"
@@ -69,10 +66,10 @@ def classifier_request(composite: Composite, classifier: EndpointInfo, text: str
     return "chat", {"messages": [*messages, {"role": "user", "content": text}], **common}
 
 
-def classifier_shape(composite: Composite, classifier: EndpointInfo, text: str) -> payloads.Shape:
+def classifier_shape(composite: Composite, context: int, text: str) -> payloads.Shape:
     """What the classifier's question asks of the engine at most (bytes bound tokens): reserved and billed
     as such."""
-    asked = classifier_text(composite, classifier, text)
+    asked = classifier_text(composite, context, text)
     return payloads.Shape(
         prompts=(len(asked.encode()) + len(composite.system.encode()) + payloads.CHAT_TEMPLATE_TOKENS,),
         choices=1,

@@ -32,27 +32,26 @@ INSTRUCTIONS = "You check answers. Reply with one word: yes if the answer is rig
 FRAME_BYTES = 96  # the "Request:" / "Answer:" / question lines around the two texts
 
 
-def _limits(composite: Composite, verifier: EndpointInfo, question: str) -> tuple[int, int]:
+def _limits(composite: Composite, context: int, question: str) -> tuple[int, int]:
     """Bytes of the request and of the answer shown to the verifier: at most QUESTION_MAX and ANSWER_MAX,
-    and together what its context leaves after the instructions and the verdict (bytes bound tokens), the
-    answer keeping at least a third of that room. A long request is judged by its start, not refused."""
+    and together what ``context`` (the smallest of the verifier's and its fallbacks') leaves after the
+    instructions and the verdict (bytes bound tokens), the answer keeping at least a third of that room. A
+    long request is judged by its start, not refused."""
     instructions = composite.verifier_prompt or INSTRUCTIONS
     room = max(
         0,
-        verifier.max_model_len
-        - len(instructions.encode())
-        - FRAME_BYTES
-        - payloads.CHAT_TEMPLATE_TOKENS
-        - VERDICT_TOKENS,
+        context - len(instructions.encode()) - FRAME_BYTES - payloads.CHAT_TEMPLATE_TOKENS - VERDICT_TOKENS,
     )
     asked = min(len(question.encode()), QUESTION_MAX, room - min(ANSWER_MAX, room // 3))
     return asked, min(ANSWER_MAX, room - asked)
 
 
-def request(composite: Composite, verifier: EndpointInfo, question: str, answer: str) -> tuple[str, dict]:
+def request(
+    composite: Composite, verifier: EndpointInfo, context: int, question: str, answer: str
+) -> tuple[str, dict]:
     """(kind, body) of the question put to the verifier about one answer."""
     instructions = composite.verifier_prompt or INSTRUCTIONS
-    asked, answered = _limits(composite, verifier, question)
+    asked, answered = _limits(composite, context, question)
     shown = (
         f"Request:\n{cut(question, asked)}\n\nAnswer:\n{cut(answer, answered)}\n\n"
         "Is the answer right? Reply yes or no."
@@ -64,10 +63,10 @@ def request(composite: Composite, verifier: EndpointInfo, question: str, answer:
     return "chat", {"messages": messages, **common}
 
 
-def shape(composite: Composite, verifier: EndpointInfo, question: str, questions: int = 1) -> payloads.Shape:
+def shape(composite: Composite, context: int, question: str, questions: int = 1) -> payloads.Shape:
     """What ``questions`` questions to the verifier ask of its engine, at most (bytes bound tokens)."""
     instructions = composite.verifier_prompt or INSTRUCTIONS
-    asked, answered = _limits(composite, verifier, question)
+    asked, answered = _limits(composite, context, question)
     bound = asked + answered + len(instructions.encode()) + FRAME_BYTES + payloads.CHAT_TEMPLATE_TOKENS
     return payloads.Shape(prompts=(bound,) * questions, choices=1, per_choice=VERDICT_TOKENS)
 
@@ -78,14 +77,14 @@ def shown(said: bool | None) -> bytes:
 
 
 async def verdicts(
-    run: Run, verifier: EndpointInfo, composite: Composite, question: str, answers: list[str]
+    run: Run, verifier: EndpointInfo, context: int, composite: Composite, question: str, answers: list[str]
 ) -> list[bool | None]:
     """The verifier's verdict on each answer, asked at once (a vote's distinct answers: at most n). One
     failing question fails the request, and the questions still running are cancelled."""
-    one_shape = shape(composite, verifier, question)
+    one_shape = shape(composite, context, question)
 
     async def ask(answer: str) -> bool | None:
-        kind, body = request(composite, verifier, question, answer)
+        kind, body = request(composite, verifier, context, question, answer)
         reply = await run.ask(verifier, kind, body, one_shape)
         return voting.verdict(voting.answer_text(reply["choices"][0]))
 

@@ -58,6 +58,17 @@ def test_a_put_answers_the_webhook_as_the_list_does_and_an_empty_one_removes_it(
     assert Budget.objects.get(team=team).webhook_url == ""
 
 
+def test_a_budget_written_back_as_the_list_gave_it_keeps_its_webhook(client, org, team, hooked):
+    """A client that reads the list, changes the amount and PUTs the row back sends the webhook as listed
+    (scheme, host, fingerprint): it was refused as not a URL (found by review)."""
+    client.force_login(org["owner"])
+    [row] = client.get(API).json()["items"]
+    sent = {name: row[name] for name in ("thresholds", "notify_emails", "webhook_url")} | {"amount": "80"}
+    response = client.put(f"{API}/teams/{team.pk}", sent, content_type="application/json")
+    assert response.status_code == 200, response.content
+    assert Budget.objects.get(team=team).webhook_url == HOOK
+
+
 @pytest.mark.parametrize("who", ["owner", "manager"])
 def test_the_budget_form_does_not_show_the_webhook_url_and_saving_it_untouched_keeps_it(
     signed_in, org, manager, team, hooked, who

@@ -221,7 +221,9 @@ def test_a_hops_fallbacks_are_reserved_as_a_plain_calls_are():
 def test_a_long_message_is_cut_for_the_classifier_only_and_reserved_whole_for_the_base_model():
     text = "é" * 17_000  # 34,000 bytes
     router = Composite("router", classifier="c", table={"x": "a"}, default="a", label_tokens=4)
-    shown = hop_prompts.classifier_request(router, _endpoint("c", 1, 100_000), text)[1]["messages"][-1]
+    shown = hop_prompts.classifier_request(router, _endpoint("c", 1, 100_000), 100_000, text)[1]["messages"][
+        -1
+    ]
     assert len(shown["content"].encode()) <= hop_prompts.LABEL_PROMPT_MAX
     assert hop_prompts.last_user_text("chat", {"messages": [{"role": "user", "content": text}]}) == text
     cascade = Composite("cascade", small="s", large="l", threshold=-1, large_template="Q: {input}")

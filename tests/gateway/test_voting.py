@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from serving.gateway import composite, hop_prompts, payloads, verifier, voting
+from serving.gateway import composite, hop_admission, hop_prompts, payloads, verifier, voting
 from serving.gateway.routing import Composite, EndpointInfo
 
 
@@ -158,7 +158,7 @@ def test_a_verifier_reserves_its_question_per_sample_at_worst():
     shape = payloads.Shape(prompts=(20,), choices=1, per_choice=10)
     found = {"s": _endpoint("s", 1, 10_000), "l": _endpoint("l", 10, 10_000), "v": _endpoint("v", 2, 10_000)}
     cascade = Composite("cascade", small="s", large="l", confidence="verifier", verifier="v")
-    question = verifier.shape(cascade, found["v"], "hello")
+    question = verifier.shape(cascade, found["v"].max_model_len, "hello")
     (bound,) = question.prompts
     assert bound >= len(b"hello") + verifier.ANSWER_MAX, "the question and the whole answer shown to it"
     tokens, money, steps = composite.reservation(cascade, found, shape, "hello")
@@ -174,14 +174,14 @@ def test_a_verifier_is_asked_by_chat_or_by_a_plain_prompt_when_it_has_no_chat_te
     cascade = Composite(
         "cascade", small="s", large="l", confidence="verifier", verifier="v", verifier_prompt="Be strict."
     )
-    kind, body = verifier.request(cascade, _endpoint("v", 1, 4096), "Capital of France?", "Paris")
+    kind, body = verifier.request(cascade, _endpoint("v", 1, 4096), 4096, "Capital of France?", "Paris")
     assert kind == "chat" and body["messages"][0] == {"role": "system", "content": "Be strict."}
     assert (
         "Capital of France?" in body["messages"][1]["content"] and "Paris" in body["messages"][1]["content"]
     )
     assert (body["max_tokens"], body["temperature"]) == (verifier.VERDICT_TOKENS, 0)
     base = EndpointInfo(**{**_endpoint("v", 1, 100_000).__dict__, "no_chat": "a base model"})
-    kind, body = verifier.request(cascade, base, "Capital of France?", "x" * 20_000)
+    kind, body = verifier.request(cascade, base, 100_000, "Capital of France?", "x" * 20_000)
     assert (
         kind == "completion"
         and body["prompt"].startswith("Be strict.")
@@ -223,16 +223,18 @@ def test_a_classifier_is_asked_the_start_of_a_message_its_context_cannot_hold():
     )
     small = _endpoint("c", 1, 300)
     text = "é" + "word " * 400
-    kind, body = hop_prompts.classifier_request(router, small, text)
+    kind, body = hop_prompts.classifier_request(router, small, 300, text)
     shown = body["messages"][-1]["content"]
     assert (
         text.startswith(shown)
         and len(shown.encode()) == 300 - len(b"Name it.") - payloads.CHAT_TEMPLATE_TOKENS - 4
     )
-    (prompt,) = hop_prompts.classifier_shape(router, small, text).prompts
+    (prompt,) = hop_prompts.classifier_shape(router, 300, text).prompts
     assert prompt + 4 <= 300, "the question and its label fit the context (bytes bound tokens)"
     assert (
-        hop_prompts.classifier_request(router, _endpoint("c", 1, 100_000), text)[1]["messages"][-1]["content"]
+        hop_prompts.classifier_request(router, _endpoint("c", 1, 100_000), 100_000, text)[1]["messages"][-1][
+            "content"
+        ]
         == text
     )
 
@@ -241,11 +243,39 @@ def test_a_verifier_is_shown_what_its_context_can_hold():
     cascade = Composite("cascade", small="s", large="l", confidence="verifier", verifier="v")
     small = _endpoint("v", 1, 1_000)
     question, answer = "q" * 5_000, "a" * 5_000
-    kind, body = verifier.request(cascade, small, question, answer)
+    kind, body = verifier.request(cascade, small, 1_000, question, answer)
     shown = body["messages"][1]["content"]
-    (bound,) = verifier.shape(cascade, small, question).prompts
+    (bound,) = verifier.shape(cascade, 1_000, question).prompts
     assert bound + verifier.VERDICT_TOKENS <= 1_000, "the question and its verdict fit the context"
     assert len(shown.encode()) + len(verifier.INSTRUCTIONS.encode()) <= bound, "reserved as asked"
     assert "q" * 200 in shown and "a" * 200 in shown, "both the request and the answer are shown, cut"
-    roomy = verifier.request(cascade, _endpoint("v", 1, 100_000), "short question", answer)[1]
+    roomy = verifier.request(cascade, _endpoint("v", 1, 100_000), 100_000, "short question", answer)[1]
     assert "short question" in roomy["messages"][1]["content"] and answer in roomy["messages"][1]["content"]
+
+
+def test_a_classifiers_and_a_verifiers_questions_fit_their_fallbacks_contexts():
+    """Each hop now follows its fallbacks, but the classifier's and the verifier's questions were still cut
+    to the hop's own context: a 10 KB ticket cut to an 8,192 context went to its 2,048 fallback, which
+    refused it, and the router answered 400 to a valid request (found by review)."""
+    shape = payloads.Shape(prompts=(20,), choices=1, per_choice=10)
+    classifier, fallback = _endpoint("c", 1, 8_192), _endpoint("c-small", 1, 2_048)
+    checker, checker_fallback = _endpoint("v", 1, 8_192), _endpoint("v-small", 1, 1_024)
+    fallbacks = {"c": fallback, "v": checker_fallback}
+
+    def chains(hop, kind, choices):
+        return [hop, fallbacks[hop.name]] if hop.name in fallbacks else [hop]
+
+    text = "word " * 2_000  # 10 KB
+    assert hop_admission.asked_context(classifier, chains, {}) == 2_048
+    router = Composite("router", classifier="c", table={"x": "a"}, default="a", label_tokens=4)
+    found = {"c": classifier, "a": _endpoint("a", 1, 8_192), "v": checker, "s": _endpoint("s", 1, 8_192)}
+    _, body = hop_prompts.classifier_request(router, classifier, 2_048, text)
+    assert len(body["messages"][-1]["content"].encode()) + payloads.CHAT_TEMPLATE_TOKENS + 4 <= 2_048
+    _, _, steps = composite.reservation(router, found, shape, text, chains=chains)
+    assert [sorted(hop.name for hop, _ in step) for step in steps][0] == ["c", "c-small"]
+    cascade = Composite("cascade", small="s", large="a", confidence="verifier", verifier="v")
+    tokens_near, _, _ = composite.reservation(cascade, found, shape, text, chains=chains)
+    tokens_alone, _, _ = composite.reservation(cascade, found, shape, text)
+    assert tokens_near < tokens_alone, "the verifier's question is reserved as cut to its fallback's context"
+    (bound,) = verifier.shape(cascade, hop_admission.asked_context(checker, chains, {}), text).prompts
+    assert bound + verifier.VERDICT_TOKENS <= 1_024

@@ -38,7 +38,7 @@ class Grader:
         self.refuse_call, self.refused = refuse_call, set()
         self.checks: list[list[str]] = []  # each check's judge calls, by question
 
-    def ask(self, client, endpoint_name, messages, max_tokens):
+    def ask(self, client, endpoint_name, messages, max_tokens, **options):
         asked = re.search(r"user: (question \d+)\n", messages[-1]["content"]).group(1)
         self.checks[-1].append(asked)
         if len(self.checks) == 1 and len(self.checks[-1]) == self.refuse_call:

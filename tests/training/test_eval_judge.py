@@ -149,7 +149,7 @@ def test_the_page_and_the_api_start_a_judged_run_and_show_its_score(
     form = {
         "endpoint": endpoint.pk,
         "eval_set": task.eval_sets.get().pk,
-        "row_limit": 4,
+        "row_limit": 24,  # the whole set: a sample of 4 (by the set's id) could hold no row the judge can score
         "concurrency": 2,
         "max_tokens": 8,
         "judge": judge.pk,

@@ -25,7 +25,7 @@ from serving import rollout_judge, rollouts
 from serving.engine_keys import engine_key
 from serving.models import Endpoint, Replica, Rollout
 from serving.rollout_judge import JudgeUnavailable
-from training import evaluation
+from training import evaluation, gateway_retries
 from training.evals import gateway, judging, runs
 from training.evals.models import EvalSet
 
@@ -94,6 +94,10 @@ def canary_answer(rollout: Rollout, messages: list[dict], pick: random.Random, t
         ) from None
 
 
+class _OutOfTime(Exception):
+    """The check's time ran out while a judge call waited to be tried again."""
+
+
 def sample(rollout: Rollout, count: int) -> list[float | None]:
     """``count`` questions (drawn with replacement, reproducibly per rollout and check) put to the canary,
     each answer's score by the judge (None: its reply said no readable score). A question the judge refuses
@@ -105,27 +109,43 @@ def sample(rollout: Rollout, count: int) -> list[float | None]:
     pick = random.Random(rollout_judge.seed(rollout))  # noqa: S311 - sampling, not secrets
     chosen = [rows[pick.randrange(len(rows))] for _ in range(count)]
     questions = [evaluation.prompt_messages(row) for row in chosen]
-    deadline = time.monotonic() + rollout_judge.SAMPLING_SECONDS
+    # The check's time (rollout_judge.SAMPLING_SECONDS): the canary's answers in its first half at most, so
+    # that the judge always has the second; no call outlives it.
+    began = time.monotonic()
+    canary_until, deadline = (
+        began + rollout_judge.SAMPLING_SECONDS / 2,
+        began + rollout_judge.SAMPLING_SECONDS,
+    )
     answers: list[str] = []
     for question in questions:
-        left = deadline - time.monotonic()
+        left = canary_until - time.monotonic()
         if left <= 0:
             break
         answers.append(canary_answer(rollout, question, pick, min(settings.GATEWAY_UPSTREAM_TIMEOUT, left)))
     label = rollouts.judge_key_name(rollout.pk)  # one a killed worker left, serving.rollouts revokes
     scores: list[float | None] = []
+
+    def in_time() -> None:  # between a judge call's tries
+        if time.monotonic() >= deadline:
+            raise _OutOfTime
+
     try:
         with gateway.client_for(rollout.endpoint.owner_team, rollout.judge_endpoint_name, label) as client:
             for row, question, answer in zip(chosen, questions, answers, strict=False):
-                if scores and time.monotonic() >= deadline:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     break
                 reply = gateway.ask(
                     client,
                     rollout.judge_endpoint_name,
                     judging.messages(rollout.judge_rubric, question, evaluation.expected_answer(row), answer),
                     judging.JUDGE_MAX_TOKENS,
+                    timeout=min(gateway_retries.client_timeout(), left),
+                    waiting=in_time,
                 )
                 scores.append(judging.score(reply.text))
+    except _OutOfTime:
+        pass  # the scores so far are kept; the rest are owed (below)
     except gateway.GatewayRefused as exc:
         # The calls before were billed: their scores are kept, and the next check draws other questions.
         raise JudgeUnavailable(f"the judge did not answer: {exc}", scores=scores, redraw=True) from None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC
 from decimal import Decimal
@@ -110,14 +110,25 @@ def revoke_left_keys(team_id: int, labels: list[str]) -> int:
     return key_services.revoke_service_keys(actor=SYSTEM, team_id=team_id, names=labels)
 
 
-def ask(client: httpx.Client, endpoint_name: str, messages: list[dict], max_tokens: int) -> Answer:
+def ask(
+    client: httpx.Client,
+    endpoint_name: str,
+    messages: list[dict],
+    max_tokens: int,
+    *,
+    timeout: float | None = None,
+    waiting: Callable[[], object] = lambda: None,
+) -> Answer:
     """One row's chat completion, greedy, timed from request to full answer. A passing failure (429, 502, 503,
     a dropped connection) is tried again (``gateway_retries``): one would fail the whole run, every row
     before it billed. The latency is the answered try's: a wait to try again is the gateway's refusal, not
-    the endpoint's speed."""
+    the endpoint's speed. ``timeout`` (each try's) and ``waiting`` (called during the waits between tries, to
+    stop them by raising): as ``gateway_retries.post`` takes them."""
     body = {"model": endpoint_name, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
     try:
-        response = gateway_retries.post(client, "/v1/chat/completions", body, endpoint=endpoint_name)
+        response = gateway_retries.post(
+            client, "/v1/chat/completions", body, endpoint=endpoint_name, timeout=timeout, waiting=waiting
+        )
     except gateway_retries.CallFailed as exc:
         raise GatewayRefused(str(exc)) from None
     except httpx.HTTPError as exc:  # any other failure of the transport (a proxy, a local protocol error)
