@@ -223,8 +223,7 @@ class Replica(models.Model):
 
     @staticmethod
     def serving(via: str = "") -> Q:
-        """Ready and still wanted (gateways route to no other: one being drained is not), as a filter on
-        replicas or, ``via`` a relation (``deployment__replica_set__``), on what holds them."""
+        """Ready and still wanted (routed to; not draining): on replicas, or ``via`` a relation to them."""
         return Q(**{f"{via}state": ReplicaState.READY, f"{via}desired": DesiredState.RUNNING})
 
 
