@@ -21,9 +21,8 @@ from serving.choices import (
     UpdateStrategy,
 )
 
-name_validator = RegexValidator(
-    r"^[a-z0-9][a-z0-9-]{1,62}\Z", "Use 2-63 lower-case letters, digits and dashes."
-)
+NAME_RULE = "Use 2-63 lower-case letters, digits and dashes."
+name_validator = RegexValidator(r"^[a-z0-9][a-z0-9-]{1,62}\Z", NAME_RULE)
 
 
 class ComputePoolQuerySet(TeamScopedQuerySet):
