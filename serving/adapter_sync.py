@@ -18,6 +18,13 @@ from serving.models import DeploymentAdapter, DeploymentEvent, Replica
 from serving.timeline import event
 
 logger = logging.getLogger(__name__)
+ALREADY_LOADED = "has already been loaded"  # vLLM's 400 to a load of a name it has
+MAX_ERROR_BODY = 64 * 1024  # of an engine's error answer, read to find its message
+MAX_MESSAGE = 300  # characters of the engine's message said on the timeline
+
+
+class EngineRefused(Exception):
+    """An engine's refusal of an adapter call, in its own words (its HTTP error's body, already read)."""
 
 
 def engine_request(replica: Replica, method: str, path: str, body: dict | None = None, timeout: float = 30):
@@ -45,20 +52,17 @@ def sync(replica: Replica) -> None:
     to_load = set(wanted) - loaded if replica.generation == replica.deployment.generation else set()
     if not to_load and loaded <= set(wanted):
         return
-    changed = False
     for name in sorted(to_load):
         try:
             path = prefetch.local_copy(wanted[name].version)
             if path is None:
                 continue  # still being copied: loaded on a later pass
-            engine_request(
-                replica, "POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)}
-            )
+            _load(replica, name, str(path))
         except Exception as exc:  # noqa: BLE001 - reported on the timeline; retried next round
-            _load_failed(replica, wanted[name], f"Could not load adapter {name}: {exc}")
+            _load_failed(replica, wanted[name], f"Could not load adapter {name}: {_said(exc)}")
             continue
         loaded.add(name)
-        changed = True
+        _record(replica, loaded)
         event(replica, "adapter_loaded", f"Adapter {name} loaded without a restart.")
     for name in sorted(loaded - set(wanted)):
         try:
@@ -67,14 +71,63 @@ def sync(replica: Replica) -> None:
             # Forgotten while the engine still had it, the name could be reused for another version, which
             # the engine then refused to load ("already been loaded") until it restarted.
             if not (isinstance(exc, urllib.error.HTTPError) and exc.code == 404):
-                _unload_failed(replica, name, f"Could not unload adapter {name}: {exc}")
+                _unload_failed(replica, name, f"Could not unload adapter {name}: {_said(exc)}")
                 continue
         loaded.discard(name)
-        changed = True
+        _record(replica, loaded)
         event(replica, "adapter_unloaded", f"Adapter {name} unloaded.")
-    if changed:
-        replica.loaded_adapters = sorted(loaded)
-        replica.save(update_fields=["loaded_adapters"])
+
+
+def _record(replica: Replica, loaded: set[str]) -> None:
+    """Saved after each load and unload, not once at the end of the pass: an agent stopped midway would
+    otherwise forget what the engine did, and ask it again for what it has."""
+    replica.loaded_adapters = sorted(loaded)
+    replica.save(update_fields=["loaded_adapters"])
+
+
+def _load(replica: Replica, name: str, path: str) -> None:
+    """Load the adapter. One the engine already has was loaded by an earlier pass that did not record it (its
+    answer came after the client's timeout; the agent stopped before saving): vLLM refuses to load a name
+    twice, so, asked again on every pass, the adapter would never be served there, nor unloaded once removed.
+    The engine's ``/v1/models`` says where each adapter was loaded from: from this path, it is loaded; from
+    another (a version once served under the name), it is unloaded and loaded from this one."""
+    body = {"lora_name": name, "lora_path": path}
+    try:
+        engine_request(replica, "POST", "/v1/load_lora_adapter", body)
+        return
+    except urllib.error.HTTPError as exc:
+        said = _said(exc)  # the body is read once: say it from here
+        if exc.code != 400 or ALREADY_LOADED not in said:
+            raise EngineRefused(said) from exc
+    models = engine_request(replica, "GET", "/v1/models")
+    roots = {m.get("id"): m.get("root") for m in models.get("data", [])} if isinstance(models, dict) else {}
+    if roots.get(name) == path:
+        return
+    if name in roots:
+        engine_request(replica, "POST", "/v1/unload_lora_adapter", {"lora_name": name})
+    engine_request(replica, "POST", "/v1/load_lora_adapter", body)
+
+
+def _said(exc: Exception) -> str:
+    """What went wrong, in the engine's words where it answered: an HTTP error's ``str`` is its status line
+    only ("HTTP Error 500: Internal Server Error"); vLLM says why in the body (``{"error": {"message": ...}}``;
+    FastAPI's ``{"detail": ...}``), said on one line and cut short (a traceback would fill the timeline)."""
+    if not isinstance(exc, urllib.error.HTTPError):
+        return str(exc)
+    try:
+        body = exc.read(MAX_ERROR_BODY)
+        answer = json.loads(body) if body[:1] == b"{" else body.decode(errors="replace")
+    except Exception:  # noqa: BLE001 - no body, cut short, or not JSON: the status line says enough
+        answer = ""
+    if isinstance(answer, dict):
+        error = answer.get("error")
+        answer = (
+            error.get("message") if isinstance(error, dict) else answer.get("message") or answer.get("detail")
+        )
+    message = " ".join(str(answer or "").split())
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 1] + "…"
+    return f"HTTP Error {exc.code}: {message or exc.reason}"
 
 
 def _unload_failed(replica: Replica, name: str, message: str) -> None:

@@ -31,6 +31,27 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 # and their reader: training registers it (it builds the model on the meta device where torch is installed).
 LORA_LAYERS = "lora_layers"
 LAYER_READERS: list[Callable[[Path], dict | None]] = []
+# What an adapter's import records of its ``adapter_config.json`` (``metrics["adapter"]``): what it is, and
+# what a deployment checks before serving it (``serving.adapter_checks``): its ranks (``rank_pattern`` gives
+# some layers another than ``r``) and the PEFT features vLLM refuses to load.
+ADAPTER_KEYS = (
+    "peft_type",
+    "r",
+    "lora_alpha",
+    "target_modules",
+    "base_model_name_or_path",
+    "task_type",
+    "rank_pattern",
+    "use_dora",
+    "lora_bias",
+    "bias",
+    "modules_to_save",
+    "init_lora_weights",
+    "alora_invocation_tokens",
+    "layer_replication",
+    "use_bdlora",
+    "use_qalora",
+)
 
 SAFETENSORS_DTYPES = {
     "F32": "float32",
@@ -183,18 +204,7 @@ def inspect_directory(directory: Path) -> ModelFacts:
     if adapter_config:
         facts.is_adapter = True
         facts.format = "peft-lora"
-        facts.adapter = {
-            key: adapter_config.get(key)
-            for key in (
-                "peft_type",
-                "r",
-                "lora_alpha",
-                "target_modules",
-                "base_model_name_or_path",
-                "task_type",
-            )
-            if key in adapter_config
-        }
+        facts.adapter = {key: adapter_config[key] for key in ADAPTER_KEYS if key in adapter_config}
         if isinstance(facts.adapter.get("target_modules"), set):
             facts.adapter["target_modules"] = sorted(facts.adapter["target_modules"])
     else:

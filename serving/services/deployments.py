@@ -16,7 +16,7 @@ from portfolio.billing import budgets
 from portfolio.errors import Conflict, Invalid, NotFound
 from portfolio.registry.choices import Task, VersionKind, VersionStatus
 from portfolio.registry.models import ModelVersion
-from serving import engine_args, scheduler
+from serving import adapter_checks, engine_args, scheduler
 from serving.capacity import pool_capacity
 from serving.choices import DesiredState, ReplicaState, RolloutState, UpdateStrategy
 from serving.models import ComputePool, Deployment, DeploymentAdapter, DeploymentEvent, Endpoint, Rollout
@@ -73,15 +73,10 @@ def _fits_model(version: ModelVersion, args: dict) -> None:
         )
 
 
-def _rank(adapter: ModelVersion) -> int | None:
-    """The LoRA rank an adapter was trained with, as its registration recorded it."""
-    return (adapter.metrics.get("adapter") or {}).get("r")
-
-
 def _fits_adapters(deployment: Deployment, args: dict) -> None:
     """Refuse engine arguments its adapters cannot be loaded with: its replicas would fail to start, again."""
     for attached in deployment.adapters.select_related("version__model").order_by("name"):
-        rank = _rank(attached.version)
+        rank = adapter_checks.rank(attached.version)
         if rank and rank > args["max_lora_rank"]:
             raise Invalid(
                 f"engine_args.max_lora_rank: {args['max_lora_rank']} is below the rank of its adapter "
@@ -383,11 +378,7 @@ def add_adapter(
     if deployment.version.model.task == Task.EMBEDDING:
         raise Invalid("Adapters are served on chat and completion models, not on an embedding model.")
     args = engine_args.for_deployment(deployment)
-    rank = _rank(adapter)
-    if rank and rank > args["max_lora_rank"]:
-        raise Invalid(
-            f"{adapter.label} has rank {rank}; the deployment allows up to max_lora_rank={args['max_lora_rank']}."
-        )
+    adapter_checks.require_servable(adapter, args["max_lora_rank"])  # what its engines would refuse
     if not args["enable_lora"]:
         _not_watched(deployment, "add the adapter (it turns LoRA on: every replica restarts)")
     if not args["enable_lora"] and deployment.replicas:
@@ -418,7 +409,9 @@ def add_adapter(
             kind="rollout",
             message="Enabling LoRA serving: rolling restart with --enable-lora.",
         )
-    audit.record(actor, "deployment.adapter_add", deployment, before=before, after=deployment.snapshot())
+    # The snapshot lists adapters by name: say which version (maybe another team's, shared) is served as it.
+    after = {**deployment.snapshot(), "adapter": {"name": name, "version": adapter.label}}
+    audit.record(actor, "deployment.adapter_add", deployment, before=before, after=after)
     DeploymentEvent.objects.create(
         deployment=deployment, kind="adapter_added", message=f"Adapter {name} ({adapter.label}) added."
     )
@@ -452,7 +445,7 @@ def remove_adapter(*, actor: Actor, attached: DeploymentAdapter) -> None:
     # Under the deployment's lock, which a route edit naming it also takes: no route is added meanwhile. One
     # removed since the caller looked it up is refused as the routes refuse an adapter never served.
     deployment = _locked(attached.deployment)
-    found = deployment.adapters.filter(pk=attached.pk).first()
+    found = deployment.adapters.select_related("version__model").filter(pk=attached.pk).first()
     if found is None:
         raise Invalid(f"{deployment.name} serves no adapter {attached.name!r}.")
     attached = found
@@ -460,7 +453,7 @@ def remove_adapter(*, actor: Actor, attached: DeploymentAdapter) -> None:
         raise Conflict(
             f"Endpoint(s) {', '.join(r.endpoint.name for r in attached.routes.all())} route to {attached.name}."
         )
-    before = deployment.snapshot()
+    before = {**deployment.snapshot(), "adapter": {"name": attached.name, "version": attached.version.label}}
     attached.delete()
     audit.record(actor, "deployment.adapter_remove", deployment, before=before, after=deployment.snapshot())
     DeploymentEvent.objects.create(
