@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from portfolio.accounts.models import DepartmentRole
 from portfolio.billing import budgets
 from portfolio.billing.models import Budget
 from portfolio.billing.models.budgets import audited_webhook
+from tests.billing.test_budgets_api import manager as manager  # noqa: PLC0414 - the fixture, used by name
 from tests.conftest import actor_for
 
 pytestmark = pytest.mark.django_db
@@ -19,13 +19,6 @@ pytestmark = pytest.mark.django_db
 SECRET = "s3cr3tT0kenXYZ"
 HOOK = f"https://hooks.example.com/services/T0001/B0001/{SECRET}"
 API = "/api/v1/billing/budgets"
-
-
-@pytest.fixture
-def manager(make_user, department):
-    user = make_user("manager")
-    DepartmentRole.objects.create(user=user, department=department, role="manager")
-    return user
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from tests.gateway.key_records import key_record
 from tests.gateway.test_composite import chat, once_the_table_shows, ticket_label
 from tests.gateway.test_composite import composite as make_composite
 from tests.gateway.test_composite import router as router  # noqa: PLC0414 - the fixture, used by name
+from tests.gateway.test_voting import _endpoint
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -186,21 +187,6 @@ def test_an_escalation_to_a_base_model_gets_the_whole_message(gateway_url, stack
 
 
 # --- The reservation, without a gateway ---------------------------------------------------------------
-def _endpoint(
-    name: str, price: float, max_len: int = 100, fallback: str | None = None, **more
-) -> EndpointInfo:
-    return EndpointInfo(
-        name=name,
-        team_id=1,
-        routes=(),
-        fallback=fallback,
-        input_micros_per_token=price,
-        output_micros_per_token=price,
-        max_model_len=max_len,
-        **more,
-    )
-
-
 def test_a_hops_fallbacks_are_reserved_as_a_plain_calls_are():
     """A specialist falling back to a dearer endpoint: the step's worst case is the dearer one's."""
     shape = payloads.Shape(prompts=(20,), choices=1, per_choice=10)

@@ -89,15 +89,18 @@ def test_best_of_n_picks_the_most_confident_sample():
     assert voting.best_of_n(samples) == 2
 
 
-def _endpoint(name: str, price: float, max_len: int = 100) -> EndpointInfo:
+def _endpoint(
+    name: str, price: float, max_len: int = 100, fallback: str | None = None, **more
+) -> EndpointInfo:
     return EndpointInfo(
         name=name,
         team_id=1,
         routes=(),
-        fallback=None,
+        fallback=fallback,
         input_micros_per_token=price,
         output_micros_per_token=price,
         max_model_len=max_len,
+        **more,
     )
 
 
