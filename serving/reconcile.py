@@ -56,8 +56,9 @@ def surges(deployment: Deployment) -> bool:
     )
 
 
-def _adapter_parameters(deployment: Deployment) -> int:
-    return sum(a.version.parameter_count or 0 for a in deployment.adapters.select_related("version"))
+def adapter_parameters(deployment: Deployment) -> tuple[int, ...]:
+    """The parameters of each adapter attached to the deployment (what ``scheduler.estimate`` takes)."""
+    return tuple(a.version.parameter_count or 0 for a in deployment.adapters.select_related("version"))
 
 
 def reconcile_deployment(deployment_id: int) -> set[str]:
@@ -106,7 +107,7 @@ def reconcile_deployment(deployment_id: int) -> set[str]:
                 parameter_count=deployment.version.parameter_count or 0,
                 shape=deployment.version.shape,
                 args=args,
-                adapter_parameters=_adapter_parameters(deployment),
+                adapters=adapter_parameters(deployment),
                 facts=deployment.version.architecture_facts,
             )
             # Placements in a pool take turns: never two replicas on one core (CPU) or GPU; fine-tune jobs claim

@@ -8,6 +8,7 @@ so a person can act on them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from portfolio.templatetags.formatting import GIB, gib, index_ranges
@@ -161,16 +162,17 @@ def estimate(
     parameter_count: int,
     shape: dict,
     args: dict,
-    adapter_parameters: int = 0,
+    adapters: Sequence[int] = (),
     facts: dict | None = None,
 ) -> Estimate:
-    """What a replica needs. ``facts``: the version's architecture facts (``registry.families``); without
-    them (versions imported before they were read) every layer is taken to be attention."""
+    """What a replica needs. ``adapters``: the parameters of each adapter attached to the deployment.
+    ``facts``: the version's architecture facts (``registry.families``); without them (versions imported
+    before they were read) every layer is taken to be attention."""
     facts = facts or {}
     dtype = args.get("quantization") or args.get("dtype", "bfloat16")
     bytes_per_param = BYTES_PER_PARAM.get(dtype, 2.0)
     # Every expert is resident, however few run per token: a MoE's weights are its total parameters.
-    parameters = parameter_count + adapter_parameters
+    parameters = parameter_count + resident_adapter_parameters(pool_kind, args, adapters)
     vision = facts.get("vision") or {}
     if vision and not vision.get("in_weights"):
         parameters += vision.get("parameters", 0)  # the tower is a separate file (a GGUF's projector)
@@ -184,7 +186,7 @@ def estimate(
     notes = _notes(facts, bytes_per_param)
     # The engine turns LoRA on when asked, or when it serves adapters (``engine_args.argv``); the slots are in
     # the model's own precision (float32 or 16-bit; a quantised model's are 16-bit).
-    lora_on = args.get("enable_lora") or adapter_parameters
+    lora_on = args.get("enable_lora") or bool(adapters)
     lora = lora_slot_bytes(shape, args, parameter_count, kv_dtype_bytes) if lora_on else 0
     if pool_kind == PoolKind.CPU:
         kv = int(args["kv_cache_space_gib"] * GIB)
@@ -223,6 +225,19 @@ def estimate(
         notes=notes,
         lora_bytes=lora,
     )
+
+
+def resident_adapter_parameters(pool_kind: str, args: dict, adapters: Sequence[int]) -> int:
+    """The adapters' weights an engine holds besides its LoRA slots: vLLM keeps the adapters it has loaded in
+    an LRU cache in host memory of ``max_cpu_loras`` (never passed: ``max_loras``) entries, evicting the
+    least recently used and reading it again from disk when asked for (vllm/lora/worker_manager.py), and
+    copies those a batch uses into the slots. On a CPU pool that cache is the node's RAM: the largest
+    ``max_loras`` adapters count. On a GPU pool it is not on the GPUs (the slots are), and the node's RAM is
+    not scheduled: none count. Counting every attached adapter, on each GPU or in RAM, refused a deployment
+    with many adapters as unschedulable long before it was."""
+    if pool_kind != PoolKind.CPU or not adapters:
+        return 0
+    return sum(sorted(adapters, reverse=True)[: max(1, int(args.get("max_loras") or 1))])
 
 
 @dataclass

@@ -20,7 +20,7 @@ from serving import adapter_checks, engine_args, scheduler
 from serving.capacity import pool_capacity
 from serving.choices import DesiredState, ReplicaState, RolloutState, UpdateStrategy
 from serving.models import ComputePool, Deployment, DeploymentAdapter, DeploymentEvent, Endpoint, Rollout
-from serving.reconcile import surges
+from serving.reconcile import adapter_parameters, surges
 from serving.services import composite
 from serving.services.route_kinds import require_one_kind
 from serving.services.shared import _after_commit_reconcile, _check_name
@@ -31,7 +31,7 @@ def _preflight(
     version: ModelVersion,
     pool: ComputePool,
     args: dict,
-    adapter_parameters: int = 0,
+    adapters: tuple[int, ...] = (),
     *,
     exclude_replica_ids: set[int] | None = None,
 ) -> None:
@@ -42,7 +42,7 @@ def _preflight(
         parameter_count=version.parameter_count or 0,
         shape=version.shape,
         args=args,
-        adapter_parameters=adapter_parameters,
+        adapters=adapters,
         facts=version.architecture_facts,
     )
     try:
@@ -188,7 +188,7 @@ def _may_start_replicas(deployment: Deployment) -> None:
 def _preflight_deployment(deployment: Deployment, args: dict, *, own_room: bool = False) -> None:
     """The preflight of an existing deployment's new replicas, its adapters counted as the reconcile counts
     them: without it, a replica that fits nowhere is found only after the old ones have stopped."""
-    adapters = sum(a.version.parameter_count or 0 for a in deployment.adapters.select_related("version"))
+    adapters = adapter_parameters(deployment)
     own = set(deployment.replica_set.values_list("pk", flat=True)) if own_room else None
     _preflight(deployment.version, deployment.pool, args, adapters, exclude_replica_ids=own)
 

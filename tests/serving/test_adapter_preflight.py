@@ -19,14 +19,14 @@ pytestmark = pytest.mark.django_db
 MIB = 1024 * 1024
 
 
-def _ram_needed(version, pool, *, lora: bool, adapter_parameters: int = 0) -> int:
+def _ram_needed(version, pool, *, lora: bool, adapters: tuple[int, ...] = ()) -> int:
     """What the scheduler reserves for one replica of the version, LoRA on or off, with these adapters."""
     return scheduler.estimate(
         pool_kind=pool.kind,
         parameter_count=version.parameter_count,
         shape=version.shape,
         args=engine_args.validate({"enable_lora": lora}, pool.kind),
-        adapter_parameters=adapter_parameters,
+        adapters=adapters,
         facts=version.architecture_facts,
     ).ram_bytes
 
@@ -64,7 +64,7 @@ def test_the_first_adapter_may_grow_into_the_room_its_own_replica_frees(
     org, owner, team, base_version, pool, artifact
 ):
     adapter = make_adapter(org, team, artifact, base_version)
-    with_lora = _ram_needed(base_version, pool, lora=True, adapter_parameters=adapter.parameter_count)
+    with_lora = _ram_needed(base_version, pool, lora=True, adapters=(adapter.parameter_count,))
     # Its plain replica leaves less than a LoRA one needs free, but a successor takes its room.
     deployment = _running_on_a_node_of(with_lora + MIB, owner, team, base_version, pool)
     services.add_adapter(actor=owner, deployment=deployment, adapter=adapter)
@@ -76,7 +76,7 @@ def test_another_adapter_no_replica_could_hold_as_well_is_refused_and_the_first_
     org, owner, team, base_version, pool, artifact
 ):
     first = make_adapter(org, team, artifact, base_version)
-    room = _ram_needed(base_version, pool, lora=True, adapter_parameters=first.parameter_count) + MIB
+    room = _ram_needed(base_version, pool, lora=True, adapters=(first.parameter_count,)) + MIB
     deployment = _running_on_a_node_of(room, owner, team, base_version, pool, args={"enable_lora": True})
     services.add_adapter(actor=owner, deployment=deployment, adapter=first, name="tone")
     large = make_adapter(org, team, artifact, base_version, model_name="support-large")
@@ -105,3 +105,33 @@ def test_the_api_refuses_it_in_the_apis_error_shape(client, org, owner, team, ba
     assert error["code"] == "unschedulable" and error["message"].startswith("Unschedulable on cpu-pool: ")
     assert error["request_id"]
     assert not DeploymentAdapter.objects.filter(deployment=deployment).exists()
+
+
+def test_adapters_past_max_loras_add_nothing_a_replica_must_hold(
+    org, owner, team, base_version, pool, artifact
+):
+    """The engine holds at most ``max_loras`` adapters in memory (vLLM's cache evicts the least recently used
+    and reads it again from disk), so a node with room for LoRA and the largest one takes a second as large:
+    counting every attached adapter's weights refused it as unschedulable."""
+    large = 64 * MIB  # parameters: 128 MiB of weights at 2 bytes each
+    args = {"enable_lora": True, "max_loras": 1}
+    room = (
+        scheduler.estimate(
+            pool_kind=pool.kind,
+            parameter_count=base_version.parameter_count,
+            shape=base_version.shape,
+            args=engine_args.validate(args, pool.kind),
+            adapters=(large,),
+            facts=base_version.architecture_facts,
+        ).ram_bytes
+        + MIB
+    )
+    deployment = _running_on_a_node_of(room, owner, team, base_version, pool, args=args)
+    for name in ("first", "second"):
+        adapter = make_adapter(org, team, artifact, base_version, model_name=f"support-{name}")
+        adapter.parameter_count = large
+        adapter.save(update_fields=["parameter_count"])
+        deployment = Deployment.objects.get(pk=deployment.pk)
+        services.add_adapter(actor=owner, deployment=deployment, adapter=adapter, name=name)
+    attached = DeploymentAdapter.objects.filter(deployment=deployment).order_by("name")
+    assert [a.name for a in attached] == ["first", "second"]

@@ -82,9 +82,46 @@ def test_served_adapters_add_their_parameters_to_the_weights():
         parameter_count=SMOLLM2,
         shape=SMOLLM2_SHAPE,
         args=cpu_args(),
-        adapter_parameters=1_000_000,
+        adapters=(1_000_000,),
     )
     assert est.weights_bytes == (SMOLLM2 + 1_000_000) * 2
+
+
+def test_on_cpu_only_the_largest_max_loras_adapters_are_resident():
+    """vLLM holds at most ``max_loras`` loaded adapters in its host-memory cache (``max_cpu_loras`` defaults
+    to it) and reads an evicted one again from disk: ten adapters on an engine of 4 slots hold four."""
+    adapters = (1_000_000,) * 8 + (5_000_000, 3_000_000)
+    est = estimate(
+        pool_kind=PoolKind.CPU,
+        parameter_count=SMOLLM2,
+        shape=SMOLLM2_SHAPE,
+        args=cpu_args(max_loras=4),
+        adapters=adapters,
+    )
+    assert est.weights_bytes == (SMOLLM2 + 5_000_000 + 3_000_000 + 2 * 1_000_000) * 2
+    one_slot = estimate(
+        pool_kind=PoolKind.CPU,
+        parameter_count=SMOLLM2,
+        shape=SMOLLM2_SHAPE,
+        args=cpu_args(max_loras=1),
+        adapters=adapters,
+    )
+    assert one_slot.weights_bytes == (SMOLLM2 + 5_000_000) * 2
+
+
+def test_on_gpu_adapters_weigh_nothing_beside_the_lora_slots():
+    """A GPU engine keeps its loaded adapters in host memory and copies them into the LoRA slots, which are
+    counted on each GPU: the adapters' own weights are not on the GPUs."""
+    args = gpu_args(enable_lora=True)
+    plain = estimate(pool_kind=PoolKind.GPU, parameter_count=LLAMA3_8B, shape=LLAMA3_8B_SHAPE, args=args)
+    served = estimate(
+        pool_kind=PoolKind.GPU,
+        parameter_count=LLAMA3_8B,
+        shape=LLAMA3_8B_SHAPE,
+        args=args,
+        adapters=(40_000_000,) * 30,
+    )
+    assert served.per_gpu_bytes == plain.per_gpu_bytes and served.weights_bytes == plain.weights_bytes
 
 
 def test_a_gpu_estimate_takes_the_kv_cache_of_one_full_sequence_from_the_model_shape():
@@ -322,7 +359,7 @@ def test_lora_slots_are_small_at_the_defaults_and_none_without_lora():
         parameter_count=SMOLLM2,
         shape=SMOLLM2_STORED_SHAPE,
         args=cpu_args(),
-        adapter_parameters=1_000_000,
+        adapters=(1_000_000,),
     )
     assert serving.lora_bytes == on.lora_bytes
 
