@@ -172,6 +172,21 @@ def _check_shard_indexes(directory: Path, files: list[Path], names: set[str]) ->
                 raise InspectionError(f"{path.name}: names {shard!r}, which is not among the model's files")
 
 
+def _loaded_weights(directory: Path, files: list[Path]) -> list[Path]:
+    """The safetensors files an engine loads, whose tensors are the version's parameters: those at the top of
+    the folder (vLLM and transformers look for ``*.safetensors`` there, not below: a repository's
+    ``original/`` or ``onnx/`` copies are not loaded), and of them, where ``model.safetensors.index.json``
+    names the shards, only those it names (vLLM's ``filter_duplicate_safetensors_files``: a Mistral
+    repository's ``consolidated.safetensors`` holds the same weights as its shards). Every file was counted,
+    doubling such a model's parameters, and with them its replicas' reserved memory and bill."""
+    top = sorted(p for p in files if p.suffix == ".safetensors" and p.parent == directory)
+    weight_map = _read_json(directory / "model.safetensors.index.json").get("weight_map")
+    if isinstance(weight_map, dict):
+        named = {directory / shard for shard in weight_map.values() if isinstance(shard, str)}
+        top = [p for p in top if p in named]
+    return top
+
+
 def inspect_directory(directory: Path) -> ModelFacts:
     try:
         jsonfiles.refuse_oversized(directory)
@@ -184,7 +199,7 @@ def inspect_directory(directory: Path) -> ModelFacts:
     facts.needs_remote_code = any(n.endswith(CODE_SUFFIXES) for n in names)
 
     _check_shard_indexes(directory, files, names)
-    weights = sorted(p for p in files if p.suffix == ".safetensors")
+    weights = _loaded_weights(directory, files)
     counts: Counter[str] = Counter()
     parameters = 0
     tensors: dict[str, list[int]] = {}
