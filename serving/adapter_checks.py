@@ -1,9 +1,10 @@
 """What vLLM refuses of a LoRA adapter, asked of the facts its import recorded from its ``adapter_config.json``
 (``metrics["adapter"]``, ``portfolio.registry.inspection``) before a deployment serves it.
 
-An adapter the engine refuses fails its hot load, and every later start of the deployment's engines, which
-load its adapters as ``--lora-modules``, crash-loops: one bad adapter would take the base model down. The
-checks follow vLLM 0.32's ``PEFTHelper.validate_legal`` (vllm/lora/peft_helper.py). A version inspected before
+An adapter the engine refuses fails its hot load (the reason on the deployment's timeline) on every replica,
+at every pass, while the deployment serves it under a name that answers nothing. (Until engines started
+without their adapters and hot-loaded them once ready, it also crash-looped every start, base model and
+all.) The checks follow vLLM 0.32's ``PEFTHelper.validate_legal`` (vllm/lora/peft_helper.py). A version inspected before
 these facts were recorded lacks their keys: it is checked on its ``r`` alone, as it was then.
 """
 

@@ -1,6 +1,7 @@
-"""Adapters on a running engine: hot-loaded when added to the deployment and unloaded when removed, without a
-restart (vLLM's runtime LoRA routes). Part of the node agent's reconcile (``serving.agent``), which calls
-``sync`` for each ready replica of its node."""
+"""Adapters on a running engine: hot-loaded once it is ready (an engine starts with none: one adapter it cannot
+load would crash every start, taking the base model down) or when added to the deployment, and unloaded when
+removed, without a restart (vLLM's runtime LoRA routes). Part of the node agent's reconcile
+(``serving.agent``), which calls ``sync`` for each ready replica of its node."""
 
 from __future__ import annotations
 
@@ -43,46 +44,71 @@ def engine_request(replica: Replica, method: str, path: str, body: dict | None =
 
 
 def sync(replica: Replica) -> None:
-    """Hot-load adapters added to the deployment and unload removed ones, without a restart."""
+    """Hot-load adapters added to the deployment (all of them, once a new engine is ready: it starts with
+    none) and unload removed ones, without a restart.
+
+    Two records: ``adapter_versions``, {name: version id} of what the engine may hold, written before a load
+    is asked (from then on the engine may have it, even if the answer never comes: a timeout); and
+    ``loaded_adapters``, the loads the engine confirmed, which the gateway routes to when their version is
+    the one attached. A name removed and added again with another version while its load was under way is
+    then seen as another version, and reloaded; a load that timed out is unloaded once its adapter is removed."""
     wanted = {a.name: a for a in replica.deployment.adapters.select_related("version")}
     loaded = set(replica.loaded_adapters)
+    versions = dict(replica.adapter_versions or {})
+    held = loaded | set(versions)  # what the engine may hold
+    # Held under a wanted name as another version (or none recorded, before versions were): reloaded.
+    stale = {name for name in held & set(wanted) if versions.get(name) != wanted[name].version_id}
     # A replica of an older generation is being replaced, and may run an engine started without LoRA (adding
     # an adapter turns it on with a new generation): asked to load, it answered 404 on every pass. Its
-    # successor starts with the adapters; what it must no longer serve is still unloaded.
-    to_load = set(wanted) - loaded if replica.generation == replica.deployment.generation else set()
-    if not to_load and loaded <= set(wanted):
+    # successor loads the adapters; what it must no longer serve is still unloaded.
+    current = replica.generation == replica.deployment.generation
+    to_load = {name for name in wanted if name not in loaded or name in stale} if current else set()
+    to_unload = (held - set(wanted)) | stale
+    if not to_load and not to_unload:
         return
-    for name in sorted(to_load):
-        try:
-            path = prefetch.local_copy(wanted[name].version)
-            if path is None:
-                continue  # still being copied: loaded on a later pass
-            _load(replica, name, str(path))
-        except Exception as exc:  # noqa: BLE001 - reported on the timeline; retried next round
-            _load_failed(replica, wanted[name], f"Could not load adapter {name}: {_said(exc)}")
-            continue
-        loaded.add(name)
-        _record(replica, loaded)
-        event(replica, "adapter_loaded", f"Adapter {name} loaded without a restart.")
-    for name in sorted(loaded - set(wanted)):
+    for name in sorted(to_unload):  # first: a stale version is replaced, a removed one frees its slot
         try:
             engine_request(replica, "POST", "/v1/unload_lora_adapter", {"lora_name": name})
-        except Exception as exc:  # noqa: BLE001 - kept as loaded and retried next round; 404: not loaded
+            said = True
+        except Exception as exc:  # noqa: BLE001 - kept as held and retried next round; 404: not loaded
             # Forgotten while the engine still had it, the name could be reused for another version, which
             # the engine then refused to load ("already been loaded") until it restarted.
             if not (isinstance(exc, urllib.error.HTTPError) and exc.code == 404):
                 _unload_failed(replica, name, f"Could not unload adapter {name}: {_said(exc)}")
+                to_load.discard(name)
                 continue
+            said = name in loaded  # a load that never answered, and never happened: nothing to say
         loaded.discard(name)
-        _record(replica, loaded)
-        event(replica, "adapter_unloaded", f"Adapter {name} unloaded.")
+        versions.pop(name, None)
+        _record(replica, loaded, versions)
+        if said:
+            event(replica, "adapter_unloaded", f"Adapter {name} unloaded.")
+    for name in sorted(to_load):
+        adapter = wanted[name]
+        try:
+            path = prefetch.local_copy(adapter.version)
+            if path is None:
+                continue  # still being copied: loaded on a later pass
+            versions[name] = adapter.version_id  # before the request: the engine may hold it from now on
+            _record(replica, loaded, versions)
+            _load(replica, name, str(path))
+        except Exception as exc:  # noqa: BLE001 - reported on the timeline; retried next round
+            if isinstance(exc, EngineRefused):  # the engine said no: it does not hold this version
+                versions.pop(name, None)
+                _record(replica, loaded, versions)
+            _load_failed(replica, adapter, f"Could not load adapter {name}: {_said(exc)}")
+            continue
+        loaded.add(name)
+        _record(replica, loaded, versions)
+        event(replica, "adapter_loaded", f"Adapter {name} loaded without a restart.")
 
 
-def _record(replica: Replica, loaded: set[str]) -> None:
-    """Saved after each load and unload, not once at the end of the pass: an agent stopped midway would
-    otherwise forget what the engine did, and ask it again for what it has."""
+def _record(replica: Replica, loaded: set[str], versions: dict[str, int]) -> None:
+    """Saved before each load and after each load and unload, not once at the end of the pass: an agent
+    stopped midway would otherwise forget what the engine did, and ask it again for what it has."""
     replica.loaded_adapters = sorted(loaded)
-    replica.save(update_fields=["loaded_adapters"])
+    replica.adapter_versions = dict(sorted(versions.items()))
+    replica.save(update_fields=["loaded_adapters", "adapter_versions"])
 
 
 def _load(replica: Replica, name: str, path: str) -> None:

@@ -190,12 +190,13 @@ def _start(replica: Replica, node: Node, lock: Lease | None = None) -> None:
 
 def _launch(replica: Replica, node: Node, lock: Lease | None) -> None:
     deployment = replica.deployment
-    versions = {a.name: a.version for a in deployment.adapters.select_related("version")}
-    copies = prefetch.local_copies({"": deployment.version, **versions})
-    if copies is None:
+    # Only the base's files: the adapters are hot-loaded once the engine is ready (adapter_sync), each copied
+    # then. Given as --lora-modules, one the engine could not load crashed every start, base model and all.
+    model_dir = prefetch.local_copy(deployment.version)
+    if model_dir is None:
         _copying(replica, node)
         return
-    model_dir, adapters = copies.pop(""), copies
+    adapters = list(deployment.adapters.values_list("name", flat=True))
     port = processes.free_port(node.address)
     args = engine_args.for_deployment(deployment)
     launch = engine_args.build(
@@ -225,7 +226,8 @@ def _launch(replica: Replica, node: Node, lock: Lease | None) -> None:
             state=ReplicaState.STARTING,
             started_at=timezone.now(),
             state_detail="",
-            loaded_adapters=sorted(adapters),
+            loaded_adapters=[],
+            adapter_versions={},
             next_start_at=None,
         )
         replica_meter.started(replica)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,7 @@ def build(
     served_name: str,
     host: str,
     port: int,
-    adapters: dict[str, Path],
+    adapters: Collection[str],
     gpu_indices: list[int],
     api_key: str,
     task: str = "chat",
@@ -168,7 +169,9 @@ def build(
 ) -> EngineLaunch:
     """The command and environment of one vLLM OpenAI-compatible server process. On CPU, ``cpu_ids`` are the
     cores the scheduler gave the replica (its OpenMP threads are bound to them) and ``kv_cache_bytes`` the
-    KV cache it reserved; a replica placed before cores were pinned has none and binds as vLLM chooses."""
+    KV cache it reserved; a replica placed before cores were pinned has none and binds as vLLM chooses.
+    ``adapters``: the names of the deployment's adapters, which turn LoRA on; the engine starts with none
+    loaded (the node agent hot-loads them once it is ready: ``adapter_sync``)."""
     argv = [
         python,
         "-m",
@@ -222,8 +225,6 @@ def build(
             "--max-lora-rank",
             str(args["max_lora_rank"]),
         ]
-        if adapters:
-            argv += ["--lora-modules", *(f"{name}={path}" for name, path in sorted(adapters.items()))]
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     if pool_kind == PoolKind.GPU:
         argv += [

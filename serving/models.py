@@ -197,7 +197,8 @@ class Replica(models.Model):
     next_start_at = models.DateTimeField(null=True, blank=True)
     last_health_at = models.DateTimeField(null=True, blank=True)
     log_tail = models.TextField(blank=True)
-    loaded_adapters = models.JSONField(default=list, blank=True)
+    loaded_adapters = models.JSONField(default=list, blank=True)  # loads the engine confirmed: routed to
+    adapter_versions = models.JSONField(default=dict, blank=True)  # {name: version id} the engine may hold
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     ready_at = models.DateTimeField(null=True, blank=True)
@@ -413,8 +414,7 @@ class EndpointShare(models.Model):
 
 
 class Rollout(models.Model):
-    """A candidate route target of an endpoint watched as a canary with a small weight, then given all the
-    traffic (promoted) or taken out again (rolled back, aborted); see serving/rollouts.py."""
+    """An endpoint's route target tried as a canary, then promoted or rolled back (serving/rollouts.py)."""
 
     endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="rollouts")
     # The candidate, by name as usage events name what answered (a deployment, and one of its adapters).

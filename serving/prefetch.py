@@ -155,17 +155,3 @@ def local_copy(version: ModelVersion, *, wait: float | None = None) -> Path | No
             mark_artifact_health(artifact.id, [str(copy.error)])
         raise copy.error
     return destination
-
-
-def local_copies(versions: dict[str, ModelVersion]) -> dict[str, Path] | None:
-    """Each named version's local copy, or None while any of them is still being copied (all are started
-    at once: an engine with adapters waits for the slowest, not for the sum)."""
-    with one_wait():
-        started = {name: local_copy(version, wait=0) for name, version in versions.items()}
-        copies: dict[str, Path] = {}
-        for name, path in started.items():
-            path = path or local_copy(versions[name])
-            if path is None:
-                return None
-            copies[name] = path
-        return copies

@@ -324,8 +324,14 @@ def _read_snapshot() -> Snapshot:
     for replica in ready.select_related("deployment"):
         info = ReplicaInfo(replica.pk, replica.base_url, f"Bearer {engine_key(replica.pk)}".encode())
         snapshot.replicas.setdefault(replica.deployment.name, []).append(info)
+        known = snapshot.deployments.get(replica.deployment.name)
+        attached = known.adapters if known else {}
+        versions = replica.adapter_versions if isinstance(replica.adapter_versions, dict) else {}
         for adapter in replica.loaded_adapters or ():
-            snapshot.adapter_replicas.setdefault((replica.deployment.name, adapter), []).append(info)
+            # Only the attached version: a name removed and added again with another one is served by the
+            # old weights until the agent reloads it (adapter_sync), and must not be routed and billed as new.
+            if adapter in attached and versions.get(adapter) == attached[adapter]:
+                snapshot.adapter_replicas.setdefault((replica.deployment.name, adapter), []).append(info)
     now = datetime.now(UTC)
     snapshot.caps = hard_limits(now)  # one query: the spend is stored by billing.check_budgets
     snapshot.caps_month = now.strftime("%Y%m")

@@ -426,13 +426,14 @@ _ENGINE_RUNNING = frozenset(
 
 
 def _not_still_loaded(deployment: Deployment, name: str) -> None:
-    """Refuse a name removed whose replicas have not unloaded it yet: the agent loads only names it has not
-    loaded, so the engine would go on answering it with the old version's weights while the gateway routes
-    and bills it as the new one. Only replicas running an engine count: one pending, in back-off, stopped or
-    failed has none, and its next start loads the deployment's adapters as they are then."""
+    """Refuse a name removed whose replicas have not unloaded it yet (loaded, or a load asked whose answer
+    may not have come: ``adapter_versions``): the engine would go on answering it with the old version's
+    weights until the agent reloads it. Only replicas running an engine count: one pending, in back-off,
+    stopped or failed has none, and its next start loads the deployment's adapters as they are then."""
     if deployment.adapters.filter(name=name).exists():
         return  # still served: the create below refuses it as already served
-    if deployment.replica_set.filter(state__in=_ENGINE_RUNNING, loaded_adapters__contains=[name]).exists():
+    held = Q(loaded_adapters__contains=[name]) | Q(adapter_versions__has_key=name)
+    if deployment.replica_set.filter(held, state__in=_ENGINE_RUNNING).exists():
         raise Conflict(
             f"The adapter named {name!r} was removed from {deployment.name} and its replicas have not unloaded "
             "it yet; try again in a few seconds, or choose another name."

@@ -55,7 +55,9 @@ def test_the_table_says_which_replicas_loaded_each_adapter(world, tone):
     replica = Replica.objects.get(deployment__name="support-bot")
     table = _read_snapshot()
     assert table.adapter_replicas == {}
-    Replica.objects.filter(pk=replica.pk).update(loaded_adapters=["support-tone"])
+    Replica.objects.filter(pk=replica.pk).update(
+        loaded_adapters=["support-tone"], adapter_versions={"support-tone": tone.version_id}
+    )
     table = _read_snapshot()
     assert [r.id for r in table.adapter_replicas[("support-bot", "support-tone")]] == [replica.pk]
     assert [r.id for r in table.replicas["support-bot"]] == [replica.pk]

@@ -1,0 +1,109 @@
+"""An engine starts with LoRA on but no adapter loaded; the node agent hot-loads them once it is ready. Found by
+review: engines were started with every attached adapter as ``--lora-modules``, and vLLM exits when it cannot
+load one (its stored files corrupt, or one attached before serving/adapter_checks.py existed): every start of
+the deployment crashed, and it crash-looped to FAILED: one bad adapter took the base model down. Hot-loaded, a
+bad adapter's refusal is said on the timeline and the base serves.
+
+The engine is tests/gateway/fake_engine.py's stand-in vLLM, refusing every adapter load as vLLM refuses one it
+cannot load; the process the agent starts stands in for vLLM's: it exits at once when given ``--lora-modules``
+(vLLM failing to load the adapter), else it runs."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from aiohttp import web
+
+from serving import agent, engine_args, prefetch, processes, services
+from serving.choices import ReplicaState
+from serving.gateway.routing import _read_snapshot
+from serving.models import DeploymentEvent, Replica
+from tests.gateway.fake_engine import FakeEngine
+from tests.serving.conftest import deploy, make_adapter
+
+pytestmark = pytest.mark.django_db
+
+REFUSAL = "Loading lora tone failed: the adapter's safetensors file is truncated"
+
+
+class RefusingEngine(FakeEngine):
+    """Serves the base; refuses every adapter load (vLLM's 400, with its reason)."""
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        if request.path == "/v1/load_lora_adapter":
+            return self._error(REFUSAL, status=400)
+        return await super().not_found(request)
+
+
+@pytest.fixture
+def started(settings, tmp_path, monkeypatch):
+    """The argv of each engine the agent starts (the real command line); the engine answering is the stand-in."""
+    settings.DATA_DIR = tmp_path / "data"
+    settings.ENGINE_RESTART_BACKOFF = 1
+    engine = RefusingEngine().start()
+    real_build = engine_args.build
+    argvs: list[list[str]] = []
+
+    def build(**kwargs) -> engine_args.EngineLaunch:
+        launch = real_build(**kwargs)
+        argvs.append(launch.argv)
+        exits = "--lora-modules" in launch.argv  # vLLM cannot load the adapter: it exits
+        code = "raise SystemExit('cannot load adapter tone')" if exits else "import time; time.sleep(300)"
+        return engine_args.EngineLaunch(argv=[sys.executable, "-c", code], env=launch.env)
+
+    monkeypatch.setattr(engine_args, "build", build)
+    monkeypatch.setattr(processes, "free_port", lambda host: engine.port)
+    monkeypatch.setattr(prefetch, "local_copy", lambda version, wait=None: tmp_path)
+    yield argvs
+    for _, process in processes.all_engines(under=tmp_path):
+        processes.stop(process, grace=1)
+    engine.stop()
+
+
+@pytest.fixture
+def replica(org, owner, team, artifact, base_version, pool, node):
+    """A replica to start of a deployment (LoRA not asked for) with the adapter ``tone`` attached."""
+    deployment = deploy(owner, team, base_version, pool, replicas=0)
+    adapter = make_adapter(org, team, artifact, base_version)
+    services.add_adapter(actor=owner, deployment=deployment, adapter=adapter, name="tone")
+    deployment.refresh_from_db()
+    return Replica.objects.create(deployment=deployment, node=node, generation=deployment.generation)
+
+
+def _reconcile(replica: Replica, passes: int) -> Replica:
+    for _ in range(passes):
+        agent.reconcile_node(replica.node.name)
+    replica.refresh_from_db()
+    return replica
+
+
+def test_an_adapter_the_engine_cannot_load_leaves_the_base_serving(started, replica):
+    replica = _reconcile(replica, 3)
+    assert replica.state == ReplicaState.READY
+    assert (replica.restarts, replica.loaded_adapters, replica.adapter_versions) == (0, [], {})
+    failed = DeploymentEvent.objects.filter(replica=replica, kind="adapter_failed").values_list(
+        "message", flat=True
+    )
+    assert list(failed) == [f"Could not load adapter tone: HTTP Error 400: {REFUSAL}"]
+    table = _read_snapshot()
+    assert [r.id for r in table.replicas["support-bot"]] == [replica.pk]  # the base is routed to
+    assert ("support-bot", "tone") not in table.adapter_replicas
+
+
+def test_an_attached_adapter_turns_lora_on_without_being_given_on_the_command_line(started, replica):
+    _reconcile(replica, 1)
+    (argv,) = started
+    assert "--enable-lora" in argv and "--lora-modules" not in argv
+
+
+def test_an_engine_starts_while_its_adapters_files_are_still_being_copied(
+    started, replica, tmp_path, monkeypatch
+):
+    base_id = replica.deployment.version_id
+    monkeypatch.setattr(
+        prefetch, "local_copy", lambda version, wait=None: tmp_path if version.pk == base_id else None
+    )
+    replica = _reconcile(replica, 2)
+    assert replica.state == ReplicaState.READY and replica.loaded_adapters == []
+    assert not DeploymentEvent.objects.filter(replica=replica, kind="adapter_failed").exists()
