@@ -96,7 +96,7 @@ def check(kind: str, payload: dict, size: int, first: EndpointInfo, name) -> pay
             max_inputs=settings.GATEWAY_MAX_INPUTS,
         )
         if kind == "chat":
-            for field in payloads.NOT_FORWARDED:  # OpenAI's, for its own services (payloads.py)
+            for field in payloads.NOT_FORWARDED:  # OpenAI's, of no use to vLLM (payloads.py)
                 if field in payload:
                     del payload[field]
             found = images.inspect(payload["messages"])

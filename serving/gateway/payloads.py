@@ -3,7 +3,7 @@
 Contract: every field of a ``/v1`` body is on the route's allow-list (OpenAI's fields plus the vLLM
 extensions the platform allows) and is type-checked here, with plain dict and type tests (no pydantic on
 the hot path); an unknown field is refused naming it. The values a chat template or a structured-output
-grammar reads (tools, response formats) are bounded in depth and shape by schemas.py. From what is left,
+grammar reads (tools, response formats, messages' tool calls) are bounded by schemas.py. From what is left,
 ``worst_case`` works out the most tokens and money the engine can bill for the request, so that admission
 reserves enough and concurrent requests can never together pass a limit or a budget.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from itertools import repeat
 from typing import NamedTuple
 
 from serving.gateway import schemas
@@ -232,6 +233,17 @@ def _logit_bias(name: str, value: object) -> None:
             raise PayloadError(f"Each bias in `{name}` must be from -100 to 100; got {bias:g}.", name)
 
 
+def _metadata(name: str, value: object) -> None:
+    """OpenAI's limits: at most 16 pairs, keys of at most 64 characters, values strings of at most 512."""
+    _object(name, value)
+    if isinstance(value, dict) and (
+        len(value) > 16
+        or not all(type(v) is str and len(k) <= 64 and len(v) <= 512 for k, v in value.items())
+    ):
+        message = "may hold at most 16 pairs, keys of at most 64 characters and string values of at most 512"
+        raise PayloadError(f"`{name}` {message}.", name)
+
+
 def _present(name: str, value: object) -> None:
     """Checked where the shape is worked out (messages, prompt, input)."""
 
@@ -285,7 +297,7 @@ CHAT: dict[str, Check] = {
     "tool_choice": schemas.tool_choice,
     "parallel_tool_calls": _boolean,
     "reasoning_effort": _text(16),
-    "metadata": _object,
+    "metadata": _metadata,
     "store": _boolean,
     "service_tier": _text(16),
     "include_reasoning": _boolean,
@@ -300,8 +312,9 @@ CHAT: dict[str, Check] = {
     "verbosity": _one_of("low", "medium", "high"),
 }
 # Dropped before the engine sees them: vLLM 0.32 has no such fields (it logs each unknown field it ignores, on
-# an engine other teams share), and a safety identifier names an end user, for OpenAI's abuse detection only.
-NOT_FORWARDED = ("safety_identifier", "prompt_cache_key", "prompt_cache_retention", "verbosity")
+# an engine other teams share), a safety identifier names an end user, for OpenAI's abuse detection only, and
+# metadata is the caller's own (OpenAI stores it with the completion).
+NOT_FORWARDED = ("safety_identifier", "prompt_cache_key", "prompt_cache_retention", "verbosity", "metadata")
 
 COMPLETION: dict[str, Check] = {
     **_SAMPLING,
@@ -326,6 +339,7 @@ EMBEDDING: dict[str, Check] = {
 FIELDS = {"chat": CHAT, "completion": COMPLETION, "embedding": EMBEDDING}
 REQUIRED = {"chat": "messages", "completion": "prompt", "embedding": "input"}
 _STREAM_OPTIONS = {"include_usage", "continuous_usage_stats", "include_obfuscation"}
+_DICTS = repeat(dict)  # isinstance's second argument, for every message: the test runs in C
 
 
 def check(kind: str, payload: dict, body_size: int, *, max_n: int, max_inputs: int) -> Shape:
@@ -373,13 +387,13 @@ def check(kind: str, payload: dict, body_size: int, *, max_n: int, max_inputs: i
 
     if kind == "chat":
         messages = payload["messages"]
-        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        if not isinstance(messages, list) or not messages or not all(map(isinstance, messages, _DICTS)):
             raise PayloadError("`messages` must be a non-empty array of message objects.", "messages")
         limit = payload.get("max_completion_tokens")
         if limit is None:
             limit = payload.get("max_tokens")
         bound = body_size + CHAT_TEMPLATE_TOKENS
-        if "tools" in payload or "chat_template_kwargs" in payload:
+        if "tools" in payload or "chat_template_kwargs" in payload or not schemas.plain(messages):
             bound += schemas.template_growth(payload)  # what pretty-printing them adds (schemas.py)
         return Shape(
             prompts=(bound,),

@@ -1,18 +1,24 @@
 """The JSON values of a chat call that the engine hands to its chat template or its structured-output grammar
-(``tools``, ``tool_choice``, ``chat_template_kwargs``, ``response_format``, ``structured_outputs``): their
-shape, how deeply they nest, and how much a template that pretty-prints them adds to the prompt.
+(``tools``, ``tool_choice``, ``chat_template_kwargs``, ``response_format``, ``structured_outputs``, and what a
+message holds beyond its text: ``tool_calls``, a developer's ``tools``...): their shape, how deeply they nest,
+and how much a template that pretty-prints them adds to the prompt.
 
-Contract: each of these values nests at most ``MAX_DEPTH`` levels; each tool is a function tool with a name of
-at most 64 characters (OpenAI's); and the prompt bound (payloads.py) counts what rendering the template's
-inputs with ``tojson(indent=4)`` adds to their bytes in the body, which may be at most ``MAX_RENDER_GROWTH``.
+Contract: each of these values nests at most ``MAX_DEPTH`` levels, and so does each tool call's ``arguments``
+as vLLM parses it; each tool is a function tool with a name of at most 64 characters (OpenAI's); and the
+prompt bound (payloads.py) counts what rendering the template's inputs with ``tojson(indent=4)`` adds to their
+bytes in the body, which may be at most ``MAX_RENDER_GROWTH``.
 Without that, a body of 4 MiB nested or listed deep enough became a prompt of hundreds of MB that the engine
 rendered and tokenised (minutes of CPU) before refusing it unbilled as longer than its context. Plain type
-tests; a body without these fields pays a dict lookup each, and one with them a walk of their containers.
+tests; a body without these fields pays a dict lookup each (and a pass over its messages' keys, in C), and
+one with them a walk of their containers.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+
+import orjson
 
 from serving.gateway.errors import PayloadError
 
@@ -89,8 +95,8 @@ def _too_large(name: str) -> Exception:
 
 def template_growth(payload: dict) -> int:
     """What a pretty-printing chat template can add to a chat call's prompt, beyond the body's bytes: for its
-    ``tools`` and its ``chat_template_kwargs`` (variables of the template, which may be rendered as they are,
-    and may even stand in for ``tools``)."""
+    ``tools``, its ``chat_template_kwargs`` (variables of the template, which may be rendered as they are,
+    and may even stand in for ``tools``) and its messages' values other than text."""
     growth = 0
     for name in ("tools", "chat_template_kwargs"):
         value = payload.get(name)
@@ -99,7 +105,73 @@ def template_growth(payload: dict) -> int:
         if name == "tools":
             growth += len(value) * TOOL_DEFAULTS
         growth += rendered_growth(name, value, MAX_RENDER_GROWTH - growth)
+    messages = payload["messages"]
+    if not plain(messages):
+        growth += _message_growth(messages, MAX_RENDER_GROWTH - growth)
     return growth
+
+
+# vLLM 0.32 (renderers/chat_utils.py: _parse_chat_message_content) hands the template a message's role,
+# content (parts checked by images.py), name, tool_call_id and task as text, and as they came: an assistant's
+# `tool_calls` (each `function.arguments` parsed from its JSON text into the object templates render with
+# `tojson`), its `reasoning` (whatever its type) and a developer's `tools`. Other keys are dropped, but are
+# walked too: what a newer engine or template reads is bounded all the same.
+_TEXT_KEYS = frozenset({"role", "content", "name"})
+_keys = frozenset().union
+
+
+def plain(messages: list) -> bool:
+    """Whether ``messages`` (a list of objects) hold only text keys: one pass over their keys, in C."""
+    return _keys(*messages) <= _TEXT_KEYS
+
+
+def _message_growth(messages: list, room: int) -> int:
+    """What rendering the values of ``messages`` other than their content adds to their bytes in the body,
+    each value's own container the first level; refused past ``MAX_DEPTH`` levels or past ``room``."""
+    growth = 0
+    for index, message in enumerate(messages):
+        for key, value in message.items():
+            if key == "content" or (type(value) is not dict and type(value) is not list):
+                continue
+            where = f"messages[{index}].{key}"
+            growth += rendered_growth(where, value, room - growth)
+            if key == "tool_calls" and type(value) is list:
+                growth += _arguments_growth(where, value, room - growth)
+    return growth
+
+
+def _arguments_growth(where: str, calls: list, room: int) -> int:
+    """Tool calls' ``arguments`` are JSON text, as OpenAI's API and vLLM 0.32 take them; vLLM parses each into
+    the object the template renders (one that is not JSON, or not an object, as ``{}``)."""
+    growth = 0
+    for index, call in enumerate(calls):
+        function = call.get("function") if type(call) is dict else None
+        if type(function) is not dict or function.get("arguments") is None:
+            continue  # vLLM refuses a call without a function or its arguments (pydantic)
+        arguments = function["arguments"]
+        param = f"{where}[{index}].function.arguments"
+        if type(arguments) is not str:
+            raise _refused(f"`{param}` must be a string (the arguments as JSON text).", param, "invalid_type")
+        parsed = _parsed(param, arguments)
+        if type(parsed) is dict:  # at its level in `tool_calls` (call, function, arguments): rendered whole
+            growth += rendered_growth(param, parsed, room - growth, 4)
+    return growth
+
+
+def _parsed(param: str, text: str) -> object:
+    """``text`` as vLLM's ``json.loads`` reads it (None where it cannot); orjson first, as it is faster."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass  # NaN, Infinity and lone surrogates are JSON to Python's parser; past 1,024 levels is to neither
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise _refused(
+            f"`{param}` may nest at most {MAX_DEPTH} levels of arrays and objects.", param
+        ) from None
+    except ValueError:
+        return None
 
 
 # --- Field checks (payloads.py's allow-lists) --------------------------------------------------------------

@@ -114,6 +114,43 @@ def test_openais_own_fields_and_function_tools_from_the_sdk_are_taken_and_the_fi
     assert len(engines[0].requests) == 1
 
 
+def test_metadata_and_tool_call_history_from_the_sdk_are_bounded_and_metadata_not_sent_on(gateway_url, stack):
+    """`metadata` is held to OpenAI's limits (16 pairs, 64-character keys, 512-character values) and dropped:
+    vLLM 0.32 has no such field. A tool call in the history is JSON text that vLLM parses for the template:
+    nested past 64 levels it is refused before the engine, naming where."""
+    dep, engines = stack["deployment"]("metadata-dep")
+    stack["endpoint"]("metadata", dep)
+    secret = stack["key"]()
+    wait_for_model(gateway_url, secret, "metadata")
+    sdk: Any = client(gateway_url, secret)
+    history: Any = [
+        *MESSAGES,
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"city": "Paris"}'}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    answer = sdk.chat.completions.create(
+        model="metadata", messages=history, max_tokens=2, metadata={"ticket": "T-1", "k" * 64: "v" * 512}
+    )
+    assert len(answer.choices) == 1
+    sent = engines[0].requests[-1]
+    assert "metadata" not in sent and sent["messages"] == history
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        sdk.chat.completions.create(
+            model="metadata", messages=MESSAGES, metadata={f"k{i}": "v" for i in range(17)}
+        )
+    assert excinfo.value.body["param"] == "metadata"
+    history[1]["tool_calls"][0]["function"]["arguments"] = '{"a":' * 64 + "{}" + "}" * 64
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        sdk.chat.completions.create(model="metadata", messages=history)
+    assert excinfo.value.body["param"] == "messages[1].tool_calls[0].function.arguments"
+    assert len(engines[0].requests) == 1
+
+
 def test_a_clients_request_id_is_echoed_but_the_engine_gets_the_gateways_own(gateway_url, stack):
     """vLLM makes the X-Request-ID it receives its request id: a client naming another's (or the next of
     the gateway's counter) must not collide with it on a shared engine."""
