@@ -69,7 +69,11 @@ def serving_target(version: ModelVersion, team: Team) -> ServingTarget | None:
         return ServingTarget(replica, replica.deployment.name)
     for adapter in DeploymentAdapter.objects.filter(version=version).order_by("id"):
         for replica in ready.filter(deployment_id=adapter.deployment_id):
-            if adapter.name in (replica.loaded_adapters or []):
+            versions = replica.adapter_versions if isinstance(replica.adapter_versions, dict) else {}
+            if (
+                adapter.name in (replica.loaded_adapters or [])
+                and versions.get(adapter.name) == adapter.version_id
+            ):
                 return ServingTarget(replica, adapter.name)
     return None
 

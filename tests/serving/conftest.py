@@ -156,3 +156,13 @@ def replica(org, team):
     )
     deployment = Deployment.objects.create(name="support-bot", owner_team=team, version=version, pool=pool)
     return Replica.objects.create(deployment=deployment, node=node, generation=1, host=node.address)
+
+
+def hold_adapters(replicas, *names: str) -> None:
+    """As the agent records a confirmed load: ``replicas`` (a queryset) loaded ``names`` at the versions
+    attached to their deployment now (the gateway, canary checks and serving speed use no other)."""
+    for replica in replicas.select_related("deployment"):
+        attached = dict(replica.deployment.adapters.values_list("name", "version_id"))
+        replica.loaded_adapters = sorted(names)
+        replica.adapter_versions = {name: attached[name] for name in names}
+        replica.save(update_fields=["loaded_adapters", "adapter_versions"])

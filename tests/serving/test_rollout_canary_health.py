@@ -13,6 +13,7 @@ from serving import rollouts
 from serving.choices import RolloutState
 from serving.gateway.models import UsageEvent
 from serving.models import Deployment, DeploymentAdapter, Replica, Rollout
+from tests.serving.conftest import hold_adapters
 from tests.serving.test_rollouts import served
 from tests.serving.test_rollouts import world as world  # noqa: PLC0414 - the fixture, used by name
 from tests.serving.views.conftest import make_version
@@ -54,7 +55,7 @@ def weights(endpoint) -> dict[str, int]:
 
 
 def loaded(*adapters: str) -> None:
-    Replica.objects.filter(deployment__name="support-bot").update(loaded_adapters=list(adapters))
+    hold_adapters(Replica.objects.filter(deployment__name="support-bot"), *adapters)
 
 
 def canary_answered(rollout: Rollout, count: int, *, status: int = 200, error: str = "") -> None:
@@ -110,3 +111,17 @@ def test_a_canary_adapter_is_promoted_only_where_a_ready_replica_loaded_it(
     assert rollouts.step(rollout.pk, now=rollout.ends_at + timedelta(seconds=1)) == verdict
     after = {"": 0, "support-tone": 100} if verdict == "promote" else {"": 100, "support-tone": 0}
     assert weights(world) == after
+
+
+def test_a_canary_adapter_held_at_another_version_is_not_promoted(client, org, world, tone):
+    """Its replica loaded the name, but another version of it (removed and added again while a load was under
+    way): the gateway routes the canary nowhere until the agent reloads it, so it is not promoted on that."""
+    loaded("support-tone")
+    Replica.objects.filter(deployment__name="support-bot").update(
+        adapter_versions={"support-tone": tone.version_id + 1000}
+    )
+    rollout = start_canary(client, org)
+    served(rollout, "support-bot", 200)
+    canary_answered(rollout, 20)
+    assert rollouts.step(rollout.pk, now=rollout.ends_at + timedelta(seconds=1)) == "rollback"
+    assert weights(world) == {"": 100, "support-tone": 0}

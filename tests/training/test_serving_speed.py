@@ -12,6 +12,7 @@ from serving.agent import engine_key
 from serving.choices import DesiredState, PoolKind, ReplicaState
 from serving.models import ComputePool, Deployment, DeploymentAdapter, Replica
 from tests.gateway.fake_engine import FakeEngine
+from tests.serving.conftest import hold_adapters
 from tests.serving.nodes import add_node
 from tests.training.conftest import tickets
 from training.serving_speed import serving_speed
@@ -108,7 +109,14 @@ def test_an_adapter_is_timed_under_its_own_name_once_its_replica_has_loaded_it(s
     assert not_loaded["deployed"] is False and "latency_p50_ms" not in not_loaded
     assert not engine.requests
 
-    Replica.objects.filter(pk=replica.pk).update(loaded_adapters=["smol-ft"])
+    Replica.objects.filter(pk=replica.pk).update(
+        loaded_adapters=["smol-ft"], adapter_versions={"smol-ft": serving["adapter"].pk + 1000}
+    )
+    another = serving_speed(serving["adapter"], tickets(3), serving["team"])
+    assert another["deployed"] is False, "the name held at another version is not this one"
+    assert not engine.requests
+
+    hold_adapters(Replica.objects.filter(pk=replica.pk), "smol-ft")
     measured = serving_speed(serving["adapter"], tickets(3), serving["team"])
     assert measured["deployed"] is True and measured["model"] == "smol-ft" and measured["requests"] == 8
     assert {request["model"] for request in engine.requests} == {"smol-ft"}
