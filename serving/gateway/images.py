@@ -90,7 +90,13 @@ def inspect(messages: list) -> Images:
     for m, message in enumerate(messages):
         content = message.get("content")
         if not isinstance(content, list):
-            continue  # a string (or none): no parts
+            if content is None or type(content) is str:
+                continue  # no parts
+            # OpenAI's content is text or parts; vLLM takes an object as parts (its keys), never rendered.
+            where = f"messages[{m}].content"
+            raise PayloadError(
+                f"`{where}` must be a string or an array of content parts.", where, "invalid_type"
+            )
         for p, part in enumerate(content):
             where = f"messages[{m}].content[{p}]"
             if not isinstance(part, dict):

@@ -11,7 +11,8 @@ import random
 import orjson
 import pytest
 
-from serving.gateway import intake
+from serving.gateway import images, intake
+from serving.gateway.errors import PayloadError
 from serving.gateway.payloads import CHAT_TEMPLATE_TOKENS
 from serving.gateway.routing import EndpointInfo, Route
 from tests.gateway.test_payloads import CHAT, deep, pretty, random_value, refusal, shape_of, tool_with
@@ -158,3 +159,17 @@ def test_metadata_within_openais_limits_is_taken_and_not_sent_to_the_engine():
         payload = {**CHAT, "metadata": metadata}
         assert intake.check("chat", payload, 10_000, endpoint, "m").choices == 1
         assert payload == CHAT
+
+
+@pytest.mark.parametrize("content", [{"type": "text", "text": "hi"}, {"a": {"b": [1, 2]}}, 7, True])
+def test_a_message_content_neither_text_nor_parts_is_refused(content):
+    """OpenAI's content is a string or an array of parts (or null, beside tool calls); vLLM took an object as
+    parts, reading its keys, so the gateway let through what neither it nor the engine renders."""
+    with pytest.raises(PayloadError) as refused:
+        images.inspect([{"role": "user", "content": "ok"}, {"role": "user", "content": content}])
+    assert refused.value.param == "messages[1].content" and refused.value.code == "invalid_type"
+
+
+@pytest.mark.parametrize("content", ["text", None, [{"type": "text", "text": "hi"}]])
+def test_text_parts_and_no_content_are_taken(content):
+    assert images.inspect([{"role": "assistant", "content": content}]).number == 0
