@@ -57,7 +57,7 @@ def attached_version(deployment_name: str, name: str) -> int | None:
     return found.values_list("version_id", flat=True).first()
 
 
-def sync(replica: Replica) -> None:
+def sync(replica: Replica) -> list[str]:
     """Hot-load adapters added to the deployment (all of them, once a new engine is ready: it starts with
     none) and unload removed ones, without a restart.
 
@@ -65,7 +65,10 @@ def sync(replica: Replica) -> None:
     is asked (from then on the engine may have it, even if the answer never comes: a timeout); and
     ``loaded_adapters``, the loads the engine confirmed, which the gateway routes to when their version is
     the one attached. A name removed and added again with another version while its load was under way is
-    then seen as another version, and reloaded; a load that timed out is unloaded once its adapter is removed."""
+    then seen as another version, and reloaded; a load that timed out is unloaded once its adapter is removed.
+
+    Returns the names still being copied to the node (loaded by a later pass): a new engine is not ready
+    before they are loaded (``agent._ensure_running``)."""
     wanted = {a.name: a for a in replica.deployment.adapters.select_related("version")}
     loaded = set(replica.loaded_adapters)
     versions = dict(replica.adapter_versions or {})
@@ -79,7 +82,8 @@ def sync(replica: Replica) -> None:
     to_load = {name for name in wanted if name not in loaded or name in stale} if current else set()
     to_unload = (held - set(wanted)) | stale
     if not to_load and not to_unload:
-        return
+        return []
+    copying = []
     for name in sorted(to_unload):  # first: a stale version is replaced, a removed one frees its slot
         try:
             engine_request(replica, "POST", "/v1/unload_lora_adapter", {"lora_name": name})
@@ -102,6 +106,7 @@ def sync(replica: Replica) -> None:
         try:
             path = prefetch.local_copy(adapter.version)
             if path is None:
+                copying.append(name)
                 continue  # still being copied: loaded on a later pass
             versions[name] = adapter.version_id  # before the request: the engine may hold it from now on
             _record(replica, loaded, versions)
@@ -115,6 +120,7 @@ def sync(replica: Replica) -> None:
         loaded.add(name)
         _record(replica, loaded, versions)
         event(replica, "adapter_loaded", f"Adapter {name} loaded without a restart.")
+    return copying
 
 
 def _record(replica: Replica, loaded: set[str], versions: dict[str, int]) -> None:

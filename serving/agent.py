@@ -192,11 +192,15 @@ def _launch(replica: Replica, node: Node, lock: Lease | None) -> None:
     deployment = replica.deployment
     # Only the base's files: the adapters are hot-loaded once the engine is ready (adapter_sync), each copied
     # then. Given as --lora-modules, one the engine could not load crashed every start, base model and all.
+    attached = list(deployment.adapters.select_related("version__artifact"))
+    for adapter in attached:  # copied while the engine boots: it is not ready before they are loaded
+        with contextlib.suppress(Exception):  # a failed copy is said, and tried again, when it is loaded
+            prefetch.local_copy(adapter.version, wait=0)
     model_dir = prefetch.local_copy(deployment.version)
     if model_dir is None:
         _copying(replica, node)
         return
-    adapters = list(deployment.adapters.values_list("name", flat=True))
+    adapters = [adapter.name for adapter in attached]
     port = processes.free_port(node.address)
     args = engine_args.for_deployment(deployment)
     launch = engine_args.build(
@@ -324,8 +328,16 @@ def _ensure_running(
         return
     if health == processes.HEALTHY:
         if replica.state != ReplicaState.READY:
+            # Ready (routed to, and a rolling change stops an old replica for it) once its adapters are loaded,
+            # or refused (the base serves without them): not while their files are still being copied.
+            copying = adapter_sync.sync(replica)
+            if copying:
+                detail = f"Engine up; copying adapters {', '.join(copying)} before it takes traffic."
+                _set(replica, last_health_at=now, state_detail=detail)
+                return
             _set(replica, state=ReplicaState.READY, ready_at=now, last_health_at=now, state_detail="")
             event(replica, "ready", "Replica ready.")
+            return
         elif replica.restarts and replica.ready_at and now - replica.ready_at >= STABLE_AFTER:
             # Ready long enough: earlier crashes are forgiven, so the restart limit counts crashes in a row
             # (a replica that crashes once a week is not given up on) and the next back-off starts short.

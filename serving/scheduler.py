@@ -231,13 +231,14 @@ def resident_adapter_parameters(pool_kind: str, args: dict, adapters: Sequence[i
     """The adapters' weights an engine holds besides its LoRA slots: vLLM keeps the adapters it has loaded in
     an LRU cache in host memory of ``max_cpu_loras`` (never passed: ``max_loras``) entries, evicting the
     least recently used and reading it again from disk when asked for (vllm/lora/worker_manager.py), and
-    copies those a batch uses into the slots. On a CPU pool that cache is the node's RAM: the largest
-    ``max_loras`` adapters count. On a GPU pool it is not on the GPUs (the slots are), and the node's RAM is
-    not scheduled: none count. Counting every attached adapter, on each GPU or in RAM, refused a deployment
-    with many adapters as unschedulable long before it was."""
+    copies those a batch uses into the slots. It loads an adapter before it evicts one, so for a moment it
+    holds one more. On a CPU pool that cache is the node's RAM: the largest ``max_loras`` + 1 adapters count.
+    On a GPU pool it is not on the GPUs (the slots are), and the node's RAM is not scheduled: none count.
+    Counting every attached adapter, on each GPU or in RAM, refused a deployment with many adapters as
+    unschedulable long before it was."""
     if pool_kind != PoolKind.CPU or not adapters:
         return 0
-    return sum(sorted(adapters, reverse=True)[: max(1, int(args.get("max_loras") or 1))])
+    return sum(sorted(adapters, reverse=True)[: max(1, int(args.get("max_loras") or 1)) + 1])
 
 
 @dataclass

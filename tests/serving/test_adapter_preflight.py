@@ -110,9 +110,10 @@ def test_the_api_refuses_it_in_the_apis_error_shape(client, org, owner, team, ba
 def test_adapters_past_max_loras_add_nothing_a_replica_must_hold(
     org, owner, team, base_version, pool, artifact
 ):
-    """The engine holds at most ``max_loras`` adapters in memory (vLLM's cache evicts the least recently used
-    and reads it again from disk), so a node with room for LoRA and the largest one takes a second as large:
-    counting every attached adapter's weights refused it as unschedulable."""
+    """The engine holds at most ``max_loras`` adapters in memory, and one more while it loads one before
+    evicting another (vLLM's cache evicts the least recently used and reads it again from disk), so a node
+    with room for LoRA and the largest two takes a third as large: counting every attached adapter's weights
+    refused it as unschedulable."""
     large = 64 * MIB  # parameters: 128 MiB of weights at 2 bytes each
     args = {"enable_lora": True, "max_loras": 1}
     room = (
@@ -121,17 +122,17 @@ def test_adapters_past_max_loras_add_nothing_a_replica_must_hold(
             parameter_count=base_version.parameter_count,
             shape=base_version.shape,
             args=engine_args.validate(args, pool.kind),
-            adapters=(large,),
+            adapters=(large, large),
             facts=base_version.architecture_facts,
         ).ram_bytes
         + MIB
     )
     deployment = _running_on_a_node_of(room, owner, team, base_version, pool, args=args)
-    for name in ("first", "second"):
+    for name in ("first", "second", "third"):
         adapter = make_adapter(org, team, artifact, base_version, model_name=f"support-{name}")
         adapter.parameter_count = large
         adapter.save(update_fields=["parameter_count"])
         deployment = Deployment.objects.get(pk=deployment.pk)
         services.add_adapter(actor=owner, deployment=deployment, adapter=adapter, name=name)
     attached = DeploymentAdapter.objects.filter(deployment=deployment).order_by("name")
-    assert [a.name for a in attached] == ["first", "second"]
+    assert [a.name for a in attached] == ["first", "second", "third"]

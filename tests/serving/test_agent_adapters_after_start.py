@@ -97,13 +97,34 @@ def test_an_attached_adapter_turns_lora_on_without_being_given_on_the_command_li
     assert "--enable-lora" in argv and "--lora-modules" not in argv
 
 
-def test_an_engine_starts_while_its_adapters_files_are_still_being_copied(
+def test_an_engine_boots_while_its_adapters_are_copied_and_takes_traffic_once_they_are_loaded(
     started, replica, tmp_path, monkeypatch
 ):
+    """The adapters' copies start with the engine, not after it is ready; and it is ready (routed to, and a
+    rolling change stops an old replica for it) only once they are loaded or refused. Found by review: ready
+    first, a new replica of a rolling change took the old one's place with none of its adapters loaded, and
+    an endpoint of an adapter had nowhere to go until their files were copied (minutes for a large one)."""
     base_id = replica.deployment.version_id
-    monkeypatch.setattr(
-        prefetch, "local_copy", lambda version, wait=None: tmp_path if version.pk == base_id else None
-    )
+    asked: list[tuple[int, float | None]] = []
+    copied = {"done": False}
+
+    def local_copy(version, wait=None):
+        asked.append((version.pk, wait))
+        return tmp_path if version.pk == base_id or copied["done"] else None
+
+    monkeypatch.setattr(prefetch, "local_copy", local_copy)
+    adapter_id = replica.deployment.adapters.get().version_id
+    replica = _reconcile(replica, 1)
+    assert asked[0] == (adapter_id, 0), "the adapter's copy is begun before the engine starts, not waited for"
     replica = _reconcile(replica, 2)
-    assert replica.state == ReplicaState.READY and replica.loaded_adapters == []
+    assert replica.state == ReplicaState.STARTING and replica.pid, "up, but not ready while it copies"
+    assert "copying adapters tone" in replica.state_detail
+    assert not _read_snapshot().replicas.get("support-bot")
     assert not DeploymentEvent.objects.filter(replica=replica, kind="adapter_failed").exists()
+
+    copied["done"] = True
+    replica = _reconcile(replica, 1)
+    assert replica.state == ReplicaState.READY and replica.state_detail == ""
+    # Refused by this engine: said on the timeline, and the base serves.
+    assert DeploymentEvent.objects.filter(replica=replica, kind="adapter_failed").count() == 1
+    assert [r.id for r in _read_snapshot().replicas["support-bot"]] == [replica.pk]
