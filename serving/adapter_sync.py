@@ -13,6 +13,7 @@ import urllib.request
 from django.db.models import Q
 
 from portfolio import direct_http
+from portfolio.registry.storage import CorruptArtifact
 from serving import prefetch
 from serving.engine_keys import engine_key
 from serving.models import DeploymentAdapter, DeploymentEvent, Replica
@@ -67,8 +68,8 @@ def sync(replica: Replica) -> list[str]:
     the one attached. A name removed and added again with another version while its load was under way is
     then seen as another version, and reloaded; a load that timed out is unloaded once its adapter is removed.
 
-    Returns the names still being copied to the node (loaded by a later pass): a new engine is not ready
-    before they are loaded (``agent._ensure_running``)."""
+    Returns the names to be loaded by a later pass: still being copied to the node, or failed for a passing
+    reason (not refused by the engine, nor corrupt): a new engine waits for them (``agent._adapters_pending``)."""
     wanted = {a.name: a for a in replica.deployment.adapters.select_related("version")}
     loaded = set(replica.loaded_adapters)
     versions = dict(replica.adapter_versions or {})
@@ -83,7 +84,7 @@ def sync(replica: Replica) -> list[str]:
     to_unload = (held - set(wanted)) | stale
     if not to_load and not to_unload:
         return []
-    copying = []
+    waiting = []  # copying, or failed for a passing reason: loaded on a later pass
     for name in sorted(to_unload):  # first: a stale version is replaced, a removed one frees its slot
         try:
             engine_request(replica, "POST", "/v1/unload_lora_adapter", {"lora_name": name})
@@ -106,7 +107,7 @@ def sync(replica: Replica) -> list[str]:
         try:
             path = prefetch.local_copy(adapter.version)
             if path is None:
-                copying.append(name)
+                waiting.append(name)
                 continue  # still being copied: loaded on a later pass
             versions[name] = adapter.version_id  # before the request: the engine may hold it from now on
             _record(replica, loaded, versions)
@@ -115,12 +116,14 @@ def sync(replica: Replica) -> list[str]:
             if isinstance(exc, EngineRefused):  # the engine said no: it does not hold this version
                 versions.pop(name, None)
                 _record(replica, loaded, versions)
+            elif not isinstance(exc, CorruptArtifact):  # a time-out, a store away: it may yet load
+                waiting.append(name)
             _load_failed(replica, adapter, f"Could not load adapter {name}: {_said(exc)}")
             continue
         loaded.add(name)
         _record(replica, loaded, versions)
         event(replica, "adapter_loaded", f"Adapter {name} loaded without a restart.")
-    return copying
+    return waiting
 
 
 def _record(replica: Replica, loaded: set[str], versions: dict[str, int]) -> None:

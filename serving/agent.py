@@ -194,8 +194,7 @@ def _launch(replica: Replica, node: Node, lock: Lease | None) -> None:
     # then. Given as --lora-modules, one the engine could not load crashed every start, base model and all.
     attached = list(deployment.adapters.select_related("version__artifact"))
     for adapter in attached:  # copied while the engine boots: it is not ready before they are loaded
-        with contextlib.suppress(Exception):  # a failed copy is said, and tried again, when it is loaded
-            prefetch.local_copy(adapter.version, wait=0)
+        prefetch.begin(adapter.version)
     model_dir = prefetch.local_copy(deployment.version)
     if model_dir is None:
         _copying(replica, node)
@@ -328,16 +327,13 @@ def _ensure_running(
         return
     if health == processes.HEALTHY:
         if replica.state != ReplicaState.READY:
-            # Ready (routed to, and a rolling change stops an old replica for it) once its adapters are loaded,
-            # or refused (the base serves without them): not while their files are still being copied.
-            copying = adapter_sync.sync(replica)
-            if copying:
-                detail = f"Engine up; copying adapters {', '.join(copying)} before it takes traffic."
-                _set(replica, last_health_at=now, state_detail=detail)
+            starting = replica.state == ReplicaState.STARTING
+            if starting and _adapters_pending(replica, now):
                 return
             _set(replica, state=ReplicaState.READY, ready_at=now, last_health_at=now, state_detail="")
             event(replica, "ready", "Replica ready.")
-            return
+            if starting:
+                return  # its adapters were just loaded
         elif replica.restarts and replica.ready_at and now - replica.ready_at >= STABLE_AFTER:
             # Ready long enough: earlier crashes are forgiven, so the restart limit counts crashes in a row
             # (a replica that crashes once a week is not given up on) and the next back-off starts short.
@@ -346,7 +342,8 @@ def _ensure_running(
             _set(replica, last_health_at=now)
         adapter_sync.sync(replica)
         return
-    if replica.state == ReplicaState.STARTING:
+    answered = replica.last_health_at and replica.started_at and replica.last_health_at >= replica.started_at
+    if replica.state == ReplicaState.STARTING and not answered:  # one that answered, loading adapters: grace
         if replica.started_at and now - replica.started_at > timedelta(seconds=settings.ENGINE_START_TIMEOUT):
             processes.stop(process)
             _crashed(replica, f"Engine did not become healthy within {settings.ENGINE_START_TIMEOUT}s")
@@ -360,6 +357,28 @@ def _ensure_running(
     ):
         processes.stop(process)
         _crashed(replica, "Engine stayed unhealthy")
+
+
+def _adapters_pending(replica: Replica, now) -> bool:
+    """Whether a new engine, answering, waits for its adapters before it takes traffic (and a rolling change
+    stops an old replica for it): it does while their files are copied or a load failed for a passing reason
+    (``adapter_sync.sync``), not for one refused (the base serves without it), and for
+    ``ENGINE_START_TIMEOUT`` from its start at most. Ready first, a rolling change left an adapter's endpoint
+    with nowhere to go until its files were copied."""
+    waiting = adapter_sync.sync(replica)
+    if not waiting:
+        return False
+    names = ", ".join(waiting)
+    if replica.started_at and now - replica.started_at > timedelta(seconds=settings.ENGINE_START_TIMEOUT):
+        late = f"Adapters {names} not loaded within {settings.ENGINE_START_TIMEOUT}s of the start"
+        event(replica, "adapter_failed", f"{late}: ready without them; loaded once they can be.")
+        return False
+    _set(
+        replica,
+        last_health_at=now,
+        state_detail=f"Engine up; loading adapters {names} before it takes traffic.",
+    )
+    return True
 
 
 # The detail of a replica restarted because it refused the current key, until it is ready again.

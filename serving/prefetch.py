@@ -121,6 +121,34 @@ def _run(copy: _Copy, manifest: Manifest, destination: Path) -> None:
         copy.done.set()
 
 
+def _copy_of(artifact, destination: Path) -> _Copy | None:
+    """The copy to ``destination`` under way or just finished, started here if none is; None when the files
+    are in place."""
+    with _guard:
+        copy = _copies.get(destination)
+        if copy is not None and copy.settled(destination):
+            del _copies[destination]
+            copy = None
+        if copy is None:
+            if destination.exists():  # complete: copies are renamed into place whole
+                return None
+            copy = _Copy()
+            threading.Thread(
+                target=_run, args=(copy, artifact.manifest(), destination), name=f"copy {artifact.id[:12]}",
+                daemon=True,  # a worker shutting down does not wait for a copy: the next agent starts it again
+            ).start()  # fmt: skip
+            _copies[destination] = copy  # only once its thread runs: else no thread would ever finish it
+        return copy
+
+
+def begin(version: ModelVersion) -> None:
+    """Start copying the version's files unless they are in place or a copy runs; waits for nothing, and
+    leaves a finished copy's error to the next ``local_copy`` (whose caller says it): taking it here, a launch
+    that waited for its base's files dropped a failing adapter's error and copied it again at every pass."""
+    if version.artifact is not None:
+        _copy_of(version.artifact, Path(settings.ARTIFACT_CACHE) / version.artifact.id)
+
+
 def local_copy(version: ModelVersion, *, wait: float | None = None) -> Path | None:
     """The version's verified local copy, or None while it is still being copied (started here if no copy
     runs). A copy that failed raises its error to the next caller within ``ERROR_KEPT_SECONDS``, once, unless
@@ -130,20 +158,9 @@ def local_copy(version: ModelVersion, *, wait: float | None = None) -> Path | No
     if artifact is None:
         raise CorruptArtifact(version.label, "has no stored artifact")
     destination = Path(settings.ARTIFACT_CACHE) / artifact.id
-    with _guard:
-        copy = _copies.get(destination)
-        if copy is not None and copy.settled(destination):
-            del _copies[destination]
-            copy = None
-        if copy is None:
-            if destination.exists():  # complete: copies are renamed into place whole
-                return destination
-            copy = _Copy()
-            threading.Thread(
-                target=_run, args=(copy, artifact.manifest(), destination), name=f"copy {artifact.id[:12]}",
-                daemon=True,  # a worker shutting down does not wait for a copy: the next agent starts it again
-            ).start()  # fmt: skip
-            _copies[destination] = copy  # only once its thread runs: else no thread would ever finish it
+    copy = _copy_of(artifact, destination)
+    if copy is None:
+        return destination
     waiting = _Wait(wait) if wait is not None else _this_pass.get() or _Wait(WAIT_SECONDS)
     if not waiting.until_done(copy):
         return None

@@ -11,11 +11,13 @@ cannot load; the process the agent starts stands in for vLLM's: it exits at once
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 
 import pytest
 from aiohttp import web
+from django.utils import timezone
 
-from serving import agent, engine_args, prefetch, processes, services
+from serving import adapter_sync, agent, engine_args, prefetch, processes, services
 from serving.choices import ReplicaState
 from serving.gateway.routing import _read_snapshot
 from serving.models import DeploymentEvent, Replica
@@ -97,6 +99,18 @@ def test_an_attached_adapter_turns_lora_on_without_being_given_on_the_command_li
     assert "--enable-lora" in argv and "--lora-modules" not in argv
 
 
+def _copying(replica: Replica, tmp_path, monkeypatch) -> dict:
+    """The base's files are in place; the adapters' are being copied until ``done`` is set."""
+    base_id = replica.deployment.version_id
+    copied = {"done": False}
+    monkeypatch.setattr(
+        prefetch,
+        "local_copy",
+        lambda version, wait=None: tmp_path if version.pk == base_id or copied["done"] else None,
+    )
+    return copied
+
+
 def test_an_engine_boots_while_its_adapters_are_copied_and_takes_traffic_once_they_are_loaded(
     started, replica, tmp_path, monkeypatch
 ):
@@ -104,21 +118,15 @@ def test_an_engine_boots_while_its_adapters_are_copied_and_takes_traffic_once_th
     rolling change stops an old replica for it) only once they are loaded or refused. Found by review: ready
     first, a new replica of a rolling change took the old one's place with none of its adapters loaded, and
     an endpoint of an adapter had nowhere to go until their files were copied (minutes for a large one)."""
-    base_id = replica.deployment.version_id
-    asked: list[tuple[int, float | None]] = []
-    copied = {"done": False}
-
-    def local_copy(version, wait=None):
-        asked.append((version.pk, wait))
-        return tmp_path if version.pk == base_id or copied["done"] else None
-
-    monkeypatch.setattr(prefetch, "local_copy", local_copy)
+    copied = _copying(replica, tmp_path, monkeypatch)
+    begun: list[int] = []
+    monkeypatch.setattr(prefetch, "begin", lambda version: begun.append(version.pk))
     adapter_id = replica.deployment.adapters.get().version_id
     replica = _reconcile(replica, 1)
-    assert asked[0] == (adapter_id, 0), "the adapter's copy is begun before the engine starts, not waited for"
+    assert begun == [adapter_id], "the adapter's copy is begun before the engine starts, not waited for"
     replica = _reconcile(replica, 2)
     assert replica.state == ReplicaState.STARTING and replica.pid, "up, but not ready while it copies"
-    assert "copying adapters tone" in replica.state_detail
+    assert "loading adapters tone" in replica.state_detail
     assert not _read_snapshot().replicas.get("support-bot")
     assert not DeploymentEvent.objects.filter(replica=replica, kind="adapter_failed").exists()
 
@@ -128,3 +136,69 @@ def test_an_engine_boots_while_its_adapters_are_copied_and_takes_traffic_once_th
     # Refused by this engine: said on the timeline, and the base serves.
     assert DeploymentEvent.objects.filter(replica=replica, kind="adapter_failed").count() == 1
     assert [r.id for r in _read_snapshot().replicas["support-bot"]] == [replica.pk]
+
+
+def test_a_replica_back_from_unhealthy_serves_at_once_whatever_its_adapters(
+    started, replica, tmp_path, monkeypatch
+):
+    """Only a new engine waits for its adapters: one that served, whose health check failed a moment, is
+    routed to again as soon as it answers (found by review: it waited for an adapter still being copied)."""
+    replica = _reconcile(replica, 3)
+    assert replica.state == ReplicaState.READY
+    _copying(replica, tmp_path, monkeypatch)  # the refused adapter, retried, is being copied again
+    Replica.objects.filter(pk=replica.pk).update(state=ReplicaState.UNHEALTHY)
+    replica = _reconcile(replica, 1)
+    assert replica.state == ReplicaState.READY
+
+
+def test_an_engine_waits_for_its_adapters_no_longer_than_its_start_limit(
+    started, replica, tmp_path, monkeypatch, settings
+):
+    settings.ENGINE_START_TIMEOUT = 30
+    _copying(replica, tmp_path, monkeypatch)
+    replica = _reconcile(replica, 2)
+    assert replica.state == ReplicaState.STARTING
+    Replica.objects.filter(pk=replica.pk).update(started_at=replica.started_at - timedelta(seconds=31))
+    replica = _reconcile(replica, 1)
+    assert replica.state == ReplicaState.READY
+    said = DeploymentEvent.objects.filter(replica=replica, kind="adapter_failed").values_list(
+        "message", flat=True
+    )
+    assert list(said) == [
+        "Adapters tone not loaded within 30s of the start: ready without them; loaded once they can be."
+    ]
+
+
+def test_an_engine_that_answered_while_loading_adapters_gets_the_unhealthy_grace(
+    started, replica, tmp_path, monkeypatch, settings
+):
+    """Past its start limit, one failed health check killed an engine that had answered for minutes, as one
+    that never came up ("did not become healthy"); it gets the grace of a serving one."""
+    _copying(replica, tmp_path, monkeypatch)
+    replica = _reconcile(replica, 2)
+    assert replica.state == ReplicaState.STARTING and replica.last_health_at >= replica.started_at
+    settings.ENGINE_START_TIMEOUT = 30
+    earlier = timedelta(seconds=31)
+    Replica.objects.filter(pk=replica.pk).update(
+        started_at=replica.started_at - earlier,
+        last_health_at=replica.last_health_at - earlier + timedelta(seconds=20),
+    )
+    monkeypatch.setattr(processes, "probe", lambda url, key: processes.DOWN)
+    replica = _reconcile(replica, 1)
+    assert replica.state == ReplicaState.STARTING and replica.restarts == 0, "not killed within the grace"
+    now = timezone.now()
+    Replica.objects.filter(pk=replica.pk).update(
+        started_at=now - timedelta(seconds=200), last_health_at=now - timedelta(seconds=100)
+    )
+    replica = _reconcile(replica, 1)
+    assert replica.state == ReplicaState.BACKOFF and replica.state_detail == "Engine stayed unhealthy"
+
+
+def test_a_load_that_timed_out_keeps_a_new_engine_waiting(started, replica, monkeypatch):
+    """A load the engine did not answer in time may yet succeed: a new engine waits for it (within its start
+    limit), as for a copy; one the engine refused does not (the first test)."""
+    monkeypatch.setattr(
+        adapter_sync, "_load", lambda replica, name, path: (_ for _ in ()).throw(TimeoutError("timed out"))
+    )
+    replica = _reconcile(replica, 3)
+    assert replica.state == ReplicaState.STARTING and "loading adapters tone" in replica.state_detail

@@ -336,3 +336,21 @@ def test_a_copy_that_could_not_start_is_started_by_the_next_call(copier, monkeyp
             prefetch.local_copy(version, wait=0)
     version.artifact.manifest = lambda: None
     assert prefetch.local_copy(version, wait=5) == copied(version)
+
+
+def test_beginning_a_copy_neither_takes_its_error_nor_copies_again_while_the_error_is_news(copier):
+    """A launch begins its adapters' copies while it waits for the base's, pass after pass: taking a failed
+    copy's error there (``local_copy(wait=0)`` raises it, once) dropped it unsaid and copied the adapter again
+    at every pass, with no back-off. ``begin`` leaves the error to the next ``local_copy``."""
+    version = fake_version("adapter")
+    copier.steps.append(held_then(copier.go, OSError("store unreachable")))
+    prefetch.begin(version)
+    copier.go.set()
+    first = finished(version)
+    for _ in range(3):
+        prefetch.begin(version)
+    assert prefetch._copies[copied(version)] is first, "no new copy while its error is news"  # noqa: SLF001
+    with pytest.raises(OSError, match="store unreachable"):
+        prefetch.local_copy(version, wait=0)
+    prefetch.begin(version)  # the error said: a later beginning copies again
+    assert prefetch.local_copy(version, wait=10) == copied(version)
