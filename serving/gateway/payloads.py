@@ -314,7 +314,10 @@ CHAT: dict[str, Check] = {
 # Dropped before the engine sees them: vLLM 0.32 has no such fields (it logs each unknown field it ignores, on
 # an engine other teams share), a safety identifier names an end user, for OpenAI's abuse detection only, and
 # metadata is the caller's own (OpenAI stores it with the completion).
-NOT_FORWARDED = ("safety_identifier", "prompt_cache_key", "prompt_cache_retention", "verbosity", "metadata")
+NOT_FORWARDED = (
+    *("safety_identifier", "prompt_cache_key", "prompt_cache_retention", "verbosity", "metadata"),
+    *("store", "service_tier"),  # OpenAI's own storage and tiers; vLLM's requests have neither
+)
 
 COMPLETION: dict[str, Check] = {
     **_SAMPLING,

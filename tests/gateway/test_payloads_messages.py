@@ -173,3 +173,12 @@ def test_a_message_content_neither_text_nor_parts_is_refused(content):
 @pytest.mark.parametrize("content", ["text", None, [{"type": "text", "text": "hi"}]])
 def test_text_parts_and_no_content_are_taken(content):
     assert images.inspect([{"role": "assistant", "content": content}]).number == 0
+
+
+def test_openais_storage_and_service_tier_are_taken_and_not_sent_to_the_engine():
+    """vLLM 0.32's chat requests have neither field (its response has a service tier): it only logged them as
+    ignored, on an engine other teams share."""
+    endpoint = EndpointInfo("m", 1, (Route(1, "d", "d", "", 1),), None, 0.0, 0.0, 4096)
+    payload = {**CHAT, "store": True, "service_tier": "auto"}
+    assert intake.check("chat", payload, 10_000, endpoint, "m").choices == 1
+    assert payload == CHAT
