@@ -13,7 +13,6 @@ import urllib.request
 from django.db.models import Q
 
 from portfolio import direct_http
-from portfolio.registry.storage import CorruptArtifact
 from serving import prefetch
 from serving.engine_keys import engine_key
 from serving.models import DeploymentAdapter, DeploymentEvent, Replica
@@ -116,8 +115,8 @@ def sync(replica: Replica) -> list[str]:
             if isinstance(exc, EngineRefused):  # the engine said no: it does not hold this version
                 versions.pop(name, None)
                 _record(replica, loaded, versions)
-            elif not isinstance(exc, CorruptArtifact):  # a time-out, a store away: it may yet load
-                waiting.append(name)
+            elif isinstance(exc, OSError) and not isinstance(exc, urllib.error.HTTPError):
+                waiting.append(name)  # a time-out, a connection or a store away: it may yet load
             _load_failed(replica, adapter, f"Could not load adapter {name}: {_said(exc)}")
             continue
         loaded.add(name)
@@ -148,13 +147,17 @@ def _load(replica: Replica, name: str, path: str) -> None:
         said = _said(exc)  # the body is read once: say it from here
         if exc.code != 400 or ALREADY_LOADED not in said:
             raise EngineRefused(said) from exc
-    models = engine_request(replica, "GET", "/v1/models")
-    roots = {m.get("id"): m.get("root") for m in models.get("data", [])} if isinstance(models, dict) else {}
-    if roots.get(name) == path:
-        return
-    if name in roots:
-        engine_request(replica, "POST", "/v1/unload_lora_adapter", {"lora_name": name})
-    engine_request(replica, "POST", "/v1/load_lora_adapter", body)
+    try:
+        models = engine_request(replica, "GET", "/v1/models")
+        found = models.get("data", []) if isinstance(models, dict) else []
+        roots = {m.get("id"): m.get("root") for m in found if isinstance(m, dict)}
+        if roots.get(name) == path:
+            return
+        if name in roots:
+            engine_request(replica, "POST", "/v1/unload_lora_adapter", {"lora_name": name})
+        engine_request(replica, "POST", "/v1/load_lora_adapter", body)
+    except urllib.error.HTTPError as exc:  # the engine's answer, as on the first load
+        raise EngineRefused(_said(exc)) from exc
 
 
 def _said(exc: Exception) -> str:

@@ -194,7 +194,8 @@ def _launch(replica: Replica, node: Node, lock: Lease | None) -> None:
     # then. Given as --lora-modules, one the engine could not load crashed every start, base model and all.
     attached = list(deployment.adapters.select_related("version__artifact"))
     for adapter in attached:  # copied while the engine boots: it is not ready before they are loaded
-        prefetch.begin(adapter.version)
+        with contextlib.suppress(Exception):  # its manifest unreadable, no thread: said when it is loaded
+            prefetch.begin(adapter.version)
     model_dir = prefetch.local_copy(deployment.version)
     if model_dir is None:
         _copying(replica, node)
@@ -231,6 +232,7 @@ def _launch(replica: Replica, node: Node, lock: Lease | None) -> None:
             state_detail="",
             loaded_adapters=[],
             adapter_versions={},
+            last_health_at=None,  # the engine before it answered, not this one
             next_start_at=None,
         )
         replica_meter.started(replica)
@@ -373,11 +375,10 @@ def _adapters_pending(replica: Replica, now) -> bool:
         late = f"Adapters {names} not loaded within {settings.ENGINE_START_TIMEOUT}s of the start"
         event(replica, "adapter_failed", f"{late}: ready without them; loaded once they can be.")
         return False
-    _set(
-        replica,
-        last_health_at=now,
-        state_detail=f"Engine up; loading adapters {names} before it takes traffic.",
-    )
+    # Answered before the loads, which may have taken a while (30 s a load that timed out): the grace counts
+    # from their end.
+    detail = f"Engine up; loading adapters {names} before it takes traffic."
+    _set(replica, last_health_at=timezone.now(), state_detail=detail)
     return True
 
 

@@ -10,7 +10,10 @@ cannot load; the process the agent starts stands in for vLLM's: it exits at once
 
 from __future__ import annotations
 
+import io
 import sys
+import time
+import urllib.error
 from datetime import timedelta
 
 import pytest
@@ -202,3 +205,87 @@ def test_a_load_that_timed_out_keeps_a_new_engine_waiting(started, replica, monk
     )
     replica = _reconcile(replica, 3)
     assert replica.state == ReplicaState.STARTING and "loading adapters tone" in replica.state_detail
+
+
+def test_an_adapter_whose_copy_cannot_even_begin_does_not_stop_the_engine_starting(
+    started, replica, monkeypatch
+):
+    """Beginning an adapter's copy reads its manifest and starts a thread: either failing failed the launch,
+    a crash and back-off of the base model (found by review); it is said when the adapter is loaded."""
+
+    def begin(version):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(prefetch, "begin", begin)
+    replica = _reconcile(replica, 1)
+    assert replica.state == ReplicaState.STARTING and replica.pid and replica.restarts == 0
+
+
+def test_a_new_engine_forgets_the_health_of_the_one_before(started, replica):
+    """Its grace (an engine that answered) is told from ``last_health_at``: one left from the engine before,
+    later than this start (the clock stepped back at a reboot), gave an engine that never answered 30 s in
+    place of its start limit."""
+    Replica.objects.filter(pk=replica.pk).update(last_health_at=timezone.now() + timedelta(hours=1))
+    replica = _reconcile(replica, 1)
+    assert replica.state == ReplicaState.STARTING and replica.last_health_at is None
+
+
+def test_the_grace_of_an_engine_loading_adapters_counts_from_the_end_of_the_loads(
+    started, replica, monkeypatch
+):
+    """A load that timed out took 30 s of the pass, as long as the grace: stamped with the pass's start, one
+    failed health check at the next pass killed the engine."""
+
+    def slow_sync(replica):
+        time.sleep(0.5)
+        return ["tone"]
+
+    replica = _reconcile(replica, 1)
+    monkeypatch.setattr(adapter_sync, "sync", slow_sync)
+    before = timezone.now()
+    replica = _reconcile(replica, 1)
+    assert replica.state == ReplicaState.STARTING
+    assert replica.last_health_at >= before + timedelta(seconds=0.5)
+
+
+@pytest.mark.parametrize(
+    ("error", "waits"),
+    [
+        (TimeoutError("timed out"), True),
+        (ConnectionResetError("reset"), True),
+        (
+            ValueError("Expecting value: line 1 column 1"),
+            False,
+        ),  # an answer that is not JSON: no passing hitch
+        (adapter_sync.EngineRefused("HTTP Error 500: boom"), False),
+    ],
+)
+def test_only_a_passing_failure_keeps_a_new_engine_waiting(started, replica, monkeypatch, error, waits):
+    def load(replica, name, path):
+        raise error
+
+    monkeypatch.setattr(adapter_sync, "_load", load)
+    replica = _reconcile(replica, 3)
+    assert (replica.state == ReplicaState.STARTING) is waits
+
+
+def test_a_reload_the_engine_refuses_is_a_refusal(monkeypatch, replica):
+    """Settling "already loaded" asks the engine again; its HTTP error there is its refusal too (it was taken
+    for a passing failure, a new engine waiting its whole start limit for it)."""
+    calls = []
+
+    def engine_request(replica, method, path, body=None, timeout=30):
+        calls.append(path)
+        if path == "/v1/models":
+            return {"data": [{"id": "tone", "root": "/elsewhere"}]}
+        if len(calls) == 1:  # the first load: already loaded
+            raise urllib.error.HTTPError(
+                path, 400, "Bad Request", {}, io.BytesIO(b'{"message": "has already been loaded"}')
+            )
+        raise urllib.error.HTTPError(
+            path, 500, "Internal Server Error", {}, io.BytesIO(b'{"message": "no room"}')
+        )
+
+    monkeypatch.setattr(adapter_sync, "engine_request", engine_request)
+    with pytest.raises(adapter_sync.EngineRefused, match="HTTP Error 500: no room"):
+        adapter_sync._load(replica, "tone", "/here")  # noqa: SLF001
