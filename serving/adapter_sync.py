@@ -43,20 +43,6 @@ def engine_request(replica: Replica, method: str, path: str, body: dict | None =
     return json.loads(data) if data[:1] in (b"{", b"[") else data.decode()
 
 
-def holding(name: str, version_id: int | None, via: str = "") -> Q:
-    """Replicas (or ``via`` a relation to them) whose engine loaded the adapter ``name`` at this version, as
-    the gateway routes it (routing.py): one still holding another version under the name is not."""
-    return Q(
-        **{f"{via}loaded_adapters__contains": [name], f"{via}adapter_versions__contains": {name: version_id}}
-    )
-
-
-def attached_version(deployment_name: str, name: str) -> int | None:
-    """The version of the adapter attached as ``name`` to the deployment now (None: none is)."""
-    found = DeploymentAdapter.objects.filter(deployment__name=deployment_name, name=name)
-    return found.values_list("version_id", flat=True).first()
-
-
 def sync(replica: Replica) -> list[str]:
     """Hot-load adapters added to the deployment (all of them, once a new engine is ready: it starts with
     none) and unload removed ones, without a restart.

@@ -12,7 +12,7 @@ from portfolio.accounts import gate
 from portfolio.accounts.models import Team
 from portfolio.errors import Invalid
 from portfolio.registry.models import ModelVersion
-from serving import services
+from serving import adapter_holding, services
 from serving.capacity import node_usage, nodes_usage
 from serving.choices import PoolKind
 from serving.models import ComputePool, Deployment, DeploymentAdapter, Node
@@ -95,7 +95,8 @@ class ReplicaOut(Schema):
     gpu_indices: list[int]
     restarts: int
     last_health_at: datetime | None
-    loaded_adapters: list[str]
+    # The adapters it serves: loaded at the version attached now (serving.adapter_holding).
+    loaded_adapters: list[str] = Field(alias="served_adapters")
 
     @staticmethod
     def resolve_host(obj, context) -> str | None:
@@ -139,7 +140,11 @@ class DeploymentDetail(DeploymentOut):
 
     @staticmethod
     def resolve_replica_set(obj):
-        return list(obj.replica_set.select_related("node"))
+        replicas = list(obj.replica_set.select_related("node"))
+        attached = dict(obj.adapters.values_list("name", "version_id"))
+        for replica in replicas:
+            replica.served_adapters = adapter_holding.served(replica, attached)
+        return replicas
 
     @staticmethod
     def resolve_adapters(obj):

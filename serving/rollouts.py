@@ -23,7 +23,7 @@ from django.utils import timezone
 from portfolio.accounts.actor import Actor
 from portfolio.audit import services as audit
 from portfolio.leases import Lease
-from serving import adapter_sync, rollout_judge
+from serving import adapter_holding, rollout_judge
 from serving.choices import RolloutState
 from serving.gateway import services as key_services
 from serving.gateway.models import ApiKey
@@ -83,8 +83,8 @@ def _canary_ready(rollout: Rollout) -> bool:
     every call to it with a 404."""
     replicas = Replica.serving("deployment__replica_set__")
     if rollout.adapter:
-        version = adapter_sync.attached_version(rollout.deployment, rollout.adapter)
-        replicas &= adapter_sync.holding(rollout.adapter, version, "deployment__replica_set__")
+        version = adapter_holding.attached_version(rollout.deployment, rollout.adapter)
+        replicas &= adapter_holding.holding(rollout.adapter, version, "deployment__replica_set__")
     # One filter() call: both conditions hold of the same replica.
     routes = rollout.endpoint.routes.filter(replicas, deployment__name=rollout.deployment)
     routes = routes.filter(adapter__name=rollout.adapter) if rollout.adapter else routes.filter(adapter=None)

@@ -26,6 +26,7 @@ from django.utils import timezone
 from portfolio import direct_http
 from portfolio.accounts.models import Team
 from portfolio.registry.models import ModelVersion
+from serving import adapter_holding
 from serving.engine_keys import engine_key
 from serving.models import DeploymentAdapter, Replica
 from training.evaluation import prompt_messages
@@ -69,11 +70,7 @@ def serving_target(version: ModelVersion, team: Team) -> ServingTarget | None:
         return ServingTarget(replica, replica.deployment.name)
     for adapter in DeploymentAdapter.objects.filter(version=version).order_by("id"):
         for replica in ready.filter(deployment_id=adapter.deployment_id):
-            versions = replica.adapter_versions if isinstance(replica.adapter_versions, dict) else {}
-            if (
-                adapter.name in (replica.loaded_adapters or [])
-                and versions.get(adapter.name) == adapter.version_id
-            ):
+            if adapter_holding.holds(replica, adapter.name, adapter.version_id):
                 return ServingTarget(replica, adapter.name)
     return None
 

@@ -224,6 +224,7 @@ def _read_snapshot() -> Snapshot:
     from portfolio.billing.budgets import hard_limits
     from portfolio.billing.pricing import current_audio_rates, current_token_rates
     from portfolio.registry.choices import Task
+    from serving import adapter_holding
     from serving.choices import DesiredState, ReplicaState
     from serving.models import Deployment, Endpoint, Replica
 
@@ -326,12 +327,8 @@ def _read_snapshot() -> Snapshot:
         snapshot.replicas.setdefault(replica.deployment.name, []).append(info)
         known = snapshot.deployments.get(replica.deployment.name)
         attached = known.adapters if known else {}
-        versions = replica.adapter_versions if isinstance(replica.adapter_versions, dict) else {}
-        for adapter in replica.loaded_adapters or ():
-            # Only the attached version: a name removed and added again with another one is served by the
-            # old weights until the agent reloads it (adapter_sync), and must not be routed and billed as new.
-            if adapter in attached and versions.get(adapter) == attached[adapter]:
-                snapshot.adapter_replicas.setdefault((replica.deployment.name, adapter), []).append(info)
+        for adapter in adapter_holding.served(replica, attached):  # at the version attached now
+            snapshot.adapter_replicas.setdefault((replica.deployment.name, adapter), []).append(info)
     now = datetime.now(UTC)
     snapshot.caps = hard_limits(now)  # one query: the spend is stored by billing.check_budgets
     snapshot.caps_month = now.strftime("%Y%m")

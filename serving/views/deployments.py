@@ -18,7 +18,7 @@ from portfolio.billing import costs
 from portfolio.errors import DomainError, Invalid
 from portfolio.formviews import submit
 from portfolio.templatetags.formatting import age_label
-from serving import engine_args, reconcile, scheduler, services
+from serving import adapter_holding, engine_args, reconcile, scheduler, services
 from serving.choices import DeploymentStatus, DesiredState, ReplicaState, UpdateStrategy
 from serving.forms.base import apply_serving_error
 from serving.forms.deployment_actions import AdapterAddForm, ScaleForm, TryForm, UpdateVersionForm
@@ -152,8 +152,16 @@ def _settling(deployment: Deployment, replicas: list[Replica]) -> bool:
 def _live_context(actor: Actor, deployment: Deployment) -> dict:
     """What the polled parts of the deployment page show: status, replicas, engine logs, timeline."""
     replicas = list(deployment.replica_set.select_related("node").order_by("id"))
+    attached = dict(deployment.adapters.values_list("name", "version_id"))
     now = timezone.now()
     for replica in replicas:
+        # Served: loaded at the version attached now; one held at another version is being reloaded.
+        replica.served_adapters = adapter_holding.served(replica, attached)
+        replica.reloading_adapters = [
+            name
+            for name in replica.loaded_adapters or ()
+            if name in attached and name not in replica.served_adapters
+        ]
         replica.health_age = (
             age_label((now - replica.last_health_at).total_seconds()) if replica.last_health_at else ""
         )

@@ -21,7 +21,7 @@ from django.conf import settings
 
 from portfolio import direct_http
 from portfolio.errors import Invalid
-from serving import adapter_sync, rollout_judge, rollouts
+from serving import adapter_holding, rollout_judge, rollouts
 from serving.engine_keys import engine_key
 from serving.models import Endpoint, Replica, Rollout
 from serving.rollout_judge import JudgeUnavailable
@@ -60,8 +60,8 @@ def canary_answer(rollout: Rollout, messages: list[dict], pick: random.Random, t
     loaded it, as the gateway routes the canary's calls: another answers 404, and the check failed with it)."""
     ready = Replica.objects.filter(Replica.serving(), deployment__name=rollout.deployment)
     if rollout.adapter:
-        version = adapter_sync.attached_version(rollout.deployment, rollout.adapter)
-        ready = ready.filter(adapter_sync.holding(rollout.adapter, version))
+        version = adapter_holding.attached_version(rollout.deployment, rollout.adapter)
+        ready = ready.filter(adapter_holding.holding(rollout.adapter, version))
     replicas = list(ready.exclude(port=None).order_by("pk"))
     if not replicas:
         loaded = f" that loaded {rollout.adapter}" if rollout.adapter else ""

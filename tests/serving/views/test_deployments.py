@@ -149,8 +149,12 @@ def test_an_outsider_cannot_see_a_deployment_page(signed_in, org, deployment):
     assert b"support-bot" not in response.content
 
 
-def test_the_deployment_page_shows_replicas_and_timeline(signed_in, org, deployment, node):
-    replica = add_replica(deployment, node, loaded_adapters=["support-tone"])
+def test_the_deployment_page_shows_replicas_and_timeline(
+    signed_in, org, owner, deployment, node, adapter_version
+):
+    services.add_adapter(actor=owner, deployment=deployment, adapter=adapter_version, name="support-tone")
+    loaded = {"loaded_adapters": ["support-tone"], "adapter_versions": {"support-tone": adapter_version.pk}}
+    replica = add_replica(deployment, node, **loaded)
     DeploymentEvent.objects.create(
         deployment=deployment,
         replica=replica,
