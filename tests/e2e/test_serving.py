@@ -392,7 +392,14 @@ def test_node_agent_serves_hot_loads_an_adapter_and_restarts_a_killed_engine(
     reconcile.reconcile_deployment(deployment.pk)
     streaming.join(300)
     assert (got.get("finish"), got.get("tokens")) == ("length", 400), got
-    wait("the replica to stop", lambda: not processes.find(again.pid, again.pk), 120, [agent_log])
+
+    # The engine's leader exits before the rest of its group (vLLM's engine core): the agent records the stop
+    # once the whole group is gone, so the test waits for that record, not for the leader alone.
+    def stopped_for_good() -> bool:
+        current = Replica.objects.get(pk=again.pk)
+        return current.state == ReplicaState.STOPPED and not processes.find(again.pid, again.pk)
+
+    wait("the replica to stop", stopped_for_good, 120, [agent_log])
     stopped = deployment.events.filter(kind="stopped").order_by("-pk").first()
     assert stopped is not None and stopped.message.startswith("Drained in "), stopped
     assert agents[-1].poll() is None, "the agent is still running"
