@@ -58,7 +58,7 @@ from portfolio.registry.artifacts import materialize_version  # noqa: E402
 from portfolio.registry.choices import Source, VersionStatus  # noqa: E402
 from portfolio.registry.demo_model import MODEL_NAME  # noqa: E402
 from portfolio.registry.models import ModelVersion  # noqa: E402
-from serving import processes, reconcile  # noqa: E402
+from serving import adapter_holding, processes, reconcile  # noqa: E402
 from serving import services as serving  # noqa: E402
 from serving.agent import engine_key  # noqa: E402
 from serving.choices import NodeState, PoolKind, ReplicaState  # noqa: E402
@@ -98,7 +98,8 @@ def engine_logs(data: Path) -> list[Path]:
 def ready_replica(deployment: Deployment, adapters: tuple[str, ...] = ()) -> Replica | None:
     reconcile.reconcile_deployment(deployment.pk)
     replica = Replica.objects.filter(deployment=deployment, state=ReplicaState.READY).first()
-    if replica is None or not set(adapters) <= set(replica.loaded_adapters):
+    attached = dict(deployment.adapters.values_list("name", "version_id"))
+    if replica is None or not set(adapters) <= set(adapter_holding.served(replica, attached)):
         return None
     return replica
 

@@ -46,7 +46,11 @@ def served(demo_team, base, cpu_pool):
     tuned = Endpoint.objects.create(name="ticket-router", owner_team=demo_team)
     EndpointRoute.objects.create(endpoint=tuned, deployment=deployment, adapter=adapter, weight=100)
     Replica.objects.create(
-        deployment=deployment, generation=1, state=ReplicaState.READY, loaded_adapters=[adapter.name]
+        deployment=deployment,
+        generation=1,
+        state=ReplicaState.READY,
+        loaded_adapters=[adapter.name],
+        adapter_versions={adapter.name: adapter.version_id},
     )
     return tuned, adapter
 
@@ -67,6 +71,24 @@ def test_the_demo_fine_tune_queues_the_leaderboard_once(
         "ticket-router",
     ]
     assert len(queued) == 2
+
+
+def test_the_demo_fine_tune_does_not_score_an_adapter_still_held_at_another_version(
+    served, cpu_pool, monkeypatch, system_actor, django_capture_on_commit_callbacks
+):
+    """Waiting on the name alone, it took a replica holding another version under the name (its reload under
+    way) for one serving the adapter, and scored the engine's old weights as the new adapter's."""
+    queued: list[int] = []
+    monkeypatch.setattr(runs, "enqueue_run", queued.append)
+    monkeypatch.setattr("training.management.commands.finetune_demo.ADAPTER_LOAD_TIMEOUT", 0)
+    tuned, adapter = served
+    Replica.objects.update(adapter_versions={adapter.name: adapter.version_id + 1000})
+    out = StringIO()
+    with django_capture_on_commit_callbacks(execute=True):
+        command = FinetuneDemo(stdout=out)
+        command.evaluate(system_actor, tuned, adapter, cpu_pool)
+    assert "was not loaded within" in out.getvalue()
+    assert (queued, EndpointEvalRun.objects.count()) == ([], 0)
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from portfolio.errors import DomainError
 from portfolio.registry.choices import VersionStatus
 from portfolio.registry.demo_model import MODEL_NAME
 from portfolio.registry.models import ModelVersion
+from serving import adapter_holding
 from serving import services as serving_services
-from serving.choices import ReplicaState
 from serving.management.commands.deploy_demo import DEMO_ENDPOINT as GENERAL_ENDPOINT
 from serving.management.commands.deploy_demo import set_demo_prices
 from serving.models import ComputePool, Deployment, DeploymentAdapter, Endpoint, Replica
@@ -122,9 +122,9 @@ class Command(BaseCommand):
         set_demo_prices(actor, endpoint=tuned, pool=pool)  # so that the hint compares costs
         deadline = time.monotonic() + ADAPTER_LOAD_TIMEOUT
         while not Replica.objects.filter(
+            adapter_holding.holding(attached.name, attached.version_id),
+            Replica.serving(),
             deployment=attached.deployment,
-            state=ReplicaState.READY,
-            loaded_adapters__contains=[attached.name],
         ).exists():
             if time.monotonic() > deadline:
                 self.stdout.write(
