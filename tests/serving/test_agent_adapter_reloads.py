@@ -128,3 +128,22 @@ def test_the_loads_done_before_the_agent_stopped_midway_are_kept(
     assert replica.loaded_adapters == ["tone"]
     assert _sync(replica, engine, monkeypatch) == ["tone", "zest"]
     assert engine.calls.count(("/v1/load_lora_adapter", "tone")) == 1
+
+
+@pytest.mark.parametrize("listing", [{"data": ["tone", 3]}, {"data": "tone"}, ["tone"], "not json"])
+def test_a_malformed_model_list_is_said_as_the_engines_refusal_not_as_an_agent_error(
+    serving, monkeypatch, listing
+):
+    """The engine refused the load as already loaded and then answered ``/v1/models`` with something that is
+    not OpenAI's model list: the agent said its own attribute error ("'str' object has no attribute 'get'")."""
+    replica, _ = serving
+    engine = Engine(has={"tone": "/cache/unknown"})
+    real = engine.__call__
+
+    def malformed(replica, method, path, body=None, timeout=30):
+        return listing if path == "/v1/models" else real(replica, method, path, body, timeout)
+
+    assert _sync(replica, malformed, monkeypatch) == []
+    ((kind, message),) = _said(replica)
+    assert kind == "adapter_failed" and "has already been loaded" in message, message
+    assert replica.adapter_versions == {}  # the engine's refusal: it is not taken as holding this version
