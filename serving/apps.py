@@ -91,6 +91,15 @@ class ServingConfig(AppConfig):
                 "endpoints its hops call. Price those."
             )
 
+        def plain_endpoints() -> list:
+            found = Endpoint.objects.filter(kind=EndpointKind.PLAIN).values_list("pk", "name")
+            return [subjects.Subject(PriceKind.ENDPOINT, str(pk), name) for pk, name in found]
+
         for model, kind in ((Endpoint, PriceKind.ENDPOINT), (ComputePool, PriceKind.POOL)):
-            refusal = composite_refusal if model is Endpoint else None
-            subjects.register(kind, find=finder(model, kind), listing=lister(model, kind), refusal=refusal)
+            subjects.register(
+                kind,
+                find=finder(model, kind),
+                listing=lister(model, kind),
+                refusal=composite_refusal if model is Endpoint else None,
+                priceable=plain_endpoints if model is Endpoint else None,
+            )

@@ -26,6 +26,8 @@ FINDERS: dict[str, Callable[[str], Subject | None]] = {}
 LISTERS: dict[str, Callable[[Actor | None], list[Subject]]] = {}
 # kind -> why a subject of it takes no price of its own (None: it does), asked before a price is set
 REFUSERS: dict[str, Callable[[Subject], str | None]] = {}
+# kind -> those of its subjects that take a price, in one query (the price form's choices); else every one
+PRICEABLE: dict[str, Callable[[], list[Subject]]] = {}
 
 
 def register(
@@ -34,11 +36,15 @@ def register(
     find: Callable[[str], Subject | None],
     listing: Callable[[Actor | None], list[Subject]],
     refusal: Callable[[Subject], str | None] | None = None,
+    priceable: Callable[[], list[Subject]] | None = None,
 ) -> None:
+    """``refusal`` and ``priceable`` go together: the subjects the one refuses, the other leaves out."""
     FINDERS[kind] = find
     LISTERS[kind] = listing
     if refusal is not None:
         REFUSERS[kind] = refusal
+    if priceable is not None:
+        PRICEABLE[kind] = priceable
 
 
 def refusal(subject: Subject) -> str | None:
@@ -69,3 +75,9 @@ def listing(kind: str, actor: Actor | None = None) -> list[Subject]:
     """The subjects of ``kind`` that ``actor`` may see (its ``visible_to``), or all of them (None)."""
     lister = LISTERS.get(kind)
     return lister(actor) if lister else []
+
+
+def priceable(kind: str) -> list[Subject]:
+    """Every subject of ``kind`` a price may be set for (``refusal`` says why not of the others)."""
+    lister = PRICEABLE.get(kind)
+    return lister() if lister else listing(kind)

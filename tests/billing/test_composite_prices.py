@@ -5,6 +5,7 @@ force on the price book, and never charged to anyone."""
 from __future__ import annotations
 
 import pytest
+from django.urls import reverse
 
 from portfolio.audit.models import AuditEvent
 from portfolio.billing import services, subjects
@@ -41,3 +42,20 @@ def test_the_api_refuses_it_in_its_error_shape_and_a_plain_endpoint_is_priced_as
     assert "is a cascade endpoint" in refused.json()["error"]["message"]
     assert price("small").status_code == 201
     assert list(Price.objects.values_list("subject_name", flat=True)) == ["small"]
+
+
+def test_the_price_form_offers_plain_endpoints_only(client, org, team, django_assert_max_num_queries):
+    """It listed every endpoint, composites among them, whose price was then refused on submit."""
+    from portfolio.billing.views.prices import PriceForm
+
+    for name, kind in (("small", EndpointKind.PLAIN), ("large", EndpointKind.PLAIN)):
+        Endpoint.objects.create(name=name, owner_team=team, kind=kind)
+    for kind in (EndpointKind.ROUTER, EndpointKind.CASCADE, EndpointKind.VOTE):
+        Endpoint.objects.create(name=f"ticket-{kind}", owner_team=team, kind=kind)
+    with django_assert_max_num_queries(3):  # one a kind of subject, not one an endpoint
+        choices = dict(PriceForm().fields["subject"].choices)
+    offered = [name for _, name in choices[PriceKind.ENDPOINT.label]]
+    assert sorted(offered) == ["large", "small"]
+    client.force_login(org["admin"])
+    page = client.get(reverse("billing-prices")).content.decode()
+    assert "ticket-cascade" not in page and ">small<" in page

@@ -55,7 +55,7 @@ class PriceForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        listed = {kind: subjects.listing(kind) for kind in PriceKind.values}
+        listed = {kind: subjects.priceable(kind) for kind in PriceKind.values}  # not a composite endpoint
         self.subjects = {
             f"{kind}:{subject.id}": subject for kind, found in listed.items() for subject in found
         }
