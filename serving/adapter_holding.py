@@ -22,16 +22,16 @@ def holding(name: str, version_id: int | None, via: str = "") -> Q:
 
 def holds(replica: Replica, name: str, version_id: int | None) -> bool:
     """``holding``, of one replica already read."""
-    return name in (replica.loaded_adapters or ()) and _versions(replica).get(name) == version_id
+    versions = _versions(replica)
+    return name in (replica.loaded_adapters or ()) and name in versions and versions[name] == version_id
 
 
 def served(replica: Replica, attached: Mapping[str, int]) -> list[str]:
     """The names of ``attached`` ({name: version id}, its deployment's adapters) the replica serves."""
-    versions = _versions(replica)
     return [
         name
         for name in replica.loaded_adapters or ()
-        if name in attached and versions.get(name) == attached[name]
+        if name in attached and holds(replica, name, attached[name])
     ]
 
 

@@ -135,7 +135,8 @@ def _load(replica: Replica, name: str, path: str) -> None:
             raise EngineRefused(said) from exc
     try:
         models = engine_request(replica, "GET", "/v1/models")
-        found = models.get("data", []) if isinstance(models, dict) else []
+        found = models.get("data") if isinstance(models, dict) else None
+        found = found if isinstance(found, list) else []
         roots = {m.get("id"): m.get("root") for m in found if isinstance(m, dict)}
         if roots.get(name) == path:
             return

@@ -95,8 +95,10 @@ class ReplicaOut(Schema):
     gpu_indices: list[int]
     restarts: int
     last_health_at: datetime | None
-    # The adapters it serves: loaded at the version attached now (serving.adapter_holding).
-    loaded_adapters: list[str] = Field(alias="served_adapters")
+    loaded_adapters: list[str] = Field(
+        alias="served_adapters",  # serving.adapter_holding
+        description="The adapters it serves: loaded at the version attached now (one being reloaded is not)",
+    )
 
     @staticmethod
     def resolve_host(obj, context) -> str | None:

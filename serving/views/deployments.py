@@ -144,6 +144,8 @@ def _settling(deployment: Deployment, replicas: list[Replica]) -> bool:
         return True  # scaled down or replaced: waiting for the agent to stop it
     if any(r.generation != deployment.generation for r in live):
         return True  # a rolling restart or update in progress
+    if any(getattr(r, "reloading_adapters", ()) for r in live):
+        return True  # an adapter held at the version attached before, being reloaded
     current = sum(r.generation == deployment.generation for r in live)
     # A change not yet picked up by the reconcile; unless the scheduler already said it cannot place it.
     return current != deployment.replicas and not deployment.status_detail.startswith("Cannot place")

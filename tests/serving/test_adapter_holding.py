@@ -28,6 +28,14 @@ def test_an_adapter_is_served_where_it_is_loaded_at_the_version_attached(loaded,
     assert [n for n in ATTACHED if adapter_holding.holds(replica, n, ATTACHED[n])] == served
 
 
+@pytest.mark.parametrize(("versions", "held"), [({}, False), ({"tone": None}, True), ({"tone": 7}, False)])
+def test_a_version_of_none_is_held_only_where_none_was_recorded(versions, held):
+    """As the query: a name loaded with no version recorded (before versions were) holds no version, None
+    included; ``holds`` took a missing entry for None."""
+    replica = Replica(loaded_adapters=["tone"], adapter_versions=versions)
+    assert adapter_holding.holds(replica, "tone", None) is held
+
+
 @pytest.mark.django_db
 def test_the_query_finds_the_replicas_the_python_rule_does(owner, team, base_version, pool, node):
     deployment = deploy(owner, team, base_version, pool)

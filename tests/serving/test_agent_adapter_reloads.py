@@ -130,7 +130,9 @@ def test_the_loads_done_before_the_agent_stopped_midway_are_kept(
     assert engine.calls.count(("/v1/load_lora_adapter", "tone")) == 1
 
 
-@pytest.mark.parametrize("listing", [{"data": ["tone", 3]}, {"data": "tone"}, ["tone"], "not json"])
+@pytest.mark.parametrize(
+    "listing", [{"data": ["tone", 3]}, {"data": "tone"}, {"data": None}, {"data": 5}, ["tone"], "not json"]
+)
 def test_a_malformed_model_list_is_said_as_the_engines_refusal_not_as_an_agent_error(
     serving, monkeypatch, listing
 ):

@@ -8,6 +8,8 @@ import pytest
 from django.urls import reverse
 
 from serving import services
+from serving.choices import DeploymentStatus
+from serving.models import Deployment, Replica
 from tests.serving.views.conftest import HTMX, add_replica
 
 pytestmark = pytest.mark.django_db
@@ -17,6 +19,7 @@ pytestmark = pytest.mark.django_db
 def held(owner, deployment, node, adapter_version):
     """Two replicas of the deployment: one holding its adapter at the version attached, one at another."""
     services.add_adapter(actor=owner, deployment=deployment, adapter=adapter_version, name="support-tone")
+    deployment.refresh_from_db()  # LoRA turned on: a new generation
     current = add_replica(
         deployment,
         node,
@@ -59,3 +62,14 @@ def test_a_replica_still_holding_a_removed_adapter_shows_none(
     assert [r["loaded_adapters"] for r in replicas] == [[], []]
     html = signed_in(org["viewer"]).get(reverse("deployment-detail", args=[deployment.name])).content.decode()
     assert "support-tone (reloading)" not in html
+
+
+def test_the_page_polls_while_an_adapter_is_reloaded(signed_in, org, deployment, held):
+    """Stable otherwise, the page stopped polling and showed "reloading" until it was reloaded by hand."""
+    Deployment.objects.filter(pk=deployment.pk).update(status=DeploymentStatus.RUNNING, replicas=2)
+    url = reverse("deployment-detail", args=[deployment.name])
+    client = signed_in(org["viewer"])
+    assert b'hx-trigger="every 3s"' in client.get(url, **HTMX).content
+    current, stale = held
+    Replica.objects.filter(pk=stale.pk).update(adapter_versions=current.adapter_versions)
+    assert b"hx-trigger" not in client.get(url, **HTMX).content
