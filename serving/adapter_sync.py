@@ -90,7 +90,7 @@ def sync(replica: Replica) -> list[str]:
     for name in sorted(to_load):
         adapter = wanted[name]
         try:
-            path = prefetch.local_copy(adapter.version)
+            path = prefetch.local_copy(adapter.version, repeat_error=True)  # to each replica asking
             if path is None:
                 waiting.append(name)
                 continue  # still being copied: loaded on a later pass

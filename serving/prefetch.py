@@ -48,6 +48,7 @@ class _Copy:
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     finished: float = 0.0  # time.monotonic() once done
+    said: bool = False  # its outcome was given to a caller: a corrupt artifact is marked once
 
     def settled(self, destination: Path) -> bool:
         """Done, and nothing left to tell: its files are in place, or its error is too old to raise."""
@@ -149,11 +150,17 @@ def begin(version: ModelVersion) -> None:
         _copy_of(version.artifact, Path(settings.ARTIFACT_CACHE) / version.artifact.id)
 
 
-def local_copy(version: ModelVersion, *, wait: float | None = None) -> Path | None:
+def local_copy(
+    version: ModelVersion, *, wait: float | None = None, repeat_error: bool = False
+) -> Path | None:
     """The version's verified local copy, or None while it is still being copied (started here if no copy
     runs). A copy that failed raises its error to the next caller within ``ERROR_KEPT_SECONDS``, once, unless
-    the files are in place by then; the call after that copies again. ``wait``: how long to wait for the
-    copy; by default what is left of the pass's wait (``one_wait``), or ``WAIT_SECONDS`` outside a pass."""
+    the files are in place by then; the call after that copies again (a start after its back-off retries).
+    With ``repeat_error`` (an adapter's copy, asked for at every pass by each replica serving it), the error
+    is raised to every caller within ``ERROR_KEPT_SECONDS`` and the files are copied again only after that:
+    raised once, it reached one replica of those waiting for it (another waited out its start limit), and a
+    ready replica copied a corrupt adapter again at every pass. ``wait``: how long to wait for the copy; by
+    default what is left of the pass's wait (``one_wait``), or ``WAIT_SECONDS`` outside a pass."""
     artifact = version.artifact
     if artifact is None:
         raise CorruptArtifact(version.label, "has no stored artifact")
@@ -164,11 +171,13 @@ def local_copy(version: ModelVersion, *, wait: float | None = None) -> Path | No
     waiting = _Wait(wait) if wait is not None else _this_pass.get() or _Wait(WAIT_SECONDS)
     if not waiting.until_done(copy):
         return None
+    error = None if destination.exists() else copy.error
     with _guard:
-        if _copies.get(destination) is copy:
-            del _copies[destination]
-    if copy.error is not None and not destination.exists():
-        if isinstance(copy.error, CorruptArtifact):
-            mark_artifact_health(artifact.id, [str(copy.error)])
-        raise copy.error
+        if _copies.get(destination) is copy and not (error is not None and repeat_error):
+            del _copies[destination]  # else kept until its error is old (``_Copy.settled``)
+        first, copy.said = not copy.said, True
+    if error is not None:
+        if first and isinstance(error, CorruptArtifact):
+            mark_artifact_health(artifact.id, [str(error)])
+        raise error
     return destination

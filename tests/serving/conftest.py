@@ -137,7 +137,7 @@ def engines(settings, tmp_path, monkeypatch):
         )
 
     monkeypatch.setattr(engine_args, "build", stand_in)
-    monkeypatch.setattr(prefetch, "local_copy", lambda version, wait=None: tmp_path)
+    monkeypatch.setattr(prefetch, "local_copy", lambda version, **_: tmp_path)
     yield
     for _, process in processes.all_engines(under=tmp_path):
         processes.stop(process, grace=5)

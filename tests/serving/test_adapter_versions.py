@@ -58,7 +58,7 @@ def test_a_version_replaced_under_its_name_while_its_load_was_under_way_is_reloa
     engine = Engine()
     monkeypatch.setattr(adapter_sync, "engine_request", engine)
 
-    def copied_while_replaced(version, wait=None):
+    def copied_while_replaced(version, **_):
         # Its files are being copied (the pass waits for them) when someone removes it and attaches another
         # version under the name; the agent goes on to load what it was copying.
         if version.pk == attached.version_id and replica.deployment.adapters.get().version_id != second.pk:
@@ -83,7 +83,7 @@ def test_a_load_that_timed_out_is_unloaded_once_its_adapter_is_removed(owner, wo
     replica, attached, _ = world
     engine = Engine(time_out=1)  # loaded, but answered after the client gave up
     monkeypatch.setattr(adapter_sync, "engine_request", engine)
-    monkeypatch.setattr(adapter_sync.prefetch, "local_copy", lambda version, wait=None: _copy_at(version))
+    monkeypatch.setattr(adapter_sync.prefetch, "local_copy", lambda version, **_: _copy_at(version))
     assert _sync(replica).loaded_adapters == []
     services.remove_adapter(actor=owner, attached=attached)
     after = _sync(replica)

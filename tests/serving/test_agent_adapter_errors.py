@@ -52,7 +52,7 @@ def engine():
 @pytest.fixture
 def replica(org, owner, team, base_version, pool, node, artifact, engine, monkeypatch):
     """A ready replica, listening where the engine does, of a deployment the adapter ``tone`` was added to."""
-    monkeypatch.setattr(adapter_sync.prefetch, "local_copy", lambda version, wait=None: "/cache/adapter")
+    monkeypatch.setattr(adapter_sync.prefetch, "local_copy", lambda version, **_: "/cache/adapter")
     deployment = deploy(owner, team, base_version, pool, args={"enable_lora": True})
     adapter = make_adapter(org, team, artifact, base_version)
     services.add_adapter(actor=owner, deployment=deployment, adapter=adapter, name="tone")

@@ -63,7 +63,7 @@ class Engine:
 @pytest.fixture
 def serving(org, owner, team, base_version, pool, node, artifact, monkeypatch):
     """A ready replica of a deployment with LoRA on, and the adapter ``tone`` just added to it."""
-    monkeypatch.setattr(adapter_sync.prefetch, "local_copy", lambda version, wait=None: PATH)
+    monkeypatch.setattr(adapter_sync.prefetch, "local_copy", lambda version, **_: PATH)
     deployment = deploy(owner, team, base_version, pool, args={"enable_lora": True})
     adapter = make_adapter(org, team, artifact, base_version, model_name="support-tone")
     attached = services.add_adapter(actor=owner, deployment=deployment, adapter=adapter, name="tone")

@@ -24,7 +24,7 @@ def serve(settings, tmp_path, monkeypatch, node):
     """Puts a ready replica of a deployment on the node: a live process marked as its engine (what the agent
     looks for), listening where the stand-in vLLM listens."""
     settings.DATA_DIR = tmp_path / "data"
-    monkeypatch.setattr(prefetch, "local_copy", lambda version, wait=None: tmp_path)
+    monkeypatch.setattr(prefetch, "local_copy", lambda version, **_: tmp_path)
     engine = FakeEngine().start()
     started: list[tuple[int, int]] = []
 

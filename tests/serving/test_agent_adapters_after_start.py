@@ -59,7 +59,7 @@ def started(settings, tmp_path, monkeypatch):
 
     monkeypatch.setattr(engine_args, "build", build)
     monkeypatch.setattr(processes, "free_port", lambda host: engine.port)
-    monkeypatch.setattr(prefetch, "local_copy", lambda version, wait=None: tmp_path)
+    monkeypatch.setattr(prefetch, "local_copy", lambda version, **_: tmp_path)
     yield argvs
     for _, process in processes.all_engines(under=tmp_path):
         processes.stop(process, grace=1)
@@ -109,7 +109,7 @@ def _copying(replica: Replica, tmp_path, monkeypatch) -> dict:
     monkeypatch.setattr(
         prefetch,
         "local_copy",
-        lambda version, wait=None: tmp_path if version.pk == base_id or copied["done"] else None,
+        lambda version, **_: tmp_path if version.pk == base_id or copied["done"] else None,
     )
     return copied
 

@@ -48,7 +48,7 @@ class Engine:
 def removed(org, owner, team, base_version, pool, node, artifact, monkeypatch):
     """A ready replica that loaded the adapter "tone", which has just been removed from its deployment; the
     engine, ``removed.engine``, still has it."""
-    monkeypatch.setattr(adapter_sync.prefetch, "local_copy", lambda version, wait=None: "/cache/adapter")
+    monkeypatch.setattr(adapter_sync.prefetch, "local_copy", lambda version, **_: "/cache/adapter")
     deployment = deploy(owner, team, base_version, pool, args={"enable_lora": True})
     first = make_adapter(org, team, artifact, base_version, model_name="support-tone")
     attached = services.add_adapter(actor=owner, deployment=deployment, adapter=first, name="tone")

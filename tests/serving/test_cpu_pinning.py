@@ -105,7 +105,7 @@ def test_the_agent_starts_a_replica_bound_to_the_cores_the_scheduler_gave_it(
         started[replica_id] = env
         return 4242
 
-    monkeypatch.setattr(prefetch, "local_copy", lambda version, wait=None: tmp_path)
+    monkeypatch.setattr(prefetch, "local_copy", lambda version, **_: tmp_path)
     monkeypatch.setattr(processes, "start", fake_start)
     monkeypatch.setattr(processes, "free_port", lambda host: 8100)
     for replica in live(deployment).select_related("deployment__version__model", "deployment__pool"):

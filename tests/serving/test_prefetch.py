@@ -354,3 +354,25 @@ def test_beginning_a_copy_neither_takes_its_error_nor_copies_again_while_the_err
         prefetch.local_copy(version, wait=0)
     prefetch.begin(version)  # the error said: a later beginning copies again
     assert prefetch.local_copy(version, wait=10) == copied(version)
+
+
+def test_an_adapters_failed_copy_is_told_to_every_replica_asking_and_made_again_once_its_error_is_old(
+    copier, monkeypatch
+):
+    """Raised once, an adapter's copy error reached the first replica asking: a second new replica waiting for
+    the adapter found a fresh copy under way at each pass (the first, ready, asked before it and took each
+    error) and waited out its start limit; and every pass copied a corrupt adapter again."""
+    marked = []
+    monkeypatch.setattr(prefetch, "mark_artifact_health", lambda *args: marked.append(args))
+    version = fake_version("corrupt-adapter")
+    copier.steps.append(held_then(copier.go, storage.CorruptArtifact("corrupt-adapter:1", "adapter differs")))
+    assert prefetch.local_copy(version, wait=0, repeat_error=True) is None
+    copier.go.set()
+    first = finished(version)
+    for _ in range(3):  # each replica serving it, at each pass: the same error, no copy made again
+        with pytest.raises(storage.CorruptArtifact, match="adapter differs"):
+            prefetch.local_copy(version, wait=0, repeat_error=True)
+    assert prefetch._copies[copied(version)] is first  # noqa: SLF001
+    assert len(marked) == 1, "marked corrupt once"
+    first.finished -= prefetch.ERROR_KEPT_SECONDS + 1  # old news: the store may have been repaired
+    assert prefetch.local_copy(version, wait=10, repeat_error=True) == copied(version)
