@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from django.db.models import Q
 
+from serving.choices import ReplicaState
 from serving.models import DeploymentAdapter, Replica
 
 
@@ -33,6 +34,16 @@ def served(replica: Replica, attached: Mapping[str, int]) -> list[str]:
         for name in replica.loaded_adapters or ()
         if name in attached and holds(replica, name, attached[name])
     ]
+
+
+def shown(replica: Replica, attached: Mapping[str, int]) -> tuple[list[str], list[str]]:
+    """What a replica's page and API say of its adapters: those it serves, and those it holds at another version
+    than the one attached (being reloaded); none where its engine does not run (a failed or stopped replica's
+    last record)."""
+    if replica.state not in ReplicaState.engine_running():
+        return [], []
+    serving = served(replica, attached)
+    return serving, [n for n in replica.loaded_adapters or () if n in attached and n not in serving]
 
 
 def attached_version(deployment_name: str, name: str) -> int | None:

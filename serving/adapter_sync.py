@@ -97,7 +97,7 @@ def sync(replica: Replica) -> list[str]:
             versions[name] = adapter.version_id  # before the request: the engine may hold it from now on
             _record(replica, loaded, versions)
             _load(replica, name, str(path))
-        except Exception as exc:  # noqa: BLE001 - reported on the timeline; retried next round
+        except Exception as exc:  # noqa: BLE001 - said on the timeline; retried (a copy once its error is old)
             if isinstance(exc, EngineRefused):  # the engine said no: it does not hold this version
                 versions.pop(name, None)
                 _record(replica, loaded, versions)

@@ -145,7 +145,7 @@ class DeploymentDetail(DeploymentOut):
         replicas = list(obj.replica_set.select_related("node"))
         attached = dict(obj.adapters.values_list("name", "version_id"))
         for replica in replicas:
-            replica.served_adapters = adapter_holding.served(replica, attached)
+            replica.served_adapters = adapter_holding.shown(replica, attached)[0]
         return replicas
 
     @staticmethod

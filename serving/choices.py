@@ -48,6 +48,11 @@ class ReplicaState(models.TextChoices):
         """States of a replica that holds (or will hold) resources on its node."""
         return frozenset({cls.PENDING, cls.STARTING, cls.READY, cls.UNHEALTHY, cls.BACKOFF, cls.STOPPING})
 
+    @classmethod
+    def engine_running(cls) -> frozenset[str]:
+        """States of a replica whose engine runs, and holds the adapters it loaded."""
+        return frozenset({cls.STARTING, cls.READY, cls.UNHEALTHY, cls.STOPPING})
+
 
 class UpdateStrategy(models.TextChoices):
     """How a rolling change (restart, version update) replaces a deployment's replicas."""

@@ -48,7 +48,7 @@ class _Copy:
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     finished: float = 0.0  # time.monotonic() once done
-    said: bool = False  # its outcome was given to a caller: a corrupt artifact is marked once
+    marked: bool = False  # its corrupt artifact recorded as such: once, not by every caller told
 
     def settled(self, destination: Path) -> bool:
         """Done, and nothing left to tell: its files are in place, or its error is too old to raise."""
@@ -156,11 +156,12 @@ def local_copy(
     """The version's verified local copy, or None while it is still being copied (started here if no copy
     runs). A copy that failed raises its error to the next caller within ``ERROR_KEPT_SECONDS``, once, unless
     the files are in place by then; the call after that copies again (a start after its back-off retries).
-    With ``repeat_error`` (an adapter's copy, asked for at every pass by each replica serving it), the error
-    is raised to every caller within ``ERROR_KEPT_SECONDS`` and the files are copied again only after that:
-    raised once, it reached one replica of those waiting for it (another waited out its start limit), and a
-    ready replica copied a corrupt adapter again at every pass. ``wait``: how long to wait for the copy; by
-    default what is left of the pass's wait (``one_wait``), or ``WAIT_SECONDS`` outside a pass."""
+    With ``repeat_error`` (an adapter's copy, asked for at every pass by each replica serving it), an error
+    other than a passing one (``OSError``) is raised to every caller within ``ERROR_KEPT_SECONDS`` and the
+    files are copied again only after that: raised once, it reached one replica of those waiting for it
+    (another waited out its start limit), and a ready replica copied a corrupt adapter again at every pass.
+    ``wait``: how long to wait for the copy; by default what is left of the pass's wait (``one_wait``), or
+    ``WAIT_SECONDS`` outside a pass."""
     artifact = version.artifact
     if artifact is None:
         raise CorruptArtifact(version.label, "has no stored artifact")
@@ -172,12 +173,15 @@ def local_copy(
     if not waiting.until_done(copy):
         return None
     error = None if destination.exists() else copy.error
+    # A passing failure (the store away, a disk full) is not kept: each caller's next pass copies again.
+    kept = repeat_error and error is not None and not isinstance(error, OSError)
     with _guard:
-        if _copies.get(destination) is copy and not (error is not None and repeat_error):
+        if _copies.get(destination) is copy and not kept:
             del _copies[destination]  # else kept until its error is old (``_Copy.settled``)
-        first, copy.said = not copy.said, True
-    if error is not None:
-        if first and isinstance(error, CorruptArtifact):
-            mark_artifact_health(artifact.id, [str(error)])
-        raise error
-    return destination
+    if error is None:
+        return destination
+    if isinstance(error, CorruptArtifact) and not copy.marked:
+        mark_artifact_health(artifact.id, [str(error)])
+        copy.marked = True  # once recorded: a mark that failed is made by the next caller
+    # Raised again and again, one exception would gather every raise's frames (and their objects).
+    raise error.with_traceback(None) if kept else error

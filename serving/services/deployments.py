@@ -420,11 +420,6 @@ def add_adapter(
     return attached
 
 
-_ENGINE_RUNNING = frozenset(
-    {ReplicaState.STARTING, ReplicaState.READY, ReplicaState.UNHEALTHY, ReplicaState.STOPPING}
-)
-
-
 def _not_still_loaded(deployment: Deployment, name: str) -> None:
     """Refuse a name removed whose replicas have not unloaded it yet (loaded, or a load asked whose answer
     may not have come: ``adapter_versions``): the engine would go on answering it with the old version's
@@ -433,7 +428,7 @@ def _not_still_loaded(deployment: Deployment, name: str) -> None:
     if deployment.adapters.filter(name=name).exists():
         return  # still served: the create below refuses it as already served
     held = Q(loaded_adapters__contains=[name]) | Q(adapter_versions__has_key=name)
-    if deployment.replica_set.filter(held, state__in=_ENGINE_RUNNING).exists():
+    if deployment.replica_set.filter(held, state__in=ReplicaState.engine_running()).exists():
         raise Conflict(
             f"The adapter named {name!r} was removed from {deployment.name} and its replicas have not unloaded "
             "it yet; try again in a few seconds, or choose another name."

@@ -157,13 +157,7 @@ def _live_context(actor: Actor, deployment: Deployment) -> dict:
     attached = dict(deployment.adapters.values_list("name", "version_id"))
     now = timezone.now()
     for replica in replicas:
-        # Served: loaded at the version attached now; one held at another version is being reloaded.
-        replica.served_adapters = adapter_holding.served(replica, attached)
-        replica.reloading_adapters = [
-            name
-            for name in replica.loaded_adapters or ()
-            if name in attached and name not in replica.served_adapters
-        ]
+        replica.served_adapters, replica.reloading_adapters = adapter_holding.shown(replica, attached)
         replica.health_age = (
             age_label((now - replica.last_health_at).total_seconds()) if replica.last_health_at else ""
         )

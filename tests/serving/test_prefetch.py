@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -369,10 +370,43 @@ def test_an_adapters_failed_copy_is_told_to_every_replica_asking_and_made_again_
     assert prefetch.local_copy(version, wait=0, repeat_error=True) is None
     copier.go.set()
     first = finished(version)
+    frames = set()
     for _ in range(3):  # each replica serving it, at each pass: the same error, no copy made again
-        with pytest.raises(storage.CorruptArtifact, match="adapter differs"):
+        with pytest.raises(storage.CorruptArtifact, match="adapter differs") as raised:
             prefetch.local_copy(version, wait=0, repeat_error=True)
+        frames.add(len(traceback.extract_tb(raised.value.__traceback__)))
+    assert len(frames) == 1, "each raise added its frames to the one exception kept"
     assert prefetch._copies[copied(version)] is first  # noqa: SLF001
     assert len(marked) == 1, "marked corrupt once"
     first.finished -= prefetch.ERROR_KEPT_SECONDS + 1  # old news: the store may have been repaired
     assert prefetch.local_copy(version, wait=10, repeat_error=True) == copied(version)
+
+
+def test_an_adapters_passing_copy_failure_is_not_kept_and_a_failed_mark_is_made_again(copier, monkeypatch):
+    """Found by review: kept for a minute, a store away for a moment left a ready replica without the adapter a
+    minute after it was back; and the corrupt mark, noted as made before it was, was lost when it failed."""
+    version = fake_version("adapter-away")
+    copier.steps.append(held_then(copier.go, OSError("store unreachable")))
+    assert prefetch.local_copy(version, wait=0, repeat_error=True) is None
+    copier.go.set()
+    finished(version)
+    with pytest.raises(OSError, match="store unreachable"):
+        prefetch.local_copy(version, wait=0, repeat_error=True)
+    assert prefetch.local_copy(version, wait=10, repeat_error=True) == copied(version)  # copied again at once
+
+    marks: list[str] = []
+
+    def mark(artifact_id, problems):
+        marks.append(artifact_id)
+        if len(marks) == 1:
+            raise RuntimeError("database away")
+
+    monkeypatch.setattr(prefetch, "mark_artifact_health", mark)
+    corrupt = fake_version("adapter-corrupt")
+    copier.steps.append(held_then(copier.go, storage.CorruptArtifact("adapter-corrupt:1", "differs")))
+    with pytest.raises(RuntimeError, match="database away"):
+        prefetch.local_copy(corrupt, wait=10, repeat_error=True)
+    for _ in range(2):
+        with pytest.raises(storage.CorruptArtifact):
+            prefetch.local_copy(corrupt, wait=0, repeat_error=True)
+    assert marks == ["adapter-corrupt", "adapter-corrupt"]

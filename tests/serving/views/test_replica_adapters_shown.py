@@ -8,7 +8,7 @@ import pytest
 from django.urls import reverse
 
 from serving import services
-from serving.choices import DeploymentStatus
+from serving.choices import DeploymentStatus, ReplicaState
 from serving.models import Deployment, Replica
 from tests.serving.views.conftest import HTMX, add_replica
 
@@ -73,3 +73,18 @@ def test_the_page_polls_while_an_adapter_is_reloaded(signed_in, org, deployment,
     current, stale = held
     Replica.objects.filter(pk=stale.pk).update(adapter_versions=current.adapter_versions)
     assert b"hx-trigger" not in client.get(url, **HTMX).content
+
+
+def test_a_failed_replicas_last_record_of_adapters_is_not_shown_nor_polled_for(
+    signed_in, client, org, deployment, held
+):
+    """Found by review: a failed replica keeps the names it had loaded (nothing reloads them): it was shown
+    "reloading", and the page polled for good."""
+    Deployment.objects.filter(pk=deployment.pk).update(status=DeploymentStatus.RUNNING, replicas=2)
+    current, stale = held
+    Replica.objects.filter(pk=stale.pk).update(state=ReplicaState.FAILED)
+    page = signed_in(org["viewer"]).get(reverse("deployment-detail", args=[deployment.name]), **HTMX)
+    assert b"(reloading)" not in page.content and b"hx-trigger" not in page.content
+    client.force_login(org["viewer"])
+    replicas = client.get(f"/api/v1/deployments/{deployment.name}").json()["replica_set"]
+    assert {r["id"]: r["loaded_adapters"] for r in replicas} == {current.pk: ["support-tone"], stale.pk: []}
