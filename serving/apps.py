@@ -80,11 +80,15 @@ class ServingConfig(AppConfig):
 
             return listing
 
+        # Each hop of a router, cascade or vote is metered and charged at its own plain endpoint's price: no
+        # usage row ever names the composite, so a price of its own would be in force and never charged.
+        priced = Q(kind=EndpointKind.PLAIN)
+
         def composite_refusal(subject) -> str | None:
-            # Each hop of a router, cascade or vote is metered and charged at its own plain endpoint's price:
-            # no usage row ever names the composite, so a price of its own would be in force and never charged.
-            kind = Endpoint.objects.filter(pk=subject.id).values_list("kind", flat=True).first()
-            if kind in (None, EndpointKind.PLAIN):
+            kind = (
+                Endpoint.objects.filter(pk=subject.id).exclude(priced).values_list("kind", flat=True).first()
+            )
+            if kind is None:
                 return None
             return (
                 f"{subject.name} is a {kind} endpoint: each of its calls is charged at the prices of the plain "
@@ -92,7 +96,7 @@ class ServingConfig(AppConfig):
             )
 
         def plain_endpoints() -> list:
-            found = Endpoint.objects.filter(kind=EndpointKind.PLAIN).values_list("pk", "name")
+            found = Endpoint.objects.filter(priced).values_list("pk", "name")
             return [subjects.Subject(PriceKind.ENDPOINT, str(pk), name) for pk, name in found]
 
         for model, kind in ((Endpoint, PriceKind.ENDPOINT), (ComputePool, PriceKind.POOL)):

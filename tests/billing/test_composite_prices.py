@@ -59,3 +59,27 @@ def test_the_price_form_offers_plain_endpoints_only(client, org, team, django_as
     client.force_login(org["admin"])
     page = client.get(reverse("billing-prices")).content.decode()
     assert "ticket-cascade" not in page and ">small<" in page
+
+
+def test_a_composite_posted_from_a_stale_form_is_refused_in_the_refusals_words(client, org, team):
+    """A form loaded while the endpoint was plain, posted once it is a cascade: the subject is no longer offered,
+    and the page said only Django's "Select a valid choice", not why. An unknown subject still says that."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    endpoint = Endpoint.objects.create(name="ticket-router", owner_team=team, kind=EndpointKind.CASCADE)
+    client.force_login(org["admin"])
+    hour = timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+
+    def post(subject):
+        form = {"kind": "endpoint", "subject": subject, "input_per_million": "5"}
+        return client.post(reverse("billing-price-set"), form | {"effective_from": f"{hour:%Y-%m-%dT%H:%M}"})
+
+    refused = post(f"endpoint:{endpoint.pk}")
+    assert refused.status_code == 400
+    page = refused.content.decode()
+    assert "ticket-router is a cascade endpoint" in page and "Select a valid choice" not in page
+    unknown = post("endpoint:00000000-0000-0000-0000-000000000000").content.decode()
+    assert "Select a valid choice" in unknown and "is a cascade endpoint" not in unknown
+    assert not Price.objects.exists()

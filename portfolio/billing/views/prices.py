@@ -73,6 +73,8 @@ class PriceForm(forms.Form):
 
     def clean(self):
         data = super().clean() or {}
+        if self.has_error("subject", "invalid_choice"):
+            self._say_why_not_offered(self.data.get("subject", ""))
         kind, key = data.get("kind"), data.get("subject")
         if kind and key:
             if not key.startswith(f"{kind}:"):
@@ -85,6 +87,16 @@ class PriceForm(forms.Form):
                 if all(data.get(name) is None for name in allowed):
                     self.add_error(None, "Give at least one rate of this kind.")
         return data
+
+    def _say_why_not_offered(self, key: str) -> None:
+        """A subject the form does not offer (a composite endpoint, posted from a page loaded before it
+        became one) is refused in the words of ``subjects.refusal``, not as an unknown choice."""
+        kind, _, subject_id = key.partition(":")
+        if kind not in PriceKind.values:
+            return
+        subject = next((s for s in subjects.listing(kind) if s.id == subject_id), None)
+        if subject is not None and (refused := subjects.refusal(subject)):
+            self.errors["subject"] = self.error_class([refused])
 
     def rates(self) -> dict[str, Decimal]:
         allowed = Price.RATE_FIELDS[PriceKind(self.cleaned_data["kind"])]
