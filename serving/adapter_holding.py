@@ -29,10 +29,11 @@ def holds(replica: Replica, name: str, version_id: int | None) -> bool:
 
 def served(replica: Replica, attached: Mapping[str, int]) -> list[str]:
     """The names of ``attached`` ({name: version id}, its deployment's adapters) the replica serves."""
+    versions = _versions(replica)
     return [
         name
         for name in replica.loaded_adapters or ()
-        if name in attached and holds(replica, name, attached[name])
+        if name in attached and name in versions and versions[name] == attached[name]
     ]
 
 

@@ -69,9 +69,10 @@ def serving_target(version: ModelVersion, team: Team) -> ServingTarget | None:
     if replica is not None:
         return ServingTarget(replica, replica.deployment.name)
     for adapter in DeploymentAdapter.objects.filter(version=version).order_by("id"):
-        for replica in ready.filter(deployment_id=adapter.deployment_id):
-            if adapter_holding.holds(replica, adapter.name, adapter.version_id):
-                return ServingTarget(replica, adapter.name)
+        held = adapter_holding.holding(adapter.name, adapter.version_id)
+        replica = ready.filter(held, deployment_id=adapter.deployment_id).first()
+        if replica is not None:
+            return ServingTarget(replica, adapter.name)
     return None
 
 

@@ -133,8 +133,9 @@ def _show_refusal(form: DeploymentForm, exc: DomainError) -> None:
         apply_serving_error(form, exc)
 
 
-def _settling(deployment: Deployment, replicas: list[Replica]) -> bool:
-    """Whether the deployment is on its way somewhere (the page polls) or stable (it stops polling)."""
+def _settling(deployment: Deployment, replicas: list[Replica], reloading: set[int]) -> bool:
+    """Whether the deployment is on its way somewhere (the page polls) or stable (it stops polling);
+    ``reloading``: the ids of the replicas holding an adapter at another version than the one attached."""
     if deployment.status == DeploymentStatus.PENDING:
         return True
     live = [r for r in replicas if r.desired == DesiredState.RUNNING]
@@ -144,7 +145,7 @@ def _settling(deployment: Deployment, replicas: list[Replica]) -> bool:
         return True  # scaled down or replaced: waiting for the agent to stop it
     if any(r.generation != deployment.generation for r in live):
         return True  # a rolling restart or update in progress
-    if any(getattr(r, "reloading_adapters", ()) for r in live):
+    if any(r.pk in reloading for r in live):
         return True  # an adapter held at the version attached before, being reloaded
     current = sum(r.generation == deployment.generation for r in live)
     # A change not yet picked up by the reconcile; unless the scheduler already said it cannot place it.
@@ -172,7 +173,7 @@ def _live_context(actor: Actor, deployment: Deployment) -> dict:
         "replicas": replicas,
         "ready_count": ready,
         "events": events,
-        "polling": _settling(deployment, replicas),
+        "polling": _settling(deployment, replicas, {r.pk for r in replicas if r.reloading_adapters}),
         "poll_seconds": DEPLOYMENT_POLL_SECONDS,
         # Engine logs can carry prompts and paths: only for those who run the deployment.
         "can_see_logs": gate.can(actor, "deployment.manage", deployment),
