@@ -143,38 +143,52 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _manage(argv: list[str]) -> None:
-    from django.conf import settings
     from django.core.management import execute_from_command_line
 
     # Loaded here, where a bad one is a line: Django's own loading would print its traceback, or for a command
     # of the platform's apps call it unknown.
-    settings.INSTALLED_APPS  # noqa: B018
+    _settings_read()
     execute_from_command_line(["portfolio manage", *argv])
 
 
 def _dispatch(args: argparse.Namespace) -> None:
-    """Every sub-command but `run` and `manage`; the settings each reads before its exec are read strictly."""
+    """Every sub-command but `run` and `manage`; the settings each reads before its exec are read strictly,
+    and then every other setting (``_server``)."""
     if args.command == "web":
         command = commands.web_command(args.host, args.port, args.workers)  # before any folder is made
+        _settings_read()
         if args.workers > 1:
             _prepare_shared_metrics()
         _exec(command)
     if args.command == "worker":
         queue, name = ("control.long", "long") if args.long else ("control", "control")
-        _exec(commands.worker_command([queue], args.concurrency, f"{name}@{commands.node_name()}"))
+        _server(commands.worker_command([queue], args.concurrency, f"{name}@{commands.node_name()}"))
     if args.command == "node-agent":
         name = args.name or commands.node_name()
         os.environ["PORTFOLIO_NODE_NAME"] = name
         os.environ["PORTFOLIO_NODE_AGENT"] = "1"
-        _exec(commands.worker_command([f"node.{name}"], args.concurrency, f"agent@{name}"))
+        _server(commands.worker_command([f"node.{name}"], args.concurrency, f"agent@{name}"))
     if args.command == "beat":
-        _exec(commands.beat_command())
+        _server(commands.beat_command())
     if args.command == "migrate":
         _migrate()
     if args.command == "clean-data":
         from portfolio import cleandata
 
         sys.exit(cleandata.main())
+
+
+def _settings_read() -> None:
+    """Every setting, read before a server's exec: a bad one that only Celery or uvicorn read (when they load
+    Django) was a traceback of theirs, not a line."""
+    from django.conf import settings
+
+    settings.INSTALLED_APPS  # noqa: B018
+
+
+def _server(argv: list[str]) -> None:
+    _settings_read()
+    _exec(argv)
 
 
 def _migrate() -> None:

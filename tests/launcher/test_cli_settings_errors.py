@@ -46,6 +46,12 @@ def portfolio(tmp_path: Path, argv: list[str], **variables: str) -> subprocess.C
         (["migrate"], "PORTFOLIO_USAGE_RETENTION_MONTHS", "99999"),
         (["manage", "check"], "PORTFOLIO_ENV", "staging"),
         (["manage", "requeue_engines", "--node", "gpu-01"], "PORTFOLIO_LOG_LEVEL", "LOUD"),
+        # Read by no sub-command itself, only by Django's settings, which Celery and uvicorn load after the
+        # exec: their traceback (and for `web`, uvicorn's), until the settings were read before it.
+        (["worker"], "PORTFOLIO_EVAL_RUNS_PER_TEAM", "many"),
+        (["node-agent"], "PORTFOLIO_EVAL_RUNS_PER_TEAM", "0"),
+        (["beat"], "PORTFOLIO_BILLING_CURRENCY", "dollars"),
+        (["web", "--workers", "1"], "PORTFOLIO_EVAL_RUNS_PER_TEAM", "many"),
     ],
 )
 def test_a_bad_setting_is_one_line_not_a_traceback(tmp_path, argv, variable, value):
