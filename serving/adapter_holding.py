@@ -23,18 +23,13 @@ def holding(name: str, version_id: int | None, via: str = "") -> Q:
 
 def holds(replica: Replica, name: str, version_id: int | None) -> bool:
     """``holding``, of one replica already read."""
-    versions = _versions(replica)
-    return name in (replica.loaded_adapters or ()) and name in versions and versions[name] == version_id
+    return name in (replica.loaded_adapters or ()) and _at(_versions(replica), name, version_id)
 
 
 def served(replica: Replica, attached: Mapping[str, int]) -> list[str]:
     """The names of ``attached`` ({name: version id}, its deployment's adapters) the replica serves."""
     versions = _versions(replica)
-    return [
-        name
-        for name in replica.loaded_adapters or ()
-        if name in attached and name in versions and versions[name] == attached[name]
-    ]
+    return [n for n in replica.loaded_adapters or () if n in attached and _at(versions, n, attached[n])]
 
 
 def shown(replica: Replica, attached: Mapping[str, int]) -> tuple[list[str], list[str]]:
@@ -51,6 +46,12 @@ def attached_version(deployment_name: str, name: str) -> int | None:
     """The version of the adapter attached as ``name`` to the deployment now (None: none is)."""
     found = DeploymentAdapter.objects.filter(deployment__name=deployment_name, name=name)
     return found.values_list("version_id", flat=True).first()
+
+
+def _at(versions: dict, name: str, version_id: int | None) -> bool:
+    """Whether the replica's record of versions says ``name`` is held at ``version_id`` (a name with no entry
+    is not held at any version, None included, as in ``holding``)."""
+    return name in versions and versions[name] == version_id
 
 
 def _versions(replica: Replica) -> dict:
